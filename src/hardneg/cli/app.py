@@ -1,0 +1,42 @@
+"""The typer application every sub-command registers on, and the error policy of the CLI.
+
+User errors (bad input, missing files, invalid configs) raise ``ValueError``, ``TypeError``,
+``FileNotFoundError`` or ``FileExistsError`` in the library; the CLI prints them as one line and
+exits with status 2, never with a traceback.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import click
+import typer
+
+app = typer.Typer(
+    name="hardneg",
+    help="Negative sampling for contrastive learning: train, compare, mine, evaluate, bench, report.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, TypeError, FileNotFoundError, FileExistsError)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console entry point: run the app, turning user errors into one line and exit code 2."""
+    command = typer.main.get_command(app)
+    try:
+        rv = command.main(args=argv, prog_name="hardneg", standalone_mode=False)
+    except click.exceptions.Exit as e:
+        sys.exit(e.exit_code)
+    except click.ClickException as e:
+        e.show()
+        sys.exit(2)
+    except click.exceptions.Abort:
+        print("hardneg: aborted", file=sys.stderr)
+        sys.exit(130)
+    except USER_ERRORS as e:
+        print(f"hardneg: error: {e}", file=sys.stderr)
+        sys.exit(2)
+    sys.exit(rv if isinstance(rv, int) else 0)
