@@ -1,0 +1,74 @@
+"""Map a loss name and keyword arguments from a config to a callable ``loss_fn(z1, z2, labels) -> scalar``.
+
+Names ucl, scl, supcon, hucl, dcl, hscl, triplet, margin, decoupled are the functional losses of
+:mod:`hardneg.losses` (UCL/SCL/H-UCL/H-SCL as in Jiang et al. 2022, arXiv 2209.00078; H-UCL is
+Robinson et al. 2021's HCL; DCL is Chuang et al. 2020; SupCon is Khosla et al. 2020). Any other name is
+looked up in the strategy registry (:func:`hardneg.negatives.registry.create_strategy`) when it exists.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+LossFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+
+#: losses that take labels (supervised) and losses with a tilt β
+SUPERVISED = {"scl", "supcon", "hscl"}
+NAMED = ("ucl", "scl", "supcon", "hucl", "dcl", "hscl", "triplet", "margin", "decoupled")
+
+
+def has_beta(name: str, params: dict[str, Any] | None = None) -> bool:
+    """True for the losses whose negatives are tilted by η(s) = e^{βs/t} (H-UCL, H-SCL)."""
+    return name in ("hucl", "hscl") or (params is not None and "beta" in params)
+
+
+def _functional(name: str) -> Callable[..., torch.Tensor]:
+    try:
+        import hardneg.losses as L
+    except ImportError as e:  # pragma: no cover - depends on merge order
+        raise ValueError(f"loss {name!r} needs hardneg.losses, which is not importable: {e}") from e
+    fn = getattr(L, name, None)
+    if fn is None:
+        raise ValueError(f"hardneg.losses has no function {name!r}")
+    return fn
+
+
+def build_loss(name: str, params: dict[str, Any] | None = None) -> LossFn:
+    """Return ``loss_fn(z1, z2, labels)`` for a named loss; unknown names or keyword args raise ValueError."""
+    params = dict(params or {})
+    if name in NAMED:
+        fn = _functional(name)
+        sig = inspect.signature(fn)
+        kw_ok = {p.name for p in sig.parameters.values() if p.kind is inspect.Parameter.KEYWORD_ONLY}
+        bad = sorted(set(params) - kw_ok)
+        if bad:
+            raise ValueError(f"loss {name!r} does not take {bad}; it takes {sorted(kw_ok)}")
+        positional = [p.name for p in sig.parameters.values() if p.kind is not inspect.Parameter.KEYWORD_ONLY]
+        takes_labels = "labels" in positional
+
+        def loss_fn(z1: torch.Tensor, z2: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+            if takes_labels:
+                return fn(z1, z2, labels, **params)
+            return fn(z1, z2, **params)
+
+        loss_fn.__name__ = f"{name}({', '.join(f'{k}={v}' for k, v in params.items())})"
+        return loss_fn
+    try:
+        from hardneg.negatives import registry  # type: ignore[attr-defined]
+    except ImportError:
+        registry = None
+    if registry is None:
+        raise ValueError(f"unknown loss {name!r}; expected one of {', '.join(NAMED)}")
+    try:
+        strat = registry.create_strategy(name, **params)
+    except KeyError as e:
+        raise ValueError(f"unknown loss or strategy {name!r}: {e}") from None
+
+    def strat_fn(z1: torch.Tensor, z2: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        return strat(z1, z2, labels)
+
+    return strat_fn

@@ -1,0 +1,410 @@
+"""The Trainer: two-view contrastive training (SimCLR layout, Chen et al. 2020) with any loss
+``loss_fn(z1, z2, labels) -> scalar``, exact resume, per-epoch evaluation and the bound check.
+
+Determinism: the model is initialised right after :func:`hardneg.seed.seed_everything`, batches come
+from a permutation drawn from a data generator, augmentations from a separate augmentation generator;
+both generators, the epoch permutation, the position in it, model/optimizer/scheduler state and the
+length of ``metrics.jsonl`` are stored in every checkpoint, so ``resume`` produces a metrics file
+identical to that of an uninterrupted run (same process settings, same thread count).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import signal
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from hardneg.data.augment import Augment
+from hardneg.data.base import dataset_to_tensors, load_named
+from hardneg.eval.align_uniform import alignment, uniformity
+from hardneg.eval.knn import knn_predict
+from hardneg.eval.linear_probe import linear_probe, per_class_and_confusion
+from hardneg.io import atomic_torch_save, atomic_write_text
+from hardneg.models.encoders import ContrastiveModel, build_model
+from hardneg.seed import seed_everything
+from hardneg.train import checkpoint as ck
+from hardneg.train.config import RunConfig, dump_config
+from hardneg.train.losses_from_config import build_loss
+
+LossFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+EVAL_BATCH = 512  # size of the fixed two-view test batch for alignment/uniformity/diagnostics
+
+
+class NonFiniteLossError(ValueError):
+    """The loss became NaN or infinite; training stopped before applying that step."""
+
+
+def lr_lambda(cfg: RunConfig, total_steps: int) -> Callable[[int], float]:
+    """Multiplier of the base LR at a step: linear warmup, then cosine to 0 / constant / step decay."""
+    o = cfg.optim
+
+    def f(step: int) -> float:
+        if o.warmup_steps and step < o.warmup_steps:
+            return (step + 1) / o.warmup_steps
+        if o.schedule == "constant":
+            return 1.0
+        if o.schedule == "step":
+            return o.step_gamma ** (step // o.step_every)
+        span = max(1, total_steps - o.warmup_steps)
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - o.warmup_steps) / span)))
+
+    return f
+
+
+def _loss_beta_t(cfg: RunConfig) -> tuple[float, float]:
+    p = cfg.loss.params
+    beta = cfg.bounds.beta if cfg.bounds.beta is not None else float(p.get("beta", 1.0))
+    t = cfg.bounds.t if cfg.bounds.t is not None else float(p.get("t", 0.5))
+    return beta, t
+
+
+class Trainer:
+    """Train ``model`` with ``loss_fn`` on ``train_data`` as configured, writing to ``run_dir``.
+
+    Everything not passed is built from ``config``: data (:func:`hardneg.data.base.load_named`), model
+    (:func:`hardneg.models.build_model`), loss (:func:`hardneg.train.losses_from_config.build_loss`).
+    ``train_data`` / ``test_data`` are ``(X, y)`` tensors or datasets following
+    :class:`hardneg.data.base.LabeledImageDataset`.
+    """
+
+    def __init__(
+        self,
+        config: RunConfig,
+        run_dir: str | Path,
+        *,
+        loss_fn: LossFn | None = None,
+        model: ContrastiveModel | nn.Module | None = None,
+        train_data: Any = None,
+        test_data: Any = None,
+        resume: bool = False,
+        overwrite: bool = False,
+    ) -> None:
+        if not isinstance(config, RunConfig):
+            raise TypeError(f"config must be a RunConfig, got {type(config).__name__}")
+        self.cfg = config
+        self.run_dir = Path(run_dir)
+        self.resumed = ck.prepare_run_dir(
+            self.run_dir, dump_config(config), resume=resume, overwrite=overwrite
+        )
+        c = config
+        if c.train.threads:
+            torch.set_num_threads(c.train.threads)
+        if train_data is None:
+            train_data = load_named(
+                c.data.name,
+                "train",
+                data_dir=c.data.data_dir,
+                limit=c.data.train_limit,
+                seed=c.data.split_seed,
+            )
+        if test_data is None:
+            test_data = load_named(
+                c.data.name, "test", data_dir=c.data.data_dir, limit=c.data.test_limit, seed=c.data.split_seed
+            )
+        self.X, self.y = dataset_to_tensors(train_data, name="train_data")
+        self.Xt, self.yt = dataset_to_tensors(test_data, name="test_data")
+        if self.X.shape[0] < c.train.batch_size:
+            raise ValueError(
+                f"train.batch_size={c.train.batch_size} is larger than the training set ({self.X.shape[0]})"
+            )
+        self.num_classes = int(max(int(self.y.max()), int(self.yt.max())) + 1)
+        self.loss_fn = loss_fn if loss_fn is not None else build_loss(c.loss.name, c.loss.params)
+        seed_everything(c.train.seed)
+        if model is None:
+            m = c.model
+            model = build_model(
+                m.encoder,
+                tuple(self.X.shape[1:]),
+                width=m.width,
+                hidden=m.hidden,
+                depth=m.depth,
+                head_hidden=m.head_hidden,
+                proj_dim=m.proj_dim,
+            )
+        self.model = model
+        self.augment = Augment(
+            tuple(c.augment.crop_scale), c.augment.flip_p, c.augment.noise_std, c.augment.erase_p
+        )
+        self.opt = torch.optim.AdamW(
+            self.model.parameters(), lr=c.optim.lr, weight_decay=c.optim.weight_decay
+        )
+        self.steps_per_epoch = self.X.shape[0] // c.train.batch_size
+        self.total_steps = self.steps_per_epoch * c.train.epochs
+        self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lr_lambda(c, self.total_steps))
+        self.g_data = torch.Generator().manual_seed(c.train.seed)
+        self.g_aug = torch.Generator().manual_seed(c.train.seed + 1_000_003)
+        self.step = 0
+        self.epoch = 0
+        self.batch_idx = 0
+        self.perm: torch.Tensor | None = None
+        self.epoch_loss = [0.0, 0]
+        self.last_ckpt: Path | None = None
+        self._stop = False
+        self.bounds_beta, self.bounds_t = _loss_beta_t(c)
+        if self.resumed:
+            self._restore()
+
+    # ------------------------------------------------------------------ state
+    def state(self) -> dict[str, Any]:
+        mp = self.run_dir / ck.METRICS
+        return {
+            "model": self.model.state_dict(),
+            "opt": self.opt.state_dict(),
+            "sched": self.sched.state_dict(),
+            "g_data": self.g_data.get_state(),
+            "g_aug": self.g_aug.get_state(),
+            "torch_rng": torch.get_rng_state(),
+            "step": self.step,
+            "epoch": self.epoch,
+            "batch_idx": self.batch_idx,
+            "perm": self.perm,
+            "epoch_loss": list(self.epoch_loss),
+            "metrics_bytes": mp.stat().st_size if mp.exists() else 0,
+        }
+
+    def save_checkpoint(self) -> Path:
+        self._metrics_fh_flush()
+        self.last_ckpt = ck.save_checkpoint(self.state(), self.run_dir)
+        return self.last_ckpt
+
+    def _restore(self) -> None:
+        st = ck.load_checkpoint(self.run_dir)
+        mp = self.run_dir / ck.METRICS
+        if st is None:  # the run never reached its first checkpoint: start over in the same folder
+            if mp.exists():
+                mp.unlink()
+            return
+        self.model.load_state_dict(st["model"])
+        self.opt.load_state_dict(st["opt"])
+        self.sched.load_state_dict(st["sched"])
+        self.g_data.set_state(st["g_data"])
+        self.g_aug.set_state(st["g_aug"])
+        torch.set_rng_state(st["torch_rng"])
+        self.step, self.epoch, self.batch_idx = st["step"], st["epoch"], st["batch_idx"]
+        self.perm = st["perm"]
+        self.epoch_loss = list(st["epoch_loss"])
+        if mp.exists():
+            with open(mp, "r+b") as f:
+                f.truncate(st["metrics_bytes"])
+        self.last_ckpt = self.run_dir / ck.CHECKPOINT
+
+    # ------------------------------------------------------------------ metrics
+    _fh = None
+
+    def _log(self, rec: dict[str, Any]) -> None:
+        if self._fh is None:
+            self._fh = open(self.run_dir / ck.METRICS, "a", encoding="utf-8")  # noqa: SIM115
+        self._fh.write(json.dumps(rec, sort_keys=True) + "\n")
+
+    def _metrics_fh_flush(self) -> None:
+        if self._fh is not None:
+            self._fh.flush()
+
+    def _close(self) -> None:
+        if self._fh is not None:
+            self._fh.close()
+            self._fh = None
+
+    # ------------------------------------------------------------------ evaluation
+    @torch.no_grad()
+    def embed(self, X: torch.Tensor, *, projection: bool = False, batch: int = 1024) -> torch.Tensor:
+        """Frozen features f(x) (or projections g(f(x))) in eval mode."""
+        was = self.model.training
+        self.model.eval()
+        f = self.model if projection else getattr(self.model, "features", self.model)
+        out = torch.cat([f(X[i : i + batch]) for i in range(0, X.shape[0], batch)])
+        self.model.train(was)
+        return out
+
+    @torch.no_grad()
+    def evaluate(self, *, probe: bool) -> dict[str, Any]:
+        """kNN (k, t of the config) on frozen features; optional linear probe; alignment/uniformity and
+        negative diagnostics on a fixed two-view batch of test images (fixed generator)."""
+        from hardneg.eval.diagnostics import negative_diagnostics
+
+        e = self.cfg.eval
+        ftr, fte = self.embed(self.X), self.embed(self.Xt)
+        pred = knn_predict(ftr, self.y, fte, k=e.knn_k, t=e.knn_t, num_classes=self.num_classes)
+        out: dict[str, Any] = {"knn_acc": float((pred == self.yt).float().mean())}
+        if probe:
+            pr = linear_probe(
+                ftr, self.y, fte, self.yt, max_iter=e.probe_max_iter, num_classes=self.num_classes
+            )
+            out["linear_acc"] = pr.accuracy
+            out["linear_per_class"] = pr.per_class
+            out["linear_confusion"] = pr.confusion
+            pc, cm = per_class_and_confusion(self.yt.numpy(), pred.numpy(), self.num_classes)
+            out["knn_per_class"], out["knn_confusion"] = pc, cm
+        g = torch.Generator().manual_seed(12345)
+        xb, yb = self.Xt[:EVAL_BATCH], self.yt[:EVAL_BATCH]
+        was = self.model.training
+        self.model.eval()
+        z1, z2 = self.model(self.augment(xb, g)), self.model(self.augment(xb, g))
+        self.model.train(was)
+        out["align"] = alignment(z1, z2)
+        out["uniform"] = uniformity(z1)
+        if e.diagnostics:
+            out["diag"] = negative_diagnostics(z1, z2, yb, beta=self.bounds_beta, t=self.bounds_t)
+        return out
+
+    # ------------------------------------------------------------------ training
+    def _on_sigint(self, signum: int, frame: Any) -> None:
+        if self._stop:  # second Ctrl-C: stop now
+            raise KeyboardInterrupt
+        self._stop = True
+
+    def fit(self) -> dict[str, Any]:
+        """Train to the configured number of epochs (continuing from the checkpoint when resumed) and
+        return the summary; also written to ``summary.json``."""
+        handler_set = False
+        if threading.current_thread() is threading.main_thread():
+            old = signal.signal(signal.SIGINT, self._on_sigint)
+            handler_set = True
+        try:
+            return self._fit()
+        finally:
+            self._close()
+            if handler_set:
+                signal.signal(signal.SIGINT, old)
+
+    def _fit(self) -> dict[str, Any]:
+        from tqdm.auto import tqdm
+
+        c = self.cfg
+        bs, spe = c.train.batch_size, self.steps_per_epoch
+        t0 = time.time()
+        bar = tqdm(
+            total=self.total_steps,
+            initial=self.step,
+            disable=not c.train.progress,
+            desc=self.run_dir.name,
+            unit="step",
+            leave=False,
+            dynamic_ncols=True,
+        )
+        self.model.train()
+        last_eval: dict[str, Any] = {}
+        try:
+            while self.epoch < c.train.epochs:
+                if self.perm is None:
+                    self.perm = torch.randperm(self.X.shape[0], generator=self.g_data)
+                    self.batch_idx, self.epoch_loss = 0, [0.0, 0]
+                while self.batch_idx < spe:
+                    if self._stop:
+                        p = self.save_checkpoint()
+                        raise KeyboardInterrupt(f"interrupted at step {self.step}; checkpoint saved to {p}")
+                    idx = self.perm[self.batch_idx * bs : (self.batch_idx + 1) * bs]
+                    x, y = self.X[idx], self.y[idx]
+                    v = torch.cat([self.augment(x, self.g_aug), self.augment(x, self.g_aug)])
+                    z1, z2 = self.model(v).chunk(2)
+                    loss = self.loss_fn(z1, z2, y)
+                    lv = float(loss.detach())
+                    if not math.isfinite(lv):
+                        self._metrics_fh_flush()
+                        where = (
+                            f"last good checkpoint kept at {self.last_ckpt}"
+                            if self.last_ckpt
+                            else "no checkpoint yet"
+                        )
+                        raise NonFiniteLossError(
+                            f"loss is {lv} at step {self.step + 1} (epoch {self.epoch + 1}); "
+                            f"stopped before updating; {where}"
+                        )
+                    self.opt.zero_grad(set_to_none=True)
+                    loss.backward()
+                    if c.optim.grad_clip:
+                        nn.utils.clip_grad_norm_(self.model.parameters(), c.optim.grad_clip)
+                    lr = self.opt.param_groups[0]["lr"]
+                    self.opt.step()
+                    self.sched.step()
+                    self.step += 1
+                    self.batch_idx += 1
+                    self.epoch_loss[0] += lv
+                    self.epoch_loss[1] += 1
+                    if self.step % c.train.log_every == 0:
+                        self._log(
+                            {"type": "step", "step": self.step, "epoch": self.epoch + 1, "loss": lv, "lr": lr}
+                        )
+                    if c.bounds.enabled and self.step % c.bounds.every == 0:
+                        from hardneg.eval.bounds import bound_terms
+
+                        bt = bound_terms(z1, z2, y, beta=self.bounds_beta, t=self.bounds_t)
+                        self._log({"type": "bounds", "step": self.step, "epoch": self.epoch + 1, **bt})
+                    bar.update(1)
+                    bar.set_postfix(loss=f"{lv:.4f}", epoch=self.epoch + 1)
+                    if self.step % c.train.checkpoint_every == 0:
+                        self.save_checkpoint()
+                # end of epoch
+                ep = self.epoch + 1
+                last = ep == c.train.epochs
+                rec: dict[str, Any] = {
+                    "type": "epoch",
+                    "epoch": ep,
+                    "step": self.step,
+                    "train_loss": self.epoch_loss[0] / max(1, self.epoch_loss[1]),
+                }
+                if last or ep % c.eval.every_epochs == 0:
+                    pe = c.eval.probe_every_epochs
+                    probe = c.eval.linear_probe and (last or (pe is not None and ep % pe == 0))
+                    last_eval = self.evaluate(probe=probe)
+                    rec.update(
+                        {k: v for k, v in last_eval.items() if not k.endswith(("per_class", "confusion"))}
+                    )
+                self._log(rec)
+                self.epoch += 1
+                self.perm = None
+                self.batch_idx = 0
+                self.save_checkpoint()
+        finally:
+            bar.close()
+            self._metrics_fh_flush()
+        if not last_eval:  # resumed after the last epoch had been evaluated: evaluate again for the summary
+            last_eval = self.evaluate(probe=c.eval.linear_probe)
+        return self._finish(last_eval, time.time() - t0)
+
+    def _finish(self, ev: dict[str, Any], seconds: float) -> dict[str, Any]:
+        from hardneg.eval.bounds import summarize_bounds
+
+        self._close()
+        recs = [
+            json.loads(line) for line in (self.run_dir / ck.METRICS).read_text(encoding="utf-8").splitlines()
+        ]
+        bounds = summarize_bounds([r for r in recs if r["type"] == "bounds"])
+        atomic_torch_save(self.model.state_dict(), self.run_dir / ck.MODEL)
+        n = min(2000, self.Xt.shape[0])
+        atomic_torch_save(
+            {"features": self.embed(self.Xt[:n]), "labels": self.yt[:n]}, self.run_dir / ck.EMBEDDINGS
+        )
+        summary = {
+            "loss": self.cfg.loss.name,
+            "params": self.cfg.loss.params,
+            "seed": self.cfg.train.seed,
+            "epochs": self.cfg.train.epochs,
+            "steps": self.step,
+            "final_train_loss": next((r["train_loss"] for r in reversed(recs) if r["type"] == "epoch"), None),
+            **ev,
+            "bounds": bounds,
+            "seconds_last_session": round(seconds, 2),
+            "finished": True,
+        }
+        atomic_write_text(self.run_dir / ck.SUMMARY, json.dumps(summary, indent=1, sort_keys=True))
+        return summary
+
+
+def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
+    """All records of a run's ``metrics.jsonl``."""
+    p = Path(run_dir) / ck.METRICS
+    if not p.is_file():
+        raise FileNotFoundError(f"{p} not found; is {run_dir} a run directory?")
+    return [json.loads(line) for line in p.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+__all__ = ["NonFiniteLossError", "Trainer", "lr_lambda", "read_metrics"]
