@@ -389,6 +389,8 @@ class Trainer:
             "seed": self.cfg.train.seed,
             "epochs": self.cfg.train.epochs,
             "steps": self.step,
+            "n_train": int(self.X.shape[0]),
+            "n_test": int(self.Xt.shape[0]),
             "final_train_loss": next((r["train_loss"] for r in reversed(recs) if r["type"] == "epoch"), None),
             **ev,
             "bounds": bounds,

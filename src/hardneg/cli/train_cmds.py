@@ -1,0 +1,145 @@
+"""CLI: ``hardneg train | compare | eval | bounds | report``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from hardneg.cli.app import app
+
+ConfigOpt = Annotated[Path, typer.Option("--config", "-c", help="YAML config file.")]
+SetOpt = Annotated[
+    list[str] | None, typer.Option("--set", "-s", help="Override, e.g. --set train.epochs=3 (repeatable).")
+]
+ResumeOpt = Annotated[bool, typer.Option("--resume", help="Continue the run stored in the output folder.")]
+OverwriteOpt = Annotated[bool, typer.Option("--overwrite", help="Delete what the output folder holds; start over.")]
+RunOutOpt = Annotated[Path | None, typer.Option("--out", "-o", help="Run directory (default runs/<config name>).")]
+
+
+def _echo(msg: str) -> None:
+    typer.echo(msg, err=False)
+
+
+def _run_train(
+    config: Path, out: Path | None, overrides: list[str] | None, resume: bool, overwrite: bool, force_bounds: bool
+) -> tuple[Path, dict]:
+    from hardneg.train.config import RunConfig, apply_overrides, load_raw, validate_config
+    from hardneg.train.trainer import Trainer
+
+    raw = apply_overrides(load_raw(config), overrides)
+    if force_bounds:
+        raw = apply_overrides(raw, ["bounds.enabled=true"])
+    cfg = validate_config(raw, RunConfig, str(config))
+    run_dir = out or Path("runs") / config.stem
+    summary = Trainer(cfg, run_dir, resume=resume, overwrite=overwrite).fit()
+    return run_dir, summary
+
+
+@app.command("train")
+def train_cmd(
+    config: ConfigOpt,
+    out: RunOutOpt = None,
+    overrides: SetOpt = None,
+    resume: ResumeOpt = False,
+    overwrite: OverwriteOpt = False,
+) -> None:
+    """Train one model from a config; metrics, checkpoints and the summary go to the run directory."""
+    run_dir, s = _run_train(config, out, overrides, resume, overwrite, False)
+    lin = f"  linear {s['linear_acc']:.4f}" if "linear_acc" in s else ""
+    _echo(f"kNN {s['knn_acc']:.4f}{lin}  align {s['align']:.3f}  uniform {s['uniform']:.3f}")
+    _echo(f"run directory: {run_dir}")
+
+
+@app.command("bounds")
+def bounds_cmd(
+    config: ConfigOpt,
+    out: RunOutOpt = None,
+    overrides: SetOpt = None,
+    resume: ResumeOpt = False,
+    overwrite: OverwriteOpt = False,
+) -> None:
+    """Train with the config's loss while evaluating L_UCL, L_SCL, L_H-UCL, L_H-SCL on the same batches
+    (Jiang et al. 2022); print how often each inequality and Assumption 1 hold; plot the four curves."""
+    from hardneg.report.report import write_run_report
+
+    run_dir, s = _run_train(config, out, overrides, resume, overwrite, True)
+    b = s["bounds"]
+    _echo(f"batches checked: {b['batches']}")
+    for name, key in (
+        ("L_H-SCL <= L_H-UCL", "hscl_le_hucl"),
+        ("L_H-SCL >= L_SCL", "hscl_ge_scl"),
+        ("L_H-UCL >= L_UCL", "hucl_ge_ucl"),
+    ):
+        bf, af = b["batch_frac_" + key], b["anchor_frac_" + key]
+        _echo(f"{name:<19} {bf:.1%} of batches, {af:.1%} of anchors")
+    _echo(f"Assumption 1 holds for {b['assumption1']:.1%} of anchors (mean over batches)")
+    _echo(f"report: {write_run_report(run_dir)}")
+
+
+@app.command("compare")
+def compare_cmd(
+    config: ConfigOpt,
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="Output folder (default runs/<name>).")] = None,
+    overrides: SetOpt = None,
+    resume: ResumeOpt = False,
+    overwrite: OverwriteOpt = False,
+) -> None:
+    """Run the grid losses × β × seeds of a compare config and write the markdown report and plots."""
+    from hardneg.report.report import results_table
+    from hardneg.train.compare import collect, run_compare
+    from hardneg.train.config import CompareConfig, load_config
+
+    cfg = load_config(config, overrides, CompareConfig)
+    out_dir = out or Path("runs") / cfg.name
+    rp = run_compare(cfg, out_dir, resume=resume, overwrite=overwrite, echo=_echo)
+    _echo("")
+    _echo(results_table(collect(out_dir)))
+    _echo("")
+    _echo(f"report: {rp}")
+
+
+@app.command("report")
+def report_cmd(
+    run_dir: Annotated[Path, typer.Argument(help="A compare folder or a single run directory.")],
+    docs: Annotated[Path | None, typer.Option("--docs", help="Also write the tables to this markdown file.")] = None,
+) -> None:
+    """(Re)generate the markdown report and plots of a compare folder or a run directory."""
+    from hardneg.report.report import write_report, write_run_report
+
+    if not run_dir.is_dir():
+        raise FileNotFoundError(f"{run_dir} is not a directory")
+    if (run_dir / "runs").is_dir():
+        _echo(f"report: {write_report(run_dir, docs_path=docs)}")
+    else:
+        if docs is not None:
+            raise ValueError("--docs works with compare folders only")
+        _echo(f"report: {write_run_report(run_dir)}")
+
+
+@app.command("eval")
+def eval_cmd(
+    run_dir: Annotated[Path, typer.Argument(help="A finished run directory (holds model.pt).")],
+    probe: Annotated[bool, typer.Option("--probe/--no-probe", help="Also fit the linear probe.")] = True,
+    k: Annotated[int | None, typer.Option("--k", help="kNN neighbours (default: the run's config).")] = None,
+    json_out: Annotated[bool, typer.Option("--json", help="Print the full result as JSON.")] = False,
+) -> None:
+    """Evaluate a trained model: weighted kNN, linear probe, per-class accuracy and confusion matrix."""
+    from hardneg.eval.run_eval import evaluate_run
+
+    if k is not None and k <= 0:
+        raise ValueError(f"--k must be a positive int, got {k}")
+    r = evaluate_run(run_dir, probe=probe, k=k)
+    if json_out:
+        _echo(json.dumps(r))
+        return
+    _echo(f"kNN accuracy {r['knn_acc']:.4f}" + (f"   linear probe {r['linear_acc']:.4f}" if probe else ""))
+    _echo("class  kNN    " + ("linear" if probe else ""))
+    for c, v in enumerate(r["knn_per_class"]):
+        lp = f"  {r['linear_per_class'][c]:.3f}" if probe else ""
+        _echo(f"{c:>5}  {v:.3f}{lp}")
+    _echo("confusion (kNN; rows true, columns predicted):")
+    for row in r["knn_confusion"]:
+        _echo(" ".join(f"{v:5d}" for v in row))

@@ -1,0 +1,317 @@
+"""Markdown report and plots of a ``hardneg compare`` folder (or of one ``hardneg train`` run).
+
+The headline table gives, per loss and β, kNN and linear-probe accuracy as mean ± sample std over
+seeds; the "claims" section compares H-SCL with SCL and H-UCL with UCL and says whether each
+difference is larger than the seed spread (|Δ mean| > √(σ_a² + σ_b²)).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from hardneg.io import atomic_write_text
+from hardneg.train import checkpoint as ck
+
+
+def _ms(v: list[float]) -> tuple[float, float]:
+    a = np.asarray(v, dtype=float)
+    return float(a.mean()), (float(a.std(ddof=1)) if a.size > 1 else 0.0)
+
+
+def _fmt(v: list[float]) -> str:
+    if not v:
+        return "–"
+    m, s = _ms(v)
+    return f"{100 * m:.2f} ± {100 * s:.2f}"
+
+
+def group_rows(rows: list[dict[str, Any]]) -> dict[tuple[str, float | None], list[dict[str, Any]]]:
+    g: dict[tuple[str, float | None], list[dict[str, Any]]] = defaultdict(list)
+    for r in rows:
+        g[(r["label"], r["beta"])].append(r)
+    return dict(g)
+
+
+def results_table(rows: list[dict[str, Any]]) -> str:
+    """Markdown table: loss, β, seeds, kNN %, linear %, alignment, uniformity, seconds per run."""
+    lines = [
+        "| loss | β | seeds | kNN acc % | linear acc % | align ↓ | uniform ↓ | s / run |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for (label, beta), rs in group_rows(rows).items():
+        b = "–" if beta is None else f"{beta:g}"
+        knn = [r["knn_acc"] for r in rs]
+        lin = [r["linear_acc"] for r in rs if "linear_acc" in r]
+        al = np.mean([r["align"] for r in rs])
+        un = np.mean([r["uniform"] for r in rs])
+        sec = np.mean([r.get("seconds_last_session", float("nan")) for r in rs])
+        lines.append(f"| {label} | {b} | {len(rs)} | {_fmt(knn)} | {_fmt(lin)} | {al:.3f} | {un:.3f} | {sec:.0f} |")
+    return "\n".join(lines)
+
+
+def claims(rows: list[dict[str, Any]]) -> str:
+    """H-SCL vs SCL and H-UCL vs UCL per β, in kNN and linear accuracy (percentage points)."""
+    g = group_rows(rows)
+    out = []
+    for hard, base in (("hscl", "scl"), ("hucl", "ucl")):
+        if (base, None) not in g:
+            continue
+        for (label, beta), rs in sorted(g.items(), key=lambda kv: (kv[0][0], kv[0][1] or 0)):
+            if label != hard or beta is None:
+                continue
+            parts = []
+            for m in ("knn_acc", "linear_acc"):
+                a = [r[m] for r in rs if m in r]
+                c = [r[m] for r in g[(base, None)] if m in r]
+                if not a or not c:
+                    continue
+                (ma, sa), (mc, sc) = _ms(a), _ms(c)
+                d = 100 * (ma - mc)
+                spread = 100 * math.sqrt(sa**2 + sc**2)
+                verdict = "better" if d > 0 else "worse" if d < 0 else "equal"
+                beyond = "beyond" if abs(d) > spread and (len(a) > 1 and len(c) > 1) else "within"
+                parts.append(f"{m.split('_')[0]} {d:+.2f} pp ({verdict}; {beyond} the seed spread {spread:.2f})")
+            if parts:
+                out.append(f"- {hard.upper()} β={beta:g} vs {base.upper()}: " + "; ".join(parts))
+    return "\n".join(out) if out else "- (the grid lacks a pair to compare)"
+
+
+def spread(rows: list[dict[str, Any]]) -> str:
+    sds = {m: [] for m in ("knn_acc", "linear_acc")}
+    for rs in group_rows(rows).values():
+        for m in sds:
+            v = [r[m] for r in rs if m in r]
+            if len(v) > 1:
+                sds[m].append(_ms(v)[1])
+    parts = [
+        f"{m.split('_')[0]}: mean {100 * np.mean(v):.2f} pp, max {100 * np.max(v):.2f} pp" for m, v in sds.items() if v
+    ]
+    return "; ".join(parts) if parts else "one seed per group: no spread measured"
+
+
+def bounds_table(rows: list[dict[str, Any]]) -> str:
+    lines = [
+        "| run | batches | L_H-SCL ≤ L_H-UCL (batches / anchors) | L_H-SCL ≥ L_SCL | L_H-UCL ≥ L_UCL "
+        "| Assumption 1 (anchors) |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        b = r.get("bounds") or {}
+        if not b:
+            continue
+        lines.append(
+            f"| {r['run']} | {b['batches']} | {b['batch_frac_hscl_le_hucl']:.2f} / {b['anchor_frac_hscl_le_hucl']:.2f} "
+            f"| {b['batch_frac_hscl_ge_scl']:.2f} / {b['anchor_frac_hscl_ge_scl']:.2f} "
+            f"| {b['batch_frac_hucl_ge_ucl']:.2f} / {b['anchor_frac_hucl_ge_ucl']:.2f} | {b['assumption1']:.2f} |"
+        )
+    return "\n".join(lines) if len(lines) > 2 else "(bounds were not logged)"
+
+
+def _read_recs(run_dir: Path) -> list[dict[str, Any]]:
+    from hardneg.train.trainer import read_metrics
+
+    return read_metrics(run_dir)
+
+
+def write_report(out_dir: str | Path, *, docs_path: str | Path | None = None) -> Path:
+    """Write ``results.json``, plots and ``report.md`` into a compare folder; optionally also the tables
+    (without images) to ``docs_path``. Returns the report path."""
+    import torch
+
+    from hardneg.report import plots
+    from hardneg.train.compare import collect
+    from hardneg.train.config import CompareConfig, load_config
+
+    out = Path(out_dir)
+    rows = collect(out)
+    if not rows:
+        raise ValueError(f"{out} holds no finished run yet; run `hardneg compare` first")
+    cfg = load_config(out / ck.CONFIG, cls=CompareConfig)
+    slim = [{k: v for k, v in r.items() if not k.endswith(("confusion", "per_class"))} for r in rows]
+    atomic_write_text(out / "results.json", json.dumps(slim, indent=1))
+    figs = []
+    figs.append(("Accuracy vs β", plots.accuracy_vs_beta(rows, out / "accuracy_vs_beta.png")))
+    recs = {r["run"]: _read_recs(out / "runs" / r["run"]) for r in rows}
+    first_seed = min(r["seed"] for r in rows)
+    sel = [r for r in rows if r["seed"] == first_seed]
+
+    def series(key: str, typ: str = "epoch", sub: str | None = None) -> dict[str, list[tuple[float, float]]]:
+        s = {}
+        for r in sel:
+            pts = []
+            for x in recs[r["run"]]:
+                if x["type"] != typ:
+                    continue
+                v = x.get(sub, {}).get(key) if sub else x.get(key)
+                if v is not None:
+                    pts.append((x["epoch"] if typ == "epoch" else x["step"], v))
+            s[r["run"]] = pts
+        return s
+
+    figs.append(
+        (
+            "Training loss per epoch",
+            plots.curves(
+                series("train_loss"),
+                out / "loss_curves.png",
+                xlabel="epoch",
+                ylabel="mean training loss",
+                title=f"training loss (seed {first_seed})",
+            ),
+        )
+    )
+    figs.append(
+        (
+            "kNN accuracy over training",
+            plots.curves(
+                series("knn_acc"),
+                out / "knn_curves.png",
+                xlabel="epoch",
+                ylabel="kNN accuracy",
+                title=f"weighted kNN (k={cfg.eval.knn_k})",
+            ),
+        )
+    )
+    for key, title in (
+        ("hardest_is_false", "hardest in-batch negative has the anchor's class"),
+        ("false_mass_tilted", "tilted π mass on same-class candidates"),
+        ("eff_negatives_tilted", "effective negatives under tilt / candidates"),
+    ):
+        figs.append(
+            (
+                f"Diagnostics: {title}",
+                plots.curves(series(key, sub="diag"), out / f"diag_{key}.png", xlabel="epoch", ylabel=key, title=title),
+            )
+        )
+    figs.append(
+        (
+            "Alignment over training",
+            plots.curves(
+                series("align"), out / "align.png", xlabel="epoch", ylabel="alignment", title="alignment (Wang & Isola)"
+            ),
+        )
+    )
+    figs.append(
+        (
+            "Uniformity over training",
+            plots.curves(
+                series("uniform"),
+                out / "uniform.png",
+                xlabel="epoch",
+                ylabel="uniformity",
+                title="uniformity (Wang & Isola)",
+            ),
+        )
+    )
+    bruns = [r for r in rows if r.get("bounds")]
+    if bruns:
+        pick = cfg.report.bounds_run
+        br = next((r for r in bruns if r["run"] == pick), None) or next(
+            (r for r in bruns if r["label"] == "hscl"), bruns[0]
+        )
+        figs.append(
+            (
+                f"The four bound curves ({br['run']})",
+                plots.bound_curves(recs[br["run"]], out / "bounds.png", title=f"bound check, trained with {br['run']}"),
+            )
+        )
+    if cfg.report.embedding_map:
+        maps = {}
+        for label in dict.fromkeys(r["label"] for r in rows):
+            cand = [r for r in rows if r["label"] == label and r["seed"] == first_seed]
+            best = max(cand, key=lambda r: r["knn_acc"], default=None)
+            if best is None:
+                continue
+            e = torch.load(out / "runs" / best["run"] / ck.EMBEDDINGS, weights_only=True)
+            n = cfg.report.map_points
+            maps[best["run"]] = (e["features"][:n].numpy(), e["labels"][:n].numpy())
+        if maps:
+            figs.append(("t-SNE of frozen test features", plots.embedding_maps(maps, out / "embedding_map.png")))
+    n_done, n_all = len(rows), _grid_size(cfg)
+    md = [
+        f"# hardneg compare: {cfg.name}",
+        "",
+        f"Data: {cfg.data.name} (train {rows[0].get('n_train', '?')}, test {rows[0].get('n_test', '?')}); encoder "
+        f"{cfg.model.encoder} (width {cfg.model.width}); {cfg.train.epochs} epochs, batch {cfg.train.batch_size}, "
+        f"AdamW lr {cfg.optim.lr}, {cfg.optim.schedule} schedule; kNN k={cfg.eval.knn_k}, t={cfg.eval.knn_t}. "
+        f"Runs finished: {n_done} of {n_all}.",
+        "",
+        "## Accuracy (mean ± sample std over seeds)",
+        "",
+        results_table(rows),
+        "",
+        f"Seed-to-seed spread (std within a group): {spread(rows)}.",
+        "",
+        "## Claims: hard negatives vs uniform negatives",
+        "",
+        claims(rows),
+        "",
+        "## Bound check (Jiang et al. 2022): fraction of logged training batches / anchors where each holds",
+        "",
+        bounds_table(rows),
+        "",
+        "## Plots",
+        "",
+    ]
+    for title, p in figs:
+        md += [f"### {title}", "", f"![{title}]({p.name})", ""]
+    md += ["Regenerate: `hardneg report " + str(out) + "`", ""]
+    rp = out / "report.md"
+    atomic_write_text(rp, "\n".join(md))
+    if docs_path is not None:
+        doc = [
+            f"# Results: {cfg.name}",
+            "",
+            f"Generated by `hardneg report {out} --docs {docs_path}` from {n_done} of {n_all} runs.",
+            "",
+            *md[2 : md.index("## Plots")],
+        ]
+        atomic_write_text(docs_path, "\n".join(doc))
+    return rp
+
+
+def _grid_size(cfg: Any) -> int:
+    from hardneg.train.compare import expand_grid
+
+    return len(expand_grid(cfg))
+
+
+def write_run_report(run_dir: str | Path) -> Path:
+    """A short report of one ``hardneg train`` / ``hardneg bounds`` run: summary, loss curve, and the
+    four bound curves when they were logged."""
+    from hardneg.report import plots
+    from hardneg.train.trainer import read_metrics
+
+    d = Path(run_dir)
+    recs = read_metrics(d)
+    sp = d / ck.SUMMARY
+    s = json.loads(sp.read_text(encoding="utf-8")) if sp.is_file() else {}
+    md = [f"# hardneg run: {d.name}", ""]
+    if s:
+        md += [
+            f"Loss {s['loss']} {s['params']}, seed {s['seed']}, {s['epochs']} epochs ({s['steps']} steps).",
+            "",
+            f"- kNN accuracy: {100 * s['knn_acc']:.2f} %",
+        ]
+        if "linear_acc" in s:
+            md.append(f"- linear probe accuracy: {100 * s['linear_acc']:.2f} %")
+        md += [f"- alignment {s['align']:.3f}, uniformity {s['uniform']:.3f}", ""]
+        if s.get("bounds"):
+            md += ["## Bound check", "", bounds_table([{"run": d.name, **s}]), ""]
+    else:
+        md += ["(not finished: no summary.json yet)", ""]
+    steps = [(r["step"], r["loss"]) for r in recs if r["type"] == "step"]
+    p = plots.curves({"loss": steps}, d / "loss_curve.png", xlabel="step", ylabel="loss", title="training loss")
+    md += [f"![training loss]({p.name})", ""]
+    if any(r["type"] == "bounds" for r in recs):
+        p = plots.bound_curves(recs, d / "bounds.png", title=f"bound check ({d.name})")
+        md += [f"![bound curves]({p.name})", ""]
+    rp = d / "report.md"
+    atomic_write_text(rp, "\n".join(md))
+    return rp
