@@ -31,7 +31,10 @@ def dataset_to_tensors(data: Any, *, name: str = "data") -> tuple[torch.Tensor, 
     elif isinstance(data, LabeledImageDataset):
         if len(data) == 0:
             raise ValueError(f"{name} is empty")
-        xs, ys = zip(*(data[i] for i in range(len(data))))
+        items = [data[i] for i in range(len(data))]
+        if not all(isinstance(it, tuple | list) and len(it) == 2 for it in items):
+            raise TypeError(f"{name}[i] must return (image tensor (C, H, W), int label)")
+        xs, ys = zip(*items)
         X = torch.stack([torch.as_tensor(x) for x in xs])
         y = torch.as_tensor([int(v) for v in ys])
     else:

@@ -75,8 +75,12 @@ def claims(rows: list[dict[str, Any]]) -> str:
                 d = 100 * (ma - mc)
                 spread = 100 * math.sqrt(sa**2 + sc**2)
                 verdict = "better" if d > 0 else "worse" if d < 0 else "equal"
-                beyond = "beyond" if abs(d) > spread and (len(a) > 1 and len(c) > 1) else "within"
-                parts.append(f"{m.split('_')[0]} {d:+.2f} pp ({verdict}; {beyond} the seed spread {spread:.2f})")
+                if len(a) > 1 and len(c) > 1:
+                    beyond = "beyond" if abs(d) > spread else "within"
+                    note = f"{beyond} the seed spread {spread:.2f} pp"
+                else:
+                    note = "one seed: spread not measured"
+                parts.append(f"{m.split('_')[0]} {d:+.2f} pp ({verdict}; {note})")
             if parts:
                 out.append(f"- {hard.upper()} β={beta:g} vs {base.upper()}: " + "; ".join(parts))
     return "\n".join(out) if out else "- (the grid lacks a pair to compare)"

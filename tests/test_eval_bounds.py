@@ -1,0 +1,99 @@
+"""The bound check: the four losses against literal formulas (Jiang et al. 2022, arXiv 2209.00078) and
+Assumption 1 against a per-anchor loop."""
+
+import math
+
+import pytest
+import torch
+
+from hardneg.eval.bounds import assumption1, bound_terms, summarize_bounds
+
+
+def literal_losses(z1, z2, y, beta, t):
+    """Per anchor: UCL, SCL, H-UCL (τ⁺ = 0), H-SCL with one positive (the other view), N = 2B − 2,
+    the negative term N·E_q[e^{s/t}] with q uniform / tilted ∝ e^{βs/t} over all others / other classes."""
+    z = torch.cat([z1, z2]).double()
+    z = z / z.norm(dim=1, keepdim=True)
+    yy = torch.cat([y, y]).tolist()
+    n, B = z.shape[0], z1.shape[0]
+    N = n - 2
+    out = {k: [] for k in ("ucl", "scl", "hucl", "hscl")}
+    for i in range(n):
+        p = (i + B) % n
+        sp = float(z[i] @ z[p])
+        cand = [j for j in range(n) if j not in (i, p)]
+        s = {j: float(z[i] @ z[j]) for j in cand}
+
+        def term(js, tilt):
+            w = [math.exp(tilt * s[j] / t) for j in js]
+            return N * sum(wj * math.exp(s[j] / t) for wj, j in zip(w, js)) / sum(w)
+
+        other = [j for j in cand if yy[j] != yy[i]]
+        for key, js, tilt in (("ucl", cand, 0.0), ("scl", other, 0.0), ("hucl", cand, beta), ("hscl", other, beta)):
+            out[key].append(-math.log(math.exp(sp / t) / (math.exp(sp / t) + term(js, tilt))))
+    return out
+
+
+def literal_assumption1(z1, z2, y, beta, t):
+    z = torch.cat([z1, z2]).double()
+    z = z / z.norm(dim=1, keepdim=True)
+    yy = torch.cat([y, y]).tolist()
+    n, B = z.shape[0], z1.shape[0]
+    res = []
+    for i in range(n):
+        cand = [j for j in range(n) if j not in (i, (i + B) % n)]
+        same = [j for j in cand if yy[j] == yy[i]]
+        other = [j for j in cand if yy[j] != yy[i]]
+        if not same or not other:
+            res.append(None)
+            continue
+
+        def tm(js):
+            w = [math.exp(beta * float(z[i] @ z[j]) / t) for j in js]
+            return sum(wj * float(z[i] @ z[j]) for wj, j in zip(w, js)) / sum(w)
+
+        res.append(tm(same) >= tm(other))
+    return res
+
+
+@pytest.mark.parametrize("beta,t", [(1.0, 0.5), (2.0, 0.2), (0.0, 0.5)])
+def test_bound_terms_match_literal(beta, t):
+    g = torch.Generator().manual_seed(int(10 * beta))
+    B = 8
+    z1, z2 = torch.randn(B, 4, generator=g), torch.randn(B, 4, generator=g)
+    y = torch.tensor([0, 0, 1, 1, 2, 2, 0, 1])
+    got = bound_terms(z1, z2, y, beta=beta, t=t)
+    ref = literal_losses(z1, z2, y, beta, t)
+    for k in ref:
+        assert got[k] == pytest.approx(sum(ref[k]) / len(ref[k]), rel=1e-5), k
+    n = 2 * B
+    assert got["frac_hscl_le_hucl"] == pytest.approx(sum(a <= b + 1e-6 for a, b in zip(ref["hscl"], ref["hucl"])) / n)
+    # tilting towards harder negatives can only raise the loss (Chebyshev's sum inequality), per anchor
+    assert got["frac_hscl_ge_scl"] == 1.0 and got["frac_hucl_ge_ucl"] == 1.0
+    a1 = [v for v in literal_assumption1(z1, z2, y, beta, t) if v is not None]
+    assert got["assumption1"] == pytest.approx(sum(a1) / len(a1))
+
+
+def test_assumption1_per_anchor_and_undefined():
+    g = torch.Generator().manual_seed(3)
+    z1, z2 = torch.randn(5, 3, generator=g), torch.randn(5, 3, generator=g)
+    y = torch.tensor([0, 1, 1, 2, 2])  # class 0 has no same-class candidate
+    got = assumption1(z1, z2, y, beta=1.0, t=0.5)
+    ref = literal_assumption1(z1, z2, y, 1.0, 0.5)
+    for a, b in zip(got.tolist(), ref):
+        if b is None:
+            assert math.isnan(a)
+        else:
+            assert a == float(b)
+
+
+def test_summarize_bounds_by_hand():
+    rows = [
+        {"ucl": 1, "scl": 0.9, "hucl": 1.2, "hscl": 1.1, "frac_hscl_le_hucl": 0.5, "frac_hscl_ge_scl": 1.0,
+         "frac_hucl_ge_ucl": 1.0, "assumption1": 0.8},
+        {"ucl": 1, "scl": 0.9, "hucl": 1.0, "hscl": 1.1, "frac_hscl_le_hucl": 0.25, "frac_hscl_ge_scl": 1.0,
+         "frac_hucl_ge_ucl": 1.0, "assumption1": 0.6},
+    ]
+    s = summarize_bounds(rows)
+    assert s["batches"] == 2 and s["batch_frac_hscl_le_hucl"] == 0.5
+    assert s["anchor_frac_hscl_le_hucl"] == pytest.approx(0.375) and s["assumption1"] == pytest.approx(0.7)
