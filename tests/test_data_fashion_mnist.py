@@ -31,7 +31,8 @@ def test_real_files_verify_and_parse():
     # first image: 16-byte header, then 784 bytes
     with gzip.open(fm.DEFAULT_DIR / "t10k-images-idx3-ubyte.gz", "rb") as f:
         head = f.read(16 + 784)
-    assert torch.equal((X[0, 0] * 255).round().to(torch.uint8), torch.tensor(list(head[16:]), dtype=torch.uint8).reshape(28, 28))
+    first = torch.tensor(list(head[16:]), dtype=torch.uint8).reshape(28, 28)
+    assert torch.equal((X[0, 0] * 255).round().to(torch.uint8), first)
     Xl, yl = fm.load_fashion_mnist("train", limit=100)
     assert Xl.shape == (100, 1, 28, 28) and int(yl[0]) == 9  # the first training image is an ankle boot
 

@@ -24,7 +24,7 @@ def literal_losses(z1, z2, y, beta, t):
         cand = [j for j in range(n) if j not in (i, p)]
         s = {j: float(z[i] @ z[j]) for j in cand}
 
-        def term(js, tilt):
+        def term(js, tilt, s=s):
             w = [math.exp(tilt * s[j] / t) for j in js]
             return N * sum(wj * math.exp(s[j] / t) for wj, j in zip(w, js)) / sum(w)
 
@@ -48,7 +48,7 @@ def literal_assumption1(z1, z2, y, beta, t):
             res.append(None)
             continue
 
-        def tm(js):
+        def tm(js, i=i):
             w = [math.exp(beta * float(z[i] @ z[j]) / t) for j in js]
             return sum(wj * float(z[i] @ z[j]) for wj, j in zip(w, js)) / sum(w)
 

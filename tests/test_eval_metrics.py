@@ -87,7 +87,8 @@ def test_alignment_uniformity_match_formula():
     ref_align = np.mean([np.linalg.norm(a - b) ** 2 for a, b in zip(xn, yn)])
     pairs = [np.exp(-2 * np.linalg.norm(xn[i] - xn[j]) ** 2) for i in range(12) for j in range(i + 1, 12)]
     assert alignment(x, y) == pytest.approx(ref_align, rel=1e-6)
-    assert alignment(x, y, alpha=1.0) == pytest.approx(np.mean([np.linalg.norm(a - b) for a, b in zip(xn, yn)]), rel=1e-6)
+    ref_align1 = np.mean([np.linalg.norm(a - b) for a, b in zip(xn, yn)])
+    assert alignment(x, y, alpha=1.0) == pytest.approx(ref_align1, rel=1e-6)
     assert uniformity(x) == pytest.approx(np.log(np.mean(pairs)), rel=1e-6)
     # identical points: alignment 0; antipodal pair: uniformity = -t·4
     assert alignment(x, x) == pytest.approx(0.0, abs=1e-12)
