@@ -91,9 +91,7 @@ class Trainer:
             raise TypeError(f"config must be a RunConfig, got {type(config).__name__}")
         self.cfg = config
         self.run_dir = Path(run_dir)
-        self.resumed = ck.prepare_run_dir(
-            self.run_dir, dump_config(config), resume=resume, overwrite=overwrite
-        )
+        self.resumed = ck.prepare_run_dir(self.run_dir, dump_config(config), resume=resume, overwrite=overwrite)
         c = config
         if c.train.threads:
             torch.set_num_threads(c.train.threads)
@@ -130,12 +128,8 @@ class Trainer:
                 proj_dim=m.proj_dim,
             )
         self.model = model
-        self.augment = Augment(
-            tuple(c.augment.crop_scale), c.augment.flip_p, c.augment.noise_std, c.augment.erase_p
-        )
-        self.opt = torch.optim.AdamW(
-            self.model.parameters(), lr=c.optim.lr, weight_decay=c.optim.weight_decay
-        )
+        self.augment = Augment(tuple(c.augment.crop_scale), c.augment.flip_p, c.augment.noise_std, c.augment.erase_p)
+        self.opt = torch.optim.AdamW(self.model.parameters(), lr=c.optim.lr, weight_decay=c.optim.weight_decay)
         self.steps_per_epoch = self.X.shape[0] // c.train.batch_size
         self.total_steps = self.steps_per_epoch * c.train.epochs
         self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lr_lambda(c, self.total_steps))
@@ -235,9 +229,7 @@ class Trainer:
         pred = knn_predict(ftr, self.y, fte, k=e.knn_k, t=e.knn_t, num_classes=self.num_classes)
         out: dict[str, Any] = {"knn_acc": float((pred == self.yt).float().mean())}
         if probe:
-            pr = linear_probe(
-                ftr, self.y, fte, self.yt, max_iter=e.probe_max_iter, num_classes=self.num_classes
-            )
+            pr = linear_probe(ftr, self.y, fte, self.yt, max_iter=e.probe_max_iter, num_classes=self.num_classes)
             out["linear_acc"] = pr.accuracy
             out["linear_per_class"] = pr.per_class
             out["linear_confusion"] = pr.confusion
@@ -275,6 +267,13 @@ class Trainer:
             if handler_set:
                 signal.signal(signal.SIGINT, old)
 
+    def _nonfinite(self, what: str) -> None:
+        self._metrics_fh_flush()
+        where = f"last good checkpoint kept at {self.last_ckpt}" if self.last_ckpt else "no checkpoint yet"
+        raise NonFiniteLossError(
+            f"{what} at step {self.step + 1} (epoch {self.epoch + 1}); stopped before updating; {where}"
+        )
+
     def _fit(self) -> dict[str, Any]:
         from tqdm.auto import tqdm
 
@@ -304,20 +303,14 @@ class Trainer:
                     idx = self.perm[self.batch_idx * bs : (self.batch_idx + 1) * bs]
                     x, y = self.X[idx], self.y[idx]
                     v = torch.cat([self.augment(x, self.g_aug), self.augment(x, self.g_aug)])
-                    z1, z2 = self.model(v).chunk(2)
+                    z = self.model(v)
+                    if not bool(torch.isfinite(z.detach()).all()):
+                        self._nonfinite("the embeddings contain NaN/inf")
+                    z1, z2 = z.chunk(2)
                     loss = self.loss_fn(z1, z2, y)
                     lv = float(loss.detach())
                     if not math.isfinite(lv):
-                        self._metrics_fh_flush()
-                        where = (
-                            f"last good checkpoint kept at {self.last_ckpt}"
-                            if self.last_ckpt
-                            else "no checkpoint yet"
-                        )
-                        raise NonFiniteLossError(
-                            f"loss is {lv} at step {self.step + 1} (epoch {self.epoch + 1}); "
-                            f"stopped before updating; {where}"
-                        )
+                        self._nonfinite(f"loss is {lv}")
                     self.opt.zero_grad(set_to_none=True)
                     loss.backward()
                     if c.optim.grad_clip:
@@ -330,9 +323,7 @@ class Trainer:
                     self.epoch_loss[0] += lv
                     self.epoch_loss[1] += 1
                     if self.step % c.train.log_every == 0:
-                        self._log(
-                            {"type": "step", "step": self.step, "epoch": self.epoch + 1, "loss": lv, "lr": lr}
-                        )
+                        self._log({"type": "step", "step": self.step, "epoch": self.epoch + 1, "loss": lv, "lr": lr})
                     if c.bounds.enabled and self.step % c.bounds.every == 0:
                         from hardneg.eval.bounds import bound_terms
 
@@ -355,9 +346,7 @@ class Trainer:
                     pe = c.eval.probe_every_epochs
                     probe = c.eval.linear_probe and (last or (pe is not None and ep % pe == 0))
                     last_eval = self.evaluate(probe=probe)
-                    rec.update(
-                        {k: v for k, v in last_eval.items() if not k.endswith(("per_class", "confusion"))}
-                    )
+                    rec.update({k: v for k, v in last_eval.items() if not k.endswith(("per_class", "confusion"))})
                 self._log(rec)
                 self.epoch += 1
                 self.perm = None
@@ -374,15 +363,11 @@ class Trainer:
         from hardneg.eval.bounds import summarize_bounds
 
         self._close()
-        recs = [
-            json.loads(line) for line in (self.run_dir / ck.METRICS).read_text(encoding="utf-8").splitlines()
-        ]
+        recs = [json.loads(line) for line in (self.run_dir / ck.METRICS).read_text(encoding="utf-8").splitlines()]
         bounds = summarize_bounds([r for r in recs if r["type"] == "bounds"])
         atomic_torch_save(self.model.state_dict(), self.run_dir / ck.MODEL)
         n = min(2000, self.Xt.shape[0])
-        atomic_torch_save(
-            {"features": self.embed(self.Xt[:n]), "labels": self.yt[:n]}, self.run_dir / ck.EMBEDDINGS
-        )
+        atomic_torch_save({"features": self.embed(self.Xt[:n]), "labels": self.yt[:n]}, self.run_dir / ck.EMBEDDINGS)
         summary = {
             "loss": self.cfg.loss.name,
             "params": self.cfg.loss.params,
