@@ -34,6 +34,7 @@ def evaluate_run(
         m.encoder,
         tuple(X.shape[1:]),
         width=m.width,
+        stem_stride=m.stem_stride,
         hidden=m.hidden,
         depth=m.depth,
         head_hidden=m.head_hidden,

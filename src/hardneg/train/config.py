@@ -37,6 +37,7 @@ class AugmentConfig(_Strict):
 class ModelConfig(_Strict):
     encoder: str = "cnn"
     width: int = Field(default=32, gt=0)
+    stem_stride: Literal[1, 2] = 1
     hidden: int = Field(default=256, gt=0)
     depth: int = Field(default=2, ge=1)
     head_hidden: int = Field(default=128, gt=0)

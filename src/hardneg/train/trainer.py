@@ -122,6 +122,7 @@ class Trainer:
                 m.encoder,
                 tuple(self.X.shape[1:]),
                 width=m.width,
+                stem_stride=m.stem_stride,
                 hidden=m.hidden,
                 depth=m.depth,
                 head_hidden=m.head_hidden,
