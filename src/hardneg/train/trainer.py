@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import math
 import signal
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -300,7 +301,9 @@ class Trainer:
                 while self.batch_idx < spe:
                     if self._stop:
                         p = self.save_checkpoint()
-                        raise KeyboardInterrupt(f"interrupted at step {self.step}; checkpoint saved to {p}")
+                        msg = f"interrupted at step {self.step}; checkpoint saved to {p}; continue with --resume"
+                        print(f"hardneg: {msg}", file=sys.stderr)
+                        raise KeyboardInterrupt(msg)
                     idx = self.perm[self.batch_idx * bs : (self.batch_idx + 1) * bs]
                     x, y = self.X[idx], self.y[idx]
                     v = torch.cat([self.augment(x, self.g_aug), self.augment(x, self.g_aug)])
