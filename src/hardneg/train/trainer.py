@@ -334,7 +334,7 @@ class Trainer:
                         bt = bound_terms(z1, z2, y, beta=self.bounds_beta, t=self.bounds_t)
                         self._log({"type": "bounds", "step": self.step, "epoch": self.epoch + 1, **bt})
                     bar.update(1)
-                    bar.set_postfix(loss=f"{lv:.4f}", epoch=self.epoch + 1)
+                    bar.set_postfix(loss=f"{lv:.4f}", epoch=self.epoch + 1, refresh=False)
                     if self.step % c.train.checkpoint_every == 0:
                         self.save_checkpoint()
                 # end of epoch
