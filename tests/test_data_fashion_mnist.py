@@ -59,12 +59,13 @@ def test_corrupt_file_is_refused(tmp_path):
 
 def test_cli_missing_data_exit_2(tmp_path, capsys):
     cfg = tmp_path / "c.yaml"
-    cfg.write_text(f"data: {{name: fashion_mnist, data_dir: {tmp_path / 'nothing'}}}\n")
+    cfg.write_text("data: {name: fashion_mnist}\n")
     with pytest.raises(SystemExit) as e:
-        main(["train", "--config", str(cfg), "--out", str(tmp_path / "run")])
+        main(["train", "--config", str(cfg), "--out", str(tmp_path / "run"), "--data-dir", str(tmp_path / "nothing")])
     assert e.value.code == 2
     err = capsys.readouterr().err
     assert "missing" in err and "dataset-fashion-mnist" in err and len(err.strip().splitlines()) == 1
+    assert str(tmp_path / "nothing") in err
 
 
 def test_idx_header_checked(tmp_path):

@@ -16,11 +16,21 @@ SetOpt = Annotated[
 ]
 ResumeOpt = Annotated[bool, typer.Option("--resume", help="Continue the run stored in the output folder.")]
 OverwriteOpt = Annotated[bool, typer.Option("--overwrite", help="Delete what the output folder holds; start over.")]
+DataDirOpt = Annotated[
+    Path | None, typer.Option("--data-dir", help="Folder with the Fashion-MNIST .gz idx files (data.data_dir).")
+]
 RunOutOpt = Annotated[Path | None, typer.Option("--out", "-o", help="Run directory (default runs/<config name>).")]
 
 
 def _echo(msg: str) -> None:
     typer.echo(msg, err=False)
+
+
+def _with_dir(overrides: list[str] | None, data_dir: Path | None) -> list[str]:
+    out = list(overrides or [])
+    if data_dir is not None:
+        out.append(f"data.data_dir={json.dumps(str(data_dir))}")
+    return out
 
 
 def _run_train(
@@ -43,11 +53,12 @@ def train_cmd(
     config: ConfigOpt,
     out: RunOutOpt = None,
     overrides: SetOpt = None,
+    data_dir: DataDirOpt = None,
     resume: ResumeOpt = False,
     overwrite: OverwriteOpt = False,
 ) -> None:
     """Train one model from a config; metrics, checkpoints and the summary go to the run directory."""
-    run_dir, s = _run_train(config, out, overrides, resume, overwrite, False)
+    run_dir, s = _run_train(config, out, _with_dir(overrides, data_dir), resume, overwrite, False)
     lin = f"  linear {s['linear_acc']:.4f}" if "linear_acc" in s else ""
     _echo(f"kNN {s['knn_acc']:.4f}{lin}  align {s['align']:.3f}  uniform {s['uniform']:.3f}")
     _echo(f"run directory: {run_dir}")
@@ -58,6 +69,7 @@ def bounds_cmd(
     config: ConfigOpt,
     out: RunOutOpt = None,
     overrides: SetOpt = None,
+    data_dir: DataDirOpt = None,
     resume: ResumeOpt = False,
     overwrite: OverwriteOpt = False,
 ) -> None:
@@ -65,7 +77,7 @@ def bounds_cmd(
     (Jiang et al. 2022); print how often each inequality and Assumption 1 hold; plot the four curves."""
     from hardneg.report.report import write_run_report
 
-    run_dir, s = _run_train(config, out, overrides, resume, overwrite, True)
+    run_dir, s = _run_train(config, out, _with_dir(overrides, data_dir), resume, overwrite, True)
     b = s["bounds"]
     _echo(f"batches checked: {b['batches']}")
     for name, key in (
@@ -84,6 +96,7 @@ def compare_cmd(
     config: ConfigOpt,
     out: Annotated[Path | None, typer.Option("--out", "-o", help="Output folder (default runs/<name>).")] = None,
     overrides: SetOpt = None,
+    data_dir: DataDirOpt = None,
     resume: ResumeOpt = False,
     overwrite: OverwriteOpt = False,
 ) -> None:
@@ -92,7 +105,7 @@ def compare_cmd(
     from hardneg.train.compare import collect, run_compare
     from hardneg.train.config import CompareConfig, load_config
 
-    cfg = load_config(config, overrides, CompareConfig)
+    cfg = load_config(config, _with_dir(overrides, data_dir), CompareConfig)
     out_dir = out or Path("runs") / cfg.name
     rp = run_compare(cfg, out_dir, resume=resume, overwrite=overwrite, echo=_echo)
     _echo("")
