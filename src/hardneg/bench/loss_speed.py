@@ -8,15 +8,15 @@ For every size 2B, in one process (so the ratios compare like with like on a noi
 - the *floor*: the three bare matrix products every InfoNCE loss needs (S = QKᵀ, dQ = G K,
   dK = Gᵀ Q), chunked like our kernel so that it fits in memory at 2B = 65,536.
 
-Peak extra memory is measured separately for each case in a fresh subprocess, as the growth of
-the process's peak resident set size (``ru_maxrss``) over its size after the inputs were built.
+Peak extra memory is measured separately for each case in a fresh subprocess: the peak resident
+set size is reset (``/proc/self/clear_refs``) once the inputs exist, and the growth of the peak
+(``VmHWM``) over the resident size at that moment is reported.
 Cases whose estimated memory exceeds ``--max-gb`` are skipped with the reason printed.
 """
 
 from __future__ import annotations
 
 import json
-import resource
 import subprocess
 import sys
 import time
@@ -111,19 +111,28 @@ def _time_once(name: str, n: int) -> float:
     return time.perf_counter() - t0
 
 
+_MEMORY_PROBE = """
+import gc, json, torch
+torch.set_num_threads({threads})
+from hardneg.bench.loss_speed import _inputs, _run_case
+_run_case({name!r}, *_inputs(64))  # lazy initialisation is not the case's memory
+z1, z2, y = _inputs({n})
+gc.collect()
+def status(key):
+    for line in open("/proc/self/status"):
+        if line.startswith(key):
+            return int(line.split()[1]) * 1024
+with open("/proc/self/clear_refs", "w") as f:
+    f.write("5")  # reset the peak resident set size (VmHWM) to the current size
+base = status("VmRSS:")
+_run_case({name!r}, z1, z2, y)
+print(json.dumps(status("VmHWM:") - base))
+"""
+
+
 def _measure_memory(name: str, n: int, threads: int) -> float | None:
-    """Peak extra RSS (bytes) of one forward+backward, in a fresh subprocess."""
-    code = (
-        "import resource, json, torch;"
-        f"torch.set_num_threads({threads});"
-        "from hardneg.bench.loss_speed import _inputs, _run_case;"
-        f"z1, z2, y = _inputs({n});"
-        "import gc; gc.collect();"
-        "base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss;"
-        f"_run_case({name!r}, z1, z2, y);"
-        "peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss;"
-        "print(json.dumps((peak - base) * 1024))"
-    )
+    """Peak extra resident memory (bytes) of one forward+backward, in a fresh subprocess (Linux)."""
+    code = _MEMORY_PROBE.format(threads=threads, name=name, n=n)
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=3600)
     if out.returncode != 0:
         return None
@@ -141,7 +150,6 @@ def run(
 ) -> list[dict]:
     """Run the benchmark; return one row per (size, case) and print a table with ratios."""
     torch.set_num_threads(threads)
-    _ = resource  # imported for the subprocess; keeps linters quiet
     rows: list[dict] = []
     selected = [c for c in CASES if cases is None or c.name in cases or c.kind == "floor"]
     for n in sizes:
@@ -157,7 +165,8 @@ def run(
             else:
                 runnable.append(c)
         reps = repeats if n <= 8192 else 1
-        _run_case("floor", *_inputs(64))  # warm-up of the BLAS threads
+        for c in runnable:  # warm-up: lazy imports and first-call initialisation are not timed
+            _run_case(c.name, *_inputs(64))
         samples: dict[str, list[float]] = {c.name: [] for c in runnable}
         for _ in range(reps):  # interleave cases so that machine noise hits all of them alike
             for c in runnable:

@@ -400,7 +400,7 @@ class _WeightedInfoNCE(torch.autograd.Function):
 
 
 def _check_embeddings(q: Tensor, k: Tensor) -> None:
-    for name, x in (("q", q), ("k", k)):
+    for name, x in (("q", q), ("k", k)) if k is not q else (("q", q),):
         if not isinstance(x, Tensor):
             raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
         if x.dim() != 2:
@@ -411,6 +411,8 @@ def _check_embeddings(q: Tensor, k: Tensor) -> None:
             raise TypeError(f"{name} must be a floating-point tensor, got {x.dtype}")
         if not bool(torch.isfinite(x).all()):
             raise ValueError(f"{name} contains NaN or inf values")
+    if not isinstance(k, Tensor):
+        raise TypeError(f"k must be a torch.Tensor, got {type(k).__name__}")
     if q.shape[1] != k.shape[1]:
         raise ValueError(f"q and k must have the same embedding dim, got {q.shape[1]} and {k.shape[1]}")
     if q.device != k.device:
@@ -589,11 +591,13 @@ def weighted_info_nce(
     )
     ix = _Index(pos_index, self_index, q_labels, k_labels, n_pos, n_valid, order, start, k_count)
     in_dtype = q.dtype
+    same = k is q
     if normalize:
         q = F.normalize(q, dim=1)
-        k = F.normalize(k, dim=1)
+        k = q if same else F.normalize(k, dim=1)
     if in_dtype in (torch.float16, torch.bfloat16):  # accumulate in float32
-        q, k = q.float(), k.float()
+        q = q.float()
+        k = q if same else k.float()
     if reduction == "mean":
         denom = float(n_pos.sum()) if (positives == "labels" and positive_reduce == "pairs") else float(n)
         scale = 1.0 / denom
