@@ -66,7 +66,7 @@ def parse_data_file(path: str | os.PathLike[str]) -> list[Synset]:
                 continue
             head, sep, gloss = line.partition(" | ")
             if not sep:
-                raise ValueError(f"{path}:{lineno}: malformed WordNet data line (no ' | ' before the gloss)")
+                raise ValueError(f"{path} line {lineno}: malformed WordNet data line (no ' | ' before the gloss)")
             tok = head.split()
             try:
                 offset, ss_type, w_cnt = tok[0], tok[2], int(tok[3], 16)
@@ -81,7 +81,7 @@ def parse_data_file(path: str | os.PathLike[str]) -> list[Synset]:
                         hypers.append(f"{_POS_CHAR[pos_c]}:{target}")
                     i += 4
             except (IndexError, ValueError, KeyError) as e:
-                raise ValueError(f"{path}:{lineno}: malformed WordNet data line ({e})") from e
+                raise ValueError(f"{path} line {lineno}: malformed WordNet data line ({e})") from e
             pos = _POS_CHAR[ss_type]
             definition, examples = split_gloss(gloss.strip())
             out.append(Synset(f"{pos}:{offset}", pos, lemmas, definition, examples, tuple(hypers)))
