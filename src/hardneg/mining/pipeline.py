@@ -124,6 +124,12 @@ def mine_texts(
     if q_labels is not None and len(q_labels) != len(queries):
         raise ValueError(f"q_labels must have one entry per pair ({len(queries)}), got {len(q_labels)}")
     texts, pos_ids, c_labels = prepare_corpus(positives, corpus, q_labels, corpus_labels)
+    if len(texts) - 1 < cfg.range_min + cfg.num_negatives:
+        raise ValueError(
+            f"corpus has {len(texts)} documents (positives included), fewer than the window needs "
+            f"(range_min={cfg.range_min} + num_negatives={cfg.num_negatives} besides the positive); "
+            f"give a larger --corpus or lower --range-min/--num-negatives"
+        )
     if model is None or isinstance(model, (str, os.PathLike)):
         model = load_sentence_model(model)
     t0 = time.perf_counter()
