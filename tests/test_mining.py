@@ -159,6 +159,10 @@ def test_index_options_and_recall():
     assert recall_at_k(ids, ref) == 1.0
     hnsw = build_index(c, "hnsw32", ef_search=256)
     assert measure_recall(c, q, hnsw, 10, sample=100) > 0.9
+    bf = build_index(c, "bf16")
+    assert measure_recall(c, q, bf, 10, sample=100) > 0.99
+    sb, ib = search(bf, q, 10)
+    np.testing.assert_allclose(sb, np.take_along_axis(q @ c.T, ib, 1), rtol=1e-5, atol=1e-6)  # exact scores
     ivf = build_index(c, "ivf16", nprobe=16)  # nprobe = nlist: exhaustive, so exact
     assert measure_recall(c, q, ivf, 10, sample=100) == pytest.approx(1.0)
     assert recall_at_k(np.array([[1, 2, 3]]), np.array([[3, 4, 5]])) == pytest.approx(1 / 3)

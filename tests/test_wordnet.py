@@ -8,7 +8,8 @@ from hardneg.data import wordnet as wn
 DATA = """  1 This software and database is being provided to you, the LICENSEE, by
   2 Princeton University under the following license.
 00000100 03 n 01 entity 0 002 ~ 00000200 n 0000 ~ 00000300 n 0000 | that which is perceived to exist
-00000200 03 n 02 dog 0 domestic_dog 0 002 @ 00000100 n 0000 ~ 00000400 n 0000 | a member of the genus Canis; "the dog barked all night"; "dogs are loyal"
+00000200 03 n 02 dog 0 domestic_dog 0 002 @ 00000100 n 0000 ~ 00000400 n 0000 | \
+a member of the genus Canis; "the dog barked all night"; "dogs are loyal"
 00000300 03 n 01 cat 0 001 @ 00000100 n 0000 | feline mammal; "the cat sat" - Anon
 00000400 03 n 01 puppy 0 001 @i 00000200 n 0000 | a young dog
 """

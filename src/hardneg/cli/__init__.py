@@ -1,7 +1,7 @@
 """`hardneg` command line. Each sub-command lives in its own module and registers on ``app``."""
 
 from hardneg.cli import bench  # noqa: F401  (registers `hardneg bench`)
-from hardneg.cli.app import app, main
 from hardneg.cli import mine as _mine  # noqa: F401  (registers `hardneg mine`, `hardneg wordnet-export`)
+from hardneg.cli.app import app, main
 
 __all__ = ["app", "main"]

@@ -17,9 +17,10 @@ _DEFAULT_CACHE = ".cache/hardneg-embeddings"
 def mine_cmd(
     out: Path = typer.Option(..., "--out", "-o", help="Output file: .jsonl, .csv or .parquet."),
     pairs: Path | None = typer.Option(None, "--pairs", help="Query/positive pairs (.jsonl, .csv, .parquet)."),
-    corpus: Path | None = typer.Option(None, "--corpus", help="Optional corpus (.txt one per line, .jsonl/.csv/.parquet "
-                                       "with a 'text' column); the positives are always added."),
-    wordnet: bool = typer.Option(False, "--wordnet", help="Use WordNet example→definition pairs instead of --pairs."),
+    corpus: Path | None = typer.Option(
+        None, "--corpus",
+        help="Optional corpus (.txt one per line, .jsonl/.csv/.parquet with a 'text' column); positives are added."),
+    wordnet: bool = typer.Option(False, "--wordnet", help="Use WordNet example→definition pairs, not --pairs."),
     wordnet_pos: str = typer.Option("noun", "--wordnet-pos", help="Comma-separated parts of speech."),
     wordnet_split: str = typer.Option("train", "--wordnet-split", help="train, dev or test."),
     wordnet_query: str = typer.Option("example", "--wordnet-query", help="example, lemma or both."),

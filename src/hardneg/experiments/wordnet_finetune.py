@@ -33,8 +33,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
-
 RUNS = ("untuned", "mnrl", "st_mined", "hardneg_mined", "hardneg_best")
 
 

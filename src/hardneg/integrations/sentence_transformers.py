@@ -46,9 +46,9 @@ def _fn_log_weights(pos_index: Tensor, fn_margin: float | None, fn_threshold: fl
         s_pos = S[r, pidx]
         drop = torch.zeros_like(S, dtype=torch.bool)
         if fn_margin is not None:
-            drop |= S > (s_pos - fn_margin)[:, None]
+            drop |= (s_pos - fn_margin)[:, None] < S
         if fn_threshold is not None:
-            drop |= S > fn_threshold
+            drop |= fn_threshold < S
         drop[r, pidx] = False
         cand = torch.ones_like(drop)
         cand[r, pidx] = False

@@ -192,9 +192,8 @@ def mine_embeddings(
             f"corpus has {m} documents, fewer than the window needs (range_min={cfg.range_min} + "
             f"num_negatives={cfg.num_negatives} besides the positive); lower range_min/num_negatives"
         )
-    if (cfg.filter_labels or q_labels is not None) and (q_labels is None or c_labels is None):
-        if cfg.filter_labels:
-            raise ValueError("filter_labels needs labels for the queries and the corpus")
+    if cfg.filter_labels and (q_labels is None or c_labels is None):
+        raise ValueError("filter_labels needs labels for the queries and the corpus")
     K = min(range_max + n_pos, m)
 
     # 1. retrieval
