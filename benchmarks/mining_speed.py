@@ -1,7 +1,8 @@
 """Mining speed and peak memory: `hardneg mine` vs sentence-transformers' `mine_hard_negatives`.
 
 Case A (WordNet): example→definition pairs of the noun train+dev+test splits, corpus = all noun
-definitions, all-MiniLM-L6-v2, 5 negatives, "top", flat FAISS. Measured
+definitions, all-MiniLM-L6-v2, 5 negatives, "top"; ST with use_faiss=True (exact IndexFlatIP),
+hardneg with --index (default "bf16": bf16 coarse search + exact float32 re-scoring). Measured
   A1 end to end from texts, cold (ST: its encode at batch 32, fp32; hardneg: bf16 autocast, dedupe,
      batch 64), each in its own subprocess so peak RSS is per method;
   A2 on the SAME embeddings (ST reads them from its cache_folder, hardneg gets the arrays).
@@ -109,7 +110,8 @@ def worker(spec: dict) -> dict:
         from hardneg.mining.mine import MineConfig, mine_embeddings
         from hardneg.mining.pipeline import mine_texts, prepare_corpus
 
-        cfg = MineConfig(num_negatives=5, dedupe=False)
+        # recall is checked below as the overlap with ST's exact (flat FAISS) negatives, not inside the timing
+        cfg = MineConfig(num_negatives=5, dedupe=False, index=spec.get("index", "bf16"), recall_sample=0)
         if case == "wordnet_e2e":
             # cold: a fresh, empty embedding cache (filling it is part of the measured time)
             cache = spec.get("cache_dir") or tempfile.mkdtemp(prefix="hncache")
@@ -179,6 +181,7 @@ def main() -> None:
     ap.add_argument("--synthetic-n", type=int, default=1_000_000)
     ap.add_argument("--synthetic-q", type=int, default=9116)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--index", default="bf16", help="hardneg's index option (flat, bf16, ivf..., hnsw...)")
     ap.add_argument("--cache-dir", default=".cache/hardneg-embeddings",
                     help="embedding cache used with --skip-e2e (the e2e case always starts cold)")
     ap.add_argument("--out", default=None, help="write the result rows as JSON here")
@@ -191,7 +194,8 @@ def main() -> None:
             json.dump(res, f)
         return
     rows = []
-    base = {"pairs": a.pairs, "threads": a.threads, "synthetic_n": a.synthetic_n, "synthetic_q": a.synthetic_q}
+    base = {"pairs": a.pairs, "threads": a.threads, "index": a.index, "synthetic_n": a.synthetic_n,
+            "synthetic_q": a.synthetic_q}
     if not a.skip_wordnet:
         emb = os.path.join(tempfile.mkdtemp(prefix="hnbench"), "emb.npz")
         if not a.skip_e2e:

@@ -131,3 +131,19 @@ def wordnet_export(
         for tx, lab in zip(texts, labels):
             f.write(json.dumps({"text": tx, "labels": lab}, ensure_ascii=False) + "\n")
     typer.echo(f"wrote {len(pairs):,} pairs and {len(texts):,} documents to {out_dir}")
+
+
+@app.command(
+    "retrieval-compare",
+    context_settings={"allow_extra_args": True, "ignore_unknown_options": True, "help_option_names": []},
+)
+def retrieval_compare(ctx: typer.Context) -> None:
+    """Fine-tune all-MiniLM-L6-v2 on WordNet with MNRL / ST-mined / hardneg-mined negatives and compare
+    (arguments of ``python -m hardneg.experiments.wordnet_finetune``; ``--help`` lists them)."""
+    from hardneg.experiments.wordnet_finetune import main as run
+
+    try:
+        run(list(ctx.args))
+    except SystemExit as e:  # argparse: --help (0) or a usage error (2)
+        if e.code not in (0, None):
+            raise ValueError("retrieval-compare: invalid arguments (see --help)") from None

@@ -203,7 +203,7 @@ def mine_embeddings(
     scores, ids = search(index, q_emb, K)
     timings["search_s"] = time.perf_counter() - t0
     recall = None
-    if parse_index_spec(cfg.index)[0] != "flat":
+    if parse_index_spec(cfg.index)[0] != "flat" and cfg.recall_sample > 0:
         t0 = time.perf_counter()
         recall = measure_recall(c_emb, q_emb, index, K, sample=cfg.recall_sample, seed=cfg.seed)
         timings["recall_s"] = time.perf_counter() - t0
