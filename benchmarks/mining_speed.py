@@ -46,20 +46,34 @@ def wordnet_pairs(n: int | None):
     return [r["query"] for r in rows], [r["positive"] for r in rows], corpus
 
 
-def synthetic(n_corpus: int, n_q: int, d: int = 384, seed: int = 0):
+def synthetic(path: str, n_corpus: int, n_q: int, d: int = 384, seed: int = 0) -> None:
+    """1M random unit vectors (corpus) and queries near random corpus rows, saved to ``path`` (.npz)."""
     import numpy as np
 
     rng = np.random.default_rng(seed)
-    c = rng.standard_normal((n_corpus, d), dtype=np.float32)
-    c /= np.linalg.norm(c, axis=1, keepdims=True)
+    c = np.empty((n_corpus, d), dtype=np.float32)
+    for a in range(0, n_corpus, 100_000):  # in blocks: keep the parent's memory low
+        b = rng.standard_normal((min(100_000, n_corpus - a), d), dtype=np.float32)
+        c[a : a + len(b)] = b / np.linalg.norm(b, axis=1, keepdims=True)
     pos = rng.choice(n_corpus, n_q, replace=False)
     q = c[pos] + 0.8 * rng.standard_normal((n_q, d), dtype=np.float32) / np.sqrt(d)
     q /= np.linalg.norm(q, axis=1, keepdims=True)
-    return q, c, pos
+    np.save(path + ".c.npy", c)
+    np.save(path + ".q.npy", q)
+    np.save(path + ".pos.npy", pos)
+
+
+def prepare_st_cache(folder: str, queries, positives, corpus, q_emb, c_emb) -> None:
+    """Write ST's cache files (done in the parent, not timed, not in the measured process)."""
+    from hardneg.mining.encode import load_sentence_model
+    from hardneg.mining.st_compat import inject_st_cache
+
+    model = load_sentence_model(None)
+    inject_st_cache(folder, model, queries, positives, corpus, lambda t: q_emb, lambda t: c_emb)
 
 
 def worker(spec: dict) -> dict:
-    """One measured run in this (fresh) process."""
+    """One measured run in this (fresh) process; peak RSS is this process's."""
     import numpy as np
     import torch
 
@@ -74,32 +88,19 @@ def worker(spec: dict) -> dict:
     if case.startswith("wordnet"):
         queries, positives, corpus = wordnet_pairs(spec.get("pairs"))
     else:
-        q_emb, c_emb, pos = synthetic(spec["synthetic_n"], spec["synthetic_q"])
-        queries = [f"q{i}" for i in range(len(pos))]
-        corpus = [f"d{j}" for j in range(len(c_emb))]
-        positives = [corpus[j] for j in pos]
+        n_q = spec["synthetic_q"]
+        queries = [f"q{i}" for i in range(n_q)]
+        pos = np.load(spec["syn"] + ".pos.npy")
+        if method == "st":
+            corpus = [f"d{j}" for j in range(spec["synthetic_n"])]
+            positives = [corpus[j] for j in pos]
     rss0 = _rss_mb()
-    emb_file = spec.get("emb_file")
     t0 = time.perf_counter()
     if method == "st":
         import datasets
         from sentence_transformers.util import mine_hard_negatives
 
-        from hardneg.mining.st_compat import inject_st_cache
-
-        cache = None
-        if case != "wordnet_e2e":
-            cache = tempfile.mkdtemp(prefix="stcache")
-            if case == "wordnet_same":
-                z = np.load(emb_file)
-                qe, ce = z["q"], z["c"]
-                qmap = dict(zip(queries, qe))
-                cmap = dict(zip(corpus, ce))
-                inject_st_cache(cache, model, queries, positives, corpus,
-                                lambda t: np.stack([qmap[x] for x in t]), lambda t: np.stack([cmap[x] for x in t]))
-            else:
-                inject_st_cache(cache, model, queries, positives, corpus, lambda t: q_emb, lambda t: c_emb)
-            t0 = time.perf_counter()  # writing the injected cache is not part of ST's time
+        cache = spec.get("st_cache")  # None for the cold end-to-end case
         ds = datasets.Dataset.from_dict({"query": queries, "positive": positives})
         out = mine_hard_negatives(ds, model, corpus=corpus, num_negatives=5, sampling_strategy="top",
                                   output_format="n-tuple", use_faiss=True, batch_size=32, verbose=False,
@@ -121,22 +122,29 @@ def worker(spec: dict) -> dict:
             negs = {r["anchor"]: [r[f"negative_{i}"] for i in range(1, 6)] for r in res.rows}
             if spec.get("save_emb"):  # from the cache just filled (not timed)
                 texts, _, _ = prepare_corpus(positives, corpus)
-                qe = encode_texts(model, queries, precision="bf16", show_progress=False, cache_dir=cache)
+                qe = encode_texts(model, list(dict.fromkeys(queries)), precision="bf16", show_progress=False,
+                                  cache_dir=cache)
                 ce = encode_texts(model, texts, precision="bf16", show_progress=False, cache_dir=cache)
-                np.savez(spec["save_emb"], q=qe, c=ce, texts=np.array(texts, dtype=object))
+                np.save(spec["save_emb"] + ".q.npy", qe)
+                np.save(spec["save_emb"] + ".c.npy", ce)
         else:
             if case == "wordnet_same":
-                z = np.load(emb_file, allow_pickle=True)
                 texts, pos_ids, _ = prepare_corpus(positives, corpus)
-                assert list(z["texts"]) == texts
-                q_emb, c_emb = z["q"], z["c"]
+                uq = list(dict.fromkeys(queries))
+                qrow = {t: i for i, t in enumerate(uq)}
+                q_emb = np.load(spec["emb"] + ".q.npy")[[qrow[t] for t in queries]]
+                c_emb = np.load(spec["emb"] + ".c.npy")
                 t0 = time.perf_counter()
+                r = mine_embeddings(q_emb, c_emb, pos_ids, cfg, show_progress=False)
+                elapsed = time.perf_counter() - t0
+                negs = {queries[i]: [texts[j] for j in r.neg_ids[i] if j >= 0] for i in range(len(queries))}
             else:
-                texts, pos_ids = corpus, pos
+                c_emb = np.load(spec["syn"] + ".c.npy")
+                q_emb = np.load(spec["syn"] + ".q.npy")
                 t0 = time.perf_counter()
-            r = mine_embeddings(q_emb, c_emb, pos_ids, cfg, show_progress=False)
-            elapsed = time.perf_counter() - t0
-            negs = {queries[i]: [texts[j] for j in r.neg_ids[i] if j >= 0] for i in range(len(queries))}
+                r = mine_embeddings(q_emb, c_emb, pos, cfg, show_progress=False)
+                elapsed = time.perf_counter() - t0
+                negs = {queries[i]: [f"d{j}" for j in r.neg_ids[i] if j >= 0] for i in range(len(queries))}
     return {"method": method, "case": case, "seconds": elapsed, "peak_rss_mb": _rss_mb(),
             "rss_before_mb": rss0, "negs": negs}
 
@@ -150,6 +158,12 @@ def run_sub(spec: dict) -> dict:
         res = json.load(f)
     os.unlink(out)
     return res
+
+
+def _model():
+    from hardneg.mining.encode import load_sentence_model
+
+    return load_sentence_model(None)
 
 
 def overlap(a: dict, b: dict) -> float:
@@ -196,20 +210,46 @@ def main() -> None:
     rows = []
     base = {"pairs": a.pairs, "threads": a.threads, "index": a.index, "synthetic_n": a.synthetic_n,
             "synthetic_q": a.synthetic_q}
+    tmp = tempfile.mkdtemp(prefix="hnbench")
     if not a.skip_wordnet:
-        emb = os.path.join(tempfile.mkdtemp(prefix="hnbench"), "emb.npz")
+        emb = os.path.join(tmp, "wordnet")
         if not a.skip_e2e:
             ours = run_sub({**base, "method": "hardneg", "case": "wordnet_e2e", "save_emb": emb})
             st = run_sub({**base, "method": "st", "case": "wordnet_e2e"})
             rows.append(report("wordnet end-to-end (cold, encode included)", ours, st))
         else:  # embeddings only (from --cache-dir when filled), no e2e timing
             run_sub({**base, "method": "hardneg", "case": "wordnet_e2e", "save_emb": emb, "cache_dir": a.cache_dir})
-        ours = run_sub({**base, "method": "hardneg", "case": "wordnet_same", "emb_file": emb})
-        st = run_sub({**base, "method": "st", "case": "wordnet_same", "emb_file": emb})
+        import numpy as np
+
+        queries, positives, corpus = wordnet_pairs(a.pairs)
+        from hardneg.mining.pipeline import prepare_corpus
+
+        texts, _, _ = prepare_corpus(positives, corpus)
+        cmap = dict(zip(texts, np.load(emb + ".c.npy")))
+        uq = list(dict.fromkeys(queries))
+        qe = np.load(emb + ".q.npy")
+        st_cache = os.path.join(tmp, "st_wordnet")
+        from hardneg.mining.st_compat import st_cache_files
+
+        _, _, _, uc = st_cache_files(st_cache, _model(), queries, positives, corpus)
+        prepare_st_cache(st_cache, queries, positives, corpus, qe[: len(uq)], np.stack([cmap[t] for t in uc]))
+        del cmap
+        ours = run_sub({**base, "method": "hardneg", "case": "wordnet_same", "emb": emb})
+        st = run_sub({**base, "method": "st", "case": "wordnet_same", "st_cache": st_cache})
         rows.append(report("wordnet same embeddings", ours, st))
     if a.synthetic_n:
-        ours = run_sub({**base, "method": "hardneg", "case": "synthetic"})
-        st = run_sub({**base, "method": "st", "case": "synthetic"})
+        import numpy as np
+
+        syn = os.path.join(tmp, "synthetic")
+        synthetic(syn, a.synthetic_n, a.synthetic_q)
+        st_cache = os.path.join(tmp, "st_synthetic")
+        corpus = [f"d{j}" for j in range(a.synthetic_n)]
+        pos = np.load(syn + ".pos.npy")
+        prepare_st_cache(st_cache, [f"q{i}" for i in range(a.synthetic_q)], [corpus[j] for j in pos], corpus,
+                         np.load(syn + ".q.npy"), np.load(syn + ".c.npy"))
+        del corpus
+        ours = run_sub({**base, "method": "hardneg", "case": "synthetic", "syn": syn})
+        st = run_sub({**base, "method": "st", "case": "synthetic", "st_cache": st_cache})
         rows.append(report(f"synthetic {a.synthetic_n:,} x 384, {a.synthetic_q:,} queries", ours, st))
     if a.out:
         with open(a.out, "w") as f:

@@ -79,6 +79,10 @@ def test_formats_roundtrip_and_layouts(tmp_path):
             q, pos, _ = read_pairs(p, query_column="anchor")
             assert q == QUERIES and pos == POSITIVES
     assert not list(tmp_path.glob(".*.tmp"))
+    datasets = pytest.importorskip("datasets")
+    ds = datasets.Dataset.from_dict({"anchor": QUERIES, "positive": POSITIVES, "labels": [["a"]] * 6})
+    q, pos, labels = read_pairs(ds)
+    assert q == QUERIES and pos == POSITIVES and labels == [["a"]] * 6
 
 
 def test_read_pairs_errors_name_the_line(tmp_path):
@@ -150,3 +154,40 @@ def test_cli_mines_and_writes_summary(tmp_path, capsys):
     assert s["queries"] == 6 and s["negatives_selected"] == 12 and s["corpus"] == 20
     assert "negatives selected 12 / 12" in capsys.readouterr().out
     assert _cli(["mine", "--pairs", str(pairs), "--out", str(out)]) == 2  # exists, no --overwrite
+
+
+def test_st_cache_injection_runs_st_on_our_embeddings(tmp_path):
+    """ST's mine_hard_negatives on injected random embeddings gives the same negatives as ours on them."""
+    datasets = pytest.importorskip("datasets")
+    from sentence_transformers.util import mine_hard_negatives
+
+    from hardneg.mining.mine import mine_embeddings
+    from hardneg.mining.pipeline import prepare_corpus
+    from hardneg.mining.st_compat import inject_st_cache
+
+    m = minilm()
+    rng = np.random.default_rng(0)
+    texts, pos_ids, _ = prepare_corpus(POSITIVES, CORPUS)
+    c = rng.standard_normal((len(texts), 384)).astype(np.float32)
+    c /= np.linalg.norm(c, axis=1, keepdims=True)
+    q = c[pos_ids] + 0.5 * rng.standard_normal((len(QUERIES), 384)).astype(np.float32) / 20
+    q /= np.linalg.norm(q, axis=1, keepdims=True)
+    inject_st_cache(tmp_path, m, QUERIES, POSITIVES, CORPUS, lambda t: q, lambda t: c)
+    ds = datasets.Dataset.from_dict({"query": QUERIES, "positive": POSITIVES})
+    st = mine_hard_negatives(ds, m, corpus=CORPUS, num_negatives=3, output_format="n-tuple", use_faiss=True,
+                             verbose=False, cache_folder=str(tmp_path))
+    ours = mine_embeddings(q, c, pos_ids, MineConfig(num_negatives=3), show_progress=False)
+    for i, r in enumerate(st):
+        assert [r[f"negative_{k}"] for k in (1, 2, 3)] == [texts[j] for j in ours.neg_ids[i]]
+
+
+def test_bi_encoder_guide_equals_margin_filter_for_the_same_model():
+    # guiding with the mining model itself: g = s, so "g(q,n) <= g(q,p) - 0" is absolute_margin=0
+    m = minilm()
+    kw = dict(model=m, precision="fp32", show_progress=False, output_format="triplet")
+    a = mine_texts(QUERIES, POSITIVES, CORPUS, config=MineConfig(num_negatives=2, range_max=10, guide_margin=0.0),
+                   guide=m, **kw)
+    b = mine_texts(QUERIES, POSITIVES, CORPUS, config=MineConfig(num_negatives=2, range_max=10, absolute_margin=0.0),
+                   **kw)
+    np.testing.assert_array_equal(a.negatives.neg_ids, b.negatives.neg_ids)
+    assert a.negatives.removed["guide"] == b.negatives.removed["absolute_margin"]

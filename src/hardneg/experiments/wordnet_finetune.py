@@ -10,6 +10,9 @@ Runs (issue 5):
                  (hypernym / hyponym definitions) and duplicate texts filtered, top-k, MNRL
   hardneg_best   (4) hardneg mining with β-tilted sampling (π ∝ e^{β s/t}) over the filtered window,
                  trained with :class:`HardNegativeRankingLoss` (β-tilted in-batch + mined negatives)
+  hardneg_margin (optional) hardneg mining as NV-Retriever's TopK-PercPos (relative margin 0.05 below the
+                 positive) over a wide window [0, 300) with WordNet false negatives filtered; queries left
+                 without negatives are dropped (the summary counts them); MNRL
 
 Data: pairs of the train split (``--train-pairs`` caps them, seeded shuffle); mining corpus = the
 definitions of train-split synsets (no test definition is ever a training negative); evaluation:
@@ -33,7 +36,8 @@ import tempfile
 import time
 from pathlib import Path
 
-RUNS = ("untuned", "mnrl", "st_mined", "hardneg_mined", "hardneg_best")
+RUNS = ("untuned", "mnrl", "st_mined", "hardneg_mined", "hardneg_best", "hardneg_margin")
+DEFAULT_RUNS = RUNS[:5]
 
 
 def build_data(train_pairs: int | None, eval_queries: int | None, eval_corpus: int | None, seed: int):
@@ -66,7 +70,7 @@ def build_data(train_pairs: int | None, eval_queries: int | None, eval_corpus: i
     }
 
 
-def mine_sets(data, model, num_negatives: int, cache_dir: str, seed: int):
+def mine_sets(data, model, num_negatives: int, cache_dir: str, seed: int, runs=RUNS):
     """(st_rows, hardneg_rows, hardneg_tilted_rows) as lists of n-tuple dicts, plus their summaries."""
     import datasets
     from sentence_transformers.util import mine_hard_negatives
@@ -86,22 +90,26 @@ def mine_sets(data, model, num_negatives: int, cache_dir: str, seed: int):
     def emb(texts):
         return encode_texts(model, texts, precision="bf16", cache_dir=cache_dir, show_progress=True)
 
-    inject_st_cache(st_cache, model, queries, positives, data["mine_corpus"], emb, emb)
-    ds = datasets.Dataset.from_dict({"anchor": queries, "positive": positives})
-    st = mine_hard_negatives(ds, model, corpus=data["mine_corpus"], num_negatives=num_negatives,
-                             sampling_strategy="top", output_format="n-tuple", use_faiss=True, verbose=True,
-                             cache_folder=st_cache)
-    out["st_mined"] = (st.to_list(), {"rows": len(st)})
+    if "st_mined" in runs:
+        inject_st_cache(st_cache, model, queries, positives, data["mine_corpus"], emb, emb)
+        ds = datasets.Dataset.from_dict({"anchor": queries, "positive": positives})
+        st = mine_hard_negatives(ds, model, corpus=data["mine_corpus"], num_negatives=num_negatives,
+                                 sampling_strategy="top", output_format="n-tuple", use_faiss=True, verbose=True,
+                                 cache_folder=st_cache)
+        out["st_mined"] = (st.to_list(), {"rows": len(st)})
     common = dict(model=model, output_format="n-tuple", q_labels=labels, corpus_labels=data["mine_labels"],
                   precision="bf16", cache_dir=cache_dir, show_progress=True)
-    r3 = mine_texts(queries, positives, data["mine_corpus"],
-                    config=MineConfig(num_negatives=num_negatives, range_max=30, filter_labels=True, seed=seed),
-                    **common)
-    out["hardneg_mined"] = (r3.rows, r3.summary)
-    r4 = mine_texts(queries, positives, data["mine_corpus"],
-                    config=MineConfig(num_negatives=num_negatives, range_max=30, filter_labels=True,
-                                      sampling="tilted", beta=1.0, t=0.05, seed=seed), **common)
-    out["hardneg_best"] = (r4.rows, r4.summary)
+    configs = {
+        "hardneg_mined": MineConfig(num_negatives=num_negatives, range_max=30, filter_labels=True, seed=seed),
+        "hardneg_best": MineConfig(num_negatives=num_negatives, range_max=30, filter_labels=True,
+                                   sampling="tilted", beta=1.0, t=0.05, seed=seed),
+        "hardneg_margin": MineConfig(num_negatives=num_negatives, range_max=300, relative_margin=0.05,
+                                     filter_labels=True, seed=seed),
+    }
+    for name, cfg in configs.items():
+        if name in runs:
+            r = mine_texts(queries, positives, data["mine_corpus"], config=cfg, **common)
+            out[name] = (r.rows, r.summary)
     return out
 
 
@@ -145,7 +153,8 @@ def train_one(run: str, rows: list[dict], args, out_dir: Path):
         output_dir=str(out_dir / f"trainer-{run}"), num_train_epochs=args.epochs,
         per_device_train_batch_size=args.batch_size, learning_rate=args.lr, warmup_steps=0.1,
         batch_sampler="no_duplicates", report_to=[], save_strategy="no", logging_steps=10, use_cpu=True,
-        seed=args.seed, bf16=args.bf16, disable_tqdm=False, dataloader_num_workers=0)
+        seed=args.seed, bf16=args.bf16, disable_tqdm=False, dataloader_num_workers=0,
+        max_steps=args.max_steps if args.max_steps else -1)
     t0 = time.time()
     trainer = SentenceTransformerTrainer(model=model, args=targs, train_dataset=ds, loss=loss, callbacks=[cb])
     trainer.train()
@@ -156,7 +165,7 @@ def train_one(run: str, rows: list[dict], args, out_dir: Path):
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", required=True)
-    ap.add_argument("--runs", default=",".join(RUNS))
+    ap.add_argument("--runs", default=",".join(DEFAULT_RUNS), help=f"comma-separated subset of {RUNS}")
     ap.add_argument("--train-pairs", type=int, default=None, help="cap on training pairs (default: all)")
     ap.add_argument("--eval-queries", type=int, default=None)
     ap.add_argument("--eval-corpus", type=int, default=None, help="cap on eval corpus size (default: all test)")
@@ -166,6 +175,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--num-negatives", type=int, default=3)
     ap.add_argument("--beta", type=float, default=0.5, help="β of the hardneg_best loss")
     ap.add_argument("--max-minutes", type=float, default=40.0, help="training budget per run")
+    ap.add_argument("--max-steps", type=int, default=None,
+                    help="fixed number of optimizer steps per run (same for every run; default: epochs)")
     ap.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=True,
                     help="bf16 autocast for training (same for every run)")
     ap.add_argument("--cache-dir", default=".cache/hardneg-embeddings")
@@ -211,9 +222,9 @@ def main(argv: list[str] | None = None) -> dict:
         print("untuned", results["runs"]["untuned"], flush=True)
         save()
     mined = {}
-    if any(r in runs for r in ("st_mined", "hardneg_mined", "hardneg_best")):
+    if any(r in runs for r in ("st_mined", "hardneg_mined", "hardneg_best", "hardneg_margin")):
         t0 = time.time()
-        mined = mine_sets(data, load_sentence_model(None), args.num_negatives, args.cache_dir, args.seed)
+        mined = mine_sets(data, load_sentence_model(None), args.num_negatives, args.cache_dir, args.seed, runs)
         results["mining_s"] = time.time() - t0
         results["mining"] = {k: (v[1] if k == "st_mined" else
                                  {kk: v[1][kk] for kk in ("rows_written", "queries_with_too_few",
