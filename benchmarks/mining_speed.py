@@ -11,7 +11,8 @@ hardneg with --index (default "bf16": bf16 coarse search + exact float32 re-scor
 Case B (synthetic): 1M random unit vectors d=384 as corpus, 9,116 queries, precomputed embeddings,
   both on the same arrays (ST via cache_folder).
 
-Run:  python benchmarks/mining_speed.py [--pairs N] [--skip-e2e] [--synthetic-n 1000000]
+Run:  python benchmarks/mining_speed.py [--pairs N] [--e2e-pairs N --e2e-corpus M] [--skip-e2e]
+                                      [--synthetic-n 1000000 --synthetic-q 9116]
 Prints time and peak-memory ratios (ST / hardneg); peak memory = max RSS of each subprocess.
 """
 
@@ -35,7 +36,7 @@ def _rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def wordnet_pairs(n: int | None):
+def wordnet_pairs(n: int | None, corpus_cap: int | None = None):
     from hardneg.data.wordnet import build_corpus, build_pairs, load_synsets
 
     syn = load_synsets("noun")
@@ -43,6 +44,8 @@ def wordnet_pairs(n: int | None):
     if n:
         rows = rows[:n]
     corpus, _ = build_corpus(syn)
+    if corpus_cap:
+        corpus = corpus[:corpus_cap]
     return [r["query"] for r in rows], [r["positive"] for r in rows], corpus
 
 
@@ -86,7 +89,7 @@ def worker(spec: dict) -> dict:
     model = load_sentence_model(None)
     method, case = spec["method"], spec["case"]
     if case.startswith("wordnet"):
-        queries, positives, corpus = wordnet_pairs(spec.get("pairs"))
+        queries, positives, corpus = wordnet_pairs(spec.get("pairs"), spec.get("corpus_cap"))
     else:
         n_q = spec["synthetic_q"]
         queries = [f"q{i}" for i in range(n_q)]
@@ -192,12 +195,14 @@ def main() -> None:
     ap.add_argument("--pairs", type=int, default=None, help="use only the first N WordNet pairs")
     ap.add_argument("--skip-e2e", action="store_true", help="skip the end-to-end (encoding) comparison")
     ap.add_argument("--skip-wordnet", action="store_true")
+    ap.add_argument("--e2e-pairs", type=int, default=None, help="pairs for the end-to-end case (default --pairs)")
+    ap.add_argument("--e2e-corpus", type=int, default=None, help="cap on the corpus of the end-to-end case")
     ap.add_argument("--synthetic-n", type=int, default=1_000_000)
     ap.add_argument("--synthetic-q", type=int, default=9116)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--index", default="bf16", help="hardneg's index option (flat, bf16, ivf..., hnsw...)")
     ap.add_argument("--cache-dir", default=".cache/hardneg-embeddings",
-                    help="embedding cache used with --skip-e2e (the e2e case always starts cold)")
+                    help="embedding cache for the same-embeddings case (the e2e case always starts cold)")
     ap.add_argument("--out", default=None, help="write the result rows as JSON here")
     ap.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--worker-out", default=None, help=argparse.SUPPRESS)
@@ -214,11 +219,12 @@ def main() -> None:
     if not a.skip_wordnet:
         emb = os.path.join(tmp, "wordnet")
         if not a.skip_e2e:
-            ours = run_sub({**base, "method": "hardneg", "case": "wordnet_e2e", "save_emb": emb})
-            st = run_sub({**base, "method": "st", "case": "wordnet_e2e"})
+            e2e = {**base, "pairs": a.e2e_pairs or a.pairs, "corpus_cap": a.e2e_corpus}
+            ours = run_sub({**e2e, "method": "hardneg", "case": "wordnet_e2e"})
+            st = run_sub({**e2e, "method": "st", "case": "wordnet_e2e"})
             rows.append(report("wordnet end-to-end (cold, encode included)", ours, st))
-        else:  # embeddings only (from --cache-dir when filled), no e2e timing
-            run_sub({**base, "method": "hardneg", "case": "wordnet_e2e", "save_emb": emb, "cache_dir": a.cache_dir})
+        # embeddings for the same-embeddings case (from --cache-dir when filled; not timed)
+        run_sub({**base, "method": "hardneg", "case": "wordnet_e2e", "save_emb": emb, "cache_dir": a.cache_dir})
         import numpy as np
 
         queries, positives, corpus = wordnet_pairs(a.pairs)
