@@ -255,7 +255,7 @@ def main() -> None:
                          np.load(syn + ".q.npy"), np.load(syn + ".c.npy"))
         del corpus
         ours = run_sub({**base, "method": "hardneg", "case": "synthetic", "syn": syn})
-        st = run_sub({**base, "method": "st", "case": "synthetic", "st_cache": st_cache})
+        st = run_sub({**base, "method": "st", "case": "synthetic", "st_cache": st_cache, "syn": syn})
         rows.append(report(f"synthetic {a.synthetic_n:,} x 384, {a.synthetic_q:,} queries", ours, st))
     if a.out:
         with open(a.out, "w") as f:
