@@ -1,0 +1,86 @@
+"""Per-step context handed to filters and weightings: who the anchors and candidates are.
+
+Filters and weightings see one chunk of anchors at a time: the chunk's cosine similarities ``S``
+(c×m), the row slice, and this context (labels, ids, owners, positives, detached embeddings).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from hardneg.negatives.sources import Anchors, Candidates
+
+
+@dataclass
+class StepContext:
+    """Everything about one step that a filter or weighting may need (all on the same device)."""
+
+    q: Tensor  # (n, d) unit anchors, detached
+    k: Tensor  # (m, d) unit candidates, detached
+    pos_index: Tensor | None  # (n,) or None
+    self_index: Tensor  # (n,), -1 where absent
+    q_labels: Tensor | None
+    k_labels: Tensor | None
+    q_ids: Tensor | None
+    k_ids: Tensor | None
+    owner: Tensor | None  # (m,), -1 shared
+    t: float
+    beta: float
+    step: int
+    blocks: list[tuple[str, int, int]]
+
+    @classmethod
+    def build(cls, anchors: Anchors, cands: Candidates, t: float, beta: float, step: int) -> StepContext:
+        return cls(
+            anchors.q.detach(), cands.k.detach(), anchors.pos_index, anchors.self_index, anchors.labels,
+            cands.labels, anchors.ids, cands.ids, cands.owner, t, beta, step, list(cands.blocks),
+        )
+
+    @property
+    def n(self) -> int:
+        return self.q.shape[0]
+
+    @property
+    def m(self) -> int:
+        return self.k.shape[0]
+
+    def base_valid(self, S: Tensor, rows: slice) -> Tensor:
+        """(c×m) bool: candidates that may be negatives of each anchor before any filter: not the
+        anchor itself, not its positive, not another view of the same sample id, owned by it or shared."""
+        c, m = S.shape
+        dev = S.device
+        r = torch.arange(c, device=dev)
+        valid = torch.ones(c, m, dtype=torch.bool, device=dev)
+        si = self.self_index[rows]
+        has = si >= 0
+        valid[r[has], si[has]] = False
+        if self.pos_index is not None:
+            pi = self.pos_index[rows]
+            has = pi >= 0
+            valid[r[has], pi[has]] = False
+        if self.q_ids is not None and self.k_ids is not None:
+            qi = self.q_ids[rows]
+            valid &= ~((qi[:, None] == self.k_ids[None, :]) & (qi[:, None] >= 0))
+        if self.owner is not None:
+            ow = self.owner
+            valid &= (ow[None, :] == -1) | (ow[None, :] == (r + rows.start)[:, None])
+        return valid
+
+    def s_pos(self, S: Tensor, rows: slice) -> Tensor:
+        """(c,) cosine similarity of each anchor to its positive (NaN where it has none)."""
+        if self.pos_index is None:
+            return torch.full((S.shape[0],), float("nan"), dtype=S.dtype, device=S.device)
+        pi = self.pos_index[rows]
+        r = torch.arange(S.shape[0], device=S.device)
+        sp = S[r, pi.clamp(min=0)]
+        return torch.where(pi >= 0, sp, torch.full_like(sp, float("nan")))
+
+    def same_label(self, rows: slice) -> Tensor | None:
+        """(c×m) bool: candidate has the anchor's (known, ≥ 0) label; None without labels."""
+        if self.q_labels is None or self.k_labels is None:
+            return None
+        ql = self.q_labels[rows]
+        return (ql[:, None] == self.k_labels[None, :]) & (self.k_labels[None, :] >= 0)
