@@ -120,7 +120,7 @@ class AdversarialBank(Source):
             self.velocity.mul_(self.momentum).add_(grad.to(self.velocity.dtype))
             self.bank.add_(self.velocity, alpha=self.lr)  # ascent
             self.bank.copy_(F.normalize(self.bank, dim=1))
-        self.last_adv_loss = float(loss)
+        self.last_adv_loss = float(loss.detach())
         return self.last_adv_loss
 
     def after_step(self, anchors: Anchors, cands: Candidates, step: int) -> None:

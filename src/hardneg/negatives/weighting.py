@@ -127,8 +127,16 @@ class TopK(Weighting):
         _check_int("k", k)
         self.k = k
 
+    def begin_step(self, ctx: StepContext) -> None:
+        k = int(round(self.k))
+        _check_int("k", k)
+        most = ctx.m - 1 - (ctx.pos_index is not None)
+        if k > most:
+            raise ValueError(
+                f"weighting option 'k' = {k} is larger than the candidate pool ({most} candidates per anchor)"
+            )
+
     def log_weights(self, S: Tensor, rows: slice, ctx: StepContext, valid: Tensor) -> Tensor:
-        _check_int("k", round(self.k))
         keep = topk_mask(S, valid, int(round(self.k)))
         return torch.zeros_like(S).masked_fill(~keep, NEG_INF)
 
