@@ -215,8 +215,9 @@ class NegativeGenerator(Source):
             loss_g.backward()
             self.opt_g.step()
         self.last = {
-            "gen_loss_d": float(loss_d), "gen_loss_g": float(loss_g), "gen_cos_anchor": float(cos_q.mean()),
-            "gen_cos_positive": float(cos_p.mean()), "gen_pairwise_cos": float(div),
+            "gen_loss_d": float(loss_d.detach()), "gen_loss_g": float(loss_g.detach()),
+            "gen_cos_anchor": float(cos_q.detach().mean()),
+            "gen_cos_positive": float(cos_p.detach().mean()), "gen_pairwise_cos": float(div.detach()),
         }
         return self.last
 

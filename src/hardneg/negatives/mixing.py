@@ -29,7 +29,7 @@ def mochi_mix(
     hard: Tensor,
     s: int,
     s_prime: int,
-    beta_max: float = 0.5,
+    beta_max: float = 0.45,
     generator: torch.Generator | None = None,
 ) -> Tensor:
     """MoCHi synthetic negatives for each query.
