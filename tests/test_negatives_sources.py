@@ -132,15 +132,19 @@ def test_mochi_mixes_are_unit_and_harder_than_their_parents():
     n, N, d = 32, 8, 16
     q = _rand(n, d, 0)
     # hard negatives: moderately similar to q
-    hard = F.normalize(q[:, None, :] + 1.2 * torch.randn(n, N, d, generator=torch.Generator().manual_seed(1)), dim=-1)
+    hard = F.normalize(
+        q[:, None, :] + 1.2 * torch.randn(n, N, d, generator=torch.Generator().manual_seed(1)), dim=-1
+    )
     g = torch.Generator().manual_seed(2)
     mixes = mochi_mix(q, hard, s=20, s_prime=10, beta_max=0.45, generator=g)
     assert mixes.shape == (n, 30, d)
     torch.testing.assert_close(mixes.norm(dim=-1), torch.ones(n, 30))
     sim_mix = (mixes * q[:, None, :]).sum(-1)
     sim_parents = (hard * q[:, None, :]).sum(-1)
-    print(f"\nMoCHi: mean sim of hard negatives {sim_parents.mean():.3f}, of pair mixes "
-          f"{sim_mix[:, :20].mean():.3f}, of query mixes {sim_mix[:, 20:].mean():.3f}")
+    print(
+        f"\nMoCHi: mean sim of hard negatives {sim_parents.mean():.3f}, of pair mixes "
+        f"{sim_mix[:, :20].mean():.3f}, of query mixes {sim_mix[:, 20:].mean():.3f}"
+    )
     assert sim_mix[:, :20].mean() > sim_parents.mean()
     assert sim_mix[:, 20:].mean() > sim_mix[:, :20].mean()
     with pytest.raises(ValueError, match="beta_max"):

@@ -14,7 +14,6 @@ from hardneg.negatives import (
     DistanceWeighted,
     IdFilter,
     LabelFilter,
-    SemiHard,
     SimilarityFilter,
     Strategy,
     TopK,
@@ -138,11 +137,15 @@ def test_distance_weighted_matches_wu_formula():
 def test_composed_queue_filter_tilt_schedule_matches_reference():
     """queue source + label and similarity filters + β tilt on a linear schedule (the issue's example)."""
     B, d = 4, 5
-    s = from_config({
-        "name": "ucl", "t": 0.5, "source": {"kind": "queue", "size": 6},
-        "filters": [{"kind": "label"}, {"kind": "similarity", "max_score": 0.9}],
-        "schedule": {"beta": {"kind": "linear", "start": 0.0, "end": 2.0, "steps": 4}},
-    })
+    s = from_config(
+        {
+            "name": "ucl",
+            "t": 0.5,
+            "source": {"kind": "queue", "size": 6},
+            "filters": [{"kind": "label"}, {"kind": "similarity", "max_score": 0.9}],
+            "schedule": {"beta": {"kind": "linear", "start": 0.0, "end": 2.0, "steps": 4}},
+        }
+    )
     g = torch.Generator().manual_seed(5)
     hist = []
     for step in range(4):
@@ -185,8 +188,23 @@ def test_gradient_flows_and_diagnostics_present():
 
 
 def test_registry_lists_required_presets():
-    required = {"ucl", "scl", "supcon", "hucl", "dcl", "hscl", "topk", "semihard", "distance_weighted",
-                "moco_queue", "mochi", "adco", "cluster_guided", "calibrated", "filtered"}
+    required = {
+        "ucl",
+        "scl",
+        "supcon",
+        "hucl",
+        "dcl",
+        "hscl",
+        "topk",
+        "semihard",
+        "distance_weighted",
+        "moco_queue",
+        "mochi",
+        "adco",
+        "cluster_guided",
+        "calibrated",
+        "filtered",
+    }
     assert required <= set(list_strategies())
 
 
@@ -201,12 +219,19 @@ def test_registry_lists_required_presets():
         (lambda: from_config({"name": "hscl", "bogus": 1}), "['bogus']"),
         (lambda: from_config({"name": "ucl", "source": {"kind": "queue", "sise": 5}}), "['sise']"),
         (lambda: from_config({"name": "ucl", "filters": [{"kind": "labels"}]}), "filter 'kind'"),
-        (lambda: from_config({"name": "ucl", "schedule": {"betta": {"kind": "linear", "start": 0, "end": 1,
-                                                                    "steps": 3}}}), "'betta'"),
+        (
+            lambda: from_config(
+                {"name": "ucl", "schedule": {"betta": {"kind": "linear", "start": 0, "end": 1, "steps": 3}}}
+            ),
+            "'betta'",
+        ),
         (lambda: from_config({"name": "ucl", "schedule": {"beta": {"kind": "exp"}}}), "'kind'"),
         (lambda: create_strategy("moco_queue", size=0), "'size'"),
         (lambda: create_strategy("pool", embeddings=torch.zeros(0, 4)), "pool_size >= 1"),
-        (lambda: create_strategy("pool", embeddings=torch.randn(5, 4), k_per_anchor=6), "larger than the pool"),
+        (
+            lambda: create_strategy("pool", embeddings=torch.randn(5, 4), k_per_anchor=6),
+            "larger than the pool",
+        ),
     ],
 )
 def test_bad_configurations_raise_naming_the_option(call, needle):
@@ -241,6 +266,16 @@ def test_label_filter_equals_kernel_other_labels():
     z = torch.cat([z1, z2])
     yy = torch.cat([y, y])
     ar = torch.arange(6)
-    ref = L.weighted_info_nce(z, z, t=0.3, pos_index=torch.cat([ar + 6, ar]), self_index=torch.arange(12),
-                              q_labels=yy, k_labels=yy, negatives="other_labels", beta=0.7, n_neg=10).item()
+    ref = L.weighted_info_nce(
+        z,
+        z,
+        t=0.3,
+        pos_index=torch.cat([ar + 6, ar]),
+        self_index=torch.arange(12),
+        q_labels=yy,
+        k_labels=yy,
+        negatives="other_labels",
+        beta=0.7,
+        n_neg=10,
+    ).item()
     assert got == pytest.approx(ref, rel=1e-10)

@@ -27,8 +27,10 @@ def strategies(
         for n, d in describe_strategies().items():
             table.add_row(n, d)
         console.print(table)
-        console.print("Use one: create_strategy(NAME, **options) in Python, `strategy: {name: NAME, ...}` in YAML; "
-                      "`hardneg strategies NAME` shows a preset's options.")
+        console.print(
+            "Use one: create_strategy(NAME, **options) in Python, `strategy: {name: NAME, ...}` in YAML; "
+            "`hardneg strategies NAME` shows a preset's options."
+        )
         return
     if name not in PRESETS:
         raise ValueError(f"unknown strategy preset {name!r}; available: {', '.join(list_strategies())}")
@@ -42,5 +44,7 @@ def strategies(
         for k, v in knobs.items():
             table.add_row(k, "required" if v is inspect.Parameter.empty else repr(v))
         console.print(table)
-    console.print("Strategy options (all presets): t, beta, tau_plus, clamp, detach_weights, reduction, positives, "
-                  "positive_reduce, n_neg, schedule, diagnostics, chunk_size; plus source / filters / weighting.")
+    console.print(
+        "Strategy options (all presets): t, beta, tau_plus, clamp, detach_weights, reduction, positives, "
+        "positive_reduce, n_neg, schedule, diagnostics, chunk_size; plus source / filters / weighting."
+    )

@@ -64,8 +64,13 @@ class AdversarialBank(Source):
     schedulable = ("lr", "t_neg")
 
     def __init__(
-        self, size: int = 1024, dim: int | None = None, lr: float = 3.0, t_neg: float = 0.02,
-        momentum: float = 0.9, seed: int = 0,
+        self,
+        size: int = 1024,
+        dim: int | None = None,
+        lr: float = 3.0,
+        t_neg: float = 0.02,
+        momentum: float = 0.9,
+        seed: int = 0,
     ) -> None:
         super().__init__()
         self.size = _pos_int("size", size)
@@ -83,8 +88,10 @@ class AdversarialBank(Source):
 
     def _init(self, dim: int, device: torch.device, dtype: torch.dtype) -> None:
         g = torch.Generator().manual_seed(self.seed)
-        self.bank = nn.Parameter(F.normalize(torch.randn(self.size, dim, generator=g), dim=1).to(device, dtype),
-                                 requires_grad=False)
+        self.bank = nn.Parameter(
+            F.normalize(torch.randn(self.size, dim, generator=g), dim=1).to(device, dtype),
+            requires_grad=False,
+        )
         self.velocity = torch.zeros_like(self.bank)
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):  # type: ignore[override]
@@ -135,8 +142,9 @@ class AdversarialBank(Source):
 
 class _MLP(nn.Sequential):
     def __init__(self, d_in: int, hidden: int, d_out: int) -> None:
-        super().__init__(nn.Linear(d_in, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU(),
-                         nn.Linear(hidden, d_out))
+        super().__init__(
+            nn.Linear(d_in, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU(), nn.Linear(hidden, d_out)
+        )
 
 
 class NegativeGenerator(Source):
@@ -154,8 +162,16 @@ class NegativeGenerator(Source):
     schedulable = ("lambda_hard", "min_dist")
 
     def __init__(
-        self, dim: int, n_per_anchor: int = 4, noise_dim: int = 16, hidden: int = 128, lr: float = 1e-3,
-        min_dist: float = 0.3, lambda_hard: float = 1.0, lambda_dist: float = 10.0, lambda_div: float = 1.0,
+        self,
+        dim: int,
+        n_per_anchor: int = 4,
+        noise_dim: int = 16,
+        hidden: int = 128,
+        lr: float = 1e-3,
+        min_dist: float = 0.3,
+        lambda_hard: float = 1.0,
+        lambda_dist: float = 10.0,
+        lambda_div: float = 1.0,
         seed: int = 0,
     ) -> None:
         super().__init__()
@@ -164,7 +180,11 @@ class NegativeGenerator(Source):
         self.noise_dim = _pos_int("noise_dim", noise_dim)
         if not 0.0 < min_dist < 2.0:
             raise ValueError(f"option 'min_dist' (δ, cos(g, p) ≤ 1 − δ) must lie in (0, 2), got {min_dist!r}")
-        for name, v in (("lambda_hard", lambda_hard), ("lambda_dist", lambda_dist), ("lambda_div", lambda_div)):
+        for name, v in (
+            ("lambda_hard", lambda_hard),
+            ("lambda_dist", lambda_dist),
+            ("lambda_div", lambda_div),
+        ):
             if not isinstance(v, (int, float)) or v < 0:
                 raise ValueError(f"option {name!r} must be a number >= 0, got {v!r}")
         self.min_dist, self.lambda_hard = float(min_dist), float(lambda_hard)
@@ -194,8 +214,9 @@ class NegativeGenerator(Source):
             g = self.generate(q)
             d_real = self.D(real)
             d_fake = self.D(g.detach().reshape(-1, self.dim))
-            loss_d = F.binary_cross_entropy_with_logits(d_real, torch.ones_like(d_real)) + \
-                F.binary_cross_entropy_with_logits(d_fake, torch.zeros_like(d_fake))
+            loss_d = F.binary_cross_entropy_with_logits(
+                d_real, torch.ones_like(d_real)
+            ) + F.binary_cross_entropy_with_logits(d_fake, torch.zeros_like(d_fake))
             self.opt_d.zero_grad(set_to_none=True)
             loss_d.backward()
             self.opt_d.step()
@@ -215,9 +236,11 @@ class NegativeGenerator(Source):
             loss_g.backward()
             self.opt_g.step()
         self.last = {
-            "gen_loss_d": float(loss_d.detach()), "gen_loss_g": float(loss_g.detach()),
+            "gen_loss_d": float(loss_d.detach()),
+            "gen_loss_g": float(loss_g.detach()),
             "gen_cos_anchor": float(cos_q.detach().mean()),
-            "gen_cos_positive": float(cos_p.detach().mean()), "gen_pairwise_cos": float(div.detach()),
+            "gen_cos_positive": float(cos_p.detach().mean()),
+            "gen_pairwise_cos": float(div.detach()),
         }
         return self.last
 

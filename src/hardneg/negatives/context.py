@@ -35,8 +35,19 @@ class StepContext:
     @classmethod
     def build(cls, anchors: Anchors, cands: Candidates, t: float, beta: float, step: int) -> StepContext:
         return cls(
-            anchors.q.detach(), cands.k.detach(), anchors.pos_index, anchors.self_index, anchors.labels,
-            cands.labels, anchors.ids, cands.ids, cands.owner, t, beta, step, list(cands.blocks),
+            anchors.q.detach(),
+            cands.k.detach(),
+            anchors.pos_index,
+            anchors.self_index,
+            anchors.labels,
+            cands.labels,
+            anchors.ids,
+            cands.ids,
+            cands.owner,
+            t,
+            beta,
+            step,
+            list(cands.blocks),
         )
 
     @property

@@ -47,7 +47,9 @@ class DiagnosticsAccumulator:
         self.rows_gap = 0
 
     @torch.no_grad()
-    def update(self, S: Tensor, log_w: Tensor, rows: slice, s_pos: Tensor | None, same_label: Tensor | None) -> None:
+    def update(
+        self, S: Tensor, log_w: Tensor, rows: slice, s_pos: Tensor | None, same_label: Tensor | None
+    ) -> None:
         """Add one chunk: cosine sims S (c×m), log-weights with −∞ on invalid candidates."""
         sel = ~self.done[rows]
         if not bool(sel.any()):
@@ -133,7 +135,7 @@ def negative_diagnostics(
 
     q = F.normalize(q.float(), dim=1)
     k = F.normalize(k.float(), dim=1)
-    n, m = q.shape[0], k.shape[0]
+    n = q.shape[0]
     acc = DiagnosticsAccumulator(n, t, beta)
     for r0 in range(0, n, chunk_size):
         rows = slice(r0, min(n, r0 + chunk_size))

@@ -101,8 +101,11 @@ class SimilarityFilter(Filter):
     schedulable = ("max_score", "absolute_margin", "relative_margin")
 
     def __init__(
-        self, max_score: float | None = None, min_score: float | None = None,
-        absolute_margin: float | None = None, relative_margin: float | None = None,
+        self,
+        max_score: float | None = None,
+        min_score: float | None = None,
+        absolute_margin: float | None = None,
+        relative_margin: float | None = None,
     ) -> None:
         super().__init__()
         self.max_score = _opt("max_score", max_score, -1.0, 1.0)
@@ -111,23 +114,24 @@ class SimilarityFilter(Filter):
         self.relative_margin = _opt("relative_margin", relative_margin, 0.0, 0.999999)
         if all(v is None for v in (max_score, min_score, absolute_margin, relative_margin)):
             raise ValueError(
-                "filter 'similarity' needs at least one of max_score, min_score, absolute_margin, relative_margin"
+                "filter 'similarity' needs at least one of max_score, min_score, "
+                "absolute_margin, relative_margin"
             )
         self.needs_positive = absolute_margin is not None or relative_margin is not None
 
     def drop(self, S: Tensor, rows: slice, ctx: StepContext) -> Tensor:
         d = torch.zeros_like(S, dtype=torch.bool)
         if self.max_score is not None:
-            d |= S > self.max_score
+            d |= self.max_score < S
         if self.min_score is not None:
-            d |= S < self.min_score
+            d |= self.min_score > S
         if self.absolute_margin is not None or self.relative_margin is not None:
             sp = ctx.s_pos(S, rows)[:, None]
             has = ~torch.isnan(sp)
             if self.absolute_margin is not None:
-                d |= has & (S > sp - self.absolute_margin)
+                d |= has & (sp - self.absolute_margin < S)
             if self.relative_margin is not None:
-                d |= has & (S > sp * (1.0 - self.relative_margin))
+                d |= has & (sp * (1.0 - self.relative_margin) < S)
         return d
 
 
@@ -150,9 +154,13 @@ class GuideFilter(Filter):
         super().__init__()
         if isinstance(guide, Tensor):
             if guide.dim() != 2:
-                raise ValueError(f"filter 'guide': guide table must have shape (num_ids, d_g), got {tuple(guide.shape)}")
+                raise ValueError(
+                    f"filter 'guide': guide table must have shape (num_ids, d_g), got {tuple(guide.shape)}"
+                )
         elif not callable(guide):
-            raise TypeError("filter 'guide': guide must be a (num_ids, d_g) tensor or a callable ids -> embeddings")
+            raise TypeError(
+                "filter 'guide': guide must be a (num_ids, d_g) tensor or a callable ids -> embeddings"
+            )
         self.guide = guide
         self.margin = _opt("margin", margin, -2.0, 2.0)
         self._gq: Tensor | None = None
@@ -185,7 +193,7 @@ class GuideFilter(Filter):
         pi = ctx.pos_index[rows]
         r = torch.arange(G.shape[0], device=G.device)
         gp = G[r, pi.clamp(min=0)]
-        d = G > (gp - self.margin)[:, None]
+        d = (gp - self.margin)[:, None] < G
         d &= (pi >= 0)[:, None] & self._kok[None, :]
         return d.to(S.device)
 

@@ -43,13 +43,25 @@ from hardneg.negatives.weighting import (
 )
 
 SOURCES: dict[str, type[Source]] = {
-    "in_batch": InBatch, "queue": MemoryQueue, "pool": ExternalPool, "mixing": Mixing,
-    "adversarial_bank": AdversarialBank, "generator": NegativeGenerator,
+    "in_batch": InBatch,
+    "queue": MemoryQueue,
+    "pool": ExternalPool,
+    "mixing": Mixing,
+    "adversarial_bank": AdversarialBank,
+    "generator": NegativeGenerator,
 }
-_SOURCE_ALIASES = {"adco": "adversarial_bank", "mochi": "mixing", "memory_queue": "queue", "external_pool": "pool"}
+_SOURCE_ALIASES = {
+    "adco": "adversarial_bank",
+    "mochi": "mixing",
+    "memory_queue": "queue",
+    "external_pool": "pool",
+}
 
-_CORE = tuple(p for p in inspect.signature(Strategy.__init__).parameters
-              if p not in ("self", "source", "filters", "weighting", "name"))
+_CORE = tuple(
+    p
+    for p in inspect.signature(Strategy.__init__).parameters
+    if p not in ("self", "source", "filters", "weighting", "name")
+)
 
 
 @dataclass(frozen=True)
@@ -66,7 +78,9 @@ class Preset:
 PRESETS: dict[str, Preset] = {}
 
 
-def _register(name: str, description: str) -> Callable[[Callable[..., dict[str, Any]]], Callable[..., dict[str, Any]]]:
+def _register(
+    name: str, description: str
+) -> Callable[[Callable[..., dict[str, Any]]], Callable[..., dict[str, Any]]]:
     def deco(fn: Callable[..., dict[str, Any]]) -> Callable[..., dict[str, Any]]:
         PRESETS[name] = Preset(name, description, fn)
         return fn
@@ -94,7 +108,9 @@ def _supcon() -> dict[str, Any]:
     return {"t": 0.1, "reduction": "supcon"}
 
 
-@_register("hucl", "H-UCL / HCL (Robinson et al. 2021): beta-tilted in-batch negatives, tau_plus debiasing, t=0.5")
+@_register(
+    "hucl", "H-UCL / HCL (Robinson et al. 2021): beta-tilted in-batch negatives, tau_plus debiasing, t=0.5"
+)
 def _hucl() -> dict[str, Any]:
     return {"t": 0.5, "beta": 1.0, "tau_plus": 0.0, "n_neg": "nominal"}
 
@@ -124,40 +140,78 @@ def _topk(k: int = 16) -> dict[str, Any]:
     return {"t": 0.5, "weighting": [TopK(k)]}
 
 
-@_register("semihard", "Semi-hard negatives (FaceNet, Schroff et al. 2015): s_p - margin < s_n < s_p (margin=0.2)")
+@_register(
+    "semihard", "Semi-hard negatives (FaceNet, Schroff et al. 2015): s_p - margin < s_n < s_p (margin=0.2)"
+)
 def _semihard(margin: float = 0.2) -> dict[str, Any]:
     return {"t": 0.5, "weighting": [SemiHard(margin)]}
 
 
-@_register("distance_weighted", "Distance-weighted sampling (Wu et al. 2017): pi ~ 1/q(d), cutoff 0.5, drop d>=1.4")
+@_register(
+    "distance_weighted", "Distance-weighted sampling (Wu et al. 2017): pi ~ 1/q(d), cutoff 0.5, drop d>=1.4"
+)
 def _dw(cutoff: float = 0.5, nonzero_loss_cutoff: float = 1.4) -> dict[str, Any]:
     return {"t": 0.5, "weighting": [DistanceWeighted(cutoff, nonzero_loss_cutoff)]}
 
 
-@_register("moco_queue", "MoCo (He et al. 2020): FIFO queue of momentum-encoder keys (size=4096) + batch keys, t=0.2")
+@_register(
+    "moco_queue", "MoCo (He et al. 2020): FIFO queue of momentum-encoder keys (size=4096) + batch keys, t=0.2"
+)
 def _moco(size: int = 4096) -> dict[str, Any]:
     return {"t": 0.2, "source": [InBatch(symmetric=False), MemoryQueue(size)]}
 
 
 @_register("mochi", "MoCHi (Kalantidis et al. 2020): queue + synthetic mixes of the hardest negatives")
-def _mochi(size: int = 4096, n_hard: int = 64, s: int = 32, s_prime: int = 16, beta_max: float = 0.45,
-           seed: int = 0) -> dict[str, Any]:
-    return {"t": 0.2, "source": [InBatch(symmetric=False), MemoryQueue(size), Mixing(n_hard, s, s_prime, beta_max, seed)]}
+def _mochi(
+    size: int = 4096, n_hard: int = 64, s: int = 32, s_prime: int = 16, beta_max: float = 0.45, seed: int = 0
+) -> dict[str, Any]:
+    return {
+        "t": 0.2,
+        "source": [InBatch(symmetric=False), MemoryQueue(size), Mixing(n_hard, s, s_prime, beta_max, seed)],
+    }
 
 
-@_register("adco", "AdCo (Hu et al. 2021): learned negatives trained by gradient ascent (size=1024, lr=3, t_neg=0.02)")
+@_register(
+    "adco",
+    "AdCo (Hu et al. 2021): learned negatives trained by gradient ascent (size=1024, lr=3, t_neg=0.02)",
+)
 def _adco(size: int = 1024, lr: float = 3.0, t_neg: float = 0.02, seed: int = 0) -> dict[str, Any]:
-    return {"t": 0.12, "source": [InBatch(symmetric=False, batch_negatives=False),
-                                  AdversarialBank(size, lr=lr, t_neg=t_neg, seed=seed)]}
+    return {
+        "t": 0.12,
+        "source": [
+            InBatch(symmetric=False, batch_negatives=False),
+            AdversarialBank(size, lr=lr, t_neg=t_neg, seed=seed),
+        ],
+    }
 
 
-@_register("generator", "Adversarial generator of near-anchor negatives vs a discriminator, anti-collapse regularisers")
-def _generator(dim: int = 0, n_per_anchor: int = 4, min_dist: float = 0.3, lambda_dist: float = 10.0,
-               lambda_div: float = 1.0, seed: int = 0) -> dict[str, Any]:
+@_register(
+    "generator",
+    "Adversarial generator of near-anchor negatives vs a discriminator, anti-collapse regularisers",
+)
+def _generator(
+    dim: int = 0,
+    n_per_anchor: int = 4,
+    min_dist: float = 0.3,
+    lambda_dist: float = 10.0,
+    lambda_div: float = 1.0,
+    seed: int = 0,
+) -> dict[str, Any]:
     if not dim:
         raise ValueError("generator option 'dim' (the embedding dimension) is required, e.g. dim=128")
-    return {"t": 0.5, "source": [NegativeGenerator(dim, n_per_anchor, min_dist=min_dist, lambda_dist=lambda_dist,
-                                                   lambda_div=lambda_div, seed=seed)]}
+    return {
+        "t": 0.5,
+        "source": [
+            NegativeGenerator(
+                dim,
+                n_per_anchor,
+                min_dist=min_dist,
+                lambda_dist=lambda_dist,
+                lambda_div=lambda_div,
+                seed=seed,
+            )
+        ],
+    }
 
 
 @_register("pool", "External pool: each anchor's nearest rows of a separate corpus (FAISS), k_per_anchor=16")
@@ -167,26 +221,51 @@ def _pool(embeddings: Any = None, k_per_anchor: int = 16, shared: bool = False) 
     return {"t": 0.5, "source": [ExternalPool(embeddings, k_per_anchor, shared=shared)]}
 
 
-@_register("cluster_guided", "Cluster-guided: k-means (FAISS) every E steps, prefer near candidates of other clusters")
-def _cluster(n_clusters: int = 10, every: int = 100, bonus: float = 1.0, gamma: float = 1.0,
-             exclude_same: bool = False, features: Any = None, seed: int = 0) -> dict[str, Any]:
-    return {"t": 0.5, "weighting": [ClusterGuided(n_clusters, every, bonus, gamma, exclude_same,
-                                                  _load_tensor(features, "features"), seed=seed)]}
+@_register(
+    "cluster_guided",
+    "Cluster-guided: k-means (FAISS) every E steps, prefer near candidates of other clusters",
+)
+def _cluster(
+    n_clusters: int = 10,
+    every: int = 100,
+    bonus: float = 1.0,
+    gamma: float = 1.0,
+    exclude_same: bool = False,
+    features: Any = None,
+    seed: int = 0,
+) -> dict[str, Any]:
+    return {
+        "t": 0.5,
+        "weighting": [
+            ClusterGuided(
+                n_clusters, every, bonus, gamma, exclude_same, _load_tensor(features, "features"), seed=seed
+            )
+        ],
+    }
 
 
 @_register("calibrated", "Calibrated: an aux MLP predicts P(pair aligned); negatives weighted by 1 - p_hat")
-def _calibrated(hidden: int = 32, lr: float = 1e-2, train_steps: int = 1, neg_per_anchor: int = 4,
-                seed: int = 0) -> dict[str, Any]:
+def _calibrated(
+    hidden: int = 32, lr: float = 1e-2, train_steps: int = 1, neg_per_anchor: int = 4, seed: int = 0
+) -> dict[str, Any]:
     return {"t": 0.5, "weighting": [Calibrated(hidden, lr, train_steps, neg_per_anchor, seed=seed)]}
 
 
 @_register("filtered", "False-negative filters: same id / duplicate group, similarity margin to the positive")
-def _filtered(relative_margin: float | None = 0.05, absolute_margin: float | None = None,
-              max_score: float | None = None, label: bool = False, groups: Any = None) -> dict[str, Any]:
+def _filtered(
+    relative_margin: float | None = 0.05,
+    absolute_margin: float | None = None,
+    max_score: float | None = None,
+    label: bool = False,
+    groups: Any = None,
+) -> dict[str, Any]:
     fl: list[Filter] = [IdFilter(_load_tensor(groups, "groups"))]
     if any(v is not None for v in (relative_margin, absolute_margin, max_score)):
-        fl.append(SimilarityFilter(max_score=max_score, absolute_margin=absolute_margin,
-                                   relative_margin=relative_margin))
+        fl.append(
+            SimilarityFilter(
+                max_score=max_score, absolute_margin=absolute_margin, relative_margin=relative_margin
+            )
+        )
     if label:
         fl.append(LabelFilter())
     return {"t": 0.5, "filters": fl}
@@ -195,7 +274,9 @@ def _filtered(relative_margin: float | None = 0.05, absolute_margin: float | Non
 @_register("gist", "GISTEmbed (Solatorio 2024): drop negatives a guide model scores above the positive")
 def _gist(guide: Any = None, margin: float = 0.0) -> dict[str, Any]:
     if guide is None:
-        raise ValueError("gist option 'guide' (a (num_ids, d) tensor / .npy / .pt path, or a callable) is required")
+        raise ValueError(
+            "gist option 'guide' (a (num_ids, d) tensor / .npy / .pt path, or a callable) is required"
+        )
     g = guide if callable(guide) else _load_tensor(guide, "guide")
     return {"t": 0.05, "filters": [GuideFilter(g, margin)]}
 
@@ -228,7 +309,9 @@ def _build(kind_map: dict[str, type], aliases: dict[str, str], what: str, spec: 
     if isinstance(spec, str):
         spec = {"kind": spec}
     if not isinstance(spec, Mapping):
-        raise TypeError(f"{what} must be a {base.__name__} or a mapping with a 'kind' key, got {type(spec).__name__}")
+        raise TypeError(
+            f"{what} must be a {base.__name__} or a mapping with a 'kind' key, got {type(spec).__name__}"
+        )
     spec = dict(spec)
     kind = spec.pop("kind", None)
     kind = aliases.get(kind, kind)
@@ -241,13 +324,14 @@ def _build(kind_map: dict[str, type], aliases: dict[str, str], what: str, spec: 
     if unknown:
         raise ValueError(f"unknown option(s) {unknown} for {what} kind {kind!r}; allowed: {allowed}")
     for key in ("embeddings", "features", "groups", "guide", "labels", "ids"):
-        if key in spec and isinstance(spec[key], (str, os.PathLike, list)) and not (key == "embeddings"):
+        if key in spec and isinstance(spec[key], (str, os.PathLike, list)) and key != "embeddings":
             spec[key] = _load_tensor(spec[key], key)
     return cls(**spec)
 
 
 def build_source(spec: Any) -> Source:
-    """A source from an object or a mapping ``{kind: queue|pool|mixing|adversarial_bank|generator|in_batch, ...}``."""
+    """A source from an object or a mapping
+    ``{kind: queue|pool|mixing|adversarial_bank|generator|in_batch, ...}``."""
     return _build(SOURCES, _SOURCE_ALIASES, "source", spec, Source)
 
 
@@ -257,7 +341,8 @@ def build_filter(spec: Any) -> Filter:
 
 
 def build_weighting(spec: Any) -> Weighting:
-    """A weighting from an object or ``{kind: uniform|topk|semihard|tilt|distance_weighted|cluster_guided|calibrated}``."""
+    """A weighting from an object or a mapping
+    ``{kind: uniform|topk|semihard|tilt|distance_weighted|cluster_guided|calibrated, ...}``."""
     return _build(WEIGHTINGS, {}, "weighting", spec, Weighting)
 
 

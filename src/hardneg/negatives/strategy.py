@@ -33,7 +33,7 @@ from hardneg.negatives.context import StepContext
 from hardneg.negatives.diagnostics import DiagnosticsAccumulator
 from hardneg.negatives.filters import Filter
 from hardneg.negatives.schedules import Schedule, make_schedule
-from hardneg.negatives.sources import Candidates, InBatch, Source
+from hardneg.negatives.sources import InBatch, Source
 from hardneg.negatives.weighting import NEG_INF, Weighting
 
 REDUCTIONS = ("infonce", "supcon", "decoupled")
@@ -70,7 +70,8 @@ class Strategy(nn.Module):
         source: a source or list of sources applied in order after the batch block
             (:class:`~hardneg.negatives.sources.InBatch` options may be given as the first item;
             :class:`~hardneg.negatives.queue.MemoryQueue`, :class:`~hardneg.negatives.sources.ExternalPool`,
-            :class:`~hardneg.negatives.mixing.Mixing`, :class:`~hardneg.negatives.adversarial.AdversarialBank`,
+            :class:`~hardneg.negatives.mixing.Mixing`,
+            :class:`~hardneg.negatives.adversarial.AdversarialBank`,
             :class:`~hardneg.negatives.adversarial.NegativeGenerator`).
         filters: false-negative filters (:mod:`hardneg.negatives.filters`).
         weighting: a weighting or list of weightings (:mod:`hardneg.negatives.weighting`); their
@@ -183,7 +184,9 @@ class Strategy(nn.Module):
             return [self]
         hits = [c for c in self.components() if key in getattr(c, "schedulable", ())]
         if not hits:
-            avail = sorted(set(_CORE_SCHEDULABLE).union(*(getattr(c, "schedulable", ()) for c in self.components())))
+            avail = sorted(
+                set(_CORE_SCHEDULABLE).union(*(getattr(c, "schedulable", ()) for c in self.components()))
+            )
             raise ValueError(f"schedule: unknown parameter {key!r} for this strategy; schedulable: {avail}")
         return hits
 
@@ -215,8 +218,10 @@ class Strategy(nn.Module):
         if z1.dim() != 2 or z1.shape[0] == 0:
             raise ValueError(f"z1 must have shape (B, d) with B >= 1, got {tuple(z1.shape)}")
         if z2 is not None and (not isinstance(z2, Tensor) or z2.shape != z1.shape):
-            raise ValueError(f"z2 must be None or a tensor of z1's shape {tuple(z1.shape)}, got "
-                             f"{tuple(z2.shape) if isinstance(z2, Tensor) else type(z2).__name__}")
+            raise ValueError(
+                f"z2 must be None or a tensor of z1's shape {tuple(z1.shape)}, got "
+                f"{tuple(z2.shape) if isinstance(z2, Tensor) else type(z2).__name__}"
+            )
         B = z1.shape[0]
         dev = z1.device
         labels = _check_long("labels", labels, B, dev)
@@ -229,7 +234,9 @@ class Strategy(nn.Module):
         if self.positives == "labels" and labels is None:
             raise ValueError(f"positives='labels' (reduction={self.reduction!r}) needs labels (B,)")
         if z2 is None and self.positives != "labels":
-            raise ValueError("one view (z2=None) needs label positives: use reduction='supcon' or positives='labels'")
+            raise ValueError(
+                "one view (z2=None) needs label positives: use reduction='supcon' or positives='labels'"
+            )
         needs_pos = any(getattr(c, "needs_positive", False) for c in [*self.filters, *self.weightings])
         if needs_pos and z2 is None:
             raise ValueError("semi-hard / margin / guide filters need a positive per anchor: pass z2")
@@ -245,9 +252,15 @@ class Strategy(nn.Module):
                     f.begin_step(ctx0)
             s.extend(anchors, cands, step)
         if negatives is not None:
-            if not isinstance(negatives, Tensor) or negatives.dim() not in (2, 3) or negatives.shape[-1] != z1.shape[1]:
-                raise ValueError(f"negatives must have shape (r, {z1.shape[1]}) or (B, r, {z1.shape[1]}), got "
-                                 f"{tuple(negatives.shape) if isinstance(negatives, Tensor) else type(negatives).__name__}")
+            if (
+                not isinstance(negatives, Tensor)
+                or negatives.dim() not in (2, 3)
+                or negatives.shape[-1] != z1.shape[1]
+            ):
+                raise ValueError(
+                    f"negatives must have shape (r, {z1.shape[1]}) or (B, r, {z1.shape[1]}), got "
+                    f"{tuple(negatives.shape) if isinstance(negatives, Tensor) else type(negatives).__name__}"
+                )
             cands.append("explicit", F.normalize(negatives.reshape(-1, z1.shape[1]), dim=1))
 
         ctx = StepContext.build(anchors, cands, self.t, self.beta, step)
@@ -270,13 +283,26 @@ class Strategy(nn.Module):
         else:
             q_lab = k_lab = None
         loss = weighted_info_nce(
-            anchors.q, cands.k, t=self.t,
+            anchors.q,
+            cands.k,
+            t=self.t,
             pos_index=anchors.pos_index if pos_mode == "index" else None,
-            q_labels=q_lab, k_labels=k_lab, self_index=anchors.self_index,
-            positives=pos_mode, negatives="all", beta=self.beta, detach_weights=self.detach_weights,
-            log_weight_fn=lw_fn, n_neg=n_neg, tau_plus=self.tau_plus, clamp=self.clamp,
+            q_labels=q_lab,
+            k_labels=k_lab,
+            self_index=anchors.self_index,
+            positives=pos_mode,
+            negatives="all",
+            beta=self.beta,
+            detach_weights=self.detach_weights,
+            log_weight_fn=lw_fn,
+            n_neg=n_neg,
+            tau_plus=self.tau_plus,
+            clamp=self.clamp,
             include_positive=self.reduction == "infonce",
-            positive_reduce=self.positive_reduce, reduction="mean", chunk_size=self.chunk_size, normalize=False,
+            positive_reduce=self.positive_reduce,
+            reduction="mean",
+            chunk_size=self.chunk_size,
+            normalize=False,
         )
         if acc is not None and plain:
             self._diagnostics_pass(ctx, acc)
@@ -286,9 +312,15 @@ class Strategy(nn.Module):
             w.after_step(ctx)
         if self.training:
             self._step = step + 1
-        d: dict[str, float] = {"loss": float(loss.detach()), "step": float(step), "t": self.t, "beta": self.beta,
-                               "n_anchors": float(anchors.n), "n_candidates_total": float(cands.m),
-                               "filter_fallback_share": self._fallback_rows / max(anchors.n, 1)}
+        d: dict[str, float] = {
+            "loss": float(loss.detach()),
+            "step": float(step),
+            "t": self.t,
+            "beta": self.beta,
+            "n_anchors": float(anchors.n),
+            "n_candidates_total": float(cands.m),
+            "filter_fallback_share": self._fallback_rows / max(anchors.n, 1),
+        }
         for key, v in sched.items():
             d[f"sched_{key}"] = float(v)
         if acc is not None:
@@ -308,7 +340,9 @@ class Strategy(nn.Module):
             valid = torch.where(empty, valid, nv)
         return valid
 
-    def _log_weights(self, S: Tensor, rows: slice, ctx: StepContext, acc: DiagnosticsAccumulator | None) -> Tensor:
+    def _log_weights(
+        self, S: Tensor, rows: slice, ctx: StepContext, acc: DiagnosticsAccumulator | None
+    ) -> Tensor:
         """The kernel's ``log_weight_fn``: masks, filters and weightings for one chunk of anchors."""
         valid = ctx.base_valid(S, rows)
         fallback = torch.zeros(S.shape[0], dtype=torch.bool, device=S.device)
@@ -341,6 +375,8 @@ class Strategy(nn.Module):
             self._log_weights(S, rows, ctx, acc)
 
     def extra_repr(self) -> str:
-        return (f"name={self.name!r}, reduction={self.reduction!r}, positives={self.positives!r}, t={self.t}, "
-                f"beta={self.beta}, tau_plus={self.tau_plus}, n_neg={self.n_neg!r}, "
-                f"schedule={ {k: repr(v) for k, v in self.schedules.items()} }")
+        return (
+            f"name={self.name!r}, reduction={self.reduction!r}, positives={self.positives!r}, t={self.t}, "
+            f"beta={self.beta}, tau_plus={self.tau_plus}, n_neg={self.n_neg!r}, "
+            f"schedule={ {k: repr(v) for k, v in self.schedules.items()} }"
+        )

@@ -56,15 +56,19 @@ def topk_mask(S: Tensor, valid: Tensor, k: int) -> Tensor:
 def semihard_mask(S: Tensor, valid: Tensor, s_pos: Tensor, margin: float) -> Tensor:
     """(c×m) bool: FaceNet's semi-hard window ``s_ip − margin < s_ij < s_ip`` among valid candidates."""
     sp = s_pos[:, None]
-    return valid & (S < sp) & (S > sp - margin)
+    return valid & (sp > S) & (sp - margin < S)
 
 
-def distance_weighted_log_weights(S: Tensor, dim: int, cutoff: float = 0.5, nonzero_loss_cutoff: float = 1.4) -> Tensor:
+def distance_weighted_log_weights(
+    S: Tensor, dim: int, cutoff: float = 0.5, nonzero_loss_cutoff: float = 1.4
+) -> Tensor:
     """Wu et al. 2017: ``log w = −log q(d)`` with ``log q(d) = (n−2) log d + ((n−3)/2) log(1 − d²/4)``,
     d clipped below at ``cutoff``, −∞ where ``d ≥ nonzero_loss_cutoff``. Shifted per row by its max
     for stability (π is normalised anyway)."""
     d = torch.sqrt(torch.clamp(2.0 - 2.0 * S, min=0.0)).clamp(min=cutoff)
-    log_q = (dim - 2.0) * torch.log(d) + ((dim - 3.0) / 2.0) * torch.log(torch.clamp(1.0 - 0.25 * d * d, min=1e-8))
+    log_q = (dim - 2.0) * torch.log(d) + ((dim - 3.0) / 2.0) * torch.log(
+        torch.clamp(1.0 - 0.25 * d * d, min=1e-8)
+    )
     lw = -log_q
     lw = lw.masked_fill(d >= nonzero_loss_cutoff, NEG_INF)
     mx = lw.max(dim=1, keepdim=True).values
@@ -83,7 +87,9 @@ class Weighting(nn.Module):
     schedulable: tuple[str, ...] = ()
     needs_positive = False
 
-    def log_weights(self, S: Tensor, rows: slice, ctx: StepContext, valid: Tensor) -> Tensor:  # pragma: no cover
+    def log_weights(
+        self, S: Tensor, rows: slice, ctx: StepContext, valid: Tensor
+    ) -> Tensor:  # pragma: no cover
         raise NotImplementedError
 
     def begin_step(self, ctx: StepContext) -> None:
@@ -106,7 +112,12 @@ class Uniform(Weighting):
 
 
 def _check_int(name: str, v: Any, lo: int = 1) -> None:
-    if isinstance(v, bool) or not isinstance(v, (int, float)) or v < lo or (isinstance(v, float) and not v.is_integer()):
+    if (
+        isinstance(v, bool)
+        or not isinstance(v, (int, float))
+        or v < lo
+        or (isinstance(v, float) and not v.is_integer())
+    ):
         raise ValueError(f"weighting option {name!r} must be an int >= {lo}, got {v!r}")
 
 
@@ -214,7 +225,8 @@ class DistanceWeighted(Weighting):
             raise ValueError(f"weighting option 'cutoff' must lie in (0, 2), got {cutoff!r}")
         if not cutoff < nonzero_loss_cutoff <= 2.0:
             raise ValueError(
-                f"weighting option 'nonzero_loss_cutoff' must lie in (cutoff={cutoff}, 2], got {nonzero_loss_cutoff!r}"
+                f"weighting option 'nonzero_loss_cutoff' must lie in (cutoff={cutoff}, 2], "
+                f"got {nonzero_loss_cutoff!r}"
             )
         if dim is not None:
             _check_int("dim", dim, 4)
@@ -240,8 +252,15 @@ class ClusterGuided(Weighting):
     schedulable = ("bonus", "gamma")
 
     def __init__(
-        self, n_clusters: int = 10, every: int = 100, bonus: float = 1.0, gamma: float = 1.0,
-        exclude_same: bool = False, features: Tensor | None = None, niter: int = 20, seed: int = 0,
+        self,
+        n_clusters: int = 10,
+        every: int = 100,
+        bonus: float = 1.0,
+        gamma: float = 1.0,
+        exclude_same: bool = False,
+        features: Tensor | None = None,
+        niter: int = 20,
+        seed: int = 0,
     ) -> None:
         super().__init__()
         _check_int("n_clusters", n_clusters, 2)
@@ -263,10 +282,18 @@ class ClusterGuided(Weighting):
         xs = np.ascontiguousarray(F.normalize(x.detach().float(), dim=1).cpu().numpy())
         if xs.shape[0] < self.n_clusters:
             raise ValueError(
-                f"weighting option 'n_clusters' = {self.n_clusters} is larger than the {xs.shape[0]} points to cluster"
+                f"weighting option 'n_clusters' = {self.n_clusters} is larger than the "
+                f"{xs.shape[0]} points to cluster"
             )
-        km = faiss.Kmeans(xs.shape[1], self.n_clusters, niter=self.niter, seed=self.seed, spherical=True,
-                          verbose=False, min_points_per_centroid=1)
+        km = faiss.Kmeans(
+            xs.shape[1],
+            self.n_clusters,
+            niter=self.niter,
+            seed=self.seed,
+            spherical=True,
+            verbose=False,
+            min_points_per_centroid=1,
+        )
         km.train(xs)
         self.centroids = torch.from_numpy(km.centroids.copy())
         self.refreshes += 1
@@ -290,7 +317,9 @@ class ClusterGuided(Weighting):
             if self.centroids is None:
                 self.fit(self.features)
             if ctx.q_ids is None:
-                raise ValueError("cluster_guided with a features table needs sample ids (forward(..., ids=...))")
+                raise ValueError(
+                    "cluster_guided with a features table needs sample ids (forward(..., ids=...))"
+                )
             self._qc = self._clusters_of_ids(ctx.q_ids, ctx.n, ctx.q.device)
             self._kc = self._clusters_of_ids(ctx.k_ids, ctx.m, ctx.q.device)
             return
@@ -367,8 +396,14 @@ class Calibrated(Weighting):
     kind = "calibrated"
 
     def __init__(
-        self, hidden: int = 32, lr: float = 1e-2, train_steps: int = 1, neg_per_anchor: int = 4,
-        floor: float = 1e-4, seed: int = 0, dim: int | None = None,
+        self,
+        hidden: int = 32,
+        lr: float = 1e-2,
+        train_steps: int = 1,
+        neg_per_anchor: int = 4,
+        floor: float = 1e-4,
+        seed: int = 0,
+        dim: int | None = None,
     ) -> None:
         super().__init__()
         _check_int("hidden", hidden)
@@ -413,8 +448,9 @@ class Calibrated(Weighting):
         with torch.enable_grad():
             lp = self.model.pair_logits(q, k_pos)
             ln = self.model.pair_logits(q[:, None, :].expand(n, r, d).reshape(-1, d), k_neg.reshape(-1, d))
-            loss = F.binary_cross_entropy_with_logits(lp, torch.ones_like(lp)) + \
-                F.binary_cross_entropy_with_logits(ln, torch.zeros_like(ln))
+            loss = F.binary_cross_entropy_with_logits(
+                lp, torch.ones_like(lp)
+            ) + F.binary_cross_entropy_with_logits(ln, torch.zeros_like(ln))
             self.opt.zero_grad(set_to_none=True)
             loss.backward()
             self.opt.step()
@@ -430,7 +466,9 @@ class Calibrated(Weighting):
         rows_all = torch.nonzero(has).flatten()
         for _ in range(self.train_steps):
             # sample negatives among each anchor's base-valid candidates (not self / positive / same id)
-            cols = torch.randint(ctx.m, (len(rows_all), self.neg_per_anchor * 2), generator=self.gen).to(q.device)
+            cols = torch.randint(ctx.m, (len(rows_all), self.neg_per_anchor * 2), generator=self.gen).to(
+                q.device
+            )
             ok = torch.ones_like(cols, dtype=torch.bool)
             ok &= cols != ctx.self_index[rows_all][:, None]
             ok &= cols != ctx.pos_index[rows_all][:, None]
