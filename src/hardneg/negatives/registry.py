@@ -175,12 +175,14 @@ def _mochi(
     "adco",
     "AdCo (Hu et al. 2021): learned negatives trained by gradient ascent (size=1024, lr=3, t_neg=0.02)",
 )
-def _adco(size: int = 1024, lr: float = 3.0, t_neg: float = 0.02, seed: int = 0) -> dict[str, Any]:
+def _adco(
+    size: int = 1024, lr: float = 3.0, t_neg: float = 0.02, dim: int | None = None, seed: int = 0
+) -> dict[str, Any]:
     return {
         "t": 0.12,
         "source": [
             InBatch(symmetric=False, batch_negatives=False),
-            AdversarialBank(size, lr=lr, t_neg=t_neg, seed=seed),
+            AdversarialBank(size, dim=dim, lr=lr, t_neg=t_neg, seed=seed),
         ],
     }
 
