@@ -260,6 +260,7 @@ class ClusterGuided(Weighting):
         exclude_same: bool = False,
         features: Tensor | None = None,
         niter: int = 20,
+        nredo: int = 3,
         seed: int = 0,
     ) -> None:
         super().__init__()
@@ -268,7 +269,8 @@ class ClusterGuided(Weighting):
         _check_nonneg("bonus", bonus)
         _check_nonneg("gamma", gamma)
         self.n_clusters, self.every, self.bonus, self.gamma = n_clusters, every, float(bonus), float(gamma)
-        self.exclude_same, self.niter, self.seed = bool(exclude_same), niter, seed
+        _check_int("nredo", nredo)
+        self.exclude_same, self.niter, self.nredo, self.seed = bool(exclude_same), niter, nredo, seed
         self.features = None if features is None else F.normalize(torch.as_tensor(features).float(), dim=1)
         self.centroids: Tensor | None = None
         self.refreshes = 0
@@ -289,6 +291,7 @@ class ClusterGuided(Weighting):
             xs.shape[1],
             self.n_clusters,
             niter=self.niter,
+            nredo=self.nredo,
             seed=self.seed,
             spherical=True,
             verbose=False,
@@ -454,7 +457,7 @@ class Calibrated(Weighting):
             self.opt.zero_grad(set_to_none=True)
             loss.backward()
             self.opt.step()
-        self.last_bce = float(loss)
+        self.last_bce = float(loss.detach())
         return self.last_bce
 
     def after_step(self, ctx: StepContext) -> None:
