@@ -42,7 +42,7 @@ def test_adco_negatives_become_harder_during_training():
 
     top1_0, top8_0 = hardness()
     adv0 = None
-    for step in range(40):
+    for _ in range(40):
         s(q, pos)
         adv0 = adv0 if adv0 is not None else s.last_diagnostics["adco_loss"]
     top1_1, top8_1 = hardness()
@@ -60,8 +60,14 @@ def _train_generator(reg: bool, steps: int = 200):
     q, pos = _data()
     real = F.normalize(torch.randn(256, 16, generator=torch.Generator().manual_seed(9)), dim=1)
     G = NegativeGenerator(
-        16, n_per_anchor=4, hidden=64, lr=1e-3, min_dist=0.3,
-        lambda_dist=10.0 if reg else 0.0, lambda_div=1.0 if reg else 0.0, seed=0,
+        16,
+        n_per_anchor=4,
+        hidden=64,
+        lr=1e-3,
+        min_dist=0.3,
+        lambda_dist=10.0 if reg else 0.0,
+        lambda_div=1.0 if reg else 0.0,
+        seed=0,
     )
     for _ in range(steps):
         G.train_step(q, pos, real)
@@ -77,7 +83,8 @@ def test_generator_collapses_without_regularisers_and_not_with_them():
     cos_p0, pair0 = _train_generator(reg=False)
     cos_p1, pair1 = _train_generator(reg=True)
     print(
-        f"\ngenerator without regularisers: cos(g, positive) {cos_p0.mean():.3f}, pairwise cos of an anchor's "
+        f"\ngenerator without regularisers: cos(g, positive) {cos_p0.mean():.3f}, "
+        f"pairwise cos of an anchor's "
         f"negatives {pair0.mean():.3f}; with: {cos_p1.mean():.3f}, {pair1.mean():.3f}"
     )
     # collapse: an anchor's 4 negatives are (almost) one point, pulled towards the positive

@@ -31,6 +31,8 @@ class StepContext:
     beta: float
     step: int
     blocks: list[tuple[str, int, int]]
+    q_view: Tensor | None = None  # (n,) 0 = from z1, 1 = from z2
+    k_view: Tensor | None = None  # (m,)
 
     @classmethod
     def build(cls, anchors: Anchors, cands: Candidates, t: float, beta: float, step: int) -> StepContext:
@@ -48,6 +50,8 @@ class StepContext:
             beta,
             step,
             list(cands.blocks),
+            anchors.view,
+            cands.view,
         )
 
     @property

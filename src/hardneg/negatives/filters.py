@@ -141,8 +141,12 @@ class GuideFilter(Filter):
     guide model's embeddings of the samples), drop candidate j of anchor i if ``g_ij > g_ip − margin``.
 
     Args:
-        guide: a (num_ids × d_g) tensor of guide embeddings indexed by sample id, or a callable
-            ``ids -> (len(ids) × d_g)``. Candidates without an id (−1) are kept.
+        guide: the guide model's embeddings, indexed by sample id: a (num_ids × d_g) tensor used
+            for both views (then ``g_ip`` = 1: use a margin), or a pair ``(anchors_table,
+            positives_table)`` — e.g. the guide's embeddings of the query texts and of the
+            positive texts — used for rows from ``z1`` and from ``z2`` / queued keys
+            respectively, or a callable ``(ids, view) -> (len(ids) × d_g)``. Candidates without
+            an id (−1) are kept.
         margin: absolute margin (GISTEmbed: 0).
     """
 
@@ -150,46 +154,62 @@ class GuideFilter(Filter):
     schedulable = ("margin",)
     needs_positive = True
 
-    def __init__(self, guide: Tensor | Callable[[Tensor], Tensor], margin: float = 0.0) -> None:
+    def __init__(self, guide: Any, margin: float = 0.0) -> None:
         super().__init__()
         if isinstance(guide, Tensor):
-            if guide.dim() != 2:
+            guide = (guide, guide)
+        if isinstance(guide, (tuple, list)):
+            if len(guide) != 2 or not all(isinstance(g, Tensor) and g.dim() == 2 for g in guide):
+                raise ValueError("filter 'guide': guide must be a (num_ids, d_g) tensor or a pair of them")
+            if guide[0].shape != guide[1].shape:
                 raise ValueError(
-                    f"filter 'guide': guide table must have shape (num_ids, d_g), got {tuple(guide.shape)}"
+                    f"filter 'guide': the two guide tables must have one shape, got "
+                    f"{tuple(guide[0].shape)} and {tuple(guide[1].shape)}"
                 )
-        elif not callable(guide):
+            tables = (guide[0].float(), guide[1].float())
+            self.guide: Callable[[Tensor, int], Tensor] = lambda ids, view: tables[view][ids.cpu()]
+            self.num_ids: int | None = tables[0].shape[0]
+        elif callable(guide):
+            self.guide = guide
+            self.num_ids = None
+        else:
             raise TypeError(
-                "filter 'guide': guide must be a (num_ids, d_g) tensor or a callable ids -> embeddings"
+                "filter 'guide': guide must be a (num_ids, d_g) tensor, a pair of them, "
+                "or a callable (ids, view) -> embeddings"
             )
-        self.guide = guide
         self.margin = _opt("margin", margin, -2.0, 2.0)
         self._gq: Tensor | None = None
         self._gk: Tensor | None = None
         self._kok: Tensor | None = None
 
-    def _embed(self, ids: Tensor) -> Tensor:
+    def _embed(self, ids: Tensor, view: Tensor | None) -> tuple[Tensor, Tensor]:
         ok = ids >= 0
-        if isinstance(self.guide, Tensor):
-            ok &= ids < self.guide.shape[0]
-            out = torch.zeros(len(ids), self.guide.shape[1])
-            out[ok.cpu()] = self.guide[ids[ok].cpu()].float()
-        else:
-            emb = torch.as_tensor(self.guide(ids[ok])).float().cpu()
-            out = torch.zeros(len(ids), emb.shape[1])
-            out[ok.cpu()] = emb
+        if self.num_ids is not None:
+            ok &= ids < self.num_ids
+        view = torch.ones_like(ids) if view is None else view
+        out = None
+        for v in (0, 1):
+            sel = ok & (view == v)
+            if not bool(sel.any()):
+                continue
+            emb = torch.as_tensor(self.guide(ids[sel], v)).float().cpu()
+            if out is None:
+                out = torch.zeros(len(ids), emb.shape[1])
+            out[sel.cpu()] = emb
+        if out is None:
+            out = torch.zeros(len(ids), 1)
         return F.normalize(out, dim=1).to(ids.device), ok
 
     def begin_step(self, ctx: StepContext) -> None:
         if ctx.q_ids is None or ctx.k_ids is None:
             raise ValueError("filter 'guide' needs sample ids: call forward(z1, z2, ids=...)")
-        self._gq, _ = self._embed(ctx.q_ids)
-        self._gk, self._kok = self._embed(ctx.k_ids)
+        self._gq, _ = self._embed(ctx.q_ids, ctx.q_view)
+        self._gk, self._kok = self._embed(ctx.k_ids, ctx.k_view)
 
     def drop(self, S: Tensor, rows: slice, ctx: StepContext) -> Tensor:
-        gq = self._gq[rows]
-        G = gq @ self._gk.T
         if ctx.pos_index is None:
             raise ValueError("filter 'guide' needs a positive per anchor (two views z1, z2)")
+        G = self._gq[rows] @ self._gk.T
         pi = ctx.pos_index[rows]
         r = torch.arange(G.shape[0], device=G.device)
         gp = G[r, pi.clamp(min=0)]

@@ -277,9 +277,15 @@ def _filtered(
 def _gist(guide: Any = None, margin: float = 0.0) -> dict[str, Any]:
     if guide is None:
         raise ValueError(
-            "gist option 'guide' (a (num_ids, d) tensor / .npy / .pt path, or a callable) is required"
+            "gist option 'guide' (a (num_ids, d) tensor / .npy / .pt path, a pair of them for "
+            "anchor and positive texts, or a callable) is required"
         )
-    g = guide if callable(guide) else _load_tensor(guide, "guide")
+    if callable(guide):
+        g = guide
+    elif isinstance(guide, (tuple, list)) and len(guide) == 2 and not isinstance(guide[0], (int, float)):
+        g = (_load_tensor(guide[0], "guide"), _load_tensor(guide[1], "guide"))
+    else:
+        g = _load_tensor(guide, "guide")
     return {"t": 0.05, "filters": [GuideFilter(g, margin)]}
 
 
@@ -325,6 +331,12 @@ def _build(kind_map: dict[str, type], aliases: dict[str, str], what: str, spec: 
     unknown = sorted(set(spec) - set(allowed))
     if unknown:
         raise ValueError(f"unknown option(s) {unknown} for {what} kind {kind!r}; allowed: {allowed}")
+    if (
+        isinstance(spec.get("guide"), (list, tuple))
+        and len(spec["guide"]) == 2
+        and isinstance(spec["guide"][0], (str, os.PathLike))
+    ):
+        spec["guide"] = tuple(_load_tensor(x, "guide") for x in spec["guide"])
     for key in ("embeddings", "features", "groups", "guide", "labels", "ids"):
         if key in spec and isinstance(spec[key], (str, os.PathLike, list)) and key != "embeddings":
             spec[key] = _load_tensor(spec[key], key)

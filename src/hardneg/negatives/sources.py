@@ -34,7 +34,8 @@ from torch import Tensor, nn
 class Anchors:
     """The anchors of one step: ``q`` (n×d, unit rows), the column of each one's positive in the
     candidates (``pos_index``, −1 when there is none), its own column (``self_index``, −1 when
-    absent), labels and ids (or None), and ``keys``: the (B×d) batch rows a queue stores."""
+    absent), labels and ids (or None), ``keys``: the (B×d) batch rows a queue stores, and ``view``:
+    which input view (0 for ``z1``, 1 for ``z2``) each anchor comes from."""
 
     q: Tensor
     pos_index: Tensor | None
@@ -44,6 +45,7 @@ class Anchors:
     keys: Tensor
     key_labels: Tensor | None
     key_ids: Tensor | None
+    view: Tensor | None = None
 
     @property
     def n(self) -> int:
@@ -52,13 +54,15 @@ class Anchors:
 
 @dataclass
 class Candidates:
-    """Candidate rows ``k`` (m×d) with labels, ids and owners (−1 = unknown / shared) and named blocks."""
+    """Candidate rows ``k`` (m×d) with labels, ids and owners (−1 = unknown / shared), the input view
+    each row comes from (0 = ``z1``, 1 = ``z2`` and keys; later blocks count as keys) and named blocks."""
 
     k: Tensor
     labels: Tensor | None = None
     ids: Tensor | None = None
     owner: Tensor | None = None
     blocks: list[tuple[str, int, int]] = field(default_factory=list)
+    view: Tensor | None = None
 
     @property
     def m(self) -> int:
@@ -91,6 +95,8 @@ class Candidates:
         self.labels = cat(self.labels, labels)
         self.ids = cat(self.ids, ids)
         self.owner = cat(self.owner, owner)
+        if self.view is not None:
+            self.view = torch.cat([self.view, torch.ones(r, dtype=torch.long, device=dev)])
         self.k = torch.cat([self.k, k.to(self.k.dtype)])
         self.blocks.append((name, m0, m0 + r))
 
@@ -157,13 +163,23 @@ class InBatch(Source):
             self_index = torch.full((B,), -1, dtype=torch.long, device=dev)
             y, i = labels, ids
         keys = z1 if z2 is None else z2
-        anchors = Anchors(q, pos, self_index, y, i, keys.detach(), labels, ids)
+        zeros, ones = (
+            torch.zeros(B, dtype=torch.long, device=dev),
+            torch.ones(B, dtype=torch.long, device=dev),
+        )
+        if z2 is None:
+            qv = kv = zeros
+        elif self.symmetric:
+            qv = kv = torch.cat([zeros, ones])
+        else:
+            qv, kv = zeros, ones
+        anchors = Anchors(q, pos, self_index, y, i, keys.detach(), labels, ids, qv)
         yk = None if labels is None else (labels if (z2 is None or not self.symmetric) else y)
         ik = None if ids is None else (ids if (z2 is None or not self.symmetric) else i)
         owner = None if self.batch_negatives else torch.arange(k.shape[0], device=dev)
         if owner is not None and not self.symmetric and z2 is not None:
             owner = ar  # key i is visible only to query i (as its positive)
-        cands = Candidates(k, yk, ik, owner, [("batch", 0, k.shape[0])])
+        cands = Candidates(k, yk, ik, owner, [("batch", 0, k.shape[0])], kv)
         return anchors, cands
 
     def extend(self, anchors: Anchors, cands: Candidates, step: int) -> None:
