@@ -1,0 +1,38 @@
+"""`hardneg strategies`."""
+
+from __future__ import annotations
+
+import pytest
+
+from hardneg.cli import app, main
+from hardneg.negatives import list_strategies
+
+
+def _argv(*args: str) -> list[str]:
+    # with a single registered command typer makes it the root command (no sub-command name)
+    return list(args) if len(app.registered_commands) == 1 else ["strategies", *args]
+
+
+def test_lists_every_preset(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(_argv())
+    assert e.value.code == 0
+    out = capsys.readouterr().out
+    for name in list_strategies():
+        assert name in out
+
+
+def test_shows_a_preset_options(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(_argv("mochi"))
+    assert e.value.code == 0
+    out = capsys.readouterr().out
+    assert "beta_max" in out and "0.45" in out
+
+
+def test_unknown_preset_is_one_line_exit_2(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(_argv("nope"))
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert "unknown strategy preset 'nope'" in err and len(err.splitlines()) == 1
