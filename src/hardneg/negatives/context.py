@@ -33,6 +33,7 @@ class StepContext:
     blocks: list[tuple[str, int, int]]
     q_view: Tensor | None = None  # (n,) 0 = from z1, 1 = from z2
     k_view: Tensor | None = None  # (m,)
+    growing: bool = False  # a source (a queue still filling) will offer more candidates later
 
     @classmethod
     def build(cls, anchors: Anchors, cands: Candidates, t: float, beta: float, step: int) -> StepContext:

@@ -57,6 +57,10 @@ class MemoryQueue(Source):
                 setattr(self, name, torch.empty_like(v))
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
+    @property
+    def is_full(self) -> bool:
+        return int(self.count) >= self.size
+
     def __len__(self) -> int:
         return int(self.count)
 

@@ -264,6 +264,7 @@ class Strategy(nn.Module):
             cands.append("explicit", F.normalize(negatives.reshape(-1, z1.shape[1]), dim=1))
 
         ctx = StepContext.build(anchors, cands, self.t, self.beta, step)
+        ctx.growing = any(not getattr(src, "is_full", True) for src in self.sources)
         for c in [*self.filters, *self.weightings]:
             c.begin_step(ctx)
         acc = DiagnosticsAccumulator(anchors.n, self.t, self.beta) if self.diagnostics else None

@@ -128,7 +128,9 @@ def _check_nonneg(name: str, v: Any) -> None:
 
 class TopK(Weighting):
     """Top-k hard negative mining: only the ``k`` most similar valid candidates count (uniformly).
-    With ``n_neg="count"`` the loss sums over exactly those k. ``k`` is schedulable (rounded)."""
+    With ``n_neg="count"`` the loss sums over exactly those k. ``k`` is schedulable (rounded).
+    ``k`` larger than the candidate pool raises, except while a queue is still filling up (then
+    an anchor uses all its candidates)."""
 
     kind = "topk"
     schedulable = ("k",)
@@ -142,7 +144,7 @@ class TopK(Weighting):
         k = int(round(self.k))
         _check_int("k", k)
         most = ctx.m - 1 - (ctx.pos_index is not None)
-        if k > most:
+        if k > most and not ctx.growing:  # while a queue fills up, fewer than k are used
             raise ValueError(
                 f"weighting option 'k' = {k} is larger than the candidate pool ({most} candidates per anchor)"
             )
