@@ -1,0 +1,607 @@
+r"""The one kernel: chunked, log-space, weighted InfoNCE with a hand-written backward.
+
+For anchor :math:`i` with positive(s) :math:`p \in P(i)`, candidate negatives :math:`j \in C(i)`,
+similarities :math:`s_{ij} = q_i^\top k_j` of L2-normalised embeddings and temperature :math:`t`
+(DESIGN.md §1)::
+
+    L_i = −log( e^{s_ip/t} / ( e^{s_ip/t} + N · Σ_j π_ij e^{s_ij/t} ) )
+
+with :math:`\pi_{ij} \propto \exp(\beta s_{ij}/t + a_{ij})` over the valid candidates: β is the
+hardness tilt of Robinson et al. (HCL, ICLR 2021) and Jiang et al. (H-SCL, arXiv 2209.00078),
+:math:`a_{ij}` optional extra log-weights (−∞ masks a candidate) supplied per chunk by a strategy,
+and N the nominal number of negatives. The debiased estimator of Chuang et al. (DCL, NeurIPS 2020)
+replaces the negative term by ``G = (N Σ_j π_ij e^{s_ij/t} − τ⁺ N e^{s_ip/t}) / (1 − τ⁺)``, clamped
+below at ``N e^{−1/t}``.
+
+Everything is computed in log space (log-sum-exp), in float32 even for float16/bfloat16 inputs, with
+masks as −∞ log-weights. Anchors are processed in chunks: peak memory is O(chunk × m), never
+O(n × m) for large n and never O(n³).
+
+Speed: when the loss is reduced to a scalar and a gradient is needed, each chunk computes its
+gradient **in the forward pass** (one matrix product for the similarities, the log-sum-exp, one
+in-place exp, two products for dQ and dK) and the backward only scales the stored (n×d, m×d)
+gradients by the incoming scalar. That is 3 matrix products per chunk instead of the 4 of a
+recompute-in-backward scheme. With ``reduction="none"`` the backward recomputes each chunk.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+LogWeightFn = Callable[[Tensor, slice], Tensor]
+
+_POSITIVES = ("index", "labels")
+_NEGATIVES = ("all", "other_labels")
+_POS_REDUCE = ("mean", "pairs")
+_REDUCTIONS = ("mean", "sum", "none")
+_NEG_INF = float("-inf")
+
+
+@dataclass(frozen=True)
+class KernelSpec:
+    """Everything that defines the loss besides the embeddings (validated by :func:`weighted_info_nce`)."""
+
+    t: float
+    positives: str = "index"
+    negatives: str = "all"
+    beta: float = 0.0
+    detach_weights: bool = False
+    log_weight_fn: LogWeightFn | None = None
+    n_neg: float | None = None
+    tau_plus: float = 0.0
+    clamp: bool = True
+    include_positive: bool = True
+    positive_reduce: str = "mean"
+    reduction: str = "mean"
+    chunk_size: int = 1024
+
+    @property
+    def lean(self) -> bool:
+        """Uniform π, plain sum (N = count), no debiasing, no extra weights: the fused fast path."""
+        return (
+            self.beta == 0.0
+            and self.log_weight_fn is None
+            and self.n_neg is None
+            and self.tau_plus == 0.0
+            and self.negatives == "all"
+            and (
+                (self.positives == "index" and self.include_positive)
+                or (self.positives == "labels" and not self.include_positive)
+            )
+        )
+
+
+@dataclass
+class _Index:
+    """Integer side information and per-call precomputations, on the embeddings' device."""
+
+    pos_index: Tensor | None  # (n,) column of each anchor's positive (positives="index")
+    self_index: Tensor | None  # (n,) column of the anchor itself in k, or -1
+    q_labels: Tensor | None  # (n,) dense label ids
+    k_labels: Tensor | None  # (m,)
+    n_pos: Tensor | None  # (n,) number of positives per anchor (positives="labels")
+    n_valid: Tensor | None  # (n,) number of valid negatives per anchor (None: depends on log_weight_fn)
+    k_order: Tensor | None = None  # (m,) candidates sorted by label
+    label_start: Tensor | None = None  # (L,) first position of each label in k_order
+    label_count: Tensor | None = None  # (L,) candidates per label
+
+
+class _Workspace:
+    """Two (chunk × m) work buffers reused by every chunk: fresh 32 MB allocations page-fault on
+    every chunk and cost as much as the matrix product itself on CPU."""
+
+    def __init__(self, c: int, m: int, dtype: torch.dtype, device: torch.device, n_labels: int, d: int) -> None:
+        self.S = torch.empty(c, m, dtype=dtype, device=device)
+        self.W: Tensor | None = None
+        self._shape = (c, m, dtype, device)
+        self.label_acc = torch.zeros(n_labels, d, dtype=dtype, device=device) if n_labels else None
+        self.k_label_sums: Tensor | None = None
+
+    def second(self, c: int) -> Tensor:
+        if self.W is None:
+            cmax, m, dtype, device = self._shape
+            self.W = torch.empty(cmax, m, dtype=dtype, device=device)
+        return self.W[:c]
+
+
+def _default_chunk(n: int, m: int) -> int:
+    # keep a chunk of S (and one work buffer) around 32 MB of float32
+    return int(max(64, min(n, (1 << 23) // max(m, 1))))
+
+
+# --------------------------------------------------------------------------------------------
+# one chunk
+# --------------------------------------------------------------------------------------------
+
+
+def _self_entries(ix: _Index, r0: int, r1: int) -> tuple[Tensor, Tensor] | None:
+    """(row offsets within the chunk, columns) of the anchors of r0:r1 that appear in k."""
+    if ix.self_index is None:
+        return None
+    cols = ix.self_index[r0:r1]
+    rows = torch.arange(r1 - r0, device=cols.device)
+    keep = cols >= 0
+    if bool(keep.all()):
+        return rows, cols
+    return rows[keep], cols[keep]
+
+
+def _same_label_cols(ix: _Index, r0: int, r1: int, pad: Tensor) -> tuple[Tensor, Tensor]:
+    """Columns of every candidate sharing each anchor's label, padded with ``pad`` → (c, P), valid."""
+    y = ix.q_labels[r0:r1]
+    cnt = ix.label_count[y]
+    P = max(1, int(cnt.max()))
+    ar = torch.arange(P, device=y.device)
+    valid = ar[None, :] < cnt[:, None]
+    at = torch.clamp(ix.label_start[y][:, None] + ar[None, :], max=ix.k_order.shape[0] - 1)
+    cols = torch.where(valid, ix.k_order[at], pad[:, None])
+    return cols, valid
+
+
+def _softmax_lse_(X: Tensor) -> Tensor:
+    """Row softmax of X **in place**; returns the row log-sum-exp.
+
+    lse_i = max_j X_ij − log max_j softmax_ij (the largest probability is ≥ 1/m: no underflow).
+    Two cheap max reductions instead of a separate exp-sum pass (argmax is slow on CPU)."""
+    mx = X.amax(1)
+    torch.ops.aten._softmax.out(X, 1, False, out=X)
+    return mx - torch.log(X.amax(1))
+
+
+def _chunk(q, k, spec, ix, ws, r0, r1, go, dq, dk) -> Tensor:
+    """Loss of anchors r0:r1; if ``go`` (their upstream gradient) is given, writes dQ[r0:r1] and adds to dK."""
+    c = r1 - r0
+    qs = q[r0:r1] * (1.0 / spec.t)  # temperature folded into the (c × d) operand
+    S = torch.mm(qs, k.T, out=ws.S[:c])  # (c, m) = s / t
+    self_rc = _self_entries(ix, r0, r1)
+    if spec.lean:
+        return _chunk_lean(k, qs, S, spec, ix, ws, r0, r1, go, dq, dk, self_rc)
+    return _chunk_general(k, qs, S, spec, ix, ws, r0, r1, go, dq, dk, self_rc)
+
+
+def _chunk_lean(k, qs, S, spec, ix, ws, r0, r1, go, dq, dk, self_rc) -> Tensor:
+    """Uniform, plain-sum InfoNCE (NT-Xent) and SupCon L_out: one fused in-place log-softmax."""
+    c = S.shape[0]
+    rows = torch.arange(c, device=S.device)
+    if self_rc is not None:
+        S[self_rc[0], self_rc[1]] = _NEG_INF
+    if spec.positives == "index":
+        pcol = ix.pos_index[r0:r1]
+        torch.ops.aten._log_softmax.out(S, 1, False, out=S)  # S_ij − lse_i over j ≠ self (positive included)
+        loss = -S[rows, pcol]
+    else:
+        # SupCon L_out: ℓ_i = lse_{a≠i}(S) − mean_{p∈P(i)} S_ip; the mean via per-label sums (O(n d)).
+        y = ix.q_labels[r0:r1]
+        lse = _softmax_lse_(S)
+        npos = ix.n_pos[r0:r1].to(S.dtype)
+        sum_pos_k = ws.k_label_sums[y]  # Σ_{j: y_j = y_i} k_j
+        if self_rc is not None:
+            sum_pos_k = sum_pos_k.clone()
+            sum_pos_k[self_rc[0]] -= k[self_rc[1]]
+        loss = lse - (qs * sum_pos_k).sum(1) / npos
+    if go is None:
+        return loss
+    scalar = go.dim() == 0
+    if spec.positives == "index":
+        S.exp_()  # softmax
+        if not scalar:
+            S.mul_(go[:, None])
+        S[rows, pcol] -= 1.0 if scalar else go
+        a = float(go) if scalar else 1.0
+        torch.mm(S, k, out=dq[r0:r1]).mul_(a / spec.t)
+        dk.addmm_(S.T, qs, alpha=a)
+        return loss
+    # labels mode: dS = go·softmax − go/|P_i| on the positives; the positive part via label sums
+    w = (go.expand(c) if scalar else go) / npos
+    if not scalar:
+        S.mul_(go[:, None])
+    a = float(go) if scalar else 1.0
+    torch.mm(S, k, out=dq[r0:r1])
+    if a != 1.0:
+        dq[r0:r1].mul_(a)
+    dq[r0:r1].sub_(w[:, None] * sum_pos_k).mul_(1.0 / spec.t)
+    dk.addmm_(S.T, qs, alpha=a)
+    wq = w[:, None] * qs
+    ws.label_acc.index_add_(0, y, -wq)  # applied to every k row of that label at the end
+    if self_rc is not None:
+        dk.index_add_(0, self_rc[1], wq[self_rc[0]])  # the anchor is not its own positive
+    return loss
+
+
+def _chunk_general(k, qs, S, spec, ix, ws, r0, r1, go, dq, dk, self_rc) -> Tensor:
+    """Every other case: label masks, β tilt, extra log-weights, nominal N, τ⁺ debiasing, label positives."""
+    c, m = S.shape
+    dev = S.device
+    rows = torch.arange(c, device=dev)
+    labels_mode = spec.positives == "labels"
+    pcol = None if labels_mode else ix.pos_index[r0:r1]
+    same_cols = pvalid = None
+    if labels_mode or spec.negatives == "other_labels":
+        pad = pcol if pcol is not None else ix.k_order[ix.label_start[ix.q_labels[r0:r1]]]
+        same_cols, same_valid = _same_label_cols(ix, r0, r1, pad)
+        if labels_mode:
+            pvalid = same_valid
+            if ix.self_index is not None:
+                pvalid = pvalid & (same_cols != ix.self_index[r0:r1, None])
+    # -- positive similarities, read before masking -----------------------------------------
+    sp = S[rows, pcol].clone() if pcol is not None else S.gather(1, same_cols)  # (c,) or (c, P)
+    extra = None
+    if spec.log_weight_fn is not None:
+        extra = spec.log_weight_fn(S * spec.t, slice(r0, r1))
+        if tuple(extra.shape) != (c, m):
+            raise ValueError(f"log_weight_fn must return shape {(c, m)}, got {tuple(extra.shape)}")
+        extra = extra.to(S.dtype)
+
+    def mask_(X: Tensor) -> None:  # masks as −∞, written by scatter (no (c × m) boolean pass)
+        if self_rc is not None:
+            X[self_rc[0], self_rc[1]] = _NEG_INF
+        if pcol is not None:
+            X[rows, pcol] = _NEG_INF
+        if spec.negatives == "other_labels":
+            X.scatter_(1, same_cols, _NEG_INF)
+
+    mask_(S)
+    tilted = spec.beta != 0.0 or extra is not None
+    A = None
+    if tilted:  # A = β S + extra (log π numerators);  S ← S + A (log π̃ numerators)
+        A = ws.second(c)
+        if spec.beta != 0.0:
+            torch.mul(S, spec.beta, out=A)
+            if extra is not None:
+                A.add_(extra)
+        else:
+            A.copy_(extra)
+            mask_(A)
+        S.add_(A)
+    cnt = torch.isfinite(S).sum(1) if extra is not None else ix.n_valid[r0:r1]
+    if bool((cnt == 0).any()):
+        bad = (torch.nonzero(cnt == 0).flatten() + r0).tolist()
+        raise ValueError(f"anchors {bad[:10]}{'…' if len(bad) > 10 else ''} have no valid negative candidate")
+    cntf = cnt.to(S.dtype)
+    logN = torch.log(cntf) if spec.n_neg is None else torch.full((c,), math.log(spec.n_neg), dtype=S.dtype, device=dev)
+    # -- log of N Σ_j π_ij e^{S_ij} = log N + lse(a + S) − lse(a) -------------------------------
+    lse_b = _softmax_lse_(S)  # S now holds π̃ = softmax(a + S)
+    lse_a = _softmax_lse_(A) if A is not None else torch.log(cntf)  # A now holds π
+    neg = logN + lse_b - lse_a  # (c,)
+    # -- per-positive terms ------------------------------------------------------------------
+    if not labels_mode:
+        g, dg_dneg, dg_dsp = _debias(neg, sp, logN, spec)
+        loss, dl_dg, dl_dsp = _per_positive(g, sp, spec)
+        npos = None
+    else:
+        npos = ix.n_pos[r0:r1].to(S.dtype)
+        pv = pvalid.to(S.dtype)
+        if spec.tau_plus == 0.0 and not spec.include_positive:
+            loss = npos * neg - (sp * pv).sum(1)
+            dl_dg = None
+        else:
+            g, dg_dneg, dg_dsp = _debias(neg[:, None], sp, logN[:, None], spec)
+            ell, dl_dg, dl_dsp = _per_positive(g, sp, spec)
+            loss = (ell * pv).sum(1)
+        if spec.positive_reduce == "mean":
+            loss = loss / npos
+    if go is None:
+        return loss
+    # -- gradient wrt S: γ_i [(1 + β) π̃ − β π] (only π̃ when π is detached) + δ on the positives ----
+    scalar = go.dim() == 0
+    go_c = go.expand(c) if scalar else go
+    w = go_c if (npos is None or spec.positive_reduce == "pairs") else go_c / npos
+    if not labels_mode:
+        gamma = w * dl_dg * dg_dneg
+        delta = w * (dl_dsp + dl_dg * dg_dsp)
+    elif dl_dg is None:
+        gamma = w * npos
+        delta = -pv * w[:, None]
+    else:
+        gamma = w * (dl_dg * dg_dneg * pv).sum(1)
+        delta = (dl_dsp + dl_dg * dg_dsp) * pv * w[:, None]
+    D = S
+    if A is not None and spec.beta != 0.0 and not spec.detach_weights:
+        D.mul_(1.0 + spec.beta).sub_(A, alpha=spec.beta)
+    D.mul_(gamma[:, None])
+    if not labels_mode:
+        D[rows, pcol] += delta
+    else:
+        D.scatter_add_(1, same_cols, delta)
+    torch.mm(D, k, out=dq[r0:r1]).mul_(1.0 / spec.t)
+    dk.addmm_(D.T, qs)
+    return loss
+
+
+def _debias(neg: Tensor, sp: Tensor, logN: Tensor, spec: KernelSpec):
+    """g = log G with Chuang et al.'s estimator; returns (g, ∂g/∂neg, ∂g/∂s_p)."""
+    if spec.tau_plus == 0.0:
+        g = neg.expand_as(sp) if neg.dim() < sp.dim() or neg.shape != sp.shape else neg
+        return g, 1.0, 0.0
+    tp = spec.tau_plus
+    x = sp + (math.log(tp) + logN) - neg  # τ⁺ N e^{s_p} / (N Σ π e^{s})
+    floor = logN - 1.0 / spec.t  # log(N e^{−1/t})
+    ex = torch.exp(torch.clamp(x, max=0.0))
+    raw = neg + torch.log1p(-torch.clamp(ex, max=1.0 - 1e-7)) - math.log1p(-tp)
+    ok = (x < 0) & (raw > floor) if spec.clamp else (x < 0)
+    g = torch.where(ok, raw, floor.expand_as(raw))
+    one_m = torch.clamp(1.0 - ex, min=1e-7)
+    dg_dneg = torch.where(ok, 1.0 / one_m, torch.zeros_like(raw))
+    dg_dsp = torch.where(ok, -ex / one_m, torch.zeros_like(raw))
+    return g, dg_dneg, dg_dsp
+
+
+def _per_positive(g: Tensor, sp: Tensor, spec: KernelSpec):
+    """ℓ = softplus(g − s_p) (positive in the denominator) or g − s_p; returns (ℓ, ∂ℓ/∂g, ∂ℓ/∂s_p)."""
+    if spec.include_positive:
+        z = g - sp
+        sig = torch.sigmoid(z)
+        return F.softplus(z), sig, -sig
+    return g - sp, 1.0, -1.0
+
+
+# --------------------------------------------------------------------------------------------
+# autograd
+# --------------------------------------------------------------------------------------------
+
+
+def _run_chunks(q: Tensor, k: Tensor, spec: KernelSpec, ix: _Index, go: Tensor | None):
+    """All chunks; returns (per-anchor losses, dQ, dK) — the gradients only when ``go`` is given."""
+    n, m = q.shape[0], k.shape[0]
+    n_labels = int(ix.label_count.shape[0]) if ix.label_count is not None else 0
+    lean_labels = spec.lean and spec.positives == "labels"
+    ws = _Workspace(min(spec.chunk_size, n), m, q.dtype, q.device, n_labels if lean_labels else 0, q.shape[1])
+    if lean_labels:
+        ws.k_label_sums = torch.zeros(n_labels, k.shape[1], dtype=k.dtype, device=k.device).index_add_(
+            0, ix.k_labels, k
+        )
+    losses = torch.empty(n, dtype=q.dtype, device=q.device)
+    dq = torch.empty_like(q) if go is not None else None
+    dk = torch.zeros_like(k) if go is not None else None
+    for r0 in range(0, n, spec.chunk_size):
+        r1 = min(n, r0 + spec.chunk_size)
+        go_c = None if go is None else (go if go.dim() == 0 else go[r0:r1])
+        losses[r0:r1] = _chunk(q, k, spec, ix, ws, r0, r1, go_c, dq, dk)
+    if go is not None and lean_labels:
+        dk += ws.label_acc[ix.k_labels]
+    return losses, dq, dk
+
+
+class _WeightedInfoNCE(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, q: Tensor, k: Tensor, spec: KernelSpec, ix: _Index, scale: float):  # type: ignore[override]
+        need_grad = ctx.needs_input_grad[0] or ctx.needs_input_grad[1]
+        eager = need_grad and spec.reduction != "none"
+        go = torch.tensor(scale, dtype=q.dtype, device=q.device) if eager else None
+        with torch.no_grad():
+            losses, dq, dk = _run_chunks(q, k, spec, ix, go)
+        ctx.spec, ctx.ix, ctx.eager = spec, ix, eager
+        if eager:
+            ctx.save_for_backward(dq, dk)
+        else:
+            ctx.save_for_backward(q, k)
+        return losses if spec.reduction == "none" else losses.sum() * scale
+
+    @staticmethod
+    def backward(ctx, grad_out: Tensor):  # type: ignore[override]
+        if ctx.eager:
+            dq, dk = ctx.saved_tensors
+            return dq * grad_out, dk * grad_out, None, None, None
+        q, k = ctx.saved_tensors
+        with torch.no_grad():
+            _, dq, dk = _run_chunks(q, k, ctx.spec, ctx.ix, grad_out.to(q.dtype).contiguous())
+        return dq, dk, None, None, None
+
+
+# --------------------------------------------------------------------------------------------
+# public entry point
+# --------------------------------------------------------------------------------------------
+
+
+def _check_embeddings(q: Tensor, k: Tensor) -> None:
+    for name, x in (("q", q), ("k", k)) if k is not q else (("q", q),):
+        if not isinstance(x, Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+        if x.dim() != 2:
+            raise ValueError(f"{name} must have shape (num, dim), got {tuple(x.shape)}")
+        if x.shape[0] == 0:
+            raise ValueError(f"{name} is empty: need at least one row, got shape {tuple(x.shape)}")
+        if not x.is_floating_point():
+            raise TypeError(f"{name} must be a floating-point tensor, got {x.dtype}")
+        if not bool(torch.isfinite(x).all()):
+            raise ValueError(f"{name} contains NaN or inf values")
+    if not isinstance(k, Tensor):
+        raise TypeError(f"k must be a torch.Tensor, got {type(k).__name__}")
+    if q.shape[1] != k.shape[1]:
+        raise ValueError(f"q and k must have the same embedding dim, got {q.shape[1]} and {k.shape[1]}")
+    if q.device != k.device:
+        raise ValueError(f"q and k must be on the same device, got {q.device} and {k.device}")
+
+
+def _check_index(name: str, x: Tensor | None, n: int, m: int, device, allow_neg: bool) -> Tensor | None:
+    if x is None:
+        return None
+    if not isinstance(x, Tensor):
+        x = torch.as_tensor(x)
+    if x.dtype in (torch.float16, torch.bfloat16, torch.float32, torch.float64, torch.bool):
+        raise TypeError(f"{name} must be an integer tensor, got {x.dtype}")
+    if x.shape != (n,):
+        raise ValueError(f"{name} must have shape ({n},), got {tuple(x.shape)}")
+    x = x.to(device=device, dtype=torch.long)
+    lo = -1 if allow_neg else 0
+    if n and (int(x.min()) < lo or int(x.max()) >= m):
+        raise ValueError(f"{name} values must lie in [{lo}, {m - 1}], got [{int(x.min())}, {int(x.max())}]")
+    return x
+
+
+def _check_labels(name: str, y: Tensor | None, length: int, device) -> Tensor | None:
+    if y is None:
+        return None
+    if not isinstance(y, Tensor):
+        y = torch.as_tensor(y)
+    if y.is_floating_point() or y.dtype == torch.bool or y.is_complex():
+        raise TypeError(f"{name} must be an integer tensor, got {y.dtype}")
+    if y.dim() != 1 or y.shape[0] != length:
+        raise ValueError(f"{name} must have shape ({length},), got {tuple(y.shape)}")
+    return y.to(device=device, dtype=torch.long)
+
+
+def weighted_info_nce(
+    q: Tensor,
+    k: Tensor,
+    *,
+    t: float,
+    pos_index: Tensor | None = None,
+    q_labels: Tensor | None = None,
+    k_labels: Tensor | None = None,
+    self_index: Tensor | None = None,
+    positives: str = "index",
+    negatives: str = "all",
+    beta: float = 0.0,
+    detach_weights: bool = False,
+    log_weight_fn: LogWeightFn | None = None,
+    n_neg: float | None = None,
+    tau_plus: float = 0.0,
+    clamp: bool = True,
+    include_positive: bool = True,
+    positive_reduce: str = "mean",
+    reduction: str = "mean",
+    chunk_size: int | None = None,
+    normalize: bool = True,
+) -> Tensor:
+    r"""Weighted InfoNCE of anchors ``q`` (n×d) against candidates ``k`` (m×d) (DESIGN.md §1).
+
+    Args:
+        t: temperature, > 0.
+        pos_index: (n,) column in ``k`` of each anchor's positive (``positives="index"``).
+        q_labels, k_labels: integer labels of anchors and candidates (label positives / filters).
+        self_index: (n,) column of the anchor itself in ``k`` (never a candidate), −1 where absent.
+        positives: ``"index"`` (one positive per anchor) or ``"labels"`` (every same-label
+            candidate except the anchor itself; SupCon / the H-SCL paper code).
+        negatives: ``"all"`` (every candidate but the anchor itself and, in index mode, its
+            positive; in label mode same-label candidates stay, as in SupCon's denominator) or
+            ``"other_labels"`` (only candidates of another label: SCL / H-SCL).
+        beta: hardness tilt β ≥ 0 (π ∝ e^{β s/t}); 0 is uniform.
+        detach_weights: treat π as a constant (no gradient through the tilt). The HCL and H-SCL
+            paper code keep the weights in the graph (default False).
+        log_weight_fn: ``f(S, rows) -> (c, m)`` extra log-weights for the chunk of anchors
+            ``rows``, given their cosine similarities ``S`` (c×m); −∞ removes a candidate.
+            Treated as a constant. This is how strategies (top-k, semi-hard, filters, …) plug in.
+        n_neg: nominal N; ``None`` uses the number of valid negatives of each anchor (with
+            uniform π this is the plain sum Σ_j e^{s_ij/t}).
+        tau_plus: class prior τ⁺ ∈ [0, 1) of the debiased estimator (Chuang et al.).
+        clamp: clamp the debiased estimator below at N e^{−1/t} (HCL code). Where the estimator
+            is not positive it is clamped whatever this flag says.
+        include_positive: ``e^{s_ip/t}`` appears in the denominator (InfoNCE); False gives the
+            decoupled form (and SupCon L_out, whose positives are already among the candidates).
+        positive_reduce: with label positives, ``"mean"`` averages each anchor's terms over its
+            positives (SupCon); ``"pairs"`` sums them and the ``"mean"`` reduction divides by the
+            total number of (anchor, positive) pairs (the H-SCL paper code).
+        reduction: ``"mean"``, ``"sum"`` or ``"none"`` (per-anchor losses).
+        chunk_size: anchors per chunk; default keeps a chunk near 32 MB.
+        normalize: L2-normalise q and k first (gradients flow through the normalisation).
+    """
+    _check_embeddings(q, k)
+    if not isinstance(t, (int, float)) or not t > 0 or not math.isfinite(t):
+        raise ValueError(f"t (temperature) must be a finite number > 0, got {t!r}")
+    if positives not in _POSITIVES:
+        raise ValueError(f"positives must be one of {_POSITIVES}, got {positives!r}")
+    if negatives not in _NEGATIVES:
+        raise ValueError(f"negatives must be one of {_NEGATIVES}, got {negatives!r}")
+    if positive_reduce not in _POS_REDUCE:
+        raise ValueError(f"positive_reduce must be one of {_POS_REDUCE}, got {positive_reduce!r}")
+    if reduction not in _REDUCTIONS:
+        raise ValueError(f"reduction must be one of {_REDUCTIONS}, got {reduction!r}")
+    if not isinstance(beta, (int, float)) or not beta >= 0 or not math.isfinite(beta):
+        raise ValueError(f"beta must be a finite number >= 0, got {beta!r}")
+    if not isinstance(tau_plus, (int, float)) or not 0.0 <= tau_plus < 1.0:
+        raise ValueError(f"tau_plus must lie in [0, 1), got {tau_plus!r}")
+    if n_neg is not None and not (isinstance(n_neg, (int, float)) and n_neg > 0):
+        raise ValueError(f"n_neg must be None or a number > 0, got {n_neg!r}")
+    if chunk_size is not None and (not isinstance(chunk_size, int) or chunk_size < 1):
+        raise ValueError(f"chunk_size must be a positive int or None, got {chunk_size!r}")
+    n, m = q.shape[0], k.shape[0]
+    dev = q.device
+    pos_index = _check_index("pos_index", pos_index, n, m, dev, allow_neg=False)
+    self_index = _check_index("self_index", self_index, n, m, dev, allow_neg=True)
+    q_labels = _check_labels("q_labels", q_labels, n, dev)
+    k_labels = _check_labels("k_labels", k_labels, m, dev)
+    if positives == "index" and pos_index is None:
+        raise ValueError('positives="index" needs pos_index, the (n,) column of each anchor\'s positive in k')
+    needs_labels = positives == "labels" or negatives == "other_labels"
+    if needs_labels and (q_labels is None or k_labels is None):
+        raise ValueError(f"positives={positives!r}, negatives={negatives!r} need both q_labels and k_labels")
+    if pos_index is not None and self_index is not None and bool((pos_index == self_index).any()):
+        bad = torch.nonzero(pos_index == self_index).flatten().tolist()
+        raise ValueError(f"anchors {bad[:10]} have pos_index equal to self_index (an anchor is not its own positive)")
+
+    n_pos = None
+    has_self = (self_index >= 0).long() if self_index is not None else torch.zeros(n, dtype=torch.long, device=dev)
+    has_pos = 1 if positives == "index" else 0
+    order = start = k_count = None
+    if needs_labels:
+        # Dense label ids, candidates sorted by label, per-anchor positive / negative counts (all O(n + m)).
+        uniq, inv = torch.unique(torch.cat([q_labels, k_labels]), return_inverse=True)
+        q_labels, k_labels = inv[:n], inv[n:]
+        k_count = torch.bincount(k_labels, minlength=len(uniq))
+        order = torch.argsort(k_labels, stable=True)
+        start = torch.cumsum(k_count, 0) - k_count
+        same = k_count[q_labels]
+        self_same = torch.zeros_like(same)
+        if self_index is not None:
+            hs = self_index >= 0
+            self_same[hs] = (k_labels[self_index[hs]] == q_labels[hs]).long()
+        if positives == "labels":
+            n_pos = same - self_same
+            if bool((n_pos == 0).any()):
+                bad = torch.nonzero(n_pos == 0).flatten().tolist()
+                raise ValueError(
+                    f"anchors {bad[:10]}{'…' if len(bad) > 10 else ''} have no positive "
+                    "(no other candidate with the same label)"
+                )
+        if negatives == "other_labels":
+            pos_other = (k_labels[pos_index] != q_labels).long() if positives == "index" else 0
+            n_valid = m - same - (has_self - self_same) - pos_other
+        else:
+            n_valid = m - has_self - has_pos
+    else:
+        n_valid = m - has_self - has_pos
+    if bool((n_valid <= 0).any()):
+        bad = torch.nonzero(n_valid <= 0).flatten().tolist()
+        raise ValueError(
+            f"anchors {bad[:10]}{'…' if len(bad) > 10 else ''} have no valid negative "
+            f"(k has {m} rows; with negatives={negatives!r} none is left after excluding self, positive, same label)"
+        )
+
+    spec = KernelSpec(
+        t=float(t),
+        positives=positives,
+        negatives=negatives,
+        beta=float(beta),
+        detach_weights=bool(detach_weights),
+        log_weight_fn=log_weight_fn,
+        n_neg=None if n_neg is None else float(n_neg),
+        tau_plus=float(tau_plus),
+        clamp=bool(clamp),
+        include_positive=bool(include_positive),
+        positive_reduce=positive_reduce,
+        reduction=reduction,
+        chunk_size=chunk_size or _default_chunk(n, m),
+    )
+    ix = _Index(pos_index, self_index, q_labels, k_labels, n_pos, n_valid, order, start, k_count)
+    in_dtype = q.dtype
+    same = k is q
+    if normalize:
+        q = F.normalize(q, dim=1)
+        k = q if same else F.normalize(k, dim=1)
+    if in_dtype in (torch.float16, torch.bfloat16):  # accumulate in float32
+        q = q.float()
+        k = q if same else k.float()
+    if reduction == "mean":
+        denom = float(n_pos.sum()) if (positives == "labels" and positive_reduce == "pairs") else float(n)
+        scale = 1.0 / denom
+    else:
+        scale = 1.0
+    out = _WeightedInfoNCE.apply(q, k, spec, ix, scale)
+    return out.to(in_dtype) if in_dtype in (torch.float16, torch.bfloat16) else out

@@ -1,0 +1,60 @@
+"""Where pytorch-metric-learning has the same loss, values (and gradients) match it."""
+
+import pytest
+import torch
+from pytorch_metric_learning import losses as pml
+from pytorch_metric_learning.reducers import MeanReducer
+
+import hardneg.losses as L
+
+
+def make(B, d, seed, classes=4):
+    g = torch.Generator().manual_seed(seed)
+    z1 = torch.randn(B, d, generator=g, dtype=torch.float64, requires_grad=True)
+    z2 = torch.randn(B, d, generator=g, dtype=torch.float64, requires_grad=True)
+    y = torch.randint(0, classes, (B,), generator=g)
+    return z1, z2, y
+
+
+@pytest.mark.parametrize("t", [0.07, 0.5])
+def test_ucl_equals_pml_ntxent(t):
+    z1, z2, _ = make(16, 8, 0)
+    B = 16
+    ids = torch.arange(B)
+    ref = pml.NTXentLoss(temperature=t)(torch.cat([z1, z2]), torch.cat([ids, ids]))
+    ours = L.ucl(z1, z2, t=t)
+    torch.testing.assert_close(ours, ref, rtol=1e-9, atol=1e-12)
+    for a, b in zip(torch.autograd.grad(ours, [z1, z2]), torch.autograd.grad(ref, [z1, z2])):
+        torch.testing.assert_close(a, b, rtol=1e-7, atol=1e-10)
+
+
+@pytest.mark.parametrize("t", [0.1, 0.5])
+def test_supcon_equals_pml(t):
+    z1, z2, y = make(20, 8, 1)
+    ref = pml.SupConLoss(temperature=t)(torch.cat([z1, z2]), torch.cat([y, y]))
+    ours = L.supcon(z1, z2, y, t=t)
+    torch.testing.assert_close(ours, ref, rtol=1e-9, atol=1e-12)
+    for a, b in zip(torch.autograd.grad(ours, [z1, z2]), torch.autograd.grad(ref, [z1, z2])):
+        torch.testing.assert_close(a, b, rtol=1e-7, atol=1e-10)
+
+
+@pytest.mark.parametrize("margin", [0.05, 0.4])
+def test_triplet_equals_pml_mean_reducer(margin):
+    z1, z2, y = make(12, 6, 2, classes=3)
+    ref = pml.TripletMarginLoss(margin=margin, reducer=MeanReducer())(torch.cat([z1, z2]), torch.cat([y, y]))
+    ours = L.triplet(z1, z2, y, margin=margin)
+    torch.testing.assert_close(ours, ref, rtol=1e-7, atol=1e-10)
+
+
+def test_ntxent_with_labels_equals_hscl_all_pairs_beta0_count_n():
+    """PML NTXentLoss with class labels = every same-label pair, other-label negatives, plain sum."""
+    z1, z2, y = make(10, 5, 3, classes=3)
+    z = torch.cat([z1, z2])
+    yy = torch.cat([y, y])
+    ref = pml.NTXentLoss(temperature=0.3)(z, yy)
+    n = len(z)
+    ours = L.weighted_info_nce(
+        z, z, t=0.3, q_labels=yy, k_labels=yy, self_index=torch.arange(n), positives="labels",
+        negatives="other_labels", positive_reduce="pairs",
+    )
+    torch.testing.assert_close(ours, ref, rtol=1e-9, atol=1e-12)
