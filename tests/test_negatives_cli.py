@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+import typer
 
 from hardneg.cli import app, main
 from hardneg.negatives import list_strategies
@@ -10,7 +11,8 @@ from hardneg.negatives import list_strategies
 
 def _argv(*args: str) -> list[str]:
     # with a single registered command typer makes it the root command (no sub-command name)
-    return list(args) if len(app.registered_commands) == 1 else ["strategies", *args]
+    is_group = hasattr(typer.main.get_command(app), "commands")
+    return ["strategies", *args] if is_group else list(args)
 
 
 def test_lists_every_preset(capsys):

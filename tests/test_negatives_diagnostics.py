@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from negatives_reference import in_batch_valid, two_view_pos, unit
 
 from hardneg.negatives import create_strategy, negative_diagnostics
+from tests.negatives_reference import in_batch_valid, two_view_pos, unit
 
 torch.set_num_threads(1)
 

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from negatives_reference import in_batch_valid, ref_weighted_infonce, two_view_pos, unit
 
 from hardneg.negatives import GuideFilter, IdFilter, SimilarityFilter, Strategy, create_strategy
+from tests.negatives_reference import in_batch_valid, ref_weighted_infonce, two_view_pos, unit
 
 torch.set_num_threads(1)
 

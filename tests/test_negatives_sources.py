@@ -7,7 +7,6 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from negatives_reference import unit
 
 from hardneg.negatives import (
     ExternalPool,
@@ -19,6 +18,7 @@ from hardneg.negatives import (
     create_strategy,
     mochi_mix,
 )
+from tests.negatives_reference import unit
 
 torch.set_num_threads(1)
 

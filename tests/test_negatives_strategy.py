@@ -7,7 +7,6 @@ import math
 import numpy as np
 import pytest
 import torch
-from negatives_reference import in_batch_valid, ref_weighted_infonce, two_view_pos, unit
 
 from hardneg import losses as L
 from hardneg.negatives import (
@@ -21,6 +20,7 @@ from hardneg.negatives import (
     from_config,
     list_strategies,
 )
+from tests.negatives_reference import in_batch_valid, ref_weighted_infonce, two_view_pos, unit
 
 torch.set_num_threads(1)
 
