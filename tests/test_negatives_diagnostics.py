@@ -69,3 +69,28 @@ def test_diagnostics_match_literal_pi():
     h = create_strategy("hscl")
     h(z1, z2, labels=y)
     assert h.last_diagnostics["fn_weight_share"] == 0.0
+
+
+def test_diagnostics_on_a_sample_of_anchors():
+    """Large batches: the diagnostics use `diagnostics_anchors` evenly spaced anchors."""
+    B, t, beta = 150, 0.5, 1.0
+    g = torch.Generator().manual_seed(1)
+    z1 = torch.randn(B, 8, generator=g, dtype=torch.float64)
+    z2 = z1 + 0.6 * torch.randn(B, 8, generator=g, dtype=torch.float64)
+    z = unit(np.concatenate([z1.numpy(), z2.numpy()]))
+    S = z @ z.T
+    valid = in_batch_valid(B)
+    sample = np.round(np.linspace(0, 2 * B - 1, 40)).astype(int)
+    ess = []
+    for i in sample:
+        w = np.exp(beta * S[i, valid[i]] / t)
+        pi = w / w.sum()
+        ess.append(1 / (pi**2).sum())
+    for filters in ([], [{"kind": "similarity", "max_score": 0.999}]):  # plain pass and log_weight_fn path
+        s = create_strategy("hucl", beta=beta, t=t, diagnostics_anchors=40, filters=filters)
+        s(z1, z2)
+        assert s.last_diagnostics["ess"] == pytest.approx(np.mean(ess), rel=1e-5)
+        assert s.last_diagnostics["sim_mean"] == pytest.approx(S[sample][valid[sample]].mean(), rel=1e-6)
+    full = create_strategy("hucl", beta=beta, t=t, diagnostics_anchors=None)
+    full(z1, z2)
+    assert full.last_diagnostics["sim_mean"] == pytest.approx(S[valid].mean(), rel=1e-6)

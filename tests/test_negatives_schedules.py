@@ -27,9 +27,7 @@ def test_linear_cosine_step_values():
 
 
 def test_epoch_unit():
-    sch = make_schedule(
-        {"kind": "linear", "start": 0, "end": 1, "steps": 4, "unit": "epoch", "steps_per_epoch": 10}
-    )
+    sch = make_schedule({"kind": "linear", "start": 0, "end": 1, "steps": 4, "unit": "epoch", "steps_per_epoch": 10})
     assert [sch(s) for s in (0, 9, 10, 25, 39, 40, 100)] == [0.0, 0.0, 0.25, 0.5, 0.75, 1.0, 1.0]
 
 
@@ -68,9 +66,7 @@ def test_strategy_applies_schedules_to_beta_k_and_margin():
     assert [x[1] for x in seen] == [14, 12, 10, 8, 6, 4, 2]
     assert [x[2] for x in seen] == [0.0, 0.0, 0.0, 1.5, 1.5, 1.5, 1.5]
     assert [x[3] for x in seen] == [14, 12, 10, 8, 6, 4, 2]  # top-k really used the scheduled k
-    sm = create_strategy(
-        "semihard", schedule={"margin": {"kind": "cosine", "start": 0.0, "end": 0.5, "steps": 2}}
-    )
+    sm = create_strategy("semihard", schedule={"margin": {"kind": "cosine", "start": 0.0, "end": 0.5, "steps": 2}})
     sm(z1, z2, step=2)
     assert sm.weightings[0].margin == pytest.approx(0.5)
     mo = create_strategy(

@@ -132,9 +132,7 @@ def test_mochi_mixes_are_unit_and_harder_than_their_parents():
     n, N, d = 32, 8, 16
     q = _rand(n, d, 0)
     # hard negatives: moderately similar to q
-    hard = F.normalize(
-        q[:, None, :] + 1.2 * torch.randn(n, N, d, generator=torch.Generator().manual_seed(1)), dim=-1
-    )
+    hard = F.normalize(q[:, None, :] + 1.2 * torch.randn(n, N, d, generator=torch.Generator().manual_seed(1)), dim=-1)
     g = torch.Generator().manual_seed(2)
     mixes = mochi_mix(q, hard, s=20, s_prime=10, beta_max=0.45, generator=g)
     assert mixes.shape == (n, 30, d)

@@ -62,10 +62,7 @@ def test_cluster_guided_picks_other_cluster_candidates():
     pref = Strategy(weighting=ClusterGuided(n_clusters=4, every=2, bonus=2.0, gamma=1.0))
     pref(z1, z2, labels=y)
     u, e, p = (s.last_diagnostics["fn_weight_share"] for s in (uni, excl, pref))
-    print(
-        f"\ncluster-guided: weight on same-cluster candidates uniform {u:.3f}, "
-        f"preferred {p:.3f}, excluded {e:.3f}"
-    )
+    print(f"\ncluster-guided: weight on same-cluster candidates uniform {u:.3f}, preferred {p:.3f}, excluded {e:.3f}")
     assert e == 0.0  # k-means recovers the 4 planted clusters: only other clusters remain
     assert p < u / 3
 
@@ -79,9 +76,7 @@ def test_cluster_guided_refreshes_every_e_steps_and_second_modality():
     assert cg.refreshes == 3  # steps 0, 2, 4
     # second modality: a features table indexed by id, whose clusters are the labels y; the
     # embeddings themselves are pure noise, so only the table can tell the clusters apart
-    table = F.one_hot(y, 4).float() + 0.01 * torch.randn(
-        len(y), 4, generator=torch.Generator().manual_seed(1)
-    )
+    table = F.one_hot(y, 4).float() + 0.01 * torch.randn(len(y), 4, generator=torch.Generator().manual_seed(1))
     noise1, noise2 = torch.randn(24, 8), torch.randn(24, 8)
     s2 = Strategy(weighting=ClusterGuided(n_clusters=4, exclude_same=True, features=table))
     s2(noise1, noise2, labels=y, ids=torch.arange(24))

@@ -5,7 +5,7 @@ distribution, a_ij the strategy's log-weights):
 
 - ``sim_mean``: mean s_ij over all valid (anchor, candidate) pairs; ``sim_weighted_mean``:
   mean over anchors of Σ_j π_ij s_ij; ``sim_p05/p25/p50/p75/p95``: percentiles of s_ij over valid
-  pairs, from a 4000-bin histogram on [−1, 1] (exact to 5·10⁻⁴);
+  pairs, from a 4000-bin histogram on [−1, 1] (to within 5·10⁻⁴);
 - ``ess``: effective number of negatives 1 / Σ_j π_ij², mean over anchors; ``n_candidates``:
   mean |C(i)|;
 - ``fn_weight_share``: mean over anchors of Σ_j π_ij [y_j = y_i] — the weight on false negatives
@@ -25,14 +25,26 @@ from torch import Tensor
 
 PERCENTILES = (5, 25, 50, 75, 95)
 _BINS = 4000
+_LO, _HI = -1.0005, 1.0005  # a little beyond [−1, 1] for rounding; bin width 5.0025e-4
 
 
 class DiagnosticsAccumulator:
-    """Accumulates the statistics above chunk by chunk; each anchor row is counted once."""
+    """Accumulates the statistics above chunk by chunk; each anchor row is counted once.
 
-    def __init__(self, n: int, t: float, beta: float) -> None:
+    Args:
+        n: number of anchors. t, beta: the kernel's temperature and tilt (π ∝ e^{β s/t + a}).
+        max_anchors: record only this many anchors, evenly spaced (None: all). The statistics are
+            then estimates from that sample, which keeps them cheap for large batches.
+    """
+
+    def __init__(self, n: int, t: float, beta: float, max_anchors: int | None = None) -> None:
         self.n, self.t, self.beta = n, float(t), float(beta)
         self.done = torch.zeros(n, dtype=torch.bool)
+        if max_anchors is None or max_anchors >= n:
+            self.sampled = torch.ones(n, dtype=torch.bool)
+        else:
+            self.sampled = torch.zeros(n, dtype=torch.bool)
+            self.sampled[torch.linspace(0, n - 1, max(1, max_anchors)).round().long()] = True
         self.hist = torch.zeros(_BINS, dtype=torch.float64)
         self.sum_s = 0.0
         self.cnt = 0.0
@@ -46,42 +58,62 @@ class DiagnosticsAccumulator:
         self.sum_hard = 0.0
         self.rows_gap = 0
 
+    def sample_rows(self) -> Tensor:
+        """Global indices of the anchors that are recorded."""
+        return torch.nonzero(self.sampled).flatten()
+
+    def pending(self, rows: slice | Tensor) -> Tensor:
+        """(c,) bool on the CPU: rows of this chunk still to record (sampled and not yet seen)."""
+        if isinstance(rows, Tensor):
+            rows = rows.cpu()
+        return self.sampled[rows] & ~self.done[rows]
+
     @torch.no_grad()
     def update(
-        self, S: Tensor, log_w: Tensor, rows: slice, s_pos: Tensor | None, same_label: Tensor | None
+        self, S: Tensor, log_w: Tensor, rows: slice | Tensor, s_pos: Tensor | None, same_label: Tensor | None
     ) -> None:
-        """Add one chunk: cosine sims S (c×m), log-weights with −∞ on invalid candidates."""
-        sel = ~self.done[rows]
+        """Add the chunk's rows: cosine sims S (c×m), log-weights with −∞ on invalid candidates.
+        Rows already recorded or outside the sample are skipped."""
+        sel = self.pending(rows)
         if not bool(sel.any()):
             return
-        self.done[rows] = True
+        gid = rows.cpu() if isinstance(rows, Tensor) else torch.arange(rows.start, rows.stop)
+        self.done[gid[sel]] = True
         if not bool(sel.all()):
+            sel = sel.to(S.device)
             S, log_w = S[sel], log_w[sel]
             s_pos = None if s_pos is None else s_pos[sel]
             same_label = None if same_label is None else same_label[sel]
+        self._add(S, log_w, s_pos, same_label)
+
+    def _add(self, S: Tensor, log_w: Tensor, s_pos: Tensor | None, same_label: Tensor | None) -> None:
+        # few passes over the (c × m) block: log_w is −∞ exactly on invalid candidates
         S = S.float()
-        valid = torch.isfinite(log_w)
+        log_w = log_w.float()
+        valid = log_w != float("-inf")
         c = S.shape[0]
         self.rows += c
-        cnt = valid.sum(1)
-        self.sum_cand += float(cnt.sum())
-        vs = S[valid]
-        self.sum_s += float(vs.sum())
-        self.cnt += float(vs.numel())
-        self.hist += torch.histc(vs.clamp(-1, 1), bins=_BINS, min=-1.0, max=1.0).double().cpu()
-        logits = log_w.float() + (self.beta / self.t) * S
-        logits = logits.masked_fill(~valid, float("-inf"))
+        n_valid = float(torch.count_nonzero(valid))
+        self.sum_cand += n_valid
+        self.cnt += n_valid
+        Sm = torch.where(valid, S, float("-inf"))
+        hard = Sm.max(1).values
+        # histc ignores values below its range, i.e. the −∞ of invalid candidates
+        self.hist += torch.histc(Sm, bins=_BINS, min=_LO, max=_HI).double().cpu()
+        logits = log_w + (self.beta / self.t) * S if self.beta else log_w
         pi = torch.softmax(logits, dim=1)
-        pi = torch.nan_to_num(pi, nan=0.0)
-        self.sum_ws += float((pi * S.masked_fill(~valid, 0.0)).sum())
-        self.sum_ess += float((1.0 / (pi * pi).sum(1).clamp(min=1e-30)).sum())
+        ok_rows = hard != float("-inf")
+        if not bool(ok_rows.all()):
+            pi = torch.nan_to_num(pi, nan=0.0)
+        self.sum_s += float(torch.where(valid, S, 0.0).sum())
+        self.sum_ws += float(torch.einsum("ij,ij->", pi, S))
+        self.sum_ess += float((1.0 / torch.einsum("ij,ij->i", pi, pi)[ok_rows]).sum())
         if same_label is not None:
-            self.sum_fn += float((pi * same_label.to(pi.dtype)).sum())
+            self.sum_fn += float(pi.masked_fill(~same_label, 0.0).sum())
             self.rows_fn += c
-        hard = S.masked_fill(~valid, float("-inf")).max(1).values
-        ok = torch.isfinite(hard)
+        ok = ok_rows
         if s_pos is not None:
-            ok &= ~torch.isnan(s_pos)
+            ok = ok & ~torch.isnan(s_pos)
             self.sum_gap += float((s_pos.float()[ok] - hard[ok]).sum())
         self.sum_hard += float(hard[ok].sum())
         self.rows_gap += int(ok.sum())
@@ -93,7 +125,7 @@ class DiagnosticsAccumulator:
         cdf = torch.cumsum(self.hist, 0) / tot
         i = int(torch.searchsorted(cdf, torch.tensor(p / 100.0, dtype=cdf.dtype)))
         i = min(i, _BINS - 1)
-        return -1.0 + (i + 0.5) * (2.0 / _BINS)
+        return _LO + (i + 0.5) * ((_HI - _LO) / _BINS)
 
     def result(self) -> dict[str, float]:
         nan = float("nan")

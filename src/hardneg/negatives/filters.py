@@ -114,8 +114,7 @@ class SimilarityFilter(Filter):
         self.relative_margin = _opt("relative_margin", relative_margin, 0.0, 0.999999)
         if all(v is None for v in (max_score, min_score, absolute_margin, relative_margin)):
             raise ValueError(
-                "filter 'similarity' needs at least one of max_score, min_score, "
-                "absolute_margin, relative_margin"
+                "filter 'similarity' needs at least one of max_score, min_score, absolute_margin, relative_margin"
             )
         self.needs_positive = absolute_margin is not None or relative_margin is not None
 

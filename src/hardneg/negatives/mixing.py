@@ -83,17 +83,13 @@ class Mixing(Source):
     kind = "mixing"
     schedulable = ("beta_max", "s", "s_prime", "n_hard")
 
-    def __init__(
-        self, n_hard: int = 64, s: int = 32, s_prime: int = 16, beta_max: float = 0.45, seed: int = 0
-    ):
+    def __init__(self, n_hard: int = 64, s: int = 32, s_prime: int = 16, beta_max: float = 0.45, seed: int = 0):
         super().__init__()
         for name, v, lo in (("n_hard", n_hard, 1), ("s", s, 0), ("s_prime", s_prime, 0)):
             if isinstance(v, bool) or not isinstance(v, int) or v < lo:
                 raise ValueError(f"mixing option {name!r} must be an int >= {lo}, got {v!r}")
         if not 0.0 <= beta_max < 0.5:
-            raise ValueError(
-                f"mixing option 'beta_max' (the query share) must lie in [0, 0.5), got {beta_max!r}"
-            )
+            raise ValueError(f"mixing option 'beta_max' (the query share) must lie in [0, 0.5), got {beta_max!r}")
         self.n_hard, self.s, self.s_prime, self.beta_max = n_hard, s, s_prime, float(beta_max)
         self.generator = torch.Generator().manual_seed(seed)
         self._valid_fn = None  # set by the Strategy: (S, rows) -> valid mask of each anchor's candidates

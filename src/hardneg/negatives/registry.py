@@ -78,9 +78,7 @@ class Preset:
 PRESETS: dict[str, Preset] = {}
 
 
-def _register(
-    name: str, description: str
-) -> Callable[[Callable[..., dict[str, Any]]], Callable[..., dict[str, Any]]]:
+def _register(name: str, description: str) -> Callable[[Callable[..., dict[str, Any]]], Callable[..., dict[str, Any]]]:
     def deco(fn: Callable[..., dict[str, Any]]) -> Callable[..., dict[str, Any]]:
         PRESETS[name] = Preset(name, description, fn)
         return fn
@@ -108,9 +106,7 @@ def _supcon() -> dict[str, Any]:
     return {"t": 0.1, "reduction": "supcon"}
 
 
-@_register(
-    "hucl", "H-UCL / HCL (Robinson et al. 2021): beta-tilted in-batch negatives, tau_plus debiasing, t=0.5"
-)
+@_register("hucl", "H-UCL / HCL (Robinson et al. 2021): beta-tilted in-batch negatives, tau_plus debiasing, t=0.5")
 def _hucl() -> dict[str, Any]:
     return {"t": 0.5, "beta": 1.0, "tau_plus": 0.0, "n_neg": "nominal"}
 
@@ -140,23 +136,17 @@ def _topk(k: int = 16) -> dict[str, Any]:
     return {"t": 0.5, "weighting": [TopK(k)]}
 
 
-@_register(
-    "semihard", "Semi-hard negatives (FaceNet, Schroff et al. 2015): s_p - margin < s_n < s_p (margin=0.2)"
-)
+@_register("semihard", "Semi-hard negatives (FaceNet, Schroff et al. 2015): s_p - margin < s_n < s_p (margin=0.2)")
 def _semihard(margin: float = 0.2) -> dict[str, Any]:
     return {"t": 0.5, "weighting": [SemiHard(margin)]}
 
 
-@_register(
-    "distance_weighted", "Distance-weighted sampling (Wu et al. 2017): pi ~ 1/q(d), cutoff 0.5, drop d>=1.4"
-)
+@_register("distance_weighted", "Distance-weighted sampling (Wu et al. 2017): pi ~ 1/q(d), cutoff 0.5, drop d>=1.4")
 def _dw(cutoff: float = 0.5, nonzero_loss_cutoff: float = 1.4) -> dict[str, Any]:
     return {"t": 0.5, "weighting": [DistanceWeighted(cutoff, nonzero_loss_cutoff)]}
 
 
-@_register(
-    "moco_queue", "MoCo (He et al. 2020): FIFO queue of momentum-encoder keys (size=4096) + batch keys, t=0.2"
-)
+@_register("moco_queue", "MoCo (He et al. 2020): FIFO queue of momentum-encoder keys (size=4096) + batch keys, t=0.2")
 def _moco(size: int = 4096) -> dict[str, Any]:
     return {"t": 0.2, "source": [InBatch(symmetric=False), MemoryQueue(size)]}
 
@@ -239,9 +229,7 @@ def _cluster(
     return {
         "t": 0.5,
         "weighting": [
-            ClusterGuided(
-                n_clusters, every, bonus, gamma, exclude_same, _load_tensor(features, "features"), seed=seed
-            )
+            ClusterGuided(n_clusters, every, bonus, gamma, exclude_same, _load_tensor(features, "features"), seed=seed)
         ],
     }
 
@@ -264,9 +252,7 @@ def _filtered(
     fl: list[Filter] = [IdFilter(_load_tensor(groups, "groups"))]
     if any(v is not None for v in (relative_margin, absolute_margin, max_score)):
         fl.append(
-            SimilarityFilter(
-                max_score=max_score, absolute_margin=absolute_margin, relative_margin=relative_margin
-            )
+            SimilarityFilter(max_score=max_score, absolute_margin=absolute_margin, relative_margin=relative_margin)
         )
     if label:
         fl.append(LabelFilter())
@@ -317,9 +303,7 @@ def _build(kind_map: dict[str, type], aliases: dict[str, str], what: str, spec: 
     if isinstance(spec, str):
         spec = {"kind": spec}
     if not isinstance(spec, Mapping):
-        raise TypeError(
-            f"{what} must be a {base.__name__} or a mapping with a 'kind' key, got {type(spec).__name__}"
-        )
+        raise TypeError(f"{what} must be a {base.__name__} or a mapping with a 'kind' key, got {type(spec).__name__}")
     spec = dict(spec)
     kind = spec.pop("kind", None)
     kind = aliases.get(kind, kind)

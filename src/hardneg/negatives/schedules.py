@@ -40,8 +40,7 @@ class Schedule:
             raise ValueError(f"schedule option 'unit' must be one of {_UNITS}, got {unit!r}")
         if unit == "epoch" and (not isinstance(steps_per_epoch, int) or steps_per_epoch < 1):
             raise ValueError(
-                "schedule option 'steps_per_epoch' must be a positive int when unit='epoch', "
-                f"got {steps_per_epoch!r}"
+                f"schedule option 'steps_per_epoch' must be a positive int when unit='epoch', got {steps_per_epoch!r}"
             )
         self.unit = unit
         self.steps_per_epoch = steps_per_epoch
@@ -110,14 +109,11 @@ class Step(Schedule):
         super().__init__(**kw)
         ms = list(milestones)
         if any(isinstance(m, bool) or not isinstance(m, int) or m < 0 for m in ms) or ms != sorted(ms):
-            raise ValueError(
-                f"schedule option 'milestones' must be increasing non-negative ints, got {milestones!r}"
-            )
+            raise ValueError(f"schedule option 'milestones' must be increasing non-negative ints, got {milestones!r}")
         vs = [_num("values", v) for v in values]
         if len(vs) != len(ms) + 1:
             raise ValueError(
-                f"schedule option 'values' must have len(milestones) + 1 = {len(ms) + 1} entries, "
-                f"got {len(vs)}"
+                f"schedule option 'values' must have len(milestones) + 1 = {len(ms) + 1} entries, got {len(vs)}"
             )
         self.milestones, self.values = ms, vs
 
@@ -139,9 +135,7 @@ def make_schedule(spec: Schedule | Mapping[str, Any] | float | int) -> Schedule:
     if isinstance(spec, (int, float)) and not isinstance(spec, bool):
         return Constant(spec)
     if not isinstance(spec, Mapping):
-        raise TypeError(
-            f"a schedule must be a mapping with a 'kind' key or a number, got {type(spec).__name__}"
-        )
+        raise TypeError(f"a schedule must be a mapping with a 'kind' key or a number, got {type(spec).__name__}")
     spec = dict(spec)
     kind = spec.pop("kind", None)
     if kind not in SCHEDULES:
@@ -152,9 +146,7 @@ def make_schedule(spec: Schedule | Mapping[str, Any] | float | int) -> Schedule:
     allowed = set(inspect.signature(cls.__init__).parameters) - {"self", "kw"} | {"unit", "steps_per_epoch"}
     unknown = sorted(set(spec) - allowed)
     if unknown:
-        raise ValueError(
-            f"unknown option(s) {unknown} for schedule kind {kind!r}; allowed: {sorted(allowed)}"
-        )
+        raise ValueError(f"unknown option(s) {unknown} for schedule kind {kind!r}; allowed: {sorted(allowed)}")
     try:
         return cls(**spec)
     except TypeError as e:

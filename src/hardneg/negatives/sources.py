@@ -210,9 +210,7 @@ def _as_matrix(x: Any, name: str) -> tuple[np.ndarray, Any]:
     if isinstance(x, Tensor):
         x = x.detach().cpu().numpy()
     if not isinstance(x, np.ndarray):
-        raise TypeError(
-            f"{name} must be a Tensor, numpy array, .npy path or faiss.Index, got {type(x).__name__}"
-        )
+        raise TypeError(f"{name} must be a Tensor, numpy array, .npy path or faiss.Index, got {type(x).__name__}")
     if x.ndim != 2 or x.shape[0] == 0:
         raise ValueError(f"{name} must have shape (pool_size >= 1, dim), got {tuple(x.shape)}")
     if not np.isfinite(x).all():
@@ -251,13 +249,9 @@ class ExternalPool(Source):
     ) -> None:
         super().__init__()
         if refresh_every is not None and (not isinstance(refresh_every, int) or refresh_every < 1):
-            raise ValueError(
-                f"pool option 'refresh_every' must be a positive int or None, got {refresh_every!r}"
-            )
+            raise ValueError(f"pool option 'refresh_every' must be a positive int or None, got {refresh_every!r}")
         if (refresh_every is None) != (encode_fn is None):
-            raise ValueError(
-                "pool options 'encode_fn' and 'refresh_every' must be given together (dynamic re-mining)"
-            )
+            raise ValueError("pool options 'encode_fn' and 'refresh_every' must be given together (dynamic re-mining)")
         self.labels_ = None if labels is None else torch.as_tensor(labels).long()
         self.ids_ = None if ids is None else torch.as_tensor(ids).long()
         self.shared = bool(shared)

@@ -31,7 +31,7 @@ from torch import Tensor, nn
 
 from hardneg.negatives.context import StepContext
 from hardneg.negatives.diagnostics import DiagnosticsAccumulator
-from hardneg.negatives.filters import Filter
+from hardneg.negatives.filters import Filter, LabelFilter
 from hardneg.negatives.schedules import Schedule, make_schedule
 from hardneg.negatives.sources import InBatch, Source
 from hardneg.negatives.weighting import NEG_INF, Weighting
@@ -89,7 +89,9 @@ class Strategy(nn.Module):
             candidates but the anchor and its positive: HCL / H-SCL's 2B − 2) or a number.
         schedule: ``{param: Schedule or mapping}`` — param is ``beta``, ``t``, ``tau_plus`` or an
             attribute listed in a component's ``schedulable`` (``k``, ``margin``, ``beta_max``, …).
-        diagnostics: compute :attr:`last_diagnostics` every step (cheap; default True).
+        diagnostics: compute :attr:`last_diagnostics` every step (default True).
+        diagnostics_anchors: the diagnostics are computed on this many anchors, evenly spaced
+            (default 128; None: all), which keeps them cheap for large batches.
         chunk_size: anchors per kernel chunk (None: the kernel's default).
 
     ``forward(z1, z2=None, labels=None, ids=None, step=None, negatives=None)``: ``z1``/``z2`` are
@@ -114,6 +116,7 @@ class Strategy(nn.Module):
         n_neg: str | float = "count",
         schedule: Mapping[str, Any] | None = None,
         diagnostics: bool = True,
+        diagnostics_anchors: int | None = 128,
         chunk_size: int | None = None,
         name: str = "custom",
     ) -> None:
@@ -156,7 +159,12 @@ class Strategy(nn.Module):
         self.t, self.beta, self.tau_plus = float(t), float(beta), float(tau_plus)
         self._check_core()
         self.clamp, self.detach_weights, self.n_neg = bool(clamp), bool(detach_weights), n_neg
-        self.diagnostics, self.chunk_size, self.name = bool(diagnostics), chunk_size, name
+        if diagnostics_anchors is not None and (
+            isinstance(diagnostics_anchors, bool) or not isinstance(diagnostics_anchors, int) or diagnostics_anchors < 1
+        ):
+            raise ValueError(f"diagnostics_anchors must be a positive int or None, got {diagnostics_anchors!r}")
+        self.diagnostics, self.diagnostics_anchors = bool(diagnostics), diagnostics_anchors
+        self.chunk_size, self.name = chunk_size, name
         self.schedules: dict[str, Schedule] = {}
         for key, spec in (schedule or {}).items():
             self._targets(key)  # raises on unknown names
@@ -184,9 +192,7 @@ class Strategy(nn.Module):
             return [self]
         hits = [c for c in self.components() if key in getattr(c, "schedulable", ())]
         if not hits:
-            avail = sorted(
-                set(_CORE_SCHEDULABLE).union(*(getattr(c, "schedulable", ()) for c in self.components()))
-            )
+            avail = sorted(set(_CORE_SCHEDULABLE).union(*(getattr(c, "schedulable", ()) for c in self.components())))
             raise ValueError(f"schedule: unknown parameter {key!r} for this strategy; schedulable: {avail}")
         return hits
 
@@ -234,9 +240,7 @@ class Strategy(nn.Module):
         if self.positives == "labels" and labels is None:
             raise ValueError(f"positives='labels' (reduction={self.reduction!r}) needs labels (B,)")
         if z2 is None and self.positives != "labels":
-            raise ValueError(
-                "one view (z2=None) needs label positives: use reduction='supcon' or positives='labels'"
-            )
+            raise ValueError("one view (z2=None) needs label positives: use reduction='supcon' or positives='labels'")
         needs_pos = any(getattr(c, "needs_positive", False) for c in [*self.filters, *self.weightings])
         if needs_pos and z2 is None:
             raise ValueError("semi-hard / margin / guide filters need a positive per anchor: pass z2")
@@ -252,11 +256,7 @@ class Strategy(nn.Module):
                     f.begin_step(ctx0)
             s.extend(anchors, cands, step)
         if negatives is not None:
-            if (
-                not isinstance(negatives, Tensor)
-                or negatives.dim() not in (2, 3)
-                or negatives.shape[-1] != z1.shape[1]
-            ):
+            if not isinstance(negatives, Tensor) or negatives.dim() not in (2, 3) or negatives.shape[-1] != z1.shape[1]:
                 raise ValueError(
                     f"negatives must have shape (r, {z1.shape[1]}) or (B, r, {z1.shape[1]}), got "
                     f"{tuple(negatives.shape) if isinstance(negatives, Tensor) else type(negatives).__name__}"
@@ -267,9 +267,20 @@ class Strategy(nn.Module):
         ctx.growing = any(not getattr(src, "is_full", True) for src in self.sources)
         for c in [*self.filters, *self.weightings]:
             c.begin_step(ctx)
-        acc = DiagnosticsAccumulator(anchors.n, self.t, self.beta) if self.diagnostics else None
+        acc = (
+            DiagnosticsAccumulator(anchors.n, self.t, self.beta, self.diagnostics_anchors) if self.diagnostics else None
+        )
         self._fallback_rows = 0
-        plain = not self.filters and not self.weightings and cands.owner is None and ids is None
+        label_filter = any(isinstance(f, LabelFilter) for f in self.filters)
+        if label_filter and labels is None:
+            raise ValueError("filter 'label' needs labels: call forward(z1, z2, labels=...)")
+        # fast path: nothing but masks the kernel applies itself (self, positive, other labels)
+        plain = (
+            not self.weightings
+            and all(isinstance(f, LabelFilter) for f in self.filters)
+            and cands.owner is None
+            and ctx.id_rule_start() is None
+        )
         lw_fn = None if plain else (lambda S, rows: self._log_weights(S, rows, ctx, acc))
 
         pos_mode = "labels" if self.positives == "labels" else "index"
@@ -279,7 +290,7 @@ class Strategy(nn.Module):
         elif n_neg == "nominal":  # every candidate but the anchor itself and its positive view (2B − 2)
             has_self = bool((anchors.self_index >= 0).any())
             n_neg = float(cands.m - int(has_self) - int(anchors.pos_index is not None))
-        if pos_mode == "labels":
+        if pos_mode == "labels" or (plain and label_filter):
             q_lab, k_lab = anchors.labels, cands.labels
         else:
             q_lab = k_lab = None
@@ -292,7 +303,7 @@ class Strategy(nn.Module):
             k_labels=k_lab,
             self_index=anchors.self_index,
             positives=pos_mode,
-            negatives="all",
+            negatives="other_labels" if (plain and label_filter) else "all",
             beta=self.beta,
             detach_weights=self.detach_weights,
             log_weight_fn=lw_fn,
@@ -320,7 +331,7 @@ class Strategy(nn.Module):
             "beta": self.beta,
             "n_anchors": float(anchors.n),
             "n_candidates_total": float(cands.m),
-            "filter_fallback_share": self._fallback_rows / max(anchors.n, 1),
+            "filter_fallback_share": self._fallback_rows / max(acc.rows, 1) if acc is not None else float("nan"),
         }
         for key, v in sched.items():
             d[f"sched_{key}"] = float(v)
@@ -342,7 +353,7 @@ class Strategy(nn.Module):
         return valid
 
     def _log_weights(
-        self, S: Tensor, rows: slice, ctx: StepContext, acc: DiagnosticsAccumulator | None
+        self, S: Tensor, rows: slice | Tensor, ctx: StepContext, acc: DiagnosticsAccumulator | None
     ) -> Tensor:
         """The kernel's ``log_weight_fn``: masks, filters and weightings for one chunk of anchors."""
         valid = ctx.base_valid(S, rows)
@@ -352,7 +363,10 @@ class Strategy(nn.Module):
             empty = ~nv.any(1)
             fallback |= empty
             valid = torch.where(empty[:, None], valid, nv)
-        lw = torch.zeros_like(S)
+        if not self.weightings:
+            lw = torch.where(valid, 0.0, NEG_INF).to(S.dtype)
+        else:
+            lw = torch.zeros_like(S)
         for w in self.weightings:
             a = w.log_weights(S, rows, ctx, valid)
             nv = valid & torch.isfinite(a)
@@ -361,18 +375,28 @@ class Strategy(nn.Module):
             a = torch.where(empty[:, None], torch.zeros_like(a), a)
             valid = torch.where(empty[:, None], valid, nv)
             lw = lw + a.masked_fill(~valid, 0.0)
-        lw = lw.masked_fill(~valid, NEG_INF)
-        if acc is not None and not bool(acc.done[rows].all()):
-            self._fallback_rows += int(fallback.sum())
-            acc.update(S, lw, rows, ctx.s_pos(S, rows), ctx.same_label(rows))
+        if self.weightings:
+            lw = lw.masked_fill(~valid, NEG_INF)
+        if acc is not None:
+            sel = acc.pending(rows)
+            if bool(sel.any()):
+                loc = torch.nonzero(sel).flatten()
+                gid = ctx.row_ids(rows, torch.device("cpu"))[loc]
+                loc = loc.to(S.device)
+                Ss = S[loc]
+                self._fallback_rows += int(fallback[loc].sum())
+                acc.update(Ss, lw[loc], gid, ctx.s_pos(Ss, gid), ctx.same_label(gid))
         return lw
 
     @torch.no_grad()
     def _diagnostics_pass(self, ctx: StepContext, acc: DiagnosticsAccumulator) -> None:
-        chunk = self.chunk_size or max(64, min(ctx.n, (1 << 22) // max(ctx.m, 1)))
-        for r0 in range(0, ctx.n, chunk):
-            rows = slice(r0, min(ctx.n, r0 + chunk))
-            S = ctx.q[rows].float() @ ctx.k.float().T
+        """Diagnostics of the sampled anchors when the kernel ran without a ``log_weight_fn``."""
+        sample = acc.sample_rows()
+        chunk = self.chunk_size or max(64, min(len(sample), (1 << 22) // max(ctx.m, 1)))
+        k = ctx.k.float()
+        for r0 in range(0, len(sample), chunk):
+            rows = sample[r0 : r0 + chunk].to(ctx.q.device)
+            S = ctx.q[rows].float() @ k.T
             self._log_weights(S, rows, ctx, acc)
 
     def extra_repr(self) -> str:

@@ -287,9 +287,7 @@ class TextNegatives:
         seed: seed for shuffles and entity draws (sentence-specific offsets keep it deterministic).
     """
 
-    def __init__(
-        self, rules: Sequence[str] = RULES, entity_pool: Sequence[str] | None = None, seed: int = 0
-    ) -> None:
+    def __init__(self, rules: Sequence[str] = RULES, entity_pool: Sequence[str] | None = None, seed: int = 0) -> None:
         bad = [r for r in rules if r not in RULES]
         if bad or not rules:
             raise ValueError(f"rules must be a non-empty subset of {RULES}, got {list(rules)!r}")

@@ -59,16 +59,12 @@ def semihard_mask(S: Tensor, valid: Tensor, s_pos: Tensor, margin: float) -> Ten
     return valid & (sp > S) & (sp - margin < S)
 
 
-def distance_weighted_log_weights(
-    S: Tensor, dim: int, cutoff: float = 0.5, nonzero_loss_cutoff: float = 1.4
-) -> Tensor:
+def distance_weighted_log_weights(S: Tensor, dim: int, cutoff: float = 0.5, nonzero_loss_cutoff: float = 1.4) -> Tensor:
     """Wu et al. 2017: ``log w = −log q(d)`` with ``log q(d) = (n−2) log d + ((n−3)/2) log(1 − d²/4)``,
     d clipped below at ``cutoff``, −∞ where ``d ≥ nonzero_loss_cutoff``. Shifted per row by its max
     for stability (π is normalised anyway)."""
     d = torch.sqrt(torch.clamp(2.0 - 2.0 * S, min=0.0)).clamp(min=cutoff)
-    log_q = (dim - 2.0) * torch.log(d) + ((dim - 3.0) / 2.0) * torch.log(
-        torch.clamp(1.0 - 0.25 * d * d, min=1e-8)
-    )
+    log_q = (dim - 2.0) * torch.log(d) + ((dim - 3.0) / 2.0) * torch.log(torch.clamp(1.0 - 0.25 * d * d, min=1e-8))
     lw = -log_q
     lw = lw.masked_fill(d >= nonzero_loss_cutoff, NEG_INF)
     mx = lw.max(dim=1, keepdim=True).values
@@ -87,9 +83,7 @@ class Weighting(nn.Module):
     schedulable: tuple[str, ...] = ()
     needs_positive = False
 
-    def log_weights(
-        self, S: Tensor, rows: slice, ctx: StepContext, valid: Tensor
-    ) -> Tensor:  # pragma: no cover
+    def log_weights(self, S: Tensor, rows: slice, ctx: StepContext, valid: Tensor) -> Tensor:  # pragma: no cover
         raise NotImplementedError
 
     def begin_step(self, ctx: StepContext) -> None:
@@ -227,8 +221,7 @@ class DistanceWeighted(Weighting):
             raise ValueError(f"weighting option 'cutoff' must lie in (0, 2), got {cutoff!r}")
         if not cutoff < nonzero_loss_cutoff <= 2.0:
             raise ValueError(
-                f"weighting option 'nonzero_loss_cutoff' must lie in (cutoff={cutoff}, 2], "
-                f"got {nonzero_loss_cutoff!r}"
+                f"weighting option 'nonzero_loss_cutoff' must lie in (cutoff={cutoff}, 2], got {nonzero_loss_cutoff!r}"
             )
         if dim is not None:
             _check_int("dim", dim, 4)
@@ -286,8 +279,7 @@ class ClusterGuided(Weighting):
         xs = np.ascontiguousarray(F.normalize(x.detach().float(), dim=1).cpu().numpy())
         if xs.shape[0] < self.n_clusters:
             raise ValueError(
-                f"weighting option 'n_clusters' = {self.n_clusters} is larger than the "
-                f"{xs.shape[0]} points to cluster"
+                f"weighting option 'n_clusters' = {self.n_clusters} is larger than the {xs.shape[0]} points to cluster"
             )
         km = faiss.Kmeans(
             xs.shape[1],
@@ -322,9 +314,7 @@ class ClusterGuided(Weighting):
             if self.centroids is None:
                 self.fit(self.features)
             if ctx.q_ids is None:
-                raise ValueError(
-                    "cluster_guided with a features table needs sample ids (forward(..., ids=...))"
-                )
+                raise ValueError("cluster_guided with a features table needs sample ids (forward(..., ids=...))")
             self._qc = self._clusters_of_ids(ctx.q_ids, ctx.n, ctx.q.device)
             self._kc = self._clusters_of_ids(ctx.k_ids, ctx.m, ctx.q.device)
             return
@@ -453,9 +443,9 @@ class Calibrated(Weighting):
         with torch.enable_grad():
             lp = self.model.pair_logits(q, k_pos)
             ln = self.model.pair_logits(q[:, None, :].expand(n, r, d).reshape(-1, d), k_neg.reshape(-1, d))
-            loss = F.binary_cross_entropy_with_logits(
-                lp, torch.ones_like(lp)
-            ) + F.binary_cross_entropy_with_logits(ln, torch.zeros_like(ln))
+            loss = F.binary_cross_entropy_with_logits(lp, torch.ones_like(lp)) + F.binary_cross_entropy_with_logits(
+                ln, torch.zeros_like(ln)
+            )
             self.opt.zero_grad(set_to_none=True)
             loss.backward()
             self.opt.step()
@@ -471,9 +461,7 @@ class Calibrated(Weighting):
         rows_all = torch.nonzero(has).flatten()
         for _ in range(self.train_steps):
             # sample negatives among each anchor's base-valid candidates (not self / positive / same id)
-            cols = torch.randint(ctx.m, (len(rows_all), self.neg_per_anchor * 2), generator=self.gen).to(
-                q.device
-            )
+            cols = torch.randint(ctx.m, (len(rows_all), self.neg_per_anchor * 2), generator=self.gen).to(q.device)
             ok = torch.ones_like(cols, dtype=torch.bool)
             ok &= cols != ctx.self_index[rows_all][:, None]
             ok &= cols != ctx.pos_index[rows_all][:, None]

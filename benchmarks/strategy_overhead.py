@@ -1,0 +1,73 @@
+"""Cost of composing a strategy, relative to the bare named loss, in one process.
+
+    PYTHONPATH=src python benchmarks/strategy_overhead.py --sizes 1024,4096 --dim 128 --repeats 3
+
+For each 2B it times forward + backward (median of ``repeats``) of the named losses from
+``hardneg.losses`` and of the equivalent / richer strategies, and prints ms and the ratio to the
+named ``ucl`` measured in the same run. Diagnostics on (the default) and off are both shown.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from collections.abc import Callable
+
+import torch
+
+from hardneg import losses as L
+from hardneg.negatives import create_strategy
+
+
+def _time(
+    fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], z1: torch.Tensor, z2: torch.Tensor, repeats: int
+) -> float:
+    out = []
+    for _ in range(repeats + 1):
+        a, b = z1.clone().requires_grad_(), z2.clone().requires_grad_()
+        t0 = time.perf_counter()
+        fn(a, b).backward()
+        out.append(time.perf_counter() - t0)
+    return statistics.median(out[1:]) * 1000.0
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--sizes", default="1024,4096", help="comma-separated 2B values")
+    ap.add_argument("--dim", type=int, default=128)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=2)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    for n2 in (int(s) for s in args.sizes.split(",")):
+        B = n2 // 2
+        g = torch.Generator().manual_seed(0)
+        z1 = torch.randn(B, args.dim, generator=g)
+        z2 = z1 + 0.5 * torch.randn(B, args.dim, generator=g)
+        y = torch.randint(0, 10, (B,), generator=g)
+        ids = torch.arange(B)
+        cases: dict[str, Callable] = {
+            "losses.ucl": lambda a, b: L.ucl(a, b),
+            "strategy ucl": lambda a, b, s=create_strategy("ucl"): s(a, b),
+            "strategy ucl, no diagnostics": lambda a, b, s=create_strategy("ucl", diagnostics=False): s(a, b),
+            "strategy ucl + ids": lambda a, b, s=create_strategy("ucl"): s(a, b, ids=ids),
+            "losses.hscl": lambda a, b: L.hscl(a, b, y),
+            "strategy hscl": lambda a, b, s=create_strategy("hscl"): s(a, b, labels=y),
+            "strategy hscl, no diagnostics": lambda a, b, s=create_strategy("hscl", diagnostics=False): s(
+                a, b, labels=y
+            ),
+            "strategy topk k=64": lambda a, b, s=create_strategy("topk", k=64): s(a, b),
+            "strategy semihard": lambda a, b, s=create_strategy("semihard"): s(a, b),
+            "strategy filtered (id + margin)": lambda a, b, s=create_strategy("filtered"): s(a, b, ids=ids),
+        }
+        base = None
+        print(f"\n2B = {n2}, d = {args.dim}, threads = {args.threads} (forward + backward, median of {args.repeats})")
+        for name, fn in cases.items():
+            ms = _time(fn, z1, z2, args.repeats)
+            base = base or ms
+            print(f"  {name:34s} {ms:9.1f} ms   x{ms / base:5.2f} of losses.ucl")
+
+
+if __name__ == "__main__":
+    main()
