@@ -32,6 +32,25 @@ def _time(
     return statistics.median(out[1:]) * 1000.0
 
 
+def _cases(y: torch.Tensor, ids: torch.Tensor) -> dict[str, Callable]:
+    """The named losses and the strategies timed, as ``f(z1, z2) -> loss``."""
+    s = {name: create_strategy(name) for name in ("ucl", "hscl", "semihard")}
+    s_nd = {name: create_strategy(name, diagnostics=False) for name in ("ucl", "hscl")}
+    topk, filtered = create_strategy("topk", k=64), create_strategy("filtered")
+    return {
+        "losses.ucl": lambda a, b: L.ucl(a, b),
+        "strategy ucl": lambda a, b: s["ucl"](a, b),
+        "strategy ucl, no diagnostics": lambda a, b: s_nd["ucl"](a, b),
+        "strategy ucl + ids": lambda a, b: s["ucl"](a, b, ids=ids),
+        "losses.hscl": lambda a, b: L.hscl(a, b, y),
+        "strategy hscl": lambda a, b: s["hscl"](a, b, labels=y),
+        "strategy hscl, no diagnostics": lambda a, b: s_nd["hscl"](a, b, labels=y),
+        "strategy topk k=64": lambda a, b: topk(a, b),
+        "strategy semihard": lambda a, b: s["semihard"](a, b),
+        "strategy filtered (id + margin)": lambda a, b: filtered(a, b, ids=ids),
+    }
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sizes", default="1024,4096", help="comma-separated 2B values")
@@ -47,20 +66,7 @@ def main() -> None:
         z2 = z1 + 0.5 * torch.randn(B, args.dim, generator=g)
         y = torch.randint(0, 10, (B,), generator=g)
         ids = torch.arange(B)
-        cases: dict[str, Callable] = {
-            "losses.ucl": lambda a, b: L.ucl(a, b),
-            "strategy ucl": lambda a, b, s=create_strategy("ucl"): s(a, b),
-            "strategy ucl, no diagnostics": lambda a, b, s=create_strategy("ucl", diagnostics=False): s(a, b),
-            "strategy ucl + ids": lambda a, b, s=create_strategy("ucl"): s(a, b, ids=ids),
-            "losses.hscl": lambda a, b: L.hscl(a, b, y),
-            "strategy hscl": lambda a, b, s=create_strategy("hscl"): s(a, b, labels=y),
-            "strategy hscl, no diagnostics": lambda a, b, s=create_strategy("hscl", diagnostics=False): s(
-                a, b, labels=y
-            ),
-            "strategy topk k=64": lambda a, b, s=create_strategy("topk", k=64): s(a, b),
-            "strategy semihard": lambda a, b, s=create_strategy("semihard"): s(a, b),
-            "strategy filtered (id + margin)": lambda a, b, s=create_strategy("filtered"): s(a, b, ids=ids),
-        }
+        cases = _cases(y, ids)
         base = None
         print(f"\n2B = {n2}, d = {args.dim}, threads = {args.threads} (forward + backward, median of {args.repeats})")
         for name, fn in cases.items():

@@ -363,10 +363,7 @@ class Strategy(nn.Module):
             empty = ~nv.any(1)
             fallback |= empty
             valid = torch.where(empty[:, None], valid, nv)
-        if not self.weightings:
-            lw = torch.where(valid, 0.0, NEG_INF).to(S.dtype)
-        else:
-            lw = torch.zeros_like(S)
+        lw = torch.zeros_like(S) if self.weightings else torch.where(valid, 0.0, NEG_INF).to(S.dtype)
         for w in self.weightings:
             a = w.log_weights(S, rows, ctx, valid)
             nv = valid & torch.isfinite(a)
