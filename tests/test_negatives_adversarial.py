@@ -111,3 +111,17 @@ def test_adversarial_option_errors():
         NegativeGenerator(8, min_dist=0.0)
     with pytest.raises(ValueError, match="'lambda_div'"):
         NegativeGenerator(8, lambda_div=-1.0)
+
+
+def test_generator_and_adco_resume_exactly():
+    q, pos = _data(8, 16)
+    for make in (
+        lambda: create_strategy("generator", dim=16, n_per_anchor=2),
+        lambda: create_strategy("adco", size=32, dim=16),
+    ):
+        a = make().train()
+        a(q, pos)
+        b = make().train()
+        b.load_state_dict(a.state_dict())
+        for _ in range(2):
+            assert a(q, pos).item() == b(q, pos).item()

@@ -30,6 +30,8 @@ The hardness term alone drives g onto the positive (collapse); the distance term
 
 from __future__ import annotations
 
+import copy
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -199,6 +201,18 @@ class NegativeGenerator(Source):
         self.opt_g = torch.optim.Adam(self.G.parameters(), lr=_pos_float("lr", lr))
         self.opt_d = torch.optim.Adam(self.D.parameters(), lr=lr)
         self.last: dict[str, float] = {}
+
+    def get_extra_state(self) -> dict:
+        return {
+            "rng": self.noise_gen.get_state(),
+            "opt_g": copy.deepcopy(self.opt_g.state_dict()),  # not references to the live state
+            "opt_d": copy.deepcopy(self.opt_d.state_dict()),
+        }
+
+    def set_extra_state(self, state: dict) -> None:
+        self.noise_gen.set_state(state["rng"])
+        self.opt_g.load_state_dict(state["opt_g"])
+        self.opt_d.load_state_dict(state["opt_d"])
 
     def generate(self, q: Tensor) -> Tensor:
         """(n, n_per_anchor, d) unit negatives for unit anchors ``q`` (n×d); differentiable in G."""

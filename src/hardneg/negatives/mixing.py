@@ -94,6 +94,12 @@ class Mixing(Source):
         self.generator = torch.Generator().manual_seed(seed)
         self._valid_fn = None  # set by the Strategy: (S, rows) -> valid mask of each anchor's candidates
 
+    def get_extra_state(self) -> dict:
+        return {"rng": self.generator.get_state()}
+
+    def set_extra_state(self, state: dict) -> None:
+        self.generator.set_state(state["rng"])
+
     @torch.no_grad()
     def hardest(self, anchors: Anchors, cands: Candidates, n_hard: int, chunk: int = 1024) -> Tensor:
         """(n, N, d): each anchor's ``n_hard`` most similar valid candidates (detached)."""

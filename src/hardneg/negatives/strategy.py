@@ -396,6 +396,13 @@ class Strategy(nn.Module):
             S = ctx.q[rows].float() @ k.T
             self._log_weights(S, rows, ctx, acc)
 
+    def get_extra_state(self) -> dict[str, Any]:
+        """The step counter travels with ``state_dict`` (exact resume)."""
+        return {"step": self._step}
+
+    def set_extra_state(self, state: dict[str, Any]) -> None:
+        self._step = int(state.get("step", 0))
+
     def extra_repr(self) -> str:
         return (
             f"name={self.name!r}, reduction={self.reduction!r}, positives={self.positives!r}, t={self.t}, "

@@ -24,6 +24,7 @@ filters; the pure maths lives in module-level functions (torchmetrics style) usa
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Callable
 from typing import Any
@@ -272,6 +273,12 @@ class ClusterGuided(Weighting):
         self._qc: Tensor | None = None
         self._kc: Tensor | None = None
 
+    def get_extra_state(self) -> dict:
+        return {"centroids": self.centroids, "refreshes": self.refreshes}
+
+    def set_extra_state(self, state: dict) -> None:
+        self.centroids, self.refreshes = state["centroids"], int(state["refreshes"])
+
     def fit(self, x: Tensor) -> Tensor:
         """Run spherical k-means on rows of ``x``; store and return the (C×d) centroids."""
         import faiss
@@ -421,6 +428,21 @@ class Calibrated(Weighting):
         self.model = PairCalibrator(dim, self.hidden)
         torch.random.set_rng_state(g_state)
         self.opt = torch.optim.Adam(self.model.parameters(), lr=self.lr)
+
+    def get_extra_state(self) -> dict:
+        # deep copies: an optimiser's state_dict holds references to its live state tensors
+        return {"rng": self.gen.get_state(), "opt": None if self.opt is None else copy.deepcopy(self.opt.state_dict())}
+
+    def set_extra_state(self, state: dict) -> None:
+        self.gen.set_state(state["rng"])
+        if state.get("opt") is not None and self.opt is not None:
+            self.opt.load_state_dict(state["opt"])
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):  # type: ignore[override]
+        w = state_dict.get(prefix + "model.A.weight")
+        if w is not None and self.model is None:  # the MLP is built lazily: build it to load it
+            self._init(w.shape[1])
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def begin_step(self, ctx: StepContext) -> None:
         if self.model is None:
