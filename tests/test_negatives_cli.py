@@ -38,3 +38,19 @@ def test_unknown_preset_is_one_line_exit_2(capsys):
     assert e.value.code == 2
     err = capsys.readouterr().err.strip()
     assert "unknown strategy preset 'nope'" in err and len(err.splitlines()) == 1
+
+
+def test_option_builds_the_preset_and_bad_options_exit_2(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(_argv("hscl", "-o", "beta=2.5", "-o", "filters=[{kind: id}]"))
+    assert e.value.code == 0
+    out = capsys.readouterr().out
+    assert "beta=2.5" in out and "IdFilter" in out
+    with pytest.raises(SystemExit) as e:
+        main(_argv("topk", "-o", "kk=3"))
+    assert e.value.code == 2
+    assert "unknown option(s) ['kk']" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:
+        main(_argv("topk", "-o", "k"))
+    assert e.value.code == 2
+    assert "KEY=VALUE" in capsys.readouterr().err

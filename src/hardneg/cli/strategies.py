@@ -12,14 +12,25 @@ from hardneg.cli.app import app
 @app.command("strategies")
 def strategies(
     name: str = typer.Argument(None, help="A preset name: show its options and defaults."),
+    option: list[str] = typer.Option(
+        None, "--option", "-o", help="KEY=VALUE (YAML value), repeatable: build the preset with it and show it."
+    ),
 ) -> None:
     """List strategy presets with one-line descriptions (usable in Python, YAML configs and here)."""
     from rich.console import Console
     from rich.table import Table
 
-    from hardneg.negatives.registry import PRESETS, describe_strategies, list_strategies
+    from hardneg.negatives.registry import (
+        PRESETS,
+        create_strategy,
+        describe_strategies,
+        list_strategies,
+        parse_overrides,
+    )
 
     console = Console()
+    if name is None and option:
+        raise ValueError("--option needs a preset name: hardneg strategies NAME -o KEY=VALUE")
     if name is None:
         table = Table(title="hardneg strategy presets", show_lines=False)
         table.add_column("name", style="bold")
@@ -44,7 +55,11 @@ def strategies(
         for k, v in knobs.items():
             table.add_row(k, "required" if v is inspect.Parameter.empty else repr(v))
         console.print(table)
+    if option:
+        strategy = create_strategy(name, **parse_overrides(option))  # errors name the option
+        console.print(f"built: {strategy!r}", markup=False, soft_wrap=True)
     console.print(
         "Strategy options (all presets): t, beta, tau_plus, clamp, detach_weights, reduction, positives, "
-        "positive_reduce, n_neg, schedule, diagnostics, chunk_size; plus source / filters / weighting."
+        "positive_reduce, n_neg, schedule, diagnostics, diagnostics_anchors, chunk_size; "
+        "plus source / filters / weighting. Try: hardneg strategies NAME -o beta=2 -o 'filters=[{kind: id}]'"
     )

@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from hardneg.negatives.context import StepContext
+from hardneg.negatives.sources import simple_repr
 
 
 class Filter(nn.Module):
@@ -40,6 +41,9 @@ class Filter(nn.Module):
 
     def begin_step(self, ctx: StepContext) -> None:
         """Per-step preparation (e.g. guide embeddings)."""
+
+    def extra_repr(self) -> str:
+        return simple_repr(self)
 
 
 class LabelFilter(Filter):

@@ -397,6 +397,29 @@ def create_strategy(name: str, **overrides: Any) -> Strategy:
     return Strategy(name=name, **kw)
 
 
+def parse_overrides(items: list[str] | tuple[str, ...]) -> dict[str, Any]:
+    """``["beta=2", "filters=[{kind: label}]"]`` → ``{"beta": 2, "filters": [{"kind": "label"}]}``.
+
+    Values are parsed as YAML (numbers, booleans, lists, mappings); used by the command line so a
+    preset's options are written the same way as in a config file.
+    """
+    import yaml
+
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise ValueError(f"strategy option must look like KEY=VALUE, got {item!r}")
+        try:
+            out[key] = yaml.safe_load(value)
+        except yaml.YAMLError as e:
+            raise ValueError(
+                f"strategy option {key!r}: cannot parse value {value!r} ({e.__class__.__name__})"
+            ) from None
+    return out
+
+
 def from_config(config: Mapping[str, Any]) -> Strategy:
     """Build a strategy from a YAML mapping, e.g.::
 

@@ -101,6 +101,15 @@ class Candidates:
         self.blocks.append((name, m0, m0 + r))
 
 
+def simple_repr(obj: nn.Module) -> str:
+    """``k=v`` for the plain-valued public options of a component (its knobs)."""
+    return ", ".join(
+        f"{k}={v!r}"
+        for k, v in vars(obj).items()
+        if not k.startswith("_") and k != "training" and (v is None or isinstance(v, (bool, int, float, str)))
+    )
+
+
 class Source(nn.Module):
     """A candidate source: ``extend(anchors, cands, step)`` adds rows; ``after_step`` updates state.
 
@@ -118,6 +127,9 @@ class Source(nn.Module):
 
     def diagnostics(self) -> dict[str, float]:
         return {}
+
+    def extra_repr(self) -> str:
+        return simple_repr(self)
 
 
 class InBatch(Source):

@@ -35,6 +35,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from hardneg.negatives.context import StepContext
+from hardneg.negatives.sources import simple_repr
 
 NEG_INF = float("-inf")
 
@@ -95,6 +96,9 @@ class Weighting(nn.Module):
 
     def diagnostics(self) -> dict[str, float]:
         return {}
+
+    def extra_repr(self) -> str:
+        return simple_repr(self)
 
 
 class Uniform(Weighting):
