@@ -247,6 +247,15 @@ def test_topk_larger_than_candidates_raises():
     create_strategy("topk", k=6)(z1, z2)  # 2B − 2 = 6 is fine
 
 
+def test_empty_queue_without_batch_negatives_is_a_clear_error():
+    from hardneg.negatives import InBatch, MemoryQueue
+
+    z1, z2, _ = _views(B=4)
+    s = Strategy(source=[InBatch(symmetric=False, batch_negatives=False), MemoryQueue(8)])
+    with pytest.raises(ValueError, match="no candidate negatives this step"):
+        s(z1, z2)
+
+
 def test_forward_input_errors():
     z1, z2, y = _views()
     s = create_strategy("scl")

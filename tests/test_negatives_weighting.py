@@ -137,3 +137,20 @@ def test_calibrated_and_filters_cut_the_weight_on_planted_false_negatives():
     assert m["calibrated"] < m["uniform"] / 3
     assert m["similarity filter"] < m["uniform"] / 3
     assert m["id/duplicate filter"] == 0.0
+
+
+def test_pair_calibrator_block_equals_pairwise():
+    """The factorised (c × m) evaluation equals the MLP applied to each pair's features."""
+    from hardneg.negatives.weighting import PairCalibrator
+
+    torch.manual_seed(0)
+    mlp = PairCalibrator(dim=6, hidden=5, rank=3)
+    q, k = F.normalize(torch.randn(4, 6), dim=1), F.normalize(torch.randn(7, 6), dim=1)
+    block = mlp.block_logits(q, k, max_elems=40)  # several row blocks
+    pairs = mlp.pair_logits(q.repeat_interleave(7, 0), k.repeat(4, 1)).reshape(4, 7)
+    torch.testing.assert_close(block, pairs)
+    # and pair_logits is the literal MLP on [q, k, Pq ⊙ Pk, s]
+    i, j = 2, 5
+    s = q[i] @ k[j]
+    h = torch.relu(mlp.A(q[i]) + mlp.B(k[j]) + mlp.C @ (mlp.P(q[i]) * mlp.P(k[j])) + s * mlp.w)
+    torch.testing.assert_close(block[i, j], mlp.out(h)[0])

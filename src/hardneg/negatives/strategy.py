@@ -263,6 +263,11 @@ class Strategy(nn.Module):
                 )
             cands.append("explicit", F.normalize(negatives.reshape(-1, z1.shape[1]), dim=1))
 
+        if not self.in_batch.batch_negatives and cands.m == cands.blocks[0][2]:
+            raise ValueError(
+                "no candidate negatives this step: in_batch has batch_negatives=False and the sources "
+                "added no rows (an empty queue at the first step?); keep batch_negatives=True or add a source"
+            )
         ctx = StepContext.build(anchors, cands, self.t, self.beta, step)
         ctx.growing = any(not getattr(src, "is_full", True) for src in self.sources)
         for c in [*self.filters, *self.weightings]:

@@ -350,24 +350,27 @@ class ClusterGuided(Weighting):
 
 
 class PairCalibrator(nn.Module):
-    r"""Auxiliary MLP ``p̂(i, j) = σ(f([q_i, k_j, q_i ⊙ k_j, s_ij]))``: the probability that the pair
-    is really aligned. The first layer is applied in factorised form — ``A q + B k + C(q ⊙ k) + w s``
-    with ``C(q ⊙ k)_h = (q ⊙ C_h) · k`` — so a (c×m) block of pairs costs (c×H×m), never (c×m×3d).
+    r"""Auxiliary MLP ``p̂(i, j) = σ(f(q_i, k_j, s_ij))``: the probability that the pair is really
+    aligned, from the two embeddings, their (projected) element-wise product and their similarity.
+    The first layer is ``A q + B k + C (P q ⊙ P k) + w s + b`` with a shared rank-``r`` projection
+    P, applied in factorised form — ``C (Pq ⊙ Pk)_h = (Pq ⊙ C_h) · Pk`` — so a (c×m) block of pairs
+    costs (c × H × m × r) flops and (c × H × m) memory, never a (c×m×3d) feature tensor.
     """
 
-    def __init__(self, dim: int, hidden: int = 32) -> None:
+    def __init__(self, dim: int, hidden: int = 32, rank: int = 16) -> None:
         super().__init__()
-        self.dim, self.hidden = dim, hidden
+        self.dim, self.hidden, self.rank = dim, hidden, rank
         self.A = nn.Linear(dim, hidden)
         self.B = nn.Linear(dim, hidden, bias=False)
-        self.C = nn.Parameter(torch.randn(hidden, dim) * dim**-0.5)
+        self.P = nn.Linear(dim, rank, bias=False)
+        self.C = nn.Parameter(torch.randn(hidden, rank) * rank**-0.5)
         self.w = nn.Parameter(torch.zeros(hidden))
         self.out = nn.Linear(hidden, 1)
 
     def pair_logits(self, q: Tensor, k: Tensor) -> Tensor:
         """Logits for aligned rows ``q[i], k[i]`` (both n×d)."""
         s = (q * k).sum(1, keepdim=True)
-        h = F.relu(self.A(q) + self.B(k) + (q * k) @ self.C.T + s * self.w)
+        h = F.relu(self.A(q) + self.B(k) + (self.P(q) * self.P(k)) @ self.C.T + s * self.w)
         return self.out(h)[:, 0]
 
     def block_logits(self, q: Tensor, k: Tensor, max_elems: int = 1 << 22) -> Tensor:
@@ -375,13 +378,14 @@ class PairCalibrator(nn.Module):
         c, m = q.shape[0], k.shape[0]
         step = max(1, max_elems // max(1, m * self.hidden))
         Bk = self.B(k)  # (m, H)
+        Pk_t = self.P(k).T  # (r, m)
+        Aq, Pq = self.A(q), self.P(q)
         outs = []
         for r0 in range(0, c, step):
-            qq = q[r0 : r0 + step]
-            s = qq @ k.T  # (c', m)
-            qc = qq[:, None, :] * self.C[None]  # (c', H, d)
-            bil = (qc @ k.T).transpose(1, 2)  # (c', m, H)
-            h = F.relu(self.A(qq)[:, None, :] + Bk[None] + bil + s[..., None] * self.w)
+            sl = slice(r0, r0 + step)
+            s = q[sl] @ k.T  # (c', m)
+            bil = ((Pq[sl, None, :] * self.C[None]) @ Pk_t).transpose(1, 2)  # (c', m, H)
+            h = F.relu(Aq[sl, None, :] + Bk[None] + bil + s[..., None] * self.w)
             outs.append(self.out(h)[..., 0])
         return torch.cat(outs)
 
