@@ -317,3 +317,20 @@ def test_state_dict_resume_is_exact():
         lb = b(*batches[i], ids=torch.arange(6 * i, 6 * i + 6))
         assert la.item() == lb.item()
         assert a.last_diagnostics["step"] == b.last_diagnostics["step"] == i
+
+
+def test_explicit_negatives_match_sentence_transformers_mnrl():
+    """Queries vs [positives; mined negatives] (MoCo-style batch + explicit negatives) is exactly
+    sentence-transformers' MultipleNegativesRankingLoss (scale = 1/t)."""
+    from sentence_transformers.sentence_transformer.losses import MultipleNegativesRankingLoss
+
+    from hardneg.negatives import InBatch
+
+    g = torch.Generator().manual_seed(0)
+    a, p, n1, n2 = (torch.randn(6, 8, generator=g, dtype=torch.float64) for _ in range(4))
+    mnrl = MultipleNegativesRankingLoss(model=torch.nn.Identity(), scale=20.0)
+    ref = mnrl.compute_loss_from_embeddings([a, p, n1, n2], None)
+    s = Strategy(source=InBatch(symmetric=False), t=0.05)
+    got = s(a, p, negatives=torch.cat([n1, n2]))
+    assert got.item() == pytest.approx(ref.item(), rel=1e-10)
+    assert s.last_diagnostics["n_candidates"] == 6 - 1 + 12
