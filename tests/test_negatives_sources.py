@@ -178,3 +178,24 @@ def test_mixing_option_errors():
         Mixing(n_hard=0)
     with pytest.raises(ValueError, match="beta_max"):
         Mixing(beta_max=0.6)
+
+
+def test_mochi_mixes_only_valid_candidates():
+    """With a label filter and few other-label candidates, an anchor's mixes are built only from
+    its other-label candidates (never from its positive or a same-label sample)."""
+    B, d = 4, 6
+    z1, z2 = _rand(B, d, 1), _rand(B, d, 2)
+    labels = torch.tensor([0, 0, 0, 1])
+    from hardneg.negatives import LabelFilter
+
+    mix = Mixing(n_hard=8, s=4, s_prime=0, seed=0)
+    s = Strategy(source=[InBatch(symmetric=False), mix], filters=[LabelFilter()], t=0.5)
+    s(z1, z2, labels=labels)
+    # pair mixes of anchor 0 lie in the span of its only other-label candidate z2[3]: they equal it
+    from hardneg.negatives.sources import Anchors, Candidates
+
+    anchors = Anchors(z1, torch.arange(B), torch.full((B,), -1), labels, None, z2, labels, None)
+    cands = Candidates(z2, labels, None, None, [("batch", 0, B)])
+    hard, has = mix.hardest(anchors, cands, 3)
+    assert has.all()
+    torch.testing.assert_close(hard[0], z2[3].expand(3, d))

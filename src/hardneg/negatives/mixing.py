@@ -101,27 +101,34 @@ class Mixing(Source):
         self.generator.set_state(state["rng"])
 
     @torch.no_grad()
-    def hardest(self, anchors: Anchors, cands: Candidates, n_hard: int, chunk: int = 1024) -> Tensor:
-        """(n, N, d): each anchor's ``n_hard`` most similar valid candidates (detached)."""
+    def hardest(self, anchors: Anchors, cands: Candidates, n_hard: int, chunk: int = 1024) -> tuple[Tensor, Tensor]:
+        """((n, N, d), (n,) bool): each anchor's ``n_hard`` most similar valid candidates
+        (detached), and whether the anchor has any valid candidate. An anchor with fewer than N
+        valid candidates repeats its hardest one, so only valid candidates are ever mixed."""
         q = anchors.q.detach()
         k = cands.k.detach()
-        out = []
+        out, has = [], []
         for r0 in range(0, q.shape[0], chunk):
             rows = slice(r0, min(q.shape[0], r0 + chunk))
             S = q[rows] @ k.T
             if self._valid_fn is not None:
                 S = S.masked_fill(~self._valid_fn(S, rows), float("-inf"))
-            idx = S.topk(n_hard, dim=1).indices
+            top = S.topk(n_hard, dim=1)
+            bad = torch.isneginf(top.values)
+            idx = torch.where(bad, top.indices[:, :1], top.indices)
             out.append(k[idx])
-        return torch.cat(out)
+            has.append(~bad[:, 0])
+        return torch.cat(out), torch.cat(has)
 
     def extend(self, anchors: Anchors, cands: Candidates, step: int) -> None:
         s, sp = int(round(self.s)), int(round(self.s_prime))
         if s + sp == 0:
             return
         n_hard = max(2, min(int(round(self.n_hard)), cands.m - 2))
-        hard = self.hardest(anchors, cands, n_hard)
+        hard, has = self.hardest(anchors, cands, n_hard)
         mixes = mochi_mix(anchors.q.detach(), hard, s, sp, self.beta_max, self.generator)
         n = anchors.n
-        owner = torch.arange(n, device=cands.k.device).repeat_interleave(s + sp)
+        owner = torch.arange(n, device=cands.k.device)
+        owner = torch.where(has.to(owner.device), owner, torch.full_like(owner, -2))  # -2: nobody's
+        owner = owner.repeat_interleave(s + sp)
         cands.append("mixing", mixes.reshape(n * (s + sp), -1), owner=owner)
