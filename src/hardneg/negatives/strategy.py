@@ -366,19 +366,36 @@ class Strategy(nn.Module):
         for f in self.filters:
             nv = valid & ~f.drop(S, rows, ctx)
             empty = ~nv.any(1)
-            fallback |= empty
-            valid = torch.where(empty[:, None], valid, nv)
-        lw = torch.zeros_like(S) if self.weightings else torch.where(valid, 0.0, NEG_INF).to(S.dtype)
+            if bool(empty.any()):  # those anchors keep their candidates from before this filter
+                fallback |= empty
+                nv = torch.where(empty[:, None], valid, nv)
+            valid = nv
+        if not self.weightings:
+            return self._record(S, rows, ctx, acc, torch.where(valid, 0.0, NEG_INF).to(S.dtype), fallback)
+        lw = None
         for w in self.weightings:
             a = w.log_weights(S, rows, ctx, valid)
-            nv = valid & torch.isfinite(a)
+            nv = valid & (a != NEG_INF)
             empty = ~nv.any(1)
-            fallback |= empty
-            a = torch.where(empty[:, None], torch.zeros_like(a), a)
-            valid = torch.where(empty[:, None], valid, nv)
-            lw = lw + a.masked_fill(~valid, 0.0)
-        if self.weightings:
-            lw = lw.masked_fill(~valid, NEG_INF)
+            if bool(empty.any()):  # this weighting would remove every candidate: ignore it there
+                fallback |= empty
+                a = a.masked_fill(empty[:, None], 0.0)
+                nv = torch.where(empty[:, None], valid, nv)
+            valid = nv
+            lw = a if lw is None else lw + a
+        lw = lw.masked_fill(~valid, NEG_INF)
+        return self._record(S, rows, ctx, acc, lw, fallback)
+
+    def _record(
+        self,
+        S: Tensor,
+        rows: slice | Tensor,
+        ctx: StepContext,
+        acc: DiagnosticsAccumulator | None,
+        lw: Tensor,
+        fallback: Tensor,
+    ) -> Tensor:
+        """Feed the chunk's sampled anchors to the diagnostics; return the log-weights."""
         if acc is not None:
             sel = acc.pending(rows)
             if bool(sel.any()):
