@@ -2,7 +2,7 @@
 
     PYTHONPATH=src python benchmarks/strategy_overhead.py --sizes 1024,4096 --dim 128 --repeats 3
 
-For each 2B it times forward + backward (median of ``repeats``) of the named losses from
+For each 2B it times forward + backward (round-robin over the cases, median of ``repeats``) of the named losses from
 ``hardneg.losses`` and of the equivalent / richer strategies, and prints ms and the ratio to the
 named ``ucl`` measured in the same run. Diagnostics on (the default) and off are both shown.
 """
@@ -21,15 +21,16 @@ from hardneg.negatives import create_strategy
 
 
 def _time(
-    fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], z1: torch.Tensor, z2: torch.Tensor, repeats: int
+    fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], z1: torch.Tensor, z2: torch.Tensor, repeats: int = 0
 ) -> float:
+    """Milliseconds of one forward + backward (median of ``repeats + 1`` runs)."""
     out = []
     for _ in range(repeats + 1):
         a, b = z1.clone().requires_grad_(), z2.clone().requires_grad_()
         t0 = time.perf_counter()
         fn(a, b).backward()
         out.append(time.perf_counter() - t0)
-    return statistics.median(out[1:]) * 1000.0
+    return statistics.median(out) * 1000.0
 
 
 def _cases(y: torch.Tensor, ids: torch.Tensor) -> dict[str, Callable]:
@@ -67,11 +68,16 @@ def main() -> None:
         y = torch.randint(0, 10, (B,), generator=g)
         ids = torch.arange(B)
         cases = _cases(y, ids)
-        base = None
         print(f"\n2B = {n2}, d = {args.dim}, threads = {args.threads} (forward + backward, median of {args.repeats})")
-        for name, fn in cases.items():
-            ms = _time(fn, z1, z2, args.repeats)
-            base = base or ms
+        times: dict[str, list[float]] = {name: [] for name in cases}
+        for fn in cases.values():  # warm-up
+            _time(fn, z1, z2, 0)
+        for _ in range(args.repeats):  # round-robin, so load changes hit every case alike
+            for name, fn in cases.items():
+                times[name].append(_time(fn, z1, z2, 0))
+        base = statistics.median(times["losses.ucl"])
+        for name, ts in times.items():
+            ms = statistics.median(ts)
             print(f"  {name:34s} {ms:9.1f} ms   x{ms / base:5.2f} of losses.ucl")
 
 

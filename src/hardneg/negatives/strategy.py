@@ -374,16 +374,22 @@ class Strategy(nn.Module):
             return self._record(S, rows, ctx, acc, torch.where(valid, 0.0, NEG_INF).to(S.dtype), fallback)
         lw = None
         for w in self.weightings:
-            a = w.log_weights(S, rows, ctx, valid)
-            nv = valid & (a != NEG_INF)
+            if w.selects:  # a boolean selection: no float passes
+                nv = w.select(S, rows, ctx, valid)
+                a = None
+            else:
+                a = w.log_weights(S, rows, ctx, valid)
+                nv = valid & (a != NEG_INF)
             empty = ~nv.any(1)
             if bool(empty.any()):  # this weighting would remove every candidate: ignore it there
                 fallback |= empty
-                a = a.masked_fill(empty[:, None], 0.0)
+                if a is not None:
+                    a = a.masked_fill(empty[:, None], 0.0)
                 nv = torch.where(empty[:, None], valid, nv)
             valid = nv
-            lw = a if lw is None else lw + a
-        lw = lw.masked_fill(~valid, NEG_INF)
+            if a is not None:
+                lw = a if lw is None else lw + a
+        lw = torch.where(valid, 0.0 if lw is None else lw, NEG_INF).to(S.dtype)
         return self._record(S, rows, ctx, acc, lw, fallback)
 
     def _record(

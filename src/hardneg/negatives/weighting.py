@@ -49,7 +49,7 @@ def topk_mask(S: Tensor, valid: Tensor, k: int) -> Tensor:
     """(c×m) bool: the ``k`` most similar valid candidates of each row (all valid ones if fewer)."""
     m = S.shape[1]
     kk = min(k, m)
-    idx = S.masked_fill(~valid, NEG_INF).topk(kk, dim=1).indices
+    idx = torch.where(valid, S, NEG_INF).topk(kk, dim=1).indices
     keep = torch.zeros_like(valid)
     keep.scatter_(1, idx, True)
     return keep & valid
@@ -79,11 +79,20 @@ def distance_weighted_log_weights(S: Tensor, dim: int, cutoff: float = 0.5, nonz
 
 
 class Weighting(nn.Module):
-    """Base class. ``log_weights(S, rows, ctx, valid)`` returns (c×m) extra log-weights."""
+    """Base class. ``log_weights(S, rows, ctx, valid)`` returns (c×m) extra log-weights.
+
+    A *selecting* weighting (``selects = True``: top-k, semi-hard) implements
+    ``select(S, rows, ctx, valid) -> (c×m) bool`` instead — π uniform over the selected candidates,
+    i.e. log-weight 0 on them and −∞ elsewhere — which saves float passes over the chunk.
+    """
 
     kind = "base"
     schedulable: tuple[str, ...] = ()
     needs_positive = False
+    selects = False
+
+    def select(self, S: Tensor, rows: slice, ctx: StepContext, valid: Tensor) -> Tensor:  # pragma: no cover
+        raise NotImplementedError
 
     def log_weights(self, S: Tensor, rows: slice, ctx: StepContext, valid: Tensor) -> Tensor:  # pragma: no cover
         raise NotImplementedError
@@ -148,9 +157,13 @@ class TopK(Weighting):
                 f"weighting option 'k' = {k} is larger than the candidate pool ({most} candidates per anchor)"
             )
 
+    selects = True
+
+    def select(self, S: Tensor, rows: slice, ctx: StepContext, valid: Tensor) -> Tensor:
+        return topk_mask(S, valid, int(round(self.k)))
+
     def log_weights(self, S: Tensor, rows: slice, ctx: StepContext, valid: Tensor) -> Tensor:
-        keep = topk_mask(S, valid, int(round(self.k)))
-        return torch.zeros_like(S).masked_fill(~keep, NEG_INF)
+        return torch.where(self.select(S, rows, ctx, valid), 0.0, NEG_INF).to(S.dtype)
 
 
 class SemiHard(Weighting):
@@ -170,21 +183,26 @@ class SemiHard(Weighting):
         self._rows = 0
         self._fallback = 0
 
-    def log_weights(self, S: Tensor, rows: slice, ctx: StepContext, valid: Tensor) -> Tensor:
+    selects = True
+
+    def select(self, S: Tensor, rows: slice, ctx: StepContext, valid: Tensor) -> Tensor:
         _check_nonneg("margin", self.margin)
         sp = ctx.s_pos(S, rows)
         keep = semihard_mask(S, valid, sp, self.margin)
         empty = ~keep.any(1)
-        if bool(empty.any()):
-            dist = F.relu(S - sp[:, None]) + F.relu(sp[:, None] - self.margin - S)
-            dist = dist.masked_fill(~valid, float("inf"))
-            j = dist.argmin(1)
-            fb = torch.zeros_like(keep)
-            fb[torch.arange(S.shape[0], device=S.device), j] = True
-            keep = torch.where(empty[:, None], fb & valid, keep)
+        n_empty = int(empty.sum())
+        if n_empty:  # fallback, computed on the empty rows only
+            e = torch.nonzero(empty).flatten()
+            Se, spe = S[e], sp[e, None]
+            dist = F.relu(Se - spe) + F.relu(spe - self.margin - Se)
+            j = dist.masked_fill(~valid[e], float("inf")).argmin(1)
+            keep[e, j] = valid[e, j]
         self._rows += S.shape[0]
-        self._fallback += int(empty.sum())
-        return torch.zeros_like(S).masked_fill(~keep, NEG_INF)
+        self._fallback += n_empty
+        return keep
+
+    def log_weights(self, S: Tensor, rows: slice, ctx: StepContext, valid: Tensor) -> Tensor:
+        return torch.where(self.select(S, rows, ctx, valid), 0.0, NEG_INF).to(S.dtype)
 
     def begin_step(self, ctx: StepContext) -> None:
         self._rows = self._fallback = 0
