@@ -152,9 +152,10 @@ class InBatch(Source):
         self.batch_negatives = bool(batch_negatives)
 
     def build(
-        self, z1: Tensor, z2: Tensor | None, labels: Tensor | None, ids: Tensor | None
+        self, z1: Tensor, z2: Tensor | None, labels: Tensor | None, ids: Tensor | None, z12: Tensor | None = None
     ) -> tuple[Anchors, Candidates]:
-        """Anchors and the batch block of candidates from unit-norm views ``z1``, ``z2`` (B×d)."""
+        """Anchors and the batch block of candidates from unit-norm views ``z1``, ``z2`` (B×d);
+        ``z12`` may pass ``[z1; z2]`` already concatenated (saves a copy)."""
         B = z1.shape[0]
         dev = z1.device
         ar = torch.arange(B, device=dev)
@@ -164,7 +165,7 @@ class InBatch(Source):
             self_index = ar
             y, i = labels, ids
         elif self.symmetric:
-            q = k = torch.cat([z1, z2])
+            q = k = torch.cat([z1, z2]) if z12 is None else z12
             pos = torch.cat([ar + B, ar])
             self_index = torch.arange(2 * B, device=dev)
             y = None if labels is None else torch.cat([labels, labels])
