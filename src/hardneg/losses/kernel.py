@@ -400,7 +400,7 @@ class _WeightedInfoNCE(torch.autograd.Function):
 
 
 def _check_embeddings(q: Tensor, k: Tensor) -> None:
-    for name, x in (("q", q), ("k", k)) if k is not q else (("q", q),):
+    for name, x in (("q", q), ("k", k)):
         if not isinstance(x, Tensor):
             raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
         if x.dim() != 2:
@@ -409,14 +409,13 @@ def _check_embeddings(q: Tensor, k: Tensor) -> None:
             raise ValueError(f"{name} is empty: need at least one row, got shape {tuple(x.shape)}")
         if not x.is_floating_point():
             raise TypeError(f"{name} must be a floating-point tensor, got {x.dtype}")
-        if not bool(torch.isfinite(x).all()):
-            raise ValueError(f"{name} contains NaN or inf values")
-    if not isinstance(k, Tensor):
-        raise TypeError(f"k must be a torch.Tensor, got {type(k).__name__}")
     if q.shape[1] != k.shape[1]:
         raise ValueError(f"q and k must have the same embedding dim, got {q.shape[1]} and {k.shape[1]}")
     if q.device != k.device:
         raise ValueError(f"q and k must be on the same device, got {q.device} and {k.device}")
+    for name, x in (("q", q), ("k", k)) if k is not q else (("q", q),):
+        if not bool(torch.isfinite(x).all()):
+            raise ValueError(f"{name} contains NaN or inf values")
 
 
 def _check_index(name: str, x: Tensor | None, n: int, m: int, device, allow_neg: bool) -> Tensor | None:
