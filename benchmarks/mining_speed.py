@@ -257,6 +257,9 @@ def main() -> None:
         ours = run_sub({**base, "method": "hardneg", "case": "synthetic", "syn": syn})
         st = run_sub({**base, "method": "st", "case": "synthetic", "st_cache": st_cache, "syn": syn})
         rows.append(report(f"synthetic {a.synthetic_n:,} x 384, {a.synthetic_q:,} queries", ours, st))
+    import shutil
+
+    shutil.rmtree(tmp, ignore_errors=True)  # the 1M-vector files are 3 GB
     if a.out:
         with open(a.out, "w") as f:
             json.dump(rows, f, indent=2)

@@ -51,6 +51,9 @@ def main() -> None:
     print(f"sentence-transformers (verbose=False): {len(st):,} of {len(ds):,} pairs kept a negative, silently")
     print(f"hardneg: {len(res.rows):,} of {len(queries):,} pairs kept a negative; its summary:")
     print(format_summary(res.summary))
+    import shutil
+
+    shutil.rmtree(st_cache, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -110,6 +110,9 @@ def mine_sets(data, model, num_negatives: int, cache_dir: str, seed: int, runs=R
         if name in runs:
             r = mine_texts(queries, positives, data["mine_corpus"], config=cfg, **common)
             out[name] = (r.rows, r.summary)
+    import shutil
+
+    shutil.rmtree(st_cache, ignore_errors=True)
     return out
 
 
