@@ -130,6 +130,10 @@ def worker(spec: dict) -> dict:
                 ce = encode_texts(model, texts, precision="bf16", show_progress=False, cache_dir=cache)
                 np.save(spec["save_emb"] + ".q.npy", qe)
                 np.save(spec["save_emb"] + ".c.npy", ce)
+            if not spec.get("cache_dir"):
+                import shutil
+
+                shutil.rmtree(cache, ignore_errors=True)
         else:
             if case == "wordnet_same":
                 texts, pos_ids, _ = prepare_corpus(positives, corpus)
