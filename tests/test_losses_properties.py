@@ -140,3 +140,12 @@ def test_bad_input_names_the_argument(call, exc, words):
     with pytest.raises(exc) as e:
         call()
     assert words in str(e.value)
+
+
+def test_mismatched_devices_are_named():
+    q = torch.randn(4, 3)
+    k = torch.empty(4, 3, device="meta")
+    with pytest.raises(ValueError, match="same device"):
+        L.weighted_info_nce(q, k, t=0.5, pos_index=torch.tensor([1, 0, 3, 2]))
+    with pytest.raises(ValueError, match="same device"):
+        L.ucl(q, k)

@@ -12,6 +12,16 @@ import sys
 import click
 import typer
 
+# typer >= 0.20 ships its own copy of click (typer._click) and its own Exit/Abort; catch both families.
+try:
+    from typer._click.exceptions import ClickException as _TyperClickException
+except ImportError:  # pragma: no cover - older typer re-uses click
+    _TyperClickException = click.ClickException
+
+_EXIT = tuple({click.exceptions.Exit, getattr(typer, "Exit", click.exceptions.Exit)})
+_CLICK_ERRORS = tuple({click.ClickException, _TyperClickException})
+_ABORT = tuple({click.exceptions.Abort, getattr(typer, "Abort", click.exceptions.Abort)})
+
 app = typer.Typer(
     name="hardneg",
     help="Negative sampling for contrastive learning: train, compare, mine, evaluate, bench, report.",
@@ -28,12 +38,12 @@ def main(argv: list[str] | None = None) -> None:
     command = typer.main.get_command(app)
     try:
         rv = command.main(args=argv, prog_name="hardneg", standalone_mode=False)
-    except click.exceptions.Exit as e:
+    except _EXIT as e:
         sys.exit(e.exit_code)
-    except click.ClickException as e:
+    except _CLICK_ERRORS as e:
         e.show()
         sys.exit(2)
-    except click.exceptions.Abort:
+    except _ABORT:
         print("hardneg: aborted", file=sys.stderr)
         sys.exit(130)
     except USER_ERRORS as e:

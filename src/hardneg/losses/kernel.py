@@ -79,14 +79,35 @@ class KernelSpec:
 
 @dataclass
 class _Index:
-    """Integer side information, all on the embeddings' device."""
+    """Integer side information and per-call precomputations, on the embeddings' device."""
 
     pos_index: Tensor | None  # (n,) column of each anchor's positive (positives="index")
     self_index: Tensor | None  # (n,) column of the anchor itself in k, or -1
-    q_labels: Tensor | None  # (n,)
+    q_labels: Tensor | None  # (n,) dense label ids
     k_labels: Tensor | None  # (m,)
     n_pos: Tensor | None  # (n,) number of positives per anchor (positives="labels")
-    ref_col: Tensor | None  # (n,) one positive column per anchor (labels mode, lean path)
+    n_valid: Tensor | None  # (n,) number of valid negatives per anchor (None: depends on log_weight_fn)
+    k_order: Tensor | None = None  # (m,) candidates sorted by label
+    label_start: Tensor | None = None  # (L,) first position of each label in k_order
+    label_count: Tensor | None = None  # (L,) candidates per label
+
+
+class _Workspace:
+    """Two (chunk × m) work buffers reused by every chunk: fresh 32 MB allocations page-fault on
+    every chunk and cost as much as the matrix product itself on CPU."""
+
+    def __init__(self, c: int, m: int, dtype: torch.dtype, device: torch.device, n_labels: int, d: int) -> None:
+        self.S = torch.empty(c, m, dtype=dtype, device=device)
+        self.W: Tensor | None = None
+        self._shape = (c, m, dtype, device)
+        self.label_acc = torch.zeros(n_labels, d, dtype=dtype, device=device) if n_labels else None
+        self.k_label_sums: Tensor | None = None
+
+    def second(self, c: int) -> Tensor:
+        if self.W is None:
+            cmax, m, dtype, device = self._shape
+            self.W = torch.empty(cmax, m, dtype=dtype, device=device)
+        return self.W[:c]
 
 
 def _default_chunk(n: int, m: int) -> int:
@@ -99,190 +120,205 @@ def _default_chunk(n: int, m: int) -> int:
 # --------------------------------------------------------------------------------------------
 
 
-def _rows_with(idx: Tensor | None, r0: int, r1: int) -> tuple[Tensor, Tensor] | None:
-    """(row offsets within the chunk, columns) of the entries idx[r0:r1] that are >= 0."""
-    if idx is None:
+def _self_entries(ix: _Index, r0: int, r1: int) -> tuple[Tensor, Tensor] | None:
+    """(row offsets within the chunk, columns) of the anchors of r0:r1 that appear in k."""
+    if ix.self_index is None:
         return None
-    cols = idx[r0:r1]
-    keep = cols >= 0
+    cols = ix.self_index[r0:r1]
     rows = torch.arange(r1 - r0, device=cols.device)
+    keep = cols >= 0
     if bool(keep.all()):
         return rows, cols
     return rows[keep], cols[keep]
 
 
-def _chunk(
-    q: Tensor, k: Tensor, spec: KernelSpec, ix: _Index, r0: int, r1: int, go: Tensor | None
-) -> tuple[Tensor, Tensor | None, Tensor | None]:
-    """Loss of anchors r0:r1 and, if ``go`` (their upstream gradients) is given, dQ[r0:r1] and dK."""
-    inv_t = 1.0 / spec.t
-    qs = q[r0:r1] * inv_t  # scale folded into the (c × d) operand
-    S = qs @ k.T  # (c, m) = s / t
-    c, m = S.shape
-    self_rc = _rows_with(ix.self_index, r0, r1)
+def _same_label_cols(ix: _Index, r0: int, r1: int, pad: Tensor) -> tuple[Tensor, Tensor]:
+    """Columns of every candidate sharing each anchor's label, padded with ``pad`` → (c, P), valid."""
+    y = ix.q_labels[r0:r1]
+    cnt = ix.label_count[y]
+    P = max(1, int(cnt.max()))
+    ar = torch.arange(P, device=y.device)
+    valid = ar[None, :] < cnt[:, None]
+    at = torch.clamp(ix.label_start[y][:, None] + ar[None, :], max=ix.k_order.shape[0] - 1)
+    cols = torch.where(valid, ix.k_order[at], pad[:, None])
+    return cols, valid
+
+
+def _softmax_lse_(X: Tensor) -> Tensor:
+    """Row softmax of X **in place**; returns the row log-sum-exp.
+
+    lse_i = max_j X_ij − log max_j softmax_ij (the largest probability is ≥ 1/m: no underflow).
+    Two cheap max reductions instead of a separate exp-sum pass (argmax is slow on CPU)."""
+    mx = X.amax(1)
+    torch.ops.aten._softmax.out(X, 1, False, out=X)
+    return mx - torch.log(X.amax(1))
+
+
+def _chunk(q, k, spec, ix, ws, r0, r1, go, dq, dk) -> Tensor:
+    """Loss of anchors r0:r1; if ``go`` (their upstream gradient) is given, writes dQ[r0:r1] and adds to dK."""
+    c = r1 - r0
+    qs = q[r0:r1] * (1.0 / spec.t)  # temperature folded into the (c × d) operand
+    S = torch.mm(qs, k.T, out=ws.S[:c])  # (c, m) = s / t
+    self_rc = _self_entries(ix, r0, r1)
     if spec.lean:
-        return _chunk_lean(q, k, qs, S, spec, ix, r0, r1, go, self_rc)
-    return _chunk_general(q, k, qs, S, spec, ix, r0, r1, go, self_rc)
+        return _chunk_lean(k, qs, S, spec, ix, ws, r0, r1, go, dq, dk, self_rc)
+    return _chunk_general(k, qs, S, spec, ix, ws, r0, r1, go, dq, dk, self_rc)
 
 
-def _chunk_lean(q, k, qs, S, spec, ix, r0, r1, go, self_rc):
-    """Uniform, plain-sum InfoNCE (NT-Xent) and SupCon L_out: one fused log-softmax per chunk."""
+def _chunk_lean(k, qs, S, spec, ix, ws, r0, r1, go, dq, dk, self_rc) -> Tensor:
+    """Uniform, plain-sum InfoNCE (NT-Xent) and SupCon L_out: one fused in-place log-softmax."""
     c = S.shape[0]
     rows = torch.arange(c, device=S.device)
     if self_rc is not None:
         S[self_rc[0], self_rc[1]] = _NEG_INF
     if spec.positives == "index":
         pcol = ix.pos_index[r0:r1]
-        LS = torch.log_softmax(S, dim=1)  # S_ij − lse_i over every j ≠ self (positive included)
-        loss = -LS[rows, pcol]
+        torch.ops.aten._log_softmax.out(S, 1, False, out=S)  # S_ij − lse_i over j ≠ self (positive included)
+        loss = -S[rows, pcol]
     else:
-        # SupCon L_out: ℓ_i = lse_{a≠i}(S) − mean_{p∈P(i)} S_ip, the mean via per-class sums (O(n d)).
-        ref = ix.ref_col[r0:r1]
-        s_ref = S[rows, ref].clone()
-        LS = torch.log_softmax(S, dim=1)
-        lse = s_ref - LS[rows, ref]
+        # SupCon L_out: ℓ_i = lse_{a≠i}(S) − mean_{p∈P(i)} S_ip; the mean via per-label sums (O(n d)).
+        y = ix.q_labels[r0:r1]
+        lse = _softmax_lse_(S)
         npos = ix.n_pos[r0:r1].to(S.dtype)
-        sum_pos_k = _label_sums(k, ix.k_labels)[ix.q_labels[r0:r1]]  # Σ_{j: y_j = y_i} k_j
+        sum_pos_k = ws.k_label_sums[y]  # Σ_{j: y_j = y_i} k_j
         if self_rc is not None:
             sum_pos_k = sum_pos_k.clone()
             sum_pos_k[self_rc[0]] -= k[self_rc[1]]
-        mean_sp = (qs * sum_pos_k).sum(1) / npos
-        loss = lse - mean_sp
+        loss = lse - (qs * sum_pos_k).sum(1) / npos
     if go is None:
-        return loss, None, None
-    P = LS.exp_()  # softmax, in place
-    P.mul_(go[:, None]) if go.numel() > 1 else P.mul_(go)
+        return loss
+    scalar = go.dim() == 0
     if spec.positives == "index":
-        P[rows, pcol] -= go.expand(c) if go.numel() == 1 else go
-        dq = (P @ k) * (1.0 / spec.t)
-        dk = P.T @ qs
-        return loss, dq, dk
-    # labels mode: dS = go·P − go/|P_i| on positives; the positive part is applied through class sums
-    w = (go.expand(c) if go.numel() == 1 else go) / npos
-    dq = (P @ k - w[:, None] * sum_pos_k) * (1.0 / spec.t)
-    dk = P.T @ qs
+        S.exp_()  # softmax
+        if not scalar:
+            S.mul_(go[:, None])
+        S[rows, pcol] -= 1.0 if scalar else go
+        a = float(go) if scalar else 1.0
+        torch.mm(S, k, out=dq[r0:r1]).mul_(a / spec.t)
+        dk.addmm_(S.T, qs, alpha=a)
+        return loss
+    # labels mode: dS = go·softmax − go/|P_i| on the positives; the positive part via label sums
+    w = (go.expand(c) if scalar else go) / npos
+    if not scalar:
+        S.mul_(go[:, None])
+    a = float(go) if scalar else 1.0
+    torch.mm(S, k, out=dq[r0:r1])
+    if a != 1.0:
+        dq[r0:r1].mul_(a)
+    dq[r0:r1].sub_(w[:, None] * sum_pos_k).mul_(1.0 / spec.t)
+    dk.addmm_(S.T, qs, alpha=a)
     wq = w[:, None] * qs
-    dk -= _label_sums(wq, ix.q_labels[r0:r1], like=k, k_labels=ix.k_labels)
+    ws.label_acc.index_add_(0, y, -wq)  # applied to every k row of that label at the end
     if self_rc is not None:
         dk.index_add_(0, self_rc[1], wq[self_rc[0]])  # the anchor is not its own positive
-    return loss, dq, dk
+    return loss
 
 
-def _label_sums(x: Tensor, labels: Tensor, like: Tensor | None = None, k_labels: Tensor | None = None):
-    """Per-label sums of the rows of x. With ``like``/``k_labels``: scatter them back onto k's rows."""
-    nl = int(labels.max().item()) + 1 if k_labels is None else int(max(labels.max(), k_labels.max())) + 1
-    sums = torch.zeros(nl, x.shape[1], dtype=x.dtype, device=x.device)
-    sums.index_add_(0, labels, x)
-    if like is None:
-        return sums
-    return sums[k_labels]
-
-
-def _chunk_general(q, k, qs, S, spec, ix, r0, r1, go, self_rc):
-    """Every other case: masks, β tilt, extra log-weights, nominal N, τ⁺ debiasing, label positives."""
+def _chunk_general(k, qs, S, spec, ix, ws, r0, r1, go, dq, dk, self_rc) -> Tensor:
+    """Every other case: label masks, β tilt, extra log-weights, nominal N, τ⁺ debiasing, label positives."""
     c, m = S.shape
     dev = S.device
     rows = torch.arange(c, device=dev)
-    # -- which candidates are valid negatives ------------------------------------------------
-    if spec.negatives == "other_labels":
-        invalid = ix.q_labels[r0:r1, None] == ix.k_labels[None, :]
-    else:
-        invalid = torch.zeros(c, m, dtype=torch.bool, device=dev)
-    if self_rc is not None:
-        invalid[self_rc[0], self_rc[1]] = True
-    if spec.positives == "index":
-        pcol = ix.pos_index[r0:r1]
-        invalid[rows, pcol] = True
-        posmask = None
-    else:
-        posmask = ix.q_labels[r0:r1, None] == ix.k_labels[None, :]
-        if self_rc is not None:
-            posmask[self_rc[0], self_rc[1]] = False
+    labels_mode = spec.positives == "labels"
+    pcol = None if labels_mode else ix.pos_index[r0:r1]
+    same_cols = pvalid = None
+    if labels_mode or spec.negatives == "other_labels":
+        pad = pcol if pcol is not None else ix.k_order[ix.label_start[ix.q_labels[r0:r1]]]
+        same_cols, same_valid = _same_label_cols(ix, r0, r1, pad)
+        if labels_mode:
+            pvalid = same_valid
+            if ix.self_index is not None:
+                pvalid = pvalid & (same_cols != ix.self_index[r0:r1, None])
+    # -- positive similarities, read before masking -----------------------------------------
+    sp = S[rows, pcol].clone() if pcol is not None else S.gather(1, same_cols)  # (c,) or (c, P)
     extra = None
     if spec.log_weight_fn is not None:
         extra = spec.log_weight_fn(S * spec.t, slice(r0, r1))
-        if extra.shape != S.shape:
-            raise ValueError(f"log_weight_fn must return shape {tuple(S.shape)}, got {tuple(extra.shape)}")
+        if tuple(extra.shape) != (c, m):
+            raise ValueError(f"log_weight_fn must return shape {(c, m)}, got {tuple(extra.shape)}")
         extra = extra.to(S.dtype)
-        invalid = invalid | torch.isneginf(extra)
-        extra = extra.masked_fill(invalid, 0.0)
-    cnt = (~invalid).sum(1)
+
+    def mask_(X: Tensor) -> None:  # masks as −∞, written by scatter (no (c × m) boolean pass)
+        if self_rc is not None:
+            X[self_rc[0], self_rc[1]] = _NEG_INF
+        if pcol is not None:
+            X[rows, pcol] = _NEG_INF
+        if spec.negatives == "other_labels":
+            X.scatter_(1, same_cols, _NEG_INF)
+
+    mask_(S)
+    tilted = spec.beta != 0.0 or extra is not None
+    A = None
+    if tilted:  # A = β S + extra (log π numerators);  S ← S + A (log π̃ numerators)
+        A = ws.second(c)
+        if spec.beta != 0.0:
+            torch.mul(S, spec.beta, out=A)
+            if extra is not None:
+                A.add_(extra)
+        else:
+            A.copy_(extra)
+            mask_(A)
+        S.add_(A)
+    cnt = torch.isfinite(S).sum(1) if extra is not None else ix.n_valid[r0:r1]
     if bool((cnt == 0).any()):
         bad = (torch.nonzero(cnt == 0).flatten() + r0).tolist()
         raise ValueError(f"anchors {bad[:10]}{'…' if len(bad) > 10 else ''} have no valid negative candidate")
-    if spec.n_neg is None:
-        logN = torch.log(cnt.to(S.dtype))
-    else:
-        logN = torch.full((c,), math.log(spec.n_neg), dtype=S.dtype, device=dev)
-    tilted = spec.beta != 0.0 or extra is not None
-    # -- log of N Σ_j π_ij e^{S_ij} ------------------------------------------------------------
-    B = S.masked_fill(invalid, _NEG_INF)  # log π̃ numerators: a + S with a = β S + extra
-    if tilted:
-        A = S * spec.beta if spec.beta != 0.0 else torch.zeros_like(S)
-        if extra is not None:
-            A += extra
-        A.masked_fill_(invalid, _NEG_INF)
-        B += A
-        lse_a = torch.logsumexp(A, dim=1)
-    else:
-        lse_a = torch.log(cnt.to(S.dtype))
-    lse_b = torch.logsumexp(B, dim=1)
+    cntf = cnt.to(S.dtype)
+    logN = torch.log(cntf) if spec.n_neg is None else torch.full((c,), math.log(spec.n_neg), dtype=S.dtype, device=dev)
+    # -- log of N Σ_j π_ij e^{S_ij} = log N + lse(a + S) − lse(a) -------------------------------
+    lse_b = _softmax_lse_(S)  # S now holds π̃ = softmax(a + S)
+    lse_a = _softmax_lse_(A) if A is not None else torch.log(cntf)  # A now holds π
     neg = logN + lse_b - lse_a  # (c,)
-    # -- per-positive terms --------------------------------------------------------------------
-    if posmask is None:
-        sp = S[rows, pcol]  # (c,)
+    # -- per-positive terms ------------------------------------------------------------------
+    if not labels_mode:
         g, dg_dneg, dg_dsp = _debias(neg, sp, logN, spec)
-        ell, dl_dg, dl_dsp = _per_positive(g, sp, spec)
-        loss = ell
+        loss, dl_dg, dl_dsp = _per_positive(g, sp, spec)
         npos = None
     else:
-        npos = posmask.sum(1).to(S.dtype)
+        npos = ix.n_pos[r0:r1].to(S.dtype)
+        pv = pvalid.to(S.dtype)
         if spec.tau_plus == 0.0 and not spec.include_positive:
-            loss = npos * neg - (S * posmask).sum(1)
-            g = dg_dneg = dg_dsp = dl_dg = dl_dsp = None
+            loss = npos * neg - (sp * pv).sum(1)
+            dl_dg = None
         else:
-            SP = S.masked_fill(~posmask, 0.0)
-            g, dg_dneg, dg_dsp = _debias(neg[:, None], SP, logN[:, None], spec)
-            ell, dl_dg, dl_dsp = _per_positive(g, SP, spec)
-            loss = (ell * posmask).sum(1)
+            g, dg_dneg, dg_dsp = _debias(neg[:, None], sp, logN[:, None], spec)
+            ell, dl_dg, dl_dsp = _per_positive(g, sp, spec)
+            loss = (ell * pv).sum(1)
         if spec.positive_reduce == "mean":
             loss = loss / npos
     if go is None:
-        return loss, None, None
-    # -- gradient wrt S ------------------------------------------------------------------------
-    go = go.expand(c) if go.numel() == 1 else go
-    w = go if (npos is None or spec.positive_reduce == "pairs") else go / npos
-    if posmask is None:
+        return loss
+    # -- gradient wrt S: γ_i [(1 + β) π̃ − β π] (only π̃ when π is detached) + δ on the positives ----
+    scalar = go.dim() == 0
+    go_c = go.expand(c) if scalar else go
+    w = go_c if (npos is None or spec.positive_reduce == "pairs") else go_c / npos
+    if not labels_mode:
         gamma = w * dl_dg * dg_dneg
         delta = w * (dl_dsp + dl_dg * dg_dsp)
     elif dl_dg is None:
         gamma = w * npos
-        delta = None
+        delta = -pv * w[:, None]
     else:
-        gpos = (dl_dg * dg_dneg) * posmask
-        gamma = w * gpos.sum(1)
-        delta = (dl_dsp + dl_dg * dg_dsp) * posmask * w[:, None]
-    # d neg / d S = (1 + β) π̃ − β π   (π̃ ∝ e^{a+S}, π ∝ e^{a}); with detached weights only π̃
-    dS = torch.softmax(B, dim=1)
-    if tilted and spec.beta != 0.0 and not spec.detach_weights:
-        dS.mul_(1.0 + spec.beta).sub_(torch.softmax(A, dim=1), alpha=spec.beta)
-    dS.mul_(gamma[:, None])
-    if posmask is None:
-        dS[rows, pcol] += delta
-    elif delta is not None:
-        dS += delta
+        gamma = w * (dl_dg * dg_dneg * pv).sum(1)
+        delta = (dl_dsp + dl_dg * dg_dsp) * pv * w[:, None]
+    D = S
+    if A is not None and spec.beta != 0.0 and not spec.detach_weights:
+        D.mul_(1.0 + spec.beta).sub_(A, alpha=spec.beta)
+    D.mul_(gamma[:, None])
+    if not labels_mode:
+        D[rows, pcol] += delta
     else:
-        dS -= posmask * w[:, None]
-    dq = (dS @ k) * (1.0 / spec.t)
-    dk = dS.T @ qs
-    return loss, dq, dk
+        D.scatter_add_(1, same_cols, delta)
+    torch.mm(D, k, out=dq[r0:r1]).mul_(1.0 / spec.t)
+    dk.addmm_(D.T, qs)
+    return loss
 
 
 def _debias(neg: Tensor, sp: Tensor, logN: Tensor, spec: KernelSpec):
     """g = log G with Chuang et al.'s estimator; returns (g, ∂g/∂neg, ∂g/∂s_p)."""
     if spec.tau_plus == 0.0:
-        one = torch.ones_like(neg + sp)
-        return neg.expand_as(one) if neg.dim() < one.dim() else neg, one, torch.zeros_like(one)
+        g = neg.expand_as(sp) if neg.dim() < sp.dim() or neg.shape != sp.shape else neg
+        return g, 1.0, 0.0
     tp = spec.tau_plus
     x = sp + (math.log(tp) + logN) - neg  # τ⁺ N e^{s_p} / (N Σ π e^{s})
     floor = logN - 1.0 / spec.t  # log(N e^{−1/t})
@@ -302,7 +338,7 @@ def _per_positive(g: Tensor, sp: Tensor, spec: KernelSpec):
         z = g - sp
         sig = torch.sigmoid(z)
         return F.softplus(z), sig, -sig
-    return g - sp, torch.ones_like(g), -torch.ones_like(g)
+    return g - sp, 1.0, -1.0
 
 
 # --------------------------------------------------------------------------------------------
@@ -310,32 +346,42 @@ def _per_positive(g: Tensor, sp: Tensor, spec: KernelSpec):
 # --------------------------------------------------------------------------------------------
 
 
+def _run_chunks(q: Tensor, k: Tensor, spec: KernelSpec, ix: _Index, go: Tensor | None):
+    """All chunks; returns (per-anchor losses, dQ, dK) — the gradients only when ``go`` is given."""
+    n, m = q.shape[0], k.shape[0]
+    n_labels = int(ix.label_count.shape[0]) if ix.label_count is not None else 0
+    lean_labels = spec.lean and spec.positives == "labels"
+    ws = _Workspace(min(spec.chunk_size, n), m, q.dtype, q.device, n_labels if lean_labels else 0, q.shape[1])
+    if lean_labels:
+        ws.k_label_sums = torch.zeros(n_labels, k.shape[1], dtype=k.dtype, device=k.device).index_add_(
+            0, ix.k_labels, k
+        )
+    losses = torch.empty(n, dtype=q.dtype, device=q.device)
+    dq = torch.empty_like(q) if go is not None else None
+    dk = torch.zeros_like(k) if go is not None else None
+    for r0 in range(0, n, spec.chunk_size):
+        r1 = min(n, r0 + spec.chunk_size)
+        go_c = None if go is None else (go if go.dim() == 0 else go[r0:r1])
+        losses[r0:r1] = _chunk(q, k, spec, ix, ws, r0, r1, go_c, dq, dk)
+    if go is not None and lean_labels:
+        dk += ws.label_acc[ix.k_labels]
+    return losses, dq, dk
+
+
 class _WeightedInfoNCE(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q: Tensor, k: Tensor, spec: KernelSpec, ix: _Index, scale: float):  # type: ignore[override]
-        n = q.shape[0]
         need_grad = ctx.needs_input_grad[0] or ctx.needs_input_grad[1]
         eager = need_grad and spec.reduction != "none"
-        losses = torch.empty(n, dtype=q.dtype, device=q.device)
-        dq = torch.empty_like(q) if eager else None
-        dk = torch.zeros_like(k) if eager else None
         go = torch.tensor(scale, dtype=q.dtype, device=q.device) if eager else None
         with torch.no_grad():
-            for r0 in range(0, n, spec.chunk_size):
-                r1 = min(n, r0 + spec.chunk_size)
-                loss_c, dq_c, dk_c = _chunk(q, k, spec, ix, r0, r1, go)
-                losses[r0:r1] = loss_c
-                if eager:
-                    dq[r0:r1] = dq_c
-                    dk += dk_c
+            losses, dq, dk = _run_chunks(q, k, spec, ix, go)
         ctx.spec, ctx.ix, ctx.eager = spec, ix, eager
         if eager:
             ctx.save_for_backward(dq, dk)
-            out = losses.sum() * scale
         else:
             ctx.save_for_backward(q, k)
-            out = losses if spec.reduction == "none" else losses.sum() * scale
-        return out
+        return losses if spec.reduction == "none" else losses.sum() * scale
 
     @staticmethod
     def backward(ctx, grad_out: Tensor):  # type: ignore[override]
@@ -343,18 +389,8 @@ class _WeightedInfoNCE(torch.autograd.Function):
             dq, dk = ctx.saved_tensors
             return dq * grad_out, dk * grad_out, None, None, None
         q, k = ctx.saved_tensors
-        spec, ix = ctx.spec, ctx.ix
-        n = q.shape[0]
-        dq = torch.empty_like(q)
-        dk = torch.zeros_like(k)
-        go_all = grad_out.to(q.dtype)
         with torch.no_grad():
-            for r0 in range(0, n, spec.chunk_size):
-                r1 = min(n, r0 + spec.chunk_size)
-                go = go_all[r0:r1] if go_all.dim() else go_all
-                _, dq_c, dk_c = _chunk(q, k, spec, ix, r0, r1, go)
-                dq[r0:r1] = dq_c
-                dk += dk_c
+            _, dq, dk = _run_chunks(q, k, ctx.spec, ctx.ix, grad_out.to(q.dtype).contiguous())
         return dq, dk, None, None, None
 
 
@@ -373,12 +409,13 @@ def _check_embeddings(q: Tensor, k: Tensor) -> None:
             raise ValueError(f"{name} is empty: need at least one row, got shape {tuple(x.shape)}")
         if not x.is_floating_point():
             raise TypeError(f"{name} must be a floating-point tensor, got {x.dtype}")
-        if not bool(torch.isfinite(x).all()):
-            raise ValueError(f"{name} contains NaN or inf values")
     if q.shape[1] != k.shape[1]:
         raise ValueError(f"q and k must have the same embedding dim, got {q.shape[1]} and {k.shape[1]}")
     if q.device != k.device:
         raise ValueError(f"q and k must be on the same device, got {q.device} and {k.device}")
+    for name, x in (("q", q), ("k", k)) if k is not q else (("q", q),):
+        if not bool(torch.isfinite(x).all()):
+            raise ValueError(f"{name} contains NaN or inf values")
 
 
 def _check_index(name: str, x: Tensor | None, n: int, m: int, device, allow_neg: bool) -> Tensor | None:
@@ -498,19 +535,22 @@ def weighted_info_nce(
         bad = torch.nonzero(pos_index == self_index).flatten().tolist()
         raise ValueError(f"anchors {bad[:10]} have pos_index equal to self_index (an anchor is not its own positive)")
 
-    n_pos = ref_col = None
+    n_pos = None
+    has_self = (self_index >= 0).long() if self_index is not None else torch.zeros(n, dtype=torch.long, device=dev)
+    has_pos = 1 if positives == "index" else 0
+    order = start = k_count = None
     if needs_labels:
-        # Dense label ids (so per-label sums are small) and per-anchor positive / negative counts.
+        # Dense label ids, candidates sorted by label, per-anchor positive / negative counts (all O(n + m)).
         uniq, inv = torch.unique(torch.cat([q_labels, k_labels]), return_inverse=True)
         q_labels, k_labels = inv[:n], inv[n:]
         k_count = torch.bincount(k_labels, minlength=len(uniq))
+        order = torch.argsort(k_labels, stable=True)
+        start = torch.cumsum(k_count, 0) - k_count
         same = k_count[q_labels]
+        self_same = torch.zeros_like(same)
         if self_index is not None:
-            has_self = self_index >= 0
-            self_same = torch.zeros_like(same)
-            self_same[has_self] = (k_labels[self_index[has_self]] == q_labels[has_self]).long()
-        else:
-            self_same = torch.zeros_like(same)
+            hs = self_index >= 0
+            self_same[hs] = (k_labels[self_index[hs]] == q_labels[hs]).long()
         if positives == "labels":
             n_pos = same - self_same
             if bool((n_pos == 0).any()):
@@ -519,22 +559,19 @@ def weighted_info_nce(
                     f"anchors {bad[:10]}{'…' if len(bad) > 10 else ''} have no positive "
                     "(no other candidate with the same label)"
                 )
-            # one positive column per anchor: the first or second candidate of its label
-            order = torch.argsort(k_labels, stable=True)
-            start = torch.cumsum(k_count, 0) - k_count
-            first = order[start[q_labels]]
-            second = order[torch.clamp(start[q_labels] + 1, max=m - 1)]
-            ref_col = torch.where(first == (self_index if self_index is not None else -1), second, first)
         if negatives == "other_labels":
-            n_other = m - same
-            if bool((n_other == 0).any()):
-                bad = torch.nonzero(n_other == 0).flatten().tolist()
-                raise ValueError(
-                    f"anchors {bad[:10]}{'…' if len(bad) > 10 else ''} have no valid negative "
-                    "(every candidate shares their label)"
-                )
-    elif m - (self_index is not None) - (pos_index is not None) < 1:
-        raise ValueError(f"need at least one candidate negative per anchor; k has only {m} rows")
+            pos_other = (k_labels[pos_index] != q_labels).long() if positives == "index" else 0
+            n_valid = m - same - (has_self - self_same) - pos_other
+        else:
+            n_valid = m - has_self - has_pos
+    else:
+        n_valid = m - has_self - has_pos
+    if bool((n_valid <= 0).any()):
+        bad = torch.nonzero(n_valid <= 0).flatten().tolist()
+        raise ValueError(
+            f"anchors {bad[:10]}{'…' if len(bad) > 10 else ''} have no valid negative "
+            f"(k has {m} rows; with negatives={negatives!r} none is left after excluding self, positive, same label)"
+        )
 
     spec = KernelSpec(
         t=float(t),
@@ -551,13 +588,15 @@ def weighted_info_nce(
         reduction=reduction,
         chunk_size=chunk_size or _default_chunk(n, m),
     )
-    ix = _Index(pos_index, self_index, q_labels, k_labels, n_pos, ref_col)
+    ix = _Index(pos_index, self_index, q_labels, k_labels, n_pos, n_valid, order, start, k_count)
     in_dtype = q.dtype
+    same = k is q
     if normalize:
         q = F.normalize(q, dim=1)
-        k = F.normalize(k, dim=1)
+        k = q if same else F.normalize(k, dim=1)
     if in_dtype in (torch.float16, torch.bfloat16):  # accumulate in float32
-        q, k = q.float(), k.float()
+        q = q.float()
+        k = q if same else k.float()
     if reduction == "mean":
         denom = float(n_pos.sum()) if (positives == "labels" and positive_reduce == "pairs") else float(n)
         scale = 1.0 / denom

@@ -25,7 +25,7 @@ def _two_views(z1: Tensor, z2: Tensor | None, labels: Tensor | None, need_labels
             raise TypeError(f"z2 must be a torch.Tensor, got {type(z2).__name__}")
         if z2.shape != z1.shape:
             raise ValueError(f"z2 must have the same shape as z1 {tuple(z1.shape)}, got {tuple(z2.shape)}")
-        if z2.device != z1.device:
+        if z2.device != z1.device:  # checked before anything touches the data
             raise ValueError(f"z1 and z2 must be on the same device, got {z1.device} and {z2.device}")
     if need_labels and labels is None:
         raise ValueError("labels are required for this loss: an integer tensor of shape (B,)")

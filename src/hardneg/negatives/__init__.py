@@ -1,1 +1,81 @@
-"""hardneg.negatives"""
+"""hardneg.negatives: where candidate negatives come from, which are filtered out, how π is shaped.
+
+Compose a :class:`Strategy` from sources, filters, weightings and schedules, or name a preset with
+:func:`create_strategy` / :func:`from_config` (see docs/strategies.md).
+"""
+
+from hardneg.negatives.adversarial import AdversarialBank, NegativeGenerator
+from hardneg.negatives.diagnostics import DiagnosticsAccumulator, negative_diagnostics
+from hardneg.negatives.filters import GuideFilter, IdFilter, LabelFilter, SimilarityFilter
+from hardneg.negatives.mixing import Mixing, mochi_mix
+from hardneg.negatives.queue import MemoryQueue, MomentumEncoder
+from hardneg.negatives.registry import (
+    build_filter,
+    build_source,
+    build_weighting,
+    create_strategy,
+    describe_strategies,
+    from_config,
+    list_strategies,
+)
+from hardneg.negatives.schedules import Constant, Cosine, Linear, Step, make_schedule
+from hardneg.negatives.sources import ExternalPool, InBatch
+from hardneg.negatives.strategy import Strategy
+from hardneg.negatives.text_negatives import TextNegatives, negate, shuffle_words, swap_antonym, swap_entities
+from hardneg.negatives.weighting import (
+    Calibrated,
+    ClusterGuided,
+    DistanceWeighted,
+    SemiHard,
+    Tilt,
+    TopK,
+    Uniform,
+    distance_weighted_log_weights,
+    semihard_mask,
+    topk_mask,
+)
+
+__all__ = [
+    "Strategy",
+    "create_strategy",
+    "from_config",
+    "list_strategies",
+    "describe_strategies",
+    "build_source",
+    "build_filter",
+    "build_weighting",
+    "InBatch",
+    "MemoryQueue",
+    "MomentumEncoder",
+    "ExternalPool",
+    "Mixing",
+    "mochi_mix",
+    "AdversarialBank",
+    "NegativeGenerator",
+    "LabelFilter",
+    "IdFilter",
+    "SimilarityFilter",
+    "GuideFilter",
+    "Uniform",
+    "TopK",
+    "SemiHard",
+    "Tilt",
+    "DistanceWeighted",
+    "ClusterGuided",
+    "Calibrated",
+    "topk_mask",
+    "semihard_mask",
+    "distance_weighted_log_weights",
+    "Constant",
+    "Linear",
+    "Cosine",
+    "Step",
+    "make_schedule",
+    "DiagnosticsAccumulator",
+    "negative_diagnostics",
+    "TextNegatives",
+    "negate",
+    "swap_antonym",
+    "swap_entities",
+    "shuffle_words",
+]

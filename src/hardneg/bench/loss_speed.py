@@ -1,0 +1,243 @@
+"""Loss forward+backward time and peak extra memory against pytorch-metric-learning (issue 3).
+
+For every size 2B, in one process (so the ratios compare like with like on a noisy machine):
+
+- hardneg ``supcon``, ``hscl`` (paper-code variant, β = 1) and ``ucl``;
+- pytorch-metric-learning ``SupConLoss`` and ``NTXentLoss`` (the anchors users switch from);
+- a plain dense PyTorch SupCon (full similarity matrix + log_softmax);
+- the *floor*: the three bare matrix products every InfoNCE loss needs (S = QKᵀ, dQ = G K,
+  dK = Gᵀ Q), chunked like our kernel so that it fits in memory at 2B = 65,536.
+
+Peak extra memory is measured separately for each case in a fresh subprocess: the peak resident
+set size is reset (``/proc/self/clear_refs``) once the inputs exist, and the growth of the peak
+(``VmHWM``) over the resident size at that moment is reported.
+Cases whose estimated memory exceeds ``--max-gb`` are skipped with the reason printed.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+D = 128
+CLASSES = 100
+
+
+@dataclass(frozen=True)
+class Case:
+    name: str
+    kind: str  # "ours" | "anchor" | "floor"
+    est_bytes: Callable[[int], float]  # rough peak memory as a function of n = 2B
+
+
+def _inputs(n: int, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    z = torch.nn.functional.normalize(torch.randn(n, D, generator=g), dim=1)
+    z1 = z[: n // 2].clone().requires_grad_(True)
+    z2 = (z[n // 2 :] + 0.1 * torch.randn(n // 2, D, generator=g)).requires_grad_(True)
+    y = torch.randint(0, CLASSES, (n // 2,), generator=g)
+    return z1, z2, y
+
+
+def _run_case(name: str, z1, z2, y) -> None:
+    """One forward + backward of the named case."""
+    import hardneg.losses as L
+
+    if name == "floor":
+        # the three products, chunked like the kernel, into preallocated buffers (no page faults)
+        q = torch.cat([z1, z2]).detach()
+        n = q.shape[0]
+        chunk = min(n, max(64, (1 << 23) // n))
+        s = torch.empty(chunk, n)
+        dq = torch.empty_like(q)
+        dk = torch.zeros_like(q)
+        for r0 in range(0, n, chunk):
+            r1 = min(n, r0 + chunk)
+            torch.mm(q[r0:r1], q.T, out=s[: r1 - r0])
+            torch.mm(s[: r1 - r0], q, out=dq[r0:r1])
+            dk.addmm_(s[: r1 - r0].T, q[r0:r1])
+        return
+    if name == "hardneg.supcon":
+        loss = L.supcon(z1, z2, y, t=0.1)
+    elif name == "hardneg.hscl":
+        loss = L.hscl(z1, z2, y, beta=1.0, t=0.5)
+    elif name == "hardneg.ucl":
+        loss = L.ucl(z1, z2, t=0.5)
+    elif name == "pml.SupConLoss":
+        from pytorch_metric_learning.losses import SupConLoss
+
+        loss = SupConLoss(temperature=0.1)(torch.cat([z1, z2]), torch.cat([y, y]))
+    elif name == "pml.NTXentLoss":
+        from pytorch_metric_learning.losses import NTXentLoss
+
+        ids = torch.arange(z1.shape[0])
+        loss = NTXentLoss(temperature=0.5)(torch.cat([z1, z2]), torch.cat([ids, ids]))
+    elif name == "torch.dense_supcon":
+        z = torch.nn.functional.normalize(torch.cat([z1, z2]), dim=1)
+        yy = torch.cat([y, y])
+        n = z.shape[0]
+        logits = (z @ z.T) / 0.1
+        eye = torch.eye(n, dtype=torch.bool)
+        logits = logits.masked_fill(eye, float("-inf"))
+        logp = torch.log_softmax(logits, dim=1).masked_fill(eye, 0.0)
+        pos = (yy[:, None] == yy[None, :]) & ~eye
+        loss = -((logp * pos).sum(1) / pos.sum(1)).mean()
+    else:
+        raise ValueError(f"unknown case {name!r}")
+    loss.backward()
+
+
+CASES = [
+    Case("floor", "floor", lambda n: 3 * 4 * n * D),
+    Case("hardneg.ucl", "ours", lambda n: 8 * 4 * n * D + 2 * 4 * n * min(n, max(64, (1 << 23) // n))),
+    Case("hardneg.supcon", "ours", lambda n: 8 * 4 * n * D + 2 * 4 * n * min(n, max(64, (1 << 23) // n))),
+    Case("hardneg.hscl", "ours", lambda n: 8 * 4 * n * D + 8 * 4 * n * min(n, max(64, (1 << 23) // n))),
+    Case("pml.SupConLoss", "anchor", lambda n: 45.0 * n * n),  # measured: 2.9 GB at 2B = 8192
+    Case("pml.NTXentLoss", "anchor", lambda n: 16.0 * n**3),  # (pairs × negatives) tensor: 17 GB at 1024
+    Case("torch.dense_supcon", "anchor", lambda n: 20.0 * n * n),  # 4.8 GB at 16384
+]
+
+
+def _time_once(name: str, n: int) -> float:
+    z1, z2, y = _inputs(n)
+    t0 = time.perf_counter()
+    _run_case(name, z1, z2, y)
+    return time.perf_counter() - t0
+
+
+_MEMORY_PROBE = """
+import gc, json, torch
+torch.set_num_threads({threads})
+from hardneg.bench.loss_speed import _inputs, _run_case
+_run_case({name!r}, *_inputs(64))  # lazy initialisation is not the case's memory
+z1, z2, y = _inputs({n})
+gc.collect()
+def status(key):
+    for line in open("/proc/self/status"):
+        if line.startswith(key):
+            return int(line.split()[1]) * 1024
+with open("/proc/self/clear_refs", "w") as f:
+    f.write("5")  # reset the peak resident set size (VmHWM) to the current size
+base = status("VmRSS:")
+_run_case({name!r}, z1, z2, y)
+print(json.dumps(status("VmHWM:") - base))
+"""
+
+
+def _measure_memory(name: str, n: int, threads: int) -> float | None:
+    """Peak extra resident memory (bytes) of one forward+backward, in a fresh subprocess (Linux)."""
+    code = _MEMORY_PROBE.format(threads=threads, name=name, n=n)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=3600)
+    if out.returncode != 0:
+        return None
+    return float(out.stdout.strip().splitlines()[-1])
+
+
+def run(
+    sizes: list[int],
+    repeats: int = 3,
+    threads: int = 2,
+    max_gb: float = 20.0,
+    memory: bool = True,
+    cases: list[str] | None = None,
+    echo: Callable[[str], None] = print,
+) -> list[dict]:
+    """Run the benchmark; return one row per (size, case) and print a table with ratios."""
+    torch.set_num_threads(threads)
+    rows: list[dict] = []
+    selected = [c for c in CASES if cases is None or c.name in cases or c.kind == "floor"]
+    for n in sizes:
+        if n % 2:
+            raise ValueError(f"sizes are 2B and must be even, got {n}")
+        times: dict[str, float] = {}
+        skipped: dict[str, str] = {}
+        runnable = []
+        for c in selected:
+            est = c.est_bytes(n) / 1e9
+            if est > max_gb:
+                skipped[c.name] = f"skipped: needs ~{est:,.0f} GB (> {max_gb:g} GB)"
+            else:
+                runnable.append(c)
+        reps = repeats if n <= 8192 else 1
+        for c in runnable:  # warm-up: lazy imports and first-call initialisation are not timed
+            _run_case(c.name, *_inputs(64))
+        samples: dict[str, list[float]] = {c.name: [] for c in runnable}
+        for _ in range(reps):  # interleave cases so that machine noise hits all of them alike
+            for c in runnable:
+                samples[c.name].append(_time_once(c.name, n))
+        for c in runnable:
+            times[c.name] = sorted(samples[c.name])[len(samples[c.name]) // 2]
+        for c in selected:
+            row = {"2B": n, "case": c.name, "kind": c.kind}
+            if c.name in skipped:
+                row["skipped"] = skipped[c.name]
+            else:
+                row["seconds"] = times[c.name]
+                row["x_floor"] = times[c.name] / times["floor"]
+                if memory:
+                    row["peak_extra_bytes"] = _measure_memory(c.name, n, threads)
+            rows.append(row)
+        for c in selected:
+            if c.kind == "ours" and c.name in times:
+                mine = next(r for r in rows if r["2B"] == n and r["case"] == c.name)
+                for a in ("pml.SupConLoss", "pml.NTXentLoss", "torch.dense_supcon"):
+                    if a in times:
+                        mine[f"speedup_vs_{a}"] = times[a] / times[c.name]
+        echo(format_table([r for r in rows if r["2B"] == n]))
+    return rows
+
+
+def _fmt_bytes(b: float | None) -> str:
+    if b is None:
+        return "n/a"
+    return f"{b / 2**30:.2f} GB" if b >= 2**30 else f"{b / 2**20:.0f} MB"
+
+
+def format_table(rows: list[dict]) -> str:
+    """Markdown table: time, × floor, peak extra memory, speed-up over each anchor."""
+    lines = [
+        "| 2B | case | time | × floor | peak extra mem | vs PML SupCon | vs PML NTXent | vs dense torch |",
+        "|---:|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        if "skipped" in r:
+            lines.append(f"| {r['2B']} | {r['case']} | {r['skipped']} | | | | | |")
+            continue
+        sp = [r.get(f"speedup_vs_{a}") for a in ("pml.SupConLoss", "pml.NTXentLoss", "torch.dense_supcon")]
+        sps = [f"{x:.1f}× faster" if x else "" for x in sp]
+        t = r["seconds"]
+        ts = f"{t * 1e3:.1f} ms" if t < 1 else f"{t:.2f} s"
+        lines.append(
+            f"| {r['2B']} | {r['case']} | {ts} | {r['x_floor']:.2f} | {_fmt_bytes(r.get('peak_extra_bytes'))} | "
+            + " | ".join(sps)
+            + " |"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    import argparse
+
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--sizes", default="512,2048,8192,32768,65536")
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--max-gb", type=float, default=20.0)
+    p.add_argument("--no-memory", action="store_true")
+    p.add_argument("--json", default=None, help="also write the rows to this JSON file")
+    a = p.parse_args(argv)
+    rows = run([int(s) for s in a.sizes.split(",")], a.repeats, a.threads, a.max_gb, not a.no_memory)
+    if a.json:
+        from hardneg.io import atomic_write_text
+
+        atomic_write_text(a.json, json.dumps(rows, indent=1))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,61 @@
+"""`hardneg bench loss`: loss speed and memory against pytorch-metric-learning (prints ratios)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+
+from hardneg.cli.app import app
+
+bench_app = typer.Typer(help="Benchmarks that print measured ratios against the anchors run in the same process.")
+app.add_typer(bench_app, name="bench")
+
+README_START = "<!-- bench:loss:start -->"
+README_END = "<!-- bench:loss:end -->"
+
+
+def _parse_sizes(sizes: str) -> list[int]:
+    try:
+        out = [int(s) for s in sizes.split(",") if s.strip()]
+    except ValueError:
+        raise ValueError(f"--sizes must be comma-separated even integers (2B), got {sizes!r}") from None
+    if not out or any(s < 4 or s % 2 for s in out):
+        raise ValueError(f"--sizes must be even integers >= 4 (2B), got {sizes!r}")
+    return out
+
+
+def update_readme(readme: Path, table: str, command: str) -> None:
+    """Replace the text between the bench markers of ``readme`` with ``table`` (atomically)."""
+    from hardneg.io import atomic_write_text
+
+    text = readme.read_text(encoding="utf-8")
+    if README_START not in text or README_END not in text:
+        raise ValueError(f"{readme} has no {README_START} … {README_END} section to update")
+    head, rest = text.split(README_START, 1)
+    _, tail = rest.split(README_END, 1)
+    body = f"{README_START}\nRegenerate with `{command}`.\n\n{table}\n{README_END}"
+    atomic_write_text(readme, head + body + tail)
+
+
+@bench_app.command("loss")
+def bench_loss(
+    sizes: str = typer.Option("512,2048,8192,32768,65536", help="comma-separated 2B values"),
+    repeats: int = typer.Option(3, min=1, help="timed repeats per case (sizes > 8192: 1)"),
+    threads: int = typer.Option(2, min=1, help="torch threads"),
+    max_gb: float = typer.Option(20.0, help="skip a case whose estimated memory exceeds this"),
+    memory: bool = typer.Option(True, help="measure peak extra memory per case in a fresh subprocess"),
+    json_out: Path | None = typer.Option(None, "--json", help="write the rows as JSON"),
+    readme: Path | None = typer.Option(None, help="update the performance table of this README"),
+) -> None:
+    """Forward+backward time and peak memory of hardneg's supcon/hscl/ucl vs PML, dense torch and the floor."""
+    from hardneg.bench.loss_speed import format_table, run
+    from hardneg.io import atomic_write_text
+
+    rows = run(_parse_sizes(sizes), repeats, threads, max_gb, memory, echo=typer.echo)
+    if json_out:
+        atomic_write_text(json_out, json.dumps(rows, indent=1))
+    if readme:
+        update_readme(readme, format_table(rows), f"hardneg bench loss --sizes {sizes} --readme {readme}")
+        typer.echo(f"updated {readme}")

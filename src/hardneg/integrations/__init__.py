@@ -1,0 +1,1 @@
+"""Adapters that let other training frameworks use hardneg's losses and strategies."""

@@ -1,0 +1,300 @@
+"""Offline hard-negative mining: retrieve, window, filter, select (DESIGN.md §2 "offline mined").
+
+For query ``i`` with positive ``p`` and retrieved candidates ``j`` (cosine ``s_ij``, retrieval rank
+``r_ij`` among non-positive documents), the pipeline keeps ``j`` when
+
+- ``range_min ≤ r_ij < range_max`` (candidate window by rank),
+- its text differs from the query's and the positive's (``dedupe``),
+- its label set does not intersect the query's (``filter_labels``; known false negatives),
+- ``min_score ≤ s_ij ≤ max_score``,
+- ``s_ij ≤ s_ip − absolute_margin`` and ``s_ij ≤ s_ip − |s_ip|·relative_margin`` (margins to the
+  positive, NV-Retriever's TopK-MarginPos / TopK-PercPos, Moreira et al. 2024),
+- ``g(i, j) ≤ g(i, p) − guide_margin`` for a guide model's score ``g`` (GISTEmbed-style filter,
+  Solatorio 2024; a cross-encoder or a second bi-encoder),
+
+and then picks ``num_negatives`` of the survivors:
+
+- ``"top"``: the highest-ranked ones;
+- ``"uniform"``: uniformly without replacement;
+- ``"tilted"``: without replacement with probability ∝ ``exp(β·s_ij/t)`` — the tilted negative
+  distribution q(x⁻) ∝ η(s)·p(x⁻) of HCL (Robinson et al. 2021), restricted to the window —
+  implemented as Gumbel-top-k (Kool et al. 2019), exact for sampling without replacement.
+
+Every step is vectorised over (queries × candidates) arrays; sampling uses a seeded
+``numpy.random.Generator``, so mining is deterministic for a given seed.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+
+from hardneg.mining.index import build_index, measure_recall, parse_index_spec, search
+
+SAMPLING = ("top", "uniform", "tilted")
+OUTPUT_FORMATS = ("triplet", "n-tuple", "labeled-pair")
+FILTERS = ("duplicate", "false_negative_label", "min_score", "max_score", "absolute_margin",
+           "relative_margin", "guide")
+
+
+@dataclass
+class MineConfig:
+    """Knobs of :func:`mine_embeddings` (names follow ``sentence_transformers.util.mine_hard_negatives``)."""
+
+    num_negatives: int = 5
+    range_min: int = 0
+    range_max: int | None = None
+    absolute_margin: float | None = None
+    relative_margin: float | None = None
+    min_score: float | None = None
+    max_score: float | None = None
+    dedupe: bool = True
+    filter_labels: bool = False
+    guide_margin: float = 0.0
+    sampling: str = "top"
+    beta: float = 1.0
+    t: float = 0.05
+    seed: int = 0
+    index: str = "flat"
+    nprobe: int = 16
+    ef_search: int = 128
+    recall_sample: int = 1000
+
+    def validate(self) -> None:
+        if not isinstance(self.num_negatives, int) or self.num_negatives < 1:
+            raise ValueError(f"num_negatives must be an int >= 1, got {self.num_negatives!r}")
+        if not isinstance(self.range_min, int) or self.range_min < 0:
+            raise ValueError(f"range_min must be an int >= 0, got {self.range_min!r}")
+        if self.range_max is not None and (not isinstance(self.range_max, int) or self.range_max <= self.range_min):
+            raise ValueError(f"range_max must be an int > range_min={self.range_min}, got {self.range_max!r}")
+        if self.range_max is not None and self.range_max - self.range_min < self.num_negatives:
+            raise ValueError(
+                f"the window [range_min={self.range_min}, range_max={self.range_max}) holds fewer than "
+                f"num_negatives={self.num_negatives} candidates; widen it or lower num_negatives"
+            )
+        if self.sampling not in SAMPLING:
+            raise ValueError(f"sampling must be one of {SAMPLING}, got {self.sampling!r}")
+        if self.beta < 0:
+            raise ValueError(f"beta must be >= 0, got {self.beta}")
+        if self.t <= 0:
+            raise ValueError(f"t must be > 0, got {self.t}")
+        for name in ("absolute_margin", "relative_margin"):
+            v = getattr(self, name)
+            if v is not None and v < 0:
+                raise ValueError(f"{name} must be >= 0, got {v}")
+        if self.min_score is not None and self.max_score is not None and self.min_score > self.max_score:
+            raise ValueError(f"min_score ({self.min_score}) must be <= max_score ({self.max_score})")
+        if not isinstance(self.seed, int) or self.seed < 0:
+            raise ValueError(f"seed must be a non-negative int, got {self.seed!r}")
+        parse_index_spec(self.index)
+
+    def effective_range_max(self) -> int:
+        """Default window end as in sentence-transformers: ``range_min + num_negatives`` without
+        score filters, ``range_min + 10·num_negatives`` with any of them."""
+        if self.range_max is not None:
+            return self.range_max
+        filtered = any(
+            v is not None for v in (self.absolute_margin, self.relative_margin, self.min_score, self.max_score)
+        ) or self.filter_labels or self.sampling != "top"
+        return self.range_min + self.num_negatives * (10 if filtered else 1)
+
+
+@dataclass
+class MinedNegatives:
+    """Result of :func:`mine_embeddings`: ``neg_ids``/``neg_scores`` are (n, num_negatives), -1 / NaN
+    padded where fewer survivors existed, ordered by decreasing score."""
+
+    neg_ids: np.ndarray
+    neg_scores: np.ndarray
+    pos_scores: np.ndarray
+    n_found: np.ndarray
+    removed: dict[str, int]
+    removed_per_query: dict[str, np.ndarray]
+    candidates_in_window: int
+    positive_rank: np.ndarray  # number of non-positive docs scoring above the positive (within top-K; K if beyond)
+    fn_in_window: int | None = None
+    fn_selected: int | None = None
+    recall: float | None = None
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+def _rowwise_isin(ids: np.ndarray, sets: np.ndarray) -> np.ndarray:
+    """(n, K) ids vs (n, P) padded id sets (-1 = none): True where ids[i, k] ∈ sets[i]."""
+    return ((ids[:, :, None] == sets[:, None, :]) & (sets[:, None, :] >= 0)).any(-1)
+
+
+def _labels_intersect(q_rows: np.ndarray, c_ids: np.ndarray, q_labels, c_labels) -> np.ndarray:
+    """For flat pairs (q_rows[f], c_ids[f]): do the label sets intersect? (sparse row-wise dot)."""
+    import scipy.sparse as sp
+
+    vocab: dict = {}
+
+    def csr(label_lists, n):
+        indptr, indices = [0], []
+        for lab in label_lists:
+            lab = [lab] if isinstance(lab, (str, int)) else (lab or [])
+            indices.extend(vocab.setdefault(x, len(vocab)) for x in lab)
+            indptr.append(len(indices))
+        return indptr, indices
+
+    qp, qi = csr(q_labels, len(q_labels))
+    cp, ci = csr(c_labels, len(c_labels))
+    L = max(len(vocab), 1)
+    Q = sp.csr_matrix((np.ones(len(qi), np.float32), qi, qp), shape=(len(q_labels), L))
+    C = sp.csr_matrix((np.ones(len(ci), np.float32), ci, cp), shape=(len(c_labels), L))
+    if len(q_rows) == 0:
+        return np.zeros(0, dtype=bool)
+    hits = np.asarray(Q[q_rows].multiply(C[c_ids]).sum(1)).ravel()
+    return hits > 0
+
+
+def mine_embeddings(
+    q_emb: np.ndarray,
+    c_emb: np.ndarray,
+    pos_ids: Sequence[int] | np.ndarray,
+    config: MineConfig | None = None,
+    *,
+    extra_pos_ids: np.ndarray | None = None,
+    q_text_ids: np.ndarray | None = None,
+    c_text_ids: np.ndarray | None = None,
+    q_labels: Sequence | None = None,
+    c_labels: Sequence | None = None,
+    guide_score: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None,
+    index=None,
+    show_progress: bool = True,
+) -> MinedNegatives:
+    """Mine negatives for queries ``q_emb`` (n, d) from corpus ``c_emb`` (m, d); both L2-normalised.
+
+    ``pos_ids[i]`` is the corpus row of query i's positive; ``extra_pos_ids`` (n, P) lists further
+    positives to exclude (-1 padded). ``q_text_ids``/``c_text_ids`` are integer ids of the normalised
+    texts (for ``dedupe``). ``q_labels``/``c_labels`` are label sets (for ``filter_labels`` and the
+    false-negative rate). ``guide_score(q_rows, c_ids)`` returns the guide model's scores for flat
+    (query row, corpus id) pairs.
+    """
+    cfg = config or MineConfig()
+    cfg.validate()
+    timings: dict[str, float] = {}
+    q_emb = np.asarray(q_emb, dtype=np.float32)
+    c_emb = np.asarray(c_emb, dtype=np.float32)
+    if q_emb.ndim != 2 or c_emb.ndim != 2 or q_emb.shape[1] != c_emb.shape[1]:
+        raise ValueError(f"q_emb (n, d) and c_emb (m, d) must share d, got {q_emb.shape} and {c_emb.shape}")
+    n, m = q_emb.shape[0], c_emb.shape[0]
+    pos_ids = np.asarray(pos_ids, dtype=np.int64)
+    if pos_ids.shape != (n,) or (n and (pos_ids.min() < 0 or pos_ids.max() >= m)):
+        raise ValueError(f"pos_ids must be ({n},) corpus rows in [0, {m}), got shape {pos_ids.shape}")
+    range_max = cfg.effective_range_max()
+    n_pos = 1 if extra_pos_ids is None else 1 + int(np.asarray(extra_pos_ids).shape[1])
+    if m - n_pos < range_max and m - n_pos < cfg.range_min + cfg.num_negatives:
+        raise ValueError(
+            f"corpus has {m} documents, fewer than the window needs (range_min={cfg.range_min} + "
+            f"num_negatives={cfg.num_negatives} besides the positive); lower range_min/num_negatives"
+        )
+    if cfg.filter_labels and (q_labels is None or c_labels is None):
+        raise ValueError("filter_labels needs labels for the queries and the corpus")
+    K = min(range_max + n_pos, m)
+
+    # 1. retrieval
+    t0 = time.perf_counter()
+    if index is None:
+        index = build_index(c_emb, cfg.index, nprobe=cfg.nprobe, ef_search=cfg.ef_search, seed=cfg.seed)
+    scores, ids = search(index, q_emb, K)
+    timings["search_s"] = time.perf_counter() - t0
+    recall = None
+    if parse_index_spec(cfg.index)[0] != "flat" and cfg.recall_sample > 0:
+        t0 = time.perf_counter()
+        recall = measure_recall(c_emb, q_emb, index, K, sample=cfg.recall_sample, seed=cfg.seed)
+        timings["recall_s"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    pos_scores = np.einsum("nd,nd->n", q_emb, c_emb[pos_ids]).astype(np.float32)
+    pos_sets = pos_ids[:, None] if extra_pos_ids is None else np.concatenate(
+        [pos_ids[:, None], np.asarray(extra_pos_ids, dtype=np.int64)], axis=1)
+    is_pos = _rowwise_isin(ids, pos_sets)
+    valid = (ids >= 0) & ~is_pos
+    rank = np.cumsum(valid, axis=1) - 1
+    # number of non-positive candidates above the positive (positive not retrieved -> K)
+    above = valid & (scores > pos_scores[:, None])
+    positive_rank = np.where(is_pos.any(1), above.sum(1), K)
+
+    keep = valid & (rank >= cfg.range_min) & (rank < range_max)
+    candidates_in_window = int(keep.sum())
+    removed: dict[str, int] = {}
+    removed_q: dict[str, np.ndarray] = {}
+
+    def apply(name: str, drop: np.ndarray) -> None:
+        nonlocal keep
+        d = keep & drop
+        removed[name] = int(d.sum())
+        removed_q[name] = d.sum(1)
+        keep = keep & ~drop
+
+    safe_ids = np.where(ids >= 0, ids, 0)
+    if cfg.dedupe and q_text_ids is not None and c_text_ids is not None:
+        c_text_ids = np.asarray(c_text_ids)
+        cand_text = c_text_ids[safe_ids]
+        apply("duplicate", (cand_text == np.asarray(q_text_ids)[:, None])
+              | (cand_text == c_text_ids[pos_ids][:, None]))
+    fn_mask = None
+    if q_labels is not None and c_labels is not None:
+        rows, cols = np.nonzero(keep)
+        inter = _labels_intersect(rows, safe_ids[rows, cols], q_labels, c_labels)
+        fn_mask = np.zeros_like(keep)
+        fn_mask[rows, cols] = inter
+    fn_in_window = int(fn_mask.sum()) if fn_mask is not None else None
+    if cfg.filter_labels:
+        apply("false_negative_label", fn_mask)
+    if cfg.min_score is not None:
+        apply("min_score", scores < cfg.min_score)
+    if cfg.max_score is not None:
+        apply("max_score", scores > cfg.max_score)
+    if cfg.absolute_margin is not None:
+        apply("absolute_margin", scores > (pos_scores - cfg.absolute_margin)[:, None])
+    if cfg.relative_margin is not None:
+        apply("relative_margin", scores > (pos_scores - np.abs(pos_scores) * cfg.relative_margin)[:, None])
+    if guide_score is not None:
+        rows, cols = np.nonzero(keep)
+        g_cand = np.asarray(guide_score(rows, safe_ids[rows, cols]), dtype=np.float32)
+        g_pos = np.asarray(guide_score(np.arange(n), pos_ids), dtype=np.float32)
+        drop = np.zeros_like(keep)
+        drop[rows, cols] = g_cand > g_pos[rows] - cfg.guide_margin
+        apply("guide", drop)
+    timings["filter_s"] = time.perf_counter() - t0
+
+    # 3. selection: a key per candidate, take the num_negatives largest keys among survivors
+    t0 = time.perf_counter()
+    rng = np.random.default_rng(cfg.seed)
+    if cfg.sampling == "top":
+        key = -rank.astype(np.float64)
+    elif cfg.sampling == "uniform":
+        key = rng.random(scores.shape)
+    else:
+        gumbel = -np.log(-np.log(rng.random(scores.shape).clip(1e-300, 1.0)))
+        key = cfg.beta * scores.astype(np.float64) / cfg.t + gumbel
+    key = np.where(keep, key, -np.inf)
+    nn_ = min(cfg.num_negatives, K)
+    order = np.argsort(-key, axis=1, kind="stable")[:, :nn_]
+    picked = np.take_along_axis(keep, order, 1)
+    sel_ids = np.where(picked, np.take_along_axis(ids, order, 1), -1)
+    sel_scores = np.where(picked, np.take_along_axis(scores, order, 1), np.nan).astype(np.float32)
+    # order each row by decreasing score, padding last
+    o2 = np.argsort(np.where(picked, -sel_scores, np.inf), axis=1, kind="stable")
+    sel_ids = np.take_along_axis(sel_ids, o2, 1)
+    sel_scores = np.take_along_axis(sel_scores, o2, 1)
+    if nn_ < cfg.num_negatives:
+        pad = cfg.num_negatives - nn_
+        sel_ids = np.pad(sel_ids, ((0, 0), (0, pad)), constant_values=-1)
+        sel_scores = np.pad(sel_scores, ((0, 0), (0, pad)), constant_values=np.nan)
+    n_found = (sel_ids >= 0).sum(1)
+    fn_selected = None
+    if fn_mask is not None:
+        fn_selected = int(np.take_along_axis(fn_mask, order, 1)[picked].sum())
+    timings["select_s"] = time.perf_counter() - t0
+    return MinedNegatives(sel_ids, sel_scores, pos_scores, n_found, removed, removed_q, candidates_in_window,
+                          positive_rank, fn_in_window, fn_selected, recall, timings)
+
+
+def config_dict(cfg: MineConfig) -> dict:
+    return asdict(cfg)

@@ -1,0 +1,190 @@
+"""The text-level mining pipeline behind ``hardneg mine``: pairs + corpus → encode → mine → files."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from hardneg.mining.encode import encode_texts, load_sentence_model
+from hardneg.mining.formats import OUTPUT_FORMATS_ALL, build_rows, write_rows
+from hardneg.mining.mine import MineConfig, MinedNegatives, mine_embeddings
+from hardneg.mining.summary import build_summary, format_summary, save_summary
+
+
+def _norm(t: str) -> str:
+    return " ".join(t.lower().split())
+
+
+@dataclass
+class MineResult:
+    """Mined negatives with the texts they index, the output rows and the summary dict."""
+
+    queries: list[str]
+    positives: list[str]
+    corpus: list[str]
+    negatives: MinedNegatives
+    rows: list[dict]
+    summary: dict
+
+
+def prepare_corpus(positives: Sequence[str], corpus: Sequence[str] | None, pos_labels=None, corpus_labels=None):
+    """Corpus = distinct texts of ``corpus`` + ``positives`` (first-appearance order), the positive's
+    row per pair, and per-document label sets (given ones, else the union of the pairs' labels)."""
+    texts = list(dict.fromkeys([*(corpus or []), *positives]))
+    row = {t: i for i, t in enumerate(texts)}
+    pos_ids = np.fromiter((row[p] for p in positives), dtype=np.int64, count=len(positives))
+    labels = None
+    if corpus_labels is not None or pos_labels is not None:
+        labs: list[set] = [set() for _ in texts]
+        if corpus_labels is not None:
+            for t, lab in zip(corpus or [], corpus_labels):
+                labs[row[t]].update([lab] if isinstance(lab, (str, int)) else (lab or []))
+        if pos_labels is not None and corpus_labels is None:
+            for p, lab in zip(positives, pos_labels):
+                labs[row[p]].update([lab] if isinstance(lab, (str, int)) else (lab or []))
+        labels = [sorted(x, key=str) for x in labs]
+    return texts, pos_ids, labels
+
+
+def _extra_positives(queries: Sequence[str], pos_ids: np.ndarray) -> np.ndarray | None:
+    groups: dict[str, list[int]] = {}
+    for q, p in zip(queries, pos_ids):
+        g = groups.setdefault(q, [])
+        if p not in g:
+            g.append(int(p))
+    P = max(len(g) for g in groups.values())
+    if P == 1:
+        return None
+    out = np.full((len(queries), P), -1, dtype=np.int64)
+    for i, q in enumerate(queries):
+        g = groups[q]
+        out[i, : len(g)] = g
+    return out
+
+
+def make_guide(guide, queries: Sequence[str], corpus: Sequence[str], *, batch_size: int = 64,
+               cache_dir=None, show_progress: bool = False):
+    """``guide_score(q_rows, c_ids)`` for a CrossEncoder (``predict``) or a bi-encoder (cosine)."""
+    from sentence_transformers import CrossEncoder
+
+    if isinstance(guide, CrossEncoder):
+        def score(q_rows: np.ndarray, c_ids: np.ndarray) -> np.ndarray:
+            pairs = [(queries[r], corpus[c]) for r, c in zip(q_rows, c_ids)]
+            if not pairs:
+                return np.zeros(0, np.float32)
+            return np.asarray(guide.predict(pairs, batch_size=batch_size, show_progress_bar=show_progress))
+        return score
+
+    def score_bi(q_rows: np.ndarray, c_ids: np.ndarray) -> np.ndarray:
+        if len(q_rows) == 0:
+            return np.zeros(0, np.float32)
+        uq, qi = np.unique(q_rows, return_inverse=True)
+        uc, ci = np.unique(c_ids, return_inverse=True)
+        qe = encode_texts(guide, [queries[i] for i in uq], batch_size=batch_size, precision="fp32",
+                          cache_dir=cache_dir, show_progress=show_progress)
+        ce = encode_texts(guide, [corpus[i] for i in uc], batch_size=batch_size, precision="fp32",
+                          cache_dir=cache_dir, show_progress=show_progress)
+        return np.einsum("nd,nd->n", qe[qi], ce[ci])
+    return score_bi
+
+
+def mine_texts(
+    queries: Sequence[str],
+    positives: Sequence[str],
+    corpus: Sequence[str] | None = None,
+    *,
+    model: Any = None,
+    config: MineConfig | None = None,
+    output_format: str = "triplet",
+    output_scores: bool = False,
+    q_labels: Sequence | None = None,
+    corpus_labels: Sequence | None = None,
+    guide: Any = None,
+    precision: str = "bf16",
+    batch_size: int = 64,
+    cache_dir: str | os.PathLike[str] | None = None,
+    show_progress: bool = True,
+) -> MineResult:
+    """Mine hard negatives for (query, positive) text pairs; see :mod:`hardneg.mining.mine`."""
+    cfg = config or MineConfig()
+    cfg.validate()
+    if output_format not in OUTPUT_FORMATS_ALL:
+        raise ValueError(f"output format must be one of {OUTPUT_FORMATS_ALL}, got {output_format!r}")
+    queries, positives = list(queries), list(positives)
+    if len(queries) != len(positives):
+        raise ValueError(f"queries ({len(queries)}) and positives ({len(positives)}) must have the same length")
+    if not queries:
+        raise ValueError("no query/positive pairs given")
+    if q_labels is not None and len(q_labels) != len(queries):
+        raise ValueError(f"q_labels must have one entry per pair ({len(queries)}), got {len(q_labels)}")
+    texts, pos_ids, c_labels = prepare_corpus(positives, corpus, q_labels, corpus_labels)
+    if len(texts) - 1 < cfg.range_min + cfg.num_negatives:
+        raise ValueError(
+            f"corpus has {len(texts)} documents (positives included), fewer than the window needs "
+            f"(range_min={cfg.range_min} + num_negatives={cfg.num_negatives} besides the positive); "
+            f"give a larger --corpus or lower --range-min/--num-negatives"
+        )
+    if model is None or isinstance(model, (str, os.PathLike)):
+        model = load_sentence_model(model)
+    t0 = time.perf_counter()
+    q_emb = encode_texts(model, queries, batch_size=batch_size, precision=precision, cache_dir=cache_dir,
+                         show_progress=show_progress, desc="queries")
+    c_emb = encode_texts(model, texts, batch_size=batch_size, precision=precision, cache_dir=cache_dir,
+                         show_progress=show_progress, desc="corpus")
+    t_enc = time.perf_counter() - t0
+    vocab: dict[str, int] = {}
+    q_tid = np.fromiter((vocab.setdefault(_norm(t), len(vocab)) for t in queries), np.int64, len(queries))
+    c_tid = np.fromiter((vocab.setdefault(_norm(t), len(vocab)) for t in texts), np.int64, len(texts))
+    guide_fn = None
+    if guide is not None:
+        if isinstance(guide, (str, os.PathLike)):
+            guide = load_guide(guide)
+        guide_fn = make_guide(guide, queries, texts, batch_size=batch_size, cache_dir=cache_dir)
+    res = mine_embeddings(
+        q_emb, c_emb, pos_ids, cfg,
+        extra_pos_ids=_extra_positives(queries, pos_ids),
+        q_text_ids=q_tid, c_text_ids=c_tid,
+        q_labels=q_labels if c_labels is not None else None, c_labels=c_labels,
+        guide_score=guide_fn, show_progress=show_progress,
+    )
+    res.timings["encode_s"] = t_enc
+    rows, dropped = build_rows(queries, positives, texts, res.neg_ids, res.neg_scores, res.pos_scores,
+                               output_format, output_scores)
+    summary = build_summary(res, cfg, n_corpus=len(texts), rows_written=len(rows), queries_dropped=dropped,
+                            output_format=output_format)
+    return MineResult(queries, positives, texts, res, rows, summary)
+
+
+def load_guide(path: str | os.PathLike[str]):
+    """A guide model from a local folder: a CrossEncoder if its config says so, else a bi-encoder."""
+    p = Path(path)
+    if not p.is_dir():
+        raise FileNotFoundError(f"guide model path {str(p)!r} does not exist or is not a folder")
+    is_ce = (p / "config_sentence_transformers.json").exists() is False and (p / "modules.json").exists() is False
+    try:
+        import json
+
+        cfg = json.loads((p / "config.json").read_text()) if (p / "config.json").exists() else {}
+        archs = " ".join(cfg.get("architectures", []))
+        is_ce = is_ce or "SequenceClassification" in archs
+    except (OSError, ValueError):
+        pass
+    return load_sentence_model(p, kind="cross-encoder" if is_ce else "bi-encoder")
+
+
+def write_result(result: MineResult, out: str | os.PathLike[str], *, summary_path=None) -> Path:
+    """Write the rows (atomically) and the summary JSON beside them (``<out>.summary.json``)."""
+    out = Path(out)
+    write_rows(result.rows, out)
+    sp = Path(summary_path) if summary_path else out.with_name(out.name + ".summary.json")
+    save_summary(result.summary, sp)
+    return sp
+
+
+__all__ = ["MineResult", "mine_texts", "write_result", "format_summary", "prepare_corpus", "load_guide"]

@@ -1,0 +1,137 @@
+"""Per-step context handed to filters and weightings: who the anchors and candidates are.
+
+Filters and weightings see one chunk of anchors at a time: the chunk's cosine similarities ``S``
+(c×m), the row slice, and this context (labels, ids, owners, positives, detached embeddings).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from hardneg.negatives.sources import Anchors, Candidates
+
+
+@dataclass
+class StepContext:
+    """Everything about one step that a filter or weighting may need (all on the same device)."""
+
+    q: Tensor  # (n, d) unit anchors, detached
+    k: Tensor  # (m, d) unit candidates, detached
+    pos_index: Tensor | None  # (n,) or None
+    self_index: Tensor  # (n,), -1 where absent
+    q_labels: Tensor | None
+    k_labels: Tensor | None
+    q_ids: Tensor | None
+    k_ids: Tensor | None
+    owner: Tensor | None  # (m,), -1 shared
+    t: float
+    beta: float
+    step: int
+    blocks: list[tuple[str, int, int]]
+    q_view: Tensor | None = None  # (n,) 0 = from z1, 1 = from z2
+    k_view: Tensor | None = None  # (m,)
+    growing: bool = False  # a source (a queue still filling) will offer more candidates later
+    _id_start: int | None = None
+
+    @classmethod
+    def build(cls, anchors: Anchors, cands: Candidates, t: float, beta: float, step: int) -> StepContext:
+        return cls(
+            anchors.q.detach(),
+            cands.k.detach(),
+            anchors.pos_index,
+            anchors.self_index,
+            anchors.labels,
+            cands.labels,
+            anchors.ids,
+            cands.ids,
+            cands.owner,
+            t,
+            beta,
+            step,
+            list(cands.blocks),
+            anchors.view,
+            cands.view,
+        )
+
+    @property
+    def n(self) -> int:
+        return self.q.shape[0]
+
+    @property
+    def m(self) -> int:
+        return self.k.shape[0]
+
+    def row_ids(self, rows: slice | Tensor, device: torch.device) -> Tensor:
+        """Global anchor indices of ``rows`` (a slice or an index tensor)."""
+        if isinstance(rows, slice):
+            return torch.arange(rows.start, rows.stop, device=device)
+        return rows.to(device)
+
+    def id_rule_start(self) -> int | None:
+        """First candidate column where the same-sample-id rule can matter, or None if nowhere.
+
+        Within the batch block the only same-id candidates of an anchor are itself and its other
+        view (already excluded) unless the batch repeats an id; so the rule starts after the batch
+        block when the batch ids are unique."""
+        if self.q_ids is None or self.k_ids is None:
+            return None
+        if self._id_start is not None:
+            return self._id_start if self._id_start >= 0 else None
+        start = 0
+        if self.blocks and self.blocks[0][0] == "batch":
+            b_end = self.blocks[0][2]
+            kv = self.k_view[:b_end] if self.k_view is not None else None
+            two_views = kv is not None and bool((kv == 0).any()) and bool((kv == 1).any())
+            # a symmetric batch holds [ids; ids] (one copy per view); a MoCo-style one holds ids once
+            first = self.k_ids[: b_end // 2] if two_views else self.k_ids[:b_end]
+            if int(torch.unique(first).numel()) == first.numel():
+                start = b_end
+        if start >= self.m or not bool((self.k_ids[start:] >= 0).any()):
+            self._id_start = -1
+            return None
+        self._id_start = start
+        return start
+
+    def base_valid(self, S: Tensor, rows: slice | Tensor) -> Tensor:
+        """(c×m) bool: candidates that may be negatives of each anchor before any filter: not the
+        anchor itself, not its positive, not another view of the same sample id, owned by it or shared."""
+        c, m = S.shape
+        dev = S.device
+        r = torch.arange(c, device=dev)
+        valid = torch.ones(c, m, dtype=torch.bool, device=dev)
+        si = self.self_index[rows]
+        has = si >= 0
+        valid[r[has], si[has]] = False
+        if self.pos_index is not None:
+            pi = self.pos_index[rows]
+            has = pi >= 0
+            valid[r[has], pi[has]] = False
+        start = self.id_rule_start()
+        if start is not None:
+            qi = self.q_ids[rows]
+            same = (qi[:, None] == self.k_ids[None, start:]) & (qi[:, None] >= 0)
+            valid[:, start:] &= ~same
+        if self.owner is not None:
+            ow = self.owner
+            gid = self.row_ids(rows, dev)
+            valid &= (ow[None, :] == -1) | (ow[None, :] == gid[:, None])
+        return valid
+
+    def s_pos(self, S: Tensor, rows: slice | Tensor) -> Tensor:
+        """(c,) cosine similarity of each anchor to its positive (NaN where it has none)."""
+        if self.pos_index is None:
+            return torch.full((S.shape[0],), float("nan"), dtype=S.dtype, device=S.device)
+        pi = self.pos_index[rows]
+        r = torch.arange(S.shape[0], device=S.device)
+        sp = S[r, pi.clamp(min=0)]
+        return torch.where(pi >= 0, sp, torch.full_like(sp, float("nan")))
+
+    def same_label(self, rows: slice | Tensor) -> Tensor | None:
+        """(c×m) bool: candidate has the anchor's (known, ≥ 0) label; None without labels."""
+        if self.q_labels is None or self.k_labels is None:
+            return None
+        ql = self.q_labels[rows]
+        return (ql[:, None] == self.k_labels[None, :]) & (self.k_labels[None, :] >= 0)

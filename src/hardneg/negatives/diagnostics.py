@@ -1,0 +1,194 @@
+r"""Cheap per-step diagnostics of the negatives a strategy actually uses.
+
+For each anchor i with valid candidates C(i), π_ij ∝ exp(β s_ij / t + a_ij) (the kernel's
+distribution, a_ij the strategy's log-weights):
+
+- ``sim_mean``: mean s_ij over all valid (anchor, candidate) pairs; ``sim_weighted_mean``:
+  mean over anchors of Σ_j π_ij s_ij; ``sim_p05/p25/p50/p75/p95``: percentiles of s_ij over valid
+  pairs, from a 4000-bin histogram on [−1, 1] (to within 5·10⁻⁴);
+- ``ess``: effective number of negatives 1 / Σ_j π_ij², mean over anchors; ``n_candidates``:
+  mean |C(i)|;
+- ``fn_weight_share``: mean over anchors of Σ_j π_ij [y_j = y_i] — the weight on false negatives
+  when labels are known (NaN otherwise);
+- ``pos_gap``: mean of s_ip − max_{j∈C(i)} s_ij (positive minus hardest negative; negative values
+  mean the hardest negative beats the positive); ``hardest_mean``: mean max_j s_ij.
+
+Each chunk costs a few elementwise passes over (c×m); nothing larger is stored.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import Tensor
+
+PERCENTILES = (5, 25, 50, 75, 95)
+_BINS = 4000
+_LO, _HI = -1.0005, 1.0005  # a little beyond [−1, 1] for rounding; bin width 5.0025e-4
+
+
+class DiagnosticsAccumulator:
+    """Accumulates the statistics above chunk by chunk; each anchor row is counted once.
+
+    Args:
+        n: number of anchors. t, beta: the kernel's temperature and tilt (π ∝ e^{β s/t + a}).
+        max_anchors: record only this many anchors, evenly spaced (None: all). The statistics are
+            then estimates from that sample, which keeps them cheap for large batches.
+    """
+
+    def __init__(self, n: int, t: float, beta: float, max_anchors: int | None = None) -> None:
+        self.n, self.t, self.beta = n, float(t), float(beta)
+        self.done = torch.zeros(n, dtype=torch.bool)
+        if max_anchors is None or max_anchors >= n:
+            self.sampled = torch.ones(n, dtype=torch.bool)
+        else:
+            self.sampled = torch.zeros(n, dtype=torch.bool)
+            self.sampled[torch.linspace(0, n - 1, max(1, max_anchors)).round().long()] = True
+        self.hist = torch.zeros(_BINS, dtype=torch.float64)
+        self.sum_s = 0.0
+        self.cnt = 0.0
+        self.rows = 0
+        self.sum_ws = 0.0
+        self.sum_ess = 0.0
+        self.sum_cand = 0.0
+        self.sum_fn = 0.0
+        self.rows_fn = 0
+        self.sum_gap = 0.0
+        self.sum_hard = 0.0
+        self.rows_gap = 0
+
+    def sample_rows(self) -> Tensor:
+        """Global indices of the anchors that are recorded."""
+        return torch.nonzero(self.sampled).flatten()
+
+    def pending(self, rows: slice | Tensor) -> Tensor:
+        """(c,) bool on the CPU: rows of this chunk still to record (sampled and not yet seen)."""
+        if isinstance(rows, Tensor):
+            rows = rows.cpu()
+        return self.sampled[rows] & ~self.done[rows]
+
+    @torch.no_grad()
+    def update(
+        self, S: Tensor, log_w: Tensor, rows: slice | Tensor, s_pos: Tensor | None, same_label: Tensor | None
+    ) -> None:
+        """Add the chunk's rows: cosine sims S (c×m), log-weights with −∞ on invalid candidates.
+        Rows already recorded or outside the sample are skipped."""
+        sel = self.pending(rows)
+        if not bool(sel.any()):
+            return
+        gid = rows.cpu() if isinstance(rows, Tensor) else torch.arange(rows.start, rows.stop)
+        self.done[gid[sel]] = True
+        if not bool(sel.all()):
+            sel = sel.to(S.device)
+            S, log_w = S[sel], log_w[sel]
+            s_pos = None if s_pos is None else s_pos[sel]
+            same_label = None if same_label is None else same_label[sel]
+        self._add(S, log_w, s_pos, same_label)
+
+    def _add(self, S: Tensor, log_w: Tensor, s_pos: Tensor | None, same_label: Tensor | None) -> None:
+        # few passes over the (c × m) block: log_w is −∞ exactly on invalid candidates
+        S = S.float()
+        log_w = log_w.float()
+        valid = log_w != float("-inf")
+        c = S.shape[0]
+        self.rows += c
+        n_valid = float(torch.count_nonzero(valid))
+        self.sum_cand += n_valid
+        self.cnt += n_valid
+        Sm = torch.where(valid, S, float("-inf"))
+        hard = Sm.max(1).values
+        # histc ignores values below its range, i.e. the −∞ of invalid candidates
+        self.hist += torch.histc(Sm, bins=_BINS, min=_LO, max=_HI).double().cpu()
+        logits = log_w + (self.beta / self.t) * S if self.beta else log_w
+        pi = torch.softmax(logits, dim=1)
+        ok_rows = hard != float("-inf")
+        if not bool(ok_rows.all()):
+            pi = torch.nan_to_num(pi, nan=0.0)
+        self.sum_s += float(torch.where(valid, S, 0.0).sum())
+        self.sum_ws += float(torch.einsum("ij,ij->", pi, S))
+        self.sum_ess += float((1.0 / torch.einsum("ij,ij->i", pi, pi)[ok_rows]).sum())
+        if same_label is not None:
+            self.sum_fn += float(pi.masked_fill(~same_label, 0.0).sum())
+            self.rows_fn += c
+        ok = ok_rows
+        if s_pos is not None:
+            ok = ok & ~torch.isnan(s_pos)
+            self.sum_gap += float((s_pos.float()[ok] - hard[ok]).sum())
+        self.sum_hard += float(hard[ok].sum())
+        self.rows_gap += int(ok.sum())
+
+    def percentile(self, p: float) -> float:
+        tot = float(self.hist.sum())
+        if tot == 0:
+            return float("nan")
+        cdf = torch.cumsum(self.hist, 0) / tot
+        i = int(torch.searchsorted(cdf, torch.tensor(p / 100.0, dtype=cdf.dtype)))
+        i = min(i, _BINS - 1)
+        return _LO + (i + 0.5) * ((_HI - _LO) / _BINS)
+
+    def result(self) -> dict[str, float]:
+        nan = float("nan")
+        out = {
+            "sim_mean": self.sum_s / self.cnt if self.cnt else nan,
+            "sim_weighted_mean": self.sum_ws / self.rows if self.rows else nan,
+        }
+        for p in PERCENTILES:
+            out[f"sim_p{p:02d}"] = self.percentile(p)
+        out["ess"] = self.sum_ess / self.rows if self.rows else nan
+        out["n_candidates"] = self.sum_cand / self.rows if self.rows else nan
+        out["fn_weight_share"] = self.sum_fn / self.rows_fn if self.rows_fn else nan
+        out["pos_gap"] = self.sum_gap / self.rows_gap if self.rows_gap else nan
+        out["hardest_mean"] = self.sum_hard / self.rows_gap if self.rows_gap else nan
+        return out
+
+
+@torch.no_grad()
+def negative_diagnostics(
+    q: Tensor,
+    k: Tensor,
+    *,
+    t: float,
+    pos_index: Tensor | None = None,
+    self_index: Tensor | None = None,
+    q_labels: Tensor | None = None,
+    k_labels: Tensor | None = None,
+    beta: float = 0.0,
+    negatives: str = "all",
+    log_weight_fn: Callable[[Tensor, slice], Tensor] | None = None,
+    chunk_size: int = 1024,
+) -> dict[str, float]:
+    """Functional diagnostics of π over candidates ``k`` for anchors ``q`` (same arguments as the
+    kernel :func:`hardneg.losses.weighted_info_nce`; inputs are L2-normalised here).
+
+    ``negatives="other_labels"`` drops same-label candidates (then ``fn_weight_share`` is 0).
+    """
+    import torch.nn.functional as F
+
+    q = F.normalize(q.float(), dim=1)
+    k = F.normalize(k.float(), dim=1)
+    n = q.shape[0]
+    acc = DiagnosticsAccumulator(n, t, beta)
+    for r0 in range(0, n, chunk_size):
+        rows = slice(r0, min(n, r0 + chunk_size))
+        S = q[rows] @ k.T
+        c = S.shape[0]
+        r = torch.arange(c)
+        lw = torch.zeros_like(S)
+        if self_index is not None:
+            si = self_index[rows]
+            lw[r[si >= 0], si[si >= 0]] = float("-inf")
+        sp = None
+        if pos_index is not None:
+            pi = pos_index[rows]
+            lw[r, pi] = float("-inf")
+            sp = S[r, pi]
+        same = None
+        if q_labels is not None and k_labels is not None:
+            same = q_labels[rows, None] == k_labels[None, :]
+            if negatives == "other_labels":
+                lw = lw.masked_fill(same, float("-inf"))
+        if log_weight_fn is not None:
+            lw = lw + log_weight_fn(S, rows)
+        acc.update(S, lw, rows, sp, same)
+    return acc.result()

@@ -1,0 +1,224 @@
+r"""False-negative filters: masks that remove candidates which are probably not negatives.
+
+Each filter returns a (c×m) boolean ``drop`` mask for one chunk of anchors; the strategy turns it
+into −∞ log-weights. If a filter would leave an anchor without any candidate, that anchor keeps
+its candidates from before the filter (counted in ``filter_fallback_share``).
+
+- :class:`LabelFilter` — drop candidates with the anchor's label (SCL, H-SCL; Khosla et al. 2020).
+- :class:`IdFilter` — drop candidates of the same sample id, or of the same duplicate group
+  (``groups[id]``): copies of one item under different ids.
+- :class:`SimilarityFilter` — sentence-transformers' ``mine_hard_negatives`` rules, with ``s_ip``
+  the anchor–positive similarity: drop ``s_ij > max_score``, ``s_ij < min_score``,
+  ``s_ij > s_ip − absolute_margin``, ``s_ij > s_ip · (1 − relative_margin)``.
+- :class:`GuideFilter` — GISTEmbed (Solatorio 2024): a guide model scores the anchor against the
+  positive and each candidate; drop a candidate the guide scores above the positive
+  (``g_ij > g_ip − margin``).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from hardneg.negatives.context import StepContext
+from hardneg.negatives.sources import simple_repr
+
+
+class Filter(nn.Module):
+    """Base class: ``drop(S, rows, ctx) -> (c×m) bool``."""
+
+    kind = "base"
+    schedulable: tuple[str, ...] = ()
+    needs_positive = False
+
+    def drop(self, S: Tensor, rows: slice, ctx: StepContext) -> Tensor:  # pragma: no cover
+        raise NotImplementedError
+
+    def begin_step(self, ctx: StepContext) -> None:
+        """Per-step preparation (e.g. guide embeddings)."""
+
+    def extra_repr(self) -> str:
+        return simple_repr(self)
+
+
+class LabelFilter(Filter):
+    """Drop candidates that share the anchor's label (unknown labels, −1, are kept)."""
+
+    kind = "label"
+
+    def drop(self, S: Tensor, rows: slice, ctx: StepContext) -> Tensor:
+        same = ctx.same_label(rows)
+        if same is None:
+            raise ValueError("filter 'label' needs labels: call forward(z1, z2, labels=...)")
+        return same
+
+
+class IdFilter(Filter):
+    """Drop candidates with the anchor's sample id or, with ``groups`` (a (num_ids,) tensor of
+    duplicate-group numbers), with the anchor's group."""
+
+    kind = "id"
+
+    def __init__(self, groups: Tensor | None = None) -> None:
+        super().__init__()
+        self.groups = None if groups is None else torch.as_tensor(groups).long()
+
+    def _g(self, ids: Tensor) -> Tensor:
+        if self.groups is None:
+            return ids
+        ok = (ids >= 0) & (ids < len(self.groups))
+        out = torch.full_like(ids, -1)
+        out[ok] = self.groups.to(ids.device)[ids[ok]]
+        return out
+
+    def drop(self, S: Tensor, rows: slice, ctx: StepContext) -> Tensor:
+        if ctx.q_ids is None or ctx.k_ids is None:
+            raise ValueError("filter 'id' needs sample ids: call forward(z1, z2, ids=...)")
+        qg = self._g(ctx.q_ids[rows])
+        kg = self._g(ctx.k_ids)
+        return (qg[:, None] == kg[None, :]) & (qg[:, None] >= 0)
+
+
+def _opt(name: str, v: Any, lo: float, hi: float) -> float | None:
+    if v is None:
+        return None
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or not lo <= v <= hi:
+        raise ValueError(f"filter option {name!r} must be None or a number in [{lo}, {hi}], got {v!r}")
+    return float(v)
+
+
+class SimilarityFilter(Filter):
+    """Similarity-threshold / margin-to-positive filter (sentence-transformers ``mine_hard_negatives``).
+
+    Args:
+        max_score: drop candidates with ``s_ij > max_score``. min_score: drop ``s_ij < min_score``.
+        absolute_margin: drop ``s_ij > s_ip − absolute_margin`` (must be ≥ 0).
+        relative_margin: drop ``s_ij > s_ip · (1 − relative_margin)`` (in [0, 1)).
+    """
+
+    kind = "similarity"
+    schedulable = ("max_score", "absolute_margin", "relative_margin")
+
+    def __init__(
+        self,
+        max_score: float | None = None,
+        min_score: float | None = None,
+        absolute_margin: float | None = None,
+        relative_margin: float | None = None,
+    ) -> None:
+        super().__init__()
+        self.max_score = _opt("max_score", max_score, -1.0, 1.0)
+        self.min_score = _opt("min_score", min_score, -1.0, 1.0)
+        self.absolute_margin = _opt("absolute_margin", absolute_margin, 0.0, 2.0)
+        self.relative_margin = _opt("relative_margin", relative_margin, 0.0, 0.999999)
+        if all(v is None for v in (max_score, min_score, absolute_margin, relative_margin)):
+            raise ValueError(
+                "filter 'similarity' needs at least one of max_score, min_score, absolute_margin, relative_margin"
+            )
+        self.needs_positive = absolute_margin is not None or relative_margin is not None
+
+    def drop(self, S: Tensor, rows: slice, ctx: StepContext) -> Tensor:
+        d = torch.zeros_like(S, dtype=torch.bool)
+        if self.max_score is not None:
+            d |= self.max_score < S
+        if self.min_score is not None:
+            d |= self.min_score > S
+        if self.absolute_margin is not None or self.relative_margin is not None:
+            sp = ctx.s_pos(S, rows)[:, None]
+            has = ~torch.isnan(sp)
+            if self.absolute_margin is not None:
+                d |= has & (sp - self.absolute_margin < S)
+            if self.relative_margin is not None:
+                d |= has & (sp * (1.0 - self.relative_margin) < S)
+        return d
+
+
+class GuideFilter(Filter):
+    """GISTEmbed's guided in-batch negative filter (Solatorio, "GISTEmbed: Guided In-sample
+    Selection of Training Negatives", 2024): with guide similarities ``g_ij`` (cosine between the
+    guide model's embeddings of the samples), drop candidate j of anchor i if ``g_ij > g_ip − margin``.
+
+    Args:
+        guide: the guide model's embeddings, indexed by sample id: a (num_ids × d_g) tensor used
+            for both views (then ``g_ip`` = 1: use a margin), or a pair ``(anchors_table,
+            positives_table)`` — e.g. the guide's embeddings of the query texts and of the
+            positive texts — used for rows from ``z1`` and from ``z2`` / queued keys
+            respectively, or a callable ``(ids, view) -> (len(ids) × d_g)``. Candidates without
+            an id (−1) are kept.
+        margin: absolute margin (GISTEmbed: 0).
+    """
+
+    kind = "guide"
+    schedulable = ("margin",)
+    needs_positive = True
+
+    def __init__(self, guide: Any, margin: float = 0.0) -> None:
+        super().__init__()
+        if isinstance(guide, Tensor):
+            guide = (guide, guide)
+        if isinstance(guide, (tuple, list)):
+            if len(guide) != 2 or not all(isinstance(g, Tensor) and g.dim() == 2 for g in guide):
+                raise ValueError("filter 'guide': guide must be a (num_ids, d_g) tensor or a pair of them")
+            if guide[0].shape != guide[1].shape:
+                raise ValueError(
+                    f"filter 'guide': the two guide tables must have one shape, got "
+                    f"{tuple(guide[0].shape)} and {tuple(guide[1].shape)}"
+                )
+            tables = (guide[0].float(), guide[1].float())
+            self.guide: Callable[[Tensor, int], Tensor] = lambda ids, view: tables[view][ids.cpu()]
+            self.num_ids: int | None = tables[0].shape[0]
+        elif callable(guide):
+            self.guide = guide
+            self.num_ids = None
+        else:
+            raise TypeError(
+                "filter 'guide': guide must be a (num_ids, d_g) tensor, a pair of them, "
+                "or a callable (ids, view) -> embeddings"
+            )
+        self.margin = _opt("margin", margin, -2.0, 2.0)
+        self._gq: Tensor | None = None
+        self._gk: Tensor | None = None
+        self._kok: Tensor | None = None
+
+    def _embed(self, ids: Tensor, view: Tensor | None) -> tuple[Tensor, Tensor]:
+        ok = ids >= 0
+        if self.num_ids is not None:
+            ok &= ids < self.num_ids
+        view = torch.ones_like(ids) if view is None else view
+        out = None
+        for v in (0, 1):
+            sel = ok & (view == v)
+            if not bool(sel.any()):
+                continue
+            emb = torch.as_tensor(self.guide(ids[sel], v)).float().cpu()
+            if out is None:
+                out = torch.zeros(len(ids), emb.shape[1])
+            out[sel.cpu()] = emb
+        if out is None:
+            out = torch.zeros(len(ids), 1)
+        return F.normalize(out, dim=1).to(ids.device), ok
+
+    def begin_step(self, ctx: StepContext) -> None:
+        if ctx.q_ids is None or ctx.k_ids is None:
+            raise ValueError("filter 'guide' needs sample ids: call forward(z1, z2, ids=...)")
+        self._gq, _ = self._embed(ctx.q_ids, ctx.q_view)
+        self._gk, self._kok = self._embed(ctx.k_ids, ctx.k_view)
+
+    def drop(self, S: Tensor, rows: slice, ctx: StepContext) -> Tensor:
+        if ctx.pos_index is None:
+            raise ValueError("filter 'guide' needs a positive per anchor (two views z1, z2)")
+        G = self._gq[rows] @ self._gk.T
+        pi = ctx.pos_index[rows]
+        r = torch.arange(G.shape[0], device=G.device)
+        gp = G[r, pi.clamp(min=0)]
+        d = (gp - self.margin)[:, None] < G
+        d &= (pi >= 0)[:, None] & self._kok[None, :]
+        return d.to(S.device)
+
+
+FILTERS: dict[str, type[Filter]] = {c.kind: c for c in (LabelFilter, IdFilter, SimilarityFilter, GuideFilter)}

@@ -1,0 +1,337 @@
+r"""Where candidate negatives come from (DESIGN.md §2).
+
+A strategy step starts from the batch (:class:`InBatch` builds the anchors and the first block of
+candidates), then each further source *extends* the candidate set with a block of rows:
+
+- :class:`InBatch` — the other samples and the other views of the batch (SimCLR, Chen et al. 2020);
+- :class:`~hardneg.negatives.queue.MemoryQueue` — FIFO of past keys (MoCo, He et al. 2020);
+- :class:`ExternalPool` — embeddings of a separate data set / corpus searched with FAISS;
+- :class:`~hardneg.negatives.mixing.Mixing` — synthetic hard negatives (MoCHi, Kalantidis et al. 2020);
+- :class:`~hardneg.negatives.adversarial.AdversarialBank` (AdCo, Hu et al. 2021) and
+  :class:`~hardneg.negatives.adversarial.NegativeGenerator` (generator vs discriminator);
+- explicit negatives passed to ``Strategy.forward(..., negatives=...)`` (e.g. embeddings of the
+  meaning-changing text rewrites of :mod:`hardneg.negatives.text_negatives`).
+
+Every candidate row carries a label and a sample id (−1 when unknown), so filters and diagnostics
+still work, and an *owner*: −1 for a candidate shared by every anchor, or the index of the one
+anchor that may use it (a pool neighbour or a synthetic negative built for that anchor).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+@dataclass
+class Anchors:
+    """The anchors of one step: ``q`` (n×d, unit rows), the column of each one's positive in the
+    candidates (``pos_index``, −1 when there is none), its own column (``self_index``, −1 when
+    absent), labels and ids (or None), ``keys``: the (B×d) batch rows a queue stores, and ``view``:
+    which input view (0 for ``z1``, 1 for ``z2``) each anchor comes from."""
+
+    q: Tensor
+    pos_index: Tensor | None
+    self_index: Tensor
+    labels: Tensor | None
+    ids: Tensor | None
+    keys: Tensor
+    key_labels: Tensor | None
+    key_ids: Tensor | None
+    view: Tensor | None = None
+
+    @property
+    def n(self) -> int:
+        return self.q.shape[0]
+
+
+@dataclass
+class Candidates:
+    """Candidate rows ``k`` (m×d) with labels, ids and owners (−1 = unknown / shared), the input view
+    each row comes from (0 = ``z1``, 1 = ``z2`` and keys; later blocks count as keys) and named blocks."""
+
+    k: Tensor
+    labels: Tensor | None = None
+    ids: Tensor | None = None
+    owner: Tensor | None = None
+    blocks: list[tuple[str, int, int]] = field(default_factory=list)
+    view: Tensor | None = None
+
+    @property
+    def m(self) -> int:
+        return self.k.shape[0]
+
+    def append(
+        self,
+        name: str,
+        k: Tensor,
+        labels: Tensor | None = None,
+        ids: Tensor | None = None,
+        owner: Tensor | None = None,
+    ) -> None:
+        """Append a block of rows (labels / ids / owner default to −1)."""
+        r = k.shape[0]
+        if r == 0:
+            return
+        dev = self.k.device
+        m0 = self.m
+
+        def cat(old: Tensor | None, new: Tensor | None) -> Tensor | None:
+            if old is None and new is None:
+                return None
+            if old is None:
+                old = torch.full((m0,), -1, dtype=torch.long, device=dev)
+            if new is None:
+                new = torch.full((r,), -1, dtype=torch.long, device=dev)
+            return torch.cat([old, new.to(device=dev, dtype=torch.long)])
+
+        self.labels = cat(self.labels, labels)
+        self.ids = cat(self.ids, ids)
+        self.owner = cat(self.owner, owner)
+        if self.view is not None:
+            self.view = torch.cat([self.view, torch.ones(r, dtype=torch.long, device=dev)])
+        self.k = torch.cat([self.k, k.to(self.k.dtype)])
+        self.blocks.append((name, m0, m0 + r))
+
+
+def simple_repr(obj: nn.Module) -> str:
+    """``k=v`` for the plain-valued public options of a component (its knobs)."""
+    return ", ".join(
+        f"{k}={v!r}"
+        for k, v in vars(obj).items()
+        if not k.startswith("_") and k != "training" and (v is None or isinstance(v, (bool, int, float, str)))
+    )
+
+
+class Source(nn.Module):
+    """A candidate source: ``extend(anchors, cands, step)`` adds rows; ``after_step`` updates state.
+
+    ``schedulable`` names the attributes a curriculum schedule may drive.
+    """
+
+    kind = "source"
+    schedulable: tuple[str, ...] = ()
+
+    def extend(self, anchors: Anchors, cands: Candidates, step: int) -> None:  # pragma: no cover
+        raise NotImplementedError
+
+    def after_step(self, anchors: Anchors, cands: Candidates, step: int) -> None:
+        """Called after the loss of the step is computed (enqueue, adversarial updates, …)."""
+
+    def diagnostics(self) -> dict[str, float]:
+        return {}
+
+    def extra_repr(self) -> str:
+        return simple_repr(self)
+
+
+class InBatch(Source):
+    r"""In-batch candidates (SimCLR / NT-Xent, Chen et al. 2020): the 2B views ``[z1; z2]`` are both
+    anchors and candidates; the positive of sample i is its other view; an anchor is never its own
+    candidate.
+
+    Args:
+        symmetric: True (default): both views are anchors. False (MoCo style): only ``z1`` rows are
+            anchors (queries) and ``z2`` rows are the keys / candidates.
+        batch_negatives: False keeps the batch rows only as positives (MoCo v1/v2: negatives come from
+            the queue only).
+    """
+
+    kind = "in_batch"
+
+    def __init__(self, symmetric: bool = True, batch_negatives: bool = True) -> None:
+        super().__init__()
+        self.symmetric = bool(symmetric)
+        self.batch_negatives = bool(batch_negatives)
+
+    def build(
+        self, z1: Tensor, z2: Tensor | None, labels: Tensor | None, ids: Tensor | None, z12: Tensor | None = None
+    ) -> tuple[Anchors, Candidates]:
+        """Anchors and the batch block of candidates from unit-norm views ``z1``, ``z2`` (B×d);
+        ``z12`` may pass ``[z1; z2]`` already concatenated (saves a copy)."""
+        B = z1.shape[0]
+        dev = z1.device
+        ar = torch.arange(B, device=dev)
+        if z2 is None:
+            q, k = z1, z1
+            pos = None
+            self_index = ar
+            y, i = labels, ids
+        elif self.symmetric:
+            q = k = torch.cat([z1, z2]) if z12 is None else z12
+            pos = torch.cat([ar + B, ar])
+            self_index = torch.arange(2 * B, device=dev)
+            y = None if labels is None else torch.cat([labels, labels])
+            i = None if ids is None else torch.cat([ids, ids])
+        else:
+            q, k = z1, z2
+            pos = ar
+            self_index = torch.full((B,), -1, dtype=torch.long, device=dev)
+            y, i = labels, ids
+        keys = z1 if z2 is None else z2
+        zeros, ones = (
+            torch.zeros(B, dtype=torch.long, device=dev),
+            torch.ones(B, dtype=torch.long, device=dev),
+        )
+        if z2 is None:
+            qv = kv = zeros
+        elif self.symmetric:
+            qv = kv = torch.cat([zeros, ones])
+        else:
+            qv, kv = zeros, ones
+        anchors = Anchors(q, pos, self_index, y, i, keys.detach(), labels, ids, qv)
+        yk = None if labels is None else (labels if (z2 is None or not self.symmetric) else y)
+        ik = None if ids is None else (ids if (z2 is None or not self.symmetric) else i)
+        owner = None if self.batch_negatives else torch.arange(k.shape[0], device=dev)
+        if owner is not None and not self.symmetric and z2 is not None:
+            owner = ar  # key i is visible only to query i (as its positive)
+        cands = Candidates(k, yk, ik, owner, [("batch", 0, k.shape[0])], kv)
+        return anchors, cands
+
+    def extend(self, anchors: Anchors, cands: Candidates, step: int) -> None:
+        raise RuntimeError("InBatch builds the batch block; it is always the first source")
+
+
+# ---------------------------------------------------------------------------------------------
+# external pool
+# ---------------------------------------------------------------------------------------------
+
+
+def _as_matrix(x: Any, name: str) -> tuple[np.ndarray, Any]:
+    """(float32 C-contiguous matrix, faiss index or None) from a tensor, array, .npy path or index."""
+    import faiss
+
+    if isinstance(x, (str, os.PathLike)):
+        if not os.path.exists(x):
+            raise FileNotFoundError(f"{name}: no such .npy file: {x}")
+        x = np.load(x)
+    if isinstance(x, faiss.Index):
+        if x.ntotal == 0:
+            raise ValueError(f"{name}: the FAISS index is empty (ntotal = 0)")
+        try:
+            mat = x.reconstruct_n(0, x.ntotal)
+        except RuntimeError as e:
+            raise ValueError(f"{name}: cannot reconstruct vectors from this FAISS index ({e})") from None
+        return np.ascontiguousarray(mat, dtype=np.float32), x
+    if isinstance(x, Tensor):
+        x = x.detach().cpu().numpy()
+    if not isinstance(x, np.ndarray):
+        raise TypeError(f"{name} must be a Tensor, numpy array, .npy path or faiss.Index, got {type(x).__name__}")
+    if x.ndim != 2 or x.shape[0] == 0:
+        raise ValueError(f"{name} must have shape (pool_size >= 1, dim), got {tuple(x.shape)}")
+    if not np.isfinite(x).all():
+        raise ValueError(f"{name} contains NaN or inf values")
+    return np.ascontiguousarray(x, dtype=np.float32), None
+
+
+class ExternalPool(Source):
+    r"""Candidates from a separate data set or corpus (the "negatives from other data sets" of the
+    seeds): for every anchor, its ``k_per_anchor`` nearest pool rows by inner product of unit
+    vectors, found with FAISS (``IndexFlatIP``, exact), become that anchor's candidates.
+
+    Args:
+        embeddings: (P×d) tensor / array, a ``.npy`` path, or a ``faiss.Index`` whose vectors can
+            be reconstructed. Rows are L2-normalised.
+        k_per_anchor: neighbours per anchor (≤ pool size).
+        labels, ids: optional (P,) integer labels / ids of the pool rows (for filters, diagnostics).
+        shared: False (default): each anchor sees only its own neighbours (owner = anchor).
+            True: the union of all neighbours is shared by every anchor.
+        encode_fn, refresh_every: dynamic re-mining — every ``refresh_every`` steps the pool is
+            re-embedded with ``encode_fn()`` (the current model) and the index rebuilt.
+    """
+
+    kind = "pool"
+    schedulable = ("k_per_anchor",)
+
+    def __init__(
+        self,
+        embeddings: Any,
+        k_per_anchor: int = 16,
+        labels: Tensor | None = None,
+        ids: Tensor | None = None,
+        shared: bool = False,
+        encode_fn: Callable[[], Any] | None = None,
+        refresh_every: int | None = None,
+    ) -> None:
+        super().__init__()
+        if refresh_every is not None and (not isinstance(refresh_every, int) or refresh_every < 1):
+            raise ValueError(f"pool option 'refresh_every' must be a positive int or None, got {refresh_every!r}")
+        if (refresh_every is None) != (encode_fn is None):
+            raise ValueError("pool options 'encode_fn' and 'refresh_every' must be given together (dynamic re-mining)")
+        self.labels_ = None if labels is None else torch.as_tensor(labels).long()
+        self.ids_ = None if ids is None else torch.as_tensor(ids).long()
+        self.shared = bool(shared)
+        self.encode_fn = encode_fn
+        self.refresh_every = refresh_every
+        self.refreshes = 0
+        self.refresh(embeddings)
+        self.k_per_anchor = k_per_anchor
+        self._check_k()
+
+    def _check_k(self) -> None:
+        k = self.k_per_anchor
+        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+            raise ValueError(f"pool option 'k_per_anchor' must be a positive int, got {k!r}")
+        if k > self.size:
+            raise ValueError(f"pool option 'k_per_anchor' = {k} is larger than the pool ({self.size} rows)")
+
+    @property
+    def size(self) -> int:
+        return self._mat.shape[0]
+
+    def refresh(self, embeddings: Any) -> None:
+        """Replace the pool's embeddings (e.g. re-encoded by the current model) and rebuild the index."""
+        import faiss
+
+        mat, _ = _as_matrix(embeddings, "pool embeddings")
+        for name, v in (("labels", self.labels_), ("ids", self.ids_)):
+            if v is not None and v.shape != (mat.shape[0],):
+                raise ValueError(f"pool {name} must have shape ({mat.shape[0]},), got {tuple(v.shape)}")
+        faiss.normalize_L2(mat)
+        self._mat = mat
+        self._index = faiss.IndexFlatIP(mat.shape[1])
+        self._index.add(mat)
+
+    def search(self, q: Tensor, k: int) -> tuple[Tensor, Tensor]:
+        """(similarities, indices), each (n×k), of the ``k`` nearest pool rows of unit queries ``q``."""
+        qn = np.ascontiguousarray(q.detach().float().cpu().numpy(), dtype=np.float32)
+        if qn.shape[1] != self._mat.shape[1]:
+            raise ValueError(f"pool has dim {self._mat.shape[1]} but anchors have dim {qn.shape[1]}")
+        D, I = self._index.search(qn, k)
+        return torch.from_numpy(D), torch.from_numpy(I).long()
+
+    def extend(self, anchors: Anchors, cands: Candidates, step: int) -> None:
+        if self.refresh_every is not None and step > 0 and step % self.refresh_every == 0:
+            self.refresh(self.encode_fn())
+            self.refreshes += 1
+        self.k_per_anchor = int(round(self.k_per_anchor))
+        self._check_k()
+        _, I = self.search(anchors.q, self.k_per_anchor)
+        dev = cands.k.device
+        if self.shared:
+            idx = torch.unique(I.flatten())
+            owner = None
+        else:
+            idx = I.flatten()
+            owner = torch.arange(anchors.n).repeat_interleave(self.k_per_anchor).to(dev)
+        rows = torch.from_numpy(self._mat[idx.numpy()]).to(device=dev, dtype=cands.k.dtype)
+        lab = None if self.labels_ is None else self.labels_[idx].to(dev)
+        ids = None if self.ids_ is None else self.ids_[idx].to(dev)
+        if owner is None:
+            owner = torch.full((len(idx),), -1, dtype=torch.long, device=dev)
+        cands.append("pool", rows, lab, ids, owner)
+
+    def diagnostics(self) -> dict[str, float]:
+        return {"pool_size": float(self.size), "pool_refreshes": float(self.refreshes)}
+
+
+def unit(x: Tensor) -> Tensor:
+    """L2-normalise rows."""
+    return F.normalize(x, dim=-1)

@@ -1,0 +1,534 @@
+r"""Shapes of π over candidate negatives, as extra log-weights for one chunk of anchors.
+
+The kernel (:func:`hardneg.losses.weighted_info_nce`) uses ``π_ij ∝ exp(β s_ij / t + a_ij)`` over
+valid candidates; a weighting supplies ``a_ij`` (−∞ removes a candidate). Every weighting here is a
+small object with ``log_weights(S, rows, ctx, valid) -> (c×m)`` given the chunk's cosine similarities
+``S``, the row slice, the step context and the mask of candidates still valid after masks and
+filters; the pure maths lives in module-level functions (torchmetrics style) usable on their own.
+
+- uniform: ``a = 0`` (SimCLR / SCL);
+- top-k hardest: ``a = 0`` on the k most similar valid candidates, −∞ elsewhere;
+- semi-hard (Schroff et al., FaceNet 2015): keep ``s_ip − m < s_ij < s_ip`` (harder than nothing,
+  easier than the positive, within the margin m);
+- β-tilt (Robinson et al. HCL 2021; Jiang et al. H-SCL 2022): ``a = β s / t`` — done by the kernel's
+  ``beta`` (its weights may stay in the graph); :class:`Tilt` is the constant-weight version;
+- distance-weighted (Wu et al., "Sampling Matters in Deep Embedding Learning", 2017):
+  ``a = −log q(d)``, ``q(d) ∝ d^{n−2} (1 − d²/4)^{(n−3)/2}`` (density of distances between points
+  uniform on the unit sphere in ℝⁿ), ``d = ‖q_i − k_j‖ = sqrt(2 − 2s)`` clipped below at ``cutoff``
+  (0.5), and candidates with ``d ≥ nonzero_loss_cutoff`` (1.4) removed; the weights are normalised
+  per anchor (π is Wu et al.'s sampling distribution itself);
+- cluster-guided: k-means (FAISS) on the embeddings or on a second modality, refreshed every E
+  steps; ``a = [c_i ≠ c_j] · (bonus + γ s_ij / t)``, same cluster optionally removed;
+- calibrated: an auxiliary MLP predicts p̂_ij = P(pair (i, j) is really aligned); ``a = log(1 − p̂)``.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from hardneg.negatives.context import StepContext
+from hardneg.negatives.sources import simple_repr
+
+NEG_INF = float("-inf")
+
+
+# ---------------------------------------------------------------------------------------------
+# functional maths
+# ---------------------------------------------------------------------------------------------
+
+
+def topk_mask(S: Tensor, valid: Tensor, k: int) -> Tensor:
+    """(c×m) bool: the ``k`` most similar valid candidates of each row (all valid ones if fewer)."""
+    m = S.shape[1]
+    kk = min(k, m)
+    idx = torch.where(valid, S, NEG_INF).topk(kk, dim=1).indices
+    keep = torch.zeros_like(valid)
+    keep.scatter_(1, idx, True)
+    return keep & valid
+
+
+def semihard_mask(S: Tensor, valid: Tensor, s_pos: Tensor, margin: float) -> Tensor:
+    """(c×m) bool: FaceNet's semi-hard window ``s_ip − margin < s_ij < s_ip`` among valid candidates."""
+    sp = s_pos[:, None]
+    return valid & (sp > S) & (sp - margin < S)
+
+
+def distance_weighted_log_weights(S: Tensor, dim: int, cutoff: float = 0.5, nonzero_loss_cutoff: float = 1.4) -> Tensor:
+    """Wu et al. 2017: ``log w = −log q(d)`` with ``log q(d) = (n−2) log d + ((n−3)/2) log(1 − d²/4)``,
+    d clipped below at ``cutoff``, −∞ where ``d ≥ nonzero_loss_cutoff``. Shifted per row by its max
+    for stability (π is normalised anyway)."""
+    d = torch.sqrt(torch.clamp(2.0 - 2.0 * S, min=0.0)).clamp(min=cutoff)
+    log_q = (dim - 2.0) * torch.log(d) + ((dim - 3.0) / 2.0) * torch.log(torch.clamp(1.0 - 0.25 * d * d, min=1e-8))
+    lw = -log_q
+    lw = lw.masked_fill(d >= nonzero_loss_cutoff, NEG_INF)
+    mx = lw.max(dim=1, keepdim=True).values
+    return lw - torch.where(torch.isfinite(mx), mx, torch.zeros_like(mx))
+
+
+# ---------------------------------------------------------------------------------------------
+# weighting objects
+# ---------------------------------------------------------------------------------------------
+
+
+class Weighting(nn.Module):
+    """Base class. ``log_weights(S, rows, ctx, valid)`` returns (c×m) extra log-weights.
+
+    A *selecting* weighting (``selects = True``: top-k, semi-hard) implements
+    ``select(S, rows, ctx, valid) -> (c×m) bool`` instead — π uniform over the selected candidates,
+    i.e. log-weight 0 on them and −∞ elsewhere — which saves float passes over the chunk.
+    """
+
+    kind = "base"
+    schedulable: tuple[str, ...] = ()
+    needs_positive = False
+    selects = False
+
+    def select(self, S: Tensor, rows: slice, ctx: StepContext, valid: Tensor) -> Tensor:  # pragma: no cover
+        raise NotImplementedError
+
+    def log_weights(self, S: Tensor, rows: slice, ctx: StepContext, valid: Tensor) -> Tensor:  # pragma: no cover
+        raise NotImplementedError
+
+    def begin_step(self, ctx: StepContext) -> None:
+        """Called once per step before the loss (refresh clusters, …)."""
+
+    def after_step(self, ctx: StepContext) -> None:
+        """Called once per step after the loss (train auxiliary models, …)."""
+
+    def diagnostics(self) -> dict[str, float]:
+        return {}
+
+    def extra_repr(self) -> str:
+        return simple_repr(self)
+
+
+class Uniform(Weighting):
+    """π uniform over valid candidates (SimCLR, SCL)."""
+
+    kind = "uniform"
+
+    def log_weights(self, S: Tensor, rows: slice, ctx: StepContext, valid: Tensor) -> Tensor:
+        return torch.zeros_like(S)
+
+
+def _check_int(name: str, v: Any, lo: int = 1) -> None:
+    if (
+        isinstance(v, bool)
+        or not isinstance(v, (int, float))
+        or v < lo
+        or (isinstance(v, float) and not v.is_integer())
+    ):
+        raise ValueError(f"weighting option {name!r} must be an int >= {lo}, got {v!r}")
+
+
+def _check_nonneg(name: str, v: Any) -> None:
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
+        raise ValueError(f"weighting option {name!r} must be a finite number >= 0, got {v!r}")
+
+
+class TopK(Weighting):
+    """Top-k hard negative mining: only the ``k`` most similar valid candidates count (uniformly).
+    With ``n_neg="count"`` the loss sums over exactly those k. ``k`` is schedulable (rounded).
+    ``k`` larger than the candidate pool raises, except while a queue is still filling up (then
+    an anchor uses all its candidates)."""
+
+    kind = "topk"
+    schedulable = ("k",)
+
+    def __init__(self, k: int = 16) -> None:
+        super().__init__()
+        _check_int("k", k)
+        self.k = k
+
+    def begin_step(self, ctx: StepContext) -> None:
+        k = int(round(self.k))
+        _check_int("k", k)
+        most = ctx.m - 1 - (ctx.pos_index is not None)
+        if k > most and not ctx.growing:  # while a queue fills up, fewer than k are used
+            raise ValueError(
+                f"weighting option 'k' = {k} is larger than the candidate pool ({most} candidates per anchor)"
+            )
+
+    selects = True
+
+    def select(self, S: Tensor, rows: slice, ctx: StepContext, valid: Tensor) -> Tensor:
+        return topk_mask(S, valid, int(round(self.k)))
+
+    def log_weights(self, S: Tensor, rows: slice, ctx: StepContext, valid: Tensor) -> Tensor:
+        return torch.where(self.select(S, rows, ctx, valid), 0.0, NEG_INF).to(S.dtype)
+
+
+class SemiHard(Weighting):
+    """Semi-hard negatives (Schroff et al., FaceNet, CVPR 2015): ``s_ip − margin < s_ij < s_ip``
+    in cosine similarity (FaceNet states it in squared distance: ``d_ap < d_an < d_ap + α``).
+    Rows whose window is empty fall back to their single valid candidate nearest the window
+    (counted as ``semihard_fallback_share`` in the diagnostics). ``margin`` is schedulable."""
+
+    kind = "semihard"
+    schedulable = ("margin",)
+    needs_positive = True
+
+    def __init__(self, margin: float = 0.2) -> None:
+        super().__init__()
+        _check_nonneg("margin", margin)
+        self.margin = float(margin)
+        self._rows = 0
+        self._fallback = 0
+
+    selects = True
+
+    def select(self, S: Tensor, rows: slice, ctx: StepContext, valid: Tensor) -> Tensor:
+        _check_nonneg("margin", self.margin)
+        sp = ctx.s_pos(S, rows)
+        keep = semihard_mask(S, valid, sp, self.margin)
+        empty = ~keep.any(1)
+        n_empty = int(empty.sum())
+        if n_empty:  # fallback, computed on the empty rows only
+            e = torch.nonzero(empty).flatten()
+            Se, spe = S[e], sp[e, None]
+            dist = F.relu(Se - spe) + F.relu(spe - self.margin - Se)
+            j = dist.masked_fill(~valid[e], float("inf")).argmin(1)
+            keep[e, j] = valid[e, j]
+        self._rows += S.shape[0]
+        self._fallback += n_empty
+        return keep
+
+    def log_weights(self, S: Tensor, rows: slice, ctx: StepContext, valid: Tensor) -> Tensor:
+        return torch.where(self.select(S, rows, ctx, valid), 0.0, NEG_INF).to(S.dtype)
+
+    def begin_step(self, ctx: StepContext) -> None:
+        self._rows = self._fallback = 0
+
+    def diagnostics(self) -> dict[str, float]:
+        return {"semihard_fallback_share": self._fallback / max(self._rows, 1)}
+
+
+class Tilt(Weighting):
+    """Constant (detached) hardness tilt ``a = β s / t`` — HCL / H-SCL's η(s) = e^{βs/t} as a
+    log-weight. Prefer the Strategy's own ``beta`` (same π, and the weights may stay in the graph)."""
+
+    kind = "tilt"
+    schedulable = ("beta",)
+
+    def __init__(self, beta: float = 1.0) -> None:
+        super().__init__()
+        _check_nonneg("beta", beta)
+        self.beta = float(beta)
+
+    def log_weights(self, S: Tensor, rows: slice, ctx: StepContext, valid: Tensor) -> Tensor:
+        return S * (self.beta / ctx.t)
+
+
+class DistanceWeighted(Weighting):
+    """Distance-weighted sampling (Wu et al. 2017), see :func:`distance_weighted_log_weights`.
+
+    Args:
+        cutoff: lower clip of d (paper 0.5). nonzero_loss_cutoff: candidates farther than this
+            are dropped (paper 1.4). dim: n of q(d); the embedding dimension when None.
+    """
+
+    kind = "distance_weighted"
+    schedulable = ("cutoff", "nonzero_loss_cutoff")
+
+    def __init__(self, cutoff: float = 0.5, nonzero_loss_cutoff: float = 1.4, dim: int | None = None) -> None:
+        super().__init__()
+        if not 0.0 < cutoff < 2.0:
+            raise ValueError(f"weighting option 'cutoff' must lie in (0, 2), got {cutoff!r}")
+        if not cutoff < nonzero_loss_cutoff <= 2.0:
+            raise ValueError(
+                f"weighting option 'nonzero_loss_cutoff' must lie in (cutoff={cutoff}, 2], got {nonzero_loss_cutoff!r}"
+            )
+        if dim is not None:
+            _check_int("dim", dim, 4)
+        self.cutoff, self.nonzero_loss_cutoff, self.dim = float(cutoff), float(nonzero_loss_cutoff), dim
+
+    def log_weights(self, S: Tensor, rows: slice, ctx: StepContext, valid: Tensor) -> Tensor:
+        n = self.dim or ctx.q.shape[1]
+        return distance_weighted_log_weights(S, n, self.cutoff, self.nonzero_loss_cutoff)
+
+
+class ClusterGuided(Weighting):
+    r"""Cluster-guided negatives: k-means (``faiss.Kmeans``, spherical) on the candidates'
+    embeddings — or on a second modality, a (num_ids × d₂) ``features`` table indexed by sample
+    id — refreshed every ``every`` steps. Log-weight ``[c_i ≠ c_j] · (bonus + γ s_ij / t)``: near
+    candidates of *other* clusters are preferred; ``exclude_same=True`` removes the anchor's own
+    cluster (rows with no other-cluster candidate keep their candidates).
+
+    Candidates without a known cluster (no id in the ``features`` table) get cluster −1, i.e.
+    "other". Schedulable: ``bonus``, ``gamma``.
+    """
+
+    kind = "cluster_guided"
+    schedulable = ("bonus", "gamma")
+
+    def __init__(
+        self,
+        n_clusters: int = 10,
+        every: int = 100,
+        bonus: float = 1.0,
+        gamma: float = 1.0,
+        exclude_same: bool = False,
+        features: Tensor | None = None,
+        niter: int = 20,
+        nredo: int = 3,
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        _check_int("n_clusters", n_clusters, 2)
+        _check_int("every", every)
+        _check_nonneg("bonus", bonus)
+        _check_nonneg("gamma", gamma)
+        self.n_clusters, self.every, self.bonus, self.gamma = n_clusters, every, float(bonus), float(gamma)
+        _check_int("nredo", nredo)
+        self.exclude_same, self.niter, self.nredo, self.seed = bool(exclude_same), niter, nredo, seed
+        self.features = None if features is None else F.normalize(torch.as_tensor(features).float(), dim=1)
+        self.centroids: Tensor | None = None
+        self.refreshes = 0
+        self._qc: Tensor | None = None
+        self._kc: Tensor | None = None
+
+    def get_extra_state(self) -> dict:
+        return {"centroids": self.centroids, "refreshes": self.refreshes}
+
+    def set_extra_state(self, state: dict) -> None:
+        self.centroids, self.refreshes = state["centroids"], int(state["refreshes"])
+
+    def fit(self, x: Tensor) -> Tensor:
+        """Run spherical k-means on rows of ``x``; store and return the (C×d) centroids."""
+        import faiss
+
+        xs = np.ascontiguousarray(F.normalize(x.detach().float(), dim=1).cpu().numpy())
+        if xs.shape[0] < self.n_clusters:
+            raise ValueError(
+                f"weighting option 'n_clusters' = {self.n_clusters} is larger than the {xs.shape[0]} points to cluster"
+            )
+        km = faiss.Kmeans(
+            xs.shape[1],
+            self.n_clusters,
+            niter=self.niter,
+            nredo=self.nredo,
+            seed=self.seed,
+            spherical=True,
+            verbose=False,
+            min_points_per_centroid=1,
+        )
+        km.train(xs)
+        self.centroids = torch.from_numpy(km.centroids.copy())
+        self.refreshes += 1
+        return self.centroids
+
+    def assign(self, x: Tensor) -> Tensor:
+        """Nearest centroid (by inner product) of each row of ``x``."""
+        assert self.centroids is not None
+        return (x.float() @ self.centroids.to(x.device).T).argmax(1)
+
+    def _clusters_of_ids(self, ids: Tensor | None, size: int, device: torch.device) -> Tensor:
+        out = torch.full((size,), -1, dtype=torch.long, device=device)
+        if ids is None:
+            return out
+        ok = (ids >= 0) & (ids < self.features.shape[0])
+        out[ok] = self.assign(self.features[ids[ok].cpu()]).to(device)
+        return out
+
+    def begin_step(self, ctx: StepContext) -> None:
+        if self.features is not None:
+            if self.centroids is None:
+                self.fit(self.features)
+            if ctx.q_ids is None:
+                raise ValueError("cluster_guided with a features table needs sample ids (forward(..., ids=...))")
+            self._qc = self._clusters_of_ids(ctx.q_ids, ctx.n, ctx.q.device)
+            self._kc = self._clusters_of_ids(ctx.k_ids, ctx.m, ctx.q.device)
+            return
+        if self.centroids is None or ctx.step % self.every == 0:
+            self.fit(ctx.k)
+        self._qc = self.assign(ctx.q)
+        self._kc = self.assign(ctx.k)
+
+    def log_weights(self, S: Tensor, rows: slice, ctx: StepContext, valid: Tensor) -> Tensor:
+        qc = self._qc[rows]
+        kc = self._kc
+        same = (qc[:, None] == kc[None, :]) & (qc[:, None] >= 0)
+        lw = (~same).to(S.dtype) * (self.bonus + self.gamma * S / ctx.t)
+        if self.exclude_same:
+            drop = same & valid
+            has_other = (valid & ~same).any(1, keepdim=True)
+            lw = lw.masked_fill(drop & has_other, NEG_INF)
+        return lw
+
+    def diagnostics(self) -> dict[str, float]:
+        return {"cluster_refreshes": float(self.refreshes)}
+
+
+class PairCalibrator(nn.Module):
+    r"""Auxiliary MLP ``p̂(i, j) = σ(f(q_i, k_j, s_ij))``: the probability that the pair is really
+    aligned, from the two embeddings, their (projected) element-wise product and their similarity.
+    The first layer is ``A q + B k + C (P q ⊙ P k) + w s + b`` with a shared rank-``r`` projection
+    P, applied in factorised form — ``C (Pq ⊙ Pk)_h = (Pq ⊙ C_h) · Pk`` — so a (c×m) block of pairs
+    costs (c × H × m × r) flops and (c × H × m) memory, never a (c×m×3d) feature tensor.
+    """
+
+    def __init__(self, dim: int, hidden: int = 32, rank: int = 16) -> None:
+        super().__init__()
+        self.dim, self.hidden, self.rank = dim, hidden, rank
+        self.A = nn.Linear(dim, hidden)
+        self.B = nn.Linear(dim, hidden, bias=False)
+        self.P = nn.Linear(dim, rank, bias=False)
+        self.C = nn.Parameter(torch.randn(hidden, rank) * rank**-0.5)
+        self.w = nn.Parameter(torch.zeros(hidden))
+        self.out = nn.Linear(hidden, 1)
+
+    def pair_logits(self, q: Tensor, k: Tensor) -> Tensor:
+        """Logits for aligned rows ``q[i], k[i]`` (both n×d)."""
+        s = (q * k).sum(1, keepdim=True)
+        h = F.relu(self.A(q) + self.B(k) + (self.P(q) * self.P(k)) @ self.C.T + s * self.w)
+        return self.out(h)[:, 0]
+
+    def block_logits(self, q: Tensor, k: Tensor, max_elems: int = 1 << 22) -> Tensor:
+        """(c×m) logits for every pair of rows of q (c×d) and k (m×d), in row blocks."""
+        c, m = q.shape[0], k.shape[0]
+        step = max(1, max_elems // max(1, m * self.hidden))
+        Bk = self.B(k)  # (m, H)
+        Pk_t = self.P(k).T  # (r, m)
+        Aq, Pq = self.A(q), self.P(q)
+        outs = []
+        for r0 in range(0, c, step):
+            sl = slice(r0, r0 + step)
+            s = q[sl] @ k.T  # (c', m)
+            bil = ((Pq[sl, None, :] * self.C[None]) @ Pk_t).transpose(1, 2)  # (c', m, H)
+            h = F.relu(Aq[sl, None, :] + Bk[None] + bil + s[..., None] * self.w)
+            outs.append(self.out(h)[..., 0])
+        return torch.cat(outs)
+
+
+class Calibrated(Weighting):
+    r"""Calibrated false-negative weighting: π_ij ∝ (1 − p̂_ij) × (the rest), with p̂ from a
+    :class:`PairCalibrator` trained jointly — after every training step, ``train_steps`` Adam
+    steps of binary cross-entropy on the step's known positive pairs (label 1) against
+    ``neg_per_anchor`` randomly sampled valid candidates (label 0), on detached embeddings. A
+    suspected false negative (a near-duplicate the model scores like a positive) counts less.
+
+    Args:
+        hidden: MLP width. lr: Adam learning rate. train_steps: updates per training step.
+        neg_per_anchor: sampled negatives per positive. floor: minimum 1 − p̂ (keeps log finite).
+        seed: sampling seed. dim: embedding dimension (lazy when None).
+    """
+
+    kind = "calibrated"
+
+    def __init__(
+        self,
+        hidden: int = 32,
+        lr: float = 1e-2,
+        train_steps: int = 1,
+        neg_per_anchor: int = 4,
+        floor: float = 1e-4,
+        seed: int = 0,
+        dim: int | None = None,
+    ) -> None:
+        super().__init__()
+        _check_int("hidden", hidden)
+        _check_int("train_steps", train_steps)
+        _check_int("neg_per_anchor", neg_per_anchor)
+        if not 0.0 < floor < 1.0:
+            raise ValueError(f"weighting option 'floor' must lie in (0, 1), got {floor!r}")
+        self.hidden, self.lr, self.train_steps = hidden, float(lr), train_steps
+        self.neg_per_anchor, self.floor = neg_per_anchor, float(floor)
+        self.gen = torch.Generator().manual_seed(seed)
+        self.model: PairCalibrator | None = None
+        self.opt: torch.optim.Optimizer | None = None
+        self.last_bce = float("nan")
+        if dim is not None:
+            self._init(dim)
+
+    def _init(self, dim: int) -> None:
+        g_state = torch.random.get_rng_state()
+        torch.manual_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=self.gen)))
+        self.model = PairCalibrator(dim, self.hidden)
+        torch.random.set_rng_state(g_state)
+        self.opt = torch.optim.Adam(self.model.parameters(), lr=self.lr)
+
+    def get_extra_state(self) -> dict:
+        # deep copies: an optimiser's state_dict holds references to its live state tensors
+        return {"rng": self.gen.get_state(), "opt": None if self.opt is None else copy.deepcopy(self.opt.state_dict())}
+
+    def set_extra_state(self, state: dict) -> None:
+        self.gen.set_state(state["rng"])
+        if state.get("opt") is not None and self.opt is not None:
+            self.opt.load_state_dict(state["opt"])
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):  # type: ignore[override]
+        w = state_dict.get(prefix + "model.A.weight")
+        if w is not None and self.model is None:  # the MLP is built lazily: build it to load it
+            self._init(w.shape[1])
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    def begin_step(self, ctx: StepContext) -> None:
+        if self.model is None:
+            self._init(ctx.q.shape[1])
+        self.model.to(ctx.q.device)
+
+    @torch.no_grad()
+    def p_hat(self, q: Tensor, k: Tensor) -> Tensor:
+        """(c×m) predicted probabilities that pairs (q_i, k_j) are aligned."""
+        return torch.sigmoid(self.model.block_logits(q.float(), k.float()))
+
+    def log_weights(self, S: Tensor, rows: slice, ctx: StepContext, valid: Tensor) -> Tensor:
+        with torch.no_grad():
+            logits = self.model.block_logits(ctx.q[rows].float(), ctx.k.float())
+            return torch.clamp(F.logsigmoid(-logits), min=math.log(self.floor)).to(S.dtype)
+
+    def fit_step(self, q: Tensor, k_pos: Tensor, k_neg: Tensor) -> float:
+        """One BCE step: (q_i, k_pos_i) aligned, (q_i, k_neg_ir) not (k_neg: n×r×d)."""
+        n, r, d = k_neg.shape
+        with torch.enable_grad():
+            lp = self.model.pair_logits(q, k_pos)
+            ln = self.model.pair_logits(q[:, None, :].expand(n, r, d).reshape(-1, d), k_neg.reshape(-1, d))
+            loss = F.binary_cross_entropy_with_logits(lp, torch.ones_like(lp)) + F.binary_cross_entropy_with_logits(
+                ln, torch.zeros_like(ln)
+            )
+            self.opt.zero_grad(set_to_none=True)
+            loss.backward()
+            self.opt.step()
+        self.last_bce = float(loss.detach())
+        return self.last_bce
+
+    def after_step(self, ctx: StepContext) -> None:
+        if not self.training or ctx.pos_index is None:
+            return
+        has = ctx.pos_index >= 0
+        q = ctx.q[has].float()
+        kp = ctx.k[ctx.pos_index[has]].float()
+        rows_all = torch.nonzero(has).flatten()
+        for _ in range(self.train_steps):
+            # sample negatives among each anchor's base-valid candidates (not self / positive / same id)
+            cols = torch.randint(ctx.m, (len(rows_all), self.neg_per_anchor * 2), generator=self.gen).to(q.device)
+            ok = torch.ones_like(cols, dtype=torch.bool)
+            ok &= cols != ctx.self_index[rows_all][:, None]
+            ok &= cols != ctx.pos_index[rows_all][:, None]
+            if ctx.q_ids is not None and ctx.k_ids is not None:
+                ok &= ctx.k_ids[cols] != ctx.q_ids[rows_all][:, None]
+            if ctx.owner is not None:
+                ow = ctx.owner[cols]
+                ok &= (ow == -1) | (ow == rows_all[:, None])
+            # take the first neg_per_anchor valid draws (replace invalid by the anchor's first valid)
+            order = torch.argsort((~ok).to(torch.int8), dim=1, stable=True)[:, : self.neg_per_anchor]
+            cols = torch.gather(cols, 1, order)
+            self.fit_step(q, kp, ctx.k[cols].float())
+
+    def diagnostics(self) -> dict[str, float]:
+        return {"calibrator_bce": self.last_bce}
+
+
+WEIGHTINGS: dict[str, type[Weighting]] = {
+    c.kind: c for c in (Uniform, TopK, SemiHard, Tilt, DistanceWeighted, ClusterGuided, Calibrated)
+}
+
+LogWeightFn = Callable[[Tensor, slice], Tensor]

@@ -1,0 +1,96 @@
+"""Diagnostics against a literal NumPy computation of π."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from hardneg.negatives import create_strategy, negative_diagnostics
+from tests.negatives_reference import in_batch_valid, two_view_pos, unit
+
+torch.set_num_threads(1)
+
+
+def test_diagnostics_match_literal_pi():
+    B, t, beta = 32, 0.5, 1.0
+    g = torch.Generator().manual_seed(0)
+    z1 = torch.randn(B, 8, generator=g, dtype=torch.float64)
+    z2 = z1 + 0.6 * torch.randn(B, 8, generator=g, dtype=torch.float64)
+    y = torch.randint(0, 4, (B,), generator=g)
+    s = create_strategy("hucl", beta=beta, t=t)
+    s(z1, z2, labels=y)
+    d = s.last_diagnostics
+    z = unit(np.concatenate([z1.numpy(), z2.numpy()]))
+    S = z @ z.T
+    valid = in_batch_valid(B)
+    yy = np.concatenate([y.numpy(), y.numpy()])
+    pos = two_view_pos(B)
+    ess, fn, ws, gap, hard = [], [], [], [], []
+    for i in range(2 * B):
+        sv = S[i, valid[i]]
+        w = np.exp(beta * sv / t)
+        pi = w / w.sum()
+        ess.append(1 / (pi**2).sum())
+        fn.append(pi[(yy[valid[i]] == yy[i])].sum())
+        ws.append((pi * sv).sum())
+        gap.append(S[i, pos[i]] - sv.max())
+        hard.append(sv.max())
+    allv = S[valid]
+    assert d["ess"] == pytest.approx(np.mean(ess), rel=1e-5)
+    assert d["fn_weight_share"] == pytest.approx(np.mean(fn), rel=1e-5)
+    assert d["sim_weighted_mean"] == pytest.approx(np.mean(ws), rel=1e-5)
+    assert d["pos_gap"] == pytest.approx(np.mean(gap), rel=1e-5)
+    assert d["hardest_mean"] == pytest.approx(np.mean(hard), rel=1e-5)
+    assert d["sim_mean"] == pytest.approx(allv.mean(), rel=1e-6)
+    assert d["n_candidates"] == 2 * B - 2
+    for p in (5, 25, 50, 75, 95):
+        assert d[f"sim_p{p:02d}"] == pytest.approx(np.percentile(allv, p, method="inverted_cdf"), abs=6e-4)
+    # the functional API gives the same numbers
+    ar = torch.arange(B)
+    f = negative_diagnostics(
+        torch.cat([z1, z2]),
+        torch.cat([z1, z2]),
+        t=t,
+        beta=beta,
+        pos_index=torch.cat([ar + B, ar]),
+        self_index=torch.arange(2 * B),
+        q_labels=torch.cat([y, y]),
+        k_labels=torch.cat([y, y]),
+        chunk_size=7,
+    )
+    for key in ("ess", "fn_weight_share", "sim_mean", "pos_gap", "sim_p50"):
+        assert f[key] == pytest.approx(d[key], rel=1e-5), key
+    # uniform π: ESS is exactly the number of candidates
+    u = create_strategy("ucl")
+    u(z1, z2)
+    assert u.last_diagnostics["ess"] == pytest.approx(2 * B - 2, rel=1e-5)
+    # label filter: no weight on false negatives
+    h = create_strategy("hscl")
+    h(z1, z2, labels=y)
+    assert h.last_diagnostics["fn_weight_share"] == 0.0
+
+
+def test_diagnostics_on_a_sample_of_anchors():
+    """Large batches: the diagnostics use `diagnostics_anchors` evenly spaced anchors."""
+    B, t, beta = 150, 0.5, 1.0
+    g = torch.Generator().manual_seed(1)
+    z1 = torch.randn(B, 8, generator=g, dtype=torch.float64)
+    z2 = z1 + 0.6 * torch.randn(B, 8, generator=g, dtype=torch.float64)
+    z = unit(np.concatenate([z1.numpy(), z2.numpy()]))
+    S = z @ z.T
+    valid = in_batch_valid(B)
+    sample = np.round(np.linspace(0, 2 * B - 1, 40)).astype(int)
+    ess = []
+    for i in sample:
+        w = np.exp(beta * S[i, valid[i]] / t)
+        pi = w / w.sum()
+        ess.append(1 / (pi**2).sum())
+    for filters in ([], [{"kind": "similarity", "max_score": 0.999}]):  # plain pass and log_weight_fn path
+        s = create_strategy("hucl", beta=beta, t=t, diagnostics_anchors=40, filters=filters)
+        s(z1, z2)
+        assert s.last_diagnostics["ess"] == pytest.approx(np.mean(ess), rel=1e-5)
+        assert s.last_diagnostics["sim_mean"] == pytest.approx(S[sample][valid[sample]].mean(), rel=1e-6)
+    full = create_strategy("hucl", beta=beta, t=t, diagnostics_anchors=None)
+    full(z1, z2)
+    assert full.last_diagnostics["sim_mean"] == pytest.approx(S[valid].mean(), rel=1e-6)

@@ -1,0 +1,126 @@
+"""sentence-transformers loss wrappers: MNRL as the oracle, literal formulas for β-tilt and the FN filter,
+GradCache equivalence, and a real SentenceTransformerTrainer step."""
+
+import math
+
+import pytest
+import torch
+
+from hardneg.integrations.sentence_transformers import CachedHardNegativeRankingLoss, HardNegativeRankingLoss
+from tests.retrieval_fixtures import CORPUS, POSITIVES, QUERIES, minilm
+
+
+def features(model, cols):
+    return [model.preprocess(c) for c in cols]
+
+
+def grads_of(model, loss_fn, cols):
+    model.zero_grad()
+    loss = loss_fn(features(model, cols), None)
+    loss.backward()
+    p = model[0].auto_model.encoder.layer[-1].output.dense.weight
+    return loss.detach().clone(), p.grad.detach().clone()
+
+
+def test_default_equals_multiple_negatives_ranking_loss():
+    from sentence_transformers.sentence_transformer.losses import MultipleNegativesRankingLoss
+
+    m = minilm()
+    m.eval()  # no dropout: MNRL merges the candidate columns into one forward, which draws other masks
+    cols = [QUERIES[:4], POSITIVES[:4], CORPUS[:4]]
+    torch.manual_seed(0)
+    l_ref, g_ref = grads_of(m, MultipleNegativesRankingLoss(m, scale=20.0), cols)
+    torch.manual_seed(0)
+    l_our, g_our = grads_of(m, HardNegativeRankingLoss(m, scale=20.0), cols)
+    assert l_our.item() == pytest.approx(l_ref.item(), rel=1e-5)
+    torch.testing.assert_close(g_our, g_ref, rtol=1e-4, atol=1e-6)
+
+
+def literal(q, ks, t, beta=0.0, fn_margin=None):
+    """Direct formula: L_i = -log(e^{s_ip/t} / (e^{s_ip/t} + N Σ_j π_ij e^{s_ij/t})), π ∝ e^{β s/t} on kept j."""
+    q = torch.nn.functional.normalize(q, dim=-1)
+    k = torch.nn.functional.normalize(torch.cat(ks), dim=-1)
+    B = q.shape[0]
+    total = 0.0
+    for i in range(B):
+        s = (k @ q[i]).tolist()
+        sp = s[i]
+        neg = [j for j in range(len(s)) if j != i and (fn_margin is None or s[j] <= sp - fn_margin)]
+        w = [math.exp(beta * s[j] / t) for j in neg]
+        Z = sum(w)
+        inner = len(neg) * sum(w[a] / Z * math.exp(s[j] / t) for a, j in enumerate(neg))
+        total += -math.log(math.exp(sp / t) / (math.exp(sp / t) + inner))
+    return total / B
+
+
+@pytest.mark.parametrize("beta,fn_margin", [(0.0, None), (1.0, None), (0.5, 0.05), (0.0, -0.1)])
+def test_strategies_match_literal_formula(beta, fn_margin):
+    g = torch.Generator().manual_seed(1)
+    q = torch.randn(6, 8, generator=g, dtype=torch.float64)
+    ks = [torch.randn(6, 8, generator=g, dtype=torch.float64) for _ in range(2)]
+    ks[0] = ks[0] + 0.8 * q  # positives correlated with their anchors
+    loss = HardNegativeRankingLoss(None, scale=10.0, beta=beta, fn_margin=fn_margin)
+    got = loss.compute_loss_from_embeddings([q, *ks])
+    assert got.item() == pytest.approx(literal(q, ks, 0.1, beta, fn_margin), rel=1e-9)
+
+
+def test_debiased_matches_dcl_formula():
+    g = torch.Generator().manual_seed(2)
+    q = torch.randn(5, 8, generator=g, dtype=torch.float64)
+    k = torch.randn(5, 8, generator=g, dtype=torch.float64) + q
+    tau, t = 0.1, 0.5
+    got = HardNegativeRankingLoss(None, scale=1 / t, tau_plus=tau).compute_loss_from_embeddings([q, k])
+    qn, kn = torch.nn.functional.normalize(q, dim=-1), torch.nn.functional.normalize(k, dim=-1)
+    S = qn @ kn.T
+    ref = 0.0
+    for i in range(5):
+        pos = math.exp(S[i, i].item() / t)
+        neg = [math.exp(S[i, j].item() / t) for j in range(5) if j != i]
+        N = len(neg)
+        G = max((sum(neg) - tau * N * pos) / (1 - tau), N * math.exp(-1 / t))
+        ref += -math.log(pos / (pos + G))
+    assert got.item() == pytest.approx(ref / 5, rel=1e-9)
+
+
+def test_cached_equals_uncached():
+    m = minilm()
+    m.eval()  # dropout off: compare the two computations exactly
+    cols = [QUERIES[:4], POSITIVES[:4], CORPUS[:4]]
+    l1, g1 = grads_of(m, HardNegativeRankingLoss(m, beta=0.5, fn_margin=0.1), cols)
+    l2, g2 = grads_of(m, CachedHardNegativeRankingLoss(m, beta=0.5, fn_margin=0.1, mini_batch_size=2), cols)
+    assert l2.item() == pytest.approx(l1.item(), rel=1e-5)
+    torch.testing.assert_close(g2, g1, rtol=1e-3, atol=1e-6)
+
+
+def test_bad_arguments():
+    with pytest.raises(ValueError, match="scale"):
+        HardNegativeRankingLoss(None, scale=0)
+    with pytest.raises(ValueError, match="beta"):
+        HardNegativeRankingLoss(None, beta=-1)
+    with pytest.raises(ValueError, match="tau_plus"):
+        HardNegativeRankingLoss(None, tau_plus=1.0)
+    with pytest.raises(ValueError, match="fn_threshold"):
+        HardNegativeRankingLoss(None, fn_threshold=2.0)
+    with pytest.raises(ValueError, match="mini_batch_size"):
+        CachedHardNegativeRankingLoss(None, mini_batch_size=0)
+    with pytest.raises(ValueError, match="column"):
+        HardNegativeRankingLoss(None).compute_loss_from_embeddings([torch.randn(3, 4)])
+
+
+def test_trains_in_sentence_transformer_trainer(tmp_path):
+    datasets = pytest.importorskip("datasets")
+    pytest.importorskip("accelerate")
+    from sentence_transformers import SentenceTransformerTrainer, SentenceTransformerTrainingArguments
+
+    m = minilm()
+    before = m[0].auto_model.encoder.layer[-1].output.dense.weight.detach().clone()
+    ds = datasets.Dataset.from_dict({"anchor": QUERIES, "positive": POSITIVES, "negative": CORPUS[:6]})
+    args = SentenceTransformerTrainingArguments(
+        output_dir=str(tmp_path), max_steps=1, per_device_train_batch_size=6, learning_rate=1e-4,
+        report_to=[], save_strategy="no", logging_steps=1, use_cpu=True, seed=0, disable_tqdm=True)
+    loss = HardNegativeRankingLoss(m, beta=1.0, fn_margin=0.1)
+    SentenceTransformerTrainer(model=m, args=args, train_dataset=ds, loss=loss).train()
+    after = m[0].auto_model.encoder.layer[-1].output.dense.weight.detach()
+    assert not torch.equal(before, after)
+    with torch.no_grad():
+        m[0].auto_model.encoder.layer[-1].output.dense.weight.copy_(before)  # leave the shared model as loaded
