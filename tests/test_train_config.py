@@ -70,6 +70,12 @@ def test_build_loss_maps_to_the_named_losses():
         build_loss("hucl", {"gamma": 1.0})
     with pytest.raises(ValueError, match="unknown loss"):
         build_loss("no_such_loss")
+    # other names fall back to the strategy presets of hardneg.negatives.registry
+    from hardneg.negatives.registry import create_strategy
+
+    assert torch.equal(build_loss("topk", {"k": 4})(z1, z2, y), create_strategy("topk", k=4)(z1, z2, y))
+    with pytest.raises(ValueError, match="unknown option"):
+        build_loss("topk", {"kk": 4})
 
 
 def test_lr_schedules_follow_their_formula():

@@ -1,9 +1,11 @@
 """`hardneg` command line. Each sub-command lives in its own module and registers on ``app``."""
 
-from hardneg.cli import bench  # noqa: F401  (registers `hardneg bench`)
+from hardneg.cli import (
+    bench,  # noqa: F401  (registers `hardneg bench`)
+    train_cmds,  # noqa: F401  (registers train, compare, eval, bounds, report)
+)
 from hardneg.cli import mine as _mine  # noqa: F401  (`hardneg mine`, `wordnet-export`, `retrieval-compare`)
 from hardneg.cli import strategies as _strategies  # noqa: F401  (registers `hardneg strategies`)
-from hardneg.cli import train_cmds  # noqa: F401  (registers train, compare, eval, bounds, report)
 from hardneg.cli.app import app, main
 
 __all__ = ["app", "main"]

@@ -58,17 +58,18 @@ def build_loss(name: str, params: dict[str, Any] | None = None) -> LossFn:
         loss_fn.__name__ = f"{name}({', '.join(f'{k}={v}' for k, v in params.items())})"
         return loss_fn
     try:
-        from hardneg.negatives import registry  # type: ignore[attr-defined]
-    except ImportError:
-        registry = None
-    if registry is None:
-        raise ValueError(f"unknown loss {name!r}; expected one of {', '.join(NAMED)}")
-    try:
-        strat = registry.create_strategy(name, **params)
-    except KeyError as e:
-        raise ValueError(f"unknown loss or strategy {name!r}: {e}") from None
+        from hardneg.negatives import registry
+    except ImportError:  # pragma: no cover - the strategies package is part of hardneg on main
+        raise ValueError(f"unknown loss {name!r}; expected one of {', '.join(NAMED)}") from None
+    if name not in registry.list_strategies():
+        raise ValueError(
+            f"unknown loss {name!r}; expected one of {', '.join(NAMED)} or a strategy preset "
+            f"({', '.join(registry.list_strategies())})"
+        )
+    strat = registry.create_strategy(name, **params)  # ValueError names a bad option
 
     def strat_fn(z1: torch.Tensor, z2: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         return strat(z1, z2, labels)
 
+    strat_fn.strategy = strat  # type: ignore[attr-defined]
     return strat_fn

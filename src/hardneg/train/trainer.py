@@ -67,6 +67,21 @@ def _loss_beta_t(cfg: RunConfig) -> tuple[float, float]:
     return beta, t
 
 
+def _strategy_diagnostics(z1: torch.Tensor, z2: torch.Tensor, y: torch.Tensor, *, beta: float, t: float) -> dict:
+    """The strategies' diagnostics (:func:`hardneg.negatives.diagnostics.negative_diagnostics`) of the
+    tilted in-batch distribution π ∝ e^{βs/t} over all other views except the positive, prefixed ``pi_``."""
+    try:
+        from hardneg.negatives.diagnostics import negative_diagnostics as strat_diag
+    except ImportError:  # pragma: no cover - the strategies package is part of hardneg on main
+        return {}
+    z = torch.cat([z1, z2])
+    n, B = z.shape[0], z1.shape[0]
+    idx = torch.arange(n)
+    yy = torch.cat([y, y])
+    d = strat_diag(z, z, t=t, pos_index=(idx + B) % n, self_index=idx, q_labels=yy, k_labels=yy, beta=beta)
+    return {f"pi_{k}": float(v) for k, v in d.items()}
+
+
 class Trainer:
     """Train ``model`` with ``loss_fn`` on ``train_data`` as configured, writing to ``run_dir``.
 
@@ -247,6 +262,7 @@ class Trainer:
         out["uniform"] = uniformity(z1)
         if e.diagnostics:
             out["diag"] = negative_diagnostics(z1, z2, yb, beta=self.bounds_beta, t=self.bounds_t)
+            out["diag"].update(_strategy_diagnostics(z1, z2, yb, beta=self.bounds_beta, t=self.bounds_t))
         return out
 
     # ------------------------------------------------------------------ training
