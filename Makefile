@@ -19,7 +19,7 @@ demo: $(STAMP)
 	$(VENV)/bin/hardneg compare --config configs/digits_demo.yaml --overwrite
 
 test: $(STAMP)
-	$(PY) -m pytest
+	$(PY) -m pytest -q
 
 test-slow: $(STAMP)
 	$(PY) -m pytest -m slow
