@@ -18,7 +18,7 @@ def evaluate_run(
     from hardneg.data.base import load_named
     from hardneg.eval.knn import knn_predict
     from hardneg.eval.linear_probe import linear_probe, per_class_and_confusion
-    from hardneg.models.encoders import build_model
+    from hardneg.models.encoders import build_model_from_config
     from hardneg.train.config import RunConfig, load_config
 
     d = Path(run_dir)
@@ -29,17 +29,7 @@ def evaluate_run(
     c = cfg.data
     X, y = load_named(c.name, "train", data_dir=c.data_dir, limit=c.train_limit, seed=c.split_seed)
     Xt, yt = load_named(c.name, "test", data_dir=c.data_dir, limit=c.test_limit, seed=c.split_seed)
-    m = cfg.model
-    model = build_model(
-        m.encoder,
-        tuple(X.shape[1:]),
-        width=m.width,
-        stem_stride=m.stem_stride,
-        hidden=m.hidden,
-        depth=m.depth,
-        head_hidden=m.head_hidden,
-        proj_dim=m.proj_dim,
-    )
+    model = build_model_from_config(cfg.model, X.shape[1:])
     model.load_state_dict(torch.load(mp, map_location="cpu", weights_only=True))
     model.eval()
 

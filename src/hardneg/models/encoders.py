@@ -144,3 +144,17 @@ def build_model(
     else:
         raise ValueError(f"model.encoder must be 'cnn', 'mlp' or 'module:factory', got {encoder!r}")
     return ContrastiveModel(enc, ProjectionHead(_out_dim(enc, sample_shape), head_hidden, proj_dim))
+
+
+def build_model_from_config(m, sample_shape: tuple[int, ...]) -> nn.Module:
+    """:func:`build_model` from a validated ``model`` config section (``hardneg.train.config``)."""
+    return build_model(
+        m.encoder,
+        tuple(sample_shape),
+        width=m.width,
+        stem_stride=m.stem_stride,
+        hidden=m.hidden,
+        depth=m.depth,
+        head_hidden=m.head_hidden,
+        proj_dim=m.proj_dim,
+    )

@@ -29,7 +29,7 @@ from hardneg.eval.align_uniform import alignment, uniformity
 from hardneg.eval.knn import knn_predict
 from hardneg.eval.linear_probe import linear_probe, per_class_and_confusion
 from hardneg.io import atomic_torch_save, atomic_write_text
-from hardneg.models.encoders import ContrastiveModel, build_model
+from hardneg.models.encoders import ContrastiveModel, build_model_from_config
 from hardneg.seed import seed_everything
 from hardneg.train import checkpoint as ck
 from hardneg.train.config import RunConfig, dump_config
@@ -133,17 +133,7 @@ class Trainer:
         self.loss_fn = loss_fn if loss_fn is not None else build_loss(c.loss.name, c.loss.params)
         seed_everything(c.train.seed)
         if model is None:
-            m = c.model
-            model = build_model(
-                m.encoder,
-                tuple(self.X.shape[1:]),
-                width=m.width,
-                stem_stride=m.stem_stride,
-                hidden=m.hidden,
-                depth=m.depth,
-                head_hidden=m.head_hidden,
-                proj_dim=m.proj_dim,
-            )
+            model = build_model_from_config(c.model, self.X.shape[1:])
         self.model = model
         self.augment = Augment(tuple(c.augment.crop_scale), c.augment.flip_p, c.augment.noise_std, c.augment.erase_p)
         self.opt = torch.optim.AdamW(self.model.parameters(), lr=c.optim.lr, weight_decay=c.optim.weight_decay)
