@@ -198,3 +198,29 @@ def test_default_loss_from_config_trains(tmp_path):
     s = Trainer(c.model_copy(update={"loss": c.loss.model_copy(update={"name": "hscl",
                 "params": {"beta": 1.0, "t": 0.5}})}), tmp_path / "h").fit()
     assert math.isfinite(s["final_train_loss"]) and 0.0 <= s["knn_acc"] <= 1.0
+
+
+def test_resume_with_stateful_strategy_equals_uninterrupted(tmp_path):
+    """A MoCo queue strategy from the config: its queue and step counter travel in the checkpoint."""
+    from hardneg.train.losses_from_config import build_loss
+
+    over = {"loss__name": "moco_queue", "loss__params": {"size": 64}}
+    d_full = tmp_path / "full_q"
+    Trainer(cfg(**over), d_full).fit()
+    calls = [0]
+    real = build_loss("moco_queue", {"size": 64})
+
+    def crashing(z1, z2, y):
+        calls[0] += 1
+        if calls[0] == 11:
+            raise RuntimeError("simulated crash")
+        return real(z1, z2, y)
+
+    crashing.strategy = real.strategy  # what the trainer checkpoints
+    d = tmp_path / "crashed_q"
+    with pytest.raises(RuntimeError, match="simulated"):
+        Trainer(cfg(**over), d, loss_fn=crashing).fit()
+    st = torch.load(d / "checkpoint.pt", weights_only=False)
+    assert st["step"] == 10 and st["strategy"] is not None
+    Trainer(cfg(**over), d, resume=True).fit()
+    assert (d / "metrics.jsonl").read_bytes() == (d_full / "metrics.jsonl").read_bytes()

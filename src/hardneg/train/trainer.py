@@ -131,6 +131,8 @@ class Trainer:
             )
         self.num_classes = int(max(int(self.y.max()), int(self.yt.max())) + 1)
         self.loss_fn = loss_fn if loss_fn is not None else build_loss(c.loss.name, c.loss.params)
+        strategy = getattr(self.loss_fn, "strategy", self.loss_fn)
+        self._strategy: torch.nn.Module | None = strategy if isinstance(strategy, torch.nn.Module) else None
         seed_everything(c.train.seed)
         if model is None:
             model = build_model_from_config(c.model, self.X.shape[1:])
@@ -169,6 +171,8 @@ class Trainer:
             "perm": self.perm,
             "epoch_loss": list(self.epoch_loss),
             "metrics_bytes": mp.stat().st_size if mp.exists() else 0,
+            # a strategy's own state (queue contents, adversarial bank, step counter of its schedules)
+            "strategy": self._strategy.state_dict() if self._strategy is not None else None,
         }
 
     def save_checkpoint(self) -> Path:
@@ -192,6 +196,8 @@ class Trainer:
         self.step, self.epoch, self.batch_idx = st["step"], st["epoch"], st["batch_idx"]
         self.perm = st["perm"]
         self.epoch_loss = list(st["epoch_loss"])
+        if self._strategy is not None and st.get("strategy") is not None:
+            self._strategy.load_state_dict(st["strategy"])
         if mp.exists():
             with open(mp, "r+b") as f:
                 f.truncate(st["metrics_bytes"])
