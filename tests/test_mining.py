@@ -199,3 +199,38 @@ def test_bad_config_and_small_corpus():
             MineConfig(**kw).validate()
     with pytest.raises(ValueError, match="pos_ids"):
         mine_embeddings(q, c, [0, 1, 9], MineConfig(num_negatives=1), show_progress=False)
+
+
+@pytest.mark.parametrize("m,c_block,group,q_chunk", [(3000, 65536, 32, 256), (1001, 128, 16, 7), (50, 32, 32, 3)])
+def test_bf16_index_coarse_stage_equals_bf16_brute_force_topk(m, c_block, group, q_chunk):
+    # the group-max selection and the block merge must return exactly the bf16 top-kc of a plain brute force
+    import torch
+
+    from hardneg.mining.index import BF16Index
+
+    rng = np.random.default_rng(11)
+    c, q = unit(rng, m, 24), unit(rng, 40, 24)
+    idx = BF16Index(c, q_chunk=q_chunk, c_block=c_block, group=group)
+    k = 5
+    kc = min(max(4 * k, k + 16), m)
+    qb = torch.from_numpy(q).bfloat16()
+    full = (qb @ torch.from_numpy(c).bfloat16().T).float()
+    ref_vals = full.topk(kc, dim=1).values
+    qbt = qb.T.contiguous()
+    buf = torch.empty(min(c_block, idx.xb_bf16.shape[0]) * q.shape[0], dtype=torch.bfloat16)
+    best_v = best_i = None
+    for b in range(0, idx.xb_bf16.shape[0], c_block):
+        v, i = idx._block_top(qbt, b, kc, buf)
+        if best_v is not None:
+            v, j = torch.cat([best_v, v], 1).topk(kc, dim=1)
+            i = torch.gather(torch.cat([best_i, i], 1), 1, j)
+        best_v, best_i = v, i
+    assert int(best_i.max()) < m
+    torch.testing.assert_close(best_v.float(), ref_vals, rtol=0, atol=0)
+    torch.testing.assert_close(torch.gather(full, 1, best_i), ref_vals, rtol=0, atol=0)
+    # end to end: exact float32 scores of the returned ids, in decreasing order, recall vs flat
+    s, ids = idx.search(q, k)
+    np.testing.assert_allclose(s, np.take_along_axis(q @ c.T, ids, 1), rtol=1e-5, atol=1e-6)
+    assert (np.diff(s, axis=1) <= 1e-7).all() and len(np.unique(ids[0])) == k
+    exact = np.argsort(-(q @ c.T), axis=1)[:, :k]
+    assert recall_at_k(ids, exact) > 0.97

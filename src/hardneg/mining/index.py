@@ -92,16 +92,57 @@ def build_index(
 
 
 class BF16Index:
-    """Two-stage brute-force inner-product search (see module docstring, ``"bf16"``)."""
+    """Two-stage brute-force inner-product search (see module docstring, ``"bf16"``).
 
-    def __init__(self, corpus: np.ndarray, *, threads: int | None = None, q_chunk: int = 512,
-                 c_block: int = 65536):
+    Stage 1 works on one (corpus block × query chunk) score tile at a time, written into a reused
+    buffer laid out (documents, queries) so that every reduction runs along contiguous memory:
+
+    1. ``S = C_b · Q_bᵀ`` in bfloat16 (oneDNN, AMX where present) into the buffer — a fresh tile per
+       chunk would cost as much in page faults as the product itself;
+    2. the maximum of each group of ``group`` consecutive documents, per query;
+    3. the top ``kc`` groups per query. Every document among the block's top ``kc`` lies in one of
+       them (a group holding such a document has a maximum at least as large), so gathering those
+       ``kc·group`` scores and taking their top ``kc`` gives exactly the block's top ``kc`` in bf16,
+       while ``torch.topk`` only ever sees ``1/group`` of the tile;
+    4. the block's candidates are merged with the running best ``kc``.
+
+    Stage 2 re-scores the ``kc`` candidates of each query in float32 and keeps the top ``k``.
+    Peak extra memory is one ``c_block × q_chunk`` bf16 tile (32 MiB by default) plus the bf16 copy
+    of the corpus.
+    """
+
+    def __init__(self, corpus: np.ndarray, *, threads: int | None = None, q_chunk: int = 256,
+                 c_block: int = 65536, group: int = 32):
         import torch
 
+        if c_block % group:
+            raise ValueError(f"c_block ({c_block}) must be a multiple of group ({group})")
         self.xb = corpus
-        self.xb_bf16 = torch.from_numpy(corpus).to(torch.bfloat16)
         self.d, self.ntotal = corpus.shape[1], corpus.shape[0]
-        self.q_chunk, self.c_block = q_chunk, c_block
+        self.q_chunk, self.c_block, self.group = q_chunk, c_block, group
+        padded = -(-self.ntotal // group) * group
+        self.xb_bf16 = torch.zeros(padded, self.d, dtype=torch.bfloat16)  # rows past ntotal score -inf
+        self.xb_bf16[: self.ntotal] = torch.from_numpy(corpus)
+
+    def _block_top(self, qbt, b: int, kc: int, buf):
+        """bf16 top-``kc`` (values, global ids) of corpus block starting at ``b`` for queries ``qbt`` (d, r)."""
+        import torch
+
+        G = self.group
+        blk = self.xb_bf16[b : b + self.c_block]
+        rows, r = blk.shape[0], qbt.shape[1]
+        S = buf[: rows * r].view(rows, r)
+        torch.mm(blk, qbt, out=S)
+        real = self.ntotal - b
+        if real < rows:
+            S[real:] = float("-inf")
+        gmax = S.view(rows // G, G, r).amax(1)  # (groups, r)
+        kg = min(kc, rows // G)
+        _, gi = gmax.T.topk(kg, dim=1)  # (r, kg) best groups per query
+        docs = (gi[:, :, None] * G + torch.arange(G)).flatten(1)  # (r, kg·G) block-local rows
+        v = S.view(-1)[docs * r + torch.arange(r)[:, None]]
+        v, j = v.topk(min(kc, v.shape[1]), dim=1)
+        return v, torch.gather(docs, 1, j) + b
 
     def search(self, xq: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         import torch
@@ -111,20 +152,21 @@ class BF16Index:
         xb_t = torch.from_numpy(self.xb)
         out_s = np.empty((xq.shape[0], k), np.float32)
         out_i = np.empty((xq.shape[0], k), np.int64)
+        buf = torch.empty(min(self.c_block, self.xb_bf16.shape[0]) * self.q_chunk, dtype=torch.bfloat16)
         with torch.inference_mode():
             for a in range(0, xq.shape[0], self.q_chunk):
                 qf = xq_t[a : a + self.q_chunk]
-                qb = qf.to(torch.bfloat16)
+                qbt = qf.T.to(torch.bfloat16).contiguous()
                 best_v = best_i = None
-                for b in range(0, self.ntotal, self.c_block):
-                    S = qb @ self.xb_bf16[b : b + self.c_block].T
-                    v, i = S.topk(min(kc, S.shape[1]), dim=1)
-                    i = i + b
+                for b in range(0, self.xb_bf16.shape[0], self.c_block):
+                    v, i = self._block_top(qbt, b, kc, buf)
                     if best_v is not None:
                         v, j = torch.cat([best_v, v], 1).topk(kc, dim=1)
                         i = torch.gather(torch.cat([best_i, i], 1), 1, j)
                     best_v, best_i = v, i
-                exact = torch.einsum("nd,nkd->nk", qf, xb_t[best_i])  # float32 re-scoring
+                pad = best_i >= self.ntotal  # only when a query has fewer than kc real documents
+                best_i = best_i.masked_fill(pad, 0)
+                exact = torch.einsum("nd,nkd->nk", qf, xb_t[best_i]).masked_fill_(pad, float("-inf"))
                 v, j = exact.topk(k, dim=1)
                 out_s[a : a + self.q_chunk] = v.numpy()
                 out_i[a : a + self.q_chunk] = torch.gather(best_i, 1, j).numpy()
