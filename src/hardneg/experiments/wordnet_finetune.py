@@ -1,29 +1,38 @@
 """Fine-tune all-MiniLM-L6-v2 on WordNet (example → definition) with different negatives; evaluate on
-the held-out test split.
+the held-out dev and test splits.
 
 Runs (issue 5):
-  untuned        the model as shipped
-  mnrl           (1) in-batch negatives only: sentence-transformers' MultipleNegativesRankingLoss
-  st_mined       (2) + negatives mined by sentence-transformers' ``mine_hard_negatives`` (top-k, its
-                 defaults), MNRL
-  hardneg_mined  (3) + negatives mined by ``hardneg mine``: window [0, 30), WordNet false negatives
-                 (hypernym / hyponym definitions) and duplicate texts filtered, top-k, MNRL
-  hardneg_best   (4) hardneg mining with β-tilted sampling (π ∝ e^{β s/t}) over the filtered window,
-                 trained with :class:`HardNegativeRankingLoss` (β-tilted in-batch + mined negatives)
-  hardneg_margin (optional) hardneg mining as NV-Retriever's TopK-PercPos (relative margin 0.05 below the
-                 positive) over a wide window [0, 300) with WordNet false negatives filtered; queries left
-                 without negatives are dropped (the summary counts them); MNRL
+  untuned              the model as shipped
+  mnrl                 (1) in-batch negatives only: sentence-transformers' MultipleNegativesRankingLoss
+  st_mined             (2) + negatives mined by sentence-transformers' ``mine_hard_negatives`` (top-k, its
+                       defaults), MNRL
+  hardneg_mined        (3) + negatives mined by ``hardneg mine``: window [0, 30), WordNet false negatives
+                       (hypernym / hyponym definitions) and duplicate texts filtered, top-k, MNRL
+  hardneg_tilted       hardneg mining with β-tilted sampling (π ∝ e^{β s/t}) over the filtered window [0, 30),
+                       trained with :class:`HardNegativeRankingLoss` (β-tilted in-batch + mined negatives)
+  hardneg_margin       NV-Retriever's TopK-PercPos: negatives scoring ≥ 5 % below the positive
+                       (relative margin 0.05), window [0, 300), false negatives filtered, top-k, MNRL
+  hardneg_margin_wide  the same over the window [0, 3000), so that queries whose positive ranks low still
+                       get negatives
+  hardneg_mid          uniform sampling from the mid-rank window [10, 100), false negatives filtered, MNRL
+
+(4) "hardneg's best strategy" is the hardneg run with the highest **dev** MRR@10 — chosen on the dev split,
+reported on the test split, so the choice never sees the test queries.
+
+Every trained run makes the same number of optimizer steps (``--max-steps``; default one epoch of the
+training pairs at ``--batch-size``): mined sets that dropped queries without enough negatives cycle
+through their rows a little more often instead of training for fewer steps.
 
 Data: pairs of the train split (``--train-pairs`` caps them, seeded shuffle); mining corpus = the
-definitions of train-split synsets (no test definition is ever a training negative); evaluation:
-test-split queries against the definitions of all test-split synsets (``--eval-corpus`` caps the
+definitions of train-split synsets (no dev or test definition is ever a training negative); evaluation:
+dev (test) queries against the definitions of all dev (test) synsets (``--eval-corpus`` caps the
 distractors). Metrics: Recall@1/10, MRR@10, nDCG@10 (:mod:`hardneg.eval.retrieval`).
 
 Both mining methods use the same (bf16, cached) embeddings; sentence-transformers reads them from
-its ``cache_folder`` (:mod:`hardneg.mining.st_compat`). Each run stops after ``--max-minutes``.
+its ``cache_folder`` (:mod:`hardneg.mining.st_compat`). Each run also stops after ``--max-minutes``.
 
-    python -m hardneg.experiments.wordnet_finetune --out runs/wordnet_finetune          # full budget
-    python -m hardneg.experiments.wordnet_finetune --out runs/wn_small --train-pairs 2000 --max-minutes 6
+    hardneg retrieval-compare --out runs/wordnet_finetune                    # all runs, all train pairs
+    python -m hardneg.experiments.wordnet_finetune --out runs/wn_small --train-pairs 2000 --runs untuned,mnrl
 """
 
 from __future__ import annotations
@@ -36,8 +45,28 @@ import tempfile
 import time
 from pathlib import Path
 
-RUNS = ("untuned", "mnrl", "st_mined", "hardneg_mined", "hardneg_best", "hardneg_margin")
-DEFAULT_RUNS = RUNS[:5]
+RUNS = ("untuned", "mnrl", "st_mined", "hardneg_mined", "hardneg_tilted", "hardneg_margin", "hardneg_margin_wide",
+        "hardneg_mid")
+DEFAULT_RUNS = RUNS
+MINED_RUNS = RUNS[2:]
+
+
+def _eval_set(synsets, split: str, eval_queries: int | None, eval_corpus: int | None, rng: random.Random):
+    from hardneg.data.wordnet import build_corpus, build_pairs, split_of
+
+    syn = [s for s in synsets if split_of(s.key) == split]
+    rows = build_pairs(syn)
+    rng.shuffle(rows)
+    if eval_queries:
+        rows = rows[:eval_queries]
+    corpus, _ = build_corpus(syn)
+    relevant_texts = {r["positive"] for r in rows}
+    if eval_corpus and eval_corpus < len(corpus):
+        others = [t for t in corpus if t not in relevant_texts]
+        rng.shuffle(others)
+        corpus = sorted(relevant_texts) + others[: max(0, eval_corpus - len(relevant_texts))]
+    row = {t: i for i, t in enumerate(corpus)}
+    return {"queries": [r["query"] for r in rows], "corpus": corpus, "relevant": [[row[r["positive"]]] for r in rows]}
 
 
 def build_data(train_pairs: int | None, eval_queries: int | None, eval_corpus: int | None, seed: int):
@@ -49,25 +78,10 @@ def build_data(train_pairs: int | None, eval_queries: int | None, eval_corpus: i
     rng.shuffle(train)
     if train_pairs:
         train = train[:train_pairs]
-    train_syn = [s for s in syn if split_of(s.key) == "train"]
-    test_syn = [s for s in syn if split_of(s.key) == "test"]
-    mine_corpus, mine_labels = build_corpus(train_syn)
-    test = build_pairs(test_syn)
-    rng.shuffle(test)
-    if eval_queries:
-        test = test[:eval_queries]
-    ev_corpus, _ = build_corpus(test_syn)
-    relevant_texts = {r["positive"] for r in test}
-    if eval_corpus and eval_corpus < len(ev_corpus):
-        others = [t for t in ev_corpus if t not in relevant_texts]
-        rng.shuffle(others)
-        ev_corpus = sorted(relevant_texts) + others[: max(0, eval_corpus - len(relevant_texts))]
-    row = {t: i for i, t in enumerate(ev_corpus)}
-    return {
-        "train": train, "mine_corpus": mine_corpus, "mine_labels": mine_labels,
-        "eval_queries": [r["query"] for r in test], "eval_corpus": ev_corpus,
-        "eval_relevant": [[row[r["positive"]]] for r in test],
-    }
+    mine_corpus, mine_labels = build_corpus([s for s in syn if split_of(s.key) == "train"])
+    return {"train": train, "mine_corpus": mine_corpus, "mine_labels": mine_labels,
+            "test": _eval_set(syn, "test", eval_queries, eval_corpus, rng),
+            "dev": _eval_set(syn, "dev", eval_queries, eval_corpus, rng)}
 
 
 def mine_sets(data, model, num_negatives: int, cache_dir: str, seed: int, runs=RUNS):
@@ -99,12 +113,13 @@ def mine_sets(data, model, num_negatives: int, cache_dir: str, seed: int, runs=R
         out["st_mined"] = (st.to_list(), {"rows": len(st)})
     common = dict(model=model, output_format="n-tuple", q_labels=labels, corpus_labels=data["mine_labels"],
                   precision="bf16", cache_dir=cache_dir, show_progress=True)
+    fn = dict(num_negatives=num_negatives, filter_labels=True, seed=seed)
     configs = {
-        "hardneg_mined": MineConfig(num_negatives=num_negatives, range_max=30, filter_labels=True, seed=seed),
-        "hardneg_best": MineConfig(num_negatives=num_negatives, range_max=30, filter_labels=True,
-                                   sampling="tilted", beta=1.0, t=0.05, seed=seed),
-        "hardneg_margin": MineConfig(num_negatives=num_negatives, range_max=300, relative_margin=0.05,
-                                     filter_labels=True, seed=seed),
+        "hardneg_mined": MineConfig(range_max=30, **fn),
+        "hardneg_tilted": MineConfig(range_max=30, sampling="tilted", beta=1.0, t=0.05, **fn),
+        "hardneg_margin": MineConfig(range_max=300, relative_margin=0.05, **fn),
+        "hardneg_margin_wide": MineConfig(range_max=3000, relative_margin=0.05, **fn),
+        "hardneg_mid": MineConfig(range_min=10, range_max=100, sampling="uniform", **fn),
     }
     for name, cfg in configs.items():
         if name in runs:
@@ -134,7 +149,7 @@ def train_one(run: str, rows: list[dict], args, out_dir: Path):
             if k != "scores":
                 cols.setdefault(k, []).append(v)
     ds = datasets.Dataset.from_dict(cols)
-    if run == "hardneg_best":
+    if run == "hardneg_tilted":
         loss = HardNegativeRankingLoss(model, scale=20.0, beta=args.beta)
     else:
         loss = MultipleNegativesRankingLoss(model, scale=20.0)
@@ -153,11 +168,11 @@ def train_one(run: str, rows: list[dict], args, out_dir: Path):
 
     cb = Budget()
     targs = SentenceTransformerTrainingArguments(
-        output_dir=str(out_dir / f"trainer-{run}"), num_train_epochs=args.epochs,
+        output_dir=str(out_dir / f"trainer-{run}"), num_train_epochs=1000,  # max_steps decides
         per_device_train_batch_size=args.batch_size, learning_rate=args.lr, warmup_steps=0.1,
         batch_sampler="no_duplicates", report_to=[], save_strategy="no", logging_steps=10, use_cpu=True,
         seed=args.seed, bf16=args.bf16, disable_tqdm=False, dataloader_num_workers=0,
-        max_steps=args.max_steps if args.max_steps else -1)
+        max_steps=args.max_steps)
     t0 = time.time()
     trainer = SentenceTransformerTrainer(model=model, args=targs, train_dataset=ds, loss=loss, callbacks=[cb])
     trainer.train()
@@ -172,14 +187,14 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--train-pairs", type=int, default=None, help="cap on training pairs (default: all)")
     ap.add_argument("--eval-queries", type=int, default=None)
     ap.add_argument("--eval-corpus", type=int, default=None, help="cap on eval corpus size (default: all test)")
-    ap.add_argument("--epochs", type=float, default=1.0)
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--lr", type=float, default=5e-5)
     ap.add_argument("--num-negatives", type=int, default=3)
-    ap.add_argument("--beta", type=float, default=0.5, help="β of the hardneg_best loss")
+    ap.add_argument("--beta", type=float, default=0.5, help="β of the hardneg_tilted loss")
     ap.add_argument("--max-minutes", type=float, default=40.0, help="training budget per run")
     ap.add_argument("--max-steps", type=int, default=None,
-                    help="fixed number of optimizer steps per run (same for every run; default: epochs)")
+                    help="optimizer steps per trained run, the same for every run (default: one epoch of the "
+                         "training pairs, ceil(pairs / batch size))")
     ap.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=True,
                     help="bf16 autocast for training (same for every run)")
     ap.add_argument("--cache-dir", default=".cache/hardneg-embeddings")
@@ -203,19 +218,25 @@ def main(argv: list[str] | None = None) -> dict:
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
     data = build_data(args.train_pairs, args.eval_queries, args.eval_corpus, args.seed)
-    print(f"train pairs {len(data['train'])}, mining corpus {len(data['mine_corpus'])}, eval queries "
-          f"{len(data['eval_queries'])}, eval corpus {len(data['eval_corpus'])}", flush=True)
-    results: dict = {"config": vars(args), "data": {"train_pairs": len(data["train"]),
-                     "mine_corpus": len(data["mine_corpus"]), "eval_queries": len(data["eval_queries"]),
-                     "eval_corpus": len(data["eval_corpus"])}, "runs": {}}
+    if not args.max_steps:
+        args.max_steps = -(-len(data["train"]) // args.batch_size)
+    print(f"train pairs {len(data['train'])}, mining corpus {len(data['mine_corpus'])}, "
+          f"{args.max_steps} steps per run, test queries {len(data['test']['queries'])} / corpus "
+          f"{len(data['test']['corpus'])}, dev queries {len(data['dev']['queries'])} / corpus "
+          f"{len(data['dev']['corpus'])}", flush=True)
+    results: dict = {"config": vars(args), "data": {
+        "train_pairs": len(data["train"]), "mine_corpus": len(data["mine_corpus"]),
+        **{f"{sp}_{k}": len(data[sp][k]) for sp in ("test", "dev") for k in ("queries", "corpus")}}, "runs": {}}
     res_path = out_dir / "results.json"
 
     def evaluate(model):
         t0 = time.time()
-        m = evaluate_model(model, data["eval_queries"], data["eval_corpus"], data["eval_relevant"],
-                           precision="bf16", show_progress=False)
-        m["eval_s"] = time.time() - t0
-        return m
+        m = {sp: evaluate_model(model, data[sp]["queries"], data[sp]["corpus"], data[sp]["relevant"],
+                                precision="bf16", show_progress=False) for sp in ("test", "dev")}
+        out = dict(m["test"])
+        out["dev"] = m["dev"]
+        out["eval_s"] = time.time() - t0
+        return out
 
     def save():
         atomic_write_text(res_path, json.dumps(results, indent=2) + "\n")
@@ -225,7 +246,7 @@ def main(argv: list[str] | None = None) -> dict:
         print("untuned", results["runs"]["untuned"], flush=True)
         save()
     mined = {}
-    if any(r in runs for r in ("st_mined", "hardneg_mined", "hardneg_best", "hardneg_margin")):
+    if any(r in runs for r in MINED_RUNS):
         t0 = time.time()
         mined = mine_sets(data, load_sentence_model(None), args.num_negatives, args.cache_dir, args.seed, runs)
         results["mining_s"] = time.time() - t0
@@ -244,16 +265,28 @@ def main(argv: list[str] | None = None) -> dict:
         results["runs"][run] = m
         print(run, m, flush=True)
         save()
-    lines = ["| run | Recall@1 | Recall@10 | MRR@10 | nDCG@10 | train rows | steps | train s |",
-             "|---|---|---|---|---|---|---|---|"]
-    for run, m in results["runs"].items():
-        lines.append(f"| {run} | {m['recall@1']:.4f} | {m['recall@10']:.4f} | {m['mrr@10']:.4f} | "
-                     f"{m['ndcg@10']:.4f} | {m.get('train_rows', '-')} | {m.get('steps', '-')} | "
-                     f"{m.get('train_s', 0):.0f} |")
-    table = "\n".join(lines)
+    hn = {r: m for r, m in results["runs"].items() if r.startswith("hardneg_")}
+    if hn:
+        results["best_by_dev"] = max(hn, key=lambda r: hn[r]["dev"]["mrr@10"])
+        save()
+    table = results_table(results)
     atomic_write_text(out_dir / "results.md", table + "\n")
     print(table)
     return results
+
+
+def results_table(results: dict) -> str:
+    """Markdown table of a results.json: test metrics, dev MRR@10, rows, steps; (4) marks the dev-chosen run."""
+    label = {"untuned": "untuned", "mnrl": "(1) mnrl", "st_mined": "(2) st_mined", "hardneg_mined": "(3) hardneg_mined"}
+    best = results.get("best_by_dev")
+    lines = ["| run | test Recall@1 | test Recall@10 | test MRR@10 | test nDCG@10 | dev MRR@10 | train rows | steps "
+             "| train s |", "|---|---|---|---|---|---|---|---|---|"]
+    for run, m in results["runs"].items():
+        name = label.get(run, run) + (" — (4) best by dev" if run == best else "")
+        lines.append(f"| {name} | {m['recall@1']:.4f} | {m['recall@10']:.4f} | {m['mrr@10']:.4f} | "
+                     f"{m['ndcg@10']:.4f} | {m['dev']['mrr@10']:.4f} | {m.get('train_rows', '-')} | "
+                     f"{m.get('steps', '-')} | {m.get('train_s', 0):.0f} |")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":
