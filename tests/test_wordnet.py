@@ -94,3 +94,44 @@ def test_real_wordnet_noun_file():
     corpus, labels = wn.build_corpus(syn.values())
     assert len(corpus) == len(set(corpus)) == len(labels)
     assert len(corpus) > 80000
+
+
+def test_ambiguity_labels_mark_definitions_of_other_words_in_the_example(data_dir):
+    # "the dog barked ... cat": the cat definition answers the sentence too; the dog's own other senses do not
+    syn = {s.key: s for s in wn.load_synsets("noun", data_dir)}
+    dog, cat, puppy = syn["noun:00000200"], syn["noun:00000300"], syn["noun:00000400"]
+    assert wn.query_lemma_keys("The dogs chased two cats") >= {"dog", "cat", "chase", "chased", "two cat"}
+    assert "the" not in wn.query_lemma_keys("the cat")  # function words are not lemma keys
+    q = set(wn.ambiguity_labels_for_query(dog, "the dogs chased the cat and a puppy"))
+    assert q == {f"w:{k}" for k in wn.query_lemma_keys("the dogs chased the cat and a puppy")} - {"w:dog"}
+
+    def amb(doc):
+        return bool(q & set(wn.ambiguity_labels_for_doc(doc)))
+
+    assert amb(cat) and amb(puppy) and not amb(dog)  # own lemma excluded: other senses of "dog" stay negatives
+    rows = wn.build_pairs(syn.values(), ambiguous=True)
+    corpus, labels = wn.build_corpus(syn.values(), ambiguous=True)
+    plain = wn.build_pairs(syn.values())
+    assert [r["query"] for r in rows] == [r["query"] for r in plain]
+    r = next(r for r in rows if r["query"] == "the dog barked all night")
+    assert set(plain[0]["labels"]) < set(r["labels"]) and "w:dog" not in r["labels"] and "w:night" in r["labels"]
+    assert "w:cat" in labels[corpus.index("feline mammal")]
+
+
+def test_wordnet_export_cli_writes_splits_and_ambiguity_labels(data_dir, tmp_path):
+    import json
+
+    from hardneg.cli import main
+
+    out = tmp_path / "export"
+    with pytest.raises(SystemExit) as e:
+        main(["wordnet-export", "--out-dir", str(out), "--data-dir", str(data_dir), "--ambiguous"])
+    assert e.value.code in (0, None)
+    rows = [json.loads(x) for sp in wn.SPLITS for x in (out / f"{sp}.jsonl").read_text().splitlines()]
+    assert sorted(r["query"] for r in rows) == sorted(
+        ["the dog barked all night", "dogs are loyal", "the cat sat"])
+    dog_row = next(r for r in rows if r["query"] == "the dog barked all night")
+    assert "w:night" in dog_row["labels"] and "w:dog" not in dog_row["labels"]
+    corpus = {d["text"]: d["labels"] for d in map(json.loads, (out / "corpus.jsonl").read_text().splitlines())}
+    assert set(corpus["a member of the genus Canis"]) == {"s:noun:00000200", "c:noun:00000100", "w:dog",
+                                                          "w:domestic dog"}

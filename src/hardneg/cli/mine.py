@@ -24,6 +24,9 @@ def mine_cmd(
     wordnet_pos: str = typer.Option("noun", "--wordnet-pos", help="Comma-separated parts of speech."),
     wordnet_split: str = typer.Option("train", "--wordnet-split", help="train, dev or test."),
     wordnet_query: str = typer.Option("example", "--wordnet-query", help="example, lemma or both."),
+    wordnet_ambiguous: bool = typer.Option(
+        False, "--wordnet-ambiguous",
+        help="Label sets also mark ambiguous negatives (definitions of another noun in the example)."),
     data_dir: Path | None = typer.Option(None, "--data-dir", help="Folder with WordNet's data.noun etc."),
     max_pairs: int | None = typer.Option(None, "--max-pairs", help="Use only the first N pairs."),
     model: Path | None = typer.Option(None, "--model", help="sentence-transformers model folder "
@@ -87,11 +90,11 @@ def mine_cmd(
         from hardneg.data.wordnet import build_corpus, build_pairs, load_synsets
 
         syn = load_synsets([p.strip() for p in wordnet_pos.split(",")], data_dir)
-        rows = build_pairs(syn, query=wordnet_query, split=wordnet_split)
+        rows = build_pairs(syn, query=wordnet_query, split=wordnet_split, ambiguous=wordnet_ambiguous)
         queries = [r["query"] for r in rows]
         positives = [r["positive"] for r in rows]
         q_labels = [r["labels"] for r in rows]
-        corpus_texts, c_labels = build_corpus(syn)
+        corpus_texts, c_labels = build_corpus(syn, ambiguous=wordnet_ambiguous)
     else:
         queries, positives, q_labels = read_pairs(pairs, query_column=query_column, positive_column=positive_column)
         if corpus is not None:
@@ -113,6 +116,7 @@ def wordnet_export(
     out_dir: Path = typer.Option(..., "--out-dir", help="Folder for train/dev/test.jsonl and corpus.jsonl."),
     pos: str = typer.Option("noun", "--pos", help="Comma-separated parts of speech: noun, verb, adj, adv."),
     query: str = typer.Option("example", "--query", help="example, lemma or both."),
+    ambiguous: bool = typer.Option(False, "--ambiguous", help="Also label ambiguous negatives (see docs)."),
     data_dir: Path | None = typer.Option(None, "--data-dir"),
 ) -> None:
     """Write the WordNet retrieval task (pairs per split + corpus, with false-negative label sets) as JSONL."""
@@ -120,13 +124,13 @@ def wordnet_export(
     from hardneg.io import atomic_open
 
     syn = load_synsets([p.strip() for p in pos.split(",")], data_dir)
-    pairs = build_pairs(syn, query=query)
+    pairs = build_pairs(syn, query=query, ambiguous=ambiguous)
     for split in ("train", "dev", "test"):
         with atomic_open(out_dir / f"{split}.jsonl", "w", encoding="utf-8") as f:
             for r in pairs:
                 if r["split"] == split:
                     f.write(json.dumps(r, ensure_ascii=False) + "\n")
-    texts, labels = build_corpus(syn)
+    texts, labels = build_corpus(syn, ambiguous=ambiguous)
     with atomic_open(out_dir / "corpus.jsonl", "w", encoding="utf-8") as f:
         for tx, lab in zip(texts, labels):
             f.write(json.dumps({"text": tx, "labels": lab}, ensure_ascii=False) + "\n")

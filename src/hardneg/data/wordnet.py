@@ -14,6 +14,15 @@ negatives; the glosses of a synset's direct hypernyms and hyponyms describe the 
 natural false negatives. :func:`fn_labels_for_query` and :func:`fn_labels_for_doc` encode that
 relation as label sets whose intersection marks a known false negative (used by ``hardneg mine``).
 
+A second kind, *ambiguous* negatives (``ambiguous=True``): an example sentence does not say which of
+its words it illustrates, so the definition of *another* noun that occurs in it ("peeling potatoes is
+a drag" → "mashed potato: potato that has been peeled ...") answers the query as well as the gold one
+for a reader who cannot see the target word. :func:`ambiguity_labels_for_query` /
+:func:`ambiguity_labels_for_doc` mark them: ``w:<lemma>`` for every word n-gram of the query (n ≤ 3,
+last word also in simple singular / base forms, function words skipped) that is not a lemma of the
+query's own synset, and ``w:<lemma>`` for every lemma of a document's synsets. Other senses of the
+target word itself stay negatives (they are what the sentence's context disambiguates).
+
 The split is deterministic by synset: ``sha1("pos:offset")`` mapped to [0, 1) against the split
 fractions, so every example of a synset lands in the same split.
 """
@@ -134,15 +143,63 @@ def fn_labels_for_doc(s: Synset) -> list[str]:
     return [f"s:{s.key}", *(f"c:{h}" for h in s.hypernyms)]
 
 
+_WORD = re.compile(r"[a-z0-9][a-z0-9'-]*")
+_FUNCTION_WORDS_TEXT = (
+    "a an the of in on at to for by with from into onto and or but nor so is are was were be been being am it its "
+    "his her hers their theirs they them he him she we us you your i me my our this that these those as not no "
+    "do does did has have had will would can could shall should may might must there here who whom whose which "
+    "what when where why how all any some each every one ones")
+_FUNCTION_WORDS = frozenset(_FUNCTION_WORDS_TEXT.split())
+
+
+def _word_forms(w: str) -> set[str]:
+    """``w`` and simple singular / base forms (``-s``, ``-es``, ``-ies``, ``-ed``, ``-ing``)."""
+    out = {w}
+    for suf in ("s", "es", "ed", "ing", "d"):
+        if w.endswith(suf) and len(w) > len(suf) + 2:
+            out.add(w[: -len(suf)])
+    if w.endswith("ies") and len(w) > 4:
+        out.add(w[:-3] + "y")
+    return out
+
+
+def query_lemma_keys(text: str, max_n: int = 3) -> set[str]:
+    """Lower-cased word n-grams (n ≤ ``max_n``) of ``text`` as WordNet lemma keys; the last word of each
+    n-gram also in its simple singular / base forms; single function words are skipped."""
+    toks = _WORD.findall(text.lower())
+    out: set[str] = set()
+    for n in range(1, max_n + 1):
+        for i in range(len(toks) - n + 1):
+            gram = toks[i : i + n]
+            if n == 1 and (gram[0] in _FUNCTION_WORDS or len(gram[0]) < 3):
+                continue
+            for f in _word_forms(gram[-1]):
+                out.add(" ".join([*gram[:-1], f]))
+    return out
+
+
+def ambiguity_labels_for_query(s: Synset, text: str) -> list[str]:
+    """``w:<lemma>`` for each lemma key of the query text that is not a lemma of its own synset ``s``."""
+    own = {lemma.lower() for lemma in s.lemmas}
+    return sorted(f"w:{k}" for k in query_lemma_keys(text) - own)
+
+
+def ambiguity_labels_for_doc(s: Synset) -> list[str]:
+    """``w:<lemma>`` for each lemma of the synset whose definition the document is."""
+    return [f"w:{lemma.lower()}" for lemma in s.lemmas]
+
+
 def build_pairs(
     synsets: Iterable[Synset],
     *,
     query: str = "example",
     split: str | None = None,
     fractions: Sequence[float] = (0.8, 0.1, 0.1),
+    ambiguous: bool = False,
 ) -> list[dict]:
     """Query → definition pairs: one per example sentence (``query="example"``), per lemma
-    (``"lemma"``), or both. Each row: ``query``, ``positive``, ``synset``, ``split``, ``labels``."""
+    (``"lemma"``), or both. Each row: ``query``, ``positive``, ``synset``, ``split``, ``labels``
+    (with ``ambiguous=True`` the labels also mark ambiguous negatives, see the module docstring)."""
     if query not in ("example", "lemma", "both"):
         raise ValueError(f"query must be 'example', 'lemma' or 'both', got {query!r}")
     if split is not None and split not in SPLITS:
@@ -161,17 +218,20 @@ def build_pairs(
             texts.extend(s.lemmas)
         labels = fn_labels_for_query(s)
         for t in dict.fromkeys(texts):
-            rows.append({"query": t, "positive": s.definition, "synset": s.key, "split": sp, "labels": labels})
+            lab = labels + ambiguity_labels_for_query(s, t) if ambiguous else labels
+            rows.append({"query": t, "positive": s.definition, "synset": s.key, "split": sp, "labels": lab})
     return rows
 
 
-def build_corpus(synsets: Iterable[Synset]) -> tuple[list[str], list[list[str]]]:
+def build_corpus(synsets: Iterable[Synset], *, ambiguous: bool = False) -> tuple[list[str], list[list[str]]]:
     """All distinct definitions (first-appearance order) and, per definition, the union of the
-    false-negative label sets of the synsets that share it."""
+    false-negative label sets of the synsets that share it (plus their ambiguity labels if ``ambiguous``)."""
     texts: dict[str, list[str]] = {}
     for s in synsets:
         if s.definition:
             texts.setdefault(s.definition, []).extend(fn_labels_for_doc(s))
+            if ambiguous:
+                texts[s.definition].extend(ambiguity_labels_for_doc(s))
     return list(texts), [sorted(set(v)) for v in texts.values()]
 
 

@@ -15,6 +15,8 @@ Runs (issue 5):
   hardneg_margin_wide  the same over the window [0, 3000), so that queries whose positive ranks low still
                        get negatives
   hardneg_mid          uniform sampling from the mid-rank window [10, 100), false negatives filtered, MNRL
+  hardneg_unambiguous  as hardneg_mined, but the WordNet *ambiguous* negatives are filtered too: definitions
+                       of another noun that occurs in the example sentence (:mod:`hardneg.data.wordnet`)
 
 (4) "hardneg's best strategy" is the hardneg run with the highest **dev** MRR@10 — chosen on the dev split,
 reported on the test split, so the choice never sees the test queries.
@@ -46,7 +48,7 @@ import time
 from pathlib import Path
 
 RUNS = ("untuned", "mnrl", "st_mined", "hardneg_mined", "hardneg_tilted", "hardneg_margin", "hardneg_margin_wide",
-        "hardneg_mid")
+        "hardneg_mid", "hardneg_unambiguous")
 DEFAULT_RUNS = RUNS
 MINED_RUNS = RUNS[2:]
 
@@ -73,13 +75,20 @@ def build_data(train_pairs: int | None, eval_queries: int | None, eval_corpus: i
     from hardneg.data.wordnet import build_corpus, build_pairs, load_synsets, split_of
 
     syn = load_synsets("noun")
-    train = build_pairs(syn, split="train")
+    train = build_pairs(syn, split="train", ambiguous=True)
     rng = random.Random(seed)
     rng.shuffle(train)
     if train_pairs:
         train = train[:train_pairs]
-    mine_corpus, mine_labels = build_corpus([s for s in syn if split_of(s.key) == "train"])
-    return {"train": train, "mine_corpus": mine_corpus, "mine_labels": mine_labels,
+    mine_corpus, amb_labels = build_corpus([s for s in syn if split_of(s.key) == "train"], ambiguous=True)
+
+    def plain(labels):  # hypernym / hyponym false-negative labels only
+        return [x for x in labels if not x.startswith("w:")]
+
+    for r in train:
+        r["labels_ambiguous"], r["labels"] = r["labels"], plain(r["labels"])
+    return {"train": train, "mine_corpus": mine_corpus, "mine_labels": [plain(x) for x in amb_labels],
+            "mine_labels_ambiguous": amb_labels,
             "test": _eval_set(syn, "test", eval_queries, eval_corpus, rng),
             "dev": _eval_set(syn, "dev", eval_queries, eval_corpus, rng)}
 
@@ -121,8 +130,12 @@ def mine_sets(data, model, num_negatives: int, cache_dir: str, seed: int, runs=R
         "hardneg_margin_wide": MineConfig(range_max=3000, relative_margin=0.05, **fn),
         "hardneg_mid": MineConfig(range_min=10, range_max=100, sampling="uniform", **fn),
     }
+    configs["hardneg_unambiguous"] = configs["hardneg_mined"]
     for name, cfg in configs.items():
         if name in runs:
+            if name == "hardneg_unambiguous":
+                common.update(q_labels=[r["labels_ambiguous"] for r in tr],
+                              corpus_labels=data["mine_labels_ambiguous"])
             r = mine_texts(queries, positives, data["mine_corpus"], config=cfg, **common)
             out[name] = (r.rows, r.summary)
     import shutil
