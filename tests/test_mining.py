@@ -234,3 +234,17 @@ def test_bf16_index_coarse_stage_equals_bf16_brute_force_topk(m, c_block, group,
     assert (np.diff(s, axis=1) <= 1e-7).all() and len(np.unique(ids[0])) == k
     exact = np.argsort(-(q @ c.T), axis=1)[:, :k]
     assert recall_at_k(ids, exact) > 0.97
+
+
+def test_auto_index_picks_bf16_only_with_native_bf16(monkeypatch):
+    from hardneg.mining import index as ix
+
+    monkeypatch.setattr(ix, "cpu_has_native_bf16", lambda: True)
+    assert ix.parse_index_spec("auto") == ("bf16", 0) and ix.resolve_index_spec("AUTO") == "bf16"
+    monkeypatch.setattr(ix, "cpu_has_native_bf16", lambda: False)
+    assert ix.parse_index_spec("auto") == ("flat", 0)
+    assert ix.resolve_index_spec("hnsw32") == "hnsw32"
+    with open("/proc/cpuinfo") as f:  # the real probe agrees with the flags line
+        flags = next((set(x.split()) for x in f if x.startswith("flags")), set())
+    monkeypatch.undo()
+    assert ix.cpu_has_native_bf16() == bool(flags & {"amx_bf16", "avx512_bf16"})

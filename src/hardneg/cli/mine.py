@@ -48,7 +48,9 @@ def mine_cmd(
     beta: float = typer.Option(1.0, "--beta"),
     t: float = typer.Option(0.05, "--t", help="Temperature of the tilted sampling."),
     seed: int = typer.Option(0, "--seed"),
-    index: str = typer.Option("flat", "--index", help="flat, ivf{nlist} or hnsw{M}."),
+    index: str = typer.Option(
+        "auto", "--index",
+        help="auto (bf16 where the CPU has native bf16, else flat), flat (exact), bf16, ivf{nlist} or hnsw{M}."),
     nprobe: int = typer.Option(16, "--nprobe"),
     ef_search: int = typer.Option(128, "--ef-search"),
     precision: str = typer.Option("bf16", "--precision", help="bf16 (autocast, fast) or fp32."),

@@ -12,6 +12,9 @@ Option strings (cosine similarity = inner product of L2-normalised vectors):
   are then re-scored exactly in float32. Exact unless a true top-k document falls outside the coarse
   list through bf16 rounding; its recall against exact search is measured and reported like the others.
 
+- ``"auto"``: ``"bf16"`` where the CPU multiplies bfloat16 natively (``amx_bf16`` or ``avx512_bf16`` in
+  ``/proc/cpuinfo``), else ``"flat"``; the summary names the index that was used.
+
 For the approximate indexes, :func:`recall_at_k` measures recall@k of their result lists against an
 exact flat search on a sample of queries; ``hardneg mine`` reports it in its summary.
 """
@@ -25,14 +28,34 @@ import numpy as np
 _SPEC = re.compile(r"^(flat|bf16|ivf(\d+)|hnsw(\d+))$")
 
 
+def cpu_has_native_bf16() -> bool:
+    """True where ``/proc/cpuinfo`` lists AMX-BF16 or AVX512-BF16 (bf16 matrix products at full speed)."""
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    flags = set(line.split())
+                    return bool(flags & {"amx_bf16", "avx512_bf16"})
+    except OSError:
+        pass
+    return False
+
+
+def resolve_index_spec(spec: str) -> str:
+    """``"auto"`` → ``"bf16"`` on CPUs with native bf16 (see :func:`cpu_has_native_bf16`), else ``"flat"``."""
+    if isinstance(spec, str) and spec.strip().lower() == "auto":
+        return "bf16" if cpu_has_native_bf16() else "flat"
+    return spec
+
+
 def parse_index_spec(spec: str) -> tuple[str, int]:
-    """``"flat"`` → ("flat", 0); ``"ivf256"`` → ("ivf", 256); ``"hnsw32"`` → ("hnsw", 32)."""
+    """``"flat"`` → ("flat", 0); ``"ivf256"`` → ("ivf", 256); ``"hnsw32"`` → ("hnsw", 32); ``"auto"`` resolved."""
     if not isinstance(spec, str):
         raise TypeError(f"index must be a string like 'flat', 'ivf1024' or 'hnsw32', got {type(spec).__name__}")
-    m = _SPEC.match(spec.strip().lower())
+    m = _SPEC.match(resolve_index_spec(spec).strip().lower())
     if not m:
         raise ValueError(
-            f"index must be 'flat', 'bf16', 'ivf{{nlist}}' or 'hnsw{{M}}' (e.g. ivf1024, hnsw32), got {spec!r}")
+            f"index must be 'auto', 'flat', 'bf16', 'ivf{{nlist}}' or 'hnsw{{M}}' (e.g. ivf1024, hnsw32), got {spec!r}")
     if m.group(2):
         n = int(m.group(2))
         if n < 1:

@@ -14,6 +14,7 @@ import os
 import numpy as np
 
 from hardneg.io import atomic_write_text
+from hardneg.mining.index import resolve_index_spec
 from hardneg.mining.mine import MineConfig, MinedNegatives
 
 KNOBS = {
@@ -80,7 +81,7 @@ def build_summary(res: MinedNegatives, cfg: MineConfig, *, n_corpus: int, rows_w
         "queries_positive_not_top1": int((res.positive_rank > 0).sum()),
         "false_negative_rate": (res.fn_selected / selected if res.fn_selected is not None and selected else None),
         "false_negatives_in_window": res.fn_in_window,
-        "index": cfg.index,
+        "index": resolve_index_spec(cfg.index),
         "index_recall_vs_exact": res.recall,
         "timings_s": res.timings,
         "config": {k: v for k, v in cfg.__dict__.items()},
