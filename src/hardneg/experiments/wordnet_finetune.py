@@ -51,6 +51,7 @@ RUNS = ("untuned", "mnrl", "st_mined", "hardneg_mined", "hardneg_tilted", "hardn
         "hardneg_mid", "hardneg_unambiguous")
 DEFAULT_RUNS = RUNS[:-1]  # hardneg_unambiguous differs from hardneg_mined in ~2 % of the window (on request)
 MINED_RUNS = RUNS[2:]
+RUN_LABELS = {"mnrl": "(1) mnrl", "st_mined": "(2) st_mined", "hardneg_mined": "(3) hardneg_mined"}
 
 
 def _eval_set(synsets, split: str, eval_queries: int | None, eval_corpus: int | None, rng: random.Random):
@@ -196,6 +197,8 @@ def train_one(run: str, rows: list[dict], args, out_dir: Path):
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", required=True)
+    ap.add_argument("--summarize", nargs="+", default=None, metavar="RESULTS_JSON",
+                    help="only combine these results.json files (one per seed) into <out>/seeds.md")
     ap.add_argument("--runs", default=",".join(DEFAULT_RUNS), help=f"comma-separated subset of {RUNS}")
     ap.add_argument("--train-pairs", type=int, default=None, help="cap on training pairs (default: all)")
     ap.add_argument("--eval-queries", type=int, default=None)
@@ -214,6 +217,12 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args(argv)
+    if args.summarize:
+        table = seeds_table(args.summarize)
+        Path(args.out).mkdir(parents=True, exist_ok=True)
+        (Path(args.out) / "seeds.md").write_text(table + "\n")
+        print(table)
+        return {"table": table}
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     import torch
 
@@ -288,14 +297,38 @@ def main(argv: list[str] | None = None) -> dict:
     return results
 
 
+def seeds_table(paths: list[str]) -> str:
+    """Markdown table over several ``results.json`` (one per seed): test MRR@10 per seed, mean, and the
+    dev MRR@10 mean; runs present in every file only. (4) marks the run with the best mean dev MRR@10."""
+    res = [json.loads(Path(p).read_text()) for p in paths]
+    runs = [r for r in res[0]["runs"] if all(r in x["runs"] for x in res)]
+    seeds = [x["config"]["seed"] for x in res]
+
+    def mean(v):
+        return sum(v) / len(v)
+
+    dev = {r: mean([x["runs"][r]["dev"]["mrr@10"] for x in res]) for r in runs}
+    hn = [r for r in runs if r.startswith("hardneg_")]
+    best = max(hn, key=dev.get) if hn else None
+    head = " | ".join(f"test MRR@10 seed {s}" for s in seeds)
+    lines = [f"| run | {head} | test MRR@10 mean | test Recall@10 mean | dev MRR@10 mean |",
+             "|---|" + "---|" * (len(seeds) + 3)]
+    for r in runs:
+        t = [x["runs"][r]["mrr@10"] for x in res]
+        r10 = mean([x["runs"][r]["recall@10"] for x in res])
+        name = RUN_LABELS.get(r, r) + (" — (4) best by dev" if r == best else "")
+        per_seed = " | ".join(f"{v:.4f}" for v in t)
+        lines.append(f"| {name} | {per_seed} | {mean(t):.4f} | {r10:.4f} | {dev[r]:.4f} |")
+    return "\n".join(lines)
+
+
 def results_table(results: dict) -> str:
     """Markdown table of a results.json: test metrics, dev MRR@10, rows, steps; (4) marks the dev-chosen run."""
-    label = {"untuned": "untuned", "mnrl": "(1) mnrl", "st_mined": "(2) st_mined", "hardneg_mined": "(3) hardneg_mined"}
     best = results.get("best_by_dev")
     lines = ["| run | test Recall@1 | test Recall@10 | test MRR@10 | test nDCG@10 | dev MRR@10 | train rows | steps "
              "| train s |", "|---|---|---|---|---|---|---|---|---|"]
     for run, m in results["runs"].items():
-        name = label.get(run, run) + (" — (4) best by dev" if run == best else "")
+        name = RUN_LABELS.get(run, run) + (" — (4) best by dev" if run == best else "")
         lines.append(f"| {name} | {m['recall@1']:.4f} | {m['recall@10']:.4f} | {m['mrr@10']:.4f} | "
                      f"{m['ndcg@10']:.4f} | {m['dev']['mrr@10']:.4f} | {m.get('train_rows', '-')} | "
                      f"{m.get('steps', '-')} | {m.get('train_s', 0):.0f} |")
