@@ -18,8 +18,11 @@ Runs (issue 5):
   hardneg_unambiguous  as hardneg_mined, but the WordNet *ambiguous* negatives are filtered too: definitions
                        of another noun that occurs in the example sentence (:mod:`hardneg.data.wordnet`)
 
-(4) "hardneg's best strategy" is the hardneg run with the highest **dev** MRR@10 — chosen on the dev split,
-reported on the test split, so the choice never sees the test queries.
+The tables mark two choices, both made on the **dev** split (highest dev MRR@10) and reported on the test
+split, so no choice ever sees the test queries:
+  (3) "+ negatives mined by hardneg mine": the best of the hardneg mining settings trained with plain MNRL
+      (hardneg_mined, hardneg_margin, hardneg_margin_wide, hardneg_mid, hardneg_unambiguous) — mining alone;
+  (4) "hardneg's best strategy": the best of all hardneg runs (mining and loss).
 
 Every trained run makes the same number of optimizer steps (``--max-steps``; default one epoch of the
 training pairs at ``--batch-size``): mined sets that dropped queries without enough negatives cycle
@@ -51,7 +54,25 @@ RUNS = ("untuned", "mnrl", "st_mined", "hardneg_mined", "hardneg_tilted", "hardn
         "hardneg_mid", "hardneg_unambiguous")
 DEFAULT_RUNS = RUNS[:-1]  # hardneg_unambiguous differs from hardneg_mined in ~2 % of the window (on request)
 MINED_RUNS = RUNS[2:]
-RUN_LABELS = {"mnrl": "(1) mnrl", "st_mined": "(2) st_mined", "hardneg_mined": "(3) hardneg_mined"}
+RUN_LABELS = {"mnrl": "(1) mnrl", "st_mined": "(2) st_mined"}
+HARDNEG_LOSS_RUNS = ("hardneg_tilted",)  # trained with HardNegativeRankingLoss; the other hardneg runs use MNRL
+
+
+def dev_choices(dev_mrr: dict[str, float]) -> dict[str, str]:
+    """{run: "(3)" / "(4)" / "(3) and (4)"} for the dev-best MNRL-trained hardneg run and the dev-best hardneg run."""
+    hn = [r for r in dev_mrr if r.startswith("hardneg_")]
+    mined = [r for r in hn if r not in HARDNEG_LOSS_RUNS]
+    out: dict[str, str] = {}
+    if mined:
+        out[max(mined, key=dev_mrr.get)] = "(3)"
+    if hn:
+        b = max(hn, key=dev_mrr.get)
+        out[b] = "(3) and (4)" if out.get(b) else "(4)"
+    return out
+
+
+def _run_name(run: str, choice: dict[str, str]) -> str:
+    return RUN_LABELS.get(run, run) + (f" — {choice[run]}, chosen on dev" if run in choice else "")
 
 
 def _eval_set(synsets, split: str, eval_queries: int | None, eval_corpus: int | None, rng: random.Random):
@@ -287,10 +308,8 @@ def main(argv: list[str] | None = None) -> dict:
         results["runs"][run] = m
         print(run, m, flush=True)
         save()
-    hn = {r: m for r, m in results["runs"].items() if r.startswith("hardneg_")}
-    if hn:
-        results["best_by_dev"] = max(hn, key=lambda r: hn[r]["dev"]["mrr@10"])
-        save()
+    results["dev_choices"] = dev_choices({r: m["dev"]["mrr@10"] for r, m in results["runs"].items()})
+    save()
     table = results_table(results)
     atomic_write_text(out_dir / "results.md", table + "\n")
     print(table)
@@ -299,7 +318,7 @@ def main(argv: list[str] | None = None) -> dict:
 
 def seeds_table(paths: list[str]) -> str:
     """Markdown table over several ``results.json`` (one per seed): test MRR@10 per seed, mean, and the
-    dev MRR@10 mean; runs present in every file only. (4) marks the run with the best mean dev MRR@10."""
+    dev MRR@10 mean; runs present in every file only. (3) and (4) are chosen on the mean dev MRR@10."""
     res = [json.loads(Path(p).read_text()) for p in paths]
     runs = [r for r in res[0]["runs"] if all(r in x["runs"] for x in res)]
     seeds = [x["config"]["seed"] for x in res]
@@ -308,27 +327,26 @@ def seeds_table(paths: list[str]) -> str:
         return sum(v) / len(v)
 
     dev = {r: mean([x["runs"][r]["dev"]["mrr@10"] for x in res]) for r in runs}
-    hn = [r for r in runs if r.startswith("hardneg_")]
-    best = max(hn, key=dev.get) if hn else None
+    choice = dev_choices(dev)
     head = " | ".join(f"test MRR@10 seed {s}" for s in seeds)
     lines = [f"| run | {head} | test MRR@10 mean | test Recall@10 mean | dev MRR@10 mean |",
              "|---|" + "---|" * (len(seeds) + 3)]
     for r in runs:
         t = [x["runs"][r]["mrr@10"] for x in res]
         r10 = mean([x["runs"][r]["recall@10"] for x in res])
-        name = RUN_LABELS.get(r, r) + (" — (4) best by dev" if r == best else "")
+        name = _run_name(r, choice)
         per_seed = " | ".join(f"{v:.4f}" for v in t)
         lines.append(f"| {name} | {per_seed} | {mean(t):.4f} | {r10:.4f} | {dev[r]:.4f} |")
     return "\n".join(lines)
 
 
 def results_table(results: dict) -> str:
-    """Markdown table of a results.json: test metrics, dev MRR@10, rows, steps; (4) marks the dev-chosen run."""
-    best = results.get("best_by_dev")
+    """Markdown table of a results.json: test metrics, dev MRR@10, rows, steps; (3)/(4) mark the dev choices."""
+    choice = dev_choices({r: m["dev"]["mrr@10"] for r, m in results["runs"].items()})
     lines = ["| run | test Recall@1 | test Recall@10 | test MRR@10 | test nDCG@10 | dev MRR@10 | train rows | steps "
              "| train s |", "|---|---|---|---|---|---|---|---|---|"]
     for run, m in results["runs"].items():
-        name = RUN_LABELS.get(run, run) + (" — (4) best by dev" if run == best else "")
+        name = _run_name(run, choice)
         lines.append(f"| {name} | {m['recall@1']:.4f} | {m['recall@10']:.4f} | {m['mrr@10']:.4f} | "
                      f"{m['ndcg@10']:.4f} | {m['dev']['mrr@10']:.4f} | {m.get('train_rows', '-')} | "
                      f"{m.get('steps', '-')} | {m.get('train_s', 0):.0f} |")
