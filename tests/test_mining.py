@@ -216,15 +216,8 @@ def test_bf16_index_coarse_stage_equals_bf16_brute_force_topk(m, c_block, group,
     qb = torch.from_numpy(q).bfloat16()
     full = (qb @ torch.from_numpy(c).bfloat16().T).float()
     ref_vals = full.topk(kc, dim=1).values
-    qbt = qb.T.contiguous()
-    buf = torch.empty(min(c_block, idx.xb_bf16.shape[0]) * q.shape[0], dtype=torch.bfloat16)
-    best_v = best_i = None
-    for b in range(0, idx.xb_bf16.shape[0], c_block):
-        v, i = idx._block_top(qbt, b, kc, buf)
-        if best_v is not None:
-            v, j = torch.cat([best_v, v], 1).topk(kc, dim=1)
-            i = torch.gather(torch.cat([best_i, i], 1), 1, j)
-        best_v, best_i = v, i
+    with torch.inference_mode():
+        best_v, best_i = idx.coarse(torch.from_numpy(q), kc, idx.new_buffer(len(q)))
     assert int(best_i.max()) < m
     torch.testing.assert_close(best_v.float(), ref_vals, rtol=0, atol=0)
     torch.testing.assert_close(torch.gather(full, 1, best_i), ref_vals, rtol=0, atol=0)

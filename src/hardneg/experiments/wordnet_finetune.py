@@ -152,13 +152,12 @@ def mine_sets(data, model, num_negatives: int, cache_dir: str, seed: int, runs=R
         "hardneg_margin_wide": MineConfig(range_max=3000, relative_margin=0.05, **fn),
         "hardneg_mid": MineConfig(range_min=10, range_max=100, sampling="uniform", **fn),
     }
-    configs["hardneg_unambiguous"] = configs["hardneg_mined"]
+    configs["hardneg_unambiguous"] = configs["hardneg_mined"]  # same knobs, ambiguity labels filtered too
+    amb_labels = dict(q_labels=[r["labels_ambiguous"] for r in tr], corpus_labels=data["mine_labels_ambiguous"])
     for name, cfg in configs.items():
         if name in runs:
-            if name == "hardneg_unambiguous":
-                common.update(q_labels=[r["labels_ambiguous"] for r in tr],
-                              corpus_labels=data["mine_labels_ambiguous"])
-            r = mine_texts(queries, positives, data["mine_corpus"], config=cfg, **common)
+            kw = {**common, **amb_labels} if name == "hardneg_unambiguous" else common
+            r = mine_texts(queries, positives, data["mine_corpus"], config=cfg, **kw)
             out[name] = (r.rows, r.summary)
     import shutil
 
@@ -238,10 +237,12 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args(argv)
+    from hardneg.io import atomic_write_text
+
     if args.summarize:
         table = seeds_table(args.summarize)
         Path(args.out).mkdir(parents=True, exist_ok=True)
-        (Path(args.out) / "seeds.md").write_text(table + "\n")
+        atomic_write_text(Path(args.out) / "seeds.md", table + "\n")
         print(table)
         return {"table": table}
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -249,7 +250,6 @@ def main(argv: list[str] | None = None) -> dict:
 
     torch.set_num_threads(args.threads)
     from hardneg.eval.retrieval import evaluate_model
-    from hardneg.io import atomic_write_text
     from hardneg.mining.encode import load_sentence_model
     from hardneg.seed import seed_everything
 

@@ -21,6 +21,7 @@ exact flat search on a sample of queries; ``hardneg mine`` reports it in its sum
 
 from __future__ import annotations
 
+import functools
 import re
 
 import numpy as np
@@ -28,6 +29,7 @@ import numpy as np
 _SPEC = re.compile(r"^(flat|bf16|ivf(\d+)|hnsw(\d+))$")
 
 
+@functools.cache  # parse_index_spec runs several times per mining call; the CPU does not change
 def cpu_has_native_bf16() -> bool:
     """True where ``/proc/cpuinfo`` lists AMX-BF16 or AVX512-BF16 (bf16 matrix products at full speed)."""
     try:
@@ -167,6 +169,27 @@ class BF16Index:
         v, j = v.topk(min(kc, v.shape[1]), dim=1)
         return v, torch.gather(docs, 1, j) + b
 
+    def coarse(self, qf, kc: int, buf):
+        """Stage 1 for float32 queries ``qf`` (r, d): the bf16 top-``kc`` (values, ids) over all corpus blocks."""
+        import torch
+
+        qbt = qf.T.to(torch.bfloat16).contiguous()
+        best_v = best_i = None
+        for b in range(0, self.xb_bf16.shape[0], self.c_block):
+            v, i = self._block_top(qbt, b, kc, buf)
+            if best_v is not None:
+                v, j = torch.cat([best_v, v], 1).topk(kc, dim=1)
+                i = torch.gather(torch.cat([best_i, i], 1), 1, j)
+            best_v, best_i = v, i
+        return best_v, best_i
+
+    def new_buffer(self, n_queries: int | None = None):
+        """The reused (c_block × queries per chunk) bf16 score tile; ``n_queries`` defaults to ``q_chunk``."""
+        import torch
+
+        r = self.q_chunk if n_queries is None else n_queries
+        return torch.empty(min(self.c_block, self.xb_bf16.shape[0]) * r, dtype=torch.bfloat16)
+
     def search(self, xq: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         import torch
 
@@ -175,18 +198,11 @@ class BF16Index:
         xb_t = torch.from_numpy(self.xb)
         out_s = np.empty((xq.shape[0], k), np.float32)
         out_i = np.empty((xq.shape[0], k), np.int64)
-        buf = torch.empty(min(self.c_block, self.xb_bf16.shape[0]) * self.q_chunk, dtype=torch.bfloat16)
+        buf = self.new_buffer()
         with torch.inference_mode():
             for a in range(0, xq.shape[0], self.q_chunk):
                 qf = xq_t[a : a + self.q_chunk]
-                qbt = qf.T.to(torch.bfloat16).contiguous()
-                best_v = best_i = None
-                for b in range(0, self.xb_bf16.shape[0], self.c_block):
-                    v, i = self._block_top(qbt, b, kc, buf)
-                    if best_v is not None:
-                        v, j = torch.cat([best_v, v], 1).topk(kc, dim=1)
-                        i = torch.gather(torch.cat([best_i, i], 1), 1, j)
-                    best_v, best_i = v, i
+                _, best_i = self.coarse(qf, kc, buf)
                 pad = best_i >= self.ntotal  # only when a query has fewer than kc real documents
                 best_i = best_i.masked_fill(pad, 0)
                 exact = torch.einsum("nd,nkd->nk", qf, xb_t[best_i]).masked_fill_(pad, float("-inf"))
