@@ -85,7 +85,7 @@ def test_hscl_view(B, d, beta, chunk):
 def test_hscl_all_pairs_paper_code(B, d, beta, chunk):
     z1, z2, y = make(B, d, 7)
     check(
-        L.hscl(z1, z2, y, beta=beta, t=0.5, positives="all", chunk_size=chunk),
+        L.hscl(z1, z2, y, beta=beta, t=0.5, positives="labels", chunk_size=chunk),
         R.ref_hscl_all(z1, z2, y, t=0.5, beta=beta),
         [z1, z2],
     )

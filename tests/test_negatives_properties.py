@@ -33,22 +33,20 @@ def test_random_composition_matches_reference(seed, B, k, beta, t, max_score, us
     filters = ([LabelFilter()] if use_labels else []) + ([SimilarityFilter(max_score=max_score)] if max_score else [])
     k = min(k, 2 * B - 2)
     s = Strategy(filters=filters, weighting=TopK(k), beta=beta, t=t, n_neg=n_neg)
-    got = s(z1, z2, labels=y).item()
 
     z = unit(np.concatenate([z1.numpy(), z2.numpy()]))
     S = z @ z.T
     yy = np.concatenate([y.numpy(), y.numpy()])
     valid = in_batch_valid(B)
-    stages = []
     if use_labels:
-        stages.append(lambda v: v & (yy[:, None] != yy[None, :]))
+        valid &= yy[:, None] != yy[None, :]
     if max_score:
-        stages.append(lambda v: v & (max_score >= S))
-    for stage in stages:  # a stage that empties an anchor leaves it unchanged (documented fallback)
-        nv = stage(valid)
-        empty = ~nv.any(1)
-        nv[empty] = valid[empty]
-        valid = nv
+        valid &= max_score >= S
+    if not valid.any():  # every anchor skipped (the filters removed everything): one clear error
+        with pytest.raises(ValueError, match="no anchor has both a positive and a valid negative"):
+            s(z1, z2, labels=y)
+        return
+    got = s(z1, z2, labels=y).item()
     keep = np.zeros_like(valid)
     for i in range(2 * B):
         cand = [j for j in range(2 * B) if valid[i, j]]

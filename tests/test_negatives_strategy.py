@@ -215,7 +215,7 @@ def test_registry_lists_required_presets():
         (lambda: create_strategy("topk", kk=3), "unknown option(s) ['kk']"),
         (lambda: create_strategy("semihard", margin=-0.1), "'margin'"),
         (lambda: create_strategy("hscl", beta=-1.0), "beta"),
-        (lambda: create_strategy("ucl", t=0.0), "t (temperature)"),
+        (lambda: create_strategy("ucl", t=0.0), "temperature must be"),
         (lambda: from_config({"name": "hscl", "bogus": 1}), "['bogus']"),
         (lambda: from_config({"name": "ucl", "source": {"kind": "queue", "sise": 5}}), "['sise']"),
         (lambda: from_config({"name": "ucl", "filters": [{"kind": "labels"}]}), "filter 'kind'"),

@@ -12,10 +12,14 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from hardneg.losses.candidates import repeat_two_views, two_view_index
+from hardneg.losses.checks import check_tags
 from hardneg.losses.kernel import weighted_info_nce
 
 
 def _two_views(z1: Tensor, z2: Tensor | None, labels: Tensor | None, need_labels: bool):
+    """Check the views and stack them as ``[z1; z2]`` with the two-view index
+    (:func:`hardneg.losses.candidates.two_view_index`); returns ``(z, pos_index, labels, self_index)``."""
     if not isinstance(z1, Tensor):
         raise TypeError(f"z1 must be a torch.Tensor, got {type(z1).__name__}")
     if z1.dim() != 2 or z1.shape[0] == 0:
@@ -29,26 +33,17 @@ def _two_views(z1: Tensor, z2: Tensor | None, labels: Tensor | None, need_labels
             raise ValueError(f"z1 and z2 must be on the same device, got {z1.device} and {z2.device}")
     if need_labels and labels is None:
         raise ValueError("labels are required for this loss: an integer tensor of shape (B,)")
-    B = z1.shape[0]
-    if labels is not None:
-        if not isinstance(labels, Tensor):
-            labels = torch.as_tensor(labels)
-        if labels.is_floating_point() or labels.dtype == torch.bool:
-            raise TypeError(f"labels must be an integer tensor, got {labels.dtype}")
-        if labels.shape != (B,):
-            raise ValueError(f"labels must have shape ({B},) (one per sample), got {tuple(labels.shape)}")
-        labels = labels.to(z1.device)
+    labels = check_tags("labels", labels, z1.shape[0], z1.device)
     if z2 is None:
-        z = z1
-        pos = None
-        y = labels
-    else:
-        z = torch.cat([z1, z2], 0)
-        ar = torch.arange(B, device=z1.device)
-        pos = torch.cat([ar + B, ar])
-        y = None if labels is None else torch.cat([labels, labels])
-    self_idx = torch.arange(z.shape[0], device=z.device)
-    return z, pos, y, self_idx
+        return z1, None, labels, torch.arange(z1.shape[0], device=z1.device)
+    pos, self_idx = two_view_index(z1.shape[0], z1.device)
+    return torch.cat([z1, z2], 0), pos, repeat_two_views(labels), self_idx
+
+
+def _nominal_n(z: Tensor) -> int:
+    """N = 2B − 2 of the HCL / H-SCL code: every other embedding but the positive (at least 1, so a
+    batch too small to have negatives reaches the skipped-anchor check with its own message)."""
+    return max(z.shape[0] - 2, 1)
 
 
 def _need_two_views(name: str, z2: Tensor | None) -> None:
@@ -72,7 +67,7 @@ def scl(
     z, pos, y, self_idx = _two_views(z1, z2, labels, True)
     return weighted_info_nce(
         z, z, t=t, pos_index=pos, self_index=self_idx, q_labels=y, k_labels=y, negatives="other_labels",
-        n_neg=z.shape[0] - 2, reduction=reduction, chunk_size=chunk_size,
+        n_neg=_nominal_n(z), reduction=reduction, chunk_size=chunk_size,
     )
 
 
@@ -114,7 +109,7 @@ def hucl(
     z, pos, _, self_idx = _two_views(z1, z2, None, False)
     return weighted_info_nce(
         z, z, t=t, pos_index=pos, self_index=self_idx, beta=beta, tau_plus=tau_plus, clamp=clamp,
-        n_neg=z.shape[0] - 2, detach_weights=detach_weights, reduction=reduction, chunk_size=chunk_size,
+        n_neg=_nominal_n(z), detach_weights=detach_weights, reduction=reduction, chunk_size=chunk_size,
     )
 
 
@@ -133,7 +128,7 @@ def hscl(
     *,
     beta: float = 1.0,
     t: float = 0.5,
-    positives: str = "all",
+    positives: str = "labels",
     detach_weights: bool = False,
     reduction: str = "mean",
     chunk_size: int | None = None,
@@ -141,16 +136,16 @@ def hscl(
     r"""H-SCL (Jiang et al., arXiv 2209.00078): negatives from the other classes, tilted by
     η(s) = e^{β s/t}: ``−log e^{s_ip/t} / (e^{s_ip/t} + N Σ_{y_j≠y_i} π_ij e^{s_ij/t})``, N = 2B − 2.
 
-    ``positives="all"`` is the paper's training code: every same-label pair (i, p) is a term and
+    ``positives="labels"`` is the paper's training code: every same-label pair (i, p) is a term and
     the loss is the mean over all such pairs. ``positives="view"`` is the one-positive variant
     (the augmented view only) used for the bound check. β = 0 gives SCL (with ``"view"``)."""
     _need_two_views("hscl", z2)
-    if positives not in ("all", "view"):
-        raise ValueError(f'positives must be "all" or "view", got {positives!r}')
+    if positives not in ("labels", "view"):
+        raise ValueError(f'positives must be "labels" or "view", got {positives!r}')
     z, pos, y, self_idx = _two_views(z1, z2, labels, True)
     common = dict(
         t=t, self_index=self_idx, q_labels=y, k_labels=y, negatives="other_labels", beta=beta,
-        n_neg=z.shape[0] - 2, detach_weights=detach_weights, reduction=reduction, chunk_size=chunk_size,
+        n_neg=_nominal_n(z), detach_weights=detach_weights, reduction=reduction, chunk_size=chunk_size,
     )
     if positives == "view":
         return weighted_info_nce(z, z, pos_index=pos, **common)

@@ -10,6 +10,8 @@ distribution, a_ij the strategy's log-weights):
   mean |C(i)|;
 - ``fn_weight_share``: mean over anchors of Σ_j π_ij [y_j = y_i] — the weight on false negatives
   when labels are known (NaN otherwise);
+- ``skipped_share``: share of anchors with no valid candidate, skipped by the loss
+  (:mod:`hardneg.losses.candidates`);
 - ``pos_gap``: mean of s_ip − max_{j∈C(i)} s_ij (positive minus hardest negative; negative values
   mean the hardest negative beats the positive); ``hardest_mean``: mean max_j s_ij.
 
@@ -57,6 +59,7 @@ class DiagnosticsAccumulator:
         self.sum_gap = 0.0
         self.sum_hard = 0.0
         self.rows_gap = 0
+        self.skipped = 0
 
     def sample_rows(self) -> Tensor:
         """Global indices of the anchors that are recorded."""
@@ -103,6 +106,7 @@ class DiagnosticsAccumulator:
         logits = log_w + (self.beta / self.t) * S if self.beta else log_w
         pi = torch.softmax(logits, dim=1)
         ok_rows = hard != float("-inf")
+        self.skipped += int((~ok_rows).sum())
         if not bool(ok_rows.all()):
             pi = torch.nan_to_num(pi, nan=0.0)
         self.sum_s += float(torch.where(valid, S, 0.0).sum())
@@ -137,6 +141,7 @@ class DiagnosticsAccumulator:
             out[f"sim_p{p:02d}"] = self.percentile(p)
         out["ess"] = self.sum_ess / self.rows if self.rows else nan
         out["n_candidates"] = self.sum_cand / self.rows if self.rows else nan
+        out["skipped_share"] = self.skipped / self.rows if self.rows else nan
         out["fn_weight_share"] = self.sum_fn / self.rows_fn if self.rows_fn else nan
         out["pos_gap"] = self.sum_gap / self.rows_gap if self.rows_gap else nan
         out["hardest_mean"] = self.sum_hard / self.rows_gap if self.rows_gap else nan

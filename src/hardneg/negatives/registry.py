@@ -8,8 +8,8 @@ Stable API (used by the trainer and the configs):
 - :func:`from_config` ``(mapping) -> Strategy``
 
 Overrides are (1) the preset's own knobs (``k`` for ``topk``, ``size`` for ``moco_queue``, …),
-(2) the core options of :class:`~hardneg.negatives.strategy.Strategy` (``t``, ``beta``,
-``tau_plus``, ``n_neg``, ``reduction``, ``positives``, ``schedule``, ``diagnostics``, …), and
+(2) the core options of :class:`~hardneg.negatives.strategy.Strategy` (``temperature`` / ``t``, ``beta``,
+``tau_plus``, ``n_neg``, ``family``, ``positives``, ``reduction``, ``schedule``, ``diagnostics``, …), and
 (3) composition: ``source=``, ``filters=``, ``weighting=`` — objects or mappings with a ``kind``
 key — which are **added** to the preset's own components. Unknown names raise ``ValueError``
 naming them.
@@ -103,7 +103,7 @@ def _scl() -> dict[str, Any]:
 
 @_register("supcon", "SupCon L_out (Khosla et al. 2020): all same-label samples are positives, t=0.1")
 def _supcon() -> dict[str, Any]:
-    return {"t": 0.1, "reduction": "supcon"}
+    return {"t": 0.1, "family": "supcon"}
 
 
 @_register("hucl", "H-UCL / HCL (Robinson et al. 2021): beta-tilted in-batch negatives, tau_plus debiasing, t=0.5")
@@ -117,18 +117,15 @@ def _dcl() -> dict[str, Any]:
 
 
 @_register("hscl", "H-SCL (Jiang et al. 2022): other-label negatives tilted by exp(beta s/t), beta=1, t=0.5")
-def _hscl(positives: str = "all") -> dict[str, Any]:
-    if positives not in ("all", "view"):
-        raise ValueError(f"hscl option 'positives' must be 'all' or 'view', got {positives!r}")
-    out: dict[str, Any] = {"t": 0.5, "beta": 1.0, "filters": [LabelFilter()], "n_neg": "nominal"}
-    if positives == "all":
-        out.update(positives="labels", positive_reduce="pairs")
-    return out
+def _hscl() -> dict[str, Any]:
+    # the paper's training code: every same-label pair is a term (positives="view" gives one positive)
+    return {"t": 0.5, "beta": 1.0, "filters": [LabelFilter()], "n_neg": "nominal",
+            "positives": "labels", "positive_reduce": "pairs"}
 
 
 @_register("decoupled", "Decoupled contrastive loss (Yeh et al. 2022): positive removed from the denominator")
 def _decoupled() -> dict[str, Any]:
-    return {"t": 0.1, "reduction": "decoupled"}
+    return {"t": 0.1, "family": "decoupled"}
 
 
 @_register("topk", "Top-k hard negative mining: only the k most similar candidates count (k=16)")
