@@ -91,7 +91,7 @@ def _triplet_family(
     n = z.shape[0]
     pos_cols, pos_ok, neg_ok = _masks(y, pos, n, z.device)
     if not bool(((pos_ok.sum(1) > 0) & (neg_ok.sum(1) > 0)).any()):
-        raise all_skipped_error(n, "every anchor lacks a positive or a negative (a batch of one sample? one class only?)")
+        raise all_skipped_error(n, "each lacks a positive or a negative (a batch of one sample? one class only?)")
     P = pos_cols.shape[1]
     c = chunk_size or max(1, (1 << 22) // max(1, P * n))
     ar = torch.arange(n, device=z.device)

@@ -7,8 +7,9 @@ For query ``i`` with positive ``p`` and retrieved candidates ``j`` (cosine ``s_i
 - its text differs from the query's and the positive's (``dedupe``),
 - its label set does not intersect the query's (``filter_labels``; known false negatives),
 - ``min_score ≤ s_ij ≤ max_score``,
-- ``s_ij ≤ s_ip − absolute_margin`` and ``s_ij ≤ s_ip − |s_ip|·relative_margin`` (margins to the
-  positive, NV-Retriever's TopK-MarginPos / TopK-PercPos, Moreira et al. 2024),
+- ``s_ij ≤ s_ip − absolute_margin`` and ``s_ij ≤ s_ip·(1 − relative_margin)`` (margins to the
+  positive, NV-Retriever's TopK-MarginPos / TopK-PercPos, Moreira et al. 2024; the rules of
+  :func:`hardneg.negatives.filters.similarity_drops`, as in sentence-transformers),
 - ``g(i, j) ≤ g(i, p) − guide_margin`` for a guide model's score ``g`` (GISTEmbed-style filter,
   Solatorio 2024; a cross-encoder or a second bi-encoder),
 
@@ -29,10 +30,15 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
+from typing import Any
 
 import numpy as np
+import torch
 
+from hardneg.losses.tilt import tilt_log_weights
 from hardneg.mining.index import build_index, measure_recall, parse_index_spec, search
+from hardneg.negatives.filters import similarity_drops
+from hardneg.negatives.registry import build_filter, build_weighting
 
 SAMPLING = ("top", "uniform", "tilted")
 OUTPUT_FORMATS = ("triplet", "n-tuple", "labeled-pair")
@@ -165,6 +171,8 @@ def mine_embeddings(
     guide_score: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None,
     index=None,
     show_progress: bool = True,
+    filters: Sequence[Any] = (),
+    weighting: Sequence[Any] = (),
 ) -> MinedNegatives:
     """Mine negatives for queries ``q_emb`` (n, d) from corpus ``c_emb`` (m, d); both L2-normalised.
 
@@ -172,8 +180,13 @@ def mine_embeddings(
     positives to exclude (-1 padded). ``q_text_ids``/``c_text_ids`` are integer ids of the normalised
     texts (for ``dedupe``). ``q_labels``/``c_labels`` are label sets (for ``filter_labels`` and the
     false-negative rate). ``guide_score(q_rows, c_ids)`` returns the guide model's scores for flat
-    (query row, corpus id) pairs.
+    (query row, corpus id) pairs. ``filters`` / ``weighting``: the strategies' own components
+    (:class:`~hardneg.negatives.Filter`, :class:`~hardneg.negatives.Weighting`, or their config
+    mappings / kind names), applied to the retrieved (queries × candidates) score matrix with the
+    same formulas as in training; a weighting's log-weights shape the sampling distribution.
     """
+    filters = [build_filter(f) for f in filters]
+    weighting = [build_weighting(w) for w in weighting]
     cfg = config or MineConfig()
     cfg.validate()
     timings: dict[str, float] = {}
@@ -246,14 +259,26 @@ def mine_embeddings(
     fn_in_window = int(fn_mask.sum()) if fn_mask is not None else None
     if cfg.filter_labels:
         apply("false_negative_label", fn_mask)
-    if cfg.min_score is not None:
-        apply("min_score", scores < cfg.min_score)
-    if cfg.max_score is not None:
-        apply("max_score", scores > cfg.max_score)
-    if cfg.absolute_margin is not None:
-        apply("absolute_margin", scores > (pos_scores - cfg.absolute_margin)[:, None])
-    if cfg.relative_margin is not None:
-        apply("relative_margin", scores > (pos_scores - np.abs(pos_scores) * cfg.relative_margin)[:, None])
+    S_t, sp_t = torch.from_numpy(scores), torch.from_numpy(pos_scores)
+    drops = similarity_drops(S_t, sp_t, min_score=cfg.min_score, max_score=cfg.max_score,
+                             absolute_margin=cfg.absolute_margin, relative_margin=cfg.relative_margin)
+    for name in ("min_score", "max_score", "absolute_margin", "relative_margin"):
+        if name in drops:
+            apply(name, drops[name].numpy())
+    ctx = RetrievedContext(sp_t, cfg.beta, cfg.t)
+    for f in filters:
+        apply(f"filter:{f.kind}", f.drop(S_t, slice(0, n), ctx).numpy())
+    extra_logw = None
+    for w in weighting:
+        keep_t = torch.from_numpy(keep)
+        if w.selects:
+            sel = w.select(S_t, slice(0, n), ctx, keep_t)
+        else:
+            a = w.log_weights(S_t, slice(0, n), ctx, keep_t)
+            sel = keep_t & (a != float("-inf"))
+            a = a.double().numpy()
+            extra_logw = a if extra_logw is None else extra_logw + a
+        apply(f"weighting:{w.kind}", ~sel.numpy())
     if guide_score is not None:
         rows, cols = np.nonzero(keep)
         g_cand = np.asarray(guide_score(rows, safe_ids[rows, cols]), dtype=np.float32)
@@ -268,11 +293,14 @@ def mine_embeddings(
     rng = np.random.default_rng(cfg.seed)
     if cfg.sampling == "top":
         key = -rank.astype(np.float64)
-    elif cfg.sampling == "uniform":
+    elif cfg.sampling == "uniform" and extra_logw is None:
         key = rng.random(scores.shape)
-    else:
+    else:  # Gumbel-top-k: sampling without replacement with π ∝ exp(β s / t + a)
         gumbel = -np.log(-np.log(rng.random(scores.shape).clip(1e-300, 1.0)))
-        key = cfg.beta * scores.astype(np.float64) / cfg.t + gumbel
+        beta = cfg.beta if cfg.sampling == "tilted" else 0.0
+        key = tilt_log_weights(scores.astype(np.float64), beta, cfg.t) + gumbel
+        if extra_logw is not None:
+            key = key + np.where(keep, extra_logw, 0.0)
     key = np.where(keep, key, -np.inf)
     nn_ = min(cfg.num_negatives, K)
     order = np.argsort(-key, axis=1, kind="stable")[:, :nn_]
@@ -294,6 +322,23 @@ def mine_embeddings(
     timings["select_s"] = time.perf_counter() - t0
     return MinedNegatives(sel_ids, sel_scores, pos_scores, n_found, removed, removed_q, candidates_in_window,
                           positive_rank, fn_in_window, fn_selected, recall, timings)
+
+
+class RetrievedContext:
+    """What a strategy component may read while mining: each query's row of retrieved scores, its
+    positive's score, β and t. Candidate identities (labels, ids, embeddings) are not available."""
+
+    def __init__(self, pos_scores: torch.Tensor, beta: float, t: float) -> None:
+        self._sp, self.beta, self.t, self.growing = pos_scores, beta, t, False
+
+    def s_pos(self, S: torch.Tensor, rows: slice) -> torch.Tensor:
+        return self._sp[rows]
+
+    def __getattr__(self, name: str) -> Any:
+        raise ValueError(
+            f"this filter/weighting reads {name!r}, which offline mining does not have (it sees only the "
+            "retrieved scores and the positive's score)"
+        )
 
 
 def config_dict(cfg: MineConfig) -> dict:

@@ -25,6 +25,9 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
+from hardneg.losses.candidates import Relations
+from hardneg.losses.tilt import tilt_log_weights
+
 PERCENTILES = (5, 25, 50, 75, 95)
 _BINS = 4000
 _LO, _HI = -1.0005, 1.0005  # a little beyond [−1, 1] for rounding; bin width 5.0025e-4
@@ -103,7 +106,7 @@ class DiagnosticsAccumulator:
         hard = Sm.max(1).values
         # histc ignores values below its range, i.e. the −∞ of invalid candidates
         self.hist += torch.histc(Sm, bins=_BINS, min=_LO, max=_HI).double().cpu()
-        logits = log_w + (self.beta / self.t) * S if self.beta else log_w
+        logits = log_w + tilt_log_weights(S, self.beta, self.t) if self.beta else log_w
         pi = torch.softmax(logits, dim=1)
         ok_rows = hard != float("-inf")
         self.skipped += int((~ok_rows).sum())
@@ -168,32 +171,23 @@ def negative_diagnostics(
 
     ``negatives="other_labels"`` drops same-label candidates (then ``fn_weight_share`` is 0).
     """
-    import torch.nn.functional as F
+    from hardneg.losses.candidates import safe_normalize
 
-    q = F.normalize(q.float(), dim=1)
-    k = F.normalize(k.float(), dim=1)
+    q = safe_normalize(q.float())
+    k = safe_normalize(k.float())
     n = q.shape[0]
+    rel = Relations(m=k.shape[0], self_index=self_index, pos_index=pos_index, q_labels=q_labels, k_labels=k_labels)
     acc = DiagnosticsAccumulator(n, t, beta)
     for r0 in range(0, n, chunk_size):
         rows = slice(r0, min(n, r0 + chunk_size))
         S = q[rows] @ k.T
-        c = S.shape[0]
-        r = torch.arange(c)
-        lw = torch.zeros_like(S)
-        if self_index is not None:
-            si = self_index[rows]
-            lw[r[si >= 0], si[si >= 0]] = float("-inf")
-        sp = None
-        if pos_index is not None:
-            pi = pos_index[rows]
-            lw[r, pi] = float("-inf")
-            sp = S[r, pi]
-        same = None
-        if q_labels is not None and k_labels is not None:
-            same = q_labels[rows, None] == k_labels[None, :]
-            if negatives == "other_labels":
-                lw = lw.masked_fill(same, float("-inf"))
+        valid = rel.valid(rows, S.device)
+        same = rel.same_label(rows)
+        if negatives == "other_labels" and same is not None:
+            valid &= ~same
+        lw = torch.zeros_like(S).masked_fill(~valid, float("-inf"))
         if log_weight_fn is not None:
             lw = lw + log_weight_fn(S, rows)
+        sp = None if pos_index is None else rel.s_pos(S, rows)
         acc.update(S, lw, rows, sp, same)
     return acc.result()
