@@ -45,7 +45,7 @@ def test_compare_resumes_and_reports(tmp_path, capsys):
     knn = [json.loads((out / "runs" / f"hscl_b2_s{s}" / "summary.json").read_text())["knn_acc"] for s in (0, 1)]
     m, sd = 100 * np.mean(knn), 100 * np.std(knn, ddof=1)
     assert f"| hscl | 2 | 2 | {m:.2f} ± {sd:.2f} |" in (out / "report.md").read_text()
-    pngs = ("accuracy_vs_beta.png", "loss_curves.png", "bounds.png", "embedding_map.png", "diag_hardest_is_false.png")
+    pngs = ("accuracy_vs_beta.png", "loss_curves.png", "bounds.png", "embedding_map.png", "diag_hardest_fn_share.png")
     for png in pngs:
         assert (out / png).stat().st_size > 1000
     # interrupted run: its summary/model are gone but its checkpoint remains; --resume redoes only it

@@ -26,6 +26,7 @@ from torch import nn
 from hardneg.data.augment import Augment
 from hardneg.data.base import dataset_to_tensors, load_named
 from hardneg.eval.align_uniform import alignment, uniformity
+from hardneg.eval.diagnostics import two_view_diagnostics
 from hardneg.eval.knn import knn_predict
 from hardneg.eval.linear_probe import linear_probe, per_class_and_confusion
 from hardneg.io import atomic_torch_save, atomic_write_text
@@ -65,21 +66,6 @@ def _loss_beta_t(cfg: RunConfig) -> tuple[float, float]:
     beta = cfg.bounds.beta if cfg.bounds.beta is not None else float(p.get("beta", 1.0))
     t = cfg.bounds.t if cfg.bounds.t is not None else float(p.get("t", 0.5))
     return beta, t
-
-
-def _strategy_diagnostics(z1: torch.Tensor, z2: torch.Tensor, y: torch.Tensor, *, beta: float, t: float) -> dict:
-    """The strategies' diagnostics (:func:`hardneg.negatives.diagnostics.negative_diagnostics`) of the
-    tilted in-batch distribution π ∝ e^{βs/t} over all other views except the positive, prefixed ``pi_``."""
-    try:
-        from hardneg.negatives.diagnostics import negative_diagnostics as strat_diag
-    except ImportError:  # pragma: no cover - the strategies package is part of hardneg on main
-        return {}
-    z = torch.cat([z1, z2])
-    n, B = z.shape[0], z1.shape[0]
-    idx = torch.arange(n)
-    yy = torch.cat([y, y])
-    d = strat_diag(z, z, t=t, pos_index=(idx + B) % n, self_index=idx, q_labels=yy, k_labels=yy, beta=beta)
-    return {f"pi_{k}": float(v) for k, v in d.items()}
 
 
 class Trainer:
@@ -235,8 +221,6 @@ class Trainer:
     def evaluate(self, *, probe: bool) -> dict[str, Any]:
         """kNN (k, t of the config) on frozen features; optional linear probe; alignment/uniformity and
         negative diagnostics on a fixed two-view batch of test images (fixed generator)."""
-        from hardneg.eval.diagnostics import negative_diagnostics
-
         e = self.cfg.eval
         ftr, fte = self.embed(self.X), self.embed(self.Xt)
         pred = knn_predict(ftr, self.y, fte, k=e.knn_k, t=e.knn_t, num_classes=self.num_classes)
@@ -257,8 +241,7 @@ class Trainer:
         out["align"] = alignment(z1, z2)
         out["uniform"] = uniformity(z1)
         if e.diagnostics:
-            out["diag"] = negative_diagnostics(z1, z2, yb, beta=self.bounds_beta, t=self.bounds_t)
-            out["diag"].update(_strategy_diagnostics(z1, z2, yb, beta=self.bounds_beta, t=self.bounds_t))
+            out["diag"] = two_view_diagnostics(z1, z2, yb, beta=self.bounds_beta, t=self.bounds_t)
         return out
 
     # ------------------------------------------------------------------ training
