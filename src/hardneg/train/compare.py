@@ -49,8 +49,7 @@ def expand_grid(cfg: CompareConfig) -> list[RunSpec]:
     out = []
     for gl in cfg.grid.losses:
         opts = dict(gl.strategy) if gl.strategy is not None else dict(gl.params)
-        name = gl.name if gl.strategy is None else str(opts.get("name", "ucl"))
-        betas: list[float | None] = list(cfg.grid.betas) if has_beta(name, opts) else [None]
+        betas: list[float | None] = list(cfg.grid.betas) if has_beta(gl.loss_name, opts) else [None]
         for b in betas:
             o = dict(opts)
             if b is not None:

@@ -165,9 +165,14 @@ class GridLoss(_Strict):
         return self
 
     @property
+    def loss_name(self) -> str:
+        """The named loss, or the strategy's preset (``from_config``'s default ``ucl`` when unnamed)."""
+        return self.name if self.name is not None else str((self.strategy or {}).get("name", "ucl"))
+
+    @property
     def title(self) -> str:
-        """The run label: ``label``, else the loss name, else the strategy's preset name."""
-        return self.label or self.name or str((self.strategy or {}).get("name", "ucl"))
+        """The run label: ``label``, else :attr:`loss_name`."""
+        return self.label or self.loss_name
 
 
 class GridConfig(_Strict):
