@@ -9,7 +9,8 @@ distribution, a_ij the strategy's log-weights):
 - ``ess``: effective number of negatives 1 / Σ_j π_ij², mean over anchors; ``n_candidates``:
   mean |C(i)|;
 - ``fn_weight_share``: mean over anchors of Σ_j π_ij [y_j = y_i] — the weight on false negatives
-  when labels are known (NaN otherwise);
+  when labels are known (NaN otherwise); ``hardest_fn_share``: share of anchors whose most similar
+  valid candidate has their label (NaN without labels);
 - ``skipped_share``: share of anchors with no valid candidate, skipped by the loss
   (:mod:`hardneg.losses.candidates`);
 - ``pos_gap``: mean of s_ip − max_{j∈C(i)} s_ij (positive minus hardest negative; negative values
@@ -59,6 +60,8 @@ class DiagnosticsAccumulator:
         self.sum_cand = 0.0
         self.sum_fn = 0.0
         self.rows_fn = 0
+        self.sum_hard_fn = 0.0
+        self.rows_hard_fn = 0
         self.sum_gap = 0.0
         self.sum_hard = 0.0
         self.rows_gap = 0
@@ -103,7 +106,7 @@ class DiagnosticsAccumulator:
         self.sum_cand += n_valid
         self.cnt += n_valid
         Sm = torch.where(valid, S, float("-inf"))
-        hard = Sm.max(1).values
+        hard, hard_j = Sm.max(1)
         # histc ignores values below its range, i.e. the −∞ of invalid candidates
         self.hist += torch.histc(Sm, bins=_BINS, min=_LO, max=_HI).double().cpu()
         logits = log_w + tilt_log_weights(S, self.beta, self.t) if self.beta else log_w
@@ -118,6 +121,8 @@ class DiagnosticsAccumulator:
         if same_label is not None:
             self.sum_fn += float(pi.masked_fill(~same_label, 0.0).sum())
             self.rows_fn += c
+            self.sum_hard_fn += float(same_label.gather(1, hard_j[:, None]).squeeze(1)[ok_rows].sum())
+            self.rows_hard_fn += int(ok_rows.sum())
         ok = ok_rows
         if s_pos is not None:
             ok = ok & ~torch.isnan(s_pos)
@@ -146,6 +151,7 @@ class DiagnosticsAccumulator:
         out["n_candidates"] = self.sum_cand / self.rows if self.rows else nan
         out["skipped_share"] = self.skipped / self.rows if self.rows else nan
         out["fn_weight_share"] = self.sum_fn / self.rows_fn if self.rows_fn else nan
+        out["hardest_fn_share"] = self.sum_hard_fn / self.rows_hard_fn if self.rows_hard_fn else nan
         out["pos_gap"] = self.sum_gap / self.rows_gap if self.rows_gap else nan
         out["hardest_mean"] = self.sum_hard / self.rows_gap if self.rows_gap else nan
         return out

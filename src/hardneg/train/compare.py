@@ -21,16 +21,19 @@ from typing import Any
 
 from hardneg.train import checkpoint as ck
 from hardneg.train.config import CompareConfig, RunConfig, dump_config
-from hardneg.train.losses_from_config import has_beta
+from hardneg.train.losses_from_config import build_objective, has_beta
 
 
 @dataclass(frozen=True)
 class RunSpec:
+    """One grid point: a named loss (``loss``, ``params``) or a strategy mapping (``strategy``)."""
+
     label: str
-    loss: str
+    loss: str | None
     params: dict[str, Any]
     beta: float | None
     seed: int
+    strategy: dict[str, Any] | None = None
 
     @property
     def name(self) -> str:
@@ -39,24 +42,33 @@ class RunSpec:
 
 
 def expand_grid(cfg: CompareConfig) -> list[RunSpec]:
-    """Every grid point in a fixed order (loss, β, seed): tilted losses once per β, others once."""
+    """Every grid point in a fixed order (loss, β, seed): tilted losses once per β, others once.
+
+    A strategy entry is tilted when its preset is (``hucl``, ``hscl``) or its mapping sets ``beta``;
+    β is then set in a copy of the mapping."""
     out = []
     for gl in cfg.grid.losses:
-        label = gl.label or gl.name
-        betas: list[float | None] = list(cfg.grid.betas) if has_beta(gl.name, gl.params) else [None]
+        opts = dict(gl.strategy) if gl.strategy is not None else dict(gl.params)
+        betas: list[float | None] = list(cfg.grid.betas) if has_beta(gl.loss_name, opts) else [None]
         for b in betas:
-            params = dict(gl.params)
+            o = dict(opts)
             if b is not None:
-                params["beta"] = float(b)
+                o["beta"] = float(b)
             for s in cfg.grid.seeds:
-                out.append(RunSpec(label, gl.name, params, b, s))
+                if gl.strategy is None:
+                    out.append(RunSpec(gl.title, gl.name, o, b, s))
+                else:
+                    out.append(RunSpec(gl.title, None, {}, b, s, strategy=o))
     return out
 
 
 def run_config(cfg: CompareConfig, spec: RunSpec) -> RunConfig:
-    """The RunConfig of one grid point: the base sections with the loss and seed replaced."""
+    """The RunConfig of one grid point: the base sections with the loss (or strategy) and seed replaced."""
     base = cfg.model_dump(exclude={"name", "grid", "report"})
-    base["loss"] = {"name": spec.loss, "params": spec.params}
+    if spec.strategy is not None:
+        base["loss"], base["strategy"] = None, spec.strategy
+    else:
+        base["loss"], base["strategy"] = {"name": spec.loss, "params": spec.params}, None
     base["train"]["seed"] = spec.seed
     return RunConfig.model_validate(base)
 
@@ -70,11 +82,14 @@ def run_compare(
     from hardneg.train.trainer import Trainer
 
     out = Path(out_dir)
+    specs = expand_grid(cfg)
+    for spec in specs:  # an unknown loss, preset or option is refused before anything is written
+        if spec.seed == cfg.grid.seeds[0]:
+            build_objective(run_config(cfg, spec))
     ck.prepare_run_dir(out, dump_config(cfg), resume=resume, overwrite=overwrite)
     d = cfg.data
     train = load_named(d.name, "train", data_dir=d.data_dir, limit=d.train_limit, seed=d.split_seed)
     test = load_named(d.name, "test", data_dir=d.data_dir, limit=d.test_limit, seed=d.split_seed)
-    specs = expand_grid(cfg)
     t_all = time.time()
     for i, spec in enumerate(specs, 1):
         rd = out / "runs" / spec.name
