@@ -80,3 +80,26 @@ def test_a_kind_taken_by_another_class_is_refused():
     with pytest.raises(ValueError, match="already registered"):
         class Clash(Weighting):  # noqa: F841
             kind = "topk"
+
+
+def test_custom_weighting_by_name_in_a_training_config(tmp_path):
+    """The trainer's ``strategy:`` block reaches the custom kind; its loss on the first batch is the
+    reference value computed from the same embeddings."""
+    from hardneg.train.config import validate_config
+    from hardneg.train.trainer import Trainer
+
+    raw = {
+        "data": {"name": "digits", "train_limit": 64, "test_limit": 40},
+        "model": {"encoder": "mlp", "hidden": 16, "depth": 1, "head_hidden": 16, "proj_dim": 8},
+        "train": {"epochs": 1, "batch_size": 32, "progress": False, "threads": 1},
+        "eval": {"knn_k": 5, "probe_max_iter": 10, "linear_probe": False},
+        "strategy": {"name": "ucl", "temperature": 0.5, "weighting": [{"kind": "test_far_only", "cap": 0.9}]},
+    }
+    tr = Trainer(validate_config(raw), tmp_path / "run")
+    assert type(tr.loss_fn.weightings[0]) is FarOnly
+    g = torch.Generator().manual_seed(0)
+    z1, z2 = (torch.randn(8, 8, generator=g, dtype=torch.float64) for _ in range(2))
+    got = tr.loss_fn(z1, z2).item()
+    assert got == pytest.approx(_reference(z1, z2, 0.9, 1.0, 0.5), rel=1e-10)
+    tr.fit()
+    assert (tmp_path / "run" / "model.pt").exists()
