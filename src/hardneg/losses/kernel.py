@@ -2,7 +2,7 @@ r"""The one kernel: chunked, log-space, weighted InfoNCE with a hand-written bac
 
 For anchor :math:`i` with positive(s) :math:`p \in P(i)`, candidate negatives :math:`j \in C(i)`,
 similarities :math:`s_{ij} = q_i^\top k_j` of L2-normalised embeddings and temperature :math:`t`
-(DESIGN.md §1)::
+(docs/design.md §1)::
 
     L_i = −log( e^{s_ip/t} / ( e^{s_ip/t} + N · Σ_j π_ij e^{s_ij/t} ) )
 
@@ -498,7 +498,7 @@ def weighted_info_nce(
     chunk_size: int | None = None,
     normalize: bool = True,
 ) -> Tensor:
-    r"""Weighted InfoNCE of anchors ``q`` (n×d) against candidates ``k`` (m×d) (DESIGN.md §1).
+    r"""Weighted InfoNCE of anchors ``q`` (n×d) against candidates ``k`` (m×d) (docs/design.md §1).
 
     Args:
         t: temperature, > 0.

@@ -1,6 +1,6 @@
 r"""Named contrastive losses on two views ``z1, z2`` (B×d each), all computed by the one kernel.
 
-Conventions (DESIGN.md §1): the 2B embeddings ``[z1; z2]`` are both anchors and candidates; the
+Conventions (docs/design.md §1): the 2B embeddings ``[z1; z2]`` are both anchors and candidates; the
 positive of sample i in one view is sample i in the other view; an anchor is never its own
 candidate; N = 2B − 2 (every other embedding except the positive), as in the HCL and H-SCL code.
 Inputs are L2-normalised inside. Every function returns the mean over anchors (``reduction``

@@ -1,4 +1,4 @@
-"""Offline hard-negative mining: retrieve, window, filter, select (DESIGN.md §2 "offline mined").
+"""Offline hard-negative mining: retrieve, window, filter, select (docs/design.md §3, "offline mined").
 
 For query ``i`` with positive ``p`` and retrieved candidates ``j`` (cosine ``s_ij``, retrieval rank
 ``r_ij`` among non-positive documents), the pipeline keeps ``j`` when

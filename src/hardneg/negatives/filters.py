@@ -1,8 +1,8 @@
 r"""False-negative filters: masks that remove candidates which are probably not negatives.
 
 Each filter returns a (c×m) boolean ``drop`` mask for one chunk of anchors; the strategy turns it
-into −∞ log-weights. If a filter would leave an anchor without any candidate, that anchor keeps
-its candidates from before the filter (counted in ``filter_fallback_share``).
+into −∞ log-weights. An anchor the filters leave without any candidate is skipped (no loss; see
+:mod:`hardneg.losses.candidates`), counted in ``skipped_share``.
 
 - :class:`LabelFilter` — drop candidates with the anchor's label (SCL, H-SCL; Khosla et al. 2020).
 - :class:`IdFilter` — drop candidates of the same sample id, or of the same duplicate group

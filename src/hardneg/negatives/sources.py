@@ -1,4 +1,4 @@
-r"""Where candidate negatives come from (DESIGN.md §2).
+r"""Where candidate negatives come from (docs/design.md §3).
 
 A strategy step starts from the batch (:class:`InBatch` builds the anchors and the first block of
 candidates), then each further source *extends* the candidate set with a block of rows:

@@ -1,4 +1,4 @@
-r"""``Strategy``: a negative-sampling strategy as one ``nn.Module`` (DESIGN.md §1).
+r"""``Strategy``: a negative-sampling strategy as one ``nn.Module`` (docs/design.md §1).
 
 A strategy is *where candidates come from* (sources), *which are masked out* (filters) and *how
 π is shaped* (weightings, β tilt), followed by the one chunked kernel
