@@ -169,3 +169,16 @@ def test_triplet_tilt_uses_the_same_beta_over_t_as_every_loss():
     b = L.triplet(z1, z2, y, margin=0.3, beta=2.0, t=1.0)
     torch.testing.assert_close(a, b, rtol=1e-12, atol=0)
     assert float((a - L.triplet(z1, z2, y, margin=0.3)).abs()) > 1e-4
+
+
+def test_temperature_is_the_public_name_and_t_its_alias():
+    z1, z2 = _z(6, 4, 11)
+    y = torch.tensor([0, 0, 1, 1, 2, 2])
+    for name, args in (("ucl", (z1, z2)), ("supcon", (z1, z2, y)), ("hscl", (z1, z2, y))):
+        fn = getattr(L, name)
+        torch.testing.assert_close(fn(*args, temperature=0.3), fn(*args, t=0.3), rtol=0, atol=0)
+        with pytest.raises(ValueError, match="not both"):
+            fn(*args, temperature=0.3, t=0.2)
+    s1, s2 = create_strategy("ucl", temperature=0.3), create_strategy("ucl", t=0.3)
+    assert s1.temperature == s2.t == 0.3
+    torch.testing.assert_close(s1(z1, z2), L.ucl(z1, z2, temperature=0.3), rtol=1e-12, atol=0)

@@ -114,8 +114,8 @@ Y = torch.tensor([0, 1, 0, 1])
     [
         (lambda: L.ucl(Z, torch.randn(5, 3)), ValueError, "z2 must have the same shape"),
         (lambda: L.ucl(torch.randn(0, 3), torch.randn(0, 3)), ValueError, "B >= 1"),
-        (lambda: L.ucl(Z, Z, t=0), ValueError, "t (temperature) must be"),
-        (lambda: L.ucl(Z, Z, t=-1.0), ValueError, "t (temperature) must be"),
+        (lambda: L.ucl(Z, Z, t=0), ValueError, "temperature must be a finite number > 0"),
+        (lambda: L.ucl(Z, Z, t=-1.0), ValueError, "temperature must be a finite number > 0"),
         (lambda: L.hucl(Z, Z, beta=-0.1), ValueError, "beta"),
         (lambda: L.hucl(Z, Z, tau_plus=1.0), ValueError, "tau_plus"),
         (lambda: L.dcl(Z, Z, tau_plus=-0.1), ValueError, "tau_plus"),

@@ -479,7 +479,8 @@ def weighted_info_nce(
     q: Tensor,
     k: Tensor,
     *,
-    t: float,
+    t: float | None = None,
+    temperature: float | None = None,
     pos_index: Tensor | None = None,
     q_labels: Tensor | None = None,
     k_labels: Tensor | None = None,
@@ -501,7 +502,7 @@ def weighted_info_nce(
     r"""Weighted InfoNCE of anchors ``q`` (n×d) against candidates ``k`` (m×d) (docs/design.md §1).
 
     Args:
-        t: temperature, > 0.
+        t: the temperature t > 0; ``temperature`` is the same option by its public name (give one).
         pos_index: (n,) column in ``k`` of each anchor's positive (``positives="view"``).
         q_labels, k_labels: integer labels of anchors and candidates (label positives / filters).
         self_index: (n,) column of the anchor itself in ``k`` (never a candidate), −1 where absent.
@@ -532,6 +533,7 @@ def weighted_info_nce(
         normalize: L2-normalise q and k first (gradients flow through the normalisation).
     """
     _check_embeddings(q, k)
+    t = V.resolve_temperature(t, temperature)
     _check_options(t, positives, negatives, positive_reduce, reduction, beta, tau_plus, chunk_size)
     n, m = q.shape[0], k.shape[0]
     dev = q.device
