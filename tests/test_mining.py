@@ -201,7 +201,16 @@ def test_bad_config_and_small_corpus():
         mine_embeddings(q, c, [0, 1, 9], MineConfig(num_negatives=1), show_progress=False)
 
 
-@pytest.mark.parametrize("m,c_block,group,q_chunk", [(3000, 65536, 32, 256), (1001, 128, 16, 7), (50, 32, 32, 3)])
+@pytest.mark.parametrize(
+    "m,c_block,group,q_chunk",
+    [
+        (3000, 65536, 32, 256),
+        (1001, 128, 16, 7),
+        (50, 32, 32, 3),
+        # the default block and group sizes over several blocks (the last one ragged) and query chunks
+        pytest.param(150_001, 65536, 32, 16, marks=pytest.mark.slow),
+    ],
+)
 def test_bf16_index_coarse_stage_equals_bf16_brute_force_topk(m, c_block, group, q_chunk):
     # the group-max selection and the block merge must return exactly the bf16 top-kc of a plain brute force
     import torch
