@@ -66,6 +66,19 @@ def test_kernel_backward_inside_enable_grad_is_still_first_order():
     torch.testing.assert_close(z1.grad, ref, rtol=1e-6, atol=1e-9)
 
 
+@pytest.mark.parametrize("use_reentrant", [True, False])
+def test_kernel_inside_activation_checkpointing_backpropagates(use_reentrant):
+    # checkpointing re-runs the forward under grad mode during backward: that is not create_graph
+    from torch.utils.checkpoint import checkpoint
+
+    z1, z2, _ = _views()
+    lin = torch.nn.Linear(3, 3).double()
+    fn = lambda a, b: L.hucl(lin(a), lin(b), beta=1.0)  # noqa: E731
+    ref = torch.autograd.grad(fn(z1, z2), [z1])[0]
+    checkpoint(fn, z1, z2, use_reentrant=use_reentrant).backward()
+    torch.testing.assert_close(z1.grad, ref, rtol=1e-10, atol=1e-12)
+
+
 TRIPLET_CASES = {
     "triplet_labels": (lambda z1, z2, y: L.triplet(z1, z2, y, margin=0.3, chunk_size=3), 0.0),
     "triplet_views_tilted": (lambda z1, z2, y: L.triplet(z1, z2, None, margin=0.3, beta=1.5, chunk_size=3), 1.5),
