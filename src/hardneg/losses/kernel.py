@@ -439,6 +439,15 @@ class _WeightedInfoNCE(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_out: Tensor):  # type: ignore[override]
+        # Autograd runs backward with grad mode on only under create_graph=True. The gradients
+        # returned here are constants (computed under no_grad), so a second derivative taken
+        # through them would be silently wrong: refuse instead.
+        if torch.is_grad_enabled():
+            raise RuntimeError(
+                "hardneg's kernel does not support double backward (create_graph=True, gradgradcheck, "
+                "gradient penalties): it computes its gradients without a graph; use a loss written "
+                "with plain torch ops for second-order gradients"
+            )
         if ctx.eager:
             dq, dk = ctx.saved_tensors
             return dq * grad_out, dk * grad_out, None, None
