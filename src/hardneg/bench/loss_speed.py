@@ -25,6 +25,8 @@ from dataclasses import dataclass
 
 import torch
 
+from hardneg._optional import require
+
 D = 128
 CLASSES = 100
 
@@ -70,10 +72,12 @@ def _run_case(name: str, z1, z2, y) -> None:
     elif name == "hardneg.ucl":
         loss = L.ucl(z1, z2, t=0.5)
     elif name == "pml.SupConLoss":
+        require("pytorch_metric_learning", "bench")
         from pytorch_metric_learning.losses import SupConLoss
 
         loss = SupConLoss(temperature=0.1)(torch.cat([z1, z2]), torch.cat([y, y]))
     elif name == "pml.NTXentLoss":
+        require("pytorch_metric_learning", "bench")
         from pytorch_metric_learning.losses import NTXentLoss
 
         ids = torch.arange(z1.shape[0])

@@ -30,10 +30,14 @@ from collections.abc import Iterable
 from typing import Any
 
 import torch
-from sentence_transformers.base.losses.gradcache import CachedLossMixin
 from torch import Tensor, nn
 
+from hardneg._optional import require
 from hardneg.losses import weighted_info_nce
+
+# CachedLossMixin lives in sentence_transformers.base, which the 5.7 release introduced
+require("sentence_transformers", "text", min_version="5.7", feature="hardneg.integrations.sentence_transformers")
+from sentence_transformers.base.losses.gradcache import CachedLossMixin  # noqa: E402
 
 
 def _fn_log_weights(pos_index: Tensor, fn_margin: float | None, fn_threshold: float | None):

@@ -34,6 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from hardneg._optional import require
 from hardneg.negatives.context import StepContext
 from hardneg.negatives.sources import simple_repr
 
@@ -303,7 +304,7 @@ class ClusterGuided(Weighting):
 
     def fit(self, x: Tensor) -> Tensor:
         """Run spherical k-means on rows of ``x``; store and return the (C×d) centroids."""
-        import faiss
+        faiss = require("faiss", "mining")
 
         xs = np.ascontiguousarray(F.normalize(x.detach().float(), dim=1).cpu().numpy())
         if xs.shape[0] < self.n_clusters:
