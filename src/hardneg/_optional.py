@@ -32,8 +32,8 @@ EXTRAS: dict[str, tuple[str, str, str]] = {
     "matplotlib": ("matplotlib", "train", "matplotlib"),
     "pydantic": ("pydantic", "train", "pydantic"),
     "tqdm": ("tqdm", "train", "tqdm"),
-    "typer": ("typer", "cli", "typer (the hardneg command)"),
-    "rich": ("rich", "cli", "rich (the hardneg command)"),
+    "typer": ("typer", "cli", "typer"),
+    "rich": ("rich", "cli", "rich"),
     "yaml": ("pyyaml", "cli", "PyYAML"),
     "pytorch_metric_learning": ("pytorch-metric-learning", "bench", "pytorch-metric-learning"),
 }
@@ -58,8 +58,9 @@ def missing(module: str, *, extra: str | None = None, feature: str | None = None
     dist, default_extra, what = _entry(module)
     extra = extra or default_extra
     for_what = f" for {feature}" if feature else ""
+    name = what if what == dist else f"{what} ({dist})"
     return MissingExtraError(
-        f"{what} ({dist}) is not installed{for_what}; it comes with: pip install \"hardneg[{extra}]\"")
+        f"{name} is not installed{for_what}; it comes with: pip install \"hardneg[{extra}]\"")
 
 
 def _version_tuple(v: str) -> tuple[int, ...]:

@@ -314,8 +314,9 @@ def mine_hard_negatives(
     set_scores = np.where(pos_sets >= 0, np.einsum("nd,npd->np", q_emb, c_emb[np.maximum(pos_sets, 0)]), np.inf)
     hardest = set_scores.argmin(1)
     main_pos = pos_sets[np.arange(len(uq)), hardest]
-    others = pos_sets.copy()
-    others[np.arange(len(uq)), hardest] = -1
+    rest = np.ones(pos_sets.shape, dtype=bool)
+    rest[np.arange(len(uq)), hardest] = False
+    others = pos_sets[rest].reshape(len(uq), pos_sets.shape[1] - 1)  # -1 padded like pos_sets
     vocab: dict[str, int] = {}
     q_tid = np.fromiter((vocab.setdefault(_norm(t), len(vocab)) for t in uq), np.int64, len(uq))
     c_tid = np.fromiter((vocab.setdefault(_norm(t), len(vocab)) for t in texts), np.int64, len(texts))
@@ -324,7 +325,7 @@ def mine_hard_negatives(
         if isinstance(guide, (str, os.PathLike)):
             guide = load_guide(guide)
         guide_fn = make_guide(guide, uq, texts, batch_size=batch_size, cache_dir=cache_folder)
-    neg = mine_embeddings(q_emb, c_emb, main_pos, cfg, extra_pos_ids=others if others.shape[1] > 1 else None,
+    neg = mine_embeddings(q_emb, c_emb, main_pos, cfg, extra_pos_ids=others if others.shape[1] else None,
                           q_text_ids=q_tid, c_text_ids=c_tid, q_labels=q_labels if c_labels is not None else None,
                           c_labels=c_labels, guide_score=guide_fn, show_progress=verbose)
     cols, left_out = _st_columns(output_format, anchor_column_name, positive_column_name, queries, positives,
