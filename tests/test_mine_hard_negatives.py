@@ -14,7 +14,10 @@ st_util = pytest.importorskip("sentence_transformers.util")
 # for several positives per anchor are part of what is compared
 Q = [*QUERIES, QUERIES[0], QUERIES[2]]
 P = [*POSITIVES, CORPUS[7], POSITIVES[2]]
-FORMATS = ("triplet", "n-tuple", "labeled-pair", "labeled-list")
+# (format, output_scores): triplet and n-tuple only add a scores column with output_scores (compared
+# here); the labeled formats swap their last column, so both variants are compared
+CASES = [("triplet", True), ("n-tuple", True), ("labeled-pair", False), ("labeled-pair", True),
+         ("labeled-list", False), ("labeled-list", True)]
 
 
 @pytest.fixture(scope="module")
@@ -56,20 +59,21 @@ def _split(rows):
     {"query_prompt": "query: ", "corpus_prompt": "passage: "},
 ], ids=["default", "relative_margin", "absolute_margin", "max_score", "window", "prompts"])
 def test_same_dataset_as_sentence_transformers(caches, kw):
-    for fmt in FORMATS:
-        for scores in (False, True):
-            st, ours = _both(caches, output_format=fmt, output_scores=scores, **kw)
-            assert ours.column_names == st.column_names, (fmt, scores)
-            st_text, st_score = _split(st.to_list())
-            our_text, our_score = _split(ours.to_list())
-            assert our_text == st_text, (fmt, scores)
-            if scores:
-                assert our_score == pytest.approx(st_score, abs=2e-5)
+    for fmt, scores in CASES:
+        st, ours = _both(caches, output_format=fmt, output_scores=scores, **kw)
+        assert ours.column_names == st.column_names, (fmt, scores)
+        st_text, st_score = _split(st.to_list())
+        our_text, our_score = _split(ours.to_list())
+        assert our_text == st_text, (fmt, scores)
+        if scores:
+            assert our_score == pytest.approx(st_score, abs=2e-5)
 
 
 def test_filters_change_the_negatives_on_this_fixture(caches):
     # so the comparisons above exercise the margin and score filters, not only the defaults
     base = {r["negative"] for r in _both(caches)[1]}
+    # every positive scores > 0, where s_p − |s_p|·r and s_p·(1 − r) are the same relative-margin threshold
+    assert min(r["scores"][0] for r in _both(caches, output_format="n-tuple", output_scores=True)[1]) > 0
     for kw in ({"relative_margin": 0.05}, {"absolute_margin": 0.0}, {"max_score": 0.45}):
         assert {r["negative"] for r in _both(caches, **kw)[1]} != base, kw
 
