@@ -1,4 +1,5 @@
-"""The built wheel in a fresh virtual environment: the core alone, then with [all].
+"""`make dist`'s sdist and wheel (python -m build, twine check), and the wheel in a fresh virtual environment:
+the core alone, then with [all].
 
 torch comes from constraints.txt (the local CPU build) and is installed first, so nothing large is
 downloaded for it; the other dependencies come from the package index.
@@ -8,6 +9,7 @@ import json
 import os
 import subprocess
 import sys
+import tarfile
 import textwrap
 from pathlib import Path
 
@@ -42,12 +44,21 @@ def _sh(*cmd, check=True, timeout=1800):
 
 
 def test_wheel_installs_and_runs_in_a_fresh_venv(tmp_path):
+    pytest.importorskip("build")  # the dev extra's build and twine: what `make dist` runs
+    pytest.importorskip("twine")
+    dist = tmp_path / "dist"
+    _sh(sys.executable, "-m", "build", "--outdir", dist, ROOT)
+    (wheel,) = dist.glob("hardneg-*.whl")
+    (sdist,) = dist.glob("hardneg-*.tar.gz")
+    _sh(sys.executable, "-m", "twine", "check", "--strict", wheel, sdist)
+    with tarfile.open(sdist) as tf:
+        names = {n.split("/", 1)[1] for n in tf.getnames() if "/" in n}
+    assert {"src/hardneg/py.typed", "CHANGELOG.md", "constraints.txt", "LICENSE"} <= names
+
     venv = tmp_path / "venv"
     _sh(sys.executable, "-m", "venv", venv)
     py, pip = venv / "bin" / "python", [venv / "bin" / "python", "-m", "pip", "install", "-q",
                                         "--disable-pip-version-check", "-c", ROOT / "constraints.txt"]
-    _sh(py, "-m", "pip", "wheel", "-q", "--no-deps", "-w", tmp_path / "dist", ROOT)
-    (wheel,) = (tmp_path / "dist").glob("hardneg-*.whl")
     _sh(*pip, "torch")
     _sh(*pip, wheel)
 
