@@ -226,7 +226,9 @@ def mine_hard_negatives(
     Returns:
         A ``datasets.Dataset`` in the requested layout (and the summary dict with ``return_summary``).
 
-    As in sentence-transformers, margins are measured against the anchor's lowest-scoring positive.
+    Scores are cosine similarities of the normalised embeddings (what sentence-transformers uses with
+    ``use_faiss=True``, and without it for cosine and dot-product models). As in sentence-transformers,
+    margins are measured against the anchor's lowest-scoring positive.
     One difference: ``range_min`` counts ranks before the score filters (``max_score``, ``min_score``,
     the margins) are applied, while sentence-transformers skips the first ``range_min`` candidates
     that survive them; the two agree when either is unset.
