@@ -2,16 +2,22 @@
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
+PIP := $(PY) -m pip install -q --disable-pip-version-check -c constraints.txt
 STAMP := $(VENV)/.installed
+DOCS_STAMP := $(VENV)/.installed-docs
 
-.PHONY: setup demo test test-slow lint bench clean
+.PHONY: setup demo test test-slow lint bench docs dist clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml constraints.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	@# torch first, pinned: takes the local CPU wheel instead of pulling CUDA packages.
-	$(PY) -m pip install -q --disable-pip-version-check torch==2.13.0
-	$(PY) -m pip install -q --disable-pip-version-check -e ".[dev]"
+	@# torch first, alone and pinned (constraints.txt): the local CPU wheel instead of CUDA packages.
+	$(PIP) torch
+	$(PIP) -e ".[all,dev]"
 	@touch $(STAMP)
+
+$(DOCS_STAMP): $(STAMP)
+	$(PIP) -e ".[all,dev,docs]"
+	@touch $(DOCS_STAMP)
 
 setup: $(STAMP)
 
@@ -21,7 +27,7 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest -q
 
-test-slow: $(STAMP)
+test-slow: $(DOCS_STAMP)
 	$(PY) -m pytest -m slow
 
 lint: $(STAMP)
@@ -30,5 +36,15 @@ lint: $(STAMP)
 bench: $(STAMP)
 	$(PY) benchmarks/loss_speed.py
 
+# API reference site (mkdocs + Material + mkdocstrings) into site/; warnings are errors
+docs: $(DOCS_STAMP)
+	$(VENV)/bin/mkdocs build --strict
+
+# sdist and wheel into dist/, checked by twine
+dist: $(STAMP)
+	rm -rf dist
+	$(PY) -m build --outdir dist .
+	$(VENV)/bin/twine check --strict dist/*
+
 clean:
-	rm -rf $(VENV) runs .pytest_cache
+	rm -rf $(VENV) runs .pytest_cache site dist build

@@ -26,6 +26,8 @@ from dataclasses import dataclass
 
 import torch
 
+from hardneg._optional import require
+
 D = 128
 CLASSES = 100
 
@@ -79,10 +81,12 @@ def _run_case(name: str, z1, z2, y) -> None:
     elif name == "hardneg.decoupled":
         loss = L.decoupled(z1, z2, t=0.1)
     elif name == "pml.SupConLoss":
+        require("pytorch_metric_learning", "bench")
         from pytorch_metric_learning.losses import SupConLoss
 
         loss = SupConLoss(temperature=0.1)(torch.cat([z1, z2]), torch.cat([y, y]))
     elif name == "pml.NTXentLoss":
+        require("pytorch_metric_learning", "bench")
         from pytorch_metric_learning.losses import NTXentLoss
 
         ids = torch.arange(z1.shape[0], device=z1.device)

@@ -1,5 +1,13 @@
 """`hardneg` command line. Each sub-command lives in its own module and registers on ``app``."""
 
+from hardneg._optional import missing
+
+try:
+    import rich  # noqa: F401
+    import typer  # noqa: F401
+except ImportError as e:
+    raise missing("rich" if e.name == "rich" else "typer", feature="the hardneg command") from e
+
 from hardneg.cli import (
     bench,  # noqa: F401  (registers `hardneg bench`)
     train_cmds,  # noqa: F401  (registers train, compare, eval, bounds, report)

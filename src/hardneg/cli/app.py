@@ -12,6 +12,8 @@ import sys
 import click
 import typer
 
+from hardneg._optional import MissingExtraError
+
 # typer >= 0.20 ships its own copy of click (typer._click) and its own Exit/Abort; catch both families.
 try:
     from typer._click.exceptions import ClickException as _TyperClickException
@@ -30,7 +32,9 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
-USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, TypeError, FileNotFoundError, FileExistsError)
+# a missing optional dependency is reported like a user error: one line naming the extra to install
+USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, TypeError, FileNotFoundError, FileExistsError,
+                                                MissingExtraError)
 
 
 def main(argv: list[str] | None = None) -> None:

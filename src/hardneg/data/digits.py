@@ -5,6 +5,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from hardneg._optional import require
+
 
 def load_digits_split(
     split: str = "train", *, test_fraction: float = 0.3, seed: int = 0
@@ -14,6 +16,7 @@ def load_digits_split(
     ``X`` is float32 of shape (n, 1, 8, 8) scaled to [0, 1] (the raw values are 0..16), ``y`` int64 in
     0..9. ``split`` is ``"train"`` or ``"test"``; the same ``seed`` always gives the same split.
     """
+    require("sklearn", "train", feature="the digits data set")
     from sklearn.datasets import load_digits
     from sklearn.model_selection import train_test_split
 

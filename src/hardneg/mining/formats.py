@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from hardneg._optional import require
 from hardneg.io import atomic_open
 
 OUTPUT_FORMATS_ALL = ("triplet", "n-tuple", "labeled-pair")
@@ -62,10 +63,7 @@ def _read_rows(path: str | os.PathLike[str]) -> list[tuple[int, dict[str, Any]]]
                 rows.append((reader.line_num, obj))
                 del i
     else:
-        try:
-            import pyarrow.parquet as pq
-        except ImportError as e:  # pragma: no cover - depends on the environment
-            raise ValueError("reading Parquet needs pyarrow (pip install pyarrow)") from e
+        pq = require("pyarrow.parquet", "text", feature="reading Parquet")
         table = pq.read_table(path)
         rows = [(i + 1, r) for i, r in enumerate(table.to_pylist())]
     if not rows:
@@ -231,8 +229,8 @@ def write_rows(rows: list[dict], path: str | os.PathLike[str]) -> None:
             for r in rows:
                 w.writerow({k: (json.dumps(v) if isinstance(v, list) else v) for k, v in r.items()})
     else:
-        import pyarrow as pa
-        import pyarrow.parquet as pq
+        pa = require("pyarrow", "text", feature="writing Parquet")
+        pq = require("pyarrow.parquet", "text", feature="writing Parquet")
 
         table = pa.Table.from_pylist(rows)
         with atomic_open(path, "wb") as f:

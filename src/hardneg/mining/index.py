@@ -26,6 +26,8 @@ import re
 
 import numpy as np
 
+from hardneg._optional import require
+
 _SPEC = re.compile(r"^(flat|bf16|ivf(\d+)|hnsw(\d+))$")
 
 
@@ -90,7 +92,7 @@ def build_index(
     threads: int | None = None,
 ):
     """Build a FAISS inner-product index over ``corpus`` (m, d) according to ``spec``."""
-    import faiss
+    faiss = require("faiss", "mining")
 
     if threads is not None:
         faiss.omp_set_num_threads(int(threads))

@@ -35,6 +35,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from hardneg._optional import require
 from hardneg.losses.tilt import tilt_log_weights
 from hardneg.mining.index import build_index, measure_recall, parse_index_spec, search
 from hardneg.negatives.filters import similarity_drops
@@ -134,7 +135,7 @@ def _rowwise_isin(ids: np.ndarray, sets: np.ndarray) -> np.ndarray:
 
 def _labels_intersect(q_rows: np.ndarray, c_ids: np.ndarray, q_labels, c_labels) -> np.ndarray:
     """For flat pairs (q_rows[f], c_ids[f]): do the label sets intersect? (sparse row-wise dot)."""
-    import scipy.sparse as sp
+    sp = require("scipy.sparse", "mining")
 
     vocab: dict = {}
 

@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 
+from hardneg._optional import require
 from hardneg.mining.encode import encode_texts, load_sentence_model
 from hardneg.mining.formats import OUTPUT_FORMATS_ALL, build_rows, write_rows
 from hardneg.mining.mine import MineConfig, MinedNegatives, mine_embeddings
@@ -71,9 +72,7 @@ def _extra_positives(queries: Sequence[str], pos_ids: np.ndarray) -> np.ndarray 
 def make_guide(guide, queries: Sequence[str], corpus: Sequence[str], *, batch_size: int = 64,
                cache_dir=None, show_progress: bool = False):
     """``guide_score(q_rows, c_ids)`` for a CrossEncoder (``predict``) or a bi-encoder (cosine)."""
-    from sentence_transformers import CrossEncoder
-
-    if isinstance(guide, CrossEncoder):
+    if isinstance(guide, require("sentence_transformers", "text").CrossEncoder):
         def score(q_rows: np.ndarray, c_ids: np.ndarray) -> np.ndarray:
             pairs = [(queries[r], corpus[c]) for r, c in zip(q_rows, c_ids)]
             if not pairs:

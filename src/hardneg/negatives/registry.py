@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from hardneg._optional import require
 from hardneg.negatives.adversarial import AdversarialBank, NegativeGenerator
 from hardneg.negatives.filters import FILTERS, Filter, GuideFilter, IdFilter, LabelFilter, SimilarityFilter
 from hardneg.negatives.mixing import Mixing
@@ -394,7 +395,7 @@ def parse_overrides(items: list[str] | tuple[str, ...]) -> dict[str, Any]:
     Values are parsed as YAML (numbers, booleans, lists, mappings); used by the command line so a
     preset's options are written the same way as in a config file.
     """
-    import yaml
+    yaml = require("yaml", "cli", feature="option values")
 
     out: dict[str, Any] = {}
     for item in items:

@@ -29,6 +29,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from hardneg._optional import require
+
 SOURCES: dict[str, type] = {}  # kind -> Source subclass, filled as subclasses are defined
 
 
@@ -226,7 +228,7 @@ class InBatch(Source):
 
 def _as_matrix(x: Any, name: str) -> tuple[np.ndarray, Any]:
     """(float32 C-contiguous matrix, faiss index or None) from a tensor, array, .npy path or index."""
-    import faiss
+    faiss = require("faiss", "mining")
 
     if isinstance(x, (str, os.PathLike)):
         if not os.path.exists(x):
@@ -308,7 +310,7 @@ class ExternalPool(Source):
 
     def refresh(self, embeddings: Any) -> None:
         """Replace the pool's embeddings (e.g. re-encoded by the current model) and rebuild the index."""
-        import faiss
+        faiss = require("faiss", "mining")
 
         mat, _ = _as_matrix(embeddings, "pool embeddings")
         for name, v in (("labels", self.labels_), ("ids", self.ids_)):

@@ -34,6 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from hardneg._optional import require
 from hardneg.losses.tilt import tilt_log_weights
 from hardneg.negatives.context import StepContext
 from hardneg.negatives.sources import register_kind, simple_repr
@@ -311,7 +312,7 @@ class ClusterGuided(Weighting):
 
     def fit(self, x: Tensor) -> Tensor:
         """Run spherical k-means on rows of ``x``; store and return the (C×d) centroids."""
-        import faiss
+        faiss = require("faiss", "mining")
 
         xs = np.ascontiguousarray(F.normalize(x.detach().float(), dim=1).cpu().numpy())
         if xs.shape[0] < self.n_clusters:

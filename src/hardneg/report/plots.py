@@ -7,13 +7,13 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-import matplotlib
+import numpy as np
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+from hardneg._optional import require
+from hardneg.io import atomic_open
 
-from hardneg.io import atomic_open  # noqa: E402
+require("matplotlib", "train", feature="plots").use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402  (after selecting the Agg backend)
 
 
 def save(fig: Any, path: Path) -> Path:
@@ -101,6 +101,7 @@ def bound_curves(recs: list[dict[str, Any]], path: Path, *, title: str) -> Path:
 
 def embedding_maps(maps: dict[str, tuple[np.ndarray, np.ndarray]], path: Path, *, seed: int = 0) -> Path:
     """t-SNE (scikit-learn) of frozen test features, one panel per run, points coloured by class."""
+    require("sklearn", "train", feature="t-SNE maps")
     from sklearn.manifold import TSNE
 
     n = len(maps)

@@ -11,8 +11,13 @@ import os
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from hardneg._optional import missing
+
+try:
+    import yaml
+    from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+except ImportError as e:
+    raise missing("yaml" if e.name == "yaml" else "pydantic", extra="train", feature="experiment configs") from e
 
 
 class _Strict(BaseModel):

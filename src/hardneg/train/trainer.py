@@ -29,6 +29,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from hardneg._optional import require
 from hardneg.data.augment import Augment
 from hardneg.data.base import dataset_to_tensors, load_named
 from hardneg.eval.align_uniform import alignment, uniformity
@@ -341,7 +342,7 @@ class Trainer:
         )
 
     def _fit(self) -> dict[str, Any]:
-        from tqdm.auto import tqdm
+        tqdm = require("tqdm.auto", "train").tqdm
 
         c = self.cfg
         bs, spe = c.train.batch_size, self.steps_per_epoch

@@ -1,0 +1,117 @@
+"""hardneg.mine_hard_negatives against sentence-transformers' mine_hard_negatives (the oracle), with the real
+all-MiniLM-L6-v2: same arguments, exact search -> the same dataset, in every output format."""
+
+import json
+
+import pytest
+
+from tests.retrieval_fixtures import CORPUS, POSITIVES, QUERIES, minilm
+
+datasets = pytest.importorskip("datasets")
+st_util = pytest.importorskip("sentence_transformers.util")
+
+# one anchor with two positives and one repeated (anchor, positive) row: the grouping and margin rules
+# for several positives per anchor are part of what is compared
+Q = [*QUERIES, QUERIES[0], QUERIES[2]]
+P = [*POSITIVES, CORPUS[7], POSITIVES[2]]
+# (format, output_scores): triplet and n-tuple only add a scores column with output_scores (compared
+# here); the labeled formats swap their last column, so both variants are compared
+CASES = [("triplet", True), ("n-tuple", True), ("labeled-pair", False), ("labeled-pair", True),
+         ("labeled-list", False), ("labeled-list", True)]
+
+
+@pytest.fixture(scope="module")
+def caches(tmp_path_factory):
+    # both functions cache embeddings, so the 8 calls per case encode once
+    return str(tmp_path_factory.mktemp("st-cache")), str(tmp_path_factory.mktemp("hn-cache"))
+
+
+def _ds():
+    return datasets.Dataset.from_dict({"query": Q, "answer": P})
+
+
+def _both(caches, **kw):
+    import hardneg
+
+    m = minilm()
+    common = dict(corpus=CORPUS, num_negatives=2, use_faiss=True, verbose=False, batch_size=8, **kw)
+    st = st_util.mine_hard_negatives(_ds(), m, cache_folder=caches[0], **common)
+    ours = hardneg.mine_hard_negatives(_ds(), m, cache_folder=caches[1], **common)
+    return st, ours
+
+
+def _split(rows):
+    """(text part, score part) of each row."""
+    text = [{k: v for k, v in r.items() if k not in ("score", "scores")} for r in rows]
+    score = []
+    for r in rows:
+        v = r.get("score", r.get("scores"))
+        score.extend(v if isinstance(v, list) else [v])
+    return text, score
+
+
+@pytest.mark.parametrize("kw", [
+    {},
+    {"relative_margin": 0.05},
+    {"absolute_margin": 0.0},
+    {"max_score": 0.45},
+    {"range_min": 2, "range_max": 8},
+    {"query_prompt": "query: ", "corpus_prompt": "passage: "},
+], ids=["default", "relative_margin", "absolute_margin", "max_score", "window", "prompts"])
+def test_same_dataset_as_sentence_transformers(caches, kw):
+    for fmt, scores in CASES:
+        st, ours = _both(caches, output_format=fmt, output_scores=scores, **kw)
+        assert ours.column_names == st.column_names, (fmt, scores)
+        st_text, st_score = _split(st.to_list())
+        our_text, our_score = _split(ours.to_list())
+        assert our_text == st_text, (fmt, scores)
+        if scores:
+            assert our_score == pytest.approx(st_score, abs=2e-5)
+
+
+def test_filters_change_the_negatives_on_this_fixture(caches):
+    # so the comparisons above exercise the margin and score filters, not only the defaults
+    base = {r["negative"] for r in _both(caches)[1]}
+    # every positive scores > 0, where s_p − |s_p|·r and s_p·(1 − r) are the same relative-margin threshold
+    assert min(r["scores"][0] for r in _both(caches, output_format="n-tuple", output_scores=True)[1]) > 0
+    for kw in ({"relative_margin": 0.05}, {"absolute_margin": 0.0}, {"max_score": 0.45}):
+        assert {r["negative"] for r in _both(caches, **kw)[1]} != base, kw
+
+
+def test_hardneg_knobs_label_filter_and_summary(tmp_path):
+    import hardneg
+
+    m = minilm()
+    labels = [[f"sense{i}"] for i in range(len(QUERIES))]
+    ds = datasets.Dataset.from_dict({"anchor": QUERIES, "positive": POSITIVES, "labels": labels})
+    base = hardneg.mine_hard_negatives(ds, m, corpus=CORPUS, num_negatives=2, verbose=False)
+    pilot = [r["negative"] for r in base if r["anchor"] == QUERIES[0]]
+    assert CORPUS[0] in pilot  # "the act of terminating a life" is a top negative of the pilot query
+    corpus_labels = [["sense0"] if c == CORPUS[0] else [] for c in CORPUS]
+    out, summary = hardneg.mine_hard_negatives(
+        ds, m, corpus=CORPUS, num_negatives=2, verbose=False, label_column="labels", corpus_labels=corpus_labels,
+        filter_labels=True, range_max=10, summary_path=tmp_path / "s.json", return_summary=True)
+    pilot = [r["negative"] for r in out if r["anchor"] == QUERIES[0]]
+    assert CORPUS[0] not in pilot and len(pilot) == 2
+    assert summary["removed_by_filter"]["false_negative_label"] >= 1
+    assert summary["rows_written"] == len(out) == 12
+    assert json.loads((tmp_path / "s.json").read_text())["rows_written"] == 12
+
+
+def test_errors_name_the_argument():
+    import hardneg
+
+    m = minilm()
+    ds = datasets.Dataset.from_dict({"query": QUERIES, "answer": POSITIVES})
+    with pytest.raises(ValueError, match="output_format"):
+        hardneg.mine_hard_negatives(ds, m, output_format="quadruplet", verbose=False)
+    with pytest.raises(ValueError, match="sampling_strategy"):
+        hardneg.mine_hard_negatives(ds, m, sampling_strategy="hardest", verbose=False)
+    with pytest.raises(ValueError, match="cross_encoder"):
+        hardneg.mine_hard_negatives(ds, m, cross_encoder=m, verbose=False)
+    with pytest.raises(ValueError, match="label_column 'nope'"):
+        hardneg.mine_hard_negatives(ds, m, label_column="nope", verbose=False)
+    with pytest.raises(ValueError, match="empty"):
+        hardneg.mine_hard_negatives(ds.select([]), m, verbose=False)
+    with pytest.raises(ValueError, match="query_prompt_name 'x'"):
+        hardneg.mine_hard_negatives(ds, m, query_prompt_name="x", verbose=False)
