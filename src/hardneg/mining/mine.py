@@ -36,8 +36,8 @@ import numpy as np
 import torch
 
 from hardneg._optional import require
+from hardneg.index import build_index, measure_recall, parse_index_spec, search
 from hardneg.losses.tilt import tilt_log_weights
-from hardneg.mining.index import build_index, measure_recall, parse_index_spec, search
 from hardneg.negatives.filters import similarity_drops
 from hardneg.negatives.registry import build_filter, build_weighting
 

@@ -13,8 +13,8 @@ import os
 
 import numpy as np
 
+from hardneg.index import resolve_index_spec
 from hardneg.io import atomic_write_text
-from hardneg.mining.index import resolve_index_spec
 from hardneg.mining.mine import MineConfig, MinedNegatives
 
 KNOBS = {

@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 from hardneg._optional import require
+from hardneg.arrays import load_array
 from hardneg.negatives.adversarial import AdversarialBank, NegativeGenerator
 from hardneg.negatives.filters import FILTERS, Filter, GuideFilter, IdFilter, LabelFilter, SimilarityFilter
 from hardneg.negatives.mixing import Mixing
@@ -273,18 +274,7 @@ def _gist(guide: Any = None, margin: float = 0.0) -> dict[str, Any]:
 def _load_tensor(x: Any, name: str) -> torch.Tensor | None:
     if x is None or isinstance(x, torch.Tensor):
         return x
-    if isinstance(x, np.ndarray):
-        return torch.from_numpy(x)
-    if isinstance(x, (list, tuple)):
-        return torch.as_tensor(x)
-    if isinstance(x, (str, os.PathLike)):
-        p = os.fspath(x)
-        if not os.path.exists(p):
-            raise FileNotFoundError(f"{name}: no such file: {p}")
-        if p.endswith(".npy"):
-            return torch.from_numpy(np.load(p))
-        return torch.load(p, map_location="cpu", weights_only=True)
-    raise TypeError(f"{name} must be a tensor, array, list or a .npy/.pt path, got {type(x).__name__}")
+    return torch.from_numpy(np.ascontiguousarray(load_array(x, name)))
 
 
 def _build(kind_map: dict[str, type], aliases: dict[str, str], what: str, spec: Any, base: type) -> Any:

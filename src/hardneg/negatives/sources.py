@@ -19,7 +19,6 @@ anchor that may use it (a pool neighbour or a synthetic negative built for that 
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -30,6 +29,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from hardneg._optional import require
+from hardneg.arrays import load_array
+from hardneg.index import build_index, search
 
 SOURCES: dict[str, type] = {}  # kind -> Source subclass, filled as subclasses are defined
 
@@ -227,13 +228,8 @@ class InBatch(Source):
 
 
 def _as_matrix(x: Any, name: str) -> tuple[np.ndarray, Any]:
-    """(float32 C-contiguous matrix, faiss index or None) from a tensor, array, .npy path or index."""
+    """(float32 C-contiguous matrix, faiss index or None) from a tensor, array, .npy/.pt path or index."""
     faiss = require("faiss", "mining")
-
-    if isinstance(x, (str, os.PathLike)):
-        if not os.path.exists(x):
-            raise FileNotFoundError(f"{name}: no such .npy file: {x}")
-        x = np.load(x)
     if isinstance(x, faiss.Index):
         if x.ntotal == 0:
             raise ValueError(f"{name}: the FAISS index is empty (ntotal = 0)")
@@ -242,10 +238,7 @@ def _as_matrix(x: Any, name: str) -> tuple[np.ndarray, Any]:
         except RuntimeError as e:
             raise ValueError(f"{name}: cannot reconstruct vectors from this FAISS index ({e})") from None
         return np.ascontiguousarray(mat, dtype=np.float32), x
-    if isinstance(x, Tensor):
-        x = x.detach().cpu().numpy()
-    if not isinstance(x, np.ndarray):
-        raise TypeError(f"{name} must be a Tensor, numpy array, .npy path or faiss.Index, got {type(x).__name__}")
+    x = load_array(x, name)
     if x.ndim != 2 or x.shape[0] == 0:
         raise ValueError(f"{name} must have shape (pool_size >= 1, dim), got {tuple(x.shape)}")
     if not np.isfinite(x).all():
@@ -310,23 +303,20 @@ class ExternalPool(Source):
 
     def refresh(self, embeddings: Any) -> None:
         """Replace the pool's embeddings (e.g. re-encoded by the current model) and rebuild the index."""
-        faiss = require("faiss", "mining")
-
         mat, _ = _as_matrix(embeddings, "pool embeddings")
         for name, v in (("labels", self.labels_), ("ids", self.ids_)):
             if v is not None and v.shape != (mat.shape[0],):
                 raise ValueError(f"pool {name} must have shape ({mat.shape[0]},), got {tuple(v.shape)}")
-        faiss.normalize_L2(mat)
+        mat = mat / np.maximum(np.linalg.norm(mat, axis=1, keepdims=True), np.finfo(np.float32).tiny)  # a copy
         self._mat = mat
-        self._index = faiss.IndexFlatIP(mat.shape[1])
-        self._index.add(mat)
+        self._index = build_index(mat, "flat")  # the one FAISS index builder (exact inner product)
 
     def search(self, q: Tensor, k: int) -> tuple[Tensor, Tensor]:
         """(similarities, indices), each (n×k), of the ``k`` nearest pool rows of unit queries ``q``."""
         qn = np.ascontiguousarray(q.detach().float().cpu().numpy(), dtype=np.float32)
         if qn.shape[1] != self._mat.shape[1]:
             raise ValueError(f"pool has dim {self._mat.shape[1]} but anchors have dim {qn.shape[1]}")
-        D, I = self._index.search(qn, k)
+        D, I = search(self._index, qn, k)
         return torch.from_numpy(D), torch.from_numpy(I).long()
 
     def extend(self, anchors: Anchors, cands: Candidates, step: int) -> None:
