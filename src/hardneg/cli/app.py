@@ -2,7 +2,8 @@
 
 User errors (bad input, missing files, invalid configs) raise ``ValueError``, ``TypeError``,
 ``FileNotFoundError`` or ``FileExistsError`` in the library; the CLI prints them as one line and
-exits with status 2, never with a traceback.
+exits with status 2, never with a traceback. A run stopped by Ctrl-C or SIGTERM prints where its
+checkpoint went and exits with 128 + the signal number (130, 143).
 """
 
 from __future__ import annotations
@@ -49,4 +50,7 @@ def main(argv: list[str] | None = None) -> None:
     except USER_ERRORS as e:
         print(f"hardneg: error: {e}", file=sys.stderr)
         sys.exit(2)
+    except KeyboardInterrupt as e:  # Ctrl-C / SIGTERM: the trainer has saved a checkpoint and says where
+        print(f"hardneg: {e}" if str(e) else "hardneg: interrupted", file=sys.stderr)
+        sys.exit(getattr(e, "exit_code", 130))
     sys.exit(rv if isinstance(rv, int) else 0)

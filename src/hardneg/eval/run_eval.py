@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 
-from hardneg.train import checkpoint as ck
+from hardneg import runs
 
 
 @torch.no_grad()
@@ -22,15 +22,26 @@ def evaluate_run(
     from hardneg.train.config import RunConfig, load_config
 
     d = Path(run_dir)
-    mp = d / ck.MODEL
+    if not d.is_dir():
+        raise FileNotFoundError(f"run directory {d} does not exist")
+    kind = runs.read_marker(d)
+    if kind == "compare":
+        raise ValueError(f"{d} is a compare folder, not a run; evaluate one of its runs ({d / runs.RUNS}/<name>)")
+    if kind is None and not (d / runs.CONFIG).is_file():
+        raise ValueError(f"{d} is not a hardneg run directory (no {runs.MARKER} marker, no {runs.CONFIG})")
+    mp = d / runs.MODEL
     if not mp.is_file():
         raise FileNotFoundError(f"{mp} not found; the run in {d} has not finished (resume it with --resume)")
-    cfg = load_config(d / ck.CONFIG, cls=RunConfig)
+    cfg = load_config(d / runs.CONFIG, cls=RunConfig)
     c = cfg.data
     X, y = load_named(c.name, "train", data_dir=c.data_dir, limit=c.train_limit, seed=c.split_seed)
     Xt, yt = load_named(c.name, "test", data_dir=c.data_dir, limit=c.test_limit, seed=c.split_seed)
     model = build_model_from_config(cfg.model, X.shape[1:])
-    model.load_state_dict(torch.load(mp, map_location="cpu", weights_only=True))
+    try:
+        model.load_state_dict(torch.load(mp, map_location="cpu", weights_only=True))
+    except Exception as e:  # model.pt is only ever renamed into place, so this means outside damage
+        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        raise ValueError(f"{mp} cannot be loaded as this run's model ({type(e).__name__}: {first})") from None
     model.eval()
 
     def feats(A: torch.Tensor) -> torch.Tensor:

@@ -2,8 +2,9 @@
 
 Layout of the output folder::
 
+    <out>/.hardneg               the marker: hardneg created this folder (see hardneg.runs)
     <out>/config.yaml            the validated compare config (a different one is refused)
-    <out>/runs/<run>/            one Trainer run directory per grid point (see hardneg.train.checkpoint)
+    <out>/runs/<run>/            one Trainer run directory per grid point (see hardneg.runs)
     <out>/results.json           one row per finished run (written by the report)
     <out>/report.md, *.png       the markdown report and its plots (hardneg.report)
 
@@ -19,9 +20,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from hardneg.train import checkpoint as ck
+from hardneg import runs
 from hardneg.train.config import CompareConfig, RunConfig, dump_config
-from hardneg.train.losses_from_config import has_beta
+from hardneg.train.losses_from_config import build_loss, has_beta
 
 
 @dataclass(frozen=True)
@@ -62,27 +63,42 @@ def run_config(cfg: CompareConfig, spec: RunSpec) -> RunConfig:
 
 
 def run_compare(
-    cfg: CompareConfig, out_dir: str | Path, *, resume: bool = False, overwrite: bool = False, echo: Any = print
+    cfg: CompareConfig,
+    out_dir: str | Path,
+    *,
+    resume: bool = False,
+    overwrite: bool = False,
+    repair_metrics: bool = False,
+    echo: Any = print,
 ) -> Path:
-    """Run (or continue) every grid point, then write the report; return the report path."""
+    """Run (or continue) every grid point, then write the report; return the report path.
+
+    Every grid point's loss and the data are checked before the output folder is touched."""
     from hardneg.data.base import load_named
     from hardneg.report.report import write_report
     from hardneg.train.trainer import Trainer
 
     out = Path(out_dir)
-    ck.prepare_run_dir(out, dump_config(cfg), resume=resume, overwrite=overwrite)
+    if resume and overwrite:
+        raise ValueError("pass at most one of --resume and --overwrite")
+    specs = expand_grid(cfg)
+    for spec in specs:
+        build_loss(spec.loss, spec.params)
     d = cfg.data
     train = load_named(d.name, "train", data_dir=d.data_dir, limit=d.train_limit, seed=d.split_seed)
     test = load_named(d.name, "test", data_dir=d.data_dir, limit=d.test_limit, seed=d.split_seed)
-    specs = expand_grid(cfg)
+    if len(train[0]) < cfg.train.batch_size:
+        raise ValueError(f"train.batch_size={cfg.train.batch_size} is larger than the training set ({len(train[0])})")
+    runs.prepare_output(out, "compare", dump_config(cfg), resume=resume, overwrite=overwrite)
     t_all = time.time()
     for i, spec in enumerate(specs, 1):
-        rd = out / "runs" / spec.name
-        if (rd / ck.SUMMARY).is_file():
+        rd = out / runs.RUNS / spec.name
+        if (rd / runs.SUMMARY).is_file():
             echo(f"[{i}/{len(specs)}] {spec.name}: done before, skipped")
             continue
         t0 = time.time()
-        tr = Trainer(run_config(cfg, spec), rd, train_data=train, test_data=test, resume=True)
+        tr = Trainer(run_config(cfg, spec), rd, train_data=train, test_data=test, resume=True,
+                     repair_metrics=repair_metrics)
         s = tr.fit()
         lin = f", linear {s['linear_acc']:.4f}" if "linear_acc" in s else ""
         echo(f"[{i}/{len(specs)}] {spec.name}: kNN {s['knn_acc']:.4f}{lin} ({time.time() - t0:.0f} s)")
@@ -95,13 +111,13 @@ def collect(out_dir: str | Path) -> list[dict[str, Any]]:
     from hardneg.train.config import load_config
 
     out = Path(out_dir)
-    cfg_p = out / ck.CONFIG
+    cfg_p = out / runs.CONFIG
     if not cfg_p.is_file():
         raise FileNotFoundError(f"{cfg_p} not found; is {out} a compare output folder?")
     cfg = load_config(cfg_p, cls=CompareConfig)
     rows = []
     for spec in expand_grid(cfg):
-        sp = out / "runs" / spec.name / ck.SUMMARY
+        sp = out / runs.RUNS / spec.name / runs.SUMMARY
         if sp.is_file():
             s = json.loads(sp.read_text(encoding="utf-8"))
             rows.append({"label": spec.label, "beta": spec.beta, "seed": spec.seed, "run": spec.name, **s})

@@ -169,7 +169,12 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str] | None) -> dict[st
         if "=" not in o:
             raise ValueError(f"override {o!r} must look like section.key=value")
         k, _, v = o.partition("=")
-        _set_path(out, k.strip(), yaml.safe_load(v))
+        try:
+            value = yaml.safe_load(v)
+        except yaml.YAMLError as e:
+            first = str(e).strip().splitlines()[0]
+            raise ValueError(f"override {o!r}: the value is not valid YAML ({first})") from None
+        _set_path(out, k.strip(), value)
     return out
 
 
