@@ -8,7 +8,9 @@ checkpoint went and exits with 128 + the signal number (130, 143).
 
 from __future__ import annotations
 
+import contextlib
 import sys
+from collections.abc import Iterator
 
 import click
 import typer
@@ -34,6 +36,18 @@ app = typer.Typer(
 USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, TypeError, FileNotFoundError, FileExistsError)
 
 
+@contextlib.contextmanager
+def exit_on_interrupt() -> Iterator[None]:
+    """Around a command's work: a run stopped by Ctrl-C or SIGTERM (a ``KeyboardInterrupt`` with an
+    ``exit_code``) prints its message, which says where the checkpoint went, as one line and exits with
+    that code; typer alone would exit 130 without a word."""
+    try:
+        yield
+    except KeyboardInterrupt as e:
+        print(f"hardneg: {e}" if str(e) else "hardneg: interrupted", file=sys.stderr)
+        raise typer.Exit(getattr(e, "exit_code", 130)) from None
+
+
 def main(argv: list[str] | None = None) -> None:
     """Console entry point: run the app, turning user errors into one line and exit code 2."""
     command = typer.main.get_command(app)
@@ -50,7 +64,4 @@ def main(argv: list[str] | None = None) -> None:
     except USER_ERRORS as e:
         print(f"hardneg: error: {e}", file=sys.stderr)
         sys.exit(2)
-    except KeyboardInterrupt as e:  # Ctrl-C / SIGTERM: the trainer has saved a checkpoint and says where
-        print(f"hardneg: {e}" if str(e) else "hardneg: interrupted", file=sys.stderr)
-        sys.exit(getattr(e, "exit_code", 130))
     sys.exit(rv if isinstance(rv, int) else 0)

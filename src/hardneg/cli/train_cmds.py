@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from hardneg.cli.app import app
+from hardneg.cli.app import app, exit_on_interrupt
 
 ConfigOpt = Annotated[Path, typer.Option("--config", "-c", help="YAML config file.")]
 SetOpt = Annotated[
@@ -56,7 +56,8 @@ def _run_train(
     run_dir = out or Path("runs") / config.stem
     if repair and not resume:
         raise ValueError("--repair-metrics works with --resume only")
-    summary = Trainer(cfg, run_dir, resume=resume, overwrite=overwrite, repair_metrics=repair).fit()
+    with exit_on_interrupt():
+        summary = Trainer(cfg, run_dir, resume=resume, overwrite=overwrite, repair_metrics=repair).fit()
     return run_dir, summary
 
 
@@ -124,7 +125,8 @@ def compare_cmd(
     out_dir = out or Path("runs") / cfg.name
     if repair and not resume:
         raise ValueError("--repair-metrics works with --resume only")
-    rp = run_compare(cfg, out_dir, resume=resume, overwrite=overwrite, repair_metrics=repair, echo=_echo)
+    with exit_on_interrupt():
+        rp = run_compare(cfg, out_dir, resume=resume, overwrite=overwrite, repair_metrics=repair, echo=_echo)
     _echo("")
     _echo(results_table(collect(out_dir)))
     _echo("")
