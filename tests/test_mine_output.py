@@ -5,6 +5,7 @@ every output file the same umask-derived permissions."""
 import json
 import os
 import stat
+import tempfile
 
 import pytest
 
@@ -106,12 +107,14 @@ def test_non_utf8_corpus_names_file_and_line(tmp_path, inputs, capsys):
     assert code == 2 and f"{corpus} line 3: not UTF-8 text (byte 0xe9" in err
 
 
-def test_default_cache_is_the_user_cache_dir_and_files_share_permissions(tmp_path, inputs, capsys, monkeypatch):
+def test_default_cache_user_dir_permissions_and_stale_temporaries(tmp_path, inputs, capsys, monkeypatch):
     pairs, corpus = inputs
     xdg, work = tmp_path / "xdg", tmp_path / "work"
     work.mkdir()
     monkeypatch.setenv("XDG_CACHE_HOME", str(xdg))
     monkeypatch.chdir(work)
+    fd, _ = tempfile.mkstemp(prefix=".neg.jsonl.", suffix=".tmp", dir=work)  # as a killed write leaves it
+    os.close(fd)
     old = os.umask(0o022)
     try:
         code, stdout, _ = _cli(_mine(pairs, corpus, work / "neg.jsonl"), capsys)

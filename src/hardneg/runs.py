@@ -149,7 +149,7 @@ def prepare_output(
                 raise FileExistsError(f"{what} {d} holds no {CONFIG}; refusing to resume into it")
             if cfg.read_text(encoding="utf-8") != config_text:
                 raise FileExistsError(
-                    f"{what} {d} holds a different {kind} (its {CONFIG} differs); use another folder or --overwrite"
+                    f"{what} {d} holds a different run (its {CONFIG} differs); use another folder or --overwrite"
                 )
             remove_stale_temps(d, KINDS[kind])
             if read_marker(d) is None:

@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+from hardneg.io import remove_stale_temps
 from hardneg.mining.encode import encode_texts, load_sentence_model
 from hardneg.mining.formats import OUTPUT_FORMATS_ALL, build_rows, write_rows
 from hardneg.mining.mine import MineConfig, MinedNegatives, mine_embeddings
@@ -223,8 +224,10 @@ def write_result(result: MineResult, out: str | os.PathLike[str], *, summary_pat
     """Write the rows (atomically) and the summary JSON beside them (``<out>.summary.json``), which
     records that hardneg wrote them (``written_by``, ``output``)."""
     out = Path(out)
-    write_rows(result.rows, out)
     sp = Path(summary_path) if summary_path else summary_file(out)
+    remove_stale_temps(out.parent, [out.name])  # left by a mine killed while writing these very files
+    remove_stale_temps(sp.parent, [sp.name])
+    write_rows(result.rows, out)
     result.summary = {"written_by": WRITTEN_BY, "output": out.name, **result.summary}
     save_summary(result.summary, sp)
     return sp

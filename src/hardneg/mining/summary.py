@@ -117,7 +117,7 @@ def warning_lines(s: dict) -> list[str]:
     """The loud lines: no negatives at all (first), queries that got too few, and which knob to loosen."""
     none = nothing_selected_line(s)
     out = [f"ERROR: {none}"] if none else []
-    if s["queries_with_too_few"] and not none:
+    if s["queries_with_too_few"]:
         n, k = s["queries_with_too_few"], s["queries"]
         causes = sorted(s["too_few_by_cause"].items(), key=lambda kv: -kv[1])
         cause_txt = "; ".join(f"{c}: {v} queries -> {KNOBS[c]}" for c, v in causes)
