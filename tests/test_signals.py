@@ -58,7 +58,7 @@ def _wait_for(pred, timeout=120.0):
         time.sleep(0.05)
 
 
-@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+@pytest.mark.parametrize("signum", [signal.SIGTERM, pytest.param(signal.SIGINT, marks=pytest.mark.slow)])
 def test_signal_to_a_training_process_saves_and_exits_nonzero(tmp_path, signum):
     raw = json.loads(json.dumps(BASE))
     raw["train"].update({"epochs": 500, "checkpoint_every": 10_000, "threads": 1})
