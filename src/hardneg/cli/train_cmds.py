@@ -46,7 +46,7 @@ def _run_train(
     config: Path, out: Path | None, overrides: list[str] | None, resume: bool, overwrite: bool, force_bounds: bool,
     repair: bool,
 ) -> tuple[Path, dict]:
-    from hardneg.train.config import RunConfig, apply_overrides, load_raw, validate_config
+    from hardneg.runs import RunConfig, apply_overrides, load_raw, validate_config
     from hardneg.train.trainer import Trainer
 
     raw = apply_overrides(load_raw(config), overrides)
@@ -117,16 +117,17 @@ def compare_cmd(
     repair: RepairOpt = False,
 ) -> None:
     """Run the grid losses × β × seeds of a compare config and write the markdown report and plots."""
-    from hardneg.report.report import results_table
-    from hardneg.train.compare import collect, run_compare
-    from hardneg.train.config import CompareConfig, load_config
+    from hardneg.report.report import results_table, write_report
+    from hardneg.runs import CompareConfig, collect, load_config
+    from hardneg.train.compare import run_compare
 
     cfg = load_config(config, _with_dir(overrides, data_dir), CompareConfig)
     out_dir = out or Path("runs") / cfg.name
     if repair and not resume:
         raise ValueError("--repair-metrics works with --resume only")
     with exit_on_interrupt():
-        rp = run_compare(cfg, out_dir, resume=resume, overwrite=overwrite, repair_metrics=repair, echo=_echo)
+        run_compare(cfg, out_dir, resume=resume, overwrite=overwrite, repair_metrics=repair, echo=_echo)
+    rp = write_report(out_dir)
     _echo("")
     _echo(results_table(collect(out_dir)))
     _echo("")

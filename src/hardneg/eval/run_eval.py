@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 
-from hardneg import runs
+from hardneg.runs import MODEL, load_run
 
 
 @torch.no_grad()
@@ -19,20 +19,12 @@ def evaluate_run(
     from hardneg.eval.knn import knn_predict
     from hardneg.eval.linear_probe import linear_probe, per_class_and_confusion
     from hardneg.models.encoders import build_model_from_config
-    from hardneg.train.config import RunConfig, load_config
 
-    d = Path(run_dir)
-    if not d.is_dir():
-        raise FileNotFoundError(f"run directory {d} does not exist")
-    kind = runs.read_marker(d)
-    if kind == "compare":
-        raise ValueError(f"{d} is a compare folder, not a run; evaluate one of its runs ({d / runs.RUNS}/<name>)")
-    if kind is None and not (d / runs.CONFIG).is_file():
-        raise ValueError(f"{d} is not a hardneg run directory (no {runs.MARKER} marker, no {runs.CONFIG})")
-    mp = d / runs.MODEL
+    run = load_run(run_dir)
+    d, cfg = run.path, run.config
+    mp = d / MODEL
     if not mp.is_file():
         raise FileNotFoundError(f"{mp} not found; the run in {d} has not finished (resume it with --resume)")
-    cfg = load_config(d / runs.CONFIG, cls=RunConfig)
     c = cfg.data
     X, y = load_named(c.name, "train", data_dir=c.data_dir, limit=c.train_limit, seed=c.split_seed)
     Xt, yt = load_named(c.name, "test", data_dir=c.data_dir, limit=c.test_limit, seed=c.split_seed)

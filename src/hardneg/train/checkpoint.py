@@ -14,7 +14,7 @@ from typing import Any
 import torch
 
 from hardneg.io import atomic_torch_save
-from hardneg.runs import CHECKPOINT, CONFIG, EMBEDDINGS, METRICS, MODEL, SUMMARY, prepare_output
+from hardneg.runs.folders import CHECKPOINT, CONFIG, EMBEDDINGS, METRICS, MODEL, SUMMARY, prepare_output
 
 __all__ = [
     "CHECKPOINT", "CONFIG", "EMBEDDINGS", "METRICS", "MODEL", "SUMMARY",

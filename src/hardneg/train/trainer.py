@@ -29,11 +29,11 @@ from hardneg.eval.knn import knn_predict
 from hardneg.eval.linear_probe import linear_probe, per_class_and_confusion
 from hardneg.io import atomic_torch_save, atomic_write_text
 from hardneg.models.encoders import ContrastiveModel, build_model_from_config
-from hardneg.runs import metrics_problem, repair_metrics
-from hardneg.runs import read_metrics as read_metrics
+from hardneg.runs.config import RunConfig, dump_config
+from hardneg.runs.metrics import metrics_problem, repair_metrics
+from hardneg.runs.metrics import read_metrics as read_metrics
 from hardneg.seed import seed_everything
 from hardneg.train import checkpoint as ck
-from hardneg.train.config import RunConfig, dump_config
 from hardneg.train.losses_from_config import build_loss
 
 LossFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
