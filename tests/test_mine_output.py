@@ -43,7 +43,7 @@ def test_overwrite_replaces_only_hardneg_mine_output(tmp_path, inputs, capsys):
     # a summary alone (the rows file missing) is not replaced without --overwrite
     summary.write_text("my own summary\n")
     code, _, err = _cli(_mine(pairs, corpus, mine_out, *cache), capsys)
-    assert code == 2 and "mined.jsonl.summary.json already exist" in err and "--overwrite" in err
+    assert code == 2 and "mined.jsonl.summary.json already exists" in err and "--overwrite" in err
     code, _, err = _cli(_mine(pairs, corpus, mine_out, *cache, "--overwrite"), capsys)
     assert code == 2 and "refusing to --overwrite" in err and "is not its hardneg mine summary" in err
     assert summary.read_text() == "my own summary\n" and not mine_out.exists()

@@ -211,7 +211,8 @@ def check_output(out: str | os.PathLike[str], *, overwrite: bool = False) -> Non
     if not existing:
         return
     if not overwrite:
-        raise FileExistsError(f"{' and '.join(existing)} already exist(s); pass --overwrite to replace them")
+        verb = "exists" if len(existing) == 1 else "exist"
+        raise FileExistsError(f"{' and '.join(existing)} already {verb}; pass --overwrite to replace")
     if not _is_own_summary(sp, out):
         why = f"{sp} is not its hardneg mine summary" if sp.exists() else f"there is no {sp.name} beside it"
         raise FileExistsError(
