@@ -47,16 +47,19 @@ def ref_infonce(z1, z2, *, t, beta=0.0, tau_plus=0.0, clamp=True, labels=None, n
 
 
 def ref_supcon(z1, z2, labels, *, t):
-    """Khosla et al. eq. 2 (L_out)."""
+    """Khosla et al. eq. 2 (L_out); anchors without a positive are skipped (left out of the mean)."""
     z = F.normalize(z1 if z2 is None else torch.cat([z1, z2]), dim=1)
     y = labels if z2 is None else torch.cat([labels, labels])
     n = z.shape[0]
-    total = 0.0
+    total, anchors = 0.0, 0
     for i in range(n):
-        P = [p for p in range(n) if p != i and y[p] == y[i]]
+        P = [p for p in range(n) if p != i and y[p] == y[i] and y[i] != -1]
+        if not P:
+            continue
+        anchors += 1
         denom = sum(torch.exp(z[i] @ z[a] / t) for a in range(n) if a != i)
         total = total - sum(torch.log(torch.exp(z[i] @ z[p] / t) / denom) for p in P) / len(P)
-    return total / n
+    return total / anchors
 
 
 def ref_hscl_all(z1, z2, labels, *, t, beta):

@@ -27,7 +27,7 @@ def test_usage_and_user_errors_exit_2_with_one_line(argv, words, capsys):
     "option,words",
     [
         ("beta=abc", "option 'beta' of preset 'hscl' must be a number, got 'abc'"),
-        ("t=[1, 2]", "option 't' of preset 'hscl' must be a number, got [1, 2]"),
+        ("tau_plus=[1, 2]", "option 'tau_plus' of preset 'hscl' must be a number, got [1, 2]"),
     ],
 )
 def test_strategy_option_of_the_wrong_type_is_named(option, words, capsys):

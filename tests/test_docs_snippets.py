@@ -1,4 +1,4 @@
-"""The ```python blocks of the README and docs/losses.md run, in order, in one namespace per file."""
+"""The ```python blocks of the README, docs/losses.md and docs/design.md run, in order, in one namespace per file."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.mark.parametrize("doc", ["README.md", "docs/losses.md"])
+@pytest.mark.parametrize("doc", ["README.md", "docs/losses.md", "docs/design.md"])
 def test_python_blocks_run(doc):
     torch.set_num_threads(1)
     text = (ROOT / doc).read_text(encoding="utf-8")

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from hardneg.eval.align_uniform import alignment, uniformity
-from hardneg.eval.diagnostics import negative_diagnostics
+from hardneg.eval.diagnostics import two_view_diagnostics
 from hardneg.eval.knn import knn_accuracy, knn_predict
 from hardneg.eval.linear_probe import linear_probe, per_class_and_confusion
 
@@ -97,34 +97,40 @@ def test_alignment_uniformity_match_formula():
         uniformity(torch.zeros(1, 3))
 
 
-def test_negative_diagnostics_literal():
+def test_two_view_diagnostics_literal():
+    """The evaluation diagnostics: the strategies' definitions (ESS 1/Σπ², weight on false
+    negatives, ...) on the SimCLR in-batch set, against a loop over anchors."""
     g = torch.Generator().manual_seed(1)
     B, beta, t = 6, 1.5, 0.5
     z1, z2 = torch.randn(B, 3, generator=g, dtype=torch.float64), torch.randn(B, 3, generator=g, dtype=torch.float64)
     y = torch.tensor([0, 0, 1, 1, 2, 2])
-    d = negative_diagnostics(z1, z2, y, beta=beta, t=t)
+    d = two_view_diagnostics(z1, z2, y, beta=beta, t=t)
     z = torch.cat([z1, z2]).numpy()
     z = z / np.linalg.norm(z, axis=1, keepdims=True)
     yy = np.concatenate([y.numpy(), y.numpy()])
     n = 2 * B
-    hard, fm_u, fm_t, eff, neg, pos = [], [], [], [], [], []
+    hard_fn, fn, ess, neg, gap, wmean = [], [], [], [], [], []
     for i in range(n):
         p = (i + B) % n
         cand = [j for j in range(n) if j not in (i, p)]
         s = {j: float(z[i] @ z[j]) for j in cand}
-        pos.append(float(z[i] @ z[p]))
-        neg.append(np.mean(list(s.values())))
+        neg.extend(s.values())
         jmax = max(cand, key=lambda j: s[j])
-        hard.append(yy[jmax] == yy[i])
+        hard_fn.append(yy[jmax] == yy[i])
+        gap.append(float(z[i] @ z[p]) - s[jmax])
         w = {j: math.exp(beta * s[j] / t) for j in cand}
         Z = sum(w.values())
-        fm_u.append(sum(yy[j] == yy[i] for j in cand) / len(cand))
-        fm_t.append(sum(w[j] for j in cand if yy[j] == yy[i]) / Z)
-        ent = -sum((w[j] / Z) * math.log(w[j] / Z) for j in cand)
-        eff.append(math.exp(ent) / len(cand))
-    assert d["pos_sim"] == pytest.approx(np.mean(pos))
-    assert d["neg_sim"] == pytest.approx(np.mean(neg))
-    assert d["hardest_is_false"] == pytest.approx(np.mean(hard))
-    assert d["false_mass_uniform"] == pytest.approx(np.mean(fm_u))
-    assert d["false_mass_tilted"] == pytest.approx(np.mean(fm_t))
-    assert d["eff_negatives_tilted"] == pytest.approx(np.mean(eff))
+        fn.append(sum(w[j] for j in cand if yy[j] == yy[i]) / Z)
+        ess.append(1.0 / sum((w[j] / Z) ** 2 for j in cand))
+        wmean.append(sum(w[j] * s[j] for j in cand) / Z)
+    assert d["ess"] == pytest.approx(np.mean(ess), rel=1e-5)
+    assert d["fn_weight_share"] == pytest.approx(np.mean(fn), rel=1e-5)
+    assert d["hardest_fn_share"] == pytest.approx(np.mean(hard_fn))
+    assert d["pos_gap"] == pytest.approx(np.mean(gap), rel=1e-5)
+    assert d["sim_mean"] == pytest.approx(np.mean(neg), rel=1e-5)
+    assert d["sim_weighted_mean"] == pytest.approx(np.mean(wmean), rel=1e-5)
+    assert d["n_candidates"] == n - 2
+    # β = 0: π is uniform, so the ESS is the number of candidates
+    assert two_view_diagnostics(z1, z2, y, beta=0.0, t=t)["ess"] == pytest.approx(n - 2, rel=1e-6)
+    with pytest.raises(ValueError, match="labels must have shape"):
+        two_view_diagnostics(z1, z2, y[:3])

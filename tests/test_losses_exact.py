@@ -5,6 +5,7 @@ import torch
 import torch.nn.functional as F
 
 import hardneg.losses as L
+from tests import negatives_reference as NR
 from tests import reference_losses as R
 
 CASES = [(4, 3), (7, 5), (12, 8)]
@@ -48,10 +49,21 @@ def test_hucl(B, d, beta, tau, chunk):
     )
 
 
+def clamped_anchors(z1, z2, *, beta, tau_plus, t):
+    """Anchors whose debiased estimator the literal reference replaces by N e^{−1/t} (N = 2B − 2)."""
+    B = z1.shape[0]
+    z = torch.cat([z1, z2]).detach()
+    out: list[int] = []
+    NR.ref_weighted_infonce_t(z, z, NR.two_view_pos(B), NR.in_batch_valid(B), beta=beta, tau_plus=tau_plus, t=t,
+                              N=2 * B - 2, clamped=out)
+    return out
+
+
 def test_hucl_clamp_active_gradients():
     # large τ⁺ pushes the estimator under N e^{-1/t}: clamped anchors contribute a constant G.
     z1, z2, _ = make(6, 4, 3)
-    check(L.hucl(z1, z2, beta=1.0, tau_plus=0.6, t=0.5), R.ref_infonce(z1, z2, t=0.5, beta=1.0, tau_plus=0.6), [z1, z2])
+    assert 0 < len(clamped_anchors(z1, z2, beta=1.0, tau_plus=0.8, t=0.5)) < 12, "fixture: the clamp binds"
+    check(L.hucl(z1, z2, beta=1.0, tau_plus=0.8, t=0.5), R.ref_infonce(z1, z2, t=0.5, beta=1.0, tau_plus=0.8), [z1, z2])
 
 
 @pytest.mark.parametrize("tau", [0.01, 0.1, 0.3])
@@ -85,7 +97,7 @@ def test_hscl_view(B, d, beta, chunk):
 def test_hscl_all_pairs_paper_code(B, d, beta, chunk):
     z1, z2, y = make(B, d, 7)
     check(
-        L.hscl(z1, z2, y, beta=beta, t=0.5, positives="all", chunk_size=chunk),
+        L.hscl(z1, z2, y, beta=beta, t=0.5, positives="labels", chunk_size=chunk),
         R.ref_hscl_all(z1, z2, y, t=0.5, beta=beta),
         [z1, z2],
     )
@@ -109,6 +121,26 @@ def test_supcon_single_view():
 def test_decoupled(B, d):
     z1, z2, _ = make(B, d, 10)
     check(L.decoupled(z1, z2, t=0.1), R.ref_decoupled(z1, z2, t=0.1), [z1, z2])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("chunk", [None, 7, 33])
+def test_kernel_losses_at_batch_scale(chunk):
+    """n = 80 anchors, 5 classes, chunks that do not divide n: the debiased tilt with its clamp
+    binding for part of the anchors, H-SCL's all-pairs positives and SupCon."""
+    z1, z2, y = make(40, 16, 21, n_classes=5)
+    assert 0 < len(clamped_anchors(z1, z2, beta=1.0, tau_plus=0.7, t=0.5)) < 80, "fixture: the clamp binds for some"
+    check(
+        L.hucl(z1, z2, beta=1.0, tau_plus=0.7, t=0.5, chunk_size=chunk),
+        R.ref_infonce(z1, z2, t=0.5, beta=1.0, tau_plus=0.7),
+        [z1, z2],
+    )
+    check(
+        L.hscl(z1, z2, y, beta=1.5, t=0.5, positives="all", chunk_size=chunk),
+        R.ref_hscl_all(z1, z2, y, t=0.5, beta=1.5),
+        [z1, z2],
+    )
+    check(L.supcon(z1, z2, y, t=0.1, chunk_size=chunk), R.ref_supcon(z1, z2, y, t=0.1), [z1, z2])
 
 
 @pytest.mark.parametrize("labelled", [False, True])

@@ -206,7 +206,16 @@ def test_bad_config_and_small_corpus():
         mine_embeddings(q, c, [0, 1, 9], MineConfig(num_negatives=1), show_progress=False)
 
 
-@pytest.mark.parametrize("m,c_block,group,q_chunk", [(3000, 65536, 32, 256), (1001, 128, 16, 7), (50, 32, 32, 3)])
+@pytest.mark.parametrize(
+    "m,c_block,group,q_chunk",
+    [
+        (3000, 65536, 32, 256),
+        (1001, 128, 16, 7),
+        (50, 32, 32, 3),
+        # the default block and group sizes over several blocks (the last one ragged) and query chunks
+        pytest.param(150_001, 65536, 32, 16, marks=pytest.mark.slow),
+    ],
+)
 def test_bf16_index_coarse_stage_equals_bf16_brute_force_topk(m, c_block, group, q_chunk):
     # the group-max selection and the block merge must return exactly the bf16 top-kc of a plain brute force
     import torch
@@ -246,3 +255,62 @@ def test_auto_index_picks_bf16_only_with_native_bf16(monkeypatch):
         flags = next((set(x.split()) for x in f if x.startswith("flags")), set())
     monkeypatch.undo()
     assert ix.cpu_has_native_bf16() == bool(flags & {"amx_bf16", "avx512_bf16"})
+
+
+def well_separated(n=20, m=48, spread=0.2, seed=0):
+    """Queries and documents whose scores to each query are a permutation of an evenly spaced grid
+    (spacing 2·spread/(m−1) ≈ 0.0085), built as one-hot documents plus a private unit residual per
+    query, then rotated by one random orthogonal matrix (dense vectors, same scores)."""
+    rng = np.random.default_rng(seed)
+    grid = np.linspace(-spread, spread, m)
+    S = np.stack([rng.permutation(grid) for _ in range(n)])
+    d = m + n
+    C = np.eye(m, d)
+    Q = np.zeros((n, d))
+    Q[:, :m] = S
+    Q[np.arange(n), m + np.arange(n)] = np.sqrt(1.0 - (S**2).sum(1))
+    R, _ = np.linalg.qr(rng.standard_normal((d, d)))
+    return (Q @ R).astype(np.float32), (C @ R).astype(np.float32), grid[1] - grid[0]
+
+
+@pytest.mark.parametrize(
+    "kw",
+    [
+        {},
+        {"range_min": 3, "range_max": 20},
+        {"absolute_margin": 0.02, "range_max": 30},
+        {"relative_margin": 0.05, "min_score": -0.1, "max_score": 0.15},
+        {"sampling": "tilted", "beta": 1.0, "t": 0.05, "seed": 3, "range_max": 25},
+    ],
+)
+def test_flat_and_bf16_mining_give_the_same_negatives(kw):
+    """Where bf16 rounding cannot reorder scores, the bf16 index mines exactly what exact search does.
+
+    BF16Index multiplies in torch's bfloat16 matmul, which runs on any CPU (AMX / AVX512-BF16 only
+    make it faster); nothing here depends on the CPU flags."""
+    import torch
+
+    from hardneg.mining.index import BF16Index
+
+    q, c, spacing = well_separated()
+    pos = np.random.default_rng(1).integers(0, len(c), len(q))
+    exact = q.astype(np.float64) @ c.T.astype(np.float64)
+    bf = (torch.from_numpy(q).bfloat16() @ torch.from_numpy(c).bfloat16().T).double().numpy()
+    assert np.abs(bf - exact).max() < spacing / 2, "fixture: bf16 scores must not be able to reorder"
+    cfg = MineConfig(num_negatives=4, **kw)
+    flat = mine_embeddings(q, c, pos, MineConfig(**{**vars(cfg), "index": "flat"}), show_progress=False)
+    runs = {
+        "bf16": mine_embeddings(q, c, pos, MineConfig(**{**vars(cfg), "index": "bf16"}), show_progress=False),
+        # several corpus blocks and query chunks: the block merge must not reorder either
+        "bf16 blocks": mine_embeddings(q, c, pos, MineConfig(**{**vars(cfg), "index": "bf16"}),
+                                       index=BF16Index(c, c_block=32, group=16, q_chunk=7), show_progress=False),
+    }
+    assert (flat.n_found > 0).mean() > 0.5  # most queries get negatives (margins may empty a few)
+    if cfg.sampling == "top":
+        ref = reference_top(q, c, pos, cfg)
+        assert [[int(j) for j in row if j >= 0] for row in flat.neg_ids] == ref
+    for name, res in runs.items():
+        np.testing.assert_array_equal(res.neg_ids, flat.neg_ids, err_msg=name)
+        np.testing.assert_allclose(res.neg_scores, flat.neg_scores, rtol=1e-6, atol=1e-6, err_msg=name)
+        assert res.recall == 1.0, name
+        assert res.removed == flat.removed, name

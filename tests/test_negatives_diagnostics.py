@@ -26,19 +26,22 @@ def test_diagnostics_match_literal_pi():
     valid = in_batch_valid(B)
     yy = np.concatenate([y.numpy(), y.numpy()])
     pos = two_view_pos(B)
-    ess, fn, ws, gap, hard = [], [], [], [], []
+    ess, fn, ws, gap, hard, hard_fn = [], [], [], [], [], []
     for i in range(2 * B):
         sv = S[i, valid[i]]
         w = np.exp(beta * sv / t)
         pi = w / w.sum()
         ess.append(1 / (pi**2).sum())
         fn.append(pi[(yy[valid[i]] == yy[i])].sum())
+        hard_fn.append(yy[valid[i]][np.argmax(sv)] == yy[i])
         ws.append((pi * sv).sum())
         gap.append(S[i, pos[i]] - sv.max())
         hard.append(sv.max())
     allv = S[valid]
     assert d["ess"] == pytest.approx(np.mean(ess), rel=1e-5)
     assert d["fn_weight_share"] == pytest.approx(np.mean(fn), rel=1e-5)
+    assert d["hardest_fn_share"] == pytest.approx(np.mean(hard_fn), abs=1e-12)
+    assert 0.0 < d["hardest_fn_share"] < 1.0  # the fixture has both kinds of hardest negative
     assert d["sim_weighted_mean"] == pytest.approx(np.mean(ws), rel=1e-5)
     assert d["pos_gap"] == pytest.approx(np.mean(gap), rel=1e-5)
     assert d["hardest_mean"] == pytest.approx(np.mean(hard), rel=1e-5)
@@ -59,7 +62,7 @@ def test_diagnostics_match_literal_pi():
         k_labels=torch.cat([y, y]),
         chunk_size=7,
     )
-    for key in ("ess", "fn_weight_share", "sim_mean", "pos_gap", "sim_p50"):
+    for key in ("ess", "fn_weight_share", "hardest_fn_share", "sim_mean", "pos_gap", "sim_p50"):
         assert f[key] == pytest.approx(d[key], rel=1e-5), key
     # uniform π: ESS is exactly the number of candidates
     u = create_strategy("ucl")

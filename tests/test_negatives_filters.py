@@ -7,8 +7,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from hardneg.negatives import GuideFilter, IdFilter, SimilarityFilter, Strategy, create_strategy
-from tests.negatives_reference import in_batch_valid, ref_weighted_infonce, two_view_pos, unit
+from hardneg.negatives import GuideFilter, IdFilter, LabelFilter, SimilarityFilter, Strategy, create_strategy
+from tests.negatives_reference import (
+    in_batch_valid,
+    ref_similarity_drop,
+    ref_weighted_infonce,
+    two_view_pos,
+    unit,
+)
 
 torch.set_num_threads(1)
 
@@ -34,28 +40,14 @@ def test_similarity_filter_matches_sentence_transformers_rules(opts):
     B = 8
     z1, z2 = _views(B)
     z = unit(np.concatenate([z1.numpy(), z2.numpy()]))
-    S = z @ z.T
     pos = two_view_pos(B)
-    valid = in_batch_valid(B)
-    for i in range(2 * B):
-        sp = S[i, pos[i]]
-        for j in range(2 * B):
-            s = S[i, j]
-            if "max_score" in opts and s > opts["max_score"]:
-                valid[i, j] = False
-            if "min_score" in opts and s < opts["min_score"]:
-                valid[i, j] = False
-            if "absolute_margin" in opts and s > sp - opts["absolute_margin"]:
-                valid[i, j] = False
-            if "relative_margin" in opts and s > sp * (1 - opts["relative_margin"]):
-                valid[i, j] = False
-    keep = valid.any(1)
     base = in_batch_valid(B)
-    valid[~keep] = base[~keep]  # documented fallback: an emptied anchor keeps its candidates
+    valid = base & ~ref_similarity_drop(z @ z.T, pos, **opts)
+    keep = valid.any(1)  # an anchor the filters empty is skipped (the reference leaves it out)
     ref = ref_weighted_infonce(z, z, pos, valid, t=0.5)
-    s = Strategy(filters=[SimilarityFilter(**opts)])
+    s = Strategy(filters=[SimilarityFilter(**opts)], diagnostics_anchors=None)
     assert s(z1, z2).item() == pytest.approx(ref, rel=1e-10)
-    assert s.last_diagnostics["filter_fallback_share"] == pytest.approx((~keep).mean())
+    assert s.last_diagnostics["skipped_share"] == pytest.approx((~keep).mean())
 
 
 def test_id_filter_with_duplicate_groups():
@@ -119,3 +111,22 @@ def test_filter_option_errors():
         SimilarityFilter()
     with pytest.raises(TypeError, match="guide"):
         GuideFilter(guide=3)
+
+
+def test_label_filter_alone_and_composed_skip_the_same_anchors():
+    """The kernel's own label mask (LabelFilter alone) and the strategy's filter path (a second
+    filter forces it) apply one policy: an anchor without an other-label candidate is skipped."""
+    B = 4
+    z1, z2 = _views(B, seed=4)
+    y = torch.tensor([0, 0, 0, 1])
+    z = np.concatenate([z1.numpy(), z2.numpy()])
+    yy = np.concatenate([y.numpy(), y.numpy()])
+    valid = in_batch_valid(B) & (yy[:, None] != yy[None, :])
+    ref = ref_weighted_infonce(z, z, two_view_pos(B), valid, t=0.5)
+    composed = Strategy(filters=[LabelFilter(), SimilarityFilter(max_score=1.0)])  # the second drops nothing
+    assert composed(z1, z2, labels=y).item() == pytest.approx(ref, rel=1e-10)
+    assert Strategy(filters=[LabelFilter()])(z1, z2, labels=y).item() == pytest.approx(ref, rel=1e-10)
+    one_class = torch.zeros(B, dtype=torch.long)
+    for s in (composed, Strategy(filters=[LabelFilter()])):
+        with pytest.raises(ValueError, match="no anchor has both a positive and a valid negative"):
+            s(z1, z2, labels=one_class)

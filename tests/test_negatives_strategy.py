@@ -20,7 +20,15 @@ from hardneg.negatives import (
     from_config,
     list_strategies,
 )
-from tests.negatives_reference import in_batch_valid, ref_weighted_infonce, two_view_pos, unit
+from tests.negatives_reference import (
+    in_batch_valid,
+    ref_distance_weighted,
+    ref_semihard,
+    ref_topk,
+    ref_weighted_infonce,
+    two_view_pos,
+    unit,
+)
 
 torch.set_num_threads(1)
 
@@ -77,11 +85,7 @@ def test_topk_picks_exactly_the_k_most_similar():
     z = unit(np.concatenate([z1.numpy(), z2.numpy()]))
     S = z @ z.T
     base = in_batch_valid(B)
-    valid = np.zeros_like(base)
-    for i in range(2 * B):
-        cand = [j for j in range(2 * B) if base[i, j]]
-        top = sorted(cand, key=lambda j: -S[i, j])[:k]
-        valid[i, top] = True
+    valid = ref_topk(S, base, k)
     ref = ref_weighted_infonce(z, z, two_view_pos(B), valid, t=0.5)
     s = create_strategy("topk", k=k)
     assert s(z1, z2).item() == pytest.approx(ref, rel=1e-10)
@@ -99,16 +103,10 @@ def test_semihard_picks_only_inside_the_window():
     S = z @ z.T
     base = in_batch_valid(B)
     pos = two_view_pos(B)
-    valid = np.zeros_like(base)
-    for i in range(2 * B):
-        sp = S[i, pos[i]]
-        valid[i] = base[i] & (S[i] < sp) & (S[i] > sp - m)
-    empty = ~valid.any(1)
+    window = np.array([base[i] & (S[i] < S[i, pos[i]]) & (S[i] > S[i, pos[i]] - m) for i in range(2 * B)])
+    empty = ~window.any(1)
     assert 0 < empty.sum() < 2 * B, "test data should have both kinds of rows"
-    for i in np.nonzero(empty)[0]:  # documented fallback: the one candidate nearest the window
-        sp = S[i, pos[i]]
-        dist = np.where(base[i], np.maximum(S[i] - sp, 0) + np.maximum(sp - m - S[i], 0), np.inf)
-        valid[i, int(np.argmin(dist))] = True
+    valid = ref_semihard(S, base, pos, m)  # an empty window keeps the one candidate nearest to it
     ref = ref_weighted_infonce(z, z, pos, valid, t=0.5)
     s = create_strategy("semihard", margin=m)
     assert s(z1, z2).item() == pytest.approx(ref, rel=1e-10)
@@ -120,15 +118,7 @@ def test_distance_weighted_matches_wu_formula():
     B, d = 6, 6
     z1, z2, _ = _views(B=B, d=d, seed=3)
     z = unit(np.concatenate([z1.numpy(), z2.numpy()]))
-    S = z @ z.T
-    logw = np.full(S.shape, -np.inf)
-    for i in range(2 * B):
-        for j in range(2 * B):
-            dist = max(math.sqrt(max(2 - 2 * S[i, j], 0.0)), 0.5)
-            if dist >= 1.4:
-                continue
-            logq = (d - 2) * math.log(dist) + (d - 3) / 2 * math.log(1 - dist * dist / 4)
-            logw[i, j] = -logq
+    logw = ref_distance_weighted(z @ z.T, d, 0.5, 1.4)
     ref = ref_weighted_infonce(z, z, two_view_pos(B), in_batch_valid(B), logw=logw, t=0.5)
     got = Strategy(t=0.5, weighting=DistanceWeighted(0.5, 1.4))(z1, z2).item()
     assert got == pytest.approx(ref, rel=1e-9)
@@ -215,7 +205,7 @@ def test_registry_lists_required_presets():
         (lambda: create_strategy("topk", kk=3), "unknown option(s) ['kk']"),
         (lambda: create_strategy("semihard", margin=-0.1), "'margin'"),
         (lambda: create_strategy("hscl", beta=-1.0), "beta"),
-        (lambda: create_strategy("ucl", t=0.0), "t (temperature)"),
+        (lambda: create_strategy("ucl", t=0.0), "temperature must be"),
         (lambda: from_config({"name": "hscl", "bogus": 1}), "['bogus']"),
         (lambda: from_config({"name": "ucl", "source": {"kind": "queue", "sise": 5}}), "['sise']"),
         (lambda: from_config({"name": "ucl", "filters": [{"kind": "labels"}]}), "filter 'kind'"),

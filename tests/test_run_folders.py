@@ -116,16 +116,18 @@ def test_compare_overwrite_deletes_only_what_compare_wrote(tmp_path, capsys):
     out = tmp_path / "out"
     assert _cli(["compare", "--config", conf, "--out", out], capsys)[0] == 0
     # every file the grid and its report wrote is one hardneg knows as its own
-    assert {p.name for p in out.iterdir()} - {runs.RUNS} <= set(runs.COMPARE_FILES)
+    assert all(runs.owned_name(p.name, "compare") for p in out.iterdir() if p.name != runs.RUNS)
     for r in (out / runs.RUNS).iterdir():
         assert {p.name for p in r.iterdir()} <= set(runs.RUN_FILES) and runs.read_marker(r) == "run"
     (out / runs.RUNS / "scl_s0" / "notes.txt").write_text("mine")
+    (out / "notes.png").write_text("mine too")  # a plot name the report does not write
     before = _snapshot(out)
     code, _, err = _cli(["compare", "--config", conf, "--out", out, "--overwrite"], capsys)
-    assert code == 2 and "runs/scl_s0/notes.txt" in err and _snapshot(out) == before
+    assert code == 2 and "notes.png, runs/scl_s0/notes.txt" in err and _snapshot(out) == before
     code, _, err = _cli(["train", "--config", _train_cfg(tmp_path), "--out", out, "--overwrite"], capsys)
     assert code == 2 and "compare output, not a run" in err and _snapshot(out) == before
     (out / runs.RUNS / "scl_s0" / "notes.txt").unlink()
+    (out / "notes.png").unlink()
     assert _cli(["compare", "--config", conf, "--out", out, "--overwrite"], capsys)[0] == 0
     assert (out / runs.REPORT).is_file() and (out / runs.RUNS / "hscl_b1_s0" / runs.SUMMARY).is_file()
 

@@ -36,7 +36,7 @@ def test_default_equals_multiple_negatives_ranking_loss():
     torch.testing.assert_close(g_our, g_ref, rtol=1e-4, atol=1e-6)
 
 
-def literal(q, ks, t, beta=0.0, fn_margin=None):
+def literal(q, ks, t, beta=0.0, absolute_margin=None):
     """Direct formula: L_i = -log(e^{s_ip/t} / (e^{s_ip/t} + N Σ_j π_ij e^{s_ij/t})), π ∝ e^{β s/t} on kept j."""
     q = torch.nn.functional.normalize(q, dim=-1)
     k = torch.nn.functional.normalize(torch.cat(ks), dim=-1)
@@ -45,7 +45,7 @@ def literal(q, ks, t, beta=0.0, fn_margin=None):
     for i in range(B):
         s = (k @ q[i]).tolist()
         sp = s[i]
-        neg = [j for j in range(len(s)) if j != i and (fn_margin is None or s[j] <= sp - fn_margin)]
+        neg = [j for j in range(len(s)) if j != i and (absolute_margin is None or s[j] <= sp - absolute_margin)]
         w = [math.exp(beta * s[j] / t) for j in neg]
         Z = sum(w)
         inner = len(neg) * sum(w[a] / Z * math.exp(s[j] / t) for a, j in enumerate(neg))
@@ -53,15 +53,15 @@ def literal(q, ks, t, beta=0.0, fn_margin=None):
     return total / B
 
 
-@pytest.mark.parametrize("beta,fn_margin", [(0.0, None), (1.0, None), (0.5, 0.05), (0.0, -0.1)])
-def test_strategies_match_literal_formula(beta, fn_margin):
+@pytest.mark.parametrize("beta,absolute_margin", [(0.0, None), (1.0, None), (0.5, 0.05), (0.0, 0.3)])
+def test_strategies_match_literal_formula(beta, absolute_margin):
     g = torch.Generator().manual_seed(1)
     q = torch.randn(6, 8, generator=g, dtype=torch.float64)
     ks = [torch.randn(6, 8, generator=g, dtype=torch.float64) for _ in range(2)]
     ks[0] = ks[0] + 0.8 * q  # positives correlated with their anchors
-    loss = HardNegativeRankingLoss(None, scale=10.0, beta=beta, fn_margin=fn_margin)
+    loss = HardNegativeRankingLoss(None, scale=10.0, beta=beta, absolute_margin=absolute_margin)
     got = loss.compute_loss_from_embeddings([q, *ks])
-    assert got.item() == pytest.approx(literal(q, ks, 0.1, beta, fn_margin), rel=1e-9)
+    assert got.item() == pytest.approx(literal(q, ks, 0.1, beta, absolute_margin), rel=1e-9)
 
 
 def test_debiased_matches_dcl_formula():
@@ -86,8 +86,8 @@ def test_cached_equals_uncached():
     m = minilm()
     m.eval()  # dropout off: compare the two computations exactly
     cols = [QUERIES[:4], POSITIVES[:4], CORPUS[:4]]
-    l1, g1 = grads_of(m, HardNegativeRankingLoss(m, beta=0.5, fn_margin=0.1), cols)
-    l2, g2 = grads_of(m, CachedHardNegativeRankingLoss(m, beta=0.5, fn_margin=0.1, mini_batch_size=2), cols)
+    l1, g1 = grads_of(m, HardNegativeRankingLoss(m, beta=0.5, absolute_margin=0.1), cols)
+    l2, g2 = grads_of(m, CachedHardNegativeRankingLoss(m, beta=0.5, absolute_margin=0.1, mini_batch_size=2), cols)
     assert l2.item() == pytest.approx(l1.item(), rel=1e-5)
     torch.testing.assert_close(g2, g1, rtol=1e-3, atol=1e-6)
 
@@ -99,8 +99,8 @@ def test_bad_arguments():
         HardNegativeRankingLoss(None, beta=-1)
     with pytest.raises(ValueError, match="tau_plus"):
         HardNegativeRankingLoss(None, tau_plus=1.0)
-    with pytest.raises(ValueError, match="fn_threshold"):
-        HardNegativeRankingLoss(None, fn_threshold=2.0)
+    with pytest.raises(ValueError, match="max_score"):
+        HardNegativeRankingLoss(None, max_score=2.0)
     with pytest.raises(ValueError, match="mini_batch_size"):
         CachedHardNegativeRankingLoss(None, mini_batch_size=0)
     with pytest.raises(ValueError, match="column"):
@@ -118,7 +118,7 @@ def test_trains_in_sentence_transformer_trainer(tmp_path):
     args = SentenceTransformerTrainingArguments(
         output_dir=str(tmp_path), max_steps=1, per_device_train_batch_size=6, learning_rate=1e-4,
         report_to=[], save_strategy="no", logging_steps=1, use_cpu=True, seed=0, disable_tqdm=True)
-    loss = HardNegativeRankingLoss(m, beta=1.0, fn_margin=0.1)
+    loss = HardNegativeRankingLoss(m, beta=1.0, absolute_margin=0.1)
     SentenceTransformerTrainer(model=m, args=args, train_dataset=ds, loss=loss).train()
     after = m[0].auto_model.encoder.layer[-1].output.dense.weight.detach()
     assert not torch.equal(before, after)

@@ -45,7 +45,7 @@ def test_compare_resumes_and_reports(tmp_path, capsys):
     knn = [json.loads((out / "runs" / f"hscl_b2_s{s}" / "summary.json").read_text())["knn_acc"] for s in (0, 1)]
     m, sd = 100 * np.mean(knn), 100 * np.std(knn, ddof=1)
     assert f"| hscl | 2 | 2 | {m:.2f} ± {sd:.2f} |" in (out / "report.md").read_text()
-    pngs = ("accuracy_vs_beta.png", "loss_curves.png", "bounds.png", "embedding_map.png", "diag_hardest_is_false.png")
+    pngs = ("accuracy_vs_beta.png", "loss_curves.png", "bounds.png", "embedding_map.png", "diag_hardest_fn_share.png")
     for png in pngs:
         assert (out / png).stat().st_size > 1000
     # interrupted run: its summary/model are gone but its checkpoint remains; --resume redoes only it
@@ -70,3 +70,29 @@ def test_compare_resumes_and_reports(tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
         main(["report", str(out), "--docs", str(docs)])
     assert e.value.code == 0 and "| scl | – | 2 |" in docs.read_text()
+
+
+def test_grid_takes_strategy_mappings(tmp_path):
+    """A grid entry may be a full strategy mapping; it is tilted (run once per β) when it sets beta."""
+    from hardneg.train.compare import run_compare, run_config
+
+    raw = json.loads(json.dumps(RAW))
+    raw["grid"]["losses"] = [
+        {"strategy": {"name": "hscl", "beta": 1.0, "source": {"kind": "queue", "size": 128}}, "label": "hscl_q"},
+        {"strategy": {"name": "topk", "k": 4}},
+    ]
+    cfg = validate_config(raw, CompareConfig)
+    specs = expand_grid(cfg)
+    assert [s.name for s in specs] == ["hscl_q_b0.5_s0", "hscl_q_b0.5_s1", "hscl_q_b2_s0", "hscl_q_b2_s1",
+                                       "topk_s0", "topk_s1"]
+    rc = run_config(cfg, specs[2])
+    assert rc.loss is None and rc.train.seed == 0
+    assert rc.strategy == {"name": "hscl", "beta": 2.0, "source": {"kind": "queue", "size": 128}}
+    assert cfg.grid.losses[0].strategy["beta"] == 1.0  # the grid's own mapping is not changed
+    with pytest.raises(ValueError, match="exactly one of 'name'"):
+        validate_config({**raw, "grid": {"losses": [{"name": "ucl", "strategy": {"name": "ucl"}}]}}, CompareConfig)
+    # an unknown option in any entry is refused before the output folder is created
+    raw["grid"]["losses"][1]["strategy"]["kk"] = 3
+    with pytest.raises(ValueError, match=r"strategy: unknown option\(s\) \['kk'\]"):
+        run_compare(validate_config(raw, CompareConfig), tmp_path / "out")
+    assert not (tmp_path / "out").exists()

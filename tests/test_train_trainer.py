@@ -201,26 +201,25 @@ def test_default_loss_from_config_trains(tmp_path):
 
 
 def test_resume_with_stateful_strategy_equals_uninterrupted(tmp_path):
-    """A MoCo queue strategy from the config: its queue and step counter travel in the checkpoint."""
+    """A MoCo queue preset from the config: its queue, step counter and key encoder travel in the checkpoint."""
     from hardneg.train.losses_from_config import build_loss
 
     over = {"loss__name": "moco_queue", "loss__params": {"size": 64}}
     d_full = tmp_path / "full_q"
     Trainer(cfg(**over), d_full).fit()
     calls = [0]
-    real = build_loss("moco_queue", {"size": 64})
+    real = build_loss("moco_queue", {"size": 64})  # the Strategy itself
 
-    def crashing(z1, z2, y):
+    def crash_at_11(module, args, kwargs):
         calls[0] += 1
         if calls[0] == 11:
             raise RuntimeError("simulated crash")
-        return real(z1, z2, y)
 
-    crashing.strategy = real.strategy  # what the trainer checkpoints
+    real.register_forward_pre_hook(crash_at_11, with_kwargs=True)
     d = tmp_path / "crashed_q"
     with pytest.raises(RuntimeError, match="simulated"):
-        Trainer(cfg(**over), d, loss_fn=crashing).fit()
+        Trainer(cfg(**over), d, loss_fn=real).fit()
     st = torch.load(d / "checkpoint.pt", weights_only=False)
-    assert st["step"] == 10 and st["strategy"] is not None
+    assert st["step"] == 10 and st["strategy"] is not None and st["key_encoder"] is not None
     Trainer(cfg(**over), d, resume=True).fit()
     assert (d / "metrics.jsonl").read_bytes() == (d_full / "metrics.jsonl").read_bytes()

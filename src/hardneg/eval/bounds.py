@@ -25,7 +25,9 @@ Anchors with empty S(i) or O(i) are left out of the fraction.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
+
+from hardneg.losses.candidates import Relations, repeat_two_views, safe_normalize, two_view_index
+from hardneg.losses.tilt import tilt_log_weights
 
 
 @torch.no_grad()
@@ -33,17 +35,15 @@ def assumption1(
     z1: torch.Tensor, z2: torch.Tensor, labels: torch.Tensor, *, beta: float, t: float
 ) -> torch.Tensor:
     """Per anchor (2B,): 1.0 where Assumption 1 holds, 0.0 where it fails, NaN where undefined."""
-    z = F.normalize(torch.cat([z1, z2]).double(), dim=1)
-    y = torch.cat([labels, labels])
-    n, B = z.shape[0], z1.shape[0]
+    z = safe_normalize(torch.cat([z1, z2]).double())
+    pos, self_idx = two_view_index(z1.shape[0])
+    y = repeat_two_views(labels)
     S = z @ z.T
-    idx = torch.arange(n)
-    excl = torch.zeros(n, n, dtype=torch.bool)
-    excl[idx, idx] = True
-    excl[idx, (idx + B) % n] = True
-    same = (y[:, None] == y[None, :]) & ~excl
-    other = (y[:, None] != y[None, :]) & ~excl
-    logw = beta * S / t
+    rel = Relations(m=z.shape[0], self_index=self_idx, pos_index=pos, q_labels=y, k_labels=y)
+    cand = rel.valid(slice(0, z.shape[0]), S.device)
+    same = rel.same_label(slice(0, z.shape[0])) & cand
+    other = cand & ~same
+    logw = tilt_log_weights(S, beta, t)
 
     def tilted_mean(mask: torch.Tensor) -> torch.Tensor:
         lw = logw.masked_fill(~mask, float("-inf"))

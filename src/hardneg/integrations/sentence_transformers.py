@@ -1,4 +1,4 @@
-r"""sentence-transformers losses built on :func:`hardneg.losses.weighted_info_nce`.
+r"""sentence-transformers losses built on hardneg strategies (and so on the one kernel).
 
 :class:`HardNegativeRankingLoss` drops into ``SentenceTransformerTrainer`` wherever
 ``MultipleNegativesRankingLoss`` (MNRL) does: it takes the model, and its inputs are the columns
@@ -13,10 +13,14 @@ of the batch is a candidate), ``pos_index = i`` and temperature ``t = 1/scale``:
 - ``beta > 0``: π ∝ e^{β s_ij / t}, the hardness-tilted negatives of HCL (Robinson et al., ICLR 2021)
   / H-UCL (Jiang et al., arXiv 2209.00078); ``beta`` is β, ``detach_weights`` keeps π out of the graph;
 - ``tau_plus > 0``: the debiased estimator of DCL (Chuang et al., NeurIPS 2020) with class prior τ⁺;
-- ``fn_margin`` / ``fn_threshold``: false-negative filtering — a candidate with
-  ``s_ij > s_ip − fn_margin`` or ``s_ij > fn_threshold`` gets log-weight −∞ (removed; a row whose
-  candidates would all be removed keeps them all). The mask is a constant, as in GISTEmbed
-  (Solatorio 2024), but decided by the model's own similarities.
+- ``absolute_margin`` / ``relative_margin`` / ``max_score``: false-negative filtering with the one
+  :class:`~hardneg.negatives.SimilarityFilter` (sentence-transformers' rules; an anchor whose every
+  candidate is removed is skipped). The mask is a constant, as in GISTEmbed (Solatorio 2024), but
+  decided by the model's own similarities;
+- ``strategy=``: any preset name, config mapping or :class:`~hardneg.negatives.Strategy` — every
+  hardneg strategy (queue, top-k, semi-hard, cluster-guided, calibrated, …) reaches
+  sentence-transformers users. The mined negatives are the strategy's explicit negatives, shared by
+  every anchor as in MNRL.
 
 :class:`CachedHardNegativeRankingLoss` is the same loss with GradCache (Gao et al., 2021) via
 sentence-transformers' ``CachedLossMixin``: embeddings are computed in mini-batches without
@@ -33,99 +37,100 @@ import torch
 from sentence_transformers.base.losses.gradcache import CachedLossMixin
 from torch import Tensor, nn
 
-from hardneg.losses import weighted_info_nce
+from hardneg.negatives.filters import SimilarityFilter
+from hardneg.negatives.registry import from_config
+from hardneg.negatives.sources import InBatch
+from hardneg.negatives.strategy import Strategy
 
 
-def _fn_log_weights(pos_index: Tensor, fn_margin: float | None, fn_threshold: float | None):
-    """log_weight_fn for the kernel: −∞ on candidates scoring within ``fn_margin`` of the positive
-    (or above ``fn_threshold``); rows that would lose every negative keep them all."""
-
-    def fn(S: Tensor, rows: slice) -> Tensor:
-        pidx = pos_index[rows]
-        r = torch.arange(S.shape[0], device=S.device)
-        s_pos = S[r, pidx]
-        drop = torch.zeros_like(S, dtype=torch.bool)
-        if fn_margin is not None:
-            drop |= (s_pos - fn_margin)[:, None] < S
-        if fn_threshold is not None:
-            drop |= fn_threshold < S
-        drop[r, pidx] = False
-        cand = torch.ones_like(drop)
-        cand[r, pidx] = False
-        all_dropped = (drop | ~cand).all(1)
-        drop[all_dropped] = False
-        out = torch.zeros_like(S)
-        out[drop] = float("-inf")
-        return out
-
-    return fn
+def _as_strategy(strategy: Any, scale: float | None, core: dict[str, Any]) -> tuple[Strategy, float]:
+    """The strategy behind the loss and its scale (1 / temperature)."""
+    if isinstance(strategy, Strategy):
+        if scale is not None:
+            raise ValueError("give the temperature in the Strategy or scale, not both")
+        if core:
+            raise ValueError(f"options {sorted(core)} belong in the Strategy when one is given")
+        built = strategy
+    else:
+        scale = 20.0 if scale is None else scale
+        if not (isinstance(scale, (int, float)) and not isinstance(scale, bool) and scale > 0):
+            raise ValueError(f"scale must be a number > 0 (scale = 1/temperature), got {scale!r}")
+        cfg: dict[str, Any] = {"name": "ucl"} if strategy is None else (
+            {"name": strategy} if isinstance(strategy, str) else dict(strategy)
+        )
+        if "temperature" not in cfg and "t" not in cfg:
+            cfg["temperature"] = 1.0 / float(scale)
+        built = from_config({**cfg, **core})
+    # sentence-transformers columns are pairs (anchor -> positive): the batch block is asymmetric, as MNRL
+    built.in_batch = InBatch(symmetric=False, batch_negatives=built.in_batch.batch_negatives)
+    return built, 1.0 / built.t
 
 
 class HardNegativeRankingLoss(nn.Module):
-    """MNRL-compatible loss with hardneg strategies (β-tilt, debiasing, false-negative filter)."""
+    """MNRL-compatible loss driven by any hardneg strategy (a preset name, a config mapping or a
+    :class:`~hardneg.negatives.Strategy`).
+
+    Args:
+        model: the ``SentenceTransformer``.
+        scale: 1 / temperature, as in MNRL (default 20); not allowed with a Strategy object, which
+            carries its own temperature.
+        strategy: ``None`` (MNRL: uniform in-batch negatives), a preset name (``"hucl"``, ``"topk"``,
+            …), a mapping as in a YAML config, or a Strategy.
+        beta, tau_plus, detach_weights, n_neg: the strategy's core options (HCL tilt, DCL
+            debiasing, …); ``n_neg`` None counts the candidates (MNRL).
+        absolute_margin, relative_margin, max_score: the false-negative filter
+            (:class:`~hardneg.negatives.SimilarityFilter`, sentence-transformers' rules).
+    """
 
     def __init__(
         self,
         model: Any,
-        scale: float = 20.0,
+        scale: float | None = None,
         *,
-        beta: float = 0.0,
-        tau_plus: float = 0.0,
-        fn_margin: float | None = None,
-        fn_threshold: float | None = None,
-        detach_weights: bool = False,
+        strategy: Any = None,
+        beta: float | None = None,
+        tau_plus: float | None = None,
+        absolute_margin: float | None = None,
+        relative_margin: float | None = None,
+        max_score: float | None = None,
+        detach_weights: bool | None = None,
         n_neg: float | None = None,
     ) -> None:
         super().__init__()
-        if not (isinstance(scale, (int, float)) and scale > 0):
-            raise ValueError(f"scale must be a number > 0 (scale = 1/t), got {scale!r}")
-        if fn_margin is not None and not isinstance(fn_margin, (int, float)):
-            raise TypeError(f"fn_margin must be a float or None, got {type(fn_margin).__name__}")
-        if fn_threshold is not None and not (-1.0 <= fn_threshold <= 1.0):
-            raise ValueError(f"fn_threshold must lie in [-1, 1] (a cosine similarity), got {fn_threshold}")
-        if beta < 0:
-            raise ValueError(f"beta must be >= 0, got {beta}")
-        if not 0.0 <= tau_plus < 1.0:
-            raise ValueError(f"tau_plus must lie in [0, 1), got {tau_plus}")
+        core: dict[str, Any] = {
+            k: v for k, v in (("beta", beta), ("tau_plus", tau_plus), ("detach_weights", detach_weights),
+                              ("n_neg", n_neg)) if v is not None
+        }
+        sim = {k: v for k, v in (("absolute_margin", absolute_margin), ("relative_margin", relative_margin),
+                                 ("max_score", max_score)) if v is not None}
+        if sim:
+            core["filters"] = [SimilarityFilter(**sim)]
         self.model = model
-        self.scale = float(scale)
-        self.beta = float(beta)
-        self.tau_plus = float(tau_plus)
-        self.fn_margin = fn_margin
-        self.fn_threshold = fn_threshold
-        self.detach_weights = detach_weights
-        self.n_neg = n_neg
+        self.strategy, self.scale = _as_strategy(strategy, scale, core)
+        self._config = {"scale": self.scale, "strategy": strategy if isinstance(strategy, (str, type(None))) else
+                        self.strategy.name, **{k: v for k, v in core.items() if k != "filters"}, **sim}
 
     @property
     def temperature(self) -> float:
-        return 1.0 / self.scale
+        return self.strategy.t
 
     def compute_loss_from_embeddings(self, embeddings: list[Tensor], labels: Tensor | None = None) -> Tensor:
         """Loss from per-column embeddings ``[anchors, positives, negatives_1, ...]`` (each (B, d))."""
         if len(embeddings) < 2:
             raise ValueError(f"need at least (anchor, positive) columns, got {len(embeddings)} column(s)")
         q = embeddings[0]
-        B = q.shape[0]
         for j, e in enumerate(embeddings[1:], 1):
             if e.shape != q.shape:
                 raise ValueError(f"column {j} has shape {tuple(e.shape)}, the anchors {tuple(q.shape)}")
-        k = torch.cat(embeddings[1:], dim=0)
-        pos_index = torch.arange(B, device=q.device)
-        lw = None
-        if self.fn_margin is not None or self.fn_threshold is not None:
-            lw = _fn_log_weights(pos_index, self.fn_margin, self.fn_threshold)
-        return weighted_info_nce(
-            q, k, t=self.temperature, pos_index=pos_index, beta=self.beta, tau_plus=self.tau_plus,
-            log_weight_fn=lw, detach_weights=self.detach_weights, n_neg=self.n_neg,
-        )
+        negatives = torch.cat(embeddings[2:], dim=0) if len(embeddings) > 2 else None
+        return self.strategy(q, embeddings[1], negatives=negatives)
 
     def forward(self, sentence_features: Iterable[dict[str, Tensor]], labels: Tensor | None = None) -> Tensor:
         embeddings = [self.model(f)["sentence_embedding"] for f in sentence_features]
         return self.compute_loss_from_embeddings(embeddings, labels)
 
     def get_config_dict(self) -> dict[str, Any]:
-        return {"scale": self.scale, "beta": self.beta, "tau_plus": self.tau_plus, "fn_margin": self.fn_margin,
-                "fn_threshold": self.fn_threshold, "detach_weights": self.detach_weights, "n_neg": self.n_neg}
+        return dict(self._config)
 
     @property
     def citation(self) -> str:
@@ -137,7 +142,7 @@ class HardNegativeRankingLoss(nn.Module):
 class CachedHardNegativeRankingLoss(CachedLossMixin, HardNegativeRankingLoss):
     """:class:`HardNegativeRankingLoss` with GradCache: embed in ``mini_batch_size`` chunks."""
 
-    def __init__(self, model: Any, scale: float = 20.0, *, mini_batch_size: int = 32,
+    def __init__(self, model: Any, scale: float | None = None, *, mini_batch_size: int = 32,
                  show_progress_bar: bool = False, **kwargs: Any) -> None:
         HardNegativeRankingLoss.__init__(self, model, scale, **kwargs)
         if not isinstance(mini_batch_size, int) or mini_batch_size < 1:

@@ -2,7 +2,7 @@ r"""The one kernel: chunked, log-space, weighted InfoNCE with a hand-written bac
 
 For anchor :math:`i` with positive(s) :math:`p \in P(i)`, candidate negatives :math:`j \in C(i)`,
 similarities :math:`s_{ij} = q_i^\top k_j` of L2-normalised embeddings and temperature :math:`t`
-(DESIGN.md §1)::
+(docs/design.md §1)::
 
     L_i = −log( e^{s_ip/t} / ( e^{s_ip/t} + N · Σ_j π_ij e^{s_ij/t} ) )
 
@@ -34,9 +34,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from hardneg.losses import candidates as C
+from hardneg.losses import checks as V
+
 LogWeightFn = Callable[[Tensor, slice], Tensor]
 
-_POSITIVES = ("index", "labels")
+_POSITIVES = ("view", "labels")
 _NEGATIVES = ("all", "other_labels")
 _POS_REDUCE = ("mean", "pairs")
 _REDUCTIONS = ("mean", "sum", "none")
@@ -48,7 +51,7 @@ class KernelSpec:
     """Everything that defines the loss besides the embeddings (validated by :func:`weighted_info_nce`)."""
 
     t: float
-    positives: str = "index"
+    positives: str = "view"
     negatives: str = "all"
     beta: float = 0.0
     detach_weights: bool = False
@@ -71,7 +74,7 @@ class KernelSpec:
             and self.tau_plus == 0.0
             and self.negatives == "all"
             and (
-                (self.positives == "index" and self.include_positive)
+                (self.positives == "view" and self.include_positive)
                 or (self.positives == "labels" and not self.include_positive)
             )
         )
@@ -81,7 +84,7 @@ class KernelSpec:
 class _Index:
     """Integer side information and per-call precomputations, on the embeddings' device."""
 
-    pos_index: Tensor | None  # (n,) column of each anchor's positive (positives="index")
+    pos_index: Tensor | None  # (n,) column of each anchor's positive (positives="view")
     self_index: Tensor | None  # (n,) column of the anchor itself in k, or -1
     q_labels: Tensor | None  # (n,) dense label ids
     k_labels: Tensor | None  # (m,)
@@ -90,6 +93,7 @@ class _Index:
     k_order: Tensor | None = None  # (m,) candidates sorted by label
     label_start: Tensor | None = None  # (L,) first position of each label in k_order
     label_count: Tensor | None = None  # (L,) candidates per label
+    active: Tensor | None = None  # (n,) bool: has a positive and a valid negative (None: all)
 
 
 class _Workspace:
@@ -102,6 +106,7 @@ class _Workspace:
         self._shape = (c, m, dtype, device)
         self.label_acc = torch.zeros(n_labels, d, dtype=dtype, device=device) if n_labels else None
         self.k_label_sums: Tensor | None = None
+        self.skipped: list[Tensor] = []  # global rows a log_weight_fn left without a valid negative
 
     def second(self, c: int) -> Tensor:
         if self.W is None:
@@ -160,7 +165,7 @@ def _chunk(q, k, spec, ix, ws, r0, r1, go, dq, dk) -> Tensor:
     qs = q[r0:r1] * (1.0 / spec.t)  # temperature folded into the (c × d) operand
     S = torch.mm(qs, k.T, out=ws.S[:c])  # (c, m) = s / t
     self_rc = _self_entries(ix, r0, r1)
-    if spec.lean:
+    if spec.lean and (spec.positives == "labels" or ix.active is None):
         return _chunk_lean(k, qs, S, spec, ix, ws, r0, r1, go, dq, dk, self_rc)
     return _chunk_general(k, qs, S, spec, ix, ws, r0, r1, go, dq, dk, self_rc)
 
@@ -171,7 +176,7 @@ def _chunk_lean(k, qs, S, spec, ix, ws, r0, r1, go, dq, dk, self_rc) -> Tensor:
     rows = torch.arange(c, device=S.device)
     if self_rc is not None:
         S[self_rc[0], self_rc[1]] = _NEG_INF
-    if spec.positives == "index":
+    if spec.positives == "view":
         pcol = ix.pos_index[r0:r1]
         torch.ops.aten._log_softmax.out(S, 1, False, out=S)  # S_ij − lse_i over j ≠ self (positive included)
         loss = -S[rows, pcol]
@@ -179,16 +184,21 @@ def _chunk_lean(k, qs, S, spec, ix, ws, r0, r1, go, dq, dk, self_rc) -> Tensor:
         # SupCon L_out: ℓ_i = lse_{a≠i}(S) − mean_{p∈P(i)} S_ip; the mean via per-label sums (O(n d)).
         y = ix.q_labels[r0:r1]
         lse = _softmax_lse_(S)
-        npos = ix.n_pos[r0:r1].to(S.dtype)
+        npos = ix.n_pos[r0:r1].clamp(min=1).to(S.dtype)
         sum_pos_k = ws.k_label_sums[y]  # Σ_{j: y_j = y_i} k_j
         if self_rc is not None:
             sum_pos_k = sum_pos_k.clone()
             sum_pos_k[self_rc[0]] -= k[self_rc[1]]
         loss = lse - (qs * sum_pos_k).sum(1) / npos
+        act = None if ix.active is None else ix.active[r0:r1]
+        if act is not None:  # anchors without a positive are skipped (candidates module)
+            loss = torch.where(act, loss, torch.zeros_like(loss))
+            if go is not None:
+                go = (go.expand(c) if go.dim() == 0 else go) * act.to(S.dtype)
     if go is None:
         return loss
     scalar = go.dim() == 0
-    if spec.positives == "index":
+    if spec.positives == "view":
         S.exp_()  # softmax
         if not scalar:
             S.mul_(go[:, None])
@@ -260,9 +270,17 @@ def _chunk_general(k, qs, S, spec, ix, ws, r0, r1, go, dq, dk, self_rc) -> Tenso
             mask_(A)
         S.add_(A)
     cnt = torch.isfinite(S).sum(1) if extra is not None else ix.n_valid[r0:r1]
-    if bool((cnt == 0).any()):
-        bad = (torch.nonzero(cnt == 0).flatten() + r0).tolist()
-        raise ValueError(f"anchors {bad[:10]}{'…' if len(bad) > 10 else ''} have no valid negative candidate")
+    act = cnt > 0
+    if extra is not None and not bool(act.all()):
+        ws.skipped.append(torch.nonzero(~act).flatten() + r0)
+    if ix.active is not None:
+        act = act & ix.active[r0:r1]
+    all_active = bool(act.all())
+    if not all_active:  # skipped anchors: finite placeholders, zero loss and gradient below
+        S.masked_fill_(~act[:, None], 0.0)
+        if A is not None:
+            A.masked_fill_(~act[:, None], 0.0)
+        cnt = torch.where(act, cnt, torch.ones_like(cnt))
     cntf = cnt.to(S.dtype)
     logN = torch.log(cntf) if spec.n_neg is None else torch.full((c,), math.log(spec.n_neg), dtype=S.dtype, device=dev)
     # -- log of N Σ_j π_ij e^{S_ij} = log N + lse(a + S) − lse(a) -------------------------------
@@ -275,7 +293,7 @@ def _chunk_general(k, qs, S, spec, ix, ws, r0, r1, go, dq, dk, self_rc) -> Tenso
         loss, dl_dg, dl_dsp = _per_positive(g, sp, spec)
         npos = None
     else:
-        npos = ix.n_pos[r0:r1].to(S.dtype)
+        npos = ix.n_pos[r0:r1].clamp(min=1).to(S.dtype)
         pv = pvalid.to(S.dtype)
         if spec.tau_plus == 0.0 and not spec.include_positive:
             loss = npos * neg - (sp * pv).sum(1)
@@ -286,11 +304,15 @@ def _chunk_general(k, qs, S, spec, ix, ws, r0, r1, go, dq, dk, self_rc) -> Tenso
             loss = (ell * pv).sum(1)
         if spec.positive_reduce == "mean":
             loss = loss / npos
+    if not all_active:
+        loss = torch.where(act, loss, torch.zeros_like(loss))
     if go is None:
         return loss
     # -- gradient wrt S: γ_i [(1 + β) π̃ − β π] (only π̃ when π is detached) + δ on the positives ----
     scalar = go.dim() == 0
     go_c = go.expand(c) if scalar else go
+    if not all_active:
+        go_c = go_c * act.to(S.dtype)
     w = go_c if (npos is None or spec.positive_reduce == "pairs") else go_c / npos
     if not labels_mode:
         gamma = w * dl_dg * dg_dneg
@@ -365,18 +387,50 @@ def _run_chunks(q: Tensor, k: Tensor, spec: KernelSpec, ix: _Index, go: Tensor |
         losses[r0:r1] = _chunk(q, k, spec, ix, ws, r0, r1, go_c, dq, dk)
     if go is not None and lean_labels:
         dk += ws.label_acc[ix.k_labels]
-    return losses, dq, dk
+    skipped = torch.cat(ws.skipped) if ws.skipped else None
+    return losses, dq, dk, skipped
+
+
+def _skip(active: Tensor | None, rows: Tensor, n: int) -> Tensor:
+    out = torch.ones(n, dtype=torch.bool, device=rows.device) if active is None else active.clone()
+    out[rows] = False
+    return out
+
+
+def _mean_weights(spec: KernelSpec, ix: _Index, n: int, device: torch.device) -> Tensor:
+    """Each anchor's share of the ``"mean"`` denominator: 1 per anchor, or its number of positives
+    with ``positive_reduce="pairs"``; 0 for a skipped anchor."""
+    if spec.positives == "labels" and spec.positive_reduce == "pairs":
+        w = ix.n_pos.to(torch.float64)
+    else:
+        w = torch.ones(n, dtype=torch.float64, device=device)
+    return w if ix.active is None else w * ix.active
 
 
 class _WeightedInfoNCE(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, q: Tensor, k: Tensor, spec: KernelSpec, ix: _Index, scale: float):  # type: ignore[override]
+    def forward(ctx, q: Tensor, k: Tensor, spec: KernelSpec, ix: _Index):  # type: ignore[override]
         need_grad = ctx.needs_input_grad[0] or ctx.needs_input_grad[1]
         eager = need_grad and spec.reduction != "none"
+        n = q.shape[0]
+        weights = _mean_weights(spec, ix, n, q.device)
+        denom = float(weights.sum())
+        scale = 1.0 / denom if spec.reduction == "mean" else 1.0
         go = torch.tensor(scale, dtype=q.dtype, device=q.device) if eager else None
         with torch.no_grad():
-            losses, dq, dk = _run_chunks(q, k, spec, ix, go)
+            losses, dq, dk, skipped = _run_chunks(q, k, spec, ix, go)
+        if skipped is not None:  # anchors a strategy's log-weights left without a valid negative
+            left = denom - float(weights[skipped].sum())
+            if left <= 0:
+                raise C.all_skipped_error(n, "the log-weights (filters / weightings) removed every candidate")
+            if spec.reduction == "mean":
+                if eager:
+                    dq.mul_(denom / left)
+                    dk.mul_(denom / left)
+                scale = 1.0 / left
+            ix.active = _skip(ix.active, skipped, n)  # the backward recompute sees the same anchors
         ctx.spec, ctx.ix, ctx.eager = spec, ix, eager
+        ctx.scale = scale
         if eager:
             ctx.save_for_backward(dq, dk)
         else:
@@ -385,13 +439,25 @@ class _WeightedInfoNCE(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_out: Tensor):  # type: ignore[override]
+        # Autograd runs backward with grad mode on only under create_graph=True. The gradients
+        # returned here are constants (computed under no_grad), so a second derivative taken
+        # through them would be silently wrong: refuse instead.
+        if torch.is_grad_enabled():
+            raise RuntimeError(
+                "hardneg's kernel does not support double backward (create_graph=True, gradgradcheck, "
+                "gradient penalties): it computes its gradients without a graph; use a loss written "
+                "with plain torch ops for second-order gradients"
+            )
         if ctx.eager:
             dq, dk = ctx.saved_tensors
-            return dq * grad_out, dk * grad_out, None, None, None
+            return dq * grad_out, dk * grad_out, None, None
         q, k = ctx.saved_tensors
+        go = grad_out.to(q.dtype).contiguous()
+        if ctx.spec.reduction != "none":
+            go = go * ctx.scale
         with torch.no_grad():
-            _, dq, dk = _run_chunks(q, k, ctx.spec, ctx.ix, grad_out.to(q.dtype).contiguous())
-        return dq, dk, None, None, None
+            _, dq, dk, _ = _run_chunks(q, k, ctx.spec, ctx.ix, go)
+        return dq, dk, None, None
 
 
 # --------------------------------------------------------------------------------------------
@@ -418,44 +484,17 @@ def _check_embeddings(q: Tensor, k: Tensor) -> None:
             raise ValueError(f"{name} contains NaN or inf values")
 
 
-def _check_index(name: str, x: Tensor | None, n: int, m: int, device, allow_neg: bool) -> Tensor | None:
-    if x is None:
-        return None
-    if not isinstance(x, Tensor):
-        x = torch.as_tensor(x)
-    if x.dtype in (torch.float16, torch.bfloat16, torch.float32, torch.float64, torch.bool):
-        raise TypeError(f"{name} must be an integer tensor, got {x.dtype}")
-    if x.shape != (n,):
-        raise ValueError(f"{name} must have shape ({n},), got {tuple(x.shape)}")
-    x = x.to(device=device, dtype=torch.long)
-    lo = -1 if allow_neg else 0
-    if n and (int(x.min()) < lo or int(x.max()) >= m):
-        raise ValueError(f"{name} values must lie in [{lo}, {m - 1}], got [{int(x.min())}, {int(x.max())}]")
-    return x
-
-
-def _check_labels(name: str, y: Tensor | None, length: int, device) -> Tensor | None:
-    if y is None:
-        return None
-    if not isinstance(y, Tensor):
-        y = torch.as_tensor(y)
-    if y.is_floating_point() or y.dtype == torch.bool or y.is_complex():
-        raise TypeError(f"{name} must be an integer tensor, got {y.dtype}")
-    if y.dim() != 1 or y.shape[0] != length:
-        raise ValueError(f"{name} must have shape ({length},), got {tuple(y.shape)}")
-    return y.to(device=device, dtype=torch.long)
-
-
 def weighted_info_nce(
     q: Tensor,
     k: Tensor,
     *,
-    t: float,
+    t: float | None = None,
+    temperature: float | None = None,
     pos_index: Tensor | None = None,
     q_labels: Tensor | None = None,
     k_labels: Tensor | None = None,
     self_index: Tensor | None = None,
-    positives: str = "index",
+    positives: str = "view",
     negatives: str = "all",
     beta: float = 0.0,
     detach_weights: bool = False,
@@ -469,14 +508,15 @@ def weighted_info_nce(
     chunk_size: int | None = None,
     normalize: bool = True,
 ) -> Tensor:
-    r"""Weighted InfoNCE of anchors ``q`` (n×d) against candidates ``k`` (m×d) (DESIGN.md §1).
+    r"""Weighted InfoNCE of anchors ``q`` (n×d) against candidates ``k`` (m×d) (docs/design.md §1).
 
     Args:
-        t: temperature, > 0.
-        pos_index: (n,) column in ``k`` of each anchor's positive (``positives="index"``).
+        t: the temperature t > 0; ``temperature`` is the same option by its public name (give one).
+        pos_index: (n,) column in ``k`` of each anchor's positive (``positives="view"``).
         q_labels, k_labels: integer labels of anchors and candidates (label positives / filters).
         self_index: (n,) column of the anchor itself in ``k`` (never a candidate), −1 where absent.
-        positives: ``"index"`` (one positive per anchor) or ``"labels"`` (every same-label
+        positives: ``"view"`` (one positive per anchor, given by ``pos_index``: the other view, or
+            the paired document) or ``"labels"`` (every same-label
             candidate except the anchor itself; SupCon / the H-SCL paper code).
         negatives: ``"all"`` (every candidate but the anchor itself and, in index mode, its
             positive; in label mode same-label candidates stay, as in SupCon's denominator) or
@@ -502,77 +542,26 @@ def weighted_info_nce(
         normalize: L2-normalise q and k first (gradients flow through the normalisation).
     """
     _check_embeddings(q, k)
-    if not isinstance(t, (int, float)) or not t > 0 or not math.isfinite(t):
-        raise ValueError(f"t (temperature) must be a finite number > 0, got {t!r}")
-    if positives not in _POSITIVES:
-        raise ValueError(f"positives must be one of {_POSITIVES}, got {positives!r}")
-    if negatives not in _NEGATIVES:
-        raise ValueError(f"negatives must be one of {_NEGATIVES}, got {negatives!r}")
-    if positive_reduce not in _POS_REDUCE:
-        raise ValueError(f"positive_reduce must be one of {_POS_REDUCE}, got {positive_reduce!r}")
-    if reduction not in _REDUCTIONS:
-        raise ValueError(f"reduction must be one of {_REDUCTIONS}, got {reduction!r}")
-    if not isinstance(beta, (int, float)) or not beta >= 0 or not math.isfinite(beta):
-        raise ValueError(f"beta must be a finite number >= 0, got {beta!r}")
-    if not isinstance(tau_plus, (int, float)) or not 0.0 <= tau_plus < 1.0:
-        raise ValueError(f"tau_plus must lie in [0, 1), got {tau_plus!r}")
-    if n_neg is not None and not (isinstance(n_neg, (int, float)) and n_neg > 0):
-        raise ValueError(f"n_neg must be None or a number > 0, got {n_neg!r}")
-    if chunk_size is not None and (not isinstance(chunk_size, int) or chunk_size < 1):
-        raise ValueError(f"chunk_size must be a positive int or None, got {chunk_size!r}")
+    t = V.resolve_temperature(t, temperature)
+    _check_options(t, positives, negatives, positive_reduce, reduction, beta, tau_plus, chunk_size)
     n, m = q.shape[0], k.shape[0]
     dev = q.device
-    pos_index = _check_index("pos_index", pos_index, n, m, dev, allow_neg=False)
-    self_index = _check_index("self_index", self_index, n, m, dev, allow_neg=True)
-    q_labels = _check_labels("q_labels", q_labels, n, dev)
-    k_labels = _check_labels("k_labels", k_labels, m, dev)
-    if positives == "index" and pos_index is None:
-        raise ValueError('positives="index" needs pos_index, the (n,) column of each anchor\'s positive in k')
+    pos_index = V.check_columns("pos_index", pos_index, n, m, dev, allow_missing=False)
+    self_index = V.check_columns("self_index", self_index, n, m, dev, allow_missing=True)
+    q_labels = V.check_tags("q_labels", q_labels, n, dev)
+    k_labels = V.check_tags("k_labels", k_labels, m, dev)
+    if positives == "view" and pos_index is None:
+        raise ValueError('positives="view" needs pos_index, the (n,) column of each anchor\'s positive in k')
     needs_labels = positives == "labels" or negatives == "other_labels"
     if needs_labels and (q_labels is None or k_labels is None):
         raise ValueError(f"positives={positives!r}, negatives={negatives!r} need both q_labels and k_labels")
     if pos_index is not None and self_index is not None and bool((pos_index == self_index).any()):
         bad = torch.nonzero(pos_index == self_index).flatten().tolist()
         raise ValueError(f"anchors {bad[:10]} have pos_index equal to self_index (an anchor is not its own positive)")
-
-    n_pos = None
-    has_self = (self_index >= 0).long() if self_index is not None else torch.zeros(n, dtype=torch.long, device=dev)
-    has_pos = 1 if positives == "index" else 0
-    order = start = k_count = None
-    if needs_labels:
-        # Dense label ids, candidates sorted by label, per-anchor positive / negative counts (all O(n + m)).
-        uniq, inv = torch.unique(torch.cat([q_labels, k_labels]), return_inverse=True)
-        q_labels, k_labels = inv[:n], inv[n:]
-        k_count = torch.bincount(k_labels, minlength=len(uniq))
-        order = torch.argsort(k_labels, stable=True)
-        start = torch.cumsum(k_count, 0) - k_count
-        same = k_count[q_labels]
-        self_same = torch.zeros_like(same)
-        if self_index is not None:
-            hs = self_index >= 0
-            self_same[hs] = (k_labels[self_index[hs]] == q_labels[hs]).long()
-        if positives == "labels":
-            n_pos = same - self_same
-            if bool((n_pos == 0).any()):
-                bad = torch.nonzero(n_pos == 0).flatten().tolist()
-                raise ValueError(
-                    f"anchors {bad[:10]}{'…' if len(bad) > 10 else ''} have no positive "
-                    "(no other candidate with the same label)"
-                )
-        if negatives == "other_labels":
-            pos_other = (k_labels[pos_index] != q_labels).long() if positives == "index" else 0
-            n_valid = m - same - (has_self - self_same) - pos_other
-        else:
-            n_valid = m - has_self - has_pos
-    else:
-        n_valid = m - has_self - has_pos
-    if bool((n_valid <= 0).any()):
-        bad = torch.nonzero(n_valid <= 0).flatten().tolist()
-        raise ValueError(
-            f"anchors {bad[:10]}{'…' if len(bad) > 10 else ''} have no valid negative "
-            f"(k has {m} rows; with negatives={negatives!r} none is left after excluding self, positive, same label)"
-        )
-
+    ix = _index(pos_index, self_index, q_labels if needs_labels else None, k_labels if needs_labels else None,
+                positives, negatives, n, m, dev)
+    if n_neg is not None and (isinstance(n_neg, bool) or not isinstance(n_neg, (int, float)) or not n_neg > 0):
+        raise ValueError(f"n_neg must be None or a number > 0, got {n_neg!r}")
     spec = KernelSpec(
         t=float(t),
         positives=positives,
@@ -588,19 +577,68 @@ def weighted_info_nce(
         reduction=reduction,
         chunk_size=chunk_size or _default_chunk(n, m),
     )
-    ix = _Index(pos_index, self_index, q_labels, k_labels, n_pos, n_valid, order, start, k_count)
     in_dtype = q.dtype
     same = k is q
     if normalize:
-        q = F.normalize(q, dim=1)
-        k = q if same else F.normalize(k, dim=1)
+        q = C.safe_normalize(q)
+        k = q if same else C.safe_normalize(k)
     if in_dtype in (torch.float16, torch.bfloat16):  # accumulate in float32
         q = q.float()
         k = q if same else k.float()
-    if reduction == "mean":
-        denom = float(n_pos.sum()) if (positives == "labels" and positive_reduce == "pairs") else float(n)
-        scale = 1.0 / denom
-    else:
-        scale = 1.0
-    out = _WeightedInfoNCE.apply(q, k, spec, ix, scale)
+    out = _WeightedInfoNCE.apply(q, k, spec, ix)
     return out.to(in_dtype) if in_dtype in (torch.float16, torch.bfloat16) else out
+
+
+def _check_options(t, positives, negatives, positive_reduce, reduction, beta, tau_plus, chunk_size) -> None:
+    V.check_temperature(t, "t (temperature)")
+    if positives not in _POSITIVES:
+        raise ValueError(f"positives must be one of {_POSITIVES}, got {positives!r}")
+    if negatives not in _NEGATIVES:
+        raise ValueError(f"negatives must be one of {_NEGATIVES}, got {negatives!r}")
+    if positive_reduce not in _POS_REDUCE:
+        raise ValueError(f"positive_reduce must be one of {_POS_REDUCE}, got {positive_reduce!r}")
+    if reduction not in _REDUCTIONS:
+        raise ValueError(f"reduction must be one of {_REDUCTIONS}, got {reduction!r}")
+    V.check_beta(beta)
+    V.check_tau_plus(tau_plus)
+    V.check_chunk_size(chunk_size)
+
+
+def _index(pos_index, self_index, q_labels, k_labels, positives, negatives, n, m, dev) -> _Index:
+    """Per-anchor counts of positives and valid negatives (all O(n + m)) and who is skipped
+    (:mod:`hardneg.losses.candidates`: an anchor without a positive or a valid negative)."""
+    has_self = (self_index >= 0).long() if self_index is not None else torch.zeros(n, dtype=torch.long, device=dev)
+    has_pos = 1 if positives == "view" else 0
+    n_pos = order = start = k_count = None
+    if q_labels is not None:
+        q_labels, k_labels, n_cls = C.dense_labels(q_labels, k_labels)  # unknown (−1) never matches
+        k_count = torch.bincount(k_labels, minlength=n_cls)
+        order = torch.argsort(k_labels, stable=True)
+        start = torch.cumsum(k_count, 0) - k_count
+        same = k_count[q_labels]
+        self_same = torch.zeros_like(same)
+        if self_index is not None:
+            hs = self_index >= 0
+            self_same[hs] = (k_labels[self_index[hs]] == q_labels[hs]).long()
+        if positives == "labels":
+            n_pos = same - self_same
+        if negatives == "other_labels":
+            pos_other = (k_labels[pos_index] != q_labels).long() if positives == "view" else 0
+            n_valid = m - same - (has_self - self_same) - pos_other
+        else:
+            n_valid = m - has_self - has_pos
+    else:
+        n_valid = m - has_self - has_pos
+    active = n_valid > 0
+    if n_pos is not None:
+        active &= n_pos > 0
+    if not bool(active.any()):
+        why = (
+            f"k has {m} rows; after removing each anchor itself, its positive"
+            + (" and its same-label candidates" if negatives == "other_labels" else "")
+            + " none is left" + (", or no anchor has a same-label positive" if n_pos is not None else "")
+            + " (a batch of one sample? one class only?)"
+        )
+        raise C.all_skipped_error(n, why)
+    return _Index(pos_index, self_index, q_labels, k_labels, n_pos, n_valid, order, start, k_count,
+                  None if bool(active.all()) else active)

@@ -1,10 +1,11 @@
 r"""Named contrastive losses on two views ``z1, z2`` (B×d each), all computed by the one kernel.
 
-Conventions (DESIGN.md §1): the 2B embeddings ``[z1; z2]`` are both anchors and candidates; the
+Conventions (docs/design.md §1): the 2B embeddings ``[z1; z2]`` are both anchors and candidates; the
 positive of sample i in one view is sample i in the other view; an anchor is never its own
 candidate; N = 2B − 2 (every other embedding except the positive), as in the HCL and H-SCL code.
 Inputs are L2-normalised inside. Every function returns the mean over anchors (``reduction``
-may be ``"sum"`` or ``"none"``).
+may be ``"sum"`` or ``"none"``). The temperature is ``temperature`` (short alias ``t``): 0.5 by
+default, 0.1 for ``supcon`` and ``decoupled``.
 """
 
 from __future__ import annotations
@@ -12,10 +13,14 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from hardneg.losses.candidates import repeat_two_views, two_view_index
+from hardneg.losses.checks import check_tags, resolve_temperature
 from hardneg.losses.kernel import weighted_info_nce
 
 
 def _two_views(z1: Tensor, z2: Tensor | None, labels: Tensor | None, need_labels: bool):
+    """Check the views and stack them as ``[z1; z2]`` with the two-view index
+    (:func:`hardneg.losses.candidates.two_view_index`); returns ``(z, pos_index, labels, self_index)``."""
     if not isinstance(z1, Tensor):
         raise TypeError(f"z1 must be a torch.Tensor, got {type(z1).__name__}")
     if z1.dim() != 2 or z1.shape[0] == 0:
@@ -29,26 +34,17 @@ def _two_views(z1: Tensor, z2: Tensor | None, labels: Tensor | None, need_labels
             raise ValueError(f"z1 and z2 must be on the same device, got {z1.device} and {z2.device}")
     if need_labels and labels is None:
         raise ValueError("labels are required for this loss: an integer tensor of shape (B,)")
-    B = z1.shape[0]
-    if labels is not None:
-        if not isinstance(labels, Tensor):
-            labels = torch.as_tensor(labels)
-        if labels.is_floating_point() or labels.dtype == torch.bool:
-            raise TypeError(f"labels must be an integer tensor, got {labels.dtype}")
-        if labels.shape != (B,):
-            raise ValueError(f"labels must have shape ({B},) (one per sample), got {tuple(labels.shape)}")
-        labels = labels.to(z1.device)
+    labels = check_tags("labels", labels, z1.shape[0], z1.device)
     if z2 is None:
-        z = z1
-        pos = None
-        y = labels
-    else:
-        z = torch.cat([z1, z2], 0)
-        ar = torch.arange(B, device=z1.device)
-        pos = torch.cat([ar + B, ar])
-        y = None if labels is None else torch.cat([labels, labels])
-    self_idx = torch.arange(z.shape[0], device=z.device)
-    return z, pos, y, self_idx
+        return z1, None, labels, torch.arange(z1.shape[0], device=z1.device)
+    pos, self_idx = two_view_index(z1.shape[0], z1.device)
+    return torch.cat([z1, z2], 0), pos, repeat_two_views(labels), self_idx
+
+
+def _nominal_n(z: Tensor) -> int:
+    """N = 2B − 2 of the HCL / H-SCL code: every other embedding but the positive (at least 1, so a
+    batch too small to have negatives reaches the skipped-anchor check with its own message)."""
+    return max(z.shape[0] - 2, 1)
 
 
 def _need_two_views(name: str, z2: Tensor | None) -> None:
@@ -56,23 +52,49 @@ def _need_two_views(name: str, z2: Tensor | None) -> None:
         raise ValueError(f"{name} needs two views: pass z2 (B, d), the second augmented view")
 
 
-def ucl(z1: Tensor, z2: Tensor, *, t: float = 0.5, reduction: str = "mean", chunk_size: int | None = None) -> Tensor:
+def ucl(
+    z1: Tensor,
+    z2: Tensor,
+    *,
+    temperature: float | None = None,
+    t: float | None = None,
+    reduction: str = "mean",
+    chunk_size: int | None = None,
+) -> Tensor:
     """UCL: SimCLR / NT-Xent (Chen et al. 2020). ``−log e^{s_ip/t} / Σ_{j≠i} e^{s_ij/t}``."""
+    t = resolve_temperature(t, temperature, 0.5)
     _need_two_views("ucl", z2)
     z, pos, _, self_idx = _two_views(z1, z2, None, False)
     return weighted_info_nce(z, z, t=t, pos_index=pos, self_index=self_idx, reduction=reduction, chunk_size=chunk_size)
 
 
 def scl(
-    z1: Tensor, z2: Tensor, labels: Tensor, *, t: float = 0.5, reduction: str = "mean", chunk_size: int | None = None
+    z1: Tensor,
+    z2: Tensor,
+    labels: Tensor,
+    *,
+    temperature: float | None = None,
+    t: float | None = None,
+    reduction: str = "mean",
+    chunk_size: int | None = None,
 ) -> Tensor:
     """SCL of Jiang et al. (arXiv 2209.00078): one positive (the other view), negatives drawn
     uniformly from the other classes, ``N·mean_{y_j≠y_i} e^{s_ij/t}`` with N = 2B − 2."""
+    t = resolve_temperature(t, temperature, 0.5)
     _need_two_views("scl", z2)
     z, pos, y, self_idx = _two_views(z1, z2, labels, True)
     return weighted_info_nce(
-        z, z, t=t, pos_index=pos, self_index=self_idx, q_labels=y, k_labels=y, negatives="other_labels",
-        n_neg=z.shape[0] - 2, reduction=reduction, chunk_size=chunk_size,
+        z,
+        z,
+        t=t,
+        pos_index=pos,
+        self_index=self_idx,
+        q_labels=y,
+        k_labels=y,
+        negatives="other_labels",
+        n_neg=_nominal_n(z),
+        reduction=reduction,
+        chunk_size=chunk_size,
     )
 
 
@@ -81,17 +103,28 @@ def supcon(
     z2: Tensor | None,
     labels: Tensor,
     *,
-    t: float = 0.1,
+    temperature: float | None = None,
+    t: float | None = None,
     reduction: str = "mean",
     chunk_size: int | None = None,
 ) -> Tensor:
     r"""SupCon L_out (Khosla et al. 2020, eq. 2):
     ``L_i = −1/|P(i)| Σ_{p∈P(i)} log e^{s_ip/t} / Σ_{a≠i} e^{s_ia/t}``; P(i) = every other
     same-label embedding. ``z2`` may be None (one view)."""
+    t = resolve_temperature(t, temperature, 0.1)
     z, _, y, self_idx = _two_views(z1, z2, labels, True)
     return weighted_info_nce(
-        z, z, t=t, q_labels=y, k_labels=y, self_index=self_idx, positives="labels", negatives="all",
-        include_positive=False, reduction=reduction, chunk_size=chunk_size,
+        z,
+        z,
+        t=t,
+        q_labels=y,
+        k_labels=y,
+        self_index=self_idx,
+        positives="labels",
+        negatives="all",
+        include_positive=False,
+        reduction=reduction,
+        chunk_size=chunk_size,
     )
 
 
@@ -101,7 +134,8 @@ def hucl(
     *,
     beta: float = 1.0,
     tau_plus: float = 0.0,
-    t: float = 0.5,
+    temperature: float | None = None,
+    t: float | None = None,
     clamp: bool = True,
     detach_weights: bool = False,
     reduction: str = "mean",
@@ -110,19 +144,38 @@ def hucl(
     r"""H-UCL: hard negatives of Robinson et al. (HCL, ICLR 2021):
     ``−log e^{s_p/t} / (e^{s_p/t} + G)``, ``G = (N Σ_j π_j e^{s_j/t} − τ⁺ N e^{s_p/t}) / (1 − τ⁺)``,
     π_j ∝ e^{β s_j/t} over all 2B − 2 negatives, G clamped below at N e^{−1/t}."""
+    t = resolve_temperature(t, temperature, 0.5)
     _need_two_views("hucl", z2)
     z, pos, _, self_idx = _two_views(z1, z2, None, False)
     return weighted_info_nce(
-        z, z, t=t, pos_index=pos, self_index=self_idx, beta=beta, tau_plus=tau_plus, clamp=clamp,
-        n_neg=z.shape[0] - 2, detach_weights=detach_weights, reduction=reduction, chunk_size=chunk_size,
+        z,
+        z,
+        t=t,
+        pos_index=pos,
+        self_index=self_idx,
+        beta=beta,
+        tau_plus=tau_plus,
+        clamp=clamp,
+        n_neg=_nominal_n(z),
+        detach_weights=detach_weights,
+        reduction=reduction,
+        chunk_size=chunk_size,
     )
 
 
 def dcl(
-    z1: Tensor, z2: Tensor, *, tau_plus: float = 0.1, t: float = 0.5, clamp: bool = True,
-    reduction: str = "mean", chunk_size: int | None = None,
+    z1: Tensor,
+    z2: Tensor,
+    *,
+    tau_plus: float = 0.1,
+    temperature: float | None = None,
+    t: float | None = None,
+    clamp: bool = True,
+    reduction: str = "mean",
+    chunk_size: int | None = None,
 ) -> Tensor:
     """DCL: *debiased* contrastive loss (Chuang et al., NeurIPS 2020) = H-UCL with β = 0."""
+    t = resolve_temperature(t, temperature, 0.5)
     return hucl(z1, z2, beta=0.0, tau_plus=tau_plus, t=t, clamp=clamp, reduction=reduction, chunk_size=chunk_size)
 
 
@@ -132,8 +185,9 @@ def hscl(
     labels: Tensor,
     *,
     beta: float = 1.0,
-    t: float = 0.5,
-    positives: str = "all",
+    temperature: float | None = None,
+    t: float | None = None,
+    positives: str = "labels",
     detach_weights: bool = False,
     reduction: str = "mean",
     chunk_size: int | None = None,
@@ -141,16 +195,25 @@ def hscl(
     r"""H-SCL (Jiang et al., arXiv 2209.00078): negatives from the other classes, tilted by
     η(s) = e^{β s/t}: ``−log e^{s_ip/t} / (e^{s_ip/t} + N Σ_{y_j≠y_i} π_ij e^{s_ij/t})``, N = 2B − 2.
 
-    ``positives="all"`` is the paper's training code: every same-label pair (i, p) is a term and
+    ``positives="labels"`` is the paper's training code: every same-label pair (i, p) is a term and
     the loss is the mean over all such pairs. ``positives="view"`` is the one-positive variant
     (the augmented view only) used for the bound check. β = 0 gives SCL (with ``"view"``)."""
+    t = resolve_temperature(t, temperature, 0.5)
     _need_two_views("hscl", z2)
-    if positives not in ("all", "view"):
-        raise ValueError(f'positives must be "all" or "view", got {positives!r}')
+    if positives not in ("labels", "view"):
+        raise ValueError(f'positives must be "labels" or "view", got {positives!r}')
     z, pos, y, self_idx = _two_views(z1, z2, labels, True)
     common = dict(
-        t=t, self_index=self_idx, q_labels=y, k_labels=y, negatives="other_labels", beta=beta,
-        n_neg=z.shape[0] - 2, detach_weights=detach_weights, reduction=reduction, chunk_size=chunk_size,
+        t=t,
+        self_index=self_idx,
+        q_labels=y,
+        k_labels=y,
+        negatives="other_labels",
+        beta=beta,
+        n_neg=_nominal_n(z),
+        detach_weights=detach_weights,
+        reduction=reduction,
+        chunk_size=chunk_size,
     )
     if positives == "view":
         return weighted_info_nce(z, z, pos_index=pos, **common)
@@ -158,13 +221,26 @@ def hscl(
 
 
 def decoupled(
-    z1: Tensor, z2: Tensor, *, t: float = 0.1, reduction: str = "mean", chunk_size: int | None = None
+    z1: Tensor,
+    z2: Tensor,
+    *,
+    temperature: float | None = None,
+    t: float | None = None,
+    reduction: str = "mean",
+    chunk_size: int | None = None,
 ) -> Tensor:
     """Decoupled contrastive loss (Yeh et al., ECCV 2022): the positive is removed from the
     denominator, ``−s_ip/t + log Σ_{j∉{i,p}} e^{s_ij/t}``."""
+    t = resolve_temperature(t, temperature, 0.1)
     _need_two_views("decoupled", z2)
     z, pos, _, self_idx = _two_views(z1, z2, None, False)
     return weighted_info_nce(
-        z, z, t=t, pos_index=pos, self_index=self_idx, include_positive=False, reduction=reduction,
+        z,
+        z,
+        t=t,
+        pos_index=pos,
+        self_index=self_idx,
+        include_positive=False,
+        reduction=reduction,
         chunk_size=chunk_size,
     )

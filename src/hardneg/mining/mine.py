@@ -1,4 +1,4 @@
-"""Offline hard-negative mining: retrieve, window, filter, select (DESIGN.md §2 "offline mined").
+"""Offline hard-negative mining: retrieve, window, filter, select (docs/design.md §3, "offline mined").
 
 For query ``i`` with positive ``p`` and retrieved candidates ``j`` (cosine ``s_ij``, retrieval rank
 ``r_ij`` among non-positive documents), the pipeline keeps ``j`` when
@@ -7,8 +7,9 @@ For query ``i`` with positive ``p`` and retrieved candidates ``j`` (cosine ``s_i
 - its text differs from the query's and the positive's (``dedupe``),
 - its label set does not intersect the query's (``filter_labels``; known false negatives),
 - ``min_score ≤ s_ij ≤ max_score``,
-- ``s_ij ≤ s_ip − absolute_margin`` and ``s_ij ≤ s_ip − |s_ip|·relative_margin`` (margins to the
-  positive, NV-Retriever's TopK-MarginPos / TopK-PercPos, Moreira et al. 2024),
+- ``s_ij ≤ s_ip − absolute_margin`` and ``s_ij ≤ s_ip·(1 − relative_margin)`` (margins to the
+  positive, NV-Retriever's TopK-MarginPos / TopK-PercPos, Moreira et al. 2024; the rules of
+  :func:`hardneg.negatives.filters.similarity_drops`, as in sentence-transformers),
 - ``g(i, j) ≤ g(i, p) − guide_margin`` for a guide model's score ``g`` (GISTEmbed-style filter,
   Solatorio 2024; a cross-encoder or a second bi-encoder),
 
@@ -29,10 +30,15 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
+from typing import Any
 
 import numpy as np
+import torch
 
+from hardneg.losses.tilt import tilt_log_weights
 from hardneg.mining.index import build_index, measure_recall, parse_index_spec, search
+from hardneg.negatives.filters import similarity_drops
+from hardneg.negatives.registry import build_filter, build_weighting
 
 SAMPLING = ("top", "uniform", "tilted")
 OUTPUT_FORMATS = ("triplet", "n-tuple", "labeled-pair")
@@ -165,6 +171,8 @@ def mine_embeddings(
     guide_score: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None,
     index=None,
     show_progress: bool = True,
+    filters: Sequence[Any] = (),
+    weighting: Sequence[Any] = (),
 ) -> MinedNegatives:
     """Mine negatives for queries ``q_emb`` (n, d) from corpus ``c_emb`` (m, d); both L2-normalised.
 
@@ -172,29 +180,20 @@ def mine_embeddings(
     positives to exclude (-1 padded). ``q_text_ids``/``c_text_ids`` are integer ids of the normalised
     texts (for ``dedupe``). ``q_labels``/``c_labels`` are label sets (for ``filter_labels`` and the
     false-negative rate). ``guide_score(q_rows, c_ids)`` returns the guide model's scores for flat
-    (query row, corpus id) pairs.
+    (query row, corpus id) pairs. ``filters`` / ``weighting``: the strategies' own components
+    (:class:`~hardneg.negatives.Filter`, :class:`~hardneg.negatives.Weighting`, or their config
+    mappings / kind names), applied to the retrieved (queries × candidates) score matrix with the
+    same formulas as in training; a weighting's log-weights shape the sampling distribution.
     """
+    filters = [build_filter(f) for f in filters]
+    weighting = [build_weighting(w) for w in weighting]
     cfg = config or MineConfig()
     cfg.validate()
     timings: dict[str, float] = {}
     q_emb = np.asarray(q_emb, dtype=np.float32)
     c_emb = np.asarray(c_emb, dtype=np.float32)
-    if q_emb.ndim != 2 or c_emb.ndim != 2 or q_emb.shape[1] != c_emb.shape[1]:
-        raise ValueError(f"q_emb (n, d) and c_emb (m, d) must share d, got {q_emb.shape} and {c_emb.shape}")
-    n, m = q_emb.shape[0], c_emb.shape[0]
     pos_ids = np.asarray(pos_ids, dtype=np.int64)
-    if pos_ids.shape != (n,) or (n and (pos_ids.min() < 0 or pos_ids.max() >= m)):
-        raise ValueError(f"pos_ids must be ({n},) corpus rows in [0, {m}), got shape {pos_ids.shape}")
-    range_max = cfg.effective_range_max()
-    n_pos = 1 if extra_pos_ids is None else 1 + int(np.asarray(extra_pos_ids).shape[1])
-    if m - n_pos < range_max and m - n_pos < cfg.range_min + cfg.num_negatives:
-        raise ValueError(
-            f"corpus has {m} documents, fewer than the window needs (range_min={cfg.range_min} + "
-            f"num_negatives={cfg.num_negatives} besides the positive); lower range_min/num_negatives"
-        )
-    if cfg.filter_labels and (q_labels is None or c_labels is None):
-        raise ValueError("filter_labels needs labels for the queries and the corpus")
-    K = min(range_max + n_pos, m)
+    K = _check_inputs(q_emb, c_emb, pos_ids, cfg, extra_pos_ids, q_labels, c_labels)
 
     # 1. retrieval
     t0 = time.perf_counter()
@@ -208,78 +207,146 @@ def mine_embeddings(
         recall = measure_recall(c_emb, q_emb, index, K, sample=cfg.recall_sample, seed=cfg.seed)
         timings["recall_s"] = time.perf_counter() - t0
 
+    # 2. window and filters
     t0 = time.perf_counter()
     pos_scores = np.einsum("nd,nd->n", q_emb, c_emb[pos_ids]).astype(np.float32)
-    pos_sets = pos_ids[:, None] if extra_pos_ids is None else np.concatenate(
-        [pos_ids[:, None], np.asarray(extra_pos_ids, dtype=np.int64)], axis=1)
-    is_pos = _rowwise_isin(ids, pos_sets)
-    valid = (ids >= 0) & ~is_pos
-    rank = np.cumsum(valid, axis=1) - 1
-    # number of non-positive candidates above the positive (positive not retrieved -> K)
-    above = valid & (scores > pos_scores[:, None])
-    positive_rank = np.where(is_pos.any(1), above.sum(1), K)
-
-    keep = valid & (rank >= cfg.range_min) & (rank < range_max)
-    candidates_in_window = int(keep.sum())
-    removed: dict[str, int] = {}
-    removed_q: dict[str, np.ndarray] = {}
-
-    def apply(name: str, drop: np.ndarray) -> None:
-        nonlocal keep
-        d = keep & drop
-        removed[name] = int(d.sum())
-        removed_q[name] = d.sum(1)
-        keep = keep & ~drop
-
-    safe_ids = np.where(ids >= 0, ids, 0)
-    if cfg.dedupe and q_text_ids is not None and c_text_ids is not None:
-        c_text_ids = np.asarray(c_text_ids)
-        cand_text = c_text_ids[safe_ids]
-        apply("duplicate", (cand_text == np.asarray(q_text_ids)[:, None])
-              | (cand_text == c_text_ids[pos_ids][:, None]))
-    fn_mask = None
-    if q_labels is not None and c_labels is not None:
-        rows, cols = np.nonzero(keep)
-        inter = _labels_intersect(rows, safe_ids[rows, cols], q_labels, c_labels)
-        fn_mask = np.zeros_like(keep)
-        fn_mask[rows, cols] = inter
-    fn_in_window = int(fn_mask.sum()) if fn_mask is not None else None
-    if cfg.filter_labels:
-        apply("false_negative_label", fn_mask)
-    if cfg.min_score is not None:
-        apply("min_score", scores < cfg.min_score)
-    if cfg.max_score is not None:
-        apply("max_score", scores > cfg.max_score)
-    if cfg.absolute_margin is not None:
-        apply("absolute_margin", scores > (pos_scores - cfg.absolute_margin)[:, None])
-    if cfg.relative_margin is not None:
-        apply("relative_margin", scores > (pos_scores - np.abs(pos_scores) * cfg.relative_margin)[:, None])
+    w = _Window(scores, ids, pos_ids, pos_scores, extra_pos_ids, cfg, K)
+    w.dedupe_and_labels(q_text_ids, c_text_ids, q_labels, c_labels)
+    extra_logw = w.strategy_components(filters, weighting)
     if guide_score is not None:
-        rows, cols = np.nonzero(keep)
-        g_cand = np.asarray(guide_score(rows, safe_ids[rows, cols]), dtype=np.float32)
-        g_pos = np.asarray(guide_score(np.arange(n), pos_ids), dtype=np.float32)
-        drop = np.zeros_like(keep)
-        drop[rows, cols] = g_cand > g_pos[rows] - cfg.guide_margin
-        apply("guide", drop)
+        w.guide(guide_score)
     timings["filter_s"] = time.perf_counter() - t0
 
-    # 3. selection: a key per candidate, take the num_negatives largest keys among survivors
+    # 3. selection
     t0 = time.perf_counter()
+    sel_ids, sel_scores, order, picked = _select(scores, ids, w.keep, w.rank, extra_logw, cfg, K)
+    n_found = (sel_ids >= 0).sum(1)
+    fn_selected = None
+    if w.fn_mask is not None:
+        fn_selected = int(np.take_along_axis(w.fn_mask, order, 1)[picked].sum())
+    timings["select_s"] = time.perf_counter() - t0
+    return MinedNegatives(sel_ids, sel_scores, pos_scores, n_found, w.removed, w.removed_q, w.candidates_in_window,
+                          w.positive_rank, w.fn_in_window, fn_selected, recall, timings)
+
+
+def _check_inputs(q_emb, c_emb, pos_ids, cfg: MineConfig, extra_pos_ids, q_labels, c_labels) -> int:
+    """Validate the arrays against each other and the window; returns K, the neighbours to retrieve."""
+    if q_emb.ndim != 2 or c_emb.ndim != 2 or q_emb.shape[1] != c_emb.shape[1]:
+        raise ValueError(f"q_emb (n, d) and c_emb (m, d) must share d, got {q_emb.shape} and {c_emb.shape}")
+    n, m = q_emb.shape[0], c_emb.shape[0]
+    if pos_ids.shape != (n,) or (n and (pos_ids.min() < 0 or pos_ids.max() >= m)):
+        raise ValueError(f"pos_ids must be ({n},) corpus rows in [0, {m}), got shape {pos_ids.shape}")
+    range_max = cfg.effective_range_max()
+    n_pos = 1 if extra_pos_ids is None else 1 + int(np.asarray(extra_pos_ids).shape[1])
+    if m - n_pos < range_max and m - n_pos < cfg.range_min + cfg.num_negatives:
+        raise ValueError(
+            f"corpus has {m} documents, fewer than the window needs (range_min={cfg.range_min} + "
+            f"num_negatives={cfg.num_negatives} besides the positive); lower range_min/num_negatives"
+        )
+    if cfg.filter_labels and (q_labels is None or c_labels is None):
+        raise ValueError("filter_labels needs labels for the queries and the corpus")
+    return min(range_max + n_pos, m)
+
+
+class _Window:
+    """The retrieved (queries × K) candidates: rank window, then each filter in turn, counting what
+    each one removed (``removed``, ``removed_q``)."""
+
+    def __init__(self, scores, ids, pos_ids, pos_scores, extra_pos_ids, cfg: MineConfig, K: int) -> None:
+        self.scores, self.ids, self.pos_ids, self.pos_scores, self.cfg = scores, ids, pos_ids, pos_scores, cfg
+        pos_sets = pos_ids[:, None] if extra_pos_ids is None else np.concatenate(
+            [pos_ids[:, None], np.asarray(extra_pos_ids, dtype=np.int64)], axis=1)
+        is_pos = _rowwise_isin(ids, pos_sets)
+        valid = (ids >= 0) & ~is_pos
+        self.rank = np.cumsum(valid, axis=1) - 1
+        # number of non-positive candidates above the positive (positive not retrieved -> K)
+        above = valid & (scores > pos_scores[:, None])
+        self.positive_rank = np.where(is_pos.any(1), above.sum(1), K)
+        self.keep = valid & (self.rank >= cfg.range_min) & (self.rank < cfg.effective_range_max())
+        self.candidates_in_window = int(self.keep.sum())
+        self.removed: dict[str, int] = {}
+        self.removed_q: dict[str, np.ndarray] = {}
+        self.safe_ids = np.where(ids >= 0, ids, 0)
+        self.fn_mask: np.ndarray | None = None
+        self.fn_in_window: int | None = None
+
+    def apply(self, name: str, drop: np.ndarray) -> None:
+        d = self.keep & drop
+        self.removed[name] = int(d.sum())
+        self.removed_q[name] = d.sum(1)
+        self.keep = self.keep & ~drop
+
+    def dedupe_and_labels(self, q_text_ids, c_text_ids, q_labels, c_labels) -> None:
+        cfg = self.cfg
+        if cfg.dedupe and q_text_ids is not None and c_text_ids is not None:
+            c_text_ids = np.asarray(c_text_ids)
+            cand_text = c_text_ids[self.safe_ids]
+            self.apply("duplicate", (cand_text == np.asarray(q_text_ids)[:, None])
+                       | (cand_text == c_text_ids[self.pos_ids][:, None]))
+        if q_labels is not None and c_labels is not None:
+            rows, cols = np.nonzero(self.keep)
+            inter = _labels_intersect(rows, self.safe_ids[rows, cols], q_labels, c_labels)
+            self.fn_mask = np.zeros_like(self.keep)
+            self.fn_mask[rows, cols] = inter
+            self.fn_in_window = int(self.fn_mask.sum())
+        if cfg.filter_labels:
+            self.apply("false_negative_label", self.fn_mask)
+
+    def strategy_components(self, filters, weighting) -> np.ndarray | None:
+        """The similarity rules and the strategies' own filters / weightings on the score matrix;
+        returns the weightings' summed log-weights (None without one)."""
+        cfg, n = self.cfg, self.scores.shape[0]
+        S_t, sp_t = torch.from_numpy(self.scores), torch.from_numpy(self.pos_scores)
+        drops = similarity_drops(S_t, sp_t, min_score=cfg.min_score, max_score=cfg.max_score,
+                                 absolute_margin=cfg.absolute_margin, relative_margin=cfg.relative_margin)
+        for name in ("min_score", "max_score", "absolute_margin", "relative_margin"):
+            if name in drops:
+                self.apply(name, drops[name].numpy())
+        ctx = RetrievedContext(sp_t, cfg.beta, cfg.t)
+        for f in filters:
+            self.apply(f"filter:{f.kind}", f.drop(S_t, slice(0, n), ctx).numpy())
+        extra_logw = None
+        for w in weighting:
+            keep_t = torch.from_numpy(self.keep)
+            if w.selects:
+                sel = w.select(S_t, slice(0, n), ctx, keep_t)
+            else:
+                a = w.log_weights(S_t, slice(0, n), ctx, keep_t)
+                sel = keep_t & (a != float("-inf"))
+                a = a.double().numpy()
+                extra_logw = a if extra_logw is None else extra_logw + a
+            self.apply(f"weighting:{w.kind}", ~sel.numpy())
+        return extra_logw
+
+    def guide(self, guide_score) -> None:
+        rows, cols = np.nonzero(self.keep)
+        g_cand = np.asarray(guide_score(rows, self.safe_ids[rows, cols]), dtype=np.float32)
+        g_pos = np.asarray(guide_score(np.arange(self.scores.shape[0]), self.pos_ids), dtype=np.float32)
+        drop = np.zeros_like(self.keep)
+        drop[rows, cols] = g_cand > g_pos[rows] - self.cfg.guide_margin
+        self.apply("guide", drop)
+
+
+def _select(scores, ids, keep, rank, extra_logw, cfg: MineConfig, K: int):
+    """A key per candidate; the ``num_negatives`` largest keys among the survivors, ordered by
+    decreasing score and padded (-1 / NaN). Returns (ids, scores, order, picked)."""
     rng = np.random.default_rng(cfg.seed)
     if cfg.sampling == "top":
         key = -rank.astype(np.float64)
-    elif cfg.sampling == "uniform":
+    elif cfg.sampling == "uniform" and extra_logw is None:
         key = rng.random(scores.shape)
-    else:
+    else:  # Gumbel-top-k: sampling without replacement with π ∝ exp(β s / t + a)
         gumbel = -np.log(-np.log(rng.random(scores.shape).clip(1e-300, 1.0)))
-        key = cfg.beta * scores.astype(np.float64) / cfg.t + gumbel
+        beta = cfg.beta if cfg.sampling == "tilted" else 0.0
+        key = tilt_log_weights(scores.astype(np.float64), beta, cfg.t) + gumbel
+        if extra_logw is not None:
+            key = key + np.where(keep, extra_logw, 0.0)
     key = np.where(keep, key, -np.inf)
     nn_ = min(cfg.num_negatives, K)
     order = np.argsort(-key, axis=1, kind="stable")[:, :nn_]
     picked = np.take_along_axis(keep, order, 1)
     sel_ids = np.where(picked, np.take_along_axis(ids, order, 1), -1)
     sel_scores = np.where(picked, np.take_along_axis(scores, order, 1), np.nan).astype(np.float32)
-    # order each row by decreasing score, padding last
     o2 = np.argsort(np.where(picked, -sel_scores, np.inf), axis=1, kind="stable")
     sel_ids = np.take_along_axis(sel_ids, o2, 1)
     sel_scores = np.take_along_axis(sel_scores, o2, 1)
@@ -287,13 +354,24 @@ def mine_embeddings(
         pad = cfg.num_negatives - nn_
         sel_ids = np.pad(sel_ids, ((0, 0), (0, pad)), constant_values=-1)
         sel_scores = np.pad(sel_scores, ((0, 0), (0, pad)), constant_values=np.nan)
-    n_found = (sel_ids >= 0).sum(1)
-    fn_selected = None
-    if fn_mask is not None:
-        fn_selected = int(np.take_along_axis(fn_mask, order, 1)[picked].sum())
-    timings["select_s"] = time.perf_counter() - t0
-    return MinedNegatives(sel_ids, sel_scores, pos_scores, n_found, removed, removed_q, candidates_in_window,
-                          positive_rank, fn_in_window, fn_selected, recall, timings)
+    return sel_ids, sel_scores, order, picked
+
+
+class RetrievedContext:
+    """What a strategy component may read while mining: each query's row of retrieved scores, its
+    positive's score, β and t. Candidate identities (labels, ids, embeddings) are not available."""
+
+    def __init__(self, pos_scores: torch.Tensor, beta: float, t: float) -> None:
+        self._sp, self.beta, self.t, self.growing = pos_scores, beta, t, False
+
+    def s_pos(self, S: torch.Tensor, rows: slice) -> torch.Tensor:
+        return self._sp[rows]
+
+    def __getattr__(self, name: str) -> Any:
+        raise ValueError(
+            f"this filter/weighting reads {name!r}, which offline mining does not have (it sees only the "
+            "retrieved scores and the positive's score)"
+        )
 
 
 def config_dict(cfg: MineConfig) -> dict:

@@ -1,12 +1,14 @@
 """hardneg.negatives: where candidate negatives come from, which are filtered out, how π is shaped.
 
 Compose a :class:`Strategy` from sources, filters, weightings and schedules, or name a preset with
-:func:`create_strategy` / :func:`from_config` (see docs/strategies.md).
+:func:`create_strategy` / :func:`from_config` (see docs/strategies.md; base classes
+:class:`Source`, :class:`Filter`, :class:`Weighting` to write your own, registered by ``kind``).
 """
 
 from hardneg.negatives.adversarial import AdversarialBank, NegativeGenerator
+from hardneg.negatives.context import StepContext
 from hardneg.negatives.diagnostics import DiagnosticsAccumulator, negative_diagnostics
-from hardneg.negatives.filters import GuideFilter, IdFilter, LabelFilter, SimilarityFilter
+from hardneg.negatives.filters import Filter, GuideFilter, IdFilter, LabelFilter, SimilarityFilter, similarity_drops
 from hardneg.negatives.mixing import Mixing, mochi_mix
 from hardneg.negatives.queue import MemoryQueue, MomentumEncoder
 from hardneg.negatives.registry import (
@@ -19,7 +21,7 @@ from hardneg.negatives.registry import (
     list_strategies,
 )
 from hardneg.negatives.schedules import Constant, Cosine, Linear, Step, make_schedule
-from hardneg.negatives.sources import ExternalPool, InBatch
+from hardneg.negatives.sources import Anchors, Candidates, ExternalPool, InBatch, Source
 from hardneg.negatives.strategy import Strategy
 from hardneg.negatives.text_negatives import TextNegatives, negate, shuffle_words, swap_antonym, swap_entities
 from hardneg.negatives.weighting import (
@@ -30,6 +32,7 @@ from hardneg.negatives.weighting import (
     Tilt,
     TopK,
     Uniform,
+    Weighting,
     distance_weighted_log_weights,
     semihard_mask,
     topk_mask,
@@ -37,6 +40,13 @@ from hardneg.negatives.weighting import (
 
 __all__ = [
     "Strategy",
+    "Source",
+    "Filter",
+    "Weighting",
+    "StepContext",
+    "Anchors",
+    "Candidates",
+    "similarity_drops",
     "create_strategy",
     "from_config",
     "list_strategies",

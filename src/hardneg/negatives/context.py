@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from hardneg.losses.candidates import Relations
 from hardneg.negatives.sources import Anchors, Candidates
 
 
@@ -35,6 +36,7 @@ class StepContext:
     k_view: Tensor | None = None  # (m,)
     growing: bool = False  # a source (a queue still filling) will offer more candidates later
     _id_start: int | None = None
+    _rel: Relations | None = None
 
     @classmethod
     def build(cls, anchors: Anchors, cands: Candidates, t: float, beta: float, step: int) -> StepContext:
@@ -66,9 +68,7 @@ class StepContext:
 
     def row_ids(self, rows: slice | Tensor, device: torch.device) -> Tensor:
         """Global anchor indices of ``rows`` (a slice or an index tensor)."""
-        if isinstance(rows, slice):
-            return torch.arange(rows.start, rows.stop, device=device)
-        return rows.to(device)
+        return Relations.rows_of(rows, device)
 
     def id_rule_start(self) -> int | None:
         """First candidate column where the same-sample-id rule can matter, or None if nowhere.
@@ -95,43 +95,26 @@ class StepContext:
         self._id_start = start
         return start
 
+    @property
+    def relations(self) -> Relations:
+        """The step's candidate relations (the one validity rule, :mod:`hardneg.losses.candidates`)."""
+        if self._rel is None:
+            self._rel = Relations(
+                m=self.m, self_index=self.self_index, pos_index=self.pos_index, q_labels=self.q_labels,
+                k_labels=self.k_labels, q_ids=self.q_ids, k_ids=self.k_ids, owner=self.owner,
+                id_start=self.id_rule_start(),
+            )
+        return self._rel
+
     def base_valid(self, S: Tensor, rows: slice | Tensor) -> Tensor:
-        """(c×m) bool: candidates that may be negatives of each anchor before any filter: not the
-        anchor itself, not its positive, not another view of the same sample id, owned by it or shared."""
-        c, m = S.shape
-        dev = S.device
-        r = torch.arange(c, device=dev)
-        valid = torch.ones(c, m, dtype=torch.bool, device=dev)
-        si = self.self_index[rows]
-        has = si >= 0
-        valid[r[has], si[has]] = False
-        if self.pos_index is not None:
-            pi = self.pos_index[rows]
-            has = pi >= 0
-            valid[r[has], pi[has]] = False
-        start = self.id_rule_start()
-        if start is not None:
-            qi = self.q_ids[rows]
-            same = (qi[:, None] == self.k_ids[None, start:]) & (qi[:, None] >= 0)
-            valid[:, start:] &= ~same
-        if self.owner is not None:
-            ow = self.owner
-            gid = self.row_ids(rows, dev)
-            valid &= (ow[None, :] == -1) | (ow[None, :] == gid[:, None])
-        return valid
+        """(c×m) bool: candidates that may be negatives of each anchor before any filter
+        (:meth:`hardneg.losses.candidates.Relations.valid`)."""
+        return self.relations.valid(rows, S.device)
 
     def s_pos(self, S: Tensor, rows: slice | Tensor) -> Tensor:
         """(c,) cosine similarity of each anchor to its positive (NaN where it has none)."""
-        if self.pos_index is None:
-            return torch.full((S.shape[0],), float("nan"), dtype=S.dtype, device=S.device)
-        pi = self.pos_index[rows]
-        r = torch.arange(S.shape[0], device=S.device)
-        sp = S[r, pi.clamp(min=0)]
-        return torch.where(pi >= 0, sp, torch.full_like(sp, float("nan")))
+        return self.relations.s_pos(S, rows)
 
     def same_label(self, rows: slice | Tensor) -> Tensor | None:
-        """(c×m) bool: candidate has the anchor's (known, ≥ 0) label; None without labels."""
-        if self.q_labels is None or self.k_labels is None:
-            return None
-        ql = self.q_labels[rows]
-        return (ql[:, None] == self.k_labels[None, :]) & (self.k_labels[None, :] >= 0)
+        """(c×m) bool: candidate has the anchor's known label; None without labels."""
+        return self.relations.same_label(rows)

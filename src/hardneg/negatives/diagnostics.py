@@ -9,7 +9,10 @@ distribution, a_ij the strategy's log-weights):
 - ``ess``: effective number of negatives 1 / Σ_j π_ij², mean over anchors; ``n_candidates``:
   mean |C(i)|;
 - ``fn_weight_share``: mean over anchors of Σ_j π_ij [y_j = y_i] — the weight on false negatives
-  when labels are known (NaN otherwise);
+  when labels are known (NaN otherwise); ``hardest_fn_share``: share of anchors whose most similar
+  valid candidate has their label (NaN without labels);
+- ``skipped_share``: share of anchors with no valid candidate, skipped by the loss
+  (:mod:`hardneg.losses.candidates`);
 - ``pos_gap``: mean of s_ip − max_{j∈C(i)} s_ij (positive minus hardest negative; negative values
   mean the hardest negative beats the positive); ``hardest_mean``: mean max_j s_ij.
 
@@ -22,6 +25,9 @@ from collections.abc import Callable
 
 import torch
 from torch import Tensor
+
+from hardneg.losses.candidates import Relations
+from hardneg.losses.tilt import tilt_log_weights
 
 PERCENTILES = (5, 25, 50, 75, 95)
 _BINS = 4000
@@ -54,9 +60,12 @@ class DiagnosticsAccumulator:
         self.sum_cand = 0.0
         self.sum_fn = 0.0
         self.rows_fn = 0
+        self.sum_hard_fn = 0.0
+        self.rows_hard_fn = 0
         self.sum_gap = 0.0
         self.sum_hard = 0.0
         self.rows_gap = 0
+        self.skipped = 0
 
     def sample_rows(self) -> Tensor:
         """Global indices of the anchors that are recorded."""
@@ -97,12 +106,13 @@ class DiagnosticsAccumulator:
         self.sum_cand += n_valid
         self.cnt += n_valid
         Sm = torch.where(valid, S, float("-inf"))
-        hard = Sm.max(1).values
+        hard, hard_j = Sm.max(1)
         # histc ignores values below its range, i.e. the −∞ of invalid candidates
         self.hist += torch.histc(Sm, bins=_BINS, min=_LO, max=_HI).double().cpu()
-        logits = log_w + (self.beta / self.t) * S if self.beta else log_w
+        logits = log_w + tilt_log_weights(S, self.beta, self.t) if self.beta else log_w
         pi = torch.softmax(logits, dim=1)
         ok_rows = hard != float("-inf")
+        self.skipped += int((~ok_rows).sum())
         if not bool(ok_rows.all()):
             pi = torch.nan_to_num(pi, nan=0.0)
         self.sum_s += float(torch.where(valid, S, 0.0).sum())
@@ -111,6 +121,8 @@ class DiagnosticsAccumulator:
         if same_label is not None:
             self.sum_fn += float(pi.masked_fill(~same_label, 0.0).sum())
             self.rows_fn += c
+            self.sum_hard_fn += float(same_label.gather(1, hard_j[:, None]).squeeze(1)[ok_rows].sum())
+            self.rows_hard_fn += int(ok_rows.sum())
         ok = ok_rows
         if s_pos is not None:
             ok = ok & ~torch.isnan(s_pos)
@@ -137,7 +149,9 @@ class DiagnosticsAccumulator:
             out[f"sim_p{p:02d}"] = self.percentile(p)
         out["ess"] = self.sum_ess / self.rows if self.rows else nan
         out["n_candidates"] = self.sum_cand / self.rows if self.rows else nan
+        out["skipped_share"] = self.skipped / self.rows if self.rows else nan
         out["fn_weight_share"] = self.sum_fn / self.rows_fn if self.rows_fn else nan
+        out["hardest_fn_share"] = self.sum_hard_fn / self.rows_hard_fn if self.rows_hard_fn else nan
         out["pos_gap"] = self.sum_gap / self.rows_gap if self.rows_gap else nan
         out["hardest_mean"] = self.sum_hard / self.rows_gap if self.rows_gap else nan
         return out
@@ -163,32 +177,23 @@ def negative_diagnostics(
 
     ``negatives="other_labels"`` drops same-label candidates (then ``fn_weight_share`` is 0).
     """
-    import torch.nn.functional as F
+    from hardneg.losses.candidates import safe_normalize
 
-    q = F.normalize(q.float(), dim=1)
-    k = F.normalize(k.float(), dim=1)
+    q = safe_normalize(q.float())
+    k = safe_normalize(k.float())
     n = q.shape[0]
+    rel = Relations(m=k.shape[0], self_index=self_index, pos_index=pos_index, q_labels=q_labels, k_labels=k_labels)
     acc = DiagnosticsAccumulator(n, t, beta)
     for r0 in range(0, n, chunk_size):
         rows = slice(r0, min(n, r0 + chunk_size))
         S = q[rows] @ k.T
-        c = S.shape[0]
-        r = torch.arange(c)
-        lw = torch.zeros_like(S)
-        if self_index is not None:
-            si = self_index[rows]
-            lw[r[si >= 0], si[si >= 0]] = float("-inf")
-        sp = None
-        if pos_index is not None:
-            pi = pos_index[rows]
-            lw[r, pi] = float("-inf")
-            sp = S[r, pi]
-        same = None
-        if q_labels is not None and k_labels is not None:
-            same = q_labels[rows, None] == k_labels[None, :]
-            if negatives == "other_labels":
-                lw = lw.masked_fill(same, float("-inf"))
+        valid = rel.valid(rows, S.device)
+        same = rel.same_label(rows)
+        if negatives == "other_labels" and same is not None:
+            valid &= ~same
+        lw = torch.zeros_like(S).masked_fill(~valid, float("-inf"))
         if log_weight_fn is not None:
             lw = lw + log_weight_fn(S, rows)
+        sp = None if pos_index is None else rel.s_pos(S, rows)
         acc.update(S, lw, rows, sp, same)
     return acc.result()

@@ -1,8 +1,8 @@
 r"""False-negative filters: masks that remove candidates which are probably not negatives.
 
 Each filter returns a (c×m) boolean ``drop`` mask for one chunk of anchors; the strategy turns it
-into −∞ log-weights. If a filter would leave an anchor without any candidate, that anchor keeps
-its candidates from before the filter (counted in ``filter_fallback_share``).
+into −∞ log-weights. An anchor the filters leave without any candidate is skipped (no loss; see
+:mod:`hardneg.losses.candidates`), counted in ``skipped_share``.
 
 - :class:`LabelFilter` — drop candidates with the anchor's label (SCL, H-SCL; Khosla et al. 2020).
 - :class:`IdFilter` — drop candidates of the same sample id, or of the same duplicate group
@@ -26,7 +26,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from hardneg.negatives.context import StepContext
-from hardneg.negatives.sources import simple_repr
+from hardneg.negatives.sources import register_kind, simple_repr
+
+FILTERS: dict[str, type] = {}  # kind -> Filter subclass, filled as subclasses are defined
 
 
 class Filter(nn.Module):
@@ -35,6 +37,10 @@ class Filter(nn.Module):
     kind = "base"
     schedulable: tuple[str, ...] = ()
     needs_positive = False
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        register_kind(FILTERS, cls)
 
     def drop(self, S: Tensor, rows: slice, ctx: StepContext) -> Tensor:  # pragma: no cover
         raise NotImplementedError
@@ -124,18 +130,46 @@ class SimilarityFilter(Filter):
 
     def drop(self, S: Tensor, rows: slice, ctx: StepContext) -> Tensor:
         d = torch.zeros_like(S, dtype=torch.bool)
-        if self.max_score is not None:
-            d |= self.max_score < S
-        if self.min_score is not None:
-            d |= self.min_score > S
-        if self.absolute_margin is not None or self.relative_margin is not None:
-            sp = ctx.s_pos(S, rows)[:, None]
-            has = ~torch.isnan(sp)
-            if self.absolute_margin is not None:
-                d |= has & (sp - self.absolute_margin < S)
-            if self.relative_margin is not None:
-                d |= has & (sp * (1.0 - self.relative_margin) < S)
+        sp = ctx.s_pos(S, rows) if self.needs_positive else None
+        for m in similarity_drops(S, sp, max_score=self.max_score, min_score=self.min_score,
+                                  absolute_margin=self.absolute_margin, relative_margin=self.relative_margin).values():
+            d |= m
         return d
+
+
+def similarity_drops(
+    S: Tensor,
+    s_pos: Tensor | None,
+    *,
+    max_score: float | None = None,
+    min_score: float | None = None,
+    absolute_margin: float | None = None,
+    relative_margin: float | None = None,
+) -> dict[str, Tensor]:
+    """The similarity rules of sentence-transformers' ``mine_hard_negatives``, one definition for the
+    strategies' :class:`SimilarityFilter`, offline mining and the sentence-transformers loss.
+
+    ``S`` (c×m) candidate similarities, ``s_pos`` (c,) each anchor's positive similarity (NaN where
+    it has none: the margins do not apply there). Returns ``{rule: (c×m) drop mask}`` for the rules
+    that are set: ``max_score`` drops ``s > max_score``, ``min_score`` drops ``s < min_score``,
+    ``absolute_margin`` drops ``s > s_p − absolute_margin``, ``relative_margin`` drops
+    ``s > s_p · (1 − relative_margin)``.
+    """
+    out: dict[str, Tensor] = {}
+    if max_score is not None:
+        out["max_score"] = max_score < S
+    if min_score is not None:
+        out["min_score"] = min_score > S
+    if absolute_margin is not None or relative_margin is not None:
+        if s_pos is None:
+            raise ValueError("absolute_margin / relative_margin need each anchor's positive similarity")
+        sp = s_pos[:, None]
+        has = ~torch.isnan(sp)
+        if absolute_margin is not None:
+            out["absolute_margin"] = has & (sp - absolute_margin < S)
+        if relative_margin is not None:
+            out["relative_margin"] = has & (sp * (1.0 - relative_margin) < S)
+    return out
 
 
 class GuideFilter(Filter):
@@ -221,4 +255,3 @@ class GuideFilter(Filter):
         return d.to(S.device)
 
 
-FILTERS: dict[str, type[Filter]] = {c.kind: c for c in (LabelFilter, IdFilter, SimilarityFilter, GuideFilter)}

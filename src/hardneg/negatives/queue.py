@@ -5,7 +5,10 @@ The queue is a fixed-size FIFO of L2-normalised keys with their labels and sampl
 negative. Keys of the anchor's own sample id (its earlier views) are excluded by the strategy's
 identity rule, so a queued copy of the positive is never a negative.
 
-Momentum encoder: ``θ_k ← m · θ_k + (1 − m) · θ_q`` after every step (MoCo's m = 0.999).
+Momentum encoder: ``θ_k ← m · θ_k + (1 − m) · θ_q`` after every step (MoCo's m = 0.999). A queue
+declares that its keys should come from one (``needs_key_encoder``); :func:`needs_key_encoder` tells a
+training loop whether a strategy holds such a component (``hardneg train`` then encodes the second
+view with a :class:`MomentumEncoder`).
 """
 
 from __future__ import annotations
@@ -30,6 +33,8 @@ class MemoryQueue(Source):
     """
 
     kind = "queue"
+    #: stored keys outlive the step that made them, so they should come from a slowly moving encoder
+    needs_key_encoder = True
 
     def __init__(self, size: int = 4096, dim: int | None = None) -> None:
         super().__init__()
@@ -139,3 +144,9 @@ class MomentumEncoder(nn.Module):
     @torch.no_grad()
     def forward(self, *args: Any, **kwargs: Any) -> Tensor:
         return self.ema(*args, **kwargs)
+
+
+def needs_key_encoder(module: nn.Module) -> bool:
+    """True when ``module`` (a strategy) or any of its submodules declares ``needs_key_encoder``: its
+    second view should be encoded by a :class:`MomentumEncoder`, not by the encoder being trained."""
+    return any(getattr(m, "needs_key_encoder", False) for m in module.modules())

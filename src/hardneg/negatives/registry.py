@@ -8,8 +8,8 @@ Stable API (used by the trainer and the configs):
 - :func:`from_config` ``(mapping) -> Strategy``
 
 Overrides are (1) the preset's own knobs (``k`` for ``topk``, ``size`` for ``moco_queue``, …),
-(2) the core options of :class:`~hardneg.negatives.strategy.Strategy` (``t``, ``beta``,
-``tau_plus``, ``n_neg``, ``reduction``, ``positives``, ``schedule``, ``diagnostics``, …), and
+(2) the core options of :class:`~hardneg.negatives.strategy.Strategy` (``temperature`` / ``t``, ``beta``,
+``tau_plus``, ``n_neg``, ``family``, ``positives``, ``reduction``, ``schedule``, ``diagnostics``, …), and
 (3) composition: ``source=``, ``filters=``, ``weighting=`` — objects or mappings with a ``kind``
 key — which are **added** to the preset's own components. Unknown names raise ``ValueError``
 naming them.
@@ -30,7 +30,7 @@ from hardneg.negatives.adversarial import AdversarialBank, NegativeGenerator
 from hardneg.negatives.filters import FILTERS, Filter, GuideFilter, IdFilter, LabelFilter, SimilarityFilter
 from hardneg.negatives.mixing import Mixing
 from hardneg.negatives.queue import MemoryQueue
-from hardneg.negatives.sources import ExternalPool, InBatch, Source
+from hardneg.negatives.sources import SOURCES, ExternalPool, InBatch, Source
 from hardneg.negatives.strategy import Strategy
 from hardneg.negatives.weighting import (
     WEIGHTINGS,
@@ -42,14 +42,6 @@ from hardneg.negatives.weighting import (
     Weighting,
 )
 
-SOURCES: dict[str, type[Source]] = {
-    "in_batch": InBatch,
-    "queue": MemoryQueue,
-    "pool": ExternalPool,
-    "mixing": Mixing,
-    "adversarial_bank": AdversarialBank,
-    "generator": NegativeGenerator,
-}
 _SOURCE_ALIASES = {
     "adco": "adversarial_bank",
     "mochi": "mixing",
@@ -93,62 +85,59 @@ def _register(name: str, description: str) -> Callable[[Callable[..., dict[str, 
 
 @_register("ucl", "SimCLR / NT-Xent (Chen et al. 2020): uniform in-batch negatives, t=0.5")
 def _ucl() -> dict[str, Any]:
-    return {"t": 0.5}
+    return {"temperature": 0.5}
 
 
 @_register("scl", "SCL (Jiang et al. 2022): uniform negatives of other labels, one positive, N=2B-2, t=0.5")
 def _scl() -> dict[str, Any]:
-    return {"t": 0.5, "filters": [LabelFilter()], "n_neg": "nominal"}
+    return {"temperature": 0.5, "filters": [LabelFilter()], "n_neg": "nominal"}
 
 
 @_register("supcon", "SupCon L_out (Khosla et al. 2020): all same-label samples are positives, t=0.1")
 def _supcon() -> dict[str, Any]:
-    return {"t": 0.1, "reduction": "supcon"}
+    return {"temperature": 0.1, "family": "supcon"}
 
 
 @_register("hucl", "H-UCL / HCL (Robinson et al. 2021): beta-tilted in-batch negatives, tau_plus debiasing, t=0.5")
 def _hucl() -> dict[str, Any]:
-    return {"t": 0.5, "beta": 1.0, "tau_plus": 0.0, "n_neg": "nominal"}
+    return {"temperature": 0.5, "beta": 1.0, "tau_plus": 0.0, "n_neg": "nominal"}
 
 
 @_register("dcl", "DCL, debiased (Chuang et al. 2020): uniform negatives, tau_plus=0.1 correction, t=0.5")
 def _dcl() -> dict[str, Any]:
-    return {"t": 0.5, "tau_plus": 0.1, "n_neg": "nominal"}
+    return {"temperature": 0.5, "tau_plus": 0.1, "n_neg": "nominal"}
 
 
 @_register("hscl", "H-SCL (Jiang et al. 2022): other-label negatives tilted by exp(beta s/t), beta=1, t=0.5")
-def _hscl(positives: str = "all") -> dict[str, Any]:
-    if positives not in ("all", "view"):
-        raise ValueError(f"hscl option 'positives' must be 'all' or 'view', got {positives!r}")
-    out: dict[str, Any] = {"t": 0.5, "beta": 1.0, "filters": [LabelFilter()], "n_neg": "nominal"}
-    if positives == "all":
-        out.update(positives="labels", positive_reduce="pairs")
-    return out
+def _hscl() -> dict[str, Any]:
+    # the paper's training code: every same-label pair is a term (positives="view" gives one positive)
+    return {"temperature": 0.5, "beta": 1.0, "filters": [LabelFilter()], "n_neg": "nominal",
+            "positives": "labels", "positive_reduce": "pairs"}
 
 
 @_register("decoupled", "Decoupled contrastive loss (Yeh et al. 2022): positive removed from the denominator")
 def _decoupled() -> dict[str, Any]:
-    return {"t": 0.1, "reduction": "decoupled"}
+    return {"temperature": 0.1, "family": "decoupled"}
 
 
 @_register("topk", "Top-k hard negative mining: only the k most similar candidates count (k=16)")
 def _topk(k: int = 16) -> dict[str, Any]:
-    return {"t": 0.5, "weighting": [TopK(k)]}
+    return {"temperature": 0.5, "weighting": [TopK(k)]}
 
 
 @_register("semihard", "Semi-hard negatives (FaceNet, Schroff et al. 2015): s_p - margin < s_n < s_p (margin=0.2)")
 def _semihard(margin: float = 0.2) -> dict[str, Any]:
-    return {"t": 0.5, "weighting": [SemiHard(margin)]}
+    return {"temperature": 0.5, "weighting": [SemiHard(margin)]}
 
 
 @_register("distance_weighted", "Distance-weighted sampling (Wu et al. 2017): pi ~ 1/q(d), cutoff 0.5, drop d>=1.4")
 def _dw(cutoff: float = 0.5, nonzero_loss_cutoff: float = 1.4) -> dict[str, Any]:
-    return {"t": 0.5, "weighting": [DistanceWeighted(cutoff, nonzero_loss_cutoff)]}
+    return {"temperature": 0.5, "weighting": [DistanceWeighted(cutoff, nonzero_loss_cutoff)]}
 
 
 @_register("moco_queue", "MoCo (He et al. 2020): FIFO queue of momentum-encoder keys (size=4096) + batch keys, t=0.2")
 def _moco(size: int = 4096) -> dict[str, Any]:
-    return {"t": 0.2, "source": [InBatch(symmetric=False), MemoryQueue(size)]}
+    return {"temperature": 0.2, "source": [InBatch(symmetric=False), MemoryQueue(size)]}
 
 
 @_register("mochi", "MoCHi (Kalantidis et al. 2020): queue + synthetic mixes of the hardest negatives")
@@ -156,7 +145,7 @@ def _mochi(
     size: int = 4096, n_hard: int = 64, s: int = 32, s_prime: int = 16, beta_max: float = 0.45, seed: int = 0
 ) -> dict[str, Any]:
     return {
-        "t": 0.2,
+        "temperature": 0.2,
         "source": [InBatch(symmetric=False), MemoryQueue(size), Mixing(n_hard, s, s_prime, beta_max, seed)],
     }
 
@@ -169,7 +158,7 @@ def _adco(
     size: int = 1024, lr: float = 3.0, t_neg: float = 0.02, dim: int | None = None, seed: int = 0
 ) -> dict[str, Any]:
     return {
-        "t": 0.12,
+        "temperature": 0.12,
         "source": [
             InBatch(symmetric=False, batch_negatives=False),
             AdversarialBank(size, dim=dim, lr=lr, t_neg=t_neg, seed=seed),
@@ -192,7 +181,7 @@ def _generator(
     if not dim:
         raise ValueError("generator option 'dim' (the embedding dimension) is required, e.g. dim=128")
     return {
-        "t": 0.5,
+        "temperature": 0.5,
         "source": [
             NegativeGenerator(
                 dim,
@@ -210,7 +199,7 @@ def _generator(
 def _pool(embeddings: Any = None, k_per_anchor: int = 16, shared: bool = False) -> dict[str, Any]:
     if embeddings is None:
         raise ValueError("pool option 'embeddings' (a tensor, .npy path or faiss index) is required")
-    return {"t": 0.5, "source": [ExternalPool(embeddings, k_per_anchor, shared=shared)]}
+    return {"temperature": 0.5, "source": [ExternalPool(embeddings, k_per_anchor, shared=shared)]}
 
 
 @_register(
@@ -227,7 +216,7 @@ def _cluster(
     seed: int = 0,
 ) -> dict[str, Any]:
     return {
-        "t": 0.5,
+        "temperature": 0.5,
         "weighting": [
             ClusterGuided(n_clusters, every, bonus, gamma, exclude_same, _load_tensor(features, "features"), seed=seed)
         ],
@@ -238,7 +227,7 @@ def _cluster(
 def _calibrated(
     hidden: int = 32, lr: float = 1e-2, train_steps: int = 1, neg_per_anchor: int = 4, seed: int = 0
 ) -> dict[str, Any]:
-    return {"t": 0.5, "weighting": [Calibrated(hidden, lr, train_steps, neg_per_anchor, seed=seed)]}
+    return {"temperature": 0.5, "weighting": [Calibrated(hidden, lr, train_steps, neg_per_anchor, seed=seed)]}
 
 
 @_register("filtered", "False-negative filters: same id / duplicate group, similarity margin to the positive")
@@ -256,7 +245,7 @@ def _filtered(
         )
     if label:
         fl.append(LabelFilter())
-    return {"t": 0.5, "filters": fl}
+    return {"temperature": 0.5, "filters": fl}
 
 
 @_register("gist", "GISTEmbed (Solatorio 2024): drop negatives a guide model scores above the positive")
@@ -272,7 +261,7 @@ def _gist(guide: Any = None, margin: float = 0.0) -> dict[str, Any]:
         g = (_load_tensor(guide[0], "guide"), _load_tensor(guide[1], "guide"))
     else:
         g = _load_tensor(guide, "guide")
-    return {"t": 0.05, "filters": [GuideFilter(g, margin)]}
+    return {"temperature": 0.05, "filters": [GuideFilter(g, margin)]}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -393,6 +382,8 @@ def create_strategy(name: str, **overrides: Any) -> Strategy:
     kw["source"] = sources + extra_sources
     kw["filters"] = _listify(kw.pop("filters", None)) + extra_filters
     kw["weighting"] = _listify(kw.pop("weighting", None)) + extra_weights
+    if "t" in core or "temperature" in core:  # the user's temperature replaces the preset's
+        kw.pop("temperature", None)
     kw.update(core)
     return Strategy(name=name, **kw)
 

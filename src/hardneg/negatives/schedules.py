@@ -144,6 +144,7 @@ SCHEDULES: dict[str, type[Schedule]] = {c.kind: c for c in (Constant, Linear, Co
 KNOB_RANGES: dict[str, tuple[Callable[[float], bool], str]] = {
     "beta": (lambda v: v >= 0, ">= 0"),
     "t": (lambda v: v > 0, "> 0"),
+    "temperature": (lambda v: v > 0, "> 0"),
     "k": (lambda v: v >= 1, ">= 1"),
     "tau_plus": (lambda v: 0 <= v < 1, "in [0, 1)"),
 }

@@ -1,4 +1,4 @@
-r"""Where candidate negatives come from (DESIGN.md §2).
+r"""Where candidate negatives come from (docs/design.md §3).
 
 A strategy step starts from the batch (:class:`InBatch` builds the anchors and the first block of
 candidates), then each further source *extends* the candidate set with a block of rows:
@@ -28,6 +28,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+SOURCES: dict[str, type] = {}  # kind -> Source subclass, filled as subclasses are defined
 
 
 @dataclass
@@ -101,6 +103,20 @@ class Candidates:
         self.blocks.append((name, m0, m0 + r))
 
 
+def register_kind(table: dict[str, type], cls: type, base_kinds: tuple[str, ...] = ("base", "source")) -> None:
+    """Register a component class under its own ``kind`` when it is defined (the base classes call
+    this from ``__init_subclass__``), so a subclass written anywhere works by name in
+    ``from_config``, YAML configs, mining and the sentence-transformers loss. A kind already taken
+    by another class is an error."""
+    kind = cls.__dict__.get("kind")
+    if kind is None or kind in base_kinds:
+        return
+    old = table.get(kind)
+    if old is not None and (old.__module__, old.__qualname__) != (cls.__module__, cls.__qualname__):
+        raise ValueError(f"kind {kind!r} is already registered by {old.__module__}.{old.__qualname__}")
+    table[kind] = cls
+
+
 def simple_repr(obj: nn.Module) -> str:
     """``k=v`` for the plain-valued public options of a component (its knobs)."""
     return ", ".join(
@@ -118,6 +134,10 @@ class Source(nn.Module):
 
     kind = "source"
     schedulable: tuple[str, ...] = ()
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        register_kind(SOURCES, cls)
 
     def extend(self, anchors: Anchors, cands: Candidates, step: int) -> None:  # pragma: no cover
         raise NotImplementedError

@@ -1,4 +1,4 @@
-r"""``Strategy``: a negative-sampling strategy as one ``nn.Module`` (DESIGN.md §1).
+r"""``Strategy``: a negative-sampling strategy as one ``nn.Module`` (docs/design.md §1).
 
 A strategy is *where candidates come from* (sources), *which are masked out* (filters) and *how
 π is shaped* (weightings, β tilt), followed by the one chunked kernel
@@ -21,25 +21,27 @@ Example::
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
+from hardneg.losses.candidates import safe_normalize
+from hardneg.losses.checks import check_beta, check_tags, check_tau_plus, resolve_temperature
+from hardneg.losses.kernel import weighted_info_nce
 from hardneg.negatives.context import StepContext
 from hardneg.negatives.diagnostics import DiagnosticsAccumulator
 from hardneg.negatives.filters import Filter, LabelFilter
 from hardneg.negatives.schedules import Schedule, make_schedule
-from hardneg.negatives.sources import InBatch, Source
+from hardneg.negatives.sources import Anchors, Candidates, InBatch, Source
 from hardneg.negatives.weighting import NEG_INF, Weighting
 
-REDUCTIONS = ("infonce", "supcon", "decoupled")
+FAMILIES = ("infonce", "supcon", "decoupled")
 POSITIVES = ("view", "labels")
+REDUCTIONS = ("mean", "sum", "none")
 N_NEG = ("count", "nominal")
-_CORE_SCHEDULABLE = ("beta", "t", "tau_plus")
+_CORE_SCHEDULABLE = ("beta", "t", "temperature", "tau_plus")
 
 
 def _as_list(x: Any) -> list:
@@ -50,17 +52,12 @@ def _as_list(x: Any) -> list:
     return [x]
 
 
-def _check_long(name: str, x: Any, B: int, device: torch.device) -> Tensor | None:
-    if x is None:
-        return None
-    x = torch.as_tensor(x)
-    if x.is_floating_point() or x.dtype == torch.bool or x.is_complex():
-        raise TypeError(f"{name} must be an integer tensor, got {x.dtype}")
-    if x.shape != (B,):
-        raise ValueError(f"{name} must have shape ({B},) (one per sample), got {tuple(x.shape)}")
-    if B and int(x.min()) < 0:
-        raise ValueError(f"{name} must be non-negative integers, got min {int(x.min())}")
-    return x.to(device=device, dtype=torch.long)
+def _typed(items: Any, cls: type, what: str) -> list:
+    out = _as_list(items)
+    for x in out:
+        if not isinstance(x, cls):
+            raise TypeError(f"{what} must be {cls.__name__} objects, got {type(x).__name__}")
+    return out
 
 
 class Strategy(nn.Module):
@@ -73,31 +70,38 @@ class Strategy(nn.Module):
             :class:`~hardneg.negatives.mixing.Mixing`,
             :class:`~hardneg.negatives.adversarial.AdversarialBank`,
             :class:`~hardneg.negatives.adversarial.NegativeGenerator`).
-        filters: false-negative filters (:mod:`hardneg.negatives.filters`).
+        filters: false-negative filters (:mod:`hardneg.negatives.filters`). An anchor whose every
+            candidate the filters remove is skipped (:mod:`hardneg.losses.candidates`).
         weighting: a weighting or list of weightings (:mod:`hardneg.negatives.weighting`); their
-            log-weights add, and selecting ones (top-k, semi-hard) act on what is still valid.
-        reduction: ``"infonce"`` (one positive: the other view), ``"supcon"`` (Khosla L_out: every
-            same-label sample is a positive, positive not added to the denominator) or
-            ``"decoupled"`` (Yeh et al.: positive removed from the denominator).
-        positives: ``"view"`` or ``"labels"`` (every same-label candidate is a positive, H-SCL
-            paper code); ``reduction="supcon"`` implies ``"labels"``.
+            log-weights add, and selecting ones (top-k, semi-hard) act on what is still valid. A
+            weighting that would leave an anchor no candidate is ignored for that anchor
+            (``weighting_fallback_share``).
+        family: the loss family — ``"infonce"`` (positive in the denominator), ``"supcon"`` (Khosla
+            L_out: every same-label sample is a positive, positive not added to the denominator)
+            or ``"decoupled"`` (Yeh et al.: positive removed from the denominator).
+        positives: ``"view"`` (the other view) or ``"labels"`` (every same-label candidate, H-SCL
+            paper code); ``family="supcon"`` implies ``"labels"``.
         positive_reduce: with label positives, ``"mean"`` (SupCon) or ``"pairs"`` (H-SCL code).
-        t: temperature. beta: hardness tilt β ≥ 0 (HCL / H-SCL), applied by the kernel.
+        reduction: ``"mean"`` (over the anchors that are not skipped), ``"sum"`` or ``"none"``
+            (per-anchor losses, 0 for skipped anchors).
+        temperature: the temperature t (alias ``t``). beta: hardness tilt β ≥ 0 (HCL / H-SCL),
+            π ∝ e^{β s / t}, applied by the kernel.
         tau_plus: τ⁺ of the debiased estimator (Chuang et al. DCL). clamp: clamp it at N e^{−1/t}.
         detach_weights: no gradient through the β tilt (paper code keeps it: False).
         n_neg: ``"count"`` (N = number of valid candidates: plain sums), ``"nominal"`` (N = all
             candidates but the anchor and its positive: HCL / H-SCL's 2B − 2) or a number.
-        schedule: ``{param: Schedule or mapping}`` — param is ``beta``, ``t``, ``tau_plus`` or an
-            attribute listed in a component's ``schedulable`` (``k``, ``margin``, ``beta_max``, …).
+        schedule: ``{param: Schedule or mapping}`` — param is ``beta``, ``temperature`` (``t``),
+            ``tau_plus`` or an attribute listed in a component's ``schedulable`` (``k``,
+            ``max_score``, …). The whole range of each schedule is checked when it is built.
         diagnostics: compute :attr:`last_diagnostics` every step (default True).
         diagnostics_anchors: the diagnostics are computed on this many anchors, evenly spaced
             (default 128; None: all), which keeps them cheap for large batches.
         chunk_size: anchors per kernel chunk (None: the kernel's default).
 
     ``forward(z1, z2=None, labels=None, ids=None, step=None, negatives=None)``: ``z1``/``z2`` are
-    (B×d) views; ``labels`` and ``ids`` (B,) non-negative ints; ``step`` the global step (an
+    (B×d) views; ``labels`` and ``ids`` (B,) ints ≥ −1 (−1 = unknown); ``step`` the global step (an
     internal counter when None); ``negatives`` extra explicit negatives, (r×d) or (B×r×d), shared
-    by every anchor (e.g. embeddings of meaning-changing text rewrites).
+    by every anchor (e.g. embeddings of meaning-changing text rewrites, or mined negatives).
     """
 
     def __init__(
@@ -105,58 +109,46 @@ class Strategy(nn.Module):
         source: Source | Sequence[Source] | None = None,
         filters: Filter | Sequence[Filter] | None = None,
         weighting: Weighting | Sequence[Weighting] | None = None,
-        reduction: str = "infonce",
-        t: float = 0.5,
+        family: str = "infonce",
+        temperature: float | None = None,
         beta: float = 0.0,
         tau_plus: float = 0.0,
         clamp: bool = True,
         detach_weights: bool = False,
         positives: str = "view",
         positive_reduce: str = "mean",
+        reduction: str = "mean",
         n_neg: str | float = "count",
         schedule: Mapping[str, Any] | None = None,
         diagnostics: bool = True,
         diagnostics_anchors: int | None = 128,
         chunk_size: int | None = None,
         name: str = "custom",
+        t: float | None = None,
     ) -> None:
         super().__init__()
-        sources = _as_list(source)
-        for s in sources:
-            if not isinstance(s, Source):
-                raise TypeError(f"source must be Source objects, got {type(s).__name__}")
-        if sources and isinstance(sources[0], InBatch):
-            self.in_batch = sources.pop(0)
-        else:
-            self.in_batch = InBatch()
+        sources = _typed(source, Source, "source")
+        self.in_batch = sources.pop(0) if sources and isinstance(sources[0], InBatch) else InBatch()
         if any(isinstance(s, InBatch) for s in sources):
             raise ValueError("source: in_batch may only be the first source")
         self.sources = nn.ModuleList(sources)
-        fl = _as_list(filters)
-        for f in fl:
-            if not isinstance(f, Filter):
-                raise TypeError(f"filters must be Filter objects, got {type(f).__name__}")
-        self.filters = nn.ModuleList(fl)
-        wl = _as_list(weighting)
-        for w in wl:
-            if not isinstance(w, Weighting):
-                raise TypeError(f"weighting must be Weighting objects, got {type(w).__name__}")
-        self.weightings = nn.ModuleList(wl)
-        if reduction not in REDUCTIONS:
-            raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
-        if positives not in POSITIVES:
-            raise ValueError(f"positives must be one of {POSITIVES}, got {positives!r}")
-        if positive_reduce not in ("mean", "pairs"):
-            raise ValueError(f"positive_reduce must be 'mean' or 'pairs', got {positive_reduce!r}")
+        self.filters = nn.ModuleList(_typed(filters, Filter, "filters"))
+        self.weightings = nn.ModuleList(_typed(weighting, Weighting, "weighting"))
+        for opt, val, allowed in (
+            ("family", family, FAMILIES), ("positives", positives, POSITIVES),
+            ("positive_reduce", positive_reduce, ("mean", "pairs")), ("reduction", reduction, REDUCTIONS),
+        ):
+            if val not in allowed:
+                raise ValueError(f"{opt} must be one of {allowed}, got {val!r}")
         if isinstance(n_neg, str):
             if n_neg not in N_NEG:
                 raise ValueError(f"n_neg must be one of {N_NEG} or a number > 0, got {n_neg!r}")
         elif isinstance(n_neg, bool) or not isinstance(n_neg, (int, float)) or not n_neg > 0:
             raise ValueError(f"n_neg must be one of {N_NEG} or a number > 0, got {n_neg!r}")
-        self.reduction, self.positives, self.positive_reduce = reduction, positives, positive_reduce
-        if reduction == "supcon":
-            self.positives = "labels"
-        self.t, self.beta, self.tau_plus = float(t), float(beta), float(tau_plus)
+        self.family, self.positive_reduce, self.reduction = family, positive_reduce, reduction
+        self.positives = "labels" if family == "supcon" else positives
+        self.t = resolve_temperature(t, temperature, default=0.5)
+        self.beta, self.tau_plus = float(beta), float(tau_plus)
         self._check_core()
         self.clamp, self.detach_weights, self.n_neg = bool(clamp), bool(detach_weights), n_neg
         if diagnostics_anchors is not None and (
@@ -175,14 +167,20 @@ class Strategy(nn.Module):
         self._step = 0
         self.last_diagnostics: dict[str, float] = {}
 
+    @property
+    def temperature(self) -> float:
+        """The temperature t (the attribute ``t`` is its short alias)."""
+        return self.t
+
+    @temperature.setter
+    def temperature(self, v: float) -> None:
+        self.t = float(v)
+
     # ----------------------------------------------------------------------------------------
     def _check_core(self) -> None:
-        if not math.isfinite(self.t) or self.t <= 0:
-            raise ValueError(f"t (temperature) must be a finite number > 0, got {self.t!r}")
-        if not math.isfinite(self.beta) or self.beta < 0:
-            raise ValueError(f"beta must be a finite number >= 0, got {self.beta!r}")
-        if not 0.0 <= self.tau_plus < 1.0:
-            raise ValueError(f"tau_plus must lie in [0, 1), got {self.tau_plus!r}")
+        resolve_temperature(self.t, None)
+        check_beta(self.beta)
+        check_tau_plus(self.tau_plus)
 
     def components(self) -> list[nn.Module]:
         return [self.in_batch, *self.sources, *self.filters, *self.weightings]
@@ -202,7 +200,7 @@ class Strategy(nn.Module):
         for key, sch in self.schedules.items():
             v = sch(step)
             for obj in self._targets(key):
-                setattr(obj, key, v)
+                setattr(obj, "t" if key == "temperature" else key, v)
             vals[key] = v
         self._check_core()
         return vals
@@ -217,60 +215,9 @@ class Strategy(nn.Module):
         step: int | None = None,
         negatives: Tensor | None = None,
     ) -> Tensor:
-        from hardneg.losses import weighted_info_nce
-
-        if not isinstance(z1, Tensor):
-            raise TypeError(f"z1 must be a torch.Tensor, got {type(z1).__name__}")
-        if z1.dim() != 2 or z1.shape[0] == 0:
-            raise ValueError(f"z1 must have shape (B, d) with B >= 1, got {tuple(z1.shape)}")
-        if z2 is not None and (not isinstance(z2, Tensor) or z2.shape != z1.shape):
-            raise ValueError(
-                f"z2 must be None or a tensor of z1's shape {tuple(z1.shape)}, got "
-                f"{tuple(z2.shape) if isinstance(z2, Tensor) else type(z2).__name__}"
-            )
-        B = z1.shape[0]
-        dev = z1.device
-        labels = _check_long("labels", labels, B, dev)
-        ids = _check_long("ids", ids, B, dev)
-        if step is None:
-            step = self._step
-        if isinstance(step, bool) or not isinstance(step, int) or step < 0:
-            raise ValueError(f"step must be a non-negative int or None, got {step!r}")
+        z1, z2, labels, ids, step = self._check_inputs(z1, z2, labels, ids, step)
         sched = self.set_step(step)
-        if self.positives == "labels" and labels is None:
-            raise ValueError(f"positives='labels' (reduction={self.reduction!r}) needs labels (B,)")
-        if z2 is None and self.positives != "labels":
-            raise ValueError("one view (z2=None) needs label positives: use reduction='supcon' or positives='labels'")
-        needs_pos = any(getattr(c, "needs_positive", False) for c in [*self.filters, *self.weightings])
-        if needs_pos and z2 is None:
-            raise ValueError("semi-hard / margin / guide filters need a positive per anchor: pass z2")
-
-        if z2 is None:
-            z12, z1n, z2n = None, F.normalize(z1, dim=1), None
-        else:  # one normalisation of [z1; z2] (cheaper backward than two)
-            z12 = F.normalize(torch.cat([z1, z2]), dim=1)
-            z1n, z2n = z12[:B], z12[B:]
-        anchors, cands = self.in_batch.build(z1n, z2n, labels, ids, z12)
-        for s in self.sources:
-            if hasattr(s, "_valid_fn"):
-                ctx0 = StepContext.build(anchors, cands, self.t, self.beta, step)
-                s._valid_fn = lambda S, rows, ctx0=ctx0: self._filtered_valid(S, rows, ctx0)
-                for f in self.filters:
-                    f.begin_step(ctx0)
-            s.extend(anchors, cands, step)
-        if negatives is not None:
-            if not isinstance(negatives, Tensor) or negatives.dim() not in (2, 3) or negatives.shape[-1] != z1.shape[1]:
-                raise ValueError(
-                    f"negatives must have shape (r, {z1.shape[1]}) or (B, r, {z1.shape[1]}), got "
-                    f"{tuple(negatives.shape) if isinstance(negatives, Tensor) else type(negatives).__name__}"
-                )
-            cands.append("explicit", F.normalize(negatives.reshape(-1, z1.shape[1]), dim=1))
-
-        if not self.in_batch.batch_negatives and cands.m == cands.blocks[0][2]:
-            raise ValueError(
-                "no candidate negatives this step: in_batch has batch_negatives=False and the sources "
-                "added no rows (an empty queue at the first step?); keep batch_negatives=True or add a source"
-            )
+        anchors, cands = self._candidates(z1, z2, labels, ids, step, negatives)
         ctx = StepContext.build(anchors, cands, self.t, self.beta, step)
         ctx.growing = any(not getattr(src, "is_full", True) for src in self.sources)
         for c in [*self.filters, *self.weightings]:
@@ -289,41 +236,7 @@ class Strategy(nn.Module):
             and cands.owner is None
             and ctx.id_rule_start() is None
         )
-        lw_fn = None if plain else (lambda S, rows: self._log_weights(S, rows, ctx, acc))
-
-        pos_mode = "labels" if self.positives == "labels" else "index"
-        n_neg = self.n_neg
-        if n_neg == "count":
-            n_neg = None
-        elif n_neg == "nominal":  # every candidate but the anchor itself and its positive view (2B − 2)
-            has_self = bool((anchors.self_index >= 0).any())
-            n_neg = float(cands.m - int(has_self) - int(anchors.pos_index is not None))
-        if pos_mode == "labels" or (plain and label_filter):
-            q_lab, k_lab = anchors.labels, cands.labels
-        else:
-            q_lab = k_lab = None
-        loss = weighted_info_nce(
-            anchors.q,
-            cands.k,
-            t=self.t,
-            pos_index=anchors.pos_index if pos_mode == "index" else None,
-            q_labels=q_lab,
-            k_labels=k_lab,
-            self_index=anchors.self_index,
-            positives=pos_mode,
-            negatives="other_labels" if (plain and label_filter) else "all",
-            beta=self.beta,
-            detach_weights=self.detach_weights,
-            log_weight_fn=lw_fn,
-            n_neg=n_neg,
-            tau_plus=self.tau_plus,
-            clamp=self.clamp,
-            include_positive=self.reduction == "infonce",
-            positive_reduce=self.positive_reduce,
-            reduction="mean",
-            chunk_size=self.chunk_size,
-            normalize=False,
-        )
+        loss = self._kernel(anchors, cands, ctx, acc, plain, label_filter)
         if acc is not None and plain:
             self._diagnostics_pass(ctx, acc)
         for s in self.sources:
@@ -332,14 +245,107 @@ class Strategy(nn.Module):
             w.after_step(ctx)
         if self.training:
             self._step = step + 1
+        self.last_diagnostics = self._diagnostics(loss, step, anchors, cands, sched, acc)
+        return loss
+
+    def _check_inputs(self, z1, z2, labels, ids, step):
+        if not isinstance(z1, Tensor):
+            raise TypeError(f"z1 must be a torch.Tensor, got {type(z1).__name__}")
+        if z1.dim() != 2 or z1.shape[0] == 0:
+            raise ValueError(f"z1 must have shape (B, d) with B >= 1, got {tuple(z1.shape)}")
+        if z2 is not None and (not isinstance(z2, Tensor) or z2.shape != z1.shape):
+            raise ValueError(
+                f"z2 must be None or a tensor of z1's shape {tuple(z1.shape)}, got "
+                f"{tuple(z2.shape) if isinstance(z2, Tensor) else type(z2).__name__}"
+            )
+        B, dev = z1.shape[0], z1.device
+        labels = check_tags("labels", labels, B, dev)
+        ids = check_tags("ids", ids, B, dev)
+        if step is None:
+            step = self._step
+        if isinstance(step, bool) or not isinstance(step, int) or step < 0:
+            raise ValueError(f"step must be a non-negative int or None, got {step!r}")
+        if self.positives == "labels" and labels is None:
+            raise ValueError(f"positives='labels' (family={self.family!r}) needs labels (B,)")
+        if z2 is None and self.positives != "labels":
+            raise ValueError("one view (z2=None) needs label positives: use family='supcon' or positives='labels'")
+        needs_pos = any(getattr(c, "needs_positive", False) for c in [*self.filters, *self.weightings])
+        if needs_pos and z2 is None:
+            raise ValueError("semi-hard / margin / guide filters need a positive per anchor: pass z2")
+        return z1, z2, labels, ids, step
+
+    def _candidates(self, z1, z2, labels, ids, step, negatives) -> tuple[Anchors, Candidates]:
+        """Anchors and every candidate block of the step: the batch, each source, explicit negatives."""
+        B = z1.shape[0]
+        if z2 is None:
+            z12, z1n, z2n = None, safe_normalize(z1), None
+        else:  # one normalisation of [z1; z2] (cheaper backward than two)
+            z12 = safe_normalize(torch.cat([z1, z2]))
+            z1n, z2n = z12[:B], z12[B:]
+        anchors, cands = self.in_batch.build(z1n, z2n, labels, ids, z12)
+        for s in self.sources:
+            if hasattr(s, "_valid_fn"):
+                ctx0 = StepContext.build(anchors, cands, self.t, self.beta, step)
+                s._valid_fn = lambda S, rows, ctx0=ctx0: self._filtered_valid(S, rows, ctx0)
+                for f in self.filters:
+                    f.begin_step(ctx0)
+            s.extend(anchors, cands, step)
+        if negatives is not None:
+            if not isinstance(negatives, Tensor) or negatives.dim() not in (2, 3) or negatives.shape[-1] != z1.shape[1]:
+                raise ValueError(
+                    f"negatives must have shape (r, {z1.shape[1]}) or (B, r, {z1.shape[1]}), got "
+                    f"{tuple(negatives.shape) if isinstance(negatives, Tensor) else type(negatives).__name__}"
+                )
+            cands.append("explicit", safe_normalize(negatives.reshape(-1, z1.shape[1])))
+        if not self.in_batch.batch_negatives and cands.m == cands.blocks[0][2]:
+            raise ValueError(
+                "no candidate negatives this step: in_batch has batch_negatives=False and the sources "
+                "added no rows (an empty queue at the first step?); keep batch_negatives=True or add a source"
+            )
+        return anchors, cands
+
+    def _kernel(self, anchors, cands, ctx, acc, plain: bool, label_filter: bool) -> Tensor:
+        lw_fn = None if plain else (lambda S, rows: self._log_weights(S, rows, ctx, acc))
+        n_neg = self.n_neg
+        if n_neg == "count":
+            n_neg = None
+        elif n_neg == "nominal":  # every candidate but the anchor itself and its positive view (2B − 2)
+            has_self = bool((anchors.self_index >= 0).any())
+            n_neg = float(max(1, cands.m - int(has_self) - int(anchors.pos_index is not None)))
+        by_labels = self.positives == "labels" or (plain and label_filter)
+        return weighted_info_nce(
+            anchors.q,
+            cands.k,
+            t=self.t,
+            pos_index=anchors.pos_index if self.positives == "view" else None,
+            q_labels=anchors.labels if by_labels else None,
+            k_labels=cands.labels if by_labels else None,
+            self_index=anchors.self_index,
+            positives=self.positives,
+            negatives="other_labels" if (plain and label_filter) else "all",
+            beta=self.beta,
+            detach_weights=self.detach_weights,
+            log_weight_fn=lw_fn,
+            n_neg=n_neg,
+            tau_plus=self.tau_plus,
+            clamp=self.clamp,
+            include_positive=self.family == "infonce",
+            positive_reduce=self.positive_reduce,
+            reduction=self.reduction,
+            chunk_size=self.chunk_size,
+            normalize=False,
+        )
+
+    def _diagnostics(self, loss, step, anchors, cands, sched, acc) -> dict[str, float]:
+        lv = loss.detach()
         d: dict[str, float] = {
-            "loss": float(loss.detach()),
+            "loss": float(lv.mean() if lv.dim() else lv),
             "step": float(step),
             "t": self.t,
             "beta": self.beta,
             "n_anchors": float(anchors.n),
             "n_candidates_total": float(cands.m),
-            "filter_fallback_share": self._fallback_rows / max(acc.rows, 1) if acc is not None else float("nan"),
+            "weighting_fallback_share": self._fallback_rows / max(acc.rows, 1) if acc is not None else float("nan"),
         }
         for key, v in sched.items():
             d[f"sched_{key}"] = float(v)
@@ -348,33 +354,23 @@ class Strategy(nn.Module):
         for c in self.components():
             if hasattr(c, "diagnostics") and callable(c.diagnostics):
                 d.update(c.diagnostics())
-        self.last_diagnostics = d
-        return loss
+        return d
 
     # ----------------------------------------------------------------------------------------
     def _filtered_valid(self, S: Tensor, rows: slice, ctx: StepContext) -> Tensor:
+        """Candidates valid after the structural rule and every filter (no fallback: an emptied
+        anchor is skipped)."""
         valid = ctx.base_valid(S, rows)
         for f in self.filters:
-            nv = valid & ~f.drop(S, rows, ctx)
-            empty = ~nv.any(1, keepdim=True)
-            valid = torch.where(empty, valid, nv)
+            valid &= ~f.drop(S, rows, ctx)
         return valid
 
     def _log_weights(
         self, S: Tensor, rows: slice | Tensor, ctx: StepContext, acc: DiagnosticsAccumulator | None
     ) -> Tensor:
         """The kernel's ``log_weight_fn``: masks, filters and weightings for one chunk of anchors."""
-        valid = ctx.base_valid(S, rows)
+        valid = self._filtered_valid(S, rows, ctx)
         fallback = torch.zeros(S.shape[0], dtype=torch.bool, device=S.device)
-        for f in self.filters:
-            nv = valid & ~f.drop(S, rows, ctx)
-            empty = ~nv.any(1)
-            if bool(empty.any()):  # those anchors keep their candidates from before this filter
-                fallback |= empty
-                nv = torch.where(empty[:, None], valid, nv)
-            valid = nv
-        if not self.weightings:
-            return self._record(S, rows, ctx, acc, torch.where(valid, 0.0, NEG_INF).to(S.dtype), fallback)
         lw = None
         for w in self.weightings:
             if w.selects:  # a boolean selection: no float passes
@@ -383,7 +379,7 @@ class Strategy(nn.Module):
             else:
                 a = w.log_weights(S, rows, ctx, valid)
                 nv = valid & (a != NEG_INF)
-            empty = ~nv.any(1)
+            empty = ~nv.any(1) & valid.any(1)
             if bool(empty.any()):  # this weighting would remove every candidate: ignore it there
                 fallback |= empty
                 if a is not None:

@@ -34,8 +34,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from hardneg.losses.tilt import tilt_log_weights
 from hardneg.negatives.context import StepContext
-from hardneg.negatives.sources import simple_repr
+from hardneg.negatives.sources import register_kind, simple_repr
 
 NEG_INF = float("-inf")
 
@@ -78,6 +79,9 @@ def distance_weighted_log_weights(S: Tensor, dim: int, cutoff: float = 0.5, nonz
 # ---------------------------------------------------------------------------------------------
 
 
+WEIGHTINGS: dict[str, type] = {}  # kind -> Weighting subclass, filled as subclasses are defined
+
+
 class Weighting(nn.Module):
     """Base class. ``log_weights(S, rows, ctx, valid)`` returns (c×m) extra log-weights.
 
@@ -90,6 +94,10 @@ class Weighting(nn.Module):
     schedulable: tuple[str, ...] = ()
     needs_positive = False
     selects = False
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        register_kind(WEIGHTINGS, cls)
 
     def select(self, S: Tensor, rows: slice, ctx: StepContext, valid: Tensor) -> Tensor:  # pragma: no cover
         raise NotImplementedError
@@ -224,7 +232,7 @@ class Tilt(Weighting):
         self.beta = float(beta)
 
     def log_weights(self, S: Tensor, rows: slice, ctx: StepContext, valid: Tensor) -> Tensor:
-        return S * (self.beta / ctx.t)
+        return tilt_log_weights(S, self.beta, ctx.t)
 
 
 class DistanceWeighted(Weighting):
@@ -510,14 +518,7 @@ class Calibrated(Weighting):
         for _ in range(self.train_steps):
             # sample negatives among each anchor's base-valid candidates (not self / positive / same id)
             cols = torch.randint(ctx.m, (len(rows_all), self.neg_per_anchor * 2), generator=self.gen).to(q.device)
-            ok = torch.ones_like(cols, dtype=torch.bool)
-            ok &= cols != ctx.self_index[rows_all][:, None]
-            ok &= cols != ctx.pos_index[rows_all][:, None]
-            if ctx.q_ids is not None and ctx.k_ids is not None:
-                ok &= ctx.k_ids[cols] != ctx.q_ids[rows_all][:, None]
-            if ctx.owner is not None:
-                ow = ctx.owner[cols]
-                ok &= (ow == -1) | (ow == rows_all[:, None])
+            ok = ctx.relations.valid_at(rows_all, cols)
             # take the first neg_per_anchor valid draws (replace invalid by the anchor's first valid)
             order = torch.argsort((~ok).to(torch.int8), dim=1, stable=True)[:, : self.neg_per_anchor]
             cols = torch.gather(cols, 1, order)
@@ -527,8 +528,5 @@ class Calibrated(Weighting):
         return {"calibrator_bce": self.last_bce}
 
 
-WEIGHTINGS: dict[str, type[Weighting]] = {
-    c.kind: c for c in (Uniform, TopK, SemiHard, Tilt, DistanceWeighted, ClusterGuided, Calibrated)
-}
 
 LogWeightFn = Callable[[Tensor, slice], Tensor]

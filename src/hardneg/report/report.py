@@ -179,9 +179,9 @@ def write_report(out_dir: str | Path, *, docs_path: str | Path | None = None) ->
         )
     )
     for key, title in (
-        ("hardest_is_false", "hardest in-batch negative has the anchor's class"),
-        ("false_mass_tilted", "tilted π mass on same-class candidates"),
-        ("eff_negatives_tilted", "effective negatives under tilt / candidates"),
+        ("hardest_fn_share", "hardest in-batch negative has the anchor's class"),
+        ("fn_weight_share", "tilted π weight on same-class candidates"),
+        ("ess", "effective number of negatives 1/Σπ² under the tilt"),
     ):
         figs.append(
             (

@@ -46,7 +46,8 @@ class ModelConfig(_Strict):
 
 class LossConfig(_Strict):
     """``name`` is ucl, scl, supcon, hucl, dcl, hscl (or a strategy preset); ``params`` its keyword args
-    (``t``, ``beta``, ``tau_plus``, ...), checked against the loss's signature."""
+    (``t``, ``beta``, ``tau_plus``, ...), checked against the loss's signature. A full strategy
+    (sources, filters, weightings, schedules) is the top-level ``strategy:`` mapping instead."""
 
     name: str = "ucl"
     params: dict[str, float | int | bool | str] = Field(default_factory=dict)
@@ -70,6 +71,9 @@ class TrainLoopConfig(_Strict):
     checkpoint_every: int = Field(default=100, gt=0)
     log_every: int = Field(default=1, gt=0)
     progress: bool = True
+    #: momentum m of the key encoder θ_k ← m θ_k + (1 − m) θ_q that encodes the second view when the
+    #: strategy stores keys (a queue source; MoCo's m = 0.999); null: the model itself encodes them
+    key_momentum: float | None = Field(default=0.999, ge=0, lt=1)
 
 
 class EvalConfig(_Strict):
@@ -93,15 +97,46 @@ class BoundsConfig(_Strict):
     t: float | None = Field(default=None, gt=0)
 
 
+_BOTH = (
+    "give either 'loss' (a named loss or preset with flat params) or 'strategy' (the mapping of "
+    "hardneg.negatives.from_config), not both"
+)
+
+
+def _one_objective(data: Any) -> Any:
+    """A ``strategy:`` mapping replaces the default ``loss``; both at once are refused."""
+    if isinstance(data, dict) and data.get("strategy") is not None:
+        if data.get("loss") is not None:
+            raise ValueError(_BOTH)
+        data = {**data, "loss": None}
+    return data
+
+
 class RunConfig(_Strict):
+    """One training run. The objective is ``loss`` (default ``ucl``) or ``strategy``: the full mapping
+    :func:`hardneg.negatives.from_config` takes (``name``, preset options, ``source``, ``filters``,
+    ``weighting``, ``schedule``, ...), passed to it untouched."""
+
     data: DataConfig = Field(default_factory=DataConfig)
     augment: AugmentConfig = Field(default_factory=AugmentConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
-    loss: LossConfig = Field(default_factory=LossConfig)
+    loss: LossConfig | None = Field(default_factory=LossConfig)
+    strategy: dict[str, Any] | None = None
     optim: OptimConfig = Field(default_factory=OptimConfig)
     train: TrainLoopConfig = Field(default_factory=TrainLoopConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
     bounds: BoundsConfig = Field(default_factory=BoundsConfig)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _objective(cls, data: Any) -> Any:
+        return _one_objective(data)
+
+    @model_validator(mode="after")
+    def _has_objective(self) -> RunConfig:
+        if self.loss is None and self.strategy is None:
+            raise ValueError("loss: null needs a 'strategy' mapping (or leave loss out for the default ucl)")
+        return self
 
     @field_validator("augment")
     @classmethod
@@ -113,11 +148,31 @@ class RunConfig(_Strict):
 
 
 class GridLoss(_Strict):
-    """One loss of the grid; ``tilted`` losses (those with a β) are run once per β of the grid."""
+    """One loss of the grid: ``name`` + ``params`` (as ``loss:``) or ``strategy`` (as ``strategy:``);
+    tilted losses (those with a β) are run once per β of the grid."""
 
-    name: str
+    name: str | None = None
     params: dict[str, float | int | bool | str] = Field(default_factory=dict)
+    strategy: dict[str, Any] | None = None
     label: str | None = None
+
+    @model_validator(mode="after")
+    def _one(self) -> GridLoss:
+        if (self.name is None) == (self.strategy is None):
+            raise ValueError("each grid loss needs exactly one of 'name' (with 'params') or 'strategy'")
+        if self.strategy is not None and self.params:
+            raise ValueError("a grid loss with 'strategy' takes its options inside the mapping, not in 'params'")
+        return self
+
+    @property
+    def loss_name(self) -> str:
+        """The named loss, or the strategy's preset (``from_config``'s default ``ucl`` when unnamed)."""
+        return self.name if self.name is not None else str((self.strategy or {}).get("name", "ucl"))
+
+    @property
+    def title(self) -> str:
+        """The run label: ``label``, else :attr:`loss_name`."""
+        return self.label or self.loss_name
 
 
 class GridConfig(_Strict):
@@ -131,7 +186,7 @@ class GridConfig(_Strict):
             raise ValueError(f"grid.betas must be >= 0, got {self.betas}")
         if any(s < 0 for s in self.seeds) or len(set(self.seeds)) != len(self.seeds):
             raise ValueError(f"grid.seeds must be distinct non-negative ints, got {self.seeds}")
-        labels = [g.label or g.name for g in self.losses]
+        labels = [g.title for g in self.losses]
         if len(set(labels)) != len(labels):
             raise ValueError(f"grid.losses need distinct names/labels, got {labels}")
         return self

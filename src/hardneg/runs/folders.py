@@ -16,6 +16,7 @@ A run folder holds the files named in :data:`RUN_FILES`; a compare folder those 
 
 from __future__ import annotations
 
+import fnmatch
 import json
 import os
 from pathlib import Path
@@ -38,16 +39,20 @@ RUN_FILES = (MARKER, CONFIG, METRICS, CHECKPOINT, SUMMARY, MODEL, EMBEDDINGS, RE
 #: every file hardneg writes at the top of a compare folder (the grid's config, the report and its plots)
 COMPARE_FILES = (
     MARKER, CONFIG, RESULTS, REPORT, "accuracy_vs_beta.png", "loss_curves.png", "knn_curves.png",
-    "diag_hardest_is_false.png", "diag_false_mass_tilted.png", "diag_eff_negatives_tilted.png",
     "align.png", "uniform.png", "bounds.png", "embedding_map.png",
 )
+#: plus one plot per negative diagnostic, ``diag_<name>.png`` (the report chooses which diagnostics)
+COMPARE_PATTERNS = ("diag_*.png",)
 KINDS = {"run": RUN_FILES, "compare": COMPARE_FILES}
+PATTERNS: dict[str, tuple[str, ...]] = {"run": (), "compare": COMPARE_PATTERNS}
 _SHOWN = 5  # entries named in a refusal
 
 
-def _owned_name(name: str, kind: str) -> bool:
-    files = KINDS[kind]
-    return name in files or temp_target(name) in files
+def owned_name(name: str, kind: str) -> bool:
+    """True when hardneg writes a file called ``name`` into an output of ``kind`` (or it is the
+    temporary of such a file)."""
+    target = temp_target(name) or name
+    return target in KINDS[kind] or any(fnmatch.fnmatchcase(target, p) for p in PATTERNS[kind])
 
 
 def read_marker(folder: str | os.PathLike[str]) -> str | None:
@@ -81,7 +86,7 @@ def foreign_entries(folder: str | os.PathLike[str], kind: str) -> list[str]:
                     out.append(f"{RUNS}/{r.name}" + ("/" if r.is_dir() else ""))
                 else:
                     out += [f"{RUNS}/{r.name}/{x}" for x in foreign_entries(r, "run")]
-        elif p.is_dir() or p.is_symlink() or not _owned_name(p.name, kind):
+        elif p.is_dir() or p.is_symlink() or not owned_name(p.name, kind):
             out.append(p.name + ("/" if p.is_dir() else ""))
     return out
 
@@ -107,7 +112,7 @@ def clear_output(folder: str | os.PathLike[str], kind: str) -> None:
             r.rmdir()
         (d / RUNS).rmdir()
     for p in d.iterdir():
-        if p.name != MARKER and _owned_name(p.name, kind):
+        if p.name != MARKER and owned_name(p.name, kind):
             p.unlink()
     (d / MARKER).unlink(missing_ok=True)  # last: an interrupted clear stays recognisable
 

@@ -22,7 +22,7 @@ from typing import Any
 
 from hardneg import runs
 from hardneg.runs import RunSpec, collect, expand_grid, run_config
-from hardneg.train.losses_from_config import build_loss
+from hardneg.train.losses_from_config import build_objective
 
 __all__ = ["RunSpec", "collect", "expand_grid", "run_compare", "run_config"]
 
@@ -47,8 +47,9 @@ def run_compare(
     if resume and overwrite:
         raise ValueError("pass at most one of --resume and --overwrite")
     specs = expand_grid(cfg)
-    for spec in specs:
-        build_loss(spec.loss, spec.params)
+    for spec in specs:  # an unknown loss, preset or option is refused before anything is written
+        if spec.seed == cfg.grid.seeds[0]:
+            build_objective(run_config(cfg, spec))
     d = cfg.data
     train = load_named(d.name, "train", data_dir=d.data_dir, limit=d.train_limit, seed=d.split_seed)
     test = load_named(d.name, "test", data_dir=d.data_dir, limit=d.test_limit, seed=d.split_seed)

@@ -4,6 +4,8 @@ Names ucl, scl, supcon, hucl, dcl, hscl, triplet, margin, decoupled are the func
 :mod:`hardneg.losses` (UCL/SCL/H-UCL/H-SCL as in Jiang et al. 2022, arXiv 2209.00078; H-UCL is
 Robinson et al. 2021's HCL; DCL is Chuang et al. 2020; SupCon is Khosla et al. 2020). Any other name is
 looked up in the strategy registry (:func:`hardneg.negatives.registry.create_strategy`) when it exists.
+A training config's ``strategy:`` mapping goes to :func:`hardneg.negatives.registry.from_config` as is
+(:func:`build_objective`).
 """
 
 from __future__ import annotations
@@ -14,6 +16,9 @@ from typing import Any
 
 import torch
 
+from hardneg.negatives import registry
+from hardneg.negatives.strategy import Strategy
+from hardneg.runs.config import RunConfig
 from hardneg.runs.grid import has_beta as has_beta
 
 LossFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
@@ -54,19 +59,39 @@ def build_loss(name: str, params: dict[str, Any] | None = None) -> LossFn:
 
         loss_fn.__name__ = f"{name}({', '.join(f'{k}={v}' for k, v in params.items())})"
         return loss_fn
-    try:
-        from hardneg.negatives import registry
-    except ImportError:  # pragma: no cover - the strategies package is part of hardneg on main
-        raise ValueError(f"unknown loss {name!r}; expected one of {', '.join(NAMED)}") from None
     if name not in registry.list_strategies():
         raise ValueError(
             f"unknown loss {name!r}; expected one of {', '.join(NAMED)} or a strategy preset "
             f"({', '.join(registry.list_strategies())})"
         )
-    strat = registry.create_strategy(name, **params)  # ValueError names a bad option
+    return registry.create_strategy(name, **params)  # ValueError names a bad option
 
-    def strat_fn(z1: torch.Tensor, z2: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        return strat(z1, z2, labels)
 
-    strat_fn.strategy = strat  # type: ignore[attr-defined]
-    return strat_fn
+def build_objective(cfg: RunConfig) -> LossFn:
+    """The training objective of a run config: its ``strategy:`` mapping built by
+    :func:`hardneg.negatives.registry.from_config` (a :class:`~hardneg.negatives.strategy.Strategy`),
+    else ``loss.name`` / ``loss.params`` through :func:`build_loss`.
+
+    Every problem (unknown preset, option or kind, bad value, missing file) raises ``ValueError`` or
+    ``FileNotFoundError`` naming the config section, so a run can be refused before anything is written.
+    """
+    if cfg.strategy is not None:
+        try:
+            return registry.from_config(cfg.strategy)
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"strategy: {e}") from None
+        except FileNotFoundError as e:
+            raise FileNotFoundError(f"strategy: {e}") from None
+    if cfg.loss is None:  # pragma: no cover - RunConfig refuses a config with neither
+        raise ValueError("the config has neither 'loss' nor 'strategy'")
+    try:
+        return build_loss(cfg.loss.name, cfg.loss.params)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"loss: {e}") from None
+
+
+def strategy_of(loss_fn: Any) -> Strategy | None:
+    """The :class:`~hardneg.negatives.strategy.Strategy` behind a loss: the loss itself or its
+    ``strategy`` attribute (a wrapper that exposes the strategy it calls); None for plain functions."""
+    s = getattr(loss_fn, "strategy", loss_fn)
+    return s if isinstance(s, Strategy) else None

@@ -1,5 +1,11 @@
 """The Trainer: two-view contrastive training (SimCLR layout, Chen et al. 2020) with any loss
-``loss_fn(z1, z2, labels) -> scalar``, exact resume, per-epoch evaluation and the bound check.
+``loss_fn(z1, z2, labels) -> scalar`` or a :class:`~hardneg.negatives.strategy.Strategy`, exact resume,
+per-epoch evaluation and the bound check.
+
+A strategy is called with the dataset indices of the batch as sample ids and the global step; its
+per-step diagnostics go to ``metrics.jsonl`` (prefixed ``neg_``). When it stores keys (a queue), the
+second view is encoded by a momentum copy of the model (MoCo's key encoder, ``train.key_momentum``),
+updated after every optimiser step and checkpointed with the rest.
 
 Determinism: the model is initialised right after :func:`hardneg.seed.seed_everything`, batches come
 from a permutation drawn from a data generator, augmentations from a separate augmentation generator;
@@ -25,19 +31,24 @@ from torch import nn
 from hardneg.data.augment import Augment
 from hardneg.data.base import dataset_to_tensors, load_named
 from hardneg.eval.align_uniform import alignment, uniformity
+from hardneg.eval.diagnostics import two_view_diagnostics
 from hardneg.eval.knn import knn_predict
 from hardneg.eval.linear_probe import linear_probe, per_class_and_confusion
 from hardneg.io import atomic_torch_save, atomic_write_text
 from hardneg.models.encoders import ContrastiveModel, build_model_from_config
+from hardneg.negatives.queue import MomentumEncoder, needs_key_encoder
+from hardneg.negatives.strategy import Strategy
 from hardneg.runs.config import RunConfig, dump_config
 from hardneg.runs.metrics import metrics_problem, repair_metrics
 from hardneg.runs.metrics import read_metrics as read_metrics
 from hardneg.seed import seed_everything
 from hardneg.train import checkpoint as ck
-from hardneg.train.losses_from_config import build_loss
+from hardneg.train.losses_from_config import build_objective, strategy_of
 
 LossFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 EVAL_BATCH = 512  # size of the fixed two-view test batch for alignment/uniformity/diagnostics
+#: strategy diagnostics the step record already holds under its own names
+_STEP_RECORD_KEYS = ("loss", "step")
 
 
 class NonFiniteLossError(ValueError):
@@ -77,35 +88,36 @@ def lr_lambda(cfg: RunConfig, total_steps: int) -> Callable[[int], float]:
     return f
 
 
-def _loss_beta_t(cfg: RunConfig) -> tuple[float, float]:
-    p = cfg.loss.params
-    beta = cfg.bounds.beta if cfg.bounds.beta is not None else float(p.get("beta", 1.0))
-    t = cfg.bounds.t if cfg.bounds.t is not None else float(p.get("t", 0.5))
+def _loss_beta_t(cfg: RunConfig, strategy: Strategy | None = None) -> tuple[float, float]:
+    """β and t of the bound check and the evaluation diagnostics: ``bounds.beta`` / ``bounds.t``, else
+    the training objective's (a strategy's attributes, a named loss's params), else β = 1, t = 0.5."""
+    if strategy is not None:
+        beta0 = float(strategy.beta)
+        t0 = float(getattr(strategy, "temperature", None) or strategy.t)
+    else:
+        p = cfg.loss.params if cfg.loss is not None else {}
+        beta0, t0 = float(p.get("beta", 1.0)), float(p.get("t", 0.5))
+    beta = cfg.bounds.beta if cfg.bounds.beta is not None else beta0
+    t = cfg.bounds.t if cfg.bounds.t is not None else t0
     return beta, t
 
 
-def _strategy_diagnostics(z1: torch.Tensor, z2: torch.Tensor, y: torch.Tensor, *, beta: float, t: float) -> dict:
-    """The strategies' diagnostics (:func:`hardneg.negatives.diagnostics.negative_diagnostics`) of the
-    tilted in-batch distribution π ∝ e^{βs/t} over all other views except the positive, prefixed ``pi_``."""
-    try:
-        from hardneg.negatives.diagnostics import negative_diagnostics as strat_diag
-    except ImportError:  # pragma: no cover - the strategies package is part of hardneg on main
-        return {}
-    z = torch.cat([z1, z2])
-    n, B = z.shape[0], z1.shape[0]
-    idx = torch.arange(n)
-    yy = torch.cat([y, y])
-    d = strat_diag(z, z, t=t, pos_index=(idx + B) % n, self_index=idx, q_labels=yy, k_labels=yy, beta=beta)
-    return {f"pi_{k}": float(v) for k, v in d.items()}
+def _json_float(v: float) -> float | None:
+    """Six significant digits (the diagnostics are estimates; keeps metrics.jsonl small); null when
+    not finite (valid JSON)."""
+    v = float(v)
+    return float(f"{v:.6g}") if math.isfinite(v) else None
 
 
 class Trainer:
     """Train ``model`` with ``loss_fn`` on ``train_data`` as configured, writing to ``run_dir``.
 
     Everything not passed is built from ``config``: data (:func:`hardneg.data.base.load_named`), model
-    (:func:`hardneg.models.build_model`), loss (:func:`hardneg.train.losses_from_config.build_loss`).
+    (:func:`hardneg.models.build_model`), loss or strategy
+    (:func:`hardneg.train.losses_from_config.build_objective`, before anything is written).
     ``train_data`` / ``test_data`` are ``(X, y)`` tensors or datasets following
-    :class:`hardneg.data.base.LabeledImageDataset`.
+    :class:`hardneg.data.base.LabeledImageDataset`. ``loss_fn`` may be a plain callable or a
+    :class:`~hardneg.negatives.strategy.Strategy` (called with sample ids and the step).
     """
 
     def __init__(
@@ -130,8 +142,8 @@ class Trainer:
         self._config_text = dump_config(config)
         self._repair_metrics = repair_metrics
         c = config
-        # everything that can refuse the config (loss, data, sizes) runs before the folder is touched
-        self.loss_fn = loss_fn if loss_fn is not None else build_loss(c.loss.name, c.loss.params)
+        # everything that can refuse the config (objective, data, sizes) runs before the folder is touched
+        self.loss_fn = loss_fn if loss_fn is not None else build_objective(config)
         if c.train.threads:
             torch.set_num_threads(c.train.threads)
         if train_data is None:
@@ -156,10 +168,13 @@ class Trainer:
         self.resumed = ck.prepare_run_dir(self.run_dir, self._config_text, resume=resume, overwrite=overwrite)
         strategy = getattr(self.loss_fn, "strategy", self.loss_fn)
         self._strategy: torch.nn.Module | None = strategy if isinstance(strategy, torch.nn.Module) else None
+        #: the Strategy behind the loss (ids, step, diagnostics, key encoder), None for plain functions
+        self.strategy: Strategy | None = strategy_of(self.loss_fn)
         seed_everything(c.train.seed)
         if model is None:
             model = build_model_from_config(c.model, self.X.shape[1:])
         self.model = model
+        self.key_encoder = self._build_key_encoder()
         self.augment = Augment(tuple(c.augment.crop_scale), c.augment.flip_p, c.augment.noise_std, c.augment.erase_p)
         self.opt = torch.optim.AdamW(self.model.parameters(), lr=c.optim.lr, weight_decay=c.optim.weight_decay)
         self.steps_per_epoch = self.X.shape[0] // c.train.batch_size
@@ -175,7 +190,7 @@ class Trainer:
         self.last_ckpt: Path | None = None
         self._stop = 0  # the signal number that asked training to stop
         self._evaluating = False
-        self.bounds_beta, self.bounds_t = _loss_beta_t(c)
+        self.bounds_beta, self.bounds_t = _loss_beta_t(c, self.strategy)
         if self.resumed:
             self._restore()
 
@@ -198,6 +213,7 @@ class Trainer:
             "config_sha256": ck.config_digest(self._config_text),
             # a strategy's own state (queue contents, adversarial bank, step counter of its schedules)
             "strategy": self._strategy.state_dict() if self._strategy is not None else None,
+            "key_encoder": self.key_encoder.state_dict() if self.key_encoder is not None else None,
         }
 
     def save_checkpoint(self) -> Path:
@@ -235,6 +251,8 @@ class Trainer:
         self.epoch_loss = list(st["epoch_loss"])
         if self._strategy is not None and st.get("strategy") is not None:
             self._strategy.load_state_dict(st["strategy"])
+        if self.key_encoder is not None and st.get("key_encoder") is not None:
+            self.key_encoder.load_state_dict(st["key_encoder"])
         if problem is not None:
             repair_metrics(self.run_dir, st["metrics_bytes"])
         elif mp.exists():
@@ -274,8 +292,6 @@ class Trainer:
     def evaluate(self, *, probe: bool) -> dict[str, Any]:
         """kNN (k, t of the config) on frozen features; optional linear probe; alignment/uniformity and
         negative diagnostics on a fixed two-view batch of test images (fixed generator)."""
-        from hardneg.eval.diagnostics import negative_diagnostics
-
         e = self.cfg.eval
         ftr, fte = self.embed(self.X), self.embed(self.Xt)
         pred = knn_predict(ftr, self.y, fte, k=e.knn_k, t=e.knn_t, num_classes=self.num_classes)
@@ -296,9 +312,45 @@ class Trainer:
         out["align"] = alignment(z1, z2)
         out["uniform"] = uniformity(z1)
         if e.diagnostics:
-            out["diag"] = negative_diagnostics(z1, z2, yb, beta=self.bounds_beta, t=self.bounds_t)
-            out["diag"].update(_strategy_diagnostics(z1, z2, yb, beta=self.bounds_beta, t=self.bounds_t))
+            out["diag"] = two_view_diagnostics(z1, z2, yb, beta=self.bounds_beta, t=self.bounds_t)
         return out
+
+    # ------------------------------------------------------------------ objective
+    def _build_key_encoder(self) -> MomentumEncoder | None:
+        """A momentum copy of the model when the strategy stores keys (MoCo, He et al. 2020) and
+        ``train.key_momentum`` is set; None otherwise."""
+        m = self.cfg.train.key_momentum
+        if m is None or self.strategy is None or not needs_key_encoder(self.strategy):
+            return None
+        return MomentumEncoder(self.model, momentum=m)
+
+    def _embed_views(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Two augmented views of ``x`` through the model, or the second through the key encoder
+        (no gradient) when there is one."""
+        v1, v2 = self.augment(x, self.g_aug), self.augment(x, self.g_aug)
+        if self.key_encoder is None:
+            z1, z2 = self.model(torch.cat([v1, v2])).chunk(2)
+            return z1, z2
+        self.key_encoder.train(self.model.training)
+        return self.model(v1), self.key_encoder(v2)
+
+    def _compute_loss(self, z1: torch.Tensor, z2: torch.Tensor, y: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+        """The loss of one batch: a strategy gets the batch's dataset indices as ``ids`` and the global step."""
+        if isinstance(self.loss_fn, Strategy):
+            return self.loss_fn(z1, z2, y, ids=ids, step=self.step)
+        return self.loss_fn(z1, z2, y)
+
+    def _after_update(self) -> None:
+        """After the optimiser step: move the key encoder towards the model."""
+        if self.key_encoder is not None:
+            self.key_encoder.update(self.model)
+
+    def _step_diagnostics(self) -> dict[str, float | None]:
+        """The strategy's diagnostics of the last step (``Strategy.last_diagnostics``) prefixed ``neg_``."""
+        if self.strategy is None:
+            return {}
+        d = self.strategy.last_diagnostics
+        return {f"neg_{k}": _json_float(v) for k, v in d.items() if k not in _STEP_RECORD_KEYS}
 
     # ------------------------------------------------------------------ training
     def _on_signal(self, signum: int, frame: Any) -> None:
@@ -384,12 +436,10 @@ class Trainer:
                         self._interrupt()
                     idx = self.perm[self.batch_idx * bs : (self.batch_idx + 1) * bs]
                     x, y = self.X[idx], self.y[idx]
-                    v = torch.cat([self.augment(x, self.g_aug), self.augment(x, self.g_aug)])
-                    z = self.model(v)
-                    if not bool(torch.isfinite(z.detach()).all()):
+                    z1, z2 = self._embed_views(x)
+                    if not bool(torch.isfinite(z1.detach()).all() and torch.isfinite(z2.detach()).all()):
                         self._nonfinite("the embeddings contain NaN/inf")
-                    z1, z2 = z.chunk(2)
-                    loss = self.loss_fn(z1, z2, y)
+                    loss = self._compute_loss(z1, z2, y, idx)
                     lv = float(loss.detach())
                     if not math.isfinite(lv):
                         self._nonfinite(f"loss is {lv}")
@@ -399,13 +449,15 @@ class Trainer:
                         nn.utils.clip_grad_norm_(self.model.parameters(), c.optim.grad_clip)
                     lr = self.opt.param_groups[0]["lr"]
                     self.opt.step()
+                    self._after_update()
                     self.sched.step()
                     self.step += 1
                     self.batch_idx += 1
                     self.epoch_loss[0] += lv
                     self.epoch_loss[1] += 1
                     if self.step % c.train.log_every == 0:
-                        self._log({"type": "step", "step": self.step, "epoch": self.epoch + 1, "loss": lv, "lr": lr})
+                        srec = {"type": "step", "step": self.step, "epoch": self.epoch + 1, "loss": lv, "lr": lr}
+                        self._log({**srec, **self._step_diagnostics()})
                     if c.bounds.enabled and self.step % c.bounds.every == 0:
                         from hardneg.eval.bounds import bound_terms
 
@@ -453,8 +505,9 @@ class Trainer:
         n = min(2000, self.Xt.shape[0])
         atomic_torch_save({"features": self.embed(self.Xt[:n]), "labels": self.yt[:n]}, self.run_dir / ck.EMBEDDINGS)
         summary = {
-            "loss": self.cfg.loss.name,
-            "params": self.cfg.loss.params,
+            "loss": self.cfg.loss.name if self.cfg.loss is not None else None,
+            "params": self.cfg.loss.params if self.cfg.loss is not None else None,
+            "strategy": self.cfg.strategy,
             "seed": self.cfg.train.seed,
             "epochs": self.cfg.train.epochs,
             "steps": self.step,

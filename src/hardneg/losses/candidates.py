@@ -1,0 +1,182 @@
+r"""Which candidates are an anchor's positives and negatives: the one definition.
+
+Every part of hardneg that decides whether candidate ``j`` may be a negative of anchor ``i`` — the
+kernel, the strategies' filters and weightings, their diagnostics, the bound check, triplet/margin,
+the calibrator and the sentence-transformers loss — uses this module. The rules:
+
+**Structure.** With anchors ``q`` (n×d) and candidates ``k`` (m×d):
+
+- ``self_index[i]``: the column of anchor i itself in ``k`` (−1 where absent) — never a candidate;
+- ``pos_index[i]``: the column of anchor i's positive (``positives="view"``; −1 where it has none)
+  — never a negative;
+- ``ids``: sample ids; a candidate with the anchor's id (another view of the same sample) is never
+  a negative;
+- ``owner[j]``: −1 for a candidate shared by every anchor, else the one anchor that may use it (a
+  pool neighbour or a synthetic negative built for that anchor).
+
+**Labels.** Labels and ids are integers ≥ −1; **−1 means unknown**: an unknown label is never
+"the same label" as anything (not a positive under ``positives="labels"``, not removed by a label
+filter), an unknown id matches nothing. Values below −1 are refused everywhere.
+
+**Two views.** The named losses and :class:`~hardneg.negatives.InBatch` stack the views as
+``[z1; z2]``: row i's positive is row i + B and vice versa (:func:`two_view_index`).
+
+**An anchor with no negative or no positive is skipped** (one policy, applied everywhere): it
+contributes no loss and no gradient and is left out of the mean, as pytorch-metric-learning's
+reducers and the SupCon paper's code skip anchors without a positive. This covers a singleton
+class under SupCon, an anchor whose every candidate a filter removed, an anchor whose every
+candidate shares its label under SCL. A call in which *every* anchor is skipped raises
+``ValueError`` saying why (a batch of one sample, one class only, filters that remove everything).
+Strategies count the skipped anchors in their diagnostics (``skipped_share``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from hardneg.losses.checks import UNKNOWN
+
+_SMALLEST_NORM = 1e-6  # well above F.normalize's eps and float32 underflow of the squares
+
+
+def safe_normalize(x: Tensor) -> Tensor:
+    """L2-normalise rows; rows whose squared norm overflows (entries near 1e19 in float32) are
+    rescaled by their largest entry first, and so are rows so small that F.normalize's ε (1e-12)
+    would distort them (all-zero rows stay zero). Normalisation is scale invariant, so values and
+    gradients are those of the exact unit vectors."""
+    norms = torch.linalg.vector_norm(x.detach(), dim=1)
+    if bool(torch.isfinite(norms).all()) and bool((norms > _SMALLEST_NORM).all()):
+        return F.normalize(x, dim=1)
+    scale = x.detach().abs().amax(1, keepdim=True).clamp(min=torch.finfo(x.dtype).tiny)
+    return F.normalize(x / scale, dim=1)
+
+
+# ---------------------------------------------------------------------------------------------
+# the two-view layout
+# ---------------------------------------------------------------------------------------------
+
+
+def two_view_index(B: int, device: torch.device | None = None) -> tuple[Tensor, Tensor]:
+    """``(pos_index, self_index)`` of the stacked views ``[z1; z2]`` (2B rows): row i's positive
+    is row i + B and row i + B's is row i; each row is itself."""
+    ar = torch.arange(B, device=device)
+    return torch.cat([ar + B, ar]), torch.arange(2 * B, device=device)
+
+
+def repeat_two_views(x: Tensor | None) -> Tensor | None:
+    """Per-sample side information (labels, ids) for the stacked views: ``[x; x]``."""
+    return None if x is None else torch.cat([x, x])
+
+
+# ---------------------------------------------------------------------------------------------
+# labels
+# ---------------------------------------------------------------------------------------------
+
+
+def dense_labels(q_labels: Tensor, k_labels: Tensor) -> tuple[Tensor, Tensor, int]:
+    """Relabel anchors' and candidates' labels to ``0..L−1``; every unknown (−1) entry gets a class
+    of its own, so it is never "the same label" as anything. Returns ``(q, k, L)``."""
+    y = torch.cat([q_labels, k_labels])
+    unknown = y == UNKNOWN
+    if bool(unknown.any()):
+        y = y.clone()
+        top = int(y.max()) + 1
+        y[unknown] = top + torch.arange(int(unknown.sum()), device=y.device)
+    uniq, inv = torch.unique(y, return_inverse=True)
+    n = q_labels.shape[0]
+    return inv[:n], inv[n:], int(uniq.numel())
+
+
+def same_known_label(q_labels: Tensor, k_labels: Tensor) -> Tensor:
+    """(n×m) bool: both labels known and equal."""
+    return (q_labels[:, None] == k_labels[None, :]) & (k_labels[None, :] != UNKNOWN) & (q_labels[:, None] != UNKNOWN)
+
+
+# ---------------------------------------------------------------------------------------------
+# relations of one step's anchors and candidates
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Relations:
+    """Who the anchors and candidates are; answers "may j be a negative of i?" for a chunk of anchors.
+
+    All tensors are on one device; ``q_*`` have n entries, ``k_*`` and ``owner`` m entries.
+    ``id_start`` is the first candidate column where the same-id rule can matter (None: nowhere), a
+    shortcut the caller may give when it knows the batch block holds unique ids.
+    """
+
+    m: int
+    self_index: Tensor | None = None
+    pos_index: Tensor | None = None
+    q_labels: Tensor | None = None
+    k_labels: Tensor | None = None
+    q_ids: Tensor | None = None
+    k_ids: Tensor | None = None
+    owner: Tensor | None = None
+    id_start: int | None = 0
+
+    @staticmethod
+    def rows_of(rows: slice | Tensor, device: torch.device) -> Tensor:
+        """Global anchor indices of ``rows`` (a slice or an index tensor)."""
+        if isinstance(rows, slice):
+            return torch.arange(rows.start, rows.stop, device=device)
+        return rows.to(device)
+
+    def valid(self, rows: slice | Tensor, device: torch.device) -> Tensor:
+        """(c×m) bool: candidates that may be negatives of anchors ``rows`` before any filter: not
+        the anchor itself, not its positive, not a candidate with the anchor's (known) id, and
+        owned by the anchor or shared."""
+        gid = self.rows_of(rows, device)
+        c = gid.shape[0]
+        r = torch.arange(c, device=device)
+        valid = torch.ones(c, self.m, dtype=torch.bool, device=device)
+        for col in (self.self_index, self.pos_index):
+            if col is not None:
+                cc = col[gid]
+                has = cc >= 0
+                valid[r[has], cc[has]] = False
+        if self.q_ids is not None and self.k_ids is not None and self.id_start is not None:
+            s = self.id_start
+            qi = self.q_ids[gid]
+            valid[:, s:] &= ~((qi[:, None] == self.k_ids[None, s:]) & (qi[:, None] != UNKNOWN))
+        if self.owner is not None:
+            valid &= (self.owner[None, :] == UNKNOWN) | (self.owner[None, :] == gid[:, None])
+        return valid
+
+    def valid_at(self, rows: Tensor, cols: Tensor) -> Tensor:
+        """The rule of :meth:`valid` at given pairs: ``rows`` (r,) anchors, ``cols`` (r, c) columns."""
+        ok = torch.ones_like(cols, dtype=torch.bool)
+        for col in (self.self_index, self.pos_index):
+            if col is not None:
+                ok &= cols != col[rows][:, None]
+        if self.q_ids is not None and self.k_ids is not None:
+            qi = self.q_ids[rows][:, None]
+            ok &= ~((self.k_ids[cols] == qi) & (qi != UNKNOWN))
+        if self.owner is not None:
+            ow = self.owner[cols]
+            ok &= (ow == UNKNOWN) | (ow == rows[:, None])
+        return ok
+
+    def same_label(self, rows: slice | Tensor) -> Tensor | None:
+        """(c×m) bool: the candidate has the anchor's known label; None without labels."""
+        if self.q_labels is None or self.k_labels is None:
+            return None
+        return same_known_label(self.q_labels[rows], self.k_labels)
+
+    def s_pos(self, S: Tensor, rows: slice | Tensor) -> Tensor:
+        """(c,) similarity of each anchor of the chunk to its positive (NaN where it has none)."""
+        if self.pos_index is None:
+            return torch.full((S.shape[0],), float("nan"), dtype=S.dtype, device=S.device)
+        pi = self.pos_index[rows]
+        sp = S[torch.arange(S.shape[0], device=S.device), pi.clamp(min=0)]
+        return torch.where(pi >= 0, sp, torch.full_like(sp, float("nan")))
+
+
+def all_skipped_error(n: int, why: str) -> ValueError:
+    """The error when every anchor of a call is skipped (see the module docstring)."""
+    return ValueError(f"no anchor has both a positive and a valid negative ({n} anchors): {why}")

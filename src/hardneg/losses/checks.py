@@ -1,0 +1,101 @@
+"""Validation of the options and side information every loss and strategy takes: one definition each.
+
+Each check raises ``TypeError`` / ``ValueError`` with one line naming the option and the value.
+Labels and sample ids are integers ≥ −1, where −1 means unknown (see
+:mod:`hardneg.losses.candidates` for what unknown implies).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from torch import Tensor
+
+UNKNOWN = -1
+
+
+def _number(v: Any) -> bool:
+    return not isinstance(v, bool) and isinstance(v, (int, float))
+
+
+def check_temperature(t: Any, name: str = "temperature") -> float:
+    """A temperature: a finite number > 0."""
+    if not _number(t) or not math.isfinite(t) or not t > 0:
+        raise ValueError(f"{name} must be a finite number > 0, got {t!r}")
+    return float(t)
+
+
+def resolve_temperature(t: Any, temperature: Any, default: float | None = None) -> float:
+    """``temperature`` is the public name (as in PML and sentence-transformers), ``t`` its short
+    alias; giving both with different values is an error. Returns the checked value."""
+    if t is not None and temperature is not None and float(t) != float(temperature):
+        raise ValueError(f"give temperature or its alias t, not both (got temperature={temperature!r}, t={t!r})")
+    v = temperature if temperature is not None else t if t is not None else default
+    if v is None:
+        raise ValueError("temperature is required")
+    return check_temperature(v)
+
+
+def check_beta(beta: Any, name: str = "beta") -> float:
+    """The hardness tilt β of π ∝ exp(β s / t): a finite number ≥ 0."""
+    if not _number(beta) or not math.isfinite(beta) or not beta >= 0:
+        raise ValueError(f"{name} must be a finite number >= 0, got {beta!r}")
+    return float(beta)
+
+
+def check_tau_plus(tau_plus: Any) -> float:
+    """The class prior τ⁺ of the debiased estimator: a number in [0, 1)."""
+    if not _number(tau_plus) or not 0.0 <= tau_plus < 1.0:
+        raise ValueError(f"tau_plus must lie in [0, 1), got {tau_plus!r}")
+    return float(tau_plus)
+
+
+def check_nonneg(name: str, v: Any) -> float:
+    """A finite number ≥ 0 (margins)."""
+    if not _number(v) or not math.isfinite(v) or v < 0:
+        raise ValueError(f"{name} must be a finite number >= 0, got {v!r}")
+    return float(v)
+
+
+def check_chunk_size(chunk_size: Any) -> int | None:
+    """Anchors per chunk: a positive int, or None for the default."""
+    if chunk_size is not None and (isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1):
+        raise ValueError(f"chunk_size must be a positive int or None, got {chunk_size!r}")
+    return chunk_size
+
+
+def check_tags(name: str, x: object, length: int, device: torch.device | None = None) -> Tensor | None:
+    """Labels or sample ids: an integer tensor of shape (length,), values ≥ −1 (−1 = unknown).
+
+    Returns it as ``long`` on ``device`` (None passes through)."""
+    if x is None:
+        return None
+    if not isinstance(x, Tensor):
+        x = torch.as_tensor(x)
+    if x.is_floating_point() or x.dtype == torch.bool or x.is_complex():
+        raise TypeError(f"{name} must be an integer tensor, got {x.dtype}")
+    if x.dim() != 1 or x.shape[0] != length:
+        raise ValueError(f"{name} must have shape ({length},) (one per sample), got {tuple(x.shape)}")
+    if length and int(x.min()) < UNKNOWN:
+        raise ValueError(f"{name} must be integers >= -1 (-1 = unknown), got min {int(x.min())}")
+    return x.to(device=device if device is not None else x.device, dtype=torch.long)
+
+
+def check_columns(name: str, x: object, n: int, m: int, device: torch.device, allow_missing: bool) -> Tensor | None:
+    """A per-anchor column index into the candidates (``pos_index``, ``self_index``); −1 allowed
+    (no such column) when ``allow_missing``."""
+    if x is None:
+        return None
+    if not isinstance(x, Tensor):
+        x = torch.as_tensor(x)
+    if x.is_floating_point() or x.dtype == torch.bool or x.is_complex():
+        raise TypeError(f"{name} must be an integer tensor, got {x.dtype}")
+    if x.shape != (n,):
+        raise ValueError(f"{name} must have shape ({n},), got {tuple(x.shape)}")
+    x = x.to(device=device, dtype=torch.long)
+    lo = -1 if allow_missing else 0
+    if n and (int(x.min()) < lo or int(x.max()) >= m):
+        raise ValueError(f"{name} values must lie in [{lo}, {m - 1}], got [{int(x.min())}, {int(x.max())}]")
+    return x

@@ -1,0 +1,184 @@
+"""The one candidate policy: unknown labels, skipped anchors, safe normalisation, one label rule."""
+
+import pytest
+import torch
+from pytorch_metric_learning import losses as pml
+
+import hardneg.losses as L
+from hardneg.losses.candidates import Relations, dense_labels, two_view_index
+from hardneg.negatives import create_strategy
+from tests.reference_losses import ref_infonce, ref_supcon
+
+
+def _z(B, d, seed, dtype=torch.float64):
+    g = torch.Generator().manual_seed(seed)
+    z1 = torch.randn(B, d, generator=g, dtype=dtype, requires_grad=True)
+    z2 = torch.randn(B, d, generator=g, dtype=dtype, requires_grad=True)
+    return z1, z2
+
+
+def test_supcon_skips_singleton_classes_like_pml():
+    z1, _ = _z(12, 6, 0)
+    y = torch.tensor([0, 0, 1, 2, 2, 2, 3, 4, 5, 5, 6, 7])  # classes 1, 3, 4, 6, 7 are singletons
+    ours = L.supcon(z1, None, y, t=0.1)
+    ref = pml.SupConLoss(temperature=0.1)(z1, y)  # AvgNonZeroReducer: singletons left out
+    torch.testing.assert_close(ours, ref, rtol=1e-9, atol=1e-12)
+    torch.testing.assert_close(ours, ref_supcon(z1, None, y, t=0.1), rtol=1e-9, atol=1e-12)
+    ga = torch.autograd.grad(ours, z1)[0]
+    gb = torch.autograd.grad(ref, z1)[0]
+    torch.testing.assert_close(ga, gb, rtol=1e-7, atol=1e-10)
+
+
+def test_supcon_singletons_two_views_and_per_anchor_losses():
+    z1, z2 = _z(8, 5, 1)
+    y = torch.tensor([0, 1, 1, 2, 3, 3, 3, 4])
+    # two views: every sample has its other view as a positive, so nothing is skipped
+    torch.testing.assert_close(L.supcon(z1, z2, y, t=0.2), ref_supcon(z1, z2, y, t=0.2), rtol=1e-9, atol=1e-12)
+    per = L.supcon(z1, None, y, t=0.2, reduction="none")
+    skipped = torch.tensor([True, False, False, True, False, False, False, True])
+    assert bool((per[skipped] == 0).all()) and bool((per[~skipped] > 0).all())
+    torch.testing.assert_close(per[~skipped].mean(), L.supcon(z1, None, y, t=0.2), rtol=1e-12, atol=0)
+
+
+def test_unknown_labels_are_never_the_same_label():
+    z1, z2 = _z(6, 4, 2)
+    y = torch.tensor([0, -1, 0, 1, -1, 1])
+    # SCL: an unknown-label sample is a negative of everyone; reference with fresh distinct labels
+    fresh = torch.tensor([0, 100, 0, 1, 101, 1])
+    ours = L.scl(z1, z2, y, t=0.5)
+    # its second view has the same sample: fresh labels per *sample* stay equal across views,
+    # which is what the two-view layout does ([y; y]) — the other view is the positive anyway
+    torch.testing.assert_close(ours, ref_infonce(z1, z2, t=0.5, labels=fresh), rtol=1e-9, atol=1e-12)
+    q, k, n_cls = dense_labels(torch.tensor([-1, 0, -1]), torch.tensor([0, -1, 3]))
+    assert n_cls == 5 and len(set(q.tolist()) | set(k.tolist())) == 5 and q[1] == k[0]
+
+
+def test_supcon_unknown_label_anchor_is_skipped():
+    z1, _ = _z(6, 4, 3)
+    y = torch.tensor([0, 0, -1, 1, 1, -1])
+    torch.testing.assert_close(L.supcon(z1, None, y, t=0.3), ref_supcon(z1, None, y, t=0.3), rtol=1e-9, atol=1e-12)
+
+
+def test_filter_that_empties_an_anchor_skips_it_with_exact_mean_and_gradient():
+    """A log_weight_fn leaving anchor 0 without candidates: the mean is over the other anchors."""
+    z1, z2 = _z(5, 4, 4)
+    z = torch.cat([z1, z2])
+    pos, self_idx = two_view_index(5)
+
+    def lw(S, rows):
+        out = torch.zeros_like(S)
+        r = torch.arange(rows.start, rows.stop)
+        out[r == 0] = float("-inf")
+        return out
+
+    ours = L.weighted_info_nce(z, z, t=0.5, pos_index=pos, self_index=self_idx, log_weight_fn=lw, chunk_size=3)
+    per = L.weighted_info_nce(z, z, t=0.5, pos_index=pos, self_index=self_idx, reduction="none")
+    ref = per[1:].mean()
+    torch.testing.assert_close(ours, ref, rtol=1e-10, atol=1e-12)
+    for a, b in zip(torch.autograd.grad(ours, [z1, z2]), torch.autograd.grad(ref, [z1, z2])):
+        torch.testing.assert_close(a, b, rtol=1e-8, atol=1e-11)
+
+
+def test_every_anchor_skipped_raises_one_line():
+    z1, z2 = _z(4, 3, 5)
+    with pytest.raises(ValueError, match="removed every candidate"):
+        z = torch.cat([z1, z2])
+        pos, self_idx = two_view_index(4)
+        L.weighted_info_nce(z, z, t=0.5, pos_index=pos, self_index=self_idx,
+                            log_weight_fn=lambda S, rows: torch.full_like(S, float("-inf")))
+
+
+@pytest.mark.parametrize("scale", [1e19, 1e30, 1e-30])
+@pytest.mark.parametrize("name", ["ucl", "supcon", "hscl", "triplet"])
+def test_huge_and_tiny_inputs_give_the_unscaled_loss(name, scale):
+    z1, z2 = _z(8, 5, 6, dtype=torch.float32)
+    y = torch.tensor([0, 0, 1, 1, 2, 2, 3, 3])
+    fn = getattr(L, name)
+    args = (z1, z2) if name == "ucl" else (z1, z2, y)
+    base = fn(*args)
+    big = fn(*(a * scale if a.is_floating_point() else a for a in args))
+    torch.testing.assert_close(big, base, rtol=1e-5, atol=1e-6)
+
+
+def test_negative_labels_one_rule_for_losses_and_strategies():
+    z1, z2 = _z(4, 3, 7)
+    bad = torch.tensor([0, 1, -3, 1])
+    with pytest.raises(ValueError, match="labels must be integers >= -1"):
+        L.supcon(z1, z2, bad)
+    with pytest.raises(ValueError, match="labels must be integers >= -1"):
+        create_strategy("supcon")(z1, z2, labels=bad)
+    ok = torch.tensor([0, 1, -1, 1])  # unknown is accepted by both, with the same meaning
+    torch.testing.assert_close(create_strategy("supcon")(z1, z2, labels=ok), L.supcon(z1, z2, ok, t=0.1),
+                               rtol=1e-9, atol=1e-12)
+
+
+def test_relations_valid_and_valid_at_agree():
+    g = torch.Generator().manual_seed(0)
+    n, m = 6, 9
+    rel = Relations(
+        m=m, self_index=torch.tensor([0, 1, 2, -1, -1, 5]), pos_index=torch.tensor([3, 4, 5, 0, 1, 2]),
+        q_ids=torch.tensor([0, 1, 2, 0, -1, 2]), k_ids=torch.randint(-1, 3, (m,), generator=g),
+        owner=torch.tensor([-1, -1, -1, -1, -1, -1, 0, 4, 3]),
+    )
+    full = rel.valid(slice(0, n), torch.device("cpu"))
+    cols = torch.arange(m).expand(n, m)
+    torch.testing.assert_close(rel.valid_at(torch.arange(n), cols), full)
+    # hand check of one row: anchor 4 (no self, positive 1, unknown id) may use 0, 2..5, 7 (owned), not 6, 8
+    assert full[4].tolist() == [True, False, True, True, True, True, False, True, False]
+
+
+@pytest.mark.parametrize("name", ["triplet", "margin"])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_triplet_margin_low_precision_gradients_match_float32(name, dtype):
+    g = torch.Generator().manual_seed(8)
+    z1 = torch.randn(32, 64, generator=g)
+    z2 = z1 + 0.3 * torch.randn(32, 64, generator=g)
+    y = torch.randint(0, 4, (32,), generator=g)
+    fn = getattr(L, name)
+    a1, a2 = z1.clone().requires_grad_(), z2.clone().requires_grad_()
+    ref = fn(a1, a2, y)
+    ref.backward()
+    b1, b2 = z1.to(dtype).requires_grad_(), z2.to(dtype).requires_grad_()
+    low = fn(b1, b2, y)
+    low.backward()
+    assert low.dtype == dtype
+    for got, want in ((b1.grad, a1.grad), (b2.grad, a2.grad)):
+        assert bool(torch.isfinite(got).all())
+        tol = 2e-3 if dtype == torch.float16 else 2e-2  # bf16 rounding moves a few triplets across the hinge
+        torch.testing.assert_close(got.float(), want, rtol=0.05, atol=tol * float(want.abs().max()))
+    torch.testing.assert_close(low.float(), ref, rtol=2e-2, atol=1e-3)
+
+
+@pytest.mark.parametrize(
+    "kw,words",
+    [({"beta": float("inf")}, "beta must be a finite number"), ({"beta": float("nan")}, "beta must be a finite"),
+     ({"chunk_size": -1}, "chunk_size must be a positive int"), ({"t": 0.0}, "temperature")],
+)
+@pytest.mark.parametrize("name", ["triplet", "margin"])
+def test_triplet_margin_validate_like_the_other_losses(name, kw, words):
+    z1, z2 = _z(4, 3, 9)
+    with pytest.raises(ValueError, match=words):
+        getattr(L, name)(z1, z2, **kw)
+
+
+def test_triplet_tilt_uses_the_same_beta_over_t_as_every_loss():
+    """π ∝ exp(β s / t): (β, t) and (2β, 2t) are the same distribution, β = 0 the uniform one."""
+    z1, z2 = _z(6, 4, 10)
+    y = torch.tensor([0, 0, 1, 1, 2, 2])
+    a = L.triplet(z1, z2, y, margin=0.3, beta=1.0, t=0.5)
+    b = L.triplet(z1, z2, y, margin=0.3, beta=2.0, t=1.0)
+    torch.testing.assert_close(a, b, rtol=1e-12, atol=0)
+    assert float((a - L.triplet(z1, z2, y, margin=0.3)).abs()) > 1e-4
+
+
+def test_temperature_is_the_public_name_and_t_its_alias():
+    z1, z2 = _z(6, 4, 11)
+    y = torch.tensor([0, 0, 1, 1, 2, 2])
+    for name, args in (("ucl", (z1, z2)), ("supcon", (z1, z2, y)), ("hscl", (z1, z2, y))):
+        fn = getattr(L, name)
+        torch.testing.assert_close(fn(*args, temperature=0.3), fn(*args, t=0.3), rtol=0, atol=0)
+        with pytest.raises(ValueError, match="not both"):
+            fn(*args, temperature=0.3, t=0.2)
+    s1, s2 = create_strategy("ucl", temperature=0.3), create_strategy("ucl", t=0.3)
+    assert s1.temperature == s2.t == 0.3
+    torch.testing.assert_close(s1(z1, z2), L.ucl(z1, z2, temperature=0.3), rtol=1e-12, atol=0)
