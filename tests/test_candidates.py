@@ -182,3 +182,14 @@ def test_temperature_is_the_public_name_and_t_its_alias():
     s1, s2 = create_strategy("ucl", temperature=0.3), create_strategy("ucl", t=0.3)
     assert s1.temperature == s2.t == 0.3
     torch.testing.assert_close(s1(z1, z2), L.ucl(z1, z2, temperature=0.3), rtol=1e-12, atol=0)
+
+
+def test_strategy_reduction_none_and_sum_per_anchor_losses():
+    z1, z2 = _z(6, 4, 12)
+    y = torch.tensor([0, 0, 1, 1, 2, 3])
+    per = create_strategy("supcon", reduction="none")(z1, None, labels=y)
+    ref = L.supcon(z1, None, y, reduction="none")
+    torch.testing.assert_close(per, ref, rtol=1e-10, atol=1e-12)
+    assert per.shape == (6,) and bool((per[[4, 5]] == 0).all())  # singleton classes: skipped anchors
+    total = create_strategy("supcon", reduction="sum")(z1, None, labels=y)
+    torch.testing.assert_close(total, ref.sum(), rtol=1e-10, atol=1e-12)

@@ -1,8 +1,9 @@
-"""Loss forward+backward time and peak extra memory against pytorch-metric-learning (issue 3).
+"""Loss forward+backward time and peak extra memory against pytorch-metric-learning, on CPU or CUDA.
 
 For every size 2B, in one process (so the ratios compare like with like on a noisy machine):
 
-- hardneg ``supcon``, ``hscl`` (paper-code variant, β = 1) and ``ucl``;
+- every hardneg loss computed by the kernel: ``ucl``, ``supcon``, ``hscl`` (paper-code variant,
+  β = 1), ``scl``, ``hucl`` (β = 1), ``dcl`` (τ⁺ = 0.1), ``decoupled``;
 - pytorch-metric-learning ``SupConLoss`` and ``NTXentLoss`` (the anchors users switch from);
 - a plain dense PyTorch SupCon (full similarity matrix + log_softmax);
 - the *floor*: the three bare matrix products every InfoNCE loss needs (S = QKᵀ, dQ = G K,
@@ -36,12 +37,12 @@ class Case:
     est_bytes: Callable[[int], float]  # rough peak memory as a function of n = 2B
 
 
-def _inputs(n: int, seed: int = 0):
+def _inputs(n: int, seed: int = 0, device: str = "cpu"):
     g = torch.Generator().manual_seed(seed)
     z = torch.nn.functional.normalize(torch.randn(n, D, generator=g), dim=1)
-    z1 = z[: n // 2].clone().requires_grad_(True)
-    z2 = (z[n // 2 :] + 0.1 * torch.randn(n // 2, D, generator=g)).requires_grad_(True)
-    y = torch.randint(0, CLASSES, (n // 2,), generator=g)
+    z1 = z[: n // 2].clone().to(device).requires_grad_(True)
+    z2 = (z[n // 2 :] + 0.1 * torch.randn(n // 2, D, generator=g)).to(device).requires_grad_(True)
+    y = torch.randint(0, CLASSES, (n // 2,), generator=g).to(device)
     return z1, z2, y
 
 
@@ -53,8 +54,8 @@ def _run_case(name: str, z1, z2, y) -> None:
         # the three products, chunked like the kernel, into preallocated buffers (no page faults)
         q = torch.cat([z1, z2]).detach()
         n = q.shape[0]
-        chunk = min(n, max(64, (1 << 23) // n))
-        s = torch.empty(chunk, n)
+        chunk = min(n, max(64, (1 << 23) // n)) if q.device.type == "cpu" else n
+        s = torch.empty(chunk, n, device=q.device)
         dq = torch.empty_like(q)
         dk = torch.zeros_like(q)
         for r0 in range(0, n, chunk):
@@ -69,6 +70,14 @@ def _run_case(name: str, z1, z2, y) -> None:
         loss = L.hscl(z1, z2, y, beta=1.0, t=0.5)
     elif name == "hardneg.ucl":
         loss = L.ucl(z1, z2, t=0.5)
+    elif name == "hardneg.scl":
+        loss = L.scl(z1, z2, y, t=0.5)
+    elif name == "hardneg.hucl":
+        loss = L.hucl(z1, z2, beta=1.0, t=0.5)
+    elif name == "hardneg.dcl":
+        loss = L.dcl(z1, z2, tau_plus=0.1, t=0.5)
+    elif name == "hardneg.decoupled":
+        loss = L.decoupled(z1, z2, t=0.1)
     elif name == "pml.SupConLoss":
         from pytorch_metric_learning.losses import SupConLoss
 
@@ -76,14 +85,14 @@ def _run_case(name: str, z1, z2, y) -> None:
     elif name == "pml.NTXentLoss":
         from pytorch_metric_learning.losses import NTXentLoss
 
-        ids = torch.arange(z1.shape[0])
+        ids = torch.arange(z1.shape[0], device=z1.device)
         loss = NTXentLoss(temperature=0.5)(torch.cat([z1, z2]), torch.cat([ids, ids]))
     elif name == "torch.dense_supcon":
         z = torch.nn.functional.normalize(torch.cat([z1, z2]), dim=1)
         yy = torch.cat([y, y])
         n = z.shape[0]
         logits = (z @ z.T) / 0.1
-        eye = torch.eye(n, dtype=torch.bool)
+        eye = torch.eye(n, dtype=torch.bool, device=z.device)
         logits = logits.masked_fill(eye, float("-inf"))
         logp = torch.log_softmax(logits, dim=1).masked_fill(eye, 0.0)
         pos = (yy[:, None] == yy[None, :]) & ~eye
@@ -98,17 +107,39 @@ CASES = [
     Case("hardneg.ucl", "ours", lambda n: 8 * 4 * n * D + 2 * 4 * n * min(n, max(64, (1 << 23) // n))),
     Case("hardneg.supcon", "ours", lambda n: 8 * 4 * n * D + 2 * 4 * n * min(n, max(64, (1 << 23) // n))),
     Case("hardneg.hscl", "ours", lambda n: 8 * 4 * n * D + 8 * 4 * n * min(n, max(64, (1 << 23) // n))),
+    Case("hardneg.scl", "ours", lambda n: 8 * 4 * n * D + 8 * 4 * n * min(n, max(64, (1 << 23) // n))),
+    Case("hardneg.hucl", "ours", lambda n: 8 * 4 * n * D + 8 * 4 * n * min(n, max(64, (1 << 23) // n))),
+    Case("hardneg.dcl", "ours", lambda n: 8 * 4 * n * D + 8 * 4 * n * min(n, max(64, (1 << 23) // n))),
+    Case("hardneg.decoupled", "ours", lambda n: 8 * 4 * n * D + 8 * 4 * n * min(n, max(64, (1 << 23) // n))),
     Case("pml.SupConLoss", "anchor", lambda n: 45.0 * n * n),  # measured: 2.9 GB at 2B = 8192
     Case("pml.NTXentLoss", "anchor", lambda n: 16.0 * n**3),  # (pairs × negatives) tensor: 17 GB at 1024
     Case("torch.dense_supcon", "anchor", lambda n: 20.0 * n * n),  # 4.8 GB at 16384
 ]
 
 
-def _time_once(name: str, n: int) -> float:
-    z1, z2, y = _inputs(n)
+def _sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def _time_once(name: str, n: int, device: str = "cpu") -> float:
+    z1, z2, y = _inputs(n, device=device)
+    _sync(device)
     t0 = time.perf_counter()
     _run_case(name, z1, z2, y)
+    _sync(device)
     return time.perf_counter() - t0
+
+
+def _measure_cuda_memory(name: str, n: int, device: str) -> float:
+    """Peak extra GPU memory (bytes) of one forward+backward, in this process."""
+    z1, z2, y = _inputs(n, device=device)
+    torch.cuda.synchronize()
+    base = torch.cuda.memory_allocated()
+    torch.cuda.reset_peak_memory_stats()
+    _run_case(name, z1, z2, y)
+    torch.cuda.synchronize()
+    return float(torch.cuda.max_memory_allocated() - base)
 
 
 _MEMORY_PROBE = """
@@ -147,8 +178,12 @@ def run(
     memory: bool = True,
     cases: list[str] | None = None,
     echo: Callable[[str], None] = print,
+    device: str = "cpu",
 ) -> list[dict]:
-    """Run the benchmark; return one row per (size, case) and print a table with ratios."""
+    """Run the benchmark; return one row per (size, case) and print a table with ratios.
+    ``device="cuda"`` times on the GPU (synchronised) and reports peak GPU memory instead."""
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError("--device cuda: no CUDA device is available here")
     torch.set_num_threads(threads)
     rows: list[dict] = []
     selected = [c for c in CASES if cases is None or c.name in cases or c.kind == "floor"]
@@ -166,11 +201,11 @@ def run(
                 runnable.append(c)
         reps = repeats if n <= 8192 else 1
         for c in runnable:  # warm-up: lazy imports and first-call initialisation are not timed
-            _run_case(c.name, *_inputs(64))
+            _run_case(c.name, *_inputs(64, device=device))
         samples: dict[str, list[float]] = {c.name: [] for c in runnable}
         for _ in range(reps):  # interleave cases so that machine noise hits all of them alike
             for c in runnable:
-                samples[c.name].append(_time_once(c.name, n))
+                samples[c.name].append(_time_once(c.name, n, device))
         for c in runnable:
             times[c.name] = sorted(samples[c.name])[len(samples[c.name]) // 2]
         for c in selected:
@@ -181,7 +216,10 @@ def run(
                 row["seconds"] = times[c.name]
                 row["x_floor"] = times[c.name] / times["floor"]
                 if memory:
-                    row["peak_extra_bytes"] = _measure_memory(c.name, n, threads)
+                    row["peak_extra_bytes"] = (
+                        _measure_cuda_memory(c.name, n, device) if device.startswith("cuda")
+                        else _measure_memory(c.name, n, threads)
+                    )
             rows.append(row)
         for c in selected:
             if c.kind == "ours" and c.name in times:
@@ -231,8 +269,10 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--max-gb", type=float, default=20.0)
     p.add_argument("--no-memory", action="store_true")
     p.add_argument("--json", default=None, help="also write the rows to this JSON file")
+    p.add_argument("--device", default="cpu")
     a = p.parse_args(argv)
-    rows = run([int(s) for s in a.sizes.split(",")], a.repeats, a.threads, a.max_gb, not a.no_memory)
+    rows = run([int(s) for s in a.sizes.split(",")], a.repeats, a.threads, a.max_gb, not a.no_memory,
+               device=a.device)
     if a.json:
         from hardneg.io import atomic_write_text
 

@@ -48,12 +48,13 @@ def bench_loss(
     memory: bool = typer.Option(True, help="measure peak extra memory per case in a fresh subprocess"),
     json_out: Path | None = typer.Option(None, "--json", help="write the rows as JSON"),
     readme: Path | None = typer.Option(None, help="update the performance table of this README"),
+    device: str = typer.Option("cpu", help="cpu or cuda (GPU timings are synchronised; memory is GPU memory)"),
 ) -> None:
-    """Forward+backward time and peak memory of hardneg's supcon/hscl/ucl vs PML, dense torch and the floor."""
+    """Forward+backward time and peak memory of every kernel loss vs PML, dense torch and the floor."""
     from hardneg.bench.loss_speed import format_table, run
     from hardneg.io import atomic_write_text
 
-    rows = run(_parse_sizes(sizes), repeats, threads, max_gb, memory, echo=typer.echo)
+    rows = run(_parse_sizes(sizes), repeats, threads, max_gb, memory, echo=typer.echo, device=device)
     if json_out:
         atomic_write_text(json_out, json.dumps(rows, indent=1))
     if readme:

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import torch
 
+from hardneg.losses import hscl, hucl, scl, ucl
 from hardneg.losses.candidates import Relations, repeat_two_views, safe_normalize, two_view_index
 from hardneg.losses.tilt import tilt_log_weights
 
@@ -61,8 +62,6 @@ def bound_terms(
 ) -> dict[str, float]:
     """The four losses (means over the 2B anchors) and the fractions of anchors for which each
     inequality holds, plus the Assumption-1 fraction; all as Python floats for JSON lines."""
-    from hardneg.losses import hscl, hucl, scl, ucl
-
     z1, z2 = z1.detach().float(), z2.detach().float()
     l_ucl = ucl(z1, z2, t=t, reduction="none")
     l_scl = scl(z1, z2, labels, t=t, reduction="none")

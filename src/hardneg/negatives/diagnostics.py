@@ -26,7 +26,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from hardneg.losses.candidates import Relations
+from hardneg.losses.candidates import Relations, safe_normalize
 from hardneg.losses.tilt import tilt_log_weights
 
 PERCENTILES = (5, 25, 50, 75, 95)
@@ -177,8 +177,6 @@ def negative_diagnostics(
 
     ``negatives="other_labels"`` drops same-label candidates (then ``fn_weight_share`` is 0).
     """
-    from hardneg.losses.candidates import safe_normalize
-
     q = safe_normalize(q.float())
     k = safe_normalize(k.float())
     n = q.shape[0]
