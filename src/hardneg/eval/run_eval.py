@@ -8,6 +8,10 @@ from typing import Any
 
 import torch
 
+from hardneg.data.base import load_named
+from hardneg.eval.knn import knn_predict
+from hardneg.eval.linear_probe import linear_probe, per_class_and_confusion
+from hardneg.models.encoders import build_model_from_config
 from hardneg.runs import MODEL, load_run
 
 
@@ -15,11 +19,6 @@ from hardneg.runs import MODEL, load_run
 def evaluate_run(
     run_dir: str | Path, *, probe: bool = True, k: int | None = None, t: float | None = None
 ) -> dict[str, Any]:
-    from hardneg.data.base import load_named
-    from hardneg.eval.knn import knn_predict
-    from hardneg.eval.linear_probe import linear_probe, per_class_and_confusion
-    from hardneg.models.encoders import build_model_from_config
-
     run = load_run(run_dir)
     d, cfg = run.path, run.config
     mp = d / MODEL

@@ -21,8 +21,10 @@ from pathlib import Path
 from typing import Any
 
 from hardneg import runs
+from hardneg.data.base import load_named
 from hardneg.runs import RunSpec, collect, expand_grid, run_config
 from hardneg.train.losses_from_config import build_objective
+from hardneg.train.trainer import Trainer
 
 __all__ = ["RunSpec", "collect", "expand_grid", "run_compare", "run_config"]
 
@@ -40,9 +42,6 @@ def run_compare(
     :func:`hardneg.report.report.write_report`).
 
     Every grid point's loss and the data are checked before the output folder is touched."""
-    from hardneg.data.base import load_named
-    from hardneg.train.trainer import Trainer
-
     out = Path(out_dir)
     if resume and overwrite:
         raise ValueError("pass at most one of --resume and --overwrite")
