@@ -75,6 +75,19 @@ def test_unrelated_files_survive_every_command(tmp_path, capsys, command):
         assert _snapshot(d) == before
 
 
+def test_a_users_config_yaml_is_never_taken_for_a_run(tmp_path):
+    """A folder holding the user's own config.yaml (hardneg's file name) but no marker is not a run."""
+    d = tmp_path / "project"
+    d.mkdir()
+    (d / "config.yaml").write_text("my: settings\n")
+    (d / "notes.txt").write_text("mine\n")
+    before = _snapshot(d)
+    for kw in ({"overwrite": True}, {"resume": True}, {}):
+        with pytest.raises(FileExistsError, match=r"no hardneg marker .*it holds config\.yaml, notes\.txt"):
+            Trainer(cfg(train__epochs=1), d, loss_fn=literal_nt_xent, **kw)
+        assert _snapshot(d) == before
+
+
 def test_overwrite_of_the_current_directory_refused(tmp_path, capsys, monkeypatch):
     conf = _train_cfg(tmp_path)
     work = tmp_path / "work"

@@ -134,7 +134,7 @@ def prepare_output(
         if found is None and resume and cfg.is_file() and cfg.read_text(encoding="utf-8") == config_text:
             found = kind  # a config.yaml identical to this one is hardneg's own: a run folder without a marker
         if found is None:
-            entries = foreign_entries(d, kind)
+            entries = [p.name + ("/" if p.is_dir() else "") for p in sorted(d.iterdir())]
             raise FileExistsError(
                 f"{what} {d} is not empty and has no hardneg marker ({MARKER}), so hardneg did not create it "
                 f"(it holds {_names(entries)}); choose a new or empty folder"
@@ -154,7 +154,7 @@ def prepare_output(
                 raise FileExistsError(
                     f"{what} {d} holds a different run (its {CONFIG} differs); use another folder or --overwrite"
                 )
-            remove_stale_temps(d, KINDS[kind])
+            remove_stale_temps(d, [n for p in d.iterdir() if (n := temp_target(p.name)) and owned_name(n, kind)])
             if read_marker(d) is None:
                 write_marker(d, kind)
             return True
