@@ -21,3 +21,24 @@ def test_usage_and_user_errors_exit_2_with_one_line(argv, words, capsys):
     err = capsys.readouterr().err
     assert words in err
     assert "Traceback" not in err
+
+
+@pytest.mark.parametrize(
+    "option,words",
+    [
+        ("beta=abc", "option 'beta' of preset 'hscl' must be a number, got 'abc'"),
+        ("tau_plus=[1, 2]", "option 'tau_plus' of preset 'hscl' must be a number, got [1, 2]"),
+    ],
+)
+def test_strategy_option_of_the_wrong_type_is_named(option, words, capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["strategies", "hscl", "-o", option])
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and words in err
+
+
+def test_strategy_numeric_option_still_builds(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["strategies", "mochi", "-o", "n_hard=8", "-o", "beta=1"])
+    assert e.value.code == 0 and "built:" in capsys.readouterr().out

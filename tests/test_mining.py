@@ -181,7 +181,12 @@ def test_summary_reports_queries_without_negatives_and_the_knob():
     assert s["queries_with_too_few"] == int((res.n_found < 1).sum()) > 0
     assert s["too_few_by_cause"]["relative_margin"] > 0
     text = format_summary(s)
-    assert text.startswith("WARNING:") and "--relative-margin" in text
+    # with no negative left at all, the first line says so and names the filter; the per-query line follows
+    first, second = text.splitlines()[:2]
+    if s["negatives_selected"] == 0:
+        assert first.startswith("ERROR: no negatives selected") and "relative_margin removed" in first
+        first = second
+    assert first.startswith("WARNING:") and "--relative-margin" in first
     assert s["removed_by_filter"]["relative_margin"] == sum(
         int((c[ids] @ q[i] > (c[pos[i]] @ q[i]) * 0.95).sum()) for i, ids in
         enumerate([[j for j in np.argsort(-(c @ q[i])) if j != pos[i]][:10] for i in range(20)]))

@@ -74,3 +74,26 @@ def test_strategy_applies_schedules_to_beta_k_and_margin():
     )
     mo(z1, z2, step=5)
     assert mo.sources[1].beta_max == pytest.approx(0.25)
+
+
+@pytest.mark.parametrize(
+    "knob,spec,value",
+    [
+        ("beta", {"kind": "linear", "start": 1.0, "end": -0.5, "steps": 1000}, "-0.5"),
+        ("t", {"kind": "cosine", "start": 0.5, "end": 0.0, "steps": 1000}, "0"),
+        ("k", {"kind": "step", "milestones": [200, 400], "values": [8, 2, 0]}, "0"),
+    ],
+)
+def test_schedule_leaving_the_knobs_range_is_refused_when_built(knob, spec, value):
+    """The value would only be reached late in training; the whole range is checked at construction."""
+    kw = {"k": 8} if knob == "k" else {}
+    with pytest.raises(ValueError, match=rf"schedule for '{knob}' reaches {value} .*{knob} must stay"):
+        create_strategy("topk" if knob == "k" else "hucl", schedule={knob: spec}, **kw)
+    with pytest.raises(ValueError, match=rf"'{knob}' reaches {value}"):
+        make_schedule(spec, knob)
+    ok = dict(spec)
+    if "end" in ok:
+        ok["end"] = 0.1 if knob != "k" else 1
+    else:
+        ok["values"] = [8, 2, 1]
+    make_schedule(ok, knob)  # the same curriculum within range is accepted

@@ -1,16 +1,72 @@
 """Crash-safe file output: write to a temporary name in the same folder, then rename.
 
-A crash or Ctrl-C therefore never leaves a half-written checkpoint, table or mined-negatives file.
+A crash or Ctrl-C therefore never leaves a half-written checkpoint, table or mined-negatives file. A
+process killed outright (SIGKILL, power loss) can leave the hidden temporary file
+``.<name>.<random>.tmp`` behind; :func:`remove_stale_temps` deletes those on the next start.
+
+Files get the permissions a plain ``open(path, "w")`` would give them: those of the file they
+replace, else ``0o666`` minus the process umask (``tempfile`` alone would create them ``0o600``).
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import re
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import IO, Any
+
+# mkstemp's names: prefix + 8 characters from [a-z0-9_] + suffix
+_TEMP = re.compile(r"^\.(?P<target>.+)\.[a-z0-9_]{8}\.tmp$")
+
+
+def _umask() -> int:
+    """The process umask: read from /proc where it is shown (no change to process state, safe with
+    threads), else set and restored."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _new_file_mode(path: Path) -> int:
+    """The mode ``open(path, "w")`` would leave: the existing file's, else 0o666 minus the umask."""
+    try:
+        return path.stat().st_mode & 0o7777
+    except FileNotFoundError:
+        return 0o666 & ~_umask()
+
+
+def temp_target(name: str) -> str | None:
+    """The file name a temporary of :func:`atomic_open` stands for (``.a.json.x1y2z3w4.tmp`` → ``a.json``),
+    or None when ``name`` is not such a temporary."""
+    m = _TEMP.match(name)
+    return m.group("target") if m else None
+
+
+def remove_stale_temps(folder: str | os.PathLike[str], targets: Iterable[str] | None = None) -> list[Path]:
+    """Delete the temporaries that an interrupted :func:`atomic_open` left in ``folder`` (only those
+    standing for a name in ``targets``, when given); return what was deleted."""
+    d = Path(folder)
+    if not d.is_dir():
+        return []
+    keep = None if targets is None else set(targets)
+    gone = []
+    for p in d.iterdir():
+        t = temp_target(p.name)
+        if t is not None and (keep is None or t in keep) and p.is_file():
+            with contextlib.suppress(FileNotFoundError):
+                p.unlink()
+                gone.append(p)
+    return gone
 
 
 @contextlib.contextmanager
@@ -19,7 +75,10 @@ def atomic_open(path: str | os.PathLike[str], mode: str = "w", **kwargs: Any) ->
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
+    try:
+        os.fchmod(fd, _new_file_mode(path))
+    finally:
+        os.close(fd)
     try:
         with open(tmp, mode, **kwargs) as f:
             yield f

@@ -2,12 +2,15 @@
 
 User errors (bad input, missing files, invalid configs) raise ``ValueError``, ``TypeError``,
 ``FileNotFoundError`` or ``FileExistsError`` in the library; the CLI prints them as one line and
-exits with status 2, never with a traceback.
+exits with status 2, never with a traceback. A run stopped by Ctrl-C or SIGTERM prints where its
+checkpoint went and exits with 128 + the signal number (130, 143).
 """
 
 from __future__ import annotations
 
+import contextlib
 import sys
+from collections.abc import Iterator
 
 import click
 import typer
@@ -35,6 +38,18 @@ app = typer.Typer(
 # a missing optional dependency is reported like a user error: one line naming the extra to install
 USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, TypeError, FileNotFoundError, FileExistsError,
                                                 MissingExtraError)
+
+
+@contextlib.contextmanager
+def exit_on_interrupt() -> Iterator[None]:
+    """Around a command's work: a run stopped by Ctrl-C or SIGTERM (a ``KeyboardInterrupt`` with an
+    ``exit_code``) prints its message, which says where the checkpoint went, as one line and exits with
+    that code; typer alone would exit 130 without a word."""
+    try:
+        yield
+    except KeyboardInterrupt as e:
+        print(f"hardneg: {e}" if str(e) else "hardneg: interrupted", file=sys.stderr)
+        raise typer.Exit(getattr(e, "exit_code", 130)) from None
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -10,8 +10,6 @@ import typer
 from hardneg.cli.app import app
 from hardneg.mining.formats import OUTPUT_FORMATS_ALL
 
-_DEFAULT_CACHE = ".cache/hardneg-embeddings"
-
 
 @app.command("mine")
 def mine_cmd(
@@ -55,24 +53,28 @@ def mine_cmd(
     ef_search: int = typer.Option(128, "--ef-search"),
     precision: str = typer.Option("bf16", "--precision", help="bf16 (autocast, fast) or fp32."),
     batch_size: int = typer.Option(64, "--batch-size"),
-    cache_dir: Path | None = typer.Option(Path(_DEFAULT_CACHE), "--cache-dir", help="Embedding cache folder."),
+    cache_dir: Path | None = typer.Option(
+        None, "--cache-dir",
+        help="Embedding cache folder (default: the user cache dir, e.g. ~/.cache/hardneg/embeddings)."),
     no_cache: bool = typer.Option(False, "--no-cache"),
     query_column: str | None = typer.Option(None, "--query-column"),
     positive_column: str | None = typer.Option(None, "--positive-column"),
-    overwrite: bool = typer.Option(False, "--overwrite"),
+    overwrite: bool = typer.Option(
+        False, "--overwrite", help="Replace an earlier output of hardneg mine (never a file it did not write)."),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bars."),
 ) -> None:
     """Mine hard negatives for query/positive pairs with a sentence-transformers model and FAISS."""
+    from hardneg.mining.encode import default_cache_dir
     from hardneg.mining.formats import _suffix, read_corpus, read_pairs
     from hardneg.mining.mine import MineConfig
-    from hardneg.mining.pipeline import format_summary, mine_texts, write_result
+    from hardneg.mining.pipeline import check_output, format_summary, mine_texts, write_result
+    from hardneg.mining.summary import nothing_selected_line
 
     # validate everything cheap before loading models or encoding
     if output_format not in OUTPUT_FORMATS_ALL:
         raise ValueError(f"--format must be one of {', '.join(OUTPUT_FORMATS_ALL)}, got {output_format!r}")
     _suffix(out)
-    if out.exists() and not overwrite:
-        raise FileExistsError(f"{out} exists; pass --overwrite to replace it")
+    check_output(out, overwrite=overwrite)
     if (pairs is None) == (not wordnet):
         raise ValueError("give exactly one of --pairs FILE or --wordnet")
     if model is not None and not model.is_dir():
@@ -104,10 +106,15 @@ def mine_cmd(
     if max_pairs is not None:
         queries, positives = queries[:max_pairs], positives[:max_pairs]
         q_labels = q_labels[:max_pairs] if q_labels is not None else None
+    cache = None if no_cache else (cache_dir or default_cache_dir())
+    typer.echo(f"embedding cache: {cache}" if cache else "embedding cache: off")
     res = mine_texts(queries, positives, corpus_texts, model=model, config=cfg, output_format=output_format,
                      output_scores=scores, q_labels=q_labels, corpus_labels=c_labels, guide=guide,
-                     precision=precision, batch_size=batch_size,
-                     cache_dir=None if no_cache else cache_dir, show_progress=not quiet)
+                     precision=precision, batch_size=batch_size, cache_dir=cache, show_progress=not quiet)
+    nothing = nothing_selected_line(res.summary)
+    if nothing:  # an empty file would pass for a result: print the summary, write nothing, fail
+        typer.echo(format_summary(res.summary))
+        raise ValueError(f"{nothing}; nothing written")
     sp = write_result(res, out)
     typer.echo(format_summary(res.summary))
     typer.echo(f"wrote {out} and {sp}")

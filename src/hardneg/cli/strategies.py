@@ -3,10 +3,28 @@
 from __future__ import annotations
 
 import inspect
+from typing import Any
 
 import typer
 
 from hardneg.cli.app import app
+
+
+def check_option_types(name: str, options: dict[str, Any]) -> None:
+    """Refuse, naming the option, a value that is not a number where the preset (or every strategy)
+    takes a number: the strategy itself would only say that a string is not a float."""
+    from hardneg.negatives.registry import PRESETS
+    from hardneg.negatives.strategy import Strategy
+
+    defaults = {k: p.default for k, p in inspect.signature(Strategy.__init__).parameters.items()}
+    defaults.update(PRESETS[name].knobs())
+    for key, value in options.items():
+        d = defaults.get(key)
+        numeric = isinstance(d, (int, float)) and not isinstance(d, bool)
+        if numeric and (isinstance(value, bool) or not isinstance(value, (int, float))):
+            raise ValueError(
+                f"option {key!r} of preset {name!r} must be a number, got {value!r}"
+            )
 
 
 @app.command("strategies")
@@ -56,7 +74,9 @@ def strategies(
             table.add_row(k, "required" if v is inspect.Parameter.empty else repr(v))
         console.print(table)
     if option:
-        strategy = create_strategy(name, **parse_overrides(option))  # errors name the option
+        options = parse_overrides(option)
+        check_option_types(name, options)
+        strategy = create_strategy(name, **options)  # errors name the option
         console.print(f"built: {strategy!r}", markup=False, soft_wrap=True)
     console.print(
         "Strategy options (all presets): t, beta, tau_plus, clamp, detach_weights, reduction, positives, "

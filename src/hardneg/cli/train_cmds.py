@@ -8,14 +8,23 @@ from typing import Annotated
 
 import typer
 
-from hardneg.cli.app import app
+from hardneg.cli.app import app, exit_on_interrupt
 
 ConfigOpt = Annotated[Path, typer.Option("--config", "-c", help="YAML config file.")]
 SetOpt = Annotated[
     list[str] | None, typer.Option("--set", "-s", help="Override, e.g. --set train.epochs=3 (repeatable).")
 ]
 ResumeOpt = Annotated[bool, typer.Option("--resume", help="Continue the run stored in the output folder.")]
-OverwriteOpt = Annotated[bool, typer.Option("--overwrite", help="Delete what the output folder holds; start over.")]
+OverwriteOpt = Annotated[
+    bool,
+    typer.Option("--overwrite", help="Delete the files hardneg wrote in the output folder and start over "
+                 "(a folder holding anything else is refused)."),
+]
+RepairOpt = Annotated[
+    bool,
+    typer.Option("--repair-metrics", help="With --resume: keep the intact records of a damaged metrics.jsonl "
+                 "up to the checkpoint's step and continue."),
+]
 DataDirOpt = Annotated[
     Path | None, typer.Option("--data-dir", help="Folder with the Fashion-MNIST .gz idx files (data.data_dir).")
 ]
@@ -34,9 +43,10 @@ def _with_dir(overrides: list[str] | None, data_dir: Path | None) -> list[str]:
 
 
 def _run_train(
-    config: Path, out: Path | None, overrides: list[str] | None, resume: bool, overwrite: bool, force_bounds: bool
+    config: Path, out: Path | None, overrides: list[str] | None, resume: bool, overwrite: bool, force_bounds: bool,
+    repair: bool,
 ) -> tuple[Path, dict]:
-    from hardneg.train.config import RunConfig, apply_overrides, load_raw, validate_config
+    from hardneg.runs import RunConfig, apply_overrides, load_raw, validate_config
     from hardneg.train.trainer import Trainer
 
     raw = apply_overrides(load_raw(config), overrides)
@@ -44,7 +54,10 @@ def _run_train(
         raw = apply_overrides(raw, ["bounds.enabled=true"])
     cfg = validate_config(raw, RunConfig, str(config))
     run_dir = out or Path("runs") / config.stem
-    summary = Trainer(cfg, run_dir, resume=resume, overwrite=overwrite).fit()
+    if repair and not resume:
+        raise ValueError("--repair-metrics works with --resume only")
+    with exit_on_interrupt():
+        summary = Trainer(cfg, run_dir, resume=resume, overwrite=overwrite, repair_metrics=repair).fit()
     return run_dir, summary
 
 
@@ -56,9 +69,10 @@ def train_cmd(
     data_dir: DataDirOpt = None,
     resume: ResumeOpt = False,
     overwrite: OverwriteOpt = False,
+    repair: RepairOpt = False,
 ) -> None:
     """Train one model from a config; metrics, checkpoints and the summary go to the run directory."""
-    run_dir, s = _run_train(config, out, _with_dir(overrides, data_dir), resume, overwrite, False)
+    run_dir, s = _run_train(config, out, _with_dir(overrides, data_dir), resume, overwrite, False, repair)
     lin = f"  linear {s['linear_acc']:.4f}" if "linear_acc" in s else ""
     _echo(f"kNN {s['knn_acc']:.4f}{lin}  align {s['align']:.3f}  uniform {s['uniform']:.3f}")
     _echo(f"run directory: {run_dir}")
@@ -72,12 +86,13 @@ def bounds_cmd(
     data_dir: DataDirOpt = None,
     resume: ResumeOpt = False,
     overwrite: OverwriteOpt = False,
+    repair: RepairOpt = False,
 ) -> None:
     """Train with the config's loss while evaluating L_UCL, L_SCL, L_H-UCL, L_H-SCL on the same batches
     (Jiang et al. 2022); print how often each inequality and Assumption 1 hold; plot the four curves."""
     from hardneg.report.report import write_run_report
 
-    run_dir, s = _run_train(config, out, _with_dir(overrides, data_dir), resume, overwrite, True)
+    run_dir, s = _run_train(config, out, _with_dir(overrides, data_dir), resume, overwrite, True, repair)
     b = s["bounds"]
     _echo(f"batches checked: {b['batches']}")
     for name, key in (
@@ -99,15 +114,20 @@ def compare_cmd(
     data_dir: DataDirOpt = None,
     resume: ResumeOpt = False,
     overwrite: OverwriteOpt = False,
+    repair: RepairOpt = False,
 ) -> None:
     """Run the grid losses × β × seeds of a compare config and write the markdown report and plots."""
-    from hardneg.report.report import results_table
-    from hardneg.train.compare import collect, run_compare
-    from hardneg.train.config import CompareConfig, load_config
+    from hardneg.report.report import results_table, write_report
+    from hardneg.runs import CompareConfig, collect, load_config
+    from hardneg.train.compare import run_compare
 
     cfg = load_config(config, _with_dir(overrides, data_dir), CompareConfig)
     out_dir = out or Path("runs") / cfg.name
-    rp = run_compare(cfg, out_dir, resume=resume, overwrite=overwrite, echo=_echo)
+    if repair and not resume:
+        raise ValueError("--repair-metrics works with --resume only")
+    with exit_on_interrupt():
+        run_compare(cfg, out_dir, resume=resume, overwrite=overwrite, repair_metrics=repair, echo=_echo)
+    rp = write_report(out_dir)
     _echo("")
     _echo(results_table(collect(out_dir)))
     _echo("")

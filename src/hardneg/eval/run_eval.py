@@ -8,29 +8,31 @@ from typing import Any
 
 import torch
 
-from hardneg.train import checkpoint as ck
+from hardneg.data.base import load_named
+from hardneg.eval.knn import knn_predict
+from hardneg.eval.linear_probe import linear_probe, per_class_and_confusion
+from hardneg.models.encoders import build_model_from_config
+from hardneg.runs import MODEL, load_run
 
 
 @torch.no_grad()
 def evaluate_run(
     run_dir: str | Path, *, probe: bool = True, k: int | None = None, t: float | None = None
 ) -> dict[str, Any]:
-    from hardneg.data.base import load_named
-    from hardneg.eval.knn import knn_predict
-    from hardneg.eval.linear_probe import linear_probe, per_class_and_confusion
-    from hardneg.models.encoders import build_model_from_config
-    from hardneg.train.config import RunConfig, load_config
-
-    d = Path(run_dir)
-    mp = d / ck.MODEL
+    run = load_run(run_dir)
+    d, cfg = run.path, run.config
+    mp = d / MODEL
     if not mp.is_file():
         raise FileNotFoundError(f"{mp} not found; the run in {d} has not finished (resume it with --resume)")
-    cfg = load_config(d / ck.CONFIG, cls=RunConfig)
     c = cfg.data
     X, y = load_named(c.name, "train", data_dir=c.data_dir, limit=c.train_limit, seed=c.split_seed)
     Xt, yt = load_named(c.name, "test", data_dir=c.data_dir, limit=c.test_limit, seed=c.split_seed)
     model = build_model_from_config(cfg.model, X.shape[1:])
-    model.load_state_dict(torch.load(mp, map_location="cpu", weights_only=True))
+    try:
+        model.load_state_dict(torch.load(mp, map_location="cpu", weights_only=True))
+    except Exception as e:  # model.pt is only ever renamed into place, so this means outside damage
+        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        raise ValueError(f"{mp} cannot be loaded as this run's model ({type(e).__name__}: {first})") from None
     model.eval()
 
     def feats(A: torch.Tensor) -> torch.Tensor:

@@ -44,6 +44,18 @@ def load_sentence_model(path: str | os.PathLike[str] | None = None, *, kind: str
     raise ValueError(f"kind must be 'bi-encoder' or 'cross-encoder', got {kind!r}")
 
 
+def default_cache_dir() -> Path:
+    """The embedding cache's default folder: ``<user cache dir>/hardneg/embeddings``, the user cache
+    dir coming from ``platformdirs`` when installed, else ``$XDG_CACHE_HOME`` or ``~/.cache``."""
+    try:
+        from platformdirs import user_cache_dir
+    except ImportError:
+        base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "hardneg"
+    else:
+        base = Path(user_cache_dir("hardneg"))
+    return base / "embeddings"
+
+
 def model_fingerprint(model) -> str:
     """A short hash of the model's parameter names, shapes and values (sum and a strided sample)."""
     import torch

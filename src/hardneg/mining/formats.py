@@ -8,6 +8,7 @@ failure never leaves a partial file behind.
 from __future__ import annotations
 
 import csv
+import io
 import json
 import os
 from collections.abc import Sequence
@@ -35,6 +36,19 @@ def _suffix(path: Path) -> str:
     raise ValueError(f"{path}: unknown file type {s!r}; use .jsonl, .csv or .parquet")
 
 
+def read_text(path: str | os.PathLike[str]) -> str:
+    """The UTF-8 text of an input file; bytes that are not UTF-8 raise ValueError naming file and line."""
+    data = Path(path).read_bytes()
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, e.start) + 1
+        raise ValueError(
+            f"{path} line {line}: not UTF-8 text (byte 0x{data[e.start]:02x} at byte offset {e.start:,}); "
+            "convert the file to UTF-8"
+        ) from None
+
+
 def _read_rows(path: str | os.PathLike[str]) -> list[tuple[int, dict[str, Any]]]:
     """(line number, row dict) for every row; line numbers are 1-based file lines (CSV: header = 1)."""
     path = Path(path)
@@ -43,7 +57,7 @@ def _read_rows(path: str | os.PathLike[str]) -> list[tuple[int, dict[str, Any]]]
     kind = _suffix(path)
     rows: list[tuple[int, dict[str, Any]]] = []
     if kind == "jsonl":
-        with open(path, encoding="utf-8") as f:
+        with io.StringIO(read_text(path), newline=None) as f:
             for lineno, line in enumerate(f, 1):
                 if not line.strip():
                     raise ValueError(f"{path} line {lineno}: empty line")
@@ -55,7 +69,7 @@ def _read_rows(path: str | os.PathLike[str]) -> list[tuple[int, dict[str, Any]]]
                     raise ValueError(f"{path} line {lineno}: expected a JSON object, got {type(obj).__name__}")
                 rows.append((lineno, obj))
     elif kind == "csv":
-        with open(path, encoding="utf-8", newline="") as f:
+        with io.StringIO(read_text(path), newline="") as f:
             reader = csv.DictReader(f, delimiter="\t" if path.suffix.lower() == ".tsv" else ",")
             for i, obj in enumerate(reader):
                 if None in obj or any(v is None for v in obj.values()):
@@ -141,7 +155,7 @@ def read_corpus(source: Any, *, text_column: str | None = None, label_column: st
         if not p.is_file():
             raise FileNotFoundError(f"corpus file {str(p)!r} does not exist")
         texts = []
-        with open(p, encoding="utf-8") as f:
+        with io.StringIO(read_text(p), newline=None) as f:
             for lineno, line in enumerate(f, 1):
                 texts.append(_check_text(line.rstrip("\n"), str(p), lineno, "text"))
         if not texts:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from collections.abc import Sequence
@@ -12,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from hardneg._optional import require
+from hardneg.io import remove_stale_temps
 from hardneg.mining.encode import encode_texts, load_sentence_model
 from hardneg.mining.formats import OUTPUT_FORMATS_ALL, build_rows, write_rows
 from hardneg.mining.mine import MineConfig, MinedNegatives, mine_embeddings
@@ -177,13 +179,61 @@ def load_guide(path: str | os.PathLike[str]):
     return load_sentence_model(p, kind="cross-encoder" if is_ce else "bi-encoder")
 
 
-def write_result(result: MineResult, out: str | os.PathLike[str], *, summary_path=None) -> Path:
-    """Write the rows (atomically) and the summary JSON beside them (``<out>.summary.json``)."""
+#: the summary's ``written_by``: with ``output`` (the rows file's name) it marks a pair of files as
+#: hardneg's own, which ``--overwrite`` may replace
+WRITTEN_BY = "hardneg mine"
+
+
+def summary_file(out: str | os.PathLike[str]) -> Path:
+    """Where the summary of the mined file ``out`` goes: ``<out>.summary.json`` beside it."""
     out = Path(out)
+    return out.with_name(out.name + ".summary.json")
+
+
+def _is_own_summary(sp: Path, out: Path) -> bool:
+    try:
+        s = json.loads(sp.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(s, dict) and s.get("written_by") == WRITTEN_BY and s.get("output") == out.name
+
+
+def check_output(out: str | os.PathLike[str], *, overwrite: bool = False) -> None:
+    """Refuse an output that would replace files: without ``overwrite`` any existing ``out`` or
+    ``<out>.summary.json``; with it, files that hardneg mine did not write (recognised by a summary
+    beside them whose ``written_by`` and ``output`` name them)."""
+    out = Path(out)
+    sp = summary_file(out)
+    if out.is_dir() or sp.is_dir():
+        raise FileExistsError(f"{out if out.is_dir() else sp} is a folder; give a file name to --out")
+    existing = [str(p) for p in (out, sp) if p.exists()]
+    if not existing:
+        return
+    if not overwrite:
+        verb = "exists" if len(existing) == 1 else "exist"
+        raise FileExistsError(f"{' and '.join(existing)} already {verb}; pass --overwrite to replace")
+    if not _is_own_summary(sp, out):
+        why = f"{sp} is not its hardneg mine summary" if sp.exists() else f"there is no {sp.name} beside it"
+        raise FileExistsError(
+            f"refusing to --overwrite {existing[0]}: hardneg mine did not write it ({why}); "
+            "move it away or choose another --out"
+        )
+
+
+def write_result(result: MineResult, out: str | os.PathLike[str], *, summary_path=None) -> Path:
+    """Write the rows (atomically) and the summary JSON beside them (``<out>.summary.json``), which
+    records that hardneg wrote them (``written_by``, ``output``)."""
+    out = Path(out)
+    sp = Path(summary_path) if summary_path else summary_file(out)
+    remove_stale_temps(out.parent, [out.name])  # left by a mine killed while writing these very files
+    remove_stale_temps(sp.parent, [sp.name])
     write_rows(result.rows, out)
-    sp = Path(summary_path) if summary_path else out.with_name(out.name + ".summary.json")
+    result.summary = {"written_by": WRITTEN_BY, "output": out.name, **result.summary}
     save_summary(result.summary, sp)
     return sp
 
 
-__all__ = ["MineResult", "mine_texts", "write_result", "format_summary", "prepare_corpus", "load_guide"]
+__all__ = [
+    "MineResult", "check_output", "format_summary", "load_guide", "mine_texts", "prepare_corpus", "summary_file",
+    "write_result",
+]

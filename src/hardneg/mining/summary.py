@@ -97,9 +97,26 @@ def build_summary(res: MinedNegatives, cfg: MineConfig, *, n_corpus: int, rows_w
     return s
 
 
+def nothing_selected_line(s: dict) -> str | None:
+    """When no query got a single negative: one line saying which filter removed how many of the
+    window's candidates (largest first) and which knob to loosen; else None."""
+    if s["negatives_selected"]:
+        return None
+    removed = sorted(((k, v) for k, v in s["removed_by_filter"].items() if v), key=lambda kv: -kv[1])
+    cands = s["candidates_in_window"]
+    if removed:
+        what = "; ".join(f"{k} removed {v:,}" for k, v in removed) + f" of the {cands:,} candidates in the window"
+        knob = KNOBS.get(removed[0][0], KNOBS["window"])
+    else:
+        what = f"the window {s['window']} held {cands:,} candidates"
+        knob = KNOBS["window"]
+    return f"no negatives selected for any of the {s['queries']:,} queries: {what} -> {knob}"
+
+
 def warning_lines(s: dict) -> list[str]:
-    """The loud lines: queries that got too few negatives, and which knob to loosen."""
-    out = []
+    """The loud lines: no negatives at all (first), queries that got too few, and which knob to loosen."""
+    none = nothing_selected_line(s)
+    out = [f"ERROR: {none}"] if none else []
     if s["queries_with_too_few"]:
         n, k = s["queries_with_too_few"], s["queries"]
         causes = sorted(s["too_few_by_cause"].items(), key=lambda kv: -kv[1])

@@ -9,6 +9,10 @@ steps_per_epoch``, and ``steps`` / ``milestones`` count epochs.
 - step:    ``v(u) = values[i]`` where ``i`` = number of milestones ≤ u (piecewise constant)
 - constant: ``v(u) = value``
 
+A schedule built for a named knob (:func:`make_schedule` with ``name``) is checked over its whole range
+when it is built: β must stay ≥ 0, t > 0, k ≥ 1 and τ⁺ in [0, 1) at every step, so a curriculum that
+would cross the limit at step 200 of 1,000 is refused at step 0.
+
 Dynamic re-mining (refreshing a pool's mined negatives every n steps with the current model) is a
 property of the pool source: :class:`hardneg.negatives.sources.ExternalPool` (``encode_fn``,
 ``refresh_every``).
@@ -18,7 +22,7 @@ from __future__ import annotations
 
 import bisect
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 _UNITS = ("step", "epoch")
@@ -48,6 +52,10 @@ class Schedule:
     def value_at(self, u: float) -> float:  # pragma: no cover - abstract
         raise NotImplementedError
 
+    def extremes(self) -> tuple[float, ...]:  # pragma: no cover - abstract
+        """Values that bound the schedule over every step (each kind is monotone between them)."""
+        raise NotImplementedError
+
     def __call__(self, step: int) -> float:
         if isinstance(step, bool) or not isinstance(step, int) or step < 0:
             raise ValueError(f"step must be a non-negative int, got {step!r}")
@@ -71,6 +79,9 @@ class Constant(Schedule):
     def value_at(self, u: float) -> float:
         return self.value
 
+    def extremes(self) -> tuple[float, ...]:
+        return (self.value,)
+
 
 class _Ramp(Schedule):
     def __init__(self, start: float, end: float, steps: int, **kw: Any) -> None:
@@ -80,6 +91,9 @@ class _Ramp(Schedule):
         if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
             raise ValueError(f"schedule option 'steps' must be a positive int, got {steps!r}")
         self.steps = steps
+
+    def extremes(self) -> tuple[float, ...]:
+        return (self.start, self.end)
 
 
 class Linear(_Ramp):
@@ -120,16 +134,43 @@ class Step(Schedule):
     def value_at(self, u: float) -> float:
         return self.values[bisect.bisect_right(self.milestones, u)]
 
+    def extremes(self) -> tuple[float, ...]:
+        return tuple(self.values)
+
 
 SCHEDULES: dict[str, type[Schedule]] = {c.kind: c for c in (Constant, Linear, Cosine, Step)}
 
+#: the values a scheduled knob may take at every step: name -> (test, wording)
+KNOB_RANGES: dict[str, tuple[Callable[[float], bool], str]] = {
+    "beta": (lambda v: v >= 0, ">= 0"),
+    "t": (lambda v: v > 0, "> 0"),
+    "temperature": (lambda v: v > 0, "> 0"),
+    "k": (lambda v: v >= 1, ">= 1"),
+    "tau_plus": (lambda v: 0 <= v < 1, "in [0, 1)"),
+}
 
-def make_schedule(spec: Schedule | Mapping[str, Any] | float | int) -> Schedule:
+
+def check_range(name: str, schedule: Schedule) -> Schedule:
+    """Refuse (ValueError naming the knob and the value) a schedule that leaves ``name``'s allowed range
+    anywhere over its steps; knobs without a known range pass."""
+    if name in KNOB_RANGES:
+        ok, wording = KNOB_RANGES[name]
+        bad = [v for v in schedule.extremes() if not ok(v)]
+        if bad:
+            raise ValueError(
+                f"schedule for {name!r} reaches {bad[0]:g} ({schedule!r}); {name} must stay {wording} at every step"
+            )
+    return schedule
+
+
+def make_schedule(spec: Schedule | Mapping[str, Any] | float | int, name: str | None = None) -> Schedule:
     """Build a schedule from a mapping such as ``{kind: linear, start: 0, end: 2, steps: 1000}``.
 
     A plain number gives a :class:`Constant`. Unknown kinds and unknown keys raise ``ValueError``
-    naming them.
+    naming them. With ``name`` (the knob it drives), the whole range is checked (:func:`check_range`).
     """
+    if name is not None:
+        return check_range(name, make_schedule(spec))
     if isinstance(spec, Schedule):
         return spec
     if isinstance(spec, (int, float)) and not isinstance(spec, bool):

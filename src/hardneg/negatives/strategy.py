@@ -160,7 +160,7 @@ class Strategy(nn.Module):
         self.schedules: dict[str, Schedule] = {}
         for key, spec in (schedule or {}).items():
             self._targets(key)  # raises on unknown names
-            self.schedules[key] = make_schedule(spec)
+            self.schedules[key] = make_schedule(spec, key)
         for s in self.sources:
             if hasattr(s, "_valid_fn"):
                 s._valid_fn = None

@@ -15,8 +15,8 @@ from typing import Any
 
 import numpy as np
 
+from hardneg import runs
 from hardneg.io import atomic_write_text
-from hardneg.train import checkpoint as ck
 
 
 def _ms(v: list[float]) -> tuple[float, float]:
@@ -118,9 +118,7 @@ def bounds_table(rows: list[dict[str, Any]]) -> str:
 
 
 def _read_recs(run_dir: Path) -> list[dict[str, Any]]:
-    from hardneg.train.trainer import read_metrics
-
-    return read_metrics(run_dir)
+    return runs.read_metrics(run_dir)
 
 
 def write_report(out_dir: str | Path, *, docs_path: str | Path | None = None) -> Path:
@@ -129,19 +127,17 @@ def write_report(out_dir: str | Path, *, docs_path: str | Path | None = None) ->
     import torch
 
     from hardneg.report import plots
-    from hardneg.train.compare import collect
-    from hardneg.train.config import CompareConfig, load_config
 
     out = Path(out_dir)
-    rows = collect(out)
+    rows = runs.collect(out)
     if not rows:
         raise ValueError(f"{out} holds no finished run yet; run `hardneg compare` first")
-    cfg = load_config(out / ck.CONFIG, cls=CompareConfig)
+    cfg = runs.load_compare_config(out)
     slim = [{k: v for k, v in r.items() if not k.endswith(("confusion", "per_class"))} for r in rows]
     atomic_write_text(out / "results.json", json.dumps(slim, indent=1))
     figs = []
     figs.append(("Accuracy vs β", plots.accuracy_vs_beta(rows, out / "accuracy_vs_beta.png")))
-    recs = {r["run"]: _read_recs(out / "runs" / r["run"]) for r in rows}
+    recs = {r["run"]: _read_recs(out / runs.RUNS / r["run"]) for r in rows}
     first_seed = min(r["seed"] for r in rows)
     sel = [r for r in rows if r["seed"] == first_seed]
 
@@ -232,7 +228,7 @@ def write_report(out_dir: str | Path, *, docs_path: str | Path | None = None) ->
             best = max(cand, key=lambda r: r["knn_acc"], default=None)
             if best is None:
                 continue
-            e = torch.load(out / "runs" / best["run"] / ck.EMBEDDINGS, weights_only=True)
+            e = torch.load(out / runs.RUNS / best["run"] / runs.EMBEDDINGS, weights_only=True)
             n = cfg.report.map_points
             maps[best["run"]] = (e["features"][:n].numpy(), e["labels"][:n].numpy())
         if maps:
@@ -281,20 +277,17 @@ def write_report(out_dir: str | Path, *, docs_path: str | Path | None = None) ->
 
 
 def _grid_size(cfg: Any) -> int:
-    from hardneg.train.compare import expand_grid
-
-    return len(expand_grid(cfg))
+    return len(runs.expand_grid(cfg))
 
 
 def write_run_report(run_dir: str | Path) -> Path:
     """A short report of one ``hardneg train`` / ``hardneg bounds`` run: summary, loss curve, and the
     four bound curves when they were logged."""
     from hardneg.report import plots
-    from hardneg.train.trainer import read_metrics
 
     d = Path(run_dir)
-    recs = read_metrics(d)
-    sp = d / ck.SUMMARY
+    recs = runs.read_metrics(d)
+    sp = d / runs.SUMMARY
     s = json.loads(sp.read_text(encoding="utf-8")) if sp.is_file() else {}
     md = [f"# hardneg run: {d.name}", ""]
     if s:

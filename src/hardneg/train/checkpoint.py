@@ -1,66 +1,38 @@
-"""Run directories and checkpoints.
+"""Checkpoints of a run directory (its layout and the rules for creating it: :mod:`hardneg.runs`).
 
-A run directory holds ``config.yaml`` (the validated config), ``metrics.jsonl`` (one JSON object per
-step / epoch / bound check), ``checkpoint.pt`` (the full training state, replaced atomically every N
-steps, at every epoch end and on Ctrl-C), and when finished ``model.pt``, ``embeddings.pt`` and
-``summary.json``. Every file is written to a temporary name and renamed (:mod:`hardneg.io`).
+``checkpoint.pt`` holds the full training state, is replaced atomically every N steps, at every epoch
+end and on Ctrl-C / SIGTERM, and records the SHA-256 of the run's ``config.yaml`` so that a checkpoint
+copied from another run is refused on ``--resume``.
 """
 
 from __future__ import annotations
 
-import shutil
+import hashlib
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from hardneg.io import atomic_torch_save, atomic_write_text
+from hardneg.io import atomic_torch_save
+from hardneg.runs.folders import CHECKPOINT, CONFIG, EMBEDDINGS, METRICS, MODEL, SUMMARY, prepare_output
 
-CONFIG = "config.yaml"
-METRICS = "metrics.jsonl"
-CHECKPOINT = "checkpoint.pt"
-SUMMARY = "summary.json"
-MODEL = "model.pt"
-EMBEDDINGS = "embeddings.pt"
+__all__ = [
+    "CHECKPOINT", "CONFIG", "EMBEDDINGS", "METRICS", "MODEL", "SUMMARY",
+    "config_digest", "load_checkpoint", "prepare_run_dir", "save_checkpoint",
+]
+
+
+def config_digest(config_text: str) -> str:
+    """SHA-256 of a run's ``config.yaml`` text: the identity a checkpoint is checked against."""
+    return hashlib.sha256(config_text.encode("utf-8")).hexdigest()
 
 
 def prepare_run_dir(
     run_dir: str | Path, config_text: str, *, resume: bool = False, overwrite: bool = False
 ) -> bool:
-    """Create or check ``run_dir``; return True when an existing run of the same config is resumed.
-
-    A folder that already holds files is refused (FileExistsError) unless ``overwrite`` (its content is
-    deleted) or ``resume`` with the same ``config.yaml`` (a different config is refused even then).
-    """
-    if resume and overwrite:
-        raise ValueError("pass at most one of --resume and --overwrite")
-    d = Path(run_dir)
-    if d.exists() and not d.is_dir():
-        raise FileExistsError(f"run directory {d} exists and is not a directory")
-    occupied = d.is_dir() and any(d.iterdir())
-    if occupied and overwrite:
-        shutil.rmtree(d)
-        occupied = False
-    if occupied:
-        cfg = d / CONFIG
-        if not resume:
-            raise FileExistsError(
-                f"run directory {d} already holds a run; "
-                "pass --resume to continue it or --overwrite to replace it"
-            )
-        if not cfg.is_file():
-            raise FileExistsError(
-                f"run directory {d} holds files but no {CONFIG}; refusing to resume into it"
-            )
-        if cfg.read_text(encoding="utf-8") != config_text:
-            raise FileExistsError(
-                f"run directory {d} holds a different run (its {CONFIG} differs); "
-                "use another directory or --overwrite"
-            )
-        return True
-    d.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(d / CONFIG, config_text)
-    return False
+    """Create or check a run directory; True when an existing run of the same config is resumed
+    (:func:`hardneg.runs.prepare_output` with ``kind="run"``)."""
+    return prepare_output(run_dir, "run", config_text, resume=resume, overwrite=overwrite)
 
 
 def save_checkpoint(state: dict[str, Any], run_dir: str | Path) -> Path:
@@ -69,11 +41,22 @@ def save_checkpoint(state: dict[str, Any], run_dir: str | Path) -> Path:
     return p
 
 
-def load_checkpoint(run_dir: str | Path) -> dict[str, Any] | None:
+def load_checkpoint(run_dir: str | Path, config_text: str | None = None) -> dict[str, Any] | None:
+    """The checkpoint of ``run_dir`` (None when there is none yet). With ``config_text``, a checkpoint
+    written by a run of another config raises ValueError naming the file."""
     p = Path(run_dir) / CHECKPOINT
     if not p.is_file():
         return None
     try:
-        return torch.load(p, map_location="cpu", weights_only=False)
+        st = torch.load(p, map_location="cpu", weights_only=False)
     except Exception as e:  # a checkpoint is only ever renamed into place, so this means outside damage
         raise ValueError(f"checkpoint {p} cannot be read ({type(e).__name__}: {e})") from None
+    if not isinstance(st, dict) or "model" not in st or "step" not in st:
+        raise ValueError(f"checkpoint {p} is not a hardneg training checkpoint")
+    digest = st.get("config_sha256")
+    if config_text is not None and digest is not None and digest != config_digest(config_text):
+        raise ValueError(
+            f"checkpoint {p} belongs to another run (written under a different {CONFIG}); "
+            "restore this run's checkpoint or start over with --overwrite"
+        )
+    return st

@@ -1,123 +1,71 @@
-"""The experiment grid of ``hardneg compare``: losses × β × seeds from one :class:`CompareConfig`.
+"""Running the experiment grid of ``hardneg compare``: every grid point of one :class:`CompareConfig`
+(expanded by :func:`hardneg.runs.expand_grid`) trained in its own run folder.
 
 Layout of the output folder::
 
+    <out>/.hardneg               the marker: hardneg created this folder (see hardneg.runs)
     <out>/config.yaml            the validated compare config (a different one is refused)
-    <out>/runs/<run>/            one Trainer run directory per grid point (see hardneg.train.checkpoint)
+    <out>/runs/<run>/            one Trainer run directory per grid point
     <out>/results.json           one row per finished run (written by the report)
     <out>/report.md, *.png       the markdown report and its plots (hardneg.report)
 
 Resumable: a run whose ``summary.json`` exists is not repeated; an interrupted run continues from its
-checkpoint; runs not started yet start fresh.
+checkpoint; runs not started yet start fresh. The report is written by :mod:`hardneg.report` from the
+finished folder (the command line does both).
 """
 
 from __future__ import annotations
 
-import json
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from hardneg.train import checkpoint as ck
-from hardneg.train.config import CompareConfig, RunConfig, dump_config
-from hardneg.train.losses_from_config import build_objective, has_beta
+from hardneg import runs
+from hardneg.data.base import load_named
+from hardneg.runs import RunSpec, collect, expand_grid, run_config
+from hardneg.train.losses_from_config import build_objective
+from hardneg.train.trainer import Trainer
 
-
-@dataclass(frozen=True)
-class RunSpec:
-    """One grid point: a named loss (``loss``, ``params``) or a strategy mapping (``strategy``)."""
-
-    label: str
-    loss: str | None
-    params: dict[str, Any]
-    beta: float | None
-    seed: int
-    strategy: dict[str, Any] | None = None
-
-    @property
-    def name(self) -> str:
-        b = "" if self.beta is None else f"_b{self.beta:g}"
-        return f"{self.label}{b}_s{self.seed}"
-
-
-def expand_grid(cfg: CompareConfig) -> list[RunSpec]:
-    """Every grid point in a fixed order (loss, β, seed): tilted losses once per β, others once.
-
-    A strategy entry is tilted when its preset is (``hucl``, ``hscl``) or its mapping sets ``beta``;
-    β is then set in a copy of the mapping."""
-    out = []
-    for gl in cfg.grid.losses:
-        opts = dict(gl.strategy) if gl.strategy is not None else dict(gl.params)
-        betas: list[float | None] = list(cfg.grid.betas) if has_beta(gl.loss_name, opts) else [None]
-        for b in betas:
-            o = dict(opts)
-            if b is not None:
-                o["beta"] = float(b)
-            for s in cfg.grid.seeds:
-                if gl.strategy is None:
-                    out.append(RunSpec(gl.title, gl.name, o, b, s))
-                else:
-                    out.append(RunSpec(gl.title, None, {}, b, s, strategy=o))
-    return out
-
-
-def run_config(cfg: CompareConfig, spec: RunSpec) -> RunConfig:
-    """The RunConfig of one grid point: the base sections with the loss (or strategy) and seed replaced."""
-    base = cfg.model_dump(exclude={"name", "grid", "report"})
-    if spec.strategy is not None:
-        base["loss"], base["strategy"] = None, spec.strategy
-    else:
-        base["loss"], base["strategy"] = {"name": spec.loss, "params": spec.params}, None
-    base["train"]["seed"] = spec.seed
-    return RunConfig.model_validate(base)
+__all__ = ["RunSpec", "collect", "expand_grid", "run_compare", "run_config"]
 
 
 def run_compare(
-    cfg: CompareConfig, out_dir: str | Path, *, resume: bool = False, overwrite: bool = False, echo: Any = print
+    cfg: runs.CompareConfig,
+    out_dir: str | Path,
+    *,
+    resume: bool = False,
+    overwrite: bool = False,
+    repair_metrics: bool = False,
+    echo: Any = print,
 ) -> Path:
-    """Run (or continue) every grid point, then write the report; return the report path."""
-    from hardneg.data.base import load_named
-    from hardneg.report.report import write_report
-    from hardneg.train.trainer import Trainer
+    """Run (or continue) every grid point; return the output folder (write its report with
+    :func:`hardneg.report.report.write_report`).
 
+    Every grid point's loss and the data are checked before the output folder is touched."""
     out = Path(out_dir)
+    if resume and overwrite:
+        raise ValueError("pass at most one of --resume and --overwrite")
     specs = expand_grid(cfg)
     for spec in specs:  # an unknown loss, preset or option is refused before anything is written
         if spec.seed == cfg.grid.seeds[0]:
             build_objective(run_config(cfg, spec))
-    ck.prepare_run_dir(out, dump_config(cfg), resume=resume, overwrite=overwrite)
     d = cfg.data
     train = load_named(d.name, "train", data_dir=d.data_dir, limit=d.train_limit, seed=d.split_seed)
     test = load_named(d.name, "test", data_dir=d.data_dir, limit=d.test_limit, seed=d.split_seed)
+    if len(train[0]) < cfg.train.batch_size:
+        raise ValueError(f"train.batch_size={cfg.train.batch_size} is larger than the training set ({len(train[0])})")
+    runs.prepare_output(out, "compare", runs.dump_config(cfg), resume=resume, overwrite=overwrite)
     t_all = time.time()
     for i, spec in enumerate(specs, 1):
-        rd = out / "runs" / spec.name
-        if (rd / ck.SUMMARY).is_file():
+        rd = runs.run_dir(out, spec)
+        if (rd / runs.SUMMARY).is_file():
             echo(f"[{i}/{len(specs)}] {spec.name}: done before, skipped")
             continue
         t0 = time.time()
-        tr = Trainer(run_config(cfg, spec), rd, train_data=train, test_data=test, resume=True)
+        tr = Trainer(run_config(cfg, spec), rd, train_data=train, test_data=test, resume=True,
+                     repair_metrics=repair_metrics)
         s = tr.fit()
         lin = f", linear {s['linear_acc']:.4f}" if "linear_acc" in s else ""
         echo(f"[{i}/{len(specs)}] {spec.name}: kNN {s['knn_acc']:.4f}{lin} ({time.time() - t0:.0f} s)")
     echo(f"grid finished in {time.time() - t_all:.0f} s")
-    return write_report(out)
-
-
-def collect(out_dir: str | Path) -> list[dict[str, Any]]:
-    """One row per finished run of a compare folder (its summary plus label/β/seed)."""
-    from hardneg.train.config import load_config
-
-    out = Path(out_dir)
-    cfg_p = out / ck.CONFIG
-    if not cfg_p.is_file():
-        raise FileNotFoundError(f"{cfg_p} not found; is {out} a compare output folder?")
-    cfg = load_config(cfg_p, cls=CompareConfig)
-    rows = []
-    for spec in expand_grid(cfg):
-        sp = out / "runs" / spec.name / ck.SUMMARY
-        if sp.is_file():
-            s = json.loads(sp.read_text(encoding="utf-8"))
-            rows.append({"label": spec.label, "beta": spec.beta, "seed": spec.seed, "run": spec.name, **s})
-    return rows
+    return out

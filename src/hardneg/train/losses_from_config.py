@@ -18,18 +18,14 @@ import torch
 
 from hardneg.negatives import registry
 from hardneg.negatives.strategy import Strategy
-from hardneg.train.config import RunConfig
+from hardneg.runs.config import RunConfig
+from hardneg.runs.grid import has_beta as has_beta
 
 LossFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
 #: losses that take labels (supervised) and losses with a tilt β
 SUPERVISED = {"scl", "supcon", "hscl"}
 NAMED = ("ucl", "scl", "supcon", "hucl", "dcl", "hscl", "triplet", "margin", "decoupled")
-
-
-def has_beta(name: str, params: dict[str, Any] | None = None) -> bool:
-    """True for the losses whose negatives are tilted by η(s) = e^{βs/t} (H-UCL, H-SCL)."""
-    return name in ("hucl", "hscl") or (params is not None and "beta" in params)
 
 
 def _functional(name: str) -> Callable[..., torch.Tensor]:

@@ -19,7 +19,6 @@ from __future__ import annotations
 import json
 import math
 import signal
-import sys
 import threading
 import time
 from collections.abc import Callable
@@ -40,9 +39,11 @@ from hardneg.io import atomic_torch_save, atomic_write_text
 from hardneg.models.encoders import ContrastiveModel, build_model_from_config
 from hardneg.negatives.queue import MomentumEncoder, needs_key_encoder
 from hardneg.negatives.strategy import Strategy
+from hardneg.runs.config import RunConfig, dump_config
+from hardneg.runs.metrics import metrics_problem, repair_metrics
+from hardneg.runs.metrics import read_metrics as read_metrics
 from hardneg.seed import seed_everything
 from hardneg.train import checkpoint as ck
-from hardneg.train.config import RunConfig, dump_config
 from hardneg.train.losses_from_config import build_objective, strategy_of
 
 LossFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
@@ -53,6 +54,22 @@ _STEP_RECORD_KEYS = ("loss", "step")
 
 class NonFiniteLossError(ValueError):
     """The loss became NaN or infinite; training stopped before applying that step."""
+
+
+class RunInterrupted(KeyboardInterrupt):
+    """Ctrl-C (SIGINT) or SIGTERM stopped training; ``exit_code`` is 128 + the signal number."""
+
+    def __init__(self, message: str, signum: int) -> None:
+        super().__init__(message)
+        self.signum = signum
+        self.exit_code = 128 + signum
+
+
+class _EvalInterruptedError(Exception):
+    """Raised by the signal handler to cut an evaluation short (the checkpoint is then written)."""
+
+
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
 def lr_lambda(cfg: RunConfig, total_steps: int) -> Callable[[int], float]:
@@ -115,14 +132,19 @@ class Trainer:
         test_data: Any = None,
         resume: bool = False,
         overwrite: bool = False,
+        repair_metrics: bool = False,
     ) -> None:
         if not isinstance(config, RunConfig):
             raise TypeError(f"config must be a RunConfig, got {type(config).__name__}")
+        if resume and overwrite:
+            raise ValueError("pass at most one of --resume and --overwrite")
         self.cfg = config
         self.run_dir = Path(run_dir)
-        self.loss_fn = loss_fn if loss_fn is not None else build_objective(config)
-        self.resumed = ck.prepare_run_dir(self.run_dir, dump_config(config), resume=resume, overwrite=overwrite)
+        self._config_text = dump_config(config)
+        self._repair_metrics = repair_metrics
         c = config
+        # everything that can refuse the config (objective, data, sizes) runs before the folder is touched
+        self.loss_fn = loss_fn if loss_fn is not None else build_objective(config)
         if c.train.threads:
             torch.set_num_threads(c.train.threads)
         if train_data is None:
@@ -144,6 +166,7 @@ class Trainer:
                 f"train.batch_size={c.train.batch_size} is larger than the training set ({self.X.shape[0]})"
             )
         self.num_classes = int(max(int(self.y.max()), int(self.yt.max())) + 1)
+        self.resumed = ck.prepare_run_dir(self.run_dir, self._config_text, resume=resume, overwrite=overwrite)
         strategy = getattr(self.loss_fn, "strategy", self.loss_fn)
         self._strategy: torch.nn.Module | None = strategy if isinstance(strategy, torch.nn.Module) else None
         #: the Strategy behind the loss (ids, step, diagnostics, key encoder), None for plain functions
@@ -166,7 +189,8 @@ class Trainer:
         self.perm: torch.Tensor | None = None
         self.epoch_loss = [0.0, 0]
         self.last_ckpt: Path | None = None
-        self._stop = False
+        self._stop = 0  # the signal number that asked training to stop
+        self._evaluating = False
         self.bounds_beta, self.bounds_t = _loss_beta_t(c, self.strategy)
         if self.resumed:
             self._restore()
@@ -187,6 +211,7 @@ class Trainer:
             "perm": self.perm,
             "epoch_loss": list(self.epoch_loss),
             "metrics_bytes": mp.stat().st_size if mp.exists() else 0,
+            "config_sha256": ck.config_digest(self._config_text),
             # a strategy's own state (queue contents, adversarial bank, step counter of its schedules)
             "strategy": self._strategy.state_dict() if self._strategy is not None else None,
             "key_encoder": self.key_encoder.state_dict() if self.key_encoder is not None else None,
@@ -198,14 +223,26 @@ class Trainer:
         return self.last_ckpt
 
     def _restore(self) -> None:
-        st = ck.load_checkpoint(self.run_dir)
+        st = ck.load_checkpoint(self.run_dir, self._config_text)
         mp = self.run_dir / ck.METRICS
         if st is None:  # the run never reached its first checkpoint: start over in the same folder
             if mp.exists():
                 mp.unlink()
             return
-        self.model.load_state_dict(st["model"])
-        self.opt.load_state_dict(st["opt"])
+        problem = metrics_problem(self.run_dir, st["metrics_bytes"])
+        if problem is not None and not self._repair_metrics:
+            raise ValueError(
+                f"cannot resume: {problem}; the checkpoint is at step {st['step']}. Rerun with --resume "
+                "--repair-metrics to keep the intact records up to that step and continue (the lost ones stay lost)"
+            )
+        try:
+            self.model.load_state_dict(st["model"])
+            self.opt.load_state_dict(st["opt"])
+        except (RuntimeError, KeyError, ValueError) as e:
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise ValueError(
+                f"checkpoint {self.run_dir / ck.CHECKPOINT} does not fit this run's model ({first})"
+            ) from None
         self.sched.load_state_dict(st["sched"])
         self.g_data.set_state(st["g_data"])
         self.g_aug.set_state(st["g_aug"])
@@ -217,7 +254,9 @@ class Trainer:
             self._strategy.load_state_dict(st["strategy"])
         if self.key_encoder is not None and st.get("key_encoder") is not None:
             self.key_encoder.load_state_dict(st["key_encoder"])
-        if mp.exists():
+        if problem is not None:
+            repair_metrics(self.run_dir, st["metrics_bytes"])
+        elif mp.exists():
             with open(mp, "r+b") as f:
                 f.truncate(st["metrics_bytes"])
         self.last_ckpt = self.run_dir / ck.CHECKPOINT
@@ -315,24 +354,54 @@ class Trainer:
         return {f"neg_{k}": _json_float(v) for k, v in d.items() if k not in _STEP_RECORD_KEYS}
 
     # ------------------------------------------------------------------ training
-    def _on_sigint(self, signum: int, frame: Any) -> None:
-        if self._stop:  # second Ctrl-C: stop now
-            raise KeyboardInterrupt
-        self._stop = True
+    def _on_signal(self, signum: int, frame: Any) -> None:
+        """Ctrl-C / SIGTERM: finish the step in flight (or cut an evaluation short), write a checkpoint,
+        stop. A second signal stops at once, keeping the last checkpoint."""
+        if self._stop:
+            where = f"last checkpoint: {self.last_ckpt}" if self.last_ckpt else "no checkpoint yet"
+            raise RunInterrupted(
+                f"{signal.Signals(signum).name} again: stopped at once at step {self.step}; {where}", signum
+            )
+        self._stop = signum
+        if self._evaluating:
+            raise _EvalInterruptedError
+
+    def _interrupt(self) -> None:
+        p = self.save_checkpoint()
+        name = signal.Signals(self._stop).name
+        raise RunInterrupted(
+            f"interrupted ({name}) at step {self.step}; checkpoint saved to {p}; continue with --resume", self._stop
+        )
+
+    def _evaluate_or_stop(self, *, probe: bool) -> dict[str, Any]:
+        """:meth:`evaluate`, unless a stop signal came before or during it: then checkpoint and stop (the
+        checkpoint is taken before the epoch's evaluation, which a resumed run repeats)."""
+        if self._stop:
+            self._interrupt()
+        try:
+            self._evaluating = True
+            return self.evaluate(probe=probe)
+        except _EvalInterruptedError:
+            pass
+        finally:
+            self._evaluating = False
+        self.model.train()
+        self._interrupt()
+        raise AssertionError("unreachable")  # pragma: no cover
 
     def fit(self) -> dict[str, Any]:
         """Train to the configured number of epochs (continuing from the checkpoint when resumed) and
-        return the summary; also written to ``summary.json``."""
-        handler_set = False
+        return the summary; also written to ``summary.json``. Ctrl-C and SIGTERM write a checkpoint and
+        raise :class:`RunInterrupted`."""
+        old: dict[int, Any] = {}
         if threading.current_thread() is threading.main_thread():
-            old = signal.signal(signal.SIGINT, self._on_sigint)
-            handler_set = True
+            old = {s: signal.signal(s, self._on_signal) for s in STOP_SIGNALS}
         try:
             return self._fit()
         finally:
             self._close()
-            if handler_set:
-                signal.signal(signal.SIGINT, old)
+            for s, h in old.items():
+                signal.signal(s, h)
 
     def _nonfinite(self, what: str) -> None:
         self._metrics_fh_flush()
@@ -365,10 +434,7 @@ class Trainer:
                     self.batch_idx, self.epoch_loss = 0, [0.0, 0]
                 while self.batch_idx < spe:
                     if self._stop:
-                        p = self.save_checkpoint()
-                        msg = f"interrupted at step {self.step}; checkpoint saved to {p}; continue with --resume"
-                        print(f"hardneg: {msg}", file=sys.stderr)
-                        raise KeyboardInterrupt(msg)
+                        self._interrupt()
                     idx = self.perm[self.batch_idx * bs : (self.batch_idx + 1) * bs]
                     x, y = self.X[idx], self.y[idx]
                     z1, z2 = self._embed_views(x)
@@ -414,7 +480,7 @@ class Trainer:
                 if last or ep % c.eval.every_epochs == 0:
                     pe = c.eval.probe_every_epochs
                     probe = c.eval.linear_probe and (last or (pe is not None and ep % pe == 0))
-                    last_eval = self.evaluate(probe=probe)
+                    last_eval = self._evaluate_or_stop(probe=probe)
                     rec.update({k: v for k, v in last_eval.items() if not k.endswith(("per_class", "confusion"))})
                 self._log(rec)
                 self.epoch += 1
@@ -425,14 +491,16 @@ class Trainer:
             bar.close()
             self._metrics_fh_flush()
         if not last_eval:  # resumed after the last epoch had been evaluated: evaluate again for the summary
-            last_eval = self.evaluate(probe=c.eval.linear_probe)
+            last_eval = self._evaluate_or_stop(probe=c.eval.linear_probe)
+        if self._stop:
+            self._interrupt()
         return self._finish(last_eval, time.time() - t0)
 
     def _finish(self, ev: dict[str, Any], seconds: float) -> dict[str, Any]:
         from hardneg.eval.bounds import summarize_bounds
 
         self._close()
-        recs = [json.loads(line) for line in (self.run_dir / ck.METRICS).read_text(encoding="utf-8").splitlines()]
+        recs = read_metrics(self.run_dir)
         bounds = summarize_bounds([r for r in recs if r["type"] == "bounds"])
         atomic_torch_save(self.model.state_dict(), self.run_dir / ck.MODEL)
         n = min(2000, self.Xt.shape[0])
@@ -456,12 +524,4 @@ class Trainer:
         return summary
 
 
-def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
-    """All records of a run's ``metrics.jsonl``."""
-    p = Path(run_dir) / ck.METRICS
-    if not p.is_file():
-        raise FileNotFoundError(f"{p} not found; is {run_dir} a run directory?")
-    return [json.loads(line) for line in p.read_text(encoding="utf-8").splitlines() if line.strip()]
-
-
-__all__ = ["NonFiniteLossError", "Trainer", "lr_lambda", "read_metrics"]
+__all__ = ["NonFiniteLossError", "RunInterrupted", "Trainer", "lr_lambda", "read_metrics"]

@@ -1,0 +1,283 @@
+"""Experiment configuration: pydantic models that reject unknown keys and wrong types.
+
+A YAML file maps onto :class:`RunConfig` (``hardneg train``) or :class:`CompareConfig`
+(``hardneg compare``); ``--set section.key=value`` overrides are applied before validation.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+from hardneg._optional import missing
+
+try:
+    import yaml
+    from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+except ImportError as e:
+    raise missing("yaml" if e.name == "yaml" else "pydantic", extra="train", feature="experiment configs") from e
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class DataConfig(_Strict):
+    name: Literal["digits", "fashion_mnist"] = "digits"
+    data_dir: str | None = None
+    train_limit: int | None = Field(default=None, gt=0)
+    test_limit: int | None = Field(default=None, gt=0)
+    split_seed: int = Field(default=0, ge=0)
+
+
+class AugmentConfig(_Strict):
+    crop_scale: tuple[float, float] = (0.5, 1.0)
+    flip_p: float = Field(default=0.5, ge=0, le=1)
+    noise_std: float = Field(default=0.05, ge=0)
+    erase_p: float = Field(default=0.25, ge=0, le=1)
+
+
+class ModelConfig(_Strict):
+    encoder: str = "cnn"
+    width: int = Field(default=32, gt=0)
+    stem_stride: Literal[1, 2] = 1
+    hidden: int = Field(default=256, gt=0)
+    depth: int = Field(default=2, ge=1)
+    head_hidden: int = Field(default=128, gt=0)
+    proj_dim: int = Field(default=64, gt=0)
+
+
+class LossConfig(_Strict):
+    """``name`` is ucl, scl, supcon, hucl, dcl, hscl (or a strategy preset); ``params`` its keyword args
+    (``t``, ``beta``, ``tau_plus``, ...), checked against the loss's signature. A full strategy
+    (sources, filters, weightings, schedules) is the top-level ``strategy:`` mapping instead."""
+
+    name: str = "ucl"
+    params: dict[str, float | int | bool | str] = Field(default_factory=dict)
+
+
+class OptimConfig(_Strict):
+    lr: float = Field(default=1e-3, gt=0)
+    weight_decay: float = Field(default=1e-4, ge=0)
+    schedule: Literal["cosine", "constant", "step"] = "cosine"
+    warmup_steps: int = Field(default=0, ge=0)
+    step_every: int = Field(default=1000, gt=0)
+    step_gamma: float = Field(default=0.1, gt=0, le=1)
+    grad_clip: float | None = Field(default=None, gt=0)
+
+
+class TrainLoopConfig(_Strict):
+    epochs: int = Field(default=10, gt=0)
+    batch_size: int = Field(default=256, ge=4)
+    seed: int = Field(default=0, ge=0)
+    threads: int | None = Field(default=None, gt=0)
+    checkpoint_every: int = Field(default=100, gt=0)
+    log_every: int = Field(default=1, gt=0)
+    progress: bool = True
+    #: momentum m of the key encoder θ_k ← m θ_k + (1 − m) θ_q that encodes the second view when the
+    #: strategy stores keys (a queue source; MoCo's m = 0.999); null: the model itself encodes them
+    key_momentum: float | None = Field(default=0.999, ge=0, lt=1)
+
+
+class EvalConfig(_Strict):
+    every_epochs: int = Field(default=1, gt=0)
+    knn_k: int = Field(default=200, gt=0)
+    knn_t: float = Field(default=0.5, gt=0)
+    linear_probe: bool = True
+    probe_every_epochs: int | None = Field(default=None, gt=0)
+    probe_max_iter: int = Field(default=200, gt=0)
+    diagnostics: bool = True
+
+
+class BoundsConfig(_Strict):
+    """The H-SCL paper's bound check (Jiang et al. 2022, arXiv 2209.00078): evaluate L_UCL, L_SCL,
+    L_H-UCL, L_H-SCL on the training batches every ``every`` steps at tilt ``beta`` and temperature ``t``
+    (None: take them from the training loss, else β = 1, t = 0.5)."""
+
+    enabled: bool = False
+    every: int = Field(default=1, gt=0)
+    beta: float | None = Field(default=None, ge=0)
+    t: float | None = Field(default=None, gt=0)
+
+
+_BOTH = (
+    "give either 'loss' (a named loss or preset with flat params) or 'strategy' (the mapping of "
+    "hardneg.negatives.from_config), not both"
+)
+
+
+def _one_objective(data: Any) -> Any:
+    """A ``strategy:`` mapping replaces the default ``loss``; both at once are refused."""
+    if isinstance(data, dict) and data.get("strategy") is not None:
+        if data.get("loss") is not None:
+            raise ValueError(_BOTH)
+        data = {**data, "loss": None}
+    return data
+
+
+class RunConfig(_Strict):
+    """One training run. The objective is ``loss`` (default ``ucl``) or ``strategy``: the full mapping
+    :func:`hardneg.negatives.from_config` takes (``name``, preset options, ``source``, ``filters``,
+    ``weighting``, ``schedule``, ...), passed to it untouched."""
+
+    data: DataConfig = Field(default_factory=DataConfig)
+    augment: AugmentConfig = Field(default_factory=AugmentConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    loss: LossConfig | None = Field(default_factory=LossConfig)
+    strategy: dict[str, Any] | None = None
+    optim: OptimConfig = Field(default_factory=OptimConfig)
+    train: TrainLoopConfig = Field(default_factory=TrainLoopConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+    bounds: BoundsConfig = Field(default_factory=BoundsConfig)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _objective(cls, data: Any) -> Any:
+        return _one_objective(data)
+
+    @model_validator(mode="after")
+    def _has_objective(self) -> RunConfig:
+        if self.loss is None and self.strategy is None:
+            raise ValueError("loss: null needs a 'strategy' mapping (or leave loss out for the default ucl)")
+        return self
+
+    @field_validator("augment")
+    @classmethod
+    def _crop(cls, v: AugmentConfig) -> AugmentConfig:
+        lo, hi = v.crop_scale
+        if not 0 < lo <= hi <= 1:
+            raise ValueError(f"crop_scale must satisfy 0 < min <= max <= 1, got {v.crop_scale}")
+        return v
+
+
+class GridLoss(_Strict):
+    """One loss of the grid: ``name`` + ``params`` (as ``loss:``) or ``strategy`` (as ``strategy:``);
+    tilted losses (those with a β) are run once per β of the grid."""
+
+    name: str | None = None
+    params: dict[str, float | int | bool | str] = Field(default_factory=dict)
+    strategy: dict[str, Any] | None = None
+    label: str | None = None
+
+    @model_validator(mode="after")
+    def _one(self) -> GridLoss:
+        if (self.name is None) == (self.strategy is None):
+            raise ValueError("each grid loss needs exactly one of 'name' (with 'params') or 'strategy'")
+        if self.strategy is not None and self.params:
+            raise ValueError("a grid loss with 'strategy' takes its options inside the mapping, not in 'params'")
+        return self
+
+    @property
+    def loss_name(self) -> str:
+        """The named loss, or the strategy's preset (``from_config``'s default ``ucl`` when unnamed)."""
+        return self.name if self.name is not None else str((self.strategy or {}).get("name", "ucl"))
+
+    @property
+    def title(self) -> str:
+        """The run label: ``label``, else :attr:`loss_name`."""
+        return self.label or self.loss_name
+
+
+class GridConfig(_Strict):
+    losses: list[GridLoss] = Field(min_length=1)
+    betas: list[float] = Field(default_factory=lambda: [1.0])
+    seeds: list[int] = Field(default_factory=lambda: [0])
+
+    @model_validator(mode="after")
+    def _check(self) -> GridConfig:
+        if any(b < 0 for b in self.betas):
+            raise ValueError(f"grid.betas must be >= 0, got {self.betas}")
+        if any(s < 0 for s in self.seeds) or len(set(self.seeds)) != len(self.seeds):
+            raise ValueError(f"grid.seeds must be distinct non-negative ints, got {self.seeds}")
+        labels = [g.title for g in self.losses]
+        if len(set(labels)) != len(labels):
+            raise ValueError(f"grid.losses need distinct names/labels, got {labels}")
+        return self
+
+
+class ReportConfig(_Strict):
+    embedding_map: bool = True
+    map_points: int = Field(default=1000, gt=10)
+    bounds_run: str | None = None
+
+
+class CompareConfig(RunConfig):
+    """A :class:`RunConfig` used as the base of every run, plus the grid of losses × β × seeds."""
+
+    name: str = "compare"
+    grid: GridConfig
+    report: ReportConfig = Field(default_factory=ReportConfig)
+
+
+def _set_path(d: dict[str, Any], dotted: str, value: Any) -> None:
+    keys = dotted.split(".")
+    cur = d
+    for k in keys[:-1]:
+        nxt = cur.setdefault(k, {})
+        if not isinstance(nxt, dict):
+            raise ValueError(f"override {dotted!r}: {k!r} is not a section")
+        cur = nxt
+    cur[keys[-1]] = value
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str] | None) -> dict[str, Any]:
+    """Apply ``section.key=value`` overrides (value parsed as YAML) to a raw config dict (copied)."""
+    out = copy.deepcopy(raw)
+    for o in overrides or []:
+        if "=" not in o:
+            raise ValueError(f"override {o!r} must look like section.key=value")
+        k, _, v = o.partition("=")
+        try:
+            value = yaml.safe_load(v)
+        except yaml.YAMLError as e:
+            first = str(e).strip().splitlines()[0]
+            raise ValueError(f"override {o!r}: the value is not valid YAML ({first})") from None
+        _set_path(out, k.strip(), value)
+    return out
+
+
+def _format_error(e: ValidationError, source: str) -> str:
+    parts = []
+    for err in e.errors():
+        loc = ".".join(str(p) for p in err["loc"]) or "<root>"
+        msg = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
+        parts.append(f"{loc}: {msg}")
+    return f"invalid config {source}: " + "; ".join(parts)
+
+
+def validate_config(
+    raw: dict[str, Any], cls: type[RunConfig] = RunConfig, source: str = "<dict>"
+) -> RunConfig:
+    """Validate a raw dict; raise ``ValueError`` with one line naming every bad key."""
+    if not isinstance(raw, dict):
+        raise ValueError(
+            f"invalid config {source}: the top level must be a mapping, got {type(raw).__name__}"
+        )
+    try:
+        return cls.model_validate(raw)
+    except ValidationError as e:
+        raise ValueError(_format_error(e, source)) from None
+
+
+def load_raw(path: str | os.PathLike[str]) -> dict[str, Any]:
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"config file {p} not found")
+    try:
+        raw = yaml.safe_load(p.read_text(encoding="utf-8"))
+    except yaml.YAMLError as e:
+        raise ValueError(f"config file {p} is not valid YAML: {str(e).splitlines()[0]}") from None
+    return raw if raw is not None else {}
+
+
+def load_config(
+    path: str | os.PathLike[str], overrides: list[str] | None = None, cls: type[RunConfig] = RunConfig
+) -> RunConfig:
+    """Read YAML, apply overrides, validate as ``cls``."""
+    return validate_config(apply_overrides(load_raw(path), overrides), cls, str(path))
+
+
+def dump_config(cfg: BaseModel) -> str:
+    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=True)

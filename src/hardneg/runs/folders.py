@@ -1,0 +1,164 @@
+"""Output folders of ``hardneg train | bounds | compare``: their layout, the marker that says hardneg
+created them, and the rule for what ``--overwrite`` may delete.
+
+A run folder holds the files named in :data:`RUN_FILES`; a compare folder those in
+:data:`COMPARE_FILES` plus ``runs/<name>/``, one run folder per grid point. Both get a marker file
+``.hardneg`` (JSON: ``{"written_by": "hardneg", "kind": "run" | "compare"}``) when they are created.
+
+- A new or empty folder is used as is.
+- A folder without the marker is refused, with or without ``--overwrite``; the message names what it
+  holds. (``--resume`` accepts one whose ``config.yaml`` is byte-identical to the run's, which only
+  hardneg writes, and adds the marker.)
+- ``--overwrite`` deletes the files hardneg writes there and nothing else: a folder that also holds
+  anything else is refused, naming it. The folder itself is kept (``--out .`` empties nothing).
+- ``--resume`` needs the same ``config.yaml``; it deletes nothing but stale temporary files.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+import os
+from pathlib import Path
+
+from hardneg.io import atomic_write_text, remove_stale_temps, temp_target
+
+MARKER = ".hardneg"
+CONFIG = "config.yaml"
+METRICS = "metrics.jsonl"
+CHECKPOINT = "checkpoint.pt"
+SUMMARY = "summary.json"
+MODEL = "model.pt"
+EMBEDDINGS = "embeddings.pt"
+REPORT = "report.md"
+RESULTS = "results.json"
+RUNS = "runs"
+
+#: every file hardneg writes into a run folder (training, then ``hardneg report`` / ``bounds``)
+RUN_FILES = (MARKER, CONFIG, METRICS, CHECKPOINT, SUMMARY, MODEL, EMBEDDINGS, REPORT, "loss_curve.png", "bounds.png")
+#: every file hardneg writes at the top of a compare folder (the grid's config, the report and its plots)
+COMPARE_FILES = (
+    MARKER, CONFIG, RESULTS, REPORT, "accuracy_vs_beta.png", "loss_curves.png", "knn_curves.png",
+    "align.png", "uniform.png", "bounds.png", "embedding_map.png",
+)
+#: plus one plot per negative diagnostic, ``diag_<name>.png`` (the report chooses which diagnostics)
+COMPARE_PATTERNS = ("diag_*.png",)
+KINDS = {"run": RUN_FILES, "compare": COMPARE_FILES}
+PATTERNS: dict[str, tuple[str, ...]] = {"run": (), "compare": COMPARE_PATTERNS}
+_SHOWN = 5  # entries named in a refusal
+
+
+def owned_name(name: str, kind: str) -> bool:
+    """True when hardneg writes a file called ``name`` into an output of ``kind`` (or it is the
+    temporary of such a file)."""
+    target = temp_target(name) or name
+    return target in KINDS[kind] or any(fnmatch.fnmatchcase(target, p) for p in PATTERNS[kind])
+
+
+def read_marker(folder: str | os.PathLike[str]) -> str | None:
+    """The kind (``"run"`` / ``"compare"``) recorded in ``folder``'s marker, or None without a valid one."""
+    p = Path(folder) / MARKER
+    try:
+        m = json.loads(p.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if isinstance(m, dict) and m.get("written_by") == "hardneg" and m.get("kind") in KINDS:
+        return m["kind"]
+    return None
+
+
+def write_marker(folder: str | os.PathLike[str], kind: str) -> None:
+    """Mark ``folder`` as a hardneg output of ``kind``."""
+    if kind not in KINDS:
+        raise ValueError(f"kind must be one of {sorted(KINDS)}, got {kind!r}")
+    atomic_write_text(Path(folder) / MARKER, json.dumps({"written_by": "hardneg", "kind": kind}) + "\n")
+
+
+def foreign_entries(folder: str | os.PathLike[str], kind: str) -> list[str]:
+    """What ``folder`` holds that hardneg does not write into an output of ``kind`` (relative paths,
+    sorted; a sub-folder ends in ``/``)."""
+    d = Path(folder)
+    out: list[str] = []
+    for p in sorted(d.iterdir()) if d.is_dir() else []:
+        if kind == "compare" and p.name == RUNS and p.is_dir() and not p.is_symlink():
+            for r in sorted(p.iterdir()):
+                if not r.is_dir() or r.is_symlink() or read_marker(r) != "run":
+                    out.append(f"{RUNS}/{r.name}" + ("/" if r.is_dir() else ""))
+                else:
+                    out += [f"{RUNS}/{r.name}/{x}" for x in foreign_entries(r, "run")]
+        elif p.is_dir() or p.is_symlink() or not owned_name(p.name, kind):
+            out.append(p.name + ("/" if p.is_dir() else ""))
+    return out
+
+
+def _names(entries: list[str]) -> str:
+    more = f" and {len(entries) - _SHOWN} more" if len(entries) > _SHOWN else ""
+    return ", ".join(entries[:_SHOWN]) + more
+
+
+def clear_output(folder: str | os.PathLike[str], kind: str) -> None:
+    """Delete the files hardneg wrote into ``folder`` (an output of ``kind``), keeping the folder itself;
+    refuse (FileExistsError, naming them) when it holds anything else."""
+    d = Path(folder)
+    foreign = foreign_entries(d, kind)
+    if foreign:
+        raise FileExistsError(
+            f"refusing to --overwrite {d}: it holds {_names(foreign)}, which hardneg did not write; "
+            "move them away or choose another folder"
+        )
+    if kind == "compare" and (d / RUNS).is_dir():
+        for r in sorted((d / RUNS).iterdir()):
+            clear_output(r, "run")
+            r.rmdir()
+        (d / RUNS).rmdir()
+    for p in d.iterdir():
+        if p.name != MARKER and owned_name(p.name, kind):
+            p.unlink()
+    (d / MARKER).unlink(missing_ok=True)  # last: an interrupted clear stays recognisable
+
+
+def prepare_output(
+    folder: str | os.PathLike[str], kind: str, config_text: str, *, resume: bool = False, overwrite: bool = False
+) -> bool:
+    """Create or check an output folder of ``kind``; return True when an existing one of the same config
+    is resumed. Writes the marker and ``config.yaml`` of a new output; see the module docstring."""
+    if resume and overwrite:
+        raise ValueError("pass at most one of --resume and --overwrite")
+    d = Path(folder)
+    what = "run directory" if kind == "run" else "output folder"
+    if d.exists() and not d.is_dir():
+        raise FileExistsError(f"{what} {d} exists and is not a directory")
+    if d.is_dir() and any(d.iterdir()):
+        found = read_marker(d)
+        cfg = d / CONFIG
+        if found is None and resume and cfg.is_file() and cfg.read_text(encoding="utf-8") == config_text:
+            found = kind  # a config.yaml identical to this one is hardneg's own: a run folder without a marker
+        if found is None:
+            entries = [p.name + ("/" if p.is_dir() else "") for p in sorted(d.iterdir())]
+            raise FileExistsError(
+                f"{what} {d} is not empty and has no hardneg marker ({MARKER}), so hardneg did not create it "
+                f"(it holds {_names(entries)}); choose a new or empty folder"
+            )
+        if found != kind:
+            raise FileExistsError(f"{what} {d} holds a hardneg {found} output, not a {kind}; choose another folder")
+        if overwrite:
+            clear_output(d, kind)
+        elif not resume:
+            raise FileExistsError(
+                f"{what} {d} already holds a {kind}; pass --resume to continue it or --overwrite to replace it"
+            )
+        else:
+            if not cfg.is_file():
+                raise FileExistsError(f"{what} {d} holds no {CONFIG}; refusing to resume into it")
+            if cfg.read_text(encoding="utf-8") != config_text:
+                raise FileExistsError(
+                    f"{what} {d} holds a different run (its {CONFIG} differs); use another folder or --overwrite"
+                )
+            remove_stale_temps(d, [n for p in d.iterdir() if (n := temp_target(p.name)) and owned_name(n, kind)])
+            if read_marker(d) is None:
+                write_marker(d, kind)
+            return True
+    d.mkdir(parents=True, exist_ok=True)
+    write_marker(d, kind)
+    atomic_write_text(d / CONFIG, config_text)
+    return False
