@@ -193,3 +193,12 @@ def test_strategy_reduction_none_and_sum_per_anchor_losses():
     assert per.shape == (6,) and bool((per[[4, 5]] == 0).all())  # singleton classes: skipped anchors
     total = create_strategy("supcon", reduction="sum")(z1, None, labels=y)
     torch.testing.assert_close(total, ref.sum(), rtol=1e-10, atol=1e-12)
+
+
+def test_memory_queue_fed_another_size_is_one_clear_error():
+    s = create_strategy("moco_queue", size=16)
+    z1, z2 = _z(4, 8, 13)
+    s(z1, z2)
+    a1, a2 = _z(4, 6, 14)
+    with pytest.raises(ValueError, match="queue holds keys of dim 8 but this batch's embeddings have dim 6"):
+        s(a1, a2)

@@ -108,6 +108,11 @@ class MemoryQueue(Source):
 
     def extend(self, anchors: Anchors, cands: Candidates, step: int) -> None:
         keys, labels, ids = self.contents()
+        if keys.dim() == 2 and keys.shape[1] and keys.shape[1] != cands.k.shape[1]:
+            raise ValueError(
+                f"the memory queue holds keys of dim {keys.shape[1]} but this batch's embeddings have dim "
+                f"{cands.k.shape[1]}; a queue serves one embedding size (build a new strategy for another model)"
+            )
         if keys.shape[0]:
             cands.append("queue", keys.to(cands.k.device), labels, ids)
 
