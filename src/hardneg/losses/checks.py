@@ -66,16 +66,21 @@ def check_chunk_size(chunk_size: Any) -> int | None:
     return chunk_size
 
 
+def _integer_tensor(name: str, x: object) -> Tensor:
+    if not isinstance(x, Tensor):
+        x = torch.as_tensor(x)
+    if x.is_floating_point() or x.dtype == torch.bool or x.is_complex():
+        raise TypeError(f"{name} must be an integer tensor, got {x.dtype}")
+    return x
+
+
 def check_tags(name: str, x: object, length: int, device: torch.device | None = None) -> Tensor | None:
     """Labels or sample ids: an integer tensor of shape (length,), values ≥ −1 (−1 = unknown).
 
     Returns it as ``long`` on ``device`` (None passes through)."""
     if x is None:
         return None
-    if not isinstance(x, Tensor):
-        x = torch.as_tensor(x)
-    if x.is_floating_point() or x.dtype == torch.bool or x.is_complex():
-        raise TypeError(f"{name} must be an integer tensor, got {x.dtype}")
+    x = _integer_tensor(name, x)
     if x.dim() != 1 or x.shape[0] != length:
         raise ValueError(f"{name} must have shape ({length},) (one per sample), got {tuple(x.shape)}")
     if length and int(x.min()) < UNKNOWN:
@@ -88,10 +93,7 @@ def check_columns(name: str, x: object, n: int, m: int, device: torch.device, al
     (no such column) when ``allow_missing``."""
     if x is None:
         return None
-    if not isinstance(x, Tensor):
-        x = torch.as_tensor(x)
-    if x.is_floating_point() or x.dtype == torch.bool or x.is_complex():
-        raise TypeError(f"{name} must be an integer tensor, got {x.dtype}")
+    x = _integer_tensor(name, x)
     if x.shape != (n,):
         raise ValueError(f"{name} must have shape ({n},), got {tuple(x.shape)}")
     x = x.to(device=device, dtype=torch.long)

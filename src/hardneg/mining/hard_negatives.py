@@ -23,7 +23,7 @@ import numpy as np
 from hardneg._optional import require
 from hardneg.mining.encode import encode_texts, load_sentence_model
 from hardneg.mining.mine import MineConfig, mine_embeddings
-from hardneg.mining.pipeline import _norm, load_guide, make_guide, prepare_corpus
+from hardneg.mining.pipeline import prepare_corpus, text_ids_and_guide
 from hardneg.mining.summary import build_summary, format_summary, save_summary
 
 ST_OUTPUT_FORMATS = ("triplet", "n-tuple", "labeled-pair", "labeled-list")
@@ -319,14 +319,7 @@ def mine_hard_negatives(
     rest = np.ones(pos_sets.shape, dtype=bool)
     rest[np.arange(len(uq)), hardest] = False
     others = pos_sets[rest].reshape(len(uq), pos_sets.shape[1] - 1)  # -1 padded like pos_sets
-    vocab: dict[str, int] = {}
-    q_tid = np.fromiter((vocab.setdefault(_norm(t), len(vocab)) for t in uq), np.int64, len(uq))
-    c_tid = np.fromiter((vocab.setdefault(_norm(t), len(vocab)) for t in texts), np.int64, len(texts))
-    guide_fn = None
-    if guide is not None:
-        if isinstance(guide, (str, os.PathLike)):
-            guide = load_guide(guide)
-        guide_fn = make_guide(guide, uq, texts, batch_size=batch_size, cache_dir=cache_folder)
+    q_tid, c_tid, guide_fn = text_ids_and_guide(uq, texts, guide, batch_size=batch_size, cache_dir=cache_folder)
     neg = mine_embeddings(q_emb, c_emb, main_pos, cfg, extra_pos_ids=others if others.shape[1] else None,
                           q_text_ids=q_tid, c_text_ids=c_tid, q_labels=q_labels if c_labels is not None else None,
                           c_labels=c_labels, guide_score=guide_fn, show_progress=verbose)

@@ -139,14 +139,7 @@ def mine_texts(
     c_emb = encode_texts(model, texts, batch_size=batch_size, precision=precision, cache_dir=cache_dir,
                          show_progress=show_progress, desc="corpus")
     t_enc = time.perf_counter() - t0
-    vocab: dict[str, int] = {}
-    q_tid = np.fromiter((vocab.setdefault(_norm(t), len(vocab)) for t in queries), np.int64, len(queries))
-    c_tid = np.fromiter((vocab.setdefault(_norm(t), len(vocab)) for t in texts), np.int64, len(texts))
-    guide_fn = None
-    if guide is not None:
-        if isinstance(guide, (str, os.PathLike)):
-            guide = load_guide(guide)
-        guide_fn = make_guide(guide, queries, texts, batch_size=batch_size, cache_dir=cache_dir)
+    q_tid, c_tid, guide_fn = text_ids_and_guide(queries, texts, guide, batch_size=batch_size, cache_dir=cache_dir)
     res = mine_embeddings(
         q_emb, c_emb, pos_ids, cfg,
         extra_pos_ids=_extra_positives(queries, pos_ids),
@@ -160,6 +153,20 @@ def mine_texts(
     summary = build_summary(res, cfg, n_corpus=len(texts), rows_written=len(rows), queries_dropped=dropped,
                             output_format=output_format)
     return MineResult(queries, positives, texts, res, rows, summary)
+
+
+def text_ids_and_guide(queries, texts, guide, *, batch_size: int, cache_dir) -> tuple[np.ndarray, np.ndarray, Any]:
+    """Integer ids of the normalised query and corpus texts (one vocabulary, for ``dedupe``) and the
+    guide's scoring function (None without a guide; a path is loaded)."""
+    vocab: dict[str, int] = {}
+    q_tid = np.fromiter((vocab.setdefault(_norm(t), len(vocab)) for t in queries), np.int64, len(queries))
+    c_tid = np.fromiter((vocab.setdefault(_norm(t), len(vocab)) for t in texts), np.int64, len(texts))
+    guide_fn = None
+    if guide is not None:
+        if isinstance(guide, (str, os.PathLike)):
+            guide = load_guide(guide)
+        guide_fn = make_guide(guide, queries, texts, batch_size=batch_size, cache_dir=cache_dir)
+    return q_tid, c_tid, guide_fn
 
 
 def load_guide(path: str | os.PathLike[str]):
