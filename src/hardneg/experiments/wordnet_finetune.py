@@ -1,7 +1,7 @@
 """Fine-tune all-MiniLM-L6-v2 on WordNet (example → definition) with different negatives; evaluate on
 the held-out dev and test splits.
 
-Runs (issue 5):
+Runs:
   untuned              the model as shipped
   mnrl                 (1) in-batch negatives only: sentence-transformers' MultipleNegativesRankingLoss
   st_mined             (2) + negatives mined by sentence-transformers' ``mine_hard_negatives`` (top-k, its

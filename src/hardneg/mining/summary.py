@@ -1,7 +1,7 @@
 """The mining summary: what was mined, what each filter removed, and what to loosen.
 
 sentence-transformers only says how many pairs lost their negatives when ``verbose=True``; with
-``relative_margin=0.05, num_negatives=1`` on WordNet only ~1,003 of 9,116 pairs survive (ANCHORS.md).
+``relative_margin=0.05, num_negatives=1`` on WordNet only ~1,003 of 9,116 pairs survive.
 This summary always prints, first, a loud line with the number of queries that got fewer
 negatives than asked and the filter/knob responsible.
 """
