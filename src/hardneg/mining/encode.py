@@ -1,6 +1,7 @@
 """Text encoding for mining: offline model loading, deduplication, bf16 autocast, an on-disk cache.
 
-Where the time goes when mining with a bi-encoder on CPU is encoding (~98 % of end-to-end mining, measured with ``benchmarks/mining_speed.py``). This
+Where the time goes when mining with a bi-encoder on CPU is encoding (~98 % of end-to-end mining,
+measured with ``benchmarks/mining_speed.py``). This
 module therefore (1) encodes each distinct text once, (2) lets sentence-transformers batch texts
 sorted by length, (3) runs the transformer under ``torch.autocast("cpu", torch.bfloat16)`` when
 ``precision="bf16"`` (float32 accumulation in the pooling and normalisation; cosine to the float32

@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 
+import hardneg.losses as L
 from hardneg.negatives import registry
 from hardneg.negatives.strategy import Strategy
 from hardneg.runs.config import RunConfig
@@ -29,10 +30,6 @@ NAMED = ("ucl", "scl", "supcon", "hucl", "dcl", "hscl", "triplet", "margin", "de
 
 
 def _functional(name: str) -> Callable[..., torch.Tensor]:
-    try:
-        import hardneg.losses as L
-    except ImportError as e:  # pragma: no cover - depends on merge order
-        raise ValueError(f"loss {name!r} needs hardneg.losses, which is not importable: {e}") from e
     fn = getattr(L, name, None)
     if fn is None:
         raise ValueError(f"hardneg.losses has no function {name!r}")
