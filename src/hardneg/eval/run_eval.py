@@ -12,7 +12,22 @@ from hardneg.data.base import load_named
 from hardneg.eval.knn import knn_predict
 from hardneg.eval.linear_probe import linear_probe, per_class_and_confusion
 from hardneg.models.encoders import build_model_from_config
-from hardneg.runs import MODEL, load_run
+from hardneg.runs import MODEL, Run, load_run
+
+
+def load_trained_model(run: Run, sample_shape: tuple[int, ...]) -> torch.nn.Module:
+    """The finished run's model (``config.yaml`` + ``model.pt``), in eval mode; one clear error when
+    the run has not finished or its model file is damaged."""
+    mp = run.path / MODEL
+    if not mp.is_file():
+        raise FileNotFoundError(f"{mp} not found; the run in {run.path} has not finished (resume it with --resume)")
+    model = build_model_from_config(run.config.model, sample_shape)
+    try:
+        model.load_state_dict(torch.load(mp, map_location="cpu", weights_only=True))
+    except Exception as e:  # model.pt is only ever renamed into place, so this means outside damage
+        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        raise ValueError(f"{mp} cannot be loaded as this run's model ({type(e).__name__}: {first})") from None
+    return model.eval()
 
 
 @torch.no_grad()
@@ -20,20 +35,11 @@ def evaluate_run(
     run_dir: str | Path, *, probe: bool = True, k: int | None = None, t: float | None = None
 ) -> dict[str, Any]:
     run = load_run(run_dir)
-    d, cfg = run.path, run.config
-    mp = d / MODEL
-    if not mp.is_file():
-        raise FileNotFoundError(f"{mp} not found; the run in {d} has not finished (resume it with --resume)")
+    cfg = run.config
     c = cfg.data
     X, y = load_named(c.name, "train", data_dir=c.data_dir, limit=c.train_limit, seed=c.split_seed)
     Xt, yt = load_named(c.name, "test", data_dir=c.data_dir, limit=c.test_limit, seed=c.split_seed)
-    model = build_model_from_config(cfg.model, X.shape[1:])
-    try:
-        model.load_state_dict(torch.load(mp, map_location="cpu", weights_only=True))
-    except Exception as e:  # model.pt is only ever renamed into place, so this means outside damage
-        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
-        raise ValueError(f"{mp} cannot be loaded as this run's model ({type(e).__name__}: {first})") from None
-    model.eval()
+    model = load_trained_model(run, X.shape[1:])
 
     def feats(A: torch.Tensor) -> torch.Tensor:
         return torch.cat([model.features(A[i : i + 1024]) for i in range(0, A.shape[0], 1024)])
