@@ -258,8 +258,13 @@ def _chunk_general(k, qs, S, spec, ix, ws, r0, r1, go, dq, dk, self_rc) -> Tenso
 
     mask_(S)
     tilted = spec.beta != 0.0 or extra is not None
+    # β = 1 without extra log-weights: π ∝ e^{S} = √(e^{2S}), so π comes from √π̃ (one sqrt and one
+    # sum) instead of a second softmax over its own (c × m) tile
+    root_tilt = spec.beta == 1.0 and extra is None
     A = None
-    if tilted:  # A = β S + extra (log π numerators);  S ← S + A (log π̃ numerators)
+    if root_tilt:
+        S.mul_(2.0)  # log π̃ numerators (1 + β) S
+    elif tilted:  # A = β S + extra (log π numerators);  S ← S + A (log π̃ numerators)
         A = ws.second(c)
         if spec.beta != 0.0:
             torch.mul(S, spec.beta, out=A)
@@ -285,7 +290,13 @@ def _chunk_general(k, qs, S, spec, ix, ws, r0, r1, go, dq, dk, self_rc) -> Tenso
     logN = torch.log(cntf) if spec.n_neg is None else torch.full((c,), math.log(spec.n_neg), dtype=S.dtype, device=dev)
     # -- log of N Σ_j π_ij e^{S_ij} = log N + lse(a + S) − lse(a) -------------------------------
     lse_b = _softmax_lse_(S)  # S now holds π̃ = softmax(a + S)
-    lse_a = _softmax_lse_(A) if A is not None else torch.log(cntf)  # A now holds π
+    za = None
+    if root_tilt:  # A ← √π̃ = π · Σ√π̃;  log Σ e^{S} = log Σ√π̃ + lse_b / 2
+        A = torch.sqrt(S, out=ws.second(c))
+        za = A.sum(1)
+        lse_a = torch.log(za) + 0.5 * lse_b
+    else:
+        lse_a = _softmax_lse_(A) if A is not None else torch.log(cntf)  # A now holds π
     neg = logN + lse_b - lse_a  # (c,)
     # -- per-positive terms ------------------------------------------------------------------
     if not labels_mode:
@@ -323,16 +334,27 @@ def _chunk_general(k, qs, S, spec, ix, ws, r0, r1, go, dq, dk, self_rc) -> Tenso
     else:
         gamma = w * (dl_dg * dg_dneg * pv).sum(1)
         delta = (dl_dsp + dl_dg * dg_dsp) * pv * w[:, None]
+    # D = γ [(1 + β) π̃ − β π] = γ' [π̃ − β/(1+β) π] with γ' = (1 + β) γ: one pass over the tile
     D = S
     if A is not None and spec.beta != 0.0 and not spec.detach_weights:
-        D.mul_(1.0 + spec.beta).sub_(A, alpha=spec.beta)
-    D.mul_(gamma[:, None])
-    if not labels_mode:
-        D[rows, pcol] += delta
-    else:
+        b = spec.beta / (1.0 + spec.beta)
+        if za is not None:
+            D.sub_(A.mul_((b / za)[:, None]))
+        else:
+            D.sub_(A, alpha=b)
+        gamma = gamma * (1.0 + spec.beta)
+    if labels_mode:
+        D.mul_(gamma[:, None])
         D.scatter_add_(1, same_cols, delta)
-    torch.mm(D, k, out=dq[r0:r1]).mul_(1.0 / spec.t)
-    dk.addmm_(D.T, qs)
+        torch.mm(D, k, out=dq[r0:r1]).mul_(1.0 / spec.t)
+        dk.addmm_(D.T, qs)
+        return loss
+    # one positive per anchor: γ scales the (c × d) operands instead of the (c × m) tile, and the
+    # positive's term δ goes straight to its two rows
+    torch.mm(D, k, out=dq[r0:r1]).mul_((gamma / spec.t)[:, None])
+    dq[r0:r1].add_(k[pcol] * (delta / spec.t)[:, None])
+    dk.addmm_(D.T, qs * gamma[:, None])
+    dk.index_add_(0, pcol, qs * delta[:, None])
     return loss
 
 
