@@ -1,4 +1,4 @@
-"""Literal (loop-based, float64) reference of the weighted InfoNCE of DESIGN.md §1, for tests.
+"""Literal (loop-based, float64) reference of the weighted InfoNCE of docs/design.md §1, for tests.
 
 :func:`ref_weighted_infonce_t` is the formula written with one Python loop per anchor and per
 candidate on float64 torch scalars, so autograd gives its gradient; which candidates count and

@@ -188,7 +188,13 @@ def test_strategy_reduction_none_and_sum_per_anchor_losses():
     z1, z2 = _z(6, 4, 12)
     y = torch.tensor([0, 0, 1, 1, 2, 3])
     per = create_strategy("supcon", reduction="none")(z1, None, labels=y)
-    ref = L.supcon(z1, None, y, reduction="none")
+    zn = torch.nn.functional.normalize(z1, dim=1)
+    ref = []
+    for i in range(6):  # Khosla L_out per anchor, by a loop; anchors without a positive: 0
+        P = [p for p in range(6) if p != i and y[p] == y[i]]
+        denom = torch.logsumexp(torch.stack([zn[i] @ zn[a] / 0.1 for a in range(6) if a != i]), 0)
+        ref.append(sum(denom - zn[i] @ zn[p] / 0.1 for p in P) / len(P) if P else torch.zeros((), dtype=z1.dtype))
+    ref = torch.stack(ref)
     torch.testing.assert_close(per, ref, rtol=1e-10, atol=1e-12)
     assert per.shape == (6,) and bool((per[[4, 5]] == 0).all())  # singleton classes: skipped anchors
     total = create_strategy("supcon", reduction="sum")(z1, None, labels=y)
@@ -202,3 +208,80 @@ def test_memory_queue_fed_another_size_is_one_clear_error():
     a1, a2 = _z(4, 6, 14)
     with pytest.raises(ValueError, match="queue holds keys of dim 8 but this batch's embeddings have dim 6"):
         s(a1, a2)
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+def test_label_positives_pairs_reduce_without_tilt_matches_the_pairs_reference(reduction):
+    """positive_reduce="pairs" with label positives and the positive outside the denominator (the
+    fused SupCon path must not take it): a literal loop over (anchor, positive) pairs."""
+    z1, z2 = _z(6, 4, 15)
+    y = torch.tensor([0, 0, 1, 1, 1, 2])
+    z = torch.cat([z1, z2])
+    yy = torch.cat([y, y])
+    n = len(z)
+    got = L.weighted_info_nce(z, z, t=0.3, q_labels=yy, k_labels=yy, self_index=torch.arange(n), positives="labels",
+                              include_positive=False, positive_reduce="pairs", reduction=reduction)
+    zn = torch.nn.functional.normalize(z, dim=1)
+    per, pairs = [], 0
+    for i in range(n):
+        denom = torch.logsumexp(torch.stack([zn[i] @ zn[a] / 0.3 for a in range(n) if a != i]), 0)
+        terms = [denom - zn[i] @ zn[p] / 0.3 for p in range(n) if p != i and yy[p] == yy[i]]
+        pairs += len(terms)
+        per.append(sum(terms))
+    per = torch.stack(per)
+    want = {"mean": per.sum() / pairs, "sum": per.sum(), "none": per}[reduction]
+    torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
+    ga = torch.autograd.grad(got.sum(), [z1, z2])
+    gb = torch.autograd.grad(want.sum(), [z1, z2])
+    for a, b in zip(ga, gb):
+        torch.testing.assert_close(a, b, rtol=1e-8, atol=1e-11)
+
+
+def test_label_positives_a_weighting_that_changes_nothing_changes_nothing():
+    """The other view is a positive under label positives: it stays in the denominator whether the
+    kernel runs plainly or through the strategy's log-weights."""
+    z1, z2 = _z(12, 5, 16)
+    y = torch.randint(0, 3, (12,), generator=torch.Generator().manual_seed(1))
+    plain = create_strategy("supcon")(z1, z2, labels=y)
+    uniform = create_strategy("supcon", weighting=[{"kind": "uniform"}])(z1, z2, labels=y, ids=torch.arange(12))
+    noop_filter = create_strategy("supcon", filters=[{"kind": "similarity", "max_score": 1.0}])(z1, z2, labels=y)
+    torch.testing.assert_close(uniform, plain, rtol=1e-12, atol=0)
+    torch.testing.assert_close(noop_filter, plain, rtol=1e-12, atol=0)
+    torch.testing.assert_close(plain, ref_supcon(z1, z2, y, t=0.1), rtol=1e-9, atol=1e-12)
+
+
+def test_lean_supcon_anchor_without_any_candidate_has_zero_gradient():
+    q = torch.randn(2, 3, dtype=torch.float64, requires_grad=True)
+    k = torch.randn(1, 3, dtype=torch.float64, requires_grad=True)
+    loss = L.weighted_info_nce(q, k, t=0.5, q_labels=torch.tensor([0, 0]), k_labels=torch.tensor([0]),
+                               self_index=torch.tensor([0, -1]), positives="labels", include_positive=False)
+    loss.backward()  # anchor 0's only candidate is itself: skipped; anchor 1 has k[0] as positive only
+    assert bool(torch.isfinite(q.grad).all()) and bool(torch.isfinite(k.grad).all())
+    assert bool((q.grad[0] == 0).all())
+
+
+def test_decoupled_with_label_positives_is_refused():
+    from hardneg.negatives import Strategy
+
+    with pytest.raises(ValueError, match="family='supcon'"):
+        Strategy(family="decoupled", positives="labels")
+
+
+def test_queue_does_not_enqueue_in_eval_mode():
+    s = create_strategy("moco_queue", size=32)
+    z1, z2 = _z(4, 6, 17)
+    s(z1, z2)
+    n = len(s.sources[0])
+    s.eval()
+    with torch.no_grad():
+        s(z1, z2)
+    assert len(s.sources[0]) == n == 4
+
+
+def test_mining_refuses_non_finite_beta_and_t():
+    from hardneg.mining.mine import MineConfig
+
+    for kw, words in (({"t": float("nan")}, "temperature"), ({"beta": float("nan")}, "beta"),
+                      ({"t": float("inf")}, "temperature"), ({"relative_margin": float("nan")}, "relative_margin")):
+        with pytest.raises(ValueError, match=words):
+            MineConfig(**kw).validate()

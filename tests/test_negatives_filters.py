@@ -105,8 +105,8 @@ def test_guide_filter_drops_candidates_the_guide_scores_above_the_positive():
 def test_filter_option_errors():
     with pytest.raises(ValueError, match="'absolute_margin'"):
         SimilarityFilter(absolute_margin=-0.1)
-    with pytest.raises(ValueError, match="'relative_margin'"):
-        SimilarityFilter(relative_margin=1.0)
+    with pytest.raises(ValueError, match="'relative_margin'"):  # any finite r >= 0, as in offline mining
+        SimilarityFilter(relative_margin=float("nan"))
     with pytest.raises(ValueError, match="at least one"):
         SimilarityFilter()
     with pytest.raises(TypeError, match="guide"):

@@ -87,7 +87,7 @@ def test_strategy_applies_schedules_to_beta_k_and_margin():
 def test_schedule_leaving_the_knobs_range_is_refused_when_built(knob, spec, value):
     """The value would only be reached late in training; the whole range is checked at construction."""
     kw = {"k": 8} if knob == "k" else {}
-    with pytest.raises(ValueError, match=rf"schedule for '{knob}' reaches {value} .*{knob} must stay"):
+    with pytest.raises(ValueError, match=rf"schedule for '{knob}' reaches {value} .*{knob} must be"):
         create_strategy("topk" if knob == "k" else "hucl", schedule={knob: spec}, **kw)
     with pytest.raises(ValueError, match=rf"'{knob}' reaches {value}"):
         make_schedule(spec, knob)

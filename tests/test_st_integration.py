@@ -124,3 +124,18 @@ def test_trains_in_sentence_transformer_trainer(tmp_path):
     assert not torch.equal(before, after)
     with torch.no_grad():
         m[0].auto_model.encoder.layer[-1].output.dense.weight.copy_(before)  # leave the shared model as loaded
+
+
+def test_one_pair_batch_gives_zero_like_mnrl_and_the_users_strategy_is_left_alone():
+    from hardneg.negatives import create_strategy
+
+    q, p = torch.randn(1, 8, requires_grad=True), torch.randn(1, 8)
+    loss = HardNegativeRankingLoss(None).compute_loss_from_embeddings([q, p])
+    assert float(loss) == 0.0
+    loss.backward()
+    assert bool((q.grad == 0).all())
+    s = create_strategy("hucl", temperature=0.05)
+    wrapped = HardNegativeRankingLoss(None, strategy=s)
+    assert s.in_batch.symmetric and not wrapped.strategy.in_batch.symmetric and wrapped.scale == pytest.approx(20.0)
+    with pytest.raises(ValueError, match="not both"):
+        HardNegativeRankingLoss(None, scale=10.0, strategy={"name": "hucl", "temperature": 0.5})

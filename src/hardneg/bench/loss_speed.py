@@ -27,6 +27,7 @@ from dataclasses import dataclass
 import torch
 
 from hardneg._optional import require
+from hardneg.io import atomic_write_text
 
 D = 128
 CLASSES = 100
@@ -278,8 +279,6 @@ def main(argv: list[str] | None = None) -> None:
     rows = run([int(s) for s in a.sizes.split(",")], a.repeats, a.threads, a.max_gb, not a.no_memory,
                device=a.device)
     if a.json:
-        from hardneg.io import atomic_write_text
-
         atomic_write_text(a.json, json.dumps(rows, indent=1))
 
 

@@ -13,6 +13,9 @@ from typing import Any, Protocol, runtime_checkable
 
 import torch
 
+from hardneg.data.digits import load_digits_split
+from hardneg.data.fashion_mnist import load_fashion_mnist
+
 
 @runtime_checkable
 class LabeledImageDataset(Protocol):
@@ -55,14 +58,10 @@ def load_named(
 ):
     """Load a built-in dataset: ``"digits"`` (scikit-learn) or ``"fashion_mnist"`` (idx files)."""
     if name == "digits":
-        from hardneg.data.digits import load_digits_split
-
         X, y = load_digits_split(split, seed=seed)
         if limit is not None:
             X, y = X[:limit], y[:limit]
         return X, y
     if name == "fashion_mnist":
-        from hardneg.data.fashion_mnist import load_fashion_mnist
-
         return load_fashion_mnist(split, data_dir=data_dir, limit=limit)
     raise ValueError(f"unknown dataset {name!r}; expected 'digits' or 'fashion_mnist'")

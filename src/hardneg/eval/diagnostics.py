@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import torch
 
+from hardneg.losses.candidates import repeat_two_views, two_view_index
+from hardneg.losses.checks import check_tags
 from hardneg.negatives.diagnostics import negative_diagnostics
 
 
@@ -24,10 +26,8 @@ def two_view_diagnostics(
     """The diagnostics above for views ``z1``, ``z2`` (B×d, any norm) with ``labels`` (B,)."""
     if z1.shape != z2.shape or z1.ndim != 2:
         raise ValueError(f"z1 and z2 must both be (B, d), got {tuple(z1.shape)} and {tuple(z2.shape)}")
-    if labels.shape != (z1.shape[0],):
-        raise ValueError(f"labels must have shape ({z1.shape[0]},), got {tuple(labels.shape)}")
+    labels = check_tags("labels", labels, z1.shape[0], z1.device)
     z = torch.cat([z1, z2])
-    n, B = z.shape[0], z1.shape[0]
-    idx = torch.arange(n)
-    y = torch.cat([labels, labels])
-    return negative_diagnostics(z, z, t=t, beta=beta, pos_index=(idx + B) % n, self_index=idx, q_labels=y, k_labels=y)
+    pos, self_idx = two_view_index(z1.shape[0], z.device)
+    y = repeat_two_views(labels)
+    return negative_diagnostics(z, z, t=t, beta=beta, pos_index=pos, self_index=self_idx, q_labels=y, k_labels=y)

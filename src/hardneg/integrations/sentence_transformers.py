@@ -30,6 +30,7 @@ gradients — large batches at the memory of ``mini_batch_size``. Same value and
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Iterable
 from typing import Any
 
@@ -37,6 +38,7 @@ import torch
 from torch import Tensor, nn
 
 from hardneg._optional import require
+from hardneg.losses.candidates import NoValidAnchorError
 from hardneg.negatives.filters import SimilarityFilter
 from hardneg.negatives.registry import from_config
 from hardneg.negatives.sources import InBatch
@@ -54,15 +56,19 @@ def _as_strategy(strategy: Any, scale: float | None, core: dict[str, Any]) -> tu
             raise ValueError("give the temperature in the Strategy or scale, not both")
         if core:
             raise ValueError(f"options {sorted(core)} belong in the Strategy when one is given")
-        built = strategy
+        built = copy.deepcopy(strategy)  # the batch block is replaced below: the caller's object stays as it is
     else:
+        explicit_scale = scale is not None
         scale = 20.0 if scale is None else scale
         if not (isinstance(scale, (int, float)) and not isinstance(scale, bool) and scale > 0):
             raise ValueError(f"scale must be a number > 0 (scale = 1/temperature), got {scale!r}")
         cfg: dict[str, Any] = {"name": "ucl"} if strategy is None else (
             {"name": strategy} if isinstance(strategy, str) else dict(strategy)
         )
-        if "temperature" not in cfg and "t" not in cfg:
+        if "temperature" in cfg or "t" in cfg:
+            if explicit_scale:
+                raise ValueError("give the temperature in the strategy mapping or scale, not both")
+        else:
             cfg["temperature"] = 1.0 / float(scale)
         built = from_config({**cfg, **core})
     # sentence-transformers columns are pairs (anchor -> positive): the batch block is asymmetric, as MNRL
@@ -127,7 +133,11 @@ class HardNegativeRankingLoss(nn.Module):
             if e.shape != q.shape:
                 raise ValueError(f"column {j} has shape {tuple(e.shape)}, the anchors {tuple(q.shape)}")
         negatives = torch.cat(embeddings[2:], dim=0) if len(embeddings) > 2 else None
-        return self.strategy(q, embeddings[1], negatives=negatives)
+        try:
+            return self.strategy(q, embeddings[1], negatives=negatives)
+        except NoValidAnchorError:
+            # a batch without any negative (the trainer's last batch of one pair): no loss, as MNRL
+            return sum(e.sum() for e in embeddings) * 0.0
 
     def forward(self, sentence_features: Iterable[dict[str, Tensor]], labels: Tensor | None = None) -> Tensor:
         embeddings = [self.model(f)["sentence_embedding"] for f in sentence_features]

@@ -92,8 +92,14 @@ def dense_labels(q_labels: Tensor, k_labels: Tensor) -> tuple[Tensor, Tensor, in
 
 
 def same_known_label(q_labels: Tensor, k_labels: Tensor) -> Tensor:
-    """(n×m) bool: both labels known and equal."""
-    return (q_labels[:, None] == k_labels[None, :]) & (k_labels[None, :] != UNKNOWN) & (q_labels[:, None] != UNKNOWN)
+    """(n×m) bool: both tags (labels, sample ids or duplicate groups) known and equal."""
+    return (q_labels[:, None] == k_labels[None, :]) & (q_labels[:, None] != UNKNOWN)
+
+
+def nominal_n(m: int, has_self: bool, has_positive: bool) -> int:
+    """N = every candidate but the anchor itself and its positive (2B − 2 in the HCL / H-SCL code);
+    at least 1, so a batch too small to have negatives reaches the skipped-anchor check."""
+    return max(1, m - int(has_self) - int(has_positive))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -142,8 +148,7 @@ class Relations:
                 valid[r[has], cc[has]] = False
         if self.q_ids is not None and self.k_ids is not None and self.id_start is not None:
             s = self.id_start
-            qi = self.q_ids[gid]
-            valid[:, s:] &= ~((qi[:, None] == self.k_ids[None, s:]) & (qi[:, None] != UNKNOWN))
+            valid[:, s:] &= ~same_known_label(self.q_ids[gid], self.k_ids[s:])
         if self.owner is not None:
             valid &= (self.owner[None, :] == UNKNOWN) | (self.owner[None, :] == gid[:, None])
         return valid
@@ -177,6 +182,10 @@ class Relations:
         return torch.where(pi >= 0, sp, torch.full_like(sp, float("nan")))
 
 
-def all_skipped_error(n: int, why: str) -> ValueError:
+class NoValidAnchorError(ValueError):
+    """Every anchor of a call was skipped (no positive or no valid negative)."""
+
+
+def all_skipped_error(n: int, why: str) -> NoValidAnchorError:
     """The error when every anchor of a call is skipped (see the module docstring)."""
-    return ValueError(f"no anchor has both a positive and a valid negative ({n} anchors): {why}")
+    return NoValidAnchorError(f"no anchor has both a positive and a valid negative ({n} anchors): {why}")

@@ -75,7 +75,7 @@ class KernelSpec:
             and self.negatives == "all"
             and (
                 (self.positives == "view" and self.include_positive)
-                or (self.positives == "labels" and not self.include_positive)
+                or (self.positives == "labels" and not self.include_positive and self.positive_reduce == "mean")
             )
         )
 
@@ -183,6 +183,8 @@ def _chunk_lean(k, qs, S, spec, ix, ws, r0, r1, go, dq, dk, self_rc) -> Tensor:
     else:
         # SupCon L_out: ℓ_i = lse_{a≠i}(S) − mean_{p∈P(i)} S_ip; the mean via per-label sums (O(n d)).
         y = ix.q_labels[r0:r1]
+        if ix.active is not None:  # an anchor without any candidate: a finite placeholder row
+            S.masked_fill_(~ix.active[r0:r1, None], 0.0)
         lse = _softmax_lse_(S)
         npos = ix.n_pos[r0:r1].clamp(min=1).to(S.dtype)
         sum_pos_k = ws.k_label_sums[y]  # Σ_{j: y_j = y_i} k_j

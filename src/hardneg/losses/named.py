@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from hardneg.losses.candidates import repeat_two_views, two_view_index
+from hardneg.losses.candidates import nominal_n, repeat_two_views, two_view_index
 from hardneg.losses.checks import check_tags, resolve_temperature
 from hardneg.losses.kernel import weighted_info_nce
 
@@ -42,9 +42,7 @@ def _two_views(z1: Tensor, z2: Tensor | None, labels: Tensor | None, need_labels
 
 
 def _nominal_n(z: Tensor) -> int:
-    """N = 2B − 2 of the HCL / H-SCL code: every other embedding but the positive (at least 1, so a
-    batch too small to have negatives reaches the skipped-anchor check with its own message)."""
-    return max(z.shape[0] - 2, 1)
+    return nominal_n(z.shape[0], has_self=True, has_positive=True)
 
 
 def _need_two_views(name: str, z2: Tensor | None) -> None:

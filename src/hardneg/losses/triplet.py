@@ -29,8 +29,9 @@ from torch import Tensor
 from torch.utils.checkpoint import checkpoint
 
 from hardneg.losses.candidates import all_skipped_error, safe_normalize, same_known_label
-from hardneg.losses.checks import check_beta, check_chunk_size, check_nonneg, check_temperature
+from hardneg.losses.checks import check_beta, check_chunk_size, check_nonneg, resolve_temperature
 from hardneg.losses.named import _two_views
+from hardneg.losses.tilt import tilt_log_weights
 
 HFn = Callable[[Tensor, Tensor], Tensor]
 
@@ -40,11 +41,12 @@ def _distances(s: Tensor) -> Tensor:
 
 
 def _triplet_chunk(
-    q: Tensor, k: Tensor, rows: Tensor, pos_cols: Tensor, pos_ok: Tensor, neg_ok: Tensor, tilt: float, h: HFn
+    q: Tensor, k: Tensor, rows: Tensor, pos_cols: Tensor, pos_ok: Tensor, neg_ok: Tensor, beta: float, t: float,
+    h: HFn,
 ) -> tuple[Tensor, Tensor]:
     s = q[rows] @ k.T  # (c, m)
     d = _distances(s)
-    logw = (tilt * s).masked_fill(~neg_ok, float("-inf"))  # log π = β s / t (tilt = β / t)
+    logw = tilt_log_weights(s, beta, t).masked_fill(~neg_ok, float("-inf"))
     pi = torch.nan_to_num(torch.softmax(logw, dim=1), nan=0.0)  # (c, m); rows without negatives: 0
     n_i = neg_ok.sum(1).to(s.dtype)  # (c,)
     d_pos = torch.gather(d, 1, pos_cols)  # (c, P)
@@ -76,10 +78,11 @@ def _masks(y: Tensor | None, pos: Tensor | None, n: int, dev: torch.device) -> t
 
 
 def _triplet_family(
-    z1: Tensor, z2: Tensor | None, labels: Tensor | None, beta: float, t: float, h: HFn, chunk_size: int | None
+    z1: Tensor, z2: Tensor | None, labels: Tensor | None, beta: float, t: float | None, temperature: float | None,
+    h: HFn, chunk_size: int | None,
 ) -> Tensor:
     beta = check_beta(beta)
-    t = check_temperature(t, "t (temperature of the tilt)")
+    t = resolve_temperature(t, temperature, 1.0)
     check_chunk_size(chunk_size)
     if z2 is None and labels is None:
         raise ValueError("pass labels, a second view z2, or both: otherwise there are no positives")
@@ -99,7 +102,7 @@ def _triplet_family(
     den = z.new_zeros(())
     for r0 in range(0, n, c):
         rows = ar[r0 : r0 + c]
-        args = (z, z, rows, pos_cols[rows], pos_ok[rows], neg_ok[rows], beta / t, h)
+        args = (z, z, rows, pos_cols[rows], pos_ok[rows], neg_ok[rows], beta, t, h)
         if torch.is_grad_enabled() and z.requires_grad:
             a, b = checkpoint(_triplet_chunk, *args, use_reentrant=False)
         else:
@@ -116,7 +119,8 @@ def triplet(
     *,
     margin: float = 0.05,
     beta: float = 0.0,
-    t: float = 1.0,
+    temperature: float | None = None,
+    t: float | None = None,
     chunk_size: int | None = None,
 ) -> Tensor:
     """Triplet margin loss ``[m + d_ip − d_ij]_+`` averaged with π ∝ e^{β s_ij / t} over negatives.
@@ -125,7 +129,7 @@ def triplet(
     (PML's ``TripletMarginLoss``, ``triplets_per_anchor="all"``); without labels the other view is
     the positive. Default margin 0.05 as in PML."""
     margin = check_nonneg("margin", margin)
-    return _triplet_family(z1, z2, labels, beta, t, lambda dp, dn: F.relu(margin + dp - dn), chunk_size)
+    return _triplet_family(z1, z2, labels, beta, t, temperature, lambda dp, dn: F.relu(margin + dp - dn), chunk_size)
 
 
 def margin(
@@ -136,7 +140,8 @@ def margin(
     alpha: float = 0.2,
     boundary: float | Tensor = 1.2,
     beta: float = 0.0,
-    t: float = 1.0,
+    temperature: float | None = None,
+    t: float | None = None,
     chunk_size: int | None = None,
 ) -> Tensor:
     """Margin loss of Wu et al. 2017: ``[α + d_ip − b]_+ + [α + b − d_ij]_+`` per triplet, the
@@ -144,6 +149,6 @@ def margin(
     scalar tensor. Defaults α = 0.2, b = 1.2 as in the paper and PML."""
     alpha = check_nonneg("alpha (margin)", alpha)
     return _triplet_family(
-        z1, z2, labels, beta, t, lambda dp, dn: F.relu(alpha + dp - boundary) + F.relu(alpha + boundary - dn),
-        chunk_size,
+        z1, z2, labels, beta, t, temperature,
+        lambda dp, dn: F.relu(alpha + dp - boundary) + F.relu(alpha + boundary - dn), chunk_size,
     )

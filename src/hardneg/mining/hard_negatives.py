@@ -185,7 +185,7 @@ def mine_hard_negatives(
         max_score: drop candidates scoring above it.
         min_score: drop candidates scoring below it.
         absolute_margin: drop candidates with ``s > s_pos − absolute_margin``.
-        relative_margin: drop candidates within ``relative_margin`` of the positive's score magnitude.
+        relative_margin: drop candidates with ``s > s_pos · (1 − relative_margin)``.
         num_negatives: negatives per anchor.
         sampling_strategy: ``"top"``, ``"random"`` (uniform over the surviving window) or hardneg's
             ``"tilted"`` (probability ∝ exp(β·s/t), without replacement).

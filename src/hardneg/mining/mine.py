@@ -37,6 +37,7 @@ import torch
 
 from hardneg._optional import require
 from hardneg.index import build_index, measure_recall, parse_index_spec, search
+from hardneg.losses.checks import check_beta, check_nonneg, check_temperature
 from hardneg.losses.tilt import tilt_log_weights
 from hardneg.negatives.filters import similarity_drops
 from hardneg.negatives.registry import build_filter, build_weighting
@@ -84,14 +85,12 @@ class MineConfig:
             )
         if self.sampling not in SAMPLING:
             raise ValueError(f"sampling must be one of {SAMPLING}, got {self.sampling!r}")
-        if self.beta < 0:
-            raise ValueError(f"beta must be >= 0, got {self.beta}")
-        if self.t <= 0:
-            raise ValueError(f"t must be > 0, got {self.t}")
+        check_beta(self.beta)
+        check_temperature(self.t, "t (temperature)")
         for name in ("absolute_margin", "relative_margin"):
             v = getattr(self, name)
-            if v is not None and v < 0:
-                raise ValueError(f"{name} must be >= 0, got {v}")
+            if v is not None:
+                check_nonneg(name, v)
         if self.min_score is not None and self.max_score is not None and self.min_score > self.max_score:
             raise ValueError(f"min_score ({self.min_score}) must be <= max_score ({self.max_score})")
         if not isinstance(self.seed, int) or self.seed < 0:

@@ -36,10 +36,15 @@ class StepContext:
     k_view: Tensor | None = None  # (m,)
     growing: bool = False  # a source (a queue still filling) will offer more candidates later
     _id_start: int | None = None
+    #: every same-label candidate is a positive (SupCon, H-SCL paper code): then only the anchor itself
+    #: (and ownership) limits the candidates; its other view stays, as a positive in the denominator
+    label_positives: bool = False
     _rel: Relations | None = None
 
     @classmethod
-    def build(cls, anchors: Anchors, cands: Candidates, t: float, beta: float, step: int) -> StepContext:
+    def build(
+        cls, anchors: Anchors, cands: Candidates, t: float, beta: float, step: int, label_positives: bool = False
+    ) -> StepContext:
         return cls(
             anchors.q.detach(),
             cands.k.detach(),
@@ -56,6 +61,7 @@ class StepContext:
             list(cands.blocks),
             anchors.view,
             cands.view,
+            label_positives=label_positives,
         )
 
     @property
@@ -99,10 +105,11 @@ class StepContext:
     def relations(self) -> Relations:
         """The step's candidate relations (the one validity rule, :mod:`hardneg.losses.candidates`)."""
         if self._rel is None:
+            lp = self.label_positives
             self._rel = Relations(
-                m=self.m, self_index=self.self_index, pos_index=self.pos_index, q_labels=self.q_labels,
-                k_labels=self.k_labels, q_ids=self.q_ids, k_ids=self.k_ids, owner=self.owner,
-                id_start=self.id_rule_start(),
+                m=self.m, self_index=self.self_index, pos_index=None if lp else self.pos_index,
+                q_labels=self.q_labels, k_labels=self.k_labels, q_ids=None if lp else self.q_ids,
+                k_ids=None if lp else self.k_ids, owner=self.owner, id_start=None if lp else self.id_rule_start(),
             )
         return self._rel
 
@@ -113,7 +120,7 @@ class StepContext:
 
     def s_pos(self, S: Tensor, rows: slice | Tensor) -> Tensor:
         """(c,) cosine similarity of each anchor to its positive (NaN where it has none)."""
-        return self.relations.s_pos(S, rows)
+        return Relations(m=self.m, pos_index=self.pos_index).s_pos(S, rows)
 
     def same_label(self, rows: slice | Tensor) -> Tensor | None:
         """(c×m) bool: candidate has the anchor's known label; None without labels."""

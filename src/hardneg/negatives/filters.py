@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from hardneg.losses.candidates import same_known_label
 from hardneg.negatives.context import StepContext
 from hardneg.negatives.sources import register_kind, simple_repr
 
@@ -85,9 +86,7 @@ class IdFilter(Filter):
     def drop(self, S: Tensor, rows: slice, ctx: StepContext) -> Tensor:
         if ctx.q_ids is None or ctx.k_ids is None:
             raise ValueError("filter 'id' needs sample ids: call forward(z1, z2, ids=...)")
-        qg = self._g(ctx.q_ids[rows])
-        kg = self._g(ctx.k_ids)
-        return (qg[:, None] == kg[None, :]) & (qg[:, None] >= 0)
+        return same_known_label(self._g(ctx.q_ids[rows]), self._g(ctx.k_ids))
 
 
 def _opt(name: str, v: Any, lo: float, hi: float) -> float | None:
@@ -104,7 +103,7 @@ class SimilarityFilter(Filter):
     Args:
         max_score: drop candidates with ``s_ij > max_score``. min_score: drop ``s_ij < min_score``.
         absolute_margin: drop ``s_ij > s_ip − absolute_margin`` (must be ≥ 0).
-        relative_margin: drop ``s_ij > s_ip · (1 − relative_margin)`` (in [0, 1)).
+        relative_margin: drop ``s_ij > s_ip · (1 − relative_margin)`` (≥ 0, as in offline mining).
     """
 
     kind = "similarity"
@@ -121,7 +120,7 @@ class SimilarityFilter(Filter):
         self.max_score = _opt("max_score", max_score, -1.0, 1.0)
         self.min_score = _opt("min_score", min_score, -1.0, 1.0)
         self.absolute_margin = _opt("absolute_margin", absolute_margin, 0.0, 2.0)
-        self.relative_margin = _opt("relative_margin", relative_margin, 0.0, 0.999999)
+        self.relative_margin = _opt("relative_margin", relative_margin, 0.0, math.inf)
         if all(v is None for v in (max_score, min_score, absolute_margin, relative_margin)):
             raise ValueError(
                 "filter 'similarity' needs at least one of max_score, min_score, absolute_margin, relative_margin"

@@ -117,7 +117,8 @@ class MemoryQueue(Source):
             cands.append("queue", keys.to(cands.k.device), labels, ids)
 
     def after_step(self, anchors: Anchors, cands: Candidates, step: int) -> None:
-        self.enqueue(anchors.keys, anchors.key_labels, anchors.key_ids)
+        if self.training:  # evaluation batches never become training negatives
+            self.enqueue(anchors.keys, anchors.key_labels, anchors.key_ids)
 
     def diagnostics(self) -> dict[str, float]:
         return {"queue_fill": float(self.count) / self.size}

@@ -25,6 +25,8 @@ import math
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+from hardneg.losses.checks import check_beta, check_tau_plus, check_temperature
+
 _UNITS = ("step", "epoch")
 
 
@@ -140,26 +142,32 @@ class Step(Schedule):
 
 SCHEDULES: dict[str, type[Schedule]] = {c.kind: c for c in (Constant, Linear, Cosine, Step)}
 
-#: the values a scheduled knob may take at every step: name -> (test, wording)
-KNOB_RANGES: dict[str, tuple[Callable[[float], bool], str]] = {
-    "beta": (lambda v: v >= 0, ">= 0"),
-    "t": (lambda v: v > 0, "> 0"),
-    "temperature": (lambda v: v > 0, "> 0"),
-    "k": (lambda v: v >= 1, ">= 1"),
-    "tau_plus": (lambda v: 0 <= v < 1, "in [0, 1)"),
+def _at_least_one(name: str, v: float) -> float:
+    if not v >= 1:
+        raise ValueError(f"{name} must be >= 1, got {v!r}")
+    return v
+
+
+#: the check of each scheduled core knob, applied at every extreme of its schedule (the one definition
+#: of each range lives in :mod:`hardneg.losses.checks`)
+KNOB_CHECKS: dict[str, Callable[[str, float], Any]] = {
+    "beta": lambda name, v: check_beta(v, name),
+    "t": lambda name, v: check_temperature(v, name),
+    "temperature": lambda name, v: check_temperature(v, name),
+    "k": _at_least_one,
+    "tau_plus": lambda name, v: check_tau_plus(v),
 }
 
 
 def check_range(name: str, schedule: Schedule) -> Schedule:
     """Refuse (ValueError naming the knob and the value) a schedule that leaves ``name``'s allowed range
     anywhere over its steps; knobs without a known range pass."""
-    if name in KNOB_RANGES:
-        ok, wording = KNOB_RANGES[name]
-        bad = [v for v in schedule.extremes() if not ok(v)]
-        if bad:
-            raise ValueError(
-                f"schedule for {name!r} reaches {bad[0]:g} ({schedule!r}); {name} must stay {wording} at every step"
-            )
+    if name in KNOB_CHECKS:
+        for v in schedule.extremes():
+            try:
+                KNOB_CHECKS[name](name, v)
+            except ValueError as e:
+                raise ValueError(f"schedule for {name!r} reaches {v:g} ({schedule!r}): {e}") from None
     return schedule
 
 

@@ -31,6 +31,7 @@ from torch import Tensor, nn
 from hardneg._optional import require
 from hardneg.arrays import load_array
 from hardneg.index import build_index, search
+from hardneg.losses.candidates import repeat_two_views, two_view_index
 
 SOURCES: dict[str, type] = {}  # kind -> Source subclass, filled as subclasses are defined
 
@@ -189,10 +190,8 @@ class InBatch(Source):
             y, i = labels, ids
         elif self.symmetric:
             q = k = torch.cat([z1, z2]) if z12 is None else z12
-            pos = torch.cat([ar + B, ar])
-            self_index = torch.arange(2 * B, device=dev)
-            y = None if labels is None else torch.cat([labels, labels])
-            i = None if ids is None else torch.cat([ids, ids])
+            pos, self_index = two_view_index(B, dev)
+            y, i = repeat_two_views(labels), repeat_two_views(ids)
         else:
             q, k = z1, z2
             pos = ar

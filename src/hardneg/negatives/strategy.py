@@ -27,7 +27,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from hardneg.losses.candidates import safe_normalize
+from hardneg.losses.candidates import nominal_n, safe_normalize
 from hardneg.losses.checks import check_beta, check_tags, check_tau_plus, resolve_temperature
 from hardneg.losses.kernel import weighted_info_nce
 from hardneg.negatives.context import StepContext
@@ -145,6 +145,11 @@ class Strategy(nn.Module):
                 raise ValueError(f"n_neg must be one of {N_NEG} or a number > 0, got {n_neg!r}")
         elif isinstance(n_neg, bool) or not isinstance(n_neg, (int, float)) or not n_neg > 0:
             raise ValueError(f"n_neg must be one of {N_NEG} or a number > 0, got {n_neg!r}")
+        if family == "decoupled" and positives == "labels":
+            raise ValueError(
+                "family='decoupled' removes the one positive from the denominator (positives='view'); "
+                "with label positives that is family='supcon'"
+            )
         self.family, self.positive_reduce, self.reduction = family, positive_reduce, reduction
         self.positives = "labels" if family == "supcon" else positives
         self.t = resolve_temperature(t, temperature, default=0.5)
@@ -218,7 +223,7 @@ class Strategy(nn.Module):
         z1, z2, labels, ids, step = self._check_inputs(z1, z2, labels, ids, step)
         sched = self.set_step(step)
         anchors, cands = self._candidates(z1, z2, labels, ids, step, negatives)
-        ctx = StepContext.build(anchors, cands, self.t, self.beta, step)
+        ctx = StepContext.build(anchors, cands, self.t, self.beta, step, label_positives=self.positives == "labels")
         ctx.growing = any(not getattr(src, "is_full", True) for src in self.sources)
         for c in [*self.filters, *self.weightings]:
             c.begin_step(ctx)
@@ -285,7 +290,8 @@ class Strategy(nn.Module):
         anchors, cands = self.in_batch.build(z1n, z2n, labels, ids, z12)
         for s in self.sources:
             if hasattr(s, "_valid_fn"):
-                ctx0 = StepContext.build(anchors, cands, self.t, self.beta, step)
+                ctx0 = StepContext.build(anchors, cands, self.t, self.beta, step,
+                                         label_positives=self.positives == "labels")
                 s._valid_fn = lambda S, rows, ctx0=ctx0: self._filtered_valid(S, rows, ctx0)
                 for f in self.filters:
                     f.begin_step(ctx0)
@@ -311,7 +317,7 @@ class Strategy(nn.Module):
             n_neg = None
         elif n_neg == "nominal":  # every candidate but the anchor itself and its positive view (2B − 2)
             has_self = bool((anchors.self_index >= 0).any())
-            n_neg = float(max(1, cands.m - int(has_self) - int(anchors.pos_index is not None)))
+            n_neg = float(nominal_n(cands.m, has_self, anchors.pos_index is not None))
         by_labels = self.positives == "labels" or (plain and label_filter)
         return weighted_info_nce(
             anchors.q,

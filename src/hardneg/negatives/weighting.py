@@ -35,6 +35,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from hardneg._optional import require
+from hardneg.losses.checks import check_beta, check_nonneg
 from hardneg.losses.tilt import tilt_log_weights
 from hardneg.negatives.context import StepContext
 from hardneg.negatives.sources import register_kind, simple_repr
@@ -139,8 +140,7 @@ def _check_int(name: str, v: Any, lo: int = 1) -> None:
 
 
 def _check_nonneg(name: str, v: Any) -> None:
-    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
-        raise ValueError(f"weighting option {name!r} must be a finite number >= 0, got {v!r}")
+    check_nonneg(f"weighting option {name!r}", v)
 
 
 class TopK(Weighting):
@@ -229,7 +229,7 @@ class Tilt(Weighting):
 
     def __init__(self, beta: float = 1.0) -> None:
         super().__init__()
-        _check_nonneg("beta", beta)
+        check_beta(beta, "weighting option 'beta'")
         self.beta = float(beta)
 
     def log_weights(self, S: Tensor, rows: slice, ctx: StepContext, valid: Tensor) -> Tensor:

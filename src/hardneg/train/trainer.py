@@ -32,6 +32,7 @@ from hardneg._optional import require
 from hardneg.data.augment import Augment
 from hardneg.data.base import dataset_to_tensors, load_named
 from hardneg.eval.align_uniform import alignment, uniformity
+from hardneg.eval.bounds import bound_terms, summarize_bounds
 from hardneg.eval.diagnostics import two_view_diagnostics
 from hardneg.eval.knn import knn_predict
 from hardneg.eval.linear_probe import linear_probe, per_class_and_confusion
@@ -460,8 +461,6 @@ class Trainer:
                         srec = {"type": "step", "step": self.step, "epoch": self.epoch + 1, "loss": lv, "lr": lr}
                         self._log({**srec, **self._step_diagnostics()})
                     if c.bounds.enabled and self.step % c.bounds.every == 0:
-                        from hardneg.eval.bounds import bound_terms
-
                         bt = bound_terms(z1, z2, y, beta=self.bounds_beta, t=self.bounds_t)
                         self._log({"type": "bounds", "step": self.step, "epoch": self.epoch + 1, **bt})
                     bar.update(1)
@@ -497,8 +496,6 @@ class Trainer:
         return self._finish(last_eval, time.time() - t0)
 
     def _finish(self, ev: dict[str, Any], seconds: float) -> dict[str, Any]:
-        from hardneg.eval.bounds import summarize_bounds
-
         self._close()
         recs = read_metrics(self.run_dir)
         bounds = summarize_bounds([r for r in recs if r["type"] == "bounds"])
