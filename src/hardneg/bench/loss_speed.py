@@ -26,6 +26,7 @@ from dataclasses import dataclass
 
 import torch
 
+import hardneg.losses as L
 from hardneg._optional import require
 from hardneg.io import atomic_write_text
 
@@ -51,8 +52,6 @@ def _inputs(n: int, seed: int = 0, device: str = "cpu"):
 
 def _run_case(name: str, z1, z2, y) -> None:
     """One forward + backward of the named case."""
-    import hardneg.losses as L
-
     if name == "floor":
         # the three products, chunked like the kernel, into preallocated buffers (no page faults)
         q = torch.cat([z1, z2]).detach()
