@@ -113,7 +113,7 @@ Y = torch.tensor([0, 1, 0, 1])
     "call,exc,words",
     [
         (lambda: L.ucl(Z, torch.randn(5, 3)), ValueError, "z2 must have the same shape"),
-        (lambda: L.ucl(torch.randn(0, 3), torch.randn(0, 3)), ValueError, "B >= 1"),
+        (lambda: L.ucl(torch.randn(0, 3), torch.randn(0, 3)), ValueError, "z1 is empty"),
         (lambda: L.ucl(Z, Z, t=0), ValueError, "temperature must be a finite number > 0"),
         (lambda: L.ucl(Z, Z, t=-1.0), ValueError, "temperature must be a finite number > 0"),
         (lambda: L.hucl(Z, Z, beta=-0.1), ValueError, "beta"),

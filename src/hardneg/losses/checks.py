@@ -74,6 +74,21 @@ def _integer_tensor(name: str, x: object) -> Tensor:
     return x
 
 
+def check_embeddings(name: str, x: object, *, finite: bool = False) -> Tensor:
+    """A (num ≥ 1, dim) floating-point tensor; with ``finite``, free of NaN and inf."""
+    if not isinstance(x, Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+    if x.dim() != 2:
+        raise ValueError(f"{name} must have shape (num, dim), got {tuple(x.shape)}")
+    if x.shape[0] == 0:
+        raise ValueError(f"{name} is empty: need at least one row, got shape {tuple(x.shape)}")
+    if not x.is_floating_point():
+        raise TypeError(f"{name} must be a floating-point tensor, got {x.dtype}")
+    if finite and not bool(torch.isfinite(x).all()):
+        raise ValueError(f"{name} contains NaN or inf values")
+    return x
+
+
 def check_tags(name: str, x: object, length: int, device: torch.device | None = None) -> Tensor | None:
     """Labels or sample ids: an integer tensor of shape (length,), values ≥ −1 (−1 = unknown).
 

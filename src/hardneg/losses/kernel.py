@@ -491,14 +491,7 @@ class _WeightedInfoNCE(torch.autograd.Function):
 
 def _check_embeddings(q: Tensor, k: Tensor) -> None:
     for name, x in (("q", q), ("k", k)):
-        if not isinstance(x, Tensor):
-            raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
-        if x.dim() != 2:
-            raise ValueError(f"{name} must have shape (num, dim), got {tuple(x.shape)}")
-        if x.shape[0] == 0:
-            raise ValueError(f"{name} is empty: need at least one row, got shape {tuple(x.shape)}")
-        if not x.is_floating_point():
-            raise TypeError(f"{name} must be a floating-point tensor, got {x.dtype}")
+        V.check_embeddings(name, x)
     if q.shape[1] != k.shape[1]:
         raise ValueError(f"q and k must have the same embedding dim, got {q.shape[1]} and {k.shape[1]}")
     if q.device != k.device:

@@ -14,20 +14,16 @@ import torch
 from torch import Tensor
 
 from hardneg.losses.candidates import nominal_n, repeat_two_views, two_view_index
-from hardneg.losses.checks import check_tags, resolve_temperature
+from hardneg.losses.checks import check_embeddings, check_tags, resolve_temperature
 from hardneg.losses.kernel import weighted_info_nce
 
 
 def _two_views(z1: Tensor, z2: Tensor | None, labels: Tensor | None, need_labels: bool):
     """Check the views and stack them as ``[z1; z2]`` with the two-view index
     (:func:`hardneg.losses.candidates.two_view_index`); returns ``(z, pos_index, labels, self_index)``."""
-    if not isinstance(z1, Tensor):
-        raise TypeError(f"z1 must be a torch.Tensor, got {type(z1).__name__}")
-    if z1.dim() != 2 or z1.shape[0] == 0:
-        raise ValueError(f"z1 must have shape (B, d) with B >= 1, got {tuple(z1.shape)}")
+    check_embeddings("z1", z1)
     if z2 is not None:
-        if not isinstance(z2, Tensor):
-            raise TypeError(f"z2 must be a torch.Tensor, got {type(z2).__name__}")
+        check_embeddings("z2", z2)
         if z2.shape != z1.shape:
             raise ValueError(f"z2 must have the same shape as z1 {tuple(z1.shape)}, got {tuple(z2.shape)}")
         if z2.device != z1.device:  # checked before anything touches the data

@@ -39,7 +39,7 @@ from hardneg._optional import require
 from hardneg.index import build_index, measure_recall, parse_index_spec, search
 from hardneg.losses.checks import check_beta, check_nonneg, check_temperature
 from hardneg.losses.tilt import tilt_log_weights
-from hardneg.negatives.filters import similarity_drops
+from hardneg.negatives.filters import guide_drops, similarity_drops
 from hardneg.negatives.registry import build_filter, build_weighting
 
 SAMPLING = ("top", "uniform", "tilted")
@@ -323,7 +323,7 @@ class _Window:
         g_cand = np.asarray(guide_score(rows, self.safe_ids[rows, cols]), dtype=np.float32)
         g_pos = np.asarray(guide_score(np.arange(self.scores.shape[0]), self.pos_ids), dtype=np.float32)
         drop = np.zeros_like(self.keep)
-        drop[rows, cols] = g_cand > g_pos[rows] - self.cfg.guide_margin
+        drop[rows, cols] = guide_drops(g_cand, g_pos[rows], self.cfg.guide_margin)
         self.apply("guide", drop)
 
 

@@ -21,6 +21,7 @@ import math
 from collections.abc import Callable
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -171,6 +172,12 @@ def similarity_drops(
     return out
 
 
+def guide_drops(g: Tensor | np.ndarray, g_pos: Tensor | np.ndarray, margin: float):
+    """GISTEmbed's rule, one definition for the strategies' :class:`GuideFilter` and offline mining:
+    drop a candidate the guide scores above the positive, ``g > g_pos − margin``."""
+    return g > g_pos - margin
+
+
 class GuideFilter(Filter):
     """GISTEmbed's guided in-batch negative filter (Solatorio, "GISTEmbed: Guided In-sample
     Selection of Training Negatives", 2024): with guide similarities ``g_ij`` (cosine between the
@@ -249,7 +256,7 @@ class GuideFilter(Filter):
         pi = ctx.pos_index[rows]
         r = torch.arange(G.shape[0], device=G.device)
         gp = G[r, pi.clamp(min=0)]
-        d = (gp - self.margin)[:, None] < G
+        d = guide_drops(G, gp[:, None], self.margin)
         d &= (pi >= 0)[:, None] & self._kok[None, :]
         return d.to(S.device)
 

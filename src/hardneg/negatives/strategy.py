@@ -28,7 +28,7 @@ import torch
 from torch import Tensor, nn
 
 from hardneg.losses.candidates import nominal_n, safe_normalize
-from hardneg.losses.checks import check_beta, check_tags, check_tau_plus, resolve_temperature
+from hardneg.losses.checks import check_beta, check_embeddings, check_tags, check_tau_plus, resolve_temperature
 from hardneg.losses.kernel import weighted_info_nce
 from hardneg.negatives.context import StepContext
 from hardneg.negatives.diagnostics import DiagnosticsAccumulator
@@ -254,10 +254,7 @@ class Strategy(nn.Module):
         return loss
 
     def _check_inputs(self, z1, z2, labels, ids, step):
-        if not isinstance(z1, Tensor):
-            raise TypeError(f"z1 must be a torch.Tensor, got {type(z1).__name__}")
-        if z1.dim() != 2 or z1.shape[0] == 0:
-            raise ValueError(f"z1 must have shape (B, d) with B >= 1, got {tuple(z1.shape)}")
+        check_embeddings("z1", z1)
         if z2 is not None and (not isinstance(z2, Tensor) or z2.shape != z1.shape):
             raise ValueError(
                 f"z2 must be None or a tensor of z1's shape {tuple(z1.shape)}, got "
