@@ -38,6 +38,8 @@ from hardneg.losses import candidates as C
 from hardneg.losses import checks as V
 
 LogWeightFn = Callable[[Tensor, slice], Tensor]
+#: maps this call's ``"mean"`` denominator to the one the mean divides by (see ``mean_denominator``)
+DenominatorFn = Callable[[float], float]
 
 _POSITIVES = ("view", "labels")
 _NEGATIVES = ("all", "other_labels")
@@ -63,6 +65,7 @@ class KernelSpec:
     positive_reduce: str = "mean"
     reduction: str = "mean"
     chunk_size: int = 1024
+    mean_denominator: DenominatorFn | None = None
 
     @property
     def lean(self) -> bool:
@@ -419,16 +422,20 @@ class _WeightedInfoNCE(torch.autograd.Function):
         go = torch.tensor(scale, dtype=q.dtype, device=q.device) if eager else None
         with torch.no_grad():
             losses, dq, dk, skipped = _run_chunks(q, k, spec, ix, go)
+        left = denom
         if skipped is not None:  # anchors a strategy's log-weights left without a valid negative
             left = denom - float(weights[skipped].sum())
-            if left <= 0:
-                raise C.all_skipped_error(n, "the log-weights (filters / weightings) removed every candidate")
-            if spec.reduction == "mean":
-                if eager:
-                    dq.mul_(denom / left)
-                    dk.mul_(denom / left)
-                scale = 1.0 / left
             ix.active = _skip(ix.active, skipped, n)  # the backward recompute sees the same anchors
+        if spec.reduction == "mean" and spec.mean_denominator is not None:
+            # every process of a distributed step calls this once, skipped anchors or not
+            left = float(spec.mean_denominator(left))
+        if left <= 0:
+            raise C.all_skipped_error(n, "the log-weights (filters / weightings) removed every candidate")
+        if spec.reduction == "mean" and left != denom:
+            if eager:
+                dq.mul_(denom / left)
+                dk.mul_(denom / left)
+            scale = 1.0 / left
         ctx.spec, ctx.ix, ctx.eager = spec, ix, eager
         ctx.scale = scale
         if eager:
@@ -507,6 +514,7 @@ def weighted_info_nce(
     reduction: str = "mean",
     chunk_size: int | None = None,
     normalize: bool = True,
+    mean_denominator: DenominatorFn | None = None,
 ) -> Tensor:
     r"""Weighted InfoNCE of anchors ``q`` (n×d) against candidates ``k`` (m×d) (docs/design.md §1).
 
@@ -540,6 +548,10 @@ def weighted_info_nce(
         reduction: ``"mean"``, ``"sum"`` or ``"none"`` (per-anchor losses).
         chunk_size: anchors per chunk; default keeps a chunk near 32 MB.
         normalize: L2-normalise q and k first (gradients flow through the normalisation).
+        mean_denominator: with ``reduction="mean"``, ``f(d) -> D``: the mean divides by ``D``
+            instead of this call's denominator ``d`` (the anchors not skipped, or their positive
+            pairs). A distributed loss, whose anchors are spread over processes, passes the sum of
+            every process's ``d`` divided by the number of processes (:mod:`hardneg.distributed`).
     """
     _check_embeddings(q, k)
     t = V.resolve_temperature(t, temperature)
@@ -576,6 +588,7 @@ def weighted_info_nce(
         positive_reduce=positive_reduce,
         reduction=reduction,
         chunk_size=chunk_size or _default_chunk(n, m),
+        mean_denominator=mean_denominator,
     )
     in_dtype = q.dtype
     same = k is q

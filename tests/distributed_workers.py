@@ -1,0 +1,99 @@
+"""Workers of the multi-process tests: the same steps on one process (the reference, on the global
+batch) and on W gloo processes (each on its slice), results saved for the test to compare."""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from hardneg.distributed import DistributedLoss, DistributedStrategy, loss_value, rank, world_size
+from hardneg.negatives import from_config
+from hardneg.negatives.queue import MomentumEncoder, needs_key_encoder
+
+B, D_IN, D = 16, 12, 8
+
+#: name -> strategy config (a mapping for from_config) or ("loss", name, params) for a functional loss
+CASES: dict[str, Any] = {
+    "ucl": {"name": "ucl"},
+    "supcon": {"name": "supcon"},
+    "hscl": {"name": "hscl"},
+    "moco_queue": {"name": "moco_queue", "size": 40},
+    "topk_label": {"name": "topk", "k": 5, "filters": [{"kind": "label"}]},
+    "adco": {"name": "adco", "size": 24, "dim": D},
+    "calibrated": {"name": "calibrated"},
+    "hscl_function": ("loss", "hscl", {"beta": 1.0}),
+}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _data(step: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(100 + step)
+    x1, x2 = torch.randn(B, D_IN, generator=g), torch.randn(B, D_IN, generator=g)
+    y = torch.randint(0, 3, (B,), generator=g)
+    ids = torch.arange(B) + step * B
+    return x1, x2, y, ids
+
+
+def _encoder() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(D_IN, 16), nn.Tanh(), nn.Linear(16, D))
+
+
+def run_case(name: str, steps: int = 3) -> dict[str, Any]:
+    """``steps`` SGD steps of case ``name`` on this process's slice of the global batch (the whole
+    batch on one process): losses, every parameter's gradient at each step, the strategy's state."""
+    spec = CASES[name]
+    W, r = world_size(), rank()
+    b = B // W
+    mine = slice(r * b, (r + 1) * b)
+    model = _encoder()
+    if isinstance(spec, tuple):
+        from hardneg.train.losses_from_config import build_loss
+
+        strategy, loss_fn = None, DistributedLoss(build_loss(spec[1], spec[2]))
+    else:
+        strategy = from_config(dict(spec))
+        loss_fn = DistributedStrategy(strategy)
+    key = MomentumEncoder(model, 0.9) if strategy is not None and needs_key_encoder(strategy) else None
+    net = nn.parallel.DistributedDataParallel(model) if W > 1 else model
+    opt = torch.optim.SGD(model.parameters(), lr=0.5)
+    out: dict[str, Any] = {"loss": [], "grads": []}
+    for step in range(steps):
+        x1, x2, y, ids = (t[mine] for t in _data(step))
+        if key is None:
+            z1, z2 = net(torch.cat([x1, x2])).chunk(2)
+        else:
+            z1, z2 = net(x1), key(x2)
+        loss = loss_fn(z1, z2, y) if strategy is None else loss_fn(z1, z2, y, ids, step)
+        opt.zero_grad()
+        loss.backward()
+        out["loss"].append(loss_value(loss))
+        out["grads"].append({n: p.grad.detach().clone() for n, p in model.named_parameters()})
+        opt.step()
+        if key is not None:
+            key.update(model)
+    out["state"] = {} if strategy is None else {k: v.clone() for k, v in strategy.state_dict().items()
+                                                 if isinstance(v, torch.Tensor)}
+    return out
+
+
+def worker(r: int, world: int, port: int, outdir: str, names: list[str]) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", rank=r, world_size=world)
+    try:
+        res = {name: run_case(name) for name in names}
+        torch.save(res, Path(outdir) / f"rank{r}.pt")
+    finally:
+        dist.destroy_process_group()
