@@ -97,3 +97,37 @@ def worker(r: int, world: int, port: int, outdir: str, names: list[str]) -> None
         torch.save(res, Path(outdir) / f"rank{r}.pt")
     finally:
         dist.destroy_process_group()
+
+
+#: a small digits run (4 steps an epoch) whose 1- and 2-process metrics are compared
+TRAIN_BASE = {
+    "data": {"name": "digits", "train_limit": 256, "test_limit": 120},
+    "model": {"encoder": "mlp", "hidden": 32, "depth": 1, "head_hidden": 32, "proj_dim": 16},
+    "train": {"epochs": 2, "batch_size": 64, "checkpoint_every": 3, "progress": False, "log_every": 1},
+    "eval": {"knn_k": 20, "probe_max_iter": 50, "linear_probe": False},
+    "bounds": {"enabled": True, "every": 2},
+}
+
+
+def train_config(objective: dict[str, Any]) -> Any:
+    import json
+
+    from hardneg.train.config import validate_config
+
+    raw = json.loads(json.dumps(TRAIN_BASE))
+    raw.update(objective)
+    return validate_config(raw)
+
+
+def train_worker(r: int, world: int, port: int, runs: list[tuple[str, dict[str, Any]]]) -> None:
+    """Train each ``(run_dir, objective)`` on ``world`` gloo processes."""
+    from hardneg.train.trainer import Trainer
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", rank=r, world_size=world)
+    try:
+        for run_dir, objective in runs:
+            Trainer(train_config(objective), run_dir, resume=True).fit()
+    finally:
+        dist.destroy_process_group()

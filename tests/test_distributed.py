@@ -1,11 +1,22 @@
 """Multi-process losses (2 gloo processes) equal the single-process loss on the same global batch:
 values, every parameter's gradient after DDP's averaging, and the state strategies learn."""
 
+import json
+
 import pytest
 import torch
 import torch.multiprocessing as mp
 
-from tests.distributed_workers import CASES, free_port, run_case, worker
+from hardneg.train.trainer import Trainer
+from tests.distributed_workers import (
+    CASES,
+    TRAIN_BASE,
+    free_port,
+    run_case,
+    train_config,
+    train_worker,
+    worker,
+)
 
 ATOL = 1e-5
 
@@ -37,3 +48,51 @@ def test_gradients_are_not_trivially_equal():
     a = run_case("topk_label", steps=1)
     assert a["loss"][0] > 0
     assert any(float(v.abs().max()) > 1e-3 for v in a["grads"][0].values())
+
+
+MOCO_TRAIN = {**TRAIN_BASE["train"], "key_momentum": 0.9}
+TRAIN_CASES = {
+    "ucl_function": {"loss": {"name": "ucl", "params": {"t": 0.5}}},
+    "moco_queue": {"strategy": {"name": "moco_queue", "size": 128}, "train": MOCO_TRAIN},
+    "topk_label": {"strategy": {"name": "topk", "k": 20, "filters": [{"kind": "label"}]}},
+}
+#: shares of anchors for which an inequality holds: a tie within rounding may flip one anchor of 128
+COUNTED = ("frac_", "anchor_frac_", "batch_frac_", "assumption1")
+
+
+def _metrics(run_dir):
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def _assert_same_records(got, ref):
+    assert [r["type"] for r in got] == [r["type"] for r in ref]
+    for a, b in zip(got, ref, strict=True):
+        for key, v in b.items():
+            if key.startswith("neg_"):  # strategy diagnostics describe this process's anchors
+                continue
+            if isinstance(v, float):
+                tol = 2 / 128 if key.startswith(COUNTED) else 1e-5
+                assert a[key] == pytest.approx(v, rel=1e-4, abs=tol), (b["type"], b["step"], key)
+            elif not isinstance(v, (list, dict)):
+                assert a[key] == v, (b["type"], key)
+
+
+@pytest.mark.parametrize(
+    "name", [pytest.param(n, marks=() if n == "moco_queue" else pytest.mark.slow) for n in TRAIN_CASES]
+)
+def test_two_process_training_matches_one_process(tmp_path, name):
+    """Metrics, summary and model of a 2-process run equal a 1-process run with the same global batch."""
+    two, one = tmp_path / "two", tmp_path / "one"
+    mp.spawn(train_worker, args=(2, free_port(), [(str(two), TRAIN_CASES[name])]), nprocs=2, join=True)
+    Trainer(train_config(TRAIN_CASES[name]), one).fit()
+    got, ref = _metrics(two), _metrics(one)
+    assert any(r["type"] == "bounds" for r in ref) and sum(r["type"] == "step" for r in ref) == 8
+    _assert_same_records(got, ref)
+    # only rank 0 wrote: one metrics file, one summary, a model that loads into the plain model
+    s_got = json.loads((two / "summary.json").read_text())
+    s_ref = json.loads((one / "summary.json").read_text())
+    assert s_got["knn_acc"] == pytest.approx(s_ref["knn_acc"], abs=0.02)
+    sd_got, sd_ref = torch.load(two / "model.pt"), torch.load(one / "model.pt")
+    assert sd_got.keys() == sd_ref.keys()
+    for k, v in sd_ref.items():
+        assert torch.allclose(sd_got[k].float(), v.float(), atol=1e-4, rtol=1e-3), k

@@ -255,3 +255,53 @@ def init_from_env() -> bool:
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
         dist.init_process_group(backend)
     return True
+
+
+def broadcast_flag(flag: bool) -> bool:
+    """Rank 0's ``flag`` on every process (a barrier too: the others wait for rank 0)."""
+    if world_size() == 1:
+        return flag
+    t = torch.tensor([int(flag)], dtype=torch.long)
+    t = _on_backend(t)
+    dist.broadcast(t, 0)
+    return bool(int(t.cpu()[0]))
+
+
+def _on_backend(t: Tensor) -> Tensor:
+    return t.cuda() if dist.get_backend() == dist.Backend.NCCL else t
+
+
+def _all_reduce_int(v: int, op: Any) -> int:
+    t = _on_backend(torch.tensor([int(v)], dtype=torch.long))
+    dist.all_reduce(t, op=op)
+    return int(t.cpu()[0])
+
+
+def max_over_processes(v: int) -> int:
+    """The largest ``v`` of every process (a signal number any process received, else 0)."""
+    return v if world_size() == 1 else _all_reduce_int(v, dist.ReduceOp.MAX)
+
+
+def all_processes(flag: bool) -> bool:
+    """True when ``flag`` is true on every process."""
+    return flag if world_size() == 1 else bool(_all_reduce_int(int(flag), dist.ReduceOp.MIN))
+
+
+def wrap_model(model: nn.Module) -> nn.Module:
+    """``model`` in ``DistributedDataParallel`` over several processes (gradients averaged); the
+    model itself on one. Buffers are not broadcast: :class:`GatheredBatchNorm` keeps them equal."""
+    if world_size() == 1:
+        return model
+    dev = next(model.parameters()).device
+    ids = [dev.index] if dev.type == "cuda" else None
+    return nn.parallel.DistributedDataParallel(model, device_ids=ids, broadcast_buffers=False)
+
+
+def distributed_objective(loss_fn: Any) -> nn.Module:
+    """The loss a distributed step calls: a :class:`DistributedStrategy` around a strategy, a
+    :class:`DistributedLoss` around a plain loss function ``loss_fn(z1, z2, labels)``."""
+    from hardneg.negatives.strategy import Strategy
+
+    if isinstance(loss_fn, Strategy):
+        return DistributedStrategy(loss_fn)
+    return DistributedLoss(loss_fn)

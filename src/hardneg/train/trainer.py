@@ -12,6 +12,13 @@ from a permutation drawn from a data generator, augmentations from a separate au
 both generators, the epoch permutation, the position in it, model/optimizer/scheduler state and the
 length of ``metrics.jsonl`` are stored in every checkpoint, so ``resume`` produces a metrics file
 identical to that of an uninterrupted run (same process settings, same thread count).
+
+Several processes (``hardneg train --nproc N``, torchrun; :mod:`hardneg.distributed`): every process
+draws the same permutation and the same augmentations of the global batch (``train.batch_size``) and
+embeds its own slice of it with the DDP-wrapped model (batch normalisation over the global batch);
+the loss gathers the embeddings with gradient, so the gradient after DDP's averaging is the
+single-process gradient of the global batch. Only rank 0 evaluates and writes files; every process
+stops at the same step on Ctrl-C / SIGTERM.
 """
 
 from __future__ import annotations
@@ -28,6 +35,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from hardneg import distributed as D
 from hardneg._optional import require
 from hardneg.data.augment import Augment
 from hardneg.data.base import dataset_to_tensors, load_named
@@ -145,6 +153,13 @@ class Trainer:
         c = config
         # everything that can refuse the config (objective, data, sizes) runs before the folder is touched
         self.loss_fn = loss_fn if loss_fn is not None else build_objective(config)
+        self.world, self.main = D.world_size(), D.is_main()
+        if c.train.batch_size % self.world:
+            raise ValueError(
+                f"train.batch_size={c.train.batch_size} must be divisible by the number of processes ({self.world})"
+            )
+        b = c.train.batch_size // self.world
+        self._local = slice(D.rank() * b, (D.rank() + 1) * b)  # this process's rows of the global batch
         if c.train.threads:
             torch.set_num_threads(c.train.threads)
         if train_data is None:
@@ -166,7 +181,8 @@ class Trainer:
                 f"train.batch_size={c.train.batch_size} is larger than the training set ({self.X.shape[0]})"
             )
         self.num_classes = int(max(int(self.y.max()), int(self.yt.max())) + 1)
-        self.resumed = ck.prepare_run_dir(self.run_dir, self._config_text, resume=resume, overwrite=overwrite)
+        resumed = self.main and ck.prepare_run_dir(self.run_dir, self._config_text, resume=resume, overwrite=overwrite)
+        self.resumed = D.broadcast_flag(resumed)  # the other processes wait until rank 0 made the folder
         strategy = getattr(self.loss_fn, "strategy", self.loss_fn)
         self._strategy: torch.nn.Module | None = strategy if isinstance(strategy, torch.nn.Module) else None
         #: the Strategy behind the loss (ids, step, diagnostics, key encoder), None for plain functions
@@ -174,8 +190,11 @@ class Trainer:
         seed_everything(c.train.seed)
         if model is None:
             model = build_model_from_config(c.model, self.X.shape[1:])
-        self.model = model
+        self.model = D.convert_batchnorm(model) if self.world > 1 else model
         self.key_encoder = self._build_key_encoder()
+        #: the model as the training step calls it: DDP-wrapped over several processes
+        self.net = D.wrap_model(self.model)
+        self._loss_call = D.distributed_objective(self.loss_fn) if self.world > 1 else self.loss_fn
         self.augment = Augment(tuple(c.augment.crop_scale), c.augment.flip_p, c.augment.noise_std, c.augment.erase_p)
         self.opt = torch.optim.AdamW(self.model.parameters(), lr=c.optim.lr, weight_decay=c.optim.weight_decay)
         self.steps_per_epoch = self.X.shape[0] // c.train.batch_size
@@ -218,6 +237,9 @@ class Trainer:
         }
 
     def save_checkpoint(self) -> Path:
+        if not self.main:  # rank 0 holds the same state and writes it
+            self.last_ckpt = self.run_dir / ck.CHECKPOINT
+            return self.last_ckpt
         self._metrics_fh_flush()
         self.last_ckpt = ck.save_checkpoint(self.state(), self.run_dir)
         return self.last_ckpt
@@ -226,10 +248,10 @@ class Trainer:
         st = ck.load_checkpoint(self.run_dir, self._config_text)
         mp = self.run_dir / ck.METRICS
         if st is None:  # the run never reached its first checkpoint: start over in the same folder
-            if mp.exists():
+            if mp.exists() and self.main:
                 mp.unlink()
             return
-        problem = metrics_problem(self.run_dir, st["metrics_bytes"])
+        problem = metrics_problem(self.run_dir, st["metrics_bytes"]) if self.main else None
         if problem is not None and not self._repair_metrics:
             raise ValueError(
                 f"cannot resume: {problem}; the checkpoint is at step {st['step']}. Rerun with --resume "
@@ -254,7 +276,9 @@ class Trainer:
             self._strategy.load_state_dict(st["strategy"])
         if self.key_encoder is not None and st.get("key_encoder") is not None:
             self.key_encoder.load_state_dict(st["key_encoder"])
-        if problem is not None:
+        if not self.main:
+            pass
+        elif problem is not None:
             repair_metrics(self.run_dir, st["metrics_bytes"])
         elif mp.exists():
             with open(mp, "r+b") as f:
@@ -265,6 +289,8 @@ class Trainer:
     _fh = None
 
     def _log(self, rec: dict[str, Any]) -> None:
+        if not self.main:
+            return
         if self._fh is None:
             self._fh = open(self.run_dir / ck.METRICS, "a", encoding="utf-8")  # noqa: SIM115
         self._fh.write(json.dumps(rec, sort_keys=True) + "\n")
@@ -326,20 +352,23 @@ class Trainer:
         return MomentumEncoder(self.model, momentum=m)
 
     def _embed_views(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Two augmented views of ``x`` through the model, or the second through the key encoder
-        (no gradient) when there is one."""
+        """Two augmented views of the global batch ``x`` (the same on every process), this
+        process's slice of them through the model, or the second through the key encoder (no
+        gradient) when there is one."""
         v1, v2 = self.augment(x, self.g_aug), self.augment(x, self.g_aug)
+        if self.world > 1:
+            v1, v2 = v1[self._local], v2[self._local]
         if self.key_encoder is None:
-            z1, z2 = self.model(torch.cat([v1, v2])).chunk(2)
+            z1, z2 = self.net(torch.cat([v1, v2])).chunk(2)
             return z1, z2
         self.key_encoder.train(self.model.training)
-        return self.model(v1), self.key_encoder(v2)
+        return self.net(v1), self.key_encoder(v2)
 
     def _compute_loss(self, z1: torch.Tensor, z2: torch.Tensor, y: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
         """The loss of one batch: a strategy gets the batch's dataset indices as ``ids`` and the global step."""
         if isinstance(self.loss_fn, Strategy):
-            return self.loss_fn(z1, z2, y, ids=ids, step=self.step)
-        return self.loss_fn(z1, z2, y)
+            return self._loss_call(z1, z2, y, ids=ids, step=self.step)
+        return self._loss_call(z1, z2, y)
 
     def _after_update(self) -> None:
         """After the optimiser step: move the key encoder towards the model."""
@@ -433,15 +462,19 @@ class Trainer:
                     self.perm = torch.randperm(self.X.shape[0], generator=self.g_data)
                     self.batch_idx, self.epoch_loss = 0, [0.0, 0]
                 while self.batch_idx < spe:
+                    self._stop = D.max_over_processes(self._stop)  # every process stops at the same step
                     if self._stop:
                         self._interrupt()
                     idx = self.perm[self.batch_idx * bs : (self.batch_idx + 1) * bs]
                     x, y = self.X[idx], self.y[idx]
                     z1, z2 = self._embed_views(x)
-                    if not bool(torch.isfinite(z1.detach()).all() and torch.isfinite(z2.detach()).all()):
+                    if self.world > 1:
+                        y, idx = y[self._local], idx[self._local]
+                    finite = bool(torch.isfinite(z1.detach()).all() and torch.isfinite(z2.detach()).all())
+                    if not D.all_processes(finite):
                         self._nonfinite("the embeddings contain NaN/inf")
                     loss = self._compute_loss(z1, z2, y, idx)
-                    lv = float(loss.detach())
+                    lv = D.loss_value(loss)
                     if not math.isfinite(lv):
                         self._nonfinite(f"loss is {lv}")
                     self.opt.zero_grad(set_to_none=True)
@@ -462,8 +495,11 @@ class Trainer:
                     if c.bounds.enabled and self.step % c.bounds.every == 0:
                         from hardneg.eval.bounds import bound_terms
 
-                        bt = bound_terms(z1, z2, y, beta=self.bounds_beta, t=self.bounds_t)
-                        self._log({"type": "bounds", "step": self.step, "epoch": self.epoch + 1, **bt})
+                        zb1, zb2 = D.gather(z1.detach()), D.gather(z2.detach())
+                        yb = D.gather_tags(y)
+                        if self.main:
+                            bt = bound_terms(zb1, zb2, yb, beta=self.bounds_beta, t=self.bounds_t)
+                            self._log({"type": "bounds", "step": self.step, "epoch": self.epoch + 1, **bt})
                     bar.update(1)
                     bar.set_postfix(loss=f"{lv:.4f}", epoch=self.epoch + 1, refresh=False)
                     if self.step % c.train.checkpoint_every == 0:
@@ -477,7 +513,7 @@ class Trainer:
                     "step": self.step,
                     "train_loss": self.epoch_loss[0] / max(1, self.epoch_loss[1]),
                 }
-                if last or ep % c.eval.every_epochs == 0:
+                if self.main and (last or ep % c.eval.every_epochs == 0):  # rank 0 evaluates
                     pe = c.eval.probe_every_epochs
                     probe = c.eval.linear_probe and (last or (pe is not None and ep % pe == 0))
                     last_eval = self._evaluate_or_stop(probe=probe)
@@ -490,6 +526,8 @@ class Trainer:
         finally:
             bar.close()
             self._metrics_fh_flush()
+        if not self.main:
+            return {"rank": D.rank(), "steps": self.step}
         if not last_eval:  # resumed after the last epoch had been evaluated: evaluate again for the summary
             last_eval = self._evaluate_or_stop(probe=c.eval.linear_probe)
         if self._stop:
