@@ -119,15 +119,39 @@ def train_config(objective: dict[str, Any]) -> Any:
     return validate_config(raw)
 
 
-def train_worker(r: int, world: int, port: int, runs: list[tuple[str, dict[str, Any]]]) -> None:
-    """Train each ``(run_dir, objective)`` on ``world`` gloo processes."""
-    from hardneg.train.trainer import Trainer
+class SignalAtCall:
+    """The config's named loss, sending this process SIGINT (a real Ctrl-C) at call ``at`` on rank ``on``."""
+
+    def __init__(self, loss_fn: Any, on: int, at: int) -> None:
+        self.loss_fn, self.on, self.at, self.calls = loss_fn, on, at, 0
+
+    def __call__(self, z1: torch.Tensor, z2: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        import signal
+
+        self.calls += 1
+        if rank() == self.on and self.calls == self.at:
+            os.kill(os.getpid(), signal.SIGINT)
+        return self.loss_fn(z1, z2, y)
+
+
+def train_worker(
+    r: int, world: int, port: int, runs: list[tuple[str, dict[str, Any]]], interrupt: tuple[int, int] | None = None
+) -> None:
+    """Train each ``(run_dir, objective)`` on ``world`` gloo processes; ``interrupt=(rank, call)``
+    sends SIGINT to that rank at that loss call (the run stops; its result is recorded in ``stopped``)."""
+    from hardneg.train.losses_from_config import build_objective
+    from hardneg.train.trainer import RunInterrupted, Trainer
 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)
     dist.init_process_group("gloo", rank=r, world_size=world)
     try:
         for run_dir, objective in runs:
-            Trainer(train_config(objective), run_dir, resume=True).fit()
+            cfg = train_config(objective)
+            loss_fn = None if interrupt is None else SignalAtCall(build_objective(cfg), *interrupt)
+            try:
+                Trainer(cfg, run_dir, resume=True, loss_fn=loss_fn).fit()
+            except RunInterrupted as e:
+                Path(run_dir, f"stopped{r}").write_text(f"{e.exit_code} {e}")
     finally:
         dist.destroy_process_group()

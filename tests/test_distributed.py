@@ -2,6 +2,9 @@
 values, every parameter's gradient after DDP's averaging, and the state strategies learn."""
 
 import json
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -96,3 +99,37 @@ def test_two_process_training_matches_one_process(tmp_path, name):
     assert sd_got.keys() == sd_ref.keys()
     for k, v in sd_ref.items():
         assert torch.allclose(sd_got[k].float(), v.float(), atol=1e-4, rtol=1e-3), k
+
+
+@pytest.mark.slow
+def test_interrupted_two_process_run_resumes_exactly_from_the_command_line(tmp_path):
+    """SIGINT to one process stops both at the same step with one checkpoint; ``hardneg train --nproc 2
+    --resume`` then finishes with a metrics file byte-identical to an uninterrupted 2-process run."""
+    obj = TRAIN_CASES["ucl_function"]
+    full, cut = tmp_path / "full", tmp_path / "cut"
+    mp.spawn(train_worker, args=(2, free_port(), [(str(full), obj)]), nprocs=2, join=True)
+    mp.spawn(train_worker, args=(2, free_port(), [(str(cut), obj)], (1, 5)), nprocs=2, join=True)
+    stops = [(cut / f"stopped{r}").read_text() for r in range(2)]
+    assert all(s.startswith("130 interrupted (SIGINT) at step 5") for s in stops), stops
+    assert not (cut / "summary.json").exists() and (cut / "checkpoint.pt").is_file()
+    assert torch.load(cut / "checkpoint.pt", weights_only=False)["step"] == 5
+    cfg_file = tmp_path / "run.yaml"
+    cfg_file.write_text(json.dumps({**TRAIN_BASE, **obj}))
+    cmd = [sys.executable, "-m", "hardneg.cli", "train", "-c", str(cfg_file), "-o", str(cut), "--resume"]
+    cmd += ["--nproc", "2"]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "kNN" in r.stdout and r.stdout.count("run directory") == 1  # rank 0 alone reports
+    assert (cut / "metrics.jsonl").read_bytes() == (full / "metrics.jsonl").read_bytes()
+
+
+def test_nproc_must_divide_the_batch(tmp_path):
+    cfg_file = tmp_path / "run.yaml"
+    cfg_file.write_text(json.dumps({**TRAIN_BASE, **TRAIN_CASES["ucl_function"]}))
+    cmd = [sys.executable, "-m", "hardneg.cli", "train", "-c", str(cfg_file), "-o", str(tmp_path / "r"), "--nproc", "3"]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=120)
+    assert r.returncode == 2
+    assert r.stderr.strip() == "hardneg: error: train.batch_size=64 must be divisible by --nproc 3"
+    assert not (tmp_path / "r").exists()

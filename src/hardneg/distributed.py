@@ -38,14 +38,21 @@ __all__ = [
     "DistributedLoss",
     "DistributedStrategy",
     "GatheredBatchNorm",
+    "all_processes",
     "anchor_rows",
+    "broadcast_flag",
     "convert_batchnorm",
+    "distributed_objective",
     "gather",
     "gather_tags",
+    "init_from_env",
     "is_main",
+    "loss_value",
+    "max_over_processes",
     "mean_over_processes",
     "rank",
     "world_size",
+    "wrap_model",
 ]
 
 
@@ -64,13 +71,14 @@ def is_main() -> bool:
     return rank() == 0
 
 
-def _all_gather_with_grad(x: Tensor) -> tuple[Tensor, ...]:
-    from torch.distributed.nn.functional import all_gather
+def _with_grad(op: str, x: Tensor) -> Any:
+    """``torch.distributed.nn.functional.<op>(x)``: a collective autograd differentiates."""
+    import torch.distributed.nn.functional as DF
 
     with warnings.catch_warnings():  # its deprecation notice names a replacement without a gloo backward
         warnings.simplefilter("ignore", FutureWarning)
         warnings.simplefilter("ignore", UserWarning)
-        return all_gather(x)
+        return getattr(DF, op)(x)
 
 
 def _check_same_rows(x: Tensor, what: str) -> None:
@@ -89,7 +97,7 @@ def gather(x: Tensor | None, what: str = "embeddings") -> Tensor | None:
     if x is None or world_size() == 1:
         return x
     _check_same_rows(x, what)
-    return torch.cat(_all_gather_with_grad(x))
+    return torch.cat(_with_grad("all_gather", x))
 
 
 def gather_tags(x: Tensor | None) -> Tensor | None:
@@ -207,17 +215,15 @@ class GatheredBatchNorm(nn.modules.batchnorm._BatchNorm):
     def forward(self, x: Tensor) -> Tensor:
         if not self.training or world_size() == 1:
             return super().forward(x)
-        from torch.distributed.nn.functional import all_reduce
-
         dims = [0, *range(2, x.dim())]
         shape = [1, -1] + [1] * (x.dim() - 2)
         n_local = x.numel() // x.shape[1]
         cnt = torch.tensor([float(n_local)], dtype=x.dtype, device=x.device)
-        s = all_reduce(torch.cat([x.sum(dims), cnt]))
+        s = _with_grad("all_reduce", torch.cat([x.sum(dims), cnt]))
         n = s[-1].detach()
         mean = s[:-1] / n
         xc = x - mean.reshape(shape)
-        var = all_reduce((xc * xc).sum(dims)) / n
+        var = _with_grad("all_reduce", (xc * xc).sum(dims)) / n
         if self.track_running_stats and self.running_mean is not None:
             with torch.no_grad():
                 m = self.momentum if self.momentum is not None else 0.1
