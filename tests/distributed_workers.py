@@ -155,3 +155,49 @@ def train_worker(
                 Path(run_dir, f"stopped{r}").write_text(f"{e.exit_code} {e}")
     finally:
         dist.destroy_process_group()
+
+
+#: the sentence-transformers loss: name -> (HardNegativeRankingLoss options, with MNRL as reference)
+ST_CASES: dict[str, dict[str, Any]] = {
+    "mnrl": {},
+    "hucl": {"strategy": "hucl", "scale": 2.0},
+    "topk": {"strategy": {"name": "topk", "k": 6}},
+}
+
+
+def run_st_case(name: str) -> dict[str, Any]:
+    """One step of ``HardNegativeRankingLoss(gather_across_devices=True)`` on this process's slice of
+    (anchor, positive, negative) columns; with no options also sentence-transformers' own MNRL."""
+    from sentence_transformers.sentence_transformer.losses import MultipleNegativesRankingLoss
+
+    from hardneg.integrations.sentence_transformers import HardNegativeRankingLoss
+
+    W, r = world_size(), rank()
+    b = B // W
+    mine = slice(r * b, (r + 1) * b)
+    model = _encoder()
+    net = nn.parallel.DistributedDataParallel(model) if W > 1 else model
+    g = torch.Generator().manual_seed(7)
+    cols = [torch.randn(B, D_IN, generator=g)[mine] for _ in range(3)]
+    z = net(torch.cat(cols)).chunk(3)
+    loss = HardNegativeRankingLoss(None, gather_across_devices=True, **ST_CASES[name]).compute_loss_from_embeddings(
+        list(z)
+    )
+    out: dict[str, Any] = {"local_loss": float(loss.detach())}
+    if name == "mnrl":
+        mnrl = MultipleNegativesRankingLoss(None, gather_across_devices=True)
+        out["mnrl_local_loss"] = float(mnrl.compute_loss_from_embeddings([t.detach() for t in z], None))
+    loss.backward()
+    out["loss"] = loss_value(loss)
+    out["grads"] = {n: p.grad.detach().clone() for n, p in model.named_parameters()}
+    return out
+
+
+def st_worker(r: int, world: int, port: int, outdir: str) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", rank=r, world_size=world)
+    try:
+        torch.save({name: run_st_case(name) for name in ST_CASES}, Path(outdir) / f"st{r}.pt")
+    finally:
+        dist.destroy_process_group()

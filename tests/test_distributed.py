@@ -13,9 +13,12 @@ import torch.multiprocessing as mp
 from hardneg.train.trainer import Trainer
 from tests.distributed_workers import (
     CASES,
+    ST_CASES,
     TRAIN_BASE,
     free_port,
     run_case,
+    run_st_case,
+    st_worker,
     train_config,
     train_worker,
     worker,
@@ -133,3 +136,29 @@ def test_nproc_must_divide_the_batch(tmp_path):
     assert r.returncode == 2
     assert r.stderr.strip() == "hardneg: error: train.batch_size=64 must be divisible by --nproc 3"
     assert not (tmp_path / "r").exists()
+
+
+@pytest.fixture(scope="module")
+def st_two_process_results(tmp_path_factory):
+    pytest.importorskip("sentence_transformers")
+    out = tmp_path_factory.mktemp("ddp_st")
+    mp.spawn(st_worker, args=(2, free_port(), str(out)), nprocs=2, join=True)
+    return [torch.load(out / f"st{r}.pt") for r in range(2)]
+
+
+@pytest.mark.slow  # two processes importing sentence-transformers
+@pytest.mark.parametrize("name", list(ST_CASES))
+def test_sentence_transformers_loss_gathers_across_devices(st_two_process_results, name):
+    """2 processes with ``gather_across_devices=True`` equal 1 process on the global batch (loss and
+    gradients); without options each process's loss is sentence-transformers' gathered MNRL's."""
+    ref = run_st_case(name)
+    for res in st_two_process_results:
+        got = res[name]
+        assert got["loss"] == pytest.approx(ref["loss"], abs=ATOL)
+        for pname, v in ref["grads"].items():
+            assert torch.allclose(got["grads"][pname], v, atol=ATOL, rtol=0), pname
+        if name == "mnrl":
+            assert got["local_loss"] == pytest.approx(got["mnrl_local_loss"], abs=ATOL)
+    assert st_two_process_results[0][name]["local_loss"] != pytest.approx(
+        st_two_process_results[1][name]["local_loss"], abs=1e-3
+    )  # each process computed its own anchors

@@ -37,6 +37,7 @@ import torch
 from torch import Tensor, nn
 
 from hardneg._optional import require
+from hardneg.distributed import DistributedStrategy
 from hardneg.negatives.filters import SimilarityFilter
 from hardneg.negatives.registry import from_config
 from hardneg.negatives.sources import InBatch
@@ -84,6 +85,10 @@ class HardNegativeRankingLoss(nn.Module):
             debiasing, …); ``n_neg`` None counts the candidates (MNRL).
         absolute_margin, relative_margin, max_score: the false-negative filter
             (:class:`~hardneg.negatives.SimilarityFilter`, sentence-transformers' rules).
+        gather_across_devices: in a ``torch.distributed`` run, every process's anchors see the
+            positives and negatives of every process (gathered with gradient, as MNRL's option of
+            the same name), and the gradient after DDP's averaging is that of the global batch on
+            one process (:class:`hardneg.distributed.DistributedStrategy`).
     """
 
     def __init__(
@@ -99,6 +104,7 @@ class HardNegativeRankingLoss(nn.Module):
         max_score: float | None = None,
         detach_weights: bool | None = None,
         n_neg: float | None = None,
+        gather_across_devices: bool = False,
     ) -> None:
         super().__init__()
         core: dict[str, Any] = {
@@ -111,8 +117,10 @@ class HardNegativeRankingLoss(nn.Module):
             core["filters"] = [SimilarityFilter(**sim)]
         self.model = model
         self.strategy, self.scale = _as_strategy(strategy, scale, core)
+        self.gather_across_devices = bool(gather_across_devices)
         self._config = {"scale": self.scale, "strategy": strategy if isinstance(strategy, (str, type(None))) else
-                        self.strategy.name, **{k: v for k, v in core.items() if k != "filters"}, **sim}
+                        self.strategy.name, **{k: v for k, v in core.items() if k != "filters"}, **sim,
+                        "gather_across_devices": self.gather_across_devices}
 
     @property
     def temperature(self) -> float:
@@ -127,7 +135,8 @@ class HardNegativeRankingLoss(nn.Module):
             if e.shape != q.shape:
                 raise ValueError(f"column {j} has shape {tuple(e.shape)}, the anchors {tuple(q.shape)}")
         negatives = torch.cat(embeddings[2:], dim=0) if len(embeddings) > 2 else None
-        return self.strategy(q, embeddings[1], negatives=negatives)
+        loss_fn = DistributedStrategy(self.strategy) if self.gather_across_devices else self.strategy
+        return loss_fn(q, embeddings[1], negatives=negatives)
 
     def forward(self, sentence_features: Iterable[dict[str, Tensor]], labels: Tensor | None = None) -> Tensor:
         embeddings = [self.model(f)["sentence_embedding"] for f in sentence_features]
