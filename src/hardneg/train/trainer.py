@@ -23,6 +23,7 @@ stops at the same step on Ctrl-C / SIGTERM.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import signal
@@ -109,6 +110,17 @@ def _loss_beta_t(cfg: RunConfig, strategy: Strategy | None = None) -> tuple[floa
     beta = cfg.bounds.beta if cfg.bounds.beta is not None else beta0
     t = cfg.bounds.t if cfg.bounds.t is not None else t0
     return beta, t
+
+
+def _rng_state() -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """The global random state (CPU and every GPU) that dropout draws from."""
+    return torch.get_rng_state(), (torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [])
+
+
+def _set_rng_state(state: tuple[torch.Tensor, list[torch.Tensor]]) -> None:
+    torch.set_rng_state(state[0])
+    if state[1]:
+        torch.cuda.set_rng_state_all(state[1])
 
 
 def _json_float(v: float) -> float | None:
@@ -364,6 +376,73 @@ class Trainer:
         self.key_encoder.train(self.model.training)
         return self.net(v1), self.key_encoder(v2)
 
+    def _embed_cached(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, Callable[[], None]]:
+        """GradCache: the views of :meth:`_embed_views` embedded ``train.grad_cache.chunk`` inputs at a
+        time without a graph; returns z1, z2 cut from one leaf that requires grad (z2 from the key
+        encoder when there is one) and ``backward()``, to call after the loss's backward: it
+        re-embeds each chunk with a graph — replaying the global random state, so dropout draws the
+        same masks — and back-propagates the chunk's part of the leaf's gradient."""
+        chunk = self.cfg.train.grad_cache.chunk
+        v1, v2 = self.augment(x, self.g_aug), self.augment(x, self.g_aug)
+        if self.world > 1:
+            v1, v2 = v1[self._local], v2[self._local]
+        inputs = v1 if self.key_encoder is not None else torch.cat([v1, v2])
+        buffers = {k: v.clone() for k, v in self.model.named_buffers()}  # batch-norm statistics: one update
+        states, outs = [], []
+        with torch.no_grad():
+            for i in range(0, inputs.shape[0], chunk):
+                states.append(_rng_state())
+                outs.append(self.net(inputs[i : i + chunk]))
+        after = _rng_state()
+        with torch.no_grad():
+            for k, v in self.model.named_buffers():
+                v.copy_(buffers[k])
+        z = torch.cat(outs).requires_grad_(True)
+        if self.key_encoder is not None:
+            self.key_encoder.train(self.model.training)
+            z1, z2 = z, self.key_encoder(v2)
+        else:
+            z1, z2 = z.chunk(2)
+
+        def backward() -> None:
+            grad = z.grad
+            n_chunks = len(states)
+            for j, i in enumerate(range(0, inputs.shape[0], chunk)):
+                _set_rng_state(states[j])
+                sync = j == n_chunks - 1 or not hasattr(self.net, "no_sync")
+                ctx = contextlib.nullcontext() if sync else self.net.no_sync()  # DDP: one all-reduce
+                with ctx:
+                    self.net(inputs[i : i + chunk]).backward(grad[i : i + chunk])
+            _set_rng_state(after)
+
+        return z1, z2, backward
+
+    def _forward_backward(
+        self, x: torch.Tensor, y: torch.Tensor, idx: torch.Tensor
+    ) -> tuple[float, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """One step's embeddings, loss and parameter gradients (zeroed first) on the global batch
+        ``x``: returns ``(loss value, z1, z2, labels, ids)`` of this process's rows. A non-finite
+        embedding or loss stops before any gradient is applied."""
+        cached = self.cfg.train.grad_cache is not None
+        if cached:
+            z1, z2, backward = self._embed_cached(x)
+        else:
+            z1, z2 = self._embed_views(x)
+        if self.world > 1:
+            y, idx = y[self._local], idx[self._local]
+        finite = bool(torch.isfinite(z1.detach()).all() and torch.isfinite(z2.detach()).all())
+        if not D.all_processes(finite):
+            self._nonfinite("the embeddings contain NaN/inf")
+        loss = self._compute_loss(z1, z2, y, idx)
+        lv = D.loss_value(loss)
+        if not math.isfinite(lv):
+            self._nonfinite(f"loss is {lv}")
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if cached:
+            backward()
+        return lv, z1, z2, y, idx
+
     def _compute_loss(self, z1: torch.Tensor, z2: torch.Tensor, y: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
         """The loss of one batch: a strategy gets the batch's dataset indices as ``ids`` and the global step."""
         if isinstance(self.loss_fn, Strategy):
@@ -466,19 +545,7 @@ class Trainer:
                     if self._stop:
                         self._interrupt()
                     idx = self.perm[self.batch_idx * bs : (self.batch_idx + 1) * bs]
-                    x, y = self.X[idx], self.y[idx]
-                    z1, z2 = self._embed_views(x)
-                    if self.world > 1:
-                        y, idx = y[self._local], idx[self._local]
-                    finite = bool(torch.isfinite(z1.detach()).all() and torch.isfinite(z2.detach()).all())
-                    if not D.all_processes(finite):
-                        self._nonfinite("the embeddings contain NaN/inf")
-                    loss = self._compute_loss(z1, z2, y, idx)
-                    lv = D.loss_value(loss)
-                    if not math.isfinite(lv):
-                        self._nonfinite(f"loss is {lv}")
-                    self.opt.zero_grad(set_to_none=True)
-                    loss.backward()
+                    lv, z1, z2, y, _ = self._forward_backward(self.X[idx], self.y[idx], idx)
                     if c.optim.grad_clip:
                         nn.utils.clip_grad_norm_(self.model.parameters(), c.optim.grad_clip)
                     lr = self.opt.param_groups[0]["lr"]
