@@ -185,7 +185,7 @@ def gradcache_one(batch: int, chunk: int | None, steps: int) -> dict:
         for _ in range(steps):
             _sync()
             t0 = time.perf_counter()
-            tr._forward_backward(tr.X[idx], tr.y[idx], idx)
+            tr._forward_backward(*tr._batch(idx))
             _sync()
             times.append(time.perf_counter() - t0)
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

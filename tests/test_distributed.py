@@ -61,6 +61,8 @@ TRAIN_CASES = {
     "ucl_function": {"loss": {"name": "ucl", "params": {"t": 0.5}}},
     "moco_queue": {"strategy": {"name": "moco_queue", "size": 128}, "train": MOCO_TRAIN},
     "topk_label": {"strategy": {"name": "topk", "k": 20, "filters": [{"kind": "label"}]}},
+    # through a DataLoader: each process reads and augments its own rows (per-sample seeds)
+    "ucl_dataloader": {"loss": {"name": "ucl", "params": {"t": 0.5}}, "data": {**TRAIN_BASE["data"], "workers": 1}},
 }
 #: shares of anchors for which an inequality holds: a tie within rounding may flip one anchor of 128
 COUNTED = ("frac_", "anchor_frac_", "batch_frac_", "assumption1")

@@ -36,7 +36,7 @@ def _trainer(tmp_path, name, objective, chunk):
 def _step_grads(tr):
     idx = torch.arange(64)
     torch.manual_seed(11)  # dropout's draws
-    lv, *_ = tr._forward_backward(tr.X[idx], tr.y[idx], idx)
+    lv, *_ = tr._forward_backward(*tr._batch(idx))
     return lv, {n: p.grad.clone() for n, p in tr.model.named_parameters()}
 
 

@@ -30,6 +30,10 @@ class DataConfig(_Strict):
     train_limit: int | None = Field(default=None, gt=0)
     test_limit: int | None = Field(default=None, gt=0)
     split_seed: int = Field(default=0, ge=0)
+    #: null: the training set is held in memory and augmented a batch at a time in the training
+    #: process; a number: batches come through a torch DataLoader with that many worker processes
+    #: (0: the training process), which read samples lazily and augment each with its own seed
+    workers: int | None = Field(default=None, ge=0)
 
 
 class AugmentConfig(_Strict):
