@@ -12,7 +12,14 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from hardneg.distributed import DistributedLoss, DistributedStrategy, loss_value, rank, world_size
+from hardneg.distributed import (
+    DistributedLoss,
+    DistributedStrategy,
+    convert_batchnorm,
+    loss_value,
+    rank,
+    world_size,
+)
 from hardneg.negatives import from_config
 from hardneg.negatives.queue import MomentumEncoder, needs_key_encoder
 
@@ -28,7 +35,12 @@ CASES: dict[str, Any] = {
     "adco": {"name": "adco", "size": 24, "dim": D},
     "calibrated": {"name": "calibrated"},
     "hscl_function": ("loss", "hscl", {"beta": 1.0}),
+    "generator": {"name": "generator", "dim": D, "n_per_anchor": 2},
+    "cluster_guided": {"name": "cluster_guided", "n_clusters": 3, "every": 1},
+    "ucl_batchnorm": {"name": "ucl"},
 }
+#: cases whose encoder has batch normalisation (over the global batch on several processes)
+BATCHNORM = {"ucl_batchnorm"}
 
 
 def free_port() -> int:
@@ -45,8 +57,10 @@ def _data(step: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Te
     return x1, x2, y, ids
 
 
-def _encoder() -> nn.Module:
+def _encoder(batchnorm: bool = False) -> nn.Module:
     torch.manual_seed(0)
+    if batchnorm:
+        return nn.Sequential(nn.Linear(D_IN, 16), nn.BatchNorm1d(16), nn.Tanh(), nn.Linear(16, D))
     return nn.Sequential(nn.Linear(D_IN, 16), nn.Tanh(), nn.Linear(16, D))
 
 
@@ -57,7 +71,9 @@ def run_case(name: str, steps: int = 3) -> dict[str, Any]:
     W, r = world_size(), rank()
     b = B // W
     mine = slice(r * b, (r + 1) * b)
-    model = _encoder()
+    model = _encoder(name in BATCHNORM)
+    if W > 1:
+        model = convert_batchnorm(model)
     if isinstance(spec, tuple):
         from hardneg.train.losses_from_config import build_loss
 
@@ -85,6 +101,10 @@ def run_case(name: str, steps: int = 3) -> dict[str, Any]:
             key.update(model)
     out["state"] = {} if strategy is None else {k: v.clone() for k, v in strategy.state_dict().items()
                                                  if isinstance(v, torch.Tensor)}
+    for w in [] if strategy is None else strategy.weightings:  # k-means centroids live in extra state
+        if getattr(w, "centroids", None) is not None:
+            out["state"]["centroids"] = w.centroids.clone()
+    out["state"].update({f"model.{k}": v.clone() for k, v in model.named_buffers()})  # batch-norm statistics
     return out
 
 
