@@ -164,3 +164,29 @@ def test_sentence_transformers_loss_gathers_across_devices(st_two_process_result
     assert st_two_process_results[0][name]["local_loss"] != pytest.approx(
         st_two_process_results[1][name]["local_loss"], abs=1e-3
     )  # each process computed its own anchors
+
+
+@pytest.mark.slow
+def test_compare_on_two_processes_matches_one_process(tmp_path):
+    """``hardneg compare --nproc 2``: rank 0 alone prints and writes the report; every run's metrics
+    equal the 1-process grid's."""
+    cfg = {**{k: v for k, v in TRAIN_BASE.items() if k != "bounds"}, "name": "cmp",
+           "train": {**TRAIN_BASE["train"], "epochs": 1},
+           "grid": {"losses": [{"name": "ucl", "params": {"t": 0.5}},
+                               {"strategy": {"name": "topk", "k": 20}, "label": "topk"}],
+                    "betas": [1.0], "seeds": [0]},
+           "report": {"embedding_map": False}}
+    cfg_file = tmp_path / "cmp.yaml"
+    cfg_file.write_text(json.dumps(cfg))
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    outs = {}
+    for n in (1, 2):
+        cmd = [sys.executable, "-m", "hardneg.cli", "compare", "-c", str(cfg_file), "-o", str(tmp_path / f"c{n}"),
+               "--nproc", str(n)]
+        r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+        assert r.returncode == 0, r.stderr[-3000:]
+        outs[n] = r.stdout
+    assert outs[2].count("[1/2] ucl_s0: kNN") == 1 and outs[2].count("report: ") == 1
+    assert (tmp_path / "c2" / "report.md").is_file()
+    for run in ("ucl_s0", "topk_s0"):
+        _assert_same_records(_metrics(tmp_path / "c2" / "runs" / run), _metrics(tmp_path / "c1" / "runs" / run))

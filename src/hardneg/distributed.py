@@ -300,7 +300,12 @@ def wrap_model(model: nn.Module) -> nn.Module:
         return model
     dev = next(model.parameters()).device
     ids = [dev.index] if dev.type == "cuda" else None
-    return nn.parallel.DistributedDataParallel(model, device_ids=ids, broadcast_buffers=False)
+    import inspect
+
+    ddp = nn.parallel.DistributedDataParallel
+    newer = "forward_sync_buffers" in inspect.signature(ddp.__init__).parameters  # the older name is deprecated
+    no_sync = {"forward_sync_buffers": False} if newer else {"broadcast_buffers": False}
+    return ddp(model, device_ids=ids, **no_sync)
 
 
 def distributed_objective(loss_fn: Any) -> nn.Module:

@@ -68,6 +68,8 @@ def run_compare(
         tr = Trainer(run_config(cfg, spec), rd, train_data=train, test_data=test, resume=True,
                      repair_metrics=repair_metrics)
         s = tr.fit()
+        if not D.is_main():  # its share of the run trained; rank 0 evaluated and reports
+            continue
         lin = f", linear {s['linear_acc']:.4f}" if "linear_acc" in s else ""
         echo(f"[{i}/{len(specs)}] {spec.name}: kNN {s['knn_acc']:.4f}{lin} ({time.time() - t0:.0f} s)")
     echo(f"grid finished in {time.time() - t_all:.0f} s")
