@@ -38,7 +38,11 @@ CASES: dict[str, Any] = {
     "generator": {"name": "generator", "dim": D, "n_per_anchor": 2},
     "cluster_guided": {"name": "cluster_guided", "n_clusters": 3, "every": 1},
     "ucl_batchnorm": {"name": "ucl"},
+    # one view, labels unique on rank 1's rows: every anchor of rank 1 is skipped, rank 0's are not
+    "supcon_one_view_skipped_rank": {"name": "supcon"},
 }
+#: cases with one view and labels that leave the second half of the batch without a positive
+ONE_VIEW = {"supcon_one_view_skipped_rank"}
 #: cases whose encoder has batch normalisation (over the global batch on several processes)
 BATCHNORM = {"ucl_batchnorm"}
 
@@ -87,11 +91,15 @@ def run_case(name: str, steps: int = 3) -> dict[str, Any]:
     out: dict[str, Any] = {"loss": [], "grads": []}
     for step in range(steps):
         x1, x2, y, ids = (t[mine] for t in _data(step))
-        if key is None:
+        if name in ONE_VIEW:
+            y = torch.cat([torch.arange(B // 2) % 3, 100 + torch.arange(B // 2)])[mine]
+            loss = loss_fn(net(x1), None, y, ids, step)
+        elif key is None:
             z1, z2 = net(torch.cat([x1, x2])).chunk(2)
         else:
             z1, z2 = net(x1), key(x2)
-        loss = loss_fn(z1, z2, y) if strategy is None else loss_fn(z1, z2, y, ids, step)
+        if name not in ONE_VIEW:
+            loss = loss_fn(z1, z2, y) if strategy is None else loss_fn(z1, z2, y, ids, step)
         opt.zero_grad()
         loss.backward()
         out["loss"].append(loss_value(loss))

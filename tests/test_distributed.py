@@ -190,3 +190,18 @@ def test_compare_on_two_processes_matches_one_process(tmp_path):
     assert (tmp_path / "c2" / "report.md").is_file()
     for run in ("ucl_s0", "topk_s0"):
         _assert_same_records(_metrics(tmp_path / "c2" / "runs" / run), _metrics(tmp_path / "c1" / "runs" / run))
+
+
+def test_spread_loss_with_every_anchor_skipped_everywhere_is_one_error():
+    """With ``mean_denominator`` one call may hold only skipped anchors (another process has the
+    rest); when the summed denominator is 0 too, the error says no process had an anchor."""
+    from hardneg.losses import weighted_info_nce
+
+    q = torch.randn(4, 3)
+    labels = torch.arange(4)  # every label unique: no anchor has a positive
+    with pytest.raises(ValueError, match="no anchor has both a positive and a valid negative .*on no process"):
+        weighted_info_nce(q, q, t=0.5, q_labels=labels, k_labels=labels, self_index=torch.arange(4),
+                          positives="labels", include_positive=False, mean_denominator=lambda d: d)
+    with pytest.raises(ValueError, match="no anchor has both a positive"):  # without it: refused at once
+        weighted_info_nce(q, q, t=0.5, q_labels=labels, k_labels=labels, self_index=torch.arange(4),
+                          positives="labels", include_positive=False)
