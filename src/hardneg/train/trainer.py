@@ -14,8 +14,10 @@ length of ``metrics.jsonl`` are stored in every checkpoint, so ``resume`` produc
 identical to that of an uninterrupted run (same process settings, same thread count).
 
 Several processes (``hardneg train --nproc N``, torchrun; :mod:`hardneg.distributed`): every process
-draws the same permutation and the same augmentations of the global batch (``train.batch_size``) and
-embeds its own slice of it with the DDP-wrapped model (batch normalisation over the global batch);
+draws the same permutation and the same augmentation parameters for the global batch
+(``train.batch_size``), augments and embeds only its own slice of it with the DDP-wrapped model
+(batch normalisation over the global batch); with ``data.workers`` each process's DataLoader reads
+and augments its own rows (per-sample seeds);
 the loss gathers the embeddings with gradient, so the gradient after DDP's averaging is the
 single-process gradient of the global batch. Only rank 0 evaluates and writes files; every process
 stops at the same step on Ctrl-C / SIGTERM.
@@ -398,12 +400,12 @@ class Trainer:
     def _batch(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """Data in memory: two augmented views of the global batch ``idx`` (the same draws on every
         process), and this process's rows of them: ``(v1, v2, labels, ids)``."""
-        x = self.X[idx]
-        v1, v2 = self.augment(x, self.g_aug), self.augment(x, self.g_aug)
-        y = self.y[idx]
-        if self.world > 1:
-            v1, v2, y, idx = v1[self._local], v2[self._local], y[self._local], idx[self._local]
-        return v1, v2, y, idx
+        x, y = self.X[idx], self.y[idx]
+        if self.world == 1:
+            return self.augment(x, self.g_aug), self.augment(x, self.g_aug), y, idx
+        rows = self._local  # the draws of the whole batch, the work of this process's rows
+        v1, v2 = self.augment(x, self.g_aug, rows), self.augment(x, self.g_aug, rows)
+        return v1, v2, y[rows], idx[rows]
 
     def _batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]]:
         """This epoch's batches from ``batch_idx`` on, as :meth:`_batch` gives them; through a
