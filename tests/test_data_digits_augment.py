@@ -85,3 +85,19 @@ def test_dataset_protocol_is_stacked():
         dataset_to_tensors((torch.zeros(3, 1, 4, 4), torch.zeros(2)))
     with pytest.raises(ValueError, match="unknown dataset"):
         load_named("cifar", "train")
+
+
+def test_augmenting_some_rows_equals_those_rows_of_the_whole_batch():
+    """What each process of a distributed step does: the same draws, its rows only, bitwise equal."""
+    import torch
+
+    from hardneg.data.augment import Augment
+
+    x = torch.rand(12, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    aug = Augment((0.5, 1.0), 0.5, 0.05, 0.9)
+    g_all, g_rows = torch.Generator().manual_seed(1), torch.Generator().manual_seed(1)
+    whole = [aug(x, g_all), aug(x, g_all)]
+    part = [aug(x, g_rows, slice(6, 12)), aug(x, g_rows, slice(6, 12))]
+    assert all(torch.equal(w[6:], p) for w, p in zip(whole, part, strict=True))
+    assert g_all.get_state().equal(g_rows.get_state())  # the generator moved on exactly as far
+    assert not torch.equal(whole[0][6:], whole[1][6:])

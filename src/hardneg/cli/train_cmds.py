@@ -29,6 +29,46 @@ DataDirOpt = Annotated[
     Path | None, typer.Option("--data-dir", help="Folder with the Fashion-MNIST .gz idx files (data.data_dir).")
 ]
 RunOutOpt = Annotated[Path | None, typer.Option("--out", "-o", help="Run directory (default runs/<config name>).")]
+NprocOpt = Annotated[
+    int,
+    typer.Option("--nproc", help="Train on N processes started by torchrun (gloo on CPU, NCCL on GPU); "
+                 "train.batch_size is the global batch, split over them."),
+]
+
+
+def _launch(nproc: int, batch_size: int, argv: list[str]) -> None:
+    """Run ``hardneg <argv>`` on ``nproc`` processes through torchrun (``torch.distributed.run``) and
+    exit with its status; every process joins the group from torchrun's environment."""
+    import os
+    import subprocess
+    import sys
+
+    if nproc < 1:
+        raise ValueError(f"--nproc must be a positive int, got {nproc}")
+    if batch_size % nproc:
+        raise ValueError(f"train.batch_size={batch_size} must be divisible by --nproc {nproc}")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+           "-m", "hardneg.cli", *argv]
+    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
+    rc = subprocess.call(cmd, env=env)
+    if rc:
+        raise typer.Exit(rc)
+
+
+def _worker_of_a_group() -> bool:
+    """Inside a process torchrun started: join the group; True there."""
+    from hardneg.distributed import init_from_env
+
+    return init_from_env()
+
+
+def _common_argv(config: Path, out: Path, overrides: list[str], resume: bool, overwrite: bool,
+                 repair: bool) -> list[str]:
+    argv = ["--config", str(config), "--out", str(out)]
+    for o in overrides:
+        argv += ["--set", o]
+    return argv + [f for f, on in (("--resume", resume), ("--overwrite", overwrite),
+                                   ("--repair-metrics", repair)) if on]
 
 
 def _echo(msg: str) -> None:
@@ -44,8 +84,10 @@ def _with_dir(overrides: list[str] | None, data_dir: Path | None) -> list[str]:
 
 def _run_train(
     config: Path, out: Path | None, overrides: list[str] | None, resume: bool, overwrite: bool, force_bounds: bool,
-    repair: bool,
-) -> tuple[Path, dict]:
+    repair: bool, nproc: int = 1, command: str = "train",
+) -> tuple[Path, dict | None]:
+    """Train (or, with ``nproc`` > 1, launch the processes that train); the summary on the process
+    that writes files, None elsewhere."""
     from hardneg.runs import RunConfig, apply_overrides, load_raw, validate_config
     from hardneg.train.trainer import Trainer
 
@@ -56,6 +98,11 @@ def _run_train(
     run_dir = out or Path("runs") / config.stem
     if repair and not resume:
         raise ValueError("--repair-metrics works with --resume only")
+    if nproc > 1:
+        _launch(nproc, cfg.train.batch_size,
+                [command, *_common_argv(config, run_dir, list(overrides or []), resume, overwrite, repair)])
+        return run_dir, None
+    _worker_of_a_group()
     with exit_on_interrupt():
         summary = Trainer(cfg, run_dir, resume=resume, overwrite=overwrite, repair_metrics=repair).fit()
     return run_dir, summary
@@ -70,9 +117,12 @@ def train_cmd(
     resume: ResumeOpt = False,
     overwrite: OverwriteOpt = False,
     repair: RepairOpt = False,
+    nproc: NprocOpt = 1,
 ) -> None:
     """Train one model from a config; metrics, checkpoints and the summary go to the run directory."""
-    run_dir, s = _run_train(config, out, _with_dir(overrides, data_dir), resume, overwrite, False, repair)
+    run_dir, s = _run_train(config, out, _with_dir(overrides, data_dir), resume, overwrite, False, repair, nproc)
+    if s is None or "knn_acc" not in s:  # the launcher, or a process other than rank 0
+        return
     lin = f"  linear {s['linear_acc']:.4f}" if "linear_acc" in s else ""
     _echo(f"kNN {s['knn_acc']:.4f}{lin}  align {s['align']:.3f}  uniform {s['uniform']:.3f}")
     _echo(f"run directory: {run_dir}")
@@ -87,12 +137,16 @@ def bounds_cmd(
     resume: ResumeOpt = False,
     overwrite: OverwriteOpt = False,
     repair: RepairOpt = False,
+    nproc: NprocOpt = 1,
 ) -> None:
     """Train with the config's loss while evaluating L_UCL, L_SCL, L_H-UCL, L_H-SCL on the same batches
     (Jiang et al. 2022); print how often each inequality and Assumption 1 hold; plot the four curves."""
     from hardneg.report.report import write_run_report
 
-    run_dir, s = _run_train(config, out, _with_dir(overrides, data_dir), resume, overwrite, True, repair)
+    run_dir, s = _run_train(config, out, _with_dir(overrides, data_dir), resume, overwrite, True, repair, nproc,
+                            "bounds")
+    if s is None or "bounds" not in s:
+        return
     b = s["bounds"]
     _echo(f"batches checked: {b['batches']}")
     for name, key in (
@@ -115,6 +169,7 @@ def compare_cmd(
     resume: ResumeOpt = False,
     overwrite: OverwriteOpt = False,
     repair: RepairOpt = False,
+    nproc: NprocOpt = 1,
 ) -> None:
     """Run the grid losses × β × seeds of a compare config and write the markdown report and plots."""
     from hardneg.report.report import results_table, write_report
@@ -125,6 +180,16 @@ def compare_cmd(
     out_dir = out or Path("runs") / cfg.name
     if repair and not resume:
         raise ValueError("--repair-metrics works with --resume only")
+    if nproc > 1:
+        _launch(nproc, cfg.train.batch_size,
+                ["compare", *_common_argv(config, out_dir, _with_dir(overrides, data_dir), resume, overwrite, repair)])
+        return
+    if _worker_of_a_group():
+        from hardneg.distributed import is_main
+
+        if not is_main():  # trains its share of every grid point; rank 0 writes and reports
+            run_compare(cfg, out_dir, resume=resume, overwrite=overwrite, repair_metrics=repair, echo=lambda _m: None)
+            return
     with exit_on_interrupt():
         run_compare(cfg, out_dir, resume=resume, overwrite=overwrite, repair_metrics=repair, echo=_echo)
     rp = write_report(out_dir)

@@ -5,6 +5,7 @@ returning ``(image, label)``, where ``image`` is a float tensor (C, H, W) in [0,
 int (or 0-d tensor). :func:`dataset_to_tensors` stacks it once into memory; the Trainer then samples
 batches and augments them with :class:`hardneg.data.augment.Augment`. Pass your own via
 ``Trainer(config, run_dir, train_data=my_ds, test_data=my_test_ds)`` (datasets or ``(X, y)`` tuples).
+With ``data.workers`` set, the Trainer reads the data set lazily instead (:mod:`hardneg.data.loader`).
 """
 
 from __future__ import annotations

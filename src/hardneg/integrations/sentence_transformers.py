@@ -38,6 +38,7 @@ import torch
 from torch import Tensor, nn
 
 from hardneg._optional import require
+from hardneg.distributed import DistributedStrategy
 from hardneg.losses.candidates import NoValidAnchorError
 from hardneg.negatives.filters import SimilarityFilter
 from hardneg.negatives.registry import from_config
@@ -90,6 +91,10 @@ class HardNegativeRankingLoss(nn.Module):
             debiasing, …); ``n_neg`` None counts the candidates (MNRL).
         absolute_margin, relative_margin, max_score: the false-negative filter
             (:class:`~hardneg.negatives.SimilarityFilter`, sentence-transformers' rules).
+        gather_across_devices: in a ``torch.distributed`` run, every process's anchors see the
+            positives and negatives of every process (gathered with gradient, as MNRL's option of
+            the same name), and the gradient after DDP's averaging is that of the global batch on
+            one process (:class:`hardneg.distributed.DistributedStrategy`).
     """
 
     def __init__(
@@ -105,6 +110,7 @@ class HardNegativeRankingLoss(nn.Module):
         max_score: float | None = None,
         detach_weights: bool | None = None,
         n_neg: float | None = None,
+        gather_across_devices: bool = False,
     ) -> None:
         super().__init__()
         core: dict[str, Any] = {
@@ -117,8 +123,10 @@ class HardNegativeRankingLoss(nn.Module):
             core["filters"] = [SimilarityFilter(**sim)]
         self.model = model
         self.strategy, self.scale = _as_strategy(strategy, scale, core)
+        self.gather_across_devices = bool(gather_across_devices)
         self._config = {"scale": self.scale, "strategy": strategy if isinstance(strategy, (str, type(None))) else
-                        self.strategy.name, **{k: v for k, v in core.items() if k != "filters"}, **sim}
+                        self.strategy.name, **{k: v for k, v in core.items() if k != "filters"}, **sim,
+                        "gather_across_devices": self.gather_across_devices}
 
     @property
     def temperature(self) -> float:
@@ -133,8 +141,9 @@ class HardNegativeRankingLoss(nn.Module):
             if e.shape != q.shape:
                 raise ValueError(f"column {j} has shape {tuple(e.shape)}, the anchors {tuple(q.shape)}")
         negatives = torch.cat(embeddings[2:], dim=0) if len(embeddings) > 2 else None
+        loss_fn = DistributedStrategy(self.strategy) if self.gather_across_devices else self.strategy
         try:
-            return self.strategy(q, embeddings[1], negatives=negatives)
+            return loss_fn(q, embeddings[1], negatives=negatives)
         except NoValidAnchorError:
             # a batch without any negative (the trainer's last batch of one pair): no loss, as MNRL
             return sum(e.sum() for e in embeddings) * 0.0

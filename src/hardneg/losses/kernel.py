@@ -38,6 +38,8 @@ from hardneg.losses import candidates as C
 from hardneg.losses import checks as V
 
 LogWeightFn = Callable[[Tensor, slice], Tensor]
+#: maps this call's ``"mean"`` denominator to the one the mean divides by (see ``mean_denominator``)
+DenominatorFn = Callable[[float], float]
 
 _POSITIVES = ("view", "labels")
 _NEGATIVES = ("all", "other_labels")
@@ -63,6 +65,7 @@ class KernelSpec:
     positive_reduce: str = "mean"
     reduction: str = "mean"
     chunk_size: int = 1024
+    mean_denominator: DenominatorFn | None = None
 
     @property
     def lean(self) -> bool:
@@ -439,20 +442,26 @@ class _WeightedInfoNCE(torch.autograd.Function):
         n = q.shape[0]
         weights = _mean_weights(spec, ix, n, q.device)
         denom = float(weights.sum())
-        scale = 1.0 / denom if spec.reduction == "mean" else 1.0
+        # denom is 0 only when every anchor of a spread call is skipped: gradients are 0 then anyway
+        scale = 1.0 / denom if spec.reduction == "mean" and denom > 0 else 1.0
         go = torch.tensor(scale, dtype=q.dtype, device=q.device) if eager else None
         with torch.no_grad():
             losses, dq, dk, skipped = _run_chunks(q, k, spec, ix, go)
+        left = denom
         if skipped is not None:  # anchors a strategy's log-weights left without a valid negative
             left = denom - float(weights[skipped].sum())
-            if left <= 0:
-                raise C.all_skipped_error(n, "the log-weights (filters / weightings) removed every candidate")
-            if spec.reduction == "mean":
-                if eager:
-                    dq.mul_(denom / left)
-                    dk.mul_(denom / left)
-                scale = 1.0 / left
             ix.active = _skip(ix.active, skipped, n)  # the backward recompute sees the same anchors
+        spread = spec.reduction == "mean" and spec.mean_denominator is not None
+        if spread:  # every process of a distributed step calls this once, skipped anchors or not
+            left = float(spec.mean_denominator(left))
+        if left <= 0:
+            why = "the log-weights (filters / weightings) removed every candidate"
+            raise C.all_skipped_error(n, f"on no process ({why}, or none has a positive)" if spread else why)
+        if spec.reduction == "mean" and left != denom:
+            if eager:
+                dq.mul_(denom / left)
+                dk.mul_(denom / left)
+            scale = 1.0 / left
         ctx.spec, ctx.ix, ctx.eager = spec, ix, eager
         ctx.scale = scale
         if eager:
@@ -524,6 +533,7 @@ def weighted_info_nce(
     reduction: str = "mean",
     chunk_size: int | None = None,
     normalize: bool = True,
+    mean_denominator: DenominatorFn | None = None,
 ) -> Tensor:
     r"""Weighted InfoNCE of anchors ``q`` (n×d) against candidates ``k`` (m×d) (docs/design.md §1).
 
@@ -557,6 +567,10 @@ def weighted_info_nce(
         reduction: ``"mean"``, ``"sum"`` or ``"none"`` (per-anchor losses).
         chunk_size: anchors per chunk; default keeps a chunk near 32 MB.
         normalize: L2-normalise q and k first (gradients flow through the normalisation).
+        mean_denominator: with ``reduction="mean"``, ``f(d) -> D``: the mean divides by ``D``
+            instead of this call's denominator ``d`` (the anchors not skipped, or their positive
+            pairs). A distributed loss, whose anchors are spread over processes, passes the sum of
+            every process's ``d`` divided by the number of processes (:mod:`hardneg.distributed`).
     """
     _check_embeddings(q, k)
     t = V.resolve_temperature(t, temperature)
@@ -575,8 +589,10 @@ def weighted_info_nce(
     if pos_index is not None and self_index is not None and bool((pos_index == self_index).any()):
         bad = torch.nonzero(pos_index == self_index).flatten().tolist()
         raise ValueError(f"anchors {bad[:10]} have pos_index equal to self_index (an anchor is not its own positive)")
+    # spread over processes, this call's anchors may all be skipped while another process's are not
+    spread = mean_denominator is not None and reduction == "mean"
     ix = _index(pos_index, self_index, q_labels if needs_labels else None, k_labels if needs_labels else None,
-                positives, negatives, n, m, dev)
+                positives, negatives, n, m, dev, every_skipped_ok=spread)
     if n_neg is not None and (isinstance(n_neg, bool) or not isinstance(n_neg, (int, float)) or not n_neg > 0):
         raise ValueError(f"n_neg must be None or a number > 0, got {n_neg!r}")
     spec = KernelSpec(
@@ -593,6 +609,7 @@ def weighted_info_nce(
         positive_reduce=positive_reduce,
         reduction=reduction,
         chunk_size=chunk_size or _default_chunk(n, m),
+        mean_denominator=mean_denominator,
     )
     in_dtype = q.dtype
     same = k is q
@@ -621,7 +638,8 @@ def _check_options(t, positives, negatives, positive_reduce, reduction, beta, ta
     V.check_chunk_size(chunk_size)
 
 
-def _index(pos_index, self_index, q_labels, k_labels, positives, negatives, n, m, dev) -> _Index:
+def _index(pos_index, self_index, q_labels, k_labels, positives, negatives, n, m, dev,
+           every_skipped_ok: bool = False) -> _Index:
     """Per-anchor counts of positives and valid negatives (all O(n + m)) and who is skipped
     (:mod:`hardneg.losses.candidates`: an anchor without a positive or a valid negative)."""
     has_self = (self_index >= 0).long() if self_index is not None else torch.zeros(n, dtype=torch.long, device=dev)
@@ -649,7 +667,7 @@ def _index(pos_index, self_index, q_labels, k_labels, positives, negatives, n, m
     active = n_valid > 0
     if n_pos is not None:
         active &= n_pos > 0
-    if not bool(active.any()):
+    if not bool(active.any()) and not every_skipped_ok:
         why = (
             f"k has {m} rows; after removing each anchor itself, its positive"
             + (" and its same-label candidates" if negatives == "other_labels" else "")

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from hardneg.negatives.sources import Anchors, Candidates, Source
+from hardneg.negatives.sources import NOBODY, Anchors, Candidates, Source
 
 
 def mochi_mix(
@@ -129,6 +129,6 @@ class Mixing(Source):
         mixes = mochi_mix(anchors.q.detach(), hard, s, sp, self.beta_max, self.generator)
         n = anchors.n
         owner = torch.arange(n, device=cands.k.device)
-        owner = torch.where(has.to(owner.device), owner, torch.full_like(owner, -2))  # -2: nobody's
+        owner = torch.where(has.to(owner.device), owner, torch.full_like(owner, NOBODY))
         owner = owner.repeat_interleave(s + sp)
         cands.append("mixing", mixes.reshape(n * (s + sp), -1), owner=owner)

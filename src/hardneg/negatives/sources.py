@@ -57,6 +57,22 @@ class Anchors:
     def n(self) -> int:
         return self.q.shape[0]
 
+    def select(self, rows: Tensor) -> Anchors:
+        """The anchors ``rows`` (a long index); ``keys`` stay those of the whole batch."""
+        rows = rows.to(self.q.device)
+
+        def pick(x: Tensor | None) -> Tensor | None:
+            return None if x is None else x[rows]
+
+        return Anchors(
+            self.q[rows], pick(self.pos_index), self.self_index[rows], pick(self.labels), pick(self.ids),
+            self.keys, self.key_labels, self.key_ids, pick(self.view),
+        )
+
+
+#: the owner of a candidate no anchor of the call may use
+NOBODY = -2
+
 
 @dataclass
 class Candidates:
@@ -73,6 +89,16 @@ class Candidates:
     @property
     def m(self) -> int:
         return self.k.shape[0]
+
+    def for_anchors(self, rows: Tensor, n: int) -> Candidates:
+        """The same rows for the anchors ``rows`` of ``n``: a candidate owned by anchor ``rows[i]``
+        is owned by i, one owned by an anchor not among ``rows`` by nobody."""
+        if self.owner is None:
+            return self
+        where = torch.full((n,), NOBODY, dtype=torch.long, device=self.owner.device)
+        where[rows.to(self.owner.device)] = torch.arange(rows.numel(), device=self.owner.device)
+        owner = torch.where(self.owner >= 0, where[self.owner.clamp(min=0)], self.owner)
+        return Candidates(self.k, self.labels, self.ids, owner, list(self.blocks), self.view)
 
     def append(
         self,

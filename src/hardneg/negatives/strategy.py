@@ -21,7 +21,7 @@ Example::
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -102,6 +102,13 @@ class Strategy(nn.Module):
     (B×d) views; ``labels`` and ``ids`` (B,) ints ≥ −1 (−1 = unknown); ``step`` the global step (an
     internal counter when None); ``negatives`` extra explicit negatives, (r×d) or (B×r×d), shared
     by every anchor (e.g. embeddings of meaning-changing text rewrites, or mined negatives).
+
+    ``anchor_rows`` (keyword only) computes the loss of those anchors only (indices into the
+    anchors the batch makes: ``[z1; z2]`` for two symmetric views) against every candidate, and
+    ``mean_denominator`` replaces the mean's denominator (see
+    :func:`~hardneg.losses.weighted_info_nce`): how a distributed step splits the global batch's
+    anchors over processes (:class:`hardneg.distributed.DistributedStrategy`). Sources, weightings
+    and their state still see every anchor.
     """
 
     def __init__(
@@ -219,10 +226,16 @@ class Strategy(nn.Module):
         ids: Tensor | None = None,
         step: int | None = None,
         negatives: Tensor | None = None,
+        *,
+        anchor_rows: Tensor | None = None,
+        mean_denominator: Callable[[float], float] | None = None,
     ) -> Tensor:
         z1, z2, labels, ids, step = self._check_inputs(z1, z2, labels, ids, step)
         sched = self.set_step(step)
-        anchors, cands = self._candidates(z1, z2, labels, ids, step, negatives)
+        all_anchors, all_cands = self._candidates(z1, z2, labels, ids, step, negatives)
+        anchors, cands = all_anchors, all_cands
+        if anchor_rows is not None:  # this process's anchors against every candidate
+            anchors, cands = all_anchors.select(anchor_rows), all_cands.for_anchors(anchor_rows, all_anchors.n)
         ctx = StepContext.build(anchors, cands, self.t, self.beta, step, label_positives=self.positives == "labels")
         ctx.growing = any(not getattr(src, "is_full", True) for src in self.sources)
         for c in [*self.filters, *self.weightings]:
@@ -241,11 +254,16 @@ class Strategy(nn.Module):
             and cands.owner is None
             and ctx.id_rule_start() is None
         )
-        loss = self._kernel(anchors, cands, ctx, acc, plain, label_filter)
+        loss = self._kernel(anchors, cands, ctx, acc, plain, label_filter, mean_denominator)
         if acc is not None and plain:
             self._diagnostics_pass(ctx, acc)
+        # state that learns from the step (queue, bank, generator, calibrator) sees every anchor, so
+        # it is the same whichever anchors this call computed the loss of
         for s in self.sources:
-            s.after_step(anchors, cands, step)
+            s.after_step(all_anchors, all_cands, step)
+        if anchor_rows is not None and self.weightings:
+            ctx = StepContext.build(all_anchors, all_cands, self.t, self.beta, step,
+                                    label_positives=self.positives == "labels")
         for w in self.weightings:
             w.after_step(ctx)
         if self.training:
@@ -307,7 +325,7 @@ class Strategy(nn.Module):
             )
         return anchors, cands
 
-    def _kernel(self, anchors, cands, ctx, acc, plain: bool, label_filter: bool) -> Tensor:
+    def _kernel(self, anchors, cands, ctx, acc, plain: bool, label_filter: bool, mean_denominator=None) -> Tensor:
         lw_fn = None if plain else (lambda S, rows: self._log_weights(S, rows, ctx, acc))
         n_neg = self.n_neg
         if n_neg == "count":
@@ -337,6 +355,7 @@ class Strategy(nn.Module):
             reduction=self.reduction,
             chunk_size=self.chunk_size,
             normalize=False,
+            mean_denominator=mean_denominator,
         )
 
     def _diagnostics(self, loss, step, anchors, cands, sched, acc) -> dict[str, float]:

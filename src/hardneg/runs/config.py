@@ -30,6 +30,10 @@ class DataConfig(_Strict):
     train_limit: int | None = Field(default=None, gt=0)
     test_limit: int | None = Field(default=None, gt=0)
     split_seed: int = Field(default=0, ge=0)
+    #: null: the training set is held in memory and augmented a batch at a time in the training
+    #: process; a number: batches come through a torch DataLoader with that many worker processes
+    #: (0: the training process), which read samples lazily and augment each with its own seed
+    workers: int | None = Field(default=None, ge=0)
 
 
 class AugmentConfig(_Strict):
@@ -68,6 +72,13 @@ class OptimConfig(_Strict):
     grad_clip: float | None = Field(default=None, gt=0)
 
 
+class GradCacheConfig(_Strict):
+    """GradCache (Gao et al. 2021): the batch is embedded ``chunk`` inputs at a time, so activation
+    memory is that of a chunk whatever the batch size."""
+
+    chunk: int = Field(default=64, gt=0)
+
+
 class TrainLoopConfig(_Strict):
     epochs: int = Field(default=10, gt=0)
     batch_size: int = Field(default=256, ge=4)
@@ -79,6 +90,9 @@ class TrainLoopConfig(_Strict):
     #: momentum m of the key encoder θ_k ← m θ_k + (1 − m) θ_q that encodes the second view when the
     #: strategy stores keys (a queue source; MoCo's m = 0.999); null: the model itself encodes them
     key_momentum: float | None = Field(default=0.999, ge=0, lt=1)
+    #: embed the batch in chunks without a graph, back-propagate the loss to the embeddings, then
+    #: re-embed chunk by chunk with a graph (same dropout); null: one forward pass
+    grad_cache: GradCacheConfig | None = None
 
 
 class EvalConfig(_Strict):

@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from hardneg import distributed as D
 from hardneg import runs
 from hardneg.data.base import load_named
 from hardneg.runs import RunSpec, collect, expand_grid, run_config
@@ -54,7 +55,9 @@ def run_compare(
     test = load_named(d.name, "test", data_dir=d.data_dir, limit=d.test_limit, seed=d.split_seed)
     if len(train[0]) < cfg.train.batch_size:
         raise ValueError(f"train.batch_size={cfg.train.batch_size} is larger than the training set ({len(train[0])})")
-    runs.prepare_output(out, "compare", runs.dump_config(cfg), resume=resume, overwrite=overwrite)
+    if D.is_main():  # over several processes, rank 0 makes the folder while the others wait
+        runs.prepare_output(out, "compare", runs.dump_config(cfg), resume=resume, overwrite=overwrite)
+    D.broadcast_flag(True)
     t_all = time.time()
     for i, spec in enumerate(specs, 1):
         rd = runs.run_dir(out, spec)
@@ -65,6 +68,8 @@ def run_compare(
         tr = Trainer(run_config(cfg, spec), rd, train_data=train, test_data=test, resume=True,
                      repair_metrics=repair_metrics)
         s = tr.fit()
+        if not D.is_main():  # its share of the run trained; rank 0 evaluated and reports
+            continue
         lin = f", linear {s['linear_acc']:.4f}" if "linear_acc" in s else ""
         echo(f"[{i}/{len(specs)}] {spec.name}: kNN {s['knn_acc']:.4f}{lin} ({time.time() - t0:.0f} s)")
     echo(f"grid finished in {time.time() - t_all:.0f} s")

@@ -12,25 +12,37 @@ from a permutation drawn from a data generator, augmentations from a separate au
 both generators, the epoch permutation, the position in it, model/optimizer/scheduler state and the
 length of ``metrics.jsonl`` are stored in every checkpoint, so ``resume`` produces a metrics file
 identical to that of an uninterrupted run (same process settings, same thread count).
+
+Several processes (``hardneg train --nproc N``, torchrun; :mod:`hardneg.distributed`): every process
+draws the same permutation and the same augmentation parameters for the global batch
+(``train.batch_size``), augments and embeds only its own slice of it with the DDP-wrapped model
+(batch normalisation over the global batch); with ``data.workers`` each process's DataLoader reads
+and augments its own rows (per-sample seeds);
+the loss gathers the embeddings with gradient, so the gradient after DDP's averaging is the
+single-process gradient of the global batch. Only rank 0 evaluates and writes files; every process
+stops at the same step on Ctrl-C / SIGTERM.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import signal
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
+from hardneg import distributed as D
 from hardneg._optional import require
 from hardneg.data.augment import Augment
-from hardneg.data.base import dataset_to_tensors, load_named
+from hardneg.data.base import LabeledImageDataset, dataset_to_tensors, load_named
+from hardneg.data.loader import EpochBatches, Plain, TwoViews, image_of, loader
 from hardneg.eval.align_uniform import alignment, uniformity
 from hardneg.eval.bounds import bound_terms, summarize_bounds
 from hardneg.eval.diagnostics import two_view_diagnostics
@@ -104,6 +116,28 @@ def _loss_beta_t(cfg: RunConfig, strategy: Strategy | None = None) -> tuple[floa
     return beta, t
 
 
+def _rng_state() -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """The global random state (CPU and every GPU) that dropout draws from."""
+    return torch.get_rng_state(), (torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [])
+
+
+def _set_rng_state(state: tuple[torch.Tensor, list[torch.Tensor]]) -> None:
+    torch.set_rng_state(state[0])
+    if state[1]:
+        torch.cuda.set_rng_state_all(state[1])
+
+
+def _as_dataset(data: Any, name: str) -> Any:
+    """A map-style data set from ``(X, y)`` tensors or a :class:`LabeledImageDataset` (kept as is)."""
+    if isinstance(data, tuple) and len(data) == 2 and all(isinstance(t, torch.Tensor) for t in data):
+        return torch.utils.data.TensorDataset(*data)
+    if not isinstance(data, LabeledImageDataset):
+        raise TypeError(f"{name} must be an (X, y) tuple of tensors or a dataset with __len__/__getitem__")
+    if len(data) == 0:
+        raise ValueError(f"{name} is empty")
+    return data
+
+
 def _json_float(v: float) -> float | None:
     """Six significant digits (the diagnostics are estimates; keeps metrics.jsonl small); null when
     not finite (valid JSON)."""
@@ -146,6 +180,13 @@ class Trainer:
         c = config
         # everything that can refuse the config (objective, data, sizes) runs before the folder is touched
         self.loss_fn = loss_fn if loss_fn is not None else build_objective(config)
+        self.world, self.main = D.world_size(), D.is_main()
+        if c.train.batch_size % self.world:
+            raise ValueError(
+                f"train.batch_size={c.train.batch_size} must be divisible by the number of processes ({self.world})"
+            )
+        b = c.train.batch_size // self.world
+        self._local = slice(D.rank() * b, (D.rank() + 1) * b)  # this process's rows of the global batch
         if c.train.threads:
             torch.set_num_threads(c.train.threads)
         if train_data is None:
@@ -160,26 +201,38 @@ class Trainer:
             test_data = load_named(
                 c.data.name, "test", data_dir=c.data.data_dir, limit=c.data.test_limit, seed=c.data.split_seed
             )
-        self.X, self.y = dataset_to_tensors(train_data, name="train_data")
-        self.Xt, self.yt = dataset_to_tensors(test_data, name="test_data")
-        if self.X.shape[0] < c.train.batch_size:
-            raise ValueError(
-                f"train.batch_size={c.train.batch_size} is larger than the training set ({self.X.shape[0]})"
-            )
-        self.num_classes = int(max(int(self.y.max()), int(self.yt.max())) + 1)
-        self.resumed = ck.prepare_run_dir(self.run_dir, self._config_text, resume=resume, overwrite=overwrite)
+        #: None: data in memory (X, y, Xt, yt); a number: read through a DataLoader with that many workers
+        self.workers = c.data.workers
+        self.X = self.y = self.Xt = self.yt = None
+        self.num_classes: int | None = None
+        if self.workers is None:
+            self.X, self.y = dataset_to_tensors(train_data, name="train_data")
+            self.Xt, self.yt = dataset_to_tensors(test_data, name="test_data")
+            self.num_classes = int(max(int(self.y.max()), int(self.yt.max())) + 1)
+            self.n_train, self.n_test, sample_shape = self.X.shape[0], self.Xt.shape[0], tuple(self.X.shape[1:])
+        else:
+            self.train_ds, self.test_ds = _as_dataset(train_data, "train_data"), _as_dataset(test_data, "test_data")
+            self.n_train, self.n_test = len(self.train_ds), len(self.test_ds)
+            sample_shape = tuple(image_of(self.train_ds[0], "train_data")[0].shape)
+        if self.n_train < c.train.batch_size:
+            raise ValueError(f"train.batch_size={c.train.batch_size} is larger than the training set ({self.n_train})")
+        resumed = self.main and ck.prepare_run_dir(self.run_dir, self._config_text, resume=resume, overwrite=overwrite)
+        self.resumed = D.broadcast_flag(resumed)  # the other processes wait until rank 0 made the folder
         strategy = getattr(self.loss_fn, "strategy", self.loss_fn)
         self._strategy: torch.nn.Module | None = strategy if isinstance(strategy, torch.nn.Module) else None
         #: the Strategy behind the loss (ids, step, diagnostics, key encoder), None for plain functions
         self.strategy: Strategy | None = strategy_of(self.loss_fn)
         seed_everything(c.train.seed)
         if model is None:
-            model = build_model_from_config(c.model, self.X.shape[1:])
-        self.model = model
+            model = build_model_from_config(c.model, sample_shape)
+        self.model = D.convert_batchnorm(model) if self.world > 1 else model
         self.key_encoder = self._build_key_encoder()
+        #: the model as the training step calls it: DDP-wrapped over several processes
+        self.net = D.wrap_model(self.model)
+        self._loss_call = D.distributed_objective(self.loss_fn) if self.world > 1 else self.loss_fn
         self.augment = Augment(tuple(c.augment.crop_scale), c.augment.flip_p, c.augment.noise_std, c.augment.erase_p)
         self.opt = torch.optim.AdamW(self.model.parameters(), lr=c.optim.lr, weight_decay=c.optim.weight_decay)
-        self.steps_per_epoch = self.X.shape[0] // c.train.batch_size
+        self.steps_per_epoch = self.n_train // c.train.batch_size
         self.total_steps = self.steps_per_epoch * c.train.epochs
         self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lr_lambda(c, self.total_steps))
         self.g_data = torch.Generator().manual_seed(c.train.seed)
@@ -219,6 +272,9 @@ class Trainer:
         }
 
     def save_checkpoint(self) -> Path:
+        if not self.main:  # rank 0 holds the same state and writes it
+            self.last_ckpt = self.run_dir / ck.CHECKPOINT
+            return self.last_ckpt
         self._metrics_fh_flush()
         self.last_ckpt = ck.save_checkpoint(self.state(), self.run_dir)
         return self.last_ckpt
@@ -227,10 +283,10 @@ class Trainer:
         st = ck.load_checkpoint(self.run_dir, self._config_text)
         mp = self.run_dir / ck.METRICS
         if st is None:  # the run never reached its first checkpoint: start over in the same folder
-            if mp.exists():
+            if mp.exists() and self.main:
                 mp.unlink()
             return
-        problem = metrics_problem(self.run_dir, st["metrics_bytes"])
+        problem = metrics_problem(self.run_dir, st["metrics_bytes"]) if self.main else None
         if problem is not None and not self._repair_metrics:
             raise ValueError(
                 f"cannot resume: {problem}; the checkpoint is at step {st['step']}. Rerun with --resume "
@@ -255,7 +311,9 @@ class Trainer:
             self._strategy.load_state_dict(st["strategy"])
         if self.key_encoder is not None and st.get("key_encoder") is not None:
             self.key_encoder.load_state_dict(st["key_encoder"])
-        if problem is not None:
+        if not self.main:
+            pass
+        elif problem is not None:
             repair_metrics(self.run_dir, st["metrics_bytes"])
         elif mp.exists():
             with open(mp, "r+b") as f:
@@ -266,6 +324,8 @@ class Trainer:
     _fh = None
 
     def _log(self, rec: dict[str, Any]) -> None:
+        if not self.main:
+            return
         if self._fh is None:
             self._fh = open(self.run_dir / ck.METRICS, "a", encoding="utf-8")  # noqa: SIM115
         self._fh.write(json.dumps(rec, sort_keys=True) + "\n")
@@ -295,18 +355,19 @@ class Trainer:
         """kNN (k, t of the config) on frozen features; optional linear probe; alignment/uniformity and
         negative diagnostics on a fixed two-view batch of test images (fixed generator)."""
         e = self.cfg.eval
-        ftr, fte = self.embed(self.X), self.embed(self.Xt)
-        pred = knn_predict(ftr, self.y, fte, k=e.knn_k, t=e.knn_t, num_classes=self.num_classes)
-        out: dict[str, Any] = {"knn_acc": float((pred == self.yt).float().mean())}
+        (ftr, ytr), (fte, yte) = self._features("train"), self._features("test")
+        nc = self.num_classes or int(max(int(ytr.max()), int(yte.max())) + 1)
+        pred = knn_predict(ftr, ytr, fte, k=e.knn_k, t=e.knn_t, num_classes=nc)
+        out: dict[str, Any] = {"knn_acc": float((pred == yte).float().mean())}
         if probe:
-            pr = linear_probe(ftr, self.y, fte, self.yt, max_iter=e.probe_max_iter, num_classes=self.num_classes)
+            pr = linear_probe(ftr, ytr, fte, yte, max_iter=e.probe_max_iter, num_classes=nc)
             out["linear_acc"] = pr.accuracy
             out["linear_per_class"] = pr.per_class
             out["linear_confusion"] = pr.confusion
-            pc, cm = per_class_and_confusion(self.yt.numpy(), pred.numpy(), self.num_classes)
+            pc, cm = per_class_and_confusion(yte.numpy(), pred.numpy(), nc)
             out["knn_per_class"], out["knn_confusion"] = pc, cm
         g = torch.Generator().manual_seed(12345)
-        xb, yb = self.Xt[:EVAL_BATCH], self.yt[:EVAL_BATCH]
+        xb, yb = self._test_head(EVAL_BATCH)
         was = self.model.training
         self.model.eval()
         z1, z2 = self.model(self.augment(xb, g)), self.model(self.augment(xb, g))
@@ -317,6 +378,50 @@ class Trainer:
             out["diag"] = two_view_diagnostics(z1, z2, yb, beta=self.bounds_beta, t=self.bounds_t)
         return out
 
+    def _features(self, which: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """Frozen features and labels of the training or test set (read through a DataLoader when
+        the data is not in memory)."""
+        if self.workers is None:
+            X, y = (self.X, self.y) if which == "train" else (self.Xt, self.yt)
+            return self.embed(X), y
+        ds = Plain(self.train_ds if which == "train" else self.test_ds, f"{which}_data")
+        feats, labels = [], []
+        for xb, yb in loader(ds, self.workers, batch_size=1024, shuffle=False):
+            feats.append(self.embed(xb))
+            labels.append(yb)
+        return torch.cat(feats), torch.cat(labels).long()
+
+    def _test_head(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The first ``n`` test images and labels (the fixed evaluation batch, the saved embeddings)."""
+        if self.workers is None:
+            return self.Xt[:n], self.yt[:n]
+        items = [image_of(self.test_ds[i], "test_data") for i in range(min(n, self.n_test))]
+        return torch.stack([x for x, _ in items]), torch.tensor([y for _, y in items])
+
+    def _batch(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Data in memory: two augmented views of the global batch ``idx`` (the same draws on every
+        process), and this process's rows of them: ``(v1, v2, labels, ids)``."""
+        x, y = self.X[idx], self.y[idx]
+        if self.world == 1:
+            return self.augment(x, self.g_aug), self.augment(x, self.g_aug), y, idx
+        rows = self._local  # the draws of the whole batch, the work of this process's rows
+        v1, v2 = self.augment(x, self.g_aug, rows), self.augment(x, self.g_aug, rows)
+        return v1, v2, y[rows], idx[rows]
+
+    def _batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]]:
+        """This epoch's batches from ``batch_idx`` on, as :meth:`_batch` gives them; through a
+        DataLoader (:mod:`hardneg.data.loader`) when ``data.workers`` is set."""
+        bs = self.cfg.train.batch_size
+        if self.workers is None:
+            for i in range(self.batch_idx, self.steps_per_epoch):
+                yield self._batch(self.perm[i * bs : (i + 1) * bs])
+            return
+        views = TwoViews(self.train_ds, self.augment, self.cfg.train.seed + 1_000_003)
+        views.epoch = self.epoch
+        sampler = EpochBatches(self.perm, bs, self.batch_idx, D.rank(), self.world)
+        for v1, v2, y, idx in loader(views, self.workers, batch_sampler=sampler):
+            yield v1, v2, y.long(), idx.long()
+
     # ------------------------------------------------------------------ objective
     def _build_key_encoder(self) -> MomentumEncoder | None:
         """A momentum copy of the model when the strategy stores keys (MoCo, He et al. 2020) and
@@ -326,21 +431,84 @@ class Trainer:
             return None
         return MomentumEncoder(self.model, momentum=m)
 
-    def _embed_views(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Two augmented views of ``x`` through the model, or the second through the key encoder
-        (no gradient) when there is one."""
-        v1, v2 = self.augment(x, self.g_aug), self.augment(x, self.g_aug)
+    def _embed_views(self, v1: torch.Tensor, v2: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The two views through the model, or the second through the key encoder (no gradient)
+        when there is one."""
         if self.key_encoder is None:
-            z1, z2 = self.model(torch.cat([v1, v2])).chunk(2)
+            z1, z2 = self.net(torch.cat([v1, v2])).chunk(2)
             return z1, z2
         self.key_encoder.train(self.model.training)
-        return self.model(v1), self.key_encoder(v2)
+        return self.net(v1), self.key_encoder(v2)
+
+    def _embed_cached(
+        self, v1: torch.Tensor, v2: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, Callable[[], None]]:
+        """GradCache: the views of :meth:`_embed_views` embedded ``train.grad_cache.chunk`` inputs at a
+        time without a graph; returns z1, z2 cut from one leaf that requires grad (z2 from the key
+        encoder when there is one) and ``backward()``, to call after the loss's backward: it
+        re-embeds each chunk with a graph — replaying the global random state, so dropout draws the
+        same masks — and back-propagates the chunk's part of the leaf's gradient."""
+        chunk = self.cfg.train.grad_cache.chunk
+        inputs = v1 if self.key_encoder is not None else torch.cat([v1, v2])
+        buffers = {k: v.clone() for k, v in self.model.named_buffers()}  # batch-norm statistics: one update
+        states, outs = [], []
+        with torch.no_grad():
+            for i in range(0, inputs.shape[0], chunk):
+                states.append(_rng_state())
+                outs.append(self.net(inputs[i : i + chunk]))
+        after = _rng_state()
+        with torch.no_grad():
+            for k, v in self.model.named_buffers():
+                v.copy_(buffers[k])
+        z = torch.cat(outs).requires_grad_(True)
+        if self.key_encoder is not None:
+            self.key_encoder.train(self.model.training)
+            z1, z2 = z, self.key_encoder(v2)
+        else:
+            z1, z2 = z.chunk(2)
+
+        def backward() -> None:
+            grad = z.grad
+            n_chunks = len(states)
+            for j, i in enumerate(range(0, inputs.shape[0], chunk)):
+                _set_rng_state(states[j])
+                sync = j == n_chunks - 1 or not hasattr(self.net, "no_sync")
+                ctx = contextlib.nullcontext() if sync else self.net.no_sync()  # DDP: one all-reduce
+                with ctx:
+                    self.net(inputs[i : i + chunk]).backward(grad[i : i + chunk])
+            _set_rng_state(after)
+
+        return z1, z2, backward
+
+    def _forward_backward(
+        self, v1: torch.Tensor, v2: torch.Tensor, y: torch.Tensor, idx: torch.Tensor
+    ) -> tuple[float, torch.Tensor, torch.Tensor]:
+        """One step's embeddings, loss and parameter gradients (zeroed first) from this process's
+        views, labels and sample ids: returns ``(loss value, z1, z2)``. A non-finite embedding or
+        loss stops before any gradient is applied."""
+        cached = self.cfg.train.grad_cache is not None
+        if cached:
+            z1, z2, backward = self._embed_cached(v1, v2)
+        else:
+            z1, z2 = self._embed_views(v1, v2)
+        finite = bool(torch.isfinite(z1.detach()).all() and torch.isfinite(z2.detach()).all())
+        if not D.all_processes(finite):
+            self._nonfinite("the embeddings contain NaN/inf")
+        loss = self._compute_loss(z1, z2, y, idx)
+        lv = D.loss_value(loss)
+        if not math.isfinite(lv):
+            self._nonfinite(f"loss is {lv}")
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if cached:
+            backward()
+        return lv, z1, z2
 
     def _compute_loss(self, z1: torch.Tensor, z2: torch.Tensor, y: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
         """The loss of one batch: a strategy gets the batch's dataset indices as ``ids`` and the global step."""
         if isinstance(self.loss_fn, Strategy):
-            return self.loss_fn(z1, z2, y, ids=ids, step=self.step)
-        return self.loss_fn(z1, z2, y)
+            return self._loss_call(z1, z2, y, ids=ids, step=self.step)
+        return self._loss_call(z1, z2, y)
 
     def _after_update(self) -> None:
         """After the optimiser step: move the key encoder towards the model."""
@@ -415,7 +583,7 @@ class Trainer:
         tqdm = require("tqdm.auto", "train").tqdm
 
         c = self.cfg
-        bs, spe = c.train.batch_size, self.steps_per_epoch
+        spe = self.steps_per_epoch
         t0 = time.time()
         bar = tqdm(
             total=self.total_steps,
@@ -431,22 +599,15 @@ class Trainer:
         try:
             while self.epoch < c.train.epochs:
                 if self.perm is None:
-                    self.perm = torch.randperm(self.X.shape[0], generator=self.g_data)
+                    self.perm = torch.randperm(self.n_train, generator=self.g_data)
                     self.batch_idx, self.epoch_loss = 0, [0.0, 0]
+                batches = self._batches()
                 while self.batch_idx < spe:
+                    self._stop = D.max_over_processes(self._stop)  # every process stops at the same step
                     if self._stop:
                         self._interrupt()
-                    idx = self.perm[self.batch_idx * bs : (self.batch_idx + 1) * bs]
-                    x, y = self.X[idx], self.y[idx]
-                    z1, z2 = self._embed_views(x)
-                    if not bool(torch.isfinite(z1.detach()).all() and torch.isfinite(z2.detach()).all()):
-                        self._nonfinite("the embeddings contain NaN/inf")
-                    loss = self._compute_loss(z1, z2, y, idx)
-                    lv = float(loss.detach())
-                    if not math.isfinite(lv):
-                        self._nonfinite(f"loss is {lv}")
-                    self.opt.zero_grad(set_to_none=True)
-                    loss.backward()
+                    v1, v2, y, idx = next(batches)
+                    lv, z1, z2 = self._forward_backward(v1, v2, y, idx)
                     if c.optim.grad_clip:
                         nn.utils.clip_grad_norm_(self.model.parameters(), c.optim.grad_clip)
                     lr = self.opt.param_groups[0]["lr"]
@@ -461,8 +622,11 @@ class Trainer:
                         srec = {"type": "step", "step": self.step, "epoch": self.epoch + 1, "loss": lv, "lr": lr}
                         self._log({**srec, **self._step_diagnostics()})
                     if c.bounds.enabled and self.step % c.bounds.every == 0:
-                        bt = bound_terms(z1, z2, y, beta=self.bounds_beta, t=self.bounds_t)
-                        self._log({"type": "bounds", "step": self.step, "epoch": self.epoch + 1, **bt})
+                        zb1, zb2 = D.gather(z1.detach()), D.gather(z2.detach())
+                        yb = D.gather_tags(y)
+                        if self.main:
+                            bt = bound_terms(zb1, zb2, yb, beta=self.bounds_beta, t=self.bounds_t)
+                            self._log({"type": "bounds", "step": self.step, "epoch": self.epoch + 1, **bt})
                     bar.update(1)
                     bar.set_postfix(loss=f"{lv:.4f}", epoch=self.epoch + 1, refresh=False)
                     if self.step % c.train.checkpoint_every == 0:
@@ -476,7 +640,7 @@ class Trainer:
                     "step": self.step,
                     "train_loss": self.epoch_loss[0] / max(1, self.epoch_loss[1]),
                 }
-                if last or ep % c.eval.every_epochs == 0:
+                if self.main and (last or ep % c.eval.every_epochs == 0):  # rank 0 evaluates
                     pe = c.eval.probe_every_epochs
                     probe = c.eval.linear_probe and (last or (pe is not None and ep % pe == 0))
                     last_eval = self._evaluate_or_stop(probe=probe)
@@ -489,6 +653,8 @@ class Trainer:
         finally:
             bar.close()
             self._metrics_fh_flush()
+        if not self.main:
+            return {"rank": D.rank(), "steps": self.step}
         if not last_eval:  # resumed after the last epoch had been evaluated: evaluate again for the summary
             last_eval = self._evaluate_or_stop(probe=c.eval.linear_probe)
         if self._stop:
@@ -500,8 +666,8 @@ class Trainer:
         recs = read_metrics(self.run_dir)
         bounds = summarize_bounds([r for r in recs if r["type"] == "bounds"])
         atomic_torch_save(self.model.state_dict(), self.run_dir / ck.MODEL)
-        n = min(2000, self.Xt.shape[0])
-        atomic_torch_save({"features": self.embed(self.Xt[:n]), "labels": self.yt[:n]}, self.run_dir / ck.EMBEDDINGS)
+        xh, yh = self._test_head(2000)
+        atomic_torch_save({"features": self.embed(xh), "labels": yh}, self.run_dir / ck.EMBEDDINGS)
         summary = {
             "loss": self.cfg.loss.name if self.cfg.loss is not None else None,
             "params": self.cfg.loss.params if self.cfg.loss is not None else None,
@@ -509,8 +675,8 @@ class Trainer:
             "seed": self.cfg.train.seed,
             "epochs": self.cfg.train.epochs,
             "steps": self.step,
-            "n_train": int(self.X.shape[0]),
-            "n_test": int(self.Xt.shape[0]),
+            "n_train": int(self.n_train),
+            "n_test": int(self.n_test),
             "final_train_loss": next((r["train_loss"] for r in reversed(recs) if r["type"] == "epoch"), None),
             **ev,
             "bounds": bounds,

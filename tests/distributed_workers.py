@@ -1,0 +1,231 @@
+"""Workers of the multi-process tests: the same steps on one process (the reference, on the global
+batch) and on W gloo processes (each on its slice), results saved for the test to compare."""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from hardneg.distributed import (
+    DistributedLoss,
+    DistributedStrategy,
+    convert_batchnorm,
+    loss_value,
+    rank,
+    world_size,
+)
+from hardneg.negatives import from_config
+from hardneg.negatives.queue import MomentumEncoder, needs_key_encoder
+
+B, D_IN, D = 16, 12, 8
+
+#: name -> strategy config (a mapping for from_config) or ("loss", name, params) for a functional loss
+CASES: dict[str, Any] = {
+    "ucl": {"name": "ucl"},
+    "supcon": {"name": "supcon"},
+    "hscl": {"name": "hscl"},
+    "moco_queue": {"name": "moco_queue", "size": 40},
+    "topk_label": {"name": "topk", "k": 5, "filters": [{"kind": "label"}]},
+    "adco": {"name": "adco", "size": 24, "dim": D},
+    "calibrated": {"name": "calibrated"},
+    "hscl_function": ("loss", "hscl", {"beta": 1.0}),
+    "generator": {"name": "generator", "dim": D, "n_per_anchor": 2},
+    "cluster_guided": {"name": "cluster_guided", "n_clusters": 3, "every": 1},
+    "ucl_batchnorm": {"name": "ucl"},
+    # one view, labels unique on rank 1's rows: every anchor of rank 1 is skipped, rank 0's are not
+    "supcon_one_view_skipped_rank": {"name": "supcon"},
+}
+#: cases with one view and labels that leave the second half of the batch without a positive
+ONE_VIEW = {"supcon_one_view_skipped_rank"}
+#: cases whose encoder has batch normalisation (over the global batch on several processes)
+BATCHNORM = {"ucl_batchnorm"}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _data(step: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(100 + step)
+    x1, x2 = torch.randn(B, D_IN, generator=g), torch.randn(B, D_IN, generator=g)
+    y = torch.randint(0, 3, (B,), generator=g)
+    ids = torch.arange(B) + step * B
+    return x1, x2, y, ids
+
+
+def _encoder(batchnorm: bool = False) -> nn.Module:
+    torch.manual_seed(0)
+    if batchnorm:
+        return nn.Sequential(nn.Linear(D_IN, 16), nn.BatchNorm1d(16), nn.Tanh(), nn.Linear(16, D))
+    return nn.Sequential(nn.Linear(D_IN, 16), nn.Tanh(), nn.Linear(16, D))
+
+
+def run_case(name: str, steps: int = 3) -> dict[str, Any]:
+    """``steps`` SGD steps of case ``name`` on this process's slice of the global batch (the whole
+    batch on one process): losses, every parameter's gradient at each step, the strategy's state."""
+    spec = CASES[name]
+    W, r = world_size(), rank()
+    b = B // W
+    mine = slice(r * b, (r + 1) * b)
+    model = _encoder(name in BATCHNORM)
+    if W > 1:
+        model = convert_batchnorm(model)
+    if isinstance(spec, tuple):
+        from hardneg.train.losses_from_config import build_loss
+
+        strategy, loss_fn = None, DistributedLoss(build_loss(spec[1], spec[2]))
+    else:
+        strategy = from_config(dict(spec))
+        loss_fn = DistributedStrategy(strategy)
+    key = MomentumEncoder(model, 0.9) if strategy is not None and needs_key_encoder(strategy) else None
+    net = nn.parallel.DistributedDataParallel(model) if W > 1 else model
+    opt = torch.optim.SGD(model.parameters(), lr=0.5)
+    out: dict[str, Any] = {"loss": [], "grads": []}
+    for step in range(steps):
+        x1, x2, y, ids = (t[mine] for t in _data(step))
+        if name in ONE_VIEW:
+            y = torch.cat([torch.arange(B // 2) % 3, 100 + torch.arange(B // 2)])[mine]
+            loss = loss_fn(net(x1), None, y, ids, step)
+        elif key is None:
+            z1, z2 = net(torch.cat([x1, x2])).chunk(2)
+        else:
+            z1, z2 = net(x1), key(x2)
+        if name not in ONE_VIEW:
+            loss = loss_fn(z1, z2, y) if strategy is None else loss_fn(z1, z2, y, ids, step)
+        opt.zero_grad()
+        loss.backward()
+        out["loss"].append(loss_value(loss))
+        out["grads"].append({n: p.grad.detach().clone() for n, p in model.named_parameters()})
+        opt.step()
+        if key is not None:
+            key.update(model)
+    out["state"] = {} if strategy is None else {k: v.clone() for k, v in strategy.state_dict().items()
+                                                 if isinstance(v, torch.Tensor)}
+    for w in [] if strategy is None else strategy.weightings:  # k-means centroids live in extra state
+        if getattr(w, "centroids", None) is not None:
+            out["state"]["centroids"] = w.centroids.clone()
+    out["state"].update({f"model.{k}": v.clone() for k, v in model.named_buffers()})  # batch-norm statistics
+    return out
+
+
+def worker(r: int, world: int, port: int, outdir: str, names: list[str]) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", rank=r, world_size=world)
+    try:
+        res = {name: run_case(name) for name in names}
+        torch.save(res, Path(outdir) / f"rank{r}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+#: a small digits run (4 steps an epoch) whose 1- and 2-process metrics are compared
+TRAIN_BASE = {
+    "data": {"name": "digits", "train_limit": 256, "test_limit": 120},
+    "model": {"encoder": "mlp", "hidden": 32, "depth": 1, "head_hidden": 32, "proj_dim": 16},
+    "train": {"epochs": 2, "batch_size": 64, "checkpoint_every": 3, "progress": False, "log_every": 1},
+    "eval": {"knn_k": 20, "probe_max_iter": 50, "linear_probe": False},
+    "bounds": {"enabled": True, "every": 2},
+}
+
+
+def train_config(objective: dict[str, Any]) -> Any:
+    import json
+
+    from hardneg.train.config import validate_config
+
+    raw = json.loads(json.dumps(TRAIN_BASE))
+    raw.update(objective)
+    return validate_config(raw)
+
+
+class SignalAtCall:
+    """The config's named loss, sending this process SIGINT (a real Ctrl-C) at call ``at`` on rank ``on``."""
+
+    def __init__(self, loss_fn: Any, on: int, at: int) -> None:
+        self.loss_fn, self.on, self.at, self.calls = loss_fn, on, at, 0
+
+    def __call__(self, z1: torch.Tensor, z2: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        import signal
+
+        self.calls += 1
+        if rank() == self.on and self.calls == self.at:
+            os.kill(os.getpid(), signal.SIGINT)
+        return self.loss_fn(z1, z2, y)
+
+
+def train_worker(
+    r: int, world: int, port: int, runs: list[tuple[str, dict[str, Any]]], interrupt: tuple[int, int] | None = None
+) -> None:
+    """Train each ``(run_dir, objective)`` on ``world`` gloo processes; ``interrupt=(rank, call)``
+    sends SIGINT to that rank at that loss call (the run stops; its result is recorded in ``stopped``)."""
+    from hardneg.train.losses_from_config import build_objective
+    from hardneg.train.trainer import RunInterrupted, Trainer
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", rank=r, world_size=world)
+    try:
+        for run_dir, objective in runs:
+            cfg = train_config(objective)
+            loss_fn = None if interrupt is None else SignalAtCall(build_objective(cfg), *interrupt)
+            try:
+                Trainer(cfg, run_dir, resume=True, loss_fn=loss_fn).fit()
+            except RunInterrupted as e:
+                Path(run_dir, f"stopped{r}").write_text(f"{e.exit_code} {e}")
+    finally:
+        dist.destroy_process_group()
+
+
+#: the sentence-transformers loss: name -> (HardNegativeRankingLoss options, with MNRL as reference)
+ST_CASES: dict[str, dict[str, Any]] = {
+    "mnrl": {},
+    "hucl": {"strategy": "hucl", "scale": 2.0},
+    "topk": {"strategy": {"name": "topk", "k": 6}},
+}
+
+
+def run_st_case(name: str) -> dict[str, Any]:
+    """One step of ``HardNegativeRankingLoss(gather_across_devices=True)`` on this process's slice of
+    (anchor, positive, negative) columns; with no options also sentence-transformers' own MNRL."""
+    from sentence_transformers.sentence_transformer.losses import MultipleNegativesRankingLoss
+
+    from hardneg.integrations.sentence_transformers import HardNegativeRankingLoss
+
+    W, r = world_size(), rank()
+    b = B // W
+    mine = slice(r * b, (r + 1) * b)
+    model = _encoder()
+    net = nn.parallel.DistributedDataParallel(model) if W > 1 else model
+    g = torch.Generator().manual_seed(7)
+    cols = [torch.randn(B, D_IN, generator=g)[mine] for _ in range(3)]
+    z = net(torch.cat(cols)).chunk(3)
+    loss = HardNegativeRankingLoss(None, gather_across_devices=True, **ST_CASES[name]).compute_loss_from_embeddings(
+        list(z)
+    )
+    out: dict[str, Any] = {"local_loss": float(loss.detach())}
+    if name == "mnrl":
+        mnrl = MultipleNegativesRankingLoss(None, gather_across_devices=True)
+        out["mnrl_local_loss"] = float(mnrl.compute_loss_from_embeddings([t.detach() for t in z], None))
+    loss.backward()
+    out["loss"] = loss_value(loss)
+    out["grads"] = {n: p.grad.detach().clone() for n, p in model.named_parameters()}
+    return out
+
+
+def st_worker(r: int, world: int, port: int, outdir: str) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", rank=r, world_size=world)
+    try:
+        torch.save({name: run_st_case(name) for name in ST_CASES}, Path(outdir) / f"st{r}.pt")
+    finally:
+        dist.destroy_process_group()
