@@ -77,29 +77,48 @@ class PixelGrid:
         return torch.where(known, image, neg), torch.where(known, y, neg), torch.where(known, x, neg)
 
 
-def _within(grid: PixelGrid, q_ids: Tensor, k_pos: tuple[Tensor, Tensor, Tensor], radius: float) -> Tensor:
-    """(c×m) bool: candidate in the anchor's image at distance ≤ ``radius`` (both ids known)."""
-    qi, qy, qx = grid.decode(q_ids)
-    ki, ky, kx = k_pos
-    near = (qi[:, None] == ki[None, :]) & (qi[:, None] >= 0)
-    dy = (qy[:, None] - ky[None, :]).float()
-    dx = (qx[:, None] - kx[None, :]).float()
-    return near & (dy * dy + dx * dx <= radius * radius)
+def _offsets(radius: float, device: torch.device) -> tuple[Tensor, Tensor]:
+    """(dy, dx) of every grid offset within Euclidean distance ``radius``."""
+    R = int(math.floor(radius))
+    ar = torch.arange(-R, R + 1, device=device)
+    dy, dx = torch.meshgrid(ar, ar, indexing="ij")
+    keep = (dy * dy + dx * dx).double() <= radius * radius
+    return dy[keep], dx[keep]
 
 
 class _OnGrid:
-    """Shared state of the components that read pixel positions from sample ids."""
+    """Shared state of the components that read pixel positions from sample ids.
+
+    The (c×m) "same image, within radius" mask is built without a (c×m) arithmetic pass: each
+    anchor's neighbour ids (at most (2r+1)² of them) are looked up among the step's candidate ids
+    (sorted once per step), and the columns found are scattered into a boolean mask."""
 
     grid: PixelGrid
-    _k_pos: tuple[Tensor, Tensor, Tensor] | None
+    _k_sorted: Tensor | None
+    _k_order: Tensor | None
 
     def _prepare(self, ctx: StepContext, who: str) -> None:
         if ctx.q_ids is None or ctx.k_ids is None:
             raise ValueError(f"{who} needs pixel ids: pass ids built by PixelGrid.encode (hardneg.dense does)")
-        self._k_pos = self.grid.decode(ctx.k_ids)
+        self._k_sorted, self._k_order = torch.sort(ctx.k_ids)
 
     def _near(self, rows: slice | Tensor, ctx: StepContext, radius: float, device: torch.device) -> Tensor:
-        return _within(self.grid, ctx.q_ids[rows], self._k_pos, radius).to(device)
+        """(c×m) bool: candidate in the anchor's image at distance ≤ ``radius`` (both ids known)."""
+        q_ids = ctx.q_ids[rows]
+        c, m = q_ids.shape[0], self._k_sorted.shape[0]
+        out = torch.zeros(c, m, dtype=torch.bool, device=q_ids.device)
+        qi, qy, qx = self.grid.decode(q_ids)
+        dy, dx = _offsets(radius, q_ids.device)
+        ny, nx = qy[:, None] + dy[None, :], qx[:, None] + dx[None, :]
+        ok = (qi[:, None] >= 0) & (ny >= 0) & (ny < self.grid.height) & (nx >= 0) & (nx < self.grid.width)
+        nid = torch.where(ok, (qi[:, None] * self.grid.height + ny) * self.grid.width + nx, torch.full_like(ny, -2))
+        lo = torch.searchsorted(self._k_sorted, nid)
+        hi = torch.searchsorted(self._k_sorted, nid, right=True)
+        r = torch.arange(c, device=q_ids.device)[:, None].expand_as(nid)
+        for j in range(int((hi - lo).max()) if nid.numel() else 0):  # candidates sharing one id (views, memory)
+            hit = ok & (lo + j < hi)
+            out[r[hit], self._k_order[(lo + j)[hit]]] = True
+        return out.to(device)
 
 
 class NeighbourhoodFilter(_OnGrid, Filter):
@@ -119,7 +138,7 @@ class NeighbourhoodFilter(_OnGrid, Filter):
         self.radius = _finite("filter 'neighbourhood'", "radius", radius, 0.0, 1e6)
         self.grid = PixelGrid(height, width)
         self.height, self.width = height, width
-        self._k_pos = None
+        self._k_sorted = self._k_order = None
 
     def begin_step(self, ctx: StepContext) -> None:
         self._prepare(ctx, "filter 'neighbourhood'")
@@ -141,7 +160,7 @@ class Proximity(_OnGrid, Weighting):
         self.bonus = _finite("weighting 'proximity'", "bonus", bonus, 0.0, 1e3)
         self.grid = PixelGrid(height, width)
         self.height, self.width = height, width
-        self._k_pos = None
+        self._k_sorted = self._k_order = None
 
     def begin_step(self, ctx: StepContext) -> None:
         self._prepare(ctx, "weighting 'proximity'")
