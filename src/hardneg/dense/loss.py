@@ -14,7 +14,8 @@ Positives:
 - two views (``f2`` given): the pixel of ``f2`` that shows the same point (``correspondence``; the
   same grid when omitted);
 - a label map (``labels``, one view): every sampled pixel of the same class or instance
-  (``family="supcon"`` or ``positives="labels"``).
+  (``family="supcon"`` or ``positives="labels"``). Pixels of unknown label (−1) are never sampled
+  as anchors; with ``anchors_per_image=None`` they are in the batch as negatives only.
 
 Anchor sampling: ``anchors_per_image`` pixels per image (None: every pixel), ``"uniform"`` or
 ``"hard"`` (Wang et al. 2021, "Exploring Cross-Image Pixel Contrast for Semantic Segmentation":
@@ -174,7 +175,9 @@ class DenseContrast(nn.Module):
             if tuple(labels.shape) != (B, H, W) or labels.is_floating_point():
                 raise ValueError(f"labels must be an integer map of shape {(B, H, W)}, got {tuple(labels.shape)}")
             labels = labels.to(dev).long()
-            if f2 is None:  # a pixel of unknown label has no positive: never an anchor
+            if f2 is None and self.anchors_per_image is not None:
+                # a pixel of unknown label has no positive (the candidate rule skips it as an anchor):
+                # sampled anchors are drawn among the known ones; with every pixel, it stays a negative
                 eligible &= labels != UNKNOWN
         if image_ids is None:
             image_ids = torch.arange(B, device=dev)
