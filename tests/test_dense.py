@@ -294,3 +294,37 @@ def test_dense_errors_name_the_argument():
         DenseContrast("ucl", anchors_per_image=0)
     with pytest.raises(ValueError, match="pixel ids"):
         Strategy(filters=[NeighbourhoodFilter(1.0, 3, 3)])(torch.randn(4, 2), torch.randn(4, 2))
+
+
+@pytest.mark.slow
+def test_full_maps_of_32_images_train_in_bounded_memory():
+    """32 images × 64×64 pixels, every pixel an anchor and a candidate (131,072 each): one training
+    step with the neighbourhood filter; the loss is finite and the process stays far below the
+    (n × m) float32 matrix (64 GiB) a dense implementation would need."""
+    import resource
+
+    from hardneg.negatives import InBatch
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(32, 3, 64, 64, generator=g)
+    enc = torch.nn.Conv2d(3, 16, 1)
+    dc = DenseContrast(Strategy(source=[InBatch(symmetric=False)], filters=[NeighbourhoodFilter(1.0, 64, 64)],
+                                diagnostics=False), anchors_per_image=None)
+    loss = dc(enc(x), enc(x + 0.05 * torch.randn(x.shape, generator=g)))
+    loss.backward()
+    assert torch.isfinite(loss) and enc.weight.grad.abs().sum() > 0
+    assert len(dc.last_ids) == 131072
+    peak_gib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    assert peak_gib < 4.0
+
+
+@pytest.mark.slow
+def test_dense_compare_command_writes_the_page(tmp_path):
+    from hardneg.cli import main
+
+    with pytest.raises(SystemExit) as e:
+        main(["dense-compare", "all", "--seeds", "0", "--abundances", "0.2", "--hs-steps", "3", "--inst-steps", "3",
+              "--results-dir", str(tmp_path), "--page", str(tmp_path / "page.md")])
+    assert e.value.code == 0
+    page = (tmp_path / "page.md").read_text()
+    assert "| synthetic | 0.2 | 1 |" in page and "| uniform |" in page and "hardneg dense-compare all" in page
