@@ -1,7 +1,7 @@
 """Time and peak memory of the per-pixel loss: hardneg's chunked kernel vs a dense torch
 implementation, in one process.
 
-    PYTHONPATH=src python benchmarks/dense_memory.py --images 1,2,4,32 --size 64 --dim 32
+    PYTHONPATH=src python benchmarks/dense_memory.py --images 1,2,4,6,32 --size 64 --dim 32 --budget-gb 8
 
 Each case is one training step (forward + backward + Adam) of a 1×1-conv pixel encoder on
 ``images × size × size`` pixels, every pixel an anchor (``anchors_per_image=None``), positives the
@@ -119,7 +119,7 @@ def step_fn(images: int, size: int, dim: int, loss: str, t: float, seed: int = 0
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--images", default="1,2,4,32", help="comma-separated numbers of images per step")
+    ap.add_argument("--images", default="1,2,4,6,32", help="comma-separated numbers of images per step")
     ap.add_argument("--size", type=int, default=64, help="feature maps are size × size")
     ap.add_argument("--dim", type=int, default=32)
     ap.add_argument("--budget-gb", type=float, default=8.0, help="largest estimated footprint of the dense case")
