@@ -152,7 +152,7 @@ def test_pixel_grid_round_trip_and_unknown():
         g.encode(torch.tensor([0]), torch.tensor([5]), torch.tensor([0]))
 
 
-@pytest.mark.parametrize("radius", [0.0, 1.0, 1.5, 2.3])
+@pytest.mark.parametrize("radius", [0.0, 1.0, 1.5, 2.3, 1e6])
 def test_neighbourhood_filter_matches_literal_rule(radius):
     H, W = 4, 5
     rng = np.random.default_rng(0)
@@ -292,6 +292,10 @@ def test_dense_errors_name_the_argument():
         dc(f, labels=torch.zeros(1, 2, 2, dtype=torch.long))
     with pytest.raises(ValueError, match="anchors_per_image"):
         DenseContrast("ucl", anchors_per_image=0)
+    with pytest.raises(ValueError, match="sampling"):
+        DenseContrast("ucl", sampling="random")
+    with pytest.raises(ValueError, match="hard_fraction"):
+        DenseContrast("ucl", hard_fraction=1.5)
     with pytest.raises(ValueError, match="pixel ids"):
         Strategy(filters=[NeighbourhoodFilter(1.0, 3, 3)])(torch.randn(4, 2), torch.randn(4, 2))
 

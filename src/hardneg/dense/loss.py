@@ -40,6 +40,18 @@ from hardneg.negatives import PixelGrid, Strategy, create_strategy, from_config
 SAMPLING = ("uniform", "hard")
 
 
+def check_sampling(k: int | None, sampling: str, hard_fraction: float) -> None:
+    """The anchor-sampling options: ``k`` a positive int or None, ``sampling`` uniform|hard,
+    ``hard_fraction`` in [0, 1]."""
+    if sampling not in SAMPLING:
+        raise ValueError(f"sampling must be one of {SAMPLING}, got {sampling!r}")
+    if k is not None and (isinstance(k, bool) or not isinstance(k, int) or k < 1):
+        raise ValueError(f"anchors_per_image must be a positive int or None, got {k!r}")
+    hf = hard_fraction
+    if isinstance(hf, bool) or not isinstance(hf, (int, float)) or not 0.0 <= hf <= 1.0:
+        raise ValueError(f"hard_fraction must lie in [0, 1], got {hard_fraction!r}")
+
+
 def sample_anchors(
     eligible: Tensor,
     k: int | None,
@@ -54,12 +66,7 @@ def sample_anchors(
     largest ``hardness`` (B, H, W), then uniform among the rest. ``k=None``: every eligible pixel.
     Returns ``(image, y, x)`` long tensors, image-major.
     """
-    if sampling not in SAMPLING:
-        raise ValueError(f"sampling must be one of {SAMPLING}, got {sampling!r}")
-    if k is not None and (isinstance(k, bool) or not isinstance(k, int) or k < 1):
-        raise ValueError(f"anchors_per_image must be a positive int or None, got {k!r}")
-    if not 0.0 <= hard_fraction <= 1.0:
-        raise ValueError(f"hard_fraction must lie in [0, 1], got {hard_fraction!r}")
+    check_sampling(k, sampling, hard_fraction)
     B, H, W = eligible.shape
     if sampling == "hard" and k is not None and (hardness is None or hardness.shape != eligible.shape):
         raise ValueError(f"hard anchor sampling needs hardness of shape {(B, H, W)}")
@@ -128,9 +135,7 @@ class DenseContrast(nn.Module):
     ) -> None:
         super().__init__()
         self.strategy = _as_strategy(strategy)
-        sample_anchors(torch.ones(1, 1, 1, dtype=torch.bool), anchors_per_image, "uniform", None, hard_fraction)
-        if sampling not in SAMPLING:
-            raise ValueError(f"sampling must be one of {SAMPLING}, got {sampling!r}")
+        check_sampling(anchors_per_image, sampling, hard_fraction)
         self.anchors_per_image, self.sampling, self.hard_fraction = anchors_per_image, sampling, float(hard_fraction)
         self.last_anchors: tuple[Tensor, Tensor, Tensor] | None = None
         self.last_ids: Tensor | None = None

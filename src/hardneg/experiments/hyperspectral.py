@@ -51,6 +51,7 @@ class HSConfig:
     radius: float = 2.0
     angle_quantile: float = 0.05
     view_noise: float = 1.0  # multiples of the scene's estimated noise level
+    whiten: bool = True  # feed Σ^{-1/2}(x − μ) (the scene's own statistics, as CEM / ACE use them)
 
 
 def spectral_encoder(bands: int, hidden: int = 128, dim: int = 32) -> nn.Module:
@@ -90,6 +91,18 @@ def make_strategy(variant: str, scene: Scene, cfg: HSConfig) -> Strategy:
     return Strategy(family="supcon", temperature=cfg.temperature, beta=beta, filters=filters, diagnostics=False)
 
 
+def input_transform(X: Tensor, whiten: bool) -> tuple[Tensor, Tensor]:
+    """``(μ, P)`` with the encoder's input ``(x − μ) P``: the scene's whitening ``Σ^{-1/2}`` (symmetric,
+    eigenvalues floored at 1e-6 of the largest), or per-band standardisation."""
+    mu = X.mean(0)
+    if not whiten:
+        return mu, torch.diag(1.0 / (X.std(0) + 1e-6))
+    Xc = (X - mu).double()
+    evals, evecs = torch.linalg.eigh(Xc.T @ Xc / max(X.shape[0] - 1, 1))
+    evals = evals.clamp(min=1e-6 * float(evals.max()))
+    return mu, (evecs @ torch.diag(evals.rsqrt()) @ evecs.T).float()
+
+
 def _synthetic_targets(x: Tensor, d: Tensor, lo: float, hi: float, g: torch.Generator) -> Tensor:
     a = torch.exp(torch.empty(x.shape[0], 1).uniform_(math.log(lo), math.log(hi), generator=g))
     return (1.0 - a) * x + a * d
@@ -101,7 +114,7 @@ def train_detector(scene: Scene, variant: str, cfg: HSConfig, seed: int) -> np.n
     g = torch.Generator().manual_seed(seed)
     X = torch.from_numpy(scene.pixels).float()
     d = torch.from_numpy(scene.target).float()
-    mu, sd = X.mean(0), X.std(0) + 1e-6
+    mu, P = input_transform(X, cfg.whiten)
     sigma = noise_level(scene.cube)
     H, W, L = scene.cube.shape
     ids_all = PixelGrid(H, W).encode(torch.zeros(H * W, dtype=torch.long), torch.arange(H * W) // W,
@@ -114,7 +127,7 @@ def train_detector(scene: Scene, variant: str, cfg: HSConfig, seed: int) -> np.n
 
     def view(x: Tensor) -> Tensor:
         bright = 1.0 + 0.05 * torch.randn(x.shape[0], 1, generator=g)
-        return (x * bright + cfg.view_noise * sigma * torch.randn(x.shape, generator=g) - mu) / sd
+        return (x * bright + cfg.view_noise * sigma * torch.randn(x.shape, generator=g) - mu) @ P
 
     for step in range(cfg.steps):
         idx = torch.randint(0, X.shape[0], (B,), generator=g)
@@ -128,8 +141,8 @@ def train_detector(scene: Scene, variant: str, cfg: HSConfig, seed: int) -> np.n
         opt.step()
     with torch.no_grad():
         proto_src = X[torch.randint(0, X.shape[0], (2048,), generator=g)]
-        proto = nn.functional.normalize(enc((_synthetic_targets(proto_src, d, lo, hi, g) - mu) / sd), dim=1).mean(0)
-        z = nn.functional.normalize(enc((X - mu) / sd), dim=1)
+        proto = nn.functional.normalize(enc((_synthetic_targets(proto_src, d, lo, hi, g) - mu) @ P), dim=1).mean(0)
+        z = nn.functional.normalize(enc((X - mu) @ P), dim=1)
         return (z @ nn.functional.normalize(proto, dim=0)).numpy()
 
 

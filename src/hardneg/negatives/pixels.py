@@ -108,7 +108,8 @@ class _OnGrid:
         c, m = q_ids.shape[0], self._k_sorted.shape[0]
         out = torch.zeros(c, m, dtype=torch.bool, device=q_ids.device)
         qi, qy, qx = self.grid.decode(q_ids)
-        dy, dx = _offsets(radius, q_ids.device)
+        # beyond H + W every pixel of the image is inside: no need for more offsets
+        dy, dx = _offsets(min(radius, float(self.grid.height + self.grid.width)), q_ids.device)
         ny, nx = qy[:, None] + dy[None, :], qx[:, None] + dx[None, :]
         ok = (qi[:, None] >= 0) & (ny >= 0) & (ny < self.grid.height) & (nx >= 0) & (nx < self.grid.width)
         nid = torch.where(ok, (qi[:, None] * self.grid.height + ny) * self.grid.width + nx, torch.full_like(ny, -2))
