@@ -209,6 +209,20 @@ def test_input_similarity_filter_is_the_spectral_angle_rule():
         InputSimilarityFilter(table)
 
 
+def test_input_similarity_filter_from_config_reads_a_npy_table(tmp_path):
+    table = np.random.default_rng(2).uniform(size=(5, 3))
+    np.save(tmp_path / "spectra.npy", table)
+    s = from_config({"name": "ucl", "filters": [{"kind": "input_similarity", "features": str(tmp_path / "spectra.npy"),
+                                                  "max_similarity": 0.9}]})
+    f = s.filters[0]
+    assert isinstance(f, InputSimilarityFilter) and f.max_similarity == 0.9
+    ctx = _ctx([0, 1], [2, 3, 4])
+    f.begin_step(ctx)
+    u = table / np.linalg.norm(table, axis=1, keepdims=True)
+    want = (u[[0, 1]] @ u[[2, 3, 4]].T) > 0.9
+    assert np.array_equal(f.drop(torch.zeros(2, 3), slice(0, 2), ctx).numpy(), want)
+
+
 def test_class_memory_is_a_fifo_per_class():
     mem = ClassMemory(num_classes=2, size=3, per_step=None)
     s = Strategy(family="supcon", source=[mem], temperature=T)
