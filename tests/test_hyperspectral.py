@@ -140,3 +140,15 @@ def test_experiment_smoke_scores_every_pixel():
     for variant in ("uniform", "fine"):
         s = train_detector(sc, variant, HSConfig(steps=2, batch=16), 0)
         assert s.shape == (256,) and np.isfinite(s).all()
+
+
+def test_input_transform_whitens_or_standardises():
+    from hardneg.experiments.hyperspectral import input_transform
+
+    g = torch.Generator().manual_seed(0)
+    mix = torch.tensor([[2.0, 0.5, 0, 0], [0, 1, 0.3, 0], [0, 0, 3, 1], [0, 0, 0, 0.5]])
+    X = torch.randn(500, 4, generator=g) @ mix
+    Z = input_transform(X, True)(X).double()
+    assert torch.allclose(torch.cov(Z.T), torch.eye(4, dtype=torch.float64), atol=1e-4)
+    S = input_transform(X, False)(X)
+    assert torch.allclose(S.mean(0), torch.zeros(4), atol=1e-5) and torch.allclose(S.std(0), torch.ones(4), atol=1e-4)

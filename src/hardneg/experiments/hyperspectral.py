@@ -22,6 +22,7 @@ Negative constructions compared:
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -51,7 +52,7 @@ class HSConfig:
     radius: float = 2.0
     angle_quantile: float = 0.05
     view_noise: float = 1.0  # multiples of the scene's estimated noise level
-    whiten: bool = True  # feed Σ^{-1/2}(x − μ) (the scene's own statistics, as CEM / ACE use them)
+    whiten: bool = False  # True: feed Σ^{-1/2}(x − μ) (the scene's own statistics, as CEM / ACE use them)
 
 
 def spectral_encoder(bands: int, hidden: int = 128, dim: int = 32) -> nn.Module:
@@ -91,16 +92,18 @@ def make_strategy(variant: str, scene: Scene, cfg: HSConfig) -> Strategy:
     return Strategy(family="supcon", temperature=cfg.temperature, beta=beta, filters=filters, diagnostics=False)
 
 
-def input_transform(X: Tensor, whiten: bool) -> tuple[Tensor, Tensor]:
-    """``(μ, P)`` with the encoder's input ``(x − μ) P``: the scene's whitening ``Σ^{-1/2}`` (symmetric,
-    eigenvalues floored at 1e-6 of the largest), or per-band standardisation."""
+def input_transform(X: Tensor, whiten: bool) -> Callable[[Tensor], Tensor]:
+    """The encoder's input map from the scene's own statistics: ``(x − μ) Σ^{-1/2}`` (symmetric
+    whitening, eigenvalues floored at 1e-6 of the largest) or per-band standardisation ``(x − μ) / σ``."""
     mu = X.mean(0)
     if not whiten:
-        return mu, torch.diag(1.0 / (X.std(0) + 1e-6))
+        sd = X.std(0) + 1e-6
+        return lambda x: (x - mu) / sd
     Xc = (X - mu).double()
     evals, evecs = torch.linalg.eigh(Xc.T @ Xc / max(X.shape[0] - 1, 1))
     evals = evals.clamp(min=1e-6 * float(evals.max()))
-    return mu, (evecs @ torch.diag(evals.rsqrt()) @ evecs.T).float()
+    P = (evecs @ torch.diag(evals.rsqrt()) @ evecs.T).float()
+    return lambda x: (x - mu) @ P
 
 
 def _synthetic_targets(x: Tensor, d: Tensor, lo: float, hi: float, g: torch.Generator) -> Tensor:
@@ -114,7 +117,7 @@ def train_detector(scene: Scene, variant: str, cfg: HSConfig, seed: int) -> np.n
     g = torch.Generator().manual_seed(seed)
     X = torch.from_numpy(scene.pixels).float()
     d = torch.from_numpy(scene.target).float()
-    mu, P = input_transform(X, cfg.whiten)
+    prep = input_transform(X, cfg.whiten)
     sigma = noise_level(scene.cube)
     H, W, L = scene.cube.shape
     ids_all = PixelGrid(H, W).encode(torch.zeros(H * W, dtype=torch.long), torch.arange(H * W) // W,
@@ -127,7 +130,7 @@ def train_detector(scene: Scene, variant: str, cfg: HSConfig, seed: int) -> np.n
 
     def view(x: Tensor) -> Tensor:
         bright = 1.0 + 0.05 * torch.randn(x.shape[0], 1, generator=g)
-        return (x * bright + cfg.view_noise * sigma * torch.randn(x.shape, generator=g) - mu) @ P
+        return prep(x * bright + cfg.view_noise * sigma * torch.randn(x.shape, generator=g))
 
     for step in range(cfg.steps):
         idx = torch.randint(0, X.shape[0], (B,), generator=g)
@@ -141,8 +144,8 @@ def train_detector(scene: Scene, variant: str, cfg: HSConfig, seed: int) -> np.n
         opt.step()
     with torch.no_grad():
         proto_src = X[torch.randint(0, X.shape[0], (2048,), generator=g)]
-        proto = nn.functional.normalize(enc((_synthetic_targets(proto_src, d, lo, hi, g) - mu) @ P), dim=1).mean(0)
-        z = nn.functional.normalize(enc((X - mu) @ P), dim=1)
+        proto = nn.functional.normalize(enc(prep(_synthetic_targets(proto_src, d, lo, hi, g))), dim=1).mean(0)
+        z = nn.functional.normalize(enc(prep(X)), dim=1)
         return (z @ nn.functional.normalize(proto, dim=0)).numpy()
 
 
