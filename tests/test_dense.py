@@ -25,6 +25,7 @@ from hardneg.negatives import (
     Proximity,
     StepContext,
     Strategy,
+    TopK,
     from_config,
 )
 
@@ -81,6 +82,29 @@ def test_two_view_dense_loss_equals_per_pixel_loop(radius):
     loss.backward()
     ref.backward()
     assert torch.allclose(a1.grad, b1.grad, atol=1e-10) and torch.allclose(a2.grad, b2.grad, atol=1e-10)
+
+
+def test_neighbourhood_then_topk_equals_per_pixel_loop():
+    """Filters first, then any π shape: the 3 most similar candidates left by the neighbourhood rule."""
+    f1, f2 = _maps(seed=4)
+    a1 = f1.clone().requires_grad_()
+    s = Strategy(temperature=T, filters=[NeighbourhoodFilter(1.0, 3, 4)], weighting=[TopK(k=3)])
+    loss = DenseContrast(s, anchors_per_image=None)(a1, f2)
+    rows = [(v, b, y, x, z / z.norm()) for v, f in enumerate((f1, f2)) for (b, y, x, z) in _pixels(f)]
+    total = 0.0
+    for va, ba, ya, xa, za in rows:
+        negs, pos = [], None
+        for vc, bc, yc, xc, zc in rows:
+            if (bc, yc, xc) == (ba, ya, xa):
+                if vc != va:
+                    pos = float(za @ zc)
+                continue
+            if bc == ba and (yc - ya) ** 2 + (xc - xa) ** 2 <= 1:
+                continue
+            negs.append(float(za @ zc))
+        top = sorted(negs)[-3:]
+        total += -pos / T + math.log(math.exp(pos / T) + sum(math.exp(v / T) for v in top))
+    assert loss.item() == pytest.approx(total / len(rows), rel=1e-10)
 
 
 def test_label_map_supcon_equals_per_pixel_loop():
