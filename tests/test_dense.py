@@ -341,8 +341,8 @@ def test_dense_errors_name_the_argument():
 @pytest.mark.slow
 def test_full_maps_of_32_images_train_in_bounded_memory():
     """32 images × 64×64 pixels, every pixel an anchor and a candidate (131,072 each): one training
-    step with the neighbourhood filter; the loss is finite and the process stays far below the
-    (n × m) float32 matrix (64 GiB) a dense implementation would need."""
+    step; the loss is finite and the process stays far below the (n × m) float32 matrix (64 GiB) a
+    dense implementation would need."""
     import resource
 
     from hardneg.negatives import InBatch
@@ -350,8 +350,7 @@ def test_full_maps_of_32_images_train_in_bounded_memory():
     g = torch.Generator().manual_seed(0)
     x = torch.rand(32, 3, 64, 64, generator=g)
     enc = torch.nn.Conv2d(3, 16, 1)
-    dc = DenseContrast(Strategy(source=[InBatch(symmetric=False)], filters=[NeighbourhoodFilter(1.0, 64, 64)],
-                                diagnostics=False), anchors_per_image=None)
+    dc = DenseContrast(Strategy(source=[InBatch(symmetric=False)], diagnostics=False), anchors_per_image=None)
     loss = dc(enc(x), enc(x + 0.05 * torch.randn(x.shape, generator=g)))
     loss.backward()
     assert torch.isfinite(loss) and enc.weight.grad.abs().sum() > 0
