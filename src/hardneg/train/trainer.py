@@ -188,6 +188,9 @@ class Trainer:
         self.batch_idx = 0
         self.perm: torch.Tensor | None = None
         self.epoch_loss = [0.0, 0]
+        #: seconds spent in training steps (views, loss, backward, optimiser), summed over sessions;
+        #: evaluation, bound checks, logging and checkpoints are left out, so it measures the strategy's cost
+        self.train_seconds = 0.0
         self.last_ckpt: Path | None = None
         self._stop = 0  # the signal number that asked training to stop
         self._evaluating = False
@@ -210,6 +213,7 @@ class Trainer:
             "batch_idx": self.batch_idx,
             "perm": self.perm,
             "epoch_loss": list(self.epoch_loss),
+            "train_seconds": self.train_seconds,
             "metrics_bytes": mp.stat().st_size if mp.exists() else 0,
             "config_sha256": ck.config_digest(self._config_text),
             # a strategy's own state (queue contents, adversarial bank, step counter of its schedules)
@@ -250,6 +254,7 @@ class Trainer:
         self.step, self.epoch, self.batch_idx = st["step"], st["epoch"], st["batch_idx"]
         self.perm = st["perm"]
         self.epoch_loss = list(st["epoch_loss"])
+        self.train_seconds = float(st.get("train_seconds", 0.0))
         if self._strategy is not None and st.get("strategy") is not None:
             self._strategy.load_state_dict(st["strategy"])
         if self.key_encoder is not None and st.get("key_encoder") is not None:
@@ -435,6 +440,7 @@ class Trainer:
                 while self.batch_idx < spe:
                     if self._stop:
                         self._interrupt()
+                    t_step = time.perf_counter()
                     idx = self.perm[self.batch_idx * bs : (self.batch_idx + 1) * bs]
                     x, y = self.X[idx], self.y[idx]
                     z1, z2 = self._embed_views(x)
@@ -452,6 +458,7 @@ class Trainer:
                     self.opt.step()
                     self._after_update()
                     self.sched.step()
+                    self.train_seconds += time.perf_counter() - t_step
                     self.step += 1
                     self.batch_idx += 1
                     self.epoch_loss[0] += lv
@@ -518,6 +525,7 @@ class Trainer:
             **ev,
             "bounds": bounds,
             "seconds_last_session": round(seconds, 2),
+            "train_seconds": round(self.train_seconds, 3),
             "finished": True,
         }
         atomic_write_text(self.run_dir / ck.SUMMARY, json.dumps(summary, indent=1, sort_keys=True))
