@@ -201,6 +201,16 @@ class ReportConfig(_Strict):
     embedding_map: bool = True
     map_points: int = Field(default=1000, gt=10)
     bounds_run: str | None = None
+    #: the strategy leaderboard: per-group accuracy, accuracy on ``confusable_classes``, time per step
+    #: relative to the reference (UCL) run of the same seed, diagnostics over training, and each
+    #: strategy against its base (hardneg.report.leaderboard.BASES, or ``bases``)
+    leaderboard: bool = False
+    #: grid label -> the label of its base, for entries whose preset alone does not say it
+    bases: dict[str, str] = Field(default_factory=dict)
+    #: classes whose mean per-class accuracy gets its own column (Fashion-MNIST: 0, 2, 4, 6)
+    confusable_classes: list[int] | None = None
+    #: ``--docs`` also copies the plots next to the page (a folder named after it) and shows them
+    docs_plots: bool = False
 
 
 class CompareConfig(RunConfig):
