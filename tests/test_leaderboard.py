@@ -139,3 +139,14 @@ def test_leaderboard_pipeline_on_digits(tmp_path, capsys):
         assert (docs.parent / "results_tiny_files" / png).stat().st_size > 1000
         assert f"](results_tiny_files/{png})" in page
     assert math.isfinite(total) and total > 0
+
+
+def test_report_bases_must_name_grid_labels(tmp_path, capsys):
+    raw = json.loads(json.dumps(RAW))
+    raw["report"]["bases"] = {"topk": "uniform"}
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(yaml.safe_dump(raw))
+    with pytest.raises(SystemExit) as e:
+        main(["compare", "--config", str(cfg), "--out", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "report.bases names ['uniform']" in err and not (tmp_path / "out").exists()

@@ -101,17 +101,20 @@ def spread(rows: list[dict[str, Any]]) -> str:
 def bounds_table(rows: list[dict[str, Any]]) -> str:
     lines = [
         "| run | batches | L_H-SCL ≤ L_H-UCL (batches / anchors) | L_H-SCL ≥ L_SCL | L_H-UCL ≥ L_UCL "
-        "| Assumption 1 (anchors) |",
-        "|---|---|---|---|---|---|",
+        "| Assumption 1 (anchors) | L_H-SCL ≤ L_H-UCL where Assumption 1 holds (anchors) |",
+        "|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         b = r.get("bounds") or {}
         if not b:
             continue
+        g = b.get("anchor_frac_hscl_le_hucl_given_a1")
+        given = "–" if g is None else f"{g:.2f}"
         lines.append(
             f"| {r['run']} | {b['batches']} | {b['batch_frac_hscl_le_hucl']:.2f} / {b['anchor_frac_hscl_le_hucl']:.2f} "
             f"| {b['batch_frac_hscl_ge_scl']:.2f} / {b['anchor_frac_hscl_ge_scl']:.2f} "
-            f"| {b['batch_frac_hucl_ge_ucl']:.2f} / {b['anchor_frac_hucl_ge_ucl']:.2f} | {b['assumption1']:.2f} |"
+            f"| {b['batch_frac_hucl_ge_ucl']:.2f} / {b['anchor_frac_hucl_ge_ucl']:.2f} | {b['assumption1']:.2f} "
+            f"| {given} |"
         )
     return "\n".join(lines) if len(lines) > 2 else "(bounds were not logged)"
 

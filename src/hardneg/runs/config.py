@@ -220,6 +220,14 @@ class CompareConfig(RunConfig):
     grid: GridConfig
     report: ReportConfig = Field(default_factory=ReportConfig)
 
+    @model_validator(mode="after")
+    def _bases_in_grid(self) -> CompareConfig:
+        labels = [g.title for g in self.grid.losses]
+        unknown = sorted({x for kv in self.report.bases.items() for x in kv} - set(labels))
+        if unknown:
+            raise ValueError(f"report.bases names {unknown}, which are not grid labels {labels}")
+        return self
+
 
 def _set_path(d: dict[str, Any], dotted: str, value: Any) -> None:
     keys = dotted.split(".")
