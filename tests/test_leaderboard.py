@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import yaml
 
+from hardneg import runs
 from hardneg.cli import main
 from hardneg.negatives.registry import list_strategies
 from hardneg.report.leaderboard import BASES, NOT_ON_LEADERBOARD, BaseComparison, preset_of
@@ -139,6 +140,8 @@ def test_leaderboard_pipeline_on_digits(tmp_path, capsys):
         assert (docs.parent / "results_tiny_files" / png).stat().st_size > 1000
         assert f"](results_tiny_files/{png})" in page
     assert math.isfinite(total) and total > 0
+    # every file the report wrote is one that --overwrite may delete
+    assert all(runs.owned_name(p.name, "compare") for p in out.iterdir() if p.name != runs.RUNS)
 
 
 def test_report_bases_must_name_grid_labels(tmp_path, capsys):
