@@ -106,7 +106,7 @@ def test_leaderboard_pipeline_on_digits(tmp_path, capsys):
         return lambda summ, recs: np.mean([summ[key][c] for c in (0, 2, 4, 6)])
 
     def per_step(summ, recs):
-        return summ["train_seconds"] / summ["steps"]
+        return summ["train_seconds"] / summ["timed_steps"]
 
     def diag(key, summ, recs):
         return np.mean([r[f"neg_{key}"] for r in recs if r["type"] == "step"])  # one epoch: first = last

@@ -4,7 +4,7 @@ over training; then each strategy against its base (the same method without its 
 or weighting), "beyond the seed spread" by :func:`hardneg.report.stats.versus`.
 
 Everything is read from the runs' own files: ``summary.json`` (accuracies, per-class accuracies,
-``train_seconds`` and ``steps``) and the ``neg_*`` step records of ``metrics.jsonl``.
+``train_seconds`` and ``timed_steps``) and the ``neg_*`` step records of ``metrics.jsonl``.
 """
 
 from __future__ import annotations
@@ -107,7 +107,7 @@ def run_stats(row: dict[str, Any], recs: list[dict[str, Any]], confusable: list[
         sel = [r for r in steps if r["epoch"] == ep]
         return {k: _mean([r.get(f"neg_{k}") for r in sel]) for k in DIAG_KEYS}
 
-    ts, n = row.get("train_seconds"), row.get("steps")
+    ts, n = row.get("train_seconds"), row.get("timed_steps")
     return RunStats(
         label=row["label"],
         beta=row["beta"],

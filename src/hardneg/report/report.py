@@ -309,9 +309,10 @@ def _leaderboard(
         "",
         leaderboard.leaderboard_table(stats, confusable=conf),
         "",
-        "Time per step: the runs' own `train_seconds` / steps (training steps only), divided by the UCL run "
-        "of the same seed. ESS, candidates and the weight on false negatives: the strategy's per-step "
-        "diagnostics, averaged over the first and over the last epoch's logged steps.",
+        "Time per step: the runs' own `train_seconds` / `timed_steps` (training steps only, the first of each "
+        "session left out), divided by the UCL run of the same seed. ESS, candidates and the weight on false "
+        "negatives: the strategy's per-step diagnostics, averaged over the first and over the last epoch's "
+        "logged steps.",
         "",
         "## Each strategy against its base",
         "",

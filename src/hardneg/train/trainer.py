@@ -188,9 +188,13 @@ class Trainer:
         self.batch_idx = 0
         self.perm: torch.Tensor | None = None
         self.epoch_loss = [0.0, 0]
-        #: seconds spent in training steps (views, loss, backward, optimiser), summed over sessions;
-        #: evaluation, bound checks, logging and checkpoints are left out, so it measures the strategy's cost
+        #: seconds spent in training steps (views, loss, backward, optimiser) and how many steps they
+        #: cover, summed over sessions; evaluation, bound checks, logging and checkpoints are left out, and
+        #: so is the first step of each session (one-time start-up: kernel set-up, first allocations), so
+        #: train_seconds / timed_steps is the strategy's cost per step
         self.train_seconds = 0.0
+        self.timed_steps = 0
+        self._session_steps = 0
         self.last_ckpt: Path | None = None
         self._stop = 0  # the signal number that asked training to stop
         self._evaluating = False
@@ -214,6 +218,7 @@ class Trainer:
             "perm": self.perm,
             "epoch_loss": list(self.epoch_loss),
             "train_seconds": self.train_seconds,
+            "timed_steps": self.timed_steps,
             "metrics_bytes": mp.stat().st_size if mp.exists() else 0,
             "config_sha256": ck.config_digest(self._config_text),
             # a strategy's own state (queue contents, adversarial bank, step counter of its schedules)
@@ -255,6 +260,7 @@ class Trainer:
         self.perm = st["perm"]
         self.epoch_loss = list(st["epoch_loss"])
         self.train_seconds = float(st.get("train_seconds", 0.0))
+        self.timed_steps = int(st.get("timed_steps", 0))
         if self._strategy is not None and st.get("strategy") is not None:
             self._strategy.load_state_dict(st["strategy"])
         if self.key_encoder is not None and st.get("key_encoder") is not None:
@@ -458,7 +464,10 @@ class Trainer:
                     self.opt.step()
                     self._after_update()
                     self.sched.step()
-                    self.train_seconds += time.perf_counter() - t_step
+                    if self._session_steps:
+                        self.train_seconds += time.perf_counter() - t_step
+                        self.timed_steps += 1
+                    self._session_steps += 1
                     self.step += 1
                     self.batch_idx += 1
                     self.epoch_loss[0] += lv
@@ -526,6 +535,7 @@ class Trainer:
             "bounds": bounds,
             "seconds_last_session": round(seconds, 2),
             "train_seconds": round(self.train_seconds, 3),
+            "timed_steps": self.timed_steps,
             "finished": True,
         }
         atomic_write_text(self.run_dir / ck.SUMMARY, json.dumps(summary, indent=1, sort_keys=True))
