@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from hardneg.cli import main
-from hardneg.runs import CompareConfig, expand_grid, load_config, run_config
+from hardneg.runs import CompareConfig, expand_grid, load_config, run_config, validate_config
 from hardneg.train.losses_from_config import build_objective
 from hardneg.train.plateau import knn_curve, plateau_config, plateau_epoch
 
@@ -109,3 +109,17 @@ def test_report_has_bound_curves_of_every_entry_and_the_base_table(tmp_path, cap
     # the base given in report.bases: hscl_view against scl_view, one seed (no spread)
     assert "| hscl β=1 |" not in report and "| hscl_view β=1 | scl_view |" in report
     assert "one seed: no spread to judge by" in report
+
+
+def test_untilted_strategy_is_bound_checked_at_beta_one_like_the_named_loss():
+    """A grid entry `{strategy: {name: scl}}` and `{name: scl}` are checked at the same β and t (1, 0.5);
+    a tilted strategy at its own β."""
+    from hardneg.train.trainer import _loss_beta_t
+
+    base = {k: v for k, v in RAW.items() if k not in ("name", "grid", "report")}
+    named = validate_config({**base, "loss": {"name": "scl", "params": {"t": 0.5}}})
+    strat = validate_config({**base, "loss": None, "strategy": {"name": "scl"}})
+    tilted = validate_config({**base, "loss": None, "strategy": {"name": "hscl", "beta": 2.0}})
+    assert _loss_beta_t(named) == (1.0, 0.5)
+    assert _loss_beta_t(strat, build_objective(strat)) == (1.0, 0.5)
+    assert _loss_beta_t(tilted, build_objective(tilted)) == (2.0, 0.5)

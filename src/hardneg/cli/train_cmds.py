@@ -174,7 +174,11 @@ def plateau_cmd(
 @app.command("report")
 def report_cmd(
     run_dir: Annotated[Path, typer.Argument(help="A compare folder or a single run directory.")],
-    docs: Annotated[Path | None, typer.Option("--docs", help="Also write the tables to this markdown file.")] = None,
+    docs: Annotated[
+        Path | None,
+        typer.Option("--docs", help="Also write the tables to this markdown file (with report.docs_plots: "
+                     "its plots too, in PAGE_files/ beside it)."),
+    ] = None,
 ) -> None:
     """(Re)generate the markdown report and plots of a compare folder or a run directory."""
     from hardneg.report.report import write_report, write_run_report

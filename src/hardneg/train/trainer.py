@@ -91,9 +91,12 @@ def lr_lambda(cfg: RunConfig, total_steps: int) -> Callable[[int], float]:
 
 def _loss_beta_t(cfg: RunConfig, strategy: Strategy | None = None) -> tuple[float, float]:
     """β and t of the bound check and the evaluation diagnostics: ``bounds.beta`` / ``bounds.t``, else
-    the training objective's (a strategy's attributes, a named loss's params), else β = 1, t = 0.5."""
+    the training objective's (a strategy's attributes, a named loss's params), else β = 1, t = 0.5.
+
+    An untilted strategy (β = 0) counts as having no β, as a named loss without one does: at β = 0 the
+    four bound-check losses coincide in pairs and the check says nothing."""
     if strategy is not None:
-        beta0 = float(strategy.beta)
+        beta0 = float(strategy.beta) or 1.0
         t0 = float(getattr(strategy, "temperature", None) or strategy.t)
     else:
         p = cfg.loss.params if cfg.loss is not None else {}
