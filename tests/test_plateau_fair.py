@@ -111,15 +111,21 @@ def test_report_has_bound_curves_of_every_entry_and_the_base_table(tmp_path, cap
     assert "one seed: no spread to judge by" in report
 
 
-def test_untilted_strategy_is_bound_checked_at_beta_one_like_the_named_loss():
-    """A grid entry `{strategy: {name: scl}}` and `{name: scl}` are checked at the same β and t (1, 0.5);
-    a tilted strategy at its own β."""
-    from hardneg.train.trainer import _loss_beta_t
+def test_untilted_strategy_is_bound_checked_at_beta_one_like_the_named_loss(tmp_path):
+    """A grid entry `{strategy: {name: scl}}` and `{name: scl}` are bound-checked at the same β (1); a
+    tilted strategy at its own β; bounds.beta wins, 0 included. The evaluation diagnostics keep the
+    strategy's own β (0: uniform π)."""
+    from hardneg.train.trainer import Trainer
 
     base = {k: v for k, v in RAW.items() if k not in ("name", "grid", "report")}
-    named = validate_config({**base, "loss": {"name": "scl", "params": {"t": 0.5}}})
-    strat = validate_config({**base, "loss": None, "strategy": {"name": "scl"}})
-    tilted = validate_config({**base, "loss": None, "strategy": {"name": "hscl", "beta": 2.0}})
-    assert _loss_beta_t(named) == (1.0, 0.5)
-    assert _loss_beta_t(strat, build_objective(strat)) == (1.0, 0.5)
-    assert _loss_beta_t(tilted, build_objective(tilted)) == (2.0, 0.5)
+
+    def trainer(name, **over):
+        raw = {**base, **over}
+        return Trainer(validate_config(raw), tmp_path / name)
+
+    named = trainer("a", loss={"name": "scl", "params": {"t": 0.5}})
+    strat = trainer("b", loss=None, strategy={"name": "scl"})
+    tilted = trainer("c", loss=None, strategy={"name": "hscl", "beta": 2.0})
+    forced = trainer("d", loss=None, strategy={"name": "scl"}, bounds={"enabled": True, "beta": 0.0})
+    assert (named.check_beta, strat.check_beta, tilted.check_beta, forced.check_beta) == (1.0, 1.0, 2.0, 0.0)
+    assert strat.bounds_beta == 0.0 and strat.bounds_t == named.bounds_t == 0.5

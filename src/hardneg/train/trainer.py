@@ -91,12 +91,9 @@ def lr_lambda(cfg: RunConfig, total_steps: int) -> Callable[[int], float]:
 
 def _loss_beta_t(cfg: RunConfig, strategy: Strategy | None = None) -> tuple[float, float]:
     """β and t of the bound check and the evaluation diagnostics: ``bounds.beta`` / ``bounds.t``, else
-    the training objective's (a strategy's attributes, a named loss's params), else β = 1, t = 0.5.
-
-    An untilted strategy (β = 0) counts as having no β, as a named loss without one does: at β = 0 the
-    four bound-check losses coincide in pairs and the check says nothing."""
+    the training objective's (a strategy's attributes, a named loss's params), else β = 1, t = 0.5."""
     if strategy is not None:
-        beta0 = float(strategy.beta) or 1.0
+        beta0 = float(strategy.beta)
         t0 = float(getattr(strategy, "temperature", None) or strategy.t)
     else:
         p = cfg.loss.params if cfg.loss is not None else {}
@@ -202,6 +199,9 @@ class Trainer:
         self._stop = 0  # the signal number that asked training to stop
         self._evaluating = False
         self.bounds_beta, self.bounds_t = _loss_beta_t(c, self.strategy)
+        # the bound check compares tilted with untilted losses, which coincide at β = 0: an untilted
+        # strategy is checked at β = 1, as a named loss without a β is (unless bounds.beta says otherwise)
+        self.check_beta = self.bounds_beta if c.bounds.beta is not None or self.bounds_beta > 0 else 1.0
         if self.resumed:
             self._restore()
 
@@ -481,7 +481,7 @@ class Trainer:
                     if c.bounds.enabled and self.step % c.bounds.every == 0:
                         from hardneg.eval.bounds import bound_terms
 
-                        bt = bound_terms(z1, z2, y, beta=self.bounds_beta, t=self.bounds_t)
+                        bt = bound_terms(z1, z2, y, beta=self.check_beta, t=self.bounds_t)
                         self._log({"type": "bounds", "step": self.step, "epoch": self.epoch + 1, **bt})
                     bar.update(1)
                     bar.set_postfix(loss=f"{lv:.4f}", epoch=self.epoch + 1, refresh=False)
