@@ -70,8 +70,13 @@ def test_bound_terms_match_literal(beta, t):
     assert got["frac_hscl_le_hucl"] == pytest.approx(sum(a <= b + 1e-6 for a, b in zip(ref["hscl"], ref["hucl"])) / n)
     # tilting towards harder negatives can only raise the loss (Chebyshev's sum inequality), per anchor
     assert got["frac_hscl_ge_scl"] == 1.0 and got["frac_hucl_ge_ucl"] == 1.0
-    a1 = [v for v in literal_assumption1(z1, z2, y, beta, t) if v is not None]
+    per_anchor = literal_assumption1(z1, z2, y, beta, t)
+    a1 = [v for v in per_anchor if v is not None]
     assert got["assumption1"] == pytest.approx(sum(a1) / len(a1))
+    # the theorem's inequality among the anchors that satisfy its premise
+    le_given = [a <= b + 1e-6 for a, b, ok in zip(ref["hscl"], ref["hucl"], per_anchor) if ok]
+    assert le_given, "the fixture needs anchors satisfying Assumption 1"
+    assert got["frac_hscl_le_hucl_given_a1"] == pytest.approx(sum(le_given) / len(le_given))
 
 
 def test_assumption1_per_anchor_and_undefined():
@@ -97,3 +102,8 @@ def test_summarize_bounds_by_hand():
     s = summarize_bounds(rows)
     assert s["batches"] == 2 and s["batch_frac_hscl_le_hucl"] == 0.5
     assert s["anchor_frac_hscl_le_hucl"] == pytest.approx(0.375) and s["assumption1"] == pytest.approx(0.7)
+    assert "anchor_frac_hscl_le_hucl_given_a1" not in s  # not logged: not reported
+    rows[0]["frac_hscl_le_hucl_given_a1"], rows[1]["frac_hscl_le_hucl_given_a1"] = 0.5, float("nan")
+    rows.append({**rows[0], "frac_hscl_le_hucl_given_a1": 0.75})
+    s = summarize_bounds(rows)  # the batch without a defined value is left out: (0.5 + 0.75) / 2
+    assert s["anchor_frac_hscl_le_hucl_given_a1"] == pytest.approx(0.625)

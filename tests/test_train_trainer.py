@@ -223,3 +223,29 @@ def test_resume_with_stateful_strategy_equals_uninterrupted(tmp_path):
     assert st["step"] == 10 and st["strategy"] is not None and st["key_encoder"] is not None
     Trainer(cfg(**over), d, resume=True).fit()
     assert (d / "metrics.jsonl").read_bytes() == (d_full / "metrics.jsonl").read_bytes()
+
+
+def test_train_seconds_count_the_steps_across_sessions(tmp_path):
+    """summary.json's train_seconds is the time inside training steps, summed over an interruption,
+    without the first step of each session: each step's loss sleeps 20 ms; 7 steps ran before Ctrl-C
+    (6 timed), 5 after (4 timed)."""
+    import time
+
+    calls = [0]
+
+    def slow(z1, z2, y):
+        calls[0] += 1
+        if calls[0] == 7:
+            os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(0.02)
+        return literal_nt_xent(z1, z2, y)
+
+    d = tmp_path / "timed"
+    with pytest.raises(KeyboardInterrupt):
+        Trainer(cfg(), d, loss_fn=slow).fit()
+    st = torch.load(d / "checkpoint.pt", weights_only=False)
+    assert st["timed_steps"] == 6 and st["train_seconds"] >= 6 * 0.02
+    s = Trainer(cfg(), d, loss_fn=slow, resume=True).fit()
+    assert s["steps"] == 12 and s["timed_steps"] == 10 and s["train_seconds"] >= 10 * 0.02
+    # the resumed session ran 5 steps plus evaluations; the evaluations are not step time
+    assert s["train_seconds"] < st["train_seconds"] + s["seconds_last_session"]

@@ -1,4 +1,4 @@
-"""CLI: ``hardneg train | compare | eval | bounds | report``."""
+"""CLI: ``hardneg train | compare | plateau | eval | bounds | report``."""
 
 from __future__ import annotations
 
@@ -199,10 +199,51 @@ def compare_cmd(
     _echo(f"report: {rp}")
 
 
+@app.command("plateau")
+def plateau_cmd(
+    config: ConfigOpt,
+    entry: Annotated[str, typer.Option("--entry", help="The grid entry (its label) to train, e.g. scl_labels.")],
+    seed: Annotated[int, typer.Option("--seed", help="Its seed.")] = 0,
+    max_epochs: Annotated[int, typer.Option("--max-epochs", help="Train at most this many epochs.")] = 60,
+    min_gain: Annotated[float, typer.Option("--min-gain", help="A gain counts above this many pp.")] = 0.2,
+    patience: Annotated[int, typer.Option("--patience", help="Evaluations in a row without a gain.")] = 3,
+    out: RunOutOpt = None,
+    overrides: SetOpt = None,
+    data_dir: DataDirOpt = None,
+    resume: ResumeOpt = False,
+    overwrite: OverwriteOpt = False,
+) -> None:
+    """Train one grid entry for up to --max-epochs, evaluating kNN after every epoch, and print the epoch
+    after which it stopped rising (no gain > --min-gain pp over --patience evaluations): the config's
+    train.epochs."""
+    from hardneg.runs import CompareConfig, load_config
+    from hardneg.train.plateau import measure_plateau
+
+    cfg = load_config(config, _with_dir(overrides, data_dir), CompareConfig)
+    run_dir = out or Path("runs") / f"{cfg.name}_plateau_{entry}_s{seed}"
+    with exit_on_interrupt():
+        curve, ep = measure_plateau(cfg, entry, run_dir, seed=seed, max_epochs=max_epochs, min_gain=min_gain / 100,
+                                    patience=patience, resume=resume, overwrite=overwrite)
+    _echo("epoch  kNN %")
+    for e, a in curve:
+        _echo(f"{e:>5}  {100 * a:.2f}")
+    if ep is None:
+        _echo(f"no plateau within {max_epochs} epochs: kNN still gained > {min_gain} pp within the last "
+              f"{patience} evaluations; rerun with a larger --max-epochs (and --overwrite)")
+    else:
+        _echo(f"kNN accuracy stops rising after epoch {ep} (no gain > {min_gain} pp over the next {patience} "
+              f"evaluations): set train.epochs: {ep} in {config}")
+    _echo(f"run directory: {run_dir}")
+
+
 @app.command("report")
 def report_cmd(
     run_dir: Annotated[Path, typer.Argument(help="A compare folder or a single run directory.")],
-    docs: Annotated[Path | None, typer.Option("--docs", help="Also write the tables to this markdown file.")] = None,
+    docs: Annotated[
+        Path | None,
+        typer.Option("--docs", help="Also write the tables to this markdown file (with report.docs_plots: "
+                     "its plots too, in PAGE_files/ beside it)."),
+    ] = None,
 ) -> None:
     """(Re)generate the markdown report and plots of a compare folder or a run directory."""
     from hardneg.report.report import write_report, write_run_report

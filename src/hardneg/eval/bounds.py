@@ -9,7 +9,8 @@ arXiv 2209.00078): on the same batch, evaluate
 with one positive per anchor (the other view, ``positives="view"``) and N = 2B − 2 for all four, and
 report per batch and per anchor how often
 
-    L_H-SCL ≤ L_H-UCL   (the paper's Theorem, under Assumption 1 and N → ∞),
+    L_H-SCL ≤ L_H-UCL   (the paper's Theorem, under Assumption 1 and N → ∞; also among the anchors
+                         for which Assumption 1 holds: ``frac_hscl_le_hucl_given_a1``),
     L_H-SCL ≥ L_SCL and L_H-UCL ≥ L_UCL   (tilting towards harder negatives raises the loss).
 
 **Assumption 1, as measured here.** For anchor i (one of the 2B views) let C(i) be all other views
@@ -69,12 +70,16 @@ def bound_terms(
     l_hscl = hscl(z1, z2, labels, beta=beta, t=t, positives="view", reduction="none")
     a1 = assumption1(z1, z2, labels, beta=beta, t=t)
     eps = 1e-6  # float32 round-off: equal losses (β = 0) count as satisfying the inequality
+    le = (l_hscl <= l_hucl + eps).double()
+    holds = a1 == 1.0  # the theorem's premise, per anchor
     return {
         "ucl": float(l_ucl.mean()),
         "scl": float(l_scl.mean()),
         "hucl": float(l_hucl.mean()),
         "hscl": float(l_hscl.mean()),
-        "frac_hscl_le_hucl": float((l_hscl <= l_hucl + eps).float().mean()),
+        "frac_hscl_le_hucl": float(le.mean()),
+        # L_H-SCL ≤ L_H-UCL among the anchors for which Assumption 1 holds (NaN when none does)
+        "frac_hscl_le_hucl_given_a1": float(le[holds].mean()) if bool(holds.any()) else float("nan"),
         "frac_hscl_ge_scl": float((l_hscl >= l_scl - eps).float().mean()),
         "frac_hucl_ge_ucl": float((l_hucl >= l_ucl - eps).float().mean()),
         "assumption1": float(a1.nanmean()) if bool((~a1.isnan()).any()) else float("nan"),
@@ -96,4 +101,11 @@ def summarize_bounds(rows: list[dict[str, float]]) -> dict[str, float]:
         "anchor_frac_hscl_ge_scl": sum(r["frac_hscl_ge_scl"] for r in rows) / n,
         "anchor_frac_hucl_ge_ucl": sum(r["frac_hucl_ge_ucl"] for r in rows) / n,
         "assumption1": sum(r["assumption1"] for r in rows if r["assumption1"] == r["assumption1"]) / n,
+        **_mean_defined(rows, "frac_hscl_le_hucl_given_a1", "anchor_frac_hscl_le_hucl_given_a1"),
     }
+
+
+def _mean_defined(rows: list[dict[str, float]], key: str, out: str) -> dict[str, float]:
+    """``{out: mean of key}`` over the rows where it is defined (present, not NaN); empty when none is."""
+    v = [r[key] for r in rows if key in r and r[key] == r[key]]
+    return {out: sum(v) / len(v)} if v else {}

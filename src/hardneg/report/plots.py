@@ -11,6 +11,7 @@ import numpy as np
 
 from hardneg._optional import require
 from hardneg.io import atomic_open
+from hardneg.report.stats import mean_std
 
 require("matplotlib", "train", feature="plots").use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (after selecting the Agg backend)
@@ -25,9 +26,7 @@ def save(fig: Any, path: Path) -> Path:
     return path
 
 
-def _ms(v: list[float]) -> tuple[float, float]:
-    a = np.asarray(v, dtype=float)
-    return float(a.mean()), float(a.std(ddof=1)) if a.size > 1 else 0.0
+_ms = mean_std
 
 
 def accuracy_vs_beta(rows: list[dict[str, Any]], path: Path) -> Path:
@@ -115,4 +114,94 @@ def embedding_maps(maps: dict[str, tuple[np.ndarray, np.ndarray]], path: Path, *
         E = TSNE(2, init="pca", perplexity=perp, random_state=seed, max_iter=500).fit_transform(X)
         ax.scatter(E[:, 0], E[:, 1], c=y, cmap="tab10", s=4)
         ax.set_title(name, fontsize=9)
+    return save(fig, path)
+
+
+def leaderboard_bars(groups: dict[str, dict[str, list[float]]], path: Path) -> Path:
+    """Horizontal bars, one per grid entry, of each accuracy (mean ± std over seeds, in %)."""
+    names = list(groups)
+    metrics = list(dict.fromkeys(m for g in groups.values() for m in g))
+    fig, axes = plt.subplots(1, len(metrics), figsize=(4.5 * len(metrics), 0.35 * len(names) + 1.5), squeeze=False)
+    y = np.arange(len(names))
+    for ax, m in zip(axes[0], metrics):
+        st = [_ms(groups[n][m]) if groups[n].get(m) else (np.nan, 0.0) for n in names]
+        ax.barh(y, [100 * s[0] for s in st], xerr=[100 * s[1] for s in st], color="C0", alpha=0.8, capsize=2)
+        lo = np.nanmin([100 * (s[0] - s[1]) for s in st])
+        hi = np.nanmax([100 * (s[0] + s[1]) for s in st])
+        if np.isfinite(lo) and np.isfinite(hi):
+            ax.set_xlim(lo - 0.1 * (hi - lo + 1), hi + 0.1 * (hi - lo + 1))
+        ax.set_yticks(y)
+        ax.set_yticklabels(names if ax is axes[0][0] else [], fontsize=8)
+        ax.invert_yaxis()
+        ax.set_xlabel(f"{m} %")
+        ax.grid(alpha=0.3, axis="x")
+    return save(fig, path)
+
+
+def accuracy_vs_time(points: dict[str, tuple[list[float], list[float]]], path: Path, *, ylabel: str) -> Path:
+    """One point per grid entry: time per step relative to UCL (x) against accuracy in % (y), both
+    mean ± std over seeds."""
+    fig, ax = plt.subplots(figsize=(7, 5))
+    for i, (name, (t, acc)) in enumerate(sorted(points.items())):
+        t = [v for v in t if v == v]
+        if not t or not acc:
+            continue
+        (mt, st), (ma, sa) = _ms(t), _ms(acc)
+        ax.errorbar(mt, 100 * ma, xerr=st, yerr=100 * sa, fmt="o", color=f"C{i % 10}", capsize=2)
+        ax.annotate(name, (mt, 100 * ma), fontsize=7, xytext=(3, 3), textcoords="offset points")
+    ax.axvline(1.0, color="grey", lw=0.8, ls="--")
+    ax.set_xlabel("time per training step relative to UCL (same seed)")
+    ax.set_ylabel(ylabel)
+    ax.grid(alpha=0.3)
+    return save(fig, path)
+
+
+#: the bound check's gaps (positive where the inequality of its name holds) and rates, as logged
+BOUND_GAPS = (
+    ("L_H-UCL − L_UCL ≥ 0", "hucl", "ucl"),
+    ("L_H-SCL − L_SCL ≥ 0", "hscl", "scl"),
+    ("L_H-UCL − L_H-SCL ≥ 0", "hucl", "hscl"),
+)
+BOUND_RATES = (
+    ("frac_hucl_ge_ucl", "L_UCL ≤ L_H-UCL"),
+    ("frac_hscl_ge_scl", "L_SCL ≤ L_H-SCL"),
+    ("frac_hscl_le_hucl", "L_H-SCL ≤ L_H-UCL"),
+    ("frac_hscl_le_hucl_given_a1", "L_H-SCL ≤ L_H-UCL where Assumption 1 holds"),
+    ("assumption1", "Assumption 1 holds"),
+)
+
+
+def bound_groups(groups: dict[str, list[list[dict[str, Any]]]], path: Path) -> Path:
+    """Per grid entry (one row each), over training: the three bound gaps (batch means) and the
+    fraction of anchors for which each inequality and Assumption 1 hold, averaged over the seeds'
+    runs at each logged step."""
+    n = len(groups)
+    fig, axes = plt.subplots(n, 2, figsize=(12, 3.2 * n), squeeze=False)
+
+    def mean_by_step(runs_: list[list[dict[str, Any]]], f: Any) -> tuple[list[int], list[float]]:
+        by: dict[int, list[float]] = defaultdict(list)
+        for recs in runs_:
+            for r in recs:
+                if r["type"] == "bounds":
+                    v = f(r)
+                    if v is not None and v == v:
+                        by[r["step"]].append(v)
+        xs = sorted(by)
+        return xs, [float(np.mean(by[x])) for x in xs]
+
+    for (a1, a2), (name, runs_) in zip(axes, groups.items()):
+        for label, hi, lo in BOUND_GAPS:
+            a1.plot(*mean_by_step(runs_, lambda r, hi=hi, lo=lo: r[hi] - r[lo]), label=label, lw=1.1)
+        a1.axhline(0.0, color="grey", lw=0.8)
+        a1.set_title(f"{name}: loss gaps on the training batches", fontsize=9)
+        a1.set_xlabel("step")
+        a1.grid(alpha=0.3)
+        a1.legend(fontsize=7)
+        for key, label in BOUND_RATES:
+            a2.plot(*mean_by_step(runs_, lambda r, key=key: r.get(key)), label=label, lw=1.1)
+        a2.set_ylim(0, 1.02)
+        a2.set_title(f"{name}: fraction of anchors", fontsize=9)
+        a2.set_xlabel("step")
+        a2.grid(alpha=0.3)
+        a2.legend(fontsize=7)
     return save(fig, path)

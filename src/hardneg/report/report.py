@@ -8,7 +8,6 @@ difference is larger than the seed spread (|Δ mean| > √(σ_a² + σ_b²)).
 from __future__ import annotations
 
 import json
-import math
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
@@ -16,12 +15,12 @@ from typing import Any
 import numpy as np
 
 from hardneg import runs
-from hardneg.io import atomic_write_text
+from hardneg.io import atomic_open, atomic_write_text
+from hardneg.negatives.registry import list_strategies
+from hardneg.report import leaderboard
+from hardneg.report.stats import Versus, mean_std, versus
 
-
-def _ms(v: list[float]) -> tuple[float, float]:
-    a = np.asarray(v, dtype=float)
-    return float(a.mean()), (float(a.std(ddof=1)) if a.size > 1 else 0.0)
+_ms = mean_std
 
 
 def _fmt(v: list[float]) -> str:
@@ -71,19 +70,19 @@ def claims(rows: list[dict[str, Any]]) -> str:
                 c = [r[m] for r in g[(base, None)] if m in r]
                 if not a or not c:
                     continue
-                (ma, sa), (mc, sc) = _ms(a), _ms(c)
-                d = 100 * (ma - mc)
-                spread = 100 * math.sqrt(sa**2 + sc**2)
-                verdict = "better" if d > 0 else "worse" if d < 0 else "equal"
-                if len(a) > 1 and len(c) > 1:
-                    beyond = "beyond" if abs(d) > spread else "within"
-                    note = f"{beyond} the seed spread {spread:.2f} pp"
-                else:
-                    note = "one seed: spread not measured"
-                parts.append(f"{m.split('_')[0]} {d:+.2f} pp ({verdict}; {note})")
+                parts.append(f"{m.split('_')[0]} {versus_text(versus(a, c))}")
             if parts:
                 out.append(f"- {hard.upper()} β={beta:g} vs {base.upper()}: " + "; ".join(parts))
     return "\n".join(out) if out else "- (the grid lacks a pair to compare)"
+
+
+def versus_text(v: Versus) -> str:
+    """``+1.23 pp (better; beyond the seed spread 0.80 pp)`` for accuracies given as fractions."""
+    if v.beyond is None:
+        note = "one seed: spread not measured"
+    else:
+        note = f"{'beyond' if v.beyond else 'within'} the seed spread {100 * v.spread:.2f} pp"
+    return f"{100 * v.diff:+.2f} pp ({v.verdict}; {note})"
 
 
 def spread(rows: list[dict[str, Any]]) -> str:
@@ -102,17 +101,20 @@ def spread(rows: list[dict[str, Any]]) -> str:
 def bounds_table(rows: list[dict[str, Any]]) -> str:
     lines = [
         "| run | batches | L_H-SCL ≤ L_H-UCL (batches / anchors) | L_H-SCL ≥ L_SCL | L_H-UCL ≥ L_UCL "
-        "| Assumption 1 (anchors) |",
-        "|---|---|---|---|---|---|",
+        "| Assumption 1 (anchors) | L_H-SCL ≤ L_H-UCL where Assumption 1 holds (anchors) |",
+        "|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         b = r.get("bounds") or {}
         if not b:
             continue
+        g = b.get("anchor_frac_hscl_le_hucl_given_a1")
+        given = "–" if g is None else f"{g:.2f}"
         lines.append(
             f"| {r['run']} | {b['batches']} | {b['batch_frac_hscl_le_hucl']:.2f} / {b['anchor_frac_hscl_le_hucl']:.2f} "
             f"| {b['batch_frac_hscl_ge_scl']:.2f} / {b['anchor_frac_hscl_ge_scl']:.2f} "
-            f"| {b['batch_frac_hucl_ge_ucl']:.2f} / {b['anchor_frac_hucl_ge_ucl']:.2f} | {b['assumption1']:.2f} |"
+            f"| {b['batch_frac_hucl_ge_ucl']:.2f} / {b['anchor_frac_hucl_ge_ucl']:.2f} | {b['assumption1']:.2f} "
+            f"| {given} |"
         )
     return "\n".join(lines) if len(lines) > 2 else "(bounds were not logged)"
 
@@ -221,6 +223,20 @@ def write_report(out_dir: str | Path, *, docs_path: str | Path | None = None) ->
                 plots.bound_curves(recs[br["run"]], out / "bounds.png", title=f"bound check, trained with {br['run']}"),
             )
         )
+    if bruns:
+        by_group: dict[str, list[list[dict[str, Any]]]] = defaultdict(list)
+        for r in bruns:
+            by_group[leaderboard.group_name(r["label"], r["beta"])].append(recs[r["run"]])
+        figs.append(
+            (
+                "Bound check over training, every entry (mean over seeds)",
+                plots.bound_groups(dict(by_group), out / "bounds_by_entry.png"),
+            )
+        )
+    lb_md: list[str] = []
+    if cfg.report.leaderboard or cfg.report.bases:
+        lb_md, lb_figs = _leaderboard(cfg, rows, recs, out, series)
+        figs += lb_figs
     if cfg.report.embedding_map:
         maps = {}
         for label in dict.fromkeys(r["label"] for r in rows):
@@ -252,6 +268,7 @@ def write_report(out_dir: str | Path, *, docs_path: str | Path | None = None) ->
         "",
         claims(rows),
         "",
+        *lb_md,
         "## Bound check (Jiang et al. 2022): fraction of logged training batches / anchors where each holds",
         "",
         bounds_table(rows),
@@ -272,8 +289,81 @@ def write_report(out_dir: str | Path, *, docs_path: str | Path | None = None) ->
             "",
             *md[2 : md.index("## Plots")],
         ]
+        if cfg.report.docs_plots:
+            doc += _copy_plots(figs, Path(docs_path))
         atomic_write_text(docs_path, "\n".join(doc))
     return rp
+
+
+def _leaderboard(
+    cfg: Any, rows: list[dict[str, Any]], recs: dict[str, list[dict[str, Any]]], out: Path, series: Any
+) -> tuple[list[str], list[tuple[str, Path]]]:
+    """The leaderboard's markdown sections and plots (:mod:`hardneg.report.leaderboard`)."""
+    from hardneg.report import plots
+
+    conf = cfg.report.confusable_classes
+    stats = leaderboard.leaderboard_stats(rows, recs, conf)
+    comps = leaderboard.base_comparisons(stats, cfg.report.bases)
+    md = [
+        "## Leaderboard (mean ± sample std over seeds)",
+        "",
+        leaderboard.leaderboard_table(stats, confusable=conf),
+        "",
+        "Time per step: the runs' own `train_seconds` / `timed_steps` (training steps only, the first of each "
+        "session left out), divided by the UCL run of the same seed. ESS, candidates and the weight on false "
+        "negatives: the strategy's per-step diagnostics, averaged over the first and over the last epoch's "
+        "logged steps.",
+        "",
+        "## Each strategy against its base",
+        "",
+        leaderboard.comparisons_table(comps),
+        "",
+        f"Beyond the seed spread: |Δ mean| > √(σ_a² + σ_b²). {leaderboard.time_summary(rows)}",
+        "",
+    ]
+    if cfg.report.leaderboard:
+        presets = {p for p in (leaderboard.preset_of(r) for r in rows) if p is not None}
+        md += ["### Presets not on the leaderboard", "", leaderboard.not_run(presets, list_strategies()), ""]
+    groups: dict[str, dict[str, list[float]]] = {}
+    points: dict[str, tuple[list[float], list[float]]] = {}
+    for (label, beta), rs in sorted(
+        leaderboard.group_stats(stats).items(), key=lambda kv: -float(np.mean([s.knn for s in kv[1]]))
+    ):
+        name = leaderboard.group_name(label, beta)
+        groups[name] = {"kNN": [s.knn for s in rs], "linear": [s.linear for s in rs if s.linear == s.linear]}
+        if conf:
+            groups[name]["kNN, confusable classes"] = [s.knn_confusable for s in rs]
+        points[name] = ([s.rel_time for s in rs], [s.knn for s in rs])
+    figs = [
+        ("Leaderboard: accuracy per strategy", plots.leaderboard_bars(groups, out / "leaderboard.png")),
+        (
+            "kNN accuracy against time per step",
+            plots.accuracy_vs_time(points, out / "accuracy_vs_time.png", ylabel="kNN accuracy %"),
+        ),
+    ]
+    for key, title in (
+        ("neg_ess", "effective number of negatives 1/Σπ² per training step"),
+        ("neg_fn_weight_share", "weight π puts on same-class negatives per training step"),
+    ):
+        figs.append(
+            (
+                f"Over training: {title}",
+                plots.curves(series(key, typ="step"), out / f"train_{key}.png", xlabel="step", ylabel=key, title=title),
+            )
+        )
+    return md, figs
+
+
+def _copy_plots(figs: list[tuple[str, Path]], docs_path: Path) -> list[str]:
+    """Copy the plots into ``<page stem>_files/`` beside the docs page; the markdown showing them."""
+    folder = docs_path.parent / f"{docs_path.stem}_files"
+    folder.mkdir(parents=True, exist_ok=True)
+    md = ["## Plots", ""]
+    for title, p in figs:
+        with atomic_open(folder / p.name, "wb") as f:
+            f.write(p.read_bytes())
+        md += [f"### {title}", "", f"![{title}]({folder.name}/{p.name})", ""]
+    return md
 
 
 def _grid_size(cfg: Any) -> int:

@@ -215,6 +215,16 @@ class ReportConfig(_Strict):
     embedding_map: bool = True
     map_points: int = Field(default=1000, gt=10)
     bounds_run: str | None = None
+    #: the strategy leaderboard: per-group accuracy, accuracy on ``confusable_classes``, time per step
+    #: relative to the reference (UCL) run of the same seed, diagnostics over training, and each
+    #: strategy against its base (hardneg.report.leaderboard.BASES, or ``bases``)
+    leaderboard: bool = False
+    #: grid label -> the label of its base, for entries whose preset alone does not say it
+    bases: dict[str, str] = Field(default_factory=dict)
+    #: classes whose mean per-class accuracy gets its own column (Fashion-MNIST: 0, 2, 4, 6)
+    confusable_classes: list[int] | None = None
+    #: ``--docs`` also copies the plots next to the page (a folder named after it) and shows them
+    docs_plots: bool = False
 
 
 class CompareConfig(RunConfig):
@@ -223,6 +233,14 @@ class CompareConfig(RunConfig):
     name: str = "compare"
     grid: GridConfig
     report: ReportConfig = Field(default_factory=ReportConfig)
+
+    @model_validator(mode="after")
+    def _bases_in_grid(self) -> CompareConfig:
+        labels = [g.title for g in self.grid.losses]
+        unknown = sorted({x for kv in self.report.bases.items() for x in kv} - set(labels))
+        if unknown:
+            raise ValueError(f"report.bases names {unknown}, which are not grid labels {labels}")
+        return self
 
 
 def _set_path(d: dict[str, Any], dotted: str, value: Any) -> None:

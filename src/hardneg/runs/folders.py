@@ -39,10 +39,12 @@ RUN_FILES = (MARKER, CONFIG, METRICS, CHECKPOINT, SUMMARY, MODEL, EMBEDDINGS, RE
 #: every file hardneg writes at the top of a compare folder (the grid's config, the report and its plots)
 COMPARE_FILES = (
     MARKER, CONFIG, RESULTS, REPORT, "accuracy_vs_beta.png", "loss_curves.png", "knn_curves.png",
-    "align.png", "uniform.png", "bounds.png", "embedding_map.png",
+    "align.png", "uniform.png", "bounds.png", "embedding_map.png", "bounds_by_entry.png", "leaderboard.png",
+    "accuracy_vs_time.png",
 )
-#: plus one plot per negative diagnostic, ``diag_<name>.png`` (the report chooses which diagnostics)
-COMPARE_PATTERNS = ("diag_*.png",)
+#: plus one plot per negative diagnostic, ``diag_<name>.png`` (evaluation) and ``train_<name>.png``
+#: (training steps); the report chooses which diagnostics
+COMPARE_PATTERNS = ("diag_*.png", "train_*.png")
 KINDS = {"run": RUN_FILES, "compare": COMPARE_FILES}
 PATTERNS: dict[str, tuple[str, ...]] = {"run": (), "compare": COMPARE_PATTERNS}
 _SHOWN = 5  # entries named in a refusal

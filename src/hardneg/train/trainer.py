@@ -242,10 +242,20 @@ class Trainer:
         self.batch_idx = 0
         self.perm: torch.Tensor | None = None
         self.epoch_loss = [0.0, 0]
+        #: seconds spent in training steps (views, loss, backward, optimiser) and how many steps they
+        #: cover, summed over sessions; evaluation, bound checks, logging and checkpoints are left out, and
+        #: so is the first step of each session (one-time start-up: kernel set-up, first allocations), so
+        #: train_seconds / timed_steps is the strategy's cost per step
+        self.train_seconds = 0.0
+        self.timed_steps = 0
+        self._session_steps = 0
         self.last_ckpt: Path | None = None
         self._stop = 0  # the signal number that asked training to stop
         self._evaluating = False
         self.bounds_beta, self.bounds_t = _loss_beta_t(c, self.strategy)
+        # the bound check compares tilted with untilted losses, which coincide at β = 0: an untilted
+        # strategy is checked at β = 1, as a named loss without a β is (unless bounds.beta says otherwise)
+        self.check_beta = self.bounds_beta if c.bounds.beta is not None or self.bounds_beta > 0 else 1.0
         if self.resumed:
             self._restore()
 
@@ -264,6 +274,8 @@ class Trainer:
             "batch_idx": self.batch_idx,
             "perm": self.perm,
             "epoch_loss": list(self.epoch_loss),
+            "train_seconds": self.train_seconds,
+            "timed_steps": self.timed_steps,
             "metrics_bytes": mp.stat().st_size if mp.exists() else 0,
             "config_sha256": ck.config_digest(self._config_text),
             # a strategy's own state (queue contents, adversarial bank, step counter of its schedules)
@@ -307,6 +319,8 @@ class Trainer:
         self.step, self.epoch, self.batch_idx = st["step"], st["epoch"], st["batch_idx"]
         self.perm = st["perm"]
         self.epoch_loss = list(st["epoch_loss"])
+        self.train_seconds = float(st.get("train_seconds", 0.0))
+        self.timed_steps = int(st.get("timed_steps", 0))
         if self._strategy is not None and st.get("strategy") is not None:
             self._strategy.load_state_dict(st["strategy"])
         if self.key_encoder is not None and st.get("key_encoder") is not None:
@@ -606,6 +620,7 @@ class Trainer:
                     self._stop = D.max_over_processes(self._stop)  # every process stops at the same step
                     if self._stop:
                         self._interrupt()
+                    t_step = time.perf_counter()
                     v1, v2, y, idx = next(batches)
                     lv, z1, z2 = self._forward_backward(v1, v2, y, idx)
                     if c.optim.grad_clip:
@@ -614,6 +629,10 @@ class Trainer:
                     self.opt.step()
                     self._after_update()
                     self.sched.step()
+                    if self._session_steps:
+                        self.train_seconds += time.perf_counter() - t_step
+                        self.timed_steps += 1
+                    self._session_steps += 1
                     self.step += 1
                     self.batch_idx += 1
                     self.epoch_loss[0] += lv
@@ -625,7 +644,7 @@ class Trainer:
                         zb1, zb2 = D.gather(z1.detach()), D.gather(z2.detach())
                         yb = D.gather_tags(y)
                         if self.main:
-                            bt = bound_terms(zb1, zb2, yb, beta=self.bounds_beta, t=self.bounds_t)
+                            bt = bound_terms(zb1, zb2, yb, beta=self.check_beta, t=self.bounds_t)
                             self._log({"type": "bounds", "step": self.step, "epoch": self.epoch + 1, **bt})
                     bar.update(1)
                     bar.set_postfix(loss=f"{lv:.4f}", epoch=self.epoch + 1, refresh=False)
@@ -681,6 +700,8 @@ class Trainer:
             **ev,
             "bounds": bounds,
             "seconds_last_session": round(seconds, 2),
+            "train_seconds": round(self.train_seconds, 3),
+            "timed_steps": self.timed_steps,
             "finished": True,
         }
         atomic_write_text(self.run_dir / ck.SUMMARY, json.dumps(summary, indent=1, sort_keys=True))
