@@ -7,6 +7,7 @@ Compose a :class:`Strategy` from sources, filters, weightings and schedules, or 
 
 from hardneg.negatives.adversarial import AdversarialBank, NegativeGenerator
 from hardneg.negatives.context import StepContext
+from hardneg.negatives.cross_modal import CrossModal, CrossModalClusters, CrossModalQueue, LogitScale, pair_ids
 from hardneg.negatives.diagnostics import DiagnosticsAccumulator, negative_diagnostics
 from hardneg.negatives.filters import Filter, GuideFilter, IdFilter, LabelFilter, SimilarityFilter, similarity_drops
 from hardneg.negatives.mixing import Mixing, mochi_mix
@@ -39,6 +40,11 @@ from hardneg.negatives.weighting import (
 )
 
 __all__ = [
+    "CrossModal",
+    "CrossModalClusters",
+    "CrossModalQueue",
+    "LogitScale",
+    "pair_ids",
     "Strategy",
     "Source",
     "Filter",

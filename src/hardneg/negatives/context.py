@@ -35,6 +35,7 @@ class StepContext:
     q_view: Tensor | None = None  # (n,) 0 = from z1, 1 = from z2
     k_view: Tensor | None = None  # (m,)
     growing: bool = False  # a source (a queue still filling) will offer more candidates later
+    cross_view: bool = False  # anchors see only candidates of the other view (two towers)
     _id_start: int | None = None
     _rel: Relations | None = None
 
@@ -56,6 +57,7 @@ class StepContext:
             list(cands.blocks),
             anchors.view,
             cands.view,
+            cross_view=cands.cross_view,
         )
 
     @property
@@ -102,7 +104,7 @@ class StepContext:
             self._rel = Relations(
                 m=self.m, self_index=self.self_index, pos_index=self.pos_index, q_labels=self.q_labels,
                 k_labels=self.k_labels, q_ids=self.q_ids, k_ids=self.k_ids, owner=self.owner,
-                id_start=self.id_rule_start(),
+                id_start=self.id_rule_start(), q_view=self.q_view, k_view=self.k_view, cross_view=self.cross_view,
             )
         return self._rel
 
