@@ -6,6 +6,7 @@ Compose a :class:`Strategy` from sources, filters, weightings and schedules, or 
 """
 
 from hardneg.negatives.adversarial import AdversarialBank, NegativeGenerator
+from hardneg.negatives.caption_edits import EDIT_KINDS, EditVocabulary, one_edit_swaps
 from hardneg.negatives.context import StepContext
 from hardneg.negatives.cross_modal import CrossModal, CrossModalClusters, CrossModalQueue, LogitScale, pair_ids
 from hardneg.negatives.diagnostics import DiagnosticsAccumulator, negative_diagnostics
@@ -40,6 +41,9 @@ from hardneg.negatives.weighting import (
 )
 
 __all__ = [
+    "EDIT_KINDS",
+    "EditVocabulary",
+    "one_edit_swaps",
     "CrossModal",
     "CrossModalClusters",
     "CrossModalQueue",
