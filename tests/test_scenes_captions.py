@@ -55,7 +55,7 @@ def test_caption_semantics_on_a_hand_built_scene():
     with pytest.raises(ValueError, match="grammar"):
         caption_true(scene, "a red dog")
     caps = true_captions(scene)
-    assert "a small red circle left of a large blue square" in caps and "two shapes" in caps
+    assert "a small red circle left of a large blue square" in caps and "one red circle" in caps
     assert all(caption_true(scene, c) for c in caps)
 
 

@@ -8,8 +8,9 @@ grammar, and every caption is true of its image by construction:
 - relation: ``"a red circle left of a blue square"`` (``left of``, ``right of``, ``above``,
   ``below``) — two different objects match and the relation holds with a margin of
   :data:`RELATION_MARGIN` pixels between their centres;
-- count: ``"two shapes"``, ``"one green triangle"``, ``"three red shapes"`` — exactly that many
-  objects match.
+- count: ``"one green triangle"``, ``"two red circles"`` — exactly that many objects match (the
+  grammar also reads ``"three shapes"``, ``"two red shapes"``; the generator does not write these
+  generic captions, which would match a third of all images).
 
 :func:`caption_true` evaluates any caption of the grammar on a scene (so a one-edit swap of a
 caption can be checked to be false). Splits: ``train``, ``val``, ``test`` never contain a held-out
@@ -160,28 +161,51 @@ def _matches(o: SceneObject, size: str | None, colour: str | None, shape: str | 
     )
 
 
-def caption_true(objects: tuple[SceneObject, ...], caption: str) -> bool:
-    """Whether ``caption`` (any sentence of the grammar) is true of the scene. A sentence outside
-    the grammar raises ``ValueError`` naming it."""
+def parse_caption(caption: str) -> tuple:
+    """The meaning of a caption of the grammar: ``("object", np)``, ``("relation", np, rel, np)``
+    or ``("count", n, np)`` with ``np = (size, colour, shape)`` (None where unsaid). A sentence
+    outside the grammar raises ``ValueError`` naming it."""
     c = " ".join(caption.lower().split())
     m = _OBJ_RE.match(c)
     if m:
-        return any(_matches(o, *m.groups()) for o in objects)
+        return ("object", m.groups())
     m = _REL_RE.match(c)
     if m:
         g = m.groups()
-        return any(
-            i != j and _matches(a, *g[0:3]) and _matches(b, *g[4:7]) and holds(g[3], a, b)
-            for i, a in enumerate(objects)
-            for j, b in enumerate(objects)
-        )
+        return ("relation", g[0:3], g[3], g[4:7])
     m = _COUNT_RE.match(c)
     if m:
         n, size, colour, shape, plural = m.groups()
         if (n == "one") == (plural == "s"):
             raise ValueError(f"caption outside the scenes grammar (number agreement): {caption!r}")
-        return sum(_matches(o, size, colour, shape) for o in objects) == COUNTS.index(n) + 1
+        return ("count", COUNTS.index(n) + 1, (size, colour, shape))
     raise ValueError(f"caption outside the scenes grammar: {caption!r}")
+
+
+def holds_parsed(objects: tuple[SceneObject, ...], meaning: tuple) -> bool:
+    """Whether a parsed caption (:func:`parse_caption`) is true of the scene."""
+    if meaning[0] == "object":
+        return any(_matches(o, *meaning[1]) for o in objects)
+    if meaning[0] == "relation":
+        _, a_np, rel, b_np = meaning
+        return any(
+            i != j and _matches(a, *a_np) and _matches(b, *b_np) and holds(rel, a, b)
+            for i, a in enumerate(objects)
+            for j, b in enumerate(objects)
+        )
+    return sum(_matches(o, *meaning[2]) for o in objects) == meaning[1]
+
+
+def caption_true(objects: tuple[SceneObject, ...], caption: str) -> bool:
+    """Whether ``caption`` (any sentence of the grammar) is true of the scene. A sentence outside
+    the grammar raises ``ValueError`` naming it."""
+    return holds_parsed(objects, parse_caption(caption))
+
+
+def truth_matrix(scenes: list[tuple[SceneObject, ...]], captions: list[str]) -> torch.Tensor:
+    """(n_scenes × n_captions) bool: caption j is true of scene i."""
+    meanings = [parse_caption(c) for c in captions]
+    return torch.tensor([[holds_parsed(o, m) for m in meanings] for o in scenes], dtype=torch.bool)
 
 
 def true_captions(objects: tuple[SceneObject, ...]) -> list[str]:
@@ -196,12 +220,9 @@ def true_captions(objects: tuple[SceneObject, ...]) -> list[str]:
             for rel in RELATIONS:
                 if holds(rel, a, b):
                     out += [f"{_np(a, False)} {rel} {_np(b, False)}", f"{_np(a, True)} {rel} {_np(b, True)}"]
-    n = len(objects)
-    out.append(f"{COUNTS[n - 1]} shape{'s' if n > 1 else ''}")
-    for col in COLOURS:
-        k = sum(o.colour == col for o in objects)
-        if k:
-            out.append(f"{COUNTS[k - 1]} {col} shape{'s' if k > 1 else ''}")
+    for o in objects:
+        k = sum(p.colour == o.colour and p.shape == o.shape for p in objects)
+        out.append(f"{COUNTS[k - 1]} {o.colour} {o.shape}{'s' if k > 1 else ''}")
     seen: list[str] = []
     for c in out:
         if c not in seen:
