@@ -207,6 +207,71 @@ def _strategy_spec(spec: Mapping[str, Any]) -> tuple[dict[str, Any], int]:
     return s, edits
 
 
+class Run:
+    """One (strategy, seed): the towers, the loss, the optimiser and the sampling generator.
+    :meth:`step` trains on one batch of training images; ``loss_fn`` may be any callable with
+    ClipLoss's signature (the benchmark passes a literal CLIP loss)."""
+
+    def __init__(
+        self,
+        cfg: CrossModalConfig,
+        strategy: str,
+        seed: int,
+        data: dict[str, SplitData],
+        table: TextTable,
+        frozen: torch.Tensor | None = None,
+        loss_fn: Callable[..., torch.Tensor] | None = None,
+    ) -> None:
+        spec, self.n_edits = _strategy_spec(cfg.strategies[strategy]) if strategy in cfg.strategies else ({}, 0)
+        self.gen = seed_everything(seed)
+        self.towers = Towers(cfg, table, frozen)
+        self.loss_fn = loss_fn if loss_fn is not None else ClipLoss(spec)
+        params = [*self.towers.parameters()]
+        if isinstance(self.loss_fn, torch.nn.Module):
+            params += list(self.loss_fn.parameters())
+        self.opt = torch.optim.Adam(params, lr=cfg.lr)
+        self.train = data["train"]
+        self.X = self.train.scenes.float_images()
+        self.step_count = 0
+        self.diag_sum: dict[str, float] = {}
+        self.diag_n: dict[str, int] = {}
+
+    def batch_order(self, batch_size: int) -> list[torch.Tensor]:
+        """One epoch of batches of training-image indices (the last partial batch dropped)."""
+        n = len(self.train.scenes)
+        perm = torch.randperm(n, generator=self.gen)
+        return [perm[b0 : b0 + batch_size] for b0 in range(0, n - batch_size + 1, batch_size)]
+
+    def step(self, idx: torch.Tensor) -> float:
+        """One optimiser step on training images ``idx``, each with one caption drawn at random."""
+        tr, gen, towers = self.train, self.gen, self.towers
+        il = idx.tolist()
+        pick = [int(torch.randint(len(tr.caption_ids[i]), (1,), generator=gen)) for i in il]
+        cap_ids = torch.tensor([tr.caption_ids[i][p] for i, p in zip(il, pick, strict=True)])
+        ids = pair_ids(idx, [tr.scenes.captions[i][p] for i, p in zip(il, pick, strict=True)])
+        zi = towers.image(self.X[idx])
+        zt = towers.text(cap_ids)
+        negatives = None
+        if self.n_edits:
+            rows = []
+            for i, p in zip(il, pick, strict=True):
+                pool = [v for vs in tr.swaps[i][p].values() for v in vs]
+                sel = torch.randint(len(pool), (self.n_edits,), generator=gen)
+                rows.append([pool[int(j)] for j in sel])
+            negatives = towers.text(torch.tensor(rows).flatten()).reshape(len(il), self.n_edits, -1)
+        labels = tr.scenes.labels[idx]
+        loss = self.loss_fn(zi, zt, towers.scale(), labels=labels, ids=ids, negatives=negatives, step=self.step_count)
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        self.opt.step()
+        for k, v in getattr(self.loss_fn, "last_diagnostics", {}).items():
+            if k in ("fn_weight_share", "hardest_fn_share", "ess", "skipped_share") and v == v:  # not NaN
+                self.diag_sum[k] = self.diag_sum.get(k, 0.0) + float(v)
+                self.diag_n[k] = self.diag_n.get(k, 0) + 1
+        self.step_count += 1
+        return float(loss.detach())
+
+
 def train_run(
     cfg: CrossModalConfig,
     strategy: str,
@@ -217,60 +282,24 @@ def train_run(
     log: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     """Train one (strategy, seed) and evaluate it; returns the run's record."""
-    spec, n_edits = _strategy_spec(cfg.strategies[strategy])
-    gen = seed_everything(seed)
-    towers = Towers(cfg, table, frozen)
-    loss_fn = ClipLoss(spec)
-    params = [*towers.parameters(), *loss_fn.parameters()]
-    opt = torch.optim.Adam(params, lr=cfg.lr)
-    tr = data["train"]
-    X = tr.scenes.float_images()
-    n, B = len(tr.scenes), cfg.batch_size
-    diag_sum: dict[str, float] = {}
-    diag_n: dict[str, int] = {}
-    step, t0 = 0, time.perf_counter()
+    run = Run(cfg, strategy, seed, data, table, frozen)
+    t0 = time.perf_counter()
     for epoch in range(cfg.epochs):
-        perm = torch.randperm(n, generator=gen)
-        for b0 in range(0, n - B + 1, B):
-            idx = perm[b0 : b0 + B]
-            pick = [int(torch.randint(len(tr.caption_ids[i]), (1,), generator=gen)) for i in idx.tolist()]
-            cap_ids = torch.tensor([tr.caption_ids[i][p] for i, p in zip(idx.tolist(), pick, strict=True)])
-            captions = [tr.scenes.captions[i][p] for i, p in zip(idx.tolist(), pick, strict=True)]
-            ids = pair_ids(idx, captions)
-            zi = towers.image(X[idx])
-            zt = towers.text(cap_ids)
-            negatives = None
-            if n_edits:
-                rows = []
-                for i, p in zip(idx.tolist(), pick, strict=True):
-                    pool = [v for vs in tr.swaps[i][p].values() for v in vs]
-                    sel = torch.randint(len(pool), (n_edits,), generator=gen)
-                    rows.append([pool[int(j)] for j in sel])
-                negatives = towers.text(torch.tensor(rows).flatten()).reshape(B, n_edits, -1)
-            labels = tr.scenes.labels[idx]
-            loss = loss_fn(zi, zt, towers.scale(), labels=labels, ids=ids, negatives=negatives, step=step)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            for k in ("fn_weight_share", "hardest_fn_share", "ess", "skipped_share"):
-                v = loss_fn.last_diagnostics.get(k, float("nan"))
-                if v == v:  # not NaN
-                    diag_sum[k] = diag_sum.get(k, 0.0) + float(v)
-                    diag_n[k] = diag_n.get(k, 0) + 1
-            step += 1
+        for idx in run.batch_order(cfg.batch_size):
+            loss = run.step(idx)
         if log:
-            log(f"  {strategy} seed {seed} epoch {epoch + 1}/{cfg.epochs} loss {float(loss.detach()):.3f} "
-                f"t {1 / float(towers.scale().detach()):.4f}")
+            t = 1 / float(run.towers.scale().detach())
+            log(f"  {strategy} seed {seed} epoch {epoch + 1}/{cfg.epochs} loss {loss:.3f} t {t:.4f}")
     train_s = time.perf_counter() - t0
-    towers.eval()
-    metrics = {split: evaluate(towers, data[split], table) for split in EVAL_SPLITS}
+    run.towers.eval()
+    metrics = {split: evaluate(run.towers, data[split], table) for split in EVAL_SPLITS}
     return {
         "strategy": strategy,
         "seed": seed,
         "fingerprint": cfg.fingerprint(strategy),
-        "steps": step,
-        "final_temperature": 1 / float(towers.scale().detach()),
-        "diagnostics": {k: diag_sum[k] / diag_n[k] for k in diag_sum},
+        "steps": run.step_count,
+        "final_temperature": 1 / float(run.towers.scale().detach()),
+        "diagnostics": {k: run.diag_sum[k] / run.diag_n[k] for k in run.diag_sum},
         "metrics": metrics,
         "train_seconds": train_s,
     }
