@@ -90,15 +90,16 @@ def test_crossmodal_compare_runs_and_resumes(tmp_path):
     with pytest.raises(SystemExit) as e:
         main(["crossmodal-compare", "--config", str(cfg), "--out", str(out), "--doc", str(doc)])
     assert e.value.code == 0
-    runs = sorted(p.name for p in (out / "runs").iterdir())
+    runs_dir = out / "tiny" / "runs"
+    runs = sorted(p.name for p in runs_dir.iterdir())
     assert runs == ["edits_seed0.json", "edits_seed1.json", "uniform_seed0.json", "uniform_seed1.json"]
-    rec = json.loads((out / "runs" / "uniform_seed0.json").read_text())
+    rec = json.loads((runs_dir / "uniform_seed0.json").read_text())
     assert rec["steps"] == 2 and 0.0 <= rec["metrics"]["test"]["i2t_R@1"] <= 1.0
     doc.write_text(doc.read_text() + "My reading.\n")
-    before = {p.name: p.stat().st_mtime_ns for p in (out / "runs").iterdir()}
+    before = {p.name: p.stat().st_mtime_ns for p in runs_dir.iterdir()}
     with pytest.raises(SystemExit):
         main(["crossmodal-compare", "--config", str(cfg), "--out", str(out), "--doc", str(doc)])
-    assert {p.name: p.stat().st_mtime_ns for p in (out / "runs").iterdir()} == before  # resumed, not retrained
+    assert {p.name: p.stat().st_mtime_ns for p in runs_dir.iterdir()} == before  # resumed, not retrained
     text = doc.read_text()
     assert text.endswith("My reading.\n") and "| uniform | 2 |" in text
     assert results_tables([rec]).count("| uniform |") == 5

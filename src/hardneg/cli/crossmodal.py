@@ -13,21 +13,29 @@ from hardneg.cli.app import app
 
 @app.command("crossmodal-compare")
 def crossmodal_compare(
-    config: Annotated[Path, typer.Option("--config", "-c", help="YAML config (configs/crossmodal_quick.yaml).")],
-    out: Annotated[Path | None, typer.Option("--out", "-o", help="Output folder (default runs/<config name>).")] = None,
+    config: Annotated[
+        list[Path], typer.Option("--config", "-c", help="YAML config (configs/crossmodal_quick.yaml); repeatable.")
+    ],
+    out: Annotated[
+        Path, typer.Option("--out", "-o", help="Output folder; each config's runs go to <out>/<config name>.")
+    ] = Path("runs/crossmodal"),
     doc: Annotated[Path | None, typer.Option("--doc", help="Write the results page here.")] = None,
     strategies: Annotated[str | None, typer.Option(help="Comma-separated subset of the config's strategies.")] = None,
 ) -> None:
-    """Train image and text towers with each strategy of the config for each seed (runs already in
+    """Train image and text towers with each strategy of each config for each seed (runs already in
     the output folder are reused: the full experiment resumes), then print and write the tables."""
     from hardneg.experiments.crossmodal import load_crossmodal_config, results_tables, run_grid, write_results_page
 
-    cfg = load_crossmodal_config(config)
-    out = out or Path("runs") / config.stem
+    cfgs = [(p.stem, load_crossmodal_config(p)) for p in config]
     names = [s.strip() for s in strategies.split(",") if s.strip()] if strategies else None
-    records = run_grid(cfg, out, names, log=typer.echo)
-    typer.echo(results_tables(records))
+    sections = []
+    for stem, cfg in cfgs:
+        records = run_grid(cfg, out / stem, names, log=typer.echo)
+        typer.echo(results_tables(records))
+        sections.append((stem, cfg, records))
     if doc:
-        cmd = f"hardneg crossmodal-compare --config {config} --out {out} --doc {doc}"
-        write_results_page(records, cfg, doc, cmd)
+        cmd = " ".join(
+            ["hardneg crossmodal-compare", *(f"--config {p}" for p in config), f"--out {out}", f"--doc {doc}"]
+        )
+        write_results_page(sections, doc, cmd)
         typer.echo(f"wrote {doc}")

@@ -447,29 +447,37 @@ def results_tables(records: list[dict[str, Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_results_page(records: list[dict[str, Any]], cfg: CrossModalConfig, doc: Path, command: str) -> None:
-    """Write ``doc``: the tables regenerated, the hand-written reading below :data:`READING_MARK` kept."""
+def write_results_page(
+    sections: list[tuple[str, CrossModalConfig, list[dict[str, Any]]]], doc: Path, command: str
+) -> None:
+    """Write ``doc``: one section per (config name, config, records), regenerated; the hand-written
+    reading below :data:`READING_MARK` is kept."""
     reading = ""
     if doc.is_file():
         text = doc.read_text(encoding="utf-8")
         if READING_MARK in text:
             reading = text.split(READING_MARK, 1)[1].lstrip("\n")
-    head = [
+    lines = [
         "# Cross-modal negatives on captioned scenes",
         "",
         f"Regenerate with `{command}` (runs already in the output folder are reused).",
         "",
-        f"Data: {cfg.n_train} training scenes, {cfg.n_test} test and {cfg.n_compositional} compositional "
-        f"scenes, {cfg.captions_per_image} captions per image (`hardneg.data.scenes`). Towers: "
-        f"`ImageTower(dim={cfg.dim}, width={cfg.width})` and the {cfg.text_tower} text tower; "
-        f"{cfg.epochs} epochs, batch {cfg.batch_size}, Adam lr {cfg.lr}, learnable temperature from "
-        f"{cfg.init_temperature}. Seeds {cfg.seeds}; mean ± sample std over seeds.",
-        "",
-        "Strategies (config mappings, `hardneg.integrations.open_clip.cross_modal_strategy`):",
-        "",
     ]
-    for name, spec in cfg.strategies.items():
-        head.append(f"- **{name}**: `{json.dumps(spec, sort_keys=True)}`")
-    head.append("")
-    body = "\n".join(head) + "\n" + results_tables(records) + "\n" + READING_MARK + "\n\n" + reading
+    for name, cfg, records in sections:
+        lines += [
+            f"## {name}: {cfg.text_tower} text tower",
+            "",
+            f"Data: {cfg.n_train} training scenes, {cfg.n_test} test and {cfg.n_compositional} compositional "
+            f"scenes, {cfg.captions_per_image} captions per image (`hardneg.data.scenes`). Towers: "
+            f"`ImageTower(dim={cfg.dim}, width={cfg.width})` and the {cfg.text_tower} text tower; "
+            f"{cfg.epochs} epochs, batch {cfg.batch_size}, Adam lr {cfg.lr}, learnable temperature from "
+            f"{cfg.init_temperature}. Seeds {cfg.seeds}; mean ± sample std over seeds.",
+            "",
+            "Strategies (config mappings, `hardneg.integrations.open_clip.cross_modal_strategy`):",
+            "",
+        ]
+        for sname, spec in cfg.strategies.items():
+            lines.append(f"- **{sname}**: `{json.dumps(spec, sort_keys=True)}`")
+        lines += ["", results_tables(records).replace("\n### ", "\n#### ").replace("### ", "#### ", 1)]
+    body = "\n".join(lines) + "\n" + READING_MARK + "\n\n" + reading
     atomic_write_text(doc, body.rstrip("\n") + "\n")
