@@ -224,3 +224,20 @@ def test_cross_modal_strategy_from_names_and_errors():
         Strategy(source=CrossModal(), family="supcon")(torch.randn(4, 3), labels=torch.arange(4))
     with pytest.raises(ValueError, match="logit_scale"):
         Strategy(source=CrossModal())(torch.randn(4, 3), torch.randn(4, 3), logit_scale=torch.tensor(-1.0))
+
+
+@pytest.mark.parametrize("beta", [0.0, 0.8])
+def test_logit_scale_gradient_in_the_single_modality_strategy(beta):
+    from tests.reference_losses import ref_infonce
+
+    img, txt = _feats(B=5, d=4, seed=11)
+    s = torch.tensor(3.0, dtype=torch.float64, requires_grad=True)
+    loss = Strategy(beta=beta)(img, txt, logit_scale=s)
+    g = torch.autograd.grad(loss, [img, txt, s])
+    i2, t2 = img.detach().clone().requires_grad_(True), txt.detach().clone().requires_grad_(True)
+    s2 = s.detach().clone().requires_grad_(True)
+    ref = ref_infonce(i2, t2, t=1 / s2, beta=beta, nominal_n=False)
+    gr = torch.autograd.grad(ref, [i2, t2, s2])
+    assert torch.allclose(loss, ref, rtol=1e-10)
+    for a, b in zip(g, gr):
+        assert torch.allclose(a, b, rtol=1e-7, atol=1e-10)
