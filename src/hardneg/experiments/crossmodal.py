@@ -256,6 +256,8 @@ class Run:
             rows = []
             for i, p in zip(il, pick, strict=True):
                 pool = [v for vs in tr.swaps[i][p].values() for v in vs]
+                if not pool:
+                    raise ValueError(f"caption {tr.scenes.captions[i][p]!r} has no false one-edit swap")
                 sel = torch.randint(len(pool), (self.n_edits,), generator=gen)
                 rows.append([pool[int(j)] for j in sel])
             negatives = towers.text(torch.tensor(rows).flatten()).reshape(len(il), self.n_edits, -1)
