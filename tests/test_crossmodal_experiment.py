@@ -102,4 +102,8 @@ def test_crossmodal_compare_runs_and_resumes(tmp_path):
     assert {p.name: p.stat().st_mtime_ns for p in runs_dir.iterdir()} == before  # resumed, not retrained
     text = doc.read_text()
     assert text.endswith("My reading.\n") and "| uniform | 2 |" in text
+    (runs_dir / "edits_seed1.json").unlink()
+    with pytest.raises(SystemExit):  # tabulate what is finished, train nothing
+        main(["crossmodal-compare", "--config", str(cfg), "--out", str(out), "--doc", str(doc), "--summarize"])
+    assert not (runs_dir / "edits_seed1.json").exists() and "| edits | 1 |" in doc.read_text()
     assert results_tables([rec]).count("| uniform |") == 5

@@ -21,6 +21,9 @@ def crossmodal_compare(
     ] = Path("runs/crossmodal"),
     doc: Annotated[Path | None, typer.Option("--doc", help="Write the results page here.")] = None,
     strategies: Annotated[str | None, typer.Option(help="Comma-separated subset of the config's strategies.")] = None,
+    summarize: Annotated[
+        bool, typer.Option("--summarize", help="Train nothing: tabulate the runs already finished.")
+    ] = False,
 ) -> None:
     """Train image and text towers with each strategy of each config for each seed (runs already in
     the output folder are reused: the full experiment resumes), then print and write the tables."""
@@ -30,7 +33,10 @@ def crossmodal_compare(
     names = [s.strip() for s in strategies.split(",") if s.strip()] if strategies else None
     sections = []
     for stem, cfg in cfgs:
-        records = run_grid(cfg, out / stem, names, log=typer.echo)
+        records = run_grid(cfg, out / stem, names, log=typer.echo, train=not summarize)
+        if not records:
+            typer.echo(f"{stem}: no finished runs in {out / stem / 'runs'}")
+            continue
         typer.echo(results_tables(records))
         sections.append((stem, cfg, records))
     if doc:

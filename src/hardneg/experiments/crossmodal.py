@@ -366,16 +366,19 @@ def run_grid(
     out: Path,
     strategies: list[str] | None = None,
     log: Callable[[str], None] | None = print,
+    train: bool = True,
 ) -> list[dict[str, Any]]:
-    """Every (strategy, seed) of ``cfg`` not already in ``out/runs``; returns all records."""
+    """Every (strategy, seed) of ``cfg`` not already in ``out/runs``; returns all records.
+    ``train=False`` only collects the finished runs (a partial table while an experiment runs)."""
     torch.set_num_threads(cfg.threads)
     names = strategies or list(cfg.strategies)
     unknown = [s for s in names if s not in cfg.strategies]
     if unknown:
         raise ValueError(f"unknown strategies {unknown}; the config defines {list(cfg.strategies)}")
     runs_dir = out / "runs"
-    runs_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out / "config.yaml", yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
+    if train:
+        runs_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(out / "config.yaml", yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
     data = table = frozen = None
     records = []
     for name in names:
@@ -386,6 +389,8 @@ def run_grid(
                 if rec.get("fingerprint") == cfg.fingerprint(name):
                     records.append(rec)
                     continue
+            if not train:
+                continue
             if data is None:
                 data, table = build_data(cfg)
                 if cfg.text_tower == "minilm":
