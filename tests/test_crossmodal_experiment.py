@@ -19,6 +19,7 @@ from hardneg.experiments.crossmodal import (
     evaluate,
     hits_at_k,
     results_tables,
+    swap_chance,
 )
 from hardneg.models.towers import ImageTower, TextTower
 
@@ -107,3 +108,12 @@ def test_crossmodal_compare_runs_and_resumes(tmp_path):
         main(["crossmodal-compare", "--config", str(cfg), "--out", str(out), "--doc", str(doc), "--summarize"])
     assert not (runs_dir / "edits_seed1.json").exists() and "| edits | 1 |" in doc.read_text()
     assert results_tables([rec]).count("| uniform |") == 5
+
+
+def test_swap_chance_is_the_mean_of_one_over_one_plus_swaps():
+    cfg = CrossModalConfig(n_train=16, n_test=10, n_compositional=10, strategies={"u": {"name": "ucl"}})
+    table = TextTable()
+    split = SplitData(make_scenes("test", 10, seed=cfg.data_seed), table)
+    vals = [1 / (1 + len(k["relation"])) for caps in split.swaps for k in caps if k["relation"]]
+    assert swap_chance(cfg)["test"]["relation"] == pytest.approx(sum(vals) / len(vals))
+    assert all(v == 0.5 for v in vals)  # a relation has exactly one opposite

@@ -414,8 +414,21 @@ def _mean_std(vals: list[float]) -> str:
     return f"{100 * m:.1f} ± {100 * s:.1f}"
 
 
-def results_tables(records: list[dict[str, Any]]) -> str:
-    """Markdown tables (percent, mean ± sample std over seeds) of every split and the diagnostics."""
+def swap_chance(cfg: CrossModalConfig) -> dict[str, dict[str, float]]:
+    """``{split: {kind: chance}}``: the swap test of a model that scores at random — the mean over
+    (image, caption) pairs of 1 / (1 + number of false swaps of that kind)."""
+    data, _ = build_data(cfg)
+    out: dict[str, dict[str, float]] = {}
+    for split in EVAL_SPLITS:
+        per = {k: [1.0 / (1 + len(kinds[k])) for caps in data[split].swaps for kinds in caps if kinds[k]]
+               for k in EDIT_KINDS}
+        out[split] = {k: float(np.mean(v)) if v else float("nan") for k, v in per.items()}
+    return out
+
+
+def results_tables(records: list[dict[str, Any]], chance: dict[str, dict[str, float]] | None = None) -> str:
+    """Markdown tables (percent, mean ± sample std over seeds) of every split and the diagnostics;
+    ``chance`` (:func:`swap_chance`) adds the swap test's chance row."""
     by: dict[str, list[dict[str, Any]]] = {}
     for r in records:
         by.setdefault(r["strategy"], []).append(r)
@@ -435,6 +448,8 @@ def results_tables(records: list[dict[str, Any]]) -> str:
         for name, rs in by.items():
             cells = [_mean_std([r["metrics"][split][f"swap_{k}"] for r in rs]) for k in EDIT_KINDS]
             lines.append(f"| {name} | " + " | ".join(cells) + " |")
+        if chance is not None:
+            lines.append("| *chance* | " + " | ".join(f"{100 * chance[split][k]:.1f}" for k in EDIT_KINDS) + " |")
         n_cases = {k: int(by[next(iter(by))][0]["metrics"][split][f"swap_{k}_n"]) for k in EDIT_KINDS}
         lines.append("")
         lines.append("Captions with at least one false swap of each kind: "
@@ -485,6 +500,7 @@ def write_results_page(
         ]
         for sname, spec in cfg.strategies.items():
             lines.append(f"- **{sname}**: `{json.dumps(spec, sort_keys=True)}`")
-        lines += ["", results_tables(records).replace("\n### ", "\n#### ").replace("### ", "#### ", 1)]
+        tables = results_tables(records, swap_chance(cfg))
+        lines += ["", tables.replace("\n### ", "\n#### ").replace("### ", "#### ", 1)]
     body = "\n".join(lines) + "\n" + READING_MARK + "\n\n" + reading
     atomic_write_text(doc, body.rstrip("\n") + "\n")
