@@ -381,8 +381,10 @@ def run_grid(
         atomic_write_text(out / "config.yaml", yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
     data = table = frozen = None
     records = []
-    for name in names:
-        for seed in cfg.seeds:
+    # seed-major order: every strategy gets its first seed before any gets its second, so an
+    # interrupted experiment still compares all of them
+    for seed in cfg.seeds:
+        for name in names:
             path = runs_dir / f"{name}_seed{seed}.json"
             if path.is_file():
                 rec = json.loads(path.read_text(encoding="utf-8"))
