@@ -117,3 +117,16 @@ def test_swap_chance_is_the_mean_of_one_over_one_plus_swaps():
     vals = [1 / (1 + len(k["relation"])) for caps in split.swaps for k in caps if k["relation"]]
     assert swap_chance(cfg)["test"]["relation"] == pytest.approx(sum(vals) / len(vals))
     assert all(v == 0.5 for v in vals)  # a relation has exactly one opposite
+
+
+@pytest.mark.slow
+def test_minilm_table_matches_the_model_and_is_cached(tmp_path):
+    from hardneg.experiments.crossmodal import minilm_table
+    from hardneg.mining.encode import load_sentence_model
+
+    strings = ["a red circle", "a small blue square left of a green triangle"]
+    table = minilm_table(strings, tmp_path)
+    ref = load_sentence_model().encode(strings, convert_to_tensor=True, normalize_embeddings=True)
+    assert table.shape == (2, 384) and torch.allclose(table, ref.cpu(), atol=1e-5)
+    (cached,) = list(tmp_path.glob("minilm_*.npy"))
+    assert torch.equal(minilm_table(strings, tmp_path), table) and cached.exists()
