@@ -412,8 +412,9 @@ def _mean_std(vals: list[float]) -> str:
     if not v:
         return "–"
     m = float(np.mean(v))
-    s = float(np.std(v, ddof=1)) if len(v) > 1 else 0.0
-    return f"{100 * m:.1f} ± {100 * s:.1f}"
+    if len(v) == 1:  # one seed: no spread to report
+        return f"{100 * m:.1f}"
+    return f"{100 * m:.1f} ± {100 * float(np.std(v, ddof=1)):.1f}"
 
 
 def swap_chance(cfg: CrossModalConfig) -> dict[str, dict[str, float]]:
