@@ -12,7 +12,10 @@ the calibrator and the sentence-transformers loss — uses this module. The rule
 - ``ids``: sample ids; a candidate with the anchor's id (another view of the same sample) is never
   a negative;
 - ``owner[j]``: −1 for a candidate shared by every anchor, else the one anchor that may use it (a
-  pool neighbour or a synthetic negative built for that anchor).
+  pool neighbour or a synthetic negative built for that anchor);
+- ``cross_view``: when set, a candidate from the anchor's own view (``q_view[i] == k_view[j]``) is
+  never a candidate — two-tower models, where an image is scored only against texts and a text
+  only against images (CLIP).
 
 **Labels.** Labels and ids are integers ≥ −1; **−1 means unknown**: an unknown label is never
 "the same label" as anything (not a positive under ``positives="labels"``, not removed by a label
@@ -125,6 +128,9 @@ class Relations:
     k_ids: Tensor | None = None
     owner: Tensor | None = None
     id_start: int | None = 0
+    q_view: Tensor | None = None
+    k_view: Tensor | None = None
+    cross_view: bool = False
 
     @staticmethod
     def rows_of(rows: slice | Tensor, device: torch.device) -> Tensor:
@@ -136,7 +142,7 @@ class Relations:
     def valid(self, rows: slice | Tensor, device: torch.device) -> Tensor:
         """(c×m) bool: candidates that may be negatives of anchors ``rows`` before any filter: not
         the anchor itself, not its positive, not a candidate with the anchor's (known) id, and
-        owned by the anchor or shared."""
+        owned by the anchor or shared, and (``cross_view``) from the other view."""
         gid = self.rows_of(rows, device)
         c = gid.shape[0]
         r = torch.arange(c, device=device)
@@ -151,6 +157,8 @@ class Relations:
             valid[:, s:] &= ~same_known_label(self.q_ids[gid], self.k_ids[s:])
         if self.owner is not None:
             valid &= (self.owner[None, :] == UNKNOWN) | (self.owner[None, :] == gid[:, None])
+        if self.cross_view:
+            valid &= self.k_view[None, :] != self.q_view[gid][:, None]
         return valid
 
     def valid_at(self, rows: Tensor, cols: Tensor) -> Tensor:
@@ -165,6 +173,8 @@ class Relations:
         if self.owner is not None:
             ow = self.owner[cols]
             ok &= (ow == UNKNOWN) | (ow == rows[:, None])
+        if self.cross_view:
+            ok &= self.k_view[cols] != self.q_view[rows][:, None]
         return ok
 
     def same_label(self, rows: slice | Tensor) -> Tensor | None:

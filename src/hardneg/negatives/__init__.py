@@ -6,7 +6,9 @@ Compose a :class:`Strategy` from sources, filters, weightings and schedules, or 
 """
 
 from hardneg.negatives.adversarial import AdversarialBank, NegativeGenerator
+from hardneg.negatives.caption_edits import EDIT_KINDS, EditVocabulary, one_edit_swaps
 from hardneg.negatives.context import StepContext
+from hardneg.negatives.cross_modal import CrossModal, CrossModalClusters, CrossModalQueue, LogitScale, pair_ids
 from hardneg.negatives.diagnostics import DiagnosticsAccumulator, negative_diagnostics
 from hardneg.negatives.filters import Filter, GuideFilter, IdFilter, LabelFilter, SimilarityFilter, similarity_drops
 from hardneg.negatives.mixing import Mixing, mochi_mix
@@ -46,6 +48,14 @@ from hardneg.negatives.weighting import (
 )
 
 __all__ = [
+    "EDIT_KINDS",
+    "EditVocabulary",
+    "one_edit_swaps",
+    "CrossModal",
+    "CrossModalClusters",
+    "CrossModalQueue",
+    "LogitScale",
+    "pair_ids",
     "Strategy",
     "Source",
     "Filter",

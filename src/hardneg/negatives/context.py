@@ -35,6 +35,7 @@ class StepContext:
     q_view: Tensor | None = None  # (n,) 0 = from z1, 1 = from z2
     k_view: Tensor | None = None  # (m,)
     growing: bool = False  # a source (a queue still filling) will offer more candidates later
+    cross_view: bool = False  # anchors see only candidates of the other view (two towers)
     _id_start: int | None = None
     #: every same-label candidate is a positive (SupCon, H-SCL paper code): then only the anchor itself
     #: (and ownership) limits the candidates; its other view stays, as a positive in the denominator
@@ -62,6 +63,7 @@ class StepContext:
             anchors.view,
             cands.view,
             label_positives=label_positives,
+            cross_view=cands.cross_view,
         )
 
     @property
@@ -110,6 +112,7 @@ class StepContext:
                 m=self.m, self_index=self.self_index, pos_index=None if lp else self.pos_index,
                 q_labels=self.q_labels, k_labels=self.k_labels, q_ids=None if lp else self.q_ids,
                 k_ids=None if lp else self.k_ids, owner=self.owner, id_start=None if lp else self.id_rule_start(),
+                q_view=self.q_view, k_view=self.k_view, cross_view=self.cross_view,
             )
         return self._rel
 

@@ -77,7 +77,9 @@ NOBODY = -2
 @dataclass
 class Candidates:
     """Candidate rows ``k`` (m×d) with labels, ids and owners (−1 = unknown / shared), the input view
-    each row comes from (0 = ``z1``, 1 = ``z2`` and keys; later blocks count as keys) and named blocks."""
+    each row comes from (0 = ``z1``, 1 = ``z2`` and keys; later blocks count as keys unless appended
+    with ``view=0``) and named blocks. ``cross_view``: an anchor only sees candidates of the other
+    view (two-tower models, :class:`~hardneg.negatives.cross_modal.CrossModal`)."""
 
     k: Tensor
     labels: Tensor | None = None
@@ -85,6 +87,7 @@ class Candidates:
     owner: Tensor | None = None
     blocks: list[tuple[str, int, int]] = field(default_factory=list)
     view: Tensor | None = None
+    cross_view: bool = False
 
     @property
     def m(self) -> int:
@@ -98,7 +101,7 @@ class Candidates:
         where = torch.full((n,), NOBODY, dtype=torch.long, device=self.owner.device)
         where[rows.to(self.owner.device)] = torch.arange(rows.numel(), device=self.owner.device)
         owner = torch.where(self.owner >= 0, where[self.owner.clamp(min=0)], self.owner)
-        return Candidates(self.k, self.labels, self.ids, owner, list(self.blocks), self.view)
+        return Candidates(self.k, self.labels, self.ids, owner, list(self.blocks), self.view, self.cross_view)
 
     def append(
         self,
@@ -107,8 +110,9 @@ class Candidates:
         labels: Tensor | None = None,
         ids: Tensor | None = None,
         owner: Tensor | None = None,
+        view: int = 1,
     ) -> None:
-        """Append a block of rows (labels / ids / owner default to −1)."""
+        """Append a block of rows (labels / ids / owner default to −1) coming from input ``view``."""
         r = k.shape[0]
         if r == 0:
             return
@@ -128,7 +132,7 @@ class Candidates:
         self.ids = cat(self.ids, ids)
         self.owner = cat(self.owner, owner)
         if self.view is not None:
-            self.view = torch.cat([self.view, torch.ones(r, dtype=torch.long, device=dev)])
+            self.view = torch.cat([self.view, torch.full((r,), int(view), dtype=torch.long, device=dev)])
         self.k = torch.cat([self.k, k.to(self.k.dtype)])
         self.blocks.append((name, m0, m0 + r))
 

@@ -60,6 +60,16 @@ def _typed(items: Any, cls: type, what: str) -> list:
     return out
 
 
+def _inverse_scale(logit_scale: Tensor) -> float:
+    """t = 1 / logit_scale, checked: a positive finite scalar tensor."""
+    if not isinstance(logit_scale, Tensor) or logit_scale.numel() != 1:
+        raise ValueError(f"logit_scale must be a scalar tensor, got {logit_scale!r}")
+    v = float(logit_scale.detach())
+    if not (v > 0.0 and v < float("inf")):
+        raise ValueError(f"logit_scale must be positive and finite, got {v}")
+    return 1.0 / v
+
+
 class Strategy(nn.Module):
     r"""Composable negative-sampling strategy; ``forward`` returns the loss (a scalar by default).
 
@@ -109,6 +119,14 @@ class Strategy(nn.Module):
     :func:`~hardneg.losses.weighted_info_nce`): how a distributed step splits the global batch's
     anchors over processes (:class:`hardneg.distributed.DistributedStrategy`). Sources, weightings
     and their state still see every anchor.
+
+    Explicit negatives are shared by every anchor unless
+    ``negatives_per_anchor=True``: then ``negatives[b]`` (B×r×d) belong to the ``z1`` anchor of
+    sample b only (its owner, :mod:`hardneg.losses.candidates`) — the edits of one caption are
+    negatives of its own image, not of the others. They count as ``z2``-view candidates.
+    ``logit_scale``: a scalar tensor 1/t (CLIP's exponentiated, learnable ``logit_scale``) used
+    for this call instead of ``temperature``; the loss is differentiable in it, and filters,
+    weightings and diagnostics see cosine similarities and t = 1/logit_scale.
     """
 
     def __init__(
@@ -227,22 +245,25 @@ class Strategy(nn.Module):
         step: int | None = None,
         negatives: Tensor | None = None,
         *,
+        negatives_per_anchor: bool = False,
+        logit_scale: Tensor | None = None,
         anchor_rows: Tensor | None = None,
         mean_denominator: Callable[[float], float] | None = None,
     ) -> Tensor:
         z1, z2, labels, ids, step = self._check_inputs(z1, z2, labels, ids, step)
         sched = self.set_step(step)
-        all_anchors, all_cands = self._candidates(z1, z2, labels, ids, step, negatives)
+        t = self.t if logit_scale is None else _inverse_scale(logit_scale)
+        if logit_scale is not None and self.tau_plus > 0.0:
+            raise ValueError("logit_scale with tau_plus > 0 is not supported (the debiasing clamp needs a fixed t)")
+        all_anchors, all_cands = self._candidates(z1, z2, labels, ids, step, negatives, negatives_per_anchor, t)
         anchors, cands = all_anchors, all_cands
         if anchor_rows is not None:  # this process's anchors against every candidate
             anchors, cands = all_anchors.select(anchor_rows), all_cands.for_anchors(anchor_rows, all_anchors.n)
-        ctx = StepContext.build(anchors, cands, self.t, self.beta, step, label_positives=self.positives == "labels")
+        ctx = StepContext.build(anchors, cands, t, self.beta, step, label_positives=self.positives == "labels")
         ctx.growing = any(not getattr(src, "is_full", True) for src in self.sources)
         for c in [*self.filters, *self.weightings]:
             c.begin_step(ctx)
-        acc = (
-            DiagnosticsAccumulator(anchors.n, self.t, self.beta, self.diagnostics_anchors) if self.diagnostics else None
-        )
+        acc = DiagnosticsAccumulator(anchors.n, t, self.beta, self.diagnostics_anchors) if self.diagnostics else None
         self._fallback_rows = 0
         label_filter = any(isinstance(f, LabelFilter) for f in self.filters)
         if label_filter and labels is None:
@@ -252,9 +273,10 @@ class Strategy(nn.Module):
             not self.weightings
             and all(isinstance(f, LabelFilter) for f in self.filters)
             and cands.owner is None
+            and not cands.cross_view
             and ctx.id_rule_start() is None
         )
-        loss = self._kernel(anchors, cands, ctx, acc, plain, label_filter, mean_denominator)
+        loss = self._kernel(anchors, cands, ctx, acc, plain, label_filter, mean_denominator, logit_scale)
         if acc is not None and plain:
             self._diagnostics_pass(ctx, acc)
         # state that learns from the step (queue, bank, generator, calibrator) sees every anchor, so
@@ -268,7 +290,7 @@ class Strategy(nn.Module):
             w.after_step(ctx)
         if self.training:
             self._step = step + 1
-        self.last_diagnostics = self._diagnostics(loss, step, anchors, cands, sched, acc)
+        self.last_diagnostics = self._diagnostics(loss, step, anchors, cands, sched, acc, t)
         return loss
 
     def _check_inputs(self, z1, z2, labels, ids, step):
@@ -294,7 +316,9 @@ class Strategy(nn.Module):
             raise ValueError("semi-hard / margin / guide filters need a positive per anchor: pass z2")
         return z1, z2, labels, ids, step
 
-    def _candidates(self, z1, z2, labels, ids, step, negatives) -> tuple[Anchors, Candidates]:
+    def _candidates(
+        self, z1, z2, labels, ids, step, negatives, per_anchor=False, t=None
+    ) -> tuple[Anchors, Candidates]:
         """Anchors and every candidate block of the step: the batch, each source, explicit negatives."""
         B = z1.shape[0]
         if z2 is None:
@@ -305,7 +329,7 @@ class Strategy(nn.Module):
         anchors, cands = self.in_batch.build(z1n, z2n, labels, ids, z12)
         for s in self.sources:
             if hasattr(s, "_valid_fn"):
-                ctx0 = StepContext.build(anchors, cands, self.t, self.beta, step,
+                ctx0 = StepContext.build(anchors, cands, self.t if t is None else t, self.beta, step,
                                          label_positives=self.positives == "labels")
                 s._valid_fn = lambda S, rows, ctx0=ctx0: self._filtered_valid(S, rows, ctx0)
                 for f in self.filters:
@@ -317,7 +341,15 @@ class Strategy(nn.Module):
                     f"negatives must have shape (r, {z1.shape[1]}) or (B, r, {z1.shape[1]}), got "
                     f"{tuple(negatives.shape) if isinstance(negatives, Tensor) else type(negatives).__name__}"
                 )
-            cands.append("explicit", safe_normalize(negatives.reshape(-1, z1.shape[1])))
+            owner = None
+            if per_anchor:
+                if negatives.dim() != 3 or negatives.shape[0] != B:
+                    raise ValueError(
+                        f"negatives_per_anchor=True needs negatives of shape ({B}, r, {z1.shape[1]}), "
+                        f"got {tuple(negatives.shape)}"
+                    )
+                owner = torch.arange(B, device=z1.device).repeat_interleave(negatives.shape[1])
+            cands.append("explicit", safe_normalize(negatives.reshape(-1, z1.shape[1])), owner=owner)
         if not self.in_batch.batch_negatives and cands.m == cands.blocks[0][2]:
             raise ValueError(
                 "no candidate negatives this step: in_batch has batch_negatives=False and the sources "
@@ -325,8 +357,16 @@ class Strategy(nn.Module):
             )
         return anchors, cands
 
-    def _kernel(self, anchors, cands, ctx, acc, plain: bool, label_filter: bool, mean_denominator=None) -> Tensor:
-        lw_fn = None if plain else (lambda S, rows: self._log_weights(S, rows, ctx, acc))
+    def _kernel(self, anchors, cands, ctx, acc, plain: bool, label_filter: bool, mean_denominator=None,
+                logit_scale=None) -> Tensor:
+        q, t = anchors.q, self.t
+        if logit_scale is not None:
+            # s · logit_scale with t = 1: the kernel's S is logit_scale · s and the gradient reaches
+            # logit_scale through q; filters and weightings get the cosines back (S · t).
+            q, t = q * logit_scale.to(q.dtype), 1.0
+            lw_fn = None if plain else (lambda S, rows: self._log_weights(S * ctx.t, rows, ctx, acc))
+        else:
+            lw_fn = None if plain else (lambda S, rows: self._log_weights(S, rows, ctx, acc))
         n_neg = self.n_neg
         if n_neg == "count":
             n_neg = None
@@ -335,9 +375,9 @@ class Strategy(nn.Module):
             n_neg = float(nominal_n(cands.m, has_self, anchors.pos_index is not None))
         by_labels = self.positives == "labels" or (plain and label_filter)
         return weighted_info_nce(
-            anchors.q,
+            q,
             cands.k,
-            t=self.t,
+            t=t,
             pos_index=anchors.pos_index if self.positives == "view" else None,
             q_labels=anchors.labels if by_labels else None,
             k_labels=cands.labels if by_labels else None,
@@ -358,12 +398,12 @@ class Strategy(nn.Module):
             mean_denominator=mean_denominator,
         )
 
-    def _diagnostics(self, loss, step, anchors, cands, sched, acc) -> dict[str, float]:
+    def _diagnostics(self, loss, step, anchors, cands, sched, acc, t) -> dict[str, float]:
         lv = loss.detach()
         d: dict[str, float] = {
             "loss": float(lv.mean() if lv.dim() else lv),
             "step": float(step),
-            "t": self.t,
+            "t": t,
             "beta": self.beta,
             "n_anchors": float(anchors.n),
             "n_candidates_total": float(cands.m),

@@ -1,0 +1,47 @@
+"""`hardneg crossmodal-compare`: two towers on captioned scenes, one run per (strategy, seed), and
+the results page (docs/results_crossmodal.md)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from hardneg.cli.app import app
+
+
+@app.command("crossmodal-compare")
+def crossmodal_compare(
+    config: Annotated[
+        list[Path], typer.Option("--config", "-c", help="YAML config (configs/crossmodal_quick.yaml); repeatable.")
+    ],
+    out: Annotated[
+        Path, typer.Option("--out", "-o", help="Output folder; each config's runs go to <out>/<config name>.")
+    ] = Path("runs/crossmodal"),
+    doc: Annotated[Path | None, typer.Option("--doc", help="Write the results page here.")] = None,
+    strategies: Annotated[str | None, typer.Option(help="Comma-separated subset of the config's strategies.")] = None,
+    summarize: Annotated[
+        bool, typer.Option("--summarize", help="Train nothing: tabulate the runs already finished.")
+    ] = False,
+) -> None:
+    """Train image and text towers with each strategy of each config for each seed (runs already in
+    the output folder are reused: the full experiment resumes), then print and write the tables."""
+    from hardneg.experiments.crossmodal import load_crossmodal_config, results_tables, run_grid, write_results_page
+
+    cfgs = [(p.stem, load_crossmodal_config(p)) for p in config]
+    names = [s.strip() for s in strategies.split(",") if s.strip()] if strategies else None
+    sections = []
+    for stem, cfg in cfgs:
+        records = run_grid(cfg, out / stem, names, log=typer.echo, train=not summarize)
+        if not records:
+            typer.echo(f"{stem}: no finished runs in {out / stem / 'runs'}")
+            continue
+        typer.echo(results_tables(records))
+        sections.append((stem, cfg, records))
+    if doc:
+        cmd = " ".join(
+            ["hardneg crossmodal-compare", *(f"--config {p}" for p in config), f"--out {out}", f"--doc {doc}"]
+        )
+        write_results_page(sections, doc, cmd)
+        typer.echo(f"wrote {doc}")

@@ -1,0 +1,243 @@
+"""Cross-modal (two-tower) strategies against literal float64 references."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from hardneg.integrations.open_clip import ClipLoss, cross_modal_strategy
+from hardneg.losses.candidates import Relations
+from hardneg.negatives import (
+    CrossModal,
+    CrossModalClusters,
+    CrossModalQueue,
+    LogitScale,
+    Strategy,
+    TopK,
+    pair_ids,
+)
+from tests.negatives_reference import ref_weighted_infonce
+
+
+def literal_clip(img, txt, scale):
+    """open_clip's ClipLoss, written out: logits = scale · I Tᵀ of unit rows, mean of the two
+    cross-entropies with the diagonal as targets (float64, loops over anchors)."""
+    I, T = F.normalize(img, dim=1), F.normalize(txt, dim=1)
+    B = I.shape[0]
+    total_i = total_t = 0.0
+    for i in range(B):
+        li = torch.stack([scale * (I[i] @ T[j]) for j in range(B)])
+        lt = torch.stack([scale * (T[i] @ I[j]) for j in range(B)])
+        total_i = total_i - (li[i] - torch.logsumexp(li, 0))
+        total_t = total_t - (lt[i] - torch.logsumexp(lt, 0))
+    return (total_i / B + total_t / B) / 2
+
+
+def literal_cross_modal(img, txt, t, beta=0.0, allowed=None, extra=None, extra_owner=None):
+    """Tilted cross-modal InfoNCE, literal: anchor = each image then each text; candidates = the
+    other modality's rows (plus ``extra`` text rows for image anchors, owned per ``extra_owner``);
+    ``allowed[a][b]`` False removes text b from image a's negatives and image a from text b's."""
+    I, T = F.normalize(img, dim=1), F.normalize(txt, dim=1)
+    E = None if extra is None else F.normalize(extra, dim=1)
+    B = I.shape[0]
+    losses = []
+    for a in range(2 * B):
+        q = I[a] if a < B else T[a - B]
+        i = a % B
+        others = T if a < B else I
+        sp = q @ others[i] / t
+        negs = [q @ others[j] for j in range(B) if j != i and (allowed is None or allowed[i][j])]
+        if a < B and E is not None:
+            negs += [q @ E[r] for r in range(E.shape[0]) if extra_owner is None or extra_owner[r] in (-1, i)]
+        s = torch.stack(negs)
+        w = torch.softmax(beta * s / t, 0)
+        neg = len(negs) * (w * torch.exp(s / t)).sum()
+        losses.append(-(sp - torch.log(torch.exp(sp) + neg)))
+    return torch.stack(losses).mean()
+
+
+def _feats(B=6, d=5, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    img = torch.randn(B, d, generator=g, dtype=torch.float64)
+    txt = (img + 0.8 * torch.randn(B, d, generator=g, dtype=torch.float64)).requires_grad_(True)
+    return img.requires_grad_(True), txt
+
+
+def test_clip_loss_equals_literal_clip_values_and_gradients_float64():
+    img, txt = _feats()
+    scale = LogitScale(init_temperature=0.2).double()
+    loss = ClipLoss()(img, txt, scale())
+    g = torch.autograd.grad(loss, [img, txt, scale.log_scale])
+    img2, txt2 = img.detach().clone().requires_grad_(True), txt.detach().clone().requires_grad_(True)
+    p2 = scale.log_scale.detach().clone().requires_grad_(True)
+    ref = literal_clip(img2, txt2, p2.exp())
+    gr = torch.autograd.grad(ref, [img2, txt2, p2])
+    assert torch.allclose(loss, ref, rtol=1e-10, atol=1e-12)
+    for a, b in zip(g, gr):
+        assert torch.allclose(a, b, rtol=1e-8, atol=1e-10)
+
+
+def test_clip_loss_against_torch_cross_entropy_float32():
+    img, txt = _feats(B=16, d=8, seed=3)
+    I, T = F.normalize(img.detach().float(), dim=1), F.normalize(txt.detach().float(), dim=1)
+    logits = 14.0 * I @ T.T
+    lab = torch.arange(16)
+    ref = (F.cross_entropy(logits, lab) + F.cross_entropy(logits.T, lab)) / 2
+    out = ClipLoss()(I, T, 14.0, output_dict=True)
+    assert torch.allclose(out["contrastive_loss"], ref, rtol=1e-5)
+
+
+def test_logit_scale_clamped_at_100_as_clip():
+    s = LogitScale()
+    assert math.isclose(float(s().detach()), 1 / 0.07, rel_tol=1e-6)
+    with torch.no_grad():
+        s.log_scale.fill_(10.0)
+    assert math.isclose(float(s().detach()), 100.0, rel_tol=1e-6)
+    with pytest.raises(ValueError, match="max_scale"):
+        LogitScale(init_temperature=0.001)
+
+
+def test_tilted_cross_modal_matches_literal_reference_with_gradients():
+    img, txt = _feats(B=5, d=4, seed=1)
+    st = Strategy(source=CrossModal(), beta=0.7, temperature=0.3)
+    loss = st(img, txt)
+    g = torch.autograd.grad(loss, [img, txt])
+    i2, t2 = img.detach().clone().requires_grad_(True), txt.detach().clone().requires_grad_(True)
+    ref = literal_cross_modal(i2, t2, 0.3, beta=0.7)
+    gr = torch.autograd.grad(ref, [i2, t2])
+    assert torch.allclose(loss, ref, rtol=1e-9)
+    for a, b in zip(g, gr):
+        assert torch.allclose(a, b, rtol=1e-7, atol=1e-10)
+
+
+def test_logit_scale_equals_fixed_temperature_with_a_selecting_weighting():
+    # top-k sees cosines and t = 1/logit_scale: the same loss as a fixed temperature
+    img, txt = _feats(B=8, d=6, seed=2)
+    a = Strategy(source=CrossModal(), weighting=TopK(3), beta=0.5, temperature=0.25)(img, txt)
+    b = Strategy(source=CrossModal(), weighting=TopK(3), beta=0.5)(img, txt, logit_scale=torch.tensor(4.0))
+    assert torch.allclose(a, b, rtol=1e-10)
+
+
+def test_images_never_see_images_numpy_reference():
+    img, txt = _feats(B=6, d=5, seed=4)
+    loss = Strategy(source=CrossModal(), temperature=0.5)(img, txt)
+    B = 6
+    q = np.concatenate([img.detach().numpy(), txt.detach().numpy()])
+    valid = [[(i < B) != (j < B) and j != (i + B) % (2 * B) for j in range(2 * B)] for i in range(2 * B)]
+    pos = [(i + B) % (2 * B) for i in range(2 * B)]
+    assert math.isclose(float(loss.detach()), ref_weighted_infonce(q, q, pos, valid, t=0.5), rel_tol=1e-9)
+
+
+def test_pair_ids_merge_same_image_and_identical_captions():
+    ids = pair_ids([7, 7, 3, 5, 9], ["a red circle", "two shapes", "A  red circle", "a blue square", "x"])
+    # pairs 0, 1 share image 7; pair 2's caption equals pair 0's: one group; 3 and 4 alone
+    assert ids.tolist() == [0, 0, 0, 1, 2]
+
+
+def test_identical_captions_are_not_negatives():
+    img, txt = _feats(B=5, d=4, seed=5)
+    captions = ["a", "b", "a", "c", "d"]
+    ids = pair_ids(list(range(5)), captions)
+    loss = Strategy(source=CrossModal(), temperature=0.4)(img, txt, ids=ids)
+    allowed = [[ids[i] != ids[j] for j in range(5)] for i in range(5)]
+    ref = literal_cross_modal(img, txt, 0.4, allowed=allowed)
+    assert torch.allclose(loss, ref, rtol=1e-9)
+
+
+def test_per_anchor_explicit_negatives_belong_to_their_image_only():
+    img, txt = _feats(B=4, d=5, seed=6)
+    g = torch.Generator().manual_seed(9)
+    neg = torch.randn(4, 2, 5, generator=g, dtype=torch.float64)
+    loss = ClipLoss(temperature=0.5)(img, txt, 3.0, negatives=neg)
+    owner = [b for b in range(4) for _ in range(2)]
+    ref = literal_cross_modal(img, txt, 1 / 3.0, extra=neg.reshape(8, 5), extra_owner=owner)
+    assert torch.allclose(loss, ref, rtol=1e-9)
+    shared = ClipLoss()(img, txt, 3.0, negatives=neg.reshape(8, 5))
+    ref_shared = literal_cross_modal(img, txt, 1 / 3.0, extra=neg.reshape(8, 5))
+    assert torch.allclose(shared, ref_shared, rtol=1e-9)
+    assert not torch.allclose(loss, shared)
+
+
+def test_cross_view_rule_in_relations():
+    rel = Relations(
+        m=4, self_index=torch.tensor([0, 1]), q_view=torch.tensor([0, 1]), k_view=torch.tensor([0, 1, 1, 0]),
+        cross_view=True,
+    )
+    expected = [[False, True, True, False], [True, False, False, True]]
+    assert rel.valid(slice(0, 2), torch.device("cpu")).tolist() == expected
+    cols = torch.tensor([[0, 1, 2, 3], [0, 1, 2, 3]])
+    assert rel.valid_at(torch.tensor([0, 1]), cols).tolist() == expected
+
+
+def test_image_queue_gives_text_anchors_past_images():
+    img, txt = _feats(B=4, d=5, seed=7)
+    img2, txt2 = _feats(B=4, d=5, seed=8)
+    st = Strategy(source=[CrossModal(), CrossModalQueue(8, modality="image")], temperature=0.5)
+    st(img, txt)
+    loss = st(img2, txt2)
+    # step 2: text anchors see the batch images and the 4 queued images; image anchors see texts only
+    I, T, Q = (F.normalize(x.detach(), dim=1) for x in (img2, txt2, img))
+    q = torch.cat([I, T]).numpy()
+    k = torch.cat([I, T, Q]).numpy()
+    B = 4
+    valid = [[((i < B) != (j < B) if j < 2 * B else i >= B) and j not in (i, (i + B) % (2 * B)) for j in range(3 * B)]
+             for i in range(2 * B)]
+    pos = [(i + B) % (2 * B) for i in range(2 * B)]
+    assert math.isclose(float(loss.detach()), ref_weighted_infonce(q, k, pos, valid, t=0.5), rel_tol=1e-9)
+    assert st.last_diagnostics["queue_fill"] == 1.0
+
+
+def test_cross_modal_clusters_assign_each_sample_its_text_cluster():
+    img, txt = _feats(B=12, d=4, seed=10)
+    w = CrossModalClusters(n_clusters=3, every=1, memory=12, bonus=0.5, gamma=1.0)
+    st = Strategy(source=CrossModal(), weighting=w, temperature=0.5)
+    loss = st(img, txt)
+    T = F.normalize(txt.detach(), dim=1)
+    tc = (T @ w.centroids.double().T).argmax(1)
+    assert w._kc.tolist() == torch.cat([tc, tc]).tolist()  # an image takes its caption's cluster
+    # the loss equals the literal reference with log-weights [c_i != c_j](bonus + γ s/t)
+    I = F.normalize(img.detach(), dim=1)
+    q = torch.cat([I, T])
+    S = q @ q.T
+    c = torch.cat([tc, tc])
+    logw = ((c[:, None] != c[None, :]).double() * (0.5 + S / 0.5)).numpy()
+    B = 12
+    valid = [[(i < B) != (j < B) and j != (i + B) % (2 * B) for j in range(2 * B)] for i in range(2 * B)]
+    pos = [(i + B) % (2 * B) for i in range(2 * B)]
+    ref = ref_weighted_infonce(q.numpy(), q.numpy(), pos, valid, logw=logw, t=0.5)
+    assert math.isclose(float(loss.detach()), ref, rel_tol=1e-9)
+    assert st.last_diagnostics["cluster_refreshes"] == 1.0
+
+
+def test_cross_modal_strategy_from_names_and_errors():
+    s = cross_modal_strategy("topk", k=4)
+    assert isinstance(s.in_batch, CrossModal) and s.weightings[0].k == 4
+    s2 = cross_modal_strategy({"name": "ucl", "weighting": [{"kind": "cross_modal_cluster", "n_clusters": 2}]})
+    assert isinstance(s2.weightings[0], CrossModalClusters)
+    with pytest.raises(ValueError, match="cross_modal"):
+        cross_modal_strategy(Strategy())
+    with pytest.raises(ValueError, match="both modalities"):
+        Strategy(source=CrossModal(), family="supcon")(torch.randn(4, 3), labels=torch.arange(4))
+    with pytest.raises(ValueError, match="logit_scale"):
+        Strategy(source=CrossModal())(torch.randn(4, 3), torch.randn(4, 3), logit_scale=torch.tensor(-1.0))
+
+
+@pytest.mark.parametrize("beta", [0.0, 0.8])
+def test_logit_scale_gradient_in_the_single_modality_strategy(beta):
+    from tests.reference_losses import ref_infonce
+
+    img, txt = _feats(B=5, d=4, seed=11)
+    s = torch.tensor(3.0, dtype=torch.float64, requires_grad=True)
+    loss = Strategy(beta=beta)(img, txt, logit_scale=s)
+    g = torch.autograd.grad(loss, [img, txt, s])
+    i2, t2 = img.detach().clone().requires_grad_(True), txt.detach().clone().requires_grad_(True)
+    s2 = s.detach().clone().requires_grad_(True)
+    ref = ref_infonce(i2, t2, t=1 / s2, beta=beta, nominal_n=False)
+    gr = torch.autograd.grad(ref, [i2, t2, s2])
+    assert torch.allclose(loss, ref, rtol=1e-10)
+    for a, b in zip(g, gr):
+        assert torch.allclose(a, b, rtol=1e-7, atol=1e-10)
