@@ -94,8 +94,8 @@ class MiningEstimate:
         return float(sum(self.seconds.values()))
 
     def lines(self) -> list[str]:
-        mem = ", ".join(f"{k} {_size(v)}" for k, v in self.memory.items() if v)
-        sec = ", ".join(f"{k} {_dur(v)}" for k, v in self.seconds.items() if v)
+        mem = ", ".join(f"{k} {_size(v)}" for k, v in self.memory.items() if v >= 2**20)
+        sec = ", ".join(f"{k} {_dur(v)}" for k, v in self.seconds.items() if v >= 0.05)
         return [f"estimate: peak memory {_size(self.peak_bytes)} ({mem})",
                 f"estimate: time {_dur(self.total_s)} ({sec})"]
 
