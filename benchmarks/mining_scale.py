@@ -59,8 +59,10 @@ def make_corpus(folder: str, n: int, n_q: int, d: int = 384, seed: int = 0) -> d
     meta = {"n": n, "queries": n_q, "d": d, "seed": seed, "kind": "clustered-v1"}
     paths = {k: os.path.join(folder, f"{k}.npy") for k in ("corpus", "queries", "positives")}
     mpath = os.path.join(folder, "meta.json")
-    if os.path.exists(mpath) and json.load(open(mpath)) == meta and all(map(os.path.exists, paths.values())):
-        return paths
+    if os.path.exists(mpath) and all(map(os.path.exists, paths.values())):
+        with open(mpath) as f:
+            if json.load(f) == meta:
+                return paths
     os.makedirs(folder, exist_ok=True)
     rng = np.random.default_rng(seed)
     n_c = max(1, n // 50)
@@ -80,7 +82,8 @@ def make_corpus(folder: str, n: int, n_q: int, d: int = 384, seed: int = 0) -> d
     q /= np.linalg.norm(q, axis=1, keepdims=True)
     np.save(paths["queries"], q.astype(np.float32))
     np.save(paths["positives"], pos)
-    json.dump(meta, open(mpath, "w"))
+    with open(mpath, "w") as f:
+        json.dump(meta, f)
     assert EmbeddingStore(paths["corpus"]).shape == (n, d)
     return paths
 
