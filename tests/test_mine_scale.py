@@ -229,3 +229,31 @@ def test_mine_texts_on_a_store_equals_in_memory(tmp_path, monkeypatch):
     assert list(tmp_path.iterdir()) == []  # the temporary store is gone
     c = mine_texts(QUERIES, POSITIVES, CORPUS, store="float16", **kw)
     assert (c.negatives.neg_ids == a.negatives.neg_ids).mean() >= 0.9  # 16-bit rounding may swap near-ties
+
+
+def test_onnx_backends_match_the_torch_model(tmp_path):
+    """The exported transformer in ONNX Runtime gives the model's own embeddings; int8 stays close; the
+    cache keeps each backend's embeddings apart; the CLI mines with it."""
+    pytest.importorskip("onnxruntime")
+    from hardneg.mining.encode import encode_texts, model_fingerprint
+    from hardneg.mining.onnx_encoder import onnx_encoder
+    from hardneg.mining.pipeline import mine_texts
+    from tests.retrieval_fixtures import CORPUS, POSITIVES, QUERIES, minilm
+
+    m = minilm()
+    texts = QUERIES + POSITIVES + CORPUS
+    ref = m.encode(texts, normalize_embeddings=True, batch_size=8)
+    onnx = onnx_encoder(m, "onnx", tmp_path)
+    int8 = onnx_encoder(m, "onnx-int8", tmp_path)
+    assert (tmp_path / "onnx" / model_fingerprint(m) / "model_int8.onnx").exists()
+    got = encode_texts(onnx, texts, precision="fp32", batch_size=5, show_progress=False)
+    np.testing.assert_allclose(got, ref, atol=1e-4)
+    q8 = encode_texts(int8, texts, precision="fp32", show_progress=False)
+    cos = (q8 * ref).sum(1)
+    assert cos.min() > 0.95 and not np.allclose(q8, ref, atol=1e-3)  # quantized: close, not identical
+    assert len({model_fingerprint(m), model_fingerprint(onnx), model_fingerprint(int8)}) == 3
+    kw = dict(model=m, precision="fp32", show_progress=False, config=MineConfig(num_negatives=2), cache_dir=tmp_path)
+    a = mine_texts(QUERIES, POSITIVES, CORPUS, **kw)
+    b = mine_texts(QUERIES, POSITIVES, CORPUS, backend="onnx", **kw)
+    np.testing.assert_array_equal(b.negatives.neg_ids, a.negatives.neg_ids)
+    assert b.summary["backend"] == "onnx"

@@ -62,7 +62,10 @@ def mine_cmd(
     workers: int = typer.Option(1, "--workers", help="Shard the search over N worker processes."),
     max_memory: str | None = typer.Option(
         None, "--max-memory", help="Refuse runs whose estimated peak exceeds this (e.g. 16G; default: available)."),
-    precision: str = typer.Option("bf16", "--precision", help="bf16 (autocast, fast) or fp32."),
+    precision: str = typer.Option("bf16", "--precision", help="bf16 (autocast, fast) or fp32 (torch backend)."),
+    backend: str = typer.Option(
+        "torch", "--backend",
+        help="torch, onnx or onnx-int8 (the transformer in ONNX Runtime; int8 dynamic quantization)."),
     batch_size: int = typer.Option(64, "--batch-size"),
     cache_dir: Path | None = typer.Option(
         None, "--cache-dir",
@@ -79,6 +82,7 @@ def mine_cmd(
     from hardneg.mining.estimate import parse_memory
     from hardneg.mining.formats import _suffix, read_corpus, read_pairs
     from hardneg.mining.mine import MineConfig
+    from hardneg.mining.onnx_encoder import BACKENDS
     from hardneg.mining.pipeline import STORES, check_output, format_summary, mine_texts, write_result
     from hardneg.mining.summary import nothing_selected_line
 
@@ -105,6 +109,8 @@ def mine_cmd(
         parse_memory(max_memory)
     if store not in STORES:
         raise ValueError(f"--store must be one of {', '.join(STORES)}, got {store!r}")
+    if backend not in BACKENDS:
+        raise ValueError(f"--backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
     q_labels = c_labels = corpus_texts = None
     if wordnet:
         from hardneg.data.wordnet import build_corpus, build_pairs, load_synsets
@@ -127,7 +133,7 @@ def mine_cmd(
     res = mine_texts(queries, positives, corpus_texts, model=model, config=cfg, output_format=output_format,
                      output_scores=scores, q_labels=q_labels, corpus_labels=c_labels, guide=guide,
                      precision=precision, batch_size=batch_size, cache_dir=cache, show_progress=not quiet,
-                     store=store, store_dir=store_dir, max_memory=max_memory, log=typer.echo)
+                     store=store, store_dir=store_dir, max_memory=max_memory, log=typer.echo, backend=backend)
     nothing = nothing_selected_line(res.summary)
     if nothing:  # an empty file would pass for a result: print the summary, write nothing, fail
         typer.echo(format_summary(res.summary))

@@ -16,10 +16,11 @@ import numpy as np
 from hardneg._optional import require
 from hardneg.index import parse_index_spec
 from hardneg.io import remove_stale_temps
-from hardneg.mining.encode import encode_texts, load_sentence_model
+from hardneg.mining.encode import default_cache_dir, encode_texts, load_sentence_model
 from hardneg.mining.estimate import available_memory, estimate_mining, parse_memory
 from hardneg.mining.formats import OUTPUT_FORMATS_ALL, build_rows, write_rows
 from hardneg.mining.mine import MineConfig, MinedNegatives, mine_embeddings
+from hardneg.mining.onnx_encoder import BACKENDS, onnx_encoder
 from hardneg.mining.store import write_store
 from hardneg.mining.summary import build_summary, format_summary, save_summary
 
@@ -119,6 +120,7 @@ def mine_texts(
     store_dir: str | os.PathLike[str] | None = None,
     max_memory: int | str | None = None,
     log: Callable[[str], Any] | None = None,
+    backend: str = "torch",
 ) -> MineResult:
     """Mine hard negatives for (query, positive) text pairs; see :mod:`hardneg.mining.mine`.
 
@@ -128,11 +130,16 @@ def mine_texts(
     (memory when the estimate fits, else float16). Before encoding, an estimate of time and peak
     memory is made (passed line by line to ``log``, kept in the summary as ``"estimate"``) and the run
     is refused with a ValueError when the peak exceeds ``max_memory`` (default: the available memory).
+
+    ``backend``: ``"torch"`` (``precision`` applies), ``"onnx"`` or ``"onnx-int8"`` — the model's transformer
+    in ONNX Runtime (:mod:`hardneg.mining.onnx_encoder`), exported once under ``<cache_dir>/onnx/``.
     """
     cfg = config or MineConfig()
     cfg.validate()
     if store not in STORES:
         raise ValueError(f"store must be one of {STORES}, got {store!r}")
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
     if output_format not in OUTPUT_FORMATS_ALL:
         raise ValueError(f"output format must be one of {OUTPUT_FORMATS_ALL}, got {output_format!r}")
     queries, positives = list(queries), list(positives)
@@ -151,6 +158,8 @@ def mine_texts(
         )
     if model is None or isinstance(model, (str, os.PathLike)):
         model = load_sentence_model(model)
+    if backend != "torch":
+        model = onnx_encoder(model, backend, Path(cache_dir) if cache_dir is not None else default_cache_dir())
     extra_pos = _extra_positives(queries, pos_ids)
     enc = dict(batch_size=batch_size, precision=precision, cache_dir=cache_dir, show_progress=show_progress)
     est, store = _estimate(model, queries, texts, extra_pos, cfg, store, max_memory, enc)
@@ -167,6 +176,7 @@ def mine_texts(
                                            output_format=output_format, output_scores=output_scores, enc=enc)
     res.timings["encode_s"] = t_enc
     summary["store"] = store
+    summary["backend"] = backend
     summary["estimate"] = est.as_dict()
     return MineResult(queries, positives, texts, res, rows, summary)
 
