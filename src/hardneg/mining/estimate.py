@@ -17,6 +17,7 @@ import re
 import time
 from dataclasses import dataclass, field
 
+from hardneg._optional import require
 from hardneg.index import candidates_per_query, default_train_size, factory_index, parse_index_spec, resolve_index_spec
 
 #: resident memory of one shard worker before its index: the interpreter, torch and FAISS (measured ~330 MB)
@@ -165,9 +166,7 @@ def estimate_mining(
         train = default_train_size(n, nlist)
         if kind == "factory":
             probe = factory_index(spec, d)
-            import faiss
-
-            ivf = faiss.try_extract_index_ivf(probe)
+            ivf = require("faiss", "mining").try_extract_index_ivf(probe)
             code = int(ivf.code_size) if ivf is not None else int(probe.sa_code_size())
             graph = 2 * 32 * 4 if "HNSW" in spec else 0
         else:
