@@ -119,8 +119,10 @@ def worker(spec: dict) -> dict:
         if case == "wordnet_e2e":
             # cold: a fresh, empty embedding cache (filling it is part of the measured time)
             cache = spec.get("cache_dir") or tempfile.mkdtemp(prefix="hncache")
+            backend = spec.get("backend", "torch")
             res = mine_texts(queries, positives, corpus, model=model, config=cfg, output_format="n-tuple",
-                             precision="bf16", batch_size=64, show_progress=True, cache_dir=cache)
+                             precision="bf16", batch_size=64, show_progress=True, cache_dir=cache,
+                             backend=backend)
             elapsed = time.perf_counter() - t0
             negs = {r["anchor"]: [r[f"negative_{i}"] for i in range(1, 6)] for r in res.rows}
             if spec.get("save_emb"):  # from the cache just filled (not timed)
@@ -205,6 +207,9 @@ def main() -> None:
     ap.add_argument("--synthetic-q", type=int, default=9116)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--index", default="bf16", help="hardneg's index option (flat, bf16, ivf..., hnsw...)")
+    ap.add_argument("--backend", default="torch",
+                    help="hardneg's encoding backend in the end-to-end case: torch, onnx or onnx-int8 (the ONNX "
+                         "export is part of the cold run)")
     ap.add_argument("--cache-dir", default=".cache/hardneg-embeddings",
                     help="embedding cache for the same-embeddings case (the e2e case always starts cold)")
     ap.add_argument("--out", default=None, help="write the result rows as JSON here")
@@ -217,7 +222,8 @@ def main() -> None:
             json.dump(res, f)
         return
     rows = []
-    base = {"pairs": a.pairs, "threads": a.threads, "index": a.index, "synthetic_n": a.synthetic_n,
+    base = {"pairs": a.pairs, "threads": a.threads, "index": a.index, "backend": a.backend,
+            "synthetic_n": a.synthetic_n,
             "synthetic_q": a.synthetic_q}
     tmp = tempfile.mkdtemp(prefix="hnbench")
     if not a.skip_wordnet:

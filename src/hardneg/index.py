@@ -14,6 +14,17 @@ Option strings (cosine similarity = inner product of L2-normalised vectors):
 
 - ``"auto"``: ``"bf16"`` where the CPU multiplies bfloat16 natively (``amx_bf16`` or ``avx512_bf16`` in
   ``/proc/cpuinfo``), else ``"flat"``; the summary names the index that was used.
+- any FAISS ``index_factory`` string, spelled as FAISS spells it (e.g. ``"IVF4096,PQ48"``,
+  ``"OPQ48,IVF4096,PQ48"``, ``"HNSW32,Flat"``, ``"IVF1024,SQ8"``): built with the inner-product metric,
+  trained on a seeded sample of the corpus (``train_size``; default all rows up to 100,000, at least
+  50 per IVF cell), filled in row blocks, searched with ``nprobe`` / ``ef_search``; its candidate lists
+  (``max(rerank·k, k+16)`` per query) are re-scored exactly against the corpus rows, so compressed
+  codes (PQ, SQ) decide only which documents are looked at, never the scores.
+
+The corpus is an in-memory matrix or anything with the row interface of
+:class:`hardneg.mining.store.EmbeddingStore` (``shape``, ``rows(a, b)``, ``take(ids)``,
+``bf16_rows(a, b)``; float32 out): a store memory-mapped from disk is read block by block, never
+copied whole into float32. ``"flat"`` on such a store is an exact search streamed over row blocks.
 
 For the approximate indexes, :func:`recall_at_k` measures recall@k of their result lists against an
 exact flat search on a sample of queries; ``hardneg mine`` reports it in its summary.
@@ -29,6 +40,12 @@ import numpy as np
 from hardneg._optional import require
 
 _SPEC = re.compile(r"^(flat|bf16|ivf(\d+)|hnsw(\d+))$")
+# what FAISS's index_factory accepts is its own business (it parses and reports); this only tells an
+# index_factory string from a typo of a short spec: FAISS components are spelled in capitals
+_FACTORY = re.compile(r"^(?=.*[A-Z])[A-Za-z0-9_,.=+-]+$")
+_IVF_IN_FACTORY = re.compile(r"IVF(\d+)")
+#: rows per block when a corpus is read, copied or added to an index piece by piece
+BLOCK = 65536
 
 
 @functools.cache  # parse_index_spec runs several times per mining call; the CPU does not change
@@ -52,14 +69,25 @@ def resolve_index_spec(spec: str) -> str:
     return spec
 
 
-def parse_index_spec(spec: str) -> tuple[str, int]:
-    """``"flat"`` → ("flat", 0); ``"ivf256"`` → ("ivf", 256); ``"hnsw32"`` → ("hnsw", 32); ``"auto"`` resolved."""
+def parse_index_spec(spec: str, d: int | None = None) -> tuple[str, int]:
+    """``"flat"`` → ("flat", 0); ``"ivf256"`` → ("ivf", 256); ``"hnsw32"`` → ("hnsw", 32); ``"auto"`` resolved;
+    a FAISS index_factory string → ("factory", its IVF cell count or 0).
+
+    With ``d``, a factory string is also built once (untrained, empty) so that FAISS's own parser
+    rejects what it cannot build for ``d``-dimensional vectors (``PQ48`` needs ``d % 48 == 0``)."""
     if not isinstance(spec, str):
         raise TypeError(f"index must be a string like 'flat', 'ivf1024' or 'hnsw32', got {type(spec).__name__}")
-    m = _SPEC.match(resolve_index_spec(spec).strip().lower())
+    raw = resolve_index_spec(spec).strip()
+    m = _SPEC.match(raw.lower())
     if not m:
+        if _FACTORY.match(raw):
+            if d is not None:
+                factory_index(raw, d)
+            cells = _IVF_IN_FACTORY.search(raw)
+            return "factory", int(cells.group(1)) if cells else 0
         raise ValueError(
-            f"index must be 'auto', 'flat', 'bf16', 'ivf{{nlist}}' or 'hnsw{{M}}' (e.g. ivf1024, hnsw32), got {spec!r}")
+            f"index must be 'auto', 'flat', 'bf16', 'ivf{{nlist}}', 'hnsw{{M}}' (e.g. ivf1024, hnsw32) or a FAISS "
+            f"index_factory string (e.g. 'IVF4096,PQ48'), got {spec!r}")
     if m.group(2):
         n = int(m.group(2))
         if n < 1:
@@ -73,6 +101,17 @@ def parse_index_spec(spec: str) -> tuple[str, int]:
     return m.group(1), 0
 
 
+def factory_index(spec: str, d: int):
+    """``faiss.index_factory`` with the inner-product metric; FAISS's refusal as one ValueError line."""
+    faiss = require("faiss", "mining")
+    try:
+        return faiss.index_factory(int(d), spec, faiss.METRIC_INNER_PRODUCT)
+    except RuntimeError as e:
+        why = str(e).strip().splitlines()[-1]
+        why = why.split(" failed: ")[-1] if " failed: " in why else why.rsplit(": ", 1)[-1]
+        raise ValueError(f"index {spec!r} cannot be built by FAISS for {d}-dimensional vectors: {why}") from None
+
+
 def _as_f32(x: np.ndarray, name: str) -> np.ndarray:
     x = np.ascontiguousarray(np.asarray(x), dtype=np.float32)
     if x.ndim != 2:
@@ -82,40 +121,180 @@ def _as_f32(x: np.ndarray, name: str) -> np.ndarray:
     return x
 
 
+class ArrayRows:
+    """An in-memory (n, d) float32 matrix behind the row interface that the indexes read."""
+
+    def __init__(self, x: np.ndarray) -> None:
+        self.x = _as_f32(x, "corpus embeddings")
+        self.shape, self.ndim = self.x.shape, 2
+
+    @property
+    def d(self) -> int:
+        return self.shape[1]
+
+    def rows(self, a: int, b: int) -> np.ndarray:
+        return self.x[a:b]
+
+    def take(self, ids: np.ndarray) -> np.ndarray:
+        return self.x[np.asarray(ids, dtype=np.int64)]
+
+    def bf16_rows(self, a: int, b: int):
+        import torch
+
+        return torch.from_numpy(self.x[a:b]).to(torch.bfloat16)
+
+
+def as_rows(corpus):
+    """The corpus behind the row interface: a store passes through, an array is wrapped (float32, checked)."""
+    if all(hasattr(corpus, a) for a in ("rows", "take", "bf16_rows", "shape")):
+        return corpus
+    return ArrayRows(corpus)
+
+
+def _blocks(src, block: int = BLOCK):
+    for a in range(0, src.shape[0], block):
+        yield src.rows(a, a + block)
+
+
+def default_train_size(n: int, nlist: int) -> int:
+    """Training rows for a FAISS index: all up to 100,000, and at least 50 per IVF cell (k-means wants
+    ~40+ points per centroid; more only slows training)."""
+    return min(n, max(100_000, 50 * nlist))
+
+
+def _train_sample(src, size: int, seed: int) -> np.ndarray:
+    n = src.shape[0]
+    if size >= n:
+        return src.rows(0, n)
+    rows = np.sort(np.random.default_rng(seed).choice(n, size=size, replace=False))
+    return src.take(rows)
+
+
 def build_index(
-    corpus: np.ndarray,
+    corpus,
     spec: str = "flat",
     *,
     nprobe: int = 16,
     ef_search: int = 128,
     seed: int = 0,
     threads: int | None = None,
+    rerank: int = 4,
+    train_size: int | None = None,
 ):
-    """Build a FAISS inner-product index over ``corpus`` (m, d) according to ``spec``."""
+    """Build an inner-product index over ``corpus`` (an (m, d) array or a store) according to ``spec``."""
     faiss = require("faiss", "mining")
 
     if threads is not None:
         faiss.omp_set_num_threads(int(threads))
-    kind, n = parse_index_spec(spec)
-    xb = _as_f32(corpus, "corpus embeddings")
-    d = xb.shape[1]
+    src = as_rows(corpus)
+    kind, n = parse_index_spec(spec, src.d)
+    m, d = src.shape
     if kind == "bf16":
-        return BF16Index(xb, threads=threads)
+        return BF16Index(src, threads=threads, rerank=rerank)
     if kind == "flat":
-        index = faiss.IndexFlatIP(d)
-    elif kind == "ivf":
-        if n > xb.shape[0]:
-            raise ValueError(f"ivf{n} needs at least {n} corpus vectors to train, got {xb.shape[0]}")
+        if isinstance(src, ArrayRows):
+            index = faiss.IndexFlatIP(d)
+            index.add(src.x)
+            return index
+        return StreamedFlatIndex(src)
+    if kind in ("ivf", "factory") and n > m:
+        raise ValueError(f"{spec} needs at least {n} corpus vectors to train its {n} cells, got {m}")
+    if kind == "ivf":
         quantizer = faiss.IndexFlatIP(d)
         index = faiss.IndexIVFFlat(quantizer, d, n, faiss.METRIC_INNER_PRODUCT)
         index.cp.seed = seed
-        index.train(xb)
+        index.train(_train_sample(src, train_size or default_train_size(m, n), seed))
         index.nprobe = min(nprobe, n)
-    else:
+    elif kind == "hnsw":
         index = faiss.IndexHNSWFlat(d, n, faiss.METRIC_INNER_PRODUCT)
         index.hnsw.efSearch = ef_search
-    index.add(xb)
+    else:
+        index = factory_index(spec.strip(), d)
+        ivf = faiss.try_extract_index_ivf(index)
+        if ivf is not None:
+            ivf.cp.seed = seed
+        if not index.is_trained:
+            index.train(_train_sample(src, train_size or default_train_size(m, n), seed))
+        ps = faiss.ParameterSpace()
+        if ivf is not None:
+            ps.set_index_parameter(index, "nprobe", min(nprobe, ivf.nlist))
+        if "HNSW" in spec:
+            ps.set_index_parameter(index, "efSearch", ef_search)
+    for blk in _blocks(src):
+        index.add(np.ascontiguousarray(blk))
+    if kind == "factory":
+        return RescoredIndex(index, src, rerank=rerank)
     return index
+
+
+def candidates_per_query(k: int, ntotal: int, rerank: int) -> int:
+    """How many candidates a two-stage search keeps per query before exact re-scoring."""
+    return min(max(rerank * k, k + 16), ntotal)
+
+
+def _rescore(xq: np.ndarray, cand: np.ndarray, src, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Exact float32 scores of candidate lists ``cand`` (r, kc; -1 = none) and the top ``k`` of each."""
+    pad = cand < 0
+    safe = np.where(pad, 0, cand)
+    exact = np.matmul(src.take(safe), xq[:, :, None])[..., 0]  # batched: one (kc, d)·(d,) per query
+    exact[pad] = -np.inf
+    j = np.argsort(-exact, axis=1, kind="stable")[:, :k]
+    s = np.take_along_axis(exact, j, 1)
+    i = np.take_along_axis(safe, j, 1)
+    i[~np.isfinite(s)] = -1
+    return s.astype(np.float32), i
+
+
+class RescoredIndex:
+    """A FAISS index that proposes ``max(rerank·k, k+16)`` candidates per query and the exact float32
+    scores of the corpus rows that rank them (see module docstring, factory strings)."""
+
+    def __init__(self, index, src, *, rerank: int = 4, q_chunk: int = 1024) -> None:
+        if not isinstance(rerank, int) or rerank < 1:
+            raise ValueError(f"rerank must be an int >= 1, got {rerank!r}")
+        self.index, self.src, self.rerank, self.q_chunk = index, src, rerank, q_chunk
+        self.d, self.ntotal = index.d, index.ntotal
+
+    def search(self, xq: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        kc = candidates_per_query(k, self.ntotal, self.rerank)
+        out_s = np.empty((xq.shape[0], k), np.float32)
+        out_i = np.empty((xq.shape[0], k), np.int64)
+        for a in range(0, xq.shape[0], self.q_chunk):  # chunks: the gathered rows are (chunk, kc, d) float32
+            q = xq[a : a + self.q_chunk]
+            _, cand = self.index.search(q, kc)
+            out_s[a : a + len(q)], out_i[a : a + len(q)] = _rescore(q, cand, self.src, k)
+        return out_s, out_i
+
+
+class StreamedFlatIndex:
+    """Exact inner-product search over a corpus read in row blocks (a memory-mapped store): per
+    (query chunk × corpus block) a float32 score tile, its top ``k``, merged with the running best."""
+
+    def __init__(self, src, *, q_chunk: int = 1024, c_block: int = 32768) -> None:
+        self.src, self.q_chunk, self.c_block = src, q_chunk, c_block
+        self.d, self.ntotal = src.shape[1], src.shape[0]
+
+    def search(self, xq: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        import torch
+
+        k = min(k, self.ntotal)
+        out_s = np.empty((xq.shape[0], k), np.float32)
+        out_i = np.empty((xq.shape[0], k), np.int64)
+        with torch.inference_mode():
+            for a in range(0, xq.shape[0], self.q_chunk):
+                q = torch.from_numpy(np.ascontiguousarray(xq[a : a + self.q_chunk]))
+                best_v = best_i = None
+                for b in range(0, self.ntotal, self.c_block):
+                    S = q @ torch.from_numpy(np.ascontiguousarray(self.src.rows(b, b + self.c_block))).T
+                    v, i = S.topk(min(k, S.shape[1]), dim=1)
+                    i = i + b
+                    if best_v is not None:
+                        v, j = torch.cat([best_v, v], 1).topk(k, dim=1)
+                        i = torch.gather(torch.cat([best_i, i], 1), 1, j)
+                    best_v, best_i = v, i
+                out_s[a : a + len(q)] = best_v.numpy()
+                out_i[a : a + len(q)] = best_i.numpy()
+        return out_s, out_i
 
 
 class BF16Index:
@@ -133,23 +312,24 @@ class BF16Index:
        while ``torch.topk`` only ever sees ``1/group`` of the tile;
     4. the block's candidates are merged with the running best ``kc``.
 
-    Stage 2 re-scores the ``kc`` candidates of each query in float32 and keeps the top ``k``.
-    Peak extra memory is one ``c_block × q_chunk`` bf16 tile (32 MiB by default) plus the bf16 copy
-    of the corpus.
+    Stage 2 re-scores the ``kc = max(rerank·k, k+16)`` candidates of each query in float32 and keeps
+    the top ``k``. Peak extra memory is one ``c_block × q_chunk`` bf16 tile (32 MiB by default) plus the
+    bf16 copy of the corpus (filled block by block from an array or a memory-mapped store).
     """
 
-    def __init__(self, corpus: np.ndarray, *, threads: int | None = None, q_chunk: int = 256,
-                 c_block: int = 65536, group: int = 32):
+    def __init__(self, corpus, *, threads: int | None = None, q_chunk: int = 256,
+                 c_block: int = 65536, group: int = 32, rerank: int = 4):
         import torch
 
         if c_block % group:
             raise ValueError(f"c_block ({c_block}) must be a multiple of group ({group})")
-        self.xb = corpus
-        self.d, self.ntotal = corpus.shape[1], corpus.shape[0]
-        self.q_chunk, self.c_block, self.group = q_chunk, c_block, group
+        self.src = as_rows(corpus)
+        self.d, self.ntotal = self.src.shape[1], self.src.shape[0]
+        self.q_chunk, self.c_block, self.group, self.rerank = q_chunk, c_block, group, rerank
         padded = -(-self.ntotal // group) * group
         self.xb_bf16 = torch.zeros(padded, self.d, dtype=torch.bfloat16)  # rows past ntotal score -inf
-        self.xb_bf16[: self.ntotal] = torch.from_numpy(corpus)
+        for a in range(0, self.ntotal, BLOCK):  # block by block: a store is never whole in float32
+            self.xb_bf16[a : min(a + BLOCK, self.ntotal)] = self.src.bf16_rows(a, a + BLOCK)
 
     def _block_top(self, qbt, b: int, kc: int, buf):
         """bf16 top-``kc`` (values, global ids) of corpus block starting at ``b`` for queries ``qbt`` (d, r)."""
@@ -195,9 +375,8 @@ class BF16Index:
     def search(self, xq: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         import torch
 
-        kc = min(max(4 * k, k + 16), self.ntotal)
+        kc = candidates_per_query(k, self.ntotal, self.rerank)
         xq_t = torch.from_numpy(np.ascontiguousarray(xq, dtype=np.float32))
-        xb_t = torch.from_numpy(self.xb)
         out_s = np.empty((xq.shape[0], k), np.float32)
         out_i = np.empty((xq.shape[0], k), np.int64)
         buf = self.new_buffer()
@@ -205,12 +384,9 @@ class BF16Index:
             for a in range(0, xq.shape[0], self.q_chunk):
                 qf = xq_t[a : a + self.q_chunk]
                 _, best_i = self.coarse(qf, kc, buf)
-                pad = best_i >= self.ntotal  # only when a query has fewer than kc real documents
-                best_i = best_i.masked_fill(pad, 0)
-                exact = torch.einsum("nd,nkd->nk", qf, xb_t[best_i]).masked_fill_(pad, float("-inf"))
-                v, j = exact.topk(k, dim=1)
-                out_s[a : a + self.q_chunk] = v.numpy()
-                out_i[a : a + self.q_chunk] = torch.gather(best_i, 1, j).numpy()
+                best_i = best_i.masked_fill(best_i >= self.ntotal, -1)  # a query with fewer than kc documents
+                s, i = _rescore(qf.numpy(), best_i.numpy(), self.src, k)
+                out_s[a : a + self.q_chunk], out_i[a : a + self.q_chunk] = s, i
         return out_s, out_i
 
 
@@ -252,7 +428,7 @@ def measure_recall(
     rng = np.random.default_rng(seed)
     n = queries.shape[0]
     rows = np.sort(rng.choice(n, size=min(sample, n), replace=False))
-    exact = build_index(corpus, "flat")
+    exact = build_index(corpus, "flat")  # FAISS flat in memory; streamed over the blocks of a store
     _, e = search(exact, queries[rows], k)
     _, a = search(index, queries[rows], k)
     return recall_at_k(a, e)

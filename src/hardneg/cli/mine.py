@@ -48,10 +48,24 @@ def mine_cmd(
     seed: int = typer.Option(0, "--seed"),
     index: str = typer.Option(
         "auto", "--index",
-        help="auto (bf16 where the CPU has native bf16, else flat), flat (exact), bf16, ivf{nlist} or hnsw{M}."),
+        help="auto (bf16 where the CPU has native bf16, else flat), flat (exact), bf16, ivf{nlist}, hnsw{M}, "
+             "or a FAISS index_factory string such as 'IVF4096,PQ48' (re-scored exactly)."),
     nprobe: int = typer.Option(16, "--nprobe"),
     ef_search: int = typer.Option(128, "--ef-search"),
-    precision: str = typer.Option("bf16", "--precision", help="bf16 (autocast, fast) or fp32."),
+    rerank: int = typer.Option(
+        4, "--rerank", help="Two-stage indexes (bf16, FAISS strings) re-score max(rerank·k, k+16) candidates."),
+    store: str = typer.Option(
+        "auto", "--store",
+        help="Corpus embeddings: memory, float16 or bfloat16 (memory-mapped on disk), or auto (memory when the "
+             "estimate fits, else float16)."),
+    store_dir: Path | None = typer.Option(None, "--store-dir", help="Folder for the temporary store."),
+    workers: int = typer.Option(1, "--workers", help="Shard the search over N worker processes."),
+    max_memory: str | None = typer.Option(
+        None, "--max-memory", help="Refuse runs whose estimated peak exceeds this (e.g. 16G; default: available)."),
+    precision: str = typer.Option("bf16", "--precision", help="bf16 (autocast, fast) or fp32 (torch backend)."),
+    backend: str = typer.Option(
+        "torch", "--backend",
+        help="torch, onnx or onnx-int8 (the transformer in ONNX Runtime; int8 dynamic quantization)."),
     batch_size: int = typer.Option(64, "--batch-size"),
     cache_dir: Path | None = typer.Option(
         None, "--cache-dir",
@@ -65,9 +79,11 @@ def mine_cmd(
 ) -> None:
     """Mine hard negatives for query/positive pairs with a sentence-transformers model and FAISS."""
     from hardneg.mining.encode import default_cache_dir
+    from hardneg.mining.estimate import parse_memory
     from hardneg.mining.formats import _suffix, read_corpus, read_pairs
     from hardneg.mining.mine import MineConfig
-    from hardneg.mining.pipeline import check_output, format_summary, mine_texts, write_result
+    from hardneg.mining.onnx_encoder import BACKENDS
+    from hardneg.mining.pipeline import STORES, check_output, format_summary, mine_texts, write_result
     from hardneg.mining.summary import nothing_selected_line
 
     # validate everything cheap before loading models or encoding
@@ -87,8 +103,14 @@ def mine_cmd(
                      absolute_margin=absolute_margin, relative_margin=relative_margin, min_score=min_score,
                      max_score=max_score, dedupe=dedupe, filter_labels=filter_labels, guide_margin=guide_margin,
                      sampling=sampling, beta=beta, t=t, seed=seed, index=index, nprobe=nprobe,
-                     ef_search=ef_search)
+                     ef_search=ef_search, rerank=rerank, workers=workers)
     cfg.validate()
+    if max_memory is not None:
+        parse_memory(max_memory)
+    if store not in STORES:
+        raise ValueError(f"--store must be one of {', '.join(STORES)}, got {store!r}")
+    if backend not in BACKENDS:
+        raise ValueError(f"--backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
     q_labels = c_labels = corpus_texts = None
     if wordnet:
         from hardneg.data.wordnet import build_corpus, build_pairs, load_synsets
@@ -110,7 +132,8 @@ def mine_cmd(
     typer.echo(f"embedding cache: {cache}" if cache else "embedding cache: off")
     res = mine_texts(queries, positives, corpus_texts, model=model, config=cfg, output_format=output_format,
                      output_scores=scores, q_labels=q_labels, corpus_labels=c_labels, guide=guide,
-                     precision=precision, batch_size=batch_size, cache_dir=cache, show_progress=not quiet)
+                     precision=precision, batch_size=batch_size, cache_dir=cache, show_progress=not quiet,
+                     store=store, store_dir=store_dir, max_memory=max_memory, log=typer.echo, backend=backend)
     nothing = nothing_selected_line(res.summary)
     if nothing:  # an empty file would pass for a result: print the summary, write nothing, fail
         typer.echo(format_summary(res.summary))

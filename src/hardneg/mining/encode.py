@@ -74,6 +74,7 @@ def model_fingerprint(model) -> str:
                 h.update(np.float64(total).tobytes())
                 h.update(flat[:: max(1, flat.numel() // 64)].double().cpu().numpy().tobytes())
     h.update(str(getattr(model, "max_seq_length", "")).encode())
+    h.update(getattr(model, "backend_tag", "").encode())  # an ONNX backend's embeddings are cached apart
     return h.hexdigest()[:20]
 
 

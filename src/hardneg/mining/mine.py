@@ -27,6 +27,9 @@ Every step is vectorised over (queries × candidates) arrays; sampling uses a se
 
 from __future__ import annotations
 
+import contextlib
+import os
+import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -36,7 +39,7 @@ import numpy as np
 import torch
 
 from hardneg._optional import require
-from hardneg.index import build_index, measure_recall, parse_index_spec, search
+from hardneg.index import as_rows, build_index, measure_recall, parse_index_spec, search
 from hardneg.losses.checks import check_beta, check_nonneg, check_temperature
 from hardneg.losses.tilt import tilt_log_weights
 from hardneg.negatives.filters import guide_drops, similarity_drops
@@ -70,6 +73,8 @@ class MineConfig:
     nprobe: int = 16
     ef_search: int = 128
     recall_sample: int = 1000
+    rerank: int = 4
+    workers: int = 1
 
     def validate(self) -> None:
         if not isinstance(self.num_negatives, int) or self.num_negatives < 1:
@@ -96,6 +101,10 @@ class MineConfig:
         if not isinstance(self.seed, int) or self.seed < 0:
             raise ValueError(f"seed must be a non-negative int, got {self.seed!r}")
         parse_index_spec(self.index)
+        if not isinstance(self.rerank, int) or self.rerank < 1:
+            raise ValueError(f"rerank must be an int >= 1, got {self.rerank!r}")
+        if not isinstance(self.workers, int) or self.workers < 1:
+            raise ValueError(f"workers must be an int >= 1, got {self.workers!r}")
 
     def effective_range_max(self) -> int:
         """Default window end as in sentence-transformers: ``range_min + num_negatives`` without
@@ -176,6 +185,12 @@ def mine_embeddings(
 ) -> MinedNegatives:
     """Mine negatives for queries ``q_emb`` (n, d) from corpus ``c_emb`` (m, d); both L2-normalised.
 
+    ``c_emb`` is an array or a memory-mapped :class:`~hardneg.mining.store.EmbeddingStore`, read in
+    row blocks (never copied whole into float32). With ``config.workers > 1`` the search is sharded
+    over that many processes (:class:`~hardneg.mining.shard.ShardedIndex`); an in-memory corpus is
+    then written to a temporary float32 store first, so the workers map one file instead of each
+    receiving a copy.
+
     ``pos_ids[i]`` is the corpus row of query i's positive; ``extra_pos_ids`` (n, P) lists further
     positives to exclude (-1 padded). ``q_text_ids``/``c_text_ids`` are integer ids of the normalised
     texts (for ``dedupe``). ``q_labels``/``c_labels`` are label sets (for ``filter_labels`` and the
@@ -191,25 +206,17 @@ def mine_embeddings(
     cfg.validate()
     timings: dict[str, float] = {}
     q_emb = np.asarray(q_emb, dtype=np.float32)
-    c_emb = np.asarray(c_emb, dtype=np.float32)
+    c_emb = as_rows(c_emb)
     pos_ids = np.asarray(pos_ids, dtype=np.int64)
     K = _check_inputs(q_emb, c_emb, pos_ids, cfg, extra_pos_ids, q_labels, c_labels)
 
     # 1. retrieval
-    t0 = time.perf_counter()
-    if index is None:
-        index = build_index(c_emb, cfg.index, nprobe=cfg.nprobe, ef_search=cfg.ef_search, seed=cfg.seed)
-    scores, ids = search(index, q_emb, K)
-    timings["search_s"] = time.perf_counter() - t0
-    recall = None
-    if parse_index_spec(cfg.index)[0] != "flat" and cfg.recall_sample > 0:
-        t0 = time.perf_counter()
-        recall = measure_recall(c_emb, q_emb, index, K, sample=cfg.recall_sample, seed=cfg.seed)
-        timings["recall_s"] = time.perf_counter() - t0
+    with _retriever(c_emb, cfg, index) as index:
+        scores, ids, recall = _retrieve(index, q_emb, c_emb, K, cfg, timings)
 
     # 2. window and filters
     t0 = time.perf_counter()
-    pos_scores = np.einsum("nd,nd->n", q_emb, c_emb[pos_ids]).astype(np.float32)
+    pos_scores = np.einsum("nd,nd->n", q_emb, c_emb.take(pos_ids)).astype(np.float32)
     w = _Window(scores, ids, pos_ids, pos_scores, extra_pos_ids, cfg, K)
     w.dedupe_and_labels(q_text_ids, c_text_ids, q_labels, c_labels)
     extra_logw = w.strategy_components(filters, weighting)
@@ -227,6 +234,38 @@ def mine_embeddings(
     timings["select_s"] = time.perf_counter() - t0
     return MinedNegatives(sel_ids, sel_scores, pos_scores, n_found, w.removed, w.removed_q, w.candidates_in_window,
                           w.positive_rank, w.fn_in_window, fn_selected, recall, timings)
+
+
+@contextlib.contextmanager
+def _retriever(c_rows, cfg: MineConfig, index):
+    """The index to search: the caller's, one built here, or ``cfg.workers`` shard processes."""
+    kw = dict(nprobe=cfg.nprobe, ef_search=cfg.ef_search, seed=cfg.seed, rerank=cfg.rerank)
+    if index is not None:
+        yield index
+    elif cfg.workers == 1:
+        yield build_index(c_rows, cfg.index, **kw)
+    else:
+        from hardneg.mining.shard import ShardedIndex
+        from hardneg.mining.store import EmbeddingStore, write_store
+
+        with tempfile.TemporaryDirectory(prefix="hardneg-shards-") as tmp:
+            store = c_rows if isinstance(c_rows, EmbeddingStore) else write_store(
+                os.path.join(tmp, "corpus.npy"), c_rows.x, n=c_rows.shape[0], d=c_rows.shape[1], dtype="float32")
+            with ShardedIndex(store, cfg.index, cfg.workers, **kw) as sharded:
+                yield sharded
+
+
+def _retrieve(index, q_emb, c_rows, K: int, cfg: MineConfig, timings: dict) -> tuple:
+    """Top-K (scores, ids) of every query, and recall@K against exact search on a sample (None for flat)."""
+    t0 = time.perf_counter()
+    scores, ids = search(index, q_emb, K)
+    timings["search_s"] = time.perf_counter() - t0
+    recall = None
+    if parse_index_spec(cfg.index)[0] != "flat" and cfg.recall_sample > 0:
+        t0 = time.perf_counter()
+        recall = measure_recall(c_rows, q_emb, index, K, sample=cfg.recall_sample, seed=cfg.seed)
+        timings["recall_s"] = time.perf_counter() - t0
+    return scores, ids, recall
 
 
 def _check_inputs(q_emb, c_emb, pos_ids, cfg: MineConfig, extra_pos_ids, q_labels, c_labels) -> int:

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -13,10 +14,14 @@ from typing import Any
 import numpy as np
 
 from hardneg._optional import require
+from hardneg.index import parse_index_spec
 from hardneg.io import remove_stale_temps
-from hardneg.mining.encode import encode_texts, load_sentence_model
+from hardneg.mining.encode import default_cache_dir, encode_texts, load_sentence_model
+from hardneg.mining.estimate import available_memory, estimate_mining, parse_memory
 from hardneg.mining.formats import OUTPUT_FORMATS_ALL, build_rows, write_rows
 from hardneg.mining.mine import MineConfig, MinedNegatives, mine_embeddings
+from hardneg.mining.onnx_encoder import BACKENDS, onnx_encoder
+from hardneg.mining.store import write_store
 from hardneg.mining.summary import build_summary, format_summary, save_summary
 
 
@@ -111,10 +116,30 @@ def mine_texts(
     batch_size: int = 64,
     cache_dir: str | os.PathLike[str] | None = None,
     show_progress: bool = True,
+    store: str = "memory",
+    store_dir: str | os.PathLike[str] | None = None,
+    max_memory: int | str | None = None,
+    log: Callable[[str], Any] | None = None,
+    backend: str = "torch",
 ) -> MineResult:
-    """Mine hard negatives for (query, positive) text pairs; see :mod:`hardneg.mining.mine`."""
+    """Mine hard negatives for (query, positive) text pairs; see :mod:`hardneg.mining.mine`.
+
+    ``store``: where the corpus embeddings live while mining — ``"memory"`` (a float32 array),
+    ``"float16"`` / ``"bfloat16"`` / ``"float32"`` (encoded in chunks of ``STORE_CHUNK`` texts into a
+    memory-mapped file in a temporary folder under ``store_dir``, deleted afterwards), or ``"auto"``
+    (memory when the estimate fits, else float16). Before encoding, an estimate of time and peak
+    memory is made (passed line by line to ``log``, kept in the summary as ``"estimate"``) and the run
+    is refused with a ValueError when the peak exceeds ``max_memory`` (default: the available memory).
+
+    ``backend``: ``"torch"`` (``precision`` applies), ``"onnx"`` or ``"onnx-int8"`` — the model's transformer
+    in ONNX Runtime (:mod:`hardneg.mining.onnx_encoder`), exported once under ``<cache_dir>/onnx/``.
+    """
     cfg = config or MineConfig()
     cfg.validate()
+    if store not in STORES:
+        raise ValueError(f"store must be one of {STORES}, got {store!r}")
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
     if output_format not in OUTPUT_FORMATS_ALL:
         raise ValueError(f"output format must be one of {OUTPUT_FORMATS_ALL}, got {output_format!r}")
     queries, positives = list(queries), list(positives)
@@ -133,26 +158,93 @@ def mine_texts(
         )
     if model is None or isinstance(model, (str, os.PathLike)):
         model = load_sentence_model(model)
+    if backend != "torch":
+        model = onnx_encoder(model, backend, Path(cache_dir) if cache_dir is not None else default_cache_dir())
+    extra_pos = _extra_positives(queries, pos_ids)
+    enc = dict(batch_size=batch_size, precision=precision, cache_dir=cache_dir, show_progress=show_progress)
+    est, store = _estimate(model, queries, texts, extra_pos, cfg, store, max_memory, enc)
+    for line in est.lines() if log else ():
+        log(line)
+    est.check(max_memory)  # after the lines: a refused run shows what the estimate was made of
+    with tempfile.TemporaryDirectory(prefix="hardneg-store-", dir=store_dir) as tmp:
+        t0 = time.perf_counter()
+        q_emb = encode_texts(model, queries, desc="queries", **enc)
+        c_emb = _encode_corpus(model, texts, store, os.path.join(tmp, f"corpus.{store}.npy"), enc)
+        t_enc = time.perf_counter() - t0
+        res, rows, summary = _mine_encoded(queries, positives, texts, q_emb, c_emb, pos_ids, extra_pos, cfg,
+                                           guide=guide, q_labels=q_labels, c_labels=c_labels,
+                                           output_format=output_format, output_scores=output_scores, enc=enc)
+    res.timings["encode_s"] = t_enc
+    summary["store"] = store
+    summary["backend"] = backend
+    summary["estimate"] = est.as_dict()
+    return MineResult(queries, positives, texts, res, rows, summary)
+
+
+#: where the corpus embeddings may live while mining (see :func:`mine_texts`)
+STORES = ("memory", "auto", "float16", "bfloat16", "float32")
+#: texts encoded per piece when the corpus goes to a memory-mapped store
+STORE_CHUNK = 65536
+
+
+def _encode_corpus(model, texts: list[str], store: str, path: str, enc: dict):
+    """Corpus embeddings: one float32 array, or a store written chunk by chunk (one chunk in memory)."""
+    if store == "memory":
+        return encode_texts(model, texts, desc="corpus", **enc)
+    chunks = (encode_texts(model, texts[a : a + STORE_CHUNK], desc=f"corpus {a:,}+", **enc)
+              for a in range(0, len(texts), STORE_CHUNK))
+    d = model.get_embedding_dimension()
+    return write_store(path, chunks, n=len(texts), d=d, dtype=store)
+
+
+def _estimate(model, queries, texts, extra_pos, cfg: MineConfig, store: str, max_memory, enc: dict):
+    """The estimate of this run (encoding included) and the store it will use; refuses what cannot fit."""
+    d = model.get_embedding_dimension()
+    parse_index_spec(cfg.index, d)  # a FAISS string that cannot be built for d fails before encoding
+    n_pos = 1 if extra_pos is None else extra_pos.shape[1]
+    K = min(cfg.effective_range_max() + n_pos, len(texts))
+    n_enc = len(set(queries)) + len(texts)
+    probe = texts[:: max(1, len(texts) // 16)][:16]
+    encode_texts(model, probe[:2], **{**enc, "cache_dir": None, "show_progress": False})  # warm-up
     t0 = time.perf_counter()
-    q_emb = encode_texts(model, queries, batch_size=batch_size, precision=precision, cache_dir=cache_dir,
-                         show_progress=show_progress, desc="queries")
-    c_emb = encode_texts(model, texts, batch_size=batch_size, precision=precision, cache_dir=cache_dir,
-                         show_progress=show_progress, desc="corpus")
-    t_enc = time.perf_counter() - t0
-    q_tid, c_tid, guide_fn = text_ids_and_guide(queries, texts, guide, batch_size=batch_size, cache_dir=cache_dir)
+    encode_texts(model, probe, **{**enc, "cache_dir": None, "show_progress": False})
+    per_text = (time.perf_counter() - t0) / max(len(probe), 1)
+    limit = None if max_memory is None else parse_memory(max_memory)
+
+    def make(st: str):
+        chunk = len(texts) if st == "memory" else min(len(texts), STORE_CHUNK)
+        working = {"encoding (model activations, one chunk of outputs)": 300 * 2**20 + 2 * chunk * d * 4}
+        if enc.get("cache_dir") is not None:  # the cache holds what it has read or written, in float32
+            working["embedding cache"] = n_enc * (d * 4 + 200)
+        return estimate_mining(len(texts), len(queries), d, K, index=cfg.index,
+                               store=None if st == "memory" else st, workers=cfg.workers, nprobe=cfg.nprobe,
+                               rerank=cfg.rerank, recall_sample=cfg.recall_sample, extra_bytes=working,
+                               extra_seconds={"encoding (uncached texts)": n_enc * per_text})
+
+    if store == "auto":
+        est = make("memory")
+        cap = available_memory()[0] if limit is None else limit
+        store = "memory" if est.peak_bytes <= cap else "float16"
+    return make(store), store
+
+
+def _mine_encoded(queries, positives, texts, q_emb, c_emb, pos_ids, extra_pos, cfg, *, guide, q_labels, c_labels,
+                  output_format, output_scores, enc):
+    """Mining on the encoded texts: text ids for dedupe, the guide, the rows and the summary."""
+    q_tid, c_tid, guide_fn = text_ids_and_guide(queries, texts, guide, batch_size=enc["batch_size"],
+                                                cache_dir=enc["cache_dir"])
     res = mine_embeddings(
         q_emb, c_emb, pos_ids, cfg,
-        extra_pos_ids=_extra_positives(queries, pos_ids),
+        extra_pos_ids=extra_pos,
         q_text_ids=q_tid, c_text_ids=c_tid,
         q_labels=q_labels if c_labels is not None else None, c_labels=c_labels,
-        guide_score=guide_fn, show_progress=show_progress,
+        guide_score=guide_fn, show_progress=enc["show_progress"],
     )
-    res.timings["encode_s"] = t_enc
     rows, dropped = build_rows(queries, positives, texts, res.neg_ids, res.neg_scores, res.pos_scores,
                                output_format, output_scores)
     summary = build_summary(res, cfg, n_corpus=len(texts), rows_written=len(rows), queries_dropped=dropped,
                             output_format=output_format)
-    return MineResult(queries, positives, texts, res, rows, summary)
+    return res, rows, summary
 
 
 def text_ids_and_guide(queries, texts, guide, *, batch_size: int, cache_dir) -> tuple[np.ndarray, np.ndarray, Any]:

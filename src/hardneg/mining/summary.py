@@ -151,6 +151,8 @@ def format_summary(s: dict) -> str:
                      f"({s['false_negatives_in_window']:,} in the window before filtering)")
     if s["index_recall_vs_exact"] is not None:
         lines.append(f"index {s['index']} recall@K vs exact: {s['index_recall_vs_exact']:.4f}")
+    if s.get("store", "memory") != "memory":
+        lines.append(f"corpus embeddings: memory-mapped {s['store']} store")
     if "rows_written" in s:
         lines.append(f"rows written: {s['rows_written']:,} ({s.get('output_format')})")
     return "\n".join(lines)
