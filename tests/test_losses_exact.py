@@ -295,3 +295,37 @@ def _literal_hucl_anchor(z1, z2, beta, tau, t, i):
     pos = torch.exp(z[i] @ z[p] / t)
     G = torch.clamp((G - tau * N * pos) / (1 - tau), min=N * torch.exp(torch.tensor(-1 / t, dtype=G.dtype)))
     return -torch.log(pos / (pos + G))
+
+
+def _ref_label_pairs_debiased(z, y, *, beta, tau_plus, t, clamped=None):
+    """Mean over every (anchor, same-label positive) pair of the debiased, tilted InfoNCE term with
+    other-label negatives (the H-SCL paper code's pairs form, Chuang et al.'s estimator), looping the
+    one-positive literal reference over the pairs."""
+    n = z.shape[0]
+    N = n - 2
+    terms = []
+    for i in range(n):
+        valid = [[y[j] != y[i] and j != i for j in range(n)]]
+        for p in range(n):
+            if p != i and y[p] == y[i]:
+                terms.append(NR.ref_weighted_infonce_t(z[i : i + 1], z, [p], valid, beta=beta, t=t, N=N,
+                                                        tau_plus=tau_plus, clamped=clamped))
+    return sum(terms) / len(terms)
+
+
+@pytest.mark.parametrize("beta", [0.5, 1.0])
+@pytest.mark.parametrize("tau", [0.05, 0.8])
+def test_label_pairs_debiased(beta, tau):
+    # one positive per anchor (its other view: six classes of one sample each); τ⁺ = 0.8 clamps some
+    # anchors' estimator (γ = 0 with δ ≠ 0 in the kernel's gradient tile), τ⁺ = 0.05 none
+    z1, z2, y = make(6, 4, 7, n_classes=6)
+    z = torch.cat([z1, z2])
+    yy = torch.cat([y, y])
+    n = z.shape[0]
+    ours = L.weighted_info_nce(z, z, t=0.5, positives="labels", positive_reduce="pairs", negatives="other_labels",
+                               q_labels=yy, k_labels=yy, self_index=torch.arange(n), beta=beta, tau_plus=tau,
+                               n_neg=n - 2, chunk_size=5)
+    clamped: list[int] = []
+    ref = _ref_label_pairs_debiased(z, yy.tolist(), beta=beta, tau_plus=tau, t=0.5, clamped=clamped)
+    assert (len(clamped) > 0) == (tau > 0.5), "fixture: the clamp binds for τ⁺ = 0.8 only"
+    check(ours, ref, [z1, z2])

@@ -166,11 +166,20 @@ def _chunk(q, k, spec, ix, ws, r0, r1, go, dq, dk) -> Tensor:
     """Loss of anchors r0:r1; if ``go`` (their upstream gradient) is given, writes dQ[r0:r1] and adds to dK."""
     c = r1 - r0
     qs = q[r0:r1] * (1.0 / spec.t)  # temperature folded into the (c × d) operand
-    S = torch.mm(qs, k.T, out=ws.S[:c])  # (c, m) = s / t
     self_rc = _self_entries(ix, r0, r1)
     if spec.lean and (spec.positives == "labels" or ix.active is None):
+        S = torch.mm(qs, k.T, out=ws.S[:c])  # (c, m) = s / t
         return _chunk_lean(k, qs, S, spec, ix, ws, r0, r1, go, dq, dk, self_rc)
+    # the β = 1 tilt needs (1 + β) s / t: the factor 2 goes into the (c × d) operand, not a pass
+    # over the (c × m) tile (exact: scaling by 2 does not round)
+    S = torch.mm(qs * 2.0 if _root_tilt(spec) else qs, k.T, out=ws.S[:c])
     return _chunk_general(k, qs, S, spec, ix, ws, r0, r1, go, dq, dk, self_rc)
+
+
+def _root_tilt(spec: KernelSpec) -> bool:
+    """β = 1 without extra log-weights: π ∝ e^{S} = √(e^{2S}), so π comes from √π̃ (one sqrt and
+    one sum) instead of a second softmax over its own (c × m) tile; the chunk's S holds 2s/t."""
+    return spec.beta == 1.0 and spec.log_weight_fn is None
 
 
 def _chunk_lean(k, qs, S, spec, ix, ws, r0, r1, go, dq, dk, self_rc) -> Tensor:
@@ -245,7 +254,10 @@ def _chunk_general(k, qs, S, spec, ix, ws, r0, r1, go, dq, dk, self_rc) -> Tenso
             if ix.self_index is not None:
                 pvalid = pvalid & (same_cols != ix.self_index[r0:r1, None])
     # -- positive similarities, read before masking -----------------------------------------
+    root_tilt = _root_tilt(spec)
     sp = S[rows, pcol].clone() if pcol is not None else S.gather(1, same_cols)  # (c,) or (c, P)
+    if root_tilt:
+        sp.mul_(0.5)  # S holds 2s/t
     extra = None
     if spec.log_weight_fn is not None:
         extra = spec.log_weight_fn(S * spec.t, slice(r0, r1))
@@ -263,13 +275,8 @@ def _chunk_general(k, qs, S, spec, ix, ws, r0, r1, go, dq, dk, self_rc) -> Tenso
 
     mask_(S)
     tilted = spec.beta != 0.0 or extra is not None
-    # β = 1 without extra log-weights: π ∝ e^{S} = √(e^{2S}), so π comes from √π̃ (one sqrt and one
-    # sum) instead of a second softmax over its own (c × m) tile
-    root_tilt = spec.beta == 1.0 and extra is None
     A = None
-    if root_tilt:
-        S.mul_(2.0)  # log π̃ numerators (1 + β) S
-    elif tilted:  # A = β S + extra (log π numerators);  S ← S + A (log π̃ numerators)
+    if tilted and not root_tilt:  # A = β S + extra (log π numerators);  S ← S + A (log π̃ numerators)
         A = ws.second(c)
         if spec.beta != 0.0:
             torch.mul(S, spec.beta, out=A)
@@ -344,15 +351,23 @@ def _chunk_general(k, qs, S, spec, ix, ws, r0, r1, go, dq, dk, self_rc) -> Tenso
     if A is not None and spec.beta != 0.0 and not spec.detach_weights:
         b = spec.beta / (1.0 + spec.beta)
         if za is not None:
-            D.sub_(A.mul_((b / za)[:, None]))
+            D.addcmul_(A, (-b / za)[:, None])
         else:
             D.sub_(A, alpha=b)
         gamma = gamma * (1.0 + spec.beta)
     if labels_mode:
-        D.mul_(gamma[:, None])
-        D.scatter_add_(1, same_cols, delta)
-        torch.mm(D, k, out=dq[r0:r1]).mul_(1.0 / spec.t)
-        dk.addmm_(D.T, qs)
+        # γ scales the (c × d) operands rather than the tile; the positives' δ enters the tile as
+        # δ/γ. A row with γ = 0 and δ ≠ 0 (a clamped debiased estimator) needs the tile scaled.
+        zero = gamma == 0
+        if bool((zero[:, None] & (delta != 0)).any()):
+            D.mul_(gamma[:, None])
+            D.scatter_add_(1, same_cols, delta)
+            torch.mm(D, k, out=dq[r0:r1]).mul_(1.0 / spec.t)
+            dk.addmm_(D.T, qs)
+            return loss
+        D.scatter_add_(1, same_cols, delta / torch.where(zero, torch.ones_like(gamma), gamma)[:, None])
+        torch.mm(D, k, out=dq[r0:r1]).mul_((gamma / spec.t)[:, None])
+        dk.addmm_(D.T, qs * gamma[:, None])
         return loss
     # one positive per anchor: γ scales the (c × d) operands instead of the (c × m) tile, and the
     # positive's term δ goes straight to its two rows
