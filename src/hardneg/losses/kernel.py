@@ -118,9 +118,20 @@ class _Workspace:
         return self.W[:c]
 
 
-def _default_chunk(n: int, m: int) -> int:
-    # keep a chunk of S (and one work buffer) around 32 MB of float32
-    return int(max(64, min(n, (1 << 23) // max(m, 1))))
+#: elements of one (chunk × m) float32 tile: 32 MB on CPU, where a tile that stays in the caches
+#: beats one that streams through memory; on CUDA a larger tile keeps the device busy, bounded by
+#: an eighth of the free memory (two tiles plus the products' workspace)
+_CPU_TILE = 1 << 23
+_CUDA_TILE = 1 << 28
+
+
+def _default_chunk(n: int, m: int, device: torch.device | None = None) -> int:
+    """Anchors per chunk so that one (chunk × m) float32 tile fits the device's budget."""
+    tile = _CPU_TILE
+    if device is not None and device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        tile = max(_CPU_TILE, min(_CUDA_TILE, free // (8 * 4)))
+    return int(max(64, min(n, tile // max(m, 1))))
 
 
 # --------------------------------------------------------------------------------------------
@@ -623,7 +634,7 @@ def weighted_info_nce(
         include_positive=bool(include_positive),
         positive_reduce=positive_reduce,
         reduction=reduction,
-        chunk_size=chunk_size or _default_chunk(n, m),
+        chunk_size=chunk_size or _default_chunk(n, m, dev),
         mean_denominator=mean_denominator,
     )
     in_dtype = q.dtype
