@@ -40,7 +40,11 @@ CASES: dict[str, Any] = {
     "ucl_batchnorm": {"name": "ucl"},
     # one view, labels unique on rank 1's rows: every anchor of rank 1 is skipped, rank 0's are not
     "supcon_one_view_skipped_rank": {"name": "supcon"},
+    # two explicit negatives per sample, gathered with their anchors, and a temperature given per call
+    "ucl_per_anchor_negatives_scaled": {"name": "ucl"},
 }
+#: cases with (b × 2 × d) explicit negatives per sample and logit_scale = 1 / t given to the call
+PER_ANCHOR = {"ucl_per_anchor_negatives_scaled"}
 #: cases with one view and labels that leave the second half of the batch without a positive
 ONE_VIEW = {"supcon_one_view_skipped_rank"}
 #: cases whose encoder has batch normalisation (over the global batch on several processes)
@@ -94,11 +98,16 @@ def run_case(name: str, steps: int = 3) -> dict[str, Any]:
         if name in ONE_VIEW:
             y = torch.cat([torch.arange(B // 2) % 3, 100 + torch.arange(B // 2)])[mine]
             loss = loss_fn(net(x1), None, y, ids, step)
+        elif name in PER_ANCHOR:  # one forward for views and negatives (DDP: one forward per step)
+            x3 = torch.randn(B, 2, D_IN, generator=torch.Generator().manual_seed(200 + step))[mine]
+            z = net(torch.cat([x1, x2, x3.reshape(-1, D_IN)]))
+            z1, z2, zn = z[:b], z[b : 2 * b], z[2 * b :].reshape(b, 2, D)
+            loss = loss_fn(z1, z2, y, ids, step, zn, negatives_per_anchor=True, logit_scale=torch.tensor(3.0))
         elif key is None:
             z1, z2 = net(torch.cat([x1, x2])).chunk(2)
         else:
             z1, z2 = net(x1), key(x2)
-        if name not in ONE_VIEW:
+        if name not in ONE_VIEW | PER_ANCHOR:
             loss = loss_fn(z1, z2, y) if strategy is None else loss_fn(z1, z2, y, ids, step)
         opt.zero_grad()
         loss.backward()

@@ -163,9 +163,13 @@ class DistributedStrategy(nn.Module):
         ids: Tensor | None = None,
         step: int | None = None,
         negatives: Tensor | None = None,
+        *,
+        negatives_per_anchor: bool = False,
+        logit_scale: Tensor | None = None,
     ) -> Tensor:
+        extra = dict(negatives_per_anchor=negatives_per_anchor, logit_scale=logit_scale)
         if world_size() == 1:
-            return self.strategy(z1, z2, labels, ids, step, negatives)
+            return self.strategy(z1, z2, labels, ids, step, negatives, **extra)
         b = z1.shape[0]
         Z1, Z2 = gather(z1, "z1"), gather(z2, "z2")
         Y, ids_g = gather_tags(labels), gather_tags(ids)
@@ -174,7 +178,8 @@ class DistributedStrategy(nn.Module):
             N = gather(negatives, "negatives")
         two_views = z2 is not None and self.strategy.in_batch.symmetric
         rows = anchor_rows(b, two_views, z1.device)
-        loss = self.strategy(Z1, Z2, Y, ids_g, step, N, anchor_rows=rows, mean_denominator=mean_over_processes)
+        loss = self.strategy(Z1, Z2, Y, ids_g, step, N, anchor_rows=rows, mean_denominator=mean_over_processes,
+                             **extra)
         return _reduce_loss(loss, self.strategy.reduction)
 
 
