@@ -329,3 +329,18 @@ def test_label_pairs_debiased(beta, tau):
     ref = _ref_label_pairs_debiased(z, yy.tolist(), beta=beta, tau_plus=tau, t=0.5, clamped=clamped)
     assert (len(clamped) > 0) == (tau > 0.5), "fixture: the clamp binds for τ⁺ = 0.8 only"
     check(ours, ref, [z1, z2])
+
+
+@pytest.mark.parametrize("block", [1, 80])  # 24 candidates: blocks of 1 row, of 3 rows
+def test_tilt_passes_block_by_block(monkeypatch, block):
+    # runs of elementwise passes work on blocks of rows sized for the cache; blocks of one row and of
+    # a few rows (not dividing the chunk) give the literal reference's values and gradients
+    from hardneg.losses import kernel
+
+    monkeypatch.setattr(kernel, "_BLOCK", block)
+    z1, z2, y = make(12, 8, 11)
+    check(L.hucl(z1, z2, beta=1.0, t=0.5, chunk_size=7), R.ref_infonce(z1, z2, t=0.5, beta=1.0), [z1, z2])
+    check(L.hscl(z1, z2, y, beta=1.0, t=0.5, chunk_size=7), R.ref_hscl_all(z1, z2, y, t=0.5, beta=1.0), [z1, z2])
+    check(L.ucl(z1, z2, t=0.5, chunk_size=7), R.ref_infonce(z1, z2, t=0.5), [z1, z2])
+    check(L.supcon(z1, z2, y, t=0.5, chunk_size=7), R.ref_supcon(z1, z2, y, t=0.5), [z1, z2])
+    check(L.scl(z1, z2, y, t=0.5, chunk_size=7), R.ref_infonce(z1, z2, t=0.5, labels=y), [z1, z2])

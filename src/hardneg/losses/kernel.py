@@ -106,6 +106,7 @@ class _Workspace:
     def __init__(self, c: int, m: int, dtype: torch.dtype, device: torch.device, n_labels: int, d: int) -> None:
         self.S = torch.empty(c, m, dtype=dtype, device=device)
         self.W: Tensor | None = None
+        self.B: Tensor | None = None
         self._shape = (c, m, dtype, device)
         self.label_acc = torch.zeros(n_labels, d, dtype=dtype, device=device) if n_labels else None
         self.k_label_sums: Tensor | None = None
@@ -116,6 +117,47 @@ class _Workspace:
             cmax, m, dtype, device = self._shape
             self.W = torch.empty(cmax, m, dtype=dtype, device=device)
         return self.W[:c]
+
+    def rows_per_block(self) -> int:
+        """Rows of the tile that one cache-sized block holds (the whole chunk on CUDA)."""
+        cmax, m, _, device = self._shape
+        return cmax if device.type == "cuda" else max(1, min(cmax, _BLOCK // max(m, 1)))
+
+    def block(self) -> Tensor:
+        """A (rows_per_block × m) scratch buffer for one block."""
+        if self.B is None:
+            _, m, dtype, device = self._shape
+            self.B = torch.empty(self.rows_per_block(), m, dtype=dtype, device=device)
+        return self.B
+
+
+#: elements of one block of tile rows that a run of elementwise passes works on in turn: 1 MB of
+#: float32, so a block and its scratch stay in a core's L2 cache and the run costs one trip through
+#: memory instead of one per pass
+_BLOCK = 1 << 18
+
+
+def _log_softmax_nll_(S: Tensor, pcol: Tensor, ws: _Workspace, exp: bool) -> Tensor:
+    """Block by block: −log softmax(S)_{i, pcol_i} (S_ij − lse_i over j ≠ self, positive included);
+    with ``exp`` S is left holding the softmax (for the gradient), otherwise the log-softmax."""
+    R = ws.rows_per_block()
+    loss = S.new_empty(S.shape[0])
+    for r0 in range(0, S.shape[0], R):
+        Sb = S[r0 : r0 + R]
+        torch.ops.aten._log_softmax.out(Sb, 1, False, out=Sb)
+        loss[r0 : r0 + R] = -Sb[torch.arange(Sb.shape[0], device=S.device), pcol[r0 : r0 + R]]
+        if exp:
+            Sb.exp_()
+    return loss
+
+
+def _times_shifted_(P: Tensor, shift: Tensor, ws: _Workspace) -> None:
+    """P ← P ⊙ (P − shift_i), block by block (the β = 1 gradient tile, see ``_chunk_general``)."""
+    R = ws.rows_per_block()
+    buf = ws.block()
+    for r0 in range(0, P.shape[0], R):
+        Pb = P[r0 : r0 + R]
+        Pb.mul_(torch.sub(Pb, shift[r0 : r0 + R, None], out=buf[: Pb.shape[0]]))
 
 
 #: elements of one (chunk × m) float32 tile: 32 MB on CPU, where a tile that stays in the caches
@@ -163,14 +205,22 @@ def _same_label_cols(ix: _Index, r0: int, r1: int, pad: Tensor) -> tuple[Tensor,
     return cols, valid
 
 
-def _softmax_lse_(X: Tensor) -> Tensor:
-    """Row softmax of X **in place**; returns the row log-sum-exp.
+def _softmax_lse_(X: Tensor, ws: _Workspace | None = None, sumsq: Tensor | None = None) -> Tensor:
+    """Row softmax of X **in place**; returns the row log-sum-exp (and writes Σ_j softmax_ij² into
+    ``sumsq`` if given). With ``ws``, block by block (one trip through memory for the whole run).
 
     lse_i = max_j X_ij − log max_j softmax_ij (the largest probability is ≥ 1/m: no underflow).
     Two cheap max reductions instead of a separate exp-sum pass (argmax is slow on CPU)."""
-    mx = X.amax(1)
-    torch.ops.aten._softmax.out(X, 1, False, out=X)
-    return mx - torch.log(X.amax(1))
+    R = X.shape[0] if ws is None else ws.rows_per_block()
+    lse = X.new_empty(X.shape[0])
+    for r0 in range(0, X.shape[0], R):
+        Xb = X[r0 : r0 + R]
+        mx = Xb.amax(1)
+        torch.ops.aten._softmax.out(Xb, 1, False, out=Xb)
+        torch.sub(mx, torch.log(Xb.amax(1)), out=lse[r0 : r0 + R])
+        if sumsq is not None:
+            torch.linalg.vector_norm(Xb, dim=1, out=sumsq[r0 : r0 + R]).square_()
+    return lse
 
 
 def _chunk(q, k, spec, ix, ws, r0, r1, go, dq, dk) -> Tensor:
@@ -181,15 +231,13 @@ def _chunk(q, k, spec, ix, ws, r0, r1, go, dq, dk) -> Tensor:
     if spec.lean and (spec.positives == "labels" or ix.active is None):
         S = torch.mm(qs, k.T, out=ws.S[:c])  # (c, m) = s / t
         return _chunk_lean(k, qs, S, spec, ix, ws, r0, r1, go, dq, dk, self_rc)
-    # the β = 1 tilt needs (1 + β) s / t: the factor 2 goes into the (c × d) operand, not a pass
-    # over the (c × m) tile (exact: scaling by 2 does not round)
-    S = torch.mm(qs * 2.0 if _root_tilt(spec) else qs, k.T, out=ws.S[:c])
+    S = torch.mm(qs, k.T, out=ws.S[:c])
     return _chunk_general(k, qs, S, spec, ix, ws, r0, r1, go, dq, dk, self_rc)
 
 
 def _root_tilt(spec: KernelSpec) -> bool:
-    """β = 1 without extra log-weights: π ∝ e^{S} = √(e^{2S}), so π comes from √π̃ (one sqrt and
-    one sum) instead of a second softmax over its own (c × m) tile; the chunk's S holds 2s/t."""
+    """β = 1 without extra log-weights: π = softmax(S) and the tilted π̃ ∝ e^{2S} = π² / Σπ², so one
+    softmax serves both (no second softmax over its own (c × m) tile, no exp or sqrt of π̃)."""
     return spec.beta == 1.0 and spec.log_weight_fn is None
 
 
@@ -201,14 +249,13 @@ def _chunk_lean(k, qs, S, spec, ix, ws, r0, r1, go, dq, dk, self_rc) -> Tensor:
         S[self_rc[0], self_rc[1]] = _NEG_INF
     if spec.positives == "view":
         pcol = ix.pos_index[r0:r1]
-        torch.ops.aten._log_softmax.out(S, 1, False, out=S)  # S_ij − lse_i over j ≠ self (positive included)
-        loss = -S[rows, pcol]
+        loss = _log_softmax_nll_(S, pcol, ws, exp=go is not None)
     else:
         # SupCon L_out: ℓ_i = lse_{a≠i}(S) − mean_{p∈P(i)} S_ip; the mean via per-label sums (O(n d)).
         y = ix.q_labels[r0:r1]
         if ix.active is not None:  # an anchor without any candidate: a finite placeholder row
             S.masked_fill_(~ix.active[r0:r1, None], 0.0)
-        lse = _softmax_lse_(S)
+        lse = _softmax_lse_(S, ws)
         npos = ix.n_pos[r0:r1].clamp(min=1).to(S.dtype)
         sum_pos_k = ws.k_label_sums[y]  # Σ_{j: y_j = y_i} k_j
         if self_rc is not None:
@@ -223,8 +270,7 @@ def _chunk_lean(k, qs, S, spec, ix, ws, r0, r1, go, dq, dk, self_rc) -> Tensor:
     if go is None:
         return loss
     scalar = go.dim() == 0
-    if spec.positives == "view":
-        S.exp_()  # softmax
+    if spec.positives == "view":  # S holds the softmax
         if not scalar:
             S.mul_(go[:, None])
         S[rows, pcol] -= 1.0 if scalar else go
@@ -267,8 +313,6 @@ def _chunk_general(k, qs, S, spec, ix, ws, r0, r1, go, dq, dk, self_rc) -> Tenso
     # -- positive similarities, read before masking -----------------------------------------
     root_tilt = _root_tilt(spec)
     sp = S[rows, pcol].clone() if pcol is not None else S.gather(1, same_cols)  # (c,) or (c, P)
-    if root_tilt:
-        sp.mul_(0.5)  # S holds 2s/t
     extra = None
     if spec.log_weight_fn is not None:
         extra = spec.log_weight_fn(S * spec.t, slice(r0, r1))
@@ -297,7 +341,8 @@ def _chunk_general(k, qs, S, spec, ix, ws, r0, r1, go, dq, dk, self_rc) -> Tenso
             A.copy_(extra)
             mask_(A)
         S.add_(A)
-    cnt = torch.isfinite(S).sum(1) if extra is not None else ix.n_valid[r0:r1]
+    # valid candidates are the finite entries; S is finite or −∞ (a NaN log-weight is not valid either)
+    cnt = (S > _NEG_INF).sum(1) if extra is not None else ix.n_valid[r0:r1]
     act = cnt > 0
     if extra is not None and not bool(act.all()):
         ws.skipped.append(torch.nonzero(~act).flatten() + r0)
@@ -312,13 +357,13 @@ def _chunk_general(k, qs, S, spec, ix, ws, r0, r1, go, dq, dk, self_rc) -> Tenso
     cntf = cnt.to(S.dtype)
     logN = torch.log(cntf) if spec.n_neg is None else torch.full((c,), math.log(spec.n_neg), dtype=S.dtype, device=dev)
     # -- log of N Σ_j π_ij e^{S_ij} = log N + lse(a + S) − lse(a) -------------------------------
-    lse_b = _softmax_lse_(S)  # S now holds π̃ = softmax(a + S)
-    za = None
-    if root_tilt:  # A ← √π̃ = π · Σ√π̃;  log Σ e^{S} = log Σ√π̃ + lse_b / 2
-        A = torch.sqrt(S, out=ws.second(c))
-        za = A.sum(1)
-        lse_a = torch.log(za) + 0.5 * lse_b
+    z2 = None
+    if root_tilt:  # S ← π = softmax(S);  Σ e^{2S} = e^{2 lse(S)} Σπ²
+        z2 = S.new_empty(c)
+        lse_a = _softmax_lse_(S, ws, sumsq=z2)
+        lse_b = 2.0 * lse_a + torch.log(z2)
     else:
+        lse_b = _softmax_lse_(S, ws)  # S now holds π̃ = softmax(a + S)
         lse_a = _softmax_lse_(A) if A is not None else torch.log(cntf)  # A now holds π
     neg = logN + lse_b - lse_a  # (c,)
     # -- per-positive terms ------------------------------------------------------------------
@@ -359,12 +404,15 @@ def _chunk_general(k, qs, S, spec, ix, ws, r0, r1, go, dq, dk, self_rc) -> Tenso
         delta = (dl_dsp + dl_dg * dg_dsp) * pv * w[:, None]
     # D = γ [(1 + β) π̃ − β π] = γ' [π̃ − β/(1+β) π] with γ' = (1 + β) γ: one pass over the tile
     D = S
-    if A is not None and spec.beta != 0.0 and not spec.detach_weights:
-        b = spec.beta / (1.0 + spec.beta)
-        if za is not None:
-            D.addcmul_(A, (-b / za)[:, None])
+    if z2 is not None:  # S holds π, π̃ = π²/Σπ²:  γ[2π̃ − π] = (2γ/Σπ²) π ⊙ (π − Σπ²/2)
+        if spec.detach_weights:  # γ π̃
+            S.mul_(S)
+            gamma = gamma / z2
         else:
-            D.sub_(A, alpha=b)
+            _times_shifted_(S, 0.5 * z2, ws)
+            gamma = gamma * (2.0 / z2)
+    elif A is not None and spec.beta != 0.0 and not spec.detach_weights:
+        S.sub_(A, alpha=spec.beta / (1.0 + spec.beta))
         gamma = gamma * (1.0 + spec.beta)
     if labels_mode:
         # γ scales the (c × d) operands rather than the tile; the positives' δ enters the tile as

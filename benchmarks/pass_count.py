@@ -1,0 +1,118 @@
+"""Passes over the (chunk × candidates) tile per chunk, for each loss and strategy shape, counted.
+
+Every aten operation of one forward + backward is intercepted (``TorchDispatchMode``) with 2B
+anchors in a single chunk, and classified by what it does to a tensor of the tile's size (2B × 2B):
+
+- **products**: ``mm`` / ``addmm`` with a tile-sized operand (S = QKᵀ, dQ, dK: the floor has 3);
+- **dense passes**: any other operation that reads or writes a whole tile (an elementwise op, a
+  reduction, a softmax, a copy): each is at least one sweep through memory, so at d = 128 each costs
+  about as much as a product on CPU;
+- **sparse**: gathers from and scatters into the tile (a few entries per row: the positives'
+  similarities, masks, the positives' terms), not counted as passes. Allocations are not counted.
+
+Counts do not depend on the machine. ``--before PATH`` counts the same calls in another checkout
+of hardneg (its ``src`` is imported in a subprocess) and prints both.
+
+    python benchmarks/pass_count.py --before /tmp/before
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from revision_speed import CASES
+
+ROOT = Path(__file__).resolve().parents[1]
+
+_CHILD = """
+import json, sys, torch
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_leaves
+import hardneg.losses as L
+from hardneg.negatives import create_strategy
+S = {{name: create_strategy(name, diagnostics=False) for name in ("topk", "filtered", "hscl")}}
+n = {n}
+g = torch.Generator().manual_seed(0)
+z = torch.nn.functional.normalize(torch.randn(n, 128, generator=g), dim=1)
+z1 = z[: n // 2].clone().requires_grad_(True)
+z2 = (z[n // 2 :] + 0.1 * torch.randn(n // 2, 128, generator=g)).requires_grad_(True)
+y = torch.randint(0, 100, (n // 2,), generator=g)
+ids = torch.arange(n // 2)
+PRODUCTS = {{"mm", "addmm", "addmm_", "bmm", "matmul"}}
+SPARSE = {{"index", "gather", "index_put_", "index_put", "scatter_", "scatter", "scatter_add_", "scatter_add",
+          "index_add_", "masked_scatter_", "_index_put_impl_"}}
+ALLOCATE = {{"empty", "empty_like", "empty_strided"}}  # no pass through memory
+
+class Count(TorchDispatchMode):
+    def __init__(self, tile):
+        super().__init__()
+        self.tile, self.counts, self.ops = tile, {{"products": 0, "dense": 0, "sparse": 0}}, {{}}
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {{}}))
+        if func.is_view or func.overloadpacket.__name__ in ALLOCATE:
+            return out
+        leaves = [x for x in tree_leaves((args, kwargs, out)) if isinstance(x, torch.Tensor)]
+        if any(x.numel() >= self.tile for x in leaves):
+            name = func.overloadpacket.__name__
+            kind = "products" if name in PRODUCTS else "sparse" if name in SPARSE else "dense"
+            self.counts[kind] += 1
+            if kind == "dense":
+                self.ops[name] = self.ops.get(name, 0) + 1
+        return out
+
+({call}).backward()  # warm-up: lazy initialisation is not counted
+z1.grad = z2.grad = None
+with Count(n * n) as c:
+    ({call}).backward()
+print(json.dumps({{**c.counts, "ops": c.ops}}))
+"""
+
+
+def count(src: Path, call: str, n: int) -> dict | None:
+    """Counts of one call in the checkout whose package lives under ``src``; None if it fails there."""
+    env = {**os.environ, "PYTHONPATH": str(src), "OMP_NUM_THREADS": "1"}
+    out = subprocess.run([sys.executable, "-c", _CHILD.format(n=n, call=call)], capture_output=True, text=True,
+                         env=env, timeout=600)
+    if out.returncode != 0:
+        return None
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def _cell(c: dict | None) -> str:
+    return "n/a" if c is None else f"{c['products']} / {c['dense']} / {c['sparse']}"
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--before", default=None, help="root of another checkout of hardneg to count as well")
+    p.add_argument("--n", type=int, default=2048, help="2B: every anchor in one chunk (default 2048)")
+    p.add_argument("--ops", action="store_true", help="also list the dense operations of each case")
+    a = p.parse_args(argv)
+    revs = {"after": ROOT / "src"}
+    if a.before:
+        revs = {"before": Path(a.before).resolve() / "src", **revs}
+    for name, src in revs.items():
+        if not (src / "hardneg").is_dir():
+            raise SystemExit(f"{name}: no hardneg package under {src}")
+    cols = " | ".join(revs)
+    print(f"Per chunk, products / dense passes / sparse reads and writes over the (chunk × candidates) tile,"
+          f" 2B = {a.n}.\n")
+    print(f"| case | {cols} |")
+    print("|---|" + "---:|" * len(revs))
+    for case, call in CASES.items():
+        got = {rev: count(src, call, a.n) for rev, src in revs.items()}
+        print(f"| {case} | " + " | ".join(_cell(c) for c in got.values()) + " |", flush=True)
+        if a.ops:
+            for rev, c in got.items():
+                if c is not None:
+                    print(f"|   {rev}: {', '.join(f'{k} {v}' for k, v in sorted(c['ops'].items()))} | |")
+
+
+if __name__ == "__main__":
+    main()
