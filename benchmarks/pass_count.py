@@ -5,8 +5,10 @@ anchors in a single chunk, and classified by what it does to a tensor of the til
 
 - **products**: ``mm`` / ``addmm`` with a tile-sized operand (S = QKᵀ, dQ, dK: the floor has 3);
 - **dense passes**: any other operation that reads or writes a whole tile (an elementwise op, a
-  reduction, a softmax, a copy): each is at least one sweep through memory, so at d = 128 each costs
-  about as much as a product on CPU;
+  reduction, a softmax, a copy), or a block of its rows (counted as its share of the tile, so an
+  operation run block by block over the whole tile counts 1). A pass over the whole tile is a sweep
+  through memory and at d = 128 costs about as much as a product on CPU; a run of passes done block by
+  block, each block small enough to stay in the cache, costs about one sweep for the whole run;
 - **sparse**: gathers from and scatters into the tile (a few entries per row: the positives'
   similarities, masks, the positives' terms), not counted as passes. Allocations are not counted.
 
@@ -58,12 +60,13 @@ class Count(TorchDispatchMode):
         if func.is_view or func.overloadpacket.__name__ in ALLOCATE:
             return out
         leaves = [x for x in tree_leaves((args, kwargs, out)) if isinstance(x, torch.Tensor)]
-        if any(x.numel() >= self.tile for x in leaves):
+        size = max((x.numel() for x in leaves), default=0)
+        if size >= self.tile // 64:  # the whole tile, or one block of its rows (a share of a pass)
             name = func.overloadpacket.__name__
             kind = "products" if name in PRODUCTS else "sparse" if name in SPARSE else "dense"
-            self.counts[kind] += 1
+            self.counts[kind] += size / self.tile
             if kind == "dense":
-                self.ops[name] = self.ops.get(name, 0) + 1
+                self.ops[name] = self.ops.get(name, 0) + size / self.tile
         return out
 
 ({call}).backward()  # warm-up: lazy initialisation is not counted
@@ -85,7 +88,7 @@ def count(src: Path, call: str, n: int) -> dict | None:
 
 
 def _cell(c: dict | None) -> str:
-    return "n/a" if c is None else f"{c['products']} / {c['dense']} / {c['sparse']}"
+    return "n/a" if c is None else f"{c['products']:.0f} / {c['dense']:.1f} / {c['sparse']:.0f}"
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -111,7 +114,7 @@ def main(argv: list[str] | None = None) -> None:
         if a.ops:
             for rev, c in got.items():
                 if c is not None:
-                    print(f"|   {rev}: {', '.join(f'{k} {v}' for k, v in sorted(c['ops'].items()))} | |")
+                    print(f"|   {rev}: {', '.join(f'{k} {v:.1f}' for k, v in sorted(c['ops'].items()))} | |")
 
 
 if __name__ == "__main__":

@@ -151,15 +151,6 @@ def _log_softmax_nll_(S: Tensor, pcol: Tensor, ws: _Workspace, exp: bool) -> Ten
     return loss
 
 
-def _times_shifted_(P: Tensor, shift: Tensor, ws: _Workspace) -> None:
-    """P ← P ⊙ (P − shift_i), block by block (the β = 1 gradient tile, see ``_chunk_general``)."""
-    R = ws.rows_per_block()
-    buf = ws.block()
-    for r0 in range(0, P.shape[0], R):
-        Pb = P[r0 : r0 + R]
-        Pb.mul_(torch.sub(Pb, shift[r0 : r0 + R, None], out=buf[: Pb.shape[0]]))
-
-
 #: elements of one (chunk × m) float32 tile: 32 MB on CPU, where a tile that stays in the caches
 #: beats one that streams through memory; on CUDA a larger tile keeps the device busy, bounded by
 #: an eighth of the free memory (two tiles plus the products' workspace)
@@ -205,9 +196,12 @@ def _same_label_cols(ix: _Index, r0: int, r1: int, pad: Tensor) -> tuple[Tensor,
     return cols, valid
 
 
-def _softmax_lse_(X: Tensor, ws: _Workspace | None = None, sumsq: Tensor | None = None) -> Tensor:
-    """Row softmax of X **in place**; returns the row log-sum-exp (and writes Σ_j softmax_ij² into
-    ``sumsq`` if given). With ``ws``, block by block (one trip through memory for the whole run).
+def _softmax_lse_(X: Tensor, ws: _Workspace | None = None, sumsq: Tensor | None = None,
+                  then: str | None = None) -> Tensor:
+    """Row softmax P of X **in place**; returns the row log-sum-exp (and writes Σ_j P_ij² into
+    ``sumsq`` if given). With ``ws``, block by block (one trip through memory for the whole run),
+    and then, in the same block, ``then="square"``: X ← P ⊙ P, or ``then="tilt"``: X ← P ⊙ (P − Σ_j P_ij²/2)
+    (the β = 1 gradient tile of ``_chunk_general``).
 
     lse_i = max_j X_ij − log max_j softmax_ij (the largest probability is ≥ 1/m: no underflow).
     Two cheap max reductions instead of a separate exp-sum pass (argmax is slow on CPU)."""
@@ -220,6 +214,10 @@ def _softmax_lse_(X: Tensor, ws: _Workspace | None = None, sumsq: Tensor | None 
         torch.sub(mx, torch.log(Xb.amax(1)), out=lse[r0 : r0 + R])
         if sumsq is not None:
             torch.linalg.vector_norm(Xb, dim=1, out=sumsq[r0 : r0 + R]).square_()
+        if then == "square":
+            Xb.mul_(Xb)
+        elif then == "tilt":
+            Xb.mul_(torch.sub(Xb, 0.5 * sumsq[r0 : r0 + R, None], out=ws.block()[: Xb.shape[0]]))
     return lse
 
 
@@ -360,7 +358,9 @@ def _chunk_general(k, qs, S, spec, ix, ws, r0, r1, go, dq, dk, self_rc) -> Tenso
     z2 = None
     if root_tilt:  # S ← π = softmax(S);  Σ e^{2S} = e^{2 lse(S)} Σπ²
         z2 = S.new_empty(c)
-        lse_a = _softmax_lse_(S, ws, sumsq=z2)
+        # with a gradient to compute, the tile is turned into it in the same blocks (see below)
+        then = None if go is None else ("square" if spec.detach_weights else "tilt")
+        lse_a = _softmax_lse_(S, ws, sumsq=z2, then=then)
         lse_b = 2.0 * lse_a + torch.log(z2)
     else:
         lse_b = _softmax_lse_(S, ws)  # S now holds π̃ = softmax(a + S)
@@ -404,13 +404,8 @@ def _chunk_general(k, qs, S, spec, ix, ws, r0, r1, go, dq, dk, self_rc) -> Tenso
         delta = (dl_dsp + dl_dg * dg_dsp) * pv * w[:, None]
     # D = γ [(1 + β) π̃ − β π] = γ' [π̃ − β/(1+β) π] with γ' = (1 + β) γ: one pass over the tile
     D = S
-    if z2 is not None:  # S holds π, π̃ = π²/Σπ²:  γ[2π̃ − π] = (2γ/Σπ²) π ⊙ (π − Σπ²/2)
-        if spec.detach_weights:  # γ π̃
-            S.mul_(S)
-            gamma = gamma / z2
-        else:
-            _times_shifted_(S, 0.5 * z2, ws)
-            gamma = gamma * (2.0 / z2)
+    if z2 is not None:  # π̃ = π²/Σπ²:  γ[2π̃ − π] = (2γ/Σπ²) π ⊙ (π − Σπ²/2), S holds π ⊙ (π − Σπ²/2)
+        gamma = gamma / z2 if spec.detach_weights else gamma * (2.0 / z2)  # detached: γπ̃, S holds π²
     elif A is not None and spec.beta != 0.0 and not spec.detach_weights:
         S.sub_(A, alpha=spec.beta / (1.0 + spec.beta))
         gamma = gamma * (1.0 + spec.beta)
