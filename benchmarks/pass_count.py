@@ -8,7 +8,8 @@ anchors in a single chunk, and classified by what it does to a tensor of the til
   reduction, a softmax, a copy), or a block of its rows (counted as its share of the tile, so an
   operation run block by block over the whole tile counts 1). A pass over the whole tile is a sweep
   through memory and at d = 128 costs about as much as a product on CPU; a run of passes done block by
-  block, each block small enough to stay in the cache, costs about one sweep for the whole run;
+  block, each block small enough to stay in the cache, costs about one sweep for the whole run: the
+  count of such sweeps is given as "trips through memory";
 - **sparse**: gathers from and scatters into the tile (a few entries per row: the positives'
   similarities, masks, the positives' terms), not counted as passes. Allocations are not counted.
 
@@ -48,18 +49,21 @@ ids = torch.arange(n // 2)
 PRODUCTS = {{"mm", "addmm", "addmm_", "bmm", "matmul"}}
 SPARSE = {{"index", "gather", "index_put_", "index_put", "scatter_", "scatter", "scatter_add_", "scatter_add",
           "index_add_", "masked_scatter_", "_index_put_impl_"}}
-ALLOCATE = {{"empty", "empty_like", "empty_strided"}}  # no pass through memory
+ALLOCATE = {{"empty", "empty_like", "empty_strided", "new_empty"}}  # no pass through memory
 
 class Count(TorchDispatchMode):
     def __init__(self, tile):
         super().__init__()
-        self.tile, self.counts, self.ops = tile, {{"products": 0, "dense": 0, "sparse": 0}}, {{}}
+        self.tile, self.counts, self.ops = tile, {{"products": 0, "dense": 0, "sparse": 0, "trips": 0}}, {{}}
+        self.in_run = False  # inside a run of block-by-block passes that started at the tile's first row
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {{}}))
         if func.is_view or func.overloadpacket.__name__ in ALLOCATE:
             return out
-        leaves = [x for x in tree_leaves((args, kwargs, out)) if isinstance(x, torch.Tensor)]
+        # tile-shaped tensors: rows over every candidate (the whole tile, or one block of its rows)
+        leaves = [x for x in tree_leaves((args, kwargs, out)) if isinstance(x, torch.Tensor) and x.dim() == 2
+                  and x.shape[-1] == n]
         size = max((x.numel() for x in leaves), default=0)
         if size >= self.tile // 64:  # the whole tile, or one block of its rows (a share of a pass)
             name = func.overloadpacket.__name__
@@ -67,6 +71,16 @@ class Count(TorchDispatchMode):
             self.counts[kind] += size / self.tile
             if kind == "dense":
                 self.ops[name] = self.ops.get(name, 0) + size / self.tile
+                # trips through memory: a whole-tile pass is one; a run of block passes is one
+                big = max((x for x in leaves if x.numel() == size), key=lambda x: x.storage_offset())
+                if size >= self.tile:
+                    self.counts["trips"] += 1
+                    self.in_run = False
+                elif big.storage_offset() == 0 and not self.in_run:
+                    self.counts["trips"] += 1
+                    self.in_run = True
+                elif big.storage_offset() > 0:
+                    self.in_run = False
         return out
 
 ({call}).backward()  # warm-up: lazy initialisation is not counted
@@ -88,7 +102,7 @@ def count(src: Path, call: str, n: int) -> dict | None:
 
 
 def _cell(c: dict | None) -> str:
-    return "n/a" if c is None else f"{c['products']:.0f} / {c['dense']:.1f} / {c['sparse']:.0f}"
+    return "n/a" if c is None else f"{c['products']:.0f} / {c['dense']:.0f} ({c['trips']}) / {c['sparse']:.0f}"
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -104,8 +118,8 @@ def main(argv: list[str] | None = None) -> None:
         if not (src / "hardneg").is_dir():
             raise SystemExit(f"{name}: no hardneg package under {src}")
     cols = " | ".join(revs)
-    print(f"Per chunk, products / dense passes / sparse reads and writes over the (chunk × candidates) tile,"
-          f" 2B = {a.n}.\n")
+    print(f"Per chunk, products / dense passes (trips through memory) / sparse reads and writes over the"
+          f" (chunk × candidates) tile, 2B = {a.n}.\n")
     print(f"| case | {cols} |")
     print("|---|" + "---:|" * len(revs))
     for case, call in CASES.items():
