@@ -225,11 +225,10 @@ def _chunk(q, k, spec, ix, ws, r0, r1, go, dq, dk) -> Tensor:
     """Loss of anchors r0:r1; if ``go`` (their upstream gradient) is given, writes dQ[r0:r1] and adds to dK."""
     c = r1 - r0
     qs = q[r0:r1] * (1.0 / spec.t)  # temperature folded into the (c × d) operand
+    S = torch.mm(qs, k.T, out=ws.S[:c])  # (c, m) = s / t
     self_rc = _self_entries(ix, r0, r1)
     if spec.lean and (spec.positives == "labels" or ix.active is None):
-        S = torch.mm(qs, k.T, out=ws.S[:c])  # (c, m) = s / t
         return _chunk_lean(k, qs, S, spec, ix, ws, r0, r1, go, dq, dk, self_rc)
-    S = torch.mm(qs, k.T, out=ws.S[:c])
     return _chunk_general(k, qs, S, spec, ix, ws, r0, r1, go, dq, dk, self_rc)
 
 
@@ -402,7 +401,8 @@ def _chunk_general(k, qs, S, spec, ix, ws, r0, r1, go, dq, dk, self_rc) -> Tenso
     else:
         gamma = w * (dl_dg * dg_dneg * pv).sum(1)
         delta = (dl_dsp + dl_dg * dg_dsp) * pv * w[:, None]
-    # D = γ [(1 + β) π̃ − β π] = γ' [π̃ − β/(1+β) π] with γ' = (1 + β) γ: one pass over the tile
+    # D = γ [(1 + β) π̃ − β π] = γ' [π̃ − β/(1+β) π] with γ' = (1 + β) γ: one pass over the tile,
+    # none at β = 1 (made in the softmax's blocks above)
     D = S
     if z2 is not None:  # π̃ = π²/Σπ²:  γ[2π̃ − π] = (2γ/Σπ²) π ⊙ (π − Σπ²/2), S holds π ⊙ (π − Σπ²/2)
         gamma = gamma / z2 if spec.detach_weights else gamma * (2.0 / z2)  # detached: γπ̃, S holds π²
