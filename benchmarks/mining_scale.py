@@ -9,7 +9,7 @@ isotropic noise (cosine ≈ 0.78 to its centre, ≈ 0.6 between two rows of one 
 queries are noisy copies of random corpus rows, which are their positives. It is written once, in
 100,000-row blocks, to a float16 ``.npy`` store (3.8 GB at 5M) under ``--data-dir`` and reused.
 
-Measured, each in its own subprocess so that peak RSS (``ru_maxrss``; the store's pages that a search
+Measured, each in its own subprocess so that peak RSS (``VmHWM``; the store's pages that a search
 touches count) is per method:
 
 1. hardneg: ``build_index`` on the store (``--index``, default ``IVF4096,PQ48`` with exact re-scoring)
@@ -47,6 +47,12 @@ ST_BYTES_PER_ROW_384 = 3.8e3  # sentence-transformers' peak RSS per corpus row a
 
 
 def _rss_mb() -> float:
+    """This process's peak RSS in MB: VmHWM, which starts afresh at exec. (``ru_maxrss`` does not:
+    Linux carries the parent's resident size at fork into the child's across exec.)"""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
