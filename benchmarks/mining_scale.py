@@ -47,10 +47,6 @@ from hardneg.bench.memory import peak_rss_mb  # noqa: E402
 ST_BYTES_PER_ROW_384 = 3.8e3  # sentence-transformers' peak RSS per corpus row at d=384 (1M rows: 3,729 MB)
 
 
-def _rss_mb() -> float:
-    return peak_rss_mb()
-
-
 def make_corpus(folder: str, n: int, n_q: int, d: int = 384, seed: int = 0) -> dict:
     """The clustered synthetic corpus (float16 store), queries and positives; reused when present."""
     import numpy as np
@@ -90,14 +86,7 @@ def make_corpus(folder: str, n: int, n_q: int, d: int = 384, seed: int = 0) -> d
 
 
 def _children_hwm_mb(pids) -> float:
-    total = 0.0
-    for pid in pids:
-        try:
-            with open(f"/proc/{pid}/status") as f:
-                total += next(int(x.split()[1]) for x in f if x.startswith("VmHWM")) / 1024
-        except (OSError, StopIteration):
-            pass
-    return total
+    return sum(peak_rss_mb(pid) for pid in pids)
 
 
 def worker(spec: dict) -> dict:
@@ -116,7 +105,7 @@ def worker(spec: dict) -> dict:
 
     q = np.load(spec["queries"])
     pos = np.load(spec["positives"])
-    rss0 = _rss_mb()
+    rss0 = peak_rss_mb()
     out: dict = {"method": spec["method"], "rss_before_mb": rss0}
     if spec["method"] == "st":
         import datasets
@@ -162,7 +151,7 @@ def worker(spec: dict) -> dict:
         names = np.load(spec["rows"]) if spec.get("rows") else np.arange(store.shape[0])  # store row -> corpus row
         out["negs"] = {f"q{i}": [f"d{names[j]}" for j in row if j >= 0]
                        for i, row in enumerate(res.neg_ids)}
-    out["peak_rss_mb"] = _rss_mb() + out.get("workers_peak_mb", 0.0)
+    out["peak_rss_mb"] = peak_rss_mb() + out.get("workers_peak_mb", 0.0)
     return out
 
 

@@ -33,10 +33,6 @@ sys.path.insert(0, os.path.join(HERE, "..", "src"))
 from hardneg.bench.memory import peak_rss_mb  # noqa: E402
 
 
-def _rss_mb() -> float:
-    return peak_rss_mb()
-
-
 def wordnet_pairs(n: int | None, corpus_cap: int | None = None):
     from hardneg.data.wordnet import build_corpus, build_pairs, load_synsets
 
@@ -98,7 +94,7 @@ def worker(spec: dict) -> dict:
         if method == "st":
             corpus = [f"d{j}" for j in range(spec["synthetic_n"])]
             positives = [corpus[j] for j in pos]
-    rss0 = _rss_mb()
+    rss0 = peak_rss_mb()
     t0 = time.perf_counter()
     if method == "st":
         import datasets
@@ -155,7 +151,7 @@ def worker(spec: dict) -> dict:
                 r = mine_embeddings(q_emb, c_emb, pos, cfg, show_progress=False)
                 elapsed = time.perf_counter() - t0
                 negs = {queries[i]: [f"d{j}" for j in r.neg_ids[i] if j >= 0] for i in range(len(queries))}
-    return {"method": method, "case": case, "seconds": elapsed, "peak_rss_mb": _rss_mb(),
+    return {"method": method, "case": case, "seconds": elapsed, "peak_rss_mb": peak_rss_mb(),
             "rss_before_mb": rss0, "negs": negs}
 
 
