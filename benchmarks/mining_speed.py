@@ -4,7 +4,9 @@ Case A (WordNet): example→definition pairs of the noun train+dev+test splits, 
 definitions, all-MiniLM-L6-v2, 5 negatives, "top"; ST with use_faiss=True (exact IndexFlatIP),
 hardneg with --index (default "bf16": bf16 coarse search + exact float32 re-scoring). Measured
   A1 end to end from texts, cold (ST: its encode at batch 32, fp32; hardneg: bf16 autocast, dedupe,
-     batch 64), each in its own subprocess so peak RSS is per method;
+     batch 64, or --backend onnx / onnx-int8), each in its own subprocess so peak RSS is per method;
+     with an ONNX backend hardneg runs twice: a first run that exports the model inside the measured
+     time, and a later run whose exported files exist (embeddings still cold);
   A2 on the SAME embeddings (ST reads them from its cache_folder, hardneg gets the arrays).
   Recall: overlap of hardneg's mined negatives with ST's (same embeddings: should be 1.0; end to
   end: bf16 vs fp32 embeddings).
@@ -12,7 +14,7 @@ Case B (synthetic): 1M random unit vectors d=384 as corpus, 9,116 queries, preco
   both on the same arrays (ST via cache_folder).
 
 Run:  python benchmarks/mining_speed.py [--pairs N] [--e2e-pairs N --e2e-corpus M] [--skip-e2e]
-                                      [--synthetic-n 1000000 --synthetic-q 9116]
+                                      [--synthetic-n 1000000 --synthetic-q 9116] [--backend torch,onnx-int8]
 Prints time and peak-memory ratios (ST / hardneg); peak memory = max RSS of each subprocess.
 """
 
@@ -117,6 +119,11 @@ def worker(spec: dict) -> dict:
             # cold: a fresh, empty embedding cache (filling it is part of the measured time)
             cache = spec.get("cache_dir") or tempfile.mkdtemp(prefix="hncache")
             backend = spec.get("backend", "torch")
+            if spec.get("onnx_from"):  # ONNX files exported beforehand (a later run's case); not timed
+                import shutil
+
+                shutil.copytree(spec["onnx_from"], os.path.join(cache, "onnx"))
+                t0 = time.perf_counter()
             res = mine_texts(queries, positives, corpus, model=model, config=cfg, output_format="n-tuple",
                              precision="bf16", batch_size=64, show_progress=True, cache_dir=cache,
                              backend=backend)
@@ -179,6 +186,22 @@ def overlap(a: dict, b: dict) -> float:
     return sum(len(set(a[k]) & set(b[k])) / max(len(b[k]), 1) for k in keys) / len(keys)
 
 
+def cpu_model() -> str:
+    """The CPU's model name and whether it has bf16 / AMX instructions (the bf16 search depends on them)."""
+    name, flags = "unknown", set()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name") and name == "unknown":
+                    name = line.split(":", 1)[1].strip()
+                elif line.startswith("flags") and not flags:
+                    flags = set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    extra = [f for f in ("avx512_bf16", "amx_bf16", "avx512_vnni") if f in flags]
+    return f"{name}, {os.cpu_count()} cores" + (f" ({', '.join(extra)})" if extra else "")
+
+
 def report(name: str, ours: dict, st: dict) -> dict:
     row = {
         "case": name,
@@ -188,6 +211,7 @@ def report(name: str, ours: dict, st: dict) -> dict:
         "memory_ratio_st_over_hardneg": round(st["peak_rss_mb"] / ours["peak_rss_mb"], 2),
         "negatives_overlap_with_st": round(overlap(ours["negs"], st["negs"]), 4),
         "queries": len(ours["negs"]),
+        "cpu": cpu_model(),
     }
     print(json.dumps(row), flush=True)
     return row
@@ -205,8 +229,9 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--index", default="bf16", help="hardneg's index option (flat, bf16, ivf..., hnsw...)")
     ap.add_argument("--backend", default="torch",
-                    help="hardneg's encoding backend in the end-to-end case: torch, onnx or onnx-int8 (the ONNX "
-                         "export is part of the cold run)")
+                    help="hardneg's encoding backends in the end-to-end case, comma-separated: torch, onnx, "
+                         "onnx-int8 (an ONNX backend runs twice: export inside the measured time, and exported "
+                         "beforehand); the same-embeddings case always encodes with torch")
     ap.add_argument("--cache-dir", default=".cache/hardneg-embeddings",
                     help="embedding cache for the same-embeddings case (the e2e case always starts cold)")
     ap.add_argument("--out", default=None, help="write the result rows as JSON here")
@@ -219,7 +244,7 @@ def main() -> None:
             json.dump(res, f)
         return
     rows = []
-    base = {"pairs": a.pairs, "threads": a.threads, "index": a.index, "backend": a.backend,
+    base = {"pairs": a.pairs, "threads": a.threads, "index": a.index, "backend": "torch",
             "synthetic_n": a.synthetic_n,
             "synthetic_q": a.synthetic_q}
     tmp = tempfile.mkdtemp(prefix="hnbench")
@@ -227,9 +252,20 @@ def main() -> None:
         emb = os.path.join(tmp, "wordnet")
         if not a.skip_e2e:
             e2e = {**base, "pairs": a.e2e_pairs or a.pairs, "corpus_cap": a.e2e_corpus}
-            ours = run_sub({**e2e, "method": "hardneg", "case": "wordnet_e2e"})
             st = run_sub({**e2e, "method": "st", "case": "wordnet_e2e"})
-            rows.append(report("wordnet end-to-end (cold, encode included)", ours, st))
+            for backend in a.backend.split(","):
+                ours = run_sub({**e2e, "backend": backend, "method": "hardneg", "case": "wordnet_e2e"})
+                export = ", ONNX export included" if backend != "torch" else ""
+                rows.append(report(f"wordnet end-to-end, --backend {backend} (cold, encode included{export})",
+                                   ours, st))
+                if backend != "torch":  # a later run: the exported files exist, the embeddings are not cached
+                    from hardneg.mining.onnx_encoder import onnx_encoder
+
+                    onnx_encoder(_model(), backend, os.path.join(tmp, "exported"))
+                    ours = run_sub({**e2e, "backend": backend, "method": "hardneg", "case": "wordnet_e2e",
+                                    "onnx_from": os.path.join(tmp, "exported", "onnx")})
+                    rows.append(report(f"wordnet end-to-end, --backend {backend} (cold embeddings, ONNX files "
+                                       "exported beforehand)", ours, st))
         # embeddings for the same-embeddings case (from --cache-dir when filled; not timed)
         run_sub({**base, "method": "hardneg", "case": "wordnet_e2e", "save_emb": emb, "cache_dir": a.cache_dir})
         import numpy as np

@@ -236,7 +236,7 @@ def test_onnx_backends_match_the_torch_model(tmp_path):
     cache keeps each backend's embeddings apart; the CLI mines with it."""
     pytest.importorskip("onnxruntime")
     from hardneg.mining.encode import encode_texts, model_fingerprint
-    from hardneg.mining.onnx_encoder import onnx_encoder
+    from hardneg.mining.onnx_encoder import OnnxSentenceEncoder, onnx_encoder
     from hardneg.mining.pipeline import mine_texts
     from tests.retrieval_fixtures import CORPUS, POSITIVES, QUERIES, minilm
 
@@ -248,6 +248,12 @@ def test_onnx_backends_match_the_torch_model(tmp_path):
     assert (tmp_path / "onnx" / model_fingerprint(m) / "model_int8.onnx").exists()
     got = encode_texts(onnx, texts, precision="fp32", batch_size=5, show_progress=False)
     np.testing.assert_allclose(got, ref, atol=1e-4)
+    # batches on 1 or 3 workers land in the texts' order, each batch computed alike
+    for workers in (1, 3):
+        w = OnnxSentenceEncoder(m, tmp_path / "onnx" / model_fingerprint(m), "onnx", threads=workers)
+        np.testing.assert_allclose(w.encode(texts, batch_size=5, normalize_embeddings=True), got, atol=1e-6)
+    with pytest.raises(ValueError, match="threads"):
+        OnnxSentenceEncoder(m, tmp_path, "onnx", threads=0)
     q8 = encode_texts(int8, texts, precision="fp32", show_progress=False)
     cos = (q8 * ref).sum(1)
     assert cos.min() > 0.98 and not np.allclose(q8, ref, atol=1e-3)  # quantized: close, not identical
@@ -257,3 +263,18 @@ def test_onnx_backends_match_the_torch_model(tmp_path):
     b = mine_texts(QUERIES, POSITIVES, CORPUS, backend="onnx", **kw)
     np.testing.assert_array_equal(b.negatives.neg_ids, a.negatives.neg_ids)
     assert b.summary["backend"] == "onnx"
+
+
+def test_token_batches_cap_rows_and_padded_tokens():
+    """Rows sorted longest first are cut into batches of ≤ batch_size rows and ≤ max_tokens padded
+    tokens (rows × the first row's length); a row longer than max_tokens stands alone."""
+    from hardneg.mining.onnx_encoder import token_batches
+
+    lengths = np.array([300, 100, 100, 60, 50, 50, 50, 10, 10, 10, 10, 10])
+    got = token_batches(lengths, batch_size=4, max_tokens=200)
+    # by hand: 300 > 200 alone; 100 → 2 rows; 60 → 3 rows (60, 50, 50); 50 → 4 rows (50, 10, 10, 10);
+    # 10 → 2 remaining rows
+    assert got == [(0, 1), (1, 3), (3, 6), (6, 10), (10, 12)]
+    for lo, hi in got:
+        assert hi - lo <= 4 and (hi - lo == 1 or (hi - lo) * lengths[lo] <= 200)
+    assert token_batches(lengths[:0], 4, 200) == []

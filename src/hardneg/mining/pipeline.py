@@ -204,11 +204,13 @@ def _estimate(model, queries, texts, extra_pos, cfg: MineConfig, store: str, max
     n_pos = 1 if extra_pos is None else extra_pos.shape[1]
     K = min(cfg.effective_range_max() + n_pos, len(texts))
     n_enc = len(set(queries)) + len(texts)
-    probe = texts[:: max(1, len(texts) // 16)][:16]
+    # one batch of texts spread over the corpus; an encoder that runs batches on several cores at once
+    # (the ONNX one) ran this one on one of its ``workers``
+    probe = texts[:: max(1, len(texts) // 64)][:64]
     encode_texts(model, probe[:2], **{**enc, "cache_dir": None, "show_progress": False})  # warm-up
     t0 = time.perf_counter()
     encode_texts(model, probe, **{**enc, "cache_dir": None, "show_progress": False})
-    per_text = (time.perf_counter() - t0) / max(len(probe), 1)
+    per_text = (time.perf_counter() - t0) / max(len(probe), 1) / getattr(model, "workers", 1)
     limit = None if max_memory is None else parse_memory(max_memory)
 
     def make(st: str):

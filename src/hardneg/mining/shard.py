@@ -11,12 +11,12 @@ quantizer per shard, and its recall is measured on the merged lists like any oth
 from __future__ import annotations
 
 import multiprocessing as mp
-import os
 import traceback
 from typing import Any
 
 import numpy as np
 
+from hardneg.cores import usable_cores
 from hardneg.index import build_index, search
 from hardneg.mining.store import EmbeddingStore
 
@@ -83,7 +83,7 @@ class ShardedIndex:
             raise ValueError(f"{workers} workers for a corpus of {store.shape[0]} rows; use at most one per row")
         self.d, self.ntotal = store.d, store.shape[0]
         self.bounds = shard_bounds(self.ntotal, workers)
-        threads = threads or max(1, (os.cpu_count() or 1) // workers)
+        threads = threads or max(1, usable_cores() // workers)
         ctx = mp.get_context("spawn")  # a forked child would inherit the parent's OpenMP thread pools
         self._conns, self._procs = [], []
         try:
