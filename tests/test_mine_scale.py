@@ -268,7 +268,7 @@ def test_onnx_backends_match_the_torch_model(tmp_path):
 def test_token_batches_cap_rows_and_padded_tokens():
     """Rows sorted longest first are cut into batches of ≤ batch_size rows and ≤ max_tokens padded
     tokens (rows × the first row's length); a row longer than max_tokens stands alone."""
-    from hardneg.mining.onnx_encoder import token_batches
+    from hardneg.mining.token_batching import token_batches
 
     lengths = np.array([300, 100, 100, 60, 50, 50, 50, 10, 10, 10, 10, 10])
     got = token_batches(lengths, batch_size=4, max_tokens=200)
@@ -278,3 +278,33 @@ def test_token_batches_cap_rows_and_padded_tokens():
     for lo, hi in got:
         assert hi - lo <= 4 and (hi - lo == 1 or (hi - lo) * lengths[lo] <= 200)
     assert token_batches(lengths[:0], 4, 200) == []
+
+
+@pytest.mark.parametrize("side", ["right", "left"])
+def test_token_batched_torch_encoder_matches_sentence_transformers(side):
+    """Batches by length in tokens, trimmed to their longest row on the tokenizer's padding side, give
+    the model's own embeddings: with batch 1 (no padding at all) equal to ``encode`` at batch 1, with
+    larger batches within float rounding of it; a cap of 8 tokens still encodes every text."""
+    from hardneg.mining.token_batching import TorchSentenceEncoder, batchable
+    from tests.retrieval_fixtures import CORPUS, POSITIVES, QUERIES, minilm
+
+    m = minilm()
+    texts = QUERIES + POSITIVES + CORPUS
+    assert batchable(m) and not batchable(object())
+    tok = m[0].tokenizer
+    old = tok.padding_side
+    tok.padding_side = side
+    try:
+        ref1 = m.encode(texts, batch_size=1, normalize_embeddings=True)
+        enc = TorchSentenceEncoder(m)
+        with torch.inference_mode():
+            np.testing.assert_allclose(enc.encode(texts, batch_size=1, normalize_embeddings=True), ref1, atol=1e-6)
+            if side == "right":  # left padding shifts BERT's positions: only batch 1 is padding-free
+                for bs, cap in ((7, 512), (64, 8)):
+                    got = TorchSentenceEncoder(m, max_tokens=cap).encode(texts, batch_size=bs,
+                                                                         normalize_embeddings=True)
+                    np.testing.assert_allclose(got, ref1, atol=2e-5)
+    finally:
+        tok.padding_side = old
+    with pytest.raises(ValueError, match="max_tokens"):
+        TorchSentenceEncoder(m, max_tokens=0)
