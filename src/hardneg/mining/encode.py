@@ -1,6 +1,6 @@
 """Text encoding for mining: offline model loading, deduplication, bf16 autocast, an on-disk cache.
 
-Where the time goes when mining with a bi-encoder on CPU is encoding (~98 % of end-to-end mining,
+Where the time goes when mining with a bi-encoder on CPU is encoding (most of end-to-end mining,
 measured with ``benchmarks/mining_speed.py``). This
 module therefore (1) encodes each distinct text once, (2) batches texts by length in tokens
 (:mod:`hardneg.mining.token_batching`: 0.4 % padding on WordNet's texts where sorting by characters
