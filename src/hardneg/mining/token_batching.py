@@ -71,6 +71,10 @@ class TokenBatchedEncoder:
         """The transformer's (rows, tokens, d) output for one batch of ``preprocess`` features."""
         raise NotImplementedError
 
+    def _to_device(self, features: dict) -> dict:
+        """The batch's features where the transformer and the pooling run (as they are: on the CPU)."""
+        return features
+
     def get_embedding_dimension(self) -> int:
         return self.model.get_embedding_dimension()
 
@@ -103,13 +107,14 @@ class TokenBatchedEncoder:
                 cols = slice(width - longest, None) if left else slice(longest)
                 sub = {k: (v[rows][:, cols] if v.dim() == 2 and v.shape == (n, width) else v[rows])
                        if torch.is_tensor(v) and v.dim() >= 1 and v.shape[0] == n else v for k, v in feats.items()}
+                sub = self._to_device(sub)
                 sub["token_embeddings"] = self._token_embeddings(sub)
                 for module in modules:
                     sub = module(sub)
                 emb = sub["sentence_embedding"].float()
                 if normalize_embeddings:
                     emb = torch.nn.functional.normalize(emb, dim=-1)
-                out[torch.from_numpy(idx[by_len[lo:hi]])] = emb  # distinct batches never share rows
+                out[torch.from_numpy(idx[by_len[lo:hi]])] = emb.cpu()  # distinct batches never share rows
             return len(idx)
 
         starts = range(0, len(texts), chunk)
@@ -145,10 +150,17 @@ def _in_inference_mode(fn):
 
 class TorchSentenceEncoder(TokenBatchedEncoder):
     """The sentence-transformers model's own transformer module, one batch at a time in the calling
-    thread (``workers=1``: torch parallelises inside each operation), under the caller's autocast."""
+    thread (``workers=1``: torch parallelises inside each operation), under the caller's autocast, on
+    the model's device."""
 
     def _token_embeddings(self, features: dict):
         return self.model[0](dict(features))["token_embeddings"]
+
+    def _to_device(self, features: dict) -> dict:
+        import torch
+
+        device = self.model.device  # a model on a GPU encodes there, as ``SentenceTransformer.encode`` does
+        return {k: v.to(device) if torch.is_tensor(v) else v for k, v in features.items()}
 
 
 __all__ = ["CHUNK_BATCHES", "MAX_TOKENS", "TokenBatchedEncoder", "TorchSentenceEncoder", "batchable",
