@@ -308,3 +308,17 @@ def test_token_batched_torch_encoder_matches_sentence_transformers(side):
         tok.padding_side = old
     with pytest.raises(ValueError, match="max_tokens"):
         TorchSentenceEncoder(m, max_tokens=0)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_token_batched_torch_encoder_on_cuda():
+    """A model on a GPU encodes there (features moved to its device) and gives the CPU model's embeddings."""
+    from hardneg.mining.encode import load_sentence_model
+    from hardneg.mining.token_batching import TorchSentenceEncoder
+    from tests.retrieval_fixtures import CORPUS, POSITIVES, QUERIES
+
+    texts = QUERIES + POSITIVES + CORPUS
+    ref = load_sentence_model(None).encode(texts, batch_size=1, normalize_embeddings=True)
+    with torch.inference_mode():
+        got = TorchSentenceEncoder(load_sentence_model(None).to("cuda")).encode(texts, normalize_embeddings=True)
+    np.testing.assert_allclose(got, ref, atol=1e-4)
