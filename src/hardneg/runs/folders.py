@@ -137,13 +137,20 @@ def clear_output(folder: str | os.PathLike[str], kind: str) -> None:
     (d / MARKER).unlink(missing_ok=True)  # last: an interrupted clear stays recognisable
 
 
+def _being_made(name: str, kind: str) -> bool:
+    """True for what a folder of ``kind`` holds while hardneg creates it: the lock file and the
+    temporaries of hardneg's files (the marker being written)."""
+    return name == LOCK or (temp_target(name) is not None and owned_name(name, kind))
+
+
 def _held_kind(d: Path, kind: str, config_text: str, resume: bool) -> str | None:
-    """The kind of output ``d`` holds, None when it is new or empty (a lock file alone counts as
-    empty); refuse a folder hardneg did not create or one of another kind. Reads only."""
+    """The kind of output ``d`` holds, None when it is new or empty (one holding only what
+    :func:`_being_made` names counts as empty); refuse a folder hardneg did not create or one of
+    another kind. Reads only."""
     what = "run directory" if kind == "run" else "output folder"
     if d.exists() and not d.is_dir():
         raise FileExistsError(f"{what} {d} exists and is not a directory")
-    if not d.is_dir() or not any(p.name != LOCK for p in d.iterdir()):
+    if not d.is_dir() or all(_being_made(p.name, kind) for p in d.iterdir()):
         return None
     found = read_marker(d)
     cfg = d / CONFIG
@@ -171,8 +178,9 @@ def prepare_output(
         raise ValueError("pass at most one of --resume and --overwrite")
     d = Path(folder)
     what = "run directory" if kind == "run" else "output folder"
-    _held_kind(d, kind, config_text, resume)  # a folder hardneg did not create gets no lock file
-    d.mkdir(parents=True, exist_ok=True)
+    if not (d / LOCK).is_file():  # a folder hardneg did not create gets no lock file
+        _held_kind(d, kind, config_text, resume)
+        d.mkdir(parents=True, exist_ok=True)
     lock = WriterLock(d / LOCK, f"{what} {d}")
     try:
         return _prepare_locked(d, kind, config_text, resume=resume, overwrite=overwrite), lock
