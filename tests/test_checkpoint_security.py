@@ -142,17 +142,20 @@ def test_saved_state_round_trips_as_plain_data(tmp_path):
     assert all(torch.equal(back["strategy"][k], v) for k, v in st["strategy"].items() if torch.is_tensor(v))
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-def test_resume_restores_the_cuda_random_state(tmp_path):
-    """What dropout on a GPU draws after ``--resume`` equals what it drew after the checkpoint."""
+@pytest.mark.parametrize("device", [
+    "cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")),
+])
+def test_resume_restores_the_global_random_state(tmp_path, device):
+    """What dropout draws after ``--resume`` equals what it drew after the checkpoint: the global
+    random state of the CPU and, on a GPU, of CUDA."""
     d = tmp_path / "r"
     tr = Trainer(cfg(train__epochs=1), d, loss_fn=literal_nt_xent)
-    torch.rand(1000, device="cuda")  # move the CUDA generator away from its seeded state
+    torch.rand(1000, device=device)  # move the generator away from its seeded state
     tr.save_checkpoint()
     tr.close()
-    expected = torch.rand(1000, device="cuda")
+    expected = torch.rand(1000, device=device)
     resumed = Trainer(cfg(train__epochs=1), d, loss_fn=literal_nt_xent, resume=True)  # seeds, then restores
     try:
-        assert torch.equal(torch.rand(1000, device="cuda"), expected)
+        assert torch.equal(torch.rand(1000, device=device), expected)
     finally:
         resumed.close()

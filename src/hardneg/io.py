@@ -155,6 +155,7 @@ class WriterLock:
                 os.close(fd)
         os.ftruncate(self._fd, 0)
         cmd = " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]) if sys.argv and sys.argv[0] else "python"
+        cmd = " ".join(cmd.split())  # one line in the message a second writer gets
         os.pwrite(self._fd, f"{os.getpid()} {cmd}\n".encode("utf-8", "replace"), 0)
         self._holds = 1
 
