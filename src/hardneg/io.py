@@ -153,11 +153,15 @@ class WriterLock:
                 self._fd = fd
             else:  # released (and deleted) between our open and our lock: lock the file at path now
                 os.close(fd)
-        os.ftruncate(self._fd, 0)
+        self._holds = 1
         cmd = " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]) if sys.argv and sys.argv[0] else "python"
         cmd = " ".join(cmd.split())  # one line in the message a second writer gets
-        os.pwrite(self._fd, f"{os.getpid()} {cmd}\n".encode("utf-8", "replace"), 0)
-        self._holds = 1
+        try:
+            os.ftruncate(self._fd, 0)
+            os.pwrite(self._fd, f"{os.getpid()} {cmd}\n".encode("utf-8", "replace"), 0)
+        except BaseException:
+            self.release()
+            raise
 
     @property
     def locked(self) -> bool:

@@ -83,14 +83,7 @@ def mine_cmd(
     from hardneg.mining.formats import _suffix, read_corpus, read_pairs
     from hardneg.mining.mine import MineConfig
     from hardneg.mining.onnx_encoder import BACKENDS
-    from hardneg.mining.pipeline import (
-        STORES,
-        check_output,
-        format_summary,
-        lock_output,
-        mine_texts,
-        write_result,
-    )
+    from hardneg.mining.pipeline import STORES, check_output, format_summary, lock_output, mine_texts, write_result
     from hardneg.mining.summary import nothing_selected_line
 
     # validate everything cheap before loading models or encoding

@@ -19,8 +19,8 @@ draws the same permutation and the same augmentation parameters for the global b
 (batch normalisation over the global batch); with ``data.workers`` each process's DataLoader reads
 and augments its own rows (per-sample seeds);
 the loss gathers the embeddings with gradient, so the gradient after DDP's averaging is the
-single-process gradient of the global batch. Only rank 0 evaluates and writes files; every process
-stops at the same step on Ctrl-C / SIGTERM.
+single-process gradient of the global batch. Only rank 0 evaluates, writes files and holds the run
+directory's lock (:class:`hardneg.io.WriterLock`); every process stops at the same step on Ctrl-C / SIGTERM.
 """
 
 from __future__ import annotations
@@ -604,7 +604,7 @@ class Trainer:
     def fit(self) -> dict[str, Any]:
         """Train to the configured number of epochs (continuing from the checkpoint when resumed) and
         return the summary; also written to ``summary.json``. Ctrl-C and SIGTERM write a checkpoint and
-        raise :class:`RunInterrupted`."""
+        raise :class:`RunInterrupted`. However it ends, it releases the run directory's lock."""
         old: dict[int, Any] = {}
         if threading.current_thread() is threading.main_thread():
             old = {s: signal.signal(s, self._on_signal) for s in STOP_SIGNALS}
