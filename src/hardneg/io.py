@@ -6,6 +6,9 @@ process killed outright (SIGKILL, power loss) can leave the hidden temporary fil
 
 Files get the permissions a plain ``open(path, "w")`` would give them: those of the file they
 replace, else ``0o666`` minus the process umask (``tempfile`` alone would create them ``0o600``).
+
+One writer per output: :class:`WriterLock` is the lock a command holds on its output folder or file
+for as long as it writes there, so a second command writing to the same place is refused.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import sys
 import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -103,3 +107,121 @@ def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
     """Write ``text`` to ``path`` atomically (UTF-8)."""
     with atomic_open(path, "w", encoding="utf-8") as f:
         f.write(text)
+
+
+class WriterLock:
+    """One writer per output: an exclusive advisory lock (``fcntl.flock``) on the file ``path``, which
+    records the holder's PID and command for the message a second writer gets.
+
+    Taking it never waits: a lock held by a live process raises :class:`FileExistsError` naming
+    ``what`` and the holder. The kernel releases the lock when the holding process ends in any way
+    (SIGKILL included), so a lock file left behind by a dead process does not block the next writer.
+    :meth:`release` deletes the file while the lock is still held; a process that opened the file
+    just before that finds it no longer at ``path`` once it gets the lock, and starts over, so two
+    processes never both hold the lock on what ``path`` names.
+
+    Holds nest: :meth:`held` keeps the lock through a ``with`` block even when the code inside
+    releases it (a command that writes a report after its training run). Where ``fcntl`` does not
+    exist (Windows) no lock is taken.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], what: str) -> None:
+        self.path = Path(path)
+        self.what = what
+        self._fd: int | None = None
+        self._holds = 0
+        self._pid = os.getpid()  # a forked child (a data-loader worker) must not release its parent's lock
+        try:
+            import fcntl
+        except ImportError:  # pragma: no cover - Windows: advisory locks of this kind do not exist
+            self._holds = 1
+            return
+        while self._fd is None:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = _holder(fd)
+                os.close(fd)
+                raise FileExistsError(
+                    f"{what} is being written by another hardneg process, {holder}; wait for it to finish or stop it"
+                ) from None
+            except BaseException:
+                os.close(fd)
+                raise
+            if _same_file(fd, self.path):
+                self._fd = fd
+            else:  # released (and deleted) between our open and our lock: lock the file at path now
+                os.close(fd)
+        self._holds = 1
+        cmd = " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]) if sys.argv and sys.argv[0] else "python"
+        cmd = " ".join(cmd.split())  # one line in the message a second writer gets
+        try:
+            os.ftruncate(self._fd, 0)
+            os.pwrite(self._fd, f"{os.getpid()} {cmd}\n".encode("utf-8", "replace"), 0)
+        except BaseException:
+            self.release()
+            raise
+
+    @property
+    def locked(self) -> bool:
+        """True while this object holds the lock."""
+        return self._holds > 0
+
+    @contextlib.contextmanager
+    def held(self) -> Iterator[WriterLock]:
+        """Keep the lock through the ``with`` block (one more hold, released at its end)."""
+        if not self.locked:
+            raise RuntimeError(f"the lock of {self.what} is no longer held")
+        self._holds += 1
+        try:
+            yield self
+        finally:
+            self.release()
+
+    def release(self) -> None:
+        """Give up one hold; the last deletes the lock file and unlocks it. Releasing a lock no longer
+        held does nothing."""
+        if self._holds == 0 or os.getpid() != self._pid:
+            return
+        self._holds -= 1
+        if self._holds or self._fd is None:
+            return
+        fd, self._fd = self._fd, None
+        try:
+            if _same_file(fd, self.path):
+                with contextlib.suppress(FileNotFoundError):
+                    self.path.unlink()
+        finally:
+            os.close(fd)
+
+    def __enter__(self) -> WriterLock:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+    def __del__(self) -> None:
+        # the kernel would release the lock with the file descriptor; this also deletes the file
+        with contextlib.suppress(Exception):
+            while self._holds:
+                self.release()
+
+
+def _same_file(fd: int, path: Path) -> bool:
+    """True when ``path`` names the file open as ``fd``."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return False
+    own = os.fstat(fd)
+    return (st.st_dev, st.st_ino) == (own.st_dev, own.st_ino)
+
+
+def _holder(fd: int) -> str:
+    """``PID n (command)`` of the lock's holder, from what it wrote into the lock file."""
+    text = os.pread(fd, 4096, 0).decode("utf-8", "replace").strip()
+    pid, _, cmd = text.partition(" ")
+    if not pid.isdigit():
+        return "PID unknown (it has just started)"
+    return f"PID {pid} ({cmd})" if cmd else f"PID {pid}"

@@ -83,7 +83,7 @@ def mine_cmd(
     from hardneg.mining.formats import _suffix, read_corpus, read_pairs
     from hardneg.mining.mine import MineConfig
     from hardneg.mining.onnx_encoder import BACKENDS
-    from hardneg.mining.pipeline import STORES, check_output, format_summary, mine_texts, write_result
+    from hardneg.mining.pipeline import STORES, check_output, format_summary, lock_output, mine_texts, write_result
     from hardneg.mining.summary import nothing_selected_line
 
     # validate everything cheap before loading models or encoding
@@ -111,36 +111,37 @@ def mine_cmd(
         raise ValueError(f"--store must be one of {', '.join(STORES)}, got {store!r}")
     if backend not in BACKENDS:
         raise ValueError(f"--backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
-    q_labels = c_labels = corpus_texts = None
-    if wordnet:
-        from hardneg.data.wordnet import build_corpus, build_pairs, load_synsets
+    with lock_output(out, overwrite=overwrite):  # one hardneg mine writes this output at a time
+        q_labels = c_labels = corpus_texts = None
+        if wordnet:
+            from hardneg.data.wordnet import build_corpus, build_pairs, load_synsets
 
-        syn = load_synsets([p.strip() for p in wordnet_pos.split(",")], data_dir)
-        rows = build_pairs(syn, query=wordnet_query, split=wordnet_split, ambiguous=wordnet_ambiguous)
-        queries = [r["query"] for r in rows]
-        positives = [r["positive"] for r in rows]
-        q_labels = [r["labels"] for r in rows]
-        corpus_texts, c_labels = build_corpus(syn, ambiguous=wordnet_ambiguous)
-    else:
-        queries, positives, q_labels = read_pairs(pairs, query_column=query_column, positive_column=positive_column)
-        if corpus is not None:
-            corpus_texts, c_labels = read_corpus(corpus)
-    if max_pairs is not None:
-        queries, positives = queries[:max_pairs], positives[:max_pairs]
-        q_labels = q_labels[:max_pairs] if q_labels is not None else None
-    cache = None if no_cache else (cache_dir or default_cache_dir())
-    typer.echo(f"embedding cache: {cache}" if cache else "embedding cache: off")
-    res = mine_texts(queries, positives, corpus_texts, model=model, config=cfg, output_format=output_format,
-                     output_scores=scores, q_labels=q_labels, corpus_labels=c_labels, guide=guide,
-                     precision=precision, batch_size=batch_size, cache_dir=cache, show_progress=not quiet,
-                     store=store, store_dir=store_dir, max_memory=max_memory, log=typer.echo, backend=backend)
-    nothing = nothing_selected_line(res.summary)
-    if nothing:  # an empty file would pass for a result: print the summary, write nothing, fail
+            syn = load_synsets([p.strip() for p in wordnet_pos.split(",")], data_dir)
+            rows = build_pairs(syn, query=wordnet_query, split=wordnet_split, ambiguous=wordnet_ambiguous)
+            queries = [r["query"] for r in rows]
+            positives = [r["positive"] for r in rows]
+            q_labels = [r["labels"] for r in rows]
+            corpus_texts, c_labels = build_corpus(syn, ambiguous=wordnet_ambiguous)
+        else:
+            queries, positives, q_labels = read_pairs(pairs, query_column=query_column, positive_column=positive_column)
+            if corpus is not None:
+                corpus_texts, c_labels = read_corpus(corpus)
+        if max_pairs is not None:
+            queries, positives = queries[:max_pairs], positives[:max_pairs]
+            q_labels = q_labels[:max_pairs] if q_labels is not None else None
+        cache = None if no_cache else (cache_dir or default_cache_dir())
+        typer.echo(f"embedding cache: {cache}" if cache else "embedding cache: off")
+        res = mine_texts(queries, positives, corpus_texts, model=model, config=cfg, output_format=output_format,
+                         output_scores=scores, q_labels=q_labels, corpus_labels=c_labels, guide=guide,
+                         precision=precision, batch_size=batch_size, cache_dir=cache, show_progress=not quiet,
+                         store=store, store_dir=store_dir, max_memory=max_memory, log=typer.echo, backend=backend)
+        nothing = nothing_selected_line(res.summary)
+        if nothing:  # an empty file would pass for a result: print the summary, write nothing, fail
+            typer.echo(format_summary(res.summary))
+            raise ValueError(f"{nothing}; nothing written")
+        sp = write_result(res, out)
         typer.echo(format_summary(res.summary))
-        raise ValueError(f"{nothing}; nothing written")
-    sp = write_result(res, out)
-    typer.echo(format_summary(res.summary))
-    typer.echo(f"wrote {out} and {sp}")
+        typer.echo(f"wrote {out} and {sp}")
 
 
 @app.command("wordnet-export")

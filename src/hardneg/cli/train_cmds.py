@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -84,10 +86,11 @@ def _with_dir(overrides: list[str] | None, data_dir: Path | None) -> list[str]:
 
 def _run_train(
     config: Path, out: Path | None, overrides: list[str] | None, resume: bool, overwrite: bool, force_bounds: bool,
-    repair: bool, nproc: int = 1, command: str = "train",
-) -> tuple[Path, dict | None]:
+    repair: bool, nproc: int = 1, command: str = "train", finish: Callable[[Path], Any] | None = None,
+) -> tuple[Path, dict | None, Any]:
     """Train (or, with ``nproc`` > 1, launch the processes that train); the summary on the process
-    that writes files, None elsewhere."""
+    that writes files, None elsewhere, and what ``finish(run_dir)`` returned there: it runs after
+    training while the run directory is still locked (the report of ``bounds``)."""
     from hardneg.runs import RunConfig, apply_overrides, load_raw, validate_config
     from hardneg.train.trainer import Trainer
 
@@ -101,11 +104,14 @@ def _run_train(
     if nproc > 1:
         _launch(nproc, cfg.train.batch_size,
                 [command, *_common_argv(config, run_dir, list(overrides or []), resume, overwrite, repair)])
-        return run_dir, None
+        return run_dir, None, None
     _worker_of_a_group()
     with exit_on_interrupt():
-        summary = Trainer(cfg, run_dir, resume=resume, overwrite=overwrite, repair_metrics=repair).fit()
-    return run_dir, summary
+        tr = Trainer(cfg, run_dir, resume=resume, overwrite=overwrite, repair_metrics=repair)
+        with tr.lock.held() if tr.lock is not None else contextlib.nullcontext():
+            summary = tr.fit()
+            done = finish(run_dir) if finish is not None and tr.main else None
+    return run_dir, summary, done
 
 
 @app.command("train")
@@ -120,7 +126,7 @@ def train_cmd(
     nproc: NprocOpt = 1,
 ) -> None:
     """Train one model from a config; metrics, checkpoints and the summary go to the run directory."""
-    run_dir, s = _run_train(config, out, _with_dir(overrides, data_dir), resume, overwrite, False, repair, nproc)
+    run_dir, s, _ = _run_train(config, out, _with_dir(overrides, data_dir), resume, overwrite, False, repair, nproc)
     if s is None or "knn_acc" not in s:  # the launcher, or a process other than rank 0
         return
     lin = f"  linear {s['linear_acc']:.4f}" if "linear_acc" in s else ""
@@ -143,8 +149,8 @@ def bounds_cmd(
     (Jiang et al. 2022); print how often each inequality and Assumption 1 hold; plot the four curves."""
     from hardneg.report.report import write_run_report
 
-    run_dir, s = _run_train(config, out, _with_dir(overrides, data_dir), resume, overwrite, True, repair, nproc,
-                            "bounds")
+    _, s, report = _run_train(config, out, _with_dir(overrides, data_dir), resume, overwrite, True, repair, nproc,
+                              "bounds", write_run_report)
     if s is None or "bounds" not in s:
         return
     b = s["bounds"]
@@ -157,7 +163,7 @@ def bounds_cmd(
         bf, af = b["batch_frac_" + key], b["anchor_frac_" + key]
         _echo(f"{name:<19} {bf:.1%} of batches, {af:.1%} of anchors")
     _echo(f"Assumption 1 holds for {b['assumption1']:.1%} of anchors (mean over batches)")
-    _echo(f"report: {write_run_report(run_dir)}")
+    _echo(f"report: {report}")
 
 
 @app.command("compare")
@@ -190,9 +196,11 @@ def compare_cmd(
         if not is_main():  # trains its share of every grid point; rank 0 writes and reports
             run_compare(cfg, out_dir, resume=resume, overwrite=overwrite, repair_metrics=repair, echo=lambda _m: None)
             return
-    with exit_on_interrupt():
-        run_compare(cfg, out_dir, resume=resume, overwrite=overwrite, repair_metrics=repair, echo=_echo)
-    rp = write_report(out_dir)
+    reports: list[Path] = []
+    with exit_on_interrupt():  # the report is written while the folder is still locked
+        run_compare(cfg, out_dir, resume=resume, overwrite=overwrite, repair_metrics=repair, echo=_echo,
+                    finish=lambda d: reports.append(write_report(d)))
+    rp = reports[0]
     _echo("")
     _echo(results_table(collect(out_dir)))
     _echo("")

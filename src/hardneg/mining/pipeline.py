@@ -15,7 +15,7 @@ import numpy as np
 
 from hardneg._optional import require
 from hardneg.index import parse_index_spec
-from hardneg.io import remove_stale_temps
+from hardneg.io import WriterLock, remove_stale_temps
 from hardneg.mining.encode import default_cache_dir, encode_texts, load_sentence_model
 from hardneg.mining.estimate import available_memory, estimate_mining, parse_memory
 from hardneg.mining.formats import OUTPUT_FORMATS_ALL, build_rows, write_rows
@@ -321,6 +321,22 @@ def check_output(out: str | os.PathLike[str], *, overwrite: bool = False) -> Non
         )
 
 
+def lock_output(out: str | os.PathLike[str], *, overwrite: bool = False) -> WriterLock:
+    """Lock the output ``out`` against other writers (the lock file ``.<name>.lock`` beside it, deleted
+    when released) and check it again under the lock (:func:`check_output`: a writer that held the lock
+    may have written it meanwhile). A second ``hardneg mine`` to the same output is refused, naming the
+    output and the holder's PID."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    lock = WriterLock(out.with_name(f".{out.name}.lock"), f"output {out}")
+    try:
+        check_output(out, overwrite=overwrite)
+    except BaseException:
+        lock.release()
+        raise
+    return lock
+
+
 def write_result(result: MineResult, out: str | os.PathLike[str], *, summary_path=None) -> Path:
     """Write the rows (atomically) and the summary JSON beside them (``<out>.summary.json``), which
     records that hardneg wrote them (``written_by``, ``output``)."""
@@ -335,6 +351,6 @@ def write_result(result: MineResult, out: str | os.PathLike[str], *, summary_pat
 
 
 __all__ = [
-    "MineResult", "check_output", "format_summary", "load_guide", "mine_texts", "prepare_corpus", "summary_file",
-    "write_result",
+    "MineResult", "check_output", "format_summary", "load_guide", "lock_output", "mine_texts", "prepare_corpus",
+    "summary_file", "write_result",
 ]

@@ -12,18 +12,27 @@ A run folder holds the files named in :data:`RUN_FILES`; a compare folder those 
 - ``--overwrite`` deletes the files hardneg writes there and nothing else: a folder that also holds
   anything else is refused, naming it. The folder itself is kept (``--out .`` empties nothing).
 - ``--resume`` needs the same ``config.yaml``; it deletes nothing but stale temporary files.
+
+One writer per folder: whoever prepares an output holds its lock (:class:`hardneg.io.WriterLock` on
+the file ``.hardneg.lock`` inside it) for as long as it writes there. A second writer — a fresh start,
+``--resume`` or ``--overwrite`` — is refused, naming the folder and the holder's PID, before it changes
+anything; ``--overwrite`` never deletes the lock file of a live holder. The lock file is hardneg's own
+(in :data:`RUN_FILES` and :data:`COMPARE_FILES`); the holder deletes it when it finishes, and one left by
+a killed process blocks nothing.
 """
 
 from __future__ import annotations
 
+import contextlib
 import fnmatch
 import json
 import os
 from pathlib import Path
 
-from hardneg.io import atomic_write_text, remove_stale_temps, temp_target
+from hardneg.io import WriterLock, atomic_write_text, remove_stale_temps, temp_target
 
 MARKER = ".hardneg"
+LOCK = ".hardneg.lock"
 CONFIG = "config.yaml"
 METRICS = "metrics.jsonl"
 CHECKPOINT = "checkpoint.pt"
@@ -35,10 +44,12 @@ RESULTS = "results.json"
 RUNS = "runs"
 
 #: every file hardneg writes into a run folder (training, then ``hardneg report`` / ``bounds``)
-RUN_FILES = (MARKER, CONFIG, METRICS, CHECKPOINT, SUMMARY, MODEL, EMBEDDINGS, REPORT, "loss_curve.png", "bounds.png")
+RUN_FILES = (
+    MARKER, LOCK, CONFIG, METRICS, CHECKPOINT, SUMMARY, MODEL, EMBEDDINGS, REPORT, "loss_curve.png", "bounds.png",
+)
 #: every file hardneg writes at the top of a compare folder (the grid's config, the report and its plots)
 COMPARE_FILES = (
-    MARKER, CONFIG, RESULTS, REPORT, "accuracy_vs_beta.png", "loss_curves.png", "knn_curves.png",
+    MARKER, LOCK, CONFIG, RESULTS, REPORT, "accuracy_vs_beta.png", "loss_curves.png", "knn_curves.png",
     "align.png", "uniform.png", "bounds.png", "embedding_map.png", "bounds_by_entry.png", "leaderboard.png",
     "accuracy_vs_time.png",
 )
@@ -99,8 +110,10 @@ def _names(entries: list[str]) -> str:
 
 
 def clear_output(folder: str | os.PathLike[str], kind: str) -> None:
-    """Delete the files hardneg wrote into ``folder`` (an output of ``kind``), keeping the folder itself;
-    refuse (FileExistsError, naming them) when it holds anything else."""
+    """Delete the files hardneg wrote into ``folder`` (an output of ``kind``), keeping the folder itself
+    and its lock file (the caller's own lock, or one a killed process left, which blocks nothing);
+    refuse (FileExistsError, naming them) when it holds anything else, or when another process writes
+    one of a compare folder's runs."""
     d = Path(folder)
     foreign = foreign_entries(d, kind)
     if foreign:
@@ -108,41 +121,80 @@ def clear_output(folder: str | os.PathLike[str], kind: str) -> None:
             f"refusing to --overwrite {d}: it holds {_names(foreign)}, which hardneg did not write; "
             "move them away or choose another folder"
         )
-    if kind == "compare" and (d / RUNS).is_dir():
-        for r in sorted((d / RUNS).iterdir()):
+    grid = sorted((d / RUNS).iterdir()) if kind == "compare" and (d / RUNS).is_dir() else []
+    with contextlib.ExitStack() as held:
+        for r in grid:  # every run's lock before anything is deleted: a run in use is not cleared under it
+            held.enter_context(WriterLock(r / LOCK, f"run directory {r}"))
+        for r in grid:
             clear_output(r, "run")
-            r.rmdir()
+    for r in grid:  # their locks released, which deleted the lock files
+        r.rmdir()
+    if grid or (d / RUNS).is_dir():
         (d / RUNS).rmdir()
     for p in d.iterdir():
-        if p.name != MARKER and owned_name(p.name, kind):
+        if p.name not in (MARKER, LOCK) and owned_name(p.name, kind):
             p.unlink()
     (d / MARKER).unlink(missing_ok=True)  # last: an interrupted clear stays recognisable
 
 
+def _being_made(name: str, kind: str) -> bool:
+    """True for what a folder of ``kind`` holds while hardneg creates it: the lock file and the
+    temporaries of hardneg's files (the marker being written)."""
+    return name == LOCK or (temp_target(name) is not None and owned_name(name, kind))
+
+
+def _held_kind(d: Path, kind: str, config_text: str, resume: bool) -> str | None:
+    """The kind of output ``d`` holds, None when it is new or empty (one holding only what
+    :func:`_being_made` names counts as empty); refuse a folder hardneg did not create or one of
+    another kind. Reads only."""
+    what = "run directory" if kind == "run" else "output folder"
+    if d.exists() and not d.is_dir():
+        raise FileExistsError(f"{what} {d} exists and is not a directory")
+    if not d.is_dir() or all(_being_made(p.name, kind) for p in d.iterdir()):
+        return None
+    found = read_marker(d)
+    cfg = d / CONFIG
+    if found is None and resume and cfg.is_file() and cfg.read_text(encoding="utf-8") == config_text:
+        found = kind  # a config.yaml identical to this one is hardneg's own: a run folder without a marker
+    if found is None:
+        entries = [p.name + ("/" if p.is_dir() else "") for p in sorted(d.iterdir())]
+        raise FileExistsError(
+            f"{what} {d} is not empty and has no hardneg marker ({MARKER}), so hardneg did not create it "
+            f"(it holds {_names(entries)}); choose a new or empty folder"
+        )
+    if found != kind:
+        raise FileExistsError(f"{what} {d} holds a hardneg {found} output, not a {kind}; choose another folder")
+    return found
+
+
 def prepare_output(
     folder: str | os.PathLike[str], kind: str, config_text: str, *, resume: bool = False, overwrite: bool = False
-) -> bool:
-    """Create or check an output folder of ``kind``; return True when an existing one of the same config
-    is resumed. Writes the marker and ``config.yaml`` of a new output; see the module docstring."""
+) -> tuple[bool, WriterLock]:
+    """Create or check an output folder of ``kind`` and lock it; return ``(resumed, lock)``: resumed is
+    True when an existing one of the same config is resumed; the caller holds ``lock`` while it writes
+    there and releases it at the end. Writes the marker and ``config.yaml`` of a new output; see the
+    module docstring."""
     if resume and overwrite:
         raise ValueError("pass at most one of --resume and --overwrite")
     d = Path(folder)
     what = "run directory" if kind == "run" else "output folder"
-    if d.exists() and not d.is_dir():
-        raise FileExistsError(f"{what} {d} exists and is not a directory")
-    if d.is_dir() and any(d.iterdir()):
-        found = read_marker(d)
+    if not (d / LOCK).is_file():  # a folder hardneg did not create gets no lock file
+        _held_kind(d, kind, config_text, resume)
+        d.mkdir(parents=True, exist_ok=True)
+    lock = WriterLock(d / LOCK, f"{what} {d}")
+    try:
+        return _prepare_locked(d, kind, config_text, resume=resume, overwrite=overwrite), lock
+    except BaseException:
+        lock.release()
+        raise
+
+
+def _prepare_locked(d: Path, kind: str, config_text: str, *, resume: bool, overwrite: bool) -> bool:
+    """:func:`prepare_output` once the lock is held (checked again: a writer that held it may have
+    changed the folder in between)."""
+    what = "run directory" if kind == "run" else "output folder"
+    if _held_kind(d, kind, config_text, resume) is not None:
         cfg = d / CONFIG
-        if found is None and resume and cfg.is_file() and cfg.read_text(encoding="utf-8") == config_text:
-            found = kind  # a config.yaml identical to this one is hardneg's own: a run folder without a marker
-        if found is None:
-            entries = [p.name + ("/" if p.is_dir() else "") for p in sorted(d.iterdir())]
-            raise FileExistsError(
-                f"{what} {d} is not empty and has no hardneg marker ({MARKER}), so hardneg did not create it "
-                f"(it holds {_names(entries)}); choose a new or empty folder"
-            )
-        if found != kind:
-            raise FileExistsError(f"{what} {d} holds a hardneg {found} output, not a {kind}; choose another folder")
         if overwrite:
             clear_output(d, kind)
         elif not resume:
@@ -160,7 +212,6 @@ def prepare_output(
             if read_marker(d) is None:
                 write_marker(d, kind)
             return True
-    d.mkdir(parents=True, exist_ok=True)
     write_marker(d, kind)
     atomic_write_text(d / CONFIG, config_text)
     return False

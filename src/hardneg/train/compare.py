@@ -16,7 +16,9 @@ finished folder (the command line does both).
 
 from __future__ import annotations
 
+import contextlib
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -38,9 +40,11 @@ def run_compare(
     overwrite: bool = False,
     repair_metrics: bool = False,
     echo: Any = print,
+    finish: Callable[[Path], Any] | None = None,
 ) -> Path:
     """Run (or continue) every grid point; return the output folder (write its report with
-    :func:`hardneg.report.report.write_report`).
+    :func:`hardneg.report.report.write_report`, or pass it as ``finish``: called with the folder on
+    the process that writes files, while the folder is still locked against other writers).
 
     Every grid point's loss and the data are checked before the output folder is touched."""
     out = Path(out_dir)
@@ -55,9 +59,20 @@ def run_compare(
     test = load_named(d.name, "test", data_dir=d.data_dir, limit=d.test_limit, seed=d.split_seed)
     if len(train[0]) < cfg.train.batch_size:
         raise ValueError(f"train.batch_size={cfg.train.batch_size} is larger than the training set ({len(train[0])})")
-    if D.is_main():  # over several processes, rank 0 makes the folder while the others wait
-        runs.prepare_output(out, "compare", runs.dump_config(cfg), resume=resume, overwrite=overwrite)
-    D.broadcast_flag(True)
+    lock = None
+    if D.is_main():  # over several processes, rank 0 makes and locks the folder while the others wait
+        _, lock = runs.prepare_output(out, "compare", runs.dump_config(cfg), resume=resume, overwrite=overwrite)
+    with lock or contextlib.nullcontext():
+        D.broadcast_flag(True)
+        _run_grid(cfg, out, specs, train, test, repair_metrics, echo)
+        if finish is not None and D.is_main():
+            finish(out)
+    return out
+
+
+def _run_grid(cfg: runs.CompareConfig, out: Path, specs: list[RunSpec], train: Any, test: Any,
+              repair_metrics: bool, echo: Any) -> None:
+    """Train every grid point not finished yet, each in its own run folder under ``out``."""
     t_all = time.time()
     for i, spec in enumerate(specs, 1):
         rd = runs.run_dir(out, spec)
@@ -73,4 +88,3 @@ def run_compare(
         lin = f", linear {s['linear_acc']:.4f}" if "linear_acc" in s else ""
         echo(f"[{i}/{len(specs)}] {spec.name}: kNN {s['knn_acc']:.4f}{lin} ({time.time() - t0:.0f} s)")
     echo(f"grid finished in {time.time() - t_all:.0f} s")
-    return out

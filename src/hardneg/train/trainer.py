@@ -19,8 +19,8 @@ draws the same permutation and the same augmentation parameters for the global b
 (batch normalisation over the global batch); with ``data.workers`` each process's DataLoader reads
 and augments its own rows (per-sample seeds);
 the loss gathers the embeddings with gradient, so the gradient after DDP's averaging is the
-single-process gradient of the global batch. Only rank 0 evaluates and writes files; every process
-stops at the same step on Ctrl-C / SIGTERM.
+single-process gradient of the global batch. Only rank 0 evaluates, writes files and holds the run
+directory's lock (:class:`hardneg.io.WriterLock`); every process stops at the same step on Ctrl-C / SIGTERM.
 """
 
 from __future__ import annotations
@@ -48,7 +48,7 @@ from hardneg.eval.bounds import bound_terms, summarize_bounds
 from hardneg.eval.diagnostics import two_view_diagnostics
 from hardneg.eval.knn import knn_predict
 from hardneg.eval.linear_probe import linear_probe, per_class_and_confusion
-from hardneg.io import atomic_torch_save, atomic_write_text
+from hardneg.io import WriterLock, atomic_torch_save, atomic_write_text
 from hardneg.models.encoders import ContrastiveModel, build_model_from_config
 from hardneg.negatives.queue import MomentumEncoder, needs_key_encoder
 from hardneg.negatives.strategy import Strategy
@@ -122,9 +122,11 @@ def _rng_state() -> tuple[torch.Tensor, list[torch.Tensor]]:
 
 
 def _set_rng_state(state: tuple[torch.Tensor, list[torch.Tensor]]) -> None:
+    """Restore what :func:`_rng_state` returned; the state of a GPU this machine lacks is not needed."""
     torch.set_rng_state(state[0])
-    if state[1]:
-        torch.cuda.set_rng_state_all(state[1])
+    cuda = state[1][: torch.cuda.device_count()] if torch.cuda.is_available() else []
+    if cuda:
+        torch.cuda.set_rng_state_all(cuda)
 
 
 def _as_dataset(data: Any, name: str) -> Any:
@@ -216,8 +218,25 @@ class Trainer:
             sample_shape = tuple(image_of(self.train_ds[0], "train_data")[0].shape)
         if self.n_train < c.train.batch_size:
             raise ValueError(f"train.batch_size={c.train.batch_size} is larger than the training set ({self.n_train})")
-        resumed = self.main and ck.prepare_run_dir(self.run_dir, self._config_text, resume=resume, overwrite=overwrite)
-        self.resumed = D.broadcast_flag(resumed)  # the other processes wait until rank 0 made the folder
+        #: rank 0's lock on the run directory, held while this Trainer writes there (released by
+        #: :meth:`fit` or :meth:`close`); the other processes write nothing and take none
+        self.lock: WriterLock | None = None
+        resumed = False
+        if self.main:
+            resumed, self.lock = ck.prepare_run_dir(self.run_dir, self._config_text, resume=resume, overwrite=overwrite)
+        try:
+            # the other processes wait in broadcast_flag until rank 0 made the folder
+            self._setup(D.broadcast_flag(resumed), model, sample_shape)
+        except BaseException:
+            self.close()
+            raise
+
+    def _setup(
+        self, resumed: bool, model: ContrastiveModel | nn.Module | None, sample_shape: tuple[int, ...]
+    ) -> None:
+        """Build the model, optimiser and generators; restore the checkpoint when resumed."""
+        c = self.cfg
+        self.resumed = resumed
         strategy = getattr(self.loss_fn, "strategy", self.loss_fn)
         self._strategy: torch.nn.Module | None = strategy if isinstance(strategy, torch.nn.Module) else None
         #: the Strategy behind the loss (ids, step, diagnostics, key encoder), None for plain functions
@@ -261,14 +280,17 @@ class Trainer:
 
     # ------------------------------------------------------------------ state
     def state(self) -> dict[str, Any]:
+        """Everything an exact resume needs, as the fields of :data:`hardneg.train.checkpoint.FIELDS`."""
         mp = self.run_dir / ck.METRICS
+        torch_rng, cuda_rng = _rng_state()
         return {
             "model": self.model.state_dict(),
             "opt": self.opt.state_dict(),
             "sched": self.sched.state_dict(),
             "g_data": self.g_data.get_state(),
             "g_aug": self.g_aug.get_state(),
-            "torch_rng": torch.get_rng_state(),
+            "torch_rng": torch_rng,
+            "cuda_rng": cuda_rng,
             "step": self.step,
             "epoch": self.epoch,
             "batch_idx": self.batch_idx,
@@ -315,15 +337,15 @@ class Trainer:
         self.sched.load_state_dict(st["sched"])
         self.g_data.set_state(st["g_data"])
         self.g_aug.set_state(st["g_aug"])
-        torch.set_rng_state(st["torch_rng"])
+        _set_rng_state((st["torch_rng"], st["cuda_rng"]))
         self.step, self.epoch, self.batch_idx = st["step"], st["epoch"], st["batch_idx"]
         self.perm = st["perm"]
         self.epoch_loss = list(st["epoch_loss"])
-        self.train_seconds = float(st.get("train_seconds", 0.0))
-        self.timed_steps = int(st.get("timed_steps", 0))
-        if self._strategy is not None and st.get("strategy") is not None:
+        self.train_seconds = st["train_seconds"]
+        self.timed_steps = st["timed_steps"]
+        if self._strategy is not None and st["strategy"] is not None:
             self._strategy.load_state_dict(st["strategy"])
-        if self.key_encoder is not None and st.get("key_encoder") is not None:
+        if self.key_encoder is not None and st["key_encoder"] is not None:
             self.key_encoder.load_state_dict(st["key_encoder"])
         if not self.main:
             pass
@@ -352,6 +374,13 @@ class Trainer:
         if self._fh is not None:
             self._fh.close()
             self._fh = None
+
+    def close(self) -> None:
+        """Close ``metrics.jsonl`` and release the run directory's lock (:meth:`fit` does both at its
+        end; for a Trainer built but never fitted)."""
+        self._close()
+        if self.lock is not None:
+            self.lock.release()
 
     # ------------------------------------------------------------------ evaluation
     @torch.no_grad()
@@ -575,14 +604,14 @@ class Trainer:
     def fit(self) -> dict[str, Any]:
         """Train to the configured number of epochs (continuing from the checkpoint when resumed) and
         return the summary; also written to ``summary.json``. Ctrl-C and SIGTERM write a checkpoint and
-        raise :class:`RunInterrupted`."""
+        raise :class:`RunInterrupted`. However it ends, it releases the run directory's lock."""
         old: dict[int, Any] = {}
         if threading.current_thread() is threading.main_thread():
             old = {s: signal.signal(s, self._on_signal) for s in STOP_SIGNALS}
         try:
             return self._fit()
         finally:
-            self._close()
+            self.close()
             for s, h in old.items():
                 signal.signal(s, h)
 
