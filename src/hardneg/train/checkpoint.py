@@ -51,6 +51,9 @@ FIELDS: dict[str, tuple[type, ...]] = {
     "strategy": (dict, _NONE),
     "key_encoder": (dict, _NONE),
 }
+#: fields a checkpoint may omit, and the value that stands for them: a checkpoint without GPU random
+#: states resumes as one written on a machine without CUDA
+OPTIONAL: dict[str, Any] = {"cuda_rng": []}
 
 
 def config_digest(config_text: str) -> str:
@@ -91,6 +94,8 @@ def _check_fields(p: Path, st: Any) -> None:
     """Refuse a checkpoint that lacks a field of :data:`FIELDS` or holds a value of another type."""
     if not isinstance(st, dict):
         raise ValueError(f"checkpoint {p} is not a hardneg training checkpoint (it holds a {type(st).__name__})")
+    for key, default in OPTIONAL.items():
+        st.setdefault(key, default)
     for key, types in FIELDS.items():
         if key not in st:
             raise ValueError(
