@@ -262,6 +262,13 @@ class Towers(nn.Module):
         return norm(self.image(x_img), dim=1), norm(self.text(x_txt), dim=1), self.log_scale.exp()
 
 
+def clip_batch() -> tuple[torch.Tensor, torch.Tensor]:
+    """The global batch of (image, text) tower inputs (B × D_IN each)."""
+    g = torch.Generator().manual_seed(11)
+    x_img = torch.randn(B, D_IN, generator=g)
+    return x_img, x_img + 0.7 * torch.randn(B, D_IN, generator=g)
+
+
 def clip_loss(name: str, local_loss: bool, gather_with_grad: bool) -> nn.Module:
     """Loss ``name`` of :data:`CLIP_LOSSES` with open_clip's keywords for this process group."""
     from hardneg.integrations.open_clip import ClipLoss
@@ -278,9 +285,7 @@ def run_clip_case(name: str, local_loss: bool, gather_with_grad: bool) -> dict[s
     whole batch on one process): this process's loss value and every parameter's gradient."""
     W, r = world_size(), rank()
     b = B // W
-    g = torch.Generator().manual_seed(11)
-    x_img = torch.randn(B, D_IN, generator=g)
-    x_txt = x_img + 0.7 * torch.randn(B, D_IN, generator=g)
+    x_img, x_txt = clip_batch()
     model = Towers()
     net = nn.parallel.DistributedDataParallel(model) if W > 1 else model
     img, txt, scale = net(x_img[r * b:(r + 1) * b], x_txt[r * b:(r + 1) * b])

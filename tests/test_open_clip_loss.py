@@ -8,7 +8,7 @@ import torch
 import torch.multiprocessing as mp
 
 from hardneg.integrations.open_clip import ClipLoss
-from tests.distributed_workers import CLIP_MODES, clip_worker, free_port, run_clip_case
+from tests.distributed_workers import CLIP_MODES, B, Towers, clip_batch, clip_worker, free_port, run_clip_case
 from tests.open_clip_reference import open_clip_loss_module
 
 OPEN_CLIP = open_clip_loss_module()
@@ -104,3 +104,39 @@ def test_two_processes_against_one_process_on_the_global_batch(two_process_clip,
             _assert_grads(got, ref["grads"], scale=lambda p: 1.0 if p == "log_scale" else 0.5)
         else:
             assert not torch.allclose(got["image.0.weight"], ref["grads"]["image.0.weight"], atol=1e-3)
+
+
+def literal_local_tilted(img, txt, scale, beta, rows):
+    """The tilted CLIP loss of the anchors ``rows`` (images, then texts) against every row of the other
+    modality, written out with the candidate rows detached (open_clip's local_loss without
+    gather_with_grad): logits l_j = scale·q·k_j, π ∝ exp(β l_j) over the B − 1 negatives,
+    L = −log(e^{l_p} / (e^{l_p} + (B − 1) Σ_j π_j e^{l_j})), the mean over the anchors."""
+    losses = []
+    for i in rows:
+        for q, keys in ((img[i], txt.detach()), (txt[i], img.detach())):
+            logits = scale * (keys @ q)
+            neg = torch.cat([logits[:i], logits[i + 1:]])
+            pi = torch.softmax(beta * neg, 0)
+            total = torch.exp(logits[i]) + neg.numel() * (pi * torch.exp(neg)).sum()
+            losses.append(torch.log(total) - logits[i])
+    return torch.stack(losses).mean()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("name", "beta"), [("plain", 0.0), ("open_clip", 0.0), ("tilted", 0.7)])
+def test_local_loss_without_gather_with_grad_equals_the_literal_detached_loss(two_process_clip, name, beta):
+    """local_loss=True, gather_with_grad=False on 2 processes: DDP's average of the two processes'
+    gradients of their local loss with detached candidates, written out on one process; open_clip's own
+    loss (β = 0) checks the reference itself."""
+    x_img, x_txt = clip_batch()
+    model = Towers()
+    img, txt, scale = model(x_img, x_txt)
+    b = B // 2
+    want = {n: torch.zeros_like(p) for n, p in model.named_parameters()}
+    for r in range(2):
+        loss = literal_local_tilted(img, txt, scale, beta, range(r * b, (r + 1) * b))
+        for (n, _), g in zip(model.named_parameters(), torch.autograd.grad(loss, list(model.parameters()),
+                                                                           retain_graph=True)):
+            want[n] += g / 2
+    for res in two_process_clip:
+        _assert_grads(res[(name, True, False)]["grads"], want)
