@@ -13,6 +13,10 @@ $(STAMP): pyproject.toml constraints.txt
 	@# torch first, alone and pinned (constraints.txt): the local CPU wheel instead of CUDA packages.
 	$(PIP) torch
 	$(PIP) -e ".[all,dev]"
+	@# open_clip's own ClipLoss is the tests' oracle (tests/open_clip_reference.py loads open_clip/loss.py,
+	@# which needs only torch). Without --no-deps pip would also install torchvision, timm and ftfy: the
+	@# loss needs none of them, and torchvision must match a torch build that is not the CPU wheel above.
+	$(PIP) --no-deps "open-clip-torch>=2.20"
 	@touch $(STAMP)
 
 $(DOCS_STAMP): $(STAMP)

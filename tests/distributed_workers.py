@@ -238,3 +238,68 @@ def st_worker(r: int, world: int, port: int, outdir: str) -> None:
         torch.save({name: run_st_case(name) for name in ST_CASES}, Path(outdir) / f"st{r}.pt")
     finally:
         dist.destroy_process_group()
+
+
+#: open_clip's ClipLoss options (local_loss, gather_with_grad): every combination it accepts
+CLIP_MODES = [(False, False), (False, True), (True, False), (True, True)]
+#: the two-tower losses compared: open_clip's own ClipLoss, hardneg's ClipLoss plain and tilted
+CLIP_LOSSES = ("open_clip", "plain", "tilted")
+
+
+class Towers(nn.Module):
+    """An image tower, a text tower and CLIP's learnable log-scale; unit-norm features out (open_clip
+    normalises in the model, not in the loss)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.image = nn.Sequential(nn.Linear(D_IN, 16), nn.Tanh(), nn.Linear(16, D))
+        self.text = nn.Sequential(nn.Linear(D_IN, 16), nn.Tanh(), nn.Linear(16, D))
+        self.log_scale = nn.Parameter(torch.tensor(1.2))
+
+    def forward(self, x_img: torch.Tensor, x_txt: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        norm = torch.nn.functional.normalize
+        return norm(self.image(x_img), dim=1), norm(self.text(x_txt), dim=1), self.log_scale.exp()
+
+
+def clip_batch() -> tuple[torch.Tensor, torch.Tensor]:
+    """The global batch of (image, text) tower inputs (B × D_IN each)."""
+    g = torch.Generator().manual_seed(11)
+    x_img = torch.randn(B, D_IN, generator=g)
+    return x_img, x_img + 0.7 * torch.randn(B, D_IN, generator=g)
+
+
+def clip_loss(name: str, local_loss: bool, gather_with_grad: bool) -> nn.Module:
+    """Loss ``name`` of :data:`CLIP_LOSSES` with open_clip's keywords for this process group."""
+    from hardneg.integrations.open_clip import ClipLoss
+    from tests.open_clip_reference import open_clip_loss_module
+
+    kw = dict(local_loss=local_loss, gather_with_grad=gather_with_grad, rank=rank(), world_size=world_size())
+    if name == "open_clip":
+        return open_clip_loss_module().ClipLoss(**kw)
+    return ClipLoss("ucl", beta=0.7, **kw) if name == "tilted" else ClipLoss(**kw)
+
+
+def run_clip_case(name: str, local_loss: bool, gather_with_grad: bool) -> dict[str, Any]:
+    """One step of two DDP towers with loss ``name`` on this process's slice of the global batch (the
+    whole batch on one process): this process's loss value and every parameter's gradient."""
+    W, r = world_size(), rank()
+    b = B // W
+    x_img, x_txt = clip_batch()
+    model = Towers()
+    net = nn.parallel.DistributedDataParallel(model) if W > 1 else model
+    img, txt, scale = net(x_img[r * b:(r + 1) * b], x_txt[r * b:(r + 1) * b])
+    loss = clip_loss(name, local_loss, gather_with_grad)(img, txt, scale)
+    loss.backward()
+    return {"loss": float(loss.detach()), "grads": {n: p.grad.detach().clone() for n, p in model.named_parameters()}}
+
+
+def clip_worker(r: int, world: int, port: int, outdir: str) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", rank=r, world_size=world)
+    try:
+        res = {(name, *mode): run_clip_case(name, *mode) for name in CLIP_LOSSES for mode in CLIP_MODES}
+        torch.save(res, Path(outdir) / f"clip{r}.pt")
+    finally:
+        dist.destroy_process_group()

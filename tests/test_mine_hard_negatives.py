@@ -115,3 +115,41 @@ def test_errors_name_the_argument():
         hardneg.mine_hard_negatives(ds.select([]), m, verbose=False)
     with pytest.raises(ValueError, match="query_prompt_name 'x'"):
         hardneg.mine_hard_negatives(ds, m, query_prompt_name="x", verbose=False)
+
+
+@pytest.mark.parametrize("kw", [{}, {"relative_margin": 0.05}], ids=["default", "relative_margin"])
+def test_hardneg_mine_gives_the_same_rows_as_mine_hard_negatives(caches, kw):
+    """``hardneg mine`` (mine_texts) and ``hardneg.mine_hard_negatives`` group an anchor's positives by the
+    one rule (hardneg.mining.pairs): on pairs with a two-positive anchor and a repeated pair, the same rows
+    and scores — and sentence-transformers' own rows."""
+    from hardneg.mining.mine import MineConfig
+    from hardneg.mining.pipeline import mine_texts
+
+    st, ours = _both(caches, output_format="triplet", output_scores=True, range_max=8, **kw)
+    cfg = MineConfig(num_negatives=2, range_max=8, **kw)
+    cli = mine_texts(Q, P, CORPUS, model=minilm(), config=cfg, output_format="triplet", output_scores=True,
+                     precision="fp32", batch_size=8, cache_dir=caches[1], show_progress=False)
+    got = [{"query": r["anchor"], "answer": r["positive"], "negative": r["negative"], "scores": r["scores"]}
+           for r in cli.rows]
+    for want in (ours.to_list(), st.to_list()):
+        assert _split(got)[0] == _split(want)[0]
+        assert _split(got)[1] == pytest.approx(_split(want)[1], abs=2e-5)
+    assert cli.summary["queries"] == len(set(Q))  # each distinct anchor mined once
+
+
+def test_group_pairs_rule():
+    """Distinct pairs grouped by anchor (first appearance), the lowest-scoring positive the margins'
+    reference, the others excluded, each pair's own score (hand-computed on unit vectors)."""
+    import numpy as np
+
+    from hardneg.mining.pairs import anchor_positives, group_pairs
+
+    g = group_pairs(["a", "b", "a", "b", "a"], ["p1", "q1", "p2", "q1", "p1"])
+    assert (g.anchors, g.queries, g.positives, g.rows) == (["a", "b"], ["a", "a", "b"], ["p1", "p2", "q1"], [0, 2, 1])
+    assert g.pair_anchor.tolist() == [0, 0, 1] and g.max_positives == 2
+    q = np.array([[1.0, 0.0], [0.0, 1.0]], dtype=np.float32)
+    c = np.array([[0.8, 0.6], [0.6, 0.8], [0.0, 1.0]], dtype=np.float32)  # p1, p2, q1
+    main, others, scores = anchor_positives(g, np.array([0, 1, 2]), q, c)
+    assert main.tolist() == [1, 2]  # "a": p2 scores 0.6 < p1's 0.8
+    assert others.tolist() == [[0], [-1]]
+    assert scores.tolist() == pytest.approx([0.8, 0.6, 1.0])

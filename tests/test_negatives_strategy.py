@@ -230,11 +230,12 @@ def test_bad_configurations_raise_naming_the_option(call, needle):
     assert needle in str(e.value)
 
 
-def test_topk_larger_than_candidates_raises():
+def test_topk_larger_than_the_pool_uses_the_whole_pool():
+    """k above the 2B − 2 candidates of each anchor: every candidate counts, the uniform loss."""
     z1, z2, _ = _views(B=4)
-    with pytest.raises(ValueError, match="'k' = 7 is larger than the candidate pool"):
-        create_strategy("topk", k=7)(z1, z2)
-    create_strategy("topk", k=6)(z1, z2)  # 2B − 2 = 6 is fine
+    ref = create_strategy("ucl", temperature=0.5)(z1, z2)
+    assert torch.allclose(create_strategy("topk", k=7)(z1, z2), ref, rtol=1e-6)
+    assert torch.allclose(create_strategy("topk", k=6)(z1, z2), ref, rtol=1e-6)  # exactly the pool
 
 
 def test_empty_queue_without_batch_negatives_is_a_clear_error():

@@ -139,3 +139,80 @@ def test_one_pair_batch_gives_zero_like_mnrl_and_the_users_strategy_is_left_alon
     assert s.in_batch.symmetric and not wrapped.strategy.in_batch.symmetric and wrapped.scale == pytest.approx(20.0)
     with pytest.raises(ValueError, match="not both"):
         HardNegativeRankingLoss(None, scale=10.0, strategy={"name": "hucl", "temperature": 0.5})
+
+
+def test_filters_that_remove_every_negative_raise_instead_of_a_zero_loss():
+    """max_score=-1 removes every candidate: an error naming the cause, not a loss of 0 that trains nothing.
+    Only the one-pair batch without negatives is a zero loss (MNRL's value there)."""
+    g = torch.Generator().manual_seed(3)
+    q, p, n = (torch.randn(4, 8, generator=g) for _ in range(3))
+    loss = HardNegativeRankingLoss(None, max_score=-1.0)
+    for cols in ([q, p], [q, p, n], [q[:1], p[:1], n[:1]]):
+        with pytest.raises(ValueError, match="no anchor has both a positive and a valid negative"):
+            loss.compute_loss_from_embeddings(cols)
+    assert float(loss.compute_loss_from_embeddings([q[:1], p[:1]])) == 0.0
+
+
+@pytest.mark.parametrize(("name", "why"), [
+    ("scl", "filter 'label'"), ("hscl", "positives='labels'"), ("supcon", "positives='labels'"),
+    ("filtered", "filter 'id'"),
+])
+def test_strategies_needing_labels_or_ids_are_refused_at_construction(name, why):
+    with pytest.raises(ValueError, match=f"strategy '{name}' needs class labels or sample ids") as e:
+        HardNegativeRankingLoss(None, strategy=name)
+    assert why in str(e.value) and "\n" not in str(e.value)
+
+
+def test_topk_on_a_batch_smaller_than_k_is_mnrl():
+    """The last, smaller batch of an epoch: top-k with k above the pool uses the whole pool, which is
+    sentence-transformers' MNRL on that batch (value and gradient)."""
+    from sentence_transformers.sentence_transformer.losses import MultipleNegativesRankingLoss
+
+    g = torch.Generator().manual_seed(4)
+    cols = [torch.randn(3, 8, generator=g, requires_grad=True) for _ in range(3)]
+    got = HardNegativeRankingLoss(None, strategy="topk").compute_loss_from_embeddings(cols)  # k = 16 > 5
+    g_got = torch.autograd.grad(got, cols)
+    want = MultipleNegativesRankingLoss(None, scale=20.0).compute_loss_from_embeddings(cols, None)
+    g_want = torch.autograd.grad(want, cols)
+    assert float(got) == pytest.approx(float(want), rel=1e-5)
+    for a, b in zip(g_got, g_want, strict=True):
+        assert torch.allclose(a, b, atol=1e-6)
+
+
+def test_strategy_options_reach_the_config_and_rebuild_the_same_loss():
+    from hardneg.negatives import from_config
+
+    loss = HardNegativeRankingLoss(None, strategy={"name": "topk", "k": 6}, max_score=0.9)
+    card = loss.get_config_dict()["strategy"]
+    assert {"kind": "topk", "k": 6} in card["weighting"]
+    assert card["filters"][0]["kind"] == "similarity" and card["filters"][0]["max_score"] == 0.9
+    g = torch.Generator().manual_seed(5)
+    cols = [torch.randn(5, 8, generator=g) for _ in range(3)]
+    rebuilt = HardNegativeRankingLoss(None, strategy=from_config(card))
+    assert float(rebuilt.compute_loss_from_embeddings(cols)) == pytest.approx(
+        float(loss.compute_loss_from_embeddings(cols)), rel=1e-6)
+
+
+def test_topk_trains_through_the_last_smaller_batch_and_the_model_card_keeps_k(tmp_path):
+    """SentenceTransformerTrainer, 6 rows in batches of 4: the last batch of 2 has 3 candidates per
+    anchor, fewer than k = 6; it trains, and the model card's loss config records k."""
+    datasets = pytest.importorskip("datasets")
+    pytest.importorskip("accelerate")
+    from sentence_transformers import SentenceTransformerTrainer, SentenceTransformerTrainingArguments
+
+    m = minilm()
+    layer = m[0].auto_model.encoder.layer[-1].output.dense.weight
+    before = layer.detach().clone()
+    ds = datasets.Dataset.from_dict({"anchor": QUERIES[:6], "positive": POSITIVES[:6], "negative": CORPUS[:6]})
+    args = SentenceTransformerTrainingArguments(
+        output_dir=str(tmp_path), num_train_epochs=1, per_device_train_batch_size=4, learning_rate=1e-4,
+        report_to=[], save_strategy="no", logging_steps=1, use_cpu=True, seed=0, disable_tqdm=True)
+    loss = HardNegativeRankingLoss(m, strategy={"name": "topk", "k": 6})
+    trainer = SentenceTransformerTrainer(model=m, args=args, train_dataset=ds, loss=loss)
+    out = trainer.train()
+    assert out.global_step == 2 and math.isfinite(out.training_loss) and out.training_loss > 0
+    assert not torch.equal(before, layer.detach())
+    config_code = m.model_card_data.train_datasets[0]["loss"]["config_code"]
+    assert '"kind": "topk"' in config_code and '"k": 6' in config_code
+    with torch.no_grad():
+        layer.copy_(before)  # leave the shared model as loaded

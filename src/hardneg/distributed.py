@@ -45,6 +45,7 @@ __all__ = [
     "distributed_objective",
     "gather",
     "gather_tags",
+    "gather_without_grad",
     "init_from_env",
     "is_main",
     "loss_value",
@@ -100,6 +101,19 @@ def gather(x: Tensor | None, what: str = "embeddings") -> Tensor | None:
     return torch.cat(_with_grad("all_gather", x))
 
 
+def gather_without_grad(x: Tensor | None, what: str = "embeddings") -> Tensor | None:
+    """Rows of ``x`` of every process in rank order, this process's own rows keeping their gradient
+    and the others' arriving without one (open_clip's gather when ``gather_with_grad=False``): each
+    process's backward reaches only its own rows. None stays None; the identity on one process."""
+    if x is None or world_size() == 1:
+        return x
+    _check_same_rows(x, what)
+    out = [torch.empty_like(x) for _ in range(world_size())]
+    dist.all_gather(out, x.detach().contiguous())
+    out[rank()] = x
+    return torch.cat(out)
+
+
 def gather_tags(x: Tensor | None) -> Tensor | None:
     """Labels or sample ids (integers, no gradient) of every process in rank order."""
     if x is None or world_size() == 1:
@@ -141,18 +155,35 @@ def _reduce_loss(loss: Tensor, reduction: str) -> Tensor:
 
 class DistributedStrategy(nn.Module):
     """A :class:`~hardneg.negatives.Strategy` over processes: gathers the views, labels, ids and
-    explicit negatives of every process (with gradient) and computes the loss of this process's
-    anchors against the global candidates (``Strategy.forward(anchor_rows=..., mean_denominator=...)``).
-    With one process it calls the strategy as is. ``reduction="none"`` returns this process's anchors'
-    losses."""
+    explicit negatives of every process and computes the loss against the global candidates. With
+    one process it calls the strategy as is.
 
-    def __init__(self, strategy: nn.Module) -> None:
+    ``local_loss`` and ``gather_with_grad`` have open_clip's meaning (``open_clip.loss.ClipLoss``):
+
+    - ``local_loss=True`` (default): the loss of **this process's anchors** against every candidate
+      (``Strategy.forward(anchor_rows=..., mean_denominator=...)``); the W returned losses sum to
+      W × the global batch's loss. ``reduction="none"`` returns this process's anchors' losses.
+    - ``local_loss=False``: every process computes the **whole global batch's** loss.
+    - ``gather_with_grad=True`` (default): the other processes' rows are gathered with gradient
+      (the backward sums every process's gradient for a process's rows), so after DDP's averaging
+      both ``local_loss`` choices give exactly the single-process gradient of the global batch.
+    - ``gather_with_grad=False``: the other processes' rows arrive without gradient. With
+      ``local_loss=False`` a process's own rows keep theirs, so DDP's average is the
+      single-process gradient ÷ W (for parameters the towers share across processes; a
+      temperature computed on every process keeps its full gradient). With ``local_loss=True``
+      only the anchors carry gradient, none of the candidates (``detach_candidates``), as in
+      open_clip.
+    """
+
+    def __init__(self, strategy: nn.Module, local_loss: bool = True, gather_with_grad: bool = True) -> None:
         super().__init__()
         self.strategy = strategy
+        self.local_loss = bool(local_loss)
+        self.gather_with_grad = bool(gather_with_grad)
 
     @property
     def last_diagnostics(self) -> dict[str, float]:
-        """The strategy's diagnostics of the last step (computed on this process's anchors)."""
+        """The strategy's diagnostics of the last step (computed on the anchors of this process's loss)."""
         return self.strategy.last_diagnostics
 
     def forward(
@@ -167,19 +198,21 @@ class DistributedStrategy(nn.Module):
         negatives_per_anchor: bool = False,
         logit_scale: Tensor | None = None,
     ) -> Tensor:
-        extra = dict(negatives_per_anchor=negatives_per_anchor, logit_scale=logit_scale)
+        extra: dict[str, Any] = dict(negatives_per_anchor=negatives_per_anchor, logit_scale=logit_scale)
         if world_size() == 1:
             return self.strategy(z1, z2, labels, ids, step, negatives, **extra)
         b = z1.shape[0]
-        Z1, Z2 = gather(z1, "z1"), gather(z2, "z2")
+        rows_of = gather if self.gather_with_grad else gather_without_grad
+        Z1, Z2 = rows_of(z1, "z1"), rows_of(z2, "z2")
         Y, ids_g = gather_tags(labels), gather_tags(ids)
-        N = None
-        if negatives is not None:  # (r×d) shared rows or (b×r×d) per-sample rows: both stack along dim 0
-            N = gather(negatives, "negatives")
+        # (r×d) shared rows or (b×r×d) per-sample rows: both stack along dim 0
+        N = None if negatives is None else rows_of(negatives, "negatives")
+        if not self.local_loss:
+            return self.strategy(Z1, Z2, Y, ids_g, step, N, **extra)
         two_views = z2 is not None and self.strategy.in_batch.symmetric
         rows = anchor_rows(b, two_views, z1.device)
         loss = self.strategy(Z1, Z2, Y, ids_g, step, N, anchor_rows=rows, mean_denominator=mean_over_processes,
-                             **extra)
+                             detach_candidates=not self.gather_with_grad, **extra)
         return _reduce_loss(loss, self.strategy.reduction)
 
 

@@ -38,12 +38,13 @@ import torch
 from torch import Tensor, nn
 
 from hardneg._optional import require
-from hardneg.distributed import DistributedStrategy
+from hardneg.distributed import DistributedStrategy, world_size
 from hardneg.losses.candidates import NoValidAnchorError
-from hardneg.negatives.filters import SimilarityFilter
-from hardneg.negatives.registry import from_config
+from hardneg.negatives.filters import GuideFilter, IdFilter, LabelFilter, SimilarityFilter
+from hardneg.negatives.registry import from_config, strategy_config
 from hardneg.negatives.sources import InBatch
 from hardneg.negatives.strategy import Strategy
+from hardneg.negatives.weighting import ClusterGuided
 
 # CachedLossMixin lives in sentence_transformers.base, which the 5.7 release introduced
 require("sentence_transformers", "text", min_version="5.7", feature="hardneg.integrations.sentence_transformers")
@@ -75,6 +76,22 @@ def _as_strategy(strategy: Any, scale: float | None, core: dict[str, Any]) -> tu
     # sentence-transformers columns are pairs (anchor -> positive): the batch block is asymmetric, as MNRL
     built.in_batch = InBatch(symmetric=False, batch_negatives=built.in_batch.batch_negatives)
     return built, 1.0 / built.t
+
+
+def _tags_needed(strategy: Strategy) -> str | None:
+    """Why ``strategy`` needs class labels or sample ids, which sentence-transformers' columns
+    (anchor, positive, negatives) do not carry; None when it needs neither."""
+    if strategy.positives == "labels":
+        return f"positives='labels' (family={strategy.family!r}) takes every same-label sample as a positive"
+    for f in strategy.filters:
+        if isinstance(f, LabelFilter):
+            return "filter 'label' drops the candidates with the anchor's class label"
+        if isinstance(f, (IdFilter, GuideFilter)):
+            return f"filter {f.kind!r} looks candidates up by sample id"
+    for w in strategy.weightings:
+        if isinstance(w, ClusterGuided) and getattr(w, "features", None) is not None:
+            return "cluster_guided with a features table looks samples up by sample id"
+    return None
 
 
 class HardNegativeRankingLoss(nn.Module):
@@ -123,9 +140,16 @@ class HardNegativeRankingLoss(nn.Module):
             core["filters"] = [SimilarityFilter(**sim)]
         self.model = model
         self.strategy, self.scale = _as_strategy(strategy, scale, core)
+        why = _tags_needed(self.strategy)
+        if why is not None:
+            raise ValueError(
+                f"HardNegativeRankingLoss: strategy {self.strategy.name!r} needs class labels or sample ids "
+                f"({why}); sentence-transformers' (anchor, positive, negative...) columns carry neither. "
+                "Use a strategy without label positives, label / id / guide filters (ucl, hucl, topk, ...)"
+            )
         self.gather_across_devices = bool(gather_across_devices)
-        self._config = {"scale": self.scale, "strategy": strategy if isinstance(strategy, (str, type(None))) else
-                        self.strategy.name, **{k: v for k, v in core.items() if k != "filters"}, **sim,
+        self._config = {"scale": self.scale, "strategy": strategy_config(self.strategy),
+                        **{k: v for k, v in core.items() if k != "filters"}, **sim,
                         "gather_across_devices": self.gather_across_devices}
 
     @property
@@ -145,8 +169,16 @@ class HardNegativeRankingLoss(nn.Module):
         try:
             return loss_fn(q, embeddings[1], negatives=negatives)
         except NoValidAnchorError:
-            # a batch without any negative (the trainer's last batch of one pair): no loss, as MNRL
+            if not self._holds_no_negative(q, negatives):
+                raise  # negatives existed and the filters removed every one: a wrong setting, not a step
+            # a batch of one pair and nothing else (the trainer's last batch): no loss, as MNRL
             return sum(e.sum() for e in embeddings) * 0.0
+
+    def _holds_no_negative(self, q: Tensor, negatives: Tensor | None) -> bool:
+        """True when the step has no candidate but the positive: one pair in the (gathered) batch,
+        no mined negatives and no source adding rows."""
+        pairs = q.shape[0] * (world_size() if self.gather_across_devices else 1)
+        return pairs == 1 and negatives is None and not len(self.strategy.sources)
 
     def forward(self, sentence_features: Iterable[dict[str, Tensor]], labels: Tensor | None = None) -> Tensor:
         embeddings = [self.model(f)["sentence_embedding"] for f in sentence_features]

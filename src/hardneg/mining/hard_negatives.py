@@ -14,7 +14,6 @@ only maps sentence-transformers' arguments and dataset layout onto them.
 from __future__ import annotations
 
 import os
-from collections import Counter
 from collections.abc import Sequence
 from typing import Any
 
@@ -23,6 +22,7 @@ import numpy as np
 from hardneg._optional import require
 from hardneg.mining.encode import encode_texts, load_sentence_model
 from hardneg.mining.mine import MineConfig, mine_embeddings
+from hardneg.mining.pairs import anchor_labels, anchor_positives, group_pairs
 from hardneg.mining.pipeline import prepare_corpus, text_ids_and_guide
 from hardneg.mining.summary import build_summary, format_summary, save_summary
 
@@ -265,17 +265,9 @@ def mine_hard_negatives(
     all_q = list(dataset[anchor_column_name])
     all_p = list(dataset[positive_column_name])
     all_l = list(dataset[label_column]) if label_column is not None else None
-    max_positives = max(Counter(all_q).values())
-    # each (anchor, positive) pair once, grouped by anchor in order of first appearance
-    pair_row: dict[tuple[str, str], int] = {}
-    for i, qp_ in enumerate(zip(all_q, all_p)):
-        pair_row.setdefault(qp_, i)
-    uq = list(dict.fromkeys(all_q))
-    q_of = {q: k for k, q in enumerate(uq)}
-    pairs = sorted(pair_row, key=lambda qp_: q_of[qp_[0]])  # stable: an anchor's positives keep their order
-    queries = [q for q, _ in pairs]
-    positives = [p for _, p in pairs]
-    pair_q = np.fromiter((q_of[q] for q in queries), np.int64, len(pairs))
+    groups = group_pairs(all_q, all_p)  # the one multi-positive rule (hardneg.mining.pairs)
+    queries, positives, uq, pair_q = groups.queries, groups.positives, groups.anchors, groups.pair_anchor
+    max_positives = groups.max_positives
 
     if range_max is None:
         filtered = any(v is not None for v in (absolute_margin, relative_margin, max_score))
@@ -293,34 +285,15 @@ def mine_hard_negatives(
     cp = _prompt(model, corpus_prompt, corpus_prompt_name, ("document", "passage", "corpus"), "corpus")
     _check_prompts_are_prefixes(model, bool(qp or cp))
 
-    pair_labels = [all_l[pair_row[qp_]] for qp_ in pairs] if all_l is not None else None
+    pair_labels = [all_l[r] for r in groups.rows] if all_l is not None else None
     texts, pos_rows, c_labels = prepare_corpus(positives, corpus, pair_labels, corpus_labels)
-    q_labels = None
-    if pair_labels is not None:
-        merged: list[list] = [[] for _ in uq]
-        for k, lab in zip(pair_q, pair_labels):
-            merged[k].extend(x for x in ([lab] if isinstance(lab, (str, int)) else (lab or [])) if x not in merged[k])
-        q_labels = merged
+    q_labels = anchor_labels(groups, pair_labels) if pair_labels is not None else None
     enc = dict(batch_size=batch_size, precision=precision, cache_dir=cache_folder, show_progress=verbose)
     q_emb = encode_texts(model, [qp + q for q in uq], desc="queries", **enc)
     c_emb = encode_texts(model, [cp + c for c in texts], desc="corpus", **enc)
-    pair_scores = np.einsum("nd,nd->n", q_emb[pair_q], c_emb[pos_rows]).astype(np.float32)
-    # as in sentence-transformers, margins are measured against the anchor's lowest-scoring positive;
-    # every other positive of the anchor is excluded from its candidates
-    n_pos = np.bincount(pair_q, minlength=len(uq))
-    pos_sets = np.full((len(uq), int(n_pos.max())), -1, dtype=np.int64)
-    fill = np.zeros(len(uq), dtype=np.int64)
-    for k, r in zip(pair_q, pos_rows):
-        pos_sets[k, fill[k]] = r
-        fill[k] += 1
-    set_scores = np.where(pos_sets >= 0, np.einsum("nd,npd->np", q_emb, c_emb[np.maximum(pos_sets, 0)]), np.inf)
-    hardest = set_scores.argmin(1)
-    main_pos = pos_sets[np.arange(len(uq)), hardest]
-    rest = np.ones(pos_sets.shape, dtype=bool)
-    rest[np.arange(len(uq)), hardest] = False
-    others = pos_sets[rest].reshape(len(uq), pos_sets.shape[1] - 1)  # -1 padded like pos_sets
+    main_pos, others, pair_scores = anchor_positives(groups, pos_rows, q_emb, c_emb)
     q_tid, c_tid, guide_fn = text_ids_and_guide(uq, texts, guide, batch_size=batch_size, cache_dir=cache_folder)
-    neg = mine_embeddings(q_emb, c_emb, main_pos, cfg, extra_pos_ids=others if others.shape[1] else None,
+    neg = mine_embeddings(q_emb, c_emb, main_pos, cfg, extra_pos_ids=others,
                           q_text_ids=q_tid, c_text_ids=c_tid, q_labels=q_labels if c_labels is not None else None,
                           c_labels=c_labels, guide_score=guide_fn, show_progress=verbose)
     cols, left_out = _st_columns(output_format, anchor_column_name, positive_column_name, queries, positives,

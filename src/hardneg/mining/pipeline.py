@@ -21,6 +21,7 @@ from hardneg.mining.estimate import available_memory, estimate_mining, parse_mem
 from hardneg.mining.formats import OUTPUT_FORMATS_ALL, build_rows, write_rows
 from hardneg.mining.mine import MineConfig, MinedNegatives, mine_embeddings
 from hardneg.mining.onnx_encoder import BACKENDS, onnx_encoder
+from hardneg.mining.pairs import PairGroups, anchor_labels, anchor_positives, group_pairs
 from hardneg.mining.store import write_store
 from hardneg.mining.summary import build_summary, format_summary, save_summary
 
@@ -58,22 +59,6 @@ def prepare_corpus(positives: Sequence[str], corpus: Sequence[str] | None, pos_l
                 labs[row[p]].update([lab] if isinstance(lab, (str, int)) else (lab or []))
         labels = [sorted(x, key=str) for x in labs]
     return texts, pos_ids, labels
-
-
-def _extra_positives(queries: Sequence[str], pos_ids: np.ndarray) -> np.ndarray | None:
-    groups: dict[str, list[int]] = {}
-    for q, p in zip(queries, pos_ids):
-        g = groups.setdefault(q, [])
-        if p not in g:
-            g.append(int(p))
-    P = max(len(g) for g in groups.values())
-    if P == 1:
-        return None
-    out = np.full((len(queries), P), -1, dtype=np.int64)
-    for i, q in enumerate(queries):
-        g = groups[q]
-        out[i, : len(g)] = g
-    return out
 
 
 def make_guide(guide, queries: Sequence[str], corpus: Sequence[str], *, batch_size: int = 64,
@@ -149,7 +134,9 @@ def mine_texts(
         raise ValueError("no query/positive pairs given")
     if q_labels is not None and len(q_labels) != len(queries):
         raise ValueError(f"q_labels must have one entry per pair ({len(queries)}), got {len(q_labels)}")
-    texts, pos_ids, c_labels = prepare_corpus(positives, corpus, q_labels, corpus_labels)
+    groups = group_pairs(queries, positives)  # the one multi-positive rule (hardneg.mining.pairs)
+    pair_labels = None if q_labels is None else [q_labels[r] for r in groups.rows]
+    texts, pos_ids, c_labels = prepare_corpus(groups.positives, corpus, pair_labels, corpus_labels)
     if len(texts) - 1 < cfg.range_min + cfg.num_negatives:
         raise ValueError(
             f"corpus has {len(texts)} documents (positives included), fewer than the window needs "
@@ -160,25 +147,24 @@ def mine_texts(
         model = load_sentence_model(model)
     if backend != "torch":
         model = onnx_encoder(model, backend, Path(cache_dir) if cache_dir is not None else default_cache_dir())
-    extra_pos = _extra_positives(queries, pos_ids)
     enc = dict(batch_size=batch_size, precision=precision, cache_dir=cache_dir, show_progress=show_progress)
-    est, store = _estimate(model, queries, texts, extra_pos, cfg, store, max_memory, enc)
+    est, store = _estimate(model, groups.anchors, texts, groups.max_positives, cfg, store, max_memory, enc)
     for line in est.lines() if log else ():
         log(line)
     est.check(max_memory)  # after the lines: a refused run shows what the estimate was made of
     with tempfile.TemporaryDirectory(prefix="hardneg-store-", dir=store_dir) as tmp:
         t0 = time.perf_counter()
-        q_emb = encode_texts(model, queries, desc="queries", **enc)
+        q_emb = encode_texts(model, groups.anchors, desc="queries", **enc)
         c_emb = _encode_corpus(model, texts, store, os.path.join(tmp, f"corpus.{store}.npy"), enc)
         t_enc = time.perf_counter() - t0
-        res, rows, summary = _mine_encoded(queries, positives, texts, q_emb, c_emb, pos_ids, extra_pos, cfg,
-                                           guide=guide, q_labels=q_labels, c_labels=c_labels,
-                                           output_format=output_format, output_scores=output_scores, enc=enc)
+        res, rows, summary = _mine_encoded(groups, texts, q_emb, c_emb, pos_ids, cfg, guide=guide,
+                                           q_labels=pair_labels, c_labels=c_labels, output_format=output_format,
+                                           output_scores=output_scores, enc=enc)
     res.timings["encode_s"] = t_enc
     summary["store"] = store
     summary["backend"] = backend
     summary["estimate"] = est.as_dict()
-    return MineResult(queries, positives, texts, res, rows, summary)
+    return MineResult(groups.queries, groups.positives, texts, res, rows, summary)
 
 
 #: where the corpus embeddings may live while mining (see :func:`mine_texts`)
@@ -197,13 +183,13 @@ def _encode_corpus(model, texts: list[str], store: str, path: str, enc: dict):
     return write_store(path, chunks, n=len(texts), d=d, dtype=store)
 
 
-def _estimate(model, queries, texts, extra_pos, cfg: MineConfig, store: str, max_memory, enc: dict):
-    """The estimate of this run (encoding included) and the store it will use; refuses what cannot fit."""
+def _estimate(model, queries, texts, n_pos: int, cfg: MineConfig, store: str, max_memory, enc: dict):
+    """The estimate of this run (encoding included) and the store it will use; refuses what cannot fit.
+    ``queries``: the distinct anchors mined; ``n_pos``: the most positives an anchor has."""
     d = model.get_embedding_dimension()
     parse_index_spec(cfg.index, d)  # a FAISS string that cannot be built for d fails before encoding
-    n_pos = 1 if extra_pos is None else extra_pos.shape[1]
     K = min(cfg.effective_range_max() + n_pos, len(texts))
-    n_enc = len(set(queries)) + len(texts)
+    n_enc = len(queries) + len(texts)
     # one batch of texts spread over the corpus; an encoder that runs batches on several cores at once
     # (the ONNX one) ran this one on one of its ``workers``
     probe = texts[:: max(1, len(texts) // 64)][:64]
@@ -230,20 +216,23 @@ def _estimate(model, queries, texts, extra_pos, cfg: MineConfig, store: str, max
     return make(store), store
 
 
-def _mine_encoded(queries, positives, texts, q_emb, c_emb, pos_ids, extra_pos, cfg, *, guide, q_labels, c_labels,
+def _mine_encoded(groups: PairGroups, texts, q_emb, c_emb, pos_ids, cfg, *, guide, q_labels, c_labels,
                   output_format, output_scores, enc):
-    """Mining on the encoded texts: text ids for dedupe, the guide, the rows and the summary."""
-    q_tid, c_tid, guide_fn = text_ids_and_guide(queries, texts, guide, batch_size=enc["batch_size"],
+    """Mining on the encoded texts, once per distinct anchor (``q_emb``, one row per ``groups.anchors``;
+    ``pos_ids`` and ``q_labels`` one per pair): text ids for dedupe, the guide, the rows and the summary."""
+    main_pos, others, pair_scores = anchor_positives(groups, pos_ids, q_emb, c_emb)
+    q_tid, c_tid, guide_fn = text_ids_and_guide(groups.anchors, texts, guide, batch_size=enc["batch_size"],
                                                 cache_dir=enc["cache_dir"])
     res = mine_embeddings(
-        q_emb, c_emb, pos_ids, cfg,
-        extra_pos_ids=extra_pos,
+        q_emb, c_emb, main_pos, cfg,
+        extra_pos_ids=others,
         q_text_ids=q_tid, c_text_ids=c_tid,
-        q_labels=q_labels if c_labels is not None else None, c_labels=c_labels,
-        guide_score=guide_fn, show_progress=enc["show_progress"],
+        q_labels=anchor_labels(groups, q_labels) if q_labels is not None and c_labels is not None else None,
+        c_labels=c_labels, guide_score=guide_fn, show_progress=enc["show_progress"],
     )
-    rows, dropped = build_rows(queries, positives, texts, res.neg_ids, res.neg_scores, res.pos_scores,
-                               output_format, output_scores)
+    a = groups.pair_anchor
+    rows, dropped = build_rows(groups.queries, groups.positives, texts, res.neg_ids[a], res.neg_scores[a],
+                               pair_scores, output_format, output_scores)
     summary = build_summary(res, cfg, n_corpus=len(texts), rows_written=len(rows), queries_dropped=dropped,
                             output_format=output_format)
     return res, rows, summary

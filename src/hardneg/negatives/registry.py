@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch import nn
 
 from hardneg._optional import require
 from hardneg.arrays import load_array
@@ -32,7 +33,7 @@ from hardneg.negatives.adversarial import AdversarialBank, NegativeGenerator
 from hardneg.negatives.filters import FILTERS, Filter, GuideFilter, IdFilter, LabelFilter, SimilarityFilter
 from hardneg.negatives.mixing import Mixing
 from hardneg.negatives.queue import MemoryQueue
-from hardneg.negatives.sources import SOURCES, ExternalPool, InBatch, Source
+from hardneg.negatives.sources import SOURCES, ExternalPool, InBatch, Source, component_options
 from hardneg.negatives.strategy import Strategy
 from hardneg.negatives.weighting import (
     WEIGHTINGS,
@@ -400,6 +401,29 @@ def parse_overrides(items: list[str] | tuple[str, ...]) -> dict[str, Any]:
                 f"strategy option {key!r}: cannot parse value {value!r} ({e.__class__.__name__})"
             ) from None
     return out
+
+
+def component_config(component: nn.Module) -> dict[str, Any]:
+    """``{"kind": ..., option: value}``: the constructor options of a source, filter or weighting
+    that hold plain values (numbers, strings, booleans, None) — the mapping ``from_config`` builds
+    such a component from. Tables and callables (a guide model, a groups tensor) are left out."""
+    params = inspect.signature(type(component).__init__).parameters
+    return {"kind": component.kind, **{k: v for k, v in component_options(component).items() if k in params}}
+
+
+def strategy_config(strategy: Strategy) -> dict[str, Any]:
+    """``strategy`` as a :func:`from_config` mapping: its name, core options and every extra source,
+    filter and weighting with its plain options (what a model card or a log records)."""
+    cfg: dict[str, Any] = {
+        "name": strategy.name, "temperature": strategy.t, "beta": strategy.beta, "tau_plus": strategy.tau_plus,
+        "n_neg": strategy.n_neg, "family": strategy.family, "positives": strategy.positives,
+        "detach_weights": strategy.detach_weights,
+    }
+    for key, parts in (("source", strategy.sources), ("filters", strategy.filters),
+                       ("weighting", strategy.weightings)):
+        if len(parts):
+            cfg[key] = [component_config(c) for c in parts]
+    return cfg
 
 
 def from_config(config: Mapping[str, Any]) -> Strategy:

@@ -151,13 +151,18 @@ def register_kind(table: dict[str, type], cls: type, base_kinds: tuple[str, ...]
     table[kind] = cls
 
 
-def simple_repr(obj: nn.Module) -> str:
-    """``k=v`` for the plain-valued public options of a component (its knobs)."""
-    return ", ".join(
-        f"{k}={v!r}"
+def component_options(obj: nn.Module) -> dict[str, Any]:
+    """The plain-valued public options of a component (its knobs), by name."""
+    return {
+        k: v
         for k, v in vars(obj).items()
         if not k.startswith("_") and k != "training" and (v is None or isinstance(v, (bool, int, float, str)))
-    )
+    }
+
+
+def simple_repr(obj: nn.Module) -> str:
+    """``k=v`` for the plain-valued public options of a component (its knobs)."""
+    return ", ".join(f"{k}={v!r}" for k, v in component_options(obj).items())
 
 
 class Source(nn.Module):

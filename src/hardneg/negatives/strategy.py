@@ -21,6 +21,7 @@ Example::
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -118,7 +119,9 @@ class Strategy(nn.Module):
     ``mean_denominator`` replaces the mean's denominator (see
     :func:`~hardneg.losses.weighted_info_nce`): how a distributed step splits the global batch's
     anchors over processes (:class:`hardneg.distributed.DistributedStrategy`). Sources, weightings
-    and their state still see every anchor.
+    and their state still see every anchor. ``detach_candidates=True`` lets the gradient reach the
+    anchors only, not the candidate rows (positives included): open_clip's ``local_loss`` without
+    ``gather_with_grad``, where the other processes' rows arrive without gradient.
 
     Explicit negatives are shared by every anchor unless
     ``negatives_per_anchor=True``: then ``negatives[b]`` (B×r×d) belong to the ``z1`` anchor of
@@ -249,6 +252,7 @@ class Strategy(nn.Module):
         logit_scale: Tensor | None = None,
         anchor_rows: Tensor | None = None,
         mean_denominator: Callable[[float], float] | None = None,
+        detach_candidates: bool = False,
     ) -> Tensor:
         z1, z2, labels, ids, step = self._check_inputs(z1, z2, labels, ids, step)
         sched = self.set_step(step)
@@ -259,6 +263,8 @@ class Strategy(nn.Module):
         anchors, cands = all_anchors, all_cands
         if anchor_rows is not None:  # this process's anchors against every candidate
             anchors, cands = all_anchors.select(anchor_rows), all_cands.for_anchors(anchor_rows, all_anchors.n)
+        if detach_candidates:
+            cands = dataclasses.replace(cands, k=cands.k.detach())
         ctx = StepContext.build(anchors, cands, t, self.beta, step, label_positives=self.positives == "labels")
         ctx.growing = any(not getattr(src, "is_full", True) for src in self.sources)
         for c in [*self.filters, *self.weightings]:

@@ -146,8 +146,8 @@ def _check_nonneg(name: str, v: Any) -> None:
 class TopK(Weighting):
     """Top-k hard negative mining: only the ``k`` most similar valid candidates count (uniformly).
     With ``n_neg="count"`` the loss sums over exactly those k. ``k`` is schedulable (rounded).
-    ``k`` larger than the candidate pool raises, except while a queue is still filling up (then
-    an anchor uses all its candidates)."""
+    An anchor with fewer than ``k`` valid candidates (a small last batch, a queue still filling
+    up) uses all of them."""
 
     kind = "topk"
     schedulable = ("k",)
@@ -158,13 +158,7 @@ class TopK(Weighting):
         self.k = k
 
     def begin_step(self, ctx: StepContext) -> None:
-        k = int(round(self.k))
-        _check_int("k", k)
-        most = ctx.m - 1 - (ctx.pos_index is not None)
-        if k > most and not ctx.growing:  # while a queue fills up, fewer than k are used
-            raise ValueError(
-                f"weighting option 'k' = {k} is larger than the candidate pool ({most} candidates per anchor)"
-            )
+        _check_int("k", int(round(self.k)))  # a schedule may drive it
 
     selects = True
 
