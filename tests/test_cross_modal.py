@@ -241,3 +241,32 @@ def test_logit_scale_gradient_in_the_single_modality_strategy(beta):
     assert torch.allclose(loss, ref, rtol=1e-10)
     for a, b in zip(g, gr):
         assert torch.allclose(a, b, rtol=1e-7, atol=1e-10)
+
+
+def test_cross_modal_clusters_on_an_anchor_subset_equal_those_rows_of_the_whole_batch():
+    """A distributed step computes this process's anchors against the global candidates (rank 1 of 2:
+    samples 8..15, both modalities). Each anchor gets the cluster it has in the whole-batch call, so
+    its loss and gradients are those rows of the one-process result."""
+    B, b = 16, 8
+    img, txt = _feats(B=B, d=4, seed=21)
+    rows = torch.cat([torch.arange(b, B), torch.arange(b, B) + B])  # hardneg.distributed.anchor_rows, rank 1
+
+    def run(anchor_rows):
+        w = CrossModalClusters(n_clusters=4, every=1, memory=B, bonus=0.5, gamma=1.0)
+        st = Strategy(source=CrossModal(), weighting=w, temperature=0.5, reduction="none")
+        i, t = img.detach().clone().requires_grad_(True), txt.detach().clone().requires_grad_(True)
+        losses = st(i, t, anchor_rows=anchor_rows)
+        return w, losses, i, t
+
+    w_all, whole, i1, t1 = run(None)
+    w_sub, part, i2, t2 = run(rows)
+    torch.testing.assert_close(part, whole[rows], rtol=1e-12, atol=1e-12)
+    # an image takes its caption's cluster (the literal assignment of the texts to the centroids)
+    # in both calls
+    tc = (F.normalize(txt.detach(), dim=1) @ w_all.centroids.double().T).argmax(1)
+    assert w_all._kc.tolist() == torch.cat([tc, tc]).tolist() == w_sub._kc.tolist()
+    assert w_sub._qc.tolist() == torch.cat([tc, tc])[rows].tolist()
+    g_whole = torch.autograd.grad(whole[rows].sum(), [i1, t1])
+    g_part = torch.autograd.grad(part.sum(), [i2, t2])
+    for a, c in zip(g_part, g_whole):
+        torch.testing.assert_close(a, c, rtol=1e-10, atol=1e-12)

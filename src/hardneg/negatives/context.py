@@ -36,6 +36,9 @@ class StepContext:
     k_view: Tensor | None = None  # (m,)
     growing: bool = False  # a source (a queue still filling) will offer more candidates later
     cross_view: bool = False  # anchors see only candidates of the other view (two towers)
+    #: (m,) the candidate column of the same sample's other view (−1 none), for every candidate:
+    #: anchor i is candidate ``self_index[i]``, never candidate i (a call may compute a subset of anchors)
+    k_partner: Tensor | None = None
     _id_start: int | None = None
     #: every same-label candidate is a positive (SupCon, H-SCL paper code): then only the anchor itself
     #: (and ownership) limits the candidates; its other view stays, as a positive in the denominator
@@ -64,6 +67,7 @@ class StepContext:
             cands.view,
             label_positives=label_positives,
             cross_view=cands.cross_view,
+            k_partner=cands.partner,
         )
 
     @property
