@@ -365,7 +365,8 @@ class ClusterGuided(Weighting):
         qc = self._qc[rows]
         kc = self._kc
         same = (qc[:, None] == kc[None, :]) & (qc[:, None] >= 0)
-        lw = (~same).to(S.dtype) * (self.bonus + self.gamma * S / ctx.t)
+        # γ s / t is the tilt of :mod:`hardneg.losses.tilt` with β = γ, on the other clusters only
+        lw = (~same).to(S.dtype) * (self.bonus + tilt_log_weights(S, self.gamma, ctx.t))
         if self.exclude_same:
             drop = same & valid
             has_other = (valid & ~same).any(1, keepdim=True)
