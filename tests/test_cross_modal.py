@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import math
 
 import numpy as np
@@ -270,3 +271,42 @@ def test_cross_modal_clusters_on_an_anchor_subset_equal_those_rows_of_the_whole_
     g_part = torch.autograd.grad(part.sum(), [i2, t2])
     for a, c in zip(g_part, g_whole):
         torch.testing.assert_close(a, c, rtol=1e-10, atol=1e-12)
+
+
+def test_calibrator_never_trains_on_invalid_draws():
+    """Cross-modal, B = 3: an anchor has 2 negatives (the other modality but its partner), fewer than
+    neg_per_anchor = 4. The calibrator draws exactly those 2 — never itself, its partner or a row of
+    its own modality — counts every anchor as drawn short, and its BCE is the literal one over the
+    6 positive pairs and the 12 negative pairs."""
+    from hardneg.negatives import Calibrated
+
+    img, txt = _feats(B=3, d=5, seed=31)
+    cal = Calibrated(hidden=8, neg_per_anchor=4, seed=0, dim=5)
+    model0 = copy.deepcopy(cal.model)
+    st = Strategy(source=CrossModal(), weighting=cal, temperature=0.5)
+    st.train()
+    st(img, txt)
+    B = 3
+    z = F.normalize(torch.cat([img, txt]).detach(), dim=1).float()
+    pos = [(a + B) % (2 * B) for a in range(2 * B)]
+    negs = [[j for j in range(2 * B) if (j < B) != (a < B) and j != pos[a]] for a in range(2 * B)]
+    with torch.no_grad():
+        lp = model0.pair_logits(z, z[pos])
+        qa = torch.stack([z[a] for a in range(2 * B) for _ in negs[a]])
+        kn = torch.stack([z[j] for a in range(2 * B) for j in negs[a]])
+        ln = model0.pair_logits(qa, kn)
+        ref = F.binary_cross_entropy_with_logits(lp, torch.ones_like(lp)) + F.binary_cross_entropy_with_logits(
+            ln, torch.zeros_like(ln))
+    assert st.last_diagnostics["calibrator_bce"] == pytest.approx(float(ref), rel=1e-5)
+    assert st.last_diagnostics["calibrator_short_anchors"] == 6.0
+    # the draws themselves, on a larger batch: distinct, valid, and as many as asked for
+    from hardneg.negatives.context import StepContext
+
+    i8, t8 = _feats(B=8, d=5, seed=32)
+    anchors, cands = CrossModal().build(F.normalize(i8.detach(), dim=1), F.normalize(t8.detach(), dim=1), None, None)
+    ctx = StepContext.build(anchors, cands, 0.5, 0.0, 0)
+    cols, ok = cal.draw_negatives(ctx, torch.arange(16))
+    assert bool(ok.all()) and cols.shape == (16, 4)
+    for a in range(16):
+        assert len(set(cols[a].tolist())) == 4
+        assert all((j < 8) != (a < 8) and j != (a + 8) % 16 for j in cols[a].tolist())
