@@ -102,7 +102,7 @@ def step_fn(images: int, size: int, dim: int, loss: str, t: float, seed: int = 0
     if loss == "dense torch":
         crit = lambda a, b: dense_torch_loss(a, b, t)  # noqa: E731
     else:
-        filters = [NeighbourhoodFilter(2.0, size, size)] if "neighbourhood" in loss else None
+        filters = [NeighbourhoodFilter(2.0)] if "neighbourhood" in loss else None
         dc = DenseContrast(Strategy(source=[InBatch(symmetric=False)], filters=filters, temperature=t,
                                     diagnostics=False), anchors_per_image=None)
         crit = lambda a, b: dc(a, b)  # noqa: E731

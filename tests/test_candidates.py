@@ -250,14 +250,14 @@ def test_label_positives_a_weighting_that_changes_nothing_changes_nothing():
     torch.testing.assert_close(plain, ref_supcon(z1, z2, y, t=0.1), rtol=1e-9, atol=1e-12)
 
 
-def test_lean_supcon_anchor_without_any_candidate_has_zero_gradient():
-    q = torch.randn(2, 3, dtype=torch.float64, requires_grad=True)
-    k = torch.randn(1, 3, dtype=torch.float64, requires_grad=True)
-    loss = L.weighted_info_nce(q, k, t=0.5, q_labels=torch.tensor([0, 0]), k_labels=torch.tensor([0]),
-                               self_index=torch.tensor([0, -1]), positives="labels", include_positive=False)
-    loss.backward()  # anchor 0's only candidate is itself: skipped; anchor 1 has k[0] as positive only
+def test_lean_supcon_skipped_anchor_has_zero_gradient():
+    q = torch.randn(3, 3, dtype=torch.float64, requires_grad=True)
+    k = torch.randn(2, 3, dtype=torch.float64, requires_grad=True)
+    loss = L.weighted_info_nce(q, k, t=0.5, q_labels=torch.tensor([0, 0, 1]), k_labels=torch.tensor([0, 1]),
+                               self_index=torch.tensor([0, -1, -1]), positives="labels", include_positive=False)
+    loss.backward()  # anchor 0's only candidate but itself is of another label: no positive, skipped
     assert bool(torch.isfinite(q.grad).all()) and bool(torch.isfinite(k.grad).all())
-    assert bool((q.grad[0] == 0).all())
+    assert bool((q.grad[0] == 0).all()) and bool((q.grad[1:] != 0).any())
 
 
 def test_decoupled_with_label_positives_is_refused():

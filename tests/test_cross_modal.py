@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import math
 
 import numpy as np
@@ -241,3 +242,71 @@ def test_logit_scale_gradient_in_the_single_modality_strategy(beta):
     assert torch.allclose(loss, ref, rtol=1e-10)
     for a, b in zip(g, gr):
         assert torch.allclose(a, b, rtol=1e-7, atol=1e-10)
+
+
+def test_cross_modal_clusters_on_an_anchor_subset_equal_those_rows_of_the_whole_batch():
+    """A distributed step computes this process's anchors against the global candidates (rank 1 of 2:
+    samples 8..15, both modalities). Each anchor gets the cluster it has in the whole-batch call, so
+    its loss and gradients are those rows of the one-process result."""
+    B, b = 16, 8
+    img, txt = _feats(B=B, d=4, seed=21)
+    rows = torch.cat([torch.arange(b, B), torch.arange(b, B) + B])  # hardneg.distributed.anchor_rows, rank 1
+
+    def run(anchor_rows):
+        w = CrossModalClusters(n_clusters=4, every=1, memory=B, bonus=0.5, gamma=1.0)
+        st = Strategy(source=CrossModal(), weighting=w, temperature=0.5, reduction="none")
+        i, t = img.detach().clone().requires_grad_(True), txt.detach().clone().requires_grad_(True)
+        losses = st(i, t, anchor_rows=anchor_rows)
+        return w, losses, i, t
+
+    w_all, whole, i1, t1 = run(None)
+    w_sub, part, i2, t2 = run(rows)
+    torch.testing.assert_close(part, whole[rows], rtol=1e-12, atol=1e-12)
+    # an image takes its caption's cluster (the literal assignment of the texts to the centroids)
+    # in both calls
+    tc = (F.normalize(txt.detach(), dim=1) @ w_all.centroids.double().T).argmax(1)
+    assert w_all._kc.tolist() == torch.cat([tc, tc]).tolist() == w_sub._kc.tolist()
+    assert w_sub._qc.tolist() == torch.cat([tc, tc])[rows].tolist()
+    g_whole = torch.autograd.grad(whole[rows].sum(), [i1, t1])
+    g_part = torch.autograd.grad(part.sum(), [i2, t2])
+    for a, c in zip(g_part, g_whole):
+        torch.testing.assert_close(a, c, rtol=1e-10, atol=1e-12)
+
+
+def test_calibrator_never_trains_on_invalid_draws():
+    """Cross-modal, B = 3: an anchor has 2 negatives (the other modality but its partner), fewer than
+    neg_per_anchor = 4. The calibrator draws exactly those 2 — never itself, its partner or a row of
+    its own modality — counts every anchor as drawn short, and its BCE is the literal one over the
+    6 positive pairs and the 12 negative pairs."""
+    from hardneg.negatives import Calibrated
+
+    img, txt = _feats(B=3, d=5, seed=31)
+    cal = Calibrated(hidden=8, neg_per_anchor=4, seed=0, dim=5)
+    model0 = copy.deepcopy(cal.model)
+    st = Strategy(source=CrossModal(), weighting=cal, temperature=0.5)
+    st.train()
+    st(img, txt)
+    B = 3
+    z = F.normalize(torch.cat([img, txt]).detach(), dim=1).float()
+    pos = [(a + B) % (2 * B) for a in range(2 * B)]
+    negs = [[j for j in range(2 * B) if (j < B) != (a < B) and j != pos[a]] for a in range(2 * B)]
+    with torch.no_grad():
+        lp = model0.pair_logits(z, z[pos])
+        qa = torch.stack([z[a] for a in range(2 * B) for _ in negs[a]])
+        kn = torch.stack([z[j] for a in range(2 * B) for j in negs[a]])
+        ln = model0.pair_logits(qa, kn)
+        ref = F.binary_cross_entropy_with_logits(lp, torch.ones_like(lp)) + F.binary_cross_entropy_with_logits(
+            ln, torch.zeros_like(ln))
+    assert st.last_diagnostics["calibrator_bce"] == pytest.approx(float(ref), rel=1e-5)
+    assert st.last_diagnostics["calibrator_short_anchors"] == 6.0
+    # the draws themselves, on a larger batch: distinct, valid, and as many as asked for
+    from hardneg.negatives.context import StepContext
+
+    i8, t8 = _feats(B=8, d=5, seed=32)
+    anchors, cands = CrossModal().build(F.normalize(i8.detach(), dim=1), F.normalize(t8.detach(), dim=1), None, None)
+    ctx = StepContext.build(anchors, cands, 0.5, 0.0, 0)
+    cols, ok = cal.draw_negatives(ctx, torch.arange(16))
+    assert bool(ok.all()) and cols.shape == (16, 4)
+    for a in range(16):
+        assert len(set(cols[a].tolist())) == 4
+        assert all((j < 8) != (a < 8) and j != (a + 8) % 16 for j in cols[a].tolist())

@@ -73,7 +73,7 @@ def _ref_two_view(f1, f2, radius=None):
 def test_two_view_dense_loss_equals_per_pixel_loop(radius):
     f1, f2 = _maps()
     a1, a2 = f1.clone().requires_grad_(), f2.clone().requires_grad_()
-    filters = None if radius is None else [NeighbourhoodFilter(radius, 3, 4)]
+    filters = None if radius is None else [NeighbourhoodFilter(radius)]
     dc = DenseContrast(Strategy(temperature=T, filters=filters), anchors_per_image=None)
     loss = dc(a1, a2)
     b1, b2 = f1.clone().requires_grad_(), f2.clone().requires_grad_()
@@ -88,7 +88,7 @@ def test_neighbourhood_then_topk_equals_per_pixel_loop():
     """Filters first, then any π shape: the 3 most similar candidates left by the neighbourhood rule."""
     f1, f2 = _maps(seed=4)
     a1 = f1.clone().requires_grad_()
-    s = Strategy(temperature=T, filters=[NeighbourhoodFilter(1.0, 3, 4)], weighting=[TopK(k=3)])
+    s = Strategy(temperature=T, filters=[NeighbourhoodFilter(1.0)], weighting=[TopK(k=3)])
     loss = DenseContrast(s, anchors_per_image=None)(a1, f2)
     rows = [(v, b, y, x, z / z.norm()) for v, f in enumerate((f1, f2)) for (b, y, x, z) in _pixels(f)]
     total = 0.0
@@ -157,12 +157,12 @@ def test_correspondence_picks_the_positive_pixel():
 # ------------------------------------------------------------------------------------------------
 
 
-def _ctx(q_ids, k_ids, q=None, k=None):
+def _ctx(q_ids, k_ids, q=None, k=None, grid=None):
     n, m = len(q_ids), len(k_ids)
     q = torch.zeros(n, 2) if q is None else q
     k = torch.zeros(m, 2) if k is None else k
     return StepContext(q, k, None, torch.full((n,), -1), None, None, torch.tensor(q_ids), torch.tensor(k_ids),
-                       None, 0.5, 0.0, 0, [("batch", 0, m)])
+                       None, 0.5, 0.0, 0, [("batch", 0, m)], grid=grid)
 
 
 def test_pixel_grid_round_trip_and_unknown():
@@ -184,8 +184,8 @@ def test_neighbourhood_filter_matches_literal_rule(radius):
     where = {(a * H + b) * W + c: (a, b, c) for a, b, c in k}  # literal id -> (image, y, x)
     k_ids = [(a * H + b) * W + c for a, b, c in k] + [-1, -1]
     q_ids = k_ids[:10] + [-1]  # repeated ids among the candidates (two views, a memory) and unknown ones
-    f = NeighbourhoodFilter(radius, H, W)
-    ctx = _ctx(q_ids, k_ids)
+    f = NeighbourhoodFilter(radius)
+    ctx = _ctx(q_ids, k_ids, grid=PixelGrid(H, W))
     f.begin_step(ctx)
     got = f.drop(torch.zeros(len(q_ids), len(k_ids)), slice(0, len(q_ids)), ctx)
     for i, qi in enumerate(q_ids):
@@ -202,10 +202,9 @@ def test_proximity_weights_and_config():
     H, W = 3, 3
     g = PixelGrid(H, W)
     ids = g.encode(torch.tensor([0, 0, 0, 1]), torch.tensor([0, 1, 2, 0]), torch.tensor([0, 1, 2, 0])).tolist()
-    w = from_config({"name": "ucl", "weighting": [{"kind": "proximity", "radius": 1.5, "bonus": 3.0,
-                                                     "height": H, "width": W}]}).weightings[0]
+    w = from_config({"name": "ucl", "weighting": [{"kind": "proximity", "radius": 1.5, "bonus": 3.0}]}).weightings[0]
     assert isinstance(w, Proximity)
-    ctx = _ctx(ids, ids)
+    ctx = _ctx(ids, ids, grid=g)
     w.begin_step(ctx)
     lw = w.log_weights(torch.zeros(4, 4), slice(0, 4), ctx, torch.ones(4, 4, dtype=torch.bool))
     want = torch.tensor([[3, 3, 0, 0], [3, 3, 3, 0], [0, 3, 3, 0], [0, 0, 0, 3]], dtype=torch.float32)
@@ -335,7 +334,13 @@ def test_dense_errors_name_the_argument():
     with pytest.raises(ValueError, match="hard_fraction"):
         DenseContrast("ucl", hard_fraction=1.5)
     with pytest.raises(ValueError, match="pixel ids"):
-        Strategy(filters=[NeighbourhoodFilter(1.0, 3, 3)])(torch.randn(4, 2), torch.randn(4, 2))
+        Strategy(filters=[NeighbourhoodFilter(1.0)])(torch.randn(4, 2), torch.randn(4, 2))
+    with pytest.raises(ValueError, match="pixel grid of the ids"):  # ids, but no grid to decode them
+        Strategy(filters=[NeighbourhoodFilter(1.0)])(torch.randn(4, 2), torch.randn(4, 2), ids=torch.arange(4))
+    with pytest.raises(ValueError, match="at least one image"):
+        DenseContrast("ucl")(torch.randn(0, 3, 4, 4))
+    with pytest.raises(ValueError, match="at least one image"):
+        DenseContrast("ucl")(torch.randn(2, 3, 4, 4), torch.randn(2, 3, 0, 4), correspondence=None)
 
 
 @pytest.mark.slow
@@ -369,3 +374,30 @@ def test_dense_compare_command_writes_the_page(tmp_path):
     assert e.value.code == 0
     page = (tmp_path / "page.md").read_text()
     assert "| synthetic | 0.2 | 1 |" in page and "| uniform |" in page and "hardneg dense-compare all" in page
+
+
+def test_neighbourhood_on_a_16x16_map_decodes_with_the_maps_grid():
+    """The grid that encodes the pixel ids is the one the filter decodes with (the step context's):
+    on 16×16 maps, radius 1 removes exactly the 4-neighbours of each anchor in its image — the
+    literal rule on the sampled pixels' coordinates, then the weighted InfoNCE written out."""
+    from tests.negatives_reference import ref_weighted_infonce
+
+    f1, f2 = _maps(B=2, C=3, H=16, W=16, seed=5)
+    corr = identity_correspondence(2, 16, 16)
+    block = torch.zeros(16, 16, dtype=torch.bool)
+    block[5:9, 3:9] = True  # only a 4×6 block of each image is visible in view 2: 24 anchors per image
+    corr[:, ~block] = -1
+    dc = DenseContrast(Strategy(temperature=T, filters=[NeighbourhoodFilter(1.0)]), anchors_per_image=None)
+    loss = dc(f1, f2, correspondence=corr)
+    b, y, x = dc.last_anchors
+    n = b.numel()
+    assert n == 48
+    z1 = f1[b, :, y, x]
+    z2 = f2[b, :, y, x]
+    z = torch.cat([z1, z2]).numpy()
+    bb, yy, xx = (torch.cat([v, v]).tolist() for v in (b, y, x))
+    pos = [(i + n) % (2 * n) for i in range(2 * n)]
+    valid = [[j not in (i, pos[i]) and not (bb[i] == bb[j] and (yy[i] - yy[j]) ** 2 + (xx[i] - xx[j]) ** 2 <= 1)
+              for j in range(2 * n)] for i in range(2 * n)]
+    assert sum(map(sum, valid)) < sum(len(r) - 2 for r in valid)  # the rule removes neighbours here
+    assert loss.item() == pytest.approx(ref_weighted_infonce(z, z, pos, valid, t=T), rel=1e-10)

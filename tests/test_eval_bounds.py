@@ -107,3 +107,22 @@ def test_summarize_bounds_by_hand():
     rows.append({**rows[0], "frac_hscl_le_hucl_given_a1": 0.75})
     s = summarize_bounds(rows)  # the batch without a defined value is left out: (0.5 + 0.75) / 2
     assert s["anchor_frac_hscl_le_hucl_given_a1"] == pytest.approx(0.625)
+
+
+def test_summarize_bounds_assumption1_over_the_batches_where_it_is_defined():
+    """A batch whose anchors have no same-class candidate has no Assumption-1 share (NaN): the mean is
+    over the other batches, by hand (0.8 + 0.5) / 2, not (0.8 + 0.5) / 3."""
+    base = {"ucl": 1, "scl": 0.9, "hucl": 1.2, "hscl": 1.1, "frac_hscl_le_hucl": 0.5, "frac_hscl_ge_scl": 1.0,
+            "frac_hucl_ge_ucl": 1.0}
+    rows = [{**base, "assumption1": 0.8}, {**base, "assumption1": float("nan")}, {**base, "assumption1": 0.5}]
+    assert summarize_bounds(rows)["assumption1"] == pytest.approx(0.65)
+    assert math.isnan(summarize_bounds([rows[1]])["assumption1"])
+    # on real batches: labels unique per sample leave S(i) empty for every anchor
+    g = torch.Generator().manual_seed(4)
+    z1, z2 = torch.randn(6, 3, generator=g), torch.randn(6, 3, generator=g)
+    defined = bound_terms(z1, z2, torch.tensor([0, 0, 0, 1, 1, 1]))
+    undefined = bound_terms(z1, z2, torch.arange(6))
+    assert math.isnan(undefined["assumption1"])
+    ref = [a for a in literal_assumption1(z1, z2, torch.tensor([0, 0, 0, 1, 1, 1]), 1.0, 0.5) if a is not None]
+    assert defined["assumption1"] == pytest.approx(sum(ref) / len(ref))
+    assert summarize_bounds([defined, undefined])["assumption1"] == pytest.approx(defined["assumption1"])

@@ -58,3 +58,30 @@ def test_ntxent_with_labels_equals_hscl_all_pairs_beta0_count_n():
         negatives="other_labels", positive_reduce="pairs",
     )
     torch.testing.assert_close(ours, ref, rtol=1e-9, atol=1e-12)
+
+
+def test_supcon_one_class_skips_every_anchor_as_pml():
+    """An anchor whose every candidate shares its label has no negative and is skipped: in a one-class
+    batch no anchor contributes — PML returns 0 with zero gradient, hardneg (every anchor skipped)
+    raises one line saying why. One sample of another class gives every anchor a negative: PML's
+    value and gradient again."""
+    from hardneg.losses.candidates import NoValidAnchorError
+    from hardneg.negatives import create_strategy
+
+    z1, z2, _ = make(8, 5, 3)
+    one = torch.zeros(8, dtype=torch.long)
+    ref = pml.SupConLoss(temperature=0.1)(torch.cat([z1, z2]), torch.cat([one, one]))
+    assert float(ref) == 0.0
+    assert all(float(g.abs().max()) == 0.0 for g in torch.autograd.grad(ref, [z1, z2], allow_unused=True))
+    for call in (lambda: L.supcon(z1, z2, one), lambda: L.supcon(z1, None, one),
+                 lambda: create_strategy("supcon")(z1, z2, labels=one)):
+        with pytest.raises(NoValidAnchorError, match="candidate of another label") as e:
+            call()
+        assert "\n" not in str(e.value)
+    almost = one.clone()
+    almost[0] = 1
+    ref = pml.SupConLoss(temperature=0.1)(torch.cat([z1, z2]), torch.cat([almost, almost]))
+    ours = L.supcon(z1, z2, almost, t=0.1)
+    torch.testing.assert_close(ours, ref, rtol=1e-9, atol=1e-12)
+    for a, b in zip(torch.autograd.grad(ours, [z1, z2]), torch.autograd.grad(ref, [z1, z2])):
+        torch.testing.assert_close(a, b, rtol=1e-7, atol=1e-10)

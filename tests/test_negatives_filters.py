@@ -130,3 +130,42 @@ def test_label_filter_alone_and_composed_skip_the_same_anchors():
     for s in (composed, Strategy(filters=[LabelFilter()])):
         with pytest.raises(ValueError, match="no anchor has both a positive and a valid negative"):
             s(z1, z2, labels=one_class)
+
+
+@pytest.mark.parametrize("rules", [{"absolute_margin": 3.0}, {"min_score": 0.5, "max_score": 0.2},
+                                   {"relative_margin": float("inf")}, {"max_score": 1.5}])
+def test_similarity_rules_refused_alike_everywhere(rules):
+    """One validation of the similarity rules: the strategies' filter, offline mining, the
+    sentence-transformers loss and similarity_drops itself refuse the same values."""
+    from hardneg.integrations.sentence_transformers import HardNegativeRankingLoss
+    from hardneg.mining.mine import MineConfig
+    from hardneg.negatives import similarity_drops
+
+    name = "min_score" if "min_score" in rules else next(iter(rules))
+    calls = [lambda: SimilarityFilter(**rules), lambda: MineConfig(**rules).validate(),
+             lambda: similarity_drops(torch.zeros(2, 3), torch.zeros(2), **rules)]
+    if "min_score" not in rules:  # the sentence-transformers loss takes the margins and max_score
+        calls.append(lambda: HardNegativeRankingLoss(None, **rules))
+    for call in calls:
+        with pytest.raises(ValueError, match=f"'{name}'"):
+            call()
+
+
+def test_similarity_rules_at_their_bounds_accepted_alike_and_exact():
+    """The extremes of each range are accepted by the filter and by mining; the drops match the
+    rules written out by hand."""
+    from hardneg.mining.mine import MineConfig
+    from hardneg.negatives import similarity_drops
+
+    rules = {"max_score": 1.0, "min_score": -1.0, "absolute_margin": 2.0, "relative_margin": 5.0}
+    SimilarityFilter(**rules)
+    MineConfig(**rules).validate()
+    S = torch.tensor([[0.9, -0.5, 0.2], [0.1, 0.4, -0.95]])
+    sp = torch.tensor([0.8, float("nan")])
+    got = similarity_drops(S, sp, max_score=0.5, min_score=-0.9, absolute_margin=0.3, relative_margin=2.0)
+    assert got["max_score"].tolist() == [[True, False, False], [False, False, False]]
+    assert got["min_score"].tolist() == [[False, False, False], [False, False, True]]
+    # s > 0.8 − 0.3 = 0.5; the second anchor has no positive: no margin applies
+    assert got["absolute_margin"].tolist() == [[True, False, False], [False, False, False]]
+    # s > 0.8 · (1 − 2) = −0.8
+    assert got["relative_margin"].tolist() == [[True, True, True], [False, False, False]]

@@ -3,11 +3,13 @@ r"""Per-pixel contrastive loss: pixels of ``(B, C, H, W)`` feature maps as ancho
 
 Each sampled pixel is one sample of the strategy: its embedding is a row of ``z1`` (and of ``z2``,
 the same scene point in the second view), its label the label map's value there, its sample id
-``(image, y, x)`` encoded by :class:`~hardneg.negatives.PixelGrid`. Negatives are the other sampled
-pixels of the same and of the other images (and whatever the strategy's sources add, e.g. a
-:class:`~hardneg.negatives.ClassMemory`); the candidate rule, the filters
-(:class:`~hardneg.negatives.NeighbourhoodFilter`, :class:`~hardneg.negatives.InputSimilarityFilter`,
-:class:`~hardneg.negatives.LabelFilter`, …) and the weightings apply unchanged.
+``(image, y, x)`` encoded by the feature map's :class:`~hardneg.negatives.PixelGrid` ``(H, W)``,
+which the strategy's components receive in the step context (one grid, never a second one).
+Negatives are the other sampled pixels of the same and of the other images (and whatever the
+strategy's sources add, e.g. a :class:`~hardneg.negatives.ClassMemory`); the candidate rule, the
+filters (:class:`~hardneg.negatives.NeighbourhoodFilter`,
+:class:`~hardneg.negatives.InputSimilarityFilter`, :class:`~hardneg.negatives.LabelFilter`, …) and
+the weightings apply unchanged.
 
 Positives:
 
@@ -106,6 +108,8 @@ def _check_map(name: str, f: Tensor) -> None:
     if not isinstance(f, Tensor) or f.dim() != 4 or not f.is_floating_point():
         raise ValueError(f"{name} must be a floating-point (B, C, H, W) feature map, got "
                          f"{tuple(f.shape) if isinstance(f, Tensor) else type(f).__name__}")
+    if 0 in f.shape:
+        raise ValueError(f"{name} must have at least one image, channel and pixel, got shape {tuple(f.shape)}")
 
 
 class DenseContrast(nn.Module):
@@ -195,9 +199,10 @@ class DenseContrast(nn.Module):
         z1 = f1[b, :, y, x]
         z2 = None if f2 is None else f2[b, :, corr[b, y, x, 0], corr[b, y, x, 1]]
         lab = None if labels is None else labels[b, y, x]
-        ids = PixelGrid(H, W).encode(image_ids.to(dev).long()[b], y, x)
+        grid = PixelGrid(H, W)  # the one grid of this call: it encodes the ids, the components decode with it
+        ids = grid.encode(image_ids.to(dev).long()[b], y, x)
         self.last_anchors, self.last_ids = (b, y, x), ids
-        return self.strategy(z1, z2, labels=lab, ids=ids, step=step)
+        return self.strategy(z1, z2, labels=lab, ids=ids, step=step, grid=grid)
 
     @staticmethod
     @torch.no_grad()

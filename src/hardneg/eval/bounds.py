@@ -88,7 +88,8 @@ def bound_terms(
 
 def summarize_bounds(rows: list[dict[str, float]]) -> dict[str, float]:
     """Over logged batches: fraction of batches where each batch-mean inequality holds and the mean of
-    the per-anchor fractions."""
+    the per-anchor fractions; the Assumption-1 share is the mean over the batches where it is defined
+    (NaN when it is defined in none)."""
     if not rows:
         return {}
     n = len(rows)
@@ -100,7 +101,8 @@ def summarize_bounds(rows: list[dict[str, float]]) -> dict[str, float]:
         "anchor_frac_hscl_le_hucl": sum(r["frac_hscl_le_hucl"] for r in rows) / n,
         "anchor_frac_hscl_ge_scl": sum(r["frac_hscl_ge_scl"] for r in rows) / n,
         "anchor_frac_hucl_ge_ucl": sum(r["frac_hucl_ge_ucl"] for r in rows) / n,
-        "assumption1": sum(r["assumption1"] for r in rows if r["assumption1"] == r["assumption1"]) / n,
+        # a batch where no anchor has both same- and other-class candidates has no Assumption-1 share
+        "assumption1": _mean_defined(rows, "assumption1", "assumption1").get("assumption1", float("nan")),
         **_mean_defined(rows, "frac_hscl_le_hucl_given_a1", "anchor_frac_hscl_le_hucl_given_a1"),
     }
 

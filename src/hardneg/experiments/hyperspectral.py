@@ -88,7 +88,7 @@ def make_strategy(variant: str, scene: Scene, cfg: HSConfig) -> Strategy:
         H, W, _ = scene.cube.shape
         X = scene.pixels
         angle = spectral_angle_quantile(X, cfg.angle_quantile)
-        filters = [NeighbourhoodFilter(cfg.radius, H, W), InputSimilarityFilter(torch.from_numpy(X), min_angle=angle)]
+        filters = [NeighbourhoodFilter(cfg.radius), InputSimilarityFilter(torch.from_numpy(X), min_angle=angle)]
     return Strategy(family="supcon", temperature=cfg.temperature, beta=beta, filters=filters, diagnostics=False)
 
 
@@ -120,8 +120,8 @@ def train_detector(scene: Scene, variant: str, cfg: HSConfig, seed: int) -> np.n
     prep = input_transform(X, cfg.whiten)
     sigma = noise_level(scene.cube)
     H, W, L = scene.cube.shape
-    ids_all = PixelGrid(H, W).encode(torch.zeros(H * W, dtype=torch.long), torch.arange(H * W) // W,
-                                     torch.arange(H * W) % W)
+    grid = PixelGrid(H, W)  # encodes the ids; the strategy's components decode with it (step context)
+    ids_all = grid.encode(torch.zeros(H * W, dtype=torch.long), torch.arange(H * W) // W, torch.arange(H * W) % W)
     enc = spectral_encoder(L, cfg.hidden, cfg.dim)
     strategy = make_strategy(variant, scene, cfg)
     opt = torch.optim.Adam(enc.parameters(), lr=cfg.lr)
@@ -138,7 +138,7 @@ def train_detector(scene: Scene, variant: str, cfg: HSConfig, seed: int) -> np.n
         batch = torch.cat([xb, _synthetic_targets(xb, d, lo, hi, g)])
         labels = torch.cat([idx + 1, torch.zeros(B, dtype=torch.long)])
         ids = torch.cat([ids_all[idx], torch.full((B,), -1, dtype=torch.long)])
-        loss = strategy(enc(view(batch)), enc(view(batch)), labels=labels, ids=ids, step=step)
+        loss = strategy(enc(view(batch)), enc(view(batch)), labels=labels, ids=ids, step=step, grid=grid)
         opt.zero_grad()
         loss.backward()
         opt.step()

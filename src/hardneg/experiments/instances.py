@@ -75,7 +75,7 @@ def make_strategy(variant: str, cfg: InstanceConfig) -> Strategy:
     if variant not in VARIANTS:
         raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
     beta = 0.0 if variant == "uniform" else cfg.beta
-    weighting = [Proximity(cfg.radius, cfg.bonus, cfg.size, cfg.size)] if variant == "fine" else None
+    weighting = [Proximity(cfg.radius, cfg.bonus)] if variant == "fine" else None
     return Strategy(family="supcon", temperature=cfg.temperature, beta=beta, weighting=weighting, diagnostics=False)
 
 

@@ -28,7 +28,8 @@ filter), an unknown id matches nothing. Values below −1 are refused everywhere
 contributes no loss and no gradient and is left out of the mean, as pytorch-metric-learning's
 reducers and the SupCon paper's code skip anchors without a positive. This covers a singleton
 class under SupCon, an anchor whose every candidate a filter removed, an anchor whose every
-candidate shares its label under SCL. A call in which *every* anchor is skipped raises
+candidate shares its label under SCL or SupCon (label positives are in SupCon's denominator, but
+they are not negatives). A call in which *every* anchor is skipped raises
 ``ValueError`` saying why (a batch of one sample, one class only, filters that remove everything).
 Strategies count the skipped anchors in their diagnostics (``skipped_share``).
 """

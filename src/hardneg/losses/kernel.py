@@ -736,11 +736,17 @@ def _index(pos_index, self_index, q_labels, k_labels, positives, negatives, n, m
     active = n_valid > 0
     if n_pos is not None:
         active &= n_pos > 0
+        if negatives == "all":
+            # label positives sit in the denominator too; an anchor whose every candidate is a
+            # positive has no negative, and is skipped like any other (as PML's SupCon does)
+            active &= n_valid - n_pos > 0
     if not bool(active.any()) and not every_skipped_ok:
         why = (
             f"k has {m} rows; after removing each anchor itself, its positive"
             + (" and its same-label candidates" if negatives == "other_labels" else "")
-            + " none is left" + (", or no anchor has a same-label positive" if n_pos is not None else "")
+            + " none is left"
+            + (", or no anchor has both a same-label positive and a candidate of another label"
+               if n_pos is not None else "")
             + " (a batch of one sample? one class only?)"
         )
         raise C.all_skipped_error(n, why)

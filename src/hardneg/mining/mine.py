@@ -40,9 +40,9 @@ import torch
 
 from hardneg._optional import require
 from hardneg.index import as_rows, build_index, measure_recall, parse_index_spec, search
-from hardneg.losses.checks import check_beta, check_nonneg, check_temperature
+from hardneg.losses.checks import check_beta, check_temperature
 from hardneg.losses.tilt import tilt_log_weights
-from hardneg.negatives.filters import guide_drops, similarity_drops
+from hardneg.negatives.filters import check_similarity_rules, guide_drops, similarity_drops
 from hardneg.negatives.registry import build_filter, build_weighting
 
 SAMPLING = ("top", "uniform", "tilted")
@@ -92,12 +92,8 @@ class MineConfig:
             raise ValueError(f"sampling must be one of {SAMPLING}, got {self.sampling!r}")
         check_beta(self.beta)
         check_temperature(self.t, "t (temperature)")
-        for name in ("absolute_margin", "relative_margin"):
-            v = getattr(self, name)
-            if v is not None:
-                check_nonneg(name, v)
-        if self.min_score is not None and self.max_score is not None and self.min_score > self.max_score:
-            raise ValueError(f"min_score ({self.min_score}) must be <= max_score ({self.max_score})")
+        check_similarity_rules(max_score=self.max_score, min_score=self.min_score,
+                               absolute_margin=self.absolute_margin, relative_margin=self.relative_margin)
         if not isinstance(self.seed, int) or self.seed < 0:
             raise ValueError(f"seed must be a non-negative int, got {self.seed!r}")
         parse_index_spec(self.index)

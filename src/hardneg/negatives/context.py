@@ -7,12 +7,16 @@ Filters and weightings see one chunk of anchors at a time: the chunk's cosine si
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
 
 from hardneg.losses.candidates import Relations
 from hardneg.negatives.sources import Anchors, Candidates
+
+if TYPE_CHECKING:  # pixels imports this module
+    from hardneg.negatives.pixels import PixelGrid
 
 
 @dataclass
@@ -36,6 +40,12 @@ class StepContext:
     k_view: Tensor | None = None  # (m,)
     growing: bool = False  # a source (a queue still filling) will offer more candidates later
     cross_view: bool = False  # anchors see only candidates of the other view (two towers)
+    #: (m,) the candidate column of the same sample's other view (−1 none), for every candidate:
+    #: anchor i is candidate ``self_index[i]``, never candidate i (a call may compute a subset of anchors)
+    k_partner: Tensor | None = None
+    #: how the sample ids encode pixel positions (image, y, x), from whoever made the ids
+    #: (``hardneg.dense.DenseContrast`` puts its feature map's grid here); None: ids are no pixels
+    grid: PixelGrid | None = None
     _id_start: int | None = None
     #: every same-label candidate is a positive (SupCon, H-SCL paper code): then only the anchor itself
     #: (and ownership) limits the candidates; its other view stays, as a positive in the denominator
@@ -44,8 +54,10 @@ class StepContext:
 
     @classmethod
     def build(
-        cls, anchors: Anchors, cands: Candidates, t: float, beta: float, step: int, label_positives: bool = False
+        cls, anchors: Anchors, cands: Candidates, t: float, beta: float, step: int, label_positives: bool = False,
+        grid: PixelGrid | None = None,
     ) -> StepContext:
+        """The context of the anchors and candidates of one step (``grid``: the pixel grid of the ids)."""
         return cls(
             anchors.q.detach(),
             cands.k.detach(),
@@ -64,6 +76,8 @@ class StepContext:
             cands.view,
             label_positives=label_positives,
             cross_view=cands.cross_view,
+            k_partner=cands.partner,
+            grid=grid,
         )
 
     @property

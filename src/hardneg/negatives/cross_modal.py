@@ -142,23 +142,18 @@ class CrossModalClusters(ClusterGuided):
         self.memory = memory
         self._recent: Tensor | None = None
 
-    def _partner_rows(self, ctx: StepContext, view: Tensor, size: int) -> Tensor:
-        """For each of ``size`` rows (anchors or candidates): the candidate column holding its
-        sample's ``modality`` embedding (itself, or its batch partner), −1 when there is none."""
-        b_end = ctx.blocks[0][2] if ctx.blocks and ctx.blocks[0][0] == "batch" else 0
-        ar = torch.arange(size, device=ctx.q.device)
-        col = torch.full((size,), -1, dtype=torch.long, device=ctx.q.device)
-        own = view == self._view
-        col[own] = ar[own]
-        inb = ~own & (ar < b_end)
-        col[inb] = ctx.pos_index[ar[inb]]
-        return col
+    def _candidate_columns(self, ctx: StepContext) -> Tensor:
+        """For each candidate: the column holding its sample's ``modality`` embedding (itself, or
+        its other view in the batch), −1 when there is none. The layout comes from the context's
+        ``k_partner`` (the whole batch's), so it is the same whichever anchors a call computes."""
+        ar = torch.arange(ctx.m, device=ctx.q.device)
+        return torch.where(ctx.k_view == self._view, ar, ctx.k_partner.to(ar.device))
 
     def begin_step(self, ctx: StepContext) -> None:
         if self.features is not None:
             super().begin_step(ctx)
             return
-        if ctx.k_view is None or ctx.pos_index is None:
+        if ctx.k_view is None or ctx.k_partner is None:
             raise ValueError("cross_modal_cluster needs the cross_modal source (two views)")
         b_end = ctx.blocks[0][2]
         batch_rows = ctx.k[:b_end][ctx.k_view[:b_end] == self._view]
@@ -172,10 +167,11 @@ class CrossModalClusters(ClusterGuided):
             self._kc = torch.full((ctx.m,), -1, dtype=torch.long, device=ctx.q.device)
             return
         kc_all = self.assign(ctx.k)
-        kcol = self._partner_rows(ctx, ctx.k_view, ctx.m)
+        kcol = self._candidate_columns(ctx)
         self._kc = torch.where(kcol >= 0, kc_all[kcol.clamp(min=0)], torch.full_like(kcol, -1))
-        # anchors are the batch rows: anchor i is candidate column self_index[i]
-        self._qc = self._kc[ctx.self_index.clamp(min=0)]
+        # anchor i is candidate column self_index[i] (its own row of the batch)
+        si = ctx.self_index
+        self._qc = torch.where(si >= 0, self._kc[si.clamp(min=0)], torch.full_like(si, -1))
 
     def extra_repr(self) -> str:
         return (

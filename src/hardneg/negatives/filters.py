@@ -118,11 +118,11 @@ class SimilarityFilter(Filter):
         relative_margin: float | None = None,
     ) -> None:
         super().__init__()
-        self.max_score = _opt("max_score", max_score, -1.0, 1.0)
-        self.min_score = _opt("min_score", min_score, -1.0, 1.0)
-        self.absolute_margin = _opt("absolute_margin", absolute_margin, 0.0, 2.0)
-        self.relative_margin = _opt("relative_margin", relative_margin, 0.0, math.inf)
-        if all(v is None for v in (max_score, min_score, absolute_margin, relative_margin)):
+        rules = check_similarity_rules(max_score=max_score, min_score=min_score, absolute_margin=absolute_margin,
+                                       relative_margin=relative_margin, what="filter 'similarity' option")
+        self.max_score, self.min_score = rules["max_score"], rules["min_score"]
+        self.absolute_margin, self.relative_margin = rules["absolute_margin"], rules["relative_margin"]
+        if all(v is None for v in rules.values()):
             raise ValueError(
                 "filter 'similarity' needs at least one of max_score, min_score, absolute_margin, relative_margin"
             )
@@ -135,6 +135,50 @@ class SimilarityFilter(Filter):
                                   absolute_margin=self.absolute_margin, relative_margin=self.relative_margin).values():
             d |= m
         return d
+
+
+#: the range of each similarity rule (scores are cosine similarities); ``relative_margin`` is any
+#: finite r ≥ 0 (r > 1 puts the threshold below zero, which sentence-transformers allows too)
+SIMILARITY_RULES: dict[str, tuple[float, float]] = {
+    "max_score": (-1.0, 1.0),
+    "min_score": (-1.0, 1.0),
+    "absolute_margin": (0.0, 2.0),
+    "relative_margin": (0.0, math.inf),
+}
+
+
+def check_similarity_rules(
+    *,
+    max_score: Any = None,
+    min_score: Any = None,
+    absolute_margin: Any = None,
+    relative_margin: Any = None,
+    what: str = "option",
+) -> dict[str, float | None]:
+    """The one validation of the rules of :func:`similarity_drops`, for every place that takes them
+    (:class:`SimilarityFilter`, ``MineConfig`` / ``hardneg mine``, the sentence-transformers loss
+    through the filter, and :func:`similarity_drops` itself).
+
+    Each rule is None (off) or a finite number in its range (:data:`SIMILARITY_RULES`: scores in
+    [−1, 1], an absolute margin in [0, 2] — a larger one drops every cosine whatever the positive
+    scores —, a relative margin ≥ 0), and ``min_score ≤ max_score`` (otherwise every candidate is
+    dropped). ``what`` starts the error message (``"filter 'similarity' option"``). Returns the
+    values as floats (None where off)."""
+    given = {"max_score": max_score, "min_score": min_score, "absolute_margin": absolute_margin,
+             "relative_margin": relative_margin}
+    out: dict[str, float | None] = {}
+    for name, v in given.items():
+        lo, hi = SIMILARITY_RULES[name]
+        if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v)
+                              or not lo <= v <= hi):
+            raise ValueError(f"{what} {name!r} must be None or a finite number in [{lo}, {hi}], got {v!r}")
+        out[name] = None if v is None else float(v)
+    lo_s, hi_s = out["min_score"], out["max_score"]
+    if lo_s is not None and hi_s is not None and lo_s > hi_s:
+        raise ValueError(
+            f"{what} 'min_score' ({lo_s}) must be <= 'max_score' ({hi_s}): every candidate would be dropped"
+        )
+    return out
 
 
 def similarity_drops(
@@ -153,8 +197,11 @@ def similarity_drops(
     it has none: the margins do not apply there). Returns ``{rule: (c×m) drop mask}`` for the rules
     that are set: ``max_score`` drops ``s > max_score``, ``min_score`` drops ``s < min_score``,
     ``absolute_margin`` drops ``s > s_p − absolute_margin``, ``relative_margin`` drops
-    ``s > s_p · (1 − relative_margin)``.
+    ``s > s_p · (1 − relative_margin)``. The values are checked by :func:`check_similarity_rules`
+    (a schedule that drives one out of its range is refused here).
     """
+    check_similarity_rules(max_score=max_score, min_score=min_score, absolute_margin=absolute_margin,
+                           relative_margin=relative_margin, what="similarity rule")
     out: dict[str, Tensor] = {}
     if max_score is not None:
         out["max_score"] = max_score < S

@@ -2,11 +2,14 @@ r"""Fine-grained negatives for pixels (or any samples with a position): componen
 candidate is from its sample id, or what its input was from a table indexed by id.
 
 Pixel identity travels as the ordinary sample id: :class:`PixelGrid` encodes ``(image, y, x)`` as
-``(image · H + y) · W + x``. Ids therefore keep their usual meaning everywhere (a candidate with the
-anchor's id — the same pixel in the other view, or in a memory — is never a negative) and work
-with every source that carries ids (the batch, :class:`~hardneg.negatives.MemoryQueue`,
-:class:`ClassMemory`). Unknown ids (−1) decode to no position and are never touched by these
-components.
+``(image · H + y) · W + x``. The grid itself travels in the step context
+(:class:`~hardneg.negatives.context.StepContext`, ``grid``): whoever encodes the ids hands it over
+(``Strategy.forward(..., grid=...)``; :class:`hardneg.dense.DenseContrast` does), so the components
+decode with the grid that encoded, never with one of their own. Ids therefore keep their usual
+meaning everywhere (a candidate with the anchor's id — the same pixel in the other view, or in a
+memory — is never a negative) and work with every source that carries ids (the batch,
+:class:`~hardneg.negatives.MemoryQueue`, :class:`ClassMemory`). Unknown ids (−1) decode to no
+position and are never touched by these components.
 
 - :class:`NeighbourhoodFilter` (``kind: neighbourhood``) — drop candidates of the anchor's image
   within Euclidean distance ``radius`` of the anchor (neighbouring pixels of one object are not
@@ -93,13 +96,20 @@ class _OnGrid:
     anchor's neighbour ids (at most (2r+1)² of them) are looked up among the step's candidate ids
     (sorted once per step), and the columns found are scattered into a boolean mask."""
 
-    grid: PixelGrid
+    _grid: PixelGrid | None
     _k_sorted: Tensor | None
     _k_order: Tensor | None
 
     def _prepare(self, ctx: StepContext, who: str) -> None:
         if ctx.q_ids is None or ctx.k_ids is None:
             raise ValueError(f"{who} needs pixel ids: pass ids built by PixelGrid.encode (hardneg.dense does)")
+        # the grid that encoded the ids, never one of our own: a second grid would decode other pixels
+        if ctx.grid is None:
+            raise ValueError(
+                f"{who} needs the pixel grid of the ids in the step context: use hardneg.dense.DenseContrast, "
+                "or call the strategy with grid=PixelGrid(height, width), the grid that encoded the ids"
+            )
+        self._grid = ctx.grid
         self._k_sorted, self._k_order = torch.sort(ctx.k_ids)
 
     def _near(self, rows: slice | Tensor, ctx: StepContext, radius: float, device: torch.device) -> Tensor:
@@ -107,12 +117,13 @@ class _OnGrid:
         q_ids = ctx.q_ids[rows]
         c, m = q_ids.shape[0], self._k_sorted.shape[0]
         out = torch.zeros(c, m, dtype=torch.bool, device=q_ids.device)
-        qi, qy, qx = self.grid.decode(q_ids)
+        grid = self._grid
+        qi, qy, qx = grid.decode(q_ids)
         # beyond H + W every pixel of the image is inside: no need for more offsets
-        dy, dx = _offsets(min(radius, float(self.grid.height + self.grid.width)), q_ids.device)
+        dy, dx = _offsets(min(radius, float(grid.height + grid.width)), q_ids.device)
         ny, nx = qy[:, None] + dy[None, :], qx[:, None] + dx[None, :]
-        ok = (qi[:, None] >= 0) & (ny >= 0) & (ny < self.grid.height) & (nx >= 0) & (nx < self.grid.width)
-        nid = torch.where(ok, (qi[:, None] * self.grid.height + ny) * self.grid.width + nx, torch.full_like(ny, -2))
+        ok = (qi[:, None] >= 0) & (ny >= 0) & (ny < grid.height) & (nx >= 0) & (nx < grid.width)
+        nid = torch.where(ok, (qi[:, None] * grid.height + ny) * grid.width + nx, torch.full_like(ny, -2))
         lo = torch.searchsorted(self._k_sorted, nid)
         hi = torch.searchsorted(self._k_sorted, nid, right=True)
         r = torch.arange(c, device=q_ids.device)[:, None].expand_as(nid)
@@ -128,18 +139,17 @@ class NeighbourhoodFilter(_OnGrid, Filter):
     Args:
         radius: Euclidean radius in pixels (0 drops only the anchor's own pixel, which the candidate
             rule already removes).
-        height, width: the pixel grid of the ids (:class:`PixelGrid`).
+
+    Positions are decoded with the step context's :class:`PixelGrid` (the grid that encoded the ids).
     """
 
     kind = "neighbourhood"
     schedulable = ("radius",)
 
-    def __init__(self, radius: float = 1.0, height: int = 64, width: int = 64) -> None:
+    def __init__(self, radius: float = 1.0) -> None:
         super().__init__()
         self.radius = _finite("filter 'neighbourhood'", "radius", radius, 0.0, 1e6)
-        self.grid = PixelGrid(height, width)
-        self.height, self.width = height, width
-        self._k_sorted = self._k_order = None
+        self._grid = self._k_sorted = self._k_order = None
 
     def begin_step(self, ctx: StepContext) -> None:
         self._prepare(ctx, "filter 'neighbourhood'")
@@ -150,18 +160,17 @@ class NeighbourhoodFilter(_OnGrid, Filter):
 
 class Proximity(_OnGrid, Weighting):
     """Prefer spatially adjacent negatives: log-weight ``bonus`` on candidates of the anchor's image
-    within ``radius`` pixels, 0 elsewhere (combine with a tilt to make them *hard* adjacent ones)."""
+    within ``radius`` pixels, 0 elsewhere (combine with a tilt to make them *hard* adjacent ones).
+    Positions are decoded with the step context's :class:`PixelGrid`."""
 
     kind = "proximity"
     schedulable = ("bonus", "radius")
 
-    def __init__(self, radius: float = 8.0, bonus: float = 2.0, height: int = 64, width: int = 64) -> None:
+    def __init__(self, radius: float = 8.0, bonus: float = 2.0) -> None:
         super().__init__()
         self.radius = _finite("weighting 'proximity'", "radius", radius, 0.0, 1e6)
         self.bonus = _finite("weighting 'proximity'", "bonus", bonus, 0.0, 1e3)
-        self.grid = PixelGrid(height, width)
-        self.height, self.width = height, width
-        self._k_sorted = self._k_order = None
+        self._grid = self._k_sorted = self._k_order = None
 
     def begin_step(self, ctx: StepContext) -> None:
         self._prepare(ctx, "weighting 'proximity'")

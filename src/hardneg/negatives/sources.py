@@ -79,7 +79,10 @@ class Candidates:
     """Candidate rows ``k`` (m×d) with labels, ids and owners (−1 = unknown / shared), the input view
     each row comes from (0 = ``z1``, 1 = ``z2`` and keys; later blocks count as keys unless appended
     with ``view=0``) and named blocks. ``cross_view``: an anchor only sees candidates of the other
-    view (two-tower models, :class:`~hardneg.negatives.cross_modal.CrossModal`)."""
+    view (two-tower models, :class:`~hardneg.negatives.cross_modal.CrossModal`). ``partner``: for
+    each row, the row holding the same sample's other view (−1 where none is a candidate; None
+    without two symmetric views) — the batch layout as the whole batch has it, whichever anchors
+    a call computes."""
 
     k: Tensor
     labels: Tensor | None = None
@@ -88,6 +91,7 @@ class Candidates:
     blocks: list[tuple[str, int, int]] = field(default_factory=list)
     view: Tensor | None = None
     cross_view: bool = False
+    partner: Tensor | None = None
 
     @property
     def m(self) -> int:
@@ -101,7 +105,8 @@ class Candidates:
         where = torch.full((n,), NOBODY, dtype=torch.long, device=self.owner.device)
         where[rows.to(self.owner.device)] = torch.arange(rows.numel(), device=self.owner.device)
         owner = torch.where(self.owner >= 0, where[self.owner.clamp(min=0)], self.owner)
-        return Candidates(self.k, self.labels, self.ids, owner, list(self.blocks), self.view, self.cross_view)
+        return Candidates(self.k, self.labels, self.ids, owner, list(self.blocks), self.view, self.cross_view,
+                          self.partner)
 
     def append(
         self,
@@ -133,6 +138,8 @@ class Candidates:
         self.owner = cat(self.owner, owner)
         if self.view is not None:
             self.view = torch.cat([self.view, torch.full((r,), int(view), dtype=torch.long, device=dev)])
+        if self.partner is not None:
+            self.partner = torch.cat([self.partner, torch.full((r,), -1, dtype=torch.long, device=dev)])
         self.k = torch.cat([self.k, k.to(self.k.dtype)])
         self.blocks.append((name, m0, m0 + r))
 
@@ -249,7 +256,9 @@ class InBatch(Source):
         owner = None if self.batch_negatives else torch.arange(k.shape[0], device=dev)
         if owner is not None and not self.symmetric and z2 is not None:
             owner = ar  # key i is visible only to query i (as its positive)
-        cands = Candidates(k, yk, ik, owner, [("batch", 0, k.shape[0])], kv)
+        # in [z1; z2] the row of a sample's other view is the anchors' positive column
+        partner = pos if z2 is not None and self.symmetric else None
+        cands = Candidates(k, yk, ik, owner, [("batch", 0, k.shape[0])], kv, partner=partner)
         return anchors, cands
 
     def extend(self, anchors: Anchors, cands: Candidates, step: int) -> None:

@@ -34,6 +34,7 @@ from hardneg.losses.kernel import weighted_info_nce
 from hardneg.negatives.context import StepContext
 from hardneg.negatives.diagnostics import DiagnosticsAccumulator
 from hardneg.negatives.filters import Filter, LabelFilter
+from hardneg.negatives.pixels import PixelGrid
 from hardneg.negatives.schedules import Schedule, make_schedule
 from hardneg.negatives.sources import Anchors, Candidates, InBatch, Source
 from hardneg.negatives.weighting import NEG_INF, Weighting
@@ -130,6 +131,10 @@ class Strategy(nn.Module):
     ``logit_scale``: a scalar tensor 1/t (CLIP's exponentiated, learnable ``logit_scale``) used
     for this call instead of ``temperature``; the loss is differentiable in it, and filters,
     weightings and diagnostics see cosine similarities and t = 1/logit_scale.
+    ``grid``: the :class:`~hardneg.negatives.PixelGrid` that encoded ``ids`` as pixel positions,
+    handed to the components in the step context (:class:`~hardneg.negatives.NeighbourhoodFilter`
+    and :class:`~hardneg.negatives.Proximity` read positions only through it);
+    :class:`hardneg.dense.DenseContrast` passes its feature map's grid.
     """
 
     def __init__(
@@ -253,19 +258,24 @@ class Strategy(nn.Module):
         anchor_rows: Tensor | None = None,
         mean_denominator: Callable[[float], float] | None = None,
         detach_candidates: bool = False,
+        grid: PixelGrid | None = None,
     ) -> Tensor:
         z1, z2, labels, ids, step = self._check_inputs(z1, z2, labels, ids, step)
+        if grid is not None and not isinstance(grid, PixelGrid):
+            raise TypeError(f"grid must be a hardneg.negatives.PixelGrid or None, got {type(grid).__name__}")
         sched = self.set_step(step)
         t = self.t if logit_scale is None else _inverse_scale(logit_scale)
         if logit_scale is not None and self.tau_plus > 0.0:
             raise ValueError("logit_scale with tau_plus > 0 is not supported (the debiasing clamp needs a fixed t)")
-        all_anchors, all_cands = self._candidates(z1, z2, labels, ids, step, negatives, negatives_per_anchor, t)
+        all_anchors, all_cands = self._candidates(z1, z2, labels, ids, step, negatives, negatives_per_anchor, t,
+                                                  grid)
         anchors, cands = all_anchors, all_cands
         if anchor_rows is not None:  # this process's anchors against every candidate
             anchors, cands = all_anchors.select(anchor_rows), all_cands.for_anchors(anchor_rows, all_anchors.n)
         if detach_candidates:
             cands = dataclasses.replace(cands, k=cands.k.detach())
-        ctx = StepContext.build(anchors, cands, t, self.beta, step, label_positives=self.positives == "labels")
+        ctx = StepContext.build(anchors, cands, t, self.beta, step, label_positives=self.positives == "labels",
+                                grid=grid)
         ctx.growing = any(not getattr(src, "is_full", True) for src in self.sources)
         for c in [*self.filters, *self.weightings]:
             c.begin_step(ctx)
@@ -291,7 +301,7 @@ class Strategy(nn.Module):
             s.after_step(all_anchors, all_cands, step)
         if anchor_rows is not None and self.weightings:
             ctx = StepContext.build(all_anchors, all_cands, self.t, self.beta, step,
-                                    label_positives=self.positives == "labels")
+                                    label_positives=self.positives == "labels", grid=grid)
         for w in self.weightings:
             w.after_step(ctx)
         if self.training:
@@ -323,7 +333,7 @@ class Strategy(nn.Module):
         return z1, z2, labels, ids, step
 
     def _candidates(
-        self, z1, z2, labels, ids, step, negatives, per_anchor=False, t=None
+        self, z1, z2, labels, ids, step, negatives, per_anchor=False, t=None, grid=None
     ) -> tuple[Anchors, Candidates]:
         """Anchors and every candidate block of the step: the batch, each source, explicit negatives."""
         B = z1.shape[0]
@@ -336,7 +346,7 @@ class Strategy(nn.Module):
         for s in self.sources:
             if hasattr(s, "_valid_fn"):
                 ctx0 = StepContext.build(anchors, cands, self.t if t is None else t, self.beta, step,
-                                         label_positives=self.positives == "labels")
+                                         label_positives=self.positives == "labels", grid=grid)
                 s._valid_fn = lambda S, rows, ctx0=ctx0: self._filtered_valid(S, rows, ctx0)
                 for f in self.filters:
                     f.begin_step(ctx0)

@@ -359,7 +359,8 @@ class ClusterGuided(Weighting):
         qc = self._qc[rows]
         kc = self._kc
         same = (qc[:, None] == kc[None, :]) & (qc[:, None] >= 0)
-        lw = (~same).to(S.dtype) * (self.bonus + self.gamma * S / ctx.t)
+        # γ s / t is the tilt of :mod:`hardneg.losses.tilt` with β = γ, on the other clusters only
+        lw = (~same).to(S.dtype) * (self.bonus + tilt_log_weights(S, self.gamma, ctx.t))
         if self.exclude_same:
             drop = same & valid
             has_other = (valid & ~same).any(1, keepdim=True)
@@ -415,8 +416,10 @@ class Calibrated(Weighting):
     r"""Calibrated false-negative weighting: π_ij ∝ (1 − p̂_ij) × (the rest), with p̂ from a
     :class:`PairCalibrator` trained jointly — after every training step, ``train_steps`` Adam
     steps of binary cross-entropy on the step's known positive pairs (label 1) against
-    ``neg_per_anchor`` randomly sampled valid candidates (label 0), on detached embeddings. A
-    suspected false negative (a near-duplicate the model scores like a positive) counts less.
+    ``neg_per_anchor`` valid candidates (label 0) sampled without replacement, on detached
+    embeddings; an anchor with fewer valid candidates gets fewer (never an invalid one), counted
+    in the diagnostics as ``calibrator_short_anchors``. A suspected false negative (a
+    near-duplicate the model scores like a positive) counts less.
 
     Args:
         hidden: MLP width. lr: Adam learning rate. train_steps: updates per training step.
@@ -448,6 +451,8 @@ class Calibrated(Weighting):
         self.model: PairCalibrator | None = None
         self.opt: torch.optim.Optimizer | None = None
         self.last_bce = float("nan")
+        #: anchors of the last training step with fewer than neg_per_anchor negatives to draw
+        self.short_anchors = 0
         if dim is not None:
             self._init(dim)
 
@@ -488,20 +493,48 @@ class Calibrated(Weighting):
             logits = self.model.block_logits(ctx.q[rows].float(), ctx.k.float())
             return torch.clamp(F.logsigmoid(-logits), min=math.log(self.floor)).to(S.dtype)
 
-    def fit_step(self, q: Tensor, k_pos: Tensor, k_neg: Tensor) -> float:
-        """One BCE step: (q_i, k_pos_i) aligned, (q_i, k_neg_ir) not (k_neg: n×r×d)."""
+    def fit_step(self, q: Tensor, k_pos: Tensor, k_neg: Tensor, neg_mask: Tensor | None = None) -> float:
+        """One BCE step: (q_i, k_pos_i) aligned, (q_i, k_neg_ir) not (k_neg: n×r×d); ``neg_mask``
+        (n×r bool) keeps only the real draws (an anchor with fewer valid candidates has fewer)."""
         n, r, d = k_neg.shape
+        keep = torch.ones(n * r, dtype=torch.bool, device=q.device) if neg_mask is None else neg_mask.reshape(-1)
         with torch.enable_grad():
             lp = self.model.pair_logits(q, k_pos)
-            ln = self.model.pair_logits(q[:, None, :].expand(n, r, d).reshape(-1, d), k_neg.reshape(-1, d))
-            loss = F.binary_cross_entropy_with_logits(lp, torch.ones_like(lp)) + F.binary_cross_entropy_with_logits(
-                ln, torch.zeros_like(ln)
-            )
+            loss = F.binary_cross_entropy_with_logits(lp, torch.ones_like(lp))
+            if bool(keep.any()):
+                qn = q[:, None, :].expand(n, r, d).reshape(-1, d)[keep]
+                ln = self.model.pair_logits(qn, k_neg.reshape(-1, d)[keep])
+                loss = loss + F.binary_cross_entropy_with_logits(ln, torch.zeros_like(ln))
             self.opt.zero_grad(set_to_none=True)
             loss.backward()
             self.opt.step()
         self.last_bce = float(loss.detach())
         return self.last_bce
+
+    def draw_negatives(self, ctx: StepContext, rows: Tensor, max_elems: int = 1 << 22) -> tuple[Tensor, Tensor]:
+        """Up to ``neg_per_anchor`` distinct negatives of each anchor of ``rows``, uniform without
+        replacement among the candidates the step's rule makes negatives (not itself, its positive,
+        a same-id or someone else's candidate; under label positives not a same-label one). Returns
+        ``(cols, ok)``, both (len(rows) × r): ``ok`` is False for the draws an anchor with fewer
+        negatives does not have. Random keys, top-r per row, in blocks of rows of ``max_elems``."""
+        r = min(self.neg_per_anchor, ctx.m)
+        block = max(1, max_elems // max(1, ctx.m))
+        cols, oks = [], []
+        for r0 in range(0, rows.numel(), block):
+            sel = rows[r0 : r0 + block]
+            valid = ctx.relations.valid(sel, ctx.q.device)
+            if ctx.label_positives:
+                same = ctx.same_label(sel)
+                if same is not None:
+                    valid &= ~same.to(valid.device)
+            keys = torch.rand(valid.shape, generator=self.gen).to(ctx.q.device).masked_fill(~valid, -1.0)
+            top, c = torch.topk(keys, r, dim=1)
+            cols.append(c)
+            oks.append(top >= 0)
+        if not cols:
+            empty = torch.empty(0, r, dtype=torch.long, device=ctx.q.device)
+            return empty, empty.bool()
+        return torch.cat(cols), torch.cat(oks)
 
     def after_step(self, ctx: StepContext) -> None:
         if not self.training or ctx.pos_index is None:
@@ -511,16 +544,14 @@ class Calibrated(Weighting):
         kp = ctx.k[ctx.pos_index[has]].float()
         rows_all = torch.nonzero(has).flatten()
         for _ in range(self.train_steps):
-            # sample negatives among each anchor's base-valid candidates (not self / positive / same id)
-            cols = torch.randint(ctx.m, (len(rows_all), self.neg_per_anchor * 2), generator=self.gen).to(q.device)
-            ok = ctx.relations.valid_at(rows_all, cols)
-            # take the first neg_per_anchor valid draws (replace invalid by the anchor's first valid)
-            order = torch.argsort((~ok).to(torch.int8), dim=1, stable=True)[:, : self.neg_per_anchor]
-            cols = torch.gather(cols, 1, order)
-            self.fit_step(q, kp, ctx.k[cols].float())
+            # never a positive, the anchor itself or another invalid candidate as a "negative": an
+            # anchor with fewer negatives than neg_per_anchor gets fewer draws, counted below
+            cols, ok = self.draw_negatives(ctx, rows_all)
+            self.short_anchors = int((ok.sum(1) < self.neg_per_anchor).sum())
+            self.fit_step(q, kp, ctx.k[cols].float(), ok)
 
     def diagnostics(self) -> dict[str, float]:
-        return {"calibrator_bce": self.last_bce}
+        return {"calibrator_bce": self.last_bce, "calibrator_short_anchors": float(self.short_anchors)}
 
 
 
