@@ -78,6 +78,7 @@ def mine_cmd(
     quiet: bool = typer.Option(False, "--quiet", help="No progress bars."),
 ) -> None:
     """Mine hard negatives for query/positive pairs with a sentence-transformers model and FAISS."""
+    from hardneg.io import check_writable
     from hardneg.mining.encode import default_cache_dir
     from hardneg.mining.estimate import parse_memory
     from hardneg.mining.formats import _suffix, read_corpus, read_pairs
@@ -91,6 +92,13 @@ def mine_cmd(
         raise ValueError(f"--format must be one of {', '.join(OUTPUT_FORMATS_ALL)}, got {output_format!r}")
     _suffix(out)
     check_output(out, overwrite=overwrite)
+    # what the file system would refuse after the encoding, refused now (one line naming the option)
+    check_writable(out, "--out")
+    if not no_cache:
+        check_writable(cache_dir or default_cache_dir(), "--cache-dir" if cache_dir else
+                       "the embedding cache (choose another with --cache-dir, or --no-cache)", folder=True)
+    if store_dir is not None:
+        check_writable(store_dir, "--store-dir", folder=True)
     if (pairs is None) == (not wordnet):
         raise ValueError("give exactly one of --pairs FILE or --wordnet")
     if model is not None and not model.is_dir():
