@@ -78,7 +78,6 @@ def mine_cmd(
     quiet: bool = typer.Option(False, "--quiet", help="No progress bars."),
 ) -> None:
     """Mine hard negatives for query/positive pairs with a sentence-transformers model and FAISS."""
-    from hardneg.io import check_writable
     from hardneg.mining.encode import default_cache_dir
     from hardneg.mining.estimate import parse_memory
     from hardneg.mining.formats import _suffix, read_corpus, read_pairs
@@ -92,13 +91,7 @@ def mine_cmd(
         raise ValueError(f"--format must be one of {', '.join(OUTPUT_FORMATS_ALL)}, got {output_format!r}")
     _suffix(out)
     check_output(out, overwrite=overwrite)
-    # what the file system would refuse after the encoding, refused now (one line naming the option)
-    check_writable(out, "--out")
-    if not no_cache:
-        check_writable(cache_dir or default_cache_dir(), "--cache-dir" if cache_dir else
-                       "the embedding cache (choose another with --cache-dir, or --no-cache)", folder=True)
-    if store_dir is not None:
-        check_writable(store_dir, "--store-dir", folder=True)
+    _check_writable_paths(out, None if no_cache else cache_dir or default_cache_dir(), cache_dir, store_dir)
     if (pairs is None) == (not wordnet):
         raise ValueError("give exactly one of --pairs FILE or --wordnet")
     if model is not None and not model.is_dir():
@@ -149,6 +142,18 @@ def mine_cmd(
     sp = write_result(res, out)
     typer.echo(format_summary(res.summary))
     typer.echo(f"wrote {out} and {sp}")
+
+
+def _check_writable_paths(out: Path, cache: Path | None, cache_option: Path | None, store_dir: Path | None) -> None:
+    """What the file system would refuse after the encoding, refused before it: one line naming the option."""
+    from hardneg.io import check_writable
+
+    check_writable(out, "--out")
+    if cache is not None:
+        check_writable(cache, "--cache-dir" if cache_option else
+                       "the embedding cache (choose another with --cache-dir, or --no-cache)", folder=True)
+    if store_dir is not None:
+        check_writable(store_dir, "--store-dir", folder=True)
 
 
 @app.command("wordnet-export")
