@@ -185,6 +185,8 @@ def test_cache_refuses_to_unpickle_and_reads_whole_shards_only(tmp_path):
     assert found.tolist() == [True] and rows[0].tolist() == [0.5] * 4
     named = sorted(str(w.message).split(" is damaged")[0] for w in rec)
     assert named == [str(c.dir / "shard-aaaa.npz"), str(c.dir / "shard-bbbb.npz")]
+    assert "embeddings of dtype float32 and shape (3, 4) for 2 keys" in str(rec[0].message) + str(rec[1].message)
+    assert "holds Python objects, which are never unpickled" in str(rec[0].message) + str(rec[1].message)
     assert sorted(p.name for p in c.dir.iterdir()) == ["shard-aaaa.npz.corrupt", "shard-bbbb.npz.corrupt",
                                                         "shard-cccc.npz"]
 
@@ -204,6 +206,11 @@ def test_store_folders_of_killed_runs_are_removed_by_the_next_run(tmp_path):
         res = mine_texts(QUERIES, POSITIVES, CORPUS, model=minilm(), precision="fp32", show_progress=False,
                          config=MineConfig(num_negatives=2), store="float16", store_dir=tmp_path)
         assert res.summary["store"] == "float16"
+        # a --store-dir still to be made is made (it was checked writable before the work)
+        mine_texts(QUERIES, POSITIVES, CORPUS, model=minilm(), precision="fp32", show_progress=False,
+                   config=MineConfig(num_negatives=2), store="float16", store_dir=tmp_path / "new" / "stores")
+        assert list((tmp_path / "new" / "stores").iterdir()) == []
+        shutil.rmtree(tmp_path / "new")
         assert not dead_dir.exists() and (live_dir / ".corpus.float16.npy.a1b2c3d4.tmp").exists()
         assert sorted(p.name for p in tmp_path.iterdir()) == [live_dir.name]  # its own folder is gone too
     finally:

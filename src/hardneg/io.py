@@ -201,6 +201,7 @@ def process_temp_dir(prefix: str, dir: str | os.PathLike[str] | None = None) -> 
     process that no longer runs, and those are deleted first. A folder of a running process is never
     touched."""
     base = Path(dir) if dir is not None else Path(tempfile.gettempdir())
+    base.mkdir(parents=True, exist_ok=True)  # a --store-dir may name a folder still to be made
     if base.is_dir():
         for p in base.glob(f"{prefix}*"):
             pid = p.name[len(prefix):].split("-", 1)[0]

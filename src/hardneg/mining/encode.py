@@ -98,8 +98,12 @@ def read_shard(path: str | os.PathLike[str]) -> tuple[np.ndarray, np.ndarray]:
     except PermissionError:
         raise
     except ValueError as e:
-        # numpy takes anything that is neither .npz nor .npy for a pickle, which it refuses to load
-        raise ValueError("not a .npz file" if "pickle" in str(e) else str(e)) from None
+        # numpy takes anything that is neither .npz nor .npy for a pickle, and refuses to unpickle it
+        if "Object arrays" in str(e):
+            raise ValueError("holds Python objects, which are never unpickled") from None
+        if "pickle" in str(e):
+            raise ValueError("not a .npz file") from None
+        raise ValueError(str(e)) from None
     except (OSError, EOFError, KeyError, AttributeError, zipfile.BadZipFile) as e:
         raise ValueError(f"{type(e).__name__}: {e}" if str(e) else type(e).__name__) from None
     if keys.dtype != np.uint8 or keys.ndim != 2 or keys.shape[1] != 20:
