@@ -74,7 +74,8 @@ def parse_index_spec(spec: str, d: int | None = None) -> tuple[str, int]:
     a FAISS index_factory string → ("factory", its IVF cell count or 0).
 
     With ``d``, a factory string is also built once (untrained, empty) so that FAISS's own parser
-    rejects what it cannot build for ``d``-dimensional vectors (``PQ48`` needs ``d % 48 == 0``)."""
+    rejects what it cannot build for ``d``-dimensional vectors (``PQ48`` needs ``d % 48 == 0``), and
+    what FAISS builds but could not fill row by row is refused too (:func:`_check_usable`)."""
     if not isinstance(spec, str):
         raise TypeError(f"index must be a string like 'flat', 'ivf1024' or 'hnsw32', got {type(spec).__name__}")
     raw = resolve_index_spec(spec).strip()
@@ -82,7 +83,7 @@ def parse_index_spec(spec: str, d: int | None = None) -> tuple[str, int]:
     if not m:
         if _FACTORY.match(raw):
             if d is not None:
-                factory_index(raw, d)
+                _check_usable(factory_index(raw, d), raw)
             cells = _IVF_IN_FACTORY.search(raw)
             return "factory", int(cells.group(1)) if cells else 0
         raise ValueError(
@@ -101,23 +102,101 @@ def parse_index_spec(spec: str, d: int | None = None) -> tuple[str, int]:
     return m.group(1), 0
 
 
+def _faiss_reason(e: RuntimeError) -> str:
+    """The last line of a FAISS exception without its C++ source location."""
+    why = str(e).strip().splitlines()[-1]
+    return why.split(" failed: ")[-1] if " failed: " in why else why.rsplit(": ", 1)[-1]
+
+
 def factory_index(spec: str, d: int):
     """``faiss.index_factory`` with the inner-product metric; FAISS's refusal as one ValueError line."""
     faiss = require("faiss", "mining")
     try:
         return faiss.index_factory(int(d), spec, faiss.METRIC_INNER_PRODUCT)
     except RuntimeError as e:
-        why = str(e).strip().splitlines()[-1]
-        why = why.split(" failed: ")[-1] if " failed: " in why else why.rsplit(": ", 1)[-1]
-        raise ValueError(f"index {spec!r} cannot be built by FAISS for {d}-dimensional vectors: {why}") from None
+        raise ValueError(f"index {spec!r} cannot be built by FAISS for {d}-dimensional vectors: "
+                         f"{_faiss_reason(e)}") from None
+
+
+def _check_usable(index, spec: str) -> None:
+    """Refuse a built factory index that mining could not fill: an ``IDMap`` wrapper (hardneg adds
+    rows in order and their row numbers are the ids; FAISS wants ``add_with_ids`` there), and for an
+    index that needs no training, whatever FAISS refuses when two rows are added and searched."""
+    faiss = require("faiss", "mining")
+    if isinstance(faiss.downcast_index(index), (faiss.IndexIDMap, faiss.IndexIDMap2)):
+        raise ValueError(f"index {spec!r}: IDMap is not supported (corpus rows are added in order and their "
+                         "row numbers are the ids); drop 'IDMap,'")
+    if index.is_trained:
+        x = np.random.default_rng(0).standard_normal((2, index.d)).astype(np.float32)
+        try:
+            index.add(x)
+            index.search(x[:1], 1)
+        except RuntimeError as e:
+            raise ValueError(f"index {spec!r} cannot be used by FAISS: {_faiss_reason(e)}") from None
+
+
+def training_rows(index) -> int:
+    """The fewest rows FAISS can train the built ``index`` on: 0 when trained, else the IVF cell
+    count and the ``2**nbits`` centroids of a product quantizer (PQ, and OPQ's rotation, which trains
+    one of 256), whichever is larger; 1 for any other untrained index."""
+    faiss = require("faiss", "mining")
+    if index.is_trained:
+        return 0
+    need = 1
+    ivf = faiss.try_extract_index_ivf(index)
+    inner = faiss.downcast_index(index)
+    while isinstance(inner, faiss.IndexPreTransform):
+        for i in range(inner.chain.size()):
+            if isinstance(faiss.downcast_VectorTransform(inner.chain.at(i)), faiss.OPQMatrix):
+                need = max(need, 256)  # faiss/VectorTransform.cpp: OPQ trains a ProductQuantizer of 8 bits
+        inner = faiss.downcast_index(inner.index)
+    if ivf is not None:
+        need = max(need, ivf.nlist)
+        inner = faiss.downcast_index(ivf)
+    pq = getattr(inner, "pq", None)
+    if pq is not None:
+        need = max(need, int(pq.ksub))
+    return need
+
+
+def check_search_params(nprobe: int, ef_search: int) -> None:
+    """``nprobe`` (IVF cells visited) and ``ef_search`` (HNSW beam) are ints >= 1."""
+    for name, v in (("nprobe", nprobe), ("ef_search", ef_search)):
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise ValueError(f"{name} must be an int >= 1, got {v!r}")
+
+
+def _too_few_rows(spec: str, need: int, have: int, where: str = "the corpus") -> ValueError:
+    return ValueError(f"{spec} needs at least {need} corpus vectors to train, got {have} in {where}; "
+                      "choose fewer cells or a smaller index")
+
+
+def check_index_fits(spec: str, n: int, d: int, workers: int = 1) -> None:
+    """Refuse, before anything is encoded, an index that cannot be built over ``n`` rows of dimension
+    ``d`` split into ``workers`` shards: what FAISS cannot build for ``d`` (:func:`parse_index_spec`),
+    and too few rows in the smallest shard to train it (:func:`training_rows`)."""
+    kind, cells = parse_index_spec(spec, d)
+    need = cells if kind == "ivf" else training_rows(factory_index(spec.strip(), d)) if kind == "factory" else 0
+    smallest = n // max(workers, 1)  # shard sizes differ by at most one (hardneg.mining.shard.shard_bounds)
+    if need > smallest:
+        where = "the corpus" if workers <= 1 else f"the smallest of {workers} shards (--workers)"
+        raise _too_few_rows(spec, need, smallest, where)
+
+
+def check_finite(x: np.ndarray, name: str, first_row: int = 0) -> None:
+    """Refuse NaN or infinite values in the (n, d) rows ``x``, naming the first row holding one
+    (``first_row``: the number of ``x``'s row 0 in the whole matrix)."""
+    ok = np.isfinite(x)
+    if not ok.all():
+        row = first_row + int(np.flatnonzero(~ok.all(axis=1))[0])
+        raise ValueError(f"{name} contains non-finite values (NaN or inf; first in row {row})")
 
 
 def _as_f32(x: np.ndarray, name: str) -> np.ndarray:
     x = np.ascontiguousarray(np.asarray(x), dtype=np.float32)
     if x.ndim != 2:
         raise ValueError(f"{name} must be a 2-D array (n, d), got shape {x.shape}")
-    if not np.isfinite(x).all():
-        raise ValueError(f"{name} contains non-finite values")
+    check_finite(x, name)
     return x
 
 
@@ -145,8 +224,14 @@ class ArrayRows:
 
 
 def as_rows(corpus):
-    """The corpus behind the row interface: a store passes through, an array is wrapped (float32, checked)."""
+    """The corpus behind the row interface, checked finite: an array is wrapped (float32), a store
+    passes through after a pass over its row blocks (once per store object: ``finite_checked``)."""
     if all(hasattr(corpus, a) for a in ("rows", "take", "bf16_rows", "shape")):
+        if not getattr(corpus, "finite_checked", False):
+            where = f"corpus embeddings ({corpus.path})" if hasattr(corpus, "path") else "corpus embeddings"
+            for a in range(0, corpus.shape[0], BLOCK):  # block by block: memory stays one block
+                check_finite(corpus.rows(a, a + BLOCK), where, a)
+            corpus.finite_checked = True
         return corpus
     return ArrayRows(corpus)
 
@@ -184,6 +269,7 @@ def build_index(
     """Build an inner-product index over ``corpus`` (an (m, d) array or a store) according to ``spec``."""
     faiss = require("faiss", "mining")
 
+    check_search_params(nprobe, ef_search)
     if threads is not None:
         faiss.omp_set_num_threads(int(threads))
     src = as_rows(corpus)
@@ -197,8 +283,8 @@ def build_index(
             index.add(src.x)
             return index
         return StreamedFlatIndex(src)
-    if kind in ("ivf", "factory") and n > m:
-        raise ValueError(f"{spec} needs at least {n} corpus vectors to train its {n} cells, got {m}")
+    if kind == "ivf" and n > m:
+        raise _too_few_rows(spec, n, m)
     if kind == "ivf":
         quantizer = faiss.IndexFlatIP(d)
         index = faiss.IndexIVFFlat(quantizer, d, n, faiss.METRIC_INNER_PRODUCT)
@@ -210,11 +296,16 @@ def build_index(
         index.hnsw.efSearch = ef_search
     else:
         index = factory_index(spec.strip(), d)
+        if training_rows(index) > m:
+            raise _too_few_rows(spec, training_rows(index), m)
         ivf = faiss.try_extract_index_ivf(index)
         if ivf is not None:
             ivf.cp.seed = seed
         if not index.is_trained:
-            index.train(_train_sample(src, train_size or default_train_size(m, n), seed))
+            try:
+                index.train(_train_sample(src, train_size or default_train_size(m, n), seed))
+            except RuntimeError as e:
+                raise ValueError(f"index {spec!r}: FAISS could not train it: {_faiss_reason(e)}") from None
         ps = faiss.ParameterSpace()
         if ivf is not None:
             ps.set_index_parameter(index, "nprobe", min(nprobe, ivf.nlist))

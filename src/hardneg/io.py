@@ -14,10 +14,14 @@ for as long as it writes there, so a second command writing to the same place is
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import re
+import shutil
 import sys
 import tempfile
+import time
+import warnings
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import IO, Any
@@ -56,18 +60,31 @@ def temp_target(name: str) -> str | None:
     return m.group("target") if m else None
 
 
-def remove_stale_temps(folder: str | os.PathLike[str], targets: Iterable[str] | None = None) -> list[Path]:
+#: seconds after which a temporary in a folder that several runs share (the embedding cache) counts
+#: as left behind by a killed run: writing one cache file takes seconds
+SHARED_STALE_AGE_S = 3600.0
+
+
+def remove_stale_temps(folder: str | os.PathLike[str], targets: Iterable[str] | None = None, *,
+                       min_age_s: float = 0.0) -> list[Path]:
     """Delete the temporaries that an interrupted :func:`atomic_open` left in ``folder`` (only those
-    standing for a name in ``targets``, when given); return what was deleted."""
+    standing for a name in ``targets``, when given); return what was deleted.
+
+    ``min_age_s``: leave temporaries modified less than this many seconds ago alone. A folder that
+    other processes write into at the same time (a shared cache) needs it: a fresh temporary may be
+    another run's file in the middle of being written."""
     d = Path(folder)
     if not d.is_dir():
         return []
     keep = None if targets is None else set(targets)
+    now = time.time()
     gone = []
     for p in d.iterdir():
         t = temp_target(p.name)
         if t is not None and (keep is None or t in keep) and p.is_file():
             with contextlib.suppress(FileNotFoundError):
+                if min_age_s > 0 and now - p.stat().st_mtime < min_age_s:
+                    continue
                 p.unlink()
                 gone.append(p)
     return gone
@@ -89,6 +106,12 @@ def atomic_open(path: str | os.PathLike[str], mode: str = "w", **kwargs: Any) ->
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except OSError as e:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        if e.filename is None and e.errno is not None:  # a full disk names no file: name the one being written
+            raise type(e)(e.errno, e.strerror or os.strerror(e.errno), str(path)) from e
+        raise
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
@@ -225,3 +248,100 @@ def _holder(fd: int) -> str:
     if not pid.isdigit():
         return "PID unknown (it has just started)"
     return f"PID {pid} ({cmd})" if cmd else f"PID {pid}"
+#: errno values of a file-system refusal that the user can act on (permissions, a read-only or full
+#: disk, a file where a folder is needed or the reverse)
+FILE_SYSTEM_ERRNOS = frozenset({errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT,
+                                errno.ENOTDIR, errno.EISDIR})
+
+
+def is_file_system_error(e: BaseException) -> bool:
+    """True for an ``OSError`` that says a path cannot be written or read as asked (see
+    :data:`FILE_SYSTEM_ERRNOS`); the CLI prints those as one line."""
+    return isinstance(e, (PermissionError, NotADirectoryError, IsADirectoryError)) or (
+        isinstance(e, OSError) and e.errno in FILE_SYSTEM_ERRNOS)
+
+
+def describe_os_error(e: OSError) -> str:
+    """One line for an ``OSError``: ``<path>: <reason>`` (both paths of a rename), else its reason."""
+    why = e.strerror or (os.strerror(e.errno) if e.errno else str(e))
+    if e.filename is None:
+        return why
+    where = os.fsdecode(e.filename)
+    if e.filename2 is not None:
+        where += f" -> {os.fsdecode(e.filename2)}"
+    return f"{where}: {why}"
+
+
+def check_writable(path: str | os.PathLike[str], what: str, *, folder: bool = False) -> None:
+    """Refuse, before any work, an output that cannot be written: the file ``path`` (created or
+    replaced; ``folder=False``) or the folder ``path`` (created if missing, written into; ``folder=True``).
+
+    The nearest existing folder on the way is probed by creating and deleting an empty temporary
+    file in it, so what the file system would refuse later (permissions, a read-only mount, an
+    immutable folder, a file standing where a folder is needed) is refused now. Raises an ``OSError``
+    (``NotADirectoryError``, ``IsADirectoryError``, ``PermissionError`` or ``OSError`` with the
+    file system's errno) whose message starts with ``what`` and names the path."""
+    p = Path(path)
+    if not folder and p.is_dir():
+        raise IsADirectoryError(errno.EISDIR, f"{what} {p} is a folder; give a file name")
+    d = p if folder else p.parent
+    probe = d
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if not probe.is_dir():
+        raise NotADirectoryError(errno.ENOTDIR, f"{what} {p}: {probe} is a file, not a folder")
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=".hardneg-write-check.", suffix=".tmp", dir=probe)
+    except OSError as e:
+        code = e.errno or errno.EACCES
+        cls = PermissionError if code in (errno.EACCES, errno.EPERM) else OSError
+        raise cls(code, f"{what} {p}: cannot write in {probe}: {os.strerror(code)}") from None
+    os.close(fd)
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(tmp)
+
+
+def _process_gone(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except (PermissionError, OverflowError, ValueError):  # another user's process: alive
+        return False
+    return False
+
+
+@contextlib.contextmanager
+def process_temp_dir(prefix: str, dir: str | os.PathLike[str] | None = None) -> Iterator[Path]:
+    """A temporary folder ``<dir>/<prefix><pid>-<random>`` (``dir``: the system's temporary folder by
+    default), deleted with everything in it on exit.
+
+    A process killed outright (SIGKILL, a SIGTERM it does not handle) cannot delete its folder; the
+    process id in the name tells the next caller with the same ``prefix`` which folders belong to a
+    process that no longer runs, and those are deleted first. A folder of a running process is never
+    touched."""
+    base = Path(dir) if dir is not None else Path(tempfile.gettempdir())
+    base.mkdir(parents=True, exist_ok=True)  # a --store-dir may name a folder still to be made
+    if base.is_dir():
+        for p in base.glob(f"{prefix}*"):
+            pid = p.name[len(prefix):].split("-", 1)[0]
+            if pid.isdigit() and int(pid) != os.getpid() and p.is_dir() and _process_gone(int(pid)):
+                remove_stale_temps(p)  # a store or shard file being written when the process died
+                shutil.rmtree(p, ignore_errors=True)
+    with tempfile.TemporaryDirectory(prefix=f"{prefix}{os.getpid()}-", dir=dir) as tmp:
+        yield Path(tmp)
+
+
+class HardnegWarning(UserWarning):
+    """A warning of hardneg's own, e.g. a damaged cache file set aside; the CLI prints it as one line."""
+
+
+def set_aside(path: str | os.PathLike[str], why: str) -> Path:
+    """Rename a damaged file to ``<name>.corrupt`` (kept for inspection, never read again) and warn
+    in one line naming it; a file of that name from an earlier damage is replaced."""
+    p = Path(path)
+    dest = p.with_name(p.name + ".corrupt")
+    with contextlib.suppress(FileNotFoundError):  # another process set it aside first
+        os.replace(p, dest)
+    warnings.warn(f"{p} is damaged ({why}); moved to {dest.name} and recomputed", HardnegWarning, stacklevel=3)
+    return dest

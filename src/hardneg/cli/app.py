@@ -2,7 +2,11 @@
 
 User errors (bad input, missing files, invalid configs) raise ``ValueError``, ``TypeError``,
 ``FileNotFoundError`` or ``FileExistsError`` in the library; the CLI prints them as one line and
-exits with status 2, never with a traceback. A run stopped by Ctrl-C or SIGTERM prints where its
+exits with status 2, never with a traceback. So are file-system refusals, whichever command meets
+them: no permission, a read-only or full disk, a file where a folder is needed or the reverse
+(:func:`hardneg.io.is_file_system_error`), printed as ``<path>: <reason>``. Warnings of hardneg's own
+(:class:`hardneg.io.HardnegWarning`, e.g. a damaged cache file set aside) are one line each.
+A run stopped by Ctrl-C or SIGTERM prints where its
 checkpoint went and exits with 128 + the signal number (130, 143).
 """
 
@@ -10,12 +14,14 @@ from __future__ import annotations
 
 import contextlib
 import sys
+import warnings
 from collections.abc import Iterator
 
 import click
 import typer
 
 from hardneg._optional import MissingExtraError
+from hardneg.io import HardnegWarning, describe_os_error, is_file_system_error
 
 # typer >= 0.20 ships its own copy of click (typer._click) and its own Exit/Abort; catch both families.
 try:
@@ -52,9 +58,16 @@ def exit_on_interrupt() -> Iterator[None]:
         raise typer.Exit(getattr(e, "exit_code", 130)) from None
 
 
+def _format_warning(message, category, filename, lineno, line=None, _default=warnings.formatwarning) -> str:
+    if issubclass(category, HardnegWarning):
+        return f"hardneg: warning: {message}\n"
+    return _default(message, category, filename, lineno, line)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Console entry point: run the app, turning user errors into one line and exit code 2."""
     command = typer.main.get_command(app)
+    warnings.formatwarning = _format_warning
     try:
         rv = command.main(args=argv, prog_name="hardneg", standalone_mode=False)
     except _EXIT as e:
@@ -67,5 +80,13 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(130)
     except USER_ERRORS as e:
         print(f"hardneg: error: {e}", file=sys.stderr)
+        sys.exit(2)
+    except ChildProcessError as e:  # a worker process died (killed, out of memory): not the user's doing
+        print(f"hardneg: error: {e}", file=sys.stderr)
+        sys.exit(1)
+    except OSError as e:
+        if not is_file_system_error(e):
+            raise
+        print(f"hardneg: error: {describe_os_error(e)}", file=sys.stderr)
         sys.exit(2)
     sys.exit(rv if isinstance(rv, int) else 0)

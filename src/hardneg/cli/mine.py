@@ -91,6 +91,7 @@ def mine_cmd(
         raise ValueError(f"--format must be one of {', '.join(OUTPUT_FORMATS_ALL)}, got {output_format!r}")
     _suffix(out)
     check_output(out, overwrite=overwrite)
+    _check_writable_paths(out, None if no_cache else cache_dir or default_cache_dir(), cache_dir, store_dir)
     if (pairs is None) == (not wordnet):
         raise ValueError("give exactly one of --pairs FILE or --wordnet")
     if model is not None and not model.is_dir():
@@ -142,6 +143,18 @@ def mine_cmd(
         sp = write_result(res, out)
         typer.echo(format_summary(res.summary))
         typer.echo(f"wrote {out} and {sp}")
+
+
+def _check_writable_paths(out: Path, cache: Path | None, cache_option: Path | None, store_dir: Path | None) -> None:
+    """What the file system would refuse after the encoding, refused before it: one line naming the option."""
+    from hardneg.io import check_writable
+
+    check_writable(out, "--out")
+    if cache is not None:
+        check_writable(cache, "--cache-dir" if cache_option else
+                       "the embedding cache (choose another with --cache-dir, or --no-cache)", folder=True)
+    if store_dir is not None:
+        check_writable(store_dir, "--store-dir", folder=True)
 
 
 @app.command("wordnet-export")

@@ -16,13 +16,14 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import zipfile
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
 from hardneg._optional import require
-from hardneg.io import atomic_open
+from hardneg.io import SHARED_STALE_AGE_S, atomic_open, remove_stale_temps, set_aside
 from hardneg.mining.token_batching import TorchSentenceEncoder, batchable
 
 PRECISIONS = ("fp32", "bf16")
@@ -87,9 +88,40 @@ def text_hashes(texts: Sequence[str]) -> np.ndarray:
     )
 
 
+def read_shard(path: str | os.PathLike[str]) -> tuple[np.ndarray, np.ndarray]:
+    """The ``keys`` (n, 20) uint8 and ``emb`` (n, d) float32 of one cache shard; a ``ValueError``
+    saying what is wrong when the file is damaged (truncated, overwritten, not a shard). Nothing in
+    it is unpickled."""
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            keys, emb = z["keys"], z["emb"]
+    except PermissionError:
+        raise
+    except ValueError as e:
+        # numpy takes anything that is neither .npz nor .npy for a pickle, and refuses to unpickle it
+        if "Object arrays" in str(e):
+            raise ValueError("holds Python objects, which are never unpickled") from None
+        if "pickle" in str(e):
+            raise ValueError("not a .npz file") from None
+        raise ValueError(str(e)) from None
+    except (OSError, EOFError, KeyError, AttributeError, zipfile.BadZipFile) as e:
+        raise ValueError(f"{type(e).__name__}: {e}" if str(e) else type(e).__name__) from None
+    if keys.dtype != np.uint8 or keys.ndim != 2 or keys.shape[1] != 20:
+        raise ValueError(f"keys of dtype {keys.dtype} and shape {keys.shape}, not (n, 20) uint8")
+    if emb.dtype != np.float32 or emb.ndim != 2 or len(emb) != len(keys):
+        raise ValueError(f"embeddings of dtype {emb.dtype} and shape {emb.shape} for {len(keys)} keys")
+    if not np.isfinite(emb).all():
+        raise ValueError("embeddings with NaN or inf")
+    return keys, emb
+
+
 class EmbeddingCache:
     """Embeddings on disk, one ``.npz`` shard (``keys`` (n, 20) SHA-1s, ``emb`` (n, d)) per write,
-    under ``<root>/<model fingerprint>-<precision>/``; shards are written atomically."""
+    under ``<root>/<model fingerprint>-<precision>/``; shards are written atomically.
+
+    A damaged shard (:func:`read_shard`) is renamed ``<shard>.corrupt`` with one warning naming it
+    (:func:`hardneg.io.set_aside`) and its texts are encoded again; temporaries of killed runs older
+    than :data:`SHARED_STALE_AGE_S` are deleted."""
 
     def __init__(self, root: str | os.PathLike[str], namespace: str):
         self.dir = Path(root) / namespace
@@ -99,9 +131,14 @@ class EmbeddingCache:
         if self._mem is None:
             self._mem = {}
             if self.dir.is_dir():
+                # a shard being written by another run right now is younger than this
+                remove_stale_temps(self.dir, min_age_s=SHARED_STALE_AGE_S)
                 for shard in sorted(self.dir.glob("shard-*.npz")):
-                    with np.load(shard) as z:
-                        keys, emb = z["keys"], z["emb"]
+                    try:
+                        keys, emb = read_shard(shard)
+                    except ValueError as e:  # damaged: set aside, its texts are encoded again
+                        set_aside(shard, str(e))
+                        continue
                     for k, e in zip(keys, emb):
                         self._mem[k.tobytes()] = e
         return self._mem

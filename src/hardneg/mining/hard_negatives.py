@@ -23,7 +23,7 @@ from hardneg._optional import require
 from hardneg.mining.encode import encode_texts, load_sentence_model
 from hardneg.mining.mine import MineConfig, mine_embeddings
 from hardneg.mining.pairs import anchor_labels, anchor_positives, group_pairs
-from hardneg.mining.pipeline import prepare_corpus, text_ids_and_guide
+from hardneg.mining.pipeline import check_texts, prepare_corpus, text_ids_and_guide
 from hardneg.mining.summary import build_summary, format_summary, save_summary
 
 ST_OUTPUT_FORMATS = ("triplet", "n-tuple", "labeled-pair", "labeled-list")
@@ -262,8 +262,9 @@ def mine_hard_negatives(
     if label_column is not None and label_column not in columns:
         raise ValueError(f"label_column {label_column!r} is not a column of the dataset {columns}")
 
-    all_q = list(dataset[anchor_column_name])
-    all_p = list(dataset[positive_column_name])
+    all_q = check_texts(dataset[anchor_column_name], f"anchor column {anchor_column_name!r}")
+    all_p = check_texts(dataset[positive_column_name], f"positive column {positive_column_name!r}")
+    corpus = None if corpus is None else check_texts(corpus, "corpus")
     all_l = list(dataset[label_column]) if label_column is not None else None
     groups = group_pairs(all_q, all_p)  # the one multi-positive rule (hardneg.mining.pairs)
     queries, positives, uq, pair_q = groups.queries, groups.positives, groups.anchors, groups.pair_anchor

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -39,7 +38,16 @@ import numpy as np
 import torch
 
 from hardneg._optional import require
-from hardneg.index import as_rows, build_index, measure_recall, parse_index_spec, search
+from hardneg.index import (
+    as_rows,
+    build_index,
+    check_index_fits,
+    check_search_params,
+    measure_recall,
+    parse_index_spec,
+    search,
+)
+from hardneg.io import process_temp_dir
 from hardneg.losses.checks import check_beta, check_temperature
 from hardneg.losses.tilt import tilt_log_weights
 from hardneg.negatives.filters import check_similarity_rules, guide_drops, similarity_drops
@@ -97,6 +105,7 @@ class MineConfig:
         if not isinstance(self.seed, int) or self.seed < 0:
             raise ValueError(f"seed must be a non-negative int, got {self.seed!r}")
         parse_index_spec(self.index)
+        check_search_params(self.nprobe, self.ef_search)
         if not isinstance(self.rerank, int) or self.rerank < 1:
             raise ValueError(f"rerank must be an int >= 1, got {self.rerank!r}")
         if not isinstance(self.workers, int) or self.workers < 1:
@@ -205,6 +214,8 @@ def mine_embeddings(
     c_emb = as_rows(c_emb)
     pos_ids = np.asarray(pos_ids, dtype=np.int64)
     K = _check_inputs(q_emb, c_emb, pos_ids, cfg, extra_pos_ids, q_labels, c_labels)
+    if index is None:  # before a shard worker starts: its refusal would come from every worker at once
+        check_index_fits(cfg.index, c_emb.shape[0], c_emb.shape[1], cfg.workers)
 
     # 1. retrieval
     with _retriever(c_emb, cfg, index) as index:
@@ -244,7 +255,7 @@ def _retriever(c_rows, cfg: MineConfig, index):
         from hardneg.mining.shard import ShardedIndex
         from hardneg.mining.store import EmbeddingStore, write_store
 
-        with tempfile.TemporaryDirectory(prefix="hardneg-shards-") as tmp:
+        with process_temp_dir("hardneg-shards-") as tmp:
             store = c_rows if isinstance(c_rows, EmbeddingStore) else write_store(
                 os.path.join(tmp, "corpus.npy"), c_rows.x, n=c_rows.shape[0], d=c_rows.shape[1], dtype="float32")
             with ShardedIndex(store, cfg.index, cfg.workers, **kw) as sharded:

@@ -23,11 +23,12 @@ Python threads suffice, the session is shared, and memory grows by one batch of 
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 
 from hardneg._optional import require
 from hardneg.cores import usable_cores
-from hardneg.io import atomic_open
+from hardneg.io import SHARED_STALE_AGE_S, atomic_open, remove_stale_temps, set_aside
 from hardneg.mining.token_batching import MAX_TOKENS, TokenBatchedEncoder
 
 BACKENDS = ("torch", "onnx", "onnx-int8")
@@ -35,12 +36,12 @@ _INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 
 
 def export_onnx(model, path: str | os.PathLike[str]) -> Path:
-    """Export the transformer of sentence-transformers ``model`` to ONNX (dynamic batch and length)."""
+    """Export the transformer of sentence-transformers ``model`` to ONNX (dynamic batch and length),
+    straight into the temporary file of :func:`hardneg.io.atomic_open` (written once, renamed whole)."""
     import torch
 
     require("onnx", "onnx", feature="the ONNX export")
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     hf = model[0].auto_model
 
     class _Hidden(torch.nn.Module):
@@ -54,16 +55,15 @@ def export_onnx(model, path: str | os.PathLike[str]) -> Path:
 
     feats = model.preprocess(["an example sentence to trace", "another one"])
     args = tuple(feats[k] for k in _INPUTS)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.export")
-    try:
-        with torch.no_grad():
-            torch.onnx.export(_Hidden(hf).eval(), args, str(tmp), input_names=list(_INPUTS),
-                              output_names=["token_embeddings"], opset_version=17, dynamo=False,
-                              dynamic_axes={k: {0: "batch", 1: "tokens"} for k in (*_INPUTS, "token_embeddings")})
-        with open(tmp, "rb") as src, atomic_open(path, "wb") as dst:
-            dst.write(src.read())
-    finally:
-        tmp.unlink(missing_ok=True)
+    with atomic_open(path, "wb") as f, torch.no_grad(), warnings.catch_warnings():
+        # the tracer's notes on Python branches of the transformer, which hold for every batch and length
+        # (the test of the exported model against the torch one checks that), and the exporter's note on
+        # advanced indexing, which this model never does with negative indices
+        warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
+        warnings.filterwarnings("ignore", message=r"Exporting aten::index operator", category=UserWarning)
+        torch.onnx.export(_Hidden(hf).eval(), args, f, input_names=list(_INPUTS),
+                          output_names=["token_embeddings"], opset_version=17, dynamo=False,
+                          dynamic_axes={k: {0: "batch", 1: "tokens"} for k in (*_INPUTS, "token_embeddings")})
     return path
 
 
@@ -72,22 +72,53 @@ def quantize_int8(src: str | os.PathLike[str], dst: str | os.PathLike[str]) -> P
     activations quantized at run time). One scale per tensor costs far more accuracy on all-MiniLM-L6-v2
     (cosine to float32 down to 0.92 on WordNet glosses, against 0.99 per channel)."""
     q = require("onnxruntime.quantization", "onnx", feature="int8 quantization")
-    dst = Path(dst)
-    tmp = dst.with_name(f".{dst.name}.{os.getpid()}.quant")
-    try:
-        q.quantize_dynamic(str(src), str(tmp), weight_type=q.QuantType.QInt8, per_channel=True)
-        with open(tmp, "rb") as f, atomic_open(dst, "wb") as g:
-            g.write(f.read())
-    finally:
-        tmp.unlink(missing_ok=True)
-    return dst
+    # quantize_dynamic writes to a path: it writes atomic_open's temporary file by name, whose handle then
+    # fsyncs the same file before the rename
+    with atomic_open(dst, "wb") as g:
+        q.quantize_dynamic(str(src), g.name, weight_type=q.QuantType.QInt8, per_channel=True)
+    return Path(dst)
+
+
+def _session(ort, path: Path):
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = 1  # parallel over batches instead (module docstring)
+    opts.inter_op_num_threads = 1
+    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+
+
+def _load_or_build(ort, model, folder: Path, backend: str):
+    """The runtime session of ``folder``'s model for ``backend``, exporting (and quantizing) what is
+    missing. A cached file the runtime cannot load is damaged: set aside (``.corrupt``, one warning)
+    and built again, once; the float32 file it was quantized from goes with a damaged int8 file."""
+    fp32 = folder / "model.onnx"
+    path = folder / "model_int8.onnx" if backend == "onnx-int8" else fp32
+    remove_stale_temps(folder, [fp32.name, path.name], min_age_s=SHARED_STALE_AGE_S)  # of killed exports
+    for attempt in (0, 1):
+        built = not path.exists()
+        if built:
+            if not fp32.exists():
+                export_onnx(model, fp32)
+            if path != fp32:
+                quantize_int8(fp32, path)
+            _release_freed_memory()
+        try:
+            return _session(ort, path), path
+        except Exception as e:  # onnxruntime's own classes (InvalidProtobuf, Fail, ...) say what is wrong
+            if built or attempt:
+                raise
+            why = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
+            set_aside(path, f"ONNX Runtime cannot load it: {why[:200]}")
+            if path != fp32 and fp32.exists():
+                fp32.unlink()
+    raise AssertionError("unreachable")
 
 
 class OnnxSentenceEncoder(TokenBatchedEncoder):
     """A :class:`~hardneg.mining.token_batching.TokenBatchedEncoder` whose transformer runs in ONNX
     Runtime; ``backend`` is ``"onnx"`` or ``"onnx-int8"``.
 
-    ``folder`` holds ``model.onnx`` / ``model_int8.onnx``; they are exported there when missing.
+    ``folder`` holds ``model.onnx`` / ``model_int8.onnx``; they are exported there when missing, and
+    exported again when the runtime cannot load them (:func:`_load_or_build`).
     ``threads``: CPU cores to use (default: those this process may run on); batches run on that many
     workers at once, one runtime thread each (module docstring). ``max_tokens``: the cap on a batch's
     padded tokens (:mod:`hardneg.mining.token_batching`)."""
@@ -101,20 +132,7 @@ class OnnxSentenceEncoder(TokenBatchedEncoder):
         super().__init__(model, workers=threads or usable_cores(), max_tokens=max_tokens)
         ort = require("onnxruntime", "onnx", feature="--backend onnx")
         self.backend = backend
-        folder = Path(folder)
-        fp32 = folder / "model.onnx"
-        path = folder / "model_int8.onnx" if backend == "onnx-int8" else fp32
-        if not path.exists():
-            if not fp32.exists():
-                export_onnx(model, fp32)
-            if path != fp32:
-                quantize_int8(fp32, path)
-            _release_freed_memory()
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = 1  # parallel over batches instead (module docstring)
-        opts.inter_op_num_threads = 1
-        self.session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-        self.path = path
+        self.session, self.path = _load_or_build(ort, model, Path(folder), backend)
         #: read by :func:`hardneg.mining.encode.model_fingerprint`: another backend, other cached embeddings
         self.backend_tag = backend
 

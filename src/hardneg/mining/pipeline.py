@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -14,9 +13,9 @@ from typing import Any
 import numpy as np
 
 from hardneg._optional import require
-from hardneg.index import parse_index_spec
-from hardneg.io import WriterLock, remove_stale_temps
-from hardneg.mining.encode import default_cache_dir, encode_texts, load_sentence_model
+from hardneg.index import check_index_fits
+from hardneg.io import WriterLock, check_writable, process_temp_dir, remove_stale_temps
+from hardneg.mining.encode import encode_texts, load_sentence_model
 from hardneg.mining.estimate import available_memory, estimate_mining, parse_memory
 from hardneg.mining.formats import OUTPUT_FORMATS_ALL, build_rows, write_rows
 from hardneg.mining.mine import MineConfig, MinedNegatives, mine_embeddings
@@ -40,6 +39,16 @@ class MineResult:
     negatives: MinedNegatives
     rows: list[dict]
     summary: dict
+
+
+def check_texts(values: Sequence, what: str) -> list[str]:
+    """``values`` as a list of strings; a ``ValueError`` naming ``what`` and the first row that holds
+    something else (a missing value, a number) before any model sees it."""
+    out = list(values)
+    for i, v in enumerate(out):
+        if not isinstance(v, str):
+            raise ValueError(f"{what}: row {i} is {v!r}, not a text; drop or fill the rows without one")
+    return out
 
 
 def prepare_corpus(positives: Sequence[str], corpus: Sequence[str] | None, pos_labels=None, corpus_labels=None):
@@ -117,7 +126,11 @@ def mine_texts(
     is refused with a ValueError when the peak exceeds ``max_memory`` (default: the available memory).
 
     ``backend``: ``"torch"`` (``precision`` applies), ``"onnx"`` or ``"onnx-int8"`` — the model's transformer
-    in ONNX Runtime (:mod:`hardneg.mining.onnx_encoder`), exported once under ``<cache_dir>/onnx/``.
+    in ONNX Runtime (:mod:`hardneg.mining.onnx_encoder`), exported once under ``<cache_dir>/onnx/``
+    (without a ``cache_dir``: into a temporary folder, deleted once the model is loaded).
+
+    ``cache_dir`` and ``store_dir`` are checked writable, and the index against the corpus size and
+    the shards, before anything is encoded.
     """
     cfg = config or MineConfig()
     cfg.validate()
@@ -127,13 +140,18 @@ def mine_texts(
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
     if output_format not in OUTPUT_FORMATS_ALL:
         raise ValueError(f"output format must be one of {OUTPUT_FORMATS_ALL}, got {output_format!r}")
-    queries, positives = list(queries), list(positives)
+    queries, positives = check_texts(queries, "queries"), check_texts(positives, "positives")
+    corpus = None if corpus is None else check_texts(corpus, "corpus")
     if len(queries) != len(positives):
         raise ValueError(f"queries ({len(queries)}) and positives ({len(positives)}) must have the same length")
     if not queries:
         raise ValueError("no query/positive pairs given")
     if q_labels is not None and len(q_labels) != len(queries):
         raise ValueError(f"q_labels must have one entry per pair ({len(queries)}), got {len(q_labels)}")
+    if cache_dir is not None:
+        check_writable(cache_dir, "cache_dir", folder=True)
+    if store_dir is not None and store != "memory":
+        check_writable(store_dir, "store_dir", folder=True)
     groups = group_pairs(queries, positives)  # the one multi-positive rule (hardneg.mining.pairs)
     pair_labels = None if q_labels is None else [q_labels[r] for r in groups.rows]
     texts, pos_ids, c_labels = prepare_corpus(groups.positives, corpus, pair_labels, corpus_labels)
@@ -145,14 +163,17 @@ def mine_texts(
         )
     if model is None or isinstance(model, (str, os.PathLike)):
         model = load_sentence_model(model)
-    if backend != "torch":
-        model = onnx_encoder(model, backend, Path(cache_dir) if cache_dir is not None else default_cache_dir())
+    if backend != "torch" and cache_dir is None:  # no cache: the exported model is not kept either
+        with process_temp_dir("hardneg-onnx-") as tmp:
+            model = onnx_encoder(model, backend, tmp)
+    elif backend != "torch":
+        model = onnx_encoder(model, backend, Path(cache_dir))
     enc = dict(batch_size=batch_size, precision=precision, cache_dir=cache_dir, show_progress=show_progress)
     est, store = _estimate(model, groups.anchors, texts, groups.max_positives, cfg, store, max_memory, enc)
     for line in est.lines() if log else ():
         log(line)
     est.check(max_memory)  # after the lines: a refused run shows what the estimate was made of
-    with tempfile.TemporaryDirectory(prefix="hardneg-store-", dir=store_dir) as tmp:
+    with process_temp_dir("hardneg-store-", store_dir) as tmp:
         t0 = time.perf_counter()
         q_emb = encode_texts(model, groups.anchors, desc="queries", **enc)
         c_emb = _encode_corpus(model, texts, store, os.path.join(tmp, f"corpus.{store}.npy"), enc)
@@ -187,7 +208,7 @@ def _estimate(model, queries, texts, n_pos: int, cfg: MineConfig, store: str, ma
     """The estimate of this run (encoding included) and the store it will use; refuses what cannot fit.
     ``queries``: the distinct anchors mined; ``n_pos``: the most positives an anchor has."""
     d = model.get_embedding_dimension()
-    parse_index_spec(cfg.index, d)  # a FAISS string that cannot be built for d fails before encoding
+    check_index_fits(cfg.index, len(texts), d, cfg.workers)  # what FAISS would refuse after encoding
     K = min(cfg.effective_range_max() + n_pos, len(texts))
     n_enc = len(queries) + len(texts)
     # one batch of texts spread over the corpus; an encoder that runs batches on several cores at once
@@ -340,6 +361,6 @@ def write_result(result: MineResult, out: str | os.PathLike[str], *, summary_pat
 
 
 __all__ = [
-    "MineResult", "check_output", "format_summary", "load_guide", "lock_output", "mine_texts", "prepare_corpus",
-    "summary_file", "write_result",
+    "MineResult", "check_output", "check_texts", "format_summary", "load_guide", "lock_output", "mine_texts",
+    "prepare_corpus", "summary_file", "write_result",
 ]

@@ -10,26 +10,36 @@ quantizer per shard, and its recall is measured on the merged lists like any oth
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing as mp
-import traceback
 from typing import Any
 
 import numpy as np
 
 from hardneg.cores import usable_cores
-from hardneg.index import build_index, search
+from hardneg.index import as_rows, build_index, search
 from hardneg.mining.store import EmbeddingStore
 
 
 def _serve(conn, path: str, a: int, b: int, spec: str, kw: dict[str, Any], threads: int) -> None:
-    """Worker loop: build the index of rows [a, b), then answer (queries, k) requests until None."""
+    """Worker loop: build the index of rows [a, b), then answer (queries, k) requests until None.
+
+    The parent goes away without a word when it stops (an error in another shard, Ctrl-C): a closed
+    pipe or an interrupt ends the worker quietly, since the parent reports what happened."""
+    with contextlib.suppress(BrokenPipeError, ConnectionResetError, EOFError, KeyboardInterrupt):
+        _serve_until_closed(conn, path, a, b, spec, kw, threads)
+
+
+def _serve_until_closed(conn, path: str, a: int, b: int, spec: str, kw: dict[str, Any], threads: int) -> None:
     import torch
 
     torch.set_num_threads(threads)
     try:
-        index = build_index(EmbeddingStore(path).slice(a, b), spec, threads=threads, **kw)
+        part = EmbeddingStore(path).slice(a, b)
+        part.finite_checked = True  # the parent checked the whole store (ShardedIndex)
+        index = build_index(part, spec, threads=threads, **kw)
         conn.send(("ready", None))
-    except BaseException as e:  # the parent re-raises it; a worker never dies silently
+    except Exception as e:  # the parent re-raises it; a worker never dies silently
         conn.send(("error", _describe(e)))
         return
     while True:
@@ -40,19 +50,22 @@ def _serve(conn, path: str, a: int, b: int, spec: str, kw: dict[str, Any], threa
         try:
             s, i = search(index, xq, k)
             conn.send(("ok", (s, np.where(i >= 0, i + a, -1))))
-        except BaseException as e:
+        except Exception as e:
             conn.send(("error", _describe(e)))
 
 
-def _describe(e: BaseException) -> tuple[str, str, str]:
-    return type(e).__name__, str(e), traceback.format_exc()
+def _describe(e: BaseException) -> tuple[str, str]:
+    return type(e).__name__, str(e)
 
 
-def _reraise(where: str, err: tuple[str, str, str]) -> None:
-    name, msg, tb = err
+def _reraise(where: str, err: tuple[str, str]) -> None:
+    """A worker's error in the parent as one line: a user error as ``ValueError``, anything else (FAISS
+    running out of memory, a bug) as ``ChildProcessError`` naming the shard and the exception."""
+    name, msg = err
     if name in ("ValueError", "TypeError", "FileNotFoundError", "MissingExtraError"):
         raise ValueError(f"{where}: {msg}")
-    raise RuntimeError(f"{where} failed with {name}: {msg}\n{tb}")
+    first = msg.strip().splitlines()[-1] if msg.strip() else ""
+    raise ChildProcessError(f"{where}: the search worker failed with {name}: {first}")
 
 
 def merge_topk(parts: list[tuple[np.ndarray, np.ndarray]], k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -81,6 +94,7 @@ class ShardedIndex:
             raise ValueError(f"workers must be an int >= 1, got {workers!r}")
         if workers > store.shape[0]:
             raise ValueError(f"{workers} workers for a corpus of {store.shape[0]} rows; use at most one per row")
+        as_rows(store)  # NaN / inf refused here, once, not by every worker
         self.d, self.ntotal = store.d, store.shape[0]
         self.bounds = shard_bounds(self.ntotal, workers)
         threads = threads or max(1, usable_cores() // workers)
@@ -106,13 +120,23 @@ class ShardedIndex:
     def _recv(self, conn, a: int, b: int):
         try:
             return conn.recv()
-        except EOFError:
-            raise RuntimeError(f"the worker of shard [{a}, {b}) ended without an answer (out of memory?)") from None
+        except (EOFError, ConnectionResetError):
+            self._dead(conn, a, b)
+
+    def _dead(self, conn, a: int, b: int) -> None:
+        p = self._procs[self._conns.index(conn)]
+        p.join(timeout=5)
+        how = f"was killed by signal {-p.exitcode}" if (p.exitcode or 0) < 0 else f"exited ({p.exitcode})"
+        raise ChildProcessError(f"the search worker of shard [{a}, {b}) {how} without an answer "
+                                "(out of memory? try fewer --workers or a smaller index)") from None
 
     def search(self, xq: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         xq = np.ascontiguousarray(xq, dtype=np.float32)
-        for c in self._conns:
-            c.send((xq, k))
+        for (a, b), c in zip(self.bounds, self._conns):
+            try:
+                c.send((xq, k))
+            except (BrokenPipeError, ConnectionResetError):
+                self._dead(c, a, b)
         parts = []
         for (a, b), c in zip(self.bounds, self._conns):
             tag, payload = self._recv(c, a, b)

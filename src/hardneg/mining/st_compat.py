@@ -15,6 +15,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from hardneg.io import atomic_open
+
 
 def st_cache_files(folder: str | os.PathLike[str], model, queries: Sequence[str], positives: Sequence[str],
                    corpus: Sequence[str] | None) -> tuple[str, str, list[str], list[str]]:
@@ -32,6 +34,6 @@ def inject_st_cache(folder: str | os.PathLike[str], model, queries: Sequence[str
                     corpus: Sequence[str] | None, embed_query, embed_corpus) -> None:
     """Write ST's cache files from ``embed_query(texts) -> (n, d)`` / ``embed_corpus(texts)`` arrays."""
     qf, cf, uq, uc = st_cache_files(folder, model, queries, positives, corpus)
-    os.makedirs(folder, exist_ok=True)
-    np.save(qf, np.ascontiguousarray(embed_query(uq), dtype=np.float32))
-    np.save(cf, np.ascontiguousarray(embed_corpus(uc), dtype=np.float32))
+    for path, emb in ((qf, embed_query(uq)), (cf, embed_corpus(uc))):
+        with atomic_open(path, "wb") as f:  # sentence-transformers must never find half a file
+            np.save(f, np.ascontiguousarray(emb, dtype=np.float32))

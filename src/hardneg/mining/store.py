@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+from hardneg.index import check_finite
 from hardneg.io import atomic_open
 
 STORE_DTYPES = ("float16", "bfloat16", "float32")
@@ -71,6 +72,9 @@ class EmbeddingStore:
         self.lo, self.hi = _lo, mm.shape[0] if _hi is None else _hi
         self.shape = (self.hi - self.lo, mm.shape[1])
         self.ndim = 2
+        #: set once :func:`hardneg.index.as_rows` has read every row and found no NaN or inf (a file
+        #: written elsewhere may hold them; :func:`write_store` refuses them)
+        self.finite_checked = False
 
     @property
     def d(self) -> int:
@@ -87,7 +91,9 @@ class EmbeddingStore:
         """The rows ``[a, b)`` as a store of their own (row 0 is row ``a`` of this one)."""
         if not 0 <= a <= b <= self.shape[0]:
             raise ValueError(f"row range [{a}, {b}) outside the store's {self.shape[0]} rows")
-        return EmbeddingStore(self.path, _lo=self.lo + a, _hi=self.lo + b)
+        part = EmbeddingStore(self.path, _lo=self.lo + a, _hi=self.lo + b)
+        part.finite_checked = self.finite_checked
+        return part
 
     def rows(self, a: int, b: int) -> np.ndarray:
         """Rows ``[a, b)`` as float32."""
@@ -134,13 +140,14 @@ def write_store(path: str | os.PathLike[str], blocks: Iterable[np.ndarray] | np.
                 raise ValueError(f"store block of shape {blk.shape} does not have {d} columns")
             if at + len(blk) > n:
                 raise ValueError(f"store blocks hold more than the {n} rows announced")
-            if not np.isfinite(blk).all():
-                raise ValueError(f"embeddings in rows [{at}, {at + len(blk)}) contain non-finite values")
+            check_finite(blk, "embeddings", at)
             f.write(np.ascontiguousarray(to_stored(blk, dtype)).tobytes())
             at += len(blk)
         if at != n:
             raise ValueError(f"store blocks hold {at} rows, {n} were announced")
-    return EmbeddingStore(path)
+    st = EmbeddingStore(path)
+    st.finite_checked = True  # every block was checked above
+    return st
 
 
 __all__ = ["STORE_DTYPES", "EmbeddingStore", "from_stored", "to_stored", "write_store"]
