@@ -28,7 +28,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from hardneg.losses.checks import UNKNOWN
+from hardneg.losses.checks import UNKNOWN, check_int, check_number
 from hardneg.negatives.context import StepContext
 from hardneg.negatives.filters import Filter, GuideFilter
 from hardneg.negatives.queue import MemoryQueue
@@ -37,15 +37,11 @@ from hardneg.negatives.weighting import Weighting
 
 
 def _positive_int(what: str, name: str, v: Any) -> int:
-    if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-        raise ValueError(f"{what} option {name!r} must be a positive int, got {v!r}")
-    return v
+    return check_int(f"{what} option {name!r}", v)
 
 
 def _finite(what: str, name: str, v: Any, lo: float, hi: float) -> float:
-    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or not lo <= v <= hi:
-        raise ValueError(f"{what} option {name!r} must be a number in [{lo}, {hi}], got {v!r}")
-    return float(v)
+    return check_number(f"{what} option {name!r}", v, lo, hi)
 
 
 class PixelGrid:
