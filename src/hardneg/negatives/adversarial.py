@@ -184,8 +184,8 @@ class NegativeGenerator(Source):
         self.lambda_div = check_nonneg("option 'lambda_div'", lambda_div)
         seed = check_int("option 'seed'", seed, 0)
         g = torch.Generator().manual_seed(seed)
-        self.G = _MLP(dim + noise_dim, hidden, dim)
-        self.D = _MLP(dim, hidden, 1)
+        self.G = _MLP(self.dim + self.noise_dim, hidden, self.dim)
+        self.D = _MLP(self.dim, hidden, 1)
         with torch.no_grad():
             for p in list(self.G.parameters()) + list(self.D.parameters()):
                 p.copy_(torch.randn(p.shape, generator=g) * (1.0 / max(1, p.shape[-1]) ** 0.5))

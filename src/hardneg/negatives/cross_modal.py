@@ -139,6 +139,15 @@ class CrossModalClusters(ClusterGuided):
         self.memory = check_int("cross_modal_cluster option 'memory' (at least n_clusters)", memory, self.n_clusters)
         self._recent: Tensor | None = None
 
+    def get_extra_state(self) -> dict:
+        # the recent rows the next refit clusters are state too: without them a resumed run refits
+        # on fewer rows than an uninterrupted one
+        return {**super().get_extra_state(), "recent": self._recent}
+
+    def set_extra_state(self, state: dict) -> None:
+        super().set_extra_state(state)
+        self._recent = state.get("recent")
+
     def _partner_rows(self, ctx: StepContext, view: Tensor, size: int) -> Tensor:
         """For each of ``size`` rows (anchors or candidates): the candidate column holding its
         sample's ``modality`` embedding (itself, or its batch partner), −1 when there is none."""

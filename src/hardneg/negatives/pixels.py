@@ -134,7 +134,7 @@ class NeighbourhoodFilter(_OnGrid, Filter):
         super().__init__()
         self.radius = _finite("filter 'neighbourhood'", "radius", radius, 0.0, 1e6)
         self.grid = PixelGrid(height, width)
-        self.height, self.width = height, width
+        self.height, self.width = self.grid.height, self.grid.width
         self._k_sorted = self._k_order = None
 
     def begin_step(self, ctx: StepContext) -> None:
@@ -156,7 +156,7 @@ class Proximity(_OnGrid, Weighting):
         self.radius = _finite("weighting 'proximity'", "radius", radius, 0.0, 1e6)
         self.bonus = _finite("weighting 'proximity'", "bonus", bonus, 0.0, 1e3)
         self.grid = PixelGrid(height, width)
-        self.height, self.width = height, width
+        self.height, self.width = self.grid.height, self.grid.width
         self._k_sorted = self._k_order = None
 
     def begin_step(self, ctx: StepContext) -> None:
