@@ -34,7 +34,6 @@ class StepContext:
     blocks: list[tuple[str, int, int]]
     q_view: Tensor | None = None  # (n,) 0 = from z1, 1 = from z2
     k_view: Tensor | None = None  # (m,)
-    growing: bool = False  # a source (a queue still filling) will offer more candidates later
     cross_view: bool = False  # anchors see only candidates of the other view (two towers)
     _id_start: int | None = None
     #: every same-label candidate is a positive (SupCon, H-SCL paper code): then only the anchor itself

@@ -288,7 +288,6 @@ class Strategy(nn.Module):
         if anchor_rows is not None:  # this process's anchors against every candidate
             anchors, cands = all_anchors.select(anchor_rows), all_cands.for_anchors(anchor_rows, all_anchors.n)
         ctx = StepContext.build(anchors, cands, t, self.beta, step, label_positives=self.positives == "labels")
-        ctx.growing = any(not getattr(src, "is_full", True) for src in self.sources)
         for c in [*self.filters, *self.weightings]:
             c.begin_step(ctx)
         acc = DiagnosticsAccumulator(anchors.n, t, self.beta, self.diagnostics_anchors) if self.diagnostics else None
