@@ -659,8 +659,8 @@ def weighted_info_nce(
     spread = mean_denominator is not None and reduction == "mean"
     ix = _index(pos_index, self_index, q_labels if needs_labels else None, k_labels if needs_labels else None,
                 positives, negatives, n, m, dev, every_skipped_ok=spread)
-    if n_neg is not None and (isinstance(n_neg, bool) or not isinstance(n_neg, (int, float)) or not n_neg > 0):
-        raise ValueError(f"n_neg must be None or a number > 0, got {n_neg!r}")
+    if n_neg is not None:
+        V.check_positive("n_neg", n_neg)
     spec = KernelSpec(
         t=float(t),
         positives=positives,

@@ -40,14 +40,6 @@ from hardneg.losses.checks import check_int, check_nonneg, check_number, check_p
 from hardneg.negatives.sources import Anchors, Candidates, Source
 
 
-def _pos_int(name: str, v: object) -> int:
-    return check_int(f"option {name!r}", v)
-
-
-def _pos_float(name: str, v: object) -> float:
-    return check_positive(f"option {name!r}", v)
-
-
 class AdversarialBank(Source):
     """AdCo's learned negatives: ``size`` unit vectors trained by gradient ascent (see module doc).
 
@@ -72,16 +64,16 @@ class AdversarialBank(Source):
         seed: int = 0,
     ) -> None:
         super().__init__()
-        self.size = _pos_int("size", size)
-        self.lr = _pos_float("lr", lr)
-        self.t_neg = _pos_float("t_neg", t_neg)
+        self.size = check_int("option 'size'", size)
+        self.lr = check_positive("option 'lr'", lr)
+        self.t_neg = check_positive("option 't_neg'", t_neg)
         self.momentum = check_number("option 'momentum'", momentum, 0.0, 1.0, hi_open=True)
         self.seed = check_int("option 'seed'", seed, 0)
         self.bank = nn.Parameter(torch.zeros(0, 0), requires_grad=False)
         self.register_buffer("velocity", torch.zeros(0, 0))
         self.last_adv_loss = float("nan")
         if dim is not None:
-            self._init(_pos_int("dim", dim), torch.device("cpu"), torch.float32)
+            self._init(check_int("option 'dim'", dim), torch.device("cpu"), torch.float32)
 
     def _init(self, dim: int, device: torch.device, dtype: torch.dtype) -> None:
         g = torch.Generator().manual_seed(self.seed)
@@ -172,11 +164,11 @@ class NegativeGenerator(Source):
         seed: int = 0,
     ) -> None:
         super().__init__()
-        self.dim = _pos_int("dim", dim)
-        self.n_per_anchor = _pos_int("n_per_anchor", n_per_anchor)
-        self.noise_dim = _pos_int("noise_dim", noise_dim)
-        hidden = _pos_int("hidden", hidden)
-        lr = _pos_float("lr", lr)
+        self.dim = check_int("option 'dim'", dim)
+        self.n_per_anchor = check_int("option 'n_per_anchor'", n_per_anchor)
+        self.noise_dim = check_int("option 'noise_dim'", noise_dim)
+        hidden = check_int("option 'hidden'", hidden)
+        lr = check_positive("option 'lr'", lr)
         self.min_dist = check_number("option 'min_dist' (δ, cos(g, p) ≤ 1 − δ)", min_dist, 0.0, 2.0,
                                      lo_open=True, hi_open=True)
         self.lambda_hard = check_nonneg("option 'lambda_hard'", lambda_hard)
