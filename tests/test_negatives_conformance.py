@@ -44,7 +44,8 @@ from tests.negatives_reference import two_view_pos
 
 torch.set_num_threads(1)
 
-#: defects another branch fixes; the cases that show them are expected to fail until it is merged
+#: known defects whose fix lives elsewhere: the cases that show them are strict xfails, so the fix
+#: turns them into failures until the mark is removed
 SEAMS = "fixed on the seams branch"
 XFAIL: dict[str, set[str]] = {
     # CrossModalClusters reads the anchors' clusters through pos_index indexed by candidate column,
