@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 import torch
 
+from hardneg.losses.checks import check_number
 from hardneg.mining.mine import MineConfig, mine_embeddings
 from hardneg.negatives import Strategy, Weighting, from_config
 from tests.negatives_reference import in_batch_valid, ref_weighted_infonce, two_view_pos, unit
@@ -18,7 +19,8 @@ class FarOnly(Weighting):
 
     def __init__(self, cap: float = 0.5, gain: float = 1.0) -> None:
         super().__init__()
-        self.cap, self.gain = float(cap), float(gain)
+        self.cap = check_number("weighting option 'cap'", cap, -1.0, 1.0)
+        self.gain = check_number("weighting option 'gain'", gain)
 
     def log_weights(self, S, rows, ctx, valid):
         return torch.where(self.cap > S, self.gain * S, torch.full_like(S, float("-inf")))

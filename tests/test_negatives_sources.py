@@ -190,12 +190,20 @@ def test_mochi_mixes_only_valid_candidates():
 
     mix = Mixing(n_hard=8, s=4, s_prime=0, seed=0)
     s = Strategy(source=[InBatch(symmetric=False), mix], filters=[LabelFilter()], t=0.5)
-    s(z1, z2, labels=labels)
-    # pair mixes of anchor 0 lie in the span of its only other-label candidate z2[3]: they equal it
-    from hardneg.negatives.sources import Anchors, Candidates
+    seen = {}
+    hardest = mix.hardest
 
-    anchors = Anchors(z1, torch.arange(B), torch.full((B,), -1), labels, None, z2, labels, None)
-    cands = Candidates(z2, labels, None, None, [("batch", 0, B)])
-    hard, has = mix.hardest(anchors, cands, 3)
+    def spy(anchors, cands, n_hard, chunk=1024, valid=None):  # the mask the strategy hands the source
+        seen["valid"] = valid(anchors.q @ cands.k.T, slice(0, anchors.n))
+        seen["hard"] = hardest(anchors, cands, n_hard, chunk, valid)
+        return seen["hard"]
+
+    mix.hardest = spy
+    s(z1, z2, labels=labels)
+    # the batch block of keys: another label only (the positive key has the anchor's label)
+    other = (labels[:, None] != labels[None, :]).numpy()
+    assert (seen["valid"][:, :B].numpy() == other).all()
+    # pair mixes of anchor 0 lie in the span of its only other-label candidate z2[3]: they equal it
+    hard, has = seen["hard"]
     assert has.all()
-    torch.testing.assert_close(hard[0], z2[3].expand(3, d))
+    torch.testing.assert_close(hard[0], torch.nn.functional.normalize(z2[3], dim=0).expand(hard.shape[1], d))

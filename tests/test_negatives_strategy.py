@@ -230,12 +230,18 @@ def test_bad_configurations_raise_naming_the_option(call, needle):
     assert needle in str(e.value)
 
 
-def test_topk_larger_than_the_pool_uses_the_whole_pool():
-    """k above the 2B − 2 candidates of each anchor: every candidate counts, the uniform loss."""
+def test_topk_larger_than_the_pool_uses_the_whole_pool_and_counts_it():
+    """k above an anchor's valid candidates: every valid candidate counts (the uniform loss) and the
+    share of such anchors is reported — never an error in the middle of training."""
     z1, z2, _ = _views(B=4)
-    ref = create_strategy("ucl", temperature=0.5)(z1, z2)
-    assert torch.allclose(create_strategy("topk", k=7)(z1, z2), ref, rtol=1e-6)
-    assert torch.allclose(create_strategy("topk", k=6)(z1, z2), ref, rtol=1e-6)  # exactly the pool
+    B, ref = 4, ref_weighted_infonce(unit(torch.cat([z1, z2]).numpy()), unit(torch.cat([z1, z2]).numpy()),
+                                     two_view_pos(4), in_batch_valid(4))
+    big = create_strategy("topk", k=7)
+    assert float(big(z1, z2)) == pytest.approx(ref, rel=1e-9)
+    assert big.last_diagnostics["topk_short_share"] == 1.0
+    exact = create_strategy("topk", k=2 * B - 2)  # exactly the pool: no anchor short
+    assert float(exact(z1, z2)) == pytest.approx(ref, rel=1e-9)
+    assert exact.last_diagnostics["topk_short_share"] == 0.0
 
 
 def test_empty_queue_without_batch_negatives_is_a_clear_error():

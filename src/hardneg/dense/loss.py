@@ -36,22 +36,18 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from hardneg.dense.geometry import identity_correspondence
-from hardneg.losses.checks import UNKNOWN
+from hardneg.losses.checks import UNKNOWN, check_choice, check_int, check_number
 from hardneg.negatives import PixelGrid, Strategy, create_strategy, from_config
 
 SAMPLING = ("uniform", "hard")
 
 
-def check_sampling(k: int | None, sampling: str, hard_fraction: float) -> None:
-    """The anchor-sampling options: ``k`` a positive int or None, ``sampling`` uniform|hard,
-    ``hard_fraction`` in [0, 1]."""
-    if sampling not in SAMPLING:
-        raise ValueError(f"sampling must be one of {SAMPLING}, got {sampling!r}")
-    if k is not None and (isinstance(k, bool) or not isinstance(k, int) or k < 1):
-        raise ValueError(f"anchors_per_image must be a positive int or None, got {k!r}")
-    hf = hard_fraction
-    if isinstance(hf, bool) or not isinstance(hf, (int, float)) or not 0.0 <= hf <= 1.0:
-        raise ValueError(f"hard_fraction must lie in [0, 1], got {hard_fraction!r}")
+def check_sampling(k: int | None, sampling: str, hard_fraction: float) -> tuple[int | None, str, float]:
+    """The anchor-sampling options, checked and returned: ``k`` a positive int or None,
+    ``sampling`` uniform|hard, ``hard_fraction`` in [0, 1]."""
+    check_choice("sampling", sampling, SAMPLING)
+    k = None if k is None else check_int("anchors_per_image", k)
+    return k, sampling, check_number("hard_fraction", hard_fraction, 0.0, 1.0)
 
 
 def sample_anchors(
@@ -68,7 +64,7 @@ def sample_anchors(
     largest ``hardness`` (B, H, W), then uniform among the rest. ``k=None``: every eligible pixel.
     Returns ``(image, y, x)`` long tensors, image-major.
     """
-    check_sampling(k, sampling, hard_fraction)
+    k, sampling, hard_fraction = check_sampling(k, sampling, hard_fraction)
     B, H, W = eligible.shape
     if sampling == "hard" and k is not None and (hardness is None or hardness.shape != eligible.shape):
         raise ValueError(f"hard anchor sampling needs hardness of shape {(B, H, W)}")
@@ -139,8 +135,9 @@ class DenseContrast(nn.Module):
     ) -> None:
         super().__init__()
         self.strategy = _as_strategy(strategy)
-        check_sampling(anchors_per_image, sampling, hard_fraction)
-        self.anchors_per_image, self.sampling, self.hard_fraction = anchors_per_image, sampling, float(hard_fraction)
+        self.anchors_per_image, self.sampling, self.hard_fraction = check_sampling(
+            anchors_per_image, sampling, hard_fraction
+        )
         self.last_anchors: tuple[Tensor, Tensor, Tensor] | None = None
         self.last_ids: Tensor | None = None
 

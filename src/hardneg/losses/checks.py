@@ -15,9 +15,45 @@ from torch import Tensor
 
 UNKNOWN = -1
 
+#: the allowed values of the options every loss and strategy shares (docs/design.md, Vocabulary)
+POSITIVES = ("view", "labels")
+POSITIVE_REDUCES = ("mean", "pairs")
+REDUCTIONS = ("mean", "sum", "none")
+
 
 def _number(v: Any) -> bool:
     return not isinstance(v, bool) and isinstance(v, (int, float))
+
+
+def check_choice(name: str, v: Any, allowed: tuple[str, ...]) -> str:
+    """One of a fixed set of names (``positives``, ``reduction``, a component's mode)."""
+    if not isinstance(v, str) or v not in allowed:
+        raise ValueError(f"{name} must be one of {allowed}, got {v!r}")
+    return v
+
+
+def check_int(name: str, v: Any, lo: int = 1, hi: int | None = None) -> int:
+    """An integer option ≥ ``lo`` (≤ ``hi``): an int, or a float with an integral value (``16.0``, as
+    YAML, a schedule or arithmetic may give it), returned as ``int``; ``16.5``, strings and bools are
+    refused."""
+    ok = _number(v) and math.isfinite(v) and float(v).is_integer() and v >= lo and (hi is None or v <= hi)
+    if not ok:
+        rng = f">= {lo}" if hi is None else f"in [{lo}, {hi}]"
+        raise ValueError(f"{name} must be an int {rng}, got {v!r}")
+    return int(v)
+
+
+def check_number(
+    name: str, v: Any, lo: float = -math.inf, hi: float = math.inf, *, lo_open: bool = False, hi_open: bool = False
+) -> float:
+    """A finite number in the interval from ``lo`` to ``hi`` (either end open when asked)."""
+    ok = _number(v) and math.isfinite(v)
+    if ok:
+        ok = (v > lo if lo_open else v >= lo) and (v < hi if hi_open else v <= hi)
+    if not ok:
+        left, right = "(" if lo_open else "[", ")" if hi_open else "]"
+        raise ValueError(f"{name} must be a finite number in {left}{lo}, {hi}{right}, got {v!r}")
+    return float(v)
 
 
 def check_temperature(t: Any, name: str = "temperature") -> float:
@@ -56,6 +92,13 @@ def check_nonneg(name: str, v: Any) -> float:
     """A finite number ≥ 0 (margins)."""
     if not _number(v) or not math.isfinite(v) or v < 0:
         raise ValueError(f"{name} must be a finite number >= 0, got {v!r}")
+    return float(v)
+
+
+def check_positive(name: str, v: Any) -> float:
+    """A finite number > 0 (learning rates, temperatures of auxiliary models)."""
+    if not _number(v) or not math.isfinite(v) or not v > 0:
+        raise ValueError(f"{name} must be a finite number > 0, got {v!r}")
     return float(v)
 
 

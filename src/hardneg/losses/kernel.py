@@ -41,10 +41,7 @@ LogWeightFn = Callable[[Tensor, slice], Tensor]
 #: maps this call's ``"mean"`` denominator to the one the mean divides by (see ``mean_denominator``)
 DenominatorFn = Callable[[float], float]
 
-_POSITIVES = ("view", "labels")
 _NEGATIVES = ("all", "other_labels")
-_POS_REDUCE = ("mean", "pairs")
-_REDUCTIONS = ("mean", "sum", "none")
 _NEG_INF = float("-inf")
 
 
@@ -662,8 +659,8 @@ def weighted_info_nce(
     spread = mean_denominator is not None and reduction == "mean"
     ix = _index(pos_index, self_index, q_labels if needs_labels else None, k_labels if needs_labels else None,
                 positives, negatives, n, m, dev, every_skipped_ok=spread)
-    if n_neg is not None and (isinstance(n_neg, bool) or not isinstance(n_neg, (int, float)) or not n_neg > 0):
-        raise ValueError(f"n_neg must be None or a number > 0, got {n_neg!r}")
+    if n_neg is not None:
+        V.check_positive("n_neg", n_neg)
     spec = KernelSpec(
         t=float(t),
         positives=positives,
@@ -694,14 +691,10 @@ def weighted_info_nce(
 
 def _check_options(t, positives, negatives, positive_reduce, reduction, beta, tau_plus, chunk_size) -> None:
     V.check_temperature(t, "t (temperature)")
-    if positives not in _POSITIVES:
-        raise ValueError(f"positives must be one of {_POSITIVES}, got {positives!r}")
-    if negatives not in _NEGATIVES:
-        raise ValueError(f"negatives must be one of {_NEGATIVES}, got {negatives!r}")
-    if positive_reduce not in _POS_REDUCE:
-        raise ValueError(f"positive_reduce must be one of {_POS_REDUCE}, got {positive_reduce!r}")
-    if reduction not in _REDUCTIONS:
-        raise ValueError(f"reduction must be one of {_REDUCTIONS}, got {reduction!r}")
+    V.check_choice("positives", positives, V.POSITIVES)
+    V.check_choice("negatives", negatives, _NEGATIVES)
+    V.check_choice("positive_reduce", positive_reduce, V.POSITIVE_REDUCES)
+    V.check_choice("reduction", reduction, V.REDUCTIONS)
     V.check_beta(beta)
     V.check_tau_plus(tau_plus)
     V.check_chunk_size(chunk_size)

@@ -408,7 +408,7 @@ class RetrievedContext:
     positive's score, β and t. Candidate identities (labels, ids, embeddings) are not available."""
 
     def __init__(self, pos_scores: torch.Tensor, beta: float, t: float) -> None:
-        self._sp, self.beta, self.t, self.growing = pos_scores, beta, t, False
+        self._sp, self.beta, self.t = pos_scores, beta, t
 
     def s_pos(self, S: torch.Tensor, rows: slice) -> torch.Tensor:
         return self._sp[rows]

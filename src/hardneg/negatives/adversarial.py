@@ -36,19 +36,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from hardneg.losses.checks import check_int, check_nonneg, check_number, check_positive
 from hardneg.negatives.sources import Anchors, Candidates, Source
-
-
-def _pos_int(name: str, v: object) -> int:
-    if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-        raise ValueError(f"option {name!r} must be a positive int, got {v!r}")
-    return v
-
-
-def _pos_float(name: str, v: object) -> float:
-    if isinstance(v, bool) or not isinstance(v, (int, float)) or not v > 0:
-        raise ValueError(f"option {name!r} must be a number > 0, got {v!r}")
-    return float(v)
 
 
 class AdversarialBank(Source):
@@ -75,18 +64,16 @@ class AdversarialBank(Source):
         seed: int = 0,
     ) -> None:
         super().__init__()
-        self.size = _pos_int("size", size)
-        self.lr = _pos_float("lr", lr)
-        self.t_neg = _pos_float("t_neg", t_neg)
-        if not 0.0 <= momentum < 1.0:
-            raise ValueError(f"option 'momentum' must lie in [0, 1), got {momentum!r}")
-        self.momentum = float(momentum)
-        self.seed = seed
+        self.size = check_int("option 'size'", size)
+        self.lr = check_positive("option 'lr'", lr)
+        self.t_neg = check_positive("option 't_neg'", t_neg)
+        self.momentum = check_number("option 'momentum'", momentum, 0.0, 1.0, hi_open=True)
+        self.seed = check_int("option 'seed'", seed, 0)
         self.bank = nn.Parameter(torch.zeros(0, 0), requires_grad=False)
         self.register_buffer("velocity", torch.zeros(0, 0))
         self.last_adv_loss = float("nan")
         if dim is not None:
-            self._init(dim, torch.device("cpu"), torch.float32)
+            self._init(check_int("option 'dim'", dim), torch.device("cpu"), torch.float32)
 
     def _init(self, dim: int, device: torch.device, dtype: torch.dtype) -> None:
         g = torch.Generator().manual_seed(self.seed)
@@ -177,28 +164,25 @@ class NegativeGenerator(Source):
         seed: int = 0,
     ) -> None:
         super().__init__()
-        self.dim = _pos_int("dim", dim)
-        self.n_per_anchor = _pos_int("n_per_anchor", n_per_anchor)
-        self.noise_dim = _pos_int("noise_dim", noise_dim)
-        if not 0.0 < min_dist < 2.0:
-            raise ValueError(f"option 'min_dist' (δ, cos(g, p) ≤ 1 − δ) must lie in (0, 2), got {min_dist!r}")
-        for name, v in (
-            ("lambda_hard", lambda_hard),
-            ("lambda_dist", lambda_dist),
-            ("lambda_div", lambda_div),
-        ):
-            if not isinstance(v, (int, float)) or v < 0:
-                raise ValueError(f"option {name!r} must be a number >= 0, got {v!r}")
-        self.min_dist, self.lambda_hard = float(min_dist), float(lambda_hard)
-        self.lambda_dist, self.lambda_div = float(lambda_dist), float(lambda_div)
+        self.dim = check_int("option 'dim'", dim)
+        self.n_per_anchor = check_int("option 'n_per_anchor'", n_per_anchor)
+        self.noise_dim = check_int("option 'noise_dim'", noise_dim)
+        hidden = check_int("option 'hidden'", hidden)
+        lr = check_positive("option 'lr'", lr)
+        self.min_dist = check_number("option 'min_dist' (δ, cos(g, p) ≤ 1 − δ)", min_dist, 0.0, 2.0,
+                                     lo_open=True, hi_open=True)
+        self.lambda_hard = check_nonneg("option 'lambda_hard'", lambda_hard)
+        self.lambda_dist = check_nonneg("option 'lambda_dist'", lambda_dist)
+        self.lambda_div = check_nonneg("option 'lambda_div'", lambda_div)
+        seed = check_int("option 'seed'", seed, 0)
         g = torch.Generator().manual_seed(seed)
-        self.G = _MLP(dim + noise_dim, hidden, dim)
-        self.D = _MLP(dim, hidden, 1)
+        self.G = _MLP(self.dim + self.noise_dim, hidden, self.dim)
+        self.D = _MLP(self.dim, hidden, 1)
         with torch.no_grad():
             for p in list(self.G.parameters()) + list(self.D.parameters()):
                 p.copy_(torch.randn(p.shape, generator=g) * (1.0 / max(1, p.shape[-1]) ** 0.5))
         self.noise_gen = torch.Generator().manual_seed(seed + 1)
-        self.opt_g = torch.optim.Adam(self.G.parameters(), lr=_pos_float("lr", lr))
+        self.opt_g = torch.optim.Adam(self.G.parameters(), lr=lr)
         self.opt_d = torch.optim.Adam(self.D.parameters(), lr=lr)
         self.last: dict[str, float] = {}
 

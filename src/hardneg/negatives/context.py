@@ -38,7 +38,6 @@ class StepContext:
     blocks: list[tuple[str, int, int]]
     q_view: Tensor | None = None  # (n,) 0 = from z1, 1 = from z2
     k_view: Tensor | None = None  # (m,)
-    growing: bool = False  # a source (a queue still filling) will offer more candidates later
     cross_view: bool = False  # anchors see only candidates of the other view (two towers)
     #: (m,) the candidate column of the same sample's other view (−1 none), for every candidate:
     #: anchor i is candidate ``self_index[i]``, never candidate i (a call may compute a subset of anchors)

@@ -32,6 +32,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
+from hardneg.losses.checks import check_choice, check_int
 from hardneg.negatives.context import StepContext
 from hardneg.negatives.queue import MemoryQueue
 from hardneg.negatives.sources import Anchors, Candidates, InBatch
@@ -42,9 +43,7 @@ _MODALITIES = {"image": IMAGE, "text": TEXT}
 
 
 def _modality(name: str, what: str) -> int:
-    if name not in _MODALITIES:
-        raise ValueError(f"{what} must be one of {tuple(_MODALITIES)}, got {name!r}")
-    return _MODALITIES[name]
+    return _MODALITIES[check_choice(what, name, tuple(_MODALITIES))]
 
 
 class CrossModal(InBatch):
@@ -137,9 +136,7 @@ class CrossModalClusters(ClusterGuided):
         super().__init__(n_clusters, every, bonus, gamma, exclude_same, features, niter, nredo, seed)
         self.modality = modality
         self._view = _modality(modality, "cross_modal_cluster option 'modality'")
-        if isinstance(memory, bool) or not isinstance(memory, int) or memory < n_clusters:
-            raise ValueError(f"cross_modal_cluster option 'memory' must be an int >= n_clusters, got {memory!r}")
-        self.memory = memory
+        self.memory = check_int("cross_modal_cluster option 'memory' (at least n_clusters)", memory, self.n_clusters)
         self._recent: Tensor | None = None
 
     def _candidate_columns(self, ctx: StepContext) -> Tensor:
@@ -148,6 +145,15 @@ class CrossModalClusters(ClusterGuided):
         ``k_partner`` (the whole batch's), so it is the same whichever anchors a call computes."""
         ar = torch.arange(ctx.m, device=ctx.q.device)
         return torch.where(ctx.k_view == self._view, ar, ctx.k_partner.to(ar.device))
+
+    def get_extra_state(self) -> dict:
+        # the recent rows the next refit clusters are state too: without them a resumed run refits
+        # on fewer rows than an uninterrupted one
+        return {**super().get_extra_state(), "recent": self._recent}
+
+    def set_extra_state(self, state: dict) -> None:
+        super().set_extra_state(state)
+        self._recent = state.get("recent")
 
     def begin_step(self, ctx: StepContext) -> None:
         if self.features is not None:

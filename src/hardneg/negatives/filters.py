@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from hardneg.losses.candidates import same_known_label
+from hardneg.losses.checks import check_number
 from hardneg.negatives.context import StepContext
 from hardneg.negatives.sources import register_kind, simple_repr
 
@@ -91,11 +92,8 @@ class IdFilter(Filter):
 
 
 def _opt(name: str, v: Any, lo: float, hi: float) -> float | None:
-    if v is None:
-        return None
-    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or not lo <= v <= hi:
-        raise ValueError(f"filter option {name!r} must be None or a number in [{lo}, {hi}], got {v!r}")
-    return float(v)
+    """An optional number option of a filter (None: the rule is off)."""
+    return None if v is None else check_number(f"filter option {name!r}", v, lo, hi)
 
 
 class SimilarityFilter(Filter):
@@ -256,10 +254,12 @@ class GuideFilter(Filter):
                     f"filter 'guide': the two guide tables must have one shape, got "
                     f"{tuple(guide[0].shape)} and {tuple(guide[1].shape)}"
                 )
-            tables = (guide[0].float(), guide[1].float())
-            self.guide: Callable[[Tensor, int], Tensor] = lambda ids, view: tables[view][ids.cpu()]
-            self.num_ids: int | None = tables[0].shape[0]
+            # plain tensors, not a closure over them: the filter pickles and deep-copies
+            self.tables: tuple[Tensor, Tensor] | None = (guide[0].float(), guide[1].float())
+            self.guide: Callable[[Tensor, int], Tensor] | None = None
+            self.num_ids: int | None = self.tables[0].shape[0]
         elif callable(guide):
+            self.tables = None
             self.guide = guide
             self.num_ids = None
         else:
@@ -272,6 +272,12 @@ class GuideFilter(Filter):
         self._gk: Tensor | None = None
         self._kok: Tensor | None = None
 
+    def lookup(self, ids: Tensor, view: int) -> Tensor:
+        """The guide's embeddings of samples ``ids`` seen from ``view`` (0: anchors' table, 1: positives')."""
+        if self.tables is not None:
+            return self.tables[view][ids.cpu()]
+        return self.guide(ids, view)
+
     def _embed(self, ids: Tensor, view: Tensor | None) -> tuple[Tensor, Tensor]:
         ok = ids >= 0
         if self.num_ids is not None:
@@ -282,7 +288,7 @@ class GuideFilter(Filter):
             sel = ok & (view == v)
             if not bool(sel.any()):
                 continue
-            emb = torch.as_tensor(self.guide(ids[sel], v)).float().cpu()
+            emb = torch.as_tensor(self.lookup(ids[sel], v)).float().cpu()
             if out is None:
                 out = torch.zeros(len(ids), emb.shape[1])
             out[sel.cpu()] = emb

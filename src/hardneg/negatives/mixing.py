@@ -17,10 +17,13 @@ weighted mean of its parents' similarities whenever that mean is positive: mixes
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from hardneg.losses.checks import check_int, check_number
 from hardneg.negatives.sources import NOBODY, Anchors, Candidates, Source
 
 
@@ -82,17 +85,14 @@ class Mixing(Source):
 
     kind = "mixing"
     schedulable = ("beta_max", "s", "s_prime", "n_hard")
+    reads_candidate_rule = True
 
     def __init__(self, n_hard: int = 64, s: int = 32, s_prime: int = 16, beta_max: float = 0.45, seed: int = 0):
         super().__init__()
-        for name, v, lo in (("n_hard", n_hard, 1), ("s", s, 0), ("s_prime", s_prime, 0)):
-            if isinstance(v, bool) or not isinstance(v, int) or v < lo:
-                raise ValueError(f"mixing option {name!r} must be an int >= {lo}, got {v!r}")
-        if not 0.0 <= beta_max < 0.5:
-            raise ValueError(f"mixing option 'beta_max' (the query share) must lie in [0, 0.5), got {beta_max!r}")
-        self.n_hard, self.s, self.s_prime, self.beta_max = n_hard, s, s_prime, float(beta_max)
-        self.generator = torch.Generator().manual_seed(seed)
-        self._valid_fn = None  # set by the Strategy: (S, rows) -> valid mask of each anchor's candidates
+        self.n_hard = check_int("mixing option 'n_hard'", n_hard)
+        self.s, self.s_prime = check_int("mixing option 's'", s, 0), check_int("mixing option 's_prime'", s_prime, 0)
+        self.beta_max = check_number("mixing option 'beta_max' (the query share)", beta_max, 0.0, 0.5, hi_open=True)
+        self.generator = torch.Generator().manual_seed(check_int("mixing option 'seed'", seed, 0))
 
     def get_extra_state(self) -> dict:
         return {"rng": self.generator.get_state()}
@@ -101,9 +101,17 @@ class Mixing(Source):
         self.generator.set_state(state["rng"])
 
     @torch.no_grad()
-    def hardest(self, anchors: Anchors, cands: Candidates, n_hard: int, chunk: int = 1024) -> tuple[Tensor, Tensor]:
+    def hardest(
+        self,
+        anchors: Anchors,
+        cands: Candidates,
+        n_hard: int,
+        chunk: int = 1024,
+        valid: Callable[[Tensor, slice], Tensor] | None = None,
+    ) -> tuple[Tensor, Tensor]:
         """((n, N, d), (n,) bool): each anchor's ``n_hard`` most similar valid candidates
-        (detached), and whether the anchor has any valid candidate. An anchor with fewer than N
+        (detached), and whether the anchor has any valid candidate. ``valid(S, rows)`` is the mask
+        of the candidates each anchor may use (every one when None). An anchor with fewer than N
         valid candidates repeats its hardest one, so only valid candidates are ever mixed."""
         q = anchors.q.detach()
         k = cands.k.detach()
@@ -111,8 +119,8 @@ class Mixing(Source):
         for r0 in range(0, q.shape[0], chunk):
             rows = slice(r0, min(q.shape[0], r0 + chunk))
             S = q[rows] @ k.T
-            if self._valid_fn is not None:
-                S = S.masked_fill(~self._valid_fn(S, rows), float("-inf"))
+            if valid is not None:
+                S = S.masked_fill(~valid(S, rows), float("-inf"))
             top = S.topk(n_hard, dim=1)
             bad = torch.isneginf(top.values)
             idx = torch.where(bad, top.indices[:, :1], top.indices)
@@ -120,12 +128,14 @@ class Mixing(Source):
             has.append(~bad[:, 0])
         return torch.cat(out), torch.cat(has)
 
-    def extend(self, anchors: Anchors, cands: Candidates, step: int) -> None:
+    def extend(
+        self, anchors: Anchors, cands: Candidates, step: int, valid: Callable[[Tensor, slice], Tensor] | None = None
+    ) -> None:
         s, sp = int(round(self.s)), int(round(self.s_prime))
         if s + sp == 0:
             return
         n_hard = max(2, min(int(round(self.n_hard)), cands.m - 2))
-        hard, has = self.hardest(anchors, cands, n_hard)
+        hard, has = self.hardest(anchors, cands, n_hard, valid=valid)
         mixes = mochi_mix(anchors.q.detach(), hard, s, sp, self.beta_max, self.generator)
         n = anchors.n
         owner = torch.arange(n, device=cands.k.device)

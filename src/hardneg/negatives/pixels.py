@@ -31,7 +31,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from hardneg.losses.checks import UNKNOWN
+from hardneg.losses.checks import UNKNOWN, check_int, check_number
 from hardneg.negatives.context import StepContext
 from hardneg.negatives.filters import Filter, GuideFilter
 from hardneg.negatives.queue import MemoryQueue
@@ -39,25 +39,13 @@ from hardneg.negatives.sources import Anchors, Candidates, Source
 from hardneg.negatives.weighting import Weighting
 
 
-def _positive_int(what: str, name: str, v: Any) -> int:
-    if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-        raise ValueError(f"{what} option {name!r} must be a positive int, got {v!r}")
-    return v
-
-
-def _finite(what: str, name: str, v: Any, lo: float, hi: float) -> float:
-    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or not lo <= v <= hi:
-        raise ValueError(f"{what} option {name!r} must be a number in [{lo}, {hi}], got {v!r}")
-    return float(v)
-
-
 class PixelGrid:
     """Sample ids of pixels: ``id = (image · height + y) · width + x`` (image ≥ 0, 0 ≤ y < height,
     0 ≤ x < width); −1 stays unknown."""
 
     def __init__(self, height: int, width: int) -> None:
-        self.height = _positive_int("pixel grid", "height", height)
-        self.width = _positive_int("pixel grid", "width", width)
+        self.height = check_int("pixel grid option 'height'", height)
+        self.width = check_int("pixel grid option 'width'", width)
 
     def encode(self, image: Tensor, y: Tensor, x: Tensor) -> Tensor:
         """Ids of pixels ``(image, y, x)`` (broadcast integer tensors)."""
@@ -148,7 +136,7 @@ class NeighbourhoodFilter(_OnGrid, Filter):
 
     def __init__(self, radius: float = 1.0) -> None:
         super().__init__()
-        self.radius = _finite("filter 'neighbourhood'", "radius", radius, 0.0, 1e6)
+        self.radius = check_number("filter 'neighbourhood' option 'radius'", radius, 0.0, 1e6)
         self._grid = self._k_sorted = self._k_order = None
 
     def begin_step(self, ctx: StepContext) -> None:
@@ -168,8 +156,8 @@ class Proximity(_OnGrid, Weighting):
 
     def __init__(self, radius: float = 8.0, bonus: float = 2.0) -> None:
         super().__init__()
-        self.radius = _finite("weighting 'proximity'", "radius", radius, 0.0, 1e6)
-        self.bonus = _finite("weighting 'proximity'", "bonus", bonus, 0.0, 1e3)
+        self.radius = check_number("weighting 'proximity' option 'radius'", radius, 0.0, 1e6)
+        self.bonus = check_number("weighting 'proximity' option 'bonus'", bonus, 0.0, 1e3)
         self._grid = self._k_sorted = self._k_order = None
 
     def begin_step(self, ctx: StepContext) -> None:
@@ -199,8 +187,10 @@ class InputSimilarityFilter(GuideFilter):
         if (max_similarity is None) == (min_angle is None):
             raise ValueError("filter 'input_similarity' needs exactly one of max_similarity, min_angle")
         if min_angle is not None:
-            max_similarity = math.cos(_finite("filter 'input_similarity'", "min_angle", min_angle, 0.0, math.pi))
-        self.max_similarity = _finite("filter 'input_similarity'", "max_similarity", max_similarity, -1.0, 1.0)
+            what = "filter 'input_similarity' option 'min_angle'"
+            max_similarity = math.cos(check_number(what, min_angle, 0.0, math.pi))
+        what = "filter 'input_similarity' option 'max_similarity'"
+        self.max_similarity = check_number(what, max_similarity, -1.0, 1.0)
         self._qok: Tensor | None = None
 
     def begin_step(self, ctx: StepContext) -> None:
@@ -229,9 +219,9 @@ class ClassMemory(Source):
 
     def __init__(self, num_classes: int, size: int = 256, per_step: int | None = 32) -> None:
         super().__init__()
-        self.num_classes = _positive_int("source 'class_memory'", "num_classes", num_classes)
-        self.size = _positive_int("source 'class_memory'", "size", size)
-        self.per_step = None if per_step is None else _positive_int("source 'class_memory'", "per_step", per_step)
+        self.num_classes = check_int("source 'class_memory' option 'num_classes'", num_classes)
+        self.size = check_int("source 'class_memory' option 'size'", size)
+        self.per_step = None if per_step is None else check_int("source 'class_memory' option 'per_step'", per_step)
         self.queues = nn.ModuleList(MemoryQueue(self.size) for _ in range(self.num_classes))
 
     def extend(self, anchors: Anchors, cands: Candidates, step: int) -> None:

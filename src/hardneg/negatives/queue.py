@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from hardneg.losses.checks import check_int, check_number
 from hardneg.negatives.sources import Anchors, Candidates, Source
 
 
@@ -38,16 +39,14 @@ class MemoryQueue(Source):
 
     def __init__(self, size: int = 4096, dim: int | None = None) -> None:
         super().__init__()
-        if isinstance(size, bool) or not isinstance(size, int) or size < 1:
-            raise ValueError(f"queue option 'size' must be a positive int, got {size!r}")
-        self.size = size
+        self.size = check_int("queue option 'size'", size)
         self.register_buffer("keys", torch.zeros(0, 0))
         self.register_buffer("labels", torch.zeros(0, dtype=torch.long))
         self.register_buffer("ids", torch.zeros(0, dtype=torch.long))
         self.register_buffer("ptr", torch.zeros((), dtype=torch.long))
         self.register_buffer("count", torch.zeros((), dtype=torch.long))
         if dim is not None:
-            self._allocate(dim, torch.device("cpu"), torch.float32)
+            self._allocate(check_int("queue option 'dim'", dim), torch.device("cpu"), torch.float32)
 
     def _allocate(self, dim: int, device: torch.device, dtype: torch.dtype) -> None:
         self.keys = torch.zeros(self.size, dim, device=device, dtype=dtype)
@@ -132,9 +131,7 @@ class MomentumEncoder(nn.Module):
 
     def __init__(self, encoder: nn.Module, momentum: float = 0.999) -> None:
         super().__init__()
-        if not 0.0 <= momentum < 1.0:
-            raise ValueError(f"momentum must lie in [0, 1), got {momentum!r}")
-        self.momentum = float(momentum)
+        self.momentum = check_number("momentum", momentum, 0.0, 1.0, hi_open=True)
         self.ema = copy.deepcopy(encoder)
         for p in self.ema.parameters():
             p.requires_grad_(False)

@@ -376,6 +376,8 @@ def create_strategy(name: str, **overrides: Any) -> Strategy:
     kw["weighting"] = _listify(kw.pop("weighting", None)) + extra_weights
     if "t" in core or "temperature" in core:  # the user's temperature replaces the preset's
         kw.pop("temperature", None)
+    if core.get("positives") == "view" and "positive_reduce" not in core:
+        kw.pop("positive_reduce", None)  # the preset's way of summing label positives has nothing to sum
     kw.update(core)
     return Strategy(name=name, **kw)
 

@@ -25,15 +25,13 @@ import math
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from hardneg.losses.checks import check_beta, check_tau_plus, check_temperature
+from hardneg.losses.checks import check_beta, check_int, check_number, check_tau_plus, check_temperature
 
 _UNITS = ("step", "epoch")
 
 
 def _num(name: str, v: Any) -> float:
-    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
-        raise ValueError(f"schedule option {name!r} must be a finite number, got {v!r}")
-    return float(v)
+    return check_number(f"schedule option {name!r}", v)
 
 
 class Schedule:
@@ -90,9 +88,7 @@ class _Ramp(Schedule):
         super().__init__(**kw)
         self.start = _num("start", start)
         self.end = _num("end", end)
-        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-            raise ValueError(f"schedule option 'steps' must be a positive int, got {steps!r}")
-        self.steps = steps
+        self.steps = check_int("schedule option 'steps'", steps)
 
     def extremes(self) -> tuple[float, ...]:
         return (self.start, self.end)

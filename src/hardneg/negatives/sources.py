@@ -32,6 +32,7 @@ from hardneg._optional import require
 from hardneg.arrays import load_array
 from hardneg.index import build_index, search
 from hardneg.losses.candidates import repeat_two_views, two_view_index
+from hardneg.losses.checks import check_int
 
 SOURCES: dict[str, type] = {}  # kind -> Source subclass, filled as subclasses are defined
 
@@ -175,11 +176,15 @@ def simple_repr(obj: nn.Module) -> str:
 class Source(nn.Module):
     """A candidate source: ``extend(anchors, cands, step)`` adds rows; ``after_step`` updates state.
 
-    ``schedulable`` names the attributes a curriculum schedule may drive.
+    ``schedulable`` names the attributes a curriculum schedule may drive. A source that sets
+    ``reads_candidate_rule`` is called ``extend(anchors, cands, step, valid=fn)``, where
+    ``fn(S, rows)`` gives the (c×m) mask of the candidates the rule and the strategy's filters keep
+    for anchors ``rows`` — handed over per call, so the source holds no reference to the strategy.
     """
 
     kind = "source"
     schedulable: tuple[str, ...] = ()
+    reads_candidate_rule = False
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -319,8 +324,8 @@ class ExternalPool(Source):
         refresh_every: int | None = None,
     ) -> None:
         super().__init__()
-        if refresh_every is not None and (not isinstance(refresh_every, int) or refresh_every < 1):
-            raise ValueError(f"pool option 'refresh_every' must be a positive int or None, got {refresh_every!r}")
+        if refresh_every is not None:
+            refresh_every = check_int("pool option 'refresh_every'", refresh_every)
         if (refresh_every is None) != (encode_fn is None):
             raise ValueError("pool options 'encode_fn' and 'refresh_every' must be given together (dynamic re-mining)")
         self.labels_ = None if labels is None else torch.as_tensor(labels).long()
@@ -334,9 +339,7 @@ class ExternalPool(Source):
         self._check_k()
 
     def _check_k(self) -> None:
-        k = self.k_per_anchor
-        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
-            raise ValueError(f"pool option 'k_per_anchor' must be a positive int, got {k!r}")
+        k = self.k_per_anchor = check_int("pool option 'k_per_anchor'", self.k_per_anchor)
         if k > self.size:
             raise ValueError(f"pool option 'k_per_anchor' = {k} is larger than the pool ({self.size} rows)")
 

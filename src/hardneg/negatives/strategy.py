@@ -22,6 +22,8 @@ Example::
 from __future__ import annotations
 
 import dataclasses
+import functools
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -29,7 +31,20 @@ import torch
 from torch import Tensor, nn
 
 from hardneg.losses.candidates import nominal_n, safe_normalize
-from hardneg.losses.checks import check_beta, check_embeddings, check_tags, check_tau_plus, resolve_temperature
+from hardneg.losses.checks import (
+    POSITIVE_REDUCES,
+    POSITIVES,
+    REDUCTIONS,
+    check_beta,
+    check_choice,
+    check_chunk_size,
+    check_embeddings,
+    check_int,
+    check_positive,
+    check_tags,
+    check_tau_plus,
+    resolve_temperature,
+)
 from hardneg.losses.kernel import weighted_info_nce
 from hardneg.negatives.context import StepContext
 from hardneg.negatives.diagnostics import DiagnosticsAccumulator
@@ -40,8 +55,6 @@ from hardneg.negatives.sources import Anchors, Candidates, InBatch, Source
 from hardneg.negatives.weighting import NEG_INF, Weighting
 
 FAMILIES = ("infonce", "supcon", "decoupled")
-POSITIVES = ("view", "labels")
-REDUCTIONS = ("mean", "sum", "none")
 N_NEG = ("count", "nominal")
 _CORE_SCHEDULABLE = ("beta", "t", "temperature", "tau_plus")
 
@@ -98,8 +111,12 @@ class Strategy(nn.Module):
             (per-anchor losses, 0 for skipped anchors).
         temperature: the temperature t (alias ``t``). beta: hardness tilt β ≥ 0 (HCL / H-SCL),
             π ∝ e^{β s / t}, applied by the kernel.
-        tau_plus: τ⁺ of the debiased estimator (Chuang et al. DCL). clamp: clamp it at N e^{−1/t}.
+        tau_plus: τ⁺ of the debiased estimator (Chuang et al. DCL). clamp: clamp it at N e^{−1/t}
+            (default True).
         detach_weights: no gradient through the β tilt (paper code keeps it: False).
+        Options that cannot act (``clamp`` given with τ⁺ = 0, ``detach_weights`` at β = 0,
+        ``positive_reduce="pairs"`` with view positives; a schedule of τ⁺ or β counts as acting)
+        are warned about when the strategy is built.
         n_neg: ``"count"`` (N = number of valid candidates: plain sums), ``"nominal"`` (N = all
             candidates but the anchor and its positive: HCL / H-SCL's 2B − 2) or a number.
         schedule: ``{param: Schedule or mapping}`` — param is ``beta``, ``temperature`` (``t``),
@@ -146,7 +163,7 @@ class Strategy(nn.Module):
         temperature: float | None = None,
         beta: float = 0.0,
         tau_plus: float = 0.0,
-        clamp: bool = True,
+        clamp: bool | None = None,
         detach_weights: bool = False,
         positives: str = "view",
         positive_reduce: str = "mean",
@@ -169,15 +186,16 @@ class Strategy(nn.Module):
         self.weightings = nn.ModuleList(_typed(weighting, Weighting, "weighting"))
         for opt, val, allowed in (
             ("family", family, FAMILIES), ("positives", positives, POSITIVES),
-            ("positive_reduce", positive_reduce, ("mean", "pairs")), ("reduction", reduction, REDUCTIONS),
+            ("positive_reduce", positive_reduce, POSITIVE_REDUCES), ("reduction", reduction, REDUCTIONS),
         ):
-            if val not in allowed:
-                raise ValueError(f"{opt} must be one of {allowed}, got {val!r}")
+            check_choice(opt, val, allowed)
         if isinstance(n_neg, str):
-            if n_neg not in N_NEG:
-                raise ValueError(f"n_neg must be one of {N_NEG} or a number > 0, got {n_neg!r}")
-        elif isinstance(n_neg, bool) or not isinstance(n_neg, (int, float)) or not n_neg > 0:
-            raise ValueError(f"n_neg must be one of {N_NEG} or a number > 0, got {n_neg!r}")
+            check_choice("n_neg", n_neg, N_NEG)
+        else:
+            try:
+                n_neg = check_positive("n_neg", n_neg)
+            except ValueError:
+                raise ValueError(f"n_neg must be one of {N_NEG} or a number > 0, got {n_neg!r}") from None
         if family == "decoupled" and positives == "labels":
             raise ValueError(
                 "family='decoupled' removes the one positive from the denominator (positives='view'); "
@@ -188,20 +206,17 @@ class Strategy(nn.Module):
         self.t = resolve_temperature(t, temperature, default=0.5)
         self.beta, self.tau_plus = float(beta), float(tau_plus)
         self._check_core()
-        self.clamp, self.detach_weights, self.n_neg = bool(clamp), bool(detach_weights), n_neg
-        if diagnostics_anchors is not None and (
-            isinstance(diagnostics_anchors, bool) or not isinstance(diagnostics_anchors, int) or diagnostics_anchors < 1
-        ):
-            raise ValueError(f"diagnostics_anchors must be a positive int or None, got {diagnostics_anchors!r}")
+        self.clamp = True if clamp is None else bool(clamp)
+        self.detach_weights, self.n_neg = bool(detach_weights), n_neg
+        if diagnostics_anchors is not None:
+            diagnostics_anchors = check_int("diagnostics_anchors", diagnostics_anchors)
         self.diagnostics, self.diagnostics_anchors = bool(diagnostics), diagnostics_anchors
-        self.chunk_size, self.name = chunk_size, name
+        self.chunk_size, self.name = check_chunk_size(chunk_size), name
         self.schedules: dict[str, Schedule] = {}
         for key, spec in (schedule or {}).items():
             self._targets(key)  # raises on unknown names
             self.schedules[key] = make_schedule(spec, key)
-        for s in self.sources:
-            if hasattr(s, "_valid_fn"):
-                s._valid_fn = None
+        self._warn_inert(clamp, detach_weights)
         self._step = 0
         self.last_diagnostics: dict[str, float] = {}
 
@@ -219,6 +234,19 @@ class Strategy(nn.Module):
         resolve_temperature(self.t, None)
         check_beta(self.beta)
         check_tau_plus(self.tau_plus)
+
+    def _warn_inert(self, clamp: bool | None, detach_weights: bool) -> None:
+        """Warn, when the strategy is built, about an option that cannot change anything here."""
+        inert = []
+        if self.positive_reduce == "pairs" and self.positives == "view":
+            inert.append("positive_reduce='pairs' acts on label positives only; with positives='view' each "
+                         "anchor has one positive")
+        if clamp is not None and self.tau_plus == 0.0 and "tau_plus" not in self.schedules:
+            inert.append("clamp acts on the debiased estimator only; tau_plus is 0")
+        if self.detach_weights and self.beta == 0.0 and "beta" not in self.schedules:
+            inert.append("detach_weights acts on the beta tilt only; beta is 0 (uniform weights have no gradient)")
+        for line in inert:
+            warnings.warn(f"strategy option {line}", UserWarning, stacklevel=3)
 
     def components(self) -> list[nn.Module]:
         return [self.in_batch, *self.sources, *self.filters, *self.weightings]
@@ -276,7 +304,6 @@ class Strategy(nn.Module):
             cands = dataclasses.replace(cands, k=cands.k.detach())
         ctx = StepContext.build(anchors, cands, t, self.beta, step, label_positives=self.positives == "labels",
                                 grid=grid)
-        ctx.growing = any(not getattr(src, "is_full", True) for src in self.sources)
         for c in [*self.filters, *self.weightings]:
             c.begin_step(ctx)
         acc = DiagnosticsAccumulator(anchors.n, t, self.beta, self.diagnostics_anchors) if self.diagnostics else None
@@ -344,13 +371,14 @@ class Strategy(nn.Module):
             z1n, z2n = z12[:B], z12[B:]
         anchors, cands = self.in_batch.build(z1n, z2n, labels, ids, z12)
         for s in self.sources:
-            if hasattr(s, "_valid_fn"):
+            if s.reads_candidate_rule:  # e.g. MoCHi mixes only what the rule and the filters keep
                 ctx0 = StepContext.build(anchors, cands, self.t if t is None else t, self.beta, step,
                                          label_positives=self.positives == "labels", grid=grid)
-                s._valid_fn = lambda S, rows, ctx0=ctx0: self._filtered_valid(S, rows, ctx0)
                 for f in self.filters:
                     f.begin_step(ctx0)
-            s.extend(anchors, cands, step)
+                s.extend(anchors, cands, step, valid=functools.partial(self._filtered_valid, ctx=ctx0))
+            else:
+                s.extend(anchors, cands, step)
         if negatives is not None:
             if not isinstance(negatives, Tensor) or negatives.dim() not in (2, 3) or negatives.shape[-1] != z1.shape[1]:
                 raise ValueError(

@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from hardneg._optional import require
-from hardneg.losses.checks import check_beta, check_nonneg
+from hardneg.losses.checks import check_beta, check_int, check_nonneg, check_number, check_positive
 from hardneg.losses.tilt import tilt_log_weights
 from hardneg.negatives.context import StepContext
 from hardneg.negatives.sources import register_kind, simple_repr
@@ -129,41 +129,40 @@ class Uniform(Weighting):
         return torch.zeros_like(S)
 
 
-def _check_int(name: str, v: Any, lo: int = 1) -> None:
-    if (
-        isinstance(v, bool)
-        or not isinstance(v, (int, float))
-        or v < lo
-        or (isinstance(v, float) and not v.is_integer())
-    ):
-        raise ValueError(f"weighting option {name!r} must be an int >= {lo}, got {v!r}")
-
-
-def _check_nonneg(name: str, v: Any) -> None:
-    check_nonneg(f"weighting option {name!r}", v)
+def _opt(name: str) -> str:
+    return f"weighting option {name!r}"
 
 
 class TopK(Weighting):
     """Top-k hard negative mining: only the ``k`` most similar valid candidates count (uniformly).
     With ``n_neg="count"`` the loss sums over exactly those k. ``k`` is schedulable (rounded).
-    An anchor with fewer than ``k`` valid candidates (a small last batch, a queue still filling
-    up) uses all of them."""
+    An anchor with fewer than ``k`` valid candidates (counted by the candidate rule and the filters:
+    cross-view, ownership, same id) uses all of them, and the share of such anchors is reported as
+    ``topk_short_share`` in the diagnostics — never an error in the middle of training."""
 
     kind = "topk"
     schedulable = ("k",)
 
     def __init__(self, k: int = 16) -> None:
         super().__init__()
-        _check_int("k", k)
-        self.k = k
+        self.k = check_int(_opt("k"), k)
+        self._rows = 0
+        self._short = 0
 
     def begin_step(self, ctx: StepContext) -> None:
-        _check_int("k", int(round(self.k)))  # a schedule may drive it
+        check_int(_opt("k"), round(self.k))  # a schedule may drive it
+        self._rows = self._short = 0
 
     selects = True
 
     def select(self, S: Tensor, rows: slice, ctx: StepContext, valid: Tensor) -> Tensor:
-        return topk_mask(S, valid, int(round(self.k)))
+        k = int(round(self.k))
+        self._rows += S.shape[0]
+        self._short += int((valid.sum(1) < k).sum())
+        return topk_mask(S, valid, k)
+
+    def diagnostics(self) -> dict[str, float]:
+        return {"topk_short_share": self._short / max(self._rows, 1)}
 
     def log_weights(self, S: Tensor, rows: slice, ctx: StepContext, valid: Tensor) -> Tensor:
         return torch.where(self.select(S, rows, ctx, valid), 0.0, NEG_INF).to(S.dtype)
@@ -181,15 +180,14 @@ class SemiHard(Weighting):
 
     def __init__(self, margin: float = 0.2) -> None:
         super().__init__()
-        _check_nonneg("margin", margin)
-        self.margin = float(margin)
+        self.margin = check_nonneg(_opt("margin"), margin)
         self._rows = 0
         self._fallback = 0
 
     selects = True
 
     def select(self, S: Tensor, rows: slice, ctx: StepContext, valid: Tensor) -> Tensor:
-        _check_nonneg("margin", self.margin)
+        check_nonneg(_opt("margin"), self.margin)
         sp = ctx.s_pos(S, rows)
         keep = semihard_mask(S, valid, sp, self.margin)
         empty = ~keep.any(1)
@@ -243,15 +241,11 @@ class DistanceWeighted(Weighting):
 
     def __init__(self, cutoff: float = 0.5, nonzero_loss_cutoff: float = 1.4, dim: int | None = None) -> None:
         super().__init__()
-        if not 0.0 < cutoff < 2.0:
-            raise ValueError(f"weighting option 'cutoff' must lie in (0, 2), got {cutoff!r}")
-        if not cutoff < nonzero_loss_cutoff <= 2.0:
-            raise ValueError(
-                f"weighting option 'nonzero_loss_cutoff' must lie in (cutoff={cutoff}, 2], got {nonzero_loss_cutoff!r}"
-            )
+        cutoff = check_number(_opt("cutoff"), cutoff, 0.0, 2.0, lo_open=True, hi_open=True)
+        nonzero_loss_cutoff = check_number(_opt("nonzero_loss_cutoff"), nonzero_loss_cutoff, cutoff, 2.0, lo_open=True)
         if dim is not None:
-            _check_int("dim", dim, 4)
-        self.cutoff, self.nonzero_loss_cutoff, self.dim = float(cutoff), float(nonzero_loss_cutoff), dim
+            dim = check_int(_opt("dim"), dim, 4)
+        self.cutoff, self.nonzero_loss_cutoff, self.dim = cutoff, nonzero_loss_cutoff, dim
 
     def log_weights(self, S: Tensor, rows: slice, ctx: StepContext, valid: Tensor) -> Tensor:
         n = self.dim or ctx.q.shape[1]
@@ -285,13 +279,12 @@ class ClusterGuided(Weighting):
         seed: int = 0,
     ) -> None:
         super().__init__()
-        _check_int("n_clusters", n_clusters, 2)
-        _check_int("every", every)
-        _check_nonneg("bonus", bonus)
-        _check_nonneg("gamma", gamma)
-        self.n_clusters, self.every, self.bonus, self.gamma = n_clusters, every, float(bonus), float(gamma)
-        _check_int("nredo", nredo)
-        self.exclude_same, self.niter, self.nredo, self.seed = bool(exclude_same), niter, nredo, seed
+        self.n_clusters = check_int(_opt("n_clusters"), n_clusters, 2)
+        self.every = check_int(_opt("every"), every)
+        self.bonus, self.gamma = check_nonneg(_opt("bonus"), bonus), check_nonneg(_opt("gamma"), gamma)
+        self.exclude_same = bool(exclude_same)
+        self.niter, self.nredo = check_int(_opt("niter"), niter), check_int(_opt("nredo"), nredo)
+        self.seed = check_int(_opt("seed"), seed, 0)
         self.features = None if features is None else F.normalize(torch.as_tensor(features).float(), dim=1)
         self.centroids: Tensor | None = None
         self.refreshes = 0
@@ -440,21 +433,19 @@ class Calibrated(Weighting):
         dim: int | None = None,
     ) -> None:
         super().__init__()
-        _check_int("hidden", hidden)
-        _check_int("train_steps", train_steps)
-        _check_int("neg_per_anchor", neg_per_anchor)
-        if not 0.0 < floor < 1.0:
-            raise ValueError(f"weighting option 'floor' must lie in (0, 1), got {floor!r}")
-        self.hidden, self.lr, self.train_steps = hidden, float(lr), train_steps
-        self.neg_per_anchor, self.floor = neg_per_anchor, float(floor)
-        self.gen = torch.Generator().manual_seed(seed)
+        self.hidden = check_int(_opt("hidden"), hidden)
+        self.lr = check_positive(_opt("lr"), lr)
+        self.train_steps = check_int(_opt("train_steps"), train_steps)
+        self.neg_per_anchor = check_int(_opt("neg_per_anchor"), neg_per_anchor)
+        self.floor = check_number(_opt("floor"), floor, 0.0, 1.0, lo_open=True, hi_open=True)
+        self.gen = torch.Generator().manual_seed(check_int(_opt("seed"), seed, 0))
         self.model: PairCalibrator | None = None
         self.opt: torch.optim.Optimizer | None = None
         self.last_bce = float("nan")
         #: anchors of the last training step with fewer than neg_per_anchor negatives to draw
         self.short_anchors = 0
         if dim is not None:
-            self._init(dim)
+            self._init(check_int(_opt("dim"), dim))
 
     def _init(self, dim: int) -> None:
         g_state = torch.random.get_rng_state()
