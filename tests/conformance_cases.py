@@ -18,7 +18,7 @@ from typing import Any
 import torch
 
 import hardneg.dense  # noqa: F401  (registers every kind the package defines)
-from hardneg.negatives import ClassMemory, CrossModal, InBatch, MemoryQueue, Strategy, create_strategy
+from hardneg.negatives import ClassMemory, CrossModal, InBatch, MemoryQueue, PixelGrid, Strategy, create_strategy
 from hardneg.negatives.filters import FILTERS
 from hardneg.negatives.registry import PRESETS
 from hardneg.negatives.sources import SOURCES
@@ -48,8 +48,8 @@ KIND_ARGS: dict[tuple[str, str], Callable[[], dict[str, Any]]] = {
     ("filter", "similarity"): lambda: {"max_score": 0.9},
     ("filter", "guide"): lambda: {"guide": _table(), "margin": 0.1},
     ("filter", "input_similarity"): lambda: {"features": _table(), "max_similarity": 0.9},
-    ("filter", "neighbourhood"): lambda: {"radius": 1.0, "height": GRID_H, "width": GRID_W},
-    ("weighting", "proximity"): lambda: {"radius": 1.0, "height": GRID_H, "width": GRID_W},
+    ("filter", "neighbourhood"): lambda: {"radius": 1.0},
+    ("weighting", "proximity"): lambda: {"radius": 1.0},
     ("weighting", "topk"): lambda: {"k": 3},
     ("weighting", "cluster_guided"): lambda: {"n_clusters": 2, "every": 1, "niter": 2, "nredo": 1},
     ("weighting", "cross_modal_cluster"): lambda: {"n_clusters": 2, "every": 1, "memory": 12, "niter": 2,
@@ -175,10 +175,15 @@ def batch(case: Case, step: int, dtype: torch.dtype = torch.float64, n: int = B,
     return z1, z2, y, ids
 
 
+def layout_kwargs(case: Case) -> dict[str, Any]:
+    """What a call in the case's layout passes besides the batch: the dense layout's pixel grid."""
+    return {"grid": PixelGrid(GRID_H, GRID_W)} if case.layout == "dense" else {}
+
+
 def run(strategy: Strategy, case: Case, step: int, **kw: Any) -> torch.Tensor:
     """One call of ``strategy`` on the case's batch of ``step``."""
     z1, z2, y, ids = batch(case, step, **{k: v for k, v in kw.items() if k in ("dtype", "n", "labels")})
-    return strategy(z1, z2, labels=y, ids=ids, step=step)
+    return strategy(z1, z2, labels=y, ids=ids, step=step, **layout_kwargs(case))
 
 
 def numeric_options(role: str, kind: str) -> list[tuple[str, Any]]:
@@ -220,7 +225,7 @@ def run_distributed(case_id: str, steps: int = 2) -> dict[str, Any]:
         z1, z2, y, ids = batch(case, step)
         a1 = z1.detach()[mine].clone().requires_grad_()
         a2 = None if z2 is None else z2.detach()[mine].clone().requires_grad_()
-        loss = s(a1, a2, y[mine], ids[mine], step)
+        loss = s(a1, a2, y[mine], ids[mine], step, **layout_kwargs(case))
         loss.backward()
         losses.append(loss_value(loss))
         g = torch.cat([a.grad for a in (a1, a2) if a is not None], 1) / W

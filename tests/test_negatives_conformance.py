@@ -37,6 +37,7 @@ from tests.conformance_cases import (
     build,
     cases,
     kind_args,
+    layout_kwargs,
     numeric_options,
     run,
 )
@@ -154,10 +155,10 @@ def check_anchor_subset(case: Case, monkeypatch) -> None:
         rows = _rank_rows(s0, two_views, r, monkeypatch)
         full_s, part_s = copy.deepcopy(s0), copy.deepcopy(s0)
         z1, z2, y, ids = batch(case, 1)
-        full = full_s(z1, z2, labels=y, ids=ids, step=1)[rows]
+        full = full_s(z1, z2, labels=y, ids=ids, step=1, **layout_kwargs(case))[rows]
         g_full = torch.autograd.grad(full.sum(), [z for z in (z1, z2) if z is not None])
         z1, z2, y, ids = batch(case, 1)
-        part = part_s(z1, z2, labels=y, ids=ids, step=1, anchor_rows=rows)
+        part = part_s(z1, z2, labels=y, ids=ids, step=1, anchor_rows=rows, **layout_kwargs(case))
         g_part = torch.autograd.grad(part.sum(), [z for z in (z1, z2) if z is not None])
         torch.testing.assert_close(part, full, rtol=1e-9, atol=1e-12)
         for a, b in zip(g_part, g_full, strict=True):
@@ -208,7 +209,7 @@ def check_low_precision(case: Case, dtype: torch.dtype) -> None:
     s = build(case)
     for step in range(2):
         z1, z2, y, ids = batch(case, step, dtype=dtype)
-        loss = s(z1, z2, labels=y, ids=ids, step=step)
+        loss = s(z1, z2, labels=y, ids=ids, step=step, **layout_kwargs(case))
         assert torch.isfinite(loss), (case.id, dtype, step)
         loss.backward()
         for z in (z1, z2):

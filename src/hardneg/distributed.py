@@ -26,13 +26,16 @@ from __future__ import annotations
 
 import os
 import warnings
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
 from hardneg.losses.candidates import two_view_index
+
+if TYPE_CHECKING:
+    from hardneg.negatives.pixels import PixelGrid
 
 __all__ = [
     "DistributedLoss",
@@ -197,8 +200,11 @@ class DistributedStrategy(nn.Module):
         *,
         negatives_per_anchor: bool = False,
         logit_scale: Tensor | None = None,
+        grid: PixelGrid | None = None,
     ) -> Tensor:
-        extra: dict[str, Any] = dict(negatives_per_anchor=negatives_per_anchor, logit_scale=logit_scale)
+        """The strategy's loss on this process's anchors against the gathered batch; the arguments
+        are `Strategy.forward`'s (``grid``: the pixel grid the ids of a dense batch are made by)."""
+        extra: dict[str, Any] = dict(negatives_per_anchor=negatives_per_anchor, logit_scale=logit_scale, grid=grid)
         if world_size() == 1:
             return self.strategy(z1, z2, labels, ids, step, negatives, **extra)
         b = z1.shape[0]
