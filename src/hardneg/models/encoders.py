@@ -6,6 +6,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from hardneg.importpath import import_object, is_import_path
+
 
 class SmallCNN(nn.Module):
     """A small conv net for 1-channel 28×28 (Fashion-MNIST) or 8×8 (digits) images.
@@ -130,15 +132,8 @@ def build_model(
         enc = SmallCNN(sample_shape[0], width, sample_shape[1], stem_stride)
     elif encoder == "mlp":
         enc = MLP(int(torch.tensor(sample_shape).prod()), hidden, depth)
-    elif isinstance(encoder, str) and ":" in encoder:
-        import importlib
-
-        mod, _, fn = encoder.partition(":")
-        try:
-            factory = getattr(importlib.import_module(mod), fn)
-        except (ImportError, AttributeError) as e:
-            raise ValueError(f"model.encoder {encoder!r} cannot be imported: {e}") from e
-        enc = factory(sample_shape)
+    elif is_import_path(encoder):
+        enc = import_object(encoder, "model.encoder")(sample_shape)
         if not isinstance(enc, nn.Module):
             raise TypeError(f"model.encoder factory {encoder!r} must return an nn.Module, got {type(enc).__name__}")
     else:

@@ -29,6 +29,7 @@ from torch import nn
 
 from hardneg._optional import require
 from hardneg.arrays import load_array
+from hardneg.importpath import import_object, is_import_path
 from hardneg.negatives.adversarial import AdversarialBank, NegativeGenerator
 from hardneg.negatives.filters import FILTERS, Filter, GuideFilter, IdFilter, LabelFilter, SimilarityFilter
 from hardneg.negatives.mixing import Mixing
@@ -278,6 +279,22 @@ def _load_tensor(x: Any, name: str) -> torch.Tensor | None:
     return torch.from_numpy(np.ascontiguousarray(load_array(x, name)))
 
 
+def _component_class(kind_map: dict[str, type], aliases: dict[str, str], what: str, kind: Any, base: type) -> type:
+    """The class a ``kind`` names: a registered kind (or its alias), or an import path
+    ``"package.module:Class"`` to a subclass of ``base`` defined anywhere."""
+    if is_import_path(kind):
+        cls = import_object(kind, f"{what} 'kind'")
+        if not (isinstance(cls, type) and issubclass(cls, base)):
+            raise ValueError(f"{what} 'kind' {kind!r} must name a subclass of hardneg.negatives.{base.__name__}")
+        return cls
+    kind = aliases.get(kind, kind)
+    if kind not in kind_map:
+        raise ValueError(
+            f"{what} 'kind' must be one of {sorted(kind_map)} or an import path 'package.module:Class', got {kind!r}"
+        )
+    return kind_map[kind]
+
+
 def _build(kind_map: dict[str, type], aliases: dict[str, str], what: str, spec: Any, base: type) -> Any:
     if isinstance(spec, base):
         return spec
@@ -287,10 +304,7 @@ def _build(kind_map: dict[str, type], aliases: dict[str, str], what: str, spec: 
         raise TypeError(f"{what} must be a {base.__name__} or a mapping with a 'kind' key, got {type(spec).__name__}")
     spec = dict(spec)
     kind = spec.pop("kind", None)
-    kind = aliases.get(kind, kind)
-    if kind not in kind_map:
-        raise ValueError(f"{what} 'kind' must be one of {sorted(kind_map)}, got {kind!r}")
-    cls = kind_map[kind]
+    cls = _component_class(kind_map, aliases, what, kind, base)
     params = inspect.signature(cls.__init__).parameters
     allowed = sorted(p for p in params if p != "self")
     unknown = sorted(set(spec) - set(allowed))
@@ -409,8 +423,11 @@ def component_config(component: nn.Module) -> dict[str, Any]:
     """``{"kind": ..., option: value}``: the constructor options of a source, filter or weighting
     that hold plain values (numbers, strings, booleans, None) — the mapping ``from_config`` builds
     such a component from. Tables and callables (a guide model, a groups tensor) are left out."""
-    params = inspect.signature(type(component).__init__).parameters
-    return {"kind": component.kind, **{k: v for k, v in component_options(component).items() if k in params}}
+    cls = type(component)
+    params = inspect.signature(cls.__init__).parameters
+    # a class without a kind of its own is named by its import path, which from_config reads back
+    kind = cls.__dict__.get("kind") or f"{cls.__module__}:{cls.__qualname__}"
+    return {"kind": kind, **{k: v for k, v in component_options(component).items() if k in params}}
 
 
 def strategy_config(strategy: Strategy) -> dict[str, Any]:
