@@ -139,7 +139,7 @@ def _near_reference(z1, z2, floor, t):
     B = z1.shape[0]
     z = unit(np.concatenate([z1.numpy(), z2.numpy()]))
     S = z @ z.T
-    return ref_weighted_infonce(z, z, two_view_pos(B), in_batch_valid(B), logw=np.where(S > floor, 0.0, -np.inf), t=t)
+    return ref_weighted_infonce(z, z, two_view_pos(B), in_batch_valid(B), logw=np.where(floor < S, 0.0, -np.inf), t=t)
 
 
 def test_component_by_import_path_from_python_and_back(user_module):
