@@ -28,14 +28,17 @@ setup: $(STAMP)
 demo: $(STAMP)
 	$(VENV)/bin/hardneg compare --config configs/digits_demo.yaml --overwrite
 
-test: $(STAMP)
+# the lint runs first: a broken layer contract fails the tests as a failing test would
+test: lint
 	$(PY) -m pytest -q
 
 test-slow: $(DOCS_STAMP)
 	$(PY) -m pytest -m slow
 
+# ruff, and the layer order of docs/design.md §4 as import-linter contracts (pyproject.toml)
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests benchmarks
+	PYTHONPATH=src $(VENV)/bin/lint-imports
 
 bench: $(STAMP)
 	$(PY) benchmarks/loss_speed.py
