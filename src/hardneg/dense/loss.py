@@ -106,6 +106,9 @@ def _check_map(name: str, f: Tensor) -> None:
     if not isinstance(f, Tensor) or f.dim() != 4 or not f.is_floating_point():
         raise ValueError(f"{name} must be a floating-point (B, C, H, W) feature map, got "
                          f"{tuple(f.shape) if isinstance(f, Tensor) else type(f).__name__}")
+    if 0 in f.shape:
+        raise ValueError(f"{name} is empty: a (B, C, H, W) feature map needs at least one image, channel and "
+                         f"pixel, got {tuple(f.shape)}")
 
 
 class DenseContrast(nn.Module):
