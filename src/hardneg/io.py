@@ -103,3 +103,25 @@ def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
     """Write ``text`` to ``path`` atomically (UTF-8)."""
     with atomic_open(path, "w", encoding="utf-8") as f:
         f.write(text)
+
+
+def check_writable(path: str | os.PathLike[str], option: str, *, folder: bool = False) -> None:
+    """Refuse, before any work, an output ``path`` that could not be written: a file under something
+    that is not a folder, a folder given where a file goes (or a file where a folder goes), or a place
+    this process may not create files in. Raises ``NotADirectoryError``, ``IsADirectoryError`` or
+    ``PermissionError`` with one line naming ``option`` and the path; creates nothing."""
+    p = Path(path)
+    if p.exists():
+        if folder and not p.is_dir():
+            raise NotADirectoryError(f"{option} {p}: exists and is not a folder")
+        if not folder and p.is_dir():
+            raise IsADirectoryError(f"{option} {p}: is a folder, expected a file path")
+        where = p if folder else p.parent
+    else:
+        where = p.parent
+        while not where.exists() and where != where.parent:
+            where = where.parent
+        if not where.is_dir():
+            raise NotADirectoryError(f"{option} {p}: {where} is not a folder")
+    if not os.access(where, os.W_OK | os.X_OK):
+        raise PermissionError(f"{option} {p}: no permission to write in {where}")

@@ -1,14 +1,16 @@
 """The typer application every sub-command registers on, and the error policy of the CLI.
 
-User errors (bad input, missing files, invalid configs) raise ``ValueError``, ``TypeError``,
-``FileNotFoundError`` or ``FileExistsError`` in the library; the CLI prints them as one line and
-exits with status 2, never with a traceback. A run stopped by Ctrl-C or SIGTERM prints where its
-checkpoint went and exits with 128 + the signal number (130, 143).
+User errors (bad input, missing files, invalid configs, output paths that cannot be written) raise
+``ValueError``, ``TypeError``, ``FileNotFoundError``, ``FileExistsError``, ``PermissionError`` or
+``NotADirectoryError`` in the library; the CLI prints them as one line and exits with status 2, never
+with a traceback. A command stopped by Ctrl-C or SIGTERM prints one line (a training run: where its
+checkpoint went) and exits with 128 + the signal number (130, 143).
 """
 
 from __future__ import annotations
 
 import contextlib
+import signal
 import sys
 from collections.abc import Iterator
 
@@ -37,7 +39,24 @@ app = typer.Typer(
 
 # a missing optional dependency is reported like a user error: one line naming the extra to install
 USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, TypeError, FileNotFoundError, FileExistsError,
-                                                MissingExtraError)
+                                                MissingExtraError, PermissionError, NotADirectoryError,
+                                                IsADirectoryError)
+
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+class Stopped(BaseException):
+    """Ctrl-C or SIGTERM reached a command outside the trainer's own handlers. Not a
+    ``KeyboardInterrupt``, which typer would turn into a silent exit 130 whatever the signal; not an
+    ``Exception``, so no ``except Exception`` swallows it. ``finally`` blocks and atomic writes run."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(f"interrupted ({signal.Signals(signum).name})")
+        self.exit_code = 128 + signum
+
+
+def _stop(signum: int, frame: object) -> None:
+    raise Stopped(signum)
 
 
 @contextlib.contextmanager
@@ -55,8 +74,25 @@ def exit_on_interrupt() -> Iterator[None]:
 def main(argv: list[str] | None = None) -> None:
     """Console entry point: run the app, turning user errors into one line and exit code 2."""
     command = typer.main.get_command(app)
+    # Ctrl-C and SIGTERM (what schedulers send before they kill) stop every command with one line and
+    # 130 / 143; only the main thread may set handlers (an in-process caller may run main in a thread)
+    import threading
+
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = {s: signal.signal(s, _stop) for s in STOP_SIGNALS} if main_thread else {}
     try:
-        rv = command.main(args=argv, prog_name="hardneg", standalone_mode=False)
+        rv = _run(command, argv)
+    finally:
+        for s, h in previous.items():
+            if h is not None:
+                signal.signal(s, h)
+    sys.exit(rv if isinstance(rv, int) else 0)
+
+
+def _run(command: click.Command, argv: list[str] | None) -> object:
+    """The command's return value; every way it fails exits with its code and one line."""
+    try:
+        return command.main(args=argv, prog_name="hardneg", standalone_mode=False)
     except _EXIT as e:
         sys.exit(e.exit_code)
     except _CLICK_ERRORS as e:
@@ -65,7 +101,9 @@ def main(argv: list[str] | None = None) -> None:
     except _ABORT:
         print("hardneg: aborted", file=sys.stderr)
         sys.exit(130)
+    except Stopped as e:
+        print(f"hardneg: {e}", file=sys.stderr)
+        sys.exit(e.exit_code)
     except USER_ERRORS as e:
         print(f"hardneg: error: {e}", file=sys.stderr)
         sys.exit(2)
-    sys.exit(rv if isinstance(rv, int) else 0)

@@ -57,6 +57,7 @@ def dense_compare_cmd(
     from hardneg.experiments import dense_report
     from hardneg.experiments import hyperspectral as hs
     from hardneg.experiments import instances as ins
+    from hardneg.io import check_writable
     from hardneg.runs import check_path_name
 
     if task not in TASKS:
@@ -70,6 +71,10 @@ def dense_compare_cmd(
             raise ValueError(f"{name} must be a positive int, got {v}")
     seed_list = _seeds(seeds)
     abund = _floats(abundances, "--abundances")
+    check_writable(results_dir, "--results-dir", folder=True)
+    check_writable(page, "--page")
+    for rows_file in (dense_report.HS_JSON, dense_report.INST_JSON):  # the page reads both: refuse a bad one now
+        dense_report.read_results(results_dir / rows_file)
     torch.set_num_threads(threads)
     real = None
     if data_dir is not None and task in ("hyperspectral", "all"):  # read (and refuse) before writing anything

@@ -88,12 +88,16 @@ def diagnose_cmd(
 ) -> None:
     """Report how false and how hard the negatives are, with suggestions (label filter, similarity filter, tilt)."""
     from hardneg.eval.diagnose import diagnose, save_json
+    from hardneg.io import check_writable
     from hardneg.negatives import create_strategy
     from hardneg.negatives.registry import parse_overrides
 
     sources = [x is not None for x in (config, run, embeddings)]
     if sum(sources) != 1:
         raise ValueError("give exactly one of --config, --run and --embeddings")
+    for opt, path in (("--plot", plot), ("--json", json_out)):
+        if path is not None:
+            check_writable(path, opt)
     if embeddings is not None:
         z1 = _load(embeddings, "--embeddings")
         y = None if labels is None else _load(labels, "--labels", labels=True)

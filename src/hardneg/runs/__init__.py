@@ -37,7 +37,7 @@ from hardneg.runs.folders import (
     write_marker,
 )
 from hardneg.runs.grid import RunSpec, collect, expand_grid, has_beta, load_compare_config, run_config, run_dir
-from hardneg.runs.load import Run, load_run
+from hardneg.runs.load import Run, load_run, read_summary
 from hardneg.runs.metrics import metrics_problem, read_metrics, repair_metrics
 
 __all__ = [
@@ -76,6 +76,7 @@ __all__ = [
     "prepare_output",
     "read_marker",
     "read_metrics",
+    "read_summary",
     "repair_metrics",
     "run_config",
     "run_dir",
