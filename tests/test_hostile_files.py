@@ -269,6 +269,14 @@ def test_a_grid_label_cannot_leave_the_compare_folder(tmp_path, label, capsys):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["c.yaml"]
 
 
+def test_a_crossmodal_strategy_name_cannot_leave_the_output_folder(tmp_path, capsys):
+    cfg = tmp_path / "cm.yaml"
+    cfg.write_text("strategies:\n  ../../escape: {name: ucl}\n")
+    err = _one_line_exit_2(["crossmodal-compare", "-c", str(cfg), "-o", str(tmp_path / "out")], capsys)
+    assert "strategy name must be a plain name" in err and "'../../escape'" in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cm.yaml"]
+
+
 def test_scene_name_cannot_leave_the_data_folder(tmp_path, capsys):
     from scipy.io import savemat
 

@@ -107,6 +107,10 @@ def load_crossmodal_config(path: str | Path) -> CrossModalConfig:
         raise ValueError(f"{p}: invalid crossmodal config: {' '.join(first[1:3]) if len(first) > 2 else e}") from None
     if not cfg.strategies:
         raise ValueError(f"{p}: 'strategies' is empty")
+    from hardneg.runs import check_path_name
+
+    for name in cfg.strategies:  # each names its run files under the output folder
+        check_path_name(name, f"{p}: strategy name")
     return cfg
 
 
