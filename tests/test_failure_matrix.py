@@ -191,7 +191,9 @@ def _training_rows(cmd: str) -> dict[str, Case | NotApplicable]:
         return [cmd, "-c", _cfg(ws, base), "-o", str(run), "--resume", *extra], str(run / "checkpoint.pt")
 
     def signalled(ws: Path, fx: Fixtures) -> tuple[list[str], str]:
-        return [cmd, "-c", _cfg(ws, long), "-o", str(ws / "out"), *extra], "--resume"
+        # plateau: at most 500 epochs, and no plateau can be found before 500 evaluations
+        long_extra = ["--entry", "ucl", "--max-epochs", "500", "--patience", "500"] if cmd == "plateau" else []
+        return [cmd, "-c", _cfg(ws, long), "-o", str(ws / "out"), *long_extra], "--resume"
 
     return {
         "missing input": Case(lambda ws, fx: ([cmd, "-c", str(ws / "none.yaml"), "-o", str(ws / "out"), *extra],
@@ -267,7 +269,7 @@ def _crossmodal_rows() -> dict[str, Case | NotApplicable]:
         return ["crossmodal-compare", "-c", str(CROSSMODAL_QUICK), "-o", str(ws / "out"), "--summarize"], str(rec)
 
     def signalled(ws: Path, fx: Fixtures) -> tuple[list[str], str]:
-        return ["crossmodal-compare", "-c", str(CROSSMODAL_QUICK), "-o", str(ws / "out")], "terminated"
+        return ["crossmodal-compare", "-c", str(CROSSMODAL_QUICK), "-o", str(ws / "out")], ""
 
     return {
         "missing input": Case(lambda ws, fx: (["crossmodal-compare", "-c", str(ws / "none.yaml"), "-o",
@@ -314,7 +316,7 @@ def _dense_rows() -> dict[str, Case | NotApplicable]:
 
     def signalled(ws: Path, fx: Fixtures) -> tuple[list[str], str]:
         return ["dense-compare", "instances", "--seeds", "0,1,2", "--inst-steps", "100000", "--results-dir",
-                str(ws / "res"), "--page", str(ws / "page.md")], "terminated"
+                str(ws / "res"), "--page", str(ws / "page.md")], ""
 
     return {
         "missing input": Case(lambda ws, fx: (args(ws, ws / "none"), "none")),
@@ -387,7 +389,7 @@ def _mine_rows() -> dict[str, Case | NotApplicable]:
 
     def signalled(ws: Path, fx: Fixtures) -> tuple[list[str], str]:
         big = _write(ws / "big.txt", "\n".join(f"document number {i} about topic {i % 97}" for i in range(200_000)))
-        return mine(ws, fx, "--corpus", str(big), "--no-cache"), "terminated"
+        return mine(ws, fx, "--corpus", str(big), "--no-cache"), ""
 
     return {
         "missing input": Case(lambda ws, fx: (["mine", "--pairs", str(ws / "none.jsonl"), "-o",
@@ -451,7 +453,7 @@ def _bench_rows() -> dict[str, Case | NotApplicable]:
 
     def signalled(ws: Path, fx: Fixtures) -> tuple[list[str], str]:
         return ["bench", "loss", "--sizes", "65536", "--repeats", "50", "--no-memory", "--threads", "1", "--json",
-                str(ws / "rows.json")], "terminated"
+                str(ws / "rows.json")], ""
 
     return {
         "missing input": Case(lambda ws, fx: ([*quick, "--readme", str(ws / "none.md")], "none.md")),
@@ -566,7 +568,7 @@ def test_failure_matrix(cmd, cond, tmp_path, fx, capsys):
     ws.mkdir()
     argv, name = cell.build(ws, fx)
     if cond in EXIT:
-        _signal_case(cell, argv, name, ws, getattr(signal, cond))
+        _signal_case(cell, argv, name, ws, getattr(signal, cond))  # name: what the line adds (a training run: --resume)
         return
     before = _snapshot(ws)
     capsys.readouterr()
@@ -597,7 +599,8 @@ def _signal_case(cell: Case, argv: list[str], name: str, ws: Path, signum: int) 
             proc.kill()
     assert proc.returncode == 128 + signum, err
     assert "Traceback" not in err, err
-    assert err.strip().splitlines()[-1].startswith("hardneg: "), err
+    last = err.strip().splitlines()[-1]
+    assert last.startswith(f"hardneg: interrupted ({signal.Signals(signum).name})") and name in last, err
     assert not [p for p in ws.rglob(".*.tmp")], "a temporary file was left behind"
     for p in ws.rglob("*.json"):
         json.loads(p.read_text(encoding="utf-8"))  # whole files only
