@@ -48,7 +48,7 @@ def load_checkpoint(run_dir: str | Path, config_text: str | None = None) -> dict
     if not p.is_file():
         return None
     try:
-        st = torch.load(p, map_location="cpu", weights_only=False)
+        st = torch.load(p, map_location="cpu", weights_only=True)
     except Exception as e:  # a checkpoint is only ever renamed into place, so this means outside damage
         raise ValueError(f"checkpoint {p} cannot be read ({type(e).__name__}: {e})") from None
     if not isinstance(st, dict) or "model" not in st or "step" not in st:
