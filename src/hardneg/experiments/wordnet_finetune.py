@@ -243,8 +243,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args(argv)
     from hardneg.io import atomic_write_text, check_writable
-
-    check_writable(args.out, "--out", folder=True)
+    check_writable(args.out, "--out", folder=True)  # before hours of training, not after
     if args.summarize:
         table = seeds_table(args.summarize)
         Path(args.out).mkdir(parents=True, exist_ok=True)
