@@ -8,6 +8,7 @@ copied from another run is refused on ``--resume``.
 from __future__ import annotations
 
 import hashlib
+import pickle
 from pathlib import Path
 from typing import Any
 
@@ -50,7 +51,12 @@ def load_checkpoint(run_dir: str | Path, config_text: str | None = None) -> dict
     try:
         st = torch.load(p, map_location="cpu", weights_only=True)
     except Exception as e:  # a checkpoint is only ever renamed into place, so this means outside damage
-        raise ValueError(f"checkpoint {p} cannot be read ({type(e).__name__}: {e})") from None
+        # torch's own text for a refused object is several lines and suggests weights_only=False, which
+        # would run the file's code: only the first line of other errors is kept
+        first = "" if isinstance(e, pickle.UnpicklingError) else (str(e).strip().splitlines() or [""])[0][:160]
+        why = f"{type(e).__name__}: {first}" if first else type(e).__name__
+        raise ValueError(f"checkpoint {p} cannot be read: damaged, or holds objects other than tensors and "
+                         f"plain data, which hardneg never unpickles ({why})") from None
     if not isinstance(st, dict) or "model" not in st or "step" not in st:
         raise ValueError(f"checkpoint {p} is not a hardneg training checkpoint")
     digest = st.get("config_sha256")
