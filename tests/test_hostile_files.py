@@ -72,6 +72,9 @@ def test_pt_holding_a_dict_or_garbage_is_refused(tmp_path, capsys):
         load_array_file(tmp_path / "t.pt", "x")
     err = _one_line_exit_2(["diagnose", "--embeddings", str(tmp_path / "d.pt")], capsys)
     assert "d.pt" in err and "dict" in err
+    t = torch.tensor([[1.5, -2.25], [0.125, 3.0]], dtype=torch.bfloat16)
+    torch.save(t, tmp_path / "bf16.pt")  # numpy has no bfloat16; the values are exact in float32
+    assert np.array_equal(load_array_file(tmp_path / "bf16.pt", "x"), np.array([[1.5, -2.25], [0.125, 3.0]]))
 
 
 def test_memmap_images_refuse_a_header_claiming_more_than_the_file(tmp_path):

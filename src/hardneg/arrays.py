@@ -84,7 +84,8 @@ def load_array_file(path: str | os.PathLike[str], name: str = "", mmap: bool = F
             raise ValueError(f"{what}: not a readable .pt tensor file ({_first_line(e)})") from None
         if not isinstance(obj, torch.Tensor):
             raise ValueError(f"{what}: holds a {type(obj).__name__}, expected one tensor (torch.save(tensor, path))")
-        return obj.detach().numpy()
+        # numpy has no bfloat16: such a tensor is read as float32 (exact)
+        return (obj.detach().float() if obj.dtype == torch.bfloat16 else obj.detach()).numpy()
     raise ValueError(f"{what}: expected a .npy or .pt file")
 
 
