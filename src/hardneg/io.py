@@ -248,6 +248,8 @@ def _holder(fd: int) -> str:
     if not pid.isdigit():
         return "PID unknown (it has just started)"
     return f"PID {pid} ({cmd})" if cmd else f"PID {pid}"
+
+
 #: errno values of a file-system refusal that the user can act on (permissions, a read-only or full
 #: disk, a file where a folder is needed or the reverse)
 FILE_SYSTEM_ERRNOS = frozenset({errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT,

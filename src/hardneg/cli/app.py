@@ -3,16 +3,18 @@
 User errors (bad input, missing files, invalid configs) raise ``ValueError``, ``TypeError``,
 ``FileNotFoundError`` or ``FileExistsError`` in the library; the CLI prints them as one line and
 exits with status 2, never with a traceback. So are file-system refusals, whichever command meets
-them: no permission, a read-only or full disk, a file where a folder is needed or the reverse
-(:func:`hardneg.io.is_file_system_error`), printed as ``<path>: <reason>``. Warnings of hardneg's own
-(:class:`hardneg.io.HardnegWarning`, e.g. a damaged cache file set aside) are one line each.
-A run stopped by Ctrl-C or SIGTERM prints where its
-checkpoint went and exits with 128 + the signal number (130, 143).
+them (every command checks its output paths before any work, `hardneg.io.check_writable`): no
+permission, a read-only or full disk, a file where a folder is needed or the reverse
+(`hardneg.io.is_file_system_error`), printed as ``<path>: <reason>``. Warnings of hardneg's own
+(`hardneg.io.HardnegWarning`, e.g. a damaged cache file set aside) are one line each. A command
+stopped by Ctrl-C or SIGTERM prints one line (a training run: where its checkpoint went) and exits
+with 128 + the signal number (130, 143).
 """
 
 from __future__ import annotations
 
 import contextlib
+import signal
 import sys
 import warnings
 from collections.abc import Iterator
@@ -42,8 +44,25 @@ app = typer.Typer(
 )
 
 # a missing optional dependency is reported like a user error: one line naming the extra to install
+# (file-system refusals, PermissionError and the like, are OSErrors printed by describe_os_error)
 USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, TypeError, FileNotFoundError, FileExistsError,
                                                 MissingExtraError)
+
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+class Stopped(BaseException):
+    """Ctrl-C or SIGTERM reached a command outside the trainer's own handlers. Not a
+    ``KeyboardInterrupt``, which typer would turn into a silent exit 130 whatever the signal; not an
+    ``Exception``, so no ``except Exception`` swallows it. ``finally`` blocks and atomic writes run."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(f"interrupted ({signal.Signals(signum).name})")
+        self.exit_code = 128 + signum
+
+
+def _stop(signum: int, frame: object) -> None:
+    raise Stopped(signum)
 
 
 @contextlib.contextmanager
@@ -68,8 +87,25 @@ def main(argv: list[str] | None = None) -> None:
     """Console entry point: run the app, turning user errors into one line and exit code 2."""
     command = typer.main.get_command(app)
     warnings.formatwarning = _format_warning
+    # Ctrl-C and SIGTERM (what schedulers send before they kill) stop every command with one line and
+    # 130 / 143; only the main thread may set handlers (an in-process caller may run main in a thread)
+    import threading
+
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = {s: signal.signal(s, _stop) for s in STOP_SIGNALS} if main_thread else {}
     try:
-        rv = command.main(args=argv, prog_name="hardneg", standalone_mode=False)
+        rv = _run(command, argv)
+    finally:
+        for s, h in previous.items():
+            if h is not None:
+                signal.signal(s, h)
+    sys.exit(rv if isinstance(rv, int) else 0)
+
+
+def _run(command: click.Command, argv: list[str] | None) -> object:
+    """The command's return value; every way it fails exits with its code and one line."""
+    try:
+        return command.main(args=argv, prog_name="hardneg", standalone_mode=False)
     except _EXIT as e:
         sys.exit(e.exit_code)
     except _CLICK_ERRORS as e:
@@ -78,6 +114,9 @@ def main(argv: list[str] | None = None) -> None:
     except _ABORT:
         print("hardneg: aborted", file=sys.stderr)
         sys.exit(130)
+    except Stopped as e:
+        print(f"hardneg: {e}", file=sys.stderr)
+        sys.exit(e.exit_code)
     except USER_ERRORS as e:
         print(f"hardneg: error: {e}", file=sys.stderr)
         sys.exit(2)
@@ -89,4 +128,3 @@ def main(argv: list[str] | None = None) -> None:
             raise
         print(f"hardneg: error: {describe_os_error(e)}", file=sys.stderr)
         sys.exit(2)
-    sys.exit(rv if isinstance(rv, int) else 0)

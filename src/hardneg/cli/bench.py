@@ -26,13 +26,24 @@ def _parse_sizes(sizes: str) -> list[int]:
     return out
 
 
+def _readme_text(readme: Path) -> str:
+    """The README's text, refused (naming it) when missing, not UTF-8 or without the bench markers."""
+    if not readme.is_file():
+        raise FileNotFoundError(f"--readme {readme}: no such file")
+    try:
+        text = readme.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise ValueError(f"--readme {readme}: not UTF-8 text (byte {e.start}: {e.reason})") from None
+    if README_START not in text or README_END not in text:
+        raise ValueError(f"{readme} has no {README_START} … {README_END} section to update")
+    return text
+
+
 def update_readme(readme: Path, table: str, command: str) -> None:
     """Replace the text between the bench markers of ``readme`` with ``table`` (atomically)."""
     from hardneg.io import atomic_write_text
 
-    text = readme.read_text(encoding="utf-8")
-    if README_START not in text or README_END not in text:
-        raise ValueError(f"{readme} has no {README_START} … {README_END} section to update")
+    text = _readme_text(readme)
     head, rest = text.split(README_START, 1)
     _, tail = rest.split(README_END, 1)
     body = f"{README_START}\nRegenerate with `{command}`.\n\n{table}\n{README_END}"
@@ -52,8 +63,13 @@ def bench_loss(
 ) -> None:
     """Forward+backward time and peak memory of every kernel loss vs PML, dense torch and the floor."""
     from hardneg.bench.loss_speed import format_table, run
-    from hardneg.io import atomic_write_text
+    from hardneg.io import atomic_write_text, check_writable
 
+    if json_out:
+        check_writable(json_out, "--json")
+    if readme:  # checked before the benchmark runs: a bad README would waste it
+        _readme_text(readme)
+        check_writable(readme, "--readme")
     rows = run(_parse_sizes(sizes), repeats, threads, max_gb, memory, echo=typer.echo, device=device)
     if json_out:
         atomic_write_text(json_out, json.dumps(rows, indent=1))

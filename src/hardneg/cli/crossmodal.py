@@ -28,8 +28,12 @@ def crossmodal_compare(
     """Train image and text towers with each strategy of each config for each seed (runs already in
     the output folder are reused: the full experiment resumes), then print and write the tables."""
     from hardneg.experiments.crossmodal import load_crossmodal_config, results_tables, run_grid, write_results_page
+    from hardneg.io import check_writable
 
     cfgs = [(p.stem, load_crossmodal_config(p)) for p in config]
+    check_writable(out, "--out", folder=True)
+    if doc:
+        check_writable(doc, "--doc")
     names = [s.strip() for s in strategies.split(",") if s.strip()] if strategies else None
     sections = []
     for stem, cfg in cfgs:

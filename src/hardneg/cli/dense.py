@@ -57,29 +57,37 @@ def dense_compare_cmd(
     from hardneg.experiments import dense_report
     from hardneg.experiments import hyperspectral as hs
     from hardneg.experiments import instances as ins
+    from hardneg.io import check_writable
+    from hardneg.runs import check_path_name
 
     if task not in TASKS:
         raise ValueError(f"task must be one of {TASKS}, got {task!r}")
     if (data_dir is None) != (scene is None):
         raise ValueError("--data-dir and --scene go together (a real scene NAME in that folder)")
+    if scene is not None:
+        check_path_name(scene, "--scene")
     for name, v in (("--hs-steps", hs_steps), ("--inst-steps", inst_steps), ("--threads", threads)):
         if v < 1:
             raise ValueError(f"{name} must be a positive int, got {v}")
     seed_list = _seeds(seeds)
     abund = _floats(abundances, "--abundances")
+    check_writable(results_dir, "--results-dir", folder=True)
+    check_writable(page, "--page")
+    for rows_file in (dense_report.HS_JSON, dense_report.INST_JSON):  # the page reads both: refuse a bad one now
+        dense_report.read_results(results_dir / rows_file)
     torch.set_num_threads(threads)
+    real = None
+    if data_dir is not None and task in ("hyperspectral", "all"):  # read (and refuse) before writing anything
+        from hardneg.data.hyperspectral import load_scene
+
+        try:
+            real = load_scene(data_dir, scene)
+        except ImportError as e:  # a missing optional package is a setup error of the user's
+            raise ValueError(str(e)) from None
     results_dir.mkdir(parents=True, exist_ok=True)
     command = (f"hardneg dense-compare {task} --seeds {seeds} --abundances {abundances} --hs-steps {hs_steps} "
                f"--inst-steps {inst_steps}")
     if task in ("hyperspectral", "all"):
-        real = None
-        if data_dir is not None:
-            from hardneg.data.hyperspectral import load_scene
-
-            try:
-                real = load_scene(data_dir, scene)
-            except ImportError as e:  # a missing optional package is a setup error of the user's
-                raise ValueError(str(e)) from None
         cfg = hs.HSConfig(steps=hs_steps)
         rows = hs.run(abund, seed_list, cfg, scene=real)
         dense_report.save_rows(results_dir / dense_report.HS_JSON, rows,

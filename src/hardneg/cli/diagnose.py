@@ -51,10 +51,13 @@ def _config_embeddings(config: Path | None, run: Path | None, overrides: list[st
     return z1, z2, y, strategy, cfg.train.batch_size
 
 
-def _load(path: Path, name: str) -> torch.Tensor:
-    from hardneg.arrays import load_array
+def _load(path: Path, name: str, labels: bool = False) -> torch.Tensor:
+    """An embedding matrix (real, finite) or, with ``labels``, a label vector (whole numbers)."""
+    from hardneg.arrays import check_real, integer_labels, load_array_file
 
-    return torch.from_numpy(np.ascontiguousarray(load_array(path, name)))
+    a = load_array_file(path, name)
+    a = integer_labels(a, f"{name} {path}") if labels else check_real(a, f"{name} {path}")
+    return torch.from_numpy(np.ascontiguousarray(a))
 
 
 @app.command("diagnose")
@@ -85,15 +88,19 @@ def diagnose_cmd(
 ) -> None:
     """Report how false and how hard the negatives are, with suggestions (label filter, similarity filter, tilt)."""
     from hardneg.eval.diagnose import diagnose, save_json
+    from hardneg.io import check_writable
     from hardneg.negatives import create_strategy
     from hardneg.negatives.registry import parse_overrides
 
     sources = [x is not None for x in (config, run, embeddings)]
     if sum(sources) != 1:
         raise ValueError("give exactly one of --config, --run and --embeddings")
+    for opt, path in (("--plot", plot), ("--json", json_out)):
+        if path is not None:
+            check_writable(path, opt)
     if embeddings is not None:
         z1 = _load(embeddings, "--embeddings")
-        y = None if labels is None else _load(labels, "--labels").long()
+        y = None if labels is None else _load(labels, "--labels", labels=True)
         z2 = None if second_view is None else _load(second_view, "--second-view")
         strat = None
         bs = batch_size or 256

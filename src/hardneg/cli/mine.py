@@ -167,10 +167,12 @@ def wordnet_export(
 ) -> None:
     """Write the WordNet retrieval task (pairs per split + corpus, with false-negative label sets) as JSONL."""
     from hardneg.data.wordnet import build_corpus, build_pairs, load_synsets
-    from hardneg.io import atomic_open
+    from hardneg.io import atomic_open, check_writable
 
+    check_writable(out_dir, "--out-dir", folder=True)
     syn = load_synsets([p.strip() for p in pos.split(",")], data_dir)
     pairs = build_pairs(syn, query=query, ambiguous=ambiguous)
+    out_dir.mkdir(parents=True, exist_ok=True)
     for split in ("train", "dev", "test"):
         with atomic_open(out_dir / f"{split}.jsonl", "w", encoding="utf-8") as f:
             for r in pairs:

@@ -11,6 +11,7 @@ from typing import Annotated, Any
 import typer
 
 from hardneg.cli.app import app, exit_on_interrupt
+from hardneg.io import check_writable
 
 ConfigOpt = Annotated[Path, typer.Option("--config", "-c", help="YAML config file.")]
 SetOpt = Annotated[
@@ -101,6 +102,7 @@ def _run_train(
     run_dir = out or Path("runs") / config.stem
     if repair and not resume:
         raise ValueError("--repair-metrics works with --resume only")
+    check_writable(run_dir, "--out", folder=True)
     if nproc > 1:
         _launch(nproc, cfg.train.batch_size,
                 [command, *_common_argv(config, run_dir, list(overrides or []), resume, overwrite, repair)])
@@ -186,6 +188,7 @@ def compare_cmd(
     out_dir = out or Path("runs") / cfg.name
     if repair and not resume:
         raise ValueError("--repair-metrics works with --resume only")
+    check_writable(out_dir, "--out", folder=True)
     if nproc > 1:
         _launch(nproc, cfg.train.batch_size,
                 ["compare", *_common_argv(config, out_dir, _with_dir(overrides, data_dir), resume, overwrite, repair)])
@@ -229,6 +232,7 @@ def plateau_cmd(
 
     cfg = load_config(config, _with_dir(overrides, data_dir), CompareConfig)
     run_dir = out or Path("runs") / f"{cfg.name}_plateau_{entry}_s{seed}"
+    check_writable(run_dir, "--out", folder=True)
     with exit_on_interrupt():
         curve, ep = measure_plateau(cfg, entry, run_dir, seed=seed, max_epochs=max_epochs, min_gain=min_gain / 100,
                                     patience=patience, resume=resume, overwrite=overwrite)
@@ -258,6 +262,9 @@ def report_cmd(
 
     if not run_dir.is_dir():
         raise FileNotFoundError(f"{run_dir} is not a directory")
+    check_writable(run_dir, "RUN_DIR", folder=True)  # the report goes there
+    if docs is not None:
+        check_writable(docs, "--docs")
     if (run_dir / "runs").is_dir():
         _echo(f"report: {write_report(run_dir, docs_path=docs)}")
     else:

@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from hardneg._optional import require
+from hardneg.arrays import MAX_DECOMPRESSED_BYTES, check_real, load_array_file
 
 _CUBE_KEYS = ("data", "cube", "X", "image", "img", "hsi")
 _TRUTH_KEYS = ("map", "gt", "groundtruth", "ground_truth", "truth", "mask")
@@ -159,23 +160,94 @@ def _pick(arrays: dict[str, np.ndarray], keys: tuple[str, ...], ndim: int, path:
     raise ValueError(f"{path}: cannot tell which array is the {what} ({ndim}-D); arrays: {shown}")
 
 
-def load_mat(path: str | Path) -> dict[str, np.ndarray]:
-    """The arrays of a MATLAB ``.mat`` file (scipy; v7.3 / HDF5 files are not supported)."""
-    loadmat = require("scipy", "mining", feature="reading .mat scenes").io.loadmat
+#: MATLAB classes load_mat reads, with their bytes per element; cells, structs, text and sparse
+#: matrices are skipped unread (a scene is numeric arrays)
+_MAT_CLASSES = {"double": 8, "single": 4, "int8": 1, "uint8": 1, "int16": 2, "uint16": 2, "int32": 4,
+                "uint32": 4, "int64": 8, "uint64": 8, "logical": 1}
+#: ENVI ``data type`` codes hardneg reads (complex types 6 and 9 are refused)
+_ENVI_TYPES = {1: np.uint8, 2: np.int16, 3: np.int32, 4: np.float32, 5: np.float64, 12: np.uint16,
+               13: np.uint32, 14: np.int64, 15: np.uint64}
+#: ENVI headers are text of a few kilobytes (a long wavelength list included)
+MAX_ENVI_HEADER_BYTES = 4 * 2**20
 
+
+def load_mat(path: str | Path, max_bytes: int | None = None) -> dict[str, np.ndarray]:
+    """The numeric arrays of a MATLAB ``.mat`` file (scipy; v7.3 / HDF5 files are not supported).
+
+    The sizes the file declares are checked against ``max_bytes`` (default
+    :data:`hardneg.arrays.MAX_DECOMPRESSED_BYTES`) before anything is decompressed; a damaged or
+    truncated file is one ``ValueError`` naming it."""
+    sio = require("scipy", "mining", feature="reading .mat scenes").io
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no such .mat file: {path}")
+    limit = MAX_DECOMPRESSED_BYTES if max_bytes is None else max_bytes
     try:
-        raw = loadmat(path)
-    except (NotImplementedError, ValueError) as e:
+        listed = sio.whosmat(path)
+        numeric = [(n, shape, _MAT_CLASSES[c]) for n, shape, c in listed if c in _MAT_CLASSES]
+        declared = sum(int(np.prod(shape, dtype=np.float64)) * size for _, shape, size in numeric)
+        if declared > limit:
+            big = max(numeric, key=lambda v: int(np.prod(v[1], dtype=np.float64)) * v[2])
+            raise _TooLargeError(f"{path}: its arrays declare {declared:,} bytes (largest {big[0]!r} of shape "
+                            f"{tuple(big[1])}), over the limit of {limit:,} bytes; refused before decompressing")
+        raw = sio.loadmat(path, variable_names=[n for n, _, _ in numeric]) if numeric else {}
+    except _TooLargeError as e:
+        raise ValueError(str(e)) from None
+    except NotImplementedError as e:
         raise ValueError(f"{path}: cannot read it with scipy.io.loadmat ({e}); save it as MATLAB v7 or older") from None
+    except Exception as e:  # noqa: BLE001 - scipy's reader raises many kinds on damaged bytes; all mean one thing
+        raise ValueError(f"{path}: not a readable .mat file, damaged or truncated ({type(e).__name__}: "
+                         f"{str(e).strip()[:200]})") from None
     return {k: np.asarray(v) for k, v in raw.items() if not k.startswith("__") and isinstance(v, np.ndarray)}
+
+
+class _TooLargeError(Exception):
+    """A .mat file declaring more bytes than the limit (kept apart from scipy's own errors)."""
+
+
+def _envi_layout(header: Path, data: Path) -> None:
+    """Check an ENVI header before the data is read: size, the ``ENVI`` magic, the mandatory fields,
+    a supported data type, and a data file holding every byte the header declares."""
+    if header.stat().st_size > MAX_ENVI_HEADER_BYTES:
+        raise ValueError(f"{header}: {header.stat().st_size:,} bytes, too large for an ENVI header "
+                         f"(at most {MAX_ENVI_HEADER_BYTES:,})")
+    with open(header, "rb") as f:
+        first = f.readline(64)
+    if not first.startswith(b"ENVI"):
+        raise ValueError(f"{header}: not an ENVI header (its first line must be 'ENVI')")
+    envi = require("spectral", "hyperspectral", feature="reading ENVI scenes").envi
+    try:
+        h = envi.read_envi_header(str(header))
+    except Exception as e:  # noqa: BLE001 - spectral's parser raises its own kinds and plain ones on bad text
+        raise ValueError(f"{header}: not a readable ENVI header ({type(e).__name__}: {str(e).strip()[:200]})") from None
+    fields = {}
+    for key in ("samples", "lines", "bands", "data type"):
+        try:
+            fields[key] = int(str(h[key]).strip())
+        except (KeyError, ValueError):
+            raise ValueError(f"{header}: the ENVI field {key!r} is missing or not an integer") from None
+        if fields[key] < 1:
+            raise ValueError(f"{header}: the ENVI field {key!r} must be positive, got {fields[key]}")
+    if fields["data type"] not in _ENVI_TYPES:
+        raise ValueError(f"{header}: ENVI data type {fields['data type']} is not supported (supported: "
+                         f"{sorted(_ENVI_TYPES)}; complex data is not a reflectance cube)")
+    try:
+        offset = int(str(h.get("header offset", 0)).strip())
+    except ValueError:
+        raise ValueError(f"{header}: the ENVI field 'header offset' is not an integer") from None
+    item = np.dtype(_ENVI_TYPES[fields["data type"]]).itemsize
+    declared = fields["samples"] * fields["lines"] * fields["bands"] * item
+    held = data.stat().st_size - max(offset, 0)
+    if held < declared:
+        raise ValueError(f"{data}: the header {header.name} declares {fields['lines']}×{fields['samples']}×"
+                         f"{fields['bands']} values ({declared:,} bytes) but the file holds {held:,} "
+                         "(truncated or the wrong data file)")
 
 
 def load_envi(header: str | Path) -> np.ndarray:
     """The (H, W, L) cube of an ENVI header and its data file (``.raw``, ``.img``, ``.dat`` or no
-    extension, next to the header), read with the ``spectral`` package."""
+    extension, next to the header), read with the ``spectral`` package after :func:`_envi_layout`'s
+    checks; a damaged pair is one ``ValueError`` naming the file."""
     header = Path(header)
     if not header.is_file():
         raise FileNotFoundError(f"no such ENVI header: {header}")
@@ -184,8 +256,12 @@ def load_envi(header: str | Path) -> np.ndarray:
         raise FileNotFoundError(
             f"ENVI header {header} has no data file next to it (looked for {header.stem} + .raw, .img, .dat, none)"
         )
+    _envi_layout(header, data)
     envi = require("spectral", "hyperspectral", feature="reading ENVI scenes").envi
-    return np.asarray(envi.open(str(header), str(data)).load(), dtype=np.float32)
+    try:
+        return np.asarray(envi.open(str(header), str(data)).load(), dtype=np.float32)
+    except Exception as e:  # noqa: BLE001 - spectral raises many kinds on damaged files; all mean one thing
+        raise ValueError(f"{data}: cannot read the ENVI cube ({type(e).__name__}: {str(e).strip()[:200]})") from None
 
 
 def load_scene(data_dir: str | Path, name: str) -> Scene:
@@ -196,27 +272,32 @@ def load_scene(data_dir: str | Path, name: str) -> Scene:
     mat, hdr = data_dir / f"{name}.mat", data_dir / f"{name}.hdr"
     if mat.is_file():
         arrays = load_mat(mat)
-        cube = _pick(arrays, _CUBE_KEYS, 3, mat, "cube")
-        truth = _pick(arrays, _TRUTH_KEYS, 2, mat, "ground-truth map")
+        cube, cube_file = _pick(arrays, _CUBE_KEYS, 3, mat, "cube"), mat
+        truth = check_real(_pick(arrays, _TRUTH_KEYS, 2, mat, "ground-truth map"), f"{mat} (ground truth)")
     elif hdr.is_file():
-        cube = load_envi(hdr)
+        cube, cube_file = load_envi(hdr), hdr
         gt_npy, gt_mat = data_dir / f"{name}_gt.npy", data_dir / f"{name}_gt.mat"
         if gt_npy.is_file():
-            truth = np.load(gt_npy)
+            truth = check_real(load_array_file(gt_npy, "ground truth"), f"{gt_npy}")
         elif gt_mat.is_file():
-            truth = _pick(load_mat(gt_mat), _TRUTH_KEYS, 2, gt_mat, "ground-truth map")
+            truth = check_real(_pick(load_mat(gt_mat), _TRUTH_KEYS, 2, gt_mat, "ground-truth map"), f"{gt_mat}")
         else:
             raise FileNotFoundError(f"scene {name!r}: found {hdr} but no ground truth {gt_npy.name} or {gt_mat.name}")
     else:
         raise _missing(data_dir, name)
-    cube = np.asarray(cube, dtype=np.float32)
+    check_real(cube, f"{cube_file} (cube)")
+    with np.errstate(over="ignore"):  # float64 values beyond float32's range become inf: refused next
+        cube = check_real(np.asarray(cube, dtype=np.float32), f"{cube_file} (cube as float32)")
     truth = np.asarray(truth) > 0
     if truth.shape != cube.shape[:2]:
         raise ValueError(f"scene {name!r}: ground truth {truth.shape} does not match the cube's {cube.shape[:2]}")
     if not truth.any():
         raise ValueError(f"scene {name!r}: the ground-truth map marks no target pixel")
     sig = data_dir / f"{name}_target.npy"
-    target = np.load(sig).astype(np.float32).ravel() if sig.is_file() else cube[truth].mean(0)
+    if sig.is_file():
+        target = check_real(load_array_file(sig, "target signature"), str(sig)).astype(np.float32).ravel()
+    else:
+        target = cube[truth].mean(0)
     if target.shape != (cube.shape[2],):
         raise ValueError(f"{sig}: the target signature must have {cube.shape[2]} bands, got {target.shape}")
     return Scene(cube, truth, target, name)

@@ -27,6 +27,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from hardneg.arrays import integer_labels, load_array_file
 from hardneg.data.augment import Augment
 
 
@@ -106,14 +107,14 @@ class MemmapImages:
             if not p.is_file():
                 raise FileNotFoundError(f"{p}: no such file")
         self._x: np.ndarray | None = None
-        self._y = np.load(self.labels_path)
+        self._y = integer_labels(load_array_file(self.labels_path, "labels"), str(self.labels_path))
         n = len(self._open())
         if self._y.shape != (n,):
             raise ValueError(f"{self.labels_path}: {self._y.shape[0]} labels for {n} images in {self.images_path}")
 
     def _open(self) -> np.ndarray:
         if self._x is None:  # opened in each worker process on first use
-            self._x = np.load(self.images_path, mmap_mode="r")
+            self._x = load_array_file(self.images_path, "images", mmap=True)
         return self._x
 
     def __getstate__(self) -> dict[str, Any]:

@@ -105,7 +105,8 @@ def _check_map(name: str, f: Tensor) -> None:
         raise ValueError(f"{name} must be a floating-point (B, C, H, W) feature map, got "
                          f"{tuple(f.shape) if isinstance(f, Tensor) else type(f).__name__}")
     if 0 in f.shape:
-        raise ValueError(f"{name} must have at least one image, channel and pixel, got shape {tuple(f.shape)}")
+        raise ValueError(f"{name} is empty: a (B, C, H, W) feature map needs at least one image, channel and "
+                         f"pixel, got {tuple(f.shape)}")
 
 
 class DenseContrast(nn.Module):

@@ -27,6 +27,9 @@ def load_trained_model(run: Run, sample_shape: tuple[int, ...]) -> torch.nn.Modu
     except Exception as e:  # model.pt is only ever renamed into place, so this means outside damage
         first = str(e).strip().splitlines()[0] if str(e).strip() else ""
         raise ValueError(f"{mp} cannot be loaded as this run's model ({type(e).__name__}: {first})") from None
+    bad = sum(int((~torch.isfinite(t)).sum()) for t in model.state_dict().values() if t.is_floating_point())
+    if bad:
+        raise ValueError(f"{mp}: {bad} of the model's values are NaN or inf")
     return model.eval()
 
 

@@ -96,7 +96,10 @@ def load_crossmodal_config(path: str | Path) -> CrossModalConfig:
     p = Path(path)
     if not p.is_file():
         raise FileNotFoundError(f"config file not found: {p}")
-    raw = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+    try:
+        raw = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+    except (UnicodeDecodeError, yaml.YAMLError) as e:
+        raise ValueError(f"{p}: not a YAML config ({str(e).splitlines()[0]})") from None
     try:
         cfg = CrossModalConfig.model_validate(raw)
     except Exception as e:  # pydantic's ValidationError: one line naming the file
@@ -104,6 +107,10 @@ def load_crossmodal_config(path: str | Path) -> CrossModalConfig:
         raise ValueError(f"{p}: invalid crossmodal config: {' '.join(first[1:3]) if len(first) > 2 else e}") from None
     if not cfg.strategies:
         raise ValueError(f"{p}: 'strategies' is empty")
+    from hardneg.runs import check_path_name
+
+    for name in cfg.strategies:  # each names its run files under the output folder
+        check_path_name(name, f"{p}: strategy name")
     return cfg
 
 
@@ -168,7 +175,9 @@ def minilm_table(strings: list[str], cache_dir: Path) -> torch.Tensor:
     key = hashlib.sha256("\n".join(strings).encode()).hexdigest()[:16]
     path = cache_dir / f"minilm_{key}.npy"
     if path.is_file():
-        return torch.from_numpy(np.load(path))
+        from hardneg.arrays import check_real, load_array_file
+
+        return torch.from_numpy(check_real(load_array_file(path, "MiniLM cache"), str(path)))
     model = load_sentence_model()
     emb = model.encode(strings, batch_size=256, convert_to_numpy=True, normalize_embeddings=True)
     cache_dir.mkdir(parents=True, exist_ok=True)
@@ -361,6 +370,17 @@ def evaluate(towers: Towers, split: SplitData, table: TextTable) -> dict[str, fl
 # ---------------------------------------------------------------------------------------------
 
 
+def _read_record(path: Path) -> dict[str, Any]:
+    """A finished run's record; a damaged one is one ``ValueError`` naming it (delete it to rerun)."""
+    try:
+        rec = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(f"{path}: damaged run record ({e}); delete it to train that run again") from None
+    if not isinstance(rec, dict):
+        raise ValueError(f"{path}: damaged run record (not a JSON object); delete it to train that run again")
+    return rec
+
+
 def run_grid(
     cfg: CrossModalConfig,
     out: Path,
@@ -381,13 +401,14 @@ def run_grid(
         atomic_write_text(out / "config.yaml", yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
     data = table = frozen = None
     records = []
+    finished = {p: _read_record(p) for p in sorted(runs_dir.glob("*_seed*.json"))}  # a damaged one: refused now
     # seed-major order: every strategy gets its first seed before any gets its second, so an
     # interrupted experiment still compares all of them
     for seed in cfg.seeds:
         for name in names:
             path = runs_dir / f"{name}_seed{seed}.json"
-            if path.is_file():
-                rec = json.loads(path.read_text(encoding="utf-8"))
+            if path in finished:
+                rec = finished[path]
                 if rec.get("fingerprint") == cfg.fingerprint(name):
                     records.append(rec)
                     continue

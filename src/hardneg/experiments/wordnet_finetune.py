@@ -242,8 +242,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args(argv)
-    from hardneg.io import atomic_write_text
-
+    from hardneg.io import atomic_write_text, check_writable
+    check_writable(args.out, "--out", folder=True)  # before hours of training, not after
     if args.summarize:
         table = seeds_table(args.summarize)
         Path(args.out).mkdir(parents=True, exist_ok=True)
@@ -321,10 +321,23 @@ def main(argv: list[str] | None = None) -> dict:
     return results
 
 
+def _read_results(p: Path) -> dict:
+    """A ``results.json`` of one seed; a missing, damaged or foreign file is one error naming it."""
+    if not p.is_file():
+        raise FileNotFoundError(f"--summarize: no such file: {p}")
+    try:
+        res = json.loads(p.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(f"--summarize {p}: not a results.json ({e})") from None
+    if not isinstance(res, dict) or not isinstance(res.get("runs"), dict) or "seed" not in res.get("config", {}):
+        raise ValueError(f"--summarize {p}: not a results.json of retrieval-compare (no 'runs' and 'config.seed')")
+    return res
+
+
 def seeds_table(paths: list[str]) -> str:
     """Markdown table over several ``results.json`` (one per seed): test MRR@10 per seed, mean, and the
     dev MRR@10 mean; runs present in every file only. (3) and (4) are chosen on the mean dev MRR@10."""
-    res = [json.loads(Path(p).read_text()) for p in paths]
+    res = [_read_results(Path(p)) for p in paths]
     runs = [r for r in res[0]["runs"] if all(r in x["runs"] for x in res)]
     seeds = [x["config"]["seed"] for x in res]
 

@@ -233,9 +233,24 @@ def _bound_figures(plots: Any, rows, recs, out: Path, pick: str | None) -> list[
     ]
 
 
+def _frozen_embeddings(path: Path, n: int) -> tuple[Any, Any]:
+    """The first ``n`` frozen test features and labels a run saved; a damaged file, or features that
+    are not finite, is one ``ValueError`` naming it (t-SNE would fail deep inside scikit-learn)."""
+    import torch
+
+    try:
+        e = torch.load(path, map_location="cpu", weights_only=True)
+        feats, labels = e["features"][:n], e["labels"][:n]
+    except Exception as err:  # noqa: BLE001 - torch.load raises many kinds on damaged bytes
+        raise ValueError(f"{path}: damaged embeddings file ({type(err).__name__}: {str(err).strip()[:120]})") from None
+    bad = int((~torch.isfinite(feats)).sum())
+    if bad:
+        raise ValueError(f"{path}: {bad} of {feats.numel()} feature values are NaN or inf")
+    return feats.numpy(), labels.numpy()
+
+
 def _embedding_map_figure(plots: Any, rows, out: Path, first_seed: int, n: int) -> list[tuple[str, Path]]:
     """t-SNE of the frozen test features of each entry's best first-seed run."""
-    import torch
 
     maps = {}
     for label in dict.fromkeys(r["label"] for r in rows):
@@ -243,8 +258,7 @@ def _embedding_map_figure(plots: Any, rows, out: Path, first_seed: int, n: int) 
         best = max(cand, key=lambda r: r["knn_acc"], default=None)
         if best is None:
             continue
-        e = torch.load(out / runs.RUNS / best["run"] / runs.EMBEDDINGS, weights_only=True)
-        maps[best["run"]] = (e["features"][:n].numpy(), e["labels"][:n].numpy())
+        maps[best["run"]] = _frozen_embeddings(out / runs.RUNS / best["run"] / runs.EMBEDDINGS, n)
     return [("t-SNE of frozen test features", plots.embedding_maps(maps, out / "embedding_map.png"))] if maps else []
 
 
@@ -364,8 +378,7 @@ def write_run_report(run_dir: str | Path) -> Path:
 
     d = Path(run_dir)
     recs = runs.read_metrics(d)
-    sp = d / runs.SUMMARY
-    s = json.loads(sp.read_text(encoding="utf-8")) if sp.is_file() else {}
+    s = runs.read_summary(d / runs.SUMMARY)
     md = [f"# hardneg run: {d.name}", ""]
     if s:
         md += [

@@ -8,6 +8,7 @@ from hardneg.runs.config import (
     CompareConfig,
     RunConfig,
     apply_overrides,
+    check_path_name,
     dump_config,
     load_config,
     load_raw,
@@ -37,7 +38,7 @@ from hardneg.runs.folders import (
     write_marker,
 )
 from hardneg.runs.grid import RunSpec, collect, expand_grid, has_beta, load_compare_config, run_config, run_dir
-from hardneg.runs.load import Run, load_run
+from hardneg.runs.load import Run, load_run, read_summary
 from hardneg.runs.metrics import metrics_problem, read_metrics, repair_metrics
 
 __all__ = [
@@ -61,6 +62,7 @@ __all__ = [
     "RunConfig",
     "RunSpec",
     "apply_overrides",
+    "check_path_name",
     "clear_output",
     "collect",
     "dump_config",
@@ -76,6 +78,7 @@ __all__ = [
     "prepare_output",
     "read_marker",
     "read_metrics",
+    "read_summary",
     "repair_metrics",
     "run_config",
     "run_dir",

@@ -20,6 +20,17 @@ except ImportError as e:
     raise missing("yaml" if e.name == "yaml" else "pydantic", extra="train", feature="experiment configs") from e
 
 
+def check_path_name(value: str, what: str) -> str:
+    """``value`` when it can name a file or folder inside another: not empty, no path separator, not
+    ``.`` or ``..`` (a grid label, an experiment name, a scene name become paths under the output or
+    data folder and must not leave it)."""
+    seps = {"/", "\\", os.sep} | ({os.altsep} if os.altsep else set())
+    if not isinstance(value, str) or not value.strip() or value in (".", "..") or any(c in value for c in seps) \
+            or "\0" in value:
+        raise ValueError(f"{what} must be a plain name (no '/', '\\', '..'; it becomes a path), got {value!r}")
+    return value
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
@@ -181,6 +192,7 @@ class GridLoss(_Strict):
             raise ValueError("each grid loss needs exactly one of 'name' (with 'params') or 'strategy'")
         if self.strategy is not None and self.params:
             raise ValueError("a grid loss with 'strategy' takes its options inside the mapping, not in 'params'")
+        check_path_name(self.title, "a grid loss's label (or name)")
         return self
 
     @property
@@ -233,6 +245,11 @@ class CompareConfig(RunConfig):
     name: str = "compare"
     grid: GridConfig
     report: ReportConfig = Field(default_factory=ReportConfig)
+
+    @field_validator("name")
+    @classmethod
+    def _plain_name(cls, v: str) -> str:
+        return check_path_name(v, "name")
 
     @model_validator(mode="after")
     def _bases_in_grid(self) -> CompareConfig:
@@ -301,6 +318,8 @@ def load_raw(path: str | os.PathLike[str]) -> dict[str, Any]:
         raw = yaml.safe_load(p.read_text(encoding="utf-8"))
     except yaml.YAMLError as e:
         raise ValueError(f"config file {p} is not valid YAML: {str(e).splitlines()[0]}") from None
+    except UnicodeDecodeError as e:
+        raise ValueError(f"config file {p} is not UTF-8 text (byte {e.start}: {e.reason})") from None
     return raw if raw is not None else {}
 
 

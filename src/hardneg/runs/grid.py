@@ -3,13 +3,13 @@ point a run folder ``<out>/runs/<name>/``, and the rows of the finished ones."""
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from hardneg.runs.config import CompareConfig, RunConfig, load_config
 from hardneg.runs.folders import CONFIG, RUNS, SUMMARY
+from hardneg.runs.load import read_summary
 
 
 def has_beta(name: str, params: dict[str, Any] | None = None) -> bool:
@@ -88,6 +88,6 @@ def collect(out_dir: str | Path) -> list[dict[str, Any]]:
     for spec in expand_grid(cfg):
         sp = run_dir(out_dir, spec) / SUMMARY
         if sp.is_file():
-            s = json.loads(sp.read_text(encoding="utf-8"))
+            s = read_summary(sp)
             rows.append({"label": spec.label, "beta": spec.beta, "seed": spec.seed, "run": spec.name, **s})
     return rows

@@ -24,6 +24,20 @@ class Run:
         return bool(self.summary.get("finished")) and (self.path / MODEL).is_file()
 
 
+def read_summary(path: str | Path) -> dict[str, Any]:
+    """A run's ``summary.json`` ({} when there is none); a damaged one is one ``ValueError`` naming it."""
+    p = Path(path)
+    if not p.is_file():
+        return {}
+    try:
+        s = json.loads(p.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(f"{p}: damaged run summary ({e}); rerun that run (--overwrite) or restore the file") from None
+    if not isinstance(s, dict):
+        raise ValueError(f"{p}: damaged run summary (not a JSON object); rerun that run (--overwrite)")
+    return s
+
+
 def load_run(run_dir: str | Path) -> Run:
     """The run in ``run_dir``; a folder that is not a run (missing, a compare folder, no config)
     raises with one line naming it."""
@@ -35,6 +49,4 @@ def load_run(run_dir: str | Path) -> Run:
         raise ValueError(f"{d} is a compare folder, not a run; use one of its runs ({d / RUNS}/<name>)")
     if kind is None and not (d / CONFIG).is_file():
         raise ValueError(f"{d} is not a hardneg run directory (no {MARKER} marker, no {CONFIG})")
-    sp = d / SUMMARY
-    summary = json.loads(sp.read_text(encoding="utf-8")) if sp.is_file() else {}
-    return Run(d, load_config(d / CONFIG, cls=RunConfig), summary)
+    return Run(d, load_config(d / CONFIG, cls=RunConfig), read_summary(d / SUMMARY))
