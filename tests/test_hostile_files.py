@@ -300,25 +300,3 @@ def test_dense_contrast_with_an_empty_batch_is_one_clear_error():
         dc(torch.randn(0, 4, 5, 5), torch.randn(0, 4, 5, 5))
     with pytest.raises(ValueError, match=r"^f2 is empty"):
         dc(torch.randn(1, 4, 5, 5), torch.randn(1, 4, 0, 5))
-
-
-class _Planted:
-    """Unpickling this calls ``Path.touch`` on the path it carries: code in a data file."""
-
-    def __init__(self, path):
-        self.path = path
-
-    def __reduce__(self):
-        from pathlib import Path
-
-        return (Path.touch, (Path(self.path),))
-
-
-def test_a_checkpoint_that_would_run_code_is_refused_and_runs_nothing(tmp_path):
-    from hardneg.train.checkpoint import load_checkpoint
-
-    marker = tmp_path / "code_ran"
-    torch.save({"model": {}, "step": 1, "payload": _Planted(str(marker))}, tmp_path / "checkpoint.pt")
-    with pytest.raises(ValueError, match=r"checkpoint .*checkpoint\.pt cannot be read"):
-        load_checkpoint(tmp_path)
-    assert not marker.exists()

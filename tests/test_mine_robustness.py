@@ -114,7 +114,7 @@ def test_file_system_errors_of_any_command_are_one_line(tmp_path, capsys):
     code, _, err = _cli(["diagnose", "--embeddings", emb, "--labels", tmp_path / "labels.npy", "--batches", "1",
                          "--batch-size", "8", "--json", target], capsys)
     assert code == 2 and "\n" not in err and "Traceback" not in err
-    assert err == f"hardneg: error: {tmp_path / 'f' / 'sub'}: Not a directory", err
+    assert err.startswith("hardneg: error: --json ") and f"{tmp_path / 'f'} is a file, not a folder" in err, err
 
 
 def _corrupt(shard, how):
