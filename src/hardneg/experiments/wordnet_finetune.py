@@ -147,7 +147,8 @@ def mine_sets(data, model, num_negatives: int, cache_dir: str, seed: int, runs=R
         out["st_mined"] = (st.to_list(), {"rows": len(st)})
     common = dict(model=model, output_format="n-tuple", q_labels=labels, corpus_labels=data["mine_labels"],
                   precision="bf16", cache_dir=cache_dir, show_progress=True)
-    fn = dict(num_negatives=num_negatives, filter_labels=True, seed=seed)
+    # the measured configs count their windows in retrieval ranks (a fixed mid-rank window [10, 100))
+    fn = dict(num_negatives=num_negatives, filter_labels=True, seed=seed, window="retrieval")
     configs = {
         "hardneg_mined": MineConfig(range_max=30, **fn),
         "hardneg_tilted": MineConfig(range_max=30, sampling="tilted", beta=1.0, t=0.05, **fn),
