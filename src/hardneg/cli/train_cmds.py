@@ -1,4 +1,4 @@
-"""CLI: ``hardneg train | compare | plateau | eval | bounds | report``."""
+"""CLI: ``hardneg init | train | compare | plateau | eval | bounds | report``."""
 
 from __future__ import annotations
 
@@ -106,6 +106,29 @@ def _run_train(
     with exit_on_interrupt():
         summary = Trainer(cfg, run_dir, resume=resume, overwrite=overwrite, repair_metrics=repair).fit()
     return run_dir, summary
+
+
+@app.command("init")
+def init_cmd(
+    kind: Annotated[str, typer.Argument(help="Which example: train, compare or leaderboard.")],
+    path: Annotated[Path | None, typer.Argument(help="Where to write it (default KIND.yaml here; a folder: "
+                                                "KIND.yaml in it).")] = None,
+    force: Annotated[bool, typer.Option("--force", help="Replace a file that is already there.")] = False,
+) -> None:
+    """Write one of the example configs shipped with hardneg, to edit and run (`--config KIND` runs it as
+    shipped)."""
+    from hardneg.io import atomic_write_text
+    from hardneg.runs import shipped_config
+
+    text = shipped_config(kind)
+    dest = path if path is not None else Path(f"{kind}.yaml")
+    if dest.is_dir():
+        dest = dest / f"{kind}.yaml"
+    if dest.exists() and not force:
+        raise FileExistsError(f"{dest} already exists; pass --force to replace it")
+    atomic_write_text(dest, text)
+    command = "train" if kind == "train" else "compare"
+    _echo(f"wrote {dest}; run it with: hardneg {command} --config {dest}")
 
 
 @app.command("train")

@@ -5,12 +5,14 @@ the command line all build on it without importing one another.
 """
 
 from hardneg.runs.config import (
+    SHIPPED_CONFIGS,
     CompareConfig,
     RunConfig,
     apply_overrides,
     dump_config,
     load_config,
     load_raw,
+    shipped_config,
     validate_config,
 )
 from hardneg.runs.folders import (
@@ -52,6 +54,7 @@ __all__ = [
     "REPORT",
     "RESULTS",
     "RUNS",
+    "SHIPPED_CONFIGS",
     "RUN_FILES",
     "SUMMARY",
     "CompareConfig",
@@ -68,6 +71,7 @@ __all__ = [
     "load_compare_config",
     "load_config",
     "load_raw",
+    "shipped_config",
     "load_run",
     "metrics_problem",
     "owned_name",
