@@ -46,8 +46,10 @@ def dense_compare_cmd(
         Path | None, typer.Option("--data-dir", help="Folder with a real scene (NAME.mat, or NAME.hdr + NAME.raw).")
     ] = None,
     scene: Annotated[str | None, typer.Option("--scene", help="Real scene NAME in --data-dir.")] = None,
-    results_dir: Annotated[Path, typer.Option("--results-dir", help="Where the JSON rows go.")] = Path("docs/results"),
-    page: Annotated[Path, typer.Option("--page", help="The markdown results page.")] = Path("docs/results_dense.md"),
+    results_dir: Annotated[Path, typer.Option("--out", help="Output folder of the JSON rows.")] = Path("docs/results"),
+    page: Annotated[
+        Path, typer.Option("--docs", help="Write the results page to this markdown file.")
+    ] = Path("docs/results_dense.md"),
     threads: Annotated[int, typer.Option("--threads", help="torch threads (1 is fastest on a shared machine).")] = 1,
 ) -> None:
     """Hyperspectral target detection (contrastive vs CEM / ACE) and instance separation (uniform vs

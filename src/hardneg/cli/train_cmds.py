@@ -28,7 +28,7 @@ RepairOpt = Annotated[
 DataDirOpt = Annotated[
     Path | None, typer.Option("--data-dir", help="Folder with the Fashion-MNIST .gz idx files (data.data_dir).")
 ]
-RunOutOpt = Annotated[Path | None, typer.Option("--out", "-o", help="Run directory (default runs/<config name>).")]
+RunOutOpt = Annotated[Path | None, typer.Option("--out", help="Run directory (default runs/<config name>).")]
 NprocOpt = Annotated[
     int,
     typer.Option("--nproc", help="Train on N processes started by torchrun (gloo on CPU, NCCL on GPU); "
@@ -186,7 +186,7 @@ def bounds_cmd(
 @app.command("compare")
 def compare_cmd(
     config: ConfigOpt,
-    out: Annotated[Path | None, typer.Option("--out", "-o", help="Output folder (default runs/<name>).")] = None,
+    out: Annotated[Path | None, typer.Option("--out", help="Output folder (default runs/<name>).")] = None,
     overrides: SetOpt = None,
     data_dir: DataDirOpt = None,
     resume: ResumeOpt = False,
@@ -286,7 +286,8 @@ def eval_cmd(
     run_dir: Annotated[Path, typer.Argument(help="A finished run directory (holds model.pt).")],
     probe: Annotated[bool, typer.Option("--probe/--no-probe", help="Also fit the linear probe.")] = True,
     k: Annotated[int | None, typer.Option("--k", help="kNN neighbours (default: the run's config).")] = None,
-    json_out: Annotated[bool, typer.Option("--json", help="Print the full result as JSON.")] = False,
+    json_out: Annotated[Path | None, typer.Option("--json", help="Also write the full result as JSON to this "
+                                                  "file.")] = None,
 ) -> None:
     """Evaluate a trained model: weighted kNN, linear probe, per-class accuracy and confusion matrix."""
     from hardneg.eval.run_eval import evaluate_run
@@ -294,9 +295,6 @@ def eval_cmd(
     if k is not None and k <= 0:
         raise ValueError(f"--k must be a positive int, got {k}")
     r = evaluate_run(run_dir, probe=probe, k=k)
-    if json_out:
-        _echo(json.dumps(r))
-        return
     _echo(f"kNN accuracy {r['knn_acc']:.4f}" + (f"   linear probe {r['linear_acc']:.4f}" if probe else ""))
     _echo("class  kNN    " + ("linear" if probe else ""))
     for c, v in enumerate(r["knn_per_class"]):
@@ -305,3 +303,8 @@ def eval_cmd(
     _echo("confusion (kNN; rows true, columns predicted):")
     for row in r["knn_confusion"]:
         _echo(" ".join(f"{v:5d}" for v in row))
+    if json_out is not None:
+        from hardneg.io import atomic_write_text
+
+        atomic_write_text(json_out, json.dumps(r, indent=1) + "\n")
+        _echo(f"json: {json_out}")
