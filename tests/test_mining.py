@@ -65,7 +65,10 @@ def test_top_matches_literal_reference(kw):
         assert got == ref[i]
         np.testing.assert_allclose(res.neg_scores[i, : len(got)], c[got] @ q[i], rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(res.pos_scores, np.einsum("nd,nd->n", q, c[pos]), rtol=1e-5, atol=1e-6)
-    assert res.candidates_in_window == 40 * (cfg.effective_range_max() - cfg.range_min)
+    # the candidates the filters see: the retrieval window, or (filtered) all range_max + 1 retrieved but the positive
+    hi = cfg.effective_range_max()
+    pool = sum(int(pos[i] not in np.argsort(-(c @ q[i]), kind="stable")[: hi + 1]) + hi for i in range(40))
+    assert res.candidates_in_window == (40 * (hi - cfg.range_min) if cfg.window == "retrieval" else pool)
 
 
 def test_tilted_sampling_follows_exp_beta_s_over_t():

@@ -314,9 +314,10 @@ class _Window:
         above = valid & (scores > pos_scores[:, None])
         self.positive_rank = np.where(is_pos.any(1), above.sum(1), K)
         in_window = valid & (self.rank >= cfg.range_min) & (self.rank < cfg.effective_range_max())
-        self.candidates_in_window = int(in_window.sum())  # before any filter
-        # a retrieval window cuts before the filters; a filtered one (window()) after them
+        # a retrieval window cuts before the filters; a filtered one (window()) after them, so the filters
+        # see every retrieved candidate; what they see is what "candidates in the window" counts
         self.keep = in_window if cfg.window == "retrieval" else valid
+        self.candidates_in_window = int(self.keep.sum())
         self.in_window = in_window
         self.removed: dict[str, int] = {}
         self.removed_q: dict[str, np.ndarray] = {}
