@@ -154,7 +154,7 @@ def mine_texts(
         raise ValueError(
             f"corpus has {len(texts)} documents (positives included), fewer than the window needs "
             f"(range_min={cfg.range_min} + num_negatives={cfg.num_negatives} besides the positive); "
-            f"give a larger --corpus or lower --range-min/--num-negatives"
+            f"give a larger corpus or lower range_min / num_negatives (--range-min / --num-negatives)"
         )
     if model is None or isinstance(model, (str, os.PathLike)):
         model = load_sentence_model(model)
