@@ -154,6 +154,6 @@ def ref_similarity_drop(S: np.ndarray, pos, max_score=None, min_score=None, abso
                 (max_score is not None and s > max_score)
                 or (min_score is not None and s < min_score)
                 or (absolute_margin is not None and s > sp - absolute_margin)
-                or (relative_margin is not None and s > sp * (1 - relative_margin))
+                or (relative_margin is not None and s > sp - abs(sp) * relative_margin)
             )
     return drop

@@ -49,3 +49,22 @@ def minilm():
     from hardneg.mining.encode import load_sentence_model
 
     return load_sentence_model(None)
+
+
+def recipe_fixture() -> tuple[list[str], list[str], list[str]]:
+    """64 (query, positive) pairs and 192 further documents built from one small vocabulary, so that
+    every query has dozens of close candidates: enough for sentence-transformers' documented recipe
+    (range_min=10, range_max=50, max_score=0.8, relative_margin=0.05, num_negatives=5)."""
+    animals = ["cat", "dog", "horse", "rabbit", "parrot", "goat", "mouse", "fox"]
+    colours = ["black", "white", "brown", "grey"]
+    actions = ["sleeps on the sofa", "runs across the field", "eats fresh vegetables", "hides under the bed",
+               "plays in the garden", "drinks from the river"]
+    queries, positives, corpus = [], [], []
+    for k in range(64):
+        a, c, act = animals[k % 8], colours[(k // 8) % 4], actions[(k * 5) % 6]
+        queries.append(f"which {c} {a} {act}?")
+        positives.append(f"the {c} {a} that {act}")
+    for k in range(192):
+        a, c, act = animals[k % 8], colours[(k // 8) % 4], actions[(k // 32) % 6]
+        corpus.append(f"a {c} {a} who often {act} in the {['morning', 'evening', 'night'][k % 3]}")
+    return queries, positives, corpus

@@ -89,7 +89,7 @@ def test_crossmodal_compare_runs_and_resumes(tmp_path):
     )
     out, doc = tmp_path / "out", tmp_path / "results.md"
     with pytest.raises(SystemExit) as e:
-        main(["crossmodal-compare", "--config", str(cfg), "--out", str(out), "--doc", str(doc)])
+        main(["crossmodal-compare", "--config", str(cfg), "--out", str(out), "--docs", str(doc)])
     assert e.value.code == 0
     runs_dir = out / "tiny" / "runs"
     runs = sorted(p.name for p in runs_dir.iterdir())
@@ -99,13 +99,13 @@ def test_crossmodal_compare_runs_and_resumes(tmp_path):
     doc.write_text(doc.read_text() + "My reading.\n")
     before = {p.name: p.stat().st_mtime_ns for p in runs_dir.iterdir()}
     with pytest.raises(SystemExit):
-        main(["crossmodal-compare", "--config", str(cfg), "--out", str(out), "--doc", str(doc)])
+        main(["crossmodal-compare", "--config", str(cfg), "--out", str(out), "--docs", str(doc)])
     assert {p.name: p.stat().st_mtime_ns for p in runs_dir.iterdir()} == before  # resumed, not retrained
     text = doc.read_text()
     assert text.endswith("My reading.\n") and "| uniform | 2 |" in text
     (runs_dir / "edits_seed1.json").unlink()
     with pytest.raises(SystemExit):  # tabulate what is finished, train nothing
-        main(["crossmodal-compare", "--config", str(cfg), "--out", str(out), "--doc", str(doc), "--summarize"])
+        main(["crossmodal-compare", "--config", str(cfg), "--out", str(out), "--docs", str(doc), "--summarize"])
     assert not (runs_dir / "edits_seed1.json").exists() and "| edits | 1 |" in doc.read_text()
     assert results_tables([rec]).count("| uniform |") == 5
 

@@ -370,7 +370,7 @@ def test_dense_compare_command_writes_the_page(tmp_path):
 
     with pytest.raises(SystemExit) as e:
         main(["dense-compare", "all", "--seeds", "0", "--abundances", "0.2", "--hs-steps", "3", "--inst-steps", "3",
-              "--results-dir", str(tmp_path), "--page", str(tmp_path / "page.md")])
+              "--out", str(tmp_path), "--docs", str(tmp_path / "page.md")])
     assert e.value.code == 0
     page = (tmp_path / "page.md").read_text()
     assert "| synthetic | 0.2 | 1 |" in page and "| uniform |" in page and "hardneg dense-compare all" in page

@@ -62,6 +62,27 @@ def test_advice_names_false_negatives_when_classes_are_few():
     assert any("share the anchor's class" in a and "label filter" in a for a in d.advice())
 
 
+def test_advice_does_not_suggest_what_the_strategy_already_does():
+    # H-SCL and SCL give same-class negatives no weight: the data has them (a quarter), the strategy
+    # already keeps them out, so no label filter or H-SCL is advised; UCL on the same data is advised
+    z1, z2, y = _clusters(512, 4, 1)
+    for name in ("hscl", "scl"):
+        d = diagnose(z1, z2, y, strategy=name, batch_size=128)
+        assert d.strategy_diagnostics["fn_weight_share"] == 0.0
+        text = " ".join(d.advice())
+        assert f"{name} already keeps them out" in text and "label filter" not in text and "H-SCL" not in text
+    assert "label filter" in " ".join(diagnose(z1, z2, y, strategy="ucl", batch_size=128).advice())
+
+
+def test_report_says_n_a_for_what_was_not_measured():
+    # one view (supcon): no positive pair, so no positive-hardest gap; the report says so, never "nan"
+    z1, _, y = _clusters(256, 4, 1)
+    d = diagnose(z1, None, y, strategy="supcon", batch_size=128)
+    assert "pos_gap" not in d.strategy_diagnostics
+    report = d.report()
+    assert "positive − hardest negative: n/a;" in report and "nan" not in report
+
+
 def test_advice_names_near_duplicates_above_the_positive():
     g = torch.Generator().manual_seed(2)
     z1 = torch.randn(256, 16, generator=g)

@@ -121,7 +121,7 @@ def test_interrupted_two_process_run_resumes_exactly_from_the_command_line(tmp_p
     assert torch.load(cut / "checkpoint.pt", weights_only=False)["step"] == 5
     cfg_file = tmp_path / "run.yaml"
     cfg_file.write_text(json.dumps({**TRAIN_BASE, **obj}))
-    cmd = [sys.executable, "-m", "hardneg.cli", "train", "-c", str(cfg_file), "-o", str(cut), "--resume"]
+    cmd = [sys.executable, "-m", "hardneg.cli", "train", "-c", str(cfg_file), "--out", str(cut), "--resume"]
     cmd += ["--nproc", "2"]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
     r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
@@ -133,7 +133,8 @@ def test_interrupted_two_process_run_resumes_exactly_from_the_command_line(tmp_p
 def test_nproc_must_divide_the_batch(tmp_path):
     cfg_file = tmp_path / "run.yaml"
     cfg_file.write_text(json.dumps({**TRAIN_BASE, **TRAIN_CASES["ucl_function"]}))
-    cmd = [sys.executable, "-m", "hardneg.cli", "train", "-c", str(cfg_file), "-o", str(tmp_path / "r"), "--nproc", "3"]
+    cmd = [sys.executable, "-m", "hardneg.cli", "train", "-c", str(cfg_file), "--out", str(tmp_path / "r"),
+           "--nproc", "3"]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
     r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=120)
     assert r.returncode == 2
@@ -182,7 +183,7 @@ def test_compare_on_two_processes_matches_one_process(tmp_path):
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
     outs = {}
     for n in (1, 2):
-        cmd = [sys.executable, "-m", "hardneg.cli", "compare", "-c", str(cfg_file), "-o", str(tmp_path / f"c{n}"),
+        cmd = [sys.executable, "-m", "hardneg.cli", "compare", "-c", str(cfg_file), "--out", str(tmp_path / f"c{n}"),
                "--nproc", str(n)]
         r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
         assert r.returncode == 0, r.stderr[-3000:]

@@ -118,20 +118,20 @@ class Fixtures:
         return self.built[key]
 
     def run(self, ws: Path) -> Path:
-        src = self._build("run", lambda d: ["train", "-c", str(_write(d.parent / "run.yaml", TINY)), "-o",
+        src = self._build("run", lambda d: ["train", "-c", str(_write(d.parent / "run.yaml", TINY)), "--out",
                                             str(d)])
         shutil.copytree(src, ws / "run")
         return ws / "run"
 
     def compare(self, ws: Path) -> Path:
         src = self._build("compare", lambda d: ["compare", "-c", str(_write(d.parent / "cmp.yaml", TINY_COMPARE)),
-                                                "-o", str(d)])
+                                                "--out", str(d)])
         shutil.copytree(src, ws / "cmp")
         return ws / "cmp"
 
     def plateau(self, ws: Path) -> Path:
         src = self._build("plateau", lambda d: ["plateau", "-c", str(_write(d.parent / "pl.yaml", TINY_COMPARE)),
-                                                *PLATEAU, "-o", str(d)])
+                                                *PLATEAU, "--out", str(d)])
         shutil.copytree(src, ws / "pl")
         return ws / "pl"
 
@@ -143,7 +143,7 @@ class Fixtures:
     def mine_cache(self, ws: Path) -> Path:
         def argv(d: Path) -> list[str]:
             pairs, corpus = self.mine_inputs(d)
-            return ["mine", "--pairs", str(pairs), "--corpus", str(corpus), "-o", str(d / "out.jsonl"), "-n", "2",
+            return ["mine", "--pairs", str(pairs), "--corpus", str(corpus), "--out", str(d / "out.jsonl"), "-n", "2",
                     "--precision", "fp32", "--cache-dir", str(d / "cache"), "--quiet"]
 
         src = self._build("mine", argv)
@@ -186,22 +186,22 @@ def _training_rows(cmd: str) -> dict[str, Case | NotApplicable]:
             cmp = fx.compare(ws)
             summary = next((cmp / "runs").glob("*/summary.json"))
             _write(summary, GARBAGE)
-            return ["compare", "-c", _cfg(ws, base), "-o", str(cmp), "--resume"], str(summary)
+            return ["compare", "-c", _cfg(ws, base), "--out", str(cmp), "--resume"], str(summary)
         run = fx.plateau(ws) if cmd == "plateau" else fx.run(ws)
         _write(run / "checkpoint.pt", GARBAGE)
-        return [cmd, "-c", _cfg(ws, base), "-o", str(run), "--resume", *extra], str(run / "checkpoint.pt")
+        return [cmd, "-c", _cfg(ws, base), "--out", str(run), "--resume", *extra], str(run / "checkpoint.pt")
 
     def signalled(ws: Path, fx: Fixtures) -> tuple[list[str], str]:
         # plateau: at most 500 epochs, and no plateau can be found before 500 evaluations
         long_extra = ["--entry", "ucl", "--max-epochs", "500", "--patience", "500"] if cmd == "plateau" else []
-        return [cmd, "-c", _cfg(ws, long), "-o", str(ws / "out"), *long_extra], "--resume"
+        return [cmd, "-c", _cfg(ws, long), "--out", str(ws / "out"), *long_extra], "--resume"
 
     return {
-        "missing input": Case(lambda ws, fx: ([cmd, "-c", str(ws / "none.yaml"), "-o", str(ws / "out"), *extra],
+        "missing input": Case(lambda ws, fx: ([cmd, "-c", str(ws / "none.yaml"), "--out", str(ws / "out"), *extra],
                                               "none.yaml")),
-        "garbage input": Case(lambda ws, fx: ([cmd, "-c", str(_write(ws / "g.yaml", GARBAGE)), "-o",
+        "garbage input": Case(lambda ws, fx: ([cmd, "-c", str(_write(ws / "g.yaml", GARBAGE)), "--out",
                                                str(ws / "out"), *extra], "g.yaml")),
-        "output not writable": Case(lambda ws, fx: ([cmd, "-c", _cfg(ws, base), "-o", str(_file(ws) / "out"),
+        "output not writable": Case(lambda ws, fx: ([cmd, "-c", _cfg(ws, base), "--out", str(_file(ws) / "out"),
                                                      *extra], "--out")),
         "corrupt state": Case(corrupt),
         "NaN/inf input": NotApplicable("reads no arrays: the training data are the built-in digits or "
@@ -267,17 +267,17 @@ def _eval_rows() -> dict[str, Case | NotApplicable]:
 def _crossmodal_rows() -> dict[str, Case | NotApplicable]:
     def corrupt(ws: Path, fx: Fixtures) -> tuple[list[str], str]:
         rec = _write(ws / "out" / "crossmodal_quick" / "runs" / "uniform_seed0.json", GARBAGE)
-        return ["crossmodal-compare", "-c", str(CROSSMODAL_QUICK), "-o", str(ws / "out"), "--summarize"], str(rec)
+        return ["crossmodal-compare", "-c", str(CROSSMODAL_QUICK), "--out", str(ws / "out"), "--summarize"], str(rec)
 
     def signalled(ws: Path, fx: Fixtures) -> tuple[list[str], str]:
-        return ["crossmodal-compare", "-c", str(CROSSMODAL_QUICK), "-o", str(ws / "out")], ""
+        return ["crossmodal-compare", "-c", str(CROSSMODAL_QUICK), "--out", str(ws / "out")], ""
 
     return {
-        "missing input": Case(lambda ws, fx: (["crossmodal-compare", "-c", str(ws / "none.yaml"), "-o",
+        "missing input": Case(lambda ws, fx: (["crossmodal-compare", "-c", str(ws / "none.yaml"), "--out",
                                                str(ws / "out")], "none.yaml")),
         "garbage input": Case(lambda ws, fx: (["crossmodal-compare", "-c", str(_write(ws / "g.yaml", GARBAGE)),
-                                               "-o", str(ws / "out")], "g.yaml")),
-        "output not writable": Case(lambda ws, fx: (["crossmodal-compare", "-c", str(CROSSMODAL_QUICK), "-o",
+                                               "--out", str(ws / "out")], "g.yaml")),
+        "output not writable": Case(lambda ws, fx: (["crossmodal-compare", "-c", str(CROSSMODAL_QUICK), "--out",
                                                      str(_file(ws) / "out")], "--out")),
         "corrupt state": Case(corrupt),
         "NaN/inf input": NotApplicable("reads no input arrays: the scenes are generated; its MiniLM table cache "
@@ -303,7 +303,7 @@ def _scene(ws: Path, nan: bool = False) -> Path:
 
 def _dense_rows() -> dict[str, Case | NotApplicable]:
     def args(ws: Path, data_dir: Path, **kw: str) -> list[str]:
-        opts = {"--results-dir": str(ws / "res"), "--page": str(ws / "page.md"), **kw}
+        opts = {"--out": str(ws / "res"), "--docs": str(ws / "page.md"), **kw}
         return ["dense-compare", "hyperspectral", "--seeds", "0", "--abundances", "0.2", "--hs-steps", "2",
                 "--data-dir", str(data_dir), "--scene", "sd", *[x for kv in opts.items() for x in kv]]
 
@@ -316,14 +316,14 @@ def _dense_rows() -> dict[str, Case | NotApplicable]:
         return args(ws, _scene(ws)), str(bad)
 
     def signalled(ws: Path, fx: Fixtures) -> tuple[list[str], str]:
-        return ["dense-compare", "instances", "--seeds", "0,1,2", "--inst-steps", "100000", "--results-dir",
-                str(ws / "res"), "--page", str(ws / "page.md")], ""
+        return ["dense-compare", "instances", "--seeds", "0,1,2", "--inst-steps", "100000", "--out",
+                str(ws / "res"), "--docs", str(ws / "page.md")], ""
 
     return {
         "missing input": Case(lambda ws, fx: (args(ws, ws / "none"), "none")),
         "garbage input": Case(garbage),
-        "output not writable": Case(lambda ws, fx: (args(ws, _scene(ws), **{"--results-dir": str(_file(ws) / "r")}),
-                                                    "--results-dir")),
+        "output not writable": Case(lambda ws, fx: (args(ws, _scene(ws), **{"--out": str(_file(ws) / "r")}),
+                                                    "--out")),
         "corrupt state": Case(corrupt),
         "NaN/inf input": Case(lambda ws, fx: (args(ws, _scene(ws, nan=True)), "sd.mat")),
         "SIGINT": Case(signalled, slow=True),
@@ -366,7 +366,7 @@ def _labels(ws: Path) -> Path:
 def _mine_rows() -> dict[str, Case | NotApplicable]:
     def mine(ws: Path, fx: Fixtures, *extra: str, out: Path | None = None) -> list[str]:
         pairs, corpus = fx.mine_inputs(ws)
-        return ["mine", "--pairs", str(pairs), "--corpus", str(corpus), "-o", str(out or ws / "out.jsonl"), "-n",
+        return ["mine", "--pairs", str(pairs), "--corpus", str(corpus), "--out", str(out or ws / "out.jsonl"), "-n",
                 "2", "--precision", "fp32", "--quiet", *extra]
 
     def corrupt(ws: Path, fx: Fixtures) -> tuple[list[str], str]:
@@ -390,9 +390,9 @@ def _mine_rows() -> dict[str, Case | NotApplicable]:
         return mine(ws, fx, "--corpus", str(big), "--no-cache"), ""
 
     return {
-        "missing input": Case(lambda ws, fx: (["mine", "--pairs", str(ws / "none.jsonl"), "-o",
+        "missing input": Case(lambda ws, fx: (["mine", "--pairs", str(ws / "none.jsonl"), "--out",
                                                str(ws / "out.jsonl")], "none.jsonl")),
-        "garbage input": Case(lambda ws, fx: (["mine", "--pairs", str(_write(ws / "g.jsonl", GARBAGE)), "-o",
+        "garbage input": Case(lambda ws, fx: (["mine", "--pairs", str(_write(ws / "g.jsonl", GARBAGE)), "--out",
                                                str(ws / "out.jsonl")], "g.jsonl")),
         "output not writable": Case(lambda ws, fx: (mine(ws, fx, "--no-cache", out=_file(ws) / "out.jsonl"),
                                                     "out.jsonl")),
@@ -415,12 +415,12 @@ def _wordnet(ws: Path, garbage: bool = False) -> Path:
 
 def _wordnet_rows() -> dict[str, Case | NotApplicable]:
     return {
-        "missing input": Case(lambda ws, fx: (["wordnet-export", "--out-dir", str(ws / "out"), "--data-dir",
+        "missing input": Case(lambda ws, fx: (["wordnet-export", "--out", str(ws / "out"), "--data-dir",
                                                str(ws / "none")], "none")),
-        "garbage input": Case(lambda ws, fx: (["wordnet-export", "--out-dir", str(ws / "out"), "--data-dir",
+        "garbage input": Case(lambda ws, fx: (["wordnet-export", "--out", str(ws / "out"), "--data-dir",
                                                str(_wordnet(ws, garbage=True))], "data.noun")),
-        "output not writable": Case(lambda ws, fx: (["wordnet-export", "--out-dir", str(_file(ws) / "out"),
-                                                     "--data-dir", str(_wordnet(ws))], "--out-dir")),
+        "output not writable": Case(lambda ws, fx: (["wordnet-export", "--out", str(_file(ws) / "out"),
+                                                     "--data-dir", str(_wordnet(ws))], "--out")),
         "corrupt state": NotApplicable("keeps no cache or state"),
         "NaN/inf input": NotApplicable("reads text only"),
         "SIGINT": NotApplicable("writes four small files in well under a second"),

@@ -151,7 +151,7 @@ def test_truncated_mat_is_one_error_naming_it(tmp_path, compressed, capsys):
     with pytest.raises(ValueError, match=r"sd\.mat: not a readable \.mat file"):
         load_scene(tmp_path, "sd")
     err = _one_line_exit_2(["dense-compare", "hyperspectral", "--data-dir", str(tmp_path), "--scene", "sd",
-                            "--results-dir", str(tmp_path / "res")], capsys)
+                            "--out", str(tmp_path / "res")], capsys)
     assert "sd.mat" in err
     assert not (tmp_path / "res").exists()
 
@@ -206,7 +206,7 @@ def test_nan_in_a_cube_is_refused_at_load_naming_file_and_count(tmp_path, capsys
     with pytest.raises(ValueError, match=r"sd\.mat \(cube as float32\): 1 of 120"):
         load_scene(tmp_path, "sd")
     err = _one_line_exit_2(["dense-compare", "hyperspectral", "--data-dir", str(tmp_path), "--scene", "sd",
-                            "--results-dir", str(tmp_path / "res")], capsys)
+                            "--out", str(tmp_path / "res")], capsys)
     assert "sd.mat" in err and "NaN or inf" in err
     assert not (tmp_path / "res").exists()  # refused before the results folder is made
 
@@ -275,7 +275,7 @@ def test_a_grid_label_cannot_leave_the_compare_folder(tmp_path, label, capsys):
 def test_a_crossmodal_strategy_name_cannot_leave_the_output_folder(tmp_path, capsys):
     cfg = tmp_path / "cm.yaml"
     cfg.write_text("strategies:\n  ../../escape: {name: ucl}\n")
-    err = _one_line_exit_2(["crossmodal-compare", "-c", str(cfg), "-o", str(tmp_path / "out")], capsys)
+    err = _one_line_exit_2(["crossmodal-compare", "-c", str(cfg), "--out", str(tmp_path / "out")], capsys)
     assert "strategy name must be a plain name" in err and "'../../escape'" in err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["cm.yaml"]
 
@@ -287,7 +287,7 @@ def test_scene_name_cannot_leave_the_data_folder(tmp_path, capsys):
     (tmp_path / "data").mkdir()
     savemat(tmp_path / "sd.mat", {"data": cube, "map": gt})  # a real scene one level up
     err = _one_line_exit_2(["dense-compare", "hyperspectral", "--data-dir", str(tmp_path / "data"),
-                            "--scene", "../sd", "--results-dir", str(tmp_path / "res")], capsys)
+                            "--scene", "../sd", "--out", str(tmp_path / "res")], capsys)
     assert "--scene" in err and "'../sd'" in err
     assert not (tmp_path / "res").exists()
 

@@ -148,8 +148,94 @@ def test_group_pairs_rule():
     assert (g.anchors, g.queries, g.positives, g.rows) == (["a", "b"], ["a", "a", "b"], ["p1", "p2", "q1"], [0, 2, 1])
     assert g.pair_anchor.tolist() == [0, 0, 1] and g.max_positives == 2
     q = np.array([[1.0, 0.0], [0.0, 1.0]], dtype=np.float32)
-    c = np.array([[0.8, 0.6], [0.6, 0.8], [0.0, 1.0]], dtype=np.float32)  # p1, p2, q1
-    main, others, scores = anchor_positives(g, np.array([0, 1, 2]), q, c)
+    c = np.array([[0.8, 0.6], [0.6, 0.8], [0.0, 1.0], [1.0, 0.0]], dtype=np.float32)  # p1, p2, q1, "b"
+    main, others, scores = anchor_positives(g, np.array([0, 1, 2]), q, c, ["p1", "p2", "q1", "b"])
     assert main.tolist() == [1, 2]  # "a": p2 scores 0.6 < p1's 0.8
-    assert others.tolist() == [[0], [-1]]
+    # never mined: the other positives, then the anchor's own text where the corpus holds it ("b" is row 3)
+    assert others.tolist() == [[0, -1], [-1, 3]]
     assert scores.tolist() == pytest.approx([0.8, 0.6, 1.0])
+
+
+# sentence-transformers' documented recipe: range_min with max_score and a relative margin, where the
+# meaning of range_min (ranks among the filters' survivors) decides which negatives come out
+RECIPE = {"range_min": 10, "range_max": 50, "max_score": 0.8, "relative_margin": 0.05, "num_negatives": 5}
+RECIPE_CASES = [("triplet", False), ("triplet", True), ("n-tuple", False), ("n-tuple-scores", False),
+                ("labeled-pair", False), ("labeled-pair", True), ("labeled-list", False), ("labeled-list", True)]
+
+
+@pytest.fixture(scope="module")
+def recipe(tmp_path_factory):
+    """The recipe fixture's dataset and corpus, and each function's embedding cache (each encodes once)."""
+    from tests.retrieval_fixtures import recipe_fixture
+
+    q, p, c = recipe_fixture()
+    ds = datasets.Dataset.from_dict({"anchor": q, "positive": p})
+    return ds, c, str(tmp_path_factory.mktemp("st-recipe")), str(tmp_path_factory.mktemp("hn-recipe"))
+
+
+def _recipe_both(recipe, **kw):
+    import hardneg
+
+    ds, corpus, st_cache, hn_cache = recipe
+    common = dict(corpus=corpus, use_faiss=True, verbose=False, batch_size=64, **{**RECIPE, **kw})
+    st = st_util.mine_hard_negatives(ds, minilm(), cache_folder=st_cache, **common)
+    ours = hardneg.mine_hard_negatives(ds, minilm(), cache_folder=hn_cache, **common)
+    return st, ours
+
+
+@pytest.mark.parametrize("fmt,scores", RECIPE_CASES)
+def test_recipe_range_min_with_score_filters_same_as_sentence_transformers(recipe, fmt, scores):
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # sentence-transformers deprecates "n-tuple-scores"
+        st, ours = _recipe_both(recipe, output_format=fmt, output_scores=scores)
+    assert ours.column_names == st.column_names
+    st_text, st_score = _split(st.to_list())
+    our_text, our_score = _split(ours.to_list())
+    assert len(our_text) >= 60  # the recipe leaves negatives for (nearly) every anchor on this fixture
+    assert our_text == st_text
+    assert our_score == pytest.approx(st_score, abs=2e-5)
+
+
+def test_recipe_range_min_decides_on_this_fixture(recipe):
+    # the recipe above compares a case where counting range_min before the filters gives other rows
+    import hardneg
+
+    ds, corpus, _, hn_cache = recipe
+    st, _ = _recipe_both(recipe)
+    before = hardneg.mine_hard_negatives(ds, minilm(), corpus=corpus, verbose=False, cache_folder=hn_cache,
+                                         window="retrieval", **RECIPE)
+    same = sum(a == b for a, b in zip(before.to_list(), st.to_list()))
+    assert same < 0.5 * len(st)
+
+
+def test_recipe_random_sampling_draws_from_sentence_transformers_window(recipe):
+    # sentence-transformers samples with Python's unseeded `random`; the oracle is its window: every
+    # negative drawn lies in it, and each anchor gets min(num_negatives, window size) negatives, as there
+    width = RECIPE["range_max"] - RECIPE["range_min"]
+    window_rows, _ = _recipe_both(recipe, num_negatives=width)  # "top" with N = the window: all of it
+    window: dict[str, set[str]] = {}
+    for r in window_rows:
+        window.setdefault(r["anchor"], set()).add(r["negative"])
+    st, ours = _recipe_both(recipe, sampling_strategy="random")
+    for rows in (st, ours):
+        drawn: dict[str, list[str]] = {}
+        for r in rows:
+            drawn.setdefault(r["anchor"], []).append(r["negative"])
+        assert set(drawn) == set(window)
+        for anchor, negs in drawn.items():
+            assert set(negs) <= window[anchor] and len(set(negs)) == len(negs)
+            assert len(negs) == min(RECIPE["num_negatives"], len(window[anchor]))
+    assert any(len(w) > RECIPE["num_negatives"] for w in window.values())  # so the draw is a choice
+
+
+def test_python_summary_names_python_arguments(recipe, capsys):
+    import hardneg
+
+    ds, corpus, _, hn_cache = recipe
+    hardneg.mine_hard_negatives(ds, minilm(), corpus=corpus, cache_folder=hn_cache, verbose=True,
+                                **{**RECIPE, "max_score": 0.5})
+    out = capsys.readouterr().out
+    warning = next(line for line in out.splitlines() if line.startswith("WARNING:"))
+    assert "-> raise max_score" in warning and "--" not in warning

@@ -128,3 +128,41 @@ def test_default_cache_user_dir_permissions_and_stale_temporaries(tmp_path, inpu
         "neg.jsonl", "neg.jsonl.summary.json"]
     for p in [work / "neg.jsonl", work / "neg.jsonl.summary.json", *shards]:
         assert stat.S_IMODE(p.stat().st_mode) == 0o644, p
+
+
+@pytest.mark.parametrize("fmt,scores", [("labeled-list", False), ("labeled-list", True), ("n-tuple-scores", False)])
+def test_cli_writes_sentence_transformers_formats(tmp_path, inputs, capsys, fmt, scores):
+    # the oracle: sentence-transformers' mine_hard_negatives on the same pairs and corpus (exact search)
+    datasets = pytest.importorskip("datasets")
+    st_util = pytest.importorskip("sentence_transformers.util")
+    from tests.retrieval_fixtures import minilm
+
+    pairs, corpus = inputs
+    out = tmp_path / "mined.jsonl"
+    args = _mine(pairs, corpus, out, "--format", fmt, "--index", "flat", "--no-dedupe", "--cache-dir",
+                 tmp_path / "cache", *(["--scores"] if scores else []))
+    code, _, err = _cli(args, capsys)
+    assert code == 0, err
+    ours = [json.loads(line) for line in out.read_text().splitlines()]
+    ds = datasets.Dataset.from_dict({"anchor": QUERIES, "positive": POSITIVES})
+    st = st_util.mine_hard_negatives(ds, minilm(), corpus=CORPUS, num_negatives=2, output_format=fmt,
+                                     output_scores=scores, use_faiss=True, verbose=False).to_list()
+    assert [{k: v for k, v in r.items() if k != "scores"} for r in ours] == [
+        {k: v for k, v in r.items() if k != "scores"} for r in st]
+    for a, b in zip(ours, st):
+        assert a.get("scores") == pytest.approx(b.get("scores"), abs=2e-5)
+
+
+def test_cli_random_sampling_is_sentence_transformers_name(tmp_path, inputs, capsys):
+    # --sampling random draws uniformly from the window (the same draw as hardneg's alias "uniform")
+    pairs, corpus = inputs
+    rows = {}
+    for sampling in ("random", "uniform"):
+        out = tmp_path / f"{sampling}.jsonl"
+        code, _, err = _cli(_mine(pairs, corpus, out, "--sampling", sampling, "--range-max", "8", "--seed", "3",
+                                  "--cache-dir", tmp_path / "cache"), capsys)
+        assert code == 0, err
+        rows[sampling] = out.read_text()
+    assert rows["random"] == rows["uniform"]
+    code, _, err = _cli(_mine(pairs, corpus, tmp_path / "x.jsonl", "--sampling", "hardest"), capsys)
+    assert code == 2 and "sampling must be one of ('top', 'random', 'uniform', 'tilted')" in err

@@ -14,15 +14,19 @@ def unit(rng, n, d):
 
 
 def reference_top(q, c, pos, cfg):
-    """Literal per-query implementation: sort all documents, drop the positive, window, filters, top-N."""
+    """Literal per-query implementation: sort all documents, keep the range_max + 1 nearest (the search
+    depth), drop the positive, filters, window, top-N. sentence-transformers' order: range_min and
+    range_max count the survivors of the filters; ``window="retrieval"`` cuts the window first."""
     out = []
+    lo, hi = cfg.range_min, cfg.effective_range_max()
     for i in range(len(q)):
         s = c @ q[i]
         sp = float(s[pos[i]])
-        order = [j for j in np.argsort(-s, kind="stable") if j != pos[i]]
-        window = order[cfg.range_min : cfg.effective_range_max()]
+        order = [j for j in np.argsort(-s, kind="stable")[: hi + 1] if j != pos[i]]
+        if cfg.window == "retrieval":
+            order = order[lo:hi]
         keep = []
-        for j in window:
+        for j in order:
             if cfg.min_score is not None and s[j] < cfg.min_score:
                 continue
             if cfg.max_score is not None and s[j] > cfg.max_score:
@@ -32,6 +36,8 @@ def reference_top(q, c, pos, cfg):
             if cfg.relative_margin is not None and s[j] > sp - abs(sp) * cfg.relative_margin:
                 continue
             keep.append(j)
+        if cfg.window == "filtered":
+            keep = keep[lo:hi]
         out.append(keep[: cfg.num_negatives])
     return out
 
@@ -43,6 +49,8 @@ def reference_top(q, c, pos, cfg):
         {"range_min": 3, "range_max": 20},
         {"absolute_margin": 0.02, "range_max": 40},
         {"relative_margin": 0.05, "min_score": -0.1, "max_score": 0.5},
+        {"range_min": 10, "range_max": 50, "max_score": 0.3, "relative_margin": 0.05},
+        {"range_min": 10, "range_max": 50, "max_score": 0.3, "relative_margin": 0.05, "window": "retrieval"},
     ],
 )
 def test_top_matches_literal_reference(kw):
@@ -57,7 +65,10 @@ def test_top_matches_literal_reference(kw):
         assert got == ref[i]
         np.testing.assert_allclose(res.neg_scores[i, : len(got)], c[got] @ q[i], rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(res.pos_scores, np.einsum("nd,nd->n", q, c[pos]), rtol=1e-5, atol=1e-6)
-    assert res.candidates_in_window == 40 * (cfg.effective_range_max() - cfg.range_min)
+    # the candidates the filters see: the retrieval window, or (filtered) all range_max + 1 retrieved but the positive
+    hi = cfg.effective_range_max()
+    pool = sum(int(pos[i] not in np.argsort(-(c @ q[i]), kind="stable")[: hi + 1]) + hi for i in range(40))
+    assert res.candidates_in_window == (40 * (hi - cfg.range_min) if cfg.window == "retrieval" else pool)
 
 
 def test_tilted_sampling_follows_exp_beta_s_over_t():
@@ -186,10 +197,15 @@ def test_summary_reports_queries_without_negatives_and_the_knob():
     if s["negatives_selected"] == 0:
         assert first.startswith("ERROR: no negatives selected") and "relative_margin removed" in first
         first = second
-    assert first.startswith("WARNING:") and "--relative-margin" in first
+    # Python names the argument; the command line (hardneg mine) names its flag
+    assert first.startswith("WARNING:") and "-> lower relative_margin (or raise range_max)" in first
+    assert "-> lower --relative-margin (or raise --range-max)" in format_summary(s, names="cli")
+    # the filter sees every retrieved candidate (range_max + 1 documents, the positive excluded) before
+    # the window is cut from its survivors, as in sentence-transformers
+    sp = np.array([c[pos[i]] @ q[i] for i in range(20)])
     assert s["removed_by_filter"]["relative_margin"] == sum(
-        int((c[ids] @ q[i] > (c[pos[i]] @ q[i]) * 0.95).sum()) for i, ids in
-        enumerate([[j for j in np.argsort(-(c @ q[i])) if j != pos[i]][:10] for i in range(20)]))
+        int((c[ids] @ q[i] > sp[i] - abs(sp[i]) * 0.05).sum()) for i, ids in
+        enumerate([[j for j in np.argsort(-(c @ q[i]))[:11] if j != pos[i]] for i in range(20)]))
 
 
 def test_bad_config_and_small_corpus():
@@ -314,3 +330,32 @@ def test_flat_and_bf16_mining_give_the_same_negatives(kw):
         np.testing.assert_allclose(res.neg_scores, flat.neg_scores, rtol=1e-6, atol=1e-6, err_msg=name)
         assert res.recall == 1.0, name
         assert res.removed == flat.removed, name
+
+
+def test_range_min_counts_the_survivors_of_the_filters():
+    # sentence-transformers' meaning (window="filtered", the default) and the retrieval-rank window differ
+    # when range_min and a score filter meet: the cases above compare each with its own reference
+    rng = np.random.default_rng(0)
+    q, c = unit(rng, 40, 16), unit(rng, 300, 16)
+    pos = np.argmax(q @ c.T, 1)  # the nearest document: the margin and max_score filters remove the top ranks
+    kw = {"num_negatives": 4, "range_min": 10, "range_max": 50, "max_score": 0.4, "relative_margin": 0.05}
+    filtered = mine_embeddings(q, c, pos, MineConfig(**kw), show_progress=False).neg_ids
+    retrieval = mine_embeddings(q, c, pos, MineConfig(window="retrieval", **kw), show_progress=False).neg_ids
+    assert (filtered >= 0).all() and (retrieval >= 0).all()
+    assert (filtered != retrieval).any(1).all()
+    assert filtered.tolist() == reference_top(q, c, pos, MineConfig(**kw))
+    with pytest.raises(ValueError, match="window must be one of"):
+        MineConfig(window="ranks").validate()
+
+
+def test_relative_margin_threshold_for_a_negative_positive_score():
+    # sentence-transformers: threshold = s_p − |s_p|·r, so with s_p = −0.5, r = 0.1 it is −0.55 and a
+    # candidate at −0.52 is dropped (s_p·(1 − r) = −0.45 would keep it)
+    import torch
+
+    from hardneg.negatives.filters import similarity_drops
+
+    S = torch.tensor([[-0.52, -0.58, 0.1], [0.44, 0.46, -0.2]])
+    sp = torch.tensor([-0.5, 0.5])
+    drop = similarity_drops(S, sp, relative_margin=0.1)["relative_margin"]
+    assert drop.tolist() == [[True, False, True], [False, True, False]]

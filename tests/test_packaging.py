@@ -126,6 +126,14 @@ def test_extras_table_matches_pyproject():
     assert "pytorch-metric-learning" not in _extra_closure(extras, "all")
 
 
+def test_text_extra_brings_what_mine_hard_negatives_searches_with():
+    # docs/install.md: [text] enables hardneg.mine_hard_negatives, whose search is FAISS (the mining extra),
+    # and `hardneg mine` (the cli extra)
+    extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    assert _extra_closure(extras, "text") >= _extra_closure(extras, "mining") == {"faiss-cpu", "scipy"}
+    assert _extra_closure(extras, "text") >= _extra_closure(extras, "cli") == {"typer", "rich", "pyyaml"}
+
+
 def test_require_checks_extra_and_version():
     assert require("scipy.sparse", "mining").csr_matrix is not None
     with pytest.raises(ValueError, match="comes with the extra 'mining', not 'text'"):

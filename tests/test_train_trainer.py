@@ -183,9 +183,10 @@ def test_eval_and_report_cli_reproduce_summary(tmp_path, capsys):
     assert (out / "bounds.png").stat().st_size > 1000 and (out / "report.md").is_file()
     summary = json.loads((out / "summary.json").read_text())
     with pytest.raises(SystemExit) as e:
-        main(["eval", str(out), "--json"])
+        main(["eval", str(out), "--json", str(tmp_path / "eval.json")])
     assert e.value.code == 0
-    r = json.loads(capsys.readouterr().out)
+    assert capsys.readouterr().out.splitlines()[-1] == f"json: {tmp_path / 'eval.json'}"
+    r = json.loads((tmp_path / "eval.json").read_text())
     assert r["knn_acc"] == pytest.approx(summary["knn_acc"]) and r["linear_acc"] == pytest.approx(summary["linear_acc"])
     assert sum(map(sum, r["knn_confusion"])) == 120
     with pytest.raises(SystemExit) as e:

@@ -125,7 +125,7 @@ def test_wordnet_export_cli_writes_splits_and_ambiguity_labels(data_dir, tmp_pat
 
     out = tmp_path / "export"
     with pytest.raises(SystemExit) as e:
-        main(["wordnet-export", "--out-dir", str(out), "--data-dir", str(data_dir), "--ambiguous"])
+        main(["wordnet-export", "--out", str(out), "--data-dir", str(data_dir), "--ambiguous"])
     assert e.value.code in (0, None)
     rows = [json.loads(x) for sp in wn.SPLITS for x in (out / f"{sp}.jsonl").read_text().splitlines()]
     assert sorted(r["query"] for r in rows) == sorted(

@@ -100,4 +100,17 @@ def require(module: str, extra: str | None = None, *, min_version: str | None = 
     return mod
 
 
-__all__ = ["EXTRAS", "MissingExtraError", "missing", "require"]
+def installed_version() -> str:
+    """The installed distribution's version (``importlib.metadata``); the package's own when run from a
+    source tree that was never installed."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("hardneg")
+    except PackageNotFoundError:
+        from hardneg import __version__
+
+        return __version__
+
+
+__all__ = ["EXTRAS", "MissingExtraError", "installed_version", "missing", "require"]

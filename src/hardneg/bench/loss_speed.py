@@ -241,6 +241,13 @@ def _fmt_bytes(b: float | None) -> str:
     return f"{b / 2**30:.2f} GB" if b >= 2**30 else f"{b / 2**20:.0f} MB"
 
 
+def speedup_text(x: float | None) -> str:
+    """A time ratio (anchor's time / ours) in words: "2.0× faster", or "2.0× slower" below 1."""
+    if not x:
+        return ""
+    return f"{x:.1f}× faster" if x >= 1 else f"{1 / x:.1f}× slower"
+
+
 def format_table(rows: list[dict]) -> str:
     """Markdown table: time, × floor, peak extra memory, speed-up over each anchor."""
     lines = [
@@ -252,7 +259,7 @@ def format_table(rows: list[dict]) -> str:
             lines.append(f"| {r['2B']} | {r['case']} | {r['skipped']} | | | | | |")
             continue
         sp = [r.get(f"speedup_vs_{a}") for a in ("pml.SupConLoss", "pml.NTXentLoss", "torch.dense_supcon")]
-        sps = [f"{x:.1f}× faster" if x else "" for x in sp]
+        sps = [speedup_text(x) for x in sp]
         t = r["seconds"]
         ts = f"{t * 1e3:.1f} ms" if t < 1 else f"{t:.2f} s"
         lines.append(

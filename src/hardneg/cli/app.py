@@ -19,21 +19,21 @@ import sys
 import warnings
 from collections.abc import Iterator
 
-import click
 import typer
 
-from hardneg._optional import MissingExtraError
+from hardneg._optional import MissingExtraError, installed_version
 from hardneg.io import HardnegWarning, describe_os_error, is_file_system_error
 
-# typer >= 0.20 ships its own copy of click (typer._click) and its own Exit/Abort; catch both families.
+# typer >= 0.20 carries its own copy of click (typer._click), whose exceptions derive from typer's; older
+# typer depends on click and uses click's. Only typer is declared, so click is never imported directly.
 try:
-    from typer._click.exceptions import ClickException as _TyperClickException
-except ImportError:  # pragma: no cover - older typer re-uses click
-    _TyperClickException = click.ClickException
+    from typer._click.exceptions import ClickException as _ClickException
+except ImportError:  # pragma: no cover - typer < 0.20, which requires click
+    from click.exceptions import ClickException as _ClickException  # type: ignore[no-redef]
 
-_EXIT = tuple({click.exceptions.Exit, getattr(typer, "Exit", click.exceptions.Exit)})
-_CLICK_ERRORS = tuple({click.ClickException, _TyperClickException})
-_ABORT = tuple({click.exceptions.Abort, getattr(typer, "Abort", click.exceptions.Abort)})
+_EXIT = typer.Exit
+_CLICK_ERRORS = _ClickException
+_ABORT = typer.Abort
 
 app = typer.Typer(
     name="hardneg",
@@ -41,7 +41,23 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    # plain help: typer's rich panels label every flag (even --help) with a "<bool>" value it does not take
+    rich_markup_mode=None,
 )
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        typer.echo(f"hardneg {installed_version()}")
+        raise typer.Exit(0)
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(False, "--version", is_eager=True, callback=_print_version,
+                                 help="Print the installed version of hardneg and exit."),
+) -> None:
+    """Negative sampling for contrastive learning: train, compare, mine, evaluate, bench, report."""
 
 # a missing optional dependency is reported like a user error: one line naming the extra to install
 # (file-system refusals, PermissionError and the like, are OSErrors printed by describe_os_error)
@@ -102,7 +118,7 @@ def main(argv: list[str] | None = None) -> None:
     sys.exit(rv if isinstance(rv, int) else 0)
 
 
-def _run(command: click.Command, argv: list[str] | None) -> object:
+def _run(command: typer.core.TyperCommand | typer.core.TyperGroup, argv: list[str] | None) -> object:
     """The command's return value; every way it fails exits with its code and one line."""
     try:
         return command.main(args=argv, prog_name="hardneg", standalone_mode=False)

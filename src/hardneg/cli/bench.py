@@ -9,7 +9,8 @@ import typer
 
 from hardneg.cli.app import app
 
-bench_app = typer.Typer(help="Benchmarks that print measured ratios against the anchors run in the same process.")
+bench_app = typer.Typer(help="Benchmarks that print measured ratios against the anchors run in the same process.",
+                       rich_markup_mode=None)
 app.add_typer(bench_app, name="bench")
 
 README_START = "<!-- bench:loss:start -->"

@@ -17,10 +17,16 @@ def crossmodal_compare(
         list[Path], typer.Option("--config", "-c", help="YAML config (configs/crossmodal_quick.yaml); repeatable.")
     ],
     out: Annotated[
-        Path, typer.Option("--out", "-o", help="Output folder; each config's runs go to <out>/<config name>.")
+        Path, typer.Option("--out", help="Output folder; each config's runs go to <out>/<config name>.")
     ] = Path("runs/crossmodal"),
-    doc: Annotated[Path | None, typer.Option("--doc", help="Write the results page here.")] = None,
-    strategies: Annotated[str | None, typer.Option(help="Comma-separated subset of the config's strategies.")] = None,
+    overrides: Annotated[
+        list[str] | None, typer.Option("--set", "-s", help="Override, e.g. --set seeds=[0] (repeatable; applies "
+                                       "to every config).")
+    ] = None,
+    docs: Annotated[Path | None, typer.Option("--docs", help="Write the results page to this markdown file.")] = None,
+    strategies: Annotated[
+        str | None, typer.Option("--strategies", help="Comma-separated subset of the config's strategies.")
+    ] = None,
     summarize: Annotated[
         bool, typer.Option("--summarize", help="Train nothing: tabulate the runs already finished.")
     ] = False,
@@ -30,10 +36,10 @@ def crossmodal_compare(
     from hardneg.experiments.crossmodal import load_crossmodal_config, results_tables, run_grid, write_results_page
     from hardneg.io import check_writable
 
-    cfgs = [(p.stem, load_crossmodal_config(p)) for p in config]
+    cfgs = [(p.stem, load_crossmodal_config(p, overrides)) for p in config]
     check_writable(out, "--out", folder=True)
-    if doc:
-        check_writable(doc, "--doc")
+    if docs:
+        check_writable(docs, "--docs")
     names = [s.strip() for s in strategies.split(",") if s.strip()] if strategies else None
     sections = []
     for stem, cfg in cfgs:
@@ -43,9 +49,8 @@ def crossmodal_compare(
             continue
         typer.echo(results_tables(records))
         sections.append((stem, cfg, records))
-    if doc:
-        cmd = " ".join(
-            ["hardneg crossmodal-compare", *(f"--config {p}" for p in config), f"--out {out}", f"--doc {doc}"]
-        )
-        write_results_page(sections, doc, cmd)
-        typer.echo(f"wrote {doc}")
+    if docs:
+        cmd = " ".join(["hardneg crossmodal-compare", *(f"--config {p}" for p in config), f"--out {out}",
+                        *(f"--set {o!r}" for o in overrides or []), f"--docs {docs}"])
+        write_results_page(sections, docs, cmd)
+        typer.echo(f"wrote {docs}")

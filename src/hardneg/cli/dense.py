@@ -46,8 +46,10 @@ def dense_compare_cmd(
         Path | None, typer.Option("--data-dir", help="Folder with a real scene (NAME.mat, or NAME.hdr + NAME.raw).")
     ] = None,
     scene: Annotated[str | None, typer.Option("--scene", help="Real scene NAME in --data-dir.")] = None,
-    results_dir: Annotated[Path, typer.Option("--results-dir", help="Where the JSON rows go.")] = Path("docs/results"),
-    page: Annotated[Path, typer.Option("--page", help="The markdown results page.")] = Path("docs/results_dense.md"),
+    results_dir: Annotated[Path, typer.Option("--out", help="Output folder of the JSON rows.")] = Path("docs/results"),
+    page: Annotated[
+        Path, typer.Option("--docs", help="Write the results page to this markdown file.")
+    ] = Path("docs/results_dense.md"),
     threads: Annotated[int, typer.Option("--threads", help="torch threads (1 is fastest on a shared machine).")] = 1,
 ) -> None:
     """Hyperspectral target detection (contrastive vs CEM / ACE) and instance separation (uniform vs
@@ -71,8 +73,8 @@ def dense_compare_cmd(
             raise ValueError(f"{name} must be a positive int, got {v}")
     seed_list = _seeds(seeds)
     abund = _floats(abundances, "--abundances")
-    check_writable(results_dir, "--results-dir", folder=True)
-    check_writable(page, "--page")
+    check_writable(results_dir, "--out", folder=True)
+    check_writable(page, "--docs")
     for rows_file in (dense_report.HS_JSON, dense_report.INST_JSON):  # the page reads both: refuse a bad one now
         dense_report.read_results(results_dir / rows_file)
     torch.set_num_threads(threads)

@@ -74,8 +74,10 @@ def diagnose_cmd(
                                                      "row i is the positive of row i.")] = None,
     strategy: Annotated[str | None, typer.Option("--strategy", help="A preset name (default: the config's, "
                                                  "else ucl with two views, supcon with one).")] = None,
-    option: Annotated[list[str] | None, typer.Option("--option", "-o", help="Preset option KEY=VALUE.")] = None,
-    overrides: Annotated[list[str] | None, typer.Option("--set", "-s", help="Config override.")] = None,
+    option: Annotated[list[str] | None, typer.Option("--option", "-o", help="Preset option KEY=VALUE (YAML "
+                                                     "value), repeatable.")] = None,
+    overrides: Annotated[list[str] | None, typer.Option("--set", "-s", help="Override, e.g. --set "
+                                                        "train.batch_size=128 (repeatable).")] = None,
     samples: Annotated[int, typer.Option("--samples", min=4, help="Samples embedded from the data (config/run).")]
     = 2048,
     batch_size: Annotated[int | None, typer.Option("--batch-size", min=2, help="Batch size (default: the "
@@ -84,7 +86,8 @@ def diagnose_cmd(
     plot: Annotated[Path | None, typer.Option("--plot", help="Write a histogram of the similarities (PNG).")] = None,
     json_out: Annotated[Path | None, typer.Option("--json", help="Write the numbers and the advice as JSON.")]
     = None,
-    seed: Annotated[int, typer.Option("--seed", min=0)] = 0,
+    seed: Annotated[int, typer.Option("--seed", min=0, help="Seed of the sample, the augmentations and the "
+                                      "batches.")] = 0,
 ) -> None:
     """Report how false and how hard the negatives are, with suggestions (label filter, similarity filter, tilt)."""
     from hardneg.eval.diagnose import diagnose, save_json

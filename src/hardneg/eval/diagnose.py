@@ -35,6 +35,15 @@ from hardneg.negatives import Strategy, create_strategy
 FN_NOTABLE = 0.05
 ABOVE_POSITIVE_NOTABLE = 0.01
 ESS_CONCENTRATED = 0.1
+#: π weight on same-class negatives at or below which the strategy already keeps them out (SCL, H-SCL,
+#: a label filter): no advice to add what it does
+FN_WEIGHT_EXCLUDED = 1e-3
+
+
+def _value(d: dict[str, float], key: str, fmt: str) -> str:
+    """``d[key]`` formatted, or "n/a" where the strategy did not measure it."""
+    v = d.get(key)
+    return "n/a" if v is None or v != v else f"{v:{fmt}}"
 
 
 @dataclass
@@ -56,7 +65,14 @@ class Diagnosis:
     def advice(self) -> list[str]:
         """Plain-words suggestions from the numbers."""
         out = []
-        if self.fn_share is not None and self.fn_share >= FN_NOTABLE:
+        fn_weight = self.strategy_diagnostics.get("fn_weight_share")
+        if self.fn_share is not None and self.fn_share >= FN_NOTABLE and fn_weight is not None \
+                and fn_weight <= FN_WEIGHT_EXCLUDED:
+            out.append(
+                f"{100 * self.fn_share:.0f} % of in-batch negatives share the anchor's class, and {self.strategy} "
+                f"already keeps them out (π weight on them: {fn_weight:.3f})."
+            )
+        elif self.fn_share is not None and self.fn_share >= FN_NOTABLE:
             out.append(
                 f"{100 * self.fn_share:.0f} % of negatives share the anchor's class: a label filter "
                 "(filters: [{kind: label}]) or SCL / H-SCL (presets scl, hscl) stops pushing them away."
@@ -102,9 +118,9 @@ class Diagnosis:
             pct = " / ".join(f"{sd[f'sim_p{p:02d}']:.2f}" for p in (5, 25, 50, 75, 95) if f"sim_p{p:02d}" in sd)
             lines.append(f"  negative similarity p5/p25/p50/p75/p95: {pct}")
             lines.append(
-                f"  positive − hardest negative: {sd.get('pos_gap', float('nan')):.3f}; effective negatives "
-                f"1/Σπ²: {sd.get('ess', float('nan')):.1f}; π weight on same-class negatives: "
-                f"{sd.get('fn_weight_share', float('nan')):.3f}"
+                f"  positive − hardest negative: {_value(sd, 'pos_gap', '.3f')}; effective negatives "
+                f"1/Σπ²: {_value(sd, 'ess', '.1f')}; π weight on same-class negatives: "
+                f"{_value(sd, 'fn_weight_share', '.3f')}"
             )
         lines.append("advice:")
         lines += [f"  - {a}" for a in self.advice()]

@@ -65,7 +65,7 @@ def read_results(path: Path) -> dict | None:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise ValueError(f"{path}: not a results file of hardneg dense-compare ({e}); move it away or choose "
-                         "another --results-dir") from None
+                         "another --out") from None
     if not isinstance(data, dict) or not isinstance(data.get("rows"), list) or "settings" not in data:
         raise ValueError(f"{path}: not a results file of hardneg dense-compare (no 'settings' and 'rows')")
     return data

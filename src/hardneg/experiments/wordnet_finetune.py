@@ -37,18 +37,18 @@ Both mining methods use the same (bf16, cached) embeddings; sentence-transformer
 its ``cache_folder`` (:mod:`hardneg.mining.st_compat`). Each run also stops after ``--max-minutes``.
 
     hardneg retrieval-compare --out runs/wordnet_finetune                    # all runs, all train pairs
-    python -m hardneg.experiments.wordnet_finetune --out runs/wn_small --train-pairs 2000 --runs untuned,mnrl
+    hardneg retrieval-compare --out runs/wn_small --train-pairs 2000 --runs untuned,mnrl
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import random
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 from hardneg._optional import require
 
@@ -147,7 +147,8 @@ def mine_sets(data, model, num_negatives: int, cache_dir: str, seed: int, runs=R
         out["st_mined"] = (st.to_list(), {"rows": len(st)})
     common = dict(model=model, output_format="n-tuple", q_labels=labels, corpus_labels=data["mine_labels"],
                   precision="bf16", cache_dir=cache_dir, show_progress=True)
-    fn = dict(num_negatives=num_negatives, filter_labels=True, seed=seed)
+    # the measured configs count their windows in retrieval ranks (a fixed mid-rank window [10, 100))
+    fn = dict(num_negatives=num_negatives, filter_labels=True, seed=seed, window="retrieval")
     configs = {
         "hardneg_mined": MineConfig(range_max=30, **fn),
         "hardneg_tilted": MineConfig(range_max=30, sampling="tilted", beta=1.0, t=0.05, **fn),
@@ -219,31 +220,15 @@ def train_one(run: str, rows: list[dict], args, out_dir: Path):
                    "stopped_by_budget": cb.stopped_at is not None, "columns": list(cols)}
 
 
-def main(argv: list[str] | None = None) -> dict:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--out", required=True)
-    ap.add_argument("--summarize", nargs="+", default=None, metavar="RESULTS_JSON",
-                    help="only combine these results.json files (one per seed) into <out>/seeds.md")
-    ap.add_argument("--runs", default=",".join(DEFAULT_RUNS), help=f"comma-separated subset of {RUNS}")
-    ap.add_argument("--train-pairs", type=int, default=None, help="cap on training pairs (default: all)")
-    ap.add_argument("--eval-queries", type=int, default=None)
-    ap.add_argument("--eval-corpus", type=int, default=None, help="cap on eval corpus size (default: all test)")
-    ap.add_argument("--batch-size", type=int, default=64)
-    ap.add_argument("--lr", type=float, default=5e-5)
-    ap.add_argument("--num-negatives", type=int, default=3)
-    ap.add_argument("--beta", type=float, default=0.5, help="β of the hardneg_tilted loss")
-    ap.add_argument("--max-minutes", type=float, default=40.0, help="training budget per run")
-    ap.add_argument("--max-steps", type=int, default=None,
-                    help="optimizer steps per trained run, the same for every run (default: one epoch of the "
-                         "training pairs, ceil(pairs / batch size))")
-    ap.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=True,
-                    help="bf16 autocast for training (same for every run)")
-    ap.add_argument("--cache-dir", default=".cache/hardneg-embeddings")
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--threads", type=int, default=2)
-    args = ap.parse_args(argv)
+def run(args: Any) -> dict:
+    """Run the comparison. ``args`` holds the options of ``hardneg retrieval-compare`` as attributes
+    (``out``, ``summarize``, ``runs``, ``train_pairs``, ``eval_queries``, ``eval_corpus``, ``batch_size``,
+    ``lr``, ``num_negatives``, ``beta``, ``max_minutes``, ``max_steps``, ``bf16``, ``cache_dir``, ``seed``,
+    ``threads``; strings and numbers: they are recorded in ``results.json``)."""
     from hardneg.io import atomic_write_text, check_writable
+
     check_writable(args.out, "--out", folder=True)  # before hours of training, not after
+
     if args.summarize:
         table = seeds_table(args.summarize)
         Path(args.out).mkdir(parents=True, exist_ok=True)
@@ -370,6 +355,3 @@ def results_table(results: dict) -> str:
                      f"{m.get('steps', '-')} | {m.get('train_s', 0):.0f} |")
     return "\n".join(lines)
 
-
-if __name__ == "__main__":
-    main()

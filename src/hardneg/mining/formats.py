@@ -1,5 +1,5 @@
 """Reading query/positive pairs and corpora (JSONL, CSV, Parquet, ``datasets.Dataset``) and writing
-mined negatives in sentence-transformers' dataset formats (triplet, n-tuple, labeled-pair).
+mined negatives in sentence-transformers' dataset formats (triplet, n-tuple, labeled-pair, labeled-list).
 
 Output files are written to a temporary name and renamed (:func:`hardneg.io.atomic_open`), so a
 failure never leaves a partial file behind.
@@ -20,7 +20,8 @@ import numpy as np
 from hardneg._optional import require
 from hardneg.io import atomic_open
 
-OUTPUT_FORMATS_ALL = ("triplet", "n-tuple", "labeled-pair")
+#: sentence-transformers' output formats ("n-tuple-scores" is its name for "n-tuple" with the scores)
+OUTPUT_FORMATS_ALL = ("triplet", "n-tuple", "n-tuple-scores", "labeled-pair", "labeled-list")
 QUERY_COLUMNS = ("query", "anchor", "question", "sentence1")
 POSITIVE_COLUMNS = ("positive", "document", "answer", "passage", "sentence2")
 
@@ -188,9 +189,14 @@ def build_rows(
 
     - ``triplet``: ``anchor, positive, negative`` (one row per mined negative);
     - ``n-tuple``: ``anchor, positive, negative_1..negative_N`` (queries with fewer than N dropped);
-    - ``labeled-pair``: ``anchor, positive, label`` with label 1 for the positive, 0 per negative.
-    With ``output_scores``, ``scores`` = [positive, negative...] (labeled-pair: ``score``).
+    - ``labeled-pair``: ``anchor, positive, label`` with label 1 for the positive, 0 per negative;
+    - ``labeled-list``: ``anchor, positive, labels``: ``positive`` lists the positive and then the
+      negatives, ``labels`` is ``[1, 0, …]`` (queries without a negative dropped).
+    With ``output_scores``, ``scores`` = [positive, negative...] (labeled-pair: ``score``; labeled-list:
+    ``scores`` replaces ``labels``). ``n-tuple-scores`` is ``n-tuple`` with the scores.
     """
+    if output_format == "n-tuple-scores":
+        output_format, output_scores = "n-tuple", True
     rows: list[dict] = []
     dropped = 0
     N = neg_ids.shape[1]
@@ -222,8 +228,19 @@ def build_rows(
             for j in np.flatnonzero(ok):
                 rows.append({"anchor": q, "positive": corpus[neg_ids[i, j]],
                              **({"score": float(neg_scores[i, j])} if output_scores else {"label": 0})})
+        elif output_format == "labeled-list":
+            if not ok.any():
+                dropped += 1
+                continue
+            js = np.flatnonzero(ok)
+            r = {"anchor": q, "positive": [p, *(corpus[neg_ids[i, j]] for j in js)]}
+            if output_scores:
+                r["scores"] = [float(pos_scores[i]), *(float(neg_scores[i, j]) for j in js)]
+            else:
+                r["labels"] = [1] + [0] * len(js)
+            rows.append(r)
         else:
-            raise ValueError(f"output format must be one of triplet, n-tuple, labeled-pair, got {output_format!r}")
+            raise ValueError(f"output format must be one of {', '.join(OUTPUT_FORMATS_ALL)}, got {output_format!r}")
     return rows, dropped
 
 

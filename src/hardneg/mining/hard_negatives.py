@@ -21,14 +21,14 @@ import numpy as np
 
 from hardneg._optional import require
 from hardneg.mining.encode import encode_texts, load_sentence_model
-from hardneg.mining.mine import MineConfig, mine_embeddings
+from hardneg.mining.mine import SAMPLING, MineConfig, mine_embeddings
 from hardneg.mining.pairs import anchor_labels, anchor_positives, group_pairs
 from hardneg.mining.pipeline import check_texts, prepare_corpus, text_ids_and_guide
 from hardneg.mining.summary import build_summary, format_summary, save_summary
 
 ST_OUTPUT_FORMATS = ("triplet", "n-tuple", "labeled-pair", "labeled-list")
-#: sentence-transformers' sampling names and hardneg's own, mapped onto :class:`MineConfig`'s
-SAMPLING_STRATEGIES = {"top": "top", "random": "uniform", "uniform": "uniform", "tilted": "tilted"}
+#: sentence-transformers' sampling names ("top", "random") and hardneg's own ("uniform" = "random", "tilted")
+SAMPLING_STRATEGIES = {name: name for name in SAMPLING}
 
 
 def _prompt(model: Any, prompt: str | None, prompt_name: str | None, defaults: Sequence[str], what: str) -> str:
@@ -146,6 +146,7 @@ def mine_hard_negatives(
     verbose: bool = True,
     cache_folder: str | os.PathLike[str] | None = None,
     *,
+    window: str = "filtered",
     dedupe: bool = False,
     filter_labels: bool = False,
     label_column: str | None = None,
@@ -180,12 +181,13 @@ def mine_hard_negatives(
         corpus: further candidate documents; the positives are always candidates too.
         cross_encoder: not supported (sentence-transformers re-scores candidates with it); use
             ``guide=`` for hardneg's guide-model filter.
-        range_min: skip the ``range_min`` highest-ranked non-positive candidates.
-        range_max: consider candidates ranked below ``range_max`` (see above for the default).
+        range_min: skip the ``range_min`` highest-ranked candidates that survive the filters.
+        range_max: consider candidates ranked below ``range_max`` among those survivors, out of the
+            ``range_max + (max positives per anchor) + 1`` nearest documents (see above for the default).
         max_score: drop candidates scoring above it.
         min_score: drop candidates scoring below it.
         absolute_margin: drop candidates with ``s > s_pos − absolute_margin``.
-        relative_margin: drop candidates with ``s > s_pos · (1 − relative_margin)``.
+        relative_margin: drop candidates with ``s > s_pos − |s_pos| · relative_margin``.
         num_negatives: negatives per anchor.
         sampling_strategy: ``"top"``, ``"random"`` (uniform over the surviving window) or hardneg's
             ``"tilted"`` (probability ∝ exp(β·s/t), without replacement).
@@ -206,6 +208,9 @@ def mine_hard_negatives(
         use_multi_process: not supported.
         verbose: show progress bars and print hardneg's mining summary.
         cache_folder: hardneg's embedding cache folder (keyed by model weights and text).
+        window: ``"filtered"`` (sentence-transformers' meaning of ``range_min``/``range_max``: ranks among
+            the candidates left by the filters) or hardneg's ``"retrieval"``: ranks among all retrieved
+            non-positive documents, counted before any filter (a fixed mid-rank window).
         dedupe: also drop candidates whose normalised text equals the anchor's or the positive's.
         filter_labels: drop candidates sharing a label with the anchor (needs ``label_column``).
         label_column: a column of label(s) per pair, for ``filter_labels`` and the false-negative rate.
@@ -229,9 +234,7 @@ def mine_hard_negatives(
     Scores are cosine similarities of the normalised embeddings (what sentence-transformers uses with
     ``use_faiss=True``, and without it for cosine and dot-product models). As in sentence-transformers,
     margins are measured against the anchor's lowest-scoring positive.
-    One difference: ``range_min`` counts ranks before the score filters (``max_score``, ``min_score``,
-    the margins) are applied, while sentence-transformers skips the first ``range_min`` candidates
-    that survive them; the two agree when either is unset.
+    As in sentence-transformers, a corpus text equal to the anchor is never its negative.
     """
     datasets = require("datasets", "text", feature="hardneg.mine_hard_negatives")
     if cross_encoder is not None:
@@ -275,9 +278,9 @@ def mine_hard_negatives(
         range_max = range_min + num_negatives * (10 if filtered else 1) + max_positives
     cfg = MineConfig(num_negatives=num_negatives, range_min=range_min, range_max=range_max,
                      absolute_margin=absolute_margin, relative_margin=relative_margin, min_score=min_score,
-                     max_score=max_score, dedupe=dedupe, filter_labels=filter_labels, guide_margin=guide_margin,
-                     sampling=SAMPLING_STRATEGIES[sampling_strategy], beta=beta, t=t, seed=seed, index=index,
-                     nprobe=nprobe, ef_search=ef_search, recall_sample=recall_sample)
+                     max_score=max_score, window=window, dedupe=dedupe, filter_labels=filter_labels,
+                     guide_margin=guide_margin, sampling=SAMPLING_STRATEGIES[sampling_strategy], beta=beta, t=t,
+                     seed=seed, index=index, nprobe=nprobe, ef_search=ef_search, recall_sample=recall_sample)
     cfg.validate()
 
     if model is None or isinstance(model, (str, os.PathLike)):
@@ -292,7 +295,7 @@ def mine_hard_negatives(
     enc = dict(batch_size=batch_size, precision=precision, cache_dir=cache_folder, show_progress=verbose)
     q_emb = encode_texts(model, [qp + q for q in uq], desc="queries", **enc)
     c_emb = encode_texts(model, [cp + c for c in texts], desc="corpus", **enc)
-    main_pos, others, pair_scores = anchor_positives(groups, pos_rows, q_emb, c_emb)
+    main_pos, others, pair_scores = anchor_positives(groups, pos_rows, q_emb, c_emb, texts)
     q_tid, c_tid, guide_fn = text_ids_and_guide(uq, texts, guide, batch_size=batch_size, cache_dir=cache_folder)
     neg = mine_embeddings(q_emb, c_emb, main_pos, cfg, extra_pos_ids=others,
                           q_text_ids=q_tid, c_text_ids=c_tid, q_labels=q_labels if c_labels is not None else None,

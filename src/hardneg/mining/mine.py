@@ -1,22 +1,25 @@
-"""Offline hard-negative mining: retrieve, window, filter, select (docs/design.md §3, "offline mined").
+"""Offline hard-negative mining: retrieve, filter, window, select (docs/design.md §3, "offline mined").
 
-For query ``i`` with positive ``p`` and retrieved candidates ``j`` (cosine ``s_ij``, retrieval rank
-``r_ij`` among non-positive documents), the pipeline keeps ``j`` when
+For query ``i`` with positive ``p`` and retrieved candidates ``j`` (cosine ``s_ij``), the pipeline keeps
+``j`` when
 
-- ``range_min ≤ r_ij < range_max`` (candidate window by rank),
 - its text differs from the query's and the positive's (``dedupe``),
 - its label set does not intersect the query's (``filter_labels``; known false negatives),
 - ``min_score ≤ s_ij ≤ max_score``,
-- ``s_ij ≤ s_ip − absolute_margin`` and ``s_ij ≤ s_ip·(1 − relative_margin)`` (margins to the
+- ``s_ij ≤ s_ip − absolute_margin`` and ``s_ij ≤ s_ip − |s_ip|·relative_margin`` (margins to the
   positive, NV-Retriever's TopK-MarginPos / TopK-PercPos, Moreira et al. 2024; the rules of
   :func:`hardneg.negatives.filters.similarity_drops`, as in sentence-transformers),
 - ``g(i, j) ≤ g(i, p) − guide_margin`` for a guide model's score ``g`` (GISTEmbed-style filter,
   Solatorio 2024; a cross-encoder or a second bi-encoder),
+- its rank ``r_ij`` lies in ``[range_min, range_max)``. With ``window="filtered"`` (the default, the
+  meaning sentence-transformers gives ``range_min``/``range_max``) ``r_ij`` counts the candidates that
+  survive the filters above; with ``window="retrieval"`` it counts every retrieved non-positive
+  document, before any filter (a fixed mid-rank window of the retrieval order),
 
 and then picks ``num_negatives`` of the survivors:
 
 - ``"top"``: the highest-ranked ones;
-- ``"uniform"``: uniformly without replacement;
+- ``"random"`` (sentence-transformers' name) or ``"uniform"``: uniformly without replacement;
 - ``"tilted"``: without replacement with probability ∝ ``exp(β·s_ij/t)`` — the tilted negative
   distribution q(x⁻) ∝ η(s)·p(x⁻) of HCL (Robinson et al. 2021), restricted to the window —
   implemented as Gumbel-top-k (Kool et al. 2019), exact for sampling without replacement.
@@ -53,7 +56,11 @@ from hardneg.losses.tilt import tilt_log_weights
 from hardneg.negatives.filters import check_similarity_rules, guide_drops, similarity_drops
 from hardneg.negatives.registry import build_filter, build_weighting
 
-SAMPLING = ("top", "uniform", "tilted")
+#: "random" is sentence-transformers' name for "uniform" (the same sampling)
+SAMPLING = ("top", "random", "uniform", "tilted")
+#: what ``range_min``/``range_max`` count: the candidates that survive the filters (sentence-transformers'
+#: meaning) or every retrieved non-positive document before any filter
+WINDOWS = ("filtered", "retrieval")
 OUTPUT_FORMATS = ("triplet", "n-tuple", "labeled-pair")
 FILTERS = ("duplicate", "false_negative_label", "min_score", "max_score", "absolute_margin",
            "relative_margin", "guide")
@@ -66,6 +73,7 @@ class MineConfig:
     num_negatives: int = 5
     range_min: int = 0
     range_max: int | None = None
+    window: str = "filtered"
     absolute_margin: float | None = None
     relative_margin: float | None = None
     min_score: float | None = None
@@ -96,6 +104,8 @@ class MineConfig:
                 f"the window [range_min={self.range_min}, range_max={self.range_max}) holds fewer than "
                 f"num_negatives={self.num_negatives} candidates; widen it or lower num_negatives"
             )
+        if self.window not in WINDOWS:
+            raise ValueError(f"window must be one of {WINDOWS}, got {self.window!r}")
         if self.sampling not in SAMPLING:
             raise ValueError(f"sampling must be one of {SAMPLING}, got {self.sampling!r}")
         check_beta(self.beta)
@@ -221,14 +231,16 @@ def mine_embeddings(
     with _retriever(c_emb, cfg, index) as index:
         scores, ids, recall = _retrieve(index, q_emb, c_emb, K, cfg, timings)
 
-    # 2. window and filters
+    # 2. filters and window
     t0 = time.perf_counter()
     pos_scores = np.einsum("nd,nd->n", q_emb, c_emb.take(pos_ids)).astype(np.float32)
     w = _Window(scores, ids, pos_ids, pos_scores, extra_pos_ids, cfg, K)
     w.dedupe_and_labels(q_text_ids, c_text_ids, q_labels, c_labels)
-    extra_logw = w.strategy_components(filters, weighting)
+    w.similarity_and_filters(filters)
     if guide_score is not None:
         w.guide(guide_score)
+    w.window()
+    extra_logw = w.weightings(weighting)
     timings["filter_s"] = time.perf_counter() - t0
 
     # 3. selection
@@ -308,8 +320,12 @@ class _Window:
         # number of non-positive candidates above the positive (positive not retrieved -> K)
         above = valid & (scores > pos_scores[:, None])
         self.positive_rank = np.where(is_pos.any(1), above.sum(1), K)
-        self.keep = valid & (self.rank >= cfg.range_min) & (self.rank < cfg.effective_range_max())
+        in_window = valid & (self.rank >= cfg.range_min) & (self.rank < cfg.effective_range_max())
+        # a retrieval window cuts before the filters; a filtered one (window()) after them, so the filters
+        # see every retrieved candidate; what they see is what "candidates in the window" counts
+        self.keep = in_window if cfg.window == "retrieval" else valid
         self.candidates_in_window = int(self.keep.sum())
+        self.in_window = in_window
         self.removed: dict[str, int] = {}
         self.removed_q: dict[str, np.ndarray] = {}
         self.safe_ids = np.where(ids >= 0, ids, 0)
@@ -334,14 +350,13 @@ class _Window:
             inter = _labels_intersect(rows, self.safe_ids[rows, cols], q_labels, c_labels)
             self.fn_mask = np.zeros_like(self.keep)
             self.fn_mask[rows, cols] = inter
-            self.fn_in_window = int(self.fn_mask.sum())
+            self.fn_in_window = int((self.fn_mask & self.in_window).sum())
         if cfg.filter_labels:
             self.apply("false_negative_label", self.fn_mask)
 
-    def strategy_components(self, filters, weighting) -> np.ndarray | None:
-        """The similarity rules and the strategies' own filters / weightings on the score matrix;
-        returns the weightings' summed log-weights (None without one)."""
-        cfg, n = self.cfg, self.scores.shape[0]
+    def similarity_and_filters(self, filters) -> None:
+        """The similarity rules and the strategies' own filters on the score matrix."""
+        cfg = self.cfg
         S_t, sp_t = torch.from_numpy(self.scores), torch.from_numpy(self.pos_scores)
         drops = similarity_drops(S_t, sp_t, min_score=cfg.min_score, max_score=cfg.max_score,
                                  absolute_margin=cfg.absolute_margin, relative_margin=cfg.relative_margin)
@@ -350,14 +365,29 @@ class _Window:
                 self.apply(name, drops[name].numpy())
         ctx = RetrievedContext(sp_t, cfg.beta, cfg.t)
         for f in filters:
-            self.apply(f"filter:{f.kind}", f.drop(S_t, slice(0, n), ctx).numpy())
+            self.apply(f"filter:{f.kind}", f.drop(S_t, slice(0, self.scores.shape[0]), ctx).numpy())
+
+    def window(self) -> None:
+        """``window="filtered"``: keep the survivors ranked ``[range_min, range_max)`` among the survivors
+        (sentence-transformers skips the first ``range_min`` candidates left by its filters)."""
+        if self.cfg.window == "retrieval":
+            return
+        self.rank = np.cumsum(self.keep, axis=1) - 1
+        self.keep = self.keep & (self.rank >= self.cfg.range_min) & (self.rank < self.cfg.effective_range_max())
+
+    def weightings(self, weighting) -> np.ndarray | None:
+        """The strategies' weightings on the window's survivors; returns their summed log-weights (None
+        without one)."""
+        S_t, sp_t = torch.from_numpy(self.scores), torch.from_numpy(self.pos_scores)
+        ctx = RetrievedContext(sp_t, self.cfg.beta, self.cfg.t)
+        rows = slice(0, self.scores.shape[0])
         extra_logw = None
         for w in weighting:
             keep_t = torch.from_numpy(self.keep)
             if w.selects:
-                sel = w.select(S_t, slice(0, n), ctx, keep_t)
+                sel = w.select(S_t, rows, ctx, keep_t)
             else:
-                a = w.log_weights(S_t, slice(0, n), ctx, keep_t)
+                a = w.log_weights(S_t, rows, ctx, keep_t)
                 sel = keep_t & (a != float("-inf"))
                 a = a.double().numpy()
                 extra_logw = a if extra_logw is None else extra_logw + a
@@ -379,7 +409,7 @@ def _select(scores, ids, keep, rank, extra_logw, cfg: MineConfig, K: int):
     rng = np.random.default_rng(cfg.seed)
     if cfg.sampling == "top":
         key = -rank.astype(np.float64)
-    elif cfg.sampling == "uniform" and extra_logw is None:
+    elif cfg.sampling in ("random", "uniform") and extra_logw is None:
         key = rng.random(scores.shape)
     else:  # Gumbel-top-k: sampling without replacement with π ∝ exp(β s / t + a)
         gumbel = -np.log(-np.log(rng.random(scores.shape).clip(1e-300, 1.0)))

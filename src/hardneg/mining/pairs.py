@@ -69,12 +69,13 @@ def anchor_labels(groups: PairGroups, pair_labels: Sequence[Any]) -> list[list]:
     return merged
 
 
-def anchor_positives(groups: PairGroups, pos_rows: np.ndarray, q_emb: np.ndarray,
-                     c_emb: Any) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
-    """For the anchors ``q_emb`` (one row per ``groups.anchors``) and the corpus rows ``pos_rows`` of
-    the pairs' positives: each anchor's lowest-scoring positive (the margins' reference), its other
-    positives ((anchors × P−1), −1 padded; None when no anchor has two) and each pair's own
-    positive score."""
+def anchor_positives(groups: PairGroups, pos_rows: np.ndarray, q_emb: np.ndarray, c_emb: Any,
+                     texts: list[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """For the anchors ``q_emb`` (one row per ``groups.anchors``), the corpus ``texts`` and the corpus
+    rows ``pos_rows`` of the pairs' positives: each anchor's lowest-scoring positive (the margins'
+    reference), the rows never to mine for it ((anchors × P), −1 padded: its other positives, then
+    the row holding its own text, as in sentence-transformers, whose search depth this extra slot also
+    matches: range_max + max positives + 1) and each pair's own positive score."""
     c_rows = as_rows(c_emb)
     n = len(groups.anchors)
     pair_scores = np.einsum("nd,nd->n", q_emb[groups.pair_anchor], c_rows.take(pos_rows)).astype(np.float32)
@@ -87,11 +88,11 @@ def anchor_positives(groups: PairGroups, pos_rows: np.ndarray, q_emb: np.ndarray
         fill[k] += 1
     hardest = set_scores.argmin(1)  # the first of equal scores, as torch.min in sentence-transformers
     main = sets[np.arange(n), hardest]
-    if P == 1:
-        return main, None, pair_scores
     rest = np.ones(sets.shape, dtype=bool)
     rest[np.arange(n), hardest] = False
-    return main, sets[rest].reshape(n, P - 1), pair_scores
+    row_of = {c: k for k, c in enumerate(texts)}
+    own = np.array([[row_of.get(q, -1)] for q in groups.anchors], dtype=np.int64).reshape(n, 1)
+    return main, np.concatenate([sets[rest].reshape(n, P - 1), own], axis=1), pair_scores
 
 
 __all__ = ["PairGroups", "anchor_labels", "anchor_positives", "group_pairs"]

@@ -159,7 +159,7 @@ def mine_texts(
         raise ValueError(
             f"corpus has {len(texts)} documents (positives included), fewer than the window needs "
             f"(range_min={cfg.range_min} + num_negatives={cfg.num_negatives} besides the positive); "
-            f"give a larger --corpus or lower --range-min/--num-negatives"
+            f"give a larger corpus or lower range_min / num_negatives (--range-min / --num-negatives)"
         )
     if model is None or isinstance(model, (str, os.PathLike)):
         model = load_sentence_model(model)
@@ -169,7 +169,7 @@ def mine_texts(
     elif backend != "torch":
         model = onnx_encoder(model, backend, Path(cache_dir))
     enc = dict(batch_size=batch_size, precision=precision, cache_dir=cache_dir, show_progress=show_progress)
-    est, store = _estimate(model, groups.anchors, texts, groups.max_positives, cfg, store, max_memory, enc)
+    est, store = _estimate(model, groups.anchors, texts, groups.max_positives + 1, cfg, store, max_memory, enc)
     for line in est.lines() if log else ():
         log(line)
     est.check(max_memory)  # after the lines: a refused run shows what the estimate was made of
@@ -241,7 +241,7 @@ def _mine_encoded(groups: PairGroups, texts, q_emb, c_emb, pos_ids, cfg, *, guid
                   output_format, output_scores, enc):
     """Mining on the encoded texts, once per distinct anchor (``q_emb``, one row per ``groups.anchors``;
     ``pos_ids`` and ``q_labels`` one per pair): text ids for dedupe, the guide, the rows and the summary."""
-    main_pos, others, pair_scores = anchor_positives(groups, pos_ids, q_emb, c_emb)
+    main_pos, others, pair_scores = anchor_positives(groups, pos_ids, q_emb, c_emb, texts)
     q_tid, c_tid, guide_fn = text_ids_and_guide(groups.anchors, texts, guide, batch_size=enc["batch_size"],
                                                 cache_dir=enc["cache_dir"])
     res = mine_embeddings(

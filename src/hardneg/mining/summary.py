@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 
 import numpy as np
 
@@ -17,16 +18,28 @@ from hardneg.index import resolve_index_spec
 from hardneg.io import atomic_write_text
 from hardneg.mining.mine import MineConfig, MinedNegatives
 
+#: per cause, the knob to loosen; ``{name}`` is an argument of ``MineConfig`` / ``mine_hard_negatives``,
+#: spelled as such in Python and as ``--name-with-dashes`` on the command line (:func:`advice`)
 KNOBS = {
-    "window": "widen the window (raise --range-max)",
-    "duplicate": "widen the window (raise --range-max); many candidates duplicate the query/positive text",
-    "false_negative_label": "widen the window (raise --range-max) or drop --filter-labels",
-    "min_score": "lower --min-score",
-    "max_score": "raise --max-score",
-    "absolute_margin": "lower --absolute-margin (or raise --range-max)",
-    "relative_margin": "lower --relative-margin (or raise --range-max)",
-    "guide": "raise --guide-margin (or raise --range-max)",
+    "window": "widen the window (raise {range_max})",
+    "duplicate": "widen the window (raise {range_max}); many candidates duplicate the query/positive text",
+    "false_negative_label": "widen the window (raise {range_max}) or drop {filter_labels}",
+    "min_score": "lower {min_score}",
+    "max_score": "raise {max_score}",
+    "absolute_margin": "lower {absolute_margin} (or raise {range_max})",
+    "relative_margin": "lower {relative_margin} (or raise {range_max})",
+    "guide": "lower {guide_margin} (or raise {range_max})",
 }
+NAMES = ("python", "cli")
+
+
+def advice(cause: str, names: str = "python") -> str:
+    """The knob to loosen for ``cause`` (a key of :data:`KNOBS`), naming Python arguments
+    (``names="python"``) or the flags of ``hardneg mine`` (``names="cli"``)."""
+    if names not in NAMES:
+        raise ValueError(f"names must be one of {NAMES}, got {names!r}")
+    text = KNOBS.get(cause, KNOBS["window"])
+    return re.sub(r"\{(\w+)\}", lambda m: m[1] if names == "python" else "--" + m[1].replace("_", "-"), text)
 
 
 def _stats(x: np.ndarray) -> dict:
@@ -97,30 +110,31 @@ def build_summary(res: MinedNegatives, cfg: MineConfig, *, n_corpus: int, rows_w
     return s
 
 
-def nothing_selected_line(s: dict) -> str | None:
+def nothing_selected_line(s: dict, names: str = "python") -> str | None:
     """When no query got a single negative: one line saying which filter removed how many of the
-    window's candidates (largest first) and which knob to loosen; else None."""
+    window's candidates (largest first) and which knob to loosen (see :func:`advice` for ``names``);
+    else None."""
     if s["negatives_selected"]:
         return None
     removed = sorted(((k, v) for k, v in s["removed_by_filter"].items() if v), key=lambda kv: -kv[1])
     cands = s["candidates_in_window"]
     if removed:
         what = "; ".join(f"{k} removed {v:,}" for k, v in removed) + f" of the {cands:,} candidates in the window"
-        knob = KNOBS.get(removed[0][0], KNOBS["window"])
+        knob = advice(removed[0][0], names)
     else:
         what = f"the window {s['window']} held {cands:,} candidates"
-        knob = KNOBS["window"]
+        knob = advice("window", names)
     return f"no negatives selected for any of the {s['queries']:,} queries: {what} -> {knob}"
 
 
-def warning_lines(s: dict) -> list[str]:
+def warning_lines(s: dict, names: str = "python") -> list[str]:
     """The loud lines: no negatives at all (first), queries that got too few, and which knob to loosen."""
-    none = nothing_selected_line(s)
+    none = nothing_selected_line(s, names)
     out = [f"ERROR: {none}"] if none else []
     if s["queries_with_too_few"]:
         n, k = s["queries_with_too_few"], s["queries"]
         causes = sorted(s["too_few_by_cause"].items(), key=lambda kv: -kv[1])
-        cause_txt = "; ".join(f"{c}: {v} queries -> {KNOBS[c]}" for c, v in causes)
+        cause_txt = "; ".join(f"{c}: {v} queries -> {advice(c, names)}" for c, v in causes)
         out.append(
             f"WARNING: {n:,} of {k:,} queries ({100 * n / max(k, 1):.1f}%) got fewer than "
             f"{s['num_negatives']} negatives ({s['queries_with_none']:,} got none). Main cause per query: {cause_txt}."
@@ -133,9 +147,10 @@ def warning_lines(s: dict) -> list[str]:
     return out
 
 
-def format_summary(s: dict) -> str:
-    """Human-readable text of :func:`build_summary`'s dict (warnings first)."""
-    lines = warning_lines(s)
+def format_summary(s: dict, names: str = "python") -> str:
+    """Human-readable text of :func:`build_summary`'s dict (warnings first; the knobs they name are
+    Python arguments, or ``hardneg mine``'s flags with ``names="cli"``)."""
+    lines = warning_lines(s, names)
     lines.append(f"queries {s['queries']:,}  corpus {s['corpus']:,}  window {s['window']}  "
                  f"negatives selected {s['negatives_selected']:,} / {s['queries'] * s['num_negatives']:,}")
     lines.append(f"candidates in window {s['candidates_in_window']:,}; removed by filter: "

@@ -9,7 +9,7 @@ into −∞ log-weights. An anchor the filters leave without any candidate is sk
   (``groups[id]``): copies of one item under different ids.
 - :class:`SimilarityFilter` — sentence-transformers' ``mine_hard_negatives`` rules, with ``s_ip``
   the anchor–positive similarity: drop ``s_ij > max_score``, ``s_ij < min_score``,
-  ``s_ij > s_ip − absolute_margin``, ``s_ij > s_ip · (1 − relative_margin)``.
+  ``s_ij > s_ip − absolute_margin``, ``s_ij > s_ip − |s_ip| · relative_margin``.
 - :class:`GuideFilter` — GISTEmbed (Solatorio 2024): a guide model scores the anchor against the
   positive and each candidate; drop a candidate the guide scores above the positive
   (``g_ij > g_ip − margin``).
@@ -102,7 +102,7 @@ class SimilarityFilter(Filter):
     Args:
         max_score: drop candidates with ``s_ij > max_score``. min_score: drop ``s_ij < min_score``.
         absolute_margin: drop ``s_ij > s_ip − absolute_margin`` (must be ≥ 0).
-        relative_margin: drop ``s_ij > s_ip · (1 − relative_margin)`` (≥ 0, as in offline mining).
+        relative_margin: drop ``s_ij > s_ip − |s_ip| · relative_margin`` (≥ 0, as in offline mining).
     """
 
     kind = "similarity"
@@ -195,8 +195,8 @@ def similarity_drops(
     it has none: the margins do not apply there). Returns ``{rule: (c×m) drop mask}`` for the rules
     that are set: ``max_score`` drops ``s > max_score``, ``min_score`` drops ``s < min_score``,
     ``absolute_margin`` drops ``s > s_p − absolute_margin``, ``relative_margin`` drops
-    ``s > s_p · (1 − relative_margin)``. The values are checked by :func:`check_similarity_rules`
-    (a schedule that drives one out of its range is refused here).
+    ``s > s_p − |s_p| · relative_margin`` (sentence-transformers' rule). The values are checked by
+    `check_similarity_rules` (a schedule that drives one out of its range is refused here).
     """
     check_similarity_rules(max_score=max_score, min_score=min_score, absolute_margin=absolute_margin,
                            relative_margin=relative_margin, what="similarity rule")
@@ -211,9 +211,10 @@ def similarity_drops(
         sp = s_pos[:, None]
         has = ~torch.isnan(sp)
         if absolute_margin is not None:
-            out["absolute_margin"] = has & (sp - absolute_margin < S)
+            out["absolute_margin"] = has & (S + absolute_margin > sp)
         if relative_margin is not None:
-            out["relative_margin"] = has & (sp * (1.0 - relative_margin) < S)
+            # s_p − |s_p|·r rather than s_p·(1 − r): the threshold stays below s_p when s_p < 0
+            out["relative_margin"] = has & (sp - sp.abs() * relative_margin < S)
     return out
 
 

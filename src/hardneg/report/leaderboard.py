@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from hardneg.report.stats import mean_std, versus
+from hardneg.report.stats import format_mean_std, versus
 
 #: the base of each preset: the same method without what the preset adds (its tilt, filter, source
 #: or weighting); None for the reference. The leaderboard compares each entry with its base's entry.
@@ -148,19 +148,11 @@ def group_stats(stats: list[RunStats]) -> dict[Group, list[RunStats]]:
 
 
 def _pct(v: list[float]) -> str:
-    v = [x for x in v if x == x]
-    if not v:
-        return "–"
-    m, sd = mean_std(v)
-    return f"{100 * m:.2f} ± {100 * sd:.2f}"
+    return format_mean_std([x for x in v if x == x], 100)
 
 
 def _num(v: list[float], fmt: str = ".2f") -> str:
-    v = [x for x in v if x == x]
-    if not v:
-        return "–"
-    m, sd = mean_std(v)
-    return f"{m:{fmt}} ± {sd:{fmt}}"
+    return format_mean_std([x for x in v if x == x], 1.0, fmt)
 
 
 def _diag(rs: list[RunStats], key: str, fmt: str) -> str:

@@ -19,16 +19,13 @@ from hardneg import runs
 from hardneg.io import atomic_open, atomic_write_text
 from hardneg.negatives.registry import list_strategies
 from hardneg.report import leaderboard
-from hardneg.report.stats import Versus, mean_std, versus
+from hardneg.report.stats import Versus, format_mean_std, mean_std, versus
 
 _ms = mean_std
 
 
 def _fmt(v: list[float]) -> str:
-    if not v:
-        return "–"
-    m, s = _ms(v)
-    return f"{100 * m:.2f} ± {100 * s:.2f}"
+    return format_mean_std(v, 100)
 
 
 def group_rows(rows: list[dict[str, Any]]) -> dict[tuple[str, float | None], list[dict[str, Any]]]:

@@ -15,6 +15,15 @@ def mean_std(v: list[float]) -> tuple[float, float]:
     return float(a.mean()), (float(a.std(ddof=1)) if a.size > 1 else 0.0)
 
 
+def format_mean_std(v: list[float], scale: float = 1.0, fmt: str = ".2f") -> str:
+    """``mean ± sample std`` of ``v`` times ``scale``; the mean alone for a single value (one seed
+    measures no spread); "–" for none."""
+    if not len(v):
+        return "–"
+    m, s = mean_std(v)
+    return f"{scale * m:{fmt}}" if len(v) == 1 else f"{scale * m:{fmt}} ± {scale * s:{fmt}}"
+
+
 @dataclass(frozen=True)
 class Versus:
     """Group ``a`` against group ``c``: the difference of means, the combined seed spread, and whether

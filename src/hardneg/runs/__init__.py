@@ -5,6 +5,7 @@ the command line all build on it without importing one another.
 """
 
 from hardneg.runs.config import (
+    SHIPPED_CONFIGS,
     CompareConfig,
     RunConfig,
     apply_overrides,
@@ -12,6 +13,7 @@ from hardneg.runs.config import (
     dump_config,
     load_config,
     load_raw,
+    shipped_config,
     validate_config,
 )
 from hardneg.runs.folders import (
@@ -55,6 +57,7 @@ __all__ = [
     "REPORT",
     "RESULTS",
     "RUNS",
+    "SHIPPED_CONFIGS",
     "RUN_FILES",
     "SUMMARY",
     "CompareConfig",
@@ -72,6 +75,7 @@ __all__ = [
     "load_compare_config",
     "load_config",
     "load_raw",
+    "shipped_config",
     "load_run",
     "metrics_problem",
     "owned_name",

@@ -260,6 +260,21 @@ class CompareConfig(RunConfig):
         return self
 
 
+#: the example configs shipped inside the package (``hardneg init KIND`` writes one; ``--config KIND``
+#: reads it) and the class each validates as
+SHIPPED_CONFIGS: dict[str, type[RunConfig]] = {"train": RunConfig, "compare": CompareConfig,
+                                               "leaderboard": CompareConfig}
+
+
+def shipped_config(name: str) -> str:
+    """The YAML text of the shipped example config ``name`` (a key of :data:`SHIPPED_CONFIGS`)."""
+    from importlib import resources
+
+    if name not in SHIPPED_CONFIGS:
+        raise ValueError(f"no shipped config {name!r}; the shipped configs are {', '.join(SHIPPED_CONFIGS)}")
+    return resources.files("hardneg").joinpath("configs", f"{name}.yaml").read_text(encoding="utf-8")
+
+
 def _set_path(d: dict[str, Any], dotted: str, value: Any) -> None:
     keys = dotted.split(".")
     cur = d
@@ -311,11 +326,18 @@ def validate_config(
 
 
 def load_raw(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """The YAML mapping of a config file, or of a shipped config named by ``path`` (``train``,
+    ``compare``, ``leaderboard``) when no such file exists."""
     p = Path(path)
-    if not p.is_file():
-        raise FileNotFoundError(f"config file {p} not found")
+    if p.is_file():
+        text = p.read_text(encoding="utf-8")
+    elif str(path) in SHIPPED_CONFIGS:
+        text = shipped_config(str(path))
+    else:
+        raise FileNotFoundError(f"config file {p} not found (a shipped config is named by one of "
+                                f"{', '.join(SHIPPED_CONFIGS)}; hardneg init KIND writes a copy to edit)")
     try:
-        raw = yaml.safe_load(p.read_text(encoding="utf-8"))
+        raw = yaml.safe_load(text)
     except yaml.YAMLError as e:
         raise ValueError(f"config file {p} is not valid YAML: {str(e).splitlines()[0]}") from None
     except UnicodeDecodeError as e:
