@@ -479,6 +479,11 @@ MATRIX: dict[str, dict[str, Case | NotApplicable]] = {
     "wordnet-export": _wordnet_rows(),
     "retrieval-compare": _retrieval_rows(),
     "strategies": {c: _NO_FILES if c not in EXIT else NotApplicable("returns at once") for c in CONDITIONS},
+    "init": {**{c: NotApplicable("reads no file: the example configs ship inside the package")
+                for c in CONDITIONS if c not in EXIT},
+             "output not writable": Case(lambda ws, fx: (["init", "train", str(_file(ws) / "train.yaml")],
+                                                         "train.yaml")),
+             **{c: NotApplicable("returns at once") for c in EXIT}},
     "bench loss": _bench_rows(),
 }
 CASES = [(cmd, cond) for cmd, row in MATRIX.items() for cond, cell in row.items() if isinstance(cell, Case)]

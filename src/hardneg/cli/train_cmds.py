@@ -125,13 +125,14 @@ def init_cmd(
 ) -> None:
     """Write one of the example configs shipped with hardneg, to edit and run (`--config KIND` runs it as
     shipped)."""
-    from hardneg.io import atomic_write_text
+    from hardneg.io import atomic_write_text, check_writable
     from hardneg.runs import shipped_config
 
     text = shipped_config(kind)
     dest = path if path is not None else Path(f"{kind}.yaml")
     if dest.is_dir():
         dest = dest / f"{kind}.yaml"
+    check_writable(dest, "PATH")
     if dest.exists() and not force:
         raise FileExistsError(f"{dest} already exists; pass --force to replace it")
     atomic_write_text(dest, text)

@@ -329,15 +329,11 @@ def load_raw(path: str | os.PathLike[str]) -> dict[str, Any]:
     """The YAML mapping of a config file, or of a shipped config named by ``path`` (``train``,
     ``compare``, ``leaderboard``) when no such file exists."""
     p = Path(path)
-    if p.is_file():
-        text = p.read_text(encoding="utf-8")
-    elif str(path) in SHIPPED_CONFIGS:
-        text = shipped_config(str(path))
-    else:
+    if not p.is_file() and str(path) not in SHIPPED_CONFIGS:
         raise FileNotFoundError(f"config file {p} not found (a shipped config is named by one of "
                                 f"{', '.join(SHIPPED_CONFIGS)}; hardneg init KIND writes a copy to edit)")
     try:
-        raw = yaml.safe_load(text)
+        raw = yaml.safe_load(p.read_text(encoding="utf-8") if p.is_file() else shipped_config(str(path)))
     except yaml.YAMLError as e:
         raise ValueError(f"config file {p} is not valid YAML: {str(e).splitlines()[0]}") from None
     except UnicodeDecodeError as e:
