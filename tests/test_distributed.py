@@ -169,7 +169,7 @@ def test_nproc_must_divide_the_batch(tmp_path):
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
     r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=120)
     assert r.returncode == 2
-    assert r.stderr.strip() == "hardneg: error: train.batch_size=64 must be divisible by --nproc 3"
+    assert r.stderr == "hardneg: error: train.batch_size=64 must be divisible by the number of processes (--nproc 3)\n"
     assert not (tmp_path / "r").exists()
 
 

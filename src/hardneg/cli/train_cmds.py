@@ -31,28 +31,25 @@ DataDirOpt = Annotated[
 RunOutOpt = Annotated[Path | None, typer.Option("--out", "-o", help="Run directory (default runs/<config name>).")]
 NprocOpt = Annotated[
     int,
-    typer.Option("--nproc", help="Train on N processes started by torchrun (gloo on CPU, NCCL on GPU); "
-                 "train.batch_size is the global batch, split over them."),
+    typer.Option("--nproc", help="Train on N processes (gloo on CPU, NCCL on GPU); train.batch_size is the "
+                 "global batch, split over them."),
 ]
 
 
-def _launch(nproc: int, batch_size: int, argv: list[str]) -> None:
-    """Run ``hardneg <argv>`` on ``nproc`` processes through torchrun (``torch.distributed.run``) and
-    exit with its status; every process joins the group from torchrun's environment."""
-    import os
-    import subprocess
-    import sys
-
+def _check_nproc(nproc: int) -> None:
     if nproc < 1:
         raise ValueError(f"--nproc must be a positive int, got {nproc}")
-    if batch_size % nproc:
-        raise ValueError(f"train.batch_size={batch_size} must be divisible by --nproc {nproc}")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-           "-m", "hardneg.cli", *argv]
-    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
-    rc = subprocess.call(cmd, env=env)
-    if rc:
-        raise typer.Exit(rc)
+
+
+def _launch(nproc: int, argv: list[str]) -> None:
+    """Run ``hardneg <argv>`` on ``nproc`` processes (:mod:`hardneg.cli.launch`) and exit with the
+    status they end with. The caller has checked the run and prepared its folder as one process would,
+    so the processes get ``--resume`` and continue in it."""
+    from hardneg.cli.launch import run_workers
+
+    code = run_workers(nproc, argv)
+    if code:
+        raise typer.Exit(code)
 
 
 def _worker_of_a_group() -> bool:
@@ -88,9 +85,11 @@ def _run_train(
 ) -> tuple[Path, dict | None]:
     """Train (or, with ``nproc`` > 1, launch the processes that train); the summary on the process
     that writes files, None elsewhere."""
-    from hardneg.runs import RunConfig, apply_overrides, load_raw, validate_config
-    from hardneg.train.trainer import Trainer
+    from hardneg.runs import RunConfig, apply_overrides, dump_config, load_raw, validate_config
+    from hardneg.train.checkpoint import prepare_run_dir
+    from hardneg.train.trainer import Trainer, check_run
 
+    _check_nproc(nproc)
     raw = apply_overrides(load_raw(config), overrides)
     if force_bounds:
         raw = apply_overrides(raw, ["bounds.enabled=true"])
@@ -99,8 +98,9 @@ def _run_train(
     if repair and not resume:
         raise ValueError("--repair-metrics works with --resume only")
     if nproc > 1:
-        _launch(nproc, cfg.train.batch_size,
-                [command, *_common_argv(config, run_dir, list(overrides or []), resume, overwrite, repair)])
+        check_run(cfg, nproc)
+        prepare_run_dir(run_dir, dump_config(cfg), resume=resume, overwrite=overwrite)
+        _launch(nproc, [command, *_common_argv(config, run_dir, list(overrides or []), True, False, repair)])
         return run_dir, None
     _worker_of_a_group()
     with exit_on_interrupt():
@@ -173,16 +173,18 @@ def compare_cmd(
 ) -> None:
     """Run the grid losses × β × seeds of a compare config and write the markdown report and plots."""
     from hardneg.report.report import results_table, write_report
-    from hardneg.runs import CompareConfig, collect, load_config
-    from hardneg.train.compare import run_compare
+    from hardneg.runs import CompareConfig, collect, dump_config, load_config, prepare_output
+    from hardneg.train.compare import check_compare, run_compare
 
+    _check_nproc(nproc)
     cfg = load_config(config, _with_dir(overrides, data_dir), CompareConfig)
     out_dir = out or Path("runs") / cfg.name
     if repair and not resume:
         raise ValueError("--repair-metrics works with --resume only")
     if nproc > 1:
-        _launch(nproc, cfg.train.batch_size,
-                ["compare", *_common_argv(config, out_dir, _with_dir(overrides, data_dir), resume, overwrite, repair)])
+        check_compare(cfg, nproc)
+        prepare_output(out_dir, "compare", dump_config(cfg), resume=resume, overwrite=overwrite)
+        _launch(nproc, ["compare", *_common_argv(config, out_dir, _with_dir(overrides, data_dir), True, False, repair)])
         return
     if _worker_of_a_group():
         from hardneg.distributed import is_main

@@ -138,6 +138,37 @@ def _as_dataset(data: Any, name: str) -> Any:
     return data
 
 
+def check_batch(batch_size: int, world: int, n_train: int | None = None) -> None:
+    """Refuse a global batch that does not split evenly over ``world`` processes or, given the size of
+    the training set, is larger than it."""
+    if batch_size % world:
+        raise ValueError(
+            f"train.batch_size={batch_size} must be divisible by the number of processes (--nproc {world})"
+        )
+    if n_train is not None and n_train < batch_size:
+        raise ValueError(f"train.batch_size={batch_size} is larger than the training set ({n_train})")
+
+
+def load_run_data(d: Any) -> tuple[Any, Any]:
+    """The training and test data of a run's ``data`` section (:func:`hardneg.data.base.load_named`)."""
+    train = load_named(d.name, "train", data_dir=d.data_dir, limit=d.train_limit, seed=d.split_seed)
+    return train, load_named(d.name, "test", data_dir=d.data_dir, limit=d.test_limit, seed=d.split_seed)
+
+
+def n_samples(data: Any) -> int:
+    """The number of samples of ``(X, y)`` tensors or a data set."""
+    return len(data[0]) if isinstance(data, tuple) else len(data)
+
+
+def check_run(cfg: RunConfig, world: int = 1) -> None:
+    """Refuse what a :class:`Trainer` on ``world`` processes refuses before it creates the run folder:
+    the objective, the data set, the batch size against the processes and the data. The ``--nproc``
+    launcher calls it before it starts the processes."""
+    build_objective(cfg)
+    check_batch(cfg.train.batch_size, world)
+    check_batch(cfg.train.batch_size, world, n_samples(load_run_data(cfg.data)[0]))
+
+
 def _json_float(v: float) -> float | None:
     """Six significant digits (the diagnostics are estimates; keeps metrics.jsonl small); null when
     not finite (valid JSON)."""
@@ -181,10 +212,7 @@ class Trainer:
         # everything that can refuse the config (objective, data, sizes) runs before the folder is touched
         self.loss_fn = loss_fn if loss_fn is not None else build_objective(config)
         self.world, self.main = D.world_size(), D.is_main()
-        if c.train.batch_size % self.world:
-            raise ValueError(
-                f"train.batch_size={c.train.batch_size} must be divisible by the number of processes ({self.world})"
-            )
+        check_batch(c.train.batch_size, self.world)
         b = c.train.batch_size // self.world
         self._local = slice(D.rank() * b, (D.rank() + 1) * b)  # this process's rows of the global batch
         if c.train.threads:
@@ -214,8 +242,7 @@ class Trainer:
             self.train_ds, self.test_ds = _as_dataset(train_data, "train_data"), _as_dataset(test_data, "test_data")
             self.n_train, self.n_test = len(self.train_ds), len(self.test_ds)
             sample_shape = tuple(image_of(self.train_ds[0], "train_data")[0].shape)
-        if self.n_train < c.train.batch_size:
-            raise ValueError(f"train.batch_size={c.train.batch_size} is larger than the training set ({self.n_train})")
+        check_batch(c.train.batch_size, self.world, self.n_train)
         resumed = self.main and ck.prepare_run_dir(self.run_dir, self._config_text, resume=resume, overwrite=overwrite)
         self.resumed = D.broadcast_flag(resumed)  # the other processes wait until rank 0 made the folder
         strategy = getattr(self.loss_fn, "strategy", self.loss_fn)
@@ -727,4 +754,7 @@ class Trainer:
         return summary
 
 
-__all__ = ["NonFiniteLossError", "RunInterrupted", "Trainer", "lr_lambda", "read_metrics"]
+__all__ = [
+    "NonFiniteLossError", "RunInterrupted", "Trainer", "check_batch", "check_run", "load_run_data", "lr_lambda",
+    "n_samples", "read_metrics",
+]
