@@ -190,7 +190,9 @@ def compare_cmd(
         from hardneg.distributed import is_main
 
         if not is_main():  # trains its share of every grid point; rank 0 writes and reports
-            run_compare(cfg, out_dir, resume=resume, overwrite=overwrite, repair_metrics=repair, echo=lambda _m: None)
+            with exit_on_interrupt():
+                run_compare(cfg, out_dir, resume=resume, overwrite=overwrite, repair_metrics=repair,
+                            echo=lambda _m: None)
             return
     with exit_on_interrupt():
         run_compare(cfg, out_dir, resume=resume, overwrite=overwrite, repair_metrics=repair, echo=_echo)
