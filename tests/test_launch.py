@@ -86,8 +86,9 @@ def _workers(launcher: int) -> dict[int, int]:
     out = {}
     for pid in Path(f"/proc/{launcher}/task/{launcher}/children").read_text().split():
         env = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
-        rank = next(int(e[5:]) for e in env if e.startswith(b"RANK="))
-        out[rank] = int(pid)
+        rank = [int(e[5:]) for e in env if e.startswith(b"RANK=")]
+        if rank:  # a child that has not yet replaced itself by the worker holds the launcher's environment
+            out[rank[0]] = int(pid)
     return out
 
 
@@ -146,3 +147,20 @@ def test_signal_stops_every_process_with_one_line_and_resume_is_exact(tmp_path, 
     r = _hardneg("train", "-c", str(conf), "-o", str(d), "--resume", "--nproc", "2")
     assert r.returncode == 0, r.stderr
     assert (d / runs.METRICS).read_bytes() == full_metrics
+
+
+def test_outcome_prefers_a_user_error_then_the_stop_then_the_first_failure():
+    """The launcher's one line and exit status from the workers' exit statuses (in the order they exited)
+    and the lines they handed over."""
+    from hardneg.cli.launch import _outcome
+
+    err0, err1 = "hardneg: error: bad 0", "hardneg: error: bad 1"
+    stop0 = "hardneg: interrupted (SIGTERM) at step 4; checkpoint saved to c; continue with --resume"
+    # rank 1's user error broke rank 0's next collective: the user error is what the user sees
+    assert _outcome([1, 2], [1, 0], ["Traceback ...\nRuntimeError: peer", err1], []) == (2, err1)
+    assert _outcome([2, 2], [1, 0], [err0, err1], []) == (2, err1)  # the first to exit
+    assert _outcome([143, 143], [1, 0], [stop0, "hardneg: interrupted (SIGTERM) at step 4"], []) == (143, stop0)
+    assert _outcome([130, 0], [1, 0], [stop0, ""], [2]) == (130, stop0)  # the launcher's Ctrl-C decides the code
+    assert _outcome([0, 0], [1, 0], ["", ""], [15]) == (0, "")  # finished before the request could stop it
+    assert _outcome([-9, 1], [1, 0], ["", "boom"], []) == (1, "boom")
+    assert _outcome([0, -9], [1, 0], ["", ""], []) == (1, "hardneg: error: process 1 of 2 was killed by SIGKILL")

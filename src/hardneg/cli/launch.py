@@ -74,7 +74,7 @@ def run_workers(nproc: int, argv: list[str]) -> int:
             for s, h in old.items():
                 signal.signal(s, h)
         texts = [p.read_text(encoding="utf-8").strip() if p.is_file() else "" for p in reports]
-    code, message = _outcome([p.returncode for p in procs], order, texts, received)
+    code, message = _outcome([_status(p.returncode) for p in procs], order, texts, received)
     if message:
         print(message, file=sys.stderr)
     return code
@@ -94,6 +94,12 @@ def _start(r: int, nproc: int, argv: list[str], port: int, report: Path) -> subp
     return subprocess.Popen([sys.executable, "-m", "hardneg.cli", *argv], env=env)
 
 
+def _status(code: int) -> int:
+    """A worker's exit status; one that SIGINT or SIGTERM ended before it could handle them (still
+    starting) stopped as a handled signal does."""
+    return 128 - code if code in (-signal.SIGINT, -signal.SIGTERM) else code
+
+
 def _failed(code: int) -> bool:
     return code != 0 and code not in _STOPPED
 
@@ -106,7 +112,7 @@ def _wait(procs: list[subprocess.Popen[bytes]]) -> list[int]:
         for r, p in enumerate(procs):
             if r not in order and p.poll() is not None:
                 order.append(r)
-                if deadline is None and _failed(p.returncode):
+                if deadline is None and _failed(_status(p.returncode)):
                     deadline = time.monotonic() + FAILURE_GRACE
         if deadline is not None and time.monotonic() > deadline:
             for p in procs:
