@@ -9,16 +9,18 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.distributed as dist
 from torch import nn
 
 from hardneg.distributed import (
     DistributedLoss,
     DistributedStrategy,
     convert_batchnorm,
+    init_from_env,
+    leave,
     loss_value,
     rank,
     world_size,
+    wrap_model,
 )
 from hardneg.negatives import from_config
 from hardneg.negatives.queue import MomentumEncoder, needs_key_encoder
@@ -55,6 +57,32 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def join(r: int, world: int, port: int) -> None:
+    """Join a gloo group of ``world`` processes as rank ``r``, as every worker does
+    (:func:`hardneg.distributed.init_from_env`); leave it with :func:`hardneg.distributed.leave`."""
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(r), WORLD_SIZE=str(world))
+    torch.set_num_threads(1)
+    init_from_env("gloo")
+
+
+def gloo_threads() -> list[str]:
+    """Names of this process's threads that belong to gloo (Linux names them in /proc)."""
+    names = [(t / "comm").read_text().strip() for t in Path("/proc/self/task").iterdir()]
+    return [n for n in names if "gloo" in n]
+
+
+def thread_worker(r: int, world: int, port: int, outdir: str) -> None:
+    """One DDP step, then leave the group: the gloo threads before and after."""
+    join(r, world, port)
+    net = wrap_model(_encoder())
+    x1, x2, _, _ = _data(0)
+    net(x1[r::world]).sum().backward()
+    before = gloo_threads()
+    del net
+    leave()
+    torch.save({"before": before, "after": gloo_threads()}, Path(outdir) / f"threads{r}.pt")
 
 
 def _data(step: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -126,14 +154,12 @@ def run_case(name: str, steps: int = 3) -> dict[str, Any]:
 
 
 def worker(r: int, world: int, port: int, outdir: str, names: list[str]) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", rank=r, world_size=world)
+    join(r, world, port)
     try:
         res = {name: run_case(name) for name in names}
         torch.save(res, Path(outdir) / f"rank{r}.pt")
     finally:
-        dist.destroy_process_group()
+        leave()
 
 
 #: a small digits run (4 steps an epoch) whose 1- and 2-process metrics are compared
@@ -171,27 +197,50 @@ class SignalAtCall:
         return self.loss_fn(z1, z2, y)
 
 
+def _signal_during_eval(signum: int, epoch: int, peer: int) -> Any:
+    """A Trainer whose rank 0 sends ``signum`` to process ``peer`` when it starts evaluating epoch
+    ``epoch``: the other processes are then waiting for that evaluation to end, so the signal reaches
+    them while they wait."""
+    from hardneg.train.trainer import Trainer
+
+    class SignalDuringEval(Trainer):
+        def evaluate(self, *, probe: bool) -> dict[str, Any]:
+            if self.epoch + 1 == epoch and not getattr(self, "_sent", False):
+                self._sent = True
+                os.kill(peer, signum)
+            return super().evaluate(probe=probe)
+
+    return SignalDuringEval
+
+
 def train_worker(
-    r: int, world: int, port: int, runs: list[tuple[str, dict[str, Any]]], interrupt: tuple[int, int] | None = None
+    r: int, world: int, port: int, runs: list[tuple[Any, ...]], interrupt: tuple[int, int] | None = None
 ) -> None:
     """Train each ``(run_dir, objective)`` on ``world`` gloo processes; ``interrupt=(rank, call)``
-    sends SIGINT to that rank at that loss call (the run stops; its result is recorded in ``stopped``)."""
+    sends SIGINT to that rank at that loss call; a third item ``(signum, epoch)`` in a run's entry makes
+    rank 0 send that signal to rank 1 when it starts evaluating that epoch. A stopped run's result is
+    recorded in ``stopped<rank>`` and the step of its checkpoint in ``checkpoint_step``; a later entry
+    for the same folder resumes it."""
+    from hardneg.distributed import gather_tags
     from hardneg.train.losses_from_config import build_objective
     from hardneg.train.trainer import RunInterrupted, Trainer
 
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", rank=r, world_size=world)
+    join(r, world, port)
     try:
-        for run_dir, objective in runs:
+        pids = gather_tags(torch.tensor([os.getpid()])).tolist()
+        for run_dir, objective, *eval_signal in runs:
             cfg = train_config(objective)
             loss_fn = None if interrupt is None else SignalAtCall(build_objective(cfg), *interrupt)
+            cls = _signal_during_eval(*eval_signal[0], pids[1]) if eval_signal else Trainer
             try:
-                Trainer(cfg, run_dir, resume=True, loss_fn=loss_fn).fit()
+                cls(cfg, run_dir, resume=True, loss_fn=loss_fn).fit()
             except RunInterrupted as e:
                 Path(run_dir, f"stopped{r}").write_text(f"{e.exit_code} {e}")
+                if r == 0:  # the step of the one checkpoint, before a later entry resumes the run
+                    st = torch.load(Path(run_dir, "checkpoint.pt"), weights_only=False)
+                    Path(run_dir, "checkpoint_step").write_text(str(st["step"]))
     finally:
-        dist.destroy_process_group()
+        leave()
 
 
 #: the sentence-transformers loss: name -> (HardNegativeRankingLoss options, with MNRL as reference)
@@ -231,13 +280,11 @@ def run_st_case(name: str) -> dict[str, Any]:
 
 
 def st_worker(r: int, world: int, port: int, outdir: str) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", rank=r, world_size=world)
+    join(r, world, port)
     try:
         torch.save({name: run_st_case(name) for name in ST_CASES}, Path(outdir) / f"st{r}.pt")
     finally:
-        dist.destroy_process_group()
+        leave()
 
 
 #: open_clip's ClipLoss options (local_loss, gather_with_grad): every combination it accepts
@@ -295,11 +342,9 @@ def run_clip_case(name: str, local_loss: bool, gather_with_grad: bool) -> dict[s
 
 
 def clip_worker(r: int, world: int, port: int, outdir: str) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", rank=r, world_size=world)
+    join(r, world, port)
     try:
         res = {(name, *mode): run_clip_case(name, *mode) for name in CLIP_LOSSES for mode in CLIP_MODES}
         torch.save(res, Path(outdir) / f"clip{r}.pt")
     finally:
-        dist.destroy_process_group()
+        leave()

@@ -24,8 +24,12 @@ With one process, or without an initialised process group, everything here is th
 
 from __future__ import annotations
 
+import gc
 import os
+import signal
+import time
 import warnings
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -38,10 +42,13 @@ if TYPE_CHECKING:
     from hardneg.negatives.pixels import PixelGrid
 
 __all__ = [
+    "STOP_KEY",
+    "STORE_ENV",
     "DistributedLoss",
     "DistributedStrategy",
     "GatheredBatchNorm",
     "all_processes",
+    "agree_on_stop",
     "anchor_rows",
     "broadcast_flag",
     "convert_batchnorm",
@@ -51,8 +58,8 @@ __all__ = [
     "gather_without_grad",
     "init_from_env",
     "is_main",
+    "leave",
     "loss_value",
-    "max_over_processes",
     "mean_over_processes",
     "rank",
     "world_size",
@@ -294,17 +301,83 @@ def convert_batchnorm(module: nn.Module) -> nn.Module:
     return module
 
 
-def init_from_env() -> bool:
-    """Join the process group torchrun describes (``WORLD_SIZE`` > 1 in the environment): gloo on
-    CPU, NCCL when CUDA is available. Returns True when this process is one of several."""
+#: environment of a worker the ``--nproc`` launcher started: ``host:port`` of the launcher's store
+STORE_ENV = "HARDNEG_STORE"
+#: the store key through which the launcher asks every process to stop (its value: the signal number)
+STOP_KEY = "hardneg/stop"
+_store: Any = None  # the launcher's store, while this process is in its group
+
+
+def init_from_env(backend: str | None = None) -> bool:
+    """Join the process group the environment describes (``WORLD_SIZE`` > 1): the ``--nproc``
+    launcher's (``RANK``, ``WORLD_SIZE`` and its store in ``HARDNEG_STORE``) or torchrun's; gloo on CPU,
+    NCCL when CUDA is available, unless ``backend`` says. Returns True when this process is one of
+    several. Leave with :func:`leave`."""
+    global _store
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
         return False
     if not dist.is_initialized():
-        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        # DistributedDataParallel imports torch._dynamo, which keeps every process group that exists
+        # at that moment alive for good: destroy_process_group would leave gloo's threads running into
+        # interpreter shutdown, where one that releases a finished collective's tensors needs the GIL
+        # and aborts the process ("terminate called without an active exception"). Imported before
+        # the group exists, it holds none.
+        import torch._dynamo  # noqa: F401
+
+        backend = backend or ("nccl" if torch.cuda.is_available() else "gloo")
         if backend == "nccl":
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-        dist.init_process_group(backend)
+        if os.environ.get(STORE_ENV):
+            host, port = os.environ[STORE_ENV].rsplit(":", 1)
+            world, r = int(os.environ["WORLD_SIZE"]), int(os.environ["RANK"])
+            _store = dist.TCPStore(host, int(port), world, is_master=False)
+            dist.init_process_group(backend, store=_store, rank=r, world_size=world)
+        else:
+            dist.init_process_group(backend)
     return True
+
+
+def leave() -> None:
+    """Leave the process group: destroy it, which ends its threads once nothing else holds it. Call it
+    before the interpreter exits, after whatever holds the group (a DDP-wrapped model) is gone."""
+    global _store
+    if dist.is_available() and dist.is_initialized():
+        gc.collect()  # a Trainer in a reference cycle (an exception's traceback) still holds the group
+        dist.destroy_process_group()
+    _store = None
+
+
+def _launcher_request() -> int:
+    """The signal the ``--nproc`` launcher received and asks every process to stop for (0: none); a
+    launcher that is gone counts as SIGTERM."""
+    if _store is None:
+        return 0
+    try:
+        return int(_store.get(STOP_KEY)) if _store.check([STOP_KEY]) else 0
+    except Exception:  # the launcher's store is unreachable: the launcher died
+        return int(signal.SIGTERM)
+
+
+def _wait_for_all() -> None:
+    """Return when every process has called this; meanwhile sleep in Python, not inside a blocking
+    collective, so that a signal arriving while the others are busy (rank 0 evaluating or writing a
+    checkpoint) is handled before the caller reads its stop flag."""
+    work = dist.barrier(async_op=True)
+    pause = 1e-4
+    while not work.is_completed():
+        time.sleep(pause)
+        pause = min(2 * pause, 0.01)
+    work.wait()
+
+
+def agree_on_stop(local: Callable[[], int]) -> int:
+    """The signal number any process was asked to stop with, the same on every process (0: none).
+    ``local()`` is this process's own request (the signal its handler recorded), read after every
+    process has arrived, so a request made while waiting is counted; the launcher's is added."""
+    if world_size() == 1:
+        return local()
+    _wait_for_all()
+    return _all_reduce_int(local() or _launcher_request(), dist.ReduceOp.MAX)
 
 
 def broadcast_flag(flag: bool) -> bool:
@@ -325,11 +398,6 @@ def _all_reduce_int(v: int, op: Any) -> int:
     t = _on_backend(torch.tensor([int(v)], dtype=torch.long))
     dist.all_reduce(t, op=op)
     return int(t.cpu()[0])
-
-
-def max_over_processes(v: int) -> int:
-    """The largest ``v`` of every process (a signal number any process received, else 0)."""
-    return v if world_size() == 1 else _all_reduce_int(v, dist.ReduceOp.MAX)
 
 
 def all_processes(flag: bool) -> bool:

@@ -132,6 +132,10 @@ def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
         f.write(text)
 
 
+#: set by the ``--nproc`` launcher to the lock file it holds for its workers: they write under its lock
+LOCK_HELD_ENV = "HARDNEG_LOCK_HELD"
+
+
 class WriterLock:
     """One writer per output: an exclusive advisory lock (``fcntl.flock``) on the file ``path``, which
     records the holder's PID and command for the message a second writer gets.
@@ -145,7 +149,9 @@ class WriterLock:
 
     Holds nest: :meth:`held` keeps the lock through a ``with`` block even when the code inside
     releases it (a command that writes a report after its training run). Where ``fcntl`` does not
-    exist (Windows) no lock is taken.
+    exist (Windows) no lock is taken. A process whose environment names ``path`` in
+    ``HARDNEG_LOCK_HELD`` (a worker of the ``--nproc`` launcher) writes under its parent's lock and
+    takes none of its own.
     """
 
     def __init__(self, path: str | os.PathLike[str], what: str) -> None:
@@ -154,6 +160,10 @@ class WriterLock:
         self._fd: int | None = None
         self._holds = 0
         self._pid = os.getpid()  # a forked child (a data-loader worker) must not release its parent's lock
+        if os.environ.get(LOCK_HELD_ENV) == str(self.path.resolve()):
+            # a worker of the --nproc launcher, which holds this lock for the whole run
+            self._holds = 1
+            return
         try:
             import fcntl
         except ImportError:  # pragma: no cover - Windows: advisory locks of this kind do not exist

@@ -9,13 +9,17 @@ permission, a read-only or full disk, a file where a folder is needed or the rev
 (`hardneg.io.HardnegWarning`, e.g. a damaged cache file set aside) are one line each. A command
 stopped by Ctrl-C or SIGTERM prints one line (a training run: where its checkpoint went) and exits
 with 128 + the signal number (130, 143).
+In a worker process of ``--nproc`` that line goes to the launcher (`hardneg.cli.launch`), which
+prints one line for all of them.
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
 import signal
 import sys
+import traceback
 import warnings
 from collections.abc import Iterator
 
@@ -81,6 +85,21 @@ def _stop(signum: int, frame: object) -> None:
     raise Stopped(signum)
 
 
+#: set by the ``--nproc`` launcher in each worker's environment: the file the worker's last line goes to
+REPORT_ENV = "HARDNEG_REPORT"
+
+
+def final_line(text: str) -> None:
+    """Print the line a command ends with (a user error, where an interrupted run stopped) on stderr;
+    in a worker of ``--nproc``, hand it to the launcher instead."""
+    path = os.environ.get(REPORT_ENV)
+    if not path:
+        print(text, file=sys.stderr)
+        return
+    with open(path, "a", encoding="utf-8") as f:
+        f.write(text.rstrip("\n") + "\n")
+
+
 @contextlib.contextmanager
 def exit_on_interrupt() -> Iterator[None]:
     """Around a command's work: a run stopped by Ctrl-C or SIGTERM (a ``KeyboardInterrupt`` with an
@@ -89,7 +108,7 @@ def exit_on_interrupt() -> Iterator[None]:
     try:
         yield
     except KeyboardInterrupt as e:
-        print(f"hardneg: {e}" if str(e) else "hardneg: interrupted", file=sys.stderr)
+        final_line(f"hardneg: {e}" if str(e) else "hardneg: interrupted")
         raise typer.Exit(getattr(e, "exit_code", 130)) from None
 
 
@@ -101,6 +120,14 @@ def _format_warning(message, category, filename, lineno, line=None, _default=war
 
 def main(argv: list[str] | None = None) -> None:
     """Console entry point: run the app, turning user errors into one line and exit code 2."""
+    code = _run_with_signals(argv)
+    if "hardneg.distributed" in sys.modules:  # only a command that trained can have joined a process group
+        sys.modules["hardneg.distributed"].leave()
+    sys.exit(code)
+
+
+def _run_with_signals(argv: list[str] | None) -> int:
+    """The exit status of the command ``argv``, Ctrl-C and SIGTERM turned into `Stopped` meanwhile."""
     command = typer.main.get_command(app)
     warnings.formatwarning = _format_warning
     # Ctrl-C and SIGTERM (what schedulers send before they kill) stop every command with one line and
@@ -110,37 +137,40 @@ def main(argv: list[str] | None = None) -> None:
     main_thread = threading.current_thread() is threading.main_thread()
     previous = {s: signal.signal(s, _stop) for s in STOP_SIGNALS} if main_thread else {}
     try:
-        rv = _run(command, argv)
+        return _run(command, argv)
     finally:
         for s, h in previous.items():
             if h is not None:
                 signal.signal(s, h)
-    sys.exit(rv if isinstance(rv, int) else 0)
 
 
-def _run(command: typer.core.TyperCommand | typer.core.TyperGroup, argv: list[str] | None) -> object:
-    """The command's return value; every way it fails exits with its code and one line."""
+def _run(command: typer.core.TyperCommand | typer.core.TyperGroup, argv: list[str] | None) -> int:
+    """The command's exit status; every way it fails ends with its code and one line (`final_line`)."""
     try:
-        return command.main(args=argv, prog_name="hardneg", standalone_mode=False)
+        rv = command.main(args=argv, prog_name="hardneg", standalone_mode=False)
     except _EXIT as e:
-        sys.exit(e.exit_code)
+        return e.exit_code
     except _CLICK_ERRORS as e:
         e.show()
-        sys.exit(2)
+        return 2
     except _ABORT:
-        print("hardneg: aborted", file=sys.stderr)
-        sys.exit(130)
+        final_line("hardneg: aborted")
+        return 130
     except Stopped as e:
-        print(f"hardneg: {e}", file=sys.stderr)
-        sys.exit(e.exit_code)
+        final_line(f"hardneg: {e}")
+        return e.exit_code
     except USER_ERRORS as e:
-        print(f"hardneg: error: {e}", file=sys.stderr)
-        sys.exit(2)
+        final_line(f"hardneg: error: {e}")
+        return 2
     except ChildProcessError as e:  # a worker process died (killed, out of memory): not the user's doing
-        print(f"hardneg: error: {e}", file=sys.stderr)
-        sys.exit(1)
-    except OSError as e:
-        if not is_file_system_error(e):
+        final_line(f"hardneg: error: {e}")
+        return 1
+    except Exception as e:
+        if isinstance(e, OSError) and is_file_system_error(e):
+            final_line(f"hardneg: error: {describe_os_error(e)}")
+            return 2
+        if not os.environ.get(REPORT_ENV):
             raise
-        print(f"hardneg: error: {describe_os_error(e)}", file=sys.stderr)
-        sys.exit(2)
+        final_line(traceback.format_exc())  # the launcher shows the first failing worker's traceback
+        return 1
+    return rv if isinstance(rv, int) else 0

@@ -11,7 +11,7 @@ from typing import Annotated, Any
 import typer
 
 from hardneg.cli.app import app, exit_on_interrupt
-from hardneg.io import check_writable
+from hardneg.io import WriterLock, check_writable
 
 ConfigOpt = Annotated[Path, typer.Option("--config", "-c", help="YAML config file.")]
 SetOpt = Annotated[
@@ -34,28 +34,33 @@ DataDirOpt = Annotated[
 RunOutOpt = Annotated[Path | None, typer.Option("--out", help="Run directory (default runs/<config name>).")]
 NprocOpt = Annotated[
     int,
-    typer.Option("--nproc", help="Train on N processes started by torchrun (gloo on CPU, NCCL on GPU); "
-                 "train.batch_size is the global batch, split over them."),
+    typer.Option("--nproc", help="Train on N processes (gloo on CPU, NCCL on GPU); train.batch_size is the "
+                 "global batch, split over them."),
 ]
 
 
-def _launch(nproc: int, batch_size: int, argv: list[str]) -> None:
-    """Run ``hardneg <argv>`` on ``nproc`` processes through torchrun (``torch.distributed.run``) and
-    exit with its status; every process joins the group from torchrun's environment."""
-    import os
-    import subprocess
-    import sys
-
+def _check_nproc(nproc: int) -> None:
     if nproc < 1:
         raise ValueError(f"--nproc must be a positive int, got {nproc}")
-    if batch_size % nproc:
-        raise ValueError(f"train.batch_size={batch_size} must be divisible by --nproc {nproc}")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-           "-m", "hardneg.cli", *argv]
-    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
-    rc = subprocess.call(cmd, env=env)
-    if rc:
-        raise typer.Exit(rc)
+
+
+def _launch(nproc: int, argv: list[str], lock: WriterLock | None = None) -> None:
+    """Run ``hardneg <argv>`` on ``nproc`` processes (`hardneg.cli.launch`) and exit with the
+    status they end with. The caller has checked the run and prepared its folder as one process would,
+    so the processes get ``--resume`` and continue in it, under the caller's ``lock`` on the folder."""
+    import os
+
+    from hardneg.cli.launch import run_workers
+    from hardneg.io import LOCK_HELD_ENV
+
+    if lock is not None:
+        os.environ[LOCK_HELD_ENV] = str(lock.path.resolve())
+    try:
+        code = run_workers(nproc, argv)
+    finally:
+        os.environ.pop(LOCK_HELD_ENV, None)
+    if code:
+        raise typer.Exit(code)
 
 
 def _worker_of_a_group() -> bool:
@@ -92,9 +97,11 @@ def _run_train(
     """Train (or, with ``nproc`` > 1, launch the processes that train); the summary on the process
     that writes files, None elsewhere, and what ``finish(run_dir)`` returned there: it runs after
     training while the run directory is still locked (the report of ``bounds``)."""
-    from hardneg.runs import RunConfig, apply_overrides, load_raw, validate_config
-    from hardneg.train.trainer import Trainer
+    from hardneg.runs import RunConfig, apply_overrides, dump_config, load_raw, validate_config
+    from hardneg.train.checkpoint import prepare_run_dir
+    from hardneg.train.trainer import Trainer, check_run
 
+    _check_nproc(nproc)
     raw = apply_overrides(load_raw(config), overrides)
     if force_bounds:
         raw = apply_overrides(raw, ["bounds.enabled=true"])
@@ -104,8 +111,11 @@ def _run_train(
         raise ValueError("--repair-metrics works with --resume only")
     check_writable(run_dir, "--out", folder=True)
     if nproc > 1:
-        _launch(nproc, cfg.train.batch_size,
-                [command, *_common_argv(config, run_dir, list(overrides or []), resume, overwrite, repair)])
+        check_run(cfg, nproc)
+        _, lock = prepare_run_dir(run_dir, dump_config(cfg), resume=resume, overwrite=overwrite)
+        with lock:  # held for the workers' whole run (hardneg.io.LOCK_HELD_ENV)
+            _launch(nproc, [command, *_common_argv(config, run_dir, list(overrides or []), True, False, repair)],
+                    lock)
         return run_dir, None, None
     _worker_of_a_group()
     with exit_on_interrupt():
@@ -205,23 +215,29 @@ def compare_cmd(
 ) -> None:
     """Run the grid losses × β × seeds of a compare config and write the markdown report and plots."""
     from hardneg.report.report import results_table, write_report
-    from hardneg.runs import CompareConfig, collect, load_config
-    from hardneg.train.compare import run_compare
+    from hardneg.runs import CompareConfig, collect, dump_config, load_config, prepare_output
+    from hardneg.train.compare import check_compare, run_compare
 
+    _check_nproc(nproc)
     cfg = load_config(config, _with_dir(overrides, data_dir), CompareConfig)
     out_dir = out or Path("runs") / cfg.name
     if repair and not resume:
         raise ValueError("--repair-metrics works with --resume only")
     check_writable(out_dir, "--out", folder=True)
     if nproc > 1:
-        _launch(nproc, cfg.train.batch_size,
-                ["compare", *_common_argv(config, out_dir, _with_dir(overrides, data_dir), resume, overwrite, repair)])
+        check_compare(cfg, nproc)
+        _, lock = prepare_output(out_dir, "compare", dump_config(cfg), resume=resume, overwrite=overwrite)
+        with lock:  # held for the workers' whole run (hardneg.io.LOCK_HELD_ENV)
+            _launch(nproc, ["compare", *_common_argv(config, out_dir, _with_dir(overrides, data_dir), True, False,
+                                                     repair)], lock)
         return
     if _worker_of_a_group():
         from hardneg.distributed import is_main
 
         if not is_main():  # trains its share of every grid point; rank 0 writes and reports
-            run_compare(cfg, out_dir, resume=resume, overwrite=overwrite, repair_metrics=repair, echo=lambda _m: None)
+            with exit_on_interrupt():
+                run_compare(cfg, out_dir, resume=resume, overwrite=overwrite, repair_metrics=repair,
+                            echo=lambda _m: None)
             return
     reports: list[Path] = []
     with exit_on_interrupt():  # the report is written while the folder is still locked

@@ -50,10 +50,12 @@ FIELDS: dict[str, tuple[type, ...]] = {
     "config_sha256": (str,),
     "strategy": (dict, _NONE),
     "key_encoder": (dict, _NONE),
+    "world_size": (int, _NONE),  # the processes that wrote it: resuming on another count is refused
 }
 #: fields a checkpoint may omit, and the value that stands for them: a checkpoint without GPU random
-#: states resumes as one written on a machine without CUDA
-OPTIONAL: dict[str, Any] = {"cuda_rng": []}
+#: states resumes as one written on a machine without CUDA; one without a process count is not checked
+#: against the count it resumes on
+OPTIONAL: dict[str, Any] = {"cuda_rng": [], "world_size": None}
 
 
 def config_digest(config_text: str) -> str:

@@ -24,12 +24,24 @@ from typing import Any
 
 from hardneg import distributed as D
 from hardneg import runs
-from hardneg.data.base import load_named
 from hardneg.runs import RunSpec, collect, expand_grid, run_config
 from hardneg.train.losses_from_config import build_objective
-from hardneg.train.trainer import Trainer
+from hardneg.train.trainer import Trainer, check_batch, load_run_data, n_samples
 
-__all__ = ["RunSpec", "collect", "expand_grid", "run_compare", "run_config"]
+__all__ = ["RunSpec", "check_compare", "collect", "expand_grid", "run_compare", "run_config"]
+
+
+def check_compare(cfg: runs.CompareConfig, world: int = 1) -> tuple[list[RunSpec], Any, Any]:
+    """Refuse what :func:`run_compare` on ``world`` processes refuses before it creates the output
+    folder — an unknown loss, preset or option in any grid point, the data set, the batch size against
+    the processes and the data — and return the grid and the training and test data."""
+    specs = expand_grid(cfg)
+    for spec in specs:
+        if spec.seed == cfg.grid.seeds[0]:
+            build_objective(run_config(cfg, spec))
+    train, test = load_run_data(cfg.data)
+    check_batch(cfg.train.batch_size, world, n_samples(train))
+    return specs, train, test
 
 
 def run_compare(
@@ -50,15 +62,7 @@ def run_compare(
     out = Path(out_dir)
     if resume and overwrite:
         raise ValueError("pass at most one of --resume and --overwrite")
-    specs = expand_grid(cfg)
-    for spec in specs:  # an unknown loss, preset or option is refused before anything is written
-        if spec.seed == cfg.grid.seeds[0]:
-            build_objective(run_config(cfg, spec))
-    d = cfg.data
-    train = load_named(d.name, "train", data_dir=d.data_dir, limit=d.train_limit, seed=d.split_seed)
-    test = load_named(d.name, "test", data_dir=d.data_dir, limit=d.test_limit, seed=d.split_seed)
-    if len(train[0]) < cfg.train.batch_size:
-        raise ValueError(f"train.batch_size={cfg.train.batch_size} is larger than the training set ({len(train[0])})")
+    specs, train, test = check_compare(cfg, D.world_size())
     lock = None
     if D.is_main():  # over several processes, rank 0 makes and locks the folder while the others wait
         _, lock = runs.prepare_output(out, "compare", runs.dump_config(cfg), resume=resume, overwrite=overwrite)

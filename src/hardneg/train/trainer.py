@@ -140,6 +140,37 @@ def _as_dataset(data: Any, name: str) -> Any:
     return data
 
 
+def check_batch(batch_size: int, world: int, n_train: int | None = None) -> None:
+    """Refuse a global batch that does not split evenly over ``world`` processes or, given the size of
+    the training set, is larger than it."""
+    if batch_size % world:
+        raise ValueError(
+            f"train.batch_size={batch_size} must be divisible by the number of processes (--nproc {world})"
+        )
+    if n_train is not None and n_train < batch_size:
+        raise ValueError(f"train.batch_size={batch_size} is larger than the training set ({n_train})")
+
+
+def load_run_data(d: Any) -> tuple[Any, Any]:
+    """The training and test data of a run's ``data`` section (:func:`hardneg.data.base.load_named`)."""
+    train = load_named(d.name, "train", data_dir=d.data_dir, limit=d.train_limit, seed=d.split_seed)
+    return train, load_named(d.name, "test", data_dir=d.data_dir, limit=d.test_limit, seed=d.split_seed)
+
+
+def n_samples(data: Any) -> int:
+    """The number of samples of ``(X, y)`` tensors or a data set."""
+    return len(data[0]) if isinstance(data, tuple) else len(data)
+
+
+def check_run(cfg: RunConfig, world: int = 1) -> None:
+    """Refuse what a :class:`Trainer` on ``world`` processes refuses before it creates the run folder:
+    the objective, the data set, the batch size against the processes and the data. The ``--nproc``
+    launcher calls it before it starts the processes."""
+    build_objective(cfg)
+    check_batch(cfg.train.batch_size, world)
+    check_batch(cfg.train.batch_size, world, n_samples(load_run_data(cfg.data)[0]))
+
+
 def _json_float(v: float) -> float | None:
     """Six significant digits (the diagnostics are estimates; keeps metrics.jsonl small); null when
     not finite (valid JSON)."""
@@ -183,10 +214,7 @@ class Trainer:
         # everything that can refuse the config (objective, data, sizes) runs before the folder is touched
         self.loss_fn = loss_fn if loss_fn is not None else build_objective(config)
         self.world, self.main = D.world_size(), D.is_main()
-        if c.train.batch_size % self.world:
-            raise ValueError(
-                f"train.batch_size={c.train.batch_size} must be divisible by the number of processes ({self.world})"
-            )
+        check_batch(c.train.batch_size, self.world)
         b = c.train.batch_size // self.world
         self._local = slice(D.rank() * b, (D.rank() + 1) * b)  # this process's rows of the global batch
         if c.train.threads:
@@ -216,8 +244,7 @@ class Trainer:
             self.train_ds, self.test_ds = _as_dataset(train_data, "train_data"), _as_dataset(test_data, "test_data")
             self.n_train, self.n_test = len(self.train_ds), len(self.test_ds)
             sample_shape = tuple(image_of(self.train_ds[0], "train_data")[0].shape)
-        if self.n_train < c.train.batch_size:
-            raise ValueError(f"train.batch_size={c.train.batch_size} is larger than the training set ({self.n_train})")
+        check_batch(c.train.batch_size, self.world, self.n_train)
         #: rank 0's lock on the run directory, held while this Trainer writes there (released by
         #: :meth:`fit` or :meth:`close`); the other processes write nothing and take none
         self.lock: WriterLock | None = None
@@ -300,6 +327,7 @@ class Trainer:
             "timed_steps": self.timed_steps,
             "metrics_bytes": mp.stat().st_size if mp.exists() else 0,
             "config_sha256": ck.config_digest(self._config_text),
+            "world_size": self.world,
             # a strategy's own state (queue contents, adversarial bank, step counter of its schedules)
             "strategy": self._strategy.state_dict() if self._strategy is not None else None,
             "key_encoder": self.key_encoder.state_dict() if self.key_encoder is not None else None,
@@ -320,6 +348,7 @@ class Trainer:
             if mp.exists() and self.main:
                 mp.unlink()
             return
+        self._check_world(st.get("world_size"))
         problem = metrics_problem(self.run_dir, st["metrics_bytes"]) if self.main else None
         if problem is not None and not self._repair_metrics:
             raise ValueError(
@@ -355,6 +384,16 @@ class Trainer:
             with open(mp, "r+b") as f:
                 f.truncate(st["metrics_bytes"])
         self.last_ckpt = self.run_dir / ck.CHECKPOINT
+
+    def _check_world(self, written: int | None) -> None:
+        """Refuse to resume on another number of processes than the checkpoint was written on: each
+        process's random state and the order in which gradients are summed depend on it, so the resumed
+        run would no longer equal an uninterrupted one."""
+        if written is not None and written != self.world:
+            raise ValueError(
+                f"checkpoint {self.run_dir / ck.CHECKPOINT} was written by a run on {written} process(es) "
+                f"(--nproc {written}); this run has {self.world} (--nproc {self.world}): resume with --nproc {written}"
+            )
 
     # ------------------------------------------------------------------ metrics
     _fh = None
@@ -585,21 +624,30 @@ class Trainer:
             f"interrupted ({name}) at step {self.step}; checkpoint saved to {p}; continue with --resume", self._stop
         )
 
-    def _evaluate_or_stop(self, *, probe: bool) -> dict[str, Any]:
-        """:meth:`evaluate`, unless a stop signal came before or during it: then checkpoint and stop (the
-        checkpoint is taken before the epoch's evaluation, which a resumed run repeats)."""
+    def _evaluate_unless_stopped(self, *, probe: bool) -> dict[str, Any]:
+        """:meth:`evaluate`, or ``{}`` when a stop signal came before or during it (the stop point after
+        it then writes the checkpoint from before the evaluation, which a resumed run repeats)."""
         if self._stop:
-            self._interrupt()
+            return {}
         try:
             self._evaluating = True
             return self.evaluate(probe=probe)
         except _EvalInterruptedError:
-            pass
+            self.model.train()
+            return {}
         finally:
             self._evaluating = False
-        self.model.train()
-        self._interrupt()
-        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _stop_point(self) -> None:
+        """Where training may stop: every process arrives here together (the others wait while rank 0
+        evaluates or writes), and when any of them was asked to stop — a signal to any process, or to
+        the ``--nproc`` launcher — every process stops here, at the same step, and rank 0 writes the
+        one checkpoint."""
+        agreed = D.agree_on_stop(lambda: self._stop)
+        if agreed:
+            if not self._stop:  # asked on another process: this one stops for the same signal
+                self._stop = agreed
+            self._interrupt()
 
     def fit(self) -> dict[str, Any]:
         """Train to the configured number of epochs (continuing from the checkpoint when resumed) and
@@ -631,7 +679,7 @@ class Trainer:
         bar = tqdm(
             total=self.total_steps,
             initial=self.step,
-            disable=not c.train.progress,
+            disable=not c.train.progress or not self.main,
             desc=self.run_dir.name,
             unit="step",
             leave=False,
@@ -646,9 +694,7 @@ class Trainer:
                     self.batch_idx, self.epoch_loss = 0, [0.0, 0]
                 batches = self._batches()
                 while self.batch_idx < spe:
-                    self._stop = D.max_over_processes(self._stop)  # every process stops at the same step
-                    if self._stop:
-                        self._interrupt()
+                    self._stop_point()
                     t_step = time.perf_counter()
                     v1, v2, y, idx = next(batches)
                     lv, z1, z2 = self._forward_backward(v1, v2, y, idx)
@@ -691,8 +737,9 @@ class Trainer:
                 if self.main and (last or ep % c.eval.every_epochs == 0):  # rank 0 evaluates
                     pe = c.eval.probe_every_epochs
                     probe = c.eval.linear_probe and (last or (pe is not None and ep % pe == 0))
-                    last_eval = self._evaluate_or_stop(probe=probe)
+                    last_eval = self._evaluate_unless_stopped(probe=probe)
                     rec.update({k: v for k, v in last_eval.items() if not k.endswith(("per_class", "confusion"))})
+                self._stop_point()  # the others waited for the evaluation; a stop requested meanwhile stops here
                 self._log(rec)
                 self.epoch += 1
                 self.perm = None
@@ -701,12 +748,11 @@ class Trainer:
         finally:
             bar.close()
             self._metrics_fh_flush()
+        if self.main and not last_eval:  # resumed after the last epoch had been evaluated: again for the summary
+            last_eval = self._evaluate_unless_stopped(probe=c.eval.linear_probe)
+        self._stop_point()  # the last point at which a stop request stops the run
         if not self.main:
             return {"rank": D.rank(), "steps": self.step}
-        if not last_eval:  # resumed after the last epoch had been evaluated: evaluate again for the summary
-            last_eval = self._evaluate_or_stop(probe=c.eval.linear_probe)
-        if self._stop:
-            self._interrupt()
         return self._finish(last_eval, time.time() - t0)
 
     def _finish(self, ev: dict[str, Any], seconds: float) -> dict[str, Any]:
@@ -737,4 +783,7 @@ class Trainer:
         return summary
 
 
-__all__ = ["NonFiniteLossError", "RunInterrupted", "Trainer", "lr_lambda", "read_metrics"]
+__all__ = [
+    "NonFiniteLossError", "RunInterrupted", "Trainer", "check_batch", "check_run", "load_run_data", "lr_lambda",
+    "n_samples", "read_metrics",
+]
