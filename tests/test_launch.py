@@ -36,7 +36,7 @@ def _hardneg(*args: str, timeout: float = 600) -> subprocess.CompletedProcess[st
 
 @pytest.mark.parametrize(("command", "n"), [("train", "0"), ("compare", "-2")])
 def test_nproc_below_one_is_one_line(tmp_path, command, n):
-    r = _hardneg(command, "-c", str(_config(tmp_path)), "-o", str(tmp_path / "out"), "--nproc", n)
+    r = _hardneg(command, "-c", str(_config(tmp_path)), "--out", str(tmp_path / "out"), "--nproc", n)
     assert (r.returncode, r.stderr) == (2, f"hardneg: error: --nproc must be a positive int, got {n}\n")
     assert not (tmp_path / "out").exists()
 
@@ -45,11 +45,11 @@ def test_launcher_refuses_a_used_folder_and_a_batch_larger_than_the_data_in_one_
     """Checked before any process starts, by the checks one process makes: one line, exit 2."""
     used = tmp_path / "used"
     runs.prepare_output(used, "run", runs.dump_config(train_config(UCL)))
-    r = _hardneg("train", "-c", str(_config(tmp_path)), "-o", str(used), "--nproc", "2")
+    r = _hardneg("train", "-c", str(_config(tmp_path)), "--out", str(used), "--nproc", "2")
     assert r.returncode == 2
     assert r.stderr == (f"hardneg: error: run directory {used} already holds a run; pass --resume to continue it "
                         "or --overwrite to replace it\n")
-    r = _hardneg("train", "-c", str(_config(tmp_path, batch_size=512)), "-o", str(tmp_path / "big"), "--nproc", "2")
+    r = _hardneg("train", "-c", str(_config(tmp_path, batch_size=512)), "--out", str(tmp_path / "big"), "--nproc", "2")
     assert (r.returncode, r.stderr) == (2, "hardneg: error: train.batch_size=512 is larger than the training set "
                                            "(256)\n")
     assert not (tmp_path / "big").exists()
@@ -75,7 +75,7 @@ def test_a_workers_user_error_is_one_line_and_exit_2(tmp_path):
     conf = _config(tmp_path, epochs=1)
     d = tmp_path / "one"
     Trainer(train_config({**UCL, "train": {**TRAIN_BASE["train"], "epochs": 1}}), d).fit()
-    r = _hardneg("train", "-c", str(conf), "-o", str(d), "--resume", "--nproc", "2")
+    r = _hardneg("train", "-c", str(conf), "--out", str(d), "--resume", "--nproc", "2")
     assert r.returncode == 2, r.stderr
     assert r.stderr == (f"hardneg: error: checkpoint {d / 'checkpoint.pt'} was written by a run on 1 process(es) "
                         "(--nproc 1); this run has 2 (--nproc 2): resume with --nproc 1\n")
@@ -105,7 +105,7 @@ def full_run(tmp_path_factory):
     """An uninterrupted 2-process run of the config the signal tests stop and resume."""
     tmp = tmp_path_factory.mktemp("full")
     conf = _config(tmp, epochs=4, checkpoint_every=4)
-    r = _hardneg("train", "-c", str(conf), "-o", str(tmp / "full"), "--nproc", "2")
+    r = _hardneg("train", "-c", str(conf), "--out", str(tmp / "full"), "--nproc", "2")
     assert r.returncode == 0, r.stderr
     return conf, (tmp / "full" / "metrics.jsonl").read_bytes()
 
@@ -119,7 +119,7 @@ def test_signal_stops_every_process_with_one_line_and_resume_is_exact(tmp_path, 
     once no worker is left and prints one line; ``--resume`` gives a byte-identical metrics file."""
     conf, full_metrics = full_run
     d = tmp_path / "cut"
-    proc = subprocess.Popen([sys.executable, "-m", "hardneg.cli", "train", "-c", str(conf), "-o", str(d),
+    proc = subprocess.Popen([sys.executable, "-m", "hardneg.cli", "train", "-c", str(conf), "--out", str(d),
                              "--nproc", "2"], env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             start_new_session=True)
     try:
@@ -144,7 +144,7 @@ def test_signal_stops_every_process_with_one_line_and_resume_is_exact(tmp_path, 
     step = int(err[len(line):].split(";")[0])
     assert torch.load(d / runs.CHECKPOINT, weights_only=False)["step"] == step
     assert not (d / runs.SUMMARY).exists()
-    r = _hardneg("train", "-c", str(conf), "-o", str(d), "--resume", "--nproc", "2")
+    r = _hardneg("train", "-c", str(conf), "--out", str(d), "--resume", "--nproc", "2")
     assert r.returncode == 0, r.stderr
     assert (d / runs.METRICS).read_bytes() == full_metrics
 
