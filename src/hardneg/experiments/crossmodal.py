@@ -48,7 +48,7 @@ from hardneg.data.scenes import (
     truth_matrix,
 )
 from hardneg.integrations.open_clip import ClipLoss
-from hardneg.io import atomic_write_text
+from hardneg.io import atomic_open, atomic_write_text
 from hardneg.models.towers import FrozenTextTower, ImageTower, TextTower
 from hardneg.negatives.caption_edits import EDIT_KINDS, EditVocabulary, one_edit_swaps
 from hardneg.negatives.cross_modal import LogitScale, pair_ids
@@ -180,8 +180,8 @@ def minilm_table(strings: list[str], cache_dir: Path) -> torch.Tensor:
         return torch.from_numpy(check_real(load_array_file(path, "MiniLM cache"), str(path)))
     model = load_sentence_model()
     emb = model.encode(strings, batch_size=256, convert_to_numpy=True, normalize_embeddings=True)
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    np.save(path, emb.astype(np.float32))
+    with atomic_open(path, "wb") as f:  # a killed run leaves no half-written cache that the next one reads
+        np.save(f, emb.astype(np.float32))
     return torch.from_numpy(emb.astype(np.float32))
 
 
