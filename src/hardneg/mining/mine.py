@@ -34,7 +34,7 @@ import contextlib
 import os
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -61,9 +61,6 @@ SAMPLING = ("top", "random", "uniform", "tilted")
 #: what ``range_min``/``range_max`` count: the candidates that survive the filters (sentence-transformers'
 #: meaning) or every retrieved non-positive document before any filter
 WINDOWS = ("filtered", "retrieval")
-OUTPUT_FORMATS = ("triplet", "n-tuple", "labeled-pair")
-FILTERS = ("duplicate", "false_negative_label", "min_score", "max_score", "absolute_margin",
-           "relative_margin", "guide")
 
 
 @dataclass
@@ -448,7 +445,3 @@ class RetrievedContext:
             f"this filter/weighting reads {name!r}, which offline mining does not have (it sees only the "
             "retrieved scores and the positive's score)"
         )
-
-
-def config_dict(cfg: MineConfig) -> dict:
-    return asdict(cfg)

@@ -25,7 +25,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from hardneg._optional import require
@@ -388,8 +387,3 @@ class ExternalPool(Source):
 
     def diagnostics(self) -> dict[str, float]:
         return {"pool_size": float(self.size), "pool_refreshes": float(self.refreshes)}
-
-
-def unit(x: Tensor) -> Tensor:
-    """L2-normalise rows."""
-    return F.normalize(x, dim=-1)

@@ -24,8 +24,7 @@ from hardneg.runs.grid import has_beta as has_beta
 
 LossFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
-#: losses that take labels (supervised) and losses with a tilt β
-SUPERVISED = {"scl", "supcon", "hscl"}
+#: the named losses of hardneg.losses a config can name
 NAMED = ("ucl", "scl", "supcon", "hucl", "dcl", "hscl", "triplet", "margin", "decoupled")
 
 
