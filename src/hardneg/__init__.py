@@ -1,6 +1,6 @@
 """hardneg: negative sampling for contrastive learning.
 
-One chunked, log-space kernel (:func:`hardneg.losses.weighted_info_nce`) computes every
+One chunked, log-space kernel (`hardneg.losses.weighted_info_nce`) computes every
 InfoNCE-family loss; each strategy is a distribution π over candidate negatives (docs/design.md §1).
 
 The main entry points are importable from here (``hardneg.hscl``, ``hardneg.create_strategy``,

@@ -91,7 +91,7 @@ def load_array_file(path: str | os.PathLike[str], name: str = "", mmap: bool = F
 
 def load_array(x: Any, name: str) -> np.ndarray:
     """A numpy array from a tensor, an array, a (nested) list, or a ``.npy`` / ``.pt`` file path
-    (read by :func:`load_array_file`).
+    (read by `load_array_file`).
 
     Raises ``FileNotFoundError`` naming ``name`` and the path, ``ValueError`` for a bad file, or
     ``TypeError`` for anything else."""

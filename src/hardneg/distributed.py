@@ -8,15 +8,15 @@ batch, with DDP's gradient averaging giving exactly its gradient:
   whose backward sums every process's gradient for a process's rows); labels and sample ids are
   gathered too, so the candidate rule (same id, same label) sees the global batch;
 - each process computes the loss of **its own anchors** against every candidate of the global batch
-  (:class:`DistributedStrategy`, anchors in the two-view layout of
-  :func:`hardneg.losses.candidates.two_view_index`), with the mean's denominator summed over the
-  processes; a plain loss function is computed whole on every process (:class:`DistributedLoss`);
+  (`DistributedStrategy`, anchors in the two-view layout of
+  `hardneg.losses.candidates.two_view_index`), with the mean's denominator summed over the
+  processes; a plain loss function is computed whole on every process (`DistributedLoss`);
 - either way the returned losses of the W processes sum to W × the single-process loss, which DDP's
   averaging (÷ W) turns into the single-process gradient.
 
 State that learns from a step (memory queue, AdCo's bank, the generator, the calibrator, the
 cluster-guided k-means) sees the gathered batch, identical on every process, so it stays identical
-without a broadcast. :class:`GatheredBatchNorm` is batch normalisation over the global batch (the
+without a broadcast. `GatheredBatchNorm` is batch normalisation over the global batch (the
 CPU counterpart of ``nn.SyncBatchNorm``, which needs a GPU).
 
 With one process, or without an initialised process group, everything here is the identity.
@@ -149,7 +149,7 @@ def mean_over_processes(d: float) -> float:
 def anchor_rows(b: int, two_views: bool, device: torch.device | None = None) -> Tensor:
     """This process's anchors among the anchors of the gathered batch (W·b samples): rows
     ``r·b … (r+1)·b − 1`` of ``z1`` and, with two symmetric views ``[z1; z2]``
-    (:func:`~hardneg.losses.candidates.two_view_index`), the same rows of ``z2``."""
+    (`two_view_index`), the same rows of ``z2``."""
     r, B = rank(), b * world_size()
     mine = torch.arange(r * b, (r + 1) * b, device=device)
     if not two_views:
@@ -164,7 +164,7 @@ def _reduce_loss(loss: Tensor, reduction: str) -> Tensor:
 
 
 class DistributedStrategy(nn.Module):
-    """A :class:`~hardneg.negatives.Strategy` over processes: gathers the views, labels, ids and
+    """A `Strategy` over processes: gathers the views, labels, ids and
     explicit negatives of every process and computes the loss against the global candidates. With
     one process it calls the strategy as is.
 
@@ -232,7 +232,7 @@ class DistributedStrategy(nn.Module):
 class DistributedLoss(nn.Module):
     """A plain loss ``loss_fn(z1, z2, labels) -> scalar`` over processes: gathers the views and
     labels (with gradient) and computes the whole global batch's loss on every process — exact for
-    any loss, the loss computed W times; a :class:`DistributedStrategy` computes each anchor once."""
+    any loss, the loss computed W times; a `DistributedStrategy` computes each anchor once."""
 
     def __init__(self, loss_fn: Any) -> None:
         super().__init__()
@@ -288,7 +288,7 @@ class GatheredBatchNorm(nn.modules.batchnorm._BatchNorm):
 
 
 def convert_batchnorm(module: nn.Module) -> nn.Module:
-    """``module`` with every ``nn.BatchNorm1d/2d/3d`` replaced by a :class:`GatheredBatchNorm`
+    """``module`` with every ``nn.BatchNorm1d/2d/3d`` replaced by a `GatheredBatchNorm`
     holding the same parameters and buffers (in place for submodules; returns the root)."""
     if isinstance(module, nn.modules.batchnorm._BatchNorm) and not isinstance(module, GatheredBatchNorm):
         new = GatheredBatchNorm(module.num_features, module.eps, module.momentum, module.affine,
@@ -312,7 +312,7 @@ def init_from_env(backend: str | None = None) -> bool:
     """Join the process group the environment describes (``WORLD_SIZE`` > 1): the ``--nproc``
     launcher's (``RANK``, ``WORLD_SIZE`` and its store in ``HARDNEG_STORE``) or torchrun's; gloo on CPU,
     NCCL when CUDA is available, unless ``backend`` says. Returns True when this process is one of
-    several. Leave with :func:`leave`."""
+    several. Leave with `leave`."""
     global _store
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
         return False
@@ -407,7 +407,7 @@ def all_processes(flag: bool) -> bool:
 
 def wrap_model(model: nn.Module) -> nn.Module:
     """``model`` in ``DistributedDataParallel`` over several processes (gradients averaged); the
-    model itself on one. Buffers are not broadcast: :class:`GatheredBatchNorm` keeps them equal."""
+    model itself on one. Buffers are not broadcast: `GatheredBatchNorm` keeps them equal."""
     if world_size() == 1:
         return model
     dev = next(model.parameters()).device
@@ -421,8 +421,8 @@ def wrap_model(model: nn.Module) -> nn.Module:
 
 
 def distributed_objective(loss_fn: Any) -> nn.Module:
-    """The loss a distributed step calls: a :class:`DistributedStrategy` around a strategy, a
-    :class:`DistributedLoss` around a plain loss function ``loss_fn(z1, z2, labels)``."""
+    """The loss a distributed step calls: a `DistributedStrategy` around a strategy, a
+    `DistributedLoss` around a plain loss function ``loss_fn(z1, z2, labels)``."""
     from hardneg.negatives.strategy import Strategy
 
     if isinstance(loss_fn, Strategy):

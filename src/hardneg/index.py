@@ -22,11 +22,11 @@ Option strings (cosine similarity = inner product of L2-normalised vectors):
   codes (PQ, SQ) decide only which documents are looked at, never the scores.
 
 The corpus is an in-memory matrix or anything with the row interface of
-:class:`hardneg.mining.store.EmbeddingStore` (``shape``, ``rows(a, b)``, ``take(ids)``,
+`hardneg.mining.store.EmbeddingStore` (``shape``, ``rows(a, b)``, ``take(ids)``,
 ``bf16_rows(a, b)``; float32 out): a store memory-mapped from disk is read block by block, never
 copied whole into float32. ``"flat"`` on such a store is an exact search streamed over row blocks.
 
-For the approximate indexes, :func:`recall_at_k` measures recall@k of their result lists against an
+For the approximate indexes, `recall_at_k` measures recall@k of their result lists against an
 exact flat search on a sample of queries; ``hardneg mine`` reports it in its summary.
 """
 
@@ -63,7 +63,7 @@ def cpu_has_native_bf16() -> bool:
 
 
 def resolve_index_spec(spec: str) -> str:
-    """``"auto"`` → ``"bf16"`` on CPUs with native bf16 (see :func:`cpu_has_native_bf16`), else ``"flat"``."""
+    """``"auto"`` → ``"bf16"`` on CPUs with native bf16 (see `cpu_has_native_bf16`), else ``"flat"``."""
     if isinstance(spec, str) and spec.strip().lower() == "auto":
         return "bf16" if cpu_has_native_bf16() else "flat"
     return spec
@@ -75,7 +75,7 @@ def parse_index_spec(spec: str, d: int | None = None) -> tuple[str, int]:
 
     With ``d``, a factory string is also built once (untrained, empty) so that FAISS's own parser
     rejects what it cannot build for ``d``-dimensional vectors (``PQ48`` needs ``d % 48 == 0``), and
-    what FAISS builds but could not fill row by row is refused too (:func:`_check_usable`)."""
+    what FAISS builds but could not fill row by row is refused too (`_check_usable`)."""
     if not isinstance(spec, str):
         raise TypeError(f"index must be a string like 'flat', 'ivf1024' or 'hnsw32', got {type(spec).__name__}")
     raw = resolve_index_spec(spec).strip()
@@ -173,8 +173,8 @@ def _too_few_rows(spec: str, need: int, have: int, where: str = "the corpus") ->
 
 def check_index_fits(spec: str, n: int, d: int, workers: int = 1) -> None:
     """Refuse, before anything is encoded, an index that cannot be built over ``n`` rows of dimension
-    ``d`` split into ``workers`` shards: what FAISS cannot build for ``d`` (:func:`parse_index_spec`),
-    and too few rows in the smallest shard to train it (:func:`training_rows`)."""
+    ``d`` split into ``workers`` shards: what FAISS cannot build for ``d`` (`parse_index_spec`),
+    and too few rows in the smallest shard to train it (`training_rows`)."""
     kind, cells = parse_index_spec(spec, d)
     need = cells if kind == "ivf" else training_rows(factory_index(spec.strip(), d)) if kind == "factory" else 0
     smallest = n // max(workers, 1)  # shard sizes differ by at most one (hardneg.mining.shard.shard_bounds)

@@ -2,12 +2,12 @@
 
 A crash or Ctrl-C therefore never leaves a half-written checkpoint, table or mined-negatives file. A
 process killed outright (SIGKILL, power loss) can leave the hidden temporary file
-``.<name>.<random>.tmp`` behind; :func:`remove_stale_temps` deletes those on the next start.
+``.<name>.<random>.tmp`` behind; `remove_stale_temps` deletes those on the next start.
 
 Files get the permissions a plain ``open(path, "w")`` would give them: those of the file they
 replace, else ``0o666`` minus the process umask (``tempfile`` alone would create them ``0o600``).
 
-One writer per output: :class:`WriterLock` is the lock a command holds on its output folder or file
+One writer per output: `WriterLock` is the lock a command holds on its output folder or file
 for as long as it writes there, so a second command writing to the same place is refused.
 """
 
@@ -54,7 +54,7 @@ def _new_file_mode(path: Path) -> int:
 
 
 def temp_target(name: str) -> str | None:
-    """The file name a temporary of :func:`atomic_open` stands for (``.a.json.x1y2z3w4.tmp`` → ``a.json``),
+    """The file name a temporary of `atomic_open` stands for (``.a.json.x1y2z3w4.tmp`` → ``a.json``),
     or None when ``name`` is not such a temporary."""
     m = _TEMP.match(name)
     return m.group("target") if m else None
@@ -67,7 +67,7 @@ SHARED_STALE_AGE_S = 3600.0
 
 def remove_stale_temps(folder: str | os.PathLike[str], targets: Iterable[str] | None = None, *,
                        min_age_s: float = 0.0) -> list[Path]:
-    """Delete the temporaries that an interrupted :func:`atomic_open` left in ``folder`` (only those
+    """Delete the temporaries that an interrupted `atomic_open` left in ``folder`` (only those
     standing for a name in ``targets``, when given); return what was deleted.
 
     ``min_age_s``: leave temporaries modified less than this many seconds ago alone. A folder that
@@ -119,7 +119,7 @@ def atomic_open(path: str | os.PathLike[str], mode: str = "w", **kwargs: Any) ->
 
 
 def atomic_torch_save(obj: Any, path: str | os.PathLike[str]) -> None:
-    """``torch.save`` through :func:`atomic_open`."""
+    """``torch.save`` through `atomic_open`."""
     import torch
 
     with atomic_open(path, "wb") as f:
@@ -140,14 +140,14 @@ class WriterLock:
     """One writer per output: an exclusive advisory lock (``fcntl.flock``) on the file ``path``, which
     records the holder's PID and command for the message a second writer gets.
 
-    Taking it never waits: a lock held by a live process raises :class:`FileExistsError` naming
+    Taking it never waits: a lock held by a live process raises `FileExistsError` naming
     ``what`` and the holder. The kernel releases the lock when the holding process ends in any way
     (SIGKILL included), so a lock file left behind by a dead process does not block the next writer.
-    :meth:`release` deletes the file while the lock is still held; a process that opened the file
+    `release` deletes the file while the lock is still held; a process that opened the file
     just before that finds it no longer at ``path`` once it gets the lock, and starts over, so two
     processes never both hold the lock on what ``path`` names.
 
-    Holds nest: :meth:`held` keeps the lock through a ``with`` block even when the code inside
+    Holds nest: `held` keeps the lock through a ``with`` block even when the code inside
     releases it (a command that writes a report after its training run). Where ``fcntl`` does not
     exist (Windows) no lock is taken. A process whose environment names ``path`` in
     ``HARDNEG_LOCK_HELD`` (a worker of the ``--nproc`` launcher) writes under its parent's lock and
@@ -268,7 +268,7 @@ FILE_SYSTEM_ERRNOS = frozenset({errno.EACCES, errno.EPERM, errno.EROFS, errno.EN
 
 def is_file_system_error(e: BaseException) -> bool:
     """True for an ``OSError`` that says a path cannot be written or read as asked (see
-    :data:`FILE_SYSTEM_ERRNOS`); the CLI prints those as one line."""
+    `FILE_SYSTEM_ERRNOS`); the CLI prints those as one line."""
     return isinstance(e, (PermissionError, NotADirectoryError, IsADirectoryError)) or (
         isinstance(e, OSError) and e.errno in FILE_SYSTEM_ERRNOS)
 

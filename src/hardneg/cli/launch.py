@@ -2,16 +2,16 @@
 outcome.
 
 The launcher hosts the group's store (the workers reach it through ``HARDNEG_STORE``, see
-:func:`hardneg.distributed.init_from_env`), starts ``python -m hardneg.cli <command> ...`` once per rank
+`hardneg.distributed.init_from_env`), starts ``python -m hardneg.cli <command> ...`` once per rank
 and returns only when every worker has exited. Each worker hands the line it ends with (or its
-traceback) to the launcher (:func:`hardneg.cli.app.final_line`), which prints one:
+traceback) to the launcher (`hardneg.cli.app.final_line`), which prints one:
 
 - every worker finished: exit 0 (rank 0 printed the results);
 - a user error in any worker: its one line ``hardneg: error: …``, exit 2;
 - a stop — Ctrl-C or SIGTERM to the launcher, or a signal to any worker: rank 0's line saying where the
   checkpoint is, exit 128 + the signal (130, 143);
 - anything else: the traceback of the first worker that failed, exit 1; a worker that failed leaves
-  the others :data:`FAILURE_GRACE` seconds to exit, then they are killed (they would wait for it in
+  the others `FAILURE_GRACE` seconds to exit, then they are killed (they would wait for it in
   their next collective).
 
 A signal to the launcher: the first asks every worker to stop at its next stop point, through the store

@@ -1,9 +1,9 @@
 """Batched image augmentations in plain torch (torchvision is not available here).
 
 Every transform acts on a whole batch ``x`` of shape (B, C, H, W), float in [0, 1], draws its random
-numbers from an explicit :class:`torch.Generator` (so a checkpoint can store and restore the exact
+numbers from an explicit `torch.Generator` (so a checkpoint can store and restore the exact
 stream) and has no Python loop over samples. The two views of SimCLR (Chen et al. 2020) are two
-independent calls of the same :class:`Augment`.
+independent calls of the same `Augment`.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ def random_resized_crop_flip(
 ) -> torch.Tensor:
     """Crop a random box of area fraction in ``scale`` and aspect ratio in ``ratio``, resize it back to
     (H, W) bilinearly, and mirror it horizontally with probability ``flip_p`` (one ``grid_sample``).
-    ``rows``: draw for the whole batch, return only these rows (see :class:`Augment`)."""
+    ``rows``: draw for the whole batch, return only these rows (see `Augment`)."""
     B = x.shape[0]
     area = _u(B, scale[0], scale[1], g)
     log_r = _u(B, math.log(ratio[0]), math.log(ratio[1]), g)
@@ -73,7 +73,7 @@ def random_erasing(
     rows: slice | None = None,
 ) -> torch.Tensor:
     """Random erasing (Zhong et al. 2020): with probability ``p`` set a random box of area fraction in
-    ``scale`` (aspect ratio in [0.3, 3.3]) to zero. ``batch``, ``rows``: as in :func:`gaussian_noise`."""
+    ``scale`` (aspect ratio in [0.3, 3.3]) to zero. ``batch``, ``rows``: as in `gaussian_noise`."""
     _, _, H, W = x.shape
     B = batch or x.shape[0]
     area = _u(B, scale[0], scale[1], g)

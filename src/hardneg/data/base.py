@@ -2,10 +2,10 @@
 
 **Protocol.** Any map-style dataset works: an object with ``__len__()`` and ``__getitem__(i)``
 returning ``(image, label)``, where ``image`` is a float tensor (C, H, W) in [0, 1] and ``label`` an
-int (or 0-d tensor). :func:`dataset_to_tensors` stacks it once into memory; the Trainer then samples
-batches and augments them with :class:`hardneg.data.augment.Augment`. Pass your own via
+int (or 0-d tensor). `dataset_to_tensors` stacks it once into memory; the Trainer then samples
+batches and augments them with `hardneg.data.augment.Augment`. Pass your own via
 ``Trainer(config, run_dir, train_data=my_ds, test_data=my_test_ds)`` (datasets or ``(X, y)`` tuples).
-With ``data.workers`` set, the Trainer reads the data set lazily instead (:mod:`hardneg.data.loader`).
+With ``data.workers`` set, the Trainer reads the data set lazily instead (`hardneg.data.loader`).
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ class LabeledImageDataset(Protocol):
 
 
 def dataset_to_tensors(data: Any, *, name: str = "data") -> tuple[torch.Tensor, torch.Tensor]:
-    """Turn ``(X, y)`` tensors or a :class:`LabeledImageDataset` into ``(X (n,C,H,W) float32, y (n,) int64)``.
+    """Turn ``(X, y)`` tensors or a `LabeledImageDataset` into ``(X (n,C,H,W) float32, y (n,) int64)``.
     """
     if isinstance(data, tuple) and len(data) == 2 and all(isinstance(t, torch.Tensor) for t in data):
         X, y = data

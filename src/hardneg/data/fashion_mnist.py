@@ -2,8 +2,8 @@
 
 The files are looked up in ``data_dir`` (``--data-dir``), else in ``/usr/share/datasets/fashion-mnist/``
 where Debian's ``dataset-fashion-mnist`` package installs them. Each file is verified by size and
-SHA-256 before it is parsed; a missing file raises :class:`FileNotFoundError` and a corrupt one
-:class:`ValueError`, both saying how to get good files.
+SHA-256 before it is parsed; a missing file raises `FileNotFoundError` and a corrupt one
+`ValueError`, both saying how to get good files.
 """
 
 from __future__ import annotations

@@ -1,13 +1,13 @@
 r"""Hyperspectral scenes for target detection: a generator of synthetic scenes and loaders of real ones.
 
-**Synthetic scenes** (:func:`make_scene`): the linear mixing model. ``E`` smooth endmember spectra
+**Synthetic scenes** (`make_scene`): the linear mixing model. ``E`` smooth endmember spectra
 (sums of Gaussian absorption/reflection bumps on a baseline) are mixed by spatially smooth
 abundance maps (Gaussian random fields through a softmax, so abundances are ≥ 0 and sum to 1),
 scaled by a smooth illumination map, and Gaussian noise at a chosen SNR is added. Sub-pixel
 targets of a known signature ``d`` are planted at isolated pixels with abundance ``a``:
 ``x = (1 − a) · x_background + a · d`` (before noise).
 
-**Real scenes** (:func:`load_scene`): a cube ``(H, W, L)`` and a ground-truth target map ``(H, W)``
+**Real scenes** (`load_scene`): a cube ``(H, W, L)`` and a ground-truth target map ``(H, W)``
 from ``--data-dir``: either an ENVI pair ``NAME.hdr`` + ``NAME.raw``/``.img``/``.dat`` (read with
 the ``spectral`` package: ``pip install 'hardneg[hyperspectral]'``) with the truth in
 ``NAME_gt.npy`` or ``NAME_gt.mat``, or one ``NAME.mat`` (scipy) holding the cube and the truth
@@ -175,7 +175,7 @@ def load_mat(path: str | Path, max_bytes: int | None = None) -> dict[str, np.nda
     """The numeric arrays of a MATLAB ``.mat`` file (scipy; v7.3 / HDF5 files are not supported).
 
     The sizes the file declares are checked against ``max_bytes`` (default
-    :data:`hardneg.arrays.MAX_DECOMPRESSED_BYTES`) before anything is decompressed; a damaged or
+    `hardneg.arrays.MAX_DECOMPRESSED_BYTES`) before anything is decompressed; a damaged or
     truncated file is one ``ValueError`` naming it."""
     sio = require("scipy", "mining", feature="reading .mat scenes").io
     path = Path(path)
@@ -246,7 +246,7 @@ def _envi_layout(header: Path, data: Path) -> None:
 
 def load_envi(header: str | Path) -> np.ndarray:
     """The (H, W, L) cube of an ENVI header and its data file (``.raw``, ``.img``, ``.dat`` or no
-    extension, next to the header), read with the ``spectral`` package after :func:`_envi_layout`'s
+    extension, next to the header), read with the ``spectral`` package after `_envi_layout`'s
     checks; a damaged pair is one ``ValueError`` naming the file."""
     header = Path(header)
     if not header.is_file():

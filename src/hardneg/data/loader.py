@@ -2,17 +2,17 @@
 
 The Trainer's default keeps the training set in memory as one tensor and augments whole batches in
 the training process. With ``data.workers`` set, it reads samples through a ``DataLoader`` instead:
-a data set larger than memory (a memory-mapped array, :class:`MemmapImages`; an image folder; any
-map-style data set of the :class:`~hardneg.data.base.LabeledImageDataset` protocol) trains, and
+a data set larger than memory (a memory-mapped array, `MemmapImages`; an image folder; any
+map-style data set of the `LabeledImageDataset` protocol) trains, and
 the augmentations run in ``workers`` processes.
 
 Reproducibility does not depend on the number of workers or of training processes, nor on where a
 run was resumed:
 
-- :class:`EpochBatches` yields the batches of the epoch's permutation (drawn by the Trainer from its
+- `EpochBatches` yields the batches of the epoch's permutation (drawn by the Trainer from its
   data generator, stored in checkpoints) from a given batch on, and of each global batch only the
   rows of this process — what ``DistributedSampler`` does, but resumable in the middle of an epoch;
-- :class:`TwoViews` augments sample i of epoch e with its own generator, seeded from
+- `TwoViews` augments sample i of epoch e with its own generator, seeded from
   ``(seed, e, i)``, so every view is the same whichever worker or process draws it.
 """
 
@@ -69,7 +69,7 @@ def image_of(item: Any, name: str = "data") -> tuple[torch.Tensor, int]:
 
 class TwoViews(Dataset):
     """Sample i → ``(view 1, view 2, label, i)``: two augmentations with the generator of
-    :func:`sample_seed` (set :attr:`epoch` before iterating an epoch)."""
+    `sample_seed` (set `epoch` before iterating an epoch)."""
 
     def __init__(self, data: Any, augment: Augment, seed: int) -> None:
         self.data, self.augment, self.seed, self.epoch = data, augment, seed, 0

@@ -7,14 +7,14 @@ grammar, and every caption is true of its image by construction:
 - object: ``"a small red circle"``, ``"a blue square"`` — some object matches;
 - relation: ``"a red circle left of a blue square"`` (``left of``, ``right of``, ``above``,
   ``below``) — two different objects match and the relation holds with a margin of
-  :data:`RELATION_MARGIN` pixels between their centres;
+  `RELATION_MARGIN` pixels between their centres;
 - count: ``"one green triangle"``, ``"two red circles"`` — exactly that many objects match (the
   grammar also reads ``"three shapes"``, ``"two red shapes"``; the generator does not write these
   generic captions, which would match a third of all images).
 
-:func:`caption_true` evaluates any caption of the grammar on a scene (so a one-edit swap of a
+`caption_true` evaluates any caption of the grammar on a scene (so a one-edit swap of a
 caption can be checked to be false). Splits: ``train``, ``val``, ``test`` never contain a held-out
-(colour, shape) pair (:data:`HELD_OUT`); ``compositional`` scenes each contain at least one — all
+(colour, shape) pair (`HELD_OUT`); ``compositional`` scenes each contain at least one — all
 words are seen in training, these combinations are not. Generation is seeded per split: the same
 seed always gives the same images and captions.
 
@@ -73,7 +73,7 @@ class SceneObject:
 @dataclass
 class Scenes:
     """One split: ``images`` (n, 3, 64, 64) uint8, ``objects`` per scene, ``captions`` per scene
-    (lists of strings), ``labels`` (n,) object-set class ids (:func:`object_set_label`)."""
+    (lists of strings), ``labels`` (n,) object-set class ids (`object_set_label`)."""
 
     split: str
     images: torch.Tensor
@@ -132,7 +132,7 @@ def _np(o: SceneObject, with_size: bool) -> str:
 
 
 def holds(rel: str, a: SceneObject, b: SceneObject) -> bool:
-    """Whether ``a <rel> b`` holds (centres at least :data:`RELATION_MARGIN` pixels apart on the axis)."""
+    """Whether ``a <rel> b`` holds (centres at least `RELATION_MARGIN` pixels apart on the axis)."""
     if rel == "left of":
         return a.x < b.x - RELATION_MARGIN
     if rel == "right of":
@@ -183,7 +183,7 @@ def parse_caption(caption: str) -> tuple:
 
 
 def holds_parsed(objects: tuple[SceneObject, ...], meaning: tuple) -> bool:
-    """Whether a parsed caption (:func:`parse_caption`) is true of the scene."""
+    """Whether a parsed caption (`parse_caption`) is true of the scene."""
     if meaning[0] == "object":
         return any(_matches(o, *meaning[1]) for o in objects)
     if meaning[0] == "relation":
@@ -282,7 +282,7 @@ def object_set_label(objects: tuple[SceneObject, ...]) -> int:
 
 
 def make_scenes(split: str, n: int, seed: int = 0, captions_per_image: int = 5) -> Scenes:
-    """``n`` scenes of ``split`` (one of :data:`SPLITS`), deterministic in ``seed``."""
+    """``n`` scenes of ``split`` (one of `SPLITS`), deterministic in ``seed``."""
     if split not in SPLITS:
         raise ValueError(f"scenes split must be one of {SPLITS}, got {split!r}")
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
@@ -301,7 +301,7 @@ def make_scenes(split: str, n: int, seed: int = 0, captions_per_image: int = 5) 
 
 
 def tokenize(captions: list[str], max_len: int = 12) -> torch.Tensor:
-    """(n, max_len) word ids over :data:`WORDS` ("left of" is two words), padded with 0. A word
+    """(n, max_len) word ids over `WORDS` ("left of" is two words), padded with 0. A word
     outside the vocabulary raises ``ValueError`` naming it."""
     index = {w: i for i, w in enumerate(WORDS)}
     out = torch.zeros(len(captions), max_len, dtype=torch.long)

@@ -11,14 +11,14 @@ The retrieval task: the query is a usage example (or, with ``query="lemma"``, a 
 synset), the relevant document is the synset's definition, and the corpus is every definition of
 the selected parts of speech (deduplicated). Siblings (synsets sharing a hypernym) are natural hard
 negatives; the glosses of a synset's direct hypernyms and hyponyms describe the query too and are
-natural false negatives. :func:`fn_labels_for_query` and :func:`fn_labels_for_doc` encode that
+natural false negatives. `fn_labels_for_query` and `fn_labels_for_doc` encode that
 relation as label sets whose intersection marks a known false negative (used by ``hardneg mine``).
 
 A second kind, *ambiguous* negatives (``ambiguous=True``): an example sentence does not say which of
 its words it illustrates, so the definition of *another* noun that occurs in it ("peeling potatoes is
 a drag" → "mashed potato: potato that has been peeled ...") answers the query as well as the gold one
-for a reader who cannot see the target word. :func:`ambiguity_labels_for_query` /
-:func:`ambiguity_labels_for_doc` mark them: ``w:<lemma>`` for every word n-gram of the query (n ≤ 3,
+for a reader who cannot see the target word. `ambiguity_labels_for_query` /
+`ambiguity_labels_for_doc` mark them: ``w:<lemma>`` for every word n-gram of the query (n ≤ 3,
 last word also in simple singular / base forms, function words skipped) that is not a lemma of the
 query's own synset, and ``w:<lemma>`` for every lemma of a document's synsets. Other senses of the
 target word itself stay negatives (they are what the sentence's context disambiguates).
@@ -137,7 +137,7 @@ def fn_labels_for_query(s: Synset) -> list[str]:
 def fn_labels_for_doc(s: Synset) -> list[str]:
     """Label set of the definition of ``s``: itself (``s:``) and its hypernyms as parents (``c:``).
 
-    It intersects :func:`fn_labels_for_query` of ``q`` exactly when the document is ``q``'s own
+    It intersects `fn_labels_for_query` of ``q`` exactly when the document is ``q``'s own
     definition, a direct hypernym's or a direct hyponym's; siblings do not intersect.
     """
     return [f"s:{s.key}", *(f"c:{h}" for h in s.hypernyms)]

@@ -1,9 +1,9 @@
 """hardneg.dense: per-pixel contrastive learning through the one kernel (docs/dense.md).
 
-:class:`DenseContrast` samples anchor pixels of ``(B, C, H, W)`` feature maps and runs any
-:class:`~hardneg.negatives.Strategy` on them; :mod:`hardneg.dense.geometry` matches pixels across
+`DenseContrast` samples anchor pixels of ``(B, C, H, W)`` feature maps and runs any
+`Strategy` on them; `hardneg.dense.geometry` matches pixels across
 views. The fine-grained components (neighbourhood, input similarity, proximity, per-class memory)
-are ordinary strategy components in :mod:`hardneg.negatives.pixels`.
+are ordinary strategy components in `hardneg.negatives.pixels`.
 """
 
 from hardneg.dense.geometry import correspondence_from_coords, identity_correspondence, random_flip_crop

@@ -3,7 +3,7 @@
 A correspondence is a ``(B, H1, W1, 2)`` long tensor: for each pixel ``(y, x)`` of view 1, the
 pixel ``(y', x')`` of view 2 that shows the same scene point, or ``(−1, −1)`` where view 2 does
 not show it. Coordinates are the positions of a view's pixels in the original image, ``(B, H, W, 2)``
-integers (what :func:`random_flip_crop` returns with each view).
+integers (what `random_flip_crop` returns with each view).
 """
 
 from __future__ import annotations

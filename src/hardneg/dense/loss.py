@@ -1,14 +1,14 @@
 r"""Per-pixel contrastive loss: pixels of ``(B, C, H, W)`` feature maps as anchors, through a
-:class:`~hardneg.negatives.Strategy` and so through the one kernel.
+`Strategy` and so through the one kernel.
 
 Each sampled pixel is one sample of the strategy: its embedding is a row of ``z1`` (and of ``z2``,
 the same scene point in the second view), its label the label map's value there, its sample id
-``(image, y, x)`` encoded by the feature map's :class:`~hardneg.negatives.PixelGrid` ``(H, W)``,
+``(image, y, x)`` encoded by the feature map's `PixelGrid` ``(H, W)``,
 which the strategy's components receive in the step context (one grid, never a second one).
 Negatives are the other sampled pixels of the same and of the other images (and whatever the
-strategy's sources add, e.g. a :class:`~hardneg.negatives.ClassMemory`); the candidate rule, the
-filters (:class:`~hardneg.negatives.NeighbourhoodFilter`,
-:class:`~hardneg.negatives.InputSimilarityFilter`, :class:`~hardneg.negatives.LabelFilter`, …) and
+strategy's sources add, e.g. a `ClassMemory`); the candidate rule, the
+filters (`NeighbourhoodFilter`,
+`InputSimilarityFilter`, `LabelFilter`, …) and
 the weightings apply unchanged.
 
 Positives:
@@ -113,7 +113,7 @@ class DenseContrast(nn.Module):
     """The per-pixel contrastive loss (see the module docstring).
 
     Args:
-        strategy: a :class:`~hardneg.negatives.Strategy`, a preset name or a ``from_config`` mapping.
+        strategy: a `Strategy`, a preset name or a ``from_config`` mapping.
         anchors_per_image: K sampled anchor pixels per image (None: every pixel).
         sampling: ``"uniform"`` or ``"hard"`` (Wang et al. 2021).
         hard_fraction: share of the hard anchors with ``sampling="hard"``.
@@ -124,7 +124,7 @@ class DenseContrast(nn.Module):
     (B, H, W, 2) position in ``f2`` of each pixel of ``f1`` (−1: not visible; None: same grid);
     ``image_ids`` (B,) image indices for the pixel ids (default 0..B−1: unique in the batch; pass
     data-set indices when a memory keeps pixels across steps). The sampled pixels of the last call
-    are in :attr:`last_anchors` and their ids in :attr:`last_ids`.
+    are in `last_anchors` and their ids in `last_ids`.
     """
 
     def __init__(

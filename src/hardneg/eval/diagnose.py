@@ -2,17 +2,17 @@ r"""`hardneg diagnose`: what a user's negatives look like, in numbers and plain 
 
 For batches of two-view embeddings ``z1, z2`` (B×d) with labels, every anchor of ``[z1; z2]`` has the
 other view as its positive and the valid candidates of the one candidate rule
-(:mod:`hardneg.losses.candidates`) as negatives. Measured, averaged over the batches:
+(`hardneg.losses.candidates`) as negatives. Measured, averaged over the batches:
 
 - ``fn_share``: the share of the negatives that have the anchor's label — false negatives for an
   unsupervised loss;
 - ``above_positive_share``: the share of the negatives that score above the anchor's positive, and
   ``anchors_with_harder_negative``: the share of anchors that have at least one;
-- the strategy's own diagnostics (:class:`~hardneg.negatives.diagnostics.DiagnosticsAccumulator`):
+- the strategy's own diagnostics (`DiagnosticsAccumulator`):
   similarity percentiles of the negatives, the positive–hardest gap, the effective number of
   negatives 1/Σπ² of the strategy's π, and the weight π puts on false negatives.
 
-:meth:`Diagnosis.advice` turns these into suggestions (label filter, similarity filter, tilt).
+`Diagnosis.advice` turns these into suggestions (label filter, similarity filter, tilt).
 With one view only (``z2 = None``), an anchor's positive is its most similar same-label sample.
 """
 

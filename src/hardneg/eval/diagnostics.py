@@ -3,7 +3,7 @@ negatives are under the tilt π ∝ e^{βs/t} (HCL / H-SCL; β = 0 is uniform).
 
 For every anchor i of the 2B views, the candidates are all other views except i's own positive (the
 SimCLR in-batch set). The statistics are those of the strategies'
-:class:`hardneg.negatives.diagnostics.DiagnosticsAccumulator` (one definition for training steps and
+`hardneg.negatives.diagnostics.DiagnosticsAccumulator` (one definition for training steps and
 evaluation): ``ess`` = 1 / Σ_j π_ij² (effective number of negatives), ``fn_weight_share`` = Σ_j π_ij
 [y_j = y_i] (weight on false negatives), ``hardest_fn_share`` (share of anchors whose most similar
 candidate has their label), ``pos_gap``, ``hardest_mean``, ``sim_mean``, ``sim_weighted_mean``,

@@ -65,7 +65,7 @@ def evaluate_model(
     cache_dir=None,
     show_progress: bool = False,
 ) -> dict[str, float]:
-    """Encode with ``model`` (see :func:`hardneg.mining.encode.encode_texts`) and compute the metrics."""
+    """Encode with ``model`` (see `hardneg.mining.encode.encode_texts`) and compute the metrics."""
     from hardneg.mining.encode import encode_texts
 
     q = encode_texts(model, queries, batch_size=batch_size, precision=precision, show_progress=show_progress)

@@ -1,18 +1,18 @@
 r"""The cross-modal experiment: two towers on captioned scenes, one run per (strategy, seed).
 
-Each run trains an image tower and a text tower with :class:`~hardneg.integrations.open_clip.ClipLoss`
-and a learnable temperature (:class:`~hardneg.negatives.LogitScale`), then measures on the test and
+Each run trains an image tower and a text tower with `ClipLoss`
+and a learnable temperature (`LogitScale`), then measures on the test and
 the compositional split:
 
 - image→text and text→image Recall@1/5/10 — the image–text retrieval convention (CLIP, Karpathy &
   Fei-Fei): a query counts as a hit when *any* relevant item is among the top k. The gallery is
   every caption of the split, and a caption is relevant to every image it is true of
-  (:func:`hardneg.data.scenes.truth_matrix`), not only to the image it was written for;
+  (`hardneg.data.scenes.truth_matrix`), not only to the image it was written for;
 - the swap test per edit kind: the share of (image, caption) pairs where the image scores its
   caption above every one-edit swap of that kind that is false of the image
-  (:mod:`hardneg.negatives.caption_edits`, :func:`hardneg.data.scenes.caption_true`).
+  (`hardneg.negatives.caption_edits`, `hardneg.data.scenes.caption_true`).
 
-Strategies are config mappings for :func:`~hardneg.integrations.open_clip.cross_modal_strategy`
+Strategies are config mappings for `cross_modal_strategy`
 (preset names and components by ``kind``), plus ``edits: r``: r one-edit false swaps of each
 image's caption, encoded by the text tower, as negatives owned by that image.
 
@@ -92,7 +92,7 @@ class CrossModalConfig(BaseModel):
 
 
 def load_crossmodal_config(path: str | Path, overrides: list[str] | None = None) -> CrossModalConfig:
-    """Read a YAML config, apply ``key=value`` overrides (:func:`hardneg.runs.apply_overrides`) and
+    """Read a YAML config, apply ``key=value`` overrides (`hardneg.runs.apply_overrides`) and
     validate it; errors name the file."""
     from hardneg.runs.config import apply_overrides, load_raw
 
@@ -218,7 +218,7 @@ def _strategy_spec(spec: Mapping[str, Any]) -> tuple[dict[str, Any], int]:
 
 class Run:
     """One (strategy, seed): the towers, the loss, the optimiser and the sampling generator.
-    :meth:`step` trains on one batch of training images; ``loss_fn`` may be any callable with
+    `step` trains on one batch of training images; ``loss_fn`` may be any callable with
     ClipLoss's signature (the benchmark passes a literal CLIP loss)."""
 
     def __init__(
@@ -452,7 +452,7 @@ def swap_chance(cfg: CrossModalConfig) -> dict[str, dict[str, float]]:
 
 def results_tables(records: list[dict[str, Any]], chance: dict[str, dict[str, float]] | None = None) -> str:
     """Markdown tables (percent, mean ± sample std over seeds) of every split and the diagnostics;
-    ``chance`` (:func:`swap_chance`) adds the swap test's chance row."""
+    ``chance`` (`swap_chance`) adds the swap test's chance row."""
     by: dict[str, list[dict[str, Any]]] = {}
     for r in records:
         by.setdefault(r["strategy"], []).append(r)
@@ -497,7 +497,7 @@ def write_results_page(
     sections: list[tuple[str, CrossModalConfig, list[dict[str, Any]]]], doc: Path, command: str
 ) -> None:
     """Write ``doc``: one section per (config name, config, records), regenerated; the hand-written
-    reading below :data:`READING_MARK` is kept."""
+    reading below `READING_MARK` is kept."""
     reading = ""
     if doc.is_file():
         text = doc.read_text(encoding="utf-8")

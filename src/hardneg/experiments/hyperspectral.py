@@ -14,8 +14,8 @@ Negative constructions compared:
 - ``uniform``: SupCon, π uniform;
 - ``hard``: SupCon with the tilt π ∝ exp(β s / t);
 - ``fine``: the tilt plus the fine-grained filters: no scene pixel within ``radius`` of the anchor
-  pixel (:class:`~hardneg.negatives.NeighbourhoodFilter`) and none whose raw spectrum is within the
-  spectral angle ``min_angle`` of the anchor's (:class:`~hardneg.negatives.InputSimilarityFilter`;
+  pixel (`NeighbourhoodFilter`) and none whose raw spectrum is within the
+  spectral angle ``min_angle`` of the anchor's (`InputSimilarityFilter`;
   ``min_angle`` is the 5th percentile of the scene's pairwise angles): likely the same material.
 """
 

@@ -2,13 +2,13 @@ r"""Instance separation: per-pixel embeddings of generated shape scenes, cluster
 scored by the adjusted Rand index against the instance masks (docs/dense.md, docs/results_dense.md).
 
 A small fully convolutional net (with two coordinate channels) embeds every pixel; the loss is
-:class:`~hardneg.dense.DenseContrast` with label positives (pixels of the same instance, instance
+`DenseContrast` with label positives (pixels of the same instance, instance
 ids unique per image) on K sampled anchors per image. Negative constructions:
 
 - ``uniform``: SupCon, π uniform over the other instances' pixels of every image;
 - ``hard``: the tilt π ∝ exp(β s / t): the most similar other-instance pixels — mostly those of
   instances of the same colour;
-- ``fine``: the tilt plus :class:`~hardneg.negatives.Proximity`: extra weight on candidates of the
+- ``fine``: the tilt plus `Proximity`: extra weight on candidates of the
   anchor's own image within ``radius`` pixels, i.e. adjacent instances of the same colour.
 
 Evaluation: k-means (scikit-learn) on the unit embeddings of each test image with k = its number

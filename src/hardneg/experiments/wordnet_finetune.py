@@ -9,14 +9,14 @@ Runs:
   hardneg_mined        (3) + negatives mined by ``hardneg mine``: window [0, 30), WordNet false negatives
                        (hypernym / hyponym definitions) and duplicate texts filtered, top-k, MNRL
   hardneg_tilted       hardneg mining with β-tilted sampling (π ∝ e^{β s/t}) over the filtered window [0, 30),
-                       trained with :class:`HardNegativeRankingLoss` (β-tilted in-batch + mined negatives)
+                       trained with `HardNegativeRankingLoss` (β-tilted in-batch + mined negatives)
   hardneg_margin       NV-Retriever's TopK-PercPos: negatives scoring ≥ 5 % below the positive
                        (relative margin 0.05), window [0, 300), false negatives filtered, top-k, MNRL
   hardneg_margin_wide  the same over the window [0, 3000), so that queries whose positive ranks low still
                        get negatives
   hardneg_mid          uniform sampling from the mid-rank window [10, 100), false negatives filtered, MNRL
   hardneg_unambiguous  as hardneg_mined, but the WordNet *ambiguous* negatives are filtered too: definitions
-                       of another noun that occurs in the example sentence (:mod:`hardneg.data.wordnet`)
+                       of another noun that occurs in the example sentence (`hardneg.data.wordnet`)
 
 The tables mark two choices, both made on the **dev** split (highest dev MRR@10) and reported on the test
 split, so no choice ever sees the test queries:
@@ -31,10 +31,10 @@ through their rows a little more often instead of training for fewer steps.
 Data: pairs of the train split (``--train-pairs`` caps them, seeded shuffle); mining corpus = the
 definitions of train-split synsets (no dev or test definition is ever a training negative); evaluation:
 dev (test) queries against the definitions of all dev (test) synsets (``--eval-corpus`` caps the
-distractors). Metrics: Recall@1/10, MRR@10, nDCG@10 (:mod:`hardneg.eval.retrieval`).
+distractors). Metrics: Recall@1/10, MRR@10, nDCG@10 (`hardneg.eval.retrieval`).
 
 Both mining methods use the same (bf16, cached) embeddings; sentence-transformers reads them from
-its ``cache_folder`` (:mod:`hardneg.mining.st_compat`). Each run also stops after ``--max-minutes``.
+its ``cache_folder`` (`hardneg.mining.st_compat`). Each run also stops after ``--max-minutes``.
 
     hardneg retrieval-compare --out runs/wordnet_finetune                    # all runs, all train pairs
     hardneg retrieval-compare --out runs/wn_small --train-pairs 2000 --runs untuned,mnrl

@@ -1,7 +1,7 @@
-r"""A drop-in for open_clip's ``ClipLoss`` built on a :class:`~hardneg.negatives.Strategy`.
+r"""A drop-in for open_clip's ``ClipLoss`` built on a `Strategy`.
 
-open_clip calls ``loss(image_features, text_features, logit_scale)``; :class:`ClipLoss` keeps that
-convention and runs any strategy with the :class:`~hardneg.negatives.cross_modal.CrossModal`
+open_clip calls ``loss(image_features, text_features, logit_scale)``; `ClipLoss` keeps that
+convention and runs any strategy with the `CrossModal`
 batch source: each image against the batch's texts and each text against its images, averaged
 over the 2B anchors. With the default strategy (uniform π, β = 0) the value is CLIP's
 ``(CE(s·I Tᵀ, labels) + CE(s·T Iᵀ, labels)) / 2``; hard-negative weightings, filters, schedules
@@ -17,7 +17,7 @@ Example::
 
 On several processes it takes open_clip's constructor keywords with open_clip's meaning
 (``ClipLoss("hucl", beta=0.5, local_loss=True, gather_with_grad=True, rank=r, world_size=w)``),
-gathering through :class:`~hardneg.distributed.DistributedStrategy`.
+gathering through `DistributedStrategy`.
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ from hardneg.negatives.strategy import Strategy
 
 
 def cross_modal_strategy(strategy: Strategy | str | Mapping[str, Any] | None = None, **overrides: Any) -> Strategy:
-    """A :class:`Strategy` whose batch source is :class:`CrossModal`: an instance is checked, a
+    """A `Strategy` whose batch source is `CrossModal`: an instance is checked, a
     preset name or a config mapping gets the ``cross_modal`` source added. ``None`` is plain CLIP
     (uniform π)."""
     if isinstance(strategy, Strategy):
@@ -67,7 +67,7 @@ class ClipLoss(nn.Module):
     """open_clip-compatible contrastive loss running a hardneg strategy.
 
     Args:
-        strategy: a :class:`Strategy` with the ``cross_modal`` source, a preset name (``"ucl"``,
+        strategy: a `Strategy` with the ``cross_modal`` source, a preset name (``"ucl"``,
             ``"topk"``, ``"hucl"``, ``"cluster_guided"``, …) or a config mapping; None: plain CLIP.
         local_loss, gather_with_grad, cache_labels, rank, world_size, use_horovod: open_clip's
             ``ClipLoss`` keywords, with its meaning. ``world_size`` > 1 gathers the features of the
@@ -78,7 +78,7 @@ class ClipLoss(nn.Module):
             gradient. ``local_loss=False, gather_with_grad=False`` gives the towers 1/W of the
             global batch's gradient and ``local_loss=True, gather_with_grad=False`` no gradient
             through the candidates, as in open_clip; with ``gather_with_grad=True`` both give the
-            single-process gradient of the global batch (:class:`~hardneg.distributed.DistributedStrategy`).
+            single-process gradient of the global batch (`DistributedStrategy`).
             ``cache_labels`` is accepted and changes nothing (the targets are implicit);
             ``use_horovod=True`` is refused (torch.distributed only).
         **overrides: preset options (``beta=``, ``k=``, ``weighting=``, …).
@@ -86,7 +86,7 @@ class ClipLoss(nn.Module):
     ``forward(image_features, text_features, logit_scale, output_dict=False, *, labels=None,
     ids=None, negatives=None, step=None)``: features (B×d), normalised inside; ``logit_scale`` the
     exponentiated scale (tensor or float; CLIP's ``model.logit_scale.exp()``); ``ids`` group ids
-    of the pairs (:func:`~hardneg.negatives.cross_modal.pair_ids`); ``negatives`` (B×r×d)
+    of the pairs (`pair_ids`); ``negatives`` (B×r×d)
     text embeddings owned by each image (one-edit caption swaps) or (r×d) shared ones.
     """
 

@@ -1,6 +1,6 @@
 r"""sentence-transformers losses built on hardneg strategies (and so on the one kernel).
 
-:class:`HardNegativeRankingLoss` drops into ``SentenceTransformerTrainer`` wherever
+`HardNegativeRankingLoss` drops into ``SentenceTransformerTrainer`` wherever
 ``MultipleNegativesRankingLoss`` (MNRL) does: it takes the model, and its inputs are the columns
 ``(anchor, positive)`` or ``(anchor, positive, negative_1, ..., negative_n)`` (mined negatives, e.g.
 from ``hardneg mine --format n-tuple`` or ``--format triplet``). With anchors ``q_i`` and candidates
@@ -14,15 +14,15 @@ of the batch is a candidate), ``pos_index = i`` and temperature ``t = 1/scale``:
   / H-UCL (Jiang et al., arXiv 2209.00078); ``beta`` is β, ``detach_weights`` keeps π out of the graph;
 - ``tau_plus > 0``: the debiased estimator of DCL (Chuang et al., NeurIPS 2020) with class prior τ⁺;
 - ``absolute_margin`` / ``relative_margin`` / ``max_score``: false-negative filtering with the one
-  :class:`~hardneg.negatives.SimilarityFilter` (sentence-transformers' rules; an anchor whose every
+  `SimilarityFilter` (sentence-transformers' rules; an anchor whose every
   candidate is removed is skipped). The mask is a constant, as in GISTEmbed (Solatorio 2024), but
   decided by the model's own similarities;
-- ``strategy=``: any preset name, config mapping or :class:`~hardneg.negatives.Strategy` — every
+- ``strategy=``: any preset name, config mapping or `Strategy` — every
   hardneg strategy (queue, top-k, semi-hard, cluster-guided, calibrated, …) reaches
   sentence-transformers users. The mined negatives are the strategy's explicit negatives, shared by
   every anchor as in MNRL.
 
-:class:`CachedHardNegativeRankingLoss` is the same loss with GradCache (Gao et al., 2021) via
+`CachedHardNegativeRankingLoss` is the same loss with GradCache (Gao et al., 2021) via
 sentence-transformers' ``CachedLossMixin``: embeddings are computed in mini-batches without
 gradients, the loss is back-propagated to the embeddings, then each mini-batch is re-encoded with
 gradients — large batches at the memory of ``mini_batch_size``. Same value and gradients.
@@ -96,7 +96,7 @@ def _tags_needed(strategy: Strategy) -> str | None:
 
 class HardNegativeRankingLoss(nn.Module):
     """MNRL-compatible loss driven by any hardneg strategy (a preset name, a config mapping or a
-    :class:`~hardneg.negatives.Strategy`).
+    `Strategy`).
 
     Args:
         model: the ``SentenceTransformer``.
@@ -107,11 +107,11 @@ class HardNegativeRankingLoss(nn.Module):
         beta, tau_plus, detach_weights, n_neg: the strategy's core options (HCL tilt, DCL
             debiasing, …); ``n_neg`` None counts the candidates (MNRL).
         absolute_margin, relative_margin, max_score: the false-negative filter
-            (:class:`~hardneg.negatives.SimilarityFilter`, sentence-transformers' rules).
+            (`SimilarityFilter`, sentence-transformers' rules).
         gather_across_devices: in a ``torch.distributed`` run, every process's anchors see the
             positives and negatives of every process (gathered with gradient, as MNRL's option of
             the same name), and the gradient after DDP's averaging is that of the global batch on
-            one process (:class:`hardneg.distributed.DistributedStrategy`).
+            one process (`hardneg.distributed.DistributedStrategy`).
     """
 
     def __init__(
@@ -195,7 +195,7 @@ class HardNegativeRankingLoss(nn.Module):
 
 
 class CachedHardNegativeRankingLoss(CachedLossMixin, HardNegativeRankingLoss):
-    """:class:`HardNegativeRankingLoss` with GradCache: embed in ``mini_batch_size`` chunks."""
+    """`HardNegativeRankingLoss` with GradCache: embed in ``mini_batch_size`` chunks."""
 
     def __init__(self, model: Any, scale: float | None = None, *, mini_batch_size: int = 32,
                  show_progress_bar: bool = False, **kwargs: Any) -> None:

@@ -1,4 +1,4 @@
-"""Losses: the one kernel (:func:`weighted_info_nce`) and the named losses built on it.
+"""Losses: the one kernel (`weighted_info_nce`) and the named losses built on it.
 
 Functional API (plain tensors): ``ucl, scl, supcon, hucl, dcl, hscl, decoupled, triplet, margin``.
 Module API: ``UCL, SCL, SupCon, HUCL, DCL, HSCL, Decoupled, Triplet, Margin``.

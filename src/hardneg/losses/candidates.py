@@ -21,8 +21,8 @@ the calibrator and the sentence-transformers loss — uses this module. The rule
 "the same label" as anything (not a positive under ``positives="labels"``, not removed by a label
 filter), an unknown id matches nothing. Values below −1 are refused everywhere.
 
-**Two views.** The named losses and :class:`~hardneg.negatives.InBatch` stack the views as
-``[z1; z2]``: row i's positive is row i + B and vice versa (:func:`two_view_index`).
+**Two views.** The named losses and `InBatch` stack the views as
+``[z1; z2]``: row i's positive is row i + B and vice versa (`two_view_index`).
 
 **An anchor with no negative or no positive is skipped** (one policy, applied everywhere): it
 contributes no loss and no gradient and is left out of the mean, as pytorch-metric-learning's
@@ -163,7 +163,7 @@ class Relations:
         return valid
 
     def valid_at(self, rows: Tensor, cols: Tensor) -> Tensor:
-        """The rule of :meth:`valid` at given pairs: ``rows`` (r,) anchors, ``cols`` (r, c) columns."""
+        """The rule of `valid` at given pairs: ``rows`` (r,) anchors, ``cols`` (r, c) columns."""
         ok = torch.ones_like(cols, dtype=torch.bool)
         for col in (self.self_index, self.pos_index):
             if col is not None:

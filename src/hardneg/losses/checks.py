@@ -2,7 +2,7 @@
 
 Each check raises ``TypeError`` / ``ValueError`` with one line naming the option and the value.
 Labels and sample ids are integers ≥ −1, where −1 means unknown (see
-:mod:`hardneg.losses.candidates` for what unknown implies).
+`hardneg.losses.candidates` for what unknown implies).
 """
 
 from __future__ import annotations

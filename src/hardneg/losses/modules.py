@@ -31,57 +31,57 @@ class _LossModule(nn.Module):
 
 
 class UCL(_LossModule):
-    """SimCLR / NT-Xent. See :func:`hardneg.losses.ucl`."""
+    """SimCLR / NT-Xent. See `hardneg.losses.ucl`."""
 
     _fn = staticmethod(named.ucl)
 
 
 class SCL(_LossModule):
-    """Label-conditional negatives, one positive. See :func:`hardneg.losses.scl`."""
+    """Label-conditional negatives, one positive. See `hardneg.losses.scl`."""
 
     _fn = staticmethod(named.scl)
     _needs_labels = True
 
 
 class SupCon(_LossModule):
-    """Khosla et al. L_out. See :func:`hardneg.losses.supcon`."""
+    """Khosla et al. L_out. See `hardneg.losses.supcon`."""
 
     _fn = staticmethod(named.supcon)
     _needs_labels = True
 
 
 class HUCL(_LossModule):
-    """Robinson et al. HCL. See :func:`hardneg.losses.hucl`."""
+    """Robinson et al. HCL. See `hardneg.losses.hucl`."""
 
     _fn = staticmethod(named.hucl)
 
 
 class DCL(_LossModule):
-    """Chuang et al. debiased contrastive loss. See :func:`hardneg.losses.dcl`."""
+    """Chuang et al. debiased contrastive loss. See `hardneg.losses.dcl`."""
 
     _fn = staticmethod(named.dcl)
 
 
 class HSCL(_LossModule):
-    """Jiang et al. H-SCL. See :func:`hardneg.losses.hscl`."""
+    """Jiang et al. H-SCL. See `hardneg.losses.hscl`."""
 
     _fn = staticmethod(named.hscl)
     _needs_labels = True
 
 
 class Decoupled(_LossModule):
-    """Yeh et al. decoupled contrastive loss. See :func:`hardneg.losses.decoupled`."""
+    """Yeh et al. decoupled contrastive loss. See `hardneg.losses.decoupled`."""
 
     _fn = staticmethod(named.decoupled)
 
 
 class Triplet(_LossModule):
-    """Triplet margin loss with π-weighted negatives. See :func:`hardneg.losses.triplet`."""
+    """Triplet margin loss with π-weighted negatives. See `hardneg.losses.triplet`."""
 
     _fn = staticmethod(triplet.triplet)
 
 
 class Margin(_LossModule):
-    """Wu et al. margin loss with π-weighted negatives. See :func:`hardneg.losses.margin`."""
+    """Wu et al. margin loss with π-weighted negatives. See `hardneg.losses.margin`."""
 
     _fn = staticmethod(triplet.margin)

@@ -20,7 +20,7 @@ from hardneg.losses.kernel import weighted_info_nce
 
 def _two_views(z1: Tensor, z2: Tensor | None, labels: Tensor | None, need_labels: bool):
     """Check the views and stack them as ``[z1; z2]`` with the two-view index
-    (:func:`hardneg.losses.candidates.two_view_index`); returns ``(z, pos_index, labels, self_index)``."""
+    (`hardneg.losses.candidates.two_view_index`); returns ``(z, pos_index, labels, self_index)``."""
     check_embeddings("z1", z1)
     if z2 is not None:
         check_embeddings("z2", z2)

@@ -2,7 +2,7 @@ r"""The hardness tilt, one definition: π_ij ∝ exp(β s_ij / t) over an anchor
 
 β ≥ 0 is the tilt of Robinson et al. (HCL, ICLR 2021) and Jiang et al. (H-SCL, arXiv 2209.00078),
 t the temperature; β = 0 is the uniform distribution. The same β means the same π in every loss
-(the kernel, triplet / margin), in the strategies (:class:`~hardneg.negatives.Tilt`), in their
+(the kernel, triplet / margin), in the strategies (`Tilt`), in their
 diagnostics and in offline mining's ``sampling="tilted"``. The kernel folds the product into its
 fused chunk pass (``A = β · S`` with ``S`` already divided by t), which is this formula.
 """

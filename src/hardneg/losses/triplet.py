@@ -2,7 +2,7 @@ r"""Triplet-structured reductions with the same π over negatives as the InfoNCE
 
 For anchor i, positive p ∈ P(i), candidate negatives j with weights π_ij ∝ e^{β s_ij / t} — the
 same tilt as every other loss; ``t`` only scales the tilt here, default 1 — (uniform at β = 0) and
-N_i the number of valid negatives (the candidate rule of :mod:`hardneg.losses.candidates`)::
+N_i the number of valid negatives (the candidate rule of `hardneg.losses.candidates`)::
 
     L = Σ_i Σ_{p∈P(i)} N_i Σ_j π_ij h(d_ip, d_ij)  /  Σ_i |P(i)| N_i
 
@@ -59,7 +59,7 @@ def _triplet_chunk(
 
 def _masks(y: Tensor | None, pos: Tensor | None, n: int, dev: torch.device) -> tuple[Tensor, Tensor, Tensor]:
     """(positive columns (n×P), which are real (n×P), valid negatives (n×n)) by the one candidate
-    rule (:mod:`hardneg.losses.candidates`): the other view and every same known label are
+    rule (`hardneg.losses.candidates`): the other view and every same known label are
     positives; the anchor itself, its positives and unknown-label matches never are negatives."""
     ar = torch.arange(n, device=dev)
     is_pos = torch.zeros(n, n, dtype=torch.bool, device=dev)

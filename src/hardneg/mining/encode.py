@@ -3,7 +3,7 @@
 Where the time goes when mining with a bi-encoder on CPU is encoding (most of end-to-end mining,
 measured with ``benchmarks/mining_speed.py``). This
 module therefore (1) encodes each distinct text once, (2) batches texts by length in tokens
-(:mod:`hardneg.mining.token_batching`: 0.4 % padding on WordNet's texts where sorting by characters
+(`hardneg.mining.token_batching`: 0.4 % padding on WordNet's texts where sorting by characters
 leaves 38 %), (3) runs the transformer under ``torch.autocast("cpu", torch.bfloat16)`` when
 ``precision="bf16"`` (float32 accumulation in the pooling and normalisation; cosine to the float32
 embedding ≥ 0.9999 on WordNet glosses with all-MiniLM-L6-v2), and (4) keeps an on-disk cache keyed
@@ -119,9 +119,9 @@ class EmbeddingCache:
     """Embeddings on disk, one ``.npz`` shard (``keys`` (n, 20) SHA-1s, ``emb`` (n, d)) per write,
     under ``<root>/<model fingerprint>-<precision>/``; shards are written atomically.
 
-    A damaged shard (:func:`read_shard`) is renamed ``<shard>.corrupt`` with one warning naming it
-    (:func:`hardneg.io.set_aside`) and its texts are encoded again; temporaries of killed runs older
-    than :data:`SHARED_STALE_AGE_S` are deleted."""
+    A damaged shard (`read_shard`) is renamed ``<shard>.corrupt`` with one warning naming it
+    (`hardneg.io.set_aside`) and its texts are encoded again; temporaries of killed runs older
+    than `SHARED_STALE_AGE_S` are deleted."""
 
     def __init__(self, root: str | os.PathLike[str], namespace: str):
         self.dir = Path(root) / namespace
@@ -175,7 +175,7 @@ def encode_texts(
 
     ``precision="bf16"`` runs the model under CPU bfloat16 autocast (see module docstring);
     ``"fp32"`` reproduces ``SentenceTransformer.encode`` up to float rounding: a sentence-transformers
-    model is batched by length in tokens (:mod:`hardneg.mining.token_batching`), so its batches differ
+    model is batched by length in tokens (`hardneg.mining.token_batching`), so its batches differ
     from ``encode``'s in padding only; any other model (an ONNX encoder, an object with ``encode``)
     is called as it is.
     """

@@ -141,7 +141,7 @@ def estimate_mining(
     extra_bytes: dict[str, int] | None = None,
     extra_seconds: dict[str, float] | None = None,
 ) -> MiningEstimate:
-    """Estimate of :func:`hardneg.mining.mine.mine_embeddings` retrieving ``K`` candidates per query.
+    """Estimate of `hardneg.mining.mine.mine_embeddings` retrieving ``K`` candidates per query.
 
     ``store`` is the corpus's on-disk dtype (``"float16"``, ``"bfloat16"``, ``"float32"``) or None for
     a float32 array in memory; ``extra_bytes`` / ``extra_seconds`` add the caller's parts (encoding)."""

@@ -1,7 +1,7 @@
 """Reading query/positive pairs and corpora (JSONL, CSV, Parquet, ``datasets.Dataset``) and writing
 mined negatives in sentence-transformers' dataset formats (triplet, n-tuple, labeled-pair, labeled-list).
 
-Output files are written to a temporary name and renamed (:func:`hardneg.io.atomic_open`), so a
+Output files are written to a temporary name and renamed (`hardneg.io.atomic_open`), so a
 failure never leaves a partial file behind.
 """
 

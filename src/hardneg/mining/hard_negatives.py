@@ -6,8 +6,8 @@ layout comes out, so code written for sentence-transformers switches by changing
 hardneg's further knobs (duplicate and label filters, a guide model, β-tilted sampling, approximate
 indexes, bf16 encoding, the summary) are keyword arguments.
 
-The mining itself is hardneg's: :func:`hardneg.mining.encode.encode_texts` encodes each distinct text
-once, :func:`hardneg.mining.mine.mine_embeddings` retrieves, windows, filters and selects. This module
+The mining itself is hardneg's: `hardneg.mining.encode.encode_texts` encodes each distinct text
+once, `hardneg.mining.mine.mine_embeddings` retrieves, windows, filters and selects. This module
 only maps sentence-transformers' arguments and dataset layout onto them.
 """
 
@@ -59,7 +59,7 @@ def _st_columns(fmt: str, a_col: str, p_col: str, queries: list[str], positives:
     """sentence-transformers' column layout for pairs grouped by query (the pairs of one query share its
     negatives); returns (columns, pairs left out).
 
-    Unlike :func:`hardneg.mining.formats.build_rows` (rows for ``hardneg mine``'s files, fixed column
+    Unlike `hardneg.mining.formats.build_rows` (rows for ``hardneg mine``'s files, fixed column
     names), this keeps the dataset's column names, and ``labeled-pair`` lists a query's positives and
     then its negatives once, as sentence-transformers does.
     """

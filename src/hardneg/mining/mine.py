@@ -8,7 +8,7 @@ For query ``i`` with positive ``p`` and retrieved candidates ``j`` (cosine ``s_i
 - ``min_score ≤ s_ij ≤ max_score``,
 - ``s_ij ≤ s_ip − absolute_margin`` and ``s_ij ≤ s_ip − |s_ip|·relative_margin`` (margins to the
   positive, NV-Retriever's TopK-MarginPos / TopK-PercPos, Moreira et al. 2024; the rules of
-  :func:`hardneg.negatives.filters.similarity_drops`, as in sentence-transformers),
+  `hardneg.negatives.filters.similarity_drops`, as in sentence-transformers),
 - ``g(i, j) ≤ g(i, p) − guide_margin`` for a guide model's score ``g`` (GISTEmbed-style filter,
   Solatorio 2024; a cross-encoder or a second bi-encoder),
 - its rank ``r_ij`` lies in ``[range_min, range_max)``. With ``window="filtered"`` (the default, the
@@ -65,7 +65,7 @@ WINDOWS = ("filtered", "retrieval")
 
 @dataclass
 class MineConfig:
-    """Knobs of :func:`mine_embeddings` (names follow ``sentence_transformers.util.mine_hard_negatives``)."""
+    """Knobs of `mine_embeddings` (names follow ``sentence_transformers.util.mine_hard_negatives``)."""
 
     num_negatives: int = 5
     range_min: int = 0
@@ -131,7 +131,7 @@ class MineConfig:
 
 @dataclass
 class MinedNegatives:
-    """Result of :func:`mine_embeddings`: ``neg_ids``/``neg_scores`` are (n, num_negatives), -1 / NaN
+    """Result of `mine_embeddings`: ``neg_ids``/``neg_scores`` are (n, num_negatives), -1 / NaN
     padded where fewer survivors existed, ordered by decreasing score."""
 
     neg_ids: np.ndarray
@@ -197,9 +197,9 @@ def mine_embeddings(
 ) -> MinedNegatives:
     """Mine negatives for queries ``q_emb`` (n, d) from corpus ``c_emb`` (m, d); both L2-normalised.
 
-    ``c_emb`` is an array or a memory-mapped :class:`~hardneg.mining.store.EmbeddingStore`, read in
+    ``c_emb`` is an array or a memory-mapped `EmbeddingStore`, read in
     row blocks (never copied whole into float32). With ``config.workers > 1`` the search is sharded
-    over that many processes (:class:`~hardneg.mining.shard.ShardedIndex`); an in-memory corpus is
+    over that many processes (`ShardedIndex`); an in-memory corpus is
     then written to a temporary float32 store first, so the workers map one file instead of each
     receiving a copy.
 
@@ -208,7 +208,7 @@ def mine_embeddings(
     texts (for ``dedupe``). ``q_labels``/``c_labels`` are label sets (for ``filter_labels`` and the
     false-negative rate). ``guide_score(q_rows, c_ids)`` returns the guide model's scores for flat
     (query row, corpus id) pairs. ``filters`` / ``weighting``: the strategies' own components
-    (:class:`~hardneg.negatives.Filter`, :class:`~hardneg.negatives.Weighting`, or their config
+    (`Filter`, `Weighting`, or their config
     mappings / kind names), applied to the retrieved (queries × candidates) score matrix with the
     same formulas as in training; a weighting's log-weights shape the sampling distribution.
     """

@@ -12,7 +12,7 @@ model's fingerprint), quantizes it with ``onnxruntime.quantization.quantize_dyna
 everything else of the sentence-transformers model — its tokenizer (``preprocess``), its pooling and
 normalisation modules — so the embeddings are the model's own up to the runtime's arithmetic.
 
-Batches are formed by length in tokens (:mod:`hardneg.mining.token_batching`) and run concurrently,
+Batches are formed by length in tokens (`hardneg.mining.token_batching`) and run concurrently,
 one per CPU core, each on one runtime thread (``threads``). WordNet's texts average 15 tokens: a batch's
 matrix products are too small for two threads to share well (int8, batch 64: one runtime thread 460
 texts/s, two ~670), while two batches side by side on one thread each reach 850 (measured with
@@ -37,7 +37,7 @@ _INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 
 def export_onnx(model, path: str | os.PathLike[str]) -> Path:
     """Export the transformer of sentence-transformers ``model`` to ONNX (dynamic batch and length),
-    straight into the temporary file of :func:`hardneg.io.atomic_open` (written once, renamed whole)."""
+    straight into the temporary file of `hardneg.io.atomic_open` (written once, renamed whole)."""
     import torch
 
     require("onnx", "onnx", feature="the ONNX export")
@@ -114,14 +114,14 @@ def _load_or_build(ort, model, folder: Path, backend: str):
 
 
 class OnnxSentenceEncoder(TokenBatchedEncoder):
-    """A :class:`~hardneg.mining.token_batching.TokenBatchedEncoder` whose transformer runs in ONNX
+    """A `TokenBatchedEncoder` whose transformer runs in ONNX
     Runtime; ``backend`` is ``"onnx"`` or ``"onnx-int8"``.
 
     ``folder`` holds ``model.onnx`` / ``model_int8.onnx``; they are exported there when missing, and
-    exported again when the runtime cannot load them (:func:`_load_or_build`).
+    exported again when the runtime cannot load them (`_load_or_build`).
     ``threads``: CPU cores to use (default: those this process may run on); batches run on that many
     workers at once, one runtime thread each (module docstring). ``max_tokens``: the cap on a batch's
-    padded tokens (:mod:`hardneg.mining.token_batching`)."""
+    padded tokens (`hardneg.mining.token_batching`)."""
 
     def __init__(self, model, folder: str | os.PathLike[str], backend: str = "onnx", *,
                  threads: int | None = None, max_tokens: int = MAX_TOKENS) -> None:
@@ -133,7 +133,7 @@ class OnnxSentenceEncoder(TokenBatchedEncoder):
         ort = require("onnxruntime", "onnx", feature="--backend onnx")
         self.backend = backend
         self.session, self.path = _load_or_build(ort, model, Path(folder), backend)
-        #: read by :func:`hardneg.mining.encode.model_fingerprint`: another backend, other cached embeddings
+        #: read by `hardneg.mining.encode.model_fingerprint`: another backend, other cached embeddings
         self.backend_tag = backend
 
     def _token_embeddings(self, features: dict):
@@ -155,7 +155,7 @@ def _release_freed_memory() -> None:
 
 
 def onnx_encoder(model, backend: str, cache_root: str | os.PathLike[str], *, threads: int | None = None):
-    """``model`` itself for ``"torch"``, else an :class:`OnnxSentenceEncoder` whose ONNX files live in
+    """``model`` itself for ``"torch"``, else an `OnnxSentenceEncoder` whose ONNX files live in
     ``<cache_root>/onnx/<model fingerprint>/``."""
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")

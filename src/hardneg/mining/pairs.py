@@ -1,6 +1,6 @@
 """(anchor, positive) pairs grouped by anchor: the one rule for an anchor with several positives,
-shared by ``hardneg mine`` (:func:`hardneg.mining.pipeline.mine_texts`) and
-:func:`hardneg.mine_hard_negatives`.
+shared by ``hardneg mine`` (`hardneg.mining.pipeline.mine_texts`) and
+`hardneg.mine_hard_negatives`.
 
 It is sentence-transformers' rule (``sentence_transformers.util.mine_hard_negatives``), the one its
 users expect:

@@ -116,7 +116,7 @@ def mine_texts(
     log: Callable[[str], Any] | None = None,
     backend: str = "torch",
 ) -> MineResult:
-    """Mine hard negatives for (query, positive) text pairs; see :mod:`hardneg.mining.mine`.
+    """Mine hard negatives for (query, positive) text pairs; see `hardneg.mining.mine`.
 
     ``store``: where the corpus embeddings live while mining — ``"memory"`` (a float32 array),
     ``"float16"`` / ``"bfloat16"`` / ``"float32"`` (encoded in chunks of ``STORE_CHUNK`` texts into a
@@ -126,7 +126,7 @@ def mine_texts(
     is refused with a ValueError when the peak exceeds ``max_memory`` (default: the available memory).
 
     ``backend``: ``"torch"`` (``precision`` applies), ``"onnx"`` or ``"onnx-int8"`` — the model's transformer
-    in ONNX Runtime (:mod:`hardneg.mining.onnx_encoder`), exported once under ``<cache_dir>/onnx/``
+    in ONNX Runtime (`hardneg.mining.onnx_encoder`), exported once under ``<cache_dir>/onnx/``
     (without a ``cache_dir``: into a temporary folder, deleted once the model is loaded).
 
     ``cache_dir`` and ``store_dir`` are checked writable, and the index against the corpus size and
@@ -188,7 +188,7 @@ def mine_texts(
     return MineResult(groups.queries, groups.positives, texts, res, rows, summary)
 
 
-#: where the corpus embeddings may live while mining (see :func:`mine_texts`)
+#: where the corpus embeddings may live while mining (see `mine_texts`)
 STORES = ("memory", "auto", "float16", "bfloat16", "float32")
 #: texts encoded per piece when the corpus goes to a memory-mapped store
 STORE_CHUNK = 65536
@@ -333,7 +333,7 @@ def check_output(out: str | os.PathLike[str], *, overwrite: bool = False) -> Non
 
 def lock_output(out: str | os.PathLike[str], *, overwrite: bool = False) -> WriterLock:
     """Lock the output ``out`` against other writers (the lock file ``.<name>.lock`` beside it, deleted
-    when released) and check it again under the lock (:func:`check_output`: a writer that held the lock
+    when released) and check it again under the lock (`check_output`: a writer that held the lock
     may have written it meanwhile). A second ``hardneg mine`` to the same output is refused, naming the
     output and the holder's PID."""
     out = Path(out)

@@ -86,7 +86,7 @@ def shard_bounds(n: int, workers: int) -> list[tuple[int, int]]:
 class ShardedIndex:
     """``workers`` processes, each holding the index of one slice of ``store``; ``search`` like any index.
 
-    Use as a context manager (or call :meth:`close`) so the workers end with it."""
+    Use as a context manager (or call `close`) so the workers end with it."""
 
     def __init__(self, store: EmbeddingStore, spec: str, workers: int, *, threads: int | None = None,
                  **index_kw: Any) -> None:

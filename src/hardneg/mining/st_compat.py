@@ -3,7 +3,7 @@
 ``mine_hard_negatives`` has no argument for precomputed embeddings, but with ``cache_folder`` it loads
 ``query_embeddings_<sha256>.npy`` / ``corpus_embeddings_<sha256>.npy`` whose names hash
 ``repr((model_name, prompt, prompt_name, texts))`` of its deduplicated query and corpus lists
-(sentence_transformers/util/hard_negatives.py). :func:`inject_st_cache` writes those files, so the
+(sentence_transformers/util/hard_negatives.py). `inject_st_cache` writes those files, so the
 function runs on exactly the embeddings we pass and skips encoding.
 """
 

@@ -10,7 +10,7 @@ float16 keeps 10 mantissa bits against bfloat16's 7, and unit vectors never leav
 so float16 is the more accurate store for L2-normalised embeddings (cosine error ~1e-4 against
 float32); bfloat16 is what the CPU's native bf16 matrix products consume without conversion.
 
-:class:`EmbeddingStore` has the row interface that :mod:`hardneg.index` searches (``shape``, ``d``,
+`EmbeddingStore` has the row interface that `hardneg.index` searches (``shape``, ``d``,
 ``rows(a, b)`` and ``take(ids)`` returning float32), so every index option works on a store.
 """
 
@@ -72,8 +72,8 @@ class EmbeddingStore:
         self.lo, self.hi = _lo, mm.shape[0] if _hi is None else _hi
         self.shape = (self.hi - self.lo, mm.shape[1])
         self.ndim = 2
-        #: set once :func:`hardneg.index.as_rows` has read every row and found no NaN or inf (a file
-        #: written elsewhere may hold them; :func:`write_store` refuses them)
+        #: set once `hardneg.index.as_rows` has read every row and found no NaN or inf (a file
+        #: written elsewhere may hold them; `write_store` refuses them)
         self.finite_checked = False
 
     @property
@@ -122,7 +122,7 @@ def write_store(path: str | os.PathLike[str], blocks: Iterable[np.ndarray] | np.
     """Write ``n`` rows of dimension ``d`` — one array or an iterable of float32 row blocks — to a
     memory-mapped ``.npy`` in ``dtype``; returns the store. Only one block is in memory at a time.
 
-    The file is written atomically (:func:`hardneg.io.atomic_open`), so a store that exists is whole."""
+    The file is written atomically (`hardneg.io.atomic_open`), so a store that exists is whole."""
     if dtype not in STORE_DTYPES:
         raise ValueError(f"store dtype must be one of {STORE_DTYPES}, got {dtype!r}")
     path = Path(path)

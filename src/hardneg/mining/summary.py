@@ -19,7 +19,7 @@ from hardneg.io import atomic_write_text
 from hardneg.mining.mine import MineConfig, MinedNegatives
 
 #: per cause, the knob to loosen; ``{name}`` is an argument of ``MineConfig`` / ``mine_hard_negatives``,
-#: spelled as such in Python and as ``--name-with-dashes`` on the command line (:func:`advice`)
+#: spelled as such in Python and as ``--name-with-dashes`` on the command line (`advice`)
 KNOBS = {
     "window": "widen the window (raise {range_max})",
     "duplicate": "widen the window (raise {range_max}); many candidates duplicate the query/positive text",
@@ -34,7 +34,7 @@ NAMES = ("python", "cli")
 
 
 def advice(cause: str, names: str = "python") -> str:
-    """The knob to loosen for ``cause`` (a key of :data:`KNOBS`), naming Python arguments
+    """The knob to loosen for ``cause`` (a key of `KNOBS`), naming Python arguments
     (``names="python"``) or the flags of ``hardneg mine`` (``names="cli"``)."""
     if names not in NAMES:
         raise ValueError(f"names must be one of {NAMES}, got {names!r}")
@@ -112,7 +112,7 @@ def build_summary(res: MinedNegatives, cfg: MineConfig, *, n_corpus: int, rows_w
 
 def nothing_selected_line(s: dict, names: str = "python") -> str | None:
     """When no query got a single negative: one line saying which filter removed how many of the
-    window's candidates (largest first) and which knob to loosen (see :func:`advice` for ``names``);
+    window's candidates (largest first) and which knob to loosen (see `advice` for ``names``);
     else None."""
     if s["negatives_selected"]:
         return None
@@ -148,7 +148,7 @@ def warning_lines(s: dict, names: str = "python") -> list[str]:
 
 
 def format_summary(s: dict, names: str = "python") -> str:
-    """Human-readable text of :func:`build_summary`'s dict (warnings first; the knobs they name are
+    """Human-readable text of `build_summary`'s dict (warnings first; the knobs they name are
     Python arguments, or ``hardneg mine``'s flags with ``names="cli"``)."""
     lines = warning_lines(s, names)
     lines.append(f"queries {s['queries']:,}  corpus {s['corpus']:,}  window {s['window']}  "

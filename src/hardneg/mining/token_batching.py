@@ -2,11 +2,11 @@
 
 ``SentenceTransformer.encode`` sorts texts by length in characters and cuts batches of ``batch_size``;
 on WordNet's texts (mean 15.2 tokens) at batch 64 that leaves 38 % of the computed tokens as padding.
-:class:`TokenBatchedEncoder` sorts by characters, tokenizes ``CHUNK_BATCHES`` batches at once with the
+`TokenBatchedEncoder` sorts by characters, tokenizes ``CHUNK_BATCHES`` batches at once with the
 model's own ``preprocess``, re-sorts those rows by their length in tokens and cuts them into batches of
-at most ``batch_size`` texts and ``max_tokens`` padded tokens (:func:`token_batches`), each trimmed to
-its longest row: 0.4 % padding. The transformer runs per batch (:class:`TorchSentenceEncoder`: the
-model's own modules under the caller's autocast; the ONNX encoder in :mod:`hardneg.mining.onnx_encoder`)
+at most ``batch_size`` texts and ``max_tokens`` padded tokens (`token_batches`), each trimmed to
+its longest row: 0.4 % padding. The transformer runs per batch (`TorchSentenceEncoder`: the
+model's own modules under the caller's autocast; the ONNX encoder in `hardneg.mining.onnx_encoder`)
 and the model's own pooling and normalisation follow.
 
 The cap on padded tokens bounds the activations of the batches of the longest texts, which otherwise
@@ -42,7 +42,7 @@ def token_batches(lengths: np.ndarray, batch_size: int, max_tokens: int) -> list
 
 def batchable(model) -> bool:
     """Whether ``model`` is a sentence-transformers model whose first module is a transformer with a
-    tokenizer (what :class:`TokenBatchedEncoder` re-batches); anything else is encoded by its own
+    tokenizer (what `TokenBatchedEncoder` re-batches); anything else is encoded by its own
     ``encode``."""
     try:
         first = model[0]
@@ -52,10 +52,10 @@ def batchable(model) -> bool:
 
 
 class TokenBatchedEncoder:
-    """``encode`` like ``SentenceTransformer.encode`` (the arguments :func:`hardneg.mining.encode.encode_texts`
+    """``encode`` like ``SentenceTransformer.encode`` (the arguments `hardneg.mining.encode.encode_texts`
     uses) for the sentence-transformers ``model``, in batches by length in tokens (module docstring).
 
-    Subclasses give :meth:`_token_embeddings`. ``workers``: batches run on that many threads at once
+    Subclasses give `_token_embeddings`. ``workers``: batches run on that many threads at once
     (chunks of ``CHUNK_BATCHES`` batches go to the threads). ``max_tokens``: the cap on a batch's padded
     tokens."""
 

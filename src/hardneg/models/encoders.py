@@ -142,7 +142,7 @@ def build_model(
 
 
 def build_model_from_config(m, sample_shape: tuple[int, ...]) -> nn.Module:
-    """:func:`build_model` from a validated ``model`` config section (``hardneg.train.config``)."""
+    """`build_model` from a validated ``model`` config section (``hardneg.train.config``)."""
     return build_model(
         m.encoder,
         tuple(sample_shape),

@@ -1,8 +1,8 @@
 """hardneg.negatives: where candidate negatives come from, which are filtered out, how π is shaped.
 
-Compose a :class:`Strategy` from sources, filters, weightings and schedules, or name a preset with
-:func:`create_strategy` / :func:`from_config` (see docs/strategies.md; base classes
-:class:`Source`, :class:`Filter`, :class:`Weighting` to write your own, registered by ``kind``).
+Compose a `Strategy` from sources, filters, weightings and schedules, or name a preset with
+`create_strategy` / `from_config` (see docs/strategies.md; base classes
+`Source`, `Filter`, `Weighting` to write your own, registered by ``kind``).
 """
 
 from hardneg.negatives.adversarial import AdversarialBank, NegativeGenerator

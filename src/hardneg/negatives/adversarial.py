@@ -1,6 +1,6 @@
 r"""Adversarial negatives.
 
-(a) :class:`AdversarialBank` — AdCo (Hu et al., "AdCo: Adversarial Contrast for Efficient Learning
+(a) `AdversarialBank` — AdCo (Hu et al., "AdCo: Adversarial Contrast for Efficient Learning
 of Unsupervised Representations from Self-Trained Negative Adversaries", CVPR 2021). A bank of K
 learned negative embeddings ``n_1..n_K`` is a second player: the encoder minimises the contrastive
 loss, the bank **maximises** it. With its own temperature ``t_n`` (AdCo's τ_n, 0.02) the bank's
@@ -13,7 +13,7 @@ momentum 0.9, AdCo's η = 3), then re-normalises. ``∇_{n_j} L_i = p_ij q_i / t
 softmax weight of n_j, so the bank moves towards the queries that find it most confusing: the
 negatives get harder. In the encoder's loss the bank rows are constants.
 
-(b) :class:`NegativeGenerator` — a generator network ``G(q, z)`` (anchor q, noise z) outputs a unit
+(b) `NegativeGenerator` — a generator network ``G(q, z)`` (anchor q, noise z) outputs a unit
 vector meant to be a negative close to, but distinct from, q; a discriminator ``D`` tells real
 candidate negatives (label 1) from generated ones (label 0). Per step:
 

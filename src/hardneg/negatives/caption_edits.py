@@ -5,13 +5,13 @@ r"""One-edit caption swaps: hard text negatives that change one attribute or rel
 (relation); "two red shapes" → "**three** red shapes" (count). A model that scores an image's true
 caption above every such swap binds attributes to objects and reads relations (the swap test of
 compositional benchmarks such as ARO and SugarCrepe). Next to the sentence-level rewrites of
-:mod:`hardneg.negatives.text_negatives` (negation, antonym, entity swap), these are the
+`hardneg.negatives.text_negatives` (negation, antonym, entity swap), these are the
 attribute-level edits of captions.
 
 Each function returns **every** one-edit variant of its kind (one word or one relation phrase
 replaced, nothing else changed), in sentence order then vocabulary order; whether a variant is
 false for a given image is for the caller to decide (a scene generator knows; see
-:func:`hardneg.data.scenes.caption_true`). Encode the kept ones and pass them to
+`hardneg.data.scenes.caption_true`). Encode the kept ones and pass them to
 ``Strategy.forward(..., negatives=(B×r×d), negatives_per_anchor=True)`` so each image owns the
 edits of its own caption.
 """

@@ -118,7 +118,7 @@ class StepContext:
 
     @property
     def relations(self) -> Relations:
-        """The step's candidate relations (the one validity rule, :mod:`hardneg.losses.candidates`)."""
+        """The step's candidate relations (the one validity rule, `hardneg.losses.candidates`)."""
         if self._rel is None:
             lp = self.label_positives
             self._rel = Relations(
@@ -131,7 +131,7 @@ class StepContext:
 
     def base_valid(self, S: Tensor, rows: slice | Tensor) -> Tensor:
         """(c×m) bool: candidates that may be negatives of each anchor before any filter
-        (:meth:`hardneg.losses.candidates.Relations.valid`)."""
+        (`hardneg.losses.candidates.Relations.valid`)."""
         return self.relations.valid(rows, S.device)
 
     def s_pos(self, S: Tensor, rows: slice | Tensor) -> Tensor:

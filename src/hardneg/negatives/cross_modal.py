@@ -1,27 +1,27 @@
 r"""Two-tower (cross-modal) candidates: an image is scored only against texts and a text only
 against images, as in CLIP (Radford et al. 2021).
 
-:class:`CrossModal` is the batch source of a two-tower model. ``z1`` holds one modality (images),
+`CrossModal` is the batch source of a two-tower model. ``z1`` holds one modality (images),
 ``z2`` the other (texts), row b of each being a pair. It lays the batch out as ``[z1; z2]`` like
-:class:`~hardneg.negatives.sources.InBatch` and turns on the candidate rule's ``cross_view``
-(:mod:`hardneg.losses.candidates`): the anchors are the 2B rows, each one's positive is its partner
+`InBatch` and turns on the candidate rule's ``cross_view``
+(`hardneg.losses.candidates`): the anchors are the 2B rows, each one's positive is its partner
 and its candidates are the rows of the *other* modality. With uniform π and t = 1/logit_scale the
 mean over the 2B anchors is CLIP's symmetric loss, ``(CE(image→text) + CE(text→image)) / 2``.
-Every filter, weighting, schedule and extra source of a :class:`~hardneg.negatives.Strategy`
+Every filter, weighting, schedule and extra source of a `Strategy`
 applies unchanged; blocks added after the batch count as the ``z2`` modality (texts: a queue of
 text keys, one-edit caption swaps) unless a source appends them with ``view=0``
-(:class:`CrossModalQueue` with ``modality="image"``).
+(`CrossModalQueue` with ``modality="image"``).
 
 **Several captions per image.** ``ids`` say which rows are the same sample: a candidate with the
-anchor's id is never a negative (the id rule). :func:`pair_ids` gives every pair in a batch the
+anchor's id is never a negative (the id rule). `pair_ids` gives every pair in a batch the
 id of its *group* — pairs that share an image or an identical caption — so another caption of the
 same image and an identical caption of another image are never negatives. Each anchor keeps one
 positive (its partner in the batch); over epochs every caption of an image serves as its positive.
 
-:class:`CrossModalClusters` chooses negatives with clusters computed in one modality (k-means on
+`CrossModalClusters` chooses negatives with clusters computed in one modality (k-means on
 that tower's recent embeddings, refreshed every ``every`` steps, or on a fixed feature table):
 a sample's cluster is the cluster of its own embedding in that modality, for both of its rows.
-:class:`LogitScale` is CLIP's learnable temperature.
+`LogitScale` is CLIP's learnable temperature.
 """
 
 from __future__ import annotations
@@ -105,7 +105,7 @@ class CrossModalQueue(MemoryQueue):
 class CrossModalClusters(ClusterGuided):
     r"""Cluster-guided negatives across modalities: spherical k-means on one tower's embeddings
     (``modality``, default the texts) chooses the negatives of both directions. Log-weight
-    ``[c_i ≠ c_j] · (bonus + γ s_ij / t)`` as in :class:`~hardneg.negatives.weighting.ClusterGuided`,
+    ``[c_i ≠ c_j] · (bonus + γ s_ij / t)`` as in `ClusterGuided`,
     where a sample's cluster is that of its ``modality`` embedding — an image and its caption share
     the caption's cluster — so an anchor prefers candidates close in the joint space but of another
     cluster.
@@ -190,7 +190,7 @@ class LogitScale(nn.Module):
     """CLIP's learnable temperature: a parameter ``log(1/t)`` (initial t = 0.07); ``forward()``
     returns ``logit_scale = exp(param)`` clamped at ``max_scale`` (CLIP clamps at 100, so t ≥ 0.01).
     Pass it to ``Strategy.forward(..., logit_scale=...)`` or to
-    :class:`~hardneg.integrations.open_clip.ClipLoss`."""
+    `ClipLoss`."""
 
     def __init__(self, init_temperature: float = 0.07, max_scale: float = 100.0) -> None:
         super().__init__()

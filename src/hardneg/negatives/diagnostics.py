@@ -12,7 +12,7 @@ distribution, a_ij the strategy's log-weights):
   when labels are known (NaN otherwise); ``hardest_fn_share``: share of anchors whose most similar
   valid candidate has their label (NaN without labels);
 - ``skipped_share``: share of anchors with no valid candidate, skipped by the loss
-  (:mod:`hardneg.losses.candidates`);
+  (`hardneg.losses.candidates`);
 - ``pos_gap``: mean of s_ip − max_{j∈C(i)} s_ij (positive minus hardest negative; negative values
   mean the hardest negative beats the positive); ``hardest_mean``: mean max_j s_ij.
 
@@ -173,7 +173,7 @@ def negative_diagnostics(
     chunk_size: int = 1024,
 ) -> dict[str, float]:
     """Functional diagnostics of π over candidates ``k`` for anchors ``q`` (same arguments as the
-    kernel :func:`hardneg.losses.weighted_info_nce`; inputs are L2-normalised here).
+    kernel `hardneg.losses.weighted_info_nce`; inputs are L2-normalised here).
 
     ``negatives="other_labels"`` drops same-label candidates (then ``fn_weight_share`` is 0).
     """

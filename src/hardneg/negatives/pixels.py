@@ -1,25 +1,25 @@
 r"""Fine-grained negatives for pixels (or any samples with a position): components that read where a
 candidate is from its sample id, or what its input was from a table indexed by id.
 
-Pixel identity travels as the ordinary sample id: :class:`PixelGrid` encodes ``(image, y, x)`` as
+Pixel identity travels as the ordinary sample id: `PixelGrid` encodes ``(image, y, x)`` as
 ``(image · H + y) · W + x``. The grid itself travels in the step context
-(:class:`~hardneg.negatives.context.StepContext`, ``grid``): whoever encodes the ids hands it over
-(``Strategy.forward(..., grid=...)``; :class:`hardneg.dense.DenseContrast` does), so the components
+(`StepContext`, ``grid``): whoever encodes the ids hands it over
+(``Strategy.forward(..., grid=...)``; `hardneg.dense.DenseContrast` does), so the components
 decode with the grid that encoded, never with one of their own. Ids therefore keep their usual
 meaning everywhere (a candidate with the anchor's id — the same pixel in the other view, or in a
 memory — is never a negative) and work with every source that carries ids (the batch,
-:class:`~hardneg.negatives.MemoryQueue`, :class:`ClassMemory`). Unknown ids (−1) decode to no
+`MemoryQueue`, `ClassMemory`). Unknown ids (−1) decode to no
 position and are never touched by these components.
 
-- :class:`NeighbourhoodFilter` (``kind: neighbourhood``) — drop candidates of the anchor's image
+- `NeighbourhoodFilter` (``kind: neighbourhood``) — drop candidates of the anchor's image
   within Euclidean distance ``radius`` of the anchor (neighbouring pixels of one object are not
   negatives).
-- :class:`InputSimilarityFilter` (``kind: input_similarity``) — drop candidates whose *input*
+- `InputSimilarityFilter` (``kind: input_similarity``) — drop candidates whose *input*
   (e.g. the spectrum of a hyperspectral pixel) is too similar to the anchor's: cosine above
   ``max_similarity`` or spectral angle below ``min_angle``.
-- :class:`Proximity` (``kind: proximity``) — a weighting: log π += ``bonus`` on candidates of the
+- `Proximity` (``kind: proximity``) — a weighting: log π += ``bonus`` on candidates of the
   anchor's image within ``radius`` (prefer adjacent objects as negatives).
-- :class:`ClassMemory` (``kind: class_memory``) — a source: a FIFO of pixel embeddings per class
+- `ClassMemory` (``kind: class_memory``) — a source: a FIFO of pixel embeddings per class
   (Wang et al. 2021, "Exploring Cross-Image Pixel Contrast for Semantic Segmentation").
 """
 
@@ -128,7 +128,7 @@ class NeighbourhoodFilter(_OnGrid, Filter):
         radius: Euclidean radius in pixels (0 drops only the anchor's own pixel, which the candidate
             rule already removes).
 
-    Positions are decoded with the step context's :class:`PixelGrid` (the grid that encoded the ids).
+    Positions are decoded with the step context's `PixelGrid` (the grid that encoded the ids).
     """
 
     kind = "neighbourhood"
@@ -149,7 +149,7 @@ class NeighbourhoodFilter(_OnGrid, Filter):
 class Proximity(_OnGrid, Weighting):
     """Prefer spatially adjacent negatives: log-weight ``bonus`` on candidates of the anchor's image
     within ``radius`` pixels, 0 elsewhere (combine with a tilt to make them *hard* adjacent ones).
-    Positions are decoded with the step context's :class:`PixelGrid`."""
+    Positions are decoded with the step context's `PixelGrid`."""
 
     kind = "proximity"
     schedulable = ("bonus", "radius")
@@ -211,7 +211,7 @@ class ClassMemory(Source):
     ``per_step`` of the step's keys of each known class (−1 labels are not stored).
 
     With label positives (``family="supcon"``) the stored pixels of the anchor's class are extra
-    positives; with :class:`~hardneg.negatives.LabelFilter` they are never negatives.
+    positives; with `LabelFilter` they are never negatives.
     """
 
     kind = "class_memory"

@@ -6,9 +6,9 @@ negative. Keys of the anchor's own sample id (its earlier views) are excluded by
 identity rule, so a queued copy of the positive is never a negative.
 
 Momentum encoder: ``θ_k ← m · θ_k + (1 − m) · θ_q`` after every step (MoCo's m = 0.999). A queue
-declares that its keys should come from one (``needs_key_encoder``); :func:`needs_key_encoder` tells a
+declares that its keys should come from one (``needs_key_encoder``); `needs_key_encoder` tells a
 training loop whether a strategy holds such a component (``hardneg train`` then encodes the second
-view with a :class:`MomentumEncoder`).
+view with a `MomentumEncoder`).
 """
 
 from __future__ import annotations
@@ -126,7 +126,7 @@ class MemoryQueue(Source):
 class MomentumEncoder(nn.Module):
     """Exponential moving average of an encoder (MoCo): ``θ_k ← m θ_k + (1 − m) θ_q``.
 
-    ``forward`` runs the EMA copy without gradient; call :meth:`update` after each optimiser step.
+    ``forward`` runs the EMA copy without gradient; call `update` after each optimiser step.
     """
 
     def __init__(self, encoder: nn.Module, momentum: float = 0.999) -> None:
@@ -151,5 +151,5 @@ class MomentumEncoder(nn.Module):
 
 def needs_key_encoder(module: nn.Module) -> bool:
     """True when ``module`` (a strategy) or any of its submodules declares ``needs_key_encoder``: its
-    second view should be encoded by a :class:`MomentumEncoder`, not by the encoder being trained."""
+    second view should be encoded by a `MomentumEncoder`, not by the encoder being trained."""
     return any(getattr(m, "needs_key_encoder", False) for m in module.modules())

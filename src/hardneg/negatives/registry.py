@@ -3,12 +3,12 @@ config and on the command line.
 
 Stable API (used by the trainer and the configs):
 
-- :func:`create_strategy` ``(name, **overrides) -> Strategy``
-- :func:`list_strategies` ``() -> list[str]`` and :func:`describe_strategies` ``() -> {name: line}``
-- :func:`from_config` ``(mapping) -> Strategy``
+- `create_strategy` ``(name, **overrides) -> Strategy``
+- `list_strategies` ``() -> list[str]`` and `describe_strategies` ``() -> {name: line}``
+- `from_config` ``(mapping) -> Strategy``
 
 Overrides are (1) the preset's own knobs (``k`` for ``topk``, ``size`` for ``moco_queue``, …),
-(2) the core options of :class:`~hardneg.negatives.strategy.Strategy` (``temperature`` / ``t``, ``beta``,
+(2) the core options of `Strategy` (``temperature`` / ``t``, ``beta``,
 ``tau_plus``, ``n_neg``, ``family``, ``positives``, ``reduction``, ``schedule``, ``diagnostics``, …), and
 (3) composition: ``source=``, ``filters=``, ``weighting=`` — objects or mappings with a ``kind``
 key — which are **added** to the preset's own components. Unknown names raise ``ValueError``
@@ -431,7 +431,7 @@ def component_config(component: nn.Module) -> dict[str, Any]:
 
 
 def strategy_config(strategy: Strategy) -> dict[str, Any]:
-    """``strategy`` as a :func:`from_config` mapping: its name, core options and every extra source,
+    """``strategy`` as a `from_config` mapping: its name, core options and every extra source,
     filter and weighting with its plain options (what a model card or a log records)."""
     cfg: dict[str, Any] = {
         "name": strategy.name, "temperature": strategy.t, "beta": strategy.beta, "tau_plus": strategy.tau_plus,
@@ -451,7 +451,7 @@ def from_config(config: Mapping[str, Any]) -> Strategy:
         {name: hscl, beta: 1.0, source: {kind: queue, size: 4096}, filters: [{kind: label}],
          schedule: {beta: {kind: linear, start: 0, end: 2, steps: 1000}}}
 
-    ``name`` defaults to ``ucl``; every other key is an override of :func:`create_strategy`.
+    ``name`` defaults to ``ucl``; every other key is an override of `create_strategy`.
     Unknown keys raise ``ValueError`` naming them.
     """
     if not isinstance(config, Mapping):

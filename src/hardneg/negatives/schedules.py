@@ -9,12 +9,12 @@ steps_per_epoch``, and ``steps`` / ``milestones`` count epochs.
 - step:    ``v(u) = values[i]`` where ``i`` = number of milestones ≤ u (piecewise constant)
 - constant: ``v(u) = value``
 
-A schedule built for a named knob (:func:`make_schedule` with ``name``) is checked over its whole range
+A schedule built for a named knob (`make_schedule` with ``name``) is checked over its whole range
 when it is built: β must stay ≥ 0, t > 0, k ≥ 1 and τ⁺ in [0, 1) at every step, so a curriculum that
 would cross the limit at step 200 of 1,000 is refused at step 0.
 
 Dynamic re-mining (refreshing a pool's mined negatives every n steps with the current model) is a
-property of the pool source: :class:`hardneg.negatives.sources.ExternalPool` (``encode_fn``,
+property of the pool source: `hardneg.negatives.sources.ExternalPool` (``encode_fn``,
 ``refresh_every``).
 """
 
@@ -35,7 +35,7 @@ def _num(name: str, v: Any) -> float:
 
 
 class Schedule:
-    """Base class: ``schedule(step) -> value``. Subclasses implement :meth:`value_at` on the unit."""
+    """Base class: ``schedule(step) -> value``. Subclasses implement `value_at` on the unit."""
 
     kind = "base"
 
@@ -145,7 +145,7 @@ def _at_least_one(name: str, v: float) -> float:
 
 
 #: the check of each scheduled core knob, applied at every extreme of its schedule (the one definition
-#: of each range lives in :mod:`hardneg.losses.checks`)
+#: of each range lives in `hardneg.losses.checks`)
 KNOB_CHECKS: dict[str, Callable[[str, float], Any]] = {
     "beta": lambda name, v: check_beta(v, name),
     "t": lambda name, v: check_temperature(v, name),
@@ -170,8 +170,8 @@ def check_range(name: str, schedule: Schedule) -> Schedule:
 def make_schedule(spec: Schedule | Mapping[str, Any] | float | int, name: str | None = None) -> Schedule:
     """Build a schedule from a mapping such as ``{kind: linear, start: 0, end: 2, steps: 1000}``.
 
-    A plain number gives a :class:`Constant`. Unknown kinds and unknown keys raise ``ValueError``
-    naming them. With ``name`` (the knob it drives), the whole range is checked (:func:`check_range`).
+    A plain number gives a `Constant`. Unknown kinds and unknown keys raise ``ValueError``
+    naming them. With ``name`` (the knob it drives), the whole range is checked (`check_range`).
     """
     if name is not None:
         return check_range(name, make_schedule(spec))

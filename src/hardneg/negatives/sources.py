@@ -1,16 +1,16 @@
 r"""Where candidate negatives come from (docs/design.md §3).
 
-A strategy step starts from the batch (:class:`InBatch` builds the anchors and the first block of
+A strategy step starts from the batch (`InBatch` builds the anchors and the first block of
 candidates), then each further source *extends* the candidate set with a block of rows:
 
-- :class:`InBatch` — the other samples and the other views of the batch (SimCLR, Chen et al. 2020);
-- :class:`~hardneg.negatives.queue.MemoryQueue` — FIFO of past keys (MoCo, He et al. 2020);
-- :class:`ExternalPool` — embeddings of a separate data set / corpus searched with FAISS;
-- :class:`~hardneg.negatives.mixing.Mixing` — synthetic hard negatives (MoCHi, Kalantidis et al. 2020);
-- :class:`~hardneg.negatives.adversarial.AdversarialBank` (AdCo, Hu et al. 2021) and
-  :class:`~hardneg.negatives.adversarial.NegativeGenerator` (generator vs discriminator);
+- `InBatch` — the other samples and the other views of the batch (SimCLR, Chen et al. 2020);
+- `MemoryQueue` — FIFO of past keys (MoCo, He et al. 2020);
+- `ExternalPool` — embeddings of a separate data set / corpus searched with FAISS;
+- `Mixing` — synthetic hard negatives (MoCHi, Kalantidis et al. 2020);
+- `AdversarialBank` (AdCo, Hu et al. 2021) and
+  `NegativeGenerator` (generator vs discriminator);
 - explicit negatives passed to ``Strategy.forward(..., negatives=...)`` (e.g. embeddings of the
-  meaning-changing text rewrites of :mod:`hardneg.negatives.text_negatives`).
+  meaning-changing text rewrites of `hardneg.negatives.text_negatives`).
 
 Every candidate row carries a label and a sample id (−1 when unknown), so filters and diagnostics
 still work, and an *owner*: −1 for a candidate shared by every anchor, or the index of the one
@@ -79,7 +79,7 @@ class Candidates:
     """Candidate rows ``k`` (m×d) with labels, ids and owners (−1 = unknown / shared), the input view
     each row comes from (0 = ``z1``, 1 = ``z2`` and keys; later blocks count as keys unless appended
     with ``view=0``) and named blocks. ``cross_view``: an anchor only sees candidates of the other
-    view (two-tower models, :class:`~hardneg.negatives.cross_modal.CrossModal`). ``partner``: for
+    view (two-tower models, `CrossModal`). ``partner``: for
     each row, the row holding the same sample's other view (−1 where none is a candidate; None
     without two symmetric views) — the batch layout as the whole batch has it, whichever anchors
     a call computes."""

@@ -6,16 +6,16 @@ mat", although the two share almost every token. Such rewrites are cheap hard ne
 compositionality benchmarks). Each function returns the rewritten sentence, or ``None`` when the
 rule does not apply (so nothing that keeps the meaning is ever returned as a negative):
 
-- :func:`negate` — insert or remove a negation after the first auxiliary/modal verb
+- `negate` — insert or remove a negation after the first auxiliary/modal verb
   ("is" → "is not", "can't" → "can"); sentences without one get "do not"/"does not" before the
   first verb-like token only when an auxiliary is absent and a pronoun subject is found; else None;
-- :func:`swap_antonym` — replace the first word that has an antonym in a built-in list;
-- :func:`swap_entities` — swap the first two capitalised non-initial tokens or numbers
+- `swap_antonym` — replace the first word that has an antonym in a built-in list;
+- `swap_entities` — swap the first two capitalised non-initial tokens or numbers
   ("Paris is larger than Lyon" → "Lyon is larger than Paris"); with a single entity, replace it
   with another entity from ``entity_pool`` when given;
-- :func:`shuffle_words` — a seeded permutation of the words (never the identity).
+- `shuffle_words` — a seeded permutation of the words (never the identity).
 
-:class:`TextNegatives` applies a chosen list of rules; encode its outputs and pass them to
+`TextNegatives` applies a chosen list of rules; encode its outputs and pass them to
 ``Strategy.forward(..., negatives=...)``.
 """
 

@@ -1,7 +1,7 @@
 """The strategy leaderboard of a compare folder: every grid entry's accuracy, accuracy on the
 confusable classes, time per training step relative to plain InfoNCE, and the per-step diagnostics
 over training; then each strategy against its base (the same method without its tilt, filter, queue
-or weighting), "beyond the seed spread" by :func:`hardneg.report.stats.versus`.
+or weighting), "beyond the seed spread" by `hardneg.report.stats.versus`.
 
 Everything is read from the runs' own files: ``summary.json`` (accuracies, per-class accuracies,
 ``train_seconds`` and ``timed_steps``) and the ``neg_*`` step records of ``metrics.jsonl``.
@@ -127,7 +127,7 @@ def run_stats(row: dict[str, Any], recs: list[dict[str, Any]], confusable: list[
 def leaderboard_stats(
     rows: list[dict[str, Any]], recs: dict[str, list[dict[str, Any]]], confusable: list[int] | None
 ) -> list[RunStats]:
-    """:func:`run_stats` of every run, with the time per step relative to the reference run
+    """`run_stats` of every run, with the time per step relative to the reference run
     (preset ``ucl``, untilted) of the same seed."""
     stats = [run_stats(r, recs[r["run"]], confusable) for r in rows]
     ref = {s.seed: s.sec_per_step for s in stats if s.preset == REFERENCE and s.beta is None}
@@ -191,7 +191,7 @@ def leaderboard_table(stats: list[RunStats], *, confusable: list[int] | None) ->
 
 
 def base_label(label: str, preset: str | None, labels: set[str], overrides: dict[str, str]) -> str | None:
-    """The grid label of an entry's base: ``report.bases`` first, else the :data:`BASES` preset when
+    """The grid label of an entry's base: ``report.bases`` first, else the `BASES` preset when
     the grid has an entry of that name; None when there is none."""
     if label in overrides:
         return overrides[label]
@@ -279,7 +279,7 @@ def comparisons_table(comps: list[BaseComparison]) -> str:
 
 
 def not_run(presets_in_grid: set[str], all_presets: list[str]) -> str:
-    """The presets absent from the grid, with the reason when :data:`NOT_ON_LEADERBOARD` has one."""
+    """The presets absent from the grid, with the reason when `NOT_ON_LEADERBOARD` has one."""
     missing = [p for p in all_presets if p not in presets_in_grid]
     if not missing:
         return "Every preset is in the grid."

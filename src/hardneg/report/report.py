@@ -296,7 +296,7 @@ def _report_markdown(cfg, rows, lb_md: list[str], figs, out: Path) -> list[str]:
 def _leaderboard(
     cfg: Any, rows: list[dict[str, Any]], recs: dict[str, list[dict[str, Any]]], out: Path, series: Any
 ) -> tuple[list[str], list[tuple[str, Path]]]:
-    """The leaderboard's markdown sections and plots (:mod:`hardneg.report.leaderboard`)."""
+    """The leaderboard's markdown sections and plots (`hardneg.report.leaderboard`)."""
     from hardneg.report import plots
 
     conf = cfg.report.confusable_classes

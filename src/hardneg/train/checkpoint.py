@@ -1,11 +1,11 @@
-"""Checkpoints of a run directory (its layout and the rules for creating it: :mod:`hardneg.runs`).
+"""Checkpoints of a run directory (its layout and the rules for creating it: `hardneg.runs`).
 
 ``checkpoint.pt`` holds the full training state, is replaced atomically every N steps, at every epoch
 end and on Ctrl-C / SIGTERM, and records the SHA-256 of the run's ``config.yaml`` so that a checkpoint
 copied from another run is refused on ``--resume``.
 
 A checkpoint is data: tensors, numbers, strings and the lists and dicts that hold them
-(:data:`FIELDS`). It is read with ``torch.load(weights_only=True)``, which builds nothing else, so a
+(`FIELDS`). It is read with ``torch.load(weights_only=True)``, which builds nothing else, so a
 crafted file cannot run code; one that refers to anything else, lacks a field or holds a value of the
 wrong type is refused with one line naming the file and the field.
 """
@@ -67,12 +67,12 @@ def prepare_run_dir(
     run_dir: str | Path, config_text: str, *, resume: bool = False, overwrite: bool = False
 ) -> tuple[bool, WriterLock]:
     """Create or check a run directory and lock it: ``(resumed, lock)``, resumed True when an existing
-    run of the same config is resumed (:func:`hardneg.runs.prepare_output` with ``kind="run"``)."""
+    run of the same config is resumed (`hardneg.runs.prepare_output` with ``kind="run"``)."""
     return prepare_output(run_dir, "run", config_text, resume=resume, overwrite=overwrite)
 
 
 def save_checkpoint(state: dict[str, Any], run_dir: str | Path) -> Path:
-    """Write ``state`` (the fields of :data:`FIELDS`) to the run's ``checkpoint.pt`` atomically."""
+    """Write ``state`` (the fields of `FIELDS`) to the run's ``checkpoint.pt`` atomically."""
     p = Path(run_dir) / CHECKPOINT
     atomic_torch_save(state, p)
     return p
@@ -93,7 +93,7 @@ def _unreadable(p: Path, e: Exception) -> ValueError:
 
 
 def _check_fields(p: Path, st: Any) -> None:
-    """Refuse a checkpoint that lacks a field of :data:`FIELDS` or holds a value of another type."""
+    """Refuse a checkpoint that lacks a field of `FIELDS` or holds a value of another type."""
     if not isinstance(st, dict):
         raise ValueError(f"checkpoint {p} is not a hardneg training checkpoint (it holds a {type(st).__name__})")
     for key, default in OPTIONAL.items():
@@ -119,7 +119,7 @@ def _check_fields(p: Path, st: Any) -> None:
 
 def load_checkpoint(run_dir: str | Path, config_text: str | None = None) -> dict[str, Any] | None:
     """The checkpoint of ``run_dir`` (None when there is none yet), loaded as data only and checked
-    against :data:`FIELDS`: a file that refers to code, lacks a field or holds the wrong type raises
+    against `FIELDS`: a file that refers to code, lacks a field or holds the wrong type raises
     ValueError naming it. With ``config_text``, so does a checkpoint written by a run of another config."""
     p = Path(run_dir) / CHECKPOINT
     if not p.is_file():

@@ -1,4 +1,4 @@
-"""The experiment configs, defined in :mod:`hardneg.runs.config` (run folders own them); re-exported
+"""The experiment configs, defined in `hardneg.runs.config` (run folders own them); re-exported
 here for ``from hardneg.train.config import RunConfig``."""
 
 from hardneg.runs.config import (

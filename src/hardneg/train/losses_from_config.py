@@ -1,11 +1,11 @@
 """Map a loss name and keyword arguments from a config to a callable ``loss_fn(z1, z2, labels) -> scalar``.
 
 Names ucl, scl, supcon, hucl, dcl, hscl, triplet, margin, decoupled are the functional losses of
-:mod:`hardneg.losses` (UCL/SCL/H-UCL/H-SCL as in Jiang et al. 2022, arXiv 2209.00078; H-UCL is
+`hardneg.losses` (UCL/SCL/H-UCL/H-SCL as in Jiang et al. 2022, arXiv 2209.00078; H-UCL is
 Robinson et al. 2021's HCL; DCL is Chuang et al. 2020; SupCon is Khosla et al. 2020). Any other name is
-looked up in the strategy registry (:func:`hardneg.negatives.registry.create_strategy`) when it exists.
-A training config's ``strategy:`` mapping goes to :func:`hardneg.negatives.registry.from_config` as is
-(:func:`build_objective`).
+looked up in the strategy registry (`hardneg.negatives.registry.create_strategy`) when it exists.
+A training config's ``strategy:`` mapping goes to `hardneg.negatives.registry.from_config` as is
+(`build_objective`).
 """
 
 from __future__ import annotations
@@ -65,8 +65,8 @@ def build_loss(name: str, params: dict[str, Any] | None = None) -> LossFn:
 
 def build_objective(cfg: RunConfig) -> LossFn:
     """The training objective of a run config: its ``strategy:`` mapping built by
-    :func:`hardneg.negatives.registry.from_config` (a :class:`~hardneg.negatives.strategy.Strategy`),
-    else ``loss.name`` / ``loss.params`` through :func:`build_loss`.
+    `hardneg.negatives.registry.from_config` (a `Strategy`),
+    else ``loss.name`` / ``loss.params`` through `build_loss`.
 
     Every problem (unknown preset, option or kind, bad value, missing file) raises ``ValueError`` or
     ``FileNotFoundError`` naming the config section, so a run can be refused before anything is written.
@@ -87,7 +87,7 @@ def build_objective(cfg: RunConfig) -> LossFn:
 
 
 def strategy_of(loss_fn: Any) -> Strategy | None:
-    """The :class:`~hardneg.negatives.strategy.Strategy` behind a loss: the loss itself or its
+    """The `Strategy` behind a loss: the loss itself or its
     ``strategy`` attribute (a wrapper that exposes the strategy it calls); None for plain functions."""
     s = getattr(loss_fn, "strategy", loss_fn)
     return s if isinstance(s, Strategy) else None

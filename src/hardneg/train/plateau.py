@@ -73,8 +73,8 @@ def measure_plateau(
     resume: bool = False,
     overwrite: bool = False,
 ) -> tuple[list[tuple[int, float]], int | None]:
-    """Train :func:`plateau_config` in ``out_dir`` (a run folder; resumable) and return the kNN curve
-    and :func:`plateau_epoch` of it."""
+    """Train `plateau_config` in ``out_dir`` (a run folder; resumable) and return the kNN curve
+    and `plateau_epoch` of it."""
     rc = plateau_config(cfg, label, seed, max_epochs)
     Trainer(rc, out_dir, resume=resume, overwrite=overwrite).fit()
     curve = knn_curve(runs.read_metrics(out_dir))
