@@ -9,30 +9,17 @@ import tempfile
 
 import pytest
 
-from hardneg.cli import main
+from tests.cli_helpers import mine_argv as _mine
+from tests.cli_helpers import run_cli as _cli
+from tests.cli_helpers import write_mine_inputs
 from tests.retrieval_fixtures import CORPUS, POSITIVES, QUERIES
-
-
-def _cli(args, capsys):
-    capsys.readouterr()
-    with pytest.raises(SystemExit) as e:
-        main([str(a) for a in args])
-    out, err = capsys.readouterr()
-    return e.value.code, out, err.strip()
 
 
 @pytest.fixture
 def inputs(tmp_path):
-    pairs = tmp_path / "pairs.jsonl"
-    pairs.write_text("".join(json.dumps({"query": q, "positive": p}) + "\n" for q, p in zip(QUERIES, POSITIVES)))
-    corpus = tmp_path / "corpus.txt"
-    corpus.write_text("\n".join(CORPUS) + "\n")
-    return pairs, corpus
+    return write_mine_inputs(tmp_path)
 
 
-def _mine(pairs, corpus, out, *extra):
-    return ["mine", "--pairs", pairs, "--corpus", corpus, "--out", out, "-n", "2", "--precision", "fp32",
-            "--quiet", *extra]
 
 
 def test_overwrite_replaces_only_hardneg_mine_output(tmp_path, inputs, capsys):

@@ -3,7 +3,6 @@ any encoding, as one line; damaged cache files are set aside and recomputed; tem
 are removed; stores with NaN rows and indexes FAISS cannot build or fill are refused before the work."""
 
 import contextlib
-import json
 import os
 import shutil
 import subprocess
@@ -14,33 +13,20 @@ import zipfile
 import numpy as np
 import pytest
 
-from hardneg.cli import main
 from hardneg.io import HardnegWarning, check_writable
 from hardneg.mining.encode import EmbeddingCache, encode_texts
 from hardneg.mining.mine import MineConfig, mine_embeddings
+from tests.cli_helpers import mine_argv as _mine
+from tests.cli_helpers import run_cli as _cli
+from tests.cli_helpers import write_mine_inputs
 from tests.retrieval_fixtures import CORPUS, POSITIVES, QUERIES, minilm
-
-
-def _cli(args, capsys):
-    capsys.readouterr()
-    with pytest.raises(SystemExit) as e:
-        main([str(a) for a in args])
-    out, err = capsys.readouterr()
-    return e.value.code, out, err.strip()
 
 
 @pytest.fixture
 def inputs(tmp_path):
-    pairs = tmp_path / "pairs.jsonl"
-    pairs.write_text("".join(json.dumps({"query": q, "positive": p}) + "\n" for q, p in zip(QUERIES, POSITIVES)))
-    corpus = tmp_path / "corpus.txt"
-    corpus.write_text("\n".join(CORPUS) + "\n")
-    return pairs, corpus
+    return write_mine_inputs(tmp_path)
 
 
-def _mine(pairs, corpus, out, *extra):
-    return ["mine", "--pairs", pairs, "--corpus", corpus, "--out", out, "-n", "2", "--precision", "fp32",
-            "--quiet", *extra]
 
 
 @contextlib.contextmanager

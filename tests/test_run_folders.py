@@ -12,8 +12,8 @@ import torch
 import yaml
 
 from hardneg import runs
-from hardneg.cli import main
 from hardneg.train.trainer import Trainer
+from tests.cli_helpers import run_cli as _cli
 from tests.test_train_trainer import BASE, cfg, literal_nt_xent
 
 COMPARE = {
@@ -28,12 +28,6 @@ COMPARE = {
 }
 
 
-def _cli(args, capsys):
-    capsys.readouterr()
-    with pytest.raises(SystemExit) as e:
-        main([str(a) for a in args])
-    out, err = capsys.readouterr()
-    return e.value.code, out, err.strip()
 
 
 def _yaml(tmp_path, raw, name="c.yaml"):

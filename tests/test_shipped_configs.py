@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from hardneg.cli import main
+from tests.cli_helpers import run_cli as _cli
 
 ROOT = Path(__file__).resolve().parents[1]
 # the shipped train config made tiny: the same keys a user edits first
@@ -15,12 +15,6 @@ TINY = ["data.train_limit=128", "data.test_limit=60", "train.epochs=1", "train.b
         "eval={every_epochs: 1, knn_k: 10, probe_max_iter: 20}"]
 
 
-def _cli(args, capsys):
-    capsys.readouterr()
-    with pytest.raises(SystemExit) as e:
-        main([str(a) for a in args])
-    out, err = capsys.readouterr()
-    return e.value.code, out, err.strip()
 
 
 def _sets():

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import json
 import os
 import re
 import shutil
@@ -357,3 +358,17 @@ def set_aside(path: str | os.PathLike[str], why: str) -> Path:
         os.replace(p, dest)
     warnings.warn(f"{p} is damaged ({why}); moved to {dest.name} and recomputed", HardnegWarning, stacklevel=3)
     return dest
+
+
+def read_json_object(path: str | os.PathLike[str], what: str, remedy: str) -> dict[str, Any]:
+    """The JSON object in the file ``path``; a file that is not one (damaged, truncated, not UTF-8, another
+    JSON value) is one ``ValueError`` naming it as ``what`` and saying ``remedy``."""
+    p = Path(path)
+    try:
+        value = json.loads(p.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(f"{p}: damaged {what} ({e}); {remedy}") from None
+    if not isinstance(value, dict):
+        raise ValueError(f"{p}: damaged {what} (not a JSON object); {remedy}")
+    return value
+

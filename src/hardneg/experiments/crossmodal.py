@@ -48,7 +48,7 @@ from hardneg.data.scenes import (
     truth_matrix,
 )
 from hardneg.integrations.open_clip import ClipLoss
-from hardneg.io import atomic_open, atomic_write_text
+from hardneg.io import atomic_open, atomic_write_text, read_json_object
 from hardneg.models.towers import FrozenTextTower, ImageTower, TextTower
 from hardneg.negatives.caption_edits import EDIT_KINDS, EditVocabulary, one_edit_swaps
 from hardneg.negatives.cross_modal import LogitScale, pair_ids
@@ -372,13 +372,7 @@ def evaluate(towers: Towers, split: SplitData, table: TextTable) -> dict[str, fl
 
 def _read_record(path: Path) -> dict[str, Any]:
     """A finished run's record; a damaged one is one ``ValueError`` naming it (delete it to rerun)."""
-    try:
-        rec = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ValueError(f"{path}: damaged run record ({e}); delete it to train that run again") from None
-    if not isinstance(rec, dict):
-        raise ValueError(f"{path}: damaged run record (not a JSON object); delete it to train that run again")
-    return rec
+    return read_json_object(path, "run record", "delete it to train that run again")
 
 
 def run_grid(

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from hardneg.io import read_json_object
 from hardneg.runs.config import RunConfig, load_config
 from hardneg.runs.folders import CONFIG, MARKER, MODEL, RUNS, SUMMARY, read_marker
 
@@ -29,13 +29,7 @@ def read_summary(path: str | Path) -> dict[str, Any]:
     p = Path(path)
     if not p.is_file():
         return {}
-    try:
-        s = json.loads(p.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ValueError(f"{p}: damaged run summary ({e}); rerun that run (--overwrite) or restore the file") from None
-    if not isinstance(s, dict):
-        raise ValueError(f"{p}: damaged run summary (not a JSON object); rerun that run (--overwrite)")
-    return s
+    return read_json_object(p, "run summary", "rerun that run (--overwrite) or restore the file")
 
 
 def load_run(run_dir: str | Path) -> Run:
