@@ -38,6 +38,9 @@ from hardneg.losses import candidates as C
 from hardneg.losses import checks as V
 
 LogWeightFn = Callable[[Tensor, slice], Tensor]
+#: ``f(X, rows, sp) -> (count, lse_a or None)``: works **in place** on a block of the chunk's tile
+#: (see ``log_weight_block`` of :func:`weighted_info_nce`)
+BlockWeightFn = Callable[[Tensor, slice, Tensor], "tuple[Tensor, Tensor | None]"]
 #: maps this call's ``"mean"`` denominator to the one the mean divides by (see ``mean_denominator``)
 DenominatorFn = Callable[[float], float]
 
@@ -55,6 +58,7 @@ class KernelSpec:
     beta: float = 0.0
     detach_weights: bool = False
     log_weight_fn: LogWeightFn | None = None
+    log_weight_block: BlockWeightFn | None = None
     n_neg: float | None = None
     tau_plus: float = 0.0
     clamp: bool = True
@@ -70,6 +74,7 @@ class KernelSpec:
         return (
             self.beta == 0.0
             and self.log_weight_fn is None
+            and self.log_weight_block is None
             and self.n_neg is None
             and self.tau_plus == 0.0
             and self.negatives == "all"
@@ -218,6 +223,31 @@ def _softmax_lse_(X: Tensor, ws: _Workspace | None = None, sumsq: Tensor | None 
     return lse
 
 
+def _weighted_blocks_(S: Tensor, sp: Tensor, spec: KernelSpec, ws: _Workspace, r0: int,
+                      active: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:
+    """``log_weight_block`` and the softmax in the same cache-sized blocks of rows (one trip
+    through memory): each block gets its masks and log-weights a, then S ← π̃ = softmax(S + a) in
+    place. Returns (valid count, lse(S + a), lse(a) over the valid candidates) per row; a row left
+    without a valid candidate (or inactive) becomes a finite placeholder, skipped by the caller."""
+    c = S.shape[0]
+    R = ws.rows_per_block()
+    cnt = torch.empty(c, dtype=torch.long, device=S.device)
+    lse_a, lse_b = S.new_empty(c), S.new_empty(c)
+    for b0 in range(0, c, R):
+        b1 = min(c, b0 + R)
+        Xb = S[b0:b1]
+        n_b, la = spec.log_weight_block(Xb, slice(r0 + b0, r0 + b1), sp[b0:b1])
+        cnt[b0:b1] = n_b
+        lse_a[b0:b1] = torch.log(n_b.to(S.dtype)) if la is None else la
+        drop = n_b == 0
+        if active is not None:
+            drop = drop | ~active[r0 + b0 : r0 + b1]
+        if bool(drop.any()):
+            Xb.masked_fill_(drop[:, None], 0.0)
+        lse_b[b0:b1] = _softmax_lse_(Xb)
+    return cnt, lse_b, lse_a
+
+
 def _chunk(q, k, spec, ix, ws, r0, r1, go, dq, dk) -> Tensor:
     """Loss of anchors r0:r1; if ``go`` (their upstream gradient) is given, writes dQ[r0:r1] and adds to dK."""
     c = r1 - r0
@@ -324,8 +354,11 @@ def _chunk_general(k, qs, S, spec, ix, ws, r0, r1, go, dq, dk, self_rc) -> Tenso
 
     mask_(S)
     tilted = spec.beta != 0.0 or extra is not None
+    blocked = spec.log_weight_block is not None  # β = 0 (checked): S ← π̃ in the blocks, no A
     A = None
-    if tilted and not root_tilt:  # A = β S + extra (log π numerators);  S ← S + A (log π̃ numerators)
+    if blocked:
+        cnt, lse_b, lse_a = _weighted_blocks_(S, sp, spec, ws, r0, ix.active)
+    elif tilted and not root_tilt:  # A = β S + extra (log π numerators);  S ← S + A (log π̃ numerators)
         A = ws.second(c)
         if spec.beta != 0.0:
             torch.mul(S, spec.beta, out=A)
@@ -336,15 +369,19 @@ def _chunk_general(k, qs, S, spec, ix, ws, r0, r1, go, dq, dk, self_rc) -> Tenso
             mask_(A)
         S.add_(A)
     # valid candidates are the finite entries; S is finite or −∞ (a NaN log-weight is not valid either)
-    cnt = (S > _NEG_INF).sum(1) if extra is not None else ix.n_valid[r0:r1]
+    if not blocked:
+        cnt = (S > _NEG_INF).sum(1) if extra is not None else ix.n_valid[r0:r1]
     act = cnt > 0
-    if extra is not None and not bool(act.all()):
+    if (extra is not None or blocked) and not bool(act.all()):
         ws.skipped.append(torch.nonzero(~act).flatten() + r0)
     if ix.active is not None:
         act = act & ix.active[r0:r1]
     all_active = bool(act.all())
     if not all_active:  # skipped anchors: finite placeholders, zero loss and gradient below
-        S.masked_fill_(~act[:, None], 0.0)
+        if blocked:
+            lse_a = torch.where(act, lse_a, torch.zeros_like(lse_a))
+        else:
+            S.masked_fill_(~act[:, None], 0.0)
         if A is not None:
             A.masked_fill_(~act[:, None], 0.0)
         cnt = torch.where(act, cnt, torch.ones_like(cnt))
@@ -358,7 +395,7 @@ def _chunk_general(k, qs, S, spec, ix, ws, r0, r1, go, dq, dk, self_rc) -> Tenso
         then = None if go is None else ("square" if spec.detach_weights else "tilt")
         lse_a = _softmax_lse_(S, ws, sumsq=z2, then=then)
         lse_b = 2.0 * lse_a + torch.log(z2)
-    else:
+    elif not blocked:
         lse_b = _softmax_lse_(S, ws)  # S now holds π̃ = softmax(a + S)
         lse_a = _softmax_lse_(A) if A is not None else torch.log(cntf)  # A now holds π
     neg = logN + lse_b - lse_a  # (c,)
@@ -600,6 +637,7 @@ def weighted_info_nce(
     chunk_size: int | None = None,
     normalize: bool = True,
     mean_denominator: DenominatorFn | None = None,
+    log_weight_block: BlockWeightFn | None = None,
 ) -> Tensor:
     r"""Weighted InfoNCE of anchors ``q`` (n×d) against candidates ``k`` (m×d) (docs/design.md §1).
 
@@ -637,6 +675,13 @@ def weighted_info_nce(
             instead of this call's denominator ``d`` (the anchors not skipped, or their positive
             pairs). A distributed loss, whose anchors are spread over processes, passes the sum of
             every process's ``d`` divided by the number of processes (:mod:`hardneg.distributed`).
+        log_weight_block: what ``log_weight_fn`` gives, fused into the kernel's cache-sized blocks
+            of rows (one positive per anchor, β = 0; not with ``log_weight_fn``):
+            ``f(X, rows, sp) -> (count, lse_a)`` gets a block ``X`` of the tile, s/t with the
+            anchor itself and its positive at −∞, the block's anchors ``rows`` and their positives'
+            ``sp`` = s_ip/t; it writes −∞ on the candidates it removes and adds its log-weights a
+            **in place**, and returns each row's number of valid candidates and log Σ_j e^{a_ij}
+            over them (None: a = 0, uniform π). Treated as a constant.
     """
     _check_embeddings(q, k)
     t = V.resolve_temperature(t, temperature)
@@ -661,6 +706,8 @@ def weighted_info_nce(
                 positives, negatives, n, m, dev, every_skipped_ok=spread)
     if n_neg is not None:
         V.check_positive("n_neg", n_neg)
+    if log_weight_block is not None and (log_weight_fn is not None or beta != 0.0 or positives != "view"):
+        raise ValueError("log_weight_block needs positives='view', beta=0 and no log_weight_fn")
     spec = KernelSpec(
         t=float(t),
         positives=positives,
@@ -668,6 +715,7 @@ def weighted_info_nce(
         beta=float(beta),
         detach_weights=bool(detach_weights),
         log_weight_fn=log_weight_fn,
+        log_weight_block=log_weight_block,
         n_neg=None if n_neg is None else float(n_neg),
         tau_plus=float(tau_plus),
         clamp=bool(clamp),

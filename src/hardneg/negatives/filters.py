@@ -48,6 +48,15 @@ class Filter(nn.Module):
     def drop(self, S: Tensor, rows: slice, ctx: StepContext) -> Tensor:  # pragma: no cover
         raise NotImplementedError
 
+    #: implements :meth:`drop_`, so a strategy may fuse it into the kernel's blocks
+    fused = False
+
+    def drop_(self, X: Tensor, rows: slice, ctx: StepContext, sp: Tensor) -> None:
+        """The same rule as :meth:`drop`, in place on a block ``X`` of the kernel's tile (cosine
+        similarities / ``ctx.t``, −∞ where already invalid; ``sp`` the positives' ``X``): writes −∞
+        on the dropped candidates."""
+        X.masked_fill_(self.drop(X * ctx.t, rows, ctx), float("-inf"))
+
     def begin_step(self, ctx: StepContext) -> None:
         """Per-step preparation (e.g. guide embeddings)."""
 
@@ -59,6 +68,7 @@ class LabelFilter(Filter):
     """Drop candidates that share the anchor's label (unknown labels, −1, are kept)."""
 
     kind = "label"
+    fused = True
 
     def drop(self, S: Tensor, rows: slice, ctx: StepContext) -> Tensor:
         same = ctx.same_label(rows)
@@ -66,12 +76,16 @@ class LabelFilter(Filter):
             raise ValueError("filter 'label' needs labels: call forward(z1, z2, labels=...)")
         return same
 
+    def drop_(self, X: Tensor, rows: slice, ctx: StepContext, sp: Tensor) -> None:
+        X.masked_fill_(self.drop(X, rows, ctx), float("-inf"))  # the rule reads no similarity
+
 
 class IdFilter(Filter):
     """Drop candidates with the anchor's sample id or, with ``groups`` (a (num_ids,) tensor of
     duplicate-group numbers), with the anchor's group."""
 
     kind = "id"
+    fused = True
 
     def __init__(self, groups: Tensor | None = None) -> None:
         super().__init__()
@@ -89,6 +103,9 @@ class IdFilter(Filter):
         if ctx.q_ids is None or ctx.k_ids is None:
             raise ValueError("filter 'id' needs sample ids: call forward(z1, z2, ids=...)")
         return same_known_label(self._g(ctx.q_ids[rows]), self._g(ctx.k_ids))
+
+    def drop_(self, X: Tensor, rows: slice, ctx: StepContext, sp: Tensor) -> None:
+        X.masked_fill_(self.drop(X, rows, ctx), float("-inf"))  # the rule reads no similarity
 
 
 def _opt(name: str, v: Any, lo: float, hi: float) -> float | None:
@@ -129,10 +146,21 @@ class SimilarityFilter(Filter):
     def drop(self, S: Tensor, rows: slice, ctx: StepContext) -> Tensor:
         d = torch.zeros_like(S, dtype=torch.bool)
         sp = ctx.s_pos(S, rows) if self.needs_positive else None
-        for m in similarity_drops(S, sp, max_score=self.max_score, min_score=self.min_score,
-                                  absolute_margin=self.absolute_margin, relative_margin=self.relative_margin).values():
+        for m in self._drops(S, sp).values():
             d |= m
         return d
+
+    fused = True
+
+    def _drops(self, S: Tensor, sp: Tensor | None) -> dict[str, Tensor]:
+        return similarity_drops(S, sp, max_score=self.max_score, min_score=self.min_score,
+                                absolute_margin=self.absolute_margin, relative_margin=self.relative_margin)
+
+    def drop_(self, X: Tensor, rows: slice, ctx: StepContext, sp: Tensor) -> None:
+        """:meth:`drop` in place, one rule at a time (no combined mask)."""
+        t = ctx.t
+        for m in self._drops(X * t, sp * t if self.needs_positive else None).values():
+            X.masked_fill_(m, float("-inf"))
 
 
 #: the range of each similarity rule (scores are cosine similarities); ``relative_margin`` is any

@@ -319,7 +319,8 @@ class Strategy(nn.Module):
             and not cands.cross_view
             and ctx.id_rule_start() is None
         )
-        loss = self._kernel(anchors, cands, ctx, acc, plain, label_filter, mean_denominator, logit_scale)
+        fused = not plain and self._fusable(cands, ctx)
+        loss = self._kernel(anchors, cands, ctx, acc, plain, label_filter, mean_denominator, logit_scale, fused)
         if acc is not None and plain:
             self._diagnostics_pass(ctx, acc)
         # state that learns from the step (queue, bank, generator, calibrator) sees every anchor, so
@@ -402,15 +403,17 @@ class Strategy(nn.Module):
         return anchors, cands
 
     def _kernel(self, anchors, cands, ctx, acc, plain: bool, label_filter: bool, mean_denominator=None,
-                logit_scale=None) -> Tensor:
+                logit_scale=None, fused: bool = False) -> Tensor:
         q, t = anchors.q, self.t
         if logit_scale is not None:
             # s · logit_scale with t = 1: the kernel's S is logit_scale · s and the gradient reaches
             # logit_scale through q; filters and weightings get the cosines back (S · t).
             q, t = q * logit_scale.to(q.dtype), 1.0
-            lw_fn = None if plain else (lambda S, rows: self._log_weights(S * ctx.t, rows, ctx, acc))
+            lw_fn = None if plain or fused else (lambda S, rows: self._log_weights(S * ctx.t, rows, ctx, acc))
         else:
-            lw_fn = None if plain else (lambda S, rows: self._log_weights(S, rows, ctx, acc))
+            lw_fn = None if plain or fused else (lambda S, rows: self._log_weights(S, rows, ctx, acc))
+        # the kernel's blocks hold s / t for either temperature: ctx.t turns them back into cosines
+        lw_block = (lambda X, rows, sp: self._block_weights(X, rows, sp, ctx, acc)) if fused else None
         n_neg = self.n_neg
         if n_neg == "count":
             n_neg = None
@@ -440,7 +443,60 @@ class Strategy(nn.Module):
             chunk_size=self.chunk_size,
             normalize=False,
             mean_denominator=mean_denominator,
+            log_weight_block=lw_block,
         )
+
+    def _fusable(self, cands: Candidates, ctx: StepContext) -> bool:
+        """The kernel applies the filters and the weighting in its own blocks (one trip through
+        memory, no (chunk × candidates) masks): every component implements its in-place rule, at
+        most one weighting (log-weights of several add before π is normalised), β = 0, one positive
+        per anchor, and the candidate rule is the kernel's (self and positive) alone."""
+        return (
+            self.beta == 0.0
+            and self.positives == "view"
+            and len(self.weightings) <= 1
+            and all(f.fused for f in self.filters)
+            and all(w.fused for w in self.weightings)
+            and cands.owner is None
+            and not cands.cross_view
+            and ctx.id_rule_start() is None
+        )
+
+    def _block_weights(
+        self, X: Tensor, rows: slice, sp: Tensor, ctx: StepContext, acc: DiagnosticsAccumulator | None
+    ) -> tuple[Tensor, Tensor | None]:
+        """The kernel's ``log_weight_block``: filters and the weighting, in place on one block of
+        rows; the diagnostics read the sampled rows before and after."""
+        before = None
+        if acc is not None:
+            sel = acc.pending(rows)
+            if bool(sel.any()):
+                loc = torch.nonzero(sel).flatten().to(X.device)
+                before = loc, X[loc].clone()
+        for f in self.filters:
+            f.drop_(X, rows, ctx, sp)
+        cnt, lse_a, fallback = (
+            self.weightings[0].weigh_(X, rows, ctx, sp) if self.weightings else ((X > NEG_INF).sum(1), None, None)
+        )
+        if before is not None:
+            self._record_block(X, before, rows, sp, ctx, acc, fallback)
+        return cnt, lse_a
+
+    def _record_block(self, X, before, rows: slice, sp, ctx, acc, fallback) -> None:
+        """Diagnostics of a block's sampled rows: the log-weights are what the block added (−∞
+        where it removed a candidate); the cosines are the block's before it, with the positive's
+        and the anchor's own (masked in X) put back."""
+        loc, X0 = before
+        X1 = X[loc]
+        lw = torch.where(X1 > NEG_INF, X1 - X0, NEG_INF)
+        S = X0 * ctx.t
+        gid = loc + rows.start
+        ar = torch.arange(loc.numel(), device=X.device)
+        S[ar, ctx.pos_index[gid]] = sp[loc] * ctx.t
+        si = ctx.self_index[gid]
+        S[ar[si >= 0], si[si >= 0]] = 1.0  # unit vectors; an invalid entry, read by no statistic
+        fb = torch.zeros(loc.numel(), dtype=torch.bool, device=X.device) if fallback is None else fallback[loc]
+        self._record(S, gid, ctx, acc, lw, fb)
 
     def _diagnostics(self, loss, step, anchors, cands, sched, acc, t) -> dict[str, float]:
         lv = loss.detach()

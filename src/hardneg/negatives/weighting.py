@@ -58,10 +58,12 @@ def topk_mask(S: Tensor, valid: Tensor, k: int) -> Tensor:
     return keep & valid
 
 
-def semihard_mask(S: Tensor, valid: Tensor, s_pos: Tensor, margin: float) -> Tensor:
-    """(c×m) bool: FaceNet's semi-hard window ``s_ip − margin < s_ij < s_ip`` among valid candidates."""
+def semihard_mask(S: Tensor, valid: Tensor | None, s_pos: Tensor, margin: float) -> Tensor:
+    """(c×m) bool: FaceNet's semi-hard window ``s_ip − margin < s_ij < s_ip`` among valid candidates
+    (``valid=None``: S is −∞ on the invalid ones, which no window holds)."""
     sp = s_pos[:, None]
-    return valid & (sp > S) & (sp - margin < S)
+    keep = (sp > S) & (sp - margin < S)
+    return keep if valid is None else keep & valid
 
 
 def distance_weighted_log_weights(S: Tensor, dim: int, cutoff: float = 0.5, nonzero_loss_cutoff: float = 1.4) -> Tensor:
@@ -106,6 +108,17 @@ class Weighting(nn.Module):
 
     def log_weights(self, S: Tensor, rows: slice, ctx: StepContext, valid: Tensor) -> Tensor:  # pragma: no cover
         raise NotImplementedError
+
+    #: implements :meth:`weigh_`, so a strategy may fuse it into the kernel's blocks
+    fused = False
+
+    def weigh_(self, X: Tensor, rows: slice, ctx: StepContext, sp: Tensor) -> tuple[Tensor, Tensor | None, Tensor | None]:
+        """:meth:`select` / :meth:`log_weights` in place on a block ``X`` of the kernel's tile (cosine
+        similarities / ``ctx.t``, −∞ on invalid candidates; ``sp`` the positives' ``X``): writes −∞
+        on what it removes and adds its log-weights a — ignored on a row it would empty, as the
+        strategy does. Returns (valid candidates per row, log Σ_j e^{a_ij} over them or None when
+        a = 0, the rows where it was ignored or None)."""
+        raise NotImplementedError  # pragma: no cover
 
     def begin_step(self, ctx: StepContext) -> None:
         """Called once per step before the loss (refresh clusters, …)."""
@@ -164,6 +177,20 @@ class TopK(Weighting):
     def diagnostics(self) -> dict[str, float]:
         return {"topk_short_share": self._short / max(self._rows, 1)}
 
+    fused = True
+
+    def weigh_(self, X: Tensor, rows: slice, ctx: StepContext, sp: Tensor) -> tuple[Tensor, None, None]:
+        """One selection pass: the k largest values and where they are, written back over −∞.
+        Invalid candidates are −∞ already, so fewer than k valid ones keeps them all."""
+        k = int(round(self.k))
+        vals, idx = X.topk(min(k, X.shape[1]), dim=1, sorted=False)
+        X.fill_(NEG_INF)
+        X.scatter_(1, idx, vals)
+        cnt = (vals > NEG_INF).sum(1)
+        self._rows += X.shape[0]
+        self._short += int((cnt < k).sum())  # fewer than k valid candidates
+        return cnt, None, None
+
     def log_weights(self, S: Tensor, rows: slice, ctx: StepContext, valid: Tensor) -> Tensor:
         return torch.where(self.select(S, rows, ctx, valid), 0.0, NEG_INF).to(S.dtype)
 
@@ -190,17 +217,36 @@ class SemiHard(Weighting):
         check_nonneg(_opt("margin"), self.margin)
         sp = ctx.s_pos(S, rows)
         keep = semihard_mask(S, valid, sp, self.margin)
-        empty = ~keep.any(1)
-        n_empty = int(empty.sum())
-        if n_empty:  # fallback, computed on the empty rows only
-            e = torch.nonzero(empty).flatten()
-            Se, spe = S[e], sp[e, None]
-            dist = F.relu(Se - spe) + F.relu(spe - self.margin - Se)
-            j = dist.masked_fill(~valid[e], float("inf")).argmin(1)
-            keep[e, j] = valid[e, j]
-        self._rows += S.shape[0]
-        self._fallback += n_empty
+        self._fallback_(keep, S, sp, ~keep.any(1), lambda e: valid[e])
         return keep
+
+    def _fallback_(self, keep: Tensor, S: Tensor, sp: Tensor, empty: Tensor,
+                   valid_of: Callable[[Tensor], Tensor]) -> Tensor:
+        """Rows with an empty window keep their one valid candidate nearest it (in ``keep``);
+        counts the rows. Returns their indices."""
+        e = torch.nonzero(empty).flatten()
+        if e.numel():  # computed on the empty rows only
+            Se, spe, ve = S[e], sp[e, None], valid_of(e)
+            dist = F.relu(Se - spe) + F.relu(spe - self.margin - Se)
+            j = dist.masked_fill(~ve, float("inf")).argmin(1)
+            keep[e, j] = ve[torch.arange(e.numel(), device=e.device), j]
+        self._rows += S.shape[0]
+        self._fallback += int(e.numel())
+        return e
+
+    fused = True
+
+    def weigh_(self, X: Tensor, rows: slice, ctx: StepContext, sp: Tensor) -> tuple[Tensor, None, None]:
+        """The window on the block's cosines; candidates outside it become −∞."""
+        check_nonneg(_opt("margin"), self.margin)
+        S, spc = X * ctx.t, sp * ctx.t
+        keep = semihard_mask(S, None, spc, self.margin)
+        cnt = keep.sum(1)
+        e = self._fallback_(keep, S, spc, cnt == 0, lambda e: X[e] > NEG_INF)
+        if e.numel():
+            cnt[e] = keep[e].sum(1)
+        X.masked_fill_(keep.logical_not_(), NEG_INF)
+        return cnt, None, None
 
     def log_weights(self, S: Tensor, rows: slice, ctx: StepContext, valid: Tensor) -> Tensor:
         return torch.where(self.select(S, rows, ctx, valid), 0.0, NEG_INF).to(S.dtype)
@@ -250,6 +296,22 @@ class DistanceWeighted(Weighting):
     def log_weights(self, S: Tensor, rows: slice, ctx: StepContext, valid: Tensor) -> Tensor:
         n = self.dim or ctx.q.shape[1]
         return distance_weighted_log_weights(S, n, self.cutoff, self.nonzero_loss_cutoff)
+
+    fused = True
+
+    def weigh_(self, X: Tensor, rows: slice, ctx: StepContext, sp: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """X ← X − log q(d); a row whose every valid candidate is too far keeps them, unweighted."""
+        valid = X > NEG_INF
+        lw = self.log_weights(X * ctx.t, rows, ctx, valid)  # −∞ where X is: d = ∞ there
+        keep = lw > NEG_INF
+        cnt = keep.sum(1)
+        empty = (cnt == 0) & valid.any(1)
+        e = torch.nonzero(empty).flatten()
+        if e.numel():
+            lw[e] = torch.zeros_like(lw[e]).masked_fill_(~valid[e], NEG_INF)
+            cnt[e] = valid[e].sum(1)
+        X.add_(lw)
+        return cnt, torch.logsumexp(lw, 1), empty
 
 
 class ClusterGuided(Weighting):
