@@ -75,7 +75,7 @@ def _capture(strategy: Strategy) -> dict:
     def spy_block(X, rows, sp, ctx, acc):
         X0 = X.clone()
         out = inner_block(X, rows, sp, ctx, acc)
-        keep(rows, ctx, torch.where(X > -math.inf, X - X0, -math.inf))
+        keep(rows, ctx, torch.where(torch.isfinite(X), X - X0, -math.inf))
         return out
 
     strategy._log_weights = spy

@@ -112,7 +112,9 @@ class Weighting(nn.Module):
     #: implements :meth:`weigh_`, so a strategy may fuse it into the kernel's blocks
     fused = False
 
-    def weigh_(self, X: Tensor, rows: slice, ctx: StepContext, sp: Tensor) -> tuple[Tensor, Tensor | None, Tensor | None]:
+    def weigh_(
+        self, X: Tensor, rows: slice, ctx: StepContext, sp: Tensor
+    ) -> tuple[Tensor, Tensor | None, Tensor | None]:
         """:meth:`select` / :meth:`log_weights` in place on a block ``X`` of the kernel's tile (cosine
         similarities / ``ctx.t``, −∞ on invalid candidates; ``sp`` the positives' ``X``): writes −∞
         on what it removes and adds its log-weights a — ignored on a row it would empty, as the
