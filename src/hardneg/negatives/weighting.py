@@ -70,12 +70,45 @@ def distance_weighted_log_weights(S: Tensor, dim: int, cutoff: float = 0.5, nonz
     """Wu et al. 2017: ``log w = −log q(d)`` with ``log q(d) = (n−2) log d + ((n−3)/2) log(1 − d²/4)``,
     d clipped below at ``cutoff``, −∞ where ``d ≥ nonzero_loss_cutoff``. Shifted per row by its max
     for stability (π is normalised anyway)."""
-    d = torch.sqrt(torch.clamp(2.0 - 2.0 * S, min=0.0)).clamp(min=cutoff)
-    log_q = (dim - 2.0) * torch.log(d) + ((dim - 3.0) / 2.0) * torch.log(torch.clamp(1.0 - 0.25 * d * d, min=1e-8))
-    lw = -log_q
-    lw = lw.masked_fill(d >= nonzero_loss_cutoff, NEG_INF)
+    lw = _neg_log_q_(torch.mul(S, -2.0).add_(2.0), dim, cutoff, nonzero_loss_cutoff)
     mx = lw.max(dim=1, keepdim=True).values
     return lw - torch.where(torch.isfinite(mx), mx, torch.zeros_like(mx))
+
+
+def _neg_log_q_(u: Tensor, dim: int, cutoff: float, nonzero_loss_cutoff: float) -> Tensor:
+    """−log q(d) from u = d² = 2 − 2s (overwritten): ``(n−2) log d = ((n−2)/2) log u`` with u
+    clipped below at cutoff², and −∞ where d ≥ nonzero_loss_cutoff, i.e. u ≥ nonzero_loss_cutoff²
+    (an s of −∞, an invalid candidate, is removed too). Few in-place passes, no sqrt."""
+    far = u >= nonzero_loss_cutoff * nonzero_loss_cutoff
+    u.clamp_(min=cutoff * cutoff)
+    lw = torch.log(u)
+    u.mul_(-0.25).add_(1.0).clamp_(min=1e-8).log_()
+    lw.mul_(-(dim - 2.0) / 2.0).add_(u, alpha=-(dim - 3.0) / 2.0)
+    return lw.masked_fill_(far, NEG_INF)
+
+
+#: columns per group of the two-stage top-k selection (:func:`_topk_columns`)
+_TOPK_GROUP = 64
+
+
+def _topk_columns(X: Tensor, k: int) -> tuple[Tensor, Tensor]:
+    """The ``k`` largest values of each row of ``X`` and their columns (ties in any order).
+
+    Each of them lies in one of the row's k groups of ``_TOPK_GROUP`` columns with the largest
+    maxima (a group outside them has k groups of larger maxima above it, each holding a larger
+    value), so one max reduction over the row and two small selections replace a selection over
+    the whole row. Columns past the last whole group always take part."""
+    r, m = X.shape
+    ng = m // _TOPK_GROUP
+    if 4 * k * _TOPK_GROUP > m:  # few groups: one selection over the row
+        return X.topk(min(k, m), dim=1, sorted=False)
+    body = X[:, : ng * _TOPK_GROUP].unflatten(1, (ng, _TOPK_GROUP))
+    best = body.amax(2).topk(k, dim=1, sorted=False).indices  # (r, k) groups
+    cols = (best[:, :, None] * _TOPK_GROUP + torch.arange(_TOPK_GROUP, device=X.device)).flatten(1)
+    if m > ng * _TOPK_GROUP:
+        cols = torch.cat([cols, torch.arange(ng * _TOPK_GROUP, m, device=X.device).expand(r, -1)], 1)
+    vals, at = X.gather(1, cols).topk(k, dim=1, sorted=False)
+    return vals, cols.gather(1, at)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -185,7 +218,7 @@ class TopK(Weighting):
         """One selection pass: the k largest values and where they are, written back over −∞.
         Invalid candidates are −∞ already, so fewer than k valid ones keeps them all."""
         k = int(round(self.k))
-        vals, idx = X.topk(min(k, X.shape[1]), dim=1, sorted=False)
+        vals, idx = _topk_columns(X, k)
         X.fill_(NEG_INF)
         X.scatter_(1, idx, vals)
         cnt = (vals > NEG_INF).sum(1)
@@ -303,17 +336,20 @@ class DistanceWeighted(Weighting):
 
     def weigh_(self, X: Tensor, rows: slice, ctx: StepContext, sp: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """X ← X − log q(d); a row whose every valid candidate is too far keeps them, unweighted."""
-        valid = X > NEG_INF
-        lw = self.log_weights(X * ctx.t, rows, ctx, valid)  # −∞ where X is: d = ∞ there
-        keep = lw > NEG_INF
-        cnt = keep.sum(1)
-        empty = (cnt == 0) & valid.any(1)
-        e = torch.nonzero(empty).flatten()
+        n = self.dim or ctx.q.shape[1]
+        # u = 2 − 2s with s = X t (2t scales exactly as 2 does); −∞ where X is (u = ∞ there)
+        lw = _neg_log_q_(torch.mul(X, -2.0 * ctx.t).add_(2.0), n, self.cutoff, self.nonzero_loss_cutoff)
+        cnt = (lw > NEG_INF).sum(1)
+        fallback = torch.zeros_like(cnt, dtype=torch.bool)
+        e = torch.nonzero(cnt == 0).flatten()
         if e.numel():
-            lw[e] = torch.zeros_like(lw[e]).masked_fill_(~valid[e], NEG_INF)
-            cnt[e] = valid[e].sum(1)
+            ve = X[e] > NEG_INF
+            e, ve = e[ve.any(1)], ve[ve.any(1)]
+            lw[e] = torch.zeros_like(ve, dtype=lw.dtype).masked_fill_(~ve, NEG_INF)
+            cnt[e] = ve.sum(1)
+            fallback[e] = True
         X.add_(lw)
-        return cnt, torch.logsumexp(lw, 1), empty
+        return cnt, torch.logsumexp(lw, 1), fallback
 
 
 class ClusterGuided(Weighting):
