@@ -12,6 +12,8 @@ anchors in a single chunk, and classified by what it does to a tensor of the til
   count of such sweeps is given as "trips through memory";
 - **sparse**: gathers from and scatters into the tile (a few entries per row: the positives'
   similarities, masks, the positives' terms), not counted as passes. Allocations are not counted.
+  An operation on a block-sized temporary (a block's cosines, its mask) is a share of a pass within
+  the run of its block, not a trip of its own.
 
 Counts do not depend on the machine. ``--before PATH`` counts the same calls in another checkout
 of hardneg (its ``src`` is imported in a subprocess) and prints both.
@@ -30,6 +32,11 @@ from pathlib import Path
 
 from revision_speed import CASES
 
+from hardneg.bench.loss_speed import PRESETS
+
+#: the named losses and a few presets of ``revision_speed``, then every in-batch preset as users call it
+COUNTED = {**CASES, **{f"preset {p} (default diagnostics)": f"P[{p!r}](z1, z2, labels=y, ids=ids)" for p in PRESETS}}
+
 ROOT = Path(__file__).resolve().parents[1]
 
 _CHILD = """
@@ -39,6 +46,7 @@ from torch.utils._pytree import tree_leaves
 import hardneg.losses as L
 from hardneg.negatives import create_strategy
 S = {{name: create_strategy(name, diagnostics=False) for name in ("topk", "filtered", "hscl")}}
+P = {{name: create_strategy(name) for name in {presets!r}}}  # as users call them: default diagnostics
 n = {n}
 g = torch.Generator().manual_seed(0)
 z = torch.nn.functional.normalize(torch.randn(n, 128, generator=g), dim=1)
@@ -76,6 +84,8 @@ class Count(TorchDispatchMode):
                 if size >= self.tile:
                     self.counts["trips"] += 1
                     self.in_run = False
+                elif big.untyped_storage().nbytes() < self.tile * big.element_size():
+                    pass  # a block-sized temporary of the run: it stays in the cache
                 elif big.storage_offset() == 0 and not self.in_run:
                     self.counts["trips"] += 1
                     self.in_run = True
@@ -94,7 +104,8 @@ print(json.dumps({{**c.counts, "ops": c.ops}}))
 def count(src: Path, call: str, n: int) -> dict | None:
     """Counts of one call in the checkout whose package lives under ``src``; None if it fails there."""
     env = {**os.environ, "PYTHONPATH": str(src), "OMP_NUM_THREADS": "1"}
-    out = subprocess.run([sys.executable, "-c", _CHILD.format(n=n, call=call)], capture_output=True, text=True,
+    code = _CHILD.format(n=n, call=call, presets=PRESETS)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          env=env, timeout=600)
     if out.returncode != 0:
         return None
@@ -122,7 +133,7 @@ def main(argv: list[str] | None = None) -> None:
           f" (chunk × candidates) tile, 2B = {a.n}.\n")
     print(f"| case | {cols} |")
     print("|---|" + "---:|" * len(revs))
-    for case, call in CASES.items():
+    for case, call in COUNTED.items():
         got = {rev: count(src, call, a.n) for rev, src in revs.items()}
         print(f"| {case} | " + " | ".join(_cell(c) for c in got.values()) + " |", flush=True)
         if a.ops:

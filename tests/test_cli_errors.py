@@ -12,6 +12,7 @@ from hardneg.cli import main
         (["bench", "loss", "--bogus"], "No such option"),
         (["bench", "loss", "--sizes", "51"], "--sizes must be even integers"),
         (["bench", "loss", "--sizes", "a,b"], "--sizes must be comma-separated"),
+        (["bench", "strategies", "--sizes", "51"], "--sizes must be even integers"),
     ],
 )
 def test_usage_and_user_errors_exit_2_with_one_line(argv, words, capsys):

@@ -56,18 +56,30 @@ def _params() -> list:
 
 def _capture(strategy: Strategy) -> dict:
     """Record the log-weights the strategy gives the kernel (and its diagnostics pass: with
-    ``diagnostics_anchors=None`` every anchor passes through it) and the step context."""
+    ``diagnostics_anchors=None`` every anchor passes through it) and the step context. Where the
+    kernel's blocks apply them in place (``_block_weights``), what a block leaves at −∞ — the
+    anchor itself and its positive, masked by the kernel, included — is what π is zero on."""
     rec: dict = {"rows": {}}
-    inner = strategy._log_weights
+    inner, inner_block = strategy._log_weights, strategy._block_weights
 
-    def spy(S, rows, ctx, acc):
-        lw = inner(S, rows, ctx, acc)
+    def keep(rows, ctx, lw):
         for r, row in zip(ctx.row_ids(rows, torch.device("cpu")).tolist(), lw.detach(), strict=True):
             rec["rows"][r] = row.clone()
         rec["ctx"] = ctx
+
+    def spy(S, rows, ctx, acc):
+        lw = inner(S, rows, ctx, acc)
+        keep(rows, ctx, lw)
         return lw
 
+    def spy_block(X, rows, sp, ctx, acc):
+        X0 = X.clone()
+        out = inner_block(X, rows, sp, ctx, acc)
+        keep(rows, ctx, torch.where(torch.isfinite(X), X - X0, -math.inf))
+        return out
+
     strategy._log_weights = spy
+    strategy._block_weights = spy_block
     return rec
 
 

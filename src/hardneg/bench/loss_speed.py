@@ -9,6 +9,9 @@ For every size 2B, in one process (so the ratios compare like with like on a noi
 - the *floor*: the three bare matrix products every InfoNCE loss needs (S = QKᵀ, dQ = G K,
   dK = Gᵀ Q), chunked like our kernel so that it fits in memory at 2B = 65,536.
 
+``hardneg bench strategies`` runs the same harness on the in-batch presets (:data:`PRESET_CASES`):
+``create_strategy(name)(z1, z2, labels=y, ids=ids)`` forward + backward, default diagnostics.
+
 Peak extra memory is measured separately for each case in a fresh subprocess: the peak resident
 set size is reset (``/proc/self/clear_refs``) once the inputs exist, and the growth of the peak
 (``VmHWM``) over the resident size at that moment is reported.
@@ -50,8 +53,23 @@ def _inputs(n: int, seed: int = 0, device: str = "cpu"):
     return z1, z2, y
 
 
+#: the in-batch presets ``hardneg bench strategies`` times (``create_strategy(name)`` as users call it)
+PRESETS = ("ucl", "scl", "supcon", "hucl", "dcl", "hscl", "decoupled", "topk", "semihard", "distance_weighted",
+           "filtered")
+
+
+def _run_preset(name: str, z1, z2, y) -> None:
+    """A preset called as users call it: labels, distinct sample ids, default diagnostics."""
+    from hardneg.negatives import create_strategy
+
+    ids = torch.arange(z1.shape[0], device=z1.device)
+    create_strategy(name)(z1, z2, labels=y, ids=ids).backward()
+
+
 def _run_case(name: str, z1, z2, y) -> None:
     """One forward + backward of the named case."""
+    if name.startswith("preset."):
+        return _run_preset(name[len("preset."):], z1, z2, y)
     if name == "floor":
         # the three products, chunked like the kernel, into preallocated buffers (no page faults)
         q = torch.cat([z1, z2]).detach()
@@ -121,6 +139,14 @@ CASES = [
 ]
 
 
+def _tiles(n: int) -> int:
+    return 4 * n * min(n, max(64, (1 << 23) // n))
+
+
+#: the floor and every preset: two (chunk × m) tiles and the strategy's (n × d) copies
+PRESET_CASES = [CASES[0]] + [Case(f"preset.{p}", "preset", lambda n: 12 * 4 * n * D + 2 * _tiles(n)) for p in PRESETS]
+
+
 def _sync(device: str) -> None:
     if device.startswith("cuda"):
         torch.cuda.synchronize()
@@ -183,14 +209,18 @@ def run(
     cases: list[str] | None = None,
     echo: Callable[[str], None] = print,
     device: str = "cpu",
+    case_list: list[Case] | None = None,
+    table: Callable[[list[dict]], str] | None = None,
 ) -> list[dict]:
     """Run the benchmark; return one row per (size, case) and print a table with ratios.
-    ``device="cuda"`` times on the GPU (synchronised) and reports peak GPU memory instead."""
+    ``device="cuda"`` times on the GPU (synchronised) and reports peak GPU memory instead.
+    ``case_list`` (default: the losses, :data:`CASES`; :data:`PRESET_CASES` for the presets)
+    must hold the floor; ``table`` formats the rows of one size (default :func:`format_table`)."""
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise ValueError("--device cuda: no CUDA device is available here")
     torch.set_num_threads(threads)
     rows: list[dict] = []
-    selected = [c for c in CASES if cases is None or c.name in cases or c.kind == "floor"]
+    selected = [c for c in (case_list or CASES) if cases is None or c.name in cases or c.kind == "floor"]
     for n in sizes:
         if n % 2:
             raise ValueError(f"sizes are 2B and must be even, got {n}")
@@ -231,7 +261,7 @@ def run(
                 for a in ("pml.SupConLoss", "pml.NTXentLoss", "torch.dense_supcon"):
                     if a in times:
                         mine[f"speedup_vs_{a}"] = times[a] / times[c.name]
-        echo(format_table([r for r in rows if r["2B"] == n]))
+        echo((table or format_table)([r for r in rows if r["2B"] == n]))
     return rows
 
 
@@ -267,6 +297,20 @@ def format_table(rows: list[dict]) -> str:
             + " | ".join(sps)
             + " |"
         )
+    return "\n".join(lines)
+
+
+def format_preset_table(rows: list[dict]) -> str:
+    """Markdown table of the presets: time, × floor, peak extra memory."""
+    lines = ["| 2B | preset | time | × floor | peak extra mem |", "|---:|---|---:|---:|---:|"]
+    for r in rows:
+        name = r["case"].removeprefix("preset.")
+        if "skipped" in r:
+            lines.append(f"| {r['2B']} | {name} | {r['skipped']} | | |")
+            continue
+        t = r["seconds"]
+        ts = f"{t * 1e3:.1f} ms" if t < 1 else f"{t:.2f} s"
+        lines.append(f"| {r['2B']} | {name} | {ts} | {r['x_floor']:.2f} | {_fmt_bytes(r.get('peak_extra_bytes'))} |")
     return "\n".join(lines)
 
 

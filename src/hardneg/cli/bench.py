@@ -1,4 +1,5 @@
-"""`hardneg bench loss`: loss speed and memory against pytorch-metric-learning (prints ratios)."""
+"""`hardneg bench loss` (the losses against pytorch-metric-learning) and `hardneg bench strategies` (the
+presets): speed as ratios to the floor measured in the same process, and memory."""
 
 from __future__ import annotations
 
@@ -13,8 +14,6 @@ bench_app = typer.Typer(help="Benchmarks that print measured ratios against the 
                        rich_markup_mode=None)
 app.add_typer(bench_app, name="bench")
 
-README_START = "<!-- bench:loss:start -->"
-README_END = "<!-- bench:loss:end -->"
 
 
 def _parse_sizes(sizes: str) -> list[int]:
@@ -27,27 +26,33 @@ def _parse_sizes(sizes: str) -> list[int]:
     return out
 
 
-def _readme_text(readme: Path) -> str:
-    """The README's text, refused (naming it) when missing, not UTF-8 or without the bench markers."""
+def _markers(key: str) -> tuple[str, str]:
+    return f"<!-- bench:{key}:start -->", f"<!-- bench:{key}:end -->"
+
+
+def _readme_text(readme: Path, key: str = "loss") -> str:
+    """The README's text, refused (naming it) when missing, not UTF-8 or without the ``bench:<key>`` markers."""
+    start, end = _markers(key)
     if not readme.is_file():
         raise FileNotFoundError(f"--readme {readme}: no such file")
     try:
         text = readme.read_text(encoding="utf-8")
     except UnicodeDecodeError as e:
         raise ValueError(f"--readme {readme}: not UTF-8 text (byte {e.start}: {e.reason})") from None
-    if README_START not in text or README_END not in text:
-        raise ValueError(f"{readme} has no {README_START} … {README_END} section to update")
+    if start not in text or end not in text:
+        raise ValueError(f"{readme} has no {start} … {end} section to update")
     return text
 
 
-def update_readme(readme: Path, table: str, command: str) -> None:
-    """Replace the text between the bench markers of ``readme`` with ``table`` (atomically)."""
+def update_readme(readme: Path, table: str, command: str, key: str = "loss") -> None:
+    """Replace the text between the ``bench:<key>`` markers of ``readme`` with ``table`` (atomically)."""
     from hardneg.io import atomic_write_text
 
-    text = _readme_text(readme)
-    head, rest = text.split(README_START, 1)
-    _, tail = rest.split(README_END, 1)
-    body = f"{README_START}\nRegenerate with `{command}`.\n\n{table}\n{README_END}"
+    start, end = _markers(key)
+    text = _readme_text(readme, key)
+    head, rest = text.split(start, 1)
+    _, tail = rest.split(end, 1)
+    body = f"{start}\nRegenerate with `{command}`.\n\n{table}\n{end}"
     atomic_write_text(readme, head + body + tail)
 
 
@@ -76,4 +81,30 @@ def bench_loss(
         atomic_write_text(json_out, json.dumps(rows, indent=1))
     if readme:
         update_readme(readme, format_table(rows), f"hardneg bench loss --sizes {sizes} --readme {readme}")
+        typer.echo(f"updated {readme}")
+
+
+@bench_app.command("strategies")
+def bench_strategies(
+    sizes: str = typer.Option("2048,8192", help="comma-separated 2B values"),
+    large: bool = typer.Option(False, "--large", help="also 2B = 65,536 (minutes per preset on 2 cores)"),
+    repeats: int = typer.Option(3, min=1, help="timed repeats per case (sizes > 8192: 1)"),
+    threads: int = typer.Option(2, min=1, help="torch threads"),
+    memory: bool = typer.Option(True, help="measure peak extra memory per case in a fresh subprocess"),
+    json_out: Path | None = typer.Option(None, "--json", help="write the rows as JSON"),
+    readme: Path | None = typer.Option(None, help="update the strategies table of this README"),
+    device: str = typer.Option("cpu", help="cpu or cuda (GPU timings are synchronised; memory is GPU memory)"),
+) -> None:
+    """Forward+backward time (× floor) and peak memory of every in-batch preset, called as users call it."""
+    from hardneg.bench.loss_speed import PRESET_CASES, format_preset_table, run
+    from hardneg.io import atomic_write_text
+
+    size_list = _parse_sizes(sizes) + ([65536] if large and 65536 not in _parse_sizes(sizes) else [])
+    rows = run(size_list, repeats, threads, 1e9, memory, echo=typer.echo, device=device,
+               case_list=PRESET_CASES, table=format_preset_table)
+    if json_out:
+        atomic_write_text(json_out, json.dumps(rows, indent=1))
+    if readme:
+        cmd = f"hardneg bench strategies --sizes {sizes}{' --large' if large else ''} --readme {readme}"
+        update_readme(readme, format_preset_table(rows), cmd, key="strategies")
         typer.echo(f"updated {readme}")

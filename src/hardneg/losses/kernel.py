@@ -38,6 +38,9 @@ from hardneg.losses import candidates as C
 from hardneg.losses import checks as V
 
 LogWeightFn = Callable[[Tensor, slice], Tensor]
+#: ``f(X, rows, sp) -> (count, lse_a or None)``: works **in place** on a block of the chunk's tile
+#: (see ``log_weight_block`` of :func:`weighted_info_nce`)
+BlockWeightFn = Callable[[Tensor, slice, Tensor], "tuple[Tensor, Tensor | None]"]
 #: maps this call's ``"mean"`` denominator to the one the mean divides by (see ``mean_denominator``)
 DenominatorFn = Callable[[float], float]
 
@@ -55,6 +58,7 @@ class KernelSpec:
     beta: float = 0.0
     detach_weights: bool = False
     log_weight_fn: LogWeightFn | None = None
+    log_weight_block: BlockWeightFn | None = None
     n_neg: float | None = None
     tau_plus: float = 0.0
     clamp: bool = True
@@ -70,6 +74,7 @@ class KernelSpec:
         return (
             self.beta == 0.0
             and self.log_weight_fn is None
+            and self.log_weight_block is None
             and self.n_neg is None
             and self.tau_plus == 0.0
             and self.negatives == "all"
@@ -218,6 +223,31 @@ def _softmax_lse_(X: Tensor, ws: _Workspace | None = None, sumsq: Tensor | None 
     return lse
 
 
+def _weighted_blocks_(S: Tensor, sp: Tensor, spec: KernelSpec, ws: _Workspace, r0: int,
+                      active: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:
+    """``log_weight_block`` and the softmax in the same cache-sized blocks of rows (one trip
+    through memory): each block gets its masks and log-weights a, then S ← π̃ = softmax(S + a) in
+    place. Returns (valid count, lse(S + a), lse(a) over the valid candidates) per row; a row left
+    without a valid candidate (or inactive) becomes a finite placeholder, skipped by the caller."""
+    c = S.shape[0]
+    R = ws.rows_per_block()
+    cnt = torch.empty(c, dtype=torch.long, device=S.device)
+    lse_a, lse_b = S.new_empty(c), S.new_empty(c)
+    for b0 in range(0, c, R):
+        b1 = min(c, b0 + R)
+        Xb = S[b0:b1]
+        n_b, la = spec.log_weight_block(Xb, slice(r0 + b0, r0 + b1), sp[b0:b1])
+        cnt[b0:b1] = n_b
+        lse_a[b0:b1] = torch.log(n_b.to(S.dtype)) if la is None else la
+        drop = n_b == 0
+        if active is not None:
+            drop = drop | ~active[r0 + b0 : r0 + b1]
+        if bool(drop.any()):
+            Xb.masked_fill_(drop[:, None], 0.0)
+        lse_b[b0:b1] = _softmax_lse_(Xb)
+    return cnt, lse_b, lse_a
+
+
 def _chunk(q, k, spec, ix, ws, r0, r1, go, dq, dk) -> Tensor:
     """Loss of anchors r0:r1; if ``go`` (their upstream gradient) is given, writes dQ[r0:r1] and adds to dK."""
     c = r1 - r0
@@ -324,8 +354,11 @@ def _chunk_general(k, qs, S, spec, ix, ws, r0, r1, go, dq, dk, self_rc) -> Tenso
 
     mask_(S)
     tilted = spec.beta != 0.0 or extra is not None
+    blocked = spec.log_weight_block is not None  # β = 0 (checked): S ← π̃ in the blocks, no A
     A = None
-    if tilted and not root_tilt:  # A = β S + extra (log π numerators);  S ← S + A (log π̃ numerators)
+    if blocked:
+        cnt, lse_b, lse_a = _weighted_blocks_(S, sp, spec, ws, r0, ix.active)
+    elif tilted and not root_tilt:  # A = β S + extra (log π numerators);  S ← S + A (log π̃ numerators)
         A = ws.second(c)
         if spec.beta != 0.0:
             torch.mul(S, spec.beta, out=A)
@@ -336,15 +369,19 @@ def _chunk_general(k, qs, S, spec, ix, ws, r0, r1, go, dq, dk, self_rc) -> Tenso
             mask_(A)
         S.add_(A)
     # valid candidates are the finite entries; S is finite or −∞ (a NaN log-weight is not valid either)
-    cnt = (S > _NEG_INF).sum(1) if extra is not None else ix.n_valid[r0:r1]
+    if not blocked:
+        cnt = (S > _NEG_INF).sum(1) if extra is not None else ix.n_valid[r0:r1]
     act = cnt > 0
-    if extra is not None and not bool(act.all()):
+    if (extra is not None or blocked) and not bool(act.all()):
         ws.skipped.append(torch.nonzero(~act).flatten() + r0)
     if ix.active is not None:
         act = act & ix.active[r0:r1]
     all_active = bool(act.all())
     if not all_active:  # skipped anchors: finite placeholders, zero loss and gradient below
-        S.masked_fill_(~act[:, None], 0.0)
+        if blocked:
+            lse_a = torch.where(act, lse_a, torch.zeros_like(lse_a))
+        else:
+            S.masked_fill_(~act[:, None], 0.0)
         if A is not None:
             A.masked_fill_(~act[:, None], 0.0)
         cnt = torch.where(act, cnt, torch.ones_like(cnt))
@@ -358,46 +395,18 @@ def _chunk_general(k, qs, S, spec, ix, ws, r0, r1, go, dq, dk, self_rc) -> Tenso
         then = None if go is None else ("square" if spec.detach_weights else "tilt")
         lse_a = _softmax_lse_(S, ws, sumsq=z2, then=then)
         lse_b = 2.0 * lse_a + torch.log(z2)
-    else:
+    elif not blocked:
         lse_b = _softmax_lse_(S, ws)  # S now holds π̃ = softmax(a + S)
         lse_a = _softmax_lse_(A) if A is not None else torch.log(cntf)  # A now holds π
     neg = logN + lse_b - lse_a  # (c,)
-    # -- per-positive terms ------------------------------------------------------------------
-    if not labels_mode:
-        g, dg_dneg, dg_dsp = _debias(neg, sp, logN, spec)
-        loss, dl_dg, dl_dsp = _per_positive(g, sp, spec)
-        npos = None
-    else:
-        npos = ix.n_pos[r0:r1].clamp(min=1).to(S.dtype)
-        pv = pvalid.to(S.dtype)
-        if spec.tau_plus == 0.0 and not spec.include_positive:
-            loss = npos * neg - (sp * pv).sum(1)
-            dl_dg = None
-        else:
-            g, dg_dneg, dg_dsp = _debias(neg[:, None], sp, logN[:, None], spec)
-            ell, dl_dg, dl_dsp = _per_positive(g, sp, spec)
-            loss = (ell * pv).sum(1)
-        if spec.positive_reduce == "mean":
-            loss = loss / npos
+    # -- per-positive terms: the loss and its derivatives wrt g and s_p -----------------------------
+    loss, npos, pv, derivs = _terms(neg, sp, logN, spec, ix, r0, r1, pvalid)
     if not all_active:
         loss = torch.where(act, loss, torch.zeros_like(loss))
     if go is None:
         return loss
     # -- gradient wrt S: γ_i [(1 + β) π̃ − β π] (only π̃ when π is detached) + δ on the positives ----
-    scalar = go.dim() == 0
-    go_c = go.expand(c) if scalar else go
-    if not all_active:
-        go_c = go_c * act.to(S.dtype)
-    w = go_c if (npos is None or spec.positive_reduce == "pairs") else go_c / npos
-    if not labels_mode:
-        gamma = w * dl_dg * dg_dneg
-        delta = w * (dl_dsp + dl_dg * dg_dsp)
-    elif dl_dg is None:
-        gamma = w * npos
-        delta = -pv * w[:, None]
-    else:
-        gamma = w * (dl_dg * dg_dneg * pv).sum(1)
-        delta = (dl_dsp + dl_dg * dg_dsp) * pv * w[:, None]
+    gamma, delta = _grad_weights(go, c, None if all_active else act, npos, spec, *derivs, pv)
     # D = γ [(1 + β) π̃ − β π] = γ' [π̃ − β/(1+β) π] with γ' = (1 + β) γ: one pass over the tile,
     # none at β = 1 (made in the softmax's blocks above)
     D = S
@@ -406,7 +415,50 @@ def _chunk_general(k, qs, S, spec, ix, ws, r0, r1, go, dq, dk, self_rc) -> Tenso
     elif A is not None and spec.beta != 0.0 and not spec.detach_weights:
         S.sub_(A, alpha=spec.beta / (1.0 + spec.beta))
         gamma = gamma * (1.0 + spec.beta)
-    if labels_mode:
+    _products_(D, k, qs, gamma, delta, spec, same_cols if labels_mode else None, pcol, dq, dk, r0, r1)
+    return loss
+
+
+def _terms(neg, sp, logN, spec, ix, r0, r1, pvalid):
+    """Per-anchor losses from the log negative term ``neg``; returns (loss, |P_i| or None, the valid
+    positives as floats or None, (∂ℓ/∂g, ∂g/∂neg, ∂ℓ/∂s_p, ∂g/∂s_p)) — one positive per anchor
+    unless ``pvalid`` (label positives) is given."""
+    if pvalid is None:
+        g, dg_dneg, dg_dsp = _debias(neg, sp, logN, spec)
+        loss, dl_dg, dl_dsp = _per_positive(g, sp, spec)
+        return loss, None, None, (dl_dg, dg_dneg, dl_dsp, dg_dsp)
+    npos = ix.n_pos[r0:r1].clamp(min=1).to(neg.dtype)
+    pv = pvalid.to(neg.dtype)
+    if spec.tau_plus == 0.0 and not spec.include_positive:
+        loss = npos * neg - (sp * pv).sum(1)
+        dl_dg = dg_dneg = dl_dsp = dg_dsp = None
+    else:
+        g, dg_dneg, dg_dsp = _debias(neg[:, None], sp, logN[:, None], spec)
+        ell, dl_dg, dl_dsp = _per_positive(g, sp, spec)
+        loss = (ell * pv).sum(1)
+    if spec.positive_reduce == "mean":
+        loss = loss / npos
+    return loss, npos, pv, (dl_dg, dg_dneg, dl_dsp, dg_dsp)
+
+
+def _grad_weights(go, c, act, npos, spec, dl_dg, dg_dneg, dl_dsp, dg_dsp, pv):
+    """Per-row γ (the weight of the softmax tile) and δ (the positives' terms) of the gradient wrt S;
+    ``act`` zeroes skipped rows (None: none), ``pv`` the valid positives under label positives."""
+    go_c = go.expand(c) if go.dim() == 0 else go
+    if act is not None:
+        go_c = go_c * act.to(go_c.dtype)
+    w = go_c if (npos is None or spec.positive_reduce == "pairs") else go_c / npos
+    if pv is None:
+        return w * dl_dg * dg_dneg, w * (dl_dsp + dl_dg * dg_dsp)
+    if dl_dg is None:
+        return w * npos, -pv * w[:, None]
+    return w * (dl_dg * dg_dneg * pv).sum(1), (dl_dsp + dl_dg * dg_dsp) * pv * w[:, None]
+
+
+def _products_(D, k, qs, gamma, delta, spec, same_cols, pcol, dq, dk, r0, r1) -> None:
+    """dQ[r0:r1] and the chunk's share of dK from the tile D and the per-row γ and δ (``same_cols``:
+    label positives, δ per positive; otherwise one positive per anchor, at ``pcol``)."""
+    if same_cols is not None:
         # γ scales the (c × d) operands rather than the tile; the positives' δ enters the tile as
         # δ/γ. A row with γ = 0 and δ ≠ 0 (a clamped debiased estimator) needs the tile scaled.
         zero = gamma == 0
@@ -415,18 +467,17 @@ def _chunk_general(k, qs, S, spec, ix, ws, r0, r1, go, dq, dk, self_rc) -> Tenso
             D.scatter_add_(1, same_cols, delta)
             torch.mm(D, k, out=dq[r0:r1]).mul_(1.0 / spec.t)
             dk.addmm_(D.T, qs)
-            return loss
+            return
         D.scatter_add_(1, same_cols, delta / torch.where(zero, torch.ones_like(gamma), gamma)[:, None])
         torch.mm(D, k, out=dq[r0:r1]).mul_((gamma / spec.t)[:, None])
         dk.addmm_(D.T, qs * gamma[:, None])
-        return loss
+        return
     # one positive per anchor: γ scales the (c × d) operands instead of the (c × m) tile, and the
     # positive's term δ goes straight to its two rows
     torch.mm(D, k, out=dq[r0:r1]).mul_((gamma / spec.t)[:, None])
     dq[r0:r1].add_(k[pcol] * (delta / spec.t)[:, None])
     dk.addmm_(D.T, qs * gamma[:, None])
     dk.index_add_(0, pcol, qs * delta[:, None])
-    return loss
 
 
 def _debias(neg: Tensor, sp: Tensor, logN: Tensor, spec: KernelSpec):
@@ -600,6 +651,7 @@ def weighted_info_nce(
     chunk_size: int | None = None,
     normalize: bool = True,
     mean_denominator: DenominatorFn | None = None,
+    log_weight_block: BlockWeightFn | None = None,
 ) -> Tensor:
     r"""Weighted InfoNCE of anchors ``q`` (n×d) against candidates ``k`` (m×d) (docs/design.md §1).
 
@@ -637,45 +689,31 @@ def weighted_info_nce(
             instead of this call's denominator ``d`` (the anchors not skipped, or their positive
             pairs). A distributed loss, whose anchors are spread over processes, passes the sum of
             every process's ``d`` divided by the number of processes (:mod:`hardneg.distributed`).
+        log_weight_block: what ``log_weight_fn`` gives, fused into the kernel's cache-sized blocks
+            of rows (one positive per anchor, β = 0; not with ``log_weight_fn``):
+            ``f(X, rows, sp) -> (count, lse_a)`` gets a block ``X`` of the tile, s/t with the
+            anchor itself and its positive at −∞, the block's anchors ``rows`` and their positives'
+            ``sp`` = s_ip/t; it writes −∞ on the candidates it removes and adds its log-weights a
+            **in place**, and returns each row's number of valid candidates and log Σ_j e^{a_ij}
+            over them (None: a = 0, uniform π). Treated as a constant.
     """
     _check_embeddings(q, k)
     t = V.resolve_temperature(t, temperature)
     _check_options(t, positives, negatives, positive_reduce, reduction, beta, tau_plus, chunk_size)
-    n, m = q.shape[0], k.shape[0]
-    dev = q.device
-    pos_index = V.check_columns("pos_index", pos_index, n, m, dev, allow_missing=False)
-    self_index = V.check_columns("self_index", self_index, n, m, dev, allow_missing=True)
-    q_labels = V.check_tags("q_labels", q_labels, n, dev)
-    k_labels = V.check_tags("k_labels", k_labels, m, dev)
-    if positives == "view" and pos_index is None:
-        raise ValueError('positives="view" needs pos_index, the (n,) column of each anchor\'s positive in k')
-    needs_labels = positives == "labels" or negatives == "other_labels"
-    if needs_labels and (q_labels is None or k_labels is None):
-        raise ValueError(f"positives={positives!r}, negatives={negatives!r} need both q_labels and k_labels")
-    if pos_index is not None and self_index is not None and bool((pos_index == self_index).any()):
-        bad = torch.nonzero(pos_index == self_index).flatten().tolist()
-        raise ValueError(f"anchors {bad[:10]} have pos_index equal to self_index (an anchor is not its own positive)")
-    # spread over processes, this call's anchors may all be skipped while another process's are not
-    spread = mean_denominator is not None and reduction == "mean"
-    ix = _index(pos_index, self_index, q_labels if needs_labels else None, k_labels if needs_labels else None,
-                positives, negatives, n, m, dev, every_skipped_ok=spread)
     if n_neg is not None:
         V.check_positive("n_neg", n_neg)
+    if log_weight_block is not None and (log_weight_fn is not None or beta != 0.0 or positives != "view"):
+        raise ValueError("log_weight_block needs positives='view', beta=0 and no log_weight_fn")
+    n, m = q.shape[0], k.shape[0]
+    # spread over processes, this call's anchors may all be skipped while another process's are not
+    spread = mean_denominator is not None and reduction == "mean"
+    ix = _checked_index(pos_index, self_index, q_labels, k_labels, positives, negatives, n, m, q.device, spread)
     spec = KernelSpec(
-        t=float(t),
-        positives=positives,
-        negatives=negatives,
-        beta=float(beta),
-        detach_weights=bool(detach_weights),
-        log_weight_fn=log_weight_fn,
-        n_neg=None if n_neg is None else float(n_neg),
-        tau_plus=float(tau_plus),
-        clamp=bool(clamp),
-        include_positive=bool(include_positive),
-        positive_reduce=positive_reduce,
-        reduction=reduction,
-        chunk_size=chunk_size or _default_chunk(n, m, dev),
-        mean_denominator=mean_denominator,
+        t=float(t), positives=positives, negatives=negatives, beta=float(beta), detach_weights=bool(detach_weights),
+        log_weight_fn=log_weight_fn, log_weight_block=log_weight_block, n_neg=None if n_neg is None else float(n_neg),
+        tau_plus=float(tau_plus), clamp=bool(clamp), include_positive=bool(include_positive),
+        positive_reduce=positive_reduce, reduction=reduction, mean_denominator=mean_denominator,
+        chunk_size=chunk_size or _default_chunk(n, m, q.device),
     )
     in_dtype = q.dtype
     same = k is q
@@ -698,6 +736,24 @@ def _check_options(t, positives, negatives, positive_reduce, reduction, beta, ta
     V.check_beta(beta)
     V.check_tau_plus(tau_plus)
     V.check_chunk_size(chunk_size)
+
+
+def _checked_index(pos_index, self_index, q_labels, k_labels, positives, negatives, n, m, dev, spread) -> _Index:
+    """The call's columns and labels checked, then :func:`_index` of them."""
+    pos_index = V.check_columns("pos_index", pos_index, n, m, dev, allow_missing=False)
+    self_index = V.check_columns("self_index", self_index, n, m, dev, allow_missing=True)
+    q_labels = V.check_tags("q_labels", q_labels, n, dev)
+    k_labels = V.check_tags("k_labels", k_labels, m, dev)
+    if positives == "view" and pos_index is None:
+        raise ValueError('positives="view" needs pos_index, the (n,) column of each anchor\'s positive in k')
+    needs_labels = positives == "labels" or negatives == "other_labels"
+    if needs_labels and (q_labels is None or k_labels is None):
+        raise ValueError(f"positives={positives!r}, negatives={negatives!r} need both q_labels and k_labels")
+    if pos_index is not None and self_index is not None and bool((pos_index == self_index).any()):
+        bad = torch.nonzero(pos_index == self_index).flatten().tolist()
+        raise ValueError(f"anchors {bad[:10]} have pos_index equal to self_index (an anchor is not its own positive)")
+    return _index(pos_index, self_index, q_labels if needs_labels else None, k_labels if needs_labels else None,
+                  positives, negatives, n, m, dev, every_skipped_ok=spread)
 
 
 def _index(pos_index, self_index, q_labels, k_labels, positives, negatives, n, m, dev,

@@ -48,6 +48,15 @@ class Filter(nn.Module):
     def drop(self, S: Tensor, rows: slice, ctx: StepContext) -> Tensor:  # pragma: no cover
         raise NotImplementedError
 
+    #: implements :meth:`drop_`, so a strategy may fuse it into the kernel's blocks
+    fused = False
+
+    def drop_(self, X: Tensor, rows: slice, ctx: StepContext, sp: Tensor) -> None:
+        """The same rule as :meth:`drop`, in place on a block ``X`` of the kernel's tile (cosine
+        similarities / ``ctx.t``, −∞ where already invalid; ``sp`` the positives' ``X``): writes −∞
+        on the dropped candidates."""
+        X.masked_fill_(self.drop(X * ctx.t, rows, ctx), float("-inf"))
+
     def begin_step(self, ctx: StepContext) -> None:
         """Per-step preparation (e.g. guide embeddings)."""
 
@@ -59,6 +68,7 @@ class LabelFilter(Filter):
     """Drop candidates that share the anchor's label (unknown labels, −1, are kept)."""
 
     kind = "label"
+    fused = True
 
     def drop(self, S: Tensor, rows: slice, ctx: StepContext) -> Tensor:
         same = ctx.same_label(rows)
@@ -66,12 +76,16 @@ class LabelFilter(Filter):
             raise ValueError("filter 'label' needs labels: call forward(z1, z2, labels=...)")
         return same
 
+    def drop_(self, X: Tensor, rows: slice, ctx: StepContext, sp: Tensor) -> None:
+        X.masked_fill_(self.drop(X, rows, ctx), float("-inf"))  # the rule reads no similarity
+
 
 class IdFilter(Filter):
     """Drop candidates with the anchor's sample id or, with ``groups`` (a (num_ids,) tensor of
     duplicate-group numbers), with the anchor's group."""
 
     kind = "id"
+    fused = True
 
     def __init__(self, groups: Tensor | None = None) -> None:
         super().__init__()
@@ -89,6 +103,33 @@ class IdFilter(Filter):
         if ctx.q_ids is None or ctx.k_ids is None:
             raise ValueError("filter 'id' needs sample ids: call forward(z1, z2, ids=...)")
         return same_known_label(self._g(ctx.q_ids[rows]), self._g(ctx.k_ids))
+
+    _only_own = False
+
+    def begin_step(self, ctx: StepContext) -> None:
+        self._only_own = self._only_self_and_positive(ctx)
+
+    def _only_self_and_positive(self, ctx: StepContext) -> bool:
+        """Whether each anchor's only same-id (same-group) candidates are itself and its positive
+        — a batch of distinct ids —, found in O(n + m) from the counts of each id among the
+        candidates. The kernel's blocks mask those two anyway, so :meth:`drop_` has nothing to do."""
+        if ctx.q_ids is None or ctx.k_ids is None or ctx.pos_index is None:
+            return False
+        gq, gk = self._g(ctx.q_ids), self._g(ctx.k_ids)
+        vals, counts = torch.unique(gk[gk >= 0], return_counts=True)
+        if vals.numel() == 0:
+            return True
+        at = torch.searchsorted(vals, gq).clamp(max=vals.numel() - 1)
+        known = (gq >= 0) & (vals[at] == gq)
+        same = torch.where(known, counts[at], torch.zeros_like(counts[at]))
+        own = torch.zeros_like(same)
+        for col in (ctx.self_index, ctx.pos_index):
+            own += ((col >= 0) & (gk[col.clamp(min=0)] == gq) & (gq >= 0)).long()
+        return bool((same == own).all())
+
+    def drop_(self, X: Tensor, rows: slice, ctx: StepContext, sp: Tensor) -> None:
+        if not self._only_own:
+            X.masked_fill_(self.drop(X, rows, ctx), float("-inf"))  # the rule reads no similarity
 
 
 def _opt(name: str, v: Any, lo: float, hi: float) -> float | None:
@@ -129,10 +170,24 @@ class SimilarityFilter(Filter):
     def drop(self, S: Tensor, rows: slice, ctx: StepContext) -> Tensor:
         d = torch.zeros_like(S, dtype=torch.bool)
         sp = ctx.s_pos(S, rows) if self.needs_positive else None
-        for m in similarity_drops(S, sp, max_score=self.max_score, min_score=self.min_score,
-                                  absolute_margin=self.absolute_margin, relative_margin=self.relative_margin).values():
+        for m in self._drops(S, sp).values():
             d |= m
         return d
+
+    fused = True
+
+    def _rules(self) -> dict[str, float | None]:
+        return {"max_score": self.max_score, "min_score": self.min_score,
+                "absolute_margin": self.absolute_margin, "relative_margin": self.relative_margin}
+
+    def _drops(self, S: Tensor, sp: Tensor | None) -> dict[str, Tensor]:
+        return similarity_drops(S, sp, **self._rules())
+
+    def drop_(self, X: Tensor, rows: slice, ctx: StepContext, sp: Tensor) -> None:
+        """:meth:`drop` in place, one rule at a time: X = s / t is compared with threshold / t."""
+        t = ctx.t
+        for above, th in similarity_thresholds(sp * t if self.needs_positive else None, **self._rules()).values():
+            X.masked_fill_(X.gt(th / t) if above else X.lt(th / t), float("-inf"))
 
 
 #: the range of each similarity rule (scores are cosine similarities); ``relative_margin`` is any
@@ -198,23 +253,39 @@ def similarity_drops(
     ``s > s_p − |s_p| · relative_margin`` (sentence-transformers' rule). The values are checked by
     `check_similarity_rules` (a schedule that drives one out of its range is refused here).
     """
+    rules = similarity_thresholds(s_pos, max_score=max_score, min_score=min_score,
+                                  absolute_margin=absolute_margin, relative_margin=relative_margin)
+    return {rule: (th < S) if above else (th > S) for rule, (above, th) in rules.items()}
+
+
+def similarity_thresholds(
+    s_pos: Tensor | None,
+    *,
+    max_score: float | None = None,
+    min_score: float | None = None,
+    absolute_margin: float | None = None,
+    relative_margin: float | None = None,
+) -> dict[str, tuple[bool, float | Tensor]]:
+    """The thresholds of :func:`similarity_drops`: ``{rule: (above, threshold)}`` for the rules
+    that are set — the rule drops ``s > threshold`` (``above``) or ``s < threshold``. A margin's
+    threshold is a (c, 1) column from ``s_pos``, NaN where the anchor has no positive (a NaN
+    threshold drops nothing: every comparison with it is false)."""
     check_similarity_rules(max_score=max_score, min_score=min_score, absolute_margin=absolute_margin,
                            relative_margin=relative_margin, what="similarity rule")
-    out: dict[str, Tensor] = {}
+    out: dict[str, tuple[bool, float | Tensor]] = {}
     if max_score is not None:
-        out["max_score"] = max_score < S
+        out["max_score"] = (True, max_score)
     if min_score is not None:
-        out["min_score"] = min_score > S
+        out["min_score"] = (False, min_score)
     if absolute_margin is not None or relative_margin is not None:
         if s_pos is None:
             raise ValueError("absolute_margin / relative_margin need each anchor's positive similarity")
         sp = s_pos[:, None]
-        has = ~torch.isnan(sp)
         if absolute_margin is not None:
-            out["absolute_margin"] = has & (S + absolute_margin > sp)
+            out["absolute_margin"] = (True, sp - absolute_margin)
         if relative_margin is not None:
             # s_p − |s_p|·r rather than s_p·(1 − r): the threshold stays below s_p when s_p < 0
-            out["relative_margin"] = has & (sp - sp.abs() * relative_margin < S)
+            out["relative_margin"] = (True, sp - sp.abs() * relative_margin)
     return out
 
 

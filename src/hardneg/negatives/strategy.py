@@ -21,6 +21,7 @@ Example::
 
 from __future__ import annotations
 
+import bisect
 import dataclasses
 import functools
 import warnings
@@ -83,6 +84,46 @@ def _inverse_scale(logit_scale: Tensor) -> float:
     if not (v > 0.0 and v < float("inf")):
         raise ValueError(f"logit_scale must be positive and finite, got {v}")
     return 1.0 / v
+
+
+class _BlockRecords:
+    """The diagnostics' sampled rows, as the kernel's blocks see them (``Strategy._block_weights``):
+    the cosines before the filters and the weighting, and the log-weights they gave (what each
+    entry gained, −∞ where they removed it). Kept until a few dozen rows are together, then
+    recorded at once; closed after the forward pass (a recompute in the backward records nothing)."""
+
+    _FLUSH_ROWS = 32
+
+    def __init__(self, acc: DiagnosticsAccumulator | None) -> None:
+        self.acc = acc
+        self.rows = [] if acc is None else acc.sample_rows().tolist()  # sorted
+        self.items: list[tuple[Tensor, Tensor, Tensor, Tensor]] = []
+        self.closed = acc is None
+
+    def sampled(self, rows: slice, device: torch.device) -> Tensor | None:
+        """Local indices of the block's sampled rows (None: none, or closed)."""
+        if self.closed:
+            return None
+        lo, hi = bisect.bisect_left(self.rows, rows.start), bisect.bisect_left(self.rows, rows.stop)
+        if lo == hi:
+            return None
+        return torch.tensor(self.rows[lo:hi], device=device) - rows.start
+
+    def keep(self, X0: Tensor, X1: Tensor, loc: Tensor, rows: slice, sp: Tensor, ctx: StepContext,
+             fallback: Tensor | None) -> None:
+        """The cosines get the positive's and the anchor's own entries back (masked in X)."""
+        lw = torch.where(X1 > NEG_INF, X1 - X0, NEG_INF)
+        S = X0 * ctx.t
+        gid = loc + rows.start
+        ar = torch.arange(loc.numel(), device=X0.device)
+        S[ar, ctx.pos_index[gid]] = sp[loc] * ctx.t
+        si = ctx.self_index[gid]
+        S[ar[si >= 0], si[si >= 0]] = 1.0  # unit vectors; an invalid entry, read by no statistic
+        fb = torch.zeros(loc.numel(), dtype=torch.bool, device=X0.device) if fallback is None else fallback[loc]
+        self.items.append((S, lw, gid, fb))
+
+    def full(self) -> bool:
+        return sum(x[2].numel() for x in self.items) >= self._FLUSH_ROWS
 
 
 class Strategy(nn.Module):
@@ -319,7 +360,8 @@ class Strategy(nn.Module):
             and not cands.cross_view
             and ctx.id_rule_start() is None
         )
-        loss = self._kernel(anchors, cands, ctx, acc, plain, label_filter, mean_denominator, logit_scale)
+        fused = not plain and self._fusable(cands, ctx)
+        loss = self._kernel(anchors, cands, ctx, acc, plain, label_filter, mean_denominator, logit_scale, fused)
         if acc is not None and plain:
             self._diagnostics_pass(ctx, acc)
         # state that learns from the step (queue, bank, generator, calibrator) sees every anchor, so
@@ -402,15 +444,20 @@ class Strategy(nn.Module):
         return anchors, cands
 
     def _kernel(self, anchors, cands, ctx, acc, plain: bool, label_filter: bool, mean_denominator=None,
-                logit_scale=None) -> Tensor:
+                logit_scale=None, fused: bool = False) -> Tensor:
         q, t = anchors.q, self.t
         if logit_scale is not None:
             # s · logit_scale with t = 1: the kernel's S is logit_scale · s and the gradient reaches
             # logit_scale through q; filters and weightings get the cosines back (S · t).
             q, t = q * logit_scale.to(q.dtype), 1.0
-            lw_fn = None if plain else (lambda S, rows: self._log_weights(S * ctx.t, rows, ctx, acc))
+            lw_fn = None if plain or fused else (lambda S, rows: self._log_weights(S * ctx.t, rows, ctx, acc))
         else:
-            lw_fn = None if plain else (lambda S, rows: self._log_weights(S, rows, ctx, acc))
+            lw_fn = None if plain or fused else (lambda S, rows: self._log_weights(S, rows, ctx, acc))
+        # the kernel's blocks hold s / t for either temperature: ctx.t turns them back into cosines
+        lw_block = None
+        if fused:
+            rec = _BlockRecords(acc)
+            lw_block = lambda X, rows, sp: self._block_weights(X, rows, sp, ctx, rec)  # noqa: E731
         n_neg = self.n_neg
         if n_neg == "count":
             n_neg = None
@@ -418,7 +465,7 @@ class Strategy(nn.Module):
             has_self = bool((anchors.self_index >= 0).any())
             n_neg = float(nominal_n(cands.m, has_self, anchors.pos_index is not None))
         by_labels = self.positives == "labels" or (plain and label_filter)
-        return weighted_info_nce(
+        loss = weighted_info_nce(
             q,
             cands.k,
             t=t,
@@ -440,7 +487,54 @@ class Strategy(nn.Module):
             chunk_size=self.chunk_size,
             normalize=False,
             mean_denominator=mean_denominator,
+            log_weight_block=lw_block,
         )
+        if fused:
+            self._flush(rec, ctx, close=True)
+        return loss
+
+    def _fusable(self, cands: Candidates, ctx: StepContext) -> bool:
+        """The kernel applies the filters and the weighting in its own blocks (one trip through
+        memory, no (chunk × candidates) masks): every component implements its in-place rule, at
+        most one weighting (log-weights of several add before π is normalised), β = 0, one positive
+        per anchor, and the candidate rule is the kernel's (self and positive) alone."""
+        return (
+            self.beta == 0.0
+            and self.positives == "view"
+            and len(self.weightings) <= 1
+            and all(f.fused for f in self.filters)
+            and all(w.fused for w in self.weightings)
+            and cands.owner is None
+            and not cands.cross_view
+            and ctx.id_rule_start() is None
+        )
+
+    def _block_weights(
+        self, X: Tensor, rows: slice, sp: Tensor, ctx: StepContext, rec: _BlockRecords
+    ) -> tuple[Tensor, Tensor | None]:
+        """The kernel's ``log_weight_block``: filters and the weighting, in place on one block of
+        rows; the diagnostics keep the sampled rows before and after (:class:`_BlockRecords`)."""
+        loc = rec.sampled(rows, X.device)
+        X0 = None if loc is None else X[loc].clone()
+        for f in self.filters:
+            f.drop_(X, rows, ctx, sp)
+        cnt, lse_a, fallback = (
+            self.weightings[0].weigh_(X, rows, ctx, sp) if self.weightings else ((X > NEG_INF).sum(1), None, None)
+        )
+        if loc is not None:
+            rec.keep(X0, X[loc], loc, rows, sp, ctx, fallback)
+            if rec.full():
+                self._flush(rec, ctx)
+        return cnt, lse_a
+
+    def _flush(self, rec: _BlockRecords, ctx: StepContext, close: bool = False) -> None:
+        """Hand the kept rows to the diagnostics (once per few dozen rows, not per block);
+        ``close`` after the forward pass."""
+        if rec.items:
+            S, lw, gid, fb = (torch.cat(x) for x in zip(*rec.items, strict=True))
+            rec.items.clear()
+            self._record(S, gid, ctx, rec.acc, lw, fb)
+        rec.closed = rec.closed or close
 
     def _diagnostics(self, loss, step, anchors, cands, sched, acc, t) -> dict[str, float]:
         lv = loss.detach()

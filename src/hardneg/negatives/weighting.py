@@ -58,22 +58,57 @@ def topk_mask(S: Tensor, valid: Tensor, k: int) -> Tensor:
     return keep & valid
 
 
-def semihard_mask(S: Tensor, valid: Tensor, s_pos: Tensor, margin: float) -> Tensor:
-    """(c×m) bool: FaceNet's semi-hard window ``s_ip − margin < s_ij < s_ip`` among valid candidates."""
+def semihard_mask(S: Tensor, valid: Tensor | None, s_pos: Tensor, margin: float) -> Tensor:
+    """(c×m) bool: FaceNet's semi-hard window ``s_ip − margin < s_ij < s_ip`` among valid candidates
+    (``valid=None``: S is −∞ on the invalid ones, which no window holds)."""
     sp = s_pos[:, None]
-    return valid & (sp > S) & (sp - margin < S)
+    keep = (sp > S) & (sp - margin < S)
+    return keep if valid is None else keep & valid
 
 
 def distance_weighted_log_weights(S: Tensor, dim: int, cutoff: float = 0.5, nonzero_loss_cutoff: float = 1.4) -> Tensor:
     """Wu et al. 2017: ``log w = −log q(d)`` with ``log q(d) = (n−2) log d + ((n−3)/2) log(1 − d²/4)``,
     d clipped below at ``cutoff``, −∞ where ``d ≥ nonzero_loss_cutoff``. Shifted per row by its max
     for stability (π is normalised anyway)."""
-    d = torch.sqrt(torch.clamp(2.0 - 2.0 * S, min=0.0)).clamp(min=cutoff)
-    log_q = (dim - 2.0) * torch.log(d) + ((dim - 3.0) / 2.0) * torch.log(torch.clamp(1.0 - 0.25 * d * d, min=1e-8))
-    lw = -log_q
-    lw = lw.masked_fill(d >= nonzero_loss_cutoff, NEG_INF)
+    lw = _neg_log_q_(torch.mul(S, -2.0).add_(2.0), dim, cutoff, nonzero_loss_cutoff)
     mx = lw.max(dim=1, keepdim=True).values
     return lw - torch.where(torch.isfinite(mx), mx, torch.zeros_like(mx))
+
+
+def _neg_log_q_(u: Tensor, dim: int, cutoff: float, nonzero_loss_cutoff: float) -> Tensor:
+    """−log q(d) from u = d² = 2 − 2s (overwritten): ``(n−2) log d = ((n−2)/2) log u`` with u
+    clipped below at cutoff², and −∞ where d ≥ nonzero_loss_cutoff, i.e. u ≥ nonzero_loss_cutoff²
+    (an s of −∞, an invalid candidate, is removed too). Few in-place passes, no sqrt."""
+    far = u >= nonzero_loss_cutoff * nonzero_loss_cutoff
+    u.clamp_(min=cutoff * cutoff)
+    lw = torch.log(u)
+    u.mul_(-0.25).add_(1.0).clamp_(min=1e-8).log_()
+    lw.mul_(-(dim - 2.0) / 2.0).add_(u, alpha=-(dim - 3.0) / 2.0)
+    return lw.masked_fill_(far, NEG_INF)
+
+
+#: columns per group of the two-stage top-k selection (:func:`_topk_columns`)
+_TOPK_GROUP = 64
+
+
+def _topk_columns(X: Tensor, k: int) -> tuple[Tensor, Tensor]:
+    """The ``k`` largest values of each row of ``X`` and their columns (ties in any order).
+
+    Each of them lies in one of the row's k groups of ``_TOPK_GROUP`` columns with the largest
+    maxima (a group outside them has k groups of larger maxima above it, each holding a larger
+    value), so one max reduction over the row and two small selections replace a selection over
+    the whole row. Columns past the last whole group always take part."""
+    r, m = X.shape
+    ng = m // _TOPK_GROUP
+    if 4 * k * _TOPK_GROUP > m:  # few groups: one selection over the row
+        return X.topk(min(k, m), dim=1, sorted=False)
+    body = X[:, : ng * _TOPK_GROUP].unflatten(1, (ng, _TOPK_GROUP))
+    best = body.amax(2).topk(k, dim=1, sorted=False).indices  # (r, k) groups
+    cols = (best[:, :, None] * _TOPK_GROUP + torch.arange(_TOPK_GROUP, device=X.device)).flatten(1)
+    if m > ng * _TOPK_GROUP:
+        cols = torch.cat([cols, torch.arange(ng * _TOPK_GROUP, m, device=X.device).expand(r, -1)], 1)
+    vals, at = X.gather(1, cols).topk(k, dim=1, sorted=False)
+    return vals, cols.gather(1, at)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -106,6 +141,19 @@ class Weighting(nn.Module):
 
     def log_weights(self, S: Tensor, rows: slice, ctx: StepContext, valid: Tensor) -> Tensor:  # pragma: no cover
         raise NotImplementedError
+
+    #: implements :meth:`weigh_`, so a strategy may fuse it into the kernel's blocks
+    fused = False
+
+    def weigh_(
+        self, X: Tensor, rows: slice, ctx: StepContext, sp: Tensor
+    ) -> tuple[Tensor, Tensor | None, Tensor | None]:
+        """:meth:`select` / :meth:`log_weights` in place on a block ``X`` of the kernel's tile (cosine
+        similarities / ``ctx.t``, −∞ on invalid candidates; ``sp`` the positives' ``X``): writes −∞
+        on what it removes and adds its log-weights a — ignored on a row it would empty, as the
+        strategy does. Returns (valid candidates per row, log Σ_j e^{a_ij} over them or None when
+        a = 0, the rows where it was ignored or None)."""
+        raise NotImplementedError  # pragma: no cover
 
     def begin_step(self, ctx: StepContext) -> None:
         """Called once per step before the loss (refresh clusters, …)."""
@@ -164,6 +212,20 @@ class TopK(Weighting):
     def diagnostics(self) -> dict[str, float]:
         return {"topk_short_share": self._short / max(self._rows, 1)}
 
+    fused = True
+
+    def weigh_(self, X: Tensor, rows: slice, ctx: StepContext, sp: Tensor) -> tuple[Tensor, None, None]:
+        """One selection pass: the k largest values and where they are, written back over −∞.
+        Invalid candidates are −∞ already, so fewer than k valid ones keeps them all."""
+        k = int(round(self.k))
+        vals, idx = _topk_columns(X, k)
+        X.fill_(NEG_INF)
+        X.scatter_(1, idx, vals)
+        cnt = (vals > NEG_INF).sum(1)
+        self._rows += X.shape[0]
+        self._short += int((cnt < k).sum())  # fewer than k valid candidates
+        return cnt, None, None
+
     def log_weights(self, S: Tensor, rows: slice, ctx: StepContext, valid: Tensor) -> Tensor:
         return torch.where(self.select(S, rows, ctx, valid), 0.0, NEG_INF).to(S.dtype)
 
@@ -190,17 +252,36 @@ class SemiHard(Weighting):
         check_nonneg(_opt("margin"), self.margin)
         sp = ctx.s_pos(S, rows)
         keep = semihard_mask(S, valid, sp, self.margin)
-        empty = ~keep.any(1)
-        n_empty = int(empty.sum())
-        if n_empty:  # fallback, computed on the empty rows only
-            e = torch.nonzero(empty).flatten()
-            Se, spe = S[e], sp[e, None]
-            dist = F.relu(Se - spe) + F.relu(spe - self.margin - Se)
-            j = dist.masked_fill(~valid[e], float("inf")).argmin(1)
-            keep[e, j] = valid[e, j]
-        self._rows += S.shape[0]
-        self._fallback += n_empty
+        self._fallback_(keep, S, sp, ~keep.any(1), lambda e: valid[e])
         return keep
+
+    def _fallback_(self, keep: Tensor, S: Tensor, sp: Tensor, empty: Tensor,
+                   valid_of: Callable[[Tensor], Tensor]) -> Tensor:
+        """Rows with an empty window keep their one valid candidate nearest it (in ``keep``);
+        counts the rows. Returns their indices."""
+        e = torch.nonzero(empty).flatten()
+        if e.numel():  # computed on the empty rows only
+            Se, spe, ve = S[e], sp[e, None], valid_of(e)
+            dist = F.relu(Se - spe) + F.relu(spe - self.margin - Se)
+            j = dist.masked_fill(~ve, float("inf")).argmin(1)
+            keep[e, j] = ve[torch.arange(e.numel(), device=e.device), j]
+        self._rows += S.shape[0]
+        self._fallback += int(e.numel())
+        return e
+
+    fused = True
+
+    def weigh_(self, X: Tensor, rows: slice, ctx: StepContext, sp: Tensor) -> tuple[Tensor, None, None]:
+        """The window on the block's cosines; candidates outside it become −∞."""
+        check_nonneg(_opt("margin"), self.margin)
+        S, spc = X * ctx.t, sp * ctx.t
+        keep = semihard_mask(S, None, spc, self.margin)
+        cnt = keep.sum(1)
+        e = self._fallback_(keep, S, spc, cnt == 0, lambda e: X[e] > NEG_INF)
+        if e.numel():
+            cnt[e] = keep[e].sum(1)
+        X.masked_fill_(keep.logical_not_(), NEG_INF)
+        return cnt, None, None
 
     def log_weights(self, S: Tensor, rows: slice, ctx: StepContext, valid: Tensor) -> Tensor:
         return torch.where(self.select(S, rows, ctx, valid), 0.0, NEG_INF).to(S.dtype)
@@ -250,6 +331,25 @@ class DistanceWeighted(Weighting):
     def log_weights(self, S: Tensor, rows: slice, ctx: StepContext, valid: Tensor) -> Tensor:
         n = self.dim or ctx.q.shape[1]
         return distance_weighted_log_weights(S, n, self.cutoff, self.nonzero_loss_cutoff)
+
+    fused = True
+
+    def weigh_(self, X: Tensor, rows: slice, ctx: StepContext, sp: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """X ← X − log q(d); a row whose every valid candidate is too far keeps them, unweighted."""
+        n = self.dim or ctx.q.shape[1]
+        # u = 2 − 2s with s = X t (2t scales exactly as 2 does); −∞ where X is (u = ∞ there)
+        lw = _neg_log_q_(torch.mul(X, -2.0 * ctx.t).add_(2.0), n, self.cutoff, self.nonzero_loss_cutoff)
+        cnt = (lw > NEG_INF).sum(1)
+        fallback = torch.zeros_like(cnt, dtype=torch.bool)
+        e = torch.nonzero(cnt == 0).flatten()
+        if e.numel():
+            ve = X[e] > NEG_INF
+            e, ve = e[ve.any(1)], ve[ve.any(1)]
+            lw[e] = torch.zeros_like(ve, dtype=lw.dtype).masked_fill_(~ve, NEG_INF)
+            cnt[e] = ve.sum(1)
+            fallback[e] = True
+        X.add_(lw)
+        return cnt, torch.logsumexp(lw, 1), fallback
 
 
 class ClusterGuided(Weighting):
