@@ -9,7 +9,7 @@ For every size 2B, in one process (so the ratios compare like with like on a noi
 - the *floor*: the three bare matrix products every InfoNCE loss needs (S = QKᵀ, dQ = G K,
   dK = Gᵀ Q), chunked like our kernel so that it fits in memory at 2B = 65,536.
 
-``hardneg bench strategies`` runs the same harness on the in-batch presets (:data:`PRESET_CASES`):
+``hardneg bench strategies`` runs the same harness on the in-batch presets (`PRESET_CASES`):
 ``create_strategy(name)(z1, z2, labels=y, ids=ids)`` forward + backward, default diagnostics.
 
 Peak extra memory is measured separately for each case in a fresh subprocess: the peak resident
@@ -214,8 +214,8 @@ def run(
 ) -> list[dict]:
     """Run the benchmark; return one row per (size, case) and print a table with ratios.
     ``device="cuda"`` times on the GPU (synchronised) and reports peak GPU memory instead.
-    ``case_list`` (default: the losses, :data:`CASES`; :data:`PRESET_CASES` for the presets)
-    must hold the floor; ``table`` formats the rows of one size (default :func:`format_table`)."""
+    ``case_list`` (default: the losses, `CASES`; `PRESET_CASES` for the presets)
+    must hold the floor; ``table`` formats the rows of one size (default `format_table`)."""
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise ValueError("--device cuda: no CUDA device is available here")
     torch.set_num_threads(threads)

@@ -1,14 +1,14 @@
 r"""The one kernel: chunked, log-space, weighted InfoNCE with a hand-written backward.
 
-For anchor :math:`i` with positive(s) :math:`p \in P(i)`, candidate negatives :math:`j \in C(i)`,
-similarities :math:`s_{ij} = q_i^\top k_j` of L2-normalised embeddings and temperature :math:`t`
+For anchor `i` with positive(s) `p \in P(i)`, candidate negatives `j \in C(i)`,
+similarities `s_{ij} = q_i^\top k_j` of L2-normalised embeddings and temperature `t`
 (docs/design.md §1)::
 
     L_i = −log( e^{s_ip/t} / ( e^{s_ip/t} + N · Σ_j π_ij e^{s_ij/t} ) )
 
-with :math:`\pi_{ij} \propto \exp(\beta s_{ij}/t + a_{ij})` over the valid candidates: β is the
+with `\pi_{ij} \propto \exp(\beta s_{ij}/t + a_{ij})` over the valid candidates: β is the
 hardness tilt of Robinson et al. (HCL, ICLR 2021) and Jiang et al. (H-SCL, arXiv 2209.00078),
-:math:`a_{ij}` optional extra log-weights (−∞ masks a candidate) supplied per chunk by a strategy,
+`a_{ij}` optional extra log-weights (−∞ masks a candidate) supplied per chunk by a strategy,
 and N the nominal number of negatives. The debiased estimator of Chuang et al. (DCL, NeurIPS 2020)
 replaces the negative term by ``G = (N Σ_j π_ij e^{s_ij/t} − τ⁺ N e^{s_ip/t}) / (1 − τ⁺)``, clamped
 below at ``N e^{−1/t}``.
@@ -39,7 +39,7 @@ from hardneg.losses import checks as V
 
 LogWeightFn = Callable[[Tensor, slice], Tensor]
 #: ``f(X, rows, sp) -> (count, lse_a or None)``: works **in place** on a block of the chunk's tile
-#: (see ``log_weight_block`` of :func:`weighted_info_nce`)
+#: (see ``log_weight_block`` of `weighted_info_nce`)
 BlockWeightFn = Callable[[Tensor, slice, Tensor], "tuple[Tensor, Tensor | None]"]
 #: maps this call's ``"mean"`` denominator to the one the mean divides by (see ``mean_denominator``)
 DenominatorFn = Callable[[float], float]
@@ -50,7 +50,7 @@ _NEG_INF = float("-inf")
 
 @dataclass(frozen=True)
 class KernelSpec:
-    """Everything that defines the loss besides the embeddings (validated by :func:`weighted_info_nce`)."""
+    """Everything that defines the loss besides the embeddings (validated by `weighted_info_nce`)."""
 
     t: float
     positives: str = "view"
@@ -688,7 +688,7 @@ def weighted_info_nce(
         mean_denominator: with ``reduction="mean"``, ``f(d) -> D``: the mean divides by ``D``
             instead of this call's denominator ``d`` (the anchors not skipped, or their positive
             pairs). A distributed loss, whose anchors are spread over processes, passes the sum of
-            every process's ``d`` divided by the number of processes (:mod:`hardneg.distributed`).
+            every process's ``d`` divided by the number of processes (`hardneg.distributed`).
         log_weight_block: what ``log_weight_fn`` gives, fused into the kernel's cache-sized blocks
             of rows (one positive per anchor, β = 0; not with ``log_weight_fn``):
             ``f(X, rows, sp) -> (count, lse_a)`` gets a block ``X`` of the tile, s/t with the
@@ -739,7 +739,7 @@ def _check_options(t, positives, negatives, positive_reduce, reduction, beta, ta
 
 
 def _checked_index(pos_index, self_index, q_labels, k_labels, positives, negatives, n, m, dev, spread) -> _Index:
-    """The call's columns and labels checked, then :func:`_index` of them."""
+    """The call's columns and labels checked, then `_index` of them."""
     pos_index = V.check_columns("pos_index", pos_index, n, m, dev, allow_missing=False)
     self_index = V.check_columns("self_index", self_index, n, m, dev, allow_missing=True)
     q_labels = V.check_tags("q_labels", q_labels, n, dev)
@@ -759,7 +759,7 @@ def _checked_index(pos_index, self_index, q_labels, k_labels, positives, negativ
 def _index(pos_index, self_index, q_labels, k_labels, positives, negatives, n, m, dev,
            every_skipped_ok: bool = False) -> _Index:
     """Per-anchor counts of positives and valid negatives (all O(n + m)) and who is skipped
-    (:mod:`hardneg.losses.candidates`: an anchor without a positive or a valid negative)."""
+    (`hardneg.losses.candidates`: an anchor without a positive or a valid negative)."""
     has_self = (self_index >= 0).long() if self_index is not None else torch.zeros(n, dtype=torch.long, device=dev)
     has_pos = 1 if positives == "view" else 0
     n_pos = order = start = k_count = None

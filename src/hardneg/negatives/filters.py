@@ -2,15 +2,15 @@ r"""False-negative filters: masks that remove candidates which are probably not 
 
 Each filter returns a (c×m) boolean ``drop`` mask for one chunk of anchors; the strategy turns it
 into −∞ log-weights. An anchor the filters leave without any candidate is skipped (no loss; see
-:mod:`hardneg.losses.candidates`), counted in ``skipped_share``.
+`hardneg.losses.candidates`), counted in ``skipped_share``.
 
-- :class:`LabelFilter` — drop candidates with the anchor's label (SCL, H-SCL; Khosla et al. 2020).
-- :class:`IdFilter` — drop candidates of the same sample id, or of the same duplicate group
+- `LabelFilter` — drop candidates with the anchor's label (SCL, H-SCL; Khosla et al. 2020).
+- `IdFilter` — drop candidates of the same sample id, or of the same duplicate group
   (``groups[id]``): copies of one item under different ids.
-- :class:`SimilarityFilter` — sentence-transformers' ``mine_hard_negatives`` rules, with ``s_ip``
+- `SimilarityFilter` — sentence-transformers' ``mine_hard_negatives`` rules, with ``s_ip``
   the anchor–positive similarity: drop ``s_ij > max_score``, ``s_ij < min_score``,
   ``s_ij > s_ip − absolute_margin``, ``s_ij > s_ip − |s_ip| · relative_margin``.
-- :class:`GuideFilter` — GISTEmbed (Solatorio 2024): a guide model scores the anchor against the
+- `GuideFilter` — GISTEmbed (Solatorio 2024): a guide model scores the anchor against the
   positive and each candidate; drop a candidate the guide scores above the positive
   (``g_ij > g_ip − margin``).
 """
@@ -48,11 +48,11 @@ class Filter(nn.Module):
     def drop(self, S: Tensor, rows: slice, ctx: StepContext) -> Tensor:  # pragma: no cover
         raise NotImplementedError
 
-    #: implements :meth:`drop_`, so a strategy may fuse it into the kernel's blocks
+    #: implements `drop_`, so a strategy may fuse it into the kernel's blocks
     fused = False
 
     def drop_(self, X: Tensor, rows: slice, ctx: StepContext, sp: Tensor) -> None:
-        """The same rule as :meth:`drop`, in place on a block ``X`` of the kernel's tile (cosine
+        """The same rule as `drop`, in place on a block ``X`` of the kernel's tile (cosine
         similarities / ``ctx.t``, −∞ where already invalid; ``sp`` the positives' ``X``): writes −∞
         on the dropped candidates."""
         X.masked_fill_(self.drop(X * ctx.t, rows, ctx), float("-inf"))
@@ -112,7 +112,7 @@ class IdFilter(Filter):
     def _only_self_and_positive(self, ctx: StepContext) -> bool:
         """Whether each anchor's only same-id (same-group) candidates are itself and its positive
         — a batch of distinct ids —, found in O(n + m) from the counts of each id among the
-        candidates. The kernel's blocks mask those two anyway, so :meth:`drop_` has nothing to do."""
+        candidates. The kernel's blocks mask those two anyway, so `drop_` has nothing to do."""
         if ctx.q_ids is None or ctx.k_ids is None or ctx.pos_index is None:
             return False
         gq, gk = self._g(ctx.q_ids), self._g(ctx.k_ids)
@@ -184,7 +184,7 @@ class SimilarityFilter(Filter):
         return similarity_drops(S, sp, **self._rules())
 
     def drop_(self, X: Tensor, rows: slice, ctx: StepContext, sp: Tensor) -> None:
-        """:meth:`drop` in place, one rule at a time: X = s / t is compared with threshold / t."""
+        """`drop` in place, one rule at a time: X = s / t is compared with threshold / t."""
         t = ctx.t
         for above, th in similarity_thresholds(sp * t if self.needs_positive else None, **self._rules()).values():
             X.masked_fill_(X.gt(th / t) if above else X.lt(th / t), float("-inf"))
@@ -208,11 +208,11 @@ def check_similarity_rules(
     relative_margin: Any = None,
     what: str = "option",
 ) -> dict[str, float | None]:
-    """The one validation of the rules of :func:`similarity_drops`, for every place that takes them
-    (:class:`SimilarityFilter`, ``MineConfig`` / ``hardneg mine``, the sentence-transformers loss
-    through the filter, and :func:`similarity_drops` itself).
+    """The one validation of the rules of `similarity_drops`, for every place that takes them
+    (`SimilarityFilter`, ``MineConfig`` / ``hardneg mine``, the sentence-transformers loss
+    through the filter, and `similarity_drops` itself).
 
-    Each rule is None (off) or a finite number in its range (:data:`SIMILARITY_RULES`: scores in
+    Each rule is None (off) or a finite number in its range (`SIMILARITY_RULES`: scores in
     [−1, 1], an absolute margin in [0, 2] — a larger one drops every cosine whatever the positive
     scores —, a relative margin ≥ 0), and ``min_score ≤ max_score`` (otherwise every candidate is
     dropped). ``what`` starts the error message (``"filter 'similarity' option"``). Returns the
@@ -244,7 +244,7 @@ def similarity_drops(
     relative_margin: float | None = None,
 ) -> dict[str, Tensor]:
     """The similarity rules of sentence-transformers' ``mine_hard_negatives``, one definition for the
-    strategies' :class:`SimilarityFilter`, offline mining and the sentence-transformers loss.
+    strategies' `SimilarityFilter`, offline mining and the sentence-transformers loss.
 
     ``S`` (c×m) candidate similarities, ``s_pos`` (c,) each anchor's positive similarity (NaN where
     it has none: the margins do not apply there). Returns ``{rule: (c×m) drop mask}`` for the rules
@@ -266,7 +266,7 @@ def similarity_thresholds(
     absolute_margin: float | None = None,
     relative_margin: float | None = None,
 ) -> dict[str, tuple[bool, float | Tensor]]:
-    """The thresholds of :func:`similarity_drops`: ``{rule: (above, threshold)}`` for the rules
+    """The thresholds of `similarity_drops`: ``{rule: (above, threshold)}`` for the rules
     that are set — the rule drops ``s > threshold`` (``above``) or ``s < threshold``. A margin's
     threshold is a (c, 1) column from ``s_pos``, NaN where the anchor has no positive (a NaN
     threshold drops nothing: every comparison with it is false)."""
@@ -290,7 +290,7 @@ def similarity_thresholds(
 
 
 def guide_drops(g: Tensor | np.ndarray, g_pos: Tensor | np.ndarray, margin: float):
-    """GISTEmbed's rule, one definition for the strategies' :class:`GuideFilter` and offline mining:
+    """GISTEmbed's rule, one definition for the strategies' `GuideFilter` and offline mining:
     drop a candidate the guide scores above the positive, ``g > g_pos − margin``."""
     return g > g_pos - margin
 

@@ -2,7 +2,7 @@ r"""``Strategy``: a negative-sampling strategy as one ``nn.Module`` (docs/design
 
 A strategy is *where candidates come from* (sources), *which are masked out* (filters) and *how
 π is shaped* (weightings, β tilt), followed by the one chunked kernel
-:func:`hardneg.losses.weighted_info_nce`::
+`hardneg.losses.weighted_info_nce`::
 
     L_i = −log( e^{s_ip/t} / ( e^{s_ip/t} + N · Σ_j π_ij e^{s_ij/t} ) ),
     π_ij ∝ exp(β s_ij / t + a_ij)  over valid candidates j,
@@ -131,14 +131,14 @@ class Strategy(nn.Module):
 
     Args:
         source: a source or list of sources applied in order after the batch block
-            (:class:`~hardneg.negatives.sources.InBatch` options may be given as the first item;
-            :class:`~hardneg.negatives.queue.MemoryQueue`, :class:`~hardneg.negatives.sources.ExternalPool`,
-            :class:`~hardneg.negatives.mixing.Mixing`,
-            :class:`~hardneg.negatives.adversarial.AdversarialBank`,
-            :class:`~hardneg.negatives.adversarial.NegativeGenerator`).
-        filters: false-negative filters (:mod:`hardneg.negatives.filters`). An anchor whose every
-            candidate the filters remove is skipped (:mod:`hardneg.losses.candidates`).
-        weighting: a weighting or list of weightings (:mod:`hardneg.negatives.weighting`); their
+            (`InBatch` options may be given as the first item;
+            `MemoryQueue`, `ExternalPool`,
+            `Mixing`,
+            `AdversarialBank`,
+            `NegativeGenerator`).
+        filters: false-negative filters (`hardneg.negatives.filters`). An anchor whose every
+            candidate the filters remove is skipped (`hardneg.losses.candidates`).
+        weighting: a weighting or list of weightings (`hardneg.negatives.weighting`); their
             log-weights add, and selecting ones (top-k, semi-hard) act on what is still valid. A
             weighting that would leave an anchor no candidate is ignored for that anchor
             (``weighting_fallback_share``).
@@ -163,7 +163,7 @@ class Strategy(nn.Module):
         schedule: ``{param: Schedule or mapping}`` — param is ``beta``, ``temperature`` (``t``),
             ``tau_plus`` or an attribute listed in a component's ``schedulable`` (``k``,
             ``max_score``, …). The whole range of each schedule is checked when it is built.
-        diagnostics: compute :attr:`last_diagnostics` every step (default True).
+        diagnostics: compute `last_diagnostics` every step (default True).
         diagnostics_anchors: the diagnostics are computed on this many anchors, evenly spaced
             (default 128; None: all), which keeps them cheap for large batches.
         chunk_size: anchors per kernel chunk (None: the kernel's default).
@@ -176,23 +176,23 @@ class Strategy(nn.Module):
     ``anchor_rows`` (keyword only) computes the loss of those anchors only (indices into the
     anchors the batch makes: ``[z1; z2]`` for two symmetric views) against every candidate, and
     ``mean_denominator`` replaces the mean's denominator (see
-    :func:`~hardneg.losses.weighted_info_nce`): how a distributed step splits the global batch's
-    anchors over processes (:class:`hardneg.distributed.DistributedStrategy`). Sources, weightings
+    `weighted_info_nce`): how a distributed step splits the global batch's
+    anchors over processes (`hardneg.distributed.DistributedStrategy`). Sources, weightings
     and their state still see every anchor. ``detach_candidates=True`` lets the gradient reach the
     anchors only, not the candidate rows (positives included): open_clip's ``local_loss`` without
     ``gather_with_grad``, where the other processes' rows arrive without gradient.
 
     Explicit negatives are shared by every anchor unless
     ``negatives_per_anchor=True``: then ``negatives[b]`` (B×r×d) belong to the ``z1`` anchor of
-    sample b only (its owner, :mod:`hardneg.losses.candidates`) — the edits of one caption are
+    sample b only (its owner, `hardneg.losses.candidates`) — the edits of one caption are
     negatives of its own image, not of the others. They count as ``z2``-view candidates.
     ``logit_scale``: a scalar tensor 1/t (CLIP's exponentiated, learnable ``logit_scale``) used
     for this call instead of ``temperature``; the loss is differentiable in it, and filters,
     weightings and diagnostics see cosine similarities and t = 1/logit_scale.
-    ``grid``: the :class:`~hardneg.negatives.PixelGrid` that encoded ``ids`` as pixel positions,
-    handed to the components in the step context (:class:`~hardneg.negatives.NeighbourhoodFilter`
-    and :class:`~hardneg.negatives.Proximity` read positions only through it);
-    :class:`hardneg.dense.DenseContrast` passes its feature map's grid.
+    ``grid``: the `PixelGrid` that encoded ``ids`` as pixel positions,
+    handed to the components in the step context (`NeighbourhoodFilter`
+    and `Proximity` read positions only through it);
+    `hardneg.dense.DenseContrast` passes its feature map's grid.
     """
 
     def __init__(
@@ -513,7 +513,7 @@ class Strategy(nn.Module):
         self, X: Tensor, rows: slice, sp: Tensor, ctx: StepContext, rec: _BlockRecords
     ) -> tuple[Tensor, Tensor | None]:
         """The kernel's ``log_weight_block``: filters and the weighting, in place on one block of
-        rows; the diagnostics keep the sampled rows before and after (:class:`_BlockRecords`)."""
+        rows; the diagnostics keep the sampled rows before and after (`_BlockRecords`)."""
         loc = rec.sampled(rows, X.device)
         X0 = None if loc is None else X[loc].clone()
         for f in self.filters:

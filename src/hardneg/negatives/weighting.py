@@ -1,6 +1,6 @@
 r"""Shapes of π over candidate negatives, as extra log-weights for one chunk of anchors.
 
-The kernel (:func:`hardneg.losses.weighted_info_nce`) uses ``π_ij ∝ exp(β s_ij / t + a_ij)`` over
+The kernel (`hardneg.losses.weighted_info_nce`) uses ``π_ij ∝ exp(β s_ij / t + a_ij)`` over
 valid candidates; a weighting supplies ``a_ij`` (−∞ removes a candidate). Every weighting here is a
 small object with ``log_weights(S, rows, ctx, valid) -> (c×m)`` given the chunk's cosine similarities
 ``S``, the row slice, the step context and the mask of candidates still valid after masks and
@@ -11,7 +11,7 @@ filters; the pure maths lives in module-level functions (torchmetrics style) usa
 - semi-hard (Schroff et al., FaceNet 2015): keep ``s_ip − m < s_ij < s_ip`` (harder than nothing,
   easier than the positive, within the margin m);
 - β-tilt (Robinson et al. HCL 2021; Jiang et al. H-SCL 2022): ``a = β s / t`` — done by the kernel's
-  ``beta`` (its weights may stay in the graph); :class:`Tilt` is the constant-weight version;
+  ``beta`` (its weights may stay in the graph); `Tilt` is the constant-weight version;
 - distance-weighted (Wu et al., "Sampling Matters in Deep Embedding Learning", 2017):
   ``a = −log q(d)``, ``q(d) ∝ d^{n−2} (1 − d²/4)^{(n−3)/2}`` (density of distances between points
   uniform on the unit sphere in ℝⁿ), ``d = ‖q_i − k_j‖ = sqrt(2 − 2s)`` clipped below at ``cutoff``
@@ -87,7 +87,7 @@ def _neg_log_q_(u: Tensor, dim: int, cutoff: float, nonzero_loss_cutoff: float) 
     return lw.masked_fill_(far, NEG_INF)
 
 
-#: columns per group of the two-stage top-k selection (:func:`_topk_columns`)
+#: columns per group of the two-stage top-k selection (`_topk_columns`)
 _TOPK_GROUP = 64
 
 
@@ -142,13 +142,13 @@ class Weighting(nn.Module):
     def log_weights(self, S: Tensor, rows: slice, ctx: StepContext, valid: Tensor) -> Tensor:  # pragma: no cover
         raise NotImplementedError
 
-    #: implements :meth:`weigh_`, so a strategy may fuse it into the kernel's blocks
+    #: implements `weigh_`, so a strategy may fuse it into the kernel's blocks
     fused = False
 
     def weigh_(
         self, X: Tensor, rows: slice, ctx: StepContext, sp: Tensor
     ) -> tuple[Tensor, Tensor | None, Tensor | None]:
-        """:meth:`select` / :meth:`log_weights` in place on a block ``X`` of the kernel's tile (cosine
+        """`select` / `log_weights` in place on a block ``X`` of the kernel's tile (cosine
         similarities / ``ctx.t``, −∞ on invalid candidates; ``sp`` the positives' ``X``): writes −∞
         on what it removes and adds its log-weights a — ignored on a row it would empty, as the
         strategy does. Returns (valid candidates per row, log Σ_j e^{a_ij} over them or None when
@@ -310,7 +310,7 @@ class Tilt(Weighting):
 
 
 class DistanceWeighted(Weighting):
-    """Distance-weighted sampling (Wu et al. 2017), see :func:`distance_weighted_log_weights`.
+    """Distance-weighted sampling (Wu et al. 2017), see `distance_weighted_log_weights`.
 
     Args:
         cutoff: lower clip of d (paper 0.5). nonzero_loss_cutoff: candidates farther than this
@@ -452,7 +452,7 @@ class ClusterGuided(Weighting):
         qc = self._qc[rows]
         kc = self._kc
         same = (qc[:, None] == kc[None, :]) & (qc[:, None] >= 0)
-        # γ s / t is the tilt of :mod:`hardneg.losses.tilt` with β = γ, on the other clusters only
+        # γ s / t is the tilt of `hardneg.losses.tilt` with β = γ, on the other clusters only
         lw = (~same).to(S.dtype) * (self.bonus + tilt_log_weights(S, self.gamma, ctx.t))
         if self.exclude_same:
             drop = same & valid
@@ -507,7 +507,7 @@ class PairCalibrator(nn.Module):
 
 class Calibrated(Weighting):
     r"""Calibrated false-negative weighting: π_ij ∝ (1 − p̂_ij) × (the rest), with p̂ from a
-    :class:`PairCalibrator` trained jointly — after every training step, ``train_steps`` Adam
+    `PairCalibrator` trained jointly — after every training step, ``train_steps`` Adam
     steps of binary cross-entropy on the step's known positive pairs (label 1) against
     ``neg_per_anchor`` valid candidates (label 0) sampled without replacement, on detached
     embeddings; an anchor with fewer valid candidates gets fewer (never an invalid one), counted
