@@ -29,7 +29,7 @@ from hardneg.runs import RunSpec, collect, expand_grid, run_config
 from hardneg.train.losses_from_config import build_objective
 from hardneg.train.trainer import Trainer
 
-__all__ = ["RunSpec", "collect", "expand_grid", "run_compare", "run_config"]
+__all__ = ["RunSpec", "collect", "expand_grid", "load_data", "run_compare", "run_config"]
 
 
 def run_compare(
@@ -54,11 +54,10 @@ def run_compare(
     for spec in specs:  # an unknown loss, preset or option is refused before anything is written
         if spec.seed == cfg.grid.seeds[0]:
             build_objective(run_config(cfg, spec))
-    d = cfg.data
-    train = load_named(d.name, "train", data_dir=d.data_dir, limit=d.train_limit, seed=d.split_seed)
-    test = load_named(d.name, "test", data_dir=d.data_dir, limit=d.test_limit, seed=d.split_seed)
-    if len(train[0]) < cfg.train.batch_size:
-        raise ValueError(f"train.batch_size={cfg.train.batch_size} is larger than the training set ({len(train[0])})")
+    train, test = load_data(cfg)
+    if (out / runs.SEARCH_JOURNAL).is_file() and not overwrite:
+        raise FileExistsError(f"output folder {out} holds a search (hardneg compare --search), not a grid; "
+                              "continue it with --search --resume or choose another folder")
     lock = None
     if D.is_main():  # over several processes, rank 0 makes and locks the folder while the others wait
         _, lock = runs.prepare_output(out, "compare", runs.dump_config(cfg), resume=resume, overwrite=overwrite)
@@ -68,6 +67,17 @@ def run_compare(
         if finish is not None and D.is_main():
             finish(out)
     return out
+
+
+def load_data(cfg: runs.CompareConfig) -> tuple[Any, Any]:
+    """The training and test sets of a compare config, loaded once for all its runs; a batch larger
+    than the training set is refused."""
+    d = cfg.data
+    train = load_named(d.name, "train", data_dir=d.data_dir, limit=d.train_limit, seed=d.split_seed)
+    test = load_named(d.name, "test", data_dir=d.data_dir, limit=d.test_limit, seed=d.split_seed)
+    if len(train[0]) < cfg.train.batch_size:
+        raise ValueError(f"train.batch_size={cfg.train.batch_size} is larger than the training set ({len(train[0])})")
+    return train, test
 
 
 def _run_grid(cfg: runs.CompareConfig, out: Path, specs: list[RunSpec], train: Any, test: Any,
