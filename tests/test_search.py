@@ -154,3 +154,44 @@ def test_a_bad_search_section_is_refused_in_one_line(tmp_path, capsys, search, s
     assert e.value.code == 2 and err.startswith("hardneg: error: ") and err.count("\n") == 1, err
     assert says in err
     assert not (tmp_path / "out").exists()
+
+
+def test_cli_search_is_deterministic_given_its_seed(tmp_path, capsys):
+    """`compare --search --search-seed 1` records the seed in the folder's config, prints the ranking and
+    the steps against the grid's, and gives the summary the library gives for the same seed; a grid run
+    into the search folder, and --search-seed without --search, are refused in one line."""
+    raw = json.loads(json.dumps(RAW))
+    raw["search"]["trials"] = 4
+    raw["report"]["leaderboard"] = False  # the report of a search folder is checked above; here its speed
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(yaml.safe_dump(raw))
+    out = tmp_path / "cli"
+    with pytest.raises(SystemExit) as e:
+        main(["compare", "--config", str(cfg), "--out", str(out), "--search", "--search-seed", "1"])
+    assert e.value.code == 0
+    text = capsys.readouterr().out
+    summary = json.loads((out / "search.json").read_text())
+    assert yaml.safe_load((out / "config.yaml").read_text())["search"]["seed"] == 1
+    assert {t["seed"] for t in summary["trials"]} == {1}
+    assert f"training steps: {summary['steps_spent']} of the full grid's 54" in text
+    assert f"| 1 | {summary['ranking'][0]['trial'] + 1} | {summary['ranking'][0]['strategy']} |" in text
+    raw["search"]["seed"] = 1
+    assert run_search(_cfg(raw), tmp_path / "lib", echo=lambda _m: None) == summary
+    for argv, says in ((["--resume"], "holds a search"), (["--search-seed", "2"], "--search-seed works with --search")):
+        with pytest.raises(SystemExit) as e:
+            main(["compare", "--config", str(cfg), "--out", str(out), *argv])
+        err = capsys.readouterr().err
+        assert e.value.code == 2 and says in err and err.count("\n") == 1, err
+
+
+def test_hyperband_search_stops_trials_at_its_rungs(tmp_path):
+    """With the Hyperband pruner every trial ends at a rung (epoch 1 pruned, or all 3 epochs), and the
+    steps spent are the epochs trained."""
+    raw = json.loads(json.dumps(RAW))
+    raw["search"].update(pruner="hyperband", trials=5)
+    summary = run_search(_cfg(raw), tmp_path / "out", echo=lambda _m: None)
+    trained = [t for t in summary["trials"] if t["run"]]
+    assert {(t["state"], t["epochs"]) for t in trained} <= {("pruned", 1), ("complete", 3)}
+    for t in trained:
+        assert sorted(_curve(tmp_path / "out", t["run"])) == list(range(1, t["epochs"] + 1))
+    assert summary["steps_spent"] == 3 * sum(t["epochs"] for t in trained) < summary["grid_steps"]
