@@ -85,6 +85,9 @@ def test_search_prunes_by_the_halving_rule(searched):
     ranked = [r["knn_acc"] for r in summary["ranking"]]
     assert ranked == sorted(ranked, reverse=True) and len(ranked) == sum(t["state"] == "complete" and
                                                                          t["run"] is not None for t in trials)
+    # the study lives in a plain-data journal: every line is a JSON object, nothing to unpickle
+    lines = (out / "search.journal").read_text(encoding="utf-8").splitlines()
+    assert len(lines) > 6 and all(isinstance(json.loads(line), dict) for line in lines)
 
 
 def test_a_trial_trained_in_rungs_equals_an_uninterrupted_run(searched, tmp_path):
