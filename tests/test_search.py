@@ -198,3 +198,16 @@ def test_hyperband_search_stops_trials_at_its_rungs(tmp_path):
     for t in trained:
         assert sorted(_curve(tmp_path / "out", t["run"])) == list(range(1, t["epochs"] + 1))
     assert summary["steps_spent"] == 3 * sum(t["epochs"] for t in trained) < summary["grid_steps"]
+
+
+def test_a_diverging_trial_fails_and_the_search_goes_on(tmp_path):
+    """A trial whose training blows up (NaN embeddings at a learning rate of 1e30) is recorded as failed
+    with the trainer's message, and the next trial still runs."""
+    raw = json.loads(json.dumps(RAW))
+    raw["optim"] = {"lr": 1e30}
+    raw["search"]["trials"] = 2
+    msgs: list[str] = []
+    summary = run_search(_cfg(raw), tmp_path / "out", echo=msgs.append)
+    assert [t["state"] for t in summary["trials"]] == ["fail", "fail"] and summary["finished"]
+    assert all("NaN/inf" in t["error"] for t in summary["trials"]) and len(msgs) == 2
+    assert summary["ranking"] == [] and msgs[1].startswith("[trial 2/2] t001_hscl_b1_s0: failed")

@@ -38,7 +38,7 @@ from hardneg.runs.config import GridLoss
 from hardneg.train.compare import load_data
 from hardneg.train.losses_from_config import build_objective
 from hardneg.train.plateau import knn_curve
-from hardneg.train.trainer import STOP_SIGNALS, RunInterrupted, Trainer
+from hardneg.train.trainer import STOP_SIGNALS, NonFiniteLossError, RunInterrupted, Trainer
 
 STUDY = "hardneg-search"
 #: knobs searched by default, per preset (β of tilted entries is added by :func:`default_knobs`)
@@ -224,7 +224,7 @@ def _stop_flag(s: _Search) -> Iterator[None]:
             signal.signal(sig, h)
 
 
-def _open_study(optuna: Any, out: Path, cfg: CompareConfig, space: dict[str, Arm], fresh: bool) -> Any:
+def _open_study(optuna: Any, out: Path, cfg: CompareConfig, space: dict[str, Arm]) -> Any:
     """The study in the folder's journal; a fresh one starts with each strategy at the grid's values."""
     storages = optuna.storages
     with warnings.catch_warnings():
@@ -246,10 +246,12 @@ def _open_study(optuna: Any, out: Path, cfg: CompareConfig, space: dict[str, Arm
                                                         reduction_factor=sc.reduction_factor)
     study = optuna.create_study(study_name=STUDY, storage=storage, direction="maximize", pruner=pruner,
                                 load_if_exists=True)
-    if fresh or not study.get_trials(deepcopy=False):
-        for label, arm in list(space.items())[: _n_trials(cfg, space)]:
-            fixed = {f"{label}.{k}": v for k in arm.knobs if (v := knob_default(cfg, arm, k)) is not None}
-            study.enqueue_trial({"strategy": label, **fixed})
+    queued = [t.system_attrs.get("fixed_params") for t in study.get_trials(deepcopy=False)]
+    for label, arm in list(space.items())[: _n_trials(cfg, space)]:  # those a stop cut short too
+        fixed = {"strategy": label, **{f"{label}.{k}": v for k in arm.knobs
+                                       if (v := knob_default(cfg, arm, k)) is not None}}
+        if fixed not in queued:
+            study.enqueue_trial(fixed)
     return study
 
 
@@ -268,12 +270,12 @@ def _next_trial(s: _Search) -> Any | None:
     """The interrupted trial to continue, else a new one, or None when the search is done."""
     trials = s.study.get_trials(deepcopy=False)
     running = [t for t in trials if t.state == s.optuna.trial.TrialState.RUNNING]
+    done = sum(t.state.is_finished() for t in trials)
+    s.study.sampler = _sampler(s, done)  # also for a resumed trial stopped before it sampled its knobs
     if running:
         return s.optuna.trial.Trial(s.study, running[0]._trial_id)
-    done = sum(t.state.is_finished() for t in trials)
     if done >= _n_trials(s.cfg, s.space):
         return None
-    s.study.sampler = _sampler(s, done)
     return s.study.ask()
 
 
@@ -319,7 +321,13 @@ def _run_trial(s: _Search, trial: Any, n_trials: int) -> None:
         if s.stop:
             tr.close()
             s.check_stop()
-        res = tr.fit(until_epoch=target)
+        try:
+            res = tr.fit(until_epoch=target)
+        except NonFiniteLossError as e:  # a diverging configuration is a result, not the end of the search
+            trial.set_user_attr("error", str(e))
+            s.study.tell(trial, state=TS.FAIL)
+            s.echo(f"{head}: failed: {e}")
+            return
         before = _reported(s, trial)
         for ep, acc in knn_curve(runs.read_metrics(rd)):
             if ep not in before:
@@ -344,7 +352,7 @@ def summarize(s: _Search) -> dict[str, Any]:
     rungs = rung_epochs(s.sc, epochs)
     rows = []
     for t in s.study.get_trials(deepcopy=False):
-        if t.state not in (TS.COMPLETE, TS.PRUNED, TS.RUNNING) or "strategy" not in t.params:
+        if t.state not in (TS.COMPLETE, TS.PRUNED, TS.RUNNING, TS.FAIL) or "strategy" not in t.params:
             continue
         label, values = trial_values(t.params)
         spec = trial_spec(s.cfg, s.space[label], values, t.number)
@@ -357,6 +365,7 @@ def summarize(s: _Search) -> dict[str, Any]:
             "rung": sum(r <= reached for r in rungs) - 1, "steps": 0 if reused else reached * spe,
             "knn_by_epoch": {str(k): v for k, v in sorted(t.intermediate_values.items())},
             "knn_acc": t.value if t.state == TS.COMPLETE else None,
+            **({"error": t.user_attrs["error"]} if "error" in t.user_attrs else {}),
         })
     done = sorted((r for r in rows if r["state"] == "complete" and r["run"]), key=lambda r: -r["knn_acc"])
     best: dict[str, dict[str, Any]] = {}
@@ -403,9 +412,9 @@ def run_search(
     if not overwrite and (out / runs.RUNS).is_dir() and not (out / runs.SEARCH_JOURNAL).is_file():
         raise FileExistsError(f"output folder {out} holds a grid's runs (hardneg compare), not a search; "
                               "choose another folder")
-    resumed, lock = runs.prepare_output(out, "compare", runs.dump_config(cfg), resume=resume, overwrite=overwrite)
+    _, lock = runs.prepare_output(out, "compare", runs.dump_config(cfg), resume=resume, overwrite=overwrite)
     with lock:
-        study = _open_study(optuna, out, cfg, space, fresh=not resumed)
+        study = _open_study(optuna, out, cfg, space)
         s = _Search(cfg, out, space, data, optuna, study, echo)
         n = _n_trials(cfg, space)
         with _stop_flag(s):
