@@ -20,15 +20,15 @@ _ROW = re.compile(r"^\| (?P<label>[^|]+?) \| (?P<beta>[^|]+?) \| (?P<seeds>\d+) 
                   r"(?P<mean>[\d.]+) ± (?P<sd>[\d.]+) \|")
 
 
-def grid_means(page: str) -> dict[str, float]:
-    """Grid label -> mean kNN accuracy % from the accuracy table ("## Accuracy ...") of a results page;
-    a label run at several β keeps its best β."""
+def grid_stats(page: str) -> dict[str, tuple[float, float]]:
+    """Grid label -> (mean, seed std) of the kNN accuracy % from the accuracy table ("## Accuracy ...") of
+    a results page; a label run at several β keeps its best β."""
     section = page.split("## Accuracy", 1)[1].split("\n## ", 1)[0]
-    out: dict[str, float] = {}
+    out: dict[str, tuple[float, float]] = {}
     for line in section.splitlines():
         m = _ROW.match(line)
-        if m:
-            out[m["label"]] = max(out.get(m["label"], 0.0), float(m["mean"]))
+        if m and float(m["mean"]) > out.get(m["label"], (0.0, 0.0))[0]:
+            out[m["label"]] = (float(m["mean"]), float(m["sd"]))
     if not out:
         raise ValueError("no accuracy table found in the grid's page")
     return out
@@ -43,6 +43,20 @@ def _knobs(k: dict[str, Any]) -> str:
     return ", ".join(f"{a}={v:.3g}" if isinstance(v, float) else f"{a}={v}" for a, v in k.items()) or "defaults"
 
 
+def best_at_rung(summary: dict[str, Any], n: int = 3) -> tuple[int, list[tuple[str, float]]]:
+    """The rung below the full budget (its epoch) and the ``n`` strategies with the highest kNN accuracy at
+    that epoch among the trials that reached it (each strategy's best trial): a comparison at one budget,
+    which the finished trials alone are not when early trials were promoted before there was competition."""
+    rungs = summary["rungs"]
+    ep = rungs[-2] if len(rungs) > 1 else rungs[-1]
+    best: dict[str, float] = {}
+    for t in summary["trials"]:
+        v = t["knn_by_epoch"].get(str(ep))
+        if v is not None and t["run"]:
+            best[t["strategy"]] = max(best.get(t["strategy"], 0.0), v)
+    return ep, sorted(best.items(), key=lambda kv: -kv[1])[:n]
+
+
 def seed_row(summary: dict[str, Any], grid_top: list[str]) -> tuple[str, bool]:
     """One table row for a search summary and whether it found the grid's top 3 within a third of its
     steps."""
@@ -54,14 +68,18 @@ def seed_row(summary: dict[str, Any], grid_top: list[str]) -> tuple[str, bool]:
     shown = "; ".join(f"{b['strategy']} ({_knobs(b['knobs'])}) {100 * b['knn_acc']:.2f}" for b in best) or "–"
     trained = [s for s in grid_top if any(b["strategy"] == s for b in summary["strategy_ranking"])]
     state = "finished" if summary["finished"] else f"NOT finished ({len(summary['trials'])} trials so far)"
+    ep, at_rung = best_at_rung(summary)
+    rung = "; ".join(f"{k} {100 * v:.2f}" for k, v in at_rung) or "–"
     return (f"| {seed} | {state} | {len(summary['trials'])} | {spent:,} / {grid:,} ({spent / grid:.1%}) | {shown} | "
-            f"{len(trained)} of 3 | {'yes' if ok else 'no'} |"), ok
+            f"{rung} | {len(trained)} of 3 | {'yes' if ok else 'no'} |"), ok
 
 
 def page(grid_page: str, summaries: list[dict[str, Any]], sources: list[str]) -> str:
     """The markdown of docs/results_search.md."""
-    means = grid_means(grid_page)
+    stats = grid_stats(grid_page)
+    means = {k: v[0] for k, v in stats.items()}
     grid_top = top(means)
+    fourth = top(means, 4)[3]
     rows = [seed_row(s, grid_top) for s in summaries]
     first = summaries[0]
     lines = [
@@ -75,11 +93,15 @@ def page(grid_page: str, summaries: list[dict[str, Any]], sources: list[str]) ->
         "each search seed is also the training seed of its trials.",
         "",
         "The grid's three best strategies by mean kNN accuracy (3 seeds): "
-        + ", ".join(f"{g} ({means[g]:.2f} %)" for g in grid_top) + ".",
+        + ", ".join(f"{g} ({means[g]:.2f} %)" for g in grid_top) + f"; the fourth is {fourth} "
+        f"({means[fourth]:.2f} %), {means[grid_top[2]] - means[fourth]:.2f} pp below the third, whose seed "
+        f"standard deviations are {stats[grid_top[2]][1]:.2f} and {stats[fourth][1]:.2f} pp. A search trains each "
+        "configuration at one seed, so it tells two strategies apart only by more than that noise.",
         "",
-        "| search seed | state | trials | training steps (search / grid) | its 3 best strategies (kNN %) | "
-        "grid's top 3 trained to the end | found the grid's top 3 at ≤ 1/3 of the steps |",
-        "|---|---|---|---|---|---|---|",
+        "| search seed | state | trials | training steps (search / grid) | its 3 best finished strategies (kNN %) | "
+        f"3 best at epoch {best_at_rung(first)[0]} (kNN %) | grid's top 3 trained to the end | "
+        "found the grid's top 3 at ≤ 1/3 of the steps |",
+        "|---|---|---|---|---|---|---|---|",
         *[r for r, _ in rows],
         "",
         f"Found in {sum(ok for _, ok in rows)} of {len(rows)} searches.",
