@@ -106,6 +106,11 @@ def page(grid_page: str, summaries: list[dict[str, Any]], sources: list[str]) ->
         "",
         f"Found in {sum(ok for _, ok in rows)} of {len(rows)} searches.",
         "",
+        "Each search: `hardneg compare --config configs/strategies_leaderboard.yaml --search --search-seed S "
+        f"--set search.trials={first['search']['trials']} --out runs/search_leaderboard_t{first['search']['trials']}"
+        "_sS`; its `search.json` is copied to `docs/results_search_files/search_sS.json`. Regenerate this page with "
+        "`python benchmarks/search_vs_grid.py --summary docs/results_search_files/search_s0.json --summary ...`.",
+        "",
     ]
     return "\n".join(lines)
 
