@@ -38,6 +38,7 @@ EXTRAS: dict[str, tuple[str, str, str]] = {
     "typer": ("typer", "cli", "typer"),
     "rich": ("rich", "cli", "rich"),
     "yaml": ("pyyaml", "cli", "PyYAML"),
+    "optuna": ("optuna", "search", "Optuna"),
     "pytorch_metric_learning": ("pytorch-metric-learning", "bench", "pytorch-metric-learning"),
 }
 

@@ -212,18 +212,32 @@ def compare_cmd(
     overwrite: OverwriteOpt = False,
     repair: RepairOpt = False,
     nproc: NprocOpt = 1,
+    search: Annotated[bool, typer.Option("--search", help="Successive halving over the config's strategies and "
+                                         "their knobs (its search: section) instead of the full grid.")] = False,
+    search_seed: Annotated[int | None, typer.Option("--search-seed", help="With --search: the sampler's and "
+                                                    "the trials' training seed (search.seed).")] = None,
 ) -> None:
-    """Run the grid losses × β × seeds of a compare config and write the markdown report and plots."""
+    """Run the grid losses × β × seeds of a compare config and write the markdown report and plots
+    (with --search: a successive-halving search over its strategies instead)."""
     from hardneg.report.report import results_table, write_report
     from hardneg.runs import CompareConfig, collect, dump_config, load_config, prepare_output
     from hardneg.train.compare import check_compare, run_compare
 
     _check_nproc(nproc)
+    if search_seed is not None and not search:
+        raise ValueError("--search-seed works with --search only")
+    if search:
+        overrides = [*(overrides or []), *([] if search_seed is None else [f"search.seed={search_seed}"])]
     cfg = load_config(config, _with_dir(overrides, data_dir), CompareConfig)
     out_dir = out or Path("runs") / cfg.name
     if repair and not resume:
         raise ValueError("--repair-metrics works with --resume only")
     check_writable(out_dir, "--out", folder=True)
+    if search:
+        if nproc > 1 or repair:
+            raise ValueError("--search runs on one process and does not take --nproc or --repair-metrics")
+        _search(cfg, out_dir, resume, overwrite)
+        return
     if nproc > 1:
         check_compare(cfg, nproc)
         _, lock = prepare_output(out_dir, "compare", dump_config(cfg), resume=resume, overwrite=overwrite)
@@ -248,6 +262,25 @@ def compare_cmd(
     _echo(results_table(collect(out_dir)))
     _echo("")
     _echo(f"report: {rp}")
+
+
+def _search(cfg: Any, out_dir: Path, resume: bool, overwrite: bool) -> None:
+    """``compare --search``: run the search, write the report of its finished trials, print the ranking."""
+    from hardneg.report.report import write_report
+    from hardneg.runs import CompareConfig, SearchConfig
+    from hardneg.train.search import ranking_table, run_search
+
+    if cfg.search is None:  # the default search, recorded in the folder's config
+        cfg = CompareConfig.model_validate({**cfg.model_dump(), "search": SearchConfig().model_dump()})
+    reports: list[Path] = []
+    with exit_on_interrupt():
+        summary = run_search(cfg, out_dir, resume=resume, overwrite=overwrite, echo=_echo,
+                             finish=lambda d: reports.append(write_report(d)))
+    _echo("")
+    _echo(ranking_table(summary))
+    if reports:
+        _echo(f"report: {reports[0]}")
+    _echo(f"summary: {out_dir / 'search.json'}")
 
 
 @app.command("plateau")

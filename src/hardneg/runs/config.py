@@ -223,6 +223,63 @@ class GridConfig(_Strict):
         return self
 
 
+class SearchKnob(_Strict):
+    """One knob of a searched strategy: a range (``low``, ``high``; ``integer: true`` for integers, ``log: true``
+    to sample on a log scale) or ``choices``, one of the two."""
+
+    low: float | None = None
+    high: float | None = None
+    integer: bool = False
+    log: bool = False
+    choices: list[float | int | bool | str] | None = Field(default=None, min_length=1)
+
+    @model_validator(mode="after")
+    def _range_or_choices(self) -> SearchKnob:
+        ranged = self.low is not None or self.high is not None
+        if ranged == (self.choices is not None):
+            raise ValueError("a knob takes either 'low' and 'high' or 'choices'")
+        if ranged:
+            if self.low is None or self.high is None or self.low > self.high:
+                raise ValueError(f"a knob range needs low <= high, got low={self.low}, high={self.high}")
+            if self.log and self.low <= 0:
+                raise ValueError(f"a log-scale knob needs low > 0, got {self.low}")
+            if self.integer and (self.low != round(self.low) or self.high != round(self.high)):
+                raise ValueError(f"an integer knob needs whole bounds, got low={self.low}, high={self.high}")
+        elif self.integer or self.log:
+            raise ValueError("'integer' and 'log' apply to ranges, not to 'choices'")
+        return self
+
+
+class SearchStrategy(_Strict):
+    """A grid entry to search (``label``, as ``grid.losses`` names it) and its knobs: option name (a dotted
+    path reaches into the mapping, e.g. ``source.size``) -> range or choices; null: the default knobs."""
+
+    label: str
+    knobs: dict[str, SearchKnob] | None = None
+
+
+class SearchConfig(_Strict):
+    """``hardneg compare --search``: successive halving (or Hyperband) over the grid's strategies and
+    their knobs, with rungs at ``min_epochs`` x ``reduction_factor``^k epochs up to ``train.epochs``."""
+
+    #: the strategies to consider; null: every grid entry with its default knobs
+    strategies: list[SearchStrategy] | None = Field(default=None, min_length=1)
+    #: how many trials (configurations) to start; null: twice the number of strategies
+    trials: int | None = Field(default=None, gt=0)
+    min_epochs: int = Field(default=1, gt=0)
+    reduction_factor: int = Field(default=3, ge=2)
+    pruner: Literal["successive_halving", "hyperband"] = "successive_halving"
+    #: the sampler's seed and every trial's training seed (``--search-seed``)
+    seed: int = Field(default=0, ge=0)
+
+    @model_validator(mode="after")
+    def _distinct(self) -> SearchConfig:
+        labels = [s.label for s in self.strategies or []]
+        if len(set(labels)) != len(labels):
+            raise ValueError(f"search.strategies name a label twice: {labels}")
+        return self
+
+
 class ReportConfig(_Strict):
     embedding_map: bool = True
     map_points: int = Field(default=1000, gt=10)
@@ -245,6 +302,8 @@ class CompareConfig(RunConfig):
     name: str = "compare"
     grid: GridConfig
     report: ReportConfig = Field(default_factory=ReportConfig)
+    #: what ``hardneg compare --search`` searches (null: the defaults of :class:`SearchConfig`)
+    search: SearchConfig | None = None
 
     @field_validator("name")
     @classmethod
@@ -257,6 +316,9 @@ class CompareConfig(RunConfig):
         unknown = sorted({x for kv in self.report.bases.items() for x in kv} - set(labels))
         if unknown:
             raise ValueError(f"report.bases names {unknown}, which are not grid labels {labels}")
+        searched = [s.label for s in (self.search.strategies or []) if s.label not in labels] if self.search else []
+        if searched:
+            raise ValueError(f"search.strategies names {searched}, which are not grid labels {labels}")
         return self
 
 
@@ -349,4 +411,9 @@ def load_config(
 
 
 def dump_config(cfg: BaseModel) -> str:
-    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=True)
+    """The config as YAML (sorted keys); an absent ``search`` section is left out, so a compare config
+    without one writes the same text whether or not the section exists."""
+    d = cfg.model_dump(mode="json")
+    if "search" in d and d["search"] is None:
+        del d["search"]
+    return yaml.safe_dump(d, sort_keys=True)

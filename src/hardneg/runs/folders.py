@@ -42,6 +42,10 @@ EMBEDDINGS = "embeddings.pt"
 REPORT = "report.md"
 RESULTS = "results.json"
 RUNS = "runs"
+#: ``hardneg compare --search``: its summary (plain JSON) and Optuna's journal (JSON lines) with the
+#: journal's lock file, held only while a line is appended
+SEARCH = "search.json"
+SEARCH_JOURNAL = "search.journal"
 
 #: every file hardneg writes into a run folder (training, then ``hardneg report`` / ``bounds``)
 RUN_FILES = (
@@ -51,7 +55,7 @@ RUN_FILES = (
 COMPARE_FILES = (
     MARKER, LOCK, CONFIG, RESULTS, REPORT, "accuracy_vs_beta.png", "loss_curves.png", "knn_curves.png",
     "align.png", "uniform.png", "bounds.png", "embedding_map.png", "bounds_by_entry.png", "leaderboard.png",
-    "accuracy_vs_time.png",
+    "accuracy_vs_time.png", SEARCH, SEARCH_JOURNAL, SEARCH_JOURNAL + ".lock",
 )
 #: plus one plot per negative diagnostic, ``diag_<name>.png`` (evaluation) and ``train_<name>.png``
 #: (training steps); the report chooses which diagnostics

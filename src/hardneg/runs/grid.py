@@ -7,8 +7,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from hardneg.io import read_json_object
 from hardneg.runs.config import CompareConfig, RunConfig, load_config
-from hardneg.runs.folders import CONFIG, RUNS, SUMMARY
+from hardneg.runs.folders import CONFIG, RUNS, SEARCH, SUMMARY
 from hardneg.runs.load import read_summary
 
 
@@ -58,7 +59,7 @@ def expand_grid(cfg: CompareConfig) -> list[RunSpec]:
 
 def run_config(cfg: CompareConfig, spec: RunSpec) -> RunConfig:
     """The RunConfig of one grid point: the base sections with the loss (or strategy) and seed replaced."""
-    base = cfg.model_dump(exclude={"name", "grid", "report"})
+    base = cfg.model_dump(exclude={"name", "grid", "report", "search"})
     if spec.strategy is not None:
         base["loss"], base["strategy"] = None, spec.strategy
     else:
@@ -82,12 +83,19 @@ def load_compare_config(out_dir: str | Path) -> CompareConfig:
 
 
 def collect(out_dir: str | Path) -> list[dict[str, Any]]:
-    """One row per finished run of a compare folder (its summary plus label/β/seed)."""
+    """One row per finished run of a compare folder (its summary plus label/β/seed): the grid's runs, or
+    in a folder of ``hardneg compare --search`` the trials its ``search.json`` lists."""
     cfg = load_compare_config(out_dir)
+    sp = Path(out_dir) / SEARCH
+    if sp.is_file():
+        trials = read_json_object(sp, "search summary", "rerun the search with --resume").get("trials", [])
+        keys = [(t["label"], t["beta"], t["seed"], t["run"]) for t in trials if t.get("run")]
+    else:
+        keys = [(s.label, s.beta, s.seed, s.name) for s in expand_grid(cfg)]
     rows = []
-    for spec in expand_grid(cfg):
-        sp = run_dir(out_dir, spec) / SUMMARY
-        if sp.is_file():
-            s = read_summary(sp)
-            rows.append({"label": spec.label, "beta": spec.beta, "seed": spec.seed, "run": spec.name, **s})
+    for label, beta, seed, name in keys:
+        summ = Path(out_dir) / RUNS / name / SUMMARY
+        if summ.is_file():
+            s = read_summary(summ)
+            rows.append({"label": label, "beta": beta, "seed": seed, "run": name, **s})
     return rows

@@ -28,7 +28,7 @@ from hardneg.runs import RunSpec, collect, expand_grid, run_config
 from hardneg.train.losses_from_config import build_objective
 from hardneg.train.trainer import Trainer, check_batch, load_run_data, n_samples
 
-__all__ = ["RunSpec", "check_compare", "collect", "expand_grid", "run_compare", "run_config"]
+__all__ = ["RunSpec", "check_compare", "collect", "expand_grid", "load_data", "run_compare", "run_config"]
 
 
 def check_compare(cfg: runs.CompareConfig, world: int = 1) -> tuple[list[RunSpec], Any, Any]:
@@ -39,8 +39,7 @@ def check_compare(cfg: runs.CompareConfig, world: int = 1) -> tuple[list[RunSpec
     for spec in specs:
         if spec.seed == cfg.grid.seeds[0]:
             build_objective(run_config(cfg, spec))
-    train, test = load_run_data(cfg.data)
-    check_batch(cfg.train.batch_size, world, n_samples(train))
+    train, test = load_data(cfg, world)
     return specs, train, test
 
 
@@ -63,6 +62,9 @@ def run_compare(
     if resume and overwrite:
         raise ValueError("pass at most one of --resume and --overwrite")
     specs, train, test = check_compare(cfg, D.world_size())
+    if (out / runs.SEARCH_JOURNAL).is_file() and not overwrite:
+        raise FileExistsError(f"output folder {out} holds a search (hardneg compare --search), not a grid; "
+                              "continue it with --search --resume or choose another folder")
     lock = None
     if D.is_main():  # over several processes, rank 0 makes and locks the folder while the others wait
         _, lock = runs.prepare_output(out, "compare", runs.dump_config(cfg), resume=resume, overwrite=overwrite)
@@ -72,6 +74,14 @@ def run_compare(
         if finish is not None and D.is_main():
             finish(out)
     return out
+
+
+def load_data(cfg: runs.CompareConfig, world: int = 1) -> tuple[Any, Any]:
+    """The training and test sets of a compare config, loaded once for all its runs; a batch that
+    ``world`` processes cannot split, or larger than the training set, is refused."""
+    train, test = load_run_data(cfg.data)
+    check_batch(cfg.train.batch_size, world, n_samples(train))
+    return train, test
 
 
 def _run_grid(cfg: runs.CompareConfig, out: Path, specs: list[RunSpec], train: Any, test: Any,

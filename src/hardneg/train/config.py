@@ -14,6 +14,9 @@ from hardneg.runs.config import (
     OptimConfig,
     ReportConfig,
     RunConfig,
+    SearchConfig,
+    SearchKnob,
+    SearchStrategy,
     TrainLoopConfig,
     apply_overrides,
     dump_config,
@@ -24,6 +27,7 @@ from hardneg.runs.config import (
 
 __all__ = [
     "AugmentConfig", "BoundsConfig", "CompareConfig", "DataConfig", "EvalConfig", "GridConfig", "GridLoss",
-    "LossConfig", "ModelConfig", "OptimConfig", "ReportConfig", "RunConfig", "TrainLoopConfig", "apply_overrides",
+    "LossConfig", "ModelConfig", "OptimConfig", "ReportConfig", "RunConfig", "SearchConfig", "SearchKnob",
+    "SearchStrategy", "TrainLoopConfig", "apply_overrides",
     "dump_config", "load_config", "load_raw", "validate_config",
 ]

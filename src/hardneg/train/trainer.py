@@ -649,15 +649,21 @@ class Trainer:
                 self._stop = agreed
             self._interrupt()
 
-    def fit(self) -> dict[str, Any]:
+    def fit(self, *, until_epoch: int | None = None) -> dict[str, Any]:
         """Train to the configured number of epochs (continuing from the checkpoint when resumed) and
         return the summary; also written to ``summary.json``. Ctrl-C and SIGTERM write a checkpoint and
-        raise :class:`RunInterrupted`. However it ends, it releases the run directory's lock."""
+        raise :class:`RunInterrupted`. However it ends, it releases the run directory's lock.
+
+        ``until_epoch`` pauses after that many epochs (fewer than ``train.epochs``) with the end-of-epoch
+        checkpoint written and returns ``{"finished": False, "epoch", "steps"}``; a Trainer resumed from
+        it continues exactly as an uninterrupted run (the learning-rate schedule spans all epochs)."""
+        if until_epoch is not None and until_epoch < 1:
+            raise ValueError(f"until_epoch must be >= 1, got {until_epoch}")
         old: dict[int, Any] = {}
         if threading.current_thread() is threading.main_thread():
             old = {s: signal.signal(s, self._on_signal) for s in STOP_SIGNALS}
         try:
-            return self._fit()
+            return self._fit(until_epoch)
         finally:
             self.close()
             for s, h in old.items():
@@ -670,10 +676,11 @@ class Trainer:
             f"{what} at step {self.step + 1} (epoch {self.epoch + 1}); stopped before updating; {where}"
         )
 
-    def _fit(self) -> dict[str, Any]:
+    def _fit(self, until_epoch: int | None = None) -> dict[str, Any]:
         tqdm = require("tqdm.auto", "train").tqdm
 
         c = self.cfg
+        stop_at = c.train.epochs if until_epoch is None else min(until_epoch, c.train.epochs)
         spe = self.steps_per_epoch
         t0 = time.time()
         bar = tqdm(
@@ -688,7 +695,7 @@ class Trainer:
         self.model.train()
         last_eval: dict[str, Any] = {}
         try:
-            while self.epoch < c.train.epochs:
+            while self.epoch < stop_at:
                 if self.perm is None:
                     self.perm = torch.randperm(self.n_train, generator=self.g_data)
                     self.batch_idx, self.epoch_loss = 0, [0.0, 0]
@@ -748,11 +755,15 @@ class Trainer:
         finally:
             bar.close()
             self._metrics_fh_flush()
-        if self.main and not last_eval:  # resumed after the last epoch had been evaluated: again for the summary
+        paused = self.epoch < c.train.epochs  # at until_epoch (a search's rung): no final evaluation yet
+        if self.main and not last_eval and not paused:  # resumed after the last epoch had been evaluated
             last_eval = self._evaluate_unless_stopped(probe=c.eval.linear_probe)
         self._stop_point()  # the last point at which a stop request stops the run
         if not self.main:
             return {"rank": D.rank(), "steps": self.step}
+        if paused:
+            self._close()
+            return {"finished": False, "epoch": self.epoch, "steps": self.step}
         return self._finish(last_eval, time.time() - t0)
 
     def _finish(self, ev: dict[str, Any], seconds: float) -> dict[str, Any]:
