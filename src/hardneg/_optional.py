@@ -1,14 +1,14 @@
 """Optional dependencies: import one by name, or fail with the line that installs it.
 
 ``pip install hardneg`` brings only what the losses and strategies need (torch and numpy).
-Everything else belongs to an extra, and every import of it goes through :func:`require` (or, for a
+Everything else belongs to an extra, and every import of it goes through `require` (or, for a
 ``from x import y`` at the top of a module, ``except ImportError as e: raise missing("x") from e``),
 so a user without the extra reads which one to install instead of a bare ``ModuleNotFoundError``::
 
     >>> faiss = require("faiss")  # doctest: +SKIP
     MissingExtraError: FAISS (faiss-cpu) is not installed; it comes with: pip install "hardneg[mining]"
 
-:data:`EXTRAS` is the one table of which extra brings which import; a test checks it against the
+`EXTRAS` is the one table of which extra brings which import; a test checks it against the
 extras declared in ``pyproject.toml``.
 """
 
@@ -73,9 +73,9 @@ def _version_tuple(v: str) -> tuple[int, ...]:
 
 def require(module: str, extra: str | None = None, *, min_version: str | None = None,
             feature: str | None = None) -> ModuleType:
-    """Import ``module`` (e.g. ``"faiss"``, ``"scipy.sparse"``) or raise :class:`MissingExtraError`.
+    """Import ``module`` (e.g. ``"faiss"``, ``"scipy.sparse"``) or raise `MissingExtraError`.
 
-    ``extra``, when given, must be the extra :data:`EXTRAS` lists for the module (it documents the call
+    ``extra``, when given, must be the extra `EXTRAS` lists for the module (it documents the call
     site and is checked). ``min_version`` (e.g. ``"5.7"``) rejects an older installed release with the
     same kind of message; ``feature`` names what needs the module.
     """

@@ -1,6 +1,6 @@
 """Run folders, the one place that knows them: layout and the ``.hardneg`` marker (what ``--overwrite``
 may delete), ``metrics.jsonl``, the experiment configs, grid expansion of a compare folder, and loading
-a run. It imports nothing from hardneg but :mod:`hardneg.io`, so training, evaluation, the report and
+a run. It imports nothing from hardneg but `hardneg.io`, so training, evaluation, the report and
 the command line all build on it without importing one another.
 """
 

@@ -1,6 +1,6 @@
 """Experiment configuration: pydantic models that reject unknown keys and wrong types.
 
-A YAML file maps onto :class:`RunConfig` (``hardneg train``) or :class:`CompareConfig`
+A YAML file maps onto `RunConfig` (``hardneg train``) or `CompareConfig`
 (``hardneg compare``); ``--set section.key=value`` overrides are applied before validation.
 """
 
@@ -144,7 +144,7 @@ def _one_objective(data: Any) -> Any:
 
 class RunConfig(_Strict):
     """One training run. The objective is ``loss`` (default ``ucl``) or ``strategy``: the full mapping
-    :func:`hardneg.negatives.from_config` takes (``name``, preset options, ``source``, ``filters``,
+    `hardneg.negatives.from_config` takes (``name``, preset options, ``source``, ``filters``,
     ``weighting``, ``schedule``, ...), passed to it untouched."""
 
     data: DataConfig = Field(default_factory=DataConfig)
@@ -202,7 +202,7 @@ class GridLoss(_Strict):
 
     @property
     def title(self) -> str:
-        """The run label: ``label``, else :attr:`loss_name`."""
+        """The run label: ``label``, else `loss_name`."""
         return self.label or self.loss_name
 
 
@@ -297,12 +297,12 @@ class ReportConfig(_Strict):
 
 
 class CompareConfig(RunConfig):
-    """A :class:`RunConfig` used as the base of every run, plus the grid of losses × β × seeds."""
+    """A `RunConfig` used as the base of every run, plus the grid of losses × β × seeds."""
 
     name: str = "compare"
     grid: GridConfig
     report: ReportConfig = Field(default_factory=ReportConfig)
-    #: what ``hardneg compare --search`` searches (null: the defaults of :class:`SearchConfig`)
+    #: what ``hardneg compare --search`` searches (null: the defaults of `SearchConfig`)
     search: SearchConfig | None = None
 
     @field_validator("name")
@@ -329,7 +329,7 @@ SHIPPED_CONFIGS: dict[str, type[RunConfig]] = {"train": RunConfig, "compare": Co
 
 
 def shipped_config(name: str) -> str:
-    """The YAML text of the shipped example config ``name`` (a key of :data:`SHIPPED_CONFIGS`)."""
+    """The YAML text of the shipped example config ``name`` (a key of `SHIPPED_CONFIGS`)."""
     from importlib import resources
 
     if name not in SHIPPED_CONFIGS:

@@ -1,8 +1,8 @@
 """Output folders of ``hardneg train | bounds | compare``: their layout, the marker that says hardneg
 created them, and the rule for what ``--overwrite`` may delete.
 
-A run folder holds the files named in :data:`RUN_FILES`; a compare folder those in
-:data:`COMPARE_FILES` plus ``runs/<name>/``, one run folder per grid point. Both get a marker file
+A run folder holds the files named in `RUN_FILES`; a compare folder those in
+`COMPARE_FILES` plus ``runs/<name>/``, one run folder per grid point. Both get a marker file
 ``.hardneg`` (JSON: ``{"written_by": "hardneg", "kind": "run" | "compare"}``) when they are created.
 
 - A new or empty folder is used as is.
@@ -13,11 +13,11 @@ A run folder holds the files named in :data:`RUN_FILES`; a compare folder those 
   anything else is refused, naming it. The folder itself is kept (``--out .`` empties nothing).
 - ``--resume`` needs the same ``config.yaml``; it deletes nothing but stale temporary files.
 
-One writer per folder: whoever prepares an output holds its lock (:class:`hardneg.io.WriterLock` on
+One writer per folder: whoever prepares an output holds its lock (`hardneg.io.WriterLock` on
 the file ``.hardneg.lock`` inside it) for as long as it writes there. A second writer — a fresh start,
 ``--resume`` or ``--overwrite`` — is refused, naming the folder and the holder's PID, before it changes
 anything; ``--overwrite`` never deletes the lock file of a live holder. The lock file is hardneg's own
-(in :data:`RUN_FILES` and :data:`COMPARE_FILES`); the holder deletes it when it finishes, and one left by
+(in `RUN_FILES` and `COMPARE_FILES`); the holder deletes it when it finishes, and one left by
 a killed process blocks nothing.
 """
 
@@ -149,7 +149,7 @@ def _being_made(name: str, kind: str) -> bool:
 
 def _held_kind(d: Path, kind: str, config_text: str, resume: bool) -> str | None:
     """The kind of output ``d`` holds, None when it is new or empty (one holding only what
-    :func:`_being_made` names counts as empty); refuse a folder hardneg did not create or one of
+    `_being_made` names counts as empty); refuse a folder hardneg did not create or one of
     another kind. Reads only."""
     what = "run directory" if kind == "run" else "output folder"
     if d.exists() and not d.is_dir():
@@ -194,7 +194,7 @@ def prepare_output(
 
 
 def _prepare_locked(d: Path, kind: str, config_text: str, *, resume: bool, overwrite: bool) -> bool:
-    """:func:`prepare_output` once the lock is held (checked again: a writer that held it may have
+    """`prepare_output` once the lock is held (checked again: a writer that held it may have
     changed the folder in between)."""
     what = "run directory" if kind == "run" else "output folder"
     if _held_kind(d, kind, config_text, resume) is not None:

@@ -1,4 +1,4 @@
-"""The experiment grid of a compare folder: losses × β × seeds of one :class:`CompareConfig`, each grid
+"""The experiment grid of a compare folder: losses × β × seeds of one `CompareConfig`, each grid
 point a run folder ``<out>/runs/<name>/``, and the rows of the finished ones."""
 
 from __future__ import annotations

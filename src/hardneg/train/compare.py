@@ -1,5 +1,5 @@
-"""Running the experiment grid of ``hardneg compare``: every grid point of one :class:`CompareConfig`
-(expanded by :func:`hardneg.runs.expand_grid`) trained in its own run folder.
+"""Running the experiment grid of ``hardneg compare``: every grid point of one `CompareConfig`
+(expanded by `hardneg.runs.expand_grid`) trained in its own run folder.
 
 Layout of the output folder::
 
@@ -10,7 +10,7 @@ Layout of the output folder::
     <out>/report.md, *.png       the markdown report and its plots (hardneg.report)
 
 Resumable: a run whose ``summary.json`` exists is not repeated; an interrupted run continues from its
-checkpoint; runs not started yet start fresh. The report is written by :mod:`hardneg.report` from the
+checkpoint; runs not started yet start fresh. The report is written by `hardneg.report` from the
 finished folder (the command line does both).
 """
 
@@ -32,7 +32,7 @@ __all__ = ["RunSpec", "check_compare", "collect", "expand_grid", "load_data", "r
 
 
 def check_compare(cfg: runs.CompareConfig, world: int = 1) -> tuple[list[RunSpec], Any, Any]:
-    """Refuse what :func:`run_compare` on ``world`` processes refuses before it creates the output
+    """Refuse what `run_compare` on ``world`` processes refuses before it creates the output
     folder — an unknown loss, preset or option in any grid point, the data set, the batch size against
     the processes and the data — and return the grid and the training and test data."""
     specs = expand_grid(cfg)
@@ -54,7 +54,7 @@ def run_compare(
     finish: Callable[[Path], Any] | None = None,
 ) -> Path:
     """Run (or continue) every grid point; return the output folder (write its report with
-    :func:`hardneg.report.report.write_report`, or pass it as ``finish``: called with the folder on
+    `hardneg.report.report.write_report`, or pass it as ``finish``: called with the folder on
     the process that writes files, while the folder is still locked against other writers).
 
     Every grid point's loss and the data are checked before the output folder is touched."""

@@ -41,7 +41,7 @@ from hardneg.train.plateau import knn_curve
 from hardneg.train.trainer import STOP_SIGNALS, NonFiniteLossError, RunInterrupted, Trainer
 
 STUDY = "hardneg-search"
-#: knobs searched by default, per preset (β of tilted entries is added by :func:`default_knobs`)
+#: knobs searched by default, per preset (β of tilted entries is added by `default_knobs`)
 DEFAULT_KNOBS: dict[str, dict[str, SearchKnob]] = {
     "topk": {"k": SearchKnob(choices=[4, 8, 16, 32, 64])},
     "moco_queue": {"size": SearchKnob(choices=[1024, 2048, 4096])},
@@ -60,14 +60,14 @@ class Arm:
 
 
 def default_knobs(entry: GridLoss) -> dict[str, SearchKnob]:
-    """β in [0, 2] for a tilted entry, plus :data:`DEFAULT_KNOBS` of its preset."""
+    """β in [0, 2] for a tilted entry, plus `DEFAULT_KNOBS` of its preset."""
     opts = entry.strategy if entry.strategy is not None else entry.params
     knobs = {"beta": BETA_RANGE} if has_beta(entry.loss_name, opts) else {}
     return {**knobs, **DEFAULT_KNOBS.get(entry.loss_name, {})}
 
 
 def search_space(cfg: CompareConfig) -> dict[str, Arm]:
-    """Grid label -> :class:`Arm` of the strategies ``cfg.search`` considers (every grid entry with its
+    """Grid label -> `Arm` of the strategies ``cfg.search`` considers (every grid entry with its
     default knobs when it names none)."""
     sc = cfg.search or SearchConfig()
     entries = {g.title: g for g in cfg.grid.losses}

@@ -1,5 +1,5 @@
 """The Trainer: two-view contrastive training (SimCLR layout, Chen et al. 2020) with any loss
-``loss_fn(z1, z2, labels) -> scalar`` or a :class:`~hardneg.negatives.strategy.Strategy`, exact resume,
+``loss_fn(z1, z2, labels) -> scalar`` or a `Strategy`, exact resume,
 per-epoch evaluation and the bound check.
 
 A strategy is called with the dataset indices of the batch as sample ids and the global step; its
@@ -7,20 +7,20 @@ per-step diagnostics go to ``metrics.jsonl`` (prefixed ``neg_``). When it stores
 second view is encoded by a momentum copy of the model (MoCo's key encoder, ``train.key_momentum``),
 updated after every optimiser step and checkpointed with the rest.
 
-Determinism: the model is initialised right after :func:`hardneg.seed.seed_everything`, batches come
+Determinism: the model is initialised right after `hardneg.seed.seed_everything`, batches come
 from a permutation drawn from a data generator, augmentations from a separate augmentation generator;
 both generators, the epoch permutation, the position in it, model/optimizer/scheduler state and the
 length of ``metrics.jsonl`` are stored in every checkpoint, so ``resume`` produces a metrics file
 identical to that of an uninterrupted run (same process settings, same thread count).
 
-Several processes (``hardneg train --nproc N``, torchrun; :mod:`hardneg.distributed`): every process
+Several processes (``hardneg train --nproc N``, torchrun; `hardneg.distributed`): every process
 draws the same permutation and the same augmentation parameters for the global batch
 (``train.batch_size``), augments and embeds only its own slice of it with the DDP-wrapped model
 (batch normalisation over the global batch); with ``data.workers`` each process's DataLoader reads
 and augments its own rows (per-sample seeds);
 the loss gathers the embeddings with gradient, so the gradient after DDP's averaging is the
 single-process gradient of the global batch. Only rank 0 evaluates, writes files and holds the run
-directory's lock (:class:`hardneg.io.WriterLock`); every process stops at the same step on Ctrl-C / SIGTERM.
+directory's lock (`hardneg.io.WriterLock`); every process stops at the same step on Ctrl-C / SIGTERM.
 """
 
 from __future__ import annotations
@@ -122,7 +122,7 @@ def _rng_state() -> tuple[torch.Tensor, list[torch.Tensor]]:
 
 
 def _set_rng_state(state: tuple[torch.Tensor, list[torch.Tensor]]) -> None:
-    """Restore what :func:`_rng_state` returned; the state of a GPU this machine lacks is not needed."""
+    """Restore what `_rng_state` returned; the state of a GPU this machine lacks is not needed."""
     torch.set_rng_state(state[0])
     cuda = state[1][: torch.cuda.device_count()] if torch.cuda.is_available() else []
     if cuda:
@@ -130,7 +130,7 @@ def _set_rng_state(state: tuple[torch.Tensor, list[torch.Tensor]]) -> None:
 
 
 def _as_dataset(data: Any, name: str) -> Any:
-    """A map-style data set from ``(X, y)`` tensors or a :class:`LabeledImageDataset` (kept as is)."""
+    """A map-style data set from ``(X, y)`` tensors or a `LabeledImageDataset` (kept as is)."""
     if isinstance(data, tuple) and len(data) == 2 and all(isinstance(t, torch.Tensor) for t in data):
         return torch.utils.data.TensorDataset(*data)
     if not isinstance(data, LabeledImageDataset):
@@ -152,7 +152,7 @@ def check_batch(batch_size: int, world: int, n_train: int | None = None) -> None
 
 
 def load_run_data(d: Any) -> tuple[Any, Any]:
-    """The training and test data of a run's ``data`` section (:func:`hardneg.data.base.load_named`)."""
+    """The training and test data of a run's ``data`` section (`hardneg.data.base.load_named`)."""
     train = load_named(d.name, "train", data_dir=d.data_dir, limit=d.train_limit, seed=d.split_seed)
     return train, load_named(d.name, "test", data_dir=d.data_dir, limit=d.test_limit, seed=d.split_seed)
 
@@ -163,7 +163,7 @@ def n_samples(data: Any) -> int:
 
 
 def check_run(cfg: RunConfig, world: int = 1) -> None:
-    """Refuse what a :class:`Trainer` on ``world`` processes refuses before it creates the run folder:
+    """Refuse what a `Trainer` on ``world`` processes refuses before it creates the run folder:
     the objective, the data set, the batch size against the processes and the data. The ``--nproc``
     launcher calls it before it starts the processes."""
     build_objective(cfg)
@@ -181,12 +181,12 @@ def _json_float(v: float) -> float | None:
 class Trainer:
     """Train ``model`` with ``loss_fn`` on ``train_data`` as configured, writing to ``run_dir``.
 
-    Everything not passed is built from ``config``: data (:func:`hardneg.data.base.load_named`), model
-    (:func:`hardneg.models.build_model`), loss or strategy
-    (:func:`hardneg.train.losses_from_config.build_objective`, before anything is written).
+    Everything not passed is built from ``config``: data (`hardneg.data.base.load_named`), model
+    (`hardneg.models.build_model`), loss or strategy
+    (`hardneg.train.losses_from_config.build_objective`, before anything is written).
     ``train_data`` / ``test_data`` are ``(X, y)`` tensors or datasets following
-    :class:`hardneg.data.base.LabeledImageDataset`. ``loss_fn`` may be a plain callable or a
-    :class:`~hardneg.negatives.strategy.Strategy` (called with sample ids and the step).
+    `hardneg.data.base.LabeledImageDataset`. ``loss_fn`` may be a plain callable or a
+    `Strategy` (called with sample ids and the step).
     """
 
     def __init__(
@@ -246,7 +246,7 @@ class Trainer:
             sample_shape = tuple(image_of(self.train_ds[0], "train_data")[0].shape)
         check_batch(c.train.batch_size, self.world, self.n_train)
         #: rank 0's lock on the run directory, held while this Trainer writes there (released by
-        #: :meth:`fit` or :meth:`close`); the other processes write nothing and take none
+        #: `fit` or `close`); the other processes write nothing and take none
         self.lock: WriterLock | None = None
         resumed = False
         if self.main:
@@ -307,7 +307,7 @@ class Trainer:
 
     # ------------------------------------------------------------------ state
     def state(self) -> dict[str, Any]:
-        """Everything an exact resume needs, as the fields of :data:`hardneg.train.checkpoint.FIELDS`."""
+        """Everything an exact resume needs, as the fields of `hardneg.train.checkpoint.FIELDS`."""
         mp = self.run_dir / ck.METRICS
         torch_rng, cuda_rng = _rng_state()
         return {
@@ -415,7 +415,7 @@ class Trainer:
             self._fh = None
 
     def close(self) -> None:
-        """Close ``metrics.jsonl`` and release the run directory's lock (:meth:`fit` does both at its
+        """Close ``metrics.jsonl`` and release the run directory's lock (`fit` does both at its
         end; for a Trainer built but never fitted)."""
         self._close()
         if self.lock is not None:
@@ -491,8 +491,8 @@ class Trainer:
         return v1, v2, y[rows], idx[rows]
 
     def _batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]]:
-        """This epoch's batches from ``batch_idx`` on, as :meth:`_batch` gives them; through a
-        DataLoader (:mod:`hardneg.data.loader`) when ``data.workers`` is set."""
+        """This epoch's batches from ``batch_idx`` on, as `_batch` gives them; through a
+        DataLoader (`hardneg.data.loader`) when ``data.workers`` is set."""
         bs = self.cfg.train.batch_size
         if self.workers is None:
             for i in range(self.batch_idx, self.steps_per_epoch):
@@ -525,7 +525,7 @@ class Trainer:
     def _embed_cached(
         self, v1: torch.Tensor, v2: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor, Callable[[], None]]:
-        """GradCache: the views of :meth:`_embed_views` embedded ``train.grad_cache.chunk`` inputs at a
+        """GradCache: the views of `_embed_views` embedded ``train.grad_cache.chunk`` inputs at a
         time without a graph; returns z1, z2 cut from one leaf that requires grad (z2 from the key
         encoder when there is one) and ``backward()``, to call after the loss's backward: it
         re-embeds each chunk with a graph — replaying the global random state, so dropout draws the
@@ -625,7 +625,7 @@ class Trainer:
         )
 
     def _evaluate_unless_stopped(self, *, probe: bool) -> dict[str, Any]:
-        """:meth:`evaluate`, or ``{}`` when a stop signal came before or during it (the stop point after
+        """`evaluate`, or ``{}`` when a stop signal came before or during it (the stop point after
         it then writes the checkpoint from before the evaluation, which a resumed run repeats)."""
         if self._stop:
             return {}
@@ -652,7 +652,7 @@ class Trainer:
     def fit(self, *, until_epoch: int | None = None) -> dict[str, Any]:
         """Train to the configured number of epochs (continuing from the checkpoint when resumed) and
         return the summary; also written to ``summary.json``. Ctrl-C and SIGTERM write a checkpoint and
-        raise :class:`RunInterrupted`. However it ends, it releases the run directory's lock.
+        raise `RunInterrupted`. However it ends, it releases the run directory's lock.
 
         ``until_epoch`` pauses after that many epochs (fewer than ``train.epochs``) with the end-of-epoch
         checkpoint written and returns ``{"finished": False, "epoch", "steps"}``; a Trainer resumed from
