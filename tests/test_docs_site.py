@@ -56,7 +56,8 @@ def test_strict_build_renders_every_page_and_no_raw_role(tmp_path):
         stem = page[: -len(".md")]
         assert (site / stem / "index.html").is_file() or stem == "index", page
         assert stem == "index" or f'href="{stem}/"' in home, f"{page} is not in the navigation"
-    raw = [f"{p.relative_to(site)}: {m.group(0)}" for p in site.rglob("*.html") for m in _RAW_ROLE.finditer(p.read_text())]
+    raw = [f"{p.relative_to(site)}: {m.group(0)}"
+           for p in site.rglob("*.html") for m in _RAW_ROLE.finditer(p.read_text())]
     assert not raw, f"{len(raw)} raw reStructuredText roles in the HTML: {raw[:10]}"
     # the API reference is generated from the docstrings
     api = (site / "api" / "mining" / "index.html").read_text()
