@@ -446,11 +446,11 @@ def _retrieval_rows() -> dict[str, Case | NotApplicable]:
     }
 
 
-def _bench_rows() -> dict[str, Case | NotApplicable]:
-    quick = ["bench", "loss", "--sizes", "8", "--repeats", "1", "--no-memory", "--threads", "1"]
+def _bench_rows(which: str = "loss") -> dict[str, Case | NotApplicable]:
+    quick = ["bench", which, "--sizes", "8", "--repeats", "1", "--no-memory", "--threads", "1"]
 
     def signalled(ws: Path, fx: Fixtures) -> tuple[list[str], str]:
-        return ["bench", "loss", "--sizes", "65536", "--repeats", "50", "--no-memory", "--threads", "1", "--json",
+        return ["bench", which, "--sizes", "65536", "--repeats", "50", "--no-memory", "--threads", "1", "--json",
                 str(ws / "rows.json")], ""
 
     return {
@@ -484,7 +484,8 @@ MATRIX: dict[str, dict[str, Case | NotApplicable]] = {
              "output not writable": Case(lambda ws, fx: (["init", "train", str(_file(ws) / "train.yaml")],
                                                          "train.yaml")),
              **{c: NotApplicable("returns at once") for c in EXIT}},
-    "bench loss": _bench_rows(),
+    "bench loss": _bench_rows("loss"),
+    "bench strategies": _bench_rows("strategies"),
 }
 CASES = [(cmd, cond) for cmd, row in MATRIX.items() for cond, cell in row.items() if isinstance(cell, Case)]
 #: the numbers docs/reliability.md states

@@ -97,8 +97,13 @@ def bench_strategies(
 ) -> None:
     """Forward+backward time (× floor) and peak memory of every in-batch preset, called as users call it."""
     from hardneg.bench.loss_speed import PRESET_CASES, format_preset_table, run
-    from hardneg.io import atomic_write_text
+    from hardneg.io import atomic_write_text, check_writable
 
+    if json_out:
+        check_writable(json_out, "--json")
+    if readme:  # checked before the benchmark runs: a bad README would waste it
+        _readme_text(readme, "strategies")
+        check_writable(readme, "--readme")
     size_list = _parse_sizes(sizes) + ([65536] if large and 65536 not in _parse_sizes(sizes) else [])
     rows = run(size_list, repeats, threads, 1e9, memory, echo=typer.echo, device=device,
                case_list=PRESET_CASES, table=format_preset_table)
