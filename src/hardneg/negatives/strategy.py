@@ -154,10 +154,10 @@ class Strategy(nn.Module):
             π ∝ e^{β s / t}, applied by the kernel.
         tau_plus: τ⁺ of the debiased estimator (Chuang et al. DCL). clamp: clamp it at N e^{−1/t}
             (default True).
-        detach_weights: no gradient through the β tilt (paper code keeps it: False).
-        Options that cannot act (``clamp`` given with τ⁺ = 0, ``detach_weights`` at β = 0,
-        ``positive_reduce="pairs"`` with view positives; a schedule of τ⁺ or β counts as acting)
-        are warned about when the strategy is built.
+        detach_weights: no gradient through the β tilt (paper code keeps it: False). An option that
+            cannot act (``clamp`` given with τ⁺ = 0, ``detach_weights`` at β = 0,
+            ``positive_reduce="pairs"`` with view positives; a schedule of τ⁺ or β counts as acting)
+            is warned about when the strategy is built.
         n_neg: ``"count"`` (N = number of valid candidates: plain sums), ``"nominal"`` (N = all
             candidates but the anchor and its positive: HCL / H-SCL's 2B − 2) or a number.
         schedule: ``{param: Schedule or mapping}`` — param is ``beta``, ``temperature`` (``t``),
