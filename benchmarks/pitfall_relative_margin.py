@@ -1,4 +1,5 @@
-"""The ANCHORS.md pitfall: relative_margin=0.05, num_negatives=1, triplet output on WordNet noun pairs.
+"""A pitfall users hit with sentence-transformers' miner: relative_margin=0.05, num_negatives=1,
+triplet output on WordNet noun pairs.
 
 Runs sentence-transformers' mine_hard_negatives and hardneg's miner on the same (cached, bf16) embeddings,
 counts the pairs that keep a negative, and prints hardneg's summary (whose first line says how many

@@ -10,9 +10,9 @@ import torch
 import yaml
 
 from hardneg import runs
-from hardneg.cli import main
 from hardneg.train import checkpoint as ck
 from hardneg.train.trainer import Trainer
+from tests.cli_helpers import run_cli
 from tests.test_train_trainer import BASE, cfg, literal_nt_xent
 
 
@@ -27,11 +27,8 @@ class _Crafted:
 
 
 def _cli(args, capsys):
-    capsys.readouterr()
-    with pytest.raises(SystemExit) as e:
-        main([str(a) for a in args])
-    _, err = capsys.readouterr()
-    return e.value.code, err.strip()
+    code, _, err = run_cli(args, capsys)
+    return code, err
 
 
 def _snapshot(d):

@@ -14,8 +14,8 @@ import pytest
 import yaml
 
 from hardneg import runs
-from hardneg.cli import main
 from hardneg.io import WriterLock
+from tests.cli_helpers import run_cli
 from tests.test_train_trainer import BASE
 
 SRC = str(Path(__file__).resolve().parents[1] / "src")
@@ -39,11 +39,8 @@ def _release(p):
 
 
 def _cli(args, capsys):
-    capsys.readouterr()
-    with pytest.raises(SystemExit) as e:
-        main([str(a) for a in args])
-    _, err = capsys.readouterr()
-    return e.value.code, err.strip()
+    code, _, err = run_cli(args, capsys)
+    return code, err
 
 
 def _snapshot(d):

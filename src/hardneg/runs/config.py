@@ -337,13 +337,15 @@ def shipped_config(name: str) -> str:
     return resources.files("hardneg").joinpath("configs", f"{name}.yaml").read_text(encoding="utf-8")
 
 
-def _set_path(d: dict[str, Any], dotted: str, value: Any) -> None:
+def set_dotted(d: dict[str, Any], dotted: str, value: Any, what: str = "override") -> None:
+    """Set ``d["a"]["b"]["c"] = value`` for ``dotted="a.b.c"``, making missing sections; a key on the
+    way that holds no mapping is one ``ValueError`` naming ``what``."""
     keys = dotted.split(".")
     cur = d
     for k in keys[:-1]:
         nxt = cur.setdefault(k, {})
         if not isinstance(nxt, dict):
-            raise ValueError(f"override {dotted!r}: {k!r} is not a section")
+            raise ValueError(f"{what} {dotted!r}: {k!r} is not a section")
         cur = nxt
     cur[keys[-1]] = value
 
@@ -360,7 +362,7 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str] | None) -> dict[st
         except yaml.YAMLError as e:
             first = str(e).strip().splitlines()[0]
             raise ValueError(f"override {o!r}: the value is not valid YAML ({first})") from None
-        _set_path(out, k.strip(), value)
+        set_dotted(out, k.strip(), value)
     return out
 
 

@@ -34,7 +34,7 @@ from hardneg import runs
 from hardneg._optional import require
 from hardneg.io import atomic_write_text
 from hardneg.runs import CompareConfig, RunSpec, SearchConfig, SearchKnob, expand_grid, has_beta, run_config
-from hardneg.runs.config import GridLoss
+from hardneg.runs.config import GridLoss, set_dotted
 from hardneg.train.compare import load_data
 from hardneg.train.losses_from_config import build_objective
 from hardneg.train.plateau import knn_curve
@@ -77,16 +77,6 @@ def search_space(cfg: CompareConfig) -> dict[str, Arm]:
             for s in sc.strategies}
 
 
-def _set_dotted(opts: dict[str, Any], path: str, value: Any, label: str) -> None:
-    keys = path.split(".")
-    cur = opts
-    for k in keys[:-1]:
-        cur = cur.setdefault(k, {})
-        if not isinstance(cur, dict):
-            raise ValueError(f"search.strategies: knob {path!r} of {label!r}: {k!r} is not a mapping")
-    cur[keys[-1]] = value
-
-
 def _get_dotted(opts: dict[str, Any], path: str) -> Any:
     cur: Any = opts
     for k in path.split("."):
@@ -108,7 +98,7 @@ def trial_spec(cfg: CompareConfig, arm: Arm, values: dict[str, Any], number: int
     g = arm.entry
     opts = copy.deepcopy(g.strategy if g.strategy is not None else g.params)
     for k, v in values.items():
-        _set_dotted(opts, k, v, g.title)
+        set_dotted(opts, k, v, f"search.strategies: knob of {g.title!r}")
     beta = None
     if has_beta(g.loss_name, opts):
         opts.setdefault("beta", float(cfg.grid.betas[0]))
