@@ -56,6 +56,29 @@ def update_readme(readme: Path, table: str, command: str, key: str = "loss") -> 
     atomic_write_text(readme, head + body + tail)
 
 
+def _check_outputs(json_out: Path | None, readme: Path | None, key: str) -> None:
+    """Refuse, before the benchmark runs, a ``--json`` or ``--readme`` it could not write at the end."""
+    from hardneg.io import check_writable
+
+    if json_out:
+        check_writable(json_out, "--json")
+    if readme:
+        _readme_text(readme, key)
+        check_writable(readme, "--readme")
+
+
+def _write_outputs(rows: list, json_out: Path | None, readme: Path | None, table: str, command: str,
+                   key: str) -> None:
+    """The rows as JSON to ``json_out``; ``table`` into the ``bench:<key>`` section of ``readme``."""
+    from hardneg.io import atomic_write_text
+
+    if json_out:
+        atomic_write_text(json_out, json.dumps(rows, indent=1))
+    if readme:
+        update_readme(readme, table, command, key=key)
+        typer.echo(f"updated {readme}")
+
+
 @bench_app.command("loss")
 def bench_loss(
     sizes: str = typer.Option("512,2048,8192,32768,65536", help="comma-separated 2B values"),
@@ -69,19 +92,11 @@ def bench_loss(
 ) -> None:
     """Forward+backward time and peak memory of every kernel loss vs PML, dense torch and the floor."""
     from hardneg.bench.loss_speed import format_table, run
-    from hardneg.io import atomic_write_text, check_writable
 
-    if json_out:
-        check_writable(json_out, "--json")
-    if readme:  # checked before the benchmark runs: a bad README would waste it
-        _readme_text(readme)
-        check_writable(readme, "--readme")
+    _check_outputs(json_out, readme, "loss")
     rows = run(_parse_sizes(sizes), repeats, threads, max_gb, memory, echo=typer.echo, device=device)
-    if json_out:
-        atomic_write_text(json_out, json.dumps(rows, indent=1))
-    if readme:
-        update_readme(readme, format_table(rows), f"hardneg bench loss --sizes {sizes} --readme {readme}")
-        typer.echo(f"updated {readme}")
+    _write_outputs(rows, json_out, readme, format_table(rows),
+                   f"hardneg bench loss --sizes {sizes} --readme {readme}", "loss")
 
 
 @bench_app.command("strategies")
@@ -97,19 +112,10 @@ def bench_strategies(
 ) -> None:
     """Forward+backward time (× floor) and peak memory of every in-batch preset, called as users call it."""
     from hardneg.bench.loss_speed import PRESET_CASES, format_preset_table, run
-    from hardneg.io import atomic_write_text, check_writable
 
-    if json_out:
-        check_writable(json_out, "--json")
-    if readme:  # checked before the benchmark runs: a bad README would waste it
-        _readme_text(readme, "strategies")
-        check_writable(readme, "--readme")
+    _check_outputs(json_out, readme, "strategies")
     size_list = _parse_sizes(sizes) + ([65536] if large and 65536 not in _parse_sizes(sizes) else [])
     rows = run(size_list, repeats, threads, 1e9, memory, echo=typer.echo, device=device,
                case_list=PRESET_CASES, table=format_preset_table)
-    if json_out:
-        atomic_write_text(json_out, json.dumps(rows, indent=1))
-    if readme:
-        cmd = f"hardneg bench strategies --sizes {sizes}{' --large' if large else ''} --readme {readme}"
-        update_readme(readme, format_preset_table(rows), cmd, key="strategies")
-        typer.echo(f"updated {readme}")
+    cmd = f"hardneg bench strategies --sizes {sizes}{' --large' if large else ''} --readme {readme}"
+    _write_outputs(rows, json_out, readme, format_preset_table(rows), cmd, "strategies")
