@@ -38,9 +38,9 @@ test-slow: $(DOCS_STAMP)
 # ruff; the layer order of docs/design.md §4 as import-linter contracts (pyproject.toml); dead code
 # (vulture; names only frameworks call are listed in dev/vulture_whitelist.py)
 lint: $(STAMP)
-	$(VENV)/bin/ruff check src tests benchmarks
-	PYTHONPATH=src $(VENV)/bin/lint-imports
-	$(VENV)/bin/vulture src dev/vulture_whitelist.py --min-confidence 60
+	$(VENV)/bin/ruff check src tests benchmarks reproduce
+	PYTHONPATH=src:. $(VENV)/bin/lint-imports
+	$(VENV)/bin/vulture src reproduce dev/vulture_whitelist.py --min-confidence 60
 
 bench: $(STAMP)
 	$(PY) benchmarks/loss_speed.py

@@ -16,15 +16,19 @@ Run it on an otherwise idle machine; the ratios are what the docs quote.
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
+import sys
 import time
 from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 
-from hardneg.experiments.crossmodal import Run, build_data, load_crossmodal_config
-from hardneg.integrations.open_clip import ClipLoss
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))  # the checkout's reproduce/
+
+from hardneg.integrations.open_clip import ClipLoss  # noqa: E402
+from reproduce.crossmodal import Run, build_data, load_crossmodal_config  # noqa: E402
 
 
 def literal_clip_loss(image_features, text_features, logit_scale, **_: object) -> torch.Tensor:

@@ -62,11 +62,14 @@ def test_version_is_the_installed_distribution_s(capsys):
     assert out.returncode == 0 and out.stdout == f"hardneg {metadata.version('hardneg')}\n"
 
 
-def _commands():
-    """(path, click command) of every `hardneg` sub-command, nested groups included."""
+def _commands(reproductions: bool = False):
+    """(path, click command) of every `hardneg` sub-command, nested groups included; with
+    ``reproductions``, also the repository's ``python -m reproduce`` commands (path ``reproduce <name>``),
+    which share the option vocabulary."""
     import typer
 
     from hardneg.cli import app
+    from reproduce.cli import app as reproduce_app
 
     out = []
 
@@ -79,6 +82,8 @@ def _commands():
             out.append((" ".join(path), cmd))
 
     walk(typer.main.get_command(app), [])
+    if reproductions:
+        walk(typer.main.get_command(reproduce_app), ["reproduce"])
     return out
 
 
@@ -90,8 +95,8 @@ def _kind(p) -> str:
 
 
 def test_every_option_has_help_and_one_meaning():
-    commands = _commands()
-    assert len(commands) >= 15 and "retrieval-compare" in dict(commands) and "init" in dict(commands)
+    commands = _commands(reproductions=True)
+    assert len(commands) >= 15 and "reproduce retrieval-compare" in dict(commands) and "init" in dict(commands)
     kinds: dict[str, set] = {}
     shorts: dict[str, set] = {}
     for path, cmd in commands:
@@ -114,19 +119,24 @@ def test_every_option_has_help_and_one_meaning():
     assert kinds["--json"] == {("path", False)} and kinds["--docs"] == {("path", False)}
     with_config = {path for path, cmd in commands if any("--config" in p.opts for p in cmd.params)}
     with_set = {path for path, cmd in commands if any("--set" in p.opts for p in cmd.params)}
-    assert with_config <= with_set and "crossmodal-compare" in with_set
+    assert with_config <= with_set and "reproduce crossmodal-compare" in with_set
 
 
 def test_help_shows_no_bool_metavar(capsys):
-    for path, _ in [("", None), *_commands()]:
+    from reproduce.cli import main as reproduce_main
+
+    for path, _ in [("", None), ("reproduce", None), *_commands(reproductions=True)]:
+        words = path.split()
+        entry, prog = (reproduce_main, "python -m reproduce") if words[:1] == ["reproduce"] else (main, "hardneg")
         with pytest.raises(SystemExit) as e:
-            main([*path.split(), "--help"])
+            entry([*words[1:], "--help"] if entry is reproduce_main else [*words, "--help"])
         assert e.value.code == 0
         text = capsys.readouterr().out
-        assert "Usage: hardneg" in text and "<bool>" not in text, path
+        assert f"Usage: {prog}" in text and "<bool>" not in text, path
 
 
 def test_retrieval_compare_summarize_rebuilds_the_stored_seed_table(tmp_path, capsys):
+    from reproduce.cli import main
     stored = sorted((ROOT / "docs/results").glob("wordnet_finetune_seed[0-9].json"))
     assert len(stored) == 2
     with pytest.raises(SystemExit) as e:

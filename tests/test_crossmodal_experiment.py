@@ -1,5 +1,5 @@
 """The cross-modal experiment's metrics against hand computations, its docs, and (slow) a tiny
-end-to-end run of `hardneg crossmodal-compare` with resume."""
+end-to-end run of `python -m reproduce crossmodal-compare` with resume."""
 
 from __future__ import annotations
 
@@ -11,7 +11,8 @@ import pytest
 import torch
 
 from hardneg.data.scenes import caption_true, make_scenes
-from hardneg.experiments.crossmodal import (
+from hardneg.models.towers import ImageTower, TextTower
+from reproduce.crossmodal import (
     CrossModalConfig,
     SplitData,
     TextTable,
@@ -21,7 +22,6 @@ from hardneg.experiments.crossmodal import (
     results_tables,
     swap_chance,
 )
-from hardneg.models.towers import ImageTower, TextTower
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -79,7 +79,7 @@ def test_crossmodal_doc_snippets_run():
 
 @pytest.mark.slow
 def test_crossmodal_compare_runs_and_resumes(tmp_path):
-    from hardneg.cli import main
+    from reproduce.cli import main
 
     cfg = tmp_path / "tiny.yaml"
     cfg.write_text(
@@ -121,8 +121,8 @@ def test_swap_chance_is_the_mean_of_one_over_one_plus_swaps():
 
 @pytest.mark.slow
 def test_minilm_table_matches_the_model_and_is_cached(tmp_path):
-    from hardneg.experiments.crossmodal import minilm_table
     from hardneg.mining.encode import load_sentence_model
+    from reproduce.crossmodal import minilm_table
 
     strings = ["a red circle", "a small blue square left of a green triangle"]
     table = minilm_table(strings, tmp_path)

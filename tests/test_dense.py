@@ -366,14 +366,15 @@ def test_full_maps_of_32_images_train_in_bounded_memory():
 
 @pytest.mark.slow
 def test_dense_compare_command_writes_the_page(tmp_path):
-    from hardneg.cli import main
+    from reproduce.cli import main
 
     with pytest.raises(SystemExit) as e:
         main(["dense-compare", "all", "--seeds", "0", "--abundances", "0.2", "--hs-steps", "3", "--inst-steps", "3",
               "--out", str(tmp_path), "--docs", str(tmp_path / "page.md")])
     assert e.value.code == 0
     page = (tmp_path / "page.md").read_text()
-    assert "| synthetic | 0.2 | 1 |" in page and "| uniform |" in page and "hardneg dense-compare all" in page
+    assert "| synthetic | 0.2 | 1 |" in page and "| uniform |" in page
+    assert "python -m reproduce dense-compare all" in page
 
 
 def test_neighbourhood_on_a_16x16_map_decodes_with_the_maps_grid():

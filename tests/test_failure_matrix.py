@@ -1,4 +1,5 @@
-"""The failure matrix: every ``hardneg`` subcommand × every way its files or its process can fail.
+"""The failure matrix: every ``hardneg`` subcommand (and every ``python -m reproduce`` command) × every way
+its files or its process can fail.
 
 Conditions (:data:`CONDITIONS`): a missing input file, an unreadable (garbage) input file, an output
 location that cannot be written (a path under a regular file: running as root, ``chmod`` would not
@@ -38,6 +39,8 @@ import typer
 import yaml
 
 from hardneg.cli import app, main
+from reproduce.cli import app as reproduce_app
+from reproduce.cli import main as reproduce_main
 
 ROOT = Path(__file__).resolve().parents[1]
 SRC = str(ROOT / "src")
@@ -472,12 +475,12 @@ MATRIX: dict[str, dict[str, Case | NotApplicable]] = {
     "plateau": _training_rows("plateau"),
     "report": _report_rows(),
     "eval": _eval_rows(),
-    "crossmodal-compare": _crossmodal_rows(),
-    "dense-compare": _dense_rows(),
+    "reproduce crossmodal-compare": _crossmodal_rows(),
+    "reproduce dense-compare": _dense_rows(),
     "diagnose": _diagnose_rows(),
     "mine": _mine_rows(),
-    "wordnet-export": _wordnet_rows(),
-    "retrieval-compare": _retrieval_rows(),
+    "reproduce wordnet-export": _wordnet_rows(),
+    "reproduce retrieval-compare": _retrieval_rows(),
     "strategies": {c: _NO_FILES if c not in EXIT else NotApplicable("returns at once") for c in CONDITIONS},
     "init": {**{c: NotApplicable("reads no file: the example configs ship inside the package")
                 for c in CONDITIONS if c not in EXIT},
@@ -506,7 +509,8 @@ def subcommands() -> list[str]:
                 out.append(prefix + name)
 
     walk(typer.main.get_command(app), "")
-    return out
+    walk(typer.main.get_command(reproduce_app), "reproduce ")
+    return sorted(out)
 
 
 def test_every_subcommand_has_a_row_for_every_condition():
@@ -571,16 +575,20 @@ def test_failure_matrix(cmd, cond, tmp_path, fx, capsys):
     ws = tmp_path / "ws"
     ws.mkdir()
     argv, name = cell.build(ws, fx)
+    entry = main
+    if cmd.startswith("reproduce "):  # the repository's reproductions: `python -m reproduce`, same policy
+        entry = reproduce_main
     if cond in EXIT:
-        _signal_case(cell, argv, name, ws, getattr(signal, cond))  # name: what the line adds (a training run: --resume)
+        # name: what the line adds (a training run: --resume)
+        _signal_case(cell, argv, name, ws, getattr(signal, cond), entry is reproduce_main)
         return
     if cell.heals:
-        _check_healed(argv, name, ws, capsys)
+        _check_healed(entry, argv, name, ws, capsys)
         return
     before = _snapshot(ws)
     capsys.readouterr()
     with pytest.raises(SystemExit) as e:
-        main(argv)
+        entry(argv)
     err = capsys.readouterr().err.strip()
     assert e.value.code == 2, err
     assert "Traceback" not in err and "\n" not in err, err
@@ -588,13 +596,13 @@ def test_failure_matrix(cmd, cond, tmp_path, fx, capsys):
     assert _snapshot(ws) == before, "the failed command changed its workspace"
 
 
-def _check_healed(argv: list[str], name: str, ws: Path, capsys) -> None:
+def _check_healed(entry: Callable[[list[str]], None], argv: list[str], name: str, ws: Path, capsys) -> None:
     """A damaged cache file does not stop the command: exit 0, one warning naming the file (printed
     as one line by the CLI; pytest records it instead), the file kept beside as ``<name>.corrupt``."""
     from hardneg.io import HardnegWarning
 
     with pytest.warns(HardnegWarning) as rec, pytest.raises(SystemExit) as e:
-        main(argv)
+        entry(argv)
     err = capsys.readouterr().err
     assert e.value.code == 0 and "Traceback" not in err, err
     damaged = [str(w.message) for w in rec if issubclass(w.category, HardnegWarning)]
@@ -602,9 +610,11 @@ def _check_healed(argv: list[str], name: str, ws: Path, capsys) -> None:
     assert list(ws.rglob(f"{name}.corrupt")), "the damaged file was not set aside"
 
 
-def _signal_case(cell: Case, argv: list[str], name: str, ws: Path, signum: int) -> None:
-    env = {**os.environ, "PYTHONPATH": SRC + os.pathsep + os.environ.get("PYTHONPATH", ""), "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-c", "from hardneg.cli import main; main()", *argv]
+def _signal_case(cell: Case, argv: list[str], name: str, ws: Path, signum: int, reproduction: bool = False) -> None:
+    path = os.pathsep.join([SRC, str(ROOT), os.environ.get("PYTHONPATH", "")])
+    env = {**os.environ, "PYTHONPATH": path, "OMP_NUM_THREADS": "1"}
+    entry = "from reproduce.cli import main" if reproduction else "from hardneg.cli import main"
+    cmd = [sys.executable, "-c", f"{entry}; main()", *argv]
     proc = subprocess.Popen(cmd, env=env, cwd=ws, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
         t0 = time.time()

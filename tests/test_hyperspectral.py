@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 import torch
 
-from hardneg.cli import main
 from hardneg.data.hyperspectral import load_envi, load_scene, make_scene
 from hardneg.data.shapes import PALETTE, make_shapes
 from hardneg.eval.detectors import ace, cem, far_at_pd, roc_auc
+from reproduce.cli import main
 
 
 def test_cem_hand_case():
@@ -133,7 +133,7 @@ def test_shapes_scene_instances_match_colours():
 
 
 def test_experiment_smoke_scores_every_pixel():
-    from hardneg.experiments.hyperspectral import HSConfig, train_detector
+    from reproduce.hyperspectral import HSConfig, train_detector
 
     sc = make_scene(height=16, width=16, bands=10, n_targets=5, seed=0)
     torch.manual_seed(0)
@@ -143,7 +143,7 @@ def test_experiment_smoke_scores_every_pixel():
 
 
 def test_input_transform_whitens_or_standardises():
-    from hardneg.experiments.hyperspectral import input_transform
+    from reproduce.hyperspectral import input_transform
 
     g = torch.Generator().manual_seed(0)
     mix = torch.tensor([[2.0, 0.5, 0, 0], [0, 1, 0.3, 0], [0, 0, 3, 1], [0, 0, 0, 0.5]])

@@ -121,7 +121,7 @@ def test_ambiguity_labels_mark_definitions_of_other_words_in_the_example(data_di
 def test_wordnet_export_cli_writes_splits_and_ambiguity_labels(data_dir, tmp_path):
     import json
 
-    from hardneg.cli import main
+    from reproduce.cli import main
 
     out = tmp_path / "export"
     with pytest.raises(SystemExit) as e:

@@ -2,7 +2,7 @@
 
 import json
 
-from hardneg.experiments.wordnet_finetune import dev_choices, results_table, seeds_table
+from reproduce.wordnet_finetune import dev_choices, results_table, seeds_table
 
 
 def _res(seed, vals):

@@ -12,10 +12,8 @@ from hardneg.cli import (
     bench,  # noqa: F401  (registers `hardneg bench`)
     train_cmds,  # noqa: F401  (registers train, compare, eval, bounds, report)
 )
-from hardneg.cli import crossmodal as _crossmodal  # noqa: F401  (`hardneg crossmodal-compare`)
-from hardneg.cli import dense as _dense  # noqa: F401  (registers `hardneg dense-compare`)
 from hardneg.cli import diagnose as _diagnose  # noqa: F401  (registers `hardneg diagnose`)
-from hardneg.cli import mine as _mine  # noqa: F401  (`hardneg mine`, `wordnet-export`, `retrieval-compare`)
+from hardneg.cli import mine as _mine  # noqa: F401  (registers `hardneg mine`)
 from hardneg.cli import strategies as _strategies  # noqa: F401  (registers `hardneg strategies`)
 from hardneg.cli.app import app, main
 

@@ -118,17 +118,19 @@ def _format_warning(message, category, filename, lineno, line=None, _default=war
     return _default(message, category, filename, lineno, line)
 
 
-def main(argv: list[str] | None = None) -> None:
-    """Console entry point: run the app, turning user errors into one line and exit code 2."""
-    code = _run_with_signals(argv)
+def main(argv: list[str] | None = None, application: typer.Typer | None = None, prog: str = "hardneg") -> None:
+    """Console entry point: run ``application`` (default: ``hardneg``'s app), turning user errors into one
+    line and exit code 2. The repository's reproductions (``python -m reproduce``) run through here too,
+    so their commands follow the same error policy."""
+    code = _run_with_signals(argv, application or app, prog)
     if "hardneg.distributed" in sys.modules:  # only a command that trained can have joined a process group
         sys.modules["hardneg.distributed"].leave()
     sys.exit(code)
 
 
-def _run_with_signals(argv: list[str] | None) -> int:
+def _run_with_signals(argv: list[str] | None, application: typer.Typer, prog: str) -> int:
     """The exit status of the command ``argv``, Ctrl-C and SIGTERM turned into `Stopped` meanwhile."""
-    command = typer.main.get_command(app)
+    command = typer.main.get_command(application)
     warnings.formatwarning = _format_warning
     # Ctrl-C and SIGTERM (what schedulers send before they kill) stop every command with one line and
     # 130 / 143; only the main thread may set handlers (an in-process caller may run main in a thread)
@@ -137,17 +139,17 @@ def _run_with_signals(argv: list[str] | None) -> int:
     main_thread = threading.current_thread() is threading.main_thread()
     previous = {s: signal.signal(s, _stop) for s in STOP_SIGNALS} if main_thread else {}
     try:
-        return _run(command, argv)
+        return _run(command, argv, prog)
     finally:
         for s, h in previous.items():
             if h is not None:
                 signal.signal(s, h)
 
 
-def _run(command: typer.core.TyperCommand | typer.core.TyperGroup, argv: list[str] | None) -> int:
+def _run(command: typer.core.TyperCommand | typer.core.TyperGroup, argv: list[str] | None, prog: str) -> int:
     """The command's exit status; every way it fails ends with its code and one line (`final_line`)."""
     try:
-        rv = command.main(args=argv, prog_name="hardneg", standalone_mode=False)
+        rv = command.main(args=argv, prog_name=prog, standalone_mode=False)
     except _EXIT as e:
         return e.exit_code
     except _CLICK_ERRORS as e:

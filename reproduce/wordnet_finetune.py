@@ -36,8 +36,8 @@ distractors). Metrics: Recall@1/10, MRR@10, nDCG@10 (`hardneg.eval.retrieval`).
 Both mining methods use the same (bf16, cached) embeddings; sentence-transformers reads them from
 its ``cache_folder`` (`hardneg.mining.st_compat`). Each run also stops after ``--max-minutes``.
 
-    hardneg retrieval-compare --out runs/wordnet_finetune                    # all runs, all train pairs
-    hardneg retrieval-compare --out runs/wn_small --train-pairs 2000 --runs untuned,mnrl
+    python -m reproduce retrieval-compare --out runs/wordnet_finetune                    # all runs, all train pairs
+    python -m reproduce retrieval-compare --out runs/wn_small --train-pairs 2000 --runs untuned,mnrl
 """
 
 from __future__ import annotations
@@ -221,7 +221,7 @@ def train_one(run: str, rows: list[dict], args, out_dir: Path):
 
 
 def run(args: Any) -> dict:
-    """Run the comparison. ``args`` holds the options of ``hardneg retrieval-compare`` as attributes
+    """Run the comparison. ``args`` holds the options of ``python -m reproduce retrieval-compare`` as attributes
     (``out``, ``summarize``, ``runs``, ``train_pairs``, ``eval_queries``, ``eval_corpus``, ``batch_size``,
     ``lr``, ``num_negatives``, ``beta``, ``max_minutes``, ``max_steps``, ``bf16``, ``cache_dir``, ``seed``,
     ``threads``; strings and numbers: they are recorded in ``results.json``)."""

@@ -1,4 +1,4 @@
-"""`hardneg crossmodal-compare`: two towers on captioned scenes, one run per (strategy, seed), and
+"""`python -m reproduce crossmodal-compare`: two towers on captioned scenes, one run per (strategy, seed), and
 the results page (docs/results_crossmodal.md)."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from hardneg.cli.app import app
+from reproduce.cli.app import app
 
 
 @app.command("crossmodal-compare")
@@ -33,8 +33,8 @@ def crossmodal_compare(
 ) -> None:
     """Train image and text towers with each strategy of each config for each seed (runs already in
     the output folder are reused: the full experiment resumes), then print and write the tables."""
-    from hardneg.experiments.crossmodal import load_crossmodal_config, results_tables, run_grid, write_results_page
     from hardneg.io import check_writable
+    from reproduce.crossmodal import load_crossmodal_config, results_tables, run_grid, write_results_page
 
     cfgs = [(p.stem, load_crossmodal_config(p, overrides)) for p in config]
     check_writable(out, "--out", folder=True)
@@ -50,7 +50,7 @@ def crossmodal_compare(
         typer.echo(results_tables(records))
         sections.append((stem, cfg, records))
     if docs:
-        cmd = " ".join(["hardneg crossmodal-compare", *(f"--config {p}" for p in config), f"--out {out}",
+        cmd = " ".join(["python -m reproduce crossmodal-compare", *(f"--config {p}" for p in config), f"--out {out}",
                         *(f"--set {o!r}" for o in overrides or []), f"--docs {docs}"])
         write_results_page(sections, docs, cmd)
         typer.echo(f"wrote {docs}")

@@ -1,4 +1,4 @@
-"""CLI: ``hardneg dense-compare`` — the dense experiments and their results page."""
+"""``python -m reproduce dense-compare``: the dense experiments and their results page."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from hardneg.cli.app import app
+from reproduce.cli.app import app
 
 TASKS = ("hyperspectral", "instances", "all")
 
@@ -56,11 +56,11 @@ def dense_compare_cmd(
     hard vs fine-grained negatives); writes the JSON rows and regenerates the results page."""
     import torch
 
-    from hardneg.experiments import dense_report
-    from hardneg.experiments import hyperspectral as hs
-    from hardneg.experiments import instances as ins
     from hardneg.io import check_writable
     from hardneg.runs import check_path_name
+    from reproduce import dense_report
+    from reproduce import hyperspectral as hs
+    from reproduce import instances as ins
 
     if task not in TASKS:
         raise ValueError(f"task must be one of {TASKS}, got {task!r}")
@@ -87,8 +87,8 @@ def dense_compare_cmd(
         except ImportError as e:  # a missing optional package is a setup error of the user's
             raise ValueError(str(e)) from None
     results_dir.mkdir(parents=True, exist_ok=True)
-    command = (f"hardneg dense-compare {task} --seeds {seeds} --abundances {abundances} --hs-steps {hs_steps} "
-               f"--inst-steps {inst_steps}")
+    command = (f"python -m reproduce dense-compare {task} --seeds {seeds} --abundances {abundances} "
+               f"--hs-steps {hs_steps} --inst-steps {inst_steps}")
     if task in ("hyperspectral", "all"):
         cfg = hs.HSConfig(steps=hs_steps)
         rows = hs.run(abund, seed_list, cfg, scene=real)

@@ -1,1 +1,0 @@
-"""Documented experiments, each runnable as a module or a CLI command."""
