@@ -140,6 +140,46 @@ def test_search_resumes_to_the_same_result(searched, tmp_path):
     assert resumed == full and json.loads((out / "search.json").read_text()) == full
 
 
+def test_confirmation_trains_the_finalists_at_every_grid_seed(searched, tmp_path):
+    """``search.confirm = 2``: after the trials, the two best distinct strategies at the deepest rung two
+    strategies reached (ranked by kNN at that rung's epoch, read here from the runs' metrics) train to the
+    end at every grid seed and are ranked by their mean and sample std over seeds; the runs at the search
+    seed continue the trials' own runs, so the steps added are the epochs those runs lacked."""
+
+    out0, plain = searched
+    raw = json.loads(json.dumps(RAW))
+    raw["search"]["confirm"] = 2
+    out = tmp_path / "out"
+    summary = run_search(_cfg(raw), out, echo=lambda _m: None)
+    assert summary["trials"] == plain["trials"]  # the same trials: confirmation comes after them
+    # the finalists by hand: at the last rung (epoch 3) if two strategies reached it, else at epoch 1
+    by_rung = {}
+    for t in plain["trials"]:
+        if t["run"] is None:
+            continue
+        for ep, acc in _curve(out0, t["run"]).items():
+            by_rung.setdefault(ep, {}).setdefault(t["strategy"], []).append((acc, t["number"]))
+    rung = 3 if len(by_rung.get(3, {})) >= 2 else 1
+    best = sorted(((max(v)[0], k, max(v)[1]) for k, v in by_rung[rung].items()), reverse=True)[:2]
+    rows = summary["confirmed"]
+    assert sorted(r["strategy"] for r in rows) == sorted(k for _, k, _ in best)
+    steps = 0
+    for r in rows:
+        trial = plain["trials"][r["trial"]]
+        accs = []
+        for seed in (0, 1):
+            run = trial["run"].rsplit("_s", 1)[0] + f"_s{seed}"
+            summ = json.loads((out / "runs" / run / "summary.json").read_text())
+            assert summ["finished"] and sorted(_curve(out, run)) == [1, 2, 3]
+            accs.append(summ["knn_acc"])
+            steps += (3 - (trial["epochs"] if seed == 0 else 0)) * 3
+        assert r["knn_by_seed"] == {"0": accs[0], "1": accs[1]} and r["complete"]
+        assert r["knn_mean"] == pytest.approx(sum(accs) / 2)
+        assert r["knn_std"] == pytest.approx(abs(accs[0] - accs[1]) / 2 ** 0.5)
+    assert [r["knn_mean"] for r in rows] == sorted((r["knn_mean"] for r in rows), reverse=True)
+    assert summary["steps_spent"] == plain["steps_spent"] + steps and summary["finished"]
+
+
 @pytest.mark.parametrize("search, says", [
     ({"strategies": [{"label": "nope"}]}, "search.strategies names ['nope'], which are not grid labels"),
     ({"trails": 3}, "search.trails: unknown key"),

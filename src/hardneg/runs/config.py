@@ -271,6 +271,10 @@ class SearchConfig(_Strict):
     pruner: Literal["successive_halving", "hyperband"] = "successive_halving"
     #: the sampler's seed and every trial's training seed (``--search-seed``)
     seed: int = Field(default=0, ge=0)
+    #: after the trials, train this many finalists (the best distinct strategies at the deepest rung that
+    #: many reached) to the end at every seed of ``grid.seeds`` and rank them by their mean over seeds, as
+    #: the grid ranks; 0: rank the trials by their one seed
+    confirm: int = Field(default=0, ge=0)
 
     @model_validator(mode="after")
     def _distinct(self) -> SearchConfig:

@@ -21,8 +21,10 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import json
 import signal
+import statistics
 import threading
 import warnings
 from collections.abc import Callable, Iterator
@@ -334,6 +336,86 @@ def _run_trial(s: _Search, trial: Any, n_trials: int) -> None:
         s.echo(f"{head}: epoch {ep} kNN {acc:.4f}, continues")
 
 
+def finalists(s: _Search) -> list[tuple[str, dict[str, Any], int]]:
+    """The ``search.confirm`` finalists as (strategy label, knob values, trial number): the best distinct
+    strategies at the deepest rung that at least that many strategies reached, ranked by their kNN
+    accuracy at that rung's epoch (a strategy by its best trial there). Comparing at one epoch matters:
+    the trials that started first pass the rungs unpruned (nothing to compare with yet), so "finished"
+    alone would favour them."""
+    n = s.sc.confirm
+    if not n:
+        return []
+    TS = s.optuna.trial.TrialState
+    trials = [t for t in s.study.get_trials(deepcopy=False, states=(TS.COMPLETE, TS.PRUNED))
+              if "same_as" not in t.user_attrs]
+    best: dict[str, tuple[float, Any]] = {}
+    for rung in reversed(rung_epochs(s.sc, s.cfg.train.epochs)):
+        best = {}
+        for t in trials:
+            v = t.intermediate_values.get(rung)
+            label = t.params["strategy"]
+            if v is not None and (label not in best or v > best[label][0]):
+                best[label] = (v, t)
+        if len(best) >= n:
+            break
+    ranked = sorted(best.items(), key=lambda kv: -kv[1][0])[:n]
+    return [(label, trial_values(t.params)[1], t.number) for label, (_, t) in ranked]
+
+
+def _confirm_specs(s: _Search) -> list[tuple[str, dict[str, Any], int, list[RunSpec]]]:
+    """Each finalist with its runs at every seed of ``grid.seeds`` (the one at the search's seed is the
+    trial's own run, which continues from where the pruner stopped it)."""
+    out = []
+    for label, values, number in finalists(s):
+        base = trial_spec(s.cfg, s.space[label], values, number)
+        out.append((label, values, number, [dataclasses.replace(base, seed=sd) for sd in s.cfg.grid.seeds]))
+    return out
+
+
+def _trained_epochs(rd: Path) -> int:
+    recs = runs.read_metrics(rd) if (rd / runs.METRICS).is_file() else []
+    return max((r["epoch"] for r in recs if r.get("type") == "epoch"), default=0)
+
+
+def _confirm(s: _Search) -> None:
+    """Train every finalist to the end at every seed of ``grid.seeds`` (finished runs are kept)."""
+    for label, _, _, specs in _confirm_specs(s):
+        for spec in specs:
+            rd = runs.run_dir(s.out, spec)
+            if runs.read_summary(rd / runs.SUMMARY).get("finished"):
+                continue
+            s.check_stop()
+            tr = Trainer(run_config(s.cfg, spec), rd, train_data=s.data[0], test_data=s.data[1], resume=True)
+            try:
+                res = tr.fit()
+            except NonFiniteLossError as e:
+                s.echo(f"[confirm] {spec.name}: failed: {e}")
+                continue
+            s.echo(f"[confirm] {label} {spec.name}: kNN {res['knn_acc']:.4f} after {s.cfg.train.epochs} epochs")
+
+
+def confirmed(s: _Search, reached: dict[int, int]) -> list[dict[str, Any]]:
+    """The finalists' rows, best mean kNN over seeds first: knobs, kNN per seed, mean and sample std, and
+    the training steps their confirmation added (``reached``: trial number -> epochs its trial trained)."""
+    rows = []
+    for label, values, number, specs in _confirm_specs(s):
+        accs, steps = {}, 0
+        for spec in specs:
+            rd = runs.run_dir(s.out, spec)
+            summ = runs.read_summary(rd / runs.SUMMARY)
+            if summ.get("finished"):
+                accs[spec.seed] = summ["knn_acc"]
+            own = reached.get(number, 0) if spec.seed == s.sc.seed else 0
+            steps += max(_trained_epochs(rd) - own, 0) * s.steps_per_epoch
+        vals = list(accs.values())
+        rows.append({"strategy": label, "trial": number, "knobs": values,
+                     "knn_by_seed": {str(k): v for k, v in accs.items()},
+                     "knn_mean": statistics.fmean(vals) if vals else None,
+                     "knn_std": statistics.stdev(vals) if len(vals) > 1 else None,
+                     "complete": len(vals) == len(specs), "steps": steps})
+    return sorted(rows, key=lambda r: -(r["knn_mean"] if r["knn_mean"] is not None else -1.0))
+
+
 def summarize(s: _Search) -> dict[str, Any]:
     """The summary ``search.json`` holds: every trial (knobs, state, epochs and rung reached, steps, kNN
     per evaluated epoch), the ranking of the finished ones, the steps spent and the grid's."""
@@ -362,15 +444,17 @@ def summarize(s: _Search) -> dict[str, Any]:
     for r in done:
         best.setdefault(r["strategy"], r)
     grid_steps = len(expand_grid(s.cfg)) * epochs * spe
+    trials_done = len(rows) >= _n_trials(s.cfg, s.space) and all(r["state"] != "running" for r in rows)
+    confirm = confirmed(s, {r["number"]: r["epochs"] for r in rows if r["run"]}) if trials_done else []
     return {
         "search": s.sc.model_dump(mode="json"), "epochs": epochs, "steps_per_epoch": spe, "rungs": rungs,
-        "trials": rows, "finished": len(rows) >= _n_trials(s.cfg, s.space) and all(
-            r["state"] != "running" for r in rows),
+        "trials": rows, "finished": trials_done and all(r["complete"] for r in confirm),
+        "confirmed": confirm,
         "ranking": [{"trial": r["number"], "run": r["run"], "strategy": r["strategy"], "knobs": r["knobs"],
                      "knn_acc": r["knn_acc"]} for r in done],
         "strategy_ranking": [{"strategy": k, "trial": r["number"], "knobs": r["knobs"], "knn_acc": r["knn_acc"]}
                              for k, r in best.items()],
-        "steps_spent": sum(r["steps"] for r in rows), "grid_steps": grid_steps,
+        "steps_spent": sum(r["steps"] for r in rows) + sum(r["steps"] for r in confirm), "grid_steps": grid_steps,
         "grid_runs": len(expand_grid(s.cfg)),
     }
 
@@ -412,6 +496,7 @@ def run_search(
                 while (trial := _next_trial(s)) is not None:
                     _run_trial(s, trial, n)
                     _write_summary(s)
+                _confirm(s)
             finally:
                 summary = _write_summary(s)
         if finish is not None and summary["ranking"]:
