@@ -57,16 +57,30 @@ def best_at_rung(summary: dict[str, Any], n: int = 3) -> tuple[int, list[tuple[s
     return ep, sorted(best.items(), key=lambda kv: -kv[1])[:n]
 
 
+def best_three(summary: dict[str, Any]) -> tuple[list[str], str]:
+    """The search's three best strategies and how the page shows them: with confirmation (``search.confirm``)
+    the finalists by mean kNN over the grid's seeds (± sample std), else the finished trials by their kNN."""
+    if summary.get("confirmed"):
+        best = summary["confirmed"][:3]
+        return [b["strategy"] for b in best], "; ".join(
+            f"{b['strategy']} ({_knobs(b['knobs'])}) {100 * b['knn_mean']:.2f} ± {100 * (b['knn_std'] or 0):.2f}"
+            for b in best)
+    best = summary["strategy_ranking"][:3]
+    return [b["strategy"] for b in best], "; ".join(
+        f"{b['strategy']} ({_knobs(b['knobs'])}) {100 * b['knn_acc']:.2f}" for b in best)
+
+
 def seed_row(summary: dict[str, Any], grid_top: list[str]) -> tuple[str, bool]:
     """One table row for a search summary and whether it found the grid's top 3 within a third of its
     steps."""
     seed = summary["search"]["seed"]
     spent, grid = summary["steps_spent"], summary["grid_steps"]
-    best = summary["strategy_ranking"][:3]
-    found = {b["strategy"] for b in best} == set(grid_top)
-    ok = summary["finished"] and found and 3 * spent <= grid
-    shown = "; ".join(f"{b['strategy']} ({_knobs(b['knobs'])}) {100 * b['knn_acc']:.2f}" for b in best) or "–"
-    trained = [s for s in grid_top if any(b["strategy"] == s for b in summary["strategy_ranking"])]
+    names, shown = best_three(summary)
+    ok = summary["finished"] and set(names) == set(grid_top) and 3 * spent <= grid
+    shown = shown or "–"
+    finished = {b["strategy"] for b in summary["strategy_ranking"]} | {b["strategy"] for b in
+                                                                      summary.get("confirmed", [])}
+    trained = [s for s in grid_top if s in finished]
     state = "finished" if summary["finished"] else f"NOT finished ({len(summary['trials'])} trials so far)"
     ep, at_rung = best_at_rung(summary)
     rung = "; ".join(f"{k} {100 * v:.2f}" for k, v in at_rung) or "–"
@@ -82,6 +96,9 @@ def page(grid_page: str, summaries: list[dict[str, Any]], sources: list[str]) ->
     fourth = top(means, 4)[3]
     rows = [seed_row(s, grid_top) for s in summaries]
     first = summaries[0]
+    confirm = first["search"].get("confirm", 0)
+    then = (f", then its {confirm} finalists (the best distinct strategies at the deepest rung {confirm} reached) "
+            "trained to the end at each of the grid's seeds and ranked by their mean" if confirm else "")
     lines = [
         "# Results: `hardneg compare --search` against the full strategy grid",
         "",
@@ -89,8 +106,8 @@ def page(grid_page: str, summaries: list[dict[str, Any]], sources: list[str]) ->
         "the grid's page [results_strategies.md](results_strategies.md).",
         "",
         f"Search: {first['search']['pruner'].replace('_', ' ')}, rungs at epochs {first['rungs']}, "
-        f"reduction factor {first['search']['reduction_factor']}, {first['search']['trials']} trials per search; "
-        "each search seed is also the training seed of its trials.",
+        f"reduction factor {first['search']['reduction_factor']}, {first['search']['trials']} trials per search"
+        f"{then}; each search seed is also the training seed of its trials.",
         "",
         "The grid's three best strategies by mean kNN accuracy (3 seeds): "
         + ", ".join(f"{g} ({means[g]:.2f} %)" for g in grid_top) + f"; the fourth is {fourth} "
@@ -98,7 +115,8 @@ def page(grid_page: str, summaries: list[dict[str, Any]], sources: list[str]) ->
         f"standard deviations are {stats[grid_top[2]][1]:.2f} and {stats[fourth][1]:.2f} pp. A search trains each "
         "configuration at one seed, so it tells two strategies apart only by more than that noise.",
         "",
-        "| search seed | state | trials | training steps (search / grid) | its 3 best finished strategies (kNN %) | "
+        "| search seed | state | trials | training steps (search / grid) | its 3 best strategies (kNN %"
+        + (", mean ± std over the grid's seeds" if confirm else "") + ") | "
         f"3 best at epoch {best_at_rung(first)[0]} (kNN %) | grid's top 3 trained to the end | "
         "found the grid's top 3 at ≤ 1/3 of the steps |",
         "|---|---|---|---|---|---|---|---|",
@@ -107,8 +125,9 @@ def page(grid_page: str, summaries: list[dict[str, Any]], sources: list[str]) ->
         f"Found in {sum(ok for _, ok in rows)} of {len(rows)} searches.",
         "",
         "Each search: `hardneg compare --config configs/strategies_leaderboard.yaml --search --search-seed S "
-        f"--set search.trials={first['search']['trials']} --out runs/search_leaderboard_t{first['search']['trials']}"
-        "_sS`; its `search.json` is copied to `docs/results_search_files/search_sS.json`. Regenerate this page with "
+        f"--set search.trials={first['search']['trials']}" + (f" --set search.confirm={confirm}" if confirm else "")
+        + f" --out runs/search_leaderboard_t{first['search']['trials']}" + (f"_c{confirm}" if confirm else "")
+        + "_sS`; its `search.json` is copied to `docs/results_search_files/search_sS.json`. Regenerate this page with "
         "`python benchmarks/search_vs_grid.py --summary docs/results_search_files/search_s0.json --summary ...`.",
         "",
     ]
