@@ -159,7 +159,8 @@ def test_one_pair_batch_gives_zero_like_mnrl_and_the_users_strategy_is_left_alon
     assert bool((q.grad == 0).all())
     s = create_strategy("hucl", temperature=0.05)
     wrapped = HardNegativeRankingLoss(None, strategy=s)
-    assert s.in_batch.symmetric and not wrapped.strategy.in_batch.symmetric and wrapped.logit_scale == pytest.approx(20.0)
+    assert s.in_batch.symmetric and not wrapped.strategy.in_batch.symmetric
+    assert wrapped.logit_scale == pytest.approx(20.0)
     with pytest.raises(ValueError, match="not both"):
         HardNegativeRankingLoss(None, logit_scale=10.0, strategy={"name": "hucl", "temperature": 0.5})
 

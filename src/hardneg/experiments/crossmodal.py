@@ -77,7 +77,7 @@ class CrossModalConfig(BaseModel):
     dim: int = Field(64, ge=2)
     width: int = Field(16, ge=1)
     text_tower: str = Field("trainable", pattern="^(trainable|minilm)$")
-    init_temperature: float = Field(0.07, gt=0)
+    temperature: float = Field(0.07, gt=0)  # the initial temperature of the learnable logit scale
     threads: int = Field(2, ge=1)
     seeds: list[int] = Field(default_factory=lambda: [0, 1, 2])
     strategies: dict[str, dict[str, Any]] = Field(default_factory=dict)
@@ -204,7 +204,7 @@ class Towers(torch.nn.Module):
         else:
             self.text_model = TextTower(len(WORDS), MAX_LEN, cfg.dim)
             self.register_buffer("tokens", tokenize(table.strings(), MAX_LEN), persistent=False)
-        self.scale = LogitScale(cfg.init_temperature)
+        self.scale = LogitScale(cfg.temperature)
 
     def text(self, ids: torch.Tensor) -> torch.Tensor:
         return self.text_model(self.tokens[ids] if self.tokens.numel() else ids)
@@ -511,7 +511,7 @@ def write_results_page(
             f"scenes, {cfg.captions_per_image} captions per image (`hardneg.data.scenes`). Towers: "
             f"`ImageTower(dim={cfg.dim}, width={cfg.width})` and the {cfg.text_tower} text tower; "
             f"{cfg.epochs} epochs, batch {cfg.batch_size}, Adam lr {cfg.lr}, learnable temperature from "
-            f"{cfg.init_temperature}. Seeds {cfg.seeds}; mean ± sample std over seeds.",
+            f"{cfg.temperature}. Seeds {cfg.seeds}; mean ± sample std over seeds.",
             "",
             "Strategies (config mappings, `hardneg.integrations.open_clip.cross_modal_strategy`):",
             "",
