@@ -169,16 +169,29 @@ class Triplet(_LossModule):
 
 class Margin(_LossModule):
     """Wu et al. margin loss with π-weighted negatives. See `hardneg.losses.margin`; ``boundary``
-    is the b that PML's ``MarginLoss`` calls ``beta``. Labels are optional."""
+    is the b that PML's ``MarginLoss`` calls ``beta``. Labels are optional. A ``boundary`` given as
+    an ``nn.Parameter`` (one element) is learned: it is registered, so ``parameters()`` yields it."""
 
     _labels = None
 
     def __init__(
-        self, *, alpha: float = 0.2, boundary: float = 1.2, beta: float = 0.0, tilt_scale: float = 1.0,
+        self, *, alpha: float = 0.2, boundary: float | Tensor = 1.2, beta: float = 0.0, tilt_scale: float = 1.0,
         reduction: str = "mean", chunk_size: int | None = None,
     ) -> None:
         super().__init__(triplet.margin, {
-            "alpha": check_nonneg("alpha", alpha), "boundary": check_nonneg("boundary", boundary),
+            "alpha": check_nonneg("alpha", alpha), "boundary": _boundary(boundary),
             "beta": check_beta(beta), "tilt_scale": check_positive("tilt_scale", tilt_scale),
             **_common(reduction, chunk_size),
         })
+        if isinstance(boundary, nn.Parameter):
+            self.boundary = boundary
+
+
+def _boundary(b: float | Tensor) -> float | Tensor:
+    """The margin loss's boundary: a number ≥ 0, or a one-element tensor (learnable) holding one."""
+    if isinstance(b, Tensor):
+        if b.numel() != 1:
+            raise ValueError(f"boundary must be a number or a one-element tensor, got shape {tuple(b.shape)}")
+        check_nonneg("boundary", float(b.detach()))
+        return b
+    return check_nonneg("boundary", b)
