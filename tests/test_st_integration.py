@@ -108,9 +108,14 @@ def test_n_neg_takes_the_strategy_values_and_scales_the_mean():
         ref += -math.log(pos / (pos + 7 * sum(neg) / len(neg)))
     assert got.item() == pytest.approx(ref / 5, rel=1e-9)
     HardNegativeRankingLoss(None, n_neg="nominal")
+    from hardneg.negatives import Strategy
+
     for bad in ("counted", 0, float("nan")):
-        with pytest.raises(ValueError, match="n_neg must be one of"):
+        with pytest.raises(ValueError) as ours:
             HardNegativeRankingLoss(None, n_neg=bad)
+        with pytest.raises(ValueError) as strategy:
+            Strategy(n_neg=bad)
+        assert str(ours.value) == str(strategy.value) and str(ours.value).startswith("n_neg must be one of")
     with pytest.raises(TypeError, match="'scale'"):
         HardNegativeRankingLoss(None, scale=20.0)
 
