@@ -67,7 +67,7 @@ def main() -> None:
     fi, ft = torch.randn(B, d, generator=g), torch.randn(B, d, generator=g)
     edits = torch.randn(B, 4, d, generator=g)
     labels, ids = data["train"].scenes.labels[:B], torch.arange(B)
-    scale = torch.tensor(1 / cfg.init_temperature, requires_grad=True)
+    scale = torch.tensor(1 / cfg.temperature, requires_grad=True)
 
     def loss_case(fn: Callable[..., torch.Tensor], n_edits: int) -> Callable[[], None]:
         def run() -> None:

@@ -77,7 +77,7 @@ class CrossModalConfig(BaseModel):
     dim: int = Field(64, ge=2)
     width: int = Field(16, ge=1)
     text_tower: str = Field("trainable", pattern="^(trainable|minilm)$")
-    init_temperature: float = Field(0.07, gt=0)
+    temperature: float = Field(0.07, gt=0)  # the initial temperature of the learnable logit scale
     threads: int = Field(2, ge=1)
     seeds: list[int] = Field(default_factory=lambda: [0, 1, 2])
     strategies: dict[str, dict[str, Any]] = Field(default_factory=dict)
@@ -204,7 +204,7 @@ class Towers(torch.nn.Module):
         else:
             self.text_model = TextTower(len(WORDS), MAX_LEN, cfg.dim)
             self.register_buffer("tokens", tokenize(table.strings(), MAX_LEN), persistent=False)
-        self.scale = LogitScale(cfg.init_temperature)
+        self.logit_scale = LogitScale(cfg.temperature)
 
     def text(self, ids: torch.Tensor) -> torch.Tensor:
         return self.text_model(self.tokens[ids] if self.tokens.numel() else ids)
@@ -271,7 +271,9 @@ class Run:
                 rows.append([pool[int(j)] for j in sel])
             negatives = towers.text(torch.tensor(rows).flatten()).reshape(len(il), self.n_edits, -1)
         labels = tr.scenes.labels[idx]
-        loss = self.loss_fn(zi, zt, towers.scale(), labels=labels, ids=ids, negatives=negatives, step=self.step_count)
+        loss = self.loss_fn(
+            zi, zt, towers.logit_scale(), labels=labels, ids=ids, negatives=negatives, step=self.step_count
+        )
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         self.opt.step()
@@ -299,7 +301,7 @@ def train_run(
         for idx in run.batch_order(cfg.batch_size):
             loss = run.step(idx)
         if log:
-            t = 1 / float(run.towers.scale().detach())
+            t = 1 / float(run.towers.logit_scale().detach())
             log(f"  {strategy} seed {seed} epoch {epoch + 1}/{cfg.epochs} loss {loss:.3f} t {t:.4f}")
     train_s = time.perf_counter() - t0
     run.towers.eval()
@@ -309,7 +311,7 @@ def train_run(
         "seed": seed,
         "fingerprint": cfg.fingerprint(strategy),
         "steps": run.step_count,
-        "final_temperature": 1 / float(run.towers.scale().detach()),
+        "final_temperature": 1 / float(run.towers.logit_scale().detach()),
         "diagnostics": {k: run.diag_sum[k] / run.diag_n[k] for k in run.diag_sum},
         "metrics": metrics,
         "train_seconds": train_s,
@@ -511,7 +513,7 @@ def write_results_page(
             f"scenes, {cfg.captions_per_image} captions per image (`hardneg.data.scenes`). Towers: "
             f"`ImageTower(dim={cfg.dim}, width={cfg.width})` and the {cfg.text_tower} text tower; "
             f"{cfg.epochs} epochs, batch {cfg.batch_size}, Adam lr {cfg.lr}, learnable temperature from "
-            f"{cfg.init_temperature}. Seeds {cfg.seeds}; mean ± sample std over seeds.",
+            f"{cfg.temperature}. Seeds {cfg.seeds}; mean ± sample std over seeds.",
             "",
             "Strategies (config mappings, `hardneg.integrations.open_clip.cross_modal_strategy`):",
             "",

@@ -190,7 +190,7 @@ def train_one(run: str, rows: list[dict], args, out_dir: Path):
                 cols.setdefault(k, []).append(v)
     ds = datasets.Dataset.from_dict(cols)
     if run == "hardneg_tilted":
-        loss = HardNegativeRankingLoss(model, scale=20.0, beta=args.beta)
+        loss = HardNegativeRankingLoss(model, logit_scale=20.0, beta=args.beta)
     else:
         loss = MultipleNegativesRankingLoss(model, scale=20.0)
     budget = args.max_minutes * 60

@@ -107,11 +107,13 @@ def _triplets(z1, z2, labels):
     return z, trip
 
 
-def ref_triplet_family(z1, z2, labels, h, beta=0.0):
-    """Σ_i Σ_p N_i Σ_j π_ij h / Σ_i |P_i| N_i with π_ij ∝ e^{β s_ij}."""
+def ref_triplet_family(z1, z2, labels, h, beta=0.0, reduction="mean"):
+    """Σ_i Σ_p N_i Σ_j π_ij h / Σ_i |P_i| N_i with π_ij ∝ e^{β s_ij}; ``"sum"`` without the
+    division, ``"none"`` the per-anchor numerators l_i (0 for an anchor without a triplet)."""
     z, trip = _triplets(z1, z2, labels)
     d = lambda a, b: torch.sqrt(torch.clamp(2 - 2 * (z[a] @ z[b]), min=1e-12))  # noqa: E731
     num, den = 0.0, 0.0
+    per_anchor = [z.new_zeros(()) for _ in range(z.shape[0])]
     anchors = sorted({i for i, _, _ in trip})
     for i in anchors:
         P = sorted({p for a, p, _ in trip if a == i})
@@ -119,6 +121,10 @@ def ref_triplet_family(z1, z2, labels, h, beta=0.0):
         w = [torch.exp(beta * (z[i] @ z[j])) for j in J]
         W = sum(w)
         for p in P:
-            num = num + len(J) * sum(wj / W * h(d(i, p), d(i, j)) for wj, j in zip(w, J))
+            term = len(J) * sum(wj / W * h(d(i, p), d(i, j)) for wj, j in zip(w, J))
+            per_anchor[i] = per_anchor[i] + term
+            num = num + term
             den += len(J)
-    return num / den
+    if reduction == "none":
+        return torch.stack(per_anchor)
+    return num if reduction == "sum" else num / den

@@ -152,7 +152,7 @@ def test_triplet_margin_low_precision_gradients_match_float32(name, dtype):
 @pytest.mark.parametrize(
     "kw,words",
     [({"beta": float("inf")}, "beta must be a finite number"), ({"beta": float("nan")}, "beta must be a finite"),
-     ({"chunk_size": -1}, "chunk_size must be a positive int"), ({"t": 0.0}, "temperature")],
+     ({"chunk_size": -1}, "chunk_size must be a positive int"), ({"tilt_scale": 0.0}, "tilt_scale")],
 )
 @pytest.mark.parametrize("name", ["triplet", "margin"])
 def test_triplet_margin_validate_like_the_other_losses(name, kw, words):
@@ -162,13 +162,17 @@ def test_triplet_margin_validate_like_the_other_losses(name, kw, words):
 
 
 def test_triplet_tilt_uses_the_same_beta_over_t_as_every_loss():
-    """π ∝ exp(β s / t): (β, t) and (2β, 2t) are the same distribution, β = 0 the uniform one."""
+    """π ∝ exp(β s / tilt_scale): (β, τ) and (2β, 2τ) are the same distribution, β = 0 the uniform
+    one; triplet has no softmax temperature, so ``t`` / ``temperature`` are not its options."""
     z1, z2 = _z(6, 4, 10)
     y = torch.tensor([0, 0, 1, 1, 2, 2])
-    a = L.triplet(z1, z2, y, margin=0.3, beta=1.0, t=0.5)
-    b = L.triplet(z1, z2, y, margin=0.3, beta=2.0, t=1.0)
+    a = L.triplet(z1, z2, y, margin=0.3, beta=1.0, tilt_scale=0.5)
+    b = L.triplet(z1, z2, y, margin=0.3, beta=2.0, tilt_scale=1.0)
     torch.testing.assert_close(a, b, rtol=1e-12, atol=0)
     assert float((a - L.triplet(z1, z2, y, margin=0.3)).abs()) > 1e-4
+    for old in ("t", "temperature"):
+        with pytest.raises(TypeError, match=f"'{old}'"):
+            L.triplet(z1, z2, y, **{old: 0.5})
 
 
 def test_temperature_is_the_public_name_and_t_its_alias():

@@ -70,7 +70,7 @@ def _feats(B=6, d=5, seed=0):
 
 def test_clip_loss_equals_literal_clip_values_and_gradients_float64():
     img, txt = _feats()
-    scale = LogitScale(init_temperature=0.2).double()
+    scale = LogitScale(temperature=0.2).double()
     loss = ClipLoss()(img, txt, scale())
     g = torch.autograd.grad(loss, [img, txt, scale.log_scale])
     img2, txt2 = img.detach().clone().requires_grad_(True), txt.detach().clone().requires_grad_(True)
@@ -98,8 +98,13 @@ def test_logit_scale_clamped_at_100_as_clip():
     with torch.no_grad():
         s.log_scale.fill_(10.0)
     assert math.isclose(float(s().detach()), 100.0, rel_tol=1e-6)
-    with pytest.raises(ValueError, match="max_scale"):
-        LogitScale(init_temperature=0.001)
+    with pytest.raises(ValueError, match="max_logit_scale"):
+        LogitScale(temperature=0.001)
+    with pytest.raises(ValueError, match="'temperature' .* got -0.07"):
+        LogitScale(temperature=-0.07)
+    for old in ("init_temperature", "max_scale"):
+        with pytest.raises(TypeError, match=old):
+            LogitScale(**{old: 0.1})
 
 
 def test_tilted_cross_modal_matches_literal_reference_with_gradients():

@@ -97,6 +97,20 @@ def test_alignment_uniformity_match_formula():
         uniformity(torch.zeros(1, 3))
 
 
+def test_uniformity_t_is_wang_isola_t_and_not_a_temperature():
+    """L_uniform(t) = log mean exp(−t‖x_i − x_j‖²) with t = ``uniformity_t``; ``t`` (the softmax
+    temperature's alias elsewhere) is not one of its options."""
+    x = torch.tensor([[1.0, 0.0], [-1.0, 0.0], [0.0, 1.0]], dtype=torch.float64)
+    # squared distances 4, 2, 2: log((e^{−4t} + 2 e^{−2t}) / 3)
+    for t in (0.5, 3.0):
+        ref = np.log((np.exp(-4 * t) + 2 * np.exp(-2 * t)) / 3)
+        assert uniformity(x, uniformity_t=t) == pytest.approx(ref, rel=1e-12)
+    with pytest.raises(TypeError, match="'t'"):
+        uniformity(x, t=2.0)
+    with pytest.raises(ValueError, match="uniformity_t must be a finite number > 0, got 0"):
+        uniformity(x, uniformity_t=0)
+
+
 def test_two_view_diagnostics_literal():
     """The evaluation diagnostics: the strategies' definitions (ESS 1/Σπ², weight on false
     negatives, ...) on the SimCLR in-batch set, against a loop over anchors."""

@@ -52,7 +52,9 @@ def test_custom_weighting_in_the_sentence_transformers_loss():
 
     g = torch.Generator().manual_seed(3)
     q, p, n = (torch.randn(5, 4, generator=g, dtype=torch.float64) for _ in range(3))
-    loss = HardNegativeRankingLoss(None, scale=10.0, strategy={"name": "ucl", "weighting": [{"kind": "test_far_only"}]})
+    loss = HardNegativeRankingLoss(
+        None, logit_scale=10.0, strategy={"name": "ucl", "weighting": [{"kind": "test_far_only"}]}
+    )
     got = loss.compute_loss_from_embeddings([q, p, n]).item()
     # literal: anchors q, candidates [p; n], positive p_i, π ∝ exp(s) on candidates with s < 0.5
     qn, k = unit(q.numpy()), unit(np.concatenate([p.numpy(), n.numpy()]))

@@ -3,7 +3,7 @@
 import pytest
 import torch
 from pytorch_metric_learning import losses as pml
-from pytorch_metric_learning.reducers import MeanReducer
+from pytorch_metric_learning.reducers import MeanReducer, SumReducer
 
 import hardneg.losses as L
 
@@ -44,6 +44,24 @@ def test_triplet_equals_pml_mean_reducer(margin):
     ref = pml.TripletMarginLoss(margin=margin, reducer=MeanReducer())(torch.cat([z1, z2]), torch.cat([y, y]))
     ours = L.triplet(z1, z2, y, margin=margin)
     torch.testing.assert_close(ours, ref, rtol=1e-7, atol=1e-10)
+
+
+def test_triplet_sum_equals_pml_sum_reducer():
+    z1, z2, y = make(12, 6, 4, classes=3)
+    ref = pml.TripletMarginLoss(margin=0.2, reducer=SumReducer())(torch.cat([z1, z2]), torch.cat([y, y]))
+    torch.testing.assert_close(L.triplet(z1, z2, y, margin=0.2, reduction="sum"), ref, rtol=1e-7, atol=1e-10)
+
+
+@pytest.mark.parametrize("alpha,b", [(0.2, 1.2), (0.1, 0.9)])
+def test_margin_boundary_is_pml_margin_loss_beta(alpha, b):
+    """PML's ``MarginLoss(margin=α, beta=b)`` is our ``margin(alpha=α, boundary=b)``: PML's ``beta``
+    is the boundary; ours is the tilt, and β = 0 keeps the plain mean over triplets."""
+    z1, z2, y = make(12, 6, 5, classes=3)
+    ref = pml.MarginLoss(margin=alpha, beta=b, reducer=MeanReducer())(torch.cat([z1, z2]), torch.cat([y, y]))
+    ours = L.margin(z1, z2, y, alpha=alpha, boundary=b)
+    torch.testing.assert_close(ours, ref, rtol=1e-7, atol=1e-10)
+    for a, g in zip(torch.autograd.grad(ours, [z1, z2]), torch.autograd.grad(ref, [z1, z2])):
+        torch.testing.assert_close(a, g, rtol=1e-6, atol=1e-9)
 
 
 def test_ntxent_with_labels_equals_hscl_all_pairs_beta0_count_n():

@@ -29,7 +29,7 @@ def test_shows_a_preset_options(capsys):
         main(_argv("mochi"))
     assert e.value.code == 0
     out = capsys.readouterr().out
-    assert "beta_max" in out and "0.45" in out
+    assert "query_mix_max" in out and "0.45" in out
 
 
 def test_unknown_preset_is_one_line_exit_2(capsys):

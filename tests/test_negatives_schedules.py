@@ -70,10 +70,10 @@ def test_strategy_applies_schedules_to_beta_k_and_margin():
     sm(z1, z2, step=2)
     assert sm.weightings[0].margin == pytest.approx(0.5)
     mo = create_strategy(
-        "mochi", size=32, schedule={"beta_max": {"kind": "linear", "start": 0.1, "end": 0.4, "steps": 10}}
+        "mochi", size=32, schedule={"query_mix_max": {"kind": "linear", "start": 0.1, "end": 0.4, "steps": 10}}
     )
     mo(z1, z2, step=5)
-    assert mo.sources[1].beta_max == pytest.approx(0.25)
+    assert mo.sources[1].query_mix_max == pytest.approx(0.25)
 
 
 @pytest.mark.parametrize(

@@ -134,7 +134,7 @@ def test_mochi_mixes_are_unit_and_harder_than_their_parents():
     # hard negatives: moderately similar to q
     hard = F.normalize(q[:, None, :] + 1.2 * torch.randn(n, N, d, generator=torch.Generator().manual_seed(1)), dim=-1)
     g = torch.Generator().manual_seed(2)
-    mixes = mochi_mix(q, hard, s=20, s_prime=10, beta_max=0.45, generator=g)
+    mixes = mochi_mix(q, hard, s=20, s_prime=10, query_mix_max=0.45, generator=g)
     assert mixes.shape == (n, 30, d)
     torch.testing.assert_close(mixes.norm(dim=-1), torch.ones(n, 30))
     sim_mix = (mixes * q[:, None, :]).sum(-1)
@@ -145,8 +145,8 @@ def test_mochi_mixes_are_unit_and_harder_than_their_parents():
     )
     assert sim_mix[:, :20].mean() > sim_parents.mean()
     assert sim_mix[:, 20:].mean() > sim_mix[:, :20].mean()
-    with pytest.raises(ValueError, match="beta_max"):
-        mochi_mix(q, hard, 2, 2, beta_max=0.5)
+    with pytest.raises(ValueError, match="query_mix_max"):
+        mochi_mix(q, hard, 2, 2, query_mix_max=0.5)
 
 
 def test_mochi_literal_single_mix():
@@ -176,8 +176,8 @@ def test_mochi_strategy_adds_owned_synthetic_negatives():
 def test_mixing_option_errors():
     with pytest.raises(ValueError, match="'n_hard'"):
         Mixing(n_hard=0)
-    with pytest.raises(ValueError, match="beta_max"):
-        Mixing(beta_max=0.6)
+    with pytest.raises(ValueError, match="query_mix_max"):
+        Mixing(query_mix_max=0.6)
 
 
 def test_mochi_mixes_only_valid_candidates():

@@ -31,7 +31,7 @@ def test_default_equals_multiple_negatives_ranking_loss():
     torch.manual_seed(0)
     l_ref, g_ref = grads_of(m, MultipleNegativesRankingLoss(m, scale=20.0), cols)
     torch.manual_seed(0)
-    l_our, g_our = grads_of(m, HardNegativeRankingLoss(m, scale=20.0), cols)
+    l_our, g_our = grads_of(m, HardNegativeRankingLoss(m, logit_scale=20.0), cols)
     assert l_our.item() == pytest.approx(l_ref.item(), rel=1e-5)
     torch.testing.assert_close(g_our, g_ref, rtol=1e-4, atol=1e-6)
 
@@ -59,7 +59,7 @@ def test_strategies_match_literal_formula(beta, absolute_margin):
     q = torch.randn(6, 8, generator=g, dtype=torch.float64)
     ks = [torch.randn(6, 8, generator=g, dtype=torch.float64) for _ in range(2)]
     ks[0] = ks[0] + 0.8 * q  # positives correlated with their anchors
-    loss = HardNegativeRankingLoss(None, scale=10.0, beta=beta, absolute_margin=absolute_margin)
+    loss = HardNegativeRankingLoss(None, logit_scale=10.0, beta=beta, absolute_margin=absolute_margin)
     got = loss.compute_loss_from_embeddings([q, *ks])
     assert got.item() == pytest.approx(literal(q, ks, 0.1, beta, absolute_margin), rel=1e-9)
 
@@ -69,7 +69,7 @@ def test_debiased_matches_dcl_formula():
     q = torch.randn(5, 8, generator=g, dtype=torch.float64)
     k = torch.randn(5, 8, generator=g, dtype=torch.float64) + q
     tau, t = 0.1, 0.5
-    got = HardNegativeRankingLoss(None, scale=1 / t, tau_plus=tau).compute_loss_from_embeddings([q, k])
+    got = HardNegativeRankingLoss(None, logit_scale=1 / t, tau_plus=tau).compute_loss_from_embeddings([q, k])
     qn, kn = torch.nn.functional.normalize(q, dim=-1), torch.nn.functional.normalize(k, dim=-1)
     S = qn @ kn.T
     ref = 0.0
@@ -92,9 +92,37 @@ def test_cached_equals_uncached():
     torch.testing.assert_close(g2, g1, rtol=1e-3, atol=1e-6)
 
 
+def test_n_neg_takes_the_strategy_values_and_scales_the_mean():
+    """``n_neg`` takes Strategy's values ("count", "nominal", a number > 0) with its checker's
+    line; a number N gives −log(e^{s_p/t} / (e^{s_p/t} + N · mean_{j≠p} e^{s_j/t}))."""
+    g = torch.Generator().manual_seed(5)
+    q = torch.randn(5, 8, generator=g, dtype=torch.float64)
+    k = torch.randn(5, 8, generator=g, dtype=torch.float64) + q
+    t = 0.5
+    got = HardNegativeRankingLoss(None, logit_scale=1 / t, n_neg=7).compute_loss_from_embeddings([q, k])
+    S = torch.nn.functional.normalize(q, dim=-1) @ torch.nn.functional.normalize(k, dim=-1).T
+    ref = 0.0
+    for i in range(5):
+        pos = math.exp(S[i, i].item() / t)
+        neg = [math.exp(S[i, j].item() / t) for j in range(5) if j != i]
+        ref += -math.log(pos / (pos + 7 * sum(neg) / len(neg)))
+    assert got.item() == pytest.approx(ref / 5, rel=1e-9)
+    HardNegativeRankingLoss(None, n_neg="nominal")
+    from hardneg.negatives import Strategy
+
+    for bad in ("counted", 0, float("nan")):
+        with pytest.raises(ValueError) as ours:
+            HardNegativeRankingLoss(None, n_neg=bad)
+        with pytest.raises(ValueError) as strategy:
+            Strategy(n_neg=bad)
+        assert str(ours.value) == str(strategy.value) and str(ours.value).startswith("n_neg must be one of")
+    with pytest.raises(TypeError, match="'scale'"):
+        HardNegativeRankingLoss(None, scale=20.0)
+
+
 def test_bad_arguments():
-    with pytest.raises(ValueError, match="scale"):
-        HardNegativeRankingLoss(None, scale=0)
+    with pytest.raises(ValueError, match="logit_scale"):
+        HardNegativeRankingLoss(None, logit_scale=0)
     with pytest.raises(ValueError, match="beta"):
         HardNegativeRankingLoss(None, beta=-1)
     with pytest.raises(ValueError, match="tau_plus"):
@@ -136,9 +164,10 @@ def test_one_pair_batch_gives_zero_like_mnrl_and_the_users_strategy_is_left_alon
     assert bool((q.grad == 0).all())
     s = create_strategy("hucl", temperature=0.05)
     wrapped = HardNegativeRankingLoss(None, strategy=s)
-    assert s.in_batch.symmetric and not wrapped.strategy.in_batch.symmetric and wrapped.scale == pytest.approx(20.0)
+    assert s.in_batch.symmetric and not wrapped.strategy.in_batch.symmetric
+    assert wrapped.logit_scale == pytest.approx(20.0)
     with pytest.raises(ValueError, match="not both"):
-        HardNegativeRankingLoss(None, scale=10.0, strategy={"name": "hucl", "temperature": 0.5})
+        HardNegativeRankingLoss(None, logit_scale=10.0, strategy={"name": "hucl", "temperature": 0.5})
 
 
 def test_filters_that_remove_every_negative_raise_instead_of_a_zero_loss():

@@ -1,6 +1,7 @@
 """Config validation, overrides, the loss mapping and LR schedules."""
 
 import math
+import re
 
 import pytest
 import torch
@@ -55,6 +56,43 @@ def test_cli_bad_config_exit_2(tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
         main(["compare", "--config", str(tmp_path / "none.yaml")])
     assert e.value.code == 2
+
+
+@pytest.mark.parametrize(
+    "yaml_text,override,where,new",
+    [
+        ("strategy: {name: mochi, beta_max: 0.3}\n", None, "strategy.beta_max", "query_mix_max"),
+        ("strategy: {name: ucl, source: [in_batch, {kind: mixing, beta_max: 0.3}]}\n", None,
+         r"strategy.source\[1\].beta_max", "query_mix_max"),
+        ("loss: {name: ucl}\n", "strategy.beta_max=0.3", "beta_max", "query_mix_max"),
+        ("loss: {name: ucl}\ninit_temperature: 0.07\n", None, "init_temperature", "temperature"),
+    ],
+)
+def test_a_config_with_a_renamed_option_is_refused_naming_the_option_to_use(
+    tmp_path, capsys, yaml_text, override, where, new
+):
+    p = tmp_path / "c.yaml"
+    p.write_text(yaml_text)
+    args = ["train", "--config", str(p), "--out", str(tmp_path / "r")] + (["--set", override] if override else [])
+    with pytest.raises(SystemExit) as e:
+        main(args)
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("hardneg: error: ") and "\n" not in err
+    assert re.search(rf"{where}: unknown option '\w+'; the option is '{new}'", err), err
+    assert not (tmp_path / "r").exists()
+
+
+def test_triplet_in_a_config_refuses_a_temperature_naming_tilt_scale():
+    with pytest.raises(ValueError, match=r"does not take \['t'\]; it has no softmax temperature .*'tilt_scale'"):
+        build_loss("triplet", {"t": 0.5})
+    g = torch.Generator().manual_seed(1)
+    z1, z2 = torch.randn(6, 4, generator=g), torch.randn(6, 4, generator=g)
+    y = torch.tensor([0, 0, 1, 1, 2, 2])
+    from hardneg import losses
+
+    got = build_loss("margin", {"beta": 1.0, "tilt_scale": 0.5})(z1, z2, y)
+    assert torch.equal(got, losses.margin(z1, z2, y, beta=2.0, tilt_scale=1.0))
 
 
 def test_build_loss_maps_to_the_named_losses():

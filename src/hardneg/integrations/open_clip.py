@@ -11,9 +11,9 @@ Example::
 
     from hardneg.integrations.open_clip import ClipLoss
     from hardneg.negatives import LogitScale
-    scale = LogitScale()                       # CLIP's learnable temperature, clamped at 100
+    logit_scale = LogitScale()                 # CLIP's learnable 1/temperature, clamped at 100
     loss_fn = ClipLoss("hucl", beta=0.5)       # a preset or a Strategy / mapping
-    loss = loss_fn(img_emb, txt_emb, scale(), ids=group_ids)
+    loss = loss_fn(img_emb, txt_emb, logit_scale(), ids=group_ids)
 
 On several processes it takes open_clip's constructor keywords with open_clip's meaning
 (``ClipLoss("hucl", beta=0.5, local_loss=True, gather_with_grad=True, rank=r, world_size=w)``),

@@ -5,7 +5,7 @@ r"""sentence-transformers losses built on hardneg strategies (and so on the one 
 ``(anchor, positive)`` or ``(anchor, positive, negative_1, ..., negative_n)`` (mined negatives, e.g.
 from ``hardneg mine --format n-tuple`` or ``--format triplet``). With anchors ``q_i`` and candidates
 ``k = [positives; negatives_1; …; negatives_n]`` (every other row's positive and every mined negative
-of the batch is a candidate), ``pos_index = i`` and temperature ``t = 1/scale``::
+of the batch is a candidate), ``pos_index = i`` and temperature ``t = 1/logit_scale``::
 
     L_i = −log( e^{s_ip/t} / ( e^{s_ip/t} + N · Σ_j π_ij e^{s_ij/t} ) )
 
@@ -40,6 +40,7 @@ from torch import Tensor, nn
 from hardneg._optional import require
 from hardneg.distributed import DistributedStrategy, world_size
 from hardneg.losses.candidates import NoValidAnchorError
+from hardneg.losses.checks import check_n_neg, check_positive
 from hardneg.negatives.filters import GuideFilter, IdFilter, LabelFilter, SimilarityFilter
 from hardneg.negatives.registry import from_config, strategy_config
 from hardneg.negatives.sources import InBatch
@@ -51,27 +52,25 @@ require("sentence_transformers", "text", min_version="5.7", feature="hardneg.int
 from sentence_transformers.base.losses.gradcache import CachedLossMixin  # noqa: E402
 
 
-def _as_strategy(strategy: Any, scale: float | None, core: dict[str, Any]) -> tuple[Strategy, float]:
-    """The strategy behind the loss and its scale (1 / temperature)."""
+def _as_strategy(strategy: Any, logit_scale: float | None, core: dict[str, Any]) -> tuple[Strategy, float]:
+    """The strategy behind the loss and its logit scale (1 / temperature)."""
     if isinstance(strategy, Strategy):
-        if scale is not None:
-            raise ValueError("give the temperature in the Strategy or scale, not both")
+        if logit_scale is not None:
+            raise ValueError("give the temperature in the Strategy or logit_scale, not both")
         if core:
             raise ValueError(f"options {sorted(core)} belong in the Strategy when one is given")
         built = copy.deepcopy(strategy)  # the batch block is replaced below: the caller's object stays as it is
     else:
-        explicit_scale = scale is not None
-        scale = 20.0 if scale is None else scale
-        if not (isinstance(scale, (int, float)) and not isinstance(scale, bool) and scale > 0):
-            raise ValueError(f"scale must be a number > 0 (scale = 1/temperature), got {scale!r}")
+        explicit_scale = logit_scale is not None
+        scale = check_positive("logit_scale (1/temperature)", 20.0 if logit_scale is None else logit_scale)
         cfg: dict[str, Any] = {"name": "ucl"} if strategy is None else (
             {"name": strategy} if isinstance(strategy, str) else dict(strategy)
         )
         if "temperature" in cfg or "t" in cfg:
             if explicit_scale:
-                raise ValueError("give the temperature in the strategy mapping or scale, not both")
+                raise ValueError("give the temperature in the strategy mapping or logit_scale, not both")
         else:
-            cfg["temperature"] = 1.0 / float(scale)
+            cfg["temperature"] = 1.0 / scale
         built = from_config({**cfg, **core})
     # sentence-transformers columns are pairs (anchor -> positive): the batch block is asymmetric, as MNRL
     built.in_batch = InBatch(symmetric=False, batch_negatives=built.in_batch.batch_negatives)
@@ -100,12 +99,14 @@ class HardNegativeRankingLoss(nn.Module):
 
     Args:
         model: the ``SentenceTransformer``.
-        scale: 1 / temperature, as in MNRL (default 20); not allowed with a Strategy object, which
-            carries its own temperature.
+        logit_scale: 1 / temperature (default 20): MNRL's ``scale``, under open_clip's name for the
+            same quantity, the one hardneg uses everywhere; not allowed with a Strategy object,
+            which carries its own temperature.
         strategy: ``None`` (MNRL: uniform in-batch negatives), a preset name (``"hucl"``, ``"topk"``,
             …), a mapping as in a YAML config, or a Strategy.
         beta, tau_plus, detach_weights, n_neg: the strategy's core options (HCL tilt, DCL
-            debiasing, …); ``n_neg`` None counts the candidates (MNRL).
+            debiasing, …), with `Strategy`'s values; None keeps the strategy's own (``n_neg="count"``
+            for the default strategy: N counts the candidates, as MNRL).
         absolute_margin, relative_margin, max_score: the false-negative filter
             (`SimilarityFilter`, sentence-transformers' rules).
         gather_across_devices: in a ``torch.distributed`` run, every process's anchors see the
@@ -117,7 +118,7 @@ class HardNegativeRankingLoss(nn.Module):
     def __init__(
         self,
         model: Any,
-        scale: float | None = None,
+        logit_scale: float | None = None,
         *,
         strategy: Any = None,
         beta: float | None = None,
@@ -126,10 +127,12 @@ class HardNegativeRankingLoss(nn.Module):
         relative_margin: float | None = None,
         max_score: float | None = None,
         detach_weights: bool | None = None,
-        n_neg: float | None = None,
+        n_neg: str | float | None = None,
         gather_across_devices: bool = False,
     ) -> None:
         super().__init__()
+        if n_neg is not None:
+            n_neg = check_n_neg(n_neg)
         core: dict[str, Any] = {
             k: v for k, v in (("beta", beta), ("tau_plus", tau_plus), ("detach_weights", detach_weights),
                               ("n_neg", n_neg)) if v is not None
@@ -139,7 +142,7 @@ class HardNegativeRankingLoss(nn.Module):
         if sim:
             core["filters"] = [SimilarityFilter(**sim)]
         self.model = model
-        self.strategy, self.scale = _as_strategy(strategy, scale, core)
+        self.strategy, self.logit_scale = _as_strategy(strategy, logit_scale, core)
         why = _tags_needed(self.strategy)
         if why is not None:
             raise ValueError(
@@ -148,7 +151,7 @@ class HardNegativeRankingLoss(nn.Module):
                 "Use a strategy without label positives, label / id / guide filters (ucl, hucl, topk, ...)"
             )
         self.gather_across_devices = bool(gather_across_devices)
-        self._config = {"scale": self.scale, "strategy": strategy_config(self.strategy),
+        self._config = {"logit_scale": self.logit_scale, "strategy": strategy_config(self.strategy),
                         **{k: v for k, v in core.items() if k != "filters"}, **sim,
                         "gather_across_devices": self.gather_across_devices}
 
@@ -172,7 +175,7 @@ class HardNegativeRankingLoss(nn.Module):
             if not self._holds_no_negative(q, negatives):
                 raise  # negatives existed and the filters removed every one: a wrong setting, not a step
             # a batch of one pair and nothing else (the trainer's last batch): no loss, as MNRL
-            return sum(e.sum() for e in embeddings) * 0.0
+            return torch.stack([e.sum() for e in embeddings]).sum() * 0.0
 
     def _holds_no_negative(self, q: Tensor, negatives: Tensor | None) -> bool:
         """True when the step has no candidate but the positive: one pair in the (gathered) batch,
@@ -197,9 +200,9 @@ class HardNegativeRankingLoss(nn.Module):
 class CachedHardNegativeRankingLoss(CachedLossMixin, HardNegativeRankingLoss):
     """`HardNegativeRankingLoss` with GradCache: embed in ``mini_batch_size`` chunks."""
 
-    def __init__(self, model: Any, scale: float | None = None, *, mini_batch_size: int = 32,
+    def __init__(self, model: Any, logit_scale: float | None = None, *, mini_batch_size: int = 32,
                  show_progress_bar: bool = False, **kwargs: Any) -> None:
-        HardNegativeRankingLoss.__init__(self, model, scale, **kwargs)
+        HardNegativeRankingLoss.__init__(self, model, logit_scale, **kwargs)
         if not isinstance(mini_batch_size, int) or mini_batch_size < 1:
             raise ValueError(f"mini_batch_size must be a positive int, got {mini_batch_size!r}")
         self.mini_batch_size = mini_batch_size

@@ -19,6 +19,9 @@ UNKNOWN = -1
 POSITIVES = ("view", "labels")
 POSITIVE_REDUCES = ("mean", "pairs")
 REDUCTIONS = ("mean", "sum", "none")
+#: the named values of ``n_neg``, N of the loss: ``"count"`` the number of valid candidates of each
+#: anchor (plain sums), ``"nominal"`` every candidate but the anchor and its positive (2B − 2)
+N_NEG = ("count", "nominal")
 
 
 def _number(v: Any) -> bool:
@@ -100,6 +103,20 @@ def check_positive(name: str, v: Any) -> float:
     if not _number(v) or not math.isfinite(v) or not v > 0:
         raise ValueError(f"{name} must be a finite number > 0, got {v!r}")
     return float(v)
+
+
+def check_n_neg(n_neg: Any) -> str | float:
+    """N, the number of negatives the weighted mean is scaled to: one of `N_NEG` or a number > 0."""
+    if isinstance(n_neg, str):
+        return check_choice("n_neg", n_neg, N_NEG)
+    if not _number(n_neg) or not math.isfinite(n_neg) or not n_neg > 0:
+        raise ValueError(f"n_neg must be one of {N_NEG} or a finite number > 0, got {n_neg!r}")
+    return float(n_neg)
+
+
+def check_reduction(reduction: Any) -> str:
+    """How per-anchor losses are reduced: one of `REDUCTIONS`."""
+    return check_choice("reduction", reduction, REDUCTIONS)
 
 
 def check_chunk_size(chunk_size: Any) -> int | None:

@@ -9,10 +9,16 @@ fused chunk pass (``A = β · S`` with ``S`` already divided by t), which is thi
 
 from __future__ import annotations
 
+from typing import overload
+
 import numpy as np
 from torch import Tensor
 
 
+@overload
+def tilt_log_weights(s: Tensor, beta: float, t: float) -> Tensor: ...
+@overload
+def tilt_log_weights(s: np.ndarray, beta: float, t: float) -> np.ndarray: ...
 def tilt_log_weights(s: Tensor | np.ndarray, beta: float, t: float) -> Tensor | np.ndarray:
     """Unnormalised log π: ``β s / t`` (torch tensors or numpy arrays)."""
     return s * (beta / t)

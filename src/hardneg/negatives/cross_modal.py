@@ -21,7 +21,7 @@ positive (its partner in the batch); over epochs every caption of an image serve
 `CrossModalClusters` chooses negatives with clusters computed in one modality (k-means on
 that tower's recent embeddings, refreshed every ``every`` steps, or on a fixed feature table):
 a sample's cluster is the cluster of its own embedding in that modality, for both of its rows.
-`LogitScale` is CLIP's learnable temperature.
+`LogitScale` is CLIP's learnable logit scale (1 / temperature).
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from hardneg.losses.checks import check_choice, check_int
+from hardneg.losses.checks import check_choice, check_int, check_positive
 from hardneg.negatives.context import StepContext
 from hardneg.negatives.queue import MemoryQueue
 from hardneg.negatives.sources import Anchors, Candidates, InBatch
@@ -102,6 +102,13 @@ class CrossModalQueue(MemoryQueue):
         return f"size={self.size}, modality={self.modality!r}"
 
 
+def _two_view_layout(ctx: StepContext) -> tuple[Tensor, Tensor]:
+    """Each candidate's view and partner column, which only a two-view source provides."""
+    if ctx.k_view is None or ctx.k_partner is None:
+        raise ValueError("cross_modal_cluster needs the cross_modal source (two views)")
+    return ctx.k_view, ctx.k_partner
+
+
 class CrossModalClusters(ClusterGuided):
     r"""Cluster-guided negatives across modalities: spherical k-means on one tower's embeddings
     (``modality``, default the texts) chooses the negatives of both directions. Log-weight
@@ -143,8 +150,9 @@ class CrossModalClusters(ClusterGuided):
         """For each candidate: the column holding its sample's ``modality`` embedding (itself, or
         its other view in the batch), −1 when there is none. The layout comes from the context's
         ``k_partner`` (the whole batch's), so it is the same whichever anchors a call computes."""
+        k_view, k_partner = _two_view_layout(ctx)
         ar = torch.arange(ctx.m, device=ctx.q.device)
-        return torch.where(ctx.k_view == self._view, ar, ctx.k_partner.to(ar.device))
+        return torch.where(k_view == self._view, ar, k_partner.to(ar.device))
 
     def get_extra_state(self) -> dict:
         # the recent rows the next refit clusters are state too: without them a resumed run refits
@@ -159,10 +167,9 @@ class CrossModalClusters(ClusterGuided):
         if self.features is not None:
             super().begin_step(ctx)
             return
-        if ctx.k_view is None or ctx.k_partner is None:
-            raise ValueError("cross_modal_cluster needs the cross_modal source (two views)")
+        k_view, _ = _two_view_layout(ctx)
         b_end = ctx.blocks[0][2]
-        batch_rows = ctx.k[:b_end][ctx.k_view[:b_end] == self._view]
+        batch_rows = ctx.k[:b_end][k_view[:b_end] == self._view]
         recent = batch_rows if self._recent is None else torch.cat([self._recent.to(batch_rows), batch_rows])
         self._recent = recent[-self.memory :].detach()
         due = self.centroids is None or ctx.step % self.every == 0
@@ -187,22 +194,24 @@ class CrossModalClusters(ClusterGuided):
 
 
 class LogitScale(nn.Module):
-    """CLIP's learnable temperature: a parameter ``log(1/t)`` (initial t = 0.07); ``forward()``
-    returns ``logit_scale = exp(param)`` clamped at ``max_scale`` (CLIP clamps at 100, so t ≥ 0.01).
-    Pass it to ``Strategy.forward(..., logit_scale=...)`` or to
-    `ClipLoss`."""
+    """CLIP's learnable logit scale, 1 / temperature: a parameter ``log_scale = log(1/t)`` starting
+    at ``temperature`` t (0.07, as CLIP); ``forward()`` returns ``logit_scale = exp(log_scale)``
+    clamped at ``max_logit_scale`` (CLIP clamps at 100, so t ≥ 0.01). Pass it to
+    ``Strategy.forward(..., logit_scale=...)`` or to `ClipLoss`."""
 
-    def __init__(self, init_temperature: float = 0.07, max_scale: float = 100.0) -> None:
+    def __init__(self, temperature: float = 0.07, max_logit_scale: float = 100.0) -> None:
         super().__init__()
-        if not (init_temperature > 0 and max_scale > 0 and 1.0 / init_temperature <= max_scale):
+        t = check_positive("LogitScale option 'temperature' (its initial value)", temperature)
+        self.max_logit_scale = check_positive("LogitScale option 'max_logit_scale'", max_logit_scale)
+        if 1.0 / t > self.max_logit_scale:
             raise ValueError(
-                f"LogitScale needs 0 < 1/init_temperature <= max_scale, got {init_temperature!r}, {max_scale!r}"
+                f"LogitScale needs 1/temperature <= max_logit_scale, got temperature={temperature!r} "
+                f"(logit scale {1.0 / t:g}) and max_logit_scale={max_logit_scale!r}"
             )
-        self.max_scale = float(max_scale)
-        self.log_scale = nn.Parameter(torch.tensor(math.log(1.0 / init_temperature)))
+        self.log_scale = nn.Parameter(torch.tensor(math.log(1.0 / t)))
 
     def forward(self) -> Tensor:
-        return self.log_scale.clamp(max=math.log(self.max_scale)).exp()
+        return self.log_scale.clamp(max=math.log(self.max_logit_scale)).exp()
 
 
 def pair_ids(image_ids: Sequence[int] | Tensor, captions: Sequence[str]) -> Tensor:

@@ -6,7 +6,8 @@ For a query q with its candidate negatives ordered by similarity, take the N har
 
 - ``s`` mixes of pairs of hard negatives: ``h_k = α ñ_i + (1 − α) ñ_j``, α ~ U(0, 1), i ≠ j;
 - ``s'`` mixes of the query with a hard negative: ``h'_k = β q + (1 − β) ñ_j``, β ~ U(0, β_max),
-  β_max < 0.5 so the negative's share dominates;
+  β_max < 0.5 so the negative's share dominates. β is the paper's symbol for the query's share, not
+  hardneg's tilt ``beta``: its bound β_max is the option ``query_mix_max``;
 
 each re-normalised to the unit sphere (``h / ‖h‖``). They are added as negatives of that query only,
 and are constants (no gradient flows through them, as in the paper).
@@ -27,12 +28,16 @@ from hardneg.losses.checks import check_int, check_number
 from hardneg.negatives.sources import NOBODY, Anchors, Candidates, Source
 
 
+def _check_query_mix_max(v: object) -> float:
+    return check_number("mixing option 'query_mix_max' (MoCHi's β_max, the query share)", v, 0.0, 0.5, hi_open=True)
+
+
 def mochi_mix(
     q: Tensor,
     hard: Tensor,
     s: int,
     s_prime: int,
-    beta_max: float = 0.45,
+    query_mix_max: float = 0.45,
     generator: torch.Generator | None = None,
 ) -> Tensor:
     """MoCHi synthetic negatives for each query.
@@ -41,15 +46,15 @@ def mochi_mix(
         q: (n, d) unit queries.
         hard: (n, N, d) each query's N hardest negatives (unit rows), N ≥ 2 when ``s`` > 0.
         s: pair mixes per query; s_prime: query mixes per query.
-        beta_max: upper bound of the query's share β ~ U(0, beta_max); must lie in [0, 0.5).
+        query_mix_max: MoCHi's β_max, the upper bound of the query's share β ~ U(0, β_max) (the
+            paper's β, not the tilt); must lie in [0, 0.5).
 
     Returns:
         (n, s + s', d) unit vectors: first the ``s`` pair mixes, then the ``s'`` query mixes.
     """
     if hard.dim() != 3 or hard.shape[0] != q.shape[0] or hard.shape[2] != q.shape[1]:
         raise ValueError(f"hard must have shape (n={q.shape[0]}, N, d={q.shape[1]}), got {tuple(hard.shape)}")
-    if not 0.0 <= beta_max < 0.5:
-        raise ValueError(f"mixing option 'beta_max' (the query share) must lie in [0, 0.5), got {beta_max!r}")
+    query_mix_max = _check_query_mix_max(query_mix_max)
     n, N, d = hard.shape
     if s > 0 and N < 2:
         raise ValueError(f"mixing pairs (s = {s}) needs at least 2 hard negatives per query, got N = {N}")
@@ -64,7 +69,7 @@ def mochi_mix(
         outs.append(F.normalize(a * hi + (1 - a) * hj, dim=-1))
     if s_prime > 0:
         j = torch.randint(N, (n, s_prime), generator=generator).to(dev)
-        b = (torch.rand(n, s_prime, 1, generator=generator) * beta_max).to(dev, q.dtype)
+        b = (torch.rand(n, s_prime, 1, generator=generator) * query_mix_max).to(dev, q.dtype)
         hj = torch.gather(hard, 1, j[..., None].expand(n, s_prime, d))
         outs.append(F.normalize(b * q[:, None, :] + (1 - b) * hj, dim=-1))
     if not outs:
@@ -79,19 +84,22 @@ class Mixing(Source):
         n_hard: N, the hardest negatives mixed (paper: 1024 of a 16k queue). Capped at the number
             of valid candidates of each query.
         s: pair mixes per query (paper: 1024). s_prime: query mixes per query (paper: 256).
-        beta_max: the query share bound β_max < 0.5 (paper: 0.5 exclusive). Schedulable.
+        query_mix_max: MoCHi's β_max, the bound of the query's share β (the paper's symbol, not
+            the tilt ``beta``), < 0.5 (paper: 0.5 exclusive). Schedulable.
         seed: seed of the mixing coefficients' generator.
     """
 
     kind = "mixing"
-    schedulable = ("beta_max", "s", "s_prime", "n_hard")
+    schedulable = ("query_mix_max", "s", "s_prime", "n_hard")
     reads_candidate_rule = True
 
-    def __init__(self, n_hard: int = 64, s: int = 32, s_prime: int = 16, beta_max: float = 0.45, seed: int = 0):
+    def __init__(
+        self, n_hard: int = 64, s: int = 32, s_prime: int = 16, query_mix_max: float = 0.45, seed: int = 0
+    ) -> None:
         super().__init__()
         self.n_hard = check_int("mixing option 'n_hard'", n_hard)
         self.s, self.s_prime = check_int("mixing option 's'", s, 0), check_int("mixing option 's_prime'", s_prime, 0)
-        self.beta_max = check_number("mixing option 'beta_max' (the query share)", beta_max, 0.0, 0.5, hi_open=True)
+        self.query_mix_max = _check_query_mix_max(query_mix_max)
         self.generator = torch.Generator().manual_seed(check_int("mixing option 'seed'", seed, 0))
 
     def get_extra_state(self) -> dict:
@@ -136,7 +144,7 @@ class Mixing(Source):
             return
         n_hard = max(2, min(int(round(self.n_hard)), cands.m - 2))
         hard, has = self.hardest(anchors, cands, n_hard, valid=valid)
-        mixes = mochi_mix(anchors.q.detach(), hard, s, sp, self.beta_max, self.generator)
+        mixes = mochi_mix(anchors.q.detach(), hard, s, sp, self.query_mix_max, self.generator)
         n = anchors.n
         owner = torch.arange(n, device=cands.k.device)
         owner = torch.where(has.to(owner.device), owner, torch.full_like(owner, NOBODY))

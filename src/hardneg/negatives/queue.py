@@ -36,6 +36,12 @@ class MemoryQueue(Source):
     kind = "queue"
     #: stored keys outlive the step that made them, so they should come from a slowly moving encoder
     needs_key_encoder = True
+    # registered buffers, declared for the type checker (nn.Module resolves them at run time)
+    keys: Tensor
+    labels: Tensor
+    ids: Tensor
+    ptr: Tensor
+    count: Tensor
 
     def __init__(self, size: int = 4096, dim: int | None = None) -> None:
         super().__init__()

@@ -146,11 +146,11 @@ def _moco(size: int = 4096) -> dict[str, Any]:
 
 @_register("mochi", "MoCHi (Kalantidis et al. 2020): queue + synthetic mixes of the hardest negatives")
 def _mochi(
-    size: int = 4096, n_hard: int = 64, s: int = 32, s_prime: int = 16, beta_max: float = 0.45, seed: int = 0
+    size: int = 4096, n_hard: int = 64, s: int = 32, s_prime: int = 16, query_mix_max: float = 0.45, seed: int = 0
 ) -> dict[str, Any]:
     return {
         "temperature": 0.2,
-        "source": [InBatch(symmetric=False), MemoryQueue(size), Mixing(n_hard, s, s_prime, beta_max, seed)],
+        "source": [InBatch(symmetric=False), MemoryQueue(size), Mixing(n_hard, s, s_prime, query_mix_max, seed)],
     }
 
 

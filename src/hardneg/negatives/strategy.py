@@ -41,7 +41,7 @@ from hardneg.losses.checks import (
     check_chunk_size,
     check_embeddings,
     check_int,
-    check_positive,
+    check_n_neg,
     check_tags,
     check_tau_plus,
     resolve_temperature,
@@ -56,7 +56,6 @@ from hardneg.negatives.sources import Anchors, Candidates, InBatch, Source
 from hardneg.negatives.weighting import NEG_INF, Weighting
 
 FAMILIES = ("infonce", "supcon", "decoupled")
-N_NEG = ("count", "nominal")
 _CORE_SCHEDULABLE = ("beta", "t", "temperature", "tau_plus")
 
 
@@ -230,13 +229,7 @@ class Strategy(nn.Module):
             ("positive_reduce", positive_reduce, POSITIVE_REDUCES), ("reduction", reduction, REDUCTIONS),
         ):
             check_choice(opt, val, allowed)
-        if isinstance(n_neg, str):
-            check_choice("n_neg", n_neg, N_NEG)
-        else:
-            try:
-                n_neg = check_positive("n_neg", n_neg)
-            except ValueError:
-                raise ValueError(f"n_neg must be one of {N_NEG} or a number > 0, got {n_neg!r}") from None
+        n_neg = check_n_neg(n_neg)
         if family == "decoupled" and positives == "labels":
             raise ValueError(
                 "family='decoupled' removes the one positive from the denominator (positives='view'); "

@@ -20,6 +20,31 @@ except ImportError as e:
     raise missing("yaml" if e.name == "yaml" else "pydantic", extra="train", feature="experiment configs") from e
 
 
+#: option names a config may still carry, with the option that holds that meaning: one meaning per
+#: name (docs/design.md §2, Names), so such a key is refused with the name to use instead of being
+#: reported as merely unknown
+RENAMED_OPTIONS: dict[str, str] = {
+    "beta_max": "query_mix_max",  # MoCHi's β_max (mixing), not the tilt beta
+    "init_temperature": "temperature",  # the initial temperature of the learnable logit scale
+    "max_scale": "max_logit_scale",  # LogitScale's clamp
+}
+
+
+def check_renamed_options(raw: Any, source: str, path: str = "") -> None:
+    """Refuse any key of `RENAMED_OPTIONS` anywhere in a config mapping: one ``ValueError`` naming the
+    file, the key's place and the option to use."""
+    if isinstance(raw, dict):
+        for k, v in raw.items():
+            where = f"{path}.{k}" if path else str(k)
+            if k in RENAMED_OPTIONS:
+                new = RENAMED_OPTIONS[k]
+                raise ValueError(f"config {source}: {where}: unknown option {k!r}; the option is {new!r}")
+            check_renamed_options(v, source, where)
+    elif isinstance(raw, list):
+        for i, v in enumerate(raw):
+            check_renamed_options(v, source, f"{path}[{i}]")
+
+
 def check_path_name(value: str, what: str) -> str:
     """``value`` when it can name a file or folder inside another: not empty, no path separator, not
     ``.`` or ``..`` (a grid label, an experiment name, a scene name become paths under the output or
@@ -367,6 +392,7 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str] | None) -> dict[st
             first = str(e).strip().splitlines()[0]
             raise ValueError(f"override {o!r}: the value is not valid YAML ({first})") from None
         set_dotted(out, k.strip(), value)
+        check_renamed_options({k.strip().split(".")[-1]: value}, f"override {o!r}")
     return out
 
 
@@ -406,6 +432,7 @@ def load_raw(path: str | os.PathLike[str]) -> dict[str, Any]:
         raise ValueError(f"config file {p} is not valid YAML: {str(e).splitlines()[0]}") from None
     except UnicodeDecodeError as e:
         raise ValueError(f"config file {p} is not UTF-8 text (byte {e.start}: {e.reason})") from None
+    check_renamed_options(raw, str(p))
     return raw if raw is not None else {}
 
 

@@ -44,7 +44,11 @@ def build_loss(name: str, params: dict[str, Any] | None = None) -> LossFn:
         kw_ok = {p.name for p in sig.parameters.values() if p.kind is inspect.Parameter.KEYWORD_ONLY}
         bad = sorted(set(params) - kw_ok)
         if bad:
-            raise ValueError(f"loss {name!r} does not take {bad}; it takes {sorted(kw_ok)}")
+            # triplet / margin have no softmax: their tilt's similarity unit is tilt_scale
+            hint = "; it has no softmax temperature (the tilt's similarity unit is 'tilt_scale')" if (
+                {"t", "temperature"} & set(bad) and "tilt_scale" in kw_ok
+            ) else ""
+            raise ValueError(f"loss {name!r} does not take {bad}{hint}; it takes {sorted(kw_ok)}")
         positional = [p.name for p in sig.parameters.values() if p.kind is not inspect.Parameter.KEYWORD_ONLY]
         takes_labels = "labels" in positional
 
