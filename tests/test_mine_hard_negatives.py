@@ -126,9 +126,9 @@ def test_hardneg_mine_gives_the_same_rows_as_mine_hard_negatives(caches, kw):
     from hardneg.mining.pipeline import mine_texts
 
     st, ours = _both(caches, output_format="triplet", output_scores=True, range_max=8, **kw)
-    cfg = MineConfig(num_negatives=2, range_max=8, **kw)
-    cli = mine_texts(Q, P, CORPUS, model=minilm(), config=cfg, output_format="triplet", output_scores=True,
-                     precision="fp32", batch_size=8, cache_dir=caches[1], show_progress=False)
+    cfg = MineConfig(num_negatives=2, range_max=8, format="triplet", scores=True, precision="fp32", batch_size=8,
+                     **kw)
+    cli = mine_texts(Q, P, CORPUS, cfg, model=minilm(), cache_dir=caches[1], show_progress=False)
     got = [{"query": r["anchor"], "answer": r["positive"], "negative": r["negative"], "scores": r["scores"]}
            for r in cli.rows]
     for want in (ours.to_list(), st.to_list()):
