@@ -2,6 +2,7 @@
 all-MiniLM-L6-v2: same arguments, exact search -> the same dataset, in every output format."""
 
 import json
+import re
 
 import pytest
 
@@ -115,6 +116,19 @@ def test_errors_name_the_argument():
         hardneg.mine_hard_negatives(ds.select([]), m, verbose=False)
     with pytest.raises(ValueError, match="query_prompt_name 'x'"):
         hardneg.mine_hard_negatives(ds, m, query_prompt_name="x", verbose=False)
+
+
+def test_unwritable_cache_folder_or_summary_path_is_refused_before_any_model_loads(tmp_path):
+    import hardneg
+
+    ds = datasets.Dataset.from_dict({"query": QUERIES, "answer": POSITIVES})
+    a_file = tmp_path / "a_file"
+    a_file.write_text("")
+    # model=None would load the default model: the refusal comes first, in this function's argument names
+    with pytest.raises(NotADirectoryError, match=re.escape(f"cache_folder {a_file / 'cache'}: {a_file} is a file")):
+        hardneg.mine_hard_negatives(ds, None, cache_folder=a_file / "cache", verbose=False)
+    with pytest.raises(NotADirectoryError, match=re.escape(f"summary_path {a_file / 's.json'}: {a_file} is a file")):
+        hardneg.mine_hard_negatives(ds, None, summary_path=a_file / "s.json", verbose=False)
 
 
 @pytest.mark.parametrize("kw", [{}, {"relative_margin": 0.05}], ids=["default", "relative_margin"])

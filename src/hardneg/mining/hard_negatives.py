@@ -20,6 +20,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from hardneg._optional import require
+from hardneg.io import check_writable
 from hardneg.mining.encode import load_sentence_model
 from hardneg.mining.formats import st_columns
 from hardneg.mining.mine import SAMPLING, MineConfig
@@ -122,6 +123,9 @@ def mine_hard_negatives(
                      precision=precision, batch_size=batch_size, store="memory", format=output_format,
                      scores=output_scores)
     cfg.validate()
+    for what, path, folder in (("cache_folder", cache_folder, True), ("summary_path", summary_path, False)):
+        if path is not None:  # what would fail after the encoding, refused before it, in this function's names
+            check_writable(path, what, folder=folder)
     if model is None or isinstance(model, (str, os.PathLike)):
         model = load_sentence_model(model)
     qp = _prompt(model, query_prompt, query_prompt_name, ("query",), "query")
