@@ -8,7 +8,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import numpy as np
 
@@ -162,14 +162,15 @@ def mine_texts(
     enc: dict[str, Any] = dict(batch_size=cfg.batch_size, precision=cfg.precision, cache_dir=cache_dir,
                                show_progress=show_progress)
     est, store = _estimate(model, groups.anchors, texts, groups.max_positives + 1, cfg, max_memory, enc)
-    for line in est.lines() if log is not None else ():
-        cast(Callable[[str], Any], log)(line)
+    if log is not None:
+        for line in est.lines():
+            log(line)
     est.check(max_memory, names)  # after the lines: a refused run shows what the estimate was made of
-    qp, cp = prompts
+    q_texts, c_texts = ([p + t for t in ts] if p else ts for p, ts in zip(prompts, (groups.anchors, texts)))
     with process_temp_dir("hardneg-store-", store_dir) as tmp:
         t0 = time.perf_counter()
-        q_emb = encode_texts(model, [qp + q for q in groups.anchors], desc="queries", **enc)
-        c_emb = _encode_corpus(model, [cp + c for c in texts], store, os.path.join(tmp, f"corpus.{store}.npy"), enc)
+        q_emb = encode_texts(model, q_texts, desc="queries", **enc)
+        c_emb = _encode_corpus(model, c_texts, store, os.path.join(tmp, f"corpus.{store}.npy"), enc)
         t_enc = time.perf_counter() - t0
         res, rows, summary = _mine_encoded(groups, texts, q_emb, c_emb, pos_ids, cfg, guide=guide,
                                            q_labels=pair_labels, c_labels=c_labels, layout=layout, enc=enc)
@@ -194,12 +195,12 @@ def _load_model(model: Any, backend: str, cache_dir: str | os.PathLike[str] | No
     ``backend`` its transformer exported under ``<cache_dir>/onnx`` (without a cache: a temporary folder)."""
     if model is None or isinstance(model, (str, os.PathLike)):
         model = load_sentence_model(model)
-    if backend != "torch" and cache_dir is None:  # no cache: the exported model is not kept either
-        with process_temp_dir("hardneg-onnx-") as tmp:
-            return onnx_encoder(model, backend, tmp)
-    if backend != "torch":
-        return onnx_encoder(model, backend, Path(cast("str | os.PathLike[str]", cache_dir)))
-    return model
+    if backend == "torch":
+        return model
+    if cache_dir is not None:
+        return onnx_encoder(model, backend, Path(cache_dir))
+    with process_temp_dir("hardneg-onnx-") as tmp:  # no cache: the exported model is not kept either
+        return onnx_encoder(model, backend, tmp)
 
 
 #: texts encoded per piece when the corpus goes to a memory-mapped store
