@@ -27,6 +27,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import replace
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -124,9 +125,8 @@ def worker(spec: dict) -> dict:
 
                 shutil.copytree(spec["onnx_from"], os.path.join(cache, "onnx"))
                 t0 = time.perf_counter()
-            res = mine_texts(queries, positives, corpus, model=model, config=cfg, output_format="n-tuple",
-                             precision="bf16", batch_size=64, show_progress=True, cache_dir=cache,
-                             backend=backend)
+            cfg = replace(cfg, format="n-tuple", precision="bf16", batch_size=64, backend=backend)
+            res = mine_texts(queries, positives, corpus, cfg, model=model, show_progress=True, cache_dir=cache)
             elapsed = time.perf_counter() - t0
             negs = {r["anchor"]: [r[f"negative_{i}"] for i in range(1, 6)] for r in res.rows}
             if spec.get("save_emb"):  # from the cache just filled (not timed)

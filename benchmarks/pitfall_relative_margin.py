@@ -46,9 +46,9 @@ def main() -> None:
     ds = datasets.Dataset.from_dict({"query": queries, "positive": positives})
     st = mine_hard_negatives(ds, model, corpus=corpus, relative_margin=0.05, num_negatives=1,
                              output_format="triplet", use_faiss=True, verbose=False, cache_folder=st_cache)
-    res = mine_texts(queries, positives, corpus, model=model, precision="bf16", cache_dir=a.cache_dir,
-                     config=MineConfig(num_negatives=1, relative_margin=0.05, dedupe=False),
-                     output_format="triplet", show_progress=False)
+    res = mine_texts(queries, positives, corpus, model=model, cache_dir=a.cache_dir, show_progress=False,
+                     config=MineConfig(num_negatives=1, relative_margin=0.05, dedupe=False, precision="bf16",
+                                       format="triplet"))
     print(f"sentence-transformers (verbose=False): {len(st):,} of {len(ds):,} pairs kept a negative, silently")
     print(f"hardneg: {len(res.rows):,} of {len(queries):,} pairs kept a negative; its summary:")
     print(format_summary(res.summary))

@@ -145,10 +145,11 @@ def mine_sets(data, model, num_negatives: int, cache_dir: str, seed: int, runs=R
                                  sampling_strategy="top", output_format="n-tuple", use_faiss=True, verbose=True,
                                  cache_folder=st_cache)
         out["st_mined"] = (st.to_list(), {"rows": len(st)})
-    common = dict(model=model, output_format="n-tuple", q_labels=labels, corpus_labels=data["mine_labels"],
-                  precision="bf16", cache_dir=cache_dir, show_progress=True)
+    common = dict(model=model, q_labels=labels, corpus_labels=data["mine_labels"], cache_dir=cache_dir,
+                  show_progress=True)
     # the measured configs count their windows in retrieval ranks (a fixed mid-rank window [10, 100))
-    fn = dict(num_negatives=num_negatives, filter_labels=True, seed=seed, window="retrieval")
+    fn = dict(num_negatives=num_negatives, filter_labels=True, seed=seed, window="retrieval", format="n-tuple",
+              precision="bf16")
     configs = {
         "hardneg_mined": MineConfig(range_max=30, **fn),
         "hardneg_tilted": MineConfig(range_max=30, sampling="tilted", beta=1.0, t=0.05, **fn),

@@ -64,8 +64,8 @@ TEXT = textwrap.dedent("""
 ONNX = TEXT + textwrap.dedent("""
     from hardneg.mining.mine import MineConfig
     from hardneg.mining.pipeline import mine_texts
-    r = mine_texts(list(ds["anchor"]), list(ds["positive"]), corpus, config=MineConfig(num_negatives=2),
-                   backend="onnx", show_progress=False, cache_dir=None)
+    r = mine_texts(list(ds["anchor"]), list(ds["positive"]), corpus, MineConfig(num_negatives=2, backend="onnx"),
+                   show_progress=False, cache_dir=None)
     assert len(r.rows) == 4
 """)
 

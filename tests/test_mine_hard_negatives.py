@@ -2,6 +2,7 @@
 all-MiniLM-L6-v2: same arguments, exact search -> the same dataset, in every output format."""
 
 import json
+import re
 
 import pytest
 
@@ -117,6 +118,19 @@ def test_errors_name_the_argument():
         hardneg.mine_hard_negatives(ds, m, query_prompt_name="x", verbose=False)
 
 
+def test_unwritable_cache_folder_or_summary_path_is_refused_before_any_model_loads(tmp_path):
+    import hardneg
+
+    ds = datasets.Dataset.from_dict({"query": QUERIES, "answer": POSITIVES})
+    a_file = tmp_path / "a_file"
+    a_file.write_text("")
+    # model=None would load the default model: the refusal comes first, in this function's argument names
+    with pytest.raises(NotADirectoryError, match=re.escape(f"cache_folder {a_file / 'cache'}: {a_file} is a file")):
+        hardneg.mine_hard_negatives(ds, None, cache_folder=a_file / "cache", verbose=False)
+    with pytest.raises(NotADirectoryError, match=re.escape(f"summary_path {a_file / 's.json'}: {a_file} is a file")):
+        hardneg.mine_hard_negatives(ds, None, summary_path=a_file / "s.json", verbose=False)
+
+
 @pytest.mark.parametrize("kw", [{}, {"relative_margin": 0.05}], ids=["default", "relative_margin"])
 def test_hardneg_mine_gives_the_same_rows_as_mine_hard_negatives(caches, kw):
     """``hardneg mine`` (mine_texts) and ``hardneg.mine_hard_negatives`` group an anchor's positives by the
@@ -126,9 +140,9 @@ def test_hardneg_mine_gives_the_same_rows_as_mine_hard_negatives(caches, kw):
     from hardneg.mining.pipeline import mine_texts
 
     st, ours = _both(caches, output_format="triplet", output_scores=True, range_max=8, **kw)
-    cfg = MineConfig(num_negatives=2, range_max=8, **kw)
-    cli = mine_texts(Q, P, CORPUS, model=minilm(), config=cfg, output_format="triplet", output_scores=True,
-                     precision="fp32", batch_size=8, cache_dir=caches[1], show_progress=False)
+    cfg = MineConfig(num_negatives=2, range_max=8, format="triplet", scores=True, precision="fp32", batch_size=8,
+                     **kw)
+    cli = mine_texts(Q, P, CORPUS, cfg, model=minilm(), cache_dir=caches[1], show_progress=False)
     got = [{"query": r["anchor"], "answer": r["positive"], "negative": r["negative"], "scores": r["scores"]}
            for r in cli.rows]
     for want in (ours.to_list(), st.to_list()):

@@ -189,12 +189,12 @@ def test_store_folders_of_killed_runs_are_removed_by_the_next_run(tmp_path):
         for d in (dead_dir, live_dir):
             d.mkdir()
             (d / ".corpus.float16.npy.a1b2c3d4.tmp").write_bytes(b"\x93NUMPY half")  # as SIGTERM left it
-        res = mine_texts(QUERIES, POSITIVES, CORPUS, model=minilm(), precision="fp32", show_progress=False,
-                         config=MineConfig(num_negatives=2), store="float16", store_dir=tmp_path)
+        res = mine_texts(QUERIES, POSITIVES, CORPUS, model=minilm(), show_progress=False, store_dir=tmp_path,
+                         config=MineConfig(num_negatives=2, precision="fp32", store="float16"))
         assert res.summary["store"] == "float16"
         # a --store-dir still to be made is made (it was checked writable before the work)
-        mine_texts(QUERIES, POSITIVES, CORPUS, model=minilm(), precision="fp32", show_progress=False,
-                   config=MineConfig(num_negatives=2), store="float16", store_dir=tmp_path / "new" / "stores")
+        mine_texts(QUERIES, POSITIVES, CORPUS, MineConfig(num_negatives=2, precision="fp32", store="float16"),
+                   model=minilm(), show_progress=False, store_dir=tmp_path / "new" / "stores")
         assert list((tmp_path / "new" / "stores").iterdir()) == []
         shutil.rmtree(tmp_path / "new")
         assert not dead_dir.exists() and (live_dir / ".corpus.float16.npy.a1b2c3d4.tmp").exists()
@@ -335,7 +335,7 @@ def test_onnx_model_damage_no_cache_and_a_quiet_export(tmp_path, monkeypatch, re
     import tempfile
 
     monkeypatch.setattr(tempfile, "tempdir", None)  # re-read TMPDIR
-    res = mine_texts(QUERIES, POSITIVES, CORPUS, model=m, precision="fp32", show_progress=False, backend="onnx",
-                     config=MineConfig(num_negatives=2))
+    res = mine_texts(QUERIES, POSITIVES, CORPUS, model=m, show_progress=False,
+                     config=MineConfig(num_negatives=2, precision="fp32", backend="onnx"))
     assert res.summary["backend"] == "onnx"
     assert not (tmp_path / "xdg").exists() and list((tmp_path / "tmp").iterdir()) == []

@@ -2,6 +2,7 @@
 sharded over worker processes, the estimate that refuses runs which cannot fit."""
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -218,16 +219,18 @@ def test_mine_texts_on_a_store_equals_in_memory(tmp_path, monkeypatch):
     from tests.retrieval_fixtures import CORPUS, POSITIVES, QUERIES, minilm
 
     monkeypatch.setattr(pipeline, "STORE_CHUNK", 7)  # several chunks: the store is written piece by piece
-    kw = dict(model=minilm(), precision="fp32", show_progress=False, config=MineConfig(num_negatives=2))
-    a = mine_texts(QUERIES, POSITIVES, CORPUS, **kw)
+    kw = dict(model=minilm(), show_progress=False)
+    cfg = MineConfig(num_negatives=2, precision="fp32")
+    a = mine_texts(QUERIES, POSITIVES, CORPUS, cfg, **kw)
     lines = []
-    b = mine_texts(QUERIES, POSITIVES, CORPUS, store="float32", store_dir=tmp_path, log=lines.append, **kw)
+    b = mine_texts(QUERIES, POSITIVES, CORPUS, replace(cfg, store="float32"), store_dir=tmp_path, log=lines.append,
+                   **kw)
     np.testing.assert_array_equal(b.negatives.neg_ids, a.negatives.neg_ids)
     np.testing.assert_allclose(b.negatives.neg_scores, a.negatives.neg_scores, atol=1e-6)
     assert b.summary["store"] == "float32" and a.summary["store"] == "memory"
     assert lines[0].startswith("estimate: peak memory") and b.summary["estimate"]["peak_bytes"] > 0
     assert list(tmp_path.iterdir()) == []  # the temporary store is gone
-    c = mine_texts(QUERIES, POSITIVES, CORPUS, store="float16", **kw)
+    c = mine_texts(QUERIES, POSITIVES, CORPUS, replace(cfg, store="float16"), **kw)
     assert (c.negatives.neg_ids == a.negatives.neg_ids).mean() >= 0.9  # 16-bit rounding may swap near-ties
 
 
@@ -258,9 +261,9 @@ def test_onnx_backends_match_the_torch_model(tmp_path):
     cos = (q8 * ref).sum(1)
     assert cos.min() > 0.98 and not np.allclose(q8, ref, atol=1e-3)  # quantized: close, not identical
     assert len({model_fingerprint(m), model_fingerprint(onnx), model_fingerprint(int8)}) == 3
-    kw = dict(model=m, precision="fp32", show_progress=False, config=MineConfig(num_negatives=2), cache_dir=tmp_path)
-    a = mine_texts(QUERIES, POSITIVES, CORPUS, **kw)
-    b = mine_texts(QUERIES, POSITIVES, CORPUS, backend="onnx", **kw)
+    kw = dict(model=m, show_progress=False, cache_dir=tmp_path)
+    a = mine_texts(QUERIES, POSITIVES, CORPUS, MineConfig(num_negatives=2, precision="fp32"), **kw)
+    b = mine_texts(QUERIES, POSITIVES, CORPUS, MineConfig(num_negatives=2, precision="fp32", backend="onnx"), **kw)
     np.testing.assert_array_equal(b.negatives.neg_ids, a.negatives.neg_ids)
     assert b.summary["backend"] == "onnx"
 

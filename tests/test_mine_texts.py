@@ -49,8 +49,8 @@ def test_top_mining_matches_sentence_transformers(kw):
     ds = datasets.Dataset.from_dict({"query": QUERIES, "positive": POSITIVES})
     st = mine_hard_negatives(ds, m, corpus=CORPUS, num_negatives=2, sampling_strategy="top",
                              output_format="triplet", use_faiss=True, verbose=False, batch_size=8, **kw)
-    ours = mine_texts(QUERIES, POSITIVES, CORPUS, model=m, precision="fp32", show_progress=False,
-                      config=MineConfig(num_negatives=2, dedupe=False, **kw), output_format="triplet")
+    ours = mine_texts(QUERIES, POSITIVES, CORPUS, model=m, show_progress=False,
+                      config=MineConfig(num_negatives=2, dedupe=False, precision="fp32", format="triplet", **kw))
     st_set = sorted((r["query"], r["negative"]) for r in st)
     our_set = sorted((r["anchor"], r["negative"]) for r in ours.rows)
     assert our_set == st_set
@@ -58,8 +58,8 @@ def test_top_mining_matches_sentence_transformers(kw):
 
 def test_formats_roundtrip_and_layouts(tmp_path):
     m = minilm()
-    res = mine_texts(QUERIES, POSITIVES, CORPUS, model=m, precision="fp32", show_progress=False,
-                     config=MineConfig(num_negatives=2), output_format="n-tuple", output_scores=True)
+    res = mine_texts(QUERIES, POSITIVES, CORPUS, model=m, show_progress=False,
+                     config=MineConfig(num_negatives=2, precision="fp32", format="n-tuple", scores=True))
     r0 = res.rows[0]
     assert list(r0) == ["anchor", "positive", "negative_1", "negative_2", "scores"]
     e = m.encode([r0["anchor"], r0["positive"], r0["negative_1"]], normalize_embeddings=True)
@@ -187,10 +187,9 @@ def test_st_cache_injection_runs_st_on_our_embeddings(tmp_path):
 def test_bi_encoder_guide_equals_margin_filter_for_the_same_model():
     # guiding with the mining model itself: g = s, so "g(q,n) <= g(q,p) - 0" is absolute_margin=0
     m = minilm()
-    kw = dict(model=m, precision="fp32", show_progress=False, output_format="triplet")
-    a = mine_texts(QUERIES, POSITIVES, CORPUS, config=MineConfig(num_negatives=2, range_max=10, guide_margin=0.0),
-                   guide=m, **kw)
-    b = mine_texts(QUERIES, POSITIVES, CORPUS, config=MineConfig(num_negatives=2, range_max=10, absolute_margin=0.0),
-                   **kw)
+    kw = dict(num_negatives=2, range_max=10, precision="fp32", format="triplet")
+    a = mine_texts(QUERIES, POSITIVES, CORPUS, MineConfig(guide_margin=0.0, **kw), model=m, show_progress=False,
+                   guide=m)
+    b = mine_texts(QUERIES, POSITIVES, CORPUS, MineConfig(absolute_margin=0.0, **kw), model=m, show_progress=False)
     np.testing.assert_array_equal(a.negatives.neg_ids, b.negatives.neg_ids)
     assert a.negatives.removed["guide"] == b.negatives.removed["absolute_margin"]

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 
 from hardneg._optional import require
 from hardneg.index import candidates_per_query, default_train_size, factory_index, parse_index_spec, resolve_index_spec
+from hardneg.mining.mine import knob
 
 #: resident memory of one shard worker before its index: the interpreter, torch and FAISS (measured ~330 MB)
 WORKER_BASE_BYTES = 400 * 2**20
@@ -104,17 +105,19 @@ class MiningEstimate:
         return {"peak_bytes": self.peak_bytes, "total_s": self.total_s, "memory": dict(self.memory),
                 "seconds": dict(self.seconds)}
 
-    def check(self, limit: int | str | None = None) -> None:
-        """Raise one ValueError line when the peak exceeds ``limit`` (default: the available memory)."""
+    def check(self, limit: int | str | None = None, names: str = "cli") -> None:
+        """Raise one ValueError line when the peak exceeds ``limit`` (default: the available memory),
+        naming the knobs that lower it as arguments (``names="python"``) or ``hardneg mine``'s options."""
         if limit is None:
             cap, where = available_memory()
         else:
-            cap, where = parse_memory(limit), "--max-memory"
+            where = knob("max_memory", names)
+            cap = parse_memory(limit, where)
         if self.peak_bytes > cap:
             raise ValueError(
                 f"estimated peak memory {_size(self.peak_bytes)} exceeds the {_size(cap)} of {where}; "
-                "store the corpus on disk (--store float16), use a compressed index (e.g. --index "
-                "'IVF4096,PQ48'), or raise --max-memory")
+                f"store the corpus on disk ({knob('store', names, 'float16')}), use a compressed index "
+                f"(e.g. {knob('index', names, 'IVF4096,PQ48')}), or raise {knob('max_memory', names)}")
 
 
 def _size(b: float) -> str:
@@ -194,8 +197,8 @@ def estimate_mining(
         est.seconds["recall check"] = 2.0 * min(recall_sample, m) * n * d / f32
     for k, v in (extra_bytes or {}).items():
         est.memory[k] = int(v)
-    for k, v in (extra_seconds or {}).items():
-        est.seconds[k] = float(v)
+    for k, sec in (extra_seconds or {}).items():
+        est.seconds[k] = float(sec)
     return est
 
 

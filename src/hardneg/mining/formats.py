@@ -138,7 +138,7 @@ def read_pairs(
             raise ValueError(f"{src} line {lineno}: query without a positive ({pc!r} missing or empty)")
         queries.append(_check_text(r.get(qc), src, lineno, qc))
         positives.append(_check_text(r.get(pc), src, lineno, pc))
-        if has_labels:
+        if label_column is not None and has_labels:
             lab = r.get(label_column)
             if isinstance(lab, str) and lab.startswith("["):
                 lab = json.loads(lab)
@@ -215,8 +215,8 @@ def build_rows(
                 dropped += 1
                 continue
             r = {"anchor": q, "positive": p}
-            for j in range(N):
-                r[f"negative_{j + 1}"] = corpus[neg_ids[i, j]]
+            for k in range(N):
+                r[f"negative_{k + 1}"] = corpus[neg_ids[i, k]]
             if output_scores:
                 r["scores"] = [float(pos_scores[i]), *map(float, neg_scores[i])]
             rows.append(r)
@@ -242,6 +242,74 @@ def build_rows(
         else:
             raise ValueError(f"output format must be one of {', '.join(OUTPUT_FORMATS_ALL)}, got {output_format!r}")
     return rows, dropped
+
+
+def st_columns(queries: Sequence[str], positives: Sequence[str], corpus: Sequence[str], neg_ids: np.ndarray,
+               neg_scores: np.ndarray, pos_scores: np.ndarray, output_format: str, output_scores: bool, *,
+               columns: tuple[str, str] = ("anchor", "positive")) -> tuple[dict[str, list], int]:
+    """The columns of the ``datasets.Dataset`` ``sentence_transformers.util.mine_hard_negatives`` returns,
+    for pairs grouped by query (the pairs of one query share its negatives); returns (columns, pairs left out).
+
+    Unlike `build_rows` (rows for ``hardneg mine``'s files, fixed column names), this keeps the dataset's
+    anchor and positive column names (``columns``), and ``labeled-pair`` lists a query's positives and
+    then its negatives once, as sentence-transformers does.
+    """
+    fmt, a_col, p_col = output_format, *columns
+    if fmt == "n-tuple-scores":
+        fmt, output_scores = "n-tuple", True
+    ok = neg_ids >= 0
+    n, N = neg_ids.shape
+    left_out = 0
+    cols: dict[str, list]
+    if fmt == "triplet":
+        cols = {a_col: [], p_col: [], "negative": []}
+        if output_scores:
+            cols["scores"] = []
+        for i in range(n):
+            left_out += not ok[i].any()
+            for j in np.flatnonzero(ok[i]):
+                cols[a_col].append(queries[i])
+                cols[p_col].append(positives[i])
+                cols["negative"].append(corpus[neg_ids[i, j]])
+                if output_scores:
+                    cols["scores"].append([float(pos_scores[i]), float(neg_scores[i, j])])
+    elif fmt == "n-tuple":
+        keep: list[int] = np.flatnonzero(ok.all(1)).tolist()
+        left_out = n - len(keep)
+        cols = {a_col: [queries[i] for i in keep], p_col: [positives[i] for i in keep]}
+        for k in range(N):
+            cols[f"negative_{k + 1}"] = [corpus[neg_ids[i, k]] for i in keep]
+        if output_scores:
+            cols["scores"] = [[float(pos_scores[i]), *map(float, neg_scores[i])] for i in keep]
+    elif fmt == "labeled-pair":
+        last = "score" if output_scores else "label"
+        cols = {a_col: [], p_col: [], last: []}
+        starts = [i for i in range(n) if i == 0 or queries[i] != queries[i - 1]]
+        for i, end in zip(starts, [*starts[1:], n]):
+            for r in range(i, end):  # the anchor's positives, then its negatives (shared by its pairs)
+                cols[a_col].append(queries[r])
+                cols[p_col].append(positives[r])
+                cols[last].append(float(pos_scores[r]) if output_scores else 1)
+                left_out += not ok[r].any()
+            for j in np.flatnonzero(ok[i]):
+                cols[a_col].append(queries[i])
+                cols[p_col].append(corpus[neg_ids[i, j]])
+                cols[last].append(float(neg_scores[i, j]) if output_scores else 0)
+    elif fmt == "labeled-list":
+        last = "scores" if output_scores else "labels"
+        cols = {a_col: [], p_col: [], last: []}
+        for i in range(n):
+            js = np.flatnonzero(ok[i])
+            if not len(js):
+                left_out += 1
+                continue
+            cols[a_col].append(queries[i])
+            cols[p_col].append([positives[i], *(corpus[neg_ids[i, j]] for j in js)])
+            cols[last].append([float(pos_scores[i]), *(float(neg_scores[i, j]) for j in js)] if output_scores
+                              else [1] + [0] * len(js))
+    else:
+        raise ValueError(f"output format must be one of {', '.join(OUTPUT_FORMATS_ALL)}, got {output_format!r}")
+    return cols, left_out
 
 
 def write_rows(rows: list[dict], path: str | os.PathLike[str]) -> None:

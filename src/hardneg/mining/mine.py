@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shlex
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -53,6 +54,9 @@ from hardneg.index import (
 from hardneg.io import process_temp_dir
 from hardneg.losses.checks import check_beta, check_temperature
 from hardneg.losses.tilt import tilt_log_weights
+from hardneg.mining.encode import PRECISIONS
+from hardneg.mining.formats import OUTPUT_FORMATS_ALL
+from hardneg.mining.onnx_encoder import BACKENDS
 from hardneg.negatives.filters import check_similarity_rules, guide_drops, similarity_drops
 from hardneg.negatives.registry import build_filter, build_weighting
 
@@ -61,35 +65,90 @@ SAMPLING = ("top", "random", "uniform", "tilted")
 #: what ``range_min``/``range_max`` count: the candidates that survive the filters (sentence-transformers'
 #: meaning) or every retrieved non-positive document before any filter
 WINDOWS = ("filtered", "retrieval")
+#: where the corpus embeddings may live while mining (`hardneg.mining.pipeline.mine_texts`)
+STORES = ("memory", "auto", "float16", "bfloat16", "float32")
+#: the vocabularies a message may name a `MineConfig` field in: a Python argument or an option of ``hardneg mine``
+NAMES = ("python", "cli")
+_UNSET: Any = object()
+
+
+def knob(name: str, names: str = "python", value: Any = _UNSET) -> str:
+    """The `MineConfig` field ``name`` (with ``value``) as a caller writes it: in Python ``name`` /
+    ``name='v'``, on the command line (``names="cli"``) ``--name-with-dashes`` / ``--name-with-dashes v``.
+
+    Every field of `MineConfig` is the ``hardneg mine`` option of the same name with dashes
+    (`hardneg.cli.mine`), so one rule spells both."""
+    if names not in NAMES:
+        raise ValueError(f"names must be one of {NAMES}, got {names!r}")
+    if names == "python":
+        return name if value is _UNSET else f"{name}={value!r}"
+    flag = "--" + name.replace("_", "-")
+    return flag if value is _UNSET else f"{flag} {shlex.quote(str(value))}"
+
+
+def _knob(default: Any, help: str, **cli: Any) -> Any:
+    """A `MineConfig` field: its default, the help text of its ``hardneg mine`` option, and that option's
+    particulars (``short``: a one-letter alias; ``cli_default``: the command's default where it differs;
+    ``cli_type``: the option's value type where the field's is a union)."""
+    return field(default=default, metadata={"help": help, **cli})
 
 
 @dataclass
 class MineConfig:
-    """Knobs of `mine_embeddings` (names follow ``sentence_transformers.util.mine_hard_negatives``)."""
+    """Every knob of the mining pipeline (`mine_embeddings`, `hardneg.mining.pipeline.mine_texts`,
+    ``hardneg mine``); names follow ``sentence_transformers.util.mine_hard_negatives``.
 
-    num_negatives: int = 5
-    range_min: int = 0
-    range_max: int | None = None
-    window: str = "filtered"
-    absolute_margin: float | None = None
-    relative_margin: float | None = None
-    min_score: float | None = None
-    max_score: float | None = None
-    dedupe: bool = True
-    filter_labels: bool = False
-    guide_margin: float = 0.0
-    sampling: str = "top"
-    beta: float = 1.0
-    t: float = 0.05
-    seed: int = 0
-    index: str = "flat"
-    nprobe: int = 16
-    ef_search: int = 128
-    recall_sample: int = 1000
-    rerank: int = 4
-    workers: int = 1
+    Each field is an option of ``hardneg mine``, named as the field with dashes, with the field's help
+    text and default (`hardneg.cli.mine`). The encoding, store and output fields are read by
+    `mine_texts` only.
+    """
+
+    # the window and the filters
+    num_negatives: int = _knob(5, "Negatives per query.", short="-n")
+    range_min: int = _knob(0, "Skip the first ranks of the candidates that survive the filters (likely false "
+                              "negatives), as sentence-transformers' range_min.")
+    range_max: int | None = _knob(None, "Window end: consider ranks below it (default n, or 10n with filters).")
+    window: str = _knob("filtered", "What --range-min/--range-max count: filtered (the candidates left by the "
+                                    "filters, as sentence-transformers) or retrieval (every retrieved "
+                                    "non-positive document, before any filter).")
+    absolute_margin: float | None = _knob(None, "Drop candidates scoring above s_pos - m (margin to the positive).")
+    relative_margin: float | None = _knob(None, "Drop candidates scoring above s_pos - |s_pos|·m (relative margin).")
+    min_score: float | None = _knob(None, "Drop candidates scoring below it.")
+    max_score: float | None = _knob(None, "Drop candidates scoring above it.")
+    dedupe: bool = _knob(True, "Drop candidates equal to query/positive text.")
+    filter_labels: bool = _knob(False, "Drop candidates sharing a label (known FN).")
+    guide_margin: float = _knob(0.0, "Keep a candidate only if the guide scores it <= its positive - this.")
+    # the selection
+    sampling: str = _knob("top", "top, random (uniform over the window; also spelled uniform) or tilted "
+                                 "(∝ exp(β s / t)).")
+    beta: float = _knob(1.0, "Tilt β of the tilted sampling.")
+    t: float = _knob(0.05, "Temperature of the tilted sampling.")
+    seed: int = _knob(0, "Seed of the random and tilted sampling.")
+    # the retrieval
+    index: str = _knob("flat", "auto (bf16 where the CPU has native bf16, else flat), flat (exact), bf16, "
+                               "ivf{nlist}, hnsw{M}, or a FAISS index_factory string such as 'IVF4096,PQ48' "
+                               "(re-scored exactly).", cli_default="auto")
+    nprobe: int = _knob(16, "Cells an ivf index visits per query.")
+    ef_search: int = _knob(128, "Search beam of an hnsw index.")
+    recall_sample: int = _knob(1000, "Queries on which an approximate index's recall is measured against exact "
+                                     "search (0: not measured).")
+    rerank: int = _knob(4, "Two-stage indexes (bf16, FAISS strings) re-score max(rerank·k, k+16) candidates.")
+    workers: int = _knob(1, "Shard the search over N worker processes.")
+    # the texts: encoding, where the corpus embeddings live, the output (read by mine_texts)
+    precision: str = _knob("bf16", "bf16 (autocast, fast) or fp32 (torch backend).")
+    backend: str = _knob("torch", "torch, onnx or onnx-int8 (the transformer in ONNX Runtime; int8 dynamic "
+                                  "quantization).")
+    batch_size: int = _knob(64, "Encoding batch size.")
+    store: str = _knob("memory", "Corpus embeddings: memory, float16 or bfloat16 (memory-mapped on disk), or auto "
+                                 "(memory when the estimate fits, else float16).", cli_default="auto")
+    max_memory: int | str | None = _knob(None, "Refuse runs whose estimated peak exceeds this (e.g. 16G; default: "
+                                               "available).", cli_type=str)
+    format: str = _knob("triplet", "sentence-transformers' output format: triplet, n-tuple, n-tuple-scores, "
+                                   "labeled-pair or labeled-list.")
+    scores: bool = _knob(False, "Add the similarity scores to the output.")
 
     def validate(self) -> None:
+        """Raise one ValueError naming the first field with a value outside its range."""
         if not isinstance(self.num_negatives, int) or self.num_negatives < 1:
             raise ValueError(f"num_negatives must be an int >= 1, got {self.num_negatives!r}")
         if not isinstance(self.range_min, int) or self.range_min < 0:
@@ -113,10 +172,22 @@ class MineConfig:
             raise ValueError(f"seed must be a non-negative int, got {self.seed!r}")
         parse_index_spec(self.index)
         check_search_params(self.nprobe, self.ef_search)
+        if not isinstance(self.recall_sample, int) or self.recall_sample < 0:
+            raise ValueError(f"recall_sample must be an int >= 0, got {self.recall_sample!r}")
         if not isinstance(self.rerank, int) or self.rerank < 1:
             raise ValueError(f"rerank must be an int >= 1, got {self.rerank!r}")
         if not isinstance(self.workers, int) or self.workers < 1:
             raise ValueError(f"workers must be an int >= 1, got {self.workers!r}")
+        self._validate_texts()
+
+    def _validate_texts(self) -> None:
+        """The fields `mine_texts` reads (``max_memory`` is parsed there, with the caller's option name)."""
+        for name, allowed in (("precision", PRECISIONS), ("backend", BACKENDS), ("store", STORES),
+                              ("format", OUTPUT_FORMATS_ALL)):
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
+        if not isinstance(self.batch_size, int) or isinstance(self.batch_size, bool) or self.batch_size < 1:
+            raise ValueError(f"batch_size must be an int >= 1, got {self.batch_size!r}")
 
     def effective_range_max(self) -> int:
         """Default window end as in sentence-transformers: ``range_min + num_negatives`` without
@@ -349,6 +420,7 @@ class _Window:
             self.fn_mask[rows, cols] = inter
             self.fn_in_window = int((self.fn_mask & self.in_window).sum())
         if cfg.filter_labels:
+            assert self.fn_mask is not None, "_check_inputs requires labels for filter_labels"
             self.apply("false_negative_label", self.fn_mask)
 
     def similarity_and_filters(self, filters) -> None:

@@ -16,10 +16,10 @@ from hardneg._optional import require
 from hardneg.index import check_index_fits
 from hardneg.io import WriterLock, check_writable, process_temp_dir, remove_stale_temps
 from hardneg.mining.encode import encode_texts, load_sentence_model
-from hardneg.mining.estimate import available_memory, estimate_mining, parse_memory
-from hardneg.mining.formats import OUTPUT_FORMATS_ALL, build_rows, write_rows
-from hardneg.mining.mine import MineConfig, MinedNegatives, mine_embeddings
-from hardneg.mining.onnx_encoder import BACKENDS, onnx_encoder
+from hardneg.mining.estimate import MiningEstimate, available_memory, estimate_mining, parse_memory
+from hardneg.mining.formats import build_rows, write_rows
+from hardneg.mining.mine import MineConfig, MinedNegatives, knob, mine_embeddings
+from hardneg.mining.onnx_encoder import onnx_encoder
 from hardneg.mining.pairs import PairGroups, anchor_labels, anchor_positives, group_pairs
 from hardneg.mining.store import write_store
 from hardneg.mining.summary import build_summary, format_summary, save_summary
@@ -94,63 +94,60 @@ def make_guide(guide, queries: Sequence[str], corpus: Sequence[str], *, batch_si
     return score_bi
 
 
+#: builds the output from the mined pairs: ``layout(queries, positives, corpus, neg_ids, neg_scores, pos_scores,
+#: format, scores)`` → (rows, queries dropped), one of each per (query, positive) pair (`build_rows`)
+Layout = Callable[[list[str], list[str], list[str], np.ndarray, np.ndarray, np.ndarray, str, bool], tuple[Any, int]]
+
+
 def mine_texts(
     queries: Sequence[str],
     positives: Sequence[str],
     corpus: Sequence[str] | None = None,
+    config: MineConfig | None = None,
     *,
     model: Any = None,
-    config: MineConfig | None = None,
-    output_format: str = "triplet",
-    output_scores: bool = False,
     q_labels: Sequence | None = None,
     corpus_labels: Sequence | None = None,
     guide: Any = None,
-    precision: str = "bf16",
-    batch_size: int = 64,
     cache_dir: str | os.PathLike[str] | None = None,
-    show_progress: bool = True,
-    store: str = "memory",
     store_dir: str | os.PathLike[str] | None = None,
-    max_memory: int | str | None = None,
+    show_progress: bool = True,
     log: Callable[[str], Any] | None = None,
-    backend: str = "torch",
+    prompts: tuple[str, str] = ("", ""),
+    layout: Layout = build_rows,
+    names: str = "python",
 ) -> MineResult:
-    """Mine hard negatives for (query, positive) text pairs; see `hardneg.mining.mine`.
+    """Mine hard negatives for (query, positive) text pairs with the knobs of ``config``; see
+    `hardneg.mining.mine`.
 
-    ``store``: where the corpus embeddings live while mining — ``"memory"`` (a float32 array),
+    ``config.store``: where the corpus embeddings live while mining — ``"memory"`` (a float32 array),
     ``"float16"`` / ``"bfloat16"`` / ``"float32"`` (encoded in chunks of ``STORE_CHUNK`` texts into a
     memory-mapped file in a temporary folder under ``store_dir``, deleted afterwards), or ``"auto"``
     (memory when the estimate fits, else float16). Before encoding, an estimate of time and peak
     memory is made (passed line by line to ``log``, kept in the summary as ``"estimate"``) and the run
-    is refused with a ValueError when the peak exceeds ``max_memory`` (default: the available memory).
+    is refused with a ValueError when the peak exceeds ``config.max_memory`` (default: the available memory).
 
-    ``backend``: ``"torch"`` (``precision`` applies), ``"onnx"`` or ``"onnx-int8"`` — the model's transformer
-    in ONNX Runtime (`hardneg.mining.onnx_encoder`), exported once under ``<cache_dir>/onnx/``
-    (without a ``cache_dir``: into a temporary folder, deleted once the model is loaded).
+    ``config.backend``: ``"torch"`` (``config.precision`` applies), ``"onnx"`` or ``"onnx-int8"`` — the
+    model's transformer in ONNX Runtime (`hardneg.mining.onnx_encoder`), exported once under
+    ``<cache_dir>/onnx/`` (without a ``cache_dir``: into a temporary folder, deleted once the model is loaded).
+
+    ``prompts``: (query prompt, document prompt) prepended to the texts the model encodes (not to those
+    compared for ``dedupe``, scored by the guide or written). ``layout`` builds ``rows``. Messages name
+    the knobs as Python arguments or, with ``names="cli"``, as ``hardneg mine``'s options
+    (`hardneg.mining.mine.knob`).
 
     ``cache_dir`` and ``store_dir`` are checked writable, and the index against the corpus size and
     the shards, before anything is encoded.
     """
     cfg = config or MineConfig()
     cfg.validate()
-    if store not in STORES:
-        raise ValueError(f"store must be one of {STORES}, got {store!r}")
-    if backend not in BACKENDS:
-        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
-    if output_format not in OUTPUT_FORMATS_ALL:
-        raise ValueError(f"output format must be one of {OUTPUT_FORMATS_ALL}, got {output_format!r}")
+    max_memory = None if cfg.max_memory is None else parse_memory(cfg.max_memory, knob("max_memory", names))
     queries, positives = check_texts(queries, "queries"), check_texts(positives, "positives")
     corpus = None if corpus is None else check_texts(corpus, "corpus")
-    if len(queries) != len(positives):
-        raise ValueError(f"queries ({len(queries)}) and positives ({len(positives)}) must have the same length")
-    if not queries:
-        raise ValueError("no query/positive pairs given")
-    if q_labels is not None and len(q_labels) != len(queries):
-        raise ValueError(f"q_labels must have one entry per pair ({len(queries)}), got {len(q_labels)}")
+    _check_inputs(queries, positives, q_labels)
     if cache_dir is not None:
         check_writable(cache_dir, "cache_dir", folder=True)
-    if store_dir is not None and store != "memory":
+    if store_dir is not None and cfg.store != "memory":
         check_writable(store_dir, "store_dir", folder=True)
     groups = group_pairs(queries, positives)  # the one multi-positive rule (hardneg.mining.pairs)
     pair_labels = None if q_labels is None else [q_labels[r] for r in groups.rows]
@@ -159,37 +156,53 @@ def mine_texts(
         raise ValueError(
             f"corpus has {len(texts)} documents (positives included), fewer than the window needs "
             f"(range_min={cfg.range_min} + num_negatives={cfg.num_negatives} besides the positive); "
-            f"give a larger corpus or lower range_min / num_negatives (--range-min / --num-negatives)"
+            f"give a larger corpus or lower {knob('range_min', names)} / {knob('num_negatives', names)}"
         )
-    if model is None or isinstance(model, (str, os.PathLike)):
-        model = load_sentence_model(model)
-    if backend != "torch" and cache_dir is None:  # no cache: the exported model is not kept either
-        with process_temp_dir("hardneg-onnx-") as tmp:
-            model = onnx_encoder(model, backend, tmp)
-    elif backend != "torch":
-        model = onnx_encoder(model, backend, Path(cache_dir))
-    enc = dict(batch_size=batch_size, precision=precision, cache_dir=cache_dir, show_progress=show_progress)
-    est, store = _estimate(model, groups.anchors, texts, groups.max_positives + 1, cfg, store, max_memory, enc)
-    for line in est.lines() if log else ():
-        log(line)
-    est.check(max_memory)  # after the lines: a refused run shows what the estimate was made of
+    model = _load_model(model, cfg.backend, cache_dir)
+    enc: dict[str, Any] = dict(batch_size=cfg.batch_size, precision=cfg.precision, cache_dir=cache_dir,
+                               show_progress=show_progress)
+    est, store = _estimate(model, groups.anchors, texts, groups.max_positives + 1, cfg, max_memory, enc)
+    if log is not None:
+        for line in est.lines():
+            log(line)
+    est.check(max_memory, names)  # after the lines: a refused run shows what the estimate was made of
+    q_texts, c_texts = ([p + t for t in ts] if p else ts for p, ts in zip(prompts, (groups.anchors, texts)))
     with process_temp_dir("hardneg-store-", store_dir) as tmp:
         t0 = time.perf_counter()
-        q_emb = encode_texts(model, groups.anchors, desc="queries", **enc)
-        c_emb = _encode_corpus(model, texts, store, os.path.join(tmp, f"corpus.{store}.npy"), enc)
+        q_emb = encode_texts(model, q_texts, desc="queries", **enc)
+        c_emb = _encode_corpus(model, c_texts, store, os.path.join(tmp, f"corpus.{store}.npy"), enc)
         t_enc = time.perf_counter() - t0
         res, rows, summary = _mine_encoded(groups, texts, q_emb, c_emb, pos_ids, cfg, guide=guide,
-                                           q_labels=pair_labels, c_labels=c_labels, output_format=output_format,
-                                           output_scores=output_scores, enc=enc)
+                                           q_labels=pair_labels, c_labels=c_labels, layout=layout, enc=enc)
     res.timings["encode_s"] = t_enc
     summary["store"] = store
-    summary["backend"] = backend
+    summary["backend"] = cfg.backend
     summary["estimate"] = est.as_dict()
     return MineResult(groups.queries, groups.positives, texts, res, rows, summary)
 
 
-#: where the corpus embeddings may live while mining (see `mine_texts`)
-STORES = ("memory", "auto", "float16", "bfloat16", "float32")
+def _check_inputs(queries: list[str], positives: list[str], q_labels: Sequence | None) -> None:
+    if len(queries) != len(positives):
+        raise ValueError(f"queries ({len(queries)}) and positives ({len(positives)}) must have the same length")
+    if not queries:
+        raise ValueError("no query/positive pairs given")
+    if q_labels is not None and len(q_labels) != len(queries):
+        raise ValueError(f"q_labels must have one entry per pair ({len(queries)}), got {len(q_labels)}")
+
+
+def _load_model(model: Any, backend: str, cache_dir: str | os.PathLike[str] | None) -> Any:
+    """The encoder: a loaded model as given, a folder (or None: the default model) loaded, and for an ONNX
+    ``backend`` its transformer exported under ``<cache_dir>/onnx`` (without a cache: a temporary folder)."""
+    if model is None or isinstance(model, (str, os.PathLike)):
+        model = load_sentence_model(model)
+    if backend == "torch":
+        return model
+    if cache_dir is not None:
+        return onnx_encoder(model, backend, Path(cache_dir))
+    with process_temp_dir("hardneg-onnx-") as tmp:  # no cache: the exported model is not kept either
+        return onnx_encoder(model, backend, tmp)
+
+
 #: texts encoded per piece when the corpus goes to a memory-mapped store
 STORE_CHUNK = 65536
 
@@ -204,7 +217,8 @@ def _encode_corpus(model, texts: list[str], store: str, path: str, enc: dict):
     return write_store(path, chunks, n=len(texts), d=d, dtype=store)
 
 
-def _estimate(model, queries, texts, n_pos: int, cfg: MineConfig, store: str, max_memory, enc: dict):
+def _estimate(model: Any, queries: list[str], texts: list[str], n_pos: int, cfg: MineConfig, limit: int | None,
+              enc: dict[str, Any]) -> tuple[MiningEstimate, str]:
     """The estimate of this run (encoding included) and the store it will use; refuses what cannot fit.
     ``queries``: the distinct anchors mined; ``n_pos``: the most positives an anchor has."""
     d = model.get_embedding_dimension()
@@ -218,7 +232,6 @@ def _estimate(model, queries, texts, n_pos: int, cfg: MineConfig, store: str, ma
     t0 = time.perf_counter()
     encode_texts(model, probe, **{**enc, "cache_dir": None, "show_progress": False})
     per_text = (time.perf_counter() - t0) / max(len(probe), 1) / getattr(model, "workers", 1)
-    limit = None if max_memory is None else parse_memory(max_memory)
 
     def make(st: str):
         chunk = len(texts) if st == "memory" else min(len(texts), STORE_CHUNK)
@@ -230,6 +243,7 @@ def _estimate(model, queries, texts, n_pos: int, cfg: MineConfig, store: str, ma
                                rerank=cfg.rerank, recall_sample=cfg.recall_sample, extra_bytes=working,
                                extra_seconds={"encoding (uncached texts)": n_enc * per_text})
 
+    store = cfg.store
     if store == "auto":
         est = make("memory")
         cap = available_memory()[0] if limit is None else limit
@@ -237,8 +251,9 @@ def _estimate(model, queries, texts, n_pos: int, cfg: MineConfig, store: str, ma
     return make(store), store
 
 
-def _mine_encoded(groups: PairGroups, texts, q_emb, c_emb, pos_ids, cfg, *, guide, q_labels, c_labels,
-                  output_format, output_scores, enc):
+def _mine_encoded(groups: PairGroups, texts: list[str], q_emb: np.ndarray, c_emb: Any, pos_ids: np.ndarray,
+                  cfg: MineConfig, *, guide: Any, q_labels: list | None, c_labels: list | None, layout: Layout,
+                  enc: dict[str, Any]) -> tuple[MinedNegatives, Any, dict]:
     """Mining on the encoded texts, once per distinct anchor (``q_emb``, one row per ``groups.anchors``;
     ``pos_ids`` and ``q_labels`` one per pair): text ids for dedupe, the guide, the rows and the summary."""
     main_pos, others, pair_scores = anchor_positives(groups, pos_ids, q_emb, c_emb, texts)
@@ -252,10 +267,11 @@ def _mine_encoded(groups: PairGroups, texts, q_emb, c_emb, pos_ids, cfg, *, guid
         c_labels=c_labels, guide_score=guide_fn, show_progress=enc["show_progress"],
     )
     a = groups.pair_anchor
-    rows, dropped = build_rows(groups.queries, groups.positives, texts, res.neg_ids[a], res.neg_scores[a],
-                               pair_scores, output_format, output_scores)
-    summary = build_summary(res, cfg, n_corpus=len(texts), rows_written=len(rows), queries_dropped=dropped,
-                            output_format=output_format)
+    rows, dropped = layout(groups.queries, groups.positives, texts, res.neg_ids[a], res.neg_scores[a],
+                           pair_scores, cfg.format, cfg.scores)
+    n_rows = len(rows) if isinstance(rows, list) else len(next(iter(rows.values()), []))  # rows or columns
+    summary = build_summary(res, cfg, n_corpus=len(texts), rows_written=n_rows, queries_dropped=dropped,
+                            output_format=cfg.format)
     return res, rows, summary
 
 
@@ -361,6 +377,6 @@ def write_result(result: MineResult, out: str | os.PathLike[str], *, summary_pat
 
 
 __all__ = [
-    "MineResult", "check_output", "check_texts", "format_summary", "load_guide", "lock_output", "mine_texts",
+    "Layout", "MineResult", "check_output", "check_texts", "format_summary", "load_guide", "lock_output", "mine_texts",
     "prepare_corpus", "summary_file", "write_result",
 ]

@@ -16,10 +16,10 @@ import numpy as np
 
 from hardneg.index import resolve_index_spec
 from hardneg.io import atomic_write_text
-from hardneg.mining.mine import MineConfig, MinedNegatives
+from hardneg.mining.mine import MineConfig, MinedNegatives, knob
 
-#: per cause, the knob to loosen; ``{name}`` is an argument of ``MineConfig`` / ``mine_hard_negatives``,
-#: spelled as such in Python and as ``--name-with-dashes`` on the command line (`advice`)
+#: per cause, the knob to loosen; ``{name}`` is a field of ``MineConfig`` (an argument of
+#: ``mine_hard_negatives``), spelled by `hardneg.mining.mine.knob` in the caller's vocabulary (`advice`)
 KNOBS = {
     "window": "widen the window (raise {range_max})",
     "duplicate": "widen the window (raise {range_max}); many candidates duplicate the query/positive text",
@@ -30,16 +30,13 @@ KNOBS = {
     "relative_margin": "lower {relative_margin} (or raise {range_max})",
     "guide": "lower {guide_margin} (or raise {range_max})",
 }
-NAMES = ("python", "cli")
 
 
 def advice(cause: str, names: str = "python") -> str:
     """The knob to loosen for ``cause`` (a key of `KNOBS`), naming Python arguments
     (``names="python"``) or the flags of ``hardneg mine`` (``names="cli"``)."""
-    if names not in NAMES:
-        raise ValueError(f"names must be one of {NAMES}, got {names!r}")
     text = KNOBS.get(cause, KNOBS["window"])
-    return re.sub(r"\{(\w+)\}", lambda m: m[1] if names == "python" else "--" + m[1].replace("_", "-"), text)
+    return re.sub(r"\{(\w+)\}", lambda m: knob(m[1], names), text)
 
 
 def _stats(x: np.ndarray) -> dict:
@@ -120,11 +117,11 @@ def nothing_selected_line(s: dict, names: str = "python") -> str | None:
     cands = s["candidates_in_window"]
     if removed:
         what = "; ".join(f"{k} removed {v:,}" for k, v in removed) + f" of the {cands:,} candidates in the window"
-        knob = advice(removed[0][0], names)
+        fix = advice(removed[0][0], names)
     else:
         what = f"the window {s['window']} held {cands:,} candidates"
-        knob = advice("window", names)
-    return f"no negatives selected for any of the {s['queries']:,} queries: {what} -> {knob}"
+        fix = advice("window", names)
+    return f"no negatives selected for any of the {s['queries']:,} queries: {what} -> {fix}"
 
 
 def warning_lines(s: dict, names: str = "python") -> list[str]:
