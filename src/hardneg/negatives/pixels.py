@@ -38,6 +38,8 @@ from hardneg.negatives.queue import MemoryQueue
 from hardneg.negatives.sources import Anchors, Candidates, Source
 from hardneg.negatives.weighting import Weighting
 
+__all__ = ["PixelGrid", "NeighbourhoodFilter", "InputSimilarityFilter", "Proximity", "ClassMemory"]
+
 
 class PixelGrid:
     """Sample ids of pixels: ``id = (image · height + y) · width + x`` (image ≥ 0, 0 ≤ y < height,

@@ -25,6 +25,8 @@ import random
 import re
 from collections.abc import Sequence
 
+__all__ = ["TextNegatives", "negate", "swap_antonym", "swap_entities", "shuffle_words"]
+
 _AUX = (
     "is",
     "are",
