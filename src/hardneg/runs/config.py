@@ -286,7 +286,7 @@ class ReportConfig(_Strict):
     bounds_run: str | None = None
     #: the strategy leaderboard: per-group accuracy, accuracy on ``confusable_classes``, time per step
     #: relative to the reference (UCL) run of the same seed, diagnostics over training, and each
-    #: strategy against its base (hardneg.report.leaderboard.BASES, or ``bases``)
+    #: strategy against its base (each preset's ``base`` in hardneg.negatives.registry, or ``bases``)
     leaderboard: bool = False
     #: grid label -> the label of its base, for entries whose preset alone does not say it
     bases: dict[str, str] = Field(default_factory=dict)
