@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from hardneg.eval.align_uniform import alignment, uniformity
-from hardneg.eval.diagnostics import two_view_diagnostics
 from hardneg.eval.knn import knn_accuracy, knn_predict
 from hardneg.eval.linear_probe import linear_probe, per_class_and_confusion
+from hardneg.eval.two_view_diagnostics import two_view_diagnostics
 
 
 def literal_knn(bank, bank_labels, queries, k, t, C):

@@ -1,5 +1,7 @@
-r"""Negative diagnostics of a batch of two-view embeddings: how hard and how "false" the in-batch
-negatives are under the tilt π ∝ e^{βs/t} (HCL / H-SCL; β = 0 is uniform).
+r"""Negative diagnostics of an evaluation batch of two-view embeddings (the trainer's per-epoch
+``diag.*`` metrics): how hard and how "false" the in-batch negatives are under the tilt
+π ∝ e^{βs/t} (HCL / H-SCL; β = 0 is uniform). `hardneg.eval.diagnose` is the `hardneg diagnose`
+command's measurement and advice for a user's strategy; both read `hardneg.negatives.diagnostics`.
 
 For every anchor i of the 2B views, the candidates are all other views except i's own positive (the
 SimCLR in-batch set). The statistics are those of the strategies'
