@@ -134,3 +134,5 @@ def test_two_view_diagnostics_literal():
     assert two_view_diagnostics(z1, z2, y, beta=0.0, t=t)["ess"] == pytest.approx(n - 2, rel=1e-6)
     with pytest.raises(ValueError, match="labels must have shape"):
         two_view_diagnostics(z1, z2, y[:3])
+    with pytest.raises(ValueError, match="needs labels"):  # the statistics are about same-label candidates
+        two_view_diagnostics(z1, z2, None)

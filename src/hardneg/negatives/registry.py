@@ -386,7 +386,7 @@ def _build(kind_map: dict[str, type], aliases: dict[str, str], what: str, spec: 
     spec = dict(spec)
     kind = spec.pop("kind", None)
     cls = _component_class(kind_map, aliases, what, kind, base)
-    params = inspect.signature(cls.__init__).parameters
+    params = inspect.signature(cls).parameters
     allowed = sorted(p for p in params if p != "self")
     unknown = sorted(set(spec) - set(allowed))
     if unknown:

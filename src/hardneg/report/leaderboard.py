@@ -41,9 +41,10 @@ def preset_of(row: dict[str, Any]) -> str | None:
     return row.get("loss")
 
 
-def _mean(v: list[float]) -> float:
-    v = [x for x in v if x is not None and x == x]
-    return float(np.mean(v)) if v else math.nan
+def _mean(v: list[float | None]) -> float:
+    """The mean of the measured values (None and NaN are not measured); NaN when there is none."""
+    known = [x for x in v if x is not None and x == x]
+    return float(np.mean(known)) if known else math.nan
 
 
 @dataclass
