@@ -88,3 +88,7 @@ frame  # unused variable (src/hardneg/train/trainer.py:608)
 bench_strategies  # unused function (src/hardneg/cli/bench.py)
 _range_or_choices  # unused method (src/hardneg/runs/config.py)
 _distinct  # unused method (src/hardneg/runs/config.py)
+prog_name  # unused variable (src/hardneg/cli/app.py:159): the click signature `_Command` describes
+standalone_mode  # unused variable (src/hardneg/cli/app.py:160): the click signature `_Command` describes
+CrossModalQueue  # unused class (src/hardneg/negatives/cross_modal.py:75): built by kind, cross_modal_queue
+CrossModalClusters  # unused class (src/hardneg/negatives/cross_modal.py:105): built by kind, cross_modal_cluster
