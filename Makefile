@@ -6,7 +6,7 @@ PIP := $(PY) -m pip install -q --disable-pip-version-check -c constraints.txt
 STAMP := $(VENV)/.installed
 DOCS_STAMP := $(VENV)/.installed-docs
 
-.PHONY: setup demo test test-slow lint bench docs dist clean
+.PHONY: setup demo test test-slow lint typecheck bench docs dist clean
 
 $(STAMP): pyproject.toml constraints.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -41,6 +41,10 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests benchmarks reproduce
 	PYTHONPATH=src:. $(VENV)/bin/lint-imports
 	$(VENV)/bin/vulture src reproduce dev/vulture_whitelist.py --min-confidence 60
+
+# mypy over the package ([tool.mypy] in pyproject.toml); `lint` runs it once every module is clean
+typecheck: $(STAMP)
+	$(VENV)/bin/mypy
 
 bench: $(STAMP)
 	$(PY) benchmarks/loss_speed.py

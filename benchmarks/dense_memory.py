@@ -9,7 +9,7 @@ same pixel of a second view, candidates every pixel of the second view (MoCo-sty
 in-batch: n = m = images·size²). Cases:
 
 - ``hardneg``: :class:`hardneg.dense.DenseContrast` with the plain strategy (the kernel's fused path);
-- ``hardneg + neighbourhood r=2``: the same with :class:`hardneg.negatives.NeighbourhoodFilter`
+- ``hardneg + neighbourhood r=2``: the same with :class:`hardneg.negatives.pixels.NeighbourhoodFilter`
   (the filter runs per chunk inside the kernel);
 - ``dense torch``: ``F.cross_entropy(q @ k.T / t, arange(n))`` on the whole (n × m) matrix, run only
   where its estimated footprint (3 float32 n × m matrices) fits in ``--budget-gb``.
@@ -37,7 +37,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from hardneg.dense import DenseContrast
-from hardneg.negatives import InBatch, NeighbourhoodFilter, Strategy
+from hardneg.negatives import InBatch, Strategy
+from hardneg.negatives.pixels import NeighbourhoodFilter
 
 _PAGE = os.sysconf("SC_PAGE_SIZE")
 _M_MMAP_THRESHOLD = -3

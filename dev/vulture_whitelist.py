@@ -89,3 +89,7 @@ method  # unused variable (reproduce/hyperspectral.py: a field of the JSON rows)
 far90  # unused variable (reproduce/hyperspectral.py: a field of the JSON rows)
 _.on_step_end  # unused method (reproduce/wordnet_finetune.py: a transformers callback)
 _.should_training_stop  # unused attribute (reproduce/wordnet_finetune.py: read by transformers)
+prog_name  # unused variable (src/hardneg/cli/app.py:159): the click signature `_Command` describes
+standalone_mode  # unused variable (src/hardneg/cli/app.py:160): the click signature `_Command` describes
+CrossModalQueue  # unused class (src/hardneg/negatives/cross_modal.py:75): built by kind, cross_modal_queue
+CrossModalClusters  # unused class (src/hardneg/negatives/cross_modal.py:105): built by kind, cross_modal_cluster

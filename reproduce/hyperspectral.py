@@ -31,7 +31,8 @@ from torch import Tensor, nn
 
 from hardneg.data.hyperspectral import Scene, make_scene
 from hardneg.eval.detectors import ace, cem, far_at_pd, roc_auc
-from hardneg.negatives import InputSimilarityFilter, NeighbourhoodFilter, PixelGrid, Strategy
+from hardneg.negatives import Strategy
+from hardneg.negatives.pixels import InputSimilarityFilter, NeighbourhoodFilter, PixelGrid
 from hardneg.seed import seed_everything
 
 VARIANTS = ("uniform", "hard", "fine")

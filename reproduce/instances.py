@@ -26,7 +26,8 @@ from torch import Tensor, nn
 
 from hardneg.data.shapes import make_shapes
 from hardneg.dense import DenseContrast
-from hardneg.negatives import Proximity, Strategy
+from hardneg.negatives import Strategy
+from hardneg.negatives.pixels import Proximity
 from hardneg.seed import seed_everything
 
 VARIANTS = ("uniform", "hard", "fine")

@@ -18,8 +18,10 @@ from typing import Any
 import torch
 
 import hardneg.dense  # noqa: F401  (registers every kind the package defines)
-from hardneg.negatives import ClassMemory, CrossModal, InBatch, MemoryQueue, PixelGrid, Strategy, create_strategy
+from hardneg.negatives import InBatch, MemoryQueue, Strategy, create_strategy
+from hardneg.negatives.cross_modal import CrossModal
 from hardneg.negatives.filters import FILTERS
+from hardneg.negatives.pixels import ClassMemory, PixelGrid
 from hardneg.negatives.registry import PRESETS
 from hardneg.negatives.sources import SOURCES
 from hardneg.negatives.weighting import WEIGHTINGS

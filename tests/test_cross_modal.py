@@ -12,15 +12,8 @@ import torch.nn.functional as F
 
 from hardneg.integrations.open_clip import ClipLoss, cross_modal_strategy
 from hardneg.losses.candidates import Relations
-from hardneg.negatives import (
-    CrossModal,
-    CrossModalClusters,
-    CrossModalQueue,
-    LogitScale,
-    Strategy,
-    TopK,
-    pair_ids,
-)
+from hardneg.negatives import Strategy, TopK
+from hardneg.negatives.cross_modal import CrossModal, CrossModalClusters, CrossModalQueue, LogitScale, pair_ids
 from tests.negatives_reference import ref_weighted_infonce
 
 

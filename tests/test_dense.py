@@ -17,17 +17,8 @@ from hardneg.dense import (
     random_flip_crop,
     sample_anchors,
 )
-from hardneg.negatives import (
-    ClassMemory,
-    InputSimilarityFilter,
-    NeighbourhoodFilter,
-    PixelGrid,
-    Proximity,
-    StepContext,
-    Strategy,
-    TopK,
-    from_config,
-)
+from hardneg.negatives import StepContext, Strategy, TopK, from_config
+from hardneg.negatives.pixels import ClassMemory, InputSimilarityFilter, NeighbourhoodFilter, PixelGrid, Proximity
 
 T = 0.5
 

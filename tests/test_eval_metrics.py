@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from hardneg.eval.align_uniform import alignment, uniformity
-from hardneg.eval.diagnostics import two_view_diagnostics
 from hardneg.eval.knn import knn_accuracy, knn_predict
 from hardneg.eval.linear_probe import linear_probe, per_class_and_confusion
+from hardneg.eval.two_view_diagnostics import two_view_diagnostics
 
 
 def literal_knn(bank, bank_labels, queries, k, t, C):
@@ -148,3 +148,5 @@ def test_two_view_diagnostics_literal():
     assert two_view_diagnostics(z1, z2, y, beta=0.0, t=t)["ess"] == pytest.approx(n - 2, rel=1e-6)
     with pytest.raises(ValueError, match="labels must have shape"):
         two_view_diagnostics(z1, z2, y[:3])
+    with pytest.raises(ValueError, match="needs labels"):  # the statistics are about same-label candidates
+        two_view_diagnostics(z1, z2, None)

@@ -11,8 +11,8 @@ import yaml
 
 from hardneg import runs
 from hardneg.cli import main
-from hardneg.negatives.registry import list_strategies
-from hardneg.report.leaderboard import BASES, NOT_ON_LEADERBOARD, BaseComparison, preset_of
+from hardneg.negatives.registry import PRESETS, list_strategies
+from hardneg.report.leaderboard import NOT_ON_LEADERBOARD, BaseComparison, base_label, preset_of
 from hardneg.report.stats import versus
 from hardneg.runs import CompareConfig, expand_grid, load_config, run_config
 from hardneg.train.losses_from_config import build_objective
@@ -21,9 +21,20 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_every_preset_has_a_base_that_is_a_preset():
-    assert set(BASES) == set(list_strategies())
-    assert all(b is None or b in BASES for b in BASES.values())
-    assert [p for p, b in BASES.items() if b is None] == ["ucl"]
+    bases = {name: p.base for name, p in PRESETS.items()}
+    assert set(bases) == set(list_strategies())
+    assert all(b is None or b in bases for b in bases.values())
+    assert [p for p, b in bases.items() if b is None] == ["ucl"]
+    assert (bases["hscl"], bases["mochi"], bases["adco"], bases["supcon"]) == ("scl", "moco_queue", "moco_queue", "scl")
+
+
+def test_the_leaderboard_reads_bases_from_the_preset_registry():
+    labels = {"ucl", "scl", "hscl", "mochi", "my_topk"}
+    assert base_label("hscl", "hscl", labels, {}) == "scl"
+    assert base_label("mochi", "mochi", labels, {}) is None  # its base moco_queue is not in the grid
+    assert base_label("my_topk", "topk", labels, {}) == "ucl"
+    assert base_label("my_topk", "topk", labels, {"my_topk": "scl"}) == "scl"  # report.bases first
+    assert base_label("ucl", "ucl", labels, {}) is None and base_label("x", "not_a_preset", labels, {}) is None
 
 
 def test_leaderboard_config_runs_every_preset_or_says_why_not():

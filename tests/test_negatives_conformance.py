@@ -265,7 +265,8 @@ def test_a_mode_a_component_cannot_serve_is_refused_at_the_first_step(case, mode
 def test_topk_counts_candidates_by_the_candidate_rule_under_cross_modal():
     """Under CrossModal an anchor's candidates are the other modality's B − 1 rows: k = 10 above the
     7 valid ones uses all 7 (the uniform CLIP loss) and reports every anchor short."""
-    from hardneg.negatives import CrossModal, TopK
+    from hardneg.negatives import TopK
+    from hardneg.negatives.cross_modal import CrossModal
 
     case = Case("weighting", "topk", "cross_modal")
     z1, z2, _, _ = batch(case, 0)

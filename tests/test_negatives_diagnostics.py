@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from hardneg.negatives import create_strategy, negative_diagnostics
+from hardneg.negatives import create_strategy
+from hardneg.negatives.diagnostics import negative_diagnostics
 from tests.negatives_reference import in_batch_valid, two_view_pos, unit
 
 torch.set_num_threads(1)

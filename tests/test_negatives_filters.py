@@ -139,7 +139,7 @@ def test_similarity_rules_refused_alike_everywhere(rules):
     sentence-transformers loss and similarity_drops itself refuse the same values."""
     from hardneg.integrations.sentence_transformers import HardNegativeRankingLoss
     from hardneg.mining.mine import MineConfig
-    from hardneg.negatives import similarity_drops
+    from hardneg.negatives.filters import similarity_drops
 
     name = "min_score" if "min_score" in rules else next(iter(rules))
     calls = [lambda: SimilarityFilter(**rules), lambda: MineConfig(**rules).validate(),
@@ -155,7 +155,7 @@ def test_similarity_rules_at_their_bounds_accepted_alike_and_exact():
     """The extremes of each range are accepted by the filter and by mining; the drops match the
     rules written out by hand."""
     from hardneg.mining.mine import MineConfig
-    from hardneg.negatives import similarity_drops
+    from hardneg.negatives.filters import similarity_drops
 
     rules = {"max_score": 1.0, "min_score": -1.0, "absolute_margin": 2.0, "relative_margin": 5.0}
     SimilarityFilter(**rules)

@@ -8,16 +8,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from hardneg.negatives import (
-    ExternalPool,
-    InBatch,
-    MemoryQueue,
-    Mixing,
-    MomentumEncoder,
-    Strategy,
-    create_strategy,
-    mochi_mix,
-)
+from hardneg.negatives import ExternalPool, InBatch, MemoryQueue, Mixing, MomentumEncoder, Strategy, create_strategy
+from hardneg.negatives.mixing import mochi_mix
 from tests.negatives_reference import unit
 
 torch.set_num_threads(1)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from hardneg.negatives import TextNegatives, negate, shuffle_words, swap_antonym, swap_entities
+from hardneg.negatives.text_negatives import TextNegatives, negate, shuffle_words, swap_antonym, swap_entities
 
 
 def test_negation_inserts_and_removes():

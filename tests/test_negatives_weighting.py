@@ -7,16 +7,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from hardneg.negatives import (
-    Calibrated,
-    ClusterGuided,
-    IdFilter,
-    SimilarityFilter,
-    Strategy,
-    create_strategy,
-    distance_weighted_log_weights,
-    topk_mask,
-)
+from hardneg.negatives import Calibrated, ClusterGuided, IdFilter, SimilarityFilter, Strategy, create_strategy
+from hardneg.negatives.weighting import distance_weighted_log_weights, topk_mask
 
 torch.set_num_threads(1)
 

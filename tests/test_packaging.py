@@ -179,6 +179,32 @@ def test_import_hardneg_is_light_and_exports_resolve_lazily():
     assert hardneg.__version__ == tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
 
 
+def test_top_level_namespace_is_the_public_api_and_every_submodule_loads_lazily():
+    """``dir(hardneg)`` is ``__all__`` plus every public subpackage and module, each reachable as an
+    attribute, loaded only when touched; ``import hardneg`` loads none of them."""
+    import pkgutil
+
+    import hardneg
+
+    on_disk = {m.name for m in pkgutil.iter_modules(hardneg.__path__) if not m.name.startswith("_")}
+    assert set(hardneg._SUBMODULES) == on_disk
+    assert dir(hardneg) == sorted({*hardneg.__all__, *on_disk})
+    assert not {"Any", "TYPE_CHECKING", "annotations", "importlib", "typing"} & set(dir(hardneg))
+    r = _run(textwrap.dedent(f"""
+        import json, sys
+        import hardneg
+        loaded = sorted(m for m in sys.modules if m.startswith("hardneg."))
+        torch = "torch" in sys.modules
+        reached = {{}}
+        for name in {sorted(on_disk)!r}:
+            mod = getattr(hardneg, name)
+            reached[name] = mod is sys.modules["hardneg." + name]
+        print(json.dumps({{"loaded": loaded, "torch": torch, "reached": reached}}))
+    """))
+    assert r["loaded"] == [] and r["torch"] is False
+    assert r["reached"] == dict.fromkeys(sorted(on_disk), True)
+
+
 def test_py_typed_is_shipped():
     meta = tomllib.loads((ROOT / "pyproject.toml").read_text())
     assert (ROOT / "src/hardneg/py.typed").is_file()

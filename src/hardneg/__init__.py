@@ -4,14 +4,14 @@ One chunked, log-space kernel (`hardneg.losses.weighted_info_nce`) computes ever
 InfoNCE-family loss; each strategy is a distribution π over candidate negatives (docs/design.md §1).
 
 The main entry points are importable from here (``hardneg.hscl``, ``hardneg.create_strategy``,
-``hardneg.mine_hard_negatives``, …). They are loaded on first use, so ``import hardneg`` itself
-imports neither torch nor any optional dependency.
+``hardneg.mine_hard_negatives``, …), and every public subpackage and module is an attribute
+(``hardneg.negatives``, ``hardneg.dense``, ``hardneg.runs``, …). Both are loaded on first use, so
+``import hardneg`` itself imports neither torch nor any optional dependency; ``dir(hardneg)`` lists
+exactly these names.
 """
 
-from __future__ import annotations
-
-import importlib
-from typing import TYPE_CHECKING, Any
+import importlib as _importlib
+import typing as _typing
 
 __version__ = "0.1.0"
 
@@ -26,7 +26,11 @@ _EXPORTS: dict[str, str] = {
     "mine_hard_negatives": "hardneg.mining.hard_negatives",
     "MissingExtraError": "hardneg._optional",
 }
-_SUBMODULES = ("losses", "negatives", "mining", "integrations", "data", "models", "train", "eval", "report")
+#: every public subpackage and module, loaded on first attribute access (listed here rather than found
+#: on disk so that ``import hardneg`` reads no directory; a test checks the list against the package)
+_SUBMODULES = ("arrays", "bench", "cli", "cores", "data", "dense", "distributed", "eval", "experiments",
+               "importpath", "index", "integrations", "io", "losses", "mining", "models", "negatives",
+               "report", "runs", "seed", "train")
 
 __all__ = [
     "__version__",
@@ -38,7 +42,29 @@ __all__ = [
     "MissingExtraError",
 ]
 
-if TYPE_CHECKING:  # for type checkers and IDEs; at run time the names load lazily
+if _typing.TYPE_CHECKING:  # for type checkers and IDEs; at run time the names load lazily
+    # the subpackages and modules, each as itself (the redundant alias marks a re-export)
+    from hardneg import arrays as arrays
+    from hardneg import bench as bench
+    from hardneg import cli as cli
+    from hardneg import cores as cores
+    from hardneg import data as data
+    from hardneg import dense as dense
+    from hardneg import distributed as distributed
+    from hardneg import eval as eval
+    from hardneg import experiments as experiments
+    from hardneg import importpath as importpath
+    from hardneg import index as index
+    from hardneg import integrations as integrations
+    from hardneg import io as io
+    from hardneg import losses as losses
+    from hardneg import mining as mining
+    from hardneg import models as models
+    from hardneg import negatives as negatives
+    from hardneg import report as report
+    from hardneg import runs as runs
+    from hardneg import seed as seed
+    from hardneg import train as train
     from hardneg._optional import MissingExtraError
     from hardneg.losses import (
         DCL,
@@ -66,15 +92,16 @@ if TYPE_CHECKING:  # for type checkers and IDEs; at run time the names load lazi
     from hardneg.negatives import Strategy, create_strategy, describe_strategies, from_config, list_strategies
 
 
-def __getattr__(name: str) -> Any:
+def __getattr__(name: str) -> object:
     if name in _EXPORTS:
-        value = getattr(importlib.import_module(_EXPORTS[name]), name)
+        value = getattr(_importlib.import_module(_EXPORTS[name]), name)
         globals()[name] = value  # later look-ups skip this function
         return value
     if name in _SUBMODULES:
-        return importlib.import_module(f"{__name__}.{name}")
+        return _importlib.import_module(f"{__name__}.{name}")
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def __dir__() -> list[str]:
-    return sorted({*globals(), *__all__, *_SUBMODULES})
+    """The public API: ``__all__`` and the subpackages and modules, nothing the module uses itself."""
+    return sorted({*__all__, *_SUBMODULES})

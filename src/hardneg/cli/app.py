@@ -16,12 +16,14 @@ prints one line for all of them.
 from __future__ import annotations
 
 import contextlib
+import importlib
 import os
 import signal
 import sys
 import traceback
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Protocol
 
 import typer
 
@@ -30,13 +32,19 @@ from hardneg.io import HardnegWarning, describe_os_error, is_file_system_error
 
 # typer >= 0.20 carries its own copy of click (typer._click), whose exceptions derive from typer's; older
 # typer depends on click and uses click's. Only typer is declared, so click is never imported directly.
-try:
-    from typer._click.exceptions import ClickException as _ClickException
-except ImportError:  # pragma: no cover - typer < 0.20, which requires click
-    from click.exceptions import ClickException as _ClickException  # type: ignore[no-redef]
+if TYPE_CHECKING:
+    from typer._click.exceptions import ClickException
+
+
+def _click_exception_class() -> type[ClickException]:
+    try:
+        return importlib.import_module("typer._click.exceptions").ClickException
+    except ImportError:  # pragma: no cover - typer < 0.20, which requires click
+        return importlib.import_module("click.exceptions").ClickException
+
 
 _EXIT = typer.Exit
-_CLICK_ERRORS = _ClickException
+_CLICK_ERRORS = _click_exception_class()
 _ABORT = typer.Abort
 
 app = typer.Typer(
@@ -146,7 +154,15 @@ def _run_with_signals(argv: list[str] | None, application: typer.Typer, prog: st
                 signal.signal(s, h)
 
 
-def _run(command: typer.core.TyperCommand | typer.core.TyperGroup, argv: list[str] | None, prog: str) -> int:
+class _Command(Protocol):
+    """What `_run` calls of the command typer builds: its click-style ``main`` (typer's own copy of
+    click from typer 0.20, click's before, so no one class names both)."""
+
+    def main(self, args: Sequence[str] | None = None, prog_name: str | None = None, *,
+             standalone_mode: bool = True) -> Any: ...
+
+
+def _run(command: _Command, argv: list[str] | None, prog: str) -> int:
     """The command's exit status; every way it fails ends with its code and one line (`final_line`)."""
     try:
         rv = command.main(args=argv, prog_name=prog, standalone_mode=False)

@@ -26,14 +26,16 @@ def _config_embeddings(config: Path | None, run: Path | None, overrides: list[st
         r = load_run(run)
         cfg = r.config
     else:
+        assert config is not None  # the command takes exactly one of --config, --run, --embeddings
         cfg = load_config(config, overrides)
     objective = build_objective(cfg)
     strategy = strategy_of(objective)
-    if strategy is None:  # a named loss: the preset of the same name, when there is one
+    loss = cfg.loss  # None only beside a strategy mapping, which strategy_of returns
+    if strategy is None and loss is not None:  # a named loss: the preset of the same name, when there is one
         from hardneg.negatives import create_strategy, list_strategies
 
-        name = cfg.loss.name
-        strategy = create_strategy(name, **cfg.loss.params) if name in list_strategies() else create_strategy("ucl")
+        name = loss.name
+        strategy = create_strategy(name, **loss.params) if name in list_strategies() else create_strategy("ucl")
     c = cfg.data
     X, y = dataset_to_tensors(load_named(c.name, "train", data_dir=c.data_dir, limit=c.train_limit,
                                          seed=c.split_seed), name="train data")
@@ -43,7 +45,7 @@ def _config_embeddings(config: Path | None, run: Path | None, overrides: list[st
     model = load_trained_model(r, X.shape[1:]) if run is not None else build_model_from_config(cfg.model, X.shape[1:])
     model.eval()
     a = cfg.augment
-    aug = Augment(tuple(a.crop_scale), a.flip_p, a.noise_std, a.erase_p)
+    aug = Augment(a.crop_scale, a.flip_p, a.noise_std, a.erase_p)
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         z1 = torch.cat([model(aug(X[i : i + 512], g)) for i in range(0, len(X), 512)])

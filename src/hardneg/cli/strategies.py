@@ -33,6 +33,9 @@ def strategies(
     option: list[str] = typer.Option(
         None, "--option", "-o", help="KEY=VALUE (YAML value), repeatable: build the preset with it and show it."
     ),
+    components: bool = typer.Option(
+        False, "--components", help="Show the alias table: each preset's base, component kinds, classes and paper."
+    ),
 ) -> None:
     """List strategy presets with one-line descriptions (usable in Python, YAML configs and here)."""
     from rich.console import Console
@@ -49,6 +52,11 @@ def strategies(
     console = Console()
     if name is None and option:
         raise ValueError("--option needs a preset name: hardneg strategies NAME -o KEY=VALUE")
+    if components:
+        if name is not None or option:
+            raise ValueError("--components lists every preset and kind: give it without a preset name or --option")
+        _print_alias_table(console)
+        return
     if name is None:
         table = Table(title="hardneg strategy presets", show_lines=False)
         table.add_column("name", style="bold")
@@ -58,7 +66,8 @@ def strategies(
         console.print(table)
         console.print(
             "Use one: create_strategy(NAME, **options) in Python, `strategy: {name: NAME, ...}` in YAML; "
-            "`hardneg strategies NAME` shows a preset's options."
+            "`hardneg strategies NAME` shows a preset's options; `hardneg strategies --components` the "
+            "component kinds and classes of each."
         )
         return
     if name not in PRESETS:
@@ -83,3 +92,20 @@ def strategies(
         "positive_reduce, n_neg, schedule, diagnostics, diagnostics_anchors, chunk_size; "
         "plus source / filters / weighting. Try: hardneg strategies NAME -o beta=2 -o 'filters=[{kind: id}]'"
     )
+
+
+def _print_alias_table(console: Any) -> None:
+    """The alias table of `hardneg.negatives.registry.alias_table`: preset → kind → class → paper."""
+    from rich.table import Table
+
+    from hardneg.negatives.registry import alias_table
+
+    table = Table(title="presets, component kinds and classes")
+    for column in ("preset", "base", "kind", "class", "kind also spelt", "paper"):
+        table.add_column(column)
+    for r in alias_table():
+        table.add_row(r.preset or "—", r.base or "—", ", ".join(r.kinds), ", ".join(r.classes),
+                      ", ".join(f"{a} = {k}" for a, k in r.kind_aliases) or "—", r.paper or "—")
+    console.print(table)
+    console.print("A preset is a name for create_strategy / `strategy: {name: …}`; a kind names one component "
+                  "in `source:`, `filters:`, `weighting:` (`{kind: …}`); the class is its Python name.")

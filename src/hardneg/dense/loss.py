@@ -37,7 +37,8 @@ from torch import Tensor, nn
 
 from hardneg.dense.geometry import identity_correspondence
 from hardneg.losses.checks import UNKNOWN, check_choice, check_int, check_number
-from hardneg.negatives import PixelGrid, Strategy, create_strategy, from_config
+from hardneg.negatives import Strategy, create_strategy, from_config
+from hardneg.negatives.pixels import PixelGrid
 
 SAMPLING = ("uniform", "hard")
 

@@ -43,9 +43,11 @@ def assumption1(
     S = z @ z.T
     rel = Relations(m=z.shape[0], self_index=self_idx, pos_index=pos, q_labels=y, k_labels=y)
     cand = rel.valid(slice(0, z.shape[0]), S.device)
-    same = rel.same_label(slice(0, z.shape[0])) & cand
+    same_label = rel.same_label(slice(0, z.shape[0]))
+    assert same_label is not None  # the labels are given
+    same = same_label & cand
     other = cand & ~same
-    logw = tilt_log_weights(S, beta, t)
+    logw = torch.as_tensor(tilt_log_weights(S, beta, t))  # a tensor in, a tensor out
 
     def tilted_mean(mask: torch.Tensor) -> torch.Tensor:
         lw = logw.masked_fill(~mask, float("-inf"))

@@ -218,7 +218,7 @@ def diagnose(
     return Diagnosis(
         strategy=strat.name,
         batches=batches,
-        anchors=tot["anchors"],
+        anchors=int(tot["anchors"]),  # a sum of per-batch counts
         candidates=tot["cands"] / m,
         fn_share=None if labels is None else tot["fn"] / max(tot["cands"], 1.0),
         above_positive_share=tot["above"] / max(tot["cands"], 1.0),

@@ -11,11 +11,11 @@ import torch
 from hardneg.data.base import load_named
 from hardneg.eval.knn import knn_predict
 from hardneg.eval.linear_probe import linear_probe, per_class_and_confusion
-from hardneg.models.encoders import build_model_from_config
+from hardneg.models.encoders import ContrastiveModel, build_model_from_config
 from hardneg.runs import MODEL, Run, load_run
 
 
-def load_trained_model(run: Run, sample_shape: tuple[int, ...]) -> torch.nn.Module:
+def load_trained_model(run: Run, sample_shape: tuple[int, ...]) -> ContrastiveModel:
     """The finished run's model (``config.yaml`` + ``model.pt``), in eval mode; one clear error when
     the run has not finished or its model file is damaged."""
     mp = run.path / MODEL

@@ -10,7 +10,7 @@ and extra sources (per-modality queues, one-edit caption swaps as ``negatives``)
 Example::
 
     from hardneg.integrations.open_clip import ClipLoss
-    from hardneg.negatives import LogitScale
+    from hardneg.negatives.cross_modal import LogitScale
     logit_scale = LogitScale()                 # CLIP's learnable 1/temperature, clamped at 100
     loss_fn = ClipLoss("hucl", beta=0.5)       # a preset or a Strategy / mapping
     loss = loss_fn(img_emb, txt_emb, logit_scale(), ids=group_ids)

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import nn
 
@@ -141,8 +143,9 @@ def build_model(
     return ContrastiveModel(enc, ProjectionHead(_out_dim(enc, sample_shape), head_hidden, proj_dim))
 
 
-def build_model_from_config(m, sample_shape: tuple[int, ...]) -> nn.Module:
-    """`build_model` from a validated ``model`` config section (``hardneg.train.config``)."""
+def build_model_from_config(m: Any, sample_shape: tuple[int, ...]) -> ContrastiveModel:
+    """`build_model` from a validated ``model`` config section (``hardneg.runs.config.ModelConfig``;
+    not imported here, as runs and models sit on one layer)."""
     return build_model(
         m.encoder,
         tuple(sample_shape),

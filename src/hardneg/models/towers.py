@@ -58,6 +58,8 @@ class FrozenTextTower(nn.Module):
     """Rows of a fixed (num_texts × d₀) table of frozen sentence embeddings, looked up by index and
     mapped by a trained two-layer projection to ``dim``."""
 
+    table: Tensor  # a buffer: saved with the module, never trained
+
     def __init__(self, table: Tensor, dim: int = 64, hidden: int = 256) -> None:
         super().__init__()
         if table.dim() != 2:

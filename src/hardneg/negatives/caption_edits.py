@@ -22,6 +22,9 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+__all__ = ["EDIT_KINDS", "EditVocabulary", "one_edit_swaps", "swap_colour", "swap_shape", "swap_size", "swap_count",
+           "swap_relation"]
+
 EDIT_KINDS = ("colour", "shape", "size", "count", "relation")
 
 

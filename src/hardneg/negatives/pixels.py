@@ -38,6 +38,8 @@ from hardneg.negatives.queue import MemoryQueue
 from hardneg.negatives.sources import Anchors, Candidates, Source
 from hardneg.negatives.weighting import Weighting
 
+__all__ = ["PixelGrid", "NeighbourhoodFilter", "InputSimilarityFilter", "Proximity", "ClassMemory"]
+
 
 class PixelGrid:
     """Sample ids of pixels: ``id = (image · height + y) · width + x`` (image ≥ 0, 0 ≤ y < height,
@@ -102,22 +104,24 @@ class _OnGrid:
 
     def _near(self, rows: slice | Tensor, ctx: StepContext, radius: float, device: torch.device) -> Tensor:
         """(c×m) bool: candidate in the anchor's image at distance ≤ ``radius`` (both ids known)."""
+        grid, k_sorted, k_order = self._grid, self._k_sorted, self._k_order
+        if ctx.q_ids is None or grid is None or k_sorted is None or k_order is None:
+            raise RuntimeError("a pixel component was asked for a mask before its begin_step")
         q_ids = ctx.q_ids[rows]
-        c, m = q_ids.shape[0], self._k_sorted.shape[0]
+        c, m = q_ids.shape[0], k_sorted.shape[0]
         out = torch.zeros(c, m, dtype=torch.bool, device=q_ids.device)
-        grid = self._grid
         qi, qy, qx = grid.decode(q_ids)
         # beyond H + W every pixel of the image is inside: no need for more offsets
         dy, dx = _offsets(min(radius, float(grid.height + grid.width)), q_ids.device)
         ny, nx = qy[:, None] + dy[None, :], qx[:, None] + dx[None, :]
         ok = (qi[:, None] >= 0) & (ny >= 0) & (ny < grid.height) & (nx >= 0) & (nx < grid.width)
         nid = torch.where(ok, (qi[:, None] * grid.height + ny) * grid.width + nx, torch.full_like(ny, -2))
-        lo = torch.searchsorted(self._k_sorted, nid)
-        hi = torch.searchsorted(self._k_sorted, nid, right=True)
+        lo = torch.searchsorted(k_sorted, nid)
+        hi = torch.searchsorted(k_sorted, nid, right=True)
         r = torch.arange(c, device=q_ids.device)[:, None].expand_as(nid)
         for j in range(int((hi - lo).max()) if nid.numel() else 0):  # candidates sharing one id (views, memory)
             hit = ok & (lo + j < hi)
-            out[r[hit], self._k_order[(lo + j)[hit]]] = True
+            out[r[hit], k_order[(lo + j)[hit]]] = True
         return out.to(device)
 
 
@@ -200,8 +204,11 @@ class InputSimilarityFilter(GuideFilter):
         self._gk, self._kok = self._embed(ctx.k_ids, ctx.k_view)
 
     def drop(self, S: Tensor, rows: slice, ctx: StepContext) -> Tensor:
-        G = self._gq[rows] @ self._gk.T
-        d = (self.max_similarity < G) & self._qok[rows][:, None] & self._kok[None, :]
+        gq, gk, qok, kok = self._gq, self._gk, self._qok, self._kok
+        if gq is None or gk is None or qok is None or kok is None:
+            raise RuntimeError("filter 'input_similarity' was asked for a mask before its begin_step")
+        G = gq[rows] @ gk.T
+        d = (self.max_similarity < G) & qok[rows][:, None] & kok[None, :]
         return d.to(S.device)
 
 
@@ -224,8 +231,12 @@ class ClassMemory(Source):
         self.per_step = None if per_step is None else check_int("source 'class_memory' option 'per_step'", per_step)
         self.queues = nn.ModuleList(MemoryQueue(self.size) for _ in range(self.num_classes))
 
+    def _memories(self) -> list[MemoryQueue]:
+        """The per-class queues, typed (iterating an nn.ModuleList gives plain Modules)."""
+        return [q for q in self.queues if isinstance(q, MemoryQueue)]
+
     def extend(self, anchors: Anchors, cands: Candidates, step: int) -> None:
-        for q in self.queues:
+        for q in self._memories():
             keys, labels, ids = q.contents()
             if keys.shape[0]:
                 cands.append("class_memory", keys.to(cands.k.device), labels, ids)
@@ -236,7 +247,7 @@ class ClassMemory(Source):
         y = anchors.key_labels
         if bool((y >= self.num_classes).any()):
             raise ValueError(f"source 'class_memory': labels must be < num_classes={self.num_classes}")
-        for c, q in enumerate(self.queues):
+        for c, q in enumerate(self._memories()):
             sel = torch.nonzero(y == c).flatten()
             if sel.numel() == 0:
                 continue
@@ -246,4 +257,4 @@ class ClassMemory(Source):
             q.enqueue(anchors.keys[sel], y[sel], ids)
 
     def diagnostics(self) -> dict[str, float]:
-        return {"class_memory_fill": sum(len(q) for q in self.queues) / (self.size * self.num_classes)}
+        return {"class_memory_fill": sum(len(q) for q in self._memories()) / (self.size * self.num_classes)}

@@ -62,9 +62,19 @@ _CORE = tuple(
 
 @dataclass(frozen=True)
 class Preset:
+    """A named strategy and what is known about it, in one place: ``hardneg strategies`` lists it,
+    the leaderboard compares it with its ``base``, the alias table shows its ``kinds``."""
+
     name: str
     description: str
     build: Callable[..., dict[str, Any]]
+    #: the same method without what this preset adds (its tilt, filter, source or weighting); None
+    #: for the reference. The leaderboard compares each entry with its base's entry.
+    base: str | None
+    #: the component kinds the preset builds besides the in-batch source, in build order
+    kinds: tuple[str, ...]
+    #: the paper the preset follows ("" for a generic technique)
+    paper: str
 
     def knobs(self) -> dict[str, Any]:
         """The preset's own options and their defaults (``inspect.Parameter.empty`` = required)."""
@@ -74,9 +84,11 @@ class Preset:
 PRESETS: dict[str, Preset] = {}
 
 
-def _register(name: str, description: str) -> Callable[[Callable[..., dict[str, Any]]], Callable[..., dict[str, Any]]]:
+def _register(
+    name: str, description: str, *, base: str | None, kinds: tuple[str, ...] = (), paper: str = ""
+) -> Callable[[Callable[..., dict[str, Any]]], Callable[..., dict[str, Any]]]:
     def deco(fn: Callable[..., dict[str, Any]]) -> Callable[..., dict[str, Any]]:
-        PRESETS[name] = Preset(name, description, fn)
+        PRESETS[name] = Preset(name, description, fn, base, kinds, paper)
         return fn
 
     return deco
@@ -87,64 +99,113 @@ def _register(name: str, description: str) -> Callable[[Callable[..., dict[str, 
 # ---------------------------------------------------------------------------------------------
 
 
-@_register("ucl", "SimCLR / NT-Xent (Chen et al. 2020): uniform in-batch negatives, t=0.5")
+@_register(
+    "ucl",
+    "SimCLR / NT-Xent (Chen et al. 2020): uniform in-batch negatives, t=0.5",
+    base=None, paper="Chen et al. 2020 (SimCLR)",
+)
 def _ucl() -> dict[str, Any]:
     return {"temperature": 0.5}
 
 
-@_register("scl", "SCL (Jiang et al. 2022): uniform negatives of other labels, one positive, N=2B-2, t=0.5")
+@_register(
+    "scl",
+    "SCL (Jiang et al. 2022): uniform negatives of other labels, one positive, N=2B-2, t=0.5",
+    base="ucl", kinds=("label",), paper="Jiang et al. 2022 (SCL)",  # + label filter
+)
 def _scl() -> dict[str, Any]:
     return {"temperature": 0.5, "filters": [LabelFilter()], "n_neg": "nominal"}
 
 
-@_register("supcon", "SupCon L_out (Khosla et al. 2020): all same-label samples are positives, t=0.1")
+@_register(
+    "supcon",
+    "SupCon L_out (Khosla et al. 2020): all same-label samples are positives, t=0.1",
+    # the same labels, used as positives instead of only removed from the negatives
+    base="scl", paper="Khosla et al. 2020 (SupCon)",
+)
 def _supcon() -> dict[str, Any]:
     return {"temperature": 0.1, "family": "supcon"}
 
 
-@_register("hucl", "H-UCL / HCL (Robinson et al. 2021): beta-tilted in-batch negatives, tau_plus debiasing, t=0.5")
+@_register(
+    "hucl",
+    "H-UCL / HCL (Robinson et al. 2021): beta-tilted in-batch negatives, tau_plus debiasing, t=0.5",
+    base="ucl", paper="Robinson et al. 2021 (HCL)",  # + tilt
+)
 def _hucl() -> dict[str, Any]:
     return {"temperature": 0.5, "beta": 1.0, "tau_plus": 0.0, "n_neg": "nominal"}
 
 
-@_register("dcl", "DCL, debiased (Chuang et al. 2020): uniform negatives, tau_plus=0.1 correction, t=0.5")
+@_register(
+    "dcl",
+    "DCL, debiased (Chuang et al. 2020): uniform negatives, tau_plus=0.1 correction, t=0.5",
+    base="ucl", paper="Chuang et al. 2020 (DCL)",  # + debiasing
+)
 def _dcl() -> dict[str, Any]:
     return {"temperature": 0.5, "tau_plus": 0.1, "n_neg": "nominal"}
 
 
-@_register("hscl", "H-SCL (Jiang et al. 2022): other-label negatives tilted by exp(beta s/t), beta=1, t=0.5")
+@_register(
+    "hscl",
+    "H-SCL (Jiang et al. 2022): other-label negatives tilted by exp(beta s/t), beta=1, t=0.5",
+    base="scl", kinds=("label",), paper="Jiang et al. 2022 (H-SCL)",  # + tilt
+)
 def _hscl() -> dict[str, Any]:
     # the paper's training code: every same-label pair is a term (positives="view" gives one positive)
     return {"temperature": 0.5, "beta": 1.0, "filters": [LabelFilter()], "n_neg": "nominal",
             "positives": "labels", "positive_reduce": "pairs"}
 
 
-@_register("decoupled", "Decoupled contrastive loss (Yeh et al. 2022): positive removed from the denominator")
+@_register(
+    "decoupled",
+    "Decoupled contrastive loss (Yeh et al. 2022): positive removed from the denominator",
+    base="ucl", paper="Yeh et al. 2022 (decoupled contrastive loss)",  # − the positive in the denominator
+)
 def _decoupled() -> dict[str, Any]:
     return {"temperature": 0.1, "family": "decoupled"}
 
 
-@_register("topk", "Top-k hard negative mining: only the k most similar candidates count (k=16)")
+@_register(
+    "topk",
+    "Top-k hard negative mining: only the k most similar candidates count (k=16)",
+    base="ucl", kinds=("topk",),
+)
 def _topk(k: int = 16) -> dict[str, Any]:
     return {"temperature": 0.5, "weighting": [TopK(k)]}
 
 
-@_register("semihard", "Semi-hard negatives (FaceNet, Schroff et al. 2015): s_p - margin < s_n < s_p (margin=0.2)")
+@_register(
+    "semihard",
+    "Semi-hard negatives (FaceNet, Schroff et al. 2015): s_p - margin < s_n < s_p (margin=0.2)",
+    base="ucl", kinds=("semihard",), paper="Schroff et al. 2015 (FaceNet)",
+)
 def _semihard(margin: float = 0.2) -> dict[str, Any]:
     return {"temperature": 0.5, "weighting": [SemiHard(margin)]}
 
 
-@_register("distance_weighted", "Distance-weighted sampling (Wu et al. 2017): pi ~ 1/q(d), cutoff 0.5, drop d>=1.4")
+@_register(
+    "distance_weighted",
+    "Distance-weighted sampling (Wu et al. 2017): pi ~ 1/q(d), cutoff 0.5, drop d>=1.4",
+    base="ucl", kinds=("distance_weighted",), paper="Wu et al. 2017",
+)
 def _dw(cutoff: float = 0.5, nonzero_loss_cutoff: float = 1.4) -> dict[str, Any]:
     return {"temperature": 0.5, "weighting": [DistanceWeighted(cutoff, nonzero_loss_cutoff)]}
 
 
-@_register("moco_queue", "MoCo (He et al. 2020): FIFO queue of momentum-encoder keys (size=4096) + batch keys, t=0.2")
+@_register(
+    "moco_queue",
+    "MoCo (He et al. 2020): FIFO queue of momentum-encoder keys (size=4096) + batch keys, t=0.2",
+    base="ucl", kinds=("queue",), paper="He et al. 2020 (MoCo)",  # + momentum-key queue
+)
 def _moco(size: int = 4096) -> dict[str, Any]:
     return {"temperature": 0.2, "source": [InBatch(symmetric=False), MemoryQueue(size)]}
 
 
-@_register("mochi", "MoCHi (Kalantidis et al. 2020): queue + synthetic mixes of the hardest negatives")
+@_register(
+    "mochi",
+    "MoCHi (Kalantidis et al. 2020): queue + synthetic mixes of the hardest negatives",
+    base="moco_queue", kinds=("queue", "mixing"), paper="Kalantidis et al. 2020 (MoCHi)",  # + synthetic hard mixes
+)
 def _mochi(
     size: int = 4096, n_hard: int = 64, s: int = 32, s_prime: int = 16, query_mix_max: float = 0.45, seed: int = 0
 ) -> dict[str, Any]:
@@ -157,6 +218,8 @@ def _mochi(
 @_register(
     "adco",
     "AdCo (Hu et al. 2021): learned negatives trained by gradient ascent (size=1024, lr=3, t_neg=0.02)",
+    # a learned bank instead of the queue
+    base="moco_queue", kinds=("adversarial_bank",), paper="Hu et al. 2021 (AdCo)",
 )
 def _adco(
     size: int = 1024, lr: float = 3.0, t_neg: float = 0.02, dim: int | None = None, seed: int = 0
@@ -173,6 +236,7 @@ def _adco(
 @_register(
     "generator",
     "Adversarial generator of near-anchor negatives vs a discriminator, anti-collapse regularisers",
+    base="ucl", kinds=("generator",),
 )
 def _generator(
     dim: int = 0,
@@ -199,7 +263,11 @@ def _generator(
     }
 
 
-@_register("pool", "External pool: each anchor's nearest rows of a separate corpus (FAISS), k_per_anchor=16")
+@_register(
+    "pool",
+    "External pool: each anchor's nearest rows of a separate corpus (FAISS), k_per_anchor=16",
+    base="ucl", kinds=("pool",),
+)
 def _pool(embeddings: Any = None, k_per_anchor: int = 16, shared: bool = False) -> dict[str, Any]:
     if embeddings is None:
         raise ValueError("pool option 'embeddings' (a tensor, .npy path or faiss index) is required")
@@ -209,6 +277,7 @@ def _pool(embeddings: Any = None, k_per_anchor: int = 16, shared: bool = False) 
 @_register(
     "cluster_guided",
     "Cluster-guided: k-means (FAISS) every E steps, prefer near candidates of other clusters",
+    base="ucl", kinds=("cluster_guided",),
 )
 def _cluster(
     n_clusters: int = 10,
@@ -227,14 +296,22 @@ def _cluster(
     }
 
 
-@_register("calibrated", "Calibrated: an aux MLP predicts P(pair aligned); negatives weighted by 1 - p_hat")
+@_register(
+    "calibrated",
+    "Calibrated: an aux MLP predicts P(pair aligned); negatives weighted by 1 - p_hat",
+    base="ucl", kinds=("calibrated",),
+)
 def _calibrated(
     hidden: int = 32, lr: float = 1e-2, train_steps: int = 1, neg_per_anchor: int = 4, seed: int = 0
 ) -> dict[str, Any]:
     return {"temperature": 0.5, "weighting": [Calibrated(hidden, lr, train_steps, neg_per_anchor, seed=seed)]}
 
 
-@_register("filtered", "False-negative filters: same id / duplicate group, similarity margin to the positive")
+@_register(
+    "filtered",
+    "False-negative filters: same id / duplicate group, similarity margin to the positive",
+    base="ucl", kinds=("id", "similarity"),
+)
 def _filtered(
     relative_margin: float | None = 0.05,
     absolute_margin: float | None = None,
@@ -252,7 +329,11 @@ def _filtered(
     return {"temperature": 0.5, "filters": fl}
 
 
-@_register("gist", "GISTEmbed (Solatorio 2024): drop negatives a guide model scores above the positive")
+@_register(
+    "gist",
+    "GISTEmbed (Solatorio 2024): drop negatives a guide model scores above the positive",
+    base="ucl", kinds=("guide",), paper="Solatorio 2024 (GISTEmbed)",
+)
 def _gist(guide: Any = None, margin: float = 0.0) -> dict[str, Any]:
     if guide is None:
         raise ValueError(
@@ -305,7 +386,7 @@ def _build(kind_map: dict[str, type], aliases: dict[str, str], what: str, spec: 
     spec = dict(spec)
     kind = spec.pop("kind", None)
     cls = _component_class(kind_map, aliases, what, kind, base)
-    params = inspect.signature(cls.__init__).parameters
+    params = inspect.signature(cls).parameters
     allowed = sorted(p for p in params if p != "self")
     unknown = sorted(set(spec) - set(allowed))
     if unknown:
@@ -343,6 +424,40 @@ def _listify(x: Any) -> list:
     if x is None:
         return []
     return list(x) if isinstance(x, (list, tuple)) else [x]
+
+
+@dataclass(frozen=True)
+class AliasRow:
+    """One row of the alias table: a preset with the component kinds it builds, or (``preset`` None) a
+    registered kind no preset builds; the class each kind names, the other spellings a config may use
+    for the kind, and the paper."""
+
+    preset: str | None
+    base: str | None
+    kinds: tuple[str, ...]
+    classes: tuple[str, ...]
+    kind_aliases: tuple[tuple[str, str], ...]  # (another spelling, the kind it names)
+    paper: str
+
+
+def alias_table() -> list[AliasRow]:
+    """Preset → component kind → class → paper, for every preset (a preset that adds no component
+    shows the in-batch source it computes on) and then every registered kind no preset builds,
+    custom kinds included. The names differ on purpose — ``moco_queue`` builds kind ``queue``, the
+    class `MemoryQueue` — since users and papers use each; this table is where they meet."""
+    classes = {**SOURCES, **FILTERS, **WEIGHTINGS}
+    spellings: dict[str, tuple[str, ...]] = {}
+    for alias, kind in sorted(_SOURCE_ALIASES.items()):
+        spellings[kind] = (*spellings.get(kind, ()), alias)
+
+    def row(preset: str | None, base: str | None, kinds: tuple[str, ...], paper: str) -> AliasRow:
+        return AliasRow(preset, base, kinds, tuple(classes[k].__name__ for k in kinds),
+                        tuple((a, k) for k in kinds for a in spellings.get(k, ())), paper)
+
+    rows = [row(p.name, p.base, p.kinds or ("in_batch",), p.paper) for p in (PRESETS[n] for n in list_strategies())]
+    used = {k for r in rows for k in r.kinds}
+    rows += [row(None, None, (k,), "") for k in sorted(classes) if k not in used]
+    return rows
 
 
 def list_strategies() -> list[str]:

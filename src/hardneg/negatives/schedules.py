@@ -59,7 +59,8 @@ class Schedule:
     def __call__(self, step: int) -> float:
         if isinstance(step, bool) or not isinstance(step, int) or step < 0:
             raise ValueError(f"step must be a non-negative int, got {step!r}")
-        u = step // self.steps_per_epoch if self.unit == "epoch" else step
+        # __init__ refuses unit="epoch" without a positive steps_per_epoch
+        u = step // self.steps_per_epoch if self.unit == "epoch" and self.steps_per_epoch else step
         return self.value_at(float(u))
 
     def __repr__(self) -> str:

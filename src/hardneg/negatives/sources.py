@@ -365,7 +365,9 @@ class ExternalPool(Source):
         return torch.from_numpy(D), torch.from_numpy(I).long()
 
     def extend(self, anchors: Anchors, cands: Candidates, step: int) -> None:
-        if self.refresh_every is not None and step > 0 and step % self.refresh_every == 0:
+        # __init__ takes refresh_every and encode_fn together or neither
+        refresh = self.refresh_every is not None and step > 0 and step % self.refresh_every == 0
+        if refresh and self.encode_fn is not None:
             self.refresh(self.encode_fn())
             self.refreshes += 1
         self.k_per_anchor = int(round(self.k_per_anchor))

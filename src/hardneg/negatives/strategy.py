@@ -324,7 +324,7 @@ class Strategy(nn.Module):
     ) -> Tensor:
         z1, z2, labels, ids, step = self._check_inputs(z1, z2, labels, ids, step)
         if grid is not None and not isinstance(grid, PixelGrid):
-            raise TypeError(f"grid must be a hardneg.negatives.PixelGrid or None, got {type(grid).__name__}")
+            raise TypeError(f"grid must be a hardneg.negatives.pixels.PixelGrid or None, got {type(grid).__name__}")
         sched = self.set_step(step)
         t = self.t if logit_scale is None else _inverse_scale(logit_scale)
         if logit_scale is not None and self.tau_plus > 0.0:

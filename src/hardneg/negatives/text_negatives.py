@@ -25,6 +25,8 @@ import random
 import re
 from collections.abc import Sequence
 
+__all__ = ["TextNegatives", "negate", "swap_antonym", "swap_entities", "shuffle_words"]
+
 _AUX = (
     "is",
     "are",
@@ -186,7 +188,8 @@ def _match_case(src: str, word: str) -> str:
 
 
 def _strip(w: str) -> tuple[str, str, str]:
-    m = re.match(r"^(\W*)(.*?)(\W*)$", w)
+    m = re.fullmatch(r"(\W*)(.*?)(\W*)", w, re.S)
+    assert m is not None  # every string matches: each group may be empty
     return m.group(1), m.group(2), m.group(3)
 
 

@@ -1,7 +1,8 @@
 """The strategy leaderboard of a compare folder: every grid entry's accuracy, accuracy on the
 confusable classes, time per training step relative to plain InfoNCE, and the per-step diagnostics
 over training; then each strategy against its base (the same method without its tilt, filter, queue
-or weighting), "beyond the seed spread" by `hardneg.report.stats.versus`.
+or weighting: each preset's ``base`` in the preset registry), "beyond the seed spread" by
+`hardneg.report.stats.versus`.
 
 Everything is read from the runs' own files: ``summary.json`` (accuracies, per-class accuracies,
 ``train_seconds`` and ``timed_steps``) and the ``neg_*`` step records of ``metrics.jsonl``.
@@ -16,31 +17,8 @@ from typing import Any
 
 import numpy as np
 
+from hardneg.negatives.registry import PRESETS
 from hardneg.report.stats import format_mean_std, versus
-
-#: the base of each preset: the same method without what the preset adds (its tilt, filter, source
-#: or weighting); None for the reference. The leaderboard compares each entry with its base's entry.
-BASES: dict[str, str | None] = {
-    "ucl": None,
-    "scl": "ucl",  # + label filter
-    "supcon": "scl",  # the same labels, used as positives instead of only removed from the negatives
-    "hucl": "ucl",  # + tilt
-    "dcl": "ucl",  # + debiasing
-    "hscl": "scl",  # + tilt
-    "decoupled": "ucl",  # − the positive in the denominator
-    "topk": "ucl",
-    "semihard": "ucl",
-    "distance_weighted": "ucl",
-    "moco_queue": "ucl",  # + momentum-key queue
-    "mochi": "moco_queue",  # + synthetic hard mixes
-    "adco": "moco_queue",  # a learned bank instead of the queue
-    "generator": "ucl",
-    "pool": "ucl",
-    "cluster_guided": "ucl",
-    "calibrated": "ucl",
-    "filtered": "ucl",
-    "gist": "ucl",
-}
 
 #: presets that need data a Fashion-MNIST run cannot supply from its own config, and why
 NOT_ON_LEADERBOARD: dict[str, str] = {
@@ -63,9 +41,10 @@ def preset_of(row: dict[str, Any]) -> str | None:
     return row.get("loss")
 
 
-def _mean(v: list[float]) -> float:
-    v = [x for x in v if x is not None and x == x]
-    return float(np.mean(v)) if v else math.nan
+def _mean(v: list[float | None]) -> float:
+    """The mean of the measured values (None and NaN are not measured); NaN when there is none."""
+    known = [x for x in v if x is not None and x == x]
+    return float(np.mean(known)) if known else math.nan
 
 
 @dataclass
@@ -191,11 +170,12 @@ def leaderboard_table(stats: list[RunStats], *, confusable: list[int] | None) ->
 
 
 def base_label(label: str, preset: str | None, labels: set[str], overrides: dict[str, str]) -> str | None:
-    """The grid label of an entry's base: ``report.bases`` first, else the `BASES` preset when
-    the grid has an entry of that name; None when there is none."""
+    """The grid label of an entry's base: ``report.bases`` first, else its preset's ``base`` (the
+    preset registry, `hardneg.negatives.registry.Preset`) when the grid has an entry of that name;
+    None when there is none."""
     if label in overrides:
         return overrides[label]
-    b = BASES.get(preset) if preset is not None else None
+    b = PRESETS[preset].base if preset in PRESETS else None
     return b if b is not None and b in labels and b != label else None
 
 

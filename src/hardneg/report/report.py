@@ -84,7 +84,7 @@ def versus_text(v: Versus) -> str:
 
 
 def spread(rows: list[dict[str, Any]]) -> str:
-    sds = {m: [] for m in ("knn_acc", "linear_acc")}
+    sds: dict[str, list[float]] = {m: [] for m in ("knn_acc", "linear_acc")}
     for rs in group_rows(rows).values():
         for m in sds:
             v = [r[m] for r in rs if m in r]
@@ -187,7 +187,9 @@ def _series_of(sel: list[dict[str, Any]], recs: dict[str, list[dict[str, Any]]])
 
 def _curve_figures(plots: Any, series: Series, out: Path, knn_k: int, first_seed: int) -> list[tuple[str, Path]]:
     """Loss, kNN accuracy, negative diagnostics, alignment and uniformity over training (first seed)."""
-    specs = [
+    # (figure name, metric, the sub-record of the epoch record holding it (None: the record itself), file,
+    # y label, title)
+    specs: list[tuple[str, str, str | None, str, str, str]] = [
         ("Training loss per epoch", "train_loss", None, "loss_curves.png", "mean training loss",
          f"training loss (seed {first_seed})"),
         ("kNN accuracy over training", "knn_acc", None, "knn_curves.png", "kNN accuracy", f"weighted kNN (k={knn_k})"),

@@ -9,7 +9,7 @@ from __future__ import annotations
 import copy
 import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar, overload
 
 from hardneg._optional import missing
 
@@ -315,7 +315,7 @@ class ReportConfig(_Strict):
     bounds_run: str | None = None
     #: the strategy leaderboard: per-group accuracy, accuracy on ``confusable_classes``, time per step
     #: relative to the reference (UCL) run of the same seed, diagnostics over training, and each
-    #: strategy against its base (hardneg.report.leaderboard.BASES, or ``bases``)
+    #: strategy against its base (each preset's ``base`` in hardneg.negatives.registry, or ``bases``)
     leaderboard: bool = False
     #: grid label -> the label of its base, for entries whose preset alone does not say it
     bases: dict[str, str] = Field(default_factory=dict)
@@ -405,6 +405,16 @@ def _format_error(e: ValidationError, source: str) -> str:
     return f"invalid config {source}: " + "; ".join(parts)
 
 
+#: a config class: `RunConfig` or one built on it (`CompareConfig`); the loaders return an instance of it
+_C = TypeVar("_C", bound=RunConfig)
+
+
+@overload
+def validate_config(raw: dict[str, Any], cls: type[_C], source: str = "<dict>") -> _C: ...
+@overload
+def validate_config(raw: dict[str, Any], *, source: str = "<dict>") -> RunConfig: ...
+
+
 def validate_config(
     raw: dict[str, Any], cls: type[RunConfig] = RunConfig, source: str = "<dict>"
 ) -> RunConfig:
@@ -434,6 +444,14 @@ def load_raw(path: str | os.PathLike[str]) -> dict[str, Any]:
         raise ValueError(f"config file {p} is not UTF-8 text (byte {e.start}: {e.reason})") from None
     check_renamed_options(raw, str(p))
     return raw if raw is not None else {}
+
+
+@overload
+def load_config(path: str | os.PathLike[str], overrides: list[str] | None, cls: type[_C]) -> _C: ...
+@overload
+def load_config(path: str | os.PathLike[str], overrides: list[str] | None = None, *, cls: type[_C]) -> _C: ...
+@overload
+def load_config(path: str | os.PathLike[str], overrides: list[str] | None = None) -> RunConfig: ...
 
 
 def load_config(

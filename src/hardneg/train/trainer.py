@@ -45,9 +45,9 @@ from hardneg.data.base import LabeledImageDataset, dataset_to_tensors, load_name
 from hardneg.data.loader import EpochBatches, Plain, TwoViews, image_of, loader
 from hardneg.eval.align_uniform import alignment, uniformity
 from hardneg.eval.bounds import bound_terms, summarize_bounds
-from hardneg.eval.diagnostics import two_view_diagnostics
 from hardneg.eval.knn import knn_predict
 from hardneg.eval.linear_probe import linear_probe, per_class_and_confusion
+from hardneg.eval.two_view_diagnostics import two_view_diagnostics
 from hardneg.io import WriterLock, atomic_torch_save, atomic_write_text
 from hardneg.models.encoders import ContrastiveModel, build_model_from_config
 from hardneg.negatives.queue import MomentumEncoder, needs_key_encoder

@@ -1,5 +1,7 @@
-r"""Negative diagnostics of a batch of two-view embeddings: how hard and how "false" the in-batch
-negatives are under the tilt π ∝ e^{βs/t} (HCL / H-SCL; β = 0 is uniform).
+r"""Negative diagnostics of an evaluation batch of two-view embeddings (the trainer's per-epoch
+``diag.*`` metrics): how hard and how "false" the in-batch negatives are under the tilt
+π ∝ e^{βs/t} (HCL / H-SCL; β = 0 is uniform). `hardneg.eval.diagnose` is the `hardneg diagnose`
+command's measurement and advice for a user's strategy; both read `hardneg.negatives.diagnostics`.
 
 For every anchor i of the 2B views, the candidates are all other views except i's own positive (the
 SimCLR in-batch set). The statistics are those of the strategies'
@@ -26,8 +28,10 @@ def two_view_diagnostics(
     """The diagnostics above for views ``z1``, ``z2`` (B×d, any norm) with ``labels`` (B,)."""
     if z1.shape != z2.shape or z1.ndim != 2:
         raise ValueError(f"z1 and z2 must both be (B, d), got {tuple(z1.shape)} and {tuple(z2.shape)}")
-    labels = check_tags("labels", labels, z1.shape[0], z1.device)
+    checked = check_tags("labels", labels, z1.shape[0], z1.device)
+    if checked is None:
+        raise ValueError("two_view_diagnostics needs labels, a (B,) integer tensor")
     z = torch.cat([z1, z2])
     pos, self_idx = two_view_index(z1.shape[0], z.device)
-    y = repeat_two_views(labels)
+    y = repeat_two_views(checked)
     return negative_diagnostics(z, z, t=t, beta=beta, pos_index=pos, self_index=self_idx, q_labels=y, k_labels=y)
