@@ -28,7 +28,7 @@ _EXPORTS: dict[str, str] = {
 }
 #: every public subpackage and module, loaded on first attribute access (listed here rather than found
 #: on disk so that ``import hardneg`` reads no directory; a test checks the list against the package)
-_SUBMODULES = ("arrays", "bench", "cli", "cores", "data", "dense", "distributed", "eval", "experiments",
+_SUBMODULES = ("arrays", "bench", "cli", "cores", "data", "dense", "distributed", "eval",
                "importpath", "index", "integrations", "io", "losses", "mining", "models", "negatives",
                "report", "runs", "seed", "train")
 
@@ -52,7 +52,6 @@ if _typing.TYPE_CHECKING:  # for type checkers and IDEs; at run time the names l
     from hardneg import dense as dense
     from hardneg import distributed as distributed
     from hardneg import eval as eval
-    from hardneg import experiments as experiments
     from hardneg import importpath as importpath
     from hardneg import index as index
     from hardneg import integrations as integrations
