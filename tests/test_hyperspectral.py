@@ -254,6 +254,10 @@ def test_mixing_option_errors_exit_2(capsys):
         main(["dense-compare", "hyperspectral", "--mixing", "linear,curved"])
     err = capsys.readouterr().err.strip().splitlines()
     assert e.value.code == 2 and len(err) == 1 and "--mixing" in err[0] and "curved" in err[0]
+    with pytest.raises(SystemExit) as e:
+        main(["dense-compare", "hyperspectral", "--hs-batch", "0"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert e.value.code == 2 and len(err) == 1 and "--hs-batch" in err[0]
 
 
 def test_run_scene_reports_every_detector_and_the_hybrids():

@@ -44,6 +44,8 @@ def dense_compare_cmd(
     mixing: Annotated[str, typer.Option("--mixing", help="Comma-separated mixing models of the synthetic scenes: "
                                         "linear, variability.")] = "linear,variability",
     hs_steps: Annotated[int, typer.Option("--hs-steps", help="Training steps of the spectral encoder.")] = 400,
+    hs_batch: Annotated[int, typer.Option("--hs-batch", help="Scene pixels per step of the spectral encoder "
+                                          "(as many synthetic targets join them).")] = 256,
     inst_steps: Annotated[int, typer.Option("--inst-steps", help="Training steps of the pixel encoder.")] = 300,
     data_dir: Annotated[
         Path | None, typer.Option("--data-dir", help="Folder with a real scene (NAME.mat, or NAME.hdr + NAME.raw).")
@@ -71,7 +73,8 @@ def dense_compare_cmd(
         raise ValueError("--data-dir and --scene go together (a real scene NAME in that folder)")
     if scene is not None:
         check_path_name(scene, "--scene")
-    for name, v in (("--hs-steps", hs_steps), ("--inst-steps", inst_steps), ("--threads", threads)):
+    for name, v in (("--hs-steps", hs_steps), ("--hs-batch", hs_batch), ("--inst-steps", inst_steps),
+                    ("--threads", threads)):
         if v < 1:
             raise ValueError(f"{name} must be a positive int, got {v}")
     seed_list = _seeds(seeds)
@@ -95,9 +98,9 @@ def dense_compare_cmd(
             raise ValueError(str(e)) from None
     results_dir.mkdir(parents=True, exist_ok=True)
     command = (f"python -m reproduce dense-compare {task} --seeds {seeds} --abundances {abundances} "
-               f"--mixing {mixing} --hs-steps {hs_steps} --inst-steps {inst_steps}")
+               f"--mixing {mixing} --hs-steps {hs_steps} --hs-batch {hs_batch} --inst-steps {inst_steps}")
     if task in ("hyperspectral", "all"):
-        cfg = hs.HSConfig(steps=hs_steps)
+        cfg = hs.HSConfig(steps=hs_steps, batch=hs_batch)
         start = time.monotonic()
         rows = hs.run(abund, seed_list, cfg, scene=real, mixing=models)
         dense_report.save_rows(results_dir / dense_report.HS_JSON, rows,
