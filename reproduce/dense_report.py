@@ -6,45 +6,52 @@ import json
 from collections import defaultdict
 from pathlib import Path
 
-import numpy as np
-
 from hardneg.io import atomic_write_text
+from hardneg.report.stats import format_mean_std, mean_std
 
 HS_JSON = "dense_hyperspectral.json"
 INST_JSON = "dense_instances.json"
 
 
 def _ms(v: list[float]) -> str:
-    return f"{np.mean(v):.3f} ± {np.std(v):.3f}" if len(v) > 1 else f"{v[0]:.3f}"
+    return format_mean_std(v, fmt=".3f")
+
+
+#: the page's metrics: row key, label, whether higher is better
+METRICS = (("auc", "ROC-AUC", True), ("far90", "FAR@90", False))
 
 
 def hyperspectral_table(rows: list[dict]) -> str:
-    """Mean ± std over seeds of ROC-AUC and FAR at 90 % detection, per abundance and method; the
-    best mean per abundance in bold (highest AUC, lowest FAR)."""
-    by: dict[tuple, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
+    """One table per (scene, mixing model): a line per abundance and metric (ROC-AUC, FAR at 90 %
+    detection), mean ± sample std over seeds per method; the best mean of a line in bold (highest
+    AUC, lowest FAR)."""
+    by: dict[tuple, dict[str, dict[str, list[float]]]] = defaultdict(lambda: defaultdict(lambda: defaultdict(list)))
     methods: list[str] = []
     for r in rows:
-        key = (r.get("scene", "synthetic"), r["abundance"])
-        by[key]["auc " + r["method"]].append(r["auc"])
-        by[key]["far " + r["method"]].append(r["far90"])
+        key = (r.get("scene", "synthetic"), r.get("mixing", "linear"), r["abundance"])
+        for k, _, _ in METRICS:
+            by[key][k][r["method"]].append(r[k])
         if r["method"] not in methods:
             methods.append(r["method"])
-    lines = ["| scene | abundance | seeds | " + " | ".join(f"AUC {m}" for m in methods) + " | "
-             + " | ".join(f"FAR@90 {m}" for m in methods) + " |",
-             "| --- | --- | --- |" + " --- |" * (2 * len(methods))]
-    for (scene, a), d in sorted(by.items(), key=lambda kv: (kv[0][0], kv[0][1])):
-        auc = {m: np.mean(d["auc " + m]) for m in methods}
-        far = {m: np.mean(d["far " + m]) for m in methods}
-        best_auc, best_far = max(auc.values()), min(far.values())
-        cells = [f"**{_ms(d['auc ' + m])}**" if auc[m] == best_auc else _ms(d["auc " + m]) for m in methods]
-        cells += [f"**{_ms(d['far ' + m])}**" if far[m] == best_far else _ms(d["far " + m]) for m in methods]
-        n = len(d["auc " + methods[0]])
-        lines.append(f"| {scene} | {a:g} | {n} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+    out: list[str] = []
+    for group in sorted({k[:2] for k in by}):
+        out += [f"**{group[0]}, {group[1]} mixing**", "",
+                "| abundance | metric | seeds | " + " | ".join(methods) + " |",
+                "| --- | --- | --- |" + " --- |" * len(methods)]
+        for key in sorted(k for k in by if k[:2] == group):
+            for k, label, higher in METRICS:
+                d = by[key][k]
+                means = {m: mean_std(d[m])[0] for m in methods if d[m]}
+                best = (max if higher else min)(means.values())
+                cells = [("–" if m not in means else f"**{_ms(d[m])}**" if means[m] == best else _ms(d[m]))
+                         for m in methods]
+                out.append(f"| {key[2]:g} | {label} | {len(d[methods[0]])} | " + " | ".join(cells) + " |")
+        out.append("")
+    return "\n".join(out).rstrip("\n")
 
 
 def instances_table(rows: list[dict]) -> str:
-    """Mean ± std over seeds of the adjusted Rand index per construction, and each seed's value."""
+    """Mean ± sample std over seeds of the adjusted Rand index per construction, and each seed's value."""
     by: dict[str, dict[int, float]] = defaultdict(dict)
     for r in rows:
         by[r["method"]][r["seed"]] = r["ari"]
@@ -81,14 +88,19 @@ def write_page(results_dir: Path, page: Path, settings: dict) -> Path:
         data = hs
         parts += ["## Hyperspectral target detection", "",
                   "ROC-AUC (higher is better) and false-alarm rate at 90 % detection (lower is better) on "
-                  "synthetic linear-mixing scenes (64×64 pixels, 50 bands, 5 endmembers, 40 sub-pixel targets, "
-                  "30 dB SNR), mean ± std over seeds; bold: best mean per row and metric.", "",
-                  f"Settings: `{json.dumps(data['settings'])}`", "", hyperspectral_table(data["rows"]), ""]
+                  "synthetic scenes (64×64 pixels, 50 bands, 5 endmembers, 40 sub-pixel targets, 30 dB SNR) "
+                  "of two mixing models: `linear` (linear mixing, Gaussian noise) and `variability` (per-pixel "
+                  "illumination and signature variability, bilinear mixing, regions; docs/dense.md lists the "
+                  "values), mean ± sample std (ddof = 1) over seeds; bold: best mean per line.", "",
+                  f"Settings: `{json.dumps(data['settings'])}`", ""]
+        if "wall_s" in data["settings"]:
+            parts += [f"Wall time of the run: {data['settings']['wall_s'] / 60:.0f} min.", ""]
+        parts += [hyperspectral_table(data["rows"]), ""]
     if inst is not None:
         data = inst
         parts += ["## Instance separation", "",
                   "Adjusted Rand index of k-means on per-pixel embeddings of held-out generated shape scenes "
-                  "(k = number of instances), mean over 64 test images; mean ± std over seeds.", "",
+                  "(k = number of instances), mean over 64 test images; mean ± sample std (ddof = 1) over seeds.", "",
                   f"Settings: `{json.dumps(data['settings'])}`", "", instances_table(data["rows"]), ""]
     parts += ["Command: `" + settings.get("command", "python -m reproduce dense-compare all") + "`", ""]
     atomic_write_text(page, "\n".join(parts))

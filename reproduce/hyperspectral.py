@@ -17,6 +17,15 @@ Negative constructions compared:
   pixel (`NeighbourhoodFilter`) and none whose raw spectrum is within the
   spectral angle ``min_angle`` of the anchor's (`InputSimilarityFilter`;
   ``min_angle`` is the 5th percentile of the scene's pairwise angles): likely the same material.
+
+Hybrid detectors: CEM and ACE applied to the learned per-pixel embedding of the ``fine`` encoder
+(the unit embeddings as pixels, the target prototype as the signature): ``hybrid-CEM`` and
+``hybrid-ACE``.
+
+Scene models (`MIXING`, the keyword arguments of `make_scene`): ``linear`` is the linear mixing
+model with Gaussian noise, under which CEM is the optimal linear detector; ``variability`` adds
+per-pixel illumination scaling, per-pixel endmember and target signature perturbations, bilinear
+(Fan) mixing terms and regions with their own dominant materials (docs/dense.md lists the values).
 """
 
 from __future__ import annotations
@@ -24,6 +33,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -36,6 +46,14 @@ from hardneg.negatives.pixels import InputSimilarityFilter, NeighbourhoodFilter,
 from hardneg.seed import seed_everything
 
 VARIANTS = ("uniform", "hard", "fine")
+#: the encoder whose embedding the hybrid detectors use
+HYBRID_VARIANT = "fine"
+#: scene models: keyword arguments of `make_scene` on top of ``abundance`` and ``seed``
+MIXING: dict[str, dict[str, Any]] = {
+    "linear": {},
+    "variability": {"scale_spread": 0.15, "endmember_variability": 0.1, "target_variability": 0.1,
+                    "variability_bands": 4.0, "bilinear": 1.0, "n_regions": 4, "region_contrast": 2.0},
+}
 
 
 @dataclass
@@ -114,6 +132,12 @@ def _synthetic_targets(x: Tensor, d: Tensor, lo: float, hi: float, g: torch.Gene
 
 def train_detector(scene: Scene, variant: str, cfg: HSConfig, seed: int) -> np.ndarray:
     """Train the encoder on ``scene`` with one negative construction; return the detection scores (H·W,)."""
+    return train_embedding(scene, variant, cfg, seed)[0]
+
+
+def train_embedding(scene: Scene, variant: str, cfg: HSConfig, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Train the encoder on ``scene`` with one negative construction; return the detection scores
+    (H·W,), the unit embeddings of the pixels (H·W, dim) and the target prototype (dim,)."""
     seed_everything(seed)
     g = torch.Generator().manual_seed(seed)
     X = torch.from_numpy(scene.pixels).float()
@@ -147,7 +171,7 @@ def train_detector(scene: Scene, variant: str, cfg: HSConfig, seed: int) -> np.n
         proto_src = X[torch.randint(0, X.shape[0], (2048,), generator=g)]
         proto = nn.functional.normalize(enc(prep(_synthetic_targets(proto_src, d, lo, hi, g))), dim=1).mean(0)
         z = nn.functional.normalize(enc(prep(X)), dim=1)
-        return (z @ nn.functional.normalize(proto, dim=0)).numpy()
+        return (z @ nn.functional.normalize(proto, dim=0)).numpy(), z.numpy(), proto.numpy()
 
 
 @dataclass
@@ -155,6 +179,7 @@ class DetectionRow:
     """One detector on one scene."""
 
     scene: str
+    mixing: str
     abundance: float
     seed: int
     method: str
@@ -163,28 +188,39 @@ class DetectionRow:
 
 
 def run_scene(abundance: float, seed: int, cfg: HSConfig, variants: tuple[str, ...] = VARIANTS,
-              scene: Scene | None = None) -> list[DetectionRow]:
-    """CEM, ACE and each contrastive variant on one scene (synthetic unless ``scene`` is given)."""
+              scene: Scene | None = None, mixing: str = "linear") -> list[DetectionRow]:
+    """CEM, ACE, each contrastive variant and the hybrids on one scene (synthetic with the keyword
+    arguments ``MIXING[mixing]`` unless ``scene`` is given; a real scene's mixing is "real")."""
     name = "synthetic"
     if scene is None:
-        scene = make_scene(abundance=abundance, seed=seed)
+        scene = make_scene(abundance=abundance, seed=seed, **MIXING[mixing])
     else:
-        name = scene.name
+        name, mixing = scene.name, "real"
     scores = {"CEM": cem(scene.cube, scene.target), "ACE": ace(scene.cube, scene.target)}
+    hybrid = {}
     for v in variants:
-        scores[f"contrastive-{v}"] = train_detector(scene, v, cfg, seed)
+        scores[f"contrastive-{v}"], z, proto = train_embedding(scene, v, cfg, seed)
+        if v == HYBRID_VARIANT:
+            hybrid = {"hybrid-CEM": cem(z, proto), "hybrid-ACE": ace(z, proto)}
+    scores.update(hybrid)
     t = scene.truth.ravel()
-    return [DetectionRow(name, abundance, seed, m, roc_auc(s, t), far_at_pd(s, t, 0.9)) for m, s in scores.items()]
+    return [DetectionRow(name, mixing, abundance, seed, m, roc_auc(s, t), far_at_pd(s, t, 0.9))
+            for m, s in scores.items()]
 
 
 def run(abundances: tuple[float, ...], seeds: tuple[int, ...], cfg: HSConfig,
-        variants: tuple[str, ...] = VARIANTS, scene: Scene | None = None) -> list[dict]:
-    """Every (abundance, seed) synthetic scene, or every seed on one real ``scene`` (its abundance
-    is unknown: NaN in the rows); rows as dicts."""
+        variants: tuple[str, ...] = VARIANTS, scene: Scene | None = None,
+        mixing: tuple[str, ...] = ("linear",)) -> list[dict]:
+    """Every (mixing model, abundance, seed) synthetic scene, or every seed on one real ``scene`` (its
+    abundance is unknown: NaN in the rows); rows as dicts."""
     if scene is not None:
         return [asdict(r) for s in seeds for r in run_scene(float("nan"), s, cfg, variants, scene)]
+    unknown = [m for m in mixing if m not in MIXING]
+    if unknown:
+        raise ValueError(f"--mixing must be among {tuple(MIXING)}, got {unknown}")
     rows = []
-    for a in abundances:
-        for s in seeds:
-            rows += [asdict(r) for r in run_scene(a, s, cfg, variants)]
+    for m in mixing:
+        for a in abundances:
+            for s in seeds:
+                rows += [asdict(r) for r in run_scene(a, s, cfg, variants, mixing=m)]
     return rows

@@ -82,8 +82,8 @@ def make_strategy(variant: str, cfg: InstanceConfig) -> Strategy:
 
 def mean_ari(emb: Tensor, inst: np.ndarray, seed: int = 0) -> float:
     """Mean over images of the ARI of k-means on the unit pixel embeddings (N, D, H, W)."""
-    from sklearn.cluster import KMeans
-    from sklearn.metrics import adjusted_rand_score
+    from sklearn.cluster import KMeans  # type: ignore[import-untyped]  # scikit-learn ships no type stubs
+    from sklearn.metrics import adjusted_rand_score  # type: ignore[import-untyped]  # scikit-learn ships no type stubs
 
     out = []
     for i in range(emb.shape[0]):
@@ -99,9 +99,9 @@ def train_and_score(variant: str, cfg: InstanceConfig, seed: int) -> float:
     """Train one construction on generated scenes; mean ARI on held-out scenes."""
     seed_everything(seed)
     g = torch.Generator().manual_seed(seed)
-    X, Y = make_shapes(cfg.n_train, cfg.size, seed=1000 + seed)
+    Xn, Yn = make_shapes(cfg.n_train, cfg.size, seed=1000 + seed)
     Xt, Yt = make_shapes(cfg.n_test, cfg.size, seed=2000 + seed)
-    X, Y = torch.from_numpy(X), torch.from_numpy(Y)
+    X, Y = torch.from_numpy(Xn), torch.from_numpy(Yn)
     enc = PixelEncoder(cfg.width, cfg.dim)
     loss_fn = DenseContrast(make_strategy(variant, cfg), anchors_per_image=cfg.anchors_per_image)
     opt = torch.optim.Adam(enc.parameters(), lr=cfg.lr)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import time
 from pathlib import Path
 from typing import Annotated
 
@@ -40,7 +41,11 @@ def dense_compare_cmd(
     abundances: Annotated[str, typer.Option("--abundances", help="Target abundances of the synthetic scenes.")] = (
         "0.02,0.05,0.1,0.2"
     ),
+    mixing: Annotated[str, typer.Option("--mixing", help="Comma-separated mixing models of the synthetic scenes: "
+                                        "linear, variability.")] = "linear,variability",
     hs_steps: Annotated[int, typer.Option("--hs-steps", help="Training steps of the spectral encoder.")] = 400,
+    hs_batch: Annotated[int, typer.Option("--hs-batch", help="Scene pixels per step of the spectral encoder "
+                                          "(as many synthetic targets join them).")] = 256,
     inst_steps: Annotated[int, typer.Option("--inst-steps", help="Training steps of the pixel encoder.")] = 300,
     data_dir: Annotated[
         Path | None, typer.Option("--data-dir", help="Folder with a real scene (NAME.mat, or NAME.hdr + NAME.raw).")
@@ -68,18 +73,23 @@ def dense_compare_cmd(
         raise ValueError("--data-dir and --scene go together (a real scene NAME in that folder)")
     if scene is not None:
         check_path_name(scene, "--scene")
-    for name, v in (("--hs-steps", hs_steps), ("--inst-steps", inst_steps), ("--threads", threads)):
+    for name, v in (("--hs-steps", hs_steps), ("--hs-batch", hs_batch), ("--inst-steps", inst_steps),
+                    ("--threads", threads)):
         if v < 1:
             raise ValueError(f"{name} must be a positive int, got {v}")
     seed_list = _seeds(seeds)
     abund = _floats(abundances, "--abundances")
+    models = tuple(m.strip() for m in mixing.split(","))
+    if not all(m in hs.MIXING for m in models):
+        raise ValueError(f"--mixing must be comma-separated among {', '.join(hs.MIXING)}, got {mixing!r}")
     check_writable(results_dir, "--out", folder=True)
     check_writable(page, "--docs")
     for rows_file in (dense_report.HS_JSON, dense_report.INST_JSON):  # the page reads both: refuse a bad one now
         dense_report.read_results(results_dir / rows_file)
     torch.set_num_threads(threads)
     real = None
-    if data_dir is not None and task in ("hyperspectral", "all"):  # read (and refuse) before writing anything
+    # a real scene is read (and refused) before anything is written
+    if data_dir is not None and scene is not None and task in ("hyperspectral", "all"):
         from hardneg.data.hyperspectral import load_scene
 
         try:
@@ -88,12 +98,15 @@ def dense_compare_cmd(
             raise ValueError(str(e)) from None
     results_dir.mkdir(parents=True, exist_ok=True)
     command = (f"python -m reproduce dense-compare {task} --seeds {seeds} --abundances {abundances} "
-               f"--hs-steps {hs_steps} --inst-steps {inst_steps}")
+               f"--mixing {mixing} --hs-steps {hs_steps} --hs-batch {hs_batch} --inst-steps {inst_steps}")
     if task in ("hyperspectral", "all"):
-        cfg = hs.HSConfig(steps=hs_steps)
-        rows = hs.run(abund, seed_list, cfg, scene=real)
+        cfg = hs.HSConfig(steps=hs_steps, batch=hs_batch)
+        start = time.monotonic()
+        rows = hs.run(abund, seed_list, cfg, scene=real, mixing=models)
         dense_report.save_rows(results_dir / dense_report.HS_JSON, rows,
-                               {"seeds": list(seed_list), **dataclasses.asdict(cfg)})
+                               {"seeds": list(seed_list), "mixing": {m: hs.MIXING[m] for m in models},
+                                **dataclasses.asdict(cfg), "threads": threads,
+                                "wall_s": round(time.monotonic() - start)})
         typer.echo(dense_report.hyperspectral_table(rows))
     if task in ("instances", "all"):
         icfg = ins.InstanceConfig(steps=inst_steps)

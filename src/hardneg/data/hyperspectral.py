@@ -1,11 +1,19 @@
 r"""Hyperspectral scenes for target detection: a generator of synthetic scenes and loaders of real ones.
 
-**Synthetic scenes** (`make_scene`): the linear mixing model. ``E`` smooth endmember spectra
-(sums of Gaussian absorption/reflection bumps on a baseline) are mixed by spatially smooth
+**Synthetic scenes** (`make_scene`): by default the linear mixing model. ``E`` smooth endmember
+spectra (sums of Gaussian absorption/reflection bumps on a baseline) are mixed by spatially smooth
 abundance maps (Gaussian random fields through a softmax, so abundances are ≥ 0 and sum to 1),
 scaled by a smooth illumination map, and Gaussian noise at a chosen SNR is added. Sub-pixel
 targets of a known signature ``d`` are planted at isolated pixels with abundance ``a``:
-``x = (1 − a) · x_background + a · d`` (before noise).
+``x = (1 − a) · x_background + a · d`` (before noise). Under this model CEM is the optimal linear
+detector, so it is the setting where a learned detector has nothing to gain.
+
+Spectral variability, each effect off at 0 and drawn from its own random stream (so the linear
+scene of a seed is the same draw for draw, and each effect can be switched alone): per-pixel
+illumination scaling (``scale_spread``), per-pixel endmember signatures (``endmember_variability``)
+and target signatures (``target_variability``) perturbed by smooth random per-band factors,
+bilinear mixing terms (``bilinear``, the Fan model at 1) and background regions with their own
+dominant materials (``n_regions``, ``region_contrast``). `make_scene` documents each formula.
 
 **Real scenes** (`load_scene`): a cube ``(H, W, L)`` and a ground-truth target map ``(H, W)``
 from ``--data-dir``: either an ENVI pair ``NAME.hdr`` + ``NAME.raw``/``.img``/``.dat`` (read with
@@ -36,7 +44,8 @@ _ENVI_DATA = (".raw", ".img", ".dat", "")
 class Scene:
     """A hyperspectral scene: ``cube`` (H, W, L) float32, ``truth`` (H, W) bool target map,
     ``target`` (L,) the target signature; synthetic scenes also keep ``target_abundance`` (H, W),
-    ``endmembers`` (E, L) and ``abundances`` (H, W, E)."""
+    ``endmembers`` (E, L), ``abundances`` (H, W, E), ``pixel_scale`` (H, W) the per-pixel
+    illumination factor and ``regions`` (H, W) the background region of each pixel."""
 
     cube: np.ndarray
     truth: np.ndarray
@@ -45,6 +54,8 @@ class Scene:
     target_abundance: np.ndarray | None = None
     endmembers: np.ndarray | None = None
     abundances: np.ndarray | None = None
+    pixel_scale: np.ndarray | None = None
+    regions: np.ndarray | None = None
 
     @property
     def pixels(self) -> np.ndarray:
@@ -71,11 +82,53 @@ def smooth_spectra(n: int, bands: int, rng: np.random.Generator, bumps: int = 4)
     return np.clip(out, 0.02, 0.98)
 
 
-def _smooth_field(shape: tuple[int, ...], sigma: float, rng: np.random.Generator) -> np.ndarray:
-    from scipy.ndimage import gaussian_filter
+def _smooth_field(shape: tuple[int, ...], sigma: float | tuple[float, ...], rng: np.random.Generator) -> np.ndarray:
+    from scipy.ndimage import gaussian_filter  # type: ignore[import-untyped]  # scipy ships no type stubs
 
     f = gaussian_filter(rng.normal(size=shape), sigma=sigma, mode="wrap")
     return f / (f.std() + 1e-12)
+
+
+#: seeds of the variability draws, one stream per effect: turning one effect on changes neither the
+#: linear scene's draws nor another effect's
+_STREAM = {"regions": 1, "endmembers": 2, "target": 3, "scale": 4}
+
+
+def _stream(seed: int, effect: str) -> np.random.Generator:
+    return np.random.default_rng([seed, _STREAM[effect]])
+
+
+def band_perturbation(shape: tuple[int, ...], bands_sigma: float, rng: np.random.Generator) -> np.ndarray:
+    """Smooth random per-band perturbations: white noise of ``shape`` (last axis: bands) smoothed along
+    the bands by a Gaussian of ``bands_sigma`` bands, scaled to unit standard deviation over the array."""
+    from scipy.ndimage import gaussian_filter1d  # type: ignore[import-untyped]  # scipy ships no type stubs
+
+    f = gaussian_filter1d(rng.normal(size=shape), sigma=bands_sigma, axis=-1, mode="nearest")
+    return f / (f.std() + 1e-12)
+
+
+def region_map(height: int, width: int, n_regions: int, rng: np.random.Generator) -> np.ndarray:
+    """(H, W) region index: the Voronoi cells of ``n_regions`` uniformly random centres."""
+    cy, cx = rng.uniform(0, height, n_regions), rng.uniform(0, width, n_regions)
+    yy, xx = np.mgrid[0:height, 0:width]
+    return np.argmin((yy[..., None] - cy) ** 2 + (xx[..., None] - cx) ** 2, axis=-1)
+
+
+def _place_targets(height: int, width: int, n_targets: int, abundance: float, rng: np.random.Generator) -> np.ndarray:
+    """Target abundance map: a random order of the grid, keeping points ≥ 3 pixels from those taken."""
+    taken = np.zeros((height, width), bool)
+    ta = np.zeros((height, width))
+    placed = 0
+    for p in rng.permutation(height * width):
+        y, x = divmod(int(p), width)
+        if taken[max(0, y - 2) : y + 3, max(0, x - 2) : x + 3].any():
+            continue
+        taken[y, x] = True
+        ta[y, x] = abundance
+        placed += 1
+        if placed == n_targets:
+            break
+    return ta
 
 
 def make_scene(
@@ -90,8 +143,17 @@ def make_scene(
     sharpness: float = 2.0,
     illumination: float = 0.1,
     seed: int = 0,
+    *,
+    scale_spread: float = 0.0,
+    endmember_variability: float = 0.0,
+    target_variability: float = 0.0,
+    variability_bands: float = 4.0,
+    bilinear: float = 0.0,
+    n_regions: int = 1,
+    region_contrast: float = 0.0,
 ) -> Scene:
-    """A synthetic scene (see the module docstring).
+    """A synthetic scene (see the module docstring). With every variability parameter at 0 (and
+    ``n_regions`` 1) it is the linear mixing model with Gaussian noise, draw for draw.
 
     Args:
         abundance: the target abundance ``a`` of every planted pixel (0 < a ≤ 1).
@@ -99,39 +161,82 @@ def make_scene(
         snr_db: signal-to-noise ratio of the additive Gaussian noise (mean signal power / noise power).
         smoothness: spatial scale (pixels) of the abundance and illumination maps.
         sharpness: larger values make each pixel dominated by fewer endmembers.
-        illumination: relative spread of the smooth brightness map (0: none).
+        illumination: relative spread of the smooth brightness map of the background (0: none).
+        scale_spread: per-pixel illumination scaling: every pixel (targets included) is multiplied by
+            ``s = exp(scale_spread · z)``, ``z ~ N(0, 1)`` independent per pixel, so the standard
+            deviation of ``log s`` is ``scale_spread`` (kept in ``Scene.pixel_scale``).
+        endmember_variability: each pixel has its own copy of each endmember,
+            ``e_i(p) = e_i ⊙ (1 + v · f_{p,i})`` with ``f`` `band_perturbation` (unit std, smooth
+            over ``variability_bands`` bands) and ``v`` this value: the relative per-band perturbation
+            has standard deviation ``v``.
+        target_variability: the same for the target: target pixel ``p`` holds ``d ⊙ (1 + v_t · f_p)``.
+        variability_bands: smoothness (Gaussian sigma, in bands) of the signature perturbations.
+        bilinear: weight ``γ`` of the bilinear mixing terms (Fan model at γ = 1): with the pixel's
+            materials ``m_i`` (endmembers, then the target) and abundances ``A_i``
+            (``(1 − a) · abundances`` and ``a``), ``x = Σ A_i m_i + γ Σ_{i<j} A_i A_j m_i ⊙ m_j``.
+        n_regions: the scene is cut into this many Voronoi regions (``Scene.regions``) ...
+        region_contrast: ... and region ``r`` adds ``b_r ~ N(0, region_contrast² I)`` to the abundance
+            logits of its pixels: each region has its own dominant materials.
     """
     if not 0.0 < abundance <= 1.0:
         raise ValueError(f"abundance must lie in (0, 1], got {abundance!r}")
     if n_targets < 1 or n_targets > height * width // 9:
         raise ValueError(f"n_targets must lie in [1, {height * width // 9}] for a {height}×{width} scene")
+    for name, v in (("scale_spread", scale_spread), ("endmember_variability", endmember_variability),
+                    ("target_variability", target_variability), ("bilinear", bilinear),
+                    ("region_contrast", region_contrast)):
+        if not v >= 0.0:
+            raise ValueError(f"{name} must be ≥ 0, got {v!r}")
+    if n_regions < 1 or variability_bands <= 0:
+        raise ValueError(f"n_regions must be ≥ 1 and variability_bands > 0, got {n_regions!r}, {variability_bands!r}")
     rng = np.random.default_rng(seed)
     spectra = smooth_spectra(n_endmembers + 1, bands, rng)
     endmembers, target = spectra[:n_endmembers], spectra[n_endmembers]
     logits = sharpness * _smooth_field((height, width, n_endmembers), (smoothness, smoothness, 0), rng)
+    regions = np.zeros((height, width), np.int64)
+    if n_regions > 1:
+        r_rng = _stream(seed, "regions")
+        regions = region_map(height, width, n_regions, r_rng)
+        logits = logits + region_contrast * r_rng.normal(size=(n_regions, n_endmembers))[regions]
     ab = np.exp(logits - logits.max(-1, keepdims=True))
     ab /= ab.sum(-1, keepdims=True)
-    cube = ab @ endmembers
+    if endmember_variability > 0:
+        pert = band_perturbation((height, width, n_endmembers, bands), variability_bands, _stream(seed, "endmembers"))
+        materials = endmembers * (1.0 + endmember_variability * pert)  # (H, W, E, L)
+        cube = np.einsum("hwe,hwel->hwl", ab, materials)
+    else:
+        materials = np.broadcast_to(endmembers, (height, width, n_endmembers, bands))
+        cube = ab @ endmembers
     if illumination > 0:
         cube *= (1.0 + illumination * _smooth_field((height, width), smoothness, rng))[..., None].clip(0.5, 1.5)
-    # isolated target pixels: a random order of the grid, keeping points ≥ 3 pixels from those taken
-    taken = np.zeros((height, width), bool)
-    ta = np.zeros((height, width))
-    placed = 0
-    for p in rng.permutation(height * width):
-        y, x = divmod(int(p), width)
-        if taken[max(0, y - 2) : y + 3, max(0, x - 2) : x + 3].any():
-            continue
-        taken[y, x] = True
-        ta[y, x] = abundance
-        placed += 1
-        if placed == n_targets:
-            break
-    cube = (1.0 - ta[..., None]) * cube + ta[..., None] * target
+    ta = _place_targets(height, width, n_targets, abundance, rng)
+    tsig = np.broadcast_to(target, (height, width, bands)).copy()
+    if target_variability > 0:
+        t = ta > 0
+        tsig[t] = target * (1.0 + target_variability * band_perturbation((int(t.sum()), bands), variability_bands,
+                                                                         _stream(seed, "target")))
+    cube = (1.0 - ta[..., None]) * cube + ta[..., None] * tsig
+    if bilinear > 0:
+        cube = cube + bilinear * _bilinear_terms(ab, ta, materials, tsig)
+    scale = np.ones((height, width))
+    if scale_spread > 0:
+        scale = np.exp(scale_spread * _stream(seed, "scale").normal(size=(height, width)))
+        cube = cube * scale[..., None]
     sigma = np.sqrt((cube**2).mean() / 10 ** (snr_db / 10))
     cube = cube + rng.normal(scale=sigma, size=cube.shape)
     return Scene(cube.astype(np.float32), ta > 0, target.astype(np.float32), f"synthetic_a{abundance:g}",
-                 ta.astype(np.float32), endmembers.astype(np.float32), ab.astype(np.float32))
+                 ta.astype(np.float32), endmembers.astype(np.float32), ab.astype(np.float32),
+                 scale.astype(np.float32), regions)
+
+
+def _bilinear_terms(ab: np.ndarray, ta: np.ndarray, materials: np.ndarray, tsig: np.ndarray) -> np.ndarray:
+    """``Σ_{i<j} A_i A_j m_i ⊙ m_j`` over the endmembers and the target, per pixel, as
+    ``½ ((Σ A_i m_i)² − Σ A_i² m_i²)`` (the square of a sum less its diagonal)."""
+    A = np.concatenate([(1.0 - ta)[..., None] * ab, ta[..., None]], axis=-1)  # (H, W, E + 1)
+    M = np.concatenate([materials, tsig[..., None, :]], axis=-2)  # (H, W, E + 1, L)
+    lin = np.einsum("hwe,hwel->hwl", A, M)
+    diag = np.einsum("hwe,hwel->hwl", A**2, M**2)
+    return 0.5 * (lin**2 - diag)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -75,7 +75,7 @@ def sample_anchors(
         if k is not None and cand.numel() > k:
             n_hard = round(hard_fraction * k) if sampling == "hard" else 0
             pick = cand.new_empty(0)
-            if n_hard:
+            if n_hard and hardness is not None:  # None was refused above
                 h = hardness[b].flatten()[cand]
                 top = torch.topk(h, n_hard).indices
                 pick = cand[top]
@@ -196,7 +196,7 @@ class DenseContrast(nn.Module):
         b, y, x = sample_anchors(eligible, self.anchors_per_image, self.sampling, hardness, self.hard_fraction,
                                  generator)
         z1 = f1[b, :, y, x]
-        z2 = None if f2 is None else f2[b, :, corr[b, y, x, 0], corr[b, y, x, 1]]
+        z2 = None if f2 is None or corr is None else f2[b, :, corr[b, y, x, 0], corr[b, y, x, 1]]
         lab = None if labels is None else labels[b, y, x]
         grid = PixelGrid(H, W)  # the one grid of this call: it encodes the ids, the components decode with it
         ids = grid.encode(image_ids.to(dev).long()[b], y, x)
@@ -210,7 +210,7 @@ class DenseContrast(nn.Module):
     ) -> Tensor:
         """1 − cosine to the positive view, or to the mean embedding of the pixel's label in the batch."""
         z = F.normalize(f1.detach().permute(0, 2, 3, 1), dim=-1)  # (B, H, W, C)
-        if f2 is not None:
+        if f2 is not None and corr is not None:  # a second view always comes with its correspondence
             B = z.shape[0]
             b = torch.arange(B, device=z.device)[:, None, None]
             c = corr.clamp(min=0)

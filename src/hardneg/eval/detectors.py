@@ -15,7 +15,7 @@ background pixels scoring at least the threshold that detects ``pd`` of the targ
 from __future__ import annotations
 
 import numpy as np
-from sklearn.metrics import roc_auc_score
+from sklearn.metrics import roc_auc_score  # type: ignore[import-untyped]  # scikit-learn ships no type stubs
 
 
 def _pixels(X: np.ndarray, d: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
