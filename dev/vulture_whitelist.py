@@ -94,3 +94,4 @@ standalone_mode  # unused variable (src/hardneg/cli/app.py:160): the click signa
 CrossModalQueue  # unused class (src/hardneg/negatives/cross_modal.py:75): built by kind, cross_modal_queue
 CrossModalClusters  # unused class (src/hardneg/negatives/cross_modal.py:105): built by kind, cross_modal_cluster
 pixel_scale  # unused variable (src/hardneg/data/hyperspectral.py: a field of Scene, read by callers)
+auc  # unused variable (reproduce/hyperspectral.py: a field of DetectionRow, read by the page)

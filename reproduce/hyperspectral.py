@@ -130,11 +130,6 @@ def _synthetic_targets(x: Tensor, d: Tensor, lo: float, hi: float, g: torch.Gene
     return (1.0 - a) * x + a * d
 
 
-def train_detector(scene: Scene, variant: str, cfg: HSConfig, seed: int) -> np.ndarray:
-    """Train the encoder on ``scene`` with one negative construction; return the detection scores (H·W,)."""
-    return train_embedding(scene, variant, cfg, seed)[0]
-
-
 def train_embedding(scene: Scene, variant: str, cfg: HSConfig, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Train the encoder on ``scene`` with one negative construction; return the detection scores
     (H·W,), the unit embeddings of the pixels (H·W, dim) and the target prototype (dim,)."""

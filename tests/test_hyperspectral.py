@@ -133,13 +133,15 @@ def test_shapes_scene_instances_match_colours():
 
 
 def test_experiment_smoke_scores_every_pixel():
-    from reproduce.hyperspectral import HSConfig, train_detector
+    from reproduce.hyperspectral import HSConfig, train_embedding
 
     sc = make_scene(height=16, width=16, bands=10, n_targets=5, seed=0)
     torch.manual_seed(0)
     for variant in ("uniform", "fine"):
-        s = train_detector(sc, variant, HSConfig(steps=2, batch=16), 0)
+        s, z, proto = train_embedding(sc, variant, HSConfig(steps=2, batch=16), 0)
         assert s.shape == (256,) and np.isfinite(s).all()
+        # the score is the cosine of each pixel's unit embedding with the unit prototype
+        np.testing.assert_allclose(s, z @ (proto / np.linalg.norm(proto)), rtol=1e-5, atol=1e-6)
 
 
 def test_input_transform_whitens_or_standardises():
