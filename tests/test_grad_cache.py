@@ -36,7 +36,7 @@ def _trainer(tmp_path, name, objective, chunk):
 def _step_grads(tr):
     idx = torch.arange(64)
     torch.manual_seed(11)  # dropout's draws
-    lv, *_ = tr._forward_backward(*tr._batch(idx))
+    lv, *_ = tr.train_step.forward_backward(*tr.data.batch(idx), step=0)
     return lv, {n: p.grad.clone() for n, p in tr.model.named_parameters()}
 
 
@@ -56,12 +56,12 @@ def test_cached_step_gradients_equal_the_plain_step(tmp_path, objective):
 
 def test_dropout_without_replay_would_differ(tmp_path, monkeypatch):
     """The check can fail: a cached step whose re-embedding drew new dropout masks gives other gradients."""
-    import hardneg.train.trainer as T
+    import hardneg.train.step as S
 
     objective = {"loss": {"name": "ucl", "params": {"t": 0.5}}}
     _, g_ref = _step_grads(_trainer(tmp_path, "plain", objective, None))
     tr = _trainer(tmp_path, "cached", objective, 24)
-    monkeypatch.setattr(T, "_set_rng_state", lambda state: None)  # re-embed without replaying
+    monkeypatch.setattr(S, "set_rng_state", lambda state: None)  # re-embed without replaying
     _, g = _step_grads(tr)
     assert not torch.allclose(g["1.weight"], g_ref["1.weight"], atol=1e-4)
 
