@@ -177,7 +177,7 @@ def gradcache_one(batch: int, chunk: int | None, steps: int) -> dict:
         cuda = torch.cuda.is_available()
         if cuda:
             tr.model.cuda()
-            tr.X = tr.X.cuda()
+            tr.data.X = tr.data.X.cuda()
             torch.cuda.reset_peak_memory_stats()
         before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         idx = torch.arange(batch)
@@ -185,7 +185,7 @@ def gradcache_one(batch: int, chunk: int | None, steps: int) -> dict:
         for _ in range(steps):
             _sync()
             t0 = time.perf_counter()
-            tr._forward_backward(*tr._batch(idx))
+            tr.train_step.forward_backward(*tr.data.batch(idx), step=0)
             _sync()
             times.append(time.perf_counter() - t0)
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

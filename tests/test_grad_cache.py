@@ -36,7 +36,7 @@ def _trainer(tmp_path, name, objective, chunk):
 def _step_grads(tr):
     idx = torch.arange(64)
     torch.manual_seed(11)  # dropout's draws
-    lv, *_ = tr._forward_backward(*tr._batch(idx))
+    lv, *_ = tr.train_step.forward_backward(*tr.data.batch(idx), step=0)
     return lv, {n: p.grad.clone() for n, p in tr.model.named_parameters()}
 
 
@@ -56,12 +56,12 @@ def test_cached_step_gradients_equal_the_plain_step(tmp_path, objective):
 
 def test_dropout_without_replay_would_differ(tmp_path, monkeypatch):
     """The check can fail: a cached step whose re-embedding drew new dropout masks gives other gradients."""
-    import hardneg.train.trainer as T
+    import hardneg.train.step as S
 
     objective = {"loss": {"name": "ucl", "params": {"t": 0.5}}}
     _, g_ref = _step_grads(_trainer(tmp_path, "plain", objective, None))
     tr = _trainer(tmp_path, "cached", objective, 24)
-    monkeypatch.setattr(T, "_set_rng_state", lambda state: None)  # re-embed without replaying
+    monkeypatch.setattr(S, "set_rng_state", lambda state: None)  # re-embed without replaying
     _, g = _step_grads(tr)
     assert not torch.allclose(g["1.weight"], g_ref["1.weight"], atol=1e-4)
 
@@ -78,3 +78,24 @@ def test_grad_cache_run_finishes_like_the_plain_run(tmp_path):
 
     assert len(losses("plain")) == 4
     assert losses("cached") == pytest.approx(losses("plain"), rel=1e-5)
+
+
+def test_a_loss_without_the_embeddings_gives_the_model_no_gradient_in_either_step(tmp_path):
+    """A loss that does not use the embeddings (here a constant leaf) leaves every model gradient empty,
+    in the cached step as in the plain one: there is nothing to back-propagate into the chunks."""
+
+    def constant(z1, z2, y):
+        return torch.zeros((), requires_grad=True)
+
+    for chunk in (None, 24):
+        raw = json.loads(json.dumps(BASE))
+        raw["loss"] = {"name": "ucl", "params": {"t": 0.5}}
+        if chunk is not None:
+            raw["train"]["grad_cache"] = {"chunk": chunk}
+        tr = Trainer(validate_config(raw), tmp_path / f"chunk{chunk}", model=_model(), loss_fn=constant)
+        try:
+            lv, z1, _ = tr.train_step.forward_backward(*tr.data.batch(torch.arange(64)), step=0)
+        finally:
+            tr.close()
+        assert lv == 0.0 and z1.shape == (64, 16)
+        assert all(p.grad is None for p in tr.model.parameters()), chunk

@@ -127,5 +127,6 @@ def test_untilted_strategy_is_bound_checked_at_beta_one_like_the_named_loss(tmp_
     strat = trainer("b", loss=None, strategy={"name": "scl"})
     tilted = trainer("c", loss=None, strategy={"name": "hscl", "beta": 2.0})
     forced = trainer("d", loss=None, strategy={"name": "scl"}, bounds={"enabled": True, "beta": 0.0})
-    assert (named.check_beta, strat.check_beta, tilted.check_beta, forced.check_beta) == (1.0, 1.0, 2.0, 0.0)
-    assert strat.bounds_beta == 0.0 and strat.bounds_t == named.bounds_t == 0.5
+    ev = [t.evaluator for t in (named, strat, tilted, forced)]
+    assert tuple(e.check_beta for e in ev) == (1.0, 1.0, 2.0, 0.0)
+    assert ev[1].beta == 0.0 and ev[1].t == ev[0].t == 0.5

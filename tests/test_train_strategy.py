@@ -74,7 +74,7 @@ def test_key_encoder_is_the_ema_of_the_model_and_encodes_the_queued_keys(tmp_pat
     # ids are the dataset indices of the batch: one epoch visits every sample once, labels agree
     ids = torch.cat([c["ids"] for c in calls])
     assert sorted(ids.tolist()) == list(range(4 * B))
-    assert all(torch.equal(t.y[c["ids"]], c["labels"]) for c in calls)
+    assert all(torch.equal(t.data.y[c["ids"]], c["labels"]) for c in calls)
     # the queue holds the key encoder's outputs (unit rows) of the last two batches, with their ids
     q = t.strategy.sources[0]
     keys, _, qids = q.contents()

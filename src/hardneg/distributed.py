@@ -30,7 +30,7 @@ import signal
 import time
 import warnings
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, overload
 
 import torch
 import torch.distributed as dist
@@ -40,6 +40,7 @@ from hardneg.losses.candidates import two_view_index
 
 if TYPE_CHECKING:
     from hardneg.negatives.pixels import PixelGrid
+    from hardneg.negatives.strategy import Strategy
 
 __all__ = [
     "STOP_KEY",
@@ -102,6 +103,10 @@ def _check_same_rows(x: Tensor, what: str) -> None:
         )
 
 
+@overload
+def gather(x: Tensor, what: str = ...) -> Tensor: ...
+@overload
+def gather(x: None, what: str = ...) -> None: ...
 def gather(x: Tensor | None, what: str = "embeddings") -> Tensor | None:
     """Rows of ``x`` of every process in rank order, **with gradient**: the backward sums every
     process's gradient for this process's rows. None stays None; the identity on one process."""
@@ -111,6 +116,10 @@ def gather(x: Tensor | None, what: str = "embeddings") -> Tensor | None:
     return torch.cat(_with_grad("all_gather", x))
 
 
+@overload
+def gather_without_grad(x: Tensor, what: str = ...) -> Tensor: ...
+@overload
+def gather_without_grad(x: None, what: str = ...) -> None: ...
 def gather_without_grad(x: Tensor | None, what: str = "embeddings") -> Tensor | None:
     """Rows of ``x`` of every process in rank order, this process's own rows keeping their gradient
     and the others' arriving without one (open_clip's gather when ``gather_with_grad=False``): each
@@ -124,6 +133,10 @@ def gather_without_grad(x: Tensor | None, what: str = "embeddings") -> Tensor | 
     return torch.cat(out)
 
 
+@overload
+def gather_tags(x: Tensor) -> Tensor: ...
+@overload
+def gather_tags(x: None) -> None: ...
 def gather_tags(x: Tensor | None) -> Tensor | None:
     """Labels or sample ids (integers, no gradient) of every process in rank order."""
     if x is None or world_size() == 1:
@@ -185,7 +198,7 @@ class DistributedStrategy(nn.Module):
       open_clip.
     """
 
-    def __init__(self, strategy: nn.Module, local_loss: bool = True, gather_with_grad: bool = True) -> None:
+    def __init__(self, strategy: Strategy, local_loss: bool = True, gather_with_grad: bool = True) -> None:
         super().__init__()
         self.strategy = strategy
         self.local_loss = bool(local_loss)
@@ -275,12 +288,13 @@ class GatheredBatchNorm(nn.modules.batchnorm._BatchNorm):
         mean = s[:-1] / n
         xc = x - mean.reshape(shape)
         var = _with_grad("all_reduce", (xc * xc).sum(dims)) / n
-        if self.track_running_stats and self.running_mean is not None:
+        rm, rv, count = self.running_mean, self.running_var, self.num_batches_tracked
+        if self.track_running_stats and rm is not None and rv is not None and count is not None:
             with torch.no_grad():
                 m = self.momentum if self.momentum is not None else 0.1
-                self.running_mean.mul_(1 - m).add_(mean.detach(), alpha=m)
-                self.running_var.mul_(1 - m).add_(var.detach() * n / max(float(n) - 1, 1.0), alpha=m)
-                self.num_batches_tracked.add_(1)
+                rm.mul_(1 - m).add_(mean.detach(), alpha=m)
+                rv.mul_(1 - m).add_(var.detach() * n / max(float(n) - 1, 1.0), alpha=m)
+                count.add_(1)
         y = xc * torch.rsqrt(var + self.eps).reshape(shape)
         if self.affine:
             y = y * self.weight.reshape(shape) + self.bias.reshape(shape)
@@ -416,7 +430,7 @@ def wrap_model(model: nn.Module) -> nn.Module:
 
     ddp = nn.parallel.DistributedDataParallel
     newer = "forward_sync_buffers" in inspect.signature(ddp.__init__).parameters  # the older name is deprecated
-    no_sync = {"forward_sync_buffers": False} if newer else {"broadcast_buffers": False}
+    no_sync: dict[str, Any] = {"forward_sync_buffers": False} if newer else {"broadcast_buffers": False}
     return ddp(model, device_ids=ids, **no_sync)
 
 

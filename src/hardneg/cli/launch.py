@@ -139,9 +139,9 @@ def _outcome(codes: list[int], order: list[int], texts: list[str], received: lis
         return 2, _last_line(texts[r]) or f"hardneg: error: process {r} of {len(codes)} exited with status 2"
     stopped = [r for r in failed if codes[r] in _STOPPED]
     if received or stopped:
-        r = 0 if 0 in stopped else (stopped[0] if stopped else None)
-        line = _last_line(texts[r]) if r is not None else ""
-        code = 128 + received[0] if received else codes[r]
+        who = 0 if 0 in stopped else (stopped[0] if stopped else None)  # the process whose line is shown
+        line = _last_line(texts[who]) if who is not None else ""
+        code = 128 + received[0] if received or who is None else codes[who]
         return code, line or f"hardneg: interrupted ({signal.Signals(code - 128).name})"
     r = failed[0]
     if codes[r] < 0:

@@ -6,12 +6,15 @@ import contextlib
 import json
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, cast
 
 import typer
 
 from hardneg.cli.app import app, exit_on_interrupt
 from hardneg.io import WriterLock, check_writable
+
+if TYPE_CHECKING:
+    from hardneg.runs import CompareConfig
 
 ConfigOpt = Annotated[Path, typer.Option("--config", "-c", help="YAML config file.")]
 SetOpt = Annotated[
@@ -88,6 +91,14 @@ def _with_dir(overrides: list[str] | None, data_dir: Path | None) -> list[str]:
     if data_dir is not None:
         out.append(f"data.data_dir={json.dumps(str(data_dir))}")
     return out
+
+
+def _compare_config(config: Path, overrides: list[str]) -> CompareConfig:
+    """``config`` with ``overrides``, validated as a compare config."""
+    from hardneg.runs import CompareConfig, load_config
+
+    # load_config returns an instance of the class it is given; its annotation names the base class
+    return cast(CompareConfig, load_config(config, overrides, CompareConfig))
 
 
 def _run_train(
@@ -220,7 +231,7 @@ def compare_cmd(
     """Run the grid losses × β × seeds of a compare config and write the markdown report and plots
     (with --search: a successive-halving search over its strategies instead)."""
     from hardneg.report.report import results_table, write_report
-    from hardneg.runs import CompareConfig, collect, dump_config, load_config, prepare_output
+    from hardneg.runs import collect, dump_config, prepare_output
     from hardneg.train.compare import check_compare, run_compare
 
     _check_nproc(nproc)
@@ -228,7 +239,7 @@ def compare_cmd(
         raise ValueError("--search-seed works with --search only")
     if search:
         overrides = [*(overrides or []), *([] if search_seed is None else [f"search.seed={search_seed}"])]
-    cfg = load_config(config, _with_dir(overrides, data_dir), CompareConfig)
+    cfg = _compare_config(config, _with_dir(overrides, data_dir))
     out_dir = out or Path("runs") / cfg.name
     if repair and not resume:
         raise ValueError("--repair-metrics works with --resume only")
@@ -264,7 +275,7 @@ def compare_cmd(
     _echo(f"report: {rp}")
 
 
-def _search(cfg: Any, out_dir: Path, resume: bool, overwrite: bool) -> None:
+def _search(cfg: CompareConfig, out_dir: Path, resume: bool, overwrite: bool) -> None:
     """``compare --search``: run the search, write the report of its finished trials, print the ranking."""
     from hardneg.report.report import write_report
     from hardneg.runs import CompareConfig, SearchConfig
@@ -300,10 +311,9 @@ def plateau_cmd(
     """Train one grid entry for up to --max-epochs, evaluating kNN after every epoch, and print the epoch
     after which it stopped rising (no gain > --min-gain pp over --patience evaluations): the config's
     train.epochs."""
-    from hardneg.runs import CompareConfig, load_config
     from hardneg.train.plateau import measure_plateau
 
-    cfg = load_config(config, _with_dir(overrides, data_dir), CompareConfig)
+    cfg = _compare_config(config, _with_dir(overrides, data_dir))
     run_dir = out or Path("runs") / f"{cfg.name}_plateau_{entry}_s{seed}"
     check_writable(run_dir, "--out", folder=True)
     with exit_on_interrupt():

@@ -26,7 +26,8 @@ from hardneg import distributed as D
 from hardneg import runs
 from hardneg.runs import RunSpec, collect, expand_grid, run_config
 from hardneg.train.losses_from_config import build_objective
-from hardneg.train.trainer import Trainer, check_batch, load_run_data, n_samples
+from hardneg.train.run_data import check_batch, load_run_data, n_samples
+from hardneg.train.trainer import Trainer
 
 __all__ = ["RunSpec", "check_compare", "collect", "expand_grid", "load_data", "run_compare", "run_config"]
 

@@ -126,9 +126,25 @@ def knob_default(cfg: CompareConfig, arm: Arm, knob: str) -> Any:
         v = PRESETS[g.loss_name].knobs().get(knob)
     if spec.choices is not None:
         return v if v in spec.choices else None
-    if isinstance(v, int | float) and not isinstance(v, bool) and spec.low <= v <= spec.high:
+    low, high = _range(spec)
+    if isinstance(v, int | float) and not isinstance(v, bool) and low <= v <= high:
         return int(v) if spec.integer else float(v)
     return None
+
+
+def _range(spec: SearchKnob) -> tuple[float, float]:
+    """``(low, high)`` of a knob that is a range (`SearchKnob` holds both when it has no choices)."""
+    if spec.low is None or spec.high is None:
+        raise ValueError(f"a knob without choices needs low and high, got {spec}")
+    return spec.low, spec.high
+
+
+def _end(spec: SearchKnob, end: int) -> Any:
+    """The first (``end`` 0) or last (-1) value a knob takes."""
+    if spec.choices is not None:
+        return spec.choices[end]
+    v = _range(spec)[end]
+    return int(v) if spec.integer else v
 
 
 def check_space(cfg: CompareConfig, space: dict[str, Arm]) -> None:
@@ -136,9 +152,7 @@ def check_space(cfg: CompareConfig, space: dict[str, Arm]) -> None:
     option or a value the strategy refuses is a ValueError naming the strategy."""
     for label, arm in space.items():
         for end in (0, -1):
-            values = {k: (s.choices[end] if s.choices is not None else [s.low, s.high][end])
-                      for k, s in arm.knobs.items()}
-            values = {k: int(v) if arm.knobs[k].integer else v for k, v in values.items()}
+            values = {k: _end(s, end) for k, s in arm.knobs.items()}
             try:
                 build_objective(run_config(cfg, trial_spec(cfg, arm, values, 0)))
             except (ValueError, TypeError) as e:
@@ -158,9 +172,10 @@ def rung_epochs(sc: SearchConfig, epochs: int) -> list[int]:
 def _suggest(trial: Any, name: str, spec: SearchKnob) -> Any:
     if spec.choices is not None:
         return trial.suggest_categorical(name, spec.choices)
+    low, high = _range(spec)
     if spec.integer:
-        return trial.suggest_int(name, int(spec.low), int(spec.high), log=spec.log)
-    return trial.suggest_float(name, spec.low, spec.high, log=spec.log)
+        return trial.suggest_int(name, int(low), int(high), log=spec.log)
+    return trial.suggest_float(name, low, high, log=spec.log)
 
 
 def trial_values(params: dict[str, Any]) -> tuple[str, dict[str, Any]]:
