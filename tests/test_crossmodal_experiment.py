@@ -63,6 +63,7 @@ def test_swap_test_and_recall_follow_the_towers_scores():
 
 def test_towers_shapes():
     assert ImageTower(dim=8, width=4)(torch.zeros(3, 3, 64, 64)).shape == (3, 8)
+    assert ImageTower(dim=8, width=4, stages=3, norm=False, pre_pool=True)(torch.zeros(2, 3, 64, 64)).shape == (2, 8)
     tt = TextTower(vocab_size=10, max_len=5, dim=6)
     assert tt(torch.tensor([[1, 2, 0, 0, 0]])).shape == (1, 6)
     with pytest.raises(ValueError, match="divisible by 16"):
@@ -130,3 +131,75 @@ def test_minilm_table_matches_the_model_and_is_cached(tmp_path):
     assert table.shape == (2, 384) and torch.allclose(table, ref.cpu(), atol=1e-5)
     (cached,) = list(tmp_path.glob("minilm_*.npy"))
     assert torch.equal(minilm_table(strings, tmp_path), table) and cached.exists()
+
+
+def _hand_batch():
+    """Five (image, caption) pairs whose captions are true of an image exactly when the two pairs
+    share an image (pair group) or an object set (label): rows 0 and 4 show one small red circle
+    (the same image), row 1 another small red circle elsewhere, rows 2 and 3 other objects."""
+    from hardneg.data.scenes import SceneObject, object_set_label
+
+    red0 = (SceneObject("red", "circle", "small", 20.0, 20.0),)
+    red1 = (SceneObject("red", "circle", "small", 44.0, 40.0),)
+    blue = (SceneObject("blue", "square", "large", 30.0, 30.0),)
+    yellow = (SceneObject("yellow", "diamond", "small", 12.0, 50.0),)
+    images = [0, 1, 2, 3, 0]
+    objects = [red0, red1, blue, yellow, red0]
+    captions = ["a red circle", "one red circle", "a blue square", "a yellow diamond", "a small red circle"]
+    labels = torch.tensor([object_set_label(o) for o in objects])
+    return images, objects, captions, labels
+
+
+def test_the_false_negative_filter_removes_exactly_the_captions_true_of_the_image():
+    """CLIP's loss with the ``id`` and ``label`` filters equals the literal CLIP loss whose
+    denominators leave out every caption true of the anchor image (and, text→image, every image the
+    anchor caption is true of), computed with `caption_true`."""
+    from hardneg.integrations.open_clip import ClipLoss
+    from hardneg.negatives.cross_modal import pair_ids
+
+    images, objects, captions, labels = _hand_batch()
+    true = torch.tensor([[caption_true(objects[a], captions[b]) for b in range(5)] for a in range(5)])
+    ids = pair_ids(images, captions)
+    # the batch is built so that "true of" is "same group or same object set"
+    assert torch.equal(true, (ids[:, None] == ids[None, :]) | (labels[:, None] == labels[None, :]))
+    assert int(true.sum()) == 9 + 2  # the three red-circle rows among themselves, and rows 2, 3 alone
+    g = torch.Generator().manual_seed(0)
+    zi, zt = torch.randn(5, 8, generator=g), torch.randn(5, 8, generator=g)
+    scale = torch.tensor(10.0)
+    filtered = ClipLoss({"name": "ucl", "filters": [{"kind": "id"}, {"kind": "label"}]})
+    got = filtered(zi, zt, scale, labels=labels, ids=ids)
+    s = scale * torch.nn.functional.normalize(zi, dim=1) @ torch.nn.functional.normalize(zt, dim=1).T
+    terms = []
+    for a in range(5):
+        for sim, keep in ((s[a], ~true[a]), (s[:, a], ~true[:, a])):  # image→text, text→image
+            keep = keep.clone()
+            keep[a] = True  # the positive stays in the denominator
+            terms.append(-(sim[a] - torch.logsumexp(sim[keep], 0)))
+    assert float(got) == pytest.approx(float(torch.stack(terms).mean()), rel=1e-5)
+    plain = ClipLoss({"name": "ucl"})(zi, zt, scale, labels=labels, ids=ids)
+    assert abs(float(plain) - float(got)) > 1e-3  # the id rule alone keeps row 1's caption for row 0
+
+
+def test_run_grid_writes_hardneg_run_folders_and_resumes(tmp_path):
+    """`run_grid` writes a compare folder of run folders (`hardneg.runs` markers, configs, summaries);
+    a second call reuses the finished runs, and another config into the folder is refused unless
+    ``overwrite``."""
+    from hardneg.runs import read_marker
+    from reproduce.crossmodal import run_grid
+
+    cfg = CrossModalConfig(n_train=16, n_test=10, n_compositional=10, epochs=1, batch_size=8, dim=8, width=4,
+                           threads=1, seeds=[0], strategies={"uniform": {"name": "ucl"}})
+    out = tmp_path / "exp"
+    recs = run_grid(cfg, out, log=None)
+    run = out / "runs" / "uniform_s0"
+    assert read_marker(out) == "compare" and read_marker(run) == "run"
+    assert sorted(p.name for p in run.iterdir()) == [".hardneg", "config.yaml", "summary.json"]
+    assert recs[0]["steps"] == 2 and json.loads((run / "summary.json").read_text())["seed"] == 0
+    mtime = (run / "summary.json").stat().st_mtime_ns
+    again = run_grid(cfg, out, log=None)
+    assert again == recs and (run / "summary.json").stat().st_mtime_ns == mtime  # reused, not retrained
+    assert run_grid(cfg, out, log=None, train=False) == recs
+    other = cfg.model_copy(update={"epochs": 2})
+    with pytest.raises(FileExistsError, match="differs"):
+        run_grid(other, out, log=None)
+    assert run_grid(other, out, log=None, overwrite=True)[0]["steps"] == 4

@@ -52,7 +52,7 @@ from hardneg.io import WriterLock, atomic_torch_save, atomic_write_text
 from hardneg.models.encoders import ContrastiveModel, build_model_from_config
 from hardneg.negatives.queue import MomentumEncoder, needs_key_encoder
 from hardneg.negatives.strategy import Strategy
-from hardneg.runs.config import RunConfig, dump_config
+from hardneg.runs.config import OptimConfig, RunConfig, dump_config
 from hardneg.runs.metrics import metrics_problem, repair_metrics
 from hardneg.runs.metrics import read_metrics as read_metrics
 from hardneg.seed import seed_everything
@@ -85,9 +85,10 @@ class _EvalInterruptedError(Exception):
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
-def lr_lambda(cfg: RunConfig, total_steps: int) -> Callable[[int], float]:
-    """Multiplier of the base LR at a step: linear warmup, then cosine to 0 / constant / step decay."""
-    o = cfg.optim
+def lr_lambda(cfg: RunConfig | OptimConfig, total_steps: int) -> Callable[[int], float]:
+    """Multiplier of the base LR at a step: linear warmup, then cosine to 0 / constant / step decay
+    (``cfg``: a run's config or its ``optim`` section alone)."""
+    o = cfg if isinstance(cfg, OptimConfig) else cfg.optim
 
     def f(step: int) -> float:
         if o.warmup_steps and step < o.warmup_steps:
