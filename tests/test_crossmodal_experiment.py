@@ -94,20 +94,20 @@ def test_crossmodal_compare_runs_and_resumes(tmp_path):
     assert e.value.code == 0
     runs_dir = out / "tiny" / "runs"
     runs = sorted(p.name for p in runs_dir.iterdir())
-    assert runs == ["edits_seed0.json", "edits_seed1.json", "uniform_seed0.json", "uniform_seed1.json"]
-    rec = json.loads((runs_dir / "uniform_seed0.json").read_text())
+    assert runs == ["edits_s0", "edits_s1", "uniform_s0", "uniform_s1"]
+    rec = json.loads((runs_dir / "uniform_s0" / "summary.json").read_text())
     assert rec["steps"] == 2 and 0.0 <= rec["metrics"]["test"]["i2t_R@1"] <= 1.0
     doc.write_text(doc.read_text() + "My reading.\n")
-    before = {p.name: p.stat().st_mtime_ns for p in runs_dir.iterdir()}
+    before = {p: p.stat().st_mtime_ns for p in runs_dir.glob("*/summary.json")}
     with pytest.raises(SystemExit):
         main(["crossmodal-compare", "--config", str(cfg), "--out", str(out), "--docs", str(doc)])
-    assert {p.name: p.stat().st_mtime_ns for p in runs_dir.iterdir()} == before  # resumed, not retrained
+    assert {p: p.stat().st_mtime_ns for p in runs_dir.glob("*/summary.json")} == before  # reused, not retrained
     text = doc.read_text()
     assert text.endswith("My reading.\n") and "| uniform | 2 |" in text
-    (runs_dir / "edits_seed1.json").unlink()
+    (runs_dir / "edits_s1" / "summary.json").unlink()
     with pytest.raises(SystemExit):  # tabulate what is finished, train nothing
         main(["crossmodal-compare", "--config", str(cfg), "--out", str(out), "--docs", str(doc), "--summarize"])
-    assert not (runs_dir / "edits_seed1.json").exists() and "| edits | 1 |" in doc.read_text()
+    assert not (runs_dir / "edits_s1" / "summary.json").exists() and "| edits | 1 |" in doc.read_text()
     assert results_tables([rec]).count("| uniform |") == 5
 
 
