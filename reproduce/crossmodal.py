@@ -45,6 +45,7 @@ from hardneg.data.scenes import (
     SHAPES,
     SIZES,
     WORDS,
+    SceneObject,
     Scenes,
     caption_true,
     holds_parsed,
@@ -245,6 +246,23 @@ def _strategy_spec(spec: Mapping[str, Any]) -> tuple[dict[str, Any], int]:
     return s, edits
 
 
+def hardest_true_share(
+    zi: torch.Tensor, zt: torch.Tensor, ids: torch.Tensor, objects: list[tuple[SceneObject, ...]], meanings: list[tuple]
+) -> float:
+    """Share of image anchors (rows of ``zi``, showing ``objects``) whose most similar caption (rows
+    of ``zt``, parsed: ``meanings``) of another pair group (``ids``) is true of the image: a false
+    negative at the top of the ranking, where top-k puts its weight. Labels (the object set) miss
+    many of these; the scenes' semantics (`holds_parsed`) find them all."""
+    sim = torch.nn.functional.normalize(zi, dim=1) @ torch.nn.functional.normalize(zt, dim=1).T
+    sim = sim.masked_fill(ids[:, None] == ids[None, :], float("-inf"))
+    hits, n = 0, 0
+    for a, j in enumerate(sim.argmax(dim=1).tolist()):
+        if sim[a, j] > float("-inf"):
+            hits += holds_parsed(objects[a], meanings[j])
+            n += 1
+    return hits / n if n else float("nan")
+
+
 class Run:
     """One (strategy, seed): the towers, the loss, the optimiser and the sampling generator.
     `step` trains on one batch of training images; ``loss_fn`` may be any callable with
@@ -318,29 +336,16 @@ class Run:
         self.sched.step()
         diags = {k: v for k, v in getattr(self.loss_fn, "last_diagnostics", {}).items() if k in TRAIN_DIAGNOSTICS}
         if self.track_truth:
-            diags["hardest_true_share"] = self.hardest_true_share(zi.detach(), zt.detach(), ids, il, cap_ids)
+            objs = self.train.scenes.objects
+            diags["hardest_true_share"] = hardest_true_share(
+                zi.detach(), zt.detach(), ids, [objs[i] for i in il], [self.meanings[int(c)] for c in cap_ids]
+            )
         for k, v in diags.items():
             if v == v:  # not NaN
                 self.diag_sum[k] = self.diag_sum.get(k, 0.0) + float(v)
                 self.diag_n[k] = self.diag_n.get(k, 0) + 1
         self.step_count += 1
         return float(loss.detach())
-
-
-    def hardest_true_share(
-        self, zi: torch.Tensor, zt: torch.Tensor, ids: torch.Tensor, images: list[int], cap_ids: torch.Tensor
-    ) -> float:
-        """Share of image anchors whose most similar batch caption of another group is true of the
-        image: a false negative at the top of the ranking, where top-k puts its weight. Labels (the
-        object set) miss most of these; the scenes' semantics (`holds_parsed`) find them all."""
-        sim = torch.nn.functional.normalize(zi, dim=1) @ torch.nn.functional.normalize(zt, dim=1).T
-        sim = sim.masked_fill(ids[:, None] == ids[None, :], float("-inf"))
-        objs, hits, n = self.train.scenes.objects, 0, 0
-        for a, j in enumerate(sim.argmax(dim=1).tolist()):
-            if sim[a, j] > float("-inf"):
-                hits += holds_parsed(objs[images[a]], self.meanings[int(cap_ids[j])])
-                n += 1
-        return hits / n if n else float("nan")
 
 
 def train_run(

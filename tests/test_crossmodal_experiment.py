@@ -203,3 +203,26 @@ def test_run_grid_writes_hardneg_run_folders_and_resumes(tmp_path):
     with pytest.raises(FileExistsError, match="differs"):
         run_grid(other, out, log=None)
     assert run_grid(other, out, log=None, overwrite=True)[0]["steps"] == 4
+
+
+def test_hardest_true_share_counts_anchors_whose_top_other_group_caption_is_true():
+    from hardneg.data.scenes import parse_caption
+    from hardneg.negatives.cross_modal import pair_ids
+    from reproduce.crossmodal import hardest_true_share
+
+    images, objects, captions, _ = _hand_batch()
+    ids = pair_ids(images, captions)
+    g = torch.Generator().manual_seed(3)
+    zi, zt = torch.randn(5, 6, generator=g), torch.randn(5, 6, generator=g)
+    zt[1] = zi[0] * 5 + 0.01 * zt[1]  # image 0's nearest caption of another group: "one red circle", true of it
+    zt[0] = zi[2] * 5 + 0.01 * zt[0]  # image 2's (the blue square): "a red circle", false of it
+    got = hardest_true_share(zi, zt, ids, objects, [parse_caption(c) for c in captions])
+    n = torch.nn.functional.normalize
+    sim = n(zi, dim=1) @ n(zt, dim=1).T
+    hits = []
+    for a in range(5):
+        others = [b for b in range(5) if int(ids[b]) != int(ids[a])]
+        best = max(others, key=lambda b: float(sim[a, b]))
+        hits.append(caption_true(objects[a], captions[best]))
+    assert hits[0] and not hits[2]
+    assert got == pytest.approx(sum(hits) / 5)
