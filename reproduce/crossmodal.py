@@ -58,7 +58,9 @@ from hardneg.integrations.open_clip import ClipLoss
 from hardneg.io import atomic_open, atomic_write_text
 from hardneg.models.towers import FrozenTextTower, ImageTower, TextTower
 from hardneg.negatives.caption_edits import EDIT_KINDS, EditVocabulary, one_edit_swaps
+from hardneg.negatives.context import StepContext
 from hardneg.negatives.cross_modal import LogitScale, pair_ids
+from hardneg.negatives.filters import Filter
 from hardneg.report.stats import format_mean_std
 from hardneg.runs import CONFIG, SUMMARY, RunSpec, check_path_name, prepare_output, read_marker, read_summary, run_dir
 from hardneg.runs.config import OptimConfig
@@ -101,9 +103,10 @@ class CrossModalConfig(BaseModel):
 
 
 def experiment_text(cfg: CrossModalConfig) -> str:
-    """The experiment's ``config.yaml``: everything that defines its runs (``threads`` changes no
-    result, so a resumed experiment may use another count)."""
-    return yaml.safe_dump(cfg.model_dump(mode="json", exclude={"threads"}), sort_keys=True)
+    """The experiment's ``config.yaml``: the settings every run shares. A run's strategy and seed are
+    in its own ``config.yaml`` (`run_text`), so adding a strategy or a seed reuses the finished runs;
+    ``threads`` changes no result, so a resumed experiment may use another count."""
+    return yaml.safe_dump(cfg.model_dump(mode="json", exclude={"threads", "strategies", "seeds"}), sort_keys=True)
 
 
 def run_specs(cfg: CrossModalConfig, names: list[str]) -> list[RunSpec]:
@@ -263,6 +266,34 @@ def hardest_true_share(
     return hits / n if n else float("nan")
 
 
+class CaptionTruthFilter(Filter):
+    """False-negative filter of a two-tower batch by the scenes' semantics: drop, for an image
+    anchor, every batch caption true of the image and, for a caption anchor, every batch image the
+    caption is true of. ``truth`` (B × B bool, image i × caption j, `truth_matrix`) is set for each
+    step before the loss is called (`Run.step` does); candidates past the batch (edit swaps, false
+    by construction) are kept. Pair groups (the id rule) and object-set labels (the ``label``
+    filter) name only a small part of these captions; this filter names all of them."""
+
+    kind = "caption_truth"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.truth: torch.Tensor | None = None
+
+    def drop(self, S: torch.Tensor, rows: slice, ctx: StepContext) -> torch.Tensor:
+        if self.truth is None:
+            raise ValueError("filter 'caption_truth' needs the batch's truth matrix: set .truth before the loss")
+        b = self.truth.shape[0]
+        if ctx.m < 2 * b:
+            raise ValueError(f"filter 'caption_truth': {ctx.m} candidates, fewer than the batch's 2 × {b}")
+        full = torch.zeros(2 * b, ctx.m, dtype=torch.bool, device=S.device)
+        t = self.truth.to(S.device)
+        full[:b, b : 2 * b] = t  # image anchor i: captions true of image i
+        full[b:, :b] = t.T  # caption anchor j: images caption j is true of
+        own = ctx.self_index[rows].to(S.device)
+        return torch.where((own >= 0)[:, None], full[own.clamp(min=0)], torch.zeros_like(full[:1]))
+
+
 class Run:
     """One (strategy, seed): the towers, the loss, the optimiser and the sampling generator.
     `step` trains on one batch of training images; ``loss_fn`` may be any callable with
@@ -297,6 +328,8 @@ class Run:
         strings = table.strings()
         self.meanings = {c: parse_caption(strings[c]) for caps in self.train.caption_ids for c in caps}
         self.track_truth = track_truth
+        loss_strategy = getattr(self.loss_fn, "strategy", None)
+        self.truth_filters = [f for f in getattr(loss_strategy, "filters", []) if isinstance(f, CaptionTruthFilter)]
         self.step_count = 0
         self.diag_sum: dict[str, float] = {}
         self.diag_n: dict[str, int] = {}
@@ -327,6 +360,11 @@ class Run:
                 rows.append([pool[int(j)] for j in sel])
             negatives = towers.text(torch.tensor(rows).flatten()).reshape(len(il), self.n_edits, -1)
         labels = tr.scenes.labels[idx]
+        if self.truth_filters:
+            objs = tr.scenes.objects
+            truth = torch.tensor([[holds_parsed(objs[i], self.meanings[int(c)]) for c in cap_ids] for i in il])
+            for f in self.truth_filters:
+                f.truth = truth
         loss = self.loss_fn(zi, zt, towers.scale(), labels=labels, ids=ids, negatives=negatives, step=self.step_count)
         self.opt.zero_grad(set_to_none=True)
         loss.backward()

@@ -150,6 +150,19 @@ def _hand_batch():
     return images, objects, captions, labels
 
 
+def _literal_clip_without(true: torch.Tensor, zi: torch.Tensor, zt: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """CLIP's symmetric loss whose denominators leave out every (image, caption) pair ``true`` marks,
+    the anchor's own positive kept."""
+    s = scale * torch.nn.functional.normalize(zi, dim=1) @ torch.nn.functional.normalize(zt, dim=1).T
+    terms = []
+    for a in range(len(zi)):
+        for sim, keep in ((s[a], ~true[a]), (s[:, a], ~true[:, a])):  # image→text, text→image
+            keep = keep.clone()
+            keep[a] = True
+            terms.append(-(sim[a] - torch.logsumexp(sim[keep], 0)))
+    return torch.stack(terms).mean()
+
+
 def test_the_false_negative_filter_removes_exactly_the_captions_true_of_the_image():
     """CLIP's loss with the ``id`` and ``label`` filters equals the literal CLIP loss whose
     denominators leave out every caption true of the anchor image (and, text→image, every image the
@@ -168,16 +181,40 @@ def test_the_false_negative_filter_removes_exactly_the_captions_true_of_the_imag
     scale = torch.tensor(10.0)
     filtered = ClipLoss({"name": "ucl", "filters": [{"kind": "id"}, {"kind": "label"}]})
     got = filtered(zi, zt, scale, labels=labels, ids=ids)
-    s = scale * torch.nn.functional.normalize(zi, dim=1) @ torch.nn.functional.normalize(zt, dim=1).T
-    terms = []
-    for a in range(5):
-        for sim, keep in ((s[a], ~true[a]), (s[:, a], ~true[:, a])):  # image→text, text→image
-            keep = keep.clone()
-            keep[a] = True  # the positive stays in the denominator
-            terms.append(-(sim[a] - torch.logsumexp(sim[keep], 0)))
-    assert float(got) == pytest.approx(float(torch.stack(terms).mean()), rel=1e-5)
+    assert float(got) == pytest.approx(float(_literal_clip_without(true, zi, zt, scale)), rel=1e-5)
     plain = ClipLoss({"name": "ucl"})(zi, zt, scale, labels=labels, ids=ids)
     assert abs(float(plain) - float(got)) > 1e-3  # the id rule alone keeps row 1's caption for row 0
+
+
+def test_the_caption_truth_filter_removes_the_true_captions_that_groups_and_labels_miss():
+    """A scene with a red circle and a blue square: "a red circle", written for another scene, is
+    true of it, with another group and another object set. `CaptionTruthFilter` removes it (the
+    literal loss without every `caption_true` pair); the id + label filter keeps it."""
+    from hardneg.data.scenes import SceneObject, object_set_label
+    from hardneg.integrations.open_clip import ClipLoss
+    from hardneg.negatives.cross_modal import pair_ids
+    from reproduce.crossmodal import CaptionTruthFilter
+
+    a = (SceneObject("red", "circle", "small", 16.0, 16.0), SceneObject("blue", "square", "large", 44.0, 44.0))
+    b = (SceneObject("red", "circle", "small", 40.0, 20.0),)
+    c = (SceneObject("yellow", "diamond", "small", 30.0, 30.0),)
+    objects, captions = [a, b, c], ["a blue square", "a red circle", "a yellow diamond"]
+    true = torch.tensor([[caption_true(o, cap) for cap in captions] for o in objects])
+    assert true.tolist() == [[True, True, False], [False, True, False], [False, False, True]]
+    ids, labels = pair_ids([0, 1, 2], captions), torch.tensor([object_set_label(o) for o in objects])
+    g = torch.Generator().manual_seed(1)
+    zi, zt, scale = torch.randn(3, 8, generator=g), torch.randn(3, 8, generator=g), torch.tensor(10.0)
+    f = CaptionTruthFilter()
+    f.truth = true
+    got = ClipLoss({"name": "ucl", "filters": [f]})(zi, zt, scale, labels=labels, ids=ids)
+    assert float(got) == pytest.approx(float(_literal_clip_without(true, zi, zt, scale)), rel=1e-5)
+    by_label = ClipLoss({"name": "ucl", "filters": [{"kind": "id"}, {"kind": "label"}]})(
+        zi, zt, scale, labels=labels, ids=ids
+    )
+    assert float(by_label) == pytest.approx(float(_literal_clip_without(torch.eye(3, dtype=torch.bool), zi, zt, scale)))
+    f.truth = None
+    with pytest.raises(ValueError, match="truth matrix"):
+        ClipLoss({"name": "ucl", "filters": [f]})(zi, zt, scale, ids=ids)
 
 
 def test_run_grid_writes_hardneg_run_folders_and_resumes(tmp_path):
@@ -199,6 +236,10 @@ def test_run_grid_writes_hardneg_run_folders_and_resumes(tmp_path):
     again = run_grid(cfg, out, log=None)
     assert again == recs and (run / "summary.json").stat().st_mtime_ns == mtime  # reused, not retrained
     assert run_grid(cfg, out, log=None, train=False) == recs
+    more = cfg.model_copy(update={"strategies": {**cfg.strategies, "topk": {"name": "topk", "k": 2}}})
+    both = run_grid(more, out, log=None)  # a strategy added: the finished run is reused
+    assert both[0] == recs[0] and both[1]["strategy"] == "topk"
+    assert (run / "summary.json").stat().st_mtime_ns == mtime
     other = cfg.model_copy(update={"epochs": 2})
     with pytest.raises(FileExistsError, match="differs"):
         run_grid(other, out, log=None)
