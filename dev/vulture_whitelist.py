@@ -95,3 +95,4 @@ CrossModalQueue  # unused class (src/hardneg/negatives/cross_modal.py:75): built
 CrossModalClusters  # unused class (src/hardneg/negatives/cross_modal.py:105): built by kind, cross_modal_cluster
 pixel_scale  # unused variable (src/hardneg/data/hyperspectral.py: a field of Scene, read by callers)
 auc  # unused variable (reproduce/hyperspectral.py: a field of DetectionRow, read by the page)
+_.finished  # unused property (src/hardneg/runs/load.py: Run.finished, public API of hardneg.runs)

@@ -16,15 +16,19 @@ Strategies are config mappings for `cross_modal_strategy`
 (preset names and components by ``kind``), plus ``edits: r``: r one-edit false swaps of each
 image's caption, encoded by the text tower, as negatives owned by that image.
 
-Runs are written as ``<out>/runs/<strategy>_seed<seed>.json``; a run whose file exists with the same
-configuration is not repeated, so an interrupted full experiment resumes where it stopped.
+The output folder is a hardneg compare folder (`hardneg.runs`): the ``.hardneg`` marker, the
+experiment's ``config.yaml`` and one run folder per (strategy, seed), ``runs/<strategy>_s<seed>/``
+(`hardneg.runs.RunSpec` names it) with the run's own ``config.yaml`` and, once it finished, its
+``summary.json``. Running the same config again into the same folder resumes it
+(`hardneg.runs.prepare_output` with ``resume``): finished runs are reused, the others trained, so an
+interrupted full experiment resumes where it stopped; another config is refused (``--overwrite``
+replaces the folder). Tables report mean ± sample std over seeds (`hardneg.report.stats`).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import math
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -32,7 +36,7 @@ from typing import Any
 
 import numpy as np
 import torch
-import yaml
+import yaml  # type: ignore[import-untyped]  # the environment has no PyYAML stubs
 from pydantic import BaseModel, ConfigDict, Field
 
 from hardneg.data.scenes import (
@@ -41,28 +45,40 @@ from hardneg.data.scenes import (
     SHAPES,
     SIZES,
     WORDS,
+    SceneObject,
     Scenes,
     caption_true,
+    holds_parsed,
     make_scenes,
+    parse_caption,
     tokenize,
     truth_matrix,
 )
 from hardneg.integrations.open_clip import ClipLoss
-from hardneg.io import atomic_open, atomic_write_text, read_json_object
+from hardneg.io import atomic_open, atomic_write_text
 from hardneg.models.towers import FrozenTextTower, ImageTower, TextTower
 from hardneg.negatives.caption_edits import EDIT_KINDS, EditVocabulary, one_edit_swaps
+from hardneg.negatives.context import StepContext
 from hardneg.negatives.cross_modal import LogitScale, pair_ids
+from hardneg.negatives.filters import Filter
+from hardneg.report.stats import format_mean_std
+from hardneg.runs import CONFIG, SUMMARY, RunSpec, check_path_name, prepare_output, read_marker, read_summary, run_dir
+from hardneg.runs.config import OptimConfig
 from hardneg.seed import seed_everything
+from hardneg.train.step import lr_lambda
 
 SCENE_VOCAB = EditVocabulary(colours=tuple(COLOURS), shapes=SHAPES, sizes=tuple(SIZES), counts=COUNTS)
 EVAL_SPLITS = ("test", "compositional")
 RECALL_AT = (1, 5, 10)
 MAX_LEN = 12
+#: the strategies' per-step diagnostics (`Strategy.last_diagnostics`) a run averages over its steps
+TRAIN_DIAGNOSTICS = ("fn_weight_share", "hardest_fn_share", "ess", "skipped_share")
 READING_MARK = "<!-- reading: kept when the tables are regenerated -->"
 
 
 class CrossModalConfig(BaseModel):
-    """One experiment: data sizes, towers, optimisation, seeds and the strategies to compare."""
+    """One experiment: data sizes, towers, optimisation (`hardneg.runs.config.OptimConfig`: AdamW,
+    learning-rate schedule and warmup as in ``hardneg train``), seeds and the strategies to compare."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -73,22 +89,37 @@ class CrossModalConfig(BaseModel):
     data_seed: int = Field(0, ge=0)
     epochs: int = Field(8, ge=1)
     batch_size: int = Field(128, ge=4)
-    lr: float = Field(2e-3, gt=0)
+    optim: OptimConfig = Field(default_factory=OptimConfig)
     dim: int = Field(64, ge=2)
     width: int = Field(16, ge=1)
+    image_stages: int = Field(4, ge=1, le=5)
+    image_norm: bool = True
+    image_pre_pool: bool = False
     text_tower: str = Field("trainable", pattern="^(trainable|minilm)$")
     temperature: float = Field(0.07, gt=0)  # the initial temperature of the learnable logit scale
     threads: int = Field(2, ge=1)
     seeds: list[int] = Field(default_factory=lambda: [0, 1, 2])
     strategies: dict[str, dict[str, Any]] = Field(default_factory=dict)
 
-    def fingerprint(self, strategy: str) -> str:
-        """Hash of everything that defines one strategy's runs (for resuming)."""
-        d = self.model_dump(mode="json")
-        d["strategies"] = {strategy: d["strategies"][strategy]}
-        d.pop("seeds")
-        d.pop("threads")
-        return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
+
+def experiment_text(cfg: CrossModalConfig) -> str:
+    """The experiment's ``config.yaml``: the settings every run shares. A run's strategy and seed are
+    in its own ``config.yaml`` (`run_text`), so adding a strategy or a seed reuses the finished runs;
+    ``threads`` changes no result, so a resumed experiment may use another count."""
+    return yaml.safe_dump(cfg.model_dump(mode="json", exclude={"threads", "strategies", "seeds"}), sort_keys=True)
+
+
+def run_specs(cfg: CrossModalConfig, names: list[str]) -> list[RunSpec]:
+    """The grid: one `RunSpec` per (strategy, seed), seed-major — every strategy gets its first
+    seed before any gets its second, so an interrupted experiment still compares all of them."""
+    return [RunSpec(n, None, {}, None, seed, strategy=dict(cfg.strategies[n])) for seed in cfg.seeds for n in names]
+
+
+def run_text(cfg: CrossModalConfig, spec: RunSpec) -> str:
+    """One run's ``config.yaml``: the experiment with only that strategy and seed."""
+    d = cfg.model_dump(mode="json", exclude={"threads"})
+    d["strategies"], d["seeds"] = {spec.label: d["strategies"][spec.label]}, [spec.seed]
+    return yaml.safe_dump(d, sort_keys=True)
 
 
 def load_crossmodal_config(path: str | Path, overrides: list[str] | None = None) -> CrossModalConfig:
@@ -107,8 +138,6 @@ def load_crossmodal_config(path: str | Path, overrides: list[str] | None = None)
         raise ValueError(f"{p}: invalid crossmodal config: {' '.join(first[1:3]) if len(first) > 2 else e}") from None
     if not cfg.strategies:
         raise ValueError(f"{p}: 'strategies' is empty")
-    from hardneg.runs import check_path_name
-
     for name in cfg.strategies:  # each names its run files under the output folder
         check_path_name(name, f"{p}: strategy name")
     return cfg
@@ -193,9 +222,13 @@ def minilm_table(strings: list[str], cache_dir: Path) -> torch.Tensor:
 class Towers(torch.nn.Module):
     """The image tower, the text tower (over text-table ids) and CLIP's learnable logit scale."""
 
+    tokens: torch.Tensor
+
     def __init__(self, cfg: CrossModalConfig, table: TextTable, frozen: torch.Tensor | None = None) -> None:
         super().__init__()
-        self.image = ImageTower(cfg.dim, cfg.width)
+        self.image = ImageTower(
+            cfg.dim, cfg.width, stages=cfg.image_stages, norm=cfg.image_norm, pre_pool=cfg.image_pre_pool
+        )
         if cfg.text_tower == "minilm":
             if frozen is None:
                 raise ValueError("text_tower 'minilm' needs the frozen embedding table")
@@ -216,10 +249,56 @@ def _strategy_spec(spec: Mapping[str, Any]) -> tuple[dict[str, Any], int]:
     return s, edits
 
 
+def hardest_true_share(
+    zi: torch.Tensor, zt: torch.Tensor, ids: torch.Tensor, objects: list[tuple[SceneObject, ...]], meanings: list[tuple]
+) -> float:
+    """Share of image anchors (rows of ``zi``, showing ``objects``) whose most similar caption (rows
+    of ``zt``, parsed: ``meanings``) of another pair group (``ids``) is true of the image: a false
+    negative at the top of the ranking, where top-k puts its weight. Labels (the object set) miss
+    many of these; the scenes' semantics (`holds_parsed`) find them all."""
+    sim = torch.nn.functional.normalize(zi, dim=1) @ torch.nn.functional.normalize(zt, dim=1).T
+    sim = sim.masked_fill(ids[:, None] == ids[None, :], float("-inf"))
+    hits, n = 0, 0
+    for a, j in enumerate(sim.argmax(dim=1).tolist()):
+        if sim[a, j] > float("-inf"):
+            hits += holds_parsed(objects[a], meanings[j])
+            n += 1
+    return hits / n if n else float("nan")
+
+
+class CaptionTruthFilter(Filter):
+    """False-negative filter of a two-tower batch by the scenes' semantics: drop, for an image
+    anchor, every batch caption true of the image and, for a caption anchor, every batch image the
+    caption is true of. ``truth`` (B × B bool, image i × caption j, `truth_matrix`) is set for each
+    step before the loss is called (`Run.step` does); candidates past the batch (edit swaps, false
+    by construction) are kept. Pair groups (the id rule) and object-set labels (the ``label``
+    filter) name only a small part of these captions; this filter names all of them."""
+
+    kind = "caption_truth"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.truth: torch.Tensor | None = None
+
+    def drop(self, S: torch.Tensor, rows: slice, ctx: StepContext) -> torch.Tensor:
+        if self.truth is None:
+            raise ValueError("filter 'caption_truth' needs the batch's truth matrix: set .truth before the loss")
+        b = self.truth.shape[0]
+        if ctx.m < 2 * b:
+            raise ValueError(f"filter 'caption_truth': {ctx.m} candidates, fewer than the batch's 2 × {b}")
+        full = torch.zeros(2 * b, ctx.m, dtype=torch.bool, device=S.device)
+        t = self.truth.to(S.device)
+        full[:b, b : 2 * b] = t  # image anchor i: captions true of image i
+        full[b:, :b] = t.T  # caption anchor j: images caption j is true of
+        own = ctx.self_index[rows].to(S.device)
+        return torch.where((own >= 0)[:, None], full[own.clamp(min=0)], torch.zeros_like(full[:1]))
+
+
 class Run:
     """One (strategy, seed): the towers, the loss, the optimiser and the sampling generator.
     `step` trains on one batch of training images; ``loss_fn`` may be any callable with
-    ClipLoss's signature (the benchmark passes a literal CLIP loss)."""
+    ClipLoss's signature (the benchmark passes a literal CLIP loss); ``track_truth=False`` leaves
+    out the per-step ``hardest_true_share`` (a step time then measures training alone)."""
 
     def __init__(
         self,
@@ -230,6 +309,7 @@ class Run:
         table: TextTable,
         frozen: torch.Tensor | None = None,
         loss_fn: Callable[..., torch.Tensor] | None = None,
+        track_truth: bool = True,
     ) -> None:
         spec, self.n_edits = _strategy_spec(cfg.strategies[strategy]) if strategy in cfg.strategies else ({}, 0)
         self.gen = seed_everything(seed)
@@ -238,9 +318,18 @@ class Run:
         params = [*self.towers.parameters()]
         if isinstance(self.loss_fn, torch.nn.Module):
             params += list(self.loss_fn.parameters())
-        self.opt = torch.optim.Adam(params, lr=cfg.lr)
+        self.params, self.optim = params, cfg.optim
+        o = cfg.optim
+        self.opt = torch.optim.AdamW(params, lr=o.lr, weight_decay=o.weight_decay)
         self.train = data["train"]
+        total = cfg.epochs * (len(self.train.scenes) // cfg.batch_size)
+        self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lr_lambda(o, total))
         self.X = self.train.scenes.float_images()
+        strings = table.strings()
+        self.meanings = {c: parse_caption(strings[c]) for caps in self.train.caption_ids for c in caps}
+        self.track_truth = track_truth
+        loss_strategy = getattr(self.loss_fn, "strategy", None)
+        self.truth_filters = [f for f in getattr(loss_strategy, "filters", []) if isinstance(f, CaptionTruthFilter)]
         self.step_count = 0
         self.diag_sum: dict[str, float] = {}
         self.diag_n: dict[str, int] = {}
@@ -271,14 +360,28 @@ class Run:
                 rows.append([pool[int(j)] for j in sel])
             negatives = towers.text(torch.tensor(rows).flatten()).reshape(len(il), self.n_edits, -1)
         labels = tr.scenes.labels[idx]
+        if self.truth_filters:
+            objs = tr.scenes.objects
+            truth = torch.tensor([[holds_parsed(objs[i], self.meanings[int(c)]) for c in cap_ids] for i in il])
+            for f in self.truth_filters:
+                f.truth = truth
         loss = self.loss_fn(
             zi, zt, towers.logit_scale(), labels=labels, ids=ids, negatives=negatives, step=self.step_count
         )
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
+        if self.optim.grad_clip is not None:
+            torch.nn.utils.clip_grad_norm_(self.params, self.optim.grad_clip)
         self.opt.step()
-        for k, v in getattr(self.loss_fn, "last_diagnostics", {}).items():
-            if k in ("fn_weight_share", "hardest_fn_share", "ess", "skipped_share") and v == v:  # not NaN
+        self.sched.step()
+        diags = {k: v for k, v in getattr(self.loss_fn, "last_diagnostics", {}).items() if k in TRAIN_DIAGNOSTICS}
+        if self.track_truth:
+            objs = self.train.scenes.objects
+            diags["hardest_true_share"] = hardest_true_share(
+                zi.detach(), zt.detach(), ids, [objs[i] for i in il], [self.meanings[int(c)] for c in cap_ids]
+            )
+        for k, v in diags.items():
+            if v == v:  # not NaN
                 self.diag_sum[k] = self.diag_sum.get(k, 0.0) + float(v)
                 self.diag_n[k] = self.diag_n.get(k, 0) + 1
         self.step_count += 1
@@ -309,7 +412,7 @@ def train_run(
     return {
         "strategy": strategy,
         "seed": seed,
-        "fingerprint": cfg.fingerprint(strategy),
+        "finished": True,
         "steps": run.step_count,
         "final_temperature": 1 / float(run.towers.logit_scale().detach()),
         "diagnostics": {k: run.diag_sum[k] / run.diag_n[k] for k in run.diag_sum},
@@ -372,9 +475,41 @@ def evaluate(towers: Towers, split: SplitData, table: TextTable) -> dict[str, fl
 # ---------------------------------------------------------------------------------------------
 
 
-def _read_record(path: Path) -> dict[str, Any]:
-    """A finished run's record; a damaged one is one ``ValueError`` naming it (delete it to rerun)."""
-    return read_json_object(path, "run record", "delete it to train that run again")
+def _finished(d: Path, text: str) -> dict[str, Any] | None:
+    """The record of the finished run in folder ``d`` when its config is ``text``, else None; a
+    damaged ``summary.json`` is one ``ValueError`` naming it (`hardneg.runs.read_summary`)."""
+    rec = read_summary(d / SUMMARY)
+    cfg_p = d / CONFIG
+    if read_marker(d) != "run" or not rec.get("finished") or not cfg_p.is_file():
+        return None
+    if cfg_p.read_text(encoding="utf-8") != text:
+        return None
+    return rec
+
+
+def _train_one(
+    cfg: CrossModalConfig, spec: RunSpec, d: Path, built: dict[str, Any], log: Callable[[str], None] | None
+) -> dict[str, Any]:
+    """Train one grid point into its run folder (locked while it writes) unless it finished there."""
+    text = run_text(cfg, spec)
+    _, lock = prepare_output(d, "run", text, resume=True)
+    try:
+        rec = _finished(d, text)
+        if rec is not None:
+            return rec
+        if not built:
+            built["data"], built["table"] = build_data(cfg)
+            if cfg.text_tower == "minilm":
+                built["frozen"] = minilm_table(built["table"].strings(), d.parent.parent / "cache")
+        rec = train_run(cfg, spec.label, spec.seed, built["data"], built["table"], built.get("frozen"), log)
+        atomic_write_text(d / SUMMARY, json.dumps(rec, indent=1))
+    finally:
+        lock.release()
+    if log:
+        m = rec["metrics"]["test"]
+        log(f"{spec.label} seed {spec.seed}: test i2t R@1 {m['i2t_R@1']:.3f} t2i R@1 {m['t2i_R@1']:.3f} "
+            f"({rec['train_seconds']:.0f} s)")
+    return rec
 
 
 def run_grid(
@@ -383,55 +518,33 @@ def run_grid(
     strategies: list[str] | None = None,
     log: Callable[[str], None] | None = print,
     train: bool = True,
+    overwrite: bool = False,
 ) -> list[dict[str, Any]]:
-    """Every (strategy, seed) of ``cfg`` not already in ``out/runs``; returns all records.
-    ``train=False`` only collects the finished runs (a partial table while an experiment runs)."""
-    torch.set_num_threads(cfg.threads)
+    """Every (strategy, seed) of ``cfg`` not already finished in the compare folder ``out``; returns
+    all records in grid order. ``out`` is prepared as a hardneg compare folder (a new one, or the same
+    config resumed; ``overwrite`` replaces one of another config). ``train=False`` writes nothing and
+    only collects the finished runs (a partial table while an experiment runs). A run another process
+    is training is refused (`hardneg.io.WriterLock`), naming its folder and that process."""
     names = strategies or list(cfg.strategies)
     unknown = [s for s in names if s not in cfg.strategies]
     if unknown:
         raise ValueError(f"unknown strategies {unknown}; the config defines {list(cfg.strategies)}")
-    runs_dir = out / "runs"
-    if train:
-        runs_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(out / "config.yaml", yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
-    data = table = frozen = None
-    records = []
-    finished = {p: _read_record(p) for p in sorted(runs_dir.glob("*_seed*.json"))}  # a damaged one: refused now
-    # seed-major order: every strategy gets its first seed before any gets its second, so an
-    # interrupted experiment still compares all of them
-    for seed in cfg.seeds:
-        for name in names:
-            path = runs_dir / f"{name}_seed{seed}.json"
-            if path in finished:
-                rec = finished[path]
-                if rec.get("fingerprint") == cfg.fingerprint(name):
-                    records.append(rec)
-                    continue
-            if not train:
-                continue
-            if data is None:
-                data, table = build_data(cfg)
-                if cfg.text_tower == "minilm":
-                    frozen = minilm_table(table.strings(), out / "cache")
-            rec = train_run(cfg, name, seed, data, table, frozen, log)
-            atomic_write_text(path, json.dumps(rec, indent=1))
-            if log:
-                m = rec["metrics"]["test"]
-                log(f"{name} seed {seed}: test i2t R@1 {m['i2t_R@1']:.3f} t2i R@1 {m['t2i_R@1']:.3f} "
-                    f"({rec['train_seconds']:.0f} s)")
-            records.append(rec)
-    return records
+    specs = run_specs(cfg, names)
+    if not train:
+        found = [_finished(run_dir(out, s), run_text(cfg, s)) for s in specs]
+        return [r for r in found if r is not None]
+    torch.set_num_threads(cfg.threads)
+    # the compare folder's own files are written here only; each run folder has its own lock, so
+    # processes given disjoint --strategies share one experiment folder
+    _, lock = prepare_output(out, "compare", experiment_text(cfg), resume=not overwrite, overwrite=overwrite)
+    lock.release()
+    built: dict[str, Any] = {}
+    return [_train_one(cfg, s, run_dir(out, s), built, log) for s in specs]
 
 
-def _mean_std(vals: list[float]) -> str:
-    v = [x for x in vals if x == x]
-    if not v:
-        return "–"
-    m = float(np.mean(v))
-    if len(v) == 1:  # one seed: no spread to report
-        return f"{100 * m:.1f}"
-    return f"{100 * m:.1f} ± {100 * float(np.std(v, ddof=1)):.1f}"
+def _pct(vals: list[float]) -> str:
+    """Percent, mean ± sample std over seeds (`hardneg.report.stats.format_mean_std`), NaNs left out."""
+    return format_mean_std([x for x in vals if x == x], scale=100.0, fmt=".1f")
 
 
 def swap_chance(cfg: CrossModalConfig) -> dict[str, dict[str, float]]:
@@ -459,14 +572,14 @@ def results_tables(records: list[dict[str, Any]], chance: dict[str, dict[str, fl
         lines.append("| strategy | seeds | " + " | ".join(c.replace("_", " ") for c in cols) + " |")
         lines.append("|" + " --- |" * (len(cols) + 2))
         for name, rs in by.items():
-            cells = [_mean_std([r["metrics"][split][c] for r in rs]) for c in cols]
+            cells = [_pct([r["metrics"][split][c] for r in rs]) for c in cols]
             lines.append(f"| {name} | {len(rs)} | " + " | ".join(cells) + " |")
         lines.append("")
         lines.append(f"### {split} split: swap test (% of captions scored above every false one-edit swap)\n")
         lines.append("| strategy | " + " | ".join(EDIT_KINDS) + " |")
         lines.append("|" + " --- |" * (len(EDIT_KINDS) + 1))
         for name, rs in by.items():
-            cells = [_mean_std([r["metrics"][split][f"swap_{k}"] for r in rs]) for k in EDIT_KINDS]
+            cells = [_pct([r["metrics"][split][f"swap_{k}"] for r in rs]) for k in EDIT_KINDS]
             lines.append(f"| {name} | " + " | ".join(cells) + " |")
         if chance is not None:
             lines.append("| *chance* | " + " | ".join(f"{100 * chance[split][k]:.1f}" for k in EDIT_KINDS) + " |")
@@ -474,19 +587,52 @@ def results_tables(records: list[dict[str, Any]], chance: dict[str, dict[str, fl
         lines.append("")
         lines.append("Captions with at least one false swap of each kind: "
                      + ", ".join(f"{k} {v}" for k, v in n_cases.items()) + ".\n")
-    lines.append("### Training diagnostics (mean over steps)\n")
-    lines.append("`fn_weight_share`: share of the negative weight π on candidates whose scene has the anchor's object "
-                 "set (same colours and shapes); `hardest_fn_share`: share of anchors whose most similar negative "
-                 "has it; `ess`: effective number of negatives; final t: the learned temperature.\n")
-    lines.append("| strategy | fn_weight_share (%) | hardest_fn_share (%) | ess | final t |")
-    lines.append("| --- | --- | --- | --- | --- |")
-    for name, rs in by.items():
-        fw = _mean_std([r["diagnostics"].get("fn_weight_share", math.nan) for r in rs])
-        hf = _mean_std([r["diagnostics"].get("hardest_fn_share", math.nan) for r in rs])
-        ess = [r["diagnostics"].get("ess", math.nan) for r in rs]
-        t = [r["final_temperature"] for r in rs]
-        lines.append(f"| {name} | {fw} | {hf} | {np.nanmean(ess):.1f} | {np.mean(t):.4f} |")
+    lines += diagnostics_table(by)
     return "\n".join(lines) + "\n"
+
+
+def diagnostics_table(by: dict[str, list[dict[str, Any]]]) -> list[str]:
+    """The training diagnostics' table (mean over steps, then mean ± sample std over seeds)."""
+    lines = [
+        "### Training diagnostics (mean over steps)\n",
+        "`fn_weight_share`: share of the negative weight π on candidates whose scene has the anchor's object "
+        "set (same colours and shapes: the label); `hardest_fn_share`: share of anchors whose most similar "
+        "kept candidate has it; `hardest_true_share`: share of image anchors whose most similar caption of "
+        "another pair group is *true of the image* (a false negative by the scenes' semantics, whatever "
+        "the label); `ess`: effective number of negatives 1/Σπ²; `skipped`: anchors left without a "
+        "candidate; final t: the learned temperature.\n",
+        "| strategy | fn_weight_share (%) | hardest_fn_share (%) | hardest_true_share (%) | ess | skipped (%) "
+        "| final t |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for name, rs in by.items():
+        def d(key: str) -> list[float]:
+            return [r["diagnostics"].get(key, float("nan")) for r in rs]  # noqa: B023 - used at once
+
+        ess = format_mean_std([x for x in d("ess") if x == x], fmt=".1f")
+        t = format_mean_std([r["final_temperature"] for r in rs], fmt=".3f")
+        lines.append(f"| {name} | {_pct(d('fn_weight_share'))} | {_pct(d('hardest_fn_share'))} | "
+                     f"{_pct(d('hardest_true_share'))} | {ess} | {_pct(d('skipped_share'))} | {t} |")
+    return lines
+
+
+def batch_false_negatives(cfg: CrossModalConfig, n: int = 256) -> dict[str, float]:
+    """What a training batch holds: over the first ``n`` training images, each with its first
+    caption, ``true_share`` — the share of (image, caption of another pair group) pairs where the
+    caption is true of the image — and ``same_label_share``: the share of those true pairs whose
+    scenes have one object set (the ones the ``label`` filter removes)."""
+    sc = make_scenes("train", min(n, cfg.n_train), cfg.data_seed, cfg.captions_per_image)
+    caps = [c[0] for c in sc.captions]
+    ids = pair_ids(list(range(len(caps))), caps)
+    truth = truth_matrix(sc.objects, caps)
+    other = ids[:, None] != ids[None, :]
+    true_other = truth & other
+    same = sc.labels[:, None] == sc.labels[None, :]
+    n_true = int(true_other.sum())
+    return {
+        "true_share": n_true / max(1, int(other.sum())),
+        "same_label_share": int((true_other & same).sum()) / n_true if n_true else float("nan"),
+    }
 
 
 def write_results_page(
@@ -506,14 +652,22 @@ def write_results_page(
         "",
     ]
     for name, cfg, records in sections:
+        o, fn = cfg.optim, batch_false_negatives(cfg)
         lines += [
             f"## {name}: {cfg.text_tower} text tower",
             "",
             f"Data: {cfg.n_train} training scenes, {cfg.n_test} test and {cfg.n_compositional} compositional "
             f"scenes, {cfg.captions_per_image} captions per image (`hardneg.data.scenes`). Towers: "
-            f"`ImageTower(dim={cfg.dim}, width={cfg.width})` and the {cfg.text_tower} text tower; "
-            f"{cfg.epochs} epochs, batch {cfg.batch_size}, Adam lr {cfg.lr}, learnable temperature from "
-            f"{cfg.temperature}. Seeds {cfg.seeds}; mean ± sample std over seeds.",
+            f"`ImageTower(dim={cfg.dim}, width={cfg.width}, stages={cfg.image_stages}, norm={cfg.image_norm}, "
+            f"pre_pool={cfg.image_pre_pool})` and the {cfg.text_tower} text tower; {cfg.epochs} epochs, batch "
+            f"{cfg.batch_size}, AdamW lr {o.lr} (weight decay {o.weight_decay}, {o.schedule} schedule, "
+            f"{o.warmup_steps} warmup steps), learnable temperature from {cfg.temperature}. Seeds "
+            f"{cfg.seeds}; mean ± sample std over seeds.",
+            "",
+            f"False negatives in a batch (`batch_false_negatives`, first {min(256, cfg.n_train)} training "
+            f"images, one caption each): {100 * fn['true_share']:.1f} % of the (image, caption of another "
+            f"pair group) pairs are true of the image; {100 * fn['same_label_share']:.1f} % of those true "
+            "pairs share the image's object set, which is what the `label` filter removes.",
             "",
             "Strategies (config mappings, `hardneg.integrations.open_clip.cross_modal_strategy`):",
             "",

@@ -63,6 +63,7 @@ def test_swap_test_and_recall_follow_the_towers_scores():
 
 def test_towers_shapes():
     assert ImageTower(dim=8, width=4)(torch.zeros(3, 3, 64, 64)).shape == (3, 8)
+    assert ImageTower(dim=8, width=4, stages=3, norm=False, pre_pool=True)(torch.zeros(2, 3, 64, 64)).shape == (2, 8)
     tt = TextTower(vocab_size=10, max_len=5, dim=6)
     assert tt(torch.tensor([[1, 2, 0, 0, 0]])).shape == (1, 6)
     with pytest.raises(ValueError, match="divisible by 16"):
@@ -93,20 +94,20 @@ def test_crossmodal_compare_runs_and_resumes(tmp_path):
     assert e.value.code == 0
     runs_dir = out / "tiny" / "runs"
     runs = sorted(p.name for p in runs_dir.iterdir())
-    assert runs == ["edits_seed0.json", "edits_seed1.json", "uniform_seed0.json", "uniform_seed1.json"]
-    rec = json.loads((runs_dir / "uniform_seed0.json").read_text())
+    assert runs == ["edits_s0", "edits_s1", "uniform_s0", "uniform_s1"]
+    rec = json.loads((runs_dir / "uniform_s0" / "summary.json").read_text())
     assert rec["steps"] == 2 and 0.0 <= rec["metrics"]["test"]["i2t_R@1"] <= 1.0
     doc.write_text(doc.read_text() + "My reading.\n")
-    before = {p.name: p.stat().st_mtime_ns for p in runs_dir.iterdir()}
+    before = {p: p.stat().st_mtime_ns for p in runs_dir.glob("*/summary.json")}
     with pytest.raises(SystemExit):
         main(["crossmodal-compare", "--config", str(cfg), "--out", str(out), "--docs", str(doc)])
-    assert {p.name: p.stat().st_mtime_ns for p in runs_dir.iterdir()} == before  # resumed, not retrained
+    assert {p: p.stat().st_mtime_ns for p in runs_dir.glob("*/summary.json")} == before  # reused, not retrained
     text = doc.read_text()
     assert text.endswith("My reading.\n") and "| uniform | 2 |" in text
-    (runs_dir / "edits_seed1.json").unlink()
+    (runs_dir / "edits_s1" / "summary.json").unlink()
     with pytest.raises(SystemExit):  # tabulate what is finished, train nothing
         main(["crossmodal-compare", "--config", str(cfg), "--out", str(out), "--docs", str(doc), "--summarize"])
-    assert not (runs_dir / "edits_seed1.json").exists() and "| edits | 1 |" in doc.read_text()
+    assert not (runs_dir / "edits_s1" / "summary.json").exists() and "| edits | 1 |" in doc.read_text()
     assert results_tables([rec]).count("| uniform |") == 5
 
 
@@ -130,3 +131,139 @@ def test_minilm_table_matches_the_model_and_is_cached(tmp_path):
     assert table.shape == (2, 384) and torch.allclose(table, ref.cpu(), atol=1e-5)
     (cached,) = list(tmp_path.glob("minilm_*.npy"))
     assert torch.equal(minilm_table(strings, tmp_path), table) and cached.exists()
+
+
+def _hand_batch():
+    """Five (image, caption) pairs whose captions are true of an image exactly when the two pairs
+    share an image (pair group) or an object set (label): rows 0 and 4 show one small red circle
+    (the same image), row 1 another small red circle elsewhere, rows 2 and 3 other objects."""
+    from hardneg.data.scenes import SceneObject, object_set_label
+
+    red0 = (SceneObject("red", "circle", "small", 20.0, 20.0),)
+    red1 = (SceneObject("red", "circle", "small", 44.0, 40.0),)
+    blue = (SceneObject("blue", "square", "large", 30.0, 30.0),)
+    yellow = (SceneObject("yellow", "diamond", "small", 12.0, 50.0),)
+    images = [0, 1, 2, 3, 0]
+    objects = [red0, red1, blue, yellow, red0]
+    captions = ["a red circle", "one red circle", "a blue square", "a yellow diamond", "a small red circle"]
+    labels = torch.tensor([object_set_label(o) for o in objects])
+    return images, objects, captions, labels
+
+
+def _literal_clip_without(true: torch.Tensor, zi: torch.Tensor, zt: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """CLIP's symmetric loss whose denominators leave out every (image, caption) pair ``true`` marks,
+    the anchor's own positive kept."""
+    s = scale * torch.nn.functional.normalize(zi, dim=1) @ torch.nn.functional.normalize(zt, dim=1).T
+    terms = []
+    for a in range(len(zi)):
+        for sim, keep in ((s[a], ~true[a]), (s[:, a], ~true[:, a])):  # image→text, text→image
+            keep = keep.clone()
+            keep[a] = True
+            terms.append(-(sim[a] - torch.logsumexp(sim[keep], 0)))
+    return torch.stack(terms).mean()
+
+
+def test_the_false_negative_filter_removes_exactly_the_captions_true_of_the_image():
+    """CLIP's loss with the ``id`` and ``label`` filters equals the literal CLIP loss whose
+    denominators leave out every caption true of the anchor image (and, text→image, every image the
+    anchor caption is true of), computed with `caption_true`."""
+    from hardneg.integrations.open_clip import ClipLoss
+    from hardneg.negatives.cross_modal import pair_ids
+
+    images, objects, captions, labels = _hand_batch()
+    true = torch.tensor([[caption_true(objects[a], captions[b]) for b in range(5)] for a in range(5)])
+    ids = pair_ids(images, captions)
+    # the batch is built so that "true of" is "same group or same object set"
+    assert torch.equal(true, (ids[:, None] == ids[None, :]) | (labels[:, None] == labels[None, :]))
+    assert int(true.sum()) == 9 + 2  # the three red-circle rows among themselves, and rows 2, 3 alone
+    g = torch.Generator().manual_seed(0)
+    zi, zt = torch.randn(5, 8, generator=g), torch.randn(5, 8, generator=g)
+    scale = torch.tensor(10.0)
+    filtered = ClipLoss({"name": "ucl", "filters": [{"kind": "id"}, {"kind": "label"}]})
+    got = filtered(zi, zt, scale, labels=labels, ids=ids)
+    assert float(got) == pytest.approx(float(_literal_clip_without(true, zi, zt, scale)), rel=1e-5)
+    plain = ClipLoss({"name": "ucl"})(zi, zt, scale, labels=labels, ids=ids)
+    assert abs(float(plain) - float(got)) > 1e-3  # the id rule alone keeps row 1's caption for row 0
+
+
+def test_the_caption_truth_filter_removes_the_true_captions_that_groups_and_labels_miss():
+    """A scene with a red circle and a blue square: "a red circle", written for another scene, is
+    true of it, with another group and another object set. `CaptionTruthFilter` removes it (the
+    literal loss without every `caption_true` pair); the id + label filter keeps it."""
+    from hardneg.data.scenes import SceneObject, object_set_label
+    from hardneg.integrations.open_clip import ClipLoss
+    from hardneg.negatives.cross_modal import pair_ids
+    from reproduce.crossmodal import CaptionTruthFilter
+
+    a = (SceneObject("red", "circle", "small", 16.0, 16.0), SceneObject("blue", "square", "large", 44.0, 44.0))
+    b = (SceneObject("red", "circle", "small", 40.0, 20.0),)
+    c = (SceneObject("yellow", "diamond", "small", 30.0, 30.0),)
+    objects, captions = [a, b, c], ["a blue square", "a red circle", "a yellow diamond"]
+    true = torch.tensor([[caption_true(o, cap) for cap in captions] for o in objects])
+    assert true.tolist() == [[True, True, False], [False, True, False], [False, False, True]]
+    ids, labels = pair_ids([0, 1, 2], captions), torch.tensor([object_set_label(o) for o in objects])
+    g = torch.Generator().manual_seed(1)
+    zi, zt, scale = torch.randn(3, 8, generator=g), torch.randn(3, 8, generator=g), torch.tensor(10.0)
+    f = CaptionTruthFilter()
+    f.truth = true
+    got = ClipLoss({"name": "ucl", "filters": [f]})(zi, zt, scale, labels=labels, ids=ids)
+    assert float(got) == pytest.approx(float(_literal_clip_without(true, zi, zt, scale)), rel=1e-5)
+    by_label = ClipLoss({"name": "ucl", "filters": [{"kind": "id"}, {"kind": "label"}]})(
+        zi, zt, scale, labels=labels, ids=ids
+    )
+    assert float(by_label) == pytest.approx(float(_literal_clip_without(torch.eye(3, dtype=torch.bool), zi, zt, scale)))
+    f.truth = None
+    with pytest.raises(ValueError, match="truth matrix"):
+        ClipLoss({"name": "ucl", "filters": [f]})(zi, zt, scale, ids=ids)
+
+
+def test_run_grid_writes_hardneg_run_folders_and_resumes(tmp_path):
+    """`run_grid` writes a compare folder of run folders (`hardneg.runs` markers, configs, summaries);
+    a second call reuses the finished runs, and another config into the folder is refused unless
+    ``overwrite``."""
+    from hardneg.runs import read_marker
+    from reproduce.crossmodal import run_grid
+
+    cfg = CrossModalConfig(n_train=16, n_test=10, n_compositional=10, epochs=1, batch_size=8, dim=8, width=4,
+                           threads=1, seeds=[0], strategies={"uniform": {"name": "ucl"}})
+    out = tmp_path / "exp"
+    recs = run_grid(cfg, out, log=None)
+    run = out / "runs" / "uniform_s0"
+    assert read_marker(out) == "compare" and read_marker(run) == "run"
+    assert sorted(p.name for p in run.iterdir()) == [".hardneg", "config.yaml", "summary.json"]
+    assert recs[0]["steps"] == 2 and json.loads((run / "summary.json").read_text())["seed"] == 0
+    mtime = (run / "summary.json").stat().st_mtime_ns
+    again = run_grid(cfg, out, log=None)
+    assert again == recs and (run / "summary.json").stat().st_mtime_ns == mtime  # reused, not retrained
+    assert run_grid(cfg, out, log=None, train=False) == recs
+    more = cfg.model_copy(update={"strategies": {**cfg.strategies, "topk": {"name": "topk", "k": 2}}})
+    both = run_grid(more, out, log=None)  # a strategy added: the finished run is reused
+    assert both[0] == recs[0] and both[1]["strategy"] == "topk"
+    assert (run / "summary.json").stat().st_mtime_ns == mtime
+    other = cfg.model_copy(update={"epochs": 2})
+    with pytest.raises(FileExistsError, match="differs"):
+        run_grid(other, out, log=None)
+    assert run_grid(other, out, log=None, overwrite=True)[0]["steps"] == 4
+
+
+def test_hardest_true_share_counts_anchors_whose_top_other_group_caption_is_true():
+    from hardneg.data.scenes import parse_caption
+    from hardneg.negatives.cross_modal import pair_ids
+    from reproduce.crossmodal import hardest_true_share
+
+    images, objects, captions, _ = _hand_batch()
+    ids = pair_ids(images, captions)
+    g = torch.Generator().manual_seed(3)
+    zi, zt = torch.randn(5, 6, generator=g), torch.randn(5, 6, generator=g)
+    zt[1] = zi[0] * 5 + 0.01 * zt[1]  # image 0's nearest caption of another group: "one red circle", true of it
+    zt[0] = zi[2] * 5 + 0.01 * zt[0]  # image 2's (the blue square): "a red circle", false of it
+    got = hardest_true_share(zi, zt, ids, objects, [parse_caption(c) for c in captions])
+    n = torch.nn.functional.normalize
+    sim = n(zi, dim=1) @ n(zt, dim=1).T
+    hits = []
+    for a in range(5):
+        others = [b for b in range(5) if int(ids[b]) != int(ids[a])]
+        best = max(others, key=lambda b: float(sim[a, b]))
+        hits.append(caption_true(objects[a], captions[best]))
+    assert hits[0] and not hits[2]
+    assert got == pytest.approx(sum(hits) / 5)

@@ -269,7 +269,7 @@ def _eval_rows() -> dict[str, Case | NotApplicable]:
 
 def _crossmodal_rows() -> dict[str, Case | NotApplicable]:
     def corrupt(ws: Path, fx: Fixtures) -> tuple[list[str], str]:
-        rec = _write(ws / "out" / "crossmodal_quick" / "runs" / "uniform_seed0.json", GARBAGE)
+        rec = _write(ws / "out" / "crossmodal_quick" / "runs" / "uniform_s0" / "summary.json", GARBAGE)
         return ["crossmodal-compare", "-c", str(CROSSMODAL_QUICK), "--out", str(ws / "out"), "--summarize"], str(rec)
 
     def signalled(ws: Path, fx: Fixtures) -> tuple[list[str], str]:

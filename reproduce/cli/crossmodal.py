@@ -30,9 +30,13 @@ def crossmodal_compare(
     summarize: Annotated[
         bool, typer.Option("--summarize", help="Train nothing: tabulate the runs already finished.")
     ] = False,
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", help="Replace an output folder that holds another config's runs.")
+    ] = False,
 ) -> None:
-    """Train image and text towers with each strategy of each config for each seed (runs already in
-    the output folder are reused: the full experiment resumes), then print and write the tables."""
+    """Train image and text towers with each strategy of each config for each seed (runs already
+    finished in the output folder, a hardneg compare folder of the same config, are reused: the full
+    experiment resumes), then print and write the tables."""
     from hardneg.io import check_writable
     from reproduce.crossmodal import load_crossmodal_config, results_tables, run_grid, write_results_page
 
@@ -43,7 +47,7 @@ def crossmodal_compare(
     names = [s.strip() for s in strategies.split(",") if s.strip()] if strategies else None
     sections = []
     for stem, cfg in cfgs:
-        records = run_grid(cfg, out / stem, names, log=typer.echo, train=not summarize)
+        records = run_grid(cfg, out / stem, names, log=typer.echo, train=not summarize, overwrite=overwrite)
         if not records:
             typer.echo(f"{stem}: no finished runs in {out / stem / 'runs'}")
             continue

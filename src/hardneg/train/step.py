@@ -24,7 +24,7 @@ from torch import nn
 from hardneg import distributed as D
 from hardneg.negatives.queue import MomentumEncoder, needs_key_encoder
 from hardneg.negatives.strategy import Strategy
-from hardneg.runs.config import RunConfig
+from hardneg.runs.config import OptimConfig, RunConfig
 from hardneg.train.losses_from_config import strategy_of
 
 #: strategy diagnostics the step record already holds under its own names
@@ -48,9 +48,10 @@ def set_rng_state(state: tuple[torch.Tensor, list[torch.Tensor]]) -> None:
         torch.cuda.set_rng_state_all(cuda)
 
 
-def lr_lambda(cfg: RunConfig, total_steps: int) -> Callable[[int], float]:
-    """Multiplier of the base LR at a step: linear warmup, then cosine to 0 / constant / step decay."""
-    o = cfg.optim
+def lr_lambda(cfg: RunConfig | OptimConfig, total_steps: int) -> Callable[[int], float]:
+    """Multiplier of the base LR at a step: linear warmup, then cosine to 0 / constant / step decay
+    (``cfg``: a run's config or its ``optim`` section alone)."""
+    o = cfg if isinstance(cfg, OptimConfig) else cfg.optim
 
     def f(step: int) -> float:
         if o.warmup_steps and step < o.warmup_steps:
