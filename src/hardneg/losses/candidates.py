@@ -64,6 +64,24 @@ def safe_normalize(x: Tensor) -> Tensor:
 # ---------------------------------------------------------------------------------------------
 
 
+#: the float32 just below zero: ``y > -_BELOW_ZERO`` holds exactly when ``y >= 0``
+_BELOW_ZERO = 2.0**-149
+
+
+def log_mask_(y: Tensor, inclusive: bool = False) -> Tensor:
+    """``y`` overwritten with the additive (log-weight) form of the mask ``y > 0`` (``y >= 0`` with
+    ``inclusive``): 0 where it holds, −∞ elsewhere and where ``y`` is NaN. Adding it to a block of
+    the kernel's tile removes candidates exactly (x + 0 = x). Two float passes: on CPU a boolean
+    mask and ``masked_fill_`` cost about ten times as much."""
+    F.threshold(y, -_BELOW_ZERO if inclusive else 0.0, float("-inf"), inplace=True)
+    return y.clamp_(max=0.0)
+
+
+def log_mask_count(a: Tensor) -> Tensor:
+    """(rows,) number of 0 entries per row of a log-mask ``a`` (0 or −∞ entries)."""
+    return torch.add(a, 1.0).clamp_(min=0.0).sum(1).long()
+
+
 def two_view_index(B: int, device: torch.device | None = None) -> tuple[Tensor, Tensor]:
     """``(pos_index, self_index)`` of the stacked views ``[z1; z2]`` (2B rows): row i's positive
     is row i + B and row i + B's is row i; each row is itself."""

@@ -223,6 +223,13 @@ def _softmax_lse_(X: Tensor, ws: _Workspace | None = None, sumsq: Tensor | None 
     return lse
 
 
+def logsumexp_rows_(X: Tensor) -> Tensor:
+    """Row log-sum-exp of X, which is overwritten with its row softmax (−∞ entries allowed, a row
+    needs one finite entry). On CPU ``torch.logsumexp`` runs ``exp`` on −∞ and on underflowing
+    entries through a scalar slow path (ten to a hundred times a plain pass); the softmax kernel does not."""
+    return _softmax_lse_(X)
+
+
 def _weighted_blocks_(S: Tensor, sp: Tensor, spec: KernelSpec, ws: _Workspace, r0: int,
                       active: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:
     """``log_weight_block`` and the softmax in the same cache-sized blocks of rows (one trip

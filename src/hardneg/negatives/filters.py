@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from hardneg.losses.candidates import same_known_label
+from hardneg.losses.candidates import log_mask_, same_known_label
 from hardneg.losses.checks import check_number
 from hardneg.negatives.context import StepContext
 from hardneg.negatives.sources import register_kind, simple_repr
@@ -187,7 +187,12 @@ class SimilarityFilter(Filter):
         """`drop` in place, one rule at a time: X = s / t is compared with threshold / t."""
         t = ctx.t
         for above, th in similarity_thresholds(sp * t if self.needs_positive else None, **self._rules()).values():
-            X.masked_fill_(X.gt(th / t) if above else X.lt(th / t), float("-inf"))
+            # kept: X ≤ th/t (above) or X ≥ th/t, as a log-mask of th/t − X ≥ 0 (float passes only);
+            # a NaN threshold (no positive) drops nothing, as a comparison with it is false
+            if isinstance(th, Tensor):
+                th = torch.nan_to_num(th, nan=math.inf if above else -math.inf)
+            y = torch.sub(th / t, X) if above else torch.sub(X, th / t)
+            X.add_(log_mask_(y, inclusive=True))
 
 
 #: the range of each similarity rule (scores are cosine similarities); ``relative_margin`` is any

@@ -35,7 +35,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from hardneg._optional import require
+from hardneg.losses.candidates import log_mask_, log_mask_count
 from hardneg.losses.checks import check_beta, check_int, check_nonneg, check_number, check_positive
+from hardneg.losses.kernel import logsumexp_rows_
 from hardneg.losses.tilt import tilt_log_weights
 from hardneg.negatives.context import StepContext
 from hardneg.negatives.sources import register_kind, simple_repr
@@ -255,15 +257,26 @@ class SemiHard(Weighting):
         self._fallback_(keep, S, sp, ~keep.any(1), lambda e: valid[e])
         return keep
 
+    def _nearest(self, S: Tensor, sp: Tensor, valid: Tensor) -> Tensor:
+        """(rows,) the valid candidate of each row nearest the window (rows with one valid candidate)."""
+        dist = F.relu(S - sp[:, None]) + F.relu(sp[:, None] - self.margin - S)
+        return dist.masked_fill(~valid, float("inf")).argmin(1)
+
+    def _window(self, S: Tensor, spc: Tensor) -> Tensor:
+        """min(s_p − s, s − (s_p − margin)) (S overwritten): > 0 inside the window, and minus the
+        distance to it outside (one of the two terms is negative there, as margin ≥ 0)."""
+        above = torch.sub(spc[:, None], S)  # > 0: less similar than the positive
+        S.sub_((spc - self.margin)[:, None])  # > 0: more similar than s_p − margin
+        return torch.minimum(above, S, out=above)
+
     def _fallback_(self, keep: Tensor, S: Tensor, sp: Tensor, empty: Tensor,
                    valid_of: Callable[[Tensor], Tensor]) -> Tensor:
         """Rows with an empty window keep their one valid candidate nearest it (in ``keep``);
         counts the rows. Returns their indices."""
         e = torch.nonzero(empty).flatten()
         if e.numel():  # computed on the empty rows only
-            Se, spe, ve = S[e], sp[e, None], valid_of(e)
-            dist = F.relu(Se - spe) + F.relu(spe - self.margin - Se)
-            j = dist.masked_fill(~ve, float("inf")).argmin(1)
+            ve = valid_of(e)
+            j = self._nearest(S[e], sp[e], ve)
             keep[e, j] = ve[torch.arange(e.numel(), device=e.device), j]
         self._rows += S.shape[0]
         self._fallback += int(e.numel())
@@ -272,15 +285,22 @@ class SemiHard(Weighting):
     fused = True
 
     def weigh_(self, X: Tensor, rows: slice, ctx: StepContext, sp: Tensor) -> tuple[Tensor, None, None]:
-        """The window on the block's cosines; candidates outside it become −∞."""
+        """The window on the block's cosines as a log-mask (float passes only: on CPU a boolean
+        tile costs ten times as much); candidates outside it become −∞."""
         check_nonneg(_opt("margin"), self.margin)
-        S, spc = X * ctx.t, sp * ctx.t
-        keep = semihard_mask(S, None, spc, self.margin)
-        cnt = keep.sum(1)
-        e = self._fallback_(keep, S, spc, cnt == 0, lambda e: X[e] > NEG_INF)
-        if e.numel():
-            cnt[e] = keep[e].sum(1)
-        X.masked_fill_(keep.logical_not_(), NEG_INF)
+        S, spc = torch.mul(X, ctx.t), sp * ctx.t
+        a = log_mask_(self._window(S, spc))
+        cnt = log_mask_count(a)
+        e = torch.nonzero(cnt == 0).flatten()
+        if e.numel():  # an empty window: the valid candidate nearest it, i.e. with the largest min(·, 0)
+            j = self._window(X[e] * ctx.t, spc[e]).clamp_(max=0.0).argmax(1)
+            ok = X[e, j] > NEG_INF
+            a[e] = NEG_INF
+            a[e[ok], j[ok]] = 0.0
+            cnt[e] = ok.long()
+        self._rows += X.shape[0]
+        self._fallback += int(e.numel())
+        X.add_(a)
         return cnt, None, None
 
     def log_weights(self, S: Tensor, rows: slice, ctx: StepContext, valid: Tensor) -> Tensor:
@@ -335,11 +355,17 @@ class DistanceWeighted(Weighting):
     fused = True
 
     def weigh_(self, X: Tensor, rows: slice, ctx: StepContext, sp: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """X ← X − log q(d); a row whose every valid candidate is too far keeps them, unweighted."""
+        """X ← X − log q(d); a row whose every valid candidate is too far keeps them, unweighted.
+        Float passes only (the far rule as a log-mask, `hardneg.losses.candidates.log_mask_`),
+        and log Σ_j q(d_ij)⁻¹ by the softmax kernel (`hardneg.losses.kernel.logsumexp_rows_`)."""
         n = self.dim or ctx.q.shape[1]
-        # u = 2 − 2s with s = X t (2t scales exactly as 2 does); −∞ where X is (u = ∞ there)
-        lw = _neg_log_q_(torch.mul(X, -2.0 * ctx.t).add_(2.0), n, self.cutoff, self.nonzero_loss_cutoff)
-        cnt = (lw > NEG_INF).sum(1)
+        # u = d² = 2 − 2s with s = X t; u = ∞ where X is −∞ (an invalid candidate is far, too)
+        u = torch.mul(X, -2.0 * ctx.t).add_(2.0)
+        far = log_mask_(torch.sub(self.nonzero_loss_cutoff**2, u))  # −∞ where d ≥ nonzero_loss_cutoff
+        cnt = log_mask_count(far)
+        u.clamp_(min=self.cutoff**2)
+        lw = torch.log(u).mul_(-(n - 2.0) / 2.0)
+        lw.add_(u.mul_(-0.25).add_(1.0).clamp_(min=1e-8).log_(), alpha=-(n - 3.0) / 2.0).add_(far)
         fallback = torch.zeros_like(cnt, dtype=torch.bool)
         e = torch.nonzero(cnt == 0).flatten()
         if e.numel():
@@ -349,7 +375,10 @@ class DistanceWeighted(Weighting):
             cnt[e] = ve.sum(1)
             fallback[e] = True
         X.add_(lw)
-        return cnt, torch.logsumexp(lw, 1), fallback
+        lse = torch.zeros_like(lw[:, 0])  # a row without a valid candidate: dropped by the kernel
+        ok = cnt > 0
+        lse[ok] = logsumexp_rows_(lw[ok] if not bool(ok.all()) else lw)
+        return cnt, lse, fallback
 
 
 class ClusterGuided(Weighting):
