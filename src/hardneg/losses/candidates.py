@@ -69,17 +69,22 @@ _BELOW_ZERO = 2.0**-149
 
 
 def log_mask_(y: Tensor, inclusive: bool = False) -> Tensor:
-    """``y`` overwritten with the additive (log-weight) form of the mask ``y > 0`` (``y >= 0`` with
-    ``inclusive``): 0 where it holds, −∞ elsewhere and where ``y`` is NaN. Adding it to a block of
-    the kernel's tile removes candidates exactly (x + 0 = x). Two float passes: on CPU a boolean
-    mask and ``masked_fill_`` cost about ten times as much."""
+    """``y`` (no NaN) overwritten with the additive (log-weight) form of the mask ``y > 0``
+    (``y >= 0`` with ``inclusive``): 0 where it holds, −∞ elsewhere. Adding it to a block of the
+    kernel's tile removes candidates exactly (x + 0 = x). Two float passes: on CPU a boolean mask
+    and ``masked_fill_`` cost about ten times as much."""
     F.threshold(y, -_BELOW_ZERO if inclusive else 0.0, float("-inf"), inplace=True)
     return y.clamp_(max=0.0)
 
 
-def log_mask_count(a: Tensor) -> Tensor:
-    """(rows,) number of 0 entries per row of a log-mask ``a`` (0 or −∞ entries)."""
-    return torch.add(a, 1.0).clamp_(min=0.0).sum(1).long()
+def finite_count(X: Tensor, log_mask: bool = False) -> Tensor:
+    """(rows,) number of entries above −∞ in each row of ``X`` (no NaN), by float passes:
+    −max − x is +∞ for x = −∞ and ≤ 0 for every finite x, so clamped to [0, 1] it counts the −∞.
+    ``log_mask``: X holds only 0 and −∞ (`log_mask_`), and one clamp to [−1, 0] counts them."""
+    if log_mask:
+        return X.shape[1] + torch.clamp(X, min=-1.0).sum(1).long()
+    invalid = torch.rsub(X, -torch.finfo(X.dtype).max).clamp_(0.0, 1.0).sum(1)
+    return X.shape[1] - invalid.long()
 
 
 def two_view_index(B: int, device: torch.device | None = None) -> tuple[Tensor, Tensor]:

@@ -31,7 +31,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from hardneg.losses.candidates import nominal_n, safe_normalize
+from hardneg.losses.candidates import finite_count, nominal_n, safe_normalize
 from hardneg.losses.checks import (
     POSITIVE_REDUCES,
     POSITIVES,
@@ -519,7 +519,7 @@ class Strategy(nn.Module):
         for f in self.filters:
             f.drop_(X, rows, ctx, sp)
         cnt, lse_a, fallback = (
-            self.weightings[0].weigh_(X, rows, ctx, sp) if self.weightings else ((X > NEG_INF).sum(1), None, None)
+            self.weightings[0].weigh_(X, rows, ctx, sp) if self.weightings else (finite_count(X), None, None)
         )
         if loc is not None:
             rec.keep(X0, X[loc], loc, rows, sp, ctx, fallback)

@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from hardneg._optional import require
-from hardneg.losses.candidates import log_mask_, log_mask_count
+from hardneg.losses.candidates import finite_count, log_mask_
 from hardneg.losses.checks import check_beta, check_int, check_nonneg, check_number, check_positive
 from hardneg.losses.kernel import logsumexp_rows_
 from hardneg.losses.tilt import tilt_log_weights
@@ -262,12 +262,12 @@ class SemiHard(Weighting):
         dist = F.relu(S - sp[:, None]) + F.relu(sp[:, None] - self.margin - S)
         return dist.masked_fill(~valid, float("inf")).argmin(1)
 
-    def _window(self, S: Tensor, spc: Tensor) -> Tensor:
-        """min(s_p − s, s − (s_p − margin)) (S overwritten): > 0 inside the window, and minus the
-        distance to it outside (one of the two terms is negative there, as margin ≥ 0)."""
-        above = torch.sub(spc[:, None], S)  # > 0: less similar than the positive
-        S.sub_((spc - self.margin)[:, None])  # > 0: more similar than s_p − margin
-        return torch.minimum(above, S, out=above)
+    def _window(self, X: Tensor, spx: Tensor, t: float) -> Tensor:
+        """min(s_p − s, s − (s_p − margin)) / t from X = s/t: > 0 inside the window, and minus the
+        distance to it (/ t) outside (one of the two terms is negative there, as margin ≥ 0)."""
+        above = torch.sub(spx[:, None], X)  # > 0: less similar than the positive
+        inside = torch.sub(X, (spx - self.margin / t)[:, None])  # > 0: more similar than s_p − margin
+        return torch.minimum(above, inside, out=above)
 
     def _fallback_(self, keep: Tensor, S: Tensor, sp: Tensor, empty: Tensor,
                    valid_of: Callable[[Tensor], Tensor]) -> Tensor:
@@ -288,12 +288,11 @@ class SemiHard(Weighting):
         """The window on the block's cosines as a log-mask (float passes only: on CPU a boolean
         tile costs ten times as much); candidates outside it become −∞."""
         check_nonneg(_opt("margin"), self.margin)
-        S, spc = torch.mul(X, ctx.t), sp * ctx.t
-        a = log_mask_(self._window(S, spc))
-        cnt = log_mask_count(a)
+        a = log_mask_(self._window(X, sp, ctx.t))
+        cnt = finite_count(a, log_mask=True)
         e = torch.nonzero(cnt == 0).flatten()
         if e.numel():  # an empty window: the valid candidate nearest it, i.e. with the largest min(·, 0)
-            j = self._window(X[e] * ctx.t, spc[e]).clamp_(max=0.0).argmax(1)
+            j = self._window(X[e], sp[e], ctx.t).clamp_(max=0.0).argmax(1)
             ok = X[e, j] > NEG_INF
             a[e] = NEG_INF
             a[e[ok], j[ok]] = 0.0
@@ -362,7 +361,7 @@ class DistanceWeighted(Weighting):
         # u = d² = 2 − 2s with s = X t; u = ∞ where X is −∞ (an invalid candidate is far, too)
         u = torch.mul(X, -2.0 * ctx.t).add_(2.0)
         far = log_mask_(torch.sub(self.nonzero_loss_cutoff**2, u))  # −∞ where d ≥ nonzero_loss_cutoff
-        cnt = log_mask_count(far)
+        cnt = finite_count(far, log_mask=True)
         u.clamp_(min=self.cutoff**2)
         lw = torch.log(u).mul_(-(n - 2.0) / 2.0)
         lw.add_(u.mul_(-0.25).add_(1.0).clamp_(min=1e-8).log_(), alpha=-(n - 3.0) / 2.0).add_(far)
