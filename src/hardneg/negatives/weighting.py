@@ -355,19 +355,18 @@ class DistanceWeighted(Weighting):
 
     def weigh_(self, X: Tensor, rows: slice, ctx: StepContext, sp: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """X ← X − log q(d); a row whose every valid candidate is too far keeps them, unweighted.
-        Float passes only (the far rule is a threshold on −d² that the log carries to −∞; on CPU a
-        boolean tile costs ten times as much), and log Σ_j q(d_ij)⁻¹ by the softmax kernel
-        (`hardneg.losses.kernel.logsumexp_rows_`)."""
+        Float passes only (the far rule as a log-mask, `hardneg.losses.candidates.log_mask_`:
+        on CPU a boolean tile costs ten times as much), and log Σ_j q(d_ij)⁻¹ by the softmax
+        kernel (`hardneg.losses.kernel.logsumexp_rows_`). Far candidates stay finite until the
+        mask is added: log and exp of ±∞ take a slow path on CPU."""
         n = self.dim or ctx.q.shape[1]
-        # w = −u = −d² = 2s − 2 with s = X t: −∞ where X is −∞, and set to −∞ where d ≥ nonzero_loss_cutoff
-        # (kept: −u > −cutoff²), so that log u = +∞ makes those log-weights −∞ too
-        w = torch.mul(X, 2.0 * ctx.t).sub_(2.0)
-        F.threshold(w, -self.nonzero_loss_cutoff**2, NEG_INF, inplace=True)
-        cnt = finite_count(w)
-        w.clamp_(max=-self.cutoff**2)  # d clipped below at cutoff
-        half = torch.add(torch.ones((), dtype=w.dtype, device=w.device), w, alpha=0.25)  # 1 − d²/4
-        lw = w.neg_().log_().mul_(-(n - 2.0) / 2.0)  # −((n−2)/2) log d², w's buffer
-        lw.add_(half.clamp_(min=1e-8).log_(), alpha=-(n - 3.0) / 2.0)
+        # u = d² = 2 − 2s with s = X t; u = ∞ where X is −∞ (an invalid candidate is far, too)
+        u = torch.mul(X, -2.0 * ctx.t).add_(2.0)
+        far = log_mask_(torch.sub(self.nonzero_loss_cutoff**2, u))  # −∞ where d ≥ nonzero_loss_cutoff
+        cnt = finite_count(far, log_mask=True)
+        u.clamp_(min=self.cutoff**2)
+        lw = torch.log(u).mul_(-(n - 2.0) / 2.0)
+        lw.add_(u.mul_(-0.25).add_(1.0).clamp_(min=1e-8).log_(), alpha=-(n - 3.0) / 2.0).add_(far)
         fallback = torch.zeros_like(cnt, dtype=torch.bool)
         e = torch.nonzero(cnt == 0).flatten()
         if e.numel():
