@@ -150,12 +150,12 @@ def _run_case(name: str, z1, z2, y) -> None:
         loss = L.decoupled(z1, z2, t=0.1)
     elif name == "pml.SupConLoss":
         require("pytorch_metric_learning", "bench")
-        from pytorch_metric_learning.losses import SupConLoss
+        from pytorch_metric_learning.losses import SupConLoss  # type: ignore[import-untyped]  # no stubs
 
         loss = SupConLoss(temperature=0.1)(torch.cat([z1, z2]), torch.cat([y, y]))
     elif name == "pml.NTXentLoss":
         require("pytorch_metric_learning", "bench")
-        from pytorch_metric_learning.losses import NTXentLoss
+        from pytorch_metric_learning.losses import NTXentLoss  # type: ignore[import-untyped]  # no stubs
 
         ids = torch.arange(z1.shape[0], device=z1.device)
         loss = NTXentLoss(temperature=0.5)(torch.cat([z1, z2]), torch.cat([ids, ids]))

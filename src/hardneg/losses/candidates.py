@@ -182,8 +182,15 @@ class Relations:
         if self.owner is not None:
             valid &= (self.owner[None, :] == UNKNOWN) | (self.owner[None, :] == gid[:, None])
         if self.cross_view:
-            valid &= self.k_view[None, :] != self.q_view[gid][:, None]
+            kv, qv = self._views()
+            valid &= kv[None, :] != qv[gid][:, None]
         return valid
+
+    def _views(self) -> tuple[Tensor, Tensor]:
+        """(k_view, q_view), which the cross-view rule needs."""
+        if self.k_view is None or self.q_view is None:
+            raise ValueError("cross_view needs q_view and k_view (the view of every anchor and candidate)")
+        return self.k_view, self.q_view
 
     def valid_at(self, rows: Tensor, cols: Tensor) -> Tensor:
         """The rule of `valid` at given pairs: ``rows`` (r,) anchors, ``cols`` (r, c) columns."""
@@ -198,7 +205,8 @@ class Relations:
             ow = self.owner[cols]
             ok &= (ow == UNKNOWN) | (ow == rows[:, None])
         if self.cross_view:
-            ok &= self.k_view[cols] != self.q_view[rows][:, None]
+            kv, qv = self._views()
+            ok &= kv[cols] != qv[rows][:, None]
         return ok
 
     def same_label(self, rows: slice | Tensor) -> Tensor | None:

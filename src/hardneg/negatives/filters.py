@@ -353,6 +353,7 @@ class GuideFilter(Filter):
         """The guide's embeddings of samples ``ids`` seen from ``view`` (0: anchors' table, 1: positives')."""
         if self.tables is not None:
             return self.tables[view][ids.cpu()]
+        assert self.guide is not None  # __init__ sets tables or guide
         return self.guide(ids, view)
 
     def _embed(self, ids: Tensor, view: Tensor | None) -> tuple[Tensor, Tensor]:
@@ -382,11 +383,13 @@ class GuideFilter(Filter):
     def drop(self, S: Tensor, rows: slice, ctx: StepContext) -> Tensor:
         if ctx.pos_index is None:
             raise ValueError("filter 'guide' needs a positive per anchor (two views z1, z2)")
+        if self._gq is None or self._gk is None or self._kok is None:
+            raise RuntimeError("filter 'guide': drop before begin_step (the strategy calls begin_step first)")
         G = self._gq[rows] @ self._gk.T
         pi = ctx.pos_index[rows]
         r = torch.arange(G.shape[0], device=G.device)
         gp = G[r, pi.clamp(min=0)]
-        d = guide_drops(G, gp[:, None], self.margin)
+        d = guide_drops(G, gp[:, None], 0.0 if self.margin is None else self.margin)
         d &= (pi >= 0)[:, None] & self._kok[None, :]
         return d.to(S.device)
 
