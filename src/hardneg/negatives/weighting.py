@@ -27,7 +27,7 @@ from __future__ import annotations
 import copy
 import math
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -325,7 +325,7 @@ class Tilt(Weighting):
         self.beta = float(beta)
 
     def log_weights(self, S: Tensor, rows: slice, ctx: StepContext, valid: Tensor) -> Tensor:
-        return tilt_log_weights(S, self.beta, ctx.t)
+        return cast(Tensor, tilt_log_weights(S, self.beta, ctx.t))
 
 
 class DistanceWeighted(Weighting):
@@ -460,6 +460,8 @@ class ClusterGuided(Weighting):
         out = torch.full((size,), -1, dtype=torch.long, device=device)
         if ids is None:
             return out
+        if self.features is None:  # clusters of the embeddings: ids name no table row
+            return out
         ok = (ids >= 0) & (ids < self.features.shape[0])
         out[ok] = self.assign(self.features[ids[ok].cpu()]).to(device)
         return out
@@ -479,11 +481,13 @@ class ClusterGuided(Weighting):
         self._kc = self.assign(ctx.k)
 
     def log_weights(self, S: Tensor, rows: slice, ctx: StepContext, valid: Tensor) -> Tensor:
+        if self._qc is None or self._kc is None:
+            raise RuntimeError("cluster_guided: log_weights before begin_step (the strategy calls begin_step first)")
         qc = self._qc[rows]
         kc = self._kc
         same = (qc[:, None] == kc[None, :]) & (qc[:, None] >= 0)
         # γ s / t is the tilt of `hardneg.losses.tilt` with β = γ, on the other clusters only
-        lw = (~same).to(S.dtype) * (self.bonus + tilt_log_weights(S, self.gamma, ctx.t))
+        lw = (~same).to(S.dtype) * (self.bonus + cast(Tensor, tilt_log_weights(S, self.gamma, ctx.t)))
         if self.exclude_same:
             drop = same & valid
             has_other = (valid & ~same).any(1, keepdim=True)
@@ -602,16 +606,22 @@ class Calibrated(Weighting):
     def begin_step(self, ctx: StepContext) -> None:
         if self.model is None:
             self._init(ctx.q.shape[1])
-        self.model.to(ctx.q.device)
+        self._mlp()[0].to(ctx.q.device)
+
+    def _mlp(self) -> tuple[PairCalibrator, torch.optim.Optimizer]:
+        """The MLP and its optimiser, built by `begin_step` (or ``dim``) before any use."""
+        if self.model is None or self.opt is None:
+            raise RuntimeError("calibrated: the MLP is built at the first step (begin_step) or by dim=")
+        return self.model, self.opt
 
     @torch.no_grad()
     def p_hat(self, q: Tensor, k: Tensor) -> Tensor:
         """(c×m) predicted probabilities that pairs (q_i, k_j) are aligned."""
-        return torch.sigmoid(self.model.block_logits(q.float(), k.float()))
+        return torch.sigmoid(self._mlp()[0].block_logits(q.float(), k.float()))
 
     def log_weights(self, S: Tensor, rows: slice, ctx: StepContext, valid: Tensor) -> Tensor:
         with torch.no_grad():
-            logits = self.model.block_logits(ctx.q[rows].float(), ctx.k.float())
+            logits = self._mlp()[0].block_logits(ctx.q[rows].float(), ctx.k.float())
             return torch.clamp(F.logsigmoid(-logits), min=math.log(self.floor)).to(S.dtype)
 
     def fit_step(self, q: Tensor, k_pos: Tensor, k_neg: Tensor, neg_mask: Tensor | None = None) -> float:
@@ -619,16 +629,17 @@ class Calibrated(Weighting):
         (n×r bool) keeps only the real draws (an anchor with fewer valid candidates has fewer)."""
         n, r, d = k_neg.shape
         keep = torch.ones(n * r, dtype=torch.bool, device=q.device) if neg_mask is None else neg_mask.reshape(-1)
+        model, opt = self._mlp()
         with torch.enable_grad():
-            lp = self.model.pair_logits(q, k_pos)
+            lp = model.pair_logits(q, k_pos)
             loss = F.binary_cross_entropy_with_logits(lp, torch.ones_like(lp))
             if bool(keep.any()):
                 qn = q[:, None, :].expand(n, r, d).reshape(-1, d)[keep]
-                ln = self.model.pair_logits(qn, k_neg.reshape(-1, d)[keep])
+                ln = model.pair_logits(qn, k_neg.reshape(-1, d)[keep])
                 loss = loss + F.binary_cross_entropy_with_logits(ln, torch.zeros_like(ln))
-            self.opt.zero_grad(set_to_none=True)
+            opt.zero_grad(set_to_none=True)
             loss.backward()
-            self.opt.step()
+            opt.step()
         self.last_bce = float(loss.detach())
         return self.last_bce
 
