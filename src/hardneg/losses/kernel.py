@@ -186,15 +186,23 @@ def _self_entries(ix: _Index, r0: int, r1: int) -> tuple[Tensor, Tensor] | None:
     return rows[keep], cols[keep]
 
 
+def _label_index(ix: _Index) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """(q_labels, label_count, label_start, k_order): what `_index` builds when labels are given."""
+    if ix.q_labels is None or ix.label_count is None or ix.label_start is None or ix.k_order is None:
+        raise ValueError("label positives and label negatives need q_labels and k_labels")
+    return ix.q_labels, ix.label_count, ix.label_start, ix.k_order
+
+
 def _same_label_cols(ix: _Index, r0: int, r1: int, pad: Tensor) -> tuple[Tensor, Tensor]:
     """Columns of every candidate sharing each anchor's label, padded with ``pad`` → (c, P), valid."""
-    y = ix.q_labels[r0:r1]
-    cnt = ix.label_count[y]
+    q_labels, label_count, label_start, k_order = _label_index(ix)
+    y = q_labels[r0:r1]
+    cnt = label_count[y]
     P = max(1, int(cnt.max()))
     ar = torch.arange(P, device=y.device)
     valid = ar[None, :] < cnt[:, None]
-    at = torch.clamp(ix.label_start[y][:, None] + ar[None, :], max=ix.k_order.shape[0] - 1)
-    cols = torch.where(valid, ix.k_order[at], pad[:, None])
+    at = torch.clamp(label_start[y][:, None] + ar[None, :], max=k_order.shape[0] - 1)
+    cols = torch.where(valid, k_order[at], pad[:, None])
     return cols, valid
 
 
@@ -219,6 +227,7 @@ def _softmax_lse_(X: Tensor, ws: _Workspace | None = None, sumsq: Tensor | None 
         if then == "square":
             Xb.mul_(Xb)
         elif then == "tilt":
+            assert sumsq is not None and ws is not None  # then="tilt" is asked with both (_chunk_general)
             Xb.mul_(torch.sub(Xb, 0.5 * sumsq[r0 : r0 + R, None], out=ws.block()[: Xb.shape[0]]))
     return lse
 
@@ -238,12 +247,15 @@ def _weighted_blocks_(S: Tensor, sp: Tensor, spec: KernelSpec, ws: _Workspace, r
     without a valid candidate (or inactive) becomes a finite placeholder, skipped by the caller."""
     c = S.shape[0]
     R = ws.rows_per_block()
+    weigh = spec.log_weight_block
+    if weigh is None:
+        raise ValueError("_weighted_blocks_ runs a log_weight_block")
     cnt = torch.empty(c, dtype=torch.long, device=S.device)
     lse_a, lse_b = S.new_empty(c), S.new_empty(c)
     for b0 in range(0, c, R):
         b1 = min(c, b0 + R)
         Xb = S[b0:b1]
-        n_b, la = spec.log_weight_block(Xb, slice(r0 + b0, r0 + b1), sp[b0:b1])
+        n_b, la = weigh(Xb, slice(r0 + b0, r0 + b1), sp[b0:b1])
         cnt[b0:b1] = n_b
         lse_a[b0:b1] = torch.log(n_b.to(S.dtype)) if la is None else la
         drop = n_b == 0
@@ -356,7 +368,7 @@ def _chunk_general(k, qs, S, spec, ix, ws, r0, r1, go, dq, dk, self_rc) -> Tenso
             X[self_rc[0], self_rc[1]] = _NEG_INF
         if pcol is not None:
             X[rows, pcol] = _NEG_INF
-        if spec.negatives == "other_labels":
+        if spec.negatives == "other_labels" and same_cols is not None:  # built above for other_labels
             X.scatter_(1, same_cols, _NEG_INF)
 
     mask_(S)
@@ -413,7 +425,8 @@ def _chunk_general(k, qs, S, spec, ix, ws, r0, r1, go, dq, dk, self_rc) -> Tenso
     if go is None:
         return loss
     # -- gradient wrt S: γ_i [(1 + β) π̃ − β π] (only π̃ when π is detached) + δ on the positives ----
-    gamma, delta = _grad_weights(go, c, None if all_active else act, npos, spec, *derivs, pv)
+    dl_dg, dg_dneg, dl_dsp, dg_dsp = derivs
+    gamma, delta = _grad_weights(go, c, None if all_active else act, npos, spec, dl_dg, dg_dneg, dl_dsp, dg_dsp, pv)
     # D = γ [(1 + β) π̃ − β π] = γ' [π̃ − β/(1+β) π] with γ' = (1 + β) γ: one pass over the tile,
     # none at β = 1 (made in the softmax's blocks above)
     D = S
@@ -525,9 +538,12 @@ def _run_chunks(q: Tensor, k: Tensor, spec: KernelSpec, ix: _Index, go: Tensor |
     n_labels = int(ix.label_count.shape[0]) if ix.label_count is not None else 0
     lean_labels = spec.lean and spec.positives == "labels"
     ws = _Workspace(min(spec.chunk_size, n), m, q.dtype, q.device, n_labels if lean_labels else 0, q.shape[1])
+    k_labels = ix.k_labels
     if lean_labels:
+        if k_labels is None:
+            raise ValueError("label positives need k_labels")
         ws.k_label_sums = torch.zeros(n_labels, k.shape[1], dtype=k.dtype, device=k.device).index_add_(
-            0, ix.k_labels, k
+            0, k_labels, k
         )
     losses = torch.empty(n, dtype=q.dtype, device=q.device)
     dq = torch.empty_like(q) if go is not None else None
@@ -536,8 +552,8 @@ def _run_chunks(q: Tensor, k: Tensor, spec: KernelSpec, ix: _Index, go: Tensor |
         r1 = min(n, r0 + spec.chunk_size)
         go_c = None if go is None else (go if go.dim() == 0 else go[r0:r1])
         losses[r0:r1] = _chunk(q, k, spec, ix, ws, r0, r1, go_c, dq, dk)
-    if go is not None and lean_labels:
-        dk += ws.label_acc[ix.k_labels]
+    if dk is not None and lean_labels and ws.label_acc is not None and k_labels is not None:
+        dk += ws.label_acc[k_labels]
     skipped = torch.cat(ws.skipped) if ws.skipped else None
     return losses, dq, dk, skipped
 
@@ -551,8 +567,8 @@ def _skip(active: Tensor | None, rows: Tensor, n: int) -> Tensor:
 def _mean_weights(spec: KernelSpec, ix: _Index, n: int, device: torch.device) -> Tensor:
     """Each anchor's share of the ``"mean"`` denominator: 1 per anchor, or its number of positives
     with ``positive_reduce="pairs"``; 0 for a skipped anchor."""
-    if spec.positives == "labels" and spec.positive_reduce == "pairs":
-        w = ix.n_pos.to(torch.float64)
+    if spec.positives == "labels" and spec.positive_reduce == "pairs" and ix.n_pos is not None:
+        w = ix.n_pos.to(torch.float64)  # n_pos is built for label positives (_index)
     else:
         w = torch.ones(n, dtype=torch.float64, device=device)
     return w if ix.active is None else w * ix.active
@@ -575,9 +591,10 @@ class _WeightedInfoNCE(torch.autograd.Function):
         if skipped is not None:  # anchors a strategy's log-weights left without a valid negative
             left = denom - float(weights[skipped].sum())
             ix.active = _skip(ix.active, skipped, n)  # the backward recompute sees the same anchors
-        spread = spec.reduction == "mean" and spec.mean_denominator is not None
-        if spread:  # every process of a distributed step calls this once, skipped anchors or not
-            left = float(spec.mean_denominator(left))
+        spread_fn = spec.mean_denominator if spec.reduction == "mean" else None
+        spread = spread_fn is not None
+        if spread_fn is not None:  # every process of a distributed step calls this once, skipped anchors or not
+            left = float(spread_fn(left))
         if left <= 0:
             why = "the log-weights (filters / weightings) removed every candidate"
             raise C.all_skipped_error(n, f"on no process ({why}, or none has a positive)" if spread else why)
