@@ -26,6 +26,7 @@ recompute-in-backward scheme. With ``reduction="none"`` the backward recomputes 
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -50,7 +51,10 @@ _NEG_INF = float("-inf")
 
 @dataclass(frozen=True)
 class KernelSpec:
-    """Everything that defines the loss besides the embeddings (validated by `weighted_info_nce`)."""
+    """Everything that defines the loss besides the embeddings and their index, checked when it is
+    built (each option as `weighted_info_nce` documents it; ``chunk_size=None``: the kernel's
+    default for each call). ``weighted_info_nce(q, k, spec=KernelSpec(t=0.5, beta=1.0), ...)`` is the
+    same call as ``weighted_info_nce(q, k, t=0.5, beta=1.0, ...)``, which builds this object."""
 
     t: float
     positives: str = "view"
@@ -65,8 +69,29 @@ class KernelSpec:
     include_positive: bool = True
     positive_reduce: str = "mean"
     reduction: str = "mean"
-    chunk_size: int = 1024
+    chunk_size: int | None = None
     mean_denominator: DenominatorFn | None = None
+
+    def __post_init__(self) -> None:
+        _check_options(self.t, self.positives, self.negatives, self.positive_reduce, self.reduction, self.beta,
+                       self.tau_plus, self.chunk_size)
+        if self.n_neg is not None:
+            object.__setattr__(self, "n_neg", float(V.check_positive("n_neg", self.n_neg)))
+        if self.log_weight_block is not None and (
+            self.log_weight_fn is not None or self.beta != 0.0 or self.positives != "view"
+        ):
+            raise ValueError("log_weight_block needs positives='view', beta=0 and no log_weight_fn")
+        for name in ("t", "beta", "tau_plus"):
+            object.__setattr__(self, name, float(getattr(self, name)))
+        for name in ("detach_weights", "clamp", "include_positive"):
+            object.__setattr__(self, name, bool(getattr(self, name)))
+
+    @property
+    def chunk(self) -> int:
+        """Anchors per chunk, once the call has resolved ``chunk_size`` (`weighted_info_nce`)."""
+        if self.chunk_size is None:
+            raise ValueError("chunk_size is resolved by weighted_info_nce before the chunks run")
+        return self.chunk_size
 
     @property
     def lean(self) -> bool:
@@ -537,7 +562,7 @@ def _run_chunks(q: Tensor, k: Tensor, spec: KernelSpec, ix: _Index, go: Tensor |
     n, m = q.shape[0], k.shape[0]
     n_labels = int(ix.label_count.shape[0]) if ix.label_count is not None else 0
     lean_labels = spec.lean and spec.positives == "labels"
-    ws = _Workspace(min(spec.chunk_size, n), m, q.dtype, q.device, n_labels if lean_labels else 0, q.shape[1])
+    ws = _Workspace(min(spec.chunk, n), m, q.dtype, q.device, n_labels if lean_labels else 0, q.shape[1])
     k_labels = ix.k_labels
     if lean_labels:
         if k_labels is None:
@@ -548,8 +573,8 @@ def _run_chunks(q: Tensor, k: Tensor, spec: KernelSpec, ix: _Index, go: Tensor |
     losses = torch.empty(n, dtype=q.dtype, device=q.device)
     dq = torch.empty_like(q) if go is not None else None
     dk = torch.zeros_like(k) if go is not None else None
-    for r0 in range(0, n, spec.chunk_size):
-        r1 = min(n, r0 + spec.chunk_size)
+    for r0 in range(0, n, spec.chunk):
+        r1 = min(n, r0 + spec.chunk)
         go_c = None if go is None else (go if go.dim() == 0 else go[r0:r1])
         losses[r0:r1] = _chunk(q, k, spec, ix, ws, r0, r1, go_c, dq, dk)
     if dk is not None and lean_labels and ws.label_acc is not None and k_labels is not None:
@@ -676,6 +701,7 @@ def weighted_info_nce(
     normalize: bool = True,
     mean_denominator: DenominatorFn | None = None,
     log_weight_block: BlockWeightFn | None = None,
+    spec: KernelSpec | None = None,
 ) -> Tensor:
     r"""Weighted InfoNCE of anchors ``q`` (n×d) against candidates ``k`` (m×d) (docs/design.md §1).
 
@@ -720,25 +746,28 @@ def weighted_info_nce(
             ``sp`` = s_ip/t; it writes −∞ on the candidates it removes and adds its log-weights a
             **in place**, and returns each row's number of valid candidates and log Σ_j e^{a_ij}
             over them (None: a = 0, uniform π). Treated as a constant.
+        spec: every option above but the index (``pos_index``, labels, ``self_index``) and
+            ``normalize``, as one checked `KernelSpec`; give it or the options, not both.
     """
     _check_embeddings(q, k)
-    t = V.resolve_temperature(t, temperature)
-    _check_options(t, positives, negatives, positive_reduce, reduction, beta, tau_plus, chunk_size)
-    if n_neg is not None:
-        V.check_positive("n_neg", n_neg)
-    if log_weight_block is not None and (log_weight_fn is not None or beta != 0.0 or positives != "view"):
-        raise ValueError("log_weight_block needs positives='view', beta=0 and no log_weight_fn")
+    if spec is None:
+        spec = KernelSpec(
+            t=V.resolve_temperature(t, temperature), positives=positives, negatives=negatives, beta=beta,
+            detach_weights=detach_weights, log_weight_fn=log_weight_fn, log_weight_block=log_weight_block,
+            n_neg=n_neg, tau_plus=tau_plus, clamp=clamp, include_positive=include_positive,
+            positive_reduce=positive_reduce, reduction=reduction, chunk_size=chunk_size,
+            mean_denominator=mean_denominator,
+        )
+    elif not isinstance(spec, KernelSpec):
+        raise TypeError(f"spec must be a KernelSpec, got {type(spec).__name__}")
+    else:
+        _no_options_besides(spec, locals())
     n, m = q.shape[0], k.shape[0]
     # spread over processes, this call's anchors may all be skipped while another process's are not
-    spread = mean_denominator is not None and reduction == "mean"
-    ix = _checked_index(pos_index, self_index, q_labels, k_labels, positives, negatives, n, m, q.device, spread)
-    spec = KernelSpec(
-        t=float(t), positives=positives, negatives=negatives, beta=float(beta), detach_weights=bool(detach_weights),
-        log_weight_fn=log_weight_fn, log_weight_block=log_weight_block, n_neg=None if n_neg is None else float(n_neg),
-        tau_plus=float(tau_plus), clamp=bool(clamp), include_positive=bool(include_positive),
-        positive_reduce=positive_reduce, reduction=reduction, mean_denominator=mean_denominator,
-        chunk_size=chunk_size or _default_chunk(n, m, q.device),
-    )
+    spread = spec.mean_denominator is not None and spec.reduction == "mean"
+    ix = _checked_index(pos_index, self_index, q_labels, k_labels, spec.positives, spec.negatives, n, m, q.device,
+                        spread)
+    spec = dataclasses.replace(spec, chunk_size=spec.chunk_size or _default_chunk(n, m, q.device))
     in_dtype = q.dtype
     same = k is q
     if normalize:
@@ -749,6 +778,19 @@ def weighted_info_nce(
         k = q if same else k.float()
     out = _WeightedInfoNCE.apply(q, k, spec, ix)
     return out.to(in_dtype) if in_dtype in (torch.float16, torch.bfloat16) else out
+
+
+#: the option keywords of `weighted_info_nce` that a `KernelSpec` holds, with their defaults
+_SPEC_DEFAULTS = {f.name: f.default for f in dataclasses.fields(KernelSpec) if f.name != "t"}
+
+
+def _no_options_besides(spec: KernelSpec, given: dict) -> None:
+    """With ``spec=``, every option keyword must keep its default (the spec holds the options)."""
+    clash = [name for name, default in _SPEC_DEFAULTS.items() if given[name] is not default and given[name] != default]
+    clash += [name for name in ("t", "temperature") if given[name] is not None]
+    if clash:
+        raise ValueError(f"give the options in spec or as keywords, not both: {', '.join(sorted(clash))} "
+                         "given with spec")
 
 
 def _check_options(t, positives, negatives, positive_reduce, reduction, beta, tau_plus, chunk_size) -> None:
