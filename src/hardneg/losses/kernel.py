@@ -768,16 +768,22 @@ def weighted_info_nce(
     ix = _checked_index(pos_index, self_index, q_labels, k_labels, spec.positives, spec.negatives, n, m, q.device,
                         spread)
     spec = dataclasses.replace(spec, chunk_size=spec.chunk_size or _default_chunk(n, m, q.device))
-    in_dtype = q.dtype
+    low = q.dtype in (torch.float16, torch.bfloat16)
+    out = _WeightedInfoNCE.apply(*_prepared(q, k, normalize), spec, ix)
+    return out.to(q.dtype) if low else out
+
+
+def _prepared(q: Tensor, k: Tensor, normalize: bool) -> tuple[Tensor, Tensor]:
+    """q and k L2-normalised (``normalize``) and in float32 for float16 / bfloat16 inputs (the kernel
+    accumulates in float32); k stays the same tensor as q when it is."""
     same = k is q
     if normalize:
         q = C.safe_normalize(q)
         k = q if same else C.safe_normalize(k)
-    if in_dtype in (torch.float16, torch.bfloat16):  # accumulate in float32
+    if q.dtype in (torch.float16, torch.bfloat16):
         q = q.float()
         k = q if same else k.float()
-    out = _WeightedInfoNCE.apply(q, k, spec, ix)
-    return out.to(in_dtype) if in_dtype in (torch.float16, torch.bfloat16) else out
+    return q, k
 
 
 #: the option keywords of `weighted_info_nce` that a `KernelSpec` holds, with their defaults
