@@ -10,7 +10,9 @@ For every size 2B, in one process (so the ratios compare like with like on a noi
   dK = Gᵀ Q), chunked like our kernel so that it fits in memory at 2B = 65,536.
 
 ``hardneg bench strategies`` runs the same harness on the in-batch presets (`PRESET_CASES`):
-``create_strategy(name)(z1, z2, labels=y, ids=ids)`` forward + backward, default diagnostics.
+``create_strategy(name)(z1, z2, labels=y, ids=ids)`` forward + backward, default diagnostics; then the
+presets whose step does work besides the loss (`OWN_WORK_PRESETS`), each step split into the loss and
+the time of that work, measured inside the same step.
 
 Peak extra memory is measured separately for each case in a fresh subprocess: the peak resident
 set size is reset (``/proc/self/clear_refs``) once the inputs exist, and the growth of the peak
