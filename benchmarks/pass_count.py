@@ -32,10 +32,16 @@ from pathlib import Path
 
 from revision_speed import CASES
 
-from hardneg.bench.loss_speed import PRESETS
+from hardneg.bench.loss_speed import OWN_WORK_PRESETS, PRESETS
 
-#: the named losses and a few presets of ``revision_speed``, then every in-batch preset as users call it
-COUNTED = {**CASES, **{f"preset {p} (default diagnostics)": f"P[{p!r}](z1, z2, labels=y, ids=ids)" for p in PRESETS}}
+#: the named losses and a few presets of ``revision_speed``, every in-batch preset as users call it,
+#: then the presets with work of their own (`OWN_WORK_PRESETS`: their tile is anchors × their candidates,
+#: the queue, bank or generated rows included; the calibrator's MLP tensors are 3-d and not counted)
+COUNTED = {
+    **CASES,
+    **{f"preset {p} (default diagnostics)": f"P[{p!r}](z1, z2, labels=y, ids=ids)" for p in PRESETS},
+    **{f"preset {p} (default diagnostics)": f"O[{p!r}](z1, z2, labels=y, ids=ids)" for p in OWN_WORK_PRESETS},
+}
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -47,6 +53,7 @@ import hardneg.losses as L
 from hardneg.negatives import create_strategy
 S = {{name: create_strategy(name, diagnostics=False) for name in ("topk", "filtered", "hscl")}}
 P = {{name: create_strategy(name) for name in {presets!r}}}  # as users call them: default diagnostics
+O = {{name: create_strategy(name, **opts) for name, opts in {own!r}.items()}}
 n = {n}
 g = torch.Generator().manual_seed(0)
 z = torch.nn.functional.normalize(torch.randn(n, 128, generator=g), dim=1)
@@ -71,7 +78,7 @@ class Count(TorchDispatchMode):
             return out
         # tile-shaped tensors: rows over every candidate (the whole tile, or one block of its rows)
         leaves = [x for x in tree_leaves((args, kwargs, out)) if isinstance(x, torch.Tensor) and x.dim() == 2
-                  and x.shape[-1] == n]
+                  and x.shape[-1] == width]
         size = max((x.numel() for x in leaves), default=0)
         if size >= self.tile // 64:  # the whole tile, or one block of its rows (a share of a pass)
             name = func.overloadpacket.__name__
@@ -95,7 +102,16 @@ class Count(TorchDispatchMode):
 
 ({call}).backward()  # warm-up: lazy initialisation is not counted
 z1.grad = z2.grad = None
-with Count(n * n) as c:
+# the tile: anchors × candidates of the counted step (2B × 2B in-batch; a queue, bank or generator adds
+# columns, and a queue grows), read from the same step run on a copy of the strategy
+rows, width = n, n
+if {strategy!r}:
+    import copy
+    probe = copy.deepcopy({strategy_or_none})
+    probe(z1, z2, labels=y, ids=ids).backward()
+    z1.grad = z2.grad = None
+    rows, width = int(probe.last_diagnostics["n_anchors"]), int(probe.last_diagnostics["n_candidates_total"])
+with Count(rows * width) as c:
     ({call}).backward()
 print(json.dumps({{**c.counts, "ops": c.ops}}))
 """
@@ -104,7 +120,9 @@ print(json.dumps({{**c.counts, "ops": c.ops}}))
 def count(src: Path, call: str, n: int) -> dict | None:
     """Counts of one call in the checkout whose package lives under ``src``; None if it fails there."""
     env = {**os.environ, "PYTHONPATH": str(src), "OMP_NUM_THREADS": "1"}
-    code = _CHILD.format(n=n, call=call, presets=PRESETS)
+    strategy = call.split("(")[0] if call[:2] in ("P[", "O[", "S[") else ""  # e.g. O['mochi']
+    code = _CHILD.format(n=n, call=call, presets=PRESETS, own=OWN_WORK_PRESETS, strategy=strategy,
+                         strategy_or_none=strategy or "None")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          env=env, timeout=600)
     if out.returncode != 0:

@@ -76,3 +76,23 @@ def test_topk_block_keeps_the_k_largest_valid_entries():
     np.testing.assert_array_equal(X.numpy(), ref)
     assert cnt.tolist() == [16, 16, 7, 16, 16, 16] and lse_a is None and fallback is None
     assert w.diagnostics()["topk_short_share"] == 1 / 6
+
+
+def test_log_mask_keeps_exactly_the_entries_the_comparison_keeps():
+    """The float-only mask of the fused blocks against the boolean comparison it replaces: strict
+    and inclusive, at exact zeros of both signs, ±∞ and the smallest subnormals."""
+    from hardneg.losses.candidates import finite_count, log_mask_
+
+    tiny = torch.finfo(torch.float32).tiny
+    y = torch.tensor([[0.0, -0.0, 1e-45, -1e-45, tiny, -tiny, 1.0, -1.0],
+                      [-2.0, float("inf"), float("-inf"), 3.0, -3.0, 0.5, 0.0, 2.0]])
+    for inclusive in (False, True):
+        keep = (y >= 0) if inclusive else (y > 0)
+        a = log_mask_(y.clone(), inclusive=inclusive)
+        assert torch.equal(a == 0, keep) and torch.equal(a == float("-inf"), ~keep)
+        assert finite_count(a).tolist() == finite_count(a, log_mask=True).tolist() == keep.sum(1).tolist()
+        X = torch.randn(2, 8)
+        assert torch.equal(X + a, X.masked_fill(~keep, float("-inf")))  # x + 0 is x exactly
+    big = torch.finfo(torch.float32).max
+    X = torch.tensor([[-big, big, float("inf"), float("-inf"), 0.0, -1e-45], [float("-inf")] * 5 + [1.0]])
+    assert finite_count(X).tolist() == [5, 1]

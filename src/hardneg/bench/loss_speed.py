@@ -10,7 +10,9 @@ For every size 2B, in one process (so the ratios compare like with like on a noi
   dK = Gᵀ Q), chunked like our kernel so that it fits in memory at 2B = 65,536.
 
 ``hardneg bench strategies`` runs the same harness on the in-batch presets (`PRESET_CASES`):
-``create_strategy(name)(z1, z2, labels=y, ids=ids)`` forward + backward, default diagnostics.
+``create_strategy(name)(z1, z2, labels=y, ids=ids)`` forward + backward, default diagnostics; then the
+presets whose step does work besides the loss (`OWN_WORK_PRESETS`), each step split into the loss and
+the time of that work, measured inside the same step.
 
 Peak extra memory is measured separately for each case in a fresh subprocess: the peak resident
 set size is reset (``/proc/self/clear_refs``) once the inputs exist, and the growth of the peak
@@ -66,10 +68,60 @@ def _run_preset(name: str, z1, z2, y) -> None:
     create_strategy(name)(z1, z2, labels=y, ids=ids).backward()
 
 
+#: presets whose step does work besides the loss, with the options they need here: the calibrator's
+#: MLP (its predictions and its training step), the k-means refresh of cluster-guided (every step
+#: here: each timed call builds the strategy, so it refreshes as a run does every ``every`` steps),
+#: MoCHi's mixing, AdCo's adversarial bank, the generator and its discriminator
+OWN_WORK_PRESETS: dict[str, dict] = {"calibrated": {}, "cluster_guided": {}, "mochi": {}, "adco": {},
+                                     "generator": {"dim": D}}
+
+#: seconds the last ``own.<preset>`` case spent in its components' own work (`_own_work_timer`)
+_LAST_OWN: list[float] = [0.0]
+
+
+def _own_work_timer(strategy, spent: list[float]) -> None:
+    """Wrap the strategy's components so that the time they spend in their own hooks adds to
+    ``spent[0]``: every source's ``extend``, every component's ``begin_step`` and ``after_step``, and
+    a weighting's ``log_weights`` where it runs a model of its own (`Calibrated`). The rest of the
+    step (the kernel, its masks, the strategy's bookkeeping) is the loss."""
+    from hardneg.negatives.weighting import Calibrated
+
+    def timed(fn):
+        def wrapper(*args, **kwargs):
+            t0 = time.perf_counter()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                spent[0] += time.perf_counter() - t0
+        return wrapper
+
+    for c in strategy.components():
+        hooks = ["begin_step", "after_step"] + (["extend"] if c in list(strategy.sources) else [])
+        if isinstance(c, Calibrated):
+            hooks.append("log_weights")
+        for h in hooks:
+            if hasattr(c, h):
+                setattr(c, h, timed(getattr(c, h)))
+
+
+def _run_own(name: str, z1, z2, y) -> None:
+    """A preset with work of its own, in training mode, as users call it; its own time to `_LAST_OWN`."""
+    from hardneg.negatives import create_strategy
+
+    strategy = create_strategy(name, **OWN_WORK_PRESETS[name])
+    spent = [0.0]
+    _own_work_timer(strategy, spent)
+    ids = torch.arange(z1.shape[0], device=z1.device)
+    strategy(z1, z2, labels=y, ids=ids).backward()
+    _LAST_OWN[0] = spent[0]
+
+
 def _run_case(name: str, z1, z2, y) -> None:
     """One forward + backward of the named case."""
     if name.startswith("preset."):
         return _run_preset(name[len("preset."):], z1, z2, y)
+    if name.startswith("own."):
+        return _run_own(name[len("own."):], z1, z2, y)
     if name == "floor":
         # the three products, chunked like the kernel, into preallocated buffers (no page faults)
         q = torch.cat([z1, z2]).detach()
@@ -100,12 +152,12 @@ def _run_case(name: str, z1, z2, y) -> None:
         loss = L.decoupled(z1, z2, t=0.1)
     elif name == "pml.SupConLoss":
         require("pytorch_metric_learning", "bench")
-        from pytorch_metric_learning.losses import SupConLoss
+        from pytorch_metric_learning.losses import SupConLoss  # type: ignore[import-untyped]  # no stubs
 
         loss = SupConLoss(temperature=0.1)(torch.cat([z1, z2]), torch.cat([y, y]))
     elif name == "pml.NTXentLoss":
         require("pytorch_metric_learning", "bench")
-        from pytorch_metric_learning.losses import NTXentLoss
+        from pytorch_metric_learning.losses import NTXentLoss  # type: ignore[import-untyped]  # no stubs
 
         ids = torch.arange(z1.shape[0], device=z1.device)
         loss = NTXentLoss(temperature=0.5)(torch.cat([z1, z2]), torch.cat([ids, ids]))
@@ -143,8 +195,13 @@ def _tiles(n: int) -> int:
     return 4 * n * min(n, max(64, (1 << 23) // n))
 
 
-#: the floor and every preset: two (chunk × m) tiles and the strategy's (n × d) copies
-PRESET_CASES = [CASES[0]] + [Case(f"preset.{p}", "preset", lambda n: 12 * 4 * n * D + 2 * _tiles(n)) for p in PRESETS]
+#: the floor, every in-batch preset (two (chunk × m) tiles and the strategy's (n × d) copies) and the
+#: presets with work of their own (the calibrator's MLP holds a (block × m × hidden) tensor)
+PRESET_CASES = (
+    [CASES[0]]
+    + [Case(f"preset.{p}", "preset", lambda n: 12 * 4 * n * D + 2 * _tiles(n)) for p in PRESETS]
+    + [Case(f"own.{p}", "own", lambda n: 12 * 4 * n * D + 2 * _tiles(n) + 4 * 2**22) for p in OWN_WORK_PRESETS]
+)
 
 
 def _sync(device: str) -> None:
@@ -152,13 +209,16 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def _time_once(name: str, n: int, device: str = "cpu") -> float:
+def _time_once(name: str, n: int, device: str = "cpu") -> tuple[float, float]:
+    """Seconds of one forward + backward, and of them the seconds of the strategy's own work
+    (``own.<preset>`` cases; 0 for the others)."""
     z1, z2, y = _inputs(n, device=device)
     _sync(device)
+    _LAST_OWN[0] = 0.0
     t0 = time.perf_counter()
     _run_case(name, z1, z2, y)
     _sync(device)
-    return time.perf_counter() - t0
+    return time.perf_counter() - t0, _LAST_OWN[0]
 
 
 def _measure_cuda_memory(name: str, n: int, device: str) -> float:
@@ -236,12 +296,13 @@ def run(
         reps = repeats if n <= 8192 else 1
         for c in runnable:  # warm-up: lazy imports and first-call initialisation are not timed
             _run_case(c.name, *_inputs(64, device=device))
-        samples: dict[str, list[float]] = {c.name: [] for c in runnable}
+        samples: dict[str, list[tuple[float, float]]] = {c.name: [] for c in runnable}
         for _ in range(reps):  # interleave cases so that machine noise hits all of them alike
             for c in runnable:
                 samples[c.name].append(_time_once(c.name, n, device))
-        for c in runnable:
-            times[c.name] = sorted(samples[c.name])[len(samples[c.name]) // 2]
+        own: dict[str, float] = {}
+        for c in runnable:  # the median step, with its own share
+            times[c.name], own[c.name] = sorted(samples[c.name])[len(samples[c.name]) // 2]
         for c in selected:
             row = {"2B": n, "case": c.name, "kind": c.kind}
             if c.name in skipped:
@@ -249,6 +310,9 @@ def run(
             else:
                 row["seconds"] = times[c.name]
                 row["x_floor"] = times[c.name] / times["floor"]
+                if c.kind == "own":
+                    row["own_seconds"] = own[c.name]
+                    row["loss_x_floor"] = (times[c.name] - own[c.name]) / times["floor"]
                 if memory:
                     row["peak_extra_bytes"] = (
                         _measure_cuda_memory(c.name, n, device) if device.startswith("cuda")
@@ -300,10 +364,31 @@ def format_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def _fmt_time(t: float) -> str:
+    return f"{t * 1e3:.1f} ms" if t < 1 else f"{t:.2f} s"
+
+
+def format_own_work_table(rows: list[dict]) -> str:
+    """Markdown table of the presets with work of their own: the step split into the loss (× floor)
+    and the own work (ms per step); empty when there is no such row."""
+    own = [r for r in rows if r["case"].startswith("own.") and "skipped" not in r]
+    if not own:
+        return ""
+    lines = ["| 2B | preset | time | loss (× floor) | own work (ms per step) |", "|---:|---|---:|---:|---:|"]
+    for r in own:
+        lines.append(f"| {r['2B']} | {r['case'].removeprefix('own.')} | {_fmt_time(r['seconds'])} | "
+                     f"{r['loss_x_floor']:.2f} | {r['own_seconds'] * 1e3:.1f} |")
+    return "\n".join(lines)
+
+
 def format_preset_table(rows: list[dict]) -> str:
-    """Markdown table of the presets: time, × floor, peak extra memory."""
+    """Markdown table of the in-batch presets (time, × floor, peak extra memory), then the presets
+    with work of their own, split into loss and own work (`format_own_work_table`)."""
+    own = format_own_work_table(rows)
     lines = ["| 2B | preset | time | × floor | peak extra mem |", "|---:|---|---:|---:|---:|"]
     for r in rows:
+        if r["case"].startswith("own."):
+            continue
         name = r["case"].removeprefix("preset.")
         if "skipped" in r:
             lines.append(f"| {r['2B']} | {name} | {r['skipped']} | | |")
@@ -311,6 +396,9 @@ def format_preset_table(rows: list[dict]) -> str:
         t = r["seconds"]
         ts = f"{t * 1e3:.1f} ms" if t < 1 else f"{t:.2f} s"
         lines.append(f"| {r['2B']} | {name} | {ts} | {r['x_floor']:.2f} | {_fmt_bytes(r.get('peak_extra_bytes'))} |")
+    if own:
+        lines += ["", "Presets whose step does work besides the loss (their own hooks timed inside the step):", "",
+                  own]
     return "\n".join(lines)
 
 

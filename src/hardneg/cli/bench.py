@@ -110,7 +110,8 @@ def bench_strategies(
     readme: Path | None = typer.Option(None, help="update the strategies table of this README"),
     device: str = typer.Option("cpu", help="cpu or cuda (GPU timings are synchronised; memory is GPU memory)"),
 ) -> None:
-    """Forward+backward time (× floor) and peak memory of every in-batch preset, called as users call it."""
+    """Forward+backward time (× floor) and peak memory of every in-batch preset, called as users call it,
+    then the presets with work of their own split into the loss (× floor) and that work (ms per step)."""
     from hardneg.bench.loss_speed import PRESET_CASES, format_preset_table, run
 
     _check_outputs(json_out, readme, "strategies")

@@ -64,6 +64,29 @@ def safe_normalize(x: Tensor) -> Tensor:
 # ---------------------------------------------------------------------------------------------
 
 
+#: the float32 just below zero: ``y > -_BELOW_ZERO`` holds exactly when ``y >= 0``
+_BELOW_ZERO = 2.0**-149
+
+
+def log_mask_(y: Tensor, inclusive: bool = False) -> Tensor:
+    """``y`` (no NaN) overwritten with the additive (log-weight) form of the mask ``y > 0``
+    (``y >= 0`` with ``inclusive``): 0 where it holds, −∞ elsewhere. Adding it to a block of the
+    kernel's tile removes candidates exactly (x + 0 = x). Two float passes: on CPU a boolean mask
+    and ``masked_fill_`` cost about ten times as much."""
+    F.threshold(y, -_BELOW_ZERO if inclusive else 0.0, float("-inf"), inplace=True)
+    return y.clamp_(max=0.0)
+
+
+def finite_count(X: Tensor, log_mask: bool = False) -> Tensor:
+    """(rows,) number of entries above −∞ in each row of ``X`` (no NaN), by float passes:
+    −max − x is +∞ for x = −∞ and ≤ 0 for every finite x, so clamped to [0, 1] it counts the −∞.
+    ``log_mask``: X holds only 0 and −∞ (`log_mask_`), and one clamp to [−1, 0] counts them."""
+    if log_mask:
+        return X.shape[1] + torch.clamp(X, min=-1.0).sum(1).long()
+    invalid = torch.rsub(X, -torch.finfo(X.dtype).max).clamp_(0.0, 1.0).sum(1)
+    return X.shape[1] - invalid.long()
+
+
 def two_view_index(B: int, device: torch.device | None = None) -> tuple[Tensor, Tensor]:
     """``(pos_index, self_index)`` of the stacked views ``[z1; z2]`` (2B rows): row i's positive
     is row i + B and row i + B's is row i; each row is itself."""
@@ -159,8 +182,15 @@ class Relations:
         if self.owner is not None:
             valid &= (self.owner[None, :] == UNKNOWN) | (self.owner[None, :] == gid[:, None])
         if self.cross_view:
-            valid &= self.k_view[None, :] != self.q_view[gid][:, None]
+            kv, qv = self._views()
+            valid &= kv[None, :] != qv[gid][:, None]
         return valid
+
+    def _views(self) -> tuple[Tensor, Tensor]:
+        """(k_view, q_view), which the cross-view rule needs."""
+        if self.k_view is None or self.q_view is None:
+            raise ValueError("cross_view needs q_view and k_view (the view of every anchor and candidate)")
+        return self.k_view, self.q_view
 
     def valid_at(self, rows: Tensor, cols: Tensor) -> Tensor:
         """The rule of `valid` at given pairs: ``rows`` (r,) anchors, ``cols`` (r, c) columns."""
@@ -175,7 +205,8 @@ class Relations:
             ow = self.owner[cols]
             ok &= (ow == UNKNOWN) | (ow == rows[:, None])
         if self.cross_view:
-            ok &= self.k_view[cols] != self.q_view[rows][:, None]
+            kv, qv = self._views()
+            ok &= kv[cols] != qv[rows][:, None]
         return ok
 
     def same_label(self, rows: slice | Tensor) -> Tensor | None:

@@ -26,6 +26,7 @@ recompute-in-backward scheme. With ``reduction="none"`` the backward recomputes 
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -50,7 +51,10 @@ _NEG_INF = float("-inf")
 
 @dataclass(frozen=True)
 class KernelSpec:
-    """Everything that defines the loss besides the embeddings (validated by `weighted_info_nce`)."""
+    """Everything that defines the loss besides the embeddings and their index, checked when it is
+    built (each option as `weighted_info_nce` documents it; ``chunk_size=None``: the kernel's
+    default for each call). ``weighted_info_nce(q, k, spec=KernelSpec(t=0.5, beta=1.0), ...)`` is the
+    same call as ``weighted_info_nce(q, k, t=0.5, beta=1.0, ...)``, which builds this object."""
 
     t: float
     positives: str = "view"
@@ -65,8 +69,29 @@ class KernelSpec:
     include_positive: bool = True
     positive_reduce: str = "mean"
     reduction: str = "mean"
-    chunk_size: int = 1024
+    chunk_size: int | None = None
     mean_denominator: DenominatorFn | None = None
+
+    def __post_init__(self) -> None:
+        _check_options(self.t, self.positives, self.negatives, self.positive_reduce, self.reduction, self.beta,
+                       self.tau_plus, self.chunk_size)
+        if self.n_neg is not None:
+            object.__setattr__(self, "n_neg", float(V.check_positive("n_neg", self.n_neg)))
+        if self.log_weight_block is not None and (
+            self.log_weight_fn is not None or self.beta != 0.0 or self.positives != "view"
+        ):
+            raise ValueError("log_weight_block needs positives='view', beta=0 and no log_weight_fn")
+        for name in ("t", "beta", "tau_plus"):
+            object.__setattr__(self, name, float(getattr(self, name)))
+        for name in ("detach_weights", "clamp", "include_positive"):
+            object.__setattr__(self, name, bool(getattr(self, name)))
+
+    @property
+    def chunk(self) -> int:
+        """Anchors per chunk, once the call has resolved ``chunk_size`` (`weighted_info_nce`)."""
+        if self.chunk_size is None:
+            raise ValueError("chunk_size is resolved by weighted_info_nce before the chunks run")
+        return self.chunk_size
 
     @property
     def lean(self) -> bool:
@@ -186,15 +211,23 @@ def _self_entries(ix: _Index, r0: int, r1: int) -> tuple[Tensor, Tensor] | None:
     return rows[keep], cols[keep]
 
 
+def _label_index(ix: _Index) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """(q_labels, label_count, label_start, k_order): what `_index` builds when labels are given."""
+    if ix.q_labels is None or ix.label_count is None or ix.label_start is None or ix.k_order is None:
+        raise ValueError("label positives and label negatives need q_labels and k_labels")
+    return ix.q_labels, ix.label_count, ix.label_start, ix.k_order
+
+
 def _same_label_cols(ix: _Index, r0: int, r1: int, pad: Tensor) -> tuple[Tensor, Tensor]:
     """Columns of every candidate sharing each anchor's label, padded with ``pad`` → (c, P), valid."""
-    y = ix.q_labels[r0:r1]
-    cnt = ix.label_count[y]
+    q_labels, label_count, label_start, k_order = _label_index(ix)
+    y = q_labels[r0:r1]
+    cnt = label_count[y]
     P = max(1, int(cnt.max()))
     ar = torch.arange(P, device=y.device)
     valid = ar[None, :] < cnt[:, None]
-    at = torch.clamp(ix.label_start[y][:, None] + ar[None, :], max=ix.k_order.shape[0] - 1)
-    cols = torch.where(valid, ix.k_order[at], pad[:, None])
+    at = torch.clamp(label_start[y][:, None] + ar[None, :], max=k_order.shape[0] - 1)
+    cols = torch.where(valid, k_order[at], pad[:, None])
     return cols, valid
 
 
@@ -219,8 +252,16 @@ def _softmax_lse_(X: Tensor, ws: _Workspace | None = None, sumsq: Tensor | None 
         if then == "square":
             Xb.mul_(Xb)
         elif then == "tilt":
+            assert sumsq is not None and ws is not None  # then="tilt" is asked with both (_chunk_general)
             Xb.mul_(torch.sub(Xb, 0.5 * sumsq[r0 : r0 + R, None], out=ws.block()[: Xb.shape[0]]))
     return lse
+
+
+def logsumexp_rows_(X: Tensor) -> Tensor:
+    """Row log-sum-exp of X, which is overwritten with its row softmax (−∞ entries allowed, a row
+    needs one finite entry). On CPU ``torch.logsumexp`` runs ``exp`` on −∞ and on underflowing
+    entries through a scalar slow path (ten to a hundred times a plain pass); the softmax kernel does not."""
+    return _softmax_lse_(X)
 
 
 def _weighted_blocks_(S: Tensor, sp: Tensor, spec: KernelSpec, ws: _Workspace, r0: int,
@@ -231,12 +272,15 @@ def _weighted_blocks_(S: Tensor, sp: Tensor, spec: KernelSpec, ws: _Workspace, r
     without a valid candidate (or inactive) becomes a finite placeholder, skipped by the caller."""
     c = S.shape[0]
     R = ws.rows_per_block()
+    weigh = spec.log_weight_block
+    if weigh is None:
+        raise ValueError("_weighted_blocks_ runs a log_weight_block")
     cnt = torch.empty(c, dtype=torch.long, device=S.device)
     lse_a, lse_b = S.new_empty(c), S.new_empty(c)
     for b0 in range(0, c, R):
         b1 = min(c, b0 + R)
         Xb = S[b0:b1]
-        n_b, la = spec.log_weight_block(Xb, slice(r0 + b0, r0 + b1), sp[b0:b1])
+        n_b, la = weigh(Xb, slice(r0 + b0, r0 + b1), sp[b0:b1])
         cnt[b0:b1] = n_b
         lse_a[b0:b1] = torch.log(n_b.to(S.dtype)) if la is None else la
         drop = n_b == 0
@@ -349,7 +393,7 @@ def _chunk_general(k, qs, S, spec, ix, ws, r0, r1, go, dq, dk, self_rc) -> Tenso
             X[self_rc[0], self_rc[1]] = _NEG_INF
         if pcol is not None:
             X[rows, pcol] = _NEG_INF
-        if spec.negatives == "other_labels":
+        if spec.negatives == "other_labels" and same_cols is not None:  # built above for other_labels
             X.scatter_(1, same_cols, _NEG_INF)
 
     mask_(S)
@@ -406,7 +450,8 @@ def _chunk_general(k, qs, S, spec, ix, ws, r0, r1, go, dq, dk, self_rc) -> Tenso
     if go is None:
         return loss
     # -- gradient wrt S: γ_i [(1 + β) π̃ − β π] (only π̃ when π is detached) + δ on the positives ----
-    gamma, delta = _grad_weights(go, c, None if all_active else act, npos, spec, *derivs, pv)
+    dl_dg, dg_dneg, dl_dsp, dg_dsp = derivs
+    gamma, delta = _grad_weights(go, c, None if all_active else act, npos, spec, dl_dg, dg_dneg, dl_dsp, dg_dsp, pv)
     # D = γ [(1 + β) π̃ − β π] = γ' [π̃ − β/(1+β) π] with γ' = (1 + β) γ: one pass over the tile,
     # none at β = 1 (made in the softmax's blocks above)
     D = S
@@ -517,20 +562,23 @@ def _run_chunks(q: Tensor, k: Tensor, spec: KernelSpec, ix: _Index, go: Tensor |
     n, m = q.shape[0], k.shape[0]
     n_labels = int(ix.label_count.shape[0]) if ix.label_count is not None else 0
     lean_labels = spec.lean and spec.positives == "labels"
-    ws = _Workspace(min(spec.chunk_size, n), m, q.dtype, q.device, n_labels if lean_labels else 0, q.shape[1])
+    ws = _Workspace(min(spec.chunk, n), m, q.dtype, q.device, n_labels if lean_labels else 0, q.shape[1])
+    k_labels = ix.k_labels
     if lean_labels:
+        if k_labels is None:
+            raise ValueError("label positives need k_labels")
         ws.k_label_sums = torch.zeros(n_labels, k.shape[1], dtype=k.dtype, device=k.device).index_add_(
-            0, ix.k_labels, k
+            0, k_labels, k
         )
     losses = torch.empty(n, dtype=q.dtype, device=q.device)
     dq = torch.empty_like(q) if go is not None else None
     dk = torch.zeros_like(k) if go is not None else None
-    for r0 in range(0, n, spec.chunk_size):
-        r1 = min(n, r0 + spec.chunk_size)
+    for r0 in range(0, n, spec.chunk):
+        r1 = min(n, r0 + spec.chunk)
         go_c = None if go is None else (go if go.dim() == 0 else go[r0:r1])
         losses[r0:r1] = _chunk(q, k, spec, ix, ws, r0, r1, go_c, dq, dk)
-    if go is not None and lean_labels:
-        dk += ws.label_acc[ix.k_labels]
+    if dk is not None and lean_labels and ws.label_acc is not None and k_labels is not None:
+        dk += ws.label_acc[k_labels]
     skipped = torch.cat(ws.skipped) if ws.skipped else None
     return losses, dq, dk, skipped
 
@@ -544,8 +592,8 @@ def _skip(active: Tensor | None, rows: Tensor, n: int) -> Tensor:
 def _mean_weights(spec: KernelSpec, ix: _Index, n: int, device: torch.device) -> Tensor:
     """Each anchor's share of the ``"mean"`` denominator: 1 per anchor, or its number of positives
     with ``positive_reduce="pairs"``; 0 for a skipped anchor."""
-    if spec.positives == "labels" and spec.positive_reduce == "pairs":
-        w = ix.n_pos.to(torch.float64)
+    if spec.positives == "labels" and spec.positive_reduce == "pairs" and ix.n_pos is not None:
+        w = ix.n_pos.to(torch.float64)  # n_pos is built for label positives (_index)
     else:
         w = torch.ones(n, dtype=torch.float64, device=device)
     return w if ix.active is None else w * ix.active
@@ -568,9 +616,10 @@ class _WeightedInfoNCE(torch.autograd.Function):
         if skipped is not None:  # anchors a strategy's log-weights left without a valid negative
             left = denom - float(weights[skipped].sum())
             ix.active = _skip(ix.active, skipped, n)  # the backward recompute sees the same anchors
-        spread = spec.reduction == "mean" and spec.mean_denominator is not None
-        if spread:  # every process of a distributed step calls this once, skipped anchors or not
-            left = float(spec.mean_denominator(left))
+        spread_fn = spec.mean_denominator if spec.reduction == "mean" else None
+        spread = spread_fn is not None
+        if spread_fn is not None:  # every process of a distributed step calls this once, skipped anchors or not
+            left = float(spread_fn(left))
         if left <= 0:
             why = "the log-weights (filters / weightings) removed every candidate"
             raise C.all_skipped_error(n, f"on no process ({why}, or none has a positive)" if spread else why)
@@ -652,6 +701,7 @@ def weighted_info_nce(
     normalize: bool = True,
     mean_denominator: DenominatorFn | None = None,
     log_weight_block: BlockWeightFn | None = None,
+    spec: KernelSpec | None = None,
 ) -> Tensor:
     r"""Weighted InfoNCE of anchors ``q`` (n×d) against candidates ``k`` (m×d) (docs/design.md §1).
 
@@ -696,35 +746,57 @@ def weighted_info_nce(
             ``sp`` = s_ip/t; it writes −∞ on the candidates it removes and adds its log-weights a
             **in place**, and returns each row's number of valid candidates and log Σ_j e^{a_ij}
             over them (None: a = 0, uniform π). Treated as a constant.
+        spec: every option above but the index (``pos_index``, labels, ``self_index``) and
+            ``normalize``, as one checked `KernelSpec`; give it or the options, not both.
     """
     _check_embeddings(q, k)
-    t = V.resolve_temperature(t, temperature)
-    _check_options(t, positives, negatives, positive_reduce, reduction, beta, tau_plus, chunk_size)
-    if n_neg is not None:
-        V.check_positive("n_neg", n_neg)
-    if log_weight_block is not None and (log_weight_fn is not None or beta != 0.0 or positives != "view"):
-        raise ValueError("log_weight_block needs positives='view', beta=0 and no log_weight_fn")
+    if spec is None:
+        spec = KernelSpec(
+            t=V.resolve_temperature(t, temperature), positives=positives, negatives=negatives, beta=beta,
+            detach_weights=detach_weights, log_weight_fn=log_weight_fn, log_weight_block=log_weight_block,
+            n_neg=n_neg, tau_plus=tau_plus, clamp=clamp, include_positive=include_positive,
+            positive_reduce=positive_reduce, reduction=reduction, chunk_size=chunk_size,
+            mean_denominator=mean_denominator,
+        )
+    elif not isinstance(spec, KernelSpec):
+        raise TypeError(f"spec must be a KernelSpec, got {type(spec).__name__}")
+    else:
+        _no_options_besides(spec, locals())
     n, m = q.shape[0], k.shape[0]
     # spread over processes, this call's anchors may all be skipped while another process's are not
-    spread = mean_denominator is not None and reduction == "mean"
-    ix = _checked_index(pos_index, self_index, q_labels, k_labels, positives, negatives, n, m, q.device, spread)
-    spec = KernelSpec(
-        t=float(t), positives=positives, negatives=negatives, beta=float(beta), detach_weights=bool(detach_weights),
-        log_weight_fn=log_weight_fn, log_weight_block=log_weight_block, n_neg=None if n_neg is None else float(n_neg),
-        tau_plus=float(tau_plus), clamp=bool(clamp), include_positive=bool(include_positive),
-        positive_reduce=positive_reduce, reduction=reduction, mean_denominator=mean_denominator,
-        chunk_size=chunk_size or _default_chunk(n, m, q.device),
-    )
-    in_dtype = q.dtype
+    spread = spec.mean_denominator is not None and spec.reduction == "mean"
+    ix = _checked_index(pos_index, self_index, q_labels, k_labels, spec.positives, spec.negatives, n, m, q.device,
+                        spread)
+    spec = dataclasses.replace(spec, chunk_size=spec.chunk_size or _default_chunk(n, m, q.device))
+    low = q.dtype in (torch.float16, torch.bfloat16)
+    out = _WeightedInfoNCE.apply(*_prepared(q, k, normalize), spec, ix)
+    return out.to(q.dtype) if low else out
+
+
+def _prepared(q: Tensor, k: Tensor, normalize: bool) -> tuple[Tensor, Tensor]:
+    """q and k L2-normalised (``normalize``) and in float32 for float16 / bfloat16 inputs (the kernel
+    accumulates in float32); k stays the same tensor as q when it is."""
     same = k is q
     if normalize:
         q = C.safe_normalize(q)
         k = q if same else C.safe_normalize(k)
-    if in_dtype in (torch.float16, torch.bfloat16):  # accumulate in float32
+    if q.dtype in (torch.float16, torch.bfloat16):
         q = q.float()
         k = q if same else k.float()
-    out = _WeightedInfoNCE.apply(q, k, spec, ix)
-    return out.to(in_dtype) if in_dtype in (torch.float16, torch.bfloat16) else out
+    return q, k
+
+
+#: the option keywords of `weighted_info_nce` that a `KernelSpec` holds, with their defaults
+_SPEC_DEFAULTS = {f.name: f.default for f in dataclasses.fields(KernelSpec) if f.name != "t"}
+
+
+def _no_options_besides(spec: KernelSpec, given: dict) -> None:
+    """With ``spec=``, every option keyword must keep its default (the spec holds the options)."""
+    clash = [name for name, default in _SPEC_DEFAULTS.items() if given[name] is not default and given[name] != default]
+    clash += [name for name in ("t", "temperature") if given[name] is not None]
+    if clash:
+        raise ValueError(f"give the options in spec or as keywords, not both: {', '.join(sorted(clash))} "
+                         "given with spec")
 
 
 def _check_options(t, positives, negatives, positive_reduce, reduction, beta, tau_plus, chunk_size) -> None:

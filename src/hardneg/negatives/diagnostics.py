@@ -22,6 +22,7 @@ Each chunk costs a few elementwise passes over (c×m); nothing larger is stored.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import cast
 
 import torch
 from torch import Tensor
@@ -109,7 +110,7 @@ class DiagnosticsAccumulator:
         hard, hard_j = Sm.max(1)
         # histc ignores values below its range, i.e. the −∞ of invalid candidates
         self.hist += torch.histc(Sm, bins=_BINS, min=_LO, max=_HI).double().cpu()
-        logits = log_w + tilt_log_weights(S, self.beta, self.t) if self.beta else log_w
+        logits = log_w + cast(Tensor, tilt_log_weights(S, self.beta, self.t)) if self.beta else log_w
         pi = torch.softmax(logits, dim=1)
         ok_rows = hard != float("-inf")
         self.skipped += int((~ok_rows).sum())

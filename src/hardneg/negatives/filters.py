@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from hardneg.losses.candidates import same_known_label
+from hardneg.losses.candidates import log_mask_, same_known_label
 from hardneg.losses.checks import check_number
 from hardneg.negatives.context import StepContext
 from hardneg.negatives.sources import register_kind, simple_repr
@@ -187,7 +187,12 @@ class SimilarityFilter(Filter):
         """`drop` in place, one rule at a time: X = s / t is compared with threshold / t."""
         t = ctx.t
         for above, th in similarity_thresholds(sp * t if self.needs_positive else None, **self._rules()).values():
-            X.masked_fill_(X.gt(th / t) if above else X.lt(th / t), float("-inf"))
+            # kept: X ≤ th/t (above) or X ≥ th/t, as a log-mask of th/t − X ≥ 0 (float passes only);
+            # a NaN threshold (no positive) drops nothing, as a comparison with it is false
+            if isinstance(th, Tensor):
+                th = torch.nan_to_num(th, nan=math.inf if above else -math.inf)
+            y = torch.sub(th / t, X) if above else torch.sub(X, th / t)
+            X.add_(log_mask_(y, inclusive=True))
 
 
 #: the range of each similarity rule (scores are cosine similarities); ``relative_margin`` is any
@@ -348,6 +353,7 @@ class GuideFilter(Filter):
         """The guide's embeddings of samples ``ids`` seen from ``view`` (0: anchors' table, 1: positives')."""
         if self.tables is not None:
             return self.tables[view][ids.cpu()]
+        assert self.guide is not None  # __init__ sets tables or guide
         return self.guide(ids, view)
 
     def _embed(self, ids: Tensor, view: Tensor | None) -> tuple[Tensor, Tensor]:
@@ -377,11 +383,13 @@ class GuideFilter(Filter):
     def drop(self, S: Tensor, rows: slice, ctx: StepContext) -> Tensor:
         if ctx.pos_index is None:
             raise ValueError("filter 'guide' needs a positive per anchor (two views z1, z2)")
+        if self._gq is None or self._gk is None or self._kok is None:
+            raise RuntimeError("filter 'guide': drop before begin_step (the strategy calls begin_step first)")
         G = self._gq[rows] @ self._gk.T
         pi = ctx.pos_index[rows]
         r = torch.arange(G.shape[0], device=G.device)
         gp = G[r, pi.clamp(min=0)]
-        d = guide_drops(G, gp[:, None], self.margin)
+        d = guide_drops(G, gp[:, None], 0.0 if self.margin is None else self.margin)
         d &= (pi >= 0)[:, None] & self._kok[None, :]
         return d.to(S.device)
 

@@ -26,12 +26,12 @@ import dataclasses
 import functools
 import warnings
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import Tensor, nn
 
-from hardneg.losses.candidates import nominal_n, safe_normalize
+from hardneg.losses.candidates import finite_count, nominal_n, safe_normalize
 from hardneg.losses.checks import (
     POSITIVE_REDUCES,
     POSITIVES,
@@ -115,6 +115,8 @@ class _BlockRecords:
         S = X0 * ctx.t
         gid = loc + rows.start
         ar = torch.arange(loc.numel(), device=X0.device)
+        if ctx.pos_index is None:  # fused strategies have one positive per anchor (Strategy._fusable)
+            raise ValueError("fused diagnostics need each anchor's positive")
         S[ar, ctx.pos_index[gid]] = sp[loc] * ctx.t
         si = ctx.self_index[gid]
         S[ar[si >= 0], si[si >= 0]] = 1.0  # unit vectors; an invalid entry, read by no statistic
@@ -282,6 +284,16 @@ class Strategy(nn.Module):
         for line in inert:
             warnings.warn(f"strategy option {line}", UserWarning, stacklevel=3)
 
+    # the ModuleLists hold these types (checked in __init__); typed views of them
+    def _sources(self) -> list[Source]:
+        return cast("list[Source]", list(self.sources))
+
+    def _filters(self) -> list[Filter]:
+        return cast("list[Filter]", list(self.filters))
+
+    def _weightings(self) -> list[Weighting]:
+        return cast("list[Weighting]", list(self.weightings))
+
     def components(self) -> list[nn.Module]:
         return [self.in_batch, *self.sources, *self.filters, *self.weightings]
 
@@ -359,12 +371,12 @@ class Strategy(nn.Module):
             self._diagnostics_pass(ctx, acc)
         # state that learns from the step (queue, bank, generator, calibrator) sees every anchor, so
         # it is the same whichever anchors this call computed the loss of
-        for s in self.sources:
+        for s in self._sources():
             s.after_step(all_anchors, all_cands, step)
         if anchor_rows is not None and self.weightings:
             ctx = StepContext.build(all_anchors, all_cands, self.t, self.beta, step,
                                     label_positives=self.positives == "labels", grid=grid)
-        for w in self.weightings:
+        for w in self._weightings():
             w.after_step(ctx)
         if self.training:
             self._step = step + 1
@@ -405,13 +417,14 @@ class Strategy(nn.Module):
             z12 = safe_normalize(torch.cat([z1, z2]))
             z1n, z2n = z12[:B], z12[B:]
         anchors, cands = self.in_batch.build(z1n, z2n, labels, ids, z12)
-        for s in self.sources:
+        for s in self._sources():
             if s.reads_candidate_rule:  # e.g. MoCHi mixes only what the rule and the filters keep
                 ctx0 = StepContext.build(anchors, cands, self.t if t is None else t, self.beta, step,
                                          label_positives=self.positives == "labels", grid=grid)
-                for f in self.filters:
+                for f in self._filters():
                     f.begin_step(ctx0)
-                s.extend(anchors, cands, step, valid=functools.partial(self._filtered_valid, ctx=ctx0))
+                # a source that reads the candidate rule takes it as valid= (Source.reads_candidate_rule)
+                s.extend(anchors, cands, step, valid=functools.partial(self._filtered_valid, ctx=ctx0))  # type: ignore[call-arg]
             else:
                 s.extend(anchors, cands, step)
         if negatives is not None:
@@ -451,10 +464,10 @@ class Strategy(nn.Module):
         if fused:
             rec = _BlockRecords(acc)
             lw_block = lambda X, rows, sp: self._block_weights(X, rows, sp, ctx, rec)  # noqa: E731
-        n_neg = self.n_neg
-        if n_neg == "count":
-            n_neg = None
-        elif n_neg == "nominal":  # every candidate but the anchor itself and its positive view (2B − 2)
+        n_neg: float | None = None  # "count": the number of valid candidates
+        if not isinstance(self.n_neg, str):
+            n_neg = float(self.n_neg)
+        elif self.n_neg == "nominal":  # every candidate but the anchor itself and its positive view (2B − 2)
             has_self = bool((anchors.self_index >= 0).any())
             n_neg = float(nominal_n(cands.m, has_self, anchors.pos_index is not None))
         by_labels = self.positives == "labels" or (plain and label_filter)
@@ -509,12 +522,11 @@ class Strategy(nn.Module):
         rows; the diagnostics keep the sampled rows before and after (`_BlockRecords`)."""
         loc = rec.sampled(rows, X.device)
         X0 = None if loc is None else X[loc].clone()
-        for f in self.filters:
+        for f in self._filters():
             f.drop_(X, rows, ctx, sp)
-        cnt, lse_a, fallback = (
-            self.weightings[0].weigh_(X, rows, ctx, sp) if self.weightings else ((X > NEG_INF).sum(1), None, None)
-        )
-        if loc is not None:
+        weightings = self._weightings()
+        cnt, lse_a, fallback = weightings[0].weigh_(X, rows, ctx, sp) if weightings else (finite_count(X), None, None)
+        if loc is not None and X0 is not None:
             rec.keep(X0, X[loc], loc, rows, sp, ctx, fallback)
             if rec.full():
                 self._flush(rec, ctx)
@@ -550,12 +562,14 @@ class Strategy(nn.Module):
         return d
 
     # ----------------------------------------------------------------------------------------
-    def _filtered_valid(self, S: Tensor, rows: slice, ctx: StepContext) -> Tensor:
+    def _filtered_valid(self, S: Tensor, rows: slice | Tensor, ctx: StepContext) -> Tensor:
         """Candidates valid after the structural rule and every filter (no fallback: an emptied
         anchor is skipped)."""
         valid = ctx.base_valid(S, rows)
-        for f in self.filters:
-            valid &= ~f.drop(S, rows, ctx)
+        # an index tensor of rows (the diagnostics' sample) serves wherever the components index by a slice
+        rows_ = cast(slice, rows)
+        for f in self._filters():
+            valid &= ~f.drop(S, rows_, ctx)
         return valid
 
     def _log_weights(
@@ -565,12 +579,13 @@ class Strategy(nn.Module):
         valid = self._filtered_valid(S, rows, ctx)
         fallback = torch.zeros(S.shape[0], dtype=torch.bool, device=S.device)
         lw = None
-        for w in self.weightings:
+        rows_ = cast(slice, rows)  # as in _filtered_valid
+        for w in self._weightings():
             if w.selects:  # a boolean selection: no float passes
-                nv = w.select(S, rows, ctx, valid)
+                nv = w.select(S, rows_, ctx, valid)
                 a = None
             else:
-                a = w.log_weights(S, rows, ctx, valid)
+                a = w.log_weights(S, rows_, ctx, valid)
                 nv = valid & (a != NEG_INF)
             empty = ~nv.any(1) & valid.any(1)
             if bool(empty.any()):  # this weighting would remove every candidate: ignore it there

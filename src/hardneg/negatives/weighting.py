@@ -27,7 +27,7 @@ from __future__ import annotations
 import copy
 import math
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -35,7 +35,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from hardneg._optional import require
+from hardneg.losses.candidates import finite_count, log_mask_
 from hardneg.losses.checks import check_beta, check_int, check_nonneg, check_number, check_positive
+from hardneg.losses.kernel import logsumexp_rows_
 from hardneg.losses.tilt import tilt_log_weights
 from hardneg.negatives.context import StepContext
 from hardneg.negatives.sources import register_kind, simple_repr
@@ -255,15 +257,26 @@ class SemiHard(Weighting):
         self._fallback_(keep, S, sp, ~keep.any(1), lambda e: valid[e])
         return keep
 
+    def _nearest(self, S: Tensor, sp: Tensor, valid: Tensor) -> Tensor:
+        """(rows,) the valid candidate of each row nearest the window (rows with one valid candidate)."""
+        dist = F.relu(S - sp[:, None]) + F.relu(sp[:, None] - self.margin - S)
+        return dist.masked_fill(~valid, float("inf")).argmin(1)
+
+    def _window(self, X: Tensor, spx: Tensor, t: float) -> Tensor:
+        """min(s_p − s, s − (s_p − margin)) / t from X = s/t: > 0 inside the window, and minus the
+        distance to it (/ t) outside (one of the two terms is negative there, as margin ≥ 0)."""
+        above = torch.sub(spx[:, None], X)  # > 0: less similar than the positive
+        inside = torch.sub(X, (spx - self.margin / t)[:, None])  # > 0: more similar than s_p − margin
+        return torch.minimum(above, inside, out=above)
+
     def _fallback_(self, keep: Tensor, S: Tensor, sp: Tensor, empty: Tensor,
                    valid_of: Callable[[Tensor], Tensor]) -> Tensor:
         """Rows with an empty window keep their one valid candidate nearest it (in ``keep``);
         counts the rows. Returns their indices."""
         e = torch.nonzero(empty).flatten()
         if e.numel():  # computed on the empty rows only
-            Se, spe, ve = S[e], sp[e, None], valid_of(e)
-            dist = F.relu(Se - spe) + F.relu(spe - self.margin - Se)
-            j = dist.masked_fill(~ve, float("inf")).argmin(1)
+            ve = valid_of(e)
+            j = self._nearest(S[e], sp[e], ve)
             keep[e, j] = ve[torch.arange(e.numel(), device=e.device), j]
         self._rows += S.shape[0]
         self._fallback += int(e.numel())
@@ -272,15 +285,21 @@ class SemiHard(Weighting):
     fused = True
 
     def weigh_(self, X: Tensor, rows: slice, ctx: StepContext, sp: Tensor) -> tuple[Tensor, None, None]:
-        """The window on the block's cosines; candidates outside it become −∞."""
+        """The window on the block's cosines as a log-mask (float passes only: on CPU a boolean
+        tile costs ten times as much); candidates outside it become −∞."""
         check_nonneg(_opt("margin"), self.margin)
-        S, spc = X * ctx.t, sp * ctx.t
-        keep = semihard_mask(S, None, spc, self.margin)
-        cnt = keep.sum(1)
-        e = self._fallback_(keep, S, spc, cnt == 0, lambda e: X[e] > NEG_INF)
-        if e.numel():
-            cnt[e] = keep[e].sum(1)
-        X.masked_fill_(keep.logical_not_(), NEG_INF)
+        a = log_mask_(self._window(X, sp, ctx.t))
+        cnt = finite_count(a, log_mask=True)
+        e = torch.nonzero(cnt == 0).flatten()
+        if e.numel():  # an empty window: the valid candidate nearest it, i.e. with the largest min(·, 0)
+            j = self._window(X[e], sp[e], ctx.t).clamp_(max=0.0).argmax(1)
+            ok = X[e, j] > NEG_INF
+            a[e] = NEG_INF
+            a[e[ok], j[ok]] = 0.0
+            cnt[e] = ok.long()
+        self._rows += X.shape[0]
+        self._fallback += int(e.numel())
+        X.add_(a)
         return cnt, None, None
 
     def log_weights(self, S: Tensor, rows: slice, ctx: StepContext, valid: Tensor) -> Tensor:
@@ -306,7 +325,7 @@ class Tilt(Weighting):
         self.beta = float(beta)
 
     def log_weights(self, S: Tensor, rows: slice, ctx: StepContext, valid: Tensor) -> Tensor:
-        return tilt_log_weights(S, self.beta, ctx.t)
+        return cast(Tensor, tilt_log_weights(S, self.beta, ctx.t))
 
 
 class DistanceWeighted(Weighting):
@@ -335,11 +354,19 @@ class DistanceWeighted(Weighting):
     fused = True
 
     def weigh_(self, X: Tensor, rows: slice, ctx: StepContext, sp: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """X ← X − log q(d); a row whose every valid candidate is too far keeps them, unweighted."""
+        """X ← X − log q(d); a row whose every valid candidate is too far keeps them, unweighted.
+        Float passes only (the far rule as a log-mask, `hardneg.losses.candidates.log_mask_`:
+        on CPU a boolean tile costs ten times as much), and log Σ_j q(d_ij)⁻¹ by the softmax
+        kernel (`hardneg.losses.kernel.logsumexp_rows_`). Far candidates stay finite until the
+        mask is added: log and exp of ±∞ take a slow path on CPU."""
         n = self.dim or ctx.q.shape[1]
-        # u = 2 − 2s with s = X t (2t scales exactly as 2 does); −∞ where X is (u = ∞ there)
-        lw = _neg_log_q_(torch.mul(X, -2.0 * ctx.t).add_(2.0), n, self.cutoff, self.nonzero_loss_cutoff)
-        cnt = (lw > NEG_INF).sum(1)
+        # u = d² = 2 − 2s with s = X t; u = ∞ where X is −∞ (an invalid candidate is far, too)
+        u = torch.mul(X, -2.0 * ctx.t).add_(2.0)
+        far = log_mask_(torch.sub(self.nonzero_loss_cutoff**2, u))  # −∞ where d ≥ nonzero_loss_cutoff
+        cnt = finite_count(far, log_mask=True)
+        u.clamp_(min=self.cutoff**2)
+        lw = torch.log(u).mul_(-(n - 2.0) / 2.0)
+        lw.add_(u.mul_(-0.25).add_(1.0).clamp_(min=1e-8).log_(), alpha=-(n - 3.0) / 2.0).add_(far)
         fallback = torch.zeros_like(cnt, dtype=torch.bool)
         e = torch.nonzero(cnt == 0).flatten()
         if e.numel():
@@ -349,7 +376,10 @@ class DistanceWeighted(Weighting):
             cnt[e] = ve.sum(1)
             fallback[e] = True
         X.add_(lw)
-        return cnt, torch.logsumexp(lw, 1), fallback
+        lse = torch.zeros_like(lw[:, 0])  # a row without a valid candidate: dropped by the kernel
+        ok = cnt > 0
+        lse[ok] = logsumexp_rows_(lw[ok] if not bool(ok.all()) else lw)
+        return cnt, lse, fallback
 
 
 class ClusterGuided(Weighting):
@@ -430,6 +460,8 @@ class ClusterGuided(Weighting):
         out = torch.full((size,), -1, dtype=torch.long, device=device)
         if ids is None:
             return out
+        if self.features is None:  # clusters of the embeddings: ids name no table row
+            return out
         ok = (ids >= 0) & (ids < self.features.shape[0])
         out[ok] = self.assign(self.features[ids[ok].cpu()]).to(device)
         return out
@@ -449,11 +481,13 @@ class ClusterGuided(Weighting):
         self._kc = self.assign(ctx.k)
 
     def log_weights(self, S: Tensor, rows: slice, ctx: StepContext, valid: Tensor) -> Tensor:
+        if self._qc is None or self._kc is None:
+            raise RuntimeError("cluster_guided: log_weights before begin_step (the strategy calls begin_step first)")
         qc = self._qc[rows]
         kc = self._kc
         same = (qc[:, None] == kc[None, :]) & (qc[:, None] >= 0)
         # γ s / t is the tilt of `hardneg.losses.tilt` with β = γ, on the other clusters only
-        lw = (~same).to(S.dtype) * (self.bonus + tilt_log_weights(S, self.gamma, ctx.t))
+        lw = (~same).to(S.dtype) * (self.bonus + cast(Tensor, tilt_log_weights(S, self.gamma, ctx.t)))
         if self.exclude_same:
             drop = same & valid
             has_other = (valid & ~same).any(1, keepdim=True)
@@ -572,16 +606,22 @@ class Calibrated(Weighting):
     def begin_step(self, ctx: StepContext) -> None:
         if self.model is None:
             self._init(ctx.q.shape[1])
-        self.model.to(ctx.q.device)
+        self._mlp()[0].to(ctx.q.device)
+
+    def _mlp(self) -> tuple[PairCalibrator, torch.optim.Optimizer]:
+        """The MLP and its optimiser, built by `begin_step` (or ``dim``) before any use."""
+        if self.model is None or self.opt is None:
+            raise RuntimeError("calibrated: the MLP is built at the first step (begin_step) or by dim=")
+        return self.model, self.opt
 
     @torch.no_grad()
     def p_hat(self, q: Tensor, k: Tensor) -> Tensor:
         """(c×m) predicted probabilities that pairs (q_i, k_j) are aligned."""
-        return torch.sigmoid(self.model.block_logits(q.float(), k.float()))
+        return torch.sigmoid(self._mlp()[0].block_logits(q.float(), k.float()))
 
     def log_weights(self, S: Tensor, rows: slice, ctx: StepContext, valid: Tensor) -> Tensor:
         with torch.no_grad():
-            logits = self.model.block_logits(ctx.q[rows].float(), ctx.k.float())
+            logits = self._mlp()[0].block_logits(ctx.q[rows].float(), ctx.k.float())
             return torch.clamp(F.logsigmoid(-logits), min=math.log(self.floor)).to(S.dtype)
 
     def fit_step(self, q: Tensor, k_pos: Tensor, k_neg: Tensor, neg_mask: Tensor | None = None) -> float:
@@ -589,16 +629,17 @@ class Calibrated(Weighting):
         (n×r bool) keeps only the real draws (an anchor with fewer valid candidates has fewer)."""
         n, r, d = k_neg.shape
         keep = torch.ones(n * r, dtype=torch.bool, device=q.device) if neg_mask is None else neg_mask.reshape(-1)
+        model, opt = self._mlp()
         with torch.enable_grad():
-            lp = self.model.pair_logits(q, k_pos)
+            lp = model.pair_logits(q, k_pos)
             loss = F.binary_cross_entropy_with_logits(lp, torch.ones_like(lp))
             if bool(keep.any()):
                 qn = q[:, None, :].expand(n, r, d).reshape(-1, d)[keep]
-                ln = self.model.pair_logits(qn, k_neg.reshape(-1, d)[keep])
+                ln = model.pair_logits(qn, k_neg.reshape(-1, d)[keep])
                 loss = loss + F.binary_cross_entropy_with_logits(ln, torch.zeros_like(ln))
-            self.opt.zero_grad(set_to_none=True)
+            opt.zero_grad(set_to_none=True)
             loss.backward()
-            self.opt.step()
+            opt.step()
         self.last_bce = float(loss.detach())
         return self.last_bce
 
