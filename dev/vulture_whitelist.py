@@ -96,3 +96,4 @@ CrossModalClusters  # unused class (src/hardneg/negatives/cross_modal.py:105): b
 pixel_scale  # unused variable (src/hardneg/data/hyperspectral.py: a field of Scene, read by callers)
 auc  # unused variable (reproduce/hyperspectral.py: a field of DetectionRow, read by the page)
 _.finished  # unused property (src/hardneg/runs/load.py: Run.finished, public API of hardneg.runs)
+readme_table  # unused function (reproduce/cli/readme.py: a command typer registers)

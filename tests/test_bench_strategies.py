@@ -5,6 +5,7 @@ import math
 
 from hardneg.bench.loss_speed import OWN_WORK_PRESETS, PRESET_CASES, PRESETS, format_preset_table, run
 from hardneg.cli import main
+from reproduce.cli import main as reproduce_main
 
 
 def test_bench_strategies_times_every_preset_and_writes_the_readme_table(tmp_path, capsys):
@@ -13,8 +14,12 @@ def test_bench_strategies_times_every_preset_and_writes_the_readme_table(tmp_pat
     out = tmp_path / "rows.json"
     try:
         main(["bench", "strategies", "--sizes", "64", "--repeats", "1", "--threads", "1", "--no-memory",
-              "--json", str(out), "--readme", str(readme)])
+              "--json", str(out)])
     except SystemExit as e:  # typer's standalone mode exits 0 after the command
+        assert e.code == 0
+    try:  # the repository writes its README from the rows
+        reproduce_main(["readme-table", "strategies", str(out), "--readme", str(readme)])
+    except SystemExit as e:
         assert e.code == 0
     rows = json.loads(out.read_text())
     assert [r["case"] for r in rows] == (["floor"] + [f"preset.{p}" for p in PRESETS]
@@ -24,7 +29,8 @@ def test_bench_strategies_times_every_preset_and_writes_the_readme_table(tmp_pat
     assert next(r for r in rows if r["case"] == "floor")["x_floor"] == 1.0
     text = readme.read_text()
     assert "old" not in text and text.endswith("<!-- bench:strategies:end -->\ntail\n")
-    assert "hardneg bench strategies --sizes 64 --readme" in text
+    assert f"hardneg bench strategies --sizes 64 --json {out}` then `python -m reproduce readme-table" in text
+    assert format_preset_table(rows) in text
     for p in PRESETS:
         assert f"| 64 | {p} | " in text
     assert "| 64 | distance_weighted |" in capsys.readouterr().out
@@ -49,3 +55,21 @@ def test_presets_with_work_of_their_own_are_split_into_loss_and_own_work():
     assert "| 2B | preset | time | loss (× floor) | own work (ms per step) |" in table
     for name, r in own.items():
         assert f"| 128 | {name} | " in table and f"| {r['own_seconds'] * 1e3:.1f} |" in table
+
+
+def test_readme_table_refuses_a_readme_it_cannot_update(tmp_path, capsys):
+    """A README that is not UTF-8 or has no section for the table: one line naming it, exit 2, unchanged."""
+    rows = tmp_path / "rows.json"
+    rows.write_text(json.dumps([{"case": "floor", "2B": 8, "kind": "floor", "seconds": 1.0, "x_floor": 1.0}]))
+    for name, content, says in [("bin.md", bytes(range(255, 0, -1)), "not UTF-8 text"),
+                                ("plain.md", b"# no markers\n", "has no <!-- bench:strategies:start -->")]:
+        readme = tmp_path / name
+        readme.write_bytes(content)
+        capsys.readouterr()
+        try:
+            reproduce_main(["readme-table", "strategies", str(rows), "--readme", str(readme)])
+        except SystemExit as e:
+            assert e.code == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("hardneg: error: ") and name in err and says in err and "\n" not in err
+        assert readme.read_bytes() == content

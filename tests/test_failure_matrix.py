@@ -457,13 +457,34 @@ def _bench_rows(which: str = "loss") -> dict[str, Case | NotApplicable]:
                 str(ws / "rows.json")], ""
 
     return {
-        "missing input": Case(lambda ws, fx: ([*quick, "--readme", str(ws / "none.md")], "none.md")),
-        "garbage input": Case(lambda ws, fx: ([*quick, "--readme", str(_write(ws / "g.md", GARBAGE))], "g.md")),
+        "missing input": NotApplicable("reads no file: it generates its inputs"),
+        "garbage input": NotApplicable("reads no file: it generates its inputs"),
         "output not writable": Case(lambda ws, fx: ([*quick, "--json", str(_file(ws) / "rows.json")], "--json")),
         "corrupt state": NotApplicable("keeps no cache or state"),
         "NaN/inf input": NotApplicable("reads no arrays: it generates its inputs"),
         "SIGINT": Case(signalled, slow=True),
         "SIGTERM": Case(signalled, slow=True),
+    }
+
+
+def _readme_table_rows() -> dict[str, Case | NotApplicable]:
+    def readme(ws: Path) -> Path:
+        return _write(ws / "README.md", b"# x\n<!-- bench:loss:start -->\n<!-- bench:loss:end -->\n")
+
+    def rows(ws: Path) -> Path:
+        return _write(ws / "rows.json", json.dumps([{"case": "floor", "2B": 8}]).encode())
+
+    return {
+        "missing input": Case(lambda ws, fx: (["readme-table", "loss", str(ws / "none.json"), "--readme",
+                                               str(readme(ws))], "none.json")),
+        "garbage input": Case(lambda ws, fx: (["readme-table", "loss", str(_write(ws / "g.json", GARBAGE)),
+                                               "--readme", str(readme(ws))], "g.json")),
+        "output not writable": Case(lambda ws, fx: (["readme-table", "loss", str(rows(ws)), "--readme",
+                                                     str(_file(ws) / "README.md")], "README.md")),
+        "corrupt state": NotApplicable("keeps no cache or state"),
+        "NaN/inf input": NotApplicable("reads no arrays"),
+        "SIGINT": NotApplicable("returns at once"),
+        "SIGTERM": NotApplicable("returns at once"),
     }
 
 
@@ -489,6 +510,7 @@ MATRIX: dict[str, dict[str, Case | NotApplicable]] = {
              **{c: NotApplicable("returns at once") for c in EXIT}},
     "bench loss": _bench_rows("loss"),
     "bench strategies": _bench_rows("strategies"),
+    "reproduce readme-table": _readme_table_rows(),
 }
 CASES = [(cmd, cond) for cmd, row in MATRIX.items() for cond, cell in row.items() if isinstance(cell, Case)]
 #: the numbers docs/reliability.md states

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from reproduce.cli import crossmodal as _crossmodal  # noqa: F401  (registers `crossmodal-compare`)
 from reproduce.cli import dense as _dense  # noqa: F401  (registers `dense-compare`)
+from reproduce.cli import readme as _readme  # noqa: F401  (registers `readme-table`)
 from reproduce.cli import wordnet as _wordnet  # noqa: F401  (registers `wordnet-export`, `retrieval-compare`)
 from reproduce.cli.app import app
 

@@ -26,57 +26,21 @@ def _parse_sizes(sizes: str) -> list[int]:
     return out
 
 
-def _markers(key: str) -> tuple[str, str]:
-    return f"<!-- bench:{key}:start -->", f"<!-- bench:{key}:end -->"
-
-
-def _readme_text(readme: Path, key: str = "loss") -> str:
-    """The README's text, refused (naming it) when missing, not UTF-8 or without the ``bench:<key>`` markers."""
-    start, end = _markers(key)
-    if not readme.is_file():
-        raise FileNotFoundError(f"--readme {readme}: no such file")
-    try:
-        text = readme.read_text(encoding="utf-8")
-    except UnicodeDecodeError as e:
-        raise ValueError(f"--readme {readme}: not UTF-8 text (byte {e.start}: {e.reason})") from None
-    if start not in text or end not in text:
-        raise ValueError(f"{readme} has no {start} … {end} section to update")
-    return text
-
-
-def update_readme(readme: Path, table: str, command: str, key: str = "loss") -> None:
-    """Replace the text between the ``bench:<key>`` markers of ``readme`` with ``table`` (atomically)."""
-    from hardneg.io import atomic_write_text
-
-    start, end = _markers(key)
-    text = _readme_text(readme, key)
-    head, rest = text.split(start, 1)
-    _, tail = rest.split(end, 1)
-    body = f"{start}\nRegenerate with `{command}`.\n\n{table}\n{end}"
-    atomic_write_text(readme, head + body + tail)
-
-
-def _check_outputs(json_out: Path | None, readme: Path | None, key: str) -> None:
-    """Refuse, before the benchmark runs, a ``--json`` or ``--readme`` it could not write at the end."""
+def _check_output(json_out: Path | None) -> None:
+    """Refuse, before the benchmark runs, a ``--json`` it could not write at the end."""
     from hardneg.io import check_writable
 
     if json_out:
         check_writable(json_out, "--json")
-    if readme:
-        _readme_text(readme, key)
-        check_writable(readme, "--readme")
 
 
-def _write_outputs(rows: list, json_out: Path | None, readme: Path | None, table: str, command: str,
-                   key: str) -> None:
-    """The rows as JSON to ``json_out``; ``table`` into the ``bench:<key>`` section of ``readme``."""
+def _write_output(rows: list, json_out: Path | None) -> None:
+    """The rows as JSON to ``json_out`` (the repository's README tables are written from them by
+    ``python -m reproduce readme-table``)."""
     from hardneg.io import atomic_write_text
 
     if json_out:
         atomic_write_text(json_out, json.dumps(rows, indent=1))
-    if readme:
-        update_readme(readme, table, command, key=key)
-        typer.echo(f"updated {readme}")
 
 
 @bench_app.command("loss")
@@ -87,16 +51,14 @@ def bench_loss(
     max_gb: float = typer.Option(20.0, help="skip a case whose estimated memory exceeds this"),
     memory: bool = typer.Option(True, help="measure peak extra memory per case in a fresh subprocess"),
     json_out: Path | None = typer.Option(None, "--json", help="write the rows as JSON"),
-    readme: Path | None = typer.Option(None, help="update the performance table of this README"),
     device: str = typer.Option("cpu", help="cpu or cuda (GPU timings are synchronised; memory is GPU memory)"),
 ) -> None:
     """Forward+backward time and peak memory of every kernel loss vs PML, dense torch and the floor."""
-    from hardneg.bench.loss_speed import format_table, run
+    from hardneg.bench.loss_speed import run
 
-    _check_outputs(json_out, readme, "loss")
+    _check_output(json_out)
     rows = run(_parse_sizes(sizes), repeats, threads, max_gb, memory, echo=typer.echo, device=device)
-    _write_outputs(rows, json_out, readme, format_table(rows),
-                   f"hardneg bench loss --sizes {sizes} --readme {readme}", "loss")
+    _write_output(rows, json_out)
 
 
 @bench_app.command("strategies")
@@ -107,16 +69,14 @@ def bench_strategies(
     threads: int = typer.Option(2, min=1, help="torch threads"),
     memory: bool = typer.Option(True, help="measure peak extra memory per case in a fresh subprocess"),
     json_out: Path | None = typer.Option(None, "--json", help="write the rows as JSON"),
-    readme: Path | None = typer.Option(None, help="update the strategies table of this README"),
     device: str = typer.Option("cpu", help="cpu or cuda (GPU timings are synchronised; memory is GPU memory)"),
 ) -> None:
     """Forward+backward time (× floor) and peak memory of every in-batch preset, called as users call it,
     then the presets with work of their own split into the loss (× floor) and that work (ms per step)."""
     from hardneg.bench.loss_speed import PRESET_CASES, format_preset_table, run
 
-    _check_outputs(json_out, readme, "strategies")
+    _check_output(json_out)
     size_list = _parse_sizes(sizes) + ([65536] if large and 65536 not in _parse_sizes(sizes) else [])
     rows = run(size_list, repeats, threads, 1e9, memory, echo=typer.echo, device=device,
                case_list=PRESET_CASES, table=format_preset_table)
-    cmd = f"hardneg bench strategies --sizes {sizes}{' --large' if large else ''} --readme {readme}"
-    _write_outputs(rows, json_out, readme, format_preset_table(rows), cmd, "strategies")
+    _write_output(rows, json_out)
