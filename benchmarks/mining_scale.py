@@ -33,7 +33,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -42,7 +41,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", "src"))
 
-from hardneg.bench.memory import peak_rss_mb  # noqa: E402
+from hardneg.bench.memory import peak_rss_mb, run_worker, serve_worker  # noqa: E402
 
 ST_BYTES_PER_ROW_384 = 3.8e3  # sentence-transformers' peak RSS per corpus row at d=384 (1M rows: 3,729 MB)
 
@@ -156,13 +155,7 @@ def worker(spec: dict) -> dict:
 
 
 def run_sub(spec: dict) -> dict:
-    with tempfile.NamedTemporaryFile("r", suffix=".json", delete=False) as f:
-        path = f.name
-    subprocess.run([sys.executable, __file__, "--worker", json.dumps(spec), "--worker-out", path], check=True)
-    with open(path) as f:
-        res = json.load(f)
-    os.unlink(path)
-    return res
+    return run_worker(__file__, spec, quiet=False)
 
 
 def overlap(a: dict, b: dict) -> float:
@@ -178,6 +171,8 @@ def st_size(n: int) -> int:
 
 
 def main() -> None:
+    if serve_worker(worker):
+        return
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--n", type=int, default=5_000_000)
     ap.add_argument("--queries", type=int, default=9116)
@@ -192,14 +187,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 2)
     ap.add_argument("--data-dir", default=os.path.join(tempfile.gettempdir(), "hardneg-mining-scale"))
     ap.add_argument("--out", default=None)
-    ap.add_argument("--worker", default=None, help=argparse.SUPPRESS)
-    ap.add_argument("--worker-out", default=None, help=argparse.SUPPRESS)
     a = ap.parse_args()
-    if a.worker:
-        res = worker(json.loads(a.worker))
-        with open(a.worker_out, "w") as f:
-            json.dump(res, f)
-        return
     import numpy as np
 
     t0 = time.perf_counter()

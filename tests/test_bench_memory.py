@@ -1,5 +1,6 @@
 """The benchmarks' peak memory: a worker started by a large parent reports its own peak, not the parent's."""
 
+import os
 import subprocess
 import sys
 
@@ -34,3 +35,52 @@ def test_peak_of_another_process():
         child.kill()
         child.wait()
     assert peak_rss_mb(child.pid) == 0.0  # gone
+
+
+WORKER = '''
+import numpy as np
+from hardneg.bench.memory import peak_rss_mb, serve_worker
+
+def worker(spec):
+    if spec.get("fail"):
+        raise SystemExit(3)
+    a = np.ones(spec["mb"] * 2**20 // 8)  # touched
+    return {"echo": spec["echo"], "sum": float(a.sum()), "peak_rss_mb": peak_rss_mb()}
+
+if __name__ == "__main__":
+    assert serve_worker(worker)
+'''
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="VmHWM is Linux's")
+def test_worker_harness_returns_the_workers_own_result(tmp_path):
+    from hardneg.bench.memory import run_worker, serve_worker
+
+    script = tmp_path / "bench_worker.py"
+    script.write_text(WORKER)
+    big = np.ones(300 * 2**20 // 8)  # the parent's 300 MB are not the worker's
+    res = run_worker(str(script), {"mb": 120, "echo": [1, "a", None]})
+    del big
+    assert res["echo"] == [1, "a", None]
+    assert res["sum"] == 120 * 2**20 // 8
+    assert 120 < res["peak_rss_mb"] < 300
+    with pytest.raises(subprocess.CalledProcessError):
+        run_worker(str(script), {"fail": True})
+    assert serve_worker(lambda spec: spec, ["--pairs", "10"]) is False  # not a worker's command line
+
+
+def test_cpu_description_matches_proc_cpuinfo():
+    from hardneg.cores import SPEED_FLAGS, cpu_info, describe_cpu
+    from hardneg.index import cpu_has_native_bf16
+
+    try:
+        with open("/proc/cpuinfo") as f:
+            lines = f.read().splitlines()
+    except OSError:
+        pytest.skip("no /proc/cpuinfo")
+    name = next(x.split(":", 1)[1].strip() for x in lines if x.startswith("model name"))
+    flags = set(next(x for x in lines if x.startswith("flags")).split(":", 1)[1].split())
+    assert cpu_info() == (name, flags)
+    listed = [f for f in SPEED_FLAGS if f in flags]
+    assert describe_cpu() == f"{name}, {os.cpu_count()} cores" + (f" ({', '.join(listed)})" if listed else "")
+    assert cpu_has_native_bf16() == bool(flags & {"amx_bf16", "avx512_bf16"})

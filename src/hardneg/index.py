@@ -32,12 +32,12 @@ exact flat search on a sample of queries; ``hardneg mine`` reports it in its sum
 
 from __future__ import annotations
 
-import functools
 import re
 
 import numpy as np
 
 from hardneg._optional import require
+from hardneg.cores import cpu_info
 
 _SPEC = re.compile(r"^(flat|bf16|ivf(\d+)|hnsw(\d+))$")
 # what FAISS's index_factory accepts is its own business (it parses and reports); this only tells an
@@ -48,18 +48,10 @@ _IVF_IN_FACTORY = re.compile(r"IVF(\d+)")
 BLOCK = 65536
 
 
-@functools.cache  # parse_index_spec runs several times per mining call; the CPU does not change
 def cpu_has_native_bf16() -> bool:
-    """True where ``/proc/cpuinfo`` lists AMX-BF16 or AVX512-BF16 (bf16 matrix products at full speed)."""
-    try:
-        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
-            for line in f:
-                if line.startswith("flags"):
-                    flags = set(line.split())
-                    return bool(flags & {"amx_bf16", "avx512_bf16"})
-    except OSError:
-        pass
-    return False
+    """True where the CPU lists AMX-BF16 or AVX512-BF16 (`hardneg.cores.cpu_info`): bf16 matrix
+    products at full speed."""
+    return bool(cpu_info()[1] & {"amx_bf16", "avx512_bf16"})
 
 
 def resolve_index_spec(spec: str) -> str:
