@@ -1,5 +1,6 @@
 """The benchmarks' peak memory: a worker started by a large parent reports its own peak, not the parent's."""
 
+import json
 import os
 import subprocess
 import sys
@@ -84,3 +85,29 @@ def test_cpu_description_matches_proc_cpuinfo():
     listed = [f for f in SPEED_FLAGS if f in flags]
     assert describe_cpu() == f"{name}, {os.cpu_count()} cores" + (f" ({', '.join(listed)})" if listed else "")
     assert cpu_has_native_bf16() == bool(flags & {"amx_bf16", "avx512_bf16"})
+
+
+BF16_BUILD = '''
+import json, numpy as np, torch
+from hardneg.index import BF16Index
+x = np.random.default_rng(0).standard_normal((131072, 384), dtype=np.float32)
+BF16Index(x[:16384])  # lazy initialisation (threads, their arenas) is not the build's memory
+with open("/proc/self/clear_refs", "w") as f:
+    f.write("5")  # the peak (VmHWM) starts again from the current size
+def status(key):
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) / 1024 for line in f if line.startswith(key))
+base = status("VmRSS:")
+idx = BF16Index(x)
+print(json.dumps([status("VmHWM:") - base, idx.xb_bf16.numel() * 2 / 2**20]))
+'''
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="VmHWM is Linux's")
+def test_bf16_index_build_peak_is_its_copy_of_the_corpus():
+    """Building the bf16 index over 131,072 x 384 float32 rows adds its bf16 copy (96 MB) to the peak
+    memory and not a further block-sized temporary on top of it (64k rows: 48 MB)."""
+    out = subprocess.run([sys.executable, "-c", BF16_BUILD], capture_output=True, text=True, check=True)
+    peak_extra, copy_mb = json.loads(out.stdout.strip().splitlines()[-1])
+    assert copy_mb == 131072 * 384 * 2 / 2**20
+    assert copy_mb - 1 < peak_extra < copy_mb + 10

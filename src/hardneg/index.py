@@ -46,6 +46,9 @@ _FACTORY = re.compile(r"^(?=.*[A-Z])[A-Za-z0-9_,.=+-]+$")
 _IVF_IN_FACTORY = re.compile(r"IVF(\d+)")
 #: rows per block when a corpus is read, copied or added to an index piece by piece
 BLOCK = 65536
+#: rows per block where a whole-matrix temporary would add to the peak memory (the bf16 index's copy of the
+#: corpus, the finiteness check): a few MB at a time
+TEMP_BLOCK = 4096
 
 
 def cpu_has_native_bf16() -> bool:
@@ -178,10 +181,11 @@ def check_index_fits(spec: str, n: int, d: int, workers: int = 1) -> None:
 def check_finite(x: np.ndarray, name: str, first_row: int = 0) -> None:
     """Refuse NaN or infinite values in the (n, d) rows ``x``, naming the first row holding one
     (``first_row``: the number of ``x``'s row 0 in the whole matrix)."""
-    ok = np.isfinite(x)
-    if not ok.all():
-        row = first_row + int(np.flatnonzero(~ok.all(axis=1))[0])
-        raise ValueError(f"{name} contains non-finite values (NaN or inf; first in row {row})")
+    for a in range(0, len(x), TEMP_BLOCK):  # np.isfinite's boolean copy of the whole of x would add to the peak
+        ok = np.isfinite(x[a : a + TEMP_BLOCK])
+        if not ok.all():
+            row = first_row + a + int(np.flatnonzero(~ok.all(axis=1))[0])
+            raise ValueError(f"{name} contains non-finite values (NaN or inf; first in row {row})")
 
 
 def _as_f32(x: np.ndarray, name: str) -> np.ndarray:
@@ -397,7 +401,8 @@ class BF16Index:
 
     Stage 2 re-scores the ``kc = max(rerank·k, k+16)`` candidates of each query in float32 and keeps
     the top ``k``. Peak extra memory is one ``c_block × q_chunk`` bf16 tile (32 MiB by default) plus the
-    bf16 copy of the corpus (filled block by block from an array or a memory-mapped store).
+    bf16 copy of the corpus (filled in blocks of `TEMP_BLOCK` rows from an array or a memory-mapped
+    store, so that no block's temporaries weigh on the peak).
     """
 
     def __init__(self, corpus, *, threads: int | None = None, q_chunk: int = 256,
@@ -411,8 +416,9 @@ class BF16Index:
         self.q_chunk, self.c_block, self.group, self.rerank = q_chunk, c_block, group, rerank
         padded = -(-self.ntotal // group) * group
         self.xb_bf16 = torch.zeros(padded, self.d, dtype=torch.bfloat16)  # rows past ntotal score -inf
-        for a in range(0, self.ntotal, BLOCK):  # block by block: a store is never whole in float32
-            self.xb_bf16[a : min(a + BLOCK, self.ntotal)] = self.src.bf16_rows(a, a + BLOCK)
+        # in small blocks: each block's bf16 (and a store's float32) temporary adds to the copy's memory
+        for a in range(0, self.ntotal, TEMP_BLOCK):
+            self.xb_bf16[a : min(a + TEMP_BLOCK, self.ntotal)] = self.src.bf16_rows(a, a + TEMP_BLOCK)
 
     def _block_top(self, qbt, b: int, kc: int, buf):
         """bf16 top-``kc`` (values, global ids) of corpus block starting at ``b`` for queries ``qbt`` (d, r)."""
