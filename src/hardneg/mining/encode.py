@@ -149,16 +149,36 @@ class EmbeddingCache:
         found = [mem.get(k.tobytes()) for k in keys]
         return np.array([f is not None for f in found], dtype=bool), found
 
+    def release(self) -> None:
+        """Forget the rows read from disk (the next `get` reads the shards again): the loaded shards
+        are a second copy of every cached row once the caller has copied out what it found."""
+        self._mem = None
+
     def put(self, keys: np.ndarray, emb: np.ndarray) -> None:
+        """Write one shard of ``keys`` and their embeddings ``emb``; they are added to the rows in
+        memory only where those are loaded (nothing is read from disk just to be extended)."""
         if len(keys) == 0:
             return
         self.dir.mkdir(parents=True, exist_ok=True)
         name = hashlib.sha1(keys.tobytes()).hexdigest()[:16]
         with atomic_open(self.dir / f"shard-{name}.npz", "wb") as f:
             np.savez(f, keys=keys, emb=np.asarray(emb, dtype=np.float32))  # no copy when already float32
-        mem = self._load()
-        for k, e in zip(keys, emb):
-            mem[k.tobytes()] = e
+        if self._mem is not None:
+            for k, e in zip(keys, emb):
+                self._mem[k.tobytes()] = e
+
+
+def release_freed_memory() -> None:
+    """Hand the heap that Python and the libraries have freed back to the OS. glibc keeps freed heap
+    pages resident otherwise (encoding's activations and tokenizer output leave tens of MB), and the
+    large blocks that follow an encoding — the embeddings, the search index — are mapped afresh, so
+    they would stack on top of those pages in the peak memory."""
+    import ctypes
+    import gc
+
+    gc.collect()
+    with contextlib.suppress(OSError, AttributeError):  # not glibc: nothing to trim
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
 
 
 def encode_texts(
@@ -201,6 +221,8 @@ def encode_texts(
             out = np.zeros((len(uniq), d), dtype=np.float32)
             for i in np.flatnonzero(found):
                 out[i] = rows[i]
+        del rows
+        cache.release()  # what was found is in out now
         todo = np.flatnonzero(~found).tolist()
     if todo:
         ctx = torch.autocast("cpu", dtype=torch.bfloat16) if precision == "bf16" else contextlib.nullcontext()
@@ -226,6 +248,7 @@ def encode_texts(
             out[todo] = emb
         if cache is not None:
             cache.put(keys[todo], emb)
+        release_freed_memory()
     if out is None:
         out = np.zeros((0, d or 0), dtype=np.float32)
     if len(uniq) == len(texts):

@@ -29,6 +29,7 @@ from pathlib import Path
 from hardneg._optional import require
 from hardneg.cores import usable_cores
 from hardneg.io import SHARED_STALE_AGE_S, atomic_open, remove_stale_temps, set_aside
+from hardneg.mining.encode import model_fingerprint, release_freed_memory
 from hardneg.mining.token_batching import MAX_TOKENS, TokenBatchedEncoder
 
 BACKENDS = ("torch", "onnx", "onnx-int8")
@@ -100,7 +101,7 @@ def _load_or_build(ort, model, folder: Path, backend: str):
                 export_onnx(model, fp32)
             if path != fp32:
                 quantize_int8(fp32, path)
-            _release_freed_memory()
+            release_freed_memory()  # the export's and the quantization's heap (~140 MB for all-MiniLM-L6-v2)
         try:
             return _session(ort, path), path
         except Exception as e:  # onnxruntime's own classes (InvalidProtobuf, Fail, ...) say what is wrong
@@ -142,18 +143,6 @@ class OnnxSentenceEncoder(TokenBatchedEncoder):
         return torch.from_numpy(self.session.run(None, {k: features[k].numpy() for k in _INPUTS})[0])
 
 
-def _release_freed_memory() -> None:
-    """Hand the heap that the export and the quantization freed back to the OS (glibc keeps it
-    otherwise, ~140 MB for all-MiniLM-L6-v2, and the encoding's own peak would stack on top of it)."""
-    import contextlib
-    import ctypes
-    import gc
-
-    gc.collect()
-    with contextlib.suppress(OSError, AttributeError):  # not glibc: nothing to trim
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-
-
 def onnx_encoder(model, backend: str, cache_root: str | os.PathLike[str], *, threads: int | None = None):
     """``model`` itself for ``"torch"``, else an `OnnxSentenceEncoder` whose ONNX files live in
     ``<cache_root>/onnx/<model fingerprint>/``."""
@@ -161,8 +150,6 @@ def onnx_encoder(model, backend: str, cache_root: str | os.PathLike[str], *, thr
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
     if backend == "torch":
         return model
-    from hardneg.mining.encode import model_fingerprint
-
     return OnnxSentenceEncoder(model, Path(cache_root) / "onnx" / model_fingerprint(model), backend,
                                threads=threads)
 
