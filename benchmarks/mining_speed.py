@@ -99,7 +99,7 @@ def worker(spec: dict) -> dict:
     rss0 = peak_rss_mb()
     t0 = time.perf_counter()
     if method == "st":
-        import datasets
+        import datasets  # type: ignore[import-untyped]  # datasets ships no type information
         from sentence_transformers.util import mine_hard_negatives
 
         cache = spec.get("st_cache")  # None for the cold end-to-end case

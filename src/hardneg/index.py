@@ -375,10 +375,11 @@ class StreamedFlatIndex:
                     S = q @ torch.from_numpy(np.ascontiguousarray(self.src.rows(b, b + self.c_block))).T
                     v, i = S.topk(min(k, S.shape[1]), dim=1)
                     i = i + b
-                    if best_v is not None:
+                    if best_v is not None and best_i is not None:
                         v, j = torch.cat([best_v, v], 1).topk(k, dim=1)
                         i = torch.gather(torch.cat([best_i, i], 1), 1, j)
                     best_v, best_i = v, i
+                assert best_v is not None and best_i is not None  # an index holds one row at least
                 out_s[a : a + len(q)] = best_v.numpy()
                 out_i[a : a + len(q)] = best_i.numpy()
         return out_s, out_i
@@ -448,7 +449,7 @@ class BF16Index:
         best_v = best_i = None
         for b in range(0, self.xb_bf16.shape[0], self.c_block):
             v, i = self._block_top(qbt, b, kc, buf)
-            if best_v is not None:
+            if best_v is not None and best_i is not None:
                 v, j = torch.cat([best_v, v], 1).topk(kc, dim=1)
                 i = torch.gather(torch.cat([best_i, i], 1), 1, j)
             best_v, best_i = v, i

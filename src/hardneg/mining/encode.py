@@ -136,14 +136,14 @@ class EmbeddingCache:
                 for shard in sorted(self.dir.glob("shard-*.npz")):
                     try:
                         keys, emb = read_shard(shard)
-                    except ValueError as e:  # damaged: set aside, its texts are encoded again
-                        set_aside(shard, str(e))
+                    except ValueError as why:  # damaged: set aside, its texts are encoded again
+                        set_aside(shard, str(why))
                         continue
-                    for k, e in zip(keys, emb):
-                        self._mem[k.tobytes()] = e
+                    for k, row in zip(keys, emb):
+                        self._mem[k.tobytes()] = row
         return self._mem
 
-    def get(self, keys: np.ndarray) -> tuple[np.ndarray, list[int]]:
+    def get(self, keys: np.ndarray) -> tuple[np.ndarray, list[np.ndarray | None]]:
         """Rows found (mask) and the cached embeddings in key order (``None`` rows are missing)."""
         mem = self._load()
         found = [mem.get(k.tobytes()) for k in keys]
@@ -216,12 +216,13 @@ def encode_texts(
         cache = EmbeddingCache(cache_dir, f"{model_fingerprint(model)}-{precision}")
         keys = text_hashes(uniq)
         found, rows = cache.get(keys)
-        if found.any():
-            d = rows[int(np.argmax(found))].shape[0]
+        first = rows[int(np.argmax(found))]
+        if first is not None:  # something was found
+            d = first.shape[0]
             out = np.zeros((len(uniq), d), dtype=np.float32)
             for i in np.flatnonzero(found):
                 out[i] = rows[i]
-        del rows
+        del rows, first
         cache.release()  # what was found is in out now
         todo = np.flatnonzero(~found).tolist()
     if todo:
@@ -246,7 +247,7 @@ def encode_texts(
             if out is None:
                 out = np.zeros((len(uniq), emb.shape[1]), dtype=np.float32)
             out[todo] = emb
-        if cache is not None:
+        if cache is not None and keys is not None:
             cache.put(keys[todo], emb)
         release_freed_memory()
     if out is None:

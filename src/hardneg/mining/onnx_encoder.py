@@ -62,7 +62,8 @@ def export_onnx(model, path: str | os.PathLike[str]) -> Path:
         # advanced indexing, which this model never does with negative indices
         warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
         warnings.filterwarnings("ignore", message=r"Exporting aten::index operator", category=UserWarning)
-        torch.onnx.export(_Hidden(hf).eval(), args, f, input_names=list(_INPUTS),
+        # the stub names paths only; torch.onnx.export writes to a binary file object as well (documented)
+        torch.onnx.export(_Hidden(hf).eval(), args, f, input_names=list(_INPUTS),  # type: ignore[arg-type]
                           output_names=["token_embeddings"], opset_version=17, dynamo=False,
                           dynamic_axes={k: {0: "batch", 1: "tokens"} for k in (*_INPUTS, "token_embeddings")})
     return path
