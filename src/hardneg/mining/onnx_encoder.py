@@ -22,6 +22,7 @@ Python threads suffice, the session is shared, and memory grows by one batch of 
 
 from __future__ import annotations
 
+import gc
 import os
 import warnings
 from pathlib import Path
@@ -102,6 +103,7 @@ def _load_or_build(ort, model, folder: Path, backend: str):
                 export_onnx(model, fp32)
             if path != fp32:
                 quantize_int8(fp32, path)
+            gc.collect()  # the exporter's graph objects hold reference cycles
             release_freed_memory()  # the export's and the quantization's heap (~140 MB for all-MiniLM-L6-v2)
         try:
             return _session(ort, path), path
