@@ -111,3 +111,50 @@ def test_bf16_index_build_peak_is_its_copy_of_the_corpus():
     peak_extra, copy_mb = json.loads(out.stdout.strip().splitlines()[-1])
     assert copy_mb == 131072 * 384 * 2 / 2**20
     assert copy_mb - 1 < peak_extra < copy_mb + 10
+
+
+def test_finiteness_check_holds_one_block_of_flags_at_a_time():
+    """Checking 100,000 x 384 float32 rows for NaN/inf allocates one block's flags (4,096 x 384 bytes),
+    not a boolean copy of the whole matrix (37.5 MB); a non-finite value is still found and named."""
+    import tracemalloc
+
+    from hardneg.index import TEMP_BLOCK, check_finite
+
+    x = np.zeros((100_000, 384), np.float32)
+    tracemalloc.start()
+    try:
+        check_finite(x, "corpus embeddings")
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 3 * TEMP_BLOCK * 384  # the next block's flags are made before the last ones go
+    x[70_123, 5] = np.inf
+    with pytest.raises(ValueError, match=r"first in row 70123\)$"):
+        check_finite(x, "corpus embeddings")
+
+
+def test_embedding_cache_put_builds_no_in_memory_index_for_rows_only_written(tmp_path):
+    """A cache written by an encode that read nothing holds no per-row index of what it wrote (50,000
+    rows: ~10 MB of Python objects); where its rows were read, a put extends them and get finds both."""
+    import tracemalloc
+
+    from hardneg.mining.encode import EmbeddingCache, text_hashes
+
+    keys = text_hashes([f"t{i}" for i in range(50_000)])
+    emb = np.random.default_rng(0).standard_normal((50_000, 8)).astype(np.float32)
+    tracemalloc.start()
+    try:
+        EmbeddingCache(tmp_path, "ns").put(keys, emb)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 4 * 2**20  # the shard's write buffer (1.6 MB of embeddings), no index
+    c = EmbeddingCache(tmp_path, "ns")
+    found, rows = c.get(keys[:2])
+    assert found.tolist() == [True, True] and np.array_equal(np.stack(rows), emb[:2])
+    more = text_hashes(["new"])
+    c.put(more, np.ones((1, 8), np.float32))
+    found, rows = c.get(np.concatenate([keys[:1], more]))
+    assert found.all() and rows[1].tolist() == [1.0] * 8 and np.array_equal(rows[0], emb[0])
+    c.release()
+    assert c.get(more)[0].tolist() == [True]  # read again from its shard
