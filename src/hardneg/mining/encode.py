@@ -24,7 +24,7 @@ import numpy as np
 
 from hardneg._optional import require
 from hardneg.io import SHARED_STALE_AGE_S, atomic_open, remove_stale_temps, set_aside
-from hardneg.mining.token_batching import TorchSentenceEncoder, batchable
+from hardneg.mining.token_batching import TorchSentenceEncoder, batchable, release_freed_memory
 
 PRECISIONS = ("fp32", "bf16")
 
@@ -166,18 +166,6 @@ class EmbeddingCache:
         if self._mem is not None:
             for k, e in zip(keys, emb):
                 self._mem[k.tobytes()] = e
-
-
-def release_freed_memory() -> None:
-    """Hand the heap that Python and the libraries have freed back to the OS. glibc keeps freed heap
-    pages resident otherwise (encoding's activations and tokenizer output leave tens of MB), and the
-    large blocks that follow an encoding — the embeddings, the search index — are mapped afresh, so
-    they would stack on top of those pages in the peak memory. No garbage collection: with a corpus's
-    texts in memory one takes ~0.3-1 s, and what encoding frees is freed by reference counting."""
-    import ctypes
-
-    with contextlib.suppress(OSError, AttributeError):  # not glibc: nothing to trim
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
 
 
 def encode_texts(

@@ -30,8 +30,8 @@ from pathlib import Path
 from hardneg._optional import require
 from hardneg.cores import usable_cores
 from hardneg.io import SHARED_STALE_AGE_S, atomic_open, remove_stale_temps, set_aside
-from hardneg.mining.encode import model_fingerprint, release_freed_memory
-from hardneg.mining.token_batching import MAX_TOKENS, TokenBatchedEncoder
+from hardneg.mining.encode import model_fingerprint
+from hardneg.mining.token_batching import MAX_TOKENS, TokenBatchedEncoder, release_freed_memory
 
 BACKENDS = ("torch", "onnx", "onnx-int8")
 _INPUTS = ("input_ids", "attention_mask", "token_type_ids")
