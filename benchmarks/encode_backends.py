@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -27,7 +26,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", "src"))
 
-from hardneg.bench.memory import peak_rss_mb  # noqa: E402
+from hardneg.bench.memory import peak_rss_mb, run_worker, serve_worker  # noqa: E402
 
 BACKENDS = {"st-fp32": ("st", "fp32"), "torch-fp32": ("torch", "fp32"), "torch-bf16": ("torch", "bf16"),
             "onnx": ("onnx", "fp32"), "onnx-int8": ("onnx-int8", "fp32")}
@@ -74,32 +73,16 @@ def worker(spec: dict) -> dict:
             "peak_rss_mb": peak_rss_mb(), "rss_before_mb": rss0}
 
 
-def run_sub(spec: dict) -> dict:
-    with tempfile.NamedTemporaryFile("r", suffix=".json", delete=False) as f:
-        path = f.name
-    subprocess.run([sys.executable, __file__, "--worker", json.dumps(spec), "--worker-out", path], check=True,
-                   stderr=subprocess.DEVNULL)
-    with open(path) as f:
-        res = json.load(f)
-    os.unlink(path)
-    return res
-
-
 def main() -> None:
+    if serve_worker(worker):
+        return
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--pairs", type=int, default=None)
     ap.add_argument("--corpus", type=int, default=None)
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 2)
     ap.add_argument("--backends", default=",".join(BACKENDS))
     ap.add_argument("--out", default=None)
-    ap.add_argument("--worker", default=None, help=argparse.SUPPRESS)
-    ap.add_argument("--worker-out", default=None, help=argparse.SUPPRESS)
     a = ap.parse_args()
-    if a.worker:
-        res = worker(json.loads(a.worker))
-        with open(a.worker_out, "w") as f:
-            json.dump(res, f)
-        return
     import numpy as np
 
     from hardneg.mining.encode import load_sentence_model
@@ -116,7 +99,7 @@ def main() -> None:
         queries, positives, corpus = texts(a.pairs, a.corpus)
         with open(os.path.join(tmp, "texts.json"), "w") as f:
             json.dump([queries, positives, corpus], f)
-        runs = {n: run_sub({"name": n, "texts": os.path.join(tmp, "texts.json"), "threads": a.threads,
+        runs = {n: run_worker(__file__, {"name": n, "texts": os.path.join(tmp, "texts.json"), "threads": a.threads,
                             "onnx_root": tmp, "save": os.path.join(tmp, n)}) for n in names}
         _, pos_ids, _ = prepare_corpus(positives, corpus)
         uq = {t: i for i, t in enumerate(dict.fromkeys(queries))}

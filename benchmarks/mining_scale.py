@@ -33,7 +33,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -42,7 +41,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", "src"))
 
-from hardneg.bench.memory import peak_rss_mb  # noqa: E402
+from hardneg.bench.memory import peak_rss_mb, run_worker, serve_worker  # noqa: E402
 
 ST_BYTES_PER_ROW_384 = 3.8e3  # sentence-transformers' peak RSS per corpus row at d=384 (1M rows: 3,729 MB)
 
@@ -108,7 +107,7 @@ def worker(spec: dict) -> dict:
     rss0 = peak_rss_mb()
     out: dict = {"method": spec["method"], "rss_before_mb": rss0}
     if spec["method"] == "st":
-        import datasets
+        import datasets  # type: ignore[import-untyped]  # datasets ships no type information
         from sentence_transformers.util import mine_hard_negatives
 
         from hardneg.mining.encode import load_sentence_model
@@ -139,9 +138,11 @@ def worker(spec: dict) -> dict:
         else:
             index = build_index(store, cfg.index, nprobe=cfg.nprobe, rerank=cfg.rerank)
         t1 = time.perf_counter()
-        res = mine_embeddings(q, store, pos, cfg, index=index, show_progress=False)
+        # both read a memory-mapped store as well as an array (their docstrings); the annotations name arrays
+        res = mine_embeddings(q, store, pos, cfg, index=index, show_progress=False)  # type: ignore[arg-type]
         t2 = time.perf_counter()
-        rec = measure_recall(store, q, index, 10, sample=spec["recall_sample"]) if spec["recall_sample"] else None
+        rec = (measure_recall(store, q, index, 10, sample=spec["recall_sample"])  # type: ignore[arg-type]
+               if spec["recall_sample"] else None)
         t3 = time.perf_counter()
         out["seconds"] = {"build": t1 - t0, "search_and_mine": t2 - t1, "recall_check": t3 - t2}
         out["recall_at_10"] = rec
@@ -156,13 +157,7 @@ def worker(spec: dict) -> dict:
 
 
 def run_sub(spec: dict) -> dict:
-    with tempfile.NamedTemporaryFile("r", suffix=".json", delete=False) as f:
-        path = f.name
-    subprocess.run([sys.executable, __file__, "--worker", json.dumps(spec), "--worker-out", path], check=True)
-    with open(path) as f:
-        res = json.load(f)
-    os.unlink(path)
-    return res
+    return run_worker(__file__, spec, quiet=False)
 
 
 def overlap(a: dict, b: dict) -> float:
@@ -178,6 +173,8 @@ def st_size(n: int) -> int:
 
 
 def main() -> None:
+    if serve_worker(worker):
+        return
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--n", type=int, default=5_000_000)
     ap.add_argument("--queries", type=int, default=9116)
@@ -192,14 +189,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 2)
     ap.add_argument("--data-dir", default=os.path.join(tempfile.gettempdir(), "hardneg-mining-scale"))
     ap.add_argument("--out", default=None)
-    ap.add_argument("--worker", default=None, help=argparse.SUPPRESS)
-    ap.add_argument("--worker-out", default=None, help=argparse.SUPPRESS)
     a = ap.parse_args()
-    if a.worker:
-        res = worker(json.loads(a.worker))
-        with open(a.worker_out, "w") as f:
-            json.dump(res, f)
-        return
     import numpy as np
 
     t0 = time.perf_counter()

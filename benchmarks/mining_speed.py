@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -33,7 +32,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", "src"))
 
-from hardneg.bench.memory import peak_rss_mb  # noqa: E402
+from hardneg.bench.memory import peak_rss_mb, run_worker, serve_worker  # noqa: E402
+from hardneg.cores import describe_cpu  # noqa: E402
 
 
 def wordnet_pairs(n: int | None, corpus_cap: int | None = None):
@@ -100,7 +100,7 @@ def worker(spec: dict) -> dict:
     rss0 = peak_rss_mb()
     t0 = time.perf_counter()
     if method == "st":
-        import datasets
+        import datasets  # type: ignore[import-untyped]  # datasets ships no type information
         from sentence_transformers.util import mine_hard_negatives
 
         cache = spec.get("st_cache")  # None for the cold end-to-end case
@@ -163,14 +163,7 @@ def worker(spec: dict) -> dict:
 
 
 def run_sub(spec: dict) -> dict:
-    with tempfile.NamedTemporaryFile("r", suffix=".json", delete=False) as f:
-        out = f.name
-    cmd = [sys.executable, __file__, "--worker", json.dumps(spec), "--worker-out", out]
-    subprocess.run(cmd, check=True, stderr=subprocess.DEVNULL if not spec.get("verbose") else None)
-    with open(out) as f:
-        res = json.load(f)
-    os.unlink(out)
-    return res
+    return run_worker(__file__, spec, quiet=not spec.get("verbose"))
 
 
 def _model():
@@ -186,22 +179,6 @@ def overlap(a: dict, b: dict) -> float:
     return sum(len(set(a[k]) & set(b[k])) / max(len(b[k]), 1) for k in keys) / len(keys)
 
 
-def cpu_model() -> str:
-    """The CPU's model name and whether it has bf16 / AMX instructions (the bf16 search depends on them)."""
-    name, flags = "unknown", set()
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name") and name == "unknown":
-                    name = line.split(":", 1)[1].strip()
-                elif line.startswith("flags") and not flags:
-                    flags = set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    extra = [f for f in ("avx512_bf16", "amx_bf16", "avx512_vnni") if f in flags]
-    return f"{name}, {os.cpu_count()} cores" + (f" ({', '.join(extra)})" if extra else "")
-
-
 def report(name: str, ours: dict, st: dict) -> dict:
     row = {
         "case": name,
@@ -211,13 +188,15 @@ def report(name: str, ours: dict, st: dict) -> dict:
         "memory_ratio_st_over_hardneg": round(st["peak_rss_mb"] / ours["peak_rss_mb"], 2),
         "negatives_overlap_with_st": round(overlap(ours["negs"], st["negs"]), 4),
         "queries": len(ours["negs"]),
-        "cpu": cpu_model(),
+        "cpu": describe_cpu(),
     }
     print(json.dumps(row), flush=True)
     return row
 
 
 def main() -> None:
+    if serve_worker(worker):
+        return
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--pairs", type=int, default=None, help="use only the first N WordNet pairs")
     ap.add_argument("--skip-e2e", action="store_true", help="skip the end-to-end (encoding) comparison")
@@ -235,14 +214,7 @@ def main() -> None:
     ap.add_argument("--cache-dir", default=".cache/hardneg-embeddings",
                     help="embedding cache for the same-embeddings case (the e2e case always starts cold)")
     ap.add_argument("--out", default=None, help="write the result rows as JSON here")
-    ap.add_argument("--worker", default=None, help=argparse.SUPPRESS)
-    ap.add_argument("--worker-out", default=None, help=argparse.SUPPRESS)
     a = ap.parse_args()
-    if a.worker:
-        res = worker(json.loads(a.worker))
-        with open(a.worker_out, "w") as f:
-            json.dump(res, f)
-        return
     rows = []
     base = {"pairs": a.pairs, "threads": a.threads, "index": a.index, "backend": "torch",
             "synthetic_n": a.synthetic_n,

@@ -32,12 +32,12 @@ exact flat search on a sample of queries; ``hardneg mine`` reports it in its sum
 
 from __future__ import annotations
 
-import functools
 import re
 
 import numpy as np
 
 from hardneg._optional import require
+from hardneg.cores import cpu_info
 
 _SPEC = re.compile(r"^(flat|bf16|ivf(\d+)|hnsw(\d+))$")
 # what FAISS's index_factory accepts is its own business (it parses and reports); this only tells an
@@ -46,20 +46,15 @@ _FACTORY = re.compile(r"^(?=.*[A-Z])[A-Za-z0-9_,.=+-]+$")
 _IVF_IN_FACTORY = re.compile(r"IVF(\d+)")
 #: rows per block when a corpus is read, copied or added to an index piece by piece
 BLOCK = 65536
+#: rows per block where a whole-matrix temporary would add to the peak memory (the bf16 index's copy of the
+#: corpus, the finiteness check): a few MB at a time
+TEMP_BLOCK = 4096
 
 
-@functools.cache  # parse_index_spec runs several times per mining call; the CPU does not change
 def cpu_has_native_bf16() -> bool:
-    """True where ``/proc/cpuinfo`` lists AMX-BF16 or AVX512-BF16 (bf16 matrix products at full speed)."""
-    try:
-        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
-            for line in f:
-                if line.startswith("flags"):
-                    flags = set(line.split())
-                    return bool(flags & {"amx_bf16", "avx512_bf16"})
-    except OSError:
-        pass
-    return False
+    """True where the CPU lists AMX-BF16 or AVX512-BF16 (`hardneg.cores.cpu_info`): bf16 matrix
+    products at full speed."""
+    return bool(cpu_info()[1] & {"amx_bf16", "avx512_bf16"})
 
 
 def resolve_index_spec(spec: str) -> str:
@@ -186,10 +181,11 @@ def check_index_fits(spec: str, n: int, d: int, workers: int = 1) -> None:
 def check_finite(x: np.ndarray, name: str, first_row: int = 0) -> None:
     """Refuse NaN or infinite values in the (n, d) rows ``x``, naming the first row holding one
     (``first_row``: the number of ``x``'s row 0 in the whole matrix)."""
-    ok = np.isfinite(x)
-    if not ok.all():
-        row = first_row + int(np.flatnonzero(~ok.all(axis=1))[0])
-        raise ValueError(f"{name} contains non-finite values (NaN or inf; first in row {row})")
+    for a in range(0, len(x), TEMP_BLOCK):  # np.isfinite's boolean copy of the whole of x would add to the peak
+        ok = np.isfinite(x[a : a + TEMP_BLOCK])
+        if not ok.all():
+            row = first_row + a + int(np.flatnonzero(~ok.all(axis=1))[0])
+            raise ValueError(f"{name} contains non-finite values (NaN or inf; first in row {row})")
 
 
 def _as_f32(x: np.ndarray, name: str) -> np.ndarray:
@@ -379,10 +375,11 @@ class StreamedFlatIndex:
                     S = q @ torch.from_numpy(np.ascontiguousarray(self.src.rows(b, b + self.c_block))).T
                     v, i = S.topk(min(k, S.shape[1]), dim=1)
                     i = i + b
-                    if best_v is not None:
+                    if best_v is not None and best_i is not None:
                         v, j = torch.cat([best_v, v], 1).topk(k, dim=1)
                         i = torch.gather(torch.cat([best_i, i], 1), 1, j)
                     best_v, best_i = v, i
+                assert best_v is not None and best_i is not None  # an index holds one row at least
                 out_s[a : a + len(q)] = best_v.numpy()
                 out_i[a : a + len(q)] = best_i.numpy()
         return out_s, out_i
@@ -405,7 +402,8 @@ class BF16Index:
 
     Stage 2 re-scores the ``kc = max(rerank·k, k+16)`` candidates of each query in float32 and keeps
     the top ``k``. Peak extra memory is one ``c_block × q_chunk`` bf16 tile (32 MiB by default) plus the
-    bf16 copy of the corpus (filled block by block from an array or a memory-mapped store).
+    bf16 copy of the corpus (filled in blocks of `TEMP_BLOCK` rows from an array or a memory-mapped
+    store, so that no block's temporaries weigh on the peak).
     """
 
     def __init__(self, corpus, *, threads: int | None = None, q_chunk: int = 256,
@@ -419,8 +417,9 @@ class BF16Index:
         self.q_chunk, self.c_block, self.group, self.rerank = q_chunk, c_block, group, rerank
         padded = -(-self.ntotal // group) * group
         self.xb_bf16 = torch.zeros(padded, self.d, dtype=torch.bfloat16)  # rows past ntotal score -inf
-        for a in range(0, self.ntotal, BLOCK):  # block by block: a store is never whole in float32
-            self.xb_bf16[a : min(a + BLOCK, self.ntotal)] = self.src.bf16_rows(a, a + BLOCK)
+        # in small blocks: each block's bf16 (and a store's float32) temporary adds to the copy's memory
+        for a in range(0, self.ntotal, TEMP_BLOCK):
+            self.xb_bf16[a : min(a + TEMP_BLOCK, self.ntotal)] = self.src.bf16_rows(a, a + TEMP_BLOCK)
 
     def _block_top(self, qbt, b: int, kc: int, buf):
         """bf16 top-``kc`` (values, global ids) of corpus block starting at ``b`` for queries ``qbt`` (d, r)."""
@@ -450,7 +449,7 @@ class BF16Index:
         best_v = best_i = None
         for b in range(0, self.xb_bf16.shape[0], self.c_block):
             v, i = self._block_top(qbt, b, kc, buf)
-            if best_v is not None:
+            if best_v is not None and best_i is not None:
                 v, j = torch.cat([best_v, v], 1).topk(kc, dim=1)
                 i = torch.gather(torch.cat([best_i, i], 1), 1, j)
             best_v, best_i = v, i

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -33,6 +32,7 @@ import torch
 
 import hardneg.losses as L
 from hardneg._optional import require
+from hardneg.bench.memory import run_worker, serve_worker
 from hardneg.io import atomic_write_text
 
 D = 128
@@ -232,32 +232,36 @@ def _measure_cuda_memory(name: str, n: int, device: str) -> float:
     return float(torch.cuda.max_memory_allocated() - base)
 
 
-_MEMORY_PROBE = """
-import gc, json, torch
-torch.set_num_threads({threads})
-from hardneg.bench.loss_speed import _inputs, _run_case
-_run_case({name!r}, *_inputs(64))  # lazy initialisation is not the case's memory
-z1, z2, y = _inputs({n})
-gc.collect()
-def status(key):
-    for line in open("/proc/self/status"):
-        if line.startswith(key):
-            return int(line.split()[1]) * 1024
-with open("/proc/self/clear_refs", "w") as f:
-    f.write("5")  # reset the peak resident set size (VmHWM) to the current size
-base = status("VmRSS:")
-_run_case({name!r}, z1, z2, y)
-print(json.dumps(status("VmHWM:") - base))
-"""
+def _memory_worker(spec: dict) -> dict:
+    """In a fresh process (`hardneg.bench.memory.run_worker`): the peak extra resident memory (bytes)
+    of one forward+backward of case ``spec["name"]`` at 2B = ``spec["n"]``. The peak (``VmHWM``) is
+    reset to the current size (``/proc/self/clear_refs``) once the inputs exist; its growth is reported."""
+    import gc
+
+    torch.set_num_threads(spec["threads"])
+    _run_case(spec["name"], *_inputs(64))  # lazy initialisation is not the case's memory
+    z1, z2, y = _inputs(spec["n"])
+    gc.collect()
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")  # reset the peak resident set size (VmHWM) to the current size
+    base = _status_bytes("VmRSS:")
+    _run_case(spec["name"], z1, z2, y)
+    return {"peak_extra_bytes": _status_bytes("VmHWM:") - base}
+
+
+def _status_bytes(key: str) -> int:
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) * 1024 for line in f if line.startswith(key))
 
 
 def _measure_memory(name: str, n: int, threads: int) -> float | None:
-    """Peak extra resident memory (bytes) of one forward+backward, in a fresh subprocess (Linux)."""
-    code = _MEMORY_PROBE.format(threads=threads, name=name, n=n)
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=3600)
-    if out.returncode != 0:
+    """Peak extra resident memory (bytes) of one forward+backward, in a fresh subprocess (Linux);
+    None where the subprocess fails."""
+    try:
+        out = run_worker("hardneg.bench.loss_speed", {"name": name, "n": n, "threads": threads}, timeout=3600)
+    except (subprocess.CalledProcessError, subprocess.TimeoutExpired):
         return None
-    return float(out.stdout.strip().splitlines()[-1])
+    return float(out["peak_extra_bytes"])
 
 
 def run(
@@ -421,4 +425,5 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    if not serve_worker(_memory_worker):
+        main()

@@ -24,7 +24,7 @@ import numpy as np
 
 from hardneg._optional import require
 from hardneg.io import SHARED_STALE_AGE_S, atomic_open, remove_stale_temps, set_aside
-from hardneg.mining.token_batching import TorchSentenceEncoder, batchable
+from hardneg.mining.token_batching import TorchSentenceEncoder, batchable, release_freed_memory
 
 PRECISIONS = ("fp32", "bf16")
 
@@ -136,29 +136,36 @@ class EmbeddingCache:
                 for shard in sorted(self.dir.glob("shard-*.npz")):
                     try:
                         keys, emb = read_shard(shard)
-                    except ValueError as e:  # damaged: set aside, its texts are encoded again
-                        set_aside(shard, str(e))
+                    except ValueError as why:  # damaged: set aside, its texts are encoded again
+                        set_aside(shard, str(why))
                         continue
-                    for k, e in zip(keys, emb):
-                        self._mem[k.tobytes()] = e
+                    for k, row in zip(keys, emb):
+                        self._mem[k.tobytes()] = row
         return self._mem
 
-    def get(self, keys: np.ndarray) -> tuple[np.ndarray, list[int]]:
+    def get(self, keys: np.ndarray) -> tuple[np.ndarray, list[np.ndarray | None]]:
         """Rows found (mask) and the cached embeddings in key order (``None`` rows are missing)."""
         mem = self._load()
         found = [mem.get(k.tobytes()) for k in keys]
         return np.array([f is not None for f in found], dtype=bool), found
 
+    def release(self) -> None:
+        """Forget the rows read from disk (the next `get` reads the shards again): the loaded shards
+        are a second copy of every cached row once the caller has copied out what it found."""
+        self._mem = None
+
     def put(self, keys: np.ndarray, emb: np.ndarray) -> None:
+        """Write one shard of ``keys`` and their embeddings ``emb``; they are added to the rows in
+        memory only where those are loaded (nothing is read from disk just to be extended)."""
         if len(keys) == 0:
             return
         self.dir.mkdir(parents=True, exist_ok=True)
         name = hashlib.sha1(keys.tobytes()).hexdigest()[:16]
         with atomic_open(self.dir / f"shard-{name}.npz", "wb") as f:
             np.savez(f, keys=keys, emb=np.asarray(emb, dtype=np.float32))  # no copy when already float32
-        mem = self._load()
-        for k, e in zip(keys, emb):
-            mem[k.tobytes()] = e
+        if self._mem is not None:
+            for k, e in zip(keys, emb):
+                self._mem[k.tobytes()] = e
 
 
 def encode_texts(
@@ -196,11 +203,14 @@ def encode_texts(
         cache = EmbeddingCache(cache_dir, f"{model_fingerprint(model)}-{precision}")
         keys = text_hashes(uniq)
         found, rows = cache.get(keys)
-        if found.any():
-            d = rows[int(np.argmax(found))].shape[0]
+        first = rows[int(np.argmax(found))]
+        if first is not None:  # something was found
+            d = first.shape[0]
             out = np.zeros((len(uniq), d), dtype=np.float32)
             for i in np.flatnonzero(found):
                 out[i] = rows[i]
+        del rows, first
+        cache.release()  # what was found is in out now
         todo = np.flatnonzero(~found).tolist()
     if todo:
         ctx = torch.autocast("cpu", dtype=torch.bfloat16) if precision == "bf16" else contextlib.nullcontext()
@@ -224,8 +234,9 @@ def encode_texts(
             if out is None:
                 out = np.zeros((len(uniq), emb.shape[1]), dtype=np.float32)
             out[todo] = emb
-        if cache is not None:
+        if cache is not None and keys is not None:
             cache.put(keys[todo], emb)
+        release_freed_memory()
     if out is None:
         out = np.zeros((0, d or 0), dtype=np.float32)
     if len(uniq) == len(texts):

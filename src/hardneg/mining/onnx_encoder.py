@@ -22,6 +22,7 @@ Python threads suffice, the session is shared, and memory grows by one batch of 
 
 from __future__ import annotations
 
+import gc
 import os
 import warnings
 from pathlib import Path
@@ -29,7 +30,8 @@ from pathlib import Path
 from hardneg._optional import require
 from hardneg.cores import usable_cores
 from hardneg.io import SHARED_STALE_AGE_S, atomic_open, remove_stale_temps, set_aside
-from hardneg.mining.token_batching import MAX_TOKENS, TokenBatchedEncoder
+from hardneg.mining.encode import model_fingerprint
+from hardneg.mining.token_batching import MAX_TOKENS, TokenBatchedEncoder, release_freed_memory
 
 BACKENDS = ("torch", "onnx", "onnx-int8")
 _INPUTS = ("input_ids", "attention_mask", "token_type_ids")
@@ -61,7 +63,8 @@ def export_onnx(model, path: str | os.PathLike[str]) -> Path:
         # advanced indexing, which this model never does with negative indices
         warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
         warnings.filterwarnings("ignore", message=r"Exporting aten::index operator", category=UserWarning)
-        torch.onnx.export(_Hidden(hf).eval(), args, f, input_names=list(_INPUTS),
+        # the stub names paths only; torch.onnx.export writes to a binary file object as well (documented)
+        torch.onnx.export(_Hidden(hf).eval(), args, f, input_names=list(_INPUTS),  # type: ignore[arg-type]
                           output_names=["token_embeddings"], opset_version=17, dynamo=False,
                           dynamic_axes={k: {0: "batch", 1: "tokens"} for k in (*_INPUTS, "token_embeddings")})
     return path
@@ -100,7 +103,8 @@ def _load_or_build(ort, model, folder: Path, backend: str):
                 export_onnx(model, fp32)
             if path != fp32:
                 quantize_int8(fp32, path)
-            _release_freed_memory()
+            gc.collect()  # the exporter's graph objects hold reference cycles
+            release_freed_memory()  # the export's and the quantization's heap (~140 MB for all-MiniLM-L6-v2)
         try:
             return _session(ort, path), path
         except Exception as e:  # onnxruntime's own classes (InvalidProtobuf, Fail, ...) say what is wrong
@@ -142,18 +146,6 @@ class OnnxSentenceEncoder(TokenBatchedEncoder):
         return torch.from_numpy(self.session.run(None, {k: features[k].numpy() for k in _INPUTS})[0])
 
 
-def _release_freed_memory() -> None:
-    """Hand the heap that the export and the quantization freed back to the OS (glibc keeps it
-    otherwise, ~140 MB for all-MiniLM-L6-v2, and the encoding's own peak would stack on top of it)."""
-    import contextlib
-    import ctypes
-    import gc
-
-    gc.collect()
-    with contextlib.suppress(OSError, AttributeError):  # not glibc: nothing to trim
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-
-
 def onnx_encoder(model, backend: str, cache_root: str | os.PathLike[str], *, threads: int | None = None):
     """``model`` itself for ``"torch"``, else an `OnnxSentenceEncoder` whose ONNX files live in
     ``<cache_root>/onnx/<model fingerprint>/``."""
@@ -161,8 +153,6 @@ def onnx_encoder(model, backend: str, cache_root: str | os.PathLike[str], *, thr
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
     if backend == "torch":
         return model
-    from hardneg.mining.encode import model_fingerprint
-
     return OnnxSentenceEncoder(model, Path(cache_root) / "onnx" / model_fingerprint(model), backend,
                                threads=threads)
 

@@ -126,7 +126,8 @@ class ShardedIndex:
     def _dead(self, conn, a: int, b: int) -> None:
         p = self._procs[self._conns.index(conn)]
         p.join(timeout=5)
-        how = f"was killed by signal {-p.exitcode}" if (p.exitcode or 0) < 0 else f"exited ({p.exitcode})"
+        code = p.exitcode or 0  # None while the process still runs after the join's timeout
+        how = f"was killed by signal {-code}" if code < 0 else f"exited ({p.exitcode})"
         raise ChildProcessError(f"the search worker of shard [{a}, {b}) {how} without an answer "
                                 "(out of memory? try fewer --workers or a smaller index)") from None
 

@@ -26,7 +26,7 @@ from hardneg.index import check_finite
 from hardneg.io import atomic_open
 
 STORE_DTYPES = ("float16", "bfloat16", "float32")
-_NP = {"float16": np.dtype("<f2"), "bfloat16": np.dtype("<u2"), "float32": np.dtype("<f4")}
+_NP: dict[str, np.dtype] = {"float16": np.dtype("<f2"), "bfloat16": np.dtype("<u2"), "float32": np.dtype("<f4")}
 
 
 def to_stored(x: np.ndarray, dtype: str) -> np.ndarray:

@@ -115,6 +115,8 @@ class TokenBatchedEncoder:
                 if normalize_embeddings:
                     emb = torch.nn.functional.normalize(emb, dim=-1)
                 out[torch.from_numpy(idx[by_len[lo:hi]])] = emb.cpu()  # distinct batches never share rows
+            del feats, sub
+            release_freed_memory()  # else the chunks' freed heap adds to the peak (20,000 WordNet texts: 25 MB)
             return len(idx)
 
         starts = range(0, len(texts), chunk)
@@ -135,6 +137,19 @@ class TokenBatchedEncoder:
             if pool is not None:
                 pool.shutdown()
         return out if convert_to_tensor else out.numpy()
+
+
+def release_freed_memory() -> None:
+    """Hand the heap that Python and the libraries have freed back to the OS. glibc keeps freed heap
+    pages resident otherwise (each chunk's activations and tokenizer output leave tens of MB), and the
+    large blocks that follow an encoding — the embeddings, the search index — are mapped afresh, so
+    they would stack on top of those pages in the peak memory. No garbage collection: with a corpus's
+    texts in memory one takes ~0.3-1 s, and what encoding frees is freed by reference counting."""
+    import contextlib
+    import ctypes
+
+    with contextlib.suppress(OSError, AttributeError):  # not glibc: nothing to trim
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
 
 
 def _in_inference_mode(fn):
@@ -164,4 +179,4 @@ class TorchSentenceEncoder(TokenBatchedEncoder):
 
 
 __all__ = ["CHUNK_BATCHES", "MAX_TOKENS", "TokenBatchedEncoder", "TorchSentenceEncoder", "batchable",
-           "token_batches"]
+           "release_freed_memory", "token_batches"]
