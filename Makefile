@@ -36,13 +36,14 @@ test-slow: $(DOCS_STAMP)
 	$(PY) -m pytest -m slow
 
 # ruff; the layer order of docs/design.md §4 as import-linter contracts (pyproject.toml); dead code
-# (vulture; names only frameworks call are listed in dev/vulture_whitelist.py)
-lint: $(STAMP)
+# (vulture; names only frameworks call are listed in dev/vulture_whitelist.py); the types (mypy over the
+# installed package, `make typecheck`)
+lint: typecheck
 	$(VENV)/bin/ruff check src tests benchmarks reproduce
 	PYTHONPATH=src:. $(VENV)/bin/lint-imports
 	$(VENV)/bin/vulture src reproduce dev/vulture_whitelist.py --min-confidence 60
 
-# mypy over the package ([tool.mypy] in pyproject.toml); `lint` runs it once every module is clean
+# mypy over the installed package ([tool.mypy] in pyproject.toml); part of `lint`
 typecheck: $(STAMP)
 	$(VENV)/bin/mypy
 
