@@ -97,10 +97,10 @@ def worker(spec: dict) -> dict:
     import faiss
 
     faiss.omp_set_num_threads(spec["threads"])
-    from hardneg.index import build_index, measure_recall
     from hardneg.mining.estimate import estimate_mining
     from hardneg.mining.mine import MineConfig, mine_embeddings
     from hardneg.mining.store import EmbeddingStore
+    from hardneg.vector_search import build_index, measure_recall
 
     q = np.load(spec["queries"])
     pos = np.load(spec["positives"])

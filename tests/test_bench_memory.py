@@ -72,7 +72,7 @@ def test_worker_harness_returns_the_workers_own_result(tmp_path):
 
 def test_cpu_description_matches_proc_cpuinfo():
     from hardneg.cores import SPEED_FLAGS, cpu_info, describe_cpu
-    from hardneg.index import cpu_has_native_bf16
+    from hardneg.vector_search import cpu_has_native_bf16
 
     try:
         with open("/proc/cpuinfo") as f:
@@ -89,7 +89,7 @@ def test_cpu_description_matches_proc_cpuinfo():
 
 BF16_BUILD = '''
 import json, numpy as np, torch
-from hardneg.index import BF16Index
+from hardneg.vector_search import BF16Index
 x = np.random.default_rng(0).standard_normal((131072, 384), dtype=np.float32)
 BF16Index(x[:16384])  # lazy initialisation (threads, their arenas) is not the build's memory
 with open("/proc/self/clear_refs", "w") as f:
@@ -118,7 +118,7 @@ def test_finiteness_check_holds_one_block_of_flags_at_a_time():
     not a boolean copy of the whole matrix (37.5 MB); a non-finite value is still found and named."""
     import tracemalloc
 
-    from hardneg.index import TEMP_BLOCK, check_finite
+    from hardneg.vector_search import TEMP_BLOCK, check_finite
 
     x = np.zeros((100_000, 384), np.float32)
     tracemalloc.start()

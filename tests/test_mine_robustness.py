@@ -278,9 +278,9 @@ def test_cli_refuses_unbuildable_indexes_before_encoding_in_one_line(tmp_path, i
 def test_a_dead_shard_worker_is_one_line(tmp_path):
     import signal
 
-    from hardneg.index import search
     from hardneg.mining.shard import ShardedIndex
     from hardneg.mining.store import write_store
+    from hardneg.vector_search import search
 
     c = _unit(np.random.default_rng(0).standard_normal((200, 16)))
     st = write_store(tmp_path / "c.npy", c, n=200, d=16)

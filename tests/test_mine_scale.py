@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 import torch
 
-from hardneg.index import build_index, parse_index_spec, recall_at_k, search
 from hardneg.mining.estimate import estimate_mining, parse_memory
 from hardneg.mining.mine import MineConfig, mine_embeddings
 from hardneg.mining.shard import ShardedIndex, merge_topk, shard_bounds
 from hardneg.mining.store import EmbeddingStore, write_store
+from hardneg.vector_search import build_index, parse_index_spec, recall_at_k, search
 
 
 def unit(x):

@@ -3,9 +3,9 @@
 import numpy as np
 import pytest
 
-from hardneg.index import build_index, measure_recall, parse_index_spec, recall_at_k, search
 from hardneg.mining.mine import MineConfig, mine_embeddings
 from hardneg.mining.summary import build_summary, format_summary
+from hardneg.vector_search import build_index, measure_recall, parse_index_spec, recall_at_k, search
 
 
 def unit(rng, n, d):
@@ -236,7 +236,7 @@ def test_bf16_index_coarse_stage_equals_bf16_brute_force_topk(m, c_block, group,
     # the group-max selection and the block merge must return exactly the bf16 top-kc of a plain brute force
     import torch
 
-    from hardneg.index import BF16Index
+    from hardneg.vector_search import BF16Index
 
     rng = np.random.default_rng(11)
     c, q = unit(rng, m, 24), unit(rng, 40, 24)
@@ -260,7 +260,7 @@ def test_bf16_index_coarse_stage_equals_bf16_brute_force_topk(m, c_block, group,
 
 
 def test_auto_index_picks_bf16_only_with_native_bf16(monkeypatch):
-    from hardneg import index as ix
+    from hardneg import vector_search as ix
 
     monkeypatch.setattr(ix, "cpu_has_native_bf16", lambda: True)
     assert ix.parse_index_spec("auto") == ("bf16", 0) and ix.resolve_index_spec("AUTO") == "bf16"
@@ -306,7 +306,7 @@ def test_flat_and_bf16_mining_give_the_same_negatives(kw):
     make it faster); nothing here depends on the CPU flags."""
     import torch
 
-    from hardneg.index import BF16Index
+    from hardneg.vector_search import BF16Index
 
     q, c, spacing = well_separated()
     pos = np.random.default_rng(1).integers(0, len(c), len(q))

@@ -70,7 +70,7 @@ def test_without_extras_the_core_runs_and_each_feature_names_its_extra():
                 errors[name] = [type(e).__name__, str(e)]
         from hardneg.negatives import ExternalPool
         attempt("pool", lambda: ExternalPool(np.eye(4, dtype=np.float32)))
-        from hardneg.index import build_index
+        from hardneg.vector_search import build_index
         attempt("index", lambda: build_index(np.eye(4, dtype=np.float32), "flat"))
         attempt("cli", lambda: __import__("hardneg.cli"))
         attempt("plots", lambda: __import__("hardneg.report.plots"))

@@ -29,8 +29,8 @@ _EXPORTS: dict[str, str] = {
 #: every public subpackage and module, loaded on first attribute access (listed here rather than found
 #: on disk so that ``import hardneg`` reads no directory; a test checks the list against the package)
 _SUBMODULES = ("arrays", "bench", "cli", "cores", "data", "dense", "distributed", "eval",
-               "importpath", "index", "integrations", "io", "losses", "mining", "models", "negatives",
-               "report", "runs", "seed", "train")
+               "importpath", "integrations", "io", "losses", "mining", "models", "negatives",
+               "report", "runs", "seed", "train", "vector_search")
 
 __all__ = [
     "__version__",
@@ -53,7 +53,6 @@ if _typing.TYPE_CHECKING:  # for type checkers and IDEs; at run time the names l
     from hardneg import distributed as distributed
     from hardneg import eval as eval
     from hardneg import importpath as importpath
-    from hardneg import index as index
     from hardneg import integrations as integrations
     from hardneg import io as io
     from hardneg import losses as losses
@@ -64,6 +63,7 @@ if _typing.TYPE_CHECKING:  # for type checkers and IDEs; at run time the names l
     from hardneg import runs as runs
     from hardneg import seed as seed
     from hardneg import train as train
+    from hardneg import vector_search as vector_search
     from hardneg._optional import MissingExtraError
     from hardneg.losses import (
         DCL,

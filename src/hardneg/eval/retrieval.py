@@ -16,7 +16,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from hardneg.index import build_index, search
+from hardneg.vector_search import build_index, search
 
 
 def retrieval_metrics(

@@ -18,8 +18,14 @@ import time
 from dataclasses import dataclass, field
 
 from hardneg._optional import require
-from hardneg.index import candidates_per_query, default_train_size, factory_index, parse_index_spec, resolve_index_spec
 from hardneg.mining.mine import knob
+from hardneg.vector_search import (
+    candidates_per_query,
+    default_train_size,
+    factory_index,
+    parse_index_spec,
+    resolve_index_spec,
+)
 
 #: resident memory of one shard worker before its index: the interpreter, torch and FAISS (measured ~330 MB)
 WORKER_BASE_BYTES = 400 * 2**20

@@ -42,15 +42,6 @@ import numpy as np
 import torch
 
 from hardneg._optional import require
-from hardneg.index import (
-    as_rows,
-    build_index,
-    check_index_fits,
-    check_search_params,
-    measure_recall,
-    parse_index_spec,
-    search,
-)
 from hardneg.io import process_temp_dir
 from hardneg.losses.checks import check_beta, check_temperature
 from hardneg.losses.tilt import tilt_log_weights
@@ -59,6 +50,15 @@ from hardneg.mining.formats import OUTPUT_FORMATS_ALL
 from hardneg.mining.onnx_encoder import BACKENDS
 from hardneg.negatives.filters import check_similarity_rules, guide_drops, similarity_drops
 from hardneg.negatives.registry import build_filter, build_weighting
+from hardneg.vector_search import (
+    as_rows,
+    build_index,
+    check_index_fits,
+    check_search_params,
+    measure_recall,
+    parse_index_spec,
+    search,
+)
 
 #: "random" is sentence-transformers' name for "uniform" (the same sampling)
 SAMPLING = ("top", "random", "uniform", "tilted")

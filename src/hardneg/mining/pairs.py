@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from hardneg.index import as_rows
+from hardneg.vector_search import as_rows
 
 
 @dataclass

@@ -13,7 +13,6 @@ from typing import Any
 import numpy as np
 
 from hardneg._optional import require
-from hardneg.index import check_index_fits
 from hardneg.io import WriterLock, check_writable, process_temp_dir, remove_stale_temps
 from hardneg.mining.encode import encode_texts, load_sentence_model
 from hardneg.mining.estimate import MiningEstimate, available_memory, estimate_mining, parse_memory
@@ -23,6 +22,7 @@ from hardneg.mining.onnx_encoder import onnx_encoder
 from hardneg.mining.pairs import PairGroups, anchor_labels, anchor_positives, group_pairs
 from hardneg.mining.store import write_store
 from hardneg.mining.summary import build_summary, format_summary, save_summary
+from hardneg.vector_search import check_index_fits
 
 
 def _norm(t: str) -> str:

@@ -17,8 +17,8 @@ from typing import Any
 import numpy as np
 
 from hardneg.cores import usable_cores
-from hardneg.index import as_rows, build_index, search
 from hardneg.mining.store import EmbeddingStore
+from hardneg.vector_search import as_rows, build_index, search
 
 
 def _serve(conn, path: str, a: int, b: int, spec: str, kw: dict[str, Any], threads: int) -> None:

@@ -10,7 +10,7 @@ float16 keeps 10 mantissa bits against bfloat16's 7, and unit vectors never leav
 so float16 is the more accurate store for L2-normalised embeddings (cosine error ~1e-4 against
 float32); bfloat16 is what the CPU's native bf16 matrix products consume without conversion.
 
-`EmbeddingStore` has the row interface that `hardneg.index` searches (``shape``, ``d``,
+`EmbeddingStore` has the row interface that `hardneg.vector_search` searches (``shape``, ``d``,
 ``rows(a, b)`` and ``take(ids)`` returning float32), so every index option works on a store.
 """
 
@@ -22,8 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
-from hardneg.index import check_finite
 from hardneg.io import atomic_open
+from hardneg.vector_search import check_finite
 
 STORE_DTYPES = ("float16", "bfloat16", "float32")
 _NP: dict[str, np.dtype] = {"float16": np.dtype("<f2"), "bfloat16": np.dtype("<u2"), "float32": np.dtype("<f4")}
@@ -72,7 +72,7 @@ class EmbeddingStore:
         self.lo, self.hi = _lo, mm.shape[0] if _hi is None else _hi
         self.shape = (self.hi - self.lo, mm.shape[1])
         self.ndim = 2
-        #: set once `hardneg.index.as_rows` has read every row and found no NaN or inf (a file
+        #: set once `hardneg.vector_search.as_rows` has read every row and found no NaN or inf (a file
         #: written elsewhere may hold them; `write_store` refuses them)
         self.finite_checked = False
 

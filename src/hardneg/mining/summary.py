@@ -14,9 +14,9 @@ import re
 
 import numpy as np
 
-from hardneg.index import resolve_index_spec
 from hardneg.io import atomic_write_text
 from hardneg.mining.mine import MineConfig, MinedNegatives, knob
+from hardneg.vector_search import resolve_index_spec
 
 #: per cause, the knob to loosen; ``{name}`` is a field of ``MineConfig`` (an argument of
 #: ``mine_hard_negatives``), spelled by `hardneg.mining.mine.knob` in the caller's vocabulary (`advice`)

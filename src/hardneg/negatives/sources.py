@@ -29,9 +29,9 @@ from torch import Tensor, nn
 
 from hardneg._optional import require
 from hardneg.arrays import load_array
-from hardneg.index import build_index, search
 from hardneg.losses.candidates import repeat_two_views, two_view_index
 from hardneg.losses.checks import check_int
+from hardneg.vector_search import build_index, search
 
 SOURCES: dict[str, type] = {}  # kind -> Source subclass, filled as subclasses are defined
 
