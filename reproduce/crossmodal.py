@@ -272,9 +272,11 @@ class CaptionTruthFilter(Filter):
     caption is true of. ``truth`` (B × B bool, image i × caption j, `truth_matrix`) is set for each
     step before the loss is called (`Run.step` does); candidates past the batch (edit swaps, false
     by construction) are kept. Pair groups (the id rule) and object-set labels (the ``label``
-    filter) name only a small part of these captions; this filter names all of them."""
+    filter) name only a small part of these captions; this filter names all of them.
 
-    kind = "caption_truth"
+    It has no registered ``kind``: it works only where each step hands it the batch's truth, so configs
+    name it by import path (``kind: "reproduce.crossmodal:CaptionTruthFilter"``) and the registry-driven
+    conformance suite, which builds every registered kind on generic batches, does not pick it up."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -282,10 +284,10 @@ class CaptionTruthFilter(Filter):
 
     def drop(self, S: torch.Tensor, rows: slice, ctx: StepContext) -> torch.Tensor:
         if self.truth is None:
-            raise ValueError("filter 'caption_truth' needs the batch's truth matrix: set .truth before the loss")
+            raise ValueError("filter CaptionTruthFilter needs the batch's truth matrix: set .truth before the loss")
         b = self.truth.shape[0]
         if ctx.m < 2 * b:
-            raise ValueError(f"filter 'caption_truth': {ctx.m} candidates, fewer than the batch's 2 × {b}")
+            raise ValueError(f"filter CaptionTruthFilter: {ctx.m} candidates, fewer than the batch's 2 × {b}")
         full = torch.zeros(2 * b, ctx.m, dtype=torch.bool, device=S.device)
         t = self.truth.to(S.device)
         full[:b, b : 2 * b] = t  # image anchor i: captions true of image i

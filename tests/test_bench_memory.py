@@ -110,7 +110,9 @@ def test_bf16_index_build_peak_is_its_copy_of_the_corpus():
     out = subprocess.run([sys.executable, "-c", BF16_BUILD], capture_output=True, text=True, check=True)
     peak_extra, copy_mb = json.loads(out.stdout.strip().splitlines()[-1])
     assert copy_mb == 131072 * 384 * 2 / 2**20
-    assert copy_mb - 1 < peak_extra < copy_mb + 10
+    # the bound sits between the copy alone (96 MB; up to ~20 MB more seen on a loaded machine: the
+    # allocator's arenas and page granularity) and the copy plus a block-sized temporary (144 MB)
+    assert copy_mb - 1 < peak_extra < copy_mb + 36
 
 
 def test_finiteness_check_holds_one_block_of_flags_at_a_time():
