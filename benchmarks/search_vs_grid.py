@@ -97,7 +97,8 @@ def page(grid_page: str, summaries: list[dict[str, Any]], sources: list[str]) ->
     rows = [seed_row(s, grid_top) for s in summaries]
     first = summaries[0]
     confirm = first["search"].get("confirm", 0)
-    then = (f", then its {confirm} finalists (the best distinct strategies at the deepest rung {confirm} reached) "
+    then = (f", then its {confirm} finalists (the best distinct strategies at the deepest rung below the full "
+            f"budget that {confirm} reached) "
             "trained to the end at each of the grid's seeds and ranked by their mean" if confirm else "")
     lines = [
         "# Results: `hardneg compare --search` against the full strategy grid",

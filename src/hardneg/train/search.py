@@ -353,10 +353,11 @@ def _run_trial(s: _Search, trial: Any, n_trials: int) -> None:
 
 def finalists(s: _Search) -> list[tuple[str, dict[str, Any], int]]:
     """The ``search.confirm`` finalists as (strategy label, knob values, trial number): the best distinct
-    strategies at the deepest rung that at least that many strategies reached, ranked by their kNN
-    accuracy at that rung's epoch (a strategy by its best trial there). Comparing at one epoch matters:
-    the trials that started first pass the rungs unpruned (nothing to compare with yet), so "finished"
-    alone would favour them."""
+    strategies at the deepest rung below the full budget that at least that many strategies reached,
+    ranked by their kNN accuracy at that rung's epoch (a strategy by its best trial there). Not the last
+    rung: the trials that started first pass every rung unpruned (nothing to compare with yet), so the
+    finished trials are those, not the best; a rung below it compares every trial that reached it at
+    one epoch."""
     n = s.sc.confirm
     if not n:
         return []
@@ -364,7 +365,8 @@ def finalists(s: _Search) -> list[tuple[str, dict[str, Any], int]]:
     trials = [t for t in s.study.get_trials(deepcopy=False, states=(TS.COMPLETE, TS.PRUNED))
               if "same_as" not in t.user_attrs]
     best: dict[str, tuple[float, Any]] = {}
-    for rung in reversed(rung_epochs(s.sc, s.cfg.train.epochs)):
+    rungs = rung_epochs(s.sc, s.cfg.train.epochs)
+    for rung in reversed(rungs[:-1] or rungs):
         best = {}
         for t in trials:
             v = t.intermediate_values.get(rung)
