@@ -62,9 +62,14 @@ def best_three(summary: dict[str, Any]) -> tuple[list[str], str]:
     the finalists by mean kNN over the grid's seeds (± sample std), else the finished trials by their kNN."""
     if summary.get("confirmed"):
         best = summary["confirmed"][:3]
-        return [b["strategy"] for b in best], "; ".join(
-            f"{b['strategy']} ({_knobs(b['knobs'])}) {100 * b['knn_mean']:.2f} ± {100 * (b['knn_std'] or 0):.2f}"
-            for b in best)
+        def shown(b: dict[str, Any]) -> str:
+            if b["knn_mean"] is None:
+                return f"{b['strategy']} ({_knobs(b['knobs'])}) not trained yet"
+            seeds = len(b["knn_by_seed"])
+            return (f"{b['strategy']} ({_knobs(b['knobs'])}) {100 * b['knn_mean']:.2f} ± "
+                    f"{100 * (b['knn_std'] or 0):.2f}" + ("" if b["complete"] else f" ({seeds} seeds so far)"))
+
+        return [b["strategy"] for b in best], "; ".join(shown(b) for b in best)
     best = summary["strategy_ranking"][:3]
     return [b["strategy"] for b in best], "; ".join(
         f"{b['strategy']} ({_knobs(b['knobs'])}) {100 * b['knn_acc']:.2f}" for b in best)
