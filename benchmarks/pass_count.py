@@ -62,8 +62,8 @@ z2 = (z[n // 2 :] + 0.1 * torch.randn(n // 2, 128, generator=g)).requires_grad_(
 y = torch.randint(0, 100, (n // 2,), generator=g)
 ids = torch.arange(n // 2)
 PRODUCTS = {{"mm", "addmm", "addmm_", "bmm", "matmul"}}
-SPARSE = {{"index", "gather", "index_put_", "index_put", "scatter_", "scatter", "scatter_add_", "scatter_add",
-          "index_add_", "masked_scatter_", "_index_put_impl_"}}
+SPARSE = {{"index", "index_select", "gather", "index_put_", "index_put", "scatter_", "scatter", "scatter_add_",
+          "scatter_add", "index_add_", "masked_scatter_", "_index_put_impl_"}}
 ALLOCATE = {{"empty", "empty_like", "empty_strided", "new_empty"}}  # no pass through memory
 
 class Count(TorchDispatchMode):

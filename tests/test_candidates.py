@@ -5,7 +5,7 @@ import torch
 from pytorch_metric_learning import losses as pml
 
 import hardneg.losses as L
-from hardneg.losses.candidates import Relations, dense_labels, two_view_index
+from hardneg.losses.candidates import Relations, dense_labels, label_columns, same_known_label, two_view_index
 from hardneg.negatives import create_strategy
 from tests.reference_losses import ref_infonce, ref_supcon
 
@@ -125,6 +125,42 @@ def test_relations_valid_and_valid_at_agree():
     torch.testing.assert_close(rel.valid_at(torch.arange(n), cols), full)
     # hand check of one row: anchor 4 (no self, positive 1, unknown id) may use 0, 2..5, 7 (owned), not 6, 8
     assert full[4].tolist() == [True, False, True, True, True, True, False, True, False]
+
+
+def test_relations_mask_is_minus_inf_exactly_where_valid_is_false():
+    """The scatter form (self and positive only) and the tile form (ids, owner) of the one rule."""
+    g = torch.Generator().manual_seed(0)
+    n, m = 6, 9
+    common = {"m": m, "self_index": torch.tensor([0, 1, 2, -1, -1, 5]), "pos_index": torch.tensor([3, 4, 5, 0, 1, 2])}
+    for rel in (
+        Relations(**common),
+        Relations(**common, q_ids=torch.tensor([0, 1, 2, 0, -1, 2]), k_ids=torch.randint(-1, 3, (m,), generator=g),
+                  owner=torch.tensor([-1, -1, -1, -1, -1, -1, 0, 4, 3])),
+    ):
+        for rows in (slice(0, n), torch.tensor([4, 1, 5])):
+            X = torch.randn(len(range(n)[rows]) if isinstance(rows, slice) else len(rows), m, generator=g)
+            out = rel.mask_(X.clone(), rows)
+            valid = rel.valid(rows, torch.device("cpu"))
+            assert torch.equal(out == float("-inf"), ~valid)
+            assert torch.equal(out[valid], X[valid])
+    # hand check: anchor 4 has no self entry and its positive is column 1
+    assert (Relations(**common).mask_(torch.zeros(1, m), torch.tensor([4])) == 0).sum() == m - 1
+
+
+def test_label_columns_are_the_same_label_tile():
+    """The sparse form lists exactly the candidates `same_known_label` marks (unknown labels, −1,
+    share with nothing), each once."""
+    g = torch.Generator().manual_seed(3)
+    for yq, yk in (
+        (torch.randint(-1, 4, (7,), generator=g), torch.randint(-1, 4, (20,), generator=g)),
+        (torch.tensor([-1, -1]), torch.tensor([-1, 0, 0])),  # nothing shared
+        (torch.tensor([2, 5]), torch.tensor([2, 2, 2])),  # a label no candidate has
+    ):
+        cols, ok = label_columns(yq, yk)
+        tile = torch.zeros(len(yq), len(yk), dtype=torch.long)
+        r = torch.arange(len(yq))[:, None].expand_as(cols)
+        tile.index_put_((r[ok], cols[ok]), torch.ones(int(ok.sum()), dtype=torch.long), accumulate=True)
+        assert torch.equal(tile, same_known_label(yq, yk).long())
 
 
 @pytest.mark.parametrize("name", ["triplet", "margin"])

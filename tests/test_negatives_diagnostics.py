@@ -8,7 +8,7 @@ import torch
 
 from hardneg.negatives import create_strategy
 from hardneg.negatives.diagnostics import negative_diagnostics
-from tests.negatives_reference import in_batch_valid, two_view_pos, unit
+from tests.negatives_reference import in_batch_valid, ref_semihard, two_view_pos, unit
 
 torch.set_num_threads(1)
 
@@ -98,3 +98,39 @@ def test_diagnostics_on_a_sample_of_anchors():
     full = create_strategy("hucl", beta=beta, t=t, diagnostics_anchors=None)
     full(z1, z2)
     assert full.last_diagnostics["sim_mean"] == pytest.approx(S[valid].mean(), rel=1e-6)
+
+
+def test_fused_diagnostics_match_literal_pi():
+    """A fused preset's diagnostics, kept from the kernel's blocks over several buffers of rows
+    (every anchor of a 600-row batch), against the literal semi-hard window."""
+    B, t, margin = 300, 0.5, 0.2
+    g = torch.Generator().manual_seed(2)
+    z1 = torch.randn(B, 8, generator=g, dtype=torch.float64)
+    z2 = z1 + 0.6 * torch.randn(B, 8, generator=g, dtype=torch.float64)
+    y = torch.randint(0, 5, (B,), generator=g)
+    s = create_strategy("semihard", margin=margin, t=t, diagnostics_anchors=None)
+    blocks, inner = [], s._block_weights
+    s._block_weights = lambda *a: blocks.append(a[1]) or inner(*a)  # type: ignore[method-assign]
+    s(z1, z2, labels=y)
+    assert len(blocks) > 1  # the kernel's blocks ran the weighting (the fused path)
+    d = s.last_diagnostics
+    z = unit(np.concatenate([z1.numpy(), z2.numpy()]))
+    S = z @ z.T
+    pos = two_view_pos(B)
+    keep = ref_semihard(S, in_batch_valid(B), pos, margin)
+    yy = np.concatenate([y.numpy(), y.numpy()])
+    n_keep = keep.sum(1)
+    hard = np.array([S[i, keep[i]].max() for i in range(2 * B)])
+    fn = np.array([(yy[keep[i]] == yy[i]).mean() for i in range(2 * B)])  # π uniform on the window
+    hard_fn = np.array([yy[keep[i]][np.argmax(S[i, keep[i]])] == yy[i] for i in range(2 * B)])
+    assert d["n_candidates"] == pytest.approx(n_keep.mean(), rel=1e-12)
+    assert d["ess"] == pytest.approx(n_keep.mean(), rel=1e-5)
+    assert d["sim_mean"] == pytest.approx(S[keep].mean(), rel=1e-6)
+    assert d["sim_weighted_mean"] == pytest.approx(np.mean([S[i, keep[i]].mean() for i in range(2 * B)]), rel=1e-5)
+    assert d["hardest_mean"] == pytest.approx(hard.mean(), rel=1e-5)
+    assert d["pos_gap"] == pytest.approx(np.mean([S[i, pos[i]] for i in range(2 * B)]) - hard.mean(), rel=1e-5)
+    assert d["fn_weight_share"] == pytest.approx(fn.mean(), rel=1e-5)
+    assert d["hardest_fn_share"] == pytest.approx(hard_fn.mean(), abs=1e-12)
+    assert d["skipped_share"] == 0.0
+    for p in (5, 50, 95):
+        assert d[f"sim_p{p:02d}"] == pytest.approx(np.percentile(S[keep], p, method="inverted_cdf"), abs=6e-4)

@@ -83,8 +83,13 @@ def finite_count(X: Tensor, log_mask: bool = False) -> Tensor:
     ``log_mask``: X holds only 0 and −∞ (`log_mask_`), and one clamp to [−1, 0] counts them."""
     if log_mask:
         return X.shape[1] + torch.clamp(X, min=-1.0).sum(1).long()
-    invalid = torch.rsub(X, -torch.finfo(X.dtype).max).clamp_(0.0, 1.0).sum(1)
-    return X.shape[1] - invalid.long()
+    return X.shape[1] - infinite_indicator(X).sum(1).long()
+
+
+def infinite_indicator(X: Tensor) -> Tensor:
+    """A new tensor: 1.0 where ``X`` (no NaN) is −∞, 0.0 at every finite entry, by two float
+    passes (−max − x is +∞ for x = −∞ and ≤ 0 for every finite x, then clamped to [0, 1])."""
+    return torch.rsub(X, -torch.finfo(X.dtype).max).clamp_(0.0, 1.0)
 
 
 def two_view_index(B: int, device: torch.device | None = None) -> tuple[Tensor, Tensor]:
@@ -121,6 +126,22 @@ def dense_labels(q_labels: Tensor, k_labels: Tensor) -> tuple[Tensor, Tensor, in
 def same_known_label(q_labels: Tensor, k_labels: Tensor) -> Tensor:
     """(n×m) bool: both tags (labels, sample ids or duplicate groups) known and equal."""
     return (q_labels[:, None] == k_labels[None, :]) & (q_labels[:, None] != UNKNOWN)
+
+
+def label_columns(q_labels: Tensor, k_labels: Tensor) -> tuple[Tensor, Tensor]:
+    """The sparse form of `same_known_label`: for each anchor, the columns of the candidates with
+    its known label, as (c × P) columns and (c × P) bool ``valid`` (P the largest such count; the
+    padding repeats a column and is not valid). O(m log m + c P) instead of a (c × m) tile."""
+    order = torch.argsort(k_labels, stable=True)
+    sk = k_labels[order].contiguous()
+    lo = torch.searchsorted(sk, q_labels)
+    cnt = torch.searchsorted(sk, q_labels, right=True) - lo
+    cnt = torch.where(q_labels != UNKNOWN, cnt, torch.zeros_like(cnt))
+    P = max(1, int(cnt.max())) if cnt.numel() else 1
+    ar = torch.arange(P, device=q_labels.device)
+    valid = ar[None, :] < cnt[:, None]
+    cols = order[torch.clamp(lo[:, None] + ar[None, :], max=max(0, k_labels.shape[0] - 1))]
+    return cols, valid
 
 
 def nominal_n(m: int, has_self: bool, has_positive: bool) -> int:
@@ -185,6 +206,22 @@ class Relations:
             kv, qv = self._views()
             valid &= kv[None, :] != qv[gid][:, None]
         return valid
+
+    def mask_(self, X: Tensor, rows: slice | Tensor) -> Tensor:
+        """``X`` (c×m) with −∞ written where `valid` is False: the anchor itself and its positive
+        by scatter; the boolean tile of `valid` only where an id, owner or cross-view rule applies."""
+        if (self.q_ids is not None and self.k_ids is not None and self.id_start is not None) or (
+            self.owner is not None or self.cross_view
+        ):
+            return X.masked_fill_(~self.valid(rows, X.device), float("-inf"))
+        gid = self.rows_of(rows, X.device)
+        r = torch.arange(gid.shape[0], device=X.device)
+        for col in (self.self_index, self.pos_index):
+            if col is not None:
+                cc = col[gid]
+                has = cc >= 0
+                X[r[has], cc[has]] = float("-inf")
+        return X
 
     def _views(self) -> tuple[Tensor, Tensor]:
         """(k_view, q_view), which the cross-view rule needs."""

@@ -16,7 +16,7 @@ distribution, a_ij the strategy's log-weights):
 - ``pos_gap``: mean of s_ip − max_{j∈C(i)} s_ij (positive minus hardest negative; negative values
   mean the hardest negative beats the positive); ``hardest_mean``: mean max_j s_ij.
 
-Each chunk costs a few elementwise passes over (c×m); nothing larger is stored.
+Each chunk costs a few float passes over (c×m) and no boolean tile; nothing larger is stored.
 """
 
 from __future__ import annotations
@@ -27,7 +27,8 @@ from typing import cast
 import torch
 from torch import Tensor
 
-from hardneg.losses.candidates import Relations, safe_normalize
+from hardneg.losses.candidates import Relations, infinite_indicator, label_columns, safe_normalize
+from hardneg.losses.checks import UNKNOWN
 from hardneg.losses.tilt import tilt_log_weights
 
 PERCENTILES = (5, 25, 50, 75, 95)
@@ -80,10 +81,13 @@ class DiagnosticsAccumulator:
 
     @torch.no_grad()
     def update(
-        self, S: Tensor, log_w: Tensor, rows: slice | Tensor, s_pos: Tensor | None, same_label: Tensor | None
+        self, S: Tensor, log_w: Tensor, rows: slice | Tensor, s_pos: Tensor | None,
+        labels: tuple[Tensor, Tensor] | None, overwrite: bool = False,
     ) -> None:
-        """Add the chunk's rows: cosine sims S (c×m), log-weights with −∞ on invalid candidates.
-        Rows already recorded or outside the sample are skipped."""
+        """Add the chunk's rows: cosine sims S (c×m, finite), log-weights with −∞ on invalid
+        candidates, the positives' sims (or None) and ``labels`` = (the rows' anchor labels (c,),
+        the candidates' labels (m,)) or None. Rows already recorded or outside the sample are
+        skipped. ``overwrite``: S is the caller's scratch and may be overwritten (saves a copy)."""
         sel = self.pending(rows)
         if not bool(sel.any()):
             return
@@ -92,37 +96,45 @@ class DiagnosticsAccumulator:
         if not bool(sel.all()):
             sel = sel.to(S.device)
             S, log_w = S[sel], log_w[sel]
+            overwrite = True  # S[sel] is a copy
             s_pos = None if s_pos is None else s_pos[sel]
-            same_label = None if same_label is None else same_label[sel]
-        self._add(S, log_w, s_pos, same_label)
+            labels = None if labels is None else (labels[0][sel], labels[1])
+        self._add(S.to(torch.float32, copy=not overwrite), log_w.float(), s_pos, labels)
 
-    def _add(self, S: Tensor, log_w: Tensor, s_pos: Tensor | None, same_label: Tensor | None) -> None:
-        # few passes over the (c × m) block: log_w is −∞ exactly on invalid candidates
-        S = S.float()
-        log_w = log_w.float()
-        valid = log_w != float("-inf")
-        c = S.shape[0]
+    def _add(self, S: Tensor, log_w: Tensor, s_pos: Tensor | None, labels: tuple[Tensor, Tensor] | None) -> None:
+        # S (float32) is overwritten. Float passes over the (c × m) rows only (on CPU a boolean
+        # tile costs about ten of them) and two new (c × m) tensors (a fresh one page-faults):
+        # log_w is −∞ exactly on invalid candidates, and the same-label weight is read from the
+        # label's columns (`label_columns`), not from a (c × m) comparison
+        c, m = S.shape
         self.rows += c
-        n_valid = float(torch.count_nonzero(valid))
-        self.sum_cand += n_valid
-        self.cnt += n_valid
-        Sm = torch.where(valid, S, float("-inf"))
-        hard, hard_j = Sm.max(1)
-        # histc ignores values below its range, i.e. the −∞ of invalid candidates
-        self.hist += torch.histc(Sm, bins=_BINS, min=_LO, max=_HI).double().cpu()
+        inv = infinite_indicator(log_w)  # 1 on invalid candidates
+        n_valid = m - inv.sum(1)
+        ok_rows = n_valid > 0
+        self.sum_cand += float(n_valid.sum())
+        self.cnt += float(n_valid.sum())
+        # the sum over valid candidates: float32 sums of the whole rows and of their invalid entries
+        self.sum_s += float(S.sum()) - float(torch.einsum("ij,ij->", S, inv))
         logits = log_w + cast(Tensor, tilt_log_weights(S, self.beta, self.t)) if self.beta else log_w
         pi = torch.softmax(logits, dim=1)
-        ok_rows = hard != float("-inf")
         self.skipped += int((~ok_rows).sum())
         if not bool(ok_rows.all()):
-            pi = torch.nan_to_num(pi, nan=0.0)
-        self.sum_s += float(torch.where(valid, S, 0.0).sum())
+            pi = pi.nan_to_num_(nan=0.0)
         self.sum_ws += float(torch.einsum("ij,ij->", pi, S))
-        self.sum_ess += float((1.0 / torch.einsum("ij,ij->i", pi, pi)[ok_rows]).sum())
-        if same_label is not None:
-            self.sum_fn += float(pi.masked_fill(~same_label, 0.0).sum())
+        self.sum_ess += float((1.0 / torch.linalg.vector_norm(pi, dim=1)[ok_rows].square()).sum())
+        # invalid entries at S − 4 ≤ −3: below the histogram's range (histc ignores them) and
+        # below every cosine
+        Sm = S.add_(inv, alpha=-4.0)
+        hard, hard_j = Sm.max(1)
+        self.hist += torch.histc(Sm, bins=_BINS, min=_LO, max=_HI).double().cpu()
+        hard = torch.where(ok_rows, hard, torch.full_like(hard, float("-inf")))
+        if labels is not None:
+            yq, yk = labels
+            cols, same = label_columns(yq, yk)
+            self.sum_fn += float((pi.gather(1, cols) * same).sum())
             self.rows_fn += c
-            self.sum_hard_fn += float(same_label.gather(1, hard_j[:, None]).squeeze(1)[ok_rows].sum())
+            hard_same = (yk[hard_j] == yq) & (yq != UNKNOWN)
+            self.sum_hard_fn += float(hard_same[ok_rows].sum())
             self.rows_hard_fn += int(ok_rows.sum())
         ok = ok_rows
         if s_pos is not None:
@@ -194,5 +206,6 @@ def negative_diagnostics(
         if log_weight_fn is not None:
             lw = lw + log_weight_fn(S, rows)
         sp = None if pos_index is None else rel.s_pos(S, rows)
-        acc.update(S, lw, rows, sp, same)
+        labels = None if q_labels is None or k_labels is None else (q_labels[rows], k_labels)
+        acc.update(S, lw, rows, sp, labels)
     return acc.result()

@@ -87,17 +87,20 @@ def _inverse_scale(logit_scale: Tensor) -> float:
 
 class _BlockRecords:
     """The diagnostics' sampled rows, as the kernel's blocks see them (``Strategy._block_weights``):
-    the cosines before the filters and the weighting, and the log-weights they gave (what each
-    entry gained, −∞ where they removed it). Kept until a few dozen rows are together, then
-    recorded at once; closed after the forward pass (a recompute in the backward records nothing)."""
+    the block's values before the filters and the weighting and after them (what each entry gained,
+    −∞ where they removed it), copied into two preallocated (rows × m) buffers — two copies per
+    block, no per-block temporaries — and recorded at once when the buffers are full; closed after
+    the forward pass (a recompute in the backward records nothing)."""
 
-    _FLUSH_ROWS = 32
+    #: elements of one buffer: 128 rows at m = 8,192 (4 MB of float32), and never fewer than 32 rows
+    _BUFFER = 1 << 20
 
     def __init__(self, acc: DiagnosticsAccumulator | None) -> None:
         self.acc = acc
         self.rows = [] if acc is None else acc.sample_rows().tolist()  # sorted
-        self.items: list[tuple[Tensor, Tensor, Tensor, Tensor]] = []
         self.closed = acc is None
+        self.n = 0  # rows kept in the buffers
+        self.X0 = self.X1 = self.sp = self.gid = self.fb = torch.empty(0)
 
     def sampled(self, rows: slice, device: torch.device) -> Tensor | None:
         """Local indices of the block's sampled rows (None: none, or closed)."""
@@ -108,23 +111,51 @@ class _BlockRecords:
             return None
         return torch.tensor(self.rows[lo:hi], device=device) - rows.start
 
-    def keep(self, X0: Tensor, X1: Tensor, loc: Tensor, rows: slice, sp: Tensor, ctx: StepContext,
-             fallback: Tensor | None) -> None:
-        """The cosines get the positive's and the anchor's own entries back (masked in X)."""
-        lw = torch.where(X1 > NEG_INF, X1 - X0, NEG_INF)
-        S = X0 * ctx.t
-        gid = loc + rows.start
-        ar = torch.arange(loc.numel(), device=X0.device)
+    def room(self, X: Tensor, k: int) -> bool:
+        """Whether ``k`` more rows fit (allocating the buffers for X's width on first use)."""
+        if self.X0.shape[0] == 0:
+            cap = max(k, 32, min(128, self._BUFFER // max(X.shape[1], 1)))
+            self.X0 = X.new_empty(cap, X.shape[1])
+            self.X1 = torch.empty_like(self.X0)
+            self.sp = X.new_empty(cap)
+            self.gid = torch.empty(cap, dtype=torch.long, device=X.device)
+            self.fb = torch.zeros(cap, dtype=torch.bool, device=X.device)
+        return self.n + k <= self.X0.shape[0]
+
+    def before(self, X: Tensor, loc: Tensor, rows: slice, sp: Tensor) -> None:
+        """The sampled rows of block X before the filters and the weighting (call after `room`)."""
+        n1 = self.n + loc.numel()
+        torch.index_select(X, 0, loc, out=self.X0[self.n : n1])
+        torch.index_select(sp, 0, loc, out=self.sp[self.n : n1])
+        torch.add(loc, rows.start, out=self.gid[self.n : n1])
+
+    def after(self, X: Tensor, loc: Tensor, fallback: Tensor | None) -> None:
+        """The same rows after them; the rows where the weighting was ignored."""
+        n1 = self.n + loc.numel()
+        torch.index_select(X, 0, loc, out=self.X1[self.n : n1])
+        if fallback is not None:
+            torch.index_select(fallback, 0, loc, out=self.fb[self.n : n1])
+        self.n = n1
+
+    def take(self, ctx: StepContext) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """(cosines, log-weights, global rows, fallback rows) of the kept rows; empties the buffers.
+        The cosines get the positive's and the anchor's own entries back (−∞ in the block)."""
+        n, t = self.n, ctx.t
+        X0, X1 = self.X0[:n], self.X1[:n]
+        # −∞ − (−∞) is NaN where the kernel had already masked the entry: invalid either way
+        lw = torch.sub(X1, X0, out=X1).nan_to_num_(nan=NEG_INF, posinf=float("inf"), neginf=NEG_INF)
+        S = X0.mul_(t)
+        gid = self.gid[:n]
         if ctx.pos_index is None:  # fused strategies have one positive per anchor (Strategy._fusable)
             raise ValueError("fused diagnostics need each anchor's positive")
-        S[ar, ctx.pos_index[gid]] = sp[loc] * ctx.t
+        ar = torch.arange(n, device=S.device)
+        S[ar, ctx.pos_index[gid]] = self.sp[:n] * t
         si = ctx.self_index[gid]
         S[ar[si >= 0], si[si >= 0]] = 1.0  # unit vectors; an invalid entry, read by no statistic
-        fb = torch.zeros(loc.numel(), dtype=torch.bool, device=X0.device) if fallback is None else fallback[loc]
-        self.items.append((S, lw, gid, fb))
-
-    def full(self) -> bool:
-        return sum(x[2].numel() for x in self.items) >= self._FLUSH_ROWS
+        fb = self.fb[:n].clone()
+        self.fb.zero_()
+        self.n = 0
+        return S, lw, gid, fb
 
 
 class Strategy(nn.Module):
@@ -521,23 +552,23 @@ class Strategy(nn.Module):
         """The kernel's ``log_weight_block``: filters and the weighting, in place on one block of
         rows; the diagnostics keep the sampled rows before and after (`_BlockRecords`)."""
         loc = rec.sampled(rows, X.device)
-        X0 = None if loc is None else X[loc].clone()
+        if loc is not None:
+            if not rec.room(X, loc.numel()):
+                self._flush(rec, ctx)
+            rec.before(X, loc, rows, sp)
         for f in self._filters():
             f.drop_(X, rows, ctx, sp)
         weightings = self._weightings()
         cnt, lse_a, fallback = weightings[0].weigh_(X, rows, ctx, sp) if weightings else (finite_count(X), None, None)
-        if loc is not None and X0 is not None:
-            rec.keep(X0, X[loc], loc, rows, sp, ctx, fallback)
-            if rec.full():
-                self._flush(rec, ctx)
+        if loc is not None:
+            rec.after(X, loc, fallback)
         return cnt, lse_a
 
     def _flush(self, rec: _BlockRecords, ctx: StepContext, close: bool = False) -> None:
-        """Hand the kept rows to the diagnostics (once per few dozen rows, not per block);
+        """Hand the kept rows to the diagnostics (once per buffer of rows, not per block);
         ``close`` after the forward pass."""
-        if rec.items:
-            S, lw, gid, fb = (torch.cat(x) for x in zip(*rec.items, strict=True))
-            rec.items.clear()
+        if rec.n:
+            S, lw, gid, fb = rec.take(ctx)
             self._record(S, gid, ctx, rec.acc, lw, fb)
         rec.closed = rec.closed or close
 
@@ -576,8 +607,15 @@ class Strategy(nn.Module):
         self, S: Tensor, rows: slice | Tensor, ctx: StepContext, acc: DiagnosticsAccumulator | None
     ) -> Tensor:
         """The kernel's ``log_weight_fn``: masks, filters and weightings for one chunk of anchors."""
-        valid = self._filtered_valid(S, rows, ctx)
         fallback = torch.zeros(S.shape[0], dtype=torch.bool, device=S.device)
+        if not self.weightings and all(isinstance(f, LabelFilter) for f in self.filters):
+            # the candidate rule and label filters (the plain path's diagnostics): −∞ written by
+            # scatter into a zero tile where the rules allow it, as the kernel writes its masks
+            masks = ctx.relations.mask_(torch.zeros_like(S), rows)
+            for f in self._filters():
+                f.drop_(masks, cast(slice, rows), ctx, masks.new_empty(0))  # the label rule reads no similarity
+            return self._record(S, rows, ctx, acc, masks, fallback)
+        valid = self._filtered_valid(S, rows, ctx)
         lw = None
         rows_ = cast(slice, rows)  # as in _filtered_valid
         for w in self._weightings():
@@ -608,16 +646,21 @@ class Strategy(nn.Module):
         lw: Tensor,
         fallback: Tensor,
     ) -> Tensor:
-        """Feed the chunk's sampled anchors to the diagnostics; return the log-weights."""
+        """Feed the chunk's sampled anchors to the diagnostics; return the log-weights. ``S`` is the
+        chunk's scratch (the kernel's S · t, the diagnostics' product or the kept block rows, read
+        by nothing after this): the diagnostics overwrite it."""
         if acc is not None:
             sel = acc.pending(rows)
             if bool(sel.any()):
-                loc = torch.nonzero(sel).flatten()
-                gid = ctx.row_ids(rows, torch.device("cpu"))[loc]
-                loc = loc.to(S.device)
-                Ss = S[loc]
-                self._fallback_rows += int(fallback[loc].sum())
-                acc.update(Ss, lw[loc], gid, ctx.s_pos(Ss, gid), ctx.same_label(gid))
+                gid = ctx.row_ids(rows, torch.device("cpu"))
+                Ss, lws, fb = S, lw, fallback
+                if not bool(sel.all()):
+                    loc = torch.nonzero(sel).flatten()
+                    gid, loc = gid[loc], loc.to(S.device)
+                    Ss, lws, fb = S[loc], lw[loc], fallback[loc]
+                self._fallback_rows += int(fb.sum())
+                labels = None if ctx.q_labels is None or ctx.k_labels is None else (ctx.q_labels[gid], ctx.k_labels)
+                acc.update(Ss, lws, gid, ctx.s_pos(Ss, gid), labels, overwrite=True)
         return lw
 
     @torch.no_grad()
