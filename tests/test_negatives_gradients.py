@@ -119,6 +119,18 @@ def test_distance_weighted_value_and_gradient():
     _check(lambda a, b: s(a, b), _ref_batch(base, logw=logw, t=0.5), z1, z2)
 
 
+def test_distance_weighted_without_a_far_cutoff_value_and_gradient():
+    """nonzero_loss_cutoff = 2 keeps every candidate (d ≤ 2 always): the fused block's clip of d²
+    at nonzero_loss_cutoff² changes no kept candidate, and 1 − d²/4 keeps its floor."""
+    B, d = 6, 6
+    z1, z2, _ = _views(B, d=d, seed=3)
+    logw = ref_distance_weighted(_sims(z1, z2), d, 0.5, 2.0)
+    base = in_batch_valid(B)
+    assert np.isfinite(logw[base]).all(), "fixture: nothing is far"
+    s = Strategy(weighting=DistanceWeighted(0.5, 2.0), t=0.5)
+    _check(lambda a, b: s(a, b), _ref_batch(base, logw=logw, t=0.5), z1, z2)
+
+
 def test_constant_tilt_plus_graph_tilt_value_and_gradient():
     # Tilt's β₁ s/t is a constant log-weight; the strategy's own β₂ stays in the graph
     B, t = 6, 0.4

@@ -360,13 +360,20 @@ class DistanceWeighted(Weighting):
         kernel (`hardneg.losses.kernel.logsumexp_rows_`). Far candidates stay finite until the
         mask is added: log and exp of ±∞ take a slow path on CPU."""
         n = self.dim or ctx.q.shape[1]
-        # u = d² = 2 − 2s with s = X t; u = ∞ where X is −∞ (an invalid candidate is far, too)
-        u = torch.mul(X, -2.0 * ctx.t).add_(2.0)
+        # u = d² = 2 − 2s with s = X t, one pass; u = ∞ where X is −∞ (an invalid candidate is far, too)
+        u = torch.rsub(X, 2.0, alpha=2.0 * ctx.t)
         far = log_mask_(torch.sub(self.nonzero_loss_cutoff**2, u))  # −∞ where d ≥ nonzero_loss_cutoff
         cnt = finite_count(far, log_mask=True)
-        u.clamp_(min=self.cutoff**2)
+        # the clip at cutoff, and far (masked) candidates at nonzero_loss_cutoff in the same pass:
+        # every u finite, and 1 − u/4 ≥ 1 − nonzero_loss_cutoff²/4, above the 1e-8 floor of its log
+        # unless nonzero_loss_cutoff reaches 2 (antipodal candidates kept)
+        hi = self.nonzero_loss_cutoff**2
+        u.clamp_(min=self.cutoff**2, max=hi)
         lw = torch.log(u).mul_(-(n - 2.0) / 2.0)
-        lw.add_(u.mul_(-0.25).add_(1.0).clamp_(min=1e-8).log_(), alpha=-(n - 3.0) / 2.0).add_(far)
+        v = torch.rsub(u, 1.0, alpha=0.25)  # 1 − d²/4 in one pass (u is read no further)
+        if hi > 4.0 * (1.0 - 1e-8):
+            v.clamp_(min=1e-8)
+        lw.add_(v.log_(), alpha=-(n - 3.0) / 2.0).add_(far)
         fallback = torch.zeros_like(cnt, dtype=torch.bool)
         e = torch.nonzero(cnt == 0).flatten()
         if e.numel():
