@@ -134,3 +134,12 @@ def test_fused_diagnostics_match_literal_pi():
     assert d["skipped_share"] == 0.0
     for p in (5, 50, 95):
         assert d[f"sim_p{p:02d}"] == pytest.approx(np.percentile(S[keep], p, method="inverted_cdf"), abs=6e-4)
+    # the plain path's uniform π (no softmax: counts and row sums) on the same batch
+    u = create_strategy("ucl", t=t, diagnostics_anchors=None)
+    u(z1, z2, labels=y)
+    valid = in_batch_valid(B)
+    du = u.last_diagnostics
+    assert du["ess"] == pytest.approx(2 * B - 2, rel=1e-12)
+    assert du["sim_weighted_mean"] == pytest.approx(np.mean([S[i, valid[i]].mean() for i in range(2 * B)]), rel=1e-5)
+    assert du["fn_weight_share"] == pytest.approx(np.mean([(yy[valid[i]] == yy[i]).mean() for i in range(2 * B)]),
+                                                  rel=1e-5)

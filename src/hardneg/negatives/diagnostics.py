@@ -82,12 +82,14 @@ class DiagnosticsAccumulator:
     @torch.no_grad()
     def update(
         self, S: Tensor, log_w: Tensor, rows: slice | Tensor, s_pos: Tensor | None,
-        labels: tuple[Tensor, Tensor] | None, overwrite: bool = False,
+        labels: tuple[Tensor, Tensor] | None, overwrite: bool = False, log_mask: bool = False,
     ) -> None:
         """Add the chunk's rows: cosine sims S (c×m, finite), log-weights with −∞ on invalid
         candidates, the positives' sims (or None) and ``labels`` = (the rows' anchor labels (c,),
         the candidates' labels (m,)) or None. Rows already recorded or outside the sample are
-        skipped. ``overwrite``: S is the caller's scratch and may be overwritten (saves a copy)."""
+        skipped. ``overwrite``: S is the caller's scratch and may be overwritten (saves a copy).
+        ``log_mask``: log_w holds only 0 and −∞, so with β = 0 π is uniform over the valid
+        candidates and its statistics are the rows' counts and sums (no softmax)."""
         sel = self.pending(rows)
         if not bool(sel.any()):
             return
@@ -99,9 +101,10 @@ class DiagnosticsAccumulator:
             overwrite = True  # S[sel] is a copy
             s_pos = None if s_pos is None else s_pos[sel]
             labels = None if labels is None else (labels[0][sel], labels[1])
-        self._add(S.to(torch.float32, copy=not overwrite), log_w.float(), s_pos, labels)
+        self._add(S.to(torch.float32, copy=not overwrite), log_w.float(), s_pos, labels, log_mask and not self.beta)
 
-    def _add(self, S: Tensor, log_w: Tensor, s_pos: Tensor | None, labels: tuple[Tensor, Tensor] | None) -> None:
+    def _add(self, S: Tensor, log_w: Tensor, s_pos: Tensor | None, labels: tuple[Tensor, Tensor] | None,
+             uniform: bool = False) -> None:
         # S (float32) is overwritten. Float passes over the (c × m) rows only (on CPU a boolean
         # tile costs about ten of them) and two new (c × m) tensors (a fresh one page-faults):
         # log_w is −∞ exactly on invalid candidates, and the same-label weight is read from the
@@ -113,15 +116,22 @@ class DiagnosticsAccumulator:
         ok_rows = n_valid > 0
         self.sum_cand += float(n_valid.sum())
         self.cnt += float(n_valid.sum())
-        # the sum over valid candidates: float32 sums of the whole rows and of their invalid entries
-        self.sum_s += float(S.sum()) - float(torch.einsum("ij,ij->", S, inv))
-        logits = log_w + cast(Tensor, tilt_log_weights(S, self.beta, self.t)) if self.beta else log_w
-        pi = torch.softmax(logits, dim=1)
         self.skipped += int((~ok_rows).sum())
-        if not bool(ok_rows.all()):
-            pi = pi.nan_to_num_(nan=0.0)
-        self.sum_ws += float(torch.einsum("ij,ij->", pi, S))
-        self.sum_ess += float((1.0 / torch.linalg.vector_norm(pi, dim=1)[ok_rows].square()).sum())
+        pi: Tensor | None = None
+        if uniform:  # π = 1/N on the valid candidates: Σπs is the rows' mean, ESS their count
+            row_s = S.sum(1) - torch.einsum("ij,ij->i", S, inv)  # sums over the valid candidates
+            self.sum_s += float(row_s.sum())
+            self.sum_ws += float((row_s[ok_rows] / n_valid[ok_rows]).sum())
+            self.sum_ess += float(n_valid.sum())
+        else:
+            # the sum over valid candidates: float32 sums of the whole rows and of their invalid entries
+            self.sum_s += float(S.sum()) - float(torch.einsum("ij,ij->", S, inv))
+            logits = log_w + cast(Tensor, tilt_log_weights(S, self.beta, self.t)) if self.beta else log_w
+            pi = torch.softmax(logits, dim=1)
+            if not bool(ok_rows.all()):
+                pi = pi.nan_to_num_(nan=0.0)
+            self.sum_ws += float(torch.einsum("ij,ij->", pi, S))
+            self.sum_ess += float((1.0 / torch.linalg.vector_norm(pi, dim=1)[ok_rows].square()).sum())
         # invalid entries at S − 4 ≤ −3: below the histogram's range (histc ignores them) and
         # below every cosine
         Sm = S.add_(inv, alpha=-4.0)
@@ -131,7 +141,11 @@ class DiagnosticsAccumulator:
         if labels is not None:
             yq, yk = labels
             cols, same = label_columns(yq, yk)
-            self.sum_fn += float((pi.gather(1, cols) * same).sum())
+            if pi is None:  # uniform: the share of valid candidates with the label
+                n_same = (same.to(inv.dtype) - (inv.gather(1, cols) * same)).sum(1)
+                self.sum_fn += float((n_same[ok_rows] / n_valid[ok_rows]).sum())
+            else:
+                self.sum_fn += float((pi.gather(1, cols) * same).sum())
             self.rows_fn += c
             hard_same = (yk[hard_j] == yq) & (yq != UNKNOWN)
             self.sum_hard_fn += float(hard_same[ok_rows].sum())

@@ -100,6 +100,7 @@ class _BlockRecords:
         self.rows = [] if acc is None else acc.sample_rows().tolist()  # sorted
         self.closed = acc is None
         self.n = 0  # rows kept in the buffers
+        self.log_mask = False  # the blocks' log-weights are 0 or −∞ (`DiagnosticsAccumulator.update`)
         self.X0 = self.X1 = self.sp = self.gid = self.fb = torch.empty(0)
 
     def sampled(self, rows: slice, device: torch.device) -> Tensor | None:
@@ -142,16 +143,17 @@ class _BlockRecords:
         The cosines get the positive's and the anchor's own entries back (−∞ in the block)."""
         n, t = self.n, ctx.t
         X0, X1 = self.X0[:n], self.X1[:n]
-        # −∞ − (−∞) is NaN where the kernel had already masked the entry: invalid either way
-        lw = torch.sub(X1, X0, out=X1).nan_to_num_(nan=NEG_INF, posinf=float("inf"), neginf=NEG_INF)
-        S = X0.mul_(t)
         gid = self.gid[:n]
         if ctx.pos_index is None:  # fused strategies have one positive per anchor (Strategy._fusable)
             raise ValueError("fused diagnostics need each anchor's positive")
-        ar = torch.arange(n, device=S.device)
-        S[ar, ctx.pos_index[gid]] = self.sp[:n] * t
+        # first the entries the kernel masked (−∞ in both copies): finite again, X1 − X0 is −∞ there
+        # and never −∞ − (−∞); everywhere else it is exactly what the entry gained (0 if kept as is)
+        ar = torch.arange(n, device=X0.device)
+        X0[ar, ctx.pos_index[gid]] = self.sp[:n]
         si = ctx.self_index[gid]
-        S[ar[si >= 0], si[si >= 0]] = 1.0  # unit vectors; an invalid entry, read by no statistic
+        X0[ar[si >= 0], si[si >= 0]] = 1.0 / t  # unit vectors; an invalid entry, read by no statistic
+        lw = torch.sub(X1, X0, out=X1)
+        S = X0.mul_(t)
         fb = self.fb[:n].clone()
         self.fb.zero_()
         self.n = 0
@@ -562,6 +564,7 @@ class Strategy(nn.Module):
         cnt, lse_a, fallback = weightings[0].weigh_(X, rows, ctx, sp) if weightings else (finite_count(X), None, None)
         if loc is not None:
             rec.after(X, loc, fallback)
+            rec.log_mask = lse_a is None  # selections and filters only: the kept entries gained 0
         return cnt, lse_a
 
     def _flush(self, rec: _BlockRecords, ctx: StepContext, close: bool = False) -> None:
@@ -569,7 +572,7 @@ class Strategy(nn.Module):
         ``close`` after the forward pass."""
         if rec.n:
             S, lw, gid, fb = rec.take(ctx)
-            self._record(S, gid, ctx, rec.acc, lw, fb)
+            self._record(S, gid, ctx, rec.acc, lw, fb, log_mask=rec.log_mask)
         rec.closed = rec.closed or close
 
     def _diagnostics(self, loss, step, anchors, cands, sched, acc, t) -> dict[str, float]:
@@ -614,7 +617,7 @@ class Strategy(nn.Module):
             masks = ctx.relations.mask_(torch.zeros_like(S), rows)
             for f in self._filters():
                 f.drop_(masks, cast(slice, rows), ctx, masks.new_empty(0))  # the label rule reads no similarity
-            return self._record(S, rows, ctx, acc, masks, fallback)
+            return self._record(S, rows, ctx, acc, masks, fallback, log_mask=True)
         valid = self._filtered_valid(S, rows, ctx)
         lw = None
         rows_ = cast(slice, rows)  # as in _filtered_valid
@@ -634,8 +637,9 @@ class Strategy(nn.Module):
             valid = nv
             if a is not None:
                 lw = a if lw is None else lw + a
+        selections_only = lw is None
         lw = torch.where(valid, 0.0 if lw is None else lw, NEG_INF).to(S.dtype)
-        return self._record(S, rows, ctx, acc, lw, fallback)
+        return self._record(S, rows, ctx, acc, lw, fallback, log_mask=selections_only)
 
     def _record(
         self,
@@ -645,10 +649,11 @@ class Strategy(nn.Module):
         acc: DiagnosticsAccumulator | None,
         lw: Tensor,
         fallback: Tensor,
+        log_mask: bool = False,
     ) -> Tensor:
         """Feed the chunk's sampled anchors to the diagnostics; return the log-weights. ``S`` is the
         chunk's scratch (the kernel's S · t, the diagnostics' product or the kept block rows, read
-        by nothing after this): the diagnostics overwrite it."""
+        by nothing after this): the diagnostics overwrite it. ``log_mask``: lw holds only 0 and −∞."""
         if acc is not None:
             sel = acc.pending(rows)
             if bool(sel.any()):
@@ -660,7 +665,7 @@ class Strategy(nn.Module):
                     Ss, lws, fb = S[loc], lw[loc], fallback[loc]
                 self._fallback_rows += int(fb.sum())
                 labels = None if ctx.q_labels is None or ctx.k_labels is None else (ctx.q_labels[gid], ctx.k_labels)
-                acc.update(Ss, lws, gid, ctx.s_pos(Ss, gid), labels, overwrite=True)
+                acc.update(Ss, lws, gid, ctx.s_pos(Ss, gid), labels, overwrite=True, log_mask=log_mask)
         return lw
 
     @torch.no_grad()
