@@ -25,6 +25,7 @@ from collections.abc import Callable
 from typing import cast
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from hardneg.losses.candidates import Relations, infinite_indicator, label_columns, safe_normalize
@@ -106,7 +107,7 @@ class DiagnosticsAccumulator:
     def _add(self, S: Tensor, log_w: Tensor, s_pos: Tensor | None, labels: tuple[Tensor, Tensor] | None,
              uniform: bool = False) -> None:
         # S (float32) is overwritten. Float passes over the (c × m) rows only (on CPU a boolean
-        # tile costs about ten of them) and two new (c × m) tensors (a fresh one page-faults):
+        # tile costs about ten of them) and one or two new (c × m) tensors (a fresh one page-faults):
         # log_w is −∞ exactly on invalid candidates, and the same-label weight is read from the
         # label's columns (`label_columns`), not from a (c × m) comparison
         c, m = S.shape
@@ -118,25 +119,25 @@ class DiagnosticsAccumulator:
         self.cnt += float(n_valid.sum())
         self.skipped += int((~ok_rows).sum())
         pi: Tensor | None = None
-        if uniform:  # π = 1/N on the valid candidates: Σπs is the rows' mean, ESS their count
-            row_s = S.sum(1) - torch.einsum("ij,ij->i", S, inv)  # sums over the valid candidates
-            self.sum_s += float(row_s.sum())
-            self.sum_ws += float((row_s[ok_rows] / n_valid[ok_rows]).sum())
-            self.sum_ess += float(n_valid.sum())
-        else:
-            # the sum over valid candidates: float32 sums of the whole rows and of their invalid entries
-            self.sum_s += float(S.sum()) - float(torch.einsum("ij,ij->", S, inv))
+        if not uniform:
             logits = log_w + cast(Tensor, tilt_log_weights(S, self.beta, self.t)) if self.beta else log_w
             pi = torch.softmax(logits, dim=1)
             if not bool(ok_rows.all()):
                 pi = pi.nan_to_num_(nan=0.0)
-            self.sum_ws += float(torch.einsum("ij,ij->", pi, S))
+            self.sum_ws += float(torch.einsum("ij,ij->", pi, S))  # one dot product
             self.sum_ess += float((1.0 / torch.linalg.vector_norm(pi, dim=1)[ok_rows].square()).sum())
         # invalid entries at S − 4 ≤ −3: below the histogram's range (histc ignores them) and
         # below every cosine
         Sm = S.add_(inv, alpha=-4.0)
         hard, hard_j = Sm.max(1)
         self.hist += torch.histc(Sm, bins=_BINS, min=_LO, max=_HI).double().cpu()
+        # the valid entries kept and the invalid ones 0: each row's sum over its valid candidates
+        # (a per-row product with the 0/1 tile is a batched matrix product: slow on CPU)
+        row_s = F.threshold(Sm, -2.0, 0.0, inplace=True).sum(1)
+        self.sum_s += float(row_s.sum())
+        if uniform:  # π = 1/N on the valid candidates: Σπs is the rows' mean, ESS their count
+            self.sum_ws += float((row_s[ok_rows] / n_valid[ok_rows]).sum())
+            self.sum_ess += float(n_valid.sum())
         hard = torch.where(ok_rows, hard, torch.full_like(hard, float("-inf")))
         if labels is not None:
             yq, yk = labels

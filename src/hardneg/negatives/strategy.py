@@ -101,7 +101,8 @@ class _BlockRecords:
         self.closed = acc is None
         self.n = 0  # rows kept in the buffers
         self.log_mask = False  # the blocks' log-weights are 0 or −∞ (`DiagnosticsAccumulator.update`)
-        self.X0 = self.X1 = self.sp = self.gid = self.fb = torch.empty(0)
+        self.X0 = self.X1 = self.fb = torch.empty(0)
+        self.gid: list[int] = []  # global rows kept, in buffer order
 
     def sampled(self, rows: slice, device: torch.device) -> Tensor | None:
         """Local indices of the block's sampled rows (None: none, or closed)."""
@@ -110,7 +111,7 @@ class _BlockRecords:
         lo, hi = bisect.bisect_left(self.rows, rows.start), bisect.bisect_left(self.rows, rows.stop)
         if lo == hi:
             return None
-        return torch.tensor(self.rows[lo:hi], device=device) - rows.start
+        return torch.tensor([r - rows.start for r in self.rows[lo:hi]], device=device)
 
     def room(self, X: Tensor, k: int) -> bool:
         """Whether ``k`` more rows fit (allocating the buffers for X's width on first use)."""
@@ -118,17 +119,14 @@ class _BlockRecords:
             cap = max(k, 32, min(128, self._BUFFER // max(X.shape[1], 1)))
             self.X0 = X.new_empty(cap, X.shape[1])
             self.X1 = torch.empty_like(self.X0)
-            self.sp = X.new_empty(cap)
-            self.gid = torch.empty(cap, dtype=torch.long, device=X.device)
             self.fb = torch.zeros(cap, dtype=torch.bool, device=X.device)
         return self.n + k <= self.X0.shape[0]
 
-    def before(self, X: Tensor, loc: Tensor, rows: slice, sp: Tensor) -> None:
-        """The sampled rows of block X before the filters and the weighting (call after `room`)."""
-        n1 = self.n + loc.numel()
-        torch.index_select(X, 0, loc, out=self.X0[self.n : n1])
-        torch.index_select(sp, 0, loc, out=self.sp[self.n : n1])
-        torch.add(loc, rows.start, out=self.gid[self.n : n1])
+    def before(self, X: Tensor, loc: Tensor, rows: slice) -> None:
+        """The sampled rows of block X before the filters and the weighting (call after `room`):
+        one copy per block (the rows' ids are kept as Python ints)."""
+        torch.index_select(X, 0, loc, out=self.X0[self.n : self.n + loc.numel()])
+        self.gid.extend(rows.start + r for r in loc.tolist())
 
     def after(self, X: Tensor, loc: Tensor, fallback: Tensor | None) -> None:
         """The same rows after them; the rows where the weighting was ignored."""
@@ -143,13 +141,15 @@ class _BlockRecords:
         The cosines get the positive's and the anchor's own entries back (−∞ in the block)."""
         n, t = self.n, ctx.t
         X0, X1 = self.X0[:n], self.X1[:n]
-        gid = self.gid[:n]
+        gid = torch.tensor(self.gid, device=X0.device)
         if ctx.pos_index is None:  # fused strategies have one positive per anchor (Strategy._fusable)
             raise ValueError("fused diagnostics need each anchor's positive")
         # first the entries the kernel masked (−∞ in both copies): finite again, X1 − X0 is −∞ there
-        # and never −∞ − (−∞); everywhere else it is exactly what the entry gained (0 if kept as is)
+        # and never −∞ − (−∞); everywhere else it is exactly what the entry gained (0 if kept as is).
+        # The positive's cosine from the embeddings (n dot products), as the plain path reads it
         ar = torch.arange(n, device=X0.device)
-        X0[ar, ctx.pos_index[gid]] = self.sp[:n]
+        pcol = ctx.pos_index[gid]
+        X0[ar, pcol] = (ctx.q[gid].to(X0.dtype) * ctx.k[pcol].to(X0.dtype)).sum(1) / t
         si = ctx.self_index[gid]
         X0[ar[si >= 0], si[si >= 0]] = 1.0 / t  # unit vectors; an invalid entry, read by no statistic
         lw = torch.sub(X1, X0, out=X1)
@@ -157,6 +157,7 @@ class _BlockRecords:
         fb = self.fb[:n].clone()
         self.fb.zero_()
         self.n = 0
+        self.gid = []
         return S, lw, gid, fb
 
 
@@ -557,7 +558,7 @@ class Strategy(nn.Module):
         if loc is not None:
             if not rec.room(X, loc.numel()):
                 self._flush(rec, ctx)
-            rec.before(X, loc, rows, sp)
+            rec.before(X, loc, rows)
         for f in self._filters():
             f.drop_(X, rows, ctx, sp)
         weightings = self._weightings()
