@@ -143,3 +143,23 @@ def test_fused_diagnostics_match_literal_pi():
     assert du["sim_weighted_mean"] == pytest.approx(np.mean([S[i, valid[i]].mean() for i in range(2 * B)]), rel=1e-5)
     assert du["fn_weight_share"] == pytest.approx(np.mean([(yy[valid[i]] == yy[i]).mean() for i in range(2 * B)]),
                                                   rel=1e-5)
+
+
+def test_fused_diagnostics_blocks_with_more_sampled_rows_than_the_first():
+    """Blocks of 218 rows with 164 sampled ones, then 165 (904 of 1,200 anchors): a block with more
+    sampled rows than the buffers were first made for gets buffers of its size."""
+    B, t, margin, n_sample = 600, 0.5, 0.2, 904
+    g = torch.Generator().manual_seed(4)
+    z1 = torch.randn(B, 8, generator=g, dtype=torch.float64)
+    z2 = z1 + 0.6 * torch.randn(B, 8, generator=g, dtype=torch.float64)
+    s = create_strategy("semihard", margin=margin, t=t, diagnostics_anchors=n_sample)
+    s(z1, z2)
+    z = unit(np.concatenate([z1.numpy(), z2.numpy()]))
+    S = z @ z.T
+    sp = S[np.arange(2 * B), two_view_pos(B)][:, None]
+    keep = in_batch_valid(B) & (sp - margin < S) & (sp > S)
+    rows = np.round(np.linspace(0, 2 * B - 1, n_sample)).astype(int)
+    assert keep[rows].any(1).all(), "fixture: every sampled row has a semi-hard window"
+    d = s.last_diagnostics
+    assert d["n_candidates"] == pytest.approx(keep[rows].sum(1).mean(), rel=1e-12)
+    assert d["sim_mean"] == pytest.approx(S[rows][keep[rows]].mean(), rel=1e-6)

@@ -114,13 +114,17 @@ class _BlockRecords:
         return torch.tensor([r - rows.start for r in self.rows[lo:hi]], device=device)
 
     def room(self, X: Tensor, k: int) -> bool:
-        """Whether ``k`` more rows fit (allocating the buffers for X's width on first use)."""
-        if self.X0.shape[0] == 0:
-            cap = max(k, 32, min(128, self._BUFFER // max(X.shape[1], 1)))
-            self.X0 = X.new_empty(cap, X.shape[1])
-            self.X1 = torch.empty_like(self.X0)
-            self.fb = torch.zeros(cap, dtype=torch.bool, device=X.device)
-        return self.n + k <= self.X0.shape[0]
+        """Whether ``k`` more rows fit; empty buffers are (re)allocated for X's width and at least
+        ``k`` rows, so after a flush they always fit."""
+        if self.n + k <= self.X0.shape[0]:
+            return True
+        if self.n:
+            return False
+        cap = max(k, 32, min(128, self._BUFFER // max(X.shape[1], 1)))
+        self.X0 = X.new_empty(cap, X.shape[1])
+        self.X1 = torch.empty_like(self.X0)
+        self.fb = torch.zeros(cap, dtype=torch.bool, device=X.device)
+        return True
 
     def before(self, X: Tensor, loc: Tensor, rows: slice) -> None:
         """The sampled rows of block X before the filters and the weighting (call after `room`):
@@ -558,6 +562,7 @@ class Strategy(nn.Module):
         if loc is not None:
             if not rec.room(X, loc.numel()):
                 self._flush(rec, ctx)
+                rec.room(X, loc.numel())
             rec.before(X, loc, rows)
         for f in self._filters():
             f.drop_(X, rows, ctx, sp)
