@@ -46,7 +46,7 @@ from hardneg.losses.checks import (
     check_tau_plus,
     resolve_temperature,
 )
-from hardneg.losses.kernel import weighted_info_nce
+from hardneg.losses.kernel import Kept, weighted_info_nce
 from hardneg.negatives.context import StepContext
 from hardneg.negatives.diagnostics import DiagnosticsAccumulator
 from hardneg.negatives.filters import Filter, LabelFilter
@@ -517,20 +517,25 @@ class Strategy(nn.Module):
 
     def _block_weights(
         self, X: Tensor, rows: slice, sp: Tensor, ctx: StepContext, rec: _BlockRecords
-    ) -> tuple[Tensor, Tensor | None]:
+    ) -> tuple[Tensor, Tensor | None, Kept | None]:
         """The kernel's ``log_weight_block``: filters and the weighting, in place on one block of
-        rows; the diagnostics keep the sampled rows before and after (`_BlockRecords`)."""
+        rows (a selection may return its kept entries instead, `Kept`); the diagnostics keep the
+        sampled rows before and after (`_BlockRecords`)."""
         loc = rec.sampled(rows, X.device)
         X0 = None if loc is None else X[loc].clone()
         for f in self._filters():
             f.drop_(X, rows, ctx, sp)
         weightings = self._weightings()
-        cnt, lse_a, fallback = weightings[0].weigh_(X, rows, ctx, sp) if weightings else (finite_count(X), None, None)
+        cnt, lse_a, fallback, kept = (
+            weightings[0].weigh_(X, rows, ctx, sp) if weightings else (finite_count(X), None, None, None)
+        )
         if loc is not None and X0 is not None:
-            rec.keep(X0, X[loc], loc, rows, sp, ctx, fallback)
+            # the sampled rows after the weighting: their kept entries over −∞ (a few rows of the block)
+            X1 = X[loc] if kept is None else kept.rows(loc).write_(torch.empty_like(X0))
+            rec.keep(X0, X1, loc, rows, sp, ctx, fallback)
             if rec.full():
                 self._flush(rec, ctx)
-        return cnt, lse_a
+        return cnt, lse_a, kept
 
     def _flush(self, rec: _BlockRecords, ctx: StepContext, close: bool = False) -> None:
         """Hand the kept rows to the diagnostics (once per few dozen rows, not per block);
