@@ -140,14 +140,21 @@ def _labels_mostly_one_class(B):
     return torch.tensor([0] * (B - 2) + [1, 2])
 
 
+def _sparse_batch(k):
+    """The smallest batch B whose 2B candidates put a top-k on the sparse path."""
+    from hardneg.losses.kernel import SPARSE_RATIO
+
+    return (k + 1) * SPARSE_RATIO // 2
+
+
 _SPARSE_CASES = {
-    "count": dict(B=40, k=3),
-    "nominal": dict(B=40, k=3, nominal=True),
-    "label filter, short rows": dict(B=48, k=5, labels=True),
-    "similarity filter, empty rows": dict(B=40, k=3, margin=0.5),
-    "reduction none": dict(B=40, k=3, reduction="none"),
-    "logit_scale": dict(B=40, k=3, scale=3.0),
-    "anchor_rows": dict(B=40, k=3, anchor_rows=True),
+    "count": dict(k=3),
+    "nominal": dict(k=3, nominal=True),
+    "label filter, short rows": dict(k=5, labels=True),
+    "similarity filter, empty rows": dict(k=3, margin=0.5),
+    "reduction none": dict(k=3, reduction="none"),
+    "logit_scale": dict(k=3, scale=3.0),
+    "anchor_rows": dict(k=3, anchor_rows=True),
 }
 
 
@@ -161,8 +168,9 @@ def test_sparse_topk_matches_the_float64_topk_infonce(case, monkeypatch):
     from hardneg.negatives import LabelFilter, SimilarityFilter, Strategy, TopK
 
     o = _SPARSE_CASES[case]
-    B, k = o["B"], o["k"]
-    assert K.sparse_selection(k, 2 * B)
+    k = o["k"]
+    B = _sparse_batch(k)
+    assert K.sparse_selection(k, 2 * B) and not K.sparse_selection(k, 2 * B - 1)
     calls = []
     sparse = K._sparse_products_
     monkeypatch.setattr(K, "_sparse_products_", lambda *a: calls.append(1) or sparse(*a))
@@ -209,8 +217,8 @@ def test_sparse_topk_matches_the_float64_topk_infonce(case, monkeypatch):
     torch.testing.assert_close(b.grad, rb.grad, rtol=1e-8, atol=1e-12)
     if scale is not None:
         torch.testing.assert_close(scale.grad, rscale.grad, rtol=1e-8, atol=1e-12)
-    if o.get("labels"):  # 2 · 46 of the 96 anchors see 4 candidates, fewer than k = 5
-        assert s.last_diagnostics["topk_short_share"] == pytest.approx(92 / 96)
+    if o.get("labels"):  # the 2 (B − 2) label-0 anchors see 4 candidates, fewer than k = 5
+        assert s.last_diagnostics["topk_short_share"] == pytest.approx((B - 2) / B)
     if o.get("margin"):  # the 6 anchors with nothing left are skipped, left out of the mean
         assert len(rows) == 2 * B - 6
 
@@ -220,7 +228,8 @@ def test_sparse_and_dense_topk_paths_agree(monkeypatch):
     dense tile: values, gradients and diagnostics agree (float32, labels and a filter)."""
     import hardneg.losses.kernel as K
 
-    B, k = 64, 4
+    k = 4
+    B = _sparse_batch(k)
     g = torch.Generator().manual_seed(5)
     z1 = torch.randn(B, 32, generator=g)
     z2 = z1 + 0.5 * torch.randn(B, 32, generator=g)

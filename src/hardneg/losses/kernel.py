@@ -287,10 +287,11 @@ def logsumexp_rows_(X: Tensor) -> Tensor:
     return _softmax_lse_(X)
 
 
-#: a selection of K columns per row takes the sparse products when (K + 1) · 16 ≤ m: the gathers
-#: and the index_add of its (K + 1) nonzeros per row against the two dense products over all m
-#: columns (docs/design.md §5, "Fused strategies", where the ratio is measured)
-SPARSE_RATIO = 16
+#: a selection of K columns per row takes the sparse products when (K + 1) · 96 ≤ m: a gathered or
+#: index-added element costs about as much as 100 multiply-adds of a product on CPU, so the gathers
+#: and the index_add of (K + 1) nonzeros per row beat the two dense products over all m columns only
+#: when K is a small share of m (docs/design.md §5, "Fused strategies", where it is measured)
+SPARSE_RATIO = 96
 
 
 def sparse_selection(K: int, m: int) -> bool:
