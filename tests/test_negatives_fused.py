@@ -250,3 +250,23 @@ def test_sparse_and_dense_topk_paths_agree(monkeypatch):
     assert ds.keys() == dd.keys()
     for key in ds:
         assert ds[key] == pytest.approx(dd[key], rel=1e-5, abs=1e-7, nan_ok=True), key
+
+
+def test_a_selection_keeps_the_same_number_of_entries_in_every_block():
+    """A ``log_weight_block`` that hands the kernel its kept entries in one block of a chunk and not
+    in the next is refused (the chunk's sparse products need them for every row)."""
+    from hardneg.losses.kernel import Kept, weighted_info_nce
+
+    g = torch.Generator().manual_seed(2)
+    q, k = torch.randn(64, 8, generator=g), torch.randn(8192, 8, generator=g)
+    seen = []
+
+    def block(X, rows, sp):  # 32 rows per block at 8192 candidates: two blocks of 64 anchors
+        seen.append(rows.start)
+        vals, cols = X.topk(4, dim=1)
+        cnt = torch.full((X.shape[0],), 4)
+        return (cnt, None, Kept(vals, cols)) if rows.start == 0 else (cnt, None, None)
+
+    with pytest.raises(ValueError, match="same number of entries per row in every block"):
+        weighted_info_nce(q, k, t=0.5, pos_index=torch.arange(64), log_weight_block=block)
+    assert seen == [0, 32]
