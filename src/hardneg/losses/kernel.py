@@ -288,9 +288,10 @@ def logsumexp_rows_(X: Tensor) -> Tensor:
 
 
 #: a selection of K columns per row takes the sparse products when (K + 1) · 96 ≤ m: a gathered or
-#: index-added element costs about as much as 100 multiply-adds of a product on CPU, so the gathers
+#: index-added element costs as much as tens of multiply-adds of a product on CPU, so the gathers
 #: and the index_add of (K + 1) nonzeros per row beat the two dense products over all m columns only
-#: when K is a small share of m (docs/design.md §5, "Fused strategies", where it is measured)
+#: when K is a small share of m (docs/design.md §5, "Fused strategies", where it is measured: even
+#: at 1 thread, where products gain least, the two paths cost the same near m / (K + 1) = 32)
 SPARSE_RATIO = 96
 
 
