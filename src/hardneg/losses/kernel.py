@@ -421,6 +421,17 @@ def _chunk_lean(k, qs, S, spec, ix, ws, r0, r1, go, dq, dk, self_rc) -> Tensor:
     return loss
 
 
+def _extra_log_weights(S: Tensor, spec: KernelSpec, r0: int, r1: int) -> Tensor | None:
+    """The chunk's ``log_weight_fn`` log-weights (c × m), checked, in S's dtype; None without one."""
+    if spec.log_weight_fn is None:
+        return None
+    c, m = S.shape
+    extra = spec.log_weight_fn(S * spec.t, slice(r0, r1))
+    if tuple(extra.shape) != (c, m):
+        raise ValueError(f"log_weight_fn must return shape {(c, m)}, got {tuple(extra.shape)}")
+    return extra.to(S.dtype)
+
+
 def _chunk_general(k, qs, S, spec, ix, ws, r0, r1, go, dq, dk, self_rc) -> Tensor:
     """Every other case: label masks, β tilt, extra log-weights, nominal N, τ⁺ debiasing, label positives."""
     c, m = S.shape
@@ -439,12 +450,7 @@ def _chunk_general(k, qs, S, spec, ix, ws, r0, r1, go, dq, dk, self_rc) -> Tenso
     # -- positive similarities, read before masking -----------------------------------------
     root_tilt = _root_tilt(spec)
     sp = S[rows, pcol].clone() if pcol is not None else S.gather(1, same_cols)  # (c,) or (c, P)
-    extra = None
-    if spec.log_weight_fn is not None:
-        extra = spec.log_weight_fn(S * spec.t, slice(r0, r1))
-        if tuple(extra.shape) != (c, m):
-            raise ValueError(f"log_weight_fn must return shape {(c, m)}, got {tuple(extra.shape)}")
-        extra = extra.to(S.dtype)
+    extra = _extra_log_weights(S, spec, r0, r1)
 
     def mask_(X: Tensor) -> None:  # masks as −∞, written by scatter (no (c × m) boolean pass)
         if self_rc is not None:
@@ -457,8 +463,7 @@ def _chunk_general(k, qs, S, spec, ix, ws, r0, r1, go, dq, dk, self_rc) -> Tenso
     mask_(S)
     tilted = spec.beta != 0.0 or extra is not None
     blocked = spec.log_weight_block is not None  # β = 0 (checked): S ← π̃ in the blocks, no A
-    A = None
-    kept = None
+    A = kept = None
     if blocked:
         cnt, lse_b, lse_a, kept = _weighted_blocks_(S, sp, spec, ws, r0, ix.active)
     elif tilted and not root_tilt:  # A = β S + extra (log π numerators);  S ← S + A (log π̃ numerators)
@@ -822,7 +827,7 @@ def weighted_info_nce(
             every process's ``d`` divided by the number of processes (`hardneg.distributed`).
         log_weight_block: what ``log_weight_fn`` gives, fused into the kernel's cache-sized blocks
             of rows (one positive per anchor, β = 0; not with ``log_weight_fn``):
-            ``f(X, rows, sp) -> (count, lse_a)`` gets a block ``X`` of the tile, s/t with the
+            ``f(X, rows, sp) -> (count, lse_a, kept)`` gets a block ``X`` of the tile, s/t with the
             anchor itself and its positive at −∞, the block's anchors ``rows`` and their positives'
             ``sp`` = s_ip/t; it writes −∞ on the candidates it removes and adds its log-weights a
             **in place**, and returns each row's number of valid candidates, log Σ_j e^{a_ij}
