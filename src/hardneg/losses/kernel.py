@@ -21,7 +21,9 @@ Speed: when the loss is reduced to a scalar and a gradient is needed, each chunk
 gradient **in the forward pass** (one matrix product for the similarities, the log-sum-exp, one
 in-place exp, two products for dQ and dK) and the backward only scales the stored (n×d, m×d)
 gradients by the incoming scalar. That is 3 matrix products per chunk instead of the 4 of a
-recompute-in-backward scheme. With ``reduction="none"`` the backward recomputes each chunk.
+recompute-in-backward scheme. With ``reduction="none"`` the backward recomputes each chunk. A
+selection that keeps few candidates per row (`Kept`, top-k) needs one product only: the loss comes
+from the kept values, dQ and dK from gathers of the kept rows of k and an index_add.
 """
 
 from __future__ import annotations
@@ -39,9 +41,30 @@ from hardneg.losses import candidates as C
 from hardneg.losses import checks as V
 
 LogWeightFn = Callable[[Tensor, slice], Tensor]
-#: ``f(X, rows, sp) -> (count, lse_a or None)``: works **in place** on a block of the chunk's tile
-#: (see ``log_weight_block`` of `weighted_info_nce`)
-BlockWeightFn = Callable[[Tensor, slice, Tensor], "tuple[Tensor, Tensor | None]"]
+
+
+@dataclass(frozen=True)
+class Kept:
+    """The entries a selection keeps in each row of a block of the tile, apart from the block:
+    ``values`` (r × K) of the block (−∞ in the slots of a row with fewer than K valid entries) and
+    their ``cols`` (r × K). A small K lets the kernel take the gradient from these alone
+    (`sparse_selection`); otherwise it writes them back over the block (`write_`)."""
+
+    values: Tensor
+    cols: Tensor
+
+    def write_(self, X: Tensor) -> Tensor:
+        """X ← −∞ everywhere but the kept entries, which get their values; returns X."""
+        return X.fill_(_NEG_INF).scatter_(1, self.cols, self.values)
+
+    def rows(self, idx: Tensor) -> Kept:
+        """The kept entries of the rows ``idx`` of the block."""
+        return Kept(self.values[idx], self.cols[idx])
+
+
+#: ``f(X, rows, sp) -> (count, lse_a or None, Kept or None)``: works **in place** on a block of the
+#: chunk's tile (see ``log_weight_block`` of `weighted_info_nce`)
+BlockWeightFn = Callable[[Tensor, slice, Tensor], "tuple[Tensor, Tensor | None, Kept | None]"]
 #: maps this call's ``"mean"`` denominator to the one the mean divides by (see ``mean_denominator``)
 DenominatorFn = Callable[[float], float]
 
@@ -264,32 +287,67 @@ def logsumexp_rows_(X: Tensor) -> Tensor:
     return _softmax_lse_(X)
 
 
+#: a selection of K columns per row takes the sparse products when (K + 1) · 96 ≤ m: a gathered or
+#: index-added element costs as much as tens of multiply-adds of a product on CPU, so the gathers
+#: and the index_add of (K + 1) nonzeros per row beat the two dense products over all m columns only
+#: when K is a small share of m (docs/design.md §5, "Fused strategies", where it is measured: even
+#: at 1 thread, where products gain least, the two paths cost the same near m / (K + 1) = 32)
+SPARSE_RATIO = 96
+
+
+def sparse_selection(K: int, m: int) -> bool:
+    """Whether a selection keeping K of m columns per row (the positive besides) takes the sparse
+    products (`Kept`): K + 1 nonzeros per row of the gradient tile, at most m / `SPARSE_RATIO`."""
+    return m >= (K + 1) * SPARSE_RATIO
+
+
 def _weighted_blocks_(S: Tensor, sp: Tensor, spec: KernelSpec, ws: _Workspace, r0: int,
-                      active: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:
+                      active: Tensor | None) -> tuple[Tensor, Tensor, Tensor, Kept | None]:
     """``log_weight_block`` and the softmax in the same cache-sized blocks of rows (one trip
     through memory): each block gets its masks and log-weights a, then S ← π̃ = softmax(S + a) in
-    place. Returns (valid count, lse(S + a), lse(a) over the valid candidates) per row; a row left
-    without a valid candidate (or inactive) becomes a finite placeholder, skipped by the caller."""
-    c = S.shape[0]
+    place. Returns (valid count, lse(S + a), lse(a) over the valid candidates) per row, and None; a
+    row left without a valid candidate (or inactive) becomes a finite placeholder, skipped by the
+    caller. A selection whose blocks return few kept entries (`sparse_selection`) leaves S as it is:
+    π̃ is the softmax of the chunk's kept values, returned as the fourth item."""
+    c, m = S.shape
     R = ws.rows_per_block()
     weigh = spec.log_weight_block
     if weigh is None:
         raise ValueError("_weighted_blocks_ runs a log_weight_block")
     cnt = torch.empty(c, dtype=torch.long, device=S.device)
     lse_a, lse_b = S.new_empty(c), S.new_empty(c)
+    chunk_kept: Kept | None = None
     for b0 in range(0, c, R):
         b1 = min(c, b0 + R)
         Xb = S[b0:b1]
-        n_b, la = weigh(Xb, slice(r0 + b0, r0 + b1), sp[b0:b1])
+        n_b, la, kept = weigh(Xb, slice(r0 + b0, r0 + b1), sp[b0:b1])
         cnt[b0:b1] = n_b
         lse_a[b0:b1] = torch.log(n_b.to(S.dtype)) if la is None else la
+        if b0 == 0 and kept is not None and sparse_selection(kept.cols.shape[1], m):
+            K = kept.cols.shape[1]
+            chunk_kept = Kept(S.new_empty(c, K), torch.empty(c, K, dtype=torch.long, device=S.device))
+        if chunk_kept is not None:  # the softmax runs once over the chunk's kept values, below
+            if kept is None or kept.cols.shape != (b1 - b0, chunk_kept.cols.shape[1]):
+                raise ValueError("log_weight_block must keep the same number of entries per row in every block")
+            chunk_kept.values[b0:b1] = kept.values
+            chunk_kept.cols[b0:b1] = kept.cols
+            continue
+        if kept is not None:
+            kept.write_(Xb)
         drop = n_b == 0
         if active is not None:
             drop = drop | ~active[r0 + b0 : r0 + b1]
         if bool(drop.any()):
             Xb.masked_fill_(drop[:, None], 0.0)
         lse_b[b0:b1] = _softmax_lse_(Xb)
-    return cnt, lse_b, lse_a
+    if chunk_kept is not None:
+        drop = cnt == 0
+        if active is not None:
+            drop = drop | ~active[r0 : r0 + c]
+        if bool(drop.any()):
+            chunk_kept.values.masked_fill_(drop[:, None], 0.0)
+        lse_b = _softmax_lse_(chunk_kept.values)  # the values now hold π̃ over the kept columns
+    return cnt, lse_b, lse_a, chunk_kept
 
 
 def _chunk(q, k, spec, ix, ws, r0, r1, go, dq, dk) -> Tensor:
@@ -363,6 +421,17 @@ def _chunk_lean(k, qs, S, spec, ix, ws, r0, r1, go, dq, dk, self_rc) -> Tensor:
     return loss
 
 
+def _extra_log_weights(S: Tensor, spec: KernelSpec, r0: int, r1: int) -> Tensor | None:
+    """The chunk's ``log_weight_fn`` log-weights (c × m), checked, in S's dtype; None without one."""
+    if spec.log_weight_fn is None:
+        return None
+    c, m = S.shape
+    extra = spec.log_weight_fn(S * spec.t, slice(r0, r1))
+    if tuple(extra.shape) != (c, m):
+        raise ValueError(f"log_weight_fn must return shape {(c, m)}, got {tuple(extra.shape)}")
+    return extra.to(S.dtype)
+
+
 def _chunk_general(k, qs, S, spec, ix, ws, r0, r1, go, dq, dk, self_rc) -> Tensor:
     """Every other case: label masks, β tilt, extra log-weights, nominal N, τ⁺ debiasing, label positives."""
     c, m = S.shape
@@ -381,12 +450,7 @@ def _chunk_general(k, qs, S, spec, ix, ws, r0, r1, go, dq, dk, self_rc) -> Tenso
     # -- positive similarities, read before masking -----------------------------------------
     root_tilt = _root_tilt(spec)
     sp = S[rows, pcol].clone() if pcol is not None else S.gather(1, same_cols)  # (c,) or (c, P)
-    extra = None
-    if spec.log_weight_fn is not None:
-        extra = spec.log_weight_fn(S * spec.t, slice(r0, r1))
-        if tuple(extra.shape) != (c, m):
-            raise ValueError(f"log_weight_fn must return shape {(c, m)}, got {tuple(extra.shape)}")
-        extra = extra.to(S.dtype)
+    extra = _extra_log_weights(S, spec, r0, r1)
 
     def mask_(X: Tensor) -> None:  # masks as −∞, written by scatter (no (c × m) boolean pass)
         if self_rc is not None:
@@ -399,9 +463,9 @@ def _chunk_general(k, qs, S, spec, ix, ws, r0, r1, go, dq, dk, self_rc) -> Tenso
     mask_(S)
     tilted = spec.beta != 0.0 or extra is not None
     blocked = spec.log_weight_block is not None  # β = 0 (checked): S ← π̃ in the blocks, no A
-    A = None
+    A = kept = None
     if blocked:
-        cnt, lse_b, lse_a = _weighted_blocks_(S, sp, spec, ws, r0, ix.active)
+        cnt, lse_b, lse_a, kept = _weighted_blocks_(S, sp, spec, ws, r0, ix.active)
     elif tilted and not root_tilt:  # A = β S + extra (log π numerators);  S ← S + A (log π̃ numerators)
         A = ws.second(c)
         if spec.beta != 0.0:
@@ -454,6 +518,9 @@ def _chunk_general(k, qs, S, spec, ix, ws, r0, r1, go, dq, dk, self_rc) -> Tenso
     gamma, delta = _grad_weights(go, c, None if all_active else act, npos, spec, dl_dg, dg_dneg, dl_dsp, dg_dsp, pv)
     # D = γ [(1 + β) π̃ − β π] = γ' [π̃ − β/(1+β) π] with γ' = (1 + β) γ: one pass over the tile,
     # none at β = 1 (made in the softmax's blocks above)
+    if kept is not None:  # β = 0 and π detached (blocked): D = γ π̃ on the kept columns, δ on the positive
+        _sparse_products_(kept, k, qs, gamma, delta, spec, pcol, dq, dk, r0, r1)
+        return loss
     D = S
     if z2 is not None:  # π̃ = π²/Σπ²:  γ[2π̃ − π] = (2γ/Σπ²) π ⊙ (π − Σπ²/2), S holds π ⊙ (π − Σπ²/2)
         gamma = gamma / z2 if spec.detach_weights else gamma * (2.0 / z2)  # detached: γπ̃, S holds π²
@@ -522,6 +589,25 @@ def _products_(D, k, qs, gamma, delta, spec, same_cols, pcol, dq, dk, r0, r1) ->
     torch.mm(D, k, out=dq[r0:r1]).mul_((gamma / spec.t)[:, None])
     dq[r0:r1].add_(k[pcol] * (delta / spec.t)[:, None])
     dk.addmm_(D.T, qs * gamma[:, None])
+    dk.index_add_(0, pcol, qs * delta[:, None])
+
+
+def _sparse_products_(kept: Kept, k, qs, gamma, delta, spec, pcol, dq, dk, r0, r1) -> None:
+    """dQ[r0:r1] and the chunk's share of dK when the gradient tile has K + 1 nonzeros per row:
+    γ π̃ on the kept columns (``kept.values`` hold π̃) and δ on the positive. dQ_i = Σ_j D_ij k_j / t
+    by a batched product with the gathered kept rows of k, dK_j += D_ij q_i / t by index_add, in
+    blocks of rows whose (rows × K × d) gathers stay cache-sized (twice as fast as the whole chunk's
+    on CPU)."""
+    W = kept.values.mul_(gamma[:, None])  # (c, K): D without the positive
+    c, K = kept.cols.shape
+    R = max(1, _BLOCK // max(1, K * k.shape[1]))
+    for b0 in range(0, c, R):
+        b1 = min(c, b0 + R)
+        cb = kept.cols[b0:b1].flatten()
+        kg = k.index_select(0, cb).unflatten(0, (b1 - b0, K))  # index_select: far cheaper than k[cols] on CPU
+        dq[r0 + b0 : r0 + b1] = torch.bmm(W[b0:b1, None, :], kg).squeeze(1)
+        dk.index_add_(0, cb, (W[b0:b1, :, None] * qs[b0:b1, None, :]).flatten(0, 1))
+    dq[r0:r1].add_(k[pcol] * delta[:, None]).mul_(1.0 / spec.t)
     dk.index_add_(0, pcol, qs * delta[:, None])
 
 
@@ -741,11 +827,15 @@ def weighted_info_nce(
             every process's ``d`` divided by the number of processes (`hardneg.distributed`).
         log_weight_block: what ``log_weight_fn`` gives, fused into the kernel's cache-sized blocks
             of rows (one positive per anchor, β = 0; not with ``log_weight_fn``):
-            ``f(X, rows, sp) -> (count, lse_a)`` gets a block ``X`` of the tile, s/t with the
+            ``f(X, rows, sp) -> (count, lse_a, kept)`` gets a block ``X`` of the tile, s/t with the
             anchor itself and its positive at −∞, the block's anchors ``rows`` and their positives'
             ``sp`` = s_ip/t; it writes −∞ on the candidates it removes and adds its log-weights a
-            **in place**, and returns each row's number of valid candidates and log Σ_j e^{a_ij}
-            over them (None: a = 0, uniform π). Treated as a constant.
+            **in place**, and returns each row's number of valid candidates, log Σ_j e^{a_ij}
+            over them (None: a = 0, uniform π) and None. A selection may instead leave ``X`` as the
+            filters left it and return, as the third item, the `Kept` entries of each row (their
+            values s/t + a, −∞ in unused slots, and columns; the same number in every block): when
+            they are few (`sparse_selection`) the gradient is taken from them alone, otherwise the
+            kernel writes them back over ``X``. Treated as a constant.
         spec: every option above but the index (``pos_index``, labels, ``self_index``) and
             ``normalize``, as one checked `KernelSpec`; give it or the options, not both.
     """

@@ -46,7 +46,7 @@ from hardneg.losses.checks import (
     check_tau_plus,
     resolve_temperature,
 )
-from hardneg.losses.kernel import weighted_info_nce
+from hardneg.losses.kernel import Kept, weighted_info_nce
 from hardneg.negatives.context import StepContext
 from hardneg.negatives.diagnostics import DiagnosticsAccumulator
 from hardneg.negatives.filters import Filter, LabelFilter
@@ -132,10 +132,14 @@ class _BlockRecords:
         torch.index_select(X, 0, loc, out=self.X0[self.n : self.n + loc.numel()])
         self.gid.extend(rows.start + r for r in loc.tolist())
 
-    def after(self, X: Tensor, loc: Tensor, fallback: Tensor | None) -> None:
-        """The same rows after them; the rows where the weighting was ignored."""
+    def after(self, X: Tensor, loc: Tensor, fallback: Tensor | None, kept: Kept | None = None) -> None:
+        """The same rows after them (a selection that returned its ``kept`` entries apart from the
+        block: those over −∞); the rows where the weighting was ignored."""
         n1 = self.n + loc.numel()
-        torch.index_select(X, 0, loc, out=self.X1[self.n : n1])
+        if kept is None:
+            torch.index_select(X, 0, loc, out=self.X1[self.n : n1])
+        else:
+            kept.rows(loc).write_(self.X1[self.n : n1])
         if fallback is not None:
             torch.index_select(fallback, 0, loc, out=self.fb[self.n : n1])
         self.n = n1
@@ -555,9 +559,10 @@ class Strategy(nn.Module):
 
     def _block_weights(
         self, X: Tensor, rows: slice, sp: Tensor, ctx: StepContext, rec: _BlockRecords
-    ) -> tuple[Tensor, Tensor | None]:
+    ) -> tuple[Tensor, Tensor | None, Kept | None]:
         """The kernel's ``log_weight_block``: filters and the weighting, in place on one block of
-        rows; the diagnostics keep the sampled rows before and after (`_BlockRecords`)."""
+        rows (a selection may return its kept entries instead, `Kept`); the diagnostics keep the
+        sampled rows before and after (`_BlockRecords`)."""
         loc = rec.sampled(rows, X.device)
         if loc is not None:
             if not rec.room(X, loc.numel()):
@@ -567,11 +572,13 @@ class Strategy(nn.Module):
         for f in self._filters():
             f.drop_(X, rows, ctx, sp)
         weightings = self._weightings()
-        cnt, lse_a, fallback = weightings[0].weigh_(X, rows, ctx, sp) if weightings else (finite_count(X), None, None)
+        cnt, lse_a, fallback, kept = (
+            weightings[0].weigh_(X, rows, ctx, sp) if weightings else (finite_count(X), None, None, None)
+        )
         if loc is not None:
-            rec.after(X, loc, fallback)
+            rec.after(X, loc, fallback, kept)
             rec.log_mask = lse_a is None  # selections and filters only: the kept entries gained 0
-        return cnt, lse_a
+        return cnt, lse_a, kept
 
     def _flush(self, rec: _BlockRecords, ctx: StepContext, close: bool = False) -> None:
         """Hand the kept rows to the diagnostics (once per buffer of rows, not per block);

@@ -37,7 +37,7 @@ from torch import Tensor, nn
 from hardneg._optional import require
 from hardneg.losses.candidates import finite_count, log_mask_
 from hardneg.losses.checks import check_beta, check_int, check_nonneg, check_number, check_positive
-from hardneg.losses.kernel import logsumexp_rows_
+from hardneg.losses.kernel import Kept, logsumexp_rows_
 from hardneg.losses.tilt import tilt_log_weights
 from hardneg.negatives.context import StepContext
 from hardneg.negatives.sources import register_kind, simple_repr
@@ -99,14 +99,16 @@ def _topk_columns(X: Tensor, k: int) -> tuple[Tensor, Tensor]:
     Each of them lies in one of the row's k groups of ``_TOPK_GROUP`` columns with the largest
     maxima (a group outside them has k groups of larger maxima above it, each holding a larger
     value), so one max reduction over the row and two small selections replace a selection over
-    the whole row. Columns past the last whole group always take part."""
+    the whole row. A group is every ng-th column of the body (ng groups): the max runs across
+    contiguous runs of ng columns, vectorised, rather than within runs of 64. Columns past the
+    body (the last m mod 64) always take part."""
     r, m = X.shape
     ng = m // _TOPK_GROUP
     if 4 * k * _TOPK_GROUP > m:  # few groups: one selection over the row
         return X.topk(min(k, m), dim=1, sorted=False)
-    body = X[:, : ng * _TOPK_GROUP].unflatten(1, (ng, _TOPK_GROUP))
-    best = body.amax(2).topk(k, dim=1, sorted=False).indices  # (r, k) groups
-    cols = (best[:, :, None] * _TOPK_GROUP + torch.arange(_TOPK_GROUP, device=X.device)).flatten(1)
+    body = X[:, : ng * _TOPK_GROUP].unflatten(1, (_TOPK_GROUP, ng))
+    best = body.amax(1).topk(k, dim=1, sorted=False).indices  # (r, k) groups
+    cols = (best[:, :, None] + ng * torch.arange(_TOPK_GROUP, device=X.device)).flatten(1)
     if m > ng * _TOPK_GROUP:
         cols = torch.cat([cols, torch.arange(ng * _TOPK_GROUP, m, device=X.device).expand(r, -1)], 1)
     vals, at = X.gather(1, cols).topk(k, dim=1, sorted=False)
@@ -149,12 +151,14 @@ class Weighting(nn.Module):
 
     def weigh_(
         self, X: Tensor, rows: slice, ctx: StepContext, sp: Tensor
-    ) -> tuple[Tensor, Tensor | None, Tensor | None]:
+    ) -> tuple[Tensor, Tensor | None, Tensor | None, Kept | None]:
         """`select` / `log_weights` in place on a block ``X`` of the kernel's tile (cosine
         similarities / ``ctx.t``, −∞ on invalid candidates; ``sp`` the positives' ``X``): writes −∞
         on what it removes and adds its log-weights a — ignored on a row it would empty, as the
         strategy does. Returns (valid candidates per row, log Σ_j e^{a_ij} over them or None when
-        a = 0, the rows where it was ignored or None)."""
+        a = 0, the rows where it was ignored or None, None). A selection that keeps at most a fixed
+        number of entries per row may leave ``X`` as it is and return them as the fourth item
+        (`hardneg.losses.kernel.Kept`, the kernel's ``log_weight_block`` protocol)."""
         raise NotImplementedError  # pragma: no cover
 
     def begin_step(self, ctx: StepContext) -> None:
@@ -216,17 +220,16 @@ class TopK(Weighting):
 
     fused = True
 
-    def weigh_(self, X: Tensor, rows: slice, ctx: StepContext, sp: Tensor) -> tuple[Tensor, None, None]:
-        """One selection pass: the k largest values and where they are, written back over −∞.
-        Invalid candidates are −∞ already, so fewer than k valid ones keeps them all."""
+    def weigh_(self, X: Tensor, rows: slice, ctx: StepContext, sp: Tensor) -> tuple[Tensor, None, None, Kept]:
+        """One selection pass: the k largest values and where they are, returned as `Kept` (X is
+        left as it is; the kernel keeps them apart or writes them back over −∞). Invalid
+        candidates are −∞ already, so fewer than k valid ones keeps them all."""
         k = int(round(self.k))
         vals, idx = _topk_columns(X, k)
-        X.fill_(NEG_INF)
-        X.scatter_(1, idx, vals)
         cnt = (vals > NEG_INF).sum(1)
         self._rows += X.shape[0]
         self._short += int((cnt < k).sum())  # fewer than k valid candidates
-        return cnt, None, None
+        return cnt, None, None, Kept(vals, idx)
 
     def log_weights(self, S: Tensor, rows: slice, ctx: StepContext, valid: Tensor) -> Tensor:
         return torch.where(self.select(S, rows, ctx, valid), 0.0, NEG_INF).to(S.dtype)
@@ -284,7 +287,7 @@ class SemiHard(Weighting):
 
     fused = True
 
-    def weigh_(self, X: Tensor, rows: slice, ctx: StepContext, sp: Tensor) -> tuple[Tensor, None, None]:
+    def weigh_(self, X: Tensor, rows: slice, ctx: StepContext, sp: Tensor) -> tuple[Tensor, None, None, None]:
         """The window on the block's cosines as a log-mask (float passes only: on CPU a boolean
         tile costs ten times as much); candidates outside it become −∞."""
         check_nonneg(_opt("margin"), self.margin)
@@ -300,7 +303,7 @@ class SemiHard(Weighting):
         self._rows += X.shape[0]
         self._fallback += int(e.numel())
         X.add_(a)
-        return cnt, None, None
+        return cnt, None, None, None
 
     def log_weights(self, S: Tensor, rows: slice, ctx: StepContext, valid: Tensor) -> Tensor:
         return torch.where(self.select(S, rows, ctx, valid), 0.0, NEG_INF).to(S.dtype)
@@ -353,7 +356,7 @@ class DistanceWeighted(Weighting):
 
     fused = True
 
-    def weigh_(self, X: Tensor, rows: slice, ctx: StepContext, sp: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    def weigh_(self, X: Tensor, rows: slice, ctx: StepContext, sp: Tensor) -> tuple[Tensor, Tensor, Tensor, None]:
         """X ← X − log q(d); a row whose every valid candidate is too far keeps them, unweighted.
         Float passes only (the far rule as a log-mask, `hardneg.losses.candidates.log_mask_`:
         on CPU a boolean tile costs ten times as much), and log Σ_j q(d_ij)⁻¹ by the softmax
@@ -386,7 +389,7 @@ class DistanceWeighted(Weighting):
         lse = torch.zeros_like(lw[:, 0])  # a row without a valid candidate: dropped by the kernel
         ok = cnt > 0
         lse[ok] = logsumexp_rows_(lw[ok] if not bool(ok.all()) else lw)
-        return cnt, lse, fallback
+        return cnt, lse, fallback, None
 
 
 class ClusterGuided(Weighting):
