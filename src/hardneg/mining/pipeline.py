@@ -18,7 +18,7 @@ from hardneg.mining.encode import encode_texts, load_sentence_model, store_linea
 from hardneg.mining.estimate import MiningEstimate, available_memory, estimate_mining, parse_memory
 from hardneg.mining.formats import build_rows, write_rows
 from hardneg.mining.mine import MineConfig, MinedNegatives, knob, mine_embeddings
-from hardneg.mining.onnx_encoder import onnx_encoder
+from hardneg.mining.onnx_encoder import OnnxSentenceEncoder, onnx_encoder
 from hardneg.mining.pairs import PairGroups, anchor_labels, anchor_positives, group_pairs
 from hardneg.mining.store import write_store
 from hardneg.mining.summary import build_summary, format_summary, save_summary
@@ -159,6 +159,7 @@ def mine_texts(
             f"(range_min={cfg.range_min} + num_negatives={cfg.num_negatives} besides the positive); "
             f"give a larger corpus or lower {knob('range_min', names)} / {knob('num_negatives', names)}"
         )
+    owned = model is None or isinstance(model, (str, os.PathLike))  # loaded here: this run's alone
     model = _load_model(model, cfg.backend, cfg.precision, cache_dir)
     enc: dict[str, Any] = dict(batch_size=cfg.batch_size, precision=cfg.precision, cache_dir=cache_dir,
                                show_progress=show_progress)
@@ -173,8 +174,9 @@ def mine_texts(
         q_emb = encode_texts(model, q_texts, desc="queries", **enc)
         c_emb = _encode_corpus(model, c_texts, store, os.path.join(tmp, f"corpus.{store}.npy"), enc)
         t_enc = time.perf_counter() - t0
-        del model  # a model loaded here goes with its weights before the search (the caller's stays theirs)
-        release_freed_memory()
+        if owned:  # its weights go before the search; to the meta device at once, as its reference cycles wait
+            _release_weights(model)  # for a garbage collection that a corpus's texts in memory make slow
+        del model
         res, rows, summary = _mine_encoded(groups, texts, q_emb, c_emb, pos_ids, cfg, guide=guide,
                                            q_labels=pair_labels, c_labels=c_labels, layout=layout, enc=enc)
     res.timings["encode_s"] = t_enc
@@ -215,6 +217,14 @@ def _load_model(model: Any, backend: str, precision: str, cache_dir: str | os.Pa
     if owned:
         encoder.release_torch_weights()
     return encoder
+
+
+def _release_weights(model: Any) -> None:
+    """Free the torch weights of a model `_load_model` loaded (an ONNX encoder's are gone already)."""
+    if isinstance(model, OnnxSentenceEncoder):
+        return
+    model.to("meta")
+    release_freed_memory()
 
 
 #: texts encoded per piece when the corpus goes to a memory-mapped store
