@@ -132,6 +132,10 @@ def mine_texts(
     model's transformer in ONNX Runtime (`hardneg.mining.onnx_encoder`), exported once under
     ``<cache_dir>/onnx/`` (without a ``cache_dir``: into a temporary folder, deleted once the model is loaded).
 
+    ``model``: a loaded model (used as it is, and left as it is), a model folder, or None (the default
+    model). A model loaded from a folder is this run's alone: it holds only what its encoding needs
+    (`_load_model`: the same embeddings) and its weights are freed before the search.
+
     ``prompts``: (query prompt, document prompt) prepended to the texts the model encodes (not to those
     compared for ``dedupe``, scored by the guide or written). ``layout`` builds ``rows``. Messages name
     the knobs as Python arguments or, with ``names="cli"``, as ``hardneg mine``'s options
