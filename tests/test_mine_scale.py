@@ -238,7 +238,7 @@ def test_onnx_backends_match_the_torch_model(tmp_path):
     """The exported transformer in ONNX Runtime gives the model's own embeddings; int8 stays close; the
     cache keeps each backend's embeddings apart; the CLI mines with it."""
     pytest.importorskip("onnxruntime")
-    from hardneg.mining.encode import encode_texts, model_fingerprint
+    from hardneg.mining.encode import encode_texts, load_sentence_model, model_fingerprint
     from hardneg.mining.onnx_encoder import OnnxSentenceEncoder, onnx_encoder
     from hardneg.mining.pipeline import mine_texts
     from tests.retrieval_fixtures import CORPUS, POSITIVES, QUERIES, minilm
@@ -266,6 +266,17 @@ def test_onnx_backends_match_the_torch_model(tmp_path):
     b = mine_texts(QUERIES, POSITIVES, CORPUS, MineConfig(num_negatives=2, precision="fp32", backend="onnx"), **kw)
     np.testing.assert_array_equal(b.negatives.neg_ids, a.negatives.neg_ids)
     assert b.summary["backend"] == "onnx"
+    # a model loaded for the run: its torch weights go once the session exists; the encoder encodes and is
+    # cached as before, and the pipeline frees only a model it loaded itself
+    own = onnx_encoder(load_sentence_model(None), "onnx", tmp_path)  # the files exist: no export
+    own.release_torch_weights()
+    assert {p.device.type for p in own.model.parameters()} == {"meta"}
+    np.testing.assert_array_equal(encode_texts(own, texts, precision="fp32", batch_size=5, show_progress=False), got)
+    assert model_fingerprint(own) == model_fingerprint(onnx)
+    c = mine_texts(QUERIES, POSITIVES, CORPUS, MineConfig(num_negatives=2, precision="fp32", backend="onnx"),
+                   **{**kw, "model": None})
+    np.testing.assert_array_equal(c.negatives.neg_ids, b.negatives.neg_ids)
+    assert {p.device.type for p in m.parameters()} == {"cpu"}
 
 
 def test_token_batches_cap_rows_and_padded_tokens():

@@ -193,3 +193,29 @@ def test_bi_encoder_guide_equals_margin_filter_for_the_same_model():
     b = mine_texts(QUERIES, POSITIVES, CORPUS, MineConfig(absolute_margin=0.0, **kw), model=m, show_progress=False)
     np.testing.assert_array_equal(a.negatives.neg_ids, b.negatives.neg_ids)
     assert a.negatives.removed["guide"] == b.negatives.removed["absolute_margin"]
+
+
+def test_bf16_linear_weights_give_the_autocast_embeddings_bit_for_bit():
+    """A model loaded for the run keeps its linear layers in bfloat16: the same embeddings as bf16 autocast
+    over the float32 weights, the same cache key; the pipeline does it only for a model it loads itself."""
+    import torch
+
+    from hardneg.mining.encode import load_sentence_model, model_fingerprint, store_linear_weights_in_bf16
+
+    m = minilm()
+    texts = QUERIES + POSITIVES + CORPUS
+    ref = encode_texts(m, texts, precision="bf16", batch_size=5, show_progress=False)
+    own = load_sentence_model(None)
+    store_linear_weights_in_bf16(own)
+    linear = [mod for mod in own.modules() if isinstance(mod, torch.nn.Linear)]
+    assert len(linear) >= 36 and all(mod.weight.dtype == torch.bfloat16 for mod in linear)
+    assert all(p.dtype == torch.float32 for mod in own.modules() if not isinstance(mod, torch.nn.Linear)
+               for p in mod.parameters(recurse=False))
+    np.testing.assert_array_equal(encode_texts(own, texts, precision="bf16", batch_size=5, show_progress=False), ref)
+    assert model_fingerprint(own) == model_fingerprint(m)
+    cfg = MineConfig(num_negatives=2)
+    a = mine_texts(QUERIES, POSITIVES, CORPUS, cfg, model=m, show_progress=False)
+    b = mine_texts(QUERIES, POSITIVES, CORPUS, cfg, model=None, show_progress=False)  # loaded: its own
+    np.testing.assert_array_equal(b.negatives.neg_ids, a.negatives.neg_ids)
+    np.testing.assert_array_equal(b.negatives.neg_scores, a.negatives.neg_scores)
+    assert all(p.dtype == torch.float32 for p in m.parameters())  # the caller's model is left as it is

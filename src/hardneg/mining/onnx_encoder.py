@@ -139,6 +139,18 @@ class OnnxSentenceEncoder(TokenBatchedEncoder):
         self.session, self.path = _load_or_build(ort, model, Path(folder), backend)
         #: read by `hardneg.mining.encode.model_fingerprint`: another backend, other cached embeddings
         self.backend_tag = backend
+        #: the embedding cache's key for this encoder, taken while the torch weights it hashes exist
+        #: (`release_torch_weights` frees them; `hardneg.mining.encode.model_fingerprint` reads this)
+        self.weights_fingerprint = model_fingerprint(self)
+
+    def release_torch_weights(self) -> None:
+        """Free the torch weights of the model's transformer, which the runtime session replaces (91 MB
+        for all-MiniLM-L6-v2, beside the session's own copy): they go to the ``meta`` device, keeping
+        their shapes and the configuration that the tokenizer and the pooling read. The sentence-transformers
+        model given to this encoder can no longer run its transformer in torch afterwards, so only its
+        owner calls this (`hardneg.mining.pipeline.mine_texts` does for a model it loaded itself)."""
+        self.model[0].auto_model.to("meta")
+        release_freed_memory()
 
     def _token_embeddings(self, features: dict):
         import torch

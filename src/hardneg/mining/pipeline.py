@@ -14,14 +14,15 @@ import numpy as np
 
 from hardneg._optional import require
 from hardneg.io import WriterLock, check_writable, process_temp_dir, remove_stale_temps
-from hardneg.mining.encode import encode_texts, load_sentence_model
+from hardneg.mining.encode import encode_texts, load_sentence_model, store_linear_weights_in_bf16
 from hardneg.mining.estimate import MiningEstimate, available_memory, estimate_mining, parse_memory
 from hardneg.mining.formats import build_rows, write_rows
 from hardneg.mining.mine import MineConfig, MinedNegatives, knob, mine_embeddings
-from hardneg.mining.onnx_encoder import onnx_encoder
+from hardneg.mining.onnx_encoder import OnnxSentenceEncoder, onnx_encoder
 from hardneg.mining.pairs import PairGroups, anchor_labels, anchor_positives, group_pairs
 from hardneg.mining.store import write_store
 from hardneg.mining.summary import build_summary, format_summary, save_summary
+from hardneg.mining.token_batching import release_freed_memory
 from hardneg.vector_search import check_index_fits
 
 
@@ -131,6 +132,10 @@ def mine_texts(
     model's transformer in ONNX Runtime (`hardneg.mining.onnx_encoder`), exported once under
     ``<cache_dir>/onnx/`` (without a ``cache_dir``: into a temporary folder, deleted once the model is loaded).
 
+    ``model``: a loaded model (used as it is, and left as it is), a model folder, or None (the default
+    model). A model loaded from a folder is this run's alone: it holds only what its encoding needs
+    (`_load_model`: the same embeddings) and its weights are freed before the search.
+
     ``prompts``: (query prompt, document prompt) prepended to the texts the model encodes (not to those
     compared for ``dedupe``, scored by the guide or written). ``layout`` builds ``rows``. Messages name
     the knobs as Python arguments or, with ``names="cli"``, as ``hardneg mine``'s options
@@ -158,7 +163,8 @@ def mine_texts(
             f"(range_min={cfg.range_min} + num_negatives={cfg.num_negatives} besides the positive); "
             f"give a larger corpus or lower {knob('range_min', names)} / {knob('num_negatives', names)}"
         )
-    model = _load_model(model, cfg.backend, cache_dir)
+    owned = model is None or isinstance(model, (str, os.PathLike))  # loaded here: this run's alone
+    model = _load_model(model, cfg.backend, cfg.precision, cache_dir)
     enc: dict[str, Any] = dict(batch_size=cfg.batch_size, precision=cfg.precision, cache_dir=cache_dir,
                                show_progress=show_progress)
     est, store = _estimate(model, groups.anchors, texts, groups.max_positives + 1, cfg, max_memory, enc)
@@ -172,6 +178,9 @@ def mine_texts(
         q_emb = encode_texts(model, q_texts, desc="queries", **enc)
         c_emb = _encode_corpus(model, c_texts, store, os.path.join(tmp, f"corpus.{store}.npy"), enc)
         t_enc = time.perf_counter() - t0
+        if owned:  # its weights go before the search; to the meta device at once, as its reference cycles wait
+            _release_weights(model)  # for a garbage collection that a corpus's texts in memory make slow
+        del model
         res, rows, summary = _mine_encoded(groups, texts, q_emb, c_emb, pos_ids, cfg, guide=guide,
                                            q_labels=pair_labels, c_labels=c_labels, layout=layout, enc=enc)
     res.timings["encode_s"] = t_enc
@@ -190,17 +199,36 @@ def _check_inputs(queries: list[str], positives: list[str], q_labels: Sequence |
         raise ValueError(f"q_labels must have one entry per pair ({len(queries)}), got {len(q_labels)}")
 
 
-def _load_model(model: Any, backend: str, cache_dir: str | os.PathLike[str] | None) -> Any:
+def _load_model(model: Any, backend: str, precision: str, cache_dir: str | os.PathLike[str] | None) -> Any:
     """The encoder: a loaded model as given, a folder (or None: the default model) loaded, and for an ONNX
-    ``backend`` its transformer exported under ``<cache_dir>/onnx`` (without a cache: a temporary folder)."""
-    if model is None or isinstance(model, (str, os.PathLike)):
+    ``backend`` its transformer exported under ``<cache_dir>/onnx`` (without a cache: a temporary folder).
+    A model loaded here is this run's alone, so its memory is cut to what the encoding needs: with
+    ``backend="torch"`` and ``precision="bf16"`` its linear layers are kept in bfloat16
+    (`hardneg.mining.encode.store_linear_weights_in_bf16`: the same embeddings); with an ONNX backend its
+    torch weights are freed once the session exists. A loaded model given by the caller is left as it is."""
+    owned = model is None or isinstance(model, (str, os.PathLike))
+    if owned:
         model = load_sentence_model(model)
     if backend == "torch":
+        if owned and precision == "bf16":
+            store_linear_weights_in_bf16(model)
         return model
     if cache_dir is not None:
-        return onnx_encoder(model, backend, Path(cache_dir))
-    with process_temp_dir("hardneg-onnx-") as tmp:  # no cache: the exported model is not kept either
-        return onnx_encoder(model, backend, tmp)
+        encoder = onnx_encoder(model, backend, Path(cache_dir))
+    else:
+        with process_temp_dir("hardneg-onnx-") as tmp:  # no cache: the exported model is not kept either
+            encoder = onnx_encoder(model, backend, tmp)
+    if owned:
+        encoder.release_torch_weights()
+    return encoder
+
+
+def _release_weights(model: Any) -> None:
+    """Free the torch weights of a model `_load_model` loaded (an ONNX encoder's are gone already)."""
+    if isinstance(model, OnnxSentenceEncoder):
+        return
+    model.to("meta")
+    release_freed_memory()
 
 
 #: texts encoded per piece when the corpus goes to a memory-mapped store
