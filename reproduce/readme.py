@@ -4,12 +4,11 @@ writes its own README)."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 from hardneg.bench.loss_speed import format_preset_table, format_table
-from hardneg.io import atomic_write_text
+from hardneg.io import atomic_write_text, read_json
 
 #: which benchmark -> how its rows become the README's table
 TABLES = {"loss": format_table, "strategies": format_preset_table}
@@ -36,12 +35,7 @@ def readme_text(readme: Path, key: str) -> str:
 
 def read_rows(path: Path) -> list[dict[str, Any]]:
     """The rows ``hardneg bench … --json`` wrote; anything else is refused naming the file."""
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such file")
-    try:
-        rows = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ValueError(f"{path}: not the JSON rows of hardneg bench ({e})") from None
+    rows = read_json(path, "rows of hardneg bench", "rerun hardneg bench … --json")
     if not isinstance(rows, list) or not rows or not all(isinstance(r, dict) and "case" in r and "2B" in r
                                                          for r in rows):
         raise ValueError(f"{path}: not the JSON rows of hardneg bench (a list of rows with 'case' and '2B')")

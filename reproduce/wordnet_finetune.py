@@ -309,12 +309,9 @@ def run(args: Any) -> dict:
 
 def _read_results(p: Path) -> dict:
     """A ``results.json`` of one seed; a missing, damaged or foreign file is one error naming it."""
-    if not p.is_file():
-        raise FileNotFoundError(f"--summarize: no such file: {p}")
-    try:
-        res = json.loads(p.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ValueError(f"--summarize {p}: not a results.json ({e})") from None
+    from hardneg.io import read_json
+
+    res = read_json(p, "--summarize results.json", "pass the results.json of a retrieval-compare run")
     if not isinstance(res, dict) or not isinstance(res.get("runs"), dict) or "seed" not in res.get("config", {}):
         raise ValueError(f"--summarize {p}: not a results.json of retrieval-compare (no 'runs' and 'config.seed')")
     return res

@@ -360,15 +360,24 @@ def set_aside(path: str | os.PathLike[str], why: str) -> Path:
     return dest
 
 
-def read_json_object(path: str | os.PathLike[str], what: str, remedy: str) -> dict[str, Any]:
-    """The JSON object in the file ``path``; a file that is not one (damaged, truncated, not UTF-8, another
-    JSON value) is one ``ValueError`` naming it as ``what`` and saying ``remedy``."""
+def read_json(path: str | os.PathLike[str], what: str, remedy: str) -> Any:
+    """The JSON value in the file ``path``; a missing file is a ``FileNotFoundError`` and a file that is
+    not JSON (damaged, truncated, not UTF-8) one ``ValueError``, each naming it as ``what`` and saying
+    ``remedy``."""
     p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"{p}: no such file ({what}); {remedy}")
     try:
-        value = json.loads(p.read_text(encoding="utf-8"))
+        return json.loads(p.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise ValueError(f"{p}: damaged {what} ({e}); {remedy}") from None
+
+
+def read_json_object(path: str | os.PathLike[str], what: str, remedy: str) -> dict[str, Any]:
+    """The JSON object in the file ``path`` (`read_json`); another JSON value is one ``ValueError``
+    naming it as ``what`` and saying ``remedy``."""
+    value = read_json(path, what, remedy)
     if not isinstance(value, dict):
-        raise ValueError(f"{p}: damaged {what} (not a JSON object); {remedy}")
+        raise ValueError(f"{Path(path)}: damaged {what} (not a JSON object); {remedy}")
     return value
 
