@@ -73,3 +73,15 @@ def test_readme_table_refuses_a_readme_it_cannot_update(tmp_path, capsys):
         err = capsys.readouterr().err.strip()
         assert err.startswith("hardneg: error: ") and name in err and says in err and "\n" not in err
         assert readme.read_bytes() == content
+
+
+def test_in_batch_times_only_the_floor_and_the_in_batch_presets(tmp_path):
+    out = tmp_path / "rows.json"
+    try:
+        main(["bench", "strategies", "--in-batch", "--sizes", "64", "--repeats", "1", "--threads", "1",
+              "--no-memory", "--json", str(out)])
+    except SystemExit as e:
+        assert e.code == 0
+    rows = json.loads(out.read_text())
+    assert [r["case"] for r in rows] == ["floor"] + [f"preset.{p}" for p in PRESETS]
+    assert all(r["kind"] in ("floor", "preset") and r["seconds"] > 0 for r in rows)

@@ -65,6 +65,7 @@ def bench_loss(
 def bench_strategies(
     sizes: str = typer.Option("2048,8192", help="comma-separated 2B values"),
     large: bool = typer.Option(False, "--large", help="also 2B = 65,536 (minutes per preset on 2 cores)"),
+    in_batch: bool = typer.Option(False, "--in-batch", help="only the in-batch presets (no own-work presets)"),
     repeats: int = typer.Option(3, min=1, help="timed repeats per case (sizes > 8192: 1)"),
     threads: int = typer.Option(2, min=1, help="torch threads"),
     memory: bool = typer.Option(True, help="measure peak extra memory per case in a fresh subprocess"),
@@ -73,10 +74,11 @@ def bench_strategies(
 ) -> None:
     """Forward+backward time (× floor) and peak memory of every in-batch preset, called as users call it,
     then the presets with work of their own split into the loss (× floor) and that work (ms per step)."""
-    from hardneg.bench.loss_speed import PRESET_CASES, format_preset_table, run
+    from hardneg.bench.loss_speed import PRESET_CASES, PRESETS, format_preset_table, run
 
     _check_output(json_out)
     size_list = _parse_sizes(sizes) + ([65536] if large and 65536 not in _parse_sizes(sizes) else [])
-    rows = run(size_list, repeats, threads, 1e9, memory, echo=typer.echo, device=device,
+    cases = [f"preset.{p}" for p in PRESETS] if in_batch else None
+    rows = run(size_list, repeats, threads, 1e9, memory, cases=cases, echo=typer.echo, device=device,
                case_list=PRESET_CASES, table=format_preset_table)
     _write_output(rows, json_out)
