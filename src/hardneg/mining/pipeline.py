@@ -163,7 +163,7 @@ def mine_texts(
             f"(range_min={cfg.range_min} + num_negatives={cfg.num_negatives} besides the positive); "
             f"give a larger corpus or lower {knob('range_min', names)} / {knob('num_negatives', names)}"
         )
-    owned = model is None or isinstance(model, (str, os.PathLike))  # loaded here: this run's alone
+    owned = _loaded_here(model)
     model = _load_model(model, cfg.backend, cfg.precision, cache_dir)
     enc: dict[str, Any] = dict(batch_size=cfg.batch_size, precision=cfg.precision, cache_dir=cache_dir,
                                show_progress=show_progress)
@@ -199,6 +199,12 @@ def _check_inputs(queries: list[str], positives: list[str], q_labels: Sequence |
         raise ValueError(f"q_labels must have one entry per pair ({len(queries)}), got {len(q_labels)}")
 
 
+def _loaded_here(model: Any) -> bool:
+    """Whether ``mine_texts`` loads the model itself (a folder, or None: the default model): such a
+    model is this run's alone, so its memory may be cut and freed; a loaded model is the caller's."""
+    return model is None or isinstance(model, (str, os.PathLike))
+
+
 def _load_model(model: Any, backend: str, precision: str, cache_dir: str | os.PathLike[str] | None) -> Any:
     """The encoder: a loaded model as given, a folder (or None: the default model) loaded, and for an ONNX
     ``backend`` its transformer exported under ``<cache_dir>/onnx`` (without a cache: a temporary folder).
@@ -206,7 +212,7 @@ def _load_model(model: Any, backend: str, precision: str, cache_dir: str | os.Pa
     ``backend="torch"`` and ``precision="bf16"`` its linear layers are kept in bfloat16
     (`hardneg.mining.encode.store_linear_weights_in_bf16`: the same embeddings); with an ONNX backend its
     torch weights are freed once the session exists. A loaded model given by the caller is left as it is."""
-    owned = model is None or isinstance(model, (str, os.PathLike))
+    owned = _loaded_here(model)
     if owned:
         model = load_sentence_model(model)
     if backend == "torch":
