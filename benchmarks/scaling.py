@@ -8,9 +8,10 @@ Sections (``--section``, default all):
   (gloo on CPU, NCCL when CUDA is available): time per step, and the communication share — the time
   of the step's collectives (gathering the embeddings, the gradient all-reduce, the loss's scalars)
   timed on their own with the same tensors, over the step time;
-- ``gradcache``: the trainer's step (``Trainer._forward_backward``) of the small CNN at batch 4,096
-  (28×28 inputs) plain and with ``train.grad_cache`` chunks, each in a fresh process: peak memory
-  (peak RSS on CPU, ``torch.cuda.max_memory_allocated`` on GPU) and time per step.
+- ``gradcache``: the trainer's step (``TrainStep.forward_backward``) of the small CNN at batch 4,096
+  (28×28 inputs) plain and with ``train.grad_cache`` chunks, each in a fresh process
+  (`hardneg.bench.memory.run_worker`): peak memory (the worker's own peak RSS, ``VmHWM``, on CPU;
+  ``torch.cuda.max_memory_allocated`` on GPU) and time per step.
 
 Example::
 
@@ -25,9 +26,6 @@ import argparse
 import json
 import math
 import os
-import resource
-import subprocess
-import sys
 import time
 
 import numpy as np
@@ -37,6 +35,7 @@ import torch.multiprocessing as mp
 from torch import nn
 
 from hardneg import distributed as D
+from hardneg.bench.memory import peak_rss_mb, run_worker, serve_worker
 from hardneg.losses import weighted_info_nce
 from hardneg.losses.candidates import two_view_index
 from hardneg.models.encoders import build_model
@@ -155,13 +154,16 @@ def ddp_section(batch: int, steps: int, tmp: str) -> dict:
 
 
 # ------------------------------------------------------------------------------------------ gradcache
-def gradcache_one(batch: int, chunk: int | None, steps: int) -> dict:
-    """Run in a fresh process: the trainer's step at ``batch`` (plain when ``chunk`` is None)."""
+def gradcache_one(spec: dict) -> dict:
+    """The worker (`serve_worker`), in a fresh process: the trainer's step at ``spec["batch"]`` with
+    ``spec["threads"]`` threads (plain when ``spec["chunk"]`` is None)."""
     import tempfile
 
     from hardneg.train.config import validate_config
     from hardneg.train.trainer import Trainer
 
+    batch, chunk, steps = spec["batch"], spec["chunk"], spec["steps"]
+    torch.set_num_threads(spec["threads"])
     raw = {
         "model": {"encoder": "cnn", "width": 32, "stem_stride": 2, "head_hidden": 128, "proj_dim": 64},
         "loss": {"name": "ucl", "params": {"t": 0.5}},
@@ -179,7 +181,7 @@ def gradcache_one(batch: int, chunk: int | None, steps: int) -> dict:
             tr.model.cuda()
             tr.data.X = tr.data.X.cuda()
             torch.cuda.reset_peak_memory_stats()
-        before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        before = peak_rss_mb()
         idx = torch.arange(batch)
         times = []
         for _ in range(steps):
@@ -188,10 +190,11 @@ def gradcache_one(batch: int, chunk: int | None, steps: int) -> dict:
             tr.train_step.forward_backward(*tr.data.batch(idx), step=0)
             _sync()
             times.append(time.perf_counter() - t0)
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        peak = peak_rss_mb()
     res = {
         "batch": batch,
         "chunk": chunk,
+        "threads": torch.get_num_threads(),
         "seconds_per_step": float(np.median(times)),
         "peak_rss_mib": round(peak, 1),
         "peak_rss_above_start_mib": round(peak - before, 1),
@@ -202,12 +205,10 @@ def gradcache_one(batch: int, chunk: int | None, steps: int) -> dict:
 
 
 def gradcache_section(batch: int, chunks: list[int], steps: int) -> dict:
-    rows = []
-    for chunk in [None, *chunks]:
-        cmd = [sys.executable, __file__, "--gradcache-one", str(chunk or 0), "--batch", str(batch),
-               "--steps", str(steps)]
-        out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
-        rows.append(json.loads(out.strip().splitlines()[-1]))
+    """The plain step and each chunk size, every one in its own worker process (`run_worker`)."""
+    threads = torch.get_num_threads()
+    rows = [run_worker(__file__, {"batch": batch, "chunk": chunk, "steps": steps, "threads": threads})
+            for chunk in [None, *chunks]]
     plain = rows[0]["seconds_per_step"]
     for r in rows[1:]:
         r["time_overhead"] = r["seconds_per_step"] / plain - 1
@@ -228,6 +229,8 @@ def _table(rows: list[dict]) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
+    if serve_worker(gradcache_one, argv):
+        return
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--section", choices=["loss", "ddp", "gradcache", "all"], default="all")
     ap.add_argument("--max-2b", type=int, default=65536)
@@ -237,13 +240,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--chunks", default="64,256")
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--json", action="store_true", help="print the results as JSON")
-    ap.add_argument("--gradcache-one", type=int, default=None, help=argparse.SUPPRESS)
     a = ap.parse_args(argv)
     if a.threads:
         torch.set_num_threads(a.threads)
-    if a.gradcache_one is not None:
-        print(json.dumps(gradcache_one(a.batch or 4096, a.gradcache_one or None, a.steps)))
-        return
     import tempfile
 
     device = "cuda" if torch.cuda.is_available() else "cpu"

@@ -160,3 +160,30 @@ def test_embedding_cache_put_builds_no_in_memory_index_for_rows_only_written(tmp
     assert found.all() and rows[1].tolist() == [1.0] * 8 and np.array_equal(rows[0], emb[0])
     c.release()
     assert c.get(more)[0].tolist() == [True]  # read again from its shard
+
+
+@pytest.mark.slow  # two trainer processes: about 14 s
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="VmHWM is Linux's")
+def test_gradcache_benchmark_measures_each_mode_in_its_own_worker():
+    """benchmarks/scaling.py's GradCache section runs each mode through the one worker harness: a
+    worker's peak is its own (below the parent's touched 600 MB) and it runs at the parent's threads."""
+    import importlib.util
+
+    import torch
+
+    spec = importlib.util.spec_from_file_location(
+        "scaling_bench", os.path.join(os.path.dirname(__file__), "..", "benchmarks", "scaling.py"))
+    scaling = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(scaling)
+    big = np.ones(600 * 2**20 // 8)  # touched
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        rows = scaling.gradcache_section(32, [8], 1)["rows"]
+    finally:
+        torch.set_num_threads(threads)
+    del big
+    assert [(r["batch"], r["chunk"], r["threads"]) for r in rows] == [(32, None, 1), (32, 8, 1)]
+    for r in rows:
+        assert 0 <= r["peak_rss_above_start_mib"] <= r["peak_rss_mib"] < 600
+    assert rows[1]["time_overhead"] == pytest.approx(rows[1]["seconds_per_step"] / rows[0]["seconds_per_step"] - 1)
