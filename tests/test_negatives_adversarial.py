@@ -21,7 +21,7 @@ def _data(n=64, d=16, seed=0, noise=0.1):
 def test_adco_bank_gradient_is_the_analytic_one():
     """∇_{n_j} mean_i L_i = mean_i p_ij q_i / t_n (p: softmax over [positive, bank])."""
     q, pos = _data(8, 6)
-    bank = AdversarialBank(5, dim=6, t_neg=0.3, seed=7)
+    bank = AdversarialBank(5, dim=6, bank_temperature=0.3, seed=7)
     b = bank.bank.detach().clone().requires_grad_(True)
     loss = bank.adversary_loss(q, pos, b)
     (grad,) = torch.autograd.grad(loss, b)

@@ -66,6 +66,7 @@ def test_cli_bad_config_exit_2(tmp_path, capsys):
          r"strategy.source\[1\].beta_max", "query_mix_max"),
         ("loss: {name: ucl}\n", "strategy.beta_max=0.3", "beta_max", "query_mix_max"),
         ("loss: {name: ucl}\ninit_temperature: 0.07\n", None, "init_temperature", "temperature"),
+        ("strategy: {name: adco, t_neg: 0.05}\n", None, "strategy.t_neg", "bank_temperature"),
     ],
 )
 def test_a_config_with_a_renamed_option_is_refused_naming_the_option_to_use(

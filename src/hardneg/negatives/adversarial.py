@@ -47,26 +47,27 @@ class AdversarialBank(Source):
         size: K, number of learned negatives (AdCo: 65536; preset ``adco``: 1024).
         dim: embedding dimension; inferred from the first batch when None (then initialised from
             random unit vectors drawn with ``seed``).
-        lr: the bank's own learning rate η (AdCo ``mem_lr`` = 3.0). t_neg: its temperature
-            τ_n (AdCo ``mem_t`` = 0.02). momentum: SGD momentum (0.9).
+        lr: the bank's own learning rate η (AdCo ``mem_lr`` = 3.0). bank_temperature: the
+            temperature τ_n of the bank's own loss (AdCo ``mem_t`` = 0.02), not the encoder's t.
+            momentum: SGD momentum (0.9).
     """
 
     kind = "adversarial_bank"
-    schedulable = ("lr", "t_neg")
+    schedulable = ("lr", "bank_temperature")
 
     def __init__(
         self,
         size: int = 1024,
         dim: int | None = None,
         lr: float = 3.0,
-        t_neg: float = 0.02,
+        bank_temperature: float = 0.02,
         momentum: float = 0.9,
         seed: int = 0,
     ) -> None:
         super().__init__()
         self.size = check_int("option 'size'", size)
         self.lr = check_positive("option 'lr'", lr)
-        self.t_neg = check_positive("option 't_neg'", t_neg)
+        self.bank_temperature = check_positive("option 'bank_temperature'", bank_temperature)
         self.momentum = check_number("option 'momentum'", momentum, 0.0, 1.0, hi_open=True)
         self.seed = check_int("option 'seed'", seed, 0)
         self.bank = nn.Parameter(torch.zeros(0, 0), requires_grad=False)
@@ -99,9 +100,9 @@ class AdversarialBank(Source):
         cands.append("adversarial", self.bank.detach().to(cands.k.dtype))
 
     def adversary_loss(self, q: Tensor, k_pos: Tensor, bank: Tensor) -> Tensor:
-        """The bank's InfoNCE (temperature ``t_neg``), mean over queries; q, k_pos constants."""
-        lp = (q * k_pos).sum(1, keepdim=True) / self.t_neg
-        ln = q @ bank.T / self.t_neg
+        """The bank's InfoNCE (temperature ``bank_temperature``), mean over queries; q, k_pos constants."""
+        lp = (q * k_pos).sum(1, keepdim=True) / self.bank_temperature
+        ln = q @ bank.T / self.bank_temperature
         return (torch.logsumexp(torch.cat([lp, ln], 1), 1) - lp[:, 0]).mean()
 
     def ascend(self, q: Tensor, k_pos: Tensor) -> float:

@@ -217,18 +217,18 @@ def _mochi(
 
 @_register(
     "adco",
-    "AdCo (Hu et al. 2021): learned negatives trained by gradient ascent (size=1024, lr=3, t_neg=0.02)",
+    "AdCo (Hu et al. 2021): learned negatives trained by gradient ascent (size=1024, lr=3, bank_temperature=0.02)",
     # a learned bank instead of the queue
     base="moco_queue", kinds=("adversarial_bank",), paper="Hu et al. 2021 (AdCo)",
 )
 def _adco(
-    size: int = 1024, lr: float = 3.0, t_neg: float = 0.02, dim: int | None = None, seed: int = 0
+    size: int = 1024, lr: float = 3.0, bank_temperature: float = 0.02, dim: int | None = None, seed: int = 0
 ) -> dict[str, Any]:
     return {
         "temperature": 0.12,
         "source": [
             InBatch(symmetric=False, batch_negatives=False),
-            AdversarialBank(size, dim=dim, lr=lr, t_neg=t_neg, seed=seed),
+            AdversarialBank(size, dim=dim, lr=lr, bank_temperature=bank_temperature, seed=seed),
         ],
     }
 

@@ -27,6 +27,7 @@ RENAMED_OPTIONS: dict[str, str] = {
     "beta_max": "query_mix_max",  # MoCHi's β_max (mixing), not the tilt beta
     "init_temperature": "temperature",  # the initial temperature of the learnable logit scale
     "max_scale": "max_logit_scale",  # LogitScale's clamp
+    "t_neg": "bank_temperature",  # AdCo's bank temperature, not the encoder's t
 }
 
 
