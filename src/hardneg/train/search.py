@@ -24,7 +24,6 @@ import copy
 import dataclasses
 import json
 import signal
-import statistics
 import threading
 import warnings
 from collections.abc import Callable, Iterator
@@ -35,6 +34,7 @@ from typing import Any
 from hardneg import runs
 from hardneg._optional import require
 from hardneg.io import atomic_write_text
+from hardneg.report.stats import mean_std
 from hardneg.runs import CompareConfig, RunSpec, SearchConfig, SearchKnob, expand_grid, has_beta, run_config
 from hardneg.runs.config import GridLoss, set_dotted
 from hardneg.train.compare import load_data
@@ -425,10 +425,10 @@ def confirmed(s: _Search, reached: dict[int, int]) -> list[dict[str, Any]]:
             own = reached.get(number, 0) if spec.seed == s.sc.seed else 0
             steps += max(_trained_epochs(rd) - own, 0) * s.steps_per_epoch
         vals = list(accs.values())
+        mean, std = mean_std(vals) if vals else (None, None)
         rows.append({"strategy": label, "trial": number, "knobs": values,
                      "knn_by_seed": {str(k): v for k, v in accs.items()},
-                     "knn_mean": statistics.fmean(vals) if vals else None,
-                     "knn_std": statistics.stdev(vals) if len(vals) > 1 else None,
+                     "knn_mean": mean, "knn_std": std if len(vals) > 1 else None,
                      "complete": len(vals) == len(specs), "steps": steps})
     return sorted(rows, key=lambda r: -(r["knn_mean"] if r["knn_mean"] is not None else -1.0))
 
