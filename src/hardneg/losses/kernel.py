@@ -153,8 +153,10 @@ class _Workspace:
     """Two (chunk × m) work buffers reused by every chunk: fresh 32 MB allocations page-fault on
     every chunk and cost as much as the matrix product itself on CPU."""
 
-    def __init__(self, c: int, m: int, dtype: torch.dtype, device: torch.device, n_labels: int, d: int) -> None:
+    def __init__(self, c: int, m: int, dtype: torch.dtype, device: torch.device, n_labels: int, d: int,
+                 exp_room: float = math.inf) -> None:
         self.S = torch.empty(c, m, dtype=dtype, device=device)
+        self.exp_room = exp_room  # `_exp_room` of the call's embeddings
         self.W: Tensor | None = None
         self.B: Tensor | None = None
         self._shape = (c, m, dtype, device)
@@ -168,6 +170,10 @@ class _Workspace:
             self.W = torch.empty(cmax, m, dtype=dtype, device=device)
         return self.W[:c]
 
+    def shift_free(self, factor: float = 1.0) -> bool:
+        """Whether e^{factor · S} of any tile entry S = s/t is safe without the max shift (`_exp_room`)."""
+        return factor <= self.exp_room
+
     def rows_per_block(self) -> int:
         """Rows of the tile that one cache-sized block holds (the whole chunk on CUDA)."""
         cmax, m, _, device = self._shape
@@ -179,6 +185,35 @@ class _Workspace:
             _, m, dtype, device = self._shape
             self.B = torch.empty(self.rows_per_block(), m, dtype=dtype, device=device)
         return self.B
+
+
+#: the largest exponent a shift-free softmax may meet (`_exp_room`)
+_EXP_LIMIT = 40.0
+
+
+def _exp_room(q: Tensor, k: Tensor, t: float) -> float:
+    """The largest factor f for which e^{f S} of every tile entry S = q_i·k_j / t is computed without
+    the max shift: 0 when none is safe, inf for empty inputs.
+
+    |S_ij| ≤ B = max_i ‖q_i‖ · max_j ‖k_j‖ / t (Cauchy–Schwarz; B = 1/t for L2-normalised rows), so
+    every exponent f S lies in [−f B, f B]. Float32 exp is finite and normal on ±87 (max finite
+    3.4e38, min normal 1.2e-38): with f B ≤ `_EXP_LIMIT` = 40 every term e^{f S} lies in
+    [4e-18, 2.4e17], no term is lost to underflow or rounded as a subnormal, and the square of a
+    root-tilted term is the f = 2 case of the same bound. The row sums of m terms and the product
+    Σ_j e^{f S_ij} k_j must stay finite too: m e^{f B} max(1, max_j ‖k_j‖) ≤ 1e30, far below 3.4e38.
+    exp's relative rounding does not depend on the size of its result, so e^{S} / Σ_j e^{S_ij} equals
+    the max-shifted softmax to float32 rounding: the shift only buys range, which this bound
+    guarantees. CLIP's logit scale 100 (B = 100) or t = 0.01 are outside it and take the shifted path."""
+    if q.numel() == 0 or k.numel() == 0:
+        return math.inf
+    qn = float(torch.linalg.vector_norm(q, dim=1).amax())
+    kn = qn if k is q else float(torch.linalg.vector_norm(k, dim=1).amax())
+    B = qn * kn / t
+    if B == 0.0:
+        return math.inf
+    # m e^{f B} max(1, ‖k‖) ≤ 1e30  ⇔  f B ≤ 30 log 10 − log m − log max(1, ‖k‖)
+    room = min(_EXP_LIMIT, 30.0 * math.log(10.0) - math.log(k.shape[0]) - math.log(max(1.0, kn)))
+    return max(0.0, room / B)
 
 
 #: elements of one block of tile rows that a run of elementwise passes works on in turn: 1 MB of
@@ -255,28 +290,43 @@ def _same_label_cols(ix: _Index, r0: int, r1: int, pad: Tensor) -> tuple[Tensor,
 
 
 def _softmax_lse_(X: Tensor, ws: _Workspace | None = None, sumsq: Tensor | None = None,
-                  then: str | None = None) -> Tensor:
+                  then: str | None = None, free: bool = False) -> Tensor:
     """Row softmax P of X **in place**; returns the row log-sum-exp (and writes Σ_j P_ij² into
     ``sumsq`` if given). With ``ws``, block by block (one trip through memory for the whole run),
     and then, in the same block, ``then="square"``: X ← P ⊙ P, or ``then="tilt"``: X ← P ⊙ (P − Σ_j P_ij²/2)
     (the β = 1 gradient tile of ``_chunk_general``).
 
     lse_i = max_j X_ij − log max_j softmax_ij (the largest probability is ≥ 1/m: no underflow).
-    Two cheap max reductions instead of a separate exp-sum pass (argmax is slow on CPU)."""
+    Two cheap max reductions instead of a separate exp-sum pass (argmax is slow on CPU).
+
+    ``free`` (the caller checked `_Workspace.shift_free` for every exponent met: e^{2X} with a
+    ``sumsq``): no max shift and no normalisation; X is left holding what it would hold times
+    z_i = e^{lse_i} (E = e^X), or times z_i² with ``then`` (E ⊙ E, E ⊙ (E − Σ_j E_ij² / 2 z_i)), and the
+    caller folds 1/z_i (1/z_i²) into the (c × d) operands of its products."""
     R = X.shape[0] if ws is None else ws.rows_per_block()
     lse = X.new_empty(X.shape[0])
     for r0 in range(0, X.shape[0], R):
         Xb = X[r0 : r0 + R]
-        mx = Xb.amax(1)
-        torch.ops.aten._softmax.out(Xb, 1, False, out=Xb)
-        torch.sub(mx, torch.log(Xb.amax(1)), out=lse[r0 : r0 + R])
-        if sumsq is not None:
-            torch.linalg.vector_norm(Xb, dim=1, out=sumsq[r0 : r0 + R]).square_()
+        if free:
+            z = Xb.exp_().sum(1)
+            torch.log(z, out=lse[r0 : r0 + R])
+            ssq = None
+            if sumsq is not None:  # Σ E² = z² Σ P²
+                ssq = torch.linalg.vector_norm(Xb, dim=1).square_()
+                torch.div(ssq, z.square(), out=sumsq[r0 : r0 + R])
+            half = None if ssq is None else 0.5 * ssq / z  # z_i Σ_j P_ij² / 2 on the E scale
+        else:
+            mx = Xb.amax(1)
+            torch.ops.aten._softmax.out(Xb, 1, False, out=Xb)
+            torch.sub(mx, torch.log(Xb.amax(1)), out=lse[r0 : r0 + R])
+            if sumsq is not None:
+                torch.linalg.vector_norm(Xb, dim=1, out=sumsq[r0 : r0 + R]).square_()
+            half = None if sumsq is None else 0.5 * sumsq[r0 : r0 + R]
         if then == "square":
             Xb.mul_(Xb)
         elif then == "tilt":
-            assert sumsq is not None and ws is not None  # then="tilt" is asked with both (_chunk_general)
-            Xb.mul_(torch.sub(Xb, 0.5 * sumsq[r0 : r0 + R, None], out=ws.block()[: Xb.shape[0]]))
+            assert half is not None and ws is not None  # then="tilt" is asked with both (_chunk_general)
+            Xb.mul_(torch.sub(Xb, half[:, None], out=ws.block()[: Xb.shape[0]]))
     return lse
 
 
@@ -302,13 +352,16 @@ def sparse_selection(K: int, m: int) -> bool:
 
 
 def _weighted_blocks_(S: Tensor, sp: Tensor, spec: KernelSpec, ws: _Workspace, r0: int,
-                      active: Tensor | None) -> tuple[Tensor, Tensor, Tensor, Kept | None]:
+                      active: Tensor | None) -> tuple[Tensor, Tensor, Tensor, Kept | None, Tensor | None]:
     """``log_weight_block`` and the softmax in the same cache-sized blocks of rows (one trip
     through memory): each block gets its masks and log-weights a, then S ← π̃ = softmax(S + a) in
     place. Returns (valid count, lse(S + a), lse(a) over the valid candidates) per row, and None; a
     row left without a valid candidate (or inactive) becomes a finite placeholder, skipped by the
     caller. A selection whose blocks return few kept entries (`sparse_selection`) leaves S as it is:
-    π̃ is the softmax of the chunk's kept values, returned as the fourth item."""
+    π̃ is the softmax of the chunk's kept values, returned as the fourth item. A block whose
+    log-weights are all 0 (``lse_a`` None: filters and selections only) keeps |S| within the call's
+    bound and takes the shift-free softmax (`_exp_room`): S ← e^S unnormalised, and the fifth item
+    holds each row's factor 1/z_i (1 for a normalised row; None when every row is normalised)."""
     c, m = S.shape
     R = ws.rows_per_block()
     weigh = spec.log_weight_block
@@ -317,6 +370,8 @@ def _weighted_blocks_(S: Tensor, sp: Tensor, spec: KernelSpec, ws: _Workspace, r
     cnt = torch.empty(c, dtype=torch.long, device=S.device)
     lse_a, lse_b = S.new_empty(c), S.new_empty(c)
     chunk_kept: Kept | None = None
+    scale: Tensor | None = None
+    free = ws.shift_free()
     for b0 in range(0, c, R):
         b1 = min(c, b0 + R)
         Xb = S[b0:b1]
@@ -339,7 +394,11 @@ def _weighted_blocks_(S: Tensor, sp: Tensor, spec: KernelSpec, ws: _Workspace, r
             drop = drop | ~active[r0 + b0 : r0 + b1]
         if bool(drop.any()):
             Xb.masked_fill_(drop[:, None], 0.0)
-        lse_b[b0:b1] = _softmax_lse_(Xb)
+        lse_b[b0:b1] = _softmax_lse_(Xb, free=free and la is None)
+        if free and la is None:
+            if scale is None:
+                scale = torch.ones(c, dtype=S.dtype, device=S.device)
+            torch.exp(-lse_b[b0:b1], out=scale[b0:b1])
     if chunk_kept is not None:
         drop = cnt == 0
         if active is not None:
@@ -347,7 +406,7 @@ def _weighted_blocks_(S: Tensor, sp: Tensor, spec: KernelSpec, ws: _Workspace, r
         if bool(drop.any()):
             chunk_kept.values.masked_fill_(drop[:, None], 0.0)
         lse_b = _softmax_lse_(chunk_kept.values)  # the values now hold π̃ over the kept columns
-    return cnt, lse_b, lse_a, chunk_kept
+    return cnt, lse_b, lse_a, chunk_kept, scale
 
 
 def _chunk(q, k, spec, ix, ws, r0, r1, go, dq, dk) -> Tensor:
@@ -368,20 +427,34 @@ def _root_tilt(spec: KernelSpec) -> bool:
 
 
 def _chunk_lean(k, qs, S, spec, ix, ws, r0, r1, go, dq, dk, self_rc) -> Tensor:
-    """Uniform, plain-sum InfoNCE (NT-Xent) and SupCon L_out: one fused in-place log-softmax."""
+    """Uniform, plain-sum InfoNCE (NT-Xent) and SupCon L_out. Within `_exp_room` (t ≥ 0.025 for
+    L2-normalised inputs): E = e^S in place and its row sums z, two passes over the tile, E left
+    unnormalised; otherwise the fused in-place (log-)softmax, E = softmax and z = 1. Either way the
+    gradient tile (softmax − the positives) is never written: go_i / z_i scales the (c × d) operands
+    of the two products and the positives' terms go straight to their rows."""
     c = S.shape[0]
-    rows = torch.arange(c, device=S.device)
+    free = ws.shift_free()
     if self_rc is not None:
-        S[self_rc[0], self_rc[1]] = _NEG_INF
+        S[self_rc[0], self_rc[1]] = _NEG_INF  # e^{−∞} = 0: the anchor is no candidate
+    z = None
     if spec.positives == "view":
         pcol = ix.pos_index[r0:r1]
-        loss = _log_softmax_nll_(S, pcol, ws, exp=go is not None)
+        if free:
+            sp = S[torch.arange(c, device=S.device), pcol]  # a copy, read before the exp
+            z = S.exp_().sum(1)
+            loss = torch.log(z) - sp
+        else:
+            loss = _log_softmax_nll_(S, pcol, ws, exp=go is not None)
     else:
         # SupCon L_out: ℓ_i = lse_{a≠i}(S) − mean_{p∈P(i)} S_ip; the mean via per-label sums (O(n d)).
         y = ix.q_labels[r0:r1]
         if ix.active is not None:  # an anchor without any candidate: a finite placeholder row
             S.masked_fill_(~ix.active[r0:r1, None], 0.0)
-        lse = _softmax_lse_(S, ws)
+        if free:
+            z = S.exp_().sum(1)
+            lse = torch.log(z)
+        else:
+            lse = _softmax_lse_(S, ws)
         npos = ix.n_pos[r0:r1].clamp(min=1).to(S.dtype)
         sum_pos_k = ws.k_label_sums[y]  # Σ_{j: y_j = y_i} k_j
         if self_rc is not None:
@@ -395,26 +468,20 @@ def _chunk_lean(k, qs, S, spec, ix, ws, r0, r1, go, dq, dk, self_rc) -> Tensor:
                 go = (go.expand(c) if go.dim() == 0 else go) * act.to(S.dtype)
     if go is None:
         return loss
-    scalar = go.dim() == 0
-    if spec.positives == "view":  # S holds the softmax
-        if not scalar:
-            S.mul_(go[:, None])
-        S[rows, pcol] -= 1.0 if scalar else go
-        a = float(go) if scalar else 1.0
-        torch.mm(S, k, out=dq[r0:r1]).mul_(a / spec.t)
-        dk.addmm_(S.T, qs, alpha=a)
+    # dS = go (E / z − positives): dQ = (go / z) E K / t − go (positives' k) / t,
+    # dK += Eᵀ ((go / z) qs) − (the positives' rows get go qs)
+    go_c = go.expand(c) if go.dim() == 0 else go
+    w = go_c if z is None else go_c / z
+    torch.mm(S, k, out=dq[r0:r1]).mul_((w * (1.0 / spec.t))[:, None])
+    dk.addmm_(S.T, qs * w[:, None])
+    if spec.positives == "view":
+        dq[r0:r1].sub_(k[pcol] * (go_c * (1.0 / spec.t))[:, None])
+        dk.index_add_(0, pcol, qs * (-go_c)[:, None])
         return loss
-    # labels mode: dS = go·softmax − go/|P_i| on the positives; the positive part via label sums
-    w = (go.expand(c) if scalar else go) / npos
-    if not scalar:
-        S.mul_(go[:, None])
-    a = float(go) if scalar else 1.0
-    torch.mm(S, k, out=dq[r0:r1])
-    if a != 1.0:
-        dq[r0:r1].mul_(a)
-    dq[r0:r1].sub_(w[:, None] * sum_pos_k).mul_(1.0 / spec.t)
-    dk.addmm_(S.T, qs, alpha=a)
-    wq = w[:, None] * qs
+    # labels mode: the positive part −go/|P_i| on every same-label candidate, via label sums
+    wp = go_c / npos
+    dq[r0:r1].sub_(sum_pos_k * (wp * (1.0 / spec.t))[:, None])
+    wq = wp[:, None] * qs
     ws.label_acc.index_add_(0, y, -wq)  # applied to every k row of that label at the end
     if self_rc is not None:
         dk.index_add_(0, self_rc[1], wq[self_rc[0]])  # the anchor is not its own positive
@@ -463,9 +530,9 @@ def _chunk_general(k, qs, S, spec, ix, ws, r0, r1, go, dq, dk, self_rc) -> Tenso
     mask_(S)
     tilted = spec.beta != 0.0 or extra is not None
     blocked = spec.log_weight_block is not None  # β = 0 (checked): S ← π̃ in the blocks, no A
-    A = kept = None
+    A = kept = tile_scale = None  # tile_scale: per row, what the tile S must be multiplied by (None: 1)
     if blocked:
-        cnt, lse_b, lse_a, kept = _weighted_blocks_(S, sp, spec, ws, r0, ix.active)
+        cnt, lse_b, lse_a, kept, tile_scale = _weighted_blocks_(S, sp, spec, ws, r0, ix.active)
     elif tilted and not root_tilt:  # A = β S + extra (log π numerators);  S ← S + A (log π̃ numerators)
         A = ws.second(c)
         if spec.beta != 0.0:
@@ -501,11 +568,17 @@ def _chunk_general(k, qs, S, spec, ix, ws, r0, r1, go, dq, dk, self_rc) -> Tenso
         z2 = S.new_empty(c)
         # with a gradient to compute, the tile is turned into it in the same blocks (see below)
         then = None if go is None else ("square" if spec.detach_weights else "tilt")
-        lse_a = _softmax_lse_(S, ws, sumsq=z2, then=then)
+        free = ws.shift_free(2.0)  # e^{2S} is met (Σ E²)
+        lse_a = _softmax_lse_(S, ws, sumsq=z2, then=then, free=free)
         lse_b = 2.0 * lse_a + torch.log(z2)
+        if free and then is not None:
+            tile_scale = torch.exp(-2.0 * lse_a)  # S holds z² times the tile below
     elif not blocked:
-        lse_b = _softmax_lse_(S, ws)  # S now holds π̃ = softmax(a + S)
+        free = A is None and ws.shift_free()
+        lse_b = _softmax_lse_(S, ws, free=free)  # S now holds π̃ = softmax(a + S) (times z with ``free``)
         lse_a = _softmax_lse_(A) if A is not None else torch.log(cntf)  # A now holds π
+        if free:
+            tile_scale = torch.exp(-lse_b)
     neg = logN + lse_b - lse_a  # (c,)
     # -- per-positive terms: the loss and its derivatives wrt g and s_p -----------------------------
     loss, npos, pv, derivs = _terms(neg, sp, logN, spec, ix, r0, r1, pvalid)
@@ -527,6 +600,8 @@ def _chunk_general(k, qs, S, spec, ix, ws, r0, r1, go, dq, dk, self_rc) -> Tenso
     elif A is not None and spec.beta != 0.0 and not spec.detach_weights:
         S.sub_(A, alpha=spec.beta / (1.0 + spec.beta))
         gamma = gamma * (1.0 + spec.beta)
+    if tile_scale is not None:
+        gamma = gamma * tile_scale
     _products_(D, k, qs, gamma, delta, spec, same_cols if labels_mode else None, pcol, dq, dk, r0, r1)
     return loss
 
@@ -648,7 +723,8 @@ def _run_chunks(q: Tensor, k: Tensor, spec: KernelSpec, ix: _Index, go: Tensor |
     n, m = q.shape[0], k.shape[0]
     n_labels = int(ix.label_count.shape[0]) if ix.label_count is not None else 0
     lean_labels = spec.lean and spec.positives == "labels"
-    ws = _Workspace(min(spec.chunk, n), m, q.dtype, q.device, n_labels if lean_labels else 0, q.shape[1])
+    ws = _Workspace(min(spec.chunk, n), m, q.dtype, q.device, n_labels if lean_labels else 0, q.shape[1],
+                    _exp_room(q, k, spec.t))
     k_labels = ix.k_labels
     if lean_labels:
         if k_labels is None:
