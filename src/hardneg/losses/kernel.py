@@ -290,7 +290,7 @@ def _same_label_cols(ix: _Index, r0: int, r1: int, pad: Tensor) -> tuple[Tensor,
 
 
 def _softmax_lse_(X: Tensor, ws: _Workspace | None = None, sumsq: Tensor | None = None,
-                  then: str | None = None, free: bool = False) -> Tensor:
+                  then: str | None = None, masks: Callable[[Tensor], None] | None = None) -> Tensor:
     """Row softmax P of X **in place**; returns the row log-sum-exp (and writes Σ_j P_ij² into
     ``sumsq`` if given). With ``ws``, block by block (one trip through memory for the whole run),
     and then, in the same block, ``then="square"``: X ← P ⊙ P, or ``then="tilt"``: X ← P ⊙ (P − Σ_j P_ij²/2)
@@ -299,35 +299,53 @@ def _softmax_lse_(X: Tensor, ws: _Workspace | None = None, sumsq: Tensor | None 
     lse_i = max_j X_ij − log max_j softmax_ij (the largest probability is ≥ 1/m: no underflow).
     Two cheap max reductions instead of a separate exp-sum pass (argmax is slow on CPU).
 
-    ``free`` (the caller checked `_Workspace.shift_free` for every exponent met: e^{2X} with a
-    ``sumsq``): no max shift and no normalisation; X is left holding what it would hold times
-    z_i = e^{lse_i} (E = e^X), or times z_i² with ``then`` (E ⊙ E, E ⊙ (E − Σ_j E_ij² / 2 z_i)), and the
-    caller folds 1/z_i (1/z_i²) into the (c × d) operands of its products."""
+    ``masks`` (a caller that checked `_Workspace.shift_free`): `_exp_sums_` instead (no max shift,
+    X left unnormalised), ``masks`` writing the masked entries of e^X."""
+    if masks is not None:
+        return _exp_sums_(X, ws, sumsq, then, masks)
     R = X.shape[0] if ws is None else ws.rows_per_block()
     lse = X.new_empty(X.shape[0])
     for r0 in range(0, X.shape[0], R):
         Xb = X[r0 : r0 + R]
-        if free:
-            z = Xb.exp_().sum(1)
-            torch.log(z, out=lse[r0 : r0 + R])
-            ssq = None
-            if sumsq is not None:  # Σ E² = z² Σ P²
-                ssq = torch.linalg.vector_norm(Xb, dim=1).square_()
-                torch.div(ssq, z.square(), out=sumsq[r0 : r0 + R])
-            half = None if ssq is None else 0.5 * ssq / z  # z_i Σ_j P_ij² / 2 on the E scale
-        else:
-            mx = Xb.amax(1)
-            torch.ops.aten._softmax.out(Xb, 1, False, out=Xb)
-            torch.sub(mx, torch.log(Xb.amax(1)), out=lse[r0 : r0 + R])
-            if sumsq is not None:
-                torch.linalg.vector_norm(Xb, dim=1, out=sumsq[r0 : r0 + R]).square_()
-            half = None if sumsq is None else 0.5 * sumsq[r0 : r0 + R]
+        mx = Xb.amax(1)
+        torch.ops.aten._softmax.out(Xb, 1, False, out=Xb)
+        torch.sub(mx, torch.log(Xb.amax(1)), out=lse[r0 : r0 + R])
+        if sumsq is not None:
+            torch.linalg.vector_norm(Xb, dim=1, out=sumsq[r0 : r0 + R]).square_()
         if then == "square":
             Xb.mul_(Xb)
         elif then == "tilt":
-            assert half is not None and ws is not None  # then="tilt" is asked with both (_chunk_general)
-            Xb.mul_(torch.sub(Xb, half[:, None], out=ws.block()[: Xb.shape[0]]))
+            assert sumsq is not None and ws is not None  # then="tilt" is asked with both (_chunk_general)
+            Xb.mul_(torch.sub(Xb, 0.5 * sumsq[r0 : r0 + R, None], out=ws.block()[: Xb.shape[0]]))
     return lse
+
+
+def _exp_sums_(X: Tensor, ws: _Workspace | None, sumsq: Tensor | None, then: str | None,
+               masks: Callable[[Tensor], None]) -> Tensor:
+    """`_softmax_lse_` without the max shift and without the normalisation, for a caller that
+    checked `_Workspace.shift_free` for every exponent met (e^{2X} with ``sumsq``): E = e^X in
+    place over the whole tile (a pure elementwise pass gains nothing from blocks), ``masks(E)``
+    writing its masked entries (0 for a candidate that is none: X holds no −∞, whose exp takes a
+    scalar slow path on CPU, three times the cost of the whole pass at 1 % of −∞), its row sums
+    z_i = e^{lse_i} and Σ_j E_ij² in one call each. X is left holding z_i times the softmax, or
+    z_i² times the ``then`` tile (E ⊙ E, E ⊙ (E − Σ_j E_ij² / 2 z_i)); the caller folds 1/z_i (1/z_i²)
+    into the (c × d) operands of its products. Σ_j P_ij² = Σ_j E_ij² / z_i² goes to ``sumsq``."""
+    masks(X.exp_())
+    z = X.sum(1)
+    half = None
+    if sumsq is not None:
+        ssq = torch.linalg.vector_norm(X, dim=1).square_()
+        torch.div(ssq, z.square(), out=sumsq)
+        half = ssq.div_(2.0 * z)  # z_i Σ_j P_ij² / 2, the tilt's shift on the E scale
+    if then == "square":
+        X.square_()
+    elif then == "tilt":  # in cache-sized blocks: the shifted copy lives in the block scratch
+        assert half is not None and ws is not None  # then="tilt" is asked with both (_chunk_general)
+        R = ws.rows_per_block()
+        for r0 in range(0, X.shape[0], R):
+            Xb = X[r0 : r0 + R]
+            Xb.mul_(torch.sub(Xb, half[r0 : r0 + R, None], out=ws.block()[: Xb.shape[0]]))
+    return torch.log(z)
 
 
 def logsumexp_rows_(X: Tensor) -> Tensor:
@@ -352,16 +370,17 @@ def sparse_selection(K: int, m: int) -> bool:
 
 
 def _weighted_blocks_(S: Tensor, sp: Tensor, spec: KernelSpec, ws: _Workspace, r0: int,
-                      active: Tensor | None) -> tuple[Tensor, Tensor, Tensor, Kept | None, Tensor | None]:
+                      active: Tensor | None) -> tuple[Tensor, Tensor, Tensor, Kept | None]:
     """``log_weight_block`` and the softmax in the same cache-sized blocks of rows (one trip
     through memory): each block gets its masks and log-weights a, then S ← π̃ = softmax(S + a) in
     place. Returns (valid count, lse(S + a), lse(a) over the valid candidates) per row, and None; a
     row left without a valid candidate (or inactive) becomes a finite placeholder, skipped by the
     caller. A selection whose blocks return few kept entries (`sparse_selection`) leaves S as it is:
-    π̃ is the softmax of the chunk's kept values, returned as the fourth item. A block whose
-    log-weights are all 0 (``lse_a`` None: filters and selections only) keeps |S| within the call's
-    bound and takes the shift-free softmax (`_exp_room`): S ← e^S unnormalised, and the fifth item
-    holds each row's factor 1/z_i (1 for a normalised row; None when every row is normalised)."""
+    π̃ is the softmax of the chunk's kept values, returned as the fourth item.
+
+    The blocks keep the max-shifted softmax even where the bound of `_exp_room` holds: a block
+    holds the −∞ its filters wrote, and exp of −∞ takes a scalar slow path on CPU (the softmax
+    kernel's exp does not)."""
     c, m = S.shape
     R = ws.rows_per_block()
     weigh = spec.log_weight_block
@@ -370,8 +389,6 @@ def _weighted_blocks_(S: Tensor, sp: Tensor, spec: KernelSpec, ws: _Workspace, r
     cnt = torch.empty(c, dtype=torch.long, device=S.device)
     lse_a, lse_b = S.new_empty(c), S.new_empty(c)
     chunk_kept: Kept | None = None
-    scale: Tensor | None = None
-    free = ws.shift_free()
     for b0 in range(0, c, R):
         b1 = min(c, b0 + R)
         Xb = S[b0:b1]
@@ -394,11 +411,7 @@ def _weighted_blocks_(S: Tensor, sp: Tensor, spec: KernelSpec, ws: _Workspace, r
             drop = drop | ~active[r0 + b0 : r0 + b1]
         if bool(drop.any()):
             Xb.masked_fill_(drop[:, None], 0.0)
-        lse_b[b0:b1] = _softmax_lse_(Xb, free=free and la is None)
-        if free and la is None:
-            if scale is None:
-                scale = torch.ones(c, dtype=S.dtype, device=S.device)
-            torch.exp(-lse_b[b0:b1], out=scale[b0:b1])
+        lse_b[b0:b1] = _softmax_lse_(Xb)
     if chunk_kept is not None:
         drop = cnt == 0
         if active is not None:
@@ -406,7 +419,7 @@ def _weighted_blocks_(S: Tensor, sp: Tensor, spec: KernelSpec, ws: _Workspace, r
         if bool(drop.any()):
             chunk_kept.values.masked_fill_(drop[:, None], 0.0)
         lse_b = _softmax_lse_(chunk_kept.values)  # the values now hold π̃ over the kept columns
-    return cnt, lse_b, lse_a, chunk_kept, scale
+    return cnt, lse_b, lse_a, chunk_kept
 
 
 def _chunk(q, k, spec, ix, ws, r0, r1, go, dq, dk) -> Tensor:
@@ -434,26 +447,36 @@ def _chunk_lean(k, qs, S, spec, ix, ws, r0, r1, go, dq, dk, self_rc) -> Tensor:
     of the two products and the positives' terms go straight to their rows."""
     c = S.shape[0]
     free = ws.shift_free()
-    if self_rc is not None:
-        S[self_rc[0], self_rc[1]] = _NEG_INF  # e^{−∞} = 0: the anchor is no candidate
+    act = None if ix.active is None else ix.active[r0:r1]
+
+    def exp_sums() -> Tensor:  # E = e^S; the anchor is no candidate: 0 written on E, not −∞ on S
+        S.exp_()  # (exp of −∞ takes a slow path on CPU)
+        if self_rc is not None:
+            S[self_rc[0], self_rc[1]] = 0.0
+        if act is not None:  # an anchor without any candidate: a placeholder row of ones
+            S.masked_fill_(~act[:, None], 1.0)
+        return S.sum(1)
+
+    if self_rc is not None and not free:
+        S[self_rc[0], self_rc[1]] = _NEG_INF
     z = None
     if spec.positives == "view":
         pcol = ix.pos_index[r0:r1]
         if free:
             sp = S[torch.arange(c, device=S.device), pcol]  # a copy, read before the exp
-            z = S.exp_().sum(1)
+            z = exp_sums()
             loss = torch.log(z) - sp
         else:
             loss = _log_softmax_nll_(S, pcol, ws, exp=go is not None)
     else:
         # SupCon L_out: ℓ_i = lse_{a≠i}(S) − mean_{p∈P(i)} S_ip; the mean via per-label sums (O(n d)).
         y = ix.q_labels[r0:r1]
-        if ix.active is not None:  # an anchor without any candidate: a finite placeholder row
-            S.masked_fill_(~ix.active[r0:r1, None], 0.0)
         if free:
-            z = S.exp_().sum(1)
+            z = exp_sums()
             lse = torch.log(z)
         else:
+            if act is not None:  # an anchor without any candidate: a finite placeholder row
+                S.masked_fill_(~act[:, None], 0.0)
             lse = _softmax_lse_(S, ws)
         npos = ix.n_pos[r0:r1].clamp(min=1).to(S.dtype)
         sum_pos_k = ws.k_label_sums[y]  # Σ_{j: y_j = y_i} k_j
@@ -461,7 +484,6 @@ def _chunk_lean(k, qs, S, spec, ix, ws, r0, r1, go, dq, dk, self_rc) -> Tensor:
             sum_pos_k = sum_pos_k.clone()
             sum_pos_k[self_rc[0]] -= k[self_rc[1]]
         loss = lse - (qs * sum_pos_k).sum(1) / npos
-        act = None if ix.active is None else ix.active[r0:r1]
         if act is not None:  # anchors without a positive are skipped (candidates module)
             loss = torch.where(act, loss, torch.zeros_like(loss))
             if go is not None:
@@ -519,20 +541,24 @@ def _chunk_general(k, qs, S, spec, ix, ws, r0, r1, go, dq, dk, self_rc) -> Tenso
     sp = S[rows, pcol].clone() if pcol is not None else S.gather(1, same_cols)  # (c,) or (c, P)
     extra = _extra_log_weights(S, spec, r0, r1)
 
-    def mask_(X: Tensor) -> None:  # masks as −∞, written by scatter (no (c × m) boolean pass)
+    def mask_(X: Tensor, fill: float = _NEG_INF) -> None:  # masks as −∞ (0 on e^S), by scatter (no boolean pass)
         if self_rc is not None:
-            X[self_rc[0], self_rc[1]] = _NEG_INF
+            X[self_rc[0], self_rc[1]] = fill
         if pcol is not None:
-            X[rows, pcol] = _NEG_INF
+            X[rows, pcol] = fill
         if spec.negatives == "other_labels" and same_cols is not None:  # built above for other_labels
-            X.scatter_(1, same_cols, _NEG_INF)
+            X.scatter_(1, same_cols, fill)
 
-    mask_(S)
     tilted = spec.beta != 0.0 or extra is not None
     blocked = spec.log_weight_block is not None  # β = 0 (checked): S ← π̃ in the blocks, no A
+    # shift-free softmax (`_exp_room`; e^{2S} is met under the root tilt): S stays finite and the
+    # masks are written as 0 on e^S (exp of −∞ takes a slow path on CPU), no A
+    free = not blocked and (ws.shift_free(2.0) if root_tilt else not tilted and ws.shift_free())
+    if not free:
+        mask_(S)
     A = kept = tile_scale = None  # tile_scale: per row, what the tile S must be multiplied by (None: 1)
     if blocked:
-        cnt, lse_b, lse_a, kept, tile_scale = _weighted_blocks_(S, sp, spec, ws, r0, ix.active)
+        cnt, lse_b, lse_a, kept = _weighted_blocks_(S, sp, spec, ws, r0, ix.active)
     elif tilted and not root_tilt:  # A = β S + extra (log π numerators);  S ← S + A (log π̃ numerators)
         A = ws.second(c)
         if spec.beta != 0.0:
@@ -555,27 +581,30 @@ def _chunk_general(k, qs, S, spec, ix, ws, r0, r1, go, dq, dk, self_rc) -> Tenso
     if not all_active:  # skipped anchors: finite placeholders, zero loss and gradient below
         if blocked:
             lse_a = torch.where(act, lse_a, torch.zeros_like(lse_a))
-        else:
+        elif not free:  # (free: after the exp, in ``masks_``)
             S.masked_fill_(~act[:, None], 0.0)
         if A is not None:
             A.masked_fill_(~act[:, None], 0.0)
         cnt = torch.where(act, cnt, torch.ones_like(cnt))
     cntf = cnt.to(S.dtype)
     logN = torch.log(cntf) if spec.n_neg is None else torch.full((c,), math.log(spec.n_neg), dtype=S.dtype, device=dev)
+    def masks_(E: Tensor) -> None:  # e^S's masks: 0, then a skipped row of ones (finite, z = m)
+        mask_(E, 0.0)
+        if not all_active:
+            E.masked_fill_(~act[:, None], 1.0)
+
     # -- log of N Σ_j π_ij e^{S_ij} = log N + lse(a + S) − lse(a) -------------------------------
     z2 = None
     if root_tilt:  # S ← π = softmax(S);  Σ e^{2S} = e^{2 lse(S)} Σπ²
         z2 = S.new_empty(c)
         # with a gradient to compute, the tile is turned into it in the same blocks (see below)
         then = None if go is None else ("square" if spec.detach_weights else "tilt")
-        free = ws.shift_free(2.0)  # e^{2S} is met (Σ E²)
-        lse_a = _softmax_lse_(S, ws, sumsq=z2, then=then, free=free)
+        lse_a = _softmax_lse_(S, ws, sumsq=z2, then=then, masks=masks_ if free else None)
         lse_b = 2.0 * lse_a + torch.log(z2)
         if free and then is not None:
             tile_scale = torch.exp(-2.0 * lse_a)  # S holds z² times the tile below
     elif not blocked:
-        free = A is None and ws.shift_free()
-        lse_b = _softmax_lse_(S, ws, free=free)  # S now holds π̃ = softmax(a + S) (times z with ``free``)
+        lse_b = _softmax_lse_(S, ws, masks=masks_ if free else None)  # S ← π̃ = softmax(a + S) (z π̃ if free)
         lse_a = _softmax_lse_(A) if A is not None else torch.log(cntf)  # A now holds π
         if free:
             tile_scale = torch.exp(-lse_b)
