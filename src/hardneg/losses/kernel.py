@@ -551,8 +551,7 @@ def _chunk_general(k, qs, S, spec, ix, ws, r0, r1, go, dq, dk, self_rc) -> Tenso
 
     tilted = spec.beta != 0.0 or extra is not None
     blocked = spec.log_weight_block is not None  # β = 0 (checked): S ← π̃ in the blocks, no A
-    # shift-free softmax (`_exp_room`; e^{2S} is met under the root tilt): S stays finite and the
-    # masks are written as 0 on e^S (exp of −∞ takes a slow path on CPU), no A
+    # shift-free softmax (`_exp_room`, e^{2S} under the root tilt): masks as 0 on e^S (`_exp_sums_`)
     free = not blocked and (ws.shift_free(2.0) if root_tilt else not tilted and ws.shift_free())
     if not free:
         mask_(S)
@@ -588,26 +587,15 @@ def _chunk_general(k, qs, S, spec, ix, ws, r0, r1, go, dq, dk, self_rc) -> Tenso
         cnt = torch.where(act, cnt, torch.ones_like(cnt))
     cntf = cnt.to(S.dtype)
     logN = torch.log(cntf) if spec.n_neg is None else torch.full((c,), math.log(spec.n_neg), dtype=S.dtype, device=dev)
+
     def masks_(E: Tensor) -> None:  # e^S's masks: 0, then a skipped row of ones (finite, z = m)
         mask_(E, 0.0)
         if not all_active:
             E.masked_fill_(~act[:, None], 1.0)
 
-    # -- log of N Σ_j π_ij e^{S_ij} = log N + lse(a + S) − lse(a) -------------------------------
     z2 = None
-    if root_tilt:  # S ← π = softmax(S);  Σ e^{2S} = e^{2 lse(S)} Σπ²
-        z2 = S.new_empty(c)
-        # with a gradient to compute, the tile is turned into it in the same blocks (see below)
-        then = None if go is None else ("square" if spec.detach_weights else "tilt")
-        lse_a = _softmax_lse_(S, ws, sumsq=z2, then=then, masks=masks_ if free else None)
-        lse_b = 2.0 * lse_a + torch.log(z2)
-        if free and then is not None:
-            tile_scale = torch.exp(-2.0 * lse_a)  # S holds z² times the tile below
-    elif not blocked:
-        lse_b = _softmax_lse_(S, ws, masks=masks_ if free else None)  # S ← π̃ = softmax(a + S) (z π̃ if free)
-        lse_a = _softmax_lse_(A) if A is not None else torch.log(cntf)  # A now holds π
-        if free:
-            tile_scale = torch.exp(-lse_b)
+    if not blocked:
+        lse_a, lse_b, z2, tile_scale = _softmaxes_(S, A, ws, spec, go is not None, cntf, masks_ if free else None)
     neg = logN + lse_b - lse_a  # (c,)
     # -- per-positive terms: the loss and its derivatives wrt g and s_p -----------------------------
     loss, npos, pv, derivs = _terms(neg, sp, logN, spec, ix, r0, r1, pvalid)
@@ -633,6 +621,24 @@ def _chunk_general(k, qs, S, spec, ix, ws, r0, r1, go, dq, dk, self_rc) -> Tenso
         gamma = gamma * tile_scale
     _products_(D, k, qs, gamma, delta, spec, same_cols if labels_mode else None, pcol, dq, dk, r0, r1)
     return loss
+
+
+def _softmaxes_(S: Tensor, A: Tensor | None, ws: _Workspace, spec: KernelSpec, grad: bool, cntf: Tensor,
+                masks: Callable[[Tensor], None] | None) -> tuple[Tensor, Tensor, Tensor | None, Tensor | None]:
+    """The softmaxes of `_chunk_general` outside the fused blocks, in place: returns (lse(a),
+    lse(a + S), Σ_j π_ij² under the root tilt or None, each row's factor for the tile S or None).
+    log of N Σ_j π_ij e^{S_ij} is log N + lse(a + S) − lse(a). ``masks``: shift-free (`_exp_sums_`),
+    S left unnormalised and the factor 1/z_i (1/z_i² for the root tilt's gradient tile)."""
+    if _root_tilt(spec):  # S ← π = softmax(S);  Σ e^{2S} = e^{2 lse(S)} Σπ²
+        z2 = S.new_empty(S.shape[0])
+        # with a gradient to compute, the tile is turned into it in the same blocks (see below)
+        then = None if not grad else ("square" if spec.detach_weights else "tilt")
+        lse_a = _softmax_lse_(S, ws, sumsq=z2, then=then, masks=masks)
+        scale = torch.exp(-2.0 * lse_a) if masks is not None and then is not None else None
+        return lse_a, 2.0 * lse_a + torch.log(z2), z2, scale
+    lse_b = _softmax_lse_(S, ws, masks=masks)  # S now holds π̃ = softmax(a + S) (z π̃ with masks)
+    lse_a = _softmax_lse_(A) if A is not None else torch.log(cntf)  # A now holds π
+    return lse_a, lse_b, None, None if masks is None else torch.exp(-lse_b)
 
 
 def _terms(neg, sp, logN, spec, ix, r0, r1, pvalid):
