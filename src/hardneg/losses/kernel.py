@@ -540,8 +540,7 @@ def _extra_log_weights(S: Tensor, spec: KernelSpec, r0: int, r1: int) -> Tensor 
 
 def _chunk_general(k, qs, S, spec, ix, ws, r0, r1, go, dq, dk, self_rc) -> Tensor:
     """Every other case: label masks, β tilt, extra log-weights, nominal N, τ⁺ debiasing, label positives."""
-    c, m = S.shape
-    dev = S.device
+    c, dev = S.shape[0], S.device
     rows = torch.arange(c, device=dev)
     labels_mode = spec.positives == "labels"
     pcol = None if labels_mode else ix.pos_index[r0:r1]
@@ -610,9 +609,10 @@ def _chunk_general(k, qs, S, spec, ix, ws, r0, r1, go, dq, dk, self_rc) -> Tenso
         if not all_active:
             E.masked_fill_(~act[:, None], 1.0)
 
-    z2 = None
-    if not blocked:
-        lse_a, lse_b, z2, tile_scale = _softmaxes_(S, A, ws, spec, go is not None, cntf, masks_ if free else None)
+    z2 = EK = None
+    if not blocked:  # one positive per anchor, a gradient: the row sums of e^S from E [k | 1] (EK)
+        lse_a, lse_b, z2, tile_scale, EK = _softmaxes_(S, A, ws, spec, go is not None, cntf, masks_ if free else None,
+                                                      k if go is not None and pcol is not None else None)
     neg = logN + lse_b - lse_a  # (c,)
     # -- per-positive terms: the loss and its derivatives wrt g and s_p -----------------------------
     loss, npos, pv, derivs = _terms(neg, sp, logN, spec, ix, r0, r1, pvalid)
@@ -636,26 +636,35 @@ def _chunk_general(k, qs, S, spec, ix, ws, r0, r1, go, dq, dk, self_rc) -> Tenso
         gamma = gamma * (1.0 + spec.beta)
     if tile_scale is not None:
         gamma = gamma * tile_scale
-    _products_(D, k, qs, gamma, delta, spec, same_cols if labels_mode else None, pcol, dq, dk, r0, r1)
+    _products_(D, k, qs, gamma, delta, spec, same_cols if labels_mode else None, pcol, dq, dk, r0, r1, EK)
     return loss
 
 
 def _softmaxes_(S: Tensor, A: Tensor | None, ws: _Workspace, spec: KernelSpec, grad: bool, cntf: Tensor,
-                masks: Callable[[Tensor], None] | None) -> tuple[Tensor, Tensor, Tensor | None, Tensor | None]:
+                masks: Callable[[Tensor], None] | None, k: Tensor | None = None,
+                ) -> tuple[Tensor, Tensor, Tensor | None, Tensor | None, Tensor | None]:
     """The softmaxes of `_chunk_general` outside the fused blocks, in place: returns (lse(a),
-    lse(a + S), Σ_j π_ij² under the root tilt or None, each row's factor for the tile S or None).
-    log of N Σ_j π_ij e^{S_ij} is log N + lse(a + S) − lse(a). ``masks``: shift-free (`_exp_sums_`),
-    S left unnormalised and the factor 1/z_i (1/z_i² for the root tilt's gradient tile)."""
+    lse(a + S), Σ_j π_ij² under the root tilt or None, each row's factor for the tile S or None,
+    E [k | 1] or None). log of N Σ_j π_ij e^{S_ij} is log N + lse(a + S) − lse(a). ``masks``:
+    shift-free (`_exp_sums_`), S left unnormalised and the factor 1/z_i (1/z_i² for the root tilt's
+    gradient tile); with ``k`` too (no tilt), the row sums come from the product E [k | 1]
+    (`_Workspace.k_ones`), whose first d columns are the dQ product of the tile."""
     if _root_tilt(spec):  # S ← π = softmax(S);  Σ e^{2S} = e^{2 lse(S)} Σπ²
         z2 = S.new_empty(S.shape[0])
         # with a gradient to compute, the tile is turned into it in the same blocks (see below)
         then = None if not grad else ("square" if spec.detach_weights else "tilt")
         lse_a = _softmax_lse_(S, ws, sumsq=z2, then=then, masks=masks)
         scale = torch.exp(-2.0 * lse_a) if masks is not None and then is not None else None
-        return lse_a, 2.0 * lse_a + torch.log(z2), z2, scale
-    lse_b = _softmax_lse_(S, ws, masks=masks)  # S now holds π̃ = softmax(a + S) (z π̃ with masks)
+        return lse_a, 2.0 * lse_a + torch.log(z2), z2, scale, None
+    EK = None
+    if masks is not None and k is not None:
+        masks(S.exp_())
+        EK = torch.mm(S, ws.k_ones(k))
+        lse_b = torch.log(EK[:, k.shape[1]])
+    else:
+        lse_b = _softmax_lse_(S, ws, masks=masks)  # S now holds π̃ = softmax(a + S) (z π̃ with masks)
     lse_a = _softmax_lse_(A) if A is not None else torch.log(cntf)  # A now holds π
-    return lse_a, lse_b, None, None if masks is None else torch.exp(-lse_b)
+    return lse_a, lse_b, None, None if masks is None else torch.exp(-lse_b), EK
 
 
 def _terms(neg, sp, logN, spec, ix, r0, r1, pvalid):
@@ -694,9 +703,10 @@ def _grad_weights(go, c, act, npos, spec, dl_dg, dg_dneg, dl_dsp, dg_dsp, pv):
     return w * (dl_dg * dg_dneg * pv).sum(1), (dl_dsp + dl_dg * dg_dsp) * pv * w[:, None]
 
 
-def _products_(D, k, qs, gamma, delta, spec, same_cols, pcol, dq, dk, r0, r1) -> None:
+def _products_(D, k, qs, gamma, delta, spec, same_cols, pcol, dq, dk, r0, r1, EK=None) -> None:
     """dQ[r0:r1] and the chunk's share of dK from the tile D and the per-row γ and δ (``same_cols``:
-    label positives, δ per positive; otherwise one positive per anchor, at ``pcol``)."""
+    label positives, δ per positive; otherwise one positive per anchor, at ``pcol``). ``EK``: the
+    product D [k | 1] made already (`_softmaxes_`), one positive per anchor."""
     if same_cols is not None:
         # γ scales the (c × d) operands rather than the tile; the positives' δ enters the tile as
         # δ/γ. A row with γ = 0 and δ ≠ 0 (a clamped debiased estimator) needs the tile scaled.
@@ -713,7 +723,10 @@ def _products_(D, k, qs, gamma, delta, spec, same_cols, pcol, dq, dk, r0, r1) ->
         return
     # one positive per anchor: γ scales the (c × d) operands instead of the (c × m) tile, and the
     # positive's term δ goes straight to its two rows
-    torch.mm(D, k, out=dq[r0:r1]).mul_((gamma / spec.t)[:, None])
+    if EK is not None:
+        torch.mul(EK[:, : k.shape[1]], (gamma / spec.t)[:, None], out=dq[r0:r1])
+    else:
+        torch.mm(D, k, out=dq[r0:r1]).mul_((gamma / spec.t)[:, None])
     dq[r0:r1].add_(k[pcol] * (delta / spec.t)[:, None])
     dk.addmm_(D.T, qs * gamma[:, None])
     dk.index_add_(0, pcol, qs * delta[:, None])
