@@ -141,3 +141,23 @@ def test_exp_room_bound():
     assert kernel._exp_room(q, q, 0.1) == pytest.approx(40.0 / (4.0 / 0.1))
     huge = k * 1e20  # the sums' cap binds first: 30 ln 10 − ln 5 − ln 3e20 < 0, no shift-free factor
     assert kernel._exp_room(q, huge, 1.0) == 0.0
+
+
+@pytest.mark.parametrize("t,free", [(0.1, True), (0.01, False)])
+def test_fused_semihard_on_both_sides_of_the_bound_matches_float64_reference(t, free, decisions):
+    # the fused blocks hold the filters' −∞: inside the bound their softmax is 2^{S log₂e}
+    # unnormalised (exp2 is fast on −∞), outside it the max-shifted softmax
+    from hardneg.negatives import create_strategy
+    from tests import negatives_reference as NR
+
+    z1, z2, _ = _views(B=16, d=8, seed=7)
+    B = z1.shape[0]
+    ours = create_strategy("semihard", temperature=t)(z1.float(), z2.float())
+    z = torch.cat([z1, z2])
+    S = (z / z.norm(dim=1, keepdim=True)).detach() @ (z / z.norm(dim=1, keepdim=True)).detach().T
+    keep = NR.ref_semihard(S.numpy(), NR.in_batch_valid(B), NR.two_view_pos(B), 0.2)
+    ref = NR.ref_weighted_infonce_t(z, z, NR.two_view_pos(B), keep, t=t)
+    assert decisions and all(d == free for d in decisions)
+    torch.testing.assert_close(ours.double(), ref, rtol=1e-4, atol=1e-4)
+    for a, b in zip(torch.autograd.grad(ours, [z1, z2]), torch.autograd.grad(ref, [z1, z2])):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4 * float(b.abs().max()))
