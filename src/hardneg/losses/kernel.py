@@ -338,9 +338,9 @@ def _exp_sums_(X: Tensor, ws: _Workspace | None, sumsq: Tensor | None, then: str
                masks: Callable[[Tensor], None]) -> Tensor:
     """`_softmax_lse_` without the max shift and without the normalisation, for a caller that
     checked `_Workspace.shift_free` for every exponent met (e^{2X} with ``sumsq``): E = e^X in
-    place over the whole tile (a pure elementwise pass gains nothing from blocks), ``masks(E)``
-    writing its masked entries (0 for a candidate that is none: X holds no −∞, whose exp takes a
-    scalar slow path on CPU, three times the cost of the whole pass at 1 % of −∞), its row sums
+    place over the whole tile, ``masks(E)`` writing its masked entries by scatter over the whole
+    tile, so the exp and the sums are not one blocked run (0 for a candidate that is none: X holds
+    no −∞, whose exp takes a scalar slow path on CPU, three times the pass at 1 % of −∞), its row sums
     z_i = e^{lse_i} and Σ_j E_ij² in one call each. X is left holding z_i times the softmax, or
     z_i² times the ``then`` tile (E ⊙ E, E ⊙ (E − Σ_j E_ij² / 2 z_i)); the caller folds 1/z_i (1/z_i²)
     into the (c × d) operands of its products. Σ_j P_ij² = Σ_j E_ij² / z_i² goes to ``sumsq``."""
