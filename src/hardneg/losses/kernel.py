@@ -18,8 +18,9 @@ masks as −∞ log-weights. Anchors are processed in chunks: peak memory is O(c
 O(n × m) for large n and never O(n³).
 
 Speed: when the loss is reduced to a scalar and a gradient is needed, each chunk computes its
-gradient **in the forward pass** (one matrix product for the similarities, the log-sum-exp, one
-in-place exp, two products for dQ and dK) and the backward only scales the stored (n×d, m×d)
+gradient **in the forward pass** (one matrix product for the similarities, the exponentials and
+their row sums, without the max shift where the logits are bounded (`_exp_room`), two products for
+dQ and dK) and the backward only scales the stored (n×d, m×d)
 gradients by the incoming scalar. That is 3 matrix products per chunk instead of the 4 of a
 recompute-in-backward scheme. With ``reduction="none"`` the backward recomputes each chunk. A
 selection that keeps few candidates per row (`Kept`, top-k) needs one product only: the loss comes
