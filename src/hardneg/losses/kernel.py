@@ -18,8 +18,9 @@ masks as −∞ log-weights. Anchors are processed in chunks: peak memory is O(c
 O(n × m) for large n and never O(n³).
 
 Speed: when the loss is reduced to a scalar and a gradient is needed, each chunk computes its
-gradient **in the forward pass** (one matrix product for the similarities, the log-sum-exp, one
-in-place exp, two products for dQ and dK) and the backward only scales the stored (n×d, m×d)
+gradient **in the forward pass** (one matrix product for the similarities, the exponentials and
+their row sums, without the max shift where the logits are bounded (`_exp_room`), two products for
+dQ and dK) and the backward only scales the stored (n×d, m×d)
 gradients by the incoming scalar. That is 3 matrix products per chunk instead of the 4 of a
 recompute-in-backward scheme. With ``reduction="none"`` the backward recomputes each chunk. A
 selection that keeps few candidates per row (`Kept`, top-k) needs one product only: the loss comes
@@ -153,20 +154,39 @@ class _Workspace:
     """Two (chunk × m) work buffers reused by every chunk: fresh 32 MB allocations page-fault on
     every chunk and cost as much as the matrix product itself on CPU."""
 
-    def __init__(self, c: int, m: int, dtype: torch.dtype, device: torch.device, n_labels: int, d: int) -> None:
+    def __init__(self, c: int, m: int, dtype: torch.dtype, device: torch.device, n_labels: int, d: int,
+                 exp_room: float = math.inf) -> None:
         self.S = torch.empty(c, m, dtype=dtype, device=device)
+        self.exp_room = exp_room  # `_exp_room` of the call's embeddings
         self.W: Tensor | None = None
         self.B: Tensor | None = None
         self._shape = (c, m, dtype, device)
         self.label_acc = torch.zeros(n_labels, d, dtype=dtype, device=device) if n_labels else None
         self.k_label_sums: Tensor | None = None
         self.skipped: list[Tensor] = []  # global rows a log_weight_fn left without a valid negative
+        self._k_ones: Tensor | None = None
+
+    def k_ones(self, k: Tensor) -> Tensor:
+        """[k | 1 | 0 …] (m × d′, d′ the next multiple of 16 above d): E [k | 1] gives E k and the row
+        sums of E in one product. A product of d + 1 columns costs less than a separate sum pass
+        over the tile (on CPU, 1,024 × 8,192 at d = 128: +1.1 ms against 3.1 ms for the sum), and the
+        padding keeps the operand's rows aligned."""
+        if self._k_ones is None:
+            m, d = k.shape
+            self._k_ones = k.new_zeros(m, (d // 16 + 1) * 16)
+            self._k_ones[:, :d] = k
+            self._k_ones[:, d] = 1.0
+        return self._k_ones
 
     def second(self, c: int) -> Tensor:
         if self.W is None:
             cmax, m, dtype, device = self._shape
             self.W = torch.empty(cmax, m, dtype=dtype, device=device)
         return self.W[:c]
+
+    def shift_free(self, factor: float = 1.0) -> bool:
+        """Whether e^{factor · S} of any tile entry S = s/t is safe without the max shift (`_exp_room`)."""
+        return factor <= self.exp_room
 
     def rows_per_block(self) -> int:
         """Rows of the tile that one cache-sized block holds (the whole chunk on CUDA)."""
@@ -179,6 +199,36 @@ class _Workspace:
             _, m, dtype, device = self._shape
             self.B = torch.empty(self.rows_per_block(), m, dtype=dtype, device=device)
         return self.B
+
+
+#: the largest exponent a shift-free softmax may meet (`_exp_room`)
+_EXP_LIMIT = 40.0
+_LOG2_E = 1.0 / math.log(2.0)
+
+
+def _exp_room(q: Tensor, k: Tensor, t: float) -> float:
+    """The largest factor f for which e^{f S} of every tile entry S = q_i·k_j / t is computed without
+    the max shift: 0 when none is safe, inf for empty inputs.
+
+    |S_ij| ≤ B = max_i ‖q_i‖ · max_j ‖k_j‖ / t (Cauchy–Schwarz; B = 1/t for L2-normalised rows), so
+    every exponent f S lies in [−f B, f B]. Float32 exp is finite and normal on ±87 (max finite
+    3.4e38, min normal 1.2e-38): with f B ≤ `_EXP_LIMIT` = 40 every term e^{f S} lies in
+    [4e-18, 2.4e17], no term is lost to underflow or rounded as a subnormal, and the square of a
+    root-tilted term is the f = 2 case of the same bound. The row sums of m terms and the product
+    Σ_j e^{f S_ij} k_j must stay finite too: m e^{f B} max(1, max_j ‖k_j‖) ≤ 1e30, far below 3.4e38.
+    exp's relative rounding does not depend on the size of its result, so e^{S} / Σ_j e^{S_ij} equals
+    the max-shifted softmax to float32 rounding: the shift only buys range, which this bound
+    guarantees. CLIP's logit scale 100 (B = 100) or t = 0.01 are outside it and take the shifted path."""
+    if q.numel() == 0 or k.numel() == 0:
+        return math.inf
+    qn = float(torch.linalg.vector_norm(q, dim=1).amax())
+    kn = qn if k is q else float(torch.linalg.vector_norm(k, dim=1).amax())
+    B = qn * kn / t
+    if B == 0.0:
+        return math.inf
+    # m e^{f B} max(1, ‖k‖) ≤ 1e30  ⇔  f B ≤ 30 log 10 − log m − log max(1, ‖k‖)
+    room = min(_EXP_LIMIT, 30.0 * math.log(10.0) - math.log(k.shape[0]) - math.log(max(1.0, kn)))
+    return max(0.0, room / B)
 
 
 #: elements of one block of tile rows that a run of elementwise passes works on in turn: 1 MB of
@@ -255,14 +305,19 @@ def _same_label_cols(ix: _Index, r0: int, r1: int, pad: Tensor) -> tuple[Tensor,
 
 
 def _softmax_lse_(X: Tensor, ws: _Workspace | None = None, sumsq: Tensor | None = None,
-                  then: str | None = None) -> Tensor:
+                  then: str | None = None, masks: Callable[[Tensor], None] | None = None) -> Tensor:
     """Row softmax P of X **in place**; returns the row log-sum-exp (and writes Σ_j P_ij² into
     ``sumsq`` if given). With ``ws``, block by block (one trip through memory for the whole run),
     and then, in the same block, ``then="square"``: X ← P ⊙ P, or ``then="tilt"``: X ← P ⊙ (P − Σ_j P_ij²/2)
     (the β = 1 gradient tile of ``_chunk_general``).
 
     lse_i = max_j X_ij − log max_j softmax_ij (the largest probability is ≥ 1/m: no underflow).
-    Two cheap max reductions instead of a separate exp-sum pass (argmax is slow on CPU)."""
+    Two cheap max reductions instead of a separate exp-sum pass (argmax is slow on CPU).
+
+    ``masks`` (a caller that checked `_Workspace.shift_free`): `_exp_sums_` instead (no max shift,
+    X left unnormalised), ``masks`` writing the masked entries of e^X."""
+    if masks is not None:
+        return _exp_sums_(X, ws, sumsq, then, masks)
     R = X.shape[0] if ws is None else ws.rows_per_block()
     lse = X.new_empty(X.shape[0])
     for r0 in range(0, X.shape[0], R):
@@ -278,6 +333,34 @@ def _softmax_lse_(X: Tensor, ws: _Workspace | None = None, sumsq: Tensor | None 
             assert sumsq is not None and ws is not None  # then="tilt" is asked with both (_chunk_general)
             Xb.mul_(torch.sub(Xb, 0.5 * sumsq[r0 : r0 + R, None], out=ws.block()[: Xb.shape[0]]))
     return lse
+
+
+def _exp_sums_(X: Tensor, ws: _Workspace | None, sumsq: Tensor | None, then: str | None,
+               masks: Callable[[Tensor], None]) -> Tensor:
+    """`_softmax_lse_` without the max shift and without the normalisation, for a caller that
+    checked `_Workspace.shift_free` for every exponent met (e^{2X} with ``sumsq``): E = e^X in
+    place over the whole tile, ``masks(E)`` writing its masked entries by scatter over the whole
+    tile, so the exp and the sums are not one blocked run (0 for a candidate that is none: X holds
+    no −∞, whose exp takes a scalar slow path on CPU, three times the pass at 1 % of −∞), its row sums
+    z_i = e^{lse_i} and Σ_j E_ij² in one call each. X is left holding z_i times the softmax, or
+    z_i² times the ``then`` tile (E ⊙ E, E ⊙ (E − Σ_j E_ij² / 2 z_i)); the caller folds 1/z_i (1/z_i²)
+    into the (c × d) operands of its products. Σ_j P_ij² = Σ_j E_ij² / z_i² goes to ``sumsq``."""
+    masks(X.exp_())
+    z = X.sum(1)
+    half = None
+    if sumsq is not None:
+        ssq = torch.linalg.vector_norm(X, dim=1).square_()
+        torch.div(ssq, z.square(), out=sumsq)
+        half = ssq.div_(2.0 * z)  # z_i Σ_j P_ij² / 2, the tilt's shift on the E scale
+    if then == "square":
+        X.square_()
+    elif then == "tilt":  # in cache-sized blocks: the shifted copy lives in the block scratch
+        assert half is not None and ws is not None  # then="tilt" is asked with both (_chunk_general)
+        R = ws.rows_per_block()
+        for r0 in range(0, X.shape[0], R):
+            Xb = X[r0 : r0 + R]
+            Xb.mul_(torch.sub(Xb, half[r0 : r0 + R, None], out=ws.block()[: Xb.shape[0]]))
+    return torch.log(z)
 
 
 def logsumexp_rows_(X: Tensor) -> Tensor:
@@ -302,13 +385,19 @@ def sparse_selection(K: int, m: int) -> bool:
 
 
 def _weighted_blocks_(S: Tensor, sp: Tensor, spec: KernelSpec, ws: _Workspace, r0: int,
-                      active: Tensor | None) -> tuple[Tensor, Tensor, Tensor, Kept | None]:
+                      active: Tensor | None) -> tuple[Tensor, Tensor, Tensor, Kept | None, Tensor | None]:
     """``log_weight_block`` and the softmax in the same cache-sized blocks of rows (one trip
     through memory): each block gets its masks and log-weights a, then S ← π̃ = softmax(S + a) in
     place. Returns (valid count, lse(S + a), lse(a) over the valid candidates) per row, and None; a
     row left without a valid candidate (or inactive) becomes a finite placeholder, skipped by the
     caller. A selection whose blocks return few kept entries (`sparse_selection`) leaves S as it is:
-    π̃ is the softmax of the chunk's kept values, returned as the fourth item."""
+    π̃ is the softmax of the chunk's kept values, returned as the fourth item.
+
+    A block whose log-weights are all 0 (``lse_a`` None: filters and selections) stays within the
+    bound of `_exp_room` and takes the shift-free softmax: S ← e^S unnormalised, each row's factor
+    1/z_i in the fifth item (1 for a normalised row; None when every row is normalised). Its e^S is
+    2^{S log₂e}: the block holds the −∞ its filters wrote, and ``exp`` of −∞ takes a scalar slow
+    path on CPU (ten to twenty times the pass at half the entries −∞), ``exp2`` does not."""
     c, m = S.shape
     R = ws.rows_per_block()
     weigh = spec.log_weight_block
@@ -317,6 +406,8 @@ def _weighted_blocks_(S: Tensor, sp: Tensor, spec: KernelSpec, ws: _Workspace, r
     cnt = torch.empty(c, dtype=torch.long, device=S.device)
     lse_a, lse_b = S.new_empty(c), S.new_empty(c)
     chunk_kept: Kept | None = None
+    scale: Tensor | None = None
+    free = ws.shift_free()
     for b0 in range(0, c, R):
         b1 = min(c, b0 + R)
         Xb = S[b0:b1]
@@ -339,7 +430,13 @@ def _weighted_blocks_(S: Tensor, sp: Tensor, spec: KernelSpec, ws: _Workspace, r
             drop = drop | ~active[r0 + b0 : r0 + b1]
         if bool(drop.any()):
             Xb.masked_fill_(drop[:, None], 0.0)
-        lse_b[b0:b1] = _softmax_lse_(Xb)
+        if free and la is None:
+            torch.log(Xb.mul_(_LOG2_E).exp2_().sum(1), out=lse_b[b0:b1])
+            if scale is None:
+                scale = torch.ones(c, dtype=S.dtype, device=S.device)
+            torch.exp(-lse_b[b0:b1], out=scale[b0:b1])
+        else:
+            lse_b[b0:b1] = _softmax_lse_(Xb)
     if chunk_kept is not None:
         drop = cnt == 0
         if active is not None:
@@ -347,7 +444,7 @@ def _weighted_blocks_(S: Tensor, sp: Tensor, spec: KernelSpec, ws: _Workspace, r
         if bool(drop.any()):
             chunk_kept.values.masked_fill_(drop[:, None], 0.0)
         lse_b = _softmax_lse_(chunk_kept.values)  # the values now hold π̃ over the kept columns
-    return cnt, lse_b, lse_a, chunk_kept
+    return cnt, lse_b, lse_a, chunk_kept, scale
 
 
 def _chunk(q, k, spec, ix, ws, r0, r1, go, dq, dk) -> Tensor:
@@ -368,53 +465,74 @@ def _root_tilt(spec: KernelSpec) -> bool:
 
 
 def _chunk_lean(k, qs, S, spec, ix, ws, r0, r1, go, dq, dk, self_rc) -> Tensor:
-    """Uniform, plain-sum InfoNCE (NT-Xent) and SupCon L_out: one fused in-place log-softmax."""
-    c = S.shape[0]
-    rows = torch.arange(c, device=S.device)
-    if self_rc is not None:
-        S[self_rc[0], self_rc[1]] = _NEG_INF
-    if spec.positives == "view":
-        pcol = ix.pos_index[r0:r1]
-        loss = _log_softmax_nll_(S, pcol, ws, exp=go is not None)
+    """Uniform, plain-sum InfoNCE (NT-Xent) and SupCon L_out. Within `_exp_room` (t ≥ 0.025 for
+    L2-normalised inputs): E = e^S in place, one pass over the tile, left unnormalised; its row sums
+    z come with the dQ product (`_Workspace.k_ones`), or from a sum without a gradient. Otherwise
+    the fused in-place (log-)softmax, E = softmax and z = 1. Either way the gradient tile
+    (softmax − the positives) is never written: go_i / z_i scales the (c × d) operands of the two
+    products and the positives' terms go straight to their rows."""
+    c, d = S.shape[0], k.shape[1]
+    free = ws.shift_free()
+    act = None if ix.active is None else ix.active[r0:r1]
+    view = spec.positives == "view"
+    pcol = ix.pos_index[r0:r1] if view else None
+    if free:
+        sp = S[torch.arange(c, device=S.device), pcol] if view else None  # a copy, read before the exp
+        S.exp_()  # the anchor is no candidate: 0 written on E, not −∞ on S (exp of −∞ is slow on CPU)
+        if self_rc is not None:
+            S[self_rc[0], self_rc[1]] = 0.0
+        if act is not None:  # an anchor without any candidate: a placeholder row of ones
+            S.masked_fill_(~act[:, None], 1.0)
+        EK = None
+        if go is None:
+            z = S.sum(1)
+        else:
+            EK = torch.mm(S, ws.k_ones(k))
+            z = EK[:, d]
+        lse = torch.log(z)
+    else:
+        if self_rc is not None:
+            S[self_rc[0], self_rc[1]] = _NEG_INF
+        if not view and act is not None:  # an anchor without any candidate: a finite placeholder row
+            S.masked_fill_(~act[:, None], 0.0)
+        z = EK = sp = None
+    if view:
+        assert pcol is not None and (sp is not None or not free)  # set above for positives="view"
+        loss = lse - sp if sp is not None else _log_softmax_nll_(S, pcol, ws, exp=go is not None)
     else:
         # SupCon L_out: ℓ_i = lse_{a≠i}(S) − mean_{p∈P(i)} S_ip; the mean via per-label sums (O(n d)).
         y = ix.q_labels[r0:r1]
-        if ix.active is not None:  # an anchor without any candidate: a finite placeholder row
-            S.masked_fill_(~ix.active[r0:r1, None], 0.0)
-        lse = _softmax_lse_(S, ws)
+        if not free:
+            lse = _softmax_lse_(S, ws)
         npos = ix.n_pos[r0:r1].clamp(min=1).to(S.dtype)
         sum_pos_k = ws.k_label_sums[y]  # Σ_{j: y_j = y_i} k_j
         if self_rc is not None:
             sum_pos_k = sum_pos_k.clone()
             sum_pos_k[self_rc[0]] -= k[self_rc[1]]
         loss = lse - (qs * sum_pos_k).sum(1) / npos
-        act = None if ix.active is None else ix.active[r0:r1]
         if act is not None:  # anchors without a positive are skipped (candidates module)
             loss = torch.where(act, loss, torch.zeros_like(loss))
             if go is not None:
                 go = (go.expand(c) if go.dim() == 0 else go) * act.to(S.dtype)
     if go is None:
         return loss
-    scalar = go.dim() == 0
-    if spec.positives == "view":  # S holds the softmax
-        if not scalar:
-            S.mul_(go[:, None])
-        S[rows, pcol] -= 1.0 if scalar else go
-        a = float(go) if scalar else 1.0
-        torch.mm(S, k, out=dq[r0:r1]).mul_(a / spec.t)
-        dk.addmm_(S.T, qs, alpha=a)
+    # dS = go (E / z − positives): dQ = (go / z) E K / t − go (positives' k) / t,
+    # dK += Eᵀ ((go / z) qs) − (the positives' rows get go qs)
+    go_c = go.expand(c) if go.dim() == 0 else go
+    w = go_c if z is None else go_c / z
+    if EK is None:
+        torch.mm(S, k, out=dq[r0:r1]).mul_((w * (1.0 / spec.t))[:, None])
+    else:
+        torch.mul(EK[:, :d], (w * (1.0 / spec.t))[:, None], out=dq[r0:r1])
+    dk.addmm_(S.T, qs * w[:, None])
+    if view:
+        dq[r0:r1].sub_(k[pcol] * (go_c * (1.0 / spec.t))[:, None])
+        dk.index_add_(0, pcol, qs * (-go_c)[:, None])
         return loss
-    # labels mode: dS = go·softmax − go/|P_i| on the positives; the positive part via label sums
-    w = (go.expand(c) if scalar else go) / npos
-    if not scalar:
-        S.mul_(go[:, None])
-    a = float(go) if scalar else 1.0
-    torch.mm(S, k, out=dq[r0:r1])
-    if a != 1.0:
-        dq[r0:r1].mul_(a)
-    dq[r0:r1].sub_(w[:, None] * sum_pos_k).mul_(1.0 / spec.t)
-    dk.addmm_(S.T, qs, alpha=a)
-    wq = w[:, None] * qs
+    # labels mode: the positive part −go/|P_i| on every same-label candidate, via label sums
+    wp = go_c / npos
+    dq[r0:r1].sub_(sum_pos_k * (wp * (1.0 / spec.t))[:, None])
+    wq = wp[:, None] * qs
     ws.label_acc.index_add_(0, y, -wq)  # applied to every k row of that label at the end
     if self_rc is not None:
         dk.index_add_(0, self_rc[1], wq[self_rc[0]])  # the anchor is not its own positive
@@ -434,8 +552,7 @@ def _extra_log_weights(S: Tensor, spec: KernelSpec, r0: int, r1: int) -> Tensor 
 
 def _chunk_general(k, qs, S, spec, ix, ws, r0, r1, go, dq, dk, self_rc) -> Tensor:
     """Every other case: label masks, β tilt, extra log-weights, nominal N, τ⁺ debiasing, label positives."""
-    c, m = S.shape
-    dev = S.device
+    c, dev = S.shape[0], S.device
     rows = torch.arange(c, device=dev)
     labels_mode = spec.positives == "labels"
     pcol = None if labels_mode else ix.pos_index[r0:r1]
@@ -452,20 +569,23 @@ def _chunk_general(k, qs, S, spec, ix, ws, r0, r1, go, dq, dk, self_rc) -> Tenso
     sp = S[rows, pcol].clone() if pcol is not None else S.gather(1, same_cols)  # (c,) or (c, P)
     extra = _extra_log_weights(S, spec, r0, r1)
 
-    def mask_(X: Tensor) -> None:  # masks as −∞, written by scatter (no (c × m) boolean pass)
+    def mask_(X: Tensor, fill: float = _NEG_INF) -> None:  # masks as −∞ (0 on e^S), by scatter (no boolean pass)
         if self_rc is not None:
-            X[self_rc[0], self_rc[1]] = _NEG_INF
+            X[self_rc[0], self_rc[1]] = fill
         if pcol is not None:
-            X[rows, pcol] = _NEG_INF
+            X[rows, pcol] = fill
         if spec.negatives == "other_labels" and same_cols is not None:  # built above for other_labels
-            X.scatter_(1, same_cols, _NEG_INF)
+            X.scatter_(1, same_cols, fill)
 
-    mask_(S)
     tilted = spec.beta != 0.0 or extra is not None
     blocked = spec.log_weight_block is not None  # β = 0 (checked): S ← π̃ in the blocks, no A
-    A = kept = None
+    # shift-free softmax (`_exp_room`, e^{2S} under the root tilt): masks as 0 on e^S (`_exp_sums_`)
+    free = not blocked and (ws.shift_free(2.0) if root_tilt else not tilted and ws.shift_free())
+    if not free:
+        mask_(S)
+    A = kept = tile_scale = None  # tile_scale: per row, what the tile S must be multiplied by (None: 1)
     if blocked:
-        cnt, lse_b, lse_a, kept = _weighted_blocks_(S, sp, spec, ws, r0, ix.active)
+        cnt, lse_b, lse_a, kept, tile_scale = _weighted_blocks_(S, sp, spec, ws, r0, ix.active)
     elif tilted and not root_tilt:  # A = β S + extra (log π numerators);  S ← S + A (log π̃ numerators)
         A = ws.second(c)
         if spec.beta != 0.0:
@@ -488,24 +608,23 @@ def _chunk_general(k, qs, S, spec, ix, ws, r0, r1, go, dq, dk, self_rc) -> Tenso
     if not all_active:  # skipped anchors: finite placeholders, zero loss and gradient below
         if blocked:
             lse_a = torch.where(act, lse_a, torch.zeros_like(lse_a))
-        else:
+        elif not free:  # (free: after the exp, in ``masks_``)
             S.masked_fill_(~act[:, None], 0.0)
         if A is not None:
             A.masked_fill_(~act[:, None], 0.0)
         cnt = torch.where(act, cnt, torch.ones_like(cnt))
     cntf = cnt.to(S.dtype)
     logN = torch.log(cntf) if spec.n_neg is None else torch.full((c,), math.log(spec.n_neg), dtype=S.dtype, device=dev)
-    # -- log of N Σ_j π_ij e^{S_ij} = log N + lse(a + S) − lse(a) -------------------------------
-    z2 = None
-    if root_tilt:  # S ← π = softmax(S);  Σ e^{2S} = e^{2 lse(S)} Σπ²
-        z2 = S.new_empty(c)
-        # with a gradient to compute, the tile is turned into it in the same blocks (see below)
-        then = None if go is None else ("square" if spec.detach_weights else "tilt")
-        lse_a = _softmax_lse_(S, ws, sumsq=z2, then=then)
-        lse_b = 2.0 * lse_a + torch.log(z2)
-    elif not blocked:
-        lse_b = _softmax_lse_(S, ws)  # S now holds π̃ = softmax(a + S)
-        lse_a = _softmax_lse_(A) if A is not None else torch.log(cntf)  # A now holds π
+
+    def masks_(E: Tensor) -> None:  # e^S's masks: 0, then a skipped row of ones (finite, z = m)
+        mask_(E, 0.0)
+        if not all_active:
+            E.masked_fill_(~act[:, None], 1.0)
+
+    z2 = EK = None
+    if not blocked:  # one positive per anchor, a gradient: the row sums of e^S from E [k | 1] (EK)
+        lse_a, lse_b, z2, tile_scale, EK = _softmaxes_(S, A, ws, spec, go is not None, cntf, masks_ if free else None,
+                                                      k if go is not None and pcol is not None else None)
     neg = logN + lse_b - lse_a  # (c,)
     # -- per-positive terms: the loss and its derivatives wrt g and s_p -----------------------------
     loss, npos, pv, derivs = _terms(neg, sp, logN, spec, ix, r0, r1, pvalid)
@@ -527,8 +646,37 @@ def _chunk_general(k, qs, S, spec, ix, ws, r0, r1, go, dq, dk, self_rc) -> Tenso
     elif A is not None and spec.beta != 0.0 and not spec.detach_weights:
         S.sub_(A, alpha=spec.beta / (1.0 + spec.beta))
         gamma = gamma * (1.0 + spec.beta)
-    _products_(D, k, qs, gamma, delta, spec, same_cols if labels_mode else None, pcol, dq, dk, r0, r1)
+    if tile_scale is not None:
+        gamma = gamma * tile_scale
+    _products_(D, k, qs, gamma, delta, spec, same_cols if labels_mode else None, pcol, dq, dk, r0, r1, EK)
     return loss
+
+
+def _softmaxes_(S: Tensor, A: Tensor | None, ws: _Workspace, spec: KernelSpec, grad: bool, cntf: Tensor,
+                masks: Callable[[Tensor], None] | None, k: Tensor | None = None,
+                ) -> tuple[Tensor, Tensor, Tensor | None, Tensor | None, Tensor | None]:
+    """The softmaxes of `_chunk_general` outside the fused blocks, in place: returns (lse(a),
+    lse(a + S), Σ_j π_ij² under the root tilt or None, each row's factor for the tile S or None,
+    E [k | 1] or None). log of N Σ_j π_ij e^{S_ij} is log N + lse(a + S) − lse(a). ``masks``:
+    shift-free (`_exp_sums_`), S left unnormalised and the factor 1/z_i (1/z_i² for the root tilt's
+    gradient tile); with ``k`` too (no tilt), the row sums come from the product E [k | 1]
+    (`_Workspace.k_ones`), whose first d columns are the dQ product of the tile."""
+    if _root_tilt(spec):  # S ← π = softmax(S);  Σ e^{2S} = e^{2 lse(S)} Σπ²
+        z2 = S.new_empty(S.shape[0])
+        # with a gradient to compute, the tile is turned into it in the same blocks (see below)
+        then = None if not grad else ("square" if spec.detach_weights else "tilt")
+        lse_a = _softmax_lse_(S, ws, sumsq=z2, then=then, masks=masks)
+        scale = torch.exp(-2.0 * lse_a) if masks is not None and then is not None else None
+        return lse_a, 2.0 * lse_a + torch.log(z2), z2, scale, None
+    EK = None
+    if masks is not None and k is not None:
+        masks(S.exp_())
+        EK = torch.mm(S, ws.k_ones(k))
+        lse_b = torch.log(EK[:, k.shape[1]])
+    else:
+        lse_b = _softmax_lse_(S, ws, masks=masks)  # S now holds π̃ = softmax(a + S) (z π̃ with masks)
+    lse_a = _softmax_lse_(A) if A is not None else torch.log(cntf)  # A now holds π
+    return lse_a, lse_b, None, None if masks is None else torch.exp(-lse_b), EK
 
 
 def _terms(neg, sp, logN, spec, ix, r0, r1, pvalid):
@@ -567,9 +715,10 @@ def _grad_weights(go, c, act, npos, spec, dl_dg, dg_dneg, dl_dsp, dg_dsp, pv):
     return w * (dl_dg * dg_dneg * pv).sum(1), (dl_dsp + dl_dg * dg_dsp) * pv * w[:, None]
 
 
-def _products_(D, k, qs, gamma, delta, spec, same_cols, pcol, dq, dk, r0, r1) -> None:
+def _products_(D, k, qs, gamma, delta, spec, same_cols, pcol, dq, dk, r0, r1, EK=None) -> None:
     """dQ[r0:r1] and the chunk's share of dK from the tile D and the per-row γ and δ (``same_cols``:
-    label positives, δ per positive; otherwise one positive per anchor, at ``pcol``)."""
+    label positives, δ per positive; otherwise one positive per anchor, at ``pcol``). ``EK``: the
+    product D [k | 1] made already (`_softmaxes_`), one positive per anchor."""
     if same_cols is not None:
         # γ scales the (c × d) operands rather than the tile; the positives' δ enters the tile as
         # δ/γ. A row with γ = 0 and δ ≠ 0 (a clamped debiased estimator) needs the tile scaled.
@@ -586,7 +735,10 @@ def _products_(D, k, qs, gamma, delta, spec, same_cols, pcol, dq, dk, r0, r1) ->
         return
     # one positive per anchor: γ scales the (c × d) operands instead of the (c × m) tile, and the
     # positive's term δ goes straight to its two rows
-    torch.mm(D, k, out=dq[r0:r1]).mul_((gamma / spec.t)[:, None])
+    if EK is not None:
+        torch.mul(EK[:, : k.shape[1]], (gamma / spec.t)[:, None], out=dq[r0:r1])
+    else:
+        torch.mm(D, k, out=dq[r0:r1]).mul_((gamma / spec.t)[:, None])
     dq[r0:r1].add_(k[pcol] * (delta / spec.t)[:, None])
     dk.addmm_(D.T, qs * gamma[:, None])
     dk.index_add_(0, pcol, qs * delta[:, None])
@@ -648,7 +800,8 @@ def _run_chunks(q: Tensor, k: Tensor, spec: KernelSpec, ix: _Index, go: Tensor |
     n, m = q.shape[0], k.shape[0]
     n_labels = int(ix.label_count.shape[0]) if ix.label_count is not None else 0
     lean_labels = spec.lean and spec.positives == "labels"
-    ws = _Workspace(min(spec.chunk, n), m, q.dtype, q.device, n_labels if lean_labels else 0, q.shape[1])
+    ws = _Workspace(min(spec.chunk, n), m, q.dtype, q.device, n_labels if lean_labels else 0, q.shape[1],
+                    _exp_room(q, k, spec.t))
     k_labels = ix.k_labels
     if lean_labels:
         if k_labels is None:
