@@ -50,13 +50,17 @@ from hardneg.data.scenes import (
     caption_true,
     holds_parsed,
     make_scenes,
+    object_set_label,
     parse_caption,
+    reflect,
+    reverse_relations,
     tokenize,
     truth_matrix,
+    with_relation_twins,
 )
 from hardneg.integrations.open_clip import ClipLoss
 from hardneg.io import atomic_open, atomic_write_text
-from hardneg.models.towers import FrozenTextTower, ImageTower, TextTower
+from hardneg.models.towers import FrozenTextTower, GRUTextTower, ImageTower, TextTower
 from hardneg.negatives.caption_edits import EDIT_KINDS, EditVocabulary, one_edit_swaps
 from hardneg.negatives.context import StepContext
 from hardneg.negatives.cross_modal import LogitScale, pair_ids
@@ -95,7 +99,11 @@ class CrossModalConfig(BaseModel):
     image_stages: int = Field(4, ge=1, le=5)
     image_norm: bool = True
     image_pre_pool: bool = False
-    text_tower: str = Field("trainable", pattern="^(trainable|minilm)$")
+    image_coords: bool = False
+    # each batch: batch_size / 2 training scenes and their relation twins (`with_relation_twins`)
+    relation_twins: bool = False
+    # trainable: `TextTower` (position-wise MLP); gru: `GRUTextTower`; minilm: `FrozenTextTower`
+    text_tower: str = Field("trainable", pattern="^(trainable|gru|minilm)$")
     temperature: float = Field(0.07, gt=0)  # the initial temperature of the learnable logit scale
     threads: int = Field(2, ge=1)
     seeds: list[int] = Field(default_factory=lambda: [0, 1, 2])
@@ -138,6 +146,9 @@ def load_crossmodal_config(path: str | Path, overrides: list[str] | None = None)
         raise ValueError(f"{p}: invalid crossmodal config: {' '.join(first[1:3]) if len(first) > 2 else e}") from None
     if not cfg.strategies:
         raise ValueError(f"{p}: 'strategies' is empty")
+    if cfg.relation_twins and cfg.batch_size % 2:
+        raise ValueError(f"{p}: relation_twins needs an even batch_size (half scenes, half their twins), "
+                         f"got {cfg.batch_size}")
     for name in cfg.strategies:  # each names its run files under the output folder
         check_path_name(name, f"{p}: strategy name")
     return cfg
@@ -187,8 +198,9 @@ class SplitData:
 
 def build_data(cfg: CrossModalConfig) -> tuple[dict[str, SplitData], TextTable]:
     table = TextTable()
+    train = make_scenes("train", cfg.n_train, cfg.data_seed, cfg.captions_per_image)
     data = {
-        "train": SplitData(make_scenes("train", cfg.n_train, cfg.data_seed, cfg.captions_per_image), table),
+        "train": SplitData(with_relation_twins(train, cfg.data_seed) if cfg.relation_twins else train, table),
         "test": SplitData(make_scenes("test", cfg.n_test, cfg.data_seed, cfg.captions_per_image), table),
         "compositional": SplitData(
             make_scenes("compositional", cfg.n_compositional, cfg.data_seed, cfg.captions_per_image), table
@@ -227,7 +239,8 @@ class Towers(torch.nn.Module):
     def __init__(self, cfg: CrossModalConfig, table: TextTable, frozen: torch.Tensor | None = None) -> None:
         super().__init__()
         self.image = ImageTower(
-            cfg.dim, cfg.width, stages=cfg.image_stages, norm=cfg.image_norm, pre_pool=cfg.image_pre_pool
+            cfg.dim, cfg.width, stages=cfg.image_stages, norm=cfg.image_norm, pre_pool=cfg.image_pre_pool,
+            coords=cfg.image_coords,
         )
         if cfg.text_tower == "minilm":
             if frozen is None:
@@ -235,7 +248,8 @@ class Towers(torch.nn.Module):
             self.text_model: torch.nn.Module = FrozenTextTower(frozen, cfg.dim)
             self.register_buffer("tokens", torch.zeros(0, dtype=torch.long), persistent=False)
         else:
-            self.text_model = TextTower(len(WORDS), MAX_LEN, cfg.dim)
+            tower = GRUTextTower if cfg.text_tower == "gru" else TextTower
+            self.text_model = tower(len(WORDS), MAX_LEN, cfg.dim)
             self.register_buffer("tokens", tokenize(table.strings(), MAX_LEN), persistent=False)
         self.logit_scale = LogitScale(cfg.temperature)
 
@@ -324,9 +338,9 @@ class Run:
         o = cfg.optim
         self.opt = torch.optim.AdamW(params, lr=o.lr, weight_decay=o.weight_decay)
         self.train = data["train"]
-        total = cfg.epochs * (len(self.train.scenes) // cfg.batch_size)
+        self.twins = cfg.relation_twins
+        total = cfg.epochs * len(self.batch_order(cfg.batch_size, draw=False))
         self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lr_lambda(o, total))
-        self.X = self.train.scenes.float_images()
         strings = table.strings()
         self.meanings = {c: parse_caption(strings[c]) for caps in self.train.caption_ids for c in caps}
         self.track_truth = track_truth
@@ -336,20 +350,28 @@ class Run:
         self.diag_sum: dict[str, float] = {}
         self.diag_n: dict[str, int] = {}
 
-    def batch_order(self, batch_size: int) -> list[torch.Tensor]:
-        """One epoch of batches of training-image indices (the last partial batch dropped)."""
-        n = len(self.train.scenes)
-        perm = torch.randperm(n, generator=self.gen)
-        return [perm[b0 : b0 + batch_size] for b0 in range(0, n - batch_size + 1, batch_size)]
+    def batch_order(self, batch_size: int, draw: bool = True) -> list[torch.Tensor]:
+        """One epoch of batches of training-image indices (the last partial batch dropped). With
+        relation twins an epoch passes over the scenes, each batch ``batch_size / 2`` of them followed
+        by their twins (row ``i + n``). ``draw=False``: the epoch's shape, without drawing from the
+        run's generator."""
+        n = len(self.train.scenes) // 2 if self.twins else len(self.train.scenes)
+        half = batch_size // 2 if self.twins else batch_size
+        perm = torch.randperm(n, generator=self.gen) if draw else torch.arange(n)
+        chunks = [perm[b0 : b0 + half] for b0 in range(0, n - half + 1, half)]
+        return [torch.cat([c, c + n]) for c in chunks] if self.twins else chunks
 
     def step(self, idx: torch.Tensor) -> float:
         """One optimiser step on training images ``idx``, each with one caption drawn at random."""
         tr, gen, towers = self.train, self.gen, self.towers
         il = idx.tolist()
-        pick = [int(torch.randint(len(tr.caption_ids[i]), (1,), generator=gen)) for i in il]
+        drawn = il[: len(il) // 2] if self.twins else il
+        pick = [int(torch.randint(len(tr.caption_ids[i]), (1,), generator=gen)) for i in drawn]
+        if self.twins:  # a twin takes its scene's caption, relations reversed: the same text where it names none
+            pick = pick + pick
         cap_ids = torch.tensor([tr.caption_ids[i][p] for i, p in zip(il, pick, strict=True)])
         ids = pair_ids(idx, [tr.scenes.captions[i][p] for i, p in zip(il, pick, strict=True)])
-        zi = towers.image(self.X[idx])
+        zi = towers.image(tr.scenes.float_images(idx))
         zt = towers.text(cap_ids)
         negatives = None
         if self.n_edits:
@@ -618,22 +640,47 @@ def diagnostics_table(by: dict[str, list[dict[str, Any]]]) -> list[str]:
     return lines
 
 
-def batch_false_negatives(cfg: CrossModalConfig, n: int = 256) -> dict[str, float]:
-    """What a training batch holds: over the first ``n`` training images, each with its first
-    caption, ``true_share`` — the share of (image, caption of another pair group) pairs where the
-    caption is true of the image — and ``same_label_share``: the share of those true pairs whose
-    scenes have one object set (the ones the ``label`` filter removes)."""
-    sc = make_scenes("train", min(n, cfg.n_train), cfg.data_seed, cfg.captions_per_image)
-    caps = [c[0] for c in sc.captions]
-    ids = pair_ids(list(range(len(caps))), caps)
-    truth = truth_matrix(sc.objects, caps)
-    other = ids[:, None] != ids[None, :]
-    true_other = truth & other
-    same = sc.labels[:, None] == sc.labels[None, :]
-    n_true = int(true_other.sum())
+def batch_false_negatives(cfg: CrossModalConfig, batches: int = 8) -> dict[str, float]:
+    """What a training batch holds, over ``batches`` batches of ``batch_size`` consecutive training
+    images (with relation twins: ``batch_size / 2`` scenes and their twins), each image with one of
+    its captions drawn at random as training draws it (a seeded draw; a twin takes its scene's):
+
+    - ``true_share``: the share of (image, caption of another pair group) pairs where the caption is
+      true of the image;
+    - ``same_label_share``: the share of those true pairs whose scenes have one object set (the ones
+      the ``label`` filter removes);
+    - ``relation_confuser_share``: the share of images with a relation caption for which the batch
+      holds a caption of another pair group that is false of the image but true with its relations
+      reversed (`reverse_relations`): a negative that only reading the relation tells apart, the one
+      the relation swap test asks about."""
+    per = cfg.batch_size // 2 if cfg.relation_twins else cfg.batch_size
+    n = min(batches * per, cfg.n_train)
+    base = make_scenes("train", n, cfg.data_seed, cfg.captions_per_image)
+    rng = np.random.default_rng(cfg.data_seed)
+    n_other = n_true = n_same = n_rel = n_confused = 0
+    for b0 in range(0, n - per + 1, per):
+        rows = list(range(b0, b0 + per))
+        pick = [int(rng.integers(len(base.captions[i]))) for i in rows]
+        objs = [base.objects[i] for i in rows]
+        caps = [base.captions[i][p] for i, p in zip(rows, pick, strict=True)]
+        if cfg.relation_twins:
+            objs, caps = objs + [reflect(o) for o in objs], caps + [reverse_relations(c) for c in caps]
+        labels = torch.tensor([object_set_label(o) for o in objs])
+        ids = pair_ids(list(range(len(caps))), caps)
+        truth = truth_matrix(objs, caps)
+        reversed_truth = truth_matrix(objs, [reverse_relations(c) for c in caps])
+        other = ids[:, None] != ids[None, :]
+        true_other = truth & other
+        has_relation = torch.tensor([parse_caption(c)[0] == "relation" for c in caps])
+        n_other += int(other.sum())
+        n_true += int(true_other.sum())
+        n_same += int((true_other & (labels[:, None] == labels[None, :])).sum())
+        n_rel += int(has_relation.sum())
+        n_confused += int((other & ~truth & reversed_truth).any(dim=1)[has_relation].sum())
     return {
-        "true_share": n_true / max(1, int(other.sum())),
-        "same_label_share": int((true_other & same).sum()) / n_true if n_true else float("nan"),
+        "true_share": n_true / max(1, n_other),
+        "same_label_share": n_same / n_true if n_true else float("nan"),
+        "relation_confuser_share": n_confused / n_rel if n_rel else float("nan"),
     }
 
 
@@ -661,15 +708,21 @@ def write_results_page(
             f"Data: {cfg.n_train} training scenes, {cfg.n_test} test and {cfg.n_compositional} compositional "
             f"scenes, {cfg.captions_per_image} captions per image (`hardneg.data.scenes`). Towers: "
             f"`ImageTower(dim={cfg.dim}, width={cfg.width}, stages={cfg.image_stages}, norm={cfg.image_norm}, "
-            f"pre_pool={cfg.image_pre_pool})` and the {cfg.text_tower} text tower; {cfg.epochs} epochs, batch "
+            f"pre_pool={cfg.image_pre_pool}{', coords=True' if cfg.image_coords else ''})` and the "
+            f"{cfg.text_tower} text tower; {cfg.epochs} epochs, batch "
             f"{cfg.batch_size}, AdamW lr {o.lr} (weight decay {o.weight_decay}, {o.schedule} schedule, "
             f"{o.warmup_steps} warmup steps), learnable temperature from {cfg.temperature}. Seeds "
-            f"{cfg.seeds}; mean ± sample std over seeds.",
+            f"{cfg.seeds}; mean ± sample std over seeds."
+            + (f" Each batch holds {cfg.batch_size // 2} training scenes and their relation twins "
+               "(`with_relation_twins`: the objects reflected through the image centre, the captions' "
+               "relations reversed)." if cfg.relation_twins else ""),
             "",
-            f"False negatives in a batch (`batch_false_negatives`, first {min(256, cfg.n_train)} training "
-            f"images, one caption each): {100 * fn['true_share']:.1f} % of the (image, caption of another "
-            f"pair group) pairs are true of the image; {100 * fn['same_label_share']:.1f} % of those true "
-            "pairs share the image's object set, which is what the `label` filter removes.",
+            "What a batch holds (`batch_false_negatives`: 8 batches of training images, one caption each, "
+            f"drawn as training draws it): {100 * fn['true_share']:.1f} % of the (image, caption of another "
+            f"pair group) pairs are true of the image; {100 * fn['same_label_share']:.1f} % of those true pairs share "
+            "the image's object set, which is what the `label` filter removes. Of the images with a relation "
+            f"caption, {100 * fn['relation_confuser_share']:.1f} % have in the batch a caption that is false "
+            "of them only through its relation (true with the relation reversed).",
             "",
             "Strategies (config mappings, `hardneg.integrations.open_clip.cross_modal_strategy`):",
             "",

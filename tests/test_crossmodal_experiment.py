@@ -267,3 +267,90 @@ def test_hardest_true_share_counts_anchors_whose_top_other_group_caption_is_true
         hits.append(caption_true(objects[a], captions[best]))
     assert hits[0] and not hits[2]
     assert got == pytest.approx(sum(hits) / 5)
+
+
+@pytest.mark.parametrize("kind", ["mlp", "gru"])
+def test_the_text_towers_read_word_order(kind):
+    """The relation swap test needs captions with the same words in another order told apart ("a red
+    circle left of a blue square" against "a blue square left of a red circle"): a mean of the word
+    embeddings (bag of words) gives both one vector, `TextTower` (position embeddings, concatenated)
+    and `GRUTextTower` (a recurrence over the words) two different ones."""
+    from hardneg.data.scenes import WORDS, tokenize
+    from hardneg.models.towers import GRUTextTower
+
+    torch.manual_seed(0)
+    tower = (TextTower if kind == "mlp" else GRUTextTower)(len(WORDS), max_len=12, dim=16).eval()
+    tokens = tokenize(["a red circle left of a blue square", "a blue square left of a red circle"], 12)
+    bag = tower.words(tokens).sum(1) / (tokens > 0).sum(1, keepdim=True)
+    assert torch.allclose(bag[0], bag[1])  # the same words: bag-of-words pooling cannot tell them apart
+    with torch.no_grad():
+        z = torch.nn.functional.normalize(tower(tokens), dim=1)
+    assert float(z[0] @ z[1]) < 0.99
+
+
+def test_gru_text_tower_ignores_padding_and_coord_channels_hold_the_pixel_coordinates():
+    """A caption's embedding does not depend on the padding after it (the backward direction starts
+    at its last word), and `CoordChannels` appends column and row scaled to [−1, 1]."""
+    from hardneg.models.towers import CoordChannels, GRUTextTower
+
+    torch.manual_seed(1)
+    tower = GRUTextTower(20, max_len=6, dim=8).eval()
+    short = torch.tensor([[3, 4, 5, 0, 0, 0]])
+    with torch.no_grad():
+        alone = tower(short)
+        in_batch = tower(torch.cat([short, torch.tensor([[1, 2, 3, 4, 5, 6]])]))[:1]
+        # the literal recurrence over the three words, both directions, from PyTorch's GRU cells
+        x = tower.words(short[:, :3])
+        _, hf = tower.gru(x)
+    assert torch.allclose(alone, in_batch, atol=1e-6)
+    assert torch.allclose(alone, tower.out(torch.cat([hf[0], hf[1]], dim=1)), atol=1e-6)
+    x = torch.zeros(2, 3, 4, 5)
+    c = CoordChannels()(x)
+    assert c.shape == (2, 5, 4, 5) and torch.equal(c[:, :3], x)
+    assert torch.allclose(c[0, 3, 2], torch.tensor([-1.0, -0.5, 0.0, 0.5, 1.0]))  # column, every row
+    assert torch.allclose(c[1, 4, :, 0], torch.tensor([-1.0, -1 / 3, 1 / 3, 1.0]))  # row, every column
+    assert ImageTower(dim=8, width=4, stages=3, pre_pool=True, coords=True)(torch.zeros(2, 3, 64, 64)).shape == (2, 8)
+
+
+def test_relation_twin_batches_pair_each_scene_with_its_twin_and_reversed_caption():
+    """With ``relation_twins`` a batch is ``batch_size / 2`` scenes then their twins (row i + n), an
+    epoch passes once over the scenes, and the twin's caption is its scene's caption with relations
+    reversed; `batch_false_negatives` counts, for each relation caption, whether the batch holds a
+    caption false of the image only through its relation — literally, with `caption_true`."""
+    from hardneg.data.scenes import parse_caption, reflect, reverse_relations
+    from hardneg.negatives.cross_modal import pair_ids
+    from reproduce.crossmodal import Run, batch_false_negatives, build_data
+
+    cfg = CrossModalConfig(n_train=32, n_test=10, n_compositional=10, epochs=1, batch_size=8, dim=8, width=4,
+                           relation_twins=True, strategies={"u": {"name": "ucl"}})
+    data, table = build_data(cfg)
+    run = Run(cfg, "u", 0, data, table)
+    order = run.batch_order(cfg.batch_size)
+    assert len(order) == 32 // 4 and all(torch.equal(b[4:], b[:4] + 32) for b in order)
+    assert sorted(torch.cat([b[:4] for b in order]).tolist()) == list(range(32))
+    tr = data["train"].scenes
+    assert all(tr.captions[32 + i] == [reverse_relations(c) for c in tr.captions[i]] for i in range(32))
+    run.step(order[0])
+    assert run.step_count == 1
+    # the diagnostic by hand: 8 batches of 4 scenes + twins, the captions drawn as the function draws them
+    rng = __import__("numpy").random.default_rng(cfg.data_seed)
+    n_rel = n_conf = 0
+    for b0 in range(0, 32, 4):
+        rows = list(range(b0, b0 + 4))
+        caps = [tr.captions[i][int(rng.integers(len(tr.captions[i])))] for i in rows]
+        objs = [tr.objects[i] for i in rows] + [reflect(tr.objects[i]) for i in rows]
+        caps = caps + [reverse_relations(c) for c in caps]
+        ids = pair_ids(list(range(8)), caps)
+        for a in range(8):
+            if parse_caption(caps[a])[0] != "relation":
+                continue
+            n_rel += 1
+            n_conf += any(
+                int(ids[b]) != int(ids[a]) and not caption_true(objs[a], caps[b])
+                and caption_true(objs[a], reverse_relations(caps[b]))
+                for b in range(8)
+            )
+    got = batch_false_negatives(cfg)
+    assert n_rel > 0 and got["relation_confuser_share"] == pytest.approx(n_conf / n_rel)
+    plain = batch_false_negatives(cfg.model_copy(update={"relation_twins": False}))
+    assert got["relation_confuser_share"] >= 0.75 > plain["relation_confuser_share"]  # most meet their twin's

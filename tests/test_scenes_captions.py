@@ -15,8 +15,11 @@ from hardneg.data.scenes import (
     caption_true,
     make_scenes,
     object_set_label,
+    reflect,
+    reverse_relations,
     tokenize,
     true_captions,
+    with_relation_twins,
 )
 from hardneg.negatives.caption_edits import EditVocabulary, one_edit_swaps, swap_count, swap_relation, swap_shape
 
@@ -86,3 +89,38 @@ def test_tokenize():
     assert t.shape == (1, 10) and int((t[0] > 0).sum()) == 8 and int(t[0, 8]) == 0
     with pytest.raises(ValueError, match="'dog'"):
         tokenize(["a red dog"])
+
+
+def test_reflect_reverses_every_relation_on_a_hand_built_scene():
+    twin = reflect((RED_CIRCLE, BLUE_SQUARE))
+    assert [(o.x, o.y) for o in twin] == [(53.0, 33.0), (23.0, 31.0)]  # 63 - x, 63 - y by hand
+    assert (twin[0].colour, twin[0].shape, twin[0].size) == ("red", "circle", "small")
+    assert caption_true(twin, "a red circle right of a blue square")
+    assert not caption_true(twin, "a red circle left of a blue square")
+    assert reverse_relations("a small red circle left of a large blue square") == (
+        "a small red circle right of a large blue square"
+    )
+    assert reverse_relations("a red circle below a blue square") == "a red circle above a blue square"
+    assert reverse_relations("two red circles") == "two red circles"
+
+
+def test_relation_twins_carry_the_reversed_captions_and_the_reflected_objects():
+    sc = make_scenes("train", 40, seed=3)
+    both = with_relation_twins(sc, seed=3)
+    n = len(sc)
+    assert len(both) == 2 * n and torch.equal(both.images[:n], sc.images) and torch.equal(both.labels[n:], sc.labels)
+    n_relation = 0
+    for i in range(n):
+        twin = both.objects[n + i]
+        for c, tc in zip(sc.captions[i], both.captions[n + i], strict=True):
+            assert caption_true(twin, tc)
+            if " of " in c or " above " in c or " below " in c:
+                n_relation += 1
+                assert tc != c
+            else:
+                assert tc == c  # objects and counts are the same in the twin
+        for o in twin:  # the twin's pixels show each object's colour at its reflected centre
+            rgb = both.images[n + i, :, round(o.y), round(o.x)].float() / 255
+            assert torch.allclose(rgb, torch.tensor(COLOURS[o.colour]), atol=0.01)
+    assert n_relation > 10
+    assert torch.equal(with_relation_twins(sc, seed=3).images, both.images)  # deterministic in the seed

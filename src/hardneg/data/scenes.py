@@ -300,6 +300,46 @@ def make_scenes(split: str, n: int, seed: int = 0, captions_per_image: int = 5) 
     return Scenes(split, torch.from_numpy(np.stack(images)), objects, captions, labels)
 
 
+_REVERSED = {"left of": "right of", "right of": "left of", "above": "below", "below": "above"}
+_RELATION_PHRASE = re.compile(rf"\b({'|'.join(RELATIONS)})\b")
+
+
+def reflect(objects: tuple[SceneObject, ...]) -> tuple[SceneObject, ...]:
+    """The scene's objects with their centres reflected through the image centre (x, y → 63 − x,
+    63 − y), each still drawn upright: every ``left of`` becomes ``right of`` and every ``above``
+    ``below`` (`reverse_relations`), while what is shown — colours, shapes, sizes, counts — stays."""
+    c = IMAGE_SIZE - 1  # pixel centres run 0 … 63, so 63 − x mirrors a centre exactly
+    return tuple(SceneObject(o.colour, o.shape, o.size, c - o.x, c - o.y) for o in objects)
+
+
+def reverse_relations(caption: str) -> str:
+    """``caption`` with each relation phrase replaced by its converse (left of ↔ right of, above ↔
+    below): true of `reflect` (scene) exactly when ``caption`` is true of the scene. Object and
+    count captions are returned unchanged."""
+    return _RELATION_PHRASE.sub(lambda m: _REVERSED[m.group(1)], caption)
+
+
+def with_relation_twins(scenes: Scenes, seed: int = 0) -> Scenes:
+    """``scenes`` followed by their relation twins: row ``i + n`` shows the objects of row ``i``
+    reflected (`reflect`, rendered afresh with its own background noise, seeded by ``seed``) and
+    carries row ``i``'s captions with their relations reversed (`reverse_relations`), in the same
+    order, so caption ``p`` of the twin is caption ``p`` of the original where it names no relation
+    and its relation swap where it does. A batch of scenes and their twins holds, for every relation
+    caption, the one caption that differs from it only in the relation: a negative in-batch
+    sampling almost never draws (two scenes with the same two objects are rare)."""
+    rng = np.random.default_rng([seed, len(SPLITS)])  # a stream no split's generation uses
+    twins = [reflect(o) for o in scenes.objects]
+    images = np.stack([render(o, rng) for o in twins])
+    captions = [[reverse_relations(c) for c in caps] for caps in scenes.captions]
+    return Scenes(
+        scenes.split,
+        torch.cat([scenes.images, torch.from_numpy(images)]),
+        [*scenes.objects, *twins],
+        [*scenes.captions, *captions],
+        torch.cat([scenes.labels, scenes.labels]),
+    )
+
+
 def tokenize(captions: list[str], max_len: int = 12) -> torch.Tensor:
     """(n, max_len) word ids over `WORDS` ("left of" is two words), padded with 0. A word
     outside the vocabulary raises ``ValueError`` naming it."""

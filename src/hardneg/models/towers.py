@@ -19,7 +19,8 @@ class ImageTower(nn.Module):
     The defaults (no pre-pooling, four stages, batch norm) see 64×64 images at full resolution in
     the first layer — a small shape is 12 pixels across — at about 4 M multiply-adds per image at
     width 16; ``pre_pool=True, stages=3, norm=False`` is the 0.4 M variant that halves the
-    resolution first.
+    resolution first. ``coords`` appends the pixel coordinates as two input channels
+    (`CoordChannels`).
     """
 
     def __init__(
@@ -31,6 +32,7 @@ class ImageTower(nn.Module):
         stages: int = 4,
         norm: bool = True,
         pre_pool: bool = False,
+        coords: bool = False,
     ) -> None:
         super().__init__()
         if stages < 1:
@@ -40,7 +42,9 @@ class ImageTower(nn.Module):
             raise ValueError(f"ImageTower needs an image size divisible by {factor}, got {image_size}")
         side = image_size // factor
         layers: list[nn.Module] = [nn.AvgPool2d(2)] if pre_pool else []
-        c_in = in_channels
+        if coords:
+            layers.append(CoordChannels())
+        c_in = in_channels + 2 * int(coords)
         for i in range(stages):
             c_out = width * 2 ** min(i, 2)  # width, 2·width, then 4·width for every later stage
             layers.append(nn.Conv2d(c_in, c_out, 3, 2, 1, bias=not norm))
@@ -53,6 +57,19 @@ class ImageTower(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.net(x)
+
+
+class CoordChannels(nn.Module):
+    """Appends two constant channels to an image batch: the pixel's column and row, each scaled to
+    [−1, 1] (CoordConv, Liu et al. 2018). A convolution is translation-invariant; with these
+    channels its features can carry where they are exactly, not only which cell of the last feature
+    map they fall in."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        n, _, h, w = x.shape
+        ys = torch.linspace(-1.0, 1.0, h, dtype=x.dtype, device=x.device).view(1, 1, h, 1).expand(n, 1, h, w)
+        xs = torch.linspace(-1.0, 1.0, w, dtype=x.dtype, device=x.device).view(1, 1, 1, w).expand(n, 1, h, w)
+        return torch.cat([x, xs, ys], dim=1)
 
 
 class TextTower(nn.Module):
@@ -72,6 +89,29 @@ class TextTower(nn.Module):
             raise ValueError(f"tokens must have shape (n, {self.max_len}), got {tuple(tokens.shape)}")
         h = (self.words(tokens) + self.pos) * (tokens > 0).unsqueeze(-1)
         return self.mlp(h.flatten(1))
+
+
+class GRUTextTower(nn.Module):
+    """Word embeddings of a padded token matrix (n × L, 0 = padding) read by a bidirectional GRU;
+    the two directions' final states, concatenated, are mapped linearly to ``dim``. The recurrence
+    lets an earlier word change how a later one is read ("a red circle left of …" against "a blue
+    square left of …"), which a sum over positions passed through one hidden layer has to learn
+    unit by unit."""
+
+    def __init__(self, vocab_size: int, max_len: int = 12, dim: int = 64, emb: int = 32, hidden: int = 64) -> None:
+        super().__init__()
+        self.max_len = max_len
+        self.words = nn.Embedding(vocab_size, emb, padding_idx=0)
+        self.gru = nn.GRU(emb, hidden, batch_first=True, bidirectional=True)
+        self.out = nn.Linear(2 * hidden, dim)
+
+    def forward(self, tokens: Tensor) -> Tensor:
+        if tokens.dim() != 2 or tokens.shape[1] != self.max_len:
+            raise ValueError(f"tokens must have shape (n, {self.max_len}), got {tuple(tokens.shape)}")
+        lengths = (tokens > 0).sum(1).clamp(min=1).cpu()  # an empty caption reads one padding token
+        packed = nn.utils.rnn.pack_padded_sequence(self.words(tokens), lengths, batch_first=True, enforce_sorted=False)
+        _, h = self.gru(packed)  # (2, n, hidden): the forward and the backward direction's last state
+        return self.out(torch.cat([h[0], h[1]], dim=1))
 
 
 class FrozenTextTower(nn.Module):
