@@ -53,6 +53,7 @@ from hardneg.data.scenes import (
     object_set_label,
     parse_caption,
     reflect,
+    relation_gap,
     reverse_relations,
     tokenize,
     truth_matrix,
@@ -652,12 +653,13 @@ def batch_false_negatives(cfg: CrossModalConfig, batches: int = 8) -> dict[str, 
     - ``relation_confuser_share``: the share of images with a relation caption for which the batch
       holds a caption of another pair group that is false of the image but true with its relations
       reversed (`reverse_relations`): a negative that only reading the relation tells apart, the one
-      the relation swap test asks about."""
+      the relation swap test asks about;
+    - ``relation_caption_share``: the share of the drawn captions that are relations."""
     per = cfg.batch_size // 2 if cfg.relation_twins else cfg.batch_size
     n = min(batches * per, cfg.n_train)
     base = make_scenes("train", n, cfg.data_seed, cfg.captions_per_image)
     rng = np.random.default_rng(cfg.data_seed)
-    n_other = n_true = n_same = n_rel = n_confused = 0
+    n_other = n_true = n_same = n_rel = n_confused = n_images = 0
     for b0 in range(0, n - per + 1, per):
         rows = list(range(b0, b0 + per))
         pick = [int(rng.integers(len(base.captions[i]))) for i in rows]
@@ -676,11 +678,33 @@ def batch_false_negatives(cfg: CrossModalConfig, batches: int = 8) -> dict[str, 
         n_true += int(true_other.sum())
         n_same += int((true_other & (labels[:, None] == labels[None, :])).sum())
         n_rel += int(has_relation.sum())
+        n_images += len(caps)
         n_confused += int((other & ~truth & reversed_truth).any(dim=1)[has_relation].sum())
     return {
         "true_share": n_true / max(1, n_other),
         "same_label_share": n_same / n_true if n_true else float("nan"),
         "relation_confuser_share": n_confused / n_rel if n_rel else float("nan"),
+        "relation_caption_share": n_rel / max(1, n_images),
+    }
+
+
+def caption_composition(cfg: CrossModalConfig) -> dict[str, float]:
+    """What the captions ask, from the generator alone (no training): ``relation_share``, the share of
+    the training captions that are relations; ``multi_object_share``, the share of training scenes
+    with two or more objects (only they have relation captions); over the test split's relation
+    captions, ``gap_median`` (pixels) and ``gap_under_12`` (share) of `relation_gap`, how far apart
+    the related objects are drawn."""
+    train = make_scenes("train", cfg.n_train, cfg.data_seed, cfg.captions_per_image)
+    caps = [c for cs in train.captions for c in cs]
+    n_rel = sum(parse_caption(c)[0] == "relation" for c in caps)
+    test = make_scenes("test", cfg.n_test, cfg.data_seed, cfg.captions_per_image)
+    gaps = [relation_gap(objs, m) for objs, cs in zip(test.objects, test.captions, strict=True)
+            for m in map(parse_caption, cs) if m[0] == "relation"]
+    return {
+        "relation_share": n_rel / max(1, len(caps)),
+        "multi_object_share": sum(len(o) >= 2 for o in train.objects) / max(1, len(train.objects)),
+        "gap_median": float(np.median(gaps)) if gaps else float("nan"),
+        "gap_under_12": float(np.mean([g < 12 for g in gaps])) if gaps else float("nan"),
     }
 
 
@@ -701,7 +725,7 @@ def write_results_page(
         "",
     ]
     for name, cfg, records in sections:
-        o, fn = cfg.optim, batch_false_negatives(cfg)
+        o, fn, cc = cfg.optim, batch_false_negatives(cfg), caption_composition(cfg)
         lines += [
             f"## {name}: {cfg.text_tower} text tower",
             "",
@@ -722,7 +746,14 @@ def write_results_page(
             f"pair group) pairs are true of the image; {100 * fn['same_label_share']:.1f} % of those true pairs share "
             "the image's object set, which is what the `label` filter removes. Of the images with a relation "
             f"caption, {100 * fn['relation_confuser_share']:.1f} % have in the batch a caption that is false "
-            "of them only through its relation (true with the relation reversed).",
+            "of them only through its relation (true with the relation reversed). "
+            f"{100 * fn['relation_caption_share']:.1f} % of the drawn captions are relations.",
+            "",
+            "What the captions ask (`caption_composition`, from the generator): "
+            f"{100 * cc['relation_share']:.1f} % of the training captions are relations, all of them from the "
+            f"{100 * cc['multi_object_share']:.1f} % of training scenes with two or more objects; the objects a "
+            f"test relation caption relates are drawn a median {cc['gap_median']:.0f} pixels apart on the "
+            f"relation's axis (`relation_gap`), {100 * cc['gap_under_12']:.0f} % of them under 12 pixels.",
             "",
             "Strategies (config mappings, `hardneg.integrations.open_clip.cross_modal_strategy`):",
             "",

@@ -15,7 +15,9 @@ from hardneg.data.scenes import (
     caption_true,
     make_scenes,
     object_set_label,
+    parse_caption,
     reflect,
+    relation_gap,
     reverse_relations,
     tokenize,
     true_captions,
@@ -124,3 +126,15 @@ def test_relation_twins_carry_the_reversed_captions_and_the_reflected_objects():
             assert torch.allclose(rgb, torch.tensor(COLOURS[o.colour]), atol=0.01)
     assert n_relation > 10
     assert torch.equal(with_relation_twins(sc, seed=3).images, both.images)  # deterministic in the seed
+
+
+def test_relation_gap_is_the_closest_true_pair_on_the_relations_axis():
+    # two red circles left of the square, 30 and 12 pixels away on x; the square sits 2 pixels lower
+    near = SceneObject("red", "circle", "small", 28.0, 31.0)
+    scene = (RED_CIRCLE, near, BLUE_SQUARE)
+    assert relation_gap(scene, parse_caption("a red circle left of a blue square")) == pytest.approx(12.0)
+    assert relation_gap(scene, parse_caption("a blue square right of a small red circle")) == pytest.approx(12.0)
+    with pytest.raises(ValueError, match="not true"):
+        relation_gap(scene, parse_caption("a red circle above a blue square"))  # |dy| < margin
+    with pytest.raises(ValueError, match="not a relation"):
+        relation_gap(scene, parse_caption("a blue square"))

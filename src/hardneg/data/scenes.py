@@ -196,6 +196,24 @@ def holds_parsed(objects: tuple[SceneObject, ...], meaning: tuple) -> bool:
     return sum(_matches(o, *meaning[2]) for o in objects) == meaning[1]
 
 
+def relation_gap(objects: tuple[SceneObject, ...], meaning: tuple) -> float:
+    """The smallest centre distance, on the relation's axis, over the object pairs that make a parsed
+    relation caption (`parse_caption`) true of the scene: how far apart the picture shows what the
+    caption says. A caption that is not a relation true of the scene raises ``ValueError``."""
+    if meaning[0] != "relation":
+        raise ValueError(f"not a relation caption: {meaning!r}")
+    _, a_np, rel, b_np = meaning
+    gaps = [
+        abs(a.x - b.x) if rel in ("left of", "right of") else abs(a.y - b.y)
+        for i, a in enumerate(objects)
+        for j, b in enumerate(objects)
+        if i != j and _matches(a, *a_np) and _matches(b, *b_np) and holds(rel, a, b)
+    ]
+    if not gaps:
+        raise ValueError(f"the relation {meaning!r} is not true of the scene")
+    return min(gaps)
+
+
 def caption_true(objects: tuple[SceneObject, ...], caption: str) -> bool:
     """Whether ``caption`` (any sentence of the grammar) is true of the scene. A sentence outside
     the grammar raises ``ValueError`` naming it."""
