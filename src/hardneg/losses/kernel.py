@@ -672,7 +672,7 @@ def _chunk_general(ch: _Chunk) -> Tensor:
         assert ch.same_cols is not None  # built by _mask_rule for label positives
         sp = S.gather(1, ch.same_cols)
     neg, logN = _normaliser(ch, sp, _extra_log_weights(S, ch.spec, ch.r0, ch.r1))
-    loss, npos, pv, derivs = _terms(neg, sp, logN, ch.spec, ch.ix, ch.r0, ch.r1, ch.pvalid)
+    loss, npos, pv, derivs = _terms(ch, neg, sp, logN)
     if ch.act is not None and not ch.all_active:
         loss = torch.where(ch.act, loss, torch.zeros_like(loss))
     if ch.go is not None:
@@ -767,9 +767,7 @@ def _gradient_tile(ch: _Chunk, npos: Tensor | None, pv: Tensor | None, derivs: t
     γ' = (1 + β) γ: one pass over the tile, none at β = 1 (made in the softmax's blocks) nor for a
     sparse selection (β = 0, π detached: D = γ π̃ on the kept columns, δ on the positive)."""
     spec = ch.spec
-    dl_dg, dg_dneg, dl_dsp, dg_dsp = derivs
-    gamma, delta = _grad_weights(ch.go, ch.c, None if ch.all_active else ch.act, npos, spec, dl_dg, dg_dneg,
-                                 dl_dsp, dg_dsp, pv)
+    gamma, delta = _grad_weights(ch, npos, pv, derivs)
     if ch.kept is not None:
         _sparse_products_(ch, ch.kept, gamma, delta)
         return
@@ -810,15 +808,18 @@ def _softmaxes_(S: Tensor, A: Tensor | None, ws: _Workspace, spec: KernelSpec, g
     return lse_a, lse_b, None, None if masks is None else torch.exp(-lse_b), EK
 
 
-def _terms(neg, sp, logN, spec, ix, r0, r1, pvalid):
+def _terms(ch: _Chunk, neg: Tensor, sp: Tensor, logN: Tensor) -> tuple[Tensor, Tensor | None, Tensor | None, tuple]:
     """Per-anchor losses from the log negative term ``neg``; returns (loss, |P_i| or None, the valid
     positives as floats or None, (∂ℓ/∂g, ∂g/∂neg, ∂ℓ/∂s_p, ∂g/∂s_p)) — one positive per anchor
-    unless ``pvalid`` (label positives) is given."""
+    unless ``ch.pvalid`` (label positives) is set."""
+    spec, pvalid = ch.spec, ch.pvalid
     if pvalid is None:
         g, dg_dneg, dg_dsp = _debias(neg, sp, logN, spec)
         loss, dl_dg, dl_dsp = _per_positive(g, sp, spec)
         return loss, None, None, (dl_dg, dg_dneg, dl_dsp, dg_dsp)
-    npos = ix.n_pos[r0:r1].clamp(min=1).to(neg.dtype)
+    if ch.ix.n_pos is None:
+        raise ValueError("label positives need q_labels and k_labels")
+    npos = ch.ix.n_pos[ch.r0 : ch.r1].clamp(min=1).to(neg.dtype)
     pv = pvalid.to(neg.dtype)
     if spec.tau_plus == 0.0 and not spec.include_positive:
         loss = npos * neg - (sp * pv).sum(1)
@@ -832,16 +833,18 @@ def _terms(neg, sp, logN, spec, ix, r0, r1, pvalid):
     return loss, npos, pv, (dl_dg, dg_dneg, dl_dsp, dg_dsp)
 
 
-def _grad_weights(go, c, act, npos, spec, dl_dg, dg_dneg, dl_dsp, dg_dsp, pv):
-    """Per-row γ (the weight of the softmax tile) and δ (the positives' terms) of the gradient wrt S;
-    ``act`` zeroes skipped rows (None: none), ``pv`` the valid positives under label positives."""
-    go_c = go.expand(c) if go.dim() == 0 else go
-    if act is not None:
-        go_c = go_c * act.to(go_c.dtype)
-    w = go_c if (npos is None or spec.positive_reduce == "pairs") else go_c / npos
+def _grad_weights(ch: _Chunk, npos: Tensor | None, pv: Tensor | None, derivs: tuple) -> tuple[Tensor, Tensor]:
+    """Per-row γ (the weight of the softmax tile) and δ (the positives' terms) of the gradient wrt S
+    from `_terms`' ``derivs``; skipped rows get 0, ``pv`` are the valid positives under label positives."""
+    dl_dg, dg_dneg, dl_dsp, dg_dsp = derivs
+    go_c = ch.go_rows()
+    if ch.act is not None and not ch.all_active:
+        go_c = go_c * ch.act.to(go_c.dtype)
+    w = go_c if (npos is None or ch.spec.positive_reduce == "pairs") else go_c / npos
     if pv is None:
         return w * dl_dg * dg_dneg, w * (dl_dsp + dl_dg * dg_dsp)
     if dl_dg is None:
+        assert npos is not None  # label positives (_terms)
         return w * npos, -pv * w[:, None]
     return w * (dl_dg * dg_dneg * pv).sum(1), (dl_dsp + dl_dg * dg_dsp) * pv * w[:, None]
 
