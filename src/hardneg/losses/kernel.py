@@ -309,7 +309,7 @@ def _softmax_lse_(X: Tensor, ws: _Workspace | None = None, sumsq: Tensor | None 
     """Row softmax P of X **in place**; returns the row log-sum-exp (and writes Σ_j P_ij² into
     ``sumsq`` if given). With ``ws``, block by block (one trip through memory for the whole run),
     and then, in the same block, ``then="square"``: X ← P ⊙ P, or ``then="tilt"``: X ← P ⊙ (P − Σ_j P_ij²/2)
-    (the β = 1 gradient tile of ``_chunk_general``).
+    (the β = 1 gradient tile of `_gradient_tile`).
 
     lse_i = max_j X_ij − log max_j softmax_ij (the largest probability is ≥ 1/m: no underflow).
     Two cheap max reductions instead of a separate exp-sum pass (argmax is slow on CPU).
@@ -330,7 +330,7 @@ def _softmax_lse_(X: Tensor, ws: _Workspace | None = None, sumsq: Tensor | None 
         if then == "square":
             Xb.mul_(Xb)
         elif then == "tilt":
-            assert sumsq is not None and ws is not None  # then="tilt" is asked with both (_chunk_general)
+            assert sumsq is not None and ws is not None  # then="tilt" is asked with both (_softmaxes_)
             Xb.mul_(torch.sub(Xb, 0.5 * sumsq[r0 : r0 + R, None], out=ws.block()[: Xb.shape[0]]))
     return lse
 
@@ -355,7 +355,7 @@ def _exp_sums_(X: Tensor, ws: _Workspace | None, sumsq: Tensor | None, then: str
     if then == "square":
         X.square_()
     elif then == "tilt":  # in cache-sized blocks: the shifted copy lives in the block scratch
-        assert half is not None and ws is not None  # then="tilt" is asked with both (_chunk_general)
+        assert half is not None and ws is not None  # then="tilt" is asked with both (_softmaxes_)
         R = ws.rows_per_block()
         for r0 in range(0, X.shape[0], R):
             Xb = X[r0 : r0 + R]
@@ -784,7 +784,7 @@ def _gradient_tile(ch: _Chunk, npos: Tensor | None, pv: Tensor | None, derivs: t
 def _softmaxes_(S: Tensor, A: Tensor | None, ws: _Workspace, spec: KernelSpec, grad: bool, cntf: Tensor,
                 masks: Callable[[Tensor], None] | None, k: Tensor | None = None,
                 ) -> tuple[Tensor, Tensor, Tensor | None, Tensor | None, Tensor | None]:
-    """The softmaxes of `_chunk_general` outside the fused blocks, in place: returns (lse(a),
+    """The softmaxes of `_normaliser` outside the fused blocks, in place: returns (lse(a),
     lse(a + S), Σ_j π_ij² under the root tilt or None, each row's factor for the tile S or None,
     E [k | 1] or None). log of N Σ_j π_ij e^{S_ij} is log N + lse(a + S) − lse(a). ``masks``:
     shift-free (`_exp_sums_`), S left unnormalised and the factor 1/z_i (1/z_i² for the root tilt's
