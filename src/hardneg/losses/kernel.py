@@ -309,7 +309,7 @@ def _softmax_lse_(X: Tensor, ws: _Workspace | None = None, sumsq: Tensor | None 
     """Row softmax P of X **in place**; returns the row log-sum-exp (and writes Σ_j P_ij² into
     ``sumsq`` if given). With ``ws``, block by block (one trip through memory for the whole run),
     and then, in the same block, ``then="square"``: X ← P ⊙ P, or ``then="tilt"``: X ← P ⊙ (P − Σ_j P_ij²/2)
-    (the β = 1 gradient tile of ``_chunk_general``).
+    (the β = 1 gradient tile of `_gradient_tile`).
 
     lse_i = max_j X_ij − log max_j softmax_ij (the largest probability is ≥ 1/m: no underflow).
     Two cheap max reductions instead of a separate exp-sum pass (argmax is slow on CPU).
@@ -330,7 +330,7 @@ def _softmax_lse_(X: Tensor, ws: _Workspace | None = None, sumsq: Tensor | None 
         if then == "square":
             Xb.mul_(Xb)
         elif then == "tilt":
-            assert sumsq is not None and ws is not None  # then="tilt" is asked with both (_chunk_general)
+            assert sumsq is not None and ws is not None  # then="tilt" is asked with both (_softmaxes_)
             Xb.mul_(torch.sub(Xb, 0.5 * sumsq[r0 : r0 + R, None], out=ws.block()[: Xb.shape[0]]))
     return lse
 
@@ -355,7 +355,7 @@ def _exp_sums_(X: Tensor, ws: _Workspace | None, sumsq: Tensor | None, then: str
     if then == "square":
         X.square_()
     elif then == "tilt":  # in cache-sized blocks: the shifted copy lives in the block scratch
-        assert half is not None and ws is not None  # then="tilt" is asked with both (_chunk_general)
+        assert half is not None and ws is not None  # then="tilt" is asked with both (_softmaxes_)
         R = ws.rows_per_block()
         for r0 in range(0, X.shape[0], R):
             Xb = X[r0 : r0 + R]
@@ -447,15 +447,93 @@ def _weighted_blocks_(S: Tensor, sp: Tensor, spec: KernelSpec, ws: _Workspace, r
     return cnt, lse_b, lse_a, chunk_kept, scale
 
 
-def _chunk(q, k, spec, ix, ws, r0, r1, go, dq, dk) -> Tensor:
+@dataclass
+class _Chunk:
+    """One chunk of anchors r0:r1, the state its named steps share: the inputs (k, the chunk's
+    qs = q[r0:r1] / t, the tile S = qs kᵀ in the workspace ``ws``, ``go`` its upstream gradient or
+    None, the call's dq and dk that the gradient steps fill, ``self_rc`` the anchors' own entries)
+    and what each step leaves for the next (docs/design.md §5, "The chunk and its steps").
+
+    The general path (`_chunk_general`): `_mask_rule` (which entries are no candidates: the anchor
+    itself, its positive(s), the other_labels filter; `mask_` writes them), `_normaliser`
+    (log-weights, the softmaxes or row sums, shift-free or shifted, skipped rows; the log negative
+    term), `_terms` (the per-positive loss terms, label positives included) and `_gradient_tile`
+    (γ, δ, the tile D and its products, `_products_` / `_sparse_products_`). The lean path
+    (`_chunk_lean`): `_lean_normaliser`, `_lean_terms`, `_lean_products`."""
+
+    k: Tensor
+    qs: Tensor
+    S: Tensor
+    spec: KernelSpec
+    ix: _Index
+    ws: _Workspace
+    r0: int
+    r1: int
+    go: Tensor | None
+    dq: Tensor | None
+    dk: Tensor | None
+    self_rc: tuple[Tensor, Tensor] | None
+    # the mask (`_mask_rule`; the lean path's positives in `_lean_normaliser`)
+    rows: Tensor | None = None  # (c,) arange: each anchor's row of the tile
+    pcol: Tensor | None = None  # (c,) column of each anchor's positive (one positive per anchor)
+    same_cols: Tensor | None = None  # (c, P) same-label columns (label positives or other_labels)
+    pvalid: Tensor | None = None  # (c, P) which of same_cols are positives (label positives)
+    # the normaliser (`_normaliser`, `_lean_normaliser`)
+    act: Tensor | None = None  # (c,) bool: anchors not skipped (None: every anchor)
+    all_active: bool = True
+    A: Tensor | None = None  # log π numerators β S + a (β ∉ {0, 1} or extra log-weights), then π
+    kept: Kept | None = None  # a sparse selection's kept entries, holding π̃ over them
+    tile_scale: Tensor | None = None  # per row, the factor of the unnormalised tile S (None: 1)
+    z: Tensor | None = None  # row sums of E = e^S (the lean path within the bound)
+    z2: Tensor | None = None  # Σ_j π_ij² under the root tilt
+    EK: Tensor | None = None  # E [k | 1], made with the row sums (`_Workspace.k_ones`)
+    # the lean path's label positives (`_lean_terms`)
+    npos: Tensor | None = None  # (c,) |P_i|, at least 1
+    pos_k: Tensor | None = None  # (c, d) Σ_{p∈P(i)} k_p
+
+    @property
+    def c(self) -> int:
+        return self.r1 - self.r0
+
+    def go_rows(self) -> Tensor:
+        """The upstream gradient, one value per row of the chunk."""
+        if self.go is None:
+            raise ValueError("the gradient steps run with an upstream gradient")
+        return self.go.expand(self.c) if self.go.dim() == 0 else self.go
+
+    def grads(self) -> tuple[Tensor, Tensor]:
+        """(dq, dk), which the gradient steps fill."""
+        if self.dq is None or self.dk is None:
+            raise ValueError("the gradient steps run with dq and dk")
+        return self.dq, self.dk
+
+    def mask_(self, X: Tensor, fill: float = _NEG_INF) -> None:
+        """Writes ``fill`` on the entries that are no candidate: −∞ on S, 0 on e^S; by scatter (no
+        boolean pass over the tile)."""
+        if self.self_rc is not None:
+            X[self.self_rc[0], self.self_rc[1]] = fill
+        if self.pcol is not None:
+            X[self.rows, self.pcol] = fill
+        if self.spec.negatives == "other_labels" and self.same_cols is not None:
+            X.scatter_(1, self.same_cols, fill)
+
+    def masks_(self, E: Tensor) -> None:
+        """e^S's masks: 0 on the entries that are no candidate, then a skipped row of ones (finite, z = m)."""
+        self.mask_(E, 0.0)
+        if self.act is not None and not self.all_active:
+            E.masked_fill_(~self.act[:, None], 1.0)
+
+
+def _chunk(q: Tensor, k: Tensor, spec: KernelSpec, ix: _Index, ws: _Workspace, r0: int, r1: int,
+           go: Tensor | None, dq: Tensor | None, dk: Tensor | None) -> Tensor:
     """Loss of anchors r0:r1; if ``go`` (their upstream gradient) is given, writes dQ[r0:r1] and adds to dK."""
     c = r1 - r0
     qs = q[r0:r1] * (1.0 / spec.t)  # temperature folded into the (c × d) operand
     S = torch.mm(qs, k.T, out=ws.S[:c])  # (c, m) = s / t
-    self_rc = _self_entries(ix, r0, r1)
+    ch = _Chunk(k, qs, S, spec, ix, ws, r0, r1, go, dq, dk, _self_entries(ix, r0, r1))
     if spec.lean and (spec.positives == "labels" or ix.active is None):
-        return _chunk_lean(k, qs, S, spec, ix, ws, r0, r1, go, dq, dk, self_rc)
-    return _chunk_general(k, qs, S, spec, ix, ws, r0, r1, go, dq, dk, self_rc)
+        return _chunk_lean(ch)
+    return _chunk_general(ch)
 
 
 def _root_tilt(spec: KernelSpec) -> bool:
@@ -464,79 +542,111 @@ def _root_tilt(spec: KernelSpec) -> bool:
     return spec.beta == 1.0 and spec.log_weight_fn is None
 
 
-def _chunk_lean(k, qs, S, spec, ix, ws, r0, r1, go, dq, dk, self_rc) -> Tensor:
+def _chunk_lean(ch: _Chunk) -> Tensor:
     """Uniform, plain-sum InfoNCE (NT-Xent) and SupCon L_out. Within `_exp_room` (t ≥ 0.025 for
     L2-normalised inputs): E = e^S in place, one pass over the tile, left unnormalised; its row sums
     z come with the dQ product (`_Workspace.k_ones`), or from a sum without a gradient. Otherwise
     the fused in-place (log-)softmax, E = softmax and z = 1. Either way the gradient tile
     (softmax − the positives) is never written: go_i / z_i scales the (c × d) operands of the two
     products and the positives' terms go straight to their rows."""
-    c, d = S.shape[0], k.shape[1]
-    free = ws.shift_free()
-    act = None if ix.active is None else ix.active[r0:r1]
-    view = spec.positives == "view"
-    pcol = ix.pos_index[r0:r1] if view else None
-    if free:
-        sp = S[torch.arange(c, device=S.device), pcol] if view else None  # a copy, read before the exp
-        S.exp_()  # the anchor is no candidate: 0 written on E, not −∞ on S (exp of −∞ is slow on CPU)
-        if self_rc is not None:
-            S[self_rc[0], self_rc[1]] = 0.0
-        if act is not None:  # an anchor without any candidate: a placeholder row of ones
-            S.masked_fill_(~act[:, None], 1.0)
-        EK = None
-        if go is None:
-            z = S.sum(1)
-        else:
-            EK = torch.mm(S, ws.k_ones(k))
-            z = EK[:, d]
-        lse = torch.log(z)
-    else:
-        if self_rc is not None:
-            S[self_rc[0], self_rc[1]] = _NEG_INF
-        if not view and act is not None:  # an anchor without any candidate: a finite placeholder row
-            S.masked_fill_(~act[:, None], 0.0)
-        z = EK = sp = None
+    lse, sp = _lean_normaliser(ch)
+    loss = _lean_terms(ch, lse, sp)
+    if ch.go is not None:
+        _lean_products(ch)
+    return loss
+
+
+def _lean_normaliser(ch: _Chunk) -> tuple[Tensor | None, Tensor | None]:
+    """The lean path's mask and normaliser; returns (lse, s_ip/t) per row, each None where
+    `_lean_terms` takes it from the fused log-softmax. Within the bound: s_ip/t read first, E = e^S
+    with 0 on the anchor itself (not −∞ on S: exp of −∞ is slow on CPU) and a placeholder row of ones
+    for an anchor without any candidate, z from E [k | 1] with a gradient (``ch.EK``) or a sum.
+    Otherwise −∞ on the anchor itself and, with label positives, a finite placeholder row and the
+    in-place softmax."""
+    S, ix, r0, r1 = ch.S, ch.ix, ch.r0, ch.r1
+    ch.act = act = None if ix.active is None else ix.active[r0:r1]
+    view = ch.spec.positives == "view"
     if view:
-        assert pcol is not None and (sp is not None or not free)  # set above for positives="view"
-        loss = lse - sp if sp is not None else _log_softmax_nll_(S, pcol, ws, exp=go is not None)
+        if ix.pos_index is None:
+            raise ValueError('positives="view" needs pos_index')
+        ch.pcol = ix.pos_index[r0:r1]
+    if not ch.ws.shift_free():
+        if ch.self_rc is not None:
+            S[ch.self_rc[0], ch.self_rc[1]] = _NEG_INF
+        if view:
+            return None, None
+        if act is not None:  # an anchor without any candidate: a finite placeholder row
+            S.masked_fill_(~act[:, None], 0.0)
+        return _softmax_lse_(S, ch.ws), None
+    sp = S[torch.arange(ch.c, device=S.device), ch.pcol] if view else None  # a copy, read before the exp
+    S.exp_()
+    if ch.self_rc is not None:
+        S[ch.self_rc[0], ch.self_rc[1]] = 0.0
+    if act is not None:  # an anchor without any candidate: a placeholder row of ones
+        S.masked_fill_(~act[:, None], 1.0)
+    if ch.go is None:
+        ch.z = S.sum(1)
     else:
-        # SupCon L_out: ℓ_i = lse_{a≠i}(S) − mean_{p∈P(i)} S_ip; the mean via per-label sums (O(n d)).
-        y = ix.q_labels[r0:r1]
-        if not free:
-            lse = _softmax_lse_(S, ws)
-        npos = ix.n_pos[r0:r1].clamp(min=1).to(S.dtype)
-        sum_pos_k = ws.k_label_sums[y]  # Σ_{j: y_j = y_i} k_j
-        if self_rc is not None:
-            sum_pos_k = sum_pos_k.clone()
-            sum_pos_k[self_rc[0]] -= k[self_rc[1]]
-        loss = lse - (qs * sum_pos_k).sum(1) / npos
-        if act is not None:  # anchors without a positive are skipped (candidates module)
-            loss = torch.where(act, loss, torch.zeros_like(loss))
-            if go is not None:
-                go = (go.expand(c) if go.dim() == 0 else go) * act.to(S.dtype)
-    if go is None:
-        return loss
-    # dS = go (E / z − positives): dQ = (go / z) E K / t − go (positives' k) / t,
-    # dK += Eᵀ ((go / z) qs) − (the positives' rows get go qs)
-    go_c = go.expand(c) if go.dim() == 0 else go
-    w = go_c if z is None else go_c / z
-    if EK is None:
+        ch.EK = torch.mm(S, ch.ws.k_ones(ch.k))
+        ch.z = ch.EK[:, ch.k.shape[1]]
+    return torch.log(ch.z), sp
+
+
+def _lean_terms(ch: _Chunk, lse: Tensor | None, sp: Tensor | None) -> Tensor:
+    """The lean path's per-anchor losses: −log softmax(S)_{i, p} (lse − s_ip/t, or the fused
+    log-softmax, which leaves the softmax in S for the gradient), or SupCon L_out
+    ℓ_i = lse_{a≠i}(S) − mean_{p∈P(i)} S_ip with the mean from per-label sums of k (O(n d)); an
+    anchor without a positive gets loss 0 and upstream gradient 0 (candidates module)."""
+    if ch.spec.positives == "view":
+        if lse is None or sp is None:
+            assert ch.pcol is not None  # set by _lean_normaliser for positives="view"
+            return _log_softmax_nll_(ch.S, ch.pcol, ch.ws, exp=ch.go is not None)
+        return lse - sp
+    ix, r0, r1 = ch.ix, ch.r0, ch.r1
+    if lse is None or ix.q_labels is None or ix.n_pos is None or ch.ws.k_label_sums is None:
+        raise ValueError("label positives need q_labels, k_labels and the label sums of k")
+    y = ix.q_labels[r0:r1]
+    ch.npos = npos = ix.n_pos[r0:r1].clamp(min=1).to(ch.S.dtype)
+    pos_k = ch.ws.k_label_sums[y]  # Σ_{j: y_j = y_i} k_j
+    if ch.self_rc is not None:
+        pos_k = pos_k.clone()
+        pos_k[ch.self_rc[0]] -= ch.k[ch.self_rc[1]]
+    ch.pos_k = pos_k
+    loss = lse - (ch.qs * pos_k).sum(1) / npos
+    if ch.act is not None:
+        loss = torch.where(ch.act, loss, torch.zeros_like(loss))
+        if ch.go is not None:
+            ch.go = ch.go_rows() * ch.act.to(ch.S.dtype)
+    return loss
+
+
+def _lean_products(ch: _Chunk) -> None:
+    """The lean path's gradient. dS = go (E / z − positives): dQ = (go / z) E K / t − go (positives'
+    k) / t, dK += Eᵀ ((go / z) qs) − (the positives' rows get go qs); E is S, the tile is not
+    written."""
+    S, k, qs, spec, r0, r1 = ch.S, ch.k, ch.qs, ch.spec, ch.r0, ch.r1
+    dq, dk = ch.grads()
+    d = k.shape[1]
+    go_c = ch.go_rows()
+    w = go_c if ch.z is None else go_c / ch.z
+    if ch.EK is None:
         torch.mm(S, k, out=dq[r0:r1]).mul_((w * (1.0 / spec.t))[:, None])
     else:
-        torch.mul(EK[:, :d], (w * (1.0 / spec.t))[:, None], out=dq[r0:r1])
+        torch.mul(ch.EK[:, :d], (w * (1.0 / spec.t))[:, None], out=dq[r0:r1])
     dk.addmm_(S.T, qs * w[:, None])
-    if view:
-        dq[r0:r1].sub_(k[pcol] * (go_c * (1.0 / spec.t))[:, None])
-        dk.index_add_(0, pcol, qs * (-go_c)[:, None])
-        return loss
+    if ch.pcol is not None:
+        dq[r0:r1].sub_(k[ch.pcol] * (go_c * (1.0 / spec.t))[:, None])
+        dk.index_add_(0, ch.pcol, qs * (-go_c)[:, None])
+        return
     # labels mode: the positive part −go/|P_i| on every same-label candidate, via label sums
-    wp = go_c / npos
-    dq[r0:r1].sub_(sum_pos_k * (wp * (1.0 / spec.t))[:, None])
+    if ch.npos is None or ch.pos_k is None or ch.ix.q_labels is None or ch.ws.label_acc is None:
+        raise ValueError("label positives need the label sums of k (_lean_terms)")
+    wp = go_c / ch.npos
+    dq[r0:r1].sub_(ch.pos_k * (wp * (1.0 / spec.t))[:, None])
     wq = wp[:, None] * qs
-    ws.label_acc.index_add_(0, y, -wq)  # applied to every k row of that label at the end
-    if self_rc is not None:
-        dk.index_add_(0, self_rc[1], wq[self_rc[0]])  # the anchor is not its own positive
-    return loss
+    ch.ws.label_acc.index_add_(0, ch.ix.q_labels[r0:r1], -wq)  # applied to every k row of that label at the end
+    if ch.self_rc is not None:
+        dk.index_add_(0, ch.self_rc[1], wq[ch.self_rc[0]])  # the anchor is not its own positive
 
 
 def _extra_log_weights(S: Tensor, spec: KernelSpec, r0: int, r1: int) -> Tensor | None:
@@ -550,63 +660,91 @@ def _extra_log_weights(S: Tensor, spec: KernelSpec, r0: int, r1: int) -> Tensor 
     return extra.to(S.dtype)
 
 
-def _chunk_general(k, qs, S, spec, ix, ws, r0, r1, go, dq, dk, self_rc) -> Tensor:
-    """Every other case: label masks, β tilt, extra log-weights, nominal N, τ⁺ debiasing, label positives."""
-    c, dev = S.shape[0], S.device
-    rows = torch.arange(c, device=dev)
-    labels_mode = spec.positives == "labels"
-    pcol = None if labels_mode else ix.pos_index[r0:r1]
-    same_cols = pvalid = None
-    if labels_mode or spec.negatives == "other_labels":
-        pad = pcol if pcol is not None else ix.k_order[ix.label_start[ix.q_labels[r0:r1]]]
-        same_cols, same_valid = _same_label_cols(ix, r0, r1, pad)
+def _chunk_general(ch: _Chunk) -> Tensor:
+    """Every other case: label masks, β tilt, extra log-weights, nominal N, τ⁺ debiasing, label
+    positives; the steps of `_Chunk` in turn."""
+    _mask_rule(ch)
+    S = ch.S
+    # the positive similarities, read before masking: (c,), or (c, P) with label positives
+    if ch.pcol is not None:
+        sp = S[ch.rows, ch.pcol].clone()
+    else:
+        assert ch.same_cols is not None  # built by _mask_rule for label positives
+        sp = S.gather(1, ch.same_cols)
+    neg, logN = _normaliser(ch, sp, _extra_log_weights(S, ch.spec, ch.r0, ch.r1))
+    loss, npos, pv, derivs = _terms(ch, neg, sp, logN)
+    if ch.act is not None and not ch.all_active:
+        loss = torch.where(ch.act, loss, torch.zeros_like(loss))
+    if ch.go is not None:
+        _gradient_tile(ch, npos, pv, derivs)
+    return loss
+
+
+def _mask_rule(ch: _Chunk) -> None:
+    """The general path's candidate rule: each anchor's positive column (one positive per anchor),
+    or its same-label columns and which of them are its positives (label positives: the anchor
+    itself is not), the same-label columns being what ``negatives="other_labels"`` removes.
+    `_Chunk.mask_` writes the rule on the tile."""
+    ix, r0, r1 = ch.ix, ch.r0, ch.r1
+    ch.rows = torch.arange(ch.c, device=ch.S.device)
+    labels_mode = ch.spec.positives == "labels"
+    if not labels_mode:
+        if ix.pos_index is None:
+            raise ValueError('positives="view" needs pos_index')
+        ch.pcol = ix.pos_index[r0:r1]
+    if labels_mode or ch.spec.negatives == "other_labels":
+        if ch.pcol is not None:
+            pad = ch.pcol
+        else:
+            q_labels, _, label_start, k_order = _label_index(ix)
+            pad = k_order[label_start[q_labels[r0:r1]]]
+        ch.same_cols, same_valid = _same_label_cols(ix, r0, r1, pad)
         if labels_mode:
             pvalid = same_valid
             if ix.self_index is not None:
-                pvalid = pvalid & (same_cols != ix.self_index[r0:r1, None])
-    # -- positive similarities, read before masking -----------------------------------------
+                pvalid = pvalid & (ch.same_cols != ix.self_index[r0:r1, None])
+            ch.pvalid = pvalid
+
+
+def _normaliser(ch: _Chunk, sp: Tensor, extra: Tensor | None) -> tuple[Tensor, Tensor]:
+    """The general path's normaliser: the masks, the log-weights (β S, ``extra``, or the fused
+    ``log_weight_block``), the valid counts and skipped rows (``ch.act``), and the softmaxes or row
+    sums, shift-free (`_exp_room`; masks as 0 on e^S, `_Chunk.masks_`) or shifted (masks as −∞ on S).
+    Returns (neg, log N) per row: neg = log N Σ_j π_ij e^{S_ij} = log N + lse(a + S) − lse(a). Leaves
+    π̃ (or its unnormalised, or root-tilt gradient, form) in S and sets ``A``, ``kept``,
+    ``tile_scale``, ``z2``, ``EK`` for `_gradient_tile`."""
+    S, spec, ws, ix, r0, r1, c = ch.S, ch.spec, ch.ws, ch.ix, ch.r0, ch.r1, ch.c
     root_tilt = _root_tilt(spec)
-    sp = S[rows, pcol].clone() if pcol is not None else S.gather(1, same_cols)  # (c,) or (c, P)
-    extra = _extra_log_weights(S, spec, r0, r1)
-
-    def mask_(X: Tensor, fill: float = _NEG_INF) -> None:  # masks as −∞ (0 on e^S), by scatter (no boolean pass)
-        if self_rc is not None:
-            X[self_rc[0], self_rc[1]] = fill
-        if pcol is not None:
-            X[rows, pcol] = fill
-        if spec.negatives == "other_labels" and same_cols is not None:  # built above for other_labels
-            X.scatter_(1, same_cols, fill)
-
     tilted = spec.beta != 0.0 or extra is not None
     blocked = spec.log_weight_block is not None  # β = 0 (checked): S ← π̃ in the blocks, no A
     # shift-free softmax (`_exp_room`, e^{2S} under the root tilt): masks as 0 on e^S (`_exp_sums_`)
     free = not blocked and (ws.shift_free(2.0) if root_tilt else not tilted and ws.shift_free())
     if not free:
-        mask_(S)
-    A = kept = tile_scale = None  # tile_scale: per row, what the tile S must be multiplied by (None: 1)
+        ch.mask_(S)
+    A = lse_a = lse_b = None
     if blocked:
-        cnt, lse_b, lse_a, kept, tile_scale = _weighted_blocks_(S, sp, spec, ws, r0, ix.active)
-    elif tilted and not root_tilt:  # A = β S + extra (log π numerators);  S ← S + A (log π̃ numerators)
-        A = ws.second(c)
-        if spec.beta != 0.0:
-            torch.mul(S, spec.beta, out=A)
-            if extra is not None:
-                A.add_(extra)
-        else:
-            A.copy_(extra)
-            mask_(A)
-        S.add_(A)
-    # valid candidates are the finite entries; S is finite or −∞ (a NaN log-weight is not valid either)
-    if not blocked:
-        cnt = (S > _NEG_INF).sum(1) if extra is not None else ix.n_valid[r0:r1]
+        cnt, lse_b, lse_a, ch.kept, ch.tile_scale = _weighted_blocks_(S, sp, spec, ws, r0, ix.active)
+    else:
+        if tilted and not root_tilt:  # A = β S + extra (log π numerators);  S ← S + A (log π̃ numerators)
+            A = ws.second(c)
+            if spec.beta != 0.0:
+                torch.mul(S, spec.beta, out=A)
+                if extra is not None:
+                    A.add_(extra)
+            elif extra is not None:  # tilted: β ≠ 0 or extra log-weights
+                A.copy_(extra)
+                ch.mask_(A)
+            S.add_(A)
+        # valid candidates are the finite entries; S is finite or −∞ (a NaN log-weight is not valid either)
+        cnt = (S > _NEG_INF).sum(1) if extra is not None or ix.n_valid is None else ix.n_valid[r0:r1]
     act = cnt > 0
     if (extra is not None or blocked) and not bool(act.all()):
         ws.skipped.append(torch.nonzero(~act).flatten() + r0)
     if ix.active is not None:
         act = act & ix.active[r0:r1]
-    all_active = bool(act.all())
-    if not all_active:  # skipped anchors: finite placeholders, zero loss and gradient below
-        if blocked:
+    ch.act, ch.all_active, ch.A = act, bool(act.all()), A
+    if not ch.all_active:  # skipped anchors: finite placeholders, zero loss and gradient later
+        if lse_a is not None:  # blocked
             lse_a = torch.where(act, lse_a, torch.zeros_like(lse_a))
         elif not free:  # (free: after the exp, in ``masks_``)
             S.masked_fill_(~act[:, None], 0.0)
@@ -614,48 +752,39 @@ def _chunk_general(k, qs, S, spec, ix, ws, r0, r1, go, dq, dk, self_rc) -> Tenso
             A.masked_fill_(~act[:, None], 0.0)
         cnt = torch.where(act, cnt, torch.ones_like(cnt))
     cntf = cnt.to(S.dtype)
-    logN = torch.log(cntf) if spec.n_neg is None else torch.full((c,), math.log(spec.n_neg), dtype=S.dtype, device=dev)
+    logN = torch.log(cntf) if spec.n_neg is None else torch.full((c,), math.log(spec.n_neg), dtype=S.dtype,
+                                                                   device=S.device)
+    if lse_a is None or lse_b is None:  # one positive per anchor, a gradient: row sums of e^S from E [k | 1]
+        lse_a, lse_b, ch.z2, ch.tile_scale, ch.EK = _softmaxes_(
+            S, A, ws, spec, ch.go is not None, cntf, ch.masks_ if free else None,
+            ch.k if ch.go is not None and ch.pcol is not None else None)
+    return logN + lse_b - lse_a, logN
 
-    def masks_(E: Tensor) -> None:  # e^S's masks: 0, then a skipped row of ones (finite, z = m)
-        mask_(E, 0.0)
-        if not all_active:
-            E.masked_fill_(~act[:, None], 1.0)
 
-    z2 = EK = None
-    if not blocked:  # one positive per anchor, a gradient: the row sums of e^S from E [k | 1] (EK)
-        lse_a, lse_b, z2, tile_scale, EK = _softmaxes_(S, A, ws, spec, go is not None, cntf, masks_ if free else None,
-                                                      k if go is not None and pcol is not None else None)
-    neg = logN + lse_b - lse_a  # (c,)
-    # -- per-positive terms: the loss and its derivatives wrt g and s_p -----------------------------
-    loss, npos, pv, derivs = _terms(neg, sp, logN, spec, ix, r0, r1, pvalid)
-    if not all_active:
-        loss = torch.where(act, loss, torch.zeros_like(loss))
-    if go is None:
-        return loss
-    # -- gradient wrt S: γ_i [(1 + β) π̃ − β π] (only π̃ when π is detached) + δ on the positives ----
-    dl_dg, dg_dneg, dl_dsp, dg_dsp = derivs
-    gamma, delta = _grad_weights(go, c, None if all_active else act, npos, spec, dl_dg, dg_dneg, dl_dsp, dg_dsp, pv)
-    # D = γ [(1 + β) π̃ − β π] = γ' [π̃ − β/(1+β) π] with γ' = (1 + β) γ: one pass over the tile,
-    # none at β = 1 (made in the softmax's blocks above)
-    if kept is not None:  # β = 0 and π detached (blocked): D = γ π̃ on the kept columns, δ on the positive
-        _sparse_products_(kept, k, qs, gamma, delta, spec, pcol, dq, dk, r0, r1)
-        return loss
-    D = S
-    if z2 is not None:  # π̃ = π²/Σπ²:  γ[2π̃ − π] = (2γ/Σπ²) π ⊙ (π − Σπ²/2), S holds π ⊙ (π − Σπ²/2)
-        gamma = gamma / z2 if spec.detach_weights else gamma * (2.0 / z2)  # detached: γπ̃, S holds π²
-    elif A is not None and spec.beta != 0.0 and not spec.detach_weights:
-        S.sub_(A, alpha=spec.beta / (1.0 + spec.beta))
+def _gradient_tile(ch: _Chunk, npos: Tensor | None, pv: Tensor | None, derivs: tuple) -> None:
+    """The gradient wrt S, γ_i [(1 + β) π̃ − β π] (only π̃ when π is detached) + δ on the positives,
+    and its products into dq and dk. D = γ [(1 + β) π̃ − β π] = γ' [π̃ − β/(1+β) π] with
+    γ' = (1 + β) γ: one pass over the tile, none at β = 1 (made in the softmax's blocks) nor for a
+    sparse selection (β = 0, π detached: D = γ π̃ on the kept columns, δ on the positive)."""
+    spec = ch.spec
+    gamma, delta = _grad_weights(ch, npos, pv, derivs)
+    if ch.kept is not None:
+        _sparse_products_(ch, ch.kept, gamma, delta)
+        return
+    if ch.z2 is not None:  # π̃ = π²/Σπ²:  γ[2π̃ − π] = (2γ/Σπ²) π ⊙ (π − Σπ²/2), S holds π ⊙ (π − Σπ²/2)
+        gamma = gamma / ch.z2 if spec.detach_weights else gamma * (2.0 / ch.z2)  # detached: γπ̃, S holds π²
+    elif ch.A is not None and spec.beta != 0.0 and not spec.detach_weights:
+        ch.S.sub_(ch.A, alpha=spec.beta / (1.0 + spec.beta))
         gamma = gamma * (1.0 + spec.beta)
-    if tile_scale is not None:
-        gamma = gamma * tile_scale
-    _products_(D, k, qs, gamma, delta, spec, same_cols if labels_mode else None, pcol, dq, dk, r0, r1, EK)
-    return loss
+    if ch.tile_scale is not None:
+        gamma = gamma * ch.tile_scale
+    _products_(ch, gamma, delta)
 
 
 def _softmaxes_(S: Tensor, A: Tensor | None, ws: _Workspace, spec: KernelSpec, grad: bool, cntf: Tensor,
                 masks: Callable[[Tensor], None] | None, k: Tensor | None = None,
                 ) -> tuple[Tensor, Tensor, Tensor | None, Tensor | None, Tensor | None]:
-    """The softmaxes of `_chunk_general` outside the fused blocks, in place: returns (lse(a),
+    """The softmaxes of `_normaliser` outside the fused blocks, in place: returns (lse(a),
     lse(a + S), Σ_j π_ij² under the root tilt or None, each row's factor for the tile S or None,
     E [k | 1] or None). log of N Σ_j π_ij e^{S_ij} is log N + lse(a + S) − lse(a). ``masks``:
     shift-free (`_exp_sums_`), S left unnormalised and the factor 1/z_i (1/z_i² for the root tilt's
@@ -679,15 +808,18 @@ def _softmaxes_(S: Tensor, A: Tensor | None, ws: _Workspace, spec: KernelSpec, g
     return lse_a, lse_b, None, None if masks is None else torch.exp(-lse_b), EK
 
 
-def _terms(neg, sp, logN, spec, ix, r0, r1, pvalid):
+def _terms(ch: _Chunk, neg: Tensor, sp: Tensor, logN: Tensor) -> tuple[Tensor, Tensor | None, Tensor | None, tuple]:
     """Per-anchor losses from the log negative term ``neg``; returns (loss, |P_i| or None, the valid
     positives as floats or None, (∂ℓ/∂g, ∂g/∂neg, ∂ℓ/∂s_p, ∂g/∂s_p)) — one positive per anchor
-    unless ``pvalid`` (label positives) is given."""
+    unless ``ch.pvalid`` (label positives) is set."""
+    spec, pvalid = ch.spec, ch.pvalid
     if pvalid is None:
         g, dg_dneg, dg_dsp = _debias(neg, sp, logN, spec)
         loss, dl_dg, dl_dsp = _per_positive(g, sp, spec)
         return loss, None, None, (dl_dg, dg_dneg, dl_dsp, dg_dsp)
-    npos = ix.n_pos[r0:r1].clamp(min=1).to(neg.dtype)
+    if ch.ix.n_pos is None:
+        raise ValueError("label positives need q_labels and k_labels")
+    npos = ch.ix.n_pos[ch.r0 : ch.r1].clamp(min=1).to(neg.dtype)
     pv = pvalid.to(neg.dtype)
     if spec.tau_plus == 0.0 and not spec.include_positive:
         loss = npos * neg - (sp * pv).sum(1)
@@ -701,25 +833,31 @@ def _terms(neg, sp, logN, spec, ix, r0, r1, pvalid):
     return loss, npos, pv, (dl_dg, dg_dneg, dl_dsp, dg_dsp)
 
 
-def _grad_weights(go, c, act, npos, spec, dl_dg, dg_dneg, dl_dsp, dg_dsp, pv):
-    """Per-row γ (the weight of the softmax tile) and δ (the positives' terms) of the gradient wrt S;
-    ``act`` zeroes skipped rows (None: none), ``pv`` the valid positives under label positives."""
-    go_c = go.expand(c) if go.dim() == 0 else go
-    if act is not None:
-        go_c = go_c * act.to(go_c.dtype)
-    w = go_c if (npos is None or spec.positive_reduce == "pairs") else go_c / npos
+def _grad_weights(ch: _Chunk, npos: Tensor | None, pv: Tensor | None, derivs: tuple) -> tuple[Tensor, Tensor]:
+    """Per-row γ (the weight of the softmax tile) and δ (the positives' terms) of the gradient wrt S
+    from `_terms`' ``derivs``; skipped rows get 0, ``pv`` are the valid positives under label positives."""
+    dl_dg, dg_dneg, dl_dsp, dg_dsp = derivs
+    go_c = ch.go_rows()
+    if ch.act is not None and not ch.all_active:
+        go_c = go_c * ch.act.to(go_c.dtype)
+    w = go_c if (npos is None or ch.spec.positive_reduce == "pairs") else go_c / npos
     if pv is None:
         return w * dl_dg * dg_dneg, w * (dl_dsp + dl_dg * dg_dsp)
     if dl_dg is None:
+        assert npos is not None  # label positives (_terms)
         return w * npos, -pv * w[:, None]
     return w * (dl_dg * dg_dneg * pv).sum(1), (dl_dsp + dl_dg * dg_dsp) * pv * w[:, None]
 
 
-def _products_(D, k, qs, gamma, delta, spec, same_cols, pcol, dq, dk, r0, r1, EK=None) -> None:
-    """dQ[r0:r1] and the chunk's share of dK from the tile D and the per-row γ and δ (``same_cols``:
-    label positives, δ per positive; otherwise one positive per anchor, at ``pcol``). ``EK``: the
-    product D [k | 1] made already (`_softmaxes_`), one positive per anchor."""
-    if same_cols is not None:
+def _products_(ch: _Chunk, gamma: Tensor, delta: Tensor) -> None:
+    """dQ[r0:r1] and the chunk's share of dK from the tile D (``ch.S``) and the per-row γ and δ
+    (label positives: δ per positive, at ``ch.same_cols``; otherwise one positive per anchor, at
+    ``ch.pcol``). ``ch.EK``: the product D [k | 1] made already (`_softmaxes_`), one positive per anchor."""
+    D, k, qs, spec, r0, r1 = ch.S, ch.k, ch.qs, ch.spec, ch.r0, ch.r1
+    dq, dk = ch.grads()
+    if spec.positives == "labels":
+        same_cols = ch.same_cols
+        assert same_cols is not None  # built by _mask_rule for label positives
         # γ scales the (c × d) operands rather than the tile; the positives' δ enters the tile as
         # δ/γ. A row with γ = 0 and δ ≠ 0 (a clamped debiased estimator) needs the tile scaled.
         zero = gamma == 0
@@ -735,8 +873,10 @@ def _products_(D, k, qs, gamma, delta, spec, same_cols, pcol, dq, dk, r0, r1, EK
         return
     # one positive per anchor: γ scales the (c × d) operands instead of the (c × m) tile, and the
     # positive's term δ goes straight to its two rows
-    if EK is not None:
-        torch.mul(EK[:, : k.shape[1]], (gamma / spec.t)[:, None], out=dq[r0:r1])
+    pcol = ch.pcol
+    assert pcol is not None  # built by _mask_rule for positives="view"
+    if ch.EK is not None:
+        torch.mul(ch.EK[:, : k.shape[1]], (gamma / spec.t)[:, None], out=dq[r0:r1])
     else:
         torch.mm(D, k, out=dq[r0:r1]).mul_((gamma / spec.t)[:, None])
     dq[r0:r1].add_(k[pcol] * (delta / spec.t)[:, None])
@@ -744,12 +884,15 @@ def _products_(D, k, qs, gamma, delta, spec, same_cols, pcol, dq, dk, r0, r1, EK
     dk.index_add_(0, pcol, qs * delta[:, None])
 
 
-def _sparse_products_(kept: Kept, k, qs, gamma, delta, spec, pcol, dq, dk, r0, r1) -> None:
+def _sparse_products_(ch: _Chunk, kept: Kept, gamma: Tensor, delta: Tensor) -> None:
     """dQ[r0:r1] and the chunk's share of dK when the gradient tile has K + 1 nonzeros per row:
     γ π̃ on the kept columns (``kept.values`` hold π̃) and δ on the positive. dQ_i = Σ_j D_ij k_j / t
     by a batched product with the gathered kept rows of k, dK_j += D_ij q_i / t by index_add, in
     blocks of rows whose (rows × K × d) gathers stay cache-sized (twice as fast as the whole chunk's
     on CPU)."""
+    k, qs, r0, r1, pcol = ch.k, ch.qs, ch.r0, ch.r1, ch.pcol
+    dq, dk = ch.grads()
+    assert pcol is not None  # a fused selection has one positive per anchor (KernelSpec)
     W = kept.values.mul_(gamma[:, None])  # (c, K): D without the positive
     c, K = kept.cols.shape
     R = max(1, _BLOCK // max(1, K * k.shape[1]))
@@ -759,7 +902,7 @@ def _sparse_products_(kept: Kept, k, qs, gamma, delta, spec, pcol, dq, dk, r0, r
         kg = k.index_select(0, cb).unflatten(0, (b1 - b0, K))  # index_select: far cheaper than k[cols] on CPU
         dq[r0 + b0 : r0 + b1] = torch.bmm(W[b0:b1, None, :], kg).squeeze(1)
         dk.index_add_(0, cb, (W[b0:b1, :, None] * qs[b0:b1, None, :]).flatten(0, 1))
-    dq[r0:r1].add_(k[pcol] * delta[:, None]).mul_(1.0 / spec.t)
+    dq[r0:r1].add_(k[pcol] * delta[:, None]).mul_(1.0 / ch.spec.t)
     dk.index_add_(0, pcol, qs * delta[:, None])
 
 
