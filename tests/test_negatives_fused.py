@@ -101,6 +101,35 @@ def test_log_mask_keeps_exactly_the_entries_the_comparison_keeps():
     assert finite_count(X).tolist() == [5, 1]
 
 
+def test_finite_count_into_a_scratch_counts_every_entry_above_minus_infinity():
+    """The count the filters-only blocks take in a step scratch tile (``out``), against the boolean
+    comparison, in float32 and float16 (where x + max overflows to +∞ for large x), with ±max,
+    +∞ and subnormals; the scratch is written, X is not."""
+    from hardneg.losses.candidates import finite_count
+
+    for dtype in (torch.float32, torch.float16):
+        fi = torch.finfo(dtype)
+        X = torch.tensor([[-fi.max, fi.max, float("inf"), float("-inf"), 0.0, fi.tiny / 4, 30.0, -30.0],
+                          [float("-inf")] * 6 + [1.0, float("-inf")]], dtype=dtype)
+        X0, out = X.clone(), torch.full_like(X, 7.0)
+        assert finite_count(X, out=out).tolist() == (~torch.isneginf(X)).sum(1).tolist() == [7, 1]
+        assert torch.equal(X, X0) and not torch.equal(out, torch.full_like(X, 7.0))
+
+
+def test_step_scratch_is_one_buffer_reused_by_every_block():
+    """`StepContext.scratch`: one tile per index for the step, a view of X's shape for a smaller
+    block, a new one only for a larger block or another width."""
+    from hardneg.negatives.context import StepContext
+
+    ctx = StepContext(q=torch.zeros(1, 2), k=torch.zeros(1, 2), pos_index=None, self_index=torch.zeros(1),
+                      q_labels=None, k_labels=None, q_ids=None, k_ids=None, owner=None, t=0.5, beta=0.0,
+                      step=0, blocks=[])
+    a, b = ctx.scratch(torch.empty(4, 8)), ctx.scratch(torch.empty(3, 8))
+    assert a.shape == (4, 8) and b.shape == (3, 8) and b.data_ptr() == a.data_ptr()
+    assert ctx.scratch(torch.empty(4, 8), 1).data_ptr() != a.data_ptr()  # another index, another tile
+    assert ctx.scratch(torch.empty(5, 8)).shape == (5, 8) and ctx.scratch(torch.empty(2, 6)).shape == (2, 6)
+
+
 # --- the sparse top-k path: few kept candidates per row, the gradient from them alone -----------
 
 

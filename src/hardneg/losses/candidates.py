@@ -77,13 +77,16 @@ def log_mask_(y: Tensor, inclusive: bool = False) -> Tensor:
     return y.clamp_(max=0.0)
 
 
-def finite_count(X: Tensor, log_mask: bool = False) -> Tensor:
+def finite_count(X: Tensor, log_mask: bool = False, out: Tensor | None = None) -> Tensor:
     """(rows,) number of entries above −∞ in each row of ``X`` (no NaN), by float passes:
-    −max − x is +∞ for x = −∞ and ≤ 0 for every finite x, so clamped to [0, 1] it counts the −∞.
-    ``log_mask``: X holds only 0 and −∞ (`log_mask_`), and one clamp to [−1, 0] counts them."""
+    x + max is −∞ for x = −∞ and ≥ 0 for every finite x, so clamped to [−1, 0] it counts the −∞.
+    ``log_mask``: X holds only 0 and −∞ (`log_mask_`), and one clamp to [−1, 0] counts them.
+    ``out``: a scratch of X's shape for the clamped copy (X itself when nothing reads it after),
+    which spares a fresh (rows × m) tile."""
     if log_mask:
-        return X.shape[1] + torch.clamp(X, min=-1.0).sum(1).long()
-    return X.shape[1] - infinite_indicator(X).sum(1).long()
+        return X.shape[1] + torch.clamp(X, min=-1.0, out=out).sum(1).long()
+    y = torch.add(X, torch.finfo(X.dtype).max, out=out)
+    return X.shape[1] + y.clamp_(-1.0, 0.0).sum(1).long()
 
 
 def infinite_indicator(X: Tensor) -> Tensor:

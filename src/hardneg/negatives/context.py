@@ -6,7 +6,7 @@ Filters and weightings see one chunk of anchors at a time: the chunk's cosine si
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import torch
@@ -50,6 +50,7 @@ class StepContext:
     #: (and ownership) limits the candidates; its other view stays, as a positive in the denominator
     label_positives: bool = False
     _rel: Relations | None = None
+    _scratch: dict[int, Tensor] = field(default_factory=dict)
 
     @classmethod
     def build(
@@ -137,6 +138,17 @@ class StepContext:
     def s_pos(self, S: Tensor, rows: slice | Tensor) -> Tensor:
         """(c,) cosine similarity of each anchor to its positive (NaN where it has none)."""
         return Relations(m=self.m, pos_index=self.pos_index).s_pos(S, rows)
+
+    def scratch(self, X: Tensor, i: int = 0) -> Tensor:
+        """Scratch number ``i`` of X's shape, dtype and device, for a block function of the kernel's
+        tile (`hardneg.losses.kernel.BlockWeightFn`): allocated once per step for the largest
+        block and reused by every block, as a fresh (rows × m) tile costs page faults on CPU (about
+        as much as the pass that fills it). Its contents are read by nothing after the caller returns."""
+        b = self._scratch.get(i)
+        if b is None or b.shape[0] < X.shape[0] or b.shape[1:] != X.shape[1:] or b.dtype != X.dtype \
+                or b.device != X.device:
+            b = self._scratch[i] = X.new_empty(X.shape)
+        return b[: X.shape[0]]
 
     def same_label(self, rows: slice | Tensor) -> Tensor | None:
         """(c×m) bool: candidate has the anchor's known label; None without labels."""

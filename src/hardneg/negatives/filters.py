@@ -192,12 +192,13 @@ class SimilarityFilter(Filter):
     def drop_(self, X: Tensor, rows: slice, ctx: StepContext, sp: Tensor) -> None:
         """`drop` in place, one rule at a time: X = s / t is compared with threshold / t."""
         t = ctx.t
+        y = ctx.scratch(X)  # a step scratch tile (`StepContext.scratch`): no fresh tile per block
         for above, th in similarity_thresholds(sp * t if self.needs_positive else None, **self._rules()).values():
             # kept: X ≤ th/t (above) or X ≥ th/t, as a log-mask of th/t − X ≥ 0 (float passes only);
             # a NaN threshold (no positive) drops nothing, as a comparison with it is false
             if isinstance(th, Tensor):
                 th = torch.nan_to_num(th, nan=math.inf if above else -math.inf)
-            y = torch.sub(th / t, X) if above else torch.sub(X, th / t)
+            torch.sub(th / t, X, out=y) if above else torch.sub(X, th / t, out=y)
             X.add_(log_mask_(y, inclusive=True))
 
 

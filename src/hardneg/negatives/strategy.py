@@ -572,9 +572,10 @@ class Strategy(nn.Module):
         for f in self._filters():
             f.drop_(X, rows, ctx, sp)
         weightings = self._weightings()
-        cnt, lse_a, fallback, kept = (
-            weightings[0].weigh_(X, rows, ctx, sp) if weightings else (finite_count(X), None, None, None)
-        )
+        if weightings:
+            cnt, lse_a, fallback, kept = weightings[0].weigh_(X, rows, ctx, sp)
+        else:  # the count's clamped copy in a step scratch tile (`StepContext.scratch`)
+            cnt, lse_a, fallback, kept = finite_count(X, out=ctx.scratch(X)), None, None, None
         if loc is not None:
             rec.after(X, loc, fallback, kept)
             rec.log_mask = lse_a is None  # selections and filters only: the kept entries gained 0

@@ -291,18 +291,24 @@ class SemiHard(Weighting):
         """The window on the block's cosines as a log-mask (float passes only: on CPU a boolean
         tile costs ten times as much); candidates outside it become −∞."""
         check_nonneg(_opt("margin"), self.margin)
-        a = log_mask_(self._window(X, sp, ctx.t))
-        cnt = finite_count(a, log_mask=True)
-        e = torch.nonzero(cnt == 0).flatten()
+        # the window as w = h − |X − c| > 0 (c its centre, h its half width: min(s_p − s, s − s_p +
+        # margin) / t), in one step scratch tile (`StepContext.scratch`), which with X stays in a
+        # core's L2 cache; then 0 inside / −1 outside (the row sums count the window), then 0 / −∞
+        h = self.margin / (2.0 * ctx.t)
+        a = torch.sub(X, (sp - h)[:, None], out=ctx.scratch(X)).abs_()
+        torch.sub(h, a, out=a)
+        F.threshold(a, 0.0, -1.0, inplace=True)
+        cnt = X.shape[1] + a.clamp_(max=0.0).sum(1).long()
+        e = torch.nonzero(cnt == 0).flatten() if int(cnt.min()) == 0 else cnt[:0]
         if e.numel():  # an empty window: the valid candidate nearest it, i.e. with the largest min(·, 0)
             j = self._window(X[e], sp[e], ctx.t).clamp_(max=0.0).argmax(1)
             ok = X[e, j] > NEG_INF
-            a[e] = NEG_INF
+            a[e] = -1.0
             a[e[ok], j[ok]] = 0.0
             cnt[e] = ok.long()
         self._rows += X.shape[0]
         self._fallback += int(e.numel())
-        X.add_(a)
+        X.add_(F.threshold(a, -0.5, NEG_INF, inplace=True))
         return cnt, None, None, None
 
     def log_weights(self, S: Tensor, rows: slice, ctx: StepContext, valid: Tensor) -> Tensor:
@@ -363,32 +369,36 @@ class DistanceWeighted(Weighting):
         kernel (`hardneg.losses.kernel.logsumexp_rows_`). Far candidates stay finite until the
         mask is added: log and exp of ±∞ take a slow path on CPU."""
         n = self.dim or ctx.q.shape[1]
+        # three step scratch tiles (`StepContext.scratch`): no fresh tile per block
+        ub, fb, lb = ctx.scratch(X, 0), ctx.scratch(X, 1), ctx.scratch(X, 2)
+        hi = self.nonzero_loss_cutoff**2
         # u = d² = 2 − 2s with s = X t, one pass; u = ∞ where X is −∞ (an invalid candidate is far, too)
-        u = torch.rsub(X, 2.0, alpha=2.0 * ctx.t)
-        far = log_mask_(torch.sub(self.nonzero_loss_cutoff**2, u))  # −∞ where d ≥ nonzero_loss_cutoff
-        cnt = finite_count(far, log_mask=True)
+        u = torch.sub(2.0, X, alpha=2.0 * ctx.t, out=ub)
+        far = log_mask_(torch.sub(hi, u, out=fb))  # −∞ where d ≥ nonzero_loss_cutoff
+        cnt = finite_count(far, log_mask=True, out=lb)
         # the clip at cutoff, and far (masked) candidates at nonzero_loss_cutoff in the same pass:
         # every u finite, and 1 − u/4 ≥ 1 − nonzero_loss_cutoff²/4, above the 1e-8 floor of its log
         # unless nonzero_loss_cutoff reaches 2 (antipodal candidates kept)
-        hi = self.nonzero_loss_cutoff**2
         u.clamp_(min=self.cutoff**2, max=hi)
-        lw = torch.log(u).mul_(-(n - 2.0) / 2.0)
-        v = torch.rsub(u, 1.0, alpha=0.25)  # 1 − d²/4 in one pass (u is read no further)
+        lw = torch.log(u, out=lb).mul_(-(n - 2.0) / 2.0)
+        v = torch.sub(1.0, u, alpha=0.25, out=u)  # 1 − d²/4 in one pass, over u
         if hi > 4.0 * (1.0 - 1e-8):
             v.clamp_(min=1e-8)
         lw.add_(v.log_(), alpha=-(n - 3.0) / 2.0).add_(far)
         fallback = torch.zeros_like(cnt, dtype=torch.bool)
-        e = torch.nonzero(cnt == 0).flatten()
-        if e.numel():
+        if int(cnt.min()) == 0:  # one host read per block, rows to fix only where it finds one
+            e = torch.nonzero(cnt == 0).flatten()
             ve = X[e] > NEG_INF
             e, ve = e[ve.any(1)], ve[ve.any(1)]
             lw[e] = torch.zeros_like(ve, dtype=lw.dtype).masked_fill_(~ve, NEG_INF)
             cnt[e] = ve.sum(1)
             fallback[e] = True
         X.add_(lw)
-        lse = torch.zeros_like(lw[:, 0])  # a row without a valid candidate: dropped by the kernel
         ok = cnt > 0
-        lse[ok] = logsumexp_rows_(lw[ok] if not bool(ok.all()) else lw)
+        if bool(ok.all()):
+            return cnt, logsumexp_rows_(lw), fallback, None
+        lse = torch.zeros_like(lw[:, 0])  # a row without a valid candidate: dropped by the kernel
+        lse[ok] = logsumexp_rows_(lw[ok])
         return cnt, lse, fallback, None
 
 
