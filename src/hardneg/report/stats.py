@@ -6,13 +6,9 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-import numpy as np
+from hardneg.runs.metrics import mean_std
 
-
-def mean_std(v: list[float]) -> tuple[float, float]:
-    """Mean and sample standard deviation (ddof = 1; 0 for a single value)."""
-    a = np.asarray(v, dtype=float)
-    return float(a.mean()), (float(a.std(ddof=1)) if a.size > 1 else 0.0)
+__all__ = ["Versus", "format_mean_std", "mean_std", "versus"]
 
 
 def format_mean_std(v: list[float], scale: float = 1.0, fmt: str = ".2f") -> str:

@@ -7,6 +7,8 @@ import json
 import os
 from pathlib import Path
 
+import numpy as np
+
 from hardneg.io import atomic_open
 from hardneg.runs.folders import METRICS
 
@@ -62,3 +64,11 @@ def repair_metrics(run_dir: str | os.PathLike[str], n_bytes: int) -> int:
     with atomic_open(p, "wb") as f:
         f.write(text)
     return len(text)
+
+
+def mean_std(v: list[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (ddof = 1; 0 for a single value) of one metric over a
+    grid point's seeds: the one definition the report tables (`hardneg.report.stats`) and the
+    strategy search's trials use."""
+    a = np.asarray(v, dtype=float)
+    return float(a.mean()), (float(a.std(ddof=1)) if a.size > 1 else 0.0)

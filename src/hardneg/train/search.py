@@ -34,9 +34,9 @@ from typing import Any
 from hardneg import runs
 from hardneg._optional import require
 from hardneg.io import atomic_write_text
-from hardneg.report.stats import mean_std
 from hardneg.runs import CompareConfig, RunSpec, SearchConfig, SearchKnob, expand_grid, has_beta, run_config
 from hardneg.runs.config import GridLoss, set_dotted
+from hardneg.runs.metrics import mean_std
 from hardneg.train.compare import load_data
 from hardneg.train.losses_from_config import build_objective
 from hardneg.train.plateau import knn_curve
