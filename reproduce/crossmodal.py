@@ -625,10 +625,11 @@ def diagnostics_table(by: dict[str, list[dict[str, Any]]]) -> list[str]:
         "kept candidate has it; `hardest_true_share`: share of image anchors whose most similar caption of "
         "another pair group is *true of the image* (a false negative by the scenes' semantics, whatever "
         "the label); `ess`: effective number of negatives 1/Σπ²; `skipped`: anchors left without a "
-        "candidate; final t: the learned temperature.\n",
+        "candidate; final t: the learned temperature; train s: seconds of training per run (`train_seconds`, "
+        "evaluation excluded; wall-clock, so as comparable as the runs' machine was quiet).\n",
         "| strategy | fn_weight_share (%) | hardest_fn_share (%) | hardest_true_share (%) | ess | skipped (%) "
-        "| final t |",
-        "| --- | --- | --- | --- | --- | --- | --- |",
+        "| final t | train s |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for name, rs in by.items():
         def d(key: str) -> list[float]:
@@ -636,8 +637,9 @@ def diagnostics_table(by: dict[str, list[dict[str, Any]]]) -> list[str]:
 
         ess = format_mean_std([x for x in d("ess") if x == x], fmt=".1f")
         t = format_mean_std([r["final_temperature"] for r in rs], fmt=".3f")
+        secs = format_mean_std([r["train_seconds"] for r in rs], fmt=".0f")
         lines.append(f"| {name} | {_pct(d('fn_weight_share'))} | {_pct(d('hardest_fn_share'))} | "
-                     f"{_pct(d('hardest_true_share'))} | {ess} | {_pct(d('skipped_share'))} | {t} |")
+                     f"{_pct(d('hardest_true_share'))} | {ess} | {_pct(d('skipped_share'))} | {t} | {secs} |")
     return lines
 
 
