@@ -249,6 +249,9 @@ def test_onnx_backends_match_the_torch_model(tmp_path):
     onnx = onnx_encoder(m, "onnx", tmp_path)
     int8 = onnx_encoder(m, "onnx-int8", tmp_path)
     assert (tmp_path / "onnx" / model_fingerprint(m) / "model_int8.onnx").exists()
+    # no memory pattern kept per batch shape; the arena stays (docs/scaling_mining.md)
+    opts = int8.session.get_session_options()
+    assert not opts.enable_mem_pattern and opts.enable_cpu_mem_arena
     got = encode_texts(onnx, texts, precision="fp32", batch_size=5, show_progress=False)
     np.testing.assert_allclose(got, ref, atol=1e-4)
     # batches on 1 or 3 workers land in the texts' order, each batch computed alike

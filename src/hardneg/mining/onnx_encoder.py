@@ -25,6 +25,7 @@ from __future__ import annotations
 import gc
 import os
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 from hardneg._optional import require
@@ -86,10 +87,14 @@ def _session(ort, path: Path):
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = 1  # parallel over batches instead (module docstring)
     opts.inter_op_num_threads = 1
+    # a memory pattern is planned and kept for every distinct input shape, and batches by length in tokens
+    # give nearly every batch its own: without them the WordNet mining peak is 23 MB lower at the same
+    # speed. The memory arena stays: without it the same run is 9 % slower and no lower.
+    opts.enable_mem_pattern = False
     return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
 
 
-def _load_or_build(ort, model, folder: Path, backend: str, done_with_torch=None):
+def _load_or_build(ort, model, folder: Path, backend: str, done_with_torch: Callable[[], None] | None = None):
     """The runtime session of ``folder``'s model for ``backend``, exporting (and quantizing) what is
     missing. A cached file the runtime cannot load is damaged: set aside (``.corrupt``, one warning)
     and built again, once; the float32 file it was quantized from goes with a damaged int8 file.
