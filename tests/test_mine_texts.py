@@ -239,10 +239,10 @@ print(os.environ["ONEDNN_PRIMITIVE_CACHE_CAPACITY"], os.environ["LRU_CACHE_CAPAC
 
 
 def test_capped_kernel_caches_give_the_same_embeddings_bit_for_bit(tmp_path):
-    """oneDNN's and ideep's kernel caches capped at 16 entries (what a mining run sets) against their
+    """oneDNN's and ideep's kernel caches capped (`KERNEL_CACHE_ENTRIES`, what a mining run sets) against their
     1,024-entry defaults, each in a fresh process (the libraries read the capacity once): the same bf16
     embeddings bit for bit, from batches of many shapes (batch 3 over texts of many lengths); a capacity
-    set in the environment is kept."""
+    set in the environment is kept. At 2 entries, below one forward pass's kernels, the same again."""
     import os
     import subprocess
     import sys
@@ -261,5 +261,8 @@ def test_capped_kernel_caches_give_the_same_embeddings_bit_for_bit(tmp_path):
     assert capacities == [str(KERNEL_CACHE_ENTRIES)] * 2
     default, capacities = run("default", ONEDNN_PRIMITIVE_CACHE_CAPACITY="1024", LRU_CACHE_CAPACITY="1024")
     assert capacities == ["1024", "1024"]
+    tiny, capacities = run("tiny", ONEDNN_PRIMITIVE_CACHE_CAPACITY="2", LRU_CACHE_CAPACITY="2")
+    assert capacities == ["2", "2"]
     assert capped.shape == (len(QUERIES + POSITIVES + CORPUS), 384)
     np.testing.assert_array_equal(capped, default)
+    np.testing.assert_array_equal(tiny, default)

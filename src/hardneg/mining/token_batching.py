@@ -152,8 +152,8 @@ def release_freed_memory() -> None:
         ctypes.CDLL("libc.so.6").malloc_trim(0)
 
 
-#: oneDNN primitive-cache entries kept while a mining run encodes (`cap_kernel_caches`)
-KERNEL_CACHE_ENTRIES = 16
+#: oneDNN and ideep kernel-cache entries kept while a mining run encodes (`cap_kernel_caches`)
+KERNEL_CACHE_ENTRIES = 64
 
 
 def cap_kernel_caches(entries: int = KERNEL_CACHE_ENTRIES) -> None:
@@ -163,15 +163,18 @@ def cap_kernel_caches(entries: int = KERNEL_CACHE_ENTRIES) -> None:
     Why: torch's bf16 products run in oneDNN, which builds a primitive (JIT-compiled kernels with their
     scratch and reordered weights) for every shape it is given and keeps up to 1,024 of them. Batches
     by length in tokens give nearly every batch a shape of its own, so on a whole WordNet corpus those
-    caches fill with kernels that are never used again: ~280 MB of peak memory, as much as everything
-    else encoding adds. One batch's forward pass needs only a handful (the same few products in every
-    layer), which 16 entries hold, so the kernels are still built once per batch and reused across its
-    layers; the embeddings are the same bit for bit (`tests/test_mining.py`).
+    caches fill with kernels that are rarely used again: ~240 MB of peak memory. A batch's forward pass
+    needs only a handful (the same few products in every layer), and batches of neighbouring lengths
+    follow each other, so a short cache keeps most of the reuse: on whole-WordNet mining 64 entries cut
+    the peak by ~240 MB at the speed of the full caches within the machine's noise, where 16 cut ~280 MB
+    but cost ~20 % of the time (docs/scaling_mining.md). The embeddings are the same bit for bit
+    (`tests/test_mine_texts.py`).
 
-    Both libraries read these variables once, lazily, when they build their first kernel: this must
-    run before the process's first oneDNN product, else it changes nothing (`mine_texts` calls it
-    before loading the model). It changes the whole process's caches, so only a process that mines
-    calls it; a value set in the environment is kept (``1024`` restores oneDNN's default)."""
+    Both libraries read these variables once, lazily, when they build their first kernel (torch has no
+    call that sets them at run time): this must run before the process's first oneDNN product, else it
+    changes nothing (`mine_texts` calls it before loading the model). It changes the whole process's
+    caches, so only a process that mines calls it; a value set in the environment is kept (``1024``
+    restores the libraries' defaults)."""
     import os
 
     for name in ("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "LRU_CACHE_CAPACITY"):
