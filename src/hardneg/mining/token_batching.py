@@ -163,11 +163,11 @@ def cap_kernel_caches(entries: int = KERNEL_CACHE_ENTRIES) -> None:
     Why: torch's bf16 products run in oneDNN, which builds a primitive (JIT-compiled kernels with their
     scratch and reordered weights) for every shape it is given and keeps up to 1,024 of them. Batches
     by length in tokens give nearly every batch a shape of its own, so on a whole WordNet corpus those
-    caches fill with kernels that are rarely used again: ~240 MB of peak memory. A batch's forward pass
+    caches fill with kernels that are rarely used again: ~280 MB of peak memory. A batch's forward pass
     needs only a handful (the same few products in every layer), and batches of neighbouring lengths
     follow each other, so a short cache keeps most of the reuse: on whole-WordNet mining 64 entries cut
-    the peak by ~240 MB at the speed of the full caches within the machine's noise, where 16 cut ~280 MB
-    but cost ~20 % of the time (docs/scaling_mining.md). The embeddings are the same bit for bit
+    the peak by ~240 MB at about 3 % of the time (two sittings on a loaded machine), where 16 cut ~280 MB
+    but cost 16-29 % (docs/scaling_mining.md). The embeddings are the same bit for bit
     (`tests/test_mine_texts.py`).
 
     Both libraries read these variables once, lazily, when they build their first kernel (torch has no
