@@ -14,7 +14,8 @@ hardneg with --index (default "bf16": bf16 coarse search + exact float32 re-scor
 Case B (synthetic): 1M random unit vectors d=384 as corpus, 9,116 queries, precomputed embeddings,
   both on the same arrays (ST via cache_folder).
 
-Run:  python benchmarks/mining_speed.py [--pairs N] [--e2e-pairs N --e2e-corpus M] [--skip-e2e]
+Run:  python benchmarks/mining_speed.py [--pairs N] [--e2e-pairs N --e2e-corpus M] [--skip-e2e] [--skip-same]
+                                      [--kernel-cache 16,64,1024]
                                       [--synthetic-n 1000000 --synthetic-q 9116] [--backend torch,onnx-int8]
 Prints time and peak-memory ratios (ST / hardneg); peak memory = max RSS of each subprocess.
 """
@@ -88,6 +89,9 @@ def worker(spec: dict) -> dict:
     from hardneg.mining.encode import encode_texts, load_sentence_model
 
     method, case = spec["method"], spec["case"]
+    if spec.get("kernel_cache"):  # before the first oneDNN product; `cap_kernel_caches` keeps what is set
+        for name in ("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "LRU_CACHE_CAPACITY"):
+            os.environ[name] = str(spec["kernel_cache"])
     if case.startswith("wordnet"):
         queries, positives, corpus = wordnet_pairs(spec.get("pairs"), spec.get("corpus_cap"))
     else:
@@ -208,6 +212,7 @@ def main() -> None:
     ap.add_argument("--pairs", type=int, default=None, help="use only the first N WordNet pairs")
     ap.add_argument("--skip-e2e", action="store_true", help="skip the end-to-end (encoding) comparison")
     ap.add_argument("--skip-wordnet", action="store_true")
+    ap.add_argument("--skip-same", action="store_true", help="skip the WordNet same-embeddings comparison")
     ap.add_argument("--e2e-pairs", type=int, default=None, help="pairs for the end-to-end case (default --pairs)")
     ap.add_argument("--e2e-corpus", type=int, default=None, help="cap on the corpus of the end-to-end case")
     ap.add_argument("--synthetic-n", type=int, default=1_000_000)
@@ -218,6 +223,9 @@ def main() -> None:
                     help="hardneg's encoding backends in the end-to-end case, comma-separated: torch, onnx, "
                          "onnx-int8 (an ONNX backend runs twice: export inside the measured time, and exported "
                          "beforehand); the same-embeddings case always encodes with torch")
+    ap.add_argument("--kernel-cache", default="",
+                    help="comma-separated oneDNN / ideep kernel-cache capacities: one more end-to-end torch run "
+                         "for each (default: none; the runs above use hardneg's own cap)")
     ap.add_argument("--cache-dir", default=".cache/hardneg-embeddings",
                     help="embedding cache for the same-embeddings case (the e2e case always starts cold)")
     ap.add_argument("--out", default=None, help="write the result rows as JSON here")
@@ -227,24 +235,27 @@ def main() -> None:
             "synthetic_n": a.synthetic_n,
             "synthetic_q": a.synthetic_q}
     tmp = tempfile.mkdtemp(prefix="hnbench")
-    if not a.skip_wordnet:
-        emb = os.path.join(tmp, "wordnet")
-        if not a.skip_e2e:
-            e2e = {**base, "pairs": a.e2e_pairs or a.pairs, "corpus_cap": a.e2e_corpus}
-            st = run_sub({**e2e, "method": "st", "case": "wordnet_e2e"})
-            for backend in a.backend.split(","):
-                ours = run_sub({**e2e, "backend": backend, "method": "hardneg", "case": "wordnet_e2e"})
-                export = ", ONNX export included" if backend != "torch" else ""
-                rows.append(report(f"wordnet end-to-end, --backend {backend} (cold, encode included{export})",
-                                   ours, st))
-                if backend != "torch":  # a later run: the exported files exist, the embeddings are not cached
-                    from hardneg.mining.onnx_encoder import onnx_encoder
+    if not a.skip_wordnet and not a.skip_e2e:
+        e2e = {**base, "pairs": a.e2e_pairs or a.pairs, "corpus_cap": a.e2e_corpus}
+        st = run_sub({**e2e, "method": "st", "case": "wordnet_e2e"})
+        for backend in a.backend.split(","):
+            ours = run_sub({**e2e, "backend": backend, "method": "hardneg", "case": "wordnet_e2e"})
+            export = ", ONNX export included" if backend != "torch" else ""
+            rows.append(report(f"wordnet end-to-end, --backend {backend} (cold, encode included{export})",
+                               ours, st))
+            if backend != "torch":  # a later run: the exported files exist, the embeddings are not cached
+                from hardneg.mining.onnx_encoder import onnx_encoder
 
-                    onnx_encoder(_model(), backend, os.path.join(tmp, "exported"))
-                    ours = run_sub({**e2e, "backend": backend, "method": "hardneg", "case": "wordnet_e2e",
-                                    "onnx_from": os.path.join(tmp, "exported", "onnx")})
-                    rows.append(report(f"wordnet end-to-end, --backend {backend} (cold embeddings, ONNX files "
-                                       "exported beforehand)", ours, st))
+                onnx_encoder(_model(), backend, os.path.join(tmp, "exported"))
+                ours = run_sub({**e2e, "backend": backend, "method": "hardneg", "case": "wordnet_e2e",
+                                "onnx_from": os.path.join(tmp, "exported", "onnx")})
+                rows.append(report(f"wordnet end-to-end, --backend {backend} (cold embeddings, ONNX files "
+                                   "exported beforehand)", ours, st))
+        for cap in filter(None, a.kernel_cache.split(",")):
+            ours = run_sub({**e2e, "method": "hardneg", "case": "wordnet_e2e", "kernel_cache": int(cap)})
+            rows.append(report(f"wordnet end-to-end, --backend torch, kernel caches of {cap} entries", ours, st))
+    if not a.skip_wordnet and not a.skip_same:
+        emb = os.path.join(tmp, "wordnet")
         # embeddings for the same-embeddings case (from --cache-dir when filled; not timed)
         run_sub({**base, "method": "hardneg", "case": "wordnet_e2e", "save_emb": emb, "cache_dir": a.cache_dir})
         import numpy as np

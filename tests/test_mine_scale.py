@@ -249,6 +249,9 @@ def test_onnx_backends_match_the_torch_model(tmp_path):
     onnx = onnx_encoder(m, "onnx", tmp_path)
     int8 = onnx_encoder(m, "onnx-int8", tmp_path)
     assert (tmp_path / "onnx" / model_fingerprint(m) / "model_int8.onnx").exists()
+    # no memory pattern kept per batch shape; the arena stays (docs/scaling_mining.md)
+    opts = int8.session.get_session_options()
+    assert not opts.enable_mem_pattern and opts.enable_cpu_mem_arena
     got = encode_texts(onnx, texts, precision="fp32", batch_size=5, show_progress=False)
     np.testing.assert_allclose(got, ref, atol=1e-4)
     # batches on 1 or 3 workers land in the texts' order, each batch computed alike
@@ -266,13 +269,18 @@ def test_onnx_backends_match_the_torch_model(tmp_path):
     b = mine_texts(QUERIES, POSITIVES, CORPUS, MineConfig(num_negatives=2, precision="fp32", backend="onnx"), **kw)
     np.testing.assert_array_equal(b.negatives.neg_ids, a.negatives.neg_ids)
     assert b.summary["backend"] == "onnx"
-    # a model loaded for the run: its torch weights go once the session exists; the encoder encodes and is
-    # cached as before, and the pipeline frees only a model it loaded itself
-    own = onnx_encoder(load_sentence_model(None), "onnx", tmp_path)  # the files exist: no export
-    own.release_torch_weights()
+    # a model loaded for the run: its torch weights go once the session exists, or, when the files are
+    # exported, before the quantization; the encoder encodes and is cached as before, and the pipeline frees
+    # only a model it loaded itself
+    own = onnx_encoder(load_sentence_model(None), "onnx", tmp_path, own_model=True)  # the files exist: no export
     assert {p.device.type for p in own.model.parameters()} == {"meta"}
     np.testing.assert_array_equal(encode_texts(own, texts, precision="fp32", batch_size=5, show_progress=False), got)
     assert model_fingerprint(own) == model_fingerprint(onnx)
+    built = onnx_encoder(load_sentence_model(None), "onnx-int8", tmp_path / "fresh", own_model=True)
+    assert {p.device.type for p in built.model.parameters()} == {"meta"}
+    assert (tmp_path / "fresh" / "onnx" / model_fingerprint(m) / "model_int8.onnx").exists()
+    assert model_fingerprint(built) == model_fingerprint(int8)
+    np.testing.assert_allclose(encode_texts(built, texts, precision="fp32", show_progress=False), q8, atol=1e-6)
     c = mine_texts(QUERIES, POSITIVES, CORPUS, MineConfig(num_negatives=2, precision="fp32", backend="onnx"),
                    **{**kw, "model": None})
     np.testing.assert_array_equal(c.negatives.neg_ids, b.negatives.neg_ids)

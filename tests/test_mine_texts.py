@@ -219,3 +219,50 @@ def test_bf16_linear_weights_give_the_autocast_embeddings_bit_for_bit():
     np.testing.assert_array_equal(b.negatives.neg_ids, a.negatives.neg_ids)
     np.testing.assert_array_equal(b.negatives.neg_scores, a.negatives.neg_scores)
     assert all(p.dtype == torch.float32 for p in m.parameters())  # the caller's model is left as it is
+
+
+_ENCODE_IN_A_FRESH_PROCESS = """
+import os, sys
+import numpy as np
+import torch
+torch.set_num_threads(1)
+from hardneg.mining.encode import encode_texts, load_sentence_model, store_linear_weights_in_bf16
+from hardneg.mining.token_batching import cap_kernel_caches
+from tests.retrieval_fixtures import CORPUS, POSITIVES, QUERIES
+cap_kernel_caches()
+model = load_sentence_model(None)
+store_linear_weights_in_bf16(model)
+np.save(sys.argv[1], encode_texts(model, QUERIES + POSITIVES + CORPUS, precision="bf16", batch_size=3,
+                                  show_progress=False))
+print(os.environ["ONEDNN_PRIMITIVE_CACHE_CAPACITY"], os.environ["LRU_CACHE_CAPACITY"])
+"""
+
+
+def test_capped_kernel_caches_give_the_same_embeddings_bit_for_bit(tmp_path):
+    """oneDNN's and ideep's kernel caches capped (`KERNEL_CACHE_ENTRIES`, what a mining run sets) against their
+    1,024-entry defaults, each in a fresh process (the libraries read the capacity once): the same bf16
+    embeddings bit for bit, from batches of many shapes (batch 3 over texts of many lengths); a capacity
+    set in the environment is kept. At 2 entries, below one forward pass's kernels, the same again."""
+    import os
+    import subprocess
+    import sys
+
+    from hardneg.mining.token_batching import KERNEL_CACHE_ENTRIES
+
+    def run(name: str, **env: str) -> tuple[np.ndarray, list[str]]:
+        base = {k: v for k, v in os.environ.items() if k not in ("ONEDNN_PRIMITIVE_CACHE_CAPACITY",
+                                                                  "LRU_CACHE_CAPACITY")}
+        base["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
+        out = subprocess.run([sys.executable, "-c", _ENCODE_IN_A_FRESH_PROCESS, str(tmp_path / name)],
+                             env={**base, **env}, capture_output=True, text=True, check=True)
+        return np.load(tmp_path / f"{name}.npy"), out.stdout.split()
+
+    capped, capacities = run("capped")
+    assert capacities == [str(KERNEL_CACHE_ENTRIES)] * 2
+    default, capacities = run("default", ONEDNN_PRIMITIVE_CACHE_CAPACITY="1024", LRU_CACHE_CAPACITY="1024")
+    assert capacities == ["1024", "1024"]
+    tiny, capacities = run("tiny", ONEDNN_PRIMITIVE_CACHE_CAPACITY="2", LRU_CACHE_CAPACITY="2")
+    assert capacities == ["2", "2"]
+    assert capped.shape == (len(QUERIES + POSITIVES + CORPUS), 384)
+    np.testing.assert_array_equal(capped, default)
+    np.testing.assert_array_equal(tiny, default)

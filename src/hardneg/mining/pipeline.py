@@ -22,7 +22,7 @@ from hardneg.mining.onnx_encoder import OnnxSentenceEncoder, onnx_encoder
 from hardneg.mining.pairs import PairGroups, anchor_labels, anchor_positives, group_pairs
 from hardneg.mining.store import write_store
 from hardneg.mining.summary import build_summary, format_summary, save_summary
-from hardneg.mining.token_batching import release_freed_memory
+from hardneg.mining.token_batching import cap_kernel_caches, release_freed_memory
 from hardneg.vector_search import check_index_fits
 
 
@@ -164,6 +164,7 @@ def mine_texts(
             f"give a larger corpus or lower {knob('range_min', names)} / {knob('num_negatives', names)}"
         )
     owned = _loaded_here(model)
+    cap_kernel_caches()  # before the first oneDNN product of the process (the estimate's probe encodes)
     model = _load_model(model, cfg.backend, cfg.precision, cache_dir)
     enc: dict[str, Any] = dict(batch_size=cfg.batch_size, precision=cfg.precision, cache_dir=cache_dir,
                                show_progress=show_progress)
@@ -211,7 +212,8 @@ def _load_model(model: Any, backend: str, precision: str, cache_dir: str | os.Pa
     A model loaded here is this run's alone, so its memory is cut to what the encoding needs: with
     ``backend="torch"`` and ``precision="bf16"`` its linear layers are kept in bfloat16
     (`hardneg.mining.encode.store_linear_weights_in_bf16`: the same embeddings); with an ONNX backend its
-    torch weights are freed once the session exists. A loaded model given by the caller is left as it is."""
+    torch weights are freed as soon as the export no longer needs them (before the quantization and the
+    session, whose peaks they would add to). A loaded model given by the caller is left as it is."""
     owned = _loaded_here(model)
     if owned:
         model = load_sentence_model(model)
@@ -220,13 +222,9 @@ def _load_model(model: Any, backend: str, precision: str, cache_dir: str | os.Pa
             store_linear_weights_in_bf16(model)
         return model
     if cache_dir is not None:
-        encoder = onnx_encoder(model, backend, Path(cache_dir))
-    else:
-        with process_temp_dir("hardneg-onnx-") as tmp:  # no cache: the exported model is not kept either
-            encoder = onnx_encoder(model, backend, tmp)
-    if owned:
-        encoder.release_torch_weights()
-    return encoder
+        return onnx_encoder(model, backend, Path(cache_dir), own_model=owned)
+    with process_temp_dir("hardneg-onnx-") as tmp:  # no cache: the exported model is not kept either
+        return onnx_encoder(model, backend, tmp, own_model=owned)
 
 
 def _release_weights(model: Any) -> None:

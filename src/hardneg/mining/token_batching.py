@@ -152,6 +152,35 @@ def release_freed_memory() -> None:
         ctypes.CDLL("libc.so.6").malloc_trim(0)
 
 
+#: oneDNN and ideep kernel-cache entries kept while a mining run encodes (`cap_kernel_caches`)
+KERNEL_CACHE_ENTRIES = 64
+
+
+def cap_kernel_caches(entries: int = KERNEL_CACHE_ENTRIES) -> None:
+    """Cap oneDNN's primitive cache (``ONEDNN_PRIMITIVE_CACHE_CAPACITY``) and ideep's
+    (``LRU_CACHE_CAPACITY``) at ``entries`` kernels, unless the environment sets them already.
+
+    Why: torch's bf16 products run in oneDNN, which builds a primitive (JIT-compiled kernels with their
+    scratch and reordered weights) for every shape it is given and keeps up to 1,024 of them. Batches
+    by length in tokens give nearly every batch a shape of its own, so on a whole WordNet corpus those
+    caches fill with kernels that are rarely used again: ~280 MB of peak memory. A batch's forward pass
+    needs only a handful (the same few products in every layer), and batches of neighbouring lengths
+    follow each other, so a short cache keeps most of the reuse: on whole-WordNet mining 64 entries cut
+    the peak by ~240 MB at about 3 % of the time (two sittings on a loaded machine), where 16 cut ~280 MB
+    but cost 16-29 % (docs/scaling_mining.md). The embeddings are the same bit for bit
+    (`tests/test_mine_texts.py`).
+
+    Both libraries read these variables once, lazily, when they build their first kernel (torch has no
+    call that sets them at run time): this must run before the process's first oneDNN product, else it
+    changes nothing (`mine_texts` calls it before loading the model). It changes the whole process's
+    caches, so only a process that mines calls it; a value set in the environment is kept (``1024``
+    restores the libraries' defaults)."""
+    import os
+
+    for name in ("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "LRU_CACHE_CAPACITY"):
+        os.environ.setdefault(name, str(entries))
+
+
 def _in_inference_mode(fn):
     """``fn`` run under ``torch.inference_mode`` in whichever thread calls it (the mode is per thread)."""
     import torch
@@ -178,5 +207,5 @@ class TorchSentenceEncoder(TokenBatchedEncoder):
         return {k: v.to(device) if torch.is_tensor(v) else v for k, v in features.items()}
 
 
-__all__ = ["CHUNK_BATCHES", "MAX_TOKENS", "TokenBatchedEncoder", "TorchSentenceEncoder", "batchable",
-           "release_freed_memory", "token_batches"]
+__all__ = ["CHUNK_BATCHES", "KERNEL_CACHE_ENTRIES", "MAX_TOKENS", "TokenBatchedEncoder", "TorchSentenceEncoder",
+           "batchable", "cap_kernel_caches", "release_freed_memory", "token_batches"]
