@@ -15,7 +15,7 @@ Case B (synthetic): 1M random unit vectors d=384 as corpus, 9,116 queries, preco
   both on the same arrays (ST via cache_folder).
 
 Run:  python benchmarks/mining_speed.py [--pairs N] [--e2e-pairs N --e2e-corpus M] [--skip-e2e] [--skip-same]
-                                      [--kernel-cache 16,64,1024]
+                                      [--kernel-cache 16,64,1024 [--kernel-cache-only]]
                                       [--synthetic-n 1000000 --synthetic-q 9116] [--backend torch,onnx-int8]
 Prints time and peak-memory ratios (ST / hardneg); peak memory = max RSS of each subprocess.
 """
@@ -205,6 +205,17 @@ def report(name: str, ours: dict, st: dict) -> dict:
     return row
 
 
+def kernel_cache_sitting(base: dict, capacities: list[int]) -> None:
+    """One whole-WordNet end-to-end torch worker per kernel-cache capacity, in the order given (repeat a
+    value to see the machine's drift), each printed as a JSON line: time and peak."""
+    if not capacities:
+        raise SystemExit("--kernel-cache-only needs --kernel-cache, e.g. --kernel-cache 1024,64,1024,64")
+    for cap in capacities:
+        r = run_sub({**base, "method": "hardneg", "case": "wordnet_e2e", "kernel_cache": cap})
+        print(json.dumps({"kernel_cache": cap, "seconds": round(r["seconds"], 2),
+                          "peak_mb": round(r["peak_rss_mb"])}), flush=True)
+
+
 def main() -> None:
     if serve_worker(worker):
         return
@@ -226,6 +237,9 @@ def main() -> None:
     ap.add_argument("--kernel-cache", default="",
                     help="comma-separated oneDNN / ideep kernel-cache capacities: one more end-to-end torch run "
                          "for each (default: none; the runs above use hardneg's own cap)")
+    ap.add_argument("--kernel-cache-only", action="store_true",
+                    help="run only the --kernel-cache torch workers, in the order given, and print each one's "
+                         "time and peak (no sentence-transformers run, no other case)")
     ap.add_argument("--cache-dir", default=".cache/hardneg-embeddings",
                     help="embedding cache for the same-embeddings case (the e2e case always starts cold)")
     ap.add_argument("--out", default=None, help="write the result rows as JSON here")
@@ -234,6 +248,10 @@ def main() -> None:
     base = {"pairs": a.pairs, "threads": a.threads, "index": a.index, "backend": "torch",
             "synthetic_n": a.synthetic_n,
             "synthetic_q": a.synthetic_q}
+    if a.kernel_cache_only:
+        kernel_cache_sitting({**base, "pairs": a.e2e_pairs or a.pairs, "corpus_cap": a.e2e_corpus},
+                             [int(c) for c in filter(None, a.kernel_cache.split(","))])
+        return
     tmp = tempfile.mkdtemp(prefix="hnbench")
     if not a.skip_wordnet and not a.skip_e2e:
         e2e = {**base, "pairs": a.e2e_pairs or a.pairs, "corpus_cap": a.e2e_corpus}
