@@ -166,8 +166,8 @@ def cap_kernel_caches(entries: int = KERNEL_CACHE_ENTRIES) -> None:
     caches fill with kernels that are rarely used again: ~280 MB of peak memory. A batch's forward pass
     needs only a handful (the same few products in every layer), and batches of neighbouring lengths
     follow each other, so a short cache keeps most of the reuse: on whole-WordNet mining 64 entries cut
-    the peak by ~240 MB at about 3 % of the time (two sittings on a loaded machine), where 16 cut ~280 MB
-    but cost 16-29 % (docs/scaling_mining.md). The embeddings are the same bit for bit
+    the peak by ~240 MB at no time measurable on an idle machine, where 16 cut ~280 MB but cost 16-29 %
+    on a loaded one (docs/scaling_mining.md). The embeddings are the same bit for bit
     (`tests/test_mine_texts.py`).
 
     Both libraries read these variables once, lazily, when they build their first kernel (torch has no
