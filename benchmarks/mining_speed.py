@@ -127,6 +127,9 @@ def worker(spec: dict) -> dict:
     else:
         from hardneg.mining.mine import MineConfig, mine_embeddings
         from hardneg.mining.pipeline import mine_texts, prepare_corpus
+        from hardneg.mining.token_batching import cap_kernel_caches
+
+        cap_kernel_caches()  # as `hardneg mine`, whose process this worker measures, does before encoding
 
         # recall is checked below as the overlap with ST's exact (flat FAISS) negatives, not inside the timing
         cfg = MineConfig(num_negatives=5, dedupe=False, index=spec.get("index", "bf16"), recall_sample=0)

@@ -153,3 +153,25 @@ def test_cli_random_sampling_is_sentence_transformers_name(tmp_path, inputs, cap
     assert rows["random"] == rows["uniform"]
     code, _, err = _cli(_mine(pairs, corpus, tmp_path / "x.jsonl", "--sampling", "hardest"), capsys)
     assert code == 2 and "sampling must be one of ('top', 'random', 'uniform', 'tilted')" in err
+
+
+def test_only_the_mine_command_caps_the_kernel_caches(tmp_path, inputs, capsys, monkeypatch):
+    """`hardneg mine`, a process whose job is mining, sizes oneDNN's and ideep's kernel caches for
+    encoding (`cap_kernel_caches`); the library's `mine_hard_negatives`, which a training script calls
+    before it trains in the same process, leaves them as the process has them."""
+    import hardneg
+    from hardneg.mining.token_batching import KERNEL_CACHE_ENTRIES
+    from tests.retrieval_fixtures import minilm
+
+    names = ("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "LRU_CACHE_CAPACITY")
+    for name in names:
+        monkeypatch.delenv(name, raising=False)
+    datasets = pytest.importorskip("datasets")
+    ds = datasets.Dataset.from_dict({"anchor": QUERIES, "positive": POSITIVES})
+    rows = hardneg.mine_hard_negatives(ds, minilm(), corpus=CORPUS, num_negatives=2, verbose=False)
+    assert len(rows) == 2 * len(QUERIES)
+    assert [os.environ.get(n) for n in names] == [None, None]
+    pairs, corpus = inputs
+    out = tmp_path / "neg.jsonl"
+    assert _cli(_mine(pairs, corpus, out, "--cache-dir", tmp_path / "c"), capsys)[0] == 0
+    assert [os.environ.get(n) for n in names] == [str(KERNEL_CACHE_ENTRIES)] * 2

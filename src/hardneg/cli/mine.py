@@ -99,6 +99,7 @@ def mine_cmd(
     from hardneg.mining.formats import _suffix
     from hardneg.mining.pipeline import check_output, format_summary, lock_output, mine_texts, write_result
     from hardneg.mining.summary import nothing_selected_line
+    from hardneg.mining.token_batching import cap_kernel_caches
 
     # validate everything cheap before loading models or encoding
     config.validate()
@@ -126,6 +127,8 @@ def mine_cmd(
             queries, positives = queries[:max_pairs], positives[:max_pairs]
             q_labels = q_labels[:max_pairs] if q_labels is not None else None
         typer.echo(f"embedding cache: {cache}" if cache else "embedding cache: off")
+        # this process only mines: its kernel caches can be sized for encoding (before the first product)
+        cap_kernel_caches()
         res = mine_texts(queries, positives, corpus_texts, config, model=model, q_labels=q_labels,
                          corpus_labels=c_labels, guide=guide, cache_dir=cache, store_dir=store_dir,
                          show_progress=not quiet, log=typer.echo, names="cli")

@@ -22,7 +22,7 @@ from hardneg.mining.onnx_encoder import OnnxSentenceEncoder, onnx_encoder
 from hardneg.mining.pairs import PairGroups, anchor_labels, anchor_positives, group_pairs
 from hardneg.mining.store import write_store
 from hardneg.mining.summary import build_summary, format_summary, save_summary
-from hardneg.mining.token_batching import cap_kernel_caches, release_freed_memory
+from hardneg.mining.token_batching import release_freed_memory
 from hardneg.vector_search import check_index_fits
 
 
@@ -164,7 +164,6 @@ def mine_texts(
             f"give a larger corpus or lower {knob('range_min', names)} / {knob('num_negatives', names)}"
         )
     owned = _loaded_here(model)
-    cap_kernel_caches()  # before the first oneDNN product of the process (the estimate's probe encodes)
     model = _load_model(model, cfg.backend, cfg.precision, cache_dir)
     enc: dict[str, Any] = dict(batch_size=cfg.batch_size, precision=cfg.precision, cache_dir=cache_dir,
                                show_progress=show_progress)

@@ -172,9 +172,11 @@ def cap_kernel_caches(entries: int = KERNEL_CACHE_ENTRIES) -> None:
 
     Both libraries read these variables once, lazily, when they build their first kernel (torch has no
     call that sets them at run time): this must run before the process's first oneDNN product, else it
-    changes nothing (`mine_texts` calls it before loading the model). It changes the whole process's
-    caches, so only a process that mines calls it; a value set in the environment is kept (``1024``
-    restores the libraries' defaults)."""
+    changes nothing. It changes the whole process's caches for as long as it runs, and a process that
+    trains after mining (`hardneg.mining.hard_negatives.mine_hard_negatives` in a training script)
+    needs more kernels than 64, so only a process whose job is mining calls it: the ``hardneg mine``
+    command, before it encodes. A value set in the environment is kept (``1024`` restores the
+    libraries' defaults)."""
     import os
 
     for name in ("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "LRU_CACHE_CAPACITY"):
