@@ -125,7 +125,7 @@ def _load_or_build(ort, model, folder: Path, backend: str, done_with_torch: Call
             if path != fp32 and fp32.exists():
                 fp32.unlink()
             continue
-        if done_with_torch is not None:
+        if done_with_torch is not None and not built:  # a build has called it already, after the export
             done_with_torch()
         return session, path
     raise AssertionError("unreachable")
