@@ -40,6 +40,7 @@ from torch import Tensor
 
 from hardneg.losses import candidates as C
 from hardneg.losses import checks as V
+from hardneg.losses import native
 
 LogWeightFn = Callable[[Tensor, slice], Tensor]
 
@@ -66,6 +67,14 @@ class Kept:
 #: ``f(X, rows, sp) -> (count, lse_a or None, Kept or None)``: works **in place** on a block of the
 #: chunk's tile (see ``log_weight_block`` of `weighted_info_nce`)
 BlockWeightFn = Callable[[Tensor, slice, Tensor], "tuple[Tensor, Tensor | None, Kept | None]"]
+#: ``f(S, rows, sp, inactive, free) -> (count, lse_b, lse_a, scale or None) or None``: a
+#: ``log_weight_block`` and the blocks' softmax (`softmax_block_`) on a whole chunk at once: S ←
+#: e^{S + a} unnormalised with ``scale`` 1/Σ per row (only where ``free`` and a = 0) or softmax(S +
+#: a) (``scale`` None), rows without a valid candidate or ``inactive`` as a row of 0, as
+#: `softmax_block_` makes them (``log_weight_rows`` of `weighted_info_nce`; `hardneg.losses.native`
+#: is its fast form); None leaves the chunk to the blocks
+RowsWeightFn = Callable[[Tensor, slice, Tensor, "Tensor | None", bool],
+                        "tuple[Tensor, Tensor, Tensor, Tensor | None] | None"]
 #: maps this call's ``"mean"`` denominator to the one the mean divides by (see ``mean_denominator``)
 DenominatorFn = Callable[[float], float]
 
@@ -87,6 +96,7 @@ class KernelSpec:
     detach_weights: bool = False
     log_weight_fn: LogWeightFn | None = None
     log_weight_block: BlockWeightFn | None = None
+    log_weight_rows: RowsWeightFn | None = None
     n_neg: float | None = None
     tau_plus: float = 0.0
     clamp: bool = True
@@ -105,6 +115,8 @@ class KernelSpec:
             self.log_weight_fn is not None or self.beta != 0.0 or self.positives != "view"
         ):
             raise ValueError("log_weight_block needs positives='view', beta=0 and no log_weight_fn")
+        if self.log_weight_rows is not None and self.log_weight_block is None:
+            raise ValueError("log_weight_rows needs the log_weight_block it stands for")
         for name in ("t", "beta", "tau_plus"):
             object.__setattr__(self, name, float(getattr(self, name)))
         for name in ("detach_weights", "clamp", "include_positive"):
@@ -384,6 +396,25 @@ def sparse_selection(K: int, m: int) -> bool:
     return m >= (K + 1) * SPARSE_RATIO
 
 
+def softmax_block_(Xb: Tensor, n_b: Tensor, la: Tensor | None, inactive: Tensor | None,
+                   free: bool) -> tuple[Tensor, Tensor | None]:
+    """The softmax of one block of weighted rows in place (`_weighted_blocks_`): rows without a
+    valid candidate (``n_b`` 0) or ``inactive`` become a row of 0 (a finite placeholder the caller
+    skips); then, without log-weights (``la`` None) and within the shift-free bound (``free``),
+    Xb ← e^{Xb} unnormalised, returning (lse, 1/Σ), else Xb ← softmax(Xb), returning (lse, None).
+    e^{Xb} is 2^{Xb log₂e}: the block holds the −∞ its filters wrote, and ``exp`` of −∞ takes a
+    scalar slow path on CPU (ten to twenty times the pass at half the entries −∞), ``exp2`` does not."""
+    drop = n_b == 0
+    if inactive is not None:
+        drop = drop | inactive
+    if bool(drop.any()):
+        Xb.masked_fill_(drop[:, None], 0.0)
+    if free and la is None:
+        lse = torch.log(Xb.mul_(_LOG2_E).exp2_().sum(1))
+        return lse, torch.exp(-lse)
+    return _softmax_lse_(Xb), None
+
+
 def _weighted_blocks_(S: Tensor, sp: Tensor, spec: KernelSpec, ws: _Workspace, r0: int,
                       active: Tensor | None) -> tuple[Tensor, Tensor, Tensor, Kept | None, Tensor | None]:
     """``log_weight_block`` and the softmax in the same cache-sized blocks of rows (one trip
@@ -395,10 +426,16 @@ def _weighted_blocks_(S: Tensor, sp: Tensor, spec: KernelSpec, ws: _Workspace, r
 
     A block whose log-weights are all 0 (``lse_a`` None: filters and selections) stays within the
     bound of `_exp_room` and takes the shift-free softmax: S ← e^S unnormalised, each row's factor
-    1/z_i in the fifth item (1 for a normalised row; None when every row is normalised). Its e^S is
-    2^{S log₂e}: the block holds the −∞ its filters wrote, and ``exp`` of −∞ takes a scalar slow
-    path on CPU (ten to twenty times the pass at half the entries −∞), ``exp2`` does not."""
+    1/z_i in the fifth item (1 for a normalised row; None when every row is normalised)
+    (`softmax_block_`). With ``log_weight_rows`` the whole chunk may take one call instead (the
+    native row pass, `hardneg.losses.native`)."""
     c, m = S.shape
+    free = ws.shift_free()
+    inactive = None if active is None else ~active[r0 : r0 + c]
+    if spec.log_weight_rows is not None:
+        whole = spec.log_weight_rows(S, slice(r0, r0 + c), sp, inactive, free)
+        if whole is not None:
+            return whole[0], whole[1], whole[2], None, whole[3]
     R = ws.rows_per_block()
     weigh = spec.log_weight_block
     if weigh is None:
@@ -407,8 +444,8 @@ def _weighted_blocks_(S: Tensor, sp: Tensor, spec: KernelSpec, ws: _Workspace, r
     lse_a, lse_b = S.new_empty(c), S.new_empty(c)
     chunk_kept: Kept | None = None
     scale: Tensor | None = None
-    free = ws.shift_free()
-    for b0 in range(0, c, R):
+    b0 = 0
+    while b0 < c:
         b1 = min(c, b0 + R)
         Xb = S[b0:b1]
         n_b, la, kept = weigh(Xb, slice(r0 + b0, r0 + b1), sp[b0:b1])
@@ -422,25 +459,23 @@ def _weighted_blocks_(S: Tensor, sp: Tensor, spec: KernelSpec, ws: _Workspace, r
                 raise ValueError("log_weight_block must keep the same number of entries per row in every block")
             chunk_kept.values[b0:b1] = kept.values
             chunk_kept.cols[b0:b1] = kept.cols
+            # a selection kept apart from the tile writes nothing back, so no block need stay in
+            # the cache: the rest of the chunk is one block (a call per block cost more than the
+            # cache saved: top-k 1.44 against 1.12 × the floor at 2B = 8192)
+            b0, R = b1, c
             continue
         if kept is not None:
             kept.write_(Xb)
-        drop = n_b == 0
-        if active is not None:
-            drop = drop | ~active[r0 + b0 : r0 + b1]
-        if bool(drop.any()):
-            Xb.masked_fill_(drop[:, None], 0.0)
-        if free and la is None:
-            torch.log(Xb.mul_(_LOG2_E).exp2_().sum(1), out=lse_b[b0:b1])
+        lse_b[b0:b1], sc = softmax_block_(Xb, n_b, la, None if inactive is None else inactive[b0:b1], free)
+        if sc is not None:
             if scale is None:
                 scale = torch.ones(c, dtype=S.dtype, device=S.device)
-            torch.exp(-lse_b[b0:b1], out=scale[b0:b1])
-        else:
-            lse_b[b0:b1] = _softmax_lse_(Xb)
+            scale[b0:b1] = sc
+        b0 = b1
     if chunk_kept is not None:
         drop = cnt == 0
-        if active is not None:
-            drop = drop | ~active[r0 : r0 + c]
+        if inactive is not None:
+            drop = drop | inactive
         if bool(drop.any()):
             chunk_kept.values.masked_fill_(drop[:, None], 0.0)
         lse_b = _softmax_lse_(chunk_kept.values)  # the values now hold π̃ over the kept columns
@@ -719,7 +754,8 @@ def _normaliser(ch: _Chunk, sp: Tensor, extra: Tensor | None) -> tuple[Tensor, T
     blocked = spec.log_weight_block is not None  # β = 0 (checked): S ← π̃ in the blocks, no A
     # shift-free softmax (`_exp_room`, e^{2S} under the root tilt): masks as 0 on e^S (`_exp_sums_`)
     free = not blocked and (ws.shift_free(2.0) if root_tilt else not tilted and ws.shift_free())
-    if not free:
+    native_tilt = root_tilt and native.takes(S)  # the native row pass: masks as −∞ on S either way
+    if not free or native_tilt:
         ch.mask_(S)
     A = lse_a = lse_b = None
     if blocked:
@@ -746,7 +782,7 @@ def _normaliser(ch: _Chunk, sp: Tensor, extra: Tensor | None) -> tuple[Tensor, T
     if not ch.all_active:  # skipped anchors: finite placeholders, zero loss and gradient later
         if lse_a is not None:  # blocked
             lse_a = torch.where(act, lse_a, torch.zeros_like(lse_a))
-        elif not free:  # (free: after the exp, in ``masks_``)
+        elif not free and not native_tilt:  # (free: after the exp, in ``masks_``; native: in its pass)
             S.masked_fill_(~act[:, None], 0.0)
         if A is not None:
             A.masked_fill_(~act[:, None], 0.0)
@@ -754,7 +790,10 @@ def _normaliser(ch: _Chunk, sp: Tensor, extra: Tensor | None) -> tuple[Tensor, T
     cntf = cnt.to(S.dtype)
     logN = torch.log(cntf) if spec.n_neg is None else torch.full((c,), math.log(spec.n_neg), dtype=S.dtype,
                                                                    device=S.device)
-    if lse_a is None or lse_b is None:  # one positive per anchor, a gradient: row sums of e^S from E [k | 1]
+    if native_tilt:
+        lse_a, lse_b, ch.z2, ch.tile_scale = _native_root_tilt(S, spec, free, ch.go is not None,
+                                                               None if ch.all_active else ~act)
+    elif lse_a is None or lse_b is None:  # one positive per anchor, a gradient: row sums of e^S from E [k | 1]
         lse_a, lse_b, ch.z2, ch.tile_scale, ch.EK = _softmaxes_(
             S, A, ws, spec, ch.go is not None, cntf, ch.masks_ if free else None,
             ch.k if ch.go is not None and ch.pcol is not None else None)
@@ -779,6 +818,19 @@ def _gradient_tile(ch: _Chunk, npos: Tensor | None, pv: Tensor | None, derivs: t
     if ch.tile_scale is not None:
         gamma = gamma * ch.tile_scale
     _products_(ch, gamma, delta)
+
+
+def _native_root_tilt(S: Tensor, spec: KernelSpec, free: bool, grad: bool,
+                      inactive: Tensor | None) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
+    """`_softmaxes_` under the root tilt in the native row pass (`hardneg.losses.native`): one call
+    for the exp, the row sums, Σ e^{2S} and the gradient tile, each row in a core's L1 cache, where
+    the torch path makes three whole-tile passes and a blocked run. The masks are −∞ on S; inactive
+    rows become the torch path's placeholders. Returns (lse(a), lse(a + S), Σ_j π_ij², the tile's
+    row factor or None)."""
+    then = None if not grad else ("square" if spec.detach_weights else "tilt")
+    lse_a, z2 = native.root_tilt_rows_(S, inactive, free, then)
+    scale = torch.exp(-2.0 * lse_a) if free and then is not None else None
+    return lse_a, 2.0 * lse_a + torch.log(z2), z2, scale
 
 
 def _softmaxes_(S: Tensor, A: Tensor | None, ws: _Workspace, spec: KernelSpec, grad: bool, cntf: Tensor,
@@ -1083,6 +1135,7 @@ def weighted_info_nce(
     normalize: bool = True,
     mean_denominator: DenominatorFn | None = None,
     log_weight_block: BlockWeightFn | None = None,
+    log_weight_rows: RowsWeightFn | None = None,
     spec: KernelSpec | None = None,
 ) -> Tensor:
     r"""Weighted InfoNCE of anchors ``q`` (n×d) against candidates ``k`` (m×d) (docs/design.md §1).
@@ -1093,8 +1146,7 @@ def weighted_info_nce(
         q_labels, k_labels: integer labels of anchors and candidates (label positives / filters).
         self_index: (n,) column of the anchor itself in ``k`` (never a candidate), −1 where absent.
         positives: ``"view"`` (one positive per anchor, given by ``pos_index``: the other view, or
-            the paired document) or ``"labels"`` (every same-label
-            candidate except the anchor itself; SupCon / the H-SCL paper code).
+            the paired document) or ``"labels"`` (every same-label candidate but the anchor itself).
         negatives: ``"all"`` (every candidate but the anchor itself and, in index mode, its
             positive; in label mode same-label candidates stay, as in SupCon's denominator) or
             ``"other_labels"`` (only candidates of another label: SCL / H-SCL).
@@ -1107,8 +1159,7 @@ def weighted_info_nce(
         n_neg: nominal N; ``None`` uses the number of valid negatives of each anchor (with
             uniform π this is the plain sum Σ_j e^{s_ij/t}).
         tau_plus: class prior τ⁺ ∈ [0, 1) of the debiased estimator (Chuang et al.).
-        clamp: clamp the debiased estimator below at N e^{−1/t} (HCL code). Where the estimator
-            is not positive it is clamped whatever this flag says.
+        clamp: clamp the debiased estimator below at N e^{−1/t} (HCL code); a non-positive one always is.
         include_positive: ``e^{s_ip/t}`` appears in the denominator (InfoNCE); False gives the
             decoupled form (and SupCon L_out, whose positives are already among the candidates).
         positive_reduce: with label positives, ``"mean"`` averages each anchor's terms over its
@@ -1132,6 +1183,8 @@ def weighted_info_nce(
             values s/t + a, −∞ in unused slots, and columns; the same number in every block): when
             they are few (`sparse_selection`) the gradient is taken from them alone, otherwise the
             kernel writes them back over ``X``. Treated as a constant.
+        log_weight_rows: ``log_weight_block`` and `softmax_block_` on a whole chunk in one call
+            (`RowsWeightFn`, the native row pass); None leaves the chunk to the blocks.
         spec: every option above but the index (``pos_index``, labels, ``self_index``) and
             ``normalize``, as one checked `KernelSpec`; give it or the options, not both.
     """
@@ -1140,9 +1193,9 @@ def weighted_info_nce(
         spec = KernelSpec(
             t=V.resolve_temperature(t, temperature), positives=positives, negatives=negatives, beta=beta,
             detach_weights=detach_weights, log_weight_fn=log_weight_fn, log_weight_block=log_weight_block,
-            n_neg=n_neg, tau_plus=tau_plus, clamp=clamp, include_positive=include_positive,
-            positive_reduce=positive_reduce, reduction=reduction, chunk_size=chunk_size,
-            mean_denominator=mean_denominator,
+            log_weight_rows=log_weight_rows, n_neg=n_neg, tau_plus=tau_plus, clamp=clamp,
+            include_positive=include_positive, positive_reduce=positive_reduce, reduction=reduction,
+            chunk_size=chunk_size, mean_denominator=mean_denominator,
         )
     elif not isinstance(spec, KernelSpec):
         raise TypeError(f"spec must be a KernelSpec, got {type(spec).__name__}")

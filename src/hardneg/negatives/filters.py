@@ -60,6 +60,12 @@ class Filter(nn.Module):
     def begin_step(self, ctx: StepContext) -> None:
         """Per-step preparation (e.g. guide embeddings)."""
 
+    def row_bounds(self, ctx: StepContext, sp: Tensor) -> tuple[Tensor | None, Tensor | None] | None:
+        """`drop_` as per-row bounds of the native row pass (`hardneg.losses.native.RowRule`): a
+        block's row keeps ``lo_i ≤ X_ij ≤ hi_i`` (None: unbounded; ``(None, None)``: nothing to
+        drop in this step), or None when the rule has no such form (the kernel's blocks run it)."""
+        return None
+
     def extra_repr(self) -> str:
         return simple_repr(self)
 
@@ -137,6 +143,9 @@ class IdFilter(Filter):
         if not self._only_own:
             X.masked_fill_(self.drop(X, rows, ctx), float("-inf"))  # the rule reads no similarity
 
+    def row_bounds(self, ctx: StepContext, sp: Tensor) -> tuple[Tensor | None, Tensor | None] | None:
+        return (None, None) if self._only_own else None
+
 
 def _opt(name: str, v: Any, lo: float, hi: float) -> float | None:
     """An optional number option of a filter (None: the rule is off)."""
@@ -200,6 +209,23 @@ class SimilarityFilter(Filter):
                 th = torch.nan_to_num(th, nan=math.inf if above else -math.inf)
             torch.sub(th / t, X, out=y) if above else torch.sub(X, th / t, out=y)
             X.add_(log_mask_(y, inclusive=True))
+
+    def row_bounds(self, ctx: StepContext, sp: Tensor) -> tuple[Tensor | None, Tensor | None] | None:
+        """`drop_`'s rules as bounds: X ≤ th/t for the rules that drop above, X ≥ th/t for the others
+        (the same float32 thresholds, so the same candidates are kept)."""
+        t, c = ctx.t, sp.shape[0]
+        lo: Tensor | None = None
+        hi: Tensor | None = None
+        for above, th in similarity_thresholds(sp * t if self.needs_positive else None, **self._rules()).values():
+            if isinstance(th, Tensor):
+                bound = torch.nan_to_num(th / t, nan=math.inf if above else -math.inf).reshape(c)
+            else:
+                bound = torch.full((c,), th / t, dtype=sp.dtype, device=sp.device)
+            if above:
+                hi = bound if hi is None else torch.minimum(hi, bound)
+            else:
+                lo = bound if lo is None else torch.maximum(lo, bound)
+        return lo, hi
 
 
 #: the range of each similarity rule (scores are cosine similarities); ``relative_margin`` is any

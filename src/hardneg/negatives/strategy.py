@@ -31,6 +31,7 @@ from typing import Any, cast
 import torch
 from torch import Tensor, nn
 
+from hardneg.losses import native
 from hardneg.losses.candidates import finite_count, nominal_n, safe_normalize
 from hardneg.losses.checks import (
     POSITIVE_REDUCES,
@@ -46,7 +47,7 @@ from hardneg.losses.checks import (
     check_tau_plus,
     resolve_temperature,
 )
-from hardneg.losses.kernel import Kept, weighted_info_nce
+from hardneg.losses.kernel import Kept, softmax_block_, weighted_info_nce
 from hardneg.negatives.context import StepContext
 from hardneg.negatives.diagnostics import DiagnosticsAccumulator
 from hardneg.negatives.filters import Filter, LabelFilter
@@ -502,10 +503,12 @@ class Strategy(nn.Module):
         else:
             lw_fn = None if plain or fused else (lambda S, rows: self._log_weights(S, rows, ctx, acc))
         # the kernel's blocks hold s / t for either temperature: ctx.t turns them back into cosines
-        lw_block = None
+        lw_block = lw_rows = None
         if fused:
             rec = _BlockRecords(acc)
             lw_block = lambda X, rows, sp: self._block_weights(X, rows, sp, ctx, rec)  # noqa: E731
+            lw_rows = lambda S, rows, sp, inactive, free: self._rows_weights(  # noqa: E731
+                S, rows, sp, inactive, free, ctx, rec)
         n_neg: float | None = None  # "count": the number of valid candidates
         if not isinstance(self.n_neg, str):
             n_neg = float(self.n_neg)
@@ -536,6 +539,7 @@ class Strategy(nn.Module):
             normalize=False,
             mean_denominator=mean_denominator,
             log_weight_block=lw_block,
+            log_weight_rows=lw_rows,
         )
         if fused:
             self._flush(rec, ctx, close=True)
@@ -580,6 +584,76 @@ class Strategy(nn.Module):
             rec.after(X, loc, fallback, kept)
             rec.log_mask = lse_a is None  # selections and filters only: the kept entries gained 0
         return cnt, lse_a, kept
+
+    def _row_rule(self, ctx: StepContext, sp: Tensor) -> native.RowRule | None:
+        """The filters and the weighting as one rule of the native row pass, or None when one of
+        them has no such form (`Filter.row_bounds`, `Weighting.row_rule`)."""
+        weightings = self._weightings()
+        rule = weightings[0].row_rule(ctx, sp) if weightings else native.RowRule()
+        for f in self._filters():
+            if rule is None:
+                return None
+            bounds = f.row_bounds(ctx, sp)
+            rule = None if bounds is None else rule.bounded(*bounds)
+        return rule
+
+    def _rows_weights(
+        self, S: Tensor, rows: slice, sp: Tensor, inactive: Tensor | None, free: bool, ctx: StepContext,
+        rec: _BlockRecords,
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor | None] | None:
+        """The kernel's ``log_weight_rows``: `_block_weights` and the softmax of a whole chunk in
+        the native row pass (`hardneg.losses.native`), where it is available and the components
+        have a row rule; None otherwise (the kernel takes the blocks). The diagnostics' sampled rows
+        are copied before the pass and by it; rows the pass declines (a weighting's fallback) go
+        through `_block_weights`' components and the kernel's `softmax_block_`."""
+        if S.device.type != "cpu" or S.dtype != torch.float32 or not native.available():
+            return None
+        rule = self._row_rule(ctx, sp)
+        if rule is None:
+            return None
+        c = S.shape[0]
+        loc = rec.sampled(rows, S.device)
+        slot, out = None, None
+        if loc is not None:
+            if not rec.room(S, loc.numel()):
+                self._flush(rec, ctx)
+                rec.room(S, loc.numel())
+            rec.before(S, loc, rows)
+            slot = torch.full((c,), -1, dtype=torch.int32)
+            slot[loc] = torch.arange(loc.numel(), dtype=torch.int32)
+            out = rec.X1[rec.n :]
+        res = native.weighted_softmax_rows_(S, rule, inactive, free, slot, out)
+        weightings = self._weightings()
+        e = res.declined
+        if weightings:
+            weightings[0].rows_done(c - e.numel())
+        scale = res.scale
+        if e.numel():
+            Xe = S[e]  # as the pass found them
+            erows = cast(slice, e + rows.start)  # an index tensor serves where components index by a slice
+            for f in self._filters():
+                f.drop_(Xe, erows, ctx, sp[e])
+            cnt, la, fallback, kept = weightings[0].weigh_(Xe, erows, ctx, sp[e])
+            if kept is not None:
+                kept.write_(Xe)
+            if slot is not None:
+                hit = slot[e] >= 0
+                at = rec.n + slot[e][hit].long()
+                rec.X1[at] = Xe[hit]
+                if fallback is not None:
+                    rec.fb[at] = fallback[hit]
+            res.cnt[e] = cnt
+            res.lse_a[e] = torch.log(cnt.to(S.dtype)) if la is None else la
+            lse_b, sc = softmax_block_(Xe, cnt, la, None if inactive is None else inactive[e], free)
+            res.lse_b[e] = lse_b
+            if sc is not None or scale is not None:
+                scale = torch.ones(c, dtype=S.dtype) if scale is None else scale
+                scale[e] = 1.0 if sc is None else sc
+            S[e] = Xe
+        if loc is not None:
+            rec.n += loc.numel()
+            rec.log_mask = rule.kind != "distance"  # selections and filters only: the kept entries gained 0
+        return res.cnt, res.lse_b, res.lse_a, scale
 
     def _flush(self, rec: _BlockRecords, ctx: StepContext, close: bool = False) -> None:
         """Hand the kept rows to the diagnostics (once per buffer of rows, not per block);

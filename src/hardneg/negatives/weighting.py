@@ -38,6 +38,7 @@ from hardneg._optional import require
 from hardneg.losses.candidates import finite_count, log_mask_
 from hardneg.losses.checks import check_beta, check_int, check_nonneg, check_number, check_positive
 from hardneg.losses.kernel import Kept, logsumexp_rows_
+from hardneg.losses.native import RowRule
 from hardneg.losses.tilt import tilt_log_weights
 from hardneg.negatives.context import StepContext
 from hardneg.negatives.sources import register_kind, simple_repr
@@ -160,6 +161,16 @@ class Weighting(nn.Module):
         number of entries per row may leave ``X`` as it is and return them as the fourth item
         (`hardneg.losses.kernel.Kept`, the kernel's ``log_weight_block`` protocol)."""
         raise NotImplementedError  # pragma: no cover
+
+    def row_rule(self, ctx: StepContext, sp: Tensor) -> RowRule | None:
+        """`weigh_` as the rule of the native row pass (`hardneg.losses.native.RowRule`) for a chunk
+        whose positives' X are ``sp``, or None when it has no such form (the kernel's blocks run
+        it). Rows the pass declines (its fallback) still go through `weigh_`."""
+        return None
+
+    def rows_done(self, n: int) -> None:
+        """``n`` rows were weighed by the native row pass (`row_rule`) rather than `weigh_`: the
+        per-row counts of the diagnostics take them as `weigh_` would have."""
 
     def begin_step(self, ctx: StepContext) -> None:
         """Called once per step before the loss (refresh clusters, …)."""
@@ -311,6 +322,16 @@ class SemiHard(Weighting):
         X.add_(F.threshold(a, -0.5, NEG_INF, inplace=True))
         return cnt, None, None, None
 
+    def row_rule(self, ctx: StepContext, sp: Tensor) -> RowRule:
+        """`weigh_`'s window |X − c| < h with the same float32 centre and half width; rows with an
+        empty window are declined and take `weigh_`'s fallback."""
+        check_nonneg(_opt("margin"), self.margin)
+        h = self.margin / (2.0 * ctx.t)
+        return RowRule(kind="window", centre=sp - h, half=h)
+
+    def rows_done(self, n: int) -> None:
+        self._rows += n
+
     def log_weights(self, S: Tensor, rows: slice, ctx: StepContext, valid: Tensor) -> Tensor:
         return torch.where(self.select(S, rows, ctx, valid), 0.0, NEG_INF).to(S.dtype)
 
@@ -400,6 +421,13 @@ class DistanceWeighted(Weighting):
         lse = torch.zeros_like(lw[:, 0])  # a row without a valid candidate: dropped by the kernel
         lse[ok] = logsumexp_rows_(lw[ok])
         return cnt, lse, fallback, None
+
+    def row_rule(self, ctx: StepContext, sp: Tensor) -> RowRule:
+        """`weigh_`'s u = 2 − 2tX, far rule u < nonzero_loss_cutoff², clip and −log q(d); rows whose
+        every candidate is far are declined and take `weigh_`'s fallback."""
+        n = self.dim or ctx.q.shape[1]
+        return RowRule(kind="distance", distance=(2.0 * ctx.t, -(n - 2.0) / 2.0, -(n - 3.0) / 2.0,
+                                                  self.cutoff**2, self.nonzero_loss_cutoff**2))
 
 
 class ClusterGuided(Weighting):

@@ -1,0 +1,253 @@
+r"""The fused row pass of the kernel's weighted blocks, in C (``native_rows.c``).
+
+A strategy whose filters and weighting have a *row rule* (`RowRule`: per-row similarity bounds, a
+semi-hard window, distance weighting) hands the kernel its whole chunk at once: for each row of
+X = s/t, with the row in a core's L1 cache, the rule's candidates are counted, the log-weights
+added and the softmax taken (`weighted_softmax_rows_`), where the blocked path
+(``hardneg.losses.kernel._weighted_blocks_``) runs ten to twenty torch operations per block, each a
+pass over the block, with Python in between. The values are the blocked path's to float32 rounding
+(exp and log are polynomials within 2 ulp); the exactness tests run both paths.
+
+The C source is compiled once per machine and source by the C compiler (``$CC``, else ``cc``) into
+the user's cache directory (``$XDG_CACHE_HOME/hardneg/native``, else ``~/.cache/hardneg/native``),
+named by a hash of the source, the flags and the CPU (``-march=native`` code runs only on the CPU it
+was built for, so a home directory shared by machines of different CPUs keeps one library per CPU),
+and loaded with ctypes. Without a compiler, or with ``HARDNEG_NATIVE=0``, every strategy takes the
+blocked torch path: the same values, slower on CPU. CUDA tensors always take the blocked path.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import hashlib
+import logging
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+__all__ = ["RowRule", "RowsResult", "available", "root_tilt_rows_", "takes", "use_native", "weighted_softmax_rows_"]
+
+_LOG = logging.getLogger("hardneg.native")
+_SOURCE = Path(__file__).with_name("native_rows.c")
+#: tried in order; the first that compiles is kept (the second for compilers or CPUs without the
+#: x86 options). No -ffast-math: −∞ marks a removed candidate and must survive every comparison.
+_FLAG_SETS = (
+    ("-O3", "-march=native", "-mprefer-vector-width=512", "-fno-trapping-math", "-fno-math-errno", "-fopenmp"),
+    ("-O3", "-march=native", "-mprefer-vector-width=512", "-fno-trapping-math", "-fno-math-errno"),
+    ("-O3", "-fno-trapping-math", "-fno-math-errno"),
+)
+_COMMON = ("-fPIC", "-shared", "-pthread")
+
+_lib: ctypes.CDLL | None = None
+_tried = False
+_enabled: bool | None = None  # None: from HARDNEG_NATIVE
+
+
+def _cpu() -> str:
+    """The CPU's model and feature flags (Linux), else what the platform says."""
+    try:
+        text = Path("/proc/cpuinfo").read_text(errors="replace")
+    except OSError:
+        return f"{platform.machine()} {platform.processor()}"
+    keep = [ln for ln in text.splitlines() if ln.split(":")[0].strip() in ("model name", "flags", "Features")]
+    return "\n".join(sorted(set(keep)))
+
+
+def _cache_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "hardneg" / "native"
+
+
+def _build() -> ctypes.CDLL | None:
+    cc = os.environ.get("CC") or "cc"
+    if shutil.which(cc) is None:
+        _LOG.info("no C compiler (%s): the kernel's weighted blocks run in torch", cc)
+        return None
+    source = _SOURCE.read_bytes()
+    for flags in _FLAG_SETS:
+        key = hashlib.sha256(b"\0".join([source, " ".join(flags).encode(), cc.encode(), _cpu().encode()]))
+        path = _cache_dir() / f"native_rows-{key.hexdigest()[:24]}.so"
+        if not path.exists():
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                fd, tmp = tempfile.mkstemp(suffix=".so", dir=path.parent)
+                os.close(fd)
+                done = subprocess.run([cc, *flags, *_COMMON, "-o", tmp, str(_SOURCE), "-lm"],
+                                      capture_output=True, text=True, timeout=120)
+                if done.returncode != 0:
+                    os.unlink(tmp)
+                    _LOG.info("%s %s failed: %s", cc, " ".join(flags), done.stderr.strip()[-500:])
+                    continue
+                os.replace(tmp, path)  # atomic: a concurrent process loads the old or the new file
+            except (OSError, subprocess.SubprocessError) as e:
+                _LOG.info("building %s failed: %s", path, e)
+                continue
+        try:
+            lib = ctypes.CDLL(str(path))
+        except OSError as e:
+            _LOG.info("loading %s failed: %s", path, e)
+            continue
+        fn = lib.hn_weighted_softmax_rows
+        P, I64, F32 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_float
+        fn.argtypes = [P, I64, I64, I64, P, P, ctypes.c_int, P, F32, F32, F32, F32, F32, F32, P, ctypes.c_int,
+                       P, P, P, P, P, P, P, I64, ctypes.c_int]
+        fn.restype = I64
+        fn = lib.hn_root_tilt_rows
+        fn.argtypes = [P, I64, I64, I64, P, ctypes.c_int, ctypes.c_int, P, P, ctypes.c_int]
+        fn.restype = None
+        return lib
+    return None
+
+
+def _on() -> bool:
+    if _enabled is not None:
+        return _enabled
+    return os.environ.get("HARDNEG_NATIVE", "1").strip().lower() not in ("0", "false", "no", "off")
+
+
+def available() -> bool:
+    """Whether the fused row pass runs (enabled, and its library built and loaded on this machine)."""
+    global _lib, _tried
+    if not _on():
+        return False
+    if not _tried:
+        _tried = True
+        _lib = _build()
+    return _lib is not None
+
+
+@contextlib.contextmanager
+def use_native(enabled: bool) -> Iterator[None]:
+    """Within the block, the fused row pass runs (``True``, where `available`) or not (``False``):
+    the exactness tests run both paths; ``HARDNEG_NATIVE=0`` is the same switch for a process."""
+    global _enabled
+    before = _enabled
+    _enabled = bool(enabled)
+    try:
+        yield
+    finally:
+        _enabled = before
+
+
+@dataclass(frozen=True)
+class RowRule:
+    """What the filters and the weighting of a strategy keep and add on each row of X = s/t, in the
+    form of the C pass: candidates with ``lo_i ≤ X_ij ≤ hi_i`` (similarity filters, per row, None:
+    unbounded), then one of ``kind`` "none", "window" (semi-hard: |X_ij − centre_i| < half,
+    `hardneg.negatives.weighting.SemiHard.weigh_`) or "distance" (Wu et al. 2017: u = 2 − two_t X
+    < u_hi, a = p_u log clamp(u, u_lo, u_hi) + p_v log max(1 − u/4, 10⁻⁸),
+    `hardneg.negatives.weighting.DistanceWeighted.weigh_`). Rows whose window or distance rule keeps
+    no candidate are declined (their fallback stays in Python)."""
+
+    lo: Tensor | None = None
+    hi: Tensor | None = None
+    kind: str = "none"
+    centre: Tensor | None = None
+    half: float = 0.0
+    distance: tuple[float, float, float, float, float] | None = None  # two_t, p_u, p_v, u_lo, u_hi
+
+    def bounded(self, lo: Tensor | None, hi: Tensor | None) -> RowRule:
+        """This rule with the bounds narrowed to ``lo`` and ``hi`` as well."""
+        def tighter(a: Tensor | None, b: Tensor | None, f) -> Tensor | None:
+            return b if a is None else (a if b is None else f(a, b))
+        return RowRule(tighter(self.lo, lo, torch.maximum), tighter(self.hi, hi, torch.minimum), self.kind,
+                       self.centre, self.half, self.distance)
+
+
+@dataclass(frozen=True)
+class RowsResult:
+    """Per row of the chunk: valid count, lse of the weighted row, lse of the log-weights over the
+    valid candidates, 1/Σ of a shift-free row (None when rows are normalised), and the rows the pass
+    declined (indices; those rows of X are untouched)."""
+
+    cnt: Tensor
+    lse_b: Tensor
+    lse_a: Tensor
+    scale: Tensor | None
+    declined: Tensor
+
+
+_KINDS = {"none": 0, "window": 1, "distance": 2}
+
+
+def _ptr(t: Tensor | None) -> int | None:
+    return None if t is None else t.data_ptr()
+
+
+def _rowvec(t: Tensor | None, c: int) -> Tensor | None:
+    if t is None:
+        return None
+    return t.to(torch.float32).expand(c).contiguous()
+
+
+def takes(X: Tensor) -> bool:
+    """Whether the native passes run on the tile X: available, float32, CPU, contiguous rows."""
+    return X.dtype == torch.float32 and X.device.type == "cpu" and X.dim() == 2 and X.stride(1) == 1 \
+        and available()
+
+
+def _checked_lib(X: Tensor) -> ctypes.CDLL:
+    """The loaded library, once X is a tile the passes read."""
+    if _lib is None:
+        raise RuntimeError("the native row pass is not available (check hardneg.losses.native.available())")
+    if X.dtype != torch.float32 or X.device.type != "cpu" or X.dim() != 2 or X.stride(1) != 1:
+        raise ValueError("the native row pass takes a float32 CPU tile with contiguous rows")
+    return _lib
+
+
+_THEN = {None: 0, "square": 1, "tilt": 2}
+
+
+def root_tilt_rows_(X: Tensor, inactive: Tensor | None, free: bool, then: str | None) -> tuple[Tensor, Tensor]:
+    """The β = 1 softmax of the kernel (``hardneg.losses.kernel._softmaxes_`` under the root tilt)
+    on every row of X in place, −∞ entries removed: E = e^X (``free``: shift-free, unnormalised) or
+    P = softmax(X), then ``then`` None: X ← E or P; "square": E² or P²; "tilt": E ⊙ (E − Σ_j E_ij²
+    / 2z_i) or P ⊙ (P − Σ_j P_ij² / 2), the gradient tile. ``inactive`` rows are read as rows of 0.
+    Returns (lse_i = log Σ_j e^{X_ij}, Σ_j P_ij²)."""
+    lib = _checked_lib(X)
+    c, m = X.shape
+    lse, sumsq = X.new_empty(c), X.new_empty(c)
+    ina = None if inactive is None else inactive.to(torch.uint8).contiguous()
+    lib.hn_root_tilt_rows(X.data_ptr(), c, m, X.stride(0), _ptr(ina), int(bool(free)), _THEN[then],
+                           lse.data_ptr(), sumsq.data_ptr(), torch.get_num_threads())
+    return lse, sumsq
+
+
+def weighted_softmax_rows_(X: Tensor, rule: RowRule, inactive: Tensor | None, free: bool,
+                           rec_slot: Tensor | None = None, rec_out: Tensor | None = None) -> RowsResult:
+    """The rule and the softmax on every row of X (c × m, float32, CPU, rows contiguous) in place:
+    X ← e^{X + a} (``free``: shift-free and unnormalised, 1/Σ in ``scale``; only without
+    log-weights) or softmax(X + a). ``inactive`` (c,) bool: rows made placeholders. ``rec_slot``
+    (c,) int32, ≥ 0 for rows whose values after the rule (X + a, −∞ where removed) are copied to
+    that row of ``rec_out`` (the diagnostics' sampled rows)."""
+    lib = _checked_lib(X)
+    c, m = X.shape
+    kind = _KINDS[rule.kind]
+    free = bool(free) and kind != 2
+    lo, hi = _rowvec(rule.lo, c), _rowvec(rule.hi, c)
+    centre = _rowvec(rule.centre, c) if kind == 1 else None
+    two_t, p_u, p_v, u_lo, u_hi = rule.distance if kind == 2 and rule.distance is not None else (0.0,) * 5
+    cnt = torch.empty(c, dtype=torch.int64)
+    lse_b, lse_a = X.new_empty(c), X.new_empty(c)
+    scale = X.new_empty(c) if free else None
+    declined = torch.empty(c, dtype=torch.uint8)
+    ina = None if inactive is None else inactive.to(torch.uint8).contiguous()
+    slot = None if rec_slot is None else rec_slot.to(torch.int32).contiguous()
+    if rec_out is not None and (rec_out.dtype != torch.float32 or rec_out.stride(1) != 1 or rec_out.shape[1] != m):
+        raise ValueError("rec_out must be float32 with contiguous rows of the tile's width")
+    n_declined = lib.hn_weighted_softmax_rows(
+        X.data_ptr(), c, m, X.stride(0), _ptr(lo), _ptr(hi), kind, _ptr(centre), rule.half, two_t, p_u, p_v, u_lo,
+        u_hi, _ptr(ina), int(free), cnt.data_ptr(), lse_b.data_ptr(), lse_a.data_ptr(), _ptr(scale),
+        declined.data_ptr(), _ptr(slot), _ptr(rec_out), 0 if rec_out is None else rec_out.stride(0),
+        torch.get_num_threads())
+    rows = torch.nonzero(declined).flatten() if n_declined else cnt[:0]
+    return RowsResult(cnt, lse_b, lse_a, scale, rows)

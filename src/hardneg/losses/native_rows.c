@@ -1,0 +1,398 @@
+/* The fused row pass of the kernel's weighted blocks (hardneg.losses.native): for each row of a
+ * chunk's tile X = s/t, the candidate filters, one weighting and the softmax, with the row in a
+ * core's L1 cache. Built by hardneg.losses.native with the machine's C compiler and loaded with
+ * ctypes; the Python definitions it mirrors are named at each step.
+ *
+ * No -ffast-math: -inf marks a removed candidate and must survive every comparison. exp and log
+ * are written here as branch-free polynomials so that the compiler vectorises the loops (the C
+ * library's scalar expf/logf would not be); both are within 2 ulp of float32 rounding. */
+#include <math.h>
+#include <pthread.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define LANES 16
+
+/* e^x for x in [-87.3, 88.7]: 2^k p(f), z = x log2(e) = k + f, |f| <= 1/2; p a degree-6 minimax
+ * polynomial of 2^f. Inputs below are clamped (the callers only pass kept entries, x > -inf). */
+static inline __attribute__((always_inline)) float hn_exp(float x) {
+  x = x < -87.3f ? -87.3f : (x > 88.7f ? 88.7f : x);
+  float z = x * 1.44269504088896341f;
+  float k = (z + 12582912.0f) - 12582912.0f; /* round to nearest without a libm call */
+  float f = z - k;
+  float p = 1.535336188319500e-4f;
+  p = p * f + 1.339887440266574e-3f;
+  p = p * f + 9.618437357674640e-3f;
+  p = p * f + 5.550332471162809e-2f;
+  p = p * f + 2.402264791363012e-1f;
+  p = p * f + 6.931472028550421e-1f;
+  p = p * f + 1.0f;
+  union { int32_t i; float f; } s;
+  s.i = ((int32_t)k + 127) << 23;
+  return p * s.f;
+}
+
+/* log x for normal x > 0 (Cephes logf): x = 2^e m, m in [sqrt(1/2), sqrt(2)), a degree-8
+ * polynomial in m - 1. */
+static inline __attribute__((always_inline)) float hn_log(float x) {
+  union { int32_t i; float f; } u;
+  u.f = x;
+  int32_t e = ((u.i >> 23) & 0xff) - 127;
+  u.i = (u.i & 0x007fffff) | 0x3f800000; /* m in [1, 2) */
+  float m = u.f;
+  float big = m > 1.41421356f ? 1.0f : 0.0f;
+  m *= 1.0f - 0.5f * big;
+  float ef = (float)e + big;
+  float y = m - 1.0f;
+  float z = y * y;
+  float p = 7.0376836292e-2f;
+  p = p * y - 1.1514610310e-1f;
+  p = p * y + 1.1676998740e-1f;
+  p = p * y - 1.2420140846e-1f;
+  p = p * y + 1.4249322787e-1f;
+  p = p * y - 1.6668057665e-1f;
+  p = p * y + 2.0000714765e-1f;
+  p = p * y - 2.4999993993e-1f;
+  p = p * y + 3.3333331174e-1f;
+  float r = y + y * z * p - 0.5f * z;
+  return r + ef * 0.693147180559945309f;
+}
+
+/* Runs fn(&jobs[t]) for t < threads. With OpenMP, on the process's OpenMP threads: torch's, when
+ * its libgomp is the one loaded (the library is linked by soname), whose threads, still spinning
+ * after the product before the pass, take the work at once (threads of our own would share the
+ * cores with them). Without OpenMP, POSIX threads (a range whose thread cannot be started runs on
+ * the calling thread). */
+#ifdef _OPENMP
+#define PARALLEL_RANGES(fn, jobs, threads)                                  \
+  do {                                                                      \
+    _Pragma("omp parallel for num_threads(threads) schedule(static, 1)")   \
+    for (int t_ = 0; t_ < (threads); t_++) fn(&(jobs)[t_]);                \
+  } while (0)
+#else
+#define PARALLEL_RANGES(fn, jobs, threads)                                          \
+  do {                                                                              \
+    pthread_t th_[256];                                                             \
+    int started_[256] = {0};                                                        \
+    for (int t_ = 1; t_ < (threads); t_++)                                          \
+      started_[t_] = pthread_create(&th_[t_], NULL, fn, &(jobs)[t_]) == 0;          \
+    fn(&(jobs)[0]);                                                                 \
+    for (int t_ = 1; t_ < (threads); t_++) {                                        \
+      if (started_[t_]) pthread_join(th_[t_], NULL);                                \
+      else fn(&(jobs)[t_]);                                                         \
+    }                                                                               \
+  } while (0)
+#endif
+
+typedef struct {
+  float *X;
+  int64_t m, ld;
+  const float *lo, *hi;   /* per-row inclusive bounds on X, or NULL (filters) */
+  int kind;               /* 0 none, 1 window, 2 distance */
+  const float *centre;    /* kind 1: keep |x - centre_r| < half */
+  float half;
+  float two_t, p_u, p_v, u_lo, u_hi; /* kind 2: u = 2 - 2 t x, keep u < u_hi */
+  const uint8_t *inactive;
+  int free_exp;
+  int64_t *cnt;
+  float *lse_b, *lse_a, *scale;
+  uint8_t *declined;
+  const int32_t *rec_slot;
+  float *rec_out;
+  int64_t rec_ld;
+  int64_t r0, r1;
+} job_t;
+
+/* Whether x is a candidate after the filters and the weighting's rule: finite (the kernel's
+ * candidate rule wrote -inf), lo <= x <= hi (similarity filters), |x - c| < h (semi-hard window)
+ * and 2 - 2 t x < u_hi (distance weighting's far rule). A rule a row does not have takes neutral
+ * values (+-inf), so one branch-free test serves every kind and the loops vectorise. */
+static inline __attribute__((always_inline)) int keep_of(float x, float lo, float hi, float c, float h, float two_t, float u_hi) {
+  return (x > -INFINITY) & (x >= lo) & (x <= hi) & (fabsf(x - c) < h) & ((2.0f - two_t * x) < u_hi);
+}
+
+static void zero_row(const job_t *j, float *x, int64_t r) {
+  /* a row without candidates or an inactive anchor: a row of 0 through the softmax, as the blocked
+   * path does (kernel._weighted_blocks_), a finite placeholder its caller skips */
+  int64_t m = j->m;
+  float v = j->free_exp ? 1.0f : 1.0f / (float)m;
+  for (int64_t i = 0; i < m; i++) x[i] = v;
+  j->lse_b[r] = logf((float)m);
+  if (j->free_exp) j->scale[r] = 1.0f / (float)m;
+}
+
+/* Wu et al. 2017, a = -log q(d) = p_u log u + p_v log(1 - u/4) with u = d^2 = 2 - 2 t x clamped to
+ * [u_lo, u_hi] (weighting.DistanceWeighted.weigh_): w <- a, x <- x + a on kept entries, -inf
+ * elsewhere; then x <- softmax(x) and lse_a = log sum_j e^{a_j} over the kept entries. */
+static void distance_row(const job_t *j, float *x, float *w, int64_t r, float lo, float hi, float *rec) {
+  const int64_t m = j->m, mb = m - m % LANES;
+  const float two_t = j->two_t, p_u = j->p_u, p_v = j->p_v, u_lo = j->u_lo, u_hi = j->u_hi;
+  float mvl[LANES], mal[LANES];
+  for (int l = 0; l < LANES; l++) mvl[l] = mal[l] = -INFINITY;
+#define DISTANCE_ONE(I, L)                                      \
+  do {                                                          \
+    float v = x[I];                                             \
+    int k = keep_of(v, lo, hi, 0.0f, INFINITY, two_t, u_hi);    \
+    float u = 2.0f - two_t * v;                                 \
+    u = u < u_lo ? u_lo : (u > u_hi ? u_hi : u);                \
+    float q = 1.0f - 0.25f * u;                                 \
+    q = q < 1e-8f ? 1e-8f : q;                                  \
+    float a = p_u * hn_log(u) + p_v * hn_log(q);                \
+    a = k ? a : -INFINITY;                                      \
+    v = k ? v + a : -INFINITY;                                  \
+    w[I] = a;                                                   \
+    x[I] = v;                                                   \
+    mvl[L] = v > mvl[L] ? v : mvl[L];                           \
+    mal[L] = a > mal[L] ? a : mal[L];                           \
+  } while (0)
+  for (int64_t i = 0; i < mb; i += LANES)
+    for (int l = 0; l < LANES; l++) DISTANCE_ONE(i + l, l);
+  for (int64_t i = mb; i < m; i++) DISTANCE_ONE(i, 0);
+#undef DISTANCE_ONE
+  float mv = -INFINITY, ma = -INFINITY;
+  for (int l = 0; l < LANES; l++) {
+    mv = mvl[l] > mv ? mvl[l] : mv;
+    ma = mal[l] > ma ? mal[l] : ma;
+  }
+  if (rec) memcpy(rec, x, sizeof(float) * (size_t)m);
+  float sl[LANES] = {0}, al[LANES] = {0};
+#define DISTANCE_EXP(I, L)                      \
+  do {                                          \
+    float v = x[I], a = w[I];                   \
+    int k = v > -INFINITY;                      \
+    float e = hn_exp(k ? v - mv : 0.0f);        \
+    float ea = hn_exp(k ? a - ma : 0.0f);       \
+    e = k ? e : 0.0f;                           \
+    ea = k ? ea : 0.0f;                         \
+    sl[L] += e;                                 \
+    al[L] += ea;                                \
+    x[I] = e;                                   \
+  } while (0)
+  for (int64_t i = 0; i < mb; i += LANES)
+    for (int l = 0; l < LANES; l++) DISTANCE_EXP(i + l, l);
+  for (int64_t i = mb; i < m; i++) DISTANCE_EXP(i, 0);
+#undef DISTANCE_EXP
+  float s = 0.0f, sa = 0.0f;
+  for (int l = 0; l < LANES; l++) {
+    s += sl[l];
+    sa += al[l];
+  }
+  j->lse_a[r] = ma + logf(sa);
+  if (j->inactive && j->inactive[r]) {
+    zero_row(j, x, r);
+    return;
+  }
+  const float inv = 1.0f / s;
+  for (int64_t i = 0; i < m; i++) x[i] *= inv;
+  j->lse_b[r] = mv + logf(s);
+}
+
+/* Filters and the semi-hard window: the kept entries gain 0 (lse_a = log n); x <- e^x (shift-free,
+ * scale_r = 1 / sum) or x <- softmax(x). */
+static void selection_row(const job_t *j, float *x, int64_t r, int64_t n, float lo, float hi, float c, float h,
+                          float *rec) {
+  const int64_t m = j->m, mb = m - m % LANES;
+  if (rec)
+    for (int64_t i = 0; i < m; i++) rec[i] = keep_of(x[i], lo, hi, c, h, 0.0f, INFINITY) ? x[i] : -INFINITY;
+  j->lse_a[r] = logf((float)n);
+  if ((j->inactive && j->inactive[r]) || n == 0) {
+    zero_row(j, x, r);
+    return;
+  }
+  float mx = 0.0f;
+  if (!j->free_exp) {
+    float ml[LANES];
+    for (int l = 0; l < LANES; l++) ml[l] = -INFINITY;
+    for (int64_t i = 0; i < mb; i += LANES)
+      for (int l = 0; l < LANES; l++) {
+        float v = keep_of(x[i + l], lo, hi, c, h, 0.0f, INFINITY) ? x[i + l] : -INFINITY;
+        ml[l] = v > ml[l] ? v : ml[l];
+      }
+    for (int64_t i = mb; i < m; i++) {
+      float v = keep_of(x[i], lo, hi, c, h, 0.0f, INFINITY) ? x[i] : -INFINITY;
+      ml[0] = v > ml[0] ? v : ml[0];
+    }
+    mx = -INFINITY;
+    for (int l = 0; l < LANES; l++) mx = ml[l] > mx ? ml[l] : mx;
+  }
+  float sl[LANES] = {0};
+#define SELECTION_EXP(I, L)                                   \
+  do {                                                        \
+    float v = x[I];                                           \
+    int k = keep_of(v, lo, hi, c, h, 0.0f, INFINITY);         \
+    float e = hn_exp(k ? v - mx : 0.0f);                      \
+    e = k ? e : 0.0f;                                         \
+    x[I] = e;                                                 \
+    sl[L] += e;                                               \
+  } while (0)
+  for (int64_t i = 0; i < mb; i += LANES)
+    for (int l = 0; l < LANES; l++) SELECTION_EXP(i + l, l);
+  for (int64_t i = mb; i < m; i++) SELECTION_EXP(i, 0);
+#undef SELECTION_EXP
+  float s = 0.0f;
+  for (int l = 0; l < LANES; l++) s += sl[l];
+  j->lse_b[r] = mx + logf(s);
+  if (j->free_exp) {
+    j->scale[r] = 1.0f / s;
+  } else {
+    const float inv = 1.0f / s;
+    for (int64_t i = 0; i < m; i++) x[i] *= inv;
+  }
+}
+
+static void *run_rows(void *arg) {
+  const job_t *j = arg;
+  const int64_t m = j->m, mb = m - m % LANES;
+  const int kind = j->kind;
+  const float h = kind == 1 ? j->half : INFINITY;
+  const float two_t = kind == 2 ? j->two_t : 0.0f, u_hi = kind == 2 ? j->u_hi : INFINITY;
+  float *w = kind == 2 ? malloc(sizeof(float) * (size_t)(m > 0 ? m : 1)) : NULL;
+  for (int64_t r = j->r0; r < j->r1; r++) {
+    float *x = j->X + r * j->ld;
+    const float lo = j->lo ? j->lo[r] : -INFINITY, hi = j->hi ? j->hi[r] : INFINITY;
+    const float c = kind == 1 ? j->centre[r] : 0.0f;
+    int32_t nl[LANES] = {0};
+    for (int64_t i = 0; i < mb; i += LANES)
+      for (int l = 0; l < LANES; l++) nl[l] += keep_of(x[i + l], lo, hi, c, h, two_t, u_hi);
+    for (int64_t i = mb; i < m; i++) nl[0] += keep_of(x[i], lo, hi, c, h, two_t, u_hi);
+    int64_t n = 0;
+    for (int l = 0; l < LANES; l++) n += nl[l];
+    j->cnt[r] = n;
+    j->declined[r] = 0;
+    if (n == 0 && kind != 0) { /* the weighting's fallback: the row is left to the Python path */
+      j->declined[r] = 1;
+      continue;
+    }
+    float *rec = j->rec_slot && j->rec_slot[r] >= 0 ? j->rec_out + (int64_t)j->rec_slot[r] * j->rec_ld : NULL;
+    if (kind == 2) {
+      if (w == NULL) { /* no memory for the row's weights: the Python path takes it */
+        j->declined[r] = 1;
+        continue;
+      }
+      distance_row(j, x, w, r, lo, hi, rec);
+    } else {
+      selection_row(j, x, r, n, lo, hi, c, h, rec);
+    }
+  }
+  free(w);
+  return NULL;
+}
+
+/* The root tilt (kernel._softmaxes_ at beta = 1): on each row, E = e^x (shift-free) or
+ * e^{x - max} over the finite entries (0 on -inf), z = sum E, q = sum E^2; then
+ * then 0: x <- E (shift-free) or P = E / z;
+ * then 1 ("square"): x <- E^2 or P^2;
+ * then 2 ("tilt"): x <- E (E - q / 2z) or P (P - sum P^2 / 2).
+ * lse_r = log z (+ max) and sumsq_r = q / z^2 = sum P^2. An inactive row is read as a row of 0
+ * (every entry kept), the placeholder the torch path makes. */
+typedef struct {
+  float *X;
+  int64_t m, ld;
+  const uint8_t *inactive;
+  int free_exp, then;
+  float *lse, *sumsq;
+  int64_t r0, r1;
+} tilt_job_t;
+
+static void *run_tilt(void *arg) {
+  const tilt_job_t *j = arg;
+  const int64_t m = j->m, mb = m - m % LANES;
+  for (int64_t r = j->r0; r < j->r1; r++) {
+    float *x = j->X + r * j->ld;
+    if (j->inactive && j->inactive[r])
+      for (int64_t i = 0; i < m; i++) x[i] = 0.0f;
+    float mx = 0.0f;
+    if (!j->free_exp) {
+      float ml[LANES];
+      for (int l = 0; l < LANES; l++) ml[l] = -INFINITY;
+      for (int64_t i = 0; i < mb; i += LANES)
+        for (int l = 0; l < LANES; l++) ml[l] = x[i + l] > ml[l] ? x[i + l] : ml[l];
+      for (int64_t i = mb; i < m; i++) ml[0] = x[i] > ml[0] ? x[i] : ml[0];
+      mx = -INFINITY;
+      for (int l = 0; l < LANES; l++) mx = ml[l] > mx ? ml[l] : mx;
+    }
+    float zl[LANES] = {0}, ql[LANES] = {0};
+#define TILT_EXP(I, L)                          \
+  do {                                          \
+    float v = x[I];                             \
+    int k = v > -INFINITY;                      \
+    float e = hn_exp(k ? v - mx : 0.0f);        \
+    e = k ? e : 0.0f;                           \
+    x[I] = e;                                   \
+    zl[L] += e;                                 \
+    ql[L] += e * e;                             \
+  } while (0)
+    for (int64_t i = 0; i < mb; i += LANES)
+      for (int l = 0; l < LANES; l++) TILT_EXP(i + l, l);
+    for (int64_t i = mb; i < m; i++) TILT_EXP(i, 0);
+#undef TILT_EXP
+    float z = 0.0f, q = 0.0f;
+    for (int l = 0; l < LANES; l++) {
+      z += zl[l];
+      q += ql[l];
+    }
+    j->lse[r] = mx + logf(z);
+    j->sumsq[r] = q / (z * z);
+    if (j->free_exp) {
+      if (j->then == 1) {
+        for (int64_t i = 0; i < m; i++) x[i] *= x[i];
+      } else if (j->then == 2) {
+        const float half = q / (2.0f * z);
+        for (int64_t i = 0; i < m; i++) x[i] *= x[i] - half;
+      }
+    } else {
+      const float inv = 1.0f / z, half = 0.5f * j->sumsq[r];
+      if (j->then == 0) {
+        for (int64_t i = 0; i < m; i++) x[i] *= inv;
+      } else if (j->then == 1) {
+        for (int64_t i = 0; i < m; i++) {
+          float p = x[i] * inv;
+          x[i] = p * p;
+        }
+      } else {
+        for (int64_t i = 0; i < m; i++) {
+          float p = x[i] * inv;
+          x[i] = p * (p - half);
+        }
+      }
+    }
+  }
+  return NULL;
+}
+
+void hn_root_tilt_rows(float *X, int64_t rows, int64_t m, int64_t ld, const uint8_t *inactive, int free_exp,
+                       int then, float *lse, float *sumsq, int threads) {
+  enum { MAX_THREADS = 256 };
+  tilt_job_t jobs[MAX_THREADS];
+  if (threads > rows) threads = (int)rows;
+  if (threads < 1) threads = 1;
+  if (threads > MAX_THREADS) threads = MAX_THREADS;
+  for (int t = 0; t < threads; t++)
+    jobs[t] = (tilt_job_t){X, m, ld, inactive, free_exp, then, lse, sumsq, rows * t / threads,
+                           rows * (t + 1) / threads};
+  PARALLEL_RANGES(run_tilt, jobs, threads);
+}
+
+/* The whole pass over rows [0, rows) of X, in `threads` contiguous ranges of rows
+ * (PARALLEL_RANGES). Returns the number of declined rows (their `declined` flag set, X untouched
+ * there). */
+int64_t hn_weighted_softmax_rows(float *X, int64_t rows, int64_t m, int64_t ld, const float *lo, const float *hi,
+                                 int kind, const float *centre, float half, float two_t, float p_u, float p_v,
+                                 float u_lo, float u_hi, const uint8_t *inactive, int free_exp, int64_t *cnt,
+                                 float *lse_b, float *lse_a, float *scale, uint8_t *declined, const int32_t *rec_slot,
+                                 float *rec_out, int64_t rec_ld, int threads) {
+  enum { MAX_THREADS = 256 };
+  job_t jobs[MAX_THREADS];
+  if (threads > rows) threads = (int)rows;
+  if (threads < 1) threads = 1;
+  if (threads > MAX_THREADS) threads = MAX_THREADS;
+  for (int t = 0; t < threads; t++)
+    jobs[t] = (job_t){X, m, ld, lo, hi, kind, centre, half, two_t, p_u, p_v, u_lo, u_hi, inactive, free_exp,
+                      cnt, lse_b, lse_a, scale, declined, rec_slot, rec_out, rec_ld,
+                      rows * t / threads, rows * (t + 1) / threads};
+  PARALLEL_RANGES(run_rows, jobs, threads);
+  int64_t d = 0;
+  for (int64_t r = 0; r < rows; r++) d += declined[r];
+  return d;
+}

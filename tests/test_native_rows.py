@@ -1,0 +1,326 @@
+"""The native row pass (`hardneg.losses.native`): the C loop against a literal float64 softmax, and
+every fused strategy it serves on float32 inputs — natively and through the kernel's torch blocks —
+against the literal float64 weighted InfoNCE of tests/negatives_reference.py, values and gradients,
+fallback rows (an empty semi-hard window, every candidate too far) and the diagnostics included."""
+
+from __future__ import annotations
+
+import math
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+import hardneg.losses as L
+from hardneg.losses import native
+from hardneg.negatives import DistanceWeighted, IdFilter, SemiHard, SimilarityFilter, Strategy, create_strategy
+from tests import reference_losses as R
+from tests.negatives_reference import (
+    in_batch_valid,
+    ref_distance_weighted,
+    ref_semihard,
+    ref_similarity_drop,
+    ref_weighted_infonce_t,
+    two_view_pos,
+    unit,
+)
+
+pytestmark = pytest.mark.skipif(not native.available(), reason="no C compiler: the native row pass is not built")
+
+
+# ---------------------------------------------------------------------------------------------
+# the C pass itself
+# ---------------------------------------------------------------------------------------------
+
+
+def _literal_rows(X, lo, hi, kind, centre, half, dist, inactive, free):
+    """Float64, one row at a time: the rule's kept entries, a, the softmax (or e^x and 1/Σ)."""
+    X = X.double()
+    c, m = X.shape
+    out, cnt, lse_b, lse_a, scale, declined, after = X.clone(), [], [], [], [], [], X.clone()
+    for r in range(c):
+        x = X[r]
+        keep = torch.isfinite(x) & (x >= lo[r]) & (x <= hi[r])
+        a = torch.zeros(m, dtype=torch.float64)
+        if kind == "window":
+            keep &= (x - centre[r]).abs() < half
+        if kind == "distance":
+            two_t, p_u, p_v, u_lo, u_hi = dist
+            u = 2.0 - two_t * x
+            keep &= u < u_hi
+            uc = u.clamp(u_lo, u_hi)
+            a = p_u * uc.log() + p_v * (1.0 - uc / 4.0).clamp(min=1e-8).log()
+        n = int(keep.sum())
+        cnt.append(n)
+        if n == 0 and kind != "none":
+            declined.append(r)
+            lse_b.append(math.nan), lse_a.append(math.nan), scale.append(math.nan)
+            continue
+        v = torch.where(keep, x + a, -math.inf)
+        after[r] = v
+        lse_a.append(float(torch.logsumexp(torch.where(keep, a, -math.inf), 0)) if kind == "distance"
+                     else math.log(n) if n else -math.inf)
+        if inactive[r] or n == 0:
+            out[r] = 1.0 if free else 1.0 / m
+            lse_b.append(math.log(m)), scale.append(1.0 / m)
+            continue
+        lse = float(torch.logsumexp(v, 0))
+        lse_b.append(lse)
+        out[r] = torch.exp(v) if free else torch.exp(v - lse)
+        scale.append(math.exp(-lse))
+    return out, cnt, lse_b, lse_a, scale, declined, after
+
+
+@pytest.mark.parametrize("kind,free", [("none", True), ("none", False), ("window", True), ("window", False),
+                                       ("distance", False)])
+def test_the_row_pass_matches_a_literal_float64_softmax(kind, free):
+    g = torch.Generator().manual_seed(3)
+    c, m = 13, 75  # 75 = 4 vectors of 16 lanes and a tail of 11
+    X = (torch.rand(c, m, generator=g) * 2 - 1) / 0.5  # s / t with t = 0.5
+    X[torch.rand(c, m, generator=g) < 0.2] = -math.inf  # the candidate rule's removed entries
+    X[2, :] = -math.inf  # a row without any candidate
+    lo = torch.full((c,), -1.6)
+    hi = torch.full((c,), 1.5)
+    hi[4] = -5.0  # the filters drop the whole row
+    centre = torch.rand(c, generator=g) * 2 - 1
+    centre[5] = 10.0  # an empty window: declined
+    half = 0.4
+    dist = (1.0, -4.0, -3.5, 0.25, 1.96)
+    if kind == "distance":
+        X[6, torch.isfinite(X[6])] = -1.9  # every candidate far (u = 3.9 > 1.96): declined
+    inactive = torch.zeros(c, dtype=torch.bool)
+    inactive[7] = True
+    rule = native.RowRule(lo=lo, hi=hi, kind=kind, centre=centre if kind == "window" else None, half=half,
+                          distance=dist if kind == "distance" else None)
+    slot = torch.full((c,), -1, dtype=torch.int32)
+    slot[torch.tensor([1, 5, 9])] = torch.tensor([0, 1, 2], dtype=torch.int32)
+    rec = torch.full((3, m), 7.0)
+    ref, cnt, lse_b, lse_a, scale, declined, after = _literal_rows(X, lo, hi, kind, centre, half, dist,
+                                                                    inactive, free)
+    Y = X.clone()
+    res = native.weighted_softmax_rows_(Y, rule, inactive, free, slot, rec)
+    assert res.cnt.tolist() == cnt
+    assert res.declined.tolist() == declined
+    assert declined == ([] if kind == "none" else [2, 4, 5] if kind == "window" else [2, 4, 6])
+    done = [r for r in range(c) if r not in declined]
+    torch.testing.assert_close(Y[declined], X[declined], rtol=0, atol=0)  # untouched
+    torch.testing.assert_close(Y[done].double(), ref[done], rtol=2e-6, atol=1e-30)
+    torch.testing.assert_close(res.lse_b[done].double(), torch.tensor(lse_b).double()[done], rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(res.lse_a[done].double(), torch.tensor(lse_a).double()[done], rtol=1e-6, atol=1e-6)
+    if free:
+        torch.testing.assert_close(res.scale[done].double(), torch.tensor(scale).double()[done], rtol=1e-6, atol=0)
+    else:
+        assert res.scale is None
+    for s_, r in enumerate([1, 5, 9]):  # the sampled rows after the rule, before the softmax
+        if r in declined:
+            assert (rec[s_] == 7.0).all()
+        else:
+            torch.testing.assert_close(rec[s_].double(), after[r], rtol=1e-6, atol=1e-6)
+
+
+def test_the_switch_turns_the_pass_off_here_and_for_a_process():
+    with native.use_native(False):
+        assert not native.available()
+    assert native.available()
+    env = {**os.environ, "HARDNEG_NATIVE": "0"}
+    code = "from hardneg.losses import native; print(native.available())"
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+
+
+def test_the_pass_rejects_what_it_cannot_read():
+    rule = native.RowRule()
+    with pytest.raises(ValueError, match="float32 CPU tile"):
+        native.weighted_softmax_rows_(torch.zeros(2, 4, dtype=torch.float64), rule, None, True)
+    with pytest.raises(ValueError, match="float32 CPU tile"):
+        native.weighted_softmax_rows_(torch.zeros(4, 2).T, rule, None, True)
+
+
+# ---------------------------------------------------------------------------------------------
+# the fused strategies, both paths, against the literal reference
+# ---------------------------------------------------------------------------------------------
+
+
+def _views(B, d, seed, noise=0.8):
+    g = torch.Generator().manual_seed(seed)
+    z1 = torch.randn(B, d, generator=g, dtype=torch.float64)
+    return z1, z1 + noise * torch.randn(B, d, generator=g, dtype=torch.float64)
+
+
+def _sims(z1, z2):
+    z = unit(np.concatenate([z1.numpy(), z2.numpy()]))
+    return z @ z.T
+
+
+def _semihard_case(t):
+    B, m = 10, 0.4
+    z1, z2 = _views(B, 6, seed=2)
+    S, pos, base = _sims(z1, z2), two_view_pos(B), in_batch_valid(B)
+    window = np.array([[base[i, j] and S[i, pos[i]] - m < S[i, j] < S[i, pos[i]] for j in range(2 * B)]
+                       for i in range(2 * B)])
+    assert 0 < (~window.any(1)).sum() < 2 * B, "fixture: rows with and without a semi-hard window"
+    return Strategy(weighting=SemiHard(m), t=t), z1, z2, ref_semihard(S, base, pos, m), None
+
+
+def _distance_case(cutoff):
+    B, d = 12, 6
+    z1, z2 = _views(B, d, seed=3)
+    S, base = _sims(z1, z2), in_batch_valid(B)
+    logw = ref_distance_weighted(S, d, 0.5, cutoff)
+    far_rows = [i for i in range(2 * B) if not np.isfinite(logw[i][base[i]]).any()]
+    for i in far_rows:  # every valid candidate too far: kept, unweighted (DistanceWeighted's fallback)
+        logw[i] = np.where(base[i], 0.0, -np.inf)
+    assert (len(far_rows) > 0) == (cutoff < 1.0), "fixture: fallback rows only under the small cutoff"
+    return Strategy(weighting=DistanceWeighted(0.5, cutoff), t=0.5), z1, z2, base, logw
+
+
+def _filtered_case(weighted):
+    B = 12
+    z1, z2 = _views(B, 6, seed=4)
+    S, pos, base = _sims(z1, z2), two_view_pos(B), in_batch_valid(B)
+    rules = {"max_score": 0.7, "min_score": -0.6, "relative_margin": 0.05}
+    valid = base & ~ref_similarity_drop(S, pos, **rules)
+    filters = [IdFilter(), SimilarityFilter(**rules)]
+    if not weighted:
+        return Strategy(filters=filters, t=0.5), z1, z2, valid, None
+    return (Strategy(filters=filters, weighting=SemiHard(0.3), t=0.5), z1, z2,
+            ref_semihard(S, valid, pos, 0.3), None)
+
+
+CASES = {
+    "semihard, shift-free": lambda: _semihard_case(0.5),
+    "semihard, shifted": lambda: _semihard_case(0.01),
+    "distance_weighted": lambda: _distance_case(1.4),
+    "distance_weighted, far rows": lambda: _distance_case(0.9),
+    "similarity and id filters": lambda: _filtered_case(False),
+    "filters and semihard": lambda: _filtered_case(True),
+}
+
+
+@pytest.mark.parametrize("use", [True, False], ids=["native", "blocks"])
+@pytest.mark.parametrize("case", list(CASES))
+def test_fused_strategies_in_float32_match_the_float64_reference(case, use, monkeypatch):
+    strategy, z1, z2, valid, logw = CASES[case]()
+    calls = []
+    real = native.weighted_softmax_rows_
+    monkeypatch.setattr(native, "weighted_softmax_rows_", lambda *a, **k: calls.append(1) or real(*a, **k))
+    B = z1.shape[0]
+    ids = torch.arange(B)
+    a1, a2 = z1.float().requires_grad_(), z2.float().requires_grad_()
+    r1, r2 = z1.clone().requires_grad_(), z2.clone().requires_grad_()
+    with native.use_native(use):
+        ours = strategy(a1, a2, ids=ids)
+    assert bool(calls) == use  # the path under test ran
+    z = torch.cat([r1, r2])
+    ref = ref_weighted_infonce_t(z, z, two_view_pos(B), valid, logw=logw, t=strategy.t)
+    torch.testing.assert_close(ours.double(), ref, rtol=2e-5, atol=1e-5)
+    for a, b in zip(torch.autograd.grad(ours, [a1, a2]), torch.autograd.grad(ref, [r1, r2])):
+        assert b.abs().max() > 1e-3
+        torch.testing.assert_close(a.double(), b, rtol=1e-4, atol=1e-4 * float(b.abs().max()))
+
+
+@pytest.mark.parametrize("preset", ["semihard", "distance_weighted", "filtered"])
+def test_the_diagnostics_are_the_same_on_both_paths(preset):
+    """2B = 600 anchors, the default 128 sampled rows: the pass copies them after its rule."""
+    g = torch.Generator().manual_seed(5)
+    B = 300
+    z1 = torch.nn.functional.normalize(torch.randn(B, 32, generator=g), dim=1)
+    z2 = torch.nn.functional.normalize(z1 + 0.5 * torch.randn(B, 32, generator=g), dim=1)
+    y, ids = torch.randint(0, 20, (B,), generator=g), torch.arange(B)
+    out = {}
+    for use in (True, False):
+        s = create_strategy(preset)
+        with native.use_native(use):
+            loss = s(z1, z2, labels=y, ids=ids)
+        out[use] = (float(loss), s.last_diagnostics)
+    assert out[True][0] == pytest.approx(out[False][0], rel=1e-5)
+    d1, d0 = out[True][1], out[False][1]
+    assert d1.keys() == d0.keys()
+    for key in d1:
+        if isinstance(d1[key], float) and math.isnan(d1[key]):
+            assert math.isnan(d0[key]), key
+        else:
+            assert d1[key] == pytest.approx(d0[key], rel=1e-3, abs=1e-5), key
+
+
+# ---------------------------------------------------------------------------------------------
+# the root tilt (β = 1): the C pass, and the named losses and presets that take it
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("free", [True, False])
+@pytest.mark.parametrize("then", [None, "square", "tilt"])
+def test_the_root_tilt_pass_matches_a_literal_float64_softmax(free, then):
+    g = torch.Generator().manual_seed(4)
+    c, m = 9, 83
+    X = (torch.rand(c, m, generator=g) * 2 - 1) / 0.5
+    X[torch.rand(c, m, generator=g) < 0.1] = -math.inf
+    inactive = torch.zeros(c, dtype=torch.bool)
+    inactive[3] = True
+    Y = X.clone()
+    lse, sumsq = native.root_tilt_rows_(Y, inactive, free, then)
+    x = torch.where(inactive[:, None], 0.0, X.double())
+    ref_lse = torch.logsumexp(x, 1)
+    P = torch.softmax(x, 1)
+    ref_ssq = (P * P).sum(1)
+    base = torch.exp(x) if free else P  # E or P
+    shift = (base * base).sum(1, keepdim=True) / (2 * base.sum(1, keepdim=True)) if free else ref_ssq[:, None] / 2
+    ref = {None: base, "square": base * base, "tilt": base * (base - shift)}[then]
+    torch.testing.assert_close(lse.double(), ref_lse, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(sumsq.double(), ref_ssq, rtol=1e-5, atol=0)
+    torch.testing.assert_close(Y.double(), ref, rtol=1e-5, atol=1e-7 * float(ref.abs().max()))
+
+
+def _labelled(B, d, seed):
+    g = torch.Generator().manual_seed(seed)
+    z1 = torch.randn(B, d, generator=g, dtype=torch.float64)
+    z2 = z1 + 0.8 * torch.randn(B, d, generator=g, dtype=torch.float64)
+    return z1, z2, torch.arange(B) % 4
+
+
+TILTED = {
+    "hucl, shift-free": (lambda z1, z2, y: L.hucl(z1, z2, beta=1.0, t=0.5),
+                         lambda z1, z2, y: R.ref_infonce(z1, z2, t=0.5, beta=1.0)),
+    "hucl, shifted": (lambda z1, z2, y: L.hucl(z1, z2, beta=1.0, t=0.01),
+                      lambda z1, z2, y: R.ref_infonce(z1, z2, t=0.01, beta=1.0)),
+    "hucl, detached weights": (
+        lambda z1, z2, y: L.hucl(z1, z2, beta=1.0, t=0.5, detach_weights=True),
+        lambda z1, z2, y: _detached_ref(z1, z2)),
+    "hscl, view positives": (
+        lambda z1, z2, y: L.hscl(z1, z2, y, beta=1.0, t=0.5, positives="view"),
+        lambda z1, z2, y: R.ref_infonce(z1, z2, t=0.5, beta=1.0, labels=y)),
+    "hscl, label positives": (
+        lambda z1, z2, y: L.hscl(z1, z2, y, beta=1.0, t=0.5, positives="labels"),
+        lambda z1, z2, y: R.ref_hscl_all(z1, z2, y, t=0.5, beta=1.0)),
+    "preset hucl": (lambda z1, z2, y: create_strategy("hucl")(z1, z2, labels=y),
+                    lambda z1, z2, y: R.ref_infonce(z1, z2, t=0.5, beta=1.0)),
+}
+
+
+def _detached_ref(z1, z2):
+    B = z1.shape[0]
+    z = torch.cat([z1, z2])
+    return ref_weighted_infonce_t(z, z, two_view_pos(B), in_batch_valid(B), beta=1.0, t=0.5, detach_weights=True)
+
+
+@pytest.mark.parametrize("use", [True, False], ids=["native", "blocks"])
+@pytest.mark.parametrize("case", list(TILTED))
+def test_root_tilted_losses_in_float32_match_the_float64_reference(case, use, monkeypatch):
+    ours_fn, ref_fn = TILTED[case]
+    calls = []
+    real = native.root_tilt_rows_
+    monkeypatch.setattr(native, "root_tilt_rows_", lambda *a, **k: calls.append(1) or real(*a, **k))
+    z1, z2, y = _labelled(12, 6, seed=8)
+    a1, a2 = z1.float().requires_grad_(), z2.float().requires_grad_()
+    r1, r2 = z1.clone().requires_grad_(), z2.clone().requires_grad_()
+    with native.use_native(use):
+        ours = ours_fn(a1, a2, y)
+    assert bool(calls) == use
+    ref = ref_fn(r1, r2, y)
+    torch.testing.assert_close(ours.double(), ref, rtol=2e-5, atol=1e-5)
+    for a, b in zip(torch.autograd.grad(ours, [a1, a2]), torch.autograd.grad(ref, [r1, r2])):
+        assert b.abs().max() > 1e-3
+        torch.testing.assert_close(a.double(), b, rtol=1e-4, atol=1e-4 * float(b.abs().max()))
