@@ -5,7 +5,14 @@ import torch
 from pytorch_metric_learning import losses as pml
 
 import hardneg.losses as L
-from hardneg.losses.candidates import Relations, dense_labels, label_columns, same_known_label, two_view_index
+from hardneg.losses.candidates import (
+    Relations,
+    dense_labels,
+    label_columns,
+    safe_normalize,
+    same_known_label,
+    two_view_index,
+)
 from hardneg.negatives import create_strategy
 from tests.reference_losses import ref_infonce, ref_supcon
 
@@ -325,3 +332,19 @@ def test_mining_refuses_non_finite_beta_and_t():
                       ({"t": float("inf")}, "temperature"), ({"relative_margin": float("nan")}, "relative_margin")):
         with pytest.raises(ValueError, match=words):
             MineConfig(**kw).validate()
+
+
+def test_safe_normalize_matches_f_normalize_with_first_and_second_derivatives():
+    """Regular rows take the fused unit-rows function: F.normalize's values, its gradient, and a
+    second derivative (create_graph) through the gradient."""
+    from torch.autograd import gradcheck, gradgradcheck
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(6, 5, generator=g, dtype=torch.float64, requires_grad=True)
+    up = torch.randn(6, 5, generator=g, dtype=torch.float64)
+    ours, ref = safe_normalize(x), torch.nn.functional.normalize(x, dim=1)
+    torch.testing.assert_close(ours, ref, rtol=0, atol=0)
+    a, = torch.autograd.grad(ours, x, up)
+    b, = torch.autograd.grad(ref, x, up)
+    torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-14)
+    assert gradcheck(safe_normalize, (x,)) and gradgradcheck(safe_normalize, (x,))

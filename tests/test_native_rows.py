@@ -261,7 +261,7 @@ def test_the_root_tilt_pass_matches_a_literal_float64_softmax(free, then):
     inactive = torch.zeros(c, dtype=torch.bool)
     inactive[3] = True
     Y = X.clone()
-    lse, sumsq = native.root_tilt_rows_(Y, inactive, free, then)
+    lse, sumsq = native.softmax_rows_(Y, inactive, free, then)
     x = torch.where(inactive[:, None], 0.0, X.double())
     ref_lse = torch.logsumexp(x, 1)
     P = torch.softmax(x, 1)
@@ -297,6 +297,15 @@ TILTED = {
         lambda z1, z2, y: R.ref_hscl_all(z1, z2, y, t=0.5, beta=1.0)),
     "preset hucl": (lambda z1, z2, y: create_strategy("hucl")(z1, z2, labels=y),
                     lambda z1, z2, y: R.ref_infonce(z1, z2, t=0.5, beta=1.0)),
+    # β = 0 without log-weights, within the shift-free bound: the same pass with then = None
+    "scl (other labels)": (lambda z1, z2, y: L.scl(z1, z2, y, t=0.5),
+                           lambda z1, z2, y: R.ref_infonce(z1, z2, t=0.5, labels=y)),
+    "dcl": (lambda z1, z2, y: L.dcl(z1, z2, tau_plus=0.1, t=0.5),
+            lambda z1, z2, y: R.ref_infonce(z1, z2, t=0.5, tau_plus=0.1)),
+    "decoupled": (lambda z1, z2, y: L.decoupled(z1, z2, t=0.5), lambda z1, z2, y: R.ref_decoupled(z1, z2, t=0.5)),
+    "hscl at beta 0, label positives": (
+        lambda z1, z2, y: L.hscl(z1, z2, y, beta=0.0, t=0.5, positives="labels"),
+        lambda z1, z2, y: R.ref_hscl_all(z1, z2, y, t=0.5, beta=0.0)),
 }
 
 
@@ -308,11 +317,11 @@ def _detached_ref(z1, z2):
 
 @pytest.mark.parametrize("use", [True, False], ids=["native", "blocks"])
 @pytest.mark.parametrize("case", list(TILTED))
-def test_root_tilted_losses_in_float32_match_the_float64_reference(case, use, monkeypatch):
+def test_losses_of_the_softmax_pass_in_float32_match_the_float64_reference(case, use, monkeypatch):
     ours_fn, ref_fn = TILTED[case]
     calls = []
-    real = native.root_tilt_rows_
-    monkeypatch.setattr(native, "root_tilt_rows_", lambda *a, **k: calls.append(1) or real(*a, **k))
+    real = native.softmax_rows_
+    monkeypatch.setattr(native, "softmax_rows_", lambda *a, **k: calls.append(1) or real(*a, **k))
     z1, z2, y = _labelled(12, 6, seed=8)
     a1, a2 = z1.float().requires_grad_(), z2.float().requires_grad_()
     r1, r2 = z1.clone().requires_grad_(), z2.clone().requires_grad_()
@@ -324,3 +333,72 @@ def test_root_tilted_losses_in_float32_match_the_float64_reference(case, use, mo
     for a, b in zip(torch.autograd.grad(ours, [a1, a2]), torch.autograd.grad(ref, [r1, r2])):
         assert b.abs().max() > 1e-3
         torch.testing.assert_close(a.double(), b, rtol=1e-4, atol=1e-4 * float(b.abs().max()))
+
+
+# ---------------------------------------------------------------------------------------------
+# the diagnostics' row statistics
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("uniform,bt", [(True, 0.0), (False, 0.0), (False, 2.0)])
+def test_row_statistics_match_torch_histc_and_a_float64_softmax(uniform, bt):
+    g = torch.Generator().manual_seed(6)
+    c, m = 7, 301
+    S = torch.rand(c, m, generator=g) * 2 - 1
+    W = torch.where(torch.rand(c, m, generator=g) < 0.3, -math.inf, 0.0 if uniform else torch.randn(c, m, generator=g))
+    W[4] = -math.inf  # a row without a valid entry
+    st = native.row_stats(S, W, uniform, bt, -1.0005, 1.0005, 4000)
+    valid = torch.isfinite(W)
+    assert st.n_valid.tolist() == valid.sum(1).tolist()
+    torch.testing.assert_close(st.hist, torch.histc(S[valid], bins=4000, min=-1.0005, max=1.0005).double())
+    for r in range(c):
+        v = valid[r]
+        if not v.any():
+            assert st.hard[r] == -math.inf and st.sum_pp[r] == 0.0
+            continue
+        s, w = S[r, v].double(), W[r, v].double()
+        assert st.hard[r] == s.max() and S[r, st.hard_j[r]] == s.max()
+        torch.testing.assert_close(st.sum_s[r], s.sum())
+        p = torch.softmax(w + bt * s, 0)
+        torch.testing.assert_close(st.lse[r].double(), torch.logsumexp(w + bt * s, 0), rtol=1e-6, atol=1e-6)
+        torch.testing.assert_close(st.sum_ps[r], (p * s).sum(), rtol=1e-6, atol=1e-9)
+        torch.testing.assert_close(st.sum_pp[r], (p * p).sum(), rtol=1e-6, atol=1e-9)
+
+
+def test_the_unit_rows_gradient_matches_f_normalize_in_float32():
+    """safe_normalize's backward on float32 rows takes the native pass: F.normalize's gradient."""
+    from hardneg.losses.candidates import safe_normalize
+
+    g = torch.Generator().manual_seed(7)
+    x = torch.randn(37, 21, generator=g) * 3  # 21 = one vector of 16 lanes and a tail of 5
+    up = torch.randn(37, 21, generator=g)
+    a = x.clone().requires_grad_()
+    ours, = torch.autograd.grad(safe_normalize(a), a, up)
+    b = x.double().requires_grad_()
+    ref, = torch.autograd.grad(torch.nn.functional.normalize(b, dim=1), b, up.double())
+    torch.testing.assert_close(ours.double(), ref, rtol=1e-5, atol=1e-6)
+
+
+def test_the_softmax_pass_writes_the_column_rule_and_gathers_first():
+    g = torch.Generator().manual_seed(9)
+    c, m = 6, 40
+    X = torch.randn(c, m, generator=g)
+    self_col = torch.tensor([0, 1, -1, 3, 4, 5])
+    pos_col = torch.tensor([7, -1, 9, 10, 11, 12])
+    cols = torch.randint(0, m, (c, 5), generator=g)
+    inactive = torch.tensor([False, False, False, False, True, False])
+    Y, got = X.clone(), torch.empty(c, 5)
+    lse, _ = native.softmax_rows_(Y, inactive, True, None, self_col=self_col, pos_col=pos_col, cols=cols,
+                                  fill_cols=True, gather=got)
+    torch.testing.assert_close(got, X.gather(1, cols), rtol=0, atol=0)  # read before the rule
+    ref = X.double().clone()
+    for r in range(c):
+        if inactive[r]:
+            ref[r] = 0.0
+            continue
+        ref[r, cols[r]] = -math.inf
+        for col in (self_col[r], pos_col[r]):
+            if col >= 0:
+                ref[r, col] = -math.inf
+    torch.testing.assert_close(Y.double(), torch.exp(ref), rtol=2e-6, atol=0)
+    torch.testing.assert_close(lse.double(), torch.logsumexp(ref, 1), rtol=1e-6, atol=1e-6)

@@ -521,6 +521,7 @@ class _Chunk:
     tile_scale: Tensor | None = None  # per row, the factor of the unnormalised tile S (None: 1)
     z: Tensor | None = None  # row sums of E = e^S (the lean path within the bound)
     z2: Tensor | None = None  # Σ_j π_ij² under the root tilt
+    native: bool = False  # the softmax runs in the native row pass (`_native_rows`)
     EK: Tensor | None = None  # E [k | 1], made with the row sums (`_Workspace.k_ones`)
     # the lean path's label positives (`_lean_terms`)
     npos: Tensor | None = None  # (c,) |P_i|, at least 1
@@ -700,12 +701,14 @@ def _chunk_general(ch: _Chunk) -> Tensor:
     positives; the steps of `_Chunk` in turn."""
     _mask_rule(ch)
     S = ch.S
-    # the positive similarities, read before masking: (c,), or (c, P) with label positives
+    ch.native = _native_rows(ch)
+    # the positive similarities, read before masking: (c,), or (c, P) with label positives (by the
+    # native row pass, in `_normaliser`, when it runs)
     if ch.pcol is not None:
         sp = S[ch.rows, ch.pcol].clone()
     else:
         assert ch.same_cols is not None  # built by _mask_rule for label positives
-        sp = S.gather(1, ch.same_cols)
+        sp = S.new_empty(ch.same_cols.shape) if ch.native else S.gather(1, ch.same_cols)
     neg, logN = _normaliser(ch, sp, _extra_log_weights(S, ch.spec, ch.r0, ch.r1))
     loss, npos, pv, derivs = _terms(ch, neg, sp, logN)
     if ch.act is not None and not ch.all_active:
@@ -754,8 +757,7 @@ def _normaliser(ch: _Chunk, sp: Tensor, extra: Tensor | None) -> tuple[Tensor, T
     blocked = spec.log_weight_block is not None  # β = 0 (checked): S ← π̃ in the blocks, no A
     # shift-free softmax (`_exp_room`, e^{2S} under the root tilt): masks as 0 on e^S (`_exp_sums_`)
     free = not blocked and (ws.shift_free(2.0) if root_tilt else not tilted and ws.shift_free())
-    native_tilt = root_tilt and native.takes(S)  # the native row pass: masks as −∞ on S either way
-    if not free or native_tilt:
+    if not free and not ch.native:  # the native row pass writes the rule in its own pass
         ch.mask_(S)
     A = lse_a = lse_b = None
     if blocked:
@@ -782,7 +784,7 @@ def _normaliser(ch: _Chunk, sp: Tensor, extra: Tensor | None) -> tuple[Tensor, T
     if not ch.all_active:  # skipped anchors: finite placeholders, zero loss and gradient later
         if lse_a is not None:  # blocked
             lse_a = torch.where(act, lse_a, torch.zeros_like(lse_a))
-        elif not free and not native_tilt:  # (free: after the exp, in ``masks_``; native: in its pass)
+        elif not free and not ch.native:  # (free: after the exp, in ``masks_``; native: in its pass)
             S.masked_fill_(~act[:, None], 0.0)
         if A is not None:
             A.masked_fill_(~act[:, None], 0.0)
@@ -790,9 +792,8 @@ def _normaliser(ch: _Chunk, sp: Tensor, extra: Tensor | None) -> tuple[Tensor, T
     cntf = cnt.to(S.dtype)
     logN = torch.log(cntf) if spec.n_neg is None else torch.full((c,), math.log(spec.n_neg), dtype=S.dtype,
                                                                    device=S.device)
-    if native_tilt:
-        lse_a, lse_b, ch.z2, ch.tile_scale = _native_root_tilt(S, spec, free, ch.go is not None,
-                                                               None if ch.all_active else ~act)
+    if ch.native:
+        lse_a, lse_b, ch.z2, ch.tile_scale, ch.EK = _native_softmaxes_(ch, sp, free, cntf)
     elif lse_a is None or lse_b is None:  # one positive per anchor, a gradient: row sums of e^S from E [k | 1]
         lse_a, lse_b, ch.z2, ch.tile_scale, ch.EK = _softmaxes_(
             S, A, ws, spec, ch.go is not None, cntf, ch.masks_ if free else None,
@@ -820,17 +821,42 @@ def _gradient_tile(ch: _Chunk, npos: Tensor | None, pv: Tensor | None, derivs: t
     _products_(ch, gamma, delta)
 
 
-def _native_root_tilt(S: Tensor, spec: KernelSpec, free: bool, grad: bool,
-                      inactive: Tensor | None) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
-    """`_softmaxes_` under the root tilt in the native row pass (`hardneg.losses.native`): one call
-    for the exp, the row sums, Σ e^{2S} and the gradient tile, each row in a core's L1 cache, where
-    the torch path makes three whole-tile passes and a blocked run. The masks are −∞ on S; inactive
-    rows become the torch path's placeholders. Returns (lse(a), lse(a + S), Σ_j π_ij², the tile's
-    row factor or None)."""
-    then = None if not grad else ("square" if spec.detach_weights else "tilt")
-    lse_a, z2 = native.root_tilt_rows_(S, inactive, free, then)
-    scale = torch.exp(-2.0 * lse_a) if free and then is not None else None
-    return lse_a, 2.0 * lse_a + torch.log(z2), z2, scale
+def _native_rows(ch: _Chunk) -> bool:
+    """Whether `_normaliser`'s softmax runs in the native row pass (`hardneg.losses.native`): a float32
+    CPU tile, no log-weights, and β = 1 (the root tilt) or β = 0 within the shift-free bound."""
+    spec = ch.spec
+    if spec.log_weight_block is not None or spec.log_weight_fn is not None or not native.takes(ch.S):
+        return False
+    return _root_tilt(spec) or (spec.beta == 0.0 and ch.ws.shift_free())
+
+
+def _native_softmaxes_(ch: _Chunk, sp: Tensor, free: bool, cntf: Tensor
+                       ) -> tuple[Tensor, Tensor, Tensor | None, Tensor | None, Tensor | None]:
+    """`_softmaxes_` in the native row pass: one call for the candidate rule by columns (the anchor
+    itself, its positive, the other-labels rule; label positives' ``sp`` gathered first), the exp,
+    the row sums, Σ e^{2S} and, under the root tilt, the gradient tile — each row in a core's L1
+    cache, where the torch path makes a scatter and three whole-tile passes. Inactive rows become
+    the torch path's placeholders. The dQ product of E comes without the column of ones (the pass
+    has the row sums)."""
+    S, spec = ch.S, ch.spec
+    self_col = None
+    if ch.self_rc is not None:
+        self_col = torch.full((ch.c,), -1, dtype=torch.long, device=S.device)
+        self_col[ch.self_rc[0]] = ch.self_rc[1]
+    labels = ch.pcol is None
+    fill = spec.negatives == "other_labels"
+    then = None
+    if ch.go is not None and _root_tilt(spec):
+        then = "square" if spec.detach_weights else "tilt"
+    inactive = None if ch.all_active or ch.act is None else ~ch.act
+    lse, z2 = native.softmax_rows_(S, inactive, free, then, self_col=self_col,
+                                   pos_col=ch.pcol, cols=ch.same_cols if labels or fill else None, fill_cols=fill,
+                                   gather=sp if labels else None)
+    if _root_tilt(spec):
+        scale = torch.exp(-2.0 * lse) if free and then is not None else None
+        return lse, 2.0 * lse + torch.log(z2), z2, scale, None
+    EK = torch.mm(S, ch.k) if ch.go is not None and not labels else None
+    return torch.log(cntf), lse, None, torch.exp(-lse) if free else None, EK
 
 
 def _softmaxes_(S: Tensor, A: Tensor | None, ws: _Workspace, spec: KernelSpec, grad: bool, cntf: Tensor,
@@ -1106,7 +1132,9 @@ def _check_embeddings(q: Tensor, k: Tensor) -> None:
     if q.device != k.device:
         raise ValueError(f"q and k must be on the same device, got {q.device} and {k.device}")
     for name, x in (("q", q), ("k", k)) if k is not q else (("q", q),):
-        if not bool(torch.isfinite(x).all()):
+        # one reduction: a NaN or an inf entry makes the sum NaN or inf; only a sum that is not
+        # finite (or one that overflowed) needs the entries' own check
+        if not bool(torch.isfinite(x.detach().sum())) and not bool(torch.isfinite(x).all()):
             raise ValueError(f"{name} contains NaN or inf values")
 
 

@@ -34,7 +34,8 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-__all__ = ["RowRule", "RowsResult", "available", "root_tilt_rows_", "takes", "use_native", "weighted_softmax_rows_"]
+__all__ = ["RowRule", "RowStats", "RowsResult", "available", "row_stats", "softmax_rows_", "takes",
+           "unit_rows_backward", "use_native", "weighted_softmax_rows_"]
 
 _LOG = logging.getLogger("hardneg.native")
 _SOURCE = Path(__file__).with_name("native_rows.c")
@@ -101,8 +102,16 @@ def _build() -> ctypes.CDLL | None:
         fn.argtypes = [P, I64, I64, I64, P, P, ctypes.c_int, P, F32, F32, F32, F32, F32, F32, P, ctypes.c_int,
                        P, P, P, P, P, P, P, I64, ctypes.c_int]
         fn.restype = I64
-        fn = lib.hn_root_tilt_rows
-        fn.argtypes = [P, I64, I64, I64, P, ctypes.c_int, ctypes.c_int, P, P, ctypes.c_int]
+        fn = lib.hn_row_stats
+        fn.argtypes = [P, I64, P, I64, I64, I64, ctypes.c_int, F32, F32, F32, I64, P, P, P, P, P, P, P, P,
+                       ctypes.c_int]
+        fn.restype = None
+        fn = lib.hn_unit_rows_backward
+        fn.argtypes = [P, P, P, P, I64, I64, ctypes.c_int]
+        fn.restype = None
+        fn = lib.hn_softmax_rows
+        fn.argtypes = [P, I64, I64, I64, P, ctypes.c_int, ctypes.c_int, P, P, P, P, P, I64, I64, ctypes.c_int, P,
+                       I64, ctypes.c_int]
         fn.restype = None
         return lib
     return None
@@ -207,18 +216,31 @@ def _checked_lib(X: Tensor) -> ctypes.CDLL:
 _THEN = {None: 0, "square": 1, "tilt": 2}
 
 
-def root_tilt_rows_(X: Tensor, inactive: Tensor | None, free: bool, then: str | None) -> tuple[Tensor, Tensor]:
-    """The β = 1 softmax of the kernel (``hardneg.losses.kernel._softmaxes_`` under the root tilt)
-    on every row of X in place, −∞ entries removed: E = e^X (``free``: shift-free, unnormalised) or
-    P = softmax(X), then ``then`` None: X ← E or P; "square": E² or P²; "tilt": E ⊙ (E − Σ_j E_ij²
-    / 2z_i) or P ⊙ (P − Σ_j P_ij² / 2), the gradient tile. ``inactive`` rows are read as rows of 0.
-    Returns (lse_i = log Σ_j e^{X_ij}, Σ_j P_ij²)."""
+def softmax_rows_(X: Tensor, inactive: Tensor | None, free: bool, then: str | None, *,
+                  self_col: Tensor | None = None, pos_col: Tensor | None = None, cols: Tensor | None = None,
+                  fill_cols: bool = False, gather: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """The kernel's softmax (``hardneg.losses.kernel._softmaxes_`` without log-weights: β = 0, or the
+    root tilt) on every row of X in place. First the candidate rule by columns, each row's own
+    column of its ``(c,)`` or ``(c, P)`` index tensors (−1: none): ``gather`` (c × P) ← X at ``cols``
+    (label positives), then −∞ at ``self_col``, ``pos_col`` and, with ``fill_cols``, ``cols`` (other
+    labels); then E = e^X (``free``: shift-free, unnormalised) or P = softmax(X) over the finite
+    entries, and ``then`` None: X ← E or P; "square": E² or P²; "tilt": E ⊙ (E − Σ_j E_ij² / 2z_i) or
+    P ⊙ (P − Σ_j P_ij² / 2), the β = 1 gradient tile. ``inactive`` rows are read as rows of 0 (no
+    column rule). Returns (lse_i = log Σ_j e^{X_ij}, Σ_j P_ij²)."""
     lib = _checked_lib(X)
     c, m = X.shape
     lse, sumsq = X.new_empty(c), X.new_empty(c)
     ina = None if inactive is None else inactive.to(torch.uint8).contiguous()
-    lib.hn_root_tilt_rows(X.data_ptr(), c, m, X.stride(0), _ptr(ina), int(bool(free)), _THEN[then],
-                           lse.data_ptr(), sumsq.data_ptr(), torch.get_num_threads())
+    sc = None if self_col is None else self_col.to(torch.int64).contiguous()
+    pc = None if pos_col is None else pos_col.to(torch.int64).contiguous()
+    cc = None if cols is None else cols.to(torch.int64).contiguous()
+    P = 0 if cc is None else cc.shape[1]
+    if gather is not None and (cc is None or gather.shape != (c, P) or gather.dtype != X.dtype
+                               or not gather.is_contiguous()):
+        raise ValueError("gather must be a contiguous (rows × P) tensor of X's dtype, with cols")
+    lib.hn_softmax_rows(X.data_ptr(), c, m, X.stride(0), _ptr(ina), int(bool(free)), _THEN[then], lse.data_ptr(),
+                        sumsq.data_ptr(), _ptr(sc), _ptr(pc), _ptr(cc), P, P, int(bool(fill_cols)), _ptr(gather), P,
+                        torch.get_num_threads())
     return lse, sumsq
 
 
@@ -251,3 +273,52 @@ def weighted_softmax_rows_(X: Tensor, rule: RowRule, inactive: Tensor | None, fr
         torch.get_num_threads())
     rows = torch.nonzero(declined).flatten() if n_declined else cnt[:0]
     return RowsResult(cnt, lse_b, lse_a, scale, rows)
+
+
+@dataclass(frozen=True)
+class RowStats:
+    """Per row of `row_stats`: valid count, largest s and its column, Σ s (float64), log-sum-exp of
+    the logits and, under π = their softmax, Σ π s and Σ π² (float64); ``hist`` the counts of the
+    valid s over the bins (float64, all rows)."""
+
+    n_valid: Tensor
+    hard: Tensor
+    hard_j: Tensor
+    sum_s: Tensor
+    lse: Tensor
+    sum_ps: Tensor
+    sum_pp: Tensor
+    hist: Tensor
+
+
+def row_stats(S: Tensor, W: Tensor, uniform: bool, beta_over_t: float, lo: float, hi: float, bins: int) -> RowStats:
+    """The diagnostics' statistics of the rows of S (cosines) whose valid entries are the finite ones
+    of the log-weights W, in one pass per row (`hardneg.negatives.diagnostics.DiagnosticsAccumulator`):
+    π_ij ∝ exp(W_ij + beta_over_t S_ij) over them (``uniform``: 1 / count), the histogram as
+    ``torch.histc(bins, lo, hi)`` counts it."""
+    lib = _checked_lib(S)
+    _checked_lib(W)
+    if S.shape != W.shape:
+        raise ValueError(f"S and W must have the same shape, got {tuple(S.shape)} and {tuple(W.shape)}")
+    c, m = S.shape
+    threads = max(1, min(torch.get_num_threads(), c))
+    hist = torch.zeros(threads, bins, dtype=torch.int64)
+    n_valid, hard_j = torch.empty(c, dtype=torch.int64), torch.empty(c, dtype=torch.int64)
+    hard, lse = S.new_empty(c), S.new_empty(c)
+    f64 = [torch.empty(c, dtype=torch.float64) for _ in range(3)]
+    lib.hn_row_stats(S.data_ptr(), S.stride(0), W.data_ptr(), W.stride(0), c, m, int(bool(uniform)), beta_over_t, lo,
+                     hi, bins, hist.data_ptr(), n_valid.data_ptr(), hard.data_ptr(), hard_j.data_ptr(),
+                     f64[0].data_ptr(), lse.data_ptr(), f64[1].data_ptr(), f64[2].data_ptr(), threads)
+    return RowStats(n_valid, hard, hard_j, f64[0], lse, f64[1], f64[2], hist.sum(0).double())
+
+
+def unit_rows_backward(y: Tensor, g: Tensor, norms: Tensor) -> Tensor:
+    """The gradient of y = x / ‖x‖ per row, (g − y (y·g)) / ‖x‖, in one pass per row
+    (`hardneg.losses.candidates.safe_normalize`); y, g (n × d) and norms (n × 1) float32 CPU."""
+    y, g, norms = y.contiguous(), g.contiguous(), norms.contiguous()
+    lib = _checked_lib(y)
+    _checked_lib(g)
+    out = torch.empty_like(g)
+    lib.hn_unit_rows_backward(y.data_ptr(), g.data_ptr(), norms.data_ptr(), out.data_ptr(), y.shape[0], y.shape[1],
+                              torch.get_num_threads())
+    return out

@@ -315,21 +315,47 @@ static void *run_rows(void *arg) {
   return NULL;
 }
 
-/* The root tilt (kernel._softmaxes_ at beta = 1): on each row, E = e^x (shift-free) or
+/* The kernel's softmax rows (kernel._softmaxes_: beta = 0 without log-weights, and the root tilt at
+ * beta = 1): on each row, first the candidate rule by columns — `gather` (if given) reads the
+ * values at `cols` (label positives), then -inf is written at the anchor's own column, its
+ * positive's and, with `fill_cols`, at `cols` (other labels) —, then E = e^x (shift-free) or
  * e^{x - max} over the finite entries (0 on -inf), z = sum E, q = sum E^2; then
  * then 0: x <- E (shift-free) or P = E / z;
  * then 1 ("square"): x <- E^2 or P^2;
  * then 2 ("tilt"): x <- E (E - q / 2z) or P (P - sum P^2 / 2).
  * lse_r = log z (+ max) and sumsq_r = q / z^2 = sum P^2. An inactive row is read as a row of 0
- * (every entry kept), the placeholder the torch path makes. */
+ * (every entry kept, no column rule), the placeholder the torch path makes. */
 typedef struct {
   float *X;
   int64_t m, ld;
   const uint8_t *inactive;
   int free_exp, then;
   float *lse, *sumsq;
+  const int64_t *self_col, *pos_col, *cols; /* per row; -1 (or NULL): none */
+  int64_t P, ldc;
+  int fill_cols;
+  float *gather;
+  int64_t ldg;
   int64_t r0, r1;
 } tilt_job_t;
+
+static void column_rule(const tilt_job_t *j, float *x, int64_t r) {
+  if (j->cols) {
+    const int64_t *c = j->cols + r * j->ldc;
+    if (j->gather) {
+      float *g = j->gather + r * j->ldg;
+      for (int64_t p = 0; p < j->P; p++) g[p] = x[c[p]];
+    }
+    if (j->fill_cols && !(j->inactive && j->inactive[r]))
+      for (int64_t p = 0; p < j->P; p++) x[c[p]] = -INFINITY;
+  }
+  if (j->inactive && j->inactive[r]) {
+    for (int64_t i = 0; i < j->m; i++) x[i] = 0.0f;
+    return;
+  }
+  if (j->self_col && j->self_col[r] >= 0) x[j->self_col[r]] = -INFINITY;
+  if (j->pos_col && j->pos_col[r] >= 0) x[j->pos_col[r]] = -INFINITY;
+}
 
 static void *run_tilt(void *arg) {
   const tilt_job_t *j = arg;
@@ -337,8 +363,7 @@ static void *run_tilt(void *arg) {
   const int64_t m = j->m, mb = m - m % LANES;
   for (int64_t r = j->r0; r < j->r1; r++) {
     float *x = j->X + r * j->ld;
-    if (j->inactive && j->inactive[r])
-      for (int64_t i = 0; i < m; i++) x[i] = 0.0f;
+    column_rule(j, x, r);
     float mx = 0.0f;
     if (!j->free_exp) {
       float ml[LANES];
@@ -399,17 +424,139 @@ static void *run_tilt(void *arg) {
   return NULL;
 }
 
-void hn_root_tilt_rows(float *X, int64_t rows, int64_t m, int64_t ld, const uint8_t *inactive, int free_exp,
-                       int then, float *lse, float *sumsq, int threads) {
+void hn_softmax_rows(float *X, int64_t rows, int64_t m, int64_t ld, const uint8_t *inactive, int free_exp, int then,
+                     float *lse, float *sumsq, const int64_t *self_col, const int64_t *pos_col, const int64_t *cols,
+                     int64_t P, int64_t ldc, int fill_cols, float *gather, int64_t ldg, int threads) {
   enum { MAX_THREADS = 256 };
   tilt_job_t jobs[MAX_THREADS];
   if (threads > rows) threads = (int)rows;
   if (threads < 1) threads = 1;
   if (threads > MAX_THREADS) threads = MAX_THREADS;
   for (int t = 0; t < threads; t++)
-    jobs[t] = (tilt_job_t){X, m, ld, inactive, free_exp, then, lse, sumsq, rows * t / threads,
-                           rows * (t + 1) / threads};
+    jobs[t] = (tilt_job_t){X, m, ld, inactive, free_exp, then, lse, sumsq, self_col, pos_col, cols, P, ldc,
+                           fill_cols, gather, ldg, rows * t / threads, rows * (t + 1) / threads};
   PARALLEL_RANGES(run_tilt, jobs, threads);
+}
+
+/* The diagnostics' statistics of a few sampled rows (negatives.diagnostics.DiagnosticsAccumulator):
+ * on each row, the valid entries are those with a finite log-weight w (w > -inf); their number,
+ * the largest s and its column, the sum of s, a histogram of s over [lo, hi] in `bins` bins
+ * (torch.histc's rule: the value hi in the last bin, values outside ignored; one histogram per
+ * range of rows), and unless `uniform` the softmax of w + beta_over_t s over them: its log-sum-exp,
+ * sum_j p_j s_j and sum_j p_j^2. */
+typedef struct {
+  const float *S, *W;
+  int64_t m, lds, ldw, bins;
+  int uniform;
+  float beta_over_t, lo, hi;
+  int64_t *hist, *n_valid, *hard_j;
+  float *hard, *lse;
+  double *sum_s, *sum_ps, *sum_pp;
+  int64_t r0, r1;
+} stats_job_t;
+
+static void *run_stats(void *arg) {
+  const stats_job_t *j = arg;
+  const int64_t m = j->m, bins = j->bins;
+  const double to_bin = (double)bins / ((double)j->hi - (double)j->lo);
+  for (int64_t r = j->r0; r < j->r1; r++) {
+    const float *s = j->S + r * j->lds, *w = j->W + r * j->ldw;
+    int64_t n = 0, at = -1;
+    float best = -INFINITY, mx = -INFINITY;
+    double sum = 0.0;
+    for (int64_t i = 0; i < m; i++) {
+      if (!(w[i] > -INFINITY)) continue;
+      const float x = s[i];
+      n++;
+      sum += x;
+      if (x > best || at < 0) {
+        best = x;
+        at = i;
+      }
+      if (x >= j->lo && x <= j->hi) {
+        int64_t b = (int64_t)(((double)x - (double)j->lo) * to_bin);
+        j->hist[b < bins ? b : bins - 1]++;
+      }
+      const float logit = w[i] + j->beta_over_t * x;
+      mx = logit > mx ? logit : mx;
+    }
+    j->n_valid[r] = n;
+    j->hard[r] = n ? best : -INFINITY;
+    j->hard_j[r] = at < 0 ? 0 : at;
+    j->sum_s[r] = sum;
+    if (j->uniform || n == 0) {
+      j->lse[r] = n ? logf((float)n) : -INFINITY;
+      j->sum_ps[r] = n ? sum / (double)n : 0.0;
+      j->sum_pp[r] = n ? 1.0 / (double)n : 0.0;
+      continue;
+    }
+    double z = 0.0, zs = 0.0, zz = 0.0;
+    for (int64_t i = 0; i < m; i++) {
+      if (!(w[i] > -INFINITY)) continue;
+      const double e = exp((double)(w[i] + j->beta_over_t * s[i] - mx));
+      z += e;
+      zs += e * s[i];
+      zz += e * e;
+    }
+    j->lse[r] = mx + (float)log(z);
+    j->sum_ps[r] = zs / z;
+    j->sum_pp[r] = zz / (z * z);
+  }
+  return NULL;
+}
+
+void hn_row_stats(const float *S, int64_t lds, const float *W, int64_t ldw, int64_t rows, int64_t m, int uniform,
+                  float beta_over_t, float lo, float hi, int64_t bins, int64_t *hist, int64_t *n_valid,
+                  float *hard, int64_t *hard_j, double *sum_s, float *lse, double *sum_ps, double *sum_pp,
+                  int threads) {
+  enum { MAX_THREADS = 256 };
+  stats_job_t jobs[MAX_THREADS];
+  if (threads > rows) threads = (int)rows;
+  if (threads < 1) threads = 1;
+  if (threads > MAX_THREADS) threads = MAX_THREADS;
+  for (int t = 0; t < threads; t++)
+    jobs[t] = (stats_job_t){S, W, m, lds, ldw, bins, uniform, beta_over_t, lo, hi, hist + (int64_t)t * bins,
+                            n_valid, hard_j, hard, lse, sum_s, sum_ps, sum_pp, rows * t / threads,
+                            rows * (t + 1) / threads};
+  PARALLEL_RANGES(run_stats, jobs, threads);
+}
+
+/* The gradient of y = x / |x| per row (losses.candidates._UnitRows): out = (g - y (y.g)) / |x|. */
+typedef struct {
+  const float *y, *g, *norms;
+  float *out;
+  int64_t d, r0, r1;
+} unit_job_t;
+
+static void *run_unit(void *arg) {
+  const unit_job_t *j = arg;
+  const int64_t d = j->d;
+  for (int64_t r = j->r0; r < j->r1; r++) {
+    const float *y = j->y + r * d, *g = j->g + r * d;
+    float *o = j->out + r * d;
+    float dl[LANES] = {0};
+    const int64_t db = d - d % LANES;
+    for (int64_t i = 0; i < db; i += LANES)
+      for (int l = 0; l < LANES; l++) dl[l] += y[i + l] * g[i + l];
+    float dot = 0.0f;
+    for (int64_t i = db; i < d; i++) dot += y[i] * g[i];
+    for (int l = 0; l < LANES; l++) dot += dl[l];
+    const float inv = 1.0f / j->norms[r];
+    for (int64_t i = 0; i < d; i++) o[i] = (g[i] - y[i] * dot) * inv;
+  }
+  return NULL;
+}
+
+void hn_unit_rows_backward(const float *y, const float *g, const float *norms, float *out, int64_t rows, int64_t d,
+                           int threads) {
+  enum { MAX_THREADS = 256 };
+  unit_job_t jobs[MAX_THREADS];
+  if (threads > rows) threads = (int)rows;
+  if (threads < 1) threads = 1;
+  if (threads > MAX_THREADS) threads = MAX_THREADS;
+  for (int t = 0; t < threads; t++)
+    jobs[t] = (unit_job_t){y, g, norms, out, d, rows * t / threads, rows * (t + 1) / threads};
+  PARALLEL_RANGES(run_unit, jobs, threads);
 }
 
 /* The whole pass over rows [0, rows) of X, in `threads` contiguous ranges of rows

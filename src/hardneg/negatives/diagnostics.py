@@ -22,14 +22,16 @@ Each chunk costs a few float passes over (c×m) and no boolean tile; nothing lar
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import cast
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from hardneg.losses import native
 from hardneg.losses.candidates import Relations, infinite_indicator, label_columns, safe_normalize
 from hardneg.losses.checks import UNKNOWN
+from hardneg.losses.kernel import logsumexp_rows_
 from hardneg.losses.tilt import tilt_log_weights
 
 PERCENTILES = (5, 25, 50, 75, 95)
@@ -106,49 +108,42 @@ class DiagnosticsAccumulator:
 
     def _add(self, S: Tensor, log_w: Tensor, s_pos: Tensor | None, labels: tuple[Tensor, Tensor] | None,
              uniform: bool = False) -> None:
-        # S (float32) is overwritten. Float passes over the (c × m) rows only (on CPU a boolean
-        # tile costs about ten of them) and one or two new (c × m) tensors (a fresh one page-faults):
-        # log_w is −∞ exactly on invalid candidates, and the same-label weight is read from the
-        # label's columns (`label_columns`), not from a (c × m) comparison
-        c, m = S.shape
-        self.rows += c
-        inv = infinite_indicator(log_w)  # 1 on invalid candidates
-        n_valid = m - inv.sum(1)
+        """S (float32) is overwritten. The per-row statistics (`hardneg.losses.native.RowStats`) come
+        from the native row pass where it runs, else from `_torch_stats`; both read π at the label
+        columns from the rows' log-sum-exp."""
+        c = S.shape[0]
+        cols = same = s_c = None
+        if labels is not None:
+            cols, same = label_columns(*labels)
+            s_c = S.gather(1, cols)  # before the torch statistics overwrite S
+        if native.takes(S) and native.takes(log_w):  # the tilt's factor per unit of s, β/t
+            st = native.row_stats(S, log_w, uniform, float(tilt_log_weights(np.ones(1), self.beta, self.t)[0]),
+                                  _LO, _HI, _BINS)
+        else:
+            st = _torch_stats(S, log_w, uniform, self.beta, self.t)
+        n_valid = st.n_valid
         ok_rows = n_valid > 0
+        self.rows += c
         self.sum_cand += float(n_valid.sum())
         self.cnt += float(n_valid.sum())
         self.skipped += int((~ok_rows).sum())
-        pi: Tensor | None = None
-        if not uniform:
-            logits = log_w + cast(Tensor, tilt_log_weights(S, self.beta, self.t)) if self.beta else log_w
-            pi = torch.softmax(logits, dim=1)
-            if not bool(ok_rows.all()):
-                pi = pi.nan_to_num_(nan=0.0)
-            self.sum_ws += float(torch.einsum("ij,ij->", pi, S))  # one dot product
-            self.sum_ess += float((1.0 / torch.linalg.vector_norm(pi, dim=1)[ok_rows].square()).sum())
-        # invalid entries at S − 4 ≤ −3: below the histogram's range (histc ignores them) and
-        # below every cosine
-        Sm = S.add_(inv, alpha=-4.0)
-        hard, hard_j = Sm.max(1)
-        self.hist += torch.histc(Sm, bins=_BINS, min=_LO, max=_HI).double().cpu()
-        # the valid entries kept and the invalid ones 0: each row's sum over its valid candidates
-        # (a per-row product with the 0/1 tile is a batched matrix product: slow on CPU)
-        row_s = F.threshold(Sm, -2.0, 0.0, inplace=True).sum(1)
-        self.sum_s += float(row_s.sum())
-        if uniform:  # π = 1/N on the valid candidates: Σπs is the rows' mean, ESS their count
-            self.sum_ws += float((row_s[ok_rows] / n_valid[ok_rows]).sum())
-            self.sum_ess += float(n_valid.sum())
-        hard = torch.where(ok_rows, hard, torch.full_like(hard, float("-inf")))
-        if labels is not None:
+        self.hist += st.hist
+        self.sum_s += float(st.sum_s.sum())
+        self.sum_ws += float(st.sum_ps[ok_rows].sum())
+        self.sum_ess += float((1.0 / st.sum_pp[ok_rows]).sum())
+        hard = st.hard
+        if labels is not None and cols is not None and same is not None and s_c is not None:
             yq, yk = labels
-            cols, same = label_columns(yq, yk)
-            if pi is None:  # uniform: the share of valid candidates with the label
-                n_same = (same.to(inv.dtype) - (inv.gather(1, cols) * same)).sum(1)
+            lw_c = log_w.gather(1, cols)
+            if uniform:  # the share of valid candidates with the label
+                n_same = ((lw_c > float("-inf")) & same).sum(1)
                 self.sum_fn += float((n_same[ok_rows] / n_valid[ok_rows]).sum())
             else:
-                self.sum_fn += float((pi.gather(1, cols) * same).sum())
+                logit = lw_c + tilt_log_weights(s_c, self.beta, self.t) if self.beta else lw_c
+                p = torch.exp(logit - st.lse[:, None]) * same
+                self.sum_fn += float(p[ok_rows].sum())
             self.rows_fn += c
-            hard_same = (yk[hard_j] == yq) & (yq != UNKNOWN)
+            hard_same = (yk[st.hard_j] == yq) & (yq != UNKNOWN)
             self.sum_hard_fn += float(hard_same[ok_rows].sum())
             self.rows_hard_fn += int(ok_rows.sum())
         ok = ok_rows
@@ -183,6 +178,36 @@ class DiagnosticsAccumulator:
         out["pos_gap"] = self.sum_gap / self.rows_gap if self.rows_gap else nan
         out["hardest_mean"] = self.sum_hard / self.rows_gap if self.rows_gap else nan
         return out
+
+
+def _torch_stats(S: Tensor, log_w: Tensor, uniform: bool, beta: float, t: float) -> native.RowStats:
+    """`hardneg.losses.native.row_stats` in torch, S overwritten: float passes over the (c × m) rows
+    only (on CPU a boolean tile costs about ten of them), log_w −∞ exactly on invalid candidates."""
+    m = S.shape[1]
+    inv = infinite_indicator(log_w)  # 1 on invalid candidates
+    n_valid = (m - inv.sum(1)).round().long()
+    ok = n_valid > 0
+    if uniform:
+        lse = torch.log(n_valid.to(S.dtype))
+        sum_pp = torch.where(ok, 1.0 / n_valid.clamp(min=1).double(), 0.0)
+    else:
+        logits = log_w + tilt_log_weights(S, beta, t) if beta else log_w.clone()
+        pi = torch.where(ok[:, None], logits, 0.0)  # a row without a valid candidate: finite, then 0
+        lse = logsumexp_rows_(pi)  # pi now holds the softmax
+        pi.masked_fill_(~ok[:, None], 0.0)
+        sum_ps = torch.einsum("ij,ij->i", pi, S).double()
+        sum_pp = torch.linalg.vector_norm(pi, dim=1).double().square()
+    # invalid entries at S − 4 ≤ −3: below the histogram's range (histc ignores them) and below every cosine
+    Sm = S.add_(inv, alpha=-4.0)
+    hard, hard_j = Sm.max(1)
+    hist = torch.histc(Sm, bins=_BINS, min=_LO, max=_HI).double()
+    # the valid entries kept and the invalid ones 0: each row's sum over its valid candidates (a
+    # per-row product with the 0/1 tile is a batched matrix product: slow on CPU)
+    sum_s = F.threshold(Sm, -2.0, 0.0, inplace=True).sum(1).double()
+    if uniform:
+        sum_ps = torch.where(ok, sum_s / n_valid.clamp(min=1), 0.0)
+    hard = torch.where(ok, hard, torch.full_like(hard, float("-inf")))
+    return native.RowStats(n_valid, hard, hard_j, sum_s, lse, sum_ps, sum_pp, hist)
 
 
 @torch.no_grad()
