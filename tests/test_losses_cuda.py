@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import hardneg.losses as L
-from hardneg.losses.kernel import _default_chunk
+from hardneg.losses.kernel import default_chunk
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
@@ -58,6 +58,6 @@ def test_cuda_half_inputs_accumulate_in_float32(name, dtype):
         torch.testing.assert_close(a, b, rtol=5e-2, atol=5e-4)
 
 
-def test_cuda_default_chunk_uses_the_device():
+def test_cudadefault_chunk_uses_the_device():
     n = 65_536
-    assert _default_chunk(n, n, torch.device("cuda")) >= _default_chunk(n, n, torch.device("cpu"))
+    assert default_chunk(n, n, torch.device("cuda")) >= default_chunk(n, n, torch.device("cpu"))

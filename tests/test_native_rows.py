@@ -65,10 +65,14 @@ def _literal_rows(X, lo, hi, kind, centre, half, dist, inactive, free):
                      else math.log(n) if n else -math.inf)
         if inactive[r] or n == 0:
             out[r] = 1.0 if free else 1.0 / m
-            lse_b.append(math.log(m)), scale.append(1.0 / m)
+            lse_b.append(math.log(m)), scale.append(1.0 if kind == "distance" else 1.0 / m)
             continue
         lse = float(torch.logsumexp(v, 0))
         lse_b.append(lse)
+        if kind == "distance":  # left unnormalised: e^{v − max v}, the normalising factor apart
+            out[r] = torch.exp(v - v.max())
+            scale.append(math.exp(float(v.max()) - lse))
+            continue
         out[r] = torch.exp(v) if free else torch.exp(v - lse)
         scale.append(math.exp(-lse))
     return out, cnt, lse_b, lse_a, scale, declined, after
@@ -110,7 +114,7 @@ def test_the_row_pass_matches_a_literal_float64_softmax(kind, free):
     torch.testing.assert_close(Y[done].double(), ref[done], rtol=2e-6, atol=1e-30)
     torch.testing.assert_close(res.lse_b[done].double(), torch.tensor(lse_b).double()[done], rtol=1e-6, atol=1e-6)
     torch.testing.assert_close(res.lse_a[done].double(), torch.tensor(lse_a).double()[done], rtol=1e-6, atol=1e-6)
-    if free:
+    if free or kind == "distance":
         torch.testing.assert_close(res.scale[done].double(), torch.tensor(scale).double()[done], rtol=1e-6, atol=0)
     else:
         assert res.scale is None

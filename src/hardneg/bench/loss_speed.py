@@ -34,6 +34,7 @@ import hardneg.losses as L
 from hardneg._optional import require
 from hardneg.bench.memory import run_worker, serve_worker
 from hardneg.io import atomic_write_text
+from hardneg.losses.kernel import default_chunk
 
 D = 128
 CLASSES = 100
@@ -126,7 +127,7 @@ def _run_case(name: str, z1, z2, y) -> None:
         # the three products, chunked like the kernel, into preallocated buffers (no page faults)
         q = torch.cat([z1, z2]).detach()
         n = q.shape[0]
-        chunk = min(n, max(64, (1 << 23) // n)) if q.device.type == "cpu" else n
+        chunk = default_chunk(n, n, q.device) if q.device.type == "cpu" else n
         s = torch.empty(chunk, n, device=q.device)
         dq = torch.empty_like(q)
         dk = torch.zeros_like(q)
@@ -178,13 +179,13 @@ def _run_case(name: str, z1, z2, y) -> None:
 
 CASES = [
     Case("floor", "floor", lambda n: 3 * 4 * n * D),
-    Case("hardneg.ucl", "ours", lambda n: 8 * 4 * n * D + 2 * 4 * n * min(n, max(64, (1 << 23) // n))),
-    Case("hardneg.supcon", "ours", lambda n: 8 * 4 * n * D + 2 * 4 * n * min(n, max(64, (1 << 23) // n))),
-    Case("hardneg.hscl", "ours", lambda n: 8 * 4 * n * D + 8 * 4 * n * min(n, max(64, (1 << 23) // n))),
-    Case("hardneg.scl", "ours", lambda n: 8 * 4 * n * D + 8 * 4 * n * min(n, max(64, (1 << 23) // n))),
-    Case("hardneg.hucl", "ours", lambda n: 8 * 4 * n * D + 8 * 4 * n * min(n, max(64, (1 << 23) // n))),
-    Case("hardneg.dcl", "ours", lambda n: 8 * 4 * n * D + 8 * 4 * n * min(n, max(64, (1 << 23) // n))),
-    Case("hardneg.decoupled", "ours", lambda n: 8 * 4 * n * D + 8 * 4 * n * min(n, max(64, (1 << 23) // n))),
+    Case("hardneg.ucl", "ours", lambda n: 8 * 4 * n * D + 2 * 4 * n * default_chunk(n, n)),
+    Case("hardneg.supcon", "ours", lambda n: 8 * 4 * n * D + 2 * 4 * n * default_chunk(n, n)),
+    Case("hardneg.hscl", "ours", lambda n: 8 * 4 * n * D + 8 * 4 * n * default_chunk(n, n)),
+    Case("hardneg.scl", "ours", lambda n: 8 * 4 * n * D + 8 * 4 * n * default_chunk(n, n)),
+    Case("hardneg.hucl", "ours", lambda n: 8 * 4 * n * D + 8 * 4 * n * default_chunk(n, n)),
+    Case("hardneg.dcl", "ours", lambda n: 8 * 4 * n * D + 8 * 4 * n * default_chunk(n, n)),
+    Case("hardneg.decoupled", "ours", lambda n: 8 * 4 * n * D + 8 * 4 * n * default_chunk(n, n)),
     Case("pml.SupConLoss", "anchor", lambda n: 45.0 * n * n),  # measured: 2.9 GB at 2B = 8192
     Case("pml.NTXentLoss", "anchor", lambda n: 16.0 * n**3),  # (pairs × negatives) tensor: 17 GB at 1024
     Case("torch.dense_supcon", "anchor", lambda n: 20.0 * n * n),  # 4.8 GB at 16384
@@ -192,7 +193,7 @@ CASES = [
 
 
 def _tiles(n: int) -> int:
-    return 4 * n * min(n, max(64, (1 << 23) // n))
+    return 4 * n * default_chunk(n, n)
 
 
 #: the floor, every in-batch preset (two (chunk × m) tiles and the strategy's (n × d) copies) and the

@@ -175,8 +175,8 @@ class RowRule:
 @dataclass(frozen=True)
 class RowsResult:
     """Per row of the chunk: valid count, lse of the weighted row, lse of the log-weights over the
-    valid candidates, 1/Σ of a shift-free row (None when rows are normalised), and the rows the pass
-    declined (indices; those rows of X are untouched)."""
+    valid candidates, the factor that normalises an unnormalised row (None when rows are
+    normalised), and the rows the pass declined (indices; those rows of X are untouched)."""
 
     cnt: Tensor
     lse_b: Tensor
@@ -248,7 +248,8 @@ def weighted_softmax_rows_(X: Tensor, rule: RowRule, inactive: Tensor | None, fr
                            rec_slot: Tensor | None = None, rec_out: Tensor | None = None) -> RowsResult:
     """The rule and the softmax on every row of X (c × m, float32, CPU, rows contiguous) in place:
     X ← e^{X + a} (``free``: shift-free and unnormalised, 1/Σ in ``scale``; only without
-    log-weights) or softmax(X + a). ``inactive`` (c,) bool: rows made placeholders. ``rec_slot``
+    log-weights), softmax(X + a) (``scale`` None), or, with distance weighting, e^{X + a − max}
+    unnormalised with 1/Σ in ``scale``. ``inactive`` (c,) bool: rows made placeholders. ``rec_slot``
     (c,) int32, ≥ 0 for rows whose values after the rule (X + a, −∞ where removed) are copied to
     that row of ``rec_out`` (the diagnostics' sampled rows)."""
     lib = _checked_lib(X)
@@ -260,7 +261,7 @@ def weighted_softmax_rows_(X: Tensor, rule: RowRule, inactive: Tensor | None, fr
     two_t, p_u, p_v, u_lo, u_hi = rule.distance if kind == 2 and rule.distance is not None else (0.0,) * 5
     cnt = torch.empty(c, dtype=torch.int64)
     lse_b, lse_a = X.new_empty(c), X.new_empty(c)
-    scale = X.new_empty(c) if free else None
+    scale = X.new_empty(c) if free or kind == 2 else None  # distance weighting: rows left unnormalised
     declined = torch.empty(c, dtype=torch.uint8)
     ina = None if inactive is None else inactive.to(torch.uint8).contiguous()
     slot = None if rec_slot is None else rec_slot.to(torch.int32).contiguous()

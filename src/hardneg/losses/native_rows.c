@@ -48,24 +48,78 @@ static inline void restore_fp_mode(fp_mode_t mode) {
 #endif
 }
 
-/* e^x for x in [-87.3, 88.7]: 2^k p(f), z = x log2(e) = k + f, |f| <= 1/2; p a degree-6 minimax
- * polynomial of 2^f. Inputs below are clamped (the callers only pass kept entries, x > -inf). */
+/* e^x for x in [-87.3, 88.7] (Cephes expf): x = k ln 2 + r with |r| <= ln 2 / 2 (Cody-Waite: ln 2
+ * in two parts, so r is exact to rounding whatever |x|), e^r by a degree-7 polynomial, times 2^k.
+ * Inputs below are clamped (the callers only pass kept entries, x > -inf). */
 static inline __attribute__((always_inline)) float hn_exp(float x) {
   x = x < -87.3f ? -87.3f : (x > 88.7f ? 88.7f : x);
-  float z = x * 1.44269504088896341f;
-  float k = (z + 12582912.0f) - 12582912.0f; /* round to nearest without a libm call */
-  float f = z - k;
-  float p = 1.535336188319500e-4f;
-  p = p * f + 1.339887440266574e-3f;
-  p = p * f + 9.618437357674640e-3f;
-  p = p * f + 5.550332471162809e-2f;
-  p = p * f + 2.402264791363012e-1f;
-  p = p * f + 6.931472028550421e-1f;
-  p = p * f + 1.0f;
+  float k = (x * 1.44269504088896341f + 12582912.0f) - 12582912.0f; /* round to nearest, no libm */
+  float r = x - k * 0.693359375f;
+  r = r - k * -2.12194440e-4f;
+  float p = 1.9875691500e-4f;
+  p = p * r + 1.3981999507e-3f;
+  p = p * r + 8.3334519073e-3f;
+  p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f;
+  p = p * r + 5.0000001201e-1f;
+  p = p * (r * r) + r + 1.0f;
   union { int32_t i; float f; } s;
   s.i = ((int32_t)k + 127) << 23;
   return p * s.f;
 }
+
+#if defined(__AVX512F__)
+#include <immintrin.h>
+/* hn_exp on 16 lanes, 2^k by scalef (no clamp of k needed below: scalef underflows to 0). */
+static inline __m512 v_exp(__m512 x) {
+  x = _mm512_min_ps(_mm512_max_ps(x, _mm512_set1_ps(-103.0f)), _mm512_set1_ps(88.7f));
+  const __m512 k = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
+                                        _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m512 r = _mm512_fnmadd_ps(k, _mm512_set1_ps(0.693359375f), x);
+  r = _mm512_fnmadd_ps(k, _mm512_set1_ps(-2.12194440e-4f), r);
+  __m512 p = _mm512_set1_ps(1.9875691500e-4f);
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.3981999507e-3f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3334519073e-3f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894e-2f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459e-1f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201e-1f));
+  p = _mm512_add_ps(_mm512_fmadd_ps(p, _mm512_mul_ps(r, r), r), _mm512_set1_ps(1.0f));
+  return _mm512_scalef_ps(p, k);
+}
+
+/* hn_log on 16 lanes (x > 0 normal): the exponent and mantissa by getexp / getmant. */
+static inline __m512 v_log(__m512 x) {
+  __m512 e = _mm512_getexp_ps(x);
+  __m512 m = _mm512_getmant_ps(x, _MM_MANT_NORM_1_2, _MM_MANT_SIGN_src); /* [1, 2) */
+  const __mmask16 big = _mm512_cmp_ps_mask(m, _mm512_set1_ps(1.41421356f), _CMP_GT_OQ);
+  m = _mm512_mask_mul_ps(m, big, m, _mm512_set1_ps(0.5f));
+  e = _mm512_mask_add_ps(e, big, e, _mm512_set1_ps(1.0f));
+  const __m512 y = _mm512_sub_ps(m, _mm512_set1_ps(1.0f));
+  const __m512 z = _mm512_mul_ps(y, y);
+  __m512 p = _mm512_set1_ps(7.0376836292e-2f);
+  p = _mm512_fmadd_ps(p, y, _mm512_set1_ps(-1.1514610310e-1f));
+  p = _mm512_fmadd_ps(p, y, _mm512_set1_ps(1.1676998740e-1f));
+  p = _mm512_fmadd_ps(p, y, _mm512_set1_ps(-1.2420140846e-1f));
+  p = _mm512_fmadd_ps(p, y, _mm512_set1_ps(1.4249322787e-1f));
+  p = _mm512_fmadd_ps(p, y, _mm512_set1_ps(-1.6668057665e-1f));
+  p = _mm512_fmadd_ps(p, y, _mm512_set1_ps(2.0000714765e-1f));
+  p = _mm512_fmadd_ps(p, y, _mm512_set1_ps(-2.4999993993e-1f));
+  p = _mm512_fmadd_ps(p, y, _mm512_set1_ps(3.3333331174e-1f));
+  __m512 r = _mm512_fmadd_ps(_mm512_mul_ps(y, z), p, y);
+  r = _mm512_fnmadd_ps(_mm512_set1_ps(0.5f), z, r);
+  return _mm512_fmadd_ps(e, _mm512_set1_ps(0.693147180559945309f), r);
+}
+
+/* The lanes of x that are candidates: finite, lo <= x <= hi and |x - c| < h (keep_of without the
+ * distance rule). */
+static inline __mmask16 v_keep(__m512 x, float lo, float hi, float c, float h) {
+  __mmask16 k = _mm512_cmp_ps_mask(x, _mm512_set1_ps(-INFINITY), _CMP_GT_OQ);
+  k &= _mm512_cmp_ps_mask(x, _mm512_set1_ps(lo), _CMP_GE_OQ);
+  k &= _mm512_cmp_ps_mask(x, _mm512_set1_ps(hi), _CMP_LE_OQ);
+  const __m512 d = _mm512_abs_ps(_mm512_sub_ps(x, _mm512_set1_ps(c)));
+  return k & _mm512_cmp_ps_mask(d, _mm512_set1_ps(h), _CMP_LT_OQ);
+}
+#endif
 
 /* log x for normal x > 0 (Cephes logf): x = 2^e m, m in [sqrt(1/2), sqrt(2)), a degree-8
  * polynomial in m - 1. */
@@ -146,6 +200,50 @@ static inline __attribute__((always_inline)) int keep_of(float x, float lo, floa
   return (x > -INFINITY) & (x >= lo) & (x <= hi) & (fabsf(x - c) < h) & ((2.0f - two_t * x) < u_hi);
 }
 
+/* x <- e^{x - shift} on the candidates of x[0..m) (keep_of with lo, hi, c, h; no distance rule), 0
+ * elsewhere; returns sum E, and sum E^2 in *sumsq if given. */
+static float exp_run(float *x, int64_t m, float shift, float lo, float hi, float c, float h, float *sumsq) {
+  int64_t i = 0;
+  float s = 0.0f, q = 0.0f;
+#if defined(__AVX512F__)
+  __m512 vs = _mm512_setzero_ps(), vq = _mm512_setzero_ps();
+  const __m512 sh = _mm512_set1_ps(shift);
+  for (; i + 16 <= m; i += 16) {
+    const __m512 v = _mm512_loadu_ps(x + i);
+    const __mmask16 k = v_keep(v, lo, hi, c, h);
+    const __m512 e = _mm512_maskz_mov_ps(k, v_exp(_mm512_sub_ps(v, sh)));
+    _mm512_storeu_ps(x + i, e);
+    vs = _mm512_add_ps(vs, e);
+    vq = _mm512_fmadd_ps(e, e, vq);
+  }
+  s = _mm512_reduce_add_ps(vs);
+  q = _mm512_reduce_add_ps(vq);
+#endif
+  float sl[LANES] = {0}, ql[LANES] = {0};
+  const int64_t mb = i + (m - i) / LANES * LANES;
+#define EXP_ONE(I, L)                                         \
+  do {                                                        \
+    float v = x[I];                                           \
+    int k = keep_of(v, lo, hi, c, h, 0.0f, INFINITY);         \
+    float e = hn_exp(k ? v - shift : 0.0f);                   \
+    e = k ? e : 0.0f;                                         \
+    x[I] = e;                                                 \
+    sl[L] += e;                                               \
+    ql[L] += e * e;                                           \
+  } while (0)
+  for (; i < mb; i += LANES)
+    for (int l = 0; l < LANES; l++) EXP_ONE(i + l, l);
+  for (; i < m; i++) EXP_ONE(i, 0);
+#undef EXP_ONE
+  for (int l = 0; l < LANES; l++) {
+    s += sl[l];
+    q += ql[l];
+  }
+  if (sumsq) *sumsq = q;
+  return s;
+}
+
+
 static void zero_row(const job_t *j, float *x, int64_t r) {
   /* a row without candidates or an inactive anchor: a row of 0 through the softmax, as the blocked
    * path does (kernel._weighted_blocks_), a finite placeholder its caller skips */
@@ -158,9 +256,10 @@ static void zero_row(const job_t *j, float *x, int64_t r) {
 
 /* Wu et al. 2017, a = -log q(d) = p_u log u + p_v log(1 - u/4) with u = d^2 = 2 - 2 t x clamped to
  * [u_lo, u_hi] (weighting.DistanceWeighted.weigh_): w <- a, x <- x + a on kept entries, -inf
- * elsewhere; then x <- softmax(x) and lse_a = log sum_j e^{a_j} over the kept entries. */
+ * elsewhere; then x <- e^{x - max} with scale_r = 1 / sum (the factor that normalises the row,
+ * applied to the products' operands) and lse_a = log sum_j e^{a_j} over the kept entries. */
 static void distance_row(const job_t *j, float *x, float *w, int64_t r, float lo, float hi, float *rec) {
-  const int64_t m = j->m, mb = m - m % LANES;
+  const int64_t m = j->m;
   const float two_t = j->two_t, p_u = j->p_u, p_v = j->p_v, u_lo = j->u_lo, u_hi = j->u_hi;
   float mvl[LANES], mal[LANES];
   for (int l = 0; l < LANES; l++) mvl[l] = mal[l] = -INFINITY;
@@ -180,17 +279,63 @@ static void distance_row(const job_t *j, float *x, float *w, int64_t r, float lo
     mvl[L] = v > mvl[L] ? v : mvl[L];                           \
     mal[L] = a > mal[L] ? a : mal[L];                           \
   } while (0)
-  for (int64_t i = 0; i < mb; i += LANES)
-    for (int l = 0; l < LANES; l++) DISTANCE_ONE(i + l, l);
-  for (int64_t i = mb; i < m; i++) DISTANCE_ONE(i, 0);
-#undef DISTANCE_ONE
+  int64_t i0 = 0;
   float mv = -INFINITY, ma = -INFINITY;
+#if defined(__AVX512F__)
+  {
+    __m512 vmv = _mm512_set1_ps(-INFINITY), vma = vmv;
+    for (; i0 + 16 <= m; i0 += 16) {
+      const __m512 v = _mm512_loadu_ps(x + i0);
+      const __m512 u0 = _mm512_fnmadd_ps(_mm512_set1_ps(two_t), v, _mm512_set1_ps(2.0f));
+      const __mmask16 k = v_keep(v, lo, hi, 0.0f, INFINITY) &
+                          _mm512_cmp_ps_mask(u0, _mm512_set1_ps(u_hi), _CMP_LT_OQ);
+      const __m512 u = _mm512_min_ps(_mm512_max_ps(u0, _mm512_set1_ps(u_lo)), _mm512_set1_ps(u_hi));
+      const __m512 q = _mm512_max_ps(_mm512_fnmadd_ps(_mm512_set1_ps(0.25f), u, _mm512_set1_ps(1.0f)),
+                                     _mm512_set1_ps(1e-8f));
+      __m512 a = _mm512_fmadd_ps(_mm512_set1_ps(p_u), v_log(u), _mm512_mul_ps(_mm512_set1_ps(p_v), v_log(q)));
+      const __m512 ninf = _mm512_set1_ps(-INFINITY);
+      a = _mm512_mask_mov_ps(ninf, k, a);
+      const __m512 vv = _mm512_mask_add_ps(ninf, k, v, a);
+      _mm512_storeu_ps(w + i0, a);
+      _mm512_storeu_ps(x + i0, vv);
+      vmv = _mm512_max_ps(vmv, vv);
+      vma = _mm512_max_ps(vma, a);
+    }
+    mv = _mm512_reduce_max_ps(vmv);
+    ma = _mm512_reduce_max_ps(vma);
+  }
+#endif
+  {
+    const int64_t mb0 = i0 + (m - i0) / LANES * LANES;
+    for (int64_t i = i0; i < mb0; i += LANES)
+      for (int l = 0; l < LANES; l++) DISTANCE_ONE(i + l, l);
+    for (int64_t i = mb0; i < m; i++) DISTANCE_ONE(i, 0);
+  }
+#undef DISTANCE_ONE
   for (int l = 0; l < LANES; l++) {
     mv = mvl[l] > mv ? mvl[l] : mv;
     ma = mal[l] > ma ? mal[l] : ma;
   }
   if (rec) memcpy(rec, x, sizeof(float) * (size_t)m);
   float sl[LANES] = {0}, al[LANES] = {0};
+  float s = 0.0f, sa = 0.0f;
+  i0 = 0;
+#if defined(__AVX512F__)
+  {
+    __m512 vs = _mm512_setzero_ps(), vsa = vs;
+    for (; i0 + 16 <= m; i0 += 16) {
+      const __m512 v = _mm512_loadu_ps(x + i0), a = _mm512_loadu_ps(w + i0);
+      const __mmask16 k = _mm512_cmp_ps_mask(v, _mm512_set1_ps(-INFINITY), _CMP_GT_OQ);
+      const __m512 e = _mm512_maskz_mov_ps(k, v_exp(_mm512_sub_ps(v, _mm512_set1_ps(mv))));
+      const __m512 ea = _mm512_maskz_mov_ps(k, v_exp(_mm512_sub_ps(a, _mm512_set1_ps(ma))));
+      _mm512_storeu_ps(x + i0, e);
+      vs = _mm512_add_ps(vs, e);
+      vsa = _mm512_add_ps(vsa, ea);
+    }
+    s = _mm512_reduce_add_ps(vs);
+    sa = _mm512_reduce_add_ps(vsa);
+  }
+#endif
 #define DISTANCE_EXP(I, L)                      \
   do {                                          \
     float v = x[I], a = w[I];                   \
@@ -203,11 +348,13 @@ static void distance_row(const job_t *j, float *x, float *w, int64_t r, float lo
     al[L] += ea;                                \
     x[I] = e;                                   \
   } while (0)
-  for (int64_t i = 0; i < mb; i += LANES)
-    for (int l = 0; l < LANES; l++) DISTANCE_EXP(i + l, l);
-  for (int64_t i = mb; i < m; i++) DISTANCE_EXP(i, 0);
+  {
+    const int64_t mb0 = i0 + (m - i0) / LANES * LANES;
+    for (int64_t i = i0; i < mb0; i += LANES)
+      for (int l = 0; l < LANES; l++) DISTANCE_EXP(i + l, l);
+    for (int64_t i = mb0; i < m; i++) DISTANCE_EXP(i, 0);
+  }
 #undef DISTANCE_EXP
-  float s = 0.0f, sa = 0.0f;
   for (int l = 0; l < LANES; l++) {
     s += sl[l];
     sa += al[l];
@@ -215,10 +362,10 @@ static void distance_row(const job_t *j, float *x, float *w, int64_t r, float lo
   j->lse_a[r] = ma + logf(sa);
   if (j->inactive && j->inactive[r]) {
     zero_row(j, x, r);
+    j->scale[r] = 1.0f;
     return;
   }
-  const float inv = 1.0f / s;
-  for (int64_t i = 0; i < m; i++) x[i] *= inv;
+  j->scale[r] = 1.0f / s; /* the row stays e^{x + a - max}: its factor goes with the products' operands */
   j->lse_b[r] = mv + logf(s);
 }
 
@@ -250,22 +397,7 @@ static void selection_row(const job_t *j, float *x, int64_t r, int64_t n, float 
     mx = -INFINITY;
     for (int l = 0; l < LANES; l++) mx = ml[l] > mx ? ml[l] : mx;
   }
-  float sl[LANES] = {0};
-#define SELECTION_EXP(I, L)                                   \
-  do {                                                        \
-    float v = x[I];                                           \
-    int k = keep_of(v, lo, hi, c, h, 0.0f, INFINITY);         \
-    float e = hn_exp(k ? v - mx : 0.0f);                      \
-    e = k ? e : 0.0f;                                         \
-    x[I] = e;                                                 \
-    sl[L] += e;                                               \
-  } while (0)
-  for (int64_t i = 0; i < mb; i += LANES)
-    for (int l = 0; l < LANES; l++) SELECTION_EXP(i + l, l);
-  for (int64_t i = mb; i < m; i++) SELECTION_EXP(i, 0);
-#undef SELECTION_EXP
-  float s = 0.0f;
-  for (int l = 0; l < LANES; l++) s += sl[l];
+  const float s = exp_run(x, m, mx, lo, hi, c, h, NULL);
   j->lse_b[r] = mx + logf(s);
   if (j->free_exp) {
     j->scale[r] = 1.0f / s;
@@ -374,26 +506,8 @@ static void *run_tilt(void *arg) {
       mx = -INFINITY;
       for (int l = 0; l < LANES; l++) mx = ml[l] > mx ? ml[l] : mx;
     }
-    float zl[LANES] = {0}, ql[LANES] = {0};
-#define TILT_EXP(I, L)                          \
-  do {                                          \
-    float v = x[I];                             \
-    int k = v > -INFINITY;                      \
-    float e = hn_exp(k ? v - mx : 0.0f);        \
-    e = k ? e : 0.0f;                           \
-    x[I] = e;                                   \
-    zl[L] += e;                                 \
-    ql[L] += e * e;                             \
-  } while (0)
-    for (int64_t i = 0; i < mb; i += LANES)
-      for (int l = 0; l < LANES; l++) TILT_EXP(i + l, l);
-    for (int64_t i = mb; i < m; i++) TILT_EXP(i, 0);
-#undef TILT_EXP
-    float z = 0.0f, q = 0.0f;
-    for (int l = 0; l < LANES; l++) {
-      z += zl[l];
-      q += ql[l];
-    }
+    float q;
+    const float z = exp_run(x, m, mx, -INFINITY, INFINITY, 0.0f, INFINITY, &q);
     j->lse[r] = mx + logf(z);
     j->sumsq[r] = q / (z * z);
     if (j->free_exp) {
