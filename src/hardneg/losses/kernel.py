@@ -160,6 +160,7 @@ class _Index:
     label_start: Tensor | None = None  # (L,) first position of each label in k_order
     label_count: Tensor | None = None  # (L,) candidates per label
     active: Tensor | None = None  # (n,) bool: has a positive and a valid negative (None: all)
+    label_cols: tuple[Tensor, Tensor] | None = None  # (L, P) columns of each label and which are real
 
 
 class _Workspace:
@@ -313,10 +314,35 @@ def _label_index(ix: _Index) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     return ix.q_labels, ix.label_count, ix.label_start, ix.k_order
 
 
+#: the largest (labels × the largest label's size) table of columns per label kept for a call
+#: (`_label_table`); beyond it each chunk builds its anchors' columns itself
+_LABEL_TABLE = 1 << 22
+
+
+def _label_table(ix: _Index) -> tuple[Tensor, Tensor] | None:
+    """(L, P) the candidates' columns of each label (P the largest label), and which are real; built
+    once per call (the chunks index it by their anchors' labels), None when larger than
+    `_LABEL_TABLE` entries."""
+    if ix.label_cols is None:
+        _, label_count, label_start, k_order = _label_index(ix)
+        L, P = label_count.shape[0], max(1, int(label_count.max())) if label_count.numel() else 1
+        if L * P > _LABEL_TABLE:
+            return None
+        ar = torch.arange(P, device=k_order.device)
+        valid = ar[None, :] < label_count[:, None]
+        at = torch.clamp(label_start[:, None] + ar[None, :], max=max(k_order.shape[0] - 1, 0))
+        ix.label_cols = (k_order[at], valid)
+    return ix.label_cols
+
+
 def _same_label_cols(ix: _Index, r0: int, r1: int, pad: Tensor) -> tuple[Tensor, Tensor]:
     """Columns of every candidate sharing each anchor's label, padded with ``pad`` → (c, P), valid."""
     q_labels, label_count, label_start, k_order = _label_index(ix)
     y = q_labels[r0:r1]
+    table = _label_table(ix)
+    if table is not None:  # P is the largest label's size, for every chunk
+        cols, valid = table[0][y], table[1][y]
+        return torch.where(valid, cols, pad[:, None]), valid
     cnt = label_count[y]
     P = max(1, int(cnt.max()))
     ar = torch.arange(P, device=y.device)

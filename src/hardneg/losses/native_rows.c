@@ -604,13 +604,28 @@ static void *run_stats(void *arg) {
       j->sum_pp[r] = n ? 1.0 / (double)n : 0.0;
       continue;
     }
+    /* float terms in lanes (each within 2 ulp, e <= 1 after the shift), summed in double */
+    float zl[LANES] = {0}, zsl[LANES] = {0}, zzl[LANES] = {0};
+    const float bt = j->beta_over_t;
+#define STATS_EXP(I, L)                                \
+  do {                                                 \
+    const int k = w[I] > -INFINITY;                    \
+    float e = hn_exp(k ? w[I] + bt * s[I] - mx : 0.0f); \
+    e = k ? e : 0.0f;                                  \
+    zl[L] += e;                                        \
+    zsl[L] += e * s[I];                                \
+    zzl[L] += e * e;                                   \
+  } while (0)
+    const int64_t mb = m - m % LANES;
+    for (int64_t i = 0; i < mb; i += LANES)
+      for (int l = 0; l < LANES; l++) STATS_EXP(i + l, l);
+    for (int64_t i = mb; i < m; i++) STATS_EXP(i, 0);
+#undef STATS_EXP
     double z = 0.0, zs = 0.0, zz = 0.0;
-    for (int64_t i = 0; i < m; i++) {
-      if (!(w[i] > -INFINITY)) continue;
-      const double e = exp((double)(w[i] + j->beta_over_t * s[i] - mx));
-      z += e;
-      zs += e * s[i];
-      zz += e * e;
+    for (int l = 0; l < LANES; l++) {
+      z += zl[l];
+      zs += zsl[l];
+      zz += zzl[l];
     }
     j->lse[r] = mx + (float)log(z);
     j->sum_ps[r] = zs / z;
