@@ -37,13 +37,16 @@ pytestmark = pytest.mark.skipif(not native.available(), reason="no C compiler: t
 
 
 def _literal_rows(X, lo, hi, kind, centre, half, dist, inactive, free):
-    """Float64, one row at a time: the rule's kept entries, a, the softmax (or e^x and 1/Σ)."""
+    """Float64, one row at a time: the rule's kept entries, a, the softmax (or e^x and 1/Σ), and the
+    weighting's fallback where the rule keeps nothing (SemiHard / DistanceWeighted.weigh_)."""
     X = X.double()
     c, m = X.shape
-    out, cnt, lse_b, lse_a, scale, declined, after = X.clone(), [], [], [], [], [], X.clone()
+    out, after = X.clone(), X.clone()
+    cnt, lse_b, lse_a, scale, fallback = [], [], [], [], []
     for r in range(c):
         x = X[r]
-        keep = torch.isfinite(x) & (x >= lo[r]) & (x <= hi[r])
+        valid = torch.isfinite(x) & (x >= lo[r]) & (x <= hi[r])
+        keep = valid.clone()
         a = torch.zeros(m, dtype=torch.float64)
         if kind == "window":
             keep &= (x - centre[r]).abs() < half
@@ -53,29 +56,36 @@ def _literal_rows(X, lo, hi, kind, centre, half, dist, inactive, free):
             keep &= u < u_hi
             uc = u.clamp(u_lo, u_hi)
             a = p_u * uc.log() + p_v * (1.0 - uc / 4.0).clamp(min=1e-8).log()
+        fb = not keep.any() and kind != "none"
+        if fb and kind == "window":  # the valid candidate nearest the window, alone
+            near = torch.where(valid, half - (x - centre[r]).abs(), -math.inf)
+            keep = torch.zeros(m, dtype=torch.bool)
+            if valid.any():
+                keep[int(near.argmax())] = True
+        elif fb:  # every valid candidate, unweighted
+            keep, a = valid, torch.zeros(m, dtype=torch.float64)
+            fb = bool(valid.any())
+        fallback.append(fb)
         n = int(keep.sum())
         cnt.append(n)
-        if n == 0 and kind != "none":
-            declined.append(r)
-            lse_b.append(math.nan), lse_a.append(math.nan), scale.append(math.nan)
-            continue
         v = torch.where(keep, x + a, -math.inf)
         after[r] = v
-        lse_a.append(float(torch.logsumexp(torch.where(keep, a, -math.inf), 0)) if kind == "distance"
-                     else math.log(n) if n else -math.inf)
+        weighted = kind == "distance" and not fb and n > 0
+        lse_a.append(float(torch.logsumexp(torch.where(keep, a, -math.inf), 0)) if weighted
+                     else math.log(n) if n else (0.0 if kind == "distance" else -math.inf))
         if inactive[r] or n == 0:
             out[r] = 1.0 if free else 1.0 / m
             lse_b.append(math.log(m)), scale.append(1.0 if kind == "distance" else 1.0 / m)
             continue
         lse = float(torch.logsumexp(v, 0))
         lse_b.append(lse)
-        if kind == "distance":  # left unnormalised: e^{v − max v}, the normalising factor apart
+        if weighted:  # left unnormalised: e^{v − max v}, the normalising factor apart
             out[r] = torch.exp(v - v.max())
             scale.append(math.exp(float(v.max()) - lse))
             continue
         out[r] = torch.exp(v) if free else torch.exp(v - lse)
-        scale.append(math.exp(-lse))
-    return out, cnt, lse_b, lse_a, scale, declined, after
+        scale.append(math.exp(-lse) if free else 1.0)
+    return out, cnt, lse_b, lse_a, scale, fallback, after
 
 
 @pytest.mark.parametrize("kind,free", [("none", True), ("none", False), ("window", True), ("window", False),
@@ -90,11 +100,11 @@ def test_the_row_pass_matches_a_literal_float64_softmax(kind, free):
     hi = torch.full((c,), 1.5)
     hi[4] = -5.0  # the filters drop the whole row
     centre = torch.rand(c, generator=g) * 2 - 1
-    centre[5] = 10.0  # an empty window: declined
+    centre[5] = 10.0  # an empty window: the valid candidate nearest it
     half = 0.4
     dist = (1.0, -4.0, -3.5, 0.25, 1.96)
     if kind == "distance":
-        X[6, torch.isfinite(X[6])] = -1.9  # every candidate far (u = 3.9 > 1.96): declined
+        X[6, torch.isfinite(X[6])] = -1.5  # every candidate far (u = 3.5 > 1.96): kept, unweighted
     inactive = torch.zeros(c, dtype=torch.bool)
     inactive[7] = True
     rule = native.RowRule(lo=lo, hi=hi, kind=kind, centre=centre if kind == "window" else None, half=half,
@@ -102,27 +112,22 @@ def test_the_row_pass_matches_a_literal_float64_softmax(kind, free):
     slot = torch.full((c,), -1, dtype=torch.int32)
     slot[torch.tensor([1, 5, 9])] = torch.tensor([0, 1, 2], dtype=torch.int32)
     rec = torch.full((3, m), 7.0)
-    ref, cnt, lse_b, lse_a, scale, declined, after = _literal_rows(X, lo, hi, kind, centre, half, dist,
+    ref, cnt, lse_b, lse_a, scale, fallback, after = _literal_rows(X, lo, hi, kind, centre, half, dist,
                                                                     inactive, free)
     Y = X.clone()
     res = native.weighted_softmax_rows_(Y, rule, inactive, free, slot, rec)
     assert res.cnt.tolist() == cnt
-    assert res.declined.tolist() == declined
-    assert declined == ([] if kind == "none" else [2, 4, 5] if kind == "window" else [2, 4, 6])
-    done = [r for r in range(c) if r not in declined]
-    torch.testing.assert_close(Y[declined], X[declined], rtol=0, atol=0)  # untouched
-    torch.testing.assert_close(Y[done].double(), ref[done], rtol=2e-6, atol=1e-30)
-    torch.testing.assert_close(res.lse_b[done].double(), torch.tensor(lse_b).double()[done], rtol=1e-6, atol=1e-6)
-    torch.testing.assert_close(res.lse_a[done].double(), torch.tensor(lse_a).double()[done], rtol=1e-6, atol=1e-6)
+    assert res.fallback.tolist() == fallback
+    assert [r for r in range(c) if fallback[r]] == ([] if kind == "none" else [2, 4, 5] if kind == "window" else [6])
+    torch.testing.assert_close(Y.double(), ref, rtol=2e-6, atol=1e-30)
+    torch.testing.assert_close(res.lse_b.double(), torch.tensor(lse_b).double(), rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(res.lse_a.double(), torch.tensor(lse_a).double(), rtol=1e-6, atol=1e-6)
     if free or kind == "distance":
-        torch.testing.assert_close(res.scale[done].double(), torch.tensor(scale).double()[done], rtol=1e-6, atol=0)
+        torch.testing.assert_close(res.scale.double(), torch.tensor(scale).double(), rtol=1e-6, atol=0)
     else:
         assert res.scale is None
     for s_, r in enumerate([1, 5, 9]):  # the sampled rows after the rule, before the softmax
-        if r in declined:
-            assert (rec[s_] == 7.0).all()
-        else:
-            torch.testing.assert_close(rec[s_].double(), after[r], rtol=1e-6, atol=1e-6)
+        torch.testing.assert_close(rec[s_].double(), after[r], rtol=1e-6, atol=1e-6)
 
 
 def test_the_switch_turns_the_pass_off_here_and_for_a_process():

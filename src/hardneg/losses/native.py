@@ -100,8 +100,8 @@ def _build() -> ctypes.CDLL | None:
         fn = lib.hn_weighted_softmax_rows
         P, I64, F32 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_float
         fn.argtypes = [P, I64, I64, I64, P, P, ctypes.c_int, P, F32, F32, F32, F32, F32, F32, P, ctypes.c_int,
-                       P, P, P, P, P, P, P, I64, ctypes.c_int]
-        fn.restype = I64
+                       P, P, P, P, P, P, P, I64, P, ctypes.c_int]
+        fn.restype = None
         fn = lib.hn_row_stats
         fn.argtypes = [P, I64, P, I64, I64, I64, ctypes.c_int, F32, F32, F32, I64, P, P, P, P, P, P, P, P,
                        ctypes.c_int]
@@ -154,8 +154,9 @@ class RowRule:
     unbounded), then one of ``kind`` "none", "window" (semi-hard: |X_ij − centre_i| < half,
     `hardneg.negatives.weighting.SemiHard.weigh_`) or "distance" (Wu et al. 2017: u = 2 − two_t X
     < u_hi, a = p_u log clamp(u, u_lo, u_hi) + p_v log max(1 − u/4, 10⁻⁸),
-    `hardneg.negatives.weighting.DistanceWeighted.weigh_`). Rows whose window or distance rule keeps
-    no candidate are declined (their fallback stays in Python)."""
+    `hardneg.negatives.weighting.DistanceWeighted.weigh_`). A row whose window or distance rule
+    keeps no candidate takes the weighting's fallback as ``weigh_`` does: the valid candidate
+    nearest the window, or every valid candidate unweighted."""
 
     lo: Tensor | None = None
     hi: Tensor | None = None
@@ -176,13 +177,13 @@ class RowRule:
 class RowsResult:
     """Per row of the chunk: valid count, lse of the weighted row, lse of the log-weights over the
     valid candidates, the factor that normalises an unnormalised row (None when rows are
-    normalised), and the rows the pass declined (indices; those rows of X are untouched)."""
+    normalised), and whether the weighting's fallback took the row (bool)."""
 
     cnt: Tensor
     lse_b: Tensor
     lse_a: Tensor
     scale: Tensor | None
-    declined: Tensor
+    fallback: Tensor
 
 
 _KINDS = {"none": 0, "window": 1, "distance": 2}
@@ -262,18 +263,19 @@ def weighted_softmax_rows_(X: Tensor, rule: RowRule, inactive: Tensor | None, fr
     cnt = torch.empty(c, dtype=torch.int64)
     lse_b, lse_a = X.new_empty(c), X.new_empty(c)
     scale = X.new_empty(c) if free or kind == 2 else None  # distance weighting: rows left unnormalised
-    declined = torch.empty(c, dtype=torch.uint8)
+    fallback = torch.empty(c, dtype=torch.uint8)
+    threads = max(1, min(torch.get_num_threads(), c))
+    scratch = X.new_empty(threads, m) if kind == 2 else None  # a row of the weights a per thread
     ina = None if inactive is None else inactive.to(torch.uint8).contiguous()
     slot = None if rec_slot is None else rec_slot.to(torch.int32).contiguous()
     if rec_out is not None and (rec_out.dtype != torch.float32 or rec_out.stride(1) != 1 or rec_out.shape[1] != m):
         raise ValueError("rec_out must be float32 with contiguous rows of the tile's width")
-    n_declined = lib.hn_weighted_softmax_rows(
+    lib.hn_weighted_softmax_rows(
         X.data_ptr(), c, m, X.stride(0), _ptr(lo), _ptr(hi), kind, _ptr(centre), rule.half, two_t, p_u, p_v, u_lo,
         u_hi, _ptr(ina), int(free), cnt.data_ptr(), lse_b.data_ptr(), lse_a.data_ptr(), _ptr(scale),
-        declined.data_ptr(), _ptr(slot), _ptr(rec_out), 0 if rec_out is None else rec_out.stride(0),
-        torch.get_num_threads())
-    rows = torch.nonzero(declined).flatten() if n_declined else cnt[:0]
-    return RowsResult(cnt, lse_b, lse_a, scale, rows)
+        fallback.data_ptr(), _ptr(slot), _ptr(rec_out), 0 if rec_out is None else rec_out.stride(0), _ptr(scratch),
+        threads)
+    return RowsResult(cnt, lse_b, lse_a, scale, fallback.bool())
 
 
 @dataclass(frozen=True)

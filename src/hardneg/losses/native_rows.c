@@ -185,7 +185,8 @@ typedef struct {
   int free_exp;
   int64_t *cnt;
   float *lse_b, *lse_a, *scale;
-  uint8_t *declined;
+  uint8_t *fallback;
+  float *scratch; /* kind 2: one row of m floats per range of rows */
   const int32_t *rec_slot;
   float *rec_out;
   int64_t rec_ld;
@@ -407,6 +408,32 @@ static void selection_row(const job_t *j, float *x, int64_t r, int64_t n, float 
   }
 }
 
+/* The weighting's fallback on a row whose rule keeps no candidate (n == 0). Semi-hard
+ * (weighting.SemiHard.weigh_): the valid candidate nearest the window, i.e. with the largest
+ * h - |x - c| (the first of equals), alone; distance weighting (DistanceWeighted.weigh_): every
+ * valid candidate, unweighted. "Valid": finite and within the filters' bounds. Returns the number
+ * kept, with -inf written on the rest for semi-hard. */
+static int64_t fallback_row(const job_t *j, float *x, float lo, float hi, float c, float h) {
+  const int64_t m = j->m;
+  int64_t n = 0, at = -1;
+  float best = -INFINITY;
+  for (int64_t i = 0; i < m; i++) {
+    const int ok = keep_of(x[i], lo, hi, 0.0f, INFINITY, 0.0f, INFINITY);
+    n += ok;
+    if (ok && j->kind == 1) {
+      const float d = h - fabsf(x[i] - c);
+      if (at < 0 || d > best) {
+        best = d;
+        at = i;
+      }
+    }
+  }
+  if (j->kind != 1) return n;
+  for (int64_t i = 0; i < m; i++)
+    if (i != at) x[i] = -INFINITY;
+  return at < 0 ? 0 : 1;
+}
+
 static void *run_rows(void *arg) {
   const job_t *j = arg;
   const fp_mode_t mode = flush_subnormals();
@@ -414,7 +441,6 @@ static void *run_rows(void *arg) {
   const int kind = j->kind;
   const float h = kind == 1 ? j->half : INFINITY;
   const float two_t = kind == 2 ? j->two_t : 0.0f, u_hi = kind == 2 ? j->u_hi : INFINITY;
-  float *w = kind == 2 ? malloc(sizeof(float) * (size_t)(m > 0 ? m : 1)) : NULL;
   for (int64_t r = j->r0; r < j->r1; r++) {
     float *x = j->X + r * j->ld;
     const float lo = j->lo ? j->lo[r] : -INFINITY, hi = j->hi ? j->hi[r] : INFINITY;
@@ -425,24 +451,27 @@ static void *run_rows(void *arg) {
     for (int64_t i = mb; i < m; i++) nl[0] += keep_of(x[i], lo, hi, c, h, two_t, u_hi);
     int64_t n = 0;
     for (int l = 0; l < LANES; l++) n += nl[l];
-    j->cnt[r] = n;
-    j->declined[r] = 0;
-    if (n == 0 && kind != 0) { /* the weighting's fallback: the row is left to the Python path */
-      j->declined[r] = 1;
+    float *rec = j->rec_slot && j->rec_slot[r] >= 0 ? j->rec_out + (int64_t)j->rec_slot[r] * j->rec_ld : NULL;
+    j->fallback[r] = n == 0 && kind != 0;
+    if (j->fallback[r]) {
+      n = fallback_row(j, x, lo, hi, c, h);
+      /* what is left is a selection of the valid entries: a = 0 on them */
+      j->cnt[r] = n;
+      selection_row(j, x, r, n, lo, hi, 0.0f, INFINITY, rec);
+      if (kind == 2) {
+        j->fallback[r] = n > 0; /* a row without any valid candidate is no fallback, only empty */
+        if (n == 0) j->lse_a[r] = 0.0f;
+        j->scale[r] = 1.0f;
+      }
       continue;
     }
-    float *rec = j->rec_slot && j->rec_slot[r] >= 0 ? j->rec_out + (int64_t)j->rec_slot[r] * j->rec_ld : NULL;
+    j->cnt[r] = n;
     if (kind == 2) {
-      if (w == NULL) { /* no memory for the row's weights: the Python path takes it */
-        j->declined[r] = 1;
-        continue;
-      }
-      distance_row(j, x, w, r, lo, hi, rec);
+      distance_row(j, x, j->scratch, r, lo, hi, rec);
     } else {
       selection_row(j, x, r, n, lo, hi, c, h, rec);
     }
   }
-  free(w);
   restore_fp_mode(mode);
   return NULL;
 }
@@ -689,13 +718,12 @@ void hn_unit_rows_backward(const float *y, const float *g, const float *norms, f
 }
 
 /* The whole pass over rows [0, rows) of X, in `threads` contiguous ranges of rows
- * (PARALLEL_RANGES). Returns the number of declined rows (their `declined` flag set, X untouched
- * there). */
-int64_t hn_weighted_softmax_rows(float *X, int64_t rows, int64_t m, int64_t ld, const float *lo, const float *hi,
-                                 int kind, const float *centre, float half, float two_t, float p_u, float p_v,
-                                 float u_lo, float u_hi, const uint8_t *inactive, int free_exp, int64_t *cnt,
-                                 float *lse_b, float *lse_a, float *scale, uint8_t *declined, const int32_t *rec_slot,
-                                 float *rec_out, int64_t rec_ld, int threads) {
+ * (PARALLEL_RANGES); `scratch` holds `threads` rows of m floats (distance weighting). */
+void hn_weighted_softmax_rows(float *X, int64_t rows, int64_t m, int64_t ld, const float *lo, const float *hi, int kind,
+                              const float *centre, float half, float two_t, float p_u, float p_v, float u_lo,
+                              float u_hi, const uint8_t *inactive, int free_exp, int64_t *cnt, float *lse_b,
+                              float *lse_a, float *scale, uint8_t *fallback, const int32_t *rec_slot, float *rec_out,
+                              int64_t rec_ld, float *scratch, int threads) {
   enum { MAX_THREADS = 256 };
   job_t jobs[MAX_THREADS];
   if (threads > rows) threads = (int)rows;
@@ -703,10 +731,7 @@ int64_t hn_weighted_softmax_rows(float *X, int64_t rows, int64_t m, int64_t ld, 
   if (threads > MAX_THREADS) threads = MAX_THREADS;
   for (int t = 0; t < threads; t++)
     jobs[t] = (job_t){X, m, ld, lo, hi, kind, centre, half, two_t, p_u, p_v, u_lo, u_hi, inactive, free_exp,
-                      cnt, lse_b, lse_a, scale, declined, rec_slot, rec_out, rec_ld,
-                      rows * t / threads, rows * (t + 1) / threads};
+                      cnt, lse_b, lse_a, scale, fallback, scratch ? scratch + (int64_t)t * m : NULL, rec_slot,
+                      rec_out, rec_ld, rows * t / threads, rows * (t + 1) / threads};
   PARALLEL_RANGES(run_rows, jobs, threads);
-  int64_t d = 0;
-  for (int64_t r = 0; r < rows; r++) d += declined[r];
-  return d;
 }

@@ -47,7 +47,7 @@ from hardneg.losses.checks import (
     check_tau_plus,
     resolve_temperature,
 )
-from hardneg.losses.kernel import Kept, softmax_block_, weighted_info_nce
+from hardneg.losses.kernel import Kept, weighted_info_nce
 from hardneg.negatives.context import StepContext
 from hardneg.negatives.diagnostics import DiagnosticsAccumulator
 from hardneg.negatives.filters import Filter, LabelFilter
@@ -604,8 +604,7 @@ class Strategy(nn.Module):
         """The kernel's ``log_weight_rows``: `_block_weights` and the softmax of a whole chunk in
         the native row pass (`hardneg.losses.native`), where it is available and the components
         have a row rule; None otherwise (the kernel takes the blocks). The diagnostics' sampled rows
-        are copied before the pass and by it; rows the pass declines (a weighting's fallback) go
-        through `_block_weights`' components and the kernel's `softmax_block_`."""
+        are copied before the pass and by it, with the rows the weighting's fallback took."""
         if S.device.type != "cpu" or S.dtype != torch.float32 or not native.available():
             return None
         rule = self._row_rule(ctx, sp)
@@ -624,36 +623,14 @@ class Strategy(nn.Module):
             out = rec.X1[rec.n :]
         res = native.weighted_softmax_rows_(S, rule, inactive, free, slot, out)
         weightings = self._weightings()
-        e = res.declined
         if weightings:
-            weightings[0].rows_done(c - e.numel())
-        scale = res.scale
-        if e.numel():
-            Xe = S[e]  # as the pass found them
-            erows = cast(slice, e + rows.start)  # an index tensor serves where components index by a slice
-            for f in self._filters():
-                f.drop_(Xe, erows, ctx, sp[e])
-            cnt, la, fallback, kept = weightings[0].weigh_(Xe, erows, ctx, sp[e])
-            if kept is not None:
-                kept.write_(Xe)
-            if slot is not None:
-                hit = slot[e] >= 0
-                at = rec.n + slot[e][hit].long()
-                rec.X1[at] = Xe[hit]
-                if fallback is not None:
-                    rec.fb[at] = fallback[hit]
-            res.cnt[e] = cnt
-            res.lse_a[e] = torch.log(cnt.to(S.dtype)) if la is None else la
-            lse_b, sc = softmax_block_(Xe, cnt, la, None if inactive is None else inactive[e], free)
-            res.lse_b[e] = lse_b
-            if sc is not None or scale is not None:
-                scale = torch.ones(c, dtype=S.dtype) if scale is None else scale
-                scale[e] = 1.0 if sc is None else sc
-            S[e] = Xe
+            weightings[0].rows_done(c, int(res.fallback.sum()))
         if loc is not None:
+            if rule.kind == "distance":  # its fallback rows are reported (`weighting_fallback_share`)
+                rec.fb[rec.n : rec.n + loc.numel()] = res.fallback[loc]
             rec.n += loc.numel()
             rec.log_mask = rule.kind != "distance"  # selections and filters only: the kept entries gained 0
-        return res.cnt, res.lse_b, res.lse_a, scale
+        return res.cnt, res.lse_b, res.lse_a, res.scale
 
     def _flush(self, rec: _BlockRecords, ctx: StepContext, close: bool = False) -> None:
         """Hand the kept rows to the diagnostics (once per buffer of rows, not per block);

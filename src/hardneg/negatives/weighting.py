@@ -164,13 +164,14 @@ class Weighting(nn.Module):
 
     def row_rule(self, ctx: StepContext, sp: Tensor) -> RowRule | None:
         """`weigh_` as the rule of the native row pass (`hardneg.losses.native.RowRule`) for a chunk
-        whose positives' X are ``sp``, or None when it has no such form (the kernel's blocks run
-        it). Rows the pass declines (its fallback) still go through `weigh_`."""
+        whose positives' X are ``sp`` — its fallback included —, or None when it has no such form
+        (the kernel's blocks run it)."""
         return None
 
-    def rows_done(self, n: int) -> None:
-        """``n`` rows were weighed by the native row pass (`row_rule`) rather than `weigh_`: the
-        per-row counts of the diagnostics take them as `weigh_` would have."""
+    def rows_done(self, n: int, fallback: int) -> None:
+        """``n`` rows, ``fallback`` of them by the fallback, were weighed by the native row pass
+        (`row_rule`) rather than `weigh_`: the per-row counts of the diagnostics take them as
+        `weigh_` would have."""
 
     def begin_step(self, ctx: StepContext) -> None:
         """Called once per step before the loss (refresh clusters, …)."""
@@ -323,14 +324,15 @@ class SemiHard(Weighting):
         return cnt, None, None, None
 
     def row_rule(self, ctx: StepContext, sp: Tensor) -> RowRule:
-        """`weigh_`'s window |X − c| < h with the same float32 centre and half width; rows with an
-        empty window are declined and take `weigh_`'s fallback."""
+        """`weigh_`'s window |X − c| < h with the same float32 centre and half width, and its
+        fallback: the valid candidate nearest the window, h − |X − c| the largest."""
         check_nonneg(_opt("margin"), self.margin)
         h = self.margin / (2.0 * ctx.t)
         return RowRule(kind="window", centre=sp - h, half=h)
 
-    def rows_done(self, n: int) -> None:
+    def rows_done(self, n: int, fallback: int) -> None:
         self._rows += n
+        self._fallback += fallback
 
     def log_weights(self, S: Tensor, rows: slice, ctx: StepContext, valid: Tensor) -> Tensor:
         return torch.where(self.select(S, rows, ctx, valid), 0.0, NEG_INF).to(S.dtype)
@@ -423,8 +425,8 @@ class DistanceWeighted(Weighting):
         return cnt, lse, fallback, None
 
     def row_rule(self, ctx: StepContext, sp: Tensor) -> RowRule:
-        """`weigh_`'s u = 2 − 2tX, far rule u < nonzero_loss_cutoff², clip and −log q(d); rows whose
-        every candidate is far are declined and take `weigh_`'s fallback."""
+        """`weigh_`'s u = 2 − 2tX, far rule u < nonzero_loss_cutoff², clip and −log q(d), and its
+        fallback: a row whose every valid candidate is far keeps them, unweighted."""
         n = self.dim or ctx.q.shape[1]
         return RowRule(kind="distance", distance=(2.0 * ctx.t, -(n - 2.0) / 2.0, -(n - 3.0) / 2.0,
                                                   self.cutoff**2, self.nonzero_loss_cutoff**2))
