@@ -140,6 +140,38 @@ def test_the_switch_turns_the_pass_off_here_and_for_a_process():
     assert out.stdout.strip() == "False"
 
 
+_PROBE = """
+import torch
+from hardneg.losses import native
+from hardneg.negatives import create_strategy
+g = torch.Generator().manual_seed(0)
+z1 = torch.nn.functional.normalize(torch.randn(64, 8, generator=g), dim=1)
+z2 = torch.nn.functional.normalize(z1 + 0.5 * torch.randn(64, 8, generator=g), dim=1)
+print(native.available(), float(create_strategy("semihard")(z1, z2)))
+"""
+
+
+def _probe(tmp_path, **env):
+    out = subprocess.run([sys.executable, "-c", _PROBE], capture_output=True, text=True, check=True,
+                         env={**os.environ, "XDG_CACHE_HOME": str(tmp_path), **env})
+    built, loss = out.stdout.split()
+    return built == "True", float(loss)
+
+
+def test_without_a_compiler_the_torch_path_gives_the_same_loss(tmp_path):
+    """No compiler: nothing is built, the blocks run, the loss is the native pass's."""
+    assert _probe(tmp_path / "a", CC="no-such-compiler") == (False, pytest.approx(_probe(tmp_path / "b")[1], rel=1e-5))
+    assert not (tmp_path / "a" / "hardneg").exists()
+
+
+def test_a_damaged_library_in_the_cache_is_built_again(tmp_path):
+    assert _probe(tmp_path)[0]
+    (lib,) = (tmp_path / "hardneg" / "native").glob("native_rows-*.so")
+    lib.write_bytes(b"not a shared library")
+    assert _probe(tmp_path)[0]
+    assert lib.stat().st_size > 1000
+
+
 def test_the_pass_rejects_what_it_cannot_read():
     rule = native.RowRule()
     with pytest.raises(ValueError, match="float32 CPU tile"):

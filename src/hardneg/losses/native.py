@@ -68,52 +68,66 @@ def _cache_dir() -> Path:
     return Path(base) / "hardneg" / "native"
 
 
+def _compile(cc: str, flags: tuple[str, ...], path: Path) -> bool:
+    """The library at ``path``, written atomically (a concurrent process loads a whole file)."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(suffix=".so", dir=path.parent)
+        os.close(fd)
+        done = subprocess.run([cc, *flags, *_COMMON, "-o", tmp, str(_SOURCE), "-lm"], capture_output=True,
+                              text=True, timeout=120)
+        if done.returncode != 0:
+            os.unlink(tmp)
+            _LOG.info("%s %s failed: %s", cc, " ".join(flags), done.stderr.strip()[-500:])
+            return False
+        os.replace(tmp, path)
+        return True
+    except (OSError, subprocess.SubprocessError) as e:
+        _LOG.info("building %s failed: %s", path, e)
+        return False
+
+
+def _load(path: Path) -> ctypes.CDLL | None:
+    """The library at ``path`` with its functions' signatures, or None when the file is not one (a
+    damaged or foreign file in the cache)."""
+    try:
+        lib = ctypes.CDLL(str(path))
+        P, I64, F32, INT = ctypes.c_void_p, ctypes.c_int64, ctypes.c_float, ctypes.c_int
+        signatures = {
+            "hn_weighted_softmax_rows": [P, I64, I64, I64, P, P, INT, P, F32, F32, F32, F32, F32, F32, P, INT,
+                                         P, P, P, P, P, P, P, I64, P, INT],
+            "hn_row_stats": [P, I64, P, I64, I64, I64, INT, F32, F32, F32, I64, P, P, P, P, P, P, P, P, INT],
+            "hn_unit_rows_backward": [P, P, P, P, I64, I64, INT],
+            "hn_softmax_rows": [P, I64, I64, I64, P, INT, INT, P, P, P, P, P, I64, I64, INT, P, I64, INT],
+        }
+        for name, argtypes in signatures.items():
+            fn = getattr(lib, name)
+            fn.argtypes, fn.restype = argtypes, None
+        return lib
+    except (OSError, AttributeError) as e:
+        _LOG.info("loading %s failed: %s", path, e)
+        return None
+
+
 def _build() -> ctypes.CDLL | None:
+    """The library for this source, flags and CPU: loaded from the cache, or compiled into it (a
+    file there that does not load is compiled again)."""
     cc = os.environ.get("CC") or "cc"
     if shutil.which(cc) is None:
-        _LOG.info("no C compiler (%s): the kernel's weighted blocks run in torch", cc)
+        _LOG.info("no C compiler (%s): the kernel's elementwise runs stay in torch", cc)
         return None
     source = _SOURCE.read_bytes()
     for flags in _FLAG_SETS:
         key = hashlib.sha256(b"\0".join([source, " ".join(flags).encode(), cc.encode(), _cpu().encode()]))
         path = _cache_dir() / f"native_rows-{key.hexdigest()[:24]}.so"
-        if not path.exists():
-            try:
-                path.parent.mkdir(parents=True, exist_ok=True)
-                fd, tmp = tempfile.mkstemp(suffix=".so", dir=path.parent)
-                os.close(fd)
-                done = subprocess.run([cc, *flags, *_COMMON, "-o", tmp, str(_SOURCE), "-lm"],
-                                      capture_output=True, text=True, timeout=120)
-                if done.returncode != 0:
-                    os.unlink(tmp)
-                    _LOG.info("%s %s failed: %s", cc, " ".join(flags), done.stderr.strip()[-500:])
-                    continue
-                os.replace(tmp, path)  # atomic: a concurrent process loads the old or the new file
-            except (OSError, subprocess.SubprocessError) as e:
-                _LOG.info("building %s failed: %s", path, e)
-                continue
-        try:
-            lib = ctypes.CDLL(str(path))
-        except OSError as e:
-            _LOG.info("loading %s failed: %s", path, e)
-            continue
-        fn = lib.hn_weighted_softmax_rows
-        P, I64, F32 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_float
-        fn.argtypes = [P, I64, I64, I64, P, P, ctypes.c_int, P, F32, F32, F32, F32, F32, F32, P, ctypes.c_int,
-                       P, P, P, P, P, P, P, I64, P, ctypes.c_int]
-        fn.restype = None
-        fn = lib.hn_row_stats
-        fn.argtypes = [P, I64, P, I64, I64, I64, ctypes.c_int, F32, F32, F32, I64, P, P, P, P, P, P, P, P,
-                       ctypes.c_int]
-        fn.restype = None
-        fn = lib.hn_unit_rows_backward
-        fn.argtypes = [P, P, P, P, I64, I64, ctypes.c_int]
-        fn.restype = None
-        fn = lib.hn_softmax_rows
-        fn.argtypes = [P, I64, I64, I64, P, ctypes.c_int, ctypes.c_int, P, P, P, P, P, I64, I64, ctypes.c_int, P,
-                       I64, ctypes.c_int]
-        fn.restype = None
-        return lib
+        if path.exists():
+            lib = _load(path)
+            if lib is not None:
+                return lib
+        if _compile(cc, flags, path):
+            lib = _load(path)
+            if lib is not None:
+                return lib
     return None
 
 
