@@ -17,6 +17,16 @@
 
 #define LANES 16
 
+/* BODY(i, l) for i in [i0, m): full runs of LANES entries, lane l of each (the compiler vectorises
+ * them; lane-indexed accumulators keep its reductions in order-free lanes), then the rest in lane 0. */
+#define LANE_LOOP(i0, m, BODY)                                               \
+  do {                                                                       \
+    const int64_t mb_ = (i0) + ((m) - (i0)) / LANES * LANES;                 \
+    for (int64_t i_ = (i0); i_ < mb_; i_ += LANES)                           \
+      for (int l_ = 0; l_ < LANES; l_++) BODY(i_ + l_, l_);                  \
+    for (int64_t i_ = mb_; i_ < (m); i_++) BODY(i_, 0);                      \
+  } while (0)
+
 /* Subnormal floats flushed to zero (and read as zero) while a pass runs, the caller's mode restored
  * after: e^x far below a row's largest term underflows, and each arithmetic operation on a
  * subnormal costs a hundred cycles on x86 (a row of distance weights spans e^-130, and those rows
@@ -221,7 +231,6 @@ static float exp_run(float *x, int64_t m, float shift, float lo, float hi, float
   q = _mm512_reduce_add_ps(vq);
 #endif
   float sl[LANES] = {0}, ql[LANES] = {0};
-  const int64_t mb = i + (m - i) / LANES * LANES;
 #define EXP_ONE(I, L)                                         \
   do {                                                        \
     float v = x[I];                                           \
@@ -232,9 +241,7 @@ static float exp_run(float *x, int64_t m, float shift, float lo, float hi, float
     sl[L] += e;                                               \
     ql[L] += e * e;                                           \
   } while (0)
-  for (; i < mb; i += LANES)
-    for (int l = 0; l < LANES; l++) EXP_ONE(i + l, l);
-  for (; i < m; i++) EXP_ONE(i, 0);
+  LANE_LOOP(i, m, EXP_ONE);
 #undef EXP_ONE
   for (int l = 0; l < LANES; l++) {
     s += sl[l];
@@ -306,12 +313,7 @@ static void distance_row(const job_t *j, float *x, float *w, int64_t r, float lo
     ma = _mm512_reduce_max_ps(vma);
   }
 #endif
-  {
-    const int64_t mb0 = i0 + (m - i0) / LANES * LANES;
-    for (int64_t i = i0; i < mb0; i += LANES)
-      for (int l = 0; l < LANES; l++) DISTANCE_ONE(i + l, l);
-    for (int64_t i = mb0; i < m; i++) DISTANCE_ONE(i, 0);
-  }
+  LANE_LOOP(i0, m, DISTANCE_ONE);
 #undef DISTANCE_ONE
   for (int l = 0; l < LANES; l++) {
     mv = mvl[l] > mv ? mvl[l] : mv;
@@ -349,12 +351,7 @@ static void distance_row(const job_t *j, float *x, float *w, int64_t r, float lo
     al[L] += ea;                                \
     x[I] = e;                                   \
   } while (0)
-  {
-    const int64_t mb0 = i0 + (m - i0) / LANES * LANES;
-    for (int64_t i = i0; i < mb0; i += LANES)
-      for (int l = 0; l < LANES; l++) DISTANCE_EXP(i + l, l);
-    for (int64_t i = mb0; i < m; i++) DISTANCE_EXP(i, 0);
-  }
+  LANE_LOOP(i0, m, DISTANCE_EXP);
 #undef DISTANCE_EXP
   for (int l = 0; l < LANES; l++) {
     s += sl[l];
@@ -374,7 +371,7 @@ static void distance_row(const job_t *j, float *x, float *w, int64_t r, float lo
  * scale_r = 1 / sum) or x <- softmax(x). */
 static void selection_row(const job_t *j, float *x, int64_t r, int64_t n, float lo, float hi, float c, float h,
                           float *rec) {
-  const int64_t m = j->m, mb = m - m % LANES;
+  const int64_t m = j->m;
   if (rec)
     for (int64_t i = 0; i < m; i++) rec[i] = keep_of(x[i], lo, hi, c, h, 0.0f, INFINITY) ? x[i] : -INFINITY;
   j->lse_a[r] = logf((float)n);
@@ -386,15 +383,13 @@ static void selection_row(const job_t *j, float *x, int64_t r, int64_t n, float 
   if (!j->free_exp) {
     float ml[LANES];
     for (int l = 0; l < LANES; l++) ml[l] = -INFINITY;
-    for (int64_t i = 0; i < mb; i += LANES)
-      for (int l = 0; l < LANES; l++) {
-        float v = keep_of(x[i + l], lo, hi, c, h, 0.0f, INFINITY) ? x[i + l] : -INFINITY;
-        ml[l] = v > ml[l] ? v : ml[l];
-      }
-    for (int64_t i = mb; i < m; i++) {
-      float v = keep_of(x[i], lo, hi, c, h, 0.0f, INFINITY) ? x[i] : -INFINITY;
-      ml[0] = v > ml[0] ? v : ml[0];
-    }
+#define KEPT_MAX(I, L)                                                           \
+  do {                                                                           \
+    const float v = keep_of(x[I], lo, hi, c, h, 0.0f, INFINITY) ? x[I] : -INFINITY; \
+    ml[L] = v > ml[L] ? v : ml[L];                                               \
+  } while (0)
+    LANE_LOOP(0, m, KEPT_MAX);
+#undef KEPT_MAX
     mx = -INFINITY;
     for (int l = 0; l < LANES; l++) mx = ml[l] > mx ? ml[l] : mx;
   }
@@ -437,7 +432,7 @@ static int64_t fallback_row(const job_t *j, float *x, float lo, float hi, float 
 static void *run_rows(void *arg) {
   const job_t *j = arg;
   const fp_mode_t mode = flush_subnormals();
-  const int64_t m = j->m, mb = m - m % LANES;
+  const int64_t m = j->m;
   const int kind = j->kind;
   const float h = kind == 1 ? j->half : INFINITY;
   const float two_t = kind == 2 ? j->two_t : 0.0f, u_hi = kind == 2 ? j->u_hi : INFINITY;
@@ -446,9 +441,9 @@ static void *run_rows(void *arg) {
     const float lo = j->lo ? j->lo[r] : -INFINITY, hi = j->hi ? j->hi[r] : INFINITY;
     const float c = kind == 1 ? j->centre[r] : 0.0f;
     int32_t nl[LANES] = {0};
-    for (int64_t i = 0; i < mb; i += LANES)
-      for (int l = 0; l < LANES; l++) nl[l] += keep_of(x[i + l], lo, hi, c, h, two_t, u_hi);
-    for (int64_t i = mb; i < m; i++) nl[0] += keep_of(x[i], lo, hi, c, h, two_t, u_hi);
+#define COUNT_ONE(I, L) (nl[L] += keep_of(x[I], lo, hi, c, h, two_t, u_hi))
+    LANE_LOOP(0, m, COUNT_ONE);
+#undef COUNT_ONE
     int64_t n = 0;
     for (int l = 0; l < LANES; l++) n += nl[l];
     float *rec = j->rec_slot && j->rec_slot[r] >= 0 ? j->rec_out + (int64_t)j->rec_slot[r] * j->rec_ld : NULL;
@@ -521,7 +516,7 @@ static void column_rule(const tilt_job_t *j, float *x, int64_t r) {
 static void *run_tilt(void *arg) {
   const tilt_job_t *j = arg;
   const fp_mode_t mode = flush_subnormals();
-  const int64_t m = j->m, mb = m - m % LANES;
+  const int64_t m = j->m;
   for (int64_t r = j->r0; r < j->r1; r++) {
     float *x = j->X + r * j->ld;
     column_rule(j, x, r);
@@ -529,9 +524,9 @@ static void *run_tilt(void *arg) {
     if (!j->free_exp) {
       float ml[LANES];
       for (int l = 0; l < LANES; l++) ml[l] = -INFINITY;
-      for (int64_t i = 0; i < mb; i += LANES)
-        for (int l = 0; l < LANES; l++) ml[l] = x[i + l] > ml[l] ? x[i + l] : ml[l];
-      for (int64_t i = mb; i < m; i++) ml[0] = x[i] > ml[0] ? x[i] : ml[0];
+#define ROW_MAX(I, L) (ml[L] = x[I] > ml[L] ? x[I] : ml[L])
+      LANE_LOOP(0, m, ROW_MAX);
+#undef ROW_MAX
       mx = -INFINITY;
       for (int l = 0; l < LANES; l++) mx = ml[l] > mx ? ml[l] : mx;
     }
@@ -645,10 +640,7 @@ static void *run_stats(void *arg) {
     zsl[L] += e * s[I];                                \
     zzl[L] += e * e;                                   \
   } while (0)
-    const int64_t mb = m - m % LANES;
-    for (int64_t i = 0; i < mb; i += LANES)
-      for (int l = 0; l < LANES; l++) STATS_EXP(i + l, l);
-    for (int64_t i = mb; i < m; i++) STATS_EXP(i, 0);
+    LANE_LOOP(0, m, STATS_EXP);
 #undef STATS_EXP
     double z = 0.0, zs = 0.0, zz = 0.0;
     for (int l = 0; l < LANES; l++) {
