@@ -1,19 +1,26 @@
-r"""The fused row pass of the kernel's weighted blocks, in C (``native_rows.c``).
+r"""The native row pass: the kernel's elementwise runs between its products, in C (``native_rows.c``).
 
-A strategy whose filters and weighting have a *row rule* (`RowRule`: per-row similarity bounds, a
-semi-hard window, distance weighting) hands the kernel its whole chunk at once: for each row of
-X = s/t, with the row in a core's L1 cache, the rule's candidates are counted, the log-weights
-added and the softmax taken (`weighted_softmax_rows_`), where the blocked path
-(``hardneg.losses.kernel._weighted_blocks_``) runs ten to twenty torch operations per block, each a
-pass over the block, with Python in between. The values are the blocked path's to float32 rounding
-(exp and log are polynomials within 2 ulp); the exactness tests run both paths.
+Each pass takes the rows of a chunk's tile X = s/t in turn, with the row in a core's L1 cache, where
+the torch path runs ten to twenty operations per block (or whole-tile passes) with Python between them
+(docs/design.md, "The native row pass"):
+
+- `weighted_softmax_rows_`: a fused strategy's filters and weighting (`RowRule`: per-row similarity
+  bounds, the semi-hard window, distance weighting; their fallbacks) and the softmax;
+- `softmax_rows_`: the general path's softmax without log-weights (β = 0, and the β = 1 root tilt
+  with its gradient tile), the candidate rule written by columns in the row;
+- `row_stats`: the diagnostics' statistics of their sampled rows;
+- `unit_rows_backward`: the gradient of `hardneg.losses.candidates.safe_normalize`.
+
+The values are the torch path's to float32 rounding (exp and log are polynomials within 2 ulp); the
+exactness tests run both paths against the literal float64 references.
 
 The C source is compiled once per machine and source by the C compiler (``$CC``, else ``cc``) into
 the user's cache directory (``$XDG_CACHE_HOME/hardneg/native``, else ``~/.cache/hardneg/native``),
 named by a hash of the source, the flags and the CPU (``-march=native`` code runs only on the CPU it
 was built for, so a home directory shared by machines of different CPUs keeps one library per CPU),
-and loaded with ctypes. Without a compiler, or with ``HARDNEG_NATIVE=0``, every strategy takes the
-blocked torch path: the same values, slower on CPU. CUDA tensors always take the blocked path.
+and loaded with ctypes; a file there that does not load is compiled again. Without a compiler, or
+with ``HARDNEG_NATIVE=0`` (`use_native`), the torch path runs: the same values, slower on CPU.
+Float64 and CUDA tensors always take the torch path (`takes`).
 """
 
 from __future__ import annotations

@@ -1,11 +1,14 @@
-/* The fused row pass of the kernel's weighted blocks (hardneg.losses.native): for each row of a
- * chunk's tile X = s/t, the candidate filters, one weighting and the softmax, with the row in a
- * core's L1 cache. Built by hardneg.losses.native with the machine's C compiler and loaded with
- * ctypes; the Python definitions it mirrors are named at each step.
+/* The native row pass (hardneg.losses.native): the kernel's elementwise runs between its products,
+ * each row of a chunk's tile X = s/t in turn with the row in a core's L1 cache — a fused strategy's
+ * filters, weighting and softmax (hn_weighted_softmax_rows), the general path's softmax and root
+ * tilt (hn_softmax_rows), the diagnostics' statistics (hn_row_stats), safe_normalize's gradient
+ * (hn_unit_rows_backward). Built by hardneg.losses.native with the machine's C compiler and loaded
+ * with ctypes; the Python definitions each pass mirrors are named at it.
  *
  * No -ffast-math: -inf marks a removed candidate and must survive every comparison. exp and log
- * are written here as branch-free polynomials so that the compiler vectorises the loops (the C
- * library's scalar expf/logf would not be); both are within 2 ulp of float32 rounding. */
+ * are written here as branch-free polynomials (AVX-512 intrinsics where the compiler targets it) so
+ * that the loops vectorise (the C library's scalar expf/logf would not); both are within 2 ulp of
+ * float32 rounding. */
 #include <math.h>
 #include <pthread.h>
 #include <stdint.h>
