@@ -876,10 +876,7 @@ def _native_softmaxes_(ch: _Chunk, sp: Tensor, free: bool, cntf: Tensor
     the torch path's placeholders. The dQ product of E comes without the column of ones (the pass
     has the row sums)."""
     S, spec = ch.S, ch.spec
-    self_col = None
-    if ch.self_rc is not None:
-        self_col = torch.full((ch.c,), -1, dtype=torch.long, device=S.device)
-        self_col[ch.self_rc[0]] = ch.self_rc[1]
+    self_col = None if ch.ix.self_index is None else ch.ix.self_index[ch.r0 : ch.r1]  # −1: none
     labels = ch.pcol is None
     fill = spec.negatives == "other_labels"
     then = None

@@ -78,6 +78,12 @@ def distance_weighted_log_weights(S: Tensor, dim: int, cutoff: float = 0.5, nonz
     return lw - torch.where(torch.isfinite(mx), mx, torch.zeros_like(mx))
 
 
+def _neg_log_q_coefficients(dim: int) -> tuple[float, float]:
+    """(p_u, p_v) of −log q(d) = p_u log u + p_v log(1 − u/4) with u = d² (Wu et al. 2017, n = dim):
+    −(n − 2)/2 and −(n − 3)/2."""
+    return -(dim - 2.0) / 2.0, -(dim - 3.0) / 2.0
+
+
 def _neg_log_q_(u: Tensor, dim: int, cutoff: float, nonzero_loss_cutoff: float) -> Tensor:
     """−log q(d) from u = d² = 2 − 2s (overwritten): ``(n−2) log d = ((n−2)/2) log u`` with u
     clipped below at cutoff², and −∞ where d ≥ nonzero_loss_cutoff, i.e. u ≥ nonzero_loss_cutoff²
@@ -86,7 +92,8 @@ def _neg_log_q_(u: Tensor, dim: int, cutoff: float, nonzero_loss_cutoff: float) 
     u.clamp_(min=cutoff * cutoff)
     lw = torch.log(u)
     u.mul_(-0.25).add_(1.0).clamp_(min=1e-8).log_()
-    lw.mul_(-(dim - 2.0) / 2.0).add_(u, alpha=-(dim - 3.0) / 2.0)
+    p_u, p_v = _neg_log_q_coefficients(dim)
+    lw.mul_(p_u).add_(u, alpha=p_v)
     return lw.masked_fill_(far, NEG_INF)
 
 
@@ -306,7 +313,7 @@ class SemiHard(Weighting):
         # the window as w = h − |X − c| > 0 (c its centre, h its half width: min(s_p − s, s − s_p +
         # margin) / t), in one step scratch tile (`StepContext.scratch`), which with X stays in a
         # core's L2 cache; then 0 inside / −1 outside (the row sums count the window), then 0 / −∞
-        h = self.margin / (2.0 * ctx.t)
+        h = self._half_width(ctx)
         a = torch.sub(X, (sp - h)[:, None], out=ctx.scratch(X)).abs_()
         torch.sub(h, a, out=a)
         F.threshold(a, 0.0, -1.0, inplace=True)
@@ -327,8 +334,12 @@ class SemiHard(Weighting):
         """`weigh_`'s window |X − c| < h with the same float32 centre and half width, and its
         fallback: the valid candidate nearest the window, h − |X − c| the largest."""
         check_nonneg(_opt("margin"), self.margin)
-        h = self.margin / (2.0 * ctx.t)
+        h = self._half_width(ctx)
         return RowRule(kind="window", centre=sp - h, half=h)
+
+    def _half_width(self, ctx: StepContext) -> float:
+        """h = margin / 2t: the window s_p − margin < s < s_p on X = s/t is |X − (X_p − h)| < h."""
+        return self.margin / (2.0 * ctx.t)
 
     def rows_done(self, n: int, fallback: int) -> None:
         self._rows += n
@@ -403,11 +414,12 @@ class DistanceWeighted(Weighting):
         # every u finite, and 1 − u/4 ≥ 1 − nonzero_loss_cutoff²/4, above the 1e-8 floor of its log
         # unless nonzero_loss_cutoff reaches 2 (antipodal candidates kept)
         u.clamp_(min=self.cutoff**2, max=hi)
-        lw = torch.log(u, out=lb).mul_(-(n - 2.0) / 2.0)
+        p_u, p_v = _neg_log_q_coefficients(n)
+        lw = torch.log(u, out=lb).mul_(p_u)
         v = torch.sub(1.0, u, alpha=0.25, out=u)  # 1 − d²/4 in one pass, over u
         if hi > 4.0 * (1.0 - 1e-8):
             v.clamp_(min=1e-8)
-        lw.add_(v.log_(), alpha=-(n - 3.0) / 2.0).add_(far)
+        lw.add_(v.log_(), alpha=p_v).add_(far)
         fallback = torch.zeros_like(cnt, dtype=torch.bool)
         if int(cnt.min()) == 0:  # one host read per block, rows to fix only where it finds one
             e = torch.nonzero(cnt == 0).flatten()
@@ -428,7 +440,7 @@ class DistanceWeighted(Weighting):
         """`weigh_`'s u = 2 − 2tX, far rule u < nonzero_loss_cutoff², clip and −log q(d), and its
         fallback: a row whose every valid candidate is far keeps them, unweighted."""
         n = self.dim or ctx.q.shape[1]
-        return RowRule(kind="distance", distance=(2.0 * ctx.t, -(n - 2.0) / 2.0, -(n - 3.0) / 2.0,
+        return RowRule(kind="distance", distance=(2.0 * ctx.t, *_neg_log_q_coefficients(n),
                                                   self.cutoff**2, self.nonzero_loss_cutoff**2))
 
 
