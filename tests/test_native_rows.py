@@ -79,18 +79,18 @@ def _literal_rows(X, lo, hi, kind, centre, half, dist, inactive, free):
             continue
         lse = float(torch.logsumexp(v, 0))
         lse_b.append(lse)
-        if weighted:  # left unnormalised: e^{v − max v}, the normalising factor apart
-            out[r] = torch.exp(v - v.max())
-            scale.append(math.exp(float(v.max()) - lse))
+        if weighted:  # left unnormalised, its normalising factor in scale: their product here
+            out[r] = torch.exp(v - lse)
+            scale.append(1.0)
             continue
         out[r] = torch.exp(v) if free else torch.exp(v - lse)
         scale.append(math.exp(-lse) if free else 1.0)
     return out, cnt, lse_b, lse_a, scale, fallback, after
 
 
-@pytest.mark.parametrize("kind,free", [("none", True), ("none", False), ("window", True), ("window", False),
-                                       ("distance", False)])
-def test_the_row_pass_matches_a_literal_float64_softmax(kind, free):
+@pytest.mark.parametrize("kind,free,dim", [("none", True, 0), ("none", False, 0), ("window", True, 0),
+                                           ("window", False, 0), ("distance", False, 10), ("distance", False, 128)])
+def test_the_row_pass_matches_a_literal_float64_softmax(kind, free, dim):
     g = torch.Generator().manual_seed(3)
     c, m = 13, 75  # 75 = 4 vectors of 16 lanes and a tail of 11
     X = (torch.rand(c, m, generator=g) * 2 - 1) / 0.5  # s / t with t = 0.5
@@ -102,7 +102,7 @@ def test_the_row_pass_matches_a_literal_float64_softmax(kind, free):
     centre = torch.rand(c, generator=g) * 2 - 1
     centre[5] = 10.0  # an empty window: the valid candidate nearest it
     half = 0.4
-    dist = (1.0, -4.0, -3.5, 0.25, 1.96)
+    dist = (1.0, -(dim - 2) / 2, -(dim - 3) / 2, 0.25, 1.96)  # Wu et al.'s q(d) in dim dimensions
     if kind == "distance":
         X[6, torch.isfinite(X[6])] = -1.5  # every candidate far (u = 3.5 > 1.96): kept, unweighted
     inactive = torch.zeros(c, dtype=torch.bool)
@@ -119,15 +119,29 @@ def test_the_row_pass_matches_a_literal_float64_softmax(kind, free):
     assert res.cnt.tolist() == cnt
     assert res.fallback.tolist() == fallback
     assert [r for r in range(c) if fallback[r]] == ([] if kind == "none" else [2, 4, 5] if kind == "window" else [6])
-    torch.testing.assert_close(Y.double(), ref, rtol=2e-6, atol=1e-30)
-    torch.testing.assert_close(res.lse_b.double(), torch.tensor(lse_b).double(), rtol=1e-6, atol=1e-6)
-    torch.testing.assert_close(res.lse_a.double(), torch.tensor(lse_a).double(), rtol=1e-6, atol=1e-6)
+    got_scale = res.scale
+    if kind == "distance":  # the rows the weighting kept are left unnormalised, what normalises them in scale
+        weighted = torch.tensor([not fallback[r] and cnt[r] > 0 and not inactive[r] for r in range(c)])
+        assert bool((Y[weighted].amax(1) <= 2.0).all()) and bool((res.scale[weighted] > 0).all())
+        Y[weighted] *= res.scale[weighted, None]
+        got_scale = torch.where(weighted, 1.0, res.scale)
+    # in 128 dimensions the exponents X + a reach 90, where float32's spacing is 7.6e-6
+    rtol, atol = (2e-6, 1e-6) if dim < 100 else (3e-5, 2e-5)
+    torch.testing.assert_close(Y.double(), ref, rtol=rtol, atol=1e-30)
+    torch.testing.assert_close(res.lse_b.double(), torch.tensor(lse_b).double(), rtol=1e-6, atol=atol)
+    torch.testing.assert_close(res.lse_a.double(), torch.tensor(lse_a).double(), rtol=1e-6, atol=atol)
     if free or kind == "distance":
-        torch.testing.assert_close(res.scale.double(), torch.tensor(scale).double(), rtol=1e-6, atol=0)
+        torch.testing.assert_close(got_scale.double(), torch.tensor(scale).double(), rtol=1e-6, atol=0)
     else:
         assert res.scale is None
     for s_, r in enumerate([1, 5, 9]):  # the sampled rows after the rule, before the softmax
-        torch.testing.assert_close(rec[s_].double(), after[r], rtol=1e-6, atol=1e-6)
+        torch.testing.assert_close(rec[s_].double(), after[r], rtol=1e-6, atol=atol)
+
+
+def test_the_distance_rule_takes_only_the_exponents_of_q_d():
+    rule = native.RowRule(kind="distance", distance=(1.0, -4.0, -4.0, 0.25, 1.96))  # p_u = p_v: not q(d)
+    with pytest.raises(ValueError, match="p_u = p_v - 1/2"):
+        native.weighted_softmax_rows_(torch.zeros(2, 16), rule, None, False)
 
 
 def test_the_switch_turns_the_pass_off_here_and_for_a_process():

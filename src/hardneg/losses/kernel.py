@@ -964,36 +964,39 @@ def _grad_weights(ch: _Chunk, npos: Tensor | None, pv: Tensor | None, derivs: tu
 def _products_(ch: _Chunk, gamma: Tensor, delta: Tensor) -> None:
     """dQ[r0:r1] and the chunk's share of dK from the tile D (``ch.S``) and the per-row γ and δ
     (label positives: δ per positive, at ``ch.same_cols``; otherwise one positive per anchor, at
-    ``ch.pcol``). ``ch.EK``: the product D [k | 1] made already (`_softmaxes_`), one positive per anchor."""
+    ``ch.pcol``). ``ch.EK``: the product D [k | 1] made already (`_softmaxes_`), one positive per anchor.
+
+    γ scales the (c × d) operands rather than the tile, and the positives' δ enters the tile as δ/γ
+    at their columns (0 there: the candidate rule removed them), so that the two products carry the
+    positives' terms too. A row with γ = 0 and δ ≠ 0 (a clamped debiased estimator) needs the tile
+    scaled instead."""
     D, k, qs, spec, r0, r1 = ch.S, ch.k, ch.qs, ch.spec, ch.r0, ch.r1
     dq, dk = ch.grads()
-    if spec.positives == "labels":
-        same_cols = ch.same_cols
-        assert same_cols is not None  # built by _mask_rule for label positives
-        # γ scales the (c × d) operands rather than the tile; the positives' δ enters the tile as
-        # δ/γ. A row with γ = 0 and δ ≠ 0 (a clamped debiased estimator) needs the tile scaled.
-        zero = gamma == 0
-        if bool((zero[:, None] & (delta != 0)).any()):
+    if ch.same_cols is not None and spec.positives == "labels":
+        cols, per_col = ch.same_cols, delta
+    else:
+        assert ch.pcol is not None  # built by _mask_rule for positives="view"
+        cols, per_col = ch.pcol[:, None], delta[:, None]
+    if ch.EK is not None:  # the dQ product made already: the positive's term goes straight to its two rows
+        torch.mul(ch.EK[:, : k.shape[1]], (gamma / spec.t)[:, None], out=dq[r0:r1])
+        dq[r0:r1].add_(k[ch.pcol] * (delta / spec.t)[:, None])
+        dk.addmm_(D.T, qs * gamma[:, None])
+        dk.index_add_(0, ch.pcol, qs * delta[:, None])
+        return
+    zero = gamma == 0
+    if bool(zero.any()):
+        if bool((zero[:, None] & (per_col != 0)).any()):
             D.mul_(gamma[:, None])
-            D.scatter_add_(1, same_cols, delta)
+            D.scatter_add_(1, cols, per_col)
             torch.mm(D, k, out=dq[r0:r1]).mul_(1.0 / spec.t)
             dk.addmm_(D.T, qs)
             return
-        D.scatter_add_(1, same_cols, delta / torch.where(zero, torch.ones_like(gamma), gamma)[:, None])
-        torch.mm(D, k, out=dq[r0:r1]).mul_((gamma / spec.t)[:, None])
-        dk.addmm_(D.T, qs * gamma[:, None])
-        return
-    # one positive per anchor: γ scales the (c × d) operands instead of the (c × m) tile, and the
-    # positive's term δ goes straight to its two rows
-    pcol = ch.pcol
-    assert pcol is not None  # built by _mask_rule for positives="view"
-    if ch.EK is not None:
-        torch.mul(ch.EK[:, : k.shape[1]], (gamma / spec.t)[:, None], out=dq[r0:r1])
+        gamma_div = torch.where(zero, torch.ones_like(gamma), gamma)
     else:
-        torch.mm(D, k, out=dq[r0:r1]).mul_((gamma / spec.t)[:, None])
-    dq[r0:r1].add_(k[pcol] * (delta / spec.t)[:, None])
+        gamma_div = gamma
+    D.scatter_add_(1, cols, per_col / gamma_div[:, None])
+    torch.mm(D, k, out=dq[r0:r1]).mul_((gamma / spec.t)[:, None])
     dk.addmm_(D.T, qs * gamma[:, None])
-    dk.index_add_(0, pcol, qs * delta[:, None])
 
 
 def _sparse_products_(ch: _Chunk, kept: Kept, gamma: Tensor, delta: Tensor) -> None:

@@ -101,7 +101,7 @@ def _load(path: Path) -> ctypes.CDLL | None:
         lib = ctypes.CDLL(str(path))
         P, I64, F32, INT = ctypes.c_void_p, ctypes.c_int64, ctypes.c_float, ctypes.c_int
         signatures = {
-            "hn_weighted_softmax_rows": [P, I64, I64, I64, P, P, INT, P, F32, F32, F32, F32, F32, F32, P, INT,
+            "hn_weighted_softmax_rows": [P, I64, I64, I64, P, P, INT, P, F32, F32, F32, F32, F32, P, INT,
                                          P, P, P, P, P, P, P, I64, P, INT],
             "hn_row_stats": [P, I64, P, I64, I64, I64, INT, F32, F32, F32, I64, P, P, P, P, P, P, P, P, INT],
             "hn_unit_rows_backward": [P, P, P, P, I64, I64, INT],
@@ -174,10 +174,10 @@ class RowRule:
     form of the C pass: candidates with ``lo_i ≤ X_ij ≤ hi_i`` (similarity filters, per row, None:
     unbounded), then one of ``kind`` "none", "window" (semi-hard: |X_ij − centre_i| < half,
     `hardneg.negatives.weighting.SemiHard.weigh_`) or "distance" (Wu et al. 2017: u = 2 − two_t X
-    < u_hi, a = p_u log clamp(u, u_lo, u_hi) + p_v log max(1 − u/4, 10⁻⁸),
-    `hardneg.negatives.weighting.DistanceWeighted.weigh_`). A row whose window or distance rule
-    keeps no candidate takes the weighting's fallback as ``weigh_`` does: the valid candidate
-    nearest the window, or every valid candidate unweighted."""
+    < u_hi, a = p_u log clamp(u, u_lo, u_hi) + p_v log max(1 − u/4, 10⁻⁸) with p_u = p_v − ½ as
+    q(d) has it in every dimension, `hardneg.negatives.weighting.DistanceWeighted.weigh_`). A row
+    whose window or distance rule keeps no candidate takes the weighting's fallback as ``weigh_``
+    does: the valid candidate nearest the window, or every valid candidate unweighted."""
 
     lo: Tensor | None = None
     hi: Tensor | None = None
@@ -270,8 +270,9 @@ def weighted_softmax_rows_(X: Tensor, rule: RowRule, inactive: Tensor | None, fr
                            rec_slot: Tensor | None = None, rec_out: Tensor | None = None) -> RowsResult:
     """The rule and the softmax on every row of X (c × m, float32, CPU, rows contiguous) in place:
     X ← e^{X + a} (``free``: shift-free and unnormalised, 1/Σ in ``scale``; only without
-    log-weights), softmax(X + a) (``scale`` None), or, with distance weighting, e^{X + a − max}
-    unnormalised with 1/Σ in ``scale``. ``inactive`` (c,) bool: rows made placeholders. ``rec_slot``
+    log-weights), softmax(X + a) (``scale`` None), or, with distance weighting, e^{X + a} times a
+    factor of the row's (its largest entry at most 2) with what normalises it in ``scale``.
+    ``inactive`` (c,) bool: rows made placeholders. ``rec_slot``
     (c,) int32, ≥ 0 for rows whose values after the rule (X + a, −∞ where removed) are copied to
     that row of ``rec_out`` (the diagnostics' sampled rows)."""
     lib = _checked_lib(X)
@@ -280,7 +281,10 @@ def weighted_softmax_rows_(X: Tensor, rule: RowRule, inactive: Tensor | None, fr
     free = bool(free) and kind != 2
     lo, hi = _rowvec(rule.lo, c), _rowvec(rule.hi, c)
     centre = _rowvec(rule.centre, c) if kind == 1 else None
-    two_t, p_u, p_v, u_lo, u_hi = rule.distance if kind == 2 and rule.distance is not None else (0.0,) * 5
+    no_rule = (0.0, -0.5, 0.0, 0.0, 0.0)
+    two_t, p_u, p_v, u_lo, u_hi = rule.distance if kind == 2 and rule.distance is not None else no_rule
+    if p_u != p_v - 0.5:  # the pass takes e^a as e^{p_v log(u q)} / √u (native_rows.c, distance_row)
+        raise ValueError(f"the distance rule's exponents need p_u = p_v - 1/2 (Wu et al.'s q(d)), got {p_u}, {p_v}")
     cnt = torch.empty(c, dtype=torch.int64)
     lse_b, lse_a = X.new_empty(c), X.new_empty(c)
     scale = X.new_empty(c) if free or kind == 2 else None  # distance weighting: rows left unnormalised
@@ -292,7 +296,7 @@ def weighted_softmax_rows_(X: Tensor, rule: RowRule, inactive: Tensor | None, fr
     if rec_out is not None and (rec_out.dtype != torch.float32 or rec_out.stride(1) != 1 or rec_out.shape[1] != m):
         raise ValueError("rec_out must be float32 with contiguous rows of the tile's width")
     lib.hn_weighted_softmax_rows(
-        X.data_ptr(), c, m, X.stride(0), _ptr(lo), _ptr(hi), kind, _ptr(centre), rule.half, two_t, p_u, p_v, u_lo,
+        X.data_ptr(), c, m, X.stride(0), _ptr(lo), _ptr(hi), kind, _ptr(centre), rule.half, two_t, p_v, u_lo,
         u_hi, _ptr(ina), int(free), cnt.data_ptr(), lse_b.data_ptr(), lse_a.data_ptr(), _ptr(scale),
         fallback.data_ptr(), _ptr(slot), _ptr(rec_out), 0 if rec_out is None else rec_out.stride(0), _ptr(scratch),
         threads)

@@ -193,7 +193,7 @@ typedef struct {
   int kind;               /* 0 none, 1 window, 2 distance */
   const float *centre;    /* kind 1: keep |x - centre_r| < half */
   float half;
-  float two_t, p_u, p_v, u_lo, u_hi; /* kind 2: u = 2 - 2 t x, keep u < u_hi */
+  float two_t, p_v, u_lo, u_hi; /* kind 2: u = 2 - 2 t x, keep u < u_hi; p_u = p_v - 1/2 */
   const uint8_t *inactive;
   int free_exp;
   int64_t *cnt;
@@ -265,36 +265,52 @@ static void zero_row(const job_t *j, float *x, int64_t r) {
   if (j->free_exp) j->scale[r] = 1.0f / (float)m;
 }
 
-/* Wu et al. 2017, a = -log q(d) = p_u log u + p_v log(1 - u/4) with u = d^2 = 2 - 2 t x clamped to
- * [u_lo, u_hi] (weighting.DistanceWeighted.weigh_): w <- a, x <- x + a on kept entries, -inf
- * elsewhere; then x <- e^{x - max} with scale_r = 1 / sum (the factor that normalises the row,
- * applied to the products' operands) and lse_a = log sum_j e^{a_j} over the kept entries. */
-static void distance_row(const job_t *j, float *x, float *w, int64_t r, float lo, float hi, float *rec) {
+/* 1/sqrt(u) for u > 0 normal, to float32 rounding (rsqrt14 and a Newton step on AVX-512). */
+static inline __attribute__((always_inline)) float hn_rsqrt(float u) { return 1.0f / sqrtf(u); }
+#if defined(__AVX512F__)
+static inline __m512 v_rsqrt(__m512 u) {
+  const __m512 y = _mm512_rsqrt14_ps(u);
+  const __m512 uy2 = _mm512_mul_ps(_mm512_mul_ps(u, y), y);
+  return _mm512_mul_ps(_mm512_mul_ps(_mm512_set1_ps(0.5f), y), _mm512_sub_ps(_mm512_set1_ps(3.0f), uy2));
+}
+#endif
+
+/* Wu et al. 2017, a = -log q(d) = p_u log u + p_v log q with u = d^2 = 2 - 2 t x clamped to
+ * [u_lo, u_hi] and q = 1 - u/4 (weighting.DistanceWeighted.weigh_). For every dimension n,
+ * p_u = p_v - 1/2 (-(n - 2)/2 and -(n - 3)/2), so a = b - (1/2) log u with b = p_v log(u q):
+ * one log per entry, and e^a = e^b / sqrt(u), whose factor 1/sqrt(u) is in [u_hi^-1/2, u_lo^-1/2].
+ * First pass: b on the kept entries (-inf elsewhere) into w, the count, and the largest b and
+ * x + b, x left as it is (a row without a kept entry takes the fallback on it). Second pass:
+ * x <- e^{x + b - max(x + b)} / sqrt(u) with scale_r = 1 / sum (the factor that normalises the
+ * row, applied to the products' operands) and lse_a = log sum_j e^{a_j} over the kept entries.
+ * The sampled rows' record is x + a itself (-inf where removed). Returns the count. */
+static int64_t distance_row(const job_t *j, float *x, float *w, int64_t r, float lo, float hi, float *rec) {
   const int64_t m = j->m;
-  const float two_t = j->two_t, p_u = j->p_u, p_v = j->p_v, u_lo = j->u_lo, u_hi = j->u_hi;
+  const float two_t = j->two_t, p_v = j->p_v, u_lo = j->u_lo, u_hi = j->u_hi;
   float mvl[LANES], mal[LANES];
+  int32_t nl[LANES] = {0};
   for (int l = 0; l < LANES; l++) mvl[l] = mal[l] = -INFINITY;
+#define DISTANCE_U(V) (fminf(fmaxf(2.0f - two_t * (V), u_lo), u_hi))
 #define DISTANCE_ONE(I, L)                                      \
   do {                                                          \
-    float v = x[I];                                             \
-    int k = keep_of(v, lo, hi, 0.0f, INFINITY, two_t, u_hi);    \
-    float u = 2.0f - two_t * v;                                 \
-    u = u < u_lo ? u_lo : (u > u_hi ? u_hi : u);                \
+    const float v = x[I];                                       \
+    const int k = keep_of(v, lo, hi, 0.0f, INFINITY, two_t, u_hi); \
+    const float u = DISTANCE_U(v);                              \
     float q = 1.0f - 0.25f * u;                                 \
     q = q < 1e-8f ? 1e-8f : q;                                  \
-    float a = p_u * hn_log(u) + p_v * hn_log(q);                \
-    a = k ? a : -INFINITY;                                      \
-    v = k ? v + a : -INFINITY;                                  \
-    w[I] = a;                                                   \
-    x[I] = v;                                                   \
-    mvl[L] = v > mvl[L] ? v : mvl[L];                           \
-    mal[L] = a > mal[L] ? a : mal[L];                           \
+    const float b = k ? p_v * hn_log(u * q) : -INFINITY;        \
+    const float vb = k ? v + b : -INFINITY;                     \
+    w[I] = b;                                                   \
+    nl[L] += k;                                                 \
+    mvl[L] = vb > mvl[L] ? vb : mvl[L];                         \
+    mal[L] = b > mal[L] ? b : mal[L];                           \
   } while (0)
-  int64_t i0 = 0;
+  int64_t i0 = 0, n = 0;
   float mv = -INFINITY, ma = -INFINITY;
 #if defined(__AVX512F__)
   {
     __m512 vmv = _mm512_set1_ps(-INFINITY), vma = vmv;
+    const __m512 ninf = vmv;
     for (; i0 + 16 <= m; i0 += 16) {
       const __m512 v = _mm512_loadu_ps(x + i0);
       const __m512 u0 = _mm512_fnmadd_ps(_mm512_set1_ps(two_t), v, _mm512_set1_ps(2.0f));
@@ -303,14 +319,11 @@ static void distance_row(const job_t *j, float *x, float *w, int64_t r, float lo
       const __m512 u = _mm512_min_ps(_mm512_max_ps(u0, _mm512_set1_ps(u_lo)), _mm512_set1_ps(u_hi));
       const __m512 q = _mm512_max_ps(_mm512_fnmadd_ps(_mm512_set1_ps(0.25f), u, _mm512_set1_ps(1.0f)),
                                      _mm512_set1_ps(1e-8f));
-      __m512 a = _mm512_fmadd_ps(_mm512_set1_ps(p_u), v_log(u), _mm512_mul_ps(_mm512_set1_ps(p_v), v_log(q)));
-      const __m512 ninf = _mm512_set1_ps(-INFINITY);
-      a = _mm512_mask_mov_ps(ninf, k, a);
-      const __m512 vv = _mm512_mask_add_ps(ninf, k, v, a);
-      _mm512_storeu_ps(w + i0, a);
-      _mm512_storeu_ps(x + i0, vv);
-      vmv = _mm512_max_ps(vmv, vv);
-      vma = _mm512_max_ps(vma, a);
+      const __m512 b = _mm512_mask_mul_ps(ninf, k, _mm512_set1_ps(p_v), v_log(_mm512_mul_ps(u, q)));
+      _mm512_storeu_ps(w + i0, b);
+      n += __builtin_popcount((unsigned)k);
+      vmv = _mm512_max_ps(vmv, _mm512_mask_add_ps(ninf, k, v, b));
+      vma = _mm512_max_ps(vma, b);
     }
     mv = _mm512_reduce_max_ps(vmv);
     ma = _mm512_reduce_max_ps(vma);
@@ -319,10 +332,20 @@ static void distance_row(const job_t *j, float *x, float *w, int64_t r, float lo
   LANE_LOOP(i0, m, DISTANCE_ONE);
 #undef DISTANCE_ONE
   for (int l = 0; l < LANES; l++) {
+    n += nl[l];
     mv = mvl[l] > mv ? mvl[l] : mv;
     ma = mal[l] > ma ? mal[l] : ma;
   }
-  if (rec) memcpy(rec, x, sizeof(float) * (size_t)m);
+  if (n == 0) return 0;
+  if (rec) {
+#define DISTANCE_REC(I, L)                                                              \
+  do {                                                                                  \
+    const float u = DISTANCE_U(x[I]);                                                   \
+    rec[I] = w[I] > -INFINITY ? x[I] + w[I] - 0.5f * hn_log(u) : -INFINITY;             \
+  } while (0)
+    LANE_LOOP(0, m, DISTANCE_REC);
+#undef DISTANCE_REC
+  }
   float sl[LANES] = {0}, al[LANES] = {0};
   float s = 0.0f, sa = 0.0f;
   i0 = 0;
@@ -330,10 +353,14 @@ static void distance_row(const job_t *j, float *x, float *w, int64_t r, float lo
   {
     __m512 vs = _mm512_setzero_ps(), vsa = vs;
     for (; i0 + 16 <= m; i0 += 16) {
-      const __m512 v = _mm512_loadu_ps(x + i0), a = _mm512_loadu_ps(w + i0);
-      const __mmask16 k = _mm512_cmp_ps_mask(v, _mm512_set1_ps(-INFINITY), _CMP_GT_OQ);
-      const __m512 e = _mm512_maskz_mov_ps(k, v_exp(_mm512_sub_ps(v, _mm512_set1_ps(mv))));
-      const __m512 ea = _mm512_maskz_mov_ps(k, v_exp(_mm512_sub_ps(a, _mm512_set1_ps(ma))));
+      const __m512 v = _mm512_loadu_ps(x + i0), b = _mm512_loadu_ps(w + i0);
+      const __mmask16 k = _mm512_cmp_ps_mask(b, _mm512_set1_ps(-INFINITY), _CMP_GT_OQ);
+      const __m512 u = _mm512_min_ps(
+          _mm512_max_ps(_mm512_fnmadd_ps(_mm512_set1_ps(two_t), v, _mm512_set1_ps(2.0f)), _mm512_set1_ps(u_lo)),
+          _mm512_set1_ps(u_hi));
+      const __m512 ru = v_rsqrt(u);
+      const __m512 e = _mm512_maskz_mul_ps(k, v_exp(_mm512_sub_ps(_mm512_add_ps(v, b), _mm512_set1_ps(mv))), ru);
+      const __m512 ea = _mm512_maskz_mul_ps(k, v_exp(_mm512_sub_ps(b, _mm512_set1_ps(ma))), ru);
       _mm512_storeu_ps(x + i0, e);
       vs = _mm512_add_ps(vs, e);
       vsa = _mm512_add_ps(vsa, ea);
@@ -342,20 +369,22 @@ static void distance_row(const job_t *j, float *x, float *w, int64_t r, float lo
     sa = _mm512_reduce_add_ps(vsa);
   }
 #endif
-#define DISTANCE_EXP(I, L)                      \
-  do {                                          \
-    float v = x[I], a = w[I];                   \
-    int k = v > -INFINITY;                      \
-    float e = hn_exp(k ? v - mv : 0.0f);        \
-    float ea = hn_exp(k ? a - ma : 0.0f);       \
-    e = k ? e : 0.0f;                           \
-    ea = k ? ea : 0.0f;                         \
-    sl[L] += e;                                 \
-    al[L] += ea;                                \
-    x[I] = e;                                   \
+#define DISTANCE_EXP(I, L)                                  \
+  do {                                                      \
+    const float v = x[I], b = w[I];                         \
+    const int k = b > -INFINITY;                            \
+    const float ru = hn_rsqrt(DISTANCE_U(v));               \
+    float e = hn_exp(k ? v + b - mv : 0.0f) * ru;           \
+    float ea = hn_exp(k ? b - ma : 0.0f) * ru;              \
+    e = k ? e : 0.0f;                                       \
+    ea = k ? ea : 0.0f;                                     \
+    sl[L] += e;                                             \
+    al[L] += ea;                                            \
+    x[I] = e;                                               \
   } while (0)
   LANE_LOOP(i0, m, DISTANCE_EXP);
 #undef DISTANCE_EXP
+#undef DISTANCE_U
   for (int l = 0; l < LANES; l++) {
     s += sl[l];
     sa += al[l];
@@ -364,10 +393,11 @@ static void distance_row(const job_t *j, float *x, float *w, int64_t r, float lo
   if (j->inactive && j->inactive[r]) {
     zero_row(j, x, r);
     j->scale[r] = 1.0f;
-    return;
+    return n;
   }
-  j->scale[r] = 1.0f / s; /* the row stays e^{x + a - max}: its factor goes with the products' operands */
+  j->scale[r] = 1.0f / s; /* the row stays unnormalised: its factor goes with the products' operands */
   j->lse_b[r] = mv + logf(s);
+  return n;
 }
 
 /* Filters and the semi-hard window: the kept entries gain 0 (lse_a = log n); x <- e^x (shift-free,
@@ -432,6 +462,21 @@ static int64_t fallback_row(const job_t *j, float *x, float lo, float hi, float 
   return at < 0 ? 0 : 1;
 }
 
+/* A row whose rule keeps no candidate (n == 0): the weighting's fallback (fallback_row), then the
+ * selection's softmax of what it kept. */
+static void fallback_of(const job_t *j, float *x, int64_t r, float lo, float hi, float c, float h, float *rec) {
+  const int64_t n = fallback_row(j, x, lo, hi, c, h);
+  /* what is left is a selection of the valid entries: a = 0 on them */
+  j->cnt[r] = n;
+  j->fallback[r] = 1;
+  selection_row(j, x, r, n, lo, hi, 0.0f, INFINITY, rec);
+  if (j->kind == 2) {
+    j->fallback[r] = n > 0; /* a row without any valid candidate is no fallback, only empty */
+    if (n == 0) j->lse_a[r] = 0.0f;
+    j->scale[r] = 1.0f;
+  }
+}
+
 static void *run_rows(void *arg) {
   const job_t *j = arg;
   const fp_mode_t mode = flush_subnormals();
@@ -443,32 +488,27 @@ static void *run_rows(void *arg) {
     float *x = j->X + r * j->ld;
     const float lo = j->lo ? j->lo[r] : -INFINITY, hi = j->hi ? j->hi[r] : INFINITY;
     const float c = kind == 1 ? j->centre[r] : 0.0f;
+    float *rec = j->rec_slot && j->rec_slot[r] >= 0 ? j->rec_out + (int64_t)j->rec_slot[r] * j->rec_ld : NULL;
+    if (kind == 2) { /* its first pass counts */
+      const int64_t n = distance_row(j, x, j->scratch, r, lo, hi, rec);
+      j->cnt[r] = n;
+      j->fallback[r] = 0;
+      if (n == 0) fallback_of(j, x, r, lo, hi, c, h, rec);
+      continue;
+    }
     int32_t nl[LANES] = {0};
 #define COUNT_ONE(I, L) (nl[L] += keep_of(x[I], lo, hi, c, h, two_t, u_hi))
     LANE_LOOP(0, m, COUNT_ONE);
 #undef COUNT_ONE
     int64_t n = 0;
     for (int l = 0; l < LANES; l++) n += nl[l];
-    float *rec = j->rec_slot && j->rec_slot[r] >= 0 ? j->rec_out + (int64_t)j->rec_slot[r] * j->rec_ld : NULL;
-    j->fallback[r] = n == 0 && kind != 0;
-    if (j->fallback[r]) {
-      n = fallback_row(j, x, lo, hi, c, h);
-      /* what is left is a selection of the valid entries: a = 0 on them */
-      j->cnt[r] = n;
-      selection_row(j, x, r, n, lo, hi, 0.0f, INFINITY, rec);
-      if (kind == 2) {
-        j->fallback[r] = n > 0; /* a row without any valid candidate is no fallback, only empty */
-        if (n == 0) j->lse_a[r] = 0.0f;
-        j->scale[r] = 1.0f;
-      }
+    if (n == 0 && kind != 0) {
+      fallback_of(j, x, r, lo, hi, c, h, rec);
       continue;
     }
     j->cnt[r] = n;
-    if (kind == 2) {
-      distance_row(j, x, j->scratch, r, lo, hi, rec);
-    } else {
-      selection_row(j, x, r, n, lo, hi, c, h, rec);
-    }
+    j->fallback[r] = 0;
+    selection_row(j, x, r, n, lo, hi, c, h, rec);
   }
   restore_fp_mode(mode);
   return NULL;
@@ -715,7 +755,7 @@ void hn_unit_rows_backward(const float *y, const float *g, const float *norms, f
 /* The whole pass over rows [0, rows) of X, in `threads` contiguous ranges of rows
  * (PARALLEL_RANGES); `scratch` holds `threads` rows of m floats (distance weighting). */
 void hn_weighted_softmax_rows(float *X, int64_t rows, int64_t m, int64_t ld, const float *lo, const float *hi, int kind,
-                              const float *centre, float half, float two_t, float p_u, float p_v, float u_lo,
+                              const float *centre, float half, float two_t, float p_v, float u_lo,
                               float u_hi, const uint8_t *inactive, int free_exp, int64_t *cnt, float *lse_b,
                               float *lse_a, float *scale, uint8_t *fallback, const int32_t *rec_slot, float *rec_out,
                               int64_t rec_ld, float *scratch, int threads) {
@@ -725,7 +765,7 @@ void hn_weighted_softmax_rows(float *X, int64_t rows, int64_t m, int64_t ld, con
   if (threads < 1) threads = 1;
   if (threads > MAX_THREADS) threads = MAX_THREADS;
   for (int t = 0; t < threads; t++)
-    jobs[t] = (job_t){X, m, ld, lo, hi, kind, centre, half, two_t, p_u, p_v, u_lo, u_hi, inactive, free_exp,
+    jobs[t] = (job_t){X, m, ld, lo, hi, kind, centre, half, two_t, p_v, u_lo, u_hi, inactive, free_exp,
                       cnt, lse_b, lse_a, scale, fallback, scratch ? scratch + (int64_t)t * m : NULL, rec_slot,
                       rec_out, rec_ld, rows * t / threads, rows * (t + 1) / threads};
   PARALLEL_RANGES(run_rows, jobs, threads);
