@@ -100,6 +100,25 @@ static inline __m512 v_exp(__m512 x) {
   return _mm512_scalef_ps(p, k);
 }
 
+/* 2^x on 16 lanes (Cephes exp2f: x = k + r, |r| <= 1/2, 2^r by a degree-6 polynomial, times 2^k
+ * by scalef; within 2 ulp of float32 rounding), for a caller whose exponent comes from an fma that
+ * takes log2 e as well: three operations fewer than v_exp. e^x as 2^{x log2 e} loses |x| 2^-24 of
+ * relative precision to the product's rounding, which only entries far below their row's largest
+ * (|x| large after the shift) see. */
+static inline __m512 v_exp2(__m512 x) {
+  x = _mm512_min_ps(_mm512_max_ps(x, _mm512_set1_ps(-149.0f)), _mm512_set1_ps(128.0f));
+  const __m512 k = _mm512_roundscale_ps(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  const __m512 r = _mm512_sub_ps(x, k);
+  __m512 p = _mm512_set1_ps(1.535336188319500e-4f);
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.339887440266574e-3f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(9.618437357674640e-3f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.550332471162809e-2f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(2.402264791363012e-1f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(6.931472028550421e-1f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
+  return _mm512_scalef_ps(p, k);
+}
+
 /* hn_log on 16 lanes (x > 0 normal): the exponent and mantissa by getexp / getmant. */
 static inline __m512 v_log(__m512 x) {
   __m512 e = _mm512_getexp_ps(x);
@@ -352,6 +371,8 @@ static int64_t distance_row(const job_t *j, float *x, float *w, int64_t r, float
 #if defined(__AVX512F__)
   {
     __m512 vs = _mm512_setzero_ps(), vsa = vs;
+    const __m512 l2e = _mm512_set1_ps(1.44269504088896341f);
+    const __m512 mv2 = _mm512_mul_ps(_mm512_set1_ps(mv), l2e), ma2 = _mm512_mul_ps(_mm512_set1_ps(ma), l2e);
     for (; i0 + 16 <= m; i0 += 16) {
       const __m512 v = _mm512_loadu_ps(x + i0), b = _mm512_loadu_ps(w + i0);
       const __mmask16 k = _mm512_cmp_ps_mask(b, _mm512_set1_ps(-INFINITY), _CMP_GT_OQ);
@@ -359,8 +380,9 @@ static int64_t distance_row(const job_t *j, float *x, float *w, int64_t r, float
           _mm512_max_ps(_mm512_fnmadd_ps(_mm512_set1_ps(two_t), v, _mm512_set1_ps(2.0f)), _mm512_set1_ps(u_lo)),
           _mm512_set1_ps(u_hi));
       const __m512 ru = v_rsqrt(u);
-      const __m512 e = _mm512_maskz_mul_ps(k, v_exp(_mm512_sub_ps(_mm512_add_ps(v, b), _mm512_set1_ps(mv))), ru);
-      const __m512 ea = _mm512_maskz_mul_ps(k, v_exp(_mm512_sub_ps(b, _mm512_set1_ps(ma))), ru);
+      /* base 2: log2 e goes into the fma that makes each exponent */
+      const __m512 e = _mm512_maskz_mul_ps(k, v_exp2(_mm512_fmsub_ps(_mm512_add_ps(v, b), l2e, mv2)), ru);
+      const __m512 ea = _mm512_maskz_mul_ps(k, v_exp2(_mm512_fmsub_ps(b, l2e, ma2)), ru);
       _mm512_storeu_ps(x + i0, e);
       vs = _mm512_add_ps(vs, e);
       vsa = _mm512_add_ps(vsa, ea);
@@ -642,28 +664,61 @@ static void *run_stats(void *arg) {
   const double to_bin = (double)bins / ((double)j->hi - (double)j->lo);
   for (int64_t r = j->r0; r < j->r1; r++) {
     const float *s = j->S + r * j->lds, *w = j->W + r * j->ldw;
-    int64_t n = 0, at = -1;
-    float best = -INFINITY, mx = -INFINITY;
+    const float bt = j->beta_over_t, lo = j->lo, hi = j->hi;
+    /* in lanes: the count, the sum (double), the first largest s and its column, the largest logit */
+    int32_t nl[LANES] = {0};
+    double sl[LANES] = {0};
+    float bl[LANES], ml[LANES];
+    int64_t al[LANES];
+    for (int l = 0; l < LANES; l++) {
+      bl[l] = ml[l] = -INFINITY;
+      al[l] = m;
+    }
+#define STATS_ONE(I, L)                                               \
+  do {                                                                \
+    const float x = s[I];                                             \
+    const int k = w[I] > -INFINITY;                                   \
+    nl[L] += k;                                                       \
+    sl[L] += k ? (double)x : 0.0;                                     \
+    const int better = k & ((x > bl[L]) | (al[L] == m));              \
+    bl[L] = better ? x : bl[L];                                       \
+    al[L] = better ? (I) : al[L];                                     \
+    const float lg = k ? w[I] + bt * x : -INFINITY;                   \
+    ml[L] = lg > ml[L] ? lg : ml[L];                                  \
+  } while (0)
+    LANE_LOOP(0, m, STATS_ONE);
+#undef STATS_ONE
+    int64_t n = 0, at = m;
     double sum = 0.0;
-    for (int64_t i = 0; i < m; i++) {
-      if (!(w[i] > -INFINITY)) continue;
-      const float x = s[i];
-      n++;
-      sum += x;
-      if (x > best || at < 0) {
-        best = x;
-        at = i;
+    float best = -INFINITY, mx = -INFINITY;
+    for (int l = 0; l < LANES; l++) {
+      n += nl[l];
+      sum += sl[l];
+      mx = ml[l] > mx ? ml[l] : mx;
+      if (al[l] < m && (at == m || bl[l] > best || (bl[l] == best && al[l] < at))) {
+        best = bl[l];
+        at = al[l];
       }
-      if (x >= j->lo && x <= j->hi) {
-        int64_t b = (int64_t)(((double)x - (double)j->lo) * to_bin);
-        j->hist[b < bins ? b : bins - 1]++;
-      }
-      const float logit = w[i] + j->beta_over_t * x;
-      mx = logit > mx ? logit : mx;
+    }
+    /* the histogram: bins in lanes, a block at a time, then the counts */
+    for (int64_t b0 = 0; b0 < m; b0 += 256) {
+      const int64_t b1 = b0 + 256 < m ? b0 + 256 : m;
+      int32_t bin[256];
+#define BIN_ONE(I, L)                                                                   \
+  do {                                                                                  \
+    const float x = s[I];                                                               \
+    const int ok = (w[I] > -INFINITY) & (x >= lo) & (x <= hi);                          \
+    const int32_t b = (int32_t)((ok ? (double)x - (double)lo : 0.0) * to_bin);          \
+    bin[(I) - b0] = ok ? (b < bins ? b : (int32_t)bins - 1) : -1;                        \
+  } while (0)
+      LANE_LOOP(b0, b1, BIN_ONE);
+#undef BIN_ONE
+      for (int64_t i = 0; i < b1 - b0; i++)
+        if (bin[i] >= 0) j->hist[bin[i]]++;
     }
     j->n_valid[r] = n;
     j->hard[r] = n ? best : -INFINITY;
-    j->hard_j[r] = at < 0 ? 0 : at;
+    j->hard_j[r] = at == m ? 0 : at;
     j->sum_s[r] = sum;
     if (j->uniform || n == 0) {
       j->lse[r] = n ? logf((float)n) : -INFINITY;
@@ -673,7 +728,6 @@ static void *run_stats(void *arg) {
     }
     /* float terms in lanes (each within 2 ulp, e <= 1 after the shift), summed in double */
     float zl[LANES] = {0}, zsl[LANES] = {0}, zzl[LANES] = {0};
-    const float bt = j->beta_over_t;
 #define STATS_EXP(I, L)                                \
   do {                                                 \
     const int k = w[I] > -INFINITY;                    \
