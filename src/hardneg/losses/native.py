@@ -330,14 +330,14 @@ def row_stats(S: Tensor, W: Tensor, uniform: bool, beta_over_t: float, lo: float
         raise ValueError(f"S and W must have the same shape, got {tuple(S.shape)} and {tuple(W.shape)}")
     c, m = S.shape
     threads = max(1, min(torch.get_num_threads(), c))
-    hist = torch.zeros(threads, bins, dtype=torch.int64)
+    hist = torch.zeros(threads, bins + 1, dtype=torch.int64)  # the last: entries outside the histogram
     n_valid, hard_j = torch.empty(c, dtype=torch.int64), torch.empty(c, dtype=torch.int64)
     hard, lse = S.new_empty(c), S.new_empty(c)
     f64 = [torch.empty(c, dtype=torch.float64) for _ in range(3)]
     lib.hn_row_stats(S.data_ptr(), S.stride(0), W.data_ptr(), W.stride(0), c, m, int(bool(uniform)), beta_over_t, lo,
                      hi, bins, hist.data_ptr(), n_valid.data_ptr(), hard.data_ptr(), hard_j.data_ptr(),
                      f64[0].data_ptr(), lse.data_ptr(), f64[1].data_ptr(), f64[2].data_ptr(), threads)
-    return RowStats(n_valid, hard, hard_j, f64[0], lse, f64[1], f64[2], hist.sum(0).double())
+    return RowStats(n_valid, hard, hard_j, f64[0], lse, f64[1], f64[2], hist[:, :bins].sum(0).double())
 
 
 def unit_rows_backward(y: Tensor, g: Tensor, norms: Tensor) -> Tensor:

@@ -357,12 +357,24 @@ static int64_t distance_row(const job_t *j, float *x, float *w, int64_t r, float
   }
   if (n == 0) return 0;
   if (rec) {
+    int64_t i = 0;
+#if defined(__AVX512F__)
+    for (; i + 16 <= m; i += 16) { /* the compiler leaves hn_log in this loop scalar */
+      const __m512 v = _mm512_loadu_ps(x + i), b = _mm512_loadu_ps(w + i);
+      const __m512 u = _mm512_min_ps(
+          _mm512_max_ps(_mm512_fnmadd_ps(_mm512_set1_ps(two_t), v, _mm512_set1_ps(2.0f)), _mm512_set1_ps(u_lo)),
+          _mm512_set1_ps(u_hi));
+      const __mmask16 k = _mm512_cmp_ps_mask(b, _mm512_set1_ps(-INFINITY), _CMP_GT_OQ);
+      const __m512 a = _mm512_fnmadd_ps(_mm512_set1_ps(0.5f), v_log(u), b);
+      _mm512_storeu_ps(rec + i, _mm512_mask_add_ps(_mm512_set1_ps(-INFINITY), k, v, a));
+    }
+#endif
 #define DISTANCE_REC(I, L)                                                              \
   do {                                                                                  \
     const float u = DISTANCE_U(x[I]);                                                   \
     rec[I] = w[I] > -INFINITY ? x[I] + w[I] - 0.5f * hn_log(u) : -INFINITY;             \
   } while (0)
-    LANE_LOOP(0, m, DISTANCE_REC);
+    LANE_LOOP(i, m, DISTANCE_REC);
 #undef DISTANCE_REC
   }
   float sl[LANES] = {0}, al[LANES] = {0};
@@ -589,10 +601,18 @@ static void *run_tilt(void *arg) {
     if (!j->free_exp) {
       float ml[LANES];
       for (int l = 0; l < LANES; l++) ml[l] = -INFINITY;
-#define ROW_MAX(I, L) (ml[L] = x[I] > ml[L] ? x[I] : ml[L])
-      LANE_LOOP(0, m, ROW_MAX);
-#undef ROW_MAX
+      int64_t i0 = 0;
       mx = -INFINITY;
+#if defined(__AVX512F__)
+      { /* the compiler leaves this reduction scalar */
+        __m512 vm = _mm512_set1_ps(-INFINITY);
+        for (; i0 + 16 <= m; i0 += 16) vm = _mm512_max_ps(vm, _mm512_loadu_ps(x + i0));
+        mx = _mm512_reduce_max_ps(vm);
+      }
+#endif
+#define ROW_MAX(I, L) (ml[L] = x[I] > ml[L] ? x[I] : ml[L])
+      LANE_LOOP(i0, m, ROW_MAX);
+#undef ROW_MAX
       for (int l = 0; l < LANES; l++) mx = ml[l] > mx ? ml[l] : mx;
     }
     float q;
@@ -644,9 +664,10 @@ void hn_softmax_rows(float *X, int64_t rows, int64_t m, int64_t ld, const uint8_
 /* The diagnostics' statistics of a few sampled rows (negatives.diagnostics.DiagnosticsAccumulator):
  * on each row, the valid entries are those with a finite log-weight w (w > -inf); their number,
  * the largest s and its column, the sum of s, a histogram of s over [lo, hi] in `bins` bins
- * (torch.histc's rule: the value hi in the last bin, values outside ignored; one histogram per
- * range of rows), and unless `uniform` the softmax of w + beta_over_t s over them: its log-sum-exp,
- * sum_j p_j s_j and sum_j p_j^2. */
+ * (torch.histc's rule: the value hi in the last bin, values outside ignored; one histogram of
+ * bins + 1 counts per range of rows, the last for the entries it does not count), and unless
+ * `uniform` the softmax of w + beta_over_t s over them: its log-sum-exp, sum_j p_j s_j and
+ * sum_j p_j^2. */
 typedef struct {
   const float *S, *W;
   int64_t m, lds, ldw, bins;
@@ -660,6 +681,7 @@ typedef struct {
 
 static void *run_stats(void *arg) {
   const stats_job_t *j = arg;
+  const fp_mode_t mode = flush_subnormals(); /* e^{w - max} of distance weights reach e^-87 */
   const int64_t m = j->m, bins = j->bins;
   const double to_bin = (double)bins / ((double)j->hi - (double)j->lo);
   for (int64_t r = j->r0; r < j->r1; r++) {
@@ -700,7 +722,8 @@ static void *run_stats(void *arg) {
         at = al[l];
       }
     }
-    /* the histogram: bins in lanes, a block at a time, then the counts */
+    /* the histogram: bins in lanes, a block at a time, then the counts (a branch per entry on
+     * whether it counts mispredicts on rows whose valid entries are scattered) */
     for (int64_t b0 = 0; b0 < m; b0 += 256) {
       const int64_t b1 = b0 + 256 < m ? b0 + 256 : m;
       int32_t bin[256];
@@ -709,12 +732,11 @@ static void *run_stats(void *arg) {
     const float x = s[I];                                                               \
     const int ok = (w[I] > -INFINITY) & (x >= lo) & (x <= hi);                          \
     const int32_t b = (int32_t)((ok ? (double)x - (double)lo : 0.0) * to_bin);          \
-    bin[(I) - b0] = ok ? (b < bins ? b : (int32_t)bins - 1) : -1;                        \
+    bin[(I) - b0] = ok ? (b < bins ? b : (int32_t)bins - 1) : (int32_t)bins;             \
   } while (0)
       LANE_LOOP(b0, b1, BIN_ONE);
 #undef BIN_ONE
-      for (int64_t i = 0; i < b1 - b0; i++)
-        if (bin[i] >= 0) j->hist[bin[i]]++;
+      for (int64_t i = 0; i < b1 - b0; i++) j->hist[bin[i]]++; /* no branch: the rest count in bin `bins` */
     }
     j->n_valid[r] = n;
     j->hard[r] = n ? best : -INFINITY;
@@ -749,6 +771,7 @@ static void *run_stats(void *arg) {
     j->sum_ps[r] = zs / z;
     j->sum_pp[r] = zz / (z * z);
   }
+  restore_fp_mode(mode);
   return NULL;
 }
 
@@ -762,7 +785,7 @@ void hn_row_stats(const float *S, int64_t lds, const float *W, int64_t ldw, int6
   if (threads < 1) threads = 1;
   if (threads > MAX_THREADS) threads = MAX_THREADS;
   for (int t = 0; t < threads; t++)
-    jobs[t] = (stats_job_t){S, W, m, lds, ldw, bins, uniform, beta_over_t, lo, hi, hist + (int64_t)t * bins,
+    jobs[t] = (stats_job_t){S, W, m, lds, ldw, bins, uniform, beta_over_t, lo, hi, hist + (int64_t)t * (bins + 1),
                             n_valid, hard_j, hard, lse, sum_s, sum_ps, sum_pp, rows * t / threads,
                             rows * (t + 1) / threads};
   PARALLEL_RANGES(run_stats, jobs, threads);
