@@ -119,27 +119,33 @@ static inline __m512 v_exp2(__m512 x) {
   return _mm512_scalef_ps(p, k);
 }
 
-/* hn_log on 16 lanes (x > 0 normal): the exponent and mantissa by getexp / getmant. */
+/* log x on 16 lanes (x > 0 normal), by a table: x = 2^e m with m in [1, 2) (getexp, getmant);
+ * the top four bits of m pick c_j = 1 + (j + 1/2)/16, and log m = -log(1/c_j) + log1p(m/c_j - 1)
+ * with |m/c_j - 1| <= 0.0303 (1/c_j and -log(1/c_j) rounded to float, the latter from the former),
+ * log1p by its series to the fifth power (remainder below 2e-10). Absolute error within 1.3e-7
+ * on [0.2, 2] (the distance weighting's u and uq), twice hn_log's, which is what its callers read:
+ * they scale the log by up to n/2 and exponentiate it; 13 operations where hn_log takes 20. */
 static inline __m512 v_log(__m512 x) {
-  __m512 e = _mm512_getexp_ps(x);
-  __m512 m = _mm512_getmant_ps(x, _MM_MANT_NORM_1_2, _MM_MANT_SIGN_src); /* [1, 2) */
-  const __mmask16 big = _mm512_cmp_ps_mask(m, _mm512_set1_ps(1.41421356f), _CMP_GT_OQ);
-  m = _mm512_mask_mul_ps(m, big, m, _mm512_set1_ps(0.5f));
-  e = _mm512_mask_add_ps(e, big, e, _mm512_set1_ps(1.0f));
-  const __m512 y = _mm512_sub_ps(m, _mm512_set1_ps(1.0f));
-  const __m512 z = _mm512_mul_ps(y, y);
-  __m512 p = _mm512_set1_ps(7.0376836292e-2f);
-  p = _mm512_fmadd_ps(p, y, _mm512_set1_ps(-1.1514610310e-1f));
-  p = _mm512_fmadd_ps(p, y, _mm512_set1_ps(1.1676998740e-1f));
-  p = _mm512_fmadd_ps(p, y, _mm512_set1_ps(-1.2420140846e-1f));
-  p = _mm512_fmadd_ps(p, y, _mm512_set1_ps(1.4249322787e-1f));
-  p = _mm512_fmadd_ps(p, y, _mm512_set1_ps(-1.6668057665e-1f));
-  p = _mm512_fmadd_ps(p, y, _mm512_set1_ps(2.0000714765e-1f));
-  p = _mm512_fmadd_ps(p, y, _mm512_set1_ps(-2.4999993993e-1f));
-  p = _mm512_fmadd_ps(p, y, _mm512_set1_ps(3.3333331174e-1f));
-  __m512 r = _mm512_fmadd_ps(_mm512_mul_ps(y, z), p, y);
-  r = _mm512_fnmadd_ps(_mm512_set1_ps(0.5f), z, r);
-  return _mm512_fmadd_ps(e, _mm512_set1_ps(0.693147180559945309f), r);
+  const __m512 e = _mm512_getexp_ps(x);
+  const __m512 m = _mm512_getmant_ps(x, _MM_MANT_NORM_1_2, _MM_MANT_SIGN_src); /* [1, 2) */
+  const __m512i j = _mm512_srli_epi32(_mm512_castps_si512(m), 19); /* permutexvar reads its low 4 bits */
+  const __m512 inv = _mm512_permutexvar_ps(
+      j, _mm512_setr_ps(0.9696969985961914f, 0.9142857193946838f, 0.8648648858070374f, 0.8205128312110901f,
+                        0.7804877758026123f, 0.7441860437393188f, 0.7111111283302307f, 0.6808510422706604f,
+                        0.6530612111091614f, 0.6274510025978088f, 0.6037735939025879f, 0.581818163394928f,
+                        0.5614035129547119f, 0.5423728823661804f, 0.5245901346206665f, 0.5079365372657776f));
+  const __m512 lc = _mm512_permutexvar_ps(
+      j, _mm512_setr_ps(0.03077162802219391f, 0.08961215615272522f, 0.14518198370933533f, 0.19782572984695435f,
+                        0.24783620238304138f, 0.2954642176628113f, 0.34092655777931213f, 0.3844117224216461f,
+                        0.42608442902565f, 0.4660896956920624f, 0.5045560002326965f, 0.541597306728363f,
+                        0.5773153305053711f, 0.6118015646934509f, 0.6451380252838135f, 0.6773987412452698f));
+  const __m512 r = _mm512_fmsub_ps(m, inv, _mm512_set1_ps(1.0f));
+  __m512 p = _mm512_set1_ps(0.2f);
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(-0.25f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(0.333333343f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(-0.5f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
+  return _mm512_fmadd_ps(e, _mm512_set1_ps(0.693147180559945309f), _mm512_fmadd_ps(p, r, lc));
 }
 
 /* The lanes of x that are candidates: finite, lo <= x <= hi and |x - c| < h (keep_of without the
