@@ -69,7 +69,7 @@ def _literal_rows(X, lo, hi, kind, centre, half, dist, inactive, free):
         n = int(keep.sum())
         cnt.append(n)
         v = torch.where(keep, x + a, -math.inf)
-        after[r] = v
+        after[r] = torch.where(keep, a, -math.inf)  # what each entry gained by the rule
         weighted = kind == "distance" and not fb and n > 0
         lse_a.append(float(torch.logsumexp(torch.where(keep, a, -math.inf), 0)) if weighted
                      else math.log(n) if n else (0.0 if kind == "distance" else -math.inf))
@@ -111,7 +111,7 @@ def test_the_row_pass_matches_a_literal_float64_softmax(kind, free, dim):
                           distance=dist if kind == "distance" else None)
     slot = torch.full((c,), -1, dtype=torch.int32)
     slot[torch.tensor([1, 5, 9])] = torch.tensor([0, 1, 2], dtype=torch.int32)
-    rec = torch.full((3, m), 7.0)
+    rec = (torch.full((3, m), 7.0), torch.full((3, m), 7.0))
     ref, cnt, lse_b, lse_a, scale, fallback, after = _literal_rows(X, lo, hi, kind, centre, half, dist,
                                                                     inactive, free)
     Y = X.clone()
@@ -134,8 +134,9 @@ def test_the_row_pass_matches_a_literal_float64_softmax(kind, free, dim):
         torch.testing.assert_close(got_scale.double(), torch.tensor(scale).double(), rtol=1e-6, atol=0)
     else:
         assert res.scale is None
-    for s_, r in enumerate([1, 5, 9]):  # the sampled rows after the rule, before the softmax
-        torch.testing.assert_close(rec[s_].double(), after[r], rtol=1e-6, atol=atol)
+    for s_, r in enumerate([1, 5, 9]):  # the sampled rows before the rule, and their log-weights
+        assert torch.equal(rec[0][s_], X[r])
+        torch.testing.assert_close(rec[1][s_].double(), after[r], rtol=1e-6, atol=atol)
 
 
 def test_the_distance_rule_takes_only_the_exponents_of_q_d():
@@ -279,7 +280,7 @@ def test_fused_strategies_in_float32_match_the_float64_reference(case, use, monk
 
 @pytest.mark.parametrize("preset", ["semihard", "distance_weighted", "filtered"])
 def test_the_diagnostics_are_the_same_on_both_paths(preset):
-    """2B = 600 anchors, the default 128 sampled rows: the pass copies them after its rule."""
+    """2B = 600 anchors, the default 128 sampled rows: the pass copies them and their log-weights."""
     g = torch.Generator().manual_seed(5)
     B = 300
     z1 = torch.nn.functional.normalize(torch.randn(B, 32, generator=g), dim=1)

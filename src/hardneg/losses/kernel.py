@@ -161,6 +161,7 @@ class _Index:
     label_count: Tensor | None = None  # (L,) candidates per label
     active: Tensor | None = None  # (n,) bool: has a positive and a valid negative (None: all)
     label_cols: tuple[Tensor, Tensor] | None = None  # (L, P) columns of each label and which are real
+    self_all: bool = False  # every anchor is a row of k (self_index ≥ 0 throughout)
 
 
 class _Workspace:
@@ -178,6 +179,13 @@ class _Workspace:
         self.k_label_sums: Tensor | None = None
         self.skipped: list[Tensor] = []  # global rows a log_weight_fn left without a valid negative
         self._k_ones: Tensor | None = None
+        self._rows: Tensor | None = None
+
+    def rows(self, c: int) -> Tensor:
+        """arange(c): each anchor's row of the chunk's tile (one tensor for every chunk)."""
+        if self._rows is None:
+            self._rows = torch.arange(self._shape[0], device=self._shape[3])
+        return self._rows[:c]
 
     def k_ones(self, k: Tensor) -> Tensor:
         """[k | 1 | 0 …] (m × d′, d′ the next multiple of 16 above d): E [k | 1] gives E k and the row
@@ -296,15 +304,14 @@ def default_chunk(n: int, m: int, device: torch.device | None = None) -> int:
 # --------------------------------------------------------------------------------------------
 
 
-def _self_entries(ix: _Index, r0: int, r1: int) -> tuple[Tensor, Tensor] | None:
+def _self_entries(ix: _Index, ws: _Workspace, r0: int, r1: int) -> tuple[Tensor, Tensor] | None:
     """(row offsets within the chunk, columns) of the anchors of r0:r1 that appear in k."""
     if ix.self_index is None:
         return None
-    cols = ix.self_index[r0:r1]
-    rows = torch.arange(r1 - r0, device=cols.device)
-    keep = cols >= 0
-    if bool(keep.all()):
+    cols, rows = ix.self_index[r0:r1], ws.rows(r1 - r0)
+    if ix.self_all:
         return rows, cols
+    keep = cols >= 0
     return rows[keep], cols[keep]
 
 
@@ -603,7 +610,7 @@ def _chunk(q: Tensor, k: Tensor, spec: KernelSpec, ix: _Index, ws: _Workspace, r
     c = r1 - r0
     qs = q[r0:r1] * (1.0 / spec.t)  # temperature folded into the (c × d) operand
     S = torch.mm(qs, k.T, out=ws.S[:c])  # (c, m) = s / t
-    ch = _Chunk(k, qs, S, spec, ix, ws, r0, r1, go, dq, dk, _self_entries(ix, r0, r1))
+    ch = _Chunk(k, qs, S, spec, ix, ws, r0, r1, go, dq, dk, _self_entries(ix, ws, r0, r1))
     if spec.lean and (spec.positives == "labels" or ix.active is None):
         return _chunk_lean(ch)
     return _chunk_general(ch)
@@ -651,7 +658,7 @@ def _lean_normaliser(ch: _Chunk) -> tuple[Tensor | None, Tensor | None]:
         if act is not None:  # an anchor without any candidate: a finite placeholder row
             S.masked_fill_(~act[:, None], 0.0)
         return _softmax_lse_(S, ch.ws), None
-    sp = S[torch.arange(ch.c, device=S.device), ch.pcol] if view else None  # a copy, read before the exp
+    sp = S[ch.ws.rows(ch.c), ch.pcol] if view else None  # a copy, read before the exp
     S.exp_()
     if ch.self_rc is not None:
         S[ch.self_rc[0], ch.self_rc[1]] = 0.0
@@ -742,7 +749,7 @@ def _chunk_general(ch: _Chunk) -> Tensor:
     # the positive similarities, read before masking: (c,), or (c, P) with label positives (by the
     # native row pass, in `_normaliser`, when it runs)
     if ch.pcol is not None:
-        sp = S[ch.rows, ch.pcol].clone()
+        sp = S[ch.rows, ch.pcol]  # advanced indexing: a copy
     else:
         assert ch.same_cols is not None  # built by _mask_rule for label positives
         sp = S.new_empty(ch.same_cols.shape) if ch.native else S.gather(1, ch.same_cols)
@@ -761,7 +768,7 @@ def _mask_rule(ch: _Chunk) -> None:
     itself is not), the same-label columns being what ``negatives="other_labels"`` removes.
     `_Chunk.mask_` writes the rule on the tile."""
     ix, r0, r1 = ch.ix, ch.r0, ch.r1
-    ch.rows = torch.arange(ch.c, device=ch.S.device)
+    ch.rows = ch.ws.rows(ch.c)
     labels_mode = ch.spec.positives == "labels"
     if not labels_mode:
         if ix.pos_index is None:
@@ -813,11 +820,13 @@ def _normaliser(ch: _Chunk, sp: Tensor, extra: Tensor | None) -> tuple[Tensor, T
         # valid candidates are the finite entries; S is finite or −∞ (a NaN log-weight is not valid either)
         cnt = (S > _NEG_INF).sum(1) if extra is not None or ix.n_valid is None else ix.n_valid[r0:r1]
     act = cnt > 0
-    if (extra is not None or blocked) and not bool(act.all()):
+    all_active = bool(act.all())
+    if (extra is not None or blocked) and not all_active:
         ws.skipped.append(torch.nonzero(~act).flatten() + r0)
     if ix.active is not None:
         act = act & ix.active[r0:r1]
-    ch.act, ch.all_active, ch.A = act, bool(act.all()), A
+        all_active = bool(act.all())
+    ch.act, ch.all_active, ch.A = act, all_active, A
     if not ch.all_active:  # skipped anchors: finite placeholders, zero loss and gradient later
         if lse_a is not None:  # blocked
             lse_a = torch.where(act, lse_a, torch.zeros_like(lse_a))
@@ -954,6 +963,8 @@ def _grad_weights(ch: _Chunk, npos: Tensor | None, pv: Tensor | None, derivs: tu
         go_c = go_c * ch.act.to(go_c.dtype)
     w = go_c if (npos is None or ch.spec.positive_reduce == "pairs") else go_c / npos
     if pv is None:
+        if isinstance(dg_dneg, float) and isinstance(dg_dsp, float) and dg_dneg == 1.0 and dg_dsp == 0.0:
+            return w * dl_dg, w * dl_dsp  # no debiasing (τ⁺ = 0): g is neg itself
         return w * dl_dg * dg_dneg, w * (dl_dsp + dl_dg * dg_dsp)
     if dl_dg is None:
         assert npos is not None  # label positives (_terms)
@@ -1376,4 +1387,4 @@ def _index(pos_index, self_index, q_labels, k_labels, positives, negatives, n, m
         )
         raise C.all_skipped_error(n, why)
     return _Index(pos_index, self_index, q_labels, k_labels, n_pos, n_valid, order, start, k_count,
-                  None if bool(active.all()) else active)
+                  None if bool(active.all()) else active, self_all=bool(has_self.all()))

@@ -102,7 +102,7 @@ def _load(path: Path) -> ctypes.CDLL | None:
         P, I64, F32, INT = ctypes.c_void_p, ctypes.c_int64, ctypes.c_float, ctypes.c_int
         signatures = {
             "hn_weighted_softmax_rows": [P, I64, I64, I64, P, P, INT, P, F32, F32, F32, F32, F32, P, INT,
-                                         P, P, P, P, P, P, P, I64, P, INT],
+                                         P, P, P, P, P, P, P, P, I64, P, INT],
             "hn_row_stats": [P, I64, P, I64, I64, I64, INT, F32, F32, F32, I64, P, P, P, P, P, P, P, P, INT],
             "hn_unit_rows_backward": [P, P, P, P, I64, I64, INT],
             "hn_softmax_rows": [P, I64, I64, I64, P, INT, INT, P, P, P, P, P, I64, I64, INT, P, I64, INT],
@@ -267,14 +267,15 @@ def softmax_rows_(X: Tensor, inactive: Tensor | None, free: bool, then: str | No
 
 
 def weighted_softmax_rows_(X: Tensor, rule: RowRule, inactive: Tensor | None, free: bool,
-                           rec_slot: Tensor | None = None, rec_out: Tensor | None = None) -> RowsResult:
+                           rec_slot: Tensor | None = None, rec: tuple[Tensor, Tensor] | None = None
+                           ) -> RowsResult:
     """The rule and the softmax on every row of X (c × m, float32, CPU, rows contiguous) in place:
     X ← e^{X + a} (``free``: shift-free and unnormalised, 1/Σ in ``scale``; only without
     log-weights), softmax(X + a) (``scale`` None), or, with distance weighting, e^{X + a} times a
     factor of the row's (its largest entry at most 2) with what normalises it in ``scale``.
-    ``inactive`` (c,) bool: rows made placeholders. ``rec_slot``
-    (c,) int32, ≥ 0 for rows whose values after the rule (X + a, −∞ where removed) are copied to
-    that row of ``rec_out`` (the diagnostics' sampled rows)."""
+    ``inactive`` (c,) bool: rows made placeholders. ``rec_slot`` (c,) int32, ≥ 0 for the rows
+    (the diagnostics' sample) whose X before the rule and log-weights a after it (−∞ where
+    removed) are written to that row of ``rec`` = (X, log-weights)."""
     lib = _checked_lib(X)
     c, m = X.shape
     kind = _KINDS[rule.kind]
@@ -293,13 +294,15 @@ def weighted_softmax_rows_(X: Tensor, rule: RowRule, inactive: Tensor | None, fr
     scratch = X.new_empty(threads, m) if kind == 2 else None  # a row of the weights a per thread
     ina = None if inactive is None else inactive.to(torch.uint8).contiguous()
     slot = None if rec_slot is None else rec_slot.to(torch.int32).contiguous()
-    if rec_out is not None and (rec_out.dtype != torch.float32 or rec_out.stride(1) != 1 or rec_out.shape[1] != m):
-        raise ValueError("rec_out must be float32 with contiguous rows of the tile's width")
+    rec_x, rec_lw = (None, None) if rec is None else rec
+    for b in () if rec is None else rec:
+        if b.dtype != torch.float32 or b.stride(1) != 1 or b.shape[1] != m or b.stride(0) != rec[0].stride(0):
+            raise ValueError("rec must be two float32 buffers with contiguous rows of the tile's width, one stride")
     lib.hn_weighted_softmax_rows(
         X.data_ptr(), c, m, X.stride(0), _ptr(lo), _ptr(hi), kind, _ptr(centre), rule.half, two_t, p_v, u_lo,
         u_hi, _ptr(ina), int(free), cnt.data_ptr(), lse_b.data_ptr(), lse_a.data_ptr(), _ptr(scale),
-        fallback.data_ptr(), _ptr(slot), _ptr(rec_out), 0 if rec_out is None else rec_out.stride(0), _ptr(scratch),
-        threads)
+        fallback.data_ptr(), _ptr(slot), _ptr(rec_x), _ptr(rec_lw), 0 if rec_x is None else rec_x.stride(0),
+        _ptr(scratch), threads)
     return RowsResult(cnt, lse_b, lse_a, scale, fallback.bool())
 
 

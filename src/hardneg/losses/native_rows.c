@@ -225,8 +225,8 @@ typedef struct {
   float *lse_b, *lse_a, *scale;
   uint8_t *fallback;
   float *scratch; /* kind 2: one row of m floats per range of rows */
-  const int32_t *rec_slot;
-  float *rec_out;
+  const int32_t *rec_slot; /* the diagnostics' sampled rows: their slot in rec_x and rec_lw, or -1 */
+  float *rec_x, *rec_lw;
   int64_t rec_ld;
   int64_t r0, r1;
 } job_t;
@@ -308,7 +308,7 @@ static inline __m512 v_rsqrt(__m512 u) {
  * x + b, x left as it is (a row without a kept entry takes the fallback on it). Second pass:
  * x <- e^{x + b - max(x + b)} / sqrt(u) with scale_r = 1 / sum (the factor that normalises the
  * row, applied to the products' operands) and lse_a = log sum_j e^{a_j} over the kept entries.
- * The sampled rows' record is x + a itself (-inf where removed). Returns the count. */
+ * The sampled rows' record of the log-weights is a itself (-inf where removed). Returns the count. */
 static int64_t distance_row(const job_t *j, float *x, float *w, int64_t r, float lo, float hi, float *rec) {
   const int64_t m = j->m;
   const float two_t = j->two_t, p_v = j->p_v, u_lo = j->u_lo, u_hi = j->u_hi;
@@ -372,13 +372,13 @@ static int64_t distance_row(const job_t *j, float *x, float *w, int64_t r, float
           _mm512_set1_ps(u_hi));
       const __mmask16 k = _mm512_cmp_ps_mask(b, _mm512_set1_ps(-INFINITY), _CMP_GT_OQ);
       const __m512 a = _mm512_fnmadd_ps(_mm512_set1_ps(0.5f), v_log(u), b);
-      _mm512_storeu_ps(rec + i, _mm512_mask_add_ps(_mm512_set1_ps(-INFINITY), k, v, a));
+      _mm512_storeu_ps(rec + i, _mm512_mask_mov_ps(_mm512_set1_ps(-INFINITY), k, a));
     }
 #endif
 #define DISTANCE_REC(I, L)                                                              \
   do {                                                                                  \
     const float u = DISTANCE_U(x[I]);                                                   \
-    rec[I] = w[I] > -INFINITY ? x[I] + w[I] - 0.5f * hn_log(u) : -INFINITY;             \
+    rec[I] = w[I] > -INFINITY ? w[I] - 0.5f * hn_log(u) : -INFINITY;                    \
   } while (0)
     LANE_LOOP(i, m, DISTANCE_REC);
 #undef DISTANCE_REC
@@ -446,7 +446,7 @@ static void selection_row(const job_t *j, float *x, int64_t r, int64_t n, float 
                           float *rec) {
   const int64_t m = j->m;
   if (rec)
-    for (int64_t i = 0; i < m; i++) rec[i] = keep_of(x[i], lo, hi, c, h, 0.0f, INFINITY) ? x[i] : -INFINITY;
+    for (int64_t i = 0; i < m; i++) rec[i] = keep_of(x[i], lo, hi, c, h, 0.0f, INFINITY) ? 0.0f : -INFINITY;
   j->lse_a[r] = logf((float)n);
   if ((j->inactive && j->inactive[r]) || n == 0) {
     zero_row(j, x, r);
@@ -528,7 +528,11 @@ static void *run_rows(void *arg) {
     float *x = j->X + r * j->ld;
     const float lo = j->lo ? j->lo[r] : -INFINITY, hi = j->hi ? j->hi[r] : INFINITY;
     const float c = kind == 1 ? j->centre[r] : 0.0f;
-    float *rec = j->rec_slot && j->rec_slot[r] >= 0 ? j->rec_out + (int64_t)j->rec_slot[r] * j->rec_ld : NULL;
+    float *rec = NULL;
+    if (j->rec_slot && j->rec_slot[r] >= 0) { /* the row before the rule, its log-weights after */
+      memcpy(j->rec_x + (int64_t)j->rec_slot[r] * j->rec_ld, x, sizeof(float) * (size_t)m);
+      rec = j->rec_lw + (int64_t)j->rec_slot[r] * j->rec_ld;
+    }
     if (kind == 2) { /* its first pass counts */
       const int64_t n = distance_row(j, x, j->scratch, r, lo, hi, rec);
       j->cnt[r] = n;
@@ -836,12 +840,14 @@ void hn_unit_rows_backward(const float *y, const float *g, const float *norms, f
 }
 
 /* The whole pass over rows [0, rows) of X, in `threads` contiguous ranges of rows
- * (PARALLEL_RANGES); `scratch` holds `threads` rows of m floats (distance weighting). */
+ * (PARALLEL_RANGES); `scratch` holds `threads` rows of m floats (distance weighting). A row r with
+ * rec_slot[r] >= 0 (the diagnostics' sample) leaves itself as it was before the rule in that row
+ * of rec_x and what each entry gained by the rule (-inf where removed) in that row of rec_lw. */
 void hn_weighted_softmax_rows(float *X, int64_t rows, int64_t m, int64_t ld, const float *lo, const float *hi, int kind,
                               const float *centre, float half, float two_t, float p_v, float u_lo,
                               float u_hi, const uint8_t *inactive, int free_exp, int64_t *cnt, float *lse_b,
-                              float *lse_a, float *scale, uint8_t *fallback, const int32_t *rec_slot, float *rec_out,
-                              int64_t rec_ld, float *scratch, int threads) {
+                              float *lse_a, float *scale, uint8_t *fallback, const int32_t *rec_slot, float *rec_x,
+                              float *rec_lw, int64_t rec_ld, float *scratch, int threads) {
   enum { MAX_THREADS = 256 };
   job_t jobs[MAX_THREADS];
   if (threads > rows) threads = (int)rows;
@@ -850,6 +856,6 @@ void hn_weighted_softmax_rows(float *X, int64_t rows, int64_t m, int64_t ld, con
   for (int t = 0; t < threads; t++)
     jobs[t] = (job_t){X, m, ld, lo, hi, kind, centre, half, two_t, p_v, u_lo, u_hi, inactive, free_exp,
                       cnt, lse_b, lse_a, scale, fallback, scratch ? scratch + (int64_t)t * m : NULL, rec_slot,
-                      rec_out, rec_ld, rows * t / threads, rows * (t + 1) / threads};
+                      rec_x, rec_lw, rec_ld, rows * t / threads, rows * (t + 1) / threads};
   PARALLEL_RANGES(run_rows, jobs, threads);
 }

@@ -87,11 +87,11 @@ def _inverse_scale(logit_scale: Tensor) -> float:
 
 
 class _BlockRecords:
-    """The diagnostics' sampled rows, as the kernel's blocks see them (``Strategy._block_weights``):
-    the block's values before the filters and the weighting and after them (what each entry gained,
-    −∞ where they removed it), copied into two preallocated (rows × m) buffers — two copies per
-    block, no per-block temporaries — and recorded at once when the buffers are full; closed after
-    the forward pass (a recompute in the backward records nothing)."""
+    """The diagnostics' sampled rows, as the kernel's blocks see them (``Strategy._block_weights``,
+    ``Strategy._rows_weights``): their values before the filters and the weighting and what each
+    entry gained by them (−∞ where they removed it), in two preallocated (rows × m) buffers — the
+    native row pass writes both itself, the blocks copy each once — recorded at once when the
+    buffers are full; closed after the forward pass (a recompute in the backward records nothing)."""
 
     #: elements of one buffer: 128 rows at m = 8,192 (4 MB of float32), and never fewer than 32 rows
     _BUFFER = 1 << 20
@@ -127,42 +127,52 @@ class _BlockRecords:
         self.fb = torch.zeros(cap, dtype=torch.bool, device=X.device)
         return True
 
-    def before(self, X: Tensor, loc: Tensor, rows: slice) -> None:
-        """The sampled rows of block X before the filters and the weighting (call after `room`):
-        one copy per block (the rows' ids are kept as Python ints)."""
-        torch.index_select(X, 0, loc, out=self.X0[self.n : self.n + loc.numel()])
+    def note(self, loc: Tensor, rows: slice) -> tuple[Tensor, Tensor]:
+        """The sampled rows ``loc`` of the block of ``rows`` take the next rows of the buffers
+        (call after `room`), returned (values before, log-weights) for a pass that writes them itself."""
         self.gid.extend(rows.start + r for r in loc.tolist())
+        return self.X0[self.n :], self.X1[self.n :]
+
+    def before(self, X: Tensor, loc: Tensor, rows: slice) -> None:
+        """The sampled rows of block X before the filters and the weighting."""
+        x0, _ = self.note(loc, rows)
+        torch.index_select(X, 0, loc, out=x0[: loc.numel()])
 
     def after(self, X: Tensor, loc: Tensor, fallback: Tensor | None, kept: Kept | None = None) -> None:
-        """The same rows after them (a selection that returned its ``kept`` entries apart from the
+        """What the same rows gained (a selection that returned its ``kept`` entries apart from the
         block: those over −∞); the rows where the weighting was ignored."""
         n1 = self.n + loc.numel()
+        X1 = self.X1[self.n : n1]
         if kept is None:
-            torch.index_select(X, 0, loc, out=self.X1[self.n : n1])
+            torch.index_select(X, 0, loc, out=X1)
         else:
-            kept.rows(loc).write_(self.X1[self.n : n1])
+            kept.rows(loc).write_(X1)
+        X1.sub_(self.X0[self.n : n1])
+        X1.masked_fill_(X1.isnan(), NEG_INF)  # −∞ − (−∞): removed before the filters already
+        self.done(loc.numel(), None if fallback is None else torch.index_select(fallback, 0, loc))
+
+    def done(self, k: int, fallback: Tensor | None) -> None:
+        """The ``k`` rows of the last `note` are written; the rows of them the weighting's fallback took."""
         if fallback is not None:
-            torch.index_select(fallback, 0, loc, out=self.fb[self.n : n1])
-        self.n = n1
+            self.fb[self.n : self.n + k] = fallback
+        self.n += k
 
     def take(self, ctx: StepContext) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """(cosines, log-weights, global rows, fallback rows) of the kept rows; empties the buffers.
-        The cosines get the positive's and the anchor's own entries back (−∞ in the block)."""
-        n, t = self.n, ctx.t
-        X0, X1 = self.X0[:n], self.X1[:n]
+        The cosines get the positive's and the anchor's own entries back (−∞ in the block: the
+        log-weights stay −∞ there)."""
+        n = self.n
+        X0, lw = self.X0[:n], self.X1[:n]
         gid = torch.tensor(self.gid, device=X0.device)
         if ctx.pos_index is None:  # fused strategies have one positive per anchor (Strategy._fusable)
             raise ValueError("fused diagnostics need each anchor's positive")
-        # first the entries the kernel masked (−∞ in both copies): finite again, X1 − X0 is −∞ there
-        # and never −∞ − (−∞); everywhere else it is exactly what the entry gained (0 if kept as is).
-        # The positive's cosine from the embeddings (n dot products), as the plain path reads it
+        # the positive's cosine from the embeddings (n dot products), as the plain path reads it
         ar = torch.arange(n, device=X0.device)
         pcol = ctx.pos_index[gid]
-        X0[ar, pcol] = (ctx.q[gid].to(X0.dtype) * ctx.k[pcol].to(X0.dtype)).sum(1) / t
+        S = X0.mul_(ctx.t)
+        S[ar, pcol] = (ctx.q[gid].to(S.dtype) * ctx.k[pcol].to(S.dtype)).sum(1)
         si = ctx.self_index[gid]
-        X0[ar[si >= 0], si[si >= 0]] = 1.0 / t  # unit vectors; an invalid entry, read by no statistic
-        lw = torch.sub(X1, X0, out=X1)
-        S = X0.mul_(t)
+        S[ar[si >= 0], si[si >= 0]] = 1.0  # unit vectors; an invalid entry, read by no statistic
         fb = self.fb[:n].clone()
         self.fb.zero_()
         self.n = 0
@@ -612,23 +622,21 @@ class Strategy(nn.Module):
             return None
         c = S.shape[0]
         loc = rec.sampled(rows, S.device)
-        slot, out = None, None
+        slot, bufs = None, None
         if loc is not None:
             if not rec.room(S, loc.numel()):
                 self._flush(rec, ctx)
                 rec.room(S, loc.numel())
-            rec.before(S, loc, rows)
+            bufs = rec.note(loc, rows)
             slot = torch.full((c,), -1, dtype=torch.int32)
             slot[loc] = torch.arange(loc.numel(), dtype=torch.int32)
-            out = rec.X1[rec.n :]
-        res = native.weighted_softmax_rows_(S, rule, inactive, free, slot, out)
+        res = native.weighted_softmax_rows_(S, rule, inactive, free, slot, bufs)
         weightings = self._weightings()
         if weightings:
             weightings[0].rows_done(c, int(res.fallback.sum()))
         if loc is not None:
-            if rule.kind == "distance":  # its fallback rows are reported (`weighting_fallback_share`)
-                rec.fb[rec.n : rec.n + loc.numel()] = res.fallback[loc]
-            rec.n += loc.numel()
+            # the distance rule's fallback rows are reported (`weighting_fallback_share`)
+            rec.done(loc.numel(), res.fallback[loc] if rule.kind == "distance" else None)
             rec.log_mask = rule.kind != "distance"  # selections and filters only: the kept entries gained 0
         return res.cnt, res.lse_b, res.lse_a, res.scale
 
