@@ -103,6 +103,22 @@ def test_hscl_all_pairs_paper_code(B, d, beta, chunk):
     )
 
 
+@pytest.mark.parametrize("beta", [0.0, 1.0])
+def test_label_positives_without_the_label_table(monkeypatch, beta):
+    """Beyond its size limit the kernel builds each chunk's same-label columns itself, padded with
+    the label's first column as the table is: the same loss and gradients."""
+    from hardneg.losses import kernel
+
+    monkeypatch.setattr(kernel, "_LABEL_TABLE", 1)
+    z1, z2, y = make(12, 8, 7)
+    check(
+        L.hscl(z1, z2, y, beta=beta, t=0.5, positives="labels", chunk_size=5),
+        R.ref_hscl_all(z1, z2, y, t=0.5, beta=beta),
+        [z1, z2],
+    )
+    check(L.supcon(z1, z2, y, t=0.5, chunk_size=5), R.ref_supcon(z1, z2, y, t=0.5), [z1, z2])
+
+
 @pytest.mark.parametrize("B,d", CASES)
 @pytest.mark.parametrize("t", [0.07, 0.5])
 @pytest.mark.parametrize("chunk", [None, 4])

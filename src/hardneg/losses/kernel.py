@@ -338,25 +338,30 @@ def _label_table(ix: _Index) -> tuple[Tensor, Tensor] | None:
             return None
         ar = torch.arange(P, device=k_order.device)
         valid = ar[None, :] < label_count[:, None]
-        at = torch.clamp(label_start[:, None] + ar[None, :], max=max(k_order.shape[0] - 1, 0))
+        # padded with the label's first column (`_same_label_cols`' padding for label positives)
+        at = torch.clamp(label_start[:, None] + torch.where(valid, ar[None, :], 0),
+                         max=max(k_order.shape[0] - 1, 0))
         ix.label_cols = (k_order[at], valid)
     return ix.label_cols
 
 
-def _same_label_cols(ix: _Index, r0: int, r1: int, pad: Tensor) -> tuple[Tensor, Tensor]:
-    """Columns of every candidate sharing each anchor's label, padded with ``pad`` → (c, P), valid."""
+def _same_label_cols(ix: _Index, r0: int, r1: int, pad: Tensor | None) -> tuple[Tensor, Tensor]:
+    """Columns of every candidate sharing each anchor's label, padded with ``pad`` (None: the
+    label's first column) → (c, P), valid."""
     q_labels, label_count, label_start, k_order = _label_index(ix)
     y = q_labels[r0:r1]
     table = _label_table(ix)
     if table is not None:  # P is the largest label's size, for every chunk
         cols, valid = table[0][y], table[1][y]
-        return torch.where(valid, cols, pad[:, None]), valid
+        return (cols if pad is None else torch.where(valid, cols, pad[:, None])), valid
     cnt = label_count[y]
     P = max(1, int(cnt.max()))
     ar = torch.arange(P, device=y.device)
     valid = ar[None, :] < cnt[:, None]
-    at = torch.clamp(label_start[y][:, None] + ar[None, :], max=k_order.shape[0] - 1)
-    cols = torch.where(valid, k_order[at], pad[:, None])
+    start = label_start[y][:, None]
+    at = torch.clamp(start + ar[None, :], max=k_order.shape[0] - 1)
+    pad_col = k_order[torch.clamp(start, max=k_order.shape[0] - 1)] if pad is None else pad[:, None]
+    cols = torch.where(valid, k_order[at], pad_col)
     return cols, valid
 
 
@@ -775,12 +780,8 @@ def _mask_rule(ch: _Chunk) -> None:
             raise ValueError('positives="view" needs pos_index')
         ch.pcol = ix.pos_index[r0:r1]
     if labels_mode or ch.spec.negatives == "other_labels":
-        if ch.pcol is not None:
-            pad = ch.pcol
-        else:
-            q_labels, _, label_start, k_order = _label_index(ix)
-            pad = k_order[label_start[q_labels[r0:r1]]]
-        ch.same_cols, same_valid = _same_label_cols(ix, r0, r1, pad)
+        # padded with the positive's column, or with the label's first
+        ch.same_cols, same_valid = _same_label_cols(ix, r0, r1, ch.pcol)
         if labels_mode:
             pvalid = same_valid
             if ix.self_index is not None:
@@ -962,13 +963,16 @@ def _grad_weights(ch: _Chunk, npos: Tensor | None, pv: Tensor | None, derivs: tu
     if ch.act is not None and not ch.all_active:
         go_c = go_c * ch.act.to(go_c.dtype)
     w = go_c if (npos is None or ch.spec.positive_reduce == "pairs") else go_c / npos
+    plain = isinstance(dg_dneg, float) and isinstance(dg_dsp, float) and dg_dneg == 1.0 and dg_dsp == 0.0
     if pv is None:
-        if isinstance(dg_dneg, float) and isinstance(dg_dsp, float) and dg_dneg == 1.0 and dg_dsp == 0.0:
-            return w * dl_dg, w * dl_dsp  # no debiasing (τ⁺ = 0): g is neg itself
+        if plain:  # no debiasing (τ⁺ = 0): g is neg itself
+            return w * dl_dg, w * dl_dsp
         return w * dl_dg * dg_dneg, w * (dl_dsp + dl_dg * dg_dsp)
     if dl_dg is None:
         assert npos is not None  # label positives (_terms)
         return w * npos, -pv * w[:, None]
+    if plain:
+        return w * (dl_dg * pv).sum(1), dl_dsp * pv * w[:, None]
     return w * (dl_dg * dg_dneg * pv).sum(1), (dl_dsp + dl_dg * dg_dsp) * pv * w[:, None]
 
 
