@@ -278,9 +278,11 @@ def test_fused_strategies_in_float32_match_the_float64_reference(case, use, monk
         torch.testing.assert_close(a.double(), b, rtol=1e-4, atol=1e-4 * float(b.abs().max()))
 
 
-@pytest.mark.parametrize("preset", ["semihard", "distance_weighted", "filtered"])
+@pytest.mark.parametrize("preset", ["semihard", "distance_weighted", "filtered", "hscl", "hucl", "scl", "dcl",
+                                    "ucl", "supcon", "decoupled"])
 def test_the_diagnostics_are_the_same_on_both_paths(preset):
-    """2B = 600 anchors, the default 128 sampled rows: the pass copies them and their log-weights."""
+    """2B = 600 anchors, the default 128 sampled rows: the pass copies them (and their log-weights,
+    fused) where the torch path has them from its blocks or a product of its own."""
     g = torch.Generator().manual_seed(5)
     B = 300
     z1 = torch.nn.functional.normalize(torch.randn(B, 32, generator=g), dim=1)
@@ -300,6 +302,31 @@ def test_the_diagnostics_are_the_same_on_both_paths(preset):
             assert math.isnan(d0[key]), key
         else:
             assert d1[key] == pytest.approx(d0[key], rel=1e-3, abs=1e-5), key
+
+
+@pytest.mark.parametrize("preset", ["hscl", "hucl", "dcl"])
+def test_the_plain_path_takes_its_diagnostics_sample_from_the_pass(preset, monkeypatch):
+    """The softmax pass copies the sampled rows: no anchor is left to the product of its own."""
+    from hardneg.negatives.strategy import Strategy
+
+    left = []
+    original = Strategy._diagnostics_pass
+
+    def spy(self, ctx, acc):
+        left.append(len(acc.pending_rows()))
+        return original(self, ctx, acc)
+
+    monkeypatch.setattr(Strategy, "_diagnostics_pass", spy)
+    g = torch.Generator().manual_seed(6)
+    z1 = torch.nn.functional.normalize(torch.randn(300, 16, generator=g), dim=1)
+    z2 = torch.nn.functional.normalize(z1 + 0.5 * torch.randn(300, 16, generator=g), dim=1)
+    y = torch.randint(0, 20, (300,), generator=g)
+    s = create_strategy(preset, chunk_size=64)  # several chunks, each with its share of the sample
+    s(z1, z2, labels=y, ids=torch.arange(300))
+    assert left == [0] and s.last_diagnostics["n_candidates"] > 0
+    with native.use_native(False):
+        s(z1, z2, labels=y, ids=torch.arange(300))
+    assert left[-1] == 128
 
 
 # ---------------------------------------------------------------------------------------------

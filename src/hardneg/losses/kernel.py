@@ -75,6 +75,10 @@ BlockWeightFn = Callable[[Tensor, slice, Tensor], "tuple[Tensor, Tensor | None, 
 #: `weighted_info_nce`; `hardneg.losses.native` is its fast form); None leaves the chunk to the blocks
 RowsWeightFn = Callable[[Tensor, slice, Tensor, "Tensor | None", bool],
                         "tuple[Tensor, Tensor, Tensor, Tensor | None] | None"]
+#: ``f(rows) -> (slot, buffer) or None``: which of the chunk's anchors ``rows`` the native row pass
+#: copies as they are (s/t, before the candidate rule) and where: the row r − rows.start with
+#: slot ≥ 0 to that row of ``buffer`` (``record_rows`` of `weighted_info_nce`)
+RecordFn = Callable[[slice], "tuple[Tensor, Tensor] | None"]
 #: maps this call's ``"mean"`` denominator to the one the mean divides by (see ``mean_denominator``)
 DenominatorFn = Callable[[float], float]
 
@@ -105,6 +109,7 @@ class KernelSpec:
     reduction: str = "mean"
     chunk_size: int | None = None
     mean_denominator: DenominatorFn | None = None
+    record_rows: RecordFn | None = None
 
     def __post_init__(self) -> None:
         _check_options(self.t, self.positives, self.negatives, self.positive_reduce, self.reduction, self.beta,
@@ -893,9 +898,11 @@ def _native_softmaxes_(ch: _Chunk, sp: Tensor, free: bool, cntf: Tensor
     if ch.go is not None and _root_tilt(spec):
         then = "square" if spec.detach_weights else "tilt"
     inactive = None if ch.all_active or ch.act is None else ~ch.act
+    rec = None if spec.record_rows is None else spec.record_rows(slice(ch.r0, ch.r1))
     lse, z2 = native.softmax_rows_(S, inactive, free, then, self_col=self_col,
                                    pos_col=ch.pcol, cols=ch.same_cols if labels or fill else None, fill_cols=fill,
-                                   gather=sp if labels else None)
+                                   gather=sp if labels else None, rec_slot=None if rec is None else rec[0],
+                                   rec=None if rec is None else rec[1])
     if _root_tilt(spec):
         scale = torch.exp(-2.0 * lse) if free and then is not None else None
         return lse, 2.0 * lse + torch.log(z2), z2, scale, None
@@ -1216,6 +1223,7 @@ def weighted_info_nce(
     mean_denominator: DenominatorFn | None = None,
     log_weight_block: BlockWeightFn | None = None,
     log_weight_rows: RowsWeightFn | None = None,
+    record_rows: RecordFn | None = None,
     spec: KernelSpec | None = None,
 ) -> Tensor:
     r"""Weighted InfoNCE of anchors ``q`` (n×d) against candidates ``k`` (m×d) (docs/design.md §1).
@@ -1265,6 +1273,9 @@ def weighted_info_nce(
             kernel writes them back over ``X``. Treated as a constant.
         log_weight_rows: ``log_weight_block`` and `softmax_block_` on a whole chunk in one call
             (`RowsWeightFn`, the native row pass); None leaves the chunk to the blocks.
+        record_rows: rows of each chunk the native softmax pass copies before its rule (`RecordFn`:
+            a strategy's diagnostics sample, without a product of its own); rows it does not copy
+            (another path) are left to the caller.
         spec: every option above but the index (``pos_index``, labels, ``self_index``) and
             ``normalize``, as one checked `KernelSpec`; give it or the options, not both.
     """
@@ -1275,7 +1286,7 @@ def weighted_info_nce(
             detach_weights=detach_weights, log_weight_fn=log_weight_fn, log_weight_block=log_weight_block,
             log_weight_rows=log_weight_rows, n_neg=n_neg, tau_plus=tau_plus, clamp=clamp,
             include_positive=include_positive, positive_reduce=positive_reduce, reduction=reduction,
-            chunk_size=chunk_size, mean_denominator=mean_denominator,
+            chunk_size=chunk_size, mean_denominator=mean_denominator, record_rows=record_rows,
         )
     elif not isinstance(spec, KernelSpec):
         raise TypeError(f"spec must be a KernelSpec, got {type(spec).__name__}")

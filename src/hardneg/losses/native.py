@@ -105,7 +105,8 @@ def _load(path: Path) -> ctypes.CDLL | None:
                                          P, P, P, P, P, P, P, P, I64, P, INT],
             "hn_row_stats": [P, I64, P, I64, I64, I64, INT, F32, F32, F32, I64, P, P, P, P, P, P, P, P, INT],
             "hn_unit_rows_backward": [P, P, P, P, I64, I64, INT],
-            "hn_softmax_rows": [P, I64, I64, I64, P, INT, INT, P, P, P, P, P, I64, I64, INT, P, I64, INT],
+            "hn_softmax_rows": [P, I64, I64, I64, P, INT, INT, P, P, P, P, P, I64, I64, INT, P, I64, P, P, I64,
+                                INT],
         }
         for name, argtypes in signatures.items():
             fn = getattr(lib, name)
@@ -240,7 +241,8 @@ _THEN = {None: 0, "square": 1, "tilt": 2}
 
 def softmax_rows_(X: Tensor, inactive: Tensor | None, free: bool, then: str | None, *,
                   self_col: Tensor | None = None, pos_col: Tensor | None = None, cols: Tensor | None = None,
-                  fill_cols: bool = False, gather: Tensor | None = None) -> tuple[Tensor, Tensor]:
+                  fill_cols: bool = False, gather: Tensor | None = None, rec_slot: Tensor | None = None,
+                  rec: Tensor | None = None) -> tuple[Tensor, Tensor]:
     """The kernel's softmax (``hardneg.losses.kernel._softmaxes_`` without log-weights: β = 0, or the
     root tilt) on every row of X in place. First the candidate rule by columns, each row's own
     column of its ``(c,)`` or ``(c, P)`` index tensors (−1: none): ``gather`` (c × P) ← X at ``cols``
@@ -248,7 +250,8 @@ def softmax_rows_(X: Tensor, inactive: Tensor | None, free: bool, then: str | No
     labels); then E = e^X (``free``: shift-free, unnormalised) or P = softmax(X) over the finite
     entries, and ``then`` None: X ← E or P; "square": E² or P²; "tilt": E ⊙ (E − Σ_j E_ij² / 2z_i) or
     P ⊙ (P − Σ_j P_ij² / 2), the β = 1 gradient tile. ``inactive`` rows are read as rows of 0 (no
-    column rule). Returns (lse_i = log Σ_j e^{X_ij}, Σ_j P_ij²)."""
+    column rule). ``rec_slot`` (c,) int32, ≥ 0 for the rows (the diagnostics' sample) first copied
+    as they are to that row of ``rec``. Returns (lse_i = log Σ_j e^{X_ij}, Σ_j P_ij²)."""
     lib = _checked_lib(X)
     c, m = X.shape
     lse, sumsq = X.new_empty(c), X.new_empty(c)
@@ -260,9 +263,13 @@ def softmax_rows_(X: Tensor, inactive: Tensor | None, free: bool, then: str | No
     if gather is not None and (cc is None or gather.shape != (c, P) or gather.dtype != X.dtype
                                or not gather.is_contiguous()):
         raise ValueError("gather must be a contiguous (rows × P) tensor of X's dtype, with cols")
+    slot = None if rec_slot is None else rec_slot.to(torch.int32).contiguous()
+    if slot is not None and (rec is None or rec.dtype != X.dtype or rec.stride(1) != 1 or rec.shape[1] != m):
+        raise ValueError("rec must be a float32 buffer with contiguous rows of the tile's width")
     lib.hn_softmax_rows(X.data_ptr(), c, m, X.stride(0), _ptr(ina), int(bool(free)), _THEN[then], lse.data_ptr(),
                         sumsq.data_ptr(), _ptr(sc), _ptr(pc), _ptr(cc), P, P, int(bool(fill_cols)), _ptr(gather), P,
-                        torch.get_num_threads())
+                        _ptr(slot), _ptr(rec if slot is not None else None), 0 if slot is None or rec is None
+                        else rec.stride(0), torch.get_num_threads())
     return lse, sumsq
 
 

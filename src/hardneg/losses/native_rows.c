@@ -567,7 +567,8 @@ static void *run_rows(void *arg) {
  * then 1 ("square"): x <- E^2 or P^2;
  * then 2 ("tilt"): x <- E (E - q / 2z) or P (P - sum P^2 / 2).
  * lse_r = log z (+ max) and sumsq_r = q / z^2 = sum P^2. An inactive row is read as a row of 0
- * (every entry kept, no column rule), the placeholder the torch path makes. */
+ * (every entry kept, no column rule), the placeholder the torch path makes. A row with
+ * rec_slot[r] >= 0 (the diagnostics' sample) is first copied as it is to that row of rec_x. */
 typedef struct {
   float *X;
   int64_t m, ld;
@@ -579,6 +580,9 @@ typedef struct {
   int fill_cols;
   float *gather;
   int64_t ldg;
+  const int32_t *rec_slot; /* rows copied as they are, before the rule, to that row of rec_x (or -1) */
+  float *rec_x;
+  int64_t rec_ld;
   int64_t r0, r1;
 } tilt_job_t;
 
@@ -606,6 +610,8 @@ static void *run_tilt(void *arg) {
   const int64_t m = j->m;
   for (int64_t r = j->r0; r < j->r1; r++) {
     float *x = j->X + r * j->ld;
+    if (j->rec_slot && j->rec_slot[r] >= 0)
+      memcpy(j->rec_x + (int64_t)j->rec_slot[r] * j->rec_ld, x, sizeof(float) * (size_t)m);
     column_rule(j, x, r);
     float mx = 0.0f;
     if (!j->free_exp) {
@@ -659,7 +665,8 @@ static void *run_tilt(void *arg) {
 
 void hn_softmax_rows(float *X, int64_t rows, int64_t m, int64_t ld, const uint8_t *inactive, int free_exp, int then,
                      float *lse, float *sumsq, const int64_t *self_col, const int64_t *pos_col, const int64_t *cols,
-                     int64_t P, int64_t ldc, int fill_cols, float *gather, int64_t ldg, int threads) {
+                     int64_t P, int64_t ldc, int fill_cols, float *gather, int64_t ldg, const int32_t *rec_slot,
+                     float *rec_x, int64_t rec_ld, int threads) {
   enum { MAX_THREADS = 256 };
   tilt_job_t jobs[MAX_THREADS];
   if (threads > rows) threads = (int)rows;
@@ -667,7 +674,8 @@ void hn_softmax_rows(float *X, int64_t rows, int64_t m, int64_t ld, const uint8_
   if (threads > MAX_THREADS) threads = MAX_THREADS;
   for (int t = 0; t < threads; t++)
     jobs[t] = (tilt_job_t){X, m, ld, inactive, free_exp, then, lse, sumsq, self_col, pos_col, cols, P, ldc,
-                           fill_cols, gather, ldg, rows * t / threads, rows * (t + 1) / threads};
+                           fill_cols, gather, ldg, rec_slot, rec_x, rec_ld, rows * t / threads,
+                           rows * (t + 1) / threads};
   PARALLEL_RANGES(run_tilt, jobs, threads);
 }
 

@@ -76,6 +76,10 @@ class DiagnosticsAccumulator:
         """Global indices of the anchors that are recorded."""
         return torch.nonzero(self.sampled).flatten()
 
+    def pending_rows(self) -> Tensor:
+        """Global indices of the sampled anchors not recorded yet."""
+        return torch.nonzero(self.sampled & ~self.done).flatten()
+
     def pending(self, rows: slice | Tensor) -> Tensor:
         """(c,) bool on the CPU: rows of this chunk still to record (sampled and not yet seen)."""
         if isinstance(rows, Tensor):

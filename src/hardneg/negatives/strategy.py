@@ -513,12 +513,14 @@ class Strategy(nn.Module):
         else:
             lw_fn = None if plain or fused else (lambda S, rows: self._log_weights(S, rows, ctx, acc))
         # the kernel's blocks hold s / t for either temperature: ctx.t turns them back into cosines
-        lw_block = lw_rows = None
+        lw_block = lw_rows = record = None
+        rec = _BlockRecords(acc if fused or plain else None)
         if fused:
-            rec = _BlockRecords(acc)
             lw_block = lambda X, rows, sp: self._block_weights(X, rows, sp, ctx, rec)  # noqa: E731
             lw_rows = lambda S, rows, sp, inactive, free: self._rows_weights(  # noqa: E731
                 S, rows, sp, inactive, free, ctx, rec)
+        elif plain and acc is not None:  # the sample as the native pass sees it, before its rule
+            record = lambda rows: self._record_rows(rows, ctx, rec)  # noqa: E731
         n_neg: float | None = None  # "count": the number of valid candidates
         if not isinstance(self.n_neg, str):
             n_neg = float(self.n_neg)
@@ -550,9 +552,12 @@ class Strategy(nn.Module):
             mean_denominator=mean_denominator,
             log_weight_block=lw_block,
             log_weight_rows=lw_rows,
+            record_rows=record,
         )
         if fused:
             self._flush(rec, ctx, close=True)
+        elif record is not None:
+            self._flush_rows(rec, ctx, close=True)
         return loss
 
     def _fusable(self, cands: Candidates, ctx: StepContext) -> bool:
@@ -639,6 +644,32 @@ class Strategy(nn.Module):
             rec.done(loc.numel(), res.fallback[loc] if rule.kind == "distance" else None)
             rec.log_mask = rule.kind != "distance"  # selections and filters only: the kept entries gained 0
         return res.cnt, res.lse_b, res.lse_a, res.scale
+
+    def _record_rows(self, rows: slice, ctx: StepContext, rec: _BlockRecords) -> tuple[Tensor, Tensor] | None:
+        """The kernel's ``record_rows`` on the plain path: (slot, buffer) for the chunk's sampled
+        rows, which the native pass copies as they are (s / t); `_flush_rows` records them."""
+        loc = rec.sampled(rows, torch.device("cpu"))
+        if loc is None:
+            return None
+        ref = torch.empty(0, ctx.m, dtype=torch.float32)  # the native pass takes float32 CPU tiles
+        if not rec.room(ref, loc.numel()):
+            self._flush_rows(rec, ctx)
+            rec.room(ref, loc.numel())
+        buf, _ = rec.note(loc, rows)
+        slot = torch.full((rows.stop - rows.start,), -1, dtype=torch.int32)
+        slot[loc] = torch.arange(loc.numel(), dtype=torch.int32)
+        rec.done(loc.numel(), None)
+        return slot, buf
+
+    def _flush_rows(self, rec: _BlockRecords, ctx: StepContext, close: bool = False) -> None:
+        """The plain path's diagnostics of the rows the native pass copied: `_log_weights` on their
+        cosines, as `_diagnostics_pass` computes them for the rest."""
+        if rec.n:
+            S = rec.X0[: rec.n].mul_(ctx.t)
+            rows = torch.tensor(rec.gid, device=S.device)
+            rec.n, rec.gid = 0, []
+            self._log_weights(S, rows, ctx, rec.acc)
+        rec.closed = rec.closed or close
 
     def _flush(self, rec: _BlockRecords, ctx: StepContext, close: bool = False) -> None:
         """Hand the kept rows to the diagnostics (once per buffer of rows, not per block);
@@ -744,7 +775,7 @@ class Strategy(nn.Module):
     @torch.no_grad()
     def _diagnostics_pass(self, ctx: StepContext, acc: DiagnosticsAccumulator) -> None:
         """Diagnostics of the sampled anchors when the kernel ran without a ``log_weight_fn``."""
-        sample = acc.sample_rows()
+        sample = acc.pending_rows()  # those the kernel's pass did not copy (`_record_rows`)
         chunk = self.chunk_size or max(64, min(len(sample), (1 << 22) // max(ctx.m, 1)))
         k = ctx.k.float()
         for r0 in range(0, len(sample), chunk):
