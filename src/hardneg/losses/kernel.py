@@ -1000,6 +1000,7 @@ def _products_(ch: _Chunk, gamma: Tensor, delta: Tensor) -> None:
         assert ch.pcol is not None  # built by _mask_rule for positives="view"
         cols, per_col = ch.pcol[:, None], delta[:, None]
     if ch.EK is not None:  # the dQ product made already: the positive's term goes straight to its two rows
+        assert ch.pcol is not None  # EK is made for one positive per anchor (`_softmaxes_`)
         torch.mul(ch.EK[:, : k.shape[1]], (gamma / spec.t)[:, None], out=dq[r0:r1])
         dq[r0:r1].add_(k[ch.pcol] * (delta / spec.t)[:, None])
         dk.addmm_(D.T, qs * gamma[:, None])
@@ -1280,18 +1281,7 @@ def weighted_info_nce(
             ``normalize``, as one checked `KernelSpec`; give it or the options, not both.
     """
     _check_embeddings(q, k)
-    if spec is None:
-        spec = KernelSpec(
-            t=V.resolve_temperature(t, temperature), positives=positives, negatives=negatives, beta=beta,
-            detach_weights=detach_weights, log_weight_fn=log_weight_fn, log_weight_block=log_weight_block,
-            log_weight_rows=log_weight_rows, n_neg=n_neg, tau_plus=tau_plus, clamp=clamp,
-            include_positive=include_positive, positive_reduce=positive_reduce, reduction=reduction,
-            chunk_size=chunk_size, mean_denominator=mean_denominator, record_rows=record_rows,
-        )
-    elif not isinstance(spec, KernelSpec):
-        raise TypeError(f"spec must be a KernelSpec, got {type(spec).__name__}")
-    else:
-        _no_options_besides(spec, locals())
+    spec = _spec_of(spec, locals())
     n, m = q.shape[0], k.shape[0]
     # spread over processes, this call's anchors may all be skipped while another process's are not
     spread = spec.mean_denominator is not None and spec.reduction == "mean"
@@ -1318,6 +1308,18 @@ def _prepared(q: Tensor, k: Tensor, normalize: bool) -> tuple[Tensor, Tensor]:
 
 #: the option keywords of `weighted_info_nce` that a `KernelSpec` holds, with their defaults
 _SPEC_DEFAULTS = {f.name: f.default for f in dataclasses.fields(KernelSpec) if f.name != "t"}
+
+
+def _spec_of(spec: KernelSpec | None, given: dict) -> KernelSpec:
+    """`weighted_info_nce`'s options as one checked `KernelSpec`: built from its keywords ``given``,
+    or the ``spec`` given, whose every option keyword must then keep its default."""
+    if spec is None:
+        return KernelSpec(t=V.resolve_temperature(given["t"], given["temperature"]),
+                          **{name: given[name] for name in _SPEC_DEFAULTS})
+    if not isinstance(spec, KernelSpec):
+        raise TypeError(f"spec must be a KernelSpec, got {type(spec).__name__}")
+    _no_options_besides(spec, given)
+    return spec
 
 
 def _no_options_besides(spec: KernelSpec, given: dict) -> None:

@@ -302,9 +302,11 @@ def weighted_softmax_rows_(X: Tensor, rule: RowRule, inactive: Tensor | None, fr
     ina = None if inactive is None else inactive.to(torch.uint8).contiguous()
     slot = None if rec_slot is None else rec_slot.to(torch.int32).contiguous()
     rec_x, rec_lw = (None, None) if rec is None else rec
-    for b in () if rec is None else rec:
-        if b.dtype != torch.float32 or b.stride(1) != 1 or b.shape[1] != m or b.stride(0) != rec[0].stride(0):
-            raise ValueError("rec must be two float32 buffers with contiguous rows of the tile's width, one stride")
+    if rec_x is not None and rec_lw is not None and any(
+        b.dtype != torch.float32 or b.stride(1) != 1 or b.shape[1] != m or b.stride(0) != rec_x.stride(0)
+        for b in (rec_x, rec_lw)
+    ):
+        raise ValueError("rec must be two float32 buffers with contiguous rows of the tile's width, one stride")
     lib.hn_weighted_softmax_rows(
         X.data_ptr(), c, m, X.stride(0), _ptr(lo), _ptr(hi), kind, _ptr(centre), rule.half, two_t, p_v, u_lo,
         u_hi, _ptr(ina), int(free), cnt.data_ptr(), lse_b.data_ptr(), lse_a.data_ptr(), _ptr(scale),
