@@ -54,7 +54,10 @@ class Table:
 def _bench_command(key: str) -> Callable[[list[dict[str, Any]], Path], str]:
     def command(rows: list[dict[str, Any]], rows_file: Path) -> str:
         sizes = ",".join(str(s) for s in sorted({int(r["2B"]) for r in rows}))
-        return f"hardneg bench {key} --sizes {sizes} --json {rows_file}"
+        # repeats apply up to 2B = 8192 (larger sizes run once); the default, 3, goes unsaid
+        reps = {int(r["repeats"]) for r in rows if "repeats" in r and int(r["2B"]) <= 8192}
+        flag = f" --repeats {reps.pop()}" if len(reps) == 1 and 3 not in reps else ""
+        return f"hardneg bench {key} --sizes {sizes}{flag} --json {rows_file}"
 
     return command
 

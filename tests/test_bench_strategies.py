@@ -29,7 +29,9 @@ def test_bench_strategies_times_every_preset_and_writes_the_readme_table(tmp_pat
     assert next(r for r in rows if r["case"] == "floor")["x_floor"] == 1.0
     text = readme.read_text()
     assert "old" not in text and text.endswith("<!-- bench:strategies:end -->\ntail\n")
-    assert f"hardneg bench strategies --sizes 64 --json {out}` then `python -m reproduce readme-table" in text
+    # the command that regenerates the rows, with the repeats they were measured with
+    assert all(r["repeats"] == 1 for r in rows)
+    assert f"hardneg bench strategies --sizes 64 --repeats 1 --json {out}` then `python -m reproduce" in text
     assert format_preset_table(rows) in text
     for p in PRESETS:
         assert f"| 64 | {p} | " in text

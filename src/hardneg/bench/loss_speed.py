@@ -309,7 +309,7 @@ def run(
         for c in runnable:  # the median step, with its own share
             times[c.name], own[c.name] = sorted(samples[c.name])[len(samples[c.name]) // 2]
         for c in selected:
-            row = {"2B": n, "case": c.name, "kind": c.kind}
+            row = {"2B": n, "case": c.name, "kind": c.kind, "repeats": reps}
             if c.name in skipped:
                 row["skipped"] = skipped[c.name]
             else:
