@@ -139,6 +139,35 @@ def test_the_row_pass_matches_a_literal_float64_softmax(kind, free, dim):
         torch.testing.assert_close(rec[1][s_].double(), after[r], rtol=1e-6, atol=atol)
 
 
+@pytest.mark.parametrize("far", [0.1, 0.5, 0.9])
+def test_distance_rows_mostly_kept_or_mostly_far_match_the_literal(far):
+    """The pass packs a row's kept entries where the row before kept few, and works in place
+    otherwise: rows of each kind, and both in turn, against the float64 literal."""
+    g = torch.Generator().manual_seed(11)
+    c, m = 9, 203  # 12 runs of 16 lanes and a tail of 11
+    near = (torch.rand(c, m, generator=g) * 1.5 + 0.1) / 0.5  # u = 2 - x < 1.96: kept
+    X = torch.where(torch.rand(c, m, generator=g) < far, torch.full((c, m), -1.0), near)
+    X[3, : m // 2] = -1.0  # a row half far between the others
+    dist = (1.0, -63.0, -62.5, 0.25, 1.96)
+    lo, hi = torch.full((c,), -math.inf), torch.full((c,), math.inf)
+    inactive = torch.zeros(c, dtype=torch.bool)
+    ref, cnt, lse_b, lse_a, scale, fallback, after = _literal_rows(X, lo, hi, "distance", torch.zeros(c), 0.0,
+                                                                    dist, inactive, False)
+    slot = torch.full((c,), -1, dtype=torch.int32)
+    slot[torch.tensor([0, 3, 8])] = torch.tensor([0, 1, 2], dtype=torch.int32)
+    rec = (torch.zeros(3, m), torch.zeros(3, m))
+    Y = X.clone()
+    res = native.weighted_softmax_rows_(Y, native.RowRule(kind="distance", distance=dist), inactive, False, slot,
+                                        rec)
+    assert res.cnt.tolist() == cnt and not any(fallback)
+    torch.testing.assert_close((Y * res.scale[:, None]).double(), ref, rtol=3e-5, atol=1e-30)
+    torch.testing.assert_close(res.lse_b.double(), torch.tensor(lse_b).double(), rtol=1e-6, atol=2e-5)
+    torch.testing.assert_close(res.lse_a.double(), torch.tensor(lse_a).double(), rtol=1e-6, atol=2e-5)
+    for s_, r in enumerate([0, 3, 8]):
+        assert torch.equal(rec[0][s_], X[r])
+        torch.testing.assert_close(rec[1][s_].double(), after[r], rtol=1e-6, atol=2e-5)
+
+
 def test_the_distance_rule_takes_only_the_exponents_of_q_d():
     rule = native.RowRule(kind="distance", distance=(1.0, -4.0, -4.0, 0.25, 1.96))  # p_u = p_v: not q(d)
     with pytest.raises(ValueError, match="p_u = p_v - 1/2"):

@@ -105,12 +105,13 @@ def _load(path: Path) -> ctypes.CDLL | None:
                                          P, P, P, P, P, P, P, P, I64, P, INT],
             "hn_row_stats": [P, I64, P, I64, I64, I64, INT, F32, F32, F32, I64, P, P, P, P, P, P, P, P, INT],
             "hn_unit_rows_backward": [P, P, P, P, I64, I64, INT],
+            "hn_distance_scratch": [I64],
             "hn_softmax_rows": [P, I64, I64, I64, P, INT, INT, P, P, P, P, P, I64, I64, INT, P, I64, P, P, I64,
                                 INT],
         }
         for name, argtypes in signatures.items():
             fn = getattr(lib, name)
-            fn.argtypes, fn.restype = argtypes, None
+            fn.argtypes, fn.restype = argtypes, I64 if name == "hn_distance_scratch" else None
         return lib
     except (OSError, AttributeError) as e:
         _LOG.info("loading %s failed: %s", path, e)
@@ -298,7 +299,7 @@ def weighted_softmax_rows_(X: Tensor, rule: RowRule, inactive: Tensor | None, fr
     scale = X.new_empty(c) if free or kind == 2 else None  # distance weighting: rows left unnormalised
     fallback = torch.empty(c, dtype=torch.uint8)
     threads = max(1, min(torch.get_num_threads(), c))
-    scratch = X.new_empty(threads, m) if kind == 2 else None  # a row of the weights a per thread
+    scratch = X.new_empty(threads, int(lib.hn_distance_scratch(m))) if kind == 2 else None  # per thread
     ina = None if inactive is None else inactive.to(torch.uint8).contiguous()
     slot = None if rec_slot is None else rec_slot.to(torch.int32).contiguous()
     rec_x, rec_lw = (None, None) if rec is None else rec
