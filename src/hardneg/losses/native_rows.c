@@ -306,6 +306,46 @@ static inline __m512 v_rsqrt(__m512 u) {
 }
 #endif
 
+#if defined(__AVX512F__)
+/* The distance weighting's pieces on 16 lanes (distance_row's definitions): u = 2 - 2 t x clamped
+ * to [u_lo, u_hi]; b = p_v log(u q) with q = max(1 - u/4, 1e-8); and, on the lanes of k, e^{x + b}
+ * and e^b each over sqrt(u), shifted by mv2 and ma2 (the shifts times log2 e: in base 2, log2 e
+ * goes into the fma that makes each exponent), the latter into *ea. */
+#define V_INLINE static inline __attribute__((always_inline))
+V_INLINE __m512 v_distance_u(__m512 v, float two_t, float u_lo, float u_hi) {
+  const __m512 u0 = _mm512_fnmadd_ps(_mm512_set1_ps(two_t), v, _mm512_set1_ps(2.0f));
+  return _mm512_min_ps(_mm512_max_ps(u0, _mm512_set1_ps(u_lo)), _mm512_set1_ps(u_hi));
+}
+
+V_INLINE __m512 v_distance_b(__m512 u, float p_v) {
+  const __m512 q = _mm512_max_ps(_mm512_fnmadd_ps(_mm512_set1_ps(0.25f), u, _mm512_set1_ps(1.0f)),
+                                 _mm512_set1_ps(1e-8f));
+  return _mm512_mul_ps(_mm512_set1_ps(p_v), v_log(_mm512_mul_ps(u, q)));
+}
+
+V_INLINE __m512 v_distance_exps(__m512 v, __m512 b, __m512 u, __m512 mv2, __m512 ma2, __mmask16 k, __m512 *ea) {
+  const __m512 ru = v_rsqrt(u), l2e = _mm512_set1_ps(1.44269504088896341f);
+  *ea = _mm512_maskz_mul_ps(k, v_exp2(_mm512_fmsub_ps(b, l2e, ma2)), ru);
+  return _mm512_maskz_mul_ps(k, v_exp2(_mm512_fmsub_ps(_mm512_add_ps(v, b), l2e, mv2)), ru);
+}
+#endif
+
+/* The end of a distance-weighted row: lse_a, then the row's normalising factor and lse_b (the row
+ * stays unnormalised: its factor goes with the products' operands), or the placeholder of an
+ * inactive row. Returns the count n. */
+static int64_t distance_done(const job_t *j, float *x, int64_t r, int64_t n, float s, float sa, float mv,
+                             float ma) {
+  j->lse_a[r] = ma + logf(sa);
+  if (j->inactive && j->inactive[r]) {
+    zero_row(j, x, r);
+    j->scale[r] = 1.0f;
+    return n;
+  }
+  j->scale[r] = 1.0f / s;
+  j->lse_b[r] = mv + logf(s);
+  return n;
+}
+
 /* Wu et al. 2017, a = -log q(d) = p_u log u + p_v log q with u = d^2 = 2 - 2 t x clamped to
  * [u_lo, u_hi] and q = 1 - u/4 (weighting.DistanceWeighted.weigh_). For every dimension n,
  * p_u = p_v - 1/2 (-(n - 2)/2 and -(n - 3)/2), so a = b - (1/2) log u with b = p_v log(u q):
@@ -347,10 +387,7 @@ static int64_t distance_row(const job_t *j, float *x, float *w, int64_t r, float
       const __m512 u0 = _mm512_fnmadd_ps(_mm512_set1_ps(two_t), v, _mm512_set1_ps(2.0f));
       const __mmask16 k = v_keep(v, lo, hi, 0.0f, INFINITY) &
                           _mm512_cmp_ps_mask(u0, _mm512_set1_ps(u_hi), _CMP_LT_OQ);
-      const __m512 u = _mm512_min_ps(_mm512_max_ps(u0, _mm512_set1_ps(u_lo)), _mm512_set1_ps(u_hi));
-      const __m512 q = _mm512_max_ps(_mm512_fnmadd_ps(_mm512_set1_ps(0.25f), u, _mm512_set1_ps(1.0f)),
-                                     _mm512_set1_ps(1e-8f));
-      const __m512 b = _mm512_mask_mul_ps(ninf, k, _mm512_set1_ps(p_v), v_log(_mm512_mul_ps(u, q)));
+      const __m512 b = _mm512_mask_mov_ps(ninf, k, v_distance_b(v_distance_u(v, two_t, u_lo, u_hi), p_v));
       _mm512_storeu_ps(w + i0, b);
       n += __builtin_popcount((unsigned)k);
       vmv = _mm512_max_ps(vmv, _mm512_mask_add_ps(ninf, k, v, b));
@@ -373,9 +410,7 @@ static int64_t distance_row(const job_t *j, float *x, float *w, int64_t r, float
 #if defined(__AVX512F__)
     for (; i + 16 <= m; i += 16) { /* the compiler leaves hn_log in this loop scalar */
       const __m512 v = _mm512_loadu_ps(x + i), b = _mm512_loadu_ps(w + i);
-      const __m512 u = _mm512_min_ps(
-          _mm512_max_ps(_mm512_fnmadd_ps(_mm512_set1_ps(two_t), v, _mm512_set1_ps(2.0f)), _mm512_set1_ps(u_lo)),
-          _mm512_set1_ps(u_hi));
+      const __m512 u = v_distance_u(v, two_t, u_lo, u_hi);
       const __mmask16 k = _mm512_cmp_ps_mask(b, _mm512_set1_ps(-INFINITY), _CMP_GT_OQ);
       const __m512 a = _mm512_fnmadd_ps(_mm512_set1_ps(0.5f), v_log(u), b);
       _mm512_storeu_ps(rec + i, _mm512_mask_mov_ps(_mm512_set1_ps(-INFINITY), k, a));
@@ -394,19 +429,12 @@ static int64_t distance_row(const job_t *j, float *x, float *w, int64_t r, float
   i0 = 0;
 #if defined(__AVX512F__)
   {
-    __m512 vs = _mm512_setzero_ps(), vsa = vs;
-    const __m512 l2e = _mm512_set1_ps(1.44269504088896341f);
-    const __m512 mv2 = _mm512_mul_ps(_mm512_set1_ps(mv), l2e), ma2 = _mm512_mul_ps(_mm512_set1_ps(ma), l2e);
+    __m512 vs = _mm512_setzero_ps(), vsa = vs, ea;
+    const __m512 mv2 = _mm512_set1_ps(mv * 1.44269504088896341f), ma2 = _mm512_set1_ps(ma * 1.44269504088896341f);
     for (; i0 + 16 <= m; i0 += 16) {
       const __m512 v = _mm512_loadu_ps(x + i0), b = _mm512_loadu_ps(w + i0);
       const __mmask16 k = _mm512_cmp_ps_mask(b, _mm512_set1_ps(-INFINITY), _CMP_GT_OQ);
-      const __m512 u = _mm512_min_ps(
-          _mm512_max_ps(_mm512_fnmadd_ps(_mm512_set1_ps(two_t), v, _mm512_set1_ps(2.0f)), _mm512_set1_ps(u_lo)),
-          _mm512_set1_ps(u_hi));
-      const __m512 ru = v_rsqrt(u);
-      /* base 2: log2 e goes into the fma that makes each exponent */
-      const __m512 e = _mm512_maskz_mul_ps(k, v_exp2(_mm512_fmsub_ps(_mm512_add_ps(v, b), l2e, mv2)), ru);
-      const __m512 ea = _mm512_maskz_mul_ps(k, v_exp2(_mm512_fmsub_ps(b, l2e, ma2)), ru);
+      const __m512 e = v_distance_exps(v, b, v_distance_u(v, two_t, u_lo, u_hi), mv2, ma2, k, &ea);
       _mm512_storeu_ps(x + i0, e);
       vs = _mm512_add_ps(vs, e);
       vsa = _mm512_add_ps(vsa, ea);
@@ -435,15 +463,7 @@ static int64_t distance_row(const job_t *j, float *x, float *w, int64_t r, float
     s += sl[l];
     sa += al[l];
   }
-  j->lse_a[r] = ma + logf(sa);
-  if (j->inactive && j->inactive[r]) {
-    zero_row(j, x, r);
-    j->scale[r] = 1.0f;
-    return n;
-  }
-  j->scale[r] = 1.0f / s; /* the row stays unnormalised: its factor goes with the products' operands */
-  j->lse_b[r] = mv + logf(s);
-  return n;
+  return distance_done(j, x, r, n, s, sa, mv, ma);
 }
 
 #if defined(__AVX512F__)
@@ -479,12 +499,7 @@ static int64_t distance_row_packed(const job_t *j, float *x, float *scratch, int
   for (int64_t i = 0; i < p; i += 16) {
     const __mmask16 lm = i + 16 >= p ? ptail : (__mmask16)0xFFFF;
     const __m512 v = _mm512_maskz_loadu_ps(lm, xd + i);
-    const __m512 u = _mm512_min_ps(
-        _mm512_max_ps(_mm512_fnmadd_ps(_mm512_set1_ps(two_t), v, _mm512_set1_ps(2.0f)), _mm512_set1_ps(u_lo)),
-        _mm512_set1_ps(u_hi));
-    const __m512 q = _mm512_max_ps(_mm512_fnmadd_ps(_mm512_set1_ps(0.25f), u, _mm512_set1_ps(1.0f)),
-                                   _mm512_set1_ps(1e-8f));
-    const __m512 b = _mm512_mul_ps(_mm512_set1_ps(p_v), v_log(_mm512_mul_ps(u, q)));
+    const __m512 b = v_distance_b(v_distance_u(v, two_t, u_lo, u_hi), p_v);
     _mm512_storeu_ps(bd + i, b);
     vmv = _mm512_mask_max_ps(vmv, lm, vmv, _mm512_add_ps(v, b));
     vma = _mm512_mask_max_ps(vma, lm, vma, b);
@@ -493,9 +508,7 @@ static int64_t distance_row_packed(const job_t *j, float *x, float *scratch, int
   if (rec) { /* a on the packed entries, then expanded into the record, -inf elsewhere */
     for (int64_t i = 0; i < p; i += 16) {
       const __m512 v = _mm512_loadu_ps(xd + i);
-      const __m512 u = _mm512_min_ps(
-          _mm512_max_ps(_mm512_fnmadd_ps(_mm512_set1_ps(two_t), v, _mm512_set1_ps(2.0f)), _mm512_set1_ps(u_lo)),
-          _mm512_set1_ps(u_hi));
+      const __m512 u = v_distance_u(v, two_t, u_lo, u_hi);
       const __m512 a = _mm512_fnmadd_ps(_mm512_set1_ps(0.5f), v_log(u), _mm512_loadu_ps(bd + i));
       _mm512_mask_storeu_ps(rec + i, i + 16 >= p ? ptail : (__mmask16)0xFFFF, a);
     }
@@ -506,37 +519,21 @@ static int64_t distance_row_packed(const job_t *j, float *x, float *scratch, int
       _mm512_mask_storeu_ps(rec + 16 * i, lm, a);
     }
   }
-  const __m512 l2e = _mm512_set1_ps(1.44269504088896341f);
-  const __m512 mv2 = _mm512_mul_ps(_mm512_set1_ps(mv), l2e), ma2 = _mm512_mul_ps(_mm512_set1_ps(ma), l2e);
-  __m512 vs = _mm512_setzero_ps(), vsa = vs;
+  const __m512 mv2 = _mm512_set1_ps(mv * 1.44269504088896341f), ma2 = _mm512_set1_ps(ma * 1.44269504088896341f);
+  __m512 vs = _mm512_setzero_ps(), vsa = vs, ea;
   for (int64_t i = 0; i < p; i += 16) {
     const __mmask16 lm = i + 16 >= p ? ptail : (__mmask16)0xFFFF;
     const __m512 v = _mm512_maskz_loadu_ps(lm, xd + i), b = _mm512_maskz_loadu_ps(lm, bd + i);
-    const __m512 u = _mm512_min_ps(
-        _mm512_max_ps(_mm512_fnmadd_ps(_mm512_set1_ps(two_t), v, _mm512_set1_ps(2.0f)), _mm512_set1_ps(u_lo)),
-        _mm512_set1_ps(u_hi));
-    const __m512 ru = v_rsqrt(u);
-    /* base 2: log2 e goes into the fma that makes each exponent */
-    const __m512 e = _mm512_maskz_mul_ps(lm, v_exp2(_mm512_fmsub_ps(_mm512_add_ps(v, b), l2e, mv2)), ru);
-    const __m512 ea = _mm512_maskz_mul_ps(lm, v_exp2(_mm512_fmsub_ps(b, l2e, ma2)), ru);
+    const __m512 e = v_distance_exps(v, b, v_distance_u(v, two_t, u_lo, u_hi), mv2, ma2, lm, &ea);
     _mm512_storeu_ps(xd + i, e);
     vs = _mm512_add_ps(vs, e);
     vsa = _mm512_add_ps(vsa, ea);
-  }
-  const float s = _mm512_reduce_add_ps(vs), sa = _mm512_reduce_add_ps(vsa);
-  j->lse_a[r] = ma + logf(sa);
-  if (j->inactive && j->inactive[r]) {
-    zero_row(j, x, r);
-    j->scale[r] = 1.0f;
-    return p;
   }
   for (int64_t i = 0; i < nv; i++) {
     const __mmask16 lm = i == nv - 1 ? tail : (__mmask16)0xFFFF;
     _mm512_mask_storeu_ps(x + 16 * i, lm, _mm512_maskz_expand_ps((__mmask16)masks[i], _mm512_loadu_ps(xd + off[i])));
   }
-  j->scale[r] = 1.0f / s; /* the row stays unnormalised: its factor goes with the products' operands */
-  j->lse_b[r] = mv + logf(s);
-  return p;
+  return distance_done(j, x, r, p, _mm512_reduce_add_ps(vs), _mm512_reduce_add_ps(vsa), mv, ma);
 }
 #endif
 
@@ -973,7 +970,8 @@ void hn_weighted_softmax_rows(float *X, int64_t rows, int64_t m, int64_t ld, con
   if (threads > MAX_THREADS) threads = MAX_THREADS;
   for (int t = 0; t < threads; t++)
     jobs[t] = (job_t){X, m, ld, lo, hi, kind, centre, half, two_t, p_v, u_lo, u_hi, inactive, free_exp,
-                      cnt, lse_b, lse_a, scale, fallback, scratch ? scratch + (int64_t)t * DISTANCE_SCRATCH(m) : NULL, rec_slot,
+                      cnt, lse_b, lse_a, scale, fallback,
+                      scratch ? scratch + (int64_t)t * DISTANCE_SCRATCH(m) : NULL, rec_slot,
                       rec_x, rec_lw, rec_ld, rows * t / threads, rows * (t + 1) / threads};
   PARALLEL_RANGES(run_rows, jobs, threads);
 }
