@@ -127,6 +127,14 @@ class _BlockRecords:
         self.fb = torch.zeros(cap, dtype=torch.bool, device=X.device)
         return True
 
+    @staticmethod
+    def slots(loc: Tensor, c: int) -> Tensor:
+        """(c,) int32 for a native pass: the buffer row of each of the block's sampled rows ``loc``
+        (their order), −1 elsewhere."""
+        slot = torch.full((c,), -1, dtype=torch.int32)
+        slot[loc] = torch.arange(loc.numel(), dtype=torch.int32)
+        return slot
+
     def note(self, loc: Tensor, rows: slice) -> tuple[Tensor, Tensor]:
         """The sampled rows ``loc`` of the block of ``rows`` take the next rows of the buffers
         (call after `room`), returned (values before, log-weights) for a pass that writes them itself."""
@@ -632,9 +640,7 @@ class Strategy(nn.Module):
             if not rec.room(S, loc.numel()):
                 self._flush(rec, ctx)
                 rec.room(S, loc.numel())
-            bufs = rec.note(loc, rows)
-            slot = torch.full((c,), -1, dtype=torch.int32)
-            slot[loc] = torch.arange(loc.numel(), dtype=torch.int32)
+            bufs, slot = rec.note(loc, rows), rec.slots(loc, c)
         res = native.weighted_softmax_rows_(S, rule, inactive, free, slot, bufs)
         weightings = self._weightings()
         if weightings:
@@ -656,10 +662,8 @@ class Strategy(nn.Module):
             self._flush_rows(rec, ctx)
             rec.room(ref, loc.numel())
         buf, _ = rec.note(loc, rows)
-        slot = torch.full((rows.stop - rows.start,), -1, dtype=torch.int32)
-        slot[loc] = torch.arange(loc.numel(), dtype=torch.int32)
         rec.done(loc.numel(), None)
-        return slot, buf
+        return rec.slots(loc, rows.stop - rows.start), buf
 
     def _flush_rows(self, rec: _BlockRecords, ctx: StepContext, close: bool = False) -> None:
         """The plain path's diagnostics of the rows the native pass copied: `_log_weights` on their
