@@ -222,6 +222,14 @@ def test_the_pass_rejects_what_it_cannot_read():
         native.weighted_softmax_rows_(torch.zeros(2, 4, dtype=torch.float64), rule, None, True)
     with pytest.raises(ValueError, match="float32 CPU tile"):
         native.weighted_softmax_rows_(torch.zeros(4, 2).T, rule, None, True)
+    slot = torch.zeros(2, dtype=torch.int32)
+    with pytest.raises(ValueError, match="rec_slot needs rec"):  # no buffer to write the sampled rows to
+        native.weighted_softmax_rows_(torch.zeros(2, 16), rule, None, True, slot)
+    with pytest.raises(ValueError, match="one stride"):
+        native.weighted_softmax_rows_(torch.zeros(2, 16), rule, None, True, slot,
+                                      (torch.zeros(2, 16), torch.zeros(2, 8)))
+    with pytest.raises(ValueError, match="rec must be"):
+        native.softmax_rows_(torch.zeros(2, 16), None, True, None, rec_slot=slot)
 
 
 # ---------------------------------------------------------------------------------------------

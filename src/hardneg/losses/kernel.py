@@ -994,11 +994,6 @@ def _products_(ch: _Chunk, gamma: Tensor, delta: Tensor) -> None:
     scaled instead."""
     D, k, qs, spec, r0, r1 = ch.S, ch.k, ch.qs, ch.spec, ch.r0, ch.r1
     dq, dk = ch.grads()
-    if ch.same_cols is not None and spec.positives == "labels":
-        cols, per_col = ch.same_cols, delta
-    else:
-        assert ch.pcol is not None  # built by _mask_rule for positives="view"
-        cols, per_col = ch.pcol[:, None], delta[:, None]
     if ch.EK is not None:  # the dQ product made already: the positive's term goes straight to its two rows
         assert ch.pcol is not None  # EK is made for one positive per anchor (`_softmaxes_`)
         torch.mul(ch.EK[:, : k.shape[1]], (gamma / spec.t)[:, None], out=dq[r0:r1])
@@ -1006,6 +1001,11 @@ def _products_(ch: _Chunk, gamma: Tensor, delta: Tensor) -> None:
         dk.addmm_(D.T, qs * gamma[:, None])
         dk.index_add_(0, ch.pcol, qs * delta[:, None])
         return
+    if ch.same_cols is not None and spec.positives == "labels":
+        cols, per_col = ch.same_cols, delta
+    else:
+        assert ch.pcol is not None  # built by _mask_rule for positives="view"
+        cols, per_col = ch.pcol[:, None], delta[:, None]
     zero = gamma == 0
     if bool(zero.any()):
         if bool((zero[:, None] & (per_col != 0)).any()):

@@ -303,6 +303,8 @@ def weighted_softmax_rows_(X: Tensor, rule: RowRule, inactive: Tensor | None, fr
     ina = None if inactive is None else inactive.to(torch.uint8).contiguous()
     slot = None if rec_slot is None else rec_slot.to(torch.int32).contiguous()
     rec_x, rec_lw = (None, None) if rec is None else rec
+    if slot is not None and rec is None:
+        raise ValueError("rec_slot needs rec, the buffers its rows are written to")
     if rec_x is not None and rec_lw is not None and any(
         b.dtype != torch.float32 or b.stride(1) != 1 or b.shape[1] != m or b.stride(0) != rec_x.stride(0)
         for b in (rec_x, rec_lw)
