@@ -455,6 +455,98 @@ def test_losses_of_the_softmax_pass_in_float32_match_the_float64_reference(case,
         torch.testing.assert_close(a.double(), b, rtol=1e-4, atol=1e-4 * float(b.abs().max()))
 
 
+@pytest.mark.parametrize("use", [True, False], ids=["native", "blocks"])
+@pytest.mark.parametrize("beta,include,tau_plus", [(1.0, False, 0.0), (0.0, False, 0.0), (1.0, True, 0.1),
+                                                   (0.0, True, 0.1), (1.0, True, 0.0)])
+def test_label_positives_in_float32_match_the_literal_pairs(use, beta, include, tau_plus, monkeypatch):
+    """Label positives, every same-label pair (i, p) a term: with and without the positive in the
+    denominator, debiased or not, on the native label terms (τ⁺ = 0) and the torch path, against
+    the one-positive float64 reference row by row of pairs."""
+    calls = []
+    real = native.label_terms
+    monkeypatch.setattr(native, "label_terms", lambda *a, **k: calls.append(1) or real(*a, **k))
+    z1, z2, y = _labelled(12, 6, seed=8)
+    z, yy = torch.cat([z1, z2]), torch.cat([y, y])
+    n = z.shape[0]
+    pairs = [(i, p) for i in range(n) for p in range(n) if p != i and yy[p] == yy[i]]
+    zr = z.clone().requires_grad_()
+    ref = ref_weighted_infonce_t(zr[[i for i, _ in pairs]], zr, [p for _, p in pairs],
+                                 [[bool(yy[j] != yy[i]) for j in range(n)] for i, _ in pairs], beta=beta, t=0.5,
+                                 N=n - 2, include_positive=include, tau_plus=tau_plus)
+    a = z.float().requires_grad_()
+    with native.use_native(use):
+        ours = L.weighted_info_nce(a, a, t=0.5, q_labels=yy, k_labels=yy, self_index=torch.arange(n),
+                                   positives="labels", negatives="other_labels", positive_reduce="pairs", beta=beta,
+                                   include_positive=include, n_neg=n - 2, tau_plus=tau_plus)
+    assert bool(calls) == (use and tau_plus == 0.0)
+    torch.testing.assert_close(ours.double(), ref, rtol=2e-5, atol=1e-5)
+    ga, = torch.autograd.grad(ours, a)
+    gr, = torch.autograd.grad(ref, zr)
+    assert gr.abs().max() > 1e-3
+    torch.testing.assert_close(ga.double(), gr, rtol=1e-4, atol=1e-4 * float(gr.abs().max()))
+
+
+def _label_rows_case(seed: int = 3):
+    g = torch.Generator().manual_seed(seed)
+    c, P, m = 9, 37, 200  # P: two vectors of 16 lanes and a tail of 5
+    table = torch.stack([torch.randperm(m, generator=g)[:P] for _ in range(4)])
+    row = torch.randint(0, 4, (c,), generator=g)
+    cnt = torch.tensor([37, 0, 1, 16, 17, 36, 5, 33, 20])
+    cols = table[row]
+    self_col = torch.where(torch.arange(c) % 2 == 0, cols[:, 0], torch.full((c,), -1))
+    return native.LabelRows(table, row, cnt), cols, cnt, self_col, g
+
+
+@pytest.mark.parametrize("include", [True, False])
+def test_the_label_terms_match_a_literal_float64_loop(include):
+    """Σ_p softplus(neg − s_p) and σ(neg − s_p) (or the linear terms) over each row's first cnt
+    columns but the anchor itself, with z from −120 to 120 (softplus and σ at both ends)."""
+    rows, cols, cnt, self_col, g = _label_rows_case()
+    c, P = cols.shape
+    sp = torch.randn(c, P, generator=g) * 3
+    neg = torch.linspace(-120.0, 120.0, c)
+    loss, gsum, dsp = native.label_terms(sp, rows, self_col, neg, include)
+    for r in range(c):
+        ref_l = ref_g = 0.0
+        ref_d = torch.zeros(P, dtype=torch.float64)
+        for p in range(int(cnt[r])):
+            if int(cols[r, p]) == int(self_col[r]):
+                continue
+            z = float(neg[r]) - float(sp[r, p])
+            ell, d = (max(z, 0.0) + math.log1p(math.exp(-abs(z))), 1.0 / (1.0 + math.exp(-z))) if include else (z, 1.0)
+            ref_l, ref_g, ref_d[p] = ref_l + ell, ref_g + d, -d
+        # z = neg − s_p rounded to float32 moves e^z by |z| 2^-24 relative (5e-6 at |z| = 90)
+        assert loss[r].item() == pytest.approx(ref_l, rel=1e-6, abs=1e-6)
+        assert gsum[r].item() == pytest.approx(ref_g, rel=1e-5, abs=1e-30)
+        torch.testing.assert_close(dsp[r].double(), ref_d, rtol=1e-5, atol=1e-30)
+
+
+def test_the_label_scatter_adds_each_rows_values_at_its_columns():
+    rows, cols, cnt, _, g = _label_rows_case()
+    c, P = cols.shape
+    X = torch.randn(c, 200, generator=g)
+    vals, h = torch.randn(c, P, generator=g), torch.rand(c, generator=g)
+    ref = X.double().clone()
+    for r in range(c):
+        for p in range(int(cnt[r])):
+            ref[r, cols[r, p]] += float(vals[r, p]) * float(h[r])
+    native.label_scatter_(X, rows, vals, h)
+    torch.testing.assert_close(X.double(), ref, rtol=1e-6, atol=1e-6)
+
+
+def test_label_rows_refuse_what_the_passes_cannot_read():
+    table = torch.arange(12).reshape(3, 4)
+    with pytest.raises(ValueError, match="rows inside the table"):
+        native.LabelRows(table, torch.tensor([0, 3]), torch.tensor([1, 1]))
+    with pytest.raises(ValueError, match="rows inside the table"):
+        native.LabelRows(table.int(), torch.tensor([0, 1]), torch.tensor([1, 1]))
+    with pytest.raises(ValueError, match="rows inside the table"):
+        native.LabelRows(table, None, torch.tensor([1, 1, 1, 1]))  # four rows of a three-row table
+    rows = native.LabelRows(table, torch.tensor([0, 2]), torch.tensor([1, 4]))
+    with pytest.raises(ValueError, match="holds 2 rows"):
+        native.label_scatter_(torch.zeros(3, 12), rows, torch.zeros(3, 4), torch.zeros(3))
+
+
 # ---------------------------------------------------------------------------------------------
 # the diagnostics' row statistics
 # ---------------------------------------------------------------------------------------------
@@ -499,24 +591,35 @@ def test_the_unit_rows_gradient_matches_f_normalize_in_float32():
     torch.testing.assert_close(ours.double(), ref, rtol=1e-5, atol=1e-6)
 
 
-def test_the_softmax_pass_writes_the_column_rule_and_gathers_first():
+@pytest.mark.parametrize("by_table", [False, True])
+def test_the_softmax_pass_writes_the_column_rule_and_gathers_first(by_table):
+    """The columns of each row: its own row of a (c × P) tensor, or a row of a table read through an
+    index (the kernel's per-label table); only the first cnt of them, the rest padding."""
     g = torch.Generator().manual_seed(9)
-    c, m = 6, 40
+    c, m, P = 6, 40, 5
     X = torch.randn(c, m, generator=g)
     self_col = torch.tensor([0, 1, -1, 3, 4, 5])
     pos_col = torch.tensor([7, -1, 9, 10, 11, 12])
-    cols = torch.randint(0, m, (c, 5), generator=g)
+    cnt = torch.tensor([5, 0, 3, 5, 2, 1])
+    if by_table:
+        table, row = torch.randperm(m, generator=g)[: 3 * P].reshape(3, P), torch.tensor([2, 0, 1, 2, 0, 1])
+        cols = table[row]
+        rows = native.LabelRows(table, row, cnt)
+    else:
+        cols = torch.randint(0, m, (c, P), generator=g)
+        rows = native.LabelRows(cols, None, cnt)
     inactive = torch.tensor([False, False, False, False, True, False])
-    Y, got = X.clone(), torch.empty(c, 5)
-    lse, _ = native.softmax_rows_(Y, inactive, True, None, self_col=self_col, pos_col=pos_col, cols=cols,
+    Y, got = X.clone(), torch.empty(c, P)
+    lse, _ = native.softmax_rows_(Y, inactive, True, None, self_col=self_col, pos_col=pos_col, cols=rows,
                                   fill_cols=True, gather=got)
-    torch.testing.assert_close(got, X.gather(1, cols), rtol=0, atol=0)  # read before the rule
+    first = torch.arange(P)[None, :] < cnt[:, None]
+    torch.testing.assert_close(got, torch.where(first, X.gather(1, cols), 0.0), rtol=0, atol=0)  # before the rule
     ref = X.double().clone()
     for r in range(c):
         if inactive[r]:
             ref[r] = 0.0
             continue
-        ref[r, cols[r]] = -math.inf
+        ref[r, cols[r, : cnt[r]]] = -math.inf
         for col in (self_col[r], pos_col[r]):
             if col >= 0:
                 ref[r, col] = -math.inf

@@ -165,7 +165,7 @@ class _Index:
     label_start: Tensor | None = None  # (L,) first position of each label in k_order
     label_count: Tensor | None = None  # (L,) candidates per label
     active: Tensor | None = None  # (n,) bool: has a positive and a valid negative (None: all)
-    label_cols: tuple[Tensor, Tensor] | None = None  # (L, P) columns of each label and which are real
+    label_cols: Tensor | None = None  # (L, P) columns of each label, padded (`_label_table`)
     self_all: bool = False  # every anchor is a row of k (self_index ≥ 0 throughout)
 
 
@@ -332,42 +332,56 @@ def _label_index(ix: _Index) -> tuple[Tensor, Tensor, Tensor, Tensor]:
 _LABEL_TABLE = 1 << 22
 
 
-def _label_table(ix: _Index) -> tuple[Tensor, Tensor] | None:
-    """(L, P) the candidates' columns of each label (P the largest label), and which are real; built
-    once per call (the chunks index it by their anchors' labels), None when larger than
-    `_LABEL_TABLE` entries."""
+def _label_table(ix: _Index) -> Tensor | None:
+    """(L, P) the candidates' columns of each label (P the largest label), each row padded beyond
+    its label's count with the label's first column (`_same_label_cols`' padding for label
+    positives); built once per call (the chunks index it by their anchors' labels), None when
+    larger than `_LABEL_TABLE` entries."""
     if ix.label_cols is None:
         _, label_count, label_start, k_order = _label_index(ix)
         L, P = label_count.shape[0], max(1, int(label_count.max())) if label_count.numel() else 1
         if L * P > _LABEL_TABLE:
             return None
         ar = torch.arange(P, device=k_order.device)
-        valid = ar[None, :] < label_count[:, None]
-        # padded with the label's first column (`_same_label_cols`' padding for label positives)
-        at = torch.clamp(label_start[:, None] + torch.where(valid, ar[None, :], 0),
-                         max=max(k_order.shape[0] - 1, 0))
-        ix.label_cols = (k_order[at], valid)
+        at = torch.where(ar[None, :] < label_count[:, None], ar[None, :], 0)
+        ix.label_cols = k_order[torch.clamp(label_start[:, None] + at, max=max(k_order.shape[0] - 1, 0))]
     return ix.label_cols
 
 
-def _same_label_cols(ix: _Index, r0: int, r1: int, pad: Tensor | None) -> tuple[Tensor, Tensor]:
-    """Columns of every candidate sharing each anchor's label, padded with ``pad`` (None: the
-    label's first column) → (c, P), valid."""
+def _label_valid(ix: _Index, r0: int, r1: int, P: int) -> Tensor:
+    """(c, P) bool: which of `_same_label_cols`' columns are candidates of the anchor's label (the
+    first ``label_count`` of each row; the rest is padding)."""
+    q_labels, label_count, _, _ = _label_index(ix)
+    return torch.arange(P, device=q_labels.device)[None, :] < label_count[q_labels[r0:r1]][:, None]
+
+
+def _label_rows(ix: _Index, r0: int, r1: int) -> native.LabelRows:
+    """The chunk's same-label columns as the native passes read them: rows of the call's label table
+    (each anchor's label its row; no (c × P) copy), or without a table the chunk's own
+    `_same_label_cols`; each anchor's first ``label_count`` entries."""
+    q_labels, label_count, _, _ = _label_index(ix)
+    y = q_labels[r0:r1]
+    table = _label_table(ix)
+    if table is not None:
+        return native.LabelRows(table, y, label_count[y])
+    return native.LabelRows(_same_label_cols(ix, r0, r1, None), None, label_count[y])
+
+
+def _same_label_cols(ix: _Index, r0: int, r1: int, pad: Tensor | None) -> Tensor:
+    """(c, P) columns of every candidate sharing each anchor's label, padded (`_label_valid`) with
+    ``pad`` (None: the label's first column)."""
     q_labels, label_count, label_start, k_order = _label_index(ix)
     y = q_labels[r0:r1]
     table = _label_table(ix)
     if table is not None:  # P is the largest label's size, for every chunk
-        cols, valid = table[0][y], table[1][y]
-        return (cols if pad is None else torch.where(valid, cols, pad[:, None])), valid
-    cnt = label_count[y]
-    P = max(1, int(cnt.max()))
-    ar = torch.arange(P, device=y.device)
-    valid = ar[None, :] < cnt[:, None]
+        cols = table[y]
+        return cols if pad is None else torch.where(_label_valid(ix, r0, r1, cols.shape[1]), cols, pad[:, None])
+    P = max(1, int(label_count[y].max()))
+    valid = _label_valid(ix, r0, r1, P)
     start = label_start[y][:, None]
-    at = torch.clamp(start + ar[None, :], max=k_order.shape[0] - 1)
+    at = torch.clamp(start + torch.arange(P, device=y.device)[None, :], max=k_order.shape[0] - 1)
     pad_col = k_order[torch.clamp(start, max=k_order.shape[0] - 1)] if pad is None else pad[:, None]
-    cols = torch.where(valid, k_order[at], pad_col)
-    return cols, valid
+    return torch.where(valid, k_order[at], pad_col)
 
 
 def _softmax_lse_(X: Tensor, ws: _Workspace | None = None, sumsq: Tensor | None = None,
@@ -565,8 +579,8 @@ class _Chunk:
     # the mask (`_mask_rule`; the lean path's positives in `_lean_normaliser`)
     rows: Tensor | None = None  # (c,) arange: each anchor's row of the tile
     pcol: Tensor | None = None  # (c,) column of each anchor's positive (one positive per anchor)
-    same_cols: Tensor | None = None  # (c, P) same-label columns (label positives or other_labels)
-    pvalid: Tensor | None = None  # (c, P) which of same_cols are positives (label positives)
+    same_cols: Tensor | None = None  # (c, P) same-label columns (label positives or other_labels), torch path
+    label_rows: native.LabelRows | None = None  # the same, as the native row pass reads them (`_label_rows`)
     # the normaliser (`_normaliser`, `_lean_normaliser`)
     act: Tensor | None = None  # (c,) bool: anchors not skipped (None: every anchor)
     all_active: bool = True
@@ -753,29 +767,33 @@ def _extra_log_weights(S: Tensor, spec: KernelSpec, r0: int, r1: int) -> Tensor 
 def _chunk_general(ch: _Chunk) -> Tensor:
     """Every other case: label masks, β tilt, extra log-weights, nominal N, τ⁺ debiasing, label
     positives; the steps of `_Chunk` in turn."""
+    ch.native = _native_rows(ch)
     _mask_rule(ch)
     S = ch.S
-    ch.native = _native_rows(ch)
     # the positive similarities, read before masking: (c,), or (c, P) with label positives (by the
     # native row pass, in `_normaliser`, when it runs)
     if ch.pcol is not None:
         sp = S[ch.rows, ch.pcol]  # advanced indexing: a copy
+    elif ch.label_rows is not None:
+        sp = S.new_empty(ch.c, ch.label_rows.width)
     else:
         assert ch.same_cols is not None  # built by _mask_rule for label positives
-        sp = S.new_empty(ch.same_cols.shape) if ch.native else S.gather(1, ch.same_cols)
+        sp = S.gather(1, ch.same_cols)
     neg, logN = _normaliser(ch, sp, _extra_log_weights(S, ch.spec, ch.r0, ch.r1))
-    loss, npos, pv, derivs = _terms(ch, neg, sp, logN)
+    loss, npos, G, D = _terms(ch, neg, sp, logN)
     if ch.act is not None and not ch.all_active:
         loss = torch.where(ch.act, loss, torch.zeros_like(loss))
     if ch.go is not None:
-        _gradient_tile(ch, npos, pv, derivs)
+        assert G is not None and D is not None  # made with an upstream gradient (`_terms`)
+        _gradient_tile(ch, npos, G, D)
     return loss
 
 
 def _mask_rule(ch: _Chunk) -> None:
     """The general path's candidate rule: each anchor's positive column (one positive per anchor),
-    or its same-label columns and which of them are its positives (label positives: the anchor
-    itself is not), the same-label columns being what ``negatives="other_labels"`` removes.
+    or its same-label columns (label positives: those of them that are candidates, `_label_valid`,
+    but the anchor itself; `_terms`), the same-label columns being what ``negatives="other_labels"``
+    removes (`_label_rows` for the native row pass, which writes the rule in its own pass).
     `_Chunk.mask_` writes the rule on the tile."""
     ix, r0, r1 = ch.ix, ch.r0, ch.r1
     ch.rows = ch.ws.rows(ch.c)
@@ -784,14 +802,11 @@ def _mask_rule(ch: _Chunk) -> None:
         if ix.pos_index is None:
             raise ValueError('positives="view" needs pos_index')
         ch.pcol = ix.pos_index[r0:r1]
-    if labels_mode or ch.spec.negatives == "other_labels":
+    if (labels_mode or ch.spec.negatives == "other_labels") and ch.native:
+        ch.label_rows = _label_rows(ix, r0, r1)
+    elif labels_mode or ch.spec.negatives == "other_labels":
         # padded with the positive's column, or with the label's first
-        ch.same_cols, same_valid = _same_label_cols(ix, r0, r1, ch.pcol)
-        if labels_mode:
-            pvalid = same_valid
-            if ix.self_index is not None:
-                pvalid = pvalid & (ch.same_cols != ix.self_index[r0:r1, None])
-            ch.pvalid = pvalid
+        ch.same_cols = _same_label_cols(ix, r0, r1, ch.pcol)
 
 
 def _normaliser(ch: _Chunk, sp: Tensor, extra: Tensor | None) -> tuple[Tensor, Tensor]:
@@ -853,13 +868,13 @@ def _normaliser(ch: _Chunk, sp: Tensor, extra: Tensor | None) -> tuple[Tensor, T
     return logN + lse_b - lse_a, logN
 
 
-def _gradient_tile(ch: _Chunk, npos: Tensor | None, pv: Tensor | None, derivs: tuple) -> None:
+def _gradient_tile(ch: _Chunk, npos: Tensor | None, G: Tensor | float, D: Tensor | float) -> None:
     """The gradient wrt S, γ_i [(1 + β) π̃ − β π] (only π̃ when π is detached) + δ on the positives,
     and its products into dq and dk. D = γ [(1 + β) π̃ − β π] = γ' [π̃ − β/(1+β) π] with
     γ' = (1 + β) γ: one pass over the tile, none at β = 1 (made in the softmax's blocks) nor for a
     sparse selection (β = 0, π detached: D = γ π̃ on the kept columns, δ on the positive)."""
     spec = ch.spec
-    gamma, delta = _grad_weights(ch, npos, pv, derivs)
+    gamma, delta = _grad_weights(ch, npos, G, D)
     if ch.kept is not None:
         _sparse_products_(ch, ch.kept, gamma, delta)
         return
@@ -900,7 +915,7 @@ def _native_softmaxes_(ch: _Chunk, sp: Tensor, free: bool, cntf: Tensor
     inactive = None if ch.all_active or ch.act is None else ~ch.act
     rec = None if spec.record_rows is None else spec.record_rows(slice(ch.r0, ch.r1))
     lse, z2 = native.softmax_rows_(S, inactive, free, then, self_col=self_col,
-                                   pos_col=ch.pcol, cols=ch.same_cols if labels or fill else None, fill_cols=fill,
+                                   pos_col=ch.pcol, cols=ch.label_rows if labels or fill else None, fill_cols=fill,
                                    gather=sp if labels else None, rec_slot=None if rec is None else rec[0],
                                    rec=None if rec is None else rec[1])
     if _root_tilt(spec):
@@ -937,56 +952,70 @@ def _softmaxes_(S: Tensor, A: Tensor | None, ws: _Workspace, spec: KernelSpec, g
     return lse_a, lse_b, None, None if masks is None else torch.exp(-lse_b), EK
 
 
-def _terms(ch: _Chunk, neg: Tensor, sp: Tensor, logN: Tensor) -> tuple[Tensor, Tensor | None, Tensor | None, tuple]:
-    """Per-anchor losses from the log negative term ``neg``; returns (loss, |P_i| or None, the valid
-    positives as floats or None, (∂ℓ/∂g, ∂g/∂neg, ∂ℓ/∂s_p, ∂g/∂s_p)) — one positive per anchor
-    unless ``ch.pvalid`` (label positives) is set."""
-    spec, pvalid = ch.spec, ch.pvalid
-    if pvalid is None:
+def _terms(ch: _Chunk, neg: Tensor, sp: Tensor, logN: Tensor
+           ) -> tuple[Tensor, Tensor | None, Tensor | float | None, Tensor | float | None]:
+    """Per-anchor losses from the log negative term ``neg``; returns (loss, |P_i| or None, G, Δ):
+    the gradient wrt S is w_i G_i on the softmax tile and w_i Δ_i on the positives (`_grad_weights`;
+    G = ∂ℓ/∂g ∂g/∂neg summed over the positives, Δ = ∂ℓ/∂s_p + ∂ℓ/∂g ∂g/∂s_p), (c,) for one
+    positive per anchor, Δ (c × P) at ``ch.same_cols`` for label positives (0 on those that are not
+    the anchor's: `_label_valid`, the anchor itself); G and Δ None without an upstream gradient.
+    Label positives with τ⁺ = 0 on the native row pass take `native.label_terms`."""
+    spec, grad = ch.spec, ch.go is not None
+    if spec.positives != "labels":
         g, dg_dneg, dg_dsp = _debias(neg, sp, logN, spec)
         loss, dl_dg, dl_dsp = _per_positive(g, sp, spec)
-        return loss, None, None, (dl_dg, dg_dneg, dl_dsp, dg_dsp)
-    if ch.ix.n_pos is None:
+        if not grad:
+            return loss, None, None, None
+        if isinstance(dg_dneg, float) and isinstance(dg_dsp, float) and dg_dneg == 1.0 and dg_dsp == 0.0:
+            return loss, None, dl_dg, dl_dsp  # no debiasing (τ⁺ = 0): g is neg itself
+        return loss, None, dl_dg * dg_dneg, dl_dsp + dl_dg * dg_dsp
+    ix, r0, r1 = ch.ix, ch.r0, ch.r1
+    if ix.n_pos is None:
         raise ValueError("label positives need q_labels and k_labels")
-    npos = ch.ix.n_pos[ch.r0 : ch.r1].clamp(min=1).to(neg.dtype)
-    pv = pvalid.to(neg.dtype)
-    if spec.tau_plus == 0.0 and not spec.include_positive:
-        loss = npos * neg - (sp * pv).sum(1)
-        dl_dg = dg_dneg = dl_dsp = dg_dsp = None
+    npos = ix.n_pos[r0:r1].clamp(min=1).to(neg.dtype)
+    self_col = None if ix.self_index is None else ix.self_index[r0:r1]
+    G: Tensor | float | None
+    D: Tensor | float | None
+    if ch.label_rows is not None and spec.tau_plus == 0.0:  # the native row pass, no (c × P) copy of the columns
+        loss, G, D = native.label_terms(sp, ch.label_rows, self_col, neg, spec.include_positive)
     else:
-        g, dg_dneg, dg_dsp = _debias(neg[:, None], sp, logN[:, None], spec)
-        ell, dl_dg, dl_dsp = _per_positive(g, sp, spec)
-        loss = (ell * pv).sum(1)
+        cols = ch.same_cols if ch.same_cols is not None else _same_label_cols(ix, r0, r1, None)
+        valid = _label_valid(ix, r0, r1, cols.shape[1])
+        pv = (valid if self_col is None else valid & (cols != self_col[:, None])).to(neg.dtype)
+        if spec.tau_plus == 0.0 and not spec.include_positive:
+            loss, G, D = npos * neg - (sp * pv).sum(1), npos, -pv
+        else:
+            g, dg_dneg, dg_dsp = _debias(neg[:, None], sp, logN[:, None], spec)
+            ell, dl_dg, dl_dsp = _per_positive(g, sp, spec)
+            loss = (ell * pv).sum(1)
+            G = D = None
+            if grad and isinstance(dg_dneg, float):  # τ⁺ = 0: g is neg itself
+                G, D = (dl_dg * pv).sum(1), dl_dsp * pv
+            elif grad:
+                G, D = (dl_dg * dg_dneg * pv).sum(1), (dl_dsp + dl_dg * dg_dsp) * pv
     if spec.positive_reduce == "mean":
         loss = loss / npos
-    return loss, npos, pv, (dl_dg, dg_dneg, dl_dsp, dg_dsp)
+    return loss, npos, G, D
 
 
-def _grad_weights(ch: _Chunk, npos: Tensor | None, pv: Tensor | None, derivs: tuple) -> tuple[Tensor, Tensor]:
-    """Per-row γ (the weight of the softmax tile) and δ (the positives' terms) of the gradient wrt S
-    from `_terms`' ``derivs``; skipped rows get 0, ``pv`` are the valid positives under label positives."""
-    dl_dg, dg_dneg, dl_dsp, dg_dsp = derivs
+def _grad_weights(ch: _Chunk, npos: Tensor | None, G: Tensor | float, D: Tensor | float) -> tuple[Tensor, Tensor]:
+    """Per-row γ (the weight of the softmax tile) and δ (the positives' terms, per positive under
+    label positives) of the gradient wrt S: γ = w G and δ = w Δ from `_terms`, with w the upstream
+    gradient (over |P_i| for the mean over label positives); skipped rows get 0."""
     go_c = ch.go_rows()
     if ch.act is not None and not ch.all_active:
         go_c = go_c * ch.act.to(go_c.dtype)
     w = go_c if (npos is None or ch.spec.positive_reduce == "pairs") else go_c / npos
-    plain = isinstance(dg_dneg, float) and isinstance(dg_dsp, float) and dg_dneg == 1.0 and dg_dsp == 0.0
-    if pv is None:
-        if plain:  # no debiasing (τ⁺ = 0): g is neg itself
-            return w * dl_dg, w * dl_dsp
-        return w * dl_dg * dg_dneg, w * (dl_dsp + dl_dg * dg_dsp)
-    if dl_dg is None:
-        assert npos is not None  # label positives (_terms)
-        return w * npos, -pv * w[:, None]
-    if plain:
-        return w * (dl_dg * pv).sum(1), dl_dsp * pv * w[:, None]
-    return w * (dl_dg * dg_dneg * pv).sum(1), (dl_dsp + dl_dg * dg_dsp) * pv * w[:, None]
+    gamma = w * G
+    delta = w[:, None] * D if ch.spec.positives == "labels" else w * D
+    return gamma, delta
 
 
 def _products_(ch: _Chunk, gamma: Tensor, delta: Tensor) -> None:
     """dQ[r0:r1] and the chunk's share of dK from the tile D (``ch.S``) and the per-row γ and δ
-    (label positives: δ per positive, at ``ch.same_cols``; otherwise one positive per anchor, at
-    ``ch.pcol``). ``ch.EK``: the product D [k | 1] made already (`_softmaxes_`), one positive per anchor.
+    (label positives: δ per positive, at ``ch.same_cols`` or ``ch.label_rows``; otherwise one
+    positive per anchor, at ``ch.pcol``). ``ch.EK``: the product D [k | 1] made already
+    (`_softmaxes_`), one positive per anchor.
 
     γ scales the (c × d) operands rather than the tile, and the positives' δ enters the tile as δ/γ
     at their columns (0 there: the candidate rule removed them), so that the two products carry the
@@ -1001,8 +1030,10 @@ def _products_(ch: _Chunk, gamma: Tensor, delta: Tensor) -> None:
         dk.addmm_(D.T, qs * gamma[:, None])
         dk.index_add_(0, ch.pcol, qs * delta[:, None])
         return
-    if ch.same_cols is not None and spec.positives == "labels":
-        cols, per_col = ch.same_cols, delta
+    labels = spec.positives == "labels"
+    if labels:  # δ per label column (0 on those that are no positive)
+        per_col = delta
+        cols = None if ch.label_rows is not None else ch.same_cols
     else:
         assert ch.pcol is not None  # built by _mask_rule for positives="view"
         cols, per_col = ch.pcol[:, None], delta[:, None]
@@ -1010,14 +1041,18 @@ def _products_(ch: _Chunk, gamma: Tensor, delta: Tensor) -> None:
     if bool(zero.any()):
         if bool((zero[:, None] & (per_col != 0)).any()):
             D.mul_(gamma[:, None])
-            D.scatter_add_(1, cols, per_col)
+            D.scatter_add_(1, _same_label_cols(ch.ix, r0, r1, None) if cols is None else cols, per_col)
             torch.mm(D, k, out=dq[r0:r1]).mul_(1.0 / spec.t)
             dk.addmm_(D.T, qs)
             return
         gamma_div = torch.where(zero, torch.ones_like(gamma), gamma)
     else:
         gamma_div = gamma
-    D.scatter_add_(1, cols, per_col / gamma_div[:, None])
+    if cols is None:  # the native row pass's label rows: δ/γ by their table (`native.label_scatter_`)
+        assert ch.label_rows is not None
+        native.label_scatter_(D, ch.label_rows, per_col.contiguous(), 1.0 / gamma_div)
+    else:
+        D.scatter_add_(1, cols, per_col / gamma_div[:, None])
     torch.mm(D, k, out=dq[r0:r1]).mul_((gamma / spec.t)[:, None])
     dk.addmm_(D.T, qs * gamma[:, None])
 

@@ -7,7 +7,10 @@ the torch path runs ten to twenty operations per block (or whole-tile passes) wi
 - `weighted_softmax_rows_`: a fused strategy's filters and weighting (`RowRule`: per-row similarity
   bounds, the semi-hard window, distance weighting; their fallbacks) and the softmax;
 - `softmax_rows_`: the general path's softmax without log-weights (β = 0, and the β = 1 root tilt
-  with its gradient tile), the candidate rule written by columns in the row;
+  with its gradient tile), the candidate rule written by columns in the row (same-label columns as
+  `LabelRows`, rows of the call's per-label table);
+- `label_terms` and `label_scatter_`: label positives' per-pair terms with τ⁺ = 0 and their entry
+  into the gradient tile;
 - `row_stats`: the diagnostics' statistics of their sampled rows;
 - `unit_rows_backward`: the gradient of `hardneg.losses.candidates.safe_normalize`.
 
@@ -41,8 +44,8 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-__all__ = ["RowRule", "RowStats", "RowsResult", "available", "row_stats", "softmax_rows_", "takes",
-           "unit_rows_backward", "use_native", "weighted_softmax_rows_"]
+__all__ = ["LabelRows", "RowRule", "RowStats", "RowsResult", "available", "label_scatter_", "label_terms", "row_stats",
+           "softmax_rows_", "takes", "unit_rows_backward", "use_native", "weighted_softmax_rows_"]
 
 _LOG = logging.getLogger("hardneg.native")
 _SOURCE = Path(__file__).with_name("native_rows.c")
@@ -106,8 +109,10 @@ def _load(path: Path) -> ctypes.CDLL | None:
             "hn_row_stats": [P, I64, P, I64, I64, I64, INT, F32, F32, F32, I64, P, P, P, P, P, P, P, P, INT],
             "hn_unit_rows_backward": [P, P, P, P, I64, I64, INT],
             "hn_distance_scratch": [I64],
-            "hn_softmax_rows": [P, I64, I64, I64, P, INT, INT, P, P, P, P, P, I64, I64, INT, P, I64, P, P, I64,
-                                INT],
+            "hn_softmax_rows": [P, I64, I64, I64, P, INT, INT, P, P, P, P, P, P, P, I64, I64, INT, P, I64, P, P,
+                                I64, INT],
+            "hn_label_terms": [P, P, P, I64, I64, I64, P, P, P, INT, P, P, P, INT],
+            "hn_label_scatter": [P, I64, I64, P, P, I64, P, I64, P, P, INT],
         }
         for name, argtypes in signatures.items():
             fn = getattr(lib, name)
@@ -168,6 +173,42 @@ def use_native(enabled: bool) -> Iterator[None]:
         yield
     finally:
         _enabled = before
+
+
+@dataclass(frozen=True)
+class LabelRows:
+    """Each row's same-label columns as the passes read them: row i takes row ``row_i`` of the
+    (· × P) int64 table ``cols`` (``row`` None: row i) and its first ``cnt_i`` entries (the rest is
+    padding), so that the call's per-label table serves every chunk without a (c × P) copy."""
+
+    cols: Tensor
+    row: Tensor | None
+    cnt: Tensor
+
+    @property
+    def width(self) -> int:
+        """P, the table's columns per row."""
+        return int(self.cols.shape[1])
+
+    def __post_init__(self) -> None:
+        """Checked once: the passes read the table through ``row`` and up to ``cnt``."""
+        def vec(t: Tensor | None) -> bool:
+            return t is None or (t.dim() == 1 and t.dtype == torch.int64 and t.is_contiguous())
+        n_rows = int(self.cols.shape[0]) if self.cols.dim() == 2 else 0
+        if self.cols.dtype != torch.int64 or self.cols.dim() != 2 or self.cols.stride(1) != 1 \
+                or not (vec(self.cnt) and vec(self.row)) \
+                or (self.row is not None and self.row.shape != self.cnt.shape) \
+                or (self.row is None and n_rows < self.cnt.shape[0]) \
+                or (self.row is not None and self.row.numel() > 0
+                    and not (int(self.row.min()) >= 0 and int(self.row.max()) < n_rows)):
+            raise ValueError("LabelRows needs an int64 (· × P) table with contiguous rows, contiguous int64 (rows,) "
+                             "cnt and row, and rows inside the table")
+
+    def args(self, c: int) -> tuple[int, int | None, int, int]:
+        """(cols, row, ldc, cnt) pointers and stride for the C passes on ``c`` rows."""
+        if self.cnt.shape != (c,):
+            raise ValueError(f"LabelRows holds {self.cnt.shape[0]} rows, the pass takes {c}")
+        return self.cols.data_ptr(), _ptr(self.row), self.cols.stride(0), self.cnt.data_ptr()
 
 
 @dataclass(frozen=True)
@@ -241,37 +282,72 @@ _THEN = {None: 0, "square": 1, "tilt": 2}
 
 
 def softmax_rows_(X: Tensor, inactive: Tensor | None, free: bool, then: str | None, *,
-                  self_col: Tensor | None = None, pos_col: Tensor | None = None, cols: Tensor | None = None,
+                  self_col: Tensor | None = None, pos_col: Tensor | None = None, cols: LabelRows | None = None,
                   fill_cols: bool = False, gather: Tensor | None = None, rec_slot: Tensor | None = None,
                   rec: Tensor | None = None) -> tuple[Tensor, Tensor]:
     """The kernel's softmax (``hardneg.losses.kernel._softmaxes_`` without log-weights: β = 0, or the
     root tilt) on every row of X in place. First the candidate rule by columns, each row's own
-    column of its ``(c,)`` or ``(c, P)`` index tensors (−1: none): ``gather`` (c × P) ← X at ``cols``
-    (label positives), then −∞ at ``self_col``, ``pos_col`` and, with ``fill_cols``, ``cols`` (other
-    labels); then E = e^X (``free``: shift-free, unnormalised) or P = softmax(X) over the finite
-    entries, and ``then`` None: X ← E or P; "square": E² or P²; "tilt": E ⊙ (E − Σ_j E_ij² / 2z_i) or
-    P ⊙ (P − Σ_j P_ij² / 2), the β = 1 gradient tile. ``inactive`` rows are read as rows of 0 (no
-    column rule). ``rec_slot`` (c,) int32, ≥ 0 for the rows (the diagnostics' sample) first copied
-    as they are to that row of ``rec``. Returns (lse_i = log Σ_j e^{X_ij}, Σ_j P_ij²)."""
+    column of its ``(c,)`` index tensors (−1: none) or its `LabelRows`: ``gather`` (c × P) ← X at
+    ``cols`` (label positives; 0 beyond each row's count), then −∞ at ``self_col``, ``pos_col`` and,
+    with ``fill_cols``, ``cols`` (other labels); then E = e^X (``free``: shift-free, unnormalised) or
+    P = softmax(X) over the finite entries, and ``then`` None: X ← E or P; "square": E² or P²; "tilt":
+    E ⊙ (E − Σ_j E_ij² / 2z_i) or P ⊙ (P − Σ_j P_ij² / 2), the β = 1 gradient tile. ``inactive`` rows
+    are read as rows of 0 (no column rule). ``rec_slot`` (c,) int32, ≥ 0 for the rows (the
+    diagnostics' sample) first copied as they are to that row of ``rec``. Returns
+    (lse_i = log Σ_j e^{X_ij}, Σ_j P_ij²)."""
     lib = _checked_lib(X)
     c, m = X.shape
     lse, sumsq = X.new_empty(c), X.new_empty(c)
     ina = None if inactive is None else inactive.to(torch.uint8).contiguous()
     sc = None if self_col is None else self_col.to(torch.int64).contiguous()
     pc = None if pos_col is None else pos_col.to(torch.int64).contiguous()
-    cc = None if cols is None else cols.to(torch.int64).contiguous()
-    P = 0 if cc is None else cc.shape[1]
-    if gather is not None and (cc is None or gather.shape != (c, P) or gather.dtype != X.dtype
+    cc, crow, ldc, ccnt = (None, None, 0, None) if cols is None else cols.args(c)
+    P = 0 if cols is None else cols.width
+    if gather is not None and (cols is None or gather.shape != (c, P) or gather.dtype != X.dtype
                                or not gather.is_contiguous()):
         raise ValueError("gather must be a contiguous (rows × P) tensor of X's dtype, with cols")
     slot = None if rec_slot is None else rec_slot.to(torch.int32).contiguous()
     if slot is not None and (rec is None or rec.dtype != X.dtype or rec.stride(1) != 1 or rec.shape[1] != m):
         raise ValueError("rec must be a float32 buffer with contiguous rows of the tile's width")
     lib.hn_softmax_rows(X.data_ptr(), c, m, X.stride(0), _ptr(ina), int(bool(free)), _THEN[then], lse.data_ptr(),
-                        sumsq.data_ptr(), _ptr(sc), _ptr(pc), _ptr(cc), P, P, int(bool(fill_cols)), _ptr(gather), P,
+                        sumsq.data_ptr(), _ptr(sc), _ptr(pc), cc, crow, ccnt, P, ldc, int(bool(fill_cols)),
+                        _ptr(gather), P,
                         _ptr(slot), _ptr(rec if slot is not None else None), 0 if slot is None or rec is None
                         else rec.stride(0), torch.get_num_threads())
     return lse, sumsq
+
+
+def label_terms(sp: Tensor, cols: LabelRows, self_col: Tensor | None, neg: Tensor, include: bool
+                ) -> tuple[Tensor, Tensor, Tensor]:
+    """The label positives' terms with τ⁺ = 0 (``hardneg.losses.kernel._terms``): row i's positives
+    are its ``cols`` (the first ``cnt_i``) other than ``self_col_i`` (−1: none), and with
+    z = neg_i − sp_ip (``sp`` c × P, each row's similarities at its columns) each adds ℓ = softplus(z),
+    ∂ℓ/∂g = σ(z) (``include``: the positive in the denominator), else ℓ = z and 1. Returns
+    (Σ_p ℓ, Σ_p ∂ℓ/∂g, ∂ℓ/∂s_p = −∂ℓ/∂g on the positives and 0 on the rest of the c × P)."""
+    lib = _checked_lib(sp)
+    c, P = sp.shape
+    if not sp.is_contiguous() or cols.width != P or neg.shape != (c,) or neg.dtype != torch.float32 \
+            or not neg.is_contiguous() or (self_col is not None and (
+                self_col.shape != (c,) or self_col.dtype != torch.int64 or not self_col.is_contiguous())):
+        raise ValueError("label_terms takes contiguous (rows × P) sp, float32 (rows,) neg and int64 (rows,) self_col")
+    cc, crow, ldc, ccnt = cols.args(c)
+    loss, gsum, dsp = sp.new_empty(c), sp.new_empty(c), torch.empty_like(sp)
+    lib.hn_label_terms(sp.data_ptr(), cc, crow, ldc, c, P, ccnt, _ptr(self_col), neg.data_ptr(), int(bool(include)),
+                       loss.data_ptr(), gsum.data_ptr(), dsp.data_ptr(), torch.get_num_threads())
+    return loss, gsum, dsp
+
+
+def label_scatter_(X: Tensor, cols: LabelRows, vals: Tensor, h: Tensor) -> None:
+    """X[i, cols_ip] += vals_ip h_i over each row's columns (the first ``cnt_i``; `LabelRows`), in
+    place: the label positives' terms entering the gradient tile (``hardneg.losses.kernel._products_``)."""
+    lib = _checked_lib(X)
+    c = X.shape[0]
+    if vals.shape != (c, cols.width) or vals.dtype != X.dtype or not vals.is_contiguous() or h.shape != (c,) \
+            or h.dtype != X.dtype or not h.is_contiguous():
+        raise ValueError("label_scatter_ takes contiguous (rows × P) vals and (rows,) h of X's dtype")
+    cc, crow, ldc, ccnt = cols.args(c)
+    lib.hn_label_scatter(X.data_ptr(), c, X.stride(0), cc, crow, ldc, ccnt, cols.width, vals.data_ptr(), h.data_ptr(),
+                         torch.get_num_threads())
 
 
 def weighted_softmax_rows_(X: Tensor, rule: RowRule, inactive: Tensor | None, free: bool,

@@ -1,9 +1,10 @@
 /* The native row pass (hardneg.losses.native): the kernel's elementwise runs between its products,
  * each row of a chunk's tile X = s/t in turn with the row in a core's L1 cache — a fused strategy's
  * filters, weighting and softmax (hn_weighted_softmax_rows), the general path's softmax and root
- * tilt (hn_softmax_rows), the diagnostics' statistics (hn_row_stats), safe_normalize's gradient
- * (hn_unit_rows_backward). Built by hardneg.losses.native with the machine's C compiler and loaded
- * with ctypes; the Python definitions each pass mirrors are named at it.
+ * tilt (hn_softmax_rows), label positives' per-pair terms and their entry into the gradient tile
+ * (hn_label_terms, hn_label_scatter), the diagnostics' statistics (hn_row_stats), safe_normalize's
+ * gradient (hn_unit_rows_backward). Built by hardneg.losses.native with the machine's C compiler
+ * and loaded with ctypes; the Python definitions each pass mirrors are named at it.
  *
  * No -ffast-math: -inf marks a removed candidate and must survive every comparison. exp and log
  * are written here as branch-free polynomials (AVX-512 intrinsics where the compiler targets it) so
@@ -683,6 +684,7 @@ typedef struct {
   int free_exp, then;
   float *lse, *sumsq;
   const int64_t *self_col, *pos_col, *cols; /* per row; -1 (or NULL): none */
+  const int64_t *col_row, *col_cnt; /* row r's columns: cols row col_row[r] (NULL: r), its first col_cnt[r] */
   int64_t P, ldc;
   int fill_cols;
   float *gather;
@@ -693,15 +695,24 @@ typedef struct {
   int64_t r0, r1;
 } tilt_job_t;
 
+/* The first n of row r's P columns in a (rows × P) table, read at table row `row` (NULL: r). */
+static inline const int64_t *table_row(const int64_t *cols, int64_t ldc, const int64_t *row, const int64_t *cnt,
+                                       int64_t P, int64_t r, int64_t *n) {
+  *n = cnt ? (cnt[r] < P ? (cnt[r] > 0 ? cnt[r] : 0) : P) : P;
+  return cols + (row ? row[r] : r) * ldc;
+}
+
 static void column_rule(const tilt_job_t *j, float *x, int64_t r) {
   if (j->cols) {
-    const int64_t *c = j->cols + r * j->ldc;
-    if (j->gather) {
+    int64_t n;
+    const int64_t *c = table_row(j->cols, j->ldc, j->col_row, j->col_cnt, j->P, r, &n);
+    if (j->gather) { /* the entries beyond n (padding) are 0 */
       float *g = j->gather + r * j->ldg;
-      for (int64_t p = 0; p < j->P; p++) g[p] = x[c[p]];
+      for (int64_t p = 0; p < n; p++) g[p] = x[c[p]];
+      for (int64_t p = n; p < j->P; p++) g[p] = 0.0f;
     }
     if (j->fill_cols && !(j->inactive && j->inactive[r]))
-      for (int64_t p = 0; p < j->P; p++) x[c[p]] = -INFINITY;
+      for (int64_t p = 0; p < n; p++) x[c[p]] = -INFINITY;
   }
   if (j->inactive && j->inactive[r]) {
     for (int64_t i = 0; i < j->m; i++) x[i] = 0.0f;
@@ -772,7 +783,7 @@ static void *run_tilt(void *arg) {
 
 void hn_softmax_rows(float *X, int64_t rows, int64_t m, int64_t ld, const uint8_t *inactive, int free_exp, int then,
                      float *lse, float *sumsq, const int64_t *self_col, const int64_t *pos_col, const int64_t *cols,
-                     int64_t P, int64_t ldc, int fill_cols, float *gather, int64_t ldg, const int32_t *rec_slot,
+                     const int64_t *col_row, const int64_t *col_cnt, int64_t P, int64_t ldc, int fill_cols, float *gather, int64_t ldg, const int32_t *rec_slot,
                      float *rec_x, int64_t rec_ld, int threads) {
   enum { MAX_THREADS = 256 };
   tilt_job_t jobs[MAX_THREADS];
@@ -780,10 +791,129 @@ void hn_softmax_rows(float *X, int64_t rows, int64_t m, int64_t ld, const uint8_
   if (threads < 1) threads = 1;
   if (threads > MAX_THREADS) threads = MAX_THREADS;
   for (int t = 0; t < threads; t++)
-    jobs[t] = (tilt_job_t){X, m, ld, inactive, free_exp, then, lse, sumsq, self_col, pos_col, cols, P, ldc,
+    jobs[t] = (tilt_job_t){X, m, ld, inactive, free_exp, then, lse, sumsq, self_col, pos_col, cols, col_row, col_cnt, P, ldc,
                            fill_cols, gather, ldg, rec_slot, rec_x, rec_ld, rows * t / threads,
                            rows * (t + 1) / threads};
   PARALLEL_RANGES(run_tilt, jobs, threads);
+}
+
+/* The label positives' terms of the general path (hardneg.losses.kernel._terms with tau+ = 0): row
+ * r's positives are the first cnt[r] of its P columns (table_row: row col_row[r] of cols, NULL: r)
+ * other than self_col[r] (-1: none; the rest is padding), and with z = neg[r] - sp[r, p] each gives l = softplus(z), dl/dg = sigmoid(z)
+ * with the positive in the denominator (include), else l = z and 1 (_per_positive). Writes
+ * loss[r] = sum_p l, gsum[r] = sum_p dl/dg and dsp[r, p] = dl/ds_p = -dl/dg on the positives, 0 on
+ * the rest. softplus(z) = max(z, 0) + log1p(e) with e = e^-|z| and log1p(e) = log(u) e / (u - 1),
+ * u = 1 + e rounded (exact to float32 rounding where u rounds e away); sigmoid(z) = (z >= 0 ? 1 :
+ * e) / u. */
+typedef struct {
+  const float *sp;
+  const int64_t *cols, *col_row, *cnt, *self_col;
+  int64_t P, ldc;
+  const float *neg;
+  int include;
+  float *loss, *gsum, *dsp;
+  int64_t r0, r1;
+} terms_job_t;
+
+static void *run_terms(void *arg) {
+  const terms_job_t *j = arg;
+  const fp_mode_t mode = flush_subnormals();
+  const int64_t P = j->P;
+  for (int64_t r = j->r0; r < j->r1; r++) {
+    const float *sp = j->sp + r * P;
+    int64_t n;
+    const int64_t *c = table_row(j->cols, j->ldc, j->col_row, j->cnt, P, r, &n);
+    float *dsp = j->dsp + r * P;
+    const int64_t self = j->self_col ? j->self_col[r] : -1;
+    const float g = j->neg[r];
+    float ls[LANES], gs[LANES];
+    for (int l = 0; l < LANES; l++) ls[l] = gs[l] = 0.0f;
+    if (j->include) {
+#define SOFTPLUS_TERM(I, L)                                                       \
+  do {                                                                            \
+    const float z_ = g - sp[I], e_ = hn_exp(-fabsf(z_)), u_ = 1.0f + e_;          \
+    const float m_ = u_ - 1.0f, lp_ = m_ == 0.0f ? e_ : hn_log(u_) * (e_ / m_);   \
+    const float s_ = (z_ >= 0.0f ? 1.0f : e_) / u_, ok_ = c[I] != self;           \
+    ls[L] += ok_ ? (z_ > 0.0f ? z_ : 0.0f) + lp_ : 0.0f;                          \
+    gs[L] += ok_ ? s_ : 0.0f;                                                     \
+    dsp[I] = ok_ ? -s_ : 0.0f;                                                    \
+  } while (0)
+      LANE_LOOP(0, n, SOFTPLUS_TERM);
+#undef SOFTPLUS_TERM
+    } else {
+#define LINEAR_TERM(I, L)                        \
+  do {                                           \
+    const float ok_ = c[I] != self;              \
+    ls[L] += ok_ ? g - sp[I] : 0.0f;             \
+    gs[L] += ok_;                                \
+    dsp[I] = -ok_;                               \
+  } while (0)
+      LANE_LOOP(0, n, LINEAR_TERM);
+#undef LINEAR_TERM
+    }
+    for (int64_t p = n; p < P; p++) dsp[p] = 0.0f;
+    float lsum = 0.0f, gsum = 0.0f;
+    for (int l = 0; l < LANES; l++) {
+      lsum += ls[l];
+      gsum += gs[l];
+    }
+    j->loss[r] = lsum;
+    j->gsum[r] = gsum;
+  }
+  restore_fp_mode(mode);
+  return NULL;
+}
+
+void hn_label_terms(const float *sp, const int64_t *cols, const int64_t *col_row, int64_t ldc, int64_t rows,
+                    int64_t P, const int64_t *cnt, const int64_t *self_col, const float *neg, int include, float *loss,
+                    float *gsum, float *dsp, int threads) {
+  enum { MAX_THREADS = 256 };
+  terms_job_t jobs[MAX_THREADS];
+  if (threads > rows) threads = (int)rows;
+  if (threads < 1) threads = 1;
+  if (threads > MAX_THREADS) threads = MAX_THREADS;
+  for (int t = 0; t < threads; t++)
+    jobs[t] = (terms_job_t){sp, cols, col_row, cnt, self_col, P, ldc, neg, include, loss, gsum, dsp,
+                            rows * t / threads, rows * (t + 1) / threads};
+  PARALLEL_RANGES(run_terms, jobs, threads);
+}
+
+/* The positives' terms into the gradient tile (hardneg.losses.kernel._products_): X[r, c_p] +=
+ * vals[r, p] h[r] for the first cnt[r] of row r's columns (table_row); vals is 0 where the column
+ * is no positive of the row. */
+typedef struct {
+  float *X;
+  int64_t ld;
+  const int64_t *cols, *col_row, *cnt;
+  int64_t P, ldc;
+  const float *vals, *h;
+  int64_t r0, r1;
+} scatter_job_t;
+
+static void *run_scatter(void *arg) {
+  const scatter_job_t *j = arg;
+  for (int64_t r = j->r0; r < j->r1; r++) {
+    int64_t n;
+    const int64_t *c = table_row(j->cols, j->ldc, j->col_row, j->cnt, j->P, r, &n);
+    float *x = j->X + r * j->ld;
+    const float *v = j->vals + r * j->P;
+    const float h = j->h[r];
+    for (int64_t p = 0; p < n; p++) x[c[p]] += v[p] * h;
+  }
+  return NULL;
+}
+
+void hn_label_scatter(float *X, int64_t rows, int64_t ld, const int64_t *cols, const int64_t *col_row, int64_t ldc,
+                      const int64_t *cnt, int64_t P, const float *vals, const float *h, int threads) {
+  enum { MAX_THREADS = 256 };
+  scatter_job_t jobs[MAX_THREADS];
+  if (threads > rows) threads = (int)rows;
+  if (threads < 1) threads = 1;
+  if (threads > MAX_THREADS) threads = MAX_THREADS;
+  for (int t = 0; t < threads; t++)
+    jobs[t] = (scatter_job_t){X, ld, cols, col_row, cnt, P, ldc, vals, h, rows * t / threads,
+                              rows * (t + 1) / threads};
+  PARALLEL_RANGES(run_scatter, jobs, threads);
 }
 
 /* The diagnostics' statistics of a few sampled rows (negatives.diagnostics.DiagnosticsAccumulator):
