@@ -3,6 +3,8 @@
 import json
 import math
 
+import pytest
+
 from hardneg.bench.loss_speed import OWN_WORK_PRESETS, PRESET_CASES, PRESETS, format_preset_table, run
 from hardneg.cli import main
 from reproduce.cli import main as reproduce_main
@@ -50,7 +52,9 @@ def test_presets_with_work_of_their_own_are_split_into_loss_and_own_work():
     floor = next(r for r in rows if r["case"] == "floor")["seconds"]
     for name, r in own.items():
         assert 0 < r["own_seconds"] < r["seconds"], name
-        assert r["loss_x_floor"] == (r["seconds"] - r["own_seconds"]) / floor > 0, name
+        # one repeat: both ratios are to the same floor steps (those either side of the step)
+        assert r["loss_x_floor"] == pytest.approx(r["x_floor"] * (r["seconds"] - r["own_seconds"]) / r["seconds"])
+        assert 0 < r["loss_x_floor"] < r["x_floor"], name
     # the k-means refresh and the calibrator's MLP are each a large share of a small step
     assert own["cluster_guided"]["own_seconds"] > floor and own["calibrated"]["own_seconds"] > floor
     table = lines[-1]

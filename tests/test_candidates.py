@@ -60,6 +60,24 @@ def test_unknown_labels_are_never_the_same_label():
     assert n_cls == 5 and len(set(q.tolist()) | set(k.tolist())) == 5 and q[1] == k[0]
 
 
+@pytest.mark.parametrize("hi", [3, 40, 10**6])
+def test_dense_labels_are_the_ranks_of_the_known_labels_then_one_class_per_unknown(hi):
+    """Small labels (a presence table) and large ones (a sort) alike: known labels numbered in
+    increasing order, then each unknown (−1) entry a class of its own, in order of appearance."""
+    g = torch.Generator().manual_seed(hi)
+    for trial in range(40):
+        n, m = int(torch.randint(1, 30, (1,), generator=g)), int(torch.randint(1, 30, (1,), generator=g))
+        q, k = torch.randint(-1, hi, (n,), generator=g), torch.randint(-1, hi, (m,), generator=g)
+        if trial % 10 == 0:
+            q[:], k[:] = -1, -1
+        y = q.tolist() + k.tolist()
+        ranks = {v: i for i, v in enumerate(sorted({v for v in y if v != -1}))}
+        nxt = iter(range(len(ranks), len(ranks) + y.count(-1)))
+        ref = [ranks[v] if v != -1 else next(nxt) for v in y]
+        dq, dk, n_cls = dense_labels(q, k)
+        assert dq.tolist() + dk.tolist() == ref and n_cls == len(ranks) + y.count(-1)
+
+
 def test_supcon_unknown_label_anchor_is_skipped():
     z1, _ = _z(6, 4, 3)
     y = torch.tensor([0, 0, -1, 1, 1, -1])

@@ -1,6 +1,7 @@
 """Loss forward+backward time and peak extra memory against pytorch-metric-learning, on CPU or CUDA.
 
-For every size 2B, in one process (so the ratios compare like with like on a noisy machine):
+For every size 2B, in one process (so the ratios compare like with like on a noisy machine; each
+case's step is timed between two floor steps and its "× floor" is the median of its ratios to them):
 
 - every hardneg loss computed by the kernel: ``ucl``, ``supcon``, ``hscl`` (paper-code variant,
   β = 1), ``scl``, ``hucl`` (β = 1), ``dcl`` (τ⁺ = 0.1), ``decoupled``;
@@ -265,6 +266,33 @@ def _measure_memory(name: str, n: int, threads: int) -> float | None:
     return float(out["peak_extra_bytes"])
 
 
+def _median(xs: list[float]) -> float:
+    return sorted(xs)[len(xs) // 2]
+
+
+def _paired_samples(cases: list[Case], n: int, reps: int, device: str
+                    ) -> tuple[dict[str, list[tuple[float, float, float]]], list[float]]:
+    """Each repeat times the cases in turn with a floor step before the first and after each: per
+    case and repeat (seconds, its own work's seconds, 1 / the mean of the floor steps either side),
+    and every floor step's seconds. A case's × floor is the median of its ratios to the floor
+    steps around it, which cancels the machine's drift over the seconds a repeat takes (the
+    medians of two series timed seconds apart differ by a few per cent on a shared 2-core VM)."""
+    samples: dict[str, list[tuple[float, float, float]]] = {c.name: [] for c in cases if c.kind != "floor"}
+    floors: list[float] = []
+    for _ in range(reps):
+        before = _time_once("floor", n, device)[0]
+        floors.append(before)
+        for c in cases:
+            if c.kind == "floor":
+                continue
+            t, own = _time_once(c.name, n, device)
+            after = _time_once("floor", n, device)[0]
+            floors.append(after)
+            samples[c.name].append((t, own, 2.0 / (before + after)))
+            before = after
+    return samples, floors
+
+
 def run(
     sizes: list[int],
     repeats: int = 3,
@@ -277,7 +305,9 @@ def run(
     case_list: list[Case] | None = None,
     table: Callable[[list[dict]], str] | None = None,
 ) -> list[dict]:
-    """Run the benchmark; return one row per (size, case) and print a table with ratios.
+    """Run the benchmark; return one row per (size, case) and print a table with ratios: a case's
+    ``seconds`` is its median step, its ``x_floor`` the median of its steps' ratios to the floor
+    steps timed just before and after each (`_paired_samples`).
     ``device="cuda"`` times on the GPU (synchronised) and reports peak GPU memory instead.
     ``case_list`` (default: the losses, `CASES`; `PRESET_CASES` for the presets)
     must hold the floor; ``table`` formats the rows of one size (default `format_table`)."""
@@ -301,23 +331,21 @@ def run(
         reps = repeats if n <= 8192 else 1
         for c in runnable:  # warm-up: lazy imports and first-call initialisation are not timed
             _run_case(c.name, *_inputs(64, device=device))
-        samples: dict[str, list[tuple[float, float]]] = {c.name: [] for c in runnable}
-        for _ in range(reps):  # interleave cases so that machine noise hits all of them alike
-            for c in runnable:
-                samples[c.name].append(_time_once(c.name, n, device))
+        samples, floors = _paired_samples(runnable, n, reps, device)
         own: dict[str, float] = {}
-        for c in runnable:  # the median step, with its own share
-            times[c.name], own[c.name] = sorted(samples[c.name])[len(samples[c.name]) // 2]
+        for name, sample in samples.items():  # the median step, with its own share
+            times[name], own[name] = sorted(sample)[len(sample) // 2][:2]
+        times["floor"] = _median(floors)
         for c in selected:
             row = {"2B": n, "case": c.name, "kind": c.kind, "repeats": reps}
             if c.name in skipped:
                 row["skipped"] = skipped[c.name]
             else:
                 row["seconds"] = times[c.name]
-                row["x_floor"] = times[c.name] / times["floor"]
+                row["x_floor"] = 1.0 if c.kind == "floor" else _median([t * f for t, _, f in samples[c.name]])
                 if c.kind == "own":
                     row["own_seconds"] = own[c.name]
-                    row["loss_x_floor"] = (times[c.name] - own[c.name]) / times["floor"]
+                    row["loss_x_floor"] = _median([(t - o) * f for t, o, f in samples[c.name]])
                 if memory:
                     row["peak_extra_bytes"] = (
                         _measure_cuda_memory(c.name, n, device) if device.startswith("cuda")

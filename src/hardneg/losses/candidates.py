@@ -141,13 +141,25 @@ def dense_labels(q_labels: Tensor, k_labels: Tensor) -> tuple[Tensor, Tensor, in
     """Relabel anchors' and candidates' labels to ``0..L−1``; every unknown (−1) entry gets a class
     of its own, so it is never "the same label" as anything. Returns ``(q, k, L)``."""
     y = torch.cat([q_labels, k_labels])
+    n = q_labels.shape[0]
     unknown = y == UNKNOWN
-    if bool(unknown.any()):
+    n_unknown = int(unknown.sum())
+    known = y[~unknown] if n_unknown else y
+    if known.numel():
+        lo, hi = (int(v) for v in torch.aminmax(known))
+        if lo >= 0 and hi < 4 * y.numel() + 64:
+            # small non-negative labels: their ranks from a presence table (no sort; the same ids
+            # as the sort below: known labels in increasing order, then the unknown ones)
+            rank = torch.cumsum(torch.bincount(known, minlength=hi + 1) > 0, 0) - 1
+            inv = rank[y.clamp(min=0)]
+            if n_unknown:
+                inv[unknown] = int(rank[-1]) + 1 + torch.arange(n_unknown, device=y.device)
+            return inv[:n], inv[n:], int(rank[-1]) + 1 + n_unknown
+    if n_unknown:
         y = y.clone()
         top = int(y.max()) + 1
-        y[unknown] = top + torch.arange(int(unknown.sum()), device=y.device)
+        y[unknown] = top + torch.arange(n_unknown, device=y.device)
     uniq, inv = torch.unique(y, return_inverse=True)
-    n = q_labels.shape[0]
     return inv[:n], inv[n:], int(uniq.numel())
 
 
