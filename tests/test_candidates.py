@@ -9,6 +9,7 @@ from hardneg.losses.candidates import (
     Relations,
     dense_labels,
     label_columns,
+    label_order,
     safe_normalize,
     same_known_label,
     two_view_index,
@@ -181,11 +182,12 @@ def test_label_columns_are_the_same_label_tile():
         (torch.tensor([-1, -1]), torch.tensor([-1, 0, 0])),  # nothing shared
         (torch.tensor([2, 5]), torch.tensor([2, 2, 2])),  # a label no candidate has
     ):
-        cols, ok = label_columns(yq, yk)
-        tile = torch.zeros(len(yq), len(yk), dtype=torch.long)
-        r = torch.arange(len(yq))[:, None].expand_as(cols)
-        tile.index_put_((r[ok], cols[ok]), torch.ones(int(ok.sum()), dtype=torch.long), accumulate=True)
-        assert torch.equal(tile, same_known_label(yq, yk).long())
+        for order in (None, label_order(yk)):  # k's order computed here, or given by the caller
+            cols, ok = label_columns(yq, yk, order)
+            tile = torch.zeros(len(yq), len(yk), dtype=torch.long)
+            r = torch.arange(len(yq))[:, None].expand_as(cols)
+            tile.index_put_((r[ok], cols[ok]), torch.ones(int(ok.sum()), dtype=torch.long), accumulate=True)
+            assert torch.equal(tile, same_known_label(yq, yk).long())
 
 
 @pytest.mark.parametrize("name", ["triplet", "margin"])

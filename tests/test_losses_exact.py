@@ -361,3 +361,24 @@ def test_tilt_passes_block_by_block(monkeypatch, block):
     check(L.ucl(z1, z2, t=0.5, chunk_size=7), R.ref_infonce(z1, z2, t=0.5), [z1, z2])
     check(L.supcon(z1, z2, y, t=0.5, chunk_size=7), R.ref_supcon(z1, z2, y, t=0.5), [z1, z2])
     check(L.scl(z1, z2, y, t=0.5, chunk_size=7), R.ref_infonce(z1, z2, t=0.5, labels=y), [z1, z2])
+
+
+def test_the_stored_gradients_survive_a_second_backward_and_scale_with_the_upstream_gradient():
+    """loss.backward() hands the kernel's stored dQ, dK on unscaled: a retained graph's second
+    backward gives the same gradient again, and a scaled loss scales it (against the float64
+    reference's gradient)."""
+    g = torch.Generator().manual_seed(4)
+    z1, z2 = torch.randn(6, 5, generator=g, dtype=torch.float64), torch.randn(6, 5, generator=g, dtype=torch.float64)
+    a1, a2 = z1.clone().requires_grad_(), z2.clone().requires_grad_()
+    loss = L.hucl(a1, a2, beta=1.0, t=0.5)
+    loss.backward(retain_graph=True)
+    first = a1.grad.clone()
+    a1.grad = a2.grad = None
+    loss.backward(retain_graph=True)
+    torch.testing.assert_close(a1.grad, first, rtol=0, atol=0)
+    a1.grad = a2.grad = None
+    (2.5 * loss).backward()
+    r1, r2 = z1.clone().requires_grad_(), z2.clone().requires_grad_()
+    ref, = torch.autograd.grad(R.ref_infonce(r1, r2, t=0.5, beta=1.0), r1)
+    torch.testing.assert_close(first, ref, rtol=1e-9, atol=1e-12)
+    torch.testing.assert_close(a1.grad, 2.5 * ref, rtol=1e-9, atol=1e-12)

@@ -168,19 +168,27 @@ def same_known_label(q_labels: Tensor, k_labels: Tensor) -> Tensor:
     return (q_labels[:, None] == k_labels[None, :]) & (q_labels[:, None] != UNKNOWN)
 
 
-def label_columns(q_labels: Tensor, k_labels: Tensor) -> tuple[Tensor, Tensor]:
+def label_order(k_labels: Tensor) -> tuple[Tensor, Tensor]:
+    """(the stable argsort of the candidates' labels, those labels sorted): what `label_columns`
+    searches, for a caller that asks for several chunks' columns of one k."""
+    order = torch.argsort(k_labels, stable=True)
+    return order, k_labels[order].contiguous()
+
+
+def label_columns(q_labels: Tensor, k_labels: Tensor, order: tuple[Tensor, Tensor] | None = None
+                  ) -> tuple[Tensor, Tensor]:
     """The sparse form of `same_known_label`: for each anchor, the columns of the candidates with
     its known label, as (c × P) columns and (c × P) bool ``valid`` (P the largest such count; the
-    padding repeats a column and is not valid). O(m log m + c P) instead of a (c × m) tile."""
-    order = torch.argsort(k_labels, stable=True)
-    sk = k_labels[order].contiguous()
+    padding repeats a column and is not valid). O(m log m + c P) instead of a (c × m) tile;
+    O(c (log m + P)) with k's `label_order` given."""
+    by, sk = label_order(k_labels) if order is None else order
     lo = torch.searchsorted(sk, q_labels)
     cnt = torch.searchsorted(sk, q_labels, right=True) - lo
     cnt = torch.where(q_labels != UNKNOWN, cnt, torch.zeros_like(cnt))
     P = max(1, int(cnt.max())) if cnt.numel() else 1
     ar = torch.arange(P, device=q_labels.device)
     valid = ar[None, :] < cnt[:, None]
-    cols = order[torch.clamp(lo[:, None] + ar[None, :], max=max(0, k_labels.shape[0] - 1))]
+    cols = by[torch.clamp(lo[:, None] + ar[None, :], max=max(0, k_labels.shape[0] - 1))]
     return cols, valid
 
 

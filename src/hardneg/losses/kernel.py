@@ -169,6 +169,16 @@ class _Index:
     self_all: bool = False  # every anchor is a row of k (self_index ≥ 0 throughout)
 
 
+@dataclass(frozen=True)
+class _Counts:
+    """`_Workspace.counts`: per anchor of a call."""
+
+    act: Tensor  # (n,) bool: has a positive and a valid negative
+    all_active: bool
+    cntf: Tensor  # (n,) valid negatives as floats, 1 where skipped
+    log_n: Tensor  # (n,) log N
+
+
 class _Workspace:
     """Two (chunk × m) work buffers reused by every chunk: fresh 16 MB allocations page-fault on
     every chunk and cost as much as the matrix product itself on CPU."""
@@ -185,6 +195,7 @@ class _Workspace:
         self.skipped: list[Tensor] = []  # global rows a log_weight_fn left without a valid negative
         self._k_ones: Tensor | None = None
         self._rows: Tensor | None = None
+        self._counts: _Counts | None = None
 
     def rows(self, c: int) -> Tensor:
         """arange(c): each anchor's row of the chunk's tile (one tensor for every chunk)."""
@@ -209,6 +220,20 @@ class _Workspace:
             cmax, m, dtype, device = self._shape
             self.W = torch.empty(cmax, m, dtype=dtype, device=device)
         return self.W[:c]
+
+    def counts(self, ix: _Index, n_neg: float | None) -> _Counts:
+        """The candidate rule's counts for every anchor of the call (``ix.n_valid``), once: which
+        anchors are active, their counts as floats (1 for a skipped anchor, a finite placeholder)
+        and log N (of the count, or of ``n_neg``)."""
+        if self._counts is None:
+            if ix.n_valid is None:
+                raise ValueError("the call's counts need n_valid")
+            act = ix.n_valid > 0 if ix.active is None else (ix.n_valid > 0) & ix.active
+            every = bool(act.all())
+            cntf = (ix.n_valid if every else torch.where(act, ix.n_valid, 1)).to(self._shape[2])
+            log_n = torch.log(cntf) if n_neg is None else torch.full_like(cntf, math.log(n_neg))
+            self._counts = _Counts(act, every, cntf, log_n)
+        return self._counts
 
     def shift_free(self, factor: float = 1.0) -> bool:
         """Whether e^{factor · S} of any tile entry S = s/t is safe without the max shift (`_exp_room`)."""
@@ -825,6 +850,7 @@ def _normaliser(ch: _Chunk, sp: Tensor, extra: Tensor | None) -> tuple[Tensor, T
     if not free and not ch.native:  # the native row pass writes the rule in its own pass
         ch.mask_(S)
     A = lse_a = lse_b = None
+    cnt: Tensor | None
     if blocked:
         cnt, lse_b, lse_a, ch.kept, ch.tile_scale = _weighted_blocks_(S, sp, spec, ws, r0, ix.active)
     else:
@@ -839,14 +865,22 @@ def _normaliser(ch: _Chunk, sp: Tensor, extra: Tensor | None) -> tuple[Tensor, T
                 ch.mask_(A)
             S.add_(A)
         # valid candidates are the finite entries; S is finite or −∞ (a NaN log-weight is not valid either)
-        cnt = (S > _NEG_INF).sum(1) if extra is not None or ix.n_valid is None else ix.n_valid[r0:r1]
-    act = cnt > 0
-    all_active = bool(act.all())
-    if (extra is not None or blocked) and not all_active:
-        ws.skipped.append(torch.nonzero(~act).flatten() + r0)
-    if ix.active is not None:
-        act = act & ix.active[r0:r1]
+        cnt = (S > _NEG_INF).sum(1) if extra is not None or ix.n_valid is None else None
+    if cnt is None:  # the counts of the candidate rule alone: the call's (`_Workspace.counts`)
+        counts = ws.counts(ix, spec.n_neg)
+        act, cntf, logN = counts.act[r0:r1], counts.cntf[r0:r1], counts.log_n[r0:r1]
+        all_active = counts.all_active or bool(act.all())
+    else:
+        act = cnt > 0
         all_active = bool(act.all())
+        if (extra is not None or blocked) and not all_active:
+            ws.skipped.append(torch.nonzero(~act).flatten() + r0)
+        if ix.active is not None:
+            act = act & ix.active[r0:r1]
+            all_active = bool(act.all())
+        cntf = (cnt if all_active else torch.where(act, cnt, torch.ones_like(cnt))).to(S.dtype)
+        logN = torch.log(cntf) if spec.n_neg is None else torch.full((c,), math.log(spec.n_neg), dtype=S.dtype,
+                                                                       device=S.device)
     ch.act, ch.all_active, ch.A = act, all_active, A
     if not ch.all_active:  # skipped anchors: finite placeholders, zero loss and gradient later
         if lse_a is not None:  # blocked
@@ -855,10 +889,6 @@ def _normaliser(ch: _Chunk, sp: Tensor, extra: Tensor | None) -> tuple[Tensor, T
             S.masked_fill_(~act[:, None], 0.0)
         if A is not None:
             A.masked_fill_(~act[:, None], 0.0)
-        cnt = torch.where(act, cnt, torch.ones_like(cnt))
-    cntf = cnt.to(S.dtype)
-    logN = torch.log(cntf) if spec.n_neg is None else torch.full((c,), math.log(spec.n_neg), dtype=S.dtype,
-                                                                   device=S.device)
     if ch.native:
         lse_a, lse_b, ch.z2, ch.tile_scale, ch.EK = _native_softmaxes_(ch, sp, free, cntf)
     elif lse_a is None or lse_b is None:  # one positive per anchor, a gradient: row sums of e^S from E [k | 1]
@@ -1204,6 +1234,8 @@ class _WeightedInfoNCE(torch.autograd.Function):
             )
         if ctx.eager:
             dq, dk = ctx.saved_tensors
+            if bool(grad_out == 1.0):  # loss.backward(): the stored gradients as they are (read, never
+                return dq, dk, None, None  # written, downstream: a second backward gets them again)
             return dq * grad_out, dk * grad_out, None, None
         q, k = ctx.saved_tensors
         go = grad_out.to(q.dtype).contiguous()

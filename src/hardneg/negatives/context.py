@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor
 
-from hardneg.losses.candidates import Relations
+from hardneg.losses.candidates import Relations, label_order
 from hardneg.negatives.sources import Anchors, Candidates
 
 if TYPE_CHECKING:  # pixels imports this module
@@ -50,6 +50,7 @@ class StepContext:
     #: (and ownership) limits the candidates; its other view stays, as a positive in the denominator
     label_positives: bool = False
     _rel: Relations | None = None
+    _label_order: tuple[Tensor, Tensor] | None = None
     _scratch: dict[int, Tensor] = field(default_factory=dict)
 
     @classmethod
@@ -149,6 +150,15 @@ class StepContext:
                 or b.device != X.device:
             b = self._scratch[i] = X.new_empty(X.shape)
         return b[: X.shape[0]]
+
+    def label_order(self) -> tuple[Tensor, Tensor] | None:
+        """`hardneg.losses.candidates.label_order` of the step's candidates, once per step; None
+        without labels."""
+        if self.k_labels is None:
+            return None
+        if self._label_order is None:
+            self._label_order = label_order(self.k_labels)
+        return self._label_order
 
     def same_label(self, rows: slice | Tensor) -> Tensor | None:
         """(c×m) bool: candidate has the anchor's known label; None without labels."""

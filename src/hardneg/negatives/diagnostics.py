@@ -90,10 +90,12 @@ class DiagnosticsAccumulator:
     def update(
         self, S: Tensor, log_w: Tensor, rows: slice | Tensor, s_pos: Tensor | None,
         labels: tuple[Tensor, Tensor] | None, overwrite: bool = False, log_mask: bool = False,
+        k_order: tuple[Tensor, Tensor] | None = None,
     ) -> None:
         """Add the chunk's rows: cosine sims S (c×m, finite), log-weights with −∞ on invalid
         candidates, the positives' sims (or None) and ``labels`` = (the rows' anchor labels (c,),
-        the candidates' labels (m,)) or None. Rows already recorded or outside the sample are
+        the candidates' labels (m,)) or None, with the candidates' `label_order` where the caller
+        has it (``k_order``). Rows already recorded or outside the sample are
         skipped. ``overwrite``: S is the caller's scratch and may be overwritten (saves a copy).
         ``log_mask``: log_w holds only 0 and −∞, so with β = 0 π is uniform over the valid
         candidates and its statistics are the rows' counts and sums (no softmax)."""
@@ -108,17 +110,18 @@ class DiagnosticsAccumulator:
             overwrite = True  # S[sel] is a copy
             s_pos = None if s_pos is None else s_pos[sel]
             labels = None if labels is None else (labels[0][sel], labels[1])
-        self._add(S.to(torch.float32, copy=not overwrite), log_w.float(), s_pos, labels, log_mask and not self.beta)
+        self._add(S.to(torch.float32, copy=not overwrite), log_w.float(), s_pos, labels, log_mask and not self.beta,
+                  k_order)
 
     def _add(self, S: Tensor, log_w: Tensor, s_pos: Tensor | None, labels: tuple[Tensor, Tensor] | None,
-             uniform: bool = False) -> None:
+             uniform: bool = False, k_order: tuple[Tensor, Tensor] | None = None) -> None:
         """S (float32) is overwritten. The per-row statistics (`hardneg.losses.native.RowStats`) come
         from the native row pass where it runs, else from `_torch_stats`; both read π at the label
         columns from the rows' log-sum-exp."""
         c = S.shape[0]
         cols = same = s_c = None
         if labels is not None:
-            cols, same = label_columns(*labels)
+            cols, same = label_columns(*labels, order=k_order)
             s_c = S.gather(1, cols)  # before the torch statistics overwrite S
         if native.takes(S) and native.takes(log_w):  # the tilt's factor per unit of s, β/t
             st = native.row_stats(S, log_w, uniform, float(tilt_log_weights(np.ones(1), self.beta, self.t)[0]),

@@ -87,7 +87,7 @@ class LabelFilter(Filter):
         similarity, and a scatter costs a few entries per row where a boolean tile costs ten passes."""
         if ctx.q_labels is None or ctx.k_labels is None:
             raise ValueError("filter 'label' needs labels: call forward(z1, z2, labels=...)")
-        cols, same = label_columns(ctx.q_labels[rows], ctx.k_labels)
+        cols, same = label_columns(ctx.q_labels[rows], ctx.k_labels, ctx.label_order())
         r = torch.arange(cols.shape[0], device=cols.device)[:, None].expand_as(cols)
         X[r[same], cols[same]] = float("-inf")
 

@@ -773,7 +773,8 @@ class Strategy(nn.Module):
                     Ss, lws, fb = S[loc], lw[loc], fallback[loc]
                 self._fallback_rows += int(fb.sum())
                 labels = None if ctx.q_labels is None or ctx.k_labels is None else (ctx.q_labels[gid], ctx.k_labels)
-                acc.update(Ss, lws, gid, ctx.s_pos(Ss, gid), labels, overwrite=True, log_mask=log_mask)
+                acc.update(Ss, lws, gid, ctx.s_pos(Ss, gid), labels, overwrite=True, log_mask=log_mask,
+                           k_order=ctx.label_order())
         return lw
 
     @torch.no_grad()
