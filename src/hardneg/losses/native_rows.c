@@ -212,6 +212,16 @@ static inline __attribute__((always_inline)) float hn_log(float x) {
   } while (0)
 #endif
 
+/* The ranges of rows a pass splits its rows into: one per thread, at least one, at most one per
+ * row and MAX_THREADS (the size of each pass's array of jobs). */
+enum { MAX_THREADS = 256 };
+
+static inline int range_threads(int threads, int64_t rows) {
+  if (threads > rows) threads = (int)rows;
+  if (threads < 1) threads = 1;
+  return threads > MAX_THREADS ? MAX_THREADS : threads;
+}
+
 /* floats of scratch per thread for distance weighting (distance_row_packed's layout), which the
  * caller allocates (hn_distance_scratch) */
 #define DISTANCE_SCRATCH(m) (2 * (m) + 32 + 2 * (((m) + 15) / 16) + 16)
@@ -785,11 +795,8 @@ void hn_softmax_rows(float *X, int64_t rows, int64_t m, int64_t ld, const uint8_
                      float *lse, float *sumsq, const int64_t *self_col, const int64_t *pos_col, const int64_t *cols,
                      const int64_t *col_row, const int64_t *col_cnt, int64_t P, int64_t ldc, int fill_cols, float *gather, int64_t ldg, const int32_t *rec_slot,
                      float *rec_x, int64_t rec_ld, int threads) {
-  enum { MAX_THREADS = 256 };
   tilt_job_t jobs[MAX_THREADS];
-  if (threads > rows) threads = (int)rows;
-  if (threads < 1) threads = 1;
-  if (threads > MAX_THREADS) threads = MAX_THREADS;
+  threads = range_threads(threads, rows);
   for (int t = 0; t < threads; t++)
     jobs[t] = (tilt_job_t){X, m, ld, inactive, free_exp, then, lse, sumsq, self_col, pos_col, cols, col_row, col_cnt, P, ldc,
                            fill_cols, gather, ldg, rec_slot, rec_x, rec_ld, rows * t / threads,
@@ -867,11 +874,8 @@ static void *run_terms(void *arg) {
 void hn_label_terms(const float *sp, const int64_t *cols, const int64_t *col_row, int64_t ldc, int64_t rows,
                     int64_t P, const int64_t *cnt, const int64_t *self_col, const float *neg, int include, float *loss,
                     float *gsum, float *dsp, int threads) {
-  enum { MAX_THREADS = 256 };
   terms_job_t jobs[MAX_THREADS];
-  if (threads > rows) threads = (int)rows;
-  if (threads < 1) threads = 1;
-  if (threads > MAX_THREADS) threads = MAX_THREADS;
+  threads = range_threads(threads, rows);
   for (int t = 0; t < threads; t++)
     jobs[t] = (terms_job_t){sp, cols, col_row, cnt, self_col, P, ldc, neg, include, loss, gsum, dsp,
                             rows * t / threads, rows * (t + 1) / threads};
@@ -905,11 +909,8 @@ static void *run_scatter(void *arg) {
 
 void hn_label_scatter(float *X, int64_t rows, int64_t ld, const int64_t *cols, const int64_t *col_row, int64_t ldc,
                       const int64_t *cnt, int64_t P, const float *vals, const float *h, int threads) {
-  enum { MAX_THREADS = 256 };
   scatter_job_t jobs[MAX_THREADS];
-  if (threads > rows) threads = (int)rows;
-  if (threads < 1) threads = 1;
-  if (threads > MAX_THREADS) threads = MAX_THREADS;
+  threads = range_threads(threads, rows);
   for (int t = 0; t < threads; t++)
     jobs[t] = (scatter_job_t){X, ld, cols, col_row, cnt, P, ldc, vals, h, rows * t / threads,
                               rows * (t + 1) / threads};
@@ -1034,11 +1035,8 @@ void hn_row_stats(const float *S, int64_t lds, const float *W, int64_t ldw, int6
                   float beta_over_t, float lo, float hi, int64_t bins, int64_t *hist, int64_t *n_valid,
                   float *hard, int64_t *hard_j, double *sum_s, float *lse, double *sum_ps, double *sum_pp,
                   int threads) {
-  enum { MAX_THREADS = 256 };
   stats_job_t jobs[MAX_THREADS];
-  if (threads > rows) threads = (int)rows;
-  if (threads < 1) threads = 1;
-  if (threads > MAX_THREADS) threads = MAX_THREADS;
+  threads = range_threads(threads, rows);
   for (int t = 0; t < threads; t++)
     jobs[t] = (stats_job_t){S, W, m, lds, ldw, bins, uniform, beta_over_t, lo, hi, hist + (int64_t)t * (bins + 1),
                             n_valid, hard_j, hard, lse, sum_s, sum_ps, sum_pp, rows * t / threads,
@@ -1074,11 +1072,8 @@ static void *run_unit(void *arg) {
 
 void hn_unit_rows_backward(const float *y, const float *g, const float *norms, float *out, int64_t rows, int64_t d,
                            int threads) {
-  enum { MAX_THREADS = 256 };
   unit_job_t jobs[MAX_THREADS];
-  if (threads > rows) threads = (int)rows;
-  if (threads < 1) threads = 1;
-  if (threads > MAX_THREADS) threads = MAX_THREADS;
+  threads = range_threads(threads, rows);
   for (int t = 0; t < threads; t++)
     jobs[t] = (unit_job_t){y, g, norms, out, d, rows * t / threads, rows * (t + 1) / threads};
   PARALLEL_RANGES(run_unit, jobs, threads);
@@ -1093,11 +1088,8 @@ void hn_weighted_softmax_rows(float *X, int64_t rows, int64_t m, int64_t ld, con
                               float u_hi, const uint8_t *inactive, int free_exp, int64_t *cnt, float *lse_b,
                               float *lse_a, float *scale, uint8_t *fallback, const int32_t *rec_slot, float *rec_x,
                               float *rec_lw, int64_t rec_ld, float *scratch, int threads) {
-  enum { MAX_THREADS = 256 };
   job_t jobs[MAX_THREADS];
-  if (threads > rows) threads = (int)rows;
-  if (threads < 1) threads = 1;
-  if (threads > MAX_THREADS) threads = MAX_THREADS;
+  threads = range_threads(threads, rows);
   for (int t = 0; t < threads; t++)
     jobs[t] = (job_t){X, m, ld, lo, hi, kind, centre, half, two_t, p_v, u_lo, u_hi, inactive, free_exp,
                       cnt, lse_b, lse_a, scale, fallback,
