@@ -457,7 +457,7 @@ def test_losses_of_the_softmax_pass_in_float32_match_the_float64_reference(case,
 
 @pytest.mark.parametrize("use", [True, False], ids=["native", "blocks"])
 @pytest.mark.parametrize("beta,include,tau_plus", [(1.0, False, 0.0), (0.0, False, 0.0), (1.0, True, 0.1),
-                                                   (0.0, True, 0.1), (1.0, True, 0.0)])
+                                                   (0.0, True, 0.1), (1.0, True, 0.0), (1.0, True, 0.9)])
 def test_label_positives_in_float32_match_the_literal_pairs(use, beta, include, tau_plus, monkeypatch):
     """Label positives, every same-label pair (i, p) a term: with and without the positive in the
     denominator, debiased or not, on the native label terms (τ⁺ = 0) and the torch path, against
