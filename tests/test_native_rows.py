@@ -542,9 +542,15 @@ def test_label_rows_refuse_what_the_passes_cannot_read():
         native.LabelRows(table.int(), torch.tensor([0, 1]), torch.tensor([1, 1]))
     with pytest.raises(ValueError, match="rows inside the table"):
         native.LabelRows(table, None, torch.tensor([1, 1, 1, 1]))  # four rows of a three-row table
+    with pytest.raises(ValueError, match="must be ≥ 0"):
+        native.LabelRows(table - 1, torch.tensor([0, 1]), torch.tensor([1, 1]))
     rows = native.LabelRows(table, torch.tensor([0, 2]), torch.tensor([1, 4]))
     with pytest.raises(ValueError, match="holds 2 rows"):
         native.label_scatter_(torch.zeros(3, 12), rows, torch.zeros(3, 4), torch.zeros(3))
+    with pytest.raises(ValueError, match="reach 11, the tile has 8"):  # a write past the row's end
+        native.label_scatter_(torch.zeros(2, 8), rows, torch.zeros(2, 4), torch.zeros(2))
+    with pytest.raises(ValueError, match="reach 11, the tile has 8"):
+        native.softmax_rows_(torch.zeros(2, 8), None, True, None, cols=rows, fill_cols=True)
 
 
 # ---------------------------------------------------------------------------------------------

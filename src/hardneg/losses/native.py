@@ -38,7 +38,7 @@ import shutil
 import subprocess
 import tempfile
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -184,6 +184,7 @@ class LabelRows:
     cols: Tensor
     row: Tensor | None
     cnt: Tensor
+    _end: int = field(init=False, default=0, repr=False)  # one past the largest column
 
     @property
     def width(self) -> int:
@@ -203,11 +204,18 @@ class LabelRows:
                     and not (int(self.row.min()) >= 0 and int(self.row.max()) < n_rows)):
             raise ValueError("LabelRows needs an int64 (· × P) table with contiguous rows, contiguous int64 (rows,) "
                              "cnt and row, and rows inside the table")
+        lo, hi = (int(v) for v in torch.aminmax(self.cols)) if self.cols.numel() else (0, -1)
+        if lo < 0:
+            raise ValueError("LabelRows' columns must be ≥ 0")
+        object.__setattr__(self, "_end", hi + 1)  # the passes that write X at the columns check X's width
 
-    def args(self, c: int) -> tuple[int, int | None, int, int]:
-        """(cols, row, ldc, cnt) pointers and stride for the C passes on ``c`` rows."""
+    def args(self, c: int, m: int | None = None) -> tuple[int, int | None, int, int]:
+        """(cols, row, ldc, cnt) pointers and stride for the C passes on ``c`` rows (of a tile of
+        ``m`` columns, for a pass that reads or writes it at the columns)."""
         if self.cnt.shape != (c,):
             raise ValueError(f"LabelRows holds {self.cnt.shape[0]} rows, the pass takes {c}")
+        if m is not None and self._end > m:
+            raise ValueError(f"LabelRows' columns reach {self._end - 1}, the tile has {m}")
         return self.cols.data_ptr(), _ptr(self.row), self.cols.stride(0), self.cnt.data_ptr()
 
 
@@ -301,7 +309,7 @@ def softmax_rows_(X: Tensor, inactive: Tensor | None, free: bool, then: str | No
     ina = None if inactive is None else inactive.to(torch.uint8).contiguous()
     sc = None if self_col is None else self_col.to(torch.int64).contiguous()
     pc = None if pos_col is None else pos_col.to(torch.int64).contiguous()
-    cc, crow, ldc, ccnt = (None, None, 0, None) if cols is None else cols.args(c)
+    cc, crow, ldc, ccnt = (None, None, 0, None) if cols is None else cols.args(c, m)
     P = 0 if cols is None else cols.width
     if gather is not None and (cols is None or gather.shape != (c, P) or gather.dtype != X.dtype
                                or not gather.is_contiguous()):
@@ -345,7 +353,7 @@ def label_scatter_(X: Tensor, cols: LabelRows, vals: Tensor, h: Tensor) -> None:
     if vals.shape != (c, cols.width) or vals.dtype != X.dtype or not vals.is_contiguous() or h.shape != (c,) \
             or h.dtype != X.dtype or not h.is_contiguous():
         raise ValueError("label_scatter_ takes contiguous (rows × P) vals and (rows,) h of X's dtype")
-    cc, crow, ldc, ccnt = cols.args(c)
+    cc, crow, ldc, ccnt = cols.args(c, X.shape[1])
     lib.hn_label_scatter(X.data_ptr(), c, X.stride(0), cc, crow, ldc, ccnt, cols.width, vals.data_ptr(), h.data_ptr(),
                          torch.get_num_threads())
 
