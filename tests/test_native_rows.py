@@ -216,6 +216,23 @@ def test_a_damaged_library_in_the_cache_is_built_again(tmp_path):
     assert lib.stat().st_size > 1000
 
 
+def test_the_passes_write_no_record_past_their_buffers():
+    """A slot at or past the buffers' rows is not written (the passes write the buffers through the
+    slots); the rows with a slot inside them are, as they were before the rule."""
+    native.available()
+    g = torch.Generator().manual_seed(3)
+    X0 = torch.randn(4, 40, generator=g)
+    slot = torch.tensor([0, 5, -3, 1], dtype=torch.int32)
+    under = torch.full((4, 40), 7.0)  # the buffers are its first two rows
+    native.softmax_rows_(X0.clone(), None, False, None, rec_slot=slot, rec=under[:2])
+    torch.testing.assert_close(under[:2], X0[[0, 3]])
+    assert bool((under[2:] == 7.0).all())
+    bx, bw = torch.full((4, 40), 7.0), torch.full((4, 40), 7.0)
+    native.weighted_softmax_rows_(X0.clone(), native.RowRule(), None, False, slot, (bx[:2], bw[:2]))
+    torch.testing.assert_close(bx[:2], X0[[0, 3]])
+    assert bool((bx[2:] == 7.0).all()) and bool((bw[2:] == 7.0).all()) and bool((bw[:2] == 0.0).all())
+
+
 def test_the_pass_rejects_what_it_cannot_read():
     rule = native.RowRule()
     with pytest.raises(ValueError, match="float32 CPU tile"):
@@ -339,6 +356,31 @@ def test_the_diagnostics_are_the_same_on_both_paths(preset):
             assert math.isnan(d0[key]), key
         else:
             assert d1[key] == pytest.approx(d0[key], rel=1e-3, abs=1e-5), key
+
+
+@pytest.mark.parametrize("preset", ["semihard", "distance_weighted", "filtered", "hscl", "supcon"])
+def test_the_diagnostics_agree_when_their_buffers_fill_within_a_step(preset, monkeypatch):
+    """Buffers of 32 rows and chunks of 64 anchors: the 128 sampled rows are recorded in several
+    flushes, each chunk's rows at the buffer rows `_BlockRecords.slots` gives them, on both paths."""
+    from hardneg.negatives.strategy import _BlockRecords
+
+    monkeypatch.setattr(_BlockRecords, "_BUFFER", 1)  # the least: 32 rows
+    g = torch.Generator().manual_seed(9)
+    B = 300
+    z1 = torch.nn.functional.normalize(torch.randn(B, 32, generator=g), dim=1)
+    z2 = torch.nn.functional.normalize(z1 + 0.5 * torch.randn(B, 32, generator=g), dim=1)
+    y, ids = torch.randint(0, 20, (B,), generator=g), torch.arange(B)
+    out = {}
+    for use in (True, False):
+        s = create_strategy(preset, chunk_size=64)
+        with native.use_native(use):
+            s(z1, z2, labels=y, ids=ids)
+        out[use] = s.last_diagnostics
+    whole = create_strategy(preset)  # one chunk, one buffer
+    whole(z1, z2, labels=y, ids=ids)
+    for key, v in out[True].items():
+        for other in (out[False][key], whole.last_diagnostics[key]):
+            assert (math.isnan(v) and math.isnan(other)) or v == pytest.approx(other, rel=1e-3, abs=1e-5), key
 
 
 @pytest.mark.parametrize("preset", ["hscl", "hucl", "dcl", "ucl", "supcon"])

@@ -105,12 +105,12 @@ def _load(path: Path) -> ctypes.CDLL | None:
         P, I64, F32, INT = ctypes.c_void_p, ctypes.c_int64, ctypes.c_float, ctypes.c_int
         signatures = {
             "hn_weighted_softmax_rows": [P, I64, I64, I64, P, P, INT, P, F32, F32, F32, F32, F32, P, INT,
-                                         P, P, P, P, P, P, P, P, I64, P, INT],
+                                         P, P, P, P, P, P, P, P, I64, I64, P, INT],
             "hn_row_stats": [P, I64, P, I64, I64, I64, INT, F32, F32, F32, I64, P, P, P, P, P, P, P, P, INT],
             "hn_unit_rows_backward": [P, P, P, P, I64, I64, INT],
             "hn_distance_scratch": [I64],
             "hn_softmax_rows": [P, I64, I64, I64, P, INT, INT, P, P, P, P, P, P, P, I64, I64, INT, P, I64, P, P,
-                                I64, INT],
+                                I64, I64, INT],
             "hn_label_terms": [P, P, P, I64, I64, I64, P, P, P, INT, P, P, P, INT],
             "hn_label_scatter": [P, I64, I64, P, P, I64, P, I64, P, P, INT],
         }
@@ -301,7 +301,8 @@ def softmax_rows_(X: Tensor, inactive: Tensor | None, free: bool, then: str | No
     P = softmax(X) over the finite entries, and ``then`` None: X ← E or P; "square": E² or P²; "tilt":
     E ⊙ (E − Σ_j E_ij² / 2z_i) or P ⊙ (P − Σ_j P_ij² / 2), the β = 1 gradient tile. ``inactive`` rows
     are read as rows of 0 (no column rule). ``rec_slot`` (c,) int32, ≥ 0 for the rows (the
-    diagnostics' sample) first copied as they are to that row of ``rec``. Returns
+    diagnostics' sample) first copied as they are to that row of ``rec`` (a slot past its rows is
+    not written). Returns
     (lse_i = log Σ_j e^{X_ij}, Σ_j P_ij²)."""
     lib = _checked_lib(X)
     c, m = X.shape
@@ -321,7 +322,8 @@ def softmax_rows_(X: Tensor, inactive: Tensor | None, free: bool, then: str | No
                         sumsq.data_ptr(), _ptr(sc), _ptr(pc), cc, crow, ccnt, P, ldc, int(bool(fill_cols)),
                         _ptr(gather), P,
                         _ptr(slot), _ptr(rec if slot is not None else None), 0 if slot is None or rec is None
-                        else rec.stride(0), torch.get_num_threads())
+                        else rec.stride(0), 0 if slot is None or rec is None else rec.shape[0],
+                        torch.get_num_threads())
     return lse, sumsq
 
 
@@ -367,7 +369,8 @@ def weighted_softmax_rows_(X: Tensor, rule: RowRule, inactive: Tensor | None, fr
     factor of the row's (its largest entry at most 2) with what normalises it in ``scale``.
     ``inactive`` (c,) bool: rows made placeholders. ``rec_slot`` (c,) int32, ≥ 0 for the rows
     (the diagnostics' sample) whose X before the rule and log-weights a after it (−∞ where
-    removed) are written to that row of ``rec`` = (X, log-weights)."""
+    removed) are written to that row of ``rec`` = (X, log-weights) (a slot past their rows is not
+    written)."""
     lib = _checked_lib(X)
     c, m = X.shape
     kind = _KINDS[rule.kind]
@@ -381,7 +384,7 @@ def weighted_softmax_rows_(X: Tensor, rule: RowRule, inactive: Tensor | None, fr
     cnt = torch.empty(c, dtype=torch.int64)
     lse_b, lse_a = X.new_empty(c), X.new_empty(c)
     scale = X.new_empty(c) if free or kind == 2 else None  # distance weighting: rows left unnormalised
-    fallback = torch.empty(c, dtype=torch.uint8)
+    fallback = torch.empty(c, dtype=torch.bool)  # the pass writes 0 or 1 in each byte
     threads = max(1, min(torch.get_num_threads(), c))
     scratch = X.new_empty(threads, int(lib.hn_distance_scratch(m))) if kind == 2 else None  # per thread
     ina = None if inactive is None else inactive.to(torch.uint8).contiguous()
@@ -398,8 +401,8 @@ def weighted_softmax_rows_(X: Tensor, rule: RowRule, inactive: Tensor | None, fr
         X.data_ptr(), c, m, X.stride(0), _ptr(lo), _ptr(hi), kind, _ptr(centre), rule.half, two_t, p_v, u_lo,
         u_hi, _ptr(ina), int(free), cnt.data_ptr(), lse_b.data_ptr(), lse_a.data_ptr(), _ptr(scale),
         fallback.data_ptr(), _ptr(slot), _ptr(rec_x), _ptr(rec_lw), 0 if rec_x is None else rec_x.stride(0),
-        _ptr(scratch), threads)
-    return RowsResult(cnt, lse_b, lse_a, scale, fallback.bool())
+        0 if rec_x is None or rec_lw is None else min(rec_x.shape[0], rec_lw.shape[0]), _ptr(scratch), threads)
+    return RowsResult(cnt, lse_b, lse_a, scale, fallback)
 
 
 @dataclass(frozen=True)

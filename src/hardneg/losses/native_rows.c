@@ -242,9 +242,9 @@ typedef struct {
   float *lse_b, *lse_a, *scale;
   uint8_t *fallback;
   float *scratch; /* kind 2: one row of m floats per range of rows */
-  const int32_t *rec_slot; /* the diagnostics' sampled rows: their slot in rec_x and rec_lw, or -1 */
+  const int32_t *rec_slot; /* the diagnostics' sampled rows: their slot in rec_x and rec_lw, or < 0 */
   float *rec_x, *rec_lw;
-  int64_t rec_ld;
+  int64_t rec_ld, rec_rows; /* a slot at or past rec_rows is not written: the buffers end there */
   int64_t r0, r1;
 } job_t;
 
@@ -643,7 +643,8 @@ static void *run_rows(void *arg) {
     const float lo = j->lo ? j->lo[r] : -INFINITY, hi = j->hi ? j->hi[r] : INFINITY;
     const float c = kind == 1 ? j->centre[r] : 0.0f;
     float *rec = NULL;
-    if (j->rec_slot && j->rec_slot[r] >= 0) { /* the row before the rule, its log-weights after */
+    /* the row before the rule, its log-weights after */
+    if (j->rec_slot && j->rec_slot[r] >= 0 && j->rec_slot[r] < j->rec_rows) {
       memcpy(j->rec_x + (int64_t)j->rec_slot[r] * j->rec_ld, x, sizeof(float) * (size_t)m);
       rec = j->rec_lw + (int64_t)j->rec_slot[r] * j->rec_ld;
     }
@@ -703,9 +704,9 @@ typedef struct {
   int fill_cols;
   float *gather;
   int64_t ldg;
-  const int32_t *rec_slot; /* rows copied as they are, before the rule, to that row of rec_x (or -1) */
+  const int32_t *rec_slot; /* rows copied as they are, before the rule, to that row of rec_x (or < 0) */
   float *rec_x;
-  int64_t rec_ld;
+  int64_t rec_ld, rec_rows; /* a slot at or past rec_rows is not written: the buffer ends there */
   int64_t r0, r1;
 } tilt_job_t;
 
@@ -742,7 +743,7 @@ static void *run_tilt(void *arg) {
   const int64_t m = j->m;
   for (int64_t r = j->r0; r < j->r1; r++) {
     float *x = j->X + r * j->ld;
-    if (j->rec_slot && j->rec_slot[r] >= 0)
+    if (j->rec_slot && j->rec_slot[r] >= 0 && j->rec_slot[r] < j->rec_rows)
       memcpy(j->rec_x + (int64_t)j->rec_slot[r] * j->rec_ld, x, sizeof(float) * (size_t)m);
     column_rule(j, x, r);
     float mx = 0.0f;
@@ -798,12 +799,12 @@ static void *run_tilt(void *arg) {
 void hn_softmax_rows(float *X, int64_t rows, int64_t m, int64_t ld, const uint8_t *inactive, int free_exp, int then,
                      float *lse, float *sumsq, const int64_t *self_col, const int64_t *pos_col, const int64_t *cols,
                      const int64_t *col_row, const int64_t *col_cnt, int64_t P, int64_t ldc, int fill_cols, float *gather, int64_t ldg, const int32_t *rec_slot,
-                     float *rec_x, int64_t rec_ld, int threads) {
+                     float *rec_x, int64_t rec_ld, int64_t rec_rows, int threads) {
   tilt_job_t jobs[MAX_THREADS];
   threads = range_threads(threads, rows);
   for (int t = 0; t < threads; t++)
     jobs[t] = (tilt_job_t){X, m, ld, inactive, free_exp, then, lse, sumsq, self_col, pos_col, cols, col_row, col_cnt, P, ldc,
-                           fill_cols, gather, ldg, rec_slot, rec_x, rec_ld, rows * t / threads,
+                           fill_cols, gather, ldg, rec_slot, rec_x, rec_ld, rec_rows, rows * t / threads,
                            rows * (t + 1) / threads};
   PARALLEL_RANGES(run_tilt, jobs, threads);
 }
@@ -1091,13 +1092,13 @@ void hn_weighted_softmax_rows(float *X, int64_t rows, int64_t m, int64_t ld, con
                               const float *centre, float half, float two_t, float p_v, float u_lo,
                               float u_hi, const uint8_t *inactive, int free_exp, int64_t *cnt, float *lse_b,
                               float *lse_a, float *scale, uint8_t *fallback, const int32_t *rec_slot, float *rec_x,
-                              float *rec_lw, int64_t rec_ld, float *scratch, int threads) {
+                              float *rec_lw, int64_t rec_ld, int64_t rec_rows, float *scratch, int threads) {
   job_t jobs[MAX_THREADS];
   threads = range_threads(threads, rows);
   for (int t = 0; t < threads; t++)
     jobs[t] = (job_t){X, m, ld, lo, hi, kind, centre, half, two_t, p_v, u_lo, u_hi, inactive, free_exp,
                       cnt, lse_b, lse_a, scale, fallback,
                       scratch ? scratch + (int64_t)t * DISTANCE_SCRATCH(m) : NULL, rec_slot,
-                      rec_x, rec_lw, rec_ld, rows * t / threads, rows * (t + 1) / threads};
+                      rec_x, rec_lw, rec_ld, rec_rows, rows * t / threads, rows * (t + 1) / threads};
   PARALLEL_RANGES(run_rows, jobs, threads);
 }

@@ -98,21 +98,27 @@ class _BlockRecords:
 
     def __init__(self, acc: DiagnosticsAccumulator | None) -> None:
         self.acc = acc
-        self.rows = [] if acc is None else acc.sample_rows().tolist()  # sorted
+        self._rows_t = torch.empty(0, dtype=torch.long) if acc is None else acc.sample_rows()
+        self.rows = self._rows_t.tolist()  # sorted
+        self._pos: Tensor | None = None  # (n,) int32: each sampled row's place in the sample, −1 elsewhere
         self.closed = acc is None
         self.n = 0  # rows kept in the buffers
         self.log_mask = False  # the blocks' log-weights are 0 or −∞ (`DiagnosticsAccumulator.update`)
         self.X0 = self.X1 = self.fb = torch.empty(0)
         self.gid: list[int] = []  # global rows kept, in buffer order
 
+    def _span(self, rows: slice) -> tuple[int, int]:
+        """The places in the sample of the first sampled row of ``rows`` and of the first after them."""
+        return bisect.bisect_left(self.rows, rows.start), bisect.bisect_left(self.rows, rows.stop)
+
     def sampled(self, rows: slice, device: torch.device) -> Tensor | None:
         """Local indices of the block's sampled rows (None: none, or closed)."""
         if self.closed:
             return None
-        lo, hi = bisect.bisect_left(self.rows, rows.start), bisect.bisect_left(self.rows, rows.stop)
+        lo, hi = self._span(rows)
         if lo == hi:
             return None
-        return torch.tensor([r - rows.start for r in self.rows[lo:hi]], device=device)
+        return (self._rows_t[lo:hi] - rows.start).to(device)
 
     def room(self, X: Tensor, k: int) -> bool:
         """Whether ``k`` more rows fit; empty buffers are (re)allocated for X's width and at least
@@ -127,23 +133,26 @@ class _BlockRecords:
         self.fb = torch.zeros(cap, dtype=torch.bool, device=X.device)
         return True
 
-    @staticmethod
-    def slots(loc: Tensor, c: int) -> Tensor:
-        """(c,) int32 for a native pass: the buffer row of each of the block's sampled rows ``loc``
-        (their order), −1 elsewhere."""
-        slot = torch.full((c,), -1, dtype=torch.int32)
-        slot[loc] = torch.arange(loc.numel(), dtype=torch.int32)
-        return slot
+    def slots(self, rows: slice) -> Tensor:
+        """(c,) int32 for a native pass over the block of ``rows``: the buffer row of each of its
+        sampled rows (their order, `note`'s), negative elsewhere; one subtraction per block, from the
+        sample's places made once per step."""
+        if self._pos is None:
+            n = 0 if self.acc is None else self.acc.n
+            self._pos = torch.full((n,), -1, dtype=torch.int32)
+            self._pos[self._rows_t] = torch.arange(len(self.rows), dtype=torch.int32)
+        return self._pos[rows.start : rows.stop] - self._span(rows)[0]
 
-    def note(self, loc: Tensor, rows: slice) -> tuple[Tensor, Tensor]:
-        """The sampled rows ``loc`` of the block of ``rows`` take the next rows of the buffers
-        (call after `room`), returned (values before, log-weights) for a pass that writes them itself."""
-        self.gid.extend(rows.start + r for r in loc.tolist())
+    def note(self, rows: slice) -> tuple[Tensor, Tensor]:
+        """The sampled rows of the block of ``rows`` take the next rows of the buffers (call after
+        `room`), returned (values before, log-weights) for a pass that writes them itself."""
+        lo, hi = self._span(rows)
+        self.gid.extend(self.rows[lo:hi])
         return self.X0[self.n :], self.X1[self.n :]
 
     def before(self, X: Tensor, loc: Tensor, rows: slice) -> None:
-        """The sampled rows of block X before the filters and the weighting."""
-        x0, _ = self.note(loc, rows)
+        """The sampled rows ``loc`` of block X before the filters and the weighting."""
+        x0, _ = self.note(rows)
         torch.index_select(X, 0, loc, out=x0[: loc.numel()])
 
     def after(self, X: Tensor, loc: Tensor, fallback: Tensor | None, kept: Kept | None = None) -> None:
@@ -640,7 +649,7 @@ class Strategy(nn.Module):
             if not rec.room(S, loc.numel()):
                 self._flush(rec, ctx)
                 rec.room(S, loc.numel())
-            bufs, slot = rec.note(loc, rows), rec.slots(loc, c)
+            bufs, slot = rec.note(rows), rec.slots(rows)
         res = native.weighted_softmax_rows_(S, rule, inactive, free, slot, bufs)
         weightings = self._weightings()
         if weightings:
@@ -661,9 +670,9 @@ class Strategy(nn.Module):
         if not rec.room(ref, loc.numel()):
             self._flush_rows(rec, ctx)
             rec.room(ref, loc.numel())
-        buf, _ = rec.note(loc, rows)
+        buf, _ = rec.note(rows)
         rec.done(loc.numel(), None)
-        return rec.slots(loc, rows.stop - rows.start), buf
+        return rec.slots(rows), buf
 
     def _flush_rows(self, rec: _BlockRecords, ctx: StepContext, close: bool = False) -> None:
         """The plain path's diagnostics of the rows the native pass copied: `_log_weights` on their
