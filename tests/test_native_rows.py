@@ -332,16 +332,20 @@ def test_fused_strategies_in_float32_match_the_float64_reference(case, use, monk
         torch.testing.assert_close(a.double(), b, rtol=1e-4, atol=1e-4 * float(b.abs().max()))
 
 
+def _two_views(seed: int, B: int = 300):
+    """Two L2-normalised views of B anchors in 32 dimensions, 20 labels, ids."""
+    g = torch.Generator().manual_seed(seed)
+    z1 = torch.nn.functional.normalize(torch.randn(B, 32, generator=g), dim=1)
+    z2 = torch.nn.functional.normalize(z1 + 0.5 * torch.randn(B, 32, generator=g), dim=1)
+    return z1, z2, torch.randint(0, 20, (B,), generator=g), torch.arange(B)
+
+
 @pytest.mark.parametrize("preset", ["semihard", "distance_weighted", "filtered", "hscl", "hucl", "scl", "dcl",
                                     "ucl", "supcon", "decoupled"])
 def test_the_diagnostics_are_the_same_on_both_paths(preset):
     """2B = 600 anchors, the default 128 sampled rows: the pass copies them (and their log-weights,
     fused) where the torch path has them from its blocks or a product of its own."""
-    g = torch.Generator().manual_seed(5)
-    B = 300
-    z1 = torch.nn.functional.normalize(torch.randn(B, 32, generator=g), dim=1)
-    z2 = torch.nn.functional.normalize(z1 + 0.5 * torch.randn(B, 32, generator=g), dim=1)
-    y, ids = torch.randint(0, 20, (B,), generator=g), torch.arange(B)
+    z1, z2, y, ids = _two_views(5)
     out = {}
     for use in (True, False):
         s = create_strategy(preset)
@@ -365,11 +369,7 @@ def test_the_diagnostics_agree_when_their_buffers_fill_within_a_step(preset, mon
     from hardneg.negatives.strategy import _BlockRecords
 
     monkeypatch.setattr(_BlockRecords, "_BUFFER", 1)  # the least: 32 rows
-    g = torch.Generator().manual_seed(9)
-    B = 300
-    z1 = torch.nn.functional.normalize(torch.randn(B, 32, generator=g), dim=1)
-    z2 = torch.nn.functional.normalize(z1 + 0.5 * torch.randn(B, 32, generator=g), dim=1)
-    y, ids = torch.randint(0, 20, (B,), generator=g), torch.arange(B)
+    z1, z2, y, ids = _two_views(9)
     out = {}
     for use in (True, False):
         s = create_strategy(preset, chunk_size=64)
