@@ -729,9 +729,9 @@ def _lean_native(ch: _Chunk) -> Tensor:
     """`_lean_normaliser` within the bound in the native row pass (`native.softmax_rows_`, shift-free):
     E = e^S with 0 on the anchor itself and a placeholder row of ones for an anchor without any
     candidate, its row sums z in the same trip, and the diagnostics' sampled rows copied before it
-    (``record_rows``). The dQ product E k then has d columns: the torch path's E [k | 1] takes its row
-    sums from a (d + 1)-th column, which costs an (n × m × d) product ~12 % more at d = 128.
-    Returns lse = log z."""
+    (``record_rows``). The dQ product E k then has d columns, where the torch path's E [k | 1] takes
+    its row sums from k padded to d + 16 columns (`_Workspace.k_ones`: a product ~12 % longer at
+    d = 128). Returns lse = log z."""
     spec, r0, r1 = ch.spec, ch.r0, ch.r1
     self_col = None if ch.ix.self_index is None else ch.ix.self_index[r0:r1]  # −1: none
     rec = None if spec.record_rows is None else spec.record_rows(slice(r0, r1))
